@@ -1,0 +1,27 @@
+//! Compiles the protos with protox (no system `protoc`) and writes the
+//! descriptor set that server reflection serves.
+
+use std::{env, fs, path::PathBuf};
+
+use prost::Message;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = [
+        "proto/numbering/v1/allocator.proto",
+        "proto/numbering/v1/invoices.proto",
+    ];
+    let descriptors = protox::compile(files, ["proto"])?;
+
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    fs::write(
+        out_dir.join("numbering_descriptor.bin"),
+        descriptors.encode_to_vec(),
+    )?;
+    tonic_prost_build::configure().compile_fds(descriptors)?;
+
+    println!("cargo:rerun-if-changed=proto");
+    // Printing our own rerun lines stops Cargo from rerunning on any change,
+    // so name the migrations too: `sqlx::migrate!` must see new ones.
+    println!("cargo:rerun-if-changed=migrations");
+    Ok(())
+}

@@ -1,0 +1,191 @@
+//! `numbering.v1.NumberAllocator` handlers: request → domain types → [`Allocator`] → response.
+
+use tonic::{Code, Request, Response, Status};
+
+use crate::{
+    allocator::{
+        Allocator, Error,
+        domain::{Count, Series, SeriesName},
+        store::StoreError,
+    },
+    pagination,
+    proto::{
+        self, AdvanceCounterRequest, AdvanceCounterResponse, AllocateRequest, AllocateResponse,
+        AllocatedNumber, GetSeriesRequest, GetSeriesResponse, ListSeriesRequest,
+        ListSeriesResponse,
+        number_allocator_server::{NumberAllocator, NumberAllocatorServer},
+    },
+    status::{internal, with_reason},
+    tenant::TenantId,
+    validation::Violations,
+};
+
+/// Largest request the allocator decodes; its requests are a few short strings.
+const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// The gRPC face of an [`Allocator`].
+#[derive(Clone)]
+pub struct AllocatorService {
+    allocator: Allocator,
+}
+
+/// The tonic service to serve.
+#[must_use]
+pub fn service(allocator: Allocator) -> NumberAllocatorServer<AllocatorService> {
+    NumberAllocatorServer::new(AllocatorService { allocator })
+        .max_decoding_message_size(MAX_REQUEST_BYTES)
+}
+
+fn tenant_and_series(
+    violations: &mut Violations,
+    tenant: &str,
+    series: &str,
+) -> (Option<TenantId>, Option<SeriesName>) {
+    (
+        violations.check("tenant_id", TenantId::parse(tenant)),
+        violations.check("series", SeriesName::parse(series)),
+    )
+}
+
+#[tonic::async_trait]
+impl NumberAllocator for AllocatorService {
+    async fn allocate(
+        &self,
+        request: Request<AllocateRequest>,
+    ) -> Result<Response<AllocateResponse>, Status> {
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        let (tenant, series) =
+            tenant_and_series(&mut violations, &request.tenant_id, &request.series);
+        let count = violations.check("count", Count::parse(request.count));
+        violations.finish()?;
+        let (Some(tenant), Some(series), Some(count)) = (tenant, series, count) else {
+            unreachable!("finish() returned Ok, so every field parsed");
+        };
+
+        let numbers = self.allocator.allocate(&tenant, &series, count).await?;
+        Ok(Response::new(AllocateResponse {
+            numbers: numbers
+                .into_iter()
+                .map(|number| AllocatedNumber {
+                    value: number.value,
+                    formatted: number.formatted,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn get_series(
+        &self,
+        request: Request<GetSeriesRequest>,
+    ) -> Result<Response<GetSeriesResponse>, Status> {
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        let (tenant, series) =
+            tenant_and_series(&mut violations, &request.tenant_id, &request.series);
+        violations.finish()?;
+        let (Some(tenant), Some(series)) = (tenant, series) else {
+            unreachable!("finish() returned Ok, so every field parsed");
+        };
+
+        let series = self.allocator.get_series(&tenant, &series).await?;
+        Ok(Response::new(GetSeriesResponse {
+            series: Some(series.into()),
+        }))
+    }
+
+    async fn list_series(
+        &self,
+        request: Request<ListSeriesRequest>,
+    ) -> Result<Response<ListSeriesResponse>, Status> {
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        let tenant = violations.check("tenant_id", TenantId::parse(&request.tenant_id));
+        let size = violations.check("page_size", pagination::page_size(request.page_size));
+        let after = violations.check("page_token", pagination::decode_token(&request.page_token));
+        violations.finish()?;
+        let (Some(tenant), Some(size), Some(after)) = (tenant, size, after) else {
+            unreachable!("finish() returned Ok, so every field parsed");
+        };
+
+        let (page, more) = self
+            .allocator
+            .list_series(&tenant, after.as_deref(), size)
+            .await?;
+        let next_page_token = match page.last() {
+            Some(last) if more => pagination::encode_token(&last.name),
+            _ => String::new(),
+        };
+        Ok(Response::new(ListSeriesResponse {
+            series: page.into_iter().map(Into::into).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn advance_counter(
+        &self,
+        request: Request<AdvanceCounterRequest>,
+    ) -> Result<Response<AdvanceCounterResponse>, Status> {
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        let (tenant, series) =
+            tenant_and_series(&mut violations, &request.tenant_id, &request.series);
+        if request.at_least < 0 {
+            violations.add("at_least", "must not be negative");
+        }
+        violations.finish()?;
+        let (Some(tenant), Some(series)) = (tenant, series) else {
+            unreachable!("finish() returned Ok, so every field parsed");
+        };
+
+        let series = self
+            .allocator
+            .advance(&tenant, &series, request.at_least)
+            .await?;
+        Ok(Response::new(AdvanceCounterResponse {
+            series: Some(series.into()),
+        }))
+    }
+}
+
+impl From<Series> for proto::Series {
+    fn from(series: Series) -> Self {
+        Self {
+            tenant_id: series.tenant_id,
+            name: series.name,
+            last_value: series.last_value,
+            format: series.format,
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::SeriesNotFound { tenant, series } => with_reason(
+                Code::NotFound,
+                format!("series {series:?} of tenant {tenant:?} has never been used"),
+                "SERIES_NOT_FOUND",
+                &[("tenantId", tenant), ("series", series)],
+            ),
+            Error::Store(StoreError::Exhausted) => with_reason(
+                Code::FailedPrecondition,
+                format!("the series cannot go past {}", i64::MAX),
+                "SERIES_EXHAUSTED",
+                &[],
+            ),
+            Error::Store(StoreError::Unavailable(cause)) => {
+                tracing::warn!(error = %cause, "counter store unavailable");
+                with_reason(
+                    Code::Unavailable,
+                    "the counter store is unavailable; retry later",
+                    "STORE_UNAVAILABLE",
+                    &[],
+                )
+            }
+            error @ (Error::StoredFormat { .. } | Error::Store(StoreError::Internal(_))) => {
+                internal(&error)
+            }
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! The number allocator: hands out per-tenant, per-series numbers, each
+//! committed durably before it is returned and never returned twice.
+//!
+//! - [`domain`]: series names, counts, number formats and the [`Allocator`] rules.
+//! - [`grpc`]: the `numbering.v1.NumberAllocator` handlers.
+//! - [`store`]: the counter store interface; [`postgres`]: its PostgreSQL implementation.
+
+pub mod domain;
+pub mod grpc;
+pub mod postgres;
+pub mod store;
+
+pub use domain::{Allocator, Error};

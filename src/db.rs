@@ -1,0 +1,183 @@
+//! Database connection settings and the one place database errors are classified.
+
+use std::{fmt, str::FromStr, time::Duration};
+
+use sqlx::{
+    PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+
+/// A database URL. Its password never reaches `Debug`, `Display` or logs.
+#[derive(Clone)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// The full URL, password included: for connecting only.
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any password replaced by `***`.
+    #[must_use]
+    pub fn redacted(&self) -> String {
+        match url::Url::parse(&self.0) {
+            Ok(mut url) if url.password().is_some() => {
+                // Cannot fail: the URL already has a password, so it has a host.
+                let _ = url.set_password(Some("***"));
+                url.to_string()
+            }
+            Ok(url) => url.to_string(),
+            Err(_) => "<unparseable database url>".into(),
+        }
+    }
+}
+
+impl FromStr for DatabaseUrl {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        let url = Self(raw.to_owned());
+        if !(raw.starts_with("postgres://") || raw.starts_with("postgresql://")) {
+            return Err(format!(
+                "unsupported database URL {}: expected postgres://",
+                url.redacted()
+            ));
+        }
+        Ok(url)
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// Pool limits. The acquire time-out is what makes calls fail fast while the
+/// database is unreachable, so keep it well under the callers' deadlines.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// Most connections the pool opens.
+    pub max_connections: u32,
+    /// How long a call waits for a connection before answering UNAVAILABLE.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Opens a PostgreSQL pool and checks one connection.
+///
+/// # Errors
+/// The URL does not parse or the database cannot be reached.
+pub async fn connect_postgres(
+    url: &DatabaseUrl,
+    settings: &PoolSettings,
+) -> Result<PgPool, sqlx::Error> {
+    let options = PgConnectOptions::from_str(url.expose())?;
+    pool_options(settings).connect_with(options).await
+}
+
+/// Pool options shared by every PostgreSQL pool.
+#[must_use]
+pub fn pool_options(settings: &PoolSettings) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(settings.acquire_timeout)
+}
+
+/// Whether the pool can hand out a working connection now; bounded by the
+/// pool's acquire time-out.
+pub async fn ping(pool: &PgPool) -> bool {
+    sqlx::query("SELECT 1").execute(pool).await.is_ok()
+}
+
+/// What a database error means to the layers above.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DbErrorKind {
+    /// A unique constraint rejected the row (23505), by constraint name.
+    UniqueViolation(Option<String>),
+    /// Serialization failure (40001) or deadlock (40P01): retry the transaction.
+    Retryable,
+    /// A value does not fit its column (22003), e.g. a counter past `i64::MAX`.
+    OutOfRange,
+    /// The database cannot be reached now: connection loss, pool time-out,
+    /// server shutting down or refusing connections. Retry the call later.
+    Unavailable,
+    /// Anything else: a bug or a broken database.
+    Other,
+}
+
+/// Classifies a database error. Nothing else matches on SQLSTATE codes.
+#[must_use]
+pub fn classify(error: &sqlx::Error) -> DbErrorKind {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => DbErrorKind::Unavailable,
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            Some("23505") => DbErrorKind::UniqueViolation(db.constraint().map(str::to_owned)),
+            Some("40001" | "40P01") => DbErrorKind::Retryable,
+            Some("22003") => DbErrorKind::OutOfRange,
+            // 08: connection exception; 57P01-57P04: admin or crash shutdown,
+            // cannot connect now, database dropped; 53300: too many
+            // connections; 55000 is what a database that does not accept
+            // connections answers at connect.
+            Some(code)
+                if code.starts_with("08")
+                    || matches!(
+                        code,
+                        "57P01" | "57P02" | "57P03" | "57P04" | "53300" | "55000"
+                    ) =>
+            {
+                DbErrorKind::Unavailable
+            }
+            _ => DbErrorKind::Other,
+        },
+        _ => DbErrorKind::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_url_hides_its_password() {
+        let url: DatabaseUrl = "postgres://app:s3cret@db:5432/numbers".parse().unwrap();
+        assert!(!format!("{url:?}").contains("s3cret"));
+        assert!(!url.to_string().contains("s3cret"));
+        assert!(url.redacted().contains("app:***@db"));
+        assert!(url.expose().contains("s3cret"));
+    }
+
+    #[test]
+    fn database_url_rejects_other_schemes() {
+        let error = "mysql://root:pw@db/x".parse::<DatabaseUrl>().unwrap_err();
+        assert!(!error.contains("pw@"), "{error}");
+    }
+
+    #[test]
+    fn pool_errors_are_unavailable() {
+        assert_eq!(
+            classify(&sqlx::Error::PoolTimedOut),
+            DbErrorKind::Unavailable
+        );
+        assert_eq!(classify(&sqlx::Error::RowNotFound), DbErrorKind::Other);
+    }
+}

@@ -1,0 +1,18 @@
+//! Per-tenant, per-series number allocation over gRPC, and an invoice writer
+//! that numbers its invoices with it.
+//!
+//! - [`allocator`]: the `numbering.v1.NumberAllocator` service and its counter store.
+//! - [`invoices`]: the `numbering.v1.InvoiceWriter` service, its invoice store and
+//!   its client of the allocator.
+//! - [`server`]: plumbing both services share: configuration, telemetry, health,
+//!   reflection, middleware and shutdown.
+
+pub mod allocator;
+pub mod db;
+pub mod invoices;
+pub mod pagination;
+pub mod proto;
+pub mod server;
+pub mod status;
+pub mod tenant;
+pub mod validation;

@@ -1,0 +1,105 @@
+//! Settings both binaries share, read from flags or environment variables.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, ValueEnum};
+
+use crate::{
+    db::{DatabaseUrl, PoolSettings},
+    server::ServerSettings,
+};
+
+/// Exit status for bad configuration (`EX_USAGE`).
+pub const EXIT_BAD_CONFIG: i32 = 64;
+
+/// Parses a binary's settings; prints the error and exits 64 when they are bad.
+#[must_use]
+pub fn parse_or_exit<T: Parser>() -> T {
+    match T::try_parse() {
+        Ok(config) => config,
+        Err(error) if error.use_stderr() => {
+            let _ = error.print();
+            std::process::exit(EXIT_BAD_CONFIG);
+        }
+        // --help and --version.
+        Err(error) => error.exit(),
+    }
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// gRPC server settings.
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// Log format; the level is set with RUST_LOG (default "info").
+    #[arg(long, env = "NUMBERING_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Longest a call may run; the caller's shorter deadline wins.
+    #[arg(long, env = "NUMBERING_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Calls in flight per connection; more answer RESOURCE_EXHAUSTED.
+    #[arg(long, env = "NUMBERING_CONCURRENCY_LIMIT", default_value_t = 1024)]
+    pub concurrency_limit: usize,
+
+    /// How often readiness re-checks the database.
+    #[arg(long, env = "NUMBERING_HEALTH_CHECK_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub health_check_interval: Duration,
+
+    /// After SIGTERM, how long to keep serving while load balancers notice NOT_SERVING.
+    #[arg(long, env = "NUMBERING_DRAIN_DELAY", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub drain_delay: Duration,
+
+    /// After the drain delay, how long in-flight calls get to finish.
+    #[arg(long, env = "NUMBERING_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+impl ServerArgs {
+    /// The settings [`crate::server::serve`] takes.
+    #[must_use]
+    pub fn settings(&self) -> ServerSettings {
+        ServerSettings {
+            request_timeout: self.request_timeout,
+            concurrency_limit: self.concurrency_limit,
+            health_check_interval: self.health_check_interval,
+            drain_delay: self.drain_delay,
+            shutdown_grace: self.shutdown_grace,
+        }
+    }
+}
+
+/// Database settings.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL URL, e.g. postgres://user:password@host:5432/db. Never logged.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: DatabaseUrl,
+
+    /// Most database connections.
+    #[arg(long, env = "NUMBERING_DB_MAX_CONNECTIONS", default_value_t = 10)]
+    pub db_max_connections: u32,
+
+    /// How long a call waits for a database connection before answering UNAVAILABLE.
+    #[arg(long, env = "NUMBERING_DB_ACQUIRE_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub db_acquire_timeout: Duration,
+}
+
+impl DatabaseArgs {
+    /// The pool settings.
+    #[must_use]
+    pub fn pool(&self) -> PoolSettings {
+        PoolSettings {
+            max_connections: self.db_max_connections,
+            acquire_timeout: self.db_acquire_timeout,
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! Server plumbing both services share: configuration, telemetry, shutdown, and
+//! [`serve`], the one function that assembles a gRPC server around a service.
+
+pub mod config;
+pub mod shutdown;
+pub mod telemetry;
+
+use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use tokio::{net::TcpListener, sync::oneshot, time::MissedTickBehavior};
+use tonic::{
+    body::Body,
+    codegen::{Service, http},
+    server::NamedService,
+    transport::{Server, server::TcpIncoming},
+};
+use tonic_health::{ServingStatus, server::HealthReporter};
+use tower_http::trace::TraceLayer;
+
+/// What a service's readiness follows: its store.
+#[async_trait]
+pub trait Readiness: Send + Sync {
+    /// Whether the store answers now. Must return within a bounded time.
+    async fn is_ready(&self) -> bool;
+}
+
+/// Timing and limits of a server.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Longest a call may run; the caller's shorter deadline wins.
+    pub request_timeout: Duration,
+    /// Calls in flight per connection; more answer RESOURCE_EXHAUSTED.
+    pub concurrency_limit: usize,
+    /// How often readiness re-checks the store.
+    pub health_check_interval: Duration,
+    /// After the shutdown signal, how long to keep serving while NOT_SERVING spreads.
+    pub drain_delay: Duration,
+    /// After the drain delay, how long in-flight calls get to finish.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(10),
+            concurrency_limit: 1024,
+            health_check_interval: Duration::from_secs(1),
+            drain_delay: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Why a server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The reflection descriptors did not load.
+    #[error("building the reflection service")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The transport failed.
+    #[error("serving gRPC")]
+    Transport(#[from] tonic::transport::Error),
+    /// In-flight calls were still running when the grace period ended.
+    #[error("in-flight calls did not finish within the {0:?} shutdown grace period")]
+    GraceExpired(Duration),
+}
+
+/// Serves `service` with health and reflection on an already-bound listener
+/// until `shutdown` resolves, then drains: health NOT_SERVING, `drain_delay`
+/// of normal service, stop accepting, in-flight calls finish within
+/// `shutdown_grace`.
+///
+/// Health: `""` is liveness and stays SERVING until shutdown; the service's own
+/// name is readiness, NOT_SERVING until `readiness` first answers and then
+/// following it.
+///
+/// # Errors
+/// The transport fails, or calls outlive the grace period.
+pub async fn serve<S>(
+    listener: TcpListener,
+    service: S,
+    readiness: Arc<dyn Readiness>,
+    settings: &ServerSettings,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status(S::NAME, ServingStatus::NotServing)
+        .await;
+    let watcher = tokio::spawn(follow_readiness(
+        health.clone(),
+        S::NAME,
+        readiness,
+        settings.health_check_interval,
+    ));
+
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = Server::builder()
+        // Bounds every call, so a stuck store cannot hold a caller forever.
+        .timeout(settings.request_timeout)
+        // Caps work per connection; past it, load shedding answers
+        // RESOURCE_EXHAUSTED at once instead of queueing without bound.
+        .concurrency_limit_per_connection(settings.concurrency_limit)
+        .load_shed(true)
+        // Outermost, so every call gets a span, shed and timed-out ones included.
+        .layer(TraceLayer::new_for_grpc())
+        .add_service(health_service)
+        .add_service(reflection(S::NAME).build_v1()?)
+        .add_service(reflection(S::NAME).build_v1alpha()?)
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), async {
+            let _ = stopped.await;
+        });
+    tokio::pin!(server);
+
+    tokio::select! {
+        result = &mut server => {
+            watcher.abort();
+            return Ok(result?);
+        }
+        () = shutdown => {}
+    }
+
+    // Stop the watcher first: readiness must not flip back to SERVING.
+    watcher.abort();
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    health
+        .set_service_status(S::NAME, ServingStatus::NotServing)
+        .await;
+    tracing::info!(drain_delay = ?settings.drain_delay, "health NOT_SERVING; draining");
+    tokio::select! {
+        result = &mut server => return Ok(result?),
+        () = tokio::time::sleep(settings.drain_delay) => {}
+    }
+
+    let _ = stop.send(());
+    tracing::info!(grace = ?settings.shutdown_grace, "stopped accepting; finishing in-flight calls");
+    match tokio::time::timeout(settings.shutdown_grace, server).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(ServeError::GraceExpired(settings.shutdown_grace)),
+    }
+}
+
+/// Reflection for one service, health and reflection itself, with the
+/// descriptors grpcurl needs to describe calls and print error details.
+fn reflection(service_name: &str) -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .with_service_name(service_name)
+        .with_service_name("grpc.health.v1.Health")
+        .with_service_name("grpc.reflection.v1.ServerReflection")
+        .with_service_name("grpc.reflection.v1alpha.ServerReflection")
+}
+
+/// Sets the service's health from its store, on every change.
+async fn follow_readiness(
+    health: HealthReporter,
+    service_name: &'static str,
+    readiness: Arc<dyn Readiness>,
+    interval: Duration,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last = None;
+    loop {
+        ticks.tick().await;
+        let ready = readiness.is_ready().await;
+        if last == Some(ready) {
+            continue;
+        }
+        last = Some(ready);
+        if ready {
+            tracing::info!(service = service_name, "store reachable: SERVING");
+            health
+                .set_service_status(service_name, ServingStatus::Serving)
+                .await;
+        } else {
+            tracing::warn!(service = service_name, "store unreachable: NOT_SERVING");
+            health
+                .set_service_status(service_name, ServingStatus::NotServing)
+                .await;
+        }
+    }
+}

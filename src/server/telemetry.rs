@@ -1,0 +1,15 @@
+//! Log set-up: structured `tracing` events as text or JSON, filtered by `RUST_LOG`.
+
+use tracing_subscriber::{EnvFilter, fmt};
+
+use crate::server::config::LogFormat;
+
+/// Installs the global subscriber. Call once, first thing in `main`.
+pub fn init(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}

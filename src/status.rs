@@ -1,0 +1,40 @@
+//! Rich gRPC statuses: every error carries a `google.rpc.ErrorInfo` with an
+//! UPPER_SNAKE reason (AIP-193); bad input also carries a `google.rpc.BadRequest`.
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// The `ErrorInfo.domain` of every error this project returns.
+pub const ERROR_DOMAIN: &str = "numbering";
+
+/// A status whose details hold an `ErrorInfo` with `reason` and `metadata`.
+#[must_use]
+pub fn with_reason(
+    code: Code,
+    message: impl Into<String>,
+    reason: &str,
+    metadata: &[(&str, String)],
+) -> Status {
+    let metadata: HashMap<String, String> = metadata
+        .iter()
+        .map(|(key, value)| ((*key).to_owned(), value.clone()))
+        .collect();
+    let details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata);
+    Status::with_error_details(code, message, details)
+}
+
+/// Logs `error` once with its cause chain and answers an opaque INTERNAL.
+#[must_use]
+pub fn internal(error: &(dyn std::error::Error + 'static)) -> Status {
+    let mut chain = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        chain.push_str(": ");
+        chain.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    tracing::error!(error = %chain, "internal error");
+    with_reason(Code::Internal, "internal error", "INTERNAL", &[])
+}

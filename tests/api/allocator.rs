@@ -1,0 +1,449 @@
+//! NumberAllocator behaviour.
+
+use std::sync::Arc;
+
+use numbering::{
+    allocator::{domain::NumberFormat, postgres::begin_durable},
+    proto::{
+        AdvanceCounterRequest, AllocateRequest, GetSeriesRequest, ListSeriesRequest,
+        number_allocator_client::NumberAllocatorClient,
+    },
+};
+use tokio::sync::Barrier;
+use tonic::{Code, transport::Channel};
+use tonic_health::pb::health_check_response::ServingStatus;
+
+use crate::helpers::{
+    TestDb, assert_exactly_one_to, assert_invalid_field, assert_reason, spawn_allocator,
+    spawn_allocator_with, test_pool_settings, wait_for_health,
+};
+
+fn allocate(tenant: &str, series: &str, count: u32) -> AllocateRequest {
+    AllocateRequest {
+        tenant_id: tenant.into(),
+        series: series.into(),
+        count,
+        request_id: String::new(),
+    }
+}
+
+/// Runs `calls` Allocate calls at once, one task each, released together.
+async fn allocate_concurrently(
+    client: &NumberAllocatorClient<Channel>,
+    calls: Vec<AllocateRequest>,
+) -> Vec<Vec<i64>> {
+    let barrier = Arc::new(Barrier::new(calls.len()));
+    let tasks: Vec<_> = calls
+        .into_iter()
+        .map(|request| {
+            let mut client = client.clone();
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let response = client
+                    .allocate(request)
+                    .await
+                    .expect("allocate")
+                    .into_inner();
+                response.numbers.iter().map(|n| n.value).collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.unwrap());
+    }
+    results
+}
+
+/// 500 concurrent first calls of a brand-new tenant get exactly 1..=500.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_allocations_for_a_new_tenant_are_unique_and_contiguous() {
+    let app = spawn_allocator().await;
+    let calls = (0..500).map(|_| allocate("new-tenant", "", 0)).collect();
+    let numbers: Vec<i64> = allocate_concurrently(&app.client, calls).await.concat();
+    assert_exactly_one_to(&numbers, 500);
+}
+
+/// 500 concurrent calls on a series already in use continue it without gaps or duplicates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_allocations_for_an_existing_tenant_are_unique_and_contiguous() {
+    let mut app = spawn_allocator().await;
+    let first = app
+        .client
+        .allocate(allocate("acme", "", 1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.numbers[0].value, 1);
+
+    let calls = (0..500).map(|_| allocate("acme", "", 1)).collect();
+    let mut numbers: Vec<i64> = allocate_concurrently(&app.client, calls).await.concat();
+    numbers.push(1);
+    assert_exactly_one_to(&numbers, 501);
+}
+
+/// Concurrent calls over several tenants and series give each (tenant, series) its own 1..=n.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_and_series_are_independent() {
+    let app = spawn_allocator().await;
+    let keys = [
+        ("t1", "invoice"),
+        ("t1", "credit-note"),
+        ("t2", "invoice"),
+        ("t3", ""),
+    ];
+    let calls: Vec<_> = (0..400).map(|i| keys[i % keys.len()]).collect();
+    let results = allocate_concurrently(
+        &app.client,
+        calls.iter().map(|(t, s)| allocate(t, s, 1)).collect(),
+    )
+    .await;
+    for key in keys {
+        let numbers: Vec<i64> = calls
+            .iter()
+            .zip(&results)
+            .filter(|(call, _)| **call == key)
+            .flat_map(|(_, numbers)| numbers.clone())
+            .collect();
+        assert_exactly_one_to(&numbers, 100);
+    }
+}
+
+/// Calls with count > 1 get consecutive ranges that never overlap and leave no hole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranges_are_consecutive_and_disjoint() {
+    let app = spawn_allocator().await;
+    let counts: Vec<u32> = (0..200).map(|i| 1 + (i * 7) % 10).collect();
+    let total: u32 = counts.iter().sum();
+    let results = allocate_concurrently(
+        &app.client,
+        counts.iter().map(|c| allocate("acme", "", *c)).collect(),
+    )
+    .await;
+    for (range, count) in results.iter().zip(&counts) {
+        assert_eq!(range.len(), *count as usize);
+        assert!(
+            range.windows(2).all(|w| w[1] == w[0] + 1),
+            "not consecutive: {range:?}"
+        );
+    }
+    assert_exactly_one_to(&results.concat(), i64::from(total));
+}
+
+/// Numbers are formatted with the series template, the width being a minimum.
+#[tokio::test]
+async fn numbers_are_formatted_past_the_minimum_width() {
+    let mut app = spawn_allocator().await;
+    app.client
+        .advance_counter(AdvanceCounterRequest {
+            tenant_id: "acme".into(),
+            series: String::new(),
+            at_least: 998,
+        })
+        .await
+        .unwrap();
+    let response = app
+        .client
+        .allocate(allocate("acme", "", 3))
+        .await
+        .unwrap()
+        .into_inner();
+    let formatted: Vec<_> = response
+        .numbers
+        .iter()
+        .map(|n| n.formatted.as_str())
+        .collect();
+    assert_eq!(formatted, ["INV-999", "INV-1000", "INV-1001"]);
+}
+
+/// The server's default template is a setting; a series keeps the template it was created with.
+#[tokio::test]
+async fn the_default_template_is_a_setting() {
+    let format: NumberFormat = "CN-{number:05}".parse().unwrap();
+    let mut app = spawn_allocator_with(format).await;
+    let response = app
+        .client
+        .allocate(allocate("acme", "credit", 1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.numbers[0].formatted, "CN-00001");
+    let series = app
+        .client
+        .get_series(GetSeriesRequest {
+            tenant_id: "acme".into(),
+            series: "credit".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .series
+        .unwrap();
+    assert_eq!(series.format, "CN-{number:05}");
+}
+
+/// GetSeries answers NOT_FOUND for a series never used, and the last value handed out after use.
+#[tokio::test]
+async fn get_series_reports_the_last_value() {
+    let mut app = spawn_allocator().await;
+    let request = GetSeriesRequest {
+        tenant_id: "acme".into(),
+        series: String::new(),
+    };
+    let status = app.client.get_series(request.clone()).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    assert_reason(&status, "SERIES_NOT_FOUND");
+
+    app.client.allocate(allocate("acme", "", 5)).await.unwrap();
+    let series = app
+        .client
+        .get_series(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .series
+        .unwrap();
+    assert_eq!(
+        (
+            series.tenant_id.as_str(),
+            series.name.as_str(),
+            series.last_value
+        ),
+        ("acme", "invoice", 5)
+    );
+    assert_eq!(series.format, "INV-{number:03}");
+}
+
+/// AdvanceCounter raises the counter, never lowers it, and allocation continues above it.
+#[tokio::test]
+async fn advance_counter_raises_but_never_lowers() {
+    let mut app = spawn_allocator().await;
+    let advance = |at_least| AdvanceCounterRequest {
+        tenant_id: "acme".into(),
+        series: String::new(),
+        at_least,
+    };
+    let raised = app
+        .client
+        .advance_counter(advance(41))
+        .await
+        .unwrap()
+        .into_inner()
+        .series
+        .unwrap();
+    assert_eq!(raised.last_value, 41);
+    let kept = app
+        .client
+        .advance_counter(advance(7))
+        .await
+        .unwrap()
+        .into_inner()
+        .series
+        .unwrap();
+    assert_eq!(kept.last_value, 41);
+    let next = app
+        .client
+        .allocate(allocate("acme", "", 1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(next.numbers[0].value, 42);
+}
+
+/// ListSeries pages through a tenant's series in name order and shows no other tenant's.
+#[tokio::test]
+async fn list_series_pages_in_name_order() {
+    let mut app = spawn_allocator().await;
+    for series in ["delta", "alpha", "charlie", "bravo", "echo"] {
+        app.client
+            .allocate(allocate("acme", series, 1))
+            .await
+            .unwrap();
+    }
+    app.client
+        .allocate(allocate("other", "aardvark", 1))
+        .await
+        .unwrap();
+
+    let mut names = Vec::new();
+    let mut page_token = String::new();
+    let mut pages = 0;
+    loop {
+        let page = app
+            .client
+            .list_series(ListSeriesRequest {
+                tenant_id: "acme".into(),
+                page_size: 2,
+                page_token,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        pages += 1;
+        assert!(page.series.len() <= 2);
+        names.extend(page.series.into_iter().map(|s| s.name));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(names, ["alpha", "bravo", "charlie", "delta", "echo"]);
+    assert_eq!(pages, 3);
+}
+
+/// Each bad field answers INVALID_ARGUMENT naming it, and changes nothing.
+#[tokio::test]
+async fn bad_input_is_rejected_by_field_and_changes_nothing() {
+    let mut app = spawn_allocator().await;
+    let long_tenant = "t".repeat(129);
+    let long_series = "s".repeat(65);
+    let cases = [
+        (allocate("", "", 1), "tenant_id"),
+        (allocate("acme corp", "", 1), "tenant_id"),
+        (allocate(&long_tenant, "", 1), "tenant_id"),
+        (allocate("acme", "Invoice", 1), "series"),
+        (allocate("acme", &long_series, 1), "series"),
+        (allocate("acme", "", 1001), "count"),
+    ];
+    for (request, field) in cases {
+        let status = app.client.allocate(request).await.unwrap_err();
+        assert_invalid_field(&status, field);
+    }
+    let status = app
+        .client
+        .advance_counter(AdvanceCounterRequest {
+            tenant_id: "acme".into(),
+            series: String::new(),
+            at_least: -1,
+        })
+        .await
+        .unwrap_err();
+    assert_invalid_field(&status, "at_least");
+    let status = app
+        .client
+        .list_series(ListSeriesRequest {
+            tenant_id: "acme".into(),
+            page_size: -1,
+            page_token: "junk".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_invalid_field(&status, "page_size");
+    assert_invalid_field(&status, "page_token");
+    let status = app
+        .client
+        .get_series(GetSeriesRequest {
+            tenant_id: "a/b".into(),
+            series: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_invalid_field(&status, "tenant_id");
+
+    let listed = app
+        .client
+        .list_series(ListSeriesRequest {
+            tenant_id: "acme".into(),
+            page_size: 0,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        listed.series.is_empty(),
+        "a rejected call created {:?}",
+        listed.series
+    );
+}
+
+/// A counter at the largest number answers FAILED_PRECONDITION and stays where it is.
+#[tokio::test]
+async fn an_exhausted_series_fails_without_moving() {
+    let mut app = spawn_allocator().await;
+    app.client
+        .advance_counter(AdvanceCounterRequest {
+            tenant_id: "acme".into(),
+            series: String::new(),
+            at_least: i64::MAX - 1,
+        })
+        .await
+        .unwrap();
+    let status = app
+        .client
+        .allocate(allocate("acme", "", 2))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert_reason(&status, "SERIES_EXHAUSTED");
+    let last = app
+        .client
+        .allocate(allocate("acme", "", 1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(last.numbers[0].value, i64::MAX);
+}
+
+/// The allocator's transactions commit synchronously even when the database defaults to
+/// `synchronous_commit = off`.
+#[tokio::test]
+async fn allocator_transactions_force_synchronous_commit() {
+    let db = TestDb::create().await;
+    db.admin(format!(
+        r#"ALTER DATABASE "{}" SET synchronous_commit = off"#,
+        db.name
+    ))
+    .await;
+    let pool = db.pool(&test_pool_settings()).await;
+
+    let mut plain = pool.begin().await.unwrap();
+    let default: String = sqlx::query_scalar("SHOW synchronous_commit")
+        .fetch_one(&mut *plain)
+        .await
+        .unwrap();
+    assert_eq!(
+        default, "off",
+        "the test database should default to asynchronous commit"
+    );
+    plain.rollback().await.unwrap();
+
+    let mut durable = begin_durable(&pool).await.unwrap();
+    let setting: String = sqlx::query_scalar("SHOW synchronous_commit")
+        .fetch_one(&mut *durable)
+        .await
+        .unwrap();
+    assert_eq!(setting, "on");
+}
+
+/// Readiness follows the database while liveness does not; calls fail fast with
+/// UNAVAILABLE while it is away, and allocation resumes where it was once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_database() {
+    let mut app = spawn_allocator().await;
+    let channel = app.server.channel().await;
+    let name = "numbering.v1.NumberAllocator";
+    wait_for_health(channel.clone(), name, ServingStatus::Serving).await;
+    app.client.allocate(allocate("acme", "", 3)).await.unwrap();
+
+    app.db.cut().await;
+    wait_for_health(channel.clone(), name, ServingStatus::NotServing).await;
+    wait_for_health(channel.clone(), "", ServingStatus::Serving).await;
+    // A generous deadline: only a fail-fast answer is UNAVAILABLE rather than DEADLINE_EXCEEDED.
+    let mut request = tonic::Request::new(allocate("acme", "", 1));
+    request.set_timeout(std::time::Duration::from_secs(20));
+    let status = app.client.allocate(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_reason(&status, "STORE_UNAVAILABLE");
+
+    app.db.restore().await;
+    wait_for_health(channel, name, ServingStatus::Serving).await;
+    let next = app
+        .client
+        .allocate(allocate("acme", "", 1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(next.numbers[0].value, 4);
+}

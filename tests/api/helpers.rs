@@ -1,0 +1,289 @@
+//! Test fixtures: fresh databases, in-process servers on port 0, clients, and
+//! waits on conditions (never on time).
+
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
+
+use numbering::{
+    allocator::{self, Allocator, domain::NumberFormat, postgres::PgCounterStore},
+    db::{self, DatabaseUrl, PoolSettings},
+    proto::number_allocator_client::NumberAllocatorClient,
+    server::{self, ServeError, ServerSettings},
+};
+use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tokio_stream::StreamExt;
+use tonic::{Code, Status, transport::Channel};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+use tonic_types::StatusExt;
+
+/// Longest any wait on a condition may take before the test fails.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// The server tests create their databases on.
+fn admin_url() -> String {
+    std::env::var("NUMBERING_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A database created for one test, dropped when the test passes (kept for
+/// inspection when it fails).
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn create() -> Self {
+        let admin = admin_url();
+        let name = format!("numbering_test_{}", uuid::Uuid::now_v7().simple());
+        let mut conn = PgConnection::connect(&admin)
+            .await
+            .expect("connect to the test PostgreSQL server (NUMBERING_TEST_DATABASE_URL)");
+        sqlx::query(AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#)))
+            .execute(&mut conn)
+            .await
+            .expect("create test database");
+        let mut url = url::Url::parse(&admin).expect("admin url");
+        url.set_path(&name);
+        Self {
+            name,
+            url: url.to_string(),
+        }
+    }
+
+    pub fn database_url(&self) -> DatabaseUrl {
+        self.url.parse().expect("test database url")
+    }
+
+    /// A pool with the services' settings.
+    pub async fn pool(&self, settings: &PoolSettings) -> PgPool {
+        db::connect_postgres(&self.database_url(), settings)
+            .await
+            .expect("connect to test database")
+    }
+
+    /// Runs SQL as the administrator, outside the database under test.
+    pub async fn admin(&self, sql: String) {
+        let mut conn = PgConnection::connect(&admin_url())
+            .await
+            .expect("admin connection");
+        sqlx::query(AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await
+            .expect("admin statement");
+    }
+
+    /// Makes the database unreachable: refuses new connections and ends the open ones.
+    pub async fn cut(&self) {
+        let name = &self.name;
+        self.admin(format!(
+            r#"ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false"#
+        ))
+        .await;
+        self.admin(format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+        ))
+        .await;
+    }
+
+    /// Makes the database reachable again.
+    pub async fn restore(&self) {
+        let name = &self.name;
+        self.admin(format!(
+            r#"ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true"#
+        ))
+        .await;
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("kept database {} of the failed test", self.name);
+            return;
+        }
+        let sql = format!(r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#, self.name);
+        // Drop runs inside the test's runtime, which cannot be blocked on:
+        // drop the database from a thread with a runtime of its own.
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                if let Ok(mut conn) = PgConnection::connect(&admin_url()).await {
+                    let _ = sqlx::query(AssertSqlSafe(sql)).execute(&mut conn).await;
+                }
+            });
+        })
+        .join()
+        .unwrap();
+    }
+}
+
+/// Server settings for tests: no drain delay, quick readiness checks.
+pub fn test_settings() -> ServerSettings {
+    ServerSettings {
+        health_check_interval: Duration::from_millis(50),
+        drain_delay: Duration::ZERO,
+        shutdown_grace: Duration::from_secs(10),
+        ..ServerSettings::default()
+    }
+}
+
+/// Pool settings for tests: fail fast when the database is cut.
+pub fn test_pool_settings() -> PoolSettings {
+    PoolSettings {
+        max_connections: 10,
+        acquire_timeout: Duration::from_millis(500),
+    }
+}
+
+/// A server running in this process, stopped through a oneshot.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    shutdown: oneshot::Sender<()>,
+    handle: JoinHandle<Result<(), ServeError>>,
+}
+
+impl TestServer {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url())
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to test server")
+    }
+
+    /// Triggers shutdown and waits for the server to finish.
+    pub async fn stop(self) -> Result<(), ServeError> {
+        let _ = self.shutdown.send(());
+        self.handle.await.expect("server task")
+    }
+}
+
+/// Binds port 0 and serves `service` with the shared plumbing.
+pub async fn spawn_service<S>(service: S, readiness: Arc<dyn server::Readiness>) -> TestServer
+where
+    S: tonic::codegen::Service<
+            tonic::codegen::http::Request<tonic::body::Body>,
+            Response = tonic::codegen::http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (shutdown, stopped) = oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        server::serve(listener, service, readiness, &test_settings(), async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    TestServer {
+        addr,
+        shutdown,
+        handle,
+    }
+}
+
+/// An allocator on a fresh database.
+pub struct AllocatorApp {
+    pub db: TestDb,
+    pub server: TestServer,
+    pub client: NumberAllocatorClient<Channel>,
+}
+
+pub async fn spawn_allocator() -> AllocatorApp {
+    spawn_allocator_with(NumberFormat::default()).await
+}
+
+pub async fn spawn_allocator_with(default_format: NumberFormat) -> AllocatorApp {
+    let db = TestDb::create().await;
+    let pool = db.pool(&test_pool_settings()).await;
+    allocator::postgres::MIGRATOR
+        .run(&pool)
+        .await
+        .expect("migrate");
+    let store = Arc::new(PgCounterStore::new(pool));
+    let service = allocator::grpc::service(Allocator::new(store.clone(), default_format));
+    let server = spawn_service(service, store).await;
+    let client = NumberAllocatorClient::new(server.channel().await);
+    AllocatorApp { db, server, client }
+}
+
+/// Waits until `service`'s health is `wanted`, through the Watch stream.
+pub async fn wait_for_health(channel: Channel, service: &str, wanted: ServingStatus) {
+    let mut health = HealthClient::new(channel);
+    let mut updates = health
+        .watch(HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .expect("health watch")
+        .into_inner();
+    let reached = tokio::time::timeout(PATIENCE, async {
+        while let Some(update) = updates.next().await {
+            if update.expect("health update").status == wanted as i32 {
+                return;
+            }
+        }
+        panic!("health stream ended before {service:?} was {wanted:?}");
+    })
+    .await;
+    assert!(
+        reached.is_ok(),
+        "{service:?} did not become {wanted:?} within {PATIENCE:?}"
+    );
+}
+
+/// Asserts an INVALID_ARGUMENT whose BadRequest names `field` and whose
+/// ErrorInfo has the reason INVALID_ARGUMENT.
+pub fn assert_invalid_field(status: &Status, field: &str) {
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let bad_request = status
+        .get_details_bad_request()
+        .expect("BadRequest details");
+    let fields: Vec<_> = bad_request
+        .field_violations
+        .iter()
+        .map(|v| v.field.as_str())
+        .collect();
+    assert!(fields.contains(&field), "{field} not named in {fields:?}");
+    assert_reason(status, "INVALID_ARGUMENT");
+}
+
+/// Asserts the status' ErrorInfo reason.
+pub fn assert_reason(status: &Status, reason: &str) {
+    let info = status.get_details_error_info().expect("ErrorInfo details");
+    assert_eq!(info.reason, reason, "{status:?}");
+    assert_eq!(info.domain, "numbering");
+}
+
+/// Asserts `values` are exactly `1..=n` (after sorting), naming what differs.
+pub fn assert_exactly_one_to(values: &[i64], n: i64) {
+    let mut seen: HashMap<i64, usize> = HashMap::new();
+    for value in values {
+        *seen.entry(*value).or_default() += 1;
+    }
+    let duplicates: Vec<_> = seen
+        .iter()
+        .filter(|(_, times)| **times > 1)
+        .map(|(v, _)| *v)
+        .collect();
+    assert!(duplicates.is_empty(), "duplicated numbers: {duplicates:?}");
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (1..=n).collect::<Vec<_>>());
+}

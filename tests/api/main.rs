@@ -1,0 +1,6 @@
+//! Behaviour tests: real gRPC servers on port 0, real clients, and a fresh
+//! PostgreSQL database per test.
+
+mod allocator;
+mod helpers;
+mod server;

@@ -1,0 +1,1 @@
+//! Shared server behaviour: reflection, health, shutdown.
