@@ -38,14 +38,21 @@ impl InvalidArgument {
     }
 }
 
+/// Most violations put in one status: its message and details travel in
+/// headers, which peers cap in size (a request with 500 bad items would not fit).
+const MAX_REPORTED: usize = 20;
+
 impl fmt::Display for InvalidArgument {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("invalid request: ")?;
-        for (i, violation) in self.0.iter().enumerate() {
+        for (i, violation) in self.0.iter().take(MAX_REPORTED).enumerate() {
             if i > 0 {
                 f.write_str("; ")?;
             }
             write!(f, "{}: {}", violation.field, violation.description)?;
+        }
+        if self.0.len() > MAX_REPORTED {
+            write!(f, "; and {} more", self.0.len() - MAX_REPORTED)?;
         }
         Ok(())
     }
@@ -54,7 +61,7 @@ impl fmt::Display for InvalidArgument {
 impl From<InvalidArgument> for Status {
     fn from(error: InvalidArgument) -> Self {
         let mut details = ErrorDetails::new();
-        for violation in &error.0 {
+        for violation in error.0.iter().take(MAX_REPORTED) {
             details.add_bad_request_violation(&violation.field, &violation.description);
         }
         details.set_error_info(

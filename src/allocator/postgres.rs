@@ -2,13 +2,14 @@
 //! change in a transaction that commits synchronously.
 
 use async_trait::async_trait;
-use sqlx::{PgConnection, PgPool, Postgres, Transaction, migrate::Migrator};
+use sqlx::{PgConnection, PgPool, migrate::Migrator};
 
 use crate::{
     allocator::{
         domain::{Count, Series, SeriesName},
         store::{CounterStore, StoreError},
     },
+    db::begin_durable,
     server::Readiness,
     tenant::TenantId,
 };
@@ -28,18 +29,6 @@ impl PgCounterStore {
     pub fn new(pool: PgPool) -> Self {
         Self { pool }
     }
-}
-
-/// Begins a transaction whose COMMIT returns only once it is flushed to disk,
-/// whatever `synchronous_commit` the server, database or role defaults to:
-/// with it off, a crash could roll a counter back under numbers already handed out.
-///
-/// # Errors
-/// No connection could be had, or the statements failed.
-pub async fn begin_durable(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-    // One round trip: the simple-query protocol runs both statements.
-    pool.begin_with("BEGIN; SET LOCAL synchronous_commit = on")
-        .await
 }
 
 #[derive(sqlx::FromRow)]

@@ -1,1 +1,127 @@
-fn main() {}
+//! `invoice-writer`: serves `numbering.v1.InvoiceWriter` over PostgreSQL, numbering
+//! invoices with the allocator; `seed-counters` seeds the allocator from stored invoices.
+
+use std::{net::SocketAddr, process::ExitCode, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use numbering::{
+    db,
+    invoices::{
+        InvoiceWriter,
+        allocator_client::{AllocatorClient, Backoff},
+        grpc,
+        postgres::{MIGRATOR, PgInvoiceStore},
+        seed,
+        store::InvoiceStore,
+    },
+    server::{
+        self,
+        config::{DatabaseArgs, ServerArgs, parse_or_exit},
+        shutdown, telemetry,
+    },
+};
+use tokio::net::TcpListener;
+
+/// Stores invoices, each numbered by the number allocator, over gRPC.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Config {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    /// Address to listen on.
+    #[arg(long, env = "NUMBERING_LISTEN", default_value = "0.0.0.0:50052")]
+    listen: SocketAddr,
+
+    /// URL of the number allocator.
+    #[arg(
+        long,
+        env = "NUMBERING_ALLOCATOR_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    allocator_url: String,
+
+    /// Numbers allocated per invoice before answering ABORTED when each is already taken.
+    #[arg(long, env = "NUMBERING_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    max_attempts: u32,
+
+    /// Longest time spent retrying an unreachable allocator per invoice (the caller's deadline may cut it shorter).
+    #[arg(long, env = "NUMBERING_ALLOCATOR_RETRY_BUDGET", default_value = "5s", value_parser = humantime::parse_duration)]
+    allocator_retry_budget: Duration,
+
+    /// Time-out for opening a connection to the allocator.
+    #[arg(long, env = "NUMBERING_ALLOCATOR_CONNECT_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    allocator_connect_timeout: Duration,
+
+    #[command(flatten)]
+    database: DatabaseArgs,
+
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve gRPC (the default).
+    Serve,
+    /// Raise each tenant's invoice counter in the allocator to its highest stored invoice number, then exit.
+    SeedCounters,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<ExitCode> {
+    let config: Config = parse_or_exit();
+    telemetry::init(config.server.log_format);
+
+    let url = &config.database.database_url;
+    let pool = db::connect_postgres(url, &config.database.pool())
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
+    MIGRATOR.run(&pool).await.context("running migrations")?;
+    let store = Arc::new(PgInvoiceStore::new(pool));
+    let allocator = AllocatorClient::connect_lazy(
+        &config.allocator_url,
+        config.allocator_connect_timeout,
+        Backoff::default(),
+    )
+    .with_context(|| format!("allocator URL {}", config.allocator_url))?;
+
+    if let Some(Command::SeedCounters) = config.command {
+        let report = seed::seed_counters(store.as_ref(), &allocator).await?;
+        store.close().await;
+        tracing::info!(
+            tenants = report.tenants,
+            failed = report.failed,
+            "seeding finished"
+        );
+        return Ok(if report.failed == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        database = %url,
+        allocator = %config.allocator_url,
+        "invoice-writer listening"
+    );
+
+    let writer = InvoiceWriter::new(store.clone(), allocator, config.max_attempts);
+    server::serve(
+        listener,
+        grpc::service(writer, config.allocator_retry_budget),
+        store.clone(),
+        &config.server.settings(),
+        shutdown::signal(),
+    )
+    .await?;
+    store.close().await;
+    tracing::info!("invoice-writer stopped");
+    Ok(ExitCode::SUCCESS)
+}

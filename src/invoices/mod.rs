@@ -1,1 +1,19 @@
-//! The invoice writer.
+//! The invoice writer: stores invoices in its own database, numbering each one
+//! with the allocator and allocating again when a number is already taken.
+//!
+//! - [`domain`]: field rules, exact totals, the invoice as stored.
+//! - [`writer`]: the [`InvoiceWriter`] rules: allocate, insert, retry on conflict.
+//! - [`allocator_client`]: calls to the allocator, retried while it is unreachable.
+//! - [`grpc`]: the `numbering.v1.InvoiceWriter` handlers.
+//! - [`store`]: the invoice store interface; [`postgres`]: its PostgreSQL implementation.
+//! - [`seed`]: seeding the allocator's counters from stored invoices.
+
+pub mod allocator_client;
+pub mod domain;
+pub mod grpc;
+pub mod postgres;
+pub mod seed;
+pub mod store;
+pub mod writer;
+
+pub use writer::{Error, InvoiceWriter};

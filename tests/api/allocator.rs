@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use numbering::{
-    allocator::{domain::NumberFormat, postgres::begin_durable},
+    allocator::domain::NumberFormat,
+    db::begin_durable,
     proto::{
         AdvanceCounterRequest, AllocateRequest, GetSeriesRequest, ListSeriesRequest,
         number_allocator_client::NumberAllocatorClient,

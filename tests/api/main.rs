@@ -3,4 +3,5 @@
 
 mod allocator;
 mod helpers;
+mod invoices;
 mod server;

@@ -1,0 +1,207 @@
+//! Calls to the allocator. Allocation retries with bounded, jittered backoff
+//! while the allocator is unreachable, up to a deadline.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tonic::{
+    Code, Request, Status,
+    transport::{Channel, Endpoint},
+};
+
+use crate::{
+    allocator::domain::SeriesName,
+    proto::{
+        AdvanceCounterRequest, AllocateRequest, AllocatedNumber, Series,
+        number_allocator_client::NumberAllocatorClient,
+    },
+    tenant::TenantId,
+};
+
+/// Exponential backoff with jitter: the delay before retry `n` is drawn from
+/// the upper half of `min(initial × 2ⁿ, max)`, so clients that failed together
+/// do not retry together.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    /// Ceiling of the first delay.
+    pub initial: Duration,
+    /// Largest ceiling.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_millis(50),
+            max: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before retry `retry` (0 for the first).
+    #[must_use]
+    pub fn delay(&self, retry: u32) -> Duration {
+        let ceiling = self
+            .initial
+            .saturating_mul(2_u32.saturating_pow(retry))
+            .min(self.max);
+        ceiling / 2 + (ceiling / 2).mul_f64(fastrand::f64())
+    }
+}
+
+/// Whether a failed call is worth retrying: the allocator is unreachable or
+/// unavailable, or the connection failed mid-call. A status built here from a
+/// transport error carries that error as its source (UNKNOWN for a reset
+/// stream, CANCELLED for a dropped connection, which is also what our own
+/// per-call time-out gives: the deadline check tells them apart). A retry after
+/// a call that did commit only leaves a gap in the numbers, never a duplicate.
+fn is_transient(status: &Status) -> bool {
+    use std::error::Error as _;
+    status.code() == Code::Unavailable
+        || status.code() == Code::Cancelled
+        || status.source().is_some()
+}
+
+/// Why no number could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum AllocatorError {
+    /// The allocator stayed unreachable or unavailable until the deadline.
+    #[error("the allocator is unavailable: {0}")]
+    Unavailable(String),
+    /// The allocator answered with an error retrying would not fix.
+    #[error("the allocator refused: {}", .0.message())]
+    Rejected(Status),
+}
+
+/// A client of `numbering.v1.NumberAllocator`.
+#[derive(Debug, Clone)]
+pub struct AllocatorClient {
+    client: NumberAllocatorClient<Channel>,
+    backoff: Backoff,
+}
+
+impl AllocatorClient {
+    /// A client that connects on first use, so the writer starts while the allocator is down.
+    ///
+    /// # Errors
+    /// `url` is not a valid endpoint URL.
+    pub fn connect_lazy(
+        url: &str,
+        connect_timeout: Duration,
+        backoff: Backoff,
+    ) -> Result<Self, tonic::transport::Error> {
+        let channel = Endpoint::from_shared(url.to_owned())?
+            .connect_timeout(connect_timeout)
+            .connect_lazy();
+        Ok(Self {
+            client: NumberAllocatorClient::new(channel),
+            backoff,
+        })
+    }
+
+    /// Allocates the next number of the tenant's invoice series. While the
+    /// allocator is unreachable or answers UNAVAILABLE, retries with backoff as
+    /// long as the next attempt can start before `deadline`.
+    ///
+    /// # Errors
+    /// [`AllocatorError::Unavailable`] once the deadline leaves no room for
+    /// another attempt; [`AllocatorError::Rejected`] for any other error.
+    pub async fn allocate(
+        &self,
+        tenant: &TenantId,
+        deadline: Instant,
+    ) -> Result<AllocatedNumber, AllocatorError> {
+        let mut retry = 0;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(AllocatorError::Unavailable(
+                    "no time left to call it".into(),
+                ));
+            }
+            let mut request = Request::new(AllocateRequest {
+                tenant_id: tenant.to_string(),
+                series: SeriesName::DEFAULT.into(),
+                count: 1,
+                request_id: String::new(),
+            });
+            request.set_timeout(remaining);
+            let status = match self.client.clone().allocate(request).await {
+                Ok(response) => {
+                    return response
+                        .into_inner()
+                        .numbers
+                        .into_iter()
+                        .next()
+                        .ok_or_else(|| {
+                            AllocatorError::Rejected(Status::internal(
+                                "the allocator returned no number",
+                            ))
+                        });
+                }
+                Err(status) => status,
+            };
+            if status.code() == Code::DeadlineExceeded {
+                return Err(AllocatorError::Unavailable(status.message().to_owned()));
+            }
+            if !is_transient(&status) {
+                return Err(AllocatorError::Rejected(status));
+            }
+            let delay = self.backoff.delay(retry);
+            if Instant::now() + delay >= deadline {
+                return Err(AllocatorError::Unavailable(status.message().to_owned()));
+            }
+            tracing::warn!(tenant = %tenant, retry, delay = ?delay, error = %status.message(), "allocator unavailable; retrying");
+            tokio::time::sleep(delay).await;
+            retry += 1;
+        }
+    }
+
+    /// Raises the tenant's invoice counter to `at_least`; never lowers it.
+    ///
+    /// # Errors
+    /// The allocator's answer, unretried.
+    pub async fn advance(&self, tenant: &str, at_least: i64) -> Result<Series, Status> {
+        let response = self
+            .client
+            .clone()
+            .advance_counter(AdvanceCounterRequest {
+                tenant_id: tenant.to_owned(),
+                series: SeriesName::DEFAULT.into(),
+                at_least,
+            })
+            .await?;
+        response
+            .into_inner()
+            .series
+            .ok_or_else(|| Status::internal("the allocator returned no series"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_ceiling_with_jitter() {
+        let backoff = Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_millis(400),
+        };
+        for _ in 0..100 {
+            let first = backoff.delay(0);
+            assert!(
+                first >= Duration::from_millis(50) && first <= Duration::from_millis(100),
+                "{first:?}"
+            );
+            let late = backoff.delay(30);
+            assert!(
+                late >= Duration::from_millis(200) && late <= Duration::from_millis(400),
+                "{late:?}"
+            );
+        }
+        let draws: std::collections::HashSet<_> = (0..20).map(|_| backoff.delay(1)).collect();
+        assert!(draws.len() > 1, "no jitter");
+    }
+}

@@ -1,0 +1,294 @@
+//! `numbering.v1.InvoiceWriter` handlers: request → domain types → [`InvoiceWriter`] → response.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tonic::{Code, Request, Response, Status};
+use uuid::Uuid;
+
+use crate::{
+    invoices::{
+        Error, InvoiceWriter,
+        allocator_client::AllocatorError,
+        domain::{self, Client, Invoice, LineItem, MAX_LINE_ITEMS, NewInvoice},
+        store::StoreError,
+    },
+    pagination,
+    proto::{
+        self, CreateInvoiceRequest, CreateInvoiceResponse, GetInvoiceRequest, GetInvoiceResponse,
+        ListInvoicesRequest, ListInvoicesResponse,
+        invoice_writer_server::{self, InvoiceWriterServer},
+    },
+    server::caller_timeout,
+    status::{internal, with_reason},
+    tenant::TenantId,
+    validation::{InvalidArgument, Violations},
+};
+
+/// Largest request the writer decodes: 500 line items of bounded text fit well within it.
+const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+
+/// The gRPC face of an [`InvoiceWriter`].
+#[derive(Clone)]
+pub struct InvoiceWriterService {
+    writer: InvoiceWriter,
+    allocation_budget: Duration,
+}
+
+/// The tonic service to serve. Allocation retries stop after
+/// `allocation_budget`, or sooner when the caller's deadline is nearer.
+#[must_use]
+pub fn service(
+    writer: InvoiceWriter,
+    allocation_budget: Duration,
+) -> InvoiceWriterServer<InvoiceWriterService> {
+    InvoiceWriterServer::new(InvoiceWriterService {
+        writer,
+        allocation_budget,
+    })
+    .max_decoding_message_size(MAX_REQUEST_BYTES)
+}
+
+/// Reads a create request into a [`NewInvoice`], naming every bad field.
+///
+/// # Errors
+/// The fields that break the rules.
+pub fn parse_new_invoice(request: &CreateInvoiceRequest) -> Result<NewInvoice, InvalidArgument> {
+    let mut v = Violations::new();
+    let tenant_id = v.check("tenant_id", TenantId::parse(&request.tenant_id));
+    let id = v.check("client_id", domain::text(&request.client_id, 128, false));
+    let name = v.check("client_name", domain::text(&request.client_name, 200, true));
+    let email = v.check("client_email", domain::email(&request.client_email));
+    let phone = v.check("client_phone", domain::phone(&request.client_phone));
+    let address = v.check(
+        "client_address",
+        domain::text(&request.client_address, 1000, false),
+    );
+    let due_date = v.check("due_date", domain::due_date(&request.due_date));
+    let notes = v.check("notes", domain::text(&request.notes, 4000, false));
+    let currency = v.check("currency", domain::currency(&request.currency));
+    v.check("request_id", domain::text(&request.request_id, 128, false));
+    if request.line_items.is_empty() || request.line_items.len() > MAX_LINE_ITEMS {
+        v.add(
+            "line_items",
+            format!("must hold 1 to {MAX_LINE_ITEMS} items"),
+        );
+    }
+    let mut line_items = Vec::with_capacity(request.line_items.len());
+    for (i, item) in request.line_items.iter().take(MAX_LINE_ITEMS).enumerate() {
+        let description = v.check(
+            format!("line_items[{i}].description"),
+            domain::text(&item.description, 1000, true),
+        );
+        let quantity = v.check(
+            format!("line_items[{i}].quantity"),
+            domain::quantity(&item.quantity),
+        );
+        let unit_price = v.check(
+            format!("line_items[{i}].unit_price"),
+            domain::unit_price(&item.unit_price),
+        );
+        if let (Some(description), Some(quantity), Some(unit_price)) =
+            (description, quantity, unit_price)
+        {
+            line_items.push(LineItem {
+                description,
+                quantity,
+                unit_price,
+            });
+        }
+    }
+    v.finish()?;
+    let (
+        Some(tenant_id),
+        Some(id),
+        Some(name),
+        Some(email),
+        Some(phone),
+        Some(address),
+        Some(due_date),
+        Some(notes),
+        Some(currency),
+    ) = (
+        tenant_id, id, name, email, phone, address, due_date, notes, currency,
+    )
+    else {
+        unreachable!("finish() returned Ok, so every field parsed");
+    };
+    Ok(NewInvoice {
+        tenant_id,
+        client: Client {
+            id,
+            name,
+            email,
+            phone,
+            address,
+        },
+        due_date,
+        notes,
+        currency,
+        line_items,
+    })
+}
+
+#[tonic::async_trait]
+impl invoice_writer_server::InvoiceWriter for InvoiceWriterService {
+    async fn create_invoice(
+        &self,
+        request: Request<CreateInvoiceRequest>,
+    ) -> Result<Response<CreateInvoiceResponse>, Status> {
+        // Answer before the caller gives up: stop retrying at 90% of its deadline.
+        let budget = caller_timeout(request.metadata()).map_or(self.allocation_budget, |timeout| {
+            self.allocation_budget.min(timeout.mul_f64(0.9))
+        });
+        let deadline = Instant::now() + budget;
+        let new = parse_new_invoice(request.get_ref())?;
+
+        let invoice = self.writer.create(&new, deadline).await?;
+        Ok(Response::new(CreateInvoiceResponse {
+            invoice: Some(invoice.into()),
+        }))
+    }
+
+    async fn get_invoice(
+        &self,
+        request: Request<GetInvoiceRequest>,
+    ) -> Result<Response<GetInvoiceResponse>, Status> {
+        let request = request.into_inner();
+        let mut v = Violations::new();
+        let tenant = v.check("tenant_id", TenantId::parse(&request.tenant_id));
+        let id = v.check(
+            "id",
+            Uuid::parse_str(&request.id)
+                .map_err(|_| "must be an invoice id as returned by CreateInvoice".to_owned()),
+        );
+        v.finish()?;
+        let (Some(tenant), Some(id)) = (tenant, id) else {
+            unreachable!("finish() returned Ok, so every field parsed");
+        };
+
+        let invoice = self.writer.get(&tenant, id).await?;
+        Ok(Response::new(GetInvoiceResponse {
+            invoice: Some(invoice.into()),
+        }))
+    }
+
+    async fn list_invoices(
+        &self,
+        request: Request<ListInvoicesRequest>,
+    ) -> Result<Response<ListInvoicesResponse>, Status> {
+        let request = request.into_inner();
+        let mut v = Violations::new();
+        let tenant = v.check("tenant_id", TenantId::parse(&request.tenant_id));
+        let size = v.check("page_size", pagination::page_size(request.page_size));
+        let after = v.check(
+            "page_token",
+            pagination::decode_token(&request.page_token).and_then(|key| {
+                key.map_or(Ok(0), |key| {
+                    key.parse::<i64>()
+                        .map_err(|_| "is not a page token from this service".into())
+                })
+            }),
+        );
+        v.finish()?;
+        let (Some(tenant), Some(size), Some(after)) = (tenant, size, after) else {
+            unreachable!("finish() returned Ok, so every field parsed");
+        };
+
+        let (page, more) = self.writer.list(&tenant, after, size).await?;
+        let next_page_token = match page.last() {
+            Some(last) if more => pagination::encode_token(&last.number.to_string()),
+            _ => String::new(),
+        };
+        Ok(Response::new(ListInvoicesResponse {
+            invoices: page.into_iter().map(Into::into).collect(),
+            next_page_token,
+        }))
+    }
+}
+
+impl From<Invoice> for proto::Invoice {
+    fn from(invoice: Invoice) -> Self {
+        Self {
+            id: invoice.id.to_string(),
+            tenant_id: invoice.tenant_id,
+            invoice_number: invoice.invoice_number,
+            number: invoice.number,
+            client_id: invoice.client.id,
+            client_name: invoice.client.name,
+            client_email: invoice.client.email,
+            client_phone: invoice.client.phone,
+            client_address: invoice.client.address,
+            due_date: invoice.due_date.format("%Y-%m-%d").to_string(),
+            notes: invoice.notes,
+            currency: invoice.currency,
+            line_items: invoice
+                .line_items
+                .into_iter()
+                .map(|item| proto::LineItem {
+                    description: item.description,
+                    quantity: item.quantity.to_string(),
+                    unit_price: item.unit_price.to_string(),
+                })
+                .collect(),
+            total: domain::amount(invoice.total),
+            created_at: Some(prost_types::Timestamp {
+                seconds: invoice.created_at.timestamp(),
+                nanos: i32::try_from(invoice.created_at.timestamp_subsec_nanos()).unwrap_or(0),
+            }),
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::InvoiceNotFound => with_reason(
+                Code::NotFound,
+                "invoice not found",
+                "INVOICE_NOT_FOUND",
+                &[],
+            ),
+            Error::NumberConflicts { tenant, attempts } => with_reason(
+                Code::Aborted,
+                format!(
+                    "could not number the invoice: the {attempts} numbers allocated were all taken by existing \
+                     invoices; nothing was stored. Seed the counter (invoice-writer seed-counters) or retry"
+                ),
+                "NUMBER_CONFLICT",
+                &[("tenantId", tenant), ("attempts", attempts.to_string())],
+            ),
+            Error::Allocator(AllocatorError::Unavailable(cause)) => with_reason(
+                Code::Unavailable,
+                format!(
+                    "the number allocator is unavailable ({cause}); nothing was stored, retry later"
+                ),
+                "ALLOCATOR_UNAVAILABLE",
+                &[],
+            ),
+            Error::Allocator(AllocatorError::Rejected(status))
+                if status.code() == Code::Internal =>
+            {
+                internal(&AllocatorError::Rejected(status))
+            }
+            Error::Allocator(AllocatorError::Rejected(status)) => with_reason(
+                status.code(),
+                format!("the number allocator refused: {}", status.message()),
+                "ALLOCATOR_REFUSED",
+                &[],
+            ),
+            Error::Store(StoreError::Unavailable(cause)) => {
+                tracing::warn!(error = %cause, "invoice store unavailable");
+                with_reason(
+                    Code::Unavailable,
+                    "the invoice store is unavailable; retry later",
+                    "STORE_UNAVAILABLE",
+                    &[],
+                )
+            }
+            error @ Error::Store(StoreError::NumberTaken | StoreError::Internal(_)) => {
+                internal(&error)
+            }
+        }
+    }
+}

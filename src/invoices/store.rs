@@ -1,0 +1,71 @@
+//! The invoice store interface. The gRPC layer never sees which backend runs.
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+use crate::{
+    db::{DbErrorKind, classify},
+    invoices::domain::Invoice,
+    server::Readiness,
+    tenant::TenantId,
+};
+
+/// Boxed cause of a store error, whatever the backend.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Durable invoices, unique per tenant by number and by formatted number.
+#[async_trait]
+pub trait InvoiceStore: Readiness {
+    /// Stores a new invoice, durably before it returns.
+    ///
+    /// # Errors
+    /// [`StoreError::NumberTaken`] when the tenant already has an invoice with
+    /// this number; nothing is stored then.
+    async fn insert(&self, invoice: &Invoice) -> Result<(), StoreError>;
+
+    /// One of the tenant's invoices; `None` for an unknown id or another tenant's.
+    async fn get(&self, tenant: &TenantId, id: Uuid) -> Result<Option<Invoice>, StoreError>;
+
+    /// Up to `limit` of the tenant's invoices numbered above `after`, in number order.
+    async fn list(
+        &self,
+        tenant: &TenantId,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<Invoice>, StoreError>;
+
+    /// The highest invoice number of every tenant, compared as numbers.
+    async fn highest_numbers(&self) -> Result<Vec<(String, i64)>, StoreError>;
+
+    /// Closes the store's connections.
+    async fn close(&self);
+}
+
+/// An invoice store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The tenant already has an invoice with this number.
+    #[error("invoice number already taken")]
+    NumberTaken,
+    /// The store cannot be reached now; retrying the call later may succeed.
+    #[error("invoice store unavailable")]
+    Unavailable(#[source] BoxError),
+    /// Anything else.
+    #[error("invoice store failed")]
+    Internal(#[source] BoxError),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        match classify(&error) {
+            DbErrorKind::UniqueViolation(Some(constraint))
+                if constraint == "invoices_tenant_invoice_number_key"
+                    || constraint == "invoices_tenant_number_key" =>
+            {
+                Self::NumberTaken
+            }
+            DbErrorKind::Unavailable | DbErrorKind::Retryable => Self::Unavailable(error.into()),
+            _ => Self::Internal(error.into()),
+        }
+    }
+}

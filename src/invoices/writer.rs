@@ -1,0 +1,119 @@
+//! The invoice-writing rules: allocate a number, insert the invoice, and on a
+//! number already taken allocate again, up to a bounded number of attempts.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::{
+    invoices::{
+        allocator_client::{AllocatorClient, AllocatorError},
+        domain::{Invoice, NewInvoice},
+        store::{InvoiceStore, StoreError},
+    },
+    tenant::TenantId,
+};
+
+/// An invoice-writer failure.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No invoice with this id for this tenant.
+    #[error("invoice not found")]
+    InvoiceNotFound,
+    /// Every allocated number was already taken; nothing was stored.
+    #[error("{attempts} allocated numbers were all already taken")]
+    NumberConflicts {
+        /// Tenant of the invoice.
+        tenant: String,
+        /// Numbers tried.
+        attempts: u32,
+    },
+    /// No number could be allocated.
+    #[error(transparent)]
+    Allocator(#[from] AllocatorError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Writes and reads invoices.
+#[derive(Clone)]
+pub struct InvoiceWriter {
+    store: Arc<dyn InvoiceStore>,
+    allocator: AllocatorClient,
+    max_attempts: u32,
+}
+
+impl InvoiceWriter {
+    /// A writer that allocates at most `max_attempts` numbers per invoice.
+    #[must_use]
+    pub fn new(
+        store: Arc<dyn InvoiceStore>,
+        allocator: AllocatorClient,
+        max_attempts: u32,
+    ) -> Self {
+        Self {
+            store,
+            allocator,
+            max_attempts: max_attempts.max(1),
+        }
+    }
+
+    /// Numbers and stores a new invoice.
+    ///
+    /// # Errors
+    /// [`Error::NumberConflicts`] when every number allocated was taken,
+    /// [`Error::Allocator`] when none could be allocated before `deadline`,
+    /// or a store failure. Nothing is stored in any of these cases.
+    pub async fn create(&self, new: &NewInvoice, deadline: Instant) -> Result<Invoice, Error> {
+        for attempt in 1..=self.max_attempts {
+            let number = self.allocator.allocate(&new.tenant_id, deadline).await?;
+            let invoice = new.numbered(number.value, number.formatted, Utc::now());
+            match self.store.insert(&invoice).await {
+                Ok(()) => return Ok(invoice),
+                Err(StoreError::NumberTaken) => tracing::warn!(
+                    tenant = %new.tenant_id,
+                    number = invoice.number,
+                    invoice_number = %invoice.invoice_number,
+                    attempt,
+                    max_attempts = self.max_attempts,
+                    "invoice number already taken; allocating another",
+                ),
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(Error::NumberConflicts {
+            tenant: new.tenant_id.to_string(),
+            attempts: self.max_attempts,
+        })
+    }
+
+    /// One of the tenant's invoices.
+    ///
+    /// # Errors
+    /// [`Error::InvoiceNotFound`] for an unknown id and for another tenant's.
+    pub async fn get(&self, tenant: &TenantId, id: Uuid) -> Result<Invoice, Error> {
+        self.store
+            .get(tenant, id)
+            .await?
+            .ok_or(Error::InvoiceNotFound)
+    }
+
+    /// Up to `limit` invoices numbered above `after`, and whether more follow.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn list(
+        &self,
+        tenant: &TenantId,
+        after: i64,
+        limit: u32,
+    ) -> Result<(Vec<Invoice>, bool), Error> {
+        let mut page = self.store.list(tenant, after, limit + 1).await?;
+        let more = page.len() > limit as usize;
+        page.truncate(limit as usize);
+        Ok((page, more))
+    }
+}

@@ -1,0 +1,480 @@
+//! InvoiceWriter behaviour, with a real allocator behind it.
+
+use std::{collections::HashSet, sync::Arc, time::Duration};
+
+use numbering::{
+    allocator::domain::NumberFormat,
+    invoices::{seed, store::InvoiceStore},
+    proto::{GetInvoiceRequest, GetSeriesRequest, LineItem, ListInvoicesRequest},
+};
+use tokio::{net::TcpListener, sync::Barrier};
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+use crate::helpers::{
+    allocator_client, assert_invalid_field, assert_reason, import_invoice, invoice_request,
+    list_all, spawn_allocator_on, spawn_both, spawn_writer, wait_for_health,
+};
+
+/// 200 concurrent invoices of one tenant are numbered INV-001 … INV-200, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_invoices_are_numbered_without_gaps_or_duplicates() {
+    let (_allocator, mut writer) = spawn_both(3).await;
+    let barrier = Arc::new(Barrier::new(200));
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let mut client = writer.client.clone();
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                client
+                    .create_invoice(invoice_request("acme"))
+                    .await
+                    .expect("create")
+                    .into_inner()
+                    .invoice
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut numbers = Vec::new();
+    for task in tasks {
+        numbers.push(task.await.unwrap().invoice_number);
+    }
+    numbers.sort();
+    let expected: Vec<_> = (1..=200).map(|n| format!("INV-{n:03}")).collect();
+    assert_eq!(numbers, expected);
+
+    let listed: Vec<_> = list_all(&mut writer.client, "acme")
+        .await
+        .into_iter()
+        .map(|i| i.number)
+        .collect();
+    assert_eq!(
+        listed,
+        (1..=200).collect::<Vec<i64>>(),
+        "ListInvoices is not in number order"
+    );
+}
+
+/// A created invoice carries its fields and an exact total, and reads back the same.
+#[tokio::test]
+async fn invoices_read_back_as_created_with_exact_totals() {
+    let (_allocator, mut writer) = spawn_both(3).await;
+    let created = writer
+        .client
+        .create_invoice(invoice_request("acme"))
+        .await
+        .unwrap()
+        .into_inner()
+        .invoice
+        .unwrap();
+    assert_eq!(created.invoice_number, "INV-001");
+    assert_eq!(created.number, 1);
+    // 1.5 × 100.00 + 1 × 0.1, never via floating point.
+    assert_eq!(created.total, "150.10");
+    assert_eq!(created.line_items[0].quantity, "1.5");
+    assert_eq!(created.line_items[0].unit_price, "100.00");
+    assert_eq!(
+        (
+            created.client_name.as_str(),
+            created.due_date.as_str(),
+            created.currency.as_str()
+        ),
+        ("Globex Corporation", "2026-12-31", "EUR")
+    );
+    assert!(created.created_at.is_some());
+
+    let read = writer
+        .client
+        .get_invoice(GetInvoiceRequest {
+            tenant_id: "acme".into(),
+            id: created.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .invoice
+        .unwrap();
+    assert_eq!(read, created);
+}
+
+/// Another tenant's invoice answers NOT_FOUND exactly as an unknown id does.
+#[tokio::test]
+async fn another_tenants_invoice_is_not_found() {
+    let (_allocator, mut writer) = spawn_both(3).await;
+    let created = writer
+        .client
+        .create_invoice(invoice_request("acme"))
+        .await
+        .unwrap()
+        .into_inner()
+        .invoice
+        .unwrap();
+
+    let foreign = writer
+        .client
+        .get_invoice(GetInvoiceRequest {
+            tenant_id: "globex".into(),
+            id: created.id,
+        })
+        .await
+        .unwrap_err();
+    let unknown = writer
+        .client
+        .get_invoice(GetInvoiceRequest {
+            tenant_id: "globex".into(),
+            id: uuid::Uuid::now_v7().to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(foreign.code(), Code::NotFound);
+    assert_eq!(
+        (foreign.code(), foreign.message()),
+        (unknown.code(), unknown.message())
+    );
+    assert_eq!(foreign.details(), unknown.details());
+    assert_reason(&foreign, "INVOICE_NOT_FOUND");
+    assert!(list_all(&mut writer.client, "globex").await.is_empty());
+}
+
+/// Invoices imported ahead of the counter are skipped within the attempts, and no
+/// number is stored twice.
+#[tokio::test]
+async fn conflicting_numbers_are_skipped_within_the_attempts() {
+    let (_allocator, mut writer) = spawn_both(3).await;
+    import_invoice(&writer.store, "acme", 1, "INV-001").await;
+    import_invoice(&writer.store, "acme", 2, "INV-002").await;
+
+    let created = writer
+        .client
+        .create_invoice(invoice_request("acme"))
+        .await
+        .unwrap()
+        .into_inner()
+        .invoice
+        .unwrap();
+    assert_eq!(created.invoice_number, "INV-003");
+    let numbers: Vec<_> = list_all(&mut writer.client, "acme")
+        .await
+        .into_iter()
+        .map(|i| i.invoice_number)
+        .collect();
+    assert_eq!(numbers, ["INV-001", "INV-002", "INV-003"]);
+}
+
+/// More conflicts than attempts answer ABORTED with a reason and store nothing; the
+/// next call continues past the numbers burned.
+#[tokio::test]
+async fn more_conflicts_than_attempts_abort_and_store_nothing() {
+    let (_allocator, mut writer) = spawn_both(3).await;
+    for n in 1..=4 {
+        import_invoice(&writer.store, "acme", n, &format!("INV-{n:03}")).await;
+    }
+
+    let status = writer
+        .client
+        .create_invoice(invoice_request("acme"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Aborted, "{status:?}");
+    assert_reason(&status, "NUMBER_CONFLICT");
+    assert!(
+        status.message().contains("nothing was stored"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(list_all(&mut writer.client, "acme").await.len(), 4);
+
+    let created = writer
+        .client
+        .create_invoice(invoice_request("acme"))
+        .await
+        .unwrap()
+        .into_inner()
+        .invoice
+        .unwrap();
+    assert_eq!(created.invoice_number, "INV-005");
+    let numbers: Vec<_> = list_all(&mut writer.client, "acme")
+        .await
+        .into_iter()
+        .map(|i| i.number)
+        .collect();
+    assert_eq!(numbers, [1, 2, 3, 4, 5]);
+}
+
+/// Seeding compares numbers numerically (INV-1001 above INV-999), raises each tenant's
+/// counter, and changes nothing when run again.
+#[tokio::test]
+async fn seeding_continues_numbering_after_imported_invoices() {
+    let (mut allocator, mut writer) = spawn_both(1).await;
+    for (n, formatted) in [
+        (998, "INV-998"),
+        (999, "INV-999"),
+        (1000, "INV-1000"),
+        (1001, "INV-1001"),
+    ] {
+        import_invoice(&writer.store, "acme", n, formatted).await;
+    }
+    import_invoice(&writer.store, "globex", 7, "INV-007").await;
+    let client = allocator_client(&allocator.server.url());
+
+    for _ in 0..2 {
+        let report = seed::seed_counters(writer.store.as_ref(), &client)
+            .await
+            .unwrap();
+        assert_eq!((report.tenants, report.failed), (2, 0));
+        let series = allocator
+            .client
+            .get_series(GetSeriesRequest {
+                tenant_id: "acme".into(),
+                series: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .series
+            .unwrap();
+        assert_eq!(series.last_value, 1001);
+    }
+
+    // One attempt only: a number that collided would fail the call.
+    let acme = writer
+        .client
+        .create_invoice(invoice_request("acme"))
+        .await
+        .unwrap()
+        .into_inner()
+        .invoice
+        .unwrap();
+    assert_eq!(acme.invoice_number, "INV-1002");
+    let globex = writer
+        .client
+        .create_invoice(invoice_request("globex"))
+        .await
+        .unwrap()
+        .into_inner()
+        .invoice
+        .unwrap();
+    assert_eq!(globex.invoice_number, "INV-008");
+}
+
+/// The seed-counters command of the real binary seeds the allocator and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_counters_command_seeds_the_allocator() {
+    let (mut allocator, writer) = spawn_both(1).await;
+    import_invoice(&writer.store, "acme", 41, "INV-041").await;
+
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_invoice-writer"))
+        .args([
+            "--database-url",
+            &writer.db.url,
+            "--allocator-url",
+            &allocator.server.url(),
+            "seed-counters",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let series = allocator
+        .client
+        .get_series(GetSeriesRequest {
+            tenant_id: "acme".into(),
+            series: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .series
+        .unwrap();
+    assert_eq!(series.last_value, 41);
+}
+
+/// Each invoice rule answers INVALID_ARGUMENT naming the field, before any number is
+/// allocated, and stores nothing.
+#[tokio::test]
+async fn bad_invoices_are_rejected_by_field_and_change_nothing() {
+    let (mut allocator, mut writer) = spawn_both(3).await;
+    type Edit = fn(&mut numbering::proto::CreateInvoiceRequest);
+    let item = |q: &str, p: &str| LineItem {
+        description: "x".into(),
+        quantity: q.into(),
+        unit_price: p.into(),
+    };
+    let cases: Vec<(&str, Edit)> = vec![
+        ("tenant_id", |r| r.tenant_id = "bad tenant".into()),
+        ("client_id", |r| r.client_id = "c".repeat(129)),
+        ("client_name", |r| r.client_name = "   ".into()),
+        ("client_name", |r| r.client_name = "n".repeat(201)),
+        ("client_email", |r| r.client_email = "not-an-email".into()),
+        ("client_phone", |r| r.client_phone = "call me".into()),
+        ("client_address", |r| r.client_address = "a".repeat(1001)),
+        ("due_date", |r| r.due_date = "2026-02-30".into()),
+        ("due_date", |r| r.due_date = String::new()),
+        ("notes", |r| r.notes = "n".repeat(4001)),
+        ("currency", |r| r.currency = "EURO".into()),
+        ("currency", |r| r.currency = "XYZ".into()),
+        ("request_id", |r| r.request_id = "r".repeat(129)),
+        ("line_items", |r| r.line_items.clear()),
+        ("line_items[0].description", |r| {
+            r.line_items[0].description = String::new()
+        }),
+        ("line_items[1].quantity", |r| {
+            r.line_items[1].quantity = "0".into()
+        }),
+        ("line_items[1].quantity", |r| {
+            r.line_items[1].quantity = "-2".into()
+        }),
+        ("line_items[0].unit_price", |r| {
+            r.line_items[0].unit_price = "-0.01".into()
+        }),
+        ("line_items[0].unit_price", |r| {
+            r.line_items[0].unit_price = "1.23456".into()
+        }),
+        ("line_items[0].quantity", |r| {
+            r.line_items[0].quantity = "1e3".into()
+        }),
+    ];
+    for (field, edit) in cases {
+        let mut request = invoice_request("acme");
+        edit(&mut request);
+        let status = writer.client.create_invoice(request).await.unwrap_err();
+        assert_invalid_field(&status, field);
+    }
+    let mut too_many = invoice_request("acme");
+    too_many.line_items = (0..501).map(|_| item("1", "1")).collect();
+    assert_invalid_field(
+        &writer.client.create_invoice(too_many).await.unwrap_err(),
+        "line_items",
+    );
+
+    let status = writer
+        .client
+        .get_invoice(GetInvoiceRequest {
+            tenant_id: "acme".into(),
+            id: "42".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_invalid_field(&status, "id");
+    let status = writer
+        .client
+        .list_invoices(ListInvoicesRequest {
+            tenant_id: "acme".into(),
+            page_size: 10,
+            page_token: "nonsense".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_invalid_field(&status, "page_token");
+
+    assert!(list_all(&mut writer.client, "acme").await.is_empty());
+    let series = allocator
+        .client
+        .get_series(GetSeriesRequest {
+            tenant_id: "acme".into(),
+            series: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        series.code(),
+        Code::NotFound,
+        "a rejected invoice allocated a number"
+    );
+}
+
+/// With the allocator unreachable the writer retries inside the caller's deadline, then
+/// answers UNAVAILABLE (not DEADLINE_EXCEEDED) and stores nothing.
+#[tokio::test]
+async fn an_unreachable_allocator_answers_unavailable_within_the_deadline() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut writer = spawn_writer(&format!("http://127.0.0.1:{port}"), 3).await;
+
+    let mut request = tonic::Request::new(invoice_request("acme"));
+    request.set_timeout(Duration::from_secs(2));
+    let status = writer.client.create_invoice(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_reason(&status, "ALLOCATOR_UNAVAILABLE");
+    assert!(list_all(&mut writer.client, "acme").await.is_empty());
+}
+
+/// A writer whose first allocation fails retries and succeeds once the allocator answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_retries_until_the_allocator_answers() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let mut writer = spawn_writer(&url, 3).await;
+
+    let mut client = writer.client.clone();
+    let call = tokio::spawn(async move { client.create_invoice(invoice_request("acme")).await });
+    // Refuse the first connection: the writer's first attempt fails.
+    let (refused, _) = listener.accept().await.unwrap();
+    drop(refused);
+    // Then serve the allocator on the same port.
+    let _allocator = spawn_allocator_on(listener, NumberFormat::default()).await;
+
+    let created = call
+        .await
+        .unwrap()
+        .expect("create after retry")
+        .into_inner()
+        .invoice
+        .unwrap();
+    assert_eq!(created.invoice_number, "INV-001");
+    assert_eq!(list_all(&mut writer.client, "acme").await.len(), 1);
+}
+
+/// The writer's readiness follows its own database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writer_readiness_follows_its_database() {
+    let (_allocator, writer) = spawn_both(3).await;
+    let channel = writer.server.channel().await;
+    let name = "numbering.v1.InvoiceWriter";
+    wait_for_health(channel.clone(), name, ServingStatus::Serving).await;
+    writer.db.cut().await;
+    wait_for_health(channel.clone(), name, ServingStatus::NotServing).await;
+    assert!(
+        !writer.store.highest_numbers().await.is_ok(),
+        "the database should be unreachable"
+    );
+    writer.db.restore().await;
+    wait_for_health(channel, name, ServingStatus::Serving).await;
+}
+
+/// Numbers stored never repeat, whatever path wrote them.
+#[tokio::test]
+async fn the_store_refuses_a_number_twice() {
+    let writer = spawn_writer("http://127.0.0.1:9", 1).await;
+    import_invoice(&writer.store, "acme", 5, "INV-005").await;
+    let new = numbering::invoices::grpc::parse_new_invoice(&invoice_request("acme")).unwrap();
+    for (number, formatted) in [(5, "X-5"), (6, "INV-005")] {
+        let error = writer
+            .store
+            .insert(&new.numbered(number, formatted.into(), chrono::Utc::now()))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, numbering::invoices::store::StoreError::NumberTaken),
+            "{error:?}"
+        );
+    }
+    let stored: HashSet<_> = writer
+        .store
+        .highest_numbers()
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(stored, HashSet::from([("acme".to_owned(), 5)]));
+}
