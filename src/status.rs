@@ -1,5 +1,5 @@
 //! Rich gRPC statuses: every error carries a `google.rpc.ErrorInfo` with an
-//! UPPER_SNAKE reason (AIP-193); bad input also carries a `google.rpc.BadRequest`.
+//! `UPPER_SNAKE` reason (AIP-193); bad input also carries a `google.rpc.BadRequest`.
 
 use std::collections::HashMap;
 

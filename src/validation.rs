@@ -1,5 +1,5 @@
 //! Field violations collected while turning a request into domain types, so one
-//! INVALID_ARGUMENT names every bad field at once.
+//! `INVALID_ARGUMENT` names every bad field at once.
 
 use std::fmt;
 

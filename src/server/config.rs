@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use clap::{Args, Parser, ValueEnum};
+use std::ffi::OsStr;
+
+use clap::{Arg, Args, Command, Parser, ValueEnum, builder::TypedValueParser, error::ErrorKind};
 
 use crate::{
     db::{DatabaseUrl, PoolSettings},
@@ -35,7 +37,8 @@ pub enum LogFormat {
     Json,
 }
 
-/// gRPC server settings.
+/// gRPC server settings. Field docs are `--help` text, hence plain words.
+#[allow(clippy::doc_markdown)]
 #[derive(Debug, Clone, Args)]
 pub struct ServerArgs {
     /// Log format; the level is set with RUST_LOG (default "info").
@@ -78,10 +81,11 @@ impl ServerArgs {
 }
 
 /// Database settings.
+#[allow(clippy::doc_markdown)]
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
     /// PostgreSQL URL, e.g. postgres://user:password@host:5432/db. Never logged.
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", value_parser = DatabaseUrlParser, hide_env_values = true)]
     pub database_url: DatabaseUrl,
 
     /// Most database connections.
@@ -91,6 +95,38 @@ pub struct DatabaseArgs {
     /// How long a call waits for a database connection before answering UNAVAILABLE.
     #[arg(long, env = "NUMBERING_DB_ACQUIRE_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub db_acquire_timeout: Duration,
+}
+
+/// Parses a [`DatabaseUrl`]. clap's own message for a bad value quotes it,
+/// password and all; this one names only the redacted URL.
+#[derive(Debug, Clone, Copy)]
+pub struct DatabaseUrlParser;
+
+impl TypedValueParser for DatabaseUrlParser {
+    type Value = DatabaseUrl;
+
+    fn parse_ref(
+        &self,
+        cmd: &Command,
+        arg: Option<&Arg>,
+        value: &OsStr,
+    ) -> Result<DatabaseUrl, clap::Error> {
+        let name = arg
+            .and_then(Arg::get_long)
+            .map_or_else(|| "database URL".to_owned(), |long| format!("--{long}"));
+        let error = |message: String| {
+            clap::Error::raw(
+                ErrorKind::ValueValidation,
+                format!("invalid {name}: {message}\n"),
+            )
+            .with_cmd(cmd)
+        };
+        value
+            .to_str()
+            .ok_or_else(|| error("not UTF-8".into()))?
+            .parse()
+            .map_err(error)
+    }
 }
 
 impl DatabaseArgs {

@@ -299,8 +299,8 @@ async fn seed_counters_command_seeds_the_allocator() {
 /// allocated, and stores nothing.
 #[tokio::test]
 async fn bad_invoices_are_rejected_by_field_and_change_nothing() {
-    let (mut allocator, mut writer) = spawn_both(3).await;
     type Edit = fn(&mut numbering::proto::CreateInvoiceRequest);
+    let (mut allocator, mut writer) = spawn_both(3).await;
     let item = |q: &str, p: &str| LineItem {
         description: "x".into(),
         quantity: q.into(),
@@ -322,22 +322,22 @@ async fn bad_invoices_are_rejected_by_field_and_change_nothing() {
         ("request_id", |r| r.request_id = "r".repeat(129)),
         ("line_items", |r| r.line_items.clear()),
         ("line_items[0].description", |r| {
-            r.line_items[0].description = String::new()
+            r.line_items[0].description = String::new();
         }),
         ("line_items[1].quantity", |r| {
-            r.line_items[1].quantity = "0".into()
+            r.line_items[1].quantity = "0".into();
         }),
         ("line_items[1].quantity", |r| {
-            r.line_items[1].quantity = "-2".into()
+            r.line_items[1].quantity = "-2".into();
         }),
         ("line_items[0].unit_price", |r| {
-            r.line_items[0].unit_price = "-0.01".into()
+            r.line_items[0].unit_price = "-0.01".into();
         }),
         ("line_items[0].unit_price", |r| {
-            r.line_items[0].unit_price = "1.23456".into()
+            r.line_items[0].unit_price = "1.23456".into();
         }),
         ("line_items[0].quantity", |r| {
-            r.line_items[0].quantity = "1e3".into()
+            r.line_items[0].quantity = "1e3".into();
         }),
     ];
     for (field, edit) in cases {
@@ -445,7 +445,7 @@ async fn writer_readiness_follows_its_database() {
     writer.db.cut().await;
     wait_for_health(channel.clone(), name, ServingStatus::NotServing).await;
     assert!(
-        !writer.store.highest_numbers().await.is_ok(),
+        writer.store.highest_numbers().await.is_err(),
         "the database should be unreachable"
     );
     writer.db.restore().await;

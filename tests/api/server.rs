@@ -1,1 +1,351 @@
-//! Shared server behaviour: reflection, health, shutdown.
+//! Server behaviour both services share: reflection, health, shutdown, configuration.
+
+use std::process::Stdio;
+
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use numbering::proto::{AllocateRequest, number_allocator_client::NumberAllocatorClient};
+use sqlx::Connection;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+use tonic_reflection::pb::{v1, v1alpha};
+
+use crate::helpers::{PATIENCE, TestDb, spawn_allocator, spawn_both, wait_for_health};
+
+/// Service names listed by reflection v1.
+async fn list_v1(channel: Channel) -> Vec<String> {
+    use v1::{
+        server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let request = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    match responses
+        .next()
+        .await
+        .unwrap()
+        .unwrap()
+        .message_response
+        .unwrap()
+    {
+        MessageResponse::ListServicesResponse(list) => {
+            list.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("unexpected reflection answer {other:?}"),
+    }
+}
+
+/// Asks reflection v1alpha (the version grpcurl 1.8 speaks) for the file defining
+/// `symbol`, then for each of its dependencies, and returns every file name served.
+async fn resolve_v1alpha(channel: Channel, symbol: &str) -> Vec<String> {
+    use prost::Message;
+    use v1alpha::{
+        server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let client = ServerReflectionClient::new(channel);
+    let ask = |request: MessageRequest| {
+        let request = v1alpha::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(request),
+        };
+        let mut client = client.clone();
+        async move {
+            let mut responses = client
+                .server_reflection_info(tokio_stream::iter([request]))
+                .await
+                .unwrap()
+                .into_inner();
+            match responses
+                .next()
+                .await
+                .unwrap()
+                .unwrap()
+                .message_response
+                .unwrap()
+            {
+                MessageResponse::FileDescriptorResponse(files) => files
+                    .file_descriptor_proto
+                    .iter()
+                    .map(|bytes| {
+                        prost_types::FileDescriptorProto::decode(bytes.as_slice()).unwrap()
+                    })
+                    .collect::<Vec<_>>(),
+                other => panic!("unexpected reflection answer {other:?}"),
+            }
+        }
+    };
+    let mut names = Vec::new();
+    let mut pending: Vec<String> = Vec::new();
+    for file in ask(MessageRequest::FileContainingSymbol(symbol.into())).await {
+        pending.extend(file.dependency.clone());
+        names.push(file.name().to_owned());
+    }
+    while let Some(name) = pending.pop() {
+        if names.contains(&name) {
+            continue;
+        }
+        for file in ask(MessageRequest::FileByFilename(name.clone())).await {
+            pending.extend(file.dependency.clone());
+            names.push(file.name().to_owned());
+        }
+    }
+    names
+}
+
+/// Reflection lists each server's own service with health and reflection, in v1 and
+/// v1alpha, and resolves every file the calls and error details need.
+#[tokio::test]
+async fn reflection_describes_both_services() {
+    let (allocator, writer) = spawn_both(3).await;
+    for (server, service) in [
+        (&allocator.server, "numbering.v1.NumberAllocator"),
+        (&writer.server, "numbering.v1.InvoiceWriter"),
+    ] {
+        let mut listed = list_v1(server.channel().await).await;
+        listed.sort();
+        let mut expected = vec![
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+            service,
+        ];
+        expected.sort_unstable();
+        assert_eq!(listed, expected);
+        let files = resolve_v1alpha(server.channel().await, service).await;
+        assert!(
+            files.iter().any(|f| f.starts_with("numbering/v1/")),
+            "{files:?}"
+        );
+    }
+    let files = resolve_v1alpha(writer.server.channel().await, "numbering.v1.InvoiceWriter").await;
+    assert!(
+        files.contains(&"google/protobuf/timestamp.proto".to_owned()),
+        "{files:?}"
+    );
+    let files = resolve_v1alpha(writer.server.channel().await, "google.rpc.BadRequest").await;
+    assert!(
+        files.iter().any(|f| f.contains("error_details")),
+        "{files:?}"
+    );
+    let files = resolve_v1alpha(allocator.server.channel().await, "grpc.health.v1.Health").await;
+    assert!(files.iter().any(|f| f.contains("health")), "{files:?}");
+}
+
+/// On shutdown health turns NOT_SERVING first, a call in flight still completes, and
+/// the server then stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_flips_health_and_finishes_calls_in_flight() {
+    let mut app = spawn_allocator().await;
+    let allocate = || AllocateRequest {
+        tenant_id: "acme".into(),
+        series: String::new(),
+        count: 1,
+        request_id: String::new(),
+    };
+    app.client.allocate(allocate()).await.unwrap();
+    let channel = app.server.channel().await;
+    wait_for_health(
+        channel.clone(),
+        "numbering.v1.NumberAllocator",
+        ServingStatus::Serving,
+    )
+    .await;
+
+    // Hold the counter row so the next Allocate blocks inside its transaction.
+    let mut blocker = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+    let mut lock = blocker.begin().await.unwrap();
+    sqlx::query("SELECT last_value FROM counters WHERE tenant_id = 'acme' FOR UPDATE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let mut client = app.client.clone();
+    let in_flight = tokio::spawn(async move { client.allocate(allocate()).await });
+    wait_until_blocked_on_a_lock(&app.db).await;
+
+    let mut watch = HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: "numbering.v1.NumberAllocator".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        watch.next().await.unwrap().unwrap().status,
+        ServingStatus::Serving as i32
+    );
+    let stopped = tokio::spawn(app.server.stop());
+    assert_eq!(
+        watch.next().await.unwrap().unwrap().status,
+        ServingStatus::NotServing as i32
+    );
+    drop(watch);
+
+    lock.commit().await.unwrap();
+    let response = in_flight
+        .await
+        .unwrap()
+        .expect("the call in flight completes")
+        .into_inner();
+    assert_eq!(response.numbers[0].value, 2);
+    stopped.await.unwrap().expect("clean stop");
+}
+
+async fn wait_until_blocked_on_a_lock(db: &TestDb) {
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let blocked = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+            if waiting > 0 {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(
+        blocked.is_ok(),
+        "the allocation never blocked on the row lock"
+    );
+}
+
+/// The real binary serves, and on SIGTERM logs it, drains and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_exits_cleanly_on_sigterm() {
+    let db = TestDb::create().await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_number-allocator"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--drain-delay",
+            "0s",
+        ])
+        .env("DATABASE_URL", &db.url)
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = tokio::time::timeout(PATIENCE, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let event: serde_json::Value =
+                serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+            assert!(!line.contains("password"), "{line}");
+            if event["message"] == "number-allocator listening" {
+                return event["addr"].as_str().unwrap().to_owned();
+            }
+        }
+        panic!("the binary exited before listening");
+    })
+    .await
+    .expect("the binary did not start listening");
+
+    let mut client = NumberAllocatorClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let allocated = client
+        .allocate(AllocateRequest {
+            tenant_id: "acme".into(),
+            series: String::new(),
+            count: 1,
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(allocated.numbers[0].formatted, "INV-001");
+
+    kill(
+        Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap()),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    let mut logged = Vec::new();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        logged.push(line);
+    }
+    let status = tokio::time::timeout(PATIENCE, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{logged:?}");
+    assert!(logged.iter().any(|l| l.contains("SIGTERM")), "{logged:?}");
+}
+
+/// Bad settings exit 64 with a message naming the setting.
+#[tokio::test]
+async fn bad_settings_exit_64() {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_number-allocator"))
+        .args([
+            "--database-url",
+            "postgres://127.0.0.1/x",
+            "--default-format",
+            "INV-{n}",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--default-format"));
+
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_invoice-writer"))
+        .args(["--database-url", "mysql://u:hunter2@db/x"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--database-url") && !stderr.contains("hunter2"),
+        "{stderr}"
+    );
+}
+
+/// Health answers for liveness ("") and for each service by name.
+#[tokio::test]
+async fn health_answers_liveness_and_readiness() {
+    let app = spawn_allocator().await;
+    let channel = app.server.channel().await;
+    wait_for_health(
+        channel.clone(),
+        "numbering.v1.NumberAllocator",
+        ServingStatus::Serving,
+    )
+    .await;
+    let mut health = HealthClient::new(channel);
+    let live = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(live.status, ServingStatus::Serving as i32);
+    let unknown = health
+        .check(HealthCheckRequest {
+            service: "numbering.v1.Nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+}
