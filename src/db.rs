@@ -4,6 +4,7 @@ use std::{fmt, str::FromStr, time::Duration};
 
 use sqlx::{
     PgPool, Postgres, Transaction,
+    migrate::MigrateDatabase,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
@@ -79,16 +80,24 @@ impl Default for PoolSettings {
     }
 }
 
-/// Opens a PostgreSQL pool and checks one connection.
+/// Opens a PostgreSQL pool and checks one connection. A database that does
+/// not exist yet is created first, so a first run needs no setup step.
 ///
 /// # Errors
-/// The URL does not parse or the database cannot be reached.
+/// The URL does not parse, or the database cannot be reached or created.
 pub async fn connect_postgres(
     url: &DatabaseUrl,
     settings: &PoolSettings,
 ) -> Result<PgPool, sqlx::Error> {
     let options = PgConnectOptions::from_str(url.expose())?;
-    pool_options(settings).connect_with(options).await
+    match pool_options(settings).connect_with(options.clone()).await {
+        Err(error) if classify(&error) == DbErrorKind::NoSuchDatabase => {
+            tracing::info!(database = %url, "database does not exist; creating it");
+            Postgres::create_database(url.expose()).await?;
+            pool_options(settings).connect_with(options).await
+        }
+        result => result,
+    }
 }
 
 /// Pool options shared by every PostgreSQL pool.
@@ -130,6 +139,8 @@ pub enum DbErrorKind {
     /// The database cannot be reached now: connection loss, pool time-out,
     /// server shutting down or refusing connections. Retry the call later.
     Unavailable,
+    /// The database named in the URL does not exist (3D000).
+    NoSuchDatabase,
     /// Anything else: a bug or a broken database.
     Other,
 }
@@ -147,6 +158,7 @@ pub fn classify(error: &sqlx::Error) -> DbErrorKind {
             Some("23505") => DbErrorKind::UniqueViolation(db.constraint().map(str::to_owned)),
             Some("40001" | "40P01") => DbErrorKind::Retryable,
             Some("22003") => DbErrorKind::OutOfRange,
+            Some("3D000") => DbErrorKind::NoSuchDatabase,
             // 08: connection exception; 57P01-57P04: admin or crash shutdown,
             // cannot connect now, database dropped; 53300: too many
             // connections; 55000 is what a database that does not accept
