@@ -20,6 +20,9 @@ use crate::{
     validation::Violations,
 };
 
+/// Longest accepted `request_id`, in characters.
+const MAX_REQUEST_ID_LEN: usize = 128;
+
 /// Largest request the allocator decodes; its requests are a few short strings.
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
@@ -58,6 +61,12 @@ impl NumberAllocator for AllocatorService {
         let (tenant, series) =
             tenant_and_series(&mut violations, &request.tenant_id, &request.series);
         let count = violations.check("count", Count::parse(request.count));
+        if request.request_id.chars().count() > MAX_REQUEST_ID_LEN {
+            violations.add(
+                "request_id",
+                format!("must be at most {MAX_REQUEST_ID_LEN} characters"),
+            );
+        }
         violations.finish()?;
         let (Some(tenant), Some(series), Some(count)) = (tenant, series, count) else {
             unreachable!("finish() returned Ok, so every field parsed");

@@ -306,6 +306,13 @@ async fn bad_input_is_rejected_by_field_and_changes_nothing() {
         (allocate("acme", "Invoice", 1), "series"),
         (allocate("acme", &long_series, 1), "series"),
         (allocate("acme", "", 1001), "count"),
+        (
+            AllocateRequest {
+                request_id: "r".repeat(129),
+                ..allocate("acme", "", 1)
+            },
+            "request_id",
+        ),
     ];
     for (request, field) in cases {
         let status = app.client.allocate(request).await.unwrap_err();
