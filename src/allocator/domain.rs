@@ -4,7 +4,10 @@
 use std::{fmt, str::FromStr, sync::Arc};
 
 use crate::{
-    allocator::store::{CounterStore, StoreError},
+    allocator::{
+        group_commit::{GroupCommitSettings, GroupCommitter, GroupError},
+        store::{CounterStore, StoreError},
+    },
     tenant::TenantId,
 };
 
@@ -212,9 +215,42 @@ pub enum Error {
         /// Why it does not parse.
         reason: String,
     },
-    /// The store failed.
+    /// Too many calls are waiting for this series.
+    #[error("too many allocations waiting for this series")]
+    SeriesBusy,
+    /// The store failed; no number was handed out.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(Arc<StoreError>),
+}
+
+impl From<StoreError> for Error {
+    fn from(error: StoreError) -> Self {
+        Self::Store(Arc::new(error))
+    }
+}
+
+impl From<GroupError> for Error {
+    fn from(error: GroupError) -> Self {
+        match error {
+            GroupError::QueueFull => Self::SeriesBusy,
+            GroupError::Store(error) => Self::Store(error),
+        }
+    }
+}
+
+/// How allocations reach the store.
+#[derive(Debug, Clone)]
+pub enum CommitMode {
+    /// One transaction per call: the baseline.
+    PerCall,
+    /// Concurrent calls of a series share a transaction.
+    Group(GroupCommitSettings),
+}
+
+#[derive(Clone)]
+enum Path {
+    PerCall,
+    Group(Arc<GroupCommitter>),
 }
 
 /// Applies the allocation rules over a counter store.
@@ -222,15 +258,36 @@ pub enum Error {
 pub struct Allocator {
     store: Arc<dyn CounterStore>,
     default_format: NumberFormat,
+    path: Path,
 }
 
 impl Allocator {
     /// An allocator creating new series with `default_format`.
     #[must_use]
-    pub fn new(store: Arc<dyn CounterStore>, default_format: NumberFormat) -> Self {
+    pub fn new(
+        store: Arc<dyn CounterStore>,
+        default_format: NumberFormat,
+        mode: CommitMode,
+    ) -> Self {
+        let path = match mode {
+            CommitMode::PerCall => Path::PerCall,
+            CommitMode::Group(settings) => {
+                Path::Group(GroupCommitter::new(store.clone(), settings))
+            }
+        };
         Self {
             store,
             default_format,
+            path,
+        }
+    }
+
+    /// The group committer, when allocations are grouped.
+    #[must_use]
+    pub fn group_committer(&self) -> Option<&Arc<GroupCommitter>> {
+        match &self.path {
+            Path::PerCall => None,
+            Path::Group(committer) => Some(committer),
         }
     }
 
@@ -244,13 +301,19 @@ impl Allocator {
         series: &SeriesName,
         count: Count,
     ) -> Result<Vec<Number>, Error> {
-        let (last, format) = self
-            .store
-            .allocate(tenant, series, count, self.default_format.template())
-            .await?;
+        let template = self.default_format.template();
+        let (first, format) = match &self.path {
+            Path::PerCall => {
+                let count = i64::from(count.get());
+                let (last, format) = self.store.allocate(tenant, series, count, template).await?;
+                (last - count + 1, format)
+            }
+            Path::Group(committer) => committer.allocate(tenant, series, count, template).await?,
+        };
         let format = parse_stored(tenant, series, &format)?;
-        let first = last - i64::from(count.get()) + 1;
-        Ok((first..=last)
+        // Offsets from the first number: the last may be i64::MAX.
+        Ok((0..i64::from(count.get()))
+            .map(|offset| first + offset)
             .map(|value| Number {
                 value,
                 formatted: format.render(value),

@@ -177,24 +177,31 @@ impl From<Error> for Status {
                 "SERIES_NOT_FOUND",
                 &[("tenantId", tenant), ("series", series)],
             ),
-            Error::Store(StoreError::Exhausted) => with_reason(
-                Code::FailedPrecondition,
-                format!("the series cannot go past {}", i64::MAX),
-                "SERIES_EXHAUSTED",
+            Error::SeriesBusy => with_reason(
+                Code::ResourceExhausted,
+                "too many allocations are waiting for this series; retry with backoff",
+                "SERIES_BUSY",
                 &[],
             ),
-            Error::Store(StoreError::Unavailable(cause)) => {
-                tracing::warn!(error = %cause, "counter store unavailable");
-                with_reason(
-                    Code::Unavailable,
-                    "the counter store is unavailable; retry later",
-                    "STORE_UNAVAILABLE",
+            Error::Store(ref store) => match store.as_ref() {
+                StoreError::Exhausted => with_reason(
+                    Code::FailedPrecondition,
+                    format!("the series cannot go past {}", i64::MAX),
+                    "SERIES_EXHAUSTED",
                     &[],
-                )
-            }
-            error @ (Error::StoredFormat { .. } | Error::Store(StoreError::Internal(_))) => {
-                internal(&error)
-            }
+                ),
+                StoreError::Unavailable(cause) => {
+                    tracing::warn!(error = %cause, "counter store unavailable");
+                    with_reason(
+                        Code::Unavailable,
+                        "the counter store is unavailable; retry later",
+                        "STORE_UNAVAILABLE",
+                        &[],
+                    )
+                }
+                StoreError::Internal(_) => internal(&error),
+            },
+            error @ Error::StoredFormat { .. } => internal(&error),
         }
     }
 }

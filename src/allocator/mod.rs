@@ -2,12 +2,14 @@
 //! committed durably before it is returned and never returned twice.
 //!
 //! - [`domain`]: series names, counts, number formats and the [`Allocator`] rules.
+//! - [`group_commit`]: concurrent calls of one series merged into one transaction.
 //! - [`grpc`]: the `numbering.v1.NumberAllocator` handlers.
 //! - [`store`]: the counter store interface; [`postgres`]: its PostgreSQL implementation.
 
 pub mod domain;
+pub mod group_commit;
 pub mod grpc;
 pub mod postgres;
 pub mod store;
 
-pub use domain::{Allocator, Error};
+pub use domain::{Allocator, CommitMode, Error};

@@ -6,7 +6,7 @@ use sqlx::{PgConnection, PgPool, migrate::Migrator};
 
 use crate::{
     allocator::{
-        domain::{Count, Series, SeriesName},
+        domain::{Series, SeriesName},
         store::{CounterStore, StoreError},
     },
     db::begin_durable,
@@ -138,18 +138,11 @@ impl CounterStore for PgCounterStore {
         &self,
         tenant: &TenantId,
         series: &SeriesName,
-        count: Count,
+        count: i64,
         format: &str,
     ) -> Result<(i64, String), StoreError> {
         let mut tx = begin_durable(&self.pool).await?;
-        let allocated = increment(
-            &mut tx,
-            tenant.as_str(),
-            series.as_str(),
-            i64::from(count.get()),
-            format,
-        )
-        .await?;
+        let allocated = increment(&mut tx, tenant.as_str(), series.as_str(), count, format).await?;
         // The numbers are the caller's only once this returns.
         tx.commit().await?;
         Ok(allocated)

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 
 use crate::{
-    allocator::domain::{Count, Series, SeriesName},
+    allocator::domain::{Series, SeriesName},
     db::{DbErrorKind, classify},
     server::Readiness,
     tenant::TenantId,
@@ -18,15 +18,15 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// a returned value survives a crash of the store.
 #[async_trait]
 pub trait CounterStore: Readiness {
-    /// Advances the counter by `count` in one atomic statement, creating the
-    /// series with `format` on first use, and returns the new last value and
-    /// the series' format. The numbers handed out are
+    /// Advances the counter by `count` (at least 1) in one atomic statement,
+    /// creating the series with `format` on first use, and returns the new last
+    /// value and the series' format. The numbers handed out are
     /// `last_value - count + 1 ..= last_value`.
     async fn allocate(
         &self,
         tenant: &TenantId,
         series: &SeriesName,
-        count: Count,
+        count: i64,
         format: &str,
     ) -> Result<(i64, String), StoreError>;
 

@@ -6,8 +6,9 @@ use anyhow::Context;
 use clap::Parser;
 use numbering::{
     allocator::{
-        Allocator,
+        Allocator, CommitMode,
         domain::NumberFormat,
+        group_commit::GroupCommitSettings,
         grpc,
         postgres::{MIGRATOR, PgCounterStore},
         store::CounterStore,
@@ -22,6 +23,8 @@ use numbering::{
 use tokio::net::TcpListener;
 
 /// Hands out per-tenant, per-series numbers over gRPC, each committed before it is returned.
+// Field docs are `--help` text, hence plain words.
+#[allow(clippy::doc_markdown)]
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Config {
@@ -33,11 +36,34 @@ struct Config {
     #[arg(long, env = "NUMBERING_DEFAULT_FORMAT", default_value = NumberFormat::DEFAULT)]
     default_format: NumberFormat,
 
+    /// How allocations commit: "group" merges concurrent calls of a series into one transaction; "per-call" commits each alone.
+    #[arg(
+        long,
+        env = "NUMBERING_COMMIT_MODE",
+        value_enum,
+        default_value = "group"
+    )]
+    commit_mode: Mode,
+
+    /// Most calls merged into one group commit.
+    #[arg(long, env = "NUMBERING_GROUP_MAX_BATCH", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    group_max_batch: u32,
+
+    /// Most calls waiting per series under group commit; more answer RESOURCE_EXHAUSTED.
+    #[arg(long, env = "NUMBERING_GROUP_QUEUE_CAPACITY", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    group_queue_capacity: u32,
+
     #[command(flatten)]
     database: DatabaseArgs,
 
     #[command(flatten)]
     server: ServerArgs,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Mode {
+    Group,
+    PerCall,
 }
 
 #[tokio::main]
@@ -57,7 +83,14 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", config.listen))?;
     tracing::info!(addr = %listener.local_addr()?, database = %url, "number-allocator listening");
 
-    let allocator = Allocator::new(store.clone(), config.default_format);
+    let mode = match config.commit_mode {
+        Mode::PerCall => CommitMode::PerCall,
+        Mode::Group => CommitMode::Group(GroupCommitSettings {
+            max_batch: config.group_max_batch as usize,
+            queue_capacity: config.group_queue_capacity as usize,
+        }),
+    };
+    let allocator = Allocator::new(store.clone(), config.default_format, mode);
     server::serve(
         listener,
         grpc::service(allocator),

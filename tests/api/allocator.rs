@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use numbering::{
-    allocator::domain::NumberFormat,
+    allocator::{CommitMode, domain::NumberFormat, group_commit::GroupCommitSettings},
     db::begin_durable,
     proto::{
         AdvanceCounterRequest, AllocateRequest, GetSeriesRequest, ListSeriesRequest,
@@ -16,7 +16,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::helpers::{
     TestDb, assert_exactly_one_to, assert_invalid_field, assert_reason, spawn_allocator,
-    spawn_allocator_with, test_pool_settings, wait_for_health,
+    spawn_allocator_in, spawn_allocator_with, test_pool_settings, wait_for_health,
 };
 
 fn allocate(tenant: &str, series: &str, count: u32) -> AllocateRequest {
@@ -58,18 +58,16 @@ async fn allocate_concurrently(
 }
 
 /// 500 concurrent first calls of a brand-new tenant get exactly 1..=500.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_allocations_for_a_new_tenant_are_unique_and_contiguous() {
-    let app = spawn_allocator().await;
+async fn new_tenant_is_unique_and_contiguous(mode: CommitMode) {
+    let app = spawn_allocator_in(mode).await;
     let calls = (0..500).map(|_| allocate("new-tenant", "", 0)).collect();
     let numbers: Vec<i64> = allocate_concurrently(&app.client, calls).await.concat();
     assert_exactly_one_to(&numbers, 500);
 }
 
 /// 500 concurrent calls on a series already in use continue it without gaps or duplicates.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_allocations_for_an_existing_tenant_are_unique_and_contiguous() {
-    let mut app = spawn_allocator().await;
+async fn existing_tenant_is_unique_and_contiguous(mode: CommitMode) {
+    let mut app = spawn_allocator_in(mode).await;
     let first = app
         .client
         .allocate(allocate("acme", "", 1))
@@ -82,6 +80,27 @@ async fn concurrent_allocations_for_an_existing_tenant_are_unique_and_contiguous
     let mut numbers: Vec<i64> = allocate_concurrently(&app.client, calls).await.concat();
     numbers.push(1);
     assert_exactly_one_to(&numbers, 501);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_allocations_for_a_new_tenant_are_unique_and_contiguous() {
+    new_tenant_is_unique_and_contiguous(CommitMode::Group(GroupCommitSettings::default())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_allocations_for_a_new_tenant_are_unique_and_contiguous_per_call() {
+    new_tenant_is_unique_and_contiguous(CommitMode::PerCall).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_allocations_for_an_existing_tenant_are_unique_and_contiguous() {
+    existing_tenant_is_unique_and_contiguous(CommitMode::Group(GroupCommitSettings::default()))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_allocations_for_an_existing_tenant_are_unique_and_contiguous_per_call() {
+    existing_tenant_is_unique_and_contiguous(CommitMode::PerCall).await;
 }
 
 /// Concurrent calls over several tenants and series give each (tenant, series) its own 1..=n.

@@ -4,7 +4,10 @@
 use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use numbering::{
-    allocator::{self, Allocator, domain::NumberFormat, postgres::PgCounterStore},
+    allocator::{
+        self, Allocator, CommitMode, domain::NumberFormat, group_commit::GroupCommitSettings,
+        postgres::PgCounterStore,
+    },
     db::{self, DatabaseUrl, PoolSettings},
     invoices::{
         self, InvoiceWriter,
@@ -236,19 +239,31 @@ pub struct AllocatorApp {
     pub client: NumberAllocatorClient<Channel>,
 }
 
+/// An allocator with the default settings (group commit).
 pub async fn spawn_allocator() -> AllocatorApp {
-    spawn_allocator_with(NumberFormat::default()).await
+    spawn_allocator_in(CommitMode::Group(GroupCommitSettings::default())).await
+}
+
+pub async fn spawn_allocator_in(mode: CommitMode) -> AllocatorApp {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    spawn_allocator_on(listener, NumberFormat::default(), mode).await
 }
 
 pub async fn spawn_allocator_with(default_format: NumberFormat) -> AllocatorApp {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    spawn_allocator_on(listener, default_format).await
+    spawn_allocator_on(
+        listener,
+        default_format,
+        CommitMode::Group(GroupCommitSettings::default()),
+    )
+    .await
 }
 
 /// An allocator on a fresh database, serving on `listener`.
 pub async fn spawn_allocator_on(
     listener: TcpListener,
     default_format: NumberFormat,
+    mode: CommitMode,
 ) -> AllocatorApp {
     let db = TestDb::create().await;
     let pool = db.pool(&test_pool_settings()).await;
@@ -257,7 +272,7 @@ pub async fn spawn_allocator_on(
         .await
         .expect("migrate");
     let store = Arc::new(PgCounterStore::new(pool));
-    let service = allocator::grpc::service(Allocator::new(store.clone(), default_format));
+    let service = allocator::grpc::service(Allocator::new(store.clone(), default_format, mode));
     let server = spawn_service_on(listener, service, store);
     let client = NumberAllocatorClient::new(server.channel().await);
     AllocatorApp { db, server, client }

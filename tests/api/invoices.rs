@@ -3,7 +3,7 @@
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use numbering::{
-    allocator::domain::NumberFormat,
+    allocator::{CommitMode, domain::NumberFormat},
     invoices::{seed, store::InvoiceStore},
     proto::{GetInvoiceRequest, GetSeriesRequest, LineItem, ListInvoicesRequest},
 };
@@ -422,7 +422,8 @@ async fn the_writer_retries_until_the_allocator_answers() {
     let (refused, _) = listener.accept().await.unwrap();
     drop(refused);
     // Then serve the allocator on the same port.
-    let _allocator = spawn_allocator_on(listener, NumberFormat::default()).await;
+    let _allocator =
+        spawn_allocator_on(listener, NumberFormat::default(), CommitMode::PerCall).await;
 
     let created = call
         .await

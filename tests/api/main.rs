@@ -5,6 +5,7 @@
 #![allow(clippy::doc_markdown)]
 
 mod allocator;
+mod group_commit;
 mod helpers;
 mod invoices;
 mod server;

@@ -1,0 +1,372 @@
+//! Group commit: calls of one series merged into shared transactions.
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+};
+
+use async_trait::async_trait;
+use numbering::{
+    allocator::{
+        CommitMode,
+        domain::{Count, NumberFormat, Series, SeriesName},
+        group_commit::{GroupCommitSettings, GroupCommitter, GroupError},
+        postgres::{MIGRATOR, PgCounterStore},
+        store::{CounterStore, StoreError},
+    },
+    proto::AllocateRequest,
+    server::Readiness,
+    tenant::TenantId,
+};
+use tokio::sync::{Barrier, Semaphore};
+use tonic::{Code, transport::Channel};
+
+use crate::helpers::{
+    PATIENCE, TestDb, assert_exactly_one_to, assert_reason, spawn_allocator_in, test_pool_settings,
+};
+
+/// A PostgreSQL counter store that can hold calls at a gate, fail chosen calls,
+/// and records the count of every call that reached it.
+struct ScriptedStore {
+    inner: PgCounterStore,
+    gate: Semaphore,
+    fail: Mutex<HashSet<usize>>,
+    calls: Mutex<Vec<i64>>,
+}
+
+impl ScriptedStore {
+    async fn new(db: &TestDb) -> Arc<Self> {
+        let pool = db.pool(&test_pool_settings()).await;
+        MIGRATOR.run(&pool).await.unwrap();
+        Arc::new(Self {
+            inner: PgCounterStore::new(pool),
+            gate: Semaphore::new(0),
+            fail: Mutex::new(HashSet::new()),
+            calls: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn calls(&self) -> Vec<i64> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+#[async_trait]
+impl Readiness for ScriptedStore {
+    async fn is_ready(&self) -> bool {
+        self.inner.is_ready().await
+    }
+}
+
+#[async_trait]
+impl CounterStore for ScriptedStore {
+    async fn allocate(
+        &self,
+        tenant: &TenantId,
+        series: &SeriesName,
+        count: i64,
+        format: &str,
+    ) -> Result<(i64, String), StoreError> {
+        let call = {
+            let mut calls = self.calls.lock().unwrap();
+            calls.push(count);
+            calls.len() - 1
+        };
+        self.gate.acquire().await.unwrap().forget();
+        if self.fail.lock().unwrap().contains(&call) {
+            // As a transaction whose COMMIT failed: nothing was written.
+            return Err(StoreError::Unavailable("injected commit failure".into()));
+        }
+        self.inner.allocate(tenant, series, count, format).await
+    }
+
+    async fn advance(
+        &self,
+        tenant: &TenantId,
+        series: &SeriesName,
+        at_least: i64,
+        format: &str,
+    ) -> Result<Series, StoreError> {
+        self.inner.advance(tenant, series, at_least, format).await
+    }
+
+    async fn get(
+        &self,
+        tenant: &TenantId,
+        series: &SeriesName,
+    ) -> Result<Option<Series>, StoreError> {
+        self.inner.get(tenant, series).await
+    }
+
+    async fn list(
+        &self,
+        tenant: &TenantId,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Series>, StoreError> {
+        self.inner.list(tenant, after, limit).await
+    }
+
+    async fn close(&self) {
+        self.inner.close().await;
+    }
+}
+
+fn key() -> (TenantId, SeriesName) {
+    (
+        TenantId::parse("acme").unwrap(),
+        SeriesName::parse("").unwrap(),
+    )
+}
+
+/// Starts one grouped allocation of `count` numbers in a task.
+fn spawn_call(
+    committer: &Arc<GroupCommitter>,
+    count: u32,
+) -> tokio::task::JoinHandle<Result<(i64, String), GroupError>> {
+    let committer = committer.clone();
+    tokio::spawn(async move {
+        let (tenant, series) = key();
+        committer
+            .allocate(
+                &tenant,
+                &series,
+                Count::parse(count).unwrap(),
+                NumberFormat::DEFAULT,
+            )
+            .await
+    })
+}
+
+/// Waits until `n` calls are queued behind the commit in flight.
+async fn wait_for_waiting(committer: &GroupCommitter, n: usize) {
+    let (tenant, series) = key();
+    let reached = tokio::time::timeout(PATIENCE, async {
+        while committer.waiting(&tenant, &series) < n {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(reached.is_ok(), "{n} calls never queued");
+}
+
+/// Waits until `n` calls have reached the store.
+async fn wait_for_store_calls(store: &ScriptedStore, n: usize) {
+    let reached = tokio::time::timeout(PATIENCE, async {
+        while store.calls().len() < n {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(reached.is_ok(), "the store never saw {n} calls");
+}
+
+/// 2,000 concurrent calls with mixed counts for one series, over several
+/// connections, get consecutive ranges that together are exactly 1..=N.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_mixed_calls_get_exactly_the_contiguous_set() {
+    let app = spawn_allocator_in(CommitMode::Group(GroupCommitSettings::default())).await;
+    let mut channels: Vec<Channel> = Vec::new();
+    for _ in 0..8 {
+        channels.push(app.server.channel().await);
+    }
+    let counts: Vec<u32> = (0..2000)
+        .map(|i| [1, 1, 1, 2, 5, 10, 1, 3][i % 8])
+        .collect();
+    let total: u32 = counts.iter().sum();
+    let barrier = Arc::new(Barrier::new(counts.len()));
+    let tasks: Vec<_> = counts
+        .iter()
+        .enumerate()
+        .map(|(i, count)| {
+            let mut client = numbering::proto::number_allocator_client::NumberAllocatorClient::new(
+                channels[i % 8].clone(),
+            );
+            let barrier = barrier.clone();
+            let request = AllocateRequest {
+                tenant_id: "acme".into(),
+                series: String::new(),
+                count: *count,
+                request_id: String::new(),
+            };
+            tokio::spawn(async move {
+                barrier.wait().await;
+                client
+                    .allocate(request)
+                    .await
+                    .expect("allocate")
+                    .into_inner()
+                    .numbers
+                    .iter()
+                    .map(|n| n.value)
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for (task, count) in tasks.into_iter().zip(&counts) {
+        let range = task.await.unwrap();
+        assert_eq!(range.len(), *count as usize);
+        assert!(
+            range.windows(2).all(|w| w[1] == w[0] + 1),
+            "not consecutive: {range:?}"
+        );
+        all.extend(range);
+    }
+    assert_exactly_one_to(&all, i64::from(total));
+}
+
+/// Calls queued behind a commit share the next transaction; when that commit
+/// fails, every call of the group fails alike and no number of its range is
+/// handed out; the next group continues from the committed value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_commit_fails_its_whole_group_and_hands_out_nothing() {
+    let db = TestDb::create().await;
+    let store = ScriptedStore::new(&db).await;
+    store.fail.lock().unwrap().insert(1);
+    let committer = GroupCommitter::new(store.clone(), GroupCommitSettings::default());
+
+    // Group 0: one call, held in its commit while the next group queues.
+    let first = spawn_call(&committer, 1);
+    wait_for_store_calls(&store, 1).await;
+    let group: Vec<_> = (1..=10)
+        .map(|count| spawn_call(&committer, count))
+        .collect();
+    wait_for_waiting(&committer, 10).await;
+    store.gate.add_permits(2);
+
+    assert_eq!(first.await.unwrap().unwrap().0, 1);
+    let mut messages = HashSet::new();
+    for call in group {
+        match call.await.unwrap() {
+            Err(GroupError::Store(error)) => {
+                messages.insert(error.to_string());
+            }
+            other => panic!("a call of the failed group got {other:?}"),
+        }
+    }
+    assert_eq!(
+        messages.len(),
+        1,
+        "the group's calls failed differently: {messages:?}"
+    );
+    assert_eq!(
+        store.calls(),
+        [1, 55],
+        "the ten calls did not share one transaction"
+    );
+
+    store.gate.add_permits(1);
+    let next = spawn_call(&committer, 3).await.unwrap().unwrap();
+    assert_eq!(
+        next.0, 2,
+        "the next group did not continue from the committed value"
+    );
+}
+
+/// A caller that gives up while queued takes no numbers, and the numbers of the
+/// rest of its group are unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_caller_takes_no_numbers_from_the_others() {
+    let db = TestDb::create().await;
+    let store = ScriptedStore::new(&db).await;
+    let committer = GroupCommitter::new(store.clone(), GroupCommitSettings::default());
+
+    let first = spawn_call(&committer, 1);
+    wait_for_store_calls(&store, 1).await;
+    let before = spawn_call(&committer, 2);
+    let cancelled = spawn_call(&committer, 5);
+    let after = spawn_call(&committer, 3);
+    wait_for_waiting(&committer, 3).await;
+    cancelled.abort();
+    assert!(cancelled.await.unwrap_err().is_cancelled());
+    store.gate.add_permits(2);
+
+    assert_eq!(first.await.unwrap().unwrap().0, 1);
+    assert_eq!(before.await.unwrap().unwrap().0, 2);
+    assert_eq!(
+        after.await.unwrap().unwrap().0,
+        4,
+        "the cancelled caller's numbers were not skipped cleanly"
+    );
+    assert_eq!(store.calls(), [1, 5]);
+}
+
+/// A full queue answers RESOURCE_EXHAUSTED at once instead of growing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_refuses_more_calls() {
+    let db = TestDb::create().await;
+    let store = ScriptedStore::new(&db).await;
+    let committer = GroupCommitter::new(
+        store.clone(),
+        GroupCommitSettings {
+            max_batch: 100,
+            queue_capacity: 2,
+        },
+    );
+
+    let first = spawn_call(&committer, 1);
+    wait_for_store_calls(&store, 1).await;
+    let queued: Vec<_> = (0..2).map(|_| spawn_call(&committer, 1)).collect();
+    wait_for_waiting(&committer, 2).await;
+    let refused = spawn_call(&committer, 1).await.unwrap();
+    assert!(matches!(refused, Err(GroupError::QueueFull)), "{refused:?}");
+
+    store.gate.add_permits(2);
+    first.await.unwrap().unwrap();
+    let mut firsts: Vec<i64> = Vec::new();
+    for call in queued {
+        firsts.push(call.await.unwrap().unwrap().0);
+    }
+    firsts.sort_unstable();
+    assert_eq!(firsts, [2, 3]);
+}
+
+/// A full queue reaches the caller as RESOURCE_EXHAUSTED with the SERIES_BUSY reason.
+#[test]
+fn a_full_queue_is_resource_exhausted() {
+    let error: tonic::Status = numbering::allocator::Error::from(GroupError::QueueFull).into();
+    assert_eq!(error.code(), Code::ResourceExhausted);
+    assert_reason(&error, "SERIES_BUSY");
+}
+
+/// Series that go idle are dropped, so memory does not grow with the number of tenants.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_series_hold_no_memory() {
+    let db = TestDb::create().await;
+    let store = ScriptedStore::new(&db).await;
+    store.gate.add_permits(1_000_000);
+    let committer = GroupCommitter::new(store.clone(), GroupCommitSettings::default());
+    let series = SeriesName::parse("").unwrap();
+    let calls: Vec<_> = (0..300)
+        .map(|i| {
+            let committer = committer.clone();
+            let series = series.clone();
+            tokio::spawn(async move {
+                let tenant = TenantId::parse(&format!("tenant-{i}")).unwrap();
+                committer
+                    .allocate(
+                        &tenant,
+                        &series,
+                        Count::parse(1).unwrap(),
+                        NumberFormat::DEFAULT,
+                    )
+                    .await
+            })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.unwrap().unwrap().0, 1);
+    }
+    let drained = tokio::time::timeout(PATIENCE, async {
+        while committer.active_series() > 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(
+        drained.is_ok(),
+        "{} series still held after going idle",
+        committer.active_series()
+    );
+}
