@@ -1,0 +1,203 @@
+//! Load generation for `numbering-bench`: drives a `NumberAllocator` over gRPC
+//! with concurrent clients, measures throughput and latency, and keeps every
+//! acknowledged range for [`verify`].
+
+pub mod spawn;
+pub mod verify;
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
+
+use hdrhistogram::Histogram;
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+use crate::{
+    bench::verify::Ack,
+    proto::{AllocateRequest, number_allocator_client::NumberAllocatorClient},
+};
+
+/// Which call the clients make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    /// `Allocate`.
+    Allocate,
+    /// `grpc.health.v1.Health/Check`: a no-op through the same stack, the
+    /// ceiling any allocation can reach.
+    Health,
+}
+
+/// The load to apply.
+#[derive(Debug, Clone)]
+pub struct Load {
+    /// Concurrent clients, each with one call in flight at a time.
+    pub clients: usize,
+    /// HTTP/2 connections the clients share.
+    pub connections: usize,
+    /// How long to drive.
+    pub duration: Duration,
+    /// Tenants called, uniformly at random; 1 is one hot tenant.
+    pub tenants: u32,
+    /// Numbers per `Allocate`.
+    pub count: u32,
+    /// The call made.
+    pub call: Call,
+    /// Prefix of the tenant ids, so each run uses fresh series.
+    pub tenant_prefix: String,
+    /// Call each tenant exactly once, in order, instead of at random; the run
+    /// ends when all were called (or at `duration`).
+    pub each_tenant_once: bool,
+}
+
+/// What a run measured.
+#[derive(Debug)]
+pub struct Report {
+    /// Wall time from the first call to the last answer.
+    pub elapsed: Duration,
+    /// Calls answered OK.
+    pub ok: u64,
+    /// Failed calls by status code.
+    pub errors: BTreeMap<String, u64>,
+    /// Latency of OK calls, in microseconds.
+    pub latency: Histogram<u64>,
+    /// Every acknowledged range.
+    pub acks: Vec<Ack>,
+}
+
+impl Report {
+    /// OK calls per second.
+    #[must_use]
+    pub fn throughput(&self) -> f64 {
+        #[allow(clippy::cast_precision_loss)]
+        let ok = self.ok as f64;
+        ok / self.elapsed.as_secs_f64()
+    }
+
+    /// Latency at quantile `q` (0.5, 0.99, …).
+    #[must_use]
+    pub fn latency(&self, q: f64) -> Duration {
+        Duration::from_micros(self.latency.value_at_quantile(q))
+    }
+
+    /// Failed calls in all.
+    #[must_use]
+    pub fn failed(&self) -> u64 {
+        self.errors.values().sum()
+    }
+}
+
+struct ClientResult {
+    ok: u64,
+    errors: BTreeMap<String, u64>,
+    latency: Histogram<u64>,
+    acks: Vec<Ack>,
+}
+
+/// Drives the allocator at `url` with `load`.
+///
+/// # Errors
+/// A connection could not be opened.
+///
+/// # Panics
+/// A client task panicked.
+pub async fn drive(url: &str, load: &Load) -> Result<Report, tonic::transport::Error> {
+    let mut channels = Vec::new();
+    for _ in 0..load.connections.max(1) {
+        // Each connect() opens a connection of its own.
+        channels.push(Endpoint::from_shared(url.to_owned())?.connect().await?);
+    }
+    let started = Instant::now();
+    let deadline = started + load.duration;
+    let cursor = Arc::new(AtomicU32::new(0));
+    let clients: Vec<_> = (0..load.clients.max(1))
+        .map(|i| {
+            let channel = channels[i % channels.len()].clone();
+            tokio::spawn(client(channel, load.clone(), deadline, cursor.clone()))
+        })
+        .collect();
+    let mut report = Report {
+        elapsed: Duration::ZERO,
+        ok: 0,
+        errors: BTreeMap::new(),
+        latency: new_histogram(),
+        acks: Vec::new(),
+    };
+    for client in clients {
+        let result = client.await.expect("client task");
+        report.ok += result.ok;
+        for (code, n) in result.errors {
+            *report.errors.entry(code).or_default() += n;
+        }
+        report.latency.add(&result.latency).expect("histograms of one shape");
+        report.acks.extend(result.acks);
+    }
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+/// Microseconds from 1 µs to an hour, at 3 significant digits.
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds and precision")
+}
+
+async fn client(channel: Channel, load: Load, deadline: Instant, cursor: Arc<AtomicU32>) -> ClientResult {
+    let mut allocator = NumberAllocatorClient::new(channel.clone());
+    let mut health = HealthClient::new(channel);
+    let mut result = ClientResult {
+        ok: 0,
+        errors: BTreeMap::new(),
+        latency: new_histogram(),
+        acks: Vec::new(),
+    };
+    let mut rng = fastrand::Rng::new();
+    while Instant::now() < deadline {
+        let series = if load.each_tenant_once {
+            let next = cursor.fetch_add(1, Ordering::Relaxed);
+            if next >= load.tenants {
+                break;
+            }
+            next
+        } else {
+            rng.u32(0..load.tenants.max(1))
+        };
+        let started = Instant::now();
+        let outcome = match load.call {
+            Call::Allocate => allocator
+                .allocate(AllocateRequest {
+                    tenant_id: format!("{}-{series}", load.tenant_prefix),
+                    series: String::new(),
+                    count: load.count,
+                    request_id: String::new(),
+                })
+                .await
+                .map(|response| response.into_inner().numbers.first().map(|n| n.value)),
+            Call::Health => health
+                .check(HealthCheckRequest { service: String::new() })
+                .await
+                .map(|_| None),
+        };
+        match outcome {
+            Ok(first) => {
+                let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                result.latency.saturating_record(micros.max(1));
+                result.ok += 1;
+                if let Some(first) = first {
+                    result.acks.push(Ack {
+                        series,
+                        first,
+                        count: load.count.max(1),
+                    });
+                }
+            }
+            Err(status) => *result.errors.entry(format!("{:?}", status.code())).or_default() += 1,
+        }
+    }
+    result
+}

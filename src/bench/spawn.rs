@@ -1,0 +1,112 @@
+//! Starts a `number-allocator` process on a fresh database for one benchmark
+//! run, and removes both afterwards. A separate process, as in production, so
+//! its resident memory can be read on its own.
+
+use std::{path::Path, process::Stdio, time::Duration};
+
+use sqlx::{AssertSqlSafe, Connection, PgConnection};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
+
+/// Why an allocator could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// The process could not be started.
+    #[error("starting {0}")]
+    Start(String, #[source] std::io::Error),
+    /// The database could not be created.
+    #[error("creating the benchmark database")]
+    Database(#[from] sqlx::Error),
+    /// The process exited or went quiet before it listened.
+    #[error("the allocator did not start listening: {0}")]
+    NotListening(String),
+}
+
+/// A running allocator on a database of its own.
+pub struct SpawnedAllocator {
+    child: Child,
+    /// Its gRPC URL.
+    pub url: String,
+    admin_url: String,
+    database: String,
+}
+
+impl SpawnedAllocator {
+    /// Creates a fresh database on the server of `admin_url` and starts
+    /// `binary` on it with `args` added.
+    ///
+    /// # Errors
+    /// The database or the process could not be started.
+    pub async fn start(binary: &Path, admin_url: &str, args: &[String]) -> Result<Self, SpawnError> {
+        let database = format!("numbering_bench_{}", uuid::Uuid::now_v7().simple());
+        let mut admin = PgConnection::connect(admin_url).await?;
+        sqlx::query(AssertSqlSafe(format!(r#"CREATE DATABASE "{database}""#)))
+            .execute(&mut admin)
+            .await?;
+        let mut url = url::Url::parse(admin_url).map_err(|e| SpawnError::NotListening(format!("admin URL: {e}")))?;
+        url.set_path(&database);
+
+        let mut child = Command::new(binary)
+            .args(["--listen", "127.0.0.1:0", "--log-format", "json", "--drain-delay", "0s"])
+            .args(args)
+            .env("DATABASE_URL", url.as_str())
+            .env("RUST_LOG", "warn,number_allocator=info")
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| SpawnError::Start(binary.display().to_string(), e))?;
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr is piped")).lines();
+        let addr = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                if let Some(addr) = event["addr"].as_str() {
+                    return Ok(addr.to_owned());
+                }
+            }
+            Err(SpawnError::NotListening("the process exited".into()))
+        })
+        .await
+        .map_err(|_| SpawnError::NotListening("no address within 30 s".into()))??;
+        // Keep reading its logs, or a full pipe would stall it.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+        Ok(Self {
+            child,
+            url: format!("http://{addr}"),
+            admin_url: admin_url.to_owned(),
+            database,
+        })
+    }
+
+    /// The process' resident memory, from `/proc`.
+    #[must_use]
+    pub fn resident_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()?)).ok()?;
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib * 1024)
+    }
+
+    /// Stops the process and drops its database.
+    ///
+    /// # Errors
+    /// The database could not be dropped.
+    pub async fn stop(mut self) -> Result<(), SpawnError> {
+        let _ = self.child.kill().await;
+        let mut admin = PgConnection::connect(&self.admin_url).await?;
+        sqlx::query(AssertSqlSafe(format!(r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#, self.database)))
+            .execute(&mut admin)
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,274 @@
+//! `numbering-bench`: drives a `number-allocator` over gRPC, prints throughput
+//! and latency, and verifies every number it acknowledged.
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use numbering::bench::{
+    Call, Load, Report, drive,
+    spawn::SpawnedAllocator,
+    verify::{Verification, verify},
+};
+
+/// Load generator and verifier for the number allocator.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// One load run, against a running allocator (--url) or one started on a fresh database.
+    Run(RunArgs),
+    /// Group commit against one commit per call and the no-op ceiling, for 1-256 clients, one
+    /// hot tenant and 1,000 tenants; prints a table of ratios.
+    Compare(CompareArgs),
+    /// Serves each of --tenants distinct tenants once and reports the allocator's resident memory.
+    Memory(MemoryArgs),
+}
+
+#[derive(Debug, Args)]
+struct SpawnArgs {
+    /// PostgreSQL server to create the fresh benchmark databases on (any database of it).
+    #[arg(long, env = "NUMBERING_BENCH_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    database_url: String,
+
+    /// The number-allocator binary to start (default: next to this one).
+    #[arg(long)]
+    allocator_bin: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    Group,
+    PerCall,
+}
+
+impl Mode {
+    fn flag(self) -> &'static str {
+        match self {
+            Mode::Group => "group",
+            Mode::PerCall => "per-call",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum CallArg {
+    Allocate,
+    Health,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// A running allocator to drive; without it one is started on a fresh database.
+    #[arg(long)]
+    url: Option<String>,
+    /// Commit mode of the allocator started here.
+    #[arg(long, value_enum, default_value = "group")]
+    commit_mode: Mode,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Connections the clients share (default: min(clients, 8)).
+    #[arg(long)]
+    connections: Option<usize>,
+    /// How long to drive.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Tenants, called uniformly at random; 1 is one hot tenant.
+    #[arg(long, default_value_t = 1)]
+    tenants: u32,
+    /// Numbers per Allocate call.
+    #[arg(long, default_value_t = 1)]
+    count: u32,
+    /// The call to make; "health" is the no-op ceiling.
+    #[arg(long, value_enum, default_value = "allocate")]
+    call: CallArg,
+    #[command(flatten)]
+    spawn: SpawnArgs,
+}
+
+#[derive(Debug, Args)]
+struct CompareArgs {
+    /// Length of each run.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Client counts to compare.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+    clients: Vec<usize>,
+    #[command(flatten)]
+    spawn: SpawnArgs,
+}
+
+#[derive(Debug, Args)]
+struct MemoryArgs {
+    /// Distinct tenants, each served once.
+    #[arg(long, default_value_t = 1_000_000)]
+    tenants: u32,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Longest the run may take.
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    max_duration: Duration,
+    #[command(flatten)]
+    spawn: SpawnArgs,
+}
+
+fn allocator_bin(spawn: &SpawnArgs) -> anyhow::Result<PathBuf> {
+    let path = match &spawn.allocator_bin {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?.with_file_name("number-allocator"),
+    };
+    if !path.exists() {
+        bail!("{} not found: build it first (cargo build --release) or pass --allocator-bin", path.display());
+    }
+    Ok(path)
+}
+
+fn load(clients: usize, connections: Option<usize>, duration: Duration, tenants: u32, count: u32, call: Call) -> Load {
+    Load {
+        clients,
+        connections: connections.unwrap_or(clients.min(8)),
+        duration,
+        tenants,
+        count,
+        call,
+        tenant_prefix: format!("bench-{}", uuid::Uuid::now_v7().simple()),
+        each_tenant_once: false,
+    }
+}
+
+/// Starts an allocator in `mode`, drives it with `load`, stops it.
+async fn spawned_run(spawn: &SpawnArgs, bin: &Path, mode: Mode, load: &Load) -> anyhow::Result<Report> {
+    let args = vec!["--commit-mode".to_owned(), mode.flag().to_owned()];
+    let allocator = SpawnedAllocator::start(bin, &spawn.database_url, &args).await?;
+    let report = drive(&allocator.url, load).await;
+    allocator.stop().await?;
+    Ok(report?)
+}
+
+fn print_report(report: &Report) {
+    println!(
+        "calls ok: {} in {:.2?} = {:.0}/s; failed: {} {:?}",
+        report.ok,
+        report.elapsed,
+        report.throughput(),
+        report.failed(),
+        report.errors
+    );
+    println!(
+        "latency: p50 {:.2?}, p99 {:.2?}, p99.9 {:.2?}, max {:.2?}",
+        report.latency(0.5),
+        report.latency(0.99),
+        report.latency(0.999),
+        Duration::from_micros(report.latency.max())
+    );
+}
+
+/// Verifies a run on fresh series: contiguity is required when no call failed.
+fn check(report: &Report) -> Verification {
+    let verification = verify(&report.acks, report.failed() == 0);
+    if verification.passed() {
+        println!(
+            "verified: {} numbers over {} series, no duplicates{}",
+            verification.numbers,
+            verification.series,
+            if report.failed() == 0 { ", each series exactly 1..=N" } else { "" }
+        );
+    } else {
+        println!(
+            "VERIFICATION FAILED: {} duplicated numbers (first: {:?}); series with gaps (first missing): {:?}",
+            verification.duplicate_count, verification.duplicates, verification.gaps
+        );
+    }
+    verification
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<bool> {
+    let call = match args.call {
+        CallArg::Allocate => Call::Allocate,
+        CallArg::Health => Call::Health,
+    };
+    let load = load(args.clients, args.connections, args.duration, args.tenants, args.count, call);
+    let report = match &args.url {
+        Some(url) => drive(url, &load).await.with_context(|| format!("connecting to {url}"))?,
+        None => spawned_run(&args.spawn, &allocator_bin(&args.spawn)?, args.commit_mode, &load).await?,
+    };
+    print_report(&report);
+    Ok(call == Call::Health || check(&report).passed())
+}
+
+async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
+    let bin = allocator_bin(&args.spawn)?;
+    let mut all_verified = true;
+    let mut ceilings = Vec::new();
+    for &clients in &args.clients {
+        let noop = load(clients, None, args.duration, 1, 1, Call::Health);
+        let report = spawned_run(&args.spawn, &bin, Mode::Group, &noop).await?;
+        eprintln!("no-op, {clients} clients: {:.0}/s", report.throughput());
+        ceilings.push((clients, report.throughput()));
+    }
+    println!("| workload | clients | group commit /s | per call /s | no-op /s | group ÷ per call | group ÷ no-op | group p50 | group p99 | group p99.9 | failed calls |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (workload, tenants) in [("one hot tenant", 1), ("1,000 tenants", 1000)] {
+        for &(clients, ceiling) in &ceilings {
+            let load = load(clients, None, args.duration, tenants, 1, Call::Allocate);
+            let group = spawned_run(&args.spawn, &bin, Mode::Group, &load).await?;
+            let per_call = spawned_run(&args.spawn, &bin, Mode::PerCall, &load).await?;
+            for (name, report) in [("group", &group), ("per call", &per_call)] {
+                let verified = verify(&report.acks, report.failed() == 0).passed();
+                eprintln!("{workload}, {clients} clients, {name}: {:.0}/s, verified: {verified}", report.throughput());
+                all_verified &= verified;
+            }
+            println!(
+                "| {workload} | {clients} | {:.0} | {:.0} | {ceiling:.0} | {:.1}× | {:.0}% | {:.2?} | {:.2?} | {:.2?} | {} / {} |",
+                group.throughput(),
+                per_call.throughput(),
+                group.throughput() / per_call.throughput(),
+                100.0 * group.throughput() / ceiling,
+                group.latency(0.5),
+                group.latency(0.99),
+                group.latency(0.999),
+                group.failed(),
+                per_call.failed(),
+            );
+        }
+    }
+    println!("\nEvery acknowledged number verified (no duplicates; 1..=N per series when nothing failed): {all_verified}");
+    Ok(all_verified)
+}
+
+async fn memory(args: MemoryArgs) -> anyhow::Result<bool> {
+    let bin = allocator_bin(&args.spawn)?;
+    let allocator = SpawnedAllocator::start(&bin, &args.spawn.database_url, &[]).await?;
+    let before = allocator.resident_bytes();
+    let mut load = load(args.clients, None, args.max_duration, args.tenants, 1, Call::Allocate);
+    load.each_tenant_once = true;
+    let report = drive(&allocator.url, &load).await?;
+    let after = allocator.resident_bytes();
+    allocator.stop().await?;
+    print_report(&report);
+    let mib = |bytes: Option<u64>| bytes.map_or("?".to_owned(), |b| format!("{:.1} MiB", b as f64 / 1_048_576.0));
+    println!("allocator resident memory: {} at start, {} after {} distinct tenants", mib(before), mib(after), report.ok);
+    Ok(check(&report).passed())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new("warn")).with_writer(std::io::stderr).init();
+    let passed = match Cli::parse().command {
+        Command::Run(args) => run(args).await?,
+        Command::Compare(args) => compare(args).await?,
+        Command::Memory(args) => memory(args).await?,
+    };
+    Ok(if passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
