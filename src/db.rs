@@ -19,18 +19,32 @@ impl DatabaseUrl {
         &self.0
     }
 
-    /// The URL with any password replaced by `***`.
+    /// The URL with any password, in the user part or as a `password`
+    /// parameter, replaced by `***`.
     #[must_use]
     pub fn redacted(&self) -> String {
-        match url::Url::parse(&self.0) {
-            Ok(mut url) if url.password().is_some() => {
-                // Cannot fail: the URL already has a password, so it has a host.
-                let _ = url.set_password(Some("***"));
-                url.to_string()
-            }
-            Ok(url) => url.to_string(),
-            Err(_) => "<unparseable database url>".into(),
+        let Ok(mut url) = url::Url::parse(&self.0) else {
+            return "<unparseable database url>".into();
+        };
+        if url.password().is_some() {
+            // Cannot fail: the URL already has a password, so it has a host.
+            let _ = url.set_password(Some("***"));
         }
+        if url.query().is_some() {
+            let pairs: Vec<(String, String)> = url
+                .query_pairs()
+                .map(|(key, value)| {
+                    let value = if key.eq_ignore_ascii_case("password") {
+                        "***".into()
+                    } else {
+                        value.into_owned()
+                    };
+                    (key.into_owned(), value)
+                })
+                .collect();
+            url.query_pairs_mut().clear().extend_pairs(pairs);
+        }
+        url.to_string()
     }
 }
 
@@ -83,13 +97,17 @@ impl Default for PoolSettings {
 /// Opens a PostgreSQL pool and checks one connection. A database that does
 /// not exist yet is created first, so a first run needs no setup step.
 ///
+/// Every connection asks for synchronous commit at start-up, overriding the
+/// server's, database's and role's defaults; [`begin_durable`] asks again per
+/// transaction, for poolers that drop start-up options.
+///
 /// # Errors
 /// The URL does not parse, or the database cannot be reached or created.
 pub async fn connect_postgres(
     url: &DatabaseUrl,
     settings: &PoolSettings,
 ) -> Result<PgPool, sqlx::Error> {
-    let options = PgConnectOptions::from_str(url.expose())?;
+    let options = PgConnectOptions::from_str(url.expose())?.options([("synchronous_commit", "on")]);
     match pool_options(settings).connect_with(options.clone()).await {
         Err(error) if classify(&error) == DbErrorKind::NoSuchDatabase => {
             tracing::info!(database = %url, "database does not exist; creating it");
@@ -189,6 +207,12 @@ mod tests {
         assert!(!url.to_string().contains("s3cret"));
         assert!(url.redacted().contains("app:***@db"));
         assert!(url.expose().contains("s3cret"));
+
+        let url: DatabaseUrl = "postgres://app@db/numbers?sslmode=require&password=s3cret"
+            .parse()
+            .unwrap();
+        assert!(!url.to_string().contains("s3cret"), "{url}");
+        assert!(url.to_string().contains("sslmode=require"), "{url}");
     }
 
     #[test]

@@ -135,7 +135,10 @@ pub async fn drive(url: &str, load: &Load) -> Result<Report, tonic::transport::E
         for (code, n) in result.errors {
             *report.errors.entry(code).or_default() += n;
         }
-        report.latency.add(&result.latency).expect("histograms of one shape");
+        report
+            .latency
+            .add(&result.latency)
+            .expect("histograms of one shape");
         report.acks.extend(result.acks);
     }
     report.elapsed = started.elapsed();
@@ -147,7 +150,12 @@ fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds and precision")
 }
 
-async fn client(channel: Channel, load: Load, deadline: Instant, cursor: Arc<AtomicU32>) -> ClientResult {
+async fn client(
+    channel: Channel,
+    load: Load,
+    deadline: Instant,
+    cursor: Arc<AtomicU32>,
+) -> ClientResult {
     let mut allocator = NumberAllocatorClient::new(channel.clone());
     let mut health = HealthClient::new(channel);
     let mut result = ClientResult {
@@ -179,7 +187,9 @@ async fn client(channel: Channel, load: Load, deadline: Instant, cursor: Arc<Ato
                 .await
                 .map(|response| response.into_inner().numbers.first().map(|n| n.value)),
             Call::Health => health
-                .check(HealthCheckRequest { service: String::new() })
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
                 .await
                 .map(|_| None),
         };
@@ -196,7 +206,12 @@ async fn client(channel: Channel, load: Load, deadline: Instant, cursor: Arc<Ato
                     });
                 }
             }
-            Err(status) => *result.errors.entry(format!("{:?}", status.code())).or_default() += 1,
+            Err(status) => {
+                *result
+                    .errors
+                    .entry(format!("{:?}", status.code()))
+                    .or_default() += 1;
+            }
         }
     }
     result

@@ -39,17 +39,29 @@ impl SpawnedAllocator {
     ///
     /// # Errors
     /// The database or the process could not be started.
-    pub async fn start(binary: &Path, admin_url: &str, args: &[String]) -> Result<Self, SpawnError> {
+    pub async fn start(
+        binary: &Path,
+        admin_url: &str,
+        args: &[String],
+    ) -> Result<Self, SpawnError> {
         let database = format!("numbering_bench_{}", uuid::Uuid::now_v7().simple());
         let mut admin = PgConnection::connect(admin_url).await?;
         sqlx::query(AssertSqlSafe(format!(r#"CREATE DATABASE "{database}""#)))
             .execute(&mut admin)
             .await?;
-        let mut url = url::Url::parse(admin_url).map_err(|e| SpawnError::NotListening(format!("admin URL: {e}")))?;
+        let mut url = url::Url::parse(admin_url)
+            .map_err(|e| SpawnError::NotListening(format!("admin URL: {e}")))?;
         url.set_path(&database);
 
         let mut child = Command::new(binary)
-            .args(["--listen", "127.0.0.1:0", "--log-format", "json", "--drain-delay", "0s"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+                "--drain-delay",
+                "0s",
+            ])
             .args(args)
             .env("DATABASE_URL", url.as_str())
             .env("RUST_LOG", "warn,number_allocator=info")
@@ -57,7 +69,13 @@ impl SpawnedAllocator {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| SpawnError::Start(binary.display().to_string(), e))?;
-        let mut lines = BufReader::new(child.stderr.take().expect("stderr is piped")).lines();
+        let mut lines = BufReader::new(
+            child
+                .stderr
+                .take()
+                .ok_or_else(|| SpawnError::NotListening("no stderr to read".into()))?,
+        )
+        .lines();
         let addr = tokio::time::timeout(Duration::from_secs(30), async {
             while let Ok(Some(line)) = lines.next_line().await {
                 let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
@@ -104,9 +122,12 @@ impl SpawnedAllocator {
     pub async fn stop(mut self) -> Result<(), SpawnError> {
         let _ = self.child.kill().await;
         let mut admin = PgConnection::connect(&self.admin_url).await?;
-        sqlx::query(AssertSqlSafe(format!(r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#, self.database)))
-            .execute(&mut admin)
-            .await?;
+        sqlx::query(AssertSqlSafe(format!(
+            r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#,
+            self.database
+        )))
+        .execute(&mut admin)
+        .await?;
         Ok(())
     }
 }

@@ -42,7 +42,10 @@ impl Verification {
 pub fn verify(acks: &[Ack], contiguous: bool) -> Verification {
     let mut by_series: BTreeMap<u32, Vec<(i64, u32)>> = BTreeMap::new();
     for ack in acks {
-        by_series.entry(ack.series).or_default().push((ack.first, ack.count));
+        by_series
+            .entry(ack.series)
+            .or_default()
+            .push((ack.first, ack.count));
     }
     let mut result = Verification {
         series: by_series.len(),
@@ -79,7 +82,11 @@ mod tests {
     use super::*;
 
     fn ack(series: u32, first: i64, count: u32) -> Ack {
-        Ack { series, first, count }
+        Ack {
+            series,
+            first,
+            count,
+        }
     }
 
     #[test]

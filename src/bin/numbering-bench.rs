@@ -37,7 +37,11 @@ enum Command {
 #[derive(Debug, Args)]
 struct SpawnArgs {
     /// PostgreSQL server to create the fresh benchmark databases on (any database of it).
-    #[arg(long, env = "NUMBERING_BENCH_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    #[arg(
+        long,
+        env = "NUMBERING_BENCH_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
     database_url: String,
 
     /// The number-allocator binary to start (default: next to this one).
@@ -129,12 +133,22 @@ fn allocator_bin(spawn: &SpawnArgs) -> anyhow::Result<PathBuf> {
         None => std::env::current_exe()?.with_file_name("number-allocator"),
     };
     if !path.exists() {
-        bail!("{} not found: build it first (cargo build --release) or pass --allocator-bin", path.display());
+        bail!(
+            "{} not found: build it first (cargo build --release) or pass --allocator-bin",
+            path.display()
+        );
     }
     Ok(path)
 }
 
-fn load(clients: usize, connections: Option<usize>, duration: Duration, tenants: u32, count: u32, call: Call) -> Load {
+fn load(
+    clients: usize,
+    connections: Option<usize>,
+    duration: Duration,
+    tenants: u32,
+    count: u32,
+    call: Call,
+) -> Load {
     Load {
         clients,
         connections: connections.unwrap_or(clients.min(8)),
@@ -148,7 +162,12 @@ fn load(clients: usize, connections: Option<usize>, duration: Duration, tenants:
 }
 
 /// Starts an allocator in `mode`, drives it with `load`, stops it.
-async fn spawned_run(spawn: &SpawnArgs, bin: &Path, mode: Mode, load: &Load) -> anyhow::Result<Report> {
+async fn spawned_run(
+    spawn: &SpawnArgs,
+    bin: &Path,
+    mode: Mode,
+    load: &Load,
+) -> anyhow::Result<Report> {
     let args = vec!["--commit-mode".to_owned(), mode.flag().to_owned()];
     let allocator = SpawnedAllocator::start(bin, &spawn.database_url, &args).await?;
     let report = drive(&allocator.url, load).await;
@@ -182,7 +201,11 @@ fn check(report: &Report) -> Verification {
             "verified: {} numbers over {} series, no duplicates{}",
             verification.numbers,
             verification.series,
-            if report.failed() == 0 { ", each series exactly 1..=N" } else { "" }
+            if report.failed() == 0 {
+                ", each series exactly 1..=N"
+            } else {
+                ""
+            }
         );
     } else {
         println!(
@@ -198,10 +221,27 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
         CallArg::Allocate => Call::Allocate,
         CallArg::Health => Call::Health,
     };
-    let load = load(args.clients, args.connections, args.duration, args.tenants, args.count, call);
+    let load = load(
+        args.clients,
+        args.connections,
+        args.duration,
+        args.tenants,
+        args.count,
+        call,
+    );
     let report = match &args.url {
-        Some(url) => drive(url, &load).await.with_context(|| format!("connecting to {url}"))?,
-        None => spawned_run(&args.spawn, &allocator_bin(&args.spawn)?, args.commit_mode, &load).await?,
+        Some(url) => drive(url, &load)
+            .await
+            .with_context(|| format!("connecting to {url}"))?,
+        None => {
+            spawned_run(
+                &args.spawn,
+                &allocator_bin(&args.spawn)?,
+                args.commit_mode,
+                &load,
+            )
+            .await?
+        }
     };
     print_report(&report);
     Ok(call == Call::Health || check(&report).passed())
@@ -217,7 +257,9 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
         eprintln!("no-op, {clients} clients: {:.0}/s", report.throughput());
         ceilings.push((clients, report.throughput()));
     }
-    println!("| workload | clients | group commit /s | per call /s | no-op /s | group ÷ per call | group ÷ no-op | group p50 | group p99 | group p99.9 | failed calls |");
+    println!(
+        "| workload | clients | group commit /s | per call /s | no-op /s | group ÷ per call | group ÷ no-op | group p50 | group p99 | group p99.9 | failed calls |"
+    );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (workload, tenants) in [("one hot tenant", 1), ("1,000 tenants", 1000)] {
         for &(clients, ceiling) in &ceilings {
@@ -226,7 +268,10 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
             let per_call = spawned_run(&args.spawn, &bin, Mode::PerCall, &load).await?;
             for (name, report) in [("group", &group), ("per call", &per_call)] {
                 let verified = verify(&report.acks, report.failed() == 0).passed();
-                eprintln!("{workload}, {clients} clients, {name}: {:.0}/s, verified: {verified}", report.throughput());
+                eprintln!(
+                    "{workload}, {clients} clients, {name}: {:.0}/s, verified: {verified}",
+                    report.throughput()
+                );
                 all_verified &= verified;
             }
             println!(
@@ -243,7 +288,9 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
             );
         }
     }
-    println!("\nEvery acknowledged number verified (no duplicates; 1..=N per series when nothing failed): {all_verified}");
+    println!(
+        "\nEvery acknowledged number verified (no duplicates; 1..=N per series when nothing failed): {all_verified}"
+    );
     Ok(all_verified)
 }
 
@@ -251,24 +298,47 @@ async fn memory(args: MemoryArgs) -> anyhow::Result<bool> {
     let bin = allocator_bin(&args.spawn)?;
     let allocator = SpawnedAllocator::start(&bin, &args.spawn.database_url, &[]).await?;
     let before = allocator.resident_bytes();
-    let mut load = load(args.clients, None, args.max_duration, args.tenants, 1, Call::Allocate);
+    let mut load = load(
+        args.clients,
+        None,
+        args.max_duration,
+        args.tenants,
+        1,
+        Call::Allocate,
+    );
     load.each_tenant_once = true;
     let report = drive(&allocator.url, &load).await?;
     let after = allocator.resident_bytes();
     allocator.stop().await?;
     print_report(&report);
-    let mib = |bytes: Option<u64>| bytes.map_or("?".to_owned(), |b| format!("{:.1} MiB", b as f64 / 1_048_576.0));
-    println!("allocator resident memory: {} at start, {} after {} distinct tenants", mib(before), mib(after), report.ok);
+    let mib = |bytes: Option<u64>| {
+        bytes.map_or("?".to_owned(), |b| {
+            format!("{}.{} MiB", b / 1_048_576, b % 1_048_576 * 10 / 1_048_576)
+        })
+    };
+    println!(
+        "allocator resident memory: {} at start, {} after {} distinct tenants",
+        mib(before),
+        mib(after),
+        report.ok
+    );
     Ok(check(&report).passed())
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new("warn")).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+        .with_writer(std::io::stderr)
+        .init();
     let passed = match Cli::parse().command {
         Command::Run(args) => run(args).await?,
         Command::Compare(args) => compare(args).await?,
         Command::Memory(args) => memory(args).await?,
     };
-    Ok(if passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

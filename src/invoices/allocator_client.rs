@@ -50,17 +50,18 @@ impl Backoff {
     }
 }
 
-/// Whether a failed call is worth retrying: the allocator is unreachable or
-/// unavailable, or the connection failed mid-call. A status built here from a
+/// Whether a failed call is worth retrying: the allocator is unreachable,
+/// unavailable or shedding load, or the connection failed mid-call. A status built here from a
 /// transport error carries that error as its source (UNKNOWN for a reset
 /// stream, CANCELLED for a dropped connection, which is also what our own
 /// per-call time-out gives: the deadline check tells them apart). A retry after
 /// a call that did commit only leaves a gap in the numbers, never a duplicate.
 fn is_transient(status: &Status) -> bool {
     use std::error::Error as _;
-    status.code() == Code::Unavailable
-        || status.code() == Code::Cancelled
-        || status.source().is_some()
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::Cancelled | Code::ResourceExhausted
+    ) || status.source().is_some()
 }
 
 /// Why no number could be had.

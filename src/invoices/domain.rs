@@ -18,7 +18,9 @@ const QUANTITY_LIMIT: i64 = 10_000_000;
 /// Unit prices are below this.
 const UNIT_PRICE_LIMIT: i64 = 100_000_000_000;
 
-/// Checks a free-text field: at most `max` characters, and not blank when required.
+/// Checks a free-text field: at most `max` characters, not blank when
+/// required, and no control characters but line breaks and tabs (PostgreSQL
+/// cannot store a NUL).
 ///
 /// # Errors
 /// A description of what is wrong, for a field violation.
@@ -28,6 +30,12 @@ pub fn text(raw: &str, max: usize, required: bool) -> Result<String, String> {
     }
     if raw.chars().count() > max {
         return Err(format!("must be at most {max} characters"));
+    }
+    if raw
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
+        return Err("must not contain control characters".into());
     }
     Ok(raw.to_owned())
 }
@@ -358,5 +366,9 @@ mod tests {
         assert!(text("  ", 10, true).is_err());
         assert!(text("ééé", 3, true).is_ok());
         assert!(text("éééé", 3, true).is_err());
+        assert!(text("line one\nline two\tend", 100, true).is_ok());
+        for bad in ["Glo\0bex", "bell\u{7}", "esc\u{1b}[31m"] {
+            assert!(text(bad, 100, true).is_err(), "{bad:?} was accepted");
+        }
     }
 }

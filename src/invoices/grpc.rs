@@ -271,11 +271,12 @@ impl From<Error> for Status {
             {
                 internal(&AllocatorError::Rejected(status))
             }
-            Error::Allocator(AllocatorError::Rejected(status)) => with_reason(
+            // Keep the allocator's code and details (SERIES_EXHAUSTED, say):
+            // they tell the caller whether a retry can help.
+            Error::Allocator(AllocatorError::Rejected(status)) => Status::with_details(
                 status.code(),
                 format!("the number allocator refused: {}", status.message()),
-                "ALLOCATOR_REFUSED",
-                &[],
+                status.details().to_vec().into(),
             ),
             Error::Store(StoreError::Unavailable(cause)) => {
                 tracing::warn!(error = %cause, "invoice store unavailable");

@@ -413,35 +413,48 @@ async fn an_exhausted_series_fails_without_moving() {
     assert_eq!(last.numbers[0].value, i64::MAX);
 }
 
-/// The allocator's transactions commit synchronously even when the database defaults to
-/// `synchronous_commit = off`.
+/// Writes commit synchronously even when the database defaults to
+/// `synchronous_commit = off`: every connection of the services' pools asks for
+/// it, and so does every durable transaction on its own.
 #[tokio::test]
-async fn allocator_transactions_force_synchronous_commit() {
+async fn writes_force_synchronous_commit() {
     let db = TestDb::create().await;
     db.admin(format!(
         r#"ALTER DATABASE "{}" SET synchronous_commit = off"#,
         db.name
     ))
     .await;
-    let pool = db.pool(&test_pool_settings()).await;
 
-    let mut plain = pool.begin().await.unwrap();
+    let raw = sqlx::PgPool::connect(&db.url).await.unwrap();
     let default: String = sqlx::query_scalar("SHOW synchronous_commit")
-        .fetch_one(&mut *plain)
+        .fetch_one(&raw)
         .await
         .unwrap();
     assert_eq!(
         default, "off",
         "the test database should default to asynchronous commit"
     );
-    plain.rollback().await.unwrap();
-
-    let mut durable = begin_durable(&pool).await.unwrap();
+    let mut durable = begin_durable(&raw).await.unwrap();
     let setting: String = sqlx::query_scalar("SHOW synchronous_commit")
         .fetch_one(&mut *durable)
         .await
         .unwrap();
-    assert_eq!(setting, "on");
+    assert_eq!(
+        setting, "on",
+        "begin_durable did not force synchronous commit"
+    );
+    durable.rollback().await.unwrap();
+
+    let service_pool = db.pool(&test_pool_settings()).await;
+    let mut plain = service_pool.begin().await.unwrap();
+    let setting: String = sqlx::query_scalar("SHOW synchronous_commit")
+        .fetch_one(&mut *plain)
+        .await
+        .unwrap();
+    assert_eq!(
+        setting, "on",
+        "the services' pools do not force synchronous commit"
+    );
 }
 
 /// Readiness follows the database while liveness does not; calls fail fast with

@@ -1,19 +1,28 @@
 //! InvoiceWriter behaviour, with a real allocator behind it.
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use numbering::{
     allocator::{CommitMode, domain::NumberFormat},
     invoices::{seed, store::InvoiceStore},
-    proto::{GetInvoiceRequest, GetSeriesRequest, LineItem, ListInvoicesRequest},
+    proto::{
+        AdvanceCounterRequest, GetInvoiceRequest, GetSeriesRequest, LineItem, ListInvoicesRequest,
+    },
 };
 use tokio::{net::TcpListener, sync::Barrier};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::helpers::{
-    allocator_client, assert_invalid_field, assert_reason, import_invoice, invoice_request,
-    list_all, spawn_allocator_on, spawn_both, spawn_writer, wait_for_health,
+    CapturedLogs, allocator_client, assert_invalid_field, assert_reason, import_invoice,
+    invoice_request, list_all, spawn_allocator_on, spawn_both, spawn_writer, wait_for_health,
 };
 
 /// 200 concurrent invoices of one tenant are numbered INV-001 … INV-200, each once.
@@ -138,10 +147,13 @@ async fn another_tenants_invoice_is_not_found() {
     assert!(list_all(&mut writer.client, "globex").await.is_empty());
 }
 
-/// Invoices imported ahead of the counter are skipped within the attempts, and no
-/// number is stored twice.
+/// Invoices imported ahead of the counter are skipped within the attempts, each
+/// conflict is logged with tenant, number and attempt, and no number is stored twice.
 #[tokio::test]
 async fn conflicting_numbers_are_skipped_within_the_attempts() {
+    // A current-thread runtime: the servers' tasks log through this subscriber too.
+    let logs = CapturedLogs::default();
+    let _subscriber = tracing::subscriber::set_default(logs.subscriber());
     let (_allocator, mut writer) = spawn_both(3).await;
     import_invoice(&writer.store, "acme", 1, "INV-001").await;
     import_invoice(&writer.store, "acme", 2, "INV-002").await;
@@ -161,6 +173,29 @@ async fn conflicting_numbers_are_skipped_within_the_attempts() {
         .map(|i| i.invoice_number)
         .collect();
     assert_eq!(numbers, ["INV-001", "INV-002", "INV-003"]);
+
+    let conflicts: Vec<_> = logs
+        .events()
+        .into_iter()
+        .filter(|event| {
+            event["fields"]["message"] == "invoice number already taken; allocating another"
+        })
+        .map(|event| {
+            let fields = &event["fields"];
+            (
+                fields["tenant"].as_str().map(str::to_owned),
+                fields["number"].as_i64(),
+                fields["attempt"].as_i64(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        conflicts,
+        [
+            (Some("acme".to_owned()), Some(1), Some(1)),
+            (Some("acme".to_owned()), Some(2), Some(2))
+        ]
+    );
 }
 
 /// More conflicts than attempts answer ABORTED with a reason and store nothing; the
@@ -311,6 +346,7 @@ async fn bad_invoices_are_rejected_by_field_and_change_nothing() {
         ("client_id", |r| r.client_id = "c".repeat(129)),
         ("client_name", |r| r.client_name = "   ".into()),
         ("client_name", |r| r.client_name = "n".repeat(201)),
+        ("client_name", |r| r.client_name = "Glo\0bex".into()),
         ("client_email", |r| r.client_email = "not-an-email".into()),
         ("client_phone", |r| r.client_phone = "call me".into()),
         ("client_address", |r| r.client_address = "a".repeat(1001)),
@@ -321,6 +357,9 @@ async fn bad_invoices_are_rejected_by_field_and_change_nothing() {
         ("currency", |r| r.currency = "XYZ".into()),
         ("request_id", |r| r.request_id = "r".repeat(129)),
         ("line_items", |r| r.line_items.clear()),
+        ("line_items[1].description", |r| {
+            r.line_items[1].description = "nul\0".into();
+        }),
         ("line_items[0].description", |r| {
             r.line_items[0].description = String::new();
         }),
@@ -391,22 +430,54 @@ async fn bad_invoices_are_rejected_by_field_and_change_nothing() {
 
 /// With the allocator unreachable the writer retries inside the caller's deadline, then
 /// answers UNAVAILABLE (not DEADLINE_EXCEEDED) and stores nothing.
-#[tokio::test]
-async fn an_unreachable_allocator_answers_unavailable_within_the_deadline() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut writer = spawn_writer(&format!("http://127.0.0.1:{port}"), 3).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_allocator_is_retried_then_unavailable_within_the_deadline() {
+    // An "allocator" that drops every connection it accepts, counting them.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let counted = attempts.clone();
+    tokio::spawn(async move {
+        while let Ok((connection, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            drop(connection);
+        }
+    });
+    let mut writer = spawn_writer(&url, 3).await;
 
     let mut request = tonic::Request::new(invoice_request("acme"));
     request.set_timeout(Duration::from_secs(2));
     let status = writer.client.create_invoice(request).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert_reason(&status, "ALLOCATOR_UNAVAILABLE");
+    let attempts = attempts.load(Ordering::SeqCst);
+    assert!(
+        attempts > 1,
+        "the writer tried the allocator {attempts} time(s) only"
+    );
     assert!(list_all(&mut writer.client, "acme").await.is_empty());
+}
+
+/// An allocator refusal that retrying cannot fix keeps its code and reason.
+#[tokio::test]
+async fn allocator_refusals_keep_their_code_and_reason() {
+    let (mut allocator, mut writer) = spawn_both(3).await;
+    allocator
+        .client
+        .advance_counter(AdvanceCounterRequest {
+            tenant_id: "acme".into(),
+            series: String::new(),
+            at_least: i64::MAX,
+        })
+        .await
+        .unwrap();
+    let status = writer
+        .client
+        .create_invoice(invoice_request("acme"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert_reason(&status, "SERIES_EXHAUSTED");
 }
 
 /// A writer whose first allocation fails retries and succeeds once the allocator answers.
@@ -439,18 +510,46 @@ async fn the_writer_retries_until_the_allocator_answers() {
 /// The writer's readiness follows its own database.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writer_readiness_follows_its_database() {
-    let (_allocator, writer) = spawn_both(3).await;
+    let (mut allocator, writer) = spawn_both(3).await;
     let channel = writer.server.channel().await;
     let name = "numbering.v1.InvoiceWriter";
     wait_for_health(channel.clone(), name, ServingStatus::Serving).await;
     writer.db.cut().await;
     wait_for_health(channel.clone(), name, ServingStatus::NotServing).await;
-    assert!(
-        writer.store.highest_numbers().await.is_err(),
-        "the database should be unreachable"
+
+    // With its own database away, the writer fails before taking a number.
+    let status = writer
+        .client
+        .clone()
+        .create_invoice(invoice_request("acme"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_reason(&status, "STORE_UNAVAILABLE");
+    let series = allocator
+        .client
+        .get_series(GetSeriesRequest {
+            tenant_id: "acme".into(),
+            series: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        series.code(),
+        Code::NotFound,
+        "a number was burned while the store was away"
     );
+
     writer.db.restore().await;
     wait_for_health(channel, name, ServingStatus::Serving).await;
+    let created = writer
+        .client
+        .clone()
+        .create_invoice(invoice_request("acme"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(created.invoice.unwrap().invoice_number, "INV-001");
 }
 
 /// Numbers stored never repeat, whatever path wrote them.
