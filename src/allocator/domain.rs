@@ -271,9 +271,11 @@ impl Allocator {
     ) -> Self {
         let path = match mode {
             CommitMode::PerCall => Path::PerCall,
-            CommitMode::Group(settings) => {
-                Path::Group(GroupCommitter::new(store.clone(), settings))
-            }
+            CommitMode::Group(settings) => Path::Group(Arc::new(GroupCommitter::new(
+                &store,
+                &settings,
+                default_format.template(),
+            ))),
         };
         Self {
             store,
@@ -308,7 +310,7 @@ impl Allocator {
                 let (last, format) = self.store.allocate(tenant, series, count, template).await?;
                 (last - count + 1, format)
             }
-            Path::Group(committer) => committer.allocate(tenant, series, count, template).await?,
+            Path::Group(committer) => committer.allocate(tenant, series, count).await?,
         };
         let format = parse_stored(tenant, series, &format)?;
         // Offsets from the first number: the last may be i64::MAX.

@@ -1,16 +1,18 @@
-//! Group commit: concurrent allocations of one series share a transaction.
+//! Group commit: concurrent allocations share transactions.
 //!
-//! Each active `(tenant, series)` has a bounded queue and one task draining it.
-//! While that task's commit is in flight, new calls queue; the next transaction
-//! advances the counter once by the sum of their counts and splits the range
-//! among them in arrival order. Every call is answered only after its commit
-//! succeeded, so nothing is ever handed out from memory. A series whose queue
-//! runs empty is dropped, so idle series hold no memory.
+//! Calls go to one of a fixed number of lanes, chosen by their series, so a
+//! series always uses the same lane and two lanes never touch the same counter
+//! row (no lock waits, no deadlocks between them). While a lane's commit is in
+//! flight, new calls queue; the lane's next transaction advances every series
+//! in its queue with one statement, each by the sum of its calls' counts, and
+//! splits each range among that series' calls in arrival order. Every call is
+//! answered only after the commit succeeded, so nothing is ever handed out from
+//! memory. Lanes hold no per-series state: idle series cost nothing.
 
 use std::{
     collections::HashMap,
     hash::{BuildHasher, RandomState},
-    sync::{Arc, Mutex},
+    sync::Arc,
 };
 
 use tokio::sync::{mpsc, oneshot};
@@ -26,15 +28,19 @@ use crate::{
 /// Limits of group commit.
 #[derive(Debug, Clone)]
 pub struct GroupCommitSettings {
+    /// Lanes committing in parallel; keep it below the pool size so reads
+    /// still find connections.
+    pub lanes: usize,
     /// Most calls merged into one transaction.
     pub max_batch: usize,
-    /// Most calls waiting per series; more answer `RESOURCE_EXHAUSTED`.
+    /// Most calls waiting per lane; more answer `RESOURCE_EXHAUSTED`.
     pub queue_capacity: usize,
 }
 
 impl Default for GroupCommitSettings {
     fn default() -> Self {
         Self {
+            lanes: 8,
             max_batch: 1000,
             queue_capacity: 10_000,
         }
@@ -44,10 +50,10 @@ impl Default for GroupCommitSettings {
 /// Why a grouped allocation failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum GroupError {
-    /// The series' queue is full.
-    #[error("too many allocations waiting for this series")]
+    /// The lane's queue is full.
+    #[error("too many allocations waiting")]
     QueueFull,
-    /// The group's transaction failed: no number of its range was handed out.
+    /// The group's transaction failed: no number of its ranges was handed out.
     #[error(transparent)]
     Store(Arc<StoreError>),
 }
@@ -55,159 +61,192 @@ pub enum GroupError {
 /// The first number of a call's range and the series' format.
 pub type Granted = (i64, String);
 
+type Key = (TenantId, SeriesName);
+
 struct Waiting {
+    key: Key,
     count: u32,
     reply: oneshot::Sender<Result<Granted, GroupError>>,
 }
 
-type Key = (TenantId, SeriesName);
-type Queues = HashMap<Key, mpsc::Sender<Waiting>>;
-
-/// Number of independently locked shards of the queue map, so calls for
-/// different series rarely contend on one lock.
-const SHARDS: usize = 64;
-
-/// Merges concurrent allocations per series into shared transactions.
+/// Merges concurrent allocations into shared transactions.
 pub struct GroupCommitter {
-    store: Arc<dyn CounterStore>,
-    settings: GroupCommitSettings,
-    shards: Vec<Mutex<Queues>>,
+    lanes: Vec<mpsc::Sender<Waiting>>,
     hasher: RandomState,
 }
 
 impl GroupCommitter {
-    /// A committer over `store`.
-    #[must_use]
-    pub fn new(store: Arc<dyn CounterStore>, settings: GroupCommitSettings) -> Arc<Self> {
-        Arc::new(Self {
-            store,
-            settings,
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            hasher: RandomState::new(),
-        })
-    }
-
-    fn shard(&self, key: &Key) -> &Mutex<Queues> {
-        let index = usize::try_from(self.hasher.hash_one(key) % SHARDS as u64).unwrap_or(0);
-        &self.shards[index]
-    }
-
-    /// Allocates `count` numbers of the series, creating it with `format` on
-    /// first use. Returns the first number of the range and the series' format
-    /// once the transaction that took the range has committed.
-    ///
-    /// # Errors
-    /// [`GroupError::QueueFull`] when the series' queue is full;
-    /// [`GroupError::Store`] when the group's transaction failed.
+    /// A committer over `store`, creating new series with `format`. Starts
+    /// one task per lane; they end when the committer is dropped.
     ///
     /// # Panics
-    /// A shard lock was poisoned by a panic while it was held.
+    /// Called outside a Tokio runtime.
+    #[must_use]
+    pub fn new(
+        store: &Arc<dyn CounterStore>,
+        settings: &GroupCommitSettings,
+        format: &str,
+    ) -> Self {
+        let lanes = (0..settings.lanes.max(1))
+            .map(|_| {
+                let (sender, receiver) = mpsc::channel(settings.queue_capacity.max(1));
+                let lane = Lane {
+                    store: store.clone(),
+                    queue: receiver,
+                    max_batch: settings.max_batch.max(1),
+                    format: format.to_owned(),
+                };
+                tokio::spawn(lane.run());
+                sender
+            })
+            .collect();
+        Self {
+            lanes,
+            hasher: RandomState::new(),
+        }
+    }
+
+    fn lane(&self, key: &Key) -> &mpsc::Sender<Waiting> {
+        let index = self.hasher.hash_one(key) % self.lanes.len() as u64;
+        &self.lanes[usize::try_from(index).unwrap_or(0)]
+    }
+
+    /// Allocates `count` numbers of the series. Returns the first number of
+    /// the range and the series' format once the transaction that took the
+    /// range has committed.
+    ///
+    /// # Errors
+    /// [`GroupError::QueueFull`] when the lane's queue is full;
+    /// [`GroupError::Store`] when the group's transaction failed.
     pub async fn allocate(
-        self: &Arc<Self>,
+        &self,
         tenant: &TenantId,
         series: &SeriesName,
         count: Count,
-        format: &str,
     ) -> Result<Granted, GroupError> {
         let (reply, granted) = oneshot::channel();
-        let waiting = Waiting {
+        let key = (tenant.clone(), series.clone());
+        let lane = self.lane(&key);
+        lane.try_send(Waiting {
+            key,
             count: count.get(),
             reply,
-        };
-        let key = (tenant.clone(), series.clone());
-        {
-            // Sending under the shard lock is what lets a drained worker
-            // decide, under the same lock, that nothing can reach it any more.
-            let mut queues = self.shard(&key).lock().expect("shard lock");
-            let sender = queues.entry(key).or_insert_with_key(|key| {
-                let (sender, receiver) = mpsc::channel(self.settings.queue_capacity);
-                tokio::spawn(Arc::clone(self).drain(key.clone(), receiver, format.to_owned()));
-                sender
-            });
-            sender
-                .try_send(waiting)
-                .map_err(|_| GroupError::QueueFull)?;
-        }
-        // The worker always answers; a dropped sender would mean it panicked.
+        })
+        .map_err(|_| GroupError::QueueFull)?;
+        // The lane always answers; a dropped sender would mean it panicked.
         granted.await.unwrap_or_else(|_| {
             Err(GroupError::Store(Arc::new(StoreError::Internal(
-                "group commit worker stopped".into(),
+                "group commit lane stopped".into(),
             ))))
         })
     }
 
-    /// Calls waiting for a series (for tests and metrics).
-    ///
-    /// # Panics
-    /// A shard lock was poisoned.
+    /// Calls waiting in the lane of a series (for tests and metrics).
     #[must_use]
     pub fn waiting(&self, tenant: &TenantId, series: &SeriesName) -> usize {
-        let key = (tenant.clone(), series.clone());
-        self.shard(&key)
-            .lock()
-            .expect("shard lock")
-            .get(&key)
-            .map_or(0, |sender| sender.max_capacity() - sender.capacity())
+        let lane = self.lane(&(tenant.clone(), series.clone()));
+        lane.max_capacity() - lane.capacity()
     }
+}
 
-    /// Series with a live queue (for tests and metrics).
-    ///
-    /// # Panics
-    /// A shard lock was poisoned.
-    #[must_use]
-    pub fn active_series(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|shard| shard.lock().expect("shard lock").len())
-            .sum()
-    }
+/// One lane: drains its queue into one transaction at a time.
+struct Lane {
+    store: Arc<dyn CounterStore>,
+    queue: mpsc::Receiver<Waiting>,
+    max_batch: usize,
+    format: String,
+}
 
-    /// Serves one series until its queue is empty, then removes it.
-    async fn drain(self: Arc<Self>, key: Key, mut queue: mpsc::Receiver<Waiting>, format: String) {
-        let (tenant, series) = &key;
-        let mut batch = Vec::with_capacity(self.settings.max_batch);
-        loop {
-            while batch.len() < self.settings.max_batch {
-                match queue.try_recv() {
-                    Ok(waiting) => batch.push(waiting),
-                    Err(_) => break,
-                }
-            }
-            if batch.is_empty() {
-                let mut queues = self.shard(&key).lock().expect("shard lock");
-                if queue.is_empty() {
-                    queues.remove(&key);
-                    return;
-                }
-                continue;
-            }
+/// The calls of one series in a batch, in arrival order.
+struct SeriesGroup {
+    key: Key,
+    total: i64,
+    calls: Vec<Waiting>,
+}
+
+impl Lane {
+    async fn run(mut self) {
+        let mut batch = Vec::with_capacity(self.max_batch);
+        // Calls that arrived during the last commit are waiting here.
+        while self.queue.recv_many(&mut batch, self.max_batch).await > 0 {
             // A caller that gave up before its group formed takes no numbers.
             batch.retain(|waiting| !waiting.reply.is_closed());
-            if batch.is_empty() {
-                continue;
+            let groups = group_by_series(batch.drain(..));
+            if !groups.is_empty() {
+                self.commit(groups).await;
             }
-            let total: i64 = batch.iter().map(|waiting| i64::from(waiting.count)).sum();
-            match self.store.allocate(tenant, series, total, &format).await {
-                Ok((last, format)) => {
-                    // Offsets, not a running "next": last may be i64::MAX.
-                    let first = last - total + 1;
-                    let mut offset = 0;
-                    for waiting in batch.drain(..) {
-                        // A caller gone by now leaves a gap: its numbers were
-                        // committed and go to nobody else.
-                        let _ = waiting.reply.send(Ok((first + offset, format.clone())));
-                        offset += i64::from(waiting.count);
-                    }
-                }
-                Err(error) => {
-                    let error = Arc::new(error);
-                    for waiting in batch.drain(..) {
-                        let _ = waiting.reply.send(Err(GroupError::Store(error.clone())));
-                    }
+        }
+    }
+
+    async fn commit(&self, groups: Vec<SeriesGroup>) {
+        let increments: Vec<_> = groups
+            .iter()
+            .map(|g| (&g.key.0, &g.key.1, g.total))
+            .collect();
+        match self.store.allocate_many(&increments, &self.format).await {
+            Ok(results) => {
+                for (group, result) in groups.into_iter().zip(results) {
+                    answer(group, Ok(result));
                 }
             }
-            // Let the calls that queued during the commit join the next group.
-            tokio::task::yield_now().await;
+            // One series past i64::MAX must not fail the other series of the
+            // batch: commit each on its own, so only that one fails.
+            Err(StoreError::Exhausted) if groups.len() > 1 => {
+                for group in groups {
+                    let result = self
+                        .store
+                        .allocate(&group.key.0, &group.key.1, group.total, &self.format)
+                        .await
+                        .map_err(|error| GroupError::Store(Arc::new(error)));
+                    answer(group, result);
+                }
+            }
+            Err(error) => {
+                let error = GroupError::Store(Arc::new(error));
+                for group in groups {
+                    answer(group, Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+fn group_by_series(calls: impl Iterator<Item = Waiting>) -> Vec<SeriesGroup> {
+    let mut index: HashMap<Key, usize> = HashMap::new();
+    let mut groups: Vec<SeriesGroup> = Vec::new();
+    for waiting in calls {
+        let at = *index.entry(waiting.key.clone()).or_insert_with(|| {
+            groups.push(SeriesGroup {
+                key: waiting.key.clone(),
+                total: 0,
+                calls: Vec::new(),
+            });
+            groups.len() - 1
+        });
+        groups[at].total += i64::from(waiting.count);
+        groups[at].calls.push(waiting);
+    }
+    groups
+}
+
+/// Splits a committed range among a series' calls in arrival order, or fails them all.
+fn answer(group: SeriesGroup, result: Result<(i64, String), GroupError>) {
+    match result {
+        Ok((last, format)) => {
+            // Offsets, not a running "next": last may be i64::MAX.
+            let first = last - group.total + 1;
+            let mut offset = 0;
+            for waiting in group.calls {
+                // A caller gone by now leaves a gap: its numbers were
+                // committed and go to nobody else.
+                let _ = waiting.reply.send(Ok((first + offset, format.clone())));
+                offset += i64::from(waiting.count);
+            }
+        }
+        Err(error) => {
+            for waiting in group.calls {
+                let _ = waiting.reply.send(Err(error.clone()));
+            }
         }
     }
 }

@@ -1,6 +1,8 @@
 //! The counter store on PostgreSQL: one statement per operation, each counter
 //! change in a transaction that commits synchronously.
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use sqlx::{PgConnection, PgPool, migrate::Migrator};
 
@@ -71,6 +73,32 @@ async fn increment(
     .bind(count)
     .bind(format)
     .fetch_one(conn)
+    .await
+}
+
+/// Adds each count to its counter, creating absent ones, in one statement.
+/// The keys must be distinct: one statement cannot update a row twice.
+#[tracing::instrument(name = "db.counters.increment_many", skip_all, fields(series = tenants.len()), err)]
+async fn increment_many(
+    conn: &mut PgConnection,
+    tenants: &[&str],
+    series: &[&str],
+    counts: &[i64],
+    format: &str,
+) -> Result<Vec<SeriesRow>, sqlx::Error> {
+    sqlx::query_as(
+        "INSERT INTO counters (tenant_id, series, last_value, format)
+         SELECT tenant_id, series, count, $4
+         FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS batch (tenant_id, series, count)
+         ON CONFLICT (tenant_id, series)
+         DO UPDATE SET last_value = counters.last_value + EXCLUDED.last_value
+         RETURNING tenant_id, series, last_value, format",
+    )
+    .bind(tenants)
+    .bind(series)
+    .bind(counts)
+    .bind(format)
+    .fetch_all(conn)
     .await
 }
 
@@ -146,6 +174,44 @@ impl CounterStore for PgCounterStore {
         // The numbers are the caller's only once this returns.
         tx.commit().await?;
         Ok(allocated)
+    }
+
+    async fn allocate_many(
+        &self,
+        increments: &[(&TenantId, &SeriesName, i64)],
+        format: &str,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        let tenants: Vec<&str> = increments
+            .iter()
+            .map(|(tenant, _, _)| tenant.as_str())
+            .collect();
+        let series: Vec<&str> = increments
+            .iter()
+            .map(|(_, series, _)| series.as_str())
+            .collect();
+        let counts: Vec<i64> = increments.iter().map(|(_, _, count)| *count).collect();
+        let mut tx = begin_durable(&self.pool).await?;
+        let rows = increment_many(&mut tx, &tenants, &series, &counts, format).await?;
+        // The numbers are the callers' only once this returns.
+        tx.commit().await?;
+
+        // RETURNING gives no order: match the rows to the increments by key.
+        let mut by_key: HashMap<(String, String), (i64, String)> = rows
+            .into_iter()
+            .map(|row| ((row.tenant_id, row.series), (row.last_value, row.format)))
+            .collect();
+        increments
+            .iter()
+            .map(|(tenant, series, _)| {
+                by_key
+                    .remove(&(tenant.to_string(), series.to_string()))
+                    .ok_or_else(|| {
+                        StoreError::Internal(
+                            format!("no counter returned for {tenant}/{series}").into(),
+                        )
+                    })
+            })
+            .collect()
     }
 
     async fn advance(

@@ -30,6 +30,16 @@ pub trait CounterStore: Readiness {
         format: &str,
     ) -> Result<(i64, String), StoreError>;
 
+    /// Advances several counters in one transaction, each by its count, as
+    /// [`CounterStore::allocate`] does for one; the results come in the order
+    /// of `increments`. Each `(tenant, series)` appears at most once. Either
+    /// every counter advances or none does.
+    async fn allocate_many(
+        &self,
+        increments: &[(&TenantId, &SeriesName, i64)],
+        format: &str,
+    ) -> Result<Vec<(i64, String)>, StoreError>;
+
     /// Raises the counter to `at_least` if it is lower, creating the series with
     /// `format` on first use; never lowers it.
     async fn advance(

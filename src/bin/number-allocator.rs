@@ -45,11 +45,15 @@ struct Config {
     )]
     commit_mode: Mode,
 
+    /// Group commit lanes committing in parallel (each series always uses the same lane); keep it below --db-max-connections.
+    #[arg(long, env = "NUMBERING_GROUP_LANES", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    group_lanes: u32,
+
     /// Most calls merged into one group commit.
     #[arg(long, env = "NUMBERING_GROUP_MAX_BATCH", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     group_max_batch: u32,
 
-    /// Most calls waiting per series under group commit; more answer RESOURCE_EXHAUSTED.
+    /// Most calls waiting per lane under group commit; more answer RESOURCE_EXHAUSTED.
     #[arg(long, env = "NUMBERING_GROUP_QUEUE_CAPACITY", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     group_queue_capacity: u32,
 
@@ -86,6 +90,7 @@ async fn main() -> anyhow::Result<()> {
     let mode = match config.commit_mode {
         Mode::PerCall => CommitMode::PerCall,
         Mode::Group => CommitMode::Group(GroupCommitSettings {
+            lanes: config.group_lanes as usize,
             max_batch: config.group_max_batch as usize,
             queue_capacity: config.group_queue_capacity as usize,
         }),

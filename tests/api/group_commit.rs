@@ -14,7 +14,7 @@ use numbering::{
         postgres::{MIGRATOR, PgCounterStore},
         store::{CounterStore, StoreError},
     },
-    proto::AllocateRequest,
+    proto::{AllocateRequest, number_allocator_client::NumberAllocatorClient},
     server::Readiness,
     tenant::TenantId,
 };
@@ -31,7 +31,7 @@ struct ScriptedStore {
     inner: PgCounterStore,
     gate: Semaphore,
     fail: Mutex<HashSet<usize>>,
-    calls: Mutex<Vec<i64>>,
+    calls: Mutex<Vec<Vec<i64>>>,
 }
 
 impl ScriptedStore {
@@ -46,7 +46,8 @@ impl ScriptedStore {
         })
     }
 
-    fn calls(&self) -> Vec<i64> {
+    /// The counts of every store call so far, one list per transaction.
+    fn calls(&self) -> Vec<Vec<i64>> {
         self.calls.lock().unwrap().clone()
     }
 }
@@ -67,9 +68,20 @@ impl CounterStore for ScriptedStore {
         count: i64,
         format: &str,
     ) -> Result<(i64, String), StoreError> {
+        let mut results = self
+            .allocate_many(&[(tenant, series, count)], format)
+            .await?;
+        Ok(results.remove(0))
+    }
+
+    async fn allocate_many(
+        &self,
+        increments: &[(&TenantId, &SeriesName, i64)],
+        format: &str,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
         let call = {
             let mut calls = self.calls.lock().unwrap();
-            calls.push(count);
+            calls.push(increments.iter().map(|(_, _, count)| *count).collect());
             calls.len() - 1
         };
         self.gate.acquire().await.unwrap().forget();
@@ -77,7 +89,7 @@ impl CounterStore for ScriptedStore {
             // As a transaction whose COMMIT failed: nothing was written.
             return Err(StoreError::Unavailable("injected commit failure".into()));
         }
-        self.inner.allocate(tenant, series, count, format).await
+        self.inner.allocate_many(increments, format).await
     }
 
     async fn advance(
@@ -112,37 +124,45 @@ impl CounterStore for ScriptedStore {
     }
 }
 
-fn key() -> (TenantId, SeriesName) {
-    (
-        TenantId::parse("acme").unwrap(),
-        SeriesName::parse("").unwrap(),
-    )
+fn series() -> SeriesName {
+    SeriesName::parse("").unwrap()
 }
 
-/// Starts one grouped allocation of `count` numbers in a task.
+/// A committer with one lane, so every call shares its queue.
+fn one_lane(store: &Arc<ScriptedStore>, queue_capacity: usize) -> Arc<GroupCommitter> {
+    let settings = GroupCommitSettings {
+        lanes: 1,
+        max_batch: 1000,
+        queue_capacity,
+    };
+    let store: Arc<dyn CounterStore> = store.clone();
+    Arc::new(GroupCommitter::new(
+        &store,
+        &settings,
+        NumberFormat::DEFAULT,
+    ))
+}
+
+/// Starts one grouped allocation of `count` numbers for `tenant` in a task.
 fn spawn_call(
     committer: &Arc<GroupCommitter>,
+    tenant: &str,
     count: u32,
 ) -> tokio::task::JoinHandle<Result<(i64, String), GroupError>> {
     let committer = committer.clone();
+    let tenant = TenantId::parse(tenant).unwrap();
     tokio::spawn(async move {
-        let (tenant, series) = key();
         committer
-            .allocate(
-                &tenant,
-                &series,
-                Count::parse(count).unwrap(),
-                NumberFormat::DEFAULT,
-            )
+            .allocate(&tenant, &series(), Count::parse(count).unwrap())
             .await
     })
 }
 
 /// Waits until `n` calls are queued behind the commit in flight.
 async fn wait_for_waiting(committer: &GroupCommitter, n: usize) {
-    let (tenant, series) = key();
+    let tenant = TenantId::parse("acme").unwrap();
     let reached = tokio::time::timeout(PATIENCE, async {
-        while committer.waiting(&tenant, &series) < n {
+        while committer.waiting(&tenant, &series()) < n {
             tokio::task::yield_now().await;
         }
     })
@@ -150,7 +170,7 @@ async fn wait_for_waiting(committer: &GroupCommitter, n: usize) {
     assert!(reached.is_ok(), "{n} calls never queued");
 }
 
-/// Waits until `n` calls have reached the store.
+/// Waits until `n` transactions have reached the store.
 async fn wait_for_store_calls(store: &ScriptedStore, n: usize) {
     let reached = tokio::time::timeout(PATIENCE, async {
         while store.calls().len() < n {
@@ -158,7 +178,7 @@ async fn wait_for_store_calls(store: &ScriptedStore, n: usize) {
         }
     })
     .await;
-    assert!(reached.is_ok(), "the store never saw {n} calls");
+    assert!(reached.is_ok(), "the store never saw {n} transactions");
 }
 
 /// 2,000 concurrent calls with mixed counts for one series, over several
@@ -179,9 +199,7 @@ async fn two_thousand_mixed_calls_get_exactly_the_contiguous_set() {
         .iter()
         .enumerate()
         .map(|(i, count)| {
-            let mut client = numbering::proto::number_allocator_client::NumberAllocatorClient::new(
-                channels[i % 8].clone(),
-            );
+            let mut client = NumberAllocatorClient::new(channels[i % 8].clone());
             let barrier = barrier.clone();
             let request = AllocateRequest {
                 tenant_id: "acme".into(),
@@ -216,23 +234,63 @@ async fn two_thousand_mixed_calls_get_exactly_the_contiguous_set() {
     assert_exactly_one_to(&all, i64::from(total));
 }
 
-/// Calls queued behind a commit share the next transaction; when that commit
-/// fails, every call of the group fails alike and no number of its range is
-/// handed out; the next group continues from the committed value.
+/// Calls queued behind a commit share the next transaction, one series or many;
+/// each series' range is split in arrival order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_calls_share_the_next_transaction() {
+    let db = TestDb::create().await;
+    let store = ScriptedStore::new(&db).await;
+    let committer = one_lane(&store, 100);
+
+    let first = spawn_call(&committer, "acme", 1);
+    wait_for_store_calls(&store, 1).await;
+    let mut queued = Vec::new();
+    for (tenant, count) in [("acme", 2), ("globex", 5), ("acme", 3), ("initech", 1)] {
+        queued.push(spawn_call(&committer, tenant, count));
+        // One at a time, so the arrival order is known.
+        wait_for_waiting(&committer, queued.len()).await;
+    }
+    store.gate.add_permits(2);
+
+    assert_eq!(first.await.unwrap().unwrap().0, 1);
+    let firsts: Vec<i64> = futures_firsts(queued).await;
+    // acme: 2..=3 then 4..=6; globex: 1..=5; initech: 1.
+    assert_eq!(firsts, [2, 1, 4, 1]);
+    assert_eq!(
+        store.calls(),
+        [vec![1], vec![5, 5, 1]],
+        "the queued calls did not share one transaction"
+    );
+}
+
+async fn futures_firsts(
+    calls: Vec<tokio::task::JoinHandle<Result<(i64, String), GroupError>>>,
+) -> Vec<i64> {
+    let mut firsts = Vec::new();
+    for call in calls {
+        firsts.push(call.await.unwrap().unwrap().0);
+    }
+    firsts
+}
+
+/// When a group's commit fails, every call of the group fails alike and no
+/// number of its ranges is handed out; the next group continues from the
+/// committed value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_commit_fails_its_whole_group_and_hands_out_nothing() {
     let db = TestDb::create().await;
     let store = ScriptedStore::new(&db).await;
     store.fail.lock().unwrap().insert(1);
-    let committer = GroupCommitter::new(store.clone(), GroupCommitSettings::default());
+    let committer = one_lane(&store, 100);
 
     // Group 0: one call, held in its commit while the next group queues.
-    let first = spawn_call(&committer, 1);
+    let first = spawn_call(&committer, "acme", 1);
     wait_for_store_calls(&store, 1).await;
-    let group: Vec<_> = (1..=10)
-        .map(|count| spawn_call(&committer, count))
+    let mut group: Vec<_> = (1..=10)
+        .map(|count| spawn_call(&committer, "acme", count))
         .collect();
-    wait_for_waiting(&committer, 10).await;
+    group.push(spawn_call(&committer, "globex", 4));
+    wait_for_waiting(&committer, 11).await;
     store.gate.add_permits(2);
 
     assert_eq!(first.await.unwrap().unwrap().0, 1);
@@ -252,16 +310,51 @@ async fn a_failed_commit_fails_its_whole_group_and_hands_out_nothing() {
     );
     assert_eq!(
         store.calls(),
-        [1, 55],
-        "the ten calls did not share one transaction"
+        [vec![1], vec![55, 4]],
+        "the eleven calls did not share one transaction"
     );
 
     store.gate.add_permits(1);
-    let next = spawn_call(&committer, 3).await.unwrap().unwrap();
+    let next = spawn_call(&committer, "acme", 3).await.unwrap().unwrap();
     assert_eq!(
         next.0, 2,
         "the next group did not continue from the committed value"
     );
+    store.gate.add_permits(1);
+    let other = spawn_call(&committer, "globex", 1).await.unwrap().unwrap();
+    assert_eq!(
+        other.0, 1,
+        "the failed group took numbers of another series"
+    );
+}
+
+/// A series at the end of its range fails alone; the other series of its batch commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exhausted_series_does_not_fail_the_rest_of_its_batch() {
+    let db = TestDb::create().await;
+    let store = ScriptedStore::new(&db).await;
+    let full = TenantId::parse("full").unwrap();
+    store
+        .advance(&full, &series(), i64::MAX, NumberFormat::DEFAULT)
+        .await
+        .unwrap();
+    let committer = one_lane(&store, 100);
+
+    let first = spawn_call(&committer, "acme", 1);
+    wait_for_store_calls(&store, 1).await;
+    let exhausted = spawn_call(&committer, "full", 1);
+    let fine = spawn_call(&committer, "globex", 2);
+    wait_for_waiting(&committer, 2).await;
+    store.gate.add_permits(10);
+
+    first.await.unwrap().unwrap();
+    match exhausted.await.unwrap() {
+        Err(GroupError::Store(error)) => {
+            assert!(matches!(*error, StoreError::Exhausted), "{error:?}");
+        }
+        other => panic!("the exhausted series got {other:?}"),
+    }
+    assert_eq!(fine.await.unwrap().unwrap().0, 1);
 }
 
 /// A caller that gives up while queued takes no numbers, and the numbers of the
@@ -270,13 +363,15 @@ async fn a_failed_commit_fails_its_whole_group_and_hands_out_nothing() {
 async fn a_cancelled_caller_takes_no_numbers_from_the_others() {
     let db = TestDb::create().await;
     let store = ScriptedStore::new(&db).await;
-    let committer = GroupCommitter::new(store.clone(), GroupCommitSettings::default());
+    let committer = one_lane(&store, 100);
 
-    let first = spawn_call(&committer, 1);
+    let first = spawn_call(&committer, "acme", 1);
     wait_for_store_calls(&store, 1).await;
-    let before = spawn_call(&committer, 2);
-    let cancelled = spawn_call(&committer, 5);
-    let after = spawn_call(&committer, 3);
+    let before = spawn_call(&committer, "acme", 2);
+    wait_for_waiting(&committer, 1).await;
+    let cancelled = spawn_call(&committer, "acme", 5);
+    wait_for_waiting(&committer, 2).await;
+    let after = spawn_call(&committer, "acme", 3);
     wait_for_waiting(&committer, 3).await;
     cancelled.abort();
     assert!(cancelled.await.unwrap_err().is_cancelled());
@@ -289,35 +384,26 @@ async fn a_cancelled_caller_takes_no_numbers_from_the_others() {
         4,
         "the cancelled caller's numbers were not skipped cleanly"
     );
-    assert_eq!(store.calls(), [1, 5]);
+    assert_eq!(store.calls(), [vec![1], vec![5]]);
 }
 
-/// A full queue answers RESOURCE_EXHAUSTED at once instead of growing.
+/// A full queue refuses more calls at once instead of growing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_refuses_more_calls() {
     let db = TestDb::create().await;
     let store = ScriptedStore::new(&db).await;
-    let committer = GroupCommitter::new(
-        store.clone(),
-        GroupCommitSettings {
-            max_batch: 100,
-            queue_capacity: 2,
-        },
-    );
+    let committer = one_lane(&store, 2);
 
-    let first = spawn_call(&committer, 1);
+    let first = spawn_call(&committer, "acme", 1);
     wait_for_store_calls(&store, 1).await;
-    let queued: Vec<_> = (0..2).map(|_| spawn_call(&committer, 1)).collect();
+    let queued: Vec<_> = (0..2).map(|_| spawn_call(&committer, "acme", 1)).collect();
     wait_for_waiting(&committer, 2).await;
-    let refused = spawn_call(&committer, 1).await.unwrap();
+    let refused = spawn_call(&committer, "globex", 1).await.unwrap();
     assert!(matches!(refused, Err(GroupError::QueueFull)), "{refused:?}");
 
     store.gate.add_permits(2);
     first.await.unwrap().unwrap();
-    let mut firsts: Vec<i64> = Vec::new();
-    for call in queued {
-        firsts.push(call.await.unwrap().unwrap().0);
-    }
+    let mut firsts = futures_firsts(queued).await;
     firsts.sort_unstable();
     assert_eq!(firsts, [2, 3]);
 }
@@ -328,45 +414,4 @@ fn a_full_queue_is_resource_exhausted() {
     let error: tonic::Status = numbering::allocator::Error::from(GroupError::QueueFull).into();
     assert_eq!(error.code(), Code::ResourceExhausted);
     assert_reason(&error, "SERIES_BUSY");
-}
-
-/// Series that go idle are dropped, so memory does not grow with the number of tenants.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_series_hold_no_memory() {
-    let db = TestDb::create().await;
-    let store = ScriptedStore::new(&db).await;
-    store.gate.add_permits(1_000_000);
-    let committer = GroupCommitter::new(store.clone(), GroupCommitSettings::default());
-    let series = SeriesName::parse("").unwrap();
-    let calls: Vec<_> = (0..300)
-        .map(|i| {
-            let committer = committer.clone();
-            let series = series.clone();
-            tokio::spawn(async move {
-                let tenant = TenantId::parse(&format!("tenant-{i}")).unwrap();
-                committer
-                    .allocate(
-                        &tenant,
-                        &series,
-                        Count::parse(1).unwrap(),
-                        NumberFormat::DEFAULT,
-                    )
-                    .await
-            })
-        })
-        .collect();
-    for call in calls {
-        assert_eq!(call.await.unwrap().unwrap().0, 1);
-    }
-    let drained = tokio::time::timeout(PATIENCE, async {
-        while committer.active_series() > 0 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
-    assert!(
-        drained.is_ok(),
-        "{} series still held after going idle",
-        committer.active_series()
-    );
 }
