@@ -115,9 +115,14 @@ where
         .add_service(reflection(S::NAME).build_v1()?)
         .add_service(reflection(S::NAME).build_v1alpha()?)
         .add_service(service)
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), async {
-            let _ = stopped.await;
-        });
+        // No Nagle delay: a reply's trailers must not wait for the peer's
+        // delayed ACK (a 40 ms stall).
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async {
+                let _ = stopped.await;
+            },
+        );
     tokio::pin!(server);
 
     tokio::select! {

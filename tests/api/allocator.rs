@@ -3,12 +3,19 @@
 use std::sync::Arc;
 
 use numbering::{
-    allocator::{CommitMode, domain::NumberFormat, group_commit::GroupCommitSettings},
+    allocator::{
+        CommitMode,
+        domain::{NumberFormat, SeriesName},
+        group_commit::GroupCommitSettings,
+        postgres::PgCounterStore,
+        store::CounterStore,
+    },
     db::begin_durable,
     proto::{
         AdvanceCounterRequest, AllocateRequest, GetSeriesRequest, ListSeriesRequest,
         number_allocator_client::NumberAllocatorClient,
     },
+    tenant::TenantId,
 };
 use tokio::sync::Barrier;
 use tonic::{Code, transport::Channel};
@@ -444,6 +451,27 @@ async fn writes_force_synchronous_commit() {
         "begin_durable did not force synchronous commit"
     );
     durable.rollback().await.unwrap();
+
+    // Allocation is one statement in a transaction of its own: it forces
+    // synchronous commit itself, and withholds numbers committed without it.
+    numbering::allocator::postgres::MIGRATOR
+        .run(&raw)
+        .await
+        .unwrap();
+    let store = PgCounterStore::new(raw);
+    let (tenant, series) = (
+        TenantId::parse("acme").unwrap(),
+        SeriesName::parse("").unwrap(),
+    );
+    let allocated = store
+        .allocate(&tenant, &series, 3, NumberFormat::DEFAULT)
+        .await;
+    assert_eq!(
+        allocated
+            .expect("allocate on a connection defaulting to asynchronous commit")
+            .0,
+        3
+    );
 
     let service_pool = db.pool(&test_pool_settings()).await;
     let mut plain = service_pool.begin().await.unwrap();
