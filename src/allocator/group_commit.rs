@@ -29,7 +29,9 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct GroupCommitSettings {
     /// Lanes committing in parallel; keep it below the pool size so reads
-    /// still find connections.
+    /// still find connections. One lane puts every queued call into one
+    /// transaction and one disk flush, which is fastest where flushes do not
+    /// run in parallel (measured in `BENCHMARKS.md`).
     pub lanes: usize,
     /// Most calls merged into one transaction.
     pub max_batch: usize,
@@ -40,7 +42,7 @@ pub struct GroupCommitSettings {
 impl Default for GroupCommitSettings {
     fn default() -> Self {
         Self {
-            lanes: 8,
+            lanes: 1,
             max_batch: 1000,
             queue_capacity: 10_000,
         }

@@ -45,8 +45,8 @@ struct Config {
     )]
     commit_mode: Mode,
 
-    /// Group commit lanes committing in parallel (each series always uses the same lane); keep it below --db-max-connections.
-    #[arg(long, env = "NUMBERING_GROUP_LANES", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    /// Group commit lanes committing in parallel (a series always uses the same lane); one lane batches every series into one disk flush. Keep it below --db-max-connections.
+    #[arg(long, env = "NUMBERING_GROUP_LANES", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
     group_lanes: u32,
 
     /// Most calls merged into one group commit.
