@@ -215,9 +215,9 @@ pub enum Error {
         /// Why it does not parse.
         reason: String,
     },
-    /// Too many calls are waiting for this series.
-    #[error("too many allocations waiting for this series")]
-    SeriesBusy,
+    /// Too many calls are waiting to commit.
+    #[error("too many allocations waiting to commit")]
+    Busy,
     /// The store failed; no number was handed out.
     #[error(transparent)]
     Store(Arc<StoreError>),
@@ -232,7 +232,7 @@ impl From<StoreError> for Error {
 impl From<GroupError> for Error {
     fn from(error: GroupError) -> Self {
         match error {
-            GroupError::QueueFull => Self::SeriesBusy,
+            GroupError::QueueFull => Self::Busy,
             GroupError::Store(error) => Self::Store(error),
         }
     }

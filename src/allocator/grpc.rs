@@ -177,10 +177,10 @@ impl From<Error> for Status {
                 "SERIES_NOT_FOUND",
                 &[("tenantId", tenant), ("series", series)],
             ),
-            Error::SeriesBusy => with_reason(
+            Error::Busy => with_reason(
                 Code::ResourceExhausted,
-                "too many allocations are waiting for this series; retry with backoff",
-                "SERIES_BUSY",
+                "too many allocations are waiting to commit; retry with backoff",
+                "ALLOCATOR_BUSY",
                 &[],
             ),
             Error::Store(ref store) => match store.as_ref() {

@@ -408,10 +408,10 @@ async fn a_full_queue_refuses_more_calls() {
     assert_eq!(firsts, [2, 3]);
 }
 
-/// A full queue reaches the caller as RESOURCE_EXHAUSTED with the SERIES_BUSY reason.
+/// A full queue reaches the caller as RESOURCE_EXHAUSTED with the ALLOCATOR_BUSY reason.
 #[test]
 fn a_full_queue_is_resource_exhausted() {
     let error: tonic::Status = numbering::allocator::Error::from(GroupError::QueueFull).into();
     assert_eq!(error.code(), Code::ResourceExhausted);
-    assert_reason(&error, "SERIES_BUSY");
+    assert_reason(&error, "ALLOCATOR_BUSY");
 }
