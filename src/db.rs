@@ -4,7 +4,7 @@ use std::{fmt, str::FromStr, time::Duration};
 
 use sqlx::{
     PgPool, Postgres, Transaction,
-    migrate::MigrateDatabase,
+    migrate::{MigrateDatabase, Migrator},
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
@@ -116,6 +116,37 @@ pub async fn connect_postgres(
         }
         result => result,
     }
+}
+
+/// Why a database could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// No connection, or the database could not be created.
+    #[error("connecting to {0}")]
+    Connect(String, #[source] sqlx::Error),
+    /// The migrations failed.
+    #[error("migrating {0}")]
+    Migrate(String, #[source] sqlx::migrate::MigrateError),
+}
+
+/// Connects as [`connect_postgres`] does, then runs `migrator`: what a
+/// service does at start-up before it reports ready.
+///
+/// # Errors
+/// The database cannot be reached or created, or a migration fails.
+pub async fn open_postgres(
+    url: &DatabaseUrl,
+    settings: &PoolSettings,
+    migrator: &Migrator,
+) -> Result<PgPool, OpenError> {
+    let pool = connect_postgres(url, settings)
+        .await
+        .map_err(|error| OpenError::Connect(url.redacted(), error))?;
+    migrator
+        .run(&pool)
+        .await
+        .map_err(|error| OpenError::Migrate(url.redacted(), error))?;
+    Ok(pool)
 }
 
 /// Pool options shared by every PostgreSQL pool.

@@ -75,10 +75,7 @@ async fn main() -> anyhow::Result<ExitCode> {
     telemetry::init(config.server.log_format);
 
     let url = &config.database.database_url;
-    let pool = db::connect_postgres(url, &config.database.pool())
-        .await
-        .with_context(|| format!("connecting to {url}"))?;
-    MIGRATOR.run(&pool).await.context("running migrations")?;
+    let pool = db::open_postgres(url, &config.database.pool(), &MIGRATOR).await?;
     let store = Arc::new(PgInvoiceStore::new(pool));
     let allocator = AllocatorClient::connect_lazy(
         &config.allocator_url,
@@ -102,6 +99,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         });
     }
 
+    let stop = shutdown::signal();
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
@@ -118,7 +116,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         grpc::service(writer, config.allocator_retry_budget),
         store.clone(),
         &config.server.settings(),
-        shutdown::signal(),
+        stop,
     )
     .await?;
     store.close().await;

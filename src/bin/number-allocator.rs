@@ -76,12 +76,10 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init(config.server.log_format);
 
     let url = &config.database.database_url;
-    let pool = db::connect_postgres(url, &config.database.pool())
-        .await
-        .with_context(|| format!("connecting to {url}"))?;
-    MIGRATOR.run(&pool).await.context("running migrations")?;
+    let pool = db::open_postgres(url, &config.database.pool(), &MIGRATOR).await?;
     let store = Arc::new(PgCounterStore::new(pool));
 
+    let stop = shutdown::signal();
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
@@ -101,7 +99,7 @@ async fn main() -> anyhow::Result<()> {
         grpc::service(allocator),
         store.clone(),
         &config.server.settings(),
-        shutdown::signal(),
+        stop,
     )
     .await?;
     store.close().await;

@@ -1,17 +1,25 @@
 //! The shutdown signal of the binaries.
 
-/// Resolves on the first SIGTERM or SIGINT, logging which one arrived.
+use std::future::Future;
+
+use tokio::signal::unix::{SignalKind, signal as listen};
+
+/// Installs SIGTERM and SIGINT handlers now, and returns a future that
+/// resolves on the first of them, logging which one arrived. Install before
+/// listening: a signal that arrives earlier would otherwise kill the process
+/// without a graceful stop.
 ///
 /// # Panics
-/// The signal handlers cannot be installed (no signal support on this platform).
-pub async fn signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-
-    let mut terminate = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    let mut interrupt = signal(SignalKind::interrupt()).expect("install SIGINT handler");
-    let name = tokio::select! {
-        _ = terminate.recv() => "SIGTERM",
-        _ = interrupt.recv() => "SIGINT",
-    };
-    tracing::info!(signal = name, "shutdown signal received");
+/// The handlers cannot be installed (no signal support on this platform), or
+/// this is called outside a Tokio runtime.
+pub fn signal() -> impl Future<Output = ()> {
+    let mut terminate = listen(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut interrupt = listen(SignalKind::interrupt()).expect("install SIGINT handler");
+    async move {
+        let name = tokio::select! {
+            _ = terminate.recv() => "SIGTERM",
+            _ = interrupt.recv() => "SIGINT",
+        };
+        tracing::info!(signal = name, "shutdown signal received");
+    }
 }

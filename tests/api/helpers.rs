@@ -69,6 +69,13 @@ impl TestDb {
         self.url.parse().expect("test database url")
     }
 
+    /// A migrated pool, opened as the services open theirs.
+    pub async fn open(&self, migrator: &sqlx::migrate::Migrator) -> PgPool {
+        db::open_postgres(&self.database_url(), &test_pool_settings(), migrator)
+            .await
+            .expect("open test database")
+    }
+
     /// A pool with the services' settings.
     pub async fn pool(&self, settings: &PoolSettings) -> PgPool {
         db::connect_postgres(&self.database_url(), settings)
@@ -181,25 +188,7 @@ impl TestServer {
     }
 }
 
-/// Binds port 0 and serves `service` with the shared plumbing.
-pub async fn spawn_service<S>(service: S, readiness: Arc<dyn server::Readiness>) -> TestServer
-where
-    S: tonic::codegen::Service<
-            tonic::codegen::http::Request<tonic::body::Body>,
-            Response = tonic::codegen::http::Response<tonic::body::Body>,
-            Error = std::convert::Infallible,
-        > + tonic::server::NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    spawn_service_on(listener, service, readiness)
-}
-
-/// Serves `service` on an already-bound listener.
+/// Serves `service` with the shared plumbing on an already-bound listener.
 pub fn spawn_service_on<S>(
     listener: TcpListener,
     service: S,
@@ -266,11 +255,7 @@ pub async fn spawn_allocator_on(
     mode: CommitMode,
 ) -> AllocatorApp {
     let db = TestDb::create().await;
-    let pool = db.pool(&test_pool_settings()).await;
-    allocator::postgres::MIGRATOR
-        .run(&pool)
-        .await
-        .expect("migrate");
+    let pool = db.open(&allocator::postgres::MIGRATOR).await;
     let store = Arc::new(PgCounterStore::new(pool));
     let service = allocator::grpc::service(Allocator::new(store.clone(), default_format, mode));
     let server = spawn_service_on(listener, service, store);
@@ -366,18 +351,15 @@ pub fn allocator_client(allocator_url: &str) -> AllocatorClient {
 
 pub async fn spawn_writer(allocator_url: &str, max_attempts: u32) -> WriterApp {
     let db = TestDb::create().await;
-    let pool = db.pool(&test_pool_settings()).await;
-    invoices::postgres::MIGRATOR
-        .run(&pool)
-        .await
-        .expect("migrate");
+    let pool = db.open(&invoices::postgres::MIGRATOR).await;
     let store = Arc::new(PgInvoiceStore::new(pool));
     let writer = InvoiceWriter::new(store.clone(), allocator_client(allocator_url), max_attempts);
-    let server = spawn_service(
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = spawn_service_on(
+        listener,
         invoices::grpc::service(writer, Duration::from_secs(5)),
         store.clone(),
-    )
-    .await;
+    );
     let client = InvoiceWriterClient::new(server.channel().await);
     WriterApp {
         db,
@@ -432,6 +414,17 @@ pub async fn import_invoice(
     let new = invoices::grpc::parse_new_invoice(&invoice_request(tenant)).unwrap();
     let invoice = new.numbered(number, invoice_number.into(), chrono::Utc::now());
     store.insert(&invoice).await.expect("import invoice");
+}
+
+/// Creates the standard invoice for `tenant`, expecting success.
+pub async fn create(client: &mut InvoiceWriterClient<Channel>, tenant: &str) -> Invoice {
+    client
+        .create_invoice(invoice_request(tenant))
+        .await
+        .expect("create invoice")
+        .into_inner()
+        .invoice
+        .expect("an invoice in the response")
 }
 
 /// Every invoice of a tenant, through ListInvoices.

@@ -21,7 +21,7 @@ use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::helpers::{
-    CapturedLogs, allocator_client, assert_invalid_field, assert_reason, import_invoice,
+    CapturedLogs, allocator_client, assert_invalid_field, assert_reason, create, import_invoice,
     invoice_request, list_all, spawn_allocator_on, spawn_both, spawn_writer, wait_for_health,
 };
 
@@ -70,14 +70,7 @@ async fn concurrent_invoices_are_numbered_without_gaps_or_duplicates() {
 #[tokio::test]
 async fn invoices_read_back_as_created_with_exact_totals() {
     let (_allocator, mut writer) = spawn_both(3).await;
-    let created = writer
-        .client
-        .create_invoice(invoice_request("acme"))
-        .await
-        .unwrap()
-        .into_inner()
-        .invoice
-        .unwrap();
+    let created = create(&mut writer.client, "acme").await;
     assert_eq!(created.invoice_number, "INV-001");
     assert_eq!(created.number, 1);
     // 1.5 × 100.00 + 1 × 0.1, never via floating point.
@@ -112,14 +105,7 @@ async fn invoices_read_back_as_created_with_exact_totals() {
 #[tokio::test]
 async fn another_tenants_invoice_is_not_found() {
     let (_allocator, mut writer) = spawn_both(3).await;
-    let created = writer
-        .client
-        .create_invoice(invoice_request("acme"))
-        .await
-        .unwrap()
-        .into_inner()
-        .invoice
-        .unwrap();
+    let created = create(&mut writer.client, "acme").await;
 
     let foreign = writer
         .client
@@ -158,14 +144,7 @@ async fn conflicting_numbers_are_skipped_within_the_attempts() {
     import_invoice(&writer.store, "acme", 1, "INV-001").await;
     import_invoice(&writer.store, "acme", 2, "INV-002").await;
 
-    let created = writer
-        .client
-        .create_invoice(invoice_request("acme"))
-        .await
-        .unwrap()
-        .into_inner()
-        .invoice
-        .unwrap();
+    let created = create(&mut writer.client, "acme").await;
     assert_eq!(created.invoice_number, "INV-003");
     let numbers: Vec<_> = list_all(&mut writer.client, "acme")
         .await
@@ -221,14 +200,7 @@ async fn more_conflicts_than_attempts_abort_and_store_nothing() {
     );
     assert_eq!(list_all(&mut writer.client, "acme").await.len(), 4);
 
-    let created = writer
-        .client
-        .create_invoice(invoice_request("acme"))
-        .await
-        .unwrap()
-        .into_inner()
-        .invoice
-        .unwrap();
+    let created = create(&mut writer.client, "acme").await;
     assert_eq!(created.invoice_number, "INV-005");
     let numbers: Vec<_> = list_all(&mut writer.client, "acme")
         .await
@@ -274,23 +246,9 @@ async fn seeding_continues_numbering_after_imported_invoices() {
     }
 
     // One attempt only: a number that collided would fail the call.
-    let acme = writer
-        .client
-        .create_invoice(invoice_request("acme"))
-        .await
-        .unwrap()
-        .into_inner()
-        .invoice
-        .unwrap();
+    let acme = create(&mut writer.client, "acme").await;
     assert_eq!(acme.invoice_number, "INV-1002");
-    let globex = writer
-        .client
-        .create_invoice(invoice_request("globex"))
-        .await
-        .unwrap()
-        .into_inner()
-        .invoice
-        .unwrap();
+    let globex = create(&mut writer.client, "globex").await;
     assert_eq!(globex.invoice_number, "INV-008");
 }
 
