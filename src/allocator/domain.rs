@@ -284,15 +284,6 @@ impl Allocator {
         }
     }
 
-    /// The group committer, when allocations are grouped.
-    #[must_use]
-    pub fn group_committer(&self) -> Option<&Arc<GroupCommitter>> {
-        match &self.path {
-            Path::PerCall => None,
-            Path::Group(committer) => Some(committer),
-        }
-    }
-
     /// Allocates `count` consecutive numbers, committed before they are returned.
     ///
     /// # Errors

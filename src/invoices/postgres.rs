@@ -3,14 +3,14 @@
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
-use sqlx::{PgConnection, PgPool, Postgres, Transaction, migrate::Migrator, types::Json};
+use sqlx::{PgConnection, PgPool, migrate::Migrator, types::Json};
 use uuid::Uuid;
 
 use crate::{
     db::begin_durable,
     invoices::{
         domain::{Client, Invoice, LineItem},
-        store::{InvoiceStore, InvoiceTransaction, StoreError},
+        store::{InvoiceStore, StoreError},
     },
     server::Readiness,
     tenant::TenantId,
@@ -151,26 +151,13 @@ async fn select_highest_numbers(pool: &PgPool) -> Result<Vec<(String, i64)>, sql
     .await
 }
 
-/// A durable transaction on PostgreSQL.
-struct PgInvoiceTransaction(Transaction<'static, Postgres>);
-
-#[async_trait]
-impl InvoiceTransaction for PgInvoiceTransaction {
-    async fn insert(&mut self, invoice: &Invoice) -> Result<(), StoreError> {
-        Ok(insert_invoice(&mut self.0, invoice).await?)
-    }
-
-    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
-        Ok(self.0.commit().await?)
-    }
-}
-
 #[async_trait]
 impl InvoiceStore for PgInvoiceStore {
-    async fn begin(&self) -> Result<Box<dyn InvoiceTransaction>, StoreError> {
-        Ok(Box::new(PgInvoiceTransaction(
-            begin_durable(&self.pool).await?,
-        )))
+    async fn insert(&self, invoice: &Invoice) -> Result<(), StoreError> {
+        let mut tx = begin_durable(&self.pool).await?;
+        insert_invoice(&mut tx, invoice).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn get(&self, tenant: &TenantId, id: Uuid) -> Result<Option<Invoice>, StoreError> {

@@ -16,19 +16,12 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Durable invoices, unique per tenant by number and by formatted number.
 #[async_trait]
 pub trait InvoiceStore: Readiness {
-    /// Begins a durable transaction for writing one invoice.
-    async fn begin(&self) -> Result<Box<dyn InvoiceTransaction>, StoreError>;
-
-    /// Stores a new invoice in a transaction of its own, durably before it returns.
+    /// Stores a new invoice, durably before it returns.
     ///
     /// # Errors
     /// [`StoreError::NumberTaken`] when the tenant already has an invoice with
     /// this number; nothing is stored then.
-    async fn insert(&self, invoice: &Invoice) -> Result<(), StoreError> {
-        let mut transaction = self.begin().await?;
-        transaction.insert(invoice).await?;
-        transaction.commit().await
-    }
+    async fn insert(&self, invoice: &Invoice) -> Result<(), StoreError>;
 
     /// One of the tenant's invoices; `None` for an unknown id or another tenant's.
     async fn get(&self, tenant: &TenantId, id: Uuid) -> Result<Option<Invoice>, StoreError>;
@@ -46,20 +39,6 @@ pub trait InvoiceStore: Readiness {
 
     /// Closes the store's connections.
     async fn close(&self);
-}
-
-/// A transaction writing one invoice; dropped without commit, it rolls back.
-#[async_trait]
-pub trait InvoiceTransaction: Send {
-    /// Inserts the invoice.
-    ///
-    /// # Errors
-    /// [`StoreError::NumberTaken`] when the tenant already has an invoice with
-    /// this number; the transaction is then unusable.
-    async fn insert(&mut self, invoice: &Invoice) -> Result<(), StoreError>;
-
-    /// Commits; the invoice is durable once this returns.
-    async fn commit(self: Box<Self>) -> Result<(), StoreError>;
 }
 
 /// An invoice store failure.

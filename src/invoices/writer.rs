@@ -68,17 +68,18 @@ impl InvoiceWriter {
     /// [`Error::Allocator`] when none could be allocated before `deadline`,
     /// or a store failure. Nothing is stored in any of these cases.
     pub async fn create(&self, new: &NewInvoice, deadline: Instant) -> Result<Invoice, Error> {
+        // Check the store before taking a number: with the store down the call
+        // fails here instead of burning a number it cannot use. (Holding a
+        // transaction open across the allocator call instead would tie up a
+        // connection for as long as the allocator takes, retries included.)
+        if !self.store.is_ready().await {
+            return Err(StoreError::Unavailable("the invoice store does not answer".into()).into());
+        }
         for attempt in 1..=self.max_attempts {
-            // Reach the store before taking a number: with the store down, the
-            // call fails here instead of burning a number it cannot use.
-            let mut transaction = self.store.begin().await?;
             let number = self.allocator.allocate(&new.tenant_id, deadline).await?;
             let invoice = new.numbered(number.value, number.formatted, Utc::now());
-            match transaction.insert(&invoice).await {
-                Ok(()) => {
-                    transaction.commit().await?;
-                    return Ok(invoice);
-                }
+            match self.store.insert(&invoice).await {
+                Ok(()) => return Ok(invoice),
                 Err(StoreError::NumberTaken) => tracing::warn!(
                     tenant = %new.tenant_id,
                     number = invoice.number,
