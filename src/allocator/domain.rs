@@ -12,7 +12,7 @@ use crate::{
 };
 
 /// A series name: 1–64 characters of `a–z 0–9 _ -`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SeriesName(String);
 
 impl SeriesName {

@@ -1,8 +1,8 @@
 //! Group commit: concurrent allocations share transactions.
 //!
 //! Calls go to one of a fixed number of lanes, chosen by their series, so a
-//! series always uses the same lane and two lanes never touch the same counter
-//! row (no lock waits, no deadlocks between them). While a lane's commit is in
+//! series always uses the same lane and two lanes of a process never touch the
+//! same counter row. While a lane's commit is in
 //! flight, new calls queue; the lane's next transaction advances every series
 //! in its queue with one statement, each by the sum of its calls' counts, and
 //! splits each range among that series' calls in arrival order. Every call is
@@ -15,7 +15,7 @@ use std::{
     sync::Arc,
 };
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, mpsc::error::TrySendError, oneshot};
 
 use crate::{
     allocator::{
@@ -134,7 +134,13 @@ impl GroupCommitter {
             count: count.get(),
             reply,
         })
-        .map_err(|_| GroupError::QueueFull)?;
+        .map_err(|error| match error {
+            TrySendError::Full(_) => GroupError::QueueFull,
+            // Only a panicked lane closes its queue: that is a fault, not load.
+            TrySendError::Closed(_) => GroupError::Store(Arc::new(StoreError::Internal(
+                "group commit lane stopped".into(),
+            ))),
+        })?;
         // The lane always answers; a dropped sender would mean it panicked.
         granted.await.unwrap_or_else(|_| {
             Err(GroupError::Store(Arc::new(StoreError::Internal(
@@ -191,16 +197,26 @@ impl Lane {
                     answer(group, Ok(result));
                 }
             }
-            // One series past i64::MAX must not fail the other series of the
-            // batch: commit each on its own, so only that one fails.
-            Err(StoreError::Exhausted) if groups.len() > 1 => {
+            // A series near i64::MAX must fail only the calls that do not
+            // fit: commit every call on its own, in arrival order. Rare.
+            Err(StoreError::Exhausted) => {
                 for group in groups {
-                    let result = self
-                        .store
-                        .allocate(&group.key.0, &group.key.1, group.total, &self.format)
-                        .await
-                        .map_err(|error| GroupError::Store(Arc::new(error)));
-                    answer(group, result);
+                    for waiting in group.calls {
+                        let result = self
+                            .store
+                            .allocate(
+                                &group.key.0,
+                                &group.key.1,
+                                i64::from(waiting.count),
+                                &self.format,
+                            )
+                            .await
+                            .map_err(|error| GroupError::Store(Arc::new(error)));
+                        let _ =
+                            waiting.reply.send(result.map(|(last, format)| {
+                                (last - i64::from(waiting.count) + 1, format)
+                            }));
+                    }
                 }
             }
             Err(error) => {
@@ -228,6 +244,9 @@ fn group_by_series(calls: impl Iterator<Item = Waiting>) -> Vec<SeriesGroup> {
         groups[at].total += i64::from(waiting.count);
         groups[at].calls.push(waiting);
     }
+    // Every transaction locks its rows in one order, so batches of different
+    // lanes or of other allocator processes cannot deadlock.
+    groups.sort_unstable_by(|a, b| a.key.cmp(&b.key));
     groups
 }
 
@@ -250,5 +269,52 @@ fn answer(group: SeriesGroup, result: Result<(i64, String), GroupError>) {
                 let _ = waiting.reply.send(Err(error.clone()));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiting(tenant: &str, count: u32) -> Waiting {
+        Waiting {
+            key: (
+                TenantId::parse(tenant).unwrap(),
+                SeriesName::parse("").unwrap(),
+            ),
+            count,
+            reply: oneshot::channel().0,
+        }
+    }
+
+    #[test]
+    fn groups_sum_per_series_keep_arrival_order_and_sort_by_key() {
+        let calls = [
+            waiting("c", 1),
+            waiting("a", 2),
+            waiting("c", 3),
+            waiting("b", 4),
+            waiting("a", 5),
+        ];
+        let groups = group_by_series(calls.into_iter());
+        let summary: Vec<(&str, i64, Vec<u32>)> = groups
+            .iter()
+            .map(|g| {
+                (
+                    g.key.0.as_str(),
+                    g.total,
+                    g.calls.iter().map(|w| w.count).collect(),
+                )
+            })
+            .collect();
+        // Sorted by key, so every transaction locks rows in the same order.
+        assert_eq!(
+            summary,
+            [
+                ("a", 7, vec![2, 5]),
+                ("b", 4, vec![4]),
+                ("c", 4, vec![1, 3])
+            ]
+        );
     }
 }

@@ -20,7 +20,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::{
-    bench::verify::Ack,
+    bench::verify::{Ack, Verification, verify},
     proto::{AllocateRequest, number_allocator_client::NumberAllocatorClient},
 };
 
@@ -91,6 +91,17 @@ impl Report {
     pub fn failed(&self) -> u64 {
         self.errors.values().sum()
     }
+
+    /// Checks every acknowledged number of a run on fresh series: no
+    /// duplicate, no malformed answer, and each series exactly `1..=N` when no
+    /// call failed.
+    #[must_use]
+    pub fn verification(&self) -> Verification {
+        Verification {
+            malformed: self.errors.get(MALFORMED).copied().unwrap_or(0),
+            ..verify(&self.acks, self.failed() == 0)
+        }
+    }
 }
 
 struct ClientResult {
@@ -145,7 +156,34 @@ pub async fn drive(url: &str, load: &Load) -> Result<Report, tonic::transport::E
     Ok(report)
 }
 
+/// Answers that were not as many consecutive numbers as asked.
+pub const MALFORMED: &str = "MALFORMED";
+
 /// Microseconds from 1 µs to an hour, at 3 significant digits.
+/// Keeps an answer for the verifier. A well-formed answer (as many
+/// consecutive numbers as asked) is kept as one range; any other is counted
+/// as `MALFORMED` and kept number by number, so its duplicates still show.
+fn record(result: &mut ClientResult, series: u32, asked: u32, numbers: &[i64]) {
+    let consecutive = numbers
+        .windows(2)
+        .all(|pair| pair[0].checked_add(1) == Some(pair[1]));
+    match numbers.first() {
+        Some(&first) if consecutive && numbers.len() == asked as usize => result.acks.push(Ack {
+            series,
+            first,
+            count: asked,
+        }),
+        _ => {
+            *result.errors.entry(MALFORMED.into()).or_default() += 1;
+            result.acks.extend(numbers.iter().map(|&first| Ack {
+                series,
+                first,
+                count: 1,
+            }));
+        }
+    }
+}
+
 fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds and precision")
 }
@@ -185,7 +223,16 @@ async fn client(
                     request_id: String::new(),
                 })
                 .await
-                .map(|response| response.into_inner().numbers.first().map(|n| n.value)),
+                .map(|response| {
+                    Some(
+                        response
+                            .into_inner()
+                            .numbers
+                            .iter()
+                            .map(|n| n.value)
+                            .collect::<Vec<_>>(),
+                    )
+                }),
             Call::Health => health
                 .check(HealthCheckRequest {
                     service: String::new(),
@@ -194,16 +241,12 @@ async fn client(
                 .map(|_| None),
         };
         match outcome {
-            Ok(first) => {
+            Ok(numbers) => {
                 let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
                 result.latency.saturating_record(micros.max(1));
                 result.ok += 1;
-                if let Some(first) = first {
-                    result.acks.push(Ack {
-                        series,
-                        first,
-                        count: load.count.max(1),
-                    });
+                if let Some(numbers) = numbers {
+                    record(&mut result, series, load.count.max(1), &numbers);
                 }
             }
             Err(status) => {
@@ -215,4 +258,44 @@ async fn client(
         }
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn empty() -> ClientResult {
+        ClientResult {
+            ok: 0,
+            errors: BTreeMap::new(),
+            latency: new_histogram(),
+            acks: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn well_formed_answers_are_kept_as_ranges() {
+        let mut result = empty();
+        record(&mut result, 0, 3, &[4, 5, 6]);
+        assert_eq!(
+            result.acks,
+            [Ack {
+                series: 0,
+                first: 4,
+                count: 3
+            }]
+        );
+        assert!(result.errors.is_empty());
+    }
+
+    #[test]
+    fn malformed_answers_are_counted_and_their_duplicates_caught() {
+        let mut result = empty();
+        record(&mut result, 0, 3, &[1, 2, 3]);
+        record(&mut result, 0, 3, &[5, 5, 6]);
+        record(&mut result, 0, 3, &[7, 8]);
+        assert_eq!(result.errors.get(MALFORMED), Some(&2));
+        let verification = verify(&result.acks, false);
+        assert_eq!(verification.duplicates, [(0, 5)]);
+    }
 }

@@ -27,13 +27,15 @@ pub struct Verification {
     pub duplicate_count: u64,
     /// Series whose numbers are not exactly `1..=N`, with the first number missing.
     pub gaps: Vec<(u32, i64)>,
+    /// Answers that were not as many consecutive numbers as asked.
+    pub malformed: u64,
 }
 
 impl Verification {
     /// No duplicate, and no gap where none was allowed.
     #[must_use]
     pub fn passed(&self) -> bool {
-        self.duplicate_count == 0 && self.gaps.is_empty()
+        self.duplicate_count == 0 && self.gaps.is_empty() && self.malformed == 0
     }
 }
 
@@ -54,20 +56,25 @@ pub fn verify(acks: &[Ack], contiguous: bool) -> Verification {
     for (series, mut ranges) in by_series {
         ranges.sort_unstable();
         // Next number not yet seen in this series.
-        let mut next = 1_i64;
+        let mut next = 1_i128;
         for (first, count) in ranges {
-            let count = i64::from(count);
-            result.numbers += count.unsigned_abs();
+            // i128: a range may end at i64::MAX.
+            let (first, count) = (i128::from(first), i128::from(count));
+            result.numbers += u64::try_from(count).unwrap_or(0);
             if first > next && contiguous && result.gaps.last().is_none_or(|(s, _)| *s != series) {
-                result.gaps.push((series, next));
+                result
+                    .gaps
+                    .push((series, i64::try_from(next).unwrap_or(i64::MAX)));
             }
             let end = first + count;
             if first < next {
                 let overlap = next.min(end) - first;
-                result.duplicate_count += overlap.unsigned_abs();
+                result.duplicate_count += u64::try_from(overlap).unwrap_or(0);
                 for value in first..first + overlap {
                     if result.duplicates.len() < 20 {
-                        result.duplicates.push((series, value));
+                        result
+                            .duplicates
+                            .push((series, i64::try_from(value).unwrap_or(i64::MAX)));
                     }
                 }
             }
@@ -112,6 +119,13 @@ mod tests {
         let result = verify(&acks, false);
         assert_eq!(result.duplicate_count, 3);
         assert_eq!(result.duplicates, [(7, 8), (7, 9), (7, 10)]);
+    }
+
+    #[test]
+    fn ranges_ending_at_the_largest_number_do_not_overflow() {
+        let acks = [ack(0, i64::MAX - 1, 2), ack(0, i64::MAX, 1)];
+        let result = verify(&acks, false);
+        assert_eq!(result.duplicates, [(0, i64::MAX)]);
     }
 
     #[test]

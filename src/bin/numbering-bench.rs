@@ -9,11 +9,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use numbering::bench::{
-    Call, Load, Report, drive,
-    spawn::SpawnedAllocator,
-    verify::{Verification, verify},
-};
+use numbering::bench::{Call, Load, Report, drive, spawn::SpawnedAllocator, verify::Verification};
 
 /// Load generator and verifier for the number allocator.
 #[derive(Debug, Parser)]
@@ -195,7 +191,7 @@ fn print_report(report: &Report) {
 
 /// Verifies a run on fresh series: contiguity is required when no call failed.
 fn check(report: &Report) -> Verification {
-    let verification = verify(&report.acks, report.failed() == 0);
+    let verification = report.verification();
     if verification.passed() {
         println!(
             "verified: {} numbers over {} series, no duplicates{}",
@@ -209,8 +205,11 @@ fn check(report: &Report) -> Verification {
         );
     } else {
         println!(
-            "VERIFICATION FAILED: {} duplicated numbers (first: {:?}); series with gaps (first missing): {:?}",
-            verification.duplicate_count, verification.duplicates, verification.gaps
+            "VERIFICATION FAILED: {} duplicated numbers (first: {:?}); series with gaps (first missing): {:?}; malformed answers: {}",
+            verification.duplicate_count,
+            verification.duplicates,
+            verification.gaps,
+            verification.malformed
         );
     }
     verification
@@ -269,7 +268,7 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
             let group = spawned_run(&args.spawn, &bin, Mode::Group, &allocate).await?;
             let per_call = spawned_run(&args.spawn, &bin, Mode::PerCall, &allocate).await?;
             for (name, report) in [("group", &group), ("per call", &per_call)] {
-                let verified = verify(&report.acks, report.failed() == 0).passed();
+                let verified = report.verification().passed();
                 eprintln!(
                     "{workload}, {clients} clients, {name}: {:.0}/s, verified: {verified}",
                     report.throughput()

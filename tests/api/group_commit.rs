@@ -355,6 +355,8 @@ async fn an_exhausted_series_does_not_fail_the_rest_of_its_batch() {
         other => panic!("the exhausted series got {other:?}"),
     }
     assert_eq!(fine.await.unwrap().unwrap().0, 1);
+    // The batch of both series failed as a whole, then each call committed alone.
+    assert_eq!(store.calls(), [vec![1], vec![1, 2], vec![1], vec![2]]);
 }
 
 /// A caller that gives up while queued takes no numbers, and the numbers of the
@@ -414,4 +416,35 @@ fn a_full_queue_is_resource_exhausted() {
     let error: tonic::Status = numbering::allocator::Error::from(GroupError::QueueFull).into();
     assert_eq!(error.code(), Code::ResourceExhausted);
     assert_reason(&error, "ALLOCATOR_BUSY");
+}
+
+/// Near the largest number, the calls that still fit get their numbers and only the
+/// rest fail, as they would one commit per call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn near_the_end_only_the_calls_that_do_not_fit_fail() {
+    let db = TestDb::create().await;
+    let store = ScriptedStore::new(&db).await;
+    let acme = TenantId::parse("acme").unwrap();
+    store
+        .advance(&acme, &series(), i64::MAX - 2, NumberFormat::DEFAULT)
+        .await
+        .unwrap();
+    let committer = one_lane(&store, 100);
+
+    let first = spawn_call(&committer, "acme", 1);
+    wait_for_store_calls(&store, 1).await;
+    let fits = spawn_call(&committer, "acme", 1);
+    wait_for_waiting(&committer, 1).await;
+    let too_many = spawn_call(&committer, "acme", 2);
+    wait_for_waiting(&committer, 2).await;
+    store.gate.add_permits(10);
+
+    assert_eq!(first.await.unwrap().unwrap().0, i64::MAX - 1);
+    assert_eq!(fits.await.unwrap().unwrap().0, i64::MAX);
+    match too_many.await.unwrap() {
+        Err(GroupError::Store(error)) => {
+            assert!(matches!(*error, StoreError::Exhausted), "{error:?}");
+        }
+        other => panic!("a call past the end got {other:?}"),
+    }
 }
