@@ -31,7 +31,7 @@ use tonic_health::pb::{
 use tonic_types::StatusExt;
 
 /// Longest any wait on a condition may take before the test fails.
-pub const PATIENCE: Duration = Duration::from_secs(30);
+pub const PATIENCE: Duration = Duration::from_mins(1);
 
 /// The server tests create their databases on.
 fn admin_url() -> String {

@@ -283,12 +283,15 @@ async fn the_binary_exits_cleanly_on_sigterm() {
     )
     .unwrap();
     let mut logged = Vec::new();
-    while let Some(line) = lines.next_line().await.unwrap() {
-        logged.push(line);
-    }
-    let status = tokio::time::timeout(PATIENCE, child.wait())
-        .await
-        .unwrap()
+    let stopped = tokio::time::timeout(PATIENCE, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            logged.push(line);
+        }
+        child.wait().await
+    })
+    .await;
+    let status = stopped
+        .unwrap_or_else(|_| panic!("the binary did not stop within {PATIENCE:?}: {logged:?}"))
         .unwrap();
     assert_eq!(status.code(), Some(0), "{logged:?}");
     assert!(logged.iter().any(|l| l.contains("SIGTERM")), "{logged:?}");
