@@ -16,7 +16,7 @@ use numbering::{
         store::InvoiceStore,
     },
     proto::{
-        CreateInvoiceRequest, Invoice, LineItem, ListInvoicesRequest,
+        CreateInvoiceRequest, GetSeriesRequest, Invoice, LineItem, ListInvoicesRequest, Series,
         invoice_writer_client::InvoiceWriterClient, number_allocator_client::NumberAllocatorClient,
     },
     server::{self, ServeError, ServerSettings},
@@ -414,6 +414,23 @@ pub async fn import_invoice(
     let new = invoices::grpc::parse_new_invoice(&invoice_request(tenant)).unwrap();
     let invoice = new.numbered(number, invoice_number.into(), chrono::Utc::now());
     store.insert(&invoice).await.expect("import invoice");
+}
+
+/// The tenant's invoice series in the allocator.
+pub async fn invoice_series(
+    client: &mut NumberAllocatorClient<Channel>,
+    tenant: &str,
+) -> Result<Series, Status> {
+    let response = client
+        .get_series(GetSeriesRequest {
+            tenant_id: tenant.into(),
+            series: String::new(),
+        })
+        .await?;
+    Ok(response
+        .into_inner()
+        .series
+        .expect("a series in the response"))
 }
 
 /// Creates the standard invoice for `tenant`, expecting success.

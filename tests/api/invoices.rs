@@ -12,9 +12,7 @@ use std::{
 use numbering::{
     allocator::{CommitMode, domain::NumberFormat},
     invoices::{seed, store::InvoiceStore},
-    proto::{
-        AdvanceCounterRequest, GetInvoiceRequest, GetSeriesRequest, LineItem, ListInvoicesRequest,
-    },
+    proto::{AdvanceCounterRequest, GetInvoiceRequest, LineItem, ListInvoicesRequest},
 };
 use tokio::{net::TcpListener, sync::Barrier};
 use tonic::Code;
@@ -22,7 +20,8 @@ use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::helpers::{
     CapturedLogs, allocator_client, assert_invalid_field, assert_reason, create, import_invoice,
-    invoice_request, list_all, spawn_allocator_on, spawn_both, spawn_writer, wait_for_health,
+    invoice_request, invoice_series, list_all, spawn_allocator_on, spawn_both, spawn_writer,
+    wait_for_health,
 };
 
 /// 200 concurrent invoices of one tenant are numbered INV-001 … INV-200, each once.
@@ -231,17 +230,7 @@ async fn seeding_continues_numbering_after_imported_invoices() {
             .await
             .unwrap();
         assert_eq!((report.tenants, report.failed), (2, 0));
-        let series = allocator
-            .client
-            .get_series(GetSeriesRequest {
-                tenant_id: "acme".into(),
-                series: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .series
-            .unwrap();
+        let series = invoice_series(&mut allocator.client, "acme").await.unwrap();
         assert_eq!(series.last_value, 1001);
     }
 
@@ -274,17 +263,7 @@ async fn seed_counters_command_seeds_the_allocator() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let series = allocator
-        .client
-        .get_series(GetSeriesRequest {
-            tenant_id: "acme".into(),
-            series: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .series
-        .unwrap();
+    let series = invoice_series(&mut allocator.client, "acme").await.unwrap();
     assert_eq!(series.last_value, 41);
 }
 
@@ -371,12 +350,7 @@ async fn bad_invoices_are_rejected_by_field_and_change_nothing() {
     assert_invalid_field(&status, "page_token");
 
     assert!(list_all(&mut writer.client, "acme").await.is_empty());
-    let series = allocator
-        .client
-        .get_series(GetSeriesRequest {
-            tenant_id: "acme".into(),
-            series: String::new(),
-        })
+    let series = invoice_series(&mut allocator.client, "acme")
         .await
         .unwrap_err();
     assert_eq!(
@@ -484,12 +458,7 @@ async fn writer_readiness_follows_its_database() {
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert_reason(&status, "STORE_UNAVAILABLE");
-    let series = allocator
-        .client
-        .get_series(GetSeriesRequest {
-            tenant_id: "acme".into(),
-            series: String::new(),
-        })
+    let series = invoice_series(&mut allocator.client, "acme")
         .await
         .unwrap_err();
     assert_eq!(
