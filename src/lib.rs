@@ -4,7 +4,7 @@
 //! - [`allocator`]: the `numbering.v1.NumberAllocator` service and its counter store.
 //! - [`invoices`]: the `numbering.v1.InvoiceWriter` service, its invoice store and
 //!   its client of the allocator.
-//! - [`bench`]: the load generator and verifier behind `numbering-bench`.
+//! - [`bench`](mod@bench): the load generator and verifier behind `numbering-bench`.
 //! - [`server`]: plumbing both services share: configuration, telemetry, health,
 //!   reflection, middleware and shutdown.
 

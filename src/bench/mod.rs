@@ -1,6 +1,6 @@
 //! Load generation for `numbering-bench`: drives a `NumberAllocator` over gRPC
 //! with concurrent clients, measures throughput and latency, and keeps every
-//! acknowledged range for [`verify`].
+//! acknowledged range for [`verify`](mod@verify).
 
 pub mod spawn;
 pub mod verify;
