@@ -85,20 +85,11 @@ pub struct PoolSettings {
     pub acquire_timeout: Duration,
 }
 
-impl Default for PoolSettings {
-    fn default() -> Self {
-        Self {
-            max_connections: 10,
-            acquire_timeout: Duration::from_secs(2),
-        }
-    }
-}
-
 /// Opens a PostgreSQL pool and checks one connection. A database that does
 /// not exist yet is created first, so a first run needs no setup step.
 ///
 /// Every connection asks for synchronous commit at start-up, overriding the
-/// server's, database's and role's defaults; [`begin_durable`] asks again per
+/// server's, database's and role's defaults; [`begin_durable`] and the allocation statement ask again per
 /// transaction, for poolers that drop start-up options.
 ///
 /// # Errors
@@ -150,8 +141,7 @@ pub async fn open_postgres(
 }
 
 /// Pool options shared by every PostgreSQL pool.
-#[must_use]
-pub fn pool_options(settings: &PoolSettings) -> PgPoolOptions {
+fn pool_options(settings: &PoolSettings) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(settings.acquire_timeout)

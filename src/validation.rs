@@ -21,23 +21,6 @@ pub struct FieldViolation {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct InvalidArgument(pub Vec<FieldViolation>);
 
-impl InvalidArgument {
-    /// A single bad field.
-    #[must_use]
-    pub fn field(field: impl Into<String>, description: impl Into<String>) -> Self {
-        Self(vec![FieldViolation {
-            field: field.into(),
-            description: description.into(),
-        }])
-    }
-
-    /// Whether `field` is among the violations.
-    #[must_use]
-    pub fn names(&self, field: &str) -> bool {
-        self.0.iter().any(|violation| violation.field == field)
-    }
-}
-
 /// Most violations put in one status: its message and details travel in
 /// headers, which peers cap in size (a request with 500 bad items would not fit).
 const MAX_REPORTED: usize = 20;

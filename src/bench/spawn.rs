@@ -16,6 +16,9 @@ pub enum SpawnError {
     /// The process could not be started.
     #[error("starting {0}")]
     Start(String, #[source] std::io::Error),
+    /// The admin URL does not parse.
+    #[error("bad database URL: {0}")]
+    AdminUrl(String),
     /// The database could not be created.
     #[error("creating the benchmark database")]
     Database(#[from] sqlx::Error),
@@ -44,14 +47,15 @@ impl SpawnedAllocator {
         admin_url: &str,
         args: &[String],
     ) -> Result<Self, SpawnError> {
+        // Parse before creating anything, so a bad URL leaves no database behind.
+        let mut url =
+            url::Url::parse(admin_url).map_err(|e| SpawnError::AdminUrl(e.to_string()))?;
         let database = format!("numbering_bench_{}", uuid::Uuid::now_v7().simple());
+        url.set_path(&database);
         let mut admin = PgConnection::connect(admin_url).await?;
         sqlx::query(AssertSqlSafe(format!(r#"CREATE DATABASE "{database}""#)))
             .execute(&mut admin)
             .await?;
-        let mut url = url::Url::parse(admin_url)
-            .map_err(|e| SpawnError::NotListening(format!("admin URL: {e}")))?;
-        url.set_path(&database);
 
         let mut child = Command::new(binary)
             .args([
