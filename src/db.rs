@@ -1,18 +1,61 @@
-//! Database connection settings and the one place database errors are classified.
+//! Database connection settings, the start-up path of both backends, and the
+//! one place database errors are classified.
 
-use std::{fmt, str::FromStr, time::Duration};
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
 
 use sqlx::{
-    PgPool, Postgres, Transaction,
+    PgPool, Postgres, SqlitePool, Transaction,
     migrate::{MigrateDatabase, Migrator},
     postgres::{PgConnectOptions, PgPoolOptions},
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
+
+/// Which database a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `postgres://` or `postgresql://`: the production store.
+    Postgres,
+    /// `sqlite:`: one file on local disk, the embedded default.
+    Sqlite,
+}
 
 /// A database URL. Its password never reaches `Debug`, `Display` or logs.
 #[derive(Clone)]
 pub struct DatabaseUrl(String);
 
 impl DatabaseUrl {
+    /// The URL of a SQLite database file at `path`.
+    ///
+    /// # Errors
+    /// The path is not UTF-8.
+    pub fn sqlite_file(path: &Path) -> Result<Self, String> {
+        // The URL's path is percent-decoded: escape what would not survive.
+        const ESCAPED: &percent_encoding::AsciiSet =
+            &percent_encoding::CONTROLS.add(b'%').add(b'?').add(b'#');
+        let path = path
+            .to_str()
+            .ok_or_else(|| format!("database path {} is not UTF-8", path.display()))?;
+        Ok(Self(format!(
+            "sqlite://{}",
+            percent_encoding::utf8_percent_encode(path, ESCAPED)
+        )))
+    }
+
+    /// The backend the URL's scheme names.
+    #[must_use]
+    pub fn backend(&self) -> Backend {
+        if self.0.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            Backend::Postgres
+        }
+    }
+
     /// The full URL, password included: for connecting only.
     #[must_use]
     pub fn expose(&self) -> &str {
@@ -23,6 +66,10 @@ impl DatabaseUrl {
     /// parameter, replaced by `***`.
     #[must_use]
     pub fn redacted(&self) -> String {
+        if self.backend() == Backend::Sqlite {
+            // A file name: nothing secret in it.
+            return self.0.clone();
+        }
         let Ok(mut url) = url::Url::parse(&self.0) else {
             return "<unparseable database url>".into();
         };
@@ -53,13 +100,26 @@ impl FromStr for DatabaseUrl {
 
     fn from_str(raw: &str) -> Result<Self, Self::Err> {
         let url = Self(raw.to_owned());
-        if !(raw.starts_with("postgres://") || raw.starts_with("postgresql://")) {
-            return Err(format!(
-                "unsupported database URL {}: expected postgres://",
-                url.redacted()
-            ));
+        if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+            return Ok(url);
         }
-        Ok(url)
+        if raw.starts_with("sqlite:") {
+            // Numbers handed out from memory would be handed out again after a restart.
+            let options = SqliteConnectOptions::from_str(raw).map_err(|error| error.to_string())?;
+            if raw.contains(":memory:") || raw.contains("mode=memory") {
+                return Err(format!(
+                    "{raw}: an in-memory SQLite database loses every number at exit; name a file"
+                ));
+            }
+            if options.get_filename().as_os_str().is_empty() {
+                return Err(format!("{raw}: no SQLite file named"));
+            }
+            return Ok(url);
+        }
+        Err(format!(
+            "unsupported database URL {}: expected postgres:// or sqlite://",
+            url.redacted()
+        ))
     }
 }
 
@@ -140,6 +200,132 @@ pub async fn open_postgres(
     Ok(pool)
 }
 
+/// Opens a SQLite database file, creating it and its directory if missing,
+/// then runs `migrator`: the SQLite counterpart of [`open_postgres`].
+///
+/// Every connection uses the WAL journal and `synchronous = FULL`, so a
+/// commit returns only once it is on disk, and waits up to the pool's acquire
+/// time-out for another writer (this process or another) instead of failing
+/// with "database is locked". Migrations run under a lock on a file beside the
+/// database, so processes starting together on one file cannot race.
+///
+/// # Errors
+/// The URL does not parse, the file or its directory cannot be created or
+/// opened, or a migration fails.
+pub async fn open_sqlite(
+    url: &DatabaseUrl,
+    settings: &PoolSettings,
+    migrator: &Migrator,
+) -> Result<(SqlitePool, SqliteFile), OpenError> {
+    let connect_error = |error: sqlx::Error| OpenError::Connect(url.redacted(), error);
+    let options = SqliteConnectOptions::from_str(url.expose())
+        .map_err(connect_error)?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(settings.acquire_timeout)
+        .foreign_keys(true);
+    let path = options.get_filename().to_path_buf();
+    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|error| connect_error(error.into()))?;
+    }
+    let pool = SqlitePoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(settings.acquire_timeout)
+        .connect_with(options)
+        .await
+        .map_err(connect_error)?;
+
+    let mut lock_path = path.clone().into_os_string();
+    lock_path.push("-migrate-lock");
+    let lock = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+        let file = std::fs::File::create(lock_path)?;
+        file.lock()?;
+        Ok(file)
+    })
+    .await
+    .map_err(|error| connect_error(sqlx::Error::Io(std::io::Error::other(error))))?
+    .map_err(|error| connect_error(error.into()))?;
+    let migrated = migrator.run(&pool).await;
+    drop(lock);
+    migrated.map_err(|error| OpenError::Migrate(url.redacted(), error))?;
+    let file = SqliteFile::new(path).map_err(|error| connect_error(error.into()))?;
+    Ok((pool, file))
+}
+
+/// The SQLite database file a pool was opened on, by path and identity.
+///
+/// SQLite keeps writing to a file deleted or replaced under a running
+/// process, and the next process to start on the path would begin again from
+/// nothing: every write is checked against this before it is acknowledged.
+#[derive(Debug, Clone)]
+pub struct SqliteFile {
+    path: PathBuf,
+    identity: Option<(u64, u64)>,
+}
+
+impl SqliteFile {
+    fn new(path: PathBuf) -> std::io::Result<Self> {
+        let identity = file_identity(&path)?;
+        Ok(Self { path, identity })
+    }
+
+    /// The file's path.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the file opened is still the one at its path.
+    #[must_use]
+    pub fn is_in_place(&self) -> bool {
+        file_identity(&self.path).is_ok_and(|identity| identity == self.identity)
+    }
+
+    /// `Ok` if [`SqliteFile::is_in_place`], else an error naming the path.
+    ///
+    /// # Errors
+    /// The file was deleted, moved or replaced since it was opened.
+    pub fn check_in_place(&self) -> Result<(), sqlx::Error> {
+        if self.is_in_place() {
+            Ok(())
+        } else {
+            Err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!(
+                    "database file {} was deleted, moved or replaced while open",
+                    self.path.display()
+                ),
+            )))
+        }
+    }
+}
+
+/// Device and inode on Unix; on other systems only whether the file exists.
+fn file_identity(path: &Path) -> std::io::Result<Option<(u64, u64)>> {
+    let metadata = std::fs::metadata(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        Ok(Some((metadata.dev(), metadata.ino())))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = metadata;
+        Ok(None)
+    }
+}
+
+/// Whether a SQLite pool answers a read of its database file now, and that
+/// file is still in place.
+pub async fn ping_sqlite(pool: &SqlitePool, file: &SqliteFile) -> bool {
+    file.is_in_place()
+        && sqlx::query("SELECT count(*) FROM sqlite_schema")
+            .execute(pool)
+            .await
+            .is_ok()
+}
+
 /// Pool options shared by every PostgreSQL pool.
 fn pool_options(settings: &PoolSettings) -> PgPoolOptions {
     PgPoolOptions::new()
@@ -169,7 +355,8 @@ pub async fn ping(pool: &PgPool) -> bool {
 /// What a database error means to the layers above.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DbErrorKind {
-    /// A unique constraint rejected the row (23505), by constraint name.
+    /// A unique constraint rejected the row: by constraint name on PostgreSQL
+    /// (23505), by column list (`table.a, table.b`) on SQLite.
     UniqueViolation(Option<String>),
     /// Serialization failure (40001) or deadlock (40P01): retry the transaction.
     Retryable,
@@ -184,9 +371,15 @@ pub enum DbErrorKind {
     Other,
 }
 
-/// Classifies a database error. Nothing else matches on SQLSTATE codes.
+/// Classifies a database error. Nothing else matches on SQLSTATE codes or
+/// SQLite result codes.
 #[must_use]
 pub fn classify(error: &sqlx::Error) -> DbErrorKind {
+    if let sqlx::Error::Database(db) = error
+        && let Some(sqlite) = db.try_downcast_ref::<sqlx::sqlite::SqliteError>()
+    {
+        return classify_sqlite(sqlite);
+    }
     match error {
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
@@ -214,6 +407,35 @@ pub fn classify(error: &sqlx::Error) -> DbErrorKind {
             _ => DbErrorKind::Other,
         },
         _ => DbErrorKind::Other,
+    }
+}
+
+/// Classifies a SQLite error by its extended result code.
+fn classify_sqlite(error: &sqlx::sqlite::SqliteError) -> DbErrorKind {
+    use sqlx::error::DatabaseError;
+    let code: i32 = error
+        .code()
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_default();
+    match code {
+        // SQLITE_CONSTRAINT_UNIQUE, SQLITE_CONSTRAINT_PRIMARYKEY. SQLite names
+        // the columns, not the constraint: "UNIQUE constraint failed: t.a, t.b".
+        2067 | 1555 => DbErrorKind::UniqueViolation(
+            error
+                .message()
+                .split_once(": ")
+                .map(|(_, columns)| columns.to_owned()),
+        ),
+        // SQLITE_CONSTRAINT_DATATYPE: in a STRICT table, an INTEGER sum that
+        // overflowed to REAL, e.g. a counter past `i64::MAX`.
+        3091 => DbErrorKind::OutOfRange,
+        // By primary code: BUSY and LOCKED (the busy time-out ran out),
+        // READONLY, IOERR, FULL (disk full), CANTOPEN.
+        code => match code & 0xff {
+            5 | 6 => DbErrorKind::Retryable,
+            8 | 10 | 13 | 14 => DbErrorKind::Unavailable,
+            _ => DbErrorKind::Other,
+        },
     }
 }
 

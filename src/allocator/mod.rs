@@ -4,12 +4,14 @@
 //! - [`domain`]: series names, counts, number formats and the [`Allocator`] rules.
 //! - [`group_commit`]: concurrent calls of one series merged into one transaction.
 //! - [`grpc`]: the `numbering.v1.NumberAllocator` handlers.
-//! - [`store`]: the counter store interface; [`postgres`]: its PostgreSQL implementation.
+//! - [`store`]: the counter store interface; [`postgres`] and
+//!   [`sqlite`]: its two implementations, chosen by the database URL.
 
 pub mod domain;
 pub mod group_commit;
 pub mod grpc;
 pub mod postgres;
+pub mod sqlite;
 pub mod store;
 
 pub use domain::{Allocator, CommitMode, Error};

@@ -1,15 +1,13 @@
 //! The counter store on PostgreSQL: one statement per operation, each counter
 //! change in a transaction that commits synchronously.
 
-use std::collections::HashMap;
-
 use async_trait::async_trait;
 use sqlx::{PgConnection, PgPool, migrate::Migrator};
 
 use crate::{
     allocator::{
         domain::{Series, SeriesName},
-        store::{CounterStore, StoreError},
+        store::{CounterStore, StoreError, in_input_order},
     },
     db::begin_durable,
     server::Readiness,
@@ -154,29 +152,6 @@ async fn select_page(
     .await
 }
 
-/// RETURNING promises no order: puts the rows in the order of the increments.
-fn in_input_order(
-    increments: &[(&TenantId, &SeriesName, i64)],
-    rows: Vec<IncrementedRow>,
-) -> Result<Vec<(i64, String)>, StoreError> {
-    let mut by_key: HashMap<(String, String), (i64, String)> = rows
-        .into_iter()
-        .map(|row| ((row.tenant_id, row.series), (row.last_value, row.format)))
-        .collect();
-    increments
-        .iter()
-        .map(|(tenant, series, _)| {
-            by_key
-                .remove(&(tenant.to_string(), series.to_string()))
-                .ok_or_else(|| {
-                    StoreError::Internal(
-                        format!("no counter returned for {tenant}/{series}").into(),
-                    )
-                })
-        })
-        .collect()
-}
-
 #[async_trait]
 impl CounterStore for PgCounterStore {
     async fn allocate(
@@ -219,7 +194,11 @@ impl CounterStore for PgCounterStore {
             ));
         }
 
-        in_input_order(increments, rows)
+        in_input_order(
+            increments,
+            rows.into_iter()
+                .map(|row| (row.tenant_id, row.series, row.last_value, row.format)),
+        )
     }
 
     async fn advance(
@@ -270,36 +249,5 @@ impl CounterStore for PgCounterStore {
 impl Readiness for PgCounterStore {
     async fn is_ready(&self) -> bool {
         crate::db::ping(&self.pool).await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn row(tenant: &str, last_value: i64) -> IncrementedRow {
-        IncrementedRow {
-            tenant_id: tenant.into(),
-            series: "invoice".into(),
-            last_value,
-            format: "F".into(),
-            synchronous_commit: "on".into(),
-        }
-    }
-
-    #[test]
-    fn rows_are_matched_to_increments_by_key_whatever_their_order() {
-        let (a, b, c) = (
-            TenantId::parse("a").unwrap(),
-            TenantId::parse("b").unwrap(),
-            TenantId::parse("c").unwrap(),
-        );
-        let series = SeriesName::parse("").unwrap();
-        let increments = [(&a, &series, 1), (&b, &series, 2), (&c, &series, 3)];
-        let matched =
-            in_input_order(&increments, vec![row("c", 30), row("a", 10), row("b", 20)]).unwrap();
-        let values: Vec<i64> = matched.iter().map(|(value, _)| *value).collect();
-        assert_eq!(values, [10, 20, 30]);
-        assert!(in_input_order(&increments, vec![row("a", 10), row("b", 20)]).is_err());
     }
 }

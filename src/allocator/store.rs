@@ -1,10 +1,12 @@
 //! The counter store interface. The gRPC layer never sees which backend runs.
 
+use std::{collections::HashMap, sync::Arc};
+
 use async_trait::async_trait;
 
 use crate::{
     allocator::domain::{Series, SeriesName},
-    db::{DbErrorKind, classify},
+    db::{self, Backend, DatabaseUrl, DbErrorKind, OpenError, PoolSettings, classify},
     server::Readiness,
     tenant::TenantId,
 };
@@ -69,6 +71,23 @@ pub trait CounterStore: Readiness {
     async fn close(&self);
 }
 
+/// Opens the store the URL's scheme names, creating and migrating the
+/// database as needed: what the service does at start-up.
+///
+/// # Errors
+/// The database cannot be reached or created, or a migration fails.
+pub async fn open(url: &DatabaseUrl, settings: &PoolSettings) -> Result<Arc<dyn CounterStore>, OpenError> {
+    Ok(match url.backend() {
+        Backend::Postgres => Arc::new(super::postgres::PgCounterStore::new(
+            db::open_postgres(url, settings, &super::postgres::MIGRATOR).await?,
+        )),
+        Backend::Sqlite => {
+            let (pool, file) = db::open_sqlite(url, settings, &super::sqlite::MIGRATOR).await?;
+            Arc::new(super::sqlite::SqliteCounterStore::new(pool, file))
+        }
+    })
+}
+
 /// A counter store failure.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -91,5 +110,58 @@ impl From<sqlx::Error> for StoreError {
             DbErrorKind::OutOfRange => Self::Exhausted,
             _ => Self::Internal(error.into()),
         }
+    }
+}
+
+/// Puts counters returned by one multi-row statement, whose order neither
+/// backend promises, in the order of the increments. Each counter is
+/// `(tenant, series, last_value, format)`.
+pub(crate) fn in_input_order(
+    increments: &[(&TenantId, &SeriesName, i64)],
+    counters: impl IntoIterator<Item = (String, String, i64, String)>,
+) -> Result<Vec<(i64, String)>, StoreError> {
+    let mut by_key: HashMap<(String, String), (i64, String)> = counters
+        .into_iter()
+        .map(|(tenant, series, last_value, format)| ((tenant, series), (last_value, format)))
+        .collect();
+    increments
+        .iter()
+        .map(|(tenant, series, _)| {
+            by_key
+                .remove(&(tenant.to_string(), series.to_string()))
+                .ok_or_else(|| {
+                    StoreError::Internal(
+                        format!("no counter returned for {tenant}/{series}").into(),
+                    )
+                })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counter(tenant: &str, last_value: i64) -> (String, String, i64, String) {
+        (tenant.into(), "invoice".into(), last_value, "F".into())
+    }
+
+    #[test]
+    fn counters_are_matched_to_increments_by_key_whatever_their_order() {
+        let (a, b, c) = (
+            TenantId::parse("a").unwrap(),
+            TenantId::parse("b").unwrap(),
+            TenantId::parse("c").unwrap(),
+        );
+        let series = SeriesName::parse("").unwrap();
+        let increments = [(&a, &series, 1), (&b, &series, 2), (&c, &series, 3)];
+        let matched = in_input_order(
+            &increments,
+            vec![counter("c", 30), counter("a", 10), counter("b", 20)],
+        )
+        .unwrap();
+        let values: Vec<i64> = matched.iter().map(|(value, _)| *value).collect();
+        assert_eq!(values, [10, 20, 30]);
+        assert!(in_input_order(&increments, vec![counter("a", 10), counter("b", 20)]).is_err());
     }
 }

@@ -1,19 +1,17 @@
-//! `invoice-writer`: serves `numbering.v1.InvoiceWriter` over PostgreSQL, numbering
+//! `invoice-writer`: serves `numbering.v1.InvoiceWriter` on PostgreSQL or SQLite, numbering
 //! invoices with the allocator; `seed-counters` seeds the allocator from stored invoices.
 
-use std::{net::SocketAddr, process::ExitCode, sync::Arc, time::Duration};
+use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use numbering::{
-    db,
     invoices::{
         InvoiceWriter,
         allocator_client::{AllocatorClient, Backoff},
         grpc,
-        postgres::{MIGRATOR, PgInvoiceStore},
         seed,
-        store::InvoiceStore,
+        store,
     },
     server::{
         self,
@@ -74,9 +72,11 @@ async fn main() -> anyhow::Result<ExitCode> {
     let config: Config = parse_or_exit();
     telemetry::init(config.server.log_format);
 
-    let url = &config.database.database_url;
-    let pool = db::open_postgres(url, &config.database.pool(), &MIGRATOR).await?;
-    let store = Arc::new(PgInvoiceStore::new(pool));
+    let url = config
+        .database
+        .url("invoices.sqlite3")
+        .map_err(anyhow::Error::msg)?;
+    let store = store::open(&url, &config.database.pool()).await?;
     let allocator = AllocatorClient::connect_lazy(
         &config.allocator_url,
         config.allocator_connect_timeout,

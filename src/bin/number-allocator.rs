@@ -1,6 +1,6 @@
-//! `number-allocator`: serves `numbering.v1.NumberAllocator` over PostgreSQL.
+//! `number-allocator`: serves `numbering.v1.NumberAllocator` on PostgreSQL or SQLite.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::net::SocketAddr;
 
 use anyhow::Context;
 use clap::Parser;
@@ -10,10 +10,8 @@ use numbering::{
         domain::NumberFormat,
         group_commit::GroupCommitSettings,
         grpc,
-        postgres::{MIGRATOR, PgCounterStore},
-        store::CounterStore,
+        store,
     },
-    db,
     server::{
         self,
         config::{DatabaseArgs, ServerArgs, parse_or_exit},
@@ -75,9 +73,11 @@ async fn main() -> anyhow::Result<()> {
     let config: Config = parse_or_exit();
     telemetry::init(config.server.log_format);
 
-    let url = &config.database.database_url;
-    let pool = db::open_postgres(url, &config.database.pool(), &MIGRATOR).await?;
-    let store = Arc::new(PgCounterStore::new(pool));
+    let url = config
+        .database
+        .url("allocator.sqlite3")
+        .map_err(anyhow::Error::msg)?;
+    let store = store::open(&url, &config.database.pool()).await?;
 
     let stop = shutdown::signal();
     let listener = TcpListener::bind(config.listen)

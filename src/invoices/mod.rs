@@ -5,13 +5,15 @@
 //! - [`writer`]: the [`InvoiceWriter`] rules: allocate, insert, retry on conflict.
 //! - [`allocator_client`]: calls to the allocator, retried while it is unreachable.
 //! - [`grpc`]: the `numbering.v1.InvoiceWriter` handlers.
-//! - [`store`]: the invoice store interface; [`postgres`]: its PostgreSQL implementation.
+//! - [`store`]: the invoice store interface; [`postgres`] and
+//!   [`sqlite`]: its two implementations, chosen by the database URL.
 //! - [`seed`]: seeding the allocator's counters from stored invoices.
 
 pub mod allocator_client;
 pub mod domain;
 pub mod grpc;
 pub mod postgres;
+pub mod sqlite;
 pub mod seed;
 pub mod store;
 pub mod writer;

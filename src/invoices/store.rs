@@ -1,10 +1,12 @@
 //! The invoice store interface. The gRPC layer never sees which backend runs.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use uuid::Uuid;
 
 use crate::{
-    db::{DbErrorKind, classify},
+    db::{self, Backend, DatabaseUrl, DbErrorKind, OpenError, PoolSettings, classify},
     invoices::domain::Invoice,
     server::Readiness,
     tenant::TenantId,
@@ -41,6 +43,23 @@ pub trait InvoiceStore: Readiness {
     async fn close(&self);
 }
 
+/// Opens the store the URL's scheme names, creating and migrating the
+/// database as needed: what the service does at start-up.
+///
+/// # Errors
+/// The database cannot be reached or created, or a migration fails.
+pub async fn open(url: &DatabaseUrl, settings: &PoolSettings) -> Result<Arc<dyn InvoiceStore>, OpenError> {
+    Ok(match url.backend() {
+        Backend::Postgres => Arc::new(super::postgres::PgInvoiceStore::new(
+            db::open_postgres(url, settings, &super::postgres::MIGRATOR).await?,
+        )),
+        Backend::Sqlite => {
+            let (pool, file) = db::open_sqlite(url, settings, &super::sqlite::MIGRATOR).await?;
+            Arc::new(super::sqlite::SqliteInvoiceStore::new(pool, file))
+        }
+    })
+}
+
 /// An invoice store failure.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -58,9 +77,15 @@ pub enum StoreError {
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
         match classify(&error) {
+            // PostgreSQL names the constraint, SQLite its columns.
             DbErrorKind::UniqueViolation(Some(constraint))
-                if constraint == "invoices_tenant_invoice_number_key"
-                    || constraint == "invoices_tenant_number_key" =>
+                if matches!(
+                    constraint.as_str(),
+                    "invoices_tenant_invoice_number_key"
+                        | "invoices_tenant_number_key"
+                        | "invoices.tenant_id, invoices.invoice_number"
+                        | "invoices.tenant_id, invoices.number"
+                ) =>
             {
                 Self::NumberTaken
             }

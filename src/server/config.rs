@@ -1,8 +1,6 @@
 //! Settings both binaries share, read from flags or environment variables.
 
-use std::time::Duration;
-
-use std::ffi::OsStr;
+use std::{ffi::OsStr, path::PathBuf, time::Duration};
 
 use clap::{Arg, Args, Command, Parser, ValueEnum, builder::TypedValueParser, error::ErrorKind};
 
@@ -84,9 +82,13 @@ impl ServerArgs {
 #[allow(clippy::doc_markdown)]
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
-    /// PostgreSQL URL, e.g. postgres://user:password@host:5432/db. Never logged.
+    /// Database URL: postgres://user:password@host:5432/db or sqlite://path/to/file. Default: a SQLite file in --data-dir. The password is never logged.
     #[arg(long, env = "DATABASE_URL", value_parser = DatabaseUrlParser, hide_env_values = true)]
-    pub database_url: DatabaseUrl,
+    pub database_url: Option<DatabaseUrl>,
+
+    /// Directory of the SQLite file used when no --database-url is given; created if missing.
+    #[arg(long, env = "NUMBERING_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
 
     /// Most database connections.
     #[arg(long, env = "NUMBERING_DB_MAX_CONNECTIONS", default_value_t = 10)]
@@ -130,6 +132,18 @@ impl TypedValueParser for DatabaseUrlParser {
 }
 
 impl DatabaseArgs {
+    /// The database to open: `--database-url`, else the SQLite file
+    /// `file_name` in `--data-dir`.
+    ///
+    /// # Errors
+    /// The data directory's path is not UTF-8.
+    pub fn url(&self, file_name: &str) -> Result<DatabaseUrl, String> {
+        match &self.database_url {
+            Some(url) => Ok(url.clone()),
+            None => DatabaseUrl::sqlite_file(&self.data_dir.join(file_name)),
+        }
+    }
+
     /// The pool settings.
     #[must_use]
     pub fn pool(&self) -> PoolSettings {
