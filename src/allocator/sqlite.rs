@@ -2,15 +2,18 @@
 //! immediate transaction, committed with `synchronous = FULL` (see
 //! [`crate::db::open_sqlite`]).
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use sqlx::{SqliteConnection, SqlitePool, migrate::Migrator, types::Json};
+use tokio::sync::Mutex;
 
 use crate::{
-    db::SqliteFile,
     allocator::{
         domain::{Series, SeriesName},
         store::{CounterStore, StoreError, in_input_order},
     },
+    db::SqliteFile,
     server::Readiness,
     tenant::TenantId,
 };
@@ -23,13 +26,20 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite/allocator");
 pub struct SqliteCounterStore {
     pool: SqlitePool,
     file: SqliteFile,
+    /// Writers of this process take turns here, so only one at a time waits
+    /// on SQLite's file lock, which polls, against other processes.
+    writer: Arc<Mutex<()>>,
 }
 
 impl SqliteCounterStore {
     /// A store on an already-migrated pool of `file`.
     #[must_use]
     pub fn new(pool: SqlitePool, file: SqliteFile) -> Self {
-        Self { pool, file }
+        Self {
+            pool,
+            file,
+            writer: Arc::default(),
+        }
     }
 }
 
@@ -158,6 +168,7 @@ impl CounterStore for SqliteCounterStore {
             .collect();
         // IMMEDIATE takes the write lock up front, waiting out other writers
         // for the busy time-out, rather than failing when a read upgrades.
+        let _turn = self.writer.lock().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let rows = increment(&mut tx, &keyed, format).await?;
         tx.commit().await?;
@@ -178,6 +189,7 @@ impl CounterStore for SqliteCounterStore {
         at_least: i64,
         format: &str,
     ) -> Result<Series, StoreError> {
+        let _turn = self.writer.lock().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let row = raise(&mut tx, tenant.as_str(), series.as_str(), at_least, format).await?;
         tx.commit().await?;

@@ -76,7 +76,10 @@ pub trait CounterStore: Readiness {
 ///
 /// # Errors
 /// The database cannot be reached or created, or a migration fails.
-pub async fn open(url: &DatabaseUrl, settings: &PoolSettings) -> Result<Arc<dyn CounterStore>, OpenError> {
+pub async fn open(
+    url: &DatabaseUrl,
+    settings: &PoolSettings,
+) -> Result<Arc<dyn CounterStore>, OpenError> {
     Ok(match url.backend() {
         Backend::Postgres => Arc::new(super::postgres::PgCounterStore::new(
             db::open_postgres(url, settings, &super::postgres::MIGRATOR).await?,

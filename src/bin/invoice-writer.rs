@@ -9,9 +9,7 @@ use numbering::{
     invoices::{
         InvoiceWriter,
         allocator_client::{AllocatorClient, Backoff},
-        grpc,
-        seed,
-        store,
+        grpc, seed, store,
     },
     server::{
         self,

@@ -6,11 +6,7 @@ use anyhow::Context;
 use clap::Parser;
 use numbering::{
     allocator::{
-        Allocator, CommitMode,
-        domain::NumberFormat,
-        group_commit::GroupCommitSettings,
-        grpc,
-        store,
+        Allocator, CommitMode, domain::NumberFormat, group_commit::GroupCommitSettings, grpc, store,
     },
     server::{
         self,

@@ -13,8 +13,8 @@ pub mod allocator_client;
 pub mod domain;
 pub mod grpc;
 pub mod postgres;
-pub mod sqlite;
 pub mod seed;
+pub mod sqlite;
 pub mod store;
 pub mod writer;
 

@@ -2,12 +2,13 @@
 //! immediate transaction committed with `synchronous = FULL` (see
 //! [`crate::db::open_sqlite`]).
 
-use std::str::FromStr;
+use std::{str::FromStr, sync::Arc};
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use sqlx::{SqliteConnection, SqlitePool, migrate::Migrator, types::Json};
+use tokio::sync::Mutex;
 use uuid::{Uuid, fmt::Hyphenated};
 
 use crate::{
@@ -28,13 +29,20 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite/invoices");
 pub struct SqliteInvoiceStore {
     pool: SqlitePool,
     file: SqliteFile,
+    /// Writers of this process take turns here, so only one at a time waits
+    /// on SQLite's file lock, which polls, against other processes.
+    writer: Arc<Mutex<()>>,
 }
 
 impl SqliteInvoiceStore {
     /// A store on an already-migrated pool of `file`.
     #[must_use]
     pub fn new(pool: SqlitePool, file: SqliteFile) -> Self {
-        Self { pool, file }
+        Self {
+            pool,
+            file,
+            writer: Arc::default(),
+        }
     }
 }
 
@@ -163,6 +171,7 @@ async fn select_highest_numbers(pool: &SqlitePool) -> Result<Vec<(String, i64)>,
 #[async_trait]
 impl InvoiceStore for SqliteInvoiceStore {
     async fn insert(&self, invoice: &Invoice) -> Result<(), StoreError> {
+        let _turn = self.writer.lock().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         insert_invoice(&mut tx, invoice).await?;
         tx.commit().await?;

@@ -48,7 +48,10 @@ pub trait InvoiceStore: Readiness {
 ///
 /// # Errors
 /// The database cannot be reached or created, or a migration fails.
-pub async fn open(url: &DatabaseUrl, settings: &PoolSettings) -> Result<Arc<dyn InvoiceStore>, OpenError> {
+pub async fn open(
+    url: &DatabaseUrl,
+    settings: &PoolSettings,
+) -> Result<Arc<dyn InvoiceStore>, OpenError> {
     Ok(match url.backend() {
         Backend::Postgres => Arc::new(super::postgres::PgInvoiceStore::new(
             db::open_postgres(url, settings, &super::postgres::MIGRATOR).await?,

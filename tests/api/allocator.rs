@@ -1,5 +1,9 @@
 //! NumberAllocator behaviour.
 
+use numbering::db::Backend;
+use rstest_reuse::apply;
+
+use crate::backends;
 use std::sync::Arc;
 
 use numbering::{
@@ -65,16 +69,16 @@ async fn allocate_concurrently(
 }
 
 /// 500 concurrent first calls of a brand-new tenant get exactly 1..=500.
-async fn new_tenant_is_unique_and_contiguous(mode: CommitMode) {
-    let app = spawn_allocator_in(mode).await;
+async fn new_tenant_is_unique_and_contiguous(backend: Backend, mode: CommitMode) {
+    let app = spawn_allocator_in(backend, mode).await;
     let calls = (0..500).map(|_| allocate("new-tenant", "", 0)).collect();
     let numbers: Vec<i64> = allocate_concurrently(&app.client, calls).await.concat();
     assert_exactly_one_to(&numbers, 500);
 }
 
 /// 500 concurrent calls on a series already in use continue it without gaps or duplicates.
-async fn existing_tenant_is_unique_and_contiguous(mode: CommitMode) {
-    let mut app = spawn_allocator_in(mode).await;
+async fn existing_tenant_is_unique_and_contiguous(backend: Backend, mode: CommitMode) {
+    let mut app = spawn_allocator_in(backend, mode).await;
     let first = app
         .client
         .allocate(allocate("acme", "", 1))
@@ -89,31 +93,48 @@ async fn existing_tenant_is_unique_and_contiguous(mode: CommitMode) {
     assert_exactly_one_to(&numbers, 501);
 }
 
+#[apply(backends)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_allocations_for_a_new_tenant_are_unique_and_contiguous() {
-    new_tenant_is_unique_and_contiguous(CommitMode::Group(GroupCommitSettings::default())).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_allocations_for_a_new_tenant_are_unique_and_contiguous_per_call() {
-    new_tenant_is_unique_and_contiguous(CommitMode::PerCall).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_allocations_for_an_existing_tenant_are_unique_and_contiguous() {
-    existing_tenant_is_unique_and_contiguous(CommitMode::Group(GroupCommitSettings::default()))
+async fn concurrent_allocations_for_a_new_tenant_are_unique_and_contiguous(
+    #[case] backend: Backend,
+) {
+    new_tenant_is_unique_and_contiguous(backend, CommitMode::Group(GroupCommitSettings::default()))
         .await;
 }
 
+#[apply(backends)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_allocations_for_an_existing_tenant_are_unique_and_contiguous_per_call() {
-    existing_tenant_is_unique_and_contiguous(CommitMode::PerCall).await;
+async fn concurrent_allocations_for_a_new_tenant_are_unique_and_contiguous_per_call(
+    #[case] backend: Backend,
+) {
+    new_tenant_is_unique_and_contiguous(backend, CommitMode::PerCall).await;
+}
+
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_allocations_for_an_existing_tenant_are_unique_and_contiguous(
+    #[case] backend: Backend,
+) {
+    existing_tenant_is_unique_and_contiguous(
+        backend,
+        CommitMode::Group(GroupCommitSettings::default()),
+    )
+    .await;
+}
+
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_allocations_for_an_existing_tenant_are_unique_and_contiguous_per_call(
+    #[case] backend: Backend,
+) {
+    existing_tenant_is_unique_and_contiguous(backend, CommitMode::PerCall).await;
 }
 
 /// Concurrent calls over several tenants and series give each (tenant, series) its own 1..=n.
+#[apply(backends)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tenants_and_series_are_independent() {
-    let app = spawn_allocator().await;
+async fn tenants_and_series_are_independent(#[case] backend: Backend) {
+    let app = spawn_allocator(backend).await;
     let keys = [
         ("t1", "invoice"),
         ("t1", "credit-note"),
@@ -138,9 +159,10 @@ async fn tenants_and_series_are_independent() {
 }
 
 /// Calls with count > 1 get consecutive ranges that never overlap and leave no hole.
+#[apply(backends)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ranges_are_consecutive_and_disjoint() {
-    let app = spawn_allocator().await;
+async fn ranges_are_consecutive_and_disjoint(#[case] backend: Backend) {
+    let app = spawn_allocator(backend).await;
     let counts: Vec<u32> = (0..200).map(|i| 1 + (i * 7) % 10).collect();
     let total: u32 = counts.iter().sum();
     let results = allocate_concurrently(
@@ -159,9 +181,10 @@ async fn ranges_are_consecutive_and_disjoint() {
 }
 
 /// Numbers are formatted with the series template, the width being a minimum.
+#[apply(backends)]
 #[tokio::test]
-async fn numbers_are_formatted_past_the_minimum_width() {
-    let mut app = spawn_allocator().await;
+async fn numbers_are_formatted_past_the_minimum_width(#[case] backend: Backend) {
+    let mut app = spawn_allocator(backend).await;
     app.client
         .advance_counter(AdvanceCounterRequest {
             tenant_id: "acme".into(),
@@ -185,10 +208,11 @@ async fn numbers_are_formatted_past_the_minimum_width() {
 }
 
 /// The server's default template is a setting; a series keeps the template it was created with.
+#[apply(backends)]
 #[tokio::test]
-async fn the_default_template_is_a_setting() {
+async fn the_default_template_is_a_setting(#[case] backend: Backend) {
     let format: NumberFormat = "CN-{number:05}".parse().unwrap();
-    let mut app = spawn_allocator_with(format).await;
+    let mut app = spawn_allocator_with(backend, format).await;
     let response = app
         .client
         .allocate(allocate("acme", "credit", 1))
@@ -211,9 +235,10 @@ async fn the_default_template_is_a_setting() {
 }
 
 /// GetSeries answers NOT_FOUND for a series never used, and the last value handed out after use.
+#[apply(backends)]
 #[tokio::test]
-async fn get_series_reports_the_last_value() {
-    let mut app = spawn_allocator().await;
+async fn get_series_reports_the_last_value(#[case] backend: Backend) {
+    let mut app = spawn_allocator(backend).await;
     let request = GetSeriesRequest {
         tenant_id: "acme".into(),
         series: String::new(),
@@ -243,9 +268,10 @@ async fn get_series_reports_the_last_value() {
 }
 
 /// AdvanceCounter raises the counter, never lowers it, and allocation continues above it.
+#[apply(backends)]
 #[tokio::test]
-async fn advance_counter_raises_but_never_lowers() {
-    let mut app = spawn_allocator().await;
+async fn advance_counter_raises_but_never_lowers(#[case] backend: Backend) {
+    let mut app = spawn_allocator(backend).await;
     let advance = |at_least| AdvanceCounterRequest {
         tenant_id: "acme".into(),
         series: String::new(),
@@ -279,9 +305,10 @@ async fn advance_counter_raises_but_never_lowers() {
 }
 
 /// ListSeries pages through a tenant's series in name order and shows no other tenant's.
+#[apply(backends)]
 #[tokio::test]
-async fn list_series_pages_in_name_order() {
-    let mut app = spawn_allocator().await;
+async fn list_series_pages_in_name_order(#[case] backend: Backend) {
+    let mut app = spawn_allocator(backend).await;
     for series in ["delta", "alpha", "charlie", "bravo", "echo"] {
         app.client
             .allocate(allocate("acme", series, 1))
@@ -320,9 +347,10 @@ async fn list_series_pages_in_name_order() {
 }
 
 /// Each bad field answers INVALID_ARGUMENT naming it, and changes nothing.
+#[apply(backends)]
 #[tokio::test]
-async fn bad_input_is_rejected_by_field_and_changes_nothing() {
-    let mut app = spawn_allocator().await;
+async fn bad_input_is_rejected_by_field_and_changes_nothing(#[case] backend: Backend) {
+    let mut app = spawn_allocator(backend).await;
     let long_tenant = "t".repeat(129);
     let long_series = "s".repeat(65);
     let cases = [
@@ -393,9 +421,10 @@ async fn bad_input_is_rejected_by_field_and_changes_nothing() {
 }
 
 /// A counter at the largest number answers FAILED_PRECONDITION and stays where it is.
+#[apply(backends)]
 #[tokio::test]
-async fn an_exhausted_series_fails_without_moving() {
-    let mut app = spawn_allocator().await;
+async fn an_exhausted_series_fails_without_moving(#[case] backend: Backend) {
+    let mut app = spawn_allocator(backend).await;
     app.client
         .advance_counter(AdvanceCounterRequest {
             tenant_id: "acme".into(),
@@ -425,7 +454,8 @@ async fn an_exhausted_series_fails_without_moving() {
 /// it, and so does every durable transaction on its own.
 #[tokio::test]
 async fn writes_force_synchronous_commit() {
-    let db = TestDb::create().await;
+    let backend = Backend::Postgres;
+    let db = TestDb::create(backend).await;
     db.admin(format!(
         r#"ALTER DATABASE "{}" SET synchronous_commit = off"#,
         db.name
@@ -489,7 +519,8 @@ async fn writes_force_synchronous_commit() {
 /// UNAVAILABLE while it is away, and allocation resumes where it was once it is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_the_database() {
-    let mut app = spawn_allocator().await;
+    let backend = Backend::Postgres;
+    let mut app = spawn_allocator(backend).await;
     let channel = app.server.channel().await;
     let name = "numbering.v1.NumberAllocator";
     wait_for_health(channel.clone(), name, ServingStatus::Serving).await;

@@ -1,5 +1,9 @@
 //! Group commit: calls of one series merged into shared transactions.
 
+use numbering::db::Backend;
+use rstest_reuse::apply;
+
+use crate::backends;
 use std::{
     collections::HashSet,
     sync::{Arc, Mutex},
@@ -11,7 +15,6 @@ use numbering::{
         CommitMode,
         domain::{Count, NumberFormat, Series, SeriesName},
         group_commit::{GroupCommitSettings, GroupCommitter, GroupError},
-        postgres::{MIGRATOR, PgCounterStore},
         store::{CounterStore, StoreError},
     },
     proto::{AllocateRequest, number_allocator_client::NumberAllocatorClient},
@@ -21,14 +24,12 @@ use numbering::{
 use tokio::sync::{Barrier, Semaphore};
 use tonic::{Code, transport::Channel};
 
-use crate::helpers::{
-    PATIENCE, TestDb, assert_exactly_one_to, assert_reason, spawn_allocator_in, test_pool_settings,
-};
+use crate::helpers::{PATIENCE, TestDb, assert_exactly_one_to, assert_reason, spawn_allocator_in};
 
-/// A PostgreSQL counter store that can hold calls at a gate, fail chosen calls,
+/// A real counter store that can hold calls at a gate, fail chosen calls,
 /// and records the count of every call that reached it.
 struct ScriptedStore {
-    inner: PgCounterStore,
+    inner: Arc<dyn CounterStore>,
     gate: Semaphore,
     fail: Mutex<HashSet<usize>>,
     calls: Mutex<Vec<Vec<i64>>>,
@@ -36,10 +37,8 @@ struct ScriptedStore {
 
 impl ScriptedStore {
     async fn new(db: &TestDb) -> Arc<Self> {
-        let pool = db.pool(&test_pool_settings()).await;
-        MIGRATOR.run(&pool).await.unwrap();
         Arc::new(Self {
-            inner: PgCounterStore::new(pool),
+            inner: db.counter_store().await,
             gate: Semaphore::new(0),
             fail: Mutex::new(HashSet::new()),
             calls: Mutex::new(Vec::new()),
@@ -183,9 +182,10 @@ async fn wait_for_store_calls(store: &ScriptedStore, n: usize) {
 
 /// 2,000 concurrent calls with mixed counts for one series, over several
 /// connections, get consecutive ranges that together are exactly 1..=N.
+#[apply(backends)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_thousand_mixed_calls_get_exactly_the_contiguous_set() {
-    let app = spawn_allocator_in(CommitMode::Group(GroupCommitSettings::default())).await;
+async fn two_thousand_mixed_calls_get_exactly_the_contiguous_set(#[case] backend: Backend) {
+    let app = spawn_allocator_in(backend, CommitMode::Group(GroupCommitSettings::default())).await;
     let mut channels: Vec<Channel> = Vec::new();
     for _ in 0..8 {
         channels.push(app.server.channel().await);
@@ -236,9 +236,10 @@ async fn two_thousand_mixed_calls_get_exactly_the_contiguous_set() {
 
 /// Calls queued behind a commit share the next transaction, one series or many;
 /// each series' range is split in arrival order.
+#[apply(backends)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn queued_calls_share_the_next_transaction() {
-    let db = TestDb::create().await;
+async fn queued_calls_share_the_next_transaction(#[case] backend: Backend) {
+    let db = TestDb::create(backend).await;
     let store = ScriptedStore::new(&db).await;
     let committer = one_lane(&store, 100);
 
@@ -276,9 +277,10 @@ async fn futures_firsts(
 /// When a group's commit fails, every call of the group fails alike and no
 /// number of its ranges is handed out; the next group continues from the
 /// committed value.
+#[apply(backends)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_commit_fails_its_whole_group_and_hands_out_nothing() {
-    let db = TestDb::create().await;
+async fn a_failed_commit_fails_its_whole_group_and_hands_out_nothing(#[case] backend: Backend) {
+    let db = TestDb::create(backend).await;
     let store = ScriptedStore::new(&db).await;
     store.fail.lock().unwrap().insert(1);
     let committer = one_lane(&store, 100);
@@ -329,9 +331,10 @@ async fn a_failed_commit_fails_its_whole_group_and_hands_out_nothing() {
 }
 
 /// A series at the end of its range fails alone; the other series of its batch commit.
+#[apply(backends)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_exhausted_series_does_not_fail_the_rest_of_its_batch() {
-    let db = TestDb::create().await;
+async fn an_exhausted_series_does_not_fail_the_rest_of_its_batch(#[case] backend: Backend) {
+    let db = TestDb::create(backend).await;
     let store = ScriptedStore::new(&db).await;
     let full = TenantId::parse("full").unwrap();
     store
@@ -361,9 +364,10 @@ async fn an_exhausted_series_does_not_fail_the_rest_of_its_batch() {
 
 /// A caller that gives up while queued takes no numbers, and the numbers of the
 /// rest of its group are unaffected.
+#[apply(backends)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cancelled_caller_takes_no_numbers_from_the_others() {
-    let db = TestDb::create().await;
+async fn a_cancelled_caller_takes_no_numbers_from_the_others(#[case] backend: Backend) {
+    let db = TestDb::create(backend).await;
     let store = ScriptedStore::new(&db).await;
     let committer = one_lane(&store, 100);
 
@@ -390,9 +394,10 @@ async fn a_cancelled_caller_takes_no_numbers_from_the_others() {
 }
 
 /// A full queue refuses more calls at once instead of growing.
+#[apply(backends)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_queue_refuses_more_calls() {
-    let db = TestDb::create().await;
+async fn a_full_queue_refuses_more_calls(#[case] backend: Backend) {
+    let db = TestDb::create(backend).await;
     let store = ScriptedStore::new(&db).await;
     let committer = one_lane(&store, 2);
 
@@ -420,9 +425,10 @@ fn a_full_queue_is_resource_exhausted() {
 
 /// Near the largest number, the calls that still fit get their numbers and only the
 /// rest fail, as they would one commit per call.
+#[apply(backends)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn near_the_end_only_the_calls_that_do_not_fit_fail() {
-    let db = TestDb::create().await;
+async fn near_the_end_only_the_calls_that_do_not_fit_fail(#[case] backend: Backend) {
+    let db = TestDb::create(backend).await;
     let store = ScriptedStore::new(&db).await;
     let acme = TenantId::parse("acme").unwrap();
     store

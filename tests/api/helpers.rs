@@ -6,13 +6,12 @@ use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 use numbering::{
     allocator::{
         self, Allocator, CommitMode, domain::NumberFormat, group_commit::GroupCommitSettings,
-        postgres::PgCounterStore,
+        store::CounterStore,
     },
-    db::{self, DatabaseUrl, PoolSettings},
+    db::{self, Backend, DatabaseUrl, PoolSettings},
     invoices::{
         self, InvoiceWriter,
         allocator_client::{AllocatorClient, Backoff},
-        postgres::PgInvoiceStore,
         store::InvoiceStore,
     },
     proto::{
@@ -39,15 +38,38 @@ fn admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
-/// A database created for one test, dropped when the test passes (kept for
-/// inspection when it fails).
+/// A database created for one test: a fresh PostgreSQL database, or a SQLite
+/// file in a fresh directory. Dropped when the test passes, kept for
+/// inspection when it fails.
 pub struct TestDb {
+    pub backend: Backend,
+    /// The PostgreSQL database's name, or the SQLite file's path.
     pub name: String,
     pub url: String,
+    dir: Option<tempfile::TempDir>,
 }
 
 impl TestDb {
-    pub async fn create() -> Self {
+    pub async fn create(backend: Backend) -> Self {
+        match backend {
+            Backend::Postgres => Self::create_postgres().await,
+            Backend::Sqlite => {
+                let dir = tempfile::Builder::new()
+                    .prefix("numbering_test_")
+                    .tempdir()
+                    .expect("temporary directory");
+                let path = dir.path().join("test.sqlite3");
+                Self {
+                    backend,
+                    name: path.display().to_string(),
+                    url: DatabaseUrl::sqlite_file(&path).unwrap().expose().to_owned(),
+                    dir: Some(dir),
+                }
+            }
+        }
+    }
+
+    async fn create_postgres() -> Self {
         let admin = admin_url();
         let name = format!("numbering_test_{}", uuid::Uuid::now_v7().simple());
         let mut conn = PgConnection::connect(&admin)
@@ -60,8 +82,10 @@ impl TestDb {
         let mut url = url::Url::parse(&admin).expect("admin url");
         url.set_path(&name);
         Self {
+            backend: Backend::Postgres,
             name,
             url: url.to_string(),
+            dir: None,
         }
     }
 
@@ -69,21 +93,28 @@ impl TestDb {
         self.url.parse().expect("test database url")
     }
 
-    /// A migrated pool, opened as the services open theirs.
-    pub async fn open(&self, migrator: &sqlx::migrate::Migrator) -> PgPool {
-        db::open_postgres(&self.database_url(), &test_pool_settings(), migrator)
+    /// The allocator's store, opened as the service opens it.
+    pub async fn counter_store(&self) -> Arc<dyn CounterStore> {
+        allocator::store::open(&self.database_url(), &test_pool_settings())
             .await
-            .expect("open test database")
+            .expect("open the counter store")
     }
 
-    /// A pool with the services' settings.
+    /// The invoice writer's store, opened as the service opens it.
+    pub async fn invoice_store(&self) -> Arc<dyn InvoiceStore> {
+        invoices::store::open(&self.database_url(), &test_pool_settings())
+            .await
+            .expect("open the invoice store")
+    }
+
+    /// A PostgreSQL pool with the services' settings.
     pub async fn pool(&self, settings: &PoolSettings) -> PgPool {
         db::connect_postgres(&self.database_url(), settings)
             .await
             .expect("connect to test database")
     }
 
-    /// Runs SQL as the administrator, outside the database under test.
+    /// Runs SQL as the PostgreSQL administrator, outside the database under test.
     pub async fn admin(&self, sql: String) {
         let mut conn = PgConnection::connect(&admin_url())
             .await
@@ -94,7 +125,8 @@ impl TestDb {
             .expect("admin statement");
     }
 
-    /// Makes the database unreachable: refuses new connections and ends the open ones.
+    /// Makes the PostgreSQL database unreachable: refuses new connections and
+    /// ends the open ones.
     pub async fn cut(&self) {
         let name = &self.name;
         self.admin(format!(
@@ -107,7 +139,7 @@ impl TestDb {
         .await;
     }
 
-    /// Makes the database reachable again.
+    /// Makes the PostgreSQL database reachable again.
     pub async fn restore(&self) {
         let name = &self.name;
         self.admin(format!(
@@ -121,6 +153,13 @@ impl Drop for TestDb {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("kept database {} of the failed test", self.name);
+            if let Some(dir) = self.dir.take() {
+                let _ = dir.keep();
+            }
+            return;
+        }
+        if self.backend == Backend::Sqlite {
+            // The directory goes with `dir`.
             return;
         }
         let sql = format!(r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#, self.name);
@@ -229,19 +268,20 @@ pub struct AllocatorApp {
 }
 
 /// An allocator with the default settings (group commit).
-pub async fn spawn_allocator() -> AllocatorApp {
-    spawn_allocator_in(CommitMode::Group(GroupCommitSettings::default())).await
+pub async fn spawn_allocator(backend: Backend) -> AllocatorApp {
+    spawn_allocator_in(backend, CommitMode::Group(GroupCommitSettings::default())).await
 }
 
-pub async fn spawn_allocator_in(mode: CommitMode) -> AllocatorApp {
+pub async fn spawn_allocator_in(backend: Backend, mode: CommitMode) -> AllocatorApp {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    spawn_allocator_on(listener, NumberFormat::default(), mode).await
+    spawn_allocator_on(listener, backend, NumberFormat::default(), mode).await
 }
 
-pub async fn spawn_allocator_with(default_format: NumberFormat) -> AllocatorApp {
+pub async fn spawn_allocator_with(backend: Backend, default_format: NumberFormat) -> AllocatorApp {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     spawn_allocator_on(
         listener,
+        backend,
         default_format,
         CommitMode::Group(GroupCommitSettings::default()),
     )
@@ -251,12 +291,12 @@ pub async fn spawn_allocator_with(default_format: NumberFormat) -> AllocatorApp 
 /// An allocator on a fresh database, serving on `listener`.
 pub async fn spawn_allocator_on(
     listener: TcpListener,
+    backend: Backend,
     default_format: NumberFormat,
     mode: CommitMode,
 ) -> AllocatorApp {
-    let db = TestDb::create().await;
-    let pool = db.open(&allocator::postgres::MIGRATOR).await;
-    let store = Arc::new(PgCounterStore::new(pool));
+    let db = TestDb::create(backend).await;
+    let store = db.counter_store().await;
     let service = allocator::grpc::service(Allocator::new(store.clone(), default_format, mode));
     let server = spawn_service_on(listener, service, store);
     let client = NumberAllocatorClient::new(server.channel().await);
@@ -331,7 +371,7 @@ pub fn assert_exactly_one_to(values: &[i64], n: i64) {
 /// An invoice writer on a fresh database of its own.
 pub struct WriterApp {
     pub db: TestDb,
-    pub store: Arc<PgInvoiceStore>,
+    pub store: Arc<dyn InvoiceStore>,
     pub server: TestServer,
     pub client: InvoiceWriterClient<Channel>,
 }
@@ -349,10 +389,9 @@ pub fn allocator_client(allocator_url: &str) -> AllocatorClient {
     AllocatorClient::connect_lazy(allocator_url, Duration::from_secs(1), test_backoff()).unwrap()
 }
 
-pub async fn spawn_writer(allocator_url: &str, max_attempts: u32) -> WriterApp {
-    let db = TestDb::create().await;
-    let pool = db.open(&invoices::postgres::MIGRATOR).await;
-    let store = Arc::new(PgInvoiceStore::new(pool));
+pub async fn spawn_writer(backend: Backend, allocator_url: &str, max_attempts: u32) -> WriterApp {
+    let db = TestDb::create(backend).await;
+    let store = db.invoice_store().await;
     let writer = InvoiceWriter::new(store.clone(), allocator_client(allocator_url), max_attempts);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server = spawn_service_on(
@@ -370,9 +409,9 @@ pub async fn spawn_writer(allocator_url: &str, max_attempts: u32) -> WriterApp {
 }
 
 /// An allocator and a writer that uses it.
-pub async fn spawn_both(max_attempts: u32) -> (AllocatorApp, WriterApp) {
-    let allocator = spawn_allocator().await;
-    let writer = spawn_writer(&allocator.server.url(), max_attempts).await;
+pub async fn spawn_both(backend: Backend, max_attempts: u32) -> (AllocatorApp, WriterApp) {
+    let allocator = spawn_allocator(backend).await;
+    let writer = spawn_writer(backend, &allocator.server.url(), max_attempts).await;
     (allocator, writer)
 }
 
@@ -406,7 +445,7 @@ pub fn invoice_request(tenant: &str) -> CreateInvoiceRequest {
 
 /// Stores an invoice directly, as an import from another system would.
 pub async fn import_invoice(
-    store: &PgInvoiceStore,
+    store: &Arc<dyn InvoiceStore>,
     tenant: &str,
     number: i64,
     invoice_number: &str,

@@ -1,5 +1,9 @@
 //! InvoiceWriter behaviour, with a real allocator behind it.
 
+use numbering::db::Backend;
+use rstest_reuse::apply;
+
+use crate::backends;
 use std::{
     collections::HashSet,
     sync::{
@@ -11,7 +15,7 @@ use std::{
 
 use numbering::{
     allocator::{CommitMode, domain::NumberFormat},
-    invoices::{seed, store::InvoiceStore},
+    invoices::seed,
     proto::{AdvanceCounterRequest, GetInvoiceRequest, LineItem, ListInvoicesRequest},
 };
 use tokio::{net::TcpListener, sync::Barrier};
@@ -25,9 +29,10 @@ use crate::helpers::{
 };
 
 /// 200 concurrent invoices of one tenant are numbered INV-001 … INV-200, each once.
+#[apply(backends)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_invoices_are_numbered_without_gaps_or_duplicates() {
-    let (_allocator, mut writer) = spawn_both(3).await;
+async fn concurrent_invoices_are_numbered_without_gaps_or_duplicates(#[case] backend: Backend) {
+    let (_allocator, mut writer) = spawn_both(backend, 3).await;
     let barrier = Arc::new(Barrier::new(200));
     let tasks: Vec<_> = (0..200)
         .map(|_| {
@@ -66,9 +71,10 @@ async fn concurrent_invoices_are_numbered_without_gaps_or_duplicates() {
 }
 
 /// A created invoice carries its fields and an exact total, and reads back the same.
+#[apply(backends)]
 #[tokio::test]
-async fn invoices_read_back_as_created_with_exact_totals() {
-    let (_allocator, mut writer) = spawn_both(3).await;
+async fn invoices_read_back_as_created_with_exact_totals(#[case] backend: Backend) {
+    let (_allocator, mut writer) = spawn_both(backend, 3).await;
     let created = create(&mut writer.client, "acme").await;
     assert_eq!(created.invoice_number, "INV-001");
     assert_eq!(created.number, 1);
@@ -101,9 +107,10 @@ async fn invoices_read_back_as_created_with_exact_totals() {
 }
 
 /// Another tenant's invoice answers NOT_FOUND exactly as an unknown id does.
+#[apply(backends)]
 #[tokio::test]
-async fn another_tenants_invoice_is_not_found() {
-    let (_allocator, mut writer) = spawn_both(3).await;
+async fn another_tenants_invoice_is_not_found(#[case] backend: Backend) {
+    let (_allocator, mut writer) = spawn_both(backend, 3).await;
     let created = create(&mut writer.client, "acme").await;
 
     let foreign = writer
@@ -134,12 +141,13 @@ async fn another_tenants_invoice_is_not_found() {
 
 /// Invoices imported ahead of the counter are skipped within the attempts, each
 /// conflict is logged with tenant, number and attempt, and no number is stored twice.
+#[apply(backends)]
 #[tokio::test]
-async fn conflicting_numbers_are_skipped_within_the_attempts() {
+async fn conflicting_numbers_are_skipped_within_the_attempts(#[case] backend: Backend) {
     // A current-thread runtime: the servers' tasks log through this subscriber too.
     let logs = CapturedLogs::default();
     let _subscriber = tracing::subscriber::set_default(logs.subscriber());
-    let (_allocator, mut writer) = spawn_both(3).await;
+    let (_allocator, mut writer) = spawn_both(backend, 3).await;
     import_invoice(&writer.store, "acme", 1, "INV-001").await;
     import_invoice(&writer.store, "acme", 2, "INV-002").await;
 
@@ -178,9 +186,10 @@ async fn conflicting_numbers_are_skipped_within_the_attempts() {
 
 /// More conflicts than attempts answer ABORTED with a reason and store nothing; the
 /// next call continues past the numbers burned.
+#[apply(backends)]
 #[tokio::test]
-async fn more_conflicts_than_attempts_abort_and_store_nothing() {
-    let (_allocator, mut writer) = spawn_both(3).await;
+async fn more_conflicts_than_attempts_abort_and_store_nothing(#[case] backend: Backend) {
+    let (_allocator, mut writer) = spawn_both(backend, 3).await;
     for n in 1..=4 {
         import_invoice(&writer.store, "acme", n, &format!("INV-{n:03}")).await;
     }
@@ -211,9 +220,10 @@ async fn more_conflicts_than_attempts_abort_and_store_nothing() {
 
 /// Seeding compares numbers numerically (INV-1001 above INV-999), raises each tenant's
 /// counter, and changes nothing when run again.
+#[apply(backends)]
 #[tokio::test]
-async fn seeding_continues_numbering_after_imported_invoices() {
-    let (mut allocator, mut writer) = spawn_both(1).await;
+async fn seeding_continues_numbering_after_imported_invoices(#[case] backend: Backend) {
+    let (mut allocator, mut writer) = spawn_both(backend, 1).await;
     for (n, formatted) in [
         (998, "INV-998"),
         (999, "INV-999"),
@@ -242,9 +252,10 @@ async fn seeding_continues_numbering_after_imported_invoices() {
 }
 
 /// The seed-counters command of the real binary seeds the allocator and exits 0.
+#[apply(backends)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn seed_counters_command_seeds_the_allocator() {
-    let (mut allocator, writer) = spawn_both(1).await;
+async fn seed_counters_command_seeds_the_allocator(#[case] backend: Backend) {
+    let (mut allocator, writer) = spawn_both(backend, 1).await;
     import_invoice(&writer.store, "acme", 41, "INV-041").await;
 
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_invoice-writer"))
@@ -269,10 +280,11 @@ async fn seed_counters_command_seeds_the_allocator() {
 
 /// Each invoice rule answers INVALID_ARGUMENT naming the field, before any number is
 /// allocated, and stores nothing.
+#[apply(backends)]
 #[tokio::test]
-async fn bad_invoices_are_rejected_by_field_and_change_nothing() {
+async fn bad_invoices_are_rejected_by_field_and_change_nothing(#[case] backend: Backend) {
     type Edit = fn(&mut numbering::proto::CreateInvoiceRequest);
-    let (mut allocator, mut writer) = spawn_both(3).await;
+    let (mut allocator, mut writer) = spawn_both(backend, 3).await;
     let item = |q: &str, p: &str| LineItem {
         description: "x".into(),
         quantity: q.into(),
@@ -362,8 +374,11 @@ async fn bad_invoices_are_rejected_by_field_and_change_nothing() {
 
 /// With the allocator unreachable the writer retries inside the caller's deadline, then
 /// answers UNAVAILABLE (not DEADLINE_EXCEEDED) and stores nothing.
+#[apply(backends)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreachable_allocator_is_retried_then_unavailable_within_the_deadline() {
+async fn an_unreachable_allocator_is_retried_then_unavailable_within_the_deadline(
+    #[case] backend: Backend,
+) {
     // An "allocator" that drops every connection it accepts, counting them.
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -375,7 +390,7 @@ async fn an_unreachable_allocator_is_retried_then_unavailable_within_the_deadlin
             drop(connection);
         }
     });
-    let mut writer = spawn_writer(&url, 3).await;
+    let mut writer = spawn_writer(backend, &url, 3).await;
 
     let mut request = tonic::Request::new(invoice_request("acme"));
     request.set_timeout(Duration::from_secs(2));
@@ -391,9 +406,10 @@ async fn an_unreachable_allocator_is_retried_then_unavailable_within_the_deadlin
 }
 
 /// An allocator refusal that retrying cannot fix keeps its code and reason.
+#[apply(backends)]
 #[tokio::test]
-async fn allocator_refusals_keep_their_code_and_reason() {
-    let (mut allocator, mut writer) = spawn_both(3).await;
+async fn allocator_refusals_keep_their_code_and_reason(#[case] backend: Backend) {
+    let (mut allocator, mut writer) = spawn_both(backend, 3).await;
     allocator
         .client
         .advance_counter(AdvanceCounterRequest {
@@ -413,11 +429,12 @@ async fn allocator_refusals_keep_their_code_and_reason() {
 }
 
 /// A writer whose first allocation fails retries and succeeds once the allocator answers.
+#[apply(backends)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_writer_retries_until_the_allocator_answers() {
+async fn the_writer_retries_until_the_allocator_answers(#[case] backend: Backend) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let mut writer = spawn_writer(&url, 3).await;
+    let mut writer = spawn_writer(backend, &url, 3).await;
 
     let mut client = writer.client.clone();
     let call = tokio::spawn(async move { client.create_invoice(invoice_request("acme")).await });
@@ -425,8 +442,13 @@ async fn the_writer_retries_until_the_allocator_answers() {
     let (refused, _) = listener.accept().await.unwrap();
     drop(refused);
     // Then serve the allocator on the same port.
-    let _allocator =
-        spawn_allocator_on(listener, NumberFormat::default(), CommitMode::PerCall).await;
+    let _allocator = spawn_allocator_on(
+        listener,
+        backend,
+        NumberFormat::default(),
+        CommitMode::PerCall,
+    )
+    .await;
 
     let created = call
         .await
@@ -442,7 +464,8 @@ async fn the_writer_retries_until_the_allocator_answers() {
 /// The writer's readiness follows its own database.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writer_readiness_follows_its_database() {
-    let (mut allocator, writer) = spawn_both(3).await;
+    let backend = Backend::Postgres;
+    let (mut allocator, writer) = spawn_both(backend, 3).await;
     let channel = writer.server.channel().await;
     let name = "numbering.v1.InvoiceWriter";
     wait_for_health(channel.clone(), name, ServingStatus::Serving).await;
@@ -480,9 +503,10 @@ async fn writer_readiness_follows_its_database() {
 }
 
 /// Numbers stored never repeat, whatever path wrote them.
+#[apply(backends)]
 #[tokio::test]
-async fn the_store_refuses_a_number_twice() {
-    let writer = spawn_writer("http://127.0.0.1:9", 1).await;
+async fn the_store_refuses_a_number_twice(#[case] backend: Backend) {
+    let writer = spawn_writer(backend, "http://127.0.0.1:9", 1).await;
     import_invoice(&writer.store, "acme", 5, "INV-005").await;
     let new = numbering::invoices::grpc::parse_new_invoice(&invoice_request("acme")).unwrap();
     for (number, formatted) in [(5, "X-5"), (6, "INV-005")] {

@@ -1,8 +1,19 @@
 //! Behaviour tests: real gRPC servers on port 0, real clients, and a fresh
-//! PostgreSQL database per test.
+//! database per test, PostgreSQL or SQLite.
 
 // Test docs speak of status codes and RPC names as plain words.
 #![allow(clippy::doc_markdown)]
+
+use rstest_reuse::template;
+
+/// Runs a test once on each backend, as `name::case_1_postgres` and
+/// `name::case_2_sqlite`; the test takes `#[case] backend: Backend`. Defined
+/// before the modules so that they all see it.
+#[template]
+#[rstest::rstest]
+#[case::postgres(Backend::Postgres)]
+#[case::sqlite(Backend::Sqlite)]
+fn backends(#[case] backend: Backend) {}
 
 mod allocator;
 mod group_commit;

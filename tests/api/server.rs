@@ -6,7 +6,11 @@ use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
 };
-use numbering::proto::{AllocateRequest, number_allocator_client::NumberAllocatorClient};
+use numbering::{
+    db::Backend,
+    proto::{AllocateRequest, number_allocator_client::NumberAllocatorClient},
+};
+use rstest_reuse::apply;
 use sqlx::Connection;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_stream::StreamExt;
@@ -16,6 +20,7 @@ use tonic_health::pb::{
 };
 use tonic_reflection::pb::{v1, v1alpha};
 
+use crate::backends;
 use crate::helpers::{PATIENCE, TestDb, spawn_allocator, spawn_both, wait_for_health};
 
 /// Service names listed by reflection v1.
@@ -110,7 +115,7 @@ async fn resolve_v1alpha(channel: Channel, symbol: &str) -> Vec<String> {
 /// v1alpha, and resolves every file the calls and error details need.
 #[tokio::test]
 async fn reflection_describes_both_services() {
-    let (allocator, writer) = spawn_both(3).await;
+    let (allocator, writer) = spawn_both(Backend::Postgres, 3).await;
     for (server, service) in [
         (&allocator.server, "numbering.v1.NumberAllocator"),
         (&writer.server, "numbering.v1.InvoiceWriter"),
@@ -149,7 +154,7 @@ async fn reflection_describes_both_services() {
 /// the server then stops.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_flips_health_and_finishes_calls_in_flight() {
-    let mut app = spawn_allocator().await;
+    let mut app = spawn_allocator(Backend::Postgres).await;
     let allocate = || AllocateRequest {
         tenant_id: "acme".into(),
         series: String::new(),
@@ -231,7 +236,7 @@ async fn wait_until_blocked_on_a_lock(db: &TestDb) {
 /// drains and exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_exits_cleanly_on_sigterm() {
-    let db = TestDb::create().await;
+    let db = TestDb::create(Backend::Postgres).await;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_number-allocator"))
         .args([
             "--listen",
@@ -336,9 +341,10 @@ async fn bad_settings_exit_64() {
 }
 
 /// Health answers for liveness ("") and for each service by name.
+#[apply(backends)]
 #[tokio::test]
-async fn health_answers_liveness_and_readiness() {
-    let app = spawn_allocator().await;
+async fn health_answers_liveness_and_readiness(#[case] backend: Backend) {
+    let app = spawn_allocator(backend).await;
     let channel = app.server.channel().await;
     wait_for_health(
         channel.clone(),
