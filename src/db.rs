@@ -175,6 +175,9 @@ pub enum OpenError {
     /// No connection, or the database could not be created.
     #[error("connecting to {0}")]
     Connect(String, #[source] sqlx::Error),
+    /// The directory of a SQLite file could not be created.
+    #[error("creating directory {} for the database", .0.display())]
+    CreateDir(PathBuf, #[source] std::io::Error),
     /// The migrations failed.
     #[error("migrating {0}")]
     Migrate(String, #[source] sqlx::migrate::MigrateError),
@@ -227,7 +230,7 @@ pub async fn open_sqlite(
         .foreign_keys(true);
     let path = options.get_filename().to_path_buf();
     if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|error| connect_error(error.into()))?;
+        std::fs::create_dir_all(dir).map_err(|error| OpenError::CreateDir(dir.into(), error))?;
     }
     let pool = SqlitePoolOptions::new()
         .max_connections(settings.max_connections)
@@ -268,12 +271,6 @@ impl SqliteFile {
     fn new(path: PathBuf) -> std::io::Result<Self> {
         let identity = file_identity(&path)?;
         Ok(Self { path, identity })
-    }
-
-    /// The file's path.
-    #[must_use]
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Whether the file opened is still the one at its path.
@@ -462,6 +459,34 @@ mod tests {
     fn database_url_rejects_other_schemes() {
         let error = "mysql://root:pw@db/x".parse::<DatabaseUrl>().unwrap_err();
         assert!(!error.contains("pw@"), "{error}");
+    }
+
+    #[test]
+    fn the_scheme_picks_the_backend() {
+        let postgres: DatabaseUrl = "postgresql://db/numbers".parse().unwrap();
+        assert_eq!(postgres.backend(), Backend::Postgres);
+        let sqlite: DatabaseUrl = "sqlite://data/allocator.sqlite3".parse().unwrap();
+        assert_eq!(sqlite.backend(), Backend::Sqlite);
+        assert_eq!(sqlite.to_string(), "sqlite://data/allocator.sqlite3");
+    }
+
+    #[test]
+    fn sqlite_files_keep_their_exact_path() {
+        let path = Path::new("/srv/a?b#c%20d/numbers.sqlite3");
+        let url = DatabaseUrl::sqlite_file(path).unwrap();
+        let options = SqliteConnectOptions::from_str(url.expose()).unwrap();
+        assert_eq!(options.get_filename(), path);
+        assert_eq!(
+            url.expose().parse::<DatabaseUrl>().unwrap().backend(),
+            Backend::Sqlite
+        );
+    }
+
+    #[test]
+    fn in_memory_sqlite_is_refused() {
+        for raw in ["sqlite::memory:", "sqlite://x.db?mode=memory", "sqlite://"] {
+            assert!(raw.parse::<DatabaseUrl>().is_err(), "{raw} accepted");
+        }
     }
 
     #[test]

@@ -4,7 +4,6 @@ use numbering::db::Backend;
 use rstest_reuse::apply;
 
 use crate::backends;
-use std::sync::Arc;
 
 use numbering::{
     allocator::{
@@ -15,58 +14,17 @@ use numbering::{
         store::CounterStore,
     },
     db::begin_durable,
-    proto::{
-        AdvanceCounterRequest, AllocateRequest, GetSeriesRequest, ListSeriesRequest,
-        number_allocator_client::NumberAllocatorClient,
-    },
+    proto::{AdvanceCounterRequest, AllocateRequest, GetSeriesRequest, ListSeriesRequest},
     tenant::TenantId,
 };
-use tokio::sync::Barrier;
-use tonic::{Code, transport::Channel};
+use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::helpers::{
-    TestDb, assert_exactly_one_to, assert_invalid_field, assert_reason, spawn_allocator,
-    spawn_allocator_in, spawn_allocator_with, test_pool_settings, wait_for_health,
+    TestDb, allocate, allocate_concurrently, assert_exactly_one_to, assert_invalid_field,
+    assert_reason, spawn_allocator, spawn_allocator_in, spawn_allocator_with, test_pool_settings,
+    wait_for_health,
 };
-
-fn allocate(tenant: &str, series: &str, count: u32) -> AllocateRequest {
-    AllocateRequest {
-        tenant_id: tenant.into(),
-        series: series.into(),
-        count,
-        request_id: String::new(),
-    }
-}
-
-/// Runs `calls` Allocate calls at once, one task each, released together.
-async fn allocate_concurrently(
-    client: &NumberAllocatorClient<Channel>,
-    calls: Vec<AllocateRequest>,
-) -> Vec<Vec<i64>> {
-    let barrier = Arc::new(Barrier::new(calls.len()));
-    let tasks: Vec<_> = calls
-        .into_iter()
-        .map(|request| {
-            let mut client = client.clone();
-            let barrier = barrier.clone();
-            tokio::spawn(async move {
-                barrier.wait().await;
-                let response = client
-                    .allocate(request)
-                    .await
-                    .expect("allocate")
-                    .into_inner();
-                response.numbers.iter().map(|n| n.value).collect::<Vec<_>>()
-            })
-        })
-        .collect();
-    let mut results = Vec::new();
-    for task in tasks {
-        results.push(task.await.unwrap());
-    }
-    results
-}
 
 /// 500 concurrent first calls of a brand-new tenant get exactly 1..=500.
 async fn new_tenant_is_unique_and_contiguous(backend: Backend, mode: CommitMode) {

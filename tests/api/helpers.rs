@@ -15,13 +15,20 @@ use numbering::{
         store::InvoiceStore,
     },
     proto::{
-        CreateInvoiceRequest, GetSeriesRequest, Invoice, LineItem, ListInvoicesRequest, Series,
-        invoice_writer_client::InvoiceWriterClient, number_allocator_client::NumberAllocatorClient,
+        AllocateRequest, CreateInvoiceRequest, GetSeriesRequest, Invoice, LineItem,
+        ListInvoicesRequest, Series, invoice_writer_client::InvoiceWriterClient,
+        number_allocator_client::NumberAllocatorClient,
     },
     server::{self, ServeError, ServerSettings},
 };
 use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
-use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    net::TcpListener,
+    sync::Barrier,
+    sync::oneshot,
+    task::JoinHandle,
+};
 use tokio_stream::StreamExt;
 use tonic::{Code, Status, transport::Channel};
 use tonic_health::pb::{
@@ -303,6 +310,45 @@ pub async fn spawn_allocator_on(
     AllocatorApp { db, server, client }
 }
 
+/// An Allocate request with no request id.
+pub fn allocate(tenant: &str, series: &str, count: u32) -> AllocateRequest {
+    AllocateRequest {
+        tenant_id: tenant.into(),
+        series: series.into(),
+        count,
+        request_id: String::new(),
+    }
+}
+
+/// Runs `calls` Allocate calls at once, one task each, released together.
+pub async fn allocate_concurrently(
+    client: &NumberAllocatorClient<Channel>,
+    calls: Vec<AllocateRequest>,
+) -> Vec<Vec<i64>> {
+    let barrier = Arc::new(Barrier::new(calls.len()));
+    let tasks: Vec<_> = calls
+        .into_iter()
+        .map(|request| {
+            let mut client = client.clone();
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let response = client
+                    .allocate(request)
+                    .await
+                    .expect("allocate")
+                    .into_inner();
+                response.numbers.iter().map(|n| n.value).collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.unwrap());
+    }
+    results
+}
+
 /// Waits until `service`'s health is `wanted`, through the Watch stream.
 pub async fn wait_for_health(channel: Channel, service: &str, wanted: ServingStatus) {
     let mut health = HealthClient::new(channel);
@@ -540,4 +586,93 @@ impl CapturedLogs {
             .map(|line| serde_json::from_str(line).unwrap())
             .collect()
     }
+}
+
+/// A service binary running in a child process, its JSON log read in the background.
+pub struct Running {
+    pub child: tokio::process::Child,
+    /// The address it listens on, from its "listening" log line.
+    pub addr: String,
+    logs: Arc<std::sync::Mutex<Vec<String>>>,
+    reader: JoinHandle<()>,
+}
+
+/// Starts `command` (a service binary) on 127.0.0.1, port 0, logging JSON
+/// with no drain delay, and waits until it logs that it listens.
+pub async fn start(mut command: tokio::process::Command) -> Running {
+    let mut child = command
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--drain-delay",
+            "0s",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the binary");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let logs = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (listening, addr) = oneshot::channel();
+    let reader = tokio::spawn({
+        let logs = logs.clone();
+        async move {
+            let mut listening = Some(listening);
+            while let Ok(Some(line)) = lines.next_line().await {
+                let event: serde_json::Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|_| panic!("log line is not JSON: {line}"));
+                if event["message"]
+                    .as_str()
+                    .is_some_and(|message| message.ends_with(" listening"))
+                    && let Some(listening) = listening.take()
+                {
+                    let _ = listening.send(event["addr"].as_str().unwrap().to_owned());
+                }
+                logs.lock().unwrap().push(line);
+            }
+        }
+    });
+    let addr = tokio::time::timeout(PATIENCE, addr)
+        .await
+        .expect("the binary did not start listening")
+        .unwrap_or_else(|_| panic!("the binary exited before listening: {:?}", logs.lock()));
+    Running {
+        child,
+        addr,
+        logs,
+        reader,
+    }
+}
+
+impl Running {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(i32::try_from(self.child.id().expect("running")).unwrap())
+    }
+
+    /// Waits for the process to exit; its exit status and every line it logged.
+    pub async fn wait(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        let logs = self.logs.clone();
+        let exited = tokio::time::timeout(PATIENCE, async {
+            let status = self.child.wait().await.expect("wait for the binary");
+            self.reader.await.expect("log reader");
+            status
+        })
+        .await
+        .unwrap_or_else(|_| panic!("the binary did not exit within {PATIENCE:?}: {logs:?}"));
+        let logged = self.logs.lock().unwrap().clone();
+        (exited, logged)
+    }
+}
+
+/// The allocator binary on `url`.
+pub fn allocator_binary(url: &str) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_number-allocator"));
+    command.env("DATABASE_URL", url);
+    command
 }

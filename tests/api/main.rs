@@ -19,4 +19,6 @@ mod allocator;
 mod group_commit;
 mod helpers;
 mod invoices;
+mod processes;
 mod server;
+mod sqlite;

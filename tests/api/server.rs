@@ -1,18 +1,12 @@
 //! Server behaviour both services share: reflection, health, shutdown, configuration.
 
-use std::process::Stdio;
-
-use nix::{
-    sys::signal::{Signal, kill},
-    unistd::Pid,
-};
+use nix::sys::signal::{Signal, kill};
 use numbering::{
     db::Backend,
     proto::{AllocateRequest, number_allocator_client::NumberAllocatorClient},
 };
 use rstest_reuse::apply;
 use sqlx::Connection;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 use tonic_health::pb::{
@@ -21,7 +15,9 @@ use tonic_health::pb::{
 use tonic_reflection::pb::{v1, v1alpha};
 
 use crate::backends;
-use crate::helpers::{PATIENCE, TestDb, spawn_allocator, spawn_both, wait_for_health};
+use crate::helpers::{
+    PATIENCE, TestDb, allocator_binary, spawn_allocator, spawn_both, start, wait_for_health,
+};
 
 /// Service names listed by reflection v1.
 async fn list_v1(channel: Channel) -> Vec<String> {
@@ -237,39 +233,10 @@ async fn wait_until_blocked_on_a_lock(db: &TestDb) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_exits_cleanly_on_sigterm() {
     let db = TestDb::create(Backend::Postgres).await;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_number-allocator"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--drain-delay",
-            "0s",
-        ])
-        // Passwords in both places a URL can carry one (trust auth ignores them).
-        .env("DATABASE_URL", password_url(&db.url))
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = tokio::time::timeout(PATIENCE, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            let event: serde_json::Value =
-                serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
-            assert!(!line.contains("s3cret"), "{line}");
-            if event["message"] == "number-allocator listening" {
-                return event["addr"].as_str().unwrap().to_owned();
-            }
-        }
-        panic!("the binary exited before listening");
-    })
-    .await
-    .expect("the binary did not start listening");
+    // Passwords in both places a URL can carry one (trust auth ignores them).
+    let running = start(allocator_binary(&password_url(&db.url))).await;
 
-    let mut client = NumberAllocatorClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let mut client = NumberAllocatorClient::connect(running.url()).await.unwrap();
     let allocated = client
         .allocate(AllocateRequest {
             tenant_id: "acme".into(),
@@ -282,22 +249,8 @@ async fn the_binary_exits_cleanly_on_sigterm() {
         .into_inner();
     assert_eq!(allocated.numbers[0].formatted, "INV-001");
 
-    kill(
-        Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap()),
-        Signal::SIGTERM,
-    )
-    .unwrap();
-    let mut logged = Vec::new();
-    let stopped = tokio::time::timeout(PATIENCE, async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            logged.push(line);
-        }
-        child.wait().await
-    })
-    .await;
-    let status = stopped
-        .unwrap_or_else(|_| panic!("the binary did not stop within {PATIENCE:?}: {logged:?}"))
-        .unwrap();
+    kill(running.pid(), Signal::SIGTERM).unwrap();
+    let (status, logged) = running.wait().await;
     assert_eq!(status.code(), Some(0), "{logged:?}");
     assert!(logged.iter().any(|l| l.contains("SIGTERM")), "{logged:?}");
     assert!(!logged.iter().any(|l| l.contains("s3cret")), "{logged:?}");

@@ -1,0 +1,197 @@
+//! What only the embedded SQLite store needs: durable connection settings,
+//! the default file in the data directory, a file that goes away, a full disk.
+
+use std::{str::FromStr, time::Duration};
+
+use numbering::{
+    allocator,
+    db::{self, Backend, DbErrorKind, PoolSettings},
+    proto::{
+        invoice_writer_client::InvoiceWriterClient, number_allocator_client::NumberAllocatorClient,
+    },
+};
+use sqlx::{
+    ConnectOptions,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode},
+};
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+use crate::helpers::{
+    TestDb, allocate, assert_reason, invoice_request, spawn_allocator, start, wait_for_health,
+};
+
+/// Every pooled connection writes through the WAL journal, flushes each commit
+/// to disk (synchronous = FULL), and waits out another writer for the acquire
+/// time-out instead of failing with "database is locked".
+#[tokio::test]
+async fn connections_are_durable_and_wait_for_the_write_lock() {
+    let db = TestDb::create(Backend::Sqlite).await;
+    let settings = PoolSettings {
+        max_connections: 2,
+        acquire_timeout: Duration::from_millis(3500),
+    };
+    let (pool, _) = db::open_sqlite(&db.database_url(), &settings, &allocator::sqlite::MIGRATOR)
+        .await
+        .unwrap();
+    // Both connections, not only the first.
+    let (mut first, mut second) = (pool.acquire().await.unwrap(), pool.acquire().await.unwrap());
+    for conn in [&mut first, &mut second] {
+        let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&mut **conn)
+            .await
+            .unwrap();
+        let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&mut **conn)
+            .await
+            .unwrap();
+        let busy_timeout: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
+            .fetch_one(&mut **conn)
+            .await
+            .unwrap();
+        assert_eq!(journal, "wal");
+        assert_eq!(synchronous, 2, "synchronous should be FULL");
+        assert_eq!(busy_timeout, 3500);
+    }
+}
+
+/// A database file deleted under a running allocator: numbers it would commit
+/// there are withheld (a restart would hand them out again), and readiness
+/// turns NOT_SERVING while liveness stays SERVING.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_database_file_withholds_numbers_and_fails_readiness() {
+    let mut app = spawn_allocator(Backend::Sqlite).await;
+    let channel = app.server.channel().await;
+    let name = "numbering.v1.NumberAllocator";
+    wait_for_health(channel.clone(), name, ServingStatus::Serving).await;
+    app.client.allocate(allocate("acme", "", 3)).await.unwrap();
+
+    std::fs::remove_file(&app.db.name).unwrap();
+    let status = app
+        .client
+        .allocate(allocate("acme", "", 1))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_reason(&status, "STORE_UNAVAILABLE");
+    wait_for_health(channel.clone(), name, ServingStatus::NotServing).await;
+    wait_for_health(channel, "", ServingStatus::Serving).await;
+}
+
+/// With no database URL the allocator keeps its counters in
+/// `data/allocator.sqlite3` under its working directory, and the writer its
+/// invoices in `invoices.sqlite3` under NUMBERING_DATA_DIR, created if missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_database_url_each_service_uses_its_file_in_the_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut allocator = tokio::process::Command::new(env!("CARGO_BIN_EXE_number-allocator"));
+    allocator
+        .current_dir(dir.path())
+        .env_remove("DATABASE_URL")
+        .env_remove("NUMBERING_DATA_DIR");
+    let allocator = start(allocator).await;
+
+    let data_dir = dir.path().join("nested").join("data");
+    let mut writer = tokio::process::Command::new(env!("CARGO_BIN_EXE_invoice-writer"));
+    writer
+        .env_remove("DATABASE_URL")
+        .env("NUMBERING_DATA_DIR", &data_dir)
+        .args(["--allocator-url", &allocator.url()]);
+    let writer = start(writer).await;
+
+    let invoice = InvoiceWriterClient::connect(writer.url())
+        .await
+        .unwrap()
+        .create_invoice(invoice_request("acme"))
+        .await
+        .unwrap()
+        .into_inner()
+        .invoice
+        .unwrap();
+    assert_eq!(invoice.number, 1);
+    assert!(dir.path().join("data/allocator.sqlite3").is_file());
+    assert!(data_dir.join("invoices.sqlite3").is_file());
+
+    // The counter lives in the allocator's file: a new process on it continues.
+    let (status, logged) = {
+        nix::sys::signal::kill(allocator.pid(), nix::sys::signal::Signal::SIGTERM).unwrap();
+        allocator.wait().await
+    };
+    assert!(status.success(), "{logged:?}");
+    let mut again = tokio::process::Command::new(env!("CARGO_BIN_EXE_number-allocator"));
+    again.current_dir(dir.path()).env_remove("DATABASE_URL");
+    let again = start(again).await;
+    let next = NumberAllocatorClient::connect(again.url())
+        .await
+        .unwrap()
+        .allocate(allocate("acme", "", 1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(next.numbers[0].value, 2);
+}
+
+/// A data directory that cannot be created stops start-up with an error that
+/// names the database.
+#[tokio::test]
+async fn an_unusable_data_directory_is_a_clear_start_up_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-directory");
+    std::fs::write(&file, "").unwrap();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_number-allocator"))
+        .env_remove("DATABASE_URL")
+        .env("NUMBERING_DATA_DIR", &file)
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("creating directory") && stderr.contains("not-a-directory"),
+        "{stderr}"
+    );
+
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_number-allocator"))
+        .args(["--database-url", "sqlite::memory:"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(64),
+        "an in-memory store loses every number"
+    );
+}
+
+/// A full disk is UNAVAILABLE to callers, retried later, not a bug.
+#[tokio::test]
+async fn a_full_disk_is_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = SqliteConnectOptions::from_str("sqlite://full.sqlite3")
+        .unwrap()
+        .filename(dir.path().join("full.sqlite3"))
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .pragma("max_page_count", "8")
+        .connect()
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE filler (data BLOB)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let error = loop {
+        if let Err(error) = sqlx::query("INSERT INTO filler VALUES (zeroblob(4096))")
+            .execute(&mut conn)
+            .await
+        {
+            break error;
+        }
+    };
+    assert_eq!(db::classify(&error), DbErrorKind::Unavailable, "{error}");
+    assert!(matches!(
+        allocator::store::StoreError::from(error),
+        allocator::store::StoreError::Unavailable(_)
+    ));
+}
