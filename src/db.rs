@@ -178,6 +178,9 @@ pub enum OpenError {
     /// The directory of a SQLite file could not be created.
     #[error("creating directory {} for the database", .0.display())]
     CreateDir(PathBuf, #[source] std::io::Error),
+    /// The lock that serialises processes opening one SQLite file failed.
+    #[error("locking {}", .0.display())]
+    Lock(PathBuf, #[source] std::io::Error),
     /// The migrations failed.
     #[error("migrating {0}")]
     Migrate(String, #[source] sqlx::migrate::MigrateError),
@@ -209,8 +212,9 @@ pub async fn open_postgres(
 /// Every connection uses the WAL journal and `synchronous = FULL`, so a
 /// commit returns only once it is on disk, and waits up to the pool's acquire
 /// time-out for another writer (this process or another) instead of failing
-/// with "database is locked". Migrations run under a lock on a file beside the
-/// database, so processes starting together on one file cannot race.
+/// with "database is locked". Opening and migrating happen under a lock on a
+/// file beside the database, so processes starting together on one new file
+/// cannot race.
 ///
 /// # Errors
 /// The URL does not parse, the file or its directory cannot be created or
@@ -232,28 +236,40 @@ pub async fn open_sqlite(
     if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|error| OpenError::CreateDir(dir.into(), error))?;
     }
+    // Connecting switches a new file to WAL, which does not wait out another
+    // process doing the same; migrating is not atomic across processes.
+    let lock = lock_file(&path).await?;
     let pool = SqlitePoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(settings.acquire_timeout)
         .connect_with(options)
         .await
         .map_err(connect_error)?;
+    migrator
+        .run(&pool)
+        .await
+        .map_err(|error| OpenError::Migrate(url.redacted(), error))?;
+    drop(lock);
+    let file = SqliteFile::new(path).map_err(|error| connect_error(error.into()))?;
+    Ok((pool, file))
+}
 
-    let mut lock_path = path.clone().into_os_string();
-    lock_path.push("-migrate-lock");
-    let lock = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
-        let file = std::fs::File::create(lock_path)?;
+/// Takes an exclusive lock on a file beside the database, `<file>-setup-lock`,
+/// waiting for any other process that holds it.
+async fn lock_file(database: &Path) -> Result<std::fs::File, OpenError> {
+    let mut path = database.as_os_str().to_owned();
+    path.push("-setup-lock");
+    let path = PathBuf::from(path);
+    let locking = path.clone();
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::create(&locking)?;
         file.lock()?;
         Ok(file)
     })
     .await
-    .map_err(|error| connect_error(sqlx::Error::Io(std::io::Error::other(error))))?
-    .map_err(|error| connect_error(error.into()))?;
-    let migrated = migrator.run(&pool).await;
-    drop(lock);
-    migrated.map_err(|error| OpenError::Migrate(url.redacted(), error))?;
-    let file = SqliteFile::new(path).map_err(|error| connect_error(error.into()))?;
-    Ok((pool, file))
+    .map_err(std::io::Error::other)
+    .flatten()
+    .map_err(|error| OpenError::Lock(path, error))
 }
 
 /// The SQLite database file a pool was opened on, by path and identity.

@@ -18,7 +18,8 @@ use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::helpers::{
-    TestDb, allocate, assert_reason, invoice_request, spawn_allocator, start, wait_for_health,
+    TestDb, allocate, assert_reason, invoice_request, spawn_allocator, start, test_pool_settings,
+    wait_for_health,
 };
 
 /// Every pooled connection writes through the WAL journal, flushes each commit
@@ -52,6 +53,25 @@ async fn connections_are_durable_and_wait_for_the_write_lock() {
         assert_eq!(journal, "wal");
         assert_eq!(synchronous, 2, "synchronous should be FULL");
         assert_eq!(busy_timeout, 3500);
+    }
+}
+
+/// Processes starting together on a new file take turns to migrate it: none
+/// fails on tables another has just created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_opened_together_on_a_new_file_all_start() {
+    for _ in 0..5 {
+        let db = TestDb::create(Backend::Sqlite).await;
+        let mut opening = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let url = db.database_url();
+            opening.spawn(async move {
+                db::open_sqlite(&url, &test_pool_settings(), &allocator::sqlite::MIGRATOR).await
+            });
+        }
+        for opened in opening.join_all().await {
+            opened.expect("open while others open the same new file");
+        }
     }
 }
 
