@@ -1,8 +1,13 @@
-//! Starts a `number-allocator` process on a fresh database for one benchmark
-//! run, and removes both afterwards. A separate process, as in production, so
+//! Starts a `number-allocator` process on a fresh database (PostgreSQL, or a
+//! SQLite file in a new directory) for one benchmark run, and removes both
+//! afterwards. A separate process, as in production, so
 //! its resident memory can be read on its own.
 
-use std::{path::Path, process::Stdio, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
 
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 use tokio::{
@@ -22,6 +27,9 @@ pub enum SpawnError {
     /// The database could not be created.
     #[error("creating the benchmark database")]
     Database(#[from] sqlx::Error),
+    /// The benchmark's SQLite directory could not be removed.
+    #[error("removing {0}")]
+    Remove(String, #[source] std::io::Error),
     /// The process exited or went quiet before it listened.
     #[error("the allocator did not start listening: {0}")]
     NotListening(String),
@@ -32,13 +40,65 @@ pub struct SpawnedAllocator {
     child: Child,
     /// Its gRPC URL.
     pub url: String,
-    admin_url: String,
-    database: String,
+    database: FreshDatabase,
+}
+
+/// The database a benchmark run created, to remove afterwards.
+enum FreshDatabase {
+    Postgres { admin_url: String, name: String },
+    Sqlite { dir: PathBuf },
+}
+
+impl FreshDatabase {
+    /// A new database on the PostgreSQL server of `admin_url`, or a new
+    /// directory for the default SQLite file when `admin_url` is `sqlite:`;
+    /// and the environment that points the allocator at it.
+    async fn create(admin_url: &str) -> Result<(Self, (&'static str, String)), SpawnError> {
+        if admin_url.starts_with("sqlite:") {
+            let dir = std::env::temp_dir()
+                .join(format!("numbering_bench_{}", uuid::Uuid::now_v7().simple()));
+            let env = ("NUMBERING_DATA_DIR", dir.display().to_string());
+            return Ok((Self::Sqlite { dir }, env));
+        }
+        // Parse before creating anything, so a bad URL leaves no database behind.
+        let mut url =
+            url::Url::parse(admin_url).map_err(|e| SpawnError::AdminUrl(e.to_string()))?;
+        let name = format!("numbering_bench_{}", uuid::Uuid::now_v7().simple());
+        url.set_path(&name);
+        let mut admin = PgConnection::connect(admin_url).await?;
+        sqlx::query(AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#)))
+            .execute(&mut admin)
+            .await?;
+        let database = Self::Postgres {
+            admin_url: admin_url.to_owned(),
+            name,
+        };
+        Ok((database, ("DATABASE_URL", url.to_string())))
+    }
+
+    async fn remove(&self) -> Result<(), SpawnError> {
+        match self {
+            Self::Postgres { admin_url, name } => {
+                let mut admin = PgConnection::connect(admin_url).await?;
+                sqlx::query(AssertSqlSafe(format!(
+                    r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#
+                )))
+                .execute(&mut admin)
+                .await?;
+            }
+            Self::Sqlite { dir } => {
+                std::fs::remove_dir_all(dir)
+                    .map_err(|e| SpawnError::Remove(dir.display().to_string(), e))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl SpawnedAllocator {
-    /// Creates a fresh database on the server of `admin_url` and starts
-    /// `binary` on it with `args` added.
+    /// Creates a fresh database on the server of `admin_url`, or a SQLite
+    /// file in a new directory when it is `sqlite:`, and starts `binary` on it
+    /// with `args` added.
     ///
     /// # Errors
     /// The database or the process could not be started.
@@ -47,16 +107,7 @@ impl SpawnedAllocator {
         admin_url: &str,
         args: &[String],
     ) -> Result<Self, SpawnError> {
-        // Parse before creating anything, so a bad URL leaves no database behind.
-        let mut url =
-            url::Url::parse(admin_url).map_err(|e| SpawnError::AdminUrl(e.to_string()))?;
-        let database = format!("numbering_bench_{}", uuid::Uuid::now_v7().simple());
-        url.set_path(&database);
-        let mut admin = PgConnection::connect(admin_url).await?;
-        sqlx::query(AssertSqlSafe(format!(r#"CREATE DATABASE "{database}""#)))
-            .execute(&mut admin)
-            .await?;
-
+        let (database, (key, value)) = FreshDatabase::create(admin_url).await?;
         let mut child = Command::new(binary)
             .args([
                 "--listen",
@@ -67,7 +118,8 @@ impl SpawnedAllocator {
                 "0s",
             ])
             .args(args)
-            .env("DATABASE_URL", url.as_str())
+            .env_remove("DATABASE_URL")
+            .env(key, value)
             .env("RUST_LOG", "warn,number_allocator=info")
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -99,7 +151,6 @@ impl SpawnedAllocator {
         Ok(Self {
             child,
             url: format!("http://{addr}"),
-            admin_url: admin_url.to_owned(),
             database,
         })
     }
@@ -119,19 +170,12 @@ impl SpawnedAllocator {
         Some(kib * 1024)
     }
 
-    /// Stops the process and drops its database.
+    /// Stops the process and drops its database or directory.
     ///
     /// # Errors
-    /// The database could not be dropped.
+    /// The database or directory could not be removed.
     pub async fn stop(mut self) -> Result<(), SpawnError> {
         let _ = self.child.kill().await;
-        let mut admin = PgConnection::connect(&self.admin_url).await?;
-        sqlx::query(AssertSqlSafe(format!(
-            r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#,
-            self.database
-        )))
-        .execute(&mut admin)
-        .await?;
-        Ok(())
+        self.database.remove().await
     }
 }

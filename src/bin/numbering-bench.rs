@@ -32,7 +32,7 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct SpawnArgs {
-    /// PostgreSQL server to create the fresh benchmark databases on (any database of it).
+    /// PostgreSQL server to create the fresh benchmark databases on (any database of it), or "sqlite:" for a SQLite file in a new temporary directory.
     #[arg(
         long,
         env = "NUMBERING_BENCH_DATABASE_URL",
