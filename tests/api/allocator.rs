@@ -412,8 +412,7 @@ async fn an_exhausted_series_fails_without_moving(#[case] backend: Backend) {
 /// it, and so does every durable transaction on its own.
 #[tokio::test]
 async fn writes_force_synchronous_commit() {
-    let backend = Backend::Postgres;
-    let db = TestDb::create(backend).await;
+    let db = TestDb::create(Backend::Postgres).await;
     db.admin(format!(
         r#"ALTER DATABASE "{}" SET synchronous_commit = off"#,
         db.name
@@ -477,8 +476,8 @@ async fn writes_force_synchronous_commit() {
 /// UNAVAILABLE while it is away, and allocation resumes where it was once it is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_the_database() {
-    let backend = Backend::Postgres;
-    let mut app = spawn_allocator(backend).await;
+    // The outage is cut at the PostgreSQL server; sqlite.rs covers a SQLite file going away.
+    let mut app = spawn_allocator(Backend::Postgres).await;
     let channel = app.server.channel().await;
     let name = "numbering.v1.NumberAllocator";
     wait_for_health(channel.clone(), name, ServingStatus::Serving).await;

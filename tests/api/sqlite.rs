@@ -6,6 +6,7 @@ use std::{str::FromStr, time::Duration};
 use numbering::{
     allocator,
     db::{self, Backend, DbErrorKind, PoolSettings},
+    invoices,
     proto::{
         invoice_writer_client::InvoiceWriterClient, number_allocator_client::NumberAllocatorClient,
     },
@@ -18,8 +19,8 @@ use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::helpers::{
-    TestDb, allocate, assert_reason, invoice_request, spawn_allocator, start, test_pool_settings,
-    wait_for_health,
+    TestDb, allocate, assert_reason, invoice_request, spawn_allocator, spawn_both, start,
+    test_pool_settings, wait_for_health,
 };
 
 /// Every pooled connection writes through the WAL journal, flushes each commit
@@ -96,6 +97,27 @@ async fn a_deleted_database_file_withholds_numbers_and_fails_readiness() {
     assert_reason(&status, "STORE_UNAVAILABLE");
     wait_for_health(channel.clone(), name, ServingStatus::NotServing).await;
     wait_for_health(channel, "", ServingStatus::Serving).await;
+}
+
+/// An invoice committed to a database file deleted under the writer is not
+/// acknowledged, and the writer's readiness turns NOT_SERVING.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_invoice_file_fails_the_insert_and_readiness() {
+    let (_allocator, writer) = spawn_both(Backend::Sqlite, 3).await;
+    let channel = writer.server.channel().await;
+    let name = "numbering.v1.InvoiceWriter";
+    wait_for_health(channel.clone(), name, ServingStatus::Serving).await;
+
+    std::fs::remove_file(&writer.db.name).unwrap();
+    let invoice = invoices::grpc::parse_new_invoice(&invoice_request("acme"))
+        .unwrap()
+        .numbered(1, "INV-001".into(), chrono::Utc::now());
+    let inserted = writer.store.insert(&invoice).await;
+    assert!(
+        matches!(inserted, Err(invoices::store::StoreError::Unavailable(_))),
+        "{inserted:?}"
+    );
+    wait_for_health(channel, name, ServingStatus::NotServing).await;
 }
 
 /// With no database URL the allocator keeps its counters in
