@@ -173,10 +173,11 @@ async fn without_a_database_url_each_service_uses_its_file_in_the_data_directory
     assert_eq!(next.numbers[0].value, 2);
 }
 
-/// A data directory that cannot be created stops start-up with an error that
-/// names the database.
+/// A data directory that cannot be created, or a file that is not a SQLite
+/// database, stops start-up with an error that says so; an in-memory database,
+/// which would forget every number at exit, is a bad setting.
 #[tokio::test]
-async fn an_unusable_data_directory_is_a_clear_start_up_error() {
+async fn unusable_sqlite_databases_are_clear_start_up_errors() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("not-a-directory");
     std::fs::write(&file, "").unwrap();
@@ -191,6 +192,21 @@ async fn an_unusable_data_directory_is_a_clear_start_up_error() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("creating directory") && stderr.contains("not-a-directory"),
+        "{stderr}"
+    );
+
+    let garbage = dir.path().join("garbage.sqlite3");
+    std::fs::write(&garbage, vec![0xA5; 8192]).unwrap();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_number-allocator"))
+        .env("DATABASE_URL", format!("sqlite://{}", garbage.display()))
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("garbage.sqlite3") && stderr.contains("not a database"),
         "{stderr}"
     );
 
