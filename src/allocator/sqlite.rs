@@ -11,7 +11,7 @@ use tokio::sync::Mutex;
 use crate::{
     allocator::{
         domain::{Series, SeriesName},
-        store::{CounterStore, StoreError, in_input_order},
+        store::{CounterStore, SeriesRow, StoreError, in_input_order},
     },
     db::SqliteFile,
     server::Readiness,
@@ -39,25 +39,6 @@ impl SqliteCounterStore {
             pool,
             file,
             writer: Arc::default(),
-        }
-    }
-}
-
-#[derive(sqlx::FromRow)]
-struct SeriesRow {
-    tenant_id: String,
-    series: String,
-    last_value: i64,
-    format: String,
-}
-
-impl From<SeriesRow> for Series {
-    fn from(row: SeriesRow) -> Self {
-        Self {
-            tenant_id: row.tenant_id,
-            name: row.series,
-            last_value: row.last_value,
-            format: row.format,
         }
     }
 }
@@ -144,19 +125,6 @@ async fn select_page(
 
 #[async_trait]
 impl CounterStore for SqliteCounterStore {
-    async fn allocate(
-        &self,
-        tenant: &TenantId,
-        series: &SeriesName,
-        count: i64,
-        format: &str,
-    ) -> Result<(i64, String), StoreError> {
-        let mut results = self
-            .allocate_many(&[(tenant, series, count)], format)
-            .await?;
-        Ok(results.remove(0))
-    }
-
     async fn allocate_many(
         &self,
         increments: &[(&TenantId, &SeriesName, i64)],

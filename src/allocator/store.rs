@@ -30,7 +30,12 @@ pub trait CounterStore: Readiness {
         series: &SeriesName,
         count: i64,
         format: &str,
-    ) -> Result<(i64, String), StoreError>;
+    ) -> Result<(i64, String), StoreError> {
+        let mut results = self
+            .allocate_many(&[(tenant, series, count)], format)
+            .await?;
+        Ok(results.remove(0))
+    }
 
     /// Advances several counters in one transaction, each by its count, as
     /// [`CounterStore::allocate`] does for one; the results come in the order
@@ -112,6 +117,26 @@ impl From<sqlx::Error> for StoreError {
             DbErrorKind::Unavailable | DbErrorKind::Retryable => Self::Unavailable(error.into()),
             DbErrorKind::OutOfRange => Self::Exhausted,
             _ => Self::Internal(error.into()),
+        }
+    }
+}
+
+/// A counter row as both backends' statements return it.
+#[derive(sqlx::FromRow)]
+pub(crate) struct SeriesRow {
+    pub tenant_id: String,
+    pub series: String,
+    pub last_value: i64,
+    pub format: String,
+}
+
+impl From<SeriesRow> for Series {
+    fn from(row: SeriesRow) -> Self {
+        Self {
+            tenant_id: row.tenant_id,
+            name: row.series,
+            last_value: row.last_value,
+            format: row.format,
         }
     }
 }

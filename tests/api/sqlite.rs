@@ -181,15 +181,7 @@ async fn unusable_sqlite_databases_are_clear_start_up_errors() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("not-a-directory");
     std::fs::write(&file, "").unwrap();
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_number-allocator"))
-        .env_remove("DATABASE_URL")
-        .env("NUMBERING_DATA_DIR", &file)
-        .args(["--listen", "127.0.0.1:0"])
-        .output()
-        .await
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = start_up_error("NUMBERING_DATA_DIR", &file.display().to_string()).await;
     assert!(
         stderr.contains("creating directory") && stderr.contains("not-a-directory"),
         "{stderr}"
@@ -197,14 +189,7 @@ async fn unusable_sqlite_databases_are_clear_start_up_errors() {
 
     let garbage = dir.path().join("garbage.sqlite3");
     std::fs::write(&garbage, vec![0xA5; 8192]).unwrap();
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_number-allocator"))
-        .env("DATABASE_URL", format!("sqlite://{}", garbage.display()))
-        .args(["--listen", "127.0.0.1:0"])
-        .output()
-        .await
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = start_up_error("DATABASE_URL", &format!("sqlite://{}", garbage.display())).await;
     assert!(
         stderr.contains("garbage.sqlite3") && stderr.contains("not a database"),
         "{stderr}"
@@ -220,6 +205,21 @@ async fn unusable_sqlite_databases_are_clear_start_up_errors() {
         Some(64),
         "an in-memory store loses every number"
     );
+}
+
+/// Starts the allocator with `key` set to `value` (and no other database
+/// setting), expects it to fail, and returns what it printed.
+async fn start_up_error(key: &str, value: &str) -> String {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_number-allocator"))
+        .env_remove("DATABASE_URL")
+        .env_remove("NUMBERING_DATA_DIR")
+        .env(key, value)
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success(), "started with {key}={value}");
+    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 /// A full disk is UNAVAILABLE to callers, retried later, not a bug.
