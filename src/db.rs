@@ -227,7 +227,6 @@ pub async fn open_sqlite(
     let connect_error = |error: sqlx::Error| OpenError::Connect(url.redacted(), error);
     let options = SqliteConnectOptions::from_str(url.expose())
         .map_err(connect_error)?
-        .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
         .busy_timeout(settings.acquire_timeout)
@@ -239,17 +238,25 @@ pub async fn open_sqlite(
     // Connecting switches a new file to WAL, which does not wait out another
     // process doing the same; migrating is not atomic across processes.
     let lock = lock_file(&path).await?;
-    let pool = SqlitePoolOptions::new()
-        .max_connections(settings.max_connections)
-        .acquire_timeout(settings.acquire_timeout)
-        .connect_with(options)
+    let setup = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options.clone().create_if_missing(true))
         .await
         .map_err(connect_error)?;
     migrator
-        .run(&pool)
+        .run(&setup)
         .await
         .map_err(|error| OpenError::Migrate(url.redacted(), error))?;
+    setup.close().await;
     drop(lock);
+    // The pool never creates the file: should it vanish, a new connection
+    // fails rather than start an empty database in its place.
+    let pool = SqlitePoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(settings.acquire_timeout)
+        .connect_with(options.create_if_missing(false))
+        .await
+        .map_err(connect_error)?;
     let file = SqliteFile::new(path).map_err(|error| connect_error(error.into()))?;
     Ok((pool, file))
 }

@@ -77,8 +77,8 @@ async fn stores_opened_together_on_a_new_file_all_start() {
 }
 
 /// A database file deleted under a running allocator: numbers it would commit
-/// there are withheld (a restart would hand them out again), and readiness
-/// turns NOT_SERVING while liveness stays SERVING.
+/// there are withheld (a restart would hand them out again), no empty file
+/// takes its place, and readiness turns NOT_SERVING while liveness stays SERVING.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_database_file_withholds_numbers_and_fails_readiness() {
     let mut app = spawn_allocator(Backend::Sqlite).await;
@@ -97,6 +97,10 @@ async fn a_deleted_database_file_withholds_numbers_and_fails_readiness() {
     assert_reason(&status, "STORE_UNAVAILABLE");
     wait_for_health(channel.clone(), name, ServingStatus::NotServing).await;
     wait_for_health(channel, "", ServingStatus::Serving).await;
+    assert!(
+        !std::path::Path::new(&app.db.name).exists(),
+        "an empty database was created in place of the deleted one"
+    );
 }
 
 /// An invoice committed to a database file deleted under the writer is not
