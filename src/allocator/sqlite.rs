@@ -2,18 +2,15 @@
 //! immediate transaction, committed with `synchronous = FULL` (see
 //! [`crate::db::open_sqlite`]).
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
 use sqlx::{SqliteConnection, SqlitePool, migrate::Migrator, types::Json};
-use tokio::sync::Mutex;
 
 use crate::{
     allocator::{
         domain::{Series, SeriesName},
         store::{CounterStore, SeriesRow, StoreError, in_input_order},
     },
-    db::SqliteFile,
+    db::SqliteDatabase,
     server::Readiness,
     tenant::TenantId,
 };
@@ -24,22 +21,14 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite/allocator");
 /// [`CounterStore`] on a SQLite pool.
 #[derive(Debug, Clone)]
 pub struct SqliteCounterStore {
-    pool: SqlitePool,
-    file: SqliteFile,
-    /// Writers of this process take turns here, so only one at a time waits
-    /// on SQLite's file lock, which polls, against other processes.
-    writer: Arc<Mutex<()>>,
+    db: SqliteDatabase,
 }
 
 impl SqliteCounterStore {
-    /// A store on an already-migrated pool of `file`.
+    /// A store on an already-migrated database.
     #[must_use]
-    pub fn new(pool: SqlitePool, file: SqliteFile) -> Self {
-        Self {
-            pool,
-            file,
-            writer: Arc::default(),
-        }
+    pub fn new(db: SqliteDatabase) -> Self {
+        Self { db }
     }
 }
 
@@ -134,15 +123,11 @@ impl CounterStore for SqliteCounterStore {
             .iter()
             .map(|(tenant, series, count)| (tenant.as_str(), series.as_str(), *count))
             .collect();
-        // IMMEDIATE takes the write lock up front, waiting out other writers
-        // for the busy time-out, rather than failing when a read upgrades.
-        let _turn = self.writer.lock().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let rows = increment(&mut tx, &keyed, format).await?;
-        tx.commit().await?;
-        // Committed, but to a file that is no longer at its path: the next
-        // start would hand these numbers out again. Withhold them.
-        self.file.check_in_place()?;
+        let mut write = self.db.begin_write().await?;
+        let rows = increment(write.conn(), &keyed, format).await?;
+        // Withholds the numbers if the file is no longer at its path: the
+        // next start would hand them out again.
+        write.commit().await?;
         in_input_order(
             increments,
             rows.into_iter()
@@ -157,11 +142,16 @@ impl CounterStore for SqliteCounterStore {
         at_least: i64,
         format: &str,
     ) -> Result<Series, StoreError> {
-        let _turn = self.writer.lock().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let row = raise(&mut tx, tenant.as_str(), series.as_str(), at_least, format).await?;
-        tx.commit().await?;
-        self.file.check_in_place()?;
+        let mut write = self.db.begin_write().await?;
+        let row = raise(
+            write.conn(),
+            tenant.as_str(),
+            series.as_str(),
+            at_least,
+            format,
+        )
+        .await?;
+        write.commit().await?;
         Ok(row.into())
     }
 
@@ -170,7 +160,7 @@ impl CounterStore for SqliteCounterStore {
         tenant: &TenantId,
         series: &SeriesName,
     ) -> Result<Option<Series>, StoreError> {
-        Ok(select_one(&self.pool, tenant.as_str(), series.as_str())
+        Ok(select_one(self.db.pool(), tenant.as_str(), series.as_str())
             .await?
             .map(Into::into))
     }
@@ -182,7 +172,7 @@ impl CounterStore for SqliteCounterStore {
         limit: u32,
     ) -> Result<Vec<Series>, StoreError> {
         let rows = select_page(
-            &self.pool,
+            self.db.pool(),
             tenant.as_str(),
             after.unwrap_or(""),
             i64::from(limit),
@@ -192,13 +182,13 @@ impl CounterStore for SqliteCounterStore {
     }
 
     async fn close(&self) {
-        self.pool.close().await;
+        self.db.close().await;
     }
 }
 
 #[async_trait]
 impl Readiness for SqliteCounterStore {
     async fn is_ready(&self) -> bool {
-        crate::db::ping_sqlite(&self.pool, &self.file).await
+        self.db.is_ready().await
     }
 }

@@ -2,17 +2,16 @@
 //! immediate transaction committed with `synchronous = FULL` (see
 //! [`crate::db::open_sqlite`]).
 
-use std::{str::FromStr, sync::Arc};
+use std::str::FromStr;
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use sqlx::{SqliteConnection, SqlitePool, migrate::Migrator, types::Json};
-use tokio::sync::Mutex;
 use uuid::{Uuid, fmt::Hyphenated};
 
 use crate::{
-    db::SqliteFile,
+    db::SqliteDatabase,
     invoices::{
         domain::{Client, Invoice, LineItem},
         store::{InvoiceStore, StoreError},
@@ -27,22 +26,14 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite/invoices");
 /// [`InvoiceStore`] on a SQLite pool.
 #[derive(Debug, Clone)]
 pub struct SqliteInvoiceStore {
-    pool: SqlitePool,
-    file: SqliteFile,
-    /// Writers of this process take turns here, so only one at a time waits
-    /// on SQLite's file lock, which polls, against other processes.
-    writer: Arc<Mutex<()>>,
+    db: SqliteDatabase,
 }
 
 impl SqliteInvoiceStore {
-    /// A store on an already-migrated pool of `file`.
+    /// A store on an already-migrated database.
     #[must_use]
-    pub fn new(pool: SqlitePool, file: SqliteFile) -> Self {
-        Self {
-            pool,
-            file,
-            writer: Arc::default(),
-        }
+    pub fn new(db: SqliteDatabase) -> Self {
+        Self { db }
     }
 }
 
@@ -171,17 +162,15 @@ async fn select_highest_numbers(pool: &SqlitePool) -> Result<Vec<(String, i64)>,
 #[async_trait]
 impl InvoiceStore for SqliteInvoiceStore {
     async fn insert(&self, invoice: &Invoice) -> Result<(), StoreError> {
-        let _turn = self.writer.lock().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        insert_invoice(&mut tx, invoice).await?;
-        tx.commit().await?;
+        let mut write = self.db.begin_write().await?;
+        insert_invoice(write.conn(), invoice).await?;
         // Not acknowledged if it went to a file no longer at its path.
-        self.file.check_in_place()?;
+        write.commit().await?;
         Ok(())
     }
 
     async fn get(&self, tenant: &TenantId, id: Uuid) -> Result<Option<Invoice>, StoreError> {
-        select_one(&self.pool, tenant.as_str(), id)
+        select_one(self.db.pool(), tenant.as_str(), id)
             .await?
             .map(Invoice::try_from)
             .transpose()
@@ -193,7 +182,7 @@ impl InvoiceStore for SqliteInvoiceStore {
         after: i64,
         limit: u32,
     ) -> Result<Vec<Invoice>, StoreError> {
-        select_page(&self.pool, tenant.as_str(), after, i64::from(limit))
+        select_page(self.db.pool(), tenant.as_str(), after, i64::from(limit))
             .await?
             .into_iter()
             .map(Invoice::try_from)
@@ -201,17 +190,17 @@ impl InvoiceStore for SqliteInvoiceStore {
     }
 
     async fn highest_numbers(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        Ok(select_highest_numbers(&self.pool).await?)
+        Ok(select_highest_numbers(self.db.pool()).await?)
     }
 
     async fn close(&self) {
-        self.pool.close().await;
+        self.db.close().await;
     }
 }
 
 #[async_trait]
 impl Readiness for SqliteInvoiceStore {
     async fn is_ready(&self) -> bool {
-        crate::db::ping_sqlite(&self.pool, &self.file).await
+        self.db.is_ready().await
     }
 }

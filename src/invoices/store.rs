@@ -57,8 +57,8 @@ pub async fn open(
             db::open_postgres(url, settings, &super::postgres::MIGRATOR).await?,
         )),
         Backend::Sqlite => {
-            let (pool, file) = db::open_sqlite(url, settings, &super::sqlite::MIGRATOR).await?;
-            Arc::new(super::sqlite::SqliteInvoiceStore::new(pool, file))
+            let db = db::open_sqlite(url, settings, &super::sqlite::MIGRATOR).await?;
+            Arc::new(super::sqlite::SqliteInvoiceStore::new(db))
         }
     })
 }

@@ -33,9 +33,10 @@ async fn connections_are_durable_and_wait_for_the_write_lock() {
         max_connections: 2,
         acquire_timeout: Duration::from_millis(3500),
     };
-    let (pool, _) = db::open_sqlite(&db.database_url(), &settings, &allocator::sqlite::MIGRATOR)
+    let database = db::open_sqlite(&db.database_url(), &settings, &allocator::sqlite::MIGRATOR)
         .await
         .unwrap();
+    let pool = database.pool();
     // Both connections, not only the first.
     let (mut first, mut second) = (pool.acquire().await.unwrap(), pool.acquire().await.unwrap());
     for conn in [&mut first, &mut second] {

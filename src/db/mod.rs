@@ -9,11 +9,15 @@ use std::{
 };
 
 use sqlx::{
-    PgPool, Postgres, SqlitePool, Transaction,
+    PgPool, Postgres, Transaction,
     migrate::{MigrateDatabase, Migrator},
     postgres::{PgConnectOptions, PgPoolOptions},
-    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+    sqlite::SqliteConnectOptions,
 };
+
+mod sqlite;
+
+pub use sqlite::{SqliteDatabase, SqliteWrite, open_sqlite};
 
 /// Which database a URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,146 +208,6 @@ pub async fn open_postgres(
         .await
         .map_err(|error| OpenError::Migrate(url.redacted(), error))?;
     Ok(pool)
-}
-
-/// Opens a SQLite database file, creating it and its directory if missing,
-/// then runs `migrator`: the SQLite counterpart of [`open_postgres`].
-///
-/// Every connection uses the WAL journal and `synchronous = FULL`, so a
-/// commit returns only once it is on disk, and waits up to the pool's acquire
-/// time-out for another writer (this process or another) instead of failing
-/// with "database is locked". Opening and migrating happen under a lock on a
-/// file beside the database, so processes starting together on one new file
-/// cannot race.
-///
-/// # Errors
-/// The URL does not parse, the file or its directory cannot be created or
-/// opened, or a migration fails.
-pub async fn open_sqlite(
-    url: &DatabaseUrl,
-    settings: &PoolSettings,
-    migrator: &Migrator,
-) -> Result<(SqlitePool, SqliteFile), OpenError> {
-    let connect_error = |error: sqlx::Error| OpenError::Connect(url.redacted(), error);
-    let options = SqliteConnectOptions::from_str(url.expose())
-        .map_err(connect_error)?
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Full)
-        .busy_timeout(settings.acquire_timeout)
-        .foreign_keys(true);
-    let path = options.get_filename().to_path_buf();
-    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|error| OpenError::CreateDir(dir.into(), error))?;
-    }
-    // Connecting switches a new file to WAL, which does not wait out another
-    // process doing the same; migrating is not atomic across processes.
-    let lock = lock_file(&path).await?;
-    let setup = SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(options.clone().create_if_missing(true))
-        .await
-        .map_err(connect_error)?;
-    migrator
-        .run(&setup)
-        .await
-        .map_err(|error| OpenError::Migrate(url.redacted(), error))?;
-    setup.close().await;
-    drop(lock);
-    // The pool never creates the file: should it vanish, a new connection
-    // fails rather than start an empty database in its place.
-    let pool = SqlitePoolOptions::new()
-        .max_connections(settings.max_connections)
-        .acquire_timeout(settings.acquire_timeout)
-        .connect_with(options.create_if_missing(false))
-        .await
-        .map_err(connect_error)?;
-    let file = SqliteFile::new(path).map_err(|error| connect_error(error.into()))?;
-    Ok((pool, file))
-}
-
-/// Takes an exclusive lock on a file beside the database, `<file>-setup-lock`,
-/// waiting for any other process that holds it.
-async fn lock_file(database: &Path) -> Result<std::fs::File, OpenError> {
-    let mut path = database.as_os_str().to_owned();
-    path.push("-setup-lock");
-    let path = PathBuf::from(path);
-    let locking = path.clone();
-    tokio::task::spawn_blocking(move || {
-        let file = std::fs::File::create(&locking)?;
-        file.lock()?;
-        Ok(file)
-    })
-    .await
-    .map_err(std::io::Error::other)
-    .flatten()
-    .map_err(|error| OpenError::Lock(path, error))
-}
-
-/// The SQLite database file a pool was opened on, by path and identity.
-///
-/// SQLite keeps writing to a file deleted or replaced under a running
-/// process, and the next process to start on the path would begin again from
-/// nothing: every write is checked against this before it is acknowledged.
-#[derive(Debug, Clone)]
-pub struct SqliteFile {
-    path: PathBuf,
-    identity: Option<(u64, u64)>,
-}
-
-impl SqliteFile {
-    fn new(path: PathBuf) -> std::io::Result<Self> {
-        let identity = file_identity(&path)?;
-        Ok(Self { path, identity })
-    }
-
-    /// Whether the file opened is still the one at its path.
-    #[must_use]
-    pub fn is_in_place(&self) -> bool {
-        file_identity(&self.path).is_ok_and(|identity| identity == self.identity)
-    }
-
-    /// `Ok` if [`SqliteFile::is_in_place`], else an error naming the path.
-    ///
-    /// # Errors
-    /// The file was deleted, moved or replaced since it was opened.
-    pub fn check_in_place(&self) -> Result<(), sqlx::Error> {
-        if self.is_in_place() {
-            Ok(())
-        } else {
-            Err(sqlx::Error::Io(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!(
-                    "database file {} was deleted, moved or replaced while open",
-                    self.path.display()
-                ),
-            )))
-        }
-    }
-}
-
-/// Device and inode on Unix; on other systems only whether the file exists.
-fn file_identity(path: &Path) -> std::io::Result<Option<(u64, u64)>> {
-    let metadata = std::fs::metadata(path)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        Ok(Some((metadata.dev(), metadata.ino())))
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = metadata;
-        Ok(None)
-    }
-}
-
-/// Whether a SQLite pool answers a read of its database file now, and that
-/// file is still in place.
-pub async fn ping_sqlite(pool: &SqlitePool, file: &SqliteFile) -> bool {
-    file.is_in_place()
-        && sqlx::query("SELECT count(*) FROM sqlite_schema")
-            .execute(pool)
-            .await
-            .is_ok()
 }
 
 /// Pool options shared by every PostgreSQL pool.

@@ -1,0 +1,244 @@
+//! Opening a SQLite file, and the one way the stores write to it.
+
+use std::{
+    path::{Path, PathBuf},
+    str::FromStr,
+    sync::Arc,
+    time::Duration,
+};
+
+use sqlx::{
+    Sqlite, SqliteConnection, SqlitePool, Transaction,
+    migrate::Migrator,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+};
+use tokio::sync::{Mutex, MutexGuard};
+
+use super::{DatabaseUrl, OpenError, PoolSettings};
+
+/// Opens a SQLite database file, creating it and its directory if missing,
+/// then runs `migrator`: the SQLite counterpart of [`super::open_postgres`].
+///
+/// Every connection uses the WAL journal and `synchronous = FULL`, so a
+/// commit returns only once it is on disk, and waits up to the pool's acquire
+/// time-out for another process' write lock instead of failing with
+/// "database is locked". Creating and migrating happen under a lock on a file
+/// beside the database, so processes starting together on one new file
+/// cannot race.
+///
+/// # Errors
+/// The URL does not parse, the file or its directory cannot be created or
+/// opened, or a migration fails.
+pub async fn open_sqlite(
+    url: &DatabaseUrl,
+    settings: &PoolSettings,
+    migrator: &Migrator,
+) -> Result<SqliteDatabase, OpenError> {
+    let connect_error = |error: sqlx::Error| OpenError::Connect(url.redacted(), error);
+    let options = SqliteConnectOptions::from_str(url.expose())
+        .map_err(connect_error)?
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(settings.acquire_timeout)
+        .foreign_keys(true);
+    let path = options.get_filename().to_path_buf();
+    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|error| OpenError::CreateDir(dir.into(), error))?;
+    }
+    // Connecting switches a new file to WAL, which does not wait out another
+    // process doing the same; migrating is not atomic across processes.
+    let lock = lock_file(&path).await?;
+    let created = !path.exists();
+    let setup = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options.clone().create_if_missing(true))
+        .await
+        .map_err(connect_error)?;
+    migrator
+        .run(&setup)
+        .await
+        .map_err(|error| OpenError::Migrate(url.redacted(), error))?;
+    setup.close().await;
+    drop(lock);
+    let absolute = std::path::absolute(&path).unwrap_or_else(|_| path.clone());
+    if created {
+        tracing::warn!(file = %absolute.display(), "created a new, empty database file");
+    } else {
+        tracing::info!(file = %absolute.display(), "opened the database file");
+    }
+
+    // The pool never creates the file: should it vanish, a new connection
+    // fails rather than start an empty database in its place.
+    let pool = SqlitePoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(settings.acquire_timeout)
+        .connect_with(options.create_if_missing(false))
+        .await
+        .map_err(connect_error)?;
+    let file = SqliteFile::new(path).map_err(|error| connect_error(error.into()))?;
+    Ok(SqliteDatabase {
+        pool,
+        file,
+        turn: Arc::default(),
+        wait: settings.acquire_timeout,
+    })
+}
+
+/// Takes an exclusive lock on a file beside the database, `<file>-setup-lock`,
+/// waiting for any other process that holds it.
+async fn lock_file(database: &Path) -> Result<std::fs::File, OpenError> {
+    let mut path = database.as_os_str().to_owned();
+    path.push("-setup-lock");
+    let path = PathBuf::from(path);
+    let locking = path.clone();
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::create(&locking)?;
+        file.lock()?;
+        Ok(file)
+    })
+    .await
+    .map_err(std::io::Error::other)
+    .flatten()
+    .map_err(|error| OpenError::Lock(path, error))
+}
+
+/// A SQLite database as a service opened it: a pool to read through, and
+/// writes that take turns.
+#[derive(Debug, Clone)]
+pub struct SqliteDatabase {
+    pool: SqlitePool,
+    file: SqliteFile,
+    /// Writers of this process take turns here, so only one at a time waits
+    /// on SQLite's file lock, which polls, against other processes.
+    turn: Arc<Mutex<()>>,
+    /// Longest wait for the turn, and then for the file lock.
+    wait: Duration,
+}
+
+impl SqliteDatabase {
+    /// The pool, for reads.
+    #[must_use]
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// Begins a write: waits for this process' turn, then begins an
+    /// `IMMEDIATE` transaction, which takes the file's write lock up front.
+    /// Each wait is bounded by the pool's acquire time-out.
+    ///
+    /// # Errors
+    /// The turn or the lock did not come in time, or no connection could be had.
+    pub async fn begin_write(&self) -> Result<SqliteWrite<'_>, sqlx::Error> {
+        let turn = tokio::time::timeout(self.wait, self.turn.lock())
+            .await
+            .map_err(|_| {
+                sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "waited {:?} for the other writers of this process",
+                        self.wait
+                    ),
+                ))
+            })?;
+        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        Ok(SqliteWrite {
+            tx,
+            file: &self.file,
+            _turn: turn,
+        })
+    }
+
+    /// Whether the pool answers a read of the database file now, and the file
+    /// is still in place.
+    pub async fn is_ready(&self) -> bool {
+        self.file.is_in_place()
+            && sqlx::query("SELECT count(*) FROM sqlite_schema")
+                .execute(&self.pool)
+                .await
+                .is_ok()
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// A write in progress: dropped without [`SqliteWrite::commit`], it rolls back.
+pub struct SqliteWrite<'a> {
+    // Dropped in this order: the transaction before the turn.
+    tx: Transaction<'static, Sqlite>,
+    file: &'a SqliteFile,
+    _turn: MutexGuard<'a, ()>,
+}
+
+impl SqliteWrite<'_> {
+    /// The connection to run the write's statements on.
+    pub fn conn(&mut self) -> &mut SqliteConnection {
+        &mut self.tx
+    }
+
+    /// Commits, then checks the file is still in place: what went to a file
+    /// deleted, moved or replaced since it was opened would be lost to the
+    /// next process on its path, so it must not be acknowledged.
+    ///
+    /// # Errors
+    /// The commit failed, or the file is no longer in place.
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await?;
+        self.file.check_in_place()
+    }
+}
+
+/// The SQLite database file a pool was opened on, by path and identity.
+///
+/// SQLite keeps writing to a file deleted or replaced under a running
+/// process, and the next process to start on the path would begin again from
+/// nothing: every write is checked against this before it is acknowledged.
+#[derive(Debug, Clone)]
+struct SqliteFile {
+    path: PathBuf,
+    identity: Option<(u64, u64)>,
+}
+
+impl SqliteFile {
+    fn new(path: PathBuf) -> std::io::Result<Self> {
+        let identity = file_identity(&path)?;
+        Ok(Self { path, identity })
+    }
+
+    /// Whether the file opened is still the one at its path.
+    fn is_in_place(&self) -> bool {
+        file_identity(&self.path).is_ok_and(|identity| identity == self.identity)
+    }
+
+    /// `Ok` if [`SqliteFile::is_in_place`], else an error naming the path.
+    fn check_in_place(&self) -> Result<(), sqlx::Error> {
+        if self.is_in_place() {
+            Ok(())
+        } else {
+            Err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!(
+                    "database file {} was deleted, moved or replaced while open",
+                    self.path.display()
+                ),
+            )))
+        }
+    }
+}
+
+/// Device and inode on Unix; on other systems only whether the file exists.
+fn file_identity(path: &Path) -> std::io::Result<Option<(u64, u64)>> {
+    let metadata = std::fs::metadata(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        Ok(Some((metadata.dev(), metadata.ino())))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = metadata;
+        Ok(None)
+    }
+}
