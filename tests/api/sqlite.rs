@@ -1,10 +1,11 @@
 //! What only the embedded SQLite store needs: durable connection settings,
-//! the default file in the data directory, a file that goes away, a full disk.
+//! waiting for another process' write lock, the default file in the data
+//! directory, a file that goes away, a full disk.
 
 use std::{str::FromStr, time::Duration};
 
 use numbering::{
-    allocator,
+    allocator::{self, Allocator, CommitMode, domain::NumberFormat},
     db::{self, Backend, DbErrorKind, PoolSettings},
     invoices,
     proto::{
@@ -19,8 +20,8 @@ use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::helpers::{
-    TestDb, allocate, assert_reason, invoice_request, spawn_allocator, spawn_both, start,
-    test_pool_settings, wait_for_health,
+    TestDb, allocate, assert_reason, invoice_request, spawn_allocator, spawn_both,
+    spawn_service_on, start, test_pool_settings, wait_for_health,
 };
 
 /// Every pooled connection writes through the WAL journal, flushes each commit
@@ -56,6 +57,66 @@ async fn connections_are_durable_and_wait_for_the_write_lock() {
         assert_eq!(synchronous, 2, "synchronous should be FULL");
         assert_eq!(busy_timeout, 3500);
     }
+}
+
+/// While another process holds the file's write lock, calls wait for it up to
+/// the acquire time-out, then answer UNAVAILABLE: each call, however many
+/// queue up, long before the caller's deadline; none takes a number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_lock_held_elsewhere_is_unavailable_within_the_acquire_timeout() {
+    let db = TestDb::create(Backend::Sqlite).await;
+    let settings = PoolSettings {
+        max_connections: 10,
+        acquire_timeout: Duration::from_millis(300),
+    };
+    let store = allocator::store::open(&db.database_url(), &settings)
+        .await
+        .unwrap();
+    let service = allocator::grpc::service(Allocator::new(
+        store.clone(),
+        NumberFormat::default(),
+        CommitMode::PerCall,
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = spawn_service_on(listener, service, store);
+    let client = NumberAllocatorClient::new(server.channel().await);
+
+    let mut other_process = SqliteConnectOptions::new()
+        .filename(&db.name)
+        .connect()
+        .await
+        .unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut other_process)
+        .await
+        .unwrap();
+    let calls: Vec<_> = (0..30)
+        .map(|_| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                let mut request = tonic::Request::new(allocate("acme", "", 1));
+                request.set_timeout(Duration::from_secs(5));
+                client.allocate(request).await
+            })
+        })
+        .collect();
+    for call in calls {
+        let status = call.await.unwrap().unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert_reason(&status, "STORE_UNAVAILABLE");
+    }
+
+    sqlx::query("ROLLBACK")
+        .execute(&mut other_process)
+        .await
+        .unwrap();
+    let first = client
+        .clone()
+        .allocate(allocate("acme", "", 1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.numbers[0].value, 1);
 }
 
 /// Processes starting together on a new file take turns to migrate it: none
