@@ -51,10 +51,11 @@ enum FreshDatabase {
 
 impl FreshDatabase {
     /// A new database on the PostgreSQL server of `admin_url`, or a new
-    /// directory for the default SQLite file when `admin_url` is `sqlite:`;
+    /// directory for the default SQLite file when `admin_url` is exactly
+    /// `sqlite:`;
     /// and the environment that points the allocator at it.
     async fn create(admin_url: &str) -> Result<(Self, (&'static str, String)), SpawnError> {
-        if admin_url.starts_with("sqlite:") {
+        if admin_url == "sqlite:" {
             let dir = std::env::temp_dir()
                 .join(format!("numbering_bench_{}", uuid::Uuid::now_v7().simple()));
             let env = ("NUMBERING_DATA_DIR", dir.display().to_string());

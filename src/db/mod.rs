@@ -115,6 +115,16 @@ impl FromStr for DatabaseUrl {
                     "{raw}: an in-memory SQLite database loses every number at exit; name a file"
                 ));
             }
+            // The services write, and rely on SQLite's own file locking.
+            if let Some((_, query)) = raw.split_once('?') {
+                for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+                    if matches!(key.as_ref(), "vfs" | "immutable") || value == "ro" {
+                        return Err(format!(
+                            "{raw}: {key}={value} would give up writing or file locking"
+                        ));
+                    }
+                }
+            }
             if options.get_filename().as_os_str().is_empty() {
                 return Err(format!("{raw}: no SQLite file named"));
             }
@@ -242,7 +252,8 @@ pub enum DbErrorKind {
     /// A unique constraint rejected the row: by constraint name on PostgreSQL
     /// (23505), by column list (`table.a, table.b`) on SQLite.
     UniqueViolation(Option<String>),
-    /// Serialization failure (40001) or deadlock (40P01): retry the transaction.
+    /// Serialization failure (40001) or deadlock (40P01) on PostgreSQL; the
+    /// busy time-out running out (BUSY, LOCKED) on SQLite: retry the transaction.
     Retryable,
     /// A value does not fit its column (22003), e.g. a counter past `i64::MAX`.
     OutOfRange,
@@ -370,8 +381,15 @@ mod tests {
     }
 
     #[test]
-    fn in_memory_sqlite_is_refused() {
-        for raw in ["sqlite::memory:", "sqlite://x.db?mode=memory", "sqlite://"] {
+    fn sqlite_urls_that_would_lose_or_refuse_writes_are_refused() {
+        for raw in [
+            "sqlite::memory:",
+            "sqlite://x.db?mode=memory",
+            "sqlite://",
+            "sqlite://x.db?mode=ro",
+            "sqlite://x.db?vfs=unix-none",
+            "sqlite://x.db?immutable=true",
+        ] {
             assert!(raw.parse::<DatabaseUrl>().is_err(), "{raw} accepted");
         }
     }

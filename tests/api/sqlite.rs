@@ -288,9 +288,10 @@ async fn start_up_error(key: &str, value: &str) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-/// A full disk is UNAVAILABLE to callers, retried later, not a bug.
+/// The error of a full disk is classified UNAVAILABLE (retry later), not a bug;
+/// readiness reads, so it stays SERVING.
 #[tokio::test]
-async fn a_full_disk_is_unavailable() {
+async fn a_full_disk_is_classified_unavailable() {
     let dir = tempfile::tempdir().unwrap();
     let mut conn = SqliteConnectOptions::from_str("sqlite://full.sqlite3")
         .unwrap()
