@@ -18,7 +18,7 @@ use crate::{
 /// The allocator's SQLite migrations, used by start-up and by tests.
 pub static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite/allocator");
 
-/// [`CounterStore`] on a SQLite pool.
+/// [`CounterStore`] on a SQLite database file.
 #[derive(Debug, Clone)]
 pub struct SqliteCounterStore {
     db: SqliteDatabase,

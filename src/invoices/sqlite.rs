@@ -23,7 +23,7 @@ use crate::{
 /// The invoice writer's SQLite migrations, used by start-up and by tests.
 pub static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite/invoices");
 
-/// [`InvoiceStore`] on a SQLite pool.
+/// [`InvoiceStore`] on a SQLite database file.
 #[derive(Debug, Clone)]
 pub struct SqliteInvoiceStore {
     db: SqliteDatabase,
