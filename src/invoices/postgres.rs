@@ -10,7 +10,7 @@ use crate::{
     db::begin_durable,
     invoices::{
         domain::{Client, Invoice, LineItem},
-        store::{InvoiceStore, StoreError},
+        store::{COLUMNS, InvoiceStore, StoreError},
     },
     server::Readiness,
     tenant::TenantId,
@@ -32,9 +32,6 @@ impl PgInvoiceStore {
         Self { pool }
     }
 }
-
-const COLUMNS: &str = "id, tenant_id, number, invoice_number, client_id, client_name, client_email,
-    client_phone, client_address, due_date, notes, currency, line_items, total, created_at";
 
 #[derive(sqlx::FromRow)]
 struct InvoiceRow {

@@ -14,7 +14,7 @@ use crate::{
     db::SqliteDatabase,
     invoices::{
         domain::{Client, Invoice, LineItem},
-        store::{InvoiceStore, StoreError},
+        store::{COLUMNS, InvoiceStore, StoreError},
     },
     server::Readiness,
     tenant::TenantId,
@@ -36,9 +36,6 @@ impl SqliteInvoiceStore {
         Self { db }
     }
 }
-
-const COLUMNS: &str = "id, tenant_id, number, invoice_number, client_id, client_name, client_email,
-    client_phone, client_address, due_date, notes, currency, line_items, total, created_at";
 
 #[derive(sqlx::FromRow)]
 struct InvoiceRow {

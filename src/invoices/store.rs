@@ -43,6 +43,11 @@ pub trait InvoiceStore: Readiness {
     async fn close(&self);
 }
 
+/// The invoices table's columns, as both backends' rows read them.
+pub(crate) const COLUMNS: &str = "id, tenant_id, number, invoice_number, client_id, client_name,
+    client_email, client_phone, client_address, due_date, notes, currency, line_items, total,
+    created_at";
+
 /// Opens the store the URL's scheme names, creating and migrating the
 /// database as needed: what the service does at start-up.
 ///
