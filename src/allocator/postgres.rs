@@ -49,7 +49,7 @@ struct IncrementedRow {
 /// The statement is its own transaction (one round trip) and sets
 /// `synchronous_commit` for it, so its commit returns only once flushed to
 /// disk whatever the server, database, role or connection defaults to.
-#[tracing::instrument(name = "db.counters.increment", skip_all, fields(series = tenants.len()), err)]
+#[tracing::instrument(name = "db.counters.increment", skip_all, fields(series = tenants.len()), err(level = "debug"))]
 async fn increment(
     pool: &PgPool,
     tenants: &[&str],
@@ -76,7 +76,7 @@ async fn increment(
 }
 
 /// Raises the counter to `at_least`, creating it there if absent; never lowers it.
-#[tracing::instrument(name = "db.counters.raise", skip_all, err)]
+#[tracing::instrument(name = "db.counters.raise", skip_all, err(level = "debug"))]
 async fn raise(
     conn: &mut PgConnection,
     tenant: &str,
@@ -98,7 +98,7 @@ async fn raise(
     .await
 }
 
-#[tracing::instrument(name = "db.counters.select_one", skip_all, err)]
+#[tracing::instrument(name = "db.counters.select_one", skip_all, err(level = "debug"))]
 async fn select_one(
     pool: &PgPool,
     tenant: &str,
@@ -114,7 +114,7 @@ async fn select_one(
     .await
 }
 
-#[tracing::instrument(name = "db.counters.select_page", skip_all, err)]
+#[tracing::instrument(name = "db.counters.select_page", skip_all, err(level = "debug"))]
 async fn select_page(
     pool: &PgPool,
     tenant: &str,

@@ -34,7 +34,7 @@ impl SqliteCounterStore {
 
 /// Adds each count to its counter, creating absent ones: one upsert over a
 /// JSON array of `[tenant, series, count]`. The keys must be distinct.
-#[tracing::instrument(name = "db.counters.increment", skip_all, fields(series = increments.len()), err)]
+#[tracing::instrument(name = "db.counters.increment", skip_all, fields(series = increments.len()), err(level = "debug"))]
 async fn increment(
     conn: &mut SqliteConnection,
     increments: &[(&str, &str, i64)],
@@ -55,7 +55,7 @@ async fn increment(
 }
 
 /// Raises the counter to `at_least`, creating it there if absent; never lowers it.
-#[tracing::instrument(name = "db.counters.raise", skip_all, err)]
+#[tracing::instrument(name = "db.counters.raise", skip_all, err(level = "debug"))]
 async fn raise(
     conn: &mut SqliteConnection,
     tenant: &str,
@@ -77,7 +77,7 @@ async fn raise(
     .await
 }
 
-#[tracing::instrument(name = "db.counters.select_one", skip_all, err)]
+#[tracing::instrument(name = "db.counters.select_one", skip_all, err(level = "debug"))]
 async fn select_one(
     pool: &SqlitePool,
     tenant: &str,
@@ -93,7 +93,7 @@ async fn select_one(
     .await
 }
 
-#[tracing::instrument(name = "db.counters.select_page", skip_all, err)]
+#[tracing::instrument(name = "db.counters.select_page", skip_all, err(level = "debug"))]
 async fn select_page(
     pool: &SqlitePool,
     tenant: &str,

@@ -138,9 +138,10 @@ impl invoice_writer_server::InvoiceWriter for InvoiceWriterService {
         request: Request<CreateInvoiceRequest>,
     ) -> Result<Response<CreateInvoiceResponse>, Status> {
         // Answer before the caller gives up: stop retrying at 90% of its deadline.
-        let budget = caller_timeout(request.metadata()).map_or(self.allocation_budget, |timeout| {
-            self.allocation_budget.min(timeout.mul_f64(0.9))
-        });
+        let budget = caller_timeout(request.metadata().as_ref())
+            .map_or(self.allocation_budget, |timeout| {
+                self.allocation_budget.min(timeout.mul_f64(0.9))
+            });
         let deadline = Instant::now() + budget;
         let new = parse_new_invoice(request.get_ref())?;
 

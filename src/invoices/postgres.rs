@@ -76,7 +76,7 @@ impl From<InvoiceRow> for Invoice {
     }
 }
 
-#[tracing::instrument(name = "db.invoices.insert", skip_all, err)]
+#[tracing::instrument(name = "db.invoices.insert", skip_all, err(level = "debug"))]
 async fn insert_invoice(conn: &mut PgConnection, invoice: &Invoice) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO invoices (id, tenant_id, number, invoice_number, client_id, client_name,
@@ -104,7 +104,7 @@ async fn insert_invoice(conn: &mut PgConnection, invoice: &Invoice) -> Result<()
     Ok(())
 }
 
-#[tracing::instrument(name = "db.invoices.select_one", skip_all, err)]
+#[tracing::instrument(name = "db.invoices.select_one", skip_all, err(level = "debug"))]
 async fn select_one(
     pool: &PgPool,
     tenant: &str,
@@ -119,7 +119,7 @@ async fn select_one(
     .await
 }
 
-#[tracing::instrument(name = "db.invoices.select_page", skip_all, err)]
+#[tracing::instrument(name = "db.invoices.select_page", skip_all, err(level = "debug"))]
 async fn select_page(
     pool: &PgPool,
     tenant: &str,
@@ -139,7 +139,11 @@ async fn select_page(
 
 /// Highest number per tenant. `number` is a BIGINT, so INV-1000 ranks above
 /// INV-999, as a text sort of `invoice_number` would not.
-#[tracing::instrument(name = "db.invoices.select_highest_numbers", skip_all, err)]
+#[tracing::instrument(
+    name = "db.invoices.select_highest_numbers",
+    skip_all,
+    err(level = "debug")
+)]
 async fn select_highest_numbers(pool: &PgPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
     sqlx::query_as(
         "SELECT tenant_id, MAX(number) FROM invoices GROUP BY tenant_id ORDER BY tenant_id",

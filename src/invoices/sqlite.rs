@@ -85,7 +85,7 @@ impl TryFrom<InvoiceRow> for Invoice {
     }
 }
 
-#[tracing::instrument(name = "db.invoices.insert", skip_all, err)]
+#[tracing::instrument(name = "db.invoices.insert", skip_all, err(level = "debug"))]
 async fn insert_invoice(conn: &mut SqliteConnection, invoice: &Invoice) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO invoices (id, tenant_id, number, invoice_number, client_id, client_name,
@@ -113,7 +113,7 @@ async fn insert_invoice(conn: &mut SqliteConnection, invoice: &Invoice) -> Resul
     Ok(())
 }
 
-#[tracing::instrument(name = "db.invoices.select_one", skip_all, err)]
+#[tracing::instrument(name = "db.invoices.select_one", skip_all, err(level = "debug"))]
 async fn select_one(
     pool: &SqlitePool,
     tenant: &str,
@@ -128,7 +128,7 @@ async fn select_one(
     .await
 }
 
-#[tracing::instrument(name = "db.invoices.select_page", skip_all, err)]
+#[tracing::instrument(name = "db.invoices.select_page", skip_all, err(level = "debug"))]
 async fn select_page(
     pool: &SqlitePool,
     tenant: &str,
@@ -147,7 +147,11 @@ async fn select_page(
 }
 
 /// Highest number per tenant, compared as integers.
-#[tracing::instrument(name = "db.invoices.select_highest_numbers", skip_all, err)]
+#[tracing::instrument(
+    name = "db.invoices.select_highest_numbers",
+    skip_all,
+    err(level = "debug")
+)]
 async fn select_highest_numbers(pool: &SqlitePool) -> Result<Vec<(String, i64)>, sqlx::Error> {
     sqlx::query_as(
         "SELECT tenant_id, MAX(number) FROM invoices GROUP BY tenant_id ORDER BY tenant_id",

@@ -43,12 +43,12 @@ pub struct ServerArgs {
     #[arg(long, env = "NUMBERING_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 
-    /// Longest a call may run; the caller's shorter deadline wins.
+    /// Longest a call may run before answering DEADLINE_EXCEEDED; the caller's shorter deadline wins.
     #[arg(long, env = "NUMBERING_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
 
-    /// Calls in flight per connection; more answer RESOURCE_EXHAUSTED.
-    #[arg(long, env = "NUMBERING_CONCURRENCY_LIMIT", default_value_t = 1024)]
+    /// Calls in flight at once, over all connections; more answer RESOURCE_EXHAUSTED. Health checks are not counted.
+    #[arg(long, env = "NUMBERING_CONCURRENCY_LIMIT", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000).map(|limit| usize::try_from(limit).unwrap_or(usize::MAX)))]
     pub concurrency_limit: usize,
 
     /// How often readiness re-checks the database.

@@ -1,6 +1,7 @@
 //! Server plumbing both services share: configuration, telemetry, shutdown, and
 //! [`serve`], the one function that assembles a gRPC server around a service.
 
+mod calls;
 pub mod config;
 pub mod shutdown;
 pub mod telemetry;
@@ -30,7 +31,7 @@ pub trait Readiness: Send + Sync {
 pub struct ServerSettings {
     /// Longest a call may run; the caller's shorter deadline wins.
     pub request_timeout: Duration,
-    /// Calls in flight per connection; more answer `RESOURCE_EXHAUSTED`.
+    /// Calls of the service in flight at once; more answer `RESOURCE_EXHAUSTED`.
     pub concurrency_limit: usize,
     /// How often readiness re-checks the store.
     pub health_check_interval: Duration,
@@ -44,7 +45,7 @@ impl Default for ServerSettings {
     fn default() -> Self {
         Self {
             request_timeout: Duration::from_secs(10),
-            concurrency_limit: 1024,
+            concurrency_limit: 10_000,
             health_check_interval: Duration::from_secs(1),
             drain_delay: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(20),
@@ -103,18 +104,21 @@ where
 
     let (stop, stopped) = oneshot::channel::<()>();
     let server = Server::builder()
-        // Bounds every call, so a stuck store cannot hold a caller forever.
-        .timeout(settings.request_timeout)
-        // Caps work per connection; past it, load shedding answers
-        // RESOURCE_EXHAUSTED at once instead of queueing without bound.
-        .concurrency_limit_per_connection(settings.concurrency_limit)
-        .load_shed(true)
-        // Outermost, so every call gets a span, shed and timed-out ones included.
-        .layer(TraceLayer::new_for_grpc())
+        // Outermost, so every call gets a span, shed and timed-out ones
+        // included. Failures are logged by `Guarded`, which knows their reason
+        // and who is at fault.
+        .layer(TraceLayer::new_for_grpc().on_failure(()))
         .add_service(health_service)
         .add_service(reflection(S::NAME).build_v1()?)
         .add_service(reflection(S::NAME).build_v1alpha()?)
-        .add_service(service)
+        // Bounds the service's calls in number and time, so a stuck store
+        // cannot hold callers forever and a flood is shed at once; health
+        // sits outside, so probes still answer.
+        .add_service(calls::Guarded::new(
+            service,
+            settings.concurrency_limit,
+            settings.request_timeout,
+        ))
         // No Nagle delay: a reply's trailers must not wait for the peer's
         // delayed ACK (a 40 ms stall).
         .serve_with_incoming_shutdown(
@@ -161,8 +165,8 @@ where
 /// The caller's deadline, from the `grpc-timeout` header (`<digits><unit>`,
 /// unit one of H M S m u n).
 #[must_use]
-pub fn caller_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
-    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+pub fn caller_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
     let split = value.len().checked_sub(1)?;
     let (digits, unit) = value.split_at(split);
     if digits.is_empty() || digits.len() > 8 {
@@ -231,9 +235,9 @@ mod tests {
     #[test]
     fn caller_timeout_reads_every_unit() {
         let timeout = |value: &str| {
-            let mut metadata = tonic::metadata::MetadataMap::new();
-            metadata.insert("grpc-timeout", value.parse().unwrap());
-            caller_timeout(&metadata)
+            let mut headers = http::HeaderMap::new();
+            headers.insert("grpc-timeout", value.parse().unwrap());
+            caller_timeout(&headers)
         };
         assert_eq!(timeout("2H"), Some(Duration::from_hours(2)));
         assert_eq!(timeout("3M"), Some(Duration::from_mins(3)));
@@ -247,6 +251,6 @@ mod tests {
         for bad in ["", "S", "5", "5x", "123456789S", "-1S"] {
             assert_eq!(timeout(bad), None, "{bad:?}");
         }
-        assert_eq!(caller_timeout(&tonic::metadata::MetadataMap::new()), None);
+        assert_eq!(caller_timeout(&http::HeaderMap::new()), None);
     }
 }

@@ -252,10 +252,32 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
+    spawn_service_with(listener, service, readiness, test_settings())
+}
+
+/// Serves `service` as [`spawn_service_on`] does, with these settings.
+pub fn spawn_service_with<S>(
+    listener: TcpListener,
+    service: S,
+    readiness: Arc<dyn server::Readiness>,
+    settings: ServerSettings,
+) -> TestServer
+where
+    S: tonic::codegen::Service<
+            tonic::codegen::http::Request<tonic::body::Body>,
+            Response = tonic::codegen::http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
     let addr = listener.local_addr().unwrap();
     let (shutdown, stopped) = oneshot::channel::<()>();
     let handle = tokio::spawn(async move {
-        server::serve(listener, service, readiness, &test_settings(), async {
+        server::serve(listener, service, readiness, &settings, async {
             let _ = stopped.await;
         })
         .await
@@ -293,6 +315,26 @@ pub async fn spawn_allocator_with(backend: Backend, default_format: NumberFormat
         CommitMode::Group(GroupCommitSettings::default()),
     )
     .await
+}
+
+/// An allocator with the default settings, served with `settings`.
+pub async fn spawn_allocator_serving(backend: Backend, settings: ServerSettings) -> AllocatorApp {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let db = TestDb::create(backend).await;
+    let store = db.counter_store().await;
+    let allocator = Allocator::new(
+        store.clone(),
+        NumberFormat::default(),
+        CommitMode::Group(GroupCommitSettings::default()),
+    );
+    let server = spawn_service_with(
+        listener,
+        allocator::grpc::service(allocator),
+        store,
+        settings,
+    );
+    let client = NumberAllocatorClient::new(server.channel().await);
+    AllocatorApp { db, server, client }
 }
 
 /// An allocator on a fresh database, serving on `listener`.

@@ -145,9 +145,10 @@ async fn another_tenants_invoice_is_not_found(#[case] backend: Backend) {
 #[tokio::test]
 async fn conflicting_numbers_are_skipped_within_the_attempts(#[case] backend: Backend) {
     // A current-thread runtime: the servers' tasks log through this subscriber too.
+    let (_allocator, mut writer) = spawn_both(backend, 3).await;
+    // After start-up, whose warnings (a new SQLite file) are not under test.
     let logs = CapturedLogs::default();
     let _subscriber = tracing::subscriber::set_default(logs.subscriber());
-    let (_allocator, mut writer) = spawn_both(backend, 3).await;
     import_invoice(&writer.store, "acme", 1, "INV-001").await;
     import_invoice(&writer.store, "acme", 2, "INV-002").await;
 
@@ -182,6 +183,13 @@ async fn conflicting_numbers_are_skipped_within_the_attempts(#[case] backend: Ba
             (Some("acme".to_owned()), Some(2), Some(2))
         ]
     );
+    // A handled conflict is the caller's data, not a fault: nothing at ERROR,
+    // and the driver's own report of the violation is not logged.
+    let events = logs.events();
+    let errors: Vec<_> = events.iter().filter(|e| e["level"] == "ERROR").collect();
+    assert!(errors.is_empty(), "ERROR events: {errors:?}");
+    let warnings = events.iter().filter(|e| e["level"] == "WARN").count();
+    assert_eq!(warnings, 2, "one line per conflict: {events:?}");
 }
 
 /// More conflicts than attempts answer ABORTED with a reason and store nothing; the

@@ -1,9 +1,12 @@
 //! Server behaviour both services share: reflection, health, shutdown, configuration.
 
+use std::time::Duration;
+
 use nix::sys::signal::{Signal, kill};
 use numbering::{
     db::Backend,
     proto::{AllocateRequest, number_allocator_client::NumberAllocatorClient},
+    server::ServerSettings,
 };
 use rstest_reuse::apply;
 use sqlx::Connection;
@@ -16,7 +19,9 @@ use tonic_reflection::pb::{v1, v1alpha};
 
 use crate::backends;
 use crate::helpers::{
-    PATIENCE, TestDb, allocator_binary, spawn_allocator, spawn_both, start, wait_for_health,
+    CapturedLogs, PATIENCE, TestDb, allocate, allocator_binary, assert_invalid_field,
+    assert_reason, spawn_allocator, spawn_allocator_serving, spawn_both, start, test_settings,
+    wait_for_health,
 };
 
 /// Service names listed by reflection v1.
@@ -321,4 +326,134 @@ async fn health_answers_liveness_and_readiness(#[case] backend: Backend) {
         .await
         .unwrap_err();
     assert_eq!(unknown.code(), tonic::Code::NotFound);
+}
+
+/// Holds `tenant`'s invoice counter row locked on `conn` until the returned
+/// transaction ends, so an Allocate of that series blocks inside its transaction.
+async fn lock_counter<'c>(
+    conn: &'c mut sqlx::PgConnection,
+    tenant: &str,
+) -> sqlx::Transaction<'c, sqlx::Postgres> {
+    let mut lock = conn.begin().await.unwrap();
+    let locked = sqlx::query("SELECT last_value FROM counters WHERE tenant_id = $1 FOR UPDATE")
+        .bind(tenant)
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    assert_eq!(locked.rows_affected(), 1, "no counter row for {tenant}");
+    lock
+}
+
+/// A call still running at --request-timeout answers DEADLINE_EXCEEDED with the
+/// REQUEST_TIMEOUT reason, logged as a WARN, not an ERROR.
+#[tokio::test]
+async fn a_call_past_the_request_timeout_answers_deadline_exceeded() {
+    let mut app = spawn_allocator_serving(
+        Backend::Postgres,
+        ServerSettings {
+            request_timeout: Duration::from_millis(300),
+            ..test_settings()
+        },
+    )
+    .await;
+    app.client.allocate(allocate("acme", "", 1)).await.unwrap();
+    let mut blocker = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+    let lock = lock_counter(&mut blocker, "acme").await;
+    let logs = CapturedLogs::default();
+    let _subscriber = tracing::subscriber::set_default(logs.subscriber());
+
+    let status = app
+        .client
+        .allocate(allocate("acme", "", 1))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert_reason(&status, "REQUEST_TIMEOUT");
+    let failures: Vec<_> = logs
+        .events()
+        .into_iter()
+        .filter(|e| e["fields"]["reason"] == "REQUEST_TIMEOUT")
+        .map(|e| e["level"].clone())
+        .collect();
+    assert_eq!(failures, ["WARN"]);
+    lock.rollback().await.unwrap();
+}
+
+/// Past --concurrency-limit calls in flight, a call is shed at once with the
+/// OVERLOADED reason, health still answers, and the call in flight completes.
+#[tokio::test]
+async fn calls_past_the_concurrency_limit_are_shed_while_health_answers() {
+    let mut app = spawn_allocator_serving(
+        Backend::Postgres,
+        ServerSettings {
+            concurrency_limit: 1,
+            ..test_settings()
+        },
+    )
+    .await;
+    app.client.allocate(allocate("acme", "", 1)).await.unwrap();
+    let mut blocker = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+    let lock = lock_counter(&mut blocker, "acme").await;
+    let mut client = app.client.clone();
+    let in_flight = tokio::spawn(async move { client.allocate(allocate("acme", "", 1)).await });
+    wait_until_blocked_on_a_lock(&app.db).await;
+
+    // Another connection too: the limit is the server's, not a connection's.
+    let mut other = NumberAllocatorClient::new(app.server.channel().await);
+    let status = other.allocate(allocate("globex", "", 1)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert_reason(&status, "OVERLOADED");
+    let live = HealthClient::new(app.server.channel().await)
+        .check(HealthCheckRequest {
+            service: "numbering.v1.NumberAllocator".into(),
+        })
+        .await
+        .expect("health answers while the service is full")
+        .into_inner();
+    assert_eq!(live.status, ServingStatus::Serving as i32);
+
+    lock.commit().await.unwrap();
+    let response = in_flight
+        .await
+        .unwrap()
+        .expect("the call in flight completes");
+    assert_eq!(response.into_inner().numbers[0].value, 2);
+    app.client
+        .allocate(allocate("globex", "", 1))
+        .await
+        .expect("room again once the call finished");
+}
+
+/// Calls refused for the caller's mistakes are logged once each at INFO with
+/// their reason; nothing reaches ERROR.
+#[apply(backends)]
+#[tokio::test]
+async fn caller_errors_are_logged_at_info_with_their_reason(#[case] backend: Backend) {
+    let mut app = spawn_allocator(backend).await;
+    let logs = CapturedLogs::default();
+    let _subscriber = tracing::subscriber::set_default(logs.subscriber());
+
+    let status = app.client.allocate(allocate("", "", 1)).await.unwrap_err();
+    assert_invalid_field(&status, "tenant_id");
+    let status = crate::helpers::invoice_series(&mut app.client, "nobody")
+        .await
+        .unwrap_err();
+    assert_reason(&status, "SERIES_NOT_FOUND");
+
+    let events = logs.events();
+    let refused: Vec<_> = events
+        .iter()
+        .filter(|e| e["fields"]["reason"].is_string())
+        .map(|e| (e["level"].clone(), e["fields"]["reason"].clone()))
+        .collect();
+    assert_eq!(
+        refused,
+        [
+            ("INFO".into(), "INVALID_ARGUMENT".into()),
+            ("INFO".into(), "SERIES_NOT_FOUND".into())
+        ],
+        "{events:?}"
+    );
+    let errors: Vec<_> = events.iter().filter(|e| e["level"] == "ERROR").collect();
+    assert!(errors.is_empty(), "ERROR events: {errors:?}");
 }
