@@ -3,7 +3,6 @@
 
 use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use numbering::{
     invoices::{
@@ -14,10 +13,11 @@ use numbering::{
     server::{
         self,
         config::{DatabaseArgs, ServerArgs, parse_or_exit},
-        shutdown, telemetry,
+        shutdown,
+        startup::{self, StartupError},
+        telemetry,
     },
 };
-use tokio::net::TcpListener;
 
 /// Stores invoices, each numbered by the number allocator, over gRPC.
 #[derive(Debug, Parser)]
@@ -66,58 +66,77 @@ enum Command {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<ExitCode> {
+async fn main() -> ExitCode {
     let config: Config = parse_or_exit();
     telemetry::init(config.server.log_format);
+    let result = match config.command {
+        Some(Command::SeedCounters) => seed(&config).await,
+        Some(Command::Serve) | None => serve(config).await.map(|()| ExitCode::SUCCESS),
+    };
+    result.unwrap_or_else(|error| startup::report(&error))
+}
 
-    let url = config
-        .database
-        .url("invoices.sqlite3")
-        .map_err(anyhow::Error::msg)?;
-    let store = store::open(&url, &config.database.pool()).await?;
-    let allocator = AllocatorClient::connect_lazy(
+/// The allocator client, connecting on first use.
+fn allocator(config: &Config) -> Result<AllocatorClient, StartupError> {
+    AllocatorClient::connect_lazy(
         &config.allocator_url,
         config.allocator_connect_timeout,
         Backoff::default(),
     )
-    .with_context(|| format!("allocator URL {}", config.allocator_url))?;
+    .map_err(|error| {
+        StartupError::BadSetting(format!(
+            "invalid --allocator-url {}: {error}",
+            config.allocator_url
+        ))
+    })
+}
 
-    if let Some(Command::SeedCounters) = config.command {
-        let report = seed::seed_counters(store.as_ref(), &allocator).await?;
-        store.close().await;
-        tracing::info!(
-            tenants = report.tenants,
-            failed = report.failed,
-            "seeding finished"
-        );
-        return Ok(if report.failed == 0 {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        });
-    }
-
+async fn serve(config: Config) -> Result<(), StartupError> {
+    let url = config.database.url("invoices.sqlite3")?;
+    let allocator = allocator(&config)?;
     let stop = shutdown::signal();
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
+    // Bound before the database is opened, so a busy port creates nothing.
+    let listener = startup::bind(config.listen).await?;
+    let store = store::open(&url, &config.database.pool()).await?;
+    let addr = listener.local_addr().unwrap_or(config.listen);
     tracing::info!(
-        addr = %listener.local_addr()?,
+        %addr,
         database = %url,
         allocator = %config.allocator_url,
         "invoice-writer listening"
     );
 
     let writer = InvoiceWriter::new(store.clone(), allocator, config.max_attempts);
-    server::serve(
+    let served = server::serve(
         listener,
         grpc::service(writer, config.allocator_retry_budget),
         store.clone(),
         &config.server.settings(),
         stop,
     )
-    .await?;
+    .await;
     store.close().await;
+    served?;
     tracing::info!("invoice-writer stopped");
-    Ok(ExitCode::SUCCESS)
+    Ok(())
+}
+
+/// `seed-counters`: exits 1 when any tenant could not be seeded.
+async fn seed(config: &Config) -> Result<ExitCode, StartupError> {
+    let url = config.database.url("invoices.sqlite3")?;
+    let allocator = allocator(config)?;
+    let store = store::open(&url, &config.database.pool()).await?;
+    let report = seed::seed_counters(store.as_ref(), &allocator).await;
+    store.close().await;
+    let report = report.map_err(|error| StartupError::Other(error.into()))?;
+    tracing::info!(
+        tenants = report.tenants,
+        failed = report.failed,
+        "seeding finished"
+    );
+    Ok(if report.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

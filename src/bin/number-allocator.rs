@@ -1,8 +1,7 @@
 //! `number-allocator`: serves `numbering.v1.NumberAllocator` on PostgreSQL or SQLite.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, process::ExitCode};
 
-use anyhow::Context;
 use clap::Parser;
 use numbering::{
     allocator::{
@@ -11,10 +10,11 @@ use numbering::{
     server::{
         self,
         config::{DatabaseArgs, ServerArgs, parse_or_exit},
-        shutdown, telemetry,
+        shutdown,
+        startup::{self, StartupError},
+        telemetry,
     },
 };
-use tokio::net::TcpListener;
 
 /// Hands out per-tenant, per-series numbers over gRPC, each committed before it is returned.
 // Field docs are `--help` text, hence plain words.
@@ -65,21 +65,23 @@ enum Mode {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let config: Config = parse_or_exit();
     telemetry::init(config.server.log_format);
+    match run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => startup::report(&error),
+    }
+}
 
-    let url = config
-        .database
-        .url("allocator.sqlite3")
-        .map_err(anyhow::Error::msg)?;
-    let store = store::open(&url, &config.database.pool()).await?;
-
+async fn run(config: Config) -> Result<(), StartupError> {
+    let url = config.database.url("allocator.sqlite3")?;
     let stop = shutdown::signal();
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
-    tracing::info!(addr = %listener.local_addr()?, database = %url, "number-allocator listening");
+    // Bound before the database is opened, so a busy port creates nothing.
+    let listener = startup::bind(config.listen).await?;
+    let store = store::open(&url, &config.database.pool()).await?;
+    let addr = listener.local_addr().unwrap_or(config.listen);
+    tracing::info!(%addr, database = %url, "number-allocator listening");
 
     let mode = match config.commit_mode {
         Mode::PerCall => CommitMode::PerCall,
@@ -90,15 +92,16 @@ async fn main() -> anyhow::Result<()> {
         }),
     };
     let allocator = Allocator::new(store.clone(), config.default_format, mode);
-    server::serve(
+    let served = server::serve(
         listener,
         grpc::service(allocator),
         store.clone(),
         &config.server.settings(),
         stop,
     )
-    .await?;
+    .await;
     store.close().await;
+    served?;
     tracing::info!("number-allocator stopped");
     Ok(())
 }

@@ -9,7 +9,7 @@ use std::{
 };
 
 use sqlx::{
-    PgPool, Postgres, Transaction,
+    Connection, PgConnection, PgPool, Postgres, Transaction,
     migrate::{MigrateDatabase, Migrator},
     postgres::{PgConnectOptions, PgPoolOptions},
     sqlite::SqliteConnectOptions,
@@ -175,18 +175,73 @@ pub async fn connect_postgres(
     let options = PgConnectOptions::from_str(url.expose())?.options([("synchronous_commit", "on")]);
     match pool_options(settings).connect_with(options.clone()).await {
         Err(error) if classify(&error) == DbErrorKind::NoSuchDatabase => {
-            tracing::info!(database = %url, "database does not exist; creating it");
             Postgres::create_database(url.expose()).await?;
+            tracing::warn!(database = %url, "created a new, empty database");
             pool_options(settings).connect_with(options).await
         }
         result => result,
     }
 }
 
-/// Why a database could not be opened.
+/// Why a database could not be opened at start-up. Each cause has its own
+/// exit status ([`OpenError::exit_code`]), listed in the README.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    /// No connection, or the database could not be created.
+    /// The host name in the URL does not resolve.
+    #[error("unknown database host {host:?} in {database}")]
+    UnknownHost {
+        /// The redacted URL.
+        database: String,
+        /// The host that does not resolve.
+        host: String,
+        /// The resolver's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Nothing accepts connections at the database's address, or it did not
+    /// answer in time.
+    #[error(
+        "cannot reach the database server of {database}: is it running, and is that its address?"
+    )]
+    Unreachable {
+        /// The redacted URL.
+        database: String,
+        /// Refused, reset or timed out.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The server refused the URL's user or password.
+    #[error("the database server refused the user or password of {database}")]
+    Authentication {
+        /// The redacted URL.
+        database: String,
+        /// The server's answer.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The database does not exist, and creating it failed.
+    #[error(
+        "database {database} does not exist and could not be created: create it, or let its role create databases (CREATEDB)"
+    )]
+    Missing {
+        /// The redacted URL.
+        database: String,
+        /// Why it could not be created.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The database holds tables this service did not create: another
+    /// service's, or an application's.
+    #[error(
+        "{database} is not this service's database: it holds {found}. Give each service a database of its own (--database-url, or --data-dir for SQLite files)"
+    )]
+    NotOurs {
+        /// The redacted URL.
+        database: String,
+        /// What was found there.
+        found: String,
+    },
+    /// Any other failure to connect, e.g. a file that is not a SQLite database.
     #[error("connecting to {0}")]
     Connect(String, #[source] sqlx::Error),
     /// The directory of a SQLite file could not be created.
@@ -200,25 +255,205 @@ pub enum OpenError {
     Migrate(String, #[source] sqlx::migrate::MigrateError),
 }
 
-/// Connects as [`connect_postgres`] does, then runs `migrator`: what a
-/// service does at start-up before it reports ready.
+impl OpenError {
+    /// The process exit status for this cause, after `sysexits.h`.
+    #[must_use]
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::NotOurs { .. } => 65,                 // EX_DATAERR
+            Self::Missing { .. } => 66,                 // EX_NOINPUT
+            Self::UnknownHost { .. } => 68,             // EX_NOHOST
+            Self::Unreachable { .. } => 69,             // EX_UNAVAILABLE
+            Self::CreateDir(..) | Self::Lock(..) => 73, // EX_CANTCREAT
+            Self::Authentication { .. } => 77,          // EX_NOPERM
+            Self::Connect(..) | Self::Migrate(..) => 1,
+        }
+    }
+}
+
+/// Connects as [`connect_postgres`] does, checks the database is this
+/// service's or empty, then runs `migrator`: what a service does at start-up
+/// before it reports ready. Each cause of failure is its own [`OpenError`].
 ///
 /// # Errors
-/// The database cannot be reached or created, or a migration fails.
+/// The host does not resolve, the server does not answer or refuses the
+/// credentials, the database is missing and cannot be created, it holds
+/// another service's tables, or a migration fails.
 pub async fn open_postgres(
     url: &DatabaseUrl,
     settings: &PoolSettings,
     migrator: &Migrator,
 ) -> Result<PgPool, OpenError> {
+    let database = url.redacted();
+    let options = PgConnectOptions::from_str(url.expose())
+        .map_err(|error| OpenError::Connect(database.clone(), error))?;
+    resolve(&options, &database).await?;
+    // One connection first, alone: the pool would report any failure as
+    // "pool timed out", hiding the cause.
+    let probe = tokio::time::timeout(
+        settings.acquire_timeout,
+        PgConnection::connect_with(&options),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {:?}", settings.acquire_timeout),
+        )))
+    });
+    match probe {
+        Ok(conn) => {
+            let _ = conn.close().await;
+        }
+        Err(error) => match classify(&error) {
+            DbErrorKind::NoSuchDatabase => {} // created below
+            _ => return Err(open_error(&database, error)),
+        },
+    }
+    // Creating a missing database fails for want of CREATEDB.
     let pool = connect_postgres(url, settings)
         .await
-        .map_err(|error| OpenError::Connect(url.redacted(), error))?;
+        .map_err(|error| match classify(&error) {
+            DbErrorKind::NoPrivilege => OpenError::Missing {
+                database: database.clone(),
+                source: error,
+            },
+            _ => open_error(&database, error),
+        })?;
+    tracing::info!(database, "opened the database");
+    postgres_contents(&pool)
+        .await
+        .map_err(|error| OpenError::Connect(database.clone(), error))?
+        .check_ours(migrator, &database)?;
     migrator
         .run(&pool)
         .await
-        .map_err(|error| OpenError::Migrate(url.redacted(), error))?;
+        .map_err(|error| OpenError::Migrate(database, error))?;
     Ok(pool)
 }
+
+/// The tables of the connection's current schema and the migrations applied.
+async fn postgres_contents(pool: &PgPool) -> Result<Contents, sqlx::Error> {
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables \
+         WHERE table_schema = current_schema() ORDER BY table_name",
+    )
+    .fetch_all(pool)
+    .await?;
+    let applied = if Contents::has_migrations(&tables) {
+        sqlx::query_as("SELECT version, checksum FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(pool)
+            .await?
+    } else {
+        Vec::new()
+    };
+    Ok(Contents { tables, applied })
+}
+
+/// Resolves the URL's host, so that a misspelt one is named as such.
+async fn resolve(options: &PgConnectOptions, database: &str) -> Result<(), OpenError> {
+    let host = options.get_host();
+    // A Unix socket directory needs no resolving.
+    if host.starts_with('/') {
+        return Ok(());
+    }
+    match tokio::net::lookup_host((host, options.get_port())).await {
+        Ok(_) => Ok(()),
+        Err(source) => Err(OpenError::UnknownHost {
+            database: database.to_owned(),
+            host: host.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// The cause of a failed connection at start-up.
+pub(crate) fn open_error(database: &str, error: sqlx::Error) -> OpenError {
+    let database = database.to_owned();
+    match classify(&error) {
+        DbErrorKind::Authentication => OpenError::Authentication {
+            database,
+            source: error,
+        },
+        DbErrorKind::NoSuchDatabase => OpenError::Missing {
+            database,
+            source: error,
+        },
+        DbErrorKind::Unavailable => OpenError::Unreachable {
+            database,
+            source: error,
+        },
+        DbErrorKind::NotADatabase => OpenError::NotOurs {
+            database,
+            found: "data that is not a SQLite database".into(),
+        },
+        _ => OpenError::Connect(database, error),
+    }
+}
+
+/// What start-up found in a database before migrating it.
+#[derive(Debug, Default)]
+pub(crate) struct Contents {
+    /// The tables of its schema, migrations table included.
+    pub tables: Vec<String>,
+    /// The migrations applied, by version and checksum, if it has a
+    /// migrations table.
+    pub applied: Vec<(i64, Vec<u8>)>,
+}
+
+impl Contents {
+    /// Whether the tables include the migrations table.
+    pub(crate) fn has_migrations(tables: &[String]) -> bool {
+        tables.iter().any(|table| table == MIGRATIONS_TABLE)
+    }
+
+    /// Refuses a database that is neither empty nor this service's: one
+    /// holding tables but no migrations table, or whose applied migrations
+    /// are not `migrator`'s (another service's database, given to this one by
+    /// mistake). Checked before migrating, so a refused database is left as
+    /// it was.
+    pub(crate) fn check_ours(&self, migrator: &Migrator, database: &str) -> Result<(), OpenError> {
+        if self.tables.is_empty() {
+            return Ok(());
+        }
+        let ours = |(version, checksum): &(i64, Vec<u8>)| {
+            migrator
+                .iter()
+                .any(|m| m.version == *version && m.checksum.as_ref() == checksum.as_slice())
+        };
+        let foreign: Vec<String> = self
+            .applied
+            .iter()
+            .filter(|migration| !ours(migration))
+            .map(|(version, _)| version.to_string())
+            .collect();
+        if Self::has_migrations(&self.tables) && foreign.is_empty() {
+            return Ok(());
+        }
+        let tables: Vec<&str> = self
+            .tables
+            .iter()
+            .map(String::as_str)
+            .filter(|table| *table != MIGRATIONS_TABLE)
+            .collect();
+        let found = if foreign.is_empty() {
+            format!("tables this service did not create ({})", tables.join(", "))
+        } else {
+            format!(
+                "tables ({}) made by migrations this service does not have (version {})",
+                tables.join(", "),
+                foreign.join(", ")
+            )
+        };
+        Err(OpenError::NotOurs {
+            database: database.to_owned(),
+            found,
+        })
+    }
+}
+
+/// The table in which sqlx records applied migrations.
+const MIGRATIONS_TABLE: &str = "_sqlx_migrations";
 
 /// Pool options shared by every PostgreSQL pool.
 fn pool_options(settings: &PoolSettings) -> PgPoolOptions {
@@ -262,6 +497,12 @@ pub enum DbErrorKind {
     Unavailable,
     /// The database named in the URL does not exist (3D000).
     NoSuchDatabase,
+    /// The server refused the user or password (28000, 28P01).
+    Authentication,
+    /// The role lacks a privilege the statement needs (42501).
+    NoPrivilege,
+    /// The file is not a SQLite database (NOTADB).
+    NotADatabase,
     /// Anything else: a bug or a broken database.
     Other,
 }
@@ -286,6 +527,8 @@ pub fn classify(error: &sqlx::Error) -> DbErrorKind {
             Some("40001" | "40P01") => DbErrorKind::Retryable,
             Some("22003") => DbErrorKind::OutOfRange,
             Some("3D000") => DbErrorKind::NoSuchDatabase,
+            Some("28000" | "28P01") => DbErrorKind::Authentication,
+            Some("42501") => DbErrorKind::NoPrivilege,
             // 08: connection exception; 57P01-57P04: admin or crash shutdown,
             // cannot connect now, database dropped; 53300: too many
             // connections; 55000 is what a database that does not accept
@@ -324,6 +567,7 @@ fn classify_sqlite(error: &sqlx::sqlite::SqliteError) -> DbErrorKind {
         // SQLITE_CONSTRAINT_DATATYPE: in a STRICT table, an INTEGER sum that
         // overflowed to REAL, e.g. a counter past `i64::MAX`.
         3091 => DbErrorKind::OutOfRange,
+        26 => DbErrorKind::NotADatabase,
         // By primary code: BUSY and LOCKED (the busy time-out ran out),
         // READONLY, IOERR, FULL (disk full), CANTOPEN.
         code => match code & 0xff {
@@ -392,6 +636,33 @@ mod tests {
         ] {
             assert!(raw.parse::<DatabaseUrl>().is_err(), "{raw} accepted");
         }
+    }
+
+    #[test]
+    fn only_an_empty_database_or_this_services_own_is_accepted() {
+        static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite/allocator");
+        let ours = MIGRATOR.iter().next().unwrap();
+        let contents = |tables: &[&str], applied: &[(i64, &[u8])]| Contents {
+            tables: tables.iter().map(|t| (*t).to_owned()).collect(),
+            applied: applied.iter().map(|(v, c)| (*v, c.to_vec())).collect(),
+        };
+        let accepted = |c: Contents| c.check_ours(&MIGRATOR, "db").is_ok();
+        assert!(accepted(contents(&[], &[])));
+        assert!(accepted(contents(
+            &["_sqlx_migrations", "counters"],
+            &[(ours.version, &ours.checksum)]
+        )));
+        // A newer migration not yet applied is fine: it runs next.
+        assert!(accepted(contents(&["_sqlx_migrations"], &[])));
+        assert!(!accepted(contents(&["customers"], &[])));
+        assert!(!accepted(contents(
+            &["_sqlx_migrations", "invoices"],
+            &[(ours.version, b"another checksum")]
+        )));
+        assert!(!accepted(contents(
+            &["_sqlx_migrations", "counters"],
+            &[(ours.version, &ours.checksum), (9999, b"unknown")]
+        )));
     }
 
     #[test]

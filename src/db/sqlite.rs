@@ -14,7 +14,7 @@ use sqlx::{
 };
 use tokio::sync::{Mutex, MutexGuard};
 
-use super::{DatabaseUrl, OpenError, PoolSettings};
+use super::{Contents, DatabaseUrl, DbErrorKind, OpenError, PoolSettings, classify, open_error};
 
 /// Opens a SQLite database file, creating it and its directory if missing,
 /// then runs `migrator`: the SQLite counterpart of [`super::open_postgres`].
@@ -53,7 +53,14 @@ pub async fn open_sqlite(
         .max_connections(1)
         .connect_with(options.clone().create_if_missing(true))
         .await
-        .map_err(connect_error)?;
+        .map_err(|error| match classify(&error) {
+            DbErrorKind::NotADatabase => open_error(&url.redacted(), error),
+            _ => connect_error(error),
+        })?;
+    contents(&setup)
+        .await
+        .map_err(connect_error)?
+        .check_ours(migrator, &url.redacted())?;
     migrator
         .run(&setup)
         .await
@@ -82,6 +89,23 @@ pub async fn open_sqlite(
         turn: Arc::default(),
         wait: settings.acquire_timeout,
     })
+}
+
+/// The database's tables and the migrations applied.
+async fn contents(pool: &SqlitePool) -> Result<Contents, sqlx::Error> {
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+    )
+    .fetch_all(pool)
+    .await?;
+    let applied = if Contents::has_migrations(&tables) {
+        sqlx::query_as("SELECT version, checksum FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(pool)
+            .await?
+    } else {
+        Vec::new()
+    };
+    Ok(Contents { tables, applied })
 }
 
 /// Takes an exclusive lock on a file beside the database, `<file>-setup-lock`,

@@ -6,11 +6,11 @@ use clap::{Arg, Args, Command, Parser, ValueEnum, builder::TypedValueParser, err
 
 use crate::{
     db::{DatabaseUrl, PoolSettings},
-    server::ServerSettings,
+    server::{
+        ServerSettings,
+        startup::{EXIT_BAD_CONFIG, StartupError},
+    },
 };
-
-/// Exit status for bad configuration (`EX_USAGE`).
-pub const EXIT_BAD_CONFIG: i32 = 64;
 
 /// Parses a binary's settings; prints the error and exits 64 when they are bad.
 #[must_use]
@@ -19,7 +19,7 @@ pub fn parse_or_exit<T: Parser>() -> T {
         Ok(config) => config,
         Err(error) if error.use_stderr() => {
             let _ = error.print();
-            std::process::exit(EXIT_BAD_CONFIG);
+            std::process::exit(i32::from(EXIT_BAD_CONFIG));
         }
         // --help and --version.
         Err(error) => error.exit(),
@@ -86,15 +86,15 @@ pub struct DatabaseArgs {
     #[arg(long, env = "DATABASE_URL", value_parser = DatabaseUrlParser, hide_env_values = true)]
     pub database_url: Option<DatabaseUrl>,
 
-    /// Directory of the SQLite file used when no --database-url is given; created if missing.
-    #[arg(long, env = "NUMBERING_DATA_DIR", default_value = "data")]
-    pub data_dir: PathBuf,
+    /// Directory of the SQLite file used when no --database-url is given; created if missing. Default: "numbering" in the user's data directory ($XDG_DATA_HOME, else ~/.local/share), wherever the service starts.
+    #[arg(long, env = "NUMBERING_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
 
     /// Most database connections.
     #[arg(long, env = "NUMBERING_DB_MAX_CONNECTIONS", default_value_t = 10)]
     pub db_max_connections: u32,
 
-    /// How long a call waits for a database connection before answering UNAVAILABLE.
+    /// How long a call waits for a database connection (on SQLite, also for the write lock) before answering UNAVAILABLE; also bounds the first connection at start-up.
     #[arg(long, env = "NUMBERING_DB_ACQUIRE_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub db_acquire_timeout: Duration,
 }
@@ -133,15 +133,40 @@ impl TypedValueParser for DatabaseUrlParser {
 
 impl DatabaseArgs {
     /// The database to open: `--database-url`, else the SQLite file
-    /// `file_name` in `--data-dir`.
+    /// `file_name` in the data directory ([`DatabaseArgs::data_dir`]).
     ///
     /// # Errors
-    /// The data directory's path is not UTF-8.
-    pub fn url(&self, file_name: &str) -> Result<DatabaseUrl, String> {
+    /// There is no data directory, or its path is not UTF-8.
+    pub fn url(&self, file_name: &str) -> Result<DatabaseUrl, StartupError> {
         match &self.database_url {
             Some(url) => Ok(url.clone()),
-            None => DatabaseUrl::sqlite_file(&self.data_dir.join(file_name)),
+            None => DatabaseUrl::sqlite_file(&self.data_dir()?.join(file_name))
+                .map_err(StartupError::BadSetting),
         }
+    }
+
+    /// The data directory as an absolute path: `--data-dir`, else
+    /// `numbering` in the platform's data directory for this user. Never the
+    /// working directory: a service started from elsewhere would open a new,
+    /// empty counter file and hand out numbers again.
+    ///
+    /// # Errors
+    /// No `--data-dir`, and the user has no data directory (no `HOME`).
+    pub fn data_dir(&self) -> Result<PathBuf, StartupError> {
+        let dir = match &self.data_dir {
+            Some(dir) => dir.clone(),
+            None => dirs::data_dir()
+                .ok_or_else(|| {
+                    StartupError::BadSetting(
+                        "this user has no data directory (is HOME set?): set --data-dir or NUMBERING_DATA_DIR"
+                            .into(),
+                    )
+                })?
+                .join("numbering"),
+        };
+        std::path::absolute(&dir).map_err(|error| {
+            StartupError::BadSetting(format!("data directory {}: {error}", dir.display()))
+        })
     }
 
     /// The pool settings.

@@ -4,6 +4,7 @@
 mod calls;
 pub mod config;
 pub mod shutdown;
+pub mod startup;
 pub mod telemetry;
 
 use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};

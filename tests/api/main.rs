@@ -22,3 +22,4 @@ mod invoices;
 mod processes;
 mod server;
 mod sqlite;
+mod startup;

@@ -186,18 +186,29 @@ async fn a_deleted_invoice_file_fails_the_insert_and_readiness() {
     wait_for_health(channel, name, ServingStatus::NotServing).await;
 }
 
-/// With no database URL the allocator keeps its counters in
-/// `data/allocator.sqlite3` under its working directory, and the writer its
-/// invoices in `invoices.sqlite3` under NUMBERING_DATA_DIR, created if missing.
+/// With no database URL and no data directory, the allocator keeps its counters
+/// in `numbering/allocator.sqlite3` under the user's data directory, wherever it
+/// is started: two starts from two working directories hand out one sequence,
+/// and neither working directory gets a file. The writer keeps its invoices in
+/// `invoices.sqlite3` under NUMBERING_DATA_DIR, created if missing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_database_url_each_service_uses_its_file_in_the_data_directory() {
     let dir = tempfile::tempdir().unwrap();
-    let mut allocator = tokio::process::Command::new(env!("CARGO_BIN_EXE_number-allocator"));
-    allocator
-        .current_dir(dir.path())
-        .env_remove("DATABASE_URL")
-        .env_remove("NUMBERING_DATA_DIR");
-    let allocator = start(allocator).await;
+    let xdg_data_home = dir.path().join("xdg");
+    let (first_cwd, second_cwd) = (dir.path().join("one"), dir.path().join("two"));
+    for cwd in [&first_cwd, &second_cwd] {
+        std::fs::create_dir(cwd).unwrap();
+    }
+    let allocator_in = |cwd: &std::path::Path| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_number-allocator"));
+        command
+            .current_dir(cwd)
+            .env_remove("DATABASE_URL")
+            .env_remove("NUMBERING_DATA_DIR")
+            .env("XDG_DATA_HOME", &xdg_data_home);
+        command
+    };
+    let allocator = start(allocator_in(&first_cwd)).await;
 
     let data_dir = dir.path().join("nested").join("data");
     let mut writer = tokio::process::Command::new(env!("CARGO_BIN_EXE_invoice-writer"));
@@ -217,18 +228,17 @@ async fn without_a_database_url_each_service_uses_its_file_in_the_data_directory
         .invoice
         .unwrap();
     assert_eq!(invoice.number, 1);
-    assert!(dir.path().join("data/allocator.sqlite3").is_file());
+    assert!(xdg_data_home.join("numbering/allocator.sqlite3").is_file());
     assert!(data_dir.join("invoices.sqlite3").is_file());
 
-    // The counter lives in the allocator's file: a new process on it continues.
+    // The counter lives in the allocator's file: a new process started from
+    // another directory continues it.
     let (status, logged) = {
         nix::sys::signal::kill(allocator.pid(), nix::sys::signal::Signal::SIGTERM).unwrap();
         allocator.wait().await
     };
     assert!(status.success(), "{logged:?}");
-    let mut again = tokio::process::Command::new(env!("CARGO_BIN_EXE_number-allocator"));
-    again.current_dir(dir.path()).env_remove("DATABASE_URL");
-    let again = start(again).await;
+    let again = start(allocator_in(&second_cwd)).await;
     let next = NumberAllocatorClient::connect(again.url())
         .await
         .unwrap()
@@ -237,6 +247,14 @@ async fn without_a_database_url_each_service_uses_its_file_in_the_data_directory
         .unwrap()
         .into_inner();
     assert_eq!(next.numbers[0].value, 2);
+    for cwd in [&first_cwd, &second_cwd] {
+        assert_eq!(
+            std::fs::read_dir(cwd).unwrap().count(),
+            0,
+            "{}",
+            cwd.display()
+        );
+    }
 }
 
 /// A data directory that cannot be created, or a file that is not a SQLite
@@ -247,7 +265,8 @@ async fn unusable_sqlite_databases_are_clear_start_up_errors() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("not-a-directory");
     std::fs::write(&file, "").unwrap();
-    let stderr = start_up_error("NUMBERING_DATA_DIR", &file.display().to_string()).await;
+    let (code, stderr) = start_up_error("NUMBERING_DATA_DIR", &file.display().to_string()).await;
+    assert_eq!(code, Some(73), "{stderr}");
     assert!(
         stderr.contains("creating directory") && stderr.contains("not-a-directory"),
         "{stderr}"
@@ -255,9 +274,11 @@ async fn unusable_sqlite_databases_are_clear_start_up_errors() {
 
     let garbage = dir.path().join("garbage.sqlite3");
     std::fs::write(&garbage, vec![0xA5; 8192]).unwrap();
-    let stderr = start_up_error("DATABASE_URL", &format!("sqlite://{}", garbage.display())).await;
+    let (code, stderr) =
+        start_up_error("DATABASE_URL", &format!("sqlite://{}", garbage.display())).await;
+    assert_eq!(code, Some(65), "{stderr}");
     assert!(
-        stderr.contains("garbage.sqlite3") && stderr.contains("not a database"),
+        stderr.contains("garbage.sqlite3") && stderr.contains("not a SQLite database"),
         "{stderr}"
     );
 
@@ -274,8 +295,8 @@ async fn unusable_sqlite_databases_are_clear_start_up_errors() {
 }
 
 /// Starts the allocator with `key` set to `value` (and no other database
-/// setting), expects it to fail, and returns what it printed.
-async fn start_up_error(key: &str, value: &str) -> String {
+/// setting), expects it to fail, and returns its exit status and what it printed.
+async fn start_up_error(key: &str, value: &str) -> (Option<i32>, String) {
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_number-allocator"))
         .env_remove("DATABASE_URL")
         .env_remove("NUMBERING_DATA_DIR")
@@ -285,7 +306,10 @@ async fn start_up_error(key: &str, value: &str) -> String {
         .await
         .unwrap();
     assert!(!output.status.success(), "started with {key}={value}");
-    String::from_utf8_lossy(&output.stderr).into_owned()
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 /// The error of a full disk is classified UNAVAILABLE (retry later), not a bug;

@@ -1,0 +1,80 @@
+//! Start-up failures of the binaries, each with its own exit status (listed
+//! in the README), so an operator or a supervisor can tell them apart.
+
+use std::{net::SocketAddr, process::ExitCode};
+
+use tokio::net::TcpListener;
+
+use crate::{db::OpenError, server::ServeError};
+
+/// Exit status for bad configuration (`EX_USAGE`).
+pub const EXIT_BAD_CONFIG: u8 = 64;
+
+/// Why a service did not start, or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// A setting is unusable, found after parsing (the data directory, say).
+    #[error("{0}")]
+    BadSetting(String),
+    /// The listen address is in use or not allowed.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The operating system's refusal.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The database could not be opened.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// The server failed while serving.
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    /// Anything else.
+    #[error(transparent)]
+    Other(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl StartupError {
+    /// The process exit status for this cause, after `sysexits.h`.
+    #[must_use]
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::BadSetting(_) => EXIT_BAD_CONFIG,
+            Self::Bind { .. } => 71, // EX_OSERR
+            Self::Open(error) => error.exit_code(),
+            Self::Serve(_) | Self::Other(_) => 1,
+        }
+    }
+}
+
+/// Binds the listener: the first thing a service does after installing its
+/// signal handlers, so that a busy port stops it before it creates anything.
+///
+/// # Errors
+/// [`StartupError::Bind`] when the address is in use or not allowed.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, StartupError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartupError::Bind { addr, source })
+}
+
+/// Logs `error` once with its cause chain and returns its exit status.
+#[must_use]
+pub fn report(error: &StartupError) -> ExitCode {
+    let mut chain = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        // Drivers often repeat their cause in their own message.
+        let cause_text = cause.to_string();
+        if !chain.ends_with(&cause_text) {
+            chain.push_str(": ");
+            chain.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    let status = error.exit_code();
+    tracing::error!(error = %chain, exit_status = status, "could not start");
+    ExitCode::from(status)
+}

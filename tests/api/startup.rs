@@ -1,0 +1,236 @@
+//! Start-up: each cause of failure is named and has its own exit status, a
+//! database is refused unless it is this service's or empty, and nothing is
+//! created before the listener is bound.
+
+use std::{net::TcpListener, path::Path, process::Output, str::FromStr};
+
+use numbering::{allocator::domain::SeriesName, db::Backend, tenant::TenantId};
+use rstest_reuse::apply;
+use sqlx::{
+    AssertSqlSafe, Connection, PgConnection, SqliteConnection, sqlite::SqliteConnectOptions,
+};
+
+use crate::backends;
+use crate::helpers::{PATIENCE, TestDb, import_invoice};
+
+/// Runs a service binary with `args` and no database settings from the
+/// environment, expecting it to stop on its own.
+async fn run(binary: &str, args: &[&str]) -> Output {
+    let running = tokio::process::Command::new(binary)
+        .env_remove("DATABASE_URL")
+        .env_remove("NUMBERING_DATA_DIR")
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(PATIENCE, running)
+        .await
+        .unwrap_or_else(|_| panic!("still running after {PATIENCE:?}: it started"))
+        .expect("run the binary");
+    assert!(!output.status.success(), "it started: {output:?}");
+    output
+}
+
+/// Asserts the exit status and that the error output says `what`.
+fn assert_refused(output: &Output, status: i32, what: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(status), "{stderr}");
+    assert!(stderr.contains(what), "{what:?} not in {stderr}");
+}
+
+const ALLOCATOR: &str = env!("CARGO_BIN_EXE_number-allocator");
+const WRITER: &str = env!("CARGO_BIN_EXE_invoice-writer");
+
+/// Every table of the database with its rows, migrations included: what a
+/// refused start must leave as it was.
+async fn snapshot(db: &TestDb) -> Vec<String> {
+    match db.backend {
+        Backend::Postgres => {
+            let mut conn = PgConnection::connect(&db.url).await.unwrap();
+            let tables: Vec<String> = sqlx::query_scalar(
+                "SELECT table_name::text FROM information_schema.tables \
+                 WHERE table_schema = current_schema() ORDER BY 1",
+            )
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+            let mut rows = Vec::new();
+            for table in tables {
+                let sql = format!(r#"SELECT t::text FROM "{table}" t ORDER BY 1"#);
+                let content: Vec<String> = sqlx::query_scalar(AssertSqlSafe(sql))
+                    .fetch_all(&mut conn)
+                    .await
+                    .unwrap();
+                rows.push(format!("{table}: {content:?}"));
+            }
+            rows
+        }
+        Backend::Sqlite => {
+            let options = SqliteConnectOptions::from_str(&db.url).unwrap();
+            let mut conn = SqliteConnection::connect_with(&options).await.unwrap();
+            let tables: Vec<String> = sqlx::query_scalar(
+                "SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY 1",
+            )
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+            let mut rows = Vec::new();
+            for table in tables {
+                let sql = format!(r#"SELECT count(*) FROM "{table}""#);
+                let count: i64 = sqlx::query_scalar(AssertSqlSafe(sql))
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap();
+                rows.push(format!("{table}: {count} rows"));
+            }
+            rows
+        }
+    }
+}
+
+/// Each service refuses the other's database, with exit status 65 and a
+/// message saying what to do, and changes nothing in either.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_service_refuses_the_other_services_database(#[case] backend: Backend) {
+    let allocator_db = TestDb::create(backend).await;
+    let counters = allocator_db.counter_store().await;
+    counters
+        .advance(
+            &TenantId::parse("acme").unwrap(),
+            &SeriesName::parse("invoice").unwrap(),
+            7,
+            "INV-{number}",
+        )
+        .await
+        .unwrap();
+    counters.close().await;
+    let writer_db = TestDb::create(backend).await;
+    let invoices = writer_db.invoice_store().await;
+    import_invoice(&invoices, "acme", 1, "INV-001").await;
+    invoices.close().await;
+    let before = (snapshot(&allocator_db).await, snapshot(&writer_db).await);
+
+    let output = run(WRITER, &["--database-url", &allocator_db.url]).await;
+    assert_refused(&output, 65, "not this service's database");
+    assert_refused(&output, 65, "counters");
+    let output = run(ALLOCATOR, &["--database-url", &writer_db.url]).await;
+    assert_refused(&output, 65, "a database of its own");
+    assert_refused(&output, 65, "invoices");
+
+    let after = (snapshot(&allocator_db).await, snapshot(&writer_db).await);
+    assert_eq!(before, after);
+    assert!(
+        before.0.iter().any(|t| t.starts_with("counters")),
+        "{before:?}"
+    );
+}
+
+/// A PostgreSQL database holding tables of some other application is refused
+/// and left as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_with_tables_of_another_application_is_refused() {
+    let db = TestDb::create(Backend::Postgres).await;
+    let mut conn = PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query("CREATE TABLE customers (id int PRIMARY KEY)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let before = snapshot(&db).await;
+    let output = run(ALLOCATOR, &["--database-url", &db.url]).await;
+    assert_refused(&output, 65, "customers");
+    assert_eq!(snapshot(&db).await, before);
+}
+
+/// A port where nothing listens, free when returned.
+fn closed_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A PostgreSQL server that refuses connections, a host that does not
+/// resolve, a role that may not log in, and a database that is missing and
+/// may not be created each stop start-up with their own status and words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_cause_of_a_failed_connection_is_named() {
+    let refused = format!("postgres://postgres@127.0.0.1:{}/x", closed_port());
+    let output = run(ALLOCATOR, &["--database-url", &refused]).await;
+    assert_refused(&output, 69, "cannot reach the database server");
+    assert_refused(&output, 69, "refused");
+
+    let output = run(
+        ALLOCATOR,
+        &[
+            "--database-url",
+            "postgres://postgres@no-such-host.invalid/x",
+        ],
+    )
+    .await;
+    assert_refused(
+        &output,
+        68,
+        "unknown database host \"no-such-host.invalid\"",
+    );
+
+    // Roles are the server's, not a database's: made once, kept.
+    let db = TestDb::create(Backend::Postgres).await;
+    for role in [
+        "numbering_test_nologin NOLOGIN",
+        "numbering_test_nocreatedb LOGIN NOCREATEDB",
+    ] {
+        db.admin(format!(
+            "DO $$ BEGIN CREATE ROLE {role}; EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+        ))
+        .await;
+    }
+    let as_role = |role: &str, database: &str| {
+        let mut url = url::Url::parse(&db.url).unwrap();
+        url.set_username(role).unwrap();
+        url.set_path(database);
+        url.to_string()
+    };
+    let output = run(
+        ALLOCATOR,
+        &[
+            "--database-url",
+            &as_role("numbering_test_nologin", &db.name),
+        ],
+    )
+    .await;
+    assert_refused(&output, 77, "refused the user or password");
+
+    let missing = format!("{}_missing", db.name);
+    let output = run(
+        ALLOCATOR,
+        &[
+            "--database-url",
+            &as_role("numbering_test_nocreatedb", &missing),
+        ],
+    )
+    .await;
+    assert_refused(&output, 66, "does not exist and could not be created");
+}
+
+/// A listen address in use stops start-up with status 71 before anything is
+/// created: no data directory, no database file.
+#[tokio::test]
+async fn a_busy_port_stops_start_up_before_anything_is_created() {
+    let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    for binary in [ALLOCATOR, WRITER] {
+        let output = tokio::process::Command::new(binary)
+            .env_remove("DATABASE_URL")
+            .env("NUMBERING_DATA_DIR", &data_dir)
+            .args(["--listen", &addr])
+            .output()
+            .await
+            .unwrap();
+        assert_refused(&output, 71, "cannot listen on");
+        assert!(!Path::new(&data_dir).exists(), "{}", data_dir.display());
+    }
+}
