@@ -5,9 +5,11 @@ use std::future::Future;
 use tokio::signal::unix::{SignalKind, signal as listen};
 
 /// Installs SIGTERM and SIGINT handlers now, and returns a future that
-/// resolves on the first of them, logging which one arrived. Install before
-/// listening: a signal that arrives earlier would otherwise kill the process
-/// without a graceful stop.
+/// resolves on the first of them, logging which one arrived. A second signal
+/// during the drain exits at once with 128 + its number (130 for a second
+/// Ctrl-C), for an operator who will not wait. Install before listening: a
+/// signal that arrives earlier would otherwise kill the process without a
+/// graceful stop.
 ///
 /// # Panics
 /// The handlers cannot be installed (no signal support on this platform), or
@@ -20,6 +22,17 @@ pub fn signal() -> impl Future<Output = ()> {
             _ = terminate.recv() => "SIGTERM",
             _ = interrupt.recv() => "SIGINT",
         };
-        tracing::info!(signal = name, "shutdown signal received");
+        tracing::info!(
+            signal = name,
+            "shutdown signal received; a second one exits at once"
+        );
+        tokio::spawn(async move {
+            let (name, status) = tokio::select! {
+                _ = terminate.recv() => ("SIGTERM", 128 + 15),
+                _ = interrupt.recv() => ("SIGINT", 128 + 2),
+            };
+            tracing::warn!(signal = name, status, "second shutdown signal: exiting now");
+            std::process::exit(status);
+        });
     }
 }

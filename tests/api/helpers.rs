@@ -636,12 +636,19 @@ pub struct Running {
     /// The address it listens on, from its "listening" log line.
     pub addr: String,
     logs: Arc<std::sync::Mutex<Vec<String>>>,
+    /// Counts the lines logged, to wait for one without polling.
+    logged: tokio::sync::watch::Receiver<usize>,
     reader: JoinHandle<()>,
 }
 
 /// Starts `command` (a service binary) on 127.0.0.1, port 0, logging JSON
 /// with no drain delay, and waits until it logs that it listens.
-pub async fn start(mut command: tokio::process::Command) -> Running {
+pub async fn start(command: tokio::process::Command) -> Running {
+    start_draining(command, "0s").await
+}
+
+/// Starts `command` as [`start`] does, with this drain delay.
+pub async fn start_draining(mut command: tokio::process::Command, drain_delay: &str) -> Running {
     let mut child = command
         .args([
             "--listen",
@@ -649,7 +656,7 @@ pub async fn start(mut command: tokio::process::Command) -> Running {
             "--log-format",
             "json",
             "--drain-delay",
-            "0s",
+            drain_delay,
         ])
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -658,6 +665,7 @@ pub async fn start(mut command: tokio::process::Command) -> Running {
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let logs = Arc::new(std::sync::Mutex::new(Vec::new()));
     let (listening, addr) = oneshot::channel();
+    let (count, logged) = tokio::sync::watch::channel(0);
     let reader = tokio::spawn({
         let logs = logs.clone();
         async move {
@@ -673,6 +681,7 @@ pub async fn start(mut command: tokio::process::Command) -> Running {
                     let _ = listening.send(event["addr"].as_str().unwrap().to_owned());
                 }
                 logs.lock().unwrap().push(line);
+                count.send_modify(|n| *n += 1);
             }
         }
     });
@@ -684,6 +693,7 @@ pub async fn start(mut command: tokio::process::Command) -> Running {
         child,
         addr,
         logs,
+        logged,
         reader,
     }
 }
@@ -695,6 +705,22 @@ impl Running {
 
     pub fn pid(&self) -> nix::unistd::Pid {
         nix::unistd::Pid::from_raw(i32::try_from(self.child.id().expect("running")).unwrap())
+    }
+
+    /// Waits until the process logs a line containing `text`.
+    pub async fn wait_for_log(&mut self, text: &str) {
+        let logs = self.logs.clone();
+        let seen = tokio::time::timeout(PATIENCE, async {
+            loop {
+                if logs.lock().unwrap().iter().any(|line| line.contains(text)) {
+                    return;
+                }
+                let more = self.logged.changed().await;
+                assert!(more.is_ok(), "the binary stopped logging before {text:?}");
+            }
+        })
+        .await;
+        assert!(seen.is_ok(), "{text:?} not logged within {PATIENCE:?}");
     }
 
     /// Waits for the process to exit; its exit status and every line it logged.

@@ -20,8 +20,8 @@ use tonic_reflection::pb::{v1, v1alpha};
 use crate::backends;
 use crate::helpers::{
     CapturedLogs, PATIENCE, TestDb, allocate, allocator_binary, assert_invalid_field,
-    assert_reason, spawn_allocator, spawn_allocator_serving, spawn_both, start, test_settings,
-    wait_for_health,
+    assert_reason, spawn_allocator, spawn_allocator_serving, spawn_both, start, start_draining,
+    test_settings, wait_for_health,
 };
 
 /// Service names listed by reflection v1.
@@ -259,6 +259,23 @@ async fn the_binary_exits_cleanly_on_sigterm() {
     assert_eq!(status.code(), Some(0), "{logged:?}");
     assert!(logged.iter().any(|l| l.contains("SIGTERM")), "{logged:?}");
     assert!(!logged.iter().any(|l| l.contains("s3cret")), "{logged:?}");
+}
+
+/// A second Ctrl-C during the drain exits at once with status 130, long before
+/// the drain delay would end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_ctrl_c_exits_at_once_with_130() {
+    let db = TestDb::create(Backend::Sqlite).await;
+    let mut running = start_draining(allocator_binary(&db.url), "1h").await;
+    kill(running.pid(), Signal::SIGINT).unwrap();
+    running.wait_for_log("health NOT_SERVING; draining").await;
+    kill(running.pid(), Signal::SIGINT).unwrap();
+    let (status, logged) = running.wait().await;
+    assert_eq!(status.code(), Some(130), "{logged:?}");
+    assert!(
+        logged.iter().any(|l| l.contains("second shutdown signal")),
+        "{logged:?}"
+    );
 }
 
 /// `url` with a password in its user part and as a parameter.
