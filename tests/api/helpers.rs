@@ -36,14 +36,10 @@ use tonic_health::pb::{
 };
 use tonic_types::StatusExt;
 
+use crate::pg_server::admin_url;
+
 /// Longest any wait on a condition may take before the test fails.
 pub const PATIENCE: Duration = Duration::from_mins(1);
-
-/// The server tests create their databases on.
-fn admin_url() -> String {
-    std::env::var("NUMBERING_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
 
 /// A database created for one test: a fresh PostgreSQL database, or a SQLite
 /// file in a fresh directory. Dropped when the test passes, kept for
@@ -79,14 +75,14 @@ impl TestDb {
     async fn create_postgres() -> Self {
         let admin = admin_url();
         let name = format!("numbering_test_{}", uuid::Uuid::now_v7().simple());
-        let mut conn = PgConnection::connect(&admin)
+        let mut conn = PgConnection::connect(admin)
             .await
-            .expect("connect to the test PostgreSQL server (NUMBERING_TEST_DATABASE_URL)");
+            .expect("connect to the test PostgreSQL server");
         sqlx::query(AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#)))
             .execute(&mut conn)
             .await
             .expect("create test database");
-        let mut url = url::Url::parse(&admin).expect("admin url");
+        let mut url = url::Url::parse(admin).expect("admin url");
         url.set_path(&name);
         Self {
             backend: Backend::Postgres,
@@ -123,7 +119,7 @@ impl TestDb {
 
     /// Runs SQL as the PostgreSQL administrator, outside the database under test.
     pub async fn admin(&self, sql: String) {
-        let mut conn = PgConnection::connect(&admin_url())
+        let mut conn = PgConnection::connect(admin_url())
             .await
             .expect("admin connection");
         sqlx::query(AssertSqlSafe(sql))
@@ -178,7 +174,7 @@ impl Drop for TestDb {
                 .build()
                 .unwrap();
             runtime.block_on(async {
-                if let Ok(mut conn) = PgConnection::connect(&admin_url()).await {
+                if let Ok(mut conn) = PgConnection::connect(admin_url()).await {
                     let _ = sqlx::query(AssertSqlSafe(sql)).execute(&mut conn).await;
                 }
             });

@@ -19,6 +19,7 @@ mod allocator;
 mod group_commit;
 mod helpers;
 mod invoices;
+mod pg_server;
 mod processes;
 mod server;
 mod sqlite;
