@@ -31,11 +31,13 @@ async fn run(binary: &str, args: &[&str]) -> Output {
     output
 }
 
-/// Asserts the exit status and that the error output says `what`.
+/// Asserts the exit status and that the error output says `what`, in plain
+/// text: no colour codes when the output is not a terminal.
 fn assert_refused(output: &Output, status: i32, what: &str) {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(status), "{stderr}");
     assert!(stderr.contains(what), "{what:?} not in {stderr}");
+    assert!(!stderr.contains('\x1b'), "colour codes in {stderr:?}");
 }
 
 const ALLOCATOR: &str = env!("CARGO_BIN_EXE_number-allocator");
