@@ -321,33 +321,19 @@ pub async fn open_postgres(
             _ => open_error(&database, error),
         })?;
     tracing::info!(database, "opened the database");
-    postgres_contents(&pool)
-        .await
-        .map_err(|error| OpenError::Connect(database.clone(), error))?
-        .check_ours(migrator, &database)?;
+    Contents::read(
+        &pool,
+        "SELECT table_name::text FROM information_schema.tables \
+         WHERE table_schema = current_schema() ORDER BY table_name",
+    )
+    .await
+    .map_err(|error| OpenError::Connect(database.clone(), error))?
+    .check_ours(migrator, &database)?;
     migrator
         .run(&pool)
         .await
         .map_err(|error| OpenError::Migrate(database, error))?;
     Ok(pool)
-}
-
-/// The tables of the connection's current schema and the migrations applied.
-async fn postgres_contents(pool: &PgPool) -> Result<Contents, sqlx::Error> {
-    let tables: Vec<String> = sqlx::query_scalar(
-        "SELECT table_name::text FROM information_schema.tables \
-         WHERE table_schema = current_schema() ORDER BY table_name",
-    )
-    .fetch_all(pool)
-    .await?;
-    let applied = if Contents::has_migrations(&tables) {
-        sqlx::query_as("SELECT version, checksum FROM _sqlx_migrations ORDER BY version")
-            .fetch_all(pool)
-            .await?
-    } else {
-        Vec::new()
-    };
-    Ok(Contents { tables, applied })
 }
 
 /// Resolves the URL's host, so that a misspelt one is named as such.
@@ -402,6 +388,31 @@ pub(crate) struct Contents {
 }
 
 impl Contents {
+    /// Reads the tables, listed by `tables_sql` (engines list them each their
+    /// own way), and the migrations applied.
+    pub(crate) async fn read<DB>(
+        pool: &sqlx::Pool<DB>,
+        tables_sql: &'static str,
+    ) -> Result<Self, sqlx::Error>
+    where
+        DB: sqlx::Database,
+        for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+        DB::Arguments: sqlx::IntoArguments<DB>,
+        for<'r> (String,): sqlx::FromRow<'r, DB::Row>,
+        for<'r> (i64, Vec<u8>): sqlx::FromRow<'r, DB::Row>,
+    {
+        let tables: Vec<(String,)> = sqlx::query_as(tables_sql).fetch_all(pool).await?;
+        let tables: Vec<String> = tables.into_iter().map(|(table,)| table).collect();
+        let applied = if Self::has_migrations(&tables) {
+            sqlx::query_as("SELECT version, checksum FROM _sqlx_migrations ORDER BY version")
+                .fetch_all(pool)
+                .await?
+        } else {
+            Vec::new()
+        };
+        Ok(Self { tables, applied })
+    }
+
     /// Whether the tables include the migrations table.
     pub(crate) fn has_migrations(tables: &[String]) -> bool {
         tables.iter().any(|table| table == MIGRATIONS_TABLE)

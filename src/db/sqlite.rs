@@ -57,10 +57,14 @@ pub async fn open_sqlite(
             DbErrorKind::NotADatabase => open_error(&url.redacted(), error),
             _ => connect_error(error),
         })?;
-    contents(&setup)
-        .await
-        .map_err(connect_error)?
-        .check_ours(migrator, &url.redacted())?;
+    Contents::read(
+        &setup,
+        "SELECT name FROM sqlite_schema \
+         WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+    )
+    .await
+    .map_err(connect_error)?
+    .check_ours(migrator, &url.redacted())?;
     migrator
         .run(&setup)
         .await
@@ -89,23 +93,6 @@ pub async fn open_sqlite(
         turn: Arc::default(),
         wait: settings.acquire_timeout,
     })
-}
-
-/// The database's tables and the migrations applied.
-async fn contents(pool: &SqlitePool) -> Result<Contents, sqlx::Error> {
-    let tables: Vec<String> = sqlx::query_scalar(
-        "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
-    )
-    .fetch_all(pool)
-    .await?;
-    let applied = if Contents::has_migrations(&tables) {
-        sqlx::query_as("SELECT version, checksum FROM _sqlx_migrations ORDER BY version")
-            .fetch_all(pool)
-            .await?
-    } else {
-        Vec::new()
-    };
-    Ok(Contents { tables, applied })
 }
 
 /// Takes an exclusive lock on a file beside the database, `<file>-setup-lock`,

@@ -231,27 +231,6 @@ impl TestServer {
 }
 
 /// Serves `service` with the shared plumbing on an already-bound listener.
-pub fn spawn_service_on<S>(
-    listener: TcpListener,
-    service: S,
-    readiness: Arc<dyn server::Readiness>,
-) -> TestServer
-where
-    S: tonic::codegen::Service<
-            tonic::codegen::http::Request<tonic::body::Body>,
-            Response = tonic::codegen::http::Response<tonic::body::Body>,
-            Error = std::convert::Infallible,
-        > + tonic::server::NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
-    spawn_service_with(listener, service, readiness, test_settings())
-}
-
-/// Serves `service` as [`spawn_service_on`] does, with these settings.
 pub fn spawn_service_with<S>(
     listener: TcpListener,
     service: S,
@@ -343,7 +322,7 @@ pub async fn spawn_allocator_on(
     let db = TestDb::create(backend).await;
     let store = db.counter_store().await;
     let service = allocator::grpc::service(Allocator::new(store.clone(), default_format, mode));
-    let server = spawn_service_on(listener, service, store);
+    let server = spawn_service_with(listener, service, store, test_settings());
     let client = NumberAllocatorClient::new(server.channel().await);
     AllocatorApp { db, server, client }
 }
@@ -478,10 +457,11 @@ pub async fn spawn_writer(backend: Backend, allocator_url: &str, max_attempts: u
     let store = db.invoice_store().await;
     let writer = InvoiceWriter::new(store.clone(), allocator_client(allocator_url), max_attempts);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server = spawn_service_on(
+    let server = spawn_service_with(
         listener,
         invoices::grpc::service(writer, Duration::from_secs(5)),
         store.clone(),
+        test_settings(),
     );
     let client = InvoiceWriterClient::new(server.channel().await);
     WriterApp {

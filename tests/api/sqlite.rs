@@ -21,7 +21,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::helpers::{
     TestDb, allocate, assert_reason, invoice_request, spawn_allocator, spawn_both,
-    spawn_service_on, start, test_pool_settings, wait_for_health,
+    spawn_service_with, start, test_pool_settings, test_settings, wait_for_health,
 };
 
 /// Every pooled connection writes through the WAL journal, flushes each commit
@@ -78,7 +78,7 @@ async fn a_write_lock_held_elsewhere_is_unavailable_within_the_acquire_timeout()
         CommitMode::PerCall,
     ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server = spawn_service_on(listener, service, store);
+    let server = spawn_service_with(listener, service, store, test_settings());
     let client = NumberAllocatorClient::new(server.channel().await);
 
     let mut other_process = SqliteConnectOptions::new()
