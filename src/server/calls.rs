@@ -141,11 +141,12 @@ fn log_failure(method: &str, status: &Status) {
         .map(|info| info.reason)
         .unwrap_or_default();
     let code = status.code();
-    let message = status.message();
+    // Not `message`: that name is the event's own.
+    let detail = status.message();
     match Fault::of(code) {
-        Fault::Caller => tracing::info!(method, ?code, reason, message, "call refused"),
-        Fault::Load => tracing::warn!(method, ?code, reason, message, "call failed"),
-        Fault::Server => tracing::error!(method, ?code, reason, message, "call failed"),
+        Fault::Caller => tracing::info!(method, ?code, reason, detail, "call refused"),
+        Fault::Load => tracing::warn!(method, ?code, reason, detail, "call failed"),
+        Fault::Server => tracing::error!(method, ?code, reason, detail, "call failed"),
     }
 }
 
