@@ -6,7 +6,7 @@ use std::{fmt, str::FromStr, sync::Arc};
 use crate::{
     allocator::{
         group_commit::{GroupCommitSettings, GroupCommitter, GroupError},
-        store::{CounterStore, StoreError},
+        store::{CounterStore, Grant, StoreError},
     },
     tenant::TenantId,
 };
@@ -295,11 +295,11 @@ impl Allocator {
         count: Count,
     ) -> Result<Vec<Number>, Error> {
         let template = self.default_format.template();
-        let (first, format) = match &self.path {
+        let Grant { first, format } = match &self.path {
             Path::PerCall => {
                 let count = i64::from(count.get());
-                let (last, format) = self.store.allocate(tenant, series, count, template).await?;
-                (last - count + 1, format)
+                let advanced = self.store.allocate(tenant, series, count, template).await?;
+                advanced.grant(count)
             }
             Path::Group(committer) => committer.allocate(tenant, series, count).await?,
         };

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, mpsc::error::TrySendError, oneshot};
 use crate::{
     allocator::{
         domain::{Count, SeriesName},
-        store::{CounterStore, StoreError},
+        store::{Advanced, CounterStore, Grant, Increment, StoreError},
     },
     tenant::TenantId,
 };
@@ -60,15 +60,12 @@ pub enum GroupError {
     Store(Arc<StoreError>),
 }
 
-/// The first number of a call's range and the series' format.
-pub type Granted = (i64, String);
-
 type Key = (TenantId, SeriesName);
 
 struct Waiting {
     key: Key,
     count: u32,
-    reply: oneshot::Sender<Result<Granted, GroupError>>,
+    reply: oneshot::Sender<Result<Grant, GroupError>>,
 }
 
 /// Merges concurrent allocations into shared transactions.
@@ -125,7 +122,7 @@ impl GroupCommitter {
         tenant: &TenantId,
         series: &SeriesName,
         count: Count,
-    ) -> Result<Granted, GroupError> {
+    ) -> Result<Grant, GroupError> {
         let (reply, granted) = oneshot::channel();
         let key = (tenant.clone(), series.clone());
         let lane = self.lane(&key);
@@ -189,7 +186,11 @@ impl Lane {
     async fn commit(&self, groups: Vec<SeriesGroup>) {
         let increments: Vec<_> = groups
             .iter()
-            .map(|g| (&g.key.0, &g.key.1, g.total))
+            .map(|g| Increment {
+                tenant: &g.key.0,
+                series: &g.key.1,
+                count: g.total,
+            })
             .collect();
         match self.store.allocate_many(&increments, &self.format).await {
             Ok(results) => {
@@ -202,20 +203,14 @@ impl Lane {
             Err(StoreError::Exhausted) => {
                 for group in groups {
                     for waiting in group.calls {
+                        let count = i64::from(waiting.count);
                         let result = self
                             .store
-                            .allocate(
-                                &group.key.0,
-                                &group.key.1,
-                                i64::from(waiting.count),
-                                &self.format,
-                            )
+                            .allocate(&group.key.0, &group.key.1, count, &self.format)
                             .await
+                            .map(|advanced| advanced.grant(count))
                             .map_err(|error| GroupError::Store(Arc::new(error)));
-                        let _ =
-                            waiting.reply.send(result.map(|(last, format)| {
-                                (last - i64::from(waiting.count) + 1, format)
-                            }));
+                        let _ = waiting.reply.send(result);
                     }
                 }
             }
@@ -251,16 +246,19 @@ fn group_by_series(calls: impl Iterator<Item = Waiting>) -> Vec<SeriesGroup> {
 }
 
 /// Splits a committed range among a series' calls in arrival order, or fails them all.
-fn answer(group: SeriesGroup, result: Result<(i64, String), GroupError>) {
+fn answer(group: SeriesGroup, result: Result<Advanced, GroupError>) {
     match result {
-        Ok((last, format)) => {
-            // Offsets, not a running "next": last may be i64::MAX.
-            let first = last - group.total + 1;
+        Ok(advanced) => {
+            // Offsets, not a running "next": the last value may be i64::MAX.
+            let whole = advanced.grant(group.total);
             let mut offset = 0;
             for waiting in group.calls {
                 // A caller gone by now leaves a gap: its numbers were
                 // committed and go to nobody else.
-                let _ = waiting.reply.send(Ok((first + offset, format.clone())));
+                let _ = waiting.reply.send(Ok(Grant {
+                    first: whole.first + offset,
+                    format: whole.format.clone(),
+                }));
                 offset += i64::from(waiting.count);
             }
         }

@@ -7,7 +7,7 @@ use sqlx::{PgConnection, PgPool, migrate::Migrator};
 use crate::{
     allocator::{
         domain::{Series, SeriesName},
-        store::{CounterStore, SeriesRow, StoreError, in_input_order},
+        store::{Advanced, CounterStore, Increment, SeriesRow, StoreError, in_input_order},
     },
     db::begin_durable,
     server::Readiness,
@@ -137,18 +137,12 @@ async fn select_page(
 impl CounterStore for PgCounterStore {
     async fn allocate_many(
         &self,
-        increments: &[(&TenantId, &SeriesName, i64)],
+        increments: &[Increment<'_>],
         format: &str,
-    ) -> Result<Vec<(i64, String)>, StoreError> {
-        let tenants: Vec<&str> = increments
-            .iter()
-            .map(|(tenant, _, _)| tenant.as_str())
-            .collect();
-        let series: Vec<&str> = increments
-            .iter()
-            .map(|(_, series, _)| series.as_str())
-            .collect();
-        let counts: Vec<i64> = increments.iter().map(|(_, _, count)| *count).collect();
+    ) -> Result<Vec<Advanced>, StoreError> {
+        let tenants: Vec<&str> = increments.iter().map(|i| i.tenant.as_str()).collect();
+        let series: Vec<&str> = increments.iter().map(|i| i.series.as_str()).collect();
+        let counts: Vec<i64> = increments.iter().map(|i| i.count).collect();
         let rows = increment(&self.pool, &tenants, &series, &counts, format).await?;
         // Committed. Numbers whose commit was not flushed are withheld: a gap
         // is safe, an acknowledged number a crash could hand out again is not.
@@ -164,8 +158,12 @@ impl CounterStore for PgCounterStore {
 
         in_input_order(
             increments,
-            rows.into_iter()
-                .map(|row| (row.tenant_id, row.series, row.last_value, row.format)),
+            rows.into_iter().map(|row| SeriesRow {
+                tenant_id: row.tenant_id,
+                series: row.series,
+                last_value: row.last_value,
+                format: row.format,
+            }),
         )
     }
 

@@ -8,7 +8,7 @@ use sqlx::{SqliteConnection, SqlitePool, migrate::Migrator, types::Json};
 use crate::{
     allocator::{
         domain::{Series, SeriesName},
-        store::{CounterStore, SeriesRow, StoreError, in_input_order},
+        store::{Advanced, CounterStore, Increment, SeriesRow, StoreError, in_input_order},
     },
     db::SqliteDatabase,
     server::Readiness,
@@ -116,23 +116,19 @@ async fn select_page(
 impl CounterStore for SqliteCounterStore {
     async fn allocate_many(
         &self,
-        increments: &[(&TenantId, &SeriesName, i64)],
+        increments: &[Increment<'_>],
         format: &str,
-    ) -> Result<Vec<(i64, String)>, StoreError> {
+    ) -> Result<Vec<Advanced>, StoreError> {
         let keyed: Vec<(&str, &str, i64)> = increments
             .iter()
-            .map(|(tenant, series, count)| (tenant.as_str(), series.as_str(), *count))
+            .map(|i| (i.tenant.as_str(), i.series.as_str(), i.count))
             .collect();
         let mut write = self.db.begin_write().await?;
         let rows = increment(write.conn(), &keyed, format).await?;
         // Withholds the numbers if the file is no longer at its path: the
         // next start would hand them out again.
         write.commit().await?;
-        in_input_order(
-            increments,
-            rows.into_iter()
-                .map(|row| (row.tenant_id, row.series, row.last_value, row.format)),
-        )
+        in_input_order(increments, rows)
     }
 
     async fn advance(

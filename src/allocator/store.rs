@@ -21,19 +21,21 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[async_trait]
 pub trait CounterStore: Readiness {
     /// Advances the counter by `count` (at least 1) in one atomic statement,
-    /// creating the series with `format` on first use, and returns the new last
-    /// value and the series' format. The numbers handed out are
-    /// `last_value - count + 1 ..= last_value`.
+    /// creating the series with `format` on first use. The numbers handed out
+    /// are [`Advanced::grant`]`(count)`.
     async fn allocate(
         &self,
         tenant: &TenantId,
         series: &SeriesName,
         count: i64,
         format: &str,
-    ) -> Result<(i64, String), StoreError> {
-        let mut results = self
-            .allocate_many(&[(tenant, series, count)], format)
-            .await?;
+    ) -> Result<Advanced, StoreError> {
+        let increment = Increment {
+            tenant,
+            series,
+            count,
+        };
+        let mut results = self.allocate_many(&[increment], format).await?;
         Ok(results.remove(0))
     }
 
@@ -43,9 +45,9 @@ pub trait CounterStore: Readiness {
     /// every counter advances or none does.
     async fn allocate_many(
         &self,
-        increments: &[(&TenantId, &SeriesName, i64)],
+        increments: &[Increment<'_>],
         format: &str,
-    ) -> Result<Vec<(i64, String)>, StoreError>;
+    ) -> Result<Vec<Advanced>, StoreError>;
 
     /// Raises the counter to `at_least` if it is lower, creating the series with
     /// `format` on first use; never lowers it.
@@ -96,6 +98,47 @@ pub async fn open(
     })
 }
 
+/// A counter to advance, and by how much.
+#[derive(Debug, Clone, Copy)]
+pub struct Increment<'a> {
+    /// The series' tenant.
+    pub tenant: &'a TenantId,
+    /// The series.
+    pub series: &'a SeriesName,
+    /// How many numbers to take, at least 1.
+    pub count: i64,
+}
+
+/// A counter just advanced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Advanced {
+    /// The last number handed out, now the counter's value.
+    pub last_value: i64,
+    /// The series' number template, fixed when it was created.
+    pub format: String,
+}
+
+impl Advanced {
+    /// The range an advance by `count` handed out. Counts back from the last
+    /// value, which may be `i64::MAX`.
+    #[must_use]
+    pub fn grant(self, count: i64) -> Grant {
+        Grant {
+            first: self.last_value - count + 1,
+            format: self.format,
+        }
+    }
+}
+
+/// A range of numbers handed out to one call, committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The first number of the range.
+    pub first: i64,
+    /// The series' number template.
+    pub format: String,
+}
+
 /// A counter store failure.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -142,19 +185,24 @@ impl From<SeriesRow> for Series {
 }
 
 /// Puts counters returned by one multi-row statement, whose order neither
-/// backend promises, in the order of the increments. Each counter is
-/// `(tenant, series, last_value, format)`.
+/// backend promises, in the order of the increments.
 pub(crate) fn in_input_order(
-    increments: &[(&TenantId, &SeriesName, i64)],
-    counters: impl IntoIterator<Item = (String, String, i64, String)>,
-) -> Result<Vec<(i64, String)>, StoreError> {
-    let mut by_key: HashMap<(String, String), (i64, String)> = counters
+    increments: &[Increment<'_>],
+    counters: impl IntoIterator<Item = SeriesRow>,
+) -> Result<Vec<Advanced>, StoreError> {
+    let mut by_key: HashMap<(String, String), Advanced> = counters
         .into_iter()
-        .map(|(tenant, series, last_value, format)| ((tenant, series), (last_value, format)))
+        .map(|row| {
+            let advanced = Advanced {
+                last_value: row.last_value,
+                format: row.format,
+            };
+            ((row.tenant_id, row.series), advanced)
+        })
         .collect();
     increments
         .iter()
-        .map(|(tenant, series, _)| {
+        .map(|Increment { tenant, series, .. }| {
             by_key
                 .remove(&(tenant.to_string(), series.to_string()))
                 .ok_or_else(|| {
@@ -170,8 +218,13 @@ pub(crate) fn in_input_order(
 mod tests {
     use super::*;
 
-    fn counter(tenant: &str, last_value: i64) -> (String, String, i64, String) {
-        (tenant.into(), "invoice".into(), last_value, "F".into())
+    fn counter(tenant: &str, last_value: i64) -> SeriesRow {
+        SeriesRow {
+            tenant_id: tenant.into(),
+            series: "invoice".into(),
+            last_value,
+            format: "F".into(),
+        }
     }
 
     #[test]
@@ -182,13 +235,18 @@ mod tests {
             TenantId::parse("c").unwrap(),
         );
         let series = SeriesName::parse("").unwrap();
-        let increments = [(&a, &series, 1), (&b, &series, 2), (&c, &series, 3)];
+        let increment = |tenant, count| Increment {
+            tenant,
+            series: &series,
+            count,
+        };
+        let increments = [increment(&a, 1), increment(&b, 2), increment(&c, 3)];
         let matched = in_input_order(
             &increments,
             vec![counter("c", 30), counter("a", 10), counter("b", 20)],
         )
         .unwrap();
-        let values: Vec<i64> = matched.iter().map(|(value, _)| *value).collect();
+        let values: Vec<i64> = matched.iter().map(|advanced| advanced.last_value).collect();
         assert_eq!(values, [10, 20, 30]);
         assert!(in_input_order(&increments, vec![counter("a", 10), counter("b", 20)]).is_err());
     }

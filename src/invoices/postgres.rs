@@ -10,7 +10,7 @@ use crate::{
     db::begin_durable,
     invoices::{
         domain::{Client, Invoice, LineItem},
-        store::{COLUMNS, InvoiceStore, StoreError},
+        store::{COLUMNS, HighestNumber, InvoiceStore, StoreError},
     },
     server::Readiness,
     tenant::TenantId,
@@ -144,9 +144,9 @@ async fn select_page(
     skip_all,
     err(level = "debug")
 )]
-async fn select_highest_numbers(pool: &PgPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
+async fn select_highest_numbers(pool: &PgPool) -> Result<Vec<HighestNumber>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT tenant_id, MAX(number) FROM invoices GROUP BY tenant_id ORDER BY tenant_id",
+        "SELECT tenant_id, MAX(number) AS number FROM invoices GROUP BY tenant_id ORDER BY tenant_id",
     )
     .fetch_all(pool)
     .await
@@ -177,7 +177,7 @@ impl InvoiceStore for PgInvoiceStore {
         Ok(rows.into_iter().map(Into::into).collect())
     }
 
-    async fn highest_numbers(&self) -> Result<Vec<(String, i64)>, StoreError> {
+    async fn highest_numbers(&self) -> Result<Vec<HighestNumber>, StoreError> {
         Ok(select_highest_numbers(&self.pool).await?)
     }
 

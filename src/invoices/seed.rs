@@ -4,7 +4,7 @@
 
 use crate::invoices::{
     allocator_client::AllocatorClient,
-    store::{InvoiceStore, StoreError},
+    store::{HighestNumber, InvoiceStore, StoreError},
 };
 
 /// What a seeding run did.
@@ -30,7 +30,11 @@ pub async fn seed_counters(
         tenants: highest.len(),
         failed: 0,
     };
-    for (tenant, number) in highest {
+    for HighestNumber {
+        tenant_id: tenant,
+        number,
+    } in highest
+    {
         match allocator.advance(&tenant, number).await {
             Ok(series) => tracing::info!(
                 tenant = %tenant,

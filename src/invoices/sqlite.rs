@@ -14,7 +14,7 @@ use crate::{
     db::SqliteDatabase,
     invoices::{
         domain::{Client, Invoice, LineItem},
-        store::{COLUMNS, InvoiceStore, StoreError},
+        store::{COLUMNS, HighestNumber, InvoiceStore, StoreError},
     },
     server::Readiness,
     tenant::TenantId,
@@ -152,9 +152,9 @@ async fn select_page(
     skip_all,
     err(level = "debug")
 )]
-async fn select_highest_numbers(pool: &SqlitePool) -> Result<Vec<(String, i64)>, sqlx::Error> {
+async fn select_highest_numbers(pool: &SqlitePool) -> Result<Vec<HighestNumber>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT tenant_id, MAX(number) FROM invoices GROUP BY tenant_id ORDER BY tenant_id",
+        "SELECT tenant_id, MAX(number) AS number FROM invoices GROUP BY tenant_id ORDER BY tenant_id",
     )
     .fetch_all(pool)
     .await
@@ -190,7 +190,7 @@ impl InvoiceStore for SqliteInvoiceStore {
             .collect()
     }
 
-    async fn highest_numbers(&self) -> Result<Vec<(String, i64)>, StoreError> {
+    async fn highest_numbers(&self) -> Result<Vec<HighestNumber>, StoreError> {
         Ok(select_highest_numbers(self.db.pool()).await?)
     }
 

@@ -37,10 +37,19 @@ pub trait InvoiceStore: Readiness {
     ) -> Result<Vec<Invoice>, StoreError>;
 
     /// The highest invoice number of every tenant, compared as numbers.
-    async fn highest_numbers(&self) -> Result<Vec<(String, i64)>, StoreError>;
+    async fn highest_numbers(&self) -> Result<Vec<HighestNumber>, StoreError>;
 
     /// Closes the store's connections.
     async fn close(&self);
+}
+
+/// A tenant's highest stored invoice number.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, sqlx::FromRow)]
+pub struct HighestNumber {
+    /// The tenant.
+    pub tenant_id: String,
+    /// Its highest `number`.
+    pub number: i64,
 }
 
 /// The invoices table's columns, as both backends' rows read them.

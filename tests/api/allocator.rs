@@ -456,7 +456,7 @@ async fn writes_force_synchronous_commit() {
     assert_eq!(
         allocated
             .expect("allocate on a connection defaulting to asynchronous commit")
-            .0,
+            .last_value,
         3
     );
 

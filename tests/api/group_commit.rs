@@ -15,7 +15,7 @@ use numbering::{
         CommitMode,
         domain::{Count, NumberFormat, Series, SeriesName},
         group_commit::{GroupCommitSettings, GroupCommitter, GroupError},
-        store::{CounterStore, StoreError},
+        store::{Advanced, CounterStore, Grant, Increment, StoreError},
     },
     proto::{AllocateRequest, number_allocator_client::NumberAllocatorClient},
     server::Readiness,
@@ -60,27 +60,14 @@ impl Readiness for ScriptedStore {
 
 #[async_trait]
 impl CounterStore for ScriptedStore {
-    async fn allocate(
-        &self,
-        tenant: &TenantId,
-        series: &SeriesName,
-        count: i64,
-        format: &str,
-    ) -> Result<(i64, String), StoreError> {
-        let mut results = self
-            .allocate_many(&[(tenant, series, count)], format)
-            .await?;
-        Ok(results.remove(0))
-    }
-
     async fn allocate_many(
         &self,
-        increments: &[(&TenantId, &SeriesName, i64)],
+        increments: &[Increment<'_>],
         format: &str,
-    ) -> Result<Vec<(i64, String)>, StoreError> {
+    ) -> Result<Vec<Advanced>, StoreError> {
         let call = {
             let mut calls = self.calls.lock().unwrap();
-            calls.push(increments.iter().map(|(_, _, count)| *count).collect());
+            calls.push(increments.iter().map(|i| i.count).collect());
             calls.len() - 1
         };
         self.gate.acquire().await.unwrap().forget();
@@ -147,7 +134,7 @@ fn spawn_call(
     committer: &Arc<GroupCommitter>,
     tenant: &str,
     count: u32,
-) -> tokio::task::JoinHandle<Result<(i64, String), GroupError>> {
+) -> tokio::task::JoinHandle<Result<Grant, GroupError>> {
     let committer = committer.clone();
     let tenant = TenantId::parse(tenant).unwrap();
     tokio::spawn(async move {
@@ -253,7 +240,7 @@ async fn queued_calls_share_the_next_transaction(#[case] backend: Backend) {
     }
     store.gate.add_permits(2);
 
-    assert_eq!(first.await.unwrap().unwrap().0, 1);
+    assert_eq!(first.await.unwrap().unwrap().first, 1);
     let firsts: Vec<i64> = futures_firsts(queued).await;
     // acme: 2..=3 then 4..=6; globex: 1..=5; initech: 1.
     assert_eq!(firsts, [2, 1, 4, 1]);
@@ -265,11 +252,11 @@ async fn queued_calls_share_the_next_transaction(#[case] backend: Backend) {
 }
 
 async fn futures_firsts(
-    calls: Vec<tokio::task::JoinHandle<Result<(i64, String), GroupError>>>,
+    calls: Vec<tokio::task::JoinHandle<Result<Grant, GroupError>>>,
 ) -> Vec<i64> {
     let mut firsts = Vec::new();
     for call in calls {
-        firsts.push(call.await.unwrap().unwrap().0);
+        firsts.push(call.await.unwrap().unwrap().first);
     }
     firsts
 }
@@ -295,7 +282,7 @@ async fn a_failed_commit_fails_its_whole_group_and_hands_out_nothing(#[case] bac
     wait_for_waiting(&committer, 11).await;
     store.gate.add_permits(2);
 
-    assert_eq!(first.await.unwrap().unwrap().0, 1);
+    assert_eq!(first.await.unwrap().unwrap().first, 1);
     let mut messages = HashSet::new();
     for call in group {
         match call.await.unwrap() {
@@ -319,13 +306,13 @@ async fn a_failed_commit_fails_its_whole_group_and_hands_out_nothing(#[case] bac
     store.gate.add_permits(1);
     let next = spawn_call(&committer, "acme", 3).await.unwrap().unwrap();
     assert_eq!(
-        next.0, 2,
+        next.first, 2,
         "the next group did not continue from the committed value"
     );
     store.gate.add_permits(1);
     let other = spawn_call(&committer, "globex", 1).await.unwrap().unwrap();
     assert_eq!(
-        other.0, 1,
+        other.first, 1,
         "the failed group took numbers of another series"
     );
 }
@@ -357,7 +344,7 @@ async fn an_exhausted_series_does_not_fail_the_rest_of_its_batch(#[case] backend
         }
         other => panic!("the exhausted series got {other:?}"),
     }
-    assert_eq!(fine.await.unwrap().unwrap().0, 1);
+    assert_eq!(fine.await.unwrap().unwrap().first, 1);
     // The batch of both series failed as a whole, then each call committed alone.
     assert_eq!(store.calls(), [vec![1], vec![1, 2], vec![1], vec![2]]);
 }
@@ -383,10 +370,10 @@ async fn a_cancelled_caller_takes_no_numbers_from_the_others(#[case] backend: Ba
     assert!(cancelled.await.unwrap_err().is_cancelled());
     store.gate.add_permits(2);
 
-    assert_eq!(first.await.unwrap().unwrap().0, 1);
-    assert_eq!(before.await.unwrap().unwrap().0, 2);
+    assert_eq!(first.await.unwrap().unwrap().first, 1);
+    assert_eq!(before.await.unwrap().unwrap().first, 2);
     assert_eq!(
-        after.await.unwrap().unwrap().0,
+        after.await.unwrap().unwrap().first,
         4,
         "the cancelled caller's numbers were not skipped cleanly"
     );
@@ -445,8 +432,8 @@ async fn near_the_end_only_the_calls_that_do_not_fit_fail(#[case] backend: Backe
     wait_for_waiting(&committer, 2).await;
     store.gate.add_permits(10);
 
-    assert_eq!(first.await.unwrap().unwrap().0, i64::MAX - 1);
-    assert_eq!(fits.await.unwrap().unwrap().0, i64::MAX);
+    assert_eq!(first.await.unwrap().unwrap().first, i64::MAX - 1);
+    assert_eq!(fits.await.unwrap().unwrap().first, i64::MAX);
     match too_many.await.unwrap() {
         Err(GroupError::Store(error)) => {
             assert!(matches!(*error, StoreError::Exhausted), "{error:?}");

@@ -15,7 +15,7 @@ use std::{
 
 use numbering::{
     allocator::{CommitMode, domain::NumberFormat},
-    invoices::seed,
+    invoices::{seed, store::HighestNumber},
     proto::{AdvanceCounterRequest, GetInvoiceRequest, LineItem, ListInvoicesRequest},
 };
 use tokio::{net::TcpListener, sync::Barrier};
@@ -535,5 +535,9 @@ async fn the_store_refuses_a_number_twice(#[case] backend: Backend) {
         .unwrap()
         .into_iter()
         .collect();
-    assert_eq!(stored, HashSet::from([("acme".to_owned(), 5)]));
+    let expected = HighestNumber {
+        tenant_id: "acme".into(),
+        number: 5,
+    };
+    assert_eq!(stored, HashSet::from([expected]));
 }
