@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, mpsc::error::TrySendError, oneshot};
 
 use crate::{
     allocator::{
-        domain::{Count, SeriesName},
+        series::{Count, SeriesName},
         store::{Advanced, CounterStore, Grant, Increment, StoreError},
     },
     tenant::TenantId,

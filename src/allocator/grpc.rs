@@ -5,7 +5,7 @@ use tonic::{Code, Request, Response, Status};
 use crate::{
     allocator::{
         Allocator, Error,
-        domain::{Count, Series, SeriesName},
+        series::{Count, Series, SeriesName},
         store::StoreError,
     },
     pagination,

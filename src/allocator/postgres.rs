@@ -6,7 +6,7 @@ use sqlx::{PgConnection, PgPool, migrate::Migrator};
 
 use crate::{
     allocator::{
-        domain::{Series, SeriesName},
+        series::{Series, SeriesName},
         store::{Advanced, CounterStore, Increment, SeriesRow, StoreError, in_input_order},
     },
     db::begin_durable,

@@ -7,7 +7,7 @@ use sqlx::{SqliteConnection, SqlitePool, migrate::Migrator, types::Json};
 
 use crate::{
     allocator::{
-        domain::{Series, SeriesName},
+        series::{Series, SeriesName},
         store::{Advanced, CounterStore, Increment, SeriesRow, StoreError, in_input_order},
     },
     db::SqliteDatabase,

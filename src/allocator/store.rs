@@ -5,7 +5,7 @@ use std::{collections::HashMap, sync::Arc};
 use async_trait::async_trait;
 
 use crate::{
-    allocator::domain::{Series, SeriesName},
+    allocator::series::{Series, SeriesName},
     db::{self, Backend, DatabaseUrl, DbErrorKind, OpenError, PoolSettings, classify},
     server::Readiness,
     tenant::TenantId,

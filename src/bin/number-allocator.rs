@@ -5,7 +5,7 @@ use std::{net::SocketAddr, process::ExitCode};
 use clap::Parser;
 use numbering::{
     allocator::{
-        Allocator, CommitMode, domain::NumberFormat, group_commit::GroupCommitSettings, grpc, store,
+        Allocator, CommitMode, group_commit::GroupCommitSettings, grpc, series::NumberFormat, store,
     },
     server::{
         self,

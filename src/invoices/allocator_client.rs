@@ -10,7 +10,6 @@ use tonic::{
 };
 
 use crate::{
-    allocator::domain::SeriesName,
     proto::{
         AdvanceCounterRequest, AllocateRequest, AllocatedNumber, Series,
         number_allocator_client::NumberAllocatorClient,
@@ -123,7 +122,8 @@ impl AllocatorClient {
             }
             let mut request = Request::new(AllocateRequest {
                 tenant_id: tenant.to_string(),
-                series: SeriesName::DEFAULT.into(),
+                // Empty: the allocator's default series, the invoices'.
+                series: String::new(),
                 count: 1,
                 request_id: String::new(),
             });
@@ -169,7 +169,7 @@ impl AllocatorClient {
             .clone()
             .advance_counter(AdvanceCounterRequest {
                 tenant_id: tenant.to_owned(),
-                series: SeriesName::DEFAULT.into(),
+                series: String::new(),
                 at_least,
             })
             .await?;

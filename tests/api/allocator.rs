@@ -8,9 +8,9 @@ use crate::backends;
 use numbering::{
     allocator::{
         CommitMode,
-        domain::{NumberFormat, SeriesName},
         group_commit::GroupCommitSettings,
         postgres::PgCounterStore,
+        series::{NumberFormat, SeriesName},
         store::CounterStore,
     },
     db::begin_durable,

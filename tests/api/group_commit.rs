@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use numbering::{
     allocator::{
         CommitMode,
-        domain::{Count, NumberFormat, Series, SeriesName},
         group_commit::{GroupCommitSettings, GroupCommitter, GroupError},
+        series::{Count, NumberFormat, Series, SeriesName},
         store::{Advanced, CounterStore, Grant, Increment, StoreError},
     },
     proto::{AllocateRequest, number_allocator_client::NumberAllocatorClient},

@@ -5,7 +5,7 @@ use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use numbering::{
     allocator::{
-        self, Allocator, CommitMode, domain::NumberFormat, group_commit::GroupCommitSettings,
+        self, Allocator, CommitMode, group_commit::GroupCommitSettings, series::NumberFormat,
         store::CounterStore,
     },
     db::{self, Backend, DatabaseUrl, PoolSettings},

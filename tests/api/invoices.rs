@@ -14,7 +14,7 @@ use std::{
 };
 
 use numbering::{
-    allocator::{CommitMode, domain::NumberFormat},
+    allocator::{CommitMode, series::NumberFormat},
     invoices::{seed, store::HighestNumber},
     proto::{AdvanceCounterRequest, GetInvoiceRequest, LineItem, ListInvoicesRequest},
 };

@@ -5,7 +5,7 @@
 use std::{str::FromStr, time::Duration};
 
 use numbering::{
-    allocator::{self, Allocator, CommitMode, domain::NumberFormat},
+    allocator::{self, Allocator, CommitMode, series::NumberFormat},
     db::{self, Backend, DbErrorKind, PoolSettings},
     invoices,
     proto::{

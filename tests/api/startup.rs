@@ -4,7 +4,7 @@
 
 use std::{net::TcpListener, path::Path, process::Output, str::FromStr};
 
-use numbering::{allocator::domain::SeriesName, db::Backend, tenant::TenantId};
+use numbering::{allocator::series::SeriesName, db::Backend, tenant::TenantId};
 use rstest_reuse::apply;
 use sqlx::{
     AssertSqlSafe, Connection, PgConnection, SqliteConnection, sqlite::SqliteConnectOptions,
