@@ -1,6 +1,7 @@
 //! The number allocator: hands out per-tenant, per-series numbers, each
 //! committed durably before it is returned and never returned twice.
 //!
+//! - [`app`]: the service assembled from its settings, the store picked by URL.
 //! - [`series`]: series names, counts, number formats: the values the rules speak of.
 //! - [`allocate`]: the [`Allocator`] rules: where a number is allocated.
 //! - [`group_commit`]: concurrent calls of one series merged into one transaction.
@@ -9,6 +10,7 @@
 //!   [`sqlite`]: its two implementations, chosen by the database URL.
 
 pub mod allocate;
+pub mod app;
 pub mod group_commit;
 pub mod grpc;
 pub mod postgres;

@@ -1,12 +1,13 @@
-//! The counter store interface. The gRPC layer never sees which backend runs.
+//! The counter store interface, which names none of its implementations.
+//! The gRPC layer never sees which backend runs.
 
-use std::{collections::HashMap, sync::Arc};
+use std::collections::HashMap;
 
 use async_trait::async_trait;
 
 use crate::{
     allocator::series::{Series, SeriesName},
-    db::{self, Backend, DatabaseUrl, DbErrorKind, OpenError, PoolSettings, classify},
+    db::{DbErrorKind, classify},
     server::Readiness,
     tenant::TenantId,
 };
@@ -76,26 +77,6 @@ pub trait CounterStore: Readiness {
 
     /// Closes the store's connections.
     async fn close(&self);
-}
-
-/// Opens the store the URL's scheme names, creating and migrating the
-/// database as needed: what the service does at start-up.
-///
-/// # Errors
-/// The database cannot be reached or created, or a migration fails.
-pub async fn open(
-    url: &DatabaseUrl,
-    settings: &PoolSettings,
-) -> Result<Arc<dyn CounterStore>, OpenError> {
-    Ok(match url.backend() {
-        Backend::Postgres => Arc::new(super::postgres::PgCounterStore::new(
-            db::open_postgres(url, settings, &super::postgres::MIGRATOR).await?,
-        )),
-        Backend::Sqlite => {
-            let db = db::open_sqlite(url, settings, &super::sqlite::MIGRATOR).await?;
-            Arc::new(super::sqlite::SqliteCounterStore::new(db))
-        }
-    })
 }
 
 /// A counter to advance, and by how much.

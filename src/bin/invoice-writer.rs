@@ -6,12 +6,10 @@ use std::{net::SocketAddr, process::ExitCode, time::Duration};
 use clap::{Parser, Subcommand};
 use numbering::{
     invoices::{
-        InvoiceWriter,
-        allocator_client::{AllocatorClient, Backoff},
-        grpc, seed, store,
+        allocator_client::Backoff,
+        app::{App, Settings},
     },
     server::{
-        self,
         config::{DatabaseArgs, ServerArgs, parse_or_exit},
         shutdown,
         startup::{self, StartupError},
@@ -76,59 +74,45 @@ async fn main() -> ExitCode {
     result.unwrap_or_else(|error| startup::report(&error))
 }
 
-/// The allocator client, connecting on first use.
-fn allocator(config: &Config) -> Result<AllocatorClient, StartupError> {
-    AllocatorClient::connect_lazy(
-        &config.allocator_url,
-        config.allocator_connect_timeout,
-        Backoff::default(),
-    )
-    .map_err(|error| {
-        StartupError::BadSetting(format!(
-            "invalid --allocator-url {}: {error}",
-            config.allocator_url
-        ))
+/// The writer's settings from the command line.
+fn settings(config: &Config) -> Result<Settings, StartupError> {
+    Ok(Settings {
+        database: config.database.url("invoices.sqlite3")?,
+        pool: config.database.pool(),
+        allocator_url: config.allocator_url.clone(),
+        allocator_connect_timeout: config.allocator_connect_timeout,
+        backoff: Backoff::default(),
+        max_attempts: config.max_attempts,
+        allocator_retry_budget: config.allocator_retry_budget,
     })
 }
 
 async fn serve(config: Config) -> Result<(), StartupError> {
-    let url = config.database.url("invoices.sqlite3")?;
-    let allocator = allocator(&config)?;
+    let settings = settings(&config)?;
     let stop = shutdown::signal();
     // Bound before the database is opened, so a busy port creates nothing.
     let listener = startup::bind(config.listen).await?;
-    let store = store::open(&url, &config.database.pool()).await?;
+    let database = settings.database.clone();
+    let app = App::build(settings).await?;
     let addr = listener.local_addr().unwrap_or(config.listen);
     tracing::info!(
         %addr,
-        database = %url,
+        %database,
         allocator = %config.allocator_url,
         "invoice-writer listening"
     );
-
-    let writer = InvoiceWriter::new(store.clone(), allocator, config.max_attempts);
-    let served = server::serve(
-        listener,
-        grpc::service(writer, config.allocator_retry_budget),
-        store.clone(),
-        &config.server.settings(),
-        stop,
-    )
-    .await;
-    store.close().await;
-    served?;
+    app.serve(listener, &config.server.settings(), stop).await?;
     tracing::info!("invoice-writer stopped");
     Ok(())
 }
 
 /// `seed-counters`: exits 1 when any tenant could not be seeded.
 async fn seed(config: &Config) -> Result<ExitCode, StartupError> {
-    let url = config.database.url("invoices.sqlite3")?;
-    let allocator = allocator(config)?;
-    let store = store::open(&url, &config.database.pool()).await?;
-    let report = seed::seed_counters(store.as_ref(), &allocator).await;
-    store.close().await;
-    let report = report.map_err(|error| StartupError::Other(error.into()))?;
+    let app = App::build(settings(config)?).await?;
+    let report = app
+        .seed_counters()
+        .await
+        .map_err(|error| StartupError::Other(error.into()))?;
     tracing::info!(
         tenants = report.tenants,
         failed = report.failed,

@@ -5,10 +5,12 @@ use std::{net::SocketAddr, process::ExitCode};
 use clap::Parser;
 use numbering::{
     allocator::{
-        Allocator, CommitMode, group_commit::GroupCommitSettings, grpc, series::NumberFormat, store,
+        CommitMode,
+        app::{App, Settings},
+        group_commit::GroupCommitSettings,
+        series::NumberFormat,
     },
     server::{
-        self,
         config::{DatabaseArgs, ServerArgs, parse_or_exit},
         shutdown,
         startup::{self, StartupError},
@@ -75,33 +77,27 @@ async fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> Result<(), StartupError> {
-    let url = config.database.url("allocator.sqlite3")?;
+    let settings = Settings {
+        database: config.database.url("allocator.sqlite3")?,
+        pool: config.database.pool(),
+        default_format: config.default_format,
+        mode: match config.commit_mode {
+            Mode::PerCall => CommitMode::PerCall,
+            Mode::Group => CommitMode::Group(GroupCommitSettings {
+                lanes: config.group_lanes as usize,
+                max_batch: config.group_max_batch as usize,
+                queue_capacity: config.group_queue_capacity as usize,
+            }),
+        },
+    };
     let stop = shutdown::signal();
     // Bound before the database is opened, so a busy port creates nothing.
     let listener = startup::bind(config.listen).await?;
-    let store = store::open(&url, &config.database.pool()).await?;
+    let database = settings.database.clone();
+    let app = App::build(settings).await?;
     let addr = listener.local_addr().unwrap_or(config.listen);
-    tracing::info!(%addr, database = %url, "number-allocator listening");
-
-    let mode = match config.commit_mode {
-        Mode::PerCall => CommitMode::PerCall,
-        Mode::Group => CommitMode::Group(GroupCommitSettings {
-            lanes: config.group_lanes as usize,
-            max_batch: config.group_max_batch as usize,
-            queue_capacity: config.group_queue_capacity as usize,
-        }),
-    };
-    let allocator = Allocator::new(store.clone(), config.default_format, mode);
-    let served = server::serve(
-        listener,
-        grpc::service(allocator),
-        store.clone(),
-        &config.server.settings(),
-        stop,
-    )
-    .await;
-    store.close().await;
-    served?;
+    tracing::info!(%addr, %database, "number-allocator listening");
+    app.serve(listener, &config.server.settings(), stop).await?;
     tracing::info!("number-allocator stopped");
     Ok(())
 }

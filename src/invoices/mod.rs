@@ -1,6 +1,7 @@
 //! The invoice writer: stores invoices in its own database, numbering each one
 //! with the allocator and allocating again when a number is already taken.
 //!
+//! - [`app`]: the service assembled from its settings, the store picked by URL.
 //! - [`domain`]: field rules, exact totals, the invoice as stored.
 //! - [`writer`]: the [`InvoiceWriter`] rules: allocate, insert, retry on conflict.
 //! - [`allocator_client`]: calls to the allocator, retried while it is unreachable.
@@ -10,6 +11,7 @@
 //! - [`seed`]: seeding the allocator's counters from stored invoices.
 
 pub mod allocator_client;
+pub mod app;
 pub mod domain;
 pub mod grpc;
 pub mod postgres;

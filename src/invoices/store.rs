@@ -1,12 +1,11 @@
-//! The invoice store interface. The gRPC layer never sees which backend runs.
-
-use std::sync::Arc;
+//! The invoice store interface, which names none of its implementations.
+//! The gRPC layer never sees which backend runs.
 
 use async_trait::async_trait;
 use uuid::Uuid;
 
 use crate::{
-    db::{self, Backend, DatabaseUrl, DbErrorKind, OpenError, PoolSettings, classify},
+    db::{DbErrorKind, classify},
     invoices::domain::Invoice,
     server::Readiness,
     tenant::TenantId,
@@ -56,26 +55,6 @@ pub struct HighestNumber {
 pub(crate) const COLUMNS: &str = "id, tenant_id, number, invoice_number, client_id, client_name,
     client_email, client_phone, client_address, due_date, notes, currency, line_items, total,
     created_at";
-
-/// Opens the store the URL's scheme names, creating and migrating the
-/// database as needed: what the service does at start-up.
-///
-/// # Errors
-/// The database cannot be reached or created, or a migration fails.
-pub async fn open(
-    url: &DatabaseUrl,
-    settings: &PoolSettings,
-) -> Result<Arc<dyn InvoiceStore>, OpenError> {
-    Ok(match url.backend() {
-        Backend::Postgres => Arc::new(super::postgres::PgInvoiceStore::new(
-            db::open_postgres(url, settings, &super::postgres::MIGRATOR).await?,
-        )),
-        Backend::Sqlite => {
-            let db = db::open_sqlite(url, settings, &super::sqlite::MIGRATOR).await?;
-            Arc::new(super::sqlite::SqliteInvoiceStore::new(db))
-        }
-    })
-}
 
 /// An invoice store failure.
 #[derive(Debug, thiserror::Error)]

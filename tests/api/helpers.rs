@@ -1,16 +1,18 @@
 //! Test fixtures: fresh databases, in-process servers on port 0, clients, and
 //! waits on conditions (never on time).
 
-use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap, future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration,
+};
 
 use numbering::{
     allocator::{
-        self, Allocator, CommitMode, group_commit::GroupCommitSettings, series::NumberFormat,
+        self, CommitMode, group_commit::GroupCommitSettings, series::NumberFormat,
         store::CounterStore,
     },
     db::{self, Backend, DatabaseUrl, PoolSettings},
     invoices::{
-        self, InvoiceWriter,
+        self,
         allocator_client::{AllocatorClient, Backoff},
         store::InvoiceStore,
     },
@@ -19,7 +21,7 @@ use numbering::{
         ListInvoicesRequest, Series, invoice_writer_client::InvoiceWriterClient,
         number_allocator_client::NumberAllocatorClient,
     },
-    server::{self, ServeError, ServerSettings},
+    server::{ServeError, ServerSettings},
 };
 use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
 use tokio::{
@@ -98,14 +100,14 @@ impl TestDb {
 
     /// The allocator's store, opened as the service opens it.
     pub async fn counter_store(&self) -> Arc<dyn CounterStore> {
-        allocator::store::open(&self.database_url(), &test_pool_settings())
+        allocator::app::open_store(&self.database_url(), &test_pool_settings())
             .await
             .expect("open the counter store")
     }
 
     /// The invoice writer's store, opened as the service opens it.
     pub async fn invoice_store(&self) -> Arc<dyn InvoiceStore> {
-        invoices::store::open(&self.database_url(), &test_pool_settings())
+        invoices::app::open_store(&self.database_url(), &test_pool_settings())
             .await
             .expect("open the invoice store")
     }
@@ -230,38 +232,37 @@ impl TestServer {
     }
 }
 
-/// Serves `service` with the shared plumbing on an already-bound listener.
-pub fn spawn_service_with<S>(
-    listener: TcpListener,
-    service: S,
-    readiness: Arc<dyn server::Readiness>,
-    settings: ServerSettings,
-) -> TestServer
+/// Runs `serve`, an app's serve given its listener and shutdown future, in a
+/// task: the server stops when [`TestServer::stop`] resolves that future.
+pub fn spawn_server<F, Fut>(listener: TcpListener, serve: F) -> TestServer
 where
-    S: tonic::codegen::Service<
-            tonic::codegen::http::Request<tonic::body::Body>,
-            Response = tonic::codegen::http::Response<tonic::body::Body>,
-            Error = std::convert::Infallible,
-        > + tonic::server::NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
+    F: FnOnce(TcpListener, Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut,
+    Fut: Future<Output = Result<(), ServeError>> + Send + 'static,
 {
     let addr = listener.local_addr().unwrap();
     let (shutdown, stopped) = oneshot::channel::<()>();
-    let handle = tokio::spawn(async move {
-        server::serve(listener, service, readiness, &settings, async {
+    let handle = tokio::spawn(serve(
+        listener,
+        Box::pin(async {
             let _ = stopped.await;
-        })
-        .await
-    });
+        }),
+    ));
     TestServer {
         addr,
         shutdown,
         handle,
     }
+}
+
+/// Serves the allocator `app` on `listener` with `settings`.
+pub fn serve_allocator(
+    listener: TcpListener,
+    app: allocator::app::App,
+    settings: ServerSettings,
+) -> TestServer {
+    spawn_server(listener, |listener, stop| async move {
+        app.serve(listener, &settings, stop).await
+    })
 }
 
 /// An allocator on a fresh database.
@@ -295,21 +296,8 @@ pub async fn spawn_allocator_with(backend: Backend, default_format: NumberFormat
 /// An allocator with the default settings, served with `settings`.
 pub async fn spawn_allocator_serving(backend: Backend, settings: ServerSettings) -> AllocatorApp {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let db = TestDb::create(backend).await;
-    let store = db.counter_store().await;
-    let allocator = Allocator::new(
-        store.clone(),
-        NumberFormat::default(),
-        CommitMode::Group(GroupCommitSettings::default()),
-    );
-    let server = spawn_service_with(
-        listener,
-        allocator::grpc::service(allocator),
-        store,
-        settings,
-    );
-    let client = NumberAllocatorClient::new(server.channel().await);
-    AllocatorApp { db, server, client }
+    let mode = CommitMode::Group(GroupCommitSettings::default());
+    spawn_allocator_app(listener, backend, NumberFormat::default(), mode, settings).await
 }
 
 /// An allocator on a fresh database, serving on `listener`.
@@ -319,10 +307,27 @@ pub async fn spawn_allocator_on(
     default_format: NumberFormat,
     mode: CommitMode,
 ) -> AllocatorApp {
+    spawn_allocator_app(listener, backend, default_format, mode, test_settings()).await
+}
+
+/// An allocator built as the binary builds it, on a fresh database.
+async fn spawn_allocator_app(
+    listener: TcpListener,
+    backend: Backend,
+    default_format: NumberFormat,
+    mode: CommitMode,
+    settings: ServerSettings,
+) -> AllocatorApp {
     let db = TestDb::create(backend).await;
-    let store = db.counter_store().await;
-    let service = allocator::grpc::service(Allocator::new(store.clone(), default_format, mode));
-    let server = spawn_service_with(listener, service, store, test_settings());
+    let app = allocator::app::App::build(allocator::app::Settings {
+        database: db.database_url(),
+        pool: test_pool_settings(),
+        default_format,
+        mode,
+    })
+    .await
+    .expect("build the allocator");
+    let server = serve_allocator(listener, app, settings);
     let client = NumberAllocatorClient::new(server.channel().await);
     AllocatorApp { db, server, client }
 }
@@ -455,14 +460,16 @@ pub fn allocator_client(allocator_url: &str) -> AllocatorClient {
 pub async fn spawn_writer(backend: Backend, allocator_url: &str, max_attempts: u32) -> WriterApp {
     let db = TestDb::create(backend).await;
     let store = db.invoice_store().await;
-    let writer = InvoiceWriter::new(store.clone(), allocator_client(allocator_url), max_attempts);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server = spawn_service_with(
-        listener,
-        invoices::grpc::service(writer, Duration::from_secs(5)),
+    let app = invoices::app::App::on(
         store.clone(),
-        test_settings(),
+        allocator_client(allocator_url),
+        max_attempts,
+        Duration::from_secs(5),
     );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = spawn_server(listener, |listener, stop| async move {
+        app.serve(listener, &test_settings(), stop).await
+    });
     let client = InvoiceWriterClient::new(server.channel().await);
     WriterApp {
         db,

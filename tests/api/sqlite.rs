@@ -5,7 +5,7 @@
 use std::{str::FromStr, time::Duration};
 
 use numbering::{
-    allocator::{self, Allocator, CommitMode, series::NumberFormat},
+    allocator::{self, CommitMode, series::NumberFormat},
     db::{self, Backend, DbErrorKind, PoolSettings},
     invoices,
     proto::{
@@ -20,8 +20,8 @@ use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::helpers::{
-    TestDb, allocate, assert_reason, invoice_request, spawn_allocator, spawn_both,
-    spawn_service_with, start, test_pool_settings, test_settings, wait_for_health,
+    TestDb, allocate, assert_reason, invoice_request, serve_allocator, spawn_allocator, spawn_both,
+    start, test_pool_settings, test_settings, wait_for_health,
 };
 
 /// Every pooled connection writes through the WAL journal, flushes each commit
@@ -69,16 +69,16 @@ async fn a_write_lock_held_elsewhere_is_unavailable_within_the_acquire_timeout()
         max_connections: 10,
         acquire_timeout: Duration::from_millis(300),
     };
-    let store = allocator::store::open(&db.database_url(), &settings)
-        .await
-        .unwrap();
-    let service = allocator::grpc::service(Allocator::new(
-        store.clone(),
-        NumberFormat::default(),
-        CommitMode::PerCall,
-    ));
+    let app = allocator::app::App::build(allocator::app::Settings {
+        database: db.database_url(),
+        pool: settings,
+        default_format: NumberFormat::default(),
+        mode: CommitMode::PerCall,
+    })
+    .await
+    .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server = spawn_service_with(listener, service, store, test_settings());
+    let server = serve_allocator(listener, app, test_settings());
     let client = NumberAllocatorClient::new(server.channel().await);
 
     let mut other_process = SqliteConnectOptions::new()

@@ -1,0 +1,146 @@
+//! The invoice writer assembled from its settings: the one build path the
+//! binary and the tests share. Picking the store's backend by URL happens
+//! here, above the store interface and its implementations.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use tokio::net::TcpListener;
+
+use crate::{
+    db::{self, Backend, DatabaseUrl, OpenError, PoolSettings},
+    invoices::{
+        InvoiceWriter,
+        allocator_client::{AllocatorClient, Backoff},
+        grpc::{self, InvoiceWriterService},
+        postgres::{self, PgInvoiceStore},
+        seed::{self, SeedReport},
+        sqlite::{self, SqliteInvoiceStore},
+        store::{InvoiceStore, StoreError},
+    },
+    proto::invoice_writer_server::InvoiceWriterServer,
+    server::{self, ServeError, ServerSettings, startup::StartupError},
+};
+
+/// What the invoice writer is built from.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The invoices' database.
+    pub database: DatabaseUrl,
+    /// Its pool.
+    pub pool: PoolSettings,
+    /// Where the allocator is.
+    pub allocator_url: String,
+    /// Time-out for connecting to the allocator.
+    pub allocator_connect_timeout: Duration,
+    /// Delays between calls to an unreachable allocator.
+    pub backoff: Backoff,
+    /// Numbers tried per invoice before answering ABORTED.
+    pub max_attempts: u32,
+    /// Longest time spent retrying an unreachable allocator per invoice.
+    pub allocator_retry_budget: Duration,
+}
+
+/// The invoice writer on its store and allocator, ready to serve.
+pub struct App {
+    store: Arc<dyn InvoiceStore>,
+    allocator: AllocatorClient,
+    service: InvoiceWriterServer<InvoiceWriterService>,
+}
+
+impl App {
+    /// Checks the allocator URL, opens (creating and migrating as needed)
+    /// the store the settings name, and assembles the service on both. The
+    /// allocator is connected to on first use.
+    ///
+    /// # Errors
+    /// A bad allocator URL, or a database that cannot be opened.
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let allocator = AllocatorClient::connect_lazy(
+            &settings.allocator_url,
+            settings.allocator_connect_timeout,
+            settings.backoff,
+        )
+        .map_err(|error| {
+            StartupError::BadSetting(format!(
+                "invalid allocator URL {}: {error}",
+                settings.allocator_url
+            ))
+        })?;
+        let store = open_store(&settings.database, &settings.pool).await?;
+        Ok(Self::on(
+            store,
+            allocator,
+            settings.max_attempts,
+            settings.allocator_retry_budget,
+        ))
+    }
+
+    /// The service on a store already open and an allocator client.
+    #[must_use]
+    pub fn on(
+        store: Arc<dyn InvoiceStore>,
+        allocator: AllocatorClient,
+        max_attempts: u32,
+        allocator_retry_budget: Duration,
+    ) -> Self {
+        let writer = InvoiceWriter::new(store.clone(), allocator.clone(), max_attempts);
+        Self {
+            store,
+            allocator,
+            service: grpc::service(writer, allocator_retry_budget),
+        }
+    }
+
+    /// Raises each tenant's invoice counter in the allocator to its highest
+    /// stored invoice number (see [`seed::seed_counters`]), then closes the store.
+    ///
+    /// # Errors
+    /// The store could not be read.
+    pub async fn seed_counters(self) -> Result<SeedReport, StoreError> {
+        let report = seed::seed_counters(self.store.as_ref(), &self.allocator).await;
+        self.store.close().await;
+        report
+    }
+
+    /// Serves on `listener` until `shutdown` resolves and the drain ends (see
+    /// [`server::serve`]), then closes the store.
+    ///
+    /// # Errors
+    /// The transport failed.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        settings: &ServerSettings,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServeError> {
+        let served = server::serve(
+            listener,
+            self.service,
+            self.store.clone(),
+            settings,
+            shutdown,
+        )
+        .await;
+        self.store.close().await;
+        served
+    }
+}
+
+/// Opens the invoice store the URL's scheme names, creating and migrating the
+/// database as needed.
+///
+/// # Errors
+/// The database cannot be opened; see [`OpenError`].
+pub async fn open_store(
+    url: &DatabaseUrl,
+    pool: &PoolSettings,
+) -> Result<Arc<dyn InvoiceStore>, OpenError> {
+    Ok(match url.backend() {
+        Backend::Postgres => Arc::new(PgInvoiceStore::new(
+            db::open_postgres(url, pool, &postgres::MIGRATOR).await?,
+        )),
+        Backend::Sqlite => Arc::new(SqliteInvoiceStore::new(
+            db::open_sqlite(url, pool, &sqlite::MIGRATOR).await?,
+        )),
+    })
+}
