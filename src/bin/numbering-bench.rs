@@ -9,7 +9,11 @@ use std::{
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use numbering::bench::{Call, Load, Report, drive, spawn::SpawnedAllocator, verify::Verification};
+use numbering::bench::{
+    Call, Load, Report, drive,
+    report::{CompareRow, VerificationLine},
+    spawn::SpawnedAllocator,
+};
 
 /// Load generator and verifier for the number allocator.
 #[derive(Debug, Parser)]
@@ -171,50 +175,6 @@ async fn spawned_run(
     Ok(report?)
 }
 
-fn print_report(report: &Report) {
-    println!(
-        "calls ok: {} in {:.2?} = {:.0}/s; failed: {} {:?}",
-        report.ok,
-        report.elapsed,
-        report.throughput(),
-        report.failed(),
-        report.errors
-    );
-    println!(
-        "latency: p50 {:.2?}, p99 {:.2?}, p99.9 {:.2?}, max {:.2?}",
-        report.latency(0.5),
-        report.latency(0.99),
-        report.latency(0.999),
-        Duration::from_micros(report.latency.max())
-    );
-}
-
-/// Verifies a run on fresh series: contiguity is required when no call failed.
-fn check(report: &Report) -> Verification {
-    let verification = report.verification();
-    if verification.passed() {
-        println!(
-            "verified: {} numbers over {} series, no duplicates{}",
-            verification.numbers,
-            verification.series,
-            if report.failed() == 0 {
-                ", each series exactly 1..=N"
-            } else {
-                ""
-            }
-        );
-    } else {
-        println!(
-            "VERIFICATION FAILED: {} duplicated numbers (first: {:?}); series with gaps (first missing): {:?}; malformed answers: {}",
-            verification.duplicate_count,
-            verification.duplicates,
-            verification.gaps,
-            verification.malformed
-        );
-    }
-    verification
-}
-
 async fn run(args: RunArgs) -> anyhow::Result<bool> {
     let call = match args.call {
         CallArg::Allocate => Call::Allocate,
@@ -242,17 +202,18 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
             .await?
         }
     };
-    print_report(&report);
-    Ok(call == Call::Health || check(&report).passed())
+    println!("{report}");
+    if call == Call::Health {
+        return Ok(true);
+    }
+    println!("{}", VerificationLine(&report));
+    Ok(report.verification().passed())
 }
 
 async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
     let bin = allocator_bin(&args.spawn)?;
     let mut all_verified = true;
-    println!(
-        "| workload | clients | group commit /s | per call /s | no-op /s | group ÷ per call | group ÷ no-op | group p50 | group p99 | group p99.9 | failed calls |"
-    );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("{}", CompareRow::HEADER);
     for (workload, tenants) in [("one hot tenant", 1), ("1,000 tenants", 1000)] {
         for &clients in &args.clients {
             // The three runs of a row back to back: the machine is shared and
@@ -275,19 +236,14 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
                 );
                 all_verified &= verified;
             }
-            println!(
-                "| {workload} | {clients} | {:.0} | {:.0} | {:.0} | {:.1}× | {:.0}% | {:.2?} | {:.2?} | {:.2?} | {} / {} |",
-                group.throughput(),
-                per_call.throughput(),
-                noop.throughput(),
-                group.throughput() / per_call.throughput(),
-                100.0 * group.throughput() / noop.throughput(),
-                group.latency(0.5),
-                group.latency(0.99),
-                group.latency(0.999),
-                group.failed(),
-                per_call.failed(),
-            );
+            let row = CompareRow {
+                workload,
+                clients,
+                group: &group,
+                per_call: &per_call,
+                noop: &noop,
+            };
+            println!("{row}");
         }
     }
     println!(
@@ -312,7 +268,7 @@ async fn memory(args: MemoryArgs) -> anyhow::Result<bool> {
     let report = drive(&allocator.url, &load).await?;
     let after = allocator.resident_bytes();
     allocator.stop().await?;
-    print_report(&report);
+    println!("{report}");
     let mib = |bytes: Option<u64>| {
         bytes.map_or("?".to_owned(), |b| {
             format!("{}.{} MiB", b / 1_048_576, b % 1_048_576 * 10 / 1_048_576)
@@ -324,7 +280,8 @@ async fn memory(args: MemoryArgs) -> anyhow::Result<bool> {
         mib(after),
         report.ok
     );
-    Ok(check(&report).passed())
+    println!("{}", VerificationLine(&report));
+    Ok(report.verification().passed())
 }
 
 #[tokio::main]
