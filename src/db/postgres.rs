@@ -1,0 +1,144 @@
+//! Opening PostgreSQL: the start-up path (each cause of failure named), the
+//! pool, and the durable transaction every write runs in.
+
+use std::str::FromStr;
+
+use sqlx::{
+    Connection, PgConnection, PgPool, Postgres, Transaction,
+    migrate::{MigrateDatabase, Migrator},
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+
+use super::{Contents, DatabaseUrl, DbErrorKind, OpenError, PoolSettings, classify, open_error};
+
+/// Opens a PostgreSQL pool and checks one connection. A database that does
+/// not exist yet is created first, so a first run needs no setup step.
+///
+/// Every connection asks for synchronous commit at start-up, overriding the
+/// server's, database's and role's defaults; [`begin_durable`] and the allocation statement ask again per
+/// transaction, for poolers that drop start-up options.
+///
+/// # Errors
+/// The URL does not parse, or the database cannot be reached or created.
+pub async fn connect_postgres(
+    url: &DatabaseUrl,
+    settings: &PoolSettings,
+) -> Result<PgPool, sqlx::Error> {
+    let options = PgConnectOptions::from_str(url.expose())?.options([("synchronous_commit", "on")]);
+    match pool_options(settings).connect_with(options.clone()).await {
+        Err(error) if classify(&error) == DbErrorKind::NoSuchDatabase => {
+            Postgres::create_database(url.expose()).await?;
+            tracing::warn!(database = %url, "created a new, empty database");
+            pool_options(settings).connect_with(options).await
+        }
+        result => result,
+    }
+}
+
+/// Connects as [`connect_postgres`] does, checks the database is this
+/// service's or empty, then runs `migrator`: what a service does at start-up
+/// before it reports ready. Each cause of failure is its own [`OpenError`].
+///
+/// # Errors
+/// The host does not resolve, the server does not answer or refuses the
+/// credentials, the database is missing and cannot be created, it holds
+/// another service's tables, or a migration fails.
+pub async fn open_postgres(
+    url: &DatabaseUrl,
+    settings: &PoolSettings,
+    migrator: &Migrator,
+) -> Result<PgPool, OpenError> {
+    let database = url.redacted();
+    let options = PgConnectOptions::from_str(url.expose())
+        .map_err(|error| OpenError::Connect(database.clone(), error))?;
+    resolve(&options, &database).await?;
+    // One connection first, alone: the pool would report any failure as
+    // "pool timed out", hiding the cause.
+    let probe = tokio::time::timeout(
+        settings.acquire_timeout,
+        PgConnection::connect_with(&options),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {:?}", settings.acquire_timeout),
+        )))
+    });
+    match probe {
+        Ok(conn) => {
+            let _ = conn.close().await;
+        }
+        Err(error) => match classify(&error) {
+            DbErrorKind::NoSuchDatabase => {} // created below
+            _ => return Err(open_error(&database, error)),
+        },
+    }
+    // Creating a missing database fails for want of CREATEDB.
+    let pool = connect_postgres(url, settings)
+        .await
+        .map_err(|error| match classify(&error) {
+            DbErrorKind::NoPrivilege => OpenError::Missing {
+                database: database.clone(),
+                source: error,
+            },
+            _ => open_error(&database, error),
+        })?;
+    tracing::info!(database, "opened the database");
+    Contents::read(
+        &pool,
+        "SELECT table_name::text FROM information_schema.tables \
+         WHERE table_schema = current_schema() ORDER BY table_name",
+    )
+    .await
+    .map_err(|error| OpenError::Connect(database.clone(), error))?
+    .check_ours(migrator, &database)?;
+    migrator
+        .run(&pool)
+        .await
+        .map_err(|error| OpenError::Migrate(database, error))?;
+    Ok(pool)
+}
+
+/// Resolves the URL's host, so that a misspelt one is named as such.
+async fn resolve(options: &PgConnectOptions, database: &str) -> Result<(), OpenError> {
+    let host = options.get_host();
+    // A Unix socket directory needs no resolving.
+    if host.starts_with('/') {
+        return Ok(());
+    }
+    match tokio::net::lookup_host((host, options.get_port())).await {
+        Ok(_) => Ok(()),
+        Err(source) => Err(OpenError::UnknownHost {
+            database: database.to_owned(),
+            host: host.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Pool options shared by every PostgreSQL pool.
+fn pool_options(settings: &PoolSettings) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(settings.acquire_timeout)
+}
+
+/// Begins a transaction whose COMMIT returns only once it is flushed to disk,
+/// whatever `synchronous_commit` the server, database or role defaults to:
+/// with it off, a crash could roll a counter back under numbers already
+/// handed out, or lose an invoice already acknowledged.
+///
+/// # Errors
+/// No connection could be had, or the statements failed.
+pub async fn begin_durable(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    // One round trip: the simple-query protocol runs both statements.
+    pool.begin_with("BEGIN; SET LOCAL synchronous_commit = on")
+        .await
+}
+
+/// Whether the pool can hand out a working connection now; bounded by the
+/// pool's acquire time-out.
+pub async fn ping(pool: &PgPool) -> bool {
+    sqlx::query("SELECT 1").execute(pool).await.is_ok()
+}

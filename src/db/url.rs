@@ -1,0 +1,197 @@
+//! Database URLs: which backend a URL names, refusing those that would lose
+//! or refuse writes, and a password that never reaches `Debug`, `Display` or logs.
+
+use std::{fmt, path::Path, str::FromStr};
+
+use sqlx::sqlite::SqliteConnectOptions;
+
+/// Which database a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `postgres://` or `postgresql://`: the production store.
+    Postgres,
+    /// `sqlite:`: one file on local disk, the embedded default.
+    Sqlite,
+}
+
+/// A database URL. Its password never reaches `Debug`, `Display` or logs.
+#[derive(Clone)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// The URL of a SQLite database file at `path`.
+    ///
+    /// # Errors
+    /// The path is not UTF-8.
+    pub fn sqlite_file(path: &Path) -> Result<Self, String> {
+        // The URL's path is percent-decoded: escape what would not survive.
+        const ESCAPED: &percent_encoding::AsciiSet =
+            &percent_encoding::CONTROLS.add(b'%').add(b'?').add(b'#');
+        let path = path
+            .to_str()
+            .ok_or_else(|| format!("database path {} is not UTF-8", path.display()))?;
+        Ok(Self(format!(
+            "sqlite://{}",
+            percent_encoding::utf8_percent_encode(path, ESCAPED)
+        )))
+    }
+
+    /// The backend the URL's scheme names.
+    #[must_use]
+    pub fn backend(&self) -> Backend {
+        if self.0.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            Backend::Postgres
+        }
+    }
+
+    /// The full URL, password included: for connecting only.
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any password, in the user part or as a `password`
+    /// parameter, replaced by `***`.
+    #[must_use]
+    pub fn redacted(&self) -> String {
+        if self.backend() == Backend::Sqlite {
+            // A file name: nothing secret in it.
+            return self.0.clone();
+        }
+        let Ok(mut url) = url::Url::parse(&self.0) else {
+            return "<unparseable database url>".into();
+        };
+        if url.password().is_some() {
+            // Cannot fail: the URL already has a password, so it has a host.
+            let _ = url.set_password(Some("***"));
+        }
+        if url.query().is_some() {
+            let pairs: Vec<(String, String)> = url
+                .query_pairs()
+                .map(|(key, value)| {
+                    let value = if key.eq_ignore_ascii_case("password") {
+                        "***".into()
+                    } else {
+                        value.into_owned()
+                    };
+                    (key.into_owned(), value)
+                })
+                .collect();
+            url.query_pairs_mut().clear().extend_pairs(pairs);
+        }
+        url.to_string()
+    }
+}
+
+impl FromStr for DatabaseUrl {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        let url = Self(raw.to_owned());
+        if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+            return Ok(url);
+        }
+        if raw.starts_with("sqlite:") {
+            // Numbers handed out from memory would be handed out again after a restart.
+            let options = SqliteConnectOptions::from_str(raw).map_err(|error| error.to_string())?;
+            if raw.contains(":memory:") || raw.contains("mode=memory") {
+                return Err(format!(
+                    "{raw}: an in-memory SQLite database loses every number at exit; name a file"
+                ));
+            }
+            // The services write, and rely on SQLite's own file locking.
+            if let Some((_, query)) = raw.split_once('?') {
+                for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+                    if matches!(key.as_ref(), "vfs" | "immutable") || value == "ro" {
+                        return Err(format!(
+                            "{raw}: {key}={value} would give up writing or file locking"
+                        ));
+                    }
+                }
+            }
+            if options.get_filename().as_os_str().is_empty() {
+                return Err(format!("{raw}: no SQLite file named"));
+            }
+            return Ok(url);
+        }
+        Err(format!(
+            "unsupported database URL {}: expected postgres:// or sqlite://",
+            url.redacted()
+        ))
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_url_hides_its_password() {
+        let url: DatabaseUrl = "postgres://app:s3cret@db:5432/numbers".parse().unwrap();
+        assert!(!format!("{url:?}").contains("s3cret"));
+        assert!(!url.to_string().contains("s3cret"));
+        assert!(url.redacted().contains("app:***@db"));
+        assert!(url.expose().contains("s3cret"));
+
+        let url: DatabaseUrl = "postgres://app@db/numbers?sslmode=require&password=s3cret"
+            .parse()
+            .unwrap();
+        assert!(!url.to_string().contains("s3cret"), "{url}");
+        assert!(url.to_string().contains("sslmode=require"), "{url}");
+    }
+
+    #[test]
+    fn database_url_rejects_other_schemes() {
+        let error = "mysql://root:pw@db/x".parse::<DatabaseUrl>().unwrap_err();
+        assert!(!error.contains("pw@"), "{error}");
+    }
+
+    #[test]
+    fn the_scheme_picks_the_backend() {
+        let postgres: DatabaseUrl = "postgresql://db/numbers".parse().unwrap();
+        assert_eq!(postgres.backend(), Backend::Postgres);
+        let sqlite: DatabaseUrl = "sqlite://data/allocator.sqlite3".parse().unwrap();
+        assert_eq!(sqlite.backend(), Backend::Sqlite);
+        assert_eq!(sqlite.to_string(), "sqlite://data/allocator.sqlite3");
+    }
+
+    #[test]
+    fn sqlite_files_keep_their_exact_path() {
+        let path = Path::new("/srv/a?b#c%20d/numbers.sqlite3");
+        let url = DatabaseUrl::sqlite_file(path).unwrap();
+        let options = SqliteConnectOptions::from_str(url.expose()).unwrap();
+        assert_eq!(options.get_filename(), path);
+        assert_eq!(
+            url.expose().parse::<DatabaseUrl>().unwrap().backend(),
+            Backend::Sqlite
+        );
+    }
+
+    #[test]
+    fn sqlite_urls_that_would_lose_or_refuse_writes_are_refused() {
+        for raw in [
+            "sqlite::memory:",
+            "sqlite://x.db?mode=memory",
+            "sqlite://",
+            "sqlite://x.db?mode=ro",
+            "sqlite://x.db?vfs=unix-none",
+            "sqlite://x.db?immutable=true",
+        ] {
+            assert!(raw.parse::<DatabaseUrl>().is_err(), "{raw} accepted");
+        }
+    }
+}
