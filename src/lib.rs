@@ -6,15 +6,15 @@
 //!   its client of the allocator.
 //! - [`bench`](mod@bench): the load generator and verifier behind `numbering-bench`.
 //! - [`server`]: plumbing both services share: configuration, telemetry, health,
-//!   reflection, middleware and shutdown.
+//!   reflection, per-call limits, start-up errors, shutdown, and the gRPC edge
+//!   (rich statuses, field validation, page tokens).
+//! - [`db`]: opening and checking either database, and classifying its errors.
+//! - [`tenant`]: the tenant id both services speak of.
 
 pub mod allocator;
 pub mod bench;
 pub mod db;
 pub mod invoices;
-pub mod pagination;
 pub mod proto;
 pub mod server;
-pub mod status;
 pub mod tenant;
-pub mod validation;

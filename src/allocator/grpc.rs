@@ -8,16 +8,18 @@ use crate::{
         series::{Count, Series, SeriesName},
         store::StoreError,
     },
-    pagination,
     proto::{
         self, AdvanceCounterRequest, AdvanceCounterResponse, AllocateRequest, AllocateResponse,
         AllocatedNumber, GetSeriesRequest, GetSeriesResponse, ListSeriesRequest,
         ListSeriesResponse,
         number_allocator_server::{NumberAllocator, NumberAllocatorServer},
     },
-    status::{internal, with_reason},
+    server::{
+        pagination,
+        status::{internal, with_reason},
+        validation::Violations,
+    },
     tenant::TenantId,
-    validation::Violations,
 };
 
 /// Longest accepted `request_id`, in characters.

@@ -12,8 +12,10 @@ mod url;
 pub use classify::{DbErrorKind, classify};
 pub use open::OpenError;
 pub(crate) use open::{Contents, open_error};
-pub use postgres::{begin_durable, connect_postgres, open_postgres, ping};
-pub use sqlite::{SqliteDatabase, SqliteWrite, open_sqlite};
+pub use postgres::{begin_durable, connect_postgres};
+pub(crate) use postgres::{open_postgres, ping};
+pub(crate) use sqlite::SqliteDatabase;
+pub use sqlite::open_sqlite;
 pub use url::{Backend, DatabaseUrl};
 
 /// Pool limits. The acquire time-out is what makes calls fail fast while the

@@ -43,7 +43,7 @@ pub async fn connect_postgres(
 /// The host does not resolve, the server does not answer or refuses the
 /// credentials, the database is missing and cannot be created, it holds
 /// another service's tables, or a migration fails.
-pub async fn open_postgres(
+pub(crate) async fn open_postgres(
     url: &DatabaseUrl,
     settings: &PoolSettings,
     migrator: &Migrator,
@@ -139,6 +139,6 @@ pub async fn begin_durable(pool: &PgPool) -> Result<Transaction<'static, Postgre
 
 /// Whether the pool can hand out a working connection now; bounded by the
 /// pool's acquire time-out.
-pub async fn ping(pool: &PgPool) -> bool {
+pub(crate) async fn ping(pool: &PgPool) -> bool {
     sqlx::query("SELECT 1").execute(pool).await.is_ok()
 }

@@ -13,16 +13,17 @@ use crate::{
         domain::{self, Client, Invoice, LineItem, MAX_LINE_ITEMS, NewInvoice},
         store::StoreError,
     },
-    pagination,
     proto::{
         self, CreateInvoiceRequest, CreateInvoiceResponse, GetInvoiceRequest, GetInvoiceResponse,
         ListInvoicesRequest, ListInvoicesResponse,
         invoice_writer_server::{self, InvoiceWriterServer},
     },
-    server::caller_timeout,
-    status::{internal, with_reason},
+    server::{
+        caller_timeout, pagination,
+        status::{internal, with_reason},
+        validation::{InvalidArgument, Violations},
+    },
     tenant::TenantId,
-    validation::{InvalidArgument, Violations},
 };
 
 /// Largest request the writer decodes: 500 line items of bounded text fit well within it.

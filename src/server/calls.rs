@@ -21,7 +21,7 @@ use tonic::{
 };
 use tonic_types::StatusExt;
 
-use crate::status::with_reason;
+use crate::server::status::with_reason;
 
 /// A service whose calls are bounded in number and time, each failure logged
 /// at the level its code deserves.

@@ -3,9 +3,12 @@
 
 mod calls;
 pub mod config;
+pub mod pagination;
 pub mod shutdown;
 pub mod startup;
+pub mod status;
 pub mod telemetry;
+pub mod validation;
 
 use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
 
@@ -166,7 +169,7 @@ where
 /// The caller's deadline, from the `grpc-timeout` header (`<digits><unit>`,
 /// unit one of H M S m u n).
 #[must_use]
-pub fn caller_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+pub(crate) fn caller_timeout(headers: &http::HeaderMap) -> Option<Duration> {
     let value = headers.get("grpc-timeout")?.to_str().ok()?;
     let split = value.len().checked_sub(1)?;
     let (digits, unit) = value.split_at(split);

@@ -3,6 +3,9 @@
 
 // Test docs speak of status codes and RPC names as plain words.
 #![allow(clippy::doc_markdown)]
+// A test crate has no public API: its helpers' `pub` means "for the other
+// test modules".
+#![allow(unreachable_pub)]
 
 use rstest_reuse::template;
 

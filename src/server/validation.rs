@@ -6,7 +6,7 @@ use std::fmt;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::status::ERROR_DOMAIN;
+use crate::server::status::ERROR_DOMAIN;
 
 /// One bad field: its path in the request (`line_items[2].quantity`) and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
