@@ -7,7 +7,8 @@
 //! - [`allocator_client`]: calls to the allocator, retried while it is unreachable.
 //! - [`grpc`]: the `numbering.v1.InvoiceWriter` handlers.
 //! - [`store`]: the invoice store interface; [`postgres`] and
-//!   [`sqlite`]: its two implementations, chosen by the database URL.
+//!   [`sqlite`]: its two implementations, chosen by the database URL; `sql`:
+//!   the statements and row both share, where an invoice is stored.
 //! - [`seed`]: seeding the allocator's counters from stored invoices.
 
 pub mod allocator_client;
@@ -16,6 +17,7 @@ pub mod domain;
 pub mod grpc;
 pub mod postgres;
 pub mod seed;
+mod sql;
 pub mod sqlite;
 pub mod store;
 pub mod writer;

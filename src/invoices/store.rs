@@ -51,11 +51,6 @@ pub struct HighestNumber {
     pub number: i64,
 }
 
-/// The invoices table's columns, as both backends' rows read them.
-pub(crate) const COLUMNS: &str = "id, tenant_id, number, invoice_number, client_id, client_name,
-    client_email, client_phone, client_address, due_date, notes, currency, line_items, total,
-    created_at";
-
 /// An invoice store failure.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -1,0 +1,209 @@
+//! The invoices table as both engines read and write it: one statement text
+//! each (`$N` placeholders suit both), one row type, one conversion. The
+//! engines differ only in how an id and a total are stored: a UUID and a
+//! NUMERIC on PostgreSQL, text on SQLite; each backend says which.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use rust_decimal::Decimal;
+use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Pool, Type, types::Json};
+use uuid::Uuid;
+
+use crate::invoices::{
+    domain::{Client, Invoice, LineItem},
+    store::{HighestNumber, StoreError},
+};
+
+/// The columns every read returns, in the row's order.
+const COLUMNS: &str = "id, tenant_id, number, invoice_number, client_id, client_name,
+    client_email, client_phone, client_address, due_date, notes, currency, line_items, total,
+    created_at";
+
+/// An invoice as stored, its id and total in the engine's own types.
+#[derive(FromRow)]
+pub(crate) struct InvoiceRow<Id, Total> {
+    id: Id,
+    tenant_id: String,
+    number: i64,
+    invoice_number: String,
+    client_id: String,
+    client_name: String,
+    client_email: String,
+    client_phone: String,
+    client_address: String,
+    due_date: NaiveDate,
+    notes: String,
+    currency: String,
+    line_items: Json<Vec<LineItem>>,
+    total: Total,
+    created_at: DateTime<Utc>,
+}
+
+/// The row of an engine that stores ids and totals as `S` says.
+pub(crate) type RowOf<S> = InvoiceRow<<S as Stored>::Id, <S as Stored>::Total>;
+
+/// How an engine stores an invoice's id and total.
+pub(crate) trait Stored: Sized {
+    /// The id's stored form.
+    type Id;
+    /// The total's stored form.
+    type Total;
+
+    /// The id as stored.
+    fn id(id: Uuid) -> Self::Id;
+    /// The total as stored.
+    fn total(total: Decimal) -> Self::Total;
+    /// Reads back a stored id and total.
+    ///
+    /// # Errors
+    /// A stored value does not parse: the table was edited by hand.
+    fn read(id: Self::Id, total: Self::Total) -> Result<(Uuid, Decimal), StoreError>;
+}
+
+impl<Id, Total> InvoiceRow<Id, Total> {
+    /// The invoice, its id and total read back by `S`.
+    pub(crate) fn into_invoice<S: Stored<Id = Id, Total = Total>>(
+        self,
+    ) -> Result<Invoice, StoreError> {
+        let (id, total) = S::read(self.id, self.total)?;
+        Ok(Invoice {
+            id,
+            tenant_id: self.tenant_id,
+            number: self.number,
+            invoice_number: self.invoice_number,
+            client: Client {
+                id: self.client_id,
+                name: self.client_name,
+                email: self.client_email,
+                phone: self.client_phone,
+                address: self.client_address,
+            },
+            due_date: self.due_date,
+            notes: self.notes,
+            currency: self.currency,
+            line_items: self.line_items.0,
+            total,
+            created_at: self.created_at,
+        })
+    }
+}
+
+/// Inserts the invoice on `conn`, inside the caller's transaction.
+#[tracing::instrument(name = "db.invoices.insert", skip_all, err(level = "debug"))]
+pub(crate) async fn insert_invoice<DB, S>(
+    conn: &mut DB::Connection,
+    invoice: &Invoice,
+) -> Result<(), sqlx::Error>
+where
+    DB: Database,
+    S: Stored,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'q> S::Id: Encode<'q, DB> + Type<DB>,
+    for<'q> S::Total: Encode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> NaiveDate: Encode<'q, DB> + Type<DB>,
+    for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
+    for<'q> Json<&'q [LineItem]>: Encode<'q, DB> + Type<DB>,
+{
+    sqlx::query(
+        "INSERT INTO invoices (id, tenant_id, number, invoice_number, client_id, client_name,
+             client_email, client_phone, client_address, due_date, notes, currency, line_items,
+             total, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+    )
+    .bind(S::id(invoice.id))
+    .bind(invoice.tenant_id.as_str())
+    .bind(invoice.number)
+    .bind(invoice.invoice_number.as_str())
+    .bind(invoice.client.id.as_str())
+    .bind(invoice.client.name.as_str())
+    .bind(invoice.client.email.as_str())
+    .bind(invoice.client.phone.as_str())
+    .bind(invoice.client.address.as_str())
+    .bind(invoice.due_date)
+    .bind(invoice.notes.as_str())
+    .bind(invoice.currency.as_str())
+    .bind(Json(invoice.line_items.as_slice()))
+    .bind(S::total(invoice.total))
+    .bind(invoice.created_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// One of the tenant's invoices, by id.
+#[tracing::instrument(name = "db.invoices.select_one", skip_all, err(level = "debug"))]
+pub(crate) async fn select_one<DB, S>(
+    pool: &Pool<DB>,
+    tenant: &str,
+    id: Uuid,
+) -> Result<Option<RowOf<S>>, sqlx::Error>
+where
+    DB: Database,
+    S: Stored,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'r> RowOf<S>: FromRow<'r, DB::Row> + Send + Unpin,
+    for<'q> S::Id: Encode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+{
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM invoices WHERE tenant_id = $1 AND id = $2"
+    )))
+    .bind(tenant)
+    .bind(S::id(id))
+    .fetch_optional(pool)
+    .await
+}
+
+/// Up to `limit` of the tenant's invoices numbered above `after`, in number order.
+#[tracing::instrument(name = "db.invoices.select_page", skip_all, err(level = "debug"))]
+pub(crate) async fn select_page<DB, S>(
+    pool: &Pool<DB>,
+    tenant: &str,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<RowOf<S>>, sqlx::Error>
+where
+    DB: Database,
+    S: Stored,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'r> RowOf<S>: FromRow<'r, DB::Row> + Send + Unpin,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+{
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM invoices WHERE tenant_id = $1 AND number > $2
+         ORDER BY number LIMIT $3"
+    )))
+    .bind(tenant)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Highest number per tenant. `number` is an integer column, so INV-1000
+/// ranks above INV-999, as a text sort of `invoice_number` would not.
+#[tracing::instrument(
+    name = "db.invoices.select_highest_numbers",
+    skip_all,
+    err(level = "debug")
+)]
+pub(crate) async fn select_highest_numbers<DB>(
+    pool: &Pool<DB>,
+) -> Result<Vec<HighestNumber>, sqlx::Error>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'r> HighestNumber: FromRow<'r, DB::Row>,
+{
+    sqlx::query_as(
+        "SELECT tenant_id, MAX(number) AS number FROM invoices GROUP BY tenant_id ORDER BY tenant_id",
+    )
+    .fetch_all(pool)
+    .await
+}
