@@ -7,7 +7,8 @@
 //! - [`group_commit`]: concurrent calls of one series merged into one transaction.
 //! - [`grpc`]: the `numbering.v1.NumberAllocator` handlers.
 //! - [`store`]: the counter store interface; [`postgres`] and
-//!   [`sqlite`]: its two implementations, chosen by the database URL.
+//!   [`sqlite`]: its two implementations, chosen by the database URL, each
+//!   with its own increment statement; `sql`: the statements both share.
 
 pub mod allocate;
 pub mod app;
@@ -15,6 +16,7 @@ pub mod group_commit;
 pub mod grpc;
 pub mod postgres;
 pub mod series;
+mod sql;
 pub mod sqlite;
 pub mod store;
 

@@ -2,11 +2,12 @@
 //! change in a transaction that commits synchronously.
 
 use async_trait::async_trait;
-use sqlx::{PgConnection, PgPool, migrate::Migrator};
+use sqlx::{PgPool, Postgres, migrate::Migrator};
 
 use crate::{
     allocator::{
         series::{Series, SeriesName},
+        sql,
         store::{Advanced, CounterStore, Increment, SeriesRow, StoreError, in_input_order},
     },
     db::begin_durable,
@@ -75,64 +76,6 @@ async fn increment(
     .await
 }
 
-/// Raises the counter to `at_least`, creating it there if absent; never lowers it.
-#[tracing::instrument(name = "db.counters.raise", skip_all, err(level = "debug"))]
-async fn raise(
-    conn: &mut PgConnection,
-    tenant: &str,
-    series: &str,
-    at_least: i64,
-    format: &str,
-) -> Result<SeriesRow, sqlx::Error> {
-    sqlx::query_as(
-        "INSERT INTO counters (tenant_id, series, last_value, format) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (tenant_id, series)
-         DO UPDATE SET last_value = GREATEST(counters.last_value, EXCLUDED.last_value)
-         RETURNING tenant_id, series, last_value, format",
-    )
-    .bind(tenant)
-    .bind(series)
-    .bind(at_least)
-    .bind(format)
-    .fetch_one(conn)
-    .await
-}
-
-#[tracing::instrument(name = "db.counters.select_one", skip_all, err(level = "debug"))]
-async fn select_one(
-    pool: &PgPool,
-    tenant: &str,
-    series: &str,
-) -> Result<Option<SeriesRow>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT tenant_id, series, last_value, format FROM counters
-         WHERE tenant_id = $1 AND series = $2",
-    )
-    .bind(tenant)
-    .bind(series)
-    .fetch_optional(pool)
-    .await
-}
-
-#[tracing::instrument(name = "db.counters.select_page", skip_all, err(level = "debug"))]
-async fn select_page(
-    pool: &PgPool,
-    tenant: &str,
-    after: &str,
-    limit: i64,
-) -> Result<Vec<SeriesRow>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT tenant_id, series, last_value, format FROM counters
-         WHERE tenant_id = $1 AND series > $2
-         ORDER BY series LIMIT $3",
-    )
-    .bind(tenant)
-    .bind(after)
-    .bind(limit)
-    .fetch_all(pool)
-    .await
-}
-
 #[async_trait]
 impl CounterStore for PgCounterStore {
     async fn allocate_many(
@@ -175,7 +118,9 @@ impl CounterStore for PgCounterStore {
         format: &str,
     ) -> Result<Series, StoreError> {
         let mut tx = begin_durable(&self.pool).await?;
-        let row = raise(&mut tx, tenant.as_str(), series.as_str(), at_least, format).await?;
+        let row =
+            sql::raise::<Postgres>(&mut tx, tenant.as_str(), series.as_str(), at_least, format)
+                .await?;
         tx.commit().await?;
         Ok(row.into())
     }
@@ -185,9 +130,11 @@ impl CounterStore for PgCounterStore {
         tenant: &TenantId,
         series: &SeriesName,
     ) -> Result<Option<Series>, StoreError> {
-        Ok(select_one(&self.pool, tenant.as_str(), series.as_str())
-            .await?
-            .map(Into::into))
+        Ok(
+            sql::select_one(&self.pool, tenant.as_str(), series.as_str())
+                .await?
+                .map(Into::into),
+        )
     }
 
     async fn list(
@@ -196,7 +143,7 @@ impl CounterStore for PgCounterStore {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<Series>, StoreError> {
-        let rows = select_page(
+        let rows = sql::select_page(
             &self.pool,
             tenant.as_str(),
             after.unwrap_or(""),

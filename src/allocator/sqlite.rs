@@ -3,11 +3,12 @@
 //! [`crate::db::open_sqlite`]).
 
 use async_trait::async_trait;
-use sqlx::{SqliteConnection, SqlitePool, migrate::Migrator, types::Json};
+use sqlx::{Sqlite, SqliteConnection, migrate::Migrator, types::Json};
 
 use crate::{
     allocator::{
         series::{Series, SeriesName},
+        sql,
         store::{Advanced, CounterStore, Increment, SeriesRow, StoreError, in_input_order},
     },
     db::SqliteDatabase,
@@ -54,64 +55,6 @@ async fn increment(
     .await
 }
 
-/// Raises the counter to `at_least`, creating it there if absent; never lowers it.
-#[tracing::instrument(name = "db.counters.raise", skip_all, err(level = "debug"))]
-async fn raise(
-    conn: &mut SqliteConnection,
-    tenant: &str,
-    series: &str,
-    at_least: i64,
-    format: &str,
-) -> Result<SeriesRow, sqlx::Error> {
-    sqlx::query_as(
-        "INSERT INTO counters (tenant_id, series, last_value, format) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (tenant_id, series)
-         DO UPDATE SET last_value = max(counters.last_value, excluded.last_value)
-         RETURNING tenant_id, series, last_value, format",
-    )
-    .bind(tenant)
-    .bind(series)
-    .bind(at_least)
-    .bind(format)
-    .fetch_one(conn)
-    .await
-}
-
-#[tracing::instrument(name = "db.counters.select_one", skip_all, err(level = "debug"))]
-async fn select_one(
-    pool: &SqlitePool,
-    tenant: &str,
-    series: &str,
-) -> Result<Option<SeriesRow>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT tenant_id, series, last_value, format FROM counters
-         WHERE tenant_id = ?1 AND series = ?2",
-    )
-    .bind(tenant)
-    .bind(series)
-    .fetch_optional(pool)
-    .await
-}
-
-#[tracing::instrument(name = "db.counters.select_page", skip_all, err(level = "debug"))]
-async fn select_page(
-    pool: &SqlitePool,
-    tenant: &str,
-    after: &str,
-    limit: i64,
-) -> Result<Vec<SeriesRow>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT tenant_id, series, last_value, format FROM counters
-         WHERE tenant_id = ?1 AND series > ?2
-         ORDER BY series LIMIT ?3",
-    )
-    .bind(tenant)
-    .bind(after)
-    .bind(limit)
-    .fetch_all(pool)
-    .await
-}
-
 #[async_trait]
 impl CounterStore for SqliteCounterStore {
     async fn allocate_many(
@@ -139,7 +82,7 @@ impl CounterStore for SqliteCounterStore {
         format: &str,
     ) -> Result<Series, StoreError> {
         let mut write = self.db.begin_write().await?;
-        let row = raise(
+        let row = sql::raise::<Sqlite>(
             write.conn(),
             tenant.as_str(),
             series.as_str(),
@@ -156,9 +99,11 @@ impl CounterStore for SqliteCounterStore {
         tenant: &TenantId,
         series: &SeriesName,
     ) -> Result<Option<Series>, StoreError> {
-        Ok(select_one(self.db.pool(), tenant.as_str(), series.as_str())
-            .await?
-            .map(Into::into))
+        Ok(
+            sql::select_one(self.db.pool(), tenant.as_str(), series.as_str())
+                .await?
+                .map(Into::into),
+        )
     }
 
     async fn list(
@@ -167,7 +112,7 @@ impl CounterStore for SqliteCounterStore {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<Series>, StoreError> {
-        let rows = select_page(
+        let rows = sql::select_page(
             self.db.pool(),
             tenant.as_str(),
             after.unwrap_or(""),
