@@ -26,6 +26,9 @@ pub struct Backoff {
     pub initial: Duration,
     /// Largest ceiling.
     pub max: Duration,
+    /// Where the jitter comes from: a number in `[0, 1)`, uniformly random
+    /// outside tests.
+    pub draw: fn() -> f64,
 }
 
 impl Default for Backoff {
@@ -33,6 +36,7 @@ impl Default for Backoff {
         Self {
             initial: Duration::from_millis(50),
             max: Duration::from_secs(1),
+            draw: fastrand::f64,
         }
     }
 }
@@ -45,7 +49,7 @@ impl Backoff {
             .initial
             .saturating_mul(2_u32.saturating_pow(retry))
             .min(self.max);
-        ceiling / 2 + (ceiling / 2).mul_f64(fastrand::f64())
+        ceiling / 2 + (ceiling / 2).mul_f64((self.draw)().clamp(0.0, 1.0))
     }
 }
 
@@ -186,23 +190,23 @@ mod tests {
 
     #[test]
     fn backoff_grows_to_its_ceiling_with_jitter() {
-        let backoff = Backoff {
+        let backoff = |draw| Backoff {
             initial: Duration::from_millis(100),
             max: Duration::from_millis(400),
+            draw,
         };
-        for _ in 0..100 {
-            let first = backoff.delay(0);
-            assert!(
-                first >= Duration::from_millis(50) && first <= Duration::from_millis(100),
-                "{first:?}"
-            );
-            let late = backoff.delay(30);
-            assert!(
-                late >= Duration::from_millis(200) && late <= Duration::from_millis(400),
-                "{late:?}"
-            );
-        }
-        let draws: std::collections::HashSet<_> = (0..20).map(|_| backoff.delay(1)).collect();
+        let (lowest, highest) = (backoff(|| 0.0), backoff(|| 1.0));
+        let ms = Duration::from_millis;
+        assert_eq!((lowest.delay(0), highest.delay(0)), (ms(50), ms(100)));
+        assert_eq!((lowest.delay(1), highest.delay(1)), (ms(100), ms(200)));
+        assert_eq!((lowest.delay(30), highest.delay(30)), (ms(200), ms(400)));
+        assert_eq!(backoff(|| 0.5).delay(2), ms(300));
+        // The default draws at random: twenty delays are not all alike.
+        let random = Backoff {
+            initial: Duration::from_secs(1),
+            ..Backoff::default()
+        };
+        let draws: std::collections::HashSet<_> = (0..20).map(|_| random.delay(0)).collect();
         assert!(draws.len() > 1, "no jitter");
     }
 }

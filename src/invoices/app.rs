@@ -16,6 +16,7 @@ use crate::{
         seed::{self, SeedReport},
         sqlite::{self, SqliteInvoiceStore},
         store::{InvoiceStore, StoreError},
+        writer::{Clock, SystemClock},
     },
     proto::invoice_writer_server::InvoiceWriterServer,
     server::{self, ServeError, ServerSettings, startup::StartupError},
@@ -72,18 +73,21 @@ impl App {
             allocator,
             settings.max_attempts,
             settings.allocator_retry_budget,
+            Arc::new(SystemClock),
         ))
     }
 
-    /// The service on a store already open and an allocator client.
+    /// The service on a store already open, an allocator client, and the
+    /// clock that stamps new invoices.
     #[must_use]
     pub fn on(
         store: Arc<dyn InvoiceStore>,
         allocator: AllocatorClient,
         max_attempts: u32,
         allocator_retry_budget: Duration,
+        clock: Arc<dyn Clock>,
     ) -> Self {
-        let writer = InvoiceWriter::new(store.clone(), allocator.clone(), max_attempts);
+        let writer = InvoiceWriter::new(store.clone(), allocator.clone(), max_attempts, clock);
         Self {
             store,
             allocator,

@@ -221,14 +221,20 @@ impl NewInvoice {
             .sum()
     }
 
-    /// The invoice with its number, a new id and its creation time.
+    /// The invoice with its number, its id and its creation time.
     #[must_use]
-    pub fn numbered(&self, number: i64, invoice_number: String, now: DateTime<Utc>) -> Invoice {
+    pub fn numbered(
+        &self,
+        number: i64,
+        invoice_number: String,
+        id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Invoice {
         // Stored timestamps keep microseconds: drop the rest so the invoice
         // returned now equals the invoice read back later.
         let created_at = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
         Invoice {
-            id: Uuid::now_v7(),
+            id,
             tenant_id: self.tenant_id.to_string(),
             number,
             invoice_number,

@@ -1,4 +1,4 @@
-//! The invoice store on PostgreSQL: the shared statements ([`super::sql`]),
+//! The invoice store on PostgreSQL: the shared statements (`sql.rs`),
 //! each insert in a transaction that commits synchronously. Ids are UUIDs and
 //! totals NUMERIC.
 

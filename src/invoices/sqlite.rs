@@ -1,4 +1,4 @@
-//! The invoice store on SQLite: the shared statements ([`super::sql`]), each
+//! The invoice store on SQLite: the shared statements (`sql.rs`), each
 //! insert through the one SQLite write path (see [`crate::db::open_sqlite`]).
 //! Ids and totals are stored as text.
 

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -38,26 +38,53 @@ pub enum Error {
     Store(#[from] StoreError),
 }
 
+/// Where the writer gets the time and the ids of new invoices: the system's
+/// outside tests. Together, because the ids (version 7 UUIDs) embed the time.
+pub trait Clock: Send + Sync {
+    /// The time now.
+    fn now(&self) -> DateTime<Utc>;
+    /// A new, unique invoice id.
+    fn new_id(&self) -> Uuid;
+}
+
+/// The system's clock, and time-ordered random ids.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+
+    fn new_id(&self) -> Uuid {
+        Uuid::now_v7()
+    }
+}
+
 /// Writes and reads invoices.
 #[derive(Clone)]
 pub struct InvoiceWriter {
     store: Arc<dyn InvoiceStore>,
     allocator: AllocatorClient,
     max_attempts: u32,
+    clock: Arc<dyn Clock>,
 }
 
 impl InvoiceWriter {
-    /// A writer that allocates at most `max_attempts` numbers per invoice.
+    /// A writer that allocates at most `max_attempts` numbers per invoice and
+    /// stamps each with `clock`'s time and a new id from it.
     #[must_use]
     pub fn new(
         store: Arc<dyn InvoiceStore>,
         allocator: AllocatorClient,
         max_attempts: u32,
+        clock: Arc<dyn Clock>,
     ) -> Self {
         Self {
             store,
             allocator,
             max_attempts: max_attempts.max(1),
+            clock,
         }
     }
 
@@ -77,7 +104,12 @@ impl InvoiceWriter {
         }
         for attempt in 1..=self.max_attempts {
             let number = self.allocator.allocate(&new.tenant_id, deadline).await?;
-            let invoice = new.numbered(number.value, number.formatted, Utc::now());
+            let invoice = new.numbered(
+                number.value,
+                number.formatted,
+                self.clock.new_id(),
+                self.clock.now(),
+            );
             match self.store.insert(&invoice).await {
                 Ok(()) => return Ok(invoice),
                 Err(StoreError::NumberTaken) => tracing::warn!(

@@ -15,6 +15,7 @@ use numbering::{
         self,
         allocator_client::{AllocatorClient, Backoff},
         store::InvoiceStore,
+        writer::{Clock, SystemClock},
     },
     proto::{
         AllocateRequest, CreateInvoiceRequest, GetSeriesRequest, Invoice, LineItem,
@@ -449,6 +450,7 @@ pub fn test_backoff() -> Backoff {
     Backoff {
         initial: Duration::from_millis(20),
         max: Duration::from_millis(200),
+        ..Backoff::default()
     }
 }
 
@@ -458,6 +460,16 @@ pub fn allocator_client(allocator_url: &str) -> AllocatorClient {
 }
 
 pub async fn spawn_writer(backend: Backend, allocator_url: &str, max_attempts: u32) -> WriterApp {
+    spawn_writer_with(backend, allocator_url, max_attempts, Arc::new(SystemClock)).await
+}
+
+/// A writer on a fresh database, stamping invoices with `clock`.
+pub async fn spawn_writer_with(
+    backend: Backend,
+    allocator_url: &str,
+    max_attempts: u32,
+    clock: Arc<dyn Clock>,
+) -> WriterApp {
     let db = TestDb::create(backend).await;
     let store = db.invoice_store().await;
     let app = invoices::app::App::on(
@@ -465,6 +477,7 @@ pub async fn spawn_writer(backend: Backend, allocator_url: &str, max_attempts: u
         allocator_client(allocator_url),
         max_attempts,
         Duration::from_secs(5),
+        clock,
     );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server = spawn_server(listener, |listener, stop| async move {
@@ -522,7 +535,12 @@ pub async fn import_invoice(
     invoice_number: &str,
 ) {
     let new = invoices::grpc::parse_new_invoice(&invoice_request(tenant)).unwrap();
-    let invoice = new.numbered(number, invoice_number.into(), chrono::Utc::now());
+    let invoice = new.numbered(
+        number,
+        invoice_number.into(),
+        uuid::Uuid::now_v7(),
+        chrono::Utc::now(),
+    );
     store.insert(&invoice).await.expect("import invoice");
 }
 

@@ -15,8 +15,9 @@ use std::{
 
 use numbering::{
     allocator::{CommitMode, series::NumberFormat},
-    invoices::{seed, store::HighestNumber},
+    invoices::{seed, store::HighestNumber, writer::Clock},
     proto::{AdvanceCounterRequest, GetInvoiceRequest, LineItem, ListInvoicesRequest},
+    tenant::TenantId,
 };
 use tokio::{net::TcpListener, sync::Barrier};
 use tonic::Code;
@@ -24,9 +25,48 @@ use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::helpers::{
     CapturedLogs, allocator_client, assert_invalid_field, assert_reason, create, import_invoice,
-    invoice_request, invoice_series, list_all, spawn_allocator_on, spawn_both, spawn_writer,
-    wait_for_health,
+    invoice_request, invoice_series, list_all, spawn_allocator, spawn_allocator_on, spawn_both,
+    spawn_writer, spawn_writer_with, wait_for_health,
 };
+
+/// A clock stopped at one instant that hands out one id.
+struct Stopped(chrono::DateTime<chrono::Utc>, uuid::Uuid);
+
+impl Clock for Stopped {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.0
+    }
+
+    fn new_id(&self) -> uuid::Uuid {
+        self.1
+    }
+}
+
+/// The writer stamps an invoice with its clock's time and an id from it, in
+/// the answer and in the store alike.
+#[apply(backends)]
+#[tokio::test]
+async fn invoices_are_stamped_by_the_writers_clock(#[case] backend: Backend) {
+    let at = chrono::DateTime::parse_from_rfc3339("2031-02-03T04:05:06.789012Z")
+        .unwrap()
+        .to_utc();
+    let id = uuid::Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0042);
+    let allocator = spawn_allocator(backend).await;
+    let clock = Arc::new(Stopped(at, id));
+    let mut writer = spawn_writer_with(backend, &allocator.server.url(), 3, clock).await;
+
+    let created = create(&mut writer.client, "acme").await;
+    assert_eq!(created.id, id.to_string());
+    let stamp = created.created_at.expect("a creation time");
+    assert_eq!((stamp.seconds, stamp.nanos), (at.timestamp(), 789_012_000));
+    let stored = writer
+        .store
+        .get(&TenantId::parse("acme").unwrap(), id)
+        .await
+        .unwrap()
+        .expect("stored under the clock's id");
+    assert_eq!(stored.created_at, at);
+}
 
 /// 200 concurrent invoices of one tenant are numbered INV-001 … INV-200, each once.
 #[apply(backends)]
@@ -520,7 +560,12 @@ async fn the_store_refuses_a_number_twice(#[case] backend: Backend) {
     for (number, formatted) in [(5, "X-5"), (6, "INV-005")] {
         let error = writer
             .store
-            .insert(&new.numbered(number, formatted.into(), chrono::Utc::now()))
+            .insert(&new.numbered(
+                number,
+                formatted.into(),
+                uuid::Uuid::now_v7(),
+                chrono::Utc::now(),
+            ))
             .await
             .unwrap_err();
         assert!(
