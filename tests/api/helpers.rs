@@ -672,14 +672,11 @@ pub async fn start_draining(mut command: tokio::process::Command, drain_delay: &
         async move {
             let mut listening = Some(listening);
             while let Ok(Some(line)) = lines.next_line().await {
-                let event: serde_json::Value = serde_json::from_str(&line)
-                    .unwrap_or_else(|_| panic!("log line is not JSON: {line}"));
-                if event["message"]
-                    .as_str()
-                    .is_some_and(|message| message.ends_with(" listening"))
+                // The event that names the address it listens on.
+                if let Some(addr) = event(&line)["addr"].as_str()
                     && let Some(listening) = listening.take()
                 {
-                    let _ = listening.send(event["addr"].as_str().unwrap().to_owned());
+                    let _ = listening.send(addr.to_owned());
                 }
                 logs.lock().unwrap().push(line);
                 count.send_modify(|n| *n += 1);
@@ -708,20 +705,20 @@ impl Running {
         nix::unistd::Pid::from_raw(i32::try_from(self.child.id().expect("running")).unwrap())
     }
 
-    /// Waits until the process logs a line containing `text`.
-    pub async fn wait_for_log(&mut self, text: &str) {
+    /// Waits until the process logs an event that `wanted` accepts.
+    pub async fn wait_for_event(&mut self, wanted: impl Fn(&serde_json::Value) -> bool) {
         let logs = self.logs.clone();
         let seen = tokio::time::timeout(PATIENCE, async {
             loop {
-                if logs.lock().unwrap().iter().any(|line| line.contains(text)) {
+                if logs.lock().unwrap().iter().any(|line| wanted(&event(line))) {
                     return;
                 }
                 let more = self.logged.changed().await;
-                assert!(more.is_ok(), "the binary stopped logging before {text:?}");
+                assert!(more.is_ok(), "the binary stopped logging: {logs:?}");
             }
         })
         .await;
-        assert!(seen.is_ok(), "{text:?} not logged within {PATIENCE:?}");
+        assert!(seen.is_ok(), "not logged within {PATIENCE:?}: {logs:?}");
     }
 
     /// Waits for the process to exit; its exit status and every line it logged.
@@ -737,6 +734,11 @@ impl Running {
         let logged = self.logs.lock().unwrap().clone();
         (exited, logged)
     }
+}
+
+/// A JSON log line as an event, its fields at the top level.
+pub fn event(line: &str) -> serde_json::Value {
+    serde_json::from_str(line).unwrap_or_else(|_| panic!("log line is not JSON: {line}"))
 }
 
 /// The allocator binary on `url`.

@@ -20,8 +20,8 @@ use tonic_reflection::pb::{v1, v1alpha};
 use crate::backends;
 use crate::helpers::{
     CapturedLogs, PATIENCE, TestDb, allocate, allocator_binary, assert_invalid_field,
-    assert_reason, spawn_allocator, spawn_allocator_serving, spawn_both, start, start_draining,
-    test_settings, wait_for_health,
+    assert_reason, event, spawn_allocator, spawn_allocator_serving, spawn_both, start,
+    start_draining, test_settings, wait_for_health,
 };
 
 /// Service names listed by reflection v1.
@@ -257,7 +257,10 @@ async fn the_binary_exits_cleanly_on_sigterm() {
     kill(running.pid(), Signal::SIGTERM).unwrap();
     let (status, logged) = running.wait().await;
     assert_eq!(status.code(), Some(0), "{logged:?}");
-    assert!(logged.iter().any(|l| l.contains("SIGTERM")), "{logged:?}");
+    assert!(
+        logged.iter().any(|line| event(line)["signal"] == "SIGTERM"),
+        "{logged:?}"
+    );
     assert!(!logged.iter().any(|l| l.contains("s3cret")), "{logged:?}");
 }
 
@@ -268,14 +271,20 @@ async fn a_second_ctrl_c_exits_at_once_with_130() {
     let db = TestDb::create(Backend::Sqlite).await;
     let mut running = start_draining(allocator_binary(&db.url), "1h").await;
     kill(running.pid(), Signal::SIGINT).unwrap();
-    running.wait_for_log("health NOT_SERVING; draining").await;
+    // Draining: the event that names the drain delay.
+    running
+        .wait_for_event(|e| e["drain_delay"].is_string())
+        .await;
     kill(running.pid(), Signal::SIGINT).unwrap();
     let (status, logged) = running.wait().await;
     assert_eq!(status.code(), Some(130), "{logged:?}");
-    assert!(
-        logged.iter().any(|l| l.contains("second shutdown signal")),
-        "{logged:?}"
-    );
+    let signals: Vec<_> = logged
+        .iter()
+        .map(|line| event(line))
+        .filter(|e| e["signal"] == "SIGINT")
+        .map(|e| e["status"].as_i64())
+        .collect();
+    assert_eq!(signals, [None, Some(130)], "{logged:?}");
 }
 
 /// `url` with a password in its user part and as a parameter.

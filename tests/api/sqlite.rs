@@ -317,8 +317,8 @@ async fn start_up_error(key: &str, value: &str) -> (Option<i32>, String) {
     )
 }
 
-/// The error of a full disk is classified UNAVAILABLE (retry later), not a bug;
-/// readiness reads, so it stays SERVING.
+/// The error of a full disk is classified UNAVAILABLE (retry later), not a bug.
+/// It cannot see readiness: no service runs on this file.
 #[tokio::test]
 async fn a_full_disk_is_classified_unavailable() {
     let dir = tempfile::tempdir().unwrap();
