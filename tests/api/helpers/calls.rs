@@ -1,0 +1,179 @@
+//! Requests and calls the tests make, and waits on health.
+
+use std::sync::Arc;
+
+use numbering::{
+    invoices::{self, store::InvoiceStore},
+    proto::{
+        AllocateRequest, CreateInvoiceRequest, GetSeriesRequest, Invoice, LineItem,
+        ListInvoicesRequest, Series, invoice_writer_client::InvoiceWriterClient,
+        number_allocator_client::NumberAllocatorClient,
+    },
+};
+use tokio::sync::Barrier;
+use tokio_stream::StreamExt;
+use tonic::{Status, transport::Channel};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+use super::PATIENCE;
+
+/// An Allocate request with no request id.
+pub fn allocate(tenant: &str, series: &str, count: u32) -> AllocateRequest {
+    AllocateRequest {
+        tenant_id: tenant.into(),
+        series: series.into(),
+        count,
+        request_id: String::new(),
+    }
+}
+
+/// Runs `calls` Allocate calls at once, one task each, released together.
+pub async fn allocate_concurrently(
+    client: &NumberAllocatorClient<Channel>,
+    calls: Vec<AllocateRequest>,
+) -> Vec<Vec<i64>> {
+    let barrier = Arc::new(Barrier::new(calls.len()));
+    let tasks: Vec<_> = calls
+        .into_iter()
+        .map(|request| {
+            let mut client = client.clone();
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let response = client
+                    .allocate(request)
+                    .await
+                    .expect("allocate")
+                    .into_inner();
+                response.numbers.iter().map(|n| n.value).collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.unwrap());
+    }
+    results
+}
+
+/// Waits until `service`'s health is `wanted`, through the Watch stream.
+pub async fn wait_for_health(channel: Channel, service: &str, wanted: ServingStatus) {
+    let mut health = HealthClient::new(channel);
+    let mut updates = health
+        .watch(HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .expect("health watch")
+        .into_inner();
+    let reached = tokio::time::timeout(PATIENCE, async {
+        while let Some(update) = updates.next().await {
+            if update.expect("health update").status == wanted as i32 {
+                return;
+            }
+        }
+        panic!("health stream ended before {service:?} was {wanted:?}");
+    })
+    .await;
+    assert!(
+        reached.is_ok(),
+        "{service:?} did not become {wanted:?} within {PATIENCE:?}"
+    );
+}
+
+/// A valid create request for `tenant`.
+pub fn invoice_request(tenant: &str) -> CreateInvoiceRequest {
+    CreateInvoiceRequest {
+        tenant_id: tenant.into(),
+        client_id: "c-42".into(),
+        client_name: "Globex Corporation".into(),
+        client_email: "billing@globex.example".into(),
+        client_phone: "+1 555 0100".into(),
+        client_address: "1 Main Street, Springfield".into(),
+        due_date: "2026-12-31".into(),
+        notes: "Thank you".into(),
+        currency: "EUR".into(),
+        line_items: vec![
+            LineItem {
+                description: "Consulting".into(),
+                quantity: "1.5".into(),
+                unit_price: "100.00".into(),
+            },
+            LineItem {
+                description: "Travel".into(),
+                quantity: "1".into(),
+                unit_price: "0.1".into(),
+            },
+        ],
+        request_id: String::new(),
+    }
+}
+
+/// Stores an invoice directly, as an import from another system would.
+pub async fn import_invoice(
+    store: &Arc<dyn InvoiceStore>,
+    tenant: &str,
+    number: i64,
+    invoice_number: &str,
+) {
+    let new = invoices::grpc::parse_new_invoice(&invoice_request(tenant)).unwrap();
+    let invoice = new.numbered(
+        number,
+        invoice_number.into(),
+        uuid::Uuid::now_v7(),
+        chrono::Utc::now(),
+    );
+    store.insert(&invoice).await.expect("import invoice");
+}
+
+/// The tenant's invoice series in the allocator.
+pub async fn invoice_series(
+    client: &mut NumberAllocatorClient<Channel>,
+    tenant: &str,
+) -> Result<Series, Status> {
+    let response = client
+        .get_series(GetSeriesRequest {
+            tenant_id: tenant.into(),
+            series: String::new(),
+        })
+        .await?;
+    Ok(response
+        .into_inner()
+        .series
+        .expect("a series in the response"))
+}
+
+/// Creates the standard invoice for `tenant`, expecting success.
+pub async fn create(client: &mut InvoiceWriterClient<Channel>, tenant: &str) -> Invoice {
+    client
+        .create_invoice(invoice_request(tenant))
+        .await
+        .expect("create invoice")
+        .into_inner()
+        .invoice
+        .expect("an invoice in the response")
+}
+
+/// Every invoice of a tenant, through ListInvoices.
+pub async fn list_all(client: &mut InvoiceWriterClient<Channel>, tenant: &str) -> Vec<Invoice> {
+    let mut invoices = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_invoices(ListInvoicesRequest {
+                tenant_id: tenant.into(),
+                page_size: 0,
+                page_token,
+            })
+            .await
+            .expect("list invoices")
+            .into_inner();
+        invoices.extend(page.invoices);
+        if page.next_page_token.is_empty() {
+            return invoices;
+        }
+        page_token = page.next_page_token;
+    }
+}

@@ -1,0 +1,164 @@
+//! Databases for one test each: PostgreSQL or SQLite, kept when the test fails.
+
+use std::{sync::Arc, time::Duration};
+
+use numbering::{
+    allocator::{self, store::CounterStore},
+    db::{self, Backend, DatabaseUrl, PoolSettings},
+    invoices::{self, store::InvoiceStore},
+};
+use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
+
+use crate::pg_server::admin_url;
+
+/// A database created for one test: a fresh PostgreSQL database, or a SQLite
+/// file in a fresh directory. Dropped when the test passes, kept for
+/// inspection when it fails.
+pub struct TestDb {
+    pub backend: Backend,
+    /// The PostgreSQL database's name, or the SQLite file's path.
+    pub name: String,
+    pub url: String,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    pub async fn create(backend: Backend) -> Self {
+        match backend {
+            Backend::Postgres => Self::create_postgres().await,
+            Backend::Sqlite => {
+                let dir = tempfile::Builder::new()
+                    .prefix("numbering_test_")
+                    .tempdir()
+                    .expect("temporary directory");
+                let path = dir.path().join("test.sqlite3");
+                Self {
+                    backend,
+                    name: path.display().to_string(),
+                    url: DatabaseUrl::sqlite_file(&path).unwrap().expose().to_owned(),
+                    dir: Some(dir),
+                }
+            }
+        }
+    }
+
+    async fn create_postgres() -> Self {
+        let admin = admin_url();
+        let name = format!("numbering_test_{}", uuid::Uuid::now_v7().simple());
+        let mut conn = PgConnection::connect(admin)
+            .await
+            .expect("connect to the test PostgreSQL server");
+        sqlx::query(AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#)))
+            .execute(&mut conn)
+            .await
+            .expect("create test database");
+        let mut url = url::Url::parse(admin).expect("admin url");
+        url.set_path(&name);
+        Self {
+            backend: Backend::Postgres,
+            name,
+            url: url.to_string(),
+            dir: None,
+        }
+    }
+
+    pub fn database_url(&self) -> DatabaseUrl {
+        self.url.parse().expect("test database url")
+    }
+
+    /// The allocator's store, opened as the service opens it.
+    pub async fn counter_store(&self) -> Arc<dyn CounterStore> {
+        allocator::app::open_store(&self.database_url(), &test_pool_settings())
+            .await
+            .expect("open the counter store")
+    }
+
+    /// The invoice writer's store, opened as the service opens it.
+    pub async fn invoice_store(&self) -> Arc<dyn InvoiceStore> {
+        invoices::app::open_store(&self.database_url(), &test_pool_settings())
+            .await
+            .expect("open the invoice store")
+    }
+
+    /// A PostgreSQL pool with the services' settings.
+    pub async fn pool(&self, settings: &PoolSettings) -> PgPool {
+        db::connect_postgres(&self.database_url(), settings)
+            .await
+            .expect("connect to test database")
+    }
+
+    /// Runs SQL as the PostgreSQL administrator, outside the database under test.
+    pub async fn admin(&self, sql: String) {
+        let mut conn = PgConnection::connect(admin_url())
+            .await
+            .expect("admin connection");
+        sqlx::query(AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await
+            .expect("admin statement");
+    }
+
+    /// Makes the PostgreSQL database unreachable: refuses new connections and
+    /// ends the open ones.
+    pub async fn cut(&self) {
+        let name = &self.name;
+        self.admin(format!(
+            r#"ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false"#
+        ))
+        .await;
+        self.admin(format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+        ))
+        .await;
+    }
+
+    /// Makes the PostgreSQL database reachable again.
+    pub async fn restore(&self) {
+        let name = &self.name;
+        self.admin(format!(
+            r#"ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true"#
+        ))
+        .await;
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("kept database {} of the failed test", self.name);
+            if let Some(dir) = self.dir.take() {
+                let _ = dir.keep();
+            }
+            return;
+        }
+        if self.backend == Backend::Sqlite {
+            // The directory goes with `dir`.
+            return;
+        }
+        let sql = format!(r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#, self.name);
+        // Drop runs inside the test's runtime, which cannot be blocked on:
+        // drop the database from a thread with a runtime of its own.
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                if let Ok(mut conn) = PgConnection::connect(admin_url()).await {
+                    let _ = sqlx::query(AssertSqlSafe(sql)).execute(&mut conn).await;
+                }
+            });
+        })
+        .join()
+        .unwrap();
+    }
+}
+
+/// Pool settings for tests: room for bursts of 500 calls while other tests
+/// share the machine, yet well under the callers' deadlines.
+pub fn test_pool_settings() -> PoolSettings {
+    PoolSettings {
+        max_connections: 10,
+        acquire_timeout: Duration::from_secs(5),
+    }
+}

@@ -1,0 +1,21 @@
+//! Test fixtures: fresh databases, in-process servers on port 0, clients, and
+//! waits on conditions (never on time), one file per job.
+
+use std::time::Duration;
+
+mod apps;
+mod asserts;
+mod calls;
+mod db;
+mod logs;
+mod processes;
+
+pub use apps::*;
+pub use asserts::*;
+pub use calls::*;
+pub use db::*;
+pub use logs::*;
+pub use processes::*;
+
+/// Longest any wait on a condition may take before the test fails.
+pub const PATIENCE: Duration = Duration::from_mins(1);
