@@ -64,8 +64,8 @@ impl App {
         }
     }
 
-    /// Serves on `listener` until `shutdown` resolves and the drain ends (see
-    /// [`server::serve`]), then closes the store.
+    /// Serves on `listener` until `shutdown` resolves and the drain ends, then
+    /// closes the store (see [`server::serve`]).
     ///
     /// # Errors
     /// The transport failed.
@@ -75,16 +75,7 @@ impl App {
         settings: &ServerSettings,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServeError> {
-        let served = server::serve(
-            listener,
-            self.service,
-            self.store.clone(),
-            settings,
-            shutdown,
-        )
-        .await;
-        self.store.close().await;
-        served
+        server::serve(listener, self.service, self.store, settings, shutdown).await
     }
 }
 

@@ -11,7 +11,7 @@ use crate::{
         store::{Advanced, CounterStore, Increment, SeriesRow, StoreError, in_input_order},
     },
     db::begin_durable,
-    server::Readiness,
+    server::Store,
     tenant::TenantId,
 };
 
@@ -152,15 +152,15 @@ impl CounterStore for PgCounterStore {
         .await?;
         Ok(rows.into_iter().map(Into::into).collect())
     }
-
-    async fn close(&self) {
-        self.pool.close().await;
-    }
 }
 
 #[async_trait]
-impl Readiness for PgCounterStore {
+impl Store for PgCounterStore {
     async fn is_ready(&self) -> bool {
         crate::db::ping(&self.pool).await
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
     }
 }

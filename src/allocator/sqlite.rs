@@ -12,7 +12,7 @@ use crate::{
         store::{Advanced, CounterStore, Increment, SeriesRow, StoreError, in_input_order},
     },
     db::SqliteDatabase,
-    server::Readiness,
+    server::Store,
     tenant::TenantId,
 };
 
@@ -121,15 +121,15 @@ impl CounterStore for SqliteCounterStore {
         .await?;
         Ok(rows.into_iter().map(Into::into).collect())
     }
-
-    async fn close(&self) {
-        self.db.close().await;
-    }
 }
 
 #[async_trait]
-impl Readiness for SqliteCounterStore {
+impl Store for SqliteCounterStore {
     async fn is_ready(&self) -> bool {
         self.db.is_ready().await
+    }
+
+    async fn close(&self) {
+        self.db.close().await;
     }
 }

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use crate::{
     allocator::series::{Series, SeriesName},
     db::{DbErrorKind, classify},
-    server::Readiness,
+    server::Store,
     tenant::TenantId,
 };
 
@@ -20,7 +20,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Every method that changes a counter commits durably before it returns:
 /// a returned value survives a crash of the store.
 #[async_trait]
-pub trait CounterStore: Readiness {
+pub trait CounterStore: Store {
     /// Advances the counter by `count` (at least 1) in one atomic statement,
     /// creating the series with `format` on first use. The numbers handed out
     /// are [`Advanced::grant`]`(count)`.
@@ -74,9 +74,6 @@ pub trait CounterStore: Readiness {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<Series>, StoreError>;
-
-    /// Closes the store's connections.
-    async fn close(&self);
 }
 
 /// A counter to advance, and by how much.

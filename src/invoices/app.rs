@@ -106,8 +106,8 @@ impl App {
         report
     }
 
-    /// Serves on `listener` until `shutdown` resolves and the drain ends (see
-    /// [`server::serve`]), then closes the store.
+    /// Serves on `listener` until `shutdown` resolves and the drain ends, then
+    /// closes the store (see [`server::serve`]).
     ///
     /// # Errors
     /// The transport failed.
@@ -117,16 +117,7 @@ impl App {
         settings: &ServerSettings,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServeError> {
-        let served = server::serve(
-            listener,
-            self.service,
-            self.store.clone(),
-            settings,
-            shutdown,
-        )
-        .await;
-        self.store.close().await;
-        served
+        server::serve(listener, self.service, self.store, settings, shutdown).await
     }
 }
 

@@ -14,7 +14,7 @@ use crate::{
         sql::{self, Stored},
         store::{HighestNumber, InvoiceStore, StoreError},
     },
-    server::Readiness,
+    server::Store,
     tenant::TenantId,
 };
 
@@ -87,15 +87,15 @@ impl InvoiceStore for PgInvoiceStore {
     async fn highest_numbers(&self) -> Result<Vec<HighestNumber>, StoreError> {
         Ok(sql::select_highest_numbers(&self.pool).await?)
     }
-
-    async fn close(&self) {
-        self.pool.close().await;
-    }
 }
 
 #[async_trait]
-impl Readiness for PgInvoiceStore {
+impl Store for PgInvoiceStore {
     async fn is_ready(&self) -> bool {
         crate::db::ping(&self.pool).await
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
     }
 }

@@ -16,7 +16,7 @@ use crate::{
         sql::{self, Stored},
         store::{HighestNumber, InvoiceStore, StoreError},
     },
-    server::Readiness,
+    server::Store,
     tenant::TenantId,
 };
 
@@ -93,15 +93,15 @@ impl InvoiceStore for SqliteInvoiceStore {
     async fn highest_numbers(&self) -> Result<Vec<HighestNumber>, StoreError> {
         Ok(sql::select_highest_numbers(self.db.pool()).await?)
     }
-
-    async fn close(&self) {
-        self.db.close().await;
-    }
 }
 
 #[async_trait]
-impl Readiness for SqliteInvoiceStore {
+impl Store for SqliteInvoiceStore {
     async fn is_ready(&self) -> bool {
         self.db.is_ready().await
+    }
+
+    async fn close(&self) {
+        self.db.close().await;
     }
 }

@@ -7,7 +7,7 @@ use uuid::Uuid;
 use crate::{
     db::{DbErrorKind, classify},
     invoices::domain::Invoice,
-    server::Readiness,
+    server::Store,
     tenant::TenantId,
 };
 
@@ -16,7 +16,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Durable invoices, unique per tenant by number and by formatted number.
 #[async_trait]
-pub trait InvoiceStore: Readiness {
+pub trait InvoiceStore: Store {
     /// Stores a new invoice, durably before it returns.
     ///
     /// # Errors
@@ -37,9 +37,6 @@ pub trait InvoiceStore: Readiness {
 
     /// The highest invoice number of every tenant, compared as numbers.
     async fn highest_numbers(&self) -> Result<Vec<HighestNumber>, StoreError>;
-
-    /// Closes the store's connections.
-    async fn close(&self);
 }
 
 /// A tenant's highest stored invoice number.

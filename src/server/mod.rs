@@ -23,11 +23,15 @@ use tonic::{
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tower_http::trace::TraceLayer;
 
-/// What a service's readiness follows: its store.
+/// A service's store, as the server sees it: readiness follows it, and it is
+/// closed once the server has stopped.
 #[async_trait]
-pub trait Readiness: Send + Sync {
+pub trait Store: Send + Sync {
     /// Whether the store answers now. Must return within a bounded time.
     async fn is_ready(&self) -> bool;
+
+    /// Closes the store's connections.
+    async fn close(&self);
 }
 
 /// Timing and limits of a server.
@@ -74,15 +78,15 @@ pub enum ServeError {
 /// `shutdown_grace`.
 ///
 /// Health: `""` is liveness and stays SERVING until shutdown; the service's own
-/// name is readiness, `NOT_SERVING` until `readiness` first answers and then
-/// following it.
+/// name is readiness, `NOT_SERVING` until `store` first answers and then
+/// following it. Once the server has stopped, the store is closed.
 ///
 /// # Errors
 /// The transport fails.
 pub async fn serve<S>(
     listener: TcpListener,
     service: S,
-    readiness: Arc<dyn Readiness>,
+    store: Arc<dyn Store>,
     settings: &ServerSettings,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError>
@@ -95,75 +99,80 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_service_status(S::NAME, ServingStatus::NotServing)
-        .await;
-    let watcher = tokio::spawn(follow_readiness(
-        health.clone(),
-        S::NAME,
-        readiness,
-        settings.health_check_interval,
-    ));
+    let served: Result<(), ServeError> = async {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_service_status(S::NAME, ServingStatus::NotServing)
+            .await;
+        let watcher = tokio::spawn(follow_readiness(
+            health.clone(),
+            S::NAME,
+            store.clone(),
+            settings.health_check_interval,
+        ));
 
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = Server::builder()
-        // Outermost, so every call gets a span, shed and timed-out ones
-        // included. Failures are logged by `Guarded`, which knows their reason
-        // and who is at fault.
-        .layer(TraceLayer::new_for_grpc().on_failure(()))
-        .add_service(health_service)
-        .add_service(reflection(S::NAME).build_v1()?)
-        .add_service(reflection(S::NAME).build_v1alpha()?)
-        // Bounds the service's calls in number and time, so a stuck store
-        // cannot hold callers forever and a flood is shed at once; health
-        // sits outside, so probes still answer.
-        .add_service(calls::Guarded::new(
-            service,
-            settings.concurrency_limit,
-            settings.request_timeout,
-        ))
-        // No Nagle delay: a reply's trailers must not wait for the peer's
-        // delayed ACK (a 40 ms stall).
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async {
-                let _ = stopped.await;
-            },
-        );
-    tokio::pin!(server);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = Server::builder()
+            // Outermost, so every call gets a span, shed and timed-out ones
+            // included. Failures are logged by `Guarded`, which knows their reason
+            // and who is at fault.
+            .layer(TraceLayer::new_for_grpc().on_failure(()))
+            .add_service(health_service)
+            .add_service(reflection(S::NAME).build_v1()?)
+            .add_service(reflection(S::NAME).build_v1alpha()?)
+            // Bounds the service's calls in number and time, so a stuck store
+            // cannot hold callers forever and a flood is shed at once; health
+            // sits outside, so probes still answer.
+            .add_service(calls::Guarded::new(
+                service,
+                settings.concurrency_limit,
+                settings.request_timeout,
+            ))
+            // No Nagle delay: a reply's trailers must not wait for the peer's
+            // delayed ACK (a 40 ms stall).
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                async {
+                    let _ = stopped.await;
+                },
+            );
+        tokio::pin!(server);
 
-    tokio::select! {
-        result = &mut server => {
-            watcher.abort();
+        tokio::select! {
+            result = &mut server => {
+                watcher.abort();
+                return Ok(result?);
+            }
+            () = shutdown => {}
+        }
+
+        // Stop the watcher first: readiness must not flip back to SERVING.
+        watcher.abort();
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        health
+            .set_service_status(S::NAME, ServingStatus::NotServing)
+            .await;
+        tracing::info!(drain_delay = ?settings.drain_delay, "health NOT_SERVING; draining");
+        tokio::select! {
+            result = &mut server => return Ok(result?),
+            () = tokio::time::sleep(settings.drain_delay) => {}
+        }
+
+        let _ = stop.send(());
+        tracing::info!(grace = ?settings.shutdown_grace, "stopped accepting; finishing in-flight calls");
+        if let Ok(result) = tokio::time::timeout(settings.shutdown_grace, server).await {
             return Ok(result?);
         }
-        () = shutdown => {}
+        // Open streams (a health Watch, say) never finish by themselves: the grace
+        // period bounds them, and dropping the server closes what is left.
+        tracing::warn!(grace = ?settings.shutdown_grace, "calls still open after the grace period; closing them");
+        Ok(())
     }
-
-    // Stop the watcher first: readiness must not flip back to SERVING.
-    watcher.abort();
-    health
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
-    health
-        .set_service_status(S::NAME, ServingStatus::NotServing)
-        .await;
-    tracing::info!(drain_delay = ?settings.drain_delay, "health NOT_SERVING; draining");
-    tokio::select! {
-        result = &mut server => return Ok(result?),
-        () = tokio::time::sleep(settings.drain_delay) => {}
-    }
-
-    let _ = stop.send(());
-    tracing::info!(grace = ?settings.shutdown_grace, "stopped accepting; finishing in-flight calls");
-    if let Ok(result) = tokio::time::timeout(settings.shutdown_grace, server).await {
-        return Ok(result?);
-    }
-    // Open streams (a health Watch, say) never finish by themselves: the grace
-    // period bounds them, and dropping the server closes what is left.
-    tracing::warn!(grace = ?settings.shutdown_grace, "calls still open after the grace period; closing them");
-    Ok(())
+    .await;
+    store.close().await;
+    served
 }
 
 /// The caller's deadline, from the `grpc-timeout` header (`<digits><unit>`,
@@ -205,7 +214,7 @@ fn reflection(service_name: &str) -> tonic_reflection::server::Builder<'static> 
 async fn follow_readiness(
     health: HealthReporter,
     service_name: &'static str,
-    readiness: Arc<dyn Readiness>,
+    readiness: Arc<dyn Store>,
     interval: Duration,
 ) {
     let mut ticks = tokio::time::interval(interval);

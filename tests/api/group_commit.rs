@@ -18,7 +18,7 @@ use numbering::{
         store::{Advanced, CounterStore, Grant, Increment, StoreError},
     },
     proto::{AllocateRequest, number_allocator_client::NumberAllocatorClient},
-    server::Readiness,
+    server::Store,
     tenant::TenantId,
 };
 use tokio::sync::{Barrier, Semaphore};
@@ -52,9 +52,13 @@ impl ScriptedStore {
 }
 
 #[async_trait]
-impl Readiness for ScriptedStore {
+impl Store for ScriptedStore {
     async fn is_ready(&self) -> bool {
         self.inner.is_ready().await
+    }
+
+    async fn close(&self) {
+        self.inner.close().await;
     }
 }
 
@@ -103,10 +107,6 @@ impl CounterStore for ScriptedStore {
         limit: u32,
     ) -> Result<Vec<Series>, StoreError> {
         self.inner.list(tenant, after, limit).await
-    }
-
-    async fn close(&self) {
-        self.inner.close().await;
     }
 }
 
