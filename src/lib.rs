@@ -9,12 +9,14 @@
 //!   reflection, per-call limits, start-up errors, shutdown, and the gRPC edge
 //!   (rich statuses, field validation, page tokens).
 //! - [`db`]: opening and checking either database, and classifying its errors.
-//! - [`tenant`]: the tenant id both services speak of.
+//! - [`tenant`], [`page`](mod@page): the tenant id and the page of a listing both
+//!   services speak of.
 
 pub mod allocator;
 pub mod bench;
 pub mod db;
 pub mod invoices;
+pub mod page;
 pub mod proto;
 pub mod server;
 pub mod tenant;

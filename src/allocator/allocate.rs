@@ -9,6 +9,7 @@ use crate::{
         series::{Count, Number, NumberFormat, Series, SeriesName},
         store::{CounterStore, Grant, StoreError},
     },
+    page::Page,
     tenant::TenantId,
 };
 
@@ -163,11 +164,12 @@ impl Allocator {
         tenant: &TenantId,
         after: Option<&str>,
         limit: u32,
-    ) -> Result<(Vec<Series>, bool), Error> {
-        let mut page = self.store.list(tenant, after, limit + 1).await?;
-        let more = page.len() > limit as usize;
-        page.truncate(limit as usize);
-        Ok((page, more))
+    ) -> Result<Page<Series>, Error> {
+        let fetched = self
+            .store
+            .list(tenant, after, Page::<Series>::fetch(limit))
+            .await?;
+        Ok(Page::from_fetched(fetched, limit))
     }
 
     /// Raises a counter to `at_least` if it is lower; never lowers it.

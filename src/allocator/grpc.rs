@@ -119,16 +119,13 @@ impl NumberAllocator for AllocatorService {
             unreachable!("finish() returned Ok, so every field parsed");
         };
 
-        let (page, more) = self
+        let page = self
             .allocator
             .list_series(&tenant, after.as_deref(), size)
             .await?;
-        let next_page_token = match page.last() {
-            Some(last) if more => pagination::encode_token(&last.name),
-            _ => String::new(),
-        };
+        let next_page_token = pagination::next_token(&page, |last| last.name.clone());
         Ok(Response::new(ListSeriesResponse {
-            series: page.into_iter().map(Into::into).collect(),
+            series: page.items.into_iter().map(Into::into).collect(),
             next_page_token,
         }))
     }

@@ -197,13 +197,10 @@ impl invoice_writer_server::InvoiceWriter for InvoiceWriterService {
             unreachable!("finish() returned Ok, so every field parsed");
         };
 
-        let (page, more) = self.writer.list(&tenant, after, size).await?;
-        let next_page_token = match page.last() {
-            Some(last) if more => pagination::encode_token(&last.number.to_string()),
-            _ => String::new(),
-        };
+        let page = self.writer.list(&tenant, after, size).await?;
+        let next_page_token = pagination::next_token(&page, |last| last.number.to_string());
         Ok(Response::new(ListInvoicesResponse {
-            invoices: page.into_iter().map(Into::into).collect(),
+            invoices: page.items.into_iter().map(Into::into).collect(),
             next_page_token,
         }))
     }

@@ -13,6 +13,7 @@ use crate::{
         domain::{Invoice, NewInvoice},
         store::{InvoiceStore, StoreError},
     },
+    page::Page,
     tenant::TenantId,
 };
 
@@ -149,10 +150,11 @@ impl InvoiceWriter {
         tenant: &TenantId,
         after: i64,
         limit: u32,
-    ) -> Result<(Vec<Invoice>, bool), Error> {
-        let mut page = self.store.list(tenant, after, limit + 1).await?;
-        let more = page.len() > limit as usize;
-        page.truncate(limit as usize);
-        Ok((page, more))
+    ) -> Result<Page<Invoice>, Error> {
+        let fetched = self
+            .store
+            .list(tenant, after, Page::<Invoice>::fetch(limit))
+            .await?;
+        Ok(Page::from_fetched(fetched, limit))
     }
 }

@@ -83,9 +83,9 @@ where
             .map_or(self.request_timeout, |caller| {
                 caller.min(self.request_timeout)
             });
-        // The clone that was polled ready is the one called (tower's rule).
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        // Generated tonic services are ready at once, every time: a clone can
+        // be called without polling it first.
+        let mut inner = self.inner.clone();
         Box::pin(async move {
             // Dropping the call may drop a commit's reply: a gap, never a
             // duplicate.

@@ -2,6 +2,8 @@
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 
+use crate::page::Page;
+
 /// Page size when the request leaves it at 0.
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
 /// Larger requested sizes are lowered to this.
@@ -17,6 +19,15 @@ pub fn page_size(requested: i32) -> Result<u32, String> {
         Err(_) => Err("must not be negative".into()),
         Ok(0) => Ok(DEFAULT_PAGE_SIZE),
         Ok(size) => Ok(size.min(MAX_PAGE_SIZE)),
+    }
+}
+
+/// The token of the page after `page`, from its last item's key; empty when
+/// nothing follows.
+pub fn next_token<T>(page: &Page<T>, key: impl Fn(&T) -> String) -> String {
+    match page.items.last() {
+        Some(last) if page.more => encode_token(&key(last)),
+        _ => String::new(),
     }
 }
 
