@@ -41,14 +41,32 @@ pub enum Error {
     /// Too many calls are waiting to commit.
     #[error("too many allocations waiting to commit")]
     Busy,
-    /// The store failed; no number was handed out.
-    #[error(transparent)]
-    Store(Arc<StoreError>),
+    /// The counter would pass the largest representable number.
+    #[error("the series cannot go past {}", i64::MAX)]
+    Exhausted,
+    /// The store cannot be reached now; no number was handed out. Retrying
+    /// later may succeed.
+    #[error("the counter store is unavailable")]
+    Unavailable(#[source] Arc<StoreError>),
+    /// The store failed otherwise; no number was handed out.
+    #[error("the counter store failed")]
+    Internal(#[source] Arc<StoreError>),
 }
 
 impl From<StoreError> for Error {
     fn from(error: StoreError) -> Self {
-        Self::Store(Arc::new(error))
+        Arc::new(error).into()
+    }
+}
+
+/// A group's error is shared by each of its calls.
+impl From<Arc<StoreError>> for Error {
+    fn from(error: Arc<StoreError>) -> Self {
+        match error.as_ref() {
+            StoreError::Exhausted => Self::Exhausted,
+            StoreError::Unavailable(_) => Self::Unavailable(error),
+            StoreError::Internal(_) => Self::Internal(error),
+        }
     }
 }
 
@@ -56,7 +74,7 @@ impl From<GroupError> for Error {
     fn from(error: GroupError) -> Self {
         match error {
             GroupError::QueueFull => Self::Busy,
-            GroupError::Store(error) => Self::Store(error),
+            GroupError::Store(error) => error.into(),
         }
     }
 }

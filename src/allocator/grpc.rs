@@ -6,7 +6,6 @@ use crate::{
     allocator::{
         Allocator, Error,
         series::{Count, Series, SeriesName},
-        store::StoreError,
     },
     proto::{
         self, AdvanceCounterRequest, AdvanceCounterResponse, AllocateRequest, AllocateResponse,
@@ -16,7 +15,7 @@ use crate::{
     },
     server::{
         pagination,
-        status::{internal, with_reason},
+        status::{chain, internal, with_reason},
         validation::Violations,
     },
     tenant::TenantId,
@@ -182,25 +181,22 @@ impl From<Error> for Status {
                 "ALLOCATOR_BUSY",
                 &[],
             ),
-            Error::Store(ref store) => match store.as_ref() {
-                StoreError::Exhausted => with_reason(
-                    Code::FailedPrecondition,
-                    format!("the series cannot go past {}", i64::MAX),
-                    "SERIES_EXHAUSTED",
+            Error::Exhausted => with_reason(
+                Code::FailedPrecondition,
+                format!("the series cannot go past {}", i64::MAX),
+                "SERIES_EXHAUSTED",
+                &[],
+            ),
+            Error::Unavailable(cause) => {
+                tracing::warn!(error = %chain(cause.as_ref()), "counter store unavailable");
+                with_reason(
+                    Code::Unavailable,
+                    "the counter store is unavailable; retry later",
+                    "STORE_UNAVAILABLE",
                     &[],
-                ),
-                StoreError::Unavailable(cause) => {
-                    tracing::warn!(error = %cause, "counter store unavailable");
-                    with_reason(
-                        Code::Unavailable,
-                        "the counter store is unavailable; retry later",
-                        "STORE_UNAVAILABLE",
-                        &[],
-                    )
-                }
-                StoreError::Internal(_) => internal(&error),
-            },
-            error @ Error::StoredFormat { .. } => internal(&error),
+                )
+            }
+            error @ (Error::Internal(_) | Error::StoredFormat { .. }) => internal(&error),
         }
     }
 }

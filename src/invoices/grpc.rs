@@ -11,7 +11,6 @@ use crate::{
         Error, InvoiceWriter,
         allocator_client::AllocatorError,
         domain::{self, Client, Invoice, LineItem, MAX_LINE_ITEMS, NewInvoice},
-        store::StoreError,
     },
     proto::{
         self, CreateInvoiceRequest, CreateInvoiceResponse, GetInvoiceRequest, GetInvoiceResponse,
@@ -20,7 +19,7 @@ use crate::{
     },
     server::{
         caller_timeout, pagination,
-        status::{internal, with_reason},
+        status::{chain, internal, with_reason},
         validation::{InvalidArgument, Violations},
     },
     tenant::TenantId,
@@ -277,8 +276,8 @@ impl From<Error> for Status {
                 format!("the number allocator refused: {}", status.message()),
                 status.details().to_vec().into(),
             ),
-            Error::Store(StoreError::Unavailable(cause)) => {
-                tracing::warn!(error = %cause, "invoice store unavailable");
+            Error::StoreUnavailable(cause) => {
+                tracing::warn!(error = %chain(&cause), "invoice store unavailable");
                 with_reason(
                     Code::Unavailable,
                     "the invoice store is unavailable; retry later",
@@ -286,9 +285,7 @@ impl From<Error> for Status {
                     &[],
                 )
             }
-            error @ Error::Store(StoreError::NumberTaken | StoreError::Internal(_)) => {
-                internal(&error)
-            }
+            error @ Error::Internal(_) => internal(&error),
         }
     }
 }

@@ -34,9 +34,23 @@ pub enum Error {
     /// No number could be allocated.
     #[error(transparent)]
     Allocator(#[from] AllocatorError),
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
+    /// The invoice store cannot be reached now; nothing was stored. Retrying
+    /// later may succeed.
+    #[error("the invoice store is unavailable")]
+    StoreUnavailable(#[source] StoreError),
+    /// The invoice store failed otherwise.
+    #[error("the invoice store failed")]
+    Internal(#[source] StoreError),
+}
+
+impl From<StoreError> for Error {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Unavailable(_) => Self::StoreUnavailable(error),
+            // A number taken is handled where it can happen; anywhere else it is a bug.
+            StoreError::NumberTaken | StoreError::Internal(_) => Self::Internal(error),
+        }
+    }
 }
 
 /// Where the writer gets the time and the ids of new invoices: the system's

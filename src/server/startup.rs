@@ -5,7 +5,10 @@ use std::{net::SocketAddr, process::ExitCode};
 
 use tokio::net::TcpListener;
 
-use crate::{db::OpenError, server::ServeError};
+use crate::{
+    db::OpenError,
+    server::{ServeError, status::chain},
+};
 
 /// Exit status for bad configuration (`EX_USAGE`).
 pub const EXIT_BAD_CONFIG: u8 = 64;
@@ -63,18 +66,7 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, StartupError> {
 /// Logs `error` once with its cause chain and returns its exit status.
 #[must_use]
 pub fn report(error: &StartupError) -> ExitCode {
-    let mut chain = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        // Drivers often repeat their cause in their own message.
-        let cause_text = cause.to_string();
-        if !chain.ends_with(&cause_text) {
-            chain.push_str(": ");
-            chain.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
     let status = error.exit_code();
-    tracing::error!(error = %chain, exit_status = status, "could not start");
+    tracing::error!(error = %chain(error), exit_status = status, "could not start");
     ExitCode::from(status)
 }

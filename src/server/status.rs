@@ -28,13 +28,23 @@ pub fn with_reason(
 /// Logs `error` once with its cause chain and answers an opaque INTERNAL.
 #[must_use]
 pub fn internal(error: &(dyn std::error::Error + 'static)) -> Status {
+    tracing::error!(error = %chain(error), "internal error");
+    with_reason(Code::Internal, "internal error", "INTERNAL", &[])
+}
+
+/// `error` and its causes, joined by ": ", for one log line. A cause whose
+/// text its error already ends with (drivers often repeat it) is not repeated.
+#[must_use]
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut chain = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
-        chain.push_str(": ");
-        chain.push_str(&cause.to_string());
+        let text = cause.to_string();
+        if !chain.ends_with(&text) {
+            chain.push_str(": ");
+            chain.push_str(&text);
+        }
         source = cause.source();
     }
-    tracing::error!(error = %chain, "internal error");
-    with_reason(Code::Internal, "internal error", "INTERNAL", &[])
+    chain
 }
