@@ -99,6 +99,7 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
+    // One block, so that the store is closed however the server stops.
     let served: Result<(), ServeError> = async {
         let (health, health_service) = tonic_health::server::health_reporter();
         health

@@ -20,13 +20,13 @@ const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 /// Where no server answers and none can be started, prints what to install or
 /// set and ends the run at once: one message, not a panic per test.
 pub fn admin_url() -> &'static str {
-    static SERVER: OnceLock<TestServer> = OnceLock::new();
+    static SERVER: OnceLock<PgServer> = OnceLock::new();
     SERVER
         .get_or_init(|| {
             if let Ok(url) = std::env::var("NUMBERING_TEST_DATABASE_URL") {
-                return TestServer::Given(url);
+                return PgServer::Given(url);
             }
-            TestServer::at(DEFAULT_URL).unwrap_or_else(|error| {
+            PgServer::at(DEFAULT_URL).unwrap_or_else(|error| {
                 // Straight to stderr: the test harness captures eprintln!, and
                 // would lose the message with the process.
                 let _ = writeln!(
@@ -43,14 +43,14 @@ pub fn admin_url() -> &'static str {
 }
 
 /// A server for tests: one that was given or found, or one this process started.
-pub enum TestServer {
+pub enum PgServer {
     /// Already running.
     Given(String),
     /// Started here; stopped and removed when dropped or when the process ends.
     Throwaway(Throwaway),
 }
 
-impl TestServer {
+impl PgServer {
     /// The server at `url` if something answers at its address, else a new
     /// throwaway server.
     ///
@@ -258,7 +258,7 @@ fn a_throwaway_server_starts_where_nothing_answers() {
         "postgres://postgres@127.0.0.1:{}/postgres",
         free_port().unwrap()
     );
-    let TestServer::Throwaway(server) = TestServer::at(&nowhere).unwrap() else {
+    let PgServer::Throwaway(server) = PgServer::at(&nowhere).unwrap() else {
         panic!("nothing listens at {nowhere}, yet it was taken as running");
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
