@@ -382,17 +382,22 @@ async fn a_call_past_the_request_timeout_answers_deadline_exceeded() {
         },
     )
     .await;
-    app.client.allocate(allocate("acme", "", 1)).await.unwrap();
     let mut blocker = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+    // The counter made directly: through the server, a slow first commit on a
+    // busy machine could itself pass the short time-out.
+    sqlx::query("INSERT INTO counters (tenant_id, series, last_value, format) VALUES ('acme', 'invoice', 1, 'INV-{number:03}')")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
     let lock = lock_counter(&mut blocker, "acme").await;
     let logs = CapturedLogs::default();
     let _subscriber = tracing::subscriber::set_default(logs.subscriber());
 
-    let status = app
-        .client
-        .allocate(allocate("acme", "", 1))
-        .await
-        .unwrap_err();
+    // The caller's own deadline is long: only the server's time-out can end
+    // the call in time, and a missing one fails the test instead of hanging it.
+    let mut request = tonic::Request::new(allocate("acme", "", 1));
+    request.set_timeout(PATIENCE);
+    let status = app.client.allocate(request).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
     assert_reason(&status, "REQUEST_TIMEOUT");
     let failures: Vec<_> = logs
