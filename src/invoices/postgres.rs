@@ -11,32 +11,33 @@ use crate::{
     db::begin_durable,
     invoices::{
         domain::Invoice,
-        sql::{self, Stored},
-        store::{HighestNumber, InvoiceStore, StoreError},
+        sql::{self, Engine, SqlInvoiceStore, Stored},
+        store::StoreError,
     },
-    server::Store,
-    tenant::TenantId,
 };
 
 /// The invoice writer's PostgreSQL migrations, used by start-up and by tests.
 pub static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres/invoices");
 
-/// [`InvoiceStore`] on a PostgreSQL pool.
-#[derive(Debug, Clone)]
-pub struct PgInvoiceStore {
-    pool: PgPool,
-}
+/// The invoice store on a PostgreSQL pool.
+pub type PgInvoiceStore = SqlInvoiceStore<PgEngine>;
 
 impl PgInvoiceStore {
     /// A store on an already-migrated pool.
     #[must_use]
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        SqlInvoiceStore(PgEngine { pool })
     }
 }
 
+/// PostgreSQL as the invoice statements see it.
+#[derive(Debug, Clone)]
+pub struct PgEngine {
+    pool: PgPool,
+}
+
 /// Ids and totals in PostgreSQL's own types.
-struct Native;
+pub struct Native;
 
 impl Stored for Native {
     type Id = Uuid;
@@ -56,7 +57,14 @@ impl Stored for Native {
 }
 
 #[async_trait]
-impl InvoiceStore for PgInvoiceStore {
+impl Engine for PgEngine {
+    type Db = Postgres;
+    type Stored = Native;
+
+    fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     async fn insert(&self, invoice: &Invoice) -> Result<(), StoreError> {
         let mut tx = begin_durable(&self.pool).await?;
         sql::insert_invoice::<Postgres, Native>(&mut tx, invoice).await?;
@@ -64,33 +72,6 @@ impl InvoiceStore for PgInvoiceStore {
         Ok(())
     }
 
-    async fn get(&self, tenant: &TenantId, id: Uuid) -> Result<Option<Invoice>, StoreError> {
-        sql::select_one::<Postgres, Native>(&self.pool, tenant.as_str(), id)
-            .await?
-            .map(sql::InvoiceRow::into_invoice::<Native>)
-            .transpose()
-    }
-
-    async fn list(
-        &self,
-        tenant: &TenantId,
-        after: i64,
-        limit: u32,
-    ) -> Result<Vec<Invoice>, StoreError> {
-        sql::select_page::<Postgres, Native>(&self.pool, tenant.as_str(), after, limit.into())
-            .await?
-            .into_iter()
-            .map(sql::InvoiceRow::into_invoice::<Native>)
-            .collect()
-    }
-
-    async fn highest_numbers(&self) -> Result<Vec<HighestNumber>, StoreError> {
-        Ok(sql::select_highest_numbers(&self.pool).await?)
-    }
-}
-
-#[async_trait]
-impl Store for PgInvoiceStore {
     async fn is_ready(&self) -> bool {
         crate::db::ping(&self.pool).await
     }

@@ -3,15 +3,98 @@
 //! engines differ only in how an id and a total are stored: a UUID and a
 //! NUMERIC on PostgreSQL, text on SQLite; each backend says which.
 
+use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Pool, Type, types::Json};
 use uuid::Uuid;
 
-use crate::invoices::{
-    domain::{Client, Invoice, LineItem},
-    store::{HighestNumber, StoreError},
+use crate::{
+    invoices::{
+        domain::{Client, Invoice, LineItem},
+        store::{HighestNumber, InvoiceStore, StoreError},
+    },
+    server::Store,
+    tenant::TenantId,
 };
+
+/// What differs per engine: its pool, how it stores ids and totals, and how
+/// it writes (each engine has its own durable write path).
+#[async_trait]
+pub(crate) trait Engine: Send + Sync + 'static {
+    /// The database kind.
+    type Db: Database;
+    /// How ids and totals are stored.
+    type Stored: Stored;
+
+    /// The pool reads go through.
+    fn pool(&self) -> &Pool<Self::Db>;
+
+    /// Inserts the invoice ([`insert_invoice`]) in the engine's durable write.
+    async fn insert(&self, invoice: &Invoice) -> Result<(), StoreError>;
+
+    /// Whether the database answers now.
+    async fn is_ready(&self) -> bool;
+
+    /// Closes the pool.
+    async fn close(&self);
+}
+
+/// The invoice store on either engine: the statements of this module, run
+/// the way `E` says.
+#[derive(Debug, Clone)]
+pub struct SqlInvoiceStore<E>(pub(crate) E);
+
+#[async_trait]
+impl<E: Engine> InvoiceStore for SqlInvoiceStore<E>
+where
+    for<'c> &'c mut <E::Db as Database>::Connection: Executor<'c, Database = E::Db>,
+    <E::Db as Database>::Arguments: IntoArguments<E::Db>,
+    for<'r> RowOf<E::Stored>: FromRow<'r, <E::Db as Database>::Row> + Send + Unpin,
+    for<'r> HighestNumber: FromRow<'r, <E::Db as Database>::Row>,
+    for<'q> <E::Stored as Stored>::Id: Encode<'q, E::Db> + Type<E::Db>,
+    for<'q> &'q str: Encode<'q, E::Db> + Type<E::Db>,
+    for<'q> i64: Encode<'q, E::Db> + Type<E::Db>,
+{
+    async fn insert(&self, invoice: &Invoice) -> Result<(), StoreError> {
+        self.0.insert(invoice).await
+    }
+
+    async fn get(&self, tenant: &TenantId, id: Uuid) -> Result<Option<Invoice>, StoreError> {
+        select_one::<E::Db, E::Stored>(self.0.pool(), tenant.as_str(), id)
+            .await?
+            .map(InvoiceRow::into_invoice::<E::Stored>)
+            .transpose()
+    }
+
+    async fn list(
+        &self,
+        tenant: &TenantId,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<Invoice>, StoreError> {
+        select_page::<E::Db, E::Stored>(self.0.pool(), tenant.as_str(), after, limit.into())
+            .await?
+            .into_iter()
+            .map(InvoiceRow::into_invoice::<E::Stored>)
+            .collect()
+    }
+
+    async fn highest_numbers(&self) -> Result<Vec<HighestNumber>, StoreError> {
+        Ok(select_highest_numbers(self.0.pool()).await?)
+    }
+}
+
+#[async_trait]
+impl<E: Engine> Store for SqlInvoiceStore<E> {
+    async fn is_ready(&self) -> bool {
+        self.0.is_ready().await
+    }
+
+    async fn close(&self) {
+        self.0.close().await;
+    }
+}
 
 /// The columns every read returns, in the row's order.
 const COLUMNS: &str = "id, tenant_id, number, invoice_number, client_id, client_name,

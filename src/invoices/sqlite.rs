@@ -6,39 +6,40 @@ use std::str::FromStr;
 
 use async_trait::async_trait;
 use rust_decimal::Decimal;
-use sqlx::{Sqlite, migrate::Migrator};
+use sqlx::{Sqlite, SqlitePool, migrate::Migrator};
 use uuid::{Uuid, fmt::Hyphenated};
 
 use crate::{
     db::SqliteDatabase,
     invoices::{
         domain::Invoice,
-        sql::{self, Stored},
-        store::{HighestNumber, InvoiceStore, StoreError},
+        sql::{self, Engine, SqlInvoiceStore, Stored},
+        store::StoreError,
     },
-    server::Store,
-    tenant::TenantId,
 };
 
 /// The invoice writer's SQLite migrations, used by start-up and by tests.
 pub static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite/invoices");
 
-/// [`InvoiceStore`] on a SQLite database file.
-#[derive(Debug, Clone)]
-pub struct SqliteInvoiceStore {
-    db: SqliteDatabase,
-}
+/// The invoice store on a SQLite database file.
+pub type SqliteInvoiceStore = SqlInvoiceStore<SqliteEngine>;
 
 impl SqliteInvoiceStore {
     /// A store on an already-migrated database.
     #[must_use]
     pub fn new(db: SqliteDatabase) -> Self {
-        Self { db }
+        SqlInvoiceStore(SqliteEngine { db })
     }
 }
 
+/// SQLite as the invoice statements see it.
+#[derive(Debug, Clone)]
+pub struct SqliteEngine {
+    db: SqliteDatabase,
+}
+
 /// Ids as hyphenated text, totals as decimal text: SQLite has neither type.
-struct AsText;
+pub struct AsText;
 
 impl Stored for AsText {
     type Id = Hyphenated;
@@ -61,7 +62,14 @@ impl Stored for AsText {
 }
 
 #[async_trait]
-impl InvoiceStore for SqliteInvoiceStore {
+impl Engine for SqliteEngine {
+    type Db = Sqlite;
+    type Stored = AsText;
+
+    fn pool(&self) -> &SqlitePool {
+        self.db.pool()
+    }
+
     async fn insert(&self, invoice: &Invoice) -> Result<(), StoreError> {
         let mut write = self.db.begin_write().await?;
         sql::insert_invoice::<Sqlite, AsText>(write.conn(), invoice).await?;
@@ -70,33 +78,6 @@ impl InvoiceStore for SqliteInvoiceStore {
         Ok(())
     }
 
-    async fn get(&self, tenant: &TenantId, id: Uuid) -> Result<Option<Invoice>, StoreError> {
-        sql::select_one::<Sqlite, AsText>(self.db.pool(), tenant.as_str(), id)
-            .await?
-            .map(sql::InvoiceRow::into_invoice::<AsText>)
-            .transpose()
-    }
-
-    async fn list(
-        &self,
-        tenant: &TenantId,
-        after: i64,
-        limit: u32,
-    ) -> Result<Vec<Invoice>, StoreError> {
-        sql::select_page::<Sqlite, AsText>(self.db.pool(), tenant.as_str(), after, limit.into())
-            .await?
-            .into_iter()
-            .map(sql::InvoiceRow::into_invoice::<AsText>)
-            .collect()
-    }
-
-    async fn highest_numbers(&self) -> Result<Vec<HighestNumber>, StoreError> {
-        Ok(sql::select_highest_numbers(self.db.pool()).await?)
-    }
-}
-
-#[async_trait]
-impl Store for SqliteInvoiceStore {
     async fn is_ready(&self) -> bool {
         self.db.is_ready().await
     }
