@@ -8,7 +8,8 @@
 //! - [`grpc`]: the `numbering.v1.NumberAllocator` handlers.
 //! - [`store`]: the counter store interface; [`postgres`] and
 //!   [`sqlite`]: its two implementations, chosen by the database URL, each
-//!   with its own increment statement; `sql`: the statements both share.
+//!   each an engine (pool, increment statement, durable write); `sql`: the
+//!   store written once over either engine, and the statements both share.
 
 pub mod allocate;
 pub mod app;

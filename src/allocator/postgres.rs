@@ -6,30 +6,32 @@ use sqlx::{PgPool, Postgres, migrate::Migrator};
 
 use crate::{
     allocator::{
-        series::{Series, SeriesName},
-        sql,
-        store::{Advanced, CounterStore, Increment, SeriesRow, StoreError, in_input_order},
+        series::SeriesName,
+        sql::{self, Engine, SqlCounterStore},
+        store::{Advanced, Increment, SeriesRow, StoreError, in_input_order},
     },
     db::begin_durable,
-    server::Store,
     tenant::TenantId,
 };
 
 /// The allocator's PostgreSQL migrations, used by start-up and by tests.
 pub static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres/allocator");
 
-/// [`CounterStore`] on a PostgreSQL pool.
-#[derive(Debug, Clone)]
-pub struct PgCounterStore {
-    pool: PgPool,
-}
+/// The counter store on a PostgreSQL pool.
+pub type PgCounterStore = SqlCounterStore<PgEngine>;
 
 impl PgCounterStore {
     /// A store on an already-migrated pool.
     #[must_use]
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        SqlCounterStore(PgEngine { pool })
     }
+}
+
+/// PostgreSQL as the counter statements see it.
+#[derive(Debug, Clone)]
+pub struct PgEngine {
+    pool: PgPool,
 }
 
 /// A counter as the increment statement returns it.
@@ -77,8 +79,14 @@ async fn increment(
 }
 
 #[async_trait]
-impl CounterStore for PgCounterStore {
-    async fn allocate_many(
+impl Engine for PgEngine {
+    type Db = Postgres;
+
+    fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn increment(
         &self,
         increments: &[Increment<'_>],
         format: &str,
@@ -110,52 +118,21 @@ impl CounterStore for PgCounterStore {
         )
     }
 
-    async fn advance(
+    async fn raise(
         &self,
         tenant: &TenantId,
         series: &SeriesName,
         at_least: i64,
         format: &str,
-    ) -> Result<Series, StoreError> {
+    ) -> Result<SeriesRow, StoreError> {
         let mut tx = begin_durable(&self.pool).await?;
         let row =
             sql::raise::<Postgres>(&mut tx, tenant.as_str(), series.as_str(), at_least, format)
                 .await?;
         tx.commit().await?;
-        Ok(row.into())
+        Ok(row)
     }
 
-    async fn get(
-        &self,
-        tenant: &TenantId,
-        series: &SeriesName,
-    ) -> Result<Option<Series>, StoreError> {
-        Ok(
-            sql::select_one(&self.pool, tenant.as_str(), series.as_str())
-                .await?
-                .map(Into::into),
-        )
-    }
-
-    async fn list(
-        &self,
-        tenant: &TenantId,
-        after: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<Series>, StoreError> {
-        let rows = sql::select_page(
-            &self.pool,
-            tenant.as_str(),
-            after.unwrap_or(""),
-            i64::from(limit),
-        )
-        .await?;
-        Ok(rows.into_iter().map(Into::into).collect())
-    }
-}
-
-#[async_trait]
-impl Store for PgCounterStore {
     async fn is_ready(&self) -> bool {
         crate::db::ping(&self.pool).await
     }

@@ -3,34 +3,36 @@
 //! [`crate::db::open_sqlite`]).
 
 use async_trait::async_trait;
-use sqlx::{Sqlite, SqliteConnection, migrate::Migrator, types::Json};
+use sqlx::{Sqlite, SqliteConnection, SqlitePool, migrate::Migrator, types::Json};
 
 use crate::{
     allocator::{
-        series::{Series, SeriesName},
-        sql,
-        store::{Advanced, CounterStore, Increment, SeriesRow, StoreError, in_input_order},
+        series::SeriesName,
+        sql::{self, Engine, SqlCounterStore},
+        store::{Advanced, Increment, SeriesRow, StoreError, in_input_order},
     },
     db::SqliteDatabase,
-    server::Store,
     tenant::TenantId,
 };
 
 /// The allocator's SQLite migrations, used by start-up and by tests.
 pub static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite/allocator");
 
-/// [`CounterStore`] on a SQLite database file.
-#[derive(Debug, Clone)]
-pub struct SqliteCounterStore {
-    db: SqliteDatabase,
-}
+/// The counter store on a SQLite database file.
+pub type SqliteCounterStore = SqlCounterStore<SqliteEngine>;
 
 impl SqliteCounterStore {
     /// A store on an already-migrated database.
     #[must_use]
     pub fn new(db: SqliteDatabase) -> Self {
-        Self { db }
+        SqlCounterStore(SqliteEngine { db })
     }
+}
+
+/// SQLite as the counter statements see it.
+#[derive(Debug, Clone)]
+pub struct SqliteEngine {
+    db: SqliteDatabase,
 }
 
 /// Adds each count to its counter, creating absent ones: one upsert over a
@@ -56,8 +58,14 @@ async fn increment(
 }
 
 #[async_trait]
-impl CounterStore for SqliteCounterStore {
-    async fn allocate_many(
+impl Engine for SqliteEngine {
+    type Db = Sqlite;
+
+    fn pool(&self) -> &SqlitePool {
+        self.db.pool()
+    }
+
+    async fn increment(
         &self,
         increments: &[Increment<'_>],
         format: &str,
@@ -74,13 +82,13 @@ impl CounterStore for SqliteCounterStore {
         in_input_order(increments, rows)
     }
 
-    async fn advance(
+    async fn raise(
         &self,
         tenant: &TenantId,
         series: &SeriesName,
         at_least: i64,
         format: &str,
-    ) -> Result<Series, StoreError> {
+    ) -> Result<SeriesRow, StoreError> {
         let mut write = self.db.begin_write().await?;
         let row = sql::raise::<Sqlite>(
             write.conn(),
@@ -91,40 +99,9 @@ impl CounterStore for SqliteCounterStore {
         )
         .await?;
         write.commit().await?;
-        Ok(row.into())
+        Ok(row)
     }
 
-    async fn get(
-        &self,
-        tenant: &TenantId,
-        series: &SeriesName,
-    ) -> Result<Option<Series>, StoreError> {
-        Ok(
-            sql::select_one(self.db.pool(), tenant.as_str(), series.as_str())
-                .await?
-                .map(Into::into),
-        )
-    }
-
-    async fn list(
-        &self,
-        tenant: &TenantId,
-        after: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<Series>, StoreError> {
-        let rows = sql::select_page(
-            self.db.pool(),
-            tenant.as_str(),
-            after.unwrap_or(""),
-            i64::from(limit),
-        )
-        .await?;
-        Ok(rows.into_iter().map(Into::into).collect())
-    }
-}
-
-#[async_trait]
-impl Store for SqliteCounterStore {
     async fn is_ready(&self) -> bool {
         self.db.is_ready().await
     }

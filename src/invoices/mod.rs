@@ -7,8 +7,9 @@
 //! - [`allocator_client`]: calls to the allocator, retried while it is unreachable.
 //! - [`grpc`]: the `numbering.v1.InvoiceWriter` handlers.
 //! - [`store`]: the invoice store interface; [`postgres`] and
-//!   [`sqlite`]: its two implementations, chosen by the database URL; `sql`:
-//!   the statements and row both share, where an invoice is stored.
+//!   [`sqlite`]: its two engines (pool, stored types, durable write), chosen by
+//!   the database URL; `sql`: the store written once over either engine, its
+//!   statements and row: where an invoice is stored.
 //! - [`seed`]: seeding the allocator's counters from stored invoices.
 
 pub mod allocator_client;
