@@ -8,7 +8,7 @@
 //! - [`grpc`]: the `numbering.v1.NumberAllocator` handlers.
 //! - [`store`]: the counter store interface; [`postgres`] and
 //!   [`sqlite`]: its two implementations, chosen by the database URL, each
-//!   each an engine (pool, increment statement, durable write); `sql`: the
+//!   each an engine (pool, increment statement, durable write); `sql_store`: the
 //!   store written once over either engine, and the statements both share.
 
 pub mod allocate;
@@ -17,7 +17,7 @@ pub mod group_commit;
 pub mod grpc;
 pub mod postgres;
 pub mod series;
-mod sql;
+mod sql_store;
 pub mod sqlite;
 pub mod store;
 

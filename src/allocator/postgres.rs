@@ -7,7 +7,7 @@ use sqlx::{PgPool, Postgres, migrate::Migrator};
 use crate::{
     allocator::{
         series::SeriesName,
-        sql::{self, Engine, SqlCounterStore},
+        sql_store::{self, Engine, SqlCounterStore},
         store::{Advanced, Increment, SeriesRow, StoreError, in_input_order},
     },
     db::begin_durable,
@@ -126,9 +126,14 @@ impl Engine for PgEngine {
         format: &str,
     ) -> Result<SeriesRow, StoreError> {
         let mut tx = begin_durable(&self.pool).await?;
-        let row =
-            sql::raise::<Postgres>(&mut tx, tenant.as_str(), series.as_str(), at_least, format)
-                .await?;
+        let row = sql_store::raise::<Postgres>(
+            &mut tx,
+            tenant.as_str(),
+            series.as_str(),
+            at_least,
+            format,
+        )
+        .await?;
         tx.commit().await?;
         Ok(row)
     }

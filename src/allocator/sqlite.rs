@@ -8,7 +8,7 @@ use sqlx::{Sqlite, SqliteConnection, SqlitePool, migrate::Migrator, types::Json}
 use crate::{
     allocator::{
         series::SeriesName,
-        sql::{self, Engine, SqlCounterStore},
+        sql_store::{self, Engine, SqlCounterStore},
         store::{Advanced, Increment, SeriesRow, StoreError, in_input_order},
     },
     db::SqliteDatabase,
@@ -90,7 +90,7 @@ impl Engine for SqliteEngine {
         format: &str,
     ) -> Result<SeriesRow, StoreError> {
         let mut write = self.db.begin_write().await?;
-        let row = sql::raise::<Sqlite>(
+        let row = sql_store::raise::<Sqlite>(
             write.conn(),
             tenant.as_str(),
             series.as_str(),

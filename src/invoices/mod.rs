@@ -8,7 +8,7 @@
 //! - [`grpc`]: the `numbering.v1.InvoiceWriter` handlers.
 //! - [`store`]: the invoice store interface; [`postgres`] and
 //!   [`sqlite`]: its two engines (pool, stored types, durable write), chosen by
-//!   the database URL; `sql`: the store written once over either engine, its
+//!   the database URL; `sql_store`: the store written once over either engine, its
 //!   statements and row: where an invoice is stored.
 //! - [`seed`]: seeding the allocator's counters from stored invoices.
 
@@ -18,7 +18,7 @@ pub mod domain;
 pub mod grpc;
 pub mod postgres;
 pub mod seed;
-mod sql;
+mod sql_store;
 pub mod sqlite;
 pub mod store;
 pub mod writer;

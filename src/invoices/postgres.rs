@@ -1,4 +1,4 @@
-//! The invoice store on PostgreSQL: the shared statements (`sql.rs`),
+//! The invoice store on PostgreSQL: the store written once (`sql_store.rs`),
 //! each insert in a transaction that commits synchronously. Ids are UUIDs and
 //! totals NUMERIC.
 
@@ -11,7 +11,7 @@ use crate::{
     db::begin_durable,
     invoices::{
         domain::Invoice,
-        sql::{self, Engine, SqlInvoiceStore, Stored},
+        sql_store::{self, Engine, SqlInvoiceStore, Stored},
         store::StoreError,
     },
 };
@@ -67,7 +67,7 @@ impl Engine for PgEngine {
 
     async fn insert(&self, invoice: &Invoice) -> Result<(), StoreError> {
         let mut tx = begin_durable(&self.pool).await?;
-        sql::insert_invoice::<Postgres, Native>(&mut tx, invoice).await?;
+        sql_store::insert_invoice::<Postgres, Native>(&mut tx, invoice).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -1,4 +1,4 @@
-//! The invoice store on SQLite: the shared statements (`sql.rs`), each
+//! The invoice store on SQLite: the store written once (`sql_store.rs`), each
 //! insert through the one SQLite write path (see [`crate::db::open_sqlite`]).
 //! Ids and totals are stored as text.
 
@@ -13,7 +13,7 @@ use crate::{
     db::SqliteDatabase,
     invoices::{
         domain::Invoice,
-        sql::{self, Engine, SqlInvoiceStore, Stored},
+        sql_store::{self, Engine, SqlInvoiceStore, Stored},
         store::StoreError,
     },
 };
@@ -72,7 +72,7 @@ impl Engine for SqliteEngine {
 
     async fn insert(&self, invoice: &Invoice) -> Result<(), StoreError> {
         let mut write = self.db.begin_write().await?;
-        sql::insert_invoice::<Sqlite, AsText>(write.conn(), invoice).await?;
+        sql_store::insert_invoice::<Sqlite, AsText>(write.conn(), invoice).await?;
         // Not acknowledged if it went to a file no longer at its path.
         write.commit().await?;
         Ok(())
