@@ -9,8 +9,8 @@
 //!   reflection, per-call limits, start-up errors, shutdown, and the gRPC edge
 //!   (rich statuses, field validation, page tokens).
 //! - [`db`]: opening and checking either database, and classifying its errors.
-//! - [`tenant`], [`page`](mod@page): the tenant id and the page of a listing both
-//!   services speak of.
+//! - [`tenant`], [`request_id`], [`page`](mod@page): the tenant id, the request id
+//!   and the page of a listing both services speak of.
 
 pub mod allocator;
 pub mod bench;
@@ -18,5 +18,6 @@ pub mod db;
 pub mod invoices;
 pub mod page;
 pub mod proto;
+pub mod request_id;
 pub mod server;
 pub mod tenant;

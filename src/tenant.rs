@@ -15,18 +15,7 @@ impl TenantId {
     /// # Errors
     /// A description of what is wrong, for a field violation.
     pub fn parse(raw: &str) -> Result<Self, String> {
-        if raw.is_empty() {
-            return Err("must not be empty".into());
-        }
-        if raw.len() > Self::MAX_LEN {
-            return Err(format!("must be at most {} characters", Self::MAX_LEN));
-        }
-        if !raw
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))
-        {
-            return Err("may contain only A-Z a-z 0-9 . _ : -".into());
-        }
+        check_key(raw, Self::MAX_LEN)?;
         Ok(Self(raw.to_owned()))
     }
 
@@ -35,6 +24,25 @@ impl TenantId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// The rule of every client-chosen key, tenant ids and request ids alike:
+/// 1 to `max` characters of `A–Z a–z 0–9 . _ : -`, so a UUID fits and a key
+/// prints, logs and sorts the same everywhere.
+pub(crate) fn check_key(raw: &str, max: usize) -> Result<(), String> {
+    if raw.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if raw.len() > max {
+        return Err(format!("must be at most {max} characters"));
+    }
+    if !raw
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))
+    {
+        return Err("may contain only A-Z a-z 0-9 . _ : -".into());
+    }
+    Ok(())
 }
 
 impl fmt::Display for TenantId {

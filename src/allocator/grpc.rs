@@ -13,6 +13,7 @@ use crate::{
         ListSeriesResponse,
         number_allocator_server::{NumberAllocator, NumberAllocatorServer},
     },
+    request_id::RequestId,
     server::{
         pagination,
         status::{chain, internal, with_reason},
@@ -20,9 +21,6 @@ use crate::{
     },
     tenant::TenantId,
 };
-
-/// Longest accepted `request_id`, in characters.
-const MAX_REQUEST_ID_LEN: usize = 128;
 
 /// Largest request the allocator decodes; its requests are a few short strings.
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -62,12 +60,9 @@ impl NumberAllocator for AllocatorService {
         let (tenant, series) =
             tenant_and_series(&mut violations, &request.tenant_id, &request.series);
         let count = violations.check("count", Count::parse(request.count));
-        if request.request_id.chars().count() > MAX_REQUEST_ID_LEN {
-            violations.add(
-                "request_id",
-                format!("must be at most {MAX_REQUEST_ID_LEN} characters"),
-            );
-        }
+        // Validated now, so that ids a later version keys retries by are the
+        // only ones callers can have sent.
+        violations.check("request_id", RequestId::parse(&request.request_id));
         violations.finish()?;
         let (Some(tenant), Some(series), Some(count)) = (tenant, series, count) else {
             unreachable!("finish() returned Ok, so every field parsed");

@@ -17,6 +17,7 @@ use crate::{
         ListInvoicesRequest, ListInvoicesResponse,
         invoice_writer_server::{self, InvoiceWriterServer},
     },
+    request_id::RequestId,
     server::{
         caller_timeout, pagination,
         status::{chain, internal, with_reason},
@@ -67,7 +68,7 @@ pub fn parse_new_invoice(request: &CreateInvoiceRequest) -> Result<NewInvoice, I
     let due_date = v.check("due_date", domain::due_date(&request.due_date));
     let notes = v.check("notes", domain::text(&request.notes, 4000, false));
     let currency = v.check("currency", domain::currency(&request.currency));
-    v.check("request_id", domain::text(&request.request_id, 128, false));
+    v.check("request_id", RequestId::parse(&request.request_id));
     if request.line_items.is_empty() || request.line_items.len() > MAX_LINE_ITEMS {
         v.add(
             "line_items",

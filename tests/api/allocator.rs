@@ -325,6 +325,13 @@ async fn bad_input_is_rejected_by_field_and_changes_nothing(#[case] backend: Bac
             },
             "request_id",
         ),
+        (
+            AllocateRequest {
+                request_id: "retry #2".into(),
+                ..allocate("acme", "", 1)
+            },
+            "request_id",
+        ),
     ];
     for (request, field) in cases {
         let status = app.client.allocate(request).await.unwrap_err();
@@ -376,6 +383,13 @@ async fn bad_input_is_rejected_by_field_and_changes_nothing(#[case] backend: Bac
         "a rejected call created {:?}",
         listed.series
     );
+
+    // The rule is not stricter than it says: a UUID is a request id.
+    let keyed = AllocateRequest {
+        request_id: "0190b2c4-7d1e-7c3a-9f00-1234567890ab".into(),
+        ..allocate("acme", "", 1)
+    };
+    app.client.allocate(keyed).await.expect("a UUID request id");
 }
 
 /// A counter at the largest number answers FAILED_PRECONDITION and stays where it is.

@@ -353,6 +353,7 @@ async fn bad_invoices_are_rejected_by_field_and_change_nothing(#[case] backend: 
         ("currency", |r| r.currency = "EURO".into()),
         ("currency", |r| r.currency = "XYZ".into()),
         ("request_id", |r| r.request_id = "r".repeat(129)),
+        ("request_id", |r| r.request_id = "retry #2".into()),
         ("line_items", |r| r.line_items.clear()),
         ("line_items[1].description", |r| {
             r.line_items[1].description = "nul\0".into();
