@@ -55,6 +55,8 @@ pub struct Load {
     /// Call each tenant exactly once, in order, instead of at random; the run
     /// ends when all were called (or at `duration`).
     pub each_tenant_once: bool,
+    /// Send every `Allocate` with a fresh request id.
+    pub keyed: bool,
 }
 
 /// What a run measured.
@@ -221,7 +223,11 @@ async fn client(
                     tenant_id: format!("{}-{series}", load.tenant_prefix),
                     series: String::new(),
                     count: load.count,
-                    request_id: String::new(),
+                    request_id: if load.keyed {
+                        uuid::Uuid::now_v7().to_string()
+                    } else {
+                        String::new()
+                    },
                 })
                 .await
                 .map(|response| {

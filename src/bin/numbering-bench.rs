@@ -93,6 +93,9 @@ struct RunArgs {
     /// Numbers per Allocate call.
     #[arg(long, default_value_t = 1)]
     count: u32,
+    /// Send every Allocate with a fresh request id.
+    #[arg(long)]
+    keyed: bool,
     /// The call to make; "health" is the no-op ceiling.
     #[arg(long, value_enum, default_value = "allocate")]
     call: CallArg,
@@ -158,6 +161,7 @@ fn load(
         call,
         tenant_prefix: format!("bench-{}", uuid::Uuid::now_v7().simple()),
         each_tenant_once: false,
+        keyed: false,
     }
 }
 
@@ -180,14 +184,17 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
         CallArg::Allocate => Call::Allocate,
         CallArg::Health => Call::Health,
     };
-    let load = load(
-        args.clients,
-        args.connections,
-        args.duration,
-        args.tenants,
-        args.count,
-        call,
-    );
+    let load = Load {
+        keyed: args.keyed,
+        ..load(
+            args.clients,
+            args.connections,
+            args.duration,
+            args.tenants,
+            args.count,
+            call,
+        )
+    };
     let report = match &args.url {
         Some(url) => drive(url, &load)
             .await
