@@ -66,7 +66,9 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let method = request.uri().path().to_owned();
+        // The path is read only if the call fails; cloning the URI shares its
+        // bytes rather than copying them on every call.
+        let uri = request.uri().clone();
         // A full service sheds at once: queueing would only move the wait
         // into the callers' deadlines.
         let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
@@ -76,7 +78,7 @@ where
                 "OVERLOADED",
                 &[],
             );
-            log_failure(&method, &status);
+            log_failure(uri.path(), &status);
             return Box::pin(async move { Ok(status.into_http()) });
         };
         let timeout = crate::server::caller_timeout(request.headers())
@@ -96,7 +98,7 @@ where
                     "REQUEST_TIMEOUT",
                     &[("timeoutMs", timeout.as_millis().to_string())],
                 );
-                log_failure(&method, &status);
+                log_failure(uri.path(), &status);
                 return Ok(status.into_http());
             };
             let response = response?;
@@ -105,7 +107,7 @@ where
             if let Some(status) = Status::from_header_map(response.headers())
                 && status.code() != Code::Ok
             {
-                log_failure(&method, &status);
+                log_failure(uri.path(), &status);
             }
             Ok(response)
         })

@@ -171,9 +171,8 @@ impl Throwaway {
 
 impl Drop for Throwaway {
     fn drop(&mut self) {
-        if let Some(mut stdin) = self.stdin.take() {
-            let _ = stdin.flush();
-        }
+        // Closing the watcher's input is its signal to stop and clean up.
+        drop(self.stdin.take());
         let _ = self.watcher.wait();
     }
 }

@@ -171,13 +171,8 @@ async fn shutdown_flips_health_and_finishes_calls_in_flight() {
     )
     .await;
 
-    // Hold the counter row so the next Allocate blocks inside its transaction.
     let mut blocker = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
-    let mut lock = blocker.begin().await.unwrap();
-    sqlx::query("SELECT last_value FROM counters WHERE tenant_id = 'acme' FOR UPDATE")
-        .execute(&mut *lock)
-        .await
-        .unwrap();
+    let lock = lock_counter(&mut blocker, "acme").await;
     let mut client = app.client.clone();
     let in_flight = tokio::spawn(async move { client.allocate(allocate()).await });
     wait_until_blocked_on_a_lock(&app.db).await;
