@@ -9,11 +9,12 @@
 //!   reflection, per-call limits, start-up errors, shutdown, and the gRPC edge
 //!   (rich statuses, field validation, page tokens).
 //! - [`db`]: opening and checking either database, and classifying its errors.
-//! - [`tenant`], [`request_id`], [`page`](mod@page): the tenant id, the request id
-//!   and the page of a listing both services speak of.
+//! - [`tenant`], [`request_id`], [`page`](mod@page), [`clock`]: the tenant id, the
+//!   request id, the page of a listing and the clock both services speak of.
 
 pub mod allocator;
 pub mod bench;
+pub mod clock;
 pub mod db;
 pub mod invoices;
 pub mod page;

@@ -7,6 +7,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 use tokio::net::TcpListener;
 
 use crate::{
+    clock::{Clock, SystemClock},
     db::{self, Backend, DatabaseUrl, OpenError, PoolSettings},
     invoices::{
         InvoiceWriter,
@@ -16,7 +17,6 @@ use crate::{
         seed::{self, SeedReport},
         sqlite::{self, SqliteInvoiceStore},
         store::{InvoiceStore, StoreError},
-        writer::{Clock, SystemClock},
     },
     proto::invoice_writer_server::InvoiceWriterServer,
     server::{self, ServeError, ServerSettings, startup::StartupError},

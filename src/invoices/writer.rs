@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::{
+    clock::Clock,
     invoices::{
         allocator_client::{AllocatorClient, AllocatorError},
         domain::{Invoice, NewInvoice},
@@ -50,29 +50,6 @@ impl From<StoreError> for Error {
             // A number taken is handled where it can happen; anywhere else it is a bug.
             StoreError::NumberTaken | StoreError::Internal(_) => Self::Internal(error),
         }
-    }
-}
-
-/// Where the writer gets the time and the ids of new invoices: the system's
-/// outside tests. Together, because the ids (version 7 UUIDs) embed the time.
-pub trait Clock: Send + Sync {
-    /// The time now.
-    fn now(&self) -> DateTime<Utc>;
-    /// A new, unique invoice id.
-    fn new_id(&self) -> Uuid;
-}
-
-/// The system's clock, and time-ordered random ids.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> DateTime<Utc> {
-        Utc::now()
-    }
-
-    fn new_id(&self) -> Uuid {
-        Uuid::now_v7()
     }
 }
 

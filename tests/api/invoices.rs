@@ -15,7 +15,8 @@ use std::{
 
 use numbering::{
     allocator::{CommitMode, series::NumberFormat},
-    invoices::{seed, store::HighestNumber, writer::Clock},
+    clock::Clock,
+    invoices::{seed, store::HighestNumber},
     proto::{AdvanceCounterRequest, GetInvoiceRequest, LineItem, ListInvoicesRequest},
     tenant::TenantId,
 };

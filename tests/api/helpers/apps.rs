@@ -4,12 +4,12 @@ use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 
 use numbering::{
     allocator::{self, CommitMode, group_commit::GroupCommitSettings, series::NumberFormat},
+    clock::{Clock, SystemClock},
     db::Backend,
     invoices::{
         self,
         allocator_client::{AllocatorClient, Backoff},
         store::InvoiceStore,
-        writer::{Clock, SystemClock},
     },
     proto::{
         invoice_writer_client::InvoiceWriterClient, number_allocator_client::NumberAllocatorClient,
