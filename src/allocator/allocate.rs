@@ -1,15 +1,18 @@
 //! Allocation rules: the [`Allocator`] applies them over a [`CounterStore`],
-//! one transaction per call or through group commit.
+//! one transaction per call or through group commit, keeping request ids for
+//! the retention window.
 
 use std::sync::Arc;
 
 use crate::{
     allocator::{
+        batch::{Call, Outcome, Retention},
         group_commit::{GroupCommitSettings, GroupCommitter, GroupError},
         series::{Count, Number, NumberFormat, Series, SeriesName},
-        store::{CounterStore, Grant, StoreError},
+        store::{Advance, CounterStore, Grant, StoreError},
     },
     page::Page,
+    request_id::RequestId,
     tenant::TenantId,
 };
 
@@ -37,6 +40,16 @@ pub enum Error {
         format: String,
         /// Why it does not parse.
         reason: String,
+    },
+    /// The request id was first used for another series or count.
+    #[error("request id {request_id:?} was first used for {count} numbers of series {series:?}")]
+    RequestIdReused {
+        /// The id.
+        request_id: String,
+        /// The series it was first used for.
+        series: String,
+        /// The count it was first used for.
+        count: i64,
     },
     /// Too many calls are waiting to commit.
     #[error("too many allocations waiting to commit")]
@@ -94,21 +107,34 @@ enum Path {
     Group(Arc<GroupCommitter>),
 }
 
+/// Numbers handed out to one call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allocation {
+    /// Consecutive numbers, ascending.
+    pub numbers: Vec<Number>,
+    /// Whether they were first handed out to an earlier call with the same
+    /// request id.
+    pub replayed: bool,
+}
+
 /// Applies the allocation rules over a counter store.
 #[derive(Clone)]
 pub struct Allocator {
     store: Arc<dyn CounterStore>,
     default_format: NumberFormat,
     path: Path,
+    retention: Retention,
 }
 
 impl Allocator {
-    /// An allocator creating new series with `default_format`.
+    /// An allocator creating new series with `default_format`, keeping
+    /// request ids for `retention`.
     #[must_use]
     pub fn new(
         store: Arc<dyn CounterStore>,
         default_format: NumberFormat,
         mode: CommitMode,
+        retention: Retention,
     ) -> Self {
         let path = match mode {
             CommitMode::PerCall => Path::PerCall,
@@ -116,43 +142,90 @@ impl Allocator {
                 &store,
                 &settings,
                 default_format.template(),
+                &retention,
             ))),
         };
         Self {
             store,
             default_format,
             path,
+            retention,
         }
     }
 
-    /// Allocates `count` consecutive numbers, committed before they are returned.
+    /// Allocates `count` consecutive numbers, committed before they are
+    /// returned; or, for a request id used within the retention window, the
+    /// numbers its first call received.
     ///
     /// # Errors
-    /// The store fails or the series is exhausted; no number is handed out then.
+    /// [`Error::RequestIdReused`] for a request id first used for another
+    /// series or count; the store fails or the series is exhausted. No number
+    /// is handed out then.
     pub async fn allocate(
         &self,
         tenant: &TenantId,
         series: &SeriesName,
         count: Count,
-    ) -> Result<Vec<Number>, Error> {
-        let template = self.default_format.template();
-        let Grant { first, format } = match &self.path {
+        request_id: Option<&RequestId>,
+    ) -> Result<Allocation, Error> {
+        let outcome = match &self.path {
             Path::PerCall => {
-                let count = i64::from(count.get());
-                let advanced = self.store.allocate(tenant, series, count, template).await?;
-                advanced.grant(count)
+                let call = Call {
+                    tenant,
+                    series,
+                    count: i64::from(count.get()),
+                    request_id,
+                };
+                let template = self.default_format.template();
+                self.store
+                    .allocate(call, template, self.retention.stamp())
+                    .await?
             }
-            Path::Group(committer) => committer.allocate(tenant, series, count).await?,
+            Path::Group(committer) => {
+                committer
+                    .allocate(tenant, series, count, request_id)
+                    .await?
+            }
+        };
+        let (Grant { first, format }, replayed) = match outcome {
+            Outcome::Granted(grant) => (grant, false),
+            Outcome::Replayed(grant) => (grant, true),
+            Outcome::Reused { series, count } => {
+                return Err(Error::RequestIdReused {
+                    request_id: request_id.map(ToString::to_string).unwrap_or_default(),
+                    series,
+                    count,
+                });
+            }
         };
         let format = parse_stored(tenant, series, &format)?;
         // Offsets from the first number: the last may be i64::MAX.
-        Ok((0..i64::from(count.get()))
+        let numbers = (0..i64::from(count.get()))
             .map(|offset| first + offset)
             .map(|value| Number {
                 value,
                 formatted: format.render(value),
             })
-            .collect())
+            .collect();
+        Ok(Allocation { numbers, replayed })
+    }
+
+    /// Forgets the request ids past the retention window, in batches of
+    /// `batch`, until none is left; returns how many it forgot. Each batch is
+    /// its own short write, so allocations go on in between.
+    ///
+    /// # Errors
+    /// A store failure; what was forgotten before it stays forgotten.
+    pub async fn forget_expired(&self, batch: u32) -> Result<u64, Error> {
+        let before = self.retention.stamp().forget_before;
+        let mut forgotten = 0;
+        loop {
+            let done = self.store.forget_request_ids(before, batch).await?;
+            forgotten += done;
+            if done < u64::from(batch) {
+                return Ok(forgotten);
+            }
+        }
     }
 
     /// Reads a series.
@@ -190,7 +263,8 @@ impl Allocator {
         Ok(Page::from_fetched(fetched, limit))
     }
 
-    /// Raises a counter to `at_least` if it is lower; never lowers it.
+    /// Raises a counter to `at_least` if it is lower, recording the range
+    /// skipped with `reason`; never lowers it.
     ///
     /// # Errors
     /// A store failure.
@@ -199,10 +273,18 @@ impl Allocator {
         tenant: &TenantId,
         series: &SeriesName,
         at_least: i64,
+        reason: &str,
     ) -> Result<Series, Error> {
+        let advance = Advance {
+            tenant,
+            series,
+            at_least,
+            reason,
+            now: self.retention.clock.now(),
+        };
         Ok(self
             .store
-            .advance(tenant, series, at_least, self.default_format.template())
+            .advance(advance, self.default_format.template())
             .await?)
     }
 }

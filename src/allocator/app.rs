@@ -2,22 +2,24 @@
 //! and the tests share. Picking the store's backend by URL happens here, above
 //! the store interface and its implementations.
 
-use std::{future::Future, sync::Arc};
+use std::{future::Future, sync::Arc, time::Duration};
 
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::oneshot, time::MissedTickBehavior};
 
 use crate::{
     allocator::{
         Allocator, CommitMode,
+        batch::Retention,
         grpc::{self, AllocatorService},
         postgres::{self, PgCounterStore},
         series::NumberFormat,
         sqlite::{self, SqliteCounterStore},
         store::CounterStore,
     },
+    clock::Clock,
     db::{self, Backend, DatabaseUrl, OpenError, PoolSettings},
     proto::number_allocator_server::NumberAllocatorServer,
-    server::{self, ServeError, ServerSettings},
+    server::{self, ServeError, ServerSettings, status::chain},
 };
 
 /// What the allocator is built from.
@@ -31,12 +33,38 @@ pub struct Settings {
     pub default_format: NumberFormat,
     /// One transaction per call, or group commit.
     pub mode: CommitMode,
+    /// How long request ids are kept, and how often expired ones are purged.
+    pub request_ids: RequestIdSettings,
 }
+
+/// How long request ids are kept, and how often expired ones are purged.
+#[derive(Debug, Clone)]
+pub struct RequestIdSettings {
+    /// How long after its first use a request id answers repeats.
+    pub retention: Duration,
+    /// How often ids past the window are purged.
+    pub purge_interval: Duration,
+}
+
+impl Default for RequestIdSettings {
+    fn default() -> Self {
+        Self {
+            retention: Duration::from_hours(24),
+            purge_interval: Duration::from_mins(1),
+        }
+    }
+}
+
+/// Request ids forgotten per purge statement: short writes beside the
+/// allocations.
+const PURGE_BATCH: u32 = 1000;
 
 /// The allocator service on its store, ready to serve.
 pub struct App {
     store: Arc<dyn CounterStore>,
+    allocator: Allocator,
     service: NumberAllocatorServer<AllocatorService>,
+    purge_interval: Duration,
 }
 
 impl App {
@@ -45,27 +73,43 @@ impl App {
     ///
     /// # Errors
     /// The database cannot be opened; see [`OpenError`].
-    pub async fn build(settings: Settings) -> Result<Self, OpenError> {
+    pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> Result<Self, OpenError> {
         let store = open_store(&settings.database, &settings.pool).await?;
-        Ok(Self::on(store, settings.default_format, settings.mode))
+        Ok(Self::on(
+            store,
+            settings.default_format,
+            settings.mode,
+            &settings.request_ids,
+            clock,
+        ))
     }
 
-    /// The service on a store already open.
+    /// The service on a store already open; request ids and records take
+    /// their time from `clock`.
     #[must_use]
     pub fn on(
         store: Arc<dyn CounterStore>,
         default_format: NumberFormat,
         mode: CommitMode,
+        request_ids: &RequestIdSettings,
+        clock: Arc<dyn Clock>,
     ) -> Self {
-        let allocator = Allocator::new(store.clone(), default_format, mode);
+        let retention = Retention {
+            clock,
+            window: request_ids.retention,
+        };
+        let allocator = Allocator::new(store.clone(), default_format, mode, retention);
         Self {
             store,
-            service: grpc::service(allocator),
+            service: grpc::service(allocator.clone()),
+            allocator,
+            purge_interval: request_ids.purge_interval,
         }
     }
 
     /// Serves on `listener` until `shutdown` resolves and the drain ends, then
-    /// closes the store (see [`server::serve`]).
+    /// closes the store (see [`server::serve`]). Purges expired request ids
+    /// in the background until shutdown begins.
     ///
     /// # Errors
     /// The transport failed.
@@ -75,7 +119,39 @@ impl App {
         settings: &ServerSettings,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServeError> {
-        server::serve(listener, self.service, self.store, settings, shutdown).await
+        let (stop_purging, stopped) = oneshot::channel::<()>();
+        let purging = tokio::spawn(purge(self.allocator, self.purge_interval, stopped));
+        let shutdown = async move {
+            shutdown.await;
+            let _ = stop_purging.send(());
+        };
+        let served = server::serve(listener, self.service, self.store, settings, shutdown).await;
+        // Ended by now, unless serving failed before shutdown began.
+        purging.abort();
+        served
+    }
+}
+
+/// Forgets expired request ids every `interval` until `stop` resolves.
+async fn purge(allocator: Allocator, interval: Duration, stop: oneshot::Receiver<()>) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let purging = async {
+        loop {
+            ticks.tick().await;
+            match allocator.forget_expired(PURGE_BATCH).await {
+                Ok(0) => {}
+                Ok(forgotten) => tracing::debug!(forgotten, "forgot request ids past the window"),
+                Err(error) => tracing::warn!(
+                    error = %chain(&error),
+                    "forgetting expired request ids failed; trying again later",
+                ),
+            }
+        }
+    };
+    tokio::select! {
+        () = purging => {}
+        _ = stop => {}
     }
 }
 

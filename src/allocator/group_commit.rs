@@ -2,15 +2,15 @@
 //!
 //! Calls go to one of a fixed number of lanes, chosen by their series, so a
 //! series always uses the same lane and two lanes of a process never touch the
-//! same counter row. While a lane's commit is in
-//! flight, new calls queue; the lane's next transaction advances every series
-//! in its queue with one statement, each by the sum of its calls' counts, and
-//! splits each range among that series' calls in arrival order. Every call is
-//! answered only after the commit succeeded, so nothing is ever handed out from
-//! memory. Lanes hold no per-series state: idle series cost nothing.
+//! same counter row. While a lane's commit is in flight, new calls queue; the
+//! lane's next transaction takes its whole queue as one
+//! [`Batch`](crate::allocator::batch::Batch): every series advances once, by
+//! the sum of its calls' counts, and its range is split among those calls in
+//! arrival order. Every call is answered only after the commit succeeded, so
+//! nothing is ever handed out from memory. Lanes hold no per-series state:
+//! idle series cost nothing.
 
 use std::{
-    collections::HashMap,
     hash::{BuildHasher, RandomState},
     sync::Arc,
 };
@@ -19,9 +19,11 @@ use tokio::sync::{mpsc, mpsc::error::TrySendError, oneshot};
 
 use crate::{
     allocator::{
+        batch::{Call, Outcome, Retention},
         series::{Count, SeriesName},
-        store::{Advanced, CounterStore, Grant, Increment, StoreError},
+        store::{CounterStore, StoreError},
     },
+    request_id::RequestId,
     tenant::TenantId,
 };
 
@@ -65,7 +67,19 @@ type Key = (TenantId, SeriesName);
 struct Waiting {
     key: Key,
     count: u32,
-    reply: oneshot::Sender<Result<Grant, GroupError>>,
+    request_id: Option<RequestId>,
+    reply: oneshot::Sender<Result<Outcome, GroupError>>,
+}
+
+impl Waiting {
+    fn call(&self) -> Call<'_> {
+        Call {
+            tenant: &self.key.0,
+            series: &self.key.1,
+            count: i64::from(self.count),
+            request_id: self.request_id.as_ref(),
+        }
+    }
 }
 
 /// Merges concurrent allocations into shared transactions.
@@ -85,6 +99,7 @@ impl GroupCommitter {
         store: &Arc<dyn CounterStore>,
         settings: &GroupCommitSettings,
         format: &str,
+        retention: &Retention,
     ) -> Self {
         let lanes = (0..settings.lanes.max(1))
             .map(|_| {
@@ -94,6 +109,7 @@ impl GroupCommitter {
                     queue: receiver,
                     max_batch: settings.max_batch.max(1),
                     format: format.to_owned(),
+                    retention: retention.clone(),
                 };
                 tokio::spawn(lane.run());
                 sender
@@ -110,9 +126,9 @@ impl GroupCommitter {
         &self.lanes[usize::try_from(index).unwrap_or(0)]
     }
 
-    /// Allocates `count` numbers of the series. Returns the first number of
-    /// the range and the series' format once the transaction that took the
-    /// range has committed.
+    /// Allocates `count` numbers of the series, or repeats the answer to an
+    /// earlier call with `request_id`. Returns once the transaction that
+    /// decided it has committed.
     ///
     /// # Errors
     /// [`GroupError::QueueFull`] when the lane's queue is full;
@@ -122,13 +138,15 @@ impl GroupCommitter {
         tenant: &TenantId,
         series: &SeriesName,
         count: Count,
-    ) -> Result<Grant, GroupError> {
+        request_id: Option<&RequestId>,
+    ) -> Result<Outcome, GroupError> {
         let (reply, granted) = oneshot::channel();
         let key = (tenant.clone(), series.clone());
         let lane = self.lane(&key);
         lane.try_send(Waiting {
             key,
             count: count.get(),
+            request_id: request_id.cloned(),
             reply,
         })
         .map_err(|error| match error {
@@ -160,13 +178,7 @@ struct Lane {
     queue: mpsc::Receiver<Waiting>,
     max_batch: usize,
     format: String,
-}
-
-/// The calls of one series in a batch, in arrival order.
-struct SeriesGroup {
-    key: Key,
-    total: i64,
-    calls: Vec<Waiting>,
+    retention: Retention,
 }
 
 impl Lane {
@@ -176,143 +188,45 @@ impl Lane {
         while self.queue.recv_many(&mut batch, self.max_batch).await > 0 {
             // A caller that gave up before its group formed takes no numbers.
             batch.retain(|waiting| !waiting.reply.is_closed());
-            let groups = group_by_series(batch.drain(..));
-            if !groups.is_empty() {
-                self.commit(groups).await;
+            if !batch.is_empty() {
+                self.commit(std::mem::take(&mut batch)).await;
             }
         }
     }
 
-    async fn commit(&self, groups: Vec<SeriesGroup>) {
-        let increments: Vec<_> = groups
-            .iter()
-            .map(|g| Increment {
-                tenant: &g.key.0,
-                series: &g.key.1,
-                count: g.total,
-            })
-            .collect();
-        match self.store.allocate_many(&increments, &self.format).await {
-            Ok(results) => {
-                for (group, result) in groups.into_iter().zip(results) {
-                    answer(group, Ok(result));
+    async fn commit(&self, batch: Vec<Waiting>) {
+        let calls: Vec<Call<'_>> = batch.iter().map(Waiting::call).collect();
+        let result = self
+            .store
+            .allocate_many(&calls, &self.format, self.retention.stamp())
+            .await;
+        drop(calls);
+        match result {
+            Ok(outcomes) => {
+                for (waiting, outcome) in batch.into_iter().zip(outcomes) {
+                    // A caller gone by now leaves a gap: its numbers were
+                    // committed and go to nobody else.
+                    let _ = waiting.reply.send(Ok(outcome));
                 }
             }
             // A series near i64::MAX must fail only the calls that do not
             // fit: commit every call on its own, in arrival order. Rare.
             Err(StoreError::Exhausted) => {
-                for group in groups {
-                    for waiting in group.calls {
-                        let count = i64::from(waiting.count);
-                        let result = self
-                            .store
-                            .allocate(&group.key.0, &group.key.1, count, &self.format)
-                            .await
-                            .map(|advanced| advanced.grant(count))
-                            .map_err(|error| GroupError::Store(Arc::new(error)));
-                        let _ = waiting.reply.send(result);
-                    }
+                for waiting in batch {
+                    let result = self
+                        .store
+                        .allocate(waiting.call(), &self.format, self.retention.stamp())
+                        .await
+                        .map_err(|error| GroupError::Store(Arc::new(error)));
+                    let _ = waiting.reply.send(result);
                 }
             }
             Err(error) => {
                 let error = GroupError::Store(Arc::new(error));
-                for group in groups {
-                    answer(group, Err(error.clone()));
+                for waiting in batch {
+                    let _ = waiting.reply.send(Err(error.clone()));
                 }
             }
         }
-    }
-}
-
-fn group_by_series(calls: impl Iterator<Item = Waiting>) -> Vec<SeriesGroup> {
-    let mut index: HashMap<Key, usize> = HashMap::new();
-    let mut groups: Vec<SeriesGroup> = Vec::new();
-    for waiting in calls {
-        let at = *index.entry(waiting.key.clone()).or_insert_with(|| {
-            groups.push(SeriesGroup {
-                key: waiting.key.clone(),
-                total: 0,
-                calls: Vec::new(),
-            });
-            groups.len() - 1
-        });
-        groups[at].total += i64::from(waiting.count);
-        groups[at].calls.push(waiting);
-    }
-    // Every transaction locks its rows in one order, so batches of different
-    // lanes or of other allocator processes cannot deadlock.
-    groups.sort_unstable_by(|a, b| a.key.cmp(&b.key));
-    groups
-}
-
-/// Splits a committed range among a series' calls in arrival order, or fails them all.
-fn answer(group: SeriesGroup, result: Result<Advanced, GroupError>) {
-    match result {
-        Ok(advanced) => {
-            // Offsets, not a running "next": the last value may be i64::MAX.
-            let whole = advanced.grant(group.total);
-            let mut offset = 0;
-            for waiting in group.calls {
-                // A caller gone by now leaves a gap: its numbers were
-                // committed and go to nobody else.
-                let _ = waiting.reply.send(Ok(Grant {
-                    first: whole.first + offset,
-                    format: whole.format.clone(),
-                }));
-                offset += i64::from(waiting.count);
-            }
-        }
-        Err(error) => {
-            for waiting in group.calls {
-                let _ = waiting.reply.send(Err(error.clone()));
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn waiting(tenant: &str, count: u32) -> Waiting {
-        Waiting {
-            key: (
-                TenantId::parse(tenant).unwrap(),
-                SeriesName::parse("").unwrap(),
-            ),
-            count,
-            reply: oneshot::channel().0,
-        }
-    }
-
-    #[test]
-    fn groups_sum_per_series_keep_arrival_order_and_sort_by_key() {
-        let calls = [
-            waiting("c", 1),
-            waiting("a", 2),
-            waiting("c", 3),
-            waiting("b", 4),
-            waiting("a", 5),
-        ];
-        let groups = group_by_series(calls.into_iter());
-        let summary: Vec<(&str, i64, Vec<u32>)> = groups
-            .iter()
-            .map(|g| {
-                (
-                    g.key.0.as_str(),
-                    g.total,
-                    g.calls.iter().map(|w| w.count).collect(),
-                )
-            })
-            .collect();
-        // Sorted by key, so every transaction locks rows in the same order.
-        assert_eq!(
-            summary,
-            [
-                ("a", 7, vec![2, 5]),
-                ("b", 4, vec![4]),
-                ("c", 4, vec![1, 3])
-            ]
-        );
     }
 }

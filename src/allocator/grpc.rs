@@ -25,6 +25,9 @@ use crate::{
 /// Largest request the allocator decodes; its requests are a few short strings.
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
+/// Longest reason an `AdvanceCounter` call may give, in characters.
+const MAX_REASON_CHARS: usize = 500;
+
 /// The gRPC face of an [`Allocator`].
 #[derive(Clone)]
 pub struct AllocatorService {
@@ -60,17 +63,22 @@ impl NumberAllocator for AllocatorService {
         let (tenant, series) =
             tenant_and_series(&mut violations, &request.tenant_id, &request.series);
         let count = violations.check("count", Count::parse(request.count));
-        // Validated now, so that ids a later version keys retries by are the
-        // only ones callers can have sent.
-        violations.check("request_id", RequestId::parse(&request.request_id));
+        let request_id = violations.check("request_id", RequestId::parse(&request.request_id));
         violations.finish()?;
-        let (Some(tenant), Some(series), Some(count)) = (tenant, series, count) else {
+        let (Some(tenant), Some(series), Some(count), Some(request_id)) =
+            (tenant, series, count, request_id)
+        else {
             unreachable!("finish() returned Ok, so every field parsed");
         };
 
-        let numbers = self.allocator.allocate(&tenant, &series, count).await?;
+        let allocation = self
+            .allocator
+            .allocate(&tenant, &series, count, request_id.as_ref())
+            .await?;
         Ok(Response::new(AllocateResponse {
-            numbers: numbers
+            replayed: allocation.replayed,
+            numbers: allocation
+                .numbers
                 .into_iter()
                 .map(|number| AllocatedNumber {
                     value: number.value,
@@ -135,6 +143,12 @@ impl NumberAllocator for AllocatorService {
         if request.at_least < 0 {
             violations.add("at_least", "must not be negative");
         }
+        if request.reason.chars().count() > MAX_REASON_CHARS {
+            violations.add(
+                "reason",
+                format!("must be at most {MAX_REASON_CHARS} characters"),
+            );
+        }
         violations.finish()?;
         let (Some(tenant), Some(series)) = (tenant, series) else {
             unreachable!("finish() returned Ok, so every field parsed");
@@ -142,7 +156,7 @@ impl NumberAllocator for AllocatorService {
 
         let series = self
             .allocator
-            .advance(&tenant, &series, request.at_least)
+            .advance(&tenant, &series, request.at_least, &request.reason)
             .await?;
         Ok(Response::new(AdvanceCounterResponse {
             series: Some(series.into()),
@@ -169,6 +183,23 @@ impl From<Error> for Status {
                 format!("series {series:?} of tenant {tenant:?} has never been used"),
                 "SERIES_NOT_FOUND",
                 &[("tenantId", tenant), ("series", series)],
+            ),
+            Error::RequestIdReused {
+                request_id,
+                series,
+                count,
+            } => with_reason(
+                Code::FailedPrecondition,
+                format!(
+                    "request id {request_id:?} was first used for {count} numbers of series \
+                     {series:?}; send a new request id for a different call"
+                ),
+                "REQUEST_ID_REUSED",
+                &[
+                    ("requestId", request_id),
+                    ("series", series),
+                    ("count", count.to_string()),
+                ],
             ),
             Error::Busy => with_reason(
                 Code::ResourceExhausted,

@@ -4,15 +4,18 @@
 //! - [`app`]: the service assembled from its settings, the store picked by URL.
 //! - [`series`]: series names, counts, number formats: the values the rules speak of.
 //! - [`allocate`]: the [`Allocator`] rules: where a number is allocated.
-//! - [`group_commit`]: concurrent calls of one series merged into one transaction.
+//! - [`batch`]: one transaction's calls planned: request ids claimed or repeated,
+//!   counters moved, ranges split and recorded.
+//! - [`group_commit`]: concurrent calls merged into one transaction.
 //! - [`grpc`]: the `numbering.v1.NumberAllocator` handlers.
 //! - [`store`]: the counter store interface; [`postgres`] and
 //!   [`sqlite`]: its two implementations, chosen by the database URL, each
-//!   each an engine (pool, increment statement, durable write); `sql_store`: the
+//!   an engine (batch statements, durable write); `sql_store`: the
 //!   store written once over either engine, and the statements both share.
 
 pub mod allocate;
 pub mod app;
+pub mod batch;
 pub mod group_commit;
 pub mod grpc;
 pub mod postgres;
@@ -21,4 +24,4 @@ mod sql_store;
 pub mod sqlite;
 pub mod store;
 
-pub use allocate::{Allocator, CommitMode, Error};
+pub use allocate::{Allocation, Allocator, CommitMode, Error};

@@ -1,18 +1,20 @@
-//! The counter store on SQLite: each counter change is one statement in an
+//! The counter store on SQLite: each batch (claims, increment, ranges) is one
 //! immediate transaction, committed with `synchronous = FULL` (see
 //! [`crate::db::open_sqlite`]).
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use sqlx::{Sqlite, SqliteConnection, SqlitePool, migrate::Migrator, types::Json};
 
 use crate::{
     allocator::{
-        series::SeriesName,
+        batch::{Batch, Claim, Counted, Outcome, Plan, Stamp, Total, Won},
         sql_store::{self, Engine, SqlCounterStore},
-        store::{Advanced, Increment, SeriesRow, StoreError, in_input_order},
+        store::{Advance, SeriesRow, StoreError},
     },
     db::SqliteDatabase,
-    tenant::TenantId,
 };
 
 /// The allocator's SQLite migrations, used by start-up and by tests.
@@ -35,15 +37,48 @@ pub struct SqliteEngine {
     db: SqliteDatabase,
 }
 
-/// Adds each count to its counter, creating absent ones: one upsert over a
-/// JSON array of `[tenant, series, count]`. The keys must be distinct.
-#[tracing::instrument(name = "db.counters.increment", skip_all, fields(series = increments.len()), err(level = "debug"))]
+/// Claims the batch's request ids: inserts each, or takes over one older than
+/// the window. Returns the ids claimed.
+#[tracing::instrument(name = "db.request_ids.claim", skip_all, fields(ids = claims.len()), err(level = "debug"))]
+async fn claim(
+    conn: &mut SqliteConnection,
+    claims: &[Claim<'_>],
+    stamp: Stamp,
+) -> Result<Won, sqlx::Error> {
+    let claims: Vec<(&str, &str, &str, i64)> = claims
+        .iter()
+        .map(|c| (c.tenant, c.request_id, c.series, c.count))
+        .collect();
+    // `WHERE true` tells SQLite's parser the ON CONFLICT is the upsert's.
+    let won: Vec<(String, String)> = sqlx::query_as(
+        "INSERT INTO request_ids (tenant_id, request_id, series, count, created_at)
+         SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, ?2 FROM json_each(?1) WHERE true
+         ON CONFLICT (tenant_id, request_id)
+         DO UPDATE SET series = excluded.series, count = excluded.count,
+                       first_value = NULL, created_at = excluded.created_at
+         WHERE request_ids.created_at < ?3
+         RETURNING tenant_id, request_id",
+    )
+    .bind(Json(claims))
+    .bind(stamp.now)
+    .bind(stamp.forget_before)
+    .fetch_all(conn)
+    .await?;
+    Ok(won.into_iter().collect())
+}
+
+/// Adds each total to its counter, creating absent ones: one upsert over a
+/// JSON array of `[tenant, series, total]`. The keys must be distinct.
+#[tracing::instrument(name = "db.counters.increment", skip_all, fields(series = totals.len()), err(level = "debug"))]
 async fn increment(
     conn: &mut SqliteConnection,
-    increments: &[(&str, &str, i64)],
+    totals: &[Total<'_>],
     format: &str,
 ) -> Result<Vec<SeriesRow>, sqlx::Error> {
-    // `WHERE true` tells SQLite's parser the ON CONFLICT is the upsert's.
+    let totals: Vec<(&str, &str, i64)> = totals
+        .iter()
+        .map(|t| (t.tenant, t.series, t.total))
+        .collect();
     sqlx::query_as(
         "INSERT INTO counters (tenant_id, series, last_value, format)
          SELECT value ->> 0, value ->> 1, value ->> 2, ?2 FROM json_each(?1) WHERE true
@@ -51,10 +86,103 @@ async fn increment(
          DO UPDATE SET last_value = counters.last_value + excluded.last_value
          RETURNING tenant_id, series, last_value, format",
     )
-    .bind(Json(increments))
+    .bind(Json(totals))
     .bind(format)
     .fetch_all(conn)
     .await
+}
+
+/// Records each allocating call's range: a JSON array of
+/// `[tenant, series, first, count, request id or null]`.
+#[tracing::instrument(name = "db.allocations.insert", skip_all, fields(ranges = ranges.len()), err(level = "debug"))]
+async fn record(
+    conn: &mut SqliteConnection,
+    ranges: &[(&str, &str, i64, i64, Option<&str>)],
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO allocations (tenant_id, series, first_value, count, kind, request_id, created_at)
+         SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, 'allocate', value ->> 4, ?2
+         FROM json_each(?1)",
+    )
+    .bind(Json(ranges))
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Stores the first number of each claimed request id: a JSON array of
+/// `[tenant, request id, first]`.
+#[tracing::instrument(name = "db.request_ids.answer", skip_all, err(level = "debug"))]
+async fn answer(
+    conn: &mut SqliteConnection,
+    firsts: &[(&str, &str, i64)],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE request_ids SET first_value = value ->> 2 FROM json_each(?1)
+         WHERE request_ids.tenant_id = value ->> 0 AND request_ids.request_id = value ->> 1",
+    )
+    .bind(Json(firsts))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Moves the plan's counters and records its ranges; returns the counters.
+async fn apply(
+    conn: &mut SqliteConnection,
+    plan: &Plan<'_>,
+    format: &str,
+    now: DateTime<Utc>,
+) -> Result<Vec<Counted>, StoreError> {
+    let rows = increment(conn, &plan.increments, format).await?;
+    let last: HashMap<(&str, &str), i64> = rows
+        .iter()
+        .map(|row| {
+            (
+                (row.tenant_id.as_str(), row.series.as_str()),
+                row.last_value,
+            )
+        })
+        .collect();
+    let mut ranges = Vec::with_capacity(plan.records.len());
+    let mut firsts = Vec::new();
+    for record in &plan.records {
+        let Some(&last_value) = last.get(&(record.tenant, record.series)) else {
+            return Err(StoreError::Internal(
+                format!(
+                    "no counter returned for {}/{}",
+                    record.tenant, record.series
+                )
+                .into(),
+            ));
+        };
+        let first = record.first(last_value);
+        ranges.push((
+            record.tenant,
+            record.series,
+            first,
+            record.count,
+            record.request_id,
+        ));
+        if let Some(id) = record.request_id {
+            firsts.push((record.tenant, id, first));
+        }
+    }
+    record(conn, &ranges, now).await?;
+    if !firsts.is_empty() {
+        answer(conn, &firsts).await?;
+    }
+    Ok(rows
+        .into_iter()
+        .map(|row| Counted {
+            tenant_id: row.tenant_id,
+            series: row.series,
+            last_value: row.last_value,
+            format: row.format,
+        })
+        .collect())
 }
 
 #[async_trait]
@@ -65,41 +193,43 @@ impl Engine for SqliteEngine {
         self.db.pool()
     }
 
-    async fn increment(
+    async fn allocate(
         &self,
-        increments: &[Increment<'_>],
+        batch: &Batch<'_>,
         format: &str,
-    ) -> Result<Vec<Advanced>, StoreError> {
-        let keyed: Vec<(&str, &str, i64)> = increments
-            .iter()
-            .map(|i| (i.tenant.as_str(), i.series.as_str(), i.count))
-            .collect();
+        stamp: Stamp,
+    ) -> Result<Vec<Outcome>, StoreError> {
         let mut write = self.db.begin_write().await?;
-        let rows = increment(write.conn(), &keyed, format).await?;
+        let won = if batch.claims().is_empty() {
+            Won::default()
+        } else {
+            claim(write.conn(), batch.claims(), stamp).await?
+        };
+        let held = sql_store::read_held::<Sqlite>(write.conn(), batch, &won).await?;
+        let plan = batch.plan(&won);
+        let counted = if plan.is_empty() {
+            Vec::new()
+        } else {
+            apply(write.conn(), &plan, format, stamp.now).await?
+        };
         // Withholds the numbers if the file is no longer at its path: the
         // next start would hand them out again.
         write.commit().await?;
-        in_input_order(increments, rows)
+        batch.outcomes(&plan, counted, &held)
     }
 
-    async fn raise(
-        &self,
-        tenant: &TenantId,
-        series: &SeriesName,
-        at_least: i64,
-        format: &str,
-    ) -> Result<SeriesRow, StoreError> {
+    async fn advance(&self, advance: Advance<'_>, format: &str) -> Result<SeriesRow, StoreError> {
         let mut write = self.db.begin_write().await?;
-        let row = sql_store::raise::<Sqlite>(
-            write.conn(),
-            tenant.as_str(),
-            series.as_str(),
-            at_least,
-            format,
-        )
-        .await?;
+        let row = sql_store::advance::<Sqlite>(write.conn(), advance, format).await?;
         write.commit().await?;
         Ok(row)
+    }
+
+    async fn forget(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
+        let mut write = self.db.begin_write().await?;
+        let done = sql_store::delete_request_ids(write.conn(), before, limit).await?;
+        write.commit().await?;
+        Ok(done.rows_affected())
     }
 
     async fn is_ready(&self) -> bool {

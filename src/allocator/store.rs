@@ -1,12 +1,14 @@
 //! The counter store interface, which names none of its implementations.
 //! The gRPC layer never sees which backend runs.
 
-use std::collections::HashMap;
-
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 
 use crate::{
-    allocator::series::{Series, SeriesName},
+    allocator::{
+        batch::{Call, Outcome, Stamp},
+        series::{Series, SeriesName},
+    },
     db::{DbErrorKind, classify},
     server::Store,
     tenant::TenantId,
@@ -15,50 +17,48 @@ use crate::{
 /// Boxed cause of a store error, whatever the backend.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Durable per-(tenant, series) counters.
+/// Durable per-(tenant, series) counters, and the ledger of the ranges they
+/// handed out.
 ///
 /// Every method that changes a counter commits durably before it returns:
 /// a returned value survives a crash of the store.
 #[async_trait]
 pub trait CounterStore: Store {
-    /// Advances the counter by `count` (at least 1) in one atomic statement,
-    /// creating the series with `format` on first use. The numbers handed out
-    /// are [`Advanced::grant`]`(count)`.
-    async fn allocate(
-        &self,
-        tenant: &TenantId,
-        series: &SeriesName,
-        count: i64,
-        format: &str,
-    ) -> Result<Advanced, StoreError> {
-        let increment = Increment {
-            tenant,
-            series,
-            count,
-        };
-        let mut results = self.allocate_many(&[increment], format).await?;
-        Ok(results.remove(0))
-    }
-
-    /// Advances several counters in one transaction, each by its count, as
-    /// [`CounterStore::allocate`] does for one; the results come in the order
-    /// of `increments`. Each `(tenant, series)` appears at most once. Either
-    /// every counter advances or none does.
+    /// Allocates for several calls in one transaction, as planned by
+    /// [`Batch`](crate::allocator::batch::Batch): claims their request ids, advances each counter once by the
+    /// sum of its allocating calls (creating the series with `format` on
+    /// first use), and records each allocating call's range. Either all of
+    /// it commits or none does. The outcomes come in the order of `calls`.
     async fn allocate_many(
         &self,
-        increments: &[Increment<'_>],
+        calls: &[Call<'_>],
         format: &str,
-    ) -> Result<Vec<Advanced>, StoreError>;
+        stamp: Stamp,
+    ) -> Result<Vec<Outcome>, StoreError>;
 
-    /// Raises the counter to `at_least` if it is lower, creating the series with
-    /// `format` on first use; never lowers it.
-    async fn advance(
+    /// [`CounterStore::allocate_many`] for one call.
+    async fn allocate(
         &self,
-        tenant: &TenantId,
-        series: &SeriesName,
-        at_least: i64,
+        call: Call<'_>,
         format: &str,
-    ) -> Result<Series, StoreError>;
+        stamp: Stamp,
+    ) -> Result<Outcome, StoreError> {
+        let mut outcomes = self.allocate_many(&[call], format, stamp).await?;
+        Ok(outcomes.remove(0))
+    }
+
+    /// Raises the counter to `at_least` if it is lower, creating the series
+    /// with `format` on first use, and records the range skipped with
+    /// `reason`; never lowers it.
+    async fn advance(&self, advance: Advance<'_>, format: &str) -> Result<Series, StoreError>;
+
+    /// Forgets up to `limit` request ids first used before `before`; returns
+    /// how many it forgot.
+    async fn forget_request_ids(
+        &self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<u64, StoreError>;
 
     /// One series, if it was ever used.
     async fn get(
@@ -76,36 +76,19 @@ pub trait CounterStore: Store {
     ) -> Result<Vec<Series>, StoreError>;
 }
 
-/// A counter to advance, and by how much.
+/// A counter to raise, and why.
 #[derive(Debug, Clone, Copy)]
-pub struct Increment<'a> {
+pub struct Advance<'a> {
     /// The series' tenant.
     pub tenant: &'a TenantId,
     /// The series.
     pub series: &'a SeriesName,
-    /// How many numbers to take, at least 1.
-    pub count: i64,
-}
-
-/// A counter just advanced.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Advanced {
-    /// The last number handed out, now the counter's value.
-    pub last_value: i64,
-    /// The series' number template, fixed when it was created.
-    pub format: String,
-}
-
-impl Advanced {
-    /// The range an advance by `count` handed out. Counts back from the last
-    /// value, which may be `i64::MAX`.
-    #[must_use]
-    pub fn grant(self, count: i64) -> Grant {
-        Grant {
-            first: self.last_value - count + 1,
-            format: self.format,
-        }
-    }
+    /// The value to raise the counter to.
+    pub at_least: i64,
+    /// Why, recorded with the skipped range.
+    pub reason: &'a str,
+    /// When, recorded with the skipped range.
+    pub now: DateTime<Utc>,
 }
 
 /// A range of numbers handed out to one call, committed.
@@ -134,7 +117,8 @@ pub enum StoreError {
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
         match classify(&error) {
-            // A single-statement transaction that lost a conflict can simply run again.
+            // A transaction that lost a conflict (a deadlock) rolled back whole and
+            // can simply run again.
             DbErrorKind::Unavailable | DbErrorKind::Retryable => Self::Unavailable(error.into()),
             DbErrorKind::OutOfRange => Self::Exhausted,
             _ => Self::Internal(error.into()),
@@ -159,73 +143,5 @@ impl From<SeriesRow> for Series {
             last_value: row.last_value,
             format: row.format,
         }
-    }
-}
-
-/// Puts counters returned by one multi-row statement, whose order neither
-/// backend promises, in the order of the increments.
-pub(crate) fn in_input_order(
-    increments: &[Increment<'_>],
-    counters: impl IntoIterator<Item = SeriesRow>,
-) -> Result<Vec<Advanced>, StoreError> {
-    let mut by_key: HashMap<(String, String), Advanced> = counters
-        .into_iter()
-        .map(|row| {
-            let advanced = Advanced {
-                last_value: row.last_value,
-                format: row.format,
-            };
-            ((row.tenant_id, row.series), advanced)
-        })
-        .collect();
-    increments
-        .iter()
-        .map(|Increment { tenant, series, .. }| {
-            by_key
-                .remove(&(tenant.to_string(), series.to_string()))
-                .ok_or_else(|| {
-                    StoreError::Internal(
-                        format!("no counter returned for {tenant}/{series}").into(),
-                    )
-                })
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn counter(tenant: &str, last_value: i64) -> SeriesRow {
-        SeriesRow {
-            tenant_id: tenant.into(),
-            series: "invoice".into(),
-            last_value,
-            format: "F".into(),
-        }
-    }
-
-    #[test]
-    fn counters_are_matched_to_increments_by_key_whatever_their_order() {
-        let (a, b, c) = (
-            TenantId::parse("a").unwrap(),
-            TenantId::parse("b").unwrap(),
-            TenantId::parse("c").unwrap(),
-        );
-        let series = SeriesName::parse("").unwrap();
-        let increment = |tenant, count| Increment {
-            tenant,
-            series: &series,
-            count,
-        };
-        let increments = [increment(&a, 1), increment(&b, 2), increment(&c, 3)];
-        let matched = in_input_order(
-            &increments,
-            vec![counter("c", 30), counter("a", 10), counter("b", 20)],
-        )
-        .unwrap();
-        let values: Vec<i64> = matched.iter().map(|advanced| advanced.last_value).collect();
-        assert_eq!(values, [10, 20, 30]);
-        assert!(in_input_order(&increments, vec![counter("a", 10), counter("b", 20)]).is_err());
     }
 }

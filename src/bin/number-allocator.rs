@@ -1,15 +1,16 @@
 //! `number-allocator`: serves `numbering.v1.NumberAllocator` on PostgreSQL or SQLite.
 
-use std::{net::SocketAddr, process::ExitCode};
+use std::{net::SocketAddr, process::ExitCode, sync::Arc, time::Duration};
 
 use clap::Parser;
 use numbering::{
     allocator::{
         CommitMode,
-        app::{App, Settings},
+        app::{App, RequestIdSettings, Settings},
         group_commit::GroupCommitSettings,
         series::NumberFormat,
     },
+    clock::SystemClock,
     server::{
         config::{DatabaseArgs, ServerArgs, parse_or_exit},
         shutdown,
@@ -53,6 +54,10 @@ struct Config {
     #[arg(long, env = "NUMBERING_GROUP_QUEUE_CAPACITY", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     group_queue_capacity: u32,
 
+    /// How long a request id answers repeats of its call, e.g. "24h", "30m"; after it, the id allocates anew.
+    #[arg(long, env = "NUMBERING_REQUEST_ID_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
+    request_id_retention: Duration,
+
     #[command(flatten)]
     database: DatabaseArgs,
 
@@ -89,12 +94,16 @@ async fn run(config: Config) -> Result<(), StartupError> {
                 queue_capacity: config.group_queue_capacity as usize,
             }),
         },
+        request_ids: RequestIdSettings {
+            retention: config.request_id_retention,
+            ..RequestIdSettings::default()
+        },
     };
     let stop = shutdown::signal();
     // Bound before the database is opened, so a busy port creates nothing.
     let listener = startup::bind(config.listen).await?;
     let database = settings.database.clone();
-    let app = App::build(settings).await?;
+    let app = App::build(settings, Arc::new(SystemClock)).await?;
     let addr = listener.local_addr().unwrap_or(config.listen);
     tracing::info!(%addr, %database, "number-allocator listening");
     app.serve(listener, &config.server.settings(), stop).await?;

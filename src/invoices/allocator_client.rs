@@ -163,11 +163,17 @@ impl AllocatorClient {
         }
     }
 
-    /// Raises the tenant's invoice counter to `at_least`; never lowers it.
+    /// Raises the tenant's invoice counter to `at_least`, giving `reason` for
+    /// the numbers skipped; never lowers it.
     ///
     /// # Errors
     /// The allocator's answer, unretried.
-    pub async fn advance(&self, tenant: &str, at_least: i64) -> Result<Series, Status> {
+    pub async fn advance(
+        &self,
+        tenant: &str,
+        at_least: i64,
+        reason: &str,
+    ) -> Result<Series, Status> {
         let response = self
             .client
             .clone()
@@ -175,6 +181,7 @@ impl AllocatorClient {
                 tenant_id: tenant.to_owned(),
                 series: String::new(),
                 at_least,
+                reason: reason.to_owned(),
             })
             .await?;
         response

@@ -35,7 +35,10 @@ pub async fn seed_counters(
         number,
     } in highest
     {
-        match allocator.advance(&tenant, number).await {
+        match allocator
+            .advance(&tenant, number, "seeded from the invoices already stored")
+            .await
+        {
             Ok(series) => tracing::info!(
                 tenant = %tenant,
                 highest_invoice = number,

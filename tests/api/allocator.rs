@@ -5,13 +5,15 @@ use rstest_reuse::apply;
 
 use crate::backends;
 
+use chrono::Utc;
 use numbering::{
     allocator::{
         CommitMode,
+        batch::{Call, Outcome, Stamp},
         group_commit::GroupCommitSettings,
         postgres::PgCounterStore,
         series::{NumberFormat, SeriesName},
-        store::CounterStore,
+        store::{CounterStore, Grant},
     },
     db::begin_durable,
     proto::{AdvanceCounterRequest, AllocateRequest, GetSeriesRequest, ListSeriesRequest},
@@ -148,6 +150,7 @@ async fn numbers_are_formatted_past_the_minimum_width(#[case] backend: Backend) 
             tenant_id: "acme".into(),
             series: String::new(),
             at_least: 998,
+            reason: String::new(),
         })
         .await
         .unwrap();
@@ -234,6 +237,7 @@ async fn advance_counter_raises_but_never_lowers(#[case] backend: Backend) {
         tenant_id: "acme".into(),
         series: String::new(),
         at_least,
+        reason: String::new(),
     };
     let raised = app
         .client
@@ -343,6 +347,7 @@ async fn bad_input_is_rejected_by_field_and_changes_nothing(#[case] backend: Bac
             tenant_id: "acme".into(),
             series: String::new(),
             at_least: -1,
+            reason: String::new(),
         })
         .await
         .unwrap_err();
@@ -402,6 +407,7 @@ async fn an_exhausted_series_fails_without_moving(#[case] backend: Backend) {
             tenant_id: "acme".into(),
             series: String::new(),
             at_least: i64::MAX - 1,
+            reason: String::new(),
         })
         .await
         .unwrap();
@@ -464,14 +470,23 @@ async fn writes_force_synchronous_commit() {
         TenantId::parse("acme").unwrap(),
         SeriesName::parse("").unwrap(),
     );
-    let allocated = store
-        .allocate(&tenant, &series, 3, NumberFormat::DEFAULT)
-        .await;
+    let call = Call {
+        tenant: &tenant,
+        series: &series,
+        count: 3,
+        request_id: None,
+    };
+    let stamp = Stamp {
+        now: Utc::now(),
+        forget_before: Utc::now(),
+    };
+    let allocated = store.allocate(call, NumberFormat::DEFAULT, stamp).await;
     assert_eq!(
-        allocated
-            .expect("allocate on a connection defaulting to asynchronous commit")
-            .last_value,
-        3
+        allocated.expect("allocate on a connection defaulting to asynchronous commit"),
+        Outcome::Granted(Grant {
+            first: 1,
+            format: NumberFormat::DEFAULT.into()
+        })
     );
 
     let service_pool = db.pool(&test_pool_settings()).await;

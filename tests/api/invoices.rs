@@ -466,6 +466,7 @@ async fn allocator_refusals_keep_their_code_and_reason(#[case] backend: Backend)
             tenant_id: "acme".into(),
             series: String::new(),
             at_least: i64::MAX,
+            reason: String::new(),
         })
         .await
         .unwrap();

@@ -2,10 +2,11 @@
 //! waiting for another process' write lock, the default file in the data
 //! directory, a file that goes away, a full disk.
 
-use std::{str::FromStr, time::Duration};
+use std::{str::FromStr, sync::Arc, time::Duration};
 
 use numbering::{
-    allocator::{self, CommitMode, series::NumberFormat},
+    allocator::{self, CommitMode, app::RequestIdSettings, series::NumberFormat},
+    clock::SystemClock,
     db::{self, Backend, DbErrorKind, PoolSettings},
     invoices,
     proto::{
@@ -69,12 +70,16 @@ async fn a_write_lock_held_elsewhere_is_unavailable_within_the_acquire_timeout()
         max_connections: 10,
         acquire_timeout: Duration::from_millis(300),
     };
-    let app = allocator::app::App::build(allocator::app::Settings {
-        database: db.database_url(),
-        pool: settings,
-        default_format: NumberFormat::default(),
-        mode: CommitMode::PerCall,
-    })
+    let app = allocator::app::App::build(
+        allocator::app::Settings {
+            database: db.database_url(),
+            pool: settings,
+            default_format: NumberFormat::default(),
+            mode: CommitMode::PerCall,
+            request_ids: RequestIdSettings::default(),
+        },
+        Arc::new(SystemClock),
+    )
     .await
     .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -4,7 +4,11 @@
 
 use std::{net::TcpListener, path::Path, process::Output, str::FromStr};
 
-use numbering::{allocator::series::SeriesName, db::Backend, tenant::TenantId};
+use numbering::{
+    allocator::{series::SeriesName, store::Advance},
+    db::Backend,
+    tenant::TenantId,
+};
 use rstest_reuse::apply;
 use sqlx::{
     AssertSqlSafe, Connection, PgConnection, SqliteConnection, sqlite::SqliteConnectOptions,
@@ -97,15 +101,14 @@ async fn snapshot(db: &TestDb) -> Vec<String> {
 async fn each_service_refuses_the_other_services_database(#[case] backend: Backend) {
     let allocator_db = TestDb::create(backend).await;
     let counters = allocator_db.counter_store().await;
-    counters
-        .advance(
-            &TenantId::parse("acme").unwrap(),
-            &SeriesName::parse("invoice").unwrap(),
-            7,
-            "INV-{number}",
-        )
-        .await
-        .unwrap();
+    let advance = Advance {
+        tenant: &TenantId::parse("acme").unwrap(),
+        series: &SeriesName::parse("invoice").unwrap(),
+        at_least: 7,
+        reason: "test",
+        now: chrono::Utc::now(),
+    };
+    counters.advance(advance, "INV-{number}").await.unwrap();
     counters.close().await;
     let writer_db = TestDb::create(backend).await;
     let invoices = writer_db.invoice_store().await;

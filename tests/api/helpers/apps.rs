@@ -3,7 +3,10 @@
 use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 
 use numbering::{
-    allocator::{self, CommitMode, group_commit::GroupCommitSettings, series::NumberFormat},
+    allocator::{
+        self, CommitMode, app::RequestIdSettings, group_commit::GroupCommitSettings,
+        series::NumberFormat,
+    },
     clock::{Clock, SystemClock},
     db::Backend,
     invoices::{
@@ -145,12 +148,16 @@ async fn spawn_allocator_app(
     settings: ServerSettings,
 ) -> AllocatorApp {
     let db = TestDb::create(backend).await;
-    let app = allocator::app::App::build(allocator::app::Settings {
-        database: db.database_url(),
-        pool: test_pool_settings(),
-        default_format,
-        mode,
-    })
+    let app = allocator::app::App::build(
+        allocator::app::Settings {
+            database: db.database_url(),
+            pool: test_pool_settings(),
+            default_format,
+            mode,
+            request_ids: RequestIdSettings::default(),
+        },
+        Arc::new(SystemClock),
+    )
     .await
     .expect("build the allocator");
     let server = serve_allocator(listener, app, settings);

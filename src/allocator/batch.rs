@@ -1,0 +1,489 @@
+//! One transaction's allocations, planned once for both engines: which calls
+//! take new numbers and which repeat an earlier call, how far each counter
+//! moves, and the range each call receives.
+//!
+//! A transaction first claims the request ids of its calls (the first call
+//! carrying each id claims it). A call without an id, or the one that won its
+//! id's claim, allocates; every other call with an id answers what the id's
+//! first call received, or `REQUEST_ID_REUSED` if it asked for something else.
+//! The counters then move by the sum of their allocating calls, which share
+//! each range in arrival order.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
+
+use chrono::{DateTime, TimeDelta, Utc};
+
+use crate::{
+    allocator::{
+        series::SeriesName,
+        store::{Grant, StoreError},
+    },
+    clock::Clock,
+    request_id::RequestId,
+    tenant::TenantId,
+};
+
+/// One `Allocate` call, as the store sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    /// The series' tenant.
+    pub tenant: &'a TenantId,
+    /// The series.
+    pub series: &'a SeriesName,
+    /// How many numbers, at least 1.
+    pub count: i64,
+    /// The caller's idempotency key, scoped to the tenant.
+    pub request_id: Option<&'a RequestId>,
+}
+
+/// What one call received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// New numbers, committed with this call.
+    Granted(Grant),
+    /// The numbers an earlier call with the same request id received.
+    Replayed(Grant),
+    /// The request id was first used for another series or count: nothing
+    /// was allocated.
+    Reused {
+        /// The series the id was first used for.
+        series: String,
+        /// The count it was first used for.
+        count: i64,
+    },
+}
+
+/// When a transaction runs, as its records and request ids see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    /// The time the records of the transaction carry.
+    pub now: DateTime<Utc>,
+    /// Request ids first used before this are forgotten.
+    pub forget_before: DateTime<Utc>,
+}
+
+/// How long request ids are kept, by which clock.
+#[derive(Clone)]
+pub struct Retention {
+    /// The clock the window is measured by.
+    pub clock: Arc<dyn Clock>,
+    /// How long a request id is kept after its first use.
+    pub window: Duration,
+}
+
+impl Retention {
+    /// The stamp of a transaction starting now.
+    #[must_use]
+    pub fn stamp(&self) -> Stamp {
+        let now = self.clock.now();
+        let window = TimeDelta::from_std(self.window).unwrap_or(TimeDelta::MAX);
+        Stamp {
+            now,
+            forget_before: now
+                .checked_sub_signed(window)
+                .unwrap_or(DateTime::<Utc>::MIN_UTC),
+        }
+    }
+}
+
+impl std::fmt::Debug for Retention {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Retention")
+            .field("window", &self.window)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A request id claimed by a transaction for its first call carrying it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim<'a> {
+    /// The id's tenant.
+    pub tenant: &'a str,
+    /// The id.
+    pub request_id: &'a str,
+    /// The series its first call asked for.
+    pub series: &'a str,
+    /// The count its first call asked for.
+    pub count: i64,
+}
+
+/// A request id's first answer, read back for calls that repeat it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct KeyRow {
+    /// The series the id was first used for.
+    pub series: String,
+    /// The count it was first used for.
+    pub count: i64,
+    /// The first number it received.
+    pub first_value: i64,
+    /// The series' number template.
+    pub format: String,
+}
+
+/// A counter after the transaction's increment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counted {
+    /// The series' tenant.
+    pub tenant_id: String,
+    /// The series.
+    pub series: String,
+    /// The counter's value after the increment.
+    pub last_value: i64,
+    /// The series' number template.
+    pub format: String,
+}
+
+/// The calls of one transaction and the request ids they claim.
+#[derive(Debug)]
+pub struct Batch<'a> {
+    calls: &'a [Call<'a>],
+    /// Per call with a request id: the index of the first call with that id.
+    leader: Vec<Option<usize>>,
+    claims: Vec<Claim<'a>>,
+}
+
+impl<'a> Batch<'a> {
+    /// The calls, in arrival order.
+    #[must_use]
+    pub fn new(calls: &'a [Call<'a>]) -> Self {
+        let mut first_with: HashMap<(&str, &str), usize> = HashMap::new();
+        let mut claims = Vec::new();
+        let leader = calls
+            .iter()
+            .enumerate()
+            .map(|(at, call)| {
+                let request_id = call.request_id?;
+                let key = (call.tenant.as_str(), request_id.as_str());
+                Some(*first_with.entry(key).or_insert_with(|| {
+                    claims.push(Claim {
+                        tenant: key.0,
+                        request_id: key.1,
+                        series: call.series.as_str(),
+                        count: call.count,
+                    });
+                    at
+                }))
+            })
+            .collect();
+        // One order for every transaction's claims, so that two transactions
+        // waiting on each other's ids cannot deadlock.
+        claims.sort_unstable_by_key(|claim| (claim.tenant, claim.request_id));
+        Self {
+            calls,
+            leader,
+            claims,
+        }
+    }
+
+    /// The request ids to claim, each once, in a fixed order.
+    #[must_use]
+    pub fn claims(&self) -> &[Claim<'a>] {
+        &self.claims
+    }
+
+    /// The claims the transaction did not win: ids already in use.
+    pub fn held<'b>(&'b self, won: &'b Won) -> impl Iterator<Item = &'b Claim<'a>> + 'b {
+        self.claims
+            .iter()
+            .filter(|claim| !won.contains(claim.tenant, claim.request_id))
+    }
+
+    /// The counter moves and ranges, given the claims the transaction won.
+    #[must_use]
+    pub fn plan(&self, won: &Won) -> Plan<'a> {
+        let mut index: HashMap<(&str, &str), usize> = HashMap::new();
+        let mut totals: Vec<(&'a str, &'a str, i64)> = Vec::new();
+        let mut allocating: Vec<(usize, usize, i64)> = Vec::new();
+        for (at, call) in self.calls.iter().enumerate() {
+            let allocates = match (call.request_id, self.leader[at]) {
+                (Some(id), Some(leader)) => {
+                    leader == at && won.contains(call.tenant.as_str(), id.as_str())
+                }
+                _ => true,
+            };
+            if !allocates {
+                continue;
+            }
+            let key = (call.tenant.as_str(), call.series.as_str());
+            let group = *index.entry(key).or_insert_with(|| {
+                totals.push((key.0, key.1, 0));
+                totals.len() - 1
+            });
+            // The numbers of the group's earlier calls come first.
+            let offset = totals[group].2;
+            totals[group].2 += call.count;
+            allocating.push((at, group, offset));
+        }
+
+        let mut record_of = vec![None; self.calls.len()];
+        let records = allocating
+            .into_iter()
+            .enumerate()
+            .map(|(record, (at, group, offset))| {
+                record_of[at] = Some(record);
+                let call = &self.calls[at];
+                Record {
+                    tenant: call.tenant.as_str(),
+                    series: call.series.as_str(),
+                    count: call.count,
+                    tail: totals[group].2 - offset - call.count,
+                    request_id: call.request_id.map(RequestId::as_str),
+                }
+            })
+            .collect();
+        let mut increments: Vec<Total<'a>> = totals
+            .into_iter()
+            .map(|(tenant, series, total)| Total {
+                tenant,
+                series,
+                total,
+            })
+            .collect();
+        // Every transaction locks its counters in one order, so batches of
+        // different lanes or of other allocator processes cannot deadlock.
+        increments.sort_unstable_by_key(|total| (total.tenant, total.series));
+        Plan {
+            increments,
+            records,
+            record_of,
+        }
+    }
+
+    /// Each call's outcome, in arrival order, from the counters the plan's
+    /// increments returned and the first answers of the ids held elsewhere.
+    ///
+    /// # Errors
+    /// A counter or a held id's answer is missing: the store answered
+    /// something other than what was asked.
+    pub fn outcomes(
+        &self,
+        plan: &Plan<'_>,
+        counters: Vec<Counted>,
+        held: &HashMap<(String, String), KeyRow>,
+    ) -> Result<Vec<Outcome>, StoreError> {
+        let counters: HashMap<(String, String), Counted> = counters
+            .into_iter()
+            .map(|counted| ((counted.tenant_id.clone(), counted.series.clone()), counted))
+            .collect();
+        let granted = |record: &Record<'_>| -> Result<Grant, StoreError> {
+            let key = (record.tenant.to_owned(), record.series.to_owned());
+            let counted = counters.get(&key).ok_or_else(|| {
+                StoreError::Internal(
+                    format!(
+                        "no counter returned for {}/{}",
+                        record.tenant, record.series
+                    )
+                    .into(),
+                )
+            })?;
+            Ok(Grant {
+                first: record.first(counted.last_value),
+                format: counted.format.clone(),
+            })
+        };
+
+        let mut outcomes = Vec::with_capacity(self.calls.len());
+        for (at, call) in self.calls.iter().enumerate() {
+            if let Some(record) = plan.record_of[at] {
+                outcomes.push(Outcome::Granted(granted(&plan.records[record])?));
+                continue;
+            }
+            let (Some(id), Some(leader)) = (call.request_id, self.leader[at]) else {
+                unreachable!("a call without a request id always allocates");
+            };
+            // What the id first answered: in this batch, or before it.
+            let (series, count, first) = if let Some(record) = plan.record_of[leader] {
+                let first = &self.calls[leader];
+                let grant = granted(&plan.records[record])?;
+                (first.series.as_str(), first.count, grant)
+            } else {
+                let key = (call.tenant.to_string(), id.to_string());
+                // Between the claim and this read the id aged past the
+                // window and was purged: rare, and a retry claims it anew.
+                let row = held.get(&key).ok_or_else(|| {
+                    StoreError::Unavailable(
+                        format!("request id {id} was forgotten during the call").into(),
+                    )
+                })?;
+                let grant = Grant {
+                    first: row.first_value,
+                    format: row.format.clone(),
+                };
+                (row.series.as_str(), row.count, grant)
+            };
+            outcomes.push(if series == call.series.as_str() && count == call.count {
+                Outcome::Replayed(first)
+            } else {
+                Outcome::Reused {
+                    series: series.to_owned(),
+                    count,
+                }
+            });
+        }
+        Ok(outcomes)
+    }
+}
+
+/// The request ids a transaction claimed.
+#[derive(Debug, Default)]
+pub struct Won(HashSet<(String, String)>);
+
+impl Won {
+    /// Whether the transaction claimed this id.
+    #[must_use]
+    pub fn contains(&self, tenant: &str, request_id: &str) -> bool {
+        // Few ids per batch; a lookup by borrowed pair would need a key type.
+        self.0.contains(&(tenant.to_owned(), request_id.to_owned()))
+    }
+}
+
+impl FromIterator<(String, String)> for Won {
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(iter: I) -> Self {
+        Self(iter.into_iter().collect())
+    }
+}
+
+/// How a transaction moves its counters and records its ranges.
+#[derive(Debug)]
+pub struct Plan<'a> {
+    /// Each counter to move and by how much, each once, in a fixed order.
+    pub increments: Vec<Total<'a>>,
+    /// The range of each call that allocates, for the ledger.
+    pub records: Vec<Record<'a>>,
+    /// Per call: its record, if it allocates.
+    record_of: Vec<Option<usize>>,
+}
+
+impl Plan<'_> {
+    /// Whether no counter moves: every call repeats an earlier one.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.increments.is_empty()
+    }
+}
+
+/// A counter to move by the sum of its calls' counts.
+#[derive(Debug, Clone, Copy)]
+pub struct Total<'a> {
+    /// The series' tenant.
+    pub tenant: &'a str,
+    /// The series.
+    pub series: &'a str,
+    /// The sum of the counts.
+    pub total: i64,
+}
+
+/// The range one allocating call receives, relative to its counter's new value.
+#[derive(Debug, Clone, Copy)]
+pub struct Record<'a> {
+    /// The series' tenant.
+    pub tenant: &'a str,
+    /// The series.
+    pub series: &'a str,
+    /// How many numbers.
+    pub count: i64,
+    /// How many numbers of the same increment follow this call's range.
+    pub tail: i64,
+    /// The call's request id, if it sent one.
+    pub request_id: Option<&'a str>,
+}
+
+impl Record<'_> {
+    /// The first number of the range, given the counter's new value (which
+    /// may be `i64::MAX`: counts back from it).
+    #[must_use]
+    pub fn first(&self, last_value: i64) -> i64 {
+        last_value - self.tail - self.count + 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call<'a>(
+        tenant: &'a TenantId,
+        series: &'a SeriesName,
+        count: i64,
+        key: Option<&'a RequestId>,
+    ) -> Call<'a> {
+        Call {
+            tenant,
+            series,
+            count,
+            request_id: key,
+        }
+    }
+
+    fn ids(raw: &[&str]) -> Vec<Option<RequestId>> {
+        raw.iter().map(|id| RequestId::parse(id).unwrap()).collect()
+    }
+
+    #[test]
+    fn calls_share_their_counters_range_in_arrival_order_and_repeats_take_none() {
+        let (a, b) = (TenantId::parse("a").unwrap(), TenantId::parse("b").unwrap());
+        let series = SeriesName::parse("").unwrap();
+        let other = SeriesName::parse("credit").unwrap();
+        let keys = ids(&["", "k1", "", "k1", "k1", "k2"]);
+        let calls = [
+            call(&b, &series, 2, keys[0].as_ref()),
+            call(&b, &series, 3, keys[1].as_ref()),
+            call(&b, &series, 1, keys[2].as_ref()),
+            call(&b, &series, 3, keys[3].as_ref()),
+            call(&b, &other, 3, keys[4].as_ref()),
+            call(&a, &series, 5, keys[5].as_ref()),
+        ];
+        let batch = Batch::new(&calls);
+        let claimed: Vec<_> = batch.claims().iter().map(|c| c.request_id).collect();
+        assert_eq!(claimed, ["k2", "k1"], "one claim per id, sorted by tenant");
+
+        let won: Won = [("b".to_owned(), "k1".to_owned())].into_iter().collect();
+        let plan = batch.plan(&won);
+        let moves: Vec<_> = plan
+            .increments
+            .iter()
+            .map(|t| (t.tenant, t.series, t.total))
+            .collect();
+        // a's k2 is held elsewhere and b's repeats of k1 take nothing.
+        assert_eq!(moves, [("b", "invoice", 6)]);
+
+        let counted = Counted {
+            tenant_id: "b".into(),
+            series: "invoice".into(),
+            last_value: 16,
+            format: "F".into(),
+        };
+        let held = HashMap::from([(
+            ("a".to_owned(), "k2".to_owned()),
+            KeyRow {
+                series: "invoice".into(),
+                count: 5,
+                first_value: 40,
+                format: "G".into(),
+            },
+        )]);
+        let outcomes = batch.outcomes(&plan, vec![counted], &held).unwrap();
+        let grant = |first, format: &str| Grant {
+            first,
+            format: format.into(),
+        };
+        assert_eq!(
+            outcomes,
+            [
+                Outcome::Granted(grant(11, "F")),
+                Outcome::Granted(grant(13, "F")),
+                Outcome::Granted(grant(16, "F")),
+                Outcome::Replayed(grant(13, "F")),
+                Outcome::Reused {
+                    series: "invoice".into(),
+                    count: 3
+                },
+                Outcome::Replayed(grant(40, "G")),
+            ]
+        );
+    }
+}
