@@ -24,6 +24,7 @@ mod helpers;
 mod invoices;
 mod pg_server;
 mod processes;
+mod request_ids;
 mod server;
 mod sqlite;
 mod startup;

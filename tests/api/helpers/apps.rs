@@ -148,21 +148,54 @@ async fn spawn_allocator_app(
     settings: ServerSettings,
 ) -> AllocatorApp {
     let db = TestDb::create(backend).await;
-    let app = allocator::app::App::build(
+    let app = build_allocator(
+        &db,
+        default_format,
+        mode,
+        RequestIdSettings::default(),
+        Arc::new(SystemClock),
+    )
+    .await;
+    let server = serve_allocator(listener, app, settings);
+    let client = NumberAllocatorClient::new(server.channel().await);
+    AllocatorApp { db, server, client }
+}
+
+/// An allocator on `db` as the binary builds it, with the given request id
+/// settings and clock.
+pub async fn build_allocator(
+    db: &TestDb,
+    default_format: NumberFormat,
+    mode: CommitMode,
+    request_ids: RequestIdSettings,
+    clock: Arc<dyn Clock>,
+) -> allocator::app::App {
+    allocator::app::App::build(
         allocator::app::Settings {
             database: db.database_url(),
             pool: test_pool_settings(),
             default_format,
             mode,
-            request_ids: RequestIdSettings::default(),
+            request_ids,
         },
-        Arc::new(SystemClock),
+        clock,
     )
     .await
-    .expect("build the allocator");
-    let server = serve_allocator(listener, app, settings);
+    .expect("build the allocator")
+}
+
+/// A second allocator (or a first) on an existing database, served on port 0.
+pub async fn serve_allocator_on(
+    db: &TestDb,
+    mode: CommitMode,
+    request_ids: RequestIdSettings,
+    clock: Arc<dyn Clock>,
+) -> (TestServer, NumberAllocatorClient<Channel>) {
+    let app = build_allocator(db, NumberFormat::default(), mode, request_ids, clock).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = serve_allocator(listener, app, test_settings());
     let client = NumberAllocatorClient::new(server.channel().await);
-    AllocatorApp { db, server, client }
+    (server, client)
 }
 
 /// An invoice writer on a fresh database of its own.

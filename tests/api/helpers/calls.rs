@@ -5,8 +5,8 @@ use std::sync::Arc;
 use numbering::{
     invoices::{self, store::InvoiceStore},
     proto::{
-        AllocateRequest, CreateInvoiceRequest, GetSeriesRequest, Invoice, LineItem,
-        ListInvoicesRequest, Series, invoice_writer_client::InvoiceWriterClient,
+        AllocateRequest, AllocateResponse, CreateInvoiceRequest, GetSeriesRequest, Invoice,
+        LineItem, ListInvoicesRequest, Series, invoice_writer_client::InvoiceWriterClient,
         number_allocator_client::NumberAllocatorClient,
     },
 };
@@ -27,6 +27,43 @@ pub fn allocate(tenant: &str, series: &str, count: u32) -> AllocateRequest {
         count,
         request_id: String::new(),
     }
+}
+
+/// An Allocate request with a request id.
+pub fn keyed(tenant: &str, series: &str, count: u32, request_id: &str) -> AllocateRequest {
+    AllocateRequest {
+        request_id: request_id.into(),
+        ..allocate(tenant, series, count)
+    }
+}
+
+/// Runs `calls` Allocate calls at once, one task each, released together;
+/// the answers in the order of `calls`.
+pub async fn allocate_all(
+    client: &NumberAllocatorClient<Channel>,
+    calls: Vec<AllocateRequest>,
+) -> Vec<AllocateResponse> {
+    let barrier = Arc::new(Barrier::new(calls.len()));
+    let tasks: Vec<_> = calls
+        .into_iter()
+        .map(|request| {
+            let mut client = client.clone();
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                client
+                    .allocate(request)
+                    .await
+                    .expect("allocate")
+                    .into_inner()
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.unwrap());
+    }
+    answers
 }
 
 /// Runs `calls` Allocate calls at once, one task each, released together.

@@ -7,7 +7,7 @@ use numbering::{
     db::{self, Backend, DatabaseUrl, PoolSettings},
     invoices::{self, store::InvoiceStore},
 };
-use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
+use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, SqlitePool};
 
 use crate::pg_server::admin_url;
 
@@ -78,6 +78,45 @@ impl TestDb {
         invoices::app::open_store(&self.database_url(), &test_pool_settings())
             .await
             .expect("open the invoice store")
+    }
+
+    /// The allocator's ledger, by tenant, series and first number.
+    pub async fn allocations(&self) -> Vec<AllocationRow> {
+        const SQL: &str = "SELECT tenant_id, series, first_value, count, kind, reason, request_id
+                           FROM allocations ORDER BY tenant_id, series, first_value";
+        match self.backend {
+            Backend::Postgres => {
+                let pool = self.pool(&test_pool_settings()).await;
+                sqlx::query_as(SQL).fetch_all(&pool).await.unwrap()
+            }
+            Backend::Sqlite => {
+                let pool = SqlitePool::connect(&self.url).await.unwrap();
+                sqlx::query_as(SQL).fetch_all(&pool).await.unwrap()
+            }
+        }
+    }
+
+    /// How many request ids starting with `prefix` the allocator keeps.
+    pub async fn request_ids(&self, prefix: &str) -> i64 {
+        const SQL: &str = "SELECT count(*) FROM request_ids WHERE request_id LIKE $1 || '%'";
+        match self.backend {
+            Backend::Postgres => {
+                let pool = self.pool(&test_pool_settings()).await;
+                sqlx::query_scalar(SQL)
+                    .bind(prefix)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap()
+            }
+            Backend::Sqlite => {
+                let pool = SqlitePool::connect(&self.url).await.unwrap();
+                sqlx::query_scalar(SQL)
+                    .bind(prefix)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap()
+            }
+        }
     }
 
     /// A PostgreSQL pool with the services' settings.
@@ -152,6 +191,18 @@ impl Drop for TestDb {
         .join()
         .unwrap();
     }
+}
+
+/// One row of the allocator's ledger.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct AllocationRow {
+    pub tenant_id: String,
+    pub series: String,
+    pub first_value: i64,
+    pub count: i64,
+    pub kind: String,
+    pub reason: String,
+    pub request_id: Option<String>,
 }
 
 /// Pool settings for tests: room for bursts of 500 calls while other tests

@@ -1,0 +1,413 @@
+//! Request ids on Allocate: a repeat answers what its first call received,
+//! whatever the concurrency, the commit mode or the process; a different call
+//! with the same id is refused; ids are forgotten after the window. And the
+//! ledger: every call and every advance leaves its range.
+
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use numbering::{
+    allocator::{CommitMode, app::RequestIdSettings, group_commit::GroupCommitSettings},
+    db::Backend,
+    proto::{
+        AdvanceCounterRequest, AllocateResponse, number_allocator_client::NumberAllocatorClient,
+    },
+};
+use rstest_reuse::apply;
+use tonic::Code;
+
+use crate::{
+    backends,
+    helpers::{
+        AllocationRow, ManualClock, PATIENCE, TestDb, allocate, allocate_all, allocator_binary,
+        assert_exactly_one_to, assert_reason, invoice_series, keyed, serve_allocator_on,
+        spawn_allocator_in, start,
+    },
+};
+
+fn group() -> CommitMode {
+    CommitMode::Group(GroupCommitSettings::default())
+}
+
+fn values(answer: &AllocateResponse) -> Vec<i64> {
+    answer.numbers.iter().map(|n| n.value).collect()
+}
+
+/// Every answer is the first one, value for value and formatted alike; only
+/// one of them is new.
+fn assert_one_answer(answers: &[AllocateResponse], expected: &[i64]) {
+    let first = answers
+        .iter()
+        .find(|a| !a.replayed)
+        .expect("a first answer");
+    assert_eq!(values(first), expected);
+    for answer in answers {
+        assert_eq!(
+            answer.numbers, first.numbers,
+            "a repeat answered differently"
+        );
+    }
+    let new = answers.iter().filter(|a| !a.replayed).count();
+    assert_eq!(new, 1, "{new} answers were not marked replayed");
+}
+
+/// 100 concurrent calls with one request id: one allocation, 99 repeats of it.
+async fn one_id_allocates_once(backend: Backend, mode: CommitMode) {
+    let mut app = spawn_allocator_in(backend, mode).await;
+    app.client.allocate(allocate("acme", "", 2)).await.unwrap();
+
+    let answers = allocate_all(&app.client, vec![keyed("acme", "", 3, "order-7"); 100]).await;
+    assert_one_answer(&answers, &[3, 4, 5]);
+    assert_eq!(answers[0].numbers[0].formatted, "INV-003");
+    let series = invoice_series(&mut app.client, "acme").await.unwrap();
+    assert_eq!(series.last_value, 5, "the counter moved more than once");
+
+    // Later repeats too, and the next call without an id continues after it.
+    let again = app
+        .client
+        .allocate(keyed("acme", "", 3, "order-7"))
+        .await
+        .unwrap();
+    assert!(again.get_ref().replayed);
+    assert_eq!(values(again.get_ref()), [3, 4, 5]);
+    let next = app.client.allocate(allocate("acme", "", 1)).await.unwrap();
+    assert_eq!(values(next.get_ref()), [6]);
+}
+
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_repeats_get_one_allocation_under_group_commit(#[case] backend: Backend) {
+    one_id_allocates_once(backend, group()).await;
+}
+
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_repeats_get_one_allocation_committing_per_call(#[case] backend: Backend) {
+    one_id_allocates_once(backend, CommitMode::PerCall).await;
+}
+
+/// Two allocator processes on one database, 50 repeats of one call each, at
+/// once, beside calls without ids: one allocation, every answer the same.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeats_across_two_processes_get_one_allocation(#[case] backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let (first, second) = tokio::join!(
+        start(allocator_binary(&db.url)),
+        start(allocator_binary(&db.url))
+    );
+    let (a, b) = tokio::join!(
+        NumberAllocatorClient::connect(first.url()),
+        NumberAllocatorClient::connect(second.url())
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let calls = || {
+        let mut calls = vec![keyed("acme", "", 2, "shared-key"); 50];
+        calls.extend((0..50).map(|_| allocate("acme", "", 1)));
+        calls
+    };
+    let (from_a, from_b) = tokio::join!(allocate_all(&a, calls()), allocate_all(&b, calls()));
+    let (repeats, plain): (Vec<_>, Vec<_>) = from_a
+        .into_iter()
+        .chain(from_b)
+        .partition(|answer| answer.numbers.len() == 2);
+    let key_numbers = values(&repeats[0]);
+    assert_one_answer(&repeats, &key_numbers);
+    let mut numbers: Vec<i64> = plain.iter().flat_map(values).collect();
+    numbers.extend(key_numbers);
+    assert_exactly_one_to(&numbers, 102);
+}
+
+/// An id first used for one call refuses another: other count, other series.
+/// Nothing is allocated or recorded by the refusal.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_reused_for_another_call_is_refused(#[case] backend: Backend) {
+    let mut app = spawn_allocator_in(backend, group()).await;
+    app.client
+        .allocate(keyed("acme", "", 2, "k"))
+        .await
+        .unwrap();
+
+    for other in [keyed("acme", "", 3, "k"), keyed("acme", "credit", 2, "k")] {
+        let status = app.client.allocate(other).await.unwrap_err();
+        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+        assert_reason(&status, "REQUEST_ID_REUSED");
+        let info = tonic_types::StatusExt::get_details_error_info(&status).unwrap();
+        assert_eq!(info.metadata["requestId"], "k");
+        assert_eq!(info.metadata["series"], "invoice");
+        assert_eq!(info.metadata["count"], "2");
+    }
+    // Ids are scoped to the tenant: another tenant's "k" is its own.
+    let other_tenant = app
+        .client
+        .allocate(keyed("globex", "", 3, "k"))
+        .await
+        .unwrap();
+    assert!(!other_tenant.get_ref().replayed);
+
+    let series = invoice_series(&mut app.client, "acme").await.unwrap();
+    assert_eq!(series.last_value, 2, "a refused call moved the counter");
+    let acme: Vec<AllocationRow> = app
+        .db
+        .allocations()
+        .await
+        .into_iter()
+        .filter(|row| row.tenant_id == "acme")
+        .collect();
+    assert_eq!(acme.len(), 1, "a refused call was recorded: {acme:?}");
+}
+
+/// After the retention window (a clock the test moves) an id allocates anew;
+/// within it, it repeats.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_is_forgotten_after_the_window(#[case] backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let clock = ManualClock::new();
+    let settings = RequestIdSettings {
+        retention: Duration::from_hours(1),
+        purge_interval: Duration::from_hours(1),
+    };
+    let (_server, mut client) = serve_allocator_on(&db, group(), settings, clock.clone()).await;
+    let call = || keyed("acme", "", 1, "nightly-run");
+
+    assert_eq!(
+        values(client.allocate(call()).await.unwrap().get_ref()),
+        [1]
+    );
+    clock.advance(Duration::from_mins(59));
+    let repeat = client.allocate(call()).await.unwrap().into_inner();
+    assert!(repeat.replayed);
+    assert_eq!(values(&repeat), [1]);
+
+    clock.advance(Duration::from_mins(2));
+    let anew = client.allocate(call()).await.unwrap().into_inner();
+    assert!(
+        !anew.replayed,
+        "an id past the window repeated its first answer"
+    );
+    assert_eq!(values(&anew), [2]);
+    // Now it answers with its new numbers, and a different call may take it.
+    let repeat = client.allocate(call()).await.unwrap().into_inner();
+    assert_eq!((repeat.replayed, values(&repeat)), (true, vec![2]));
+    clock.advance(Duration::from_mins(61));
+    let other = client
+        .allocate(keyed("acme", "", 5, "nightly-run"))
+        .await
+        .unwrap();
+    assert_eq!(values(other.get_ref()), [3, 4, 5, 6, 7]);
+}
+
+/// Expired ids are purged in the background, in batches, while allocations
+/// with and without ids go on unharmed; ids still in the window stay.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_ids_are_purged_while_allocations_go_on(#[case] backend: Backend) {
+    const OLD: i64 = 2500;
+    let db = TestDb::create(backend).await;
+    let clock = ManualClock::new();
+    let settings = RequestIdSettings {
+        retention: Duration::from_hours(1),
+        purge_interval: Duration::from_millis(20),
+    };
+    let (_server, client) = serve_allocator_on(&db, group(), settings, clock.clone()).await;
+    for chunk in (0..OLD).collect::<Vec<_>>().chunks(500) {
+        let calls = chunk
+            .iter()
+            .map(|i| keyed("acme", "", 1, &format!("old-{i}")))
+            .collect();
+        allocate_all(&client, calls).await;
+    }
+    assert_eq!(db.request_ids("old-").await, OLD);
+
+    clock.advance(Duration::from_mins(61));
+    let (stop, made) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let load = tokio::spawn({
+        let (mut client, stop, made) = (client.clone(), stop.clone(), made.clone());
+        async move {
+            let mut numbers = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let i = made.fetch_add(1, Ordering::Relaxed);
+                for request in [
+                    keyed("acme", "", 1, &format!("new-{i}")),
+                    allocate("acme", "", 1),
+                ] {
+                    let answer = client
+                        .allocate(request)
+                        .await
+                        .expect("allocate during the purge");
+                    numbers.extend(values(answer.get_ref()));
+                }
+            }
+            numbers
+        }
+    });
+    let purged = tokio::time::timeout(PATIENCE, async {
+        while db.request_ids("old-").await > 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let numbers = load.await.unwrap();
+    assert!(purged.is_ok(), "the expired ids were never purged");
+    let made = made.load(Ordering::Relaxed);
+    assert_eq!(numbers.len(), 2 * made);
+    assert_eq!(
+        db.request_ids("new-").await,
+        i64::try_from(made).unwrap(),
+        "ids in the window were purged"
+    );
+    let distinct: HashSet<i64> = numbers.iter().copied().collect();
+    assert_eq!(
+        distinct.len(),
+        numbers.len(),
+        "a number was handed out twice"
+    );
+
+    let mut client = client;
+    let anew = client
+        .allocate(keyed("acme", "", 1, "old-0"))
+        .await
+        .unwrap();
+    assert!(!anew.get_ref().replayed);
+}
+
+/// Every call leaves one record of its range, keyed or not, repeats none; an
+/// advance records the range it skipped and why. The records of a series
+/// tile 1..=last_value exactly.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_range_handed_out_or_skipped_is_recorded(#[case] backend: Backend) {
+    let mut app = spawn_allocator_in(backend, group()).await;
+    let mut calls: Vec<_> = (0..60).map(|i| allocate("acme", "", 1 + i % 4)).collect();
+    calls.extend((0..30).map(|i| keyed("acme", "", 2, &format!("k{}", i % 10))));
+    allocate_all(&app.client, calls).await;
+    app.client
+        .advance_counter(AdvanceCounterRequest {
+            tenant_id: "acme".into(),
+            series: String::new(),
+            at_least: 500,
+            reason: "migrated from the old system".into(),
+        })
+        .await
+        .unwrap();
+    // Raising to a lower value skips nothing and records nothing.
+    app.client
+        .advance_counter(AdvanceCounterRequest {
+            tenant_id: "acme".into(),
+            series: String::new(),
+            at_least: 10,
+            reason: "no-op".into(),
+        })
+        .await
+        .unwrap();
+    app.client
+        .allocate(keyed("acme", "", 1, "after"))
+        .await
+        .unwrap();
+
+    let rows = app.db.allocations().await;
+    let mut next = 1;
+    for row in &rows {
+        assert_eq!(
+            row.first_value, next,
+            "records do not tile the series: {rows:?}"
+        );
+        next += row.count;
+    }
+    let series = invoice_series(&mut app.client, "acme").await.unwrap();
+    assert_eq!(next - 1, series.last_value);
+
+    let plain = rows
+        .iter()
+        .filter(|r| r.kind == "allocate" && r.request_id.is_none());
+    assert_eq!(plain.count(), 60);
+    let ids: Vec<&str> = rows
+        .iter()
+        .filter_map(|r| r.request_id.as_deref())
+        .collect();
+    assert_eq!(ids.len(), 11, "one record per id, none per repeat: {ids:?}");
+    let advances: Vec<&AllocationRow> = rows.iter().filter(|r| r.kind == "advance").collect();
+    assert_eq!(advances.len(), 1);
+    let skipped = advances[0];
+    assert_eq!(skipped.first_value + skipped.count - 1, 500);
+    assert_eq!(skipped.reason, "migrated from the old system");
+    assert_eq!(rows.last().unwrap().first_value, 501);
+}
+
+/// An allocator killed with SIGKILL while repeats of keyed calls are in
+/// flight: after a restart, every id acknowledged before the kill repeats the
+/// numbers it was acknowledged with.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_ids_repeat_their_numbers_after_a_sigkill(#[case] backend: Backend) {
+    use nix::sys::signal::{Signal, kill};
+    use std::sync::Mutex;
+    use tokio::sync::Notify;
+
+    const CLIENTS: usize = 8;
+    let db = TestDb::create(backend).await;
+    let running = start(allocator_binary(&db.url)).await;
+    let client = NumberAllocatorClient::connect(running.url()).await.unwrap();
+    let acknowledged = Arc::new(Mutex::new(Vec::<(String, Vec<i64>)>::new()));
+    let enough = Arc::new(Notify::new());
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let (mut client, acknowledged, enough) =
+                (client.clone(), acknowledged.clone(), enough.clone());
+            tokio::spawn(async move {
+                for i in 0.. {
+                    // Each call twice, the second a repeat in flight with others.
+                    let id = format!("c{c}-{i}");
+                    for _ in 0..2 {
+                        let Ok(answer) = client.allocate(keyed("acme", "", 2, &id)).await else {
+                            return;
+                        };
+                        let mut acknowledged = acknowledged.lock().unwrap();
+                        acknowledged.push((id.clone(), values(answer.get_ref())));
+                        if acknowledged.len() >= 200 {
+                            enough.notify_one();
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::timeout(PATIENCE, enough.notified())
+        .await
+        .expect("the load did not get going");
+    kill(running.pid(), Signal::SIGKILL).unwrap();
+    running.wait().await;
+    for client in clients {
+        client.await.unwrap();
+    }
+
+    let restarted = start(allocator_binary(&db.url)).await;
+    let mut client = NumberAllocatorClient::connect(restarted.url())
+        .await
+        .unwrap();
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    for (id, numbers) in &acknowledged {
+        let repeat = client
+            .allocate(keyed("acme", "", 2, id))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(repeat.replayed, "{id} allocated anew after the restart");
+        assert_eq!(&values(&repeat), numbers, "{id} changed its numbers");
+    }
+    let distinct: HashSet<&str> = acknowledged.iter().map(|(id, _)| id.as_str()).collect();
+    let numbers: HashSet<i64> = acknowledged.iter().flat_map(|(_, n)| n.clone()).collect();
+    assert_eq!(numbers.len(), 2 * distinct.len(), "two ids share a number");
+}
