@@ -104,9 +104,11 @@ impl AllocatorClient {
         })
     }
 
-    /// Allocates the next number of the tenant's invoice series. While the
-    /// allocator is unreachable or answers UNAVAILABLE, retries with backoff as
-    /// long as the next attempt can start before `deadline`.
+    /// Allocates the next number of the tenant's invoice series with
+    /// `request_id`, so that a retry whose first try committed gets the same
+    /// number. While the allocator is unreachable or answers UNAVAILABLE,
+    /// retries with backoff as long as the next attempt can start before
+    /// `deadline`.
     ///
     /// # Errors
     /// [`AllocatorError::Unavailable`] once the deadline leaves no room for
@@ -114,6 +116,7 @@ impl AllocatorClient {
     pub async fn allocate(
         &self,
         tenant: &TenantId,
+        request_id: &str,
         deadline: Instant,
     ) -> Result<AllocatedNumber, AllocatorError> {
         let mut retry = 0;
@@ -129,7 +132,7 @@ impl AllocatorClient {
                 // Empty: the allocator's default series, the invoices'.
                 series: String::new(),
                 count: 1,
-                request_id: String::new(),
+                request_id: request_id.to_owned(),
             });
             request.set_timeout(remaining);
             let status = match self.client.clone().allocate(request).await {

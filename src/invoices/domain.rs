@@ -221,6 +221,18 @@ impl NewInvoice {
             .sum()
     }
 
+    /// Whether `stored` was created from this same request: every field the
+    /// caller sent equal, values compared as values (`1.50` is `1.5`).
+    #[must_use]
+    pub fn same_as(&self, stored: &Invoice) -> bool {
+        self.tenant_id.as_str() == stored.tenant_id
+            && self.client == stored.client
+            && self.due_date == stored.due_date
+            && self.notes == stored.notes
+            && self.currency == stored.currency
+            && self.line_items == stored.line_items
+    }
+
     /// The invoice with its number, its id and its creation time.
     #[must_use]
     pub fn numbered(

@@ -50,11 +50,14 @@ pub fn service(
     .max_decoding_message_size(MAX_REQUEST_BYTES)
 }
 
-/// Reads a create request into a [`NewInvoice`], naming every bad field.
+/// Reads a create request into a [`NewInvoice`] and its request id, naming
+/// every bad field.
 ///
 /// # Errors
 /// The fields that break the rules.
-pub fn parse_new_invoice(request: &CreateInvoiceRequest) -> Result<NewInvoice, InvalidArgument> {
+pub fn parse_new_invoice(
+    request: &CreateInvoiceRequest,
+) -> Result<(NewInvoice, Option<RequestId>), InvalidArgument> {
     let mut v = Violations::new();
     let tenant_id = v.check("tenant_id", TenantId::parse(&request.tenant_id));
     let id = v.check("client_id", domain::text(&request.client_id, 128, false));
@@ -68,7 +71,7 @@ pub fn parse_new_invoice(request: &CreateInvoiceRequest) -> Result<NewInvoice, I
     let due_date = v.check("due_date", domain::due_date(&request.due_date));
     let notes = v.check("notes", domain::text(&request.notes, 4000, false));
     let currency = v.check("currency", domain::currency(&request.currency));
-    v.check("request_id", RequestId::parse(&request.request_id));
+    let request_id = v.check("request_id", RequestId::parse(&request.request_id));
     if request.line_items.is_empty() || request.line_items.len() > MAX_LINE_ITEMS {
         v.add(
             "line_items",
@@ -110,13 +113,14 @@ pub fn parse_new_invoice(request: &CreateInvoiceRequest) -> Result<NewInvoice, I
         Some(due_date),
         Some(notes),
         Some(currency),
+        Some(request_id),
     ) = (
-        tenant_id, id, name, email, phone, address, due_date, notes, currency,
+        tenant_id, id, name, email, phone, address, due_date, notes, currency, request_id,
     )
     else {
         unreachable!("finish() returned Ok, so every field parsed");
     };
-    Ok(NewInvoice {
+    let new = NewInvoice {
         tenant_id,
         client: Client {
             id,
@@ -129,7 +133,8 @@ pub fn parse_new_invoice(request: &CreateInvoiceRequest) -> Result<NewInvoice, I
         notes,
         currency,
         line_items,
-    })
+    };
+    Ok((new, request_id))
 }
 
 #[tonic::async_trait]
@@ -144,11 +149,15 @@ impl invoice_writer_server::InvoiceWriter for InvoiceWriterService {
                 self.allocation_budget.min(timeout.mul_f64(0.9))
             });
         let deadline = Instant::now() + budget;
-        let new = parse_new_invoice(request.get_ref())?;
+        let (new, request_id) = parse_new_invoice(request.get_ref())?;
 
-        let invoice = self.writer.create(&new, deadline).await?;
+        let created = self
+            .writer
+            .create(&new, request_id.as_ref(), deadline)
+            .await?;
         Ok(Response::new(CreateInvoiceResponse {
-            invoice: Some(invoice.into()),
+            invoice: Some(created.invoice.into()),
+            replayed: created.replayed,
         }))
     }
 
@@ -286,6 +295,18 @@ impl From<Error> for Status {
                     &[],
                 )
             }
+            Error::RequestIdReused {
+                request_id,
+                invoice_number,
+            } => with_reason(
+                Code::FailedPrecondition,
+                format!(
+                    "request id {request_id:?} already created invoice {invoice_number} from a \
+                     different request; send a new request id for a different invoice"
+                ),
+                "REQUEST_ID_REUSED",
+                &[("requestId", request_id), ("invoiceNumber", invoice_number)],
+            ),
             error @ Error::Internal(_) => internal(&error),
         }
     }

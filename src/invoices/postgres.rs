@@ -65,9 +65,9 @@ impl Engine for PgEngine {
         &self.pool
     }
 
-    async fn insert(&self, invoice: &Invoice) -> Result<(), StoreError> {
+    async fn insert(&self, invoice: &Invoice, request_id: Option<&str>) -> Result<(), StoreError> {
         let mut tx = begin_durable(&self.pool).await?;
-        sql_store::insert_invoice::<Postgres, Native>(&mut tx, invoice).await?;
+        sql_store::insert_invoice::<Postgres, Native>(&mut tx, invoice, request_id).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -14,6 +14,7 @@ use crate::{
         domain::{Client, Invoice, LineItem},
         store::{HighestNumber, InvoiceStore, StoreError},
     },
+    request_id::RequestId,
     server::Store,
     tenant::TenantId,
 };
@@ -31,7 +32,7 @@ pub(crate) trait Engine: Send + Sync + 'static {
     fn pool(&self) -> &Pool<Self::Db>;
 
     /// Inserts the invoice ([`insert_invoice`]) in the engine's durable write.
-    async fn insert(&self, invoice: &Invoice) -> Result<(), StoreError>;
+    async fn insert(&self, invoice: &Invoice, request_id: Option<&str>) -> Result<(), StoreError>;
 
     /// Whether the database answers now.
     async fn is_ready(&self) -> bool;
@@ -56,8 +57,29 @@ where
     for<'q> &'q str: Encode<'q, E::Db> + Type<E::Db>,
     for<'q> i64: Encode<'q, E::Db> + Type<E::Db>,
 {
-    async fn insert(&self, invoice: &Invoice) -> Result<(), StoreError> {
-        self.0.insert(invoice).await
+    async fn insert(
+        &self,
+        invoice: &Invoice,
+        request_id: Option<&RequestId>,
+    ) -> Result<(), StoreError> {
+        self.0
+            .insert(invoice, request_id.map(RequestId::as_str))
+            .await
+    }
+
+    async fn get_by_request_id(
+        &self,
+        tenant: &TenantId,
+        request_id: &RequestId,
+    ) -> Result<Option<Invoice>, StoreError> {
+        select_by_request_id::<E::Db, E::Stored>(
+            self.0.pool(),
+            tenant.as_str(),
+            request_id.as_str(),
+        )
+        .await?
+        .map(InvoiceRow::into_invoice::<E::Stored>)
+        .transpose()
     }
 
     async fn get(&self, tenant: &TenantId, id: Uuid) -> Result<Option<Invoice>, StoreError> {
@@ -170,11 +192,13 @@ impl<Id, Total> InvoiceRow<Id, Total> {
     }
 }
 
-/// Inserts the invoice on `conn`, inside the caller's transaction.
+/// Inserts the invoice and the request id that created it on `conn`, inside
+/// the caller's transaction.
 #[tracing::instrument(name = "db.invoices.insert", skip_all, err(level = "debug"))]
 pub(crate) async fn insert_invoice<DB, S>(
     conn: &mut DB::Connection,
     invoice: &Invoice,
+    request_id: Option<&str>,
 ) -> Result<(), sqlx::Error>
 where
     DB: Database,
@@ -184,6 +208,7 @@ where
     for<'q> S::Id: Encode<'q, DB> + Type<DB>,
     for<'q> S::Total: Encode<'q, DB> + Type<DB>,
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
     for<'q> i64: Encode<'q, DB> + Type<DB>,
     for<'q> NaiveDate: Encode<'q, DB> + Type<DB>,
     for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
@@ -192,8 +217,8 @@ where
     sqlx::query(
         "INSERT INTO invoices (id, tenant_id, number, invoice_number, client_id, client_name,
              client_email, client_phone, client_address, due_date, notes, currency, line_items,
-             total, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+             total, created_at, request_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
     )
     .bind(S::id(invoice.id))
     .bind(invoice.tenant_id.as_str())
@@ -210,6 +235,7 @@ where
     .bind(Json(invoice.line_items.as_slice()))
     .bind(S::total(invoice.total))
     .bind(invoice.created_at)
+    .bind(request_id)
     .execute(conn)
     .await?;
     Ok(())
@@ -236,6 +262,34 @@ where
     )))
     .bind(tenant)
     .bind(S::id(id))
+    .fetch_optional(pool)
+    .await
+}
+
+/// The tenant's invoice created with this request id.
+#[tracing::instrument(
+    name = "db.invoices.select_by_request_id",
+    skip_all,
+    err(level = "debug")
+)]
+pub(crate) async fn select_by_request_id<DB, S>(
+    pool: &Pool<DB>,
+    tenant: &str,
+    request_id: &str,
+) -> Result<Option<RowOf<S>>, sqlx::Error>
+where
+    DB: Database,
+    S: Stored,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'r> RowOf<S>: FromRow<'r, DB::Row> + Send + Unpin,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+{
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM invoices WHERE tenant_id = $1 AND request_id = $2"
+    )))
+    .bind(tenant)
+    .bind(request_id)
     .fetch_optional(pool)
     .await
 }

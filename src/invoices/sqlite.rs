@@ -70,9 +70,9 @@ impl Engine for SqliteEngine {
         self.db.pool()
     }
 
-    async fn insert(&self, invoice: &Invoice) -> Result<(), StoreError> {
+    async fn insert(&self, invoice: &Invoice, request_id: Option<&str>) -> Result<(), StoreError> {
         let mut write = self.db.begin_write().await?;
-        sql_store::insert_invoice::<Sqlite, AsText>(write.conn(), invoice).await?;
+        sql_store::insert_invoice::<Sqlite, AsText>(write.conn(), invoice, request_id).await?;
         // Not acknowledged if it went to a file no longer at its path.
         write.commit().await?;
         Ok(())

@@ -7,6 +7,7 @@ use uuid::Uuid;
 use crate::{
     db::{DbErrorKind, classify},
     invoices::domain::Invoice,
+    request_id::RequestId,
     server::Store,
     tenant::TenantId,
 };
@@ -17,12 +18,25 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Durable invoices, unique per tenant by number and by formatted number.
 #[async_trait]
 pub trait InvoiceStore: Store {
-    /// Stores a new invoice, durably before it returns.
+    /// Stores a new invoice with the request id of the call that created it,
+    /// durably before it returns.
     ///
     /// # Errors
     /// [`StoreError::NumberTaken`] when the tenant already has an invoice with
-    /// this number; nothing is stored then.
-    async fn insert(&self, invoice: &Invoice) -> Result<(), StoreError>;
+    /// this number, [`StoreError::RequestIdTaken`] with this request id;
+    /// nothing is stored then.
+    async fn insert(
+        &self,
+        invoice: &Invoice,
+        request_id: Option<&RequestId>,
+    ) -> Result<(), StoreError>;
+
+    /// The tenant's invoice created by the call with this request id.
+    async fn get_by_request_id(
+        &self,
+        tenant: &TenantId,
+        request_id: &RequestId,
+    ) -> Result<Option<Invoice>, StoreError>;
 
     /// One of the tenant's invoices; `None` for an unknown id or another tenant's.
     async fn get(&self, tenant: &TenantId, id: Uuid) -> Result<Option<Invoice>, StoreError>;
@@ -54,6 +68,9 @@ pub enum StoreError {
     /// The tenant already has an invoice with this number.
     #[error("invoice number already taken")]
     NumberTaken,
+    /// The tenant already has an invoice created with this request id.
+    #[error("request id already used")]
+    RequestIdTaken,
     /// The store cannot be reached now; retrying the call later may succeed.
     #[error("invoice store unavailable")]
     Unavailable(#[source] BoxError),
@@ -76,6 +93,14 @@ impl From<sqlx::Error> for StoreError {
                 ) =>
             {
                 Self::NumberTaken
+            }
+            DbErrorKind::UniqueViolation(Some(constraint))
+                if matches!(
+                    constraint.as_str(),
+                    "invoices_tenant_request_id_key" | "invoices.tenant_id, invoices.request_id"
+                ) =>
+            {
+                Self::RequestIdTaken
             }
             DbErrorKind::Unavailable | DbErrorKind::Retryable => Self::Unavailable(error.into()),
             _ => Self::Internal(error.into()),

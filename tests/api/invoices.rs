@@ -560,15 +560,20 @@ async fn the_store_refuses_a_number_twice(#[case] backend: Backend) {
     let db = TestDb::create(backend).await;
     let store = db.invoice_store().await;
     import_invoice(&store, "acme", 5, "INV-005").await;
-    let new = numbering::invoices::grpc::parse_new_invoice(&invoice_request("acme")).unwrap();
+    let new = numbering::invoices::grpc::parse_new_invoice(&invoice_request("acme"))
+        .unwrap()
+        .0;
     for (number, formatted) in [(5, "X-5"), (6, "INV-005")] {
         let error = store
-            .insert(&new.numbered(
-                number,
-                formatted.into(),
-                uuid::Uuid::now_v7(),
-                chrono::Utc::now(),
-            ))
+            .insert(
+                &new.numbered(
+                    number,
+                    formatted.into(),
+                    uuid::Uuid::now_v7(),
+                    chrono::Utc::now(),
+                ),
+                None,
+            )
             .await
             .unwrap_err();
         assert!(

@@ -182,13 +182,14 @@ async fn a_deleted_invoice_file_fails_the_insert_and_readiness() {
     std::fs::remove_file(&writer.db.name).unwrap();
     let invoice = invoices::grpc::parse_new_invoice(&invoice_request("acme"))
         .unwrap()
+        .0
         .numbered(
             1,
             "INV-001".into(),
             uuid::Uuid::now_v7(),
             chrono::Utc::now(),
         );
-    let inserted = writer.store.insert(&invoice).await;
+    let inserted = writer.store.insert(&invoice, None).await;
     assert!(
         matches!(inserted, Err(invoices::store::StoreError::Unavailable(_))),
         "{inserted:?}"

@@ -155,14 +155,16 @@ pub async fn import_invoice(
     number: i64,
     invoice_number: &str,
 ) {
-    let new = invoices::grpc::parse_new_invoice(&invoice_request(tenant)).unwrap();
+    let new = invoices::grpc::parse_new_invoice(&invoice_request(tenant))
+        .unwrap()
+        .0;
     let invoice = new.numbered(
         number,
         invoice_number.into(),
         uuid::Uuid::now_v7(),
         chrono::Utc::now(),
     );
-    store.insert(&invoice).await.expect("import invoice");
+    store.insert(&invoice, None).await.expect("import invoice");
 }
 
 /// The tenant's invoice series in the allocator.
