@@ -21,6 +21,7 @@ fn backends(#[case] backend: Backend) {}
 mod allocator;
 mod group_commit;
 mod helpers;
+mod invoice_retries;
 mod invoices;
 mod pg_server;
 mod processes;

@@ -233,6 +233,26 @@ pub async fn spawn_writer_with(
 ) -> WriterApp {
     let db = TestDb::create(backend).await;
     let store = db.invoice_store().await;
+    spawn_writer_on(
+        db,
+        store,
+        allocator_url,
+        max_attempts,
+        clock,
+        test_settings(),
+    )
+    .await
+}
+
+/// A writer on `store`, which may wrap the store of `db`, served with `settings`.
+pub async fn spawn_writer_on(
+    db: TestDb,
+    store: Arc<dyn InvoiceStore>,
+    allocator_url: &str,
+    max_attempts: u32,
+    clock: Arc<dyn Clock>,
+    settings: ServerSettings,
+) -> WriterApp {
     let app = invoices::app::App::on(
         store.clone(),
         allocator_client(allocator_url),
@@ -242,7 +262,7 @@ pub async fn spawn_writer_with(
     );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server = spawn_server(listener, |listener, stop| async move {
-        app.serve(listener, &test_settings(), stop).await
+        app.serve(listener, &settings, stop).await
     });
     let client = InvoiceWriterClient::new(server.channel().await);
     WriterApp {

@@ -1,0 +1,362 @@
+//! Request ids on CreateInvoice: a repeat returns the stored invoice, even
+//! of a call that failed after storing it; a different body is refused. And
+//! the writer's own retries: a lost allocator reply burns no number.
+
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use numbering::{
+    clock::SystemClock,
+    db::Backend,
+    invoices::{
+        domain::Invoice,
+        store::{HighestNumber, InvoiceStore, StoreError},
+    },
+    proto::{
+        AdvanceCounterRequest, AdvanceCounterResponse, AllocateRequest, AllocateResponse,
+        CreateInvoiceRequest, CreateInvoiceResponse, GetSeriesRequest, GetSeriesResponse,
+        ListSeriesRequest, ListSeriesResponse,
+        invoice_writer_client::InvoiceWriterClient,
+        number_allocator_client::NumberAllocatorClient,
+        number_allocator_server::{NumberAllocator, NumberAllocatorServer},
+    },
+    request_id::RequestId,
+    server::{ServerSettings, Store},
+    tenant::TenantId,
+};
+use rstest_reuse::apply;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Code, Request, Response, Status, transport::Channel};
+use uuid::Uuid;
+
+use crate::{
+    backends,
+    helpers::{
+        PATIENCE, TestDb, assert_reason, invoice_request, invoice_series, list_all,
+        spawn_allocator, spawn_both, spawn_writer, spawn_writer_on, test_settings,
+    },
+};
+
+fn keyed(tenant: &str, request_id: &str) -> CreateInvoiceRequest {
+    CreateInvoiceRequest {
+        request_id: request_id.into(),
+        ..invoice_request(tenant)
+    }
+}
+
+/// Sends `requests` at once; the answers in their order.
+async fn create_all(
+    client: &InvoiceWriterClient<Channel>,
+    requests: Vec<CreateInvoiceRequest>,
+) -> Vec<Result<CreateInvoiceResponse, Status>> {
+    let tasks: Vec<_> = requests
+        .into_iter()
+        .map(|request| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                client
+                    .create_invoice(request)
+                    .await
+                    .map(Response::into_inner)
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.unwrap());
+    }
+    answers
+}
+
+/// Sent twice, or 20 times at once, with one request id: one invoice, every
+/// answer that invoice, one number taken. Another body with the id is refused
+/// and takes no number.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_create_returns_the_stored_invoice(#[case] backend: Backend) {
+    let (mut allocator, mut writer) = spawn_both(backend, 3).await;
+    let first = writer
+        .client
+        .create_invoice(keyed("acme", "order-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!first.replayed);
+    let second = writer
+        .client
+        .create_invoice(keyed("acme", "order-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(second.replayed);
+    assert_eq!(second.invoice, first.invoice);
+
+    let answers = create_all(&writer.client, vec![keyed("acme", "order-2"); 20]).await;
+    let answers: Vec<CreateInvoiceResponse> = answers.into_iter().map(Result::unwrap).collect();
+    let stored = answers
+        .iter()
+        .find(|a| !a.replayed)
+        .expect("one first answer");
+    assert_eq!(answers.iter().filter(|a| !a.replayed).count(), 1);
+    assert!(answers.iter().all(|a| a.invoice == stored.invoice));
+    assert_eq!(stored.invoice.as_ref().unwrap().invoice_number, "INV-002");
+
+    let other_body = CreateInvoiceRequest {
+        notes: "a different invoice".into(),
+        ..keyed("acme", "order-1")
+    };
+    let status = writer.client.create_invoice(other_body).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert_reason(&status, "REQUEST_ID_REUSED");
+    let info = tonic_types::StatusExt::get_details_error_info(&status).unwrap();
+    assert_eq!(info.metadata["invoiceNumber"], "INV-001");
+
+    let invoices = list_all(&mut writer.client, "acme").await;
+    let numbers: Vec<&str> = invoices.iter().map(|i| i.invoice_number.as_str()).collect();
+    assert_eq!(numbers, ["INV-001", "INV-002"]);
+    let series = invoice_series(&mut allocator.client, "acme").await.unwrap();
+    assert_eq!(series.last_value, 2, "a repeat or a refusal took a number");
+}
+
+/// How a store fails a call after its invoice is committed.
+#[derive(Clone, Copy)]
+enum AfterCommit {
+    /// Answers unavailable, as a connection lost before the reply does.
+    Unavailable,
+    /// Never answers, so the caller's deadline passes.
+    Hangs,
+}
+
+/// The real store, failing the next insert after it committed.
+struct FailsAfterCommit {
+    inner: Arc<dyn InvoiceStore>,
+    how: AfterCommit,
+    armed: AtomicBool,
+}
+
+#[async_trait]
+impl Store for FailsAfterCommit {
+    async fn is_ready(&self) -> bool {
+        self.inner.is_ready().await
+    }
+
+    async fn close(&self) {
+        self.inner.close().await;
+    }
+}
+
+#[async_trait]
+impl InvoiceStore for FailsAfterCommit {
+    async fn insert(
+        &self,
+        invoice: &Invoice,
+        request_id: Option<&RequestId>,
+    ) -> Result<(), StoreError> {
+        self.inner.insert(invoice, request_id).await?;
+        if self.armed.swap(false, Ordering::SeqCst) {
+            match self.how {
+                AfterCommit::Unavailable => {
+                    return Err(StoreError::Unavailable(
+                        "connection lost after commit".into(),
+                    ));
+                }
+                AfterCommit::Hangs => std::future::pending::<()>().await,
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_by_request_id(
+        &self,
+        tenant: &TenantId,
+        request_id: &RequestId,
+    ) -> Result<Option<Invoice>, StoreError> {
+        self.inner.get_by_request_id(tenant, request_id).await
+    }
+
+    async fn get(&self, tenant: &TenantId, id: Uuid) -> Result<Option<Invoice>, StoreError> {
+        self.inner.get(tenant, id).await
+    }
+
+    async fn list(
+        &self,
+        tenant: &TenantId,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<Invoice>, StoreError> {
+        self.inner.list(tenant, after, limit).await
+    }
+
+    async fn highest_numbers(&self) -> Result<Vec<HighestNumber>, StoreError> {
+        self.inner.highest_numbers().await
+    }
+}
+
+/// A call that failed although its invoice was stored, retried with its
+/// request id, returns that invoice: never a second one.
+async fn a_retry_after_a_failure_past_the_commit_returns_the_invoice(
+    backend: Backend,
+    how: AfterCommit,
+    code: Code,
+) {
+    let allocator = spawn_allocator(backend).await;
+    let db = TestDb::create(backend).await;
+    let store = Arc::new(FailsAfterCommit {
+        inner: db.invoice_store().await,
+        how,
+        armed: AtomicBool::new(true),
+    });
+    // The server's time-out ends a hung call, with DEADLINE_EXCEEDED.
+    let settings = ServerSettings {
+        request_timeout: Duration::from_millis(500),
+        ..test_settings()
+    };
+    let url = allocator.server.url();
+    let mut writer = spawn_writer_on(db, store, &url, 3, Arc::new(SystemClock), settings).await;
+
+    let mut request = Request::new(keyed("acme", "order-9"));
+    request.set_timeout(PATIENCE);
+    let status = writer.client.create_invoice(request).await.unwrap_err();
+    assert_eq!(status.code(), code, "{status:?}");
+
+    let retried = writer
+        .client
+        .create_invoice(keyed("acme", "order-9"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(retried.replayed, "the retry stored a second invoice");
+    let invoices = list_all(&mut writer.client, "acme").await;
+    assert_eq!(invoices.len(), 1);
+    assert_eq!(Some(&invoices[0]), retried.invoice.as_ref());
+}
+
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_unavailable_after_its_commit_is_repeated_by_its_retry(#[case] backend: Backend) {
+    a_retry_after_a_failure_past_the_commit_returns_the_invoice(
+        backend,
+        AfterCommit::Unavailable,
+        Code::Unavailable,
+    )
+    .await;
+}
+
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_past_its_deadline_after_its_commit_is_repeated_by_its_retry(
+    #[case] backend: Backend,
+) {
+    a_retry_after_a_failure_past_the_commit_returns_the_invoice(
+        backend,
+        AfterCommit::Hangs,
+        Code::DeadlineExceeded,
+    )
+    .await;
+}
+
+/// Between the writer and the allocator: forwards every call, and loses
+/// every third Allocate reply after the allocator has answered.
+struct LosesReplies {
+    allocator: NumberAllocatorClient<Channel>,
+    calls: AtomicUsize,
+    lost: AtomicUsize,
+}
+
+#[tonic::async_trait]
+impl NumberAllocator for LosesReplies {
+    async fn allocate(
+        &self,
+        request: Request<AllocateRequest>,
+    ) -> Result<Response<AllocateResponse>, Status> {
+        let answer = self
+            .allocator
+            .clone()
+            .allocate(request.into_inner())
+            .await?;
+        if self.calls.fetch_add(1, Ordering::SeqCst) % 3 == 2 {
+            self.lost.fetch_add(1, Ordering::SeqCst);
+            return Err(Status::unavailable("the reply was lost"));
+        }
+        Ok(answer)
+    }
+
+    async fn get_series(
+        &self,
+        request: Request<GetSeriesRequest>,
+    ) -> Result<Response<GetSeriesResponse>, Status> {
+        self.allocator
+            .clone()
+            .get_series(request.into_inner())
+            .await
+    }
+
+    async fn list_series(
+        &self,
+        request: Request<ListSeriesRequest>,
+    ) -> Result<Response<ListSeriesResponse>, Status> {
+        self.allocator
+            .clone()
+            .list_series(request.into_inner())
+            .await
+    }
+
+    async fn advance_counter(
+        &self,
+        request: Request<AdvanceCounterRequest>,
+    ) -> Result<Response<AdvanceCounterResponse>, Status> {
+        self.allocator
+            .clone()
+            .advance_counter(request.into_inner())
+            .await
+    }
+}
+
+/// With a third of the allocator's replies lost after it committed, 200
+/// invoices of one tenant, created eight at a time, are exactly INV-001 …
+/// INV-200: the writer's retries get their numbers back.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_allocator_replies_leave_no_gap(#[case] backend: Backend) {
+    let allocator = spawn_allocator(backend).await;
+    let proxy = Arc::new(LosesReplies {
+        allocator: allocator.client.clone(),
+        calls: AtomicUsize::new(0),
+        lost: AtomicUsize::new(0),
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_url = format!("http://{}", listener.local_addr().unwrap());
+    let serving = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(NumberAllocatorServer::from_arc(proxy.clone()))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    let mut writer = spawn_writer(backend, &proxy_url, 3).await;
+
+    for _ in 0..25 {
+        let answers = create_all(&writer.client, vec![invoice_request("acme"); 8]).await;
+        for answer in answers {
+            answer.expect("create through lossy replies");
+        }
+    }
+    serving.abort();
+
+    assert!(
+        proxy.lost.load(Ordering::SeqCst) >= 66,
+        "too few replies were lost"
+    );
+    let invoices = list_all(&mut writer.client, "acme").await;
+    let numbers: Vec<String> = invoices.iter().map(|i| i.invoice_number.clone()).collect();
+    let expected: Vec<String> = (1..=200).map(|n| format!("INV-{n:03}")).collect();
+    assert_eq!(numbers, expected, "a lost reply burned a number");
+    let distinct: HashSet<&str> = invoices.iter().map(|i| i.id.as_str()).collect();
+    assert_eq!(distinct.len(), 200);
+}
