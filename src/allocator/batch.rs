@@ -185,6 +185,37 @@ impl<'a> Batch<'a> {
         &self.claims
     }
 
+    /// Every claim won: the plan of a transaction that expects no id in use.
+    #[must_use]
+    pub fn all_won(&self) -> Won {
+        self.claims
+            .iter()
+            .map(|claim| (claim.tenant.to_owned(), claim.request_id.to_owned()))
+            .collect()
+    }
+
+    /// A plan that moves no counter and records nothing, but touches every
+    /// counter of the batch (creating it at 0 if absent), which locks them.
+    #[must_use]
+    pub fn touching(&self) -> Plan<'a> {
+        let mut increments: Vec<Total<'a>> = self
+            .calls
+            .iter()
+            .map(|call| Total {
+                tenant: call.tenant.as_str(),
+                series: call.series.as_str(),
+                total: 0,
+            })
+            .collect();
+        increments.sort_unstable_by_key(|total| (total.tenant, total.series));
+        increments.dedup_by_key(|total| (total.tenant, total.series));
+        Plan {
+            increments,
+            records: Vec::new(),
+            range_of: vec![None; self.calls.len()],
+        }
+    }
+
     /// The claims the transaction did not win: ids already in use.
     pub fn held<'b>(&'b self, won: &'b Won) -> impl Iterator<Item = &'b Claim<'a>> + 'b {
         self.claims
@@ -219,22 +250,38 @@ impl<'a> Batch<'a> {
             allocating.push((at, group, offset));
         }
 
-        let mut record_of = vec![None; self.calls.len()];
-        let records = allocating
-            .into_iter()
-            .enumerate()
-            .map(|(record, (at, group, offset))| {
-                record_of[at] = Some(record);
-                let call = &self.calls[at];
-                Record {
-                    tenant: call.tenant.as_str(),
-                    series: call.series.as_str(),
-                    count: call.count,
-                    tail: totals[group].2 - offset - call.count,
-                    request_id: call.request_id.map(RequestId::as_str),
+        let mut range_of = vec![None; self.calls.len()];
+        let mut records: Vec<Record<'a>> = Vec::new();
+        // Per group: its last record, while it is a run of calls without ids.
+        let mut open: HashMap<usize, usize> = HashMap::new();
+        for (at, group, offset) in allocating {
+            let call = &self.calls[at];
+            let range = Record {
+                tenant: call.tenant.as_str(),
+                series: call.series.as_str(),
+                count: call.count,
+                tail: totals[group].2 - offset - call.count,
+                request_id: call.request_id.map(RequestId::as_str),
+            };
+            range_of[at] = Some(range);
+            // A group's calls take adjacent ranges in this order, so a call
+            // without an id extends the run before it: one ledger row per
+            // run, not per call. A call with an id keeps a row of its own.
+            match (range.request_id, open.get(&group)) {
+                (None, Some(&run)) => {
+                    records[run].count += range.count;
+                    records[run].tail = range.tail;
                 }
-            })
-            .collect();
+                (None, None) => {
+                    open.insert(group, records.len());
+                    records.push(range);
+                }
+                (Some(_), _) => {
+                    open.remove(&group);
+                    records.push(range);
+                }
+            }
+        }
         let mut increments: Vec<Total<'a>> = totals
             .into_iter()
             .map(|(tenant, series, total)| Total {
@@ -249,7 +296,7 @@ impl<'a> Batch<'a> {
         Plan {
             increments,
             records,
-            record_of,
+            range_of,
         }
     }
 
@@ -288,17 +335,17 @@ impl<'a> Batch<'a> {
 
         let mut outcomes = Vec::with_capacity(self.calls.len());
         for (at, call) in self.calls.iter().enumerate() {
-            if let Some(record) = plan.record_of[at] {
-                outcomes.push(Outcome::Granted(granted(&plan.records[record])?));
+            if let Some(range) = &plan.range_of[at] {
+                outcomes.push(Outcome::Granted(granted(range)?));
                 continue;
             }
             let (Some(id), Some(leader)) = (call.request_id, self.leader[at]) else {
                 unreachable!("a call without a request id always allocates");
             };
             // What the id first answered: in this batch, or before it.
-            let (series, count, first) = if let Some(record) = plan.record_of[leader] {
+            let (series, count, first) = if let Some(range) = &plan.range_of[leader] {
                 let first = &self.calls[leader];
-                let grant = granted(&plan.records[record])?;
+                let grant = granted(range)?;
                 (first.series.as_str(), first.count, grant)
             } else {
                 let key = (call.tenant.to_string(), id.to_string());
@@ -352,13 +399,23 @@ impl FromIterator<(String, String)> for Won {
 pub struct Plan<'a> {
     /// Each counter to move and by how much, each once, in a fixed order.
     pub increments: Vec<Total<'a>>,
-    /// The range of each call that allocates, for the ledger.
+    /// The ledger rows: the range of each call with a request id, and of
+    /// each run of adjacent calls without one.
     pub records: Vec<Record<'a>>,
-    /// Per call: its record, if it allocates.
-    record_of: Vec<Option<usize>>,
+    /// Per call: its range, if it allocates.
+    range_of: Vec<Option<Record<'a>>>,
 }
 
 impl Plan<'_> {
+    /// How many ledger rows carry a request id: the ids the plan stores.
+    #[must_use]
+    pub fn ids_recorded(&self) -> usize {
+        self.records
+            .iter()
+            .filter(|record| record.request_id.is_some())
+            .count()
+    }
+
     /// Whether no counter moves: every call repeats an earlier one.
     #[must_use]
     pub fn is_empty(&self) -> bool {
@@ -377,7 +434,8 @@ pub struct Total<'a> {
     pub total: i64,
 }
 
-/// The range one allocating call receives, relative to its counter's new value.
+/// A range of one increment, relative to its counter's new value: one call's,
+/// or a run of adjacent calls' for the ledger.
 #[derive(Debug, Clone, Copy)]
 pub struct Record<'a> {
     /// The series' tenant.
@@ -419,6 +477,46 @@ mod tests {
         }
     }
 
+    #[test]
+    fn adjacent_calls_without_ids_share_a_ledger_row() {
+        let acme = TenantId::parse("acme").unwrap();
+        let series = SeriesName::parse("").unwrap();
+        let keys = ids(&["", "", "", "k", "", ""]);
+        let counts = [1, 2, 3, 4, 5, 6];
+        let calls: Vec<_> = (0..6)
+            .map(|i| call(&acme, &series, counts[i], keys[i].as_ref()))
+            .collect();
+        let batch = Batch::new(&calls);
+        let won: Won = [("acme".to_owned(), "k".to_owned())].into_iter().collect();
+        let plan = batch.plan(&won);
+        let rows: Vec<_> = plan
+            .records
+            .iter()
+            .map(|r| (r.first(21), r.count, r.request_id))
+            .collect();
+        assert_eq!(rows, [(1, 6, None), (7, 4, Some("k")), (11, 11, None)]);
+        let counted = Counted {
+            tenant_id: "acme".into(),
+            series: "invoice".into(),
+            last_value: 21,
+            format: "F".into(),
+        };
+        let firsts: Vec<i64> = batch
+            .outcomes(&plan, vec![counted], &HashMap::new())
+            .unwrap()
+            .into_iter()
+            .map(|outcome| match outcome {
+                Outcome::Granted(grant) => grant.first,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            firsts,
+            [1, 2, 4, 7, 11, 16],
+            "each call keeps its own range"
+        );
+    }
+
     fn ids(raw: &[&str]) -> Vec<Option<RequestId>> {
         raw.iter().map(|id| RequestId::parse(id).unwrap()).collect()
     }
@@ -443,6 +541,12 @@ mod tests {
 
         let won: Won = [("b".to_owned(), "k1".to_owned())].into_iter().collect();
         let plan = batch.plan(&won);
+        let rows: Vec<_> = plan
+            .records
+            .iter()
+            .map(|r| (r.count, r.tail, r.request_id))
+            .collect();
+        assert_eq!(rows, [(2, 4, None), (3, 1, Some("k1")), (1, 0, None)]);
         let moves: Vec<_> = plan
             .increments
             .iter()

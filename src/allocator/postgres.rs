@@ -85,8 +85,10 @@ async fn claim(
 
 /// Advances each counter by its total, creating absent ones (one upsert, so
 /// concurrent first calls for a new series cannot both start at 1), records
-/// each allocating call's range, and stores the first number of each claimed
-/// request id: one statement.
+/// the ranges, and stores each request id with its first number: one
+/// statement. A request id is stored if it is new, past the window, or
+/// claimed by this transaction; if one is held by another call instead, the
+/// statement fails with [`ID_IN_USE`] and changes nothing.
 ///
 /// Run alone it is its own transaction (one round trip), and sets
 /// `synchronous_commit` for it, so its commit returns only once flushed to
@@ -96,7 +98,7 @@ async fn increment<'e>(
     executor: impl PgExecutor<'e>,
     plan: &Plan<'_>,
     format: &str,
-    now: DateTime<Utc>,
+    stamp: Stamp,
 ) -> Result<Vec<IncrementedRow>, sqlx::Error> {
     let totals = &plan.increments;
     let records = &plan.records;
@@ -120,11 +122,20 @@ async fn increment<'e>(
              INSERT INTO allocations (tenant_id, series, first_value, count, kind, request_id, created_at)
              SELECT tenant_id, series, first_value, count, 'allocate', request_id, $10 FROM ranges),
          keyed AS (
-             UPDATE request_ids SET first_value = ranges.first_value FROM ranges
-             WHERE request_ids.tenant_id = ranges.tenant_id
-               AND request_ids.request_id = ranges.request_id)
+             INSERT INTO request_ids (tenant_id, request_id, series, count, first_value, created_at)
+             SELECT tenant_id, request_id, series, count, first_value, $10
+             FROM ranges WHERE request_id IS NOT NULL
+             ON CONFLICT (tenant_id, request_id)
+             DO UPDATE SET series = EXCLUDED.series, count = EXCLUDED.count,
+                           first_value = EXCLUDED.first_value, created_at = EXCLUDED.created_at
+             WHERE request_ids.first_value IS NULL OR request_ids.created_at < $11
+             RETURNING 1)
          SELECT tenant_id, series, last_value, format,
-                current_setting('synchronous_commit') AS synchronous_commit
+                current_setting('synchronous_commit') AS synchronous_commit,
+                -- Read by nobody: evaluated, it fails the statement if an id
+                -- of the plan was not stored.
+                CASE WHEN (SELECT count(*) FROM keyed) = $12 THEN 0
+                     ELSE request_id_in_use() END AS ids_checked
          FROM bumped",
     )
     .bind(totals.iter().map(|t| t.tenant).collect::<Vec<_>>())
@@ -136,9 +147,23 @@ async fn increment<'e>(
     .bind(records.iter().map(|r| r.count).collect::<Vec<_>>())
     .bind(records.iter().map(|r| r.tail).collect::<Vec<_>>())
     .bind(records.iter().map(|r| r.request_id).collect::<Vec<_>>())
-    .bind(now)
+    .bind(stamp.now)
+    .bind(stamp.forget_before)
+    .bind(i64::try_from(plan.ids_recorded()).unwrap_or(i64::MAX))
     .fetch_all(executor)
     .await
+}
+
+/// The SQLSTATE of `request_id_in_use()` (see the migrations).
+const ID_IN_USE: &str = "NB001";
+
+/// Whether the increment failed because one of its request ids is held by
+/// another call.
+fn is_id_in_use(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(sqlx::error::DatabaseError::code)
+        .is_some_and(|code| code == ID_IN_USE)
 }
 
 /// The counters an increment returned, once its commit is known flushed.
@@ -182,17 +207,32 @@ impl Engine for PgEngine {
         // Without request ids the batch is one statement, its own transaction.
         if batch.claims().is_empty() {
             let plan = batch.plan(&Won::default());
-            let rows = increment(&self.pool, &plan, format, stamp.now).await?;
+            let rows = increment(&self.pool, &plan, format, stamp).await?;
             return batch.outcomes(&plan, flushed(rows)?, &HashMap::new());
         }
+        // Most ids are new: first try as if every one were, in one
+        // statement, which fails whole if one is not.
+        let plan = batch.plan(&batch.all_won());
+        match increment(&self.pool, &plan, format, stamp).await {
+            Ok(rows) => return batch.outcomes(&plan, flushed(rows)?, &HashMap::new()),
+            Err(error) if is_id_in_use(&error) => {}
+            Err(error) => return Err(error.into()),
+        }
+
+        // Some id is in use: claim the ids first, then allocate for the
+        // calls whose ids were won, and repeat the others' first answers.
+        // The counters are locked before the ids, as the statement above
+        // locks them, so two such transactions cannot deadlock.
         let mut tx = begin_durable(&self.pool).await?;
+        increment(&mut *tx, &batch.touching(), format, stamp).await?;
         let won = claim(&mut tx, batch.claims(), stamp).await?;
         let held = sql_store::read_held::<Postgres>(&mut tx, batch, &won).await?;
         let plan = batch.plan(&won);
+        // Every id of this plan was claimed here: ID_IN_USE now is a fault.
         let rows = if plan.is_empty() {
             Vec::new()
         } else {
-            increment(&mut *tx, &plan, format, stamp.now).await?
+            increment(&mut *tx, &plan, format, stamp).await?
         };
         tx.commit().await?;
         batch.outcomes(&plan, flushed(rows)?, &held)

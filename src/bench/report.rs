@@ -60,7 +60,8 @@ impl fmt::Display for VerificationLine<'_> {
 }
 
 /// One row of the comparison table: a workload at a number of clients, run
-/// with group commit, one commit per call, and as a no-op.
+/// with group commit (with and without request ids), one commit per call, and
+/// as a no-op.
 pub struct CompareRow<'a> {
     /// What was called: one hot tenant, or many.
     pub workload: &'a str,
@@ -68,6 +69,8 @@ pub struct CompareRow<'a> {
     pub clients: usize,
     /// The group-commit run.
     pub group: &'a Report,
+    /// The group-commit run with a fresh request id on every call.
+    pub keyed: &'a Report,
     /// The one-commit-per-call run.
     pub per_call: &'a Report,
     /// The health-check run: the ceiling of the stack.
@@ -76,26 +79,30 @@ pub struct CompareRow<'a> {
 
 impl CompareRow<'_> {
     /// The table's header and separator lines.
-    pub const HEADER: &'static str = "| workload | clients | group commit /s | per call /s | no-op /s | group ÷ per call | group ÷ no-op | group p50 | group p99 | group p99.9 | failed calls |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
+    pub const HEADER: &'static str = "| workload | clients | group commit /s | keyed group /s | per call /s | no-op /s | group ÷ per call | keyed ÷ group | keyed ÷ per call | group ÷ no-op | group p50 | group p99 | group p99.9 | failed calls |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
 }
 
 impl fmt::Display for CompareRow<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (group, per_call, noop) = (self.group, self.per_call, self.noop);
+        let (group, keyed, per_call, noop) = (self.group, self.keyed, self.per_call, self.noop);
         write!(
             f,
-            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.1}× | {:.0}% | {:.2?} | {:.2?} | {:.2?} | {} / {} |",
+            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1}× | {:.0}% | {:.1}× | {:.0}% | {:.2?} | {:.2?} | {:.2?} | {} / {} / {} |",
             self.workload,
             self.clients,
             group.throughput(),
+            keyed.throughput(),
             per_call.throughput(),
             noop.throughput(),
             group.throughput() / per_call.throughput(),
+            100.0 * keyed.throughput() / group.throughput(),
+            keyed.throughput() / per_call.throughput(),
             100.0 * group.throughput() / noop.throughput(),
             group.latency(0.5),
             group.latency(0.99),
             group.latency(0.999),
             group.failed(),
+            keyed.failed(),
             per_call.failed(),
         )
     }

@@ -82,6 +82,11 @@ async fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> Result<(), StartupError> {
+    if config.request_id_retention < Duration::from_secs(1) {
+        return Err(StartupError::BadSetting(
+            "--request-id-retention must be at least 1s".into(),
+        ));
+    }
     let settings = Settings {
         database: config.database.url("allocator.sqlite3")?,
         pool: config.database.pool(),

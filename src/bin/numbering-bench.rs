@@ -27,7 +27,7 @@ struct Cli {
 enum Command {
     /// One load run, against a running allocator (--url) or one started on a fresh database.
     Run(RunArgs),
-    /// Group commit against one commit per call and the no-op ceiling, for 1-256 clients, one
+    /// Group commit (with and without a request id on every call) against one commit per call and the no-op ceiling, for 1-256 clients, one
     /// hot tenant and 1,000 tenants; prints a table of ratios.
     Compare(CompareArgs),
     /// Serves each of --tenants distinct tenants once and reports the allocator's resident memory.
@@ -234,8 +234,18 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
             .await?;
             let allocate = load(clients, None, args.duration, tenants, 1, Call::Allocate);
             let group = spawned_run(&args.spawn, &bin, Mode::Group, &allocate).await?;
+            let with_ids = Load {
+                keyed: true,
+                ..allocate.clone()
+            };
+            let keyed = spawned_run(&args.spawn, &bin, Mode::Group, &with_ids).await?;
             let per_call = spawned_run(&args.spawn, &bin, Mode::PerCall, &allocate).await?;
-            for (name, report) in [("group", &group), ("per call", &per_call)] {
+            let runs = [
+                ("group", &group),
+                ("keyed group", &keyed),
+                ("per call", &per_call),
+            ];
+            for (name, report) in runs {
                 let verified = report.verification().passed();
                 eprintln!(
                     "{workload}, {clients} clients, {name}: {:.0}/s, verified: {verified}",
@@ -247,6 +257,7 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
                 workload,
                 clients,
                 group: &group,
+                keyed: &keyed,
                 per_call: &per_call,
                 noop: &noop,
             };

@@ -306,6 +306,14 @@ async fn bad_settings_exit_64() {
     assert_eq!(output.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--default-format"));
 
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_number-allocator"))
+        .args(["--request-id-retention", "0s"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--request-id-retention"));
+
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_invoice-writer"))
         .args(["--database-url", "mysql://u:hunter2@db/x"])
         .output()

@@ -28,3 +28,12 @@ CREATE TABLE request_ids (
     PRIMARY KEY (tenant_id, request_id)
 );
 CREATE INDEX request_ids_by_age ON request_ids (created_at);
+
+-- Raised by an allocation statement that finds one of its request ids in use
+-- by another call: the statement, its own transaction, then rolls back whole
+-- and the allocator claims the ids before it allocates.
+CREATE FUNCTION request_id_in_use() RETURNS bigint LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'a request id of this batch is in use' USING ERRCODE = 'NB001';
+END
+$$;
