@@ -112,30 +112,43 @@ async fn record(
     Ok(())
 }
 
-/// Stores the first number of each claimed request id: a JSON array of
-/// `[tenant, request id, first]`.
-#[tracing::instrument(name = "db.request_ids.answer", skip_all, err(level = "debug"))]
-async fn answer(
+/// Stores each request id of the plan with its first number: a JSON array
+/// of `[tenant, request id, series, count, first]`. An id is stored if it is
+/// new, past the window, or claimed by this transaction; returns how many
+/// were stored.
+#[tracing::instrument(name = "db.request_ids.store", skip_all, err(level = "debug"))]
+async fn store_ids(
     conn: &mut SqliteConnection,
-    firsts: &[(&str, &str, i64)],
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE request_ids SET first_value = value ->> 2 FROM json_each(?1)
-         WHERE request_ids.tenant_id = value ->> 0 AND request_ids.request_id = value ->> 1",
+    ids: &[(&str, &str, &str, i64, i64)],
+    stamp: Stamp,
+) -> Result<usize, sqlx::Error> {
+    let stored: Vec<i64> = sqlx::query_scalar(
+        "INSERT INTO request_ids (tenant_id, request_id, series, count, first_value, created_at)
+         SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, ?2
+         FROM json_each(?1) WHERE true
+         ON CONFLICT (tenant_id, request_id)
+         DO UPDATE SET series = excluded.series, count = excluded.count,
+                       first_value = excluded.first_value, created_at = excluded.created_at
+         WHERE request_ids.first_value IS NULL OR request_ids.created_at < ?3
+         RETURNING 1",
     )
-    .bind(Json(firsts))
-    .execute(conn)
+    .bind(Json(ids))
+    .bind(stamp.now)
+    .bind(stamp.forget_before)
+    .fetch_all(conn)
     .await?;
-    Ok(())
+    Ok(stored.len())
 }
 
-/// Moves the plan's counters and records its ranges; returns the counters.
+/// Moves the plan's counters, records its ranges and stores its request ids;
+/// returns the counters, or `None` if an id of the plan is held by another
+/// call (the caller rolls back then).
 async fn apply(
     conn: &mut SqliteConnection,
     plan: &Plan<'_>,
     format: &str,
-    now: DateTime<Utc>,
-) -> Result<Vec<Counted>, StoreError> {
+    stamp: Stamp,
+) -> Result<Option<Vec<Counted>>, StoreError> {
     let rows = increment(conn, &plan.increments, format).await?;
     let last: HashMap<(&str, &str), i64> = rows
         .iter()
@@ -147,7 +160,7 @@ async fn apply(
         })
         .collect();
     let mut ranges = Vec::with_capacity(plan.records.len());
-    let mut firsts = Vec::new();
+    let mut ids = Vec::new();
     for record in &plan.records {
         let Some(&last_value) = last.get(&(record.tenant, record.series)) else {
             return Err(StoreError::Internal(
@@ -167,14 +180,14 @@ async fn apply(
             record.request_id,
         ));
         if let Some(id) = record.request_id {
-            firsts.push((record.tenant, id, first));
+            ids.push((record.tenant, id, record.series, record.count, first));
         }
     }
-    record(conn, &ranges, now).await?;
-    if !firsts.is_empty() {
-        answer(conn, &firsts).await?;
+    record(conn, &ranges, stamp.now).await?;
+    if !ids.is_empty() && store_ids(conn, &ids, stamp).await? < ids.len() {
+        return Ok(None);
     }
-    Ok(rows
+    Ok(Some(rows
         .into_iter()
         .map(|row| Counted {
             tenant_id: row.tenant_id,
@@ -182,7 +195,7 @@ async fn apply(
             last_value: row.last_value,
             format: row.format,
         })
-        .collect())
+        .collect()))
 }
 
 #[async_trait]
@@ -199,21 +212,30 @@ impl Engine for SqliteEngine {
         format: &str,
         stamp: Stamp,
     ) -> Result<Vec<Outcome>, StoreError> {
+        // Most ids are new: first try as if every one were.
+        let plan = batch.plan(&batch.all_won());
         let mut write = self.db.begin_write().await?;
-        let won = if batch.claims().is_empty() {
-            Won::default()
-        } else {
-            claim(write.conn(), batch.claims(), stamp).await?
-        };
+        if let Some(counted) = apply(write.conn(), &plan, format, stamp).await? {
+            // Withholds the numbers if the file is no longer at its path:
+            // the next start would hand them out again.
+            write.commit().await?;
+            return batch.outcomes(&plan, counted, &HashMap::new());
+        }
+        write.rollback().await?;
+
+        // Some id is in use: claim the ids first, then allocate for the
+        // calls whose ids were won, and repeat the others' first answers.
+        let mut write = self.db.begin_write().await?;
+        let won = claim(write.conn(), batch.claims(), stamp).await?;
         let held = sql_store::read_held::<Sqlite>(write.conn(), batch, &won).await?;
         let plan = batch.plan(&won);
         let counted = if plan.is_empty() {
             Vec::new()
         } else {
-            apply(write.conn(), &plan, format, stamp.now).await?
+            apply(write.conn(), &plan, format, stamp).await?.ok_or_else(|| {
+                StoreError::Internal("a request id claimed here was not stored".into())
+            })?
         };
-        // Withholds the numbers if the file is no longer at its path: the
-        // next start would hand them out again.
         write.commit().await?;
         batch.outcomes(&plan, counted, &held)
     }

@@ -189,6 +189,14 @@ impl SqliteWrite<'_> {
         &mut self.tx
     }
 
+    /// Rolls back, releasing the write lock.
+    ///
+    /// # Errors
+    /// The rollback failed.
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.tx.rollback().await
+    }
+
     /// Commits, then checks the file is still in place: what went to a file
     /// deleted, moved or replaced since it was opened would be lost to the
     /// next process on its path, so it must not be acknowledged.
