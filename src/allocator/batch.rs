@@ -194,26 +194,18 @@ impl<'a> Batch<'a> {
             .collect()
     }
 
-    /// A plan that moves no counter and records nothing, but touches every
-    /// counter of the batch (creating it at 0 if absent), which locks them.
+    /// The series of the batch, each once, sorted: the order counters are
+    /// locked in.
     #[must_use]
-    pub fn touching(&self) -> Plan<'a> {
-        let mut increments: Vec<Total<'a>> = self
+    pub fn series(&self) -> Vec<(&'a str, &'a str)> {
+        let mut series: Vec<_> = self
             .calls
             .iter()
-            .map(|call| Total {
-                tenant: call.tenant.as_str(),
-                series: call.series.as_str(),
-                total: 0,
-            })
+            .map(|call| (call.tenant.as_str(), call.series.as_str()))
             .collect();
-        increments.sort_unstable_by_key(|total| (total.tenant, total.series));
-        increments.dedup_by_key(|total| (total.tenant, total.series));
-        Plan {
-            increments,
-            records: Vec::new(),
-            range_of: vec![None; self.calls.len()],
-        }
+        series.sort_unstable();
+        series.dedup();
+        series
     }
 
     /// The claims the transaction did not win: ids already in use.

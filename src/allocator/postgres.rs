@@ -48,6 +48,26 @@ struct IncrementedRow {
     synchronous_commit: String,
 }
 
+/// Locks the existing counters of `series`, in their order.
+#[tracing::instrument(name = "db.counters.lock", skip_all, err(level = "debug"))]
+async fn lock_counters(
+    conn: &mut PgConnection,
+    series: &[(&str, &str)],
+) -> Result<(), sqlx::Error> {
+    let tenants: Vec<&str> = series.iter().map(|s| s.0).collect();
+    let names: Vec<&str> = series.iter().map(|s| s.1).collect();
+    sqlx::query(
+        "SELECT 1 FROM counters
+         WHERE (tenant_id, series) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))
+         ORDER BY tenant_id, series FOR UPDATE",
+    )
+    .bind(&tenants)
+    .bind(&names)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Claims the batch's request ids: inserts each, or takes over one older than
 /// the window. Returns the ids claimed; an id another transaction is claiming
 /// now is waited for, and is not claimed if that transaction commits.
@@ -221,10 +241,11 @@ impl Engine for PgEngine {
 
         // Some id is in use: claim the ids first, then allocate for the
         // calls whose ids were won, and repeat the others' first answers.
-        // The counters are locked before the ids, as the statement above
-        // locks them, so two such transactions cannot deadlock.
+        // The existing counters are locked before the ids, in the order the
+        // statement above locks them, so two such transactions cannot
+        // deadlock on them.
         let mut tx = begin_durable(&self.pool).await?;
-        increment(&mut *tx, &batch.touching(), format, stamp).await?;
+        lock_counters(&mut tx, &batch.series()).await?;
         let won = claim(&mut tx, batch.claims(), stamp).await?;
         let held = sql_store::read_held::<Postgres>(&mut tx, batch, &won).await?;
         let plan = batch.plan(&won);

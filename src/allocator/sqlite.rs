@@ -187,15 +187,16 @@ async fn apply(
     if !ids.is_empty() && store_ids(conn, &ids, stamp).await? < ids.len() {
         return Ok(None);
     }
-    Ok(Some(rows
-        .into_iter()
-        .map(|row| Counted {
-            tenant_id: row.tenant_id,
-            series: row.series,
-            last_value: row.last_value,
-            format: row.format,
-        })
-        .collect()))
+    Ok(Some(
+        rows.into_iter()
+            .map(|row| Counted {
+                tenant_id: row.tenant_id,
+                series: row.series,
+                last_value: row.last_value,
+                format: row.format,
+            })
+            .collect(),
+    ))
 }
 
 #[async_trait]
@@ -232,9 +233,11 @@ impl Engine for SqliteEngine {
         let counted = if plan.is_empty() {
             Vec::new()
         } else {
-            apply(write.conn(), &plan, format, stamp).await?.ok_or_else(|| {
-                StoreError::Internal("a request id claimed here was not stored".into())
-            })?
+            apply(write.conn(), &plan, format, stamp)
+                .await?
+                .ok_or_else(|| {
+                    StoreError::Internal("a request id claimed here was not stored".into())
+                })?
         };
         write.commit().await?;
         batch.outcomes(&plan, counted, &held)

@@ -16,7 +16,8 @@ use numbering::{
     allocator::{CommitMode, app::RequestIdSettings, group_commit::GroupCommitSettings},
     db::Backend,
     proto::{
-        AdvanceCounterRequest, AllocateResponse, number_allocator_client::NumberAllocatorClient,
+        AdvanceCounterRequest, AllocateResponse, GetSeriesRequest,
+        number_allocator_client::NumberAllocatorClient,
     },
 };
 use rstest_reuse::apply;
@@ -154,6 +155,19 @@ async fn an_id_reused_for_another_call_is_refused(#[case] backend: Backend) {
 
     let series = invoice_series(&mut app.client, "acme").await.unwrap();
     assert_eq!(series.last_value, 2, "a refused call moved the counter");
+    let credit = app
+        .client
+        .get_series(GetSeriesRequest {
+            tenant_id: "acme".into(),
+            series: "credit".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        credit.code(),
+        Code::NotFound,
+        "a refused call created a series"
+    );
     let acme: Vec<AllocationRow> = app
         .db
         .allocations()
