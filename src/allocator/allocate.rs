@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use crate::{
     allocator::{
-        batch::{Call, Outcome, Retention},
+        batch::Retention,
         group_commit::{GroupCommitSettings, GroupCommitter, GroupError},
         series::{Count, Number, NumberFormat, Series, SeriesName},
-        store::{Advance, CounterStore, Grant, StoreError},
+        store::{Advance, Call, CounterStore, Grant, Outcome, StoreError},
     },
     page::Page,
     request_id::RequestId,

@@ -18,53 +18,10 @@ use std::{
 use chrono::{DateTime, TimeDelta, Utc};
 
 use crate::{
-    allocator::{
-        series::SeriesName,
-        store::{Grant, StoreError},
-    },
+    allocator::store::{Call, Grant, Outcome, Stamp, StoreError},
     clock::Clock,
     request_id::RequestId,
-    tenant::TenantId,
 };
-
-/// One `Allocate` call, as the store sees it.
-#[derive(Debug, Clone, Copy)]
-pub struct Call<'a> {
-    /// The series' tenant.
-    pub tenant: &'a TenantId,
-    /// The series.
-    pub series: &'a SeriesName,
-    /// How many numbers, at least 1.
-    pub count: i64,
-    /// The caller's idempotency key, scoped to the tenant.
-    pub request_id: Option<&'a RequestId>,
-}
-
-/// What one call received.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// New numbers, committed with this call.
-    Granted(Grant),
-    /// The numbers an earlier call with the same request id received.
-    Replayed(Grant),
-    /// The request id was first used for another series or count: nothing
-    /// was allocated.
-    Reused {
-        /// The series the id was first used for.
-        series: String,
-        /// The count it was first used for.
-        count: i64,
-    },
-}
-
-/// When a transaction runs, as its records and request ids see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stamp {
-    /// The time the records of the transaction carry.
-    pub now: DateTime<Utc>,
-    /// Request ids first used before this are forgotten.
-    pub forget_before: DateTime<Utc>,
-}
 
 /// How long request ids are kept, by which clock.
 #[derive(Clone)]
@@ -454,6 +411,7 @@ impl Record<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{allocator::series::SeriesName, tenant::TenantId};
 
     fn call<'a>(
         tenant: &'a TenantId,

@@ -19,9 +19,9 @@ use tokio::sync::{mpsc, mpsc::error::TrySendError, oneshot};
 
 use crate::{
     allocator::{
-        batch::{Call, Outcome, Retention},
+        batch::Retention,
         series::{Count, SeriesName},
-        store::{CounterStore, StoreError},
+        store::{Call, CounterStore, Outcome, StoreError},
     },
     request_id::RequestId,
     tenant::TenantId,

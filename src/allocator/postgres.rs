@@ -10,9 +10,9 @@ use sqlx::{PgConnection, PgExecutor, PgPool, Postgres, migrate::Migrator};
 
 use crate::{
     allocator::{
-        batch::{Batch, Claim, Counted, Outcome, Plan, Stamp, Won},
+        batch::{Batch, Claim, Counted, Plan, Won},
         sql_store::{self, Engine, SqlCounterStore},
-        store::{Advance, SeriesRow, StoreError},
+        store::{Advance, Outcome, SeriesRow, Stamp, StoreError},
     },
     db::begin_durable,
 };

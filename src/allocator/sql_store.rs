@@ -11,9 +11,9 @@ use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Pool, Type};
 
 use crate::{
     allocator::{
-        batch::{Batch, Call, KeyRow, Outcome, Stamp, Won},
+        batch::{Batch, KeyRow, Won},
         series::{Series, SeriesName},
-        store::{Advance, CounterStore, SeriesRow, StoreError},
+        store::{Advance, Call, CounterStore, Outcome, SeriesRow, Stamp, StoreError},
     },
     server::Store,
     tenant::TenantId,

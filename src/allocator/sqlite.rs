@@ -10,9 +10,9 @@ use sqlx::{Sqlite, SqliteConnection, SqlitePool, migrate::Migrator, types::Json}
 
 use crate::{
     allocator::{
-        batch::{Batch, Claim, Counted, Outcome, Plan, Stamp, Total, Won},
+        batch::{Batch, Claim, Counted, Plan, Total, Won},
         sql_store::{self, Engine, SqlCounterStore},
-        store::{Advance, SeriesRow, StoreError},
+        store::{Advance, Outcome, SeriesRow, Stamp, StoreError},
     },
     db::SqliteDatabase,
 };

@@ -9,11 +9,10 @@ use chrono::Utc;
 use numbering::{
     allocator::{
         CommitMode,
-        batch::{Call, Outcome, Stamp},
         group_commit::GroupCommitSettings,
         postgres::PgCounterStore,
         series::{NumberFormat, SeriesName},
-        store::{CounterStore, Grant},
+        store::{Call, CounterStore, Grant, Outcome, Stamp},
     },
     db::begin_durable,
     proto::{AdvanceCounterRequest, AllocateRequest, GetSeriesRequest, ListSeriesRequest},

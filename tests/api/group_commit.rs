@@ -15,10 +15,10 @@ use chrono::{DateTime, Utc};
 use numbering::{
     allocator::{
         CommitMode,
-        batch::{Call, Outcome, Retention, Stamp},
+        batch::Retention,
         group_commit::{GroupCommitSettings, GroupCommitter, GroupError},
         series::{Count, NumberFormat, Series, SeriesName},
-        store::{Advance, CounterStore, StoreError},
+        store::{Advance, Call, CounterStore, Outcome, Stamp, StoreError},
     },
     clock::SystemClock,
     proto::{AllocateRequest, number_allocator_client::NumberAllocatorClient},

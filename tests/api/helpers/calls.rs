@@ -66,33 +66,17 @@ pub async fn allocate_all(
     answers
 }
 
-/// Runs `calls` Allocate calls at once, one task each, released together.
+/// Runs `calls` Allocate calls at once, one task each, released together;
+/// the numbers of each, in the order of `calls`.
 pub async fn allocate_concurrently(
     client: &NumberAllocatorClient<Channel>,
     calls: Vec<AllocateRequest>,
 ) -> Vec<Vec<i64>> {
-    let barrier = Arc::new(Barrier::new(calls.len()));
-    let tasks: Vec<_> = calls
-        .into_iter()
-        .map(|request| {
-            let mut client = client.clone();
-            let barrier = barrier.clone();
-            tokio::spawn(async move {
-                barrier.wait().await;
-                let response = client
-                    .allocate(request)
-                    .await
-                    .expect("allocate")
-                    .into_inner();
-                response.numbers.iter().map(|n| n.value).collect::<Vec<_>>()
-            })
-        })
-        .collect();
-    let mut results = Vec::new();
-    for task in tasks {
-        results.push(task.await.unwrap());
-    }
-    results
+    allocate_all(client, calls)
+        .await
+        .iter()
+        .map(|answer| answer.numbers.iter().map(|n| n.value).collect())
+        .collect()
 }
 
 /// Waits until `service`'s health is `wanted`, through the Watch stream.
