@@ -187,7 +187,7 @@ impl Allocator {
                     .await?
             }
         };
-        let (Grant { first, format }, replayed) = match outcome {
+        let (Grant { first, format, at }, replayed) = match outcome {
             Outcome::Granted(grant) => (grant, false),
             Outcome::Replayed(grant) => (grant, true),
             Outcome::Reused { series, count } => {
@@ -199,12 +199,15 @@ impl Allocator {
             }
         };
         let format = parse_stored(tenant, series, &format)?;
+        // The date of the first answer, so that a repeat reads alike. (Dates
+        // are UTC until series carry a time zone.)
+        let date = at.date_naive();
         // Offsets from the first number: the last may be i64::MAX.
         let numbers = (0..i64::from(count.get()))
             .map(|offset| first + offset)
             .map(|value| Number {
                 value,
-                formatted: format.render(value),
+                formatted: format.render(value, date),
             })
             .collect();
         Ok(Allocation { numbers, replayed })

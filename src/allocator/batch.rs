@@ -79,6 +79,8 @@ pub struct KeyRow {
     pub first_value: i64,
     /// The series' number template.
     pub format: String,
+    /// When the id was first used: the date its numbers show.
+    pub created_at: DateTime<Utc>,
 }
 
 /// A counter after the transaction's increment.
@@ -260,6 +262,7 @@ impl<'a> Batch<'a> {
         plan: &Plan<'_>,
         counters: Vec<Counted>,
         held: &HashMap<(String, String), KeyRow>,
+        now: DateTime<Utc>,
     ) -> Result<Vec<Outcome>, StoreError> {
         let counters: HashMap<(String, String), Counted> = counters
             .into_iter()
@@ -279,6 +282,7 @@ impl<'a> Batch<'a> {
             Ok(Grant {
                 first: record.first(counted.last_value),
                 format: counted.format.clone(),
+                at: now,
             })
         };
 
@@ -308,6 +312,7 @@ impl<'a> Batch<'a> {
                 let grant = Grant {
                     first: row.first_value,
                     format: row.format.clone(),
+                    at: row.created_at,
                 };
                 (row.series.as_str(), row.count, grant)
             };
@@ -452,7 +457,7 @@ mod tests {
             format: "F".into(),
         };
         let firsts: Vec<i64> = batch
-            .outcomes(&plan, vec![counted], &HashMap::new())
+            .outcomes(&plan, vec![counted], &HashMap::new(), now())
             .unwrap()
             .into_iter()
             .map(|outcome| match outcome {
@@ -465,6 +470,10 @@ mod tests {
             [1, 2, 4, 7, 11, 16],
             "each call keeps its own range"
         );
+    }
+
+    fn now() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_796_000_000, 0).unwrap()
     }
 
     fn ids(raw: &[&str]) -> Vec<Option<RequestId>> {
@@ -518,12 +527,14 @@ mod tests {
                 count: 5,
                 first_value: 40,
                 format: "G".into(),
+                created_at: now(),
             },
         )]);
-        let outcomes = batch.outcomes(&plan, vec![counted], &held).unwrap();
+        let outcomes = batch.outcomes(&plan, vec![counted], &held, now()).unwrap();
         let grant = |first, format: &str| Grant {
             first,
             format: format.into(),
+            at: now(),
         };
         assert_eq!(
             outcomes,

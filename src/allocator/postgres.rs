@@ -228,13 +228,13 @@ impl Engine for PgEngine {
         if batch.claims().is_empty() {
             let plan = batch.plan(&Won::default());
             let rows = increment(&self.pool, &plan, format, stamp).await?;
-            return batch.outcomes(&plan, flushed(rows)?, &HashMap::new());
+            return batch.outcomes(&plan, flushed(rows)?, &HashMap::new(), stamp.now);
         }
         // Most ids are new: first try as if every one were, in one
         // statement, which fails whole if one is not.
         let plan = batch.plan(&batch.all_won());
         match increment(&self.pool, &plan, format, stamp).await {
-            Ok(rows) => return batch.outcomes(&plan, flushed(rows)?, &HashMap::new()),
+            Ok(rows) => return batch.outcomes(&plan, flushed(rows)?, &HashMap::new(), stamp.now),
             Err(error) if is_id_in_use(&error) => {}
             Err(error) => return Err(error.into()),
         }
@@ -256,7 +256,7 @@ impl Engine for PgEngine {
             increment(&mut *tx, &plan, format, stamp).await?
         };
         tx.commit().await?;
-        batch.outcomes(&plan, flushed(rows)?, &held)
+        batch.outcomes(&plan, flushed(rows)?, &held, stamp.now)
     }
 
     async fn advance(&self, advance: Advance<'_>, format: &str) -> Result<SeriesRow, StoreError> {

@@ -1,7 +1,12 @@
 //! The allocator's value types: what a series name, a count and a number
 //! format may be, a series as stored and a number as handed out.
 
-use std::{fmt, str::FromStr};
+use std::{
+    fmt::{self, Write as _},
+    str::FromStr,
+};
+
+use chrono::{Datelike, NaiveDate};
 
 /// A series name: 1–64 characters of `a–z 0–9 _ -`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -73,14 +78,38 @@ impl Count {
     }
 }
 
-/// A number template such as `INV-{number:03}`: literal text around one
-/// `{number}` or `{number:0W}` placeholder, W being a minimum width.
+/// A number template such as `INV-{year}-{number:05}`: literal text, exactly
+/// one `{number}` or `{number:0N}` (N from 1 to 18, a minimum width), and any
+/// of the date parts `{year}` (four digits), `{yy}`, `{month}` and `{day}`
+/// (two digits); `{{` and `}}` are literal braces.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NumberFormat {
     template: String,
-    prefix: String,
-    width: usize,
-    suffix: String,
+    parts: Vec<Part>,
+}
+
+/// One piece of a template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Text(String),
+    Number { width: usize },
+    Year,
+    Yy,
+    Month,
+    Day,
+}
+
+/// When a periodic series starts counting again from its first number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reset {
+    /// Never: one counter for all time.
+    Never,
+    /// Every calendar year.
+    Yearly,
+    /// Every calendar month.
+    Monthly,
+    /// Every day.
+    Daily,
 }
 
 impl NumberFormat {
@@ -88,6 +117,8 @@ impl NumberFormat {
     pub const DEFAULT: &'static str = "INV-{number:03}";
     /// Longest accepted template, in characters.
     pub const MAX_LEN: usize = 64;
+    /// Widest `{number:0N}`.
+    pub const MAX_WIDTH: usize = 18;
 
     /// The template as written.
     #[must_use]
@@ -95,15 +126,65 @@ impl NumberFormat {
         &self.template
     }
 
-    /// Renders a number: `INV-{number:03}` gives `INV-007`, `INV-999`, `INV-1000`.
+    /// Renders a number handed out on `date`: `INV-{number:03}` gives
+    /// `INV-007`, `INV-999`, `INV-1000`; `RE/{yy}/{number:04}` gives
+    /// `RE/26/0042` in 2026.
     #[must_use]
-    pub fn render(&self, value: i64) -> String {
-        format!(
-            "{}{value:0width$}{}",
-            self.prefix,
-            self.suffix,
-            width = self.width
-        )
+    pub fn render(&self, value: i64, date: NaiveDate) -> String {
+        let mut text = String::with_capacity(self.template.len() + 8);
+        for part in &self.parts {
+            // Writing to a String cannot fail.
+            let _ = match part {
+                Part::Text(literal) => {
+                    text.push_str(literal);
+                    Ok(())
+                }
+                Part::Number { width } => write!(text, "{value:0width$}"),
+                Part::Year => write!(text, "{:04}", date.year()),
+                Part::Yy => write!(text, "{:02}", date.year().rem_euclid(100)),
+                Part::Month => write!(text, "{:02}", date.month()),
+                Part::Day => write!(text, "{:02}", date.day()),
+            };
+        }
+        text
+    }
+
+    /// Checks that no two numbers of a series resetting as `reset` would
+    /// render alike: each period's numbers start again, so the text must
+    /// name the period.
+    ///
+    /// # Errors
+    /// Which date parts the template lacks.
+    pub fn check_reset(&self, reset: Reset) -> Result<(), String> {
+        let has = |wanted: &[Part]| self.parts.iter().any(|part| wanted.contains(part));
+        let year = has(&[Part::Year, Part::Yy]);
+        let (needs, missing) = match reset {
+            Reset::Never => return Ok(()),
+            Reset::Yearly => ("{year} or {yy}", !year),
+            Reset::Monthly => ("{year} or {yy}, and {month}", !year || !has(&[Part::Month])),
+            Reset::Daily => (
+                "{year} or {yy}, {month} and {day}",
+                !year || !has(&[Part::Month]) || !has(&[Part::Day]),
+            ),
+        };
+        if missing {
+            return Err(format!(
+                "a series that resets {} must show {needs}, or two of its numbers would read alike",
+                reset.adverb()
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Reset {
+    fn adverb(self) -> &'static str {
+        match self {
+            Self::Never => "never",
+            Self::Yearly => "yearly",
+            Self::Monthly => "monthly",
+            Self::Daily => "daily",
+        }
     }
 }
 
@@ -119,39 +200,82 @@ impl FromStr for NumberFormat {
     type Err = String;
 
     fn from_str(template: &str) -> Result<Self, Self::Err> {
-        const HINT: &str =
-            "expected literal text around one {number} or {number:0W}, e.g. INV-{number:03}";
-        if template.len() > Self::MAX_LEN {
+        if template.chars().count() > Self::MAX_LEN {
             return Err(format!("must be at most {} characters", Self::MAX_LEN));
         }
-        let (prefix, rest) = template.split_once('{').ok_or(HINT)?;
-        let (placeholder, suffix) = rest.split_once('}').ok_or(HINT)?;
-        if prefix.contains('}')
-            || suffix.contains(['{', '}'])
-            || prefix.chars().chain(suffix.chars()).any(char::is_control)
-        {
-            return Err(HINT.into());
+        if template.chars().any(char::is_control) {
+            return Err("must not contain control characters".into());
         }
-        let width = match placeholder {
-            "number" => 0,
-            _ => placeholder
-                .strip_prefix("number:0")
-                .filter(|digits| {
-                    !digits.is_empty()
-                        && digits.len() <= 2
-                        && digits.bytes().all(|b| b.is_ascii_digit())
-                })
-                .and_then(|digits| digits.parse::<usize>().ok())
-                .filter(|width| *width <= 19)
-                .ok_or(HINT)?,
-        };
+        let mut parts: Vec<Part> = Vec::new();
+        let mut text = String::new();
+        let mut rest = template;
+        while let Some(at) = rest.find(['{', '}']) {
+            text.push_str(&rest[..at]);
+            let tail = &rest[at..];
+            if let Some(after) = tail.strip_prefix("{{") {
+                text.push('{');
+                rest = after;
+            } else if let Some(after) = tail.strip_prefix("}}") {
+                text.push('}');
+                rest = after;
+            } else if tail.starts_with('}') {
+                return Err("a lone } must be written }}".into());
+            } else {
+                let end = tail
+                    .find('}')
+                    .ok_or("a { opens a placeholder that is never closed; write {{ for a brace")?;
+                if !text.is_empty() {
+                    parts.push(Part::Text(std::mem::take(&mut text)));
+                }
+                parts.push(placeholder(&tail[1..end])?);
+                rest = &tail[end + 1..];
+            }
+        }
+        text.push_str(rest);
+        if !text.is_empty() {
+            parts.push(Part::Text(text));
+        }
+        let numbers = parts
+            .iter()
+            .filter(|part| matches!(part, Part::Number { .. }))
+            .count();
+        if numbers != 1 {
+            return Err(format!(
+                "must hold exactly one {{number}} or {{number:0N}}, not {numbers}, e.g. INV-{{number:03}}"
+            ));
+        }
         Ok(Self {
             template: template.to_owned(),
-            prefix: prefix.to_owned(),
-            width,
-            suffix: suffix.to_owned(),
+            parts,
         })
     }
+}
+
+/// One placeholder, by the name between its braces.
+fn placeholder(name: &str) -> Result<Part, String> {
+    Ok(match name {
+        "number" => Part::Number { width: 0 },
+        "year" => Part::Year,
+        "yy" => Part::Yy,
+        "month" => Part::Month,
+        "day" => Part::Day,
+        _ => {
+            let width = name
+                .strip_prefix("number:0")
+                .filter(|digits| {
+                    !digits.is_empty() && digits.len() <= 2 && digits.bytes().all(|b| b.is_ascii_digit())
+                })
+                .and_then(|digits| digits.parse::<usize>().ok())
+                .filter(|width| (1..=NumberFormat::MAX_WIDTH).contains(width))
+                .ok_or_else(|| {
+                    format!(
+                        "{{{name}}} is not a placeholder: use {{number}}, {{number:0N}} (N from 1 to {}), {{year}}, {{yy}}, {{month}} or {{day}}",
+                        NumberFormat::MAX_WIDTH
+                    )
+                })?;
+            Part::Number { width }
+        }
+    })
 }
 
 impl fmt::Display for NumberFormat {
@@ -186,20 +310,37 @@ pub struct Number {
 mod tests {
     use super::*;
 
-    #[test]
-    fn default_format_pads_to_a_minimum_width() {
-        let format = NumberFormat::default();
-        assert_eq!(format.render(1), "INV-001");
-        assert_eq!(format.render(999), "INV-999");
-        assert_eq!(format.render(1000), "INV-1000");
+    fn day(y: i32, m: u32, d: u32) -> NaiveDate {
+        NaiveDate::from_ymd_opt(y, m, d).unwrap()
     }
 
     #[test]
-    fn formats_accept_one_placeholder_with_text_around_it() {
-        let plain: NumberFormat = "{number}".parse().unwrap();
-        assert_eq!(plain.render(42), "42");
-        let wide: NumberFormat = "CN/{number:06}/2026".parse().unwrap();
-        assert_eq!(wide.render(42), "CN/000042/2026");
+    fn default_format_pads_to_a_minimum_width() {
+        let format = NumberFormat::default();
+        let today = day(2026, 12, 2);
+        assert_eq!(format.render(1, today), "INV-001");
+        assert_eq!(format.render(999, today), "INV-999");
+        assert_eq!(format.render(1000, today), "INV-1000");
+    }
+
+    #[test]
+    fn formats_hold_one_number_date_parts_and_escaped_braces() {
+        let on = day(2026, 3, 9);
+        let render =
+            |template: &str, value| template.parse::<NumberFormat>().unwrap().render(value, on);
+        assert_eq!(render("{number}", 42), "42");
+        assert_eq!(render("CN/{number:06}/2026", 42), "CN/000042/2026");
+        assert_eq!(render("INV-{year}-{number:05}", 42), "INV-2026-00042");
+        assert_eq!(render("RE/{yy}/{number:04}", 42), "RE/26/0042");
+        assert_eq!(render("{year}{month}{day}-{number}", 7), "20260309-7");
+        assert_eq!(render("{{{number}}}", 7), "{7}");
+        assert_eq!(render("{number:018}", 1), "000000000000000001");
+        assert_eq!(
+            render(&format!("{}{{number}}", "é".repeat(56)), 1)
+                .chars()
+                .count(),
+            57
+        );
     }
 
     #[test]
@@ -210,14 +351,38 @@ mod tests {
             "{number:3}",
             "{number:0}",
             "{number:0x}",
+            "{number:019}",
             "{number}{number}",
+            "{year}",
             "a}{number}",
             "{number:099}",
-            "{number:020}",
             "{{number}}",
+            "{number",
+            "{Year}{number}",
+            "tab\t{number}",
         ] {
             assert!(bad.parse::<NumberFormat>().is_err(), "{bad:?} was accepted");
         }
+        assert!(
+            format!("{}{{number}}", "x".repeat(57))
+                .parse::<NumberFormat>()
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn a_periodic_series_must_show_its_period() {
+        let check =
+            |template: &str, reset| template.parse::<NumberFormat>().unwrap().check_reset(reset);
+        assert!(check("INV-{number}", Reset::Never).is_ok());
+        assert!(check("INV-{number}", Reset::Yearly).is_err());
+        assert!(check("INV-{yy}-{number}", Reset::Yearly).is_ok());
+        assert!(check("INV-{year}-{number}", Reset::Monthly).is_err());
+        assert!(check("{year}/{month}/{number}", Reset::Monthly).is_ok());
+        assert!(check("{year}/{month}/{number}", Reset::Daily).is_err());
+        assert!(check("{yy}{month}{day}-{number}", Reset::Daily).is_ok());
+        let refusal = check("INV-{month}-{number}", Reset::Monthly).unwrap_err();
+        assert!(refusal.contains("{year} or {yy}"), "{refusal}");
     }
 
     #[test]

@@ -230,7 +230,7 @@ where
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
 {
     sqlx::query_as(
-        "SELECT k.series, k.count, k.first_value, c.format
+        "SELECT k.series, k.count, k.first_value, c.format, k.created_at
          FROM request_ids k JOIN counters c ON c.tenant_id = k.tenant_id AND c.series = k.series
          WHERE k.tenant_id = $1 AND k.request_id = $2",
     )

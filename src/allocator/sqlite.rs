@@ -220,7 +220,7 @@ impl Engine for SqliteEngine {
             // Withholds the numbers if the file is no longer at its path:
             // the next start would hand them out again.
             write.commit().await?;
-            return batch.outcomes(&plan, counted, &HashMap::new());
+            return batch.outcomes(&plan, counted, &HashMap::new(), stamp.now);
         }
         write.rollback().await?;
 
@@ -240,7 +240,7 @@ impl Engine for SqliteEngine {
                 })?
         };
         write.commit().await?;
-        batch.outcomes(&plan, counted, &held)
+        batch.outcomes(&plan, counted, &held, stamp.now)
     }
 
     async fn advance(&self, advance: Advance<'_>, format: &str) -> Result<SeriesRow, StoreError> {

@@ -135,6 +135,8 @@ pub struct Grant {
     pub first: i64,
     /// The series' number template.
     pub format: String,
+    /// When the range was first handed out: the date its numbers show.
+    pub at: DateTime<Utc>,
 }
 
 /// A counter store failure.

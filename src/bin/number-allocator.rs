@@ -29,7 +29,7 @@ struct Config {
     #[arg(long, env = "NUMBERING_LISTEN", default_value = "0.0.0.0:50051")]
     listen: SocketAddr,
 
-    /// Number template of new series: text around {number} or {number:0W}.
+    /// Number template of new series: text, one {number} or {number:0N} (N from 1 to 18), and any of {year}, {yy}, {month}, {day}; {{ and }} for braces.
     #[arg(long, env = "NUMBERING_DEFAULT_FORMAT", default_value = NumberFormat::DEFAULT)]
     default_format: NumberFormat,
 

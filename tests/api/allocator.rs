@@ -475,16 +475,18 @@ async fn writes_force_synchronous_commit() {
         count: 3,
         request_id: None,
     };
+    let now = Utc::now();
     let stamp = Stamp {
-        now: Utc::now(),
-        forget_before: Utc::now(),
+        now,
+        forget_before: now,
     };
     let allocated = store.allocate(call, NumberFormat::DEFAULT, stamp).await;
     assert_eq!(
         allocated.expect("allocate on a connection defaulting to asynchronous commit"),
         Outcome::Granted(Grant {
             first: 1,
-            format: NumberFormat::DEFAULT.into()
+            format: NumberFormat::DEFAULT.into(),
+            at: now,
         })
     );
 

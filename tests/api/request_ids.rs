@@ -27,8 +27,8 @@ use crate::{
     backends,
     helpers::{
         AllocationRow, ManualClock, PATIENCE, TestDb, allocate, allocate_all, allocator_binary,
-        assert_exactly_one_to, assert_reason, invoice_series, keyed, serve_allocator_on,
-        spawn_allocator_in, start,
+        assert_exactly_one_to, assert_reason, build_allocator, invoice_series, keyed,
+        serve_allocator, serve_allocator_on, spawn_allocator_in, start, test_settings,
     },
 };
 
@@ -426,4 +426,48 @@ async fn acknowledged_ids_repeat_their_numbers_after_a_sigkill(#[case] backend: 
     let distinct: HashSet<&str> = acknowledged.iter().map(|(id, _)| id.as_str()).collect();
     let numbers: HashSet<i64> = acknowledged.iter().flat_map(|(_, n)| n.clone()).collect();
     assert_eq!(numbers.len(), 2 * distinct.len(), "two ids share a number");
+}
+
+/// Date parts show the date a number was handed out on, and a repeat reads
+/// as its first answer did, even after the date has changed.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_shows_the_date_of_its_first_answer(#[case] backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let new_years_eve = "2026-12-31T23:59:00Z".parse().unwrap();
+    let clock = ManualClock::at(new_years_eve);
+    let format = "INV-{year}-{number:04}".parse().unwrap();
+    let app = build_allocator(
+        &db,
+        format,
+        group(),
+        RequestIdSettings::default(),
+        clock.clone(),
+    )
+    .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = serve_allocator(listener, app, test_settings());
+    let mut client = NumberAllocatorClient::new(server.channel().await);
+    let formatted = |answer: &AllocateResponse| answer.numbers[0].formatted.clone();
+
+    let first = client
+        .allocate(keyed("acme", "", 1, "k1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(formatted(&first), "INV-2026-0001");
+    clock.advance(Duration::from_mins(2));
+    let next = client
+        .allocate(allocate("acme", "", 1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(formatted(&next), "INV-2027-0002");
+    let repeat = client
+        .allocate(keyed("acme", "", 1, "k1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(repeat.replayed);
+    assert_eq!(formatted(&repeat), "INV-2026-0001");
 }

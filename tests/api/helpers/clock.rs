@@ -15,7 +15,12 @@ pub struct ManualClock(Mutex<DateTime<Utc>>);
 impl ManualClock {
     /// A clock stopped at the time of the call.
     pub fn new() -> Arc<Self> {
-        Arc::new(Self(Mutex::new(Utc::now())))
+        Self::at(Utc::now())
+    }
+
+    /// A clock stopped at `time`.
+    pub fn at(time: DateTime<Utc>) -> Arc<Self> {
+        Arc::new(Self(Mutex::new(time)))
     }
 
     pub fn advance(&self, by: Duration) {
