@@ -9,11 +9,13 @@
 //!   reflection, per-call limits, start-up errors, shutdown, and the gRPC edge
 //!   (rich statuses, field validation, page tokens).
 //! - [`db`]: opening and checking either database, and classifying its errors.
-//! - [`tenant`], [`request_id`], [`page`](mod@page), [`clock`]: the tenant id, the
-//!   request id, the page of a listing and the clock both services speak of.
+//! - [`tenant`], [`request_id`], [`page`](mod@page), [`clock`], [`calendar`]: the
+//!   tenant id, the request id, the page of a listing, the clock and the calendar
+//!   day both services speak of.
 
 pub mod allocator;
 pub mod bench;
+pub mod calendar;
 pub mod clock;
 pub mod db;
 pub mod invoices;

@@ -6,7 +6,9 @@ use std::{
     str::FromStr,
 };
 
-use chrono::{Datelike, NaiveDate};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
+
+use crate::calendar::parse_day;
 
 /// A series name: 1–64 characters of `a–z 0–9 _ -`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -178,6 +180,57 @@ impl NumberFormat {
 }
 
 impl Reset {
+    /// The period `date` falls in, as a series shows it: `""` for a series
+    /// that never resets, `"2026"`, `"2026-11"` or `"2026-11-29"`.
+    #[must_use]
+    pub fn period(self, date: NaiveDate) -> String {
+        match self {
+            Self::Never => String::new(),
+            Self::Yearly => format!("{:04}", date.year()),
+            Self::Monthly => format!("{:04}-{:02}", date.year(), date.month()),
+            Self::Daily => date.format("%Y-%m-%d").to_string(),
+        }
+    }
+
+    /// Checks a document's date against `today`: it may lie in any earlier
+    /// period (a backdated document), but not after the end of the period
+    /// that follows today's (for a series that never resets: after the end
+    /// of next year).
+    ///
+    /// # Errors
+    /// The date is too far ahead, and the latest date accepted.
+    pub fn check_date(self, date: NaiveDate, today: NaiveDate) -> Result<(), String> {
+        let latest = self.latest_date(today);
+        if date > latest {
+            return Err(format!(
+                "must not be after {latest}, the end of the period after the current one"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The last day of the period after today's.
+    fn latest_date(self, today: NaiveDate) -> NaiveDate {
+        let first_of = |year: i32, month: u32| {
+            NaiveDate::from_ymd_opt(year, month, 1).unwrap_or(NaiveDate::MAX)
+        };
+        match self {
+            // The end of next year.
+            Self::Never | Self::Yearly => first_of(today.year() + 2, 1).pred_opt(),
+            // The end of next month.
+            Self::Monthly => {
+                let months = today.year() * 12 + i32::try_from(today.month0()).unwrap_or(0) + 2;
+                first_of(
+                    months.div_euclid(12),
+                    months.rem_euclid(12).unsigned_abs() + 1,
+                )
+                .pred_opt()
+            }
+            Self::Daily => today.succ_opt(),
+        }
+        .unwrap_or(NaiveDate::MAX)
+    }
+
     fn adverb(self) -> &'static str {
         match self {
             Self::Never => "never",
@@ -284,6 +337,50 @@ impl fmt::Display for NumberFormat {
     }
 }
 
+/// A series' time zone: an IANA name such as `Europe/Berlin`, checked
+/// against the time-zone database. It says which day it is for the series:
+/// the day that picks the period and the date its numbers show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeZone(chrono_tz::Tz);
+
+impl TimeZone {
+    /// The zone of a series that names none.
+    pub const UTC: Self = Self(chrono_tz::UTC);
+
+    /// Validates an IANA time-zone name.
+    ///
+    /// # Errors
+    /// The name is not in the time-zone database.
+    pub fn parse(name: &str) -> Result<Self, String> {
+        name.parse::<chrono_tz::Tz>().map(Self).map_err(|_| {
+            format!("{name:?} is not an IANA time-zone name such as Europe/Berlin or UTC")
+        })
+    }
+
+    /// The zone's name.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        self.0.name()
+    }
+
+    /// The date in this zone at `at`.
+    #[must_use]
+    pub fn date(self, at: DateTime<Utc>) -> NaiveDate {
+        at.with_timezone(&self.0).date_naive()
+    }
+}
+
+/// Reads a document date: `YYYY-MM-DD`, empty meaning none.
+///
+/// # Errors
+/// Anything else.
+pub fn parse_date(raw: &str) -> Result<Option<NaiveDate>, String> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    parse_day(raw).map(Some)
+}
+
 /// A series as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Series {
@@ -383,6 +480,58 @@ mod tests {
         assert!(check("{yy}{month}{day}-{number}", Reset::Daily).is_ok());
         let refusal = check("INV-{month}-{number}", Reset::Monthly).unwrap_err();
         assert!(refusal.contains("{year} or {yy}"), "{refusal}");
+    }
+
+    #[test]
+    fn periods_are_named_by_the_date_they_hold() {
+        let on = day(2026, 11, 29);
+        assert_eq!(Reset::Never.period(on), "");
+        assert_eq!(Reset::Yearly.period(on), "2026");
+        assert_eq!(Reset::Monthly.period(on), "2026-11");
+        assert_eq!(Reset::Daily.period(on), "2026-11-29");
+    }
+
+    #[test]
+    fn a_date_may_reach_into_the_next_period_but_no_further() {
+        let today = day(2026, 12, 15);
+        let accepts = |reset: Reset, date| reset.check_date(date, today).is_ok();
+        // Backdated documents take their own period.
+        assert!(accepts(Reset::Yearly, day(2019, 1, 1)));
+        assert!(accepts(Reset::Yearly, day(2027, 12, 31)));
+        assert!(!accepts(Reset::Yearly, day(2028, 1, 1)));
+        assert!(accepts(Reset::Never, day(2027, 12, 31)));
+        assert!(!accepts(Reset::Never, day(2028, 1, 1)));
+        // December's next month is January of the next year.
+        assert!(accepts(Reset::Monthly, day(2027, 1, 31)));
+        assert!(!accepts(Reset::Monthly, day(2027, 2, 1)));
+        assert!(accepts(Reset::Daily, day(2026, 12, 16)));
+        assert!(!accepts(Reset::Daily, day(2026, 12, 17)));
+        let refusal = Reset::Monthly
+            .check_date(day(2027, 3, 1), today)
+            .unwrap_err();
+        assert!(refusal.contains("2027-01-31"), "{refusal}");
+    }
+
+    #[test]
+    fn the_series_zone_says_which_day_it_is() {
+        let berlin = TimeZone::parse("Europe/Berlin").unwrap();
+        assert_eq!(berlin.name(), "Europe/Berlin");
+        // 23:30 UTC on New Year's Eve is already 2027 in Berlin.
+        let at: DateTime<Utc> = "2026-12-31T23:30:00Z".parse().unwrap();
+        assert_eq!(TimeZone::UTC.date(at), day(2026, 12, 31));
+        assert_eq!(berlin.date(at), day(2027, 1, 1));
+        for bad in ["Europe/Springfield", "CET+1", "+01:00", ""] {
+            assert!(TimeZone::parse(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn document_dates_are_iso_days() {
+        assert_eq!(parse_date("").unwrap(), None);
+        assert_eq!(parse_date("2026-02-28").unwrap(), Some(day(2026, 2, 28)));
+        for bad in ["2026-02-30", "26-02-01", "2026/02/01", "2026-2-1x"] {
+            assert!(parse_date(bad).is_err(), "{bad:?} was accepted");
+        }
     }
 
     #[test]

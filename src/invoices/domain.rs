@@ -83,18 +83,7 @@ pub fn phone(raw: &str) -> Result<String, String> {
 /// # Errors
 /// Anything but a real calendar date in that form.
 pub fn due_date(raw: &str) -> Result<NaiveDate, String> {
-    let shaped = raw.len() == 10
-        && raw.bytes().enumerate().all(|(i, b)| {
-            if i == 4 || i == 7 {
-                b == b'-'
-            } else {
-                b.is_ascii_digit()
-            }
-        });
-    if !shaped {
-        return Err("must be a date as YYYY-MM-DD".into());
-    }
-    NaiveDate::parse_from_str(raw, "%Y-%m-%d").map_err(|_| "is not a day of the calendar".into())
+    crate::calendar::parse_day(raw)
 }
 
 /// Checks an ISO 4217 currency code such as `EUR`.
