@@ -1,6 +1,7 @@
-//! The counter store on PostgreSQL: a batch without request ids is one
-//! statement; with them, a claim and that statement in one transaction. Every
-//! counter change commits synchronously.
+//! The counter store on PostgreSQL: a batch is one statement, its own
+//! transaction, which also stores the batch's request ids and fails whole if
+//! one is in use; only then are the ids claimed first, in a transaction with
+//! that statement. Every counter change commits synchronously.
 
 use std::collections::HashMap;
 

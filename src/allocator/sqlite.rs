@@ -1,6 +1,7 @@
-//! The counter store on SQLite: each batch (claims, increment, ranges) is one
-//! immediate transaction, committed with `synchronous = FULL` (see
-//! [`crate::db::open_sqlite`]).
+//! The counter store on SQLite: each batch (increment, ledger rows, request
+//! ids) is one immediate transaction, committed with `synchronous = FULL` (see
+//! [`crate::db::open_sqlite`]); if one of its ids is in use, it rolls back and
+//! runs again with the ids claimed first.
 
 use std::collections::HashMap;
 
