@@ -21,14 +21,16 @@ use numbering::{
         store::{Advance, Call, CounterStore, Outcome, Stamp, StoreError},
     },
     clock::SystemClock,
-    proto::{AllocateRequest, number_allocator_client::NumberAllocatorClient},
+    proto::number_allocator_client::NumberAllocatorClient,
     server::Store,
     tenant::TenantId,
 };
 use tokio::sync::{Barrier, Semaphore};
 use tonic::{Code, transport::Channel};
 
-use crate::helpers::{PATIENCE, TestDb, assert_exactly_one_to, assert_reason, spawn_allocator_in};
+use crate::helpers::{
+    PATIENCE, TestDb, allocate, assert_exactly_one_to, assert_reason, spawn_allocator_in,
+};
 
 /// A real counter store that can hold calls at a gate, fail chosen calls,
 /// and records the count of every call that reached it.
@@ -220,12 +222,7 @@ async fn two_thousand_mixed_calls_get_exactly_the_contiguous_set(#[case] backend
         .map(|(i, count)| {
             let mut client = NumberAllocatorClient::new(channels[i % 8].clone());
             let barrier = barrier.clone();
-            let request = AllocateRequest {
-                tenant_id: "acme".into(),
-                series: String::new(),
-                count: *count,
-                request_id: String::new(),
-            };
+            let request = allocate("acme", "", *count);
             tokio::spawn(async move {
                 barrier.wait().await;
                 client

@@ -241,45 +241,71 @@ async fn expired_ids_are_purged_while_allocations_go_on(#[case] backend: Backend
     }
     assert_eq!(db.request_ids("old-").await, OLD);
 
-    clock.advance(Duration::from_mins(61));
-    let (stop, made) = (
+    // Allocations run before, while and after the expired ids are purged:
+    // plain calls throughout, calls with new ids once the clock has moved.
+    let (stop, advanced) = (
         Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicBool::new(false)),
     );
+    let (calls, keyed_calls) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let load = tokio::spawn({
-        let (mut client, stop, made) = (client.clone(), stop.clone(), made.clone());
+        let mut client = client.clone();
+        let (stop, advanced) = (stop.clone(), advanced.clone());
+        let (calls, keyed_calls) = (calls.clone(), keyed_calls.clone());
         async move {
             let mut numbers = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                let i = made.fetch_add(1, Ordering::Relaxed);
-                for request in [
-                    keyed("acme", "", 1, &format!("new-{i}")),
-                    allocate("acme", "", 1),
-                ] {
+            while !stop.load(Ordering::SeqCst) {
+                let mut requests = vec![allocate("acme", "", 1)];
+                if advanced.load(Ordering::SeqCst) {
+                    let i = keyed_calls.load(Ordering::SeqCst);
+                    requests.push(keyed("acme", "", 1, &format!("new-{i}")));
+                }
+                for request in requests {
+                    let keyed = !request.request_id.is_empty();
                     let answer = client
                         .allocate(request)
                         .await
                         .expect("allocate during the purge");
                     numbers.extend(values(answer.get_ref()));
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    if keyed {
+                        keyed_calls.fetch_add(1, Ordering::SeqCst);
+                    }
                 }
             }
             numbers
         }
     });
+    let progressed = |past: usize| {
+        let calls = calls.clone();
+        async move {
+            let reached = tokio::time::timeout(PATIENCE, async {
+                while calls.load(Ordering::SeqCst) <= past {
+                    tokio::task::yield_now().await;
+                }
+            })
+            .await;
+            assert!(reached.is_ok(), "allocations stopped");
+        }
+    };
+    progressed(0).await;
+
+    clock.advance(Duration::from_mins(61));
+    advanced.store(true, Ordering::SeqCst);
     let purged = tokio::time::timeout(PATIENCE, async {
         while db.request_ids("old-").await > 0 {
             tokio::task::yield_now().await;
         }
     })
     .await;
-    stop.store(true, Ordering::Relaxed);
-    let numbers = load.await.unwrap();
     assert!(purged.is_ok(), "the expired ids were never purged");
-    let made = made.load(Ordering::Relaxed);
-    assert_eq!(numbers.len(), 2 * made);
+    progressed(calls.load(Ordering::SeqCst)).await;
+    stop.store(true, Ordering::SeqCst);
+    let numbers = load.await.unwrap();
+    assert_eq!(numbers.len(), calls.load(Ordering::SeqCst));
     assert_eq!(
         db.request_ids("new-").await,
-        i64::try_from(made).unwrap(),
+        i64::try_from(keyed_calls.load(Ordering::SeqCst)).unwrap(),
         "ids in the window were purged"
     );
     let distinct: HashSet<i64> = numbers.iter().copied().collect();
