@@ -1,15 +1,24 @@
 //! Allocation rules: the [`Allocator`] applies them over a [`CounterStore`],
 //! one transaction per call or through group commit, keeping request ids for
-//! the retention window.
+//! the retention window and picking each call's period by its series'
+//! calendar.
 
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::{
     allocator::{
         batch::Retention,
         group_commit::{GroupCommitSettings, GroupCommitter, GroupError},
-        series::{Count, Number, NumberFormat, Series, SeriesName},
-        store::{Advance, Call, CounterStore, Grant, Outcome, StoreError},
+        series::{
+            Calendar, Count, Number, NumberFormat, Refusal, Reset, Series, SeriesConfig,
+            SeriesName, TimeZone,
+        },
+        store::{Advance, Call, ConfigureError, CounterStore, Grant, Outcome, StoreError},
     },
     page::Page,
     request_id::RequestId,
@@ -19,6 +28,25 @@ use crate::{
 /// An allocator failure.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A request field is not acceptable for this series, e.g. a date too
+    /// far ahead.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// The request field at fault.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// A series setting can no longer change.
+    #[error("{field} cannot change once the series has handed out a number")]
+    SeriesInUse {
+        /// Tenant of the series.
+        tenant: String,
+        /// The series.
+        series: String,
+        /// The request field that would change.
+        field: &'static str,
+    },
     /// The series was never used.
     #[error("series {series:?} of tenant {tenant:?} not found")]
     SeriesNotFound {
@@ -77,7 +105,9 @@ impl From<Arc<StoreError>> for Error {
     fn from(error: Arc<StoreError>) -> Self {
         match error.as_ref() {
             StoreError::Exhausted => Self::Exhausted,
-            StoreError::Unavailable(_) => Self::Unavailable(error),
+            // Left after the allocator's own retries: a series configured
+            // over and over while it is being used.
+            StoreError::Unavailable(_) | StoreError::SeriesChanged => Self::Unavailable(error),
             StoreError::Internal(_) => Self::Internal(error),
         }
     }
@@ -117,13 +147,118 @@ pub struct Allocation {
     pub replayed: bool,
 }
 
+/// What `ConfigureSeries` asks to change; `None` keeps the current value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SeriesChange {
+    /// A new template.
+    pub format: Option<NumberFormat>,
+    /// A new reset.
+    pub reset: Option<Reset>,
+    /// A new time zone.
+    pub zone: Option<TimeZone>,
+    /// A new first number for periods not yet begun.
+    pub start_at: Option<i64>,
+}
+
+impl SeriesChange {
+    /// The settings this change makes of `current`, given whether the series
+    /// has handed out or skipped a number.
+    ///
+    /// # Errors
+    /// The reset or time zone would change on a series in use, or its first
+    /// number on one that never resets; or the template would not show the
+    /// period.
+    pub fn apply(&self, current: &SeriesConfig, in_use: bool) -> Result<SeriesConfig, Refusal> {
+        let new = SeriesConfig {
+            format: self
+                .format
+                .clone()
+                .unwrap_or_else(|| current.format.clone()),
+            calendar: Calendar {
+                reset: self.reset.unwrap_or(current.calendar.reset),
+                zone: self.zone.unwrap_or(current.calendar.zone),
+            },
+            start_at: self.start_at.unwrap_or(current.start_at),
+        };
+        if in_use {
+            // Numbers already handed out belong to periods of this calendar.
+            let fixed = [
+                ("reset", new.calendar.reset != current.calendar.reset),
+                ("timezone", new.calendar.zone != current.calendar.zone),
+                // A series that never resets has begun its only period.
+                (
+                    "start_at",
+                    new.calendar.reset == Reset::Never && new.start_at != current.start_at,
+                ),
+            ];
+            if let Some((field, _)) = fixed.into_iter().find(|(_, changes)| *changes) {
+                return Err(Refusal::InUse { field });
+            }
+        }
+        new.format
+            .check_reset(new.calendar.reset)
+            .map_err(|reason| Refusal::Invalid {
+                field: "format",
+                reason,
+            })?;
+        Ok(new)
+    }
+}
+
+/// The calendars of the series this process has used: a call's period is
+/// picked before its transaction, which checks the series still has it.
+#[derive(Debug, Default)]
+struct Calendars(Mutex<HashMap<(TenantId, SeriesName), Calendar>>);
+
+impl Calendars {
+    /// Most calendars kept; past it the map starts again empty.
+    const MAX: usize = 100_000;
+
+    fn get(&self, tenant: &TenantId, series: &SeriesName) -> Option<Calendar> {
+        let known = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        known.get(&(tenant.clone(), series.clone())).copied()
+    }
+
+    fn insert(&self, tenant: &TenantId, series: &SeriesName, calendar: Calendar) {
+        let mut known = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if known.len() >= Self::MAX {
+            known.clear();
+        }
+        known.insert((tenant.clone(), series.clone()), calendar);
+    }
+
+    fn forget(&self, tenant: &TenantId, series: &SeriesName) {
+        let mut known = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        known.remove(&(tenant.clone(), series.clone()));
+    }
+}
+
+/// How often a call picks its period again after the series was configured
+/// anew under it.
+const CALENDAR_ATTEMPTS: u32 = 3;
+
+/// Whether a store failure says the series' calendar changed under the call.
+fn series_changed(error: &Error) -> bool {
+    matches!(error, Error::Unavailable(cause) if matches!(cause.as_ref(), StoreError::SeriesChanged))
+}
+
 /// Applies the allocation rules over a counter store.
 #[derive(Clone)]
 pub struct Allocator {
     store: Arc<dyn CounterStore>,
-    default_format: NumberFormat,
+    defaults: SeriesConfig,
     path: Path,
     retention: Retention,
+    calendars: Arc<Calendars>,
 }
 
 impl Allocator {
@@ -136,58 +271,104 @@ impl Allocator {
         mode: CommitMode,
         retention: Retention,
     ) -> Self {
+        let defaults = SeriesConfig::unconfigured(default_format);
         let path = match mode {
             CommitMode::PerCall => Path::PerCall,
             CommitMode::Group(settings) => Path::Group(Arc::new(GroupCommitter::new(
-                &store,
-                &settings,
-                default_format.template(),
-                &retention,
+                &store, &settings, &defaults, &retention,
             ))),
         };
         Self {
             store,
-            default_format,
+            defaults,
             path,
             retention,
+            calendars: Arc::default(),
         }
     }
 
-    /// Allocates `count` consecutive numbers, committed before they are
-    /// returned; or, for a request id used within the retention window, the
-    /// numbers its first call received.
+    fn now(&self) -> DateTime<Utc> {
+        self.retention.clock.now()
+    }
+
+    /// The calendar of a series: that of an unconfigured one for a series
+    /// not created yet, which its first allocation creates so.
+    async fn calendar(&self, tenant: &TenantId, series: &SeriesName) -> Result<Calendar, Error> {
+        if let Some(calendar) = self.calendars.get(tenant, series) {
+            return Ok(calendar);
+        }
+        let calendar = match self.store.find(tenant, series).await? {
+            Some(config) => config.calendar,
+            None => self.defaults.calendar,
+        };
+        self.calendars.insert(tenant, series, calendar);
+        Ok(calendar)
+    }
+
+    /// Runs `attempt` with the series' calendar, again with the calendar read
+    /// anew if the series was configured anew under it.
+    async fn with_calendar<T, F>(
+        &self,
+        tenant: &TenantId,
+        series: &SeriesName,
+        mut attempt: impl FnMut(Calendar) -> F,
+    ) -> Result<T, Error>
+    where
+        F: Future<Output = Result<T, Error>>,
+    {
+        let mut tries = 1;
+        loop {
+            let calendar = self.calendar(tenant, series).await?;
+            match attempt(calendar).await {
+                Err(error) if series_changed(&error) && tries < CALENDAR_ATTEMPTS => {
+                    self.calendars.forget(tenant, series);
+                    tries += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// Allocates `count` consecutive numbers for a document dated `date`
+    /// (none: today in the series' time zone), from the period that date
+    /// falls in, committed before they are returned; or, for a request id
+    /// used within the retention window, the numbers its first call
+    /// received. The first call on a series creates it.
     ///
     /// # Errors
-    /// [`Error::RequestIdReused`] for a request id first used for another
-    /// series or count; the store fails or the series is exhausted. No number
-    /// is handed out then.
+    /// [`Error::Invalid`] for a date too far ahead; [`Error::RequestIdReused`]
+    /// for a request id first used for another series or count; the store
+    /// fails or the series is exhausted. No number is handed out then.
     pub async fn allocate(
         &self,
         tenant: &TenantId,
         series: &SeriesName,
         count: Count,
         request_id: Option<&RequestId>,
+        date: Option<NaiveDate>,
     ) -> Result<Allocation, Error> {
-        let outcome = match &self.path {
-            Path::PerCall => {
+        let outcome = self
+            .with_calendar(tenant, series, |calendar| async move {
+                let (date, period) = place(calendar, date, self.now())?;
                 let call = Call {
                     tenant,
                     series,
+                    calendar,
+                    period: &period,
+                    date,
                     count: i64::from(count.get()),
                     request_id,
                 };
-                let template = self.default_format.template();
-                self.store
-                    .allocate(call, template, self.retention.stamp())
-                    .await?
-            }
-            Path::Group(committer) => {
-                committer
-                    .allocate(tenant, series, count, request_id)
-                    .await?
-            }
-        };
-        let (Grant { first, format, at }, replayed) = match outcome {
+                Ok(match &self.path {
+                    Path::PerCall => {
+                        let stamp = self.retention.stamp();
+                        self.store.allocate(call, &self.defaults, stamp).await?
+                    }
+                    Path::Group(committer) => committer.allocate(call).await?,
+                })
+            })
+            .await?;
+        let (grant, replayed) = match outcome {
             Outcome::Granted(grant) => (grant, false),
             Outcome::Replayed(grant) => (grant, true),
             Outcome::Reused { series, count } => {
@@ -198,16 +379,21 @@ impl Allocator {
                 });
             }
         };
+        let Grant {
+            first,
+            format,
+            date,
+            period,
+        } = grant;
         let format = parse_stored(tenant, series, &format)?;
-        // The date of the first answer, so that a repeat reads alike. (Dates
-        // are UTC until series carry a time zone.)
-        let date = at.date_naive();
         // Offsets from the first number: the last may be i64::MAX.
         let numbers = (0..i64::from(count.get()))
             .map(|offset| first + offset)
             .map(|value| Number {
                 value,
                 formatted: format.render(value, date),
+                period: period.clone(),
+                date,
             })
             .collect();
         Ok(Allocation { numbers, replayed })
@@ -231,25 +417,83 @@ impl Allocator {
         }
     }
 
-    /// Reads a series.
+    /// Creates or changes a series' settings, and shows it with today's
+    /// period.
     ///
     /// # Errors
-    /// [`Error::SeriesNotFound`] for a series never used, or a store failure.
+    /// [`Error::Invalid`] for a template that would not show the period,
+    /// [`Error::SeriesInUse`] for a setting fixed by the numbers handed out,
+    /// or a store failure. Nothing changes then.
+    pub async fn configure(
+        &self,
+        tenant: &TenantId,
+        series: &SeriesName,
+        change: &SeriesChange,
+    ) -> Result<Series, Error> {
+        let apply = |current: &SeriesConfig, in_use| change.apply(current, in_use);
+        let config = self
+            .store
+            .configure(tenant, series, &self.defaults, &apply)
+            .await
+            .map_err(|error| match error {
+                ConfigureError::Refused(Refusal::Invalid { field, reason }) => {
+                    Error::Invalid { field, reason }
+                }
+                ConfigureError::Refused(Refusal::InUse { field }) => Error::SeriesInUse {
+                    tenant: tenant.to_string(),
+                    series: series.to_string(),
+                    field,
+                },
+                ConfigureError::Store(error) => error.into(),
+            })?;
+        // Other processes learn of it from their next allocation's check.
+        self.calendars.forget(tenant, series);
+        self.show(tenant, series, config, None).await
+    }
+
+    /// A series with the period `date` falls in (none: today's).
+    async fn show(
+        &self,
+        tenant: &TenantId,
+        series: &SeriesName,
+        config: SeriesConfig,
+        date: Option<NaiveDate>,
+    ) -> Result<Series, Error> {
+        let (_, period) = place(config.calendar, date, self.now())?;
+        let last_value = self.store.counter(tenant, series, &period).await?;
+        Ok(Series {
+            tenant_id: tenant.to_string(),
+            name: series.to_string(),
+            last_value: last_value.unwrap_or(config.start_at - 1),
+            config,
+            period,
+        })
+    }
+
+    /// Reads a series, with the period `date` falls in (none: today's).
+    ///
+    /// # Errors
+    /// [`Error::SeriesNotFound`] for a series never used or configured,
+    /// [`Error::Invalid`] for a date too far ahead, or a store failure.
     pub async fn get_series(
         &self,
         tenant: &TenantId,
         series: &SeriesName,
+        date: Option<NaiveDate>,
     ) -> Result<Series, Error> {
-        self.store
-            .get(tenant, series)
-            .await?
-            .ok_or_else(|| Error::SeriesNotFound {
-                tenant: tenant.to_string(),
-                series: series.to_string(),
-            })
+        let config =
+            self.store
+                .find(tenant, series)
+                .await?
+                .ok_or_else(|| Error::SeriesNotFound {
+                    tenant: tenant.to_string(),
+                    series: series.to_string(),
+                })?;
+        self.show(tenant, series, config, date).await
     }
 
-    /// Up to `limit` series after `after`, and whether more follow.
+    /// Up to `limit` series after `after`, each with today's period, and
+    /// whether more follow.
     ///
     /// # Errors
     /// A store failure.
@@ -263,33 +507,70 @@ impl Allocator {
             .store
             .list(tenant, after, Page::<Series>::fetch(limit))
             .await?;
-        Ok(Page::from_fetched(fetched, limit))
+        let mut shown = Vec::with_capacity(fetched.len());
+        for (name, config) in fetched {
+            let name = SeriesName::parse(&name).map_err(|reason| {
+                Error::Internal(Arc::new(StoreError::Internal(
+                    format!("stored series name {name:?}: {reason}").into(),
+                )))
+            })?;
+            shown.push(self.show(tenant, &name, config, None).await?);
+        }
+        Ok(Page::from_fetched(shown, limit))
     }
 
-    /// Raises a counter to `at_least` if it is lower, recording the range
-    /// skipped with `reason`; never lowers it.
+    /// Raises the counter of the period `date` falls in (none: today's) to
+    /// `at_least` if it is lower, recording the range skipped with `reason`;
+    /// never lowers it. The first call on a series creates it.
     ///
     /// # Errors
-    /// A store failure.
+    /// [`Error::Invalid`] for a date too far ahead, or a store failure.
     pub async fn advance(
         &self,
         tenant: &TenantId,
         series: &SeriesName,
         at_least: i64,
         reason: &str,
+        date: Option<NaiveDate>,
     ) -> Result<Series, Error> {
-        let advance = Advance {
-            tenant,
-            series,
-            at_least,
-            reason,
-            now: self.retention.clock.now(),
-        };
-        Ok(self
-            .store
-            .advance(advance, self.default_format.template())
-            .await?)
+        let (config, last_value, period) = self
+            .with_calendar(tenant, series, |calendar| async move {
+                let now = self.now();
+                let (date, period) = place(calendar, date, now)?;
+                let advance = Advance {
+                    tenant,
+                    series,
+                    calendar,
+                    period: &period,
+                    date,
+                    at_least,
+                    reason,
+                    now,
+                };
+                let (config, last_value) = self.store.advance(advance, &self.defaults).await?;
+                Ok((config, last_value, period))
+            })
+            .await?;
+        Ok(Series {
+            tenant_id: tenant.to_string(),
+            name: series.to_string(),
+            config,
+            period,
+            last_value,
+        })
     }
+}
+
+/// The date and period of a call with document date `date`.
+fn place(
+    calendar: Calendar,
+    date: Option<NaiveDate>,
+    now: DateTime<Utc>,
+) -> Result<(NaiveDate, String), Error> {
+    calendar.place(date, now).map_err(|reason| Error::Invalid {
+        field: "date",
+        reason,
+    })
 }
 
 fn parse_stored(

@@ -15,10 +15,13 @@ use std::{
     time::Duration,
 };
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 
 use crate::{
-    allocator::store::{Call, Grant, Outcome, Stamp, StoreError},
+    allocator::{
+        series::Calendar,
+        store::{Call, Grant, Outcome, Stamp, StoreError},
+    },
     clock::Clock,
     request_id::RequestId,
 };
@@ -75,12 +78,14 @@ pub struct KeyRow {
     pub series: String,
     /// The count it was first used for.
     pub count: i64,
+    /// The period its numbers were taken from.
+    pub period: String,
     /// The first number it received.
     pub first_value: i64,
-    /// The series' number template.
+    /// The template its numbers read with.
     pub format: String,
-    /// When the id was first used: the date its numbers show.
-    pub created_at: DateTime<Utc>,
+    /// The date its numbers read with.
+    pub date: NaiveDate,
 }
 
 /// A counter after the transaction's increment.
@@ -90,9 +95,11 @@ pub struct Counted {
     pub tenant_id: String,
     /// The series.
     pub series: String,
+    /// The period.
+    pub period: String,
     /// The counter's value after the increment.
     pub last_value: i64,
-    /// The series' number template.
+    /// The series' number template at the increment.
     pub format: String,
 }
 
@@ -153,18 +160,18 @@ impl<'a> Batch<'a> {
             .collect()
     }
 
-    /// The series of the batch, each once, sorted: the order counters are
+    /// The counters of the batch, each once, sorted: the order they are
     /// locked in.
     #[must_use]
-    pub fn series(&self) -> Vec<(&'a str, &'a str)> {
-        let mut series: Vec<_> = self
+    pub fn counters(&self) -> Vec<(&'a str, &'a str, &'a str)> {
+        let mut counters: Vec<_> = self
             .calls
             .iter()
-            .map(|call| (call.tenant.as_str(), call.series.as_str()))
+            .map(|call| (call.tenant.as_str(), call.series.as_str(), call.period))
             .collect();
-        series.sort_unstable();
-        series.dedup();
-        series
+        counters.sort_unstable();
+        counters.dedup();
+        counters
     }
 
     /// The claims the transaction did not win: ids already in use.
@@ -177,8 +184,8 @@ impl<'a> Batch<'a> {
     /// The counter moves and ranges, given the claims the transaction won.
     #[must_use]
     pub fn plan(&self, won: &Won) -> Plan<'a> {
-        let mut index: HashMap<(&str, &str), usize> = HashMap::new();
-        let mut totals: Vec<(&'a str, &'a str, i64)> = Vec::new();
+        let mut index: HashMap<(&str, &str, &str), usize> = HashMap::new();
+        let mut totals: Vec<Total<'a>> = Vec::new();
         let mut allocating: Vec<(usize, usize, i64)> = Vec::new();
         for (at, call) in self.calls.iter().enumerate() {
             let allocates = match (call.request_id, self.leader[at]) {
@@ -190,14 +197,20 @@ impl<'a> Batch<'a> {
             if !allocates {
                 continue;
             }
-            let key = (call.tenant.as_str(), call.series.as_str());
+            let key = (call.tenant.as_str(), call.series.as_str(), call.period);
             let group = *index.entry(key).or_insert_with(|| {
-                totals.push((key.0, key.1, 0));
+                totals.push(Total {
+                    tenant: key.0,
+                    series: key.1,
+                    period: key.2,
+                    calendar: call.calendar,
+                    total: 0,
+                });
                 totals.len() - 1
             });
             // The numbers of the group's earlier calls come first.
-            let offset = totals[group].2;
-            totals[group].2 += call.count;
+            let offset = totals[group].total;
+            totals[group].total += call.count;
             allocating.push((at, group, offset));
         }
 
@@ -210,20 +223,23 @@ impl<'a> Batch<'a> {
             let range = Record {
                 tenant: call.tenant.as_str(),
                 series: call.series.as_str(),
+                period: call.period,
+                date: call.date,
                 count: call.count,
-                tail: totals[group].2 - offset - call.count,
+                tail: totals[group].total - offset - call.count,
                 request_id: call.request_id.map(RequestId::as_str),
             };
             range_of[at] = Some(range);
             // A group's calls take adjacent ranges in this order, so a call
-            // without an id extends the run before it: one ledger row per
-            // run, not per call. A call with an id keeps a row of its own.
+            // without an id extends the run before it if its numbers read
+            // with the same date: one ledger row per run, not per call. A
+            // call with an id keeps a row of its own.
             match (range.request_id, open.get(&group)) {
-                (None, Some(&run)) => {
+                (None, Some(&run)) if records[run].date == range.date => {
                     records[run].count += range.count;
                     records[run].tail = range.tail;
                 }
-                (None, None) => {
+                (None, _) => {
                     open.insert(group, records.len());
                     records.push(range);
                 }
@@ -233,17 +249,10 @@ impl<'a> Batch<'a> {
                 }
             }
         }
-        let mut increments: Vec<Total<'a>> = totals
-            .into_iter()
-            .map(|(tenant, series, total)| Total {
-                tenant,
-                series,
-                total,
-            })
-            .collect();
+        let mut increments = totals;
         // Every transaction locks its counters in one order, so batches of
         // different lanes or of other allocator processes cannot deadlock.
-        increments.sort_unstable_by_key(|total| (total.tenant, total.series));
+        increments.sort_unstable_by_key(|total| (total.tenant, total.series, total.period));
         Plan {
             increments,
             records,
@@ -260,21 +269,27 @@ impl<'a> Batch<'a> {
     pub fn outcomes(
         &self,
         plan: &Plan<'_>,
-        counters: Vec<Counted>,
+        counters: &[Counted],
         held: &HashMap<(String, String), KeyRow>,
-        now: DateTime<Utc>,
     ) -> Result<Vec<Outcome>, StoreError> {
-        let counters: HashMap<(String, String), Counted> = counters
-            .into_iter()
-            .map(|counted| ((counted.tenant_id.clone(), counted.series.clone()), counted))
+        let counters: HashMap<(&str, &str, &str), &Counted> = counters
+            .iter()
+            .map(|counted| {
+                let key = (
+                    counted.tenant_id.as_str(),
+                    counted.series.as_str(),
+                    counted.period.as_str(),
+                );
+                (key, counted)
+            })
             .collect();
         let granted = |record: &Record<'_>| -> Result<Grant, StoreError> {
-            let key = (record.tenant.to_owned(), record.series.to_owned());
+            let key = (record.tenant, record.series, record.period);
             let counted = counters.get(&key).ok_or_else(|| {
                 StoreError::Internal(
                     format!(
-                        "no counter returned for {}/{}",
-                        record.tenant, record.series
+                        "no counter returned for {}/{}/{}",
+                        record.tenant, record.series, record.period
                     )
                     .into(),
                 )
@@ -282,7 +297,8 @@ impl<'a> Batch<'a> {
             Ok(Grant {
                 first: record.first(counted.last_value),
                 format: counted.format.clone(),
-                at: now,
+                date: record.date,
+                period: record.period.to_owned(),
             })
         };
 
@@ -312,7 +328,8 @@ impl<'a> Batch<'a> {
                 let grant = Grant {
                     first: row.first_value,
                     format: row.format.clone(),
-                    at: row.created_at,
+                    date: row.date,
+                    period: row.period.clone(),
                 };
                 (row.series.as_str(), row.count, grant)
             };
@@ -377,13 +394,17 @@ impl Plan<'_> {
     }
 }
 
-/// A counter to move by the sum of its calls' counts.
+/// A period's counter to move by the sum of its calls' counts.
 #[derive(Debug, Clone, Copy)]
 pub struct Total<'a> {
     /// The series' tenant.
     pub tenant: &'a str,
     /// The series.
     pub series: &'a str,
+    /// The period.
+    pub period: &'a str,
+    /// The calendar the period was picked by: the series' must still be it.
+    pub calendar: Calendar,
     /// The sum of the counts.
     pub total: i64,
 }
@@ -396,6 +417,10 @@ pub struct Record<'a> {
     pub tenant: &'a str,
     /// The series.
     pub series: &'a str,
+    /// The period.
+    pub period: &'a str,
+    /// The date its numbers read with.
+    pub date: NaiveDate,
     /// How many numbers.
     pub count: i64,
     /// How many numbers of the same increment follow this call's range.
@@ -427,9 +452,16 @@ mod tests {
         Call {
             tenant,
             series,
+            calendar: Calendar::DEFAULT,
+            period: "",
+            date: today(),
             count,
             request_id: key,
         }
+    }
+
+    fn today() -> NaiveDate {
+        NaiveDate::from_ymd_opt(2026, 12, 2).unwrap()
     }
 
     #[test]
@@ -453,11 +485,12 @@ mod tests {
         let counted = Counted {
             tenant_id: "acme".into(),
             series: "invoice".into(),
+            period: String::new(),
             last_value: 21,
             format: "F".into(),
         };
         let firsts: Vec<i64> = batch
-            .outcomes(&plan, vec![counted], &HashMap::new(), now())
+            .outcomes(&plan, &[counted], &HashMap::new())
             .unwrap()
             .into_iter()
             .map(|outcome| match outcome {
@@ -470,10 +503,6 @@ mod tests {
             [1, 2, 4, 7, 11, 16],
             "each call keeps its own range"
         );
-    }
-
-    fn now() -> DateTime<Utc> {
-        DateTime::from_timestamp(1_796_000_000, 0).unwrap()
     }
 
     fn ids(raw: &[&str]) -> Vec<Option<RequestId>> {
@@ -517,6 +546,7 @@ mod tests {
         let counted = Counted {
             tenant_id: "b".into(),
             series: "invoice".into(),
+            period: String::new(),
             last_value: 16,
             format: "F".into(),
         };
@@ -525,16 +555,18 @@ mod tests {
             KeyRow {
                 series: "invoice".into(),
                 count: 5,
+                period: String::new(),
                 first_value: 40,
                 format: "G".into(),
-                created_at: now(),
+                date: today(),
             },
         )]);
-        let outcomes = batch.outcomes(&plan, vec![counted], &held, now()).unwrap();
+        let outcomes = batch.outcomes(&plan, &[counted], &held).unwrap();
         let grant = |first, format: &str| Grant {
             first,
             format: format.into(),
-            at: now(),
+            date: today(),
+            period: String::new(),
         };
         assert_eq!(
             outcomes,
@@ -548,6 +580,76 @@ mod tests {
                     count: 3
                 },
                 Outcome::Replayed(grant(40, "G")),
+            ]
+        );
+    }
+
+    #[test]
+    fn each_period_has_its_own_counter_and_a_new_date_starts_a_ledger_row() {
+        let acme = TenantId::parse("acme").unwrap();
+        let series = SeriesName::parse("").unwrap();
+        let day = |d| NaiveDate::from_ymd_opt(2026, 12, d).unwrap();
+        let january = NaiveDate::from_ymd_opt(2027, 1, 1).unwrap();
+        let at = |period, date| Call {
+            period,
+            date,
+            ..call(&acme, &series, 1, None)
+        };
+        let calls = [
+            at("2026", day(1)),
+            at("2027", january),
+            at("2026", day(1)),
+            at("2026", day(2)),
+        ];
+        let batch = Batch::new(&calls);
+        let plan = batch.plan(&Won::default());
+        let moves: Vec<_> = plan
+            .increments
+            .iter()
+            .map(|t| (t.period, t.total))
+            .collect();
+        assert_eq!(moves, [("2026", 3), ("2027", 1)]);
+        let rows: Vec<_> = plan
+            .records
+            .iter()
+            .map(|r| (r.period, r.date, r.count, r.tail))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("2026", day(1), 2, 1),
+                ("2027", january, 1, 0),
+                ("2026", day(2), 1, 0)
+            ]
+        );
+        let counted = |period: &str, last_value| Counted {
+            tenant_id: "acme".into(),
+            series: "invoice".into(),
+            period: period.into(),
+            last_value,
+            format: "F".into(),
+        };
+        let outcomes = batch
+            .outcomes(
+                &plan,
+                &[counted("2026", 12), counted("2027", 1)],
+                &HashMap::new(),
+            )
+            .unwrap();
+        let firsts: Vec<_> = outcomes
+            .into_iter()
+            .map(|outcome| match outcome {
+                Outcome::Granted(grant) => (grant.period, grant.first, grant.date),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            firsts,
+            [
+                ("2026".into(), 10, day(1)),
+                ("2027".into(), 1, january),
+                ("2026".into(), 11, day(1)),
+                ("2026".into(), 12, day(2)),
             ]
         );
     }

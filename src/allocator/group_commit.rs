@@ -17,10 +17,12 @@ use std::{
 
 use tokio::sync::{mpsc, mpsc::error::TrySendError, oneshot};
 
+use chrono::NaiveDate;
+
 use crate::{
     allocator::{
         batch::Retention,
-        series::{Count, SeriesName},
+        series::{Calendar, SeriesConfig, SeriesName},
         store::{Call, CounterStore, Outcome, StoreError},
     },
     request_id::RequestId,
@@ -62,22 +64,33 @@ pub enum GroupError {
     Store(Arc<StoreError>),
 }
 
-type Key = (TenantId, SeriesName);
-
 struct Waiting {
-    key: Key,
-    count: u32,
-    request_id: Option<RequestId>,
+    call: OwnedCall,
     reply: oneshot::Sender<Result<Outcome, GroupError>>,
+}
+
+/// A [`Call`] that waits in a queue.
+struct OwnedCall {
+    tenant: TenantId,
+    series: SeriesName,
+    calendar: Calendar,
+    period: String,
+    date: NaiveDate,
+    count: i64,
+    request_id: Option<RequestId>,
 }
 
 impl Waiting {
     fn call(&self) -> Call<'_> {
+        let call = &self.call;
         Call {
-            tenant: &self.key.0,
-            series: &self.key.1,
-            count: i64::from(self.count),
-            request_id: self.request_id.as_ref(),
+            tenant: &call.tenant,
+            series: &call.series,
+            calendar: call.calendar,
+            period: &call.period,
+            date: call.date,
+            count: call.count,
+            request_id: call.request_id.as_ref(),
         }
     }
 }
@@ -89,7 +102,7 @@ pub struct GroupCommitter {
 }
 
 impl GroupCommitter {
-    /// A committer over `store`, creating new series with `format`. Starts
+    /// A committer over `store`, creating new series with `defaults`. Starts
     /// one task per lane; they end when the committer is dropped.
     ///
     /// # Panics
@@ -98,7 +111,7 @@ impl GroupCommitter {
     pub fn new(
         store: &Arc<dyn CounterStore>,
         settings: &GroupCommitSettings,
-        format: &str,
+        defaults: &SeriesConfig,
         retention: &Retention,
     ) -> Self {
         let lanes = (0..settings.lanes.max(1))
@@ -108,7 +121,7 @@ impl GroupCommitter {
                     store: store.clone(),
                     queue: receiver,
                     max_batch: settings.max_batch.max(1),
-                    format: format.to_owned(),
+                    defaults: defaults.clone(),
                     retention: retention.clone(),
                 };
                 tokio::spawn(lane.run());
@@ -121,8 +134,8 @@ impl GroupCommitter {
         }
     }
 
-    fn lane(&self, key: &Key) -> &mpsc::Sender<Waiting> {
-        let index = self.hasher.hash_one(key) % self.lanes.len() as u64;
+    fn lane(&self, tenant: &TenantId, series: &SeriesName) -> &mpsc::Sender<Waiting> {
+        let index = self.hasher.hash_one((tenant, series)) % self.lanes.len() as u64;
         &self.lanes[usize::try_from(index).unwrap_or(0)]
     }
 
@@ -133,20 +146,19 @@ impl GroupCommitter {
     /// # Errors
     /// [`GroupError::QueueFull`] when the lane's queue is full;
     /// [`GroupError::Store`] when the group's transaction failed.
-    pub async fn allocate(
-        &self,
-        tenant: &TenantId,
-        series: &SeriesName,
-        count: Count,
-        request_id: Option<&RequestId>,
-    ) -> Result<Outcome, GroupError> {
+    pub async fn allocate(&self, call: Call<'_>) -> Result<Outcome, GroupError> {
         let (reply, granted) = oneshot::channel();
-        let key = (tenant.clone(), series.clone());
-        let lane = self.lane(&key);
+        let lane = self.lane(call.tenant, call.series);
         lane.try_send(Waiting {
-            key,
-            count: count.get(),
-            request_id: request_id.cloned(),
+            call: OwnedCall {
+                tenant: call.tenant.clone(),
+                series: call.series.clone(),
+                calendar: call.calendar,
+                period: call.period.to_owned(),
+                date: call.date,
+                count: call.count,
+                request_id: call.request_id.cloned(),
+            },
             reply,
         })
         .map_err(|error| match error {
@@ -167,7 +179,7 @@ impl GroupCommitter {
     /// Calls waiting in the lane of a series (for tests and metrics).
     #[must_use]
     pub fn waiting(&self, tenant: &TenantId, series: &SeriesName) -> usize {
-        let lane = self.lane(&(tenant.clone(), series.clone()));
+        let lane = self.lane(tenant, series);
         lane.max_capacity() - lane.capacity()
     }
 }
@@ -177,7 +189,7 @@ struct Lane {
     store: Arc<dyn CounterStore>,
     queue: mpsc::Receiver<Waiting>,
     max_batch: usize,
-    format: String,
+    defaults: SeriesConfig,
     retention: Retention,
 }
 
@@ -198,7 +210,7 @@ impl Lane {
         let calls: Vec<Call<'_>> = batch.iter().map(Waiting::call).collect();
         let result = self
             .store
-            .allocate_many(&calls, &self.format, self.retention.stamp())
+            .allocate_many(&calls, &self.defaults, self.retention.stamp())
             .await;
         drop(calls);
         match result {
@@ -215,7 +227,7 @@ impl Lane {
                 for waiting in batch {
                     let result = self
                         .store
-                        .allocate(waiting.call(), &self.format, self.retention.stamp())
+                        .allocate(waiting.call(), &self.defaults, self.retention.stamp())
                         .await
                         .map_err(|error| GroupError::Store(Arc::new(error)));
                     let _ = waiting.reply.send(result);

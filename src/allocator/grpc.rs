@@ -4,20 +4,21 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::{
     allocator::{
-        Allocator, Error,
-        series::{Count, Series, SeriesName},
+        Allocator, Error, SeriesChange,
+        series::{Count, NumberFormat, Reset, Series, SeriesName, TimeZone},
     },
+    calendar::parse_date,
     proto::{
         self, AdvanceCounterRequest, AdvanceCounterResponse, AllocateRequest, AllocateResponse,
-        AllocatedNumber, GetSeriesRequest, GetSeriesResponse, ListSeriesRequest,
-        ListSeriesResponse,
+        AllocatedNumber, ConfigureSeriesRequest, ConfigureSeriesResponse, GetSeriesRequest,
+        GetSeriesResponse, ListSeriesRequest, ListSeriesResponse,
         number_allocator_server::{NumberAllocator, NumberAllocatorServer},
     },
     request_id::RequestId,
     server::{
         pagination,
         status::{chain, internal, with_reason},
-        validation::Violations,
+        validation::{FieldViolation, InvalidArgument, Violations},
     },
     tenant::TenantId,
 };
@@ -64,16 +65,17 @@ impl NumberAllocator for AllocatorService {
             tenant_and_series(&mut violations, &request.tenant_id, &request.series);
         let count = violations.check("count", Count::parse(request.count));
         let request_id = violations.check("request_id", RequestId::parse(&request.request_id));
+        let date = violations.check("date", parse_date(&request.date));
         violations.finish()?;
-        let (Some(tenant), Some(series), Some(count), Some(request_id)) =
-            (tenant, series, count, request_id)
+        let (Some(tenant), Some(series), Some(count), Some(request_id), Some(date)) =
+            (tenant, series, count, request_id, date)
         else {
             unreachable!("finish() returned Ok, so every field parsed");
         };
 
         let allocation = self
             .allocator
-            .allocate(&tenant, &series, count, request_id.as_ref())
+            .allocate(&tenant, &series, count, request_id.as_ref(), date)
             .await?;
         Ok(Response::new(AllocateResponse {
             replayed: allocation.replayed,
@@ -83,6 +85,8 @@ impl NumberAllocator for AllocatorService {
                 .map(|number| AllocatedNumber {
                     value: number.value,
                     formatted: number.formatted,
+                    period: number.period,
+                    date: number.date.to_string(),
                 })
                 .collect(),
         }))
@@ -96,12 +100,13 @@ impl NumberAllocator for AllocatorService {
         let mut violations = Violations::new();
         let (tenant, series) =
             tenant_and_series(&mut violations, &request.tenant_id, &request.series);
+        let date = violations.check("date", parse_date(&request.date));
         violations.finish()?;
-        let (Some(tenant), Some(series)) = (tenant, series) else {
+        let (Some(tenant), Some(series), Some(date)) = (tenant, series, date) else {
             unreachable!("finish() returned Ok, so every field parsed");
         };
 
-        let series = self.allocator.get_series(&tenant, &series).await?;
+        let series = self.allocator.get_series(&tenant, &series, date).await?;
         Ok(Response::new(GetSeriesResponse {
             series: Some(series.into()),
         }))
@@ -149,18 +154,93 @@ impl NumberAllocator for AllocatorService {
                 format!("must be at most {MAX_REASON_CHARS} characters"),
             );
         }
+        let date = violations.check("date", parse_date(&request.date));
         violations.finish()?;
-        let (Some(tenant), Some(series)) = (tenant, series) else {
+        let (Some(tenant), Some(series), Some(date)) = (tenant, series, date) else {
             unreachable!("finish() returned Ok, so every field parsed");
         };
 
         let series = self
             .allocator
-            .advance(&tenant, &series, request.at_least, &request.reason)
+            .advance(&tenant, &series, request.at_least, &request.reason, date)
             .await?;
         Ok(Response::new(AdvanceCounterResponse {
             series: Some(series.into()),
         }))
+    }
+
+    async fn configure_series(
+        &self,
+        request: Request<ConfigureSeriesRequest>,
+    ) -> Result<Response<ConfigureSeriesResponse>, Status> {
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        let (tenant, series) =
+            tenant_and_series(&mut violations, &request.tenant_id, &request.series);
+        let change = SeriesChange {
+            format: violations
+                .check(
+                    "format",
+                    optional(&request.format, str::parse::<NumberFormat>),
+                )
+                .flatten(),
+            reset: violations.check("reset", reset(request.reset)).flatten(),
+            zone: violations
+                .check("timezone", optional(&request.timezone, TimeZone::parse))
+                .flatten(),
+            start_at: match request.start_at {
+                0 => None,
+                first if first < 0 => {
+                    violations.add("start_at", "must be at least 1 (0 keeps the current value)");
+                    None
+                }
+                first => Some(first),
+            },
+        };
+        violations.finish()?;
+        let (Some(tenant), Some(series)) = (tenant, series) else {
+            unreachable!("finish() returned Ok, so every field parsed");
+        };
+
+        let series = self.allocator.configure(&tenant, &series, &change).await?;
+        Ok(Response::new(ConfigureSeriesResponse {
+            series: Some(series.into()),
+        }))
+    }
+}
+
+/// An optional text field: empty means none.
+fn optional<T>(
+    raw: &str,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<Option<T>, String> {
+    if raw.is_empty() {
+        Ok(None)
+    } else {
+        parse(raw).map(Some)
+    }
+}
+
+/// A requested reset: unspecified means none.
+fn reset(raw: i32) -> Result<Option<Reset>, String> {
+    match proto::Reset::try_from(raw) {
+        Ok(proto::Reset::Unspecified) => Ok(None),
+        Ok(proto::Reset::Never) => Ok(Some(Reset::Never)),
+        Ok(proto::Reset::Yearly) => Ok(Some(Reset::Yearly)),
+        Ok(proto::Reset::Monthly) => Ok(Some(Reset::Monthly)),
+        Ok(proto::Reset::Daily) => Ok(Some(Reset::Daily)),
+        Err(_) => Err(format!("{raw} is not a Reset value")),
+    }
+}
+
+impl From<Reset> for proto::Reset {
+    fn from(reset: Reset) -> Self {
+        match reset {
+            Reset::Never => Self::Never,
+            Reset::Yearly => Self::Yearly,
+            Reset::Monthly => Self::Monthly,
+            Reset::Daily => Self::Daily,
+        }
     }
 }
 
@@ -170,7 +250,11 @@ impl From<Series> for proto::Series {
             tenant_id: series.tenant_id,
             name: series.name,
             last_value: series.last_value,
-            format: series.format,
+            format: series.config.format.template().to_owned(),
+            reset: proto::Reset::from(series.config.calendar.reset).into(),
+            timezone: series.config.calendar.zone.name().to_owned(),
+            start_at: series.config.start_at,
+            current_period: series.period,
         }
     }
 }
@@ -178,9 +262,30 @@ impl From<Series> for proto::Series {
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
         match error {
+            Error::Invalid { field, reason } => InvalidArgument(vec![FieldViolation {
+                field: field.to_owned(),
+                description: reason,
+            }])
+            .into(),
+            Error::SeriesInUse {
+                tenant,
+                series,
+                field,
+            } => with_reason(
+                Code::FailedPrecondition,
+                format!(
+                    "{field} of series {series:?} cannot change: the series has handed out numbers"
+                ),
+                "SERIES_IN_USE",
+                &[
+                    ("tenantId", tenant),
+                    ("series", series),
+                    ("field", field.to_owned()),
+                ],
+            ),
             Error::SeriesNotFound { tenant, series } => with_reason(
                 Code::NotFound,
-                format!("series {series:?} of tenant {tenant:?} has never been used"),
+                format!("series {series:?} of tenant {tenant:?} has never been used or configured"),
                 "SERIES_NOT_FOUND",
                 &[("tenantId", tenant), ("series", series)],
             ),

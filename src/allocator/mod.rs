@@ -24,4 +24,4 @@ mod sql_store;
 pub mod sqlite;
 pub mod store;
 
-pub use allocate::{Allocation, Allocator, CommitMode, Error};
+pub use allocate::{Allocation, Allocator, CommitMode, Error, SeriesChange};

@@ -12,8 +12,9 @@ use sqlx::{PgConnection, PgExecutor, PgPool, Postgres, migrate::Migrator};
 use crate::{
     allocator::{
         batch::{Batch, Claim, Counted, Plan, Won},
+        series::SeriesConfig,
         sql_store::{self, Engine, SqlCounterStore},
-        store::{Advance, Outcome, SeriesRow, Stamp, StoreError},
+        store::{Advance, Change, ConfigureError, Outcome, SeriesRow, Stamp, StoreError},
     },
     db::begin_durable,
 };
@@ -43,30 +44,54 @@ pub struct PgEngine {
 struct IncrementedRow {
     tenant_id: String,
     series: String,
+    period: String,
     last_value: i64,
     format: String,
     /// The setting the statement's commit ran under.
     synchronous_commit: String,
 }
 
-/// Locks the existing counters of `series`, in their order.
+/// Locks the existing counters of the batch, in their order.
 #[tracing::instrument(name = "db.counters.lock", skip_all, err(level = "debug"))]
 async fn lock_counters(
     conn: &mut PgConnection,
-    series: &[(&str, &str)],
+    counters: &[(&str, &str, &str)],
 ) -> Result<(), sqlx::Error> {
-    let tenants: Vec<&str> = series.iter().map(|s| s.0).collect();
-    let names: Vec<&str> = series.iter().map(|s| s.1).collect();
     sqlx::query(
         "SELECT 1 FROM counters
-         WHERE (tenant_id, series) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))
-         ORDER BY tenant_id, series FOR UPDATE",
+         WHERE (tenant_id, series, period) IN
+               (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[]))
+         ORDER BY tenant_id, series, period FOR UPDATE",
     )
-    .bind(&tenants)
-    .bind(&names)
+    .bind(counters.iter().map(|c| c.0).collect::<Vec<_>>())
+    .bind(counters.iter().map(|c| c.1).collect::<Vec<_>>())
+    .bind(counters.iter().map(|c| c.2).collect::<Vec<_>>())
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Locks a series row: shared against `ConfigureSeries` (which takes
+/// it exclusively) for an advance, exclusively for a configuration.
+#[tracing::instrument(name = "db.series.lock", skip_all, err(level = "debug"))]
+async fn lock_series(
+    conn: &mut PgConnection,
+    tenant: &str,
+    series: &str,
+    exclusive: bool,
+) -> Result<Option<SeriesRow>, sqlx::Error> {
+    let statement = if exclusive {
+        "SELECT series, format, reset, timezone, start_at FROM series
+         WHERE tenant_id = $1 AND series = $2 FOR UPDATE"
+    } else {
+        "SELECT series, format, reset, timezone, start_at FROM series
+         WHERE tenant_id = $1 AND series = $2 FOR KEY SHARE"
+    };
+    sqlx::query_as(statement)
+        .bind(tenant)
+        .bind(series)
+        .fetch_optional(conn)
+        .await
 }
 
 /// Claims the batch's request ids: inserts each, or takes over one older than
@@ -104,87 +129,150 @@ async fn claim(
     Ok(won.into_iter().collect())
 }
 
-/// Advances each counter by its total, creating absent ones (one upsert, so
-/// concurrent first calls for a new series cannot both start at 1), records
-/// the ranges, and stores each request id with its first number: one
+/// The statement of [`increment`].
+const INCREMENT: &str = "WITH durable AS (SELECT set_config('synchronous_commit', 'on', true)),
+     created AS (
+         INSERT INTO series (tenant_id, series, format, reset, timezone, start_at)
+         SELECT DISTINCT tenant_id, series, $17, $18, $19, $20::bigint
+         FROM UNNEST($1::text[], $2::text[]) AS total (tenant_id, series)
+         ON CONFLICT (tenant_id, series) DO NOTHING
+         RETURNING tenant_id, series, format, reset, timezone, start_at),
+     locked AS (
+         SELECT tenant_id, series, format, reset, timezone, start_at FROM series
+         WHERE (tenant_id, series) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))
+         FOR KEY SHARE),
+     -- A series another call created since this statement began is in
+     -- neither: the check below fails the statement, and a retry sees it.
+     config AS (SELECT * FROM created UNION ALL SELECT * FROM locked),
+     planned AS (
+         SELECT total.tenant_id, total.series, total.period, total.count,
+                CASE WHEN config.reset = total.reset AND config.timezone = total.timezone
+                     THEN config.start_at - 1
+                     ELSE series_changed() END AS base
+         FROM durable,
+              UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[])
+              AS total (tenant_id, series, period, count, reset, timezone)
+              LEFT JOIN config USING (tenant_id, series)),
+     bumped AS (
+         INSERT INTO counters (tenant_id, series, period, last_value, base)
+         SELECT tenant_id, series, period, base + count, base FROM planned
+         ON CONFLICT (tenant_id, series, period)
+         DO UPDATE SET last_value = counters.last_value + EXCLUDED.last_value - EXCLUDED.base
+         RETURNING tenant_id, series, period, last_value),
+     ranges AS (
+         SELECT call.tenant_id, call.series, call.period, call.date, call.count,
+                call.request_id, config.format,
+                bumped.last_value - call.tail - call.count + 1 AS first_value
+         FROM UNNEST($7::text[], $8::text[], $9::text[], $10::date[], $11::bigint[],
+                     $12::bigint[], $13::text[])
+              AS call (tenant_id, series, period, date, count, tail, request_id)
+         JOIN bumped USING (tenant_id, series, period)
+         JOIN config USING (tenant_id, series)),
+     recorded AS (
+         INSERT INTO allocations (tenant_id, series, period, first_value, count, kind,
+                                  request_id, format, date, created_at)
+         SELECT tenant_id, series, period, first_value, count, 'allocate',
+                request_id, format, date, $14
+         FROM ranges),
+     keyed AS (
+         INSERT INTO request_ids (tenant_id, request_id, series, count, period,
+                                  first_value, format, date, created_at)
+         SELECT tenant_id, request_id, series, count, period, first_value, format, date, $14
+         FROM ranges WHERE request_id IS NOT NULL
+         ON CONFLICT (tenant_id, request_id)
+         DO UPDATE SET series = EXCLUDED.series, count = EXCLUDED.count,
+                       period = EXCLUDED.period, first_value = EXCLUDED.first_value,
+                       format = EXCLUDED.format, date = EXCLUDED.date,
+                       created_at = EXCLUDED.created_at
+         WHERE request_ids.first_value IS NULL OR request_ids.created_at < $15
+         RETURNING 1)
+     SELECT tenant_id, series, period, last_value, config.format,
+            current_setting('synchronous_commit') AS synchronous_commit,
+            -- Read by nobody: evaluated, it fails the statement if an id
+            -- of the plan was not stored.
+            CASE WHEN (SELECT count(*) FROM keyed) = $16 THEN 0
+                 ELSE request_id_in_use() END AS ids_checked
+     FROM bumped JOIN config USING (tenant_id, series)";
+
+/// Creates the series of the plan that do not exist yet with `defaults`,
+/// advances each period's counter by its total, starting absent periods at
+/// their series' `start_at` (one upsert, so concurrent first calls cannot
+/// both start a period), records the ranges with the template and date they
+/// read with, and stores each request id with its first number: one
 /// statement. A request id is stored if it is new, past the window, or
 /// claimed by this transaction; if one is held by another call instead, the
-/// statement fails with [`ID_IN_USE`] and changes nothing.
+/// statement fails with [`ID_IN_USE`] and changes nothing. The series rows
+/// are locked against `ConfigureSeries` and checked against the calendars
+/// the calls assumed; a change fails the statement with [`SERIES_CHANGED`].
 ///
 /// Run alone it is its own transaction (one round trip), and sets
 /// `synchronous_commit` for it, so its commit returns only once flushed to
 /// disk whatever the server, database, role or connection defaults to.
-#[tracing::instrument(name = "db.counters.increment", skip_all, fields(series = plan.increments.len()), err(level = "debug"))]
+#[tracing::instrument(name = "db.counters.increment", skip_all, fields(counters = plan.increments.len()), err(level = "debug"))]
 async fn increment<'e>(
     executor: impl PgExecutor<'e>,
     plan: &Plan<'_>,
-    format: &str,
+    defaults: &SeriesConfig,
     stamp: Stamp,
 ) -> Result<Vec<IncrementedRow>, sqlx::Error> {
     let totals = &plan.increments;
     let records = &plan.records;
-    sqlx::query_as(
-        "WITH durable AS (SELECT set_config('synchronous_commit', 'on', true)),
-         bumped AS (
-             INSERT INTO counters (tenant_id, series, last_value, format)
-             SELECT total.tenant_id, total.series, total.count, $4
-             FROM durable, UNNEST($1::text[], $2::text[], $3::bigint[])
-                  AS total (tenant_id, series, count)
-             ON CONFLICT (tenant_id, series)
-             DO UPDATE SET last_value = counters.last_value + EXCLUDED.last_value
-             RETURNING tenant_id, series, last_value, format),
-         ranges AS (
-             SELECT call.tenant_id, call.series, call.count, call.request_id,
-                    bumped.last_value - call.tail - call.count + 1 AS first_value
-             FROM UNNEST($5::text[], $6::text[], $7::bigint[], $8::bigint[], $9::text[])
-                  AS call (tenant_id, series, count, tail, request_id)
-             JOIN bumped ON bumped.tenant_id = call.tenant_id AND bumped.series = call.series),
-         recorded AS (
-             INSERT INTO allocations (tenant_id, series, first_value, count, kind, request_id, created_at)
-             SELECT tenant_id, series, first_value, count, 'allocate', request_id, $10 FROM ranges),
-         keyed AS (
-             INSERT INTO request_ids (tenant_id, request_id, series, count, first_value, created_at)
-             SELECT tenant_id, request_id, series, count, first_value, $10
-             FROM ranges WHERE request_id IS NOT NULL
-             ON CONFLICT (tenant_id, request_id)
-             DO UPDATE SET series = EXCLUDED.series, count = EXCLUDED.count,
-                           first_value = EXCLUDED.first_value, created_at = EXCLUDED.created_at
-             WHERE request_ids.first_value IS NULL OR request_ids.created_at < $11
-             RETURNING 1)
-         SELECT tenant_id, series, last_value, format,
-                current_setting('synchronous_commit') AS synchronous_commit,
-                -- Read by nobody: evaluated, it fails the statement if an id
-                -- of the plan was not stored.
-                CASE WHEN (SELECT count(*) FROM keyed) = $12 THEN 0
-                     ELSE request_id_in_use() END AS ids_checked
-         FROM bumped",
-    )
-    .bind(totals.iter().map(|t| t.tenant).collect::<Vec<_>>())
-    .bind(totals.iter().map(|t| t.series).collect::<Vec<_>>())
-    .bind(totals.iter().map(|t| t.total).collect::<Vec<_>>())
-    .bind(format)
-    .bind(records.iter().map(|r| r.tenant).collect::<Vec<_>>())
-    .bind(records.iter().map(|r| r.series).collect::<Vec<_>>())
-    .bind(records.iter().map(|r| r.count).collect::<Vec<_>>())
-    .bind(records.iter().map(|r| r.tail).collect::<Vec<_>>())
-    .bind(records.iter().map(|r| r.request_id).collect::<Vec<_>>())
-    .bind(stamp.now)
-    .bind(stamp.forget_before)
-    .bind(i64::try_from(plan.ids_recorded()).unwrap_or(i64::MAX))
-    .fetch_all(executor)
-    .await
+    sqlx::query_as(INCREMENT)
+        .bind(totals.iter().map(|t| t.tenant).collect::<Vec<_>>())
+        .bind(totals.iter().map(|t| t.series).collect::<Vec<_>>())
+        .bind(totals.iter().map(|t| t.period).collect::<Vec<_>>())
+        .bind(totals.iter().map(|t| t.total).collect::<Vec<_>>())
+        .bind(
+            totals
+                .iter()
+                .map(|t| t.calendar.reset.name())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            totals
+                .iter()
+                .map(|t| t.calendar.zone.name())
+                .collect::<Vec<_>>(),
+        )
+        .bind(records.iter().map(|r| r.tenant).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| r.series).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| r.period).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| r.date).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| r.count).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| r.tail).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| r.request_id).collect::<Vec<_>>())
+        .bind(stamp.now)
+        .bind(stamp.forget_before)
+        .bind(i64::try_from(plan.ids_recorded()).unwrap_or(i64::MAX))
+        .bind(defaults.format.template())
+        .bind(defaults.calendar.reset.name())
+        .bind(defaults.calendar.zone.name())
+        .bind(defaults.start_at)
+        .fetch_all(executor)
+        .await
 }
 
 /// The SQLSTATE of `request_id_in_use()` (see the migrations).
 const ID_IN_USE: &str = "NB001";
 
-/// Whether the increment failed because one of its request ids is held by
-/// another call.
-fn is_id_in_use(error: &sqlx::Error) -> bool {
+/// The SQLSTATE of `series_changed()` (see the migrations).
+const SERIES_CHANGED: &str = "NB002";
+
+/// Whether the statement failed with the SQLSTATE `code`.
+fn failed_with(error: &sqlx::Error, code: &str) -> bool {
     error
         .as_database_error()
         .and_then(sqlx::error::DatabaseError::code)
-        .is_some_and(|code| code == ID_IN_USE)
+        .is_some_and(|found| found == code)
+}
+
+/// A failed increment as the store reports it.
+fn increment_failed(error: sqlx::Error) -> StoreError {
+    if failed_with(&error, SERIES_CHANGED) {
+        StoreError::SeriesChanged
+    } else {
+        error.into()
+    }
 }
 
 /// The counters an increment returned, once its commit is known flushed.
@@ -205,6 +293,7 @@ fn flushed(rows: Vec<IncrementedRow>) -> Result<Vec<Counted>, StoreError> {
         .map(|row| Counted {
             tenant_id: row.tenant_id,
             series: row.series,
+            period: row.period,
             last_value: row.last_value,
             format: row.format,
         })
@@ -222,22 +311,24 @@ impl Engine for PgEngine {
     async fn allocate(
         &self,
         batch: &Batch<'_>,
-        format: &str,
+        defaults: &SeriesConfig,
         stamp: Stamp,
     ) -> Result<Vec<Outcome>, StoreError> {
         // Without request ids the batch is one statement, its own transaction.
         if batch.claims().is_empty() {
             let plan = batch.plan(&Won::default());
-            let rows = increment(&self.pool, &plan, format, stamp).await?;
-            return batch.outcomes(&plan, flushed(rows)?, &HashMap::new(), stamp.now);
+            let rows = increment(&self.pool, &plan, defaults, stamp)
+                .await
+                .map_err(increment_failed)?;
+            return batch.outcomes(&plan, &flushed(rows)?, &HashMap::new());
         }
         // Most ids are new: first try as if every one were, in one
         // statement, which fails whole if one is not.
         let plan = batch.plan(&batch.all_won());
-        match increment(&self.pool, &plan, format, stamp).await {
-            Ok(rows) => return batch.outcomes(&plan, flushed(rows)?, &HashMap::new(), stamp.now),
-            Err(error) if is_id_in_use(&error) => {}
-            Err(error) => return Err(error.into()),
+        match increment(&self.pool, &plan, defaults, stamp).await {
+            Ok(rows) => return batch.outcomes(&plan, &flushed(rows)?, &HashMap::new()),
+            Err(error) if failed_with(&error, ID_IN_USE) => {}
+            Err(error) => return Err(increment_failed(error)),
         }
 
         // Some id is in use: claim the ids first, then allocate for the
@@ -246,7 +337,7 @@ impl Engine for PgEngine {
         // statement above locks them, so two such transactions cannot
         // deadlock on them.
         let mut tx = begin_durable(&self.pool).await?;
-        lock_counters(&mut tx, &batch.series()).await?;
+        lock_counters(&mut tx, &batch.counters()).await?;
         let won = claim(&mut tx, batch.claims(), stamp).await?;
         let held = sql_store::read_held::<Postgres>(&mut tx, batch, &won).await?;
         let plan = batch.plan(&won);
@@ -254,17 +345,45 @@ impl Engine for PgEngine {
         let rows = if plan.is_empty() {
             Vec::new()
         } else {
-            increment(&mut *tx, &plan, format, stamp).await?
+            increment(&mut *tx, &plan, defaults, stamp)
+                .await
+                .map_err(increment_failed)?
         };
         tx.commit().await?;
-        batch.outcomes(&plan, flushed(rows)?, &held, stamp.now)
+        batch.outcomes(&plan, &flushed(rows)?, &held)
     }
 
-    async fn advance(&self, advance: Advance<'_>, format: &str) -> Result<SeriesRow, StoreError> {
+    async fn configure(
+        &self,
+        tenant: &str,
+        series: &str,
+        defaults: &SeriesConfig,
+        change: Change<'_>,
+    ) -> Result<SeriesConfig, ConfigureError> {
         let mut tx = begin_durable(&self.pool).await?;
-        let row = sql_store::advance::<Postgres>(&mut tx, advance, format).await?;
+        sql_store::insert_series(&mut *tx, tenant, series, defaults).await?;
+        let locked = lock_series(&mut tx, tenant, series, true)
+            .await?
+            .ok_or_else(|| StoreError::Internal("series vanished once created".into()))?;
+        let config = sql_store::configure::<Postgres>(&mut tx, &locked, tenant, change).await?;
         tx.commit().await?;
-        Ok(row)
+        Ok(config)
+    }
+
+    async fn advance(
+        &self,
+        advance: Advance<'_>,
+        defaults: &SeriesConfig,
+    ) -> Result<(SeriesConfig, i64), StoreError> {
+        let (tenant, series) = (advance.tenant.as_str(), advance.series.as_str());
+        let mut tx = begin_durable(&self.pool).await?;
+        sql_store::insert_series(&mut *tx, tenant, series, defaults).await?;
+        let locked = lock_series(&mut tx, tenant, series, false)
+            .await?
+            .ok_or(StoreError::SeriesChanged)?;
+        let advanced = sql_store::advance::<Postgres>(&mut tx, &locked, advance).await?;
+        tx.commit().await?;
+        Ok(advanced)
     }
 
     async fn forget(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {

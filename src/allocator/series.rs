@@ -8,8 +8,6 @@ use std::{
 
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 
-use crate::calendar::parse_day;
-
 /// A series name: 1–64 characters of `a–z 0–9 _ -`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SeriesName(String);
@@ -180,6 +178,26 @@ impl NumberFormat {
 }
 
 impl Reset {
+    /// The reset as stored: `never`, `yearly`, `monthly` or `daily`.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        self.adverb()
+    }
+
+    /// Reads a stored reset.
+    ///
+    /// # Errors
+    /// Anything but the names [`Reset::name`] gives.
+    pub fn from_name(name: &str) -> Result<Self, String> {
+        match name {
+            "never" => Ok(Self::Never),
+            "yearly" => Ok(Self::Yearly),
+            "monthly" => Ok(Self::Monthly),
+            "daily" => Ok(Self::Daily),
+            _ => Err(format!("{name:?} is not a reset")),
+        }
+    }
+
     /// The period `date` falls in, as a series shows it: `""` for a series
     /// that never resets, `"2026"`, `"2026-11"` or `"2026-11-29"`.
     #[must_use]
@@ -370,28 +388,96 @@ impl TimeZone {
     }
 }
 
-/// Reads a document date: `YYYY-MM-DD`, empty meaning none.
-///
-/// # Errors
-/// Anything else.
-pub fn parse_date(raw: &str) -> Result<Option<NaiveDate>, String> {
-    if raw.is_empty() {
-        return Ok(None);
-    }
-    parse_day(raw).map(Some)
+/// How a series' days and periods are told: its reset and its time zone.
+/// Fixed once the series has handed out a number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Calendar {
+    /// When the series starts again.
+    pub reset: Reset,
+    /// Which day it is for the series.
+    pub zone: TimeZone,
 }
 
-/// A series as stored.
+impl Calendar {
+    /// The calendar of a series configured with nothing.
+    pub const DEFAULT: Self = Self {
+        reset: Reset::Never,
+        zone: TimeZone::UTC,
+    };
+
+    /// The date a call with document date `date` (none: today) numbers its
+    /// document for, and the period it falls in.
+    ///
+    /// # Errors
+    /// A date past the period after today's, for the `date` field.
+    pub fn place(
+        self,
+        date: Option<NaiveDate>,
+        now: DateTime<Utc>,
+    ) -> Result<(NaiveDate, String), String> {
+        let today = self.zone.date(now);
+        let date = date.unwrap_or(today);
+        self.reset.check_date(date, today)?;
+        Ok((date, self.reset.period(date)))
+    }
+}
+
+/// A series' settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeriesConfig {
+    /// The template of numbers allocated from now on.
+    pub format: NumberFormat,
+    /// Its reset and time zone.
+    pub calendar: Calendar,
+    /// The first number of every period not yet begun.
+    pub start_at: i64,
+}
+
+impl SeriesConfig {
+    /// The settings of a series nobody configured, numbered with `format`.
+    #[must_use]
+    pub fn unconfigured(format: NumberFormat) -> Self {
+        Self {
+            format,
+            calendar: Calendar::DEFAULT,
+            start_at: 1,
+        }
+    }
+}
+
+/// Why a series' settings were not changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// A setting is not acceptable.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// The request field at fault.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// A setting can no longer change: the series has handed out numbers.
+    #[error("{field} cannot change once the series has handed out a number")]
+    InUse {
+        /// The request field that would change.
+        field: &'static str,
+    },
+}
+
+/// A series as `GetSeries` shows it: its settings and one period's counter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Series {
     /// Owner of the series.
     pub tenant_id: String,
     /// Series name.
     pub name: String,
-    /// Last number handed out; 0 before the first.
+    /// Its settings.
+    pub config: SeriesConfig,
+    /// The period shown: `""` for a series that never resets.
+    pub period: String,
+    /// Last number handed out or skipped in the period; `start_at - 1` before
+    /// the first.
     pub last_value: i64,
-    /// Template its numbers are formatted with.
-    pub format: String,
 }
 
 /// One allocated number.
@@ -401,6 +487,10 @@ pub struct Number {
     pub value: i64,
     /// The number rendered with the series' format.
     pub formatted: String,
+    /// The period it belongs to: `""` for a series that never resets.
+    pub period: String,
+    /// The date it reads with.
+    pub date: NaiveDate,
 }
 
 #[cfg(test)]
@@ -522,15 +612,6 @@ mod tests {
         assert_eq!(berlin.date(at), day(2027, 1, 1));
         for bad in ["Europe/Springfield", "CET+1", "+01:00", ""] {
             assert!(TimeZone::parse(bad).is_err(), "{bad:?} was accepted");
-        }
-    }
-
-    #[test]
-    fn document_dates_are_iso_days() {
-        assert_eq!(parse_date("").unwrap(), None);
-        assert_eq!(parse_date("2026-02-28").unwrap(), Some(day(2026, 2, 28)));
-        for bad in ["2026-02-30", "26-02-01", "2026/02/01", "2026-2-1x"] {
-            assert!(parse_date(bad).is_err(), "{bad:?} was accepted");
         }
     }
 

@@ -1,19 +1,22 @@
 //! The counter store written once over either engine, and the statements both
 //! engines run alike: one text each (`$N` placeholders suit both). Only the
-//! statements that take a batch as arrays, and the write path, differ per
-//! engine, and live in its file.
+//! statements that take a batch as arrays, the locking reads, and the write
+//! path differ per engine, and live in its file.
 
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Pool, Type};
 
 use crate::{
     allocator::{
         batch::{Batch, KeyRow, Won},
-        series::{Series, SeriesName},
-        store::{Advance, Call, CounterStore, Outcome, SeriesRow, Stamp, StoreError},
+        series::{SeriesConfig, SeriesName},
+        store::{
+            Advance, Call, Change, ConfigureError, CounterStore, Outcome, SeriesRow, Stamp,
+            StoreError,
+        },
     },
     server::Store,
     tenant::TenantId,
@@ -34,12 +37,27 @@ pub(crate) trait Engine: Send + Sync + 'static {
     async fn allocate(
         &self,
         batch: &Batch<'_>,
-        format: &str,
+        defaults: &SeriesConfig,
         stamp: Stamp,
     ) -> Result<Vec<Outcome>, StoreError>;
 
-    /// Runs [`advance`] in the engine's durable write.
-    async fn advance(&self, advance: Advance<'_>, format: &str) -> Result<SeriesRow, StoreError>;
+    /// Runs [`configure`] in the engine's durable write, on the series row
+    /// locked against allocations.
+    async fn configure(
+        &self,
+        tenant: &str,
+        series: &str,
+        defaults: &SeriesConfig,
+        change: Change<'_>,
+    ) -> Result<SeriesConfig, ConfigureError>;
+
+    /// Runs [`advance`] in the engine's durable write, on the series row
+    /// (created with `defaults` if absent) locked against `ConfigureSeries`.
+    async fn advance(
+        &self,
+        advance: Advance<'_>,
+        defaults: &SeriesConfig,
+    ) -> Result<(SeriesConfig, i64), StoreError>;
 
     /// Runs [`delete_request_ids`] in the engine's write path.
     async fn forget(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError>;
@@ -62,20 +80,56 @@ where
     for<'c> &'c mut <E::Db as Database>::Connection: Executor<'c, Database = E::Db>,
     <E::Db as Database>::Arguments: IntoArguments<E::Db>,
     for<'r> SeriesRow: FromRow<'r, <E::Db as Database>::Row>,
+    for<'r> (i64,): FromRow<'r, <E::Db as Database>::Row>,
     for<'q> &'q str: Encode<'q, E::Db> + Type<E::Db>,
     for<'q> i64: Encode<'q, E::Db> + Type<E::Db>,
 {
     async fn allocate_many(
         &self,
         calls: &[Call<'_>],
-        format: &str,
+        defaults: &SeriesConfig,
         stamp: Stamp,
     ) -> Result<Vec<Outcome>, StoreError> {
-        self.0.allocate(&Batch::new(calls), format, stamp).await
+        self.0.allocate(&Batch::new(calls), defaults, stamp).await
     }
 
-    async fn advance(&self, advance: Advance<'_>, format: &str) -> Result<Series, StoreError> {
-        Ok(self.0.advance(advance, format).await?.into())
+    async fn find(
+        &self,
+        tenant: &TenantId,
+        series: &SeriesName,
+    ) -> Result<Option<SeriesConfig>, StoreError> {
+        let row = select_series(self.0.pool(), tenant.as_str(), series.as_str()).await?;
+        row.as_ref().map(SeriesRow::config).transpose()
+    }
+
+    async fn counter(
+        &self,
+        tenant: &TenantId,
+        series: &SeriesName,
+        period: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        let value = select_counter(self.0.pool(), tenant.as_str(), series.as_str(), period).await?;
+        Ok(value.map(|(value,)| value))
+    }
+
+    async fn configure(
+        &self,
+        tenant: &TenantId,
+        series: &SeriesName,
+        defaults: &SeriesConfig,
+        change: Change<'_>,
+    ) -> Result<SeriesConfig, ConfigureError> {
+        self.0
+            .configure(tenant.as_str(), series.as_str(), defaults, change)
+            .await
+    }
+
+    async fn advance(
+        &self,
+        advance: Advance<'_>,
+        defaults: &SeriesConfig,
+    ) -> Result<(SeriesConfig, i64), StoreError> {
+        self.0.advance(advance, defaults).await
     }
 
     async fn forget_request_ids(
@@ -86,24 +140,20 @@ where
         self.0.forget(before, limit).await
     }
 
-    async fn get(
-        &self,
-        tenant: &TenantId,
-        series: &SeriesName,
-    ) -> Result<Option<Series>, StoreError> {
-        let row = select_one(self.0.pool(), tenant.as_str(), series.as_str()).await?;
-        Ok(row.map(Into::into))
-    }
-
     async fn list(
         &self,
         tenant: &TenantId,
         after: Option<&str>,
         limit: u32,
-    ) -> Result<Vec<Series>, StoreError> {
+    ) -> Result<Vec<(String, SeriesConfig)>, StoreError> {
         let (tenant, after) = (tenant.as_str(), after.unwrap_or(""));
         let rows = select_page(self.0.pool(), tenant, after, limit.into()).await?;
-        Ok(rows.into_iter().map(Into::into).collect())
+        rows.into_iter()
+            .map(|row| {
+                let config = row.config()?;
+                Ok((row.series, config))
+            })
+            .collect()
     }
 }
 
@@ -118,46 +168,91 @@ impl<E: Engine> Store for SqlCounterStore<E> {
     }
 }
 
-/// Raises a counter and records the range skipped: the counter is first
-/// locked (created at 0 if absent) to read the value it is raised from. Runs
-/// on `conn`, inside the caller's durable transaction.
-pub(crate) async fn advance<DB>(
+/// Stores what `change` makes of the locked series' settings. Runs on
+/// `conn`, inside the caller's durable transaction, after the row was
+/// locked against allocations.
+pub(crate) async fn configure<DB>(
     conn: &mut DB::Connection,
-    advance: Advance<'_>,
-    format: &str,
-) -> Result<SeriesRow, sqlx::Error>
+    locked: &SeriesRow,
+    tenant: &str,
+    change: Change<'_>,
+) -> Result<SeriesConfig, ConfigureError>
 where
     DB: Database,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     DB::Arguments: IntoArguments<DB>,
-    for<'r> SeriesRow: FromRow<'r, DB::Row>,
+    for<'r> (i64,): FromRow<'r, DB::Row>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+{
+    let current = locked.config()?;
+    // Read after the lock: an allocation that began before it has committed.
+    let in_use = select_in_use::<DB>(&mut *conn, tenant, &locked.series).await?;
+    let new = change(&current, in_use).map_err(ConfigureError::Refused)?;
+    update_series::<DB>(conn, tenant, &locked.series, &new).await?;
+    Ok(new)
+}
+
+/// Checks that the locked series' calendar is still the one the advance
+/// assumed, raises the period's counter and records the range skipped.
+/// Runs on `conn`, inside the caller's durable transaction.
+pub(crate) async fn advance<DB>(
+    conn: &mut DB::Connection,
+    locked: &SeriesRow,
+    advance: Advance<'_>,
+) -> Result<(SeriesConfig, i64), StoreError>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'r> (i64,): FromRow<'r, DB::Row>,
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
     for<'q> i64: Encode<'q, DB> + Type<DB>,
     for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
+    for<'q> NaiveDate: Encode<'q, DB> + Type<DB>,
 {
-    let (tenant, series) = (advance.tenant.as_str(), advance.series.as_str());
-    let before = raise::<DB>(conn, tenant, series, 0, format).await?;
-    let after = raise::<DB>(conn, tenant, series, advance.at_least, format).await?;
-    if after.last_value > before.last_value {
+    let config = locked.config()?;
+    if config.calendar != advance.calendar {
+        return Err(StoreError::SeriesChanged);
+    }
+    let counter = Counter {
+        tenant: advance.tenant.as_str(),
+        series: advance.series.as_str(),
+        period: advance.period,
+        base: config.start_at - 1,
+    };
+    let before = raise::<DB>(conn, &counter, counter.base).await?;
+    let after = raise::<DB>(conn, &counter, advance.at_least.max(counter.base)).await?;
+    if after > before {
         let skipped = Skipped {
-            tenant,
-            series,
-            first: before.last_value + 1,
-            count: after.last_value - before.last_value,
+            counter: &counter,
+            first: before + 1,
+            count: after - before,
+            format: config.format.template(),
+            date: advance.date,
             reason: advance.reason,
             at: advance.now,
         };
         insert_skipped::<DB>(conn, &skipped).await?;
     }
-    Ok(after)
+    Ok((config, after))
+}
+
+/// A period's counter, and the value it starts from.
+struct Counter<'a> {
+    tenant: &'a str,
+    series: &'a str,
+    period: &'a str,
+    base: i64,
 }
 
 /// A range an advance skipped, for the ledger.
 struct Skipped<'a> {
-    tenant: &'a str,
-    series: &'a str,
+    counter: &'a Counter<'a>,
     first: i64,
     count: i64,
+    format: &'a str,
+    date: NaiveDate,
     reason: &'a str,
     at: DateTime<Utc>,
 }
@@ -175,20 +270,146 @@ where
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
     for<'q> i64: Encode<'q, DB> + Type<DB>,
     for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
+    for<'q> NaiveDate: Encode<'q, DB> + Type<DB>,
 {
     sqlx::query(
-        "INSERT INTO allocations (tenant_id, series, first_value, count, kind, reason, created_at)
-         VALUES ($1, $2, $3, $4, 'advance', $5, $6)",
+        "INSERT INTO allocations
+             (tenant_id, series, period, first_value, count, kind, reason, format, date, created_at)
+         VALUES ($1, $2, $3, $4, $5, 'advance', $6, $7, $8, $9)",
     )
-    .bind(skipped.tenant)
-    .bind(skipped.series)
+    .bind(skipped.counter.tenant)
+    .bind(skipped.counter.series)
+    .bind(skipped.counter.period)
     .bind(skipped.first)
     .bind(skipped.count)
     .bind(skipped.reason)
+    .bind(skipped.format)
+    .bind(skipped.date)
     .bind(skipped.at)
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Raises a period's counter to `at_least`, starting the period there if
+/// absent; never lowers it. Returns the counter.
+#[tracing::instrument(name = "db.counters.raise", skip_all, err(level = "debug"))]
+async fn raise<DB>(
+    conn: &mut DB::Connection,
+    counter: &Counter<'_>,
+    at_least: i64,
+) -> Result<i64, sqlx::Error>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'r> (i64,): FromRow<'r, DB::Row>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+{
+    // CASE rather than GREATEST (PostgreSQL) or max() (SQLite): both have it.
+    let (value,) = sqlx::query_as(
+        "INSERT INTO counters (tenant_id, series, period, last_value, base)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (tenant_id, series, period)
+         DO UPDATE SET last_value = CASE WHEN excluded.last_value > counters.last_value
+                                         THEN excluded.last_value
+                                         ELSE counters.last_value END
+         RETURNING last_value",
+    )
+    .bind(counter.tenant)
+    .bind(counter.series)
+    .bind(counter.period)
+    .bind(at_least)
+    .bind(counter.base)
+    .fetch_one(conn)
+    .await?;
+    Ok(value)
+}
+
+/// Creates a series with `config` unless it exists.
+#[tracing::instrument(name = "db.series.insert", skip_all, err(level = "debug"))]
+pub(crate) async fn insert_series<'e, DB>(
+    executor: impl Executor<'e, Database = DB>,
+    tenant: &str,
+    series: &str,
+    config: &SeriesConfig,
+) -> Result<(), sqlx::Error>
+where
+    DB: Database,
+    DB::Arguments: IntoArguments<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+{
+    sqlx::query(
+        "INSERT INTO series (tenant_id, series, format, reset, timezone, start_at)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (tenant_id, series) DO NOTHING",
+    )
+    .bind(tenant)
+    .bind(series)
+    .bind(config.format.template())
+    .bind(config.calendar.reset.name())
+    .bind(config.calendar.zone.name())
+    .bind(config.start_at)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// Stores a series' settings.
+#[tracing::instrument(name = "db.series.update", skip_all, err(level = "debug"))]
+async fn update_series<DB>(
+    conn: &mut DB::Connection,
+    tenant: &str,
+    series: &str,
+    config: &SeriesConfig,
+) -> Result<(), sqlx::Error>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+{
+    sqlx::query(
+        "UPDATE series SET format = $3, reset = $4, timezone = $5, start_at = $6
+         WHERE tenant_id = $1 AND series = $2",
+    )
+    .bind(tenant)
+    .bind(series)
+    .bind(config.format.template())
+    .bind(config.calendar.reset.name())
+    .bind(config.calendar.zone.name())
+    .bind(config.start_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Whether a series has handed out or skipped a number, in any period.
+#[tracing::instrument(name = "db.counters.in_use", skip_all, err(level = "debug"))]
+async fn select_in_use<DB>(
+    conn: &mut DB::Connection,
+    tenant: &str,
+    series: &str,
+) -> Result<bool, sqlx::Error>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'r> (i64,): FromRow<'r, DB::Row>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+{
+    let used: Option<(i64,)> = sqlx::query_as(
+        "SELECT 1 FROM counters
+         WHERE tenant_id = $1 AND series = $2 AND last_value > base LIMIT 1",
+    )
+    .bind(tenant)
+    .bind(series)
+    .fetch_optional(conn)
+    .await?;
+    Ok(used.is_some())
 }
 
 /// The first answers of the batch's request ids that another transaction
@@ -215,7 +436,7 @@ where
     Ok(held)
 }
 
-/// What a request id first answered, with its series' format.
+/// What a request id first answered.
 #[tracing::instrument(name = "db.request_ids.select", skip_all, err(level = "debug"))]
 async fn select_key<DB>(
     conn: &mut DB::Connection,
@@ -230,9 +451,8 @@ where
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
 {
     sqlx::query_as(
-        "SELECT k.series, k.count, k.first_value, c.format, k.created_at
-         FROM request_ids k JOIN counters c ON c.tenant_id = k.tenant_id AND c.series = k.series
-         WHERE k.tenant_id = $1 AND k.request_id = $2",
+        "SELECT series, count, period, first_value, format, date FROM request_ids
+         WHERE tenant_id = $1 AND request_id = $2 AND first_value IS NOT NULL",
     )
     .bind(tenant)
     .bind(request_id)
@@ -265,69 +485,58 @@ where
     .await
 }
 
-/// Raises the counter to `at_least`, creating it there if absent; never
-/// lowers it. Runs on `conn`, inside the caller's durable transaction.
-#[tracing::instrument(name = "db.counters.raise", skip_all, err(level = "debug"))]
-pub(crate) async fn raise<DB>(
-    conn: &mut DB::Connection,
-    tenant: &str,
-    series: &str,
-    at_least: i64,
-    format: &str,
-) -> Result<SeriesRow, sqlx::Error>
-where
-    DB: Database,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    DB::Arguments: IntoArguments<DB>,
-    for<'r> SeriesRow: FromRow<'r, DB::Row>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-    for<'q> i64: Encode<'q, DB> + Type<DB>,
-{
-    // CASE rather than GREATEST (PostgreSQL) or max() (SQLite): both have it.
-    sqlx::query_as(
-        "INSERT INTO counters (tenant_id, series, last_value, format) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (tenant_id, series)
-         DO UPDATE SET last_value = CASE WHEN excluded.last_value > counters.last_value
-                                         THEN excluded.last_value
-                                         ELSE counters.last_value END
-         RETURNING tenant_id, series, last_value, format",
-    )
-    .bind(tenant)
-    .bind(series)
-    .bind(at_least)
-    .bind(format)
-    .fetch_one(conn)
-    .await
-}
-
-/// One counter, if the series was ever used.
-#[tracing::instrument(name = "db.counters.select_one", skip_all, err(level = "debug"))]
-pub(crate) async fn select_one<DB>(
-    pool: &Pool<DB>,
+/// One series, if it exists.
+#[tracing::instrument(name = "db.series.select_one", skip_all, err(level = "debug"))]
+pub(crate) async fn select_series<'e, DB>(
+    executor: impl Executor<'e, Database = DB>,
     tenant: &str,
     series: &str,
 ) -> Result<Option<SeriesRow>, sqlx::Error>
 where
     DB: Database,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     DB::Arguments: IntoArguments<DB>,
     for<'r> SeriesRow: FromRow<'r, DB::Row>,
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
 {
     sqlx::query_as(
-        "SELECT tenant_id, series, last_value, format FROM counters
+        "SELECT series, format, reset, timezone, start_at FROM series
          WHERE tenant_id = $1 AND series = $2",
     )
     .bind(tenant)
     .bind(series)
+    .fetch_optional(executor)
+    .await
+}
+
+/// A period's counter, if the period has begun.
+#[tracing::instrument(name = "db.counters.select_one", skip_all, err(level = "debug"))]
+async fn select_counter<DB>(
+    pool: &Pool<DB>,
+    tenant: &str,
+    series: &str,
+    period: &str,
+) -> Result<Option<(i64,)>, sqlx::Error>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'r> (i64,): FromRow<'r, DB::Row>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+{
+    sqlx::query_as(
+        "SELECT last_value FROM counters WHERE tenant_id = $1 AND series = $2 AND period = $3",
+    )
+    .bind(tenant)
+    .bind(series)
+    .bind(period)
     .fetch_optional(pool)
     .await
 }
 
-/// Up to `limit` of a tenant's counters with names after `after`, by name
+/// Up to `limit` of a tenant's series with names after `after`, by name
 /// (bytewise on both engines).
-#[tracing::instrument(name = "db.counters.select_page", skip_all, err(level = "debug"))]
-pub(crate) async fn select_page<DB>(
+#[tracing::instrument(name = "db.series.select_page", skip_all, err(level = "debug"))]
+async fn select_page<DB>(
     pool: &Pool<DB>,
     tenant: &str,
     after: &str,
@@ -342,7 +551,7 @@ where
     for<'q> i64: Encode<'q, DB> + Type<DB>,
 {
     sqlx::query_as(
-        "SELECT tenant_id, series, last_value, format FROM counters
+        "SELECT series, format, reset, timezone, start_at FROM series
          WHERE tenant_id = $1 AND series > $2
          ORDER BY series LIMIT $3",
     )

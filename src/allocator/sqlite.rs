@@ -11,9 +11,10 @@ use sqlx::{Sqlite, SqliteConnection, SqlitePool, migrate::Migrator, types::Json}
 
 use crate::{
     allocator::{
-        batch::{Batch, Claim, Counted, Plan, Total, Won},
+        batch::{Batch, Claim, Counted, Plan, Won},
+        series::SeriesConfig,
         sql_store::{self, Engine, SqlCounterStore},
-        store::{Advance, Outcome, SeriesRow, Stamp, StoreError},
+        store::{Advance, Change, ConfigureError, Outcome, SeriesRow, Stamp, StoreError},
     },
     db::SqliteDatabase,
 };
@@ -68,42 +69,78 @@ async fn claim(
     Ok(won.into_iter().collect())
 }
 
-/// Adds each total to its counter, creating absent ones: one upsert over a
-/// JSON array of `[tenant, series, total]`. The keys must be distinct.
-#[tracing::instrument(name = "db.counters.increment", skip_all, fields(series = totals.len()), err(level = "debug"))]
+/// The series of the batch as they are now: one read over a JSON array of
+/// `[tenant, series]`.
+#[tracing::instrument(name = "db.series.select_many", skip_all, err(level = "debug"))]
+async fn select_series(
+    conn: &mut SqliteConnection,
+    series: &[(&str, &str)],
+) -> Result<Vec<(String, SeriesRow)>, sqlx::Error> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        tenant_id: String,
+        #[sqlx(flatten)]
+        series: SeriesRow,
+    }
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT tenant_id, series, format, reset, timezone, start_at FROM series
+         WHERE (tenant_id, series) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?1))",
+    )
+    .bind(Json(series))
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| (row.tenant_id, row.series))
+        .collect())
+}
+
+/// Adds each total to its period's counter, starting absent periods from
+/// their base: one upsert over a JSON array of `[tenant, series, period,
+/// total, base]`. The keys must be distinct.
+#[tracing::instrument(name = "db.counters.increment", skip_all, fields(counters = totals.len()), err(level = "debug"))]
 async fn increment(
     conn: &mut SqliteConnection,
-    totals: &[Total<'_>],
-    format: &str,
-) -> Result<Vec<SeriesRow>, sqlx::Error> {
-    let totals: Vec<(&str, &str, i64)> = totals
-        .iter()
-        .map(|t| (t.tenant, t.series, t.total))
-        .collect();
+    totals: &[(&str, &str, &str, i64, i64)],
+) -> Result<Vec<(String, String, String, i64)>, sqlx::Error> {
     sqlx::query_as(
-        "INSERT INTO counters (tenant_id, series, last_value, format)
-         SELECT value ->> 0, value ->> 1, value ->> 2, ?2 FROM json_each(?1) WHERE true
-         ON CONFLICT (tenant_id, series)
-         DO UPDATE SET last_value = counters.last_value + excluded.last_value
-         RETURNING tenant_id, series, last_value, format",
+        "INSERT INTO counters (tenant_id, series, period, last_value, base)
+         SELECT value ->> 0, value ->> 1, value ->> 2, (value ->> 4) + (value ->> 3), value ->> 4
+         FROM json_each(?1) WHERE true
+         ON CONFLICT (tenant_id, series, period)
+         DO UPDATE SET last_value = counters.last_value + excluded.last_value - excluded.base
+         RETURNING tenant_id, series, period, last_value",
     )
     .bind(Json(totals))
-    .bind(format)
     .fetch_all(conn)
     .await
 }
 
-/// Records each allocating call's range: a JSON array of
-/// `[tenant, series, first, count, request id or null]`.
+/// A range for the ledger: `[tenant, series, period, first, count, request
+/// id or null, format, date]`.
+type Range<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    i64,
+    i64,
+    Option<&'a str>,
+    &'a str,
+    String,
+);
+
+/// Records each allocating call's range.
 #[tracing::instrument(name = "db.allocations.insert", skip_all, fields(ranges = ranges.len()), err(level = "debug"))]
 async fn record(
     conn: &mut SqliteConnection,
-    ranges: &[(&str, &str, i64, i64, Option<&str>)],
+    ranges: &[Range<'_>],
     now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO allocations (tenant_id, series, first_value, count, kind, request_id, created_at)
-         SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, 'allocate', value ->> 4, ?2
+        "INSERT INTO allocations (tenant_id, series, period, first_value, count, kind,
+                                  request_id, format, date, created_at)
+         SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, 'allocate',
+                value ->> 5, value ->> 6, value ->> 7, ?2
          FROM json_each(?1)",
     )
     .bind(Json(ranges))
@@ -113,27 +150,30 @@ async fn record(
     Ok(())
 }
 
-/// Stores each request id of the plan with its first number: a JSON array
-/// of `[tenant, request id, series, count, first]`. An id is stored if it is
-/// new, past the window, or claimed by this transaction; returns how many
-/// were stored.
+/// Stores the request ids of the ranges that carry one, with their first
+/// numbers. An id is stored if it is new, past the window, or claimed by
+/// this transaction; returns how many were stored.
 #[tracing::instrument(name = "db.request_ids.store", skip_all, err(level = "debug"))]
 async fn store_ids(
     conn: &mut SqliteConnection,
-    ids: &[(&str, &str, &str, i64, i64)],
+    ranges: &[Range<'_>],
     stamp: Stamp,
 ) -> Result<usize, sqlx::Error> {
     let stored: Vec<i64> = sqlx::query_scalar(
-        "INSERT INTO request_ids (tenant_id, request_id, series, count, first_value, created_at)
-         SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, ?2
-         FROM json_each(?1) WHERE true
+        "INSERT INTO request_ids (tenant_id, request_id, series, count, period, first_value,
+                                 format, date, created_at)
+         SELECT value ->> 0, value ->> 5, value ->> 1, value ->> 4, value ->> 2, value ->> 3,
+                value ->> 6, value ->> 7, ?2
+         FROM json_each(?1) WHERE value ->> 5 IS NOT NULL
          ON CONFLICT (tenant_id, request_id)
          DO UPDATE SET series = excluded.series, count = excluded.count,
-                       first_value = excluded.first_value, created_at = excluded.created_at
+                       period = excluded.period, first_value = excluded.first_value,
+                       format = excluded.format, date = excluded.date,
+                       created_at = excluded.created_at
          WHERE request_ids.first_value IS NULL OR request_ids.created_at < ?3
          RETURNING 1",
     )
-    .bind(Json(ids))
+    .bind(Json(ranges))
     .bind(stamp.now)
     .bind(stamp.forget_before)
     .fetch_all(conn)
@@ -141,63 +181,97 @@ async fn store_ids(
     Ok(stored.len())
 }
 
-/// Moves the plan's counters, records its ranges and stores its request ids;
+/// Creates the series of the plan that do not exist yet with `defaults`,
+/// checks them against the calendars its calls assumed,
+/// moves its counters, records its ranges and stores its request ids;
 /// returns the counters, or `None` if an id of the plan is held by another
 /// call (the caller rolls back then).
 async fn apply(
     conn: &mut SqliteConnection,
     plan: &Plan<'_>,
-    format: &str,
+    defaults: &SeriesConfig,
     stamp: Stamp,
 ) -> Result<Option<Vec<Counted>>, StoreError> {
-    let rows = increment(conn, &plan.increments, format).await?;
-    let last: HashMap<(&str, &str), i64> = rows
+    let mut keys: Vec<(&str, &str)> = plan
+        .increments
         .iter()
-        .map(|row| {
-            (
-                (row.tenant_id.as_str(), row.series.as_str()),
-                row.last_value,
-            )
+        .map(|t| (t.tenant, t.series))
+        .collect();
+    keys.dedup();
+    for &(tenant, series) in &keys {
+        sql_store::insert_series(&mut *conn, tenant, series, defaults).await?;
+    }
+    let mut configs: HashMap<(String, String), SeriesConfig> = HashMap::new();
+    for (tenant, row) in select_series(conn, &keys).await? {
+        let config = row.config()?;
+        configs.insert((tenant, row.series), config);
+    }
+    let config_of =
+        |tenant: &str, series: &str| configs.get(&(tenant.to_owned(), series.to_owned()));
+    let mut totals = Vec::with_capacity(plan.increments.len());
+    for total in &plan.increments {
+        match config_of(total.tenant, total.series) {
+            Some(config) if config.calendar == total.calendar => totals.push((
+                total.tenant,
+                total.series,
+                total.period,
+                total.total,
+                config.start_at - 1,
+            )),
+            _ => return Err(StoreError::SeriesChanged),
+        }
+    }
+    let rows = increment(conn, &totals).await?;
+    let last: HashMap<(&str, &str, &str), i64> = rows
+        .iter()
+        .map(|(tenant, series, period, last)| {
+            ((tenant.as_str(), series.as_str(), period.as_str()), *last)
         })
         .collect();
     let mut ranges = Vec::with_capacity(plan.records.len());
-    let mut ids = Vec::new();
     for record in &plan.records {
-        let Some(&last_value) = last.get(&(record.tenant, record.series)) else {
+        let (Some(&last_value), Some(config)) = (
+            last.get(&(record.tenant, record.series, record.period)),
+            config_of(record.tenant, record.series),
+        ) else {
             return Err(StoreError::Internal(
                 format!(
-                    "no counter returned for {}/{}",
-                    record.tenant, record.series
+                    "no counter returned for {}/{}/{}",
+                    record.tenant, record.series, record.period
                 )
                 .into(),
             ));
         };
-        let first = record.first(last_value);
         ranges.push((
             record.tenant,
             record.series,
-            first,
+            record.period,
+            record.first(last_value),
             record.count,
             record.request_id,
+            config.format.template(),
+            record.date.to_string(),
         ));
-        if let Some(id) = record.request_id {
-            ids.push((record.tenant, id, record.series, record.count, first));
-        }
     }
     record(conn, &ranges, stamp.now).await?;
-    if !ids.is_empty() && store_ids(conn, &ids, stamp).await? < ids.len() {
+    let ids = plan.ids_recorded();
+    if ids > 0 && store_ids(conn, &ranges, stamp).await? < ids {
         return Ok(None);
     }
-    Ok(Some(
-        rows.into_iter()
-            .map(|row| Counted {
-                tenant_id: row.tenant_id,
-                series: row.series,
-                last_value: row.last_value,
-                format: row.format,
-            })
-            .collect(),
-    ))
+    let mut counted = Vec::with_capacity(rows.len());
+    for (tenant_id, series, period, last_value) in rows {
+        let format = config_of(&tenant_id, &series)
+            .map(|config| config.format.template().to_owned())
+            .unwrap_or_default();
+        counted.push(Counted {
+            tenant_id,
+            series,
+            period,
+            last_value,
+            format,
+        });
+    }
+    Ok(Some(counted))
 }
 
 #[async_trait]
@@ -211,19 +285,25 @@ impl Engine for SqliteEngine {
     async fn allocate(
         &self,
         batch: &Batch<'_>,
-        format: &str,
+        defaults: &SeriesConfig,
         stamp: Stamp,
     ) -> Result<Vec<Outcome>, StoreError> {
         // Most ids are new: first try as if every one were.
         let plan = batch.plan(&batch.all_won());
         let mut write = self.db.begin_write().await?;
-        if let Some(counted) = apply(write.conn(), &plan, format, stamp).await? {
-            // Withholds the numbers if the file is no longer at its path:
-            // the next start would hand them out again.
-            write.commit().await?;
-            return batch.outcomes(&plan, counted, &HashMap::new(), stamp.now);
+        match apply(write.conn(), &plan, defaults, stamp).await {
+            Ok(Some(counted)) => {
+                // Withholds the numbers if the file is no longer at its
+                // path: the next start would hand them out again.
+                write.commit().await?;
+                return batch.outcomes(&plan, &counted, &HashMap::new());
+            }
+            Ok(None) => write.rollback().await?,
+            Err(error) => {
+                write.rollback().await?;
+                return Err(error);
+            }
         }
-        write.rollback().await?;
 
         // Some id is in use: claim the ids first, then allocate for the
         // calls whose ids were won, and repeat the others' first answers.
@@ -234,21 +314,72 @@ impl Engine for SqliteEngine {
         let counted = if plan.is_empty() {
             Vec::new()
         } else {
-            apply(write.conn(), &plan, format, stamp)
-                .await?
-                .ok_or_else(|| {
-                    StoreError::Internal("a request id claimed here was not stored".into())
-                })?
+            match apply(write.conn(), &plan, defaults, stamp).await {
+                Ok(Some(counted)) => counted,
+                Ok(None) => {
+                    write.rollback().await?;
+                    return Err(StoreError::Internal(
+                        "a request id claimed here was not stored".into(),
+                    ));
+                }
+                Err(error) => {
+                    write.rollback().await?;
+                    return Err(error);
+                }
+            }
         };
         write.commit().await?;
-        batch.outcomes(&plan, counted, &held, stamp.now)
+        batch.outcomes(&plan, &counted, &held)
     }
 
-    async fn advance(&self, advance: Advance<'_>, format: &str) -> Result<SeriesRow, StoreError> {
+    async fn configure(
+        &self,
+        tenant: &str,
+        series: &str,
+        defaults: &SeriesConfig,
+        change: Change<'_>,
+    ) -> Result<SeriesConfig, ConfigureError> {
+        // The write holds the database's one write lock: nothing allocates
+        // in between.
         let mut write = self.db.begin_write().await?;
-        let row = sql_store::advance::<Sqlite>(write.conn(), advance, format).await?;
-        write.commit().await?;
-        Ok(row)
+        sql_store::insert_series(write.conn(), tenant, series, defaults).await?;
+        let locked = sql_store::select_series(write.conn(), tenant, series)
+            .await?
+            .ok_or_else(|| StoreError::Internal("series vanished once created".into()))?;
+        match sql_store::configure::<Sqlite>(write.conn(), &locked, tenant, change).await {
+            Ok(config) => {
+                write.commit().await?;
+                Ok(config)
+            }
+            Err(error) => {
+                write.rollback().await?;
+                Err(error)
+            }
+        }
+    }
+
+    async fn advance(
+        &self,
+        advance: Advance<'_>,
+        defaults: &SeriesConfig,
+    ) -> Result<(SeriesConfig, i64), StoreError> {
+        let (tenant, series) = (advance.tenant.as_str(), advance.series.as_str());
+        let mut write = self.db.begin_write().await?;
+        sql_store::insert_series(write.conn(), tenant, series, defaults).await?;
+        let Some(locked) = sql_store::select_series(write.conn(), tenant, series).await? else {
+            write.rollback().await?;
+            return Err(StoreError::SeriesChanged);
+        };
+        match sql_store::advance::<Sqlite>(write.conn(), &locked, advance).await {
+            Ok(advanced) => {
+                write.commit().await?;
+                Ok(advanced)
+            }
+            Err(error) => {
+                write.rollback().await?;
+                Err(error)
+            }
+        }
     }
 
     async fn forget(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {

@@ -2,10 +2,12 @@
 //! The gRPC layer never sees which backend runs.
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::{
-    allocator::series::{Series, SeriesName},
+    allocator::series::{
+        Calendar, NumberFormat, Refusal, Reset, SeriesConfig, SeriesName, TimeZone,
+    },
     db::{DbErrorKind, classify},
     request_id::RequestId,
     server::Store,
@@ -15,22 +17,26 @@ use crate::{
 /// Boxed cause of a store error, whatever the backend.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Durable per-(tenant, series) counters, and the ledger of the ranges they
-/// handed out.
+/// Durable per-(tenant, series, period) counters, the series' settings, and
+/// the ledger of the ranges the counters handed out.
 ///
 /// Every method that changes a counter commits durably before it returns:
 /// a returned value survives a crash of the store.
 #[async_trait]
 pub trait CounterStore: Store {
     /// Allocates for several calls in one transaction, as planned by
-    /// [`Batch`](crate::allocator::batch::Batch): claims their request ids, advances each counter once by the
-    /// sum of its allocating calls (creating the series with `format` on
-    /// first use), and records each allocating call's range. Either all of
-    /// it commits or none does. The outcomes come in the order of `calls`.
+    /// [`Batch`](crate::allocator::batch::Batch): claims their request ids,
+    /// creates the series of allocating calls that do not exist with
+    /// `defaults`, advances each period's counter once by the sum of its
+    /// allocating calls (starting a period at its series' `start_at`), and
+    /// records each allocating call's range. Either all of it commits or none does; if a
+    /// series' calendar is no longer the one its calls assumed, none does and
+    /// the answer is [`StoreError::SeriesChanged`]. The outcomes come in the
+    /// order of `calls`.
     async fn allocate_many(
         &self,
         calls: &[Call<'_>],
-        format: &str,
+        defaults: &SeriesConfig,
         stamp: Stamp,
     ) -> Result<Vec<Outcome>, StoreError>;
 
@@ -38,17 +44,49 @@ pub trait CounterStore: Store {
     async fn allocate(
         &self,
         call: Call<'_>,
-        format: &str,
+        defaults: &SeriesConfig,
         stamp: Stamp,
     ) -> Result<Outcome, StoreError> {
-        let mut outcomes = self.allocate_many(&[call], format, stamp).await?;
+        let mut outcomes = self.allocate_many(&[call], defaults, stamp).await?;
         Ok(outcomes.remove(0))
     }
 
-    /// Raises the counter to `at_least` if it is lower, creating the series
-    /// with `format` on first use, and records the range skipped with
-    /// `reason`; never lowers it.
-    async fn advance(&self, advance: Advance<'_>, format: &str) -> Result<Series, StoreError>;
+    /// A series' settings, if it exists.
+    async fn find(
+        &self,
+        tenant: &TenantId,
+        series: &SeriesName,
+    ) -> Result<Option<SeriesConfig>, StoreError>;
+
+    /// A period's counter, if the period has begun.
+    async fn counter(
+        &self,
+        tenant: &TenantId,
+        series: &SeriesName,
+        period: &str,
+    ) -> Result<Option<i64>, StoreError>;
+
+    /// Creates the series with `defaults`, or locks it, and stores what
+    /// `change` makes of its settings, given whether it has handed out or
+    /// skipped a number. Nothing changes if `change` refuses.
+    async fn configure(
+        &self,
+        tenant: &TenantId,
+        series: &SeriesName,
+        defaults: &SeriesConfig,
+        change: Change<'_>,
+    ) -> Result<SeriesConfig, ConfigureError>;
+
+    /// Raises a period's counter to `at_least` if it is lower, creating the
+    /// series with `defaults` and starting the period if absent, and records
+    /// the range skipped with `reason`; never lowers it. Returns the series'
+    /// settings and the counter. Fails with [`StoreError::SeriesChanged`] as
+    /// [`CounterStore::allocate_many`] does.
+    async fn advance(
+        &self,
+        advance: Advance<'_>,
+        defaults: &SeriesConfig,
+    ) -> Result<(SeriesConfig, i64), StoreError>;
 
     /// Forgets up to `limit` request ids first used before `before`; returns
     /// how many it forgot.
@@ -58,20 +96,35 @@ pub trait CounterStore: Store {
         limit: u32,
     ) -> Result<u64, StoreError>;
 
-    /// One series, if it was ever used.
-    async fn get(
-        &self,
-        tenant: &TenantId,
-        series: &SeriesName,
-    ) -> Result<Option<Series>, StoreError>;
-
     /// Up to `limit` of a tenant's series with names after `after`, by name.
     async fn list(
         &self,
         tenant: &TenantId,
         after: Option<&str>,
         limit: u32,
-    ) -> Result<Vec<Series>, StoreError>;
+    ) -> Result<Vec<(String, SeriesConfig)>, StoreError>;
+}
+
+/// What `ConfigureSeries` makes of a series' settings: given the current ones
+/// and whether the series has handed out or skipped a number, the new ones,
+/// or why not.
+pub type Change<'a> = &'a (dyn Fn(&SeriesConfig, bool) -> Result<SeriesConfig, Refusal> + Sync);
+
+/// Why [`CounterStore::configure`] changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigureError {
+    /// The change was refused.
+    #[error(transparent)]
+    Refused(Refusal),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for ConfigureError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Store(error.into())
+    }
 }
 
 /// A counter to raise, and why.
@@ -81,6 +134,12 @@ pub struct Advance<'a> {
     pub tenant: &'a TenantId,
     /// The series.
     pub series: &'a SeriesName,
+    /// The calendar the period was picked by.
+    pub calendar: Calendar,
+    /// The period whose counter is raised.
+    pub period: &'a str,
+    /// The date the skipped numbers read with.
+    pub date: NaiveDate,
     /// The value to raise the counter to.
     pub at_least: i64,
     /// Why, recorded with the skipped range.
@@ -96,6 +155,12 @@ pub struct Call<'a> {
     pub tenant: &'a TenantId,
     /// The series.
     pub series: &'a SeriesName,
+    /// The calendar the period was picked by, as the caller read it.
+    pub calendar: Calendar,
+    /// The period whose counter the call takes from.
+    pub period: &'a str,
+    /// The document's date: the date its numbers read with.
+    pub date: NaiveDate,
     /// How many numbers, at least 1.
     pub count: i64,
     /// The caller's idempotency key, scoped to the tenant.
@@ -133,10 +198,12 @@ pub struct Stamp {
 pub struct Grant {
     /// The first number of the range.
     pub first: i64,
-    /// The series' number template.
+    /// The template its numbers read with: the series' when first handed out.
     pub format: String,
-    /// When the range was first handed out: the date its numbers show.
-    pub at: DateTime<Utc>,
+    /// The date its numbers read with: the document's date.
+    pub date: NaiveDate,
+    /// The period it was taken from.
+    pub period: String,
 }
 
 /// A counter store failure.
@@ -148,6 +215,10 @@ pub enum StoreError {
     /// The counter would pass the largest representable number.
     #[error("counter would pass {}", i64::MAX)]
     Exhausted,
+    /// A series' reset or time zone is no longer what the call assumed:
+    /// nothing was written; read the series again.
+    #[error("a series was configured anew during the call")]
+    SeriesChanged,
     /// Anything else.
     #[error("counter store failed")]
     Internal(#[source] BoxError),
@@ -165,22 +236,35 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
-/// A counter row as both backends' statements return it.
+/// A series row as both backends' statements return it.
 #[derive(sqlx::FromRow)]
 pub(crate) struct SeriesRow {
-    pub tenant_id: String,
     pub series: String,
-    pub last_value: i64,
     pub format: String,
+    pub reset: String,
+    pub timezone: String,
+    pub start_at: i64,
 }
 
-impl From<SeriesRow> for Series {
-    fn from(row: SeriesRow) -> Self {
-        Self {
-            tenant_id: row.tenant_id,
-            name: row.series,
-            last_value: row.last_value,
-            format: row.format,
-        }
+impl SeriesRow {
+    /// The settings the row holds.
+    pub(crate) fn config(&self) -> Result<SeriesConfig, StoreError> {
+        let invalid = |what: &str, reason: String| {
+            StoreError::Internal(
+                format!("series {:?} holds an invalid {what}: {reason}", self.series).into(),
+            )
+        };
+        Ok(SeriesConfig {
+            format: self
+                .format
+                .parse::<NumberFormat>()
+                .map_err(|reason| invalid("format", reason))?,
+            calendar: Calendar {
+                reset: Reset::from_name(&self.reset).map_err(|reason| invalid("reset", reason))?,
+                zone: TimeZone::parse(&self.timezone)
+                    .map_err(|reason| invalid("time zone", reason))?,
+            },
+            start_at: self.start_at,
+        })
     }
 }

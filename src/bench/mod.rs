@@ -228,6 +228,7 @@ async fn client(
                     } else {
                         String::new()
                     },
+                    date: String::new(),
                 })
                 .await
                 .map(|response| {

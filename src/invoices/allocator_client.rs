@@ -11,7 +11,7 @@ use tonic::{
 
 use crate::{
     proto::{
-        AdvanceCounterRequest, AllocateRequest, AllocatedNumber, Series,
+        AdvanceCounterRequest, AllocateRequest, AllocatedNumber, GetSeriesRequest, Series,
         number_allocator_client::NumberAllocatorClient,
     },
     tenant::TenantId,
@@ -104,9 +104,10 @@ impl AllocatorClient {
         })
     }
 
-    /// Allocates the next number of the tenant's invoice series with
-    /// `request_id`, so that a retry whose first try committed gets the same
-    /// number. While the allocator is unreachable or answers UNAVAILABLE,
+    /// Allocates the next number of the tenant's invoice series for a
+    /// document dated `date` (`YYYY-MM-DD`, empty for today in the series'
+    /// time zone) with `request_id`, so that a retry whose first try
+    /// committed gets the same number. While the allocator is unreachable or answers UNAVAILABLE,
     /// retries with backoff as long as the next attempt can start before
     /// `deadline`.
     ///
@@ -116,6 +117,7 @@ impl AllocatorClient {
     pub async fn allocate(
         &self,
         tenant: &TenantId,
+        date: &str,
         request_id: &str,
         deadline: Instant,
     ) -> Result<AllocatedNumber, AllocatorError> {
@@ -133,6 +135,7 @@ impl AllocatorClient {
                 series: String::new(),
                 count: 1,
                 request_id: request_id.to_owned(),
+                date: date.to_owned(),
             });
             request.set_timeout(remaining);
             let status = match self.client.clone().allocate(request).await {
@@ -166,7 +169,24 @@ impl AllocatorClient {
         }
     }
 
-    /// Raises the tenant's invoice counter to `at_least`, giving `reason` for
+    /// The tenant's invoice series, if it was ever used or configured.
+    ///
+    /// # Errors
+    /// The allocator's answer but `NOT_FOUND`, unretried.
+    pub async fn series(&self, tenant: &str) -> Result<Option<Series>, Status> {
+        let request = GetSeriesRequest {
+            tenant_id: tenant.to_owned(),
+            ..GetSeriesRequest::default()
+        };
+        match self.client.clone().get_series(request).await {
+            Ok(response) => Ok(response.into_inner().series),
+            Err(status) if status.code() == Code::NotFound => Ok(None),
+            Err(status) => Err(status),
+        }
+    }
+
+    /// Raises the tenant's invoice counter of the period `date` falls in
+    /// (`YYYY-MM-DD`, empty for today's) to `at_least`, giving `reason` for
     /// the numbers skipped; never lowers it.
     ///
     /// # Errors
@@ -176,6 +196,7 @@ impl AllocatorClient {
         tenant: &str,
         at_least: i64,
         reason: &str,
+        date: &str,
     ) -> Result<Series, Status> {
         let response = self
             .client
@@ -185,6 +206,7 @@ impl AllocatorClient {
                 series: String::new(),
                 at_least,
                 reason: reason.to_owned(),
+                date: date.to_owned(),
             })
             .await?;
         response

@@ -189,6 +189,9 @@ pub struct NewInvoice {
     pub tenant_id: TenantId,
     /// Who is billed.
     pub client: Client,
+    /// The invoice's date, which picks the period of its number; `None`:
+    /// today in the invoice series' time zone.
+    pub issue_date: Option<NaiveDate>,
     /// When payment is due.
     pub due_date: NaiveDate,
     /// Free text.
@@ -211,10 +214,12 @@ impl NewInvoice {
     }
 
     /// Whether `stored` was created from this same request: every field the
-    /// caller sent equal, values compared as values (`1.50` is `1.5`).
+    /// caller sent equal, values compared as values (`1.50` is `1.5`). An
+    /// issue date left empty matches the date the number was allocated for.
     #[must_use]
     pub fn same_as(&self, stored: &Invoice) -> bool {
         self.tenant_id.as_str() == stored.tenant_id
+            && self.issue_date.is_none_or(|date| date == stored.issue_date)
             && self.client == stored.client
             && self.due_date == stored.due_date
             && self.notes == stored.notes
@@ -224,21 +229,17 @@ impl NewInvoice {
 
     /// The invoice with its number, its id and its creation time.
     #[must_use]
-    pub fn numbered(
-        &self,
-        number: i64,
-        invoice_number: String,
-        id: Uuid,
-        now: DateTime<Utc>,
-    ) -> Invoice {
+    pub fn numbered(&self, number: Numbered, id: Uuid, now: DateTime<Utc>) -> Invoice {
         // Stored timestamps keep microseconds: drop the rest so the invoice
         // returned now equals the invoice read back later.
         let created_at = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
         Invoice {
             id,
             tenant_id: self.tenant_id.to_string(),
-            number,
-            invoice_number,
+            number: number.value,
+            invoice_number: number.formatted,
+            period: number.period,
+            issue_date: number.date,
             client: self.client.clone(),
             due_date: self.due_date,
             notes: self.notes.clone(),
@@ -250,6 +251,19 @@ impl NewInvoice {
     }
 }
 
+/// A number the allocator handed out for an invoice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Numbered {
+    /// The number.
+    pub value: i64,
+    /// The number as the invoice shows it, e.g. `INV-2026-00042`.
+    pub formatted: String,
+    /// Its period: `""` for a series that never resets.
+    pub period: String,
+    /// The date it was allocated for: the invoice's issue date.
+    pub date: NaiveDate,
+}
+
 /// An invoice as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invoice {
@@ -257,10 +271,14 @@ pub struct Invoice {
     pub id: Uuid,
     /// Owner.
     pub tenant_id: String,
-    /// Number from the allocator.
+    /// Number from the allocator, unique in its period.
     pub number: i64,
-    /// The number formatted, e.g. `INV-001`.
+    /// The number formatted, e.g. `INV-001`; unique per tenant.
     pub invoice_number: String,
+    /// The period of the number: `""` for a series that never resets.
+    pub period: String,
+    /// The date the number was allocated for.
+    pub issue_date: NaiveDate,
     /// Who is billed.
     pub client: Client,
     /// When payment is due.
@@ -318,6 +336,7 @@ mod tests {
                 phone: String::new(),
                 address: String::new(),
             },
+            issue_date: None,
             due_date: due_date("2026-12-31").unwrap(),
             notes: String::new(),
             currency: "EUR".into(),

@@ -4,9 +4,11 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tonic::{Code, Request, Response, Status};
+use tonic_types::StatusExt;
 use uuid::Uuid;
 
 use crate::{
+    calendar::parse_date,
     invoices::{
         Error, InvoiceWriter,
         allocator_client::AllocatorError,
@@ -21,7 +23,7 @@ use crate::{
     server::{
         caller_timeout, pagination,
         status::{chain, internal, with_reason},
-        validation::{InvalidArgument, Violations},
+        validation::{FieldViolation, InvalidArgument, Violations},
     },
     tenant::TenantId,
 };
@@ -68,6 +70,7 @@ pub fn parse_new_invoice(
         "client_address",
         domain::text(&request.client_address, 1000, false),
     );
+    let issue_date = v.check("issue_date", parse_date(&request.issue_date));
     let due_date = v.check("due_date", domain::due_date(&request.due_date));
     let notes = v.check("notes", domain::text(&request.notes, 4000, false));
     let currency = v.check("currency", domain::currency(&request.currency));
@@ -114,14 +117,17 @@ pub fn parse_new_invoice(
         Some(notes),
         Some(currency),
         Some(request_id),
+        Some(issue_date),
     ) = (
         tenant_id, id, name, email, phone, address, due_date, notes, currency, request_id,
+        issue_date,
     )
     else {
         unreachable!("finish() returned Ok, so every field parsed");
     };
     let new = NewInvoice {
         tenant_id,
+        issue_date,
         client: Client {
             id,
             name,
@@ -195,9 +201,14 @@ impl invoice_writer_server::InvoiceWriter for InvoiceWriterService {
         let after = v.check(
             "page_token",
             pagination::decode_token(&request.page_token).and_then(|key| {
-                key.map_or(Ok(0), |key| {
-                    key.parse::<i64>()
-                        .map_err(|_| "is not a page token from this service".into())
+                key.map_or(Ok(None), |key| {
+                    // "<period>/<number>": periods hold no slash.
+                    key.rsplit_once('/')
+                        .and_then(|(period, number)| {
+                            Some((period.to_owned(), number.parse::<i64>().ok()?))
+                        })
+                        .map(Some)
+                        .ok_or_else(|| "is not a page token from this service".into())
                 })
             }),
         );
@@ -206,8 +217,12 @@ impl invoice_writer_server::InvoiceWriter for InvoiceWriterService {
             unreachable!("finish() returned Ok, so every field parsed");
         };
 
+        let after = after
+            .as_ref()
+            .map(|(period, number)| (period.as_str(), *number));
         let page = self.writer.list(&tenant, after, size).await?;
-        let next_page_token = pagination::next_token(&page, |last| last.number.to_string());
+        let next_page_token =
+            pagination::next_token(&page, |last| format!("{}/{}", last.period, last.number));
         Ok(Response::new(ListInvoicesResponse {
             invoices: page.items.into_iter().map(Into::into).collect(),
             next_page_token,
@@ -222,6 +237,7 @@ impl From<Invoice> for proto::Invoice {
             tenant_id: invoice.tenant_id,
             invoice_number: invoice.invoice_number,
             number: invoice.number,
+            issue_date: invoice.issue_date.to_string(),
             client_id: invoice.client.id,
             client_name: invoice.client.name,
             client_email: invoice.client.email,
@@ -274,6 +290,31 @@ impl From<Error> for Status {
                 "ALLOCATOR_UNAVAILABLE",
                 &[],
             ),
+            // The allocator names the date it was given; the caller sent it
+            // as the issue date.
+            Error::Allocator(AllocatorError::Rejected(status))
+                if status.code() == Code::InvalidArgument
+                    && status.get_details_bad_request().is_some() =>
+            {
+                let violations = status
+                    .get_details_bad_request()
+                    .map(|bad| bad.field_violations)
+                    .unwrap_or_default();
+                InvalidArgument(
+                    violations
+                        .into_iter()
+                        .map(|violation| FieldViolation {
+                            field: if violation.field == "date" {
+                                "issue_date".to_owned()
+                            } else {
+                                violation.field
+                            },
+                            description: violation.description,
+                        })
+                        .collect(),
+                )
+                .into()
+            }
             Error::Allocator(AllocatorError::Rejected(status))
                 if status.code() == Code::Internal =>
             {

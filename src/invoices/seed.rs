@@ -1,10 +1,21 @@
-//! `invoice-writer seed-counters`: raises each tenant's invoice counter in the
-//! allocator to the highest number already stored, so numbering continues
-//! after invoices imported from another system. Running it again changes nothing.
+//! `invoice-writer seed-counters`: raises each tenant's invoice counters in
+//! the allocator to the highest numbers already stored, so numbering
+//! continues after invoices imported from another system. A series that
+//! resets is seeded period by period, from the invoices' issue dates.
+//! Running it again changes nothing.
 
-use crate::invoices::{
-    allocator_client::AllocatorClient,
-    store::{HighestNumber, InvoiceStore, StoreError},
+use std::collections::BTreeMap;
+
+use chrono::NaiveDate;
+use tonic::Status;
+
+use crate::{
+    allocator::series::Reset,
+    invoices::{
+        allocator_client::AllocatorClient,
+        store::{HighestNumber, InvoiceStore, StoreError},
+    },
+    proto,
 };
 
 /// What a seeding run did.
@@ -12,11 +23,11 @@ use crate::invoices::{
 pub struct SeedReport {
     /// Tenants with invoices.
     pub tenants: usize,
-    /// Tenants whose counter could not be raised (logged one by one).
+    /// Tenants whose counters could not all be raised (logged one by one).
     pub failed: usize,
 }
 
-/// Raises every tenant's counter to its highest stored invoice number.
+/// Raises every tenant's counters to their highest stored invoice numbers.
 ///
 /// # Errors
 /// The invoice store could not be read. A tenant the allocator refuses is
@@ -25,31 +36,79 @@ pub async fn seed_counters(
     store: &dyn InvoiceStore,
     allocator: &AllocatorClient,
 ) -> Result<SeedReport, StoreError> {
-    let highest = store.highest_numbers().await?;
+    let mut by_tenant: BTreeMap<String, Vec<(NaiveDate, i64)>> = BTreeMap::new();
+    for HighestNumber {
+        tenant_id,
+        issue_date,
+        number,
+    } in store.highest_numbers().await?
+    {
+        by_tenant
+            .entry(tenant_id)
+            .or_default()
+            .push((issue_date, number));
+    }
     let mut report = SeedReport {
-        tenants: highest.len(),
+        tenants: by_tenant.len(),
         failed: 0,
     };
-    for HighestNumber {
-        tenant_id: tenant,
-        number,
-    } in highest
-    {
-        match allocator
-            .advance(&tenant, number, "seeded from the invoices already stored")
-            .await
-        {
-            Ok(series) => tracing::info!(
-                tenant = %tenant,
-                highest_invoice = number,
-                counter = series.last_value,
-                "counter seeded"
-            ),
-            Err(status) => {
-                report.failed += 1;
-                tracing::error!(tenant = %tenant, highest_invoice = number, error = %status, "could not seed counter");
-            }
+    for (tenant, highest) in by_tenant {
+        if let Err(status) = seed_tenant(allocator, &tenant, &highest).await {
+            report.failed += 1;
+            tracing::error!(tenant = %tenant, error = %status, "could not seed counters");
         }
     }
     Ok(report)
+}
+
+/// Raises each period's counter of one tenant to the highest number issued
+/// in it, given the highest number of each issue date.
+async fn seed_tenant(
+    allocator: &AllocatorClient,
+    tenant: &str,
+    highest: &[(NaiveDate, i64)],
+) -> Result<(), Status> {
+    // The series' reset says which dates share a counter; a series not yet
+    // used will be created never resetting.
+    let reset = match allocator.series(tenant).await? {
+        Some(series) => reset_of(series.reset)?,
+        None => Reset::Never,
+    };
+    // Per period: its highest number, and a date in it to name it by.
+    let mut periods: BTreeMap<String, (NaiveDate, i64)> = BTreeMap::new();
+    for &(date, number) in highest {
+        let period = periods.entry(reset.period(date)).or_insert((date, number));
+        *period = (period.0.max(date), period.1.max(number));
+    }
+    for (period, (date, number)) in periods {
+        let series = allocator
+            .advance(
+                tenant,
+                number,
+                "seeded from the invoices already stored",
+                &date.to_string(),
+            )
+            .await?;
+        tracing::info!(
+            tenant = %tenant,
+            period = %period,
+            highest_invoice = number,
+            counter = series.last_value,
+            "counter seeded"
+        );
+    }
+    Ok(())
+}
+
+/// The reset a series reports.
+fn reset_of(raw: i32) -> Result<Reset, Status> {
+    match proto::Reset::try_from(raw) {
+        Ok(proto::Reset::Yearly) => Ok(Reset::Yearly),
+        Ok(proto::Reset::Monthly) => Ok(Reset::Monthly),
+        Ok(proto::Reset::Daily) => Ok(Reset::Daily),
+        Ok(proto::Reset::Never | proto::Reset::Unspecified) => Ok(Reset::Never),
+        Err(_) => Err(Status::internal(format!(
+            "the allocator answered an unknown reset {raw}"
+        ))),
+    }
 }

@@ -92,14 +92,23 @@ where
     async fn list(
         &self,
         tenant: &TenantId,
-        after: i64,
+        after: Option<(&str, i64)>,
         limit: u32,
     ) -> Result<Vec<Invoice>, StoreError> {
-        select_page::<E::Db, E::Stored>(self.0.pool(), tenant.as_str(), after, limit.into())
-            .await?
-            .into_iter()
-            .map(InvoiceRow::into_invoice::<E::Stored>)
-            .collect()
+        // Periods are never empty text but for a series that never resets,
+        // whose numbers start at 1: ("", 0) comes before every invoice.
+        let (period, number) = after.unwrap_or(("", 0));
+        select_page::<E::Db, E::Stored>(
+            self.0.pool(),
+            tenant.as_str(),
+            period,
+            number,
+            limit.into(),
+        )
+        .await?
+        .into_iter()
+        .map(InvoiceRow::into_invoice::<E::Stored>)
+        .collect()
     }
 
     async fn highest_numbers(&self) -> Result<Vec<HighestNumber>, StoreError> {
@@ -119,7 +128,8 @@ impl<E: Engine> Store for SqlInvoiceStore<E> {
 }
 
 /// The columns every read returns, in the row's order.
-const COLUMNS: &str = "id, tenant_id, number, invoice_number, client_id, client_name,
+const COLUMNS: &str =
+    "id, tenant_id, number, invoice_number, period, issue_date, client_id, client_name,
     client_email, client_phone, client_address, due_date, notes, currency, line_items, total,
     created_at";
 
@@ -130,6 +140,8 @@ pub(crate) struct InvoiceRow<Id, Total> {
     tenant_id: String,
     number: i64,
     invoice_number: String,
+    period: String,
+    issue_date: NaiveDate,
     client_id: String,
     client_name: String,
     client_email: String,
@@ -175,6 +187,8 @@ impl<Id, Total> InvoiceRow<Id, Total> {
             tenant_id: self.tenant_id,
             number: self.number,
             invoice_number: self.invoice_number,
+            period: self.period,
+            issue_date: self.issue_date,
             client: Client {
                 id: self.client_id,
                 name: self.client_name,
@@ -215,15 +229,17 @@ where
     for<'q> Json<&'q [LineItem]>: Encode<'q, DB> + Type<DB>,
 {
     sqlx::query(
-        "INSERT INTO invoices (id, tenant_id, number, invoice_number, client_id, client_name,
-             client_email, client_phone, client_address, due_date, notes, currency, line_items,
-             total, created_at, request_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+        "INSERT INTO invoices (id, tenant_id, number, invoice_number, period, issue_date,
+             client_id, client_name, client_email, client_phone, client_address, due_date, notes,
+             currency, line_items, total, created_at, request_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
     )
     .bind(S::id(invoice.id))
     .bind(invoice.tenant_id.as_str())
     .bind(invoice.number)
     .bind(invoice.invoice_number.as_str())
+    .bind(invoice.period.as_str())
+    .bind(invoice.issue_date)
     .bind(invoice.client.id.as_str())
     .bind(invoice.client.name.as_str())
     .bind(invoice.client.email.as_str())
@@ -294,12 +310,14 @@ where
     .await
 }
 
-/// Up to `limit` of the tenant's invoices numbered above `after`, in number order.
+/// Up to `limit` of the tenant's invoices after (`period`, `number`), in
+/// period and number order.
 #[tracing::instrument(name = "db.invoices.select_page", skip_all, err(level = "debug"))]
 pub(crate) async fn select_page<DB, S>(
     pool: &Pool<DB>,
     tenant: &str,
-    after: i64,
+    period: &str,
+    number: i64,
     limit: i64,
 ) -> Result<Vec<RowOf<S>>, sqlx::Error>
 where
@@ -312,18 +330,20 @@ where
     for<'q> i64: Encode<'q, DB> + Type<DB>,
 {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM invoices WHERE tenant_id = $1 AND number > $2
-         ORDER BY number LIMIT $3"
+        "SELECT {COLUMNS} FROM invoices WHERE tenant_id = $1 AND (period, number) > ($2, $3)
+         ORDER BY period, number LIMIT $4"
     )))
     .bind(tenant)
-    .bind(after)
+    .bind(period)
+    .bind(number)
     .bind(limit)
     .fetch_all(pool)
     .await
 }
 
-/// Highest number per tenant. `number` is an integer column, so INV-1000
-/// ranks above INV-999, as a text sort of `invoice_number` would not.
+/// Highest number per tenant and issue date. `number` is an integer column,
+/// so INV-1000 ranks above INV-999, as a text sort of `invoice_number` would
+/// not.
 #[tracing::instrument(
     name = "db.invoices.select_highest_numbers",
     skip_all,
@@ -339,7 +359,8 @@ where
     for<'r> HighestNumber: FromRow<'r, DB::Row>,
 {
     sqlx::query_as(
-        "SELECT tenant_id, MAX(number) AS number FROM invoices GROUP BY tenant_id ORDER BY tenant_id",
+        "SELECT tenant_id, issue_date, MAX(number) AS number FROM invoices
+         GROUP BY tenant_id, issue_date ORDER BY tenant_id, issue_date",
     )
     .fetch_all(pool)
     .await

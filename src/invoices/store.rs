@@ -15,7 +15,8 @@ use crate::{
 /// Boxed cause of a store error, whatever the backend.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Durable invoices, unique per tenant by number and by formatted number.
+/// Durable invoices, unique per tenant by period and number, and by
+/// formatted number.
 #[async_trait]
 pub trait InvoiceStore: Store {
     /// Stores a new invoice with the request id of the call that created it,
@@ -23,7 +24,7 @@ pub trait InvoiceStore: Store {
     ///
     /// # Errors
     /// [`StoreError::NumberTaken`] when the tenant already has an invoice with
-    /// this number, [`StoreError::RequestIdTaken`] with this request id;
+    /// this number in this period, or this formatted number, [`StoreError::RequestIdTaken`] with this request id;
     /// nothing is stored then.
     async fn insert(
         &self,
@@ -41,23 +42,27 @@ pub trait InvoiceStore: Store {
     /// One of the tenant's invoices; `None` for an unknown id or another tenant's.
     async fn get(&self, tenant: &TenantId, id: Uuid) -> Result<Option<Invoice>, StoreError>;
 
-    /// Up to `limit` of the tenant's invoices numbered above `after`, in number order.
+    /// Up to `limit` of the tenant's invoices after `after` (a period and a
+    /// number), in period and number order.
     async fn list(
         &self,
         tenant: &TenantId,
-        after: i64,
+        after: Option<(&str, i64)>,
         limit: u32,
     ) -> Result<Vec<Invoice>, StoreError>;
 
-    /// The highest invoice number of every tenant, compared as numbers.
+    /// The highest invoice number of every tenant and issue date, compared
+    /// as numbers.
     async fn highest_numbers(&self) -> Result<Vec<HighestNumber>, StoreError>;
 }
 
-/// A tenant's highest stored invoice number.
+/// A tenant's highest invoice number stored with one issue date.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, sqlx::FromRow)]
 pub struct HighestNumber {
     /// The tenant.
     pub tenant_id: String,
+    /// The issue date.
+    pub issue_date: chrono::NaiveDate,
     /// Its highest `number`.
     pub number: i64,
 }
@@ -87,9 +92,9 @@ impl From<sqlx::Error> for StoreError {
                 if matches!(
                     constraint.as_str(),
                     "invoices_tenant_invoice_number_key"
-                        | "invoices_tenant_number_key"
+                        | "invoices_tenant_period_number_key"
                         | "invoices.tenant_id, invoices.invoice_number"
-                        | "invoices.tenant_id, invoices.number"
+                        | "invoices.tenant_id, invoices.period, invoices.number"
                 ) =>
             {
                 Self::NumberTaken

@@ -10,7 +10,7 @@ use crate::{
     clock::Clock,
     invoices::{
         allocator_client::{AllocatorClient, AllocatorError},
-        domain::{Invoice, NewInvoice},
+        domain::{Invoice, NewInvoice, Numbered},
         store::{InvoiceStore, StoreError},
     },
     page::Page,
@@ -170,18 +170,28 @@ impl InvoiceWriter {
             return Err(StoreError::Unavailable("the invoice store does not answer".into()).into());
         }
         let call = CallKey::new(request_id, || self.clock.new_id());
+        let issue_date = new
+            .issue_date
+            .map(|date| date.to_string())
+            .unwrap_or_default();
         for attempt in 1..=self.max_attempts {
             let key = call.attempt(attempt);
             let number = self
                 .allocator
-                .allocate(&new.tenant_id, &key, deadline)
+                .allocate(&new.tenant_id, &issue_date, &key, deadline)
                 .await?;
-            let invoice = new.numbered(
-                number.value,
-                number.formatted,
-                self.clock.new_id(),
-                self.clock.now(),
-            );
+            let number = Numbered {
+                date: crate::calendar::parse_day(&number.date).map_err(|reason| {
+                    AllocatorError::Rejected(tonic::Status::internal(format!(
+                        "the allocator answered the date {:?}: {reason}",
+                        number.date
+                    )))
+                })?,
+                value: number.value,
+                formatted: number.formatted,
+                period: number.period,
+            };
+            let invoice = new.numbered(number, self.clock.new_id(), self.clock.now());
             match self.store.insert(&invoice, request_id).await {
                 Ok(()) => {
                     return Ok(Created {
@@ -228,14 +238,15 @@ impl InvoiceWriter {
             .ok_or(Error::InvoiceNotFound)
     }
 
-    /// Up to `limit` invoices numbered above `after`, and whether more follow.
+    /// Up to `limit` invoices after `after` (a period and a number), in
+    /// period and number order, and whether more follow.
     ///
     /// # Errors
     /// A store failure.
     pub async fn list(
         &self,
         tenant: &TenantId,
-        after: i64,
+        after: Option<(&str, i64)>,
         limit: u32,
     ) -> Result<Page<Invoice>, Error> {
         let fetched = self

@@ -11,7 +11,7 @@ use numbering::{
         CommitMode,
         group_commit::GroupCommitSettings,
         postgres::PgCounterStore,
-        series::{NumberFormat, SeriesName},
+        series::{NumberFormat, SeriesConfig, SeriesName},
         store::{Call, CounterStore, Grant, Outcome, Stamp},
     },
     db::begin_durable,
@@ -150,6 +150,7 @@ async fn numbers_are_formatted_past_the_minimum_width(#[case] backend: Backend) 
             series: String::new(),
             at_least: 998,
             reason: String::new(),
+            ..AdvanceCounterRequest::default()
         })
         .await
         .unwrap();
@@ -185,6 +186,7 @@ async fn the_default_template_is_a_setting(#[case] backend: Backend) {
         .get_series(GetSeriesRequest {
             tenant_id: "acme".into(),
             series: "credit".into(),
+            ..GetSeriesRequest::default()
         })
         .await
         .unwrap()
@@ -202,6 +204,7 @@ async fn get_series_reports_the_last_value(#[case] backend: Backend) {
     let request = GetSeriesRequest {
         tenant_id: "acme".into(),
         series: String::new(),
+        ..GetSeriesRequest::default()
     };
     let status = app.client.get_series(request.clone()).await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
@@ -237,6 +240,7 @@ async fn advance_counter_raises_but_never_lowers(#[case] backend: Backend) {
         series: String::new(),
         at_least,
         reason: String::new(),
+        ..AdvanceCounterRequest::default()
     };
     let raised = app
         .client
@@ -347,6 +351,7 @@ async fn bad_input_is_rejected_by_field_and_changes_nothing(#[case] backend: Bac
             series: String::new(),
             at_least: -1,
             reason: String::new(),
+            ..AdvanceCounterRequest::default()
         })
         .await
         .unwrap_err();
@@ -367,6 +372,7 @@ async fn bad_input_is_rejected_by_field_and_changes_nothing(#[case] backend: Bac
         .get_series(GetSeriesRequest {
             tenant_id: "a/b".into(),
             series: String::new(),
+            ..GetSeriesRequest::default()
         })
         .await
         .unwrap_err();
@@ -407,6 +413,7 @@ async fn an_exhausted_series_fails_without_moving(#[case] backend: Backend) {
             series: String::new(),
             at_least: i64::MAX - 1,
             reason: String::new(),
+            ..AdvanceCounterRequest::default()
         })
         .await
         .unwrap();
@@ -469,24 +476,29 @@ async fn writes_force_synchronous_commit() {
         TenantId::parse("acme").unwrap(),
         SeriesName::parse("").unwrap(),
     );
+    let config = SeriesConfig::unconfigured(NumberFormat::default());
+    let now = Utc::now();
     let call = Call {
         tenant: &tenant,
         series: &series,
+        calendar: config.calendar,
+        period: "",
+        date: now.date_naive(),
         count: 3,
         request_id: None,
     };
-    let now = Utc::now();
     let stamp = Stamp {
         now,
         forget_before: now,
     };
-    let allocated = store.allocate(call, NumberFormat::DEFAULT, stamp).await;
+    let allocated = store.allocate(call, &config, stamp).await;
     assert_eq!(
         allocated.expect("allocate on a connection defaulting to asynchronous commit"),
         Outcome::Granted(Grant {
             first: 1,
             format: NumberFormat::DEFAULT.into(),
-            at: now,
+            date: now.date_naive(),
+            period: String::new(),
         })
     );
 

@@ -17,8 +17,8 @@ use numbering::{
         CommitMode,
         batch::Retention,
         group_commit::{GroupCommitSettings, GroupCommitter, GroupError},
-        series::{Count, NumberFormat, Series, SeriesName},
-        store::{Advance, Call, CounterStore, Outcome, Stamp, StoreError},
+        series::{Calendar, NumberFormat, SeriesConfig, SeriesName},
+        store::{Advance, Call, Change, ConfigureError, CounterStore, Outcome, Stamp, StoreError},
     },
     clock::SystemClock,
     proto::number_allocator_client::NumberAllocatorClient,
@@ -73,7 +73,7 @@ impl CounterStore for ScriptedStore {
     async fn allocate_many(
         &self,
         calls: &[Call<'_>],
-        format: &str,
+        defaults: &SeriesConfig,
         stamp: Stamp,
     ) -> Result<Vec<Outcome>, StoreError> {
         let transaction = {
@@ -86,11 +86,42 @@ impl CounterStore for ScriptedStore {
             // As a transaction whose COMMIT failed: nothing was written.
             return Err(StoreError::Unavailable("injected commit failure".into()));
         }
-        self.inner.allocate_many(calls, format, stamp).await
+        self.inner.allocate_many(calls, defaults, stamp).await
     }
 
-    async fn advance(&self, advance: Advance<'_>, format: &str) -> Result<Series, StoreError> {
-        self.inner.advance(advance, format).await
+    async fn find(
+        &self,
+        tenant: &TenantId,
+        series: &SeriesName,
+    ) -> Result<Option<SeriesConfig>, StoreError> {
+        self.inner.find(tenant, series).await
+    }
+
+    async fn counter(
+        &self,
+        tenant: &TenantId,
+        series: &SeriesName,
+        period: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        self.inner.counter(tenant, series, period).await
+    }
+
+    async fn configure(
+        &self,
+        tenant: &TenantId,
+        series: &SeriesName,
+        defaults: &SeriesConfig,
+        change: Change<'_>,
+    ) -> Result<SeriesConfig, ConfigureError> {
+        self.inner.configure(tenant, series, defaults, change).await
+    }
+
+    async fn advance(
+        &self,
+        advance: Advance<'_>,
+        defaults: &SeriesConfig,
+    ) -> Result<(SeriesConfig, i64), StoreError> {
+        self.inner.advance(advance, defaults).await
     }
 
     async fn forget_request_ids(
@@ -101,22 +132,19 @@ impl CounterStore for ScriptedStore {
         self.inner.forget_request_ids(before, limit).await
     }
 
-    async fn get(
-        &self,
-        tenant: &TenantId,
-        series: &SeriesName,
-    ) -> Result<Option<Series>, StoreError> {
-        self.inner.get(tenant, series).await
-    }
-
     async fn list(
         &self,
         tenant: &TenantId,
         after: Option<&str>,
         limit: u32,
-    ) -> Result<Vec<Series>, StoreError> {
+    ) -> Result<Vec<(String, SeriesConfig)>, StoreError> {
         self.inner.list(tenant, after, limit).await
     }
+}
+
+/// The settings of a series nobody configured.
+fn defaults() -> SeriesConfig {
+    SeriesConfig::unconfigured(NumberFormat::default())
 }
 
 fn series() -> SeriesName {
@@ -138,21 +166,25 @@ fn one_lane(store: &Arc<ScriptedStore>, queue_capacity: usize) -> Arc<GroupCommi
     Arc::new(GroupCommitter::new(
         &store,
         &settings,
-        NumberFormat::DEFAULT,
+        &defaults(),
         &retention,
     ))
 }
 
 /// Raises a series to `at_least` through the store.
 async fn advance(store: &ScriptedStore, tenant: &TenantId, at_least: i64) {
+    let series = series();
     let advance = Advance {
         tenant,
-        series: &series(),
+        series: &series,
+        calendar: Calendar::DEFAULT,
+        period: "",
+        date: Utc::now().date_naive(),
         at_least,
         reason: "test",
         now: Utc::now(),
     };
-    store.advance(advance, NumberFormat::DEFAULT).await.unwrap();
+    store.advance(advance, &defaults()).await.unwrap();
 }
 
 /// The first number of a call's new range.
@@ -172,9 +204,17 @@ fn spawn_call(
     let committer = committer.clone();
     let tenant = TenantId::parse(tenant).unwrap();
     tokio::spawn(async move {
-        committer
-            .allocate(&tenant, &series(), Count::parse(count).unwrap(), None)
-            .await
+        let series = series();
+        let call = Call {
+            tenant: &tenant,
+            series: &series,
+            calendar: Calendar::DEFAULT,
+            period: "",
+            date: Utc::now().date_naive(),
+            count: i64::from(count),
+            request_id: None,
+        };
+        committer.allocate(call).await
     })
 }
 

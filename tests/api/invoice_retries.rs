@@ -21,8 +21,9 @@ use numbering::{
     },
     proto::{
         AdvanceCounterRequest, AdvanceCounterResponse, AllocateRequest, AllocateResponse,
-        CreateInvoiceRequest, CreateInvoiceResponse, GetSeriesRequest, GetSeriesResponse,
-        ListSeriesRequest, ListSeriesResponse,
+        ConfigureSeriesRequest, ConfigureSeriesResponse, CreateInvoiceRequest,
+        CreateInvoiceResponse, GetSeriesRequest, GetSeriesResponse, ListSeriesRequest,
+        ListSeriesResponse,
         invoice_writer_client::InvoiceWriterClient,
         number_allocator_client::NumberAllocatorClient,
         number_allocator_server::{NumberAllocator, NumberAllocatorServer},
@@ -189,7 +190,7 @@ impl InvoiceStore for FailsAfterCommit {
     async fn list(
         &self,
         tenant: &TenantId,
-        after: i64,
+        after: Option<(&str, i64)>,
         limit: u32,
     ) -> Result<Vec<Invoice>, StoreError> {
         self.inner.list(tenant, after, limit).await
@@ -316,6 +317,16 @@ impl NumberAllocator for LosesReplies {
         self.allocator
             .clone()
             .advance_counter(request.into_inner())
+            .await
+    }
+
+    async fn configure_series(
+        &self,
+        request: Request<ConfigureSeriesRequest>,
+    ) -> Result<Response<ConfigureSeriesResponse>, Status> {
+        self.allocator
+            .clone()
+            .configure_series(request.into_inner())
             .await
     }
 }

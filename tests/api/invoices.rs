@@ -16,7 +16,7 @@ use std::{
 use numbering::{
     allocator::{CommitMode, series::NumberFormat},
     clock::Clock,
-    invoices::{seed, store::HighestNumber},
+    invoices::{domain::Numbered, seed, store::HighestNumber},
     proto::{AdvanceCounterRequest, GetInvoiceRequest, LineItem, ListInvoicesRequest},
     tenant::TenantId,
 };
@@ -467,6 +467,7 @@ async fn allocator_refusals_keep_their_code_and_reason(#[case] backend: Backend)
             series: String::new(),
             at_least: i64::MAX,
             reason: String::new(),
+            ..AdvanceCounterRequest::default()
         })
         .await
         .unwrap();
@@ -563,12 +564,17 @@ async fn the_store_refuses_a_number_twice(#[case] backend: Backend) {
     let new = numbering::invoices::grpc::parse_new_invoice(&invoice_request("acme"))
         .unwrap()
         .0;
+    let today = chrono::Utc::now().date_naive();
     for (number, formatted) in [(5, "X-5"), (6, "INV-005")] {
         let error = store
             .insert(
                 &new.numbered(
-                    number,
-                    formatted.into(),
+                    Numbered {
+                        value: number,
+                        formatted: formatted.into(),
+                        period: String::new(),
+                        date: today,
+                    },
                     uuid::Uuid::now_v7(),
                     chrono::Utc::now(),
                 ),
@@ -584,6 +590,7 @@ async fn the_store_refuses_a_number_twice(#[case] backend: Backend) {
     let stored: HashSet<_> = store.highest_numbers().await.unwrap().into_iter().collect();
     let expected = HighestNumber {
         tenant_id: "acme".into(),
+        issue_date: today,
         number: 5,
     };
     assert_eq!(stored, HashSet::from([expected]));

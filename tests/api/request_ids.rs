@@ -160,6 +160,7 @@ async fn an_id_reused_for_another_call_is_refused(#[case] backend: Backend) {
         .get_series(GetSeriesRequest {
             tenant_id: "acme".into(),
             series: "credit".into(),
+            ..GetSeriesRequest::default()
         })
         .await
         .unwrap_err();
@@ -340,6 +341,7 @@ async fn every_range_handed_out_or_skipped_is_recorded(#[case] backend: Backend)
             series: String::new(),
             at_least: 500,
             reason: "migrated from the old system".into(),
+            ..AdvanceCounterRequest::default()
         })
         .await
         .unwrap();
@@ -350,6 +352,7 @@ async fn every_range_handed_out_or_skipped_is_recorded(#[case] backend: Backend)
             series: String::new(),
             at_least: 10,
             reason: "no-op".into(),
+            ..AdvanceCounterRequest::default()
         })
         .await
         .unwrap();

@@ -160,7 +160,7 @@ async fn shutdown_flips_health_and_finishes_calls_in_flight() {
         tenant_id: "acme".into(),
         series: String::new(),
         count: 1,
-        request_id: String::new(),
+        ..AllocateRequest::default()
     };
     app.client.allocate(allocate()).await.unwrap();
     let channel = app.server.channel().await;
@@ -242,7 +242,7 @@ async fn the_binary_exits_cleanly_on_sigterm() {
             tenant_id: "acme".into(),
             series: String::new(),
             count: 1,
-            request_id: String::new(),
+            ..AllocateRequest::default()
         })
         .await
         .unwrap()
@@ -388,10 +388,16 @@ async fn a_call_past_the_request_timeout_answers_deadline_exceeded() {
     let mut blocker = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
     // The counter made directly: through the server, a slow first commit on a
     // busy machine could itself pass the short time-out.
-    sqlx::query("INSERT INTO counters (tenant_id, series, last_value, format) VALUES ('acme', 'invoice', 1, 'INV-{number:03}')")
+    sqlx::query("INSERT INTO series (tenant_id, series, format) VALUES ('acme', 'invoice', 'INV-{number:03}')")
         .execute(&mut blocker)
         .await
         .unwrap();
+    sqlx::query(
+        "INSERT INTO counters (tenant_id, series, last_value) VALUES ('acme', 'invoice', 1)",
+    )
+    .execute(&mut blocker)
+    .await
+    .unwrap();
     let lock = lock_counter(&mut blocker, "acme").await;
     let logs = CapturedLogs::default();
     let _subscriber = tracing::subscriber::set_default(logs.subscriber());

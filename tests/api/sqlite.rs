@@ -184,8 +184,12 @@ async fn a_deleted_invoice_file_fails_the_insert_and_readiness() {
         .unwrap()
         .0
         .numbered(
-            1,
-            "INV-001".into(),
+            invoices::domain::Numbered {
+                value: 1,
+                formatted: "INV-001".into(),
+                period: String::new(),
+                date: chrono::Utc::now().date_naive(),
+            },
             uuid::Uuid::now_v7(),
             chrono::Utc::now(),
         );

@@ -5,7 +5,10 @@
 use std::{net::TcpListener, path::Path, process::Output, str::FromStr};
 
 use numbering::{
-    allocator::{series::SeriesName, store::Advance},
+    allocator::{
+        series::{SeriesConfig, SeriesName},
+        store::Advance,
+    },
     db::Backend,
     tenant::TenantId,
 };
@@ -101,14 +104,23 @@ async fn snapshot(db: &TestDb) -> Vec<String> {
 async fn each_service_refuses_the_other_services_database(#[case] backend: Backend) {
     let allocator_db = TestDb::create(backend).await;
     let counters = allocator_db.counter_store().await;
+    let (tenant, series) = (
+        TenantId::parse("acme").unwrap(),
+        SeriesName::parse("invoice").unwrap(),
+    );
+    let format = "INV-{number}".parse().unwrap();
+    let config = SeriesConfig::unconfigured(format);
     let advance = Advance {
-        tenant: &TenantId::parse("acme").unwrap(),
-        series: &SeriesName::parse("invoice").unwrap(),
+        tenant: &tenant,
+        series: &series,
+        calendar: config.calendar,
+        period: "",
+        date: chrono::Utc::now().date_naive(),
         at_least: 7,
         reason: "test",
         now: chrono::Utc::now(),
     };
-    counters.advance(advance, "INV-{number}").await.unwrap();
+    counters.advance(advance, &config).await.unwrap();
     counters.close().await;
     let writer_db = TestDb::create(backend).await;
     let invoices = writer_db.invoice_store().await;

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use numbering::{
-    invoices::{self, store::InvoiceStore},
+    invoices::{self, domain::Numbered, store::InvoiceStore},
     proto::{
         AllocateRequest, AllocateResponse, CreateInvoiceRequest, GetSeriesRequest, Invoice,
         LineItem, ListInvoicesRequest, Series, invoice_writer_client::InvoiceWriterClient,
@@ -25,7 +25,7 @@ pub fn allocate(tenant: &str, series: &str, count: u32) -> AllocateRequest {
         tenant_id: tenant.into(),
         series: series.into(),
         count,
-        request_id: String::new(),
+        ..AllocateRequest::default()
     }
 }
 
@@ -128,7 +128,7 @@ pub fn invoice_request(tenant: &str) -> CreateInvoiceRequest {
                 unit_price: "0.1".into(),
             },
         ],
-        request_id: String::new(),
+        ..CreateInvoiceRequest::default()
     }
 }
 
@@ -142,12 +142,14 @@ pub async fn import_invoice(
     let new = invoices::grpc::parse_new_invoice(&invoice_request(tenant))
         .unwrap()
         .0;
-    let invoice = new.numbered(
-        number,
-        invoice_number.into(),
-        uuid::Uuid::now_v7(),
-        chrono::Utc::now(),
-    );
+    let today = chrono::Utc::now();
+    let number = Numbered {
+        value: number,
+        formatted: invoice_number.into(),
+        period: String::new(),
+        date: today.date_naive(),
+    };
+    let invoice = new.numbered(number, uuid::Uuid::now_v7(), today);
     store.insert(&invoice, None).await.expect("import invoice");
 }
 
@@ -159,7 +161,7 @@ pub async fn invoice_series(
     let response = client
         .get_series(GetSeriesRequest {
             tenant_id: tenant.into(),
-            series: String::new(),
+            ..GetSeriesRequest::default()
         })
         .await?;
     Ok(response
