@@ -402,7 +402,7 @@ where
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
 {
     let used: Option<(i64,)> = sqlx::query_as(
-        "SELECT 1 FROM counters
+        "SELECT last_value FROM counters
          WHERE tenant_id = $1 AND series = $2 AND last_value > base LIMIT 1",
     )
     .bind(tenant)

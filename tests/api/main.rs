@@ -26,6 +26,8 @@ mod invoices;
 mod pg_server;
 mod processes;
 mod request_ids;
+mod series;
 mod server;
 mod sqlite;
 mod startup;
+mod upgrade;

@@ -175,7 +175,7 @@ async fn shutdown_flips_health_and_finishes_calls_in_flight() {
     let lock = lock_counter(&mut blocker, "acme").await;
     let mut client = app.client.clone();
     let in_flight = tokio::spawn(async move { client.allocate(allocate()).await });
-    wait_until_blocked_on_a_lock(&app.db).await;
+    app.db.wait_until_blocked_on_a_lock().await;
 
     let mut watch = HealthClient::new(channel)
         .watch(HealthCheckRequest {
@@ -203,29 +203,6 @@ async fn shutdown_flips_health_and_finishes_calls_in_flight() {
         .into_inner();
     assert_eq!(response.numbers[0].value, 2);
     stopped.await.unwrap().expect("clean stop");
-}
-
-async fn wait_until_blocked_on_a_lock(db: &TestDb) {
-    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
-    let blocked = tokio::time::timeout(PATIENCE, async {
-        loop {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
-            )
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
-            if waiting > 0 {
-                return;
-            }
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
-    assert!(
-        blocked.is_ok(),
-        "the allocation never blocked on the row lock"
-    );
 }
 
 /// The real binary serves, never logs its database password, and on SIGTERM logs it,
@@ -436,7 +413,7 @@ async fn calls_past_the_concurrency_limit_are_shed_while_health_answers() {
     let lock = lock_counter(&mut blocker, "acme").await;
     let mut client = app.client.clone();
     let in_flight = tokio::spawn(async move { client.allocate(allocate("acme", "", 1)).await });
-    wait_until_blocked_on_a_lock(&app.db).await;
+    app.db.wait_until_blocked_on_a_lock().await;
 
     // Another connection too: the limit is the server's, not a connection's.
     let mut other = NumberAllocatorClient::new(app.server.channel().await);

@@ -23,6 +23,10 @@ impl ManualClock {
         Arc::new(Self(Mutex::new(time)))
     }
 
+    pub fn set(&self, time: DateTime<Utc>) {
+        *self.0.lock().unwrap() = time;
+    }
+
     pub fn advance(&self, by: Duration) {
         *self.0.lock().unwrap() += TimeDelta::from_std(by).unwrap();
     }

@@ -96,6 +96,62 @@ impl TestDb {
         }
     }
 
+    /// The text of every range in the allocator's ledger: series, period,
+    /// first number, template and date, in that order.
+    pub async fn ledger_texts(&self) -> Vec<(String, String, i64, String, String)> {
+        const SQL: &str = "SELECT series, period, first_value, format, CAST(date AS TEXT)
+                           FROM allocations ORDER BY tenant_id, series, period, first_value";
+        self.fetch_all(SQL).await
+    }
+
+    /// Every counter of the allocator: tenant, series, period, last value.
+    pub async fn counters(&self) -> Vec<(String, String, String, i64)> {
+        const SQL: &str = "SELECT tenant_id, series, period, last_value
+                           FROM counters ORDER BY tenant_id, series, period";
+        self.fetch_all(SQL).await
+    }
+
+    async fn fetch_all<T>(&self, sql: &'static str) -> Vec<T>
+    where
+        T: Send
+            + Unpin
+            + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
+            + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>,
+    {
+        match self.backend {
+            Backend::Postgres => {
+                let pool = self.pool(&test_pool_settings()).await;
+                sqlx::query_as(sql).fetch_all(&pool).await.unwrap()
+            }
+            Backend::Sqlite => {
+                let pool = SqlitePool::connect(&self.url).await.unwrap();
+                sqlx::query_as(sql).fetch_all(&pool).await.unwrap()
+            }
+        }
+    }
+
+    /// Waits until a session of this PostgreSQL database waits on a lock.
+    pub async fn wait_until_blocked_on_a_lock(&self) {
+        let mut conn = PgConnection::connect(&self.url).await.unwrap();
+        let blocked = tokio::time::timeout(super::PATIENCE, async {
+            loop {
+                let waiting: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_stat_activity
+                     WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                )
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+                if waiting > 0 {
+                    return;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        assert!(blocked.is_ok(), "no call ever blocked on a lock");
+    }
+
     /// How many request ids starting with `prefix` the allocator keeps.
     pub async fn request_ids(&self, prefix: &str) -> i64 {
         const SQL: &str = "SELECT count(*) FROM request_ids WHERE request_id LIKE $1 || '%'";

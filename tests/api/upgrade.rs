@@ -1,0 +1,194 @@
+//! Databases written before series had periods keep every number: after the
+//! migrations, counters continue, request ids replay their first numbers,
+//! the ledger keeps its ranges and stored invoices read back.
+
+use std::{path::Path, sync::Arc};
+
+use chrono::Utc;
+use numbering::{
+    allocator::{CommitMode, app::RequestIdSettings, group_commit::GroupCommitSettings},
+    clock::SystemClock,
+    db::Backend,
+    proto::ListInvoicesRequest,
+};
+use rstest_reuse::apply;
+use sqlx::{AssertSqlSafe, Connection, PgConnection, SqliteConnection, migrate::Migrator};
+
+use crate::{
+    backends,
+    helpers::{TestDb, keyed, serve_allocator_on, spawn_writer_on, test_settings},
+};
+
+/// Runs the first `count` migrations of `dir` (under `migrations/`) on `db`,
+/// as a database of that version would have them.
+async fn migrate_to(db: &TestDb, dir: &str, count: usize) {
+    let engine = match db.backend {
+        Backend::Postgres => "postgres",
+        Backend::Sqlite => "sqlite",
+    };
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(engine)
+        .join(dir);
+    let mut files: Vec<_> = std::fs::read_dir(&source)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    files.sort();
+    let old = tempfile::tempdir().unwrap();
+    for file in &files[..count] {
+        std::fs::copy(file, old.path().join(file.file_name().unwrap())).unwrap();
+    }
+    let migrator = Migrator::new(old.path()).await.unwrap();
+    run(db, &[], Some(&migrator)).await;
+}
+
+/// Runs `migrator`, then each statement of `sql`, on `db`.
+async fn run(db: &TestDb, sql: &[&str], migrator: Option<&Migrator>) {
+    match db.backend {
+        Backend::Postgres => {
+            let mut conn = PgConnection::connect(&db.url).await.unwrap();
+            if let Some(migrator) = migrator {
+                migrator.run(&mut conn).await.unwrap();
+            }
+            for statement in sql {
+                let statement = AssertSqlSafe(statement.to_string());
+                sqlx::query(statement).execute(&mut conn).await.unwrap();
+            }
+        }
+        Backend::Sqlite => {
+            let options: sqlx::sqlite::SqliteConnectOptions = db.url.parse().unwrap();
+            let mut conn = SqliteConnection::connect_with(&options.create_if_missing(true))
+                .await
+                .unwrap();
+            if let Some(migrator) = migrator {
+                migrator.run(&mut conn).await.unwrap();
+            }
+            for statement in sql {
+                let statement = AssertSqlSafe(statement.to_string());
+                sqlx::query(statement).execute(&mut conn).await.unwrap();
+            }
+        }
+    }
+}
+
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allocator_database_from_before_periods_keeps_its_numbers(#[case] backend: Backend) {
+    let db = TestDb::create(backend).await;
+    migrate_to(&db, "allocator", 2).await;
+    run(
+        &db,
+        &[
+            "INSERT INTO counters (tenant_id, series, last_value, format)
+             VALUES ('acme', 'invoice', 41, 'INV-{number:03}')",
+            "INSERT INTO allocations (tenant_id, series, first_value, count, kind, request_id, created_at)
+             VALUES ('acme', 'invoice', 1, 40, 'allocate', NULL, '2026-11-30T10:00:00+00:00'),
+                    ('acme', 'invoice', 41, 1, 'allocate', 'k', '2026-12-01T10:00:00+00:00')",
+            // Recent enough to be kept: the window is a day.
+            "INSERT INTO request_ids (tenant_id, request_id, series, count, first_value, created_at)
+             VALUES ('acme', 'k', 'invoice', 1, 41, '2099-01-01T00:00:00+00:00')",
+        ],
+        None,
+    )
+    .await;
+
+    let mode = CommitMode::Group(GroupCommitSettings::default());
+    let (_server, mut client) = serve_allocator_on(
+        &db,
+        mode,
+        RequestIdSettings::default(),
+        Arc::new(SystemClock),
+    )
+    .await;
+    let replay = client
+        .allocate(keyed("acme", "", 1, "k"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(replay.replayed);
+    assert_eq!(replay.numbers[0].formatted, "INV-041");
+    let next = client
+        .allocate(keyed("acme", "", 1, "next"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (next.numbers[0].value, next.numbers[0].formatted.as_str()),
+        (42, "INV-042")
+    );
+
+    let ledger: Vec<_> = db
+        .ledger_texts()
+        .await
+        .into_iter()
+        .map(|(_, period, first, format, date)| (period, first, format, date))
+        .collect();
+    let today = Utc::now().date_naive().to_string();
+    let row = |first, date: &str| {
+        (
+            String::new(),
+            first,
+            "INV-{number:03}".to_owned(),
+            date.to_owned(),
+        )
+    };
+    assert_eq!(
+        ledger,
+        [row(1, "2026-11-30"), row(41, "2026-12-01"), row(42, &today)]
+    );
+}
+
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invoice_database_from_before_periods_keeps_its_invoices(#[case] backend: Backend) {
+    let db = TestDb::create(backend).await;
+    migrate_to(&db, "invoices", 2).await;
+    let (id, line_items, total) = match backend {
+        Backend::Postgres => (
+            "'0190a4b2-0000-7000-8000-000000000001'",
+            "'[{\"description\":\"x\",\"quantity\":\"1\",\"unit_price\":\"2\"}]'::jsonb",
+            "2",
+        ),
+        Backend::Sqlite => (
+            "'0190a4b2-0000-7000-8000-000000000001'",
+            "'[{\"description\":\"x\",\"quantity\":\"1\",\"unit_price\":\"2\"}]'",
+            "'2'",
+        ),
+    };
+    let insert = format!(
+        "INSERT INTO invoices (id, tenant_id, number, invoice_number, client_id, client_name,
+             client_email, client_phone, client_address, due_date, notes, currency, line_items,
+             total, created_at, request_id)
+         VALUES ({id}, 'acme', 5, 'INV-005', '', 'Globex', '', '', '', '2026-12-31', '', 'EUR',
+                 {line_items}, {total}, '2026-11-30T10:00:00+00:00', NULL)"
+    );
+    run(&db, &[&insert], None).await;
+
+    let store = db.invoice_store().await;
+    // Reading needs no allocator: none answers at this address.
+    let mut writer = spawn_writer_on(
+        db,
+        store,
+        "http://127.0.0.1:9",
+        1,
+        Arc::new(SystemClock),
+        test_settings(),
+    )
+    .await;
+    let listed = writer
+        .client
+        .list_invoices(ListInvoicesRequest {
+            tenant_id: "acme".into(),
+            ..ListInvoicesRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .invoices;
+    let shown: Vec<_> = listed
+        .iter()
+        .map(|i| (i.invoice_number.as_str(), i.number, i.issue_date.as_str()))
+        .collect();
+    assert_eq!(shown, [("INV-005", 5, "2026-11-30")]);
+}
