@@ -207,38 +207,55 @@ impl SeriesChange {
 
 /// The calendars of the series this process has used: a call's period is
 /// picked before its transaction, which checks the series still has it.
+/// Keyed by tenant, then series, so a lookup copies nothing.
 #[derive(Debug, Default)]
-struct Calendars(Mutex<HashMap<(TenantId, SeriesName), Calendar>>);
+struct Calendars(Mutex<KnownCalendars>);
+
+#[derive(Debug, Default)]
+struct KnownCalendars {
+    by_tenant: HashMap<String, HashMap<String, Calendar>>,
+    len: usize,
+}
 
 impl Calendars {
     /// Most calendars kept; past it the map starts again empty.
     const MAX: usize = 100_000;
 
-    fn get(&self, tenant: &TenantId, series: &SeriesName) -> Option<Calendar> {
-        let known = self
-            .0
+    fn known(&self) -> std::sync::MutexGuard<'_, KnownCalendars> {
+        self.0
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        known.get(&(tenant.clone(), series.clone())).copied()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn get(&self, tenant: &TenantId, series: &SeriesName) -> Option<Calendar> {
+        let known = self.known();
+        known
+            .by_tenant
+            .get(tenant.as_str())
+            .and_then(|of_tenant| of_tenant.get(series.as_str()))
+            .copied()
     }
 
     fn insert(&self, tenant: &TenantId, series: &SeriesName, calendar: Calendar) {
-        let mut known = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if known.len() >= Self::MAX {
-            known.clear();
+        let mut known = self.known();
+        if known.len >= Self::MAX {
+            *known = KnownCalendars::default();
         }
-        known.insert((tenant.clone(), series.clone()), calendar);
+        let of_tenant = known.by_tenant.entry(tenant.to_string()).or_default();
+        if of_tenant.insert(series.to_string(), calendar).is_none() {
+            known.len += 1;
+        }
     }
 
     fn forget(&self, tenant: &TenantId, series: &SeriesName) {
-        let mut known = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        known.remove(&(tenant.clone(), series.clone()));
+        let mut known = self.known();
+        let removed = known
+            .by_tenant
+            .get_mut(tenant.as_str())
+            .and_then(|of_tenant| of_tenant.remove(series.as_str()));
+        if removed.is_some() {
+            known.len -= 1;
+        }
     }
 }
 

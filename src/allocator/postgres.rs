@@ -380,7 +380,7 @@ impl Engine for PgEngine {
         sql_store::insert_series(&mut *tx, tenant, series, defaults).await?;
         let locked = lock_series(&mut tx, tenant, series, false)
             .await?
-            .ok_or(StoreError::SeriesChanged)?;
+            .ok_or_else(|| StoreError::Internal("series vanished once created".into()))?;
         let advanced = sql_store::advance::<Postgres>(&mut tx, &locked, advance).await?;
         tx.commit().await?;
         Ok(advanced)

@@ -368,7 +368,7 @@ impl Engine for SqliteEngine {
         sql_store::insert_series(write.conn(), tenant, series, defaults).await?;
         let Some(locked) = sql_store::select_series(write.conn(), tenant, series).await? else {
             write.rollback().await?;
-            return Err(StoreError::SeriesChanged);
+            return Err(StoreError::Internal("series vanished once created".into()));
         };
         match sql_store::advance::<Sqlite>(write.conn(), &locked, advance).await {
             Ok(advanced) => {
