@@ -205,6 +205,15 @@ impl SeriesChange {
     }
 }
 
+/// What this process knows of a series' calendar.
+#[derive(Debug, Clone, Copy)]
+struct Known {
+    calendar: Calendar,
+    /// The series has handed out a number, so its calendar never changes
+    /// again: its transactions need not lock it against `ConfigureSeries`.
+    settled: bool,
+}
+
 /// The calendars of the series this process has used: a call's period is
 /// picked before its transaction, which checks the series still has it.
 /// Keyed by tenant, then series, so a lookup copies nothing.
@@ -213,7 +222,7 @@ struct Calendars(Mutex<KnownCalendars>);
 
 #[derive(Debug, Default)]
 struct KnownCalendars {
-    by_tenant: HashMap<String, HashMap<String, Calendar>>,
+    by_tenant: HashMap<String, HashMap<String, Known>>,
     len: usize,
 }
 
@@ -227,7 +236,7 @@ impl Calendars {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn get(&self, tenant: &TenantId, series: &SeriesName) -> Option<Calendar> {
+    fn get(&self, tenant: &TenantId, series: &SeriesName) -> Option<Known> {
         let known = self.known();
         known
             .by_tenant
@@ -236,7 +245,7 @@ impl Calendars {
             .copied()
     }
 
-    fn insert(&self, tenant: &TenantId, series: &SeriesName, calendar: Calendar) {
+    fn insert(&self, tenant: &TenantId, series: &SeriesName, calendar: Known) {
         let mut known = self.known();
         if known.len >= Self::MAX {
             *known = KnownCalendars::default();
@@ -245,6 +254,15 @@ impl Calendars {
         if of_tenant.insert(series.to_string(), calendar).is_none() {
             known.len += 1;
         }
+    }
+
+    /// Notes that the series handed out a number under `calendar`.
+    fn settle(&self, tenant: &TenantId, series: &SeriesName, calendar: Calendar) {
+        let settled = Known {
+            calendar,
+            settled: true,
+        };
+        self.insert(tenant, series, settled);
     }
 
     fn forget(&self, tenant: &TenantId, series: &SeriesName) {
@@ -310,16 +328,20 @@ impl Allocator {
 
     /// The calendar of a series: that of an unconfigured one for a series
     /// not created yet, which its first allocation creates so.
-    async fn calendar(&self, tenant: &TenantId, series: &SeriesName) -> Result<Calendar, Error> {
-        if let Some(calendar) = self.calendars.get(tenant, series) {
-            return Ok(calendar);
+    async fn calendar(&self, tenant: &TenantId, series: &SeriesName) -> Result<Known, Error> {
+        if let Some(known) = self.calendars.get(tenant, series) {
+            return Ok(known);
         }
         let calendar = match self.store.find(tenant, series).await? {
             Some(config) => config.calendar,
             None => self.defaults.calendar,
         };
-        self.calendars.insert(tenant, series, calendar);
-        Ok(calendar)
+        let known = Known {
+            calendar,
+            settled: false,
+        };
+        self.calendars.insert(tenant, series, known);
+        Ok(known)
     }
 
     /// Runs `attempt` with the series' calendar, again with the calendar read
@@ -328,15 +350,15 @@ impl Allocator {
         &self,
         tenant: &TenantId,
         series: &SeriesName,
-        mut attempt: impl FnMut(Calendar) -> F,
+        mut attempt: impl FnMut(Known) -> F,
     ) -> Result<T, Error>
     where
         F: Future<Output = Result<T, Error>>,
     {
         let mut tries = 1;
         loop {
-            let calendar = self.calendar(tenant, series).await?;
-            match attempt(calendar).await {
+            let known = self.calendar(tenant, series).await?;
+            match attempt(known).await {
                 Err(error) if series_changed(&error) && tries < CALENDAR_ATTEMPTS => {
                     self.calendars.forget(tenant, series);
                     tries += 1;
@@ -365,24 +387,30 @@ impl Allocator {
         date: Option<NaiveDate>,
     ) -> Result<Allocation, Error> {
         let outcome = self
-            .with_calendar(tenant, series, |calendar| async move {
+            .with_calendar(tenant, series, |known| async move {
+                let Known { calendar, settled } = known;
                 let (date, period) = place(calendar, date, self.now())?;
                 let call = Call {
                     tenant,
                     series,
                     calendar,
+                    settled,
                     period: &period,
                     date,
                     count: i64::from(count.get()),
                     request_id,
                 };
-                Ok(match &self.path {
+                let outcome = match &self.path {
                     Path::PerCall => {
                         let stamp = self.retention.stamp();
                         self.store.allocate(call, &self.defaults, stamp).await?
                     }
                     Path::Group(committer) => committer.allocate(call).await?,
-                })
+                };
+                if !settled && matches!(outcome, Outcome::Granted(_)) {
+                    self.calendars.settle(tenant, series, calendar);
+                }
+                Ok(outcome)
             })
             .await?;
         let (grant, replayed) = match outcome {
@@ -551,7 +579,8 @@ impl Allocator {
         date: Option<NaiveDate>,
     ) -> Result<Series, Error> {
         let (config, last_value, period) = self
-            .with_calendar(tenant, series, |calendar| async move {
+            .with_calendar(tenant, series, |known| async move {
+                let calendar = known.calendar;
                 let now = self.now();
                 let (date, period) = place(calendar, date, now)?;
                 let advance = Advance {

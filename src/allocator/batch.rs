@@ -204,10 +204,12 @@ impl<'a> Batch<'a> {
                     series: key.1,
                     period: key.2,
                     calendar: call.calendar,
+                    settled: true,
                     total: 0,
                 });
                 totals.len() - 1
             });
+            totals[group].settled &= call.settled;
             // The numbers of the group's earlier calls come first.
             let offset = totals[group].total;
             totals[group].total += call.count;
@@ -253,8 +255,23 @@ impl<'a> Batch<'a> {
         // Every transaction locks its counters in one order, so batches of
         // different lanes or of other allocator processes cannot deadlock.
         increments.sort_unstable_by_key(|total| (total.tenant, total.series, total.period));
+        // A series is read unlocked only if every call of it knows it settled.
+        let mut series: Vec<SeriesUse<'a>> = Vec::with_capacity(increments.len());
+        for total in &increments {
+            match series.last_mut() {
+                Some(last) if (last.tenant, last.series) == (total.tenant, total.series) => {
+                    last.settled &= total.settled;
+                }
+                _ => series.push(SeriesUse {
+                    tenant: total.tenant,
+                    series: total.series,
+                    settled: total.settled,
+                }),
+            }
+        }
         Plan {
             increments,
+            series,
             records,
             range_of,
         }
@@ -370,6 +387,8 @@ impl FromIterator<(String, String)> for Won {
 pub struct Plan<'a> {
     /// Each counter to move and by how much, each once, in a fixed order.
     pub increments: Vec<Total<'a>>,
+    /// The series of the increments, each once, in the same order.
+    pub series: Vec<SeriesUse<'a>>,
     /// The ledger rows: the range of each call with a request id, and of
     /// each run of adjacent calls without one.
     pub records: Vec<Record<'a>>,
@@ -405,8 +424,23 @@ pub struct Total<'a> {
     pub period: &'a str,
     /// The calendar the period was picked by: the series' must still be it.
     pub calendar: Calendar,
+    /// Whether every call of it knew the series settled.
+    pub settled: bool,
     /// The sum of the counts.
     pub total: i64,
+}
+
+/// A series a transaction moves a counter of.
+#[derive(Debug, Clone, Copy)]
+pub struct SeriesUse<'a> {
+    /// The series' tenant.
+    pub tenant: &'a str,
+    /// The series.
+    pub series: &'a str,
+    /// Every call of it knew it has handed out numbers: its calendar is
+    /// fixed and its row is read without a lock. Otherwise the transaction
+    /// creates it if absent and locks it against `ConfigureSeries`.
+    pub settled: bool,
 }
 
 /// A range of one increment, relative to its counter's new value: one call's,
@@ -453,6 +487,7 @@ mod tests {
             tenant,
             series,
             calendar: Calendar::DEFAULT,
+            settled: false,
             period: "",
             date: today(),
             count,

@@ -131,19 +131,26 @@ async fn claim(
 
 /// The statement of [`increment`].
 const INCREMENT: &str = "WITH durable AS (SELECT set_config('synchronous_commit', 'on', true)),
+     used AS (
+         SELECT * FROM UNNEST($21::text[], $22::text[], $23::bool[])
+                       AS used (tenant_id, series, settled)),
      created AS (
          INSERT INTO series (tenant_id, series, format, reset, timezone, start_at)
-         SELECT DISTINCT tenant_id, series, $17, $18, $19, $20::bigint
-         FROM UNNEST($1::text[], $2::text[]) AS total (tenant_id, series)
+         SELECT tenant_id, series, $17, $18, $19, $20::bigint FROM used WHERE NOT settled
          ON CONFLICT (tenant_id, series) DO NOTHING
          RETURNING tenant_id, series, format, reset, timezone, start_at),
      locked AS (
          SELECT tenant_id, series, format, reset, timezone, start_at FROM series
-         WHERE (tenant_id, series) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))
+         WHERE (tenant_id, series) IN (SELECT tenant_id, series FROM used WHERE NOT settled)
          FOR KEY SHARE),
+     -- Settled series never change their calendar: no lock is needed.
+     unlocked AS (
+         SELECT tenant_id, series, format, reset, timezone, start_at FROM series
+         WHERE (tenant_id, series) IN (SELECT tenant_id, series FROM used WHERE settled)),
      -- A series another call created since this statement began is in
-     -- neither: the check below fails the statement, and a retry sees it.
-     config AS (SELECT * FROM created UNION ALL SELECT * FROM locked),
+     -- none: the check below fails the statement, and a retry sees it.
+     config AS (SELECT * FROM created UNION ALL SELECT * FROM locked
+                UNION ALL SELECT * FROM unlocked),
      planned AS (
          SELECT total.tenant_id, total.series, total.period, total.count,
                 CASE WHEN config.reset = total.reset AND config.timezone = total.timezone
@@ -248,6 +255,9 @@ async fn increment<'e>(
         .bind(defaults.calendar.reset.name())
         .bind(defaults.calendar.zone.name())
         .bind(defaults.start_at)
+        .bind(plan.series.iter().map(|s| s.tenant).collect::<Vec<_>>())
+        .bind(plan.series.iter().map(|s| s.series).collect::<Vec<_>>())
+        .bind(plan.series.iter().map(|s| s.settled).collect::<Vec<_>>())
         .fetch_all(executor)
         .await
 }

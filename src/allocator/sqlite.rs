@@ -95,6 +95,29 @@ async fn select_series(
         .collect())
 }
 
+/// Creates the series of a JSON array of `[tenant, series]` that do not
+/// exist, with `defaults`.
+#[tracing::instrument(name = "db.series.insert_many", skip_all, fields(series = series.len()), err(level = "debug"))]
+async fn insert_series(
+    conn: &mut SqliteConnection,
+    series: &[(&str, &str)],
+    defaults: &SeriesConfig,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO series (tenant_id, series, format, reset, timezone, start_at)
+         SELECT value ->> 0, value ->> 1, ?2, ?3, ?4, ?5 FROM json_each(?1) WHERE true
+         ON CONFLICT (tenant_id, series) DO NOTHING",
+    )
+    .bind(Json(series))
+    .bind(defaults.format.template())
+    .bind(defaults.calendar.reset.name())
+    .bind(defaults.calendar.zone.name())
+    .bind(defaults.start_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Adds each total to its period's counter, starting absent periods from
 /// their base: one upsert over a JSON array of `[tenant, series, period,
 /// total, base]`. The keys must be distinct.
@@ -192,15 +215,16 @@ async fn apply(
     defaults: &SeriesConfig,
     stamp: Stamp,
 ) -> Result<Option<Vec<Counted>>, StoreError> {
-    let mut keys: Vec<(&str, &str)> = plan
-        .increments
+    let unsettled: Vec<(&str, &str)> = plan
+        .series
         .iter()
-        .map(|t| (t.tenant, t.series))
+        .filter(|used| !used.settled)
+        .map(|used| (used.tenant, used.series))
         .collect();
-    keys.dedup();
-    for &(tenant, series) in &keys {
-        sql_store::insert_series(&mut *conn, tenant, series, defaults).await?;
+    if !unsettled.is_empty() {
+        insert_series(conn, &unsettled, defaults).await?;
     }
+    let keys: Vec<(&str, &str)> = plan.series.iter().map(|s| (s.tenant, s.series)).collect();
     let mut configs: HashMap<(String, String), SeriesConfig> = HashMap::new();
     for (tenant, row) in select_series(conn, &keys).await? {
         let config = row.config()?;

@@ -157,6 +157,9 @@ pub struct Call<'a> {
     pub series: &'a SeriesName,
     /// The calendar the period was picked by, as the caller read it.
     pub calendar: Calendar,
+    /// The series has handed out a number before (so its calendar is
+    /// fixed): the transaction reads its settings without locking them.
+    pub settled: bool,
     /// The period whose counter the call takes from.
     pub period: &'a str,
     /// The document's date: the date its numbers read with.

@@ -482,6 +482,7 @@ async fn writes_force_synchronous_commit() {
         tenant: &tenant,
         series: &series,
         calendar: config.calendar,
+        settled: false,
         period: "",
         date: now.date_naive(),
         count: 3,

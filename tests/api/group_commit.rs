@@ -209,6 +209,7 @@ fn spawn_call(
             tenant: &tenant,
             series: &series,
             calendar: Calendar::DEFAULT,
+            settled: false,
             period: "",
             date: Utc::now().date_naive(),
             count: i64::from(count),
