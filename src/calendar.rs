@@ -1,6 +1,7 @@
-//! Calendar days as both services read them: `YYYY-MM-DD`, strictly.
+//! Calendar days as both services read them (`YYYY-MM-DD`, strictly), and
+//! the periods a series that resets counts in.
 
-use chrono::NaiveDate;
+use chrono::{Datelike, NaiveDate};
 
 /// Reads a document date: `YYYY-MM-DD`, empty meaning none.
 ///
@@ -32,17 +33,142 @@ pub fn parse_day(raw: &str) -> Result<NaiveDate, String> {
     NaiveDate::parse_from_str(raw, "%Y-%m-%d").map_err(|_| "is not a day of the calendar".into())
 }
 
+/// When a periodic series starts counting again from its first number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reset {
+    /// Never: one counter for all time.
+    Never,
+    /// Every calendar year.
+    Yearly,
+    /// Every calendar month.
+    Monthly,
+    /// Every day.
+    Daily,
+}
+
+impl Reset {
+    /// The reset as stored and said: `never`, `yearly`, `monthly` or
+    /// `daily`.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Never => "never",
+            Self::Yearly => "yearly",
+            Self::Monthly => "monthly",
+            Self::Daily => "daily",
+        }
+    }
+
+    /// Reads a stored reset.
+    ///
+    /// # Errors
+    /// Anything but the names [`Reset::name`] gives.
+    pub fn from_name(name: &str) -> Result<Self, String> {
+        match name {
+            "never" => Ok(Self::Never),
+            "yearly" => Ok(Self::Yearly),
+            "monthly" => Ok(Self::Monthly),
+            "daily" => Ok(Self::Daily),
+            _ => Err(format!("{name:?} is not a reset")),
+        }
+    }
+
+    /// The period `date` falls in, as a series shows it: `""` for a series
+    /// that never resets, `"2026"`, `"2026-11"` or `"2026-11-29"`.
+    #[must_use]
+    pub fn period(self, date: NaiveDate) -> String {
+        match self {
+            Self::Never => String::new(),
+            Self::Yearly => format!("{:04}", date.year()),
+            Self::Monthly => format!("{:04}-{:02}", date.year(), date.month()),
+            Self::Daily => date.format("%Y-%m-%d").to_string(),
+        }
+    }
+
+    /// Checks a document's date against `today`: it may lie in any earlier
+    /// period (a backdated document), but not after the end of the period
+    /// that follows today's (for a series that never resets: after the end
+    /// of next year).
+    ///
+    /// # Errors
+    /// The date is too far ahead, and the latest date accepted.
+    pub fn check_date(self, date: NaiveDate, today: NaiveDate) -> Result<(), String> {
+        let latest = self.latest_date(today);
+        if date > latest {
+            return Err(format!(
+                "must not be after {latest}, the end of the period after the current one"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The last day of the period after today's.
+    fn latest_date(self, today: NaiveDate) -> NaiveDate {
+        let first_of = |year: i32, month: u32| {
+            NaiveDate::from_ymd_opt(year, month, 1).unwrap_or(NaiveDate::MAX)
+        };
+        match self {
+            // The end of next year.
+            Self::Never | Self::Yearly => first_of(today.year() + 2, 1).pred_opt(),
+            // The end of next month.
+            Self::Monthly => {
+                let months = today.year() * 12 + i32::try_from(today.month0()).unwrap_or(0) + 2;
+                first_of(
+                    months.div_euclid(12),
+                    months.rem_euclid(12).unsigned_abs() + 1,
+                )
+                .pred_opt()
+            }
+            Self::Daily => today.succ_opt(),
+        }
+        .unwrap_or(NaiveDate::MAX)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn document_dates_are_iso_days_or_empty() {
-        let day = |y, m, d| NaiveDate::from_ymd_opt(y, m, d).unwrap();
         assert_eq!(parse_date("").unwrap(), None);
         assert_eq!(parse_date("2026-02-28").unwrap(), Some(day(2026, 2, 28)));
         for bad in ["2026-02-30", "26-02-01", "2026/02/01", "2026-2-1x", " "] {
             assert!(parse_date(bad).is_err(), "{bad:?} was accepted");
         }
+    }
+
+    fn day(y: i32, m: u32, d: u32) -> NaiveDate {
+        NaiveDate::from_ymd_opt(y, m, d).unwrap()
+    }
+
+    #[test]
+    fn periods_are_named_by_the_date_they_hold() {
+        let on = day(2026, 11, 29);
+        assert_eq!(Reset::Never.period(on), "");
+        assert_eq!(Reset::Yearly.period(on), "2026");
+        assert_eq!(Reset::Monthly.period(on), "2026-11");
+        assert_eq!(Reset::Daily.period(on), "2026-11-29");
+    }
+
+    #[test]
+    fn a_date_may_reach_into_the_next_period_but_no_further() {
+        let today = day(2026, 12, 15);
+        let accepts = |reset: Reset, date| reset.check_date(date, today).is_ok();
+        // Backdated documents take their own period.
+        assert!(accepts(Reset::Yearly, day(2019, 1, 1)));
+        assert!(accepts(Reset::Yearly, day(2027, 12, 31)));
+        assert!(!accepts(Reset::Yearly, day(2028, 1, 1)));
+        assert!(accepts(Reset::Never, day(2027, 12, 31)));
+        assert!(!accepts(Reset::Never, day(2028, 1, 1)));
+        // December's next month is January of the next year.
+        assert!(accepts(Reset::Monthly, day(2027, 1, 31)));
+        assert!(!accepts(Reset::Monthly, day(2027, 2, 1)));
+        assert!(accepts(Reset::Daily, day(2026, 12, 16)));
+        assert!(!accepts(Reset::Daily, day(2026, 12, 17)));
+        let refusal = Reset::Monthly
+            .check_date(day(2027, 3, 1), today)
+            .unwrap_err();
+        assert!(refusal.contains("2027-01-31"), "{refusal}");
     }
 }

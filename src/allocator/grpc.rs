@@ -5,8 +5,9 @@ use tonic::{Code, Request, Response, Status};
 use crate::{
     allocator::{
         Allocator, Error, SeriesChange,
-        series::{Count, NumberFormat, Reset, Series, SeriesName, TimeZone},
+        series::{Count, NumberFormat, Series, SeriesName, TimeZone},
     },
+    calendar::Reset,
     calendar::parse_date,
     proto::{
         self, AdvanceCounterRequest, AdvanceCounterResponse, AllocateRequest, AllocateResponse,

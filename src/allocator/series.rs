@@ -8,6 +8,8 @@ use std::{
 
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 
+use crate::calendar::Reset;
+
 /// A series name: 1–64 characters of `a–z 0–9 _ -`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SeriesName(String);
@@ -99,19 +101,6 @@ enum Part {
     Day,
 }
 
-/// When a periodic series starts counting again from its first number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reset {
-    /// Never: one counter for all time.
-    Never,
-    /// Every calendar year.
-    Yearly,
-    /// Every calendar month.
-    Monthly,
-    /// Every day.
-    Daily,
-}
-
 impl NumberFormat {
     /// The default template of every series.
     pub const DEFAULT: &'static str = "INV-{number:03}";
@@ -170,92 +159,10 @@ impl NumberFormat {
         if missing {
             return Err(format!(
                 "a series that resets {} must show {needs}, or two of its numbers would read alike",
-                reset.adverb()
+                reset.name()
             ));
         }
         Ok(())
-    }
-}
-
-impl Reset {
-    /// The reset as stored: `never`, `yearly`, `monthly` or `daily`.
-    #[must_use]
-    pub fn name(self) -> &'static str {
-        self.adverb()
-    }
-
-    /// Reads a stored reset.
-    ///
-    /// # Errors
-    /// Anything but the names [`Reset::name`] gives.
-    pub fn from_name(name: &str) -> Result<Self, String> {
-        match name {
-            "never" => Ok(Self::Never),
-            "yearly" => Ok(Self::Yearly),
-            "monthly" => Ok(Self::Monthly),
-            "daily" => Ok(Self::Daily),
-            _ => Err(format!("{name:?} is not a reset")),
-        }
-    }
-
-    /// The period `date` falls in, as a series shows it: `""` for a series
-    /// that never resets, `"2026"`, `"2026-11"` or `"2026-11-29"`.
-    #[must_use]
-    pub fn period(self, date: NaiveDate) -> String {
-        match self {
-            Self::Never => String::new(),
-            Self::Yearly => format!("{:04}", date.year()),
-            Self::Monthly => format!("{:04}-{:02}", date.year(), date.month()),
-            Self::Daily => date.format("%Y-%m-%d").to_string(),
-        }
-    }
-
-    /// Checks a document's date against `today`: it may lie in any earlier
-    /// period (a backdated document), but not after the end of the period
-    /// that follows today's (for a series that never resets: after the end
-    /// of next year).
-    ///
-    /// # Errors
-    /// The date is too far ahead, and the latest date accepted.
-    pub fn check_date(self, date: NaiveDate, today: NaiveDate) -> Result<(), String> {
-        let latest = self.latest_date(today);
-        if date > latest {
-            return Err(format!(
-                "must not be after {latest}, the end of the period after the current one"
-            ));
-        }
-        Ok(())
-    }
-
-    /// The last day of the period after today's.
-    fn latest_date(self, today: NaiveDate) -> NaiveDate {
-        let first_of = |year: i32, month: u32| {
-            NaiveDate::from_ymd_opt(year, month, 1).unwrap_or(NaiveDate::MAX)
-        };
-        match self {
-            // The end of next year.
-            Self::Never | Self::Yearly => first_of(today.year() + 2, 1).pred_opt(),
-            // The end of next month.
-            Self::Monthly => {
-                let months = today.year() * 12 + i32::try_from(today.month0()).unwrap_or(0) + 2;
-                first_of(
-                    months.div_euclid(12),
-                    months.rem_euclid(12).unsigned_abs() + 1,
-                )
-                .pred_opt()
-            }
-            Self::Daily => today.succ_opt(),
-        }
-        .unwrap_or(NaiveDate::MAX)
-    }
-
-    fn adverb(self) -> &'static str {
-        match self {
-            Self::Never => "never",
-            Self::Yearly => "yearly",
-            Self::Monthly => "monthly",
-            Self::Daily => "daily",
-        }
     }
 }
 
@@ -570,36 +477,6 @@ mod tests {
         assert!(check("{yy}{month}{day}-{number}", Reset::Daily).is_ok());
         let refusal = check("INV-{month}-{number}", Reset::Monthly).unwrap_err();
         assert!(refusal.contains("{year} or {yy}"), "{refusal}");
-    }
-
-    #[test]
-    fn periods_are_named_by_the_date_they_hold() {
-        let on = day(2026, 11, 29);
-        assert_eq!(Reset::Never.period(on), "");
-        assert_eq!(Reset::Yearly.period(on), "2026");
-        assert_eq!(Reset::Monthly.period(on), "2026-11");
-        assert_eq!(Reset::Daily.period(on), "2026-11-29");
-    }
-
-    #[test]
-    fn a_date_may_reach_into_the_next_period_but_no_further() {
-        let today = day(2026, 12, 15);
-        let accepts = |reset: Reset, date| reset.check_date(date, today).is_ok();
-        // Backdated documents take their own period.
-        assert!(accepts(Reset::Yearly, day(2019, 1, 1)));
-        assert!(accepts(Reset::Yearly, day(2027, 12, 31)));
-        assert!(!accepts(Reset::Yearly, day(2028, 1, 1)));
-        assert!(accepts(Reset::Never, day(2027, 12, 31)));
-        assert!(!accepts(Reset::Never, day(2028, 1, 1)));
-        // December's next month is January of the next year.
-        assert!(accepts(Reset::Monthly, day(2027, 1, 31)));
-        assert!(!accepts(Reset::Monthly, day(2027, 2, 1)));
-        assert!(accepts(Reset::Daily, day(2026, 12, 16)));
-        assert!(!accepts(Reset::Daily, day(2026, 12, 17)));
-        let refusal = Reset::Monthly
-            .check_date(day(2027, 3, 1), today)
-            .unwrap_err();
-        assert!(refusal.contains("2027-01-31"), "{refusal}");
     }
 
     #[test]

@@ -5,9 +5,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::{
-    allocator::series::{
-        Calendar, NumberFormat, Refusal, Reset, SeriesConfig, SeriesName, TimeZone,
-    },
+    allocator::series::{Calendar, NumberFormat, Refusal, SeriesConfig, SeriesName, TimeZone},
+    calendar::Reset,
     db::{DbErrorKind, classify},
     request_id::RequestId,
     server::Store,

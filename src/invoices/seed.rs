@@ -10,7 +10,7 @@ use chrono::NaiveDate;
 use tonic::Status;
 
 use crate::{
-    allocator::series::Reset,
+    calendar::Reset,
     invoices::{
         allocator_client::AllocatorClient,
         store::{HighestNumber, InvoiceStore, StoreError},
