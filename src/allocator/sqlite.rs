@@ -14,7 +14,7 @@ use crate::{
         batch::{Batch, Claim, Counted, Plan, Won},
         series::SeriesConfig,
         sql_store::{self, Engine, SqlCounterStore},
-        store::{Advance, Change, ConfigureError, Outcome, SeriesRow, Stamp, StoreError},
+        store::{Advance, Change, ConfigureError, Outcome, Stamp, StoreError},
     },
     db::SqliteDatabase,
 };
@@ -69,32 +69,6 @@ async fn claim(
     Ok(won.into_iter().collect())
 }
 
-/// The series of the batch as they are now: one read over a JSON array of
-/// `[tenant, series]`.
-#[tracing::instrument(name = "db.series.select_many", skip_all, err(level = "debug"))]
-async fn select_series(
-    conn: &mut SqliteConnection,
-    series: &[(&str, &str)],
-) -> Result<Vec<(String, SeriesRow)>, sqlx::Error> {
-    #[derive(sqlx::FromRow)]
-    struct Row {
-        tenant_id: String,
-        #[sqlx(flatten)]
-        series: SeriesRow,
-    }
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT tenant_id, series, format, reset, timezone, start_at FROM series
-         WHERE (tenant_id, series) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?1))",
-    )
-    .bind(Json(series))
-    .fetch_all(conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|row| (row.tenant_id, row.series))
-        .collect())
-}
-
 /// Creates the series of a JSON array of `[tenant, series]` that do not
 /// exist, with `defaults`.
 #[tracing::instrument(name = "db.series.insert_many", skip_all, fields(series = series.len()), err(level = "debug"))]
@@ -118,25 +92,47 @@ async fn insert_series(
     Ok(())
 }
 
-/// Adds each total to its period's counter, starting absent periods from
-/// their base: one upsert over a JSON array of `[tenant, series, period,
-/// total, base]`. The keys must be distinct.
+/// Adds each total to its period's counter, starting absent periods at
+/// their series' `start_at`: one upsert over a JSON array of `[tenant,
+/// series, period, total, reset, time zone]`, returning each counter with its
+/// series' template. A total whose series does not exist or no longer has
+/// that reset and time zone is left out: the caller sees fewer counters than
+/// totals. The keys must be distinct.
 #[tracing::instrument(name = "db.counters.increment", skip_all, fields(counters = totals.len()), err(level = "debug"))]
 async fn increment(
     conn: &mut SqliteConnection,
-    totals: &[(&str, &str, &str, i64, i64)],
-) -> Result<Vec<(String, String, String, i64)>, sqlx::Error> {
-    sqlx::query_as(
+    totals: &[(&str, &str, &str, i64, &str, &str)],
+) -> Result<Vec<Counted>, sqlx::Error> {
+    let rows: Vec<(String, String, String, i64, String)> = sqlx::query_as(
         "INSERT INTO counters (tenant_id, series, period, last_value, base)
-         SELECT value ->> 0, value ->> 1, value ->> 2, (value ->> 4) + (value ->> 3), value ->> 4
-         FROM json_each(?1) WHERE true
+         SELECT total.value ->> 0, total.value ->> 1, total.value ->> 2,
+                series.start_at - 1 + (total.value ->> 3), series.start_at - 1
+         FROM json_each(?1) AS total
+         JOIN series ON series.tenant_id = total.value ->> 0
+                    AND series.series = total.value ->> 1
+                    AND series.reset = total.value ->> 4
+                    AND series.timezone = total.value ->> 5
+         WHERE true
          ON CONFLICT (tenant_id, series, period)
          DO UPDATE SET last_value = counters.last_value + excluded.last_value - excluded.base
-         RETURNING tenant_id, series, period, last_value",
+         RETURNING tenant_id, series, period, last_value,
+                   (SELECT format FROM series
+                    WHERE series.tenant_id = counters.tenant_id
+                      AND series.series = counters.series)",
     )
     .bind(Json(totals))
     .fetch_all(conn)
-    .await
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(tenant_id, series, period, last_value, format)| Counted {
+            tenant_id,
+            series,
+            period,
+            last_value,
+            format,
+        })
+        .collect())
 }
 
 /// A range for the ledger: `[tenant, series, period, first, count, request
@@ -205,8 +201,9 @@ async fn store_ids(
 }
 
 /// Creates the series of the plan that do not exist yet with `defaults`,
-/// checks them against the calendars its calls assumed,
-/// moves its counters, records its ranges and stores its request ids;
+/// moves its counters if their series still have the calendars its calls
+/// assumed ([`StoreError::SeriesChanged`] if not), records its ranges and
+/// stores its request ids;
 /// returns the counters, or `None` if an id of the plan is held by another
 /// call (the caller rolls back then).
 async fn apply(
@@ -224,40 +221,38 @@ async fn apply(
     if !unsettled.is_empty() {
         insert_series(conn, &unsettled, defaults).await?;
     }
-    let keys: Vec<(&str, &str)> = plan.series.iter().map(|s| (s.tenant, s.series)).collect();
-    let mut configs: HashMap<(String, String), SeriesConfig> = HashMap::new();
-    for (tenant, row) in select_series(conn, &keys).await? {
-        let config = row.config()?;
-        configs.insert((tenant, row.series), config);
-    }
-    let config_of =
-        |tenant: &str, series: &str| configs.get(&(tenant.to_owned(), series.to_owned()));
-    let mut totals = Vec::with_capacity(plan.increments.len());
-    for total in &plan.increments {
-        match config_of(total.tenant, total.series) {
-            Some(config) if config.calendar == total.calendar => totals.push((
+    let totals: Vec<_> = plan
+        .increments
+        .iter()
+        .map(|total| {
+            let calendar = total.calendar;
+            let (reset, zone) = (calendar.reset.name(), calendar.zone.name());
+            (
                 total.tenant,
                 total.series,
                 total.period,
                 total.total,
-                config.start_at - 1,
-            )),
-            _ => return Err(StoreError::SeriesChanged),
-        }
+                reset,
+                zone,
+            )
+        })
+        .collect();
+    let counted = increment(conn, &totals).await?;
+    if counted.len() < totals.len() {
+        return Err(StoreError::SeriesChanged);
     }
-    let rows = increment(conn, &totals).await?;
-    let last: HashMap<(&str, &str, &str), i64> = rows
+    let by_key: HashMap<(&str, &str, &str), &Counted> = counted
         .iter()
-        .map(|(tenant, series, period, last)| {
-            ((tenant.as_str(), series.as_str(), period.as_str()), *last)
+        .map(|c| {
+            (
+                (c.tenant_id.as_str(), c.series.as_str(), c.period.as_str()),
+                c,
+            )
         })
         .collect();
     let mut ranges = Vec::with_capacity(plan.records.len());
     for record in &plan.records {
-        let (Some(&last_value), Some(config)) = (
-            last.get(&(record.tenant, record.series, record.period)),
-            config_of(record.tenant, record.series),
-        ) else {
+        let Some(row) = by_key.get(&(record.tenant, record.series, record.period)) else {
             return Err(StoreError::Internal(
                 format!(
                     "no counter returned for {}/{}/{}",
@@ -270,10 +265,10 @@ async fn apply(
             record.tenant,
             record.series,
             record.period,
-            record.first(last_value),
+            record.first(row.last_value),
             record.count,
             record.request_id,
-            config.format.template(),
+            row.format.as_str(),
             record.date.to_string(),
         ));
     }
@@ -281,19 +276,6 @@ async fn apply(
     let ids = plan.ids_recorded();
     if ids > 0 && store_ids(conn, &ranges, stamp).await? < ids {
         return Ok(None);
-    }
-    let mut counted = Vec::with_capacity(rows.len());
-    for (tenant_id, series, period, last_value) in rows {
-        let format = config_of(&tenant_id, &series)
-            .map(|config| config.format.template().to_owned())
-            .unwrap_or_default();
-        counted.push(Counted {
-            tenant_id,
-            series,
-            period,
-            last_value,
-            format,
-        });
     }
     Ok(Some(counted))
 }
