@@ -164,7 +164,7 @@ const INCREMENT: &str = "WITH durable AS (SELECT set_config('synchronous_commit'
          INSERT INTO counters (tenant_id, series, period, last_value, base)
          SELECT tenant_id, series, period, base + count, base FROM planned
          ON CONFLICT (tenant_id, series, period)
-         DO UPDATE SET last_value = counters.last_value + EXCLUDED.last_value - EXCLUDED.base
+         DO UPDATE SET last_value = counters.last_value + (EXCLUDED.last_value - EXCLUDED.base)
          RETURNING tenant_id, series, period, last_value),
      ranges AS (
          SELECT call.tenant_id, call.series, call.period, call.date, call.count,

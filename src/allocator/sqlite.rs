@@ -114,7 +114,7 @@ async fn increment(
                     AND series.timezone = total.value ->> 5
          WHERE true
          ON CONFLICT (tenant_id, series, period)
-         DO UPDATE SET last_value = counters.last_value + excluded.last_value - excluded.base
+         DO UPDATE SET last_value = counters.last_value + (excluded.last_value - excluded.base)
          RETURNING tenant_id, series, period, last_value,
                    (SELECT format FROM series
                     WHERE series.tenant_id = counters.tenant_id

@@ -818,3 +818,36 @@ async fn seeding_raises_each_period_from_the_issue_dates(#[case] backend: Backen
         "INV-2026-005"
     );
 }
+
+/// A series that starts at 1000 still hands out every number up to 2⁶³−1,
+/// and only then answers SERIES_EXHAUSTED.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_series_started_late_still_reaches_the_largest_number(#[case] backend: Backend) {
+    let (_db, _server, mut client, _clock) = allocator_at(backend, "2026-12-02T12:00:00Z").await;
+    client
+        .configure_series(ConfigureSeriesRequest {
+            tenant_id: "acme".into(),
+            format: "{number}".into(),
+            start_at: 1000,
+            ..ConfigureSeriesRequest::default()
+        })
+        .await
+        .unwrap();
+    client
+        .advance_counter(AdvanceCounterRequest {
+            tenant_id: "acme".into(),
+            at_least: i64::MAX - 1,
+            reason: "near the end".into(),
+            ..AdvanceCounterRequest::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        one(&mut client, dated("acme", "")).await.0,
+        i64::MAX.to_string()
+    );
+    let status = client.allocate(dated("acme", "")).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert_reason(&status, "SERIES_EXHAUSTED");
+}
