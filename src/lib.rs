@@ -24,3 +24,4 @@ pub mod proto;
 pub mod request_id;
 pub mod server;
 pub mod tenant;
+pub mod tokens;

@@ -1,0 +1,322 @@
+//! Bearer tokens and what each may do: read from a TOML file with one
+//! `[[token]]` table per token, checked by their SHA-256 digests in constant
+//! time.
+//!
+//! ```toml
+//! [[token]]
+//! name = "billing"
+//! sha256 = "…"                      # or: secret = "…"
+//! tenants = ["acme", "globex-*"]    # `*` matches any run of characters
+//! admin = false                     # AdvanceCounter, ConfigureSeries, …
+//! ```
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::{Choice, ConstantTimeEq};
+
+/// The tokens a service accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tokens(Vec<Token>);
+
+/// One token: its name, the digest of its secret and its grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Token {
+    name: String,
+    digest: [u8; 32],
+    tenants: Vec<TenantPattern>,
+    admin: bool,
+}
+
+/// A tenant id, or a pattern where `*` matches any run of characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TenantPattern(String);
+
+/// Why a call is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    /// No token, or one this service does not know: `UNAUTHENTICATED`.
+    #[error("a known bearer token is required")]
+    Unauthenticated,
+    /// The token may not act for this tenant: `PERMISSION_DENIED`.
+    #[error("token {token:?} may not act for tenant {tenant:?}")]
+    Tenant {
+        /// The token's name.
+        token: String,
+        /// The tenant asked for.
+        tenant: String,
+    },
+    /// The method is administrative and the token is not: `PERMISSION_DENIED`.
+    #[error("token {token:?} may not call administrative methods")]
+    Admin {
+        /// The token's name.
+        token: String,
+    },
+}
+
+/// The file as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    token: Vec<Entry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Entry {
+    name: String,
+    secret: Option<String>,
+    sha256: Option<String>,
+    #[serde(default)]
+    tenants: Vec<String>,
+    #[serde(default)]
+    admin: bool,
+}
+
+impl Tokens {
+    /// Reads a tokens file.
+    ///
+    /// # Errors
+    /// The text is not such a file, naming the token at fault and why: a
+    /// missing or doubled secret, a digest that is not 64 lowercase hex
+    /// digits, a tenant pattern with characters a tenant id cannot hold, or
+    /// two tokens with one name or one secret.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let file: File = toml::from_str(text).map_err(|error| error.to_string())?;
+        let mut tokens: Vec<Token> = Vec::with_capacity(file.token.len());
+        for entry in file.token {
+            let token = Token::from_entry(entry)?;
+            if let Some(other) = tokens
+                .iter()
+                .find(|t| t.name == token.name || t.digest == token.digest)
+            {
+                return Err(format!(
+                    "tokens {:?} and {:?} share a name or a secret",
+                    other.name, token.name
+                ));
+            }
+            tokens.push(token);
+        }
+        Ok(Self(tokens))
+    }
+
+    /// The name of the token `bearer` is, if it may call a method for
+    /// `tenant` (administrative if `admin`).
+    ///
+    /// # Errors
+    /// [`Denied`] says why not.
+    pub fn check(&self, bearer: Option<&str>, tenant: &str, admin: bool) -> Result<&str, Denied> {
+        let token = bearer
+            .and_then(|secret| self.find(secret))
+            .ok_or(Denied::Unauthenticated)?;
+        if !token.tenants.iter().any(|pattern| pattern.matches(tenant)) {
+            return Err(Denied::Tenant {
+                token: token.name.clone(),
+                tenant: tenant.to_owned(),
+            });
+        }
+        if admin && !token.admin {
+            return Err(Denied::Admin {
+                token: token.name.clone(),
+            });
+        }
+        Ok(&token.name)
+    }
+
+    /// The token whose digest is the secret's. Every token is compared, each
+    /// in constant time, so the time taken says nothing of which one matched
+    /// or how much of a secret was right.
+    fn find(&self, secret: &str) -> Option<&Token> {
+        let digest: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+        let mut found = None;
+        for token in &self.0 {
+            let equal: Choice = token.digest.ct_eq(&digest);
+            if bool::from(equal) {
+                found = Some(token);
+            }
+        }
+        found
+    }
+}
+
+impl Token {
+    fn from_entry(entry: Entry) -> Result<Self, String> {
+        let name = entry.name;
+        let digest = match (entry.secret, entry.sha256) {
+            (Some(secret), None) if !secret.is_empty() => Sha256::digest(secret.as_bytes()).into(),
+            (None, Some(hex_digest)) => parse_digest(&hex_digest)
+                .ok_or_else(|| format!("token {name:?}: sha256 must be 64 lowercase hex digits"))?,
+            _ => return Err(format!("token {name:?}: give either secret or sha256")),
+        };
+        let tenants = entry
+            .tenants
+            .into_iter()
+            .map(|pattern| {
+                TenantPattern::parse(&pattern).map_err(|why| format!("token {name:?}: {why}"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            name,
+            digest,
+            tenants,
+            admin: entry.admin,
+        })
+    }
+}
+
+/// A lowercase hex SHA-256 digest.
+fn parse_digest(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 64 || text.bytes().any(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
+    let mut digest = [0; 32];
+    hex::decode_to_slice(text, &mut digest).ok()?;
+    Some(digest)
+}
+
+impl TenantPattern {
+    fn parse(pattern: &str) -> Result<Self, String> {
+        let allowed =
+            |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-' | '*');
+        if pattern.is_empty() || !pattern.chars().all(allowed) {
+            return Err(format!(
+                "tenant pattern {pattern:?} may hold only A-Z a-z 0-9 . _ : - and *"
+            ));
+        }
+        Ok(Self(pattern.to_owned()))
+    }
+
+    /// Whether `tenant` matches: literal characters match themselves, `*`
+    /// any run of characters, the empty one included.
+    fn matches(&self, tenant: &str) -> bool {
+        let mut parts = self.0.split('*');
+        let first = parts.next().unwrap_or_default();
+        let Some(mut rest) = tenant.strip_prefix(first) else {
+            return false;
+        };
+        let middle: Vec<&str> = parts.collect();
+        let Some((last, middle)) = middle.split_last() else {
+            // No `*`: the whole id must be the pattern.
+            return rest.is_empty();
+        };
+        for part in middle {
+            match rest.find(part) {
+                Some(at) => rest = &rest[at + part.len()..],
+                None => return false,
+            }
+        }
+        rest.len() >= last.len() && rest.ends_with(last)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pattern(text: &str) -> TenantPattern {
+        TenantPattern::parse(text).unwrap()
+    }
+
+    #[test]
+    fn patterns_match_literally_but_for_stars() {
+        assert!(pattern("acme").matches("acme"));
+        assert!(!pattern("acme").matches("acme-2"));
+        assert!(pattern("globex-*").matches("globex-"));
+        assert!(pattern("globex-*").matches("globex-eu"));
+        assert!(!pattern("globex-*").matches("globex"));
+        assert!(pattern("*").matches("anyone"));
+        assert!(pattern("*-eu").matches("acme-eu"));
+        assert!(!pattern("*-eu").matches("acme-us"));
+        assert!(pattern("a*b*c").matches("abc"));
+        assert!(pattern("a*b*c").matches("a-b-b-c"));
+        assert!(!pattern("a*b*c").matches("a-c-b"));
+        assert!(
+            !pattern("ab*ba").matches("aba"),
+            "the two ends must not overlap"
+        );
+        for bad in ["", "acme corp", "acme?", "ümlaut"] {
+            assert!(TenantPattern::parse(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    const FILE: &str = r#"
+        [[token]]
+        name = "billing"
+        secret = "s3cret-billing"
+        tenants = ["acme", "globex-*"]
+
+        [[token]]
+        name = "ops"
+        # sha256 of "s3cret-ops"
+        sha256 = "SHA"
+        tenants = ["*"]
+        admin = true
+    "#;
+
+    fn tokens() -> Tokens {
+        let digest = hex::encode(Sha256::digest(b"s3cret-ops"));
+        Tokens::parse(&FILE.replace("SHA", &digest)).unwrap()
+    }
+
+    #[test]
+    fn a_token_acts_for_its_tenants_and_only_an_admin_token_administers() {
+        let tokens = tokens();
+        assert_eq!(
+            tokens.check(Some("s3cret-billing"), "acme", false),
+            Ok("billing")
+        );
+        assert_eq!(
+            tokens.check(Some("s3cret-billing"), "globex-eu", false),
+            Ok("billing")
+        );
+        assert_eq!(
+            tokens.check(Some("s3cret-billing"), "initech", false),
+            Err(Denied::Tenant {
+                token: "billing".into(),
+                tenant: "initech".into()
+            })
+        );
+        assert_eq!(
+            tokens.check(Some("s3cret-billing"), "acme", true),
+            Err(Denied::Admin {
+                token: "billing".into()
+            })
+        );
+        assert_eq!(tokens.check(Some("s3cret-ops"), "initech", true), Ok("ops"));
+        for unknown in [None, Some(""), Some("s3cret"), Some("s3cret-billing ")] {
+            assert_eq!(
+                tokens.check(unknown, "acme", false),
+                Err(Denied::Unauthenticated),
+                "{unknown:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_the_token_at_fault() {
+        let refused = |text: &str| Tokens::parse(text).unwrap_err();
+        assert!(
+            refused("[[token]]\nname = \"a\"\ntenants = [\"x\"]")
+                .contains("either secret or sha256")
+        );
+        assert!(
+            refused("[[token]]\nname = \"a\"\nsecret = \"s\"\nsha256 = \"00\"").contains("\"a\"")
+        );
+        let upper = "A".repeat(64);
+        assert!(
+            refused(&format!("[[token]]\nname = \"a\"\nsha256 = \"{upper}\""))
+                .contains("lowercase hex")
+        );
+        assert!(
+            refused("[[token]]\nname = \"a\"\nsecret = \"s\"\ntenants = [\"a b\"]")
+                .contains("tenant pattern")
+        );
+        assert!(
+            refused("[[token]]\nname = \"a\"\nsecret = \"s\"\nwho = 1").contains("unknown field")
+        );
+        let twice =
+            "[[token]]\nname = \"a\"\nsecret = \"s\"\n[[token]]\nname = \"b\"\nsecret = \"s\"";
+        assert!(refused(twice).contains("share"));
+        assert_eq!(Tokens::parse("").unwrap(), Tokens(Vec::new()));
+    }
+}
