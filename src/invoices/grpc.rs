@@ -293,40 +293,32 @@ impl From<Error> for Status {
             // The allocator names the date it was given; the caller sent it
             // as the issue date.
             Error::Allocator(AllocatorError::Rejected(status))
-                if status.code() == Code::InvalidArgument
-                    && status.get_details_bad_request().is_some() =>
+                if status.code() == Code::InvalidArgument =>
             {
-                let violations = status
-                    .get_details_bad_request()
-                    .map(|bad| bad.field_violations)
-                    .unwrap_or_default();
-                InvalidArgument(
-                    violations
-                        .into_iter()
-                        .map(|violation| FieldViolation {
-                            field: if violation.field == "date" {
-                                "issue_date".to_owned()
-                            } else {
-                                violation.field
-                            },
-                            description: violation.description,
-                        })
-                        .collect(),
-                )
-                .into()
+                match status.get_details_bad_request() {
+                    Some(bad) => InvalidArgument(
+                        bad.field_violations
+                            .into_iter()
+                            .map(|violation| FieldViolation {
+                                field: if violation.field == "date" {
+                                    "issue_date".to_owned()
+                                } else {
+                                    violation.field
+                                },
+                                description: violation.description,
+                            })
+                            .collect(),
+                    )
+                    .into(),
+                    None => passed_on(&status),
+                }
             }
             Error::Allocator(AllocatorError::Rejected(status))
                 if status.code() == Code::Internal =>
             {
                 internal(&AllocatorError::Rejected(status))
             }
-            // Keep the allocator's code and details (SERIES_EXHAUSTED, say):
-            // they tell the caller whether a retry can help.
-            Error::Allocator(AllocatorError::Rejected(status)) => Status::with_details(
-                status.code(),
-                format!("the number allocator refused: {}", status.message()),
-                status.details().to_vec().into(),
-            ),
+            Error::Allocator(AllocatorError::Rejected(status)) => passed_on(&status),
             Error::StoreUnavailable(cause) => {
                 tracing::warn!(error = %chain(&cause), "invoice store unavailable");
                 with_reason(
@@ -351,4 +343,14 @@ impl From<Error> for Status {
             error @ Error::Internal(_) => internal(&error),
         }
     }
+}
+
+/// The allocator's refusal as the writer's answer: its code and details
+/// (`SERIES_EXHAUSTED`, say) tell the caller whether a retry can help.
+fn passed_on(status: &Status) -> Status {
+    Status::with_details(
+        status.code(),
+        format!("the number allocator refused: {}", status.message()),
+        status.details().to_vec().into(),
+    )
 }
