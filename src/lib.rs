@@ -13,6 +13,7 @@
 //!   tenant id, the request id, the page of a listing, the clock and the calendar
 //!   day both services speak of.
 
+pub mod access;
 pub mod allocator;
 pub mod bench;
 pub mod calendar;
@@ -24,4 +25,3 @@ pub mod proto;
 pub mod request_id;
 pub mod server;
 pub mod tenant;
-pub mod tokens;

@@ -3,6 +3,7 @@
 use tonic::{Code, Request, Response, Status};
 
 use crate::{
+    access::Needs,
     allocator::{
         Allocator, Error, SeriesChange,
         series::{Count, NumberFormat, Series, SeriesName, TimeZone},
@@ -17,7 +18,7 @@ use crate::{
     },
     request_id::RequestId,
     server::{
-        pagination,
+        self, pagination,
         status::{chain, internal, with_reason},
         validation::{FieldViolation, InvalidArgument, Violations},
     },
@@ -60,6 +61,7 @@ impl NumberAllocator for AllocatorService {
         &self,
         request: Request<AllocateRequest>,
     ) -> Result<Response<AllocateResponse>, Status> {
+        let caller = server::caller(&request)?;
         let request = request.into_inner();
         let mut violations = Violations::new();
         let (tenant, series) =
@@ -73,6 +75,7 @@ impl NumberAllocator for AllocatorService {
         else {
             unreachable!("finish() returned Ok, so every field parsed");
         };
+        caller.may(&tenant, Needs::Tenant)?;
 
         let allocation = self
             .allocator
@@ -97,6 +100,7 @@ impl NumberAllocator for AllocatorService {
         &self,
         request: Request<GetSeriesRequest>,
     ) -> Result<Response<GetSeriesResponse>, Status> {
+        let caller = server::caller(&request)?;
         let request = request.into_inner();
         let mut violations = Violations::new();
         let (tenant, series) =
@@ -106,6 +110,7 @@ impl NumberAllocator for AllocatorService {
         let (Some(tenant), Some(series), Some(date)) = (tenant, series, date) else {
             unreachable!("finish() returned Ok, so every field parsed");
         };
+        caller.may(&tenant, Needs::Tenant)?;
 
         let series = self.allocator.get_series(&tenant, &series, date).await?;
         Ok(Response::new(GetSeriesResponse {
@@ -117,6 +122,7 @@ impl NumberAllocator for AllocatorService {
         &self,
         request: Request<ListSeriesRequest>,
     ) -> Result<Response<ListSeriesResponse>, Status> {
+        let caller = server::caller(&request)?;
         let request = request.into_inner();
         let mut violations = Violations::new();
         let tenant = violations.check("tenant_id", TenantId::parse(&request.tenant_id));
@@ -126,6 +132,7 @@ impl NumberAllocator for AllocatorService {
         let (Some(tenant), Some(size), Some(after)) = (tenant, size, after) else {
             unreachable!("finish() returned Ok, so every field parsed");
         };
+        caller.may(&tenant, Needs::Tenant)?;
 
         let page = self
             .allocator
@@ -142,6 +149,7 @@ impl NumberAllocator for AllocatorService {
         &self,
         request: Request<AdvanceCounterRequest>,
     ) -> Result<Response<AdvanceCounterResponse>, Status> {
+        let caller = server::caller(&request)?;
         let request = request.into_inner();
         let mut violations = Violations::new();
         let (tenant, series) =
@@ -160,6 +168,7 @@ impl NumberAllocator for AllocatorService {
         let (Some(tenant), Some(series), Some(date)) = (tenant, series, date) else {
             unreachable!("finish() returned Ok, so every field parsed");
         };
+        caller.may(&tenant, Needs::Admin)?;
 
         let series = self
             .allocator
@@ -174,6 +183,7 @@ impl NumberAllocator for AllocatorService {
         &self,
         request: Request<ConfigureSeriesRequest>,
     ) -> Result<Response<ConfigureSeriesResponse>, Status> {
+        let caller = server::caller(&request)?;
         let request = request.into_inner();
         let mut violations = Violations::new();
         let (tenant, series) =
@@ -202,6 +212,7 @@ impl NumberAllocator for AllocatorService {
         let (Some(tenant), Some(series)) = (tenant, series) else {
             unreachable!("finish() returned Ok, so every field parsed");
         };
+        caller.may(&tenant, Needs::Admin)?;
 
         let series = self.allocator.configure(&tenant, &series, &change).await?;
         Ok(Response::new(ConfigureSeriesResponse {

@@ -1,13 +1,17 @@
 //! `invoice-writer`: serves `numbering.v1.InvoiceWriter` on PostgreSQL or SQLite, numbering
 //! invoices with the allocator; `seed-counters` seeds the allocator from stored invoices.
 
-use std::{net::SocketAddr, process::ExitCode, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use numbering::{
+    access::{
+        RELOAD_INTERVAL,
+        bearer::{BearerToken, Secret},
+    },
     invoices::{
         allocator_client::Backoff,
-        app::{App, Settings},
+        app::{App, Settings, shown_url},
     },
     server::{
         config::{DatabaseArgs, ServerArgs, parse_or_exit},
@@ -43,6 +47,19 @@ struct Config {
     /// Longest time spent retrying an unreachable allocator per invoice (the caller's deadline may cut it shorter).
     #[arg(long, env = "NUMBERING_ALLOCATOR_RETRY_BUDGET", default_value = "5s", value_parser = humantime::parse_duration)]
     allocator_retry_budget: Duration,
+
+    /// Bearer token sent to the allocator with every call (never logged). The writer's token needs the tenants it serves; seed-counters also needs admin.
+    #[arg(
+        long,
+        env = "NUMBERING_ALLOCATOR_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "allocator_token_file"
+    )]
+    allocator_token: Option<Secret>,
+
+    /// File holding the bearer token sent to the allocator; re-read when it changes.
+    #[arg(long, env = "NUMBERING_ALLOCATOR_TOKEN_FILE")]
+    allocator_token_file: Option<PathBuf>,
 
     /// Time-out for opening a connection to the allocator.
     #[arg(long, env = "NUMBERING_ALLOCATOR_CONNECT_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
@@ -81,14 +98,27 @@ fn settings(config: &Config) -> Result<Settings, StartupError> {
         pool: config.database.pool(),
         allocator_url: config.allocator_url.clone(),
         allocator_connect_timeout: config.allocator_connect_timeout,
+        allocator_token: allocator_token(config)?,
         backoff: Backoff::default(),
         max_attempts: config.max_attempts,
         allocator_retry_budget: config.allocator_retry_budget,
     })
 }
 
+/// The token for the allocator: given, read from a file (and watched), or none.
+fn allocator_token(config: &Config) -> Result<BearerToken, StartupError> {
+    match (&config.allocator_token, &config.allocator_token_file) {
+        (Some(secret), _) => BearerToken::fixed(secret.expose()),
+        (None, Some(path)) => BearerToken::from_file(path.clone(), RELOAD_INTERVAL),
+        (None, None) => Ok(BearerToken::none()),
+    }
+    .map_err(|why| StartupError::BadSetting(format!("allocator token: {why}")))
+}
+
 async fn serve(config: Config) -> Result<(), StartupError> {
     let settings = settings(&config)?;
+    // Settings files are read before anything is bound or opened.
+    let server_settings = config.server.settings()?;
     let stop = shutdown::signal();
     // Bound before the database is opened, so a busy port creates nothing.
     let listener = startup::bind(config.listen).await?;
@@ -98,10 +128,10 @@ async fn serve(config: Config) -> Result<(), StartupError> {
     tracing::info!(
         %addr,
         %database,
-        allocator = %config.allocator_url,
+        allocator = %shown_url(&config.allocator_url),
         "invoice-writer listening"
     );
-    app.serve(listener, &config.server.settings(), stop).await?;
+    app.serve(listener, &server_settings, stop).await?;
     tracing::info!("invoice-writer stopped");
     Ok(())
 }

@@ -104,6 +104,8 @@ async fn run(config: Config) -> Result<(), StartupError> {
             ..RequestIdSettings::default()
         },
     };
+    // Settings files are read before anything is bound or opened.
+    let server_settings = config.server.settings()?;
     let stop = shutdown::signal();
     // Bound before the database is opened, so a busy port creates nothing.
     let listener = startup::bind(config.listen).await?;
@@ -111,7 +113,7 @@ async fn run(config: Config) -> Result<(), StartupError> {
     let app = App::build(settings, Arc::new(SystemClock)).await?;
     let addr = listener.local_addr().unwrap_or(config.listen);
     tracing::info!(%addr, %database, "number-allocator listening");
-    app.serve(listener, &config.server.settings(), stop).await?;
+    app.serve(listener, &server_settings, stop).await?;
     tracing::info!("number-allocator stopped");
     Ok(())
 }

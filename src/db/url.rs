@@ -60,29 +60,36 @@ impl DatabaseUrl {
             // A file name: nothing secret in it.
             return self.0.clone();
         }
-        let Ok(mut url) = url::Url::parse(&self.0) else {
-            return "<unparseable database url>".into();
-        };
-        if url.password().is_some() {
-            // Cannot fail: the URL already has a password, so it has a host.
-            let _ = url.set_password(Some("***"));
-        }
-        if url.query().is_some() {
-            let pairs: Vec<(String, String)> = url
-                .query_pairs()
-                .map(|(key, value)| {
-                    let value = if key.eq_ignore_ascii_case("password") {
-                        "***".into()
-                    } else {
-                        value.into_owned()
-                    };
-                    (key.into_owned(), value)
-                })
-                .collect();
-            url.query_pairs_mut().clear().extend_pairs(pairs);
-        }
-        url.to_string()
+        redacted(&self.0)
     }
+}
+
+/// `raw` with any password, in the user part or as a `password` query
+/// parameter, replaced by `***`.
+#[must_use]
+fn redacted(raw: &str) -> String {
+    let Ok(mut url) = url::Url::parse(raw) else {
+        return "<unparseable url>".into();
+    };
+    if url.password().is_some() {
+        // Cannot fail: the URL already has a password, so it has a host.
+        let _ = url.set_password(Some("***"));
+    }
+    if url.query().is_some() {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(key, value)| {
+                let value = if key.eq_ignore_ascii_case("password") {
+                    "***".into()
+                } else {
+                    value.into_owned()
+                };
+                (key.into_owned(), value)
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.to_string()
 }
 
 impl FromStr for DatabaseUrl {

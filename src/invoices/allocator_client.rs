@@ -6,10 +6,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tonic::{
     Code, Request, Status,
+    service::interceptor::InterceptedService,
     transport::{Channel, Endpoint},
 };
 
 use crate::{
+    access::bearer::BearerToken,
     proto::{
         AdvanceCounterRequest, AllocateRequest, AllocatedNumber, GetSeriesRequest, Series,
         number_allocator_client::NumberAllocatorClient,
@@ -81,25 +83,27 @@ pub enum AllocatorError {
 /// A client of `numbering.v1.NumberAllocator`.
 #[derive(Debug, Clone)]
 pub struct AllocatorClient {
-    client: NumberAllocatorClient<Channel>,
+    client: NumberAllocatorClient<InterceptedService<Channel, BearerToken>>,
     backoff: Backoff,
 }
 
 impl AllocatorClient {
-    /// A client that connects on first use, so the writer starts while the allocator is down.
+    /// A client that connects on first use, so the writer starts while the
+    /// allocator is down, and sends `token` with every call.
     ///
     /// # Errors
     /// `url` is not a valid endpoint URL.
     pub fn connect_lazy(
         url: &str,
         connect_timeout: Duration,
+        token: BearerToken,
         backoff: Backoff,
     ) -> Result<Self, tonic::transport::Error> {
         let channel = Endpoint::from_shared(url.to_owned())?
             .connect_timeout(connect_timeout)
             .connect_lazy();
         Ok(Self {
-            client: NumberAllocatorClient::new(channel),
+            client: NumberAllocatorClient::with_interceptor(channel, token),
             backoff,
         })
     }

@@ -7,6 +7,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 use tokio::net::TcpListener;
 
 use crate::{
+    access::bearer::BearerToken,
     clock::{Clock, SystemClock},
     db::{self, Backend, DatabaseUrl, OpenError, PoolSettings},
     invoices::{
@@ -33,6 +34,8 @@ pub struct Settings {
     pub allocator_url: String,
     /// Time-out for connecting to the allocator.
     pub allocator_connect_timeout: Duration,
+    /// The token sent to the allocator.
+    pub allocator_token: BearerToken,
     /// Delays between calls to an unreachable allocator.
     pub backoff: Backoff,
     /// Numbers tried per invoice before answering ABORTED.
@@ -56,17 +59,26 @@ impl App {
     /// # Errors
     /// A bad allocator URL, or a database that cannot be opened.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let invalid = |why: String| {
+            StartupError::BadSetting(format!(
+                "invalid allocator URL {}: {why}",
+                shown_url(&settings.allocator_url)
+            ))
+        };
+        if url::Url::parse(&settings.allocator_url)
+            .is_ok_and(|url| !url.username().is_empty() || url.password().is_some())
+        {
+            return Err(invalid(
+                "credentials in the URL are not sent; give them as --allocator-token".into(),
+            ));
+        }
         let allocator = AllocatorClient::connect_lazy(
             &settings.allocator_url,
             settings.allocator_connect_timeout,
+            settings.allocator_token,
             settings.backoff,
         )
-        .map_err(|error| {
-            StartupError::BadSetting(format!(
-                "invalid allocator URL {}: {error}",
-                settings.allocator_url
-            ))
-        })?;
+        .map_err(|error| invalid(error.to_string()))?;
         let store = open_store(&settings.database, &settings.pool).await?;
         Ok(Self::on(
             store,
@@ -118,6 +130,21 @@ impl App {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServeError> {
         server::serve(listener, self.service, self.store, settings, shutdown).await
+    }
+}
+
+/// `url` without its user-info, if any: fit for logs and messages.
+#[must_use]
+pub fn shown_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if !parsed.username().is_empty() || parsed.password().is_some() => {
+            // Cannot fail: a URL with user-info has a host.
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            parsed.to_string()
+        }
+        Ok(_) => url.to_owned(),
+        Err(_) => "<unparseable url>".into(),
     }
 }
 

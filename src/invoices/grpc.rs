@@ -8,6 +8,7 @@ use tonic_types::StatusExt;
 use uuid::Uuid;
 
 use crate::{
+    access::Needs,
     calendar::parse_date,
     invoices::{
         Error, InvoiceWriter,
@@ -21,7 +22,7 @@ use crate::{
     },
     request_id::RequestId,
     server::{
-        caller_timeout, pagination,
+        self, caller_timeout, pagination,
         status::{chain, internal, with_reason},
         validation::{FieldViolation, InvalidArgument, Violations},
     },
@@ -155,7 +156,9 @@ impl invoice_writer_server::InvoiceWriter for InvoiceWriterService {
                 self.allocation_budget.min(timeout.mul_f64(0.9))
             });
         let deadline = Instant::now() + budget;
+        let caller = server::caller(&request)?;
         let (new, request_id) = parse_new_invoice(request.get_ref())?;
+        caller.may(&new.tenant_id, Needs::Tenant)?;
 
         let created = self
             .writer
@@ -171,6 +174,7 @@ impl invoice_writer_server::InvoiceWriter for InvoiceWriterService {
         &self,
         request: Request<GetInvoiceRequest>,
     ) -> Result<Response<GetInvoiceResponse>, Status> {
+        let caller = server::caller(&request)?;
         let request = request.into_inner();
         let mut v = Violations::new();
         let tenant = v.check("tenant_id", TenantId::parse(&request.tenant_id));
@@ -183,6 +187,7 @@ impl invoice_writer_server::InvoiceWriter for InvoiceWriterService {
         let (Some(tenant), Some(id)) = (tenant, id) else {
             unreachable!("finish() returned Ok, so every field parsed");
         };
+        caller.may(&tenant, Needs::Tenant)?;
 
         let invoice = self.writer.get(&tenant, id).await?;
         Ok(Response::new(GetInvoiceResponse {
@@ -194,6 +199,7 @@ impl invoice_writer_server::InvoiceWriter for InvoiceWriterService {
         &self,
         request: Request<ListInvoicesRequest>,
     ) -> Result<Response<ListInvoicesResponse>, Status> {
+        let caller = server::caller(&request)?;
         let request = request.into_inner();
         let mut v = Violations::new();
         let tenant = v.check("tenant_id", TenantId::parse(&request.tenant_id));
@@ -216,6 +222,7 @@ impl invoice_writer_server::InvoiceWriter for InvoiceWriterService {
         let (Some(tenant), Some(size), Some(after)) = (tenant, size, after) else {
             unreachable!("finish() returned Ok, so every field parsed");
         };
+        caller.may(&tenant, Needs::Tenant)?;
 
         let after = after
             .as_ref()
@@ -313,8 +320,13 @@ impl From<Error> for Status {
                     None => passed_on(&status),
                 }
             }
+            // Ours to mend: the allocator broke, or does not accept the
+            // writer's own token.
             Error::Allocator(AllocatorError::Rejected(status))
-                if status.code() == Code::Internal =>
+                if matches!(
+                    status.code(),
+                    Code::Internal | Code::Unauthenticated | Code::PermissionDenied
+                ) =>
             {
                 internal(&AllocatorError::Rejected(status))
             }

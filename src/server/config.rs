@@ -5,6 +5,7 @@ use std::{ffi::OsStr, path::PathBuf, time::Duration};
 use clap::{Arg, Args, Command, Parser, ValueEnum, builder::TypedValueParser, error::ErrorKind};
 
 use crate::{
+    access::{Access, RELOAD_INTERVAL},
     db::{DatabaseUrl, PoolSettings},
     server::{
         ServerSettings,
@@ -62,19 +63,34 @@ pub struct ServerArgs {
     /// After the drain delay, how long in-flight calls get to finish.
     #[arg(long, env = "NUMBERING_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// TOML file of bearer tokens, each with the tenants it may act for and whether it may call administrative methods; re-read when it changes. Without it no token is asked for.
+    #[arg(long, env = "NUMBERING_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
+
+    /// Whether to serve gRPC server reflection (v1 and v1alpha), which grpcurl uses. With a tokens file it needs a token like any other call.
+    #[arg(long, env = "NUMBERING_REFLECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub reflection: bool,
 }
 
 impl ServerArgs {
-    /// The settings [`crate::server::serve`] takes.
-    #[must_use]
-    pub fn settings(&self) -> ServerSettings {
-        ServerSettings {
+    /// The settings [`crate::server::serve`] takes. Reads the tokens file,
+    /// and watches it from then on: call within the runtime.
+    ///
+    /// # Errors
+    /// The tokens file cannot be read or is not valid.
+    pub fn settings(&self) -> Result<ServerSettings, StartupError> {
+        let access = Access::from_file(self.tokens_file.clone(), RELOAD_INTERVAL)
+            .map_err(StartupError::BadSetting)?;
+        Ok(ServerSettings {
             request_timeout: self.request_timeout,
             concurrency_limit: self.concurrency_limit,
             health_check_interval: self.health_check_interval,
             drain_delay: self.drain_delay,
             shutdown_grace: self.shutdown_grace,
-        }
+            access,
+            reflection: self.reflection,
+        })
     }
 }
 

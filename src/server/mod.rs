@@ -1,6 +1,7 @@
 //! Server plumbing both services share: configuration, telemetry, shutdown, and
 //! [`serve`], the one function that assembles a gRPC server around a service.
 
+mod authenticate;
 mod calls;
 pub mod config;
 pub mod pagination;
@@ -22,6 +23,10 @@ use tonic::{
 };
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tower_http::trace::TraceLayer;
+
+pub use authenticate::caller;
+
+use crate::access::Access;
 
 /// A service's store, as the server sees it: readiness follows it, and it is
 /// closed once the server has stopped.
@@ -47,6 +52,10 @@ pub struct ServerSettings {
     pub drain_delay: Duration,
     /// After the drain delay, how long in-flight calls get to finish.
     pub shutdown_grace: Duration,
+    /// Who may call: every method but health's.
+    pub access: Access,
+    /// Whether server reflection is served.
+    pub reflection: bool,
 }
 
 impl Default for ServerSettings {
@@ -57,6 +66,8 @@ impl Default for ServerSettings {
             health_check_interval: Duration::from_secs(1),
             drain_delay: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(20),
+            access: Access::open(),
+            reflection: true,
         }
     }
 }
@@ -113,14 +124,26 @@ where
         ));
 
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = Server::builder()
-            // Outermost, so every call gets a span, shed and timed-out ones
-            // included. Failures are logged by `Guarded`, which knows their reason
-            // and who is at fault.
-            .layer(TraceLayer::new_for_grpc().on_failure(()))
-            .add_service(health_service)
-            .add_service(reflection(S::NAME).build_v1()?)
-            .add_service(reflection(S::NAME).build_v1alpha()?)
+        let access = settings.access.clone();
+        let mut routes = Server::builder()
+            // Outermost, so every call gets a span, shed, refused and
+            // timed-out ones included. Failures are logged by `Guarded`, which
+            // knows their reason and who is at fault.
+            .layer(
+                TraceLayer::new_for_grpc()
+                    .make_span_with(call_span)
+                    .on_failure(()),
+            )
+            .layer(tower::layer::layer_fn(move |inner| {
+                authenticate::Authenticated::new(inner, access.clone())
+            }))
+            .add_service(health_service);
+        if settings.reflection {
+            routes = routes
+                .add_service(reflection(S::NAME).build_v1()?)
+                .add_service(reflection(S::NAME).build_v1alpha()?);
+        }
+        let server = routes
             // Bounds the service's calls in number and time, so a stuck store
             // cannot hold callers forever and a flood is shed at once; health
             // sits outside, so probes still answer.
@@ -196,6 +219,15 @@ pub(crate) fn caller_timeout(headers: &http::HeaderMap) -> Option<Duration> {
         "n" => Duration::from_nanos(amount),
         _ => return None,
     })
+}
+
+/// The span of one call: its method, and the caller once authenticated.
+fn call_span<B>(request: &http::Request<B>) -> tracing::Span {
+    tracing::info_span!(
+        "call",
+        method = request.uri().path(),
+        caller = tracing::field::Empty
+    )
 }
 
 /// Reflection for one service, health and reflection itself, with the

@@ -41,8 +41,8 @@ use uuid::Uuid;
 use crate::{
     backends,
     helpers::{
-        PATIENCE, TestDb, assert_reason, invoice_request, invoice_series, list_all,
-        spawn_allocator, spawn_both, spawn_writer, spawn_writer_on, test_settings,
+        PATIENCE, TestDb, allocator_client, assert_reason, invoice_request, invoice_series,
+        list_all, spawn_allocator, spawn_both, spawn_writer, spawn_writer_on, test_settings,
     },
 };
 
@@ -221,7 +221,15 @@ async fn a_retry_after_a_failure_past_the_commit_returns_the_invoice(
         ..test_settings()
     };
     let url = allocator.server.url();
-    let mut writer = spawn_writer_on(db, store, &url, 3, Arc::new(SystemClock), settings).await;
+    let mut writer = spawn_writer_on(
+        db,
+        store,
+        allocator_client(&url),
+        3,
+        Arc::new(SystemClock),
+        settings,
+    )
+    .await;
 
     let mut request = Request::new(keyed("acme", "order-9"));
     request.set_timeout(PATIENCE);

@@ -18,6 +18,7 @@ use rstest_reuse::template;
 #[case::sqlite(Backend::Sqlite)]
 fn backends(#[case] backend: Backend) {}
 
+mod access;
 mod allocator;
 mod group_commit;
 mod helpers;

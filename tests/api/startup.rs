@@ -251,3 +251,63 @@ async fn a_busy_port_stops_start_up_before_anything_is_created() {
         assert!(!Path::new(&data_dir).exists(), "{}", data_dir.display());
     }
 }
+
+/// Bad access settings stop start-up with status 64 before anything is
+/// created, and the message names the setting without echoing a secret.
+#[tokio::test]
+async fn bad_access_settings_stop_start_up_without_echoing_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let data_dir = data_dir.to_str().unwrap();
+    let tokens = dir.path().join("tokens.toml");
+    std::fs::write(
+        &tokens,
+        "[[token]]\nname = \"a\"\nsecret = \"s3cret\"\nadmin = 1\n",
+    )
+    .unwrap();
+    let tokens = tokens.to_str().unwrap();
+    let mut outputs = Vec::new();
+    for binary in [ALLOCATOR, WRITER] {
+        let output = run(binary, &["--data-dir", data_dir, "--tokens-file", tokens]).await;
+        assert_refused(&output, 64, "tokens file");
+        outputs.push(output);
+        let output = run(
+            binary,
+            &["--data-dir", data_dir, "--tokens-file", "/no/such/file"],
+        )
+        .await;
+        assert_refused(&output, 64, "/no/such/file");
+    }
+    let output = run(
+        WRITER,
+        &[
+            "--data-dir",
+            data_dir,
+            "--allocator-url",
+            "http://writer:pa55word@127.0.0.1:50051",
+        ],
+    )
+    .await;
+    assert_refused(&output, 64, "--allocator-token");
+    outputs.push(output);
+    let output = run(
+        WRITER,
+        &[
+            "--data-dir",
+            data_dir,
+            "--allocator-token",
+            "bad\u{7f}s3cret",
+        ],
+    )
+    .await;
+    assert_refused(&output, 64, "allocator token");
+    outputs.push(output);
+    for output in &outputs {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !stderr.contains("s3cret") && !stderr.contains("pa55word"),
+            "{stderr}"
+        );
+    }
+    assert!(!Path::new(data_dir).exists(), "{data_dir}");
+}

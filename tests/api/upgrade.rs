@@ -16,7 +16,9 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection, SqliteConnection, migrate::M
 
 use crate::{
     backends,
-    helpers::{TestDb, keyed, serve_allocator_on, spawn_writer_on, test_settings},
+    helpers::{
+        TestDb, allocator_client, keyed, serve_allocator_on, spawn_writer_on, test_settings,
+    },
 };
 
 /// Runs the first `count` migrations of `dir` (under `migrations/`) on `db`,
@@ -170,7 +172,7 @@ async fn an_invoice_database_from_before_periods_keeps_its_invoices(#[case] back
     let mut writer = spawn_writer_on(
         db,
         store,
-        "http://127.0.0.1:9",
+        allocator_client("http://127.0.0.1:9"),
         1,
         Arc::new(SystemClock),
         test_settings(),

@@ -3,6 +3,7 @@
 use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 
 use numbering::{
+    access::bearer::BearerToken,
     allocator::{
         self, CommitMode, app::RequestIdSettings, group_commit::GroupCommitSettings,
         series::NumberFormat,
@@ -217,7 +218,13 @@ pub fn test_backoff() -> Backoff {
 
 /// An allocator client as the writer builds it.
 pub fn allocator_client(allocator_url: &str) -> AllocatorClient {
-    AllocatorClient::connect_lazy(allocator_url, Duration::from_secs(1), test_backoff()).unwrap()
+    allocator_client_with(allocator_url, BearerToken::none())
+}
+
+/// An allocator client as the writer builds it, sending `token`.
+pub fn allocator_client_with(allocator_url: &str, token: BearerToken) -> AllocatorClient {
+    AllocatorClient::connect_lazy(allocator_url, Duration::from_secs(1), token, test_backoff())
+        .unwrap()
 }
 
 pub async fn spawn_writer(backend: Backend, allocator_url: &str, max_attempts: u32) -> WriterApp {
@@ -236,7 +243,7 @@ pub async fn spawn_writer_with(
     spawn_writer_on(
         db,
         store,
-        allocator_url,
+        allocator_client(allocator_url),
         max_attempts,
         clock,
         test_settings(),
@@ -244,18 +251,19 @@ pub async fn spawn_writer_with(
     .await
 }
 
-/// A writer on `store`, which may wrap the store of `db`, served with `settings`.
+/// A writer on `store`, which may wrap the store of `db`, calling the
+/// allocator through `allocator`, served with `settings`.
 pub async fn spawn_writer_on(
     db: TestDb,
     store: Arc<dyn InvoiceStore>,
-    allocator_url: &str,
+    allocator: AllocatorClient,
     max_attempts: u32,
     clock: Arc<dyn Clock>,
     settings: ServerSettings,
 ) -> WriterApp {
     let app = invoices::app::App::on(
         store.clone(),
-        allocator_client(allocator_url),
+        allocator,
         max_attempts,
         Duration::from_secs(5),
         clock,

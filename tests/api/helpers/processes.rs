@@ -121,3 +121,12 @@ pub fn allocator_binary(url: &str) -> tokio::process::Command {
     command.env("DATABASE_URL", url);
     command
 }
+
+/// The writer binary on `url`, numbering with the allocator at `allocator_url`.
+pub fn writer_binary(url: &str, allocator_url: &str) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_invoice-writer"));
+    command
+        .env("DATABASE_URL", url)
+        .args(["--allocator-url", allocator_url]);
+    command
+}

@@ -10,19 +10,30 @@
 //! admin = false                     # AdvanceCounter, ConfigureSeries, …
 //! ```
 
+use std::{fmt, sync::Arc};
+
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::{Choice, ConstantTimeEq};
 
+use crate::access::Denied;
+
 /// The tokens a service accepts.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Default)]
 pub struct Tokens(Vec<Token>);
 
-/// One token: its name, the digest of its secret and its grants.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One token: the digest of its secret and what it grants.
+#[derive(Clone, PartialEq, Eq)]
 struct Token {
-    name: String,
     digest: [u8; 32],
+    grant: Arc<Grant>,
+}
+
+/// What a caller may do: act for the tenants its patterns match, and call
+/// administrative methods if `admin`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    name: String,
     tenants: Vec<TenantPattern>,
     admin: bool,
 }
@@ -30,28 +41,6 @@ struct Token {
 /// A tenant id, or a pattern where `*` matches any run of characters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct TenantPattern(String);
-
-/// Why a call is refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Denied {
-    /// No token, or one this service does not know: `UNAUTHENTICATED`.
-    #[error("a known bearer token is required")]
-    Unauthenticated,
-    /// The token may not act for this tenant: `PERMISSION_DENIED`.
-    #[error("token {token:?} may not act for tenant {tenant:?}")]
-    Tenant {
-        /// The token's name.
-        token: String,
-        /// The tenant asked for.
-        tenant: String,
-    },
-    /// The method is administrative and the token is not: `PERMISSION_DENIED`.
-    #[error("token {token:?} may not call administrative methods")]
-    Admin {
-        /// The token's name.
-        token: String,
-    },
-}
 
 /// The file as written.
 #[derive(Deserialize)]
@@ -88,11 +77,11 @@ impl Tokens {
             let token = Token::from_entry(entry)?;
             if let Some(other) = tokens
                 .iter()
-                .find(|t| t.name == token.name || t.digest == token.digest)
+                .find(|t| t.grant.name == token.grant.name || t.digest == token.digest)
             {
                 return Err(format!(
                     "tokens {:?} and {:?} share a name or a secret",
-                    other.name, token.name
+                    other.grant.name, token.grant.name
                 ));
             }
             tokens.push(token);
@@ -100,39 +89,23 @@ impl Tokens {
         Ok(Self(tokens))
     }
 
-    /// The name of the token `bearer` is, if it may call a method for
-    /// `tenant` (administrative if `admin`).
-    ///
-    /// # Errors
-    /// [`Denied`] says why not.
-    pub fn check(&self, bearer: Option<&str>, tenant: &str, admin: bool) -> Result<&str, Denied> {
-        let token = bearer
-            .and_then(|secret| self.find(secret))
-            .ok_or(Denied::Unauthenticated)?;
-        if !token.tenants.iter().any(|pattern| pattern.matches(tenant)) {
-            return Err(Denied::Tenant {
-                token: token.name.clone(),
-                tenant: tenant.to_owned(),
-            });
-        }
-        if admin && !token.admin {
-            return Err(Denied::Admin {
-                token: token.name.clone(),
-            });
-        }
-        Ok(&token.name)
+    /// Whether no token is configured.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     /// The token whose digest is the secret's. Every token is compared, each
     /// in constant time, so the time taken says nothing of which one matched
     /// or how much of a secret was right.
-    fn find(&self, secret: &str) -> Option<&Token> {
+    #[must_use]
+    pub fn find(&self, secret: &str) -> Option<&Arc<Grant>> {
         let digest: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
         let mut found = None;
         for token in &self.0 {
             let equal: Choice = token.digest.ct_eq(&digest);
             if bool::from(equal) {
-                found = Some(token);
+                found = Some(&token.grant);
             }
         }
         found
@@ -156,11 +129,50 @@ impl Token {
             })
             .collect::<Result<_, _>>()?;
         Ok(Self {
-            name,
             digest,
-            tenants,
-            admin: entry.admin,
+            grant: Arc::new(Grant {
+                name,
+                tenants,
+                admin: entry.admin,
+            }),
         })
+    }
+}
+
+/// Names only: digests stay out of logs too.
+impl fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|token| &token.grant.name))
+            .finish()
+    }
+}
+
+impl Grant {
+    /// The token's name, for logs.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether this grant may call a method for `tenant`, administrative if
+    /// `admin`.
+    ///
+    /// # Errors
+    /// [`Denied`] says why not.
+    pub fn allows(&self, tenant: &str, admin: bool) -> Result<(), Denied> {
+        if !self.tenants.iter().any(|pattern| pattern.matches(tenant)) {
+            return Err(Denied::Tenant {
+                token: self.name.clone(),
+                tenant: tenant.to_owned(),
+            });
+        }
+        if admin && !self.admin {
+            return Err(Denied::Admin {
+                token: self.name.clone(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -258,38 +270,49 @@ mod tests {
         Tokens::parse(&FILE.replace("SHA", &digest)).unwrap()
     }
 
+    fn check(tokens: &Tokens, secret: &str, tenant: &str, admin: bool) -> Result<String, Denied> {
+        let grant = tokens.find(secret).ok_or(Denied::Unknown)?;
+        grant.allows(tenant, admin)?;
+        Ok(grant.name().to_owned())
+    }
+
     #[test]
     fn a_token_acts_for_its_tenants_and_only_an_admin_token_administers() {
         let tokens = tokens();
         assert_eq!(
-            tokens.check(Some("s3cret-billing"), "acme", false),
-            Ok("billing")
+            check(&tokens, "s3cret-billing", "acme", false),
+            Ok("billing".into())
         );
         assert_eq!(
-            tokens.check(Some("s3cret-billing"), "globex-eu", false),
-            Ok("billing")
+            check(&tokens, "s3cret-billing", "globex-eu", false),
+            Ok("billing".into())
         );
         assert_eq!(
-            tokens.check(Some("s3cret-billing"), "initech", false),
+            check(&tokens, "s3cret-billing", "initech", false),
             Err(Denied::Tenant {
                 token: "billing".into(),
                 tenant: "initech".into()
             })
         );
         assert_eq!(
-            tokens.check(Some("s3cret-billing"), "acme", true),
+            check(&tokens, "s3cret-billing", "acme", true),
             Err(Denied::Admin {
                 token: "billing".into()
             })
         );
-        assert_eq!(tokens.check(Some("s3cret-ops"), "initech", true), Ok("ops"));
-        for unknown in [None, Some(""), Some("s3cret"), Some("s3cret-billing ")] {
-            assert_eq!(
-                tokens.check(unknown, "acme", false),
-                Err(Denied::Unauthenticated),
-                "{unknown:?}"
-            );
+        assert_eq!(
+            check(&tokens, "s3cret-ops", "initech", true),
+            Ok("ops".into())
+        );
+        for unknown in ["", "s3cret", "s3cret-billing ", "S3CRET-OPS"] {
+            assert_eq!(tokens.find(unknown), None, "{unknown:?}");
         }
+    }
+
+    #[test]
+    fn debug_output_names_tokens_and_shows_no_digest() {
+        let shown = format!("{:?}", tokens());
+        assert_eq!(shown, r#"["billing", "ops"]"#);
     }
 
     #[test]
@@ -317,6 +340,6 @@ mod tests {
         let twice =
             "[[token]]\nname = \"a\"\nsecret = \"s\"\n[[token]]\nname = \"b\"\nsecret = \"s\"";
         assert!(refused(twice).contains("share"));
-        assert_eq!(Tokens::parse("").unwrap(), Tokens(Vec::new()));
+        assert!(Tokens::parse("").unwrap().is_empty());
     }
 }

@@ -1,0 +1,203 @@
+//! Who may call: bearer tokens from a file, each granting a set of tenants
+//! and perhaps the administrative methods.
+//!
+//! A server authenticates each call once, before any handler runs, and
+//! leaves the [`Caller`] in the request's extensions; a handler then asks
+//! [`Caller::may`] for the tenant the request names.
+
+pub mod bearer;
+pub mod reload;
+pub mod tokens;
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use reload::Reloading;
+use tokens::{Grant, Tokens};
+
+use crate::tenant::TenantId;
+
+/// How often watched files are read again: a change is in force within this.
+pub const RELOAD_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Who may call a service.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// No tokens file: no token is asked for.
+    tokens: Option<Reloading<Tokens>>,
+}
+
+/// Why a call is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    /// No bearer token: `UNAUTHENTICATED`.
+    #[error("this call needs a bearer token (metadata \"authorization: Bearer …\")")]
+    Missing,
+    /// A bearer token this service does not know: `UNAUTHENTICATED`.
+    #[error("the bearer token is not one this service knows")]
+    Unknown,
+    /// The token may not act for this tenant: `PERMISSION_DENIED`.
+    #[error("token {token:?} may not act for tenant {tenant:?}")]
+    Tenant {
+        /// The token's name.
+        token: String,
+        /// The tenant asked for.
+        tenant: String,
+    },
+    /// The method is administrative and the token is not: `PERMISSION_DENIED`.
+    #[error("token {token:?} may not call administrative methods")]
+    Admin {
+        /// The token's name.
+        token: String,
+    },
+}
+
+/// What a method needs of its caller besides the tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Needs {
+    /// Acting for the tenant is enough.
+    Tenant,
+    /// An administrative method: `AdvanceCounter`, `ConfigureSeries`.
+    Admin,
+}
+
+/// The authenticated caller of one call.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// No tokens are configured: anyone may do anything.
+    Anyone,
+    /// The caller showed this token.
+    Token(Arc<Grant>),
+}
+
+impl Access {
+    /// Anyone may call.
+    #[must_use]
+    pub fn open() -> Self {
+        Self::default()
+    }
+
+    /// Callers need one of `tokens`.
+    #[must_use]
+    pub fn with_tokens(tokens: Reloading<Tokens>) -> Self {
+        Self {
+            tokens: Some(tokens),
+        }
+    }
+
+    /// Callers need a token from the file at `path`, which is read again
+    /// every `interval`; with no `path`, anyone may call.
+    ///
+    /// # Errors
+    /// The file cannot be read or is not a tokens file.
+    pub fn from_file(path: Option<PathBuf>, interval: Duration) -> Result<Self, String> {
+        let Some(path) = path else {
+            return Ok(Self::open());
+        };
+        let tokens = Reloading::watch(
+            "tokens file",
+            vec![path],
+            interval,
+            Box::new(|files| {
+                let text = std::str::from_utf8(&files[0]).map_err(|_| "not UTF-8".to_owned())?;
+                Tokens::parse(text)
+            }),
+        )?;
+        Ok(Self::with_tokens(tokens))
+    }
+
+    /// Whether callers need a token.
+    #[must_use]
+    pub fn asks_for_tokens(&self) -> bool {
+        self.tokens.is_some()
+    }
+
+    /// The caller whose `authorization` metadata is `authorization`.
+    ///
+    /// # Errors
+    /// Tokens are configured and this is none of them.
+    pub fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Caller, Denied> {
+        let Some(tokens) = &self.tokens else {
+            return Ok(Caller::Anyone);
+        };
+        let secret = authorization.map(bearer).ok_or(Denied::Missing)?;
+        let secret = secret.ok_or(Denied::Unknown)?;
+        tokens
+            .get()
+            .find(secret)
+            .map(|grant| Caller::Token(grant.clone()))
+            .ok_or(Denied::Unknown)
+    }
+}
+
+/// The secret of `Bearer <secret>` (the scheme in any case, RFC 6750).
+fn bearer(value: &[u8]) -> Option<&str> {
+    let value = std::str::from_utf8(value).ok()?;
+    let (scheme, secret) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| secret.trim_matches(' '))
+}
+
+impl Caller {
+    /// Who the caller is, for logs: the token's name.
+    #[must_use]
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Self::Anyone => None,
+            Self::Token(grant) => Some(grant.name()),
+        }
+    }
+
+    /// Whether the caller may call a method that `needs` this of it, for
+    /// `tenant`.
+    ///
+    /// # Errors
+    /// [`Denied`] says why not.
+    pub fn may(&self, tenant: &TenantId, needs: Needs) -> Result<(), Denied> {
+        match self {
+            Self::Anyone => Ok(()),
+            Self::Token(grant) => grant.allows(tenant.as_str(), needs == Needs::Admin),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_read_in_any_case() {
+        assert_eq!(bearer(b"Bearer abc"), Some("abc"));
+        assert_eq!(bearer(b"bearer abc"), Some("abc"));
+        assert_eq!(bearer(b"BEARER  abc "), Some("abc"));
+        assert_eq!(bearer(b"Basic abc"), None);
+        assert_eq!(bearer(b"Bearerabc"), None);
+        assert_eq!(bearer(b"Bearer \xff"), None);
+    }
+
+    #[test]
+    fn without_tokens_anyone_may_call_and_with_them_a_known_one_is_needed() {
+        let open = Access::open();
+        assert!(matches!(open.authenticate(None), Ok(Caller::Anyone)));
+        let tokens = Tokens::parse(
+            "[[token]]\nname = \"billing\"\nsecret = \"s3cret\"\ntenants = [\"acme\"]",
+        )
+        .unwrap();
+        let access = Access::with_tokens(Reloading::fixed(tokens));
+        assert_eq!(access.authenticate(None).unwrap_err(), Denied::Missing);
+        assert_eq!(
+            access.authenticate(Some(b"Bearer nope")).unwrap_err(),
+            Denied::Unknown
+        );
+        assert_eq!(
+            access.authenticate(Some(b"Basic s3cret")).unwrap_err(),
+            Denied::Unknown
+        );
+        let caller = access.authenticate(Some(b"Bearer s3cret")).unwrap();
+        assert_eq!(caller.name(), Some("billing"));
+        let tenant = |id| TenantId::parse(id).unwrap();
+        assert_eq!(caller.may(&tenant("acme"), Needs::Tenant), Ok(()));
+        assert!(caller.may(&tenant("acme"), Needs::Admin).is_err());
+        assert!(caller.may(&tenant("globex"), Needs::Tenant).is_err());
+    }
+}

@@ -1,0 +1,438 @@
+//! Access control: bearer tokens from a file, tenant patterns, administrative
+//! methods, reloading the file, what stays open, and what the logs show.
+
+use std::{path::Path, sync::Arc, time::Duration};
+
+use nix::sys::signal::{Signal, kill};
+use numbering::{
+    access::{Access, bearer::BearerToken},
+    clock::SystemClock,
+    db::Backend,
+    proto::{
+        AdvanceCounterRequest, ConfigureSeriesRequest, GetSeriesRequest,
+        invoice_writer_client::InvoiceWriterClient, number_allocator_client::NumberAllocatorClient,
+    },
+    server::ServerSettings,
+};
+use tokio_stream::StreamExt;
+use tonic::{Code, Status, service::interceptor::InterceptedService, transport::Channel};
+use tonic_health::{ServingStatus, pb::HealthCheckRequest, pb::health_client::HealthClient};
+use tonic_reflection::pb::v1::{
+    ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+    server_reflection_request::MessageRequest,
+};
+
+use crate::helpers::{
+    AllocatorApp, CapturedLogs, PATIENCE, TestDb, allocate, allocator_binary,
+    allocator_client_with, assert_reason, event, invoice_request, list_all,
+    spawn_allocator_serving, spawn_writer_on, start, test_settings, writer_binary,
+};
+
+/// Read again this often in tests, so that a change shows within a test's patience.
+const RELOAD: Duration = Duration::from_millis(50);
+
+const TOKENS: &str = r#"
+[[token]]
+name = "billing"
+secret = "billing-s3cret"
+tenants = ["acme", "globex-*"]
+
+[[token]]
+name = "ops"
+secret = "ops-s3cret"
+tenants = ["*"]
+admin = true
+"#;
+
+type Client = NumberAllocatorClient<InterceptedService<Channel, BearerToken>>;
+
+/// A client sending `secret`, or no token at all.
+async fn client(app: &AllocatorApp, secret: Option<&str>) -> Client {
+    let token = secret.map_or_else(BearerToken::none, |s| BearerToken::fixed(s).unwrap());
+    NumberAllocatorClient::with_interceptor(app.server.channel().await, token)
+}
+
+/// Settings whose tokens come from `path`, read again every [`RELOAD`].
+fn guarded_by(path: &Path) -> ServerSettings {
+    ServerSettings {
+        access: Access::from_file(Some(path.to_owned()), RELOAD).unwrap(),
+        ..test_settings()
+    }
+}
+
+/// An allocator on PostgreSQL asking for the tokens of [`TOKENS`], kept in
+/// a file in `dir`.
+async fn guarded_allocator(dir: &tempfile::TempDir) -> (AllocatorApp, std::path::PathBuf) {
+    let path = dir.path().join("tokens.toml");
+    std::fs::write(&path, TOKENS).unwrap();
+    let app = spawn_allocator_serving(Backend::Postgres, guarded_by(&path)).await;
+    (app, path)
+}
+
+fn assert_refused(status: &Status, code: Code, reason: &str) {
+    assert_eq!(status.code(), code, "{status:?}");
+    assert_reason(status, reason);
+}
+
+#[tokio::test]
+async fn each_refusal_answers_its_code_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, _path) = guarded_allocator(&dir).await;
+
+    let status = client(&app, None)
+        .await
+        .allocate(allocate("acme", "", 1))
+        .await
+        .unwrap_err();
+    assert_refused(&status, Code::Unauthenticated, "CREDENTIALS_MISSING");
+    let status = client(&app, Some("guess"))
+        .await
+        .allocate(allocate("acme", "", 1))
+        .await
+        .unwrap_err();
+    assert_refused(&status, Code::Unauthenticated, "TOKEN_UNKNOWN");
+    let mut billing = client(&app, Some("billing-s3cret")).await;
+    let status = billing
+        .allocate(allocate("initech", "", 1))
+        .await
+        .unwrap_err();
+    assert_refused(&status, Code::PermissionDenied, "TENANT_NOT_GRANTED");
+    let status = billing
+        .advance_counter(AdvanceCounterRequest {
+            tenant_id: "acme".into(),
+            at_least: i64::MAX,
+            reason: "exhaust it".into(),
+            ..AdvanceCounterRequest::default()
+        })
+        .await
+        .unwrap_err();
+    assert_refused(&status, Code::PermissionDenied, "ADMIN_REQUIRED");
+    let status = billing
+        .configure_series(ConfigureSeriesRequest {
+            tenant_id: "acme".into(),
+            series: "orders".into(),
+            format: "ORD-{number}".into(),
+            ..ConfigureSeriesRequest::default()
+        })
+        .await
+        .unwrap_err();
+    assert_refused(&status, Code::PermissionDenied, "ADMIN_REQUIRED");
+    // Reading needs the tenant too.
+    let status = billing
+        .get_series(GetSeriesRequest {
+            tenant_id: "initech".into(),
+            ..GetSeriesRequest::default()
+        })
+        .await
+        .unwrap_err();
+    assert_refused(&status, Code::PermissionDenied, "TENANT_NOT_GRANTED");
+
+    assert_eq!(
+        app.db.counters().await,
+        [],
+        "a refused call moved a counter"
+    );
+    let status = client(&app, Some("ops-s3cret"))
+        .await
+        .get_series(GetSeriesRequest {
+            tenant_id: "acme".into(),
+            series: "orders".into(),
+            ..GetSeriesRequest::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::NotFound,
+        "a refused call configured a series"
+    );
+}
+
+#[tokio::test]
+async fn a_token_acts_for_the_tenants_its_patterns_match_and_admin_tokens_administer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, _path) = guarded_allocator(&dir).await;
+    let mut billing = client(&app, Some("billing-s3cret")).await;
+    for tenant in ["acme", "globex-", "globex-eu"] {
+        let numbers = billing
+            .allocate(allocate(tenant, "", 1))
+            .await
+            .unwrap_or_else(|status| panic!("{tenant}: {status:?}"))
+            .into_inner()
+            .numbers;
+        assert_eq!(numbers[0].value, 1, "{tenant}");
+    }
+    for tenant in ["globex", "acme-eu", "xglobex-eu"] {
+        let status = billing.allocate(allocate(tenant, "", 1)).await.unwrap_err();
+        assert_refused(&status, Code::PermissionDenied, "TENANT_NOT_GRANTED");
+    }
+    let series = client(&app, Some("ops-s3cret"))
+        .await
+        .advance_counter(AdvanceCounterRequest {
+            tenant_id: "initech".into(),
+            at_least: 100,
+            reason: "imported".into(),
+            ..AdvanceCounterRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .series
+        .unwrap();
+    assert_eq!(series.last_value, 100);
+}
+
+/// Calls `allocate` for acme with `secret` until `done` accepts its outcome.
+async fn until_acme_with(
+    app: &AllocatorApp,
+    secret: &str,
+    done: impl Fn(&Result<(), Code>) -> bool,
+) {
+    let mut client = client(app, Some(secret)).await;
+    let reached = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let outcome = client
+                .allocate(allocate("acme", "", 1))
+                .await
+                .map(drop)
+                .map_err(|status| status.code());
+            if done(&outcome) {
+                return;
+            }
+            // The file is polled: give the poll its turn.
+            tokio::time::sleep(RELOAD / 5).await;
+        }
+    })
+    .await;
+    assert!(
+        reached.is_ok(),
+        "the tokens file change was not seen within {PATIENCE:?}"
+    );
+}
+
+#[tokio::test]
+async fn tokens_file_changes_take_effect_without_a_restart() {
+    let logs = CapturedLogs::default();
+    let _subscriber = tracing::subscriber::set_default(logs.subscriber());
+    let dir = tempfile::tempdir().unwrap();
+    let (app, path) = guarded_allocator(&dir).await;
+
+    // Written in place: a new token works.
+    let added = format!(
+        "{TOKENS}\n[[token]]\nname = \"shop\"\nsecret = \"shop-s3cret\"\ntenants = [\"acme\"]\n"
+    );
+    std::fs::write(&path, &added).unwrap();
+    until_acme_with(&app, "shop-s3cret", Result::is_ok).await;
+
+    // Replaced by a rename, as Kubernetes updates a secret: a removed token
+    // stops working.
+    let without_billing = added.replace(
+        "name = \"billing\"\nsecret = \"billing-s3cret\"",
+        "name = \"billing\"\nsecret = \"rotated\"",
+    );
+    let staged = dir.path().join("tokens.toml.new");
+    std::fs::write(&staged, &without_billing).unwrap();
+    std::fs::rename(&staged, &path).unwrap();
+    until_acme_with(&app, "billing-s3cret", |outcome| {
+        *outcome == Err(Code::Unauthenticated)
+    })
+    .await;
+    until_acme_with(&app, "rotated", Result::is_ok).await;
+
+    // A file that no longer parses keeps the last good set, and says why.
+    std::fs::write(&path, "[[token]]\nname = \"broken\"\n").unwrap();
+    let logged = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let warned = logs.events().into_iter().any(|event| {
+                event["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("not valid"))
+                    && event["fields"]["error"]
+                        .as_str()
+                        .is_some_and(|e| e.contains("either secret or sha256"))
+            });
+            if warned {
+                return;
+            }
+            tokio::time::sleep(RELOAD / 5).await;
+        }
+    })
+    .await;
+    assert!(
+        logged.is_ok(),
+        "no warning about the bad file: {:?}",
+        logs.events()
+    );
+    until_acme_with(&app, "shop-s3cret", Result::is_ok).await;
+    until_acme_with(&app, "rotated", Result::is_ok).await;
+}
+
+/// One reflection request, listing services.
+async fn list_services(channel: Channel, secret: Option<&str>) -> Result<Vec<String>, Status> {
+    let token = secret.map_or_else(BearerToken::none, |s| BearerToken::fixed(s).unwrap());
+    let mut reflection = ServerReflectionClient::with_interceptor(channel, token);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection
+        .server_reflection_info(tokio_stream::once(request))
+        .await?
+        .into_inner();
+    let response = responses.next().await.expect("a reflection response")?;
+    match response.message_response {
+        Some(tonic_reflection::pb::v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) => {
+            Ok(list.service.into_iter().map(|s| s.name).collect())
+        }
+        other => panic!("not a service list: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn health_stays_open_and_reflection_asks_for_a_token_or_is_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, path) = guarded_allocator(&dir).await;
+    let channel = app.server.channel().await;
+    let health = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(health.status, ServingStatus::Serving as i32);
+
+    let status = list_services(channel.clone(), None).await.unwrap_err();
+    assert_refused(&status, Code::Unauthenticated, "CREDENTIALS_MISSING");
+    let services = list_services(channel, Some("billing-s3cret"))
+        .await
+        .unwrap();
+    assert!(
+        services.iter().any(|s| s == "numbering.v1.NumberAllocator"),
+        "{services:?}"
+    );
+
+    let off = spawn_allocator_serving(
+        Backend::Postgres,
+        ServerSettings {
+            reflection: false,
+            ..guarded_by(&path)
+        },
+    )
+    .await;
+    let status = list_services(off.server.channel().await, Some("billing-s3cret"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+}
+
+/// Both binaries with tokens: the writer checks its callers against its own
+/// file and sends its token, read from a file, to the allocator. Health needs
+/// no token; each log names the caller in the call's span and holds no secret.
+#[tokio::test]
+async fn the_binaries_name_callers_in_their_spans_and_log_no_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let allocator_tokens = dir.path().join("allocator.toml");
+    std::fs::write(
+        &allocator_tokens,
+        "[[token]]\nname = \"writer\"\nsecret = \"writer-s3cret\"\ntenants = [\"*\"]\n",
+    )
+    .unwrap();
+    let writer_tokens = dir.path().join("writer.toml");
+    std::fs::write(
+        &writer_tokens,
+        "[[token]]\nname = \"shop\"\nsecret = \"shop-s3cret\"\ntenants = [\"acme\"]\n",
+    )
+    .unwrap();
+    let writer_token = dir.path().join("writer-token");
+    std::fs::write(&writer_token, "writer-s3cret\n").unwrap();
+
+    let allocator_db = TestDb::create(Backend::Postgres).await;
+    let mut command = allocator_binary(&allocator_db.url);
+    command.arg("--tokens-file").arg(&allocator_tokens);
+    let allocator = start(command).await;
+    let writer_db = TestDb::create(Backend::Postgres).await;
+    let mut command = writer_binary(&writer_db.url, &allocator.url());
+    command
+        .arg("--tokens-file")
+        .arg(&writer_tokens)
+        .arg("--allocator-token-file")
+        .arg(&writer_token);
+    let writer = start(command).await;
+
+    let channel = Channel::from_shared(writer.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let health = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: "numbering.v1.InvoiceWriter".into(),
+        })
+        .await;
+    assert!(health.is_ok(), "{health:?}");
+    let token = BearerToken::fixed("shop-s3cret").unwrap();
+    let mut shop = InvoiceWriterClient::with_interceptor(channel.clone(), token);
+    let invoice = shop
+        .create_invoice(invoice_request("acme"))
+        .await
+        .unwrap()
+        .into_inner()
+        .invoice
+        .unwrap();
+    assert_eq!(invoice.number, 1);
+    let status = shop
+        .create_invoice(invoice_request("globex"))
+        .await
+        .unwrap_err();
+    assert_refused(&status, Code::PermissionDenied, "TENANT_NOT_GRANTED");
+    let status = InvoiceWriterClient::new(channel)
+        .create_invoice(invoice_request("acme"))
+        .await
+        .unwrap_err();
+    assert_refused(&status, Code::Unauthenticated, "CREDENTIALS_MISSING");
+
+    let mut lines = Vec::new();
+    for process in [writer, allocator] {
+        kill(process.pid(), Signal::SIGTERM).unwrap();
+        let (exit, logged) = process.wait().await;
+        assert!(exit.success(), "{exit:?}: {logged:?}");
+        lines.extend(logged);
+    }
+    let events: Vec<_> = lines.iter().map(|line| event(line)).collect();
+    let refused = events
+        .iter()
+        .find(|event| event["reason"] == "TENANT_NOT_GRANTED")
+        .unwrap_or_else(|| panic!("the refusal was not logged: {lines:?}"));
+    assert_eq!(refused["span"]["caller"], "shop", "{refused}");
+    for secret in ["writer-s3cret", "shop-s3cret"] {
+        assert!(
+            lines.iter().all(|line| !line.contains(secret)),
+            "{secret} was logged: {lines:?}"
+        );
+    }
+}
+
+/// A writer whose own token the allocator refuses answers INTERNAL (its
+/// operators must mend it, not its callers) and stores nothing.
+#[tokio::test]
+async fn a_writer_with_a_refused_token_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (allocator, _path) = guarded_allocator(&dir).await;
+    for (secret, tenant) in [("wrong", "acme"), ("billing-s3cret", "initech")] {
+        let db = TestDb::create(Backend::Postgres).await;
+        let store = db.invoice_store().await;
+        let client =
+            allocator_client_with(&allocator.server.url(), BearerToken::fixed(secret).unwrap());
+        let mut writer =
+            spawn_writer_on(db, store, client, 3, Arc::new(SystemClock), test_settings()).await;
+        let status = writer
+            .client
+            .create_invoice(invoice_request(tenant))
+            .await
+            .unwrap_err();
+        assert_refused(&status, Code::Internal, "INTERNAL");
+        assert_eq!(list_all(&mut writer.client, tenant).await, []);
+    }
+    assert_eq!(allocator.db.counters().await, []);
+}
