@@ -25,3 +25,4 @@ pub mod proto;
 pub mod request_id;
 pub mod server;
 pub mod tenant;
+pub mod tls;

@@ -65,7 +65,7 @@ pub enum Needs {
 pub enum Caller {
     /// No tokens are configured: anyone may do anything.
     Anyone,
-    /// The caller showed this token.
+    /// The caller showed a token, or a client certificate, with this grant.
     Token(Arc<Grant>),
 }
 
@@ -111,18 +111,33 @@ impl Access {
         self.tokens.is_some()
     }
 
-    /// The caller whose `authorization` metadata is `authorization`.
+    /// The caller whose `authorization` metadata is `authorization`: its
+    /// token's grant; without one, the grant of the subject of its client
+    /// certificate, which `peer_subject` reads when needed.
     ///
     /// # Errors
-    /// Tokens are configured and this is none of them.
-    pub fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Caller, Denied> {
+    /// Tokens are configured and the caller shows none of them, nor a
+    /// certificate with grants.
+    pub fn authenticate(
+        &self,
+        authorization: Option<&[u8]>,
+        peer_subject: impl FnOnce() -> Option<String>,
+    ) -> Result<Caller, Denied> {
         let Some(tokens) = &self.tokens else {
             return Ok(Caller::Anyone);
         };
-        let secret = authorization.map(bearer).ok_or(Denied::Missing)?;
-        let secret = secret.ok_or(Denied::Unknown)?;
+        let tokens = tokens.get();
+        let Some(authorization) = authorization else {
+            return tokens
+                .grants_subjects()
+                .then(peer_subject)
+                .flatten()
+                .and_then(|subject| tokens.by_subject(&subject).cloned())
+                .map(Caller::Token)
+                .ok_or(Denied::Missing);
+        };
+        let secret = bearer(authorization).ok_or(Denied::Unknown)?;
         tokens
-            .get()
             .find(secret)
             .map(|grant| Caller::Token(grant.clone()))
             .ok_or(Denied::Unknown)
@@ -178,22 +193,46 @@ mod tests {
     #[test]
     fn without_tokens_anyone_may_call_and_with_them_a_known_one_is_needed() {
         let open = Access::open();
-        assert!(matches!(open.authenticate(None), Ok(Caller::Anyone)));
+        let no_subject = || None;
+        assert!(matches!(
+            open.authenticate(None, no_subject),
+            Ok(Caller::Anyone)
+        ));
         let tokens = Tokens::parse(
-            "[[token]]\nname = \"billing\"\nsecret = \"s3cret\"\ntenants = [\"acme\"]",
+            "[[token]]\nname = \"billing\"\nsecret = \"s3cret\"\ntenants = [\"acme\"]\n\
+             [[certificate]]\nname = \"batch\"\nsubject = \"CN=batch\"\ntenants = [\"*\"]",
         )
         .unwrap();
         let access = Access::with_tokens(Reloading::fixed(tokens));
-        assert_eq!(access.authenticate(None).unwrap_err(), Denied::Missing);
         assert_eq!(
-            access.authenticate(Some(b"Bearer nope")).unwrap_err(),
+            access.authenticate(None, no_subject).unwrap_err(),
+            Denied::Missing
+        );
+        assert_eq!(
+            access
+                .authenticate(Some(b"Bearer nope"), no_subject)
+                .unwrap_err(),
             Denied::Unknown
         );
         assert_eq!(
-            access.authenticate(Some(b"Basic s3cret")).unwrap_err(),
+            access
+                .authenticate(Some(b"Basic s3cret"), no_subject)
+                .unwrap_err(),
             Denied::Unknown
         );
-        let caller = access.authenticate(Some(b"Bearer s3cret")).unwrap();
+        let batch = access
+            .authenticate(None, || Some("CN=batch".into()))
+            .unwrap();
+        assert_eq!(batch.name(), Some("batch"));
+        assert_eq!(
+            access
+                .authenticate(None, || Some("CN=other".into()))
+                .unwrap_err(),
+            Denied::Missing
+        );
+        let caller = access
+            .authenticate(Some(b"Bearer s3cret"), || panic!("not read"))
+            .unwrap();
         assert_eq!(caller.name(), Some("billing"));
         let tenant = |id| TenantId::parse(id).unwrap();
         assert_eq!(caller.may(&tenant("acme"), Needs::Tenant), Ok(()));

@@ -18,9 +18,13 @@ use subtle::{Choice, ConstantTimeEq};
 
 use crate::access::Denied;
 
-/// The tokens a service accepts.
+/// The tokens a service accepts, and the grants of client certificates by
+/// subject.
 #[derive(Clone, PartialEq, Eq, Default)]
-pub struct Tokens(Vec<Token>);
+pub struct Tokens {
+    tokens: Vec<Token>,
+    subjects: Vec<(String, Arc<Grant>)>,
+}
 
 /// One token: the digest of its secret and what it grants.
 #[derive(Clone, PartialEq, Eq)]
@@ -48,6 +52,20 @@ struct TenantPattern(String);
 struct File {
     #[serde(default)]
     token: Vec<Entry>,
+    #[serde(default)]
+    certificate: Vec<CertificateEntry>,
+}
+
+/// Grants to a client certificate (under mutual TLS) by its subject.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CertificateEntry {
+    name: String,
+    subject: String,
+    #[serde(default)]
+    tenants: Vec<String>,
+    #[serde(default)]
+    admin: bool,
 }
 
 #[derive(Deserialize)]
@@ -71,7 +89,16 @@ impl Tokens {
     /// digits, a tenant pattern with characters a tenant id cannot hold, or
     /// two tokens with one name or one secret.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let file: File = toml::from_str(text).map_err(|error| error.to_string())?;
+        // Not the error's own text: it quotes the line, which may hold a secret.
+        let file: File = toml::from_str(text).map_err(|error| {
+            let line = error
+                .span()
+                .map(|span| text[..span.start].matches('\n').count() + 1);
+            match line {
+                Some(line) => format!("line {line}: {}", error.message()),
+                None => error.message().to_owned(),
+            }
+        })?;
         let mut tokens: Vec<Token> = Vec::with_capacity(file.token.len());
         for entry in file.token {
             let token = Token::from_entry(entry)?;
@@ -86,13 +113,45 @@ impl Tokens {
             }
             tokens.push(token);
         }
-        Ok(Self(tokens))
+        let mut subjects: Vec<(String, Arc<Grant>)> = Vec::new();
+        for entry in file.certificate {
+            let grant = Grant::new(entry.name, entry.tenants, entry.admin)?;
+            if entry.subject.is_empty() {
+                return Err(format!("certificate {:?}: subject is empty", grant.name));
+            }
+            if subjects
+                .iter()
+                .any(|(subject, _)| *subject == entry.subject)
+            {
+                return Err(format!(
+                    "certificate {:?}: subject {:?} is granted twice",
+                    grant.name, entry.subject
+                ));
+            }
+            subjects.push((entry.subject, Arc::new(grant)));
+        }
+        Ok(Self { tokens, subjects })
     }
 
-    /// Whether no token is configured.
+    /// Whether nothing is granted.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.tokens.is_empty() && self.subjects.is_empty()
+    }
+
+    /// Whether any client certificate subject has grants.
+    #[must_use]
+    pub fn grants_subjects(&self) -> bool {
+        !self.subjects.is_empty()
+    }
+
+    /// The grant of a client certificate with this subject.
+    #[must_use]
+    pub fn by_subject(&self, subject: &str) -> Option<&Arc<Grant>> {
+        self.subjects
+            .iter()
+            .find(|(granted, _)| granted == subject)
+            .map(|(_, grant)| grant)
     }
 
     /// The token whose digest is the secret's. Every token is compared, each
@@ -102,7 +161,7 @@ impl Tokens {
     pub fn find(&self, secret: &str) -> Option<&Arc<Grant>> {
         let digest: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
         let mut found = None;
-        for token in &self.0 {
+        for token in &self.tokens {
             let equal: Choice = token.digest.ct_eq(&digest);
             if bool::from(equal) {
                 found = Some(&token.grant);
@@ -121,20 +180,23 @@ impl Token {
                 .ok_or_else(|| format!("token {name:?}: sha256 must be 64 lowercase hex digits"))?,
             _ => return Err(format!("token {name:?}: give either secret or sha256")),
         };
-        let tenants = entry
-            .tenants
-            .into_iter()
-            .map(|pattern| {
-                TenantPattern::parse(&pattern).map_err(|why| format!("token {name:?}: {why}"))
-            })
-            .collect::<Result<_, _>>()?;
         Ok(Self {
             digest,
-            grant: Arc::new(Grant {
-                name,
-                tenants,
-                admin: entry.admin,
-            }),
+            grant: Arc::new(Grant::new(name, entry.tenants, entry.admin)?),
+        })
+    }
+}
+
+impl Grant {
+    fn new(name: String, tenants: Vec<String>, admin: bool) -> Result<Self, String> {
+        let tenants = tenants
+            .into_iter()
+            .map(|pattern| TenantPattern::parse(&pattern).map_err(|why| format!("{name:?}: {why}")))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            name,
+            tenants,
+            admin,
         })
     }
 }
@@ -143,7 +205,8 @@ impl Token {
 impl fmt::Debug for Tokens {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list()
-            .entries(self.0.iter().map(|token| &token.grant.name))
+            .entries(self.tokens.iter().map(|token| &token.grant.name))
+            .entries(self.subjects.iter().map(|(_, grant)| &grant.name))
             .finish()
     }
 }

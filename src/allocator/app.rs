@@ -4,7 +4,7 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use tokio::{net::TcpListener, sync::oneshot, time::MissedTickBehavior};
+use tokio::{sync::oneshot, time::MissedTickBehavior};
 
 use crate::{
     allocator::{
@@ -19,7 +19,7 @@ use crate::{
     clock::Clock,
     db::{self, Backend, DatabaseUrl, OpenError, PoolSettings},
     proto::number_allocator_server::NumberAllocatorServer,
-    server::{self, ServeError, ServerSettings, status::chain},
+    server::{self, Listeners, ServeError, ServerSettings, status::chain},
 };
 
 /// What the allocator is built from.
@@ -115,7 +115,7 @@ impl App {
     /// The transport failed.
     pub async fn serve(
         self,
-        listener: TcpListener,
+        listeners: impl Into<Listeners>,
         settings: &ServerSettings,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServeError> {
@@ -125,7 +125,7 @@ impl App {
             shutdown.await;
             let _ = stop_purging.send(());
         };
-        let served = server::serve(listener, self.service, self.store, settings, shutdown).await;
+        let served = server::serve(listeners, self.service, self.store, settings, shutdown).await;
         // Ended by now, unless serving failed before shutdown began.
         purging.abort();
         served

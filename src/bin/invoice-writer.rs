@@ -10,7 +10,7 @@ use numbering::{
         bearer::{BearerToken, Secret},
     },
     invoices::{
-        allocator_client::Backoff,
+        allocator_client::{AllocatorEndpoint, Backoff},
         app::{App, Settings, shown_url},
     },
     server::{
@@ -19,6 +19,7 @@ use numbering::{
         startup::{self, StartupError},
         telemetry,
     },
+    tls::{ClientTls, ClientTlsFiles},
 };
 
 /// Stores invoices, each numbered by the number allocator, over gRPC.
@@ -61,6 +62,22 @@ struct Config {
     #[arg(long, env = "NUMBERING_ALLOCATOR_TOKEN_FILE")]
     allocator_token_file: Option<PathBuf>,
 
+    /// CA (PEM) that signed the allocator's certificate; needed by an https:// --allocator-url. Re-read when it changes.
+    #[arg(long, env = "NUMBERING_ALLOCATOR_TLS_CA")]
+    allocator_tls_ca: Option<PathBuf>,
+
+    /// The writer's client certificate (PEM) for an allocator that asks for one (mutual TLS). Re-read when it changes.
+    #[arg(long, env = "NUMBERING_ALLOCATOR_TLS_CERT", requires_all = ["allocator_tls_key", "allocator_tls_ca"])]
+    allocator_tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --allocator-tls-cert. Re-read when it changes.
+    #[arg(
+        long,
+        env = "NUMBERING_ALLOCATOR_TLS_KEY",
+        requires = "allocator_tls_cert"
+    )]
+    allocator_tls_key: Option<PathBuf>,
+
     /// Time-out for opening a connection to the allocator.
     #[arg(long, env = "NUMBERING_ALLOCATOR_CONNECT_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
     allocator_connect_timeout: Duration,
@@ -96,9 +113,12 @@ fn settings(config: &Config) -> Result<Settings, StartupError> {
     Ok(Settings {
         database: config.database.url("invoices.sqlite3")?,
         pool: config.database.pool(),
-        allocator_url: config.allocator_url.clone(),
-        allocator_connect_timeout: config.allocator_connect_timeout,
-        allocator_token: allocator_token(config)?,
+        allocator: AllocatorEndpoint {
+            url: config.allocator_url.clone(),
+            connect_timeout: config.allocator_connect_timeout,
+            token: allocator_token(config)?,
+            tls: allocator_tls(config)?,
+        },
         backoff: Backoff::default(),
         max_attempts: config.max_attempts,
         allocator_retry_budget: config.allocator_retry_budget,
@@ -115,23 +135,52 @@ fn allocator_token(config: &Config) -> Result<BearerToken, StartupError> {
     .map_err(|why| StartupError::BadSetting(format!("allocator token: {why}")))
 }
 
+/// TLS to the allocator, if its CA is given.
+fn allocator_tls(config: &Config) -> Result<Option<ClientTls>, StartupError> {
+    let Some(ca) = &config.allocator_tls_ca else {
+        return Ok(None);
+    };
+    let files = ClientTlsFiles {
+        ca: ca.clone(),
+        identity: config
+            .allocator_tls_cert
+            .clone()
+            .zip(config.allocator_tls_key.clone()),
+    };
+    ClientTls::watch(&files, RELOAD_INTERVAL)
+        .map(Some)
+        .map_err(StartupError::BadSetting)
+}
+
 async fn serve(config: Config) -> Result<(), StartupError> {
     let settings = settings(&config)?;
     // Settings files are read before anything is bound or opened.
     let server_settings = config.server.settings()?;
     let stop = shutdown::signal();
     // Bound before the database is opened, so a busy port creates nothing.
-    let listener = startup::bind(config.listen).await?;
+    let listeners =
+        startup::listen(config.listen, config.server.health_listen, &server_settings).await?;
     let database = settings.database.clone();
     let app = App::build(settings).await?;
-    let addr = listener.local_addr().unwrap_or(config.listen);
+    let addr = listeners.grpc.local_addr().unwrap_or(config.listen);
+    let tls = server_settings
+        .tls
+        .as_ref()
+        .map_or("off", |tls| if tls.is_mutual() { "mutual" } else { "on" });
+    let health_addr = listeners
+        .health
+        .as_ref()
+        .and_then(|health| health.local_addr().ok())
+        .map(|addr| addr.to_string());
     tracing::info!(
         %addr,
         %database,
+        tls,
+        health_addr,
         allocator = %shown_url(&config.allocator_url),
         "invoice-writer listening"
     );
-    app.serve(listener, &server_settings, stop).await?;
+    app.serve(listeners, &server_settings, stop).await?;
     tracing::info!("invoice-writer stopped");
     Ok(())
 }

@@ -108,12 +108,22 @@ async fn run(config: Config) -> Result<(), StartupError> {
     let server_settings = config.server.settings()?;
     let stop = shutdown::signal();
     // Bound before the database is opened, so a busy port creates nothing.
-    let listener = startup::bind(config.listen).await?;
+    let listeners =
+        startup::listen(config.listen, config.server.health_listen, &server_settings).await?;
     let database = settings.database.clone();
     let app = App::build(settings, Arc::new(SystemClock)).await?;
-    let addr = listener.local_addr().unwrap_or(config.listen);
-    tracing::info!(%addr, %database, "number-allocator listening");
-    app.serve(listener, &server_settings, stop).await?;
+    let addr = listeners.grpc.local_addr().unwrap_or(config.listen);
+    let tls = server_settings
+        .tls
+        .as_ref()
+        .map_or("off", |tls| if tls.is_mutual() { "mutual" } else { "on" });
+    let health_addr = listeners
+        .health
+        .as_ref()
+        .and_then(|health| health.local_addr().ok())
+        .map(|addr| addr.to_string());
+    tracing::info!(%addr, %database, tls, health_addr, "number-allocator listening");
+    app.serve(listeners, &server_settings, stop).await?;
     tracing::info!("number-allocator stopped");
     Ok(())
 }

@@ -17,6 +17,7 @@ use crate::{
         number_allocator_client::NumberAllocatorClient,
     },
     tenant::TenantId,
+    tls::{ClientTls, TlsConnector},
 };
 
 /// Exponential backoff with jitter: the delay before retry `n` is drawn from
@@ -80,6 +81,19 @@ pub enum AllocatorError {
     Rejected(Status),
 }
 
+/// Where the allocator is and how to reach it.
+#[derive(Debug, Clone)]
+pub struct AllocatorEndpoint {
+    /// `http://host:port`, or `https://host:port` with `tls`.
+    pub url: String,
+    /// Time-out for opening a connection.
+    pub connect_timeout: Duration,
+    /// The token sent with every call.
+    pub token: BearerToken,
+    /// TLS settings, for an `https://` URL.
+    pub tls: Option<ClientTls>,
+}
+
 /// A client of `numbering.v1.NumberAllocator`.
 #[derive(Debug, Clone)]
 pub struct AllocatorClient {
@@ -89,21 +103,32 @@ pub struct AllocatorClient {
 
 impl AllocatorClient {
     /// A client that connects on first use, so the writer starts while the
-    /// allocator is down, and sends `token` with every call.
+    /// allocator is down.
     ///
     /// # Errors
-    /// `url` is not a valid endpoint URL.
-    pub fn connect_lazy(
-        url: &str,
-        connect_timeout: Duration,
-        token: BearerToken,
-        backoff: Backoff,
-    ) -> Result<Self, tonic::transport::Error> {
-        let channel = Endpoint::from_shared(url.to_owned())?
-            .connect_timeout(connect_timeout)
-            .connect_lazy();
+    /// The URL is not a valid endpoint URL, or its scheme does not agree with
+    /// the TLS settings: `https://` needs them, `http://` takes none.
+    pub fn connect_lazy(endpoint: &AllocatorEndpoint, backoff: Backoff) -> Result<Self, String> {
+        let channel = match (&endpoint.tls, endpoint.url.strip_prefix("https://")) {
+            (None, None) => Endpoint::from_shared(endpoint.url.clone())
+                .map_err(|error| error.to_string())?
+                .connect_timeout(endpoint.connect_timeout)
+                .connect_lazy(),
+            // The connector speaks TLS itself; tonic's own connector would
+            // refuse an https:// URL it has no TLS settings for.
+            (Some(tls), Some(rest)) => Endpoint::from_shared(format!("http://{rest}"))
+                .map_err(|error| error.to_string())?
+                .connect_timeout(endpoint.connect_timeout)
+                .connect_with_connector_lazy(TlsConnector(tls.clone())),
+            (None, Some(_)) => {
+                return Err("an https:// URL needs --allocator-tls-ca".into());
+            }
+            (Some(_), None) => {
+                return Err("the allocator TLS settings need an https:// URL".into());
+            }
+        };
         Ok(Self {
-            client: NumberAllocatorClient::with_interceptor(channel, token),
+            client: NumberAllocatorClient::with_interceptor(channel, endpoint.token.clone()),
             backoff,
         })
     }

@@ -4,15 +4,12 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use tokio::net::TcpListener;
-
 use crate::{
-    access::bearer::BearerToken,
     clock::{Clock, SystemClock},
     db::{self, Backend, DatabaseUrl, OpenError, PoolSettings},
     invoices::{
         InvoiceWriter,
-        allocator_client::{AllocatorClient, Backoff},
+        allocator_client::{AllocatorClient, AllocatorEndpoint, Backoff},
         grpc::{self, InvoiceWriterService},
         postgres::{self, PgInvoiceStore},
         seed::{self, SeedReport},
@@ -20,7 +17,7 @@ use crate::{
         store::{InvoiceStore, StoreError},
     },
     proto::invoice_writer_server::InvoiceWriterServer,
-    server::{self, ServeError, ServerSettings, startup::StartupError},
+    server::{self, Listeners, ServeError, ServerSettings, startup::StartupError},
 };
 
 /// What the invoice writer is built from.
@@ -30,12 +27,8 @@ pub struct Settings {
     pub database: DatabaseUrl,
     /// Its pool.
     pub pool: PoolSettings,
-    /// Where the allocator is.
-    pub allocator_url: String,
-    /// Time-out for connecting to the allocator.
-    pub allocator_connect_timeout: Duration,
-    /// The token sent to the allocator.
-    pub allocator_token: BearerToken,
+    /// Where the allocator is, and how to reach it.
+    pub allocator: AllocatorEndpoint,
     /// Delays between calls to an unreachable allocator.
     pub backoff: Backoff,
     /// Numbers tried per invoice before answering ABORTED.
@@ -62,23 +55,18 @@ impl App {
         let invalid = |why: String| {
             StartupError::BadSetting(format!(
                 "invalid allocator URL {}: {why}",
-                shown_url(&settings.allocator_url)
+                shown_url(&settings.allocator.url)
             ))
         };
-        if url::Url::parse(&settings.allocator_url)
+        if url::Url::parse(&settings.allocator.url)
             .is_ok_and(|url| !url.username().is_empty() || url.password().is_some())
         {
             return Err(invalid(
                 "credentials in the URL are not sent; give them as --allocator-token".into(),
             ));
         }
-        let allocator = AllocatorClient::connect_lazy(
-            &settings.allocator_url,
-            settings.allocator_connect_timeout,
-            settings.allocator_token,
-            settings.backoff,
-        )
-        .map_err(|error| invalid(error.to_string()))?;
+        let allocator = AllocatorClient::connect_lazy(&settings.allocator, settings.backoff)
+            .map_err(invalid)?;
         let store = open_store(&settings.database, &settings.pool).await?;
         Ok(Self::on(
             store,
@@ -125,11 +113,11 @@ impl App {
     /// The transport failed.
     pub async fn serve(
         self,
-        listener: TcpListener,
+        listeners: impl Into<Listeners>,
         settings: &ServerSettings,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServeError> {
-        server::serve(listener, self.service, self.store, settings, shutdown).await
+        server::serve(listeners, self.service, self.store, settings, shutdown).await
     }
 }
 

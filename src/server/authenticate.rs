@@ -52,7 +52,11 @@ where
             .headers()
             .get(http::header::AUTHORIZATION)
             .map(http::HeaderValue::as_bytes);
-        match self.access.authenticate(authorization) {
+        let extensions = request.extensions();
+        match self
+            .access
+            .authenticate(authorization, || crate::tls::peer_subject(extensions))
+        {
             Ok(caller) => {
                 if let Some(name) = caller.name() {
                     tracing::Span::current().record("caller", name);

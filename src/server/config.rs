@@ -1,6 +1,6 @@
 //! Settings both binaries share, read from flags or environment variables.
 
-use std::{ffi::OsStr, path::PathBuf, time::Duration};
+use std::{ffi::OsStr, net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Arg, Args, Command, Parser, ValueEnum, builder::TypedValueParser, error::ErrorKind};
 
@@ -11,6 +11,7 @@ use crate::{
         ServerSettings,
         startup::{EXIT_BAD_CONFIG, StartupError},
     },
+    tls::{ServerTls, ServerTlsFiles},
 };
 
 /// Parses a binary's settings; prints the error and exits 64 when they are bad.
@@ -68,6 +69,22 @@ pub struct ServerArgs {
     #[arg(long, env = "NUMBERING_TOKENS_FILE")]
     pub tokens_file: Option<PathBuf>,
 
+    /// Certificate chain (PEM) of the gRPC listener; with --tls-key, turns TLS on. Re-read when it changes.
+    #[arg(long, env = "NUMBERING_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --tls-cert. Re-read when it changes.
+    #[arg(long, env = "NUMBERING_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA (PEM) that must have signed every client's certificate: mutual TLS. Re-read when it changes.
+    #[arg(long, env = "NUMBERING_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Also serve health alone, in plaintext, on this address: for Kubernetes probes when clients need a certificate.
+    #[arg(long, env = "NUMBERING_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
+
     /// Whether to serve gRPC server reflection (v1 and v1alpha), which grpcurl uses. With a tokens file it needs a token like any other call.
     #[arg(long, env = "NUMBERING_REFLECTION", default_value_t = true, action = clap::ArgAction::Set)]
     pub reflection: bool,
@@ -82,6 +99,20 @@ impl ServerArgs {
     pub fn settings(&self) -> Result<ServerSettings, StartupError> {
         let access = Access::from_file(self.tokens_file.clone(), RELOAD_INTERVAL)
             .map_err(StartupError::BadSetting)?;
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(
+                ServerTls::watch(
+                    &ServerTlsFiles {
+                        cert: cert.clone(),
+                        key: key.clone(),
+                        client_ca: self.tls_client_ca.clone(),
+                    },
+                    RELOAD_INTERVAL,
+                )
+                .map_err(StartupError::BadSetting)?,
+            ),
+            _ => None,
+        };
         Ok(ServerSettings {
             request_timeout: self.request_timeout,
             concurrency_limit: self.concurrency_limit,
@@ -90,6 +121,7 @@ impl ServerArgs {
             shutdown_grace: self.shutdown_grace,
             access,
             reflection: self.reflection,
+            tls,
         })
     }
 }

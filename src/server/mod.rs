@@ -11,10 +11,10 @@ pub mod status;
 pub mod telemetry;
 pub mod validation;
 
-use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
+use std::{convert::Infallible, future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
-use tokio::{net::TcpListener, sync::oneshot, time::MissedTickBehavior};
+use tokio::{net::TcpListener, sync::watch, time::MissedTickBehavior};
 use tonic::{
     body::Body,
     codegen::{Service, http},
@@ -26,7 +26,7 @@ use tower_http::trace::TraceLayer;
 
 pub use authenticate::caller;
 
-use crate::access::Access;
+use crate::{access::Access, tls::ServerTls};
 
 /// A service's store, as the server sees it: readiness follows it, and it is
 /// closed once the server has stopped.
@@ -56,6 +56,8 @@ pub struct ServerSettings {
     pub access: Access,
     /// Whether server reflection is served.
     pub reflection: bool,
+    /// TLS on the gRPC listener; none for plaintext.
+    pub tls: Option<ServerTls>,
 }
 
 impl Default for ServerSettings {
@@ -68,6 +70,7 @@ impl Default for ServerSettings {
             shutdown_grace: Duration::from_secs(20),
             access: Access::open(),
             reflection: true,
+            tls: None,
         }
     }
 }
@@ -95,7 +98,7 @@ pub enum ServeError {
 /// # Errors
 /// The transport fails.
 pub async fn serve<S>(
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     service: S,
     store: Arc<dyn Store>,
     settings: &ServerSettings,
@@ -110,6 +113,7 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
+    let listeners = listeners.into();
     // One block, so that the store is closed however the server stops.
     let served: Result<(), ServeError> = async {
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -123,7 +127,17 @@ where
             settings.health_check_interval,
         ));
 
-        let (stop, stopped) = oneshot::channel::<()>();
+        let (stop, stopped) = watch::channel(false);
+        let health_only = listeners.health.map(|listener| {
+            tokio::spawn(
+                Server::builder()
+                    .add_service(health_service.clone())
+                    .serve_with_incoming_shutdown(
+                        TcpIncoming::from(listener).with_nodelay(Some(true)),
+                        stopping(stopped.clone()),
+                    ),
+            )
+        });
         let access = settings.access.clone();
         let mut routes = Server::builder()
             // Outermost, so every call gets a span, shed, refused and
@@ -143,7 +157,7 @@ where
                 .add_service(reflection(S::NAME).build_v1()?)
                 .add_service(reflection(S::NAME).build_v1alpha()?);
         }
-        let server = routes
+        let routes = routes
             // Bounds the service's calls in number and time, so a stuck store
             // cannot hold callers forever and a flood is shed at once; health
             // sits outside, so probes still answer.
@@ -151,16 +165,22 @@ where
                 service,
                 settings.concurrency_limit,
                 settings.request_timeout,
-            ))
-            // No Nagle delay: a reply's trailers must not wait for the peer's
-            // delayed ACK (a 40 ms stall).
-            .serve_with_incoming_shutdown(
-                TcpIncoming::from(listener).with_nodelay(Some(true)),
-                async {
-                    let _ = stopped.await;
-                },
-            );
-        tokio::pin!(server);
+            ));
+        let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+            match &settings.tls {
+                Some(tls) => Box::pin(routes.serve_with_incoming_shutdown(
+                    crate::tls::incoming(listeners.grpc, tls.clone()),
+                    stopping(stopped),
+                )),
+                // No Nagle delay: a reply's trailers must not wait for the
+                // peer's delayed ACK (a 40 ms stall).
+                None => Box::pin(routes.serve_with_incoming_shutdown(
+                    TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
+                    stopping(stopped),
+                )),
+            };
+        let _health_only = health_only.map(AbortOnDrop);
+        let mut server = server;
 
         tokio::select! {
             result = &mut server => {
@@ -184,7 +204,7 @@ where
             () = tokio::time::sleep(settings.drain_delay) => {}
         }
 
-        let _ = stop.send(());
+        let _ = stop.send(true);
         tracing::info!(grace = ?settings.shutdown_grace, "stopped accepting; finishing in-flight calls");
         if let Ok(result) = tokio::time::timeout(settings.shutdown_grace, server).await {
             return Ok(result?);
@@ -197,6 +217,36 @@ where
     .await;
     store.close().await;
     served
+}
+
+/// The listeners a server serves on.
+#[derive(Debug)]
+pub struct Listeners {
+    /// Every service, with TLS if it is configured.
+    pub grpc: TcpListener,
+    /// Health alone, in plaintext: for probes that cannot show a client
+    /// certificate.
+    pub health: Option<TcpListener>,
+}
+
+impl From<TcpListener> for Listeners {
+    fn from(grpc: TcpListener) -> Self {
+        Self { grpc, health: None }
+    }
+}
+
+/// Resolves once `stop` turns true, or its sender is gone.
+async fn stopping(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// Ends a task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The caller's deadline, from the `grpc-timeout` header (`<digits><unit>`,

@@ -7,7 +7,7 @@ use tokio::net::TcpListener;
 
 use crate::{
     db::OpenError,
-    server::{ServeError, status::chain},
+    server::{Listeners, ServeError, ServerSettings, status::chain},
 };
 
 /// Exit status for bad configuration (`EX_USAGE`).
@@ -61,6 +61,31 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, StartupError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| StartupError::Bind { addr, source })
+}
+
+/// Binds the gRPC listener and, if `health` is given, the health-only one.
+/// Warns once when the gRPC listener is reachable beyond this host with
+/// neither TLS nor tokens configured.
+///
+/// # Errors
+/// An address cannot be bound.
+pub async fn listen(
+    addr: SocketAddr,
+    health: Option<SocketAddr>,
+    settings: &ServerSettings,
+) -> Result<Listeners, StartupError> {
+    let grpc = bind(addr).await?;
+    let health = match health {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    if !addr.ip().is_loopback() && settings.tls.is_none() && !settings.access.asks_for_tokens() {
+        tracing::warn!(
+            listen = %addr,
+            "serving in plaintext, to anyone who can reach this address: set --tls-cert and --tls-key, and --tokens-file (see the README's security section)"
+        );
+    }
+    Ok(Listeners { grpc, health })
 }
 
 /// Logs `error` once with its cause chain and returns its exit status.

@@ -31,4 +31,5 @@ mod series;
 mod server;
 mod sqlite;
 mod startup;
+mod tls;
 mod upgrade;

@@ -12,7 +12,7 @@ use numbering::{
     db::Backend,
     invoices::{
         self,
-        allocator_client::{AllocatorClient, Backoff},
+        allocator_client::{AllocatorClient, AllocatorEndpoint, Backoff},
         store::InvoiceStore,
     },
     proto::{
@@ -223,8 +223,17 @@ pub fn allocator_client(allocator_url: &str) -> AllocatorClient {
 
 /// An allocator client as the writer builds it, sending `token`.
 pub fn allocator_client_with(allocator_url: &str, token: BearerToken) -> AllocatorClient {
-    AllocatorClient::connect_lazy(allocator_url, Duration::from_secs(1), token, test_backoff())
-        .unwrap()
+    allocator_client_to(&AllocatorEndpoint {
+        url: allocator_url.to_owned(),
+        connect_timeout: Duration::from_secs(1),
+        token,
+        tls: None,
+    })
+}
+
+/// An allocator client as the writer builds it, to `endpoint`.
+pub fn allocator_client_to(endpoint: &AllocatorEndpoint) -> AllocatorClient {
+    AllocatorClient::connect_lazy(endpoint, test_backoff()).unwrap()
 }
 
 pub async fn spawn_writer(backend: Backend, allocator_url: &str, max_attempts: u32) -> WriterApp {

@@ -84,20 +84,29 @@ impl Running {
         nix::unistd::Pid::from_raw(i32::try_from(self.child.id().expect("running")).unwrap())
     }
 
-    /// Waits until the process logs an event that `wanted` accepts.
-    pub async fn wait_for_event(&mut self, wanted: impl Fn(&serde_json::Value) -> bool) {
+    /// Waits until the process logs an event that `wanted` accepts; that event.
+    pub async fn wait_for_event(
+        &mut self,
+        wanted: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         let logs = self.logs.clone();
         let seen = tokio::time::timeout(PATIENCE, async {
             loop {
-                if logs.lock().unwrap().iter().any(|line| wanted(&event(line))) {
-                    return;
+                let found = logs
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(|line| event(line))
+                    .find(|event| wanted(event));
+                if let Some(found) = found {
+                    return found;
                 }
                 let more = self.logged.changed().await;
                 assert!(more.is_ok(), "the binary stopped logging: {logs:?}");
             }
         })
         .await;
-        assert!(seen.is_ok(), "not logged within {PATIENCE:?}: {logs:?}");
+        seen.unwrap_or_else(|_| panic!("not logged within {PATIENCE:?}: {logs:?}"))
     }
 
     /// Waits for the process to exit; its exit status and every line it logged.
