@@ -8,6 +8,8 @@
 //! - [`server`]: plumbing both services share: configuration, telemetry, health,
 //!   reflection, per-call limits, start-up errors, shutdown, and the gRPC edge
 //!   (rich statuses, field validation, page tokens).
+//! - [`access`]: bearer tokens and their grants, and settings files read again
+//!   when they change; [`tls`]: TLS for both servers and the writer's channel.
 //! - [`db`]: opening and checking either database, and classifying its errors.
 //! - [`tenant`], [`request_id`], [`page`](mod@page), [`clock`], [`calendar`]: the
 //!   tenant id, the request id, the page of a listing, the clock and the calendar

@@ -66,10 +66,13 @@ where
             }
             Err(denied) => {
                 let status = Status::from(denied);
+                // Not secret, and what a grant by subject must name.
+                let subject = crate::tls::peer_subject(request.extensions());
                 tracing::info!(
                     method = request.uri().path(),
                     code = ?status.code(),
                     detail = status.message(),
+                    subject,
                     "call refused"
                 );
                 Box::pin(async move { Ok(status.into_http()) })

@@ -234,6 +234,8 @@ async fn mutual_tls_refuses_clients_without_a_certificate_from_its_ca_and_health
 
 #[tokio::test]
 async fn a_client_certificate_subject_can_carry_grants_and_a_token_still_wins() {
+    let logs = CapturedLogs::default();
+    let _subscriber = tracing::subscriber::set_default(logs.subscriber());
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new("service CA");
     ca.server().write(dir.path(), "server");
