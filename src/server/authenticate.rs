@@ -81,8 +81,8 @@ where
     }
 }
 
-/// The caller of a call, as [`Authenticated`] left it; a request that did not
-/// pass through it is refused.
+/// The caller of a call, as authentication left it before the handler; a
+/// request that did not pass through authentication is refused.
 ///
 /// # Errors
 /// `UNAUTHENTICATED`: no caller was established.
