@@ -13,6 +13,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use crate::{
     allocator::{
         batch::Retention,
+        exhausted::Exhausted,
         group_commit::{GroupCommitSettings, GroupCommitter, GroupError},
         series::{
             Calendar, Count, Number, NumberFormat, Refusal, Series, SeriesConfig, SeriesName,
@@ -295,6 +296,7 @@ pub struct Allocator {
     path: Path,
     retention: Retention,
     calendars: Arc<Calendars>,
+    exhausted: Arc<Exhausted>,
 }
 
 impl Allocator {
@@ -320,6 +322,7 @@ impl Allocator {
             path,
             retention,
             calendars: Arc::default(),
+            exhausted: Arc::default(),
         }
     }
 
@@ -401,13 +404,27 @@ impl Allocator {
                     count: i64::from(count.get()),
                     request_id,
                 };
+                let known_full = self.exhausted.refuses(tenant, series, &period, call.count);
+                if known_full && request_id.is_none() {
+                    return Err(Error::Exhausted);
+                }
                 let outcome = match &self.path {
-                    Path::PerCall => {
-                        let stamp = self.retention.stamp();
-                        self.store.allocate(call, &self.defaults, stamp).await?
+                    // A keyed call may be a replay, which the store answers;
+                    // it commits alone, so that its refusal cannot send a
+                    // whole group down the slow path.
+                    Path::Group(committer) if !known_full => {
+                        committer.allocate(call).await.map_err(Error::from)
                     }
-                    Path::Group(committer) => committer.allocate(call).await?,
+                    _ => {
+                        let stamp = self.retention.stamp();
+                        let outcome = self.store.allocate(call, &self.defaults, stamp).await;
+                        outcome.map_err(Error::from)
+                    }
                 };
+                if matches!(outcome, Err(Error::Exhausted)) {
+                    self.exhausted.record(tenant, series, &period, call.count);
+                }
+                let outcome = outcome?;
                 if !settled && matches!(outcome, Outcome::Granted(_)) {
                     self.calendars.settle(tenant, series, calendar);
                 }

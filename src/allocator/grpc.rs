@@ -61,7 +61,7 @@ impl NumberAllocator for AllocatorService {
         &self,
         request: Request<AllocateRequest>,
     ) -> Result<Response<AllocateResponse>, Status> {
-        let caller = server::caller(&request)?;
+        let admission = server::admission(&request)?;
         let request = request.into_inner();
         let mut violations = Violations::new();
         let (tenant, series) =
@@ -75,7 +75,7 @@ impl NumberAllocator for AllocatorService {
         else {
             unreachable!("finish() returned Ok, so every field parsed");
         };
-        caller.may(&tenant, Needs::Tenant)?;
+        admission.admit(&tenant, Needs::Tenant)?;
 
         let allocation = self
             .allocator
@@ -100,7 +100,7 @@ impl NumberAllocator for AllocatorService {
         &self,
         request: Request<GetSeriesRequest>,
     ) -> Result<Response<GetSeriesResponse>, Status> {
-        let caller = server::caller(&request)?;
+        let admission = server::admission(&request)?;
         let request = request.into_inner();
         let mut violations = Violations::new();
         let (tenant, series) =
@@ -110,7 +110,7 @@ impl NumberAllocator for AllocatorService {
         let (Some(tenant), Some(series), Some(date)) = (tenant, series, date) else {
             unreachable!("finish() returned Ok, so every field parsed");
         };
-        caller.may(&tenant, Needs::Tenant)?;
+        admission.admit(&tenant, Needs::Tenant)?;
 
         let series = self.allocator.get_series(&tenant, &series, date).await?;
         Ok(Response::new(GetSeriesResponse {
@@ -122,7 +122,7 @@ impl NumberAllocator for AllocatorService {
         &self,
         request: Request<ListSeriesRequest>,
     ) -> Result<Response<ListSeriesResponse>, Status> {
-        let caller = server::caller(&request)?;
+        let admission = server::admission(&request)?;
         let request = request.into_inner();
         let mut violations = Violations::new();
         let tenant = violations.check("tenant_id", TenantId::parse(&request.tenant_id));
@@ -132,7 +132,7 @@ impl NumberAllocator for AllocatorService {
         let (Some(tenant), Some(size), Some(after)) = (tenant, size, after) else {
             unreachable!("finish() returned Ok, so every field parsed");
         };
-        caller.may(&tenant, Needs::Tenant)?;
+        admission.admit(&tenant, Needs::Tenant)?;
 
         let page = self
             .allocator
@@ -149,7 +149,7 @@ impl NumberAllocator for AllocatorService {
         &self,
         request: Request<AdvanceCounterRequest>,
     ) -> Result<Response<AdvanceCounterResponse>, Status> {
-        let caller = server::caller(&request)?;
+        let admission = server::admission(&request)?;
         let request = request.into_inner();
         let mut violations = Violations::new();
         let (tenant, series) =
@@ -168,7 +168,7 @@ impl NumberAllocator for AllocatorService {
         let (Some(tenant), Some(series), Some(date)) = (tenant, series, date) else {
             unreachable!("finish() returned Ok, so every field parsed");
         };
-        caller.may(&tenant, Needs::Admin)?;
+        admission.admit(&tenant, Needs::Admin)?;
 
         let series = self
             .allocator
@@ -183,7 +183,7 @@ impl NumberAllocator for AllocatorService {
         &self,
         request: Request<ConfigureSeriesRequest>,
     ) -> Result<Response<ConfigureSeriesResponse>, Status> {
-        let caller = server::caller(&request)?;
+        let admission = server::admission(&request)?;
         let request = request.into_inner();
         let mut violations = Violations::new();
         let (tenant, series) =
@@ -212,7 +212,7 @@ impl NumberAllocator for AllocatorService {
         let (Some(tenant), Some(series)) = (tenant, series) else {
             unreachable!("finish() returned Ok, so every field parsed");
         };
-        caller.may(&tenant, Needs::Admin)?;
+        admission.admit(&tenant, Needs::Admin)?;
 
         let series = self.allocator.configure(&tenant, &series, &change).await?;
         Ok(Response::new(ConfigureSeriesResponse {

@@ -16,6 +16,7 @@
 pub mod allocate;
 pub mod app;
 pub mod batch;
+mod exhausted;
 pub mod group_commit;
 pub mod grpc;
 pub mod postgres;

@@ -156,9 +156,9 @@ impl invoice_writer_server::InvoiceWriter for InvoiceWriterService {
                 self.allocation_budget.min(timeout.mul_f64(0.9))
             });
         let deadline = Instant::now() + budget;
-        let caller = server::caller(&request)?;
+        let admission = server::admission(&request)?;
         let (new, request_id) = parse_new_invoice(request.get_ref())?;
-        caller.may(&new.tenant_id, Needs::Tenant)?;
+        admission.admit(&new.tenant_id, Needs::Tenant)?;
 
         let created = self
             .writer
@@ -174,7 +174,7 @@ impl invoice_writer_server::InvoiceWriter for InvoiceWriterService {
         &self,
         request: Request<GetInvoiceRequest>,
     ) -> Result<Response<GetInvoiceResponse>, Status> {
-        let caller = server::caller(&request)?;
+        let admission = server::admission(&request)?;
         let request = request.into_inner();
         let mut v = Violations::new();
         let tenant = v.check("tenant_id", TenantId::parse(&request.tenant_id));
@@ -187,7 +187,7 @@ impl invoice_writer_server::InvoiceWriter for InvoiceWriterService {
         let (Some(tenant), Some(id)) = (tenant, id) else {
             unreachable!("finish() returned Ok, so every field parsed");
         };
-        caller.may(&tenant, Needs::Tenant)?;
+        admission.admit(&tenant, Needs::Tenant)?;
 
         let invoice = self.writer.get(&tenant, id).await?;
         Ok(Response::new(GetInvoiceResponse {
@@ -199,7 +199,7 @@ impl invoice_writer_server::InvoiceWriter for InvoiceWriterService {
         &self,
         request: Request<ListInvoicesRequest>,
     ) -> Result<Response<ListInvoicesResponse>, Status> {
-        let caller = server::caller(&request)?;
+        let admission = server::admission(&request)?;
         let request = request.into_inner();
         let mut v = Violations::new();
         let tenant = v.check("tenant_id", TenantId::parse(&request.tenant_id));
@@ -222,7 +222,7 @@ impl invoice_writer_server::InvoiceWriter for InvoiceWriterService {
         let (Some(tenant), Some(size), Some(after)) = (tenant, size, after) else {
             unreachable!("finish() returned Ok, so every field parsed");
         };
-        caller.may(&tenant, Needs::Tenant)?;
+        admission.admit(&tenant, Needs::Tenant)?;
 
         let after = after
             .as_ref()

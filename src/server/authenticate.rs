@@ -1,18 +1,21 @@
 //! Authentication of every call but health's, before any handler runs: the
-//! [`Caller`] goes into the request's extensions and its name into the call's
-//! log span; a caller without a known token is answered `UNAUTHENTICATED`.
+//! caller's [`Admission`] goes into the request's extensions and its name into
+//! the call's log span; a caller without a known token is answered
+//! `UNAUTHENTICATED`.
 
 use std::{
     future::Future,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
 };
 
 use tonic::{Code, Status, body::Body, codegen::http};
 
 use crate::{
-    access::{Access, Caller, Denied},
-    server::status::with_reason,
+    access::{Access, Caller, Denied, Needs},
+    server::{fairness::TenantLimits, status::with_reason},
+    tenant::TenantId,
 };
 
 /// Health answers Kubernetes probes, which carry no token.
@@ -23,11 +26,39 @@ const HEALTH_PATH: &str = "/grpc.health.v1.Health/";
 pub(crate) struct Authenticated<S> {
     inner: S,
     access: Access,
+    limits: Option<Arc<TenantLimits>>,
 }
 
 impl<S> Authenticated<S> {
-    pub(crate) fn new(inner: S, access: Access) -> Self {
-        Self { inner, access }
+    pub(crate) fn new(inner: S, access: Access, limits: Option<Arc<TenantLimits>>) -> Self {
+        Self {
+            inner,
+            access,
+            limits,
+        }
+    }
+}
+
+/// What a handler asks before it acts for a tenant: whether the caller may,
+/// and whether the tenant is within its rate.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    caller: Caller,
+    limits: Option<Arc<TenantLimits>>,
+}
+
+impl Admission {
+    /// Admits a call for `tenant` of a method that `needs` this of its caller.
+    ///
+    /// # Errors
+    /// `PERMISSION_DENIED`: the caller may not; `RESOURCE_EXHAUSTED`: the
+    /// tenant is over its rate.
+    pub fn admit(&self, tenant: &TenantId, needs: Needs) -> Result<(), Status> {
+        self.caller.may(tenant, needs)?;
+        match &self.limits {
+            Some(limits) => limits.check(tenant),
+            None => Ok(()),
+        }
     }
 }
 
@@ -61,7 +92,10 @@ where
                 if let Some(name) = caller.name() {
                     tracing::Span::current().record("caller", name);
                 }
-                request.extensions_mut().insert(caller);
+                request.extensions_mut().insert(Admission {
+                    caller,
+                    limits: self.limits.clone(),
+                });
                 Box::pin(self.inner.call(request))
             }
             Err(denied) => {
@@ -81,15 +115,15 @@ where
     }
 }
 
-/// The caller of a call, as authentication left it before the handler; a
+/// The admission of a call, as authentication left it before the handler; a
 /// request that did not pass through authentication is refused.
 ///
 /// # Errors
 /// `UNAUTHENTICATED`: no caller was established.
-pub fn caller<T>(request: &tonic::Request<T>) -> Result<Caller, Status> {
+pub fn admission<T>(request: &tonic::Request<T>) -> Result<Admission, Status> {
     request
         .extensions()
-        .get::<Caller>()
+        .get::<Admission>()
         .cloned()
         .ok_or_else(|| Status::from(Denied::Missing))
 }

@@ -1,6 +1,6 @@
 //! Settings both binaries share, read from flags or environment variables.
 
-use std::{ffi::OsStr, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{ffi::OsStr, net::SocketAddr, num::NonZeroU32, path::PathBuf, sync::Arc, time::Duration};
 
 use clap::{Arg, Args, Command, Parser, ValueEnum, builder::TypedValueParser, error::ErrorKind};
 
@@ -9,6 +9,7 @@ use crate::{
     db::{DatabaseUrl, PoolSettings},
     server::{
         ServerSettings,
+        fairness::TenantLimits,
         startup::{EXIT_BAD_CONFIG, StartupError},
     },
     tls::{ServerTls, ServerTlsFiles},
@@ -85,6 +86,10 @@ pub struct ServerArgs {
     #[arg(long, env = "NUMBERING_HEALTH_LISTEN")]
     pub health_listen: Option<SocketAddr>,
 
+    /// Calls each tenant may start per second (and in a burst); more answer RESOURCE_EXHAUSTED with a RetryInfo. 0: no limit.
+    #[arg(long, env = "NUMBERING_TENANT_RATE_LIMIT", default_value_t = 0)]
+    pub tenant_rate_limit: u32,
+
     /// Whether to serve gRPC server reflection (v1 and v1alpha), which grpcurl uses. With a tokens file it needs a token like any other call.
     #[arg(long, env = "NUMBERING_REFLECTION", default_value_t = true, action = clap::ArgAction::Set)]
     pub reflection: bool,
@@ -122,6 +127,8 @@ impl ServerArgs {
             access,
             reflection: self.reflection,
             tls,
+            tenant_limits: NonZeroU32::new(self.tenant_rate_limit)
+                .map(|rate| Arc::new(TenantLimits::per_second(rate))),
         })
     }
 }

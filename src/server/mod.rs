@@ -4,6 +4,7 @@
 mod authenticate;
 mod calls;
 pub mod config;
+pub mod fairness;
 pub mod pagination;
 pub mod shutdown;
 pub mod startup;
@@ -24,9 +25,9 @@ use tonic::{
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tower_http::trace::TraceLayer;
 
-pub use authenticate::caller;
+pub use authenticate::{Admission, admission};
 
-use crate::{access::Access, tls::ServerTls};
+use crate::{access::Access, server::fairness::TenantLimits, tls::ServerTls};
 
 /// A service's store, as the server sees it: readiness follows it, and it is
 /// closed once the server has stopped.
@@ -58,6 +59,8 @@ pub struct ServerSettings {
     pub reflection: bool,
     /// TLS on the gRPC listener; none for plaintext.
     pub tls: Option<ServerTls>,
+    /// Each tenant's rate; none for no limit.
+    pub tenant_limits: Option<Arc<TenantLimits>>,
 }
 
 impl Default for ServerSettings {
@@ -71,6 +74,7 @@ impl Default for ServerSettings {
             access: Access::open(),
             reflection: true,
             tls: None,
+            tenant_limits: None,
         }
     }
 }
@@ -138,7 +142,7 @@ where
                     ),
             )
         });
-        let access = settings.access.clone();
+        let (access, limits) = (settings.access.clone(), settings.tenant_limits.clone());
         let mut routes = Server::builder()
             // Outermost, so every call gets a span, shed, refused and
             // timed-out ones included. Failures are logged by `Guarded`, which
@@ -149,7 +153,7 @@ where
                     .on_failure(()),
             )
             .layer(tower::layer::layer_fn(move |inner| {
-                authenticate::Authenticated::new(inner, access.clone())
+                authenticate::Authenticated::new(inner, access.clone(), limits.clone())
             }))
             .add_service(health_service);
         if settings.reflection {
