@@ -32,6 +32,8 @@ enum Command {
     Compare(CompareArgs),
     /// Serves each of --tenants distinct tenants once and reports the allocator's resident memory.
     Memory(MemoryArgs),
+    /// A quiet tenant's throughput alone, then while another tenant hammers a series it has exhausted; prints the ratio.
+    Neighbours(NeighboursArgs),
 }
 
 #[derive(Debug, Args)]
@@ -111,6 +113,27 @@ struct CompareArgs {
     /// Client counts to compare.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
     clients: Vec<usize>,
+    #[command(flatten)]
+    spawn: SpawnArgs,
+}
+
+#[derive(Debug, Args)]
+struct NeighboursArgs {
+    /// Length of each run.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Clients of the quiet tenant.
+    #[arg(long, default_value_t = 32)]
+    quiet_clients: usize,
+    /// Clients hammering the exhausted series.
+    #[arg(long, default_value_t = 32)]
+    noisy_clients: usize,
+    /// The noisy clients send a fresh request id with every call.
+    #[arg(long)]
+    keyed: bool,
+    /// Runs of each kind, alternating.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     #[command(flatten)]
     spawn: SpawnArgs,
 }
@@ -270,6 +293,93 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
     Ok(all_verified)
 }
 
+// Counts of calls and runs, far below 2^52.
+#[allow(clippy::cast_precision_loss)]
+async fn neighbours(args: NeighboursArgs) -> anyhow::Result<bool> {
+    let bin = allocator_bin(&args.spawn)?;
+    let allocator = SpawnedAllocator::start(&bin, &args.spawn.database_url, &[]).await?;
+    let noisy = Load {
+        keyed: args.keyed,
+        ..load(
+            args.noisy_clients,
+            None,
+            args.duration,
+            1,
+            1,
+            Call::Allocate,
+        )
+    };
+    exhaust(&allocator.url, &format!("{}-0", noisy.tenant_prefix)).await?;
+    let mut alone = Vec::new();
+    let mut beside = Vec::new();
+    let mut verified = true;
+    for _ in 0..args.rounds {
+        // Fresh quiet series each run, so that each can be verified alone.
+        let quiet = load(
+            args.quiet_clients,
+            None,
+            args.duration,
+            1,
+            1,
+            Call::Allocate,
+        );
+        let report = drive(&allocator.url, &quiet).await?;
+        verified &= report.verification().passed();
+        alone.push(report.throughput());
+
+        let quiet = load(
+            args.quiet_clients,
+            None,
+            args.duration,
+            1,
+            1,
+            Call::Allocate,
+        );
+        let (report, hammer) =
+            tokio::join!(drive(&allocator.url, &quiet), drive(&allocator.url, &noisy));
+        let (report, hammer) = (report?, hammer?);
+        verified &= report.verification().passed() && hammer.ok == 0;
+        eprintln!(
+            "quiet alone {:.0}/s; beside the noisy tenant {:.0}/s while it was refused {:.0}/s ({:?})",
+            alone.last().copied().unwrap_or_default(),
+            report.throughput(),
+            hammer.failed() as f64 / hammer.elapsed.as_secs_f64(),
+            hammer.errors
+        );
+        beside.push(report.throughput());
+    }
+    allocator.stop().await?;
+    let (alone, beside) = (
+        alone.iter().sum::<f64>() / alone.len().max(1) as f64,
+        beside.iter().sum::<f64>() / beside.len().max(1) as f64,
+    );
+    println!(
+        "quiet tenant, {} clients: {alone:.0}/s alone, {beside:.0}/s beside {} clients on an exhausted series{}: {:.0}%",
+        args.quiet_clients,
+        args.noisy_clients,
+        if args.keyed { " (keyed)" } else { "" },
+        beside / alone * 100.0
+    );
+    println!("Every acknowledged number verified, and no noisy call granted: {verified}");
+    Ok(verified)
+}
+
+/// Raises `tenant`'s default series to the last number there is.
+async fn exhaust(url: &str, tenant: &str) -> anyhow::Result<()> {
+    let mut client =
+        numbering::proto::number_allocator_client::NumberAllocatorClient::connect(url.to_owned())
+            .await?;
+    client
+        .advance_counter(numbering::proto::AdvanceCounterRequest {
+            tenant_id: tenant.to_owned(),
+            at_least: i64::MAX,
+            reason: "numbering-bench neighbours".into(),
+            ..Default::default()
+        })
+        .await?;
+    Ok(())
+}
+
 async fn memory(args: MemoryArgs) -> anyhow::Result<bool> {
     let bin = allocator_bin(&args.spawn)?;
     let allocator = SpawnedAllocator::start(&bin, &args.spawn.database_url, &[]).await?;
@@ -312,6 +422,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         Command::Run(args) => run(args).await?,
         Command::Compare(args) => compare(args).await?,
         Command::Memory(args) => memory(args).await?,
+        Command::Neighbours(args) => neighbours(args).await?,
     };
     Ok(if passed {
         ExitCode::SUCCESS
