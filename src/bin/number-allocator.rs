@@ -113,15 +113,7 @@ async fn run(config: Config) -> Result<(), StartupError> {
     let database = settings.database.clone();
     let app = App::build(settings, Arc::new(SystemClock)).await?;
     let addr = listeners.grpc.local_addr().unwrap_or(config.listen);
-    let tls = server_settings
-        .tls
-        .as_ref()
-        .map_or("off", |tls| if tls.is_mutual() { "mutual" } else { "on" });
-    let health_addr = listeners
-        .health
-        .as_ref()
-        .and_then(|health| health.local_addr().ok())
-        .map(|addr| addr.to_string());
+    let (tls, health_addr) = listeners.describe(&server_settings);
     tracing::info!(%addr, %database, tls, health_addr, "number-allocator listening");
     app.serve(listeners, &server_settings, stop).await?;
     tracing::info!("number-allocator stopped");

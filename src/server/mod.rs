@@ -233,6 +233,24 @@ pub struct Listeners {
     pub health: Option<TcpListener>,
 }
 
+impl Listeners {
+    /// For the "listening" log line: TLS (`off`, `on` or `mutual`) and the
+    /// health-only address, if any.
+    #[must_use]
+    pub fn describe(&self, settings: &ServerSettings) -> (&'static str, Option<String>) {
+        let tls = settings
+            .tls
+            .as_ref()
+            .map_or("off", |tls| if tls.is_mutual() { "mutual" } else { "on" });
+        let health = self
+            .health
+            .as_ref()
+            .and_then(|health| health.local_addr().ok())
+            .map(|addr| addr.to_string());
+        (tls, health)
+    }
+}
+
 impl From<TcpListener> for Listeners {
     fn from(grpc: TcpListener) -> Self {
         Self { grpc, health: None }

@@ -25,9 +25,9 @@ use tonic::{
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::helpers::{
-    CapturedLogs, Issued, PATIENCE, TestCa, TestDb, TestServer, allocate, allocator_binary,
-    allocator_client_to, assert_reason, build_allocator, invoice_request, replace, spawn_server,
-    spawn_writer_on, start, test_settings,
+    CapturedLogs, Issued, PATIENCE, TestCa, TestDb, TestServer, WriterApp, allocate,
+    allocator_binary, allocator_client_to, assert_reason, build_allocator, invoice_request,
+    replace, spawn_server, spawn_writer_on, start, test_settings,
 };
 
 /// Files are read again this often in tests.
@@ -283,6 +283,32 @@ async fn a_client_certificate_subject_can_carry_grants_and_a_token_still_wins() 
     served.server.stop().await.unwrap();
 }
 
+/// A writer on a fresh database calling the allocator on `port` over TLS
+/// with its token, trusting `ca` and showing `identity` if given.
+async fn writer_over_tls(
+    port: u16,
+    ca: std::path::PathBuf,
+    identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+) -> WriterApp {
+    let endpoint = AllocatorEndpoint {
+        url: format!("https://localhost:{port}"),
+        connect_timeout: Duration::from_secs(5),
+        token: BearerToken::fixed("writer-s3cret").unwrap(),
+        tls: Some(ClientTls::watch(&ClientTlsFiles { ca, identity }, RELOAD).unwrap()),
+    };
+    let db = TestDb::create(Backend::Postgres).await;
+    let store = db.invoice_store().await;
+    spawn_writer_on(
+        db,
+        store,
+        allocator_client_to(&endpoint),
+        3,
+        Arc::new(SystemClock),
+        test_settings(),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn the_writer_reaches_a_mutual_tls_allocator_with_its_certificate_and_token() {
     let dir = tempfile::tempdir().unwrap();
@@ -303,32 +329,8 @@ async fn the_writer_reaches_a_mutual_tls_allocator_with_its_certificate_and_toke
     let ca_path = replace(dir.path(), "ca.crt", &ca.pem());
     let identity = clients.client("writer").write(dir.path(), "writer");
 
-    let endpoint = AllocatorEndpoint {
-        url: format!("https://localhost:{}", served.server.addr.port()),
-        connect_timeout: Duration::from_secs(5),
-        token: BearerToken::fixed("writer-s3cret").unwrap(),
-        tls: Some(
-            ClientTls::watch(
-                &ClientTlsFiles {
-                    ca: ca_path,
-                    identity: Some(identity),
-                },
-                RELOAD,
-            )
-            .unwrap(),
-        ),
-    };
-    let db = TestDb::create(Backend::Postgres).await;
-    let store = db.invoice_store().await;
-    let mut writer = spawn_writer_on(
-        db,
-        store,
-        allocator_client_to(&endpoint),
-        3,
-        Arc::new(SystemClock),
-        test_settings(),
-    )
-    .await;
+    let port = served.server.addr.port();
+    let mut writer = writer_over_tls(port, ca_path.clone(), Some(identity)).await;
     let invoice = writer
         .client
         .create_invoice(invoice_request("acme"))
@@ -341,32 +343,7 @@ async fn the_writer_reaches_a_mutual_tls_allocator_with_its_certificate_and_toke
 
     // Without its certificate the writer cannot connect: its callers are
     // told the allocator is unavailable.
-    let endpoint = AllocatorEndpoint {
-        url: format!("https://localhost:{}", served.server.addr.port()),
-        connect_timeout: Duration::from_secs(5),
-        token: BearerToken::fixed("writer-s3cret").unwrap(),
-        tls: Some(
-            ClientTls::watch(
-                &ClientTlsFiles {
-                    ca: dir.path().join("ca.crt"),
-                    identity: None,
-                },
-                RELOAD,
-            )
-            .unwrap(),
-        ),
-    };
-    let db = TestDb::create(Backend::Postgres).await;
-    let store = db.invoice_store().await;
-    let mut writer = spawn_writer_on(
-        db,
-        store,
-        allocator_client_to(&endpoint),
-        3,
-        Arc::new(SystemClock),
-        test_settings(),
-    )
-    .await;
+    let mut writer = writer_over_tls(port, ca_path, None).await;
     // The writer stops retrying at 90% of the caller's deadline.
     let mut request = tonic::Request::new(invoice_request("acme"));
     request.set_timeout(Duration::from_secs(2));
