@@ -99,6 +99,11 @@ impl Access {
             interval,
             Box::new(|files| {
                 let text = std::str::from_utf8(&files[0]).map_err(|_| "not UTF-8".to_owned())?;
+                // Caught between truncation and write, a file edited in place
+                // reads empty: that must not refuse every caller.
+                if text.trim().is_empty() {
+                    return Err("empty; to ask for no token, remove --tokens-file".into());
+                }
                 Tokens::parse(text)
             }),
         )?;
@@ -179,6 +184,14 @@ impl Caller {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_tokens_file_is_not_taken_for_one_granting_nothing() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), "\n ").unwrap();
+        let refused = Access::from_file(Some(file.path().to_owned()), RELOAD_INTERVAL);
+        assert!(refused.unwrap_err().contains("empty"));
+    }
 
     #[test]
     fn the_bearer_scheme_is_read_in_any_case() {

@@ -23,9 +23,9 @@ use tonic_reflection::pb::v1::{
 };
 
 use crate::helpers::{
-    AllocatorApp, CapturedLogs, PATIENCE, TestDb, allocate, allocator_binary,
-    allocator_client_with, assert_reason, event, invoice_request, list_all,
-    spawn_allocator_serving, spawn_writer_on, start, test_settings, writer_binary,
+    AllocatorApp, CapturedLogs, TestDb, allocate, allocator_binary, allocator_client_with,
+    assert_reason, count, event, invoice_request, list_all, spawn_allocator_serving,
+    spawn_writer_on, start, test_settings, writer_binary,
 };
 
 /// Read again this often in tests, so that a change shows within a test's patience.
@@ -182,32 +182,20 @@ async fn a_token_acts_for_the_tenants_its_patterns_match_and_admin_tokens_admini
     assert_eq!(series.last_value, 100);
 }
 
-/// Calls `allocate` for acme with `secret` until `done` accepts its outcome.
-async fn until_acme_with(
-    app: &AllocatorApp,
-    secret: &str,
-    done: impl Fn(&Result<(), Code>) -> bool,
-) {
-    let mut client = client(app, Some(secret)).await;
-    let reached = tokio::time::timeout(PATIENCE, async {
-        loop {
-            let outcome = client
-                .allocate(allocate("acme", "", 1))
-                .await
-                .map(drop)
-                .map_err(|status| status.code());
-            if done(&outcome) {
-                return;
-            }
-            // The file is polled: give the poll its turn.
-            tokio::time::sleep(RELOAD / 5).await;
-        }
-    })
-    .await;
-    assert!(
-        reached.is_ok(),
-        "the tokens file change was not seen within {PATIENCE:?}"
-    );
+/// The outcome of one `allocate` for acme with `secret`.
+async fn acme_with(app: &AllocatorApp, secret: &str) -> Result<(), Code> {
+    client(app, Some(secret))
+        .await
+        .allocate(allocate("acme", "", 1))
+        .await
+        .map(drop)
+        .map_err(|status| status.code())
+}
+
+/// Waits until the tokens file has been reloaded `times` times in all.
+async fn reloaded(logs: &CapturedLogs, times: usize) {
+    logs.wait_until(|events| count(events, "tokens file", "reloaded") >= times)
+        .await;
 }
 
 #[tokio::test]
@@ -222,7 +210,8 @@ async fn tokens_file_changes_take_effect_without_a_restart() {
         "{TOKENS}\n[[token]]\nname = \"shop\"\nsecret = \"shop-s3cret\"\ntenants = [\"acme\"]\n"
     );
     std::fs::write(&path, &added).unwrap();
-    until_acme_with(&app, "shop-s3cret", Result::is_ok).await;
+    reloaded(&logs, 1).await;
+    assert_eq!(acme_with(&app, "shop-s3cret").await, Ok(()));
 
     // Replaced by a rename, as Kubernetes updates a secret: a removed token
     // stops working.
@@ -233,38 +222,29 @@ async fn tokens_file_changes_take_effect_without_a_restart() {
     let staged = dir.path().join("tokens.toml.new");
     std::fs::write(&staged, &without_billing).unwrap();
     std::fs::rename(&staged, &path).unwrap();
-    until_acme_with(&app, "billing-s3cret", |outcome| {
-        *outcome == Err(Code::Unauthenticated)
-    })
-    .await;
-    until_acme_with(&app, "rotated", Result::is_ok).await;
+    reloaded(&logs, 2).await;
+    assert_eq!(
+        acme_with(&app, "billing-s3cret").await,
+        Err(Code::Unauthenticated)
+    );
+    assert_eq!(acme_with(&app, "rotated").await, Ok(()));
 
     // A file that no longer parses keeps the last good set, and says why.
     std::fs::write(&path, "[[token]]\nname = \"broken\"\n").unwrap();
-    let logged = tokio::time::timeout(PATIENCE, async {
-        loop {
-            let warned = logs.events().into_iter().any(|event| {
-                event["fields"]["message"]
+    logs.wait_until(|events| {
+        events.iter().any(|event| {
+            event["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("not valid"))
+                && event["fields"]["error"]
                     .as_str()
-                    .is_some_and(|m| m.contains("not valid"))
-                    && event["fields"]["error"]
-                        .as_str()
-                        .is_some_and(|e| e.contains("either secret or sha256"))
-            });
-            if warned {
-                return;
-            }
-            tokio::time::sleep(RELOAD / 5).await;
-        }
+                    .is_some_and(|e| e.contains("either secret or sha256"))
+        })
     })
     .await;
-    assert!(
-        logged.is_ok(),
-        "no warning about the bad file: {:?}",
-        logs.events()
-    );
-    until_acme_with(&app, "shop-s3cret", Result::is_ok).await;
-    until_acme_with(&app, "rotated", Result::is_ok).await;
+    assert_eq!(acme_with(&app, "shop-s3cret").await, Ok(()));
+    assert_eq!(acme_with(&app, "rotated").await, Ok(()));
+    assert_eq!(logs.count("tokens file", "reloaded"), 2);
 }
 
 /// One reflection request, listing services.

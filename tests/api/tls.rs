@@ -25,9 +25,9 @@ use tonic::{
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::helpers::{
-    CapturedLogs, Issued, PATIENCE, TestCa, TestDb, TestServer, WriterApp, allocate,
-    allocator_binary, allocator_client_to, assert_reason, build_allocator, invoice_request,
-    replace, spawn_server, spawn_writer_on, start, test_settings,
+    CapturedLogs, Issued, TestCa, TestDb, TestServer, WriterApp, allocate, allocator_binary,
+    allocator_client_to, assert_reason, build_allocator, count, invoice_request, replace,
+    spawn_server, spawn_writer_on, start, test_settings,
 };
 
 /// Files are read again this often in tests.
@@ -65,6 +65,31 @@ async fn serve_allocator(settings: ServerSettings) -> Served {
         _db: db,
         server,
         health: health_addr,
+    }
+}
+
+/// The files of mutual TLS in one directory: a service CA and its server
+/// certificate, and a client CA.
+struct MutualTls {
+    ca: TestCa,
+    clients: TestCa,
+    client_ca: std::path::PathBuf,
+    /// The server certificate and key files.
+    server: (std::path::PathBuf, std::path::PathBuf),
+}
+
+impl MutualTls {
+    fn in_dir(dir: &Path) -> Self {
+        let ca = TestCa::new("service CA");
+        let server = ca.server().write(dir, "server");
+        let clients = TestCa::new("client CA");
+        let client_ca = replace(dir, "clients.crt", &clients.pem());
+        Self {
+            ca,
+            clients,
+            client_ca,
+            server,
+        }
     }
 }
 
@@ -112,27 +137,6 @@ async fn allocate_over_tls(
         .map_err(|status| format!("{:?}: {}", status.code(), status.message()))
 }
 
-/// Waits until `attempt` succeeds, failing the test after [`PATIENCE`].
-async fn until_ok<F, Fut>(what: &str, attempt: F)
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Result<i64, String>>,
-{
-    let mut last = None;
-    let reached = tokio::time::timeout(PATIENCE, async {
-        loop {
-            match attempt().await {
-                Ok(_) => return,
-                Err(error) => last = Some(error),
-            }
-            // The files are polled: give the poll its turn.
-            tokio::time::sleep(RELOAD / 5).await;
-        }
-    })
-    .await;
-    assert!(reached.is_ok(), "{what}: still failing: {last:?}");
-}
-
 #[tokio::test]
 async fn tls_speaks_h2_and_new_connections_pick_up_rotated_certificates() {
     let logs = CapturedLogs::default();
@@ -156,33 +160,23 @@ async fn tls_speaks_h2_and_new_connections_pick_up_rotated_certificates() {
     // A certificate from another CA, its files replaced by renames.
     let second = TestCa::new("second CA");
     second.server().write(dir.path(), "server");
-    let second_pem = second.pem();
-    until_ok("a connection trusting the new CA", || {
-        allocate_over_tls(addr, &second_pem, None, None)
-    })
-    .await;
+    // The two renames may be seen apart, a key not matching its certificate
+    // in between: wait for the pair to load.
+    logs.wait_until(|events| count(events, "TLS files", "reloaded") >= 1)
+        .await;
+    assert_eq!(
+        allocate_over_tls(addr, &second.pem(), None, None).await,
+        Ok(2)
+    );
     let old = allocate_over_tls(addr, &first.pem(), None, None).await;
     assert!(old.is_err(), "the old certificate is still served: {old:?}");
 
     // A key that does not belong to the certificate keeps the last good pair.
     let stranger = TestCa::new("third CA").server();
     replace(dir.path(), "server.key", &stranger.key);
-    let seen = tokio::time::timeout(PATIENCE, async {
-        while !logs.events().iter().any(|event| {
-            event["fields"]["what"] == "TLS files"
-                && event["fields"]["message"]
-                    .as_str()
-                    .is_some_and(|m| m.contains("not valid"))
-        }) {
-            tokio::time::sleep(RELOAD / 5).await;
-        }
-    })
-    .await;
-    assert!(
-        seen.is_ok(),
-        "the bad key was not noticed: {:?}",
-        logs.events()
-    );
+    let warned = logs.count("TLS files", "not valid");
+    logs.wait_until(|events| count(events, "TLS files", "not valid") > warned)
+        .await;
     let kept = allocate_over_tls(addr, &second.pem(), None, None).await;
     assert!(kept.is_ok(), "{kept:?}");
     served.server.stop().await.unwrap();
@@ -191,10 +185,12 @@ async fn tls_speaks_h2_and_new_connections_pick_up_rotated_certificates() {
 #[tokio::test]
 async fn mutual_tls_refuses_clients_without_a_certificate_from_its_ca_and_health_stays_open() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new("service CA");
-    ca.server().write(dir.path(), "server");
-    let clients = TestCa::new("client CA");
-    let client_ca = replace(dir.path(), "clients.crt", &clients.pem());
+    let MutualTls {
+        ca,
+        clients,
+        client_ca,
+        ..
+    } = MutualTls::in_dir(dir.path());
     let served = serve_allocator(tls_settings(dir.path(), Some(&client_ca))).await;
     let addr = served.server.addr;
 
@@ -237,10 +233,12 @@ async fn a_client_certificate_subject_can_carry_grants_and_a_token_still_wins() 
     let logs = CapturedLogs::default();
     let _subscriber = tracing::subscriber::set_default(logs.subscriber());
     let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new("service CA");
-    ca.server().write(dir.path(), "server");
-    let clients = TestCa::new("client CA");
-    let client_ca = replace(dir.path(), "clients.crt", &clients.pem());
+    let MutualTls {
+        ca,
+        clients,
+        client_ca,
+        ..
+    } = MutualTls::in_dir(dir.path());
     let tokens = replace(
         dir.path(),
         "tokens.toml",
@@ -312,10 +310,12 @@ async fn writer_over_tls(
 #[tokio::test]
 async fn the_writer_reaches_a_mutual_tls_allocator_with_its_certificate_and_token() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new("service CA");
-    ca.server().write(dir.path(), "server");
-    let clients = TestCa::new("client CA");
-    let client_ca = replace(dir.path(), "clients.crt", &clients.pem());
+    let MutualTls {
+        ca,
+        clients,
+        client_ca,
+        ..
+    } = MutualTls::in_dir(dir.path());
     let tokens = replace(
         dir.path(),
         "tokens.toml",
@@ -359,10 +359,12 @@ async fn the_writer_reaches_a_mutual_tls_allocator_with_its_certificate_and_toke
 #[tokio::test]
 async fn the_binary_serves_mutual_tls_and_plaintext_health_from_its_flags() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new("service CA");
-    let (cert, key) = ca.server().write(dir.path(), "server");
-    let clients = TestCa::new("client CA");
-    let client_ca = replace(dir.path(), "clients.crt", &clients.pem());
+    let MutualTls {
+        ca,
+        clients,
+        client_ca,
+        server: (cert, key),
+    } = MutualTls::in_dir(dir.path());
     let db = TestDb::create(Backend::Postgres).await;
     let mut command = allocator_binary(&db.url);
     command
