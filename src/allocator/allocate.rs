@@ -404,18 +404,17 @@ impl Allocator {
                     count: i64::from(count.get()),
                     request_id,
                 };
-                let known_full = self.exhausted.refuses(tenant, series, &period, call.count);
-                if known_full && request_id.is_none() {
-                    return Err(Error::Exhausted);
+                if self.exhausted.refuses(tenant, series, &period, call.count) {
+                    // Counters never go down: only a repeat of an answered
+                    // call can get numbers here, and a read tells.
+                    return match request_id {
+                        Some(id) => self.repeat_or_refuse(tenant, id, &call).await,
+                        None => Err(Error::Exhausted),
+                    };
                 }
                 let outcome = match &self.path {
-                    // A keyed call may be a replay, which the store answers;
-                    // it commits alone, so that its refusal cannot send a
-                    // whole group down the slow path.
-                    Path::Group(committer) if !known_full => {
-                        committer.allocate(call).await.map_err(Error::from)
-                    }
-                    _ => {
+                    Path::Group(committer) => committer.allocate(call).await.map_err(Error::from),
+                    Path::PerCall => {
                         let stamp = self.retention.stamp();
                         let outcome = self.store.allocate(call, &self.defaults, stamp).await;
                         outcome.map_err(Error::from)
@@ -460,6 +459,21 @@ impl Allocator {
             })
             .collect();
         Ok(Allocation { numbers, replayed })
+    }
+
+    /// A keyed call for a period known to be full: the numbers its id first
+    /// got if it repeats an answered call, else refused.
+    async fn repeat_or_refuse(
+        &self,
+        tenant: &TenantId,
+        request_id: &RequestId,
+        call: &Call<'_>,
+    ) -> Result<Outcome, Error> {
+        let stamp = self.retention.stamp();
+        match self.store.first_answer(tenant, request_id, stamp).await? {
+            Some(first) => Ok(first.repeated_by(call.series.as_str(), call.count)),
+            None => Err(Error::Exhausted),
+        }
     }
 
     /// Forgets the request ids past the retention window, in batches of

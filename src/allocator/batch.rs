@@ -20,7 +20,7 @@ use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use crate::{
     allocator::{
         series::Calendar,
-        store::{Call, Grant, Outcome, Stamp, StoreError},
+        store::{Call, Grant, KeyRow, Outcome, Stamp, StoreError},
     },
     clock::Clock,
     request_id::RequestId,
@@ -69,23 +69,6 @@ pub struct Claim<'a> {
     pub series: &'a str,
     /// The count its first call asked for.
     pub count: i64,
-}
-
-/// A request id's first answer, read back for calls that repeat it.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct KeyRow {
-    /// The series the id was first used for.
-    pub series: String,
-    /// The count it was first used for.
-    pub count: i64,
-    /// The period its numbers were taken from.
-    pub period: String,
-    /// The first number it received.
-    pub first_value: i64,
-    /// The template its numbers read with.
-    pub format: String,
-    /// The date its numbers read with.
-    pub date: NaiveDate,
 }
 
 /// A counter after the transaction's increment.
@@ -329,35 +312,21 @@ impl<'a> Batch<'a> {
                 unreachable!("a call without a request id always allocates");
             };
             // What the id first answered: in this batch, or before it.
-            let (series, count, first) = if let Some(range) = &plan.range_of[leader] {
+            let first = if let Some(range) = &plan.range_of[leader] {
                 let first = &self.calls[leader];
                 let grant = granted(range)?;
-                (first.series.as_str(), first.count, grant)
+                KeyRow::new(first.series.as_str(), first.count, grant)
             } else {
                 let key = (call.tenant.to_string(), id.to_string());
                 // Between the claim and this read the id aged past the
                 // window and was purged: rare, and a retry claims it anew.
-                let row = held.get(&key).ok_or_else(|| {
+                held.get(&key).cloned().ok_or_else(|| {
                     StoreError::Unavailable(
                         format!("request id {id} was forgotten during the call").into(),
                     )
-                })?;
-                let grant = Grant {
-                    first: row.first_value,
-                    format: row.format.clone(),
-                    date: row.date,
-                    period: row.period.clone(),
-                };
-                (row.series.as_str(), row.count, grant)
+                })?
             };
-            outcomes.push(if series == call.series.as_str() && count == call.count {
-                Outcome::Replayed(first)
-            } else {
-                Outcome::Reused {
-                    series: series.to_owned(),
-                    count,
-                }
-            });
+            outcomes.push(first.repeated_by(call.series.as_str(), call.count));
         }
         Ok(outcomes)
     }

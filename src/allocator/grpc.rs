@@ -75,7 +75,7 @@ impl NumberAllocator for AllocatorService {
         else {
             unreachable!("finish() returned Ok, so every field parsed");
         };
-        admission.admit(&tenant, Needs::Tenant)?;
+        admission.admit(&tenant, Needs::Tenant).await?;
 
         let allocation = self
             .allocator
@@ -110,7 +110,7 @@ impl NumberAllocator for AllocatorService {
         let (Some(tenant), Some(series), Some(date)) = (tenant, series, date) else {
             unreachable!("finish() returned Ok, so every field parsed");
         };
-        admission.admit(&tenant, Needs::Tenant)?;
+        admission.admit(&tenant, Needs::Tenant).await?;
 
         let series = self.allocator.get_series(&tenant, &series, date).await?;
         Ok(Response::new(GetSeriesResponse {
@@ -132,7 +132,7 @@ impl NumberAllocator for AllocatorService {
         let (Some(tenant), Some(size), Some(after)) = (tenant, size, after) else {
             unreachable!("finish() returned Ok, so every field parsed");
         };
-        admission.admit(&tenant, Needs::Tenant)?;
+        admission.admit(&tenant, Needs::Tenant).await?;
 
         let page = self
             .allocator
@@ -168,7 +168,7 @@ impl NumberAllocator for AllocatorService {
         let (Some(tenant), Some(series), Some(date)) = (tenant, series, date) else {
             unreachable!("finish() returned Ok, so every field parsed");
         };
-        admission.admit(&tenant, Needs::Admin)?;
+        admission.admit(&tenant, Needs::Admin).await?;
 
         let series = self
             .allocator
@@ -212,7 +212,7 @@ impl NumberAllocator for AllocatorService {
         let (Some(tenant), Some(series)) = (tenant, series) else {
             unreachable!("finish() returned Ok, so every field parsed");
         };
-        admission.admit(&tenant, Needs::Admin)?;
+        admission.admit(&tenant, Needs::Admin).await?;
 
         let series = self.allocator.configure(&tenant, &series, &change).await?;
         Ok(Response::new(ConfigureSeriesResponse {

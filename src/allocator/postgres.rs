@@ -349,7 +349,7 @@ impl Engine for PgEngine {
         let mut tx = begin_durable(&self.pool).await?;
         lock_counters(&mut tx, &batch.counters()).await?;
         let won = claim(&mut tx, batch.claims(), stamp).await?;
-        let held = sql_store::read_held::<Postgres>(&mut tx, batch, &won).await?;
+        let held = sql_store::read_held::<Postgres>(&mut tx, batch, &won, stamp).await?;
         let plan = batch.plan(&won);
         // Every id of this plan was claimed here: ID_IN_USE now is a fault.
         let rows = if plan.is_empty() {

@@ -11,13 +11,14 @@ use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Pool, Type};
 
 use crate::{
     allocator::{
-        batch::{Batch, KeyRow, Won},
+        batch::{Batch, Won},
         series::{SeriesConfig, SeriesName},
         store::{
-            Advance, Call, Change, ConfigureError, CounterStore, Outcome, SeriesRow, Stamp,
+            Advance, Call, Change, ConfigureError, CounterStore, KeyRow, Outcome, SeriesRow, Stamp,
             StoreError,
         },
     },
+    request_id::RequestId,
     server::Store,
     tenant::TenantId,
 };
@@ -80,9 +81,11 @@ where
     for<'c> &'c mut <E::Db as Database>::Connection: Executor<'c, Database = E::Db>,
     <E::Db as Database>::Arguments: IntoArguments<E::Db>,
     for<'r> SeriesRow: FromRow<'r, <E::Db as Database>::Row>,
+    for<'r> KeyRow: FromRow<'r, <E::Db as Database>::Row>,
     for<'r> (i64,): FromRow<'r, <E::Db as Database>::Row>,
     for<'q> &'q str: Encode<'q, E::Db> + Type<E::Db>,
     for<'q> i64: Encode<'q, E::Db> + Type<E::Db>,
+    for<'q> DateTime<Utc>: Encode<'q, E::Db> + Type<E::Db>,
 {
     async fn allocate_many(
         &self,
@@ -130,6 +133,17 @@ where
         defaults: &SeriesConfig,
     ) -> Result<(SeriesConfig, i64), StoreError> {
         self.0.advance(advance, defaults).await
+    }
+
+    async fn first_answer(
+        &self,
+        tenant: &TenantId,
+        request_id: &RequestId,
+        stamp: Stamp,
+    ) -> Result<Option<KeyRow>, StoreError> {
+        let mut conn = self.0.pool().acquire().await?;
+        let (tenant, id) = (tenant.as_str(), request_id.as_str());
+        Ok(select_key::<E::Db>(&mut conn, tenant, id, stamp.forget_before).await?)
     }
 
     async fn forget_request_ids(
@@ -419,6 +433,7 @@ pub(crate) async fn read_held<DB>(
     conn: &mut DB::Connection,
     batch: &Batch<'_>,
     won: &Won,
+    stamp: Stamp,
 ) -> Result<HashMap<(String, String), KeyRow>, sqlx::Error>
 where
     DB: Database,
@@ -426,22 +441,26 @@ where
     DB::Arguments: IntoArguments<DB>,
     for<'r> KeyRow: FromRow<'r, DB::Row>,
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
 {
     let mut held = HashMap::new();
     for claim in batch.held(won) {
-        if let Some(row) = select_key::<DB>(&mut *conn, claim.tenant, claim.request_id).await? {
+        let (tenant, id) = (claim.tenant, claim.request_id);
+        if let Some(row) = select_key::<DB>(&mut *conn, tenant, id, stamp.forget_before).await? {
             held.insert((claim.tenant.to_owned(), claim.request_id.to_owned()), row);
         }
     }
     Ok(held)
 }
 
-/// What a request id first answered.
+/// What a request id first answered, unless that was before `forget_before`
+/// (then the id is free again).
 #[tracing::instrument(name = "db.request_ids.select", skip_all, err(level = "debug"))]
 async fn select_key<DB>(
     conn: &mut DB::Connection,
     tenant: &str,
     request_id: &str,
+    forget_before: DateTime<Utc>,
 ) -> Result<Option<KeyRow>, sqlx::Error>
 where
     DB: Database,
@@ -449,13 +468,16 @@ where
     DB::Arguments: IntoArguments<DB>,
     for<'r> KeyRow: FromRow<'r, DB::Row>,
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
 {
     sqlx::query_as(
         "SELECT series, count, period, first_value, format, date FROM request_ids
-         WHERE tenant_id = $1 AND request_id = $2 AND first_value IS NOT NULL",
+         WHERE tenant_id = $1 AND request_id = $2 AND first_value IS NOT NULL
+           AND created_at >= $3",
     )
     .bind(tenant)
     .bind(request_id)
+    .bind(forget_before)
     .fetch_optional(conn)
     .await
 }

@@ -315,7 +315,7 @@ impl Engine for SqliteEngine {
         // calls whose ids were won, and repeat the others' first answers.
         let mut write = self.db.begin_write().await?;
         let won = claim(write.conn(), batch.claims(), stamp).await?;
-        let held = sql_store::read_held::<Sqlite>(write.conn(), batch, &won).await?;
+        let held = sql_store::read_held::<Sqlite>(write.conn(), batch, &won, stamp).await?;
         let plan = batch.plan(&won);
         let counted = if plan.is_empty() {
             Vec::new()

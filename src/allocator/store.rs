@@ -50,6 +50,16 @@ pub trait CounterStore: Store {
         Ok(outcomes.remove(0))
     }
 
+    /// What `request_id` first answered (its series, count and numbers), if
+    /// it was first used since `stamp`'s window began. A read: nothing is
+    /// claimed, so an id in use by a call not yet committed reads as none.
+    async fn first_answer(
+        &self,
+        tenant: &TenantId,
+        request_id: &RequestId,
+        stamp: Stamp,
+    ) -> Result<Option<KeyRow>, StoreError>;
+
     /// A series' settings, if it exists.
     async fn find(
         &self,
@@ -184,6 +194,57 @@ pub enum Outcome {
         /// The count it was first used for.
         count: i64,
     },
+}
+
+/// A request id's first answer, read back for calls that repeat it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct KeyRow {
+    /// The series the id was first used for.
+    pub series: String,
+    /// The count it was first used for.
+    pub count: i64,
+    /// The period its numbers were taken from.
+    pub period: String,
+    /// The first number it received.
+    pub first_value: i64,
+    /// The template its numbers read with.
+    pub format: String,
+    /// The date its numbers read with.
+    pub date: NaiveDate,
+}
+
+impl KeyRow {
+    /// The first answer of a call for `count` numbers of `series`.
+    #[must_use]
+    pub fn new(series: &str, count: i64, grant: Grant) -> Self {
+        Self {
+            series: series.to_owned(),
+            count,
+            period: grant.period,
+            first_value: grant.first,
+            format: grant.format,
+            date: grant.date,
+        }
+    }
+
+    /// What a later call with the same id gets: the same numbers if it asks
+    /// for the same series and count, else nothing.
+    #[must_use]
+    pub fn repeated_by(self, series: &str, count: i64) -> Outcome {
+        if self.series == series && self.count == count {
+            Outcome::Replayed(Grant {
+                first: self.first_value,
+                format: self.format,
+                date: self.date,
+                period: self.period,
+            })
+        } else {
+            Outcome::Reused {
+                series: self.series,
+                count: self.count,
+            }
+        }
+    }
 }
 
 /// When a transaction runs, as its records and request ids see it.

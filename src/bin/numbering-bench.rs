@@ -122,9 +122,13 @@ struct NeighboursArgs {
     /// Length of each run.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     duration: Duration,
-    /// Clients of the quiet tenant.
+    /// Clients of the quiet side.
     #[arg(long, default_value_t = 32)]
     quiet_clients: usize,
+    /// Tenants the quiet clients share (each under a per-tenant rate limit
+    /// that would cap one tenant taking the whole machine).
+    #[arg(long, default_value_t = 1)]
+    quiet_tenants: u32,
     /// Clients hammering the exhausted series.
     #[arg(long, default_value_t = 32)]
     noisy_clients: usize,
@@ -134,6 +138,10 @@ struct NeighboursArgs {
     /// Runs of each kind, alternating.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// A setting for the allocator, e.g. `--allocator-arg=--tenant-rate-limit=1000`
+    /// (repeatable).
+    #[arg(long = "allocator-arg", allow_hyphen_values = true)]
+    allocator_args: Vec<String>,
     #[command(flatten)]
     spawn: SpawnArgs,
 }
@@ -297,7 +305,8 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
 #[allow(clippy::cast_precision_loss)]
 async fn neighbours(args: NeighboursArgs) -> anyhow::Result<bool> {
     let bin = allocator_bin(&args.spawn)?;
-    let allocator = SpawnedAllocator::start(&bin, &args.spawn.database_url, &[]).await?;
+    let allocator =
+        SpawnedAllocator::start(&bin, &args.spawn.database_url, &args.allocator_args).await?;
     let noisy = Load {
         keyed: args.keyed,
         ..load(
@@ -315,26 +324,21 @@ async fn neighbours(args: NeighboursArgs) -> anyhow::Result<bool> {
     let mut verified = true;
     for _ in 0..args.rounds {
         // Fresh quiet series each run, so that each can be verified alone.
-        let quiet = load(
-            args.quiet_clients,
-            None,
-            args.duration,
-            1,
-            1,
-            Call::Allocate,
-        );
-        let report = drive(&allocator.url, &quiet).await?;
+        let quiet = || {
+            load(
+                args.quiet_clients,
+                None,
+                args.duration,
+                args.quiet_tenants,
+                1,
+                Call::Allocate,
+            )
+        };
+        let report = drive(&allocator.url, &quiet()).await?;
         verified &= report.verification().passed();
         alone.push(report.throughput());
 
-        let quiet = load(
-            args.quiet_clients,
-            None,
-            args.duration,
-            1,
-            1,
-            Call::Allocate,
-        );
+        let quiet = quiet();
         let (report, hammer) =
             tokio::join!(drive(&allocator.url, &quiet), drive(&allocator.url, &noisy));
         let (report, hammer) = (report?, hammer?);
@@ -354,8 +358,14 @@ async fn neighbours(args: NeighboursArgs) -> anyhow::Result<bool> {
         beside.iter().sum::<f64>() / beside.len().max(1) as f64,
     );
     println!(
-        "quiet tenant, {} clients: {alone:.0}/s alone, {beside:.0}/s beside {} clients on an exhausted series{}: {:.0}%",
+        "quiet side, {} clients over {} tenant(s){}: {alone:.0}/s alone, {beside:.0}/s beside {} clients on an exhausted series{}: {:.0}%",
         args.quiet_clients,
+        args.quiet_tenants,
+        if args.allocator_args.is_empty() {
+            String::new()
+        } else {
+            format!(" (allocator {})", args.allocator_args.join(" "))
+        },
         args.noisy_clients,
         if args.keyed { " (keyed)" } else { "" },
         beside / alone * 100.0

@@ -158,7 +158,7 @@ impl invoice_writer_server::InvoiceWriter for InvoiceWriterService {
         let deadline = Instant::now() + budget;
         let admission = server::admission(&request)?;
         let (new, request_id) = parse_new_invoice(request.get_ref())?;
-        admission.admit(&new.tenant_id, Needs::Tenant)?;
+        admission.admit(&new.tenant_id, Needs::Tenant).await?;
 
         let created = self
             .writer
@@ -187,7 +187,7 @@ impl invoice_writer_server::InvoiceWriter for InvoiceWriterService {
         let (Some(tenant), Some(id)) = (tenant, id) else {
             unreachable!("finish() returned Ok, so every field parsed");
         };
-        admission.admit(&tenant, Needs::Tenant)?;
+        admission.admit(&tenant, Needs::Tenant).await?;
 
         let invoice = self.writer.get(&tenant, id).await?;
         Ok(Response::new(GetInvoiceResponse {
@@ -222,7 +222,7 @@ impl invoice_writer_server::InvoiceWriter for InvoiceWriterService {
         let (Some(tenant), Some(size), Some(after)) = (tenant, size, after) else {
             unreachable!("finish() returned Ok, so every field parsed");
         };
-        admission.admit(&tenant, Needs::Tenant)?;
+        admission.admit(&tenant, Needs::Tenant).await?;
 
         let after = after
             .as_ref()

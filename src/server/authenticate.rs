@@ -52,11 +52,11 @@ impl Admission {
     ///
     /// # Errors
     /// `PERMISSION_DENIED`: the caller may not; `RESOURCE_EXHAUSTED`: the
-    /// tenant is over its rate.
-    pub fn admit(&self, tenant: &TenantId, needs: Needs) -> Result<(), Status> {
+    /// tenant is over its rate and has no turn within the wait allowed.
+    pub async fn admit(&self, tenant: &TenantId, needs: Needs) -> Result<(), Status> {
         self.caller.may(tenant, needs)?;
         match &self.limits {
-            Some(limits) => limits.check(tenant),
+            Some(limits) => limits.admit(tenant).await,
             None => Ok(()),
         }
     }

@@ -86,9 +86,13 @@ pub struct ServerArgs {
     #[arg(long, env = "NUMBERING_HEALTH_LISTEN")]
     pub health_listen: Option<SocketAddr>,
 
-    /// Calls each tenant may start per second (and in a burst); more answer RESOURCE_EXHAUSTED with a RetryInfo. 0: no limit.
+    /// Calls each tenant may start per second (and in a burst); more wait for a turn up to --tenant-rate-wait, then answer RESOURCE_EXHAUSTED with a RetryInfo. 0: no limit.
     #[arg(long, env = "NUMBERING_TENANT_RATE_LIMIT", default_value_t = 0)]
     pub tenant_rate_limit: u32,
+
+    /// How long a call past its tenant's rate waits for a turn before it is refused ("0s": refused at once).
+    #[arg(long, env = "NUMBERING_TENANT_RATE_WAIT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub tenant_rate_wait: Duration,
 
     /// Whether to serve gRPC server reflection (v1 and v1alpha), which grpcurl uses. With a tokens file it needs a token like any other call.
     #[arg(long, env = "NUMBERING_REFLECTION", default_value_t = true, action = clap::ArgAction::Set)]
@@ -128,7 +132,7 @@ impl ServerArgs {
             reflection: self.reflection,
             tls,
             tenant_limits: NonZeroU32::new(self.tenant_rate_limit)
-                .map(|rate| Arc::new(TenantLimits::per_second(rate))),
+                .map(|rate| Arc::new(TenantLimits::new(rate, self.tenant_rate_wait))),
         })
     }
 }

@@ -1,7 +1,11 @@
 //! Fairness between tenants: refusals that need no database answer without
 //! one, and a per-tenant rate limit.
 
-use std::{num::NonZeroU32, sync::Arc, time::Duration};
+use std::{
+    num::NonZeroU32,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use numbering::{
     db::Backend,
@@ -65,13 +69,15 @@ async fn an_exhausted_series_is_refused_without_the_database() {
     app.db.restore().await;
 }
 
-/// Past its rate a tenant is told when to retry, nothing moves, and other
-/// tenants go on.
+/// Past its rate, a tenant whose next turn is further off than the wait
+/// allowed is told when to retry, nothing moves, and other tenants go on.
 #[tokio::test]
 async fn a_tenant_over_its_rate_is_told_when_to_retry_and_others_go_on() {
+    // The fourth call's turn is a third of a second away.
     let settings = ServerSettings {
-        tenant_limits: Some(Arc::new(TenantLimits::per_second(
+        tenant_limits: Some(Arc::new(TenantLimits::new(
             NonZeroU32::new(3).unwrap(),
+            Duration::from_millis(100),
         ))),
         ..test_settings()
     };
@@ -106,4 +112,43 @@ async fn a_tenant_over_its_rate_is_told_when_to_retry_and_others_go_on() {
     tokio::time::sleep(delay).await;
     let number = app.client.allocate(allocate("acme", "", 1)).await.unwrap();
     assert_eq!(number.into_inner().numbers[0].value, 4);
+}
+
+/// Calls past the rate whose turn comes within the wait allowed wait for it
+/// and succeed: a burst twice the rate is served, spread over a second,
+/// instead of half of it being refused.
+#[tokio::test]
+async fn calls_past_the_rate_wait_for_their_turn() {
+    let settings = ServerSettings {
+        tenant_limits: Some(Arc::new(TenantLimits::new(
+            NonZeroU32::new(5).unwrap(),
+            Duration::from_secs(5),
+        ))),
+        ..test_settings()
+    };
+    let app = spawn_allocator_serving(Backend::Postgres, settings).await;
+    let started = Instant::now();
+    let calls: Vec<_> = (0..10)
+        .map(|_| {
+            let mut client = app.client.clone();
+            tokio::spawn(async move { client.allocate(allocate("acme", "", 1)).await })
+        })
+        .collect();
+    let mut numbers = Vec::new();
+    for call in calls {
+        let response = call
+            .await
+            .unwrap()
+            .expect("a call within the wait succeeds");
+        numbers.push(response.into_inner().numbers[0].value);
+    }
+    numbers.sort_unstable();
+    assert_eq!(numbers, (1..=10).collect::<Vec<_>>());
+    // Five at once, then one every 200 ms: the last cannot start before
+    // about a second has passed.
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(900),
+        "ten calls at five a second took only {elapsed:?}"
+    );
 }

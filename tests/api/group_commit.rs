@@ -18,10 +18,13 @@ use numbering::{
         batch::Retention,
         group_commit::{GroupCommitSettings, GroupCommitter, GroupError},
         series::{Calendar, NumberFormat, SeriesConfig, SeriesName},
-        store::{Advance, Call, Change, ConfigureError, CounterStore, Outcome, Stamp, StoreError},
+        store::{
+            Advance, Call, Change, ConfigureError, CounterStore, KeyRow, Outcome, Stamp, StoreError,
+        },
     },
     clock::SystemClock,
     proto::number_allocator_client::NumberAllocatorClient,
+    request_id::RequestId,
     server::Store,
     tenant::TenantId,
 };
@@ -122,6 +125,15 @@ impl CounterStore for ScriptedStore {
         defaults: &SeriesConfig,
     ) -> Result<(SeriesConfig, i64), StoreError> {
         self.inner.advance(advance, defaults).await
+    }
+
+    async fn first_answer(
+        &self,
+        tenant: &TenantId,
+        request_id: &RequestId,
+        stamp: Stamp,
+    ) -> Result<Option<KeyRow>, StoreError> {
+        self.inner.first_answer(tenant, request_id, stamp).await
     }
 
     async fn forget_request_ids(

@@ -220,6 +220,67 @@ async fn an_id_is_forgotten_after_the_window(#[case] backend: Backend) {
     assert_eq!(values(other.get_ref()), [3, 4, 5, 6, 7]);
 }
 
+/// Once a period is known to be full, a repeat of a call answered before
+/// still gets its numbers, a different call with its id is refused as a
+/// reuse, and new ids, or ids past the window, are refused as exhausted.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeats_are_answered_after_their_series_is_full(#[case] backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let clock = ManualClock::new();
+    let settings = RequestIdSettings {
+        retention: Duration::from_hours(1),
+        purge_interval: Duration::from_hours(1),
+    };
+    let (_server, mut client) = serve_allocator_on(&db, group(), settings, clock.clone()).await;
+    let first = client
+        .allocate(keyed("acme", "", 2, "before"))
+        .await
+        .unwrap();
+    assert_eq!(values(first.get_ref()), [1, 2]);
+    client
+        .advance_counter(AdvanceCounterRequest {
+            tenant_id: "acme".into(),
+            at_least: i64::MAX,
+            reason: "test".into(),
+            ..AdvanceCounterRequest::default()
+        })
+        .await
+        .unwrap();
+    // Now the period is known to be full.
+    let status = client.allocate(allocate("acme", "", 1)).await.unwrap_err();
+    assert_reason(&status, "SERIES_EXHAUSTED");
+
+    let repeat = client
+        .allocate(keyed("acme", "", 2, "before"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((repeat.replayed, values(&repeat)), (true, vec![1, 2]));
+    let status = client
+        .allocate(keyed("acme", "", 3, "before"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert_reason(&status, "REQUEST_ID_REUSED");
+    let status = client
+        .allocate(keyed("acme", "", 1, "after"))
+        .await
+        .unwrap_err();
+    assert_reason(&status, "SERIES_EXHAUSTED");
+
+    clock.advance(Duration::from_mins(61));
+    let status = client
+        .allocate(keyed("acme", "", 2, "before"))
+        .await
+        .unwrap_err();
+    assert_reason(&status, "SERIES_EXHAUSTED");
+    assert_eq!(
+        db.counters().await,
+        [("acme".into(), "invoice".into(), String::new(), i64::MAX)]
+    );
+}
+
 /// Expired ids are purged in the background, in batches, while allocations
 /// with and without ids go on unharmed; ids still in the window stay.
 #[apply(backends)]
