@@ -104,8 +104,16 @@ impl ServerArgs {
     /// and watches it from then on: call within the runtime.
     ///
     /// # Errors
-    /// The tokens file cannot be read or is not valid.
+    /// The tokens file cannot be read or is not valid; a call could wait for
+    /// its tenant's turn past the request time-out.
     pub fn settings(&self) -> Result<ServerSettings, StartupError> {
+        if self.tenant_rate_limit > 0 && self.tenant_rate_wait >= self.request_timeout {
+            return Err(StartupError::BadSetting(format!(
+                "--tenant-rate-wait ({}) must be shorter than --request-timeout ({})",
+                humantime::format_duration(self.tenant_rate_wait),
+                humantime::format_duration(self.request_timeout)
+            )));
+        }
         let access = Access::from_file(self.tokens_file.clone(), RELOAD_INTERVAL)
             .map_err(StartupError::BadSetting)?;
         let tls = match (&self.tls_cert, &self.tls_key) {

@@ -291,6 +291,15 @@ async fn bad_settings_exit_64() {
     assert_eq!(output.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--request-id-retention"));
 
+    // A call could wait for its tenant's turn past its time-out.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_number-allocator"))
+        .args(["--tenant-rate-limit", "10", "--tenant-rate-wait", "10s"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--tenant-rate-wait"));
+
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_invoice-writer"))
         .args(["--database-url", "mysql://u:hunter2@db/x"])
         .output()
