@@ -9,7 +9,7 @@ use numbering::{
     clock::SystemClock,
     db::Backend,
     proto::{
-        AdvanceCounterRequest, ConfigureSeriesRequest, GetSeriesRequest,
+        ConfigureSeriesRequest, GetSeriesRequest,
         invoice_writer_client::InvoiceWriterClient, number_allocator_client::NumberAllocatorClient,
     },
     server::ServerSettings,
@@ -23,6 +23,7 @@ use tonic_reflection::pb::v1::{
 };
 
 use crate::helpers::{
+        advance,
     AllocatorApp, CapturedLogs, TestDb, allocate, allocator_binary, allocator_client_with,
     assert_reason, count, event, invoice_request, list_all, spawn_allocator_serving,
     spawn_writer_on, start, test_settings, writer_binary,
@@ -98,12 +99,7 @@ async fn each_refusal_answers_its_code_and_changes_nothing() {
         .unwrap_err();
     assert_refused(&status, Code::PermissionDenied, "TENANT_NOT_GRANTED");
     let status = billing
-        .advance_counter(AdvanceCounterRequest {
-            tenant_id: "acme".into(),
-            at_least: i64::MAX,
-            reason: "exhaust it".into(),
-            ..AdvanceCounterRequest::default()
-        })
+        .advance_counter(advance("acme", i64::MAX, "exhaust it"))
         .await
         .unwrap_err();
     assert_refused(&status, Code::PermissionDenied, "ADMIN_REQUIRED");
@@ -168,12 +164,7 @@ async fn a_token_acts_for_the_tenants_its_patterns_match_and_admin_tokens_admini
     }
     let series = client(&app, Some("ops-s3cret"))
         .await
-        .advance_counter(AdvanceCounterRequest {
-            tenant_id: "initech".into(),
-            at_least: 100,
-            reason: "imported".into(),
-            ..AdvanceCounterRequest::default()
-        })
+        .advance_counter(advance("initech", 100, "imported"))
         .await
         .unwrap()
         .into_inner()

@@ -9,13 +9,13 @@ use std::{
 
 use numbering::{
     db::Backend,
-    proto::AdvanceCounterRequest,
     server::{ServerSettings, fairness::TenantLimits},
 };
 use tonic::Code;
 use tonic_types::StatusExt;
 
 use crate::helpers::{
+        advance,
     allocate, assert_reason, keyed, spawn_allocator, spawn_allocator_serving, test_settings,
 };
 
@@ -26,12 +26,7 @@ use crate::helpers::{
 async fn an_exhausted_series_is_refused_without_the_database() {
     let mut app = spawn_allocator(Backend::Postgres).await;
     app.client
-        .advance_counter(AdvanceCounterRequest {
-            tenant_id: "acme".into(),
-            at_least: i64::MAX,
-            reason: "test".into(),
-            ..AdvanceCounterRequest::default()
-        })
+        .advance_counter(advance("acme", i64::MAX, "test"))
         .await
         .unwrap();
     app.client

@@ -16,7 +16,7 @@ use numbering::{
     allocator::{CommitMode, app::RequestIdSettings, group_commit::GroupCommitSettings},
     db::Backend,
     proto::{
-        AdvanceCounterRequest, AllocateResponse, GetSeriesRequest,
+        AllocateResponse, GetSeriesRequest,
         number_allocator_client::NumberAllocatorClient,
     },
 };
@@ -26,6 +26,7 @@ use tonic::Code;
 use crate::{
     backends,
     helpers::{
+        advance,
         AllocationRow, ManualClock, PATIENCE, TestDb, allocate, allocate_all, allocator_binary,
         assert_exactly_one_to, assert_reason, build_allocator, invoice_series, keyed,
         serve_allocator, serve_allocator_on, spawn_allocator_in, start, test_settings,
@@ -239,12 +240,7 @@ async fn repeats_are_answered_after_their_series_is_full(#[case] backend: Backen
         .unwrap();
     assert_eq!(values(first.get_ref()), [1, 2]);
     client
-        .advance_counter(AdvanceCounterRequest {
-            tenant_id: "acme".into(),
-            at_least: i64::MAX,
-            reason: "test".into(),
-            ..AdvanceCounterRequest::default()
-        })
+        .advance_counter(advance("acme", i64::MAX, "test"))
         .await
         .unwrap();
     // Now the period is known to be full.
@@ -397,24 +393,12 @@ async fn every_range_handed_out_or_skipped_is_recorded(#[case] backend: Backend)
     calls.extend((0..30).map(|i| keyed("acme", "", 2, &format!("k{}", i % 10))));
     allocate_all(&app.client, calls).await;
     app.client
-        .advance_counter(AdvanceCounterRequest {
-            tenant_id: "acme".into(),
-            series: String::new(),
-            at_least: 500,
-            reason: "migrated from the old system".into(),
-            ..AdvanceCounterRequest::default()
-        })
+        .advance_counter(advance("acme", 500, "migrated from the old system"))
         .await
         .unwrap();
     // Raising to a lower value skips nothing and records nothing.
     app.client
-        .advance_counter(AdvanceCounterRequest {
-            tenant_id: "acme".into(),
-            series: String::new(),
-            at_least: 10,
-            reason: "no-op".into(),
-            ..AdvanceCounterRequest::default()
-        })
+        .advance_counter(advance("acme", 10, "no-op"))
         .await
         .unwrap();
     app.client

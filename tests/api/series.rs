@@ -10,7 +10,7 @@ use numbering::{
     db::Backend,
     invoices::{self, domain::Numbered, seed},
     proto::{
-        AdvanceCounterRequest, AllocateRequest, AllocateResponse, ConfigureSeriesRequest,
+        AllocateRequest, AllocateResponse, ConfigureSeriesRequest,
         CreateInvoiceRequest, GetSeriesRequest, ListInvoicesRequest, ListSeriesRequest, Reset,
         Series, number_allocator_client::NumberAllocatorClient,
     },
@@ -23,6 +23,7 @@ use tonic_types::StatusExt;
 use crate::{
     backends,
     helpers::{
+        advance,
         ManualClock, TestDb, TestServer, WriterApp, allocator_client, assert_exactly_one_to,
         assert_reason, invoice_request, keyed, list_all, serve_allocator_on, spawn_writer,
     },
@@ -131,12 +132,7 @@ async fn a_yearly_series_starts_again_at_midnight_in_its_zone(#[case] backend: B
         assert_eq!(series.current_period, "2026");
         assert_eq!(series.last_value, 0);
         let advanced = client
-            .advance_counter(AdvanceCounterRequest {
-                tenant_id: tenant.into(),
-                at_least: 998,
-                reason: "numbers of the old system".into(),
-                ..AdvanceCounterRequest::default()
-            })
+            .advance_counter(advance(tenant, 998, "numbers of the old system"))
             .await
             .unwrap();
         assert_eq!(advanced.into_inner().series.unwrap().current_period, "2026");
@@ -835,12 +831,7 @@ async fn a_series_started_late_still_reaches_the_largest_number(#[case] backend:
         .await
         .unwrap();
     client
-        .advance_counter(AdvanceCounterRequest {
-            tenant_id: "acme".into(),
-            at_least: i64::MAX - 1,
-            reason: "near the end".into(),
-            ..AdvanceCounterRequest::default()
-        })
+        .advance_counter(advance("acme", i64::MAX - 1, "near the end"))
         .await
         .unwrap();
     assert_eq!(

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use numbering::{
     invoices::{self, domain::Numbered, store::InvoiceStore},
     proto::{
-        AllocateRequest, AllocateResponse, CreateInvoiceRequest, GetSeriesRequest, Invoice,
+        AdvanceCounterRequest, AllocateRequest, AllocateResponse, CreateInvoiceRequest, GetSeriesRequest, Invoice,
         LineItem, ListInvoicesRequest, Series, invoice_writer_client::InvoiceWriterClient,
         number_allocator_client::NumberAllocatorClient,
     },
@@ -34,6 +34,16 @@ pub fn keyed(tenant: &str, series: &str, count: u32, request_id: &str) -> Alloca
     AllocateRequest {
         request_id: request_id.into(),
         ..allocate(tenant, series, count)
+    }
+}
+
+/// An `AdvanceCounter` of `tenant`'s default series.
+pub fn advance(tenant: &str, at_least: i64, reason: &str) -> AdvanceCounterRequest {
+    AdvanceCounterRequest {
+        tenant_id: tenant.into(),
+        at_least,
+        reason: reason.into(),
+        ..AdvanceCounterRequest::default()
     }
 }
 
