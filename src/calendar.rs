@@ -33,6 +33,30 @@ pub fn parse_day(raw: &str) -> Result<NaiveDate, String> {
     NaiveDate::parse_from_str(raw, "%Y-%m-%d").map_err(|_| "is not a day of the calendar".into())
 }
 
+/// Checks that `raw` is a period as some series shows it: `""`, `"2026"`,
+/// `"2026-11"` or `"2026-11-29"`.
+///
+/// # Errors
+/// Anything else.
+pub fn check_period(raw: &str) -> Result<(), String> {
+    let date = match raw.len() {
+        0 => return Ok(()),
+        4 => format!("{raw}-01-01"),
+        7 => format!("{raw}-01"),
+        _ => raw.to_owned(),
+    };
+    let shown = NaiveDate::parse_from_str(&date, "%Y-%m-%d")
+        .ok()
+        .map(|date| [Reset::Yearly, Reset::Monthly, Reset::Daily].map(|reset| reset.period(date)));
+    if shown.is_some_and(|periods| periods.iter().any(|period| period == raw)) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{raw:?} is not a period: empty for a series that never resets, else YYYY, YYYY-MM or YYYY-MM-DD"
+        ))
+    }
+}
+
 /// When a periodic series starts counting again from its first number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reset {
@@ -128,6 +152,24 @@ impl Reset {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn periods_are_as_series_show_them() {
+        for good in ["", "2026", "2026-03", "2026-03-31", "0001"] {
+            assert_eq!(check_period(good), Ok(()), "{good:?}");
+        }
+        for bad in [
+            "26",
+            "2026-3",
+            "2026-13",
+            "2026-02-30",
+            "2026/03",
+            " 2026",
+            "never",
+        ] {
+            assert!(check_period(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn document_dates_are_iso_days_or_empty() {

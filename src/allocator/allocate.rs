@@ -12,6 +12,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::{
     allocator::{
+        audit::{self, Audit},
         batch::Retention,
         exhausted::Exhausted,
         group_commit::{GroupCommitSettings, GroupCommitter, GroupError},
@@ -567,6 +568,28 @@ impl Allocator {
                     series: series.to_string(),
                 })?;
         self.show(tenant, series, config, date).await
+    }
+
+    /// Accounts for every number of `period` of a series.
+    ///
+    /// # Errors
+    /// [`Error::SeriesNotFound`]; a store failure.
+    pub async fn audit(
+        &self,
+        tenant: &TenantId,
+        series: &SeriesName,
+        period: &str,
+    ) -> Result<Audit, Error> {
+        let config = self.store.find(tenant, series).await?;
+        let config = config.ok_or_else(|| Error::SeriesNotFound {
+            tenant: tenant.to_string(),
+            series: series.to_string(),
+        })?;
+        let ledger = self
+            .store
+            .ledger(tenant, series, period, audit::SAMPLE)
+            .await?;
+        Ok(ledger.map_or_else(|| Audit::not_begun(config.start_at), |l| Audit::of(&l)))
     }
 
     /// Up to `limit` series after `after`, each with today's period, and

@@ -8,12 +8,12 @@ use crate::{
         Allocator, Error, SeriesChange,
         series::{Count, NumberFormat, Series, SeriesName, TimeZone},
     },
-    calendar::Reset,
-    calendar::parse_date,
+    calendar::{Reset, check_period, parse_date},
     proto::{
         self, AdvanceCounterRequest, AdvanceCounterResponse, AllocateRequest, AllocateResponse,
-        AllocatedNumber, ConfigureSeriesRequest, ConfigureSeriesResponse, GetSeriesRequest,
-        GetSeriesResponse, ListSeriesRequest, ListSeriesResponse,
+        AllocatedNumber, AuditSeriesRequest, AuditSeriesResponse, ConfigureSeriesRequest,
+        ConfigureSeriesResponse, GetSeriesRequest, GetSeriesResponse, ListSeriesRequest,
+        ListSeriesResponse,
         number_allocator_server::{NumberAllocator, NumberAllocatorServer},
     },
     request_id::RequestId,
@@ -142,6 +142,35 @@ impl NumberAllocator for AllocatorService {
         Ok(Response::new(ListSeriesResponse {
             series: page.items.into_iter().map(Into::into).collect(),
             next_page_token,
+        }))
+    }
+
+    async fn audit_series(
+        &self,
+        request: Request<AuditSeriesRequest>,
+    ) -> Result<Response<AuditSeriesResponse>, Status> {
+        let admission = server::admission(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        let (tenant, series) =
+            tenant_and_series(&mut violations, &request.tenant_id, &request.series);
+        let period = violations.check("period", check_period(&request.period));
+        violations.finish()?;
+        let (Some(tenant), Some(series), Some(())) = (tenant, series, period) else {
+            unreachable!("finish() returned Ok, so every field parsed");
+        };
+        admission.admit(&tenant, Needs::Tenant).await?;
+
+        let audit = self
+            .allocator
+            .audit(&tenant, &series, &request.period)
+            .await?;
+        Ok(Response::new(AuditSeriesResponse {
+            last_value: audit.last_value,
+            issued: audit.issued,
+            skipped: audit.skipped,
+            unaccounted: audit.unaccounted,
+            unaccounted_sample: audit.unaccounted_sample,
         }))
     }
 

@@ -4,6 +4,7 @@
 //! - [`app`]: the service assembled from its settings, the store picked by URL.
 //! - [`series`]: series names, counts, number formats: the values the rules speak of.
 //! - [`allocate`]: the [`Allocator`] rules: where a number is allocated.
+//! - [`audit`]: the account of a period's numbers, from its counter and ranges.
 //! - [`batch`]: one transaction's calls planned: request ids claimed or repeated,
 //!   counters moved, ranges split and recorded.
 //! - [`group_commit`]: concurrent calls merged into one transaction.
@@ -15,6 +16,7 @@
 
 pub mod allocate;
 pub mod app;
+pub mod audit;
 pub mod batch;
 mod exhausted;
 pub mod group_commit;

@@ -14,8 +14,8 @@ use crate::{
         batch::{Batch, Won},
         series::{SeriesConfig, SeriesName},
         store::{
-            Advance, Call, Change, ConfigureError, CounterStore, KeyRow, Outcome, SeriesRow, Stamp,
-            StoreError,
+            Advance, Call, Change, ConfigureError, CounterStore, KeyRow, KindTotal, Ledger,
+            Outcome, SeriesRow, Stamp, StoreError,
         },
     },
     request_id::RequestId,
@@ -82,7 +82,9 @@ where
     <E::Db as Database>::Arguments: IntoArguments<E::Db>,
     for<'r> SeriesRow: FromRow<'r, <E::Db as Database>::Row>,
     for<'r> KeyRow: FromRow<'r, <E::Db as Database>::Row>,
+    for<'r> KindTotal: FromRow<'r, <E::Db as Database>::Row>,
     for<'r> (i64,): FromRow<'r, <E::Db as Database>::Row>,
+    for<'r> (i64, i64): FromRow<'r, <E::Db as Database>::Row>,
     for<'q> &'q str: Encode<'q, E::Db> + Type<E::Db>,
     for<'q> i64: Encode<'q, E::Db> + Type<E::Db>,
     for<'q> DateTime<Utc>: Encode<'q, E::Db> + Type<E::Db>,
@@ -133,6 +135,44 @@ where
         defaults: &SeriesConfig,
     ) -> Result<(SeriesConfig, i64), StoreError> {
         self.0.advance(advance, defaults).await
+    }
+
+    async fn ledger(
+        &self,
+        tenant: &TenantId,
+        series: &SeriesName,
+        period: &str,
+        sample: u32,
+    ) -> Result<Option<Ledger>, StoreError> {
+        let pool = self.0.pool();
+        let (tenant, series) = (tenant.as_str(), series.as_str());
+        let Some((last_value, base)) = select_period(pool, tenant, series, period).await? else {
+            return Ok(None);
+        };
+        // Ranges are committed with their counter and lie above its earlier
+        // values: those up to `last_value` are exactly the ones it counts,
+        // whatever commits meanwhile.
+        let at = LedgerAt {
+            tenant,
+            series,
+            period,
+            base,
+            last_value,
+        };
+        let kinds = select_range_totals(pool, &at).await?;
+        let recorded: i64 = kinds.iter().map(|kind| kind.numbers).sum();
+        // The holes take a walk over every range: only when some are.
+        let holes = if recorded == last_value - base {
+            Vec::new()
+        } else {
+            select_holes(pool, &at, sample.into()).await?
+        };
+        Ok(Some(Ledger {
+            last_value,
+            base,
+            kinds,
+            holes,
+        }))
     }
 
     async fn first_answer(
@@ -552,6 +592,106 @@ where
     .bind(series)
     .bind(period)
     .fetch_optional(pool)
+    .await
+}
+
+/// A period's counter and the value it started from.
+#[tracing::instrument(name = "db.counters.select_period", skip_all, err(level = "debug"))]
+async fn select_period<DB>(
+    pool: &Pool<DB>,
+    tenant: &str,
+    series: &str,
+    period: &str,
+) -> Result<Option<(i64, i64)>, sqlx::Error>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'r> (i64, i64): FromRow<'r, DB::Row>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+{
+    sqlx::query_as(
+        "SELECT last_value, base FROM counters
+         WHERE tenant_id = $1 AND series = $2 AND period = $3",
+    )
+    .bind(tenant)
+    .bind(series)
+    .bind(period)
+    .fetch_optional(pool)
+    .await
+}
+
+/// A period's ledger up to a counter value read before it.
+struct LedgerAt<'a> {
+    tenant: &'a str,
+    series: &'a str,
+    period: &'a str,
+    base: i64,
+    last_value: i64,
+}
+
+/// The numbers in a period's ranges up to `last_value`, by kind.
+#[tracing::instrument(name = "db.allocations.select_totals", skip_all, err(level = "debug"))]
+async fn select_range_totals<DB>(
+    pool: &Pool<DB>,
+    at: &LedgerAt<'_>,
+) -> Result<Vec<KindTotal>, sqlx::Error>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'r> KindTotal: FromRow<'r, DB::Row>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+{
+    sqlx::query_as(
+        "SELECT kind, CAST(SUM(count) AS BIGINT) AS numbers,
+                MAX(first_value + (count - 1)) AS last
+         FROM allocations
+         WHERE tenant_id = $1 AND series = $2 AND period = $3 AND first_value <= $4
+         GROUP BY kind ORDER BY kind",
+    )
+    .bind(at.tenant)
+    .bind(at.series)
+    .bind(at.period)
+    .bind(at.last_value)
+    .fetch_all(pool)
+    .await
+}
+
+/// The first `limit` holes between a period's ranges up to `last_value`,
+/// from `base + 1`, as (first number, count): numbers with no record.
+#[tracing::instrument(name = "db.allocations.select_holes", skip_all, err(level = "debug"))]
+async fn select_holes<DB>(
+    pool: &Pool<DB>,
+    at: &LedgerAt<'_>,
+    limit: i64,
+) -> Result<Vec<(i64, i64)>, sqlx::Error>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'r> (i64, i64): FromRow<'r, DB::Row>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+{
+    sqlx::query_as(
+        "SELECT before + 1, first_value - before - 1 FROM (
+             SELECT first_value,
+                    LAG(first_value + (count - 1), 1, $4) OVER (ORDER BY first_value) AS before
+             FROM allocations
+             WHERE tenant_id = $1 AND series = $2 AND period = $3 AND first_value <= $5
+         ) AS ranges
+         WHERE first_value > before + 1
+         ORDER BY first_value LIMIT $6",
+    )
+    .bind(at.tenant)
+    .bind(at.series)
+    .bind(at.period)
+    .bind(at.base)
+    .bind(at.last_value)
+    .bind(limit)
+    .fetch_all(pool)
     .await
 }
 

@@ -60,6 +60,17 @@ pub trait CounterStore: Store {
         stamp: Stamp,
     ) -> Result<Option<KeyRow>, StoreError>;
 
+    /// A period's ledger as of one moment: its counter and the ranges
+    /// recorded up to it, if the period has begun. At most `sample` of the
+    /// holes between ranges are read.
+    async fn ledger(
+        &self,
+        tenant: &TenantId,
+        series: &SeriesName,
+        period: &str,
+        sample: u32,
+    ) -> Result<Option<Ledger>, StoreError>;
+
     /// A series' settings, if it exists.
     async fn find(
         &self,
@@ -245,6 +256,33 @@ impl KeyRow {
             }
         }
     }
+}
+
+/// A period's ledger: its counter, the sums of its ranges by kind, and the
+/// holes between them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ledger {
+    /// The period's last number handed out or skipped.
+    pub last_value: i64,
+    /// The value it started from: `start_at - 1` when it began.
+    pub base: i64,
+    /// Numbers in ranges of each kind (`allocate`, `advance`), and the end
+    /// of each kind's last range.
+    pub kinds: Vec<KindTotal>,
+    /// The first holes between ranges, as (first number, count), ascending;
+    /// not the hole after the last range.
+    pub holes: Vec<(i64, i64)>,
+}
+
+/// The numbers in a period's ranges of one kind.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct KindTotal {
+    /// `allocate` or `advance`.
+    pub kind: String,
+    /// How many numbers its ranges hold.
+    pub numbers: i64,
+    /// The last number of its last range.
+    pub last: i64,
 }
 
 /// When a transaction runs, as its records and request ids see it.

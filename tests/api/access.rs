@@ -9,7 +9,7 @@ use numbering::{
     clock::SystemClock,
     db::Backend,
     proto::{
-        ConfigureSeriesRequest, GetSeriesRequest,
+        AuditSeriesRequest, ConfigureSeriesRequest, GetSeriesRequest,
         invoice_writer_client::InvoiceWriterClient, number_allocator_client::NumberAllocatorClient,
     },
     server::ServerSettings,
@@ -23,8 +23,7 @@ use tonic_reflection::pb::v1::{
 };
 
 use crate::helpers::{
-        advance,
-    AllocatorApp, CapturedLogs, TestDb, allocate, allocator_binary, allocator_client_with,
+    AllocatorApp, CapturedLogs, TestDb, advance, allocate, allocator_binary, allocator_client_with,
     assert_reason, count, event, invoice_request, list_all, spawn_allocator_serving,
     spawn_writer_on, start, test_settings, writer_binary,
 };
@@ -118,6 +117,14 @@ async fn each_refusal_answers_its_code_and_changes_nothing() {
         .get_series(GetSeriesRequest {
             tenant_id: "initech".into(),
             ..GetSeriesRequest::default()
+        })
+        .await
+        .unwrap_err();
+    assert_refused(&status, Code::PermissionDenied, "TENANT_NOT_GRANTED");
+    let status = billing
+        .audit_series(AuditSeriesRequest {
+            tenant_id: "initech".into(),
+            ..AuditSeriesRequest::default()
         })
         .await
         .unwrap_err();

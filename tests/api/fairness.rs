@@ -15,8 +15,8 @@ use tonic::Code;
 use tonic_types::StatusExt;
 
 use crate::helpers::{
-        advance,
-    allocate, assert_reason, keyed, spawn_allocator, spawn_allocator_serving, test_settings,
+    advance, allocate, assert_reason, keyed, spawn_allocator, spawn_allocator_serving,
+    test_settings,
 };
 
 /// Once a period is known to be full, unkeyed calls for it are refused

@@ -19,7 +19,8 @@ use numbering::{
         group_commit::{GroupCommitSettings, GroupCommitter, GroupError},
         series::{Calendar, NumberFormat, SeriesConfig, SeriesName},
         store::{
-            Advance, Call, Change, ConfigureError, CounterStore, KeyRow, Outcome, Stamp, StoreError,
+            Advance, Call, Change, ConfigureError, CounterStore, KeyRow, Ledger, Outcome, Stamp,
+            StoreError,
         },
     },
     clock::SystemClock,
@@ -125,6 +126,16 @@ impl CounterStore for ScriptedStore {
         defaults: &SeriesConfig,
     ) -> Result<(SeriesConfig, i64), StoreError> {
         self.inner.advance(advance, defaults).await
+    }
+
+    async fn ledger(
+        &self,
+        tenant: &TenantId,
+        series: &SeriesName,
+        period: &str,
+        sample: u32,
+    ) -> Result<Option<Ledger>, StoreError> {
+        self.inner.ledger(tenant, series, period, sample).await
     }
 
     async fn first_answer(

@@ -21,9 +21,9 @@ use numbering::{
     },
     proto::{
         AdvanceCounterRequest, AdvanceCounterResponse, AllocateRequest, AllocateResponse,
-        ConfigureSeriesRequest, ConfigureSeriesResponse, CreateInvoiceRequest,
-        CreateInvoiceResponse, GetSeriesRequest, GetSeriesResponse, ListSeriesRequest,
-        ListSeriesResponse,
+        AuditSeriesRequest, AuditSeriesResponse, ConfigureSeriesRequest, ConfigureSeriesResponse,
+        CreateInvoiceRequest, CreateInvoiceResponse, GetSeriesRequest, GetSeriesResponse,
+        ListSeriesRequest, ListSeriesResponse,
         invoice_writer_client::InvoiceWriterClient,
         number_allocator_client::NumberAllocatorClient,
         number_allocator_server::{NumberAllocator, NumberAllocatorServer},
@@ -335,6 +335,16 @@ impl NumberAllocator for LosesReplies {
         self.allocator
             .clone()
             .configure_series(request.into_inner())
+            .await
+    }
+
+    async fn audit_series(
+        &self,
+        request: Request<AuditSeriesRequest>,
+    ) -> Result<Response<AuditSeriesResponse>, Status> {
+        self.allocator
+            .clone()
+            .audit_series(request.into_inner())
             .await
     }
 }

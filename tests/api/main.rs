@@ -20,6 +20,7 @@ fn backends(#[case] backend: Backend) {}
 
 mod access;
 mod allocator;
+mod audit;
 mod fairness;
 mod group_commit;
 mod helpers;

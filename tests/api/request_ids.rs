@@ -15,10 +15,7 @@ use std::{
 use numbering::{
     allocator::{CommitMode, app::RequestIdSettings, group_commit::GroupCommitSettings},
     db::Backend,
-    proto::{
-        AllocateResponse, GetSeriesRequest,
-        number_allocator_client::NumberAllocatorClient,
-    },
+    proto::{AllocateResponse, GetSeriesRequest, number_allocator_client::NumberAllocatorClient},
 };
 use rstest_reuse::apply;
 use tonic::Code;
@@ -26,10 +23,9 @@ use tonic::Code;
 use crate::{
     backends,
     helpers::{
-        advance,
-        AllocationRow, ManualClock, PATIENCE, TestDb, allocate, allocate_all, allocator_binary,
-        assert_exactly_one_to, assert_reason, build_allocator, invoice_series, keyed,
-        serve_allocator, serve_allocator_on, spawn_allocator_in, start, test_settings,
+        AllocationRow, ManualClock, PATIENCE, TestDb, advance, allocate, allocate_all,
+        allocator_binary, assert_exactly_one_to, assert_reason, build_allocator, invoice_series,
+        keyed, serve_allocator, serve_allocator_on, spawn_allocator_in, start, test_settings,
     },
 };
 

@@ -10,9 +10,9 @@ use numbering::{
     db::Backend,
     invoices::{self, domain::Numbered, seed},
     proto::{
-        AllocateRequest, AllocateResponse, ConfigureSeriesRequest,
-        CreateInvoiceRequest, GetSeriesRequest, ListInvoicesRequest, ListSeriesRequest, Reset,
-        Series, number_allocator_client::NumberAllocatorClient,
+        AllocateRequest, AllocateResponse, ConfigureSeriesRequest, CreateInvoiceRequest,
+        GetSeriesRequest, ListInvoicesRequest, ListSeriesRequest, Reset, Series,
+        number_allocator_client::NumberAllocatorClient,
     },
 };
 use rstest_reuse::apply;
@@ -23,9 +23,9 @@ use tonic_types::StatusExt;
 use crate::{
     backends,
     helpers::{
-        advance,
-        ManualClock, TestDb, TestServer, WriterApp, allocator_client, assert_exactly_one_to,
-        assert_reason, invoice_request, keyed, list_all, serve_allocator_on, spawn_writer,
+        ManualClock, TestDb, TestServer, WriterApp, advance, allocator_client,
+        assert_exactly_one_to, assert_reason, invoice_request, keyed, list_all, serve_allocator_on,
+        spawn_writer,
     },
 };
 

@@ -9,7 +9,7 @@ use numbering::{
     allocator::{CommitMode, app::RequestIdSettings, group_commit::GroupCommitSettings},
     clock::SystemClock,
     db::Backend,
-    proto::ListInvoicesRequest,
+    proto::{AuditSeriesRequest, ListInvoicesRequest},
 };
 use rstest_reuse::apply;
 use sqlx::{AssertSqlSafe, Connection, PgConnection, SqliteConnection, migrate::Migrator};
@@ -17,7 +17,8 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection, SqliteConnection, migrate::M
 use crate::{
     backends,
     helpers::{
-        TestDb, allocator_client, keyed, serve_allocator_on, spawn_writer_on, test_settings,
+        TestDb, allocate, allocator_client, keyed, serve_allocator_on, spawn_writer_on,
+        test_settings,
     },
 };
 
@@ -139,6 +140,65 @@ async fn an_allocator_database_from_before_periods_keeps_its_numbers(#[case] bac
         ledger,
         [row(1, "2026-11-30"), row(41, "2026-12-01"), row(42, &today)]
     );
+}
+
+/// Numbers handed out before the ledger was kept are recorded by the
+/// migrations, so that an audit accounts for every number.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbers_from_before_the_ledger_are_accounted_for(#[case] backend: Backend) {
+    let db = TestDb::create(backend).await;
+    migrate_to(&db, "allocator", 1).await;
+    run(
+        &db,
+        &[
+            "INSERT INTO counters (tenant_id, series, last_value, format, created_at)
+             VALUES ('acme', 'invoice', 41, 'INV-{number:03}', '2026-06-30T10:00:00+00:00'),
+                    ('globex', 'invoice', 0, 'INV-{number:03}', '2026-06-30T10:00:00+00:00')",
+        ],
+        None,
+    )
+    .await;
+
+    let mode = CommitMode::Group(GroupCommitSettings::default());
+    let (_server, mut client) = serve_allocator_on(
+        &db,
+        mode,
+        RequestIdSettings::default(),
+        Arc::new(SystemClock),
+    )
+    .await;
+    client.allocate(allocate("acme", "", 2)).await.unwrap();
+    let audit = |tenant: &str| AuditSeriesRequest {
+        tenant_id: tenant.into(),
+        ..AuditSeriesRequest::default()
+    };
+    let acme = client
+        .audit_series(audit("acme"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (acme.last_value, acme.issued, acme.unaccounted),
+        (43, 43, 0)
+    );
+    let globex = client
+        .audit_series(audit("globex"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (globex.last_value, globex.issued, globex.unaccounted),
+        (0, 0, 0)
+    );
+    let ledger: Vec<_> = db
+        .ledger_texts()
+        .await
+        .into_iter()
+        .map(|(_, _, first, _, date)| (first, date))
+        .collect();
+    let today = Utc::now().date_naive().to_string();
+    assert_eq!(ledger, [(1, "2026-06-30".to_owned()), (42, today)]);
 }
 
 #[apply(backends)]

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use numbering::{
     invoices::{self, domain::Numbered, store::InvoiceStore},
     proto::{
-        AdvanceCounterRequest, AllocateRequest, AllocateResponse, CreateInvoiceRequest, GetSeriesRequest, Invoice,
-        LineItem, ListInvoicesRequest, Series, invoice_writer_client::InvoiceWriterClient,
-        number_allocator_client::NumberAllocatorClient,
+        AdvanceCounterRequest, AllocateRequest, AllocateResponse, CreateInvoiceRequest,
+        GetSeriesRequest, Invoice, LineItem, ListInvoicesRequest, Series,
+        invoice_writer_client::InvoiceWriterClient, number_allocator_client::NumberAllocatorClient,
     },
 };
 use tokio::sync::Barrier;

@@ -130,6 +130,20 @@ impl TestDb {
         }
     }
 
+    /// Runs one statement on the database, as an operator (or a fault) would.
+    pub async fn execute(&self, sql: &'static str) {
+        match self.backend {
+            Backend::Postgres => {
+                let pool = self.pool(&test_pool_settings()).await;
+                sqlx::query(sql).execute(&pool).await.unwrap();
+            }
+            Backend::Sqlite => {
+                let pool = SqlitePool::connect(&self.url).await.unwrap();
+                sqlx::query(sql).execute(&pool).await.unwrap();
+            }
+        }
+    }
+
     /// Waits until a session of this PostgreSQL database waits on a lock.
     pub async fn wait_until_blocked_on_a_lock(&self) {
         let mut conn = PgConnection::connect(&self.url).await.unwrap();

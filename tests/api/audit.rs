@@ -1,0 +1,216 @@
+//! AuditSeries: every number of a period accounted for, from the ledger's
+//! ranges; numbers whose record was lost are counted and listed.
+
+use std::collections::HashSet;
+
+use numbering::{
+    db::Backend,
+    proto::{AuditSeriesRequest, AuditSeriesResponse, ConfigureSeriesRequest, Reset},
+};
+use rstest_reuse::apply;
+use tonic::Code;
+
+use crate::{
+    backends,
+    helpers::{
+        AllocatorApp, advance, allocate, allocate_concurrently, assert_reason, keyed,
+        spawn_allocator,
+    },
+};
+
+fn audit(tenant: &str, series: &str, period: &str) -> AuditSeriesRequest {
+    AuditSeriesRequest {
+        tenant_id: tenant.into(),
+        series: series.into(),
+        period: period.into(),
+    }
+}
+
+async fn audited(app: &mut AllocatorApp, request: AuditSeriesRequest) -> AuditSeriesResponse {
+    app.client.audit_series(request).await.unwrap().into_inner()
+}
+
+/// Numbers handed out alone, in groups, with and without request ids, and
+/// ranges skipped, are each counted once by their kind; none is unaccounted.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_number_is_accounted_for_by_kind(#[case] backend: Backend) {
+    let mut app = spawn_allocator(backend).await;
+    let ones = (0..200).map(|_| allocate("acme", "", 1)).collect();
+    allocate_concurrently(&app.client, ones).await;
+    for (count, id) in [(3, "a"), (2, "b"), (3, "a")] {
+        app.client
+            .allocate(keyed("acme", "", count, id))
+            .await
+            .unwrap();
+    }
+    app.client
+        .advance_counter(advance("acme", 1000, "numbers of the old system"))
+        .await
+        .unwrap();
+    app.client.allocate(allocate("acme", "", 7)).await.unwrap();
+
+    let answer = audited(&mut app, audit("acme", "", "")).await;
+    assert_eq!(
+        answer,
+        AuditSeriesResponse {
+            last_value: 1007,
+            issued: 200 + 3 + 2 + 7,
+            skipped: 1000 - 205,
+            unaccounted: 0,
+            unaccounted_sample: Vec::new(),
+        }
+    );
+}
+
+/// Audits taken while 16 clients allocate each see one moment of the series:
+/// every number up to the last value they report is accounted for, none
+/// twice.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audits_during_allocations_see_every_number_once(#[case] backend: Backend) {
+    const UNTIL: i64 = 3000;
+    let mut app = spawn_allocator(backend).await;
+    // The series exists before the first audit.
+    app.client.allocate(allocate("acme", "", 1)).await.unwrap();
+    let clients: Vec<_> = (0..16)
+        .map(|client_no| {
+            let mut client = app.client.clone();
+            tokio::spawn(async move {
+                for call_no in 0.. {
+                    let count = [1, 3, 2][call_no % 3];
+                    let request = if call_no % 2 == 0 {
+                        allocate("acme", "", count)
+                    } else {
+                        keyed("acme", "", count, &format!("{client_no}-{call_no}"))
+                    };
+                    let answer = client.allocate(request).await.unwrap().into_inner();
+                    if answer.numbers[0].value > UNTIL {
+                        return;
+                    }
+                }
+            })
+        })
+        .collect();
+
+    let mut moments = HashSet::new();
+    loop {
+        let answer = audited(&mut app, audit("acme", "", "")).await;
+        assert_eq!(
+            (
+                answer.issued,
+                answer.unaccounted,
+                answer.unaccounted_sample.len()
+            ),
+            (answer.last_value, 0, 0),
+            "{answer:?}"
+        );
+        moments.insert(answer.last_value);
+        if answer.last_value > UNTIL {
+            break;
+        }
+    }
+    for client in clients {
+        client.await.unwrap();
+    }
+    assert!(moments.len() > 2, "no audit ran during the allocations");
+}
+
+/// Each period of a periodic series is audited on its own, from its own
+/// first number; a period not yet begun has nothing to account for.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_period_is_audited_from_its_first_number(#[case] backend: Backend) {
+    let mut app = spawn_allocator(backend).await;
+    app.client
+        .configure_series(ConfigureSeriesRequest {
+            tenant_id: "acme".into(),
+            series: "yearly".into(),
+            format: "{year}-{number}".into(),
+            reset: Reset::Yearly.into(),
+            start_at: 100,
+            ..ConfigureSeriesRequest::default()
+        })
+        .await
+        .unwrap();
+    for (date, count) in [("2025-06-30", 4), ("2026-01-02", 2), ("2025-12-31", 1)] {
+        let mut request = allocate("acme", "yearly", count);
+        request.date = date.into();
+        app.client.allocate(request).await.unwrap();
+    }
+
+    let of_2025 = audited(&mut app, audit("acme", "yearly", "2025")).await;
+    assert_eq!(
+        (of_2025.last_value, of_2025.issued, of_2025.unaccounted),
+        (104, 5, 0)
+    );
+    let of_2026 = audited(&mut app, audit("acme", "yearly", "2026")).await;
+    assert_eq!(
+        (of_2026.last_value, of_2026.issued, of_2026.unaccounted),
+        (101, 2, 0)
+    );
+    let of_2024 = audited(&mut app, audit("acme", "yearly", "2024")).await;
+    assert_eq!(
+        of_2024,
+        AuditSeriesResponse {
+            last_value: 99,
+            ..AuditSeriesResponse::default()
+        }
+    );
+}
+
+/// Ranges whose record is gone, between others or after the last, are
+/// counted as unaccounted and their numbers listed, lowest first.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbers_whose_record_was_lost_are_unaccounted(#[case] backend: Backend) {
+    let mut app = spawn_allocator(backend).await;
+    // Keyed calls: one range each, 1..=2, 3..=4, ..., 9..=10.
+    for id in ["a", "b", "c", "d", "e"] {
+        app.client.allocate(keyed("acme", "", 2, id)).await.unwrap();
+    }
+    app.db
+        .execute("DELETE FROM allocations WHERE first_value IN (3, 9)")
+        .await;
+
+    let answer = audited(&mut app, audit("acme", "", "")).await;
+    assert_eq!(
+        answer,
+        AuditSeriesResponse {
+            last_value: 10,
+            issued: 6,
+            skipped: 0,
+            unaccounted: 4,
+            unaccounted_sample: vec![3, 4, 9, 10],
+        }
+    );
+}
+
+/// A series never used is not found; a period that is not one, or a bad
+/// tenant, is an invalid argument naming the field.
+#[tokio::test]
+async fn bad_audits_are_refused_by_field() {
+    let mut app = spawn_allocator(Backend::Postgres).await;
+    app.client.allocate(allocate("acme", "", 1)).await.unwrap();
+
+    let status = app
+        .client
+        .audit_series(audit("acme", "credit-notes", ""))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert_reason(&status, "SERIES_NOT_FOUND");
+
+    for (request, field) in [
+        (audit("acme", "", "2026-13"), "period"),
+        (audit("acme", "", "last year"), "period"),
+        (audit("", "", ""), "tenant_id"),
+    ] {
+        let status = app.client.audit_series(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        let violations = tonic_types::StatusExt::get_details_bad_request(&status)
+            .expect("a BadRequest")
+            .field_violations;
+        assert_eq!(violations[0].field, field, "{violations:?}");
+    }
+}
