@@ -16,11 +16,15 @@ use crate::{
         batch::Retention,
         exhausted::Exhausted,
         group_commit::{GroupCommitSettings, GroupCommitter, GroupError},
+        numbers::{self, NumberRecord, NumberState},
         series::{
             Calendar, Count, Number, NumberFormat, Refusal, Series, SeriesConfig, SeriesName,
             TimeZone,
         },
-        store::{Advance, Call, ConfigureError, CounterStore, Grant, Outcome, StoreError},
+        store::{
+            Advance, Call, ConfigureError, CounterStore, Grant, Outcome, RangeRow, RangesAfter,
+            StoreError,
+        },
     },
     calendar::Reset,
     page::Page,
@@ -57,6 +61,21 @@ pub enum Error {
         tenant: String,
         /// Series asked for.
         series: String,
+    },
+    /// No range of the period holds the number: it was never handed out or
+    /// skipped.
+    #[error(
+        "number {number} of period {period:?} of series {series:?} of tenant {tenant:?} not found"
+    )]
+    NumberNotFound {
+        /// Tenant asked for.
+        tenant: String,
+        /// Series asked for.
+        series: String,
+        /// Period asked for.
+        period: String,
+        /// Number asked for.
+        number: i64,
     },
     /// A stored format no longer parses: the store was edited by hand.
     #[error(
@@ -592,6 +611,69 @@ impl Allocator {
         Ok(ledger.map_or_else(|| Audit::not_begun(config.start_at), |l| Audit::of(&l)))
     }
 
+    /// One number of a period and its record.
+    ///
+    /// # Errors
+    /// [`Error::NumberNotFound`]: no range holds it; a store failure.
+    pub async fn get_number(
+        &self,
+        tenant: &TenantId,
+        series: &SeriesName,
+        period: &str,
+        number: i64,
+    ) -> Result<NumberRecord, Error> {
+        let range = self.store.range_at(tenant, series, period, number).await?;
+        let not_found = || Error::NumberNotFound {
+            tenant: tenant.to_string(),
+            series: series.to_string(),
+            period: period.to_owned(),
+            number,
+        };
+        let range = range.ok_or_else(not_found)?;
+        let render = |range: &RangeRow, n| render_stored(tenant, series, range, n);
+        let mut records = numbers::expand(std::slice::from_ref(&range), number, 1, render)?;
+        records.pop().ok_or_else(not_found)
+    }
+
+    /// Up to `limit` numbers of a period after `after`, in number order, only
+    /// those in `state` if one is given, and whether more follow.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn list_numbers(
+        &self,
+        tenant: &TenantId,
+        series: &SeriesName,
+        period: &str,
+        state: Option<NumberState>,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<Page<NumberRecord>, Error> {
+        let Some(from) = after.map_or(Some(1), |after| after.checked_add(1)) else {
+            return Ok(Page::from_fetched(Vec::new(), limit));
+        };
+        let kind = state.map(NumberState::kind);
+        let at = self.store.range_at(tenant, series, period, from).await?;
+        let mut ranges: Vec<RangeRow> = at
+            .into_iter()
+            .filter(|r| kind.is_none_or(|k| r.kind == k))
+            .collect();
+        let fetch = Page::<NumberRecord>::fetch(limit);
+        let after = RangesAfter {
+            number: from,
+            kind,
+            limit: fetch,
+        };
+        ranges.extend(
+            self.store
+                .ranges_after(tenant, series, period, after)
+                .await?,
+        );
+        let render = |range: &RangeRow, n| render_stored(tenant, series, range, n);
+        let records = numbers::expand(&ranges, from, fetch as usize, render)?;
+        Ok(Page::from_fetched(records, limit))
+    }
+
     /// Up to `limit` series after `after`, each with today's period, and
     /// whether more follow.
     ///
@@ -672,6 +754,16 @@ fn place(
         field: "date",
         reason,
     })
+}
+
+/// Number `n` of `range` as its document shows it.
+fn render_stored(
+    tenant: &TenantId,
+    series: &SeriesName,
+    range: &RangeRow,
+    n: i64,
+) -> Result<String, Error> {
+    Ok(parse_stored(tenant, series, &range.format)?.render(n, range.date))
 }
 
 fn parse_stored(

@@ -6,13 +6,15 @@ use crate::{
     access::Needs,
     allocator::{
         Allocator, Error, SeriesChange,
+        numbers::{NumberRecord, NumberState},
         series::{Count, NumberFormat, Series, SeriesName, TimeZone},
     },
     calendar::{Reset, check_period, parse_date},
     proto::{
         self, AdvanceCounterRequest, AdvanceCounterResponse, AllocateRequest, AllocateResponse,
         AllocatedNumber, AuditSeriesRequest, AuditSeriesResponse, ConfigureSeriesRequest,
-        ConfigureSeriesResponse, GetSeriesRequest, GetSeriesResponse, ListSeriesRequest,
+        ConfigureSeriesResponse, GetNumberRequest, GetNumberResponse, GetSeriesRequest,
+        GetSeriesResponse, ListNumbersRequest, ListNumbersResponse, ListSeriesRequest,
         ListSeriesResponse,
         number_allocator_server::{NumberAllocator, NumberAllocatorServer},
     },
@@ -42,6 +44,54 @@ pub struct AllocatorService {
 pub fn service(allocator: Allocator) -> NumberAllocatorServer<AllocatorService> {
     NumberAllocatorServer::new(AllocatorService { allocator })
         .max_decoding_message_size(MAX_REQUEST_BYTES)
+}
+
+/// A state asked for: unspecified is any.
+fn number_state(raw: i32) -> Result<Option<NumberState>, String> {
+    match proto::NumberState::try_from(raw) {
+        Ok(proto::NumberState::Unspecified) => Ok(None),
+        Ok(proto::NumberState::Issued) => Ok(Some(NumberState::Issued)),
+        Ok(proto::NumberState::Skipped) => Ok(Some(NumberState::Skipped)),
+        Err(_) => Err(format!("{raw} is not a NumberState")),
+    }
+}
+
+/// The number a page token says the last page ended with.
+fn number_token(token: &str) -> Result<Option<i64>, String> {
+    let Some(key) = pagination::decode_token(token)? else {
+        return Ok(None);
+    };
+    match key.parse::<i64>() {
+        Ok(number) if number >= 1 => Ok(Some(number)),
+        _ => Err("is not a token this listing gave".into()),
+    }
+}
+
+/// The period a record belongs to, as records show it.
+struct Shown<'a> {
+    tenant: &'a TenantId,
+    series: &'a SeriesName,
+    period: &'a str,
+}
+
+impl Shown<'_> {
+    fn record(&self, record: NumberRecord) -> proto::NumberRecord {
+        let state = match record.state {
+            NumberState::Issued => proto::NumberState::Issued,
+            NumberState::Skipped => proto::NumberState::Skipped,
+        };
+        proto::NumberRecord {
+            tenant_id: self.tenant.to_string(),
+            series: self.series.to_string(),
+            period: self.period.to_owned(),
+            number: record.number,
+            formatted: record.formatted,
+            state: state.into(),
+            reason: record.reason,
+            request_id: record.request_id,
+            updated_at: Some(proto::timestamp(record.updated_at)),
+        }
+    }
 }
 
 fn tenant_and_series(
@@ -171,6 +221,76 @@ impl NumberAllocator for AllocatorService {
             skipped: audit.skipped,
             unaccounted: audit.unaccounted,
             unaccounted_sample: audit.unaccounted_sample,
+        }))
+    }
+
+    async fn get_number(
+        &self,
+        request: Request<GetNumberRequest>,
+    ) -> Result<Response<GetNumberResponse>, Status> {
+        let admission = server::admission(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        let (tenant, series) =
+            tenant_and_series(&mut violations, &request.tenant_id, &request.series);
+        let period = violations.check("period", check_period(&request.period));
+        if request.number < 1 {
+            violations.add("number", "must be 1 or more");
+        }
+        violations.finish()?;
+        let (Some(tenant), Some(series), Some(())) = (tenant, series, period) else {
+            unreachable!("finish() returned Ok, so every field parsed");
+        };
+        admission.admit(&tenant, Needs::Tenant).await?;
+
+        let record = self
+            .allocator
+            .get_number(&tenant, &series, &request.period, request.number)
+            .await?;
+        let shown = Shown {
+            tenant: &tenant,
+            series: &series,
+            period: &request.period,
+        };
+        Ok(Response::new(GetNumberResponse {
+            record: Some(shown.record(record)),
+        }))
+    }
+
+    async fn list_numbers(
+        &self,
+        request: Request<ListNumbersRequest>,
+    ) -> Result<Response<ListNumbersResponse>, Status> {
+        let admission = server::admission(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        let (tenant, series) =
+            tenant_and_series(&mut violations, &request.tenant_id, &request.series);
+        let period = violations.check("period", check_period(&request.period));
+        let state = violations.check("state", number_state(request.state));
+        let size = violations.check("page_size", pagination::page_size(request.page_size));
+        let after = violations.check("page_token", number_token(&request.page_token));
+        violations.finish()?;
+        let (Some(tenant), Some(series), Some(()), Some(state), Some(size), Some(after)) =
+            (tenant, series, period, state, size, after)
+        else {
+            unreachable!("finish() returned Ok, so every field parsed");
+        };
+        admission.admit(&tenant, Needs::Tenant).await?;
+
+        let page = self
+            .allocator
+            .list_numbers(&tenant, &series, &request.period, state, after, size)
+            .await?;
+        let next_page_token = pagination::next_token(&page, |last| last.number.to_string());
+        let shown = Shown {
+            tenant: &tenant,
+            series: &series,
+            period: &request.period,
+        };
+        Ok(Response::new(ListNumbersResponse {
+            records: page.items.into_iter().map(|r| shown.record(r)).collect(),
+            next_page_token,
         }))
     }
 
@@ -329,6 +449,25 @@ impl From<Error> for Status {
                 format!("series {series:?} of tenant {tenant:?} has never been used or configured"),
                 "SERIES_NOT_FOUND",
                 &[("tenantId", tenant), ("series", series)],
+            ),
+            Error::NumberNotFound {
+                tenant,
+                series,
+                period,
+                number,
+            } => with_reason(
+                Code::NotFound,
+                format!(
+                    "number {number} of period {period:?} of series {series:?} of tenant \
+                     {tenant:?} was never handed out or skipped"
+                ),
+                "NUMBER_NOT_FOUND",
+                &[
+                    ("tenantId", tenant),
+                    ("series", series),
+                    ("period", period),
+                    ("number", number.to_string()),
+                ],
             ),
             Error::RequestIdReused {
                 request_id,

@@ -5,6 +5,7 @@
 //! - [`series`]: series names, counts, number formats: the values the rules speak of.
 //! - [`allocate`]: the [`Allocator`] rules: where a number is allocated.
 //! - [`audit`]: the account of a period's numbers, from its counter and ranges.
+//! - [`numbers`]: single numbers and their records, from the ranges.
 //! - [`batch`]: one transaction's calls planned: request ids claimed or repeated,
 //!   counters moved, ranges split and recorded.
 //! - [`group_commit`]: concurrent calls merged into one transaction.
@@ -21,6 +22,7 @@ pub mod batch;
 mod exhausted;
 pub mod group_commit;
 pub mod grpc;
+pub mod numbers;
 pub mod postgres;
 pub mod series;
 mod sql_store;

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
-use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Pool, Type};
+use sqlx::{AssertSqlSafe, Database, Encode, Executor, FromRow, IntoArguments, Pool, Type};
 
 use crate::{
     allocator::{
@@ -15,7 +15,7 @@ use crate::{
         series::{SeriesConfig, SeriesName},
         store::{
             Advance, Call, Change, ConfigureError, CounterStore, KeyRow, KindTotal, Ledger,
-            Outcome, SeriesRow, Stamp, StoreError,
+            Outcome, RangeRow, RangesAfter, SeriesRow, Stamp, StoreError,
         },
     },
     request_id::RequestId,
@@ -83,6 +83,7 @@ where
     for<'r> SeriesRow: FromRow<'r, <E::Db as Database>::Row>,
     for<'r> KeyRow: FromRow<'r, <E::Db as Database>::Row>,
     for<'r> KindTotal: FromRow<'r, <E::Db as Database>::Row>,
+    for<'r> RangeRow: FromRow<'r, <E::Db as Database>::Row>,
     for<'r> (i64,): FromRow<'r, <E::Db as Database>::Row>,
     for<'r> (i64, i64): FromRow<'r, <E::Db as Database>::Row>,
     for<'q> &'q str: Encode<'q, E::Db> + Type<E::Db>,
@@ -173,6 +174,29 @@ where
             kinds,
             holes,
         }))
+    }
+
+    async fn range_at(
+        &self,
+        tenant: &TenantId,
+        series: &SeriesName,
+        period: &str,
+        number: i64,
+    ) -> Result<Option<RangeRow>, StoreError> {
+        let (tenant, series) = (tenant.as_str(), series.as_str());
+        let range = select_range_from(self.0.pool(), tenant, series, period, number).await?;
+        Ok(range.filter(|range| range.last() >= number))
+    }
+
+    async fn ranges_after(
+        &self,
+        tenant: &TenantId,
+        series: &SeriesName,
+        period: &str,
+        after: RangesAfter<'_>,
+    ) -> Result<Vec<RangeRow>, StoreError> {
+        let (tenant, series) = (tenant.as_str(), series.as_str());
+        Ok(select_ranges_after(self.0.pool(), tenant, series, period, after).await?)
     }
 
     async fn first_answer(
@@ -619,6 +643,76 @@ where
     .bind(period)
     .fetch_optional(pool)
     .await
+}
+
+/// The columns of a ledger range.
+const RANGE_COLUMNS: &str =
+    "first_value, count, kind, reason, request_id, format, date, created_at FROM allocations";
+
+/// The last range of a period starting at or before `number`.
+#[tracing::instrument(name = "db.allocations.select_at", skip_all, err(level = "debug"))]
+async fn select_range_from<DB>(
+    pool: &Pool<DB>,
+    tenant: &str,
+    series: &str,
+    period: &str,
+    number: i64,
+) -> Result<Option<RangeRow>, sqlx::Error>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'r> RangeRow: FromRow<'r, DB::Row>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+{
+    let sql = format!(
+        "SELECT {RANGE_COLUMNS}
+         WHERE tenant_id = $1 AND series = $2 AND period = $3 AND first_value <= $4
+         ORDER BY first_value DESC LIMIT 1"
+    );
+    sqlx::query_as(AssertSqlSafe(sql))
+        .bind(tenant)
+        .bind(series)
+        .bind(period)
+        .bind(number)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Up to `after.limit` ranges of a period starting after `after.number`, of
+/// `after.kind` if given, in order.
+#[tracing::instrument(name = "db.allocations.select_after", skip_all, err(level = "debug"))]
+async fn select_ranges_after<DB>(
+    pool: &Pool<DB>,
+    tenant: &str,
+    series: &str,
+    period: &str,
+    after: RangesAfter<'_>,
+) -> Result<Vec<RangeRow>, sqlx::Error>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'r> RangeRow: FromRow<'r, DB::Row>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+{
+    let sql = format!(
+        "SELECT {RANGE_COLUMNS}
+         WHERE tenant_id = $1 AND series = $2 AND period = $3 AND first_value > $4
+           AND ($5 = '' OR kind = $5)
+         ORDER BY first_value LIMIT $6"
+    );
+    sqlx::query_as(AssertSqlSafe(sql))
+        .bind(tenant)
+        .bind(series)
+        .bind(period)
+        .bind(after.number)
+        .bind(after.kind.unwrap_or(""))
+        .bind(i64::from(after.limit))
+        .fetch_all(pool)
+        .await
 }
 
 /// A period's ledger up to a counter value read before it.

@@ -71,6 +71,25 @@ pub trait CounterStore: Store {
         sample: u32,
     ) -> Result<Option<Ledger>, StoreError>;
 
+    /// The range of a period's ledger that holds `number`, if one does.
+    async fn range_at(
+        &self,
+        tenant: &TenantId,
+        series: &SeriesName,
+        period: &str,
+        number: i64,
+    ) -> Result<Option<RangeRow>, StoreError>;
+
+    /// Up to `limit` ranges of a period that start after `number`, in
+    /// order, only those of `kind` if one is given.
+    async fn ranges_after(
+        &self,
+        tenant: &TenantId,
+        series: &SeriesName,
+        period: &str,
+        after: RangesAfter<'_>,
+    ) -> Result<Vec<RangeRow>, StoreError>;
+
     /// A series' settings, if it exists.
     async fn find(
         &self,
@@ -272,6 +291,46 @@ pub struct Ledger {
     /// The first holes between ranges, as (first number, count), ascending;
     /// not the hole after the last range.
     pub holes: Vec<(i64, i64)>,
+}
+
+/// A range of a period's ledger, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct RangeRow {
+    /// Its first number.
+    pub first_value: i64,
+    /// How many numbers it holds.
+    pub count: i64,
+    /// `allocate` (handed out) or `advance` (skipped).
+    pub kind: String,
+    /// Why an advance skipped it; empty for an allocation.
+    pub reason: String,
+    /// The request id of the call that took it, if it sent one.
+    pub request_id: Option<String>,
+    /// The template its numbers read with.
+    pub format: String,
+    /// The date its numbers read with.
+    pub date: NaiveDate,
+    /// When it was committed.
+    pub created_at: DateTime<Utc>,
+}
+
+impl RangeRow {
+    /// Its last number.
+    #[must_use]
+    pub fn last(&self) -> i64 {
+        self.first_value + (self.count - 1)
+    }
+}
+
+/// Which ranges [`CounterStore::ranges_after`] reads.
+#[derive(Debug, Clone, Copy)]
+pub struct RangesAfter<'a> {
+    /// Ranges starting after this number.
+    pub number: i64,
+    /// Only ranges of this kind, if given.
+    pub kind: Option<&'a str>,
+    /// At most this many.
+    pub limit: u32,
 }
 
 /// The numbers in a period's ranges of one kind.

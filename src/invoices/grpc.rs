@@ -263,10 +263,7 @@ impl From<Invoice> for proto::Invoice {
                 })
                 .collect(),
             total: domain::amount(invoice.total),
-            created_at: Some(prost_types::Timestamp {
-                seconds: invoice.created_at.timestamp(),
-                nanos: i32::try_from(invoice.created_at.timestamp_subsec_nanos()).unwrap_or(0),
-            }),
+            created_at: Some(proto::timestamp(invoice.created_at)),
         }
     }
 }

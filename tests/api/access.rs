@@ -9,8 +9,9 @@ use numbering::{
     clock::SystemClock,
     db::Backend,
     proto::{
-        AuditSeriesRequest, ConfigureSeriesRequest, GetSeriesRequest,
-        invoice_writer_client::InvoiceWriterClient, number_allocator_client::NumberAllocatorClient,
+        AuditSeriesRequest, ConfigureSeriesRequest, GetNumberRequest, GetSeriesRequest,
+        ListNumbersRequest, invoice_writer_client::InvoiceWriterClient,
+        number_allocator_client::NumberAllocatorClient,
     },
     server::ServerSettings,
 };
@@ -125,6 +126,23 @@ async fn each_refusal_answers_its_code_and_changes_nothing() {
         .audit_series(AuditSeriesRequest {
             tenant_id: "initech".into(),
             ..AuditSeriesRequest::default()
+        })
+        .await
+        .unwrap_err();
+    assert_refused(&status, Code::PermissionDenied, "TENANT_NOT_GRANTED");
+    let status = billing
+        .list_numbers(ListNumbersRequest {
+            tenant_id: "initech".into(),
+            ..ListNumbersRequest::default()
+        })
+        .await
+        .unwrap_err();
+    assert_refused(&status, Code::PermissionDenied, "TENANT_NOT_GRANTED");
+    let status = billing
+        .get_number(GetNumberRequest {
+            tenant_id: "initech".into(),
+            number: 1,
+            ..GetNumberRequest::default()
         })
         .await
         .unwrap_err();

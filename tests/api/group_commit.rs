@@ -19,8 +19,8 @@ use numbering::{
         group_commit::{GroupCommitSettings, GroupCommitter, GroupError},
         series::{Calendar, NumberFormat, SeriesConfig, SeriesName},
         store::{
-            Advance, Call, Change, ConfigureError, CounterStore, KeyRow, Ledger, Outcome, Stamp,
-            StoreError,
+            Advance, Call, Change, ConfigureError, CounterStore, KeyRow, Ledger, Outcome, RangeRow,
+            RangesAfter, Stamp, StoreError,
         },
     },
     clock::SystemClock,
@@ -136,6 +136,26 @@ impl CounterStore for ScriptedStore {
         sample: u32,
     ) -> Result<Option<Ledger>, StoreError> {
         self.inner.ledger(tenant, series, period, sample).await
+    }
+
+    async fn range_at(
+        &self,
+        tenant: &TenantId,
+        series: &SeriesName,
+        period: &str,
+        number: i64,
+    ) -> Result<Option<RangeRow>, StoreError> {
+        self.inner.range_at(tenant, series, period, number).await
+    }
+
+    async fn ranges_after(
+        &self,
+        tenant: &TenantId,
+        series: &SeriesName,
+        period: &str,
+        after: RangesAfter<'_>,
+    ) -> Result<Vec<RangeRow>, StoreError> {
+        self.inner.ranges_after(tenant, series, period, after).await
     }
 
     async fn first_answer(

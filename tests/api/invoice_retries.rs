@@ -22,7 +22,8 @@ use numbering::{
     proto::{
         AdvanceCounterRequest, AdvanceCounterResponse, AllocateRequest, AllocateResponse,
         AuditSeriesRequest, AuditSeriesResponse, ConfigureSeriesRequest, ConfigureSeriesResponse,
-        CreateInvoiceRequest, CreateInvoiceResponse, GetSeriesRequest, GetSeriesResponse,
+        CreateInvoiceRequest, CreateInvoiceResponse, GetNumberRequest, GetNumberResponse,
+        GetSeriesRequest, GetSeriesResponse, ListNumbersRequest, ListNumbersResponse,
         ListSeriesRequest, ListSeriesResponse,
         invoice_writer_client::InvoiceWriterClient,
         number_allocator_client::NumberAllocatorClient,
@@ -345,6 +346,26 @@ impl NumberAllocator for LosesReplies {
         self.allocator
             .clone()
             .audit_series(request.into_inner())
+            .await
+    }
+
+    async fn get_number(
+        &self,
+        request: Request<GetNumberRequest>,
+    ) -> Result<Response<GetNumberResponse>, Status> {
+        self.allocator
+            .clone()
+            .get_number(request.into_inner())
+            .await
+    }
+
+    async fn list_numbers(
+        &self,
+        request: Request<ListNumbersRequest>,
+    ) -> Result<Response<ListNumbersResponse>, Status> {
+        self.allocator
+            .clone()
+            .list_numbers(request.into_inner())
             .await
     }
 }

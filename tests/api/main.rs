@@ -26,6 +26,7 @@ mod group_commit;
 mod helpers;
 mod invoice_retries;
 mod invoices;
+mod numbers;
 mod pg_server;
 mod processes;
 mod request_ids;

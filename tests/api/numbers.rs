@@ -1,0 +1,204 @@
+//! GetNumber and ListNumbers: each number of a period with what became of
+//! it, read from the ledger's ranges.
+
+use numbering::{
+    db::Backend,
+    proto::{
+        ConfigureSeriesRequest, GetNumberRequest, ListNumbersRequest, NumberRecord, NumberState,
+        Reset,
+    },
+};
+use rstest_reuse::apply;
+use tonic::Code;
+
+use crate::{
+    backends,
+    helpers::{AllocatorApp, advance, allocate, assert_reason, keyed, spawn_allocator},
+};
+
+fn get(tenant: &str, series: &str, period: &str, number: i64) -> GetNumberRequest {
+    GetNumberRequest {
+        tenant_id: tenant.into(),
+        series: series.into(),
+        period: period.into(),
+        number,
+    }
+}
+
+fn list(state: NumberState, page_size: i32, page_token: &str) -> ListNumbersRequest {
+    ListNumbersRequest {
+        tenant_id: "acme".into(),
+        state: state.into(),
+        page_size,
+        page_token: page_token.into(),
+        ..ListNumbersRequest::default()
+    }
+}
+
+/// 1..=3 issued together, 4..=5 issued to a keyed call, 6..=8 skipped, 9
+/// issued.
+async fn numbers_of_each_kind(app: &mut AllocatorApp) {
+    app.client.allocate(allocate("acme", "", 3)).await.unwrap();
+    app.client
+        .allocate(keyed("acme", "", 2, "order-17"))
+        .await
+        .unwrap();
+    app.client
+        .advance_counter(advance("acme", 8, "numbers of the old system"))
+        .await
+        .unwrap();
+    app.client.allocate(allocate("acme", "", 1)).await.unwrap();
+}
+
+async fn record(app: &mut AllocatorApp, request: GetNumberRequest) -> NumberRecord {
+    let answer = app.client.get_number(request).await.unwrap().into_inner();
+    answer.record.expect("a record")
+}
+
+/// Each number reads back with its state, text, request id or reason; a
+/// number never handed out is not found.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_number_reads_back_with_what_became_of_it(#[case] backend: Backend) {
+    let mut app = spawn_allocator(backend).await;
+    numbers_of_each_kind(&mut app).await;
+
+    let second = record(&mut app, get("acme", "", "", 2)).await;
+    assert_eq!(
+        (
+            second.state(),
+            second.formatted.as_str(),
+            second.request_id.as_str(),
+            second.series.as_str()
+        ),
+        (NumberState::Issued, "INV-002", "", "invoice")
+    );
+    assert!(second.updated_at.is_some());
+    let keyed = record(&mut app, get("acme", "", "", 5)).await;
+    assert_eq!(
+        (keyed.state(), keyed.request_id.as_str()),
+        (NumberState::Issued, "order-17")
+    );
+    let skipped = record(&mut app, get("acme", "", "", 7)).await;
+    assert_eq!(
+        (skipped.state(), skipped.reason.as_str()),
+        (NumberState::Skipped, "numbers of the old system")
+    );
+
+    for (tenant, number) in [("acme", 10), ("globex", 1)] {
+        let status = app
+            .client
+            .get_number(get(tenant, "", "", number))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::NotFound, "{status:?}");
+        assert_reason(&status, "NUMBER_NOT_FOUND");
+    }
+    let status = app
+        .client
+        .get_number(get("acme", "", "", 0))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+}
+
+/// A number of a periodic series is read in its period, with the text of
+/// its document's date.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbers_are_read_in_their_period(#[case] backend: Backend) {
+    let mut app = spawn_allocator(backend).await;
+    app.client
+        .configure_series(ConfigureSeriesRequest {
+            tenant_id: "acme".into(),
+            series: "yearly".into(),
+            format: "{year}/{number:04}".into(),
+            reset: Reset::Yearly.into(),
+            ..ConfigureSeriesRequest::default()
+        })
+        .await
+        .unwrap();
+    let mut request = allocate("acme", "yearly", 1);
+    request.date = "2025-06-30".into();
+    app.client.allocate(request).await.unwrap();
+
+    let first = record(&mut app, get("acme", "yearly", "2025", 1)).await;
+    assert_eq!(
+        (first.period.as_str(), first.formatted.as_str()),
+        ("2025", "2025/0001")
+    );
+    let status = app
+        .client
+        .get_number(get("acme", "yearly", "2026", 1))
+        .await
+        .unwrap_err();
+    assert_reason(&status, "NUMBER_NOT_FOUND");
+}
+
+/// Every number of a period is listed once, in order, page by page, or only
+/// those of one state.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbers_are_listed_in_order_page_by_page(#[case] backend: Backend) {
+    let mut app = spawn_allocator(backend).await;
+    numbers_of_each_kind(&mut app).await;
+
+    for (state, page_size, expected) in [
+        (NumberState::Unspecified, 4, vec![1, 2, 3, 4, 5, 6, 7, 8, 9]),
+        (NumberState::Issued, 2, vec![1, 2, 3, 4, 5, 9]),
+        (NumberState::Skipped, 2, vec![6, 7, 8]),
+        (NumberState::Skipped, 0, vec![6, 7, 8]),
+    ] {
+        let (mut seen, mut pages, mut token) = (Vec::new(), 0, String::new());
+        loop {
+            let page = app
+                .client
+                .list_numbers(list(state, page_size, &token))
+                .await
+                .unwrap()
+                .into_inner();
+            pages += 1;
+            assert!(
+                page.records
+                    .iter()
+                    .all(|r| state == NumberState::Unspecified || r.state() == state)
+            );
+            seen.extend(page.records.iter().map(|r| r.number));
+            token = page.next_page_token;
+            if token.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(seen, expected, "{state:?}");
+        let size = if page_size == 0 {
+            50
+        } else {
+            usize::try_from(page_size).unwrap()
+        };
+        assert_eq!(pages, expected.len().div_ceil(size), "{state:?}");
+    }
+}
+
+/// A page token this listing did not give, or a state that is not one, is
+/// an invalid argument naming its field.
+#[tokio::test]
+async fn bad_listings_are_refused_by_field() {
+    let mut app = spawn_allocator(Backend::Postgres).await;
+    let mut bad_state = list(NumberState::Unspecified, 10, "");
+    bad_state.state = 99;
+    for (request, field) in [
+        (
+            list(NumberState::Unspecified, 10, "bm90IGEgdG9rZW4"),
+            "page_token",
+        ),
+        (bad_state, "state"),
+        (list(NumberState::Unspecified, -1, ""), "page_size"),
+    ] {
+        let status = app.client.list_numbers(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        let violations = tonic_types::StatusExt::get_details_bad_request(&status)
+            .expect("a BadRequest")
+            .field_violations;
+        assert_eq!(violations[0].field, field, "{violations:?}");
+    }
+}
