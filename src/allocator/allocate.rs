@@ -8,7 +8,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, SubsecRound, Utc};
 
 use crate::{
     allocator::{
@@ -22,8 +22,8 @@ use crate::{
             TimeZone,
         },
         store::{
-            Advance, Call, ConfigureError, CounterStore, Grant, Outcome, RangeRow, RangesAfter,
-            StoreError,
+            Advance, Call, ChangeError, ConfigureError, CounterStore, Grant, NumberAt, Outcome,
+            RangeRow, RangesAfter, StateChange, StateRefusal, StatesAfter, StoreError,
         },
     },
     calendar::Reset,
@@ -77,6 +77,9 @@ pub enum Error {
         /// Number asked for.
         number: i64,
     },
+    /// The number's state does not allow the change asked.
+    #[error(transparent)]
+    NotAllowed(StateRefusal),
     /// A stored format no longer parses: the store was edited by hand.
     #[error(
         "series {series:?} of tenant {tenant:?} has an invalid stored format {format:?}: {reason}"
@@ -157,6 +160,15 @@ pub enum CommitMode {
 enum Path {
     PerCall,
     Group(Arc<GroupCommitter>),
+}
+
+/// A page of numbers, and the number to list on from if more follow.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NumberPage {
+    /// The numbers, in order.
+    pub records: Vec<NumberRecord>,
+    /// The last number this page looked at, when more follow.
+    pub next_after: Option<i64>,
 }
 
 /// Numbers handed out to one call.
@@ -622,21 +634,82 @@ impl Allocator {
         period: &str,
         number: i64,
     ) -> Result<NumberRecord, Error> {
-        let range = self.store.range_at(tenant, series, period, number).await?;
+        let at = NumberAt {
+            tenant,
+            series,
+            period,
+            number,
+        };
+        let record = self.ranged(at).await?;
+        let states = self
+            .store
+            .states_between(tenant, series, period, (number, number))
+            .await?;
+        match states.first() {
+            Some(row) => Ok(record.with(row)?),
+            None => Ok(record),
+        }
+    }
+
+    /// A number's record as its range gave it.
+    async fn ranged(&self, at: NumberAt<'_>) -> Result<NumberRecord, Error> {
+        let NumberAt {
+            tenant,
+            series,
+            period,
+            number,
+        } = at;
         let not_found = || Error::NumberNotFound {
             tenant: tenant.to_string(),
             series: series.to_string(),
             period: period.to_owned(),
             number,
         };
+        let range = self.store.range_at(tenant, series, period, number).await?;
         let range = range.ok_or_else(not_found)?;
         let render = |range: &RangeRow, n| render_stored(tenant, series, range, n);
         let mut records = numbers::expand(std::slice::from_ref(&range), number, 1, render)?;
         records.pop().ok_or_else(not_found)
     }
 
+    /// Confirms or voids a number handed out, if its state allows; a repeat
+    /// of the same change answers the same record.
+    ///
+    /// # Errors
+    /// [`Error::NumberNotFound`]: it was never handed out (a number skipped
+    /// was not); [`Error::NotAllowed`]: its state does not allow the change;
+    /// a store failure.
+    pub async fn change_state(
+        &self,
+        at: NumberAt<'_>,
+        change: StateChange<'_>,
+    ) -> Result<NumberRecord, Error> {
+        let record = self.ranged(at).await?;
+        if record.state != NumberState::Issued {
+            return Err(Error::NumberNotFound {
+                tenant: at.tenant.to_string(),
+                series: at.series.to_string(),
+                period: at.period.to_owned(),
+                number: at.number,
+            });
+        }
+        // As the database keeps it, so that a repeat shows the same time.
+        let now = self.now().trunc_subsecs(6);
+        match self.store.change_state(at, change, now).await {
+            Ok(row) => Ok(record.with(&row)?),
+            Err(ChangeError::Refused(refusal)) => Err(Error::NotAllowed(refusal)),
+            Err(ChangeError::Store(error)) => Err(error.into()),
+            Err(ChangeError::Raced) => Err(StoreError::Unavailable(
+                "the number's state changed meanwhile; retry".into(),
+            )
+            .into()),
+        }
+    }
+
     /// Up to `limit` numbers of a period after `after`, in number order, only
-    /// those in `state` if one is given, and whether more follow.
+    /// those in `state` if one is given, and the number to list on from, if
+    /// more follow. A page may hold fewer than `limit` when a state is asked
+    /// for.
     ///
     /// # Errors
     /// A store failure.
@@ -648,17 +721,48 @@ impl Allocator {
         state: Option<NumberState>,
         after: Option<i64>,
         limit: u32,
-    ) -> Result<Page<NumberRecord>, Error> {
+    ) -> Result<NumberPage, Error> {
         let Some(from) = after.map_or(Some(1), |after| after.checked_add(1)) else {
-            return Ok(Page::from_fetched(Vec::new(), limit));
+            return Ok(NumberPage::default());
         };
-        let kind = state.map(NumberState::kind);
+        let fetch = Page::<NumberRecord>::fetch(limit);
+        if let Some(stored) = state.and_then(NumberState::stored) {
+            // Numbers that left their range's state: listed from their rows.
+            let after = StatesAfter {
+                state: stored,
+                number: from - 1,
+                limit: fetch,
+            };
+            let rows = self
+                .store
+                .states_after(tenant, series, period, after)
+                .await?;
+            let mut records = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let at = NumberAt {
+                    tenant,
+                    series,
+                    period,
+                    number: row.number,
+                };
+                records.push(self.ranged(at).await?.with(row)?);
+            }
+            let page = Page::from_fetched(records, limit);
+            let next_after = page
+                .more
+                .then(|| page.items.last().map(|r| r.number))
+                .flatten();
+            return Ok(NumberPage {
+                records: page.items,
+                next_after,
+            });
+        }
+        let kind = state.and_then(NumberState::kind);
         let at = self.store.range_at(tenant, series, period, from).await?;
         let mut ranges: Vec<RangeRow> = at
             .into_iter()
-            .filter(|r| kind.is_none_or(|k| r.kind == k))
+            .filter(|range| kind.is_none_or(|kind| range.kind == kind))
             .collect();
-        let fetch = Page::<NumberRecord>::fetch(limit);
         let after = RangesAfter {
             number: from,
             kind,
@@ -670,8 +774,35 @@ impl Allocator {
                 .await?,
         );
         let render = |range: &RangeRow, n| render_stored(tenant, series, range, n);
-        let records = numbers::expand(&ranges, from, fetch as usize, render)?;
-        Ok(Page::from_fetched(records, limit))
+        let scanned = Page::from_fetched(
+            numbers::expand(&ranges, from, fetch as usize, render)?,
+            limit,
+        );
+        let (Some(first), Some(last)) = (scanned.items.first(), scanned.items.last()) else {
+            return Ok(NumberPage::default());
+        };
+        let span = (first.number, last.number);
+        let next_after = scanned.more.then_some(last.number);
+        let rows = self
+            .store
+            .states_between(tenant, series, period, span)
+            .await?;
+        let mut rows = rows.iter().peekable();
+        let mut records = Vec::with_capacity(scanned.items.len());
+        for record in scanned.items {
+            let record = match rows.next_if(|row| row.number == record.number) {
+                Some(row) => record.with(row)?,
+                None => record,
+            };
+            // A number confirmed or voided is no longer issued.
+            if state.is_none_or(|state| record.state == state) {
+                records.push(record);
+            }
+        }
+        Ok(NumberPage {
+            records,
+            next_after,
+        })
     }
 
     /// Up to `limit` series after `after`, each with today's period, and

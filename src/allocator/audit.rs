@@ -11,8 +11,12 @@ pub const SAMPLE: u32 = 100;
 pub struct Audit {
     /// The period's last number handed out or skipped.
     pub last_value: i64,
-    /// Numbers handed out by `Allocate`.
+    /// Numbers handed out by `Allocate`, neither confirmed nor voided since.
     pub issued: i64,
+    /// Numbers confirmed with their document's reference.
+    pub confirmed: i64,
+    /// Numbers voided with a reason.
+    pub voided: i64,
     /// Numbers jumped over by `AdvanceCounter`.
     pub skipped: i64,
     /// Numbers with no record: 0 unless records were lost (negative if
@@ -39,7 +43,12 @@ impl Audit {
             let kinds = ledger.kinds.iter().filter(|total| total.kind == kind);
             kinds.map(|total| total.numbers).sum()
         };
-        let (issued, skipped) = (total("allocate"), total("advance"));
+        let (allocated, skipped) = (total("allocate"), total("advance"));
+        let in_state = |state: &str| -> i64 {
+            let rows = ledger.states.iter().filter(|(name, _)| name == state);
+            rows.map(|(_, numbers)| numbers).sum()
+        };
+        let (confirmed, voided) = (in_state("confirmed"), in_state("voided"));
         let recorded_to = ledger.kinds.iter().map(|total| total.last).max();
         let recorded_to = recorded_to.unwrap_or(ledger.base).max(ledger.base);
         let after_last_range = (recorded_to < ledger.last_value)
@@ -54,9 +63,11 @@ impl Audit {
             .collect();
         Self {
             last_value: ledger.last_value,
-            issued,
+            issued: allocated - confirmed - voided,
+            confirmed,
+            voided,
             skipped,
-            unaccounted: ledger.last_value - ledger.base - issued - skipped,
+            unaccounted: ledger.last_value - ledger.base - allocated - skipped,
             unaccounted_sample,
         }
     }
@@ -82,13 +93,16 @@ mod tests {
             base: 9,
             kinds: vec![kind("advance", 51, 110), kind("allocate", 50, 59)],
             holes: Vec::new(),
+            states: vec![("confirmed".into(), 7), ("voided".into(), 2)],
         };
         let audit = Audit::of(&ledger);
         assert_eq!(
             audit,
             Audit {
                 last_value: 110,
-                issued: 50,
+                issued: 41,
+                confirmed: 7,
+                voided: 2,
                 skipped: 51,
                 unaccounted: 0,
                 unaccounted_sample: Vec::new(),
@@ -104,6 +118,7 @@ mod tests {
             base: 0,
             kinds: vec![kind("allocate", 4, 6)],
             holes: vec![(4, 2)],
+            states: Vec::new(),
         };
         let audit = Audit::of(&ledger);
         assert_eq!(audit.unaccounted, 4);
@@ -117,6 +132,7 @@ mod tests {
             base: 0,
             kinds: Vec::new(),
             holes: Vec::new(),
+            states: Vec::new(),
         };
         let audit = Audit::of(&ledger);
         assert_eq!(audit.unaccounted, i64::MAX);

@@ -8,14 +8,15 @@ use crate::{
         Allocator, Error, SeriesChange,
         numbers::{NumberRecord, NumberState},
         series::{Count, NumberFormat, Series, SeriesName, TimeZone},
+        store::{NumberAt, StateChange, StateRefusal},
     },
     calendar::{Reset, check_period, parse_date},
     proto::{
         self, AdvanceCounterRequest, AdvanceCounterResponse, AllocateRequest, AllocateResponse,
         AllocatedNumber, AuditSeriesRequest, AuditSeriesResponse, ConfigureSeriesRequest,
-        ConfigureSeriesResponse, GetNumberRequest, GetNumberResponse, GetSeriesRequest,
-        GetSeriesResponse, ListNumbersRequest, ListNumbersResponse, ListSeriesRequest,
-        ListSeriesResponse,
+        ConfigureSeriesResponse, ConfirmRequest, ConfirmResponse, GetNumberRequest,
+        GetNumberResponse, GetSeriesRequest, GetSeriesResponse, ListNumbersRequest,
+        ListNumbersResponse, ListSeriesRequest, ListSeriesResponse, VoidRequest, VoidResponse,
         number_allocator_server::{NumberAllocator, NumberAllocatorServer},
     },
     request_id::RequestId,
@@ -46,12 +47,68 @@ pub fn service(allocator: Allocator) -> NumberAllocatorServer<AllocatorService> 
         .max_decoding_message_size(MAX_REQUEST_BYTES)
 }
 
+impl AllocatorService {
+    /// Applies `change` to one number and shows its record.
+    async fn change(
+        &self,
+        tenant: &TenantId,
+        series: &SeriesName,
+        period: &str,
+        number: i64,
+        change: StateChange<'_>,
+    ) -> Result<proto::NumberRecord, Status> {
+        let at = NumberAt {
+            tenant,
+            series,
+            period,
+            number,
+        };
+        let record = self.allocator.change_state(at, change).await?;
+        let shown = Shown {
+            tenant,
+            series,
+            period,
+        };
+        Ok(shown.record(record))
+    }
+}
+
+/// The fields that name one number, checked.
+fn number_at(
+    violations: &mut Violations,
+    tenant: &str,
+    series: &str,
+    period: &str,
+    number: i64,
+) -> Option<(TenantId, SeriesName)> {
+    let (tenant, series) = tenant_and_series(violations, tenant, series);
+    violations.check("period", check_period(period));
+    if number < 1 {
+        violations.add("number", "must be 1 or more");
+    }
+    tenant.zip(series)
+}
+
+/// A reference or a reason: 1 to 256 characters.
+fn note(text: &str) -> Result<(), String> {
+    match text.chars().count() {
+        0 => Err("must not be empty".into()),
+        1..=MAX_NOTE_CHARS => Ok(()),
+        _ => Err(format!("must be at most {MAX_NOTE_CHARS} characters")),
+    }
+}
+
+/// Longest reference or reason of a number's state.
+const MAX_NOTE_CHARS: usize = 256;
+
 /// A state asked for: unspecified is any.
 fn number_state(raw: i32) -> Result<Option<NumberState>, String> {
     match proto::NumberState::try_from(raw) {
         Ok(proto::NumberState::Unspecified) => Ok(None),
         Ok(proto::NumberState::Issued) => Ok(Some(NumberState::Issued)),
         Ok(proto::NumberState::Skipped) => Ok(Some(NumberState::Skipped)),
+        Ok(proto::NumberState::Confirmed) => Ok(Some(NumberState::Confirmed)),
+        Ok(proto::NumberState::Voided) => Ok(Some(NumberState::Voided)),
         Err(_) => Err(format!("{raw} is not a NumberState")),
     }
 }
@@ -79,6 +136,8 @@ impl Shown<'_> {
         let state = match record.state {
             NumberState::Issued => proto::NumberState::Issued,
             NumberState::Skipped => proto::NumberState::Skipped,
+            NumberState::Confirmed => proto::NumberState::Confirmed,
+            NumberState::Voided => proto::NumberState::Voided,
         };
         proto::NumberRecord {
             tenant_id: self.tenant.to_string(),
@@ -88,6 +147,7 @@ impl Shown<'_> {
             formatted: record.formatted,
             state: state.into(),
             reason: record.reason,
+            reference: record.reference,
             request_id: record.request_id,
             updated_at: Some(proto::timestamp(record.updated_at)),
         }
@@ -218,6 +278,8 @@ impl NumberAllocator for AllocatorService {
         Ok(Response::new(AuditSeriesResponse {
             last_value: audit.last_value,
             issued: audit.issued,
+            confirmed: audit.confirmed,
+            voided: audit.voided,
             skipped: audit.skipped,
             unaccounted: audit.unaccounted,
             unaccounted_sample: audit.unaccounted_sample,
@@ -231,14 +293,15 @@ impl NumberAllocator for AllocatorService {
         let admission = server::admission(&request)?;
         let request = request.into_inner();
         let mut violations = Violations::new();
-        let (tenant, series) =
-            tenant_and_series(&mut violations, &request.tenant_id, &request.series);
-        let period = violations.check("period", check_period(&request.period));
-        if request.number < 1 {
-            violations.add("number", "must be 1 or more");
-        }
+        let at = number_at(
+            &mut violations,
+            &request.tenant_id,
+            &request.series,
+            &request.period,
+            request.number,
+        );
         violations.finish()?;
-        let (Some(tenant), Some(series), Some(())) = (tenant, series, period) else {
+        let Some((tenant, series)) = at else {
             unreachable!("finish() returned Ok, so every field parsed");
         };
         admission.admit(&tenant, Needs::Tenant).await?;
@@ -282,15 +345,79 @@ impl NumberAllocator for AllocatorService {
             .allocator
             .list_numbers(&tenant, &series, &request.period, state, after, size)
             .await?;
-        let next_page_token = pagination::next_token(&page, |last| last.number.to_string());
+        let next_page_token = page
+            .next_after
+            .map(|last| pagination::encode_token(&last.to_string()))
+            .unwrap_or_default();
         let shown = Shown {
             tenant: &tenant,
             series: &series,
             period: &request.period,
         };
         Ok(Response::new(ListNumbersResponse {
-            records: page.items.into_iter().map(|r| shown.record(r)).collect(),
+            records: page.records.into_iter().map(|r| shown.record(r)).collect(),
             next_page_token,
+        }))
+    }
+
+    async fn confirm(
+        &self,
+        request: Request<ConfirmRequest>,
+    ) -> Result<Response<ConfirmResponse>, Status> {
+        let admission = server::admission(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        let at = number_at(
+            &mut violations,
+            &request.tenant_id,
+            &request.series,
+            &request.period,
+            request.number,
+        );
+        violations.check("reference", note(&request.reference));
+        violations.finish()?;
+        let Some((tenant, series)) = at else {
+            unreachable!("finish() returned Ok, so every field parsed");
+        };
+        admission.admit(&tenant, Needs::Tenant).await?;
+
+        let change = StateChange::Confirm {
+            reference: &request.reference,
+        };
+        let record = self
+            .change(&tenant, &series, &request.period, request.number, change)
+            .await?;
+        Ok(Response::new(ConfirmResponse {
+            record: Some(record),
+        }))
+    }
+
+    async fn void(&self, request: Request<VoidRequest>) -> Result<Response<VoidResponse>, Status> {
+        let admission = server::admission(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        let at = number_at(
+            &mut violations,
+            &request.tenant_id,
+            &request.series,
+            &request.period,
+            request.number,
+        );
+        violations.check("reason", note(&request.reason));
+        violations.finish()?;
+        let Some((tenant, series)) = at else {
+            unreachable!("finish() returned Ok, so every field parsed");
+        };
+        admission.admit(&tenant, Needs::Admin).await?;
+
+        let change = StateChange::Void {
+            reason: &request.reason,
+        };
+        let record = self
+            .change(&tenant, &series, &request.period, request.number, change)
+            .await?;
+        Ok(Response::new(VoidResponse {
+            record: Some(record),
         }))
     }
 
@@ -468,6 +595,18 @@ impl From<Error> for Status {
                     ("period", period),
                     ("number", number.to_string()),
                 ],
+            ),
+            Error::NotAllowed(StateRefusal::AlreadyConfirmed { reference }) => with_reason(
+                Code::FailedPrecondition,
+                format!("the number was confirmed with reference {reference:?}"),
+                "ALREADY_CONFIRMED",
+                &[("reference", reference)],
+            ),
+            Error::NotAllowed(StateRefusal::Voided { reason }) => with_reason(
+                Code::FailedPrecondition,
+                format!("the number was voided ({reason}); it is never used again"),
+                "NUMBER_VOIDED",
+                &[("reason", reason)],
             ),
             Error::RequestIdReused {
                 request_id,

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::allocator::store::{RangeRow, StoreError};
+use crate::allocator::store::{RangeRow, StateChange, StateRefusal, StateRow, StoreError};
 
 /// What became of a number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -12,15 +12,44 @@ pub enum NumberState {
     Issued,
     /// Jumped over by `AdvanceCounter`.
     Skipped,
+    /// Confirmed with the reference of the document that holds it.
+    Confirmed,
+    /// Voided with a reason: never handed out again.
+    Voided,
 }
 
 impl NumberState {
-    /// The kind of ledger range whose numbers are in this state.
+    /// The state as a state row stores it, for the states rows hold.
     #[must_use]
-    pub fn kind(self) -> &'static str {
+    pub fn stored(self) -> Option<&'static str> {
         match self {
-            Self::Issued => "allocate",
-            Self::Skipped => "advance",
+            Self::Confirmed => Some("confirmed"),
+            Self::Voided => Some("voided"),
+            Self::Issued | Self::Skipped => None,
+        }
+    }
+
+    /// The state a state row holds.
+    ///
+    /// # Errors
+    /// A state no row should hold.
+    pub fn of_stored(state: &str) -> Result<Self, StoreError> {
+        match state {
+            "confirmed" => Ok(Self::Confirmed),
+            "voided" => Ok(Self::Voided),
+            _ => Err(StoreError::Internal(
+                format!("stored number state {state:?}").into(),
+            )),
+        }
+    }
+
+    /// The kind of ledger range whose numbers start in this state.
+    #[must_use]
+    pub fn kind(self) -> Option<&'static str> {
+        match self {
+            Self::Issued => Some("allocate"),
+            Self::Skipped => Some("advance"),
+            Self::Confirmed | Self::Voided => None,
         }
     }
 
@@ -48,7 +77,9 @@ pub struct NumberRecord {
     pub formatted: String,
     /// What became of it.
     pub state: NumberState,
-    /// Why it was skipped; empty for a number issued.
+    /// The reference of the document that holds it, once confirmed.
+    pub reference: String,
+    /// Why it was skipped or voided.
     pub reason: String,
     /// The request id of the call that took it; empty if none.
     pub request_id: String,
@@ -80,6 +111,7 @@ where
                 number,
                 formatted: render(range, number)?,
                 state,
+                reference: String::new(),
                 reason: range.reason.clone(),
                 request_id: range.request_id.clone().unwrap_or_default(),
                 updated_at: range.created_at,
@@ -90,6 +122,63 @@ where
         }
     }
     Ok(records)
+}
+
+impl NumberRecord {
+    /// The record as its state row says it is now.
+    ///
+    /// # Errors
+    /// A row of unknown state.
+    pub fn with(mut self, row: &StateRow) -> Result<Self, StoreError> {
+        self.state = NumberState::of_stored(&row.state)?;
+        self.reference.clone_from(&row.reference);
+        self.reason.clone_from(&row.reason);
+        self.updated_at = row.updated_at;
+        Ok(self)
+    }
+}
+
+/// What a change does to a number now in `current` (none: issued, as its
+/// range gave it): the state, reference and reason to store, or none when
+/// the number is already so (a repeat answers what the first call did).
+///
+/// # Errors
+/// The number's state does not allow the change.
+pub fn decide(
+    current: Option<&StateRow>,
+    change: StateChange<'_>,
+) -> Result<Option<(NumberState, String, String)>, StateRefusal> {
+    let current = current.map(|row| (row.state.as_str(), row));
+    match (change, current) {
+        (StateChange::Confirm { reference }, None) => Ok(Some((
+            NumberState::Confirmed,
+            reference.to_owned(),
+            String::new(),
+        ))),
+        (StateChange::Confirm { reference }, Some(("confirmed", row))) => {
+            if row.reference == reference {
+                Ok(None)
+            } else {
+                Err(StateRefusal::AlreadyConfirmed {
+                    reference: row.reference.clone(),
+                })
+            }
+        }
+        (StateChange::Void { reason }, None) => Ok(Some((
+            NumberState::Voided,
+            String::new(),
+            reason.to_owned(),
+        ))),
+        (StateChange::Void { reason }, Some(("confirmed", row))) => Ok(Some((
+            NumberState::Voided,
+            row.reference.clone(),
+            reason.to_owned(),
+        ))),
+        (StateChange::Void { reason }, Some((_, row))) if row.reason == reason => Ok(None),
+        (_, Some((_, row))) => Err(StateRefusal::Voided {
+            reason: row.reason.clone(),
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -118,6 +207,53 @@ mod tests {
             .into_iter()
             .map(|record| (record.number, record.state))
             .collect()
+    }
+
+    fn row(state: &str, reference: &str, reason: &str) -> StateRow {
+        StateRow {
+            number: 7,
+            state: state.to_owned(),
+            reference: reference.to_owned(),
+            reason: reason.to_owned(),
+            updated_at: DateTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn confirm_and_void_follow_the_transitions() {
+        let confirm = |reference| StateChange::Confirm { reference };
+        let void = |reason| StateChange::Void { reason };
+        let confirmed = row("confirmed", "inv-1", "");
+        let voided = row("voided", "inv-1", "cancelled");
+        let write = |state, reference: &str, reason: &str| {
+            Ok(Some((state, reference.to_owned(), reason.to_owned())))
+        };
+
+        assert_eq!(
+            decide(None, confirm("inv-1")),
+            write(NumberState::Confirmed, "inv-1", "")
+        );
+        assert_eq!(decide(Some(&confirmed), confirm("inv-1")), Ok(None));
+        assert_eq!(
+            decide(Some(&confirmed), confirm("inv-2")),
+            Err(StateRefusal::AlreadyConfirmed {
+                reference: "inv-1".into()
+            })
+        );
+        assert_eq!(
+            decide(None, void("typo")),
+            write(NumberState::Voided, "", "typo")
+        );
+        assert_eq!(
+            decide(Some(&confirmed), void("cancelled")),
+            write(NumberState::Voided, "inv-1", "cancelled")
+        );
+        assert_eq!(decide(Some(&voided), void("cancelled")), Ok(None));
+        let refused = Err(StateRefusal::Voided {
+            reason: "cancelled".into(),
+        });
+        assert_eq!(decide(Some(&voided), void("other")), refused);
+        assert_eq!(decide(Some(&voided), confirm("inv-1")), refused);
     }
 
     #[test]

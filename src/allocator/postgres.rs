@@ -14,7 +14,10 @@ use crate::{
         batch::{Batch, Claim, Counted, Plan, Won},
         series::SeriesConfig,
         sql_store::{self, Engine, SqlCounterStore},
-        store::{Advance, Change, ConfigureError, Outcome, SeriesRow, Stamp, StoreError},
+        store::{
+            Advance, Change, ChangeError, ConfigureError, NumberAt, Outcome, SeriesRow, Stamp,
+            StateChange, StateRow, StoreError,
+        },
     },
     db::begin_durable,
 };
@@ -92,6 +95,24 @@ async fn lock_series(
         .bind(series)
         .fetch_optional(conn)
         .await
+}
+
+/// A number's state row, locked until the transaction ends.
+#[tracing::instrument(name = "db.number_states.lock", skip_all, err(level = "debug"))]
+async fn lock_state(
+    conn: &mut PgConnection,
+    at: NumberAt<'_>,
+) -> Result<Option<StateRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT number, state, reference, reason, updated_at FROM number_states
+         WHERE tenant_id = $1 AND series = $2 AND period = $3 AND number = $4 FOR UPDATE",
+    )
+    .bind(at.tenant.as_str())
+    .bind(at.series.as_str())
+    .bind(at.period)
+    .bind(at.number)
+    .fetch_optional(conn)
+    .await
 }
 
 /// Claims the batch's request ids: inserts each, or takes over one older than
@@ -378,6 +399,30 @@ impl Engine for PgEngine {
         let config = sql_store::configure::<Postgres>(&mut tx, &locked, tenant, change).await?;
         tx.commit().await?;
         Ok(config)
+    }
+
+    async fn change_state(
+        &self,
+        at: NumberAt<'_>,
+        change: StateChange<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<StateRow, ChangeError> {
+        // Two first changes of one number race on its insert: the loser runs
+        // again, and then finds the winner's row locked or stored.
+        for _ in 0..2 {
+            let mut tx = begin_durable(&self.pool).await?;
+            let current = lock_state(&mut tx, at).await?;
+            match sql_store::apply_state_change::<Postgres>(&mut tx, at, current, change, now).await
+            {
+                Ok(row) => {
+                    tx.commit().await?;
+                    return Ok(row);
+                }
+                Err(ChangeError::Raced) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Err(StoreError::Unavailable("a number's state kept changing; retry".into()).into())
     }
 
     async fn advance(

@@ -12,10 +12,12 @@ use sqlx::{AssertSqlSafe, Database, Encode, Executor, FromRow, IntoArguments, Po
 use crate::{
     allocator::{
         batch::{Batch, Won},
+        numbers,
         series::{SeriesConfig, SeriesName},
         store::{
-            Advance, Call, Change, ConfigureError, CounterStore, KeyRow, KindTotal, Ledger,
-            Outcome, RangeRow, RangesAfter, SeriesRow, Stamp, StoreError,
+            Advance, Call, Change, ChangeError, ConfigureError, CounterStore, KeyRow, KindTotal,
+            Ledger, NumberAt, Outcome, RangeRow, RangesAfter, SeriesRow, Stamp, StateChange,
+            StateRow, StatesAfter, StoreError,
         },
     },
     request_id::RequestId,
@@ -60,6 +62,15 @@ pub(crate) trait Engine: Send + Sync + 'static {
         defaults: &SeriesConfig,
     ) -> Result<(SeriesConfig, i64), StoreError>;
 
+    /// Runs [`apply_state_change`] in the engine's durable write, on the
+    /// number's state row locked (or its absence made safe).
+    async fn change_state(
+        &self,
+        at: NumberAt<'_>,
+        change: StateChange<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<StateRow, ChangeError>;
+
     /// Runs [`delete_request_ids`] in the engine's write path.
     async fn forget(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError>;
 
@@ -84,8 +95,10 @@ where
     for<'r> KeyRow: FromRow<'r, <E::Db as Database>::Row>,
     for<'r> KindTotal: FromRow<'r, <E::Db as Database>::Row>,
     for<'r> RangeRow: FromRow<'r, <E::Db as Database>::Row>,
+    for<'r> StateRow: FromRow<'r, <E::Db as Database>::Row>,
     for<'r> (i64,): FromRow<'r, <E::Db as Database>::Row>,
     for<'r> (i64, i64): FromRow<'r, <E::Db as Database>::Row>,
+    for<'r> (String, i64): FromRow<'r, <E::Db as Database>::Row>,
     for<'q> &'q str: Encode<'q, E::Db> + Type<E::Db>,
     for<'q> i64: Encode<'q, E::Db> + Type<E::Db>,
     for<'q> DateTime<Utc>: Encode<'q, E::Db> + Type<E::Db>,
@@ -168,11 +181,13 @@ where
         } else {
             select_holes(pool, &at, sample.into()).await?
         };
+        let states = select_state_totals(pool, &at).await?;
         Ok(Some(Ledger {
             last_value,
             base,
             kinds,
             holes,
+            states,
         }))
     }
 
@@ -197,6 +212,37 @@ where
     ) -> Result<Vec<RangeRow>, StoreError> {
         let (tenant, series) = (tenant.as_str(), series.as_str());
         Ok(select_ranges_after(self.0.pool(), tenant, series, period, after).await?)
+    }
+
+    async fn change_state(
+        &self,
+        at: NumberAt<'_>,
+        change: StateChange<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<StateRow, ChangeError> {
+        self.0.change_state(at, change, now).await
+    }
+
+    async fn states_between(
+        &self,
+        tenant: &TenantId,
+        series: &SeriesName,
+        period: &str,
+        numbers: (i64, i64),
+    ) -> Result<Vec<StateRow>, StoreError> {
+        let (tenant, series) = (tenant.as_str(), series.as_str());
+        Ok(select_states_between(self.0.pool(), tenant, series, period, numbers).await?)
+    }
+
+    async fn states_after(
+        &self,
+        tenant: &TenantId,
+        series: &SeriesName,
+        period: &str,
+        after: StatesAfter<'_>,
+    ) -> Result<Vec<StateRow>, StoreError> {
+        let (tenant, series) = (tenant.as_str(), series.as_str());
+        Ok(select_states_after(self.0.pool(), tenant, series, period, after).await?)
     }
 
     async fn first_answer(
@@ -645,6 +691,210 @@ where
     .await
 }
 
+/// Decides `change` for the number `at`, now in `current`, and stores what
+/// it makes of it. Runs on `conn`, inside the engine's durable write.
+///
+/// # Errors
+/// [`ChangeError::Refused`]: the state does not allow the change;
+/// [`ChangeError::Raced`]: another write stored the number's first state
+/// since `current` was read (run again).
+pub(crate) async fn apply_state_change<DB>(
+    conn: &mut DB::Connection,
+    at: NumberAt<'_>,
+    current: Option<StateRow>,
+    change: StateChange<'_>,
+    now: DateTime<Utc>,
+) -> Result<StateRow, ChangeError>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
+{
+    let Some((state, reference, reason)) = numbers::decide(current.as_ref(), change)? else {
+        return current.ok_or_else(|| StoreError::Internal("no state to repeat".into()).into());
+    };
+    let row = StateRow {
+        number: at.number,
+        state: state.stored().unwrap_or_default().to_owned(),
+        reference,
+        reason,
+        updated_at: now,
+    };
+    if current.is_some() {
+        update_state::<DB>(conn, at, &row).await?;
+    } else if let Err(error) = insert_state::<DB>(conn, at, &row).await {
+        let raced = matches!(&error, sqlx::Error::Database(db) if db.is_unique_violation());
+        return Err(if raced {
+            ChangeError::Raced
+        } else {
+            error.into()
+        });
+    }
+    Ok(row)
+}
+
+/// A number's state row, if it has one.
+#[tracing::instrument(name = "db.number_states.select_one", skip_all, err(level = "debug"))]
+pub(crate) async fn select_state<DB>(
+    conn: &mut DB::Connection,
+    at: NumberAt<'_>,
+) -> Result<Option<StateRow>, sqlx::Error>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'r> StateRow: FromRow<'r, DB::Row>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+{
+    sqlx::query_as(
+        "SELECT number, state, reference, reason, updated_at FROM number_states
+         WHERE tenant_id = $1 AND series = $2 AND period = $3 AND number = $4",
+    )
+    .bind(at.tenant.as_str())
+    .bind(at.series.as_str())
+    .bind(at.period)
+    .bind(at.number)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Stores the first state row of a number; fails on a unique violation if
+/// another write stored one first.
+#[tracing::instrument(name = "db.number_states.insert", skip_all, err(level = "debug"))]
+async fn insert_state<DB>(
+    conn: &mut DB::Connection,
+    at: NumberAt<'_>,
+    row: &StateRow,
+) -> Result<(), sqlx::Error>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
+{
+    sqlx::query(
+        "INSERT INTO number_states
+             (tenant_id, series, period, number, state, reference, reason, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(at.tenant.as_str())
+    .bind(at.series.as_str())
+    .bind(at.period)
+    .bind(at.number)
+    .bind(row.state.as_str())
+    .bind(row.reference.as_str())
+    .bind(row.reason.as_str())
+    .bind(row.updated_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Replaces a number's state row, read and locked in this write.
+#[tracing::instrument(name = "db.number_states.update", skip_all, err(level = "debug"))]
+async fn update_state<DB>(
+    conn: &mut DB::Connection,
+    at: NumberAt<'_>,
+    row: &StateRow,
+) -> Result<(), sqlx::Error>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
+{
+    sqlx::query(
+        "UPDATE number_states SET state = $5, reference = $6, reason = $7, updated_at = $8
+         WHERE tenant_id = $1 AND series = $2 AND period = $3 AND number = $4",
+    )
+    .bind(at.tenant.as_str())
+    .bind(at.series.as_str())
+    .bind(at.period)
+    .bind(at.number)
+    .bind(row.state.as_str())
+    .bind(row.reference.as_str())
+    .bind(row.reason.as_str())
+    .bind(row.updated_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The state rows of a period's numbers in `first..=last`, in order.
+#[tracing::instrument(
+    name = "db.number_states.select_between",
+    skip_all,
+    err(level = "debug")
+)]
+async fn select_states_between<DB>(
+    pool: &Pool<DB>,
+    tenant: &str,
+    series: &str,
+    period: &str,
+    (first, last): (i64, i64),
+) -> Result<Vec<StateRow>, sqlx::Error>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'r> StateRow: FromRow<'r, DB::Row>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+{
+    sqlx::query_as(
+        "SELECT number, state, reference, reason, updated_at FROM number_states
+         WHERE tenant_id = $1 AND series = $2 AND period = $3 AND number BETWEEN $4 AND $5
+         ORDER BY number",
+    )
+    .bind(tenant)
+    .bind(series)
+    .bind(period)
+    .bind(first)
+    .bind(last)
+    .fetch_all(pool)
+    .await
+}
+
+/// Up to `after.limit` state rows of one state after a number, in order.
+#[tracing::instrument(name = "db.number_states.select_after", skip_all, err(level = "debug"))]
+async fn select_states_after<DB>(
+    pool: &Pool<DB>,
+    tenant: &str,
+    series: &str,
+    period: &str,
+    after: StatesAfter<'_>,
+) -> Result<Vec<StateRow>, sqlx::Error>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'r> StateRow: FromRow<'r, DB::Row>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+{
+    sqlx::query_as(
+        "SELECT number, state, reference, reason, updated_at FROM number_states
+         WHERE tenant_id = $1 AND series = $2 AND period = $3 AND state = $4 AND number > $5
+         ORDER BY number LIMIT $6",
+    )
+    .bind(tenant)
+    .bind(series)
+    .bind(period)
+    .bind(after.state)
+    .bind(after.number)
+    .bind(i64::from(after.limit))
+    .fetch_all(pool)
+    .await
+}
+
 /// The columns of a ledger range.
 const RANGE_COLUMNS: &str =
     "first_value, count, kind, reason, request_id, format, date, created_at FROM allocations";
@@ -744,6 +994,37 @@ where
          FROM allocations
          WHERE tenant_id = $1 AND series = $2 AND period = $3 AND first_value <= $4
          GROUP BY kind ORDER BY kind",
+    )
+    .bind(at.tenant)
+    .bind(at.series)
+    .bind(at.period)
+    .bind(at.last_value)
+    .fetch_all(pool)
+    .await
+}
+
+/// How many numbers up to `last_value` are in each state a row holds.
+#[tracing::instrument(
+    name = "db.number_states.select_totals",
+    skip_all,
+    err(level = "debug")
+)]
+async fn select_state_totals<DB>(
+    pool: &Pool<DB>,
+    at: &LedgerAt<'_>,
+) -> Result<Vec<(String, i64)>, sqlx::Error>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'r> (String, i64): FromRow<'r, DB::Row>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+{
+    sqlx::query_as(
+        "SELECT state, COUNT(*) FROM number_states
+         WHERE tenant_id = $1 AND series = $2 AND period = $3 AND number <= $4
+         GROUP BY state ORDER BY state",
     )
     .bind(at.tenant)
     .bind(at.series)

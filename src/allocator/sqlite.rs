@@ -14,7 +14,10 @@ use crate::{
         batch::{Batch, Claim, Counted, Plan, Won},
         series::SeriesConfig,
         sql_store::{self, Engine, SqlCounterStore},
-        store::{Advance, Change, ConfigureError, Outcome, Stamp, StoreError},
+        store::{
+            Advance, Change, ChangeError, ConfigureError, NumberAt, Outcome, Stamp, StateChange,
+            StateRow, StoreError,
+        },
     },
     db::SqliteDatabase,
 };
@@ -336,6 +339,28 @@ impl Engine for SqliteEngine {
         };
         write.commit().await?;
         batch.outcomes(&plan, &counted, &held)
+    }
+
+    async fn change_state(
+        &self,
+        at: NumberAt<'_>,
+        change: StateChange<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<StateRow, ChangeError> {
+        // The write lock keeps every other change of the number out.
+        let mut write = self.db.begin_write().await?;
+        let current = sql_store::select_state::<Sqlite>(write.conn(), at).await?;
+        match sql_store::apply_state_change::<Sqlite>(write.conn(), at, current, change, now).await
+        {
+            Ok(row) => {
+                write.commit().await?;
+                Ok(row)
+            }
+            Err(error) => {
+                write.rollback().await?;
+                Err(error)
+            }
+        }
     }
 
     async fn configure(

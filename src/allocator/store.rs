@@ -90,6 +90,35 @@ pub trait CounterStore: Store {
         after: RangesAfter<'_>,
     ) -> Result<Vec<RangeRow>, StoreError>;
 
+    /// Applies `change` to a number handed out, durably, if its state allows
+    /// ([`decide`](crate::allocator::numbers::decide)); answers its state row
+    /// after. The caller has checked that a range of `Allocate` holds it.
+    async fn change_state(
+        &self,
+        at: NumberAt<'_>,
+        change: StateChange<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<StateRow, ChangeError>;
+
+    /// The state rows of a period's numbers in `first..=last`, in order.
+    async fn states_between(
+        &self,
+        tenant: &TenantId,
+        series: &SeriesName,
+        period: &str,
+        numbers: (i64, i64),
+    ) -> Result<Vec<StateRow>, StoreError>;
+
+    /// Up to `after.limit` state rows of `after.state` after `after.number`,
+    /// in order.
+    async fn states_after(
+        &self,
+        tenant: &TenantId,
+        series: &SeriesName,
+        period: &str,
+        after: StatesAfter<'_>,
+    ) -> Result<Vec<StateRow>, StoreError>;
+
     /// A series' settings, if it exists.
     async fn find(
         &self,
@@ -291,6 +320,9 @@ pub struct Ledger {
     /// The first holes between ranges, as (first number, count), ascending;
     /// not the hole after the last range.
     pub holes: Vec<(i64, i64)>,
+    /// Numbers whose state changed since their range was recorded, by
+    /// state (`confirmed`, `voided`).
+    pub states: Vec<(String, i64)>,
 }
 
 /// A range of a period's ledger, as recorded.
@@ -320,6 +352,97 @@ impl RangeRow {
     pub fn last(&self) -> i64 {
         self.first_value + (self.count - 1)
     }
+}
+
+/// What a caller asks of one number handed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateChange<'a> {
+    /// Its document was stored under `reference`.
+    Confirm {
+        /// The document's reference.
+        reference: &'a str,
+    },
+    /// It will never be used, for `reason`.
+    Void {
+        /// Why.
+        reason: &'a str,
+    },
+}
+
+/// Why a number's state does not allow a change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StateRefusal {
+    /// Confirmed before with another reference.
+    #[error("the number was confirmed with reference {reference:?}")]
+    AlreadyConfirmed {
+        /// The reference it was confirmed with.
+        reference: String,
+    },
+    /// Voided before.
+    #[error("the number was voided: {reason}")]
+    Voided {
+        /// Why it was voided.
+        reason: String,
+    },
+}
+
+/// A number whose state is no longer the one its range gave it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct StateRow {
+    /// The number.
+    pub number: i64,
+    /// `confirmed` or `voided`.
+    pub state: String,
+    /// The reference of the document that holds it.
+    pub reference: String,
+    /// Why it was voided.
+    pub reason: String,
+    /// When it took this state.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One number of a period.
+#[derive(Debug, Clone, Copy)]
+pub struct NumberAt<'a> {
+    /// The tenant.
+    pub tenant: &'a TenantId,
+    /// The series.
+    pub series: &'a SeriesName,
+    /// The period.
+    pub period: &'a str,
+    /// The number.
+    pub number: i64,
+}
+
+/// Why a number's state did not change.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    /// Its state does not allow the change.
+    #[error(transparent)]
+    Refused(#[from] StateRefusal),
+    /// Another write stored the number's first state meanwhile: run again.
+    #[error("the number's state changed meanwhile")]
+    Raced,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for ChangeError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Store(error.into())
+    }
+}
+
+/// Which state rows [`CounterStore::states_after`] reads.
+#[derive(Debug, Clone, Copy)]
+pub struct StatesAfter<'a> {
+    /// Rows of this state (`confirmed`, `voided`).
+    pub state: &'a str,
+    /// Of numbers after this one.
+    pub number: i64,
+    /// At most this many.
+    pub limit: u32,
 }
 
 /// Which ranges [`CounterStore::ranges_after`] reads.

@@ -10,7 +10,7 @@ use numbering::{
     db::Backend,
     proto::{
         AuditSeriesRequest, ConfigureSeriesRequest, GetNumberRequest, GetSeriesRequest,
-        ListNumbersRequest, invoice_writer_client::InvoiceWriterClient,
+        ListNumbersRequest, VoidRequest, invoice_writer_client::InvoiceWriterClient,
         number_allocator_client::NumberAllocatorClient,
     },
     server::ServerSettings,
@@ -109,6 +109,16 @@ async fn each_refusal_answers_its_code_and_changes_nothing() {
             series: "orders".into(),
             format: "ORD-{number}".into(),
             ..ConfigureSeriesRequest::default()
+        })
+        .await
+        .unwrap_err();
+    assert_refused(&status, Code::PermissionDenied, "ADMIN_REQUIRED");
+    let status = billing
+        .void(VoidRequest {
+            tenant_id: "acme".into(),
+            number: 1,
+            reason: "cancelled".into(),
+            ..VoidRequest::default()
         })
         .await
         .unwrap_err();

@@ -59,6 +59,7 @@ async fn every_number_is_accounted_for_by_kind(#[case] backend: Backend) {
             skipped: 1000 - 205,
             unaccounted: 0,
             unaccounted_sample: Vec::new(),
+            ..AuditSeriesResponse::default()
         }
     );
 }
@@ -182,6 +183,7 @@ async fn numbers_whose_record_was_lost_are_unaccounted(#[case] backend: Backend)
             skipped: 0,
             unaccounted: 4,
             unaccounted_sample: vec![3, 4, 9, 10],
+            ..AuditSeriesResponse::default()
         }
     );
 }

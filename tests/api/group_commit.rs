@@ -19,8 +19,9 @@ use numbering::{
         group_commit::{GroupCommitSettings, GroupCommitter, GroupError},
         series::{Calendar, NumberFormat, SeriesConfig, SeriesName},
         store::{
-            Advance, Call, Change, ConfigureError, CounterStore, KeyRow, Ledger, Outcome, RangeRow,
-            RangesAfter, Stamp, StoreError,
+            Advance, Call, Change, ChangeError, ConfigureError, CounterStore, KeyRow, Ledger,
+            NumberAt, Outcome, RangeRow, RangesAfter, Stamp, StateChange, StateRow, StatesAfter,
+            StoreError,
         },
     },
     clock::SystemClock,
@@ -156,6 +157,37 @@ impl CounterStore for ScriptedStore {
         after: RangesAfter<'_>,
     ) -> Result<Vec<RangeRow>, StoreError> {
         self.inner.ranges_after(tenant, series, period, after).await
+    }
+
+    async fn change_state(
+        &self,
+        at: NumberAt<'_>,
+        change: StateChange<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<StateRow, ChangeError> {
+        self.inner.change_state(at, change, now).await
+    }
+
+    async fn states_between(
+        &self,
+        tenant: &TenantId,
+        series: &SeriesName,
+        period: &str,
+        numbers: (i64, i64),
+    ) -> Result<Vec<StateRow>, StoreError> {
+        self.inner
+            .states_between(tenant, series, period, numbers)
+            .await
+    }
+
+    async fn states_after(
+        &self,
+        tenant: &TenantId,
+        series: &SeriesName,
+        period: &str,
+        after: StatesAfter<'_>,
+    ) -> Result<Vec<StateRow>, StoreError> {
+        self.inner.states_after(tenant, series, period, after).await
     }
 
     async fn first_answer(

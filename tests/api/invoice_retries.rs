@@ -22,9 +22,10 @@ use numbering::{
     proto::{
         AdvanceCounterRequest, AdvanceCounterResponse, AllocateRequest, AllocateResponse,
         AuditSeriesRequest, AuditSeriesResponse, ConfigureSeriesRequest, ConfigureSeriesResponse,
-        CreateInvoiceRequest, CreateInvoiceResponse, GetNumberRequest, GetNumberResponse,
-        GetSeriesRequest, GetSeriesResponse, ListNumbersRequest, ListNumbersResponse,
-        ListSeriesRequest, ListSeriesResponse,
+        ConfirmRequest, ConfirmResponse, CreateInvoiceRequest, CreateInvoiceResponse,
+        GetNumberRequest, GetNumberResponse, GetSeriesRequest, GetSeriesResponse,
+        ListNumbersRequest, ListNumbersResponse, ListSeriesRequest, ListSeriesResponse,
+        VoidRequest, VoidResponse,
         invoice_writer_client::InvoiceWriterClient,
         number_allocator_client::NumberAllocatorClient,
         number_allocator_server::{NumberAllocator, NumberAllocatorServer},
@@ -367,6 +368,17 @@ impl NumberAllocator for LosesReplies {
             .clone()
             .list_numbers(request.into_inner())
             .await
+    }
+
+    async fn confirm(
+        &self,
+        request: Request<ConfirmRequest>,
+    ) -> Result<Response<ConfirmResponse>, Status> {
+        self.allocator.clone().confirm(request.into_inner()).await
+    }
+
+    async fn void(&self, request: Request<VoidRequest>) -> Result<Response<VoidResponse>, Status> {
+        self.allocator.clone().void(request.into_inner()).await
     }
 }
 

@@ -4,8 +4,8 @@
 use numbering::{
     db::Backend,
     proto::{
-        ConfigureSeriesRequest, GetNumberRequest, ListNumbersRequest, NumberRecord, NumberState,
-        Reset,
+        AuditSeriesRequest, ConfigureSeriesRequest, ConfirmRequest, GetNumberRequest,
+        ListNumbersRequest, NumberRecord, NumberState, Reset, VoidRequest,
     },
 };
 use rstest_reuse::apply;
@@ -201,4 +201,167 @@ async fn bad_listings_are_refused_by_field() {
             .field_violations;
         assert_eq!(violations[0].field, field, "{violations:?}");
     }
+}
+
+fn confirm(number: i64, reference: &str) -> ConfirmRequest {
+    ConfirmRequest {
+        tenant_id: "acme".into(),
+        number,
+        reference: reference.into(),
+        ..ConfirmRequest::default()
+    }
+}
+
+fn void(number: i64, reason: &str) -> VoidRequest {
+    VoidRequest {
+        tenant_id: "acme".into(),
+        number,
+        reason: reason.into(),
+        ..VoidRequest::default()
+    }
+}
+
+async fn listed(app: &mut AllocatorApp, state: NumberState) -> Vec<i64> {
+    let page = app
+        .client
+        .list_numbers(list(state, 100, ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(page.next_page_token.is_empty());
+    page.records.iter().map(|record| record.number).collect()
+}
+
+/// Issued numbers are confirmed with their document's reference or voided
+/// with a reason; a confirmed one can be voided later; repeats answer the
+/// same record; every other change is refused with its reason and changes
+/// nothing; listings and the audit follow.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbers_are_confirmed_and_voided_as_their_state_allows(#[case] backend: Backend) {
+    let mut app = spawn_allocator(backend).await;
+    numbers_of_each_kind(&mut app).await;
+
+    let first = app.client.confirm(confirm(1, "inv-1")).await.unwrap();
+    let first = first.into_inner().record.unwrap();
+    assert_eq!(
+        (
+            first.state(),
+            first.reference.as_str(),
+            first.formatted.as_str()
+        ),
+        (NumberState::Confirmed, "inv-1", "INV-001")
+    );
+    let again = app.client.confirm(confirm(1, "inv-1")).await.unwrap();
+    assert_eq!(again.into_inner().record.unwrap(), first);
+    let status = app.client.confirm(confirm(1, "inv-9")).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert_reason(&status, "ALREADY_CONFIRMED");
+    assert_eq!(record(&mut app, get("acme", "", "", 1)).await, first);
+
+    let typo = app.client.void(void(2, "typo")).await.unwrap();
+    let typo = typo.into_inner().record.unwrap();
+    assert_eq!(
+        (typo.state(), typo.reason.as_str()),
+        (NumberState::Voided, "typo")
+    );
+    let status = app.client.confirm(confirm(2, "inv-2")).await.unwrap_err();
+    assert_reason(&status, "NUMBER_VOIDED");
+    let cancelled = app.client.void(void(1, "cancelled")).await.unwrap();
+    let cancelled = cancelled.into_inner().record.unwrap();
+    assert_eq!(
+        (
+            cancelled.state(),
+            cancelled.reference.as_str(),
+            cancelled.reason.as_str()
+        ),
+        (NumberState::Voided, "inv-1", "cancelled")
+    );
+    let again = app.client.void(void(1, "cancelled")).await.unwrap();
+    assert_eq!(again.into_inner().record.unwrap(), cancelled);
+    let status = app.client.void(void(1, "another")).await.unwrap_err();
+    assert_reason(&status, "NUMBER_VOIDED");
+    app.client.confirm(confirm(5, "inv-5")).await.unwrap();
+
+    // Skipped, or never handed out: nothing to confirm.
+    for number in [7, 10] {
+        let status = app
+            .client
+            .confirm(confirm(number, "inv"))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::NotFound, "{status:?}");
+        assert_reason(&status, "NUMBER_NOT_FOUND");
+    }
+    for (request, field) in [
+        (confirm(3, ""), "reference"),
+        (confirm(3, &"x".repeat(257)), "reference"),
+        (confirm(0, "inv"), "number"),
+    ] {
+        let status = app.client.confirm(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        let violations = tonic_types::StatusExt::get_details_bad_request(&status)
+            .expect("a BadRequest")
+            .field_violations;
+        assert_eq!(violations[0].field, field, "{violations:?}");
+    }
+    let status = app.client.void(void(3, "")).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+
+    assert_eq!(listed(&mut app, NumberState::Issued).await, [3, 4, 9]);
+    assert_eq!(listed(&mut app, NumberState::Confirmed).await, [5]);
+    assert_eq!(listed(&mut app, NumberState::Voided).await, [1, 2]);
+    assert_eq!(listed(&mut app, NumberState::Skipped).await, [6, 7, 8]);
+    let audit = app
+        .client
+        .audit_series(AuditSeriesRequest {
+            tenant_id: "acme".into(),
+            ..AuditSeriesRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            audit.issued,
+            audit.confirmed,
+            audit.voided,
+            audit.skipped,
+            audit.unaccounted
+        ),
+        (3, 1, 2, 3, 0)
+    );
+}
+
+/// Concurrent confirmations of one number with different references agree:
+/// one reference wins, every other call is refused naming it.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_confirmations_of_one_number_agree(#[case] backend: Backend) {
+    let app = spawn_allocator(backend).await;
+    app.client
+        .clone()
+        .allocate(allocate("acme", "", 1))
+        .await
+        .unwrap();
+    let calls: Vec<_> = (0..16)
+        .map(|i| {
+            let mut client = app.client.clone();
+            tokio::spawn(async move { client.confirm(confirm(1, &format!("inv-{i}"))).await })
+        })
+        .collect();
+    let (mut won, mut refused) = (Vec::new(), Vec::new());
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(answer) => won.push(answer.into_inner().record.unwrap().reference),
+            Err(status) => {
+                assert_reason(&status, "ALREADY_CONFIRMED");
+                refused.push(status);
+            }
+        }
+    }
+    assert_eq!(won.len(), 1, "{won:?}");
+    assert_eq!(refused.len(), 15);
+    let stored = tonic_types::StatusExt::get_details_error_info(&refused[0]).unwrap();
+    assert_eq!(stored.metadata["reference"], won[0]);
 }
