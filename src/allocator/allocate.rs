@@ -8,22 +8,19 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use chrono::{DateTime, NaiveDate, SubsecRound, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::{
     allocator::{
-        audit::{self, Audit},
         batch::Retention,
         exhausted::Exhausted,
         group_commit::{GroupCommitSettings, GroupCommitter, GroupError},
-        numbers::{self, NumberRecord, NumberState},
         series::{
             Calendar, Count, Number, NumberFormat, Refusal, Series, SeriesConfig, SeriesName,
             TimeZone,
         },
         store::{
-            Advance, Call, ChangeError, ConfigureError, CounterStore, Grant, NumberAt, Outcome,
-            RangeRow, RangesAfter, StateChange, StateRefusal, StatesAfter, StoreError,
+            Advance, Call, ConfigureError, CounterStore, Grant, Outcome, StateRefusal, StoreError,
         },
     },
     calendar::Reset,
@@ -62,8 +59,8 @@ pub enum Error {
         /// Series asked for.
         series: String,
     },
-    /// No range of the period holds the number: it was never handed out or
-    /// skipped.
+    /// The number was never handed out: no range of the period holds it,
+    /// or an `AdvanceCounter` skipped it.
     #[error(
         "number {number} of period {period:?} of series {series:?} of tenant {tenant:?} not found"
     )]
@@ -76,6 +73,8 @@ pub enum Error {
         period: String,
         /// Number asked for.
         number: i64,
+        /// Whether it was skipped (and so has a record, but no document).
+        skipped: bool,
     },
     /// The number's state does not allow the change asked.
     #[error(transparent)]
@@ -160,15 +159,6 @@ pub enum CommitMode {
 enum Path {
     PerCall,
     Group(Arc<GroupCommitter>),
-}
-
-/// A page of numbers, and the number to list on from if more follow.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct NumberPage {
-    /// The numbers, in order.
-    pub records: Vec<NumberRecord>,
-    /// The last number this page looked at, when more follow.
-    pub next_after: Option<i64>,
 }
 
 /// Numbers handed out to one call.
@@ -323,7 +313,7 @@ fn series_changed(error: &Error) -> bool {
 /// Applies the allocation rules over a counter store.
 #[derive(Clone)]
 pub struct Allocator {
-    store: Arc<dyn CounterStore>,
+    pub(super) store: Arc<dyn CounterStore>,
     defaults: SeriesConfig,
     path: Path,
     retention: Retention,
@@ -358,7 +348,7 @@ impl Allocator {
         }
     }
 
-    fn now(&self) -> DateTime<Utc> {
+    pub(super) fn now(&self) -> DateTime<Utc> {
         self.retention.clock.now()
     }
 
@@ -601,210 +591,6 @@ impl Allocator {
         self.show(tenant, series, config, date).await
     }
 
-    /// Accounts for every number of `period` of a series.
-    ///
-    /// # Errors
-    /// [`Error::SeriesNotFound`]; a store failure.
-    pub async fn audit(
-        &self,
-        tenant: &TenantId,
-        series: &SeriesName,
-        period: &str,
-    ) -> Result<Audit, Error> {
-        let config = self.store.find(tenant, series).await?;
-        let config = config.ok_or_else(|| Error::SeriesNotFound {
-            tenant: tenant.to_string(),
-            series: series.to_string(),
-        })?;
-        let ledger = self
-            .store
-            .ledger(tenant, series, period, audit::SAMPLE)
-            .await?;
-        Ok(ledger.map_or_else(|| Audit::not_begun(config.start_at), |l| Audit::of(&l)))
-    }
-
-    /// One number of a period and its record.
-    ///
-    /// # Errors
-    /// [`Error::NumberNotFound`]: no range holds it; a store failure.
-    pub async fn get_number(
-        &self,
-        tenant: &TenantId,
-        series: &SeriesName,
-        period: &str,
-        number: i64,
-    ) -> Result<NumberRecord, Error> {
-        let at = NumberAt {
-            tenant,
-            series,
-            period,
-            number,
-        };
-        let record = self.ranged(at).await?;
-        let states = self
-            .store
-            .states_between(tenant, series, period, (number, number))
-            .await?;
-        match states.first() {
-            Some(row) => Ok(record.with(row)?),
-            None => Ok(record),
-        }
-    }
-
-    /// A number's record as its range gave it.
-    async fn ranged(&self, at: NumberAt<'_>) -> Result<NumberRecord, Error> {
-        let NumberAt {
-            tenant,
-            series,
-            period,
-            number,
-        } = at;
-        let not_found = || Error::NumberNotFound {
-            tenant: tenant.to_string(),
-            series: series.to_string(),
-            period: period.to_owned(),
-            number,
-        };
-        let range = self.store.range_at(tenant, series, period, number).await?;
-        let range = range.ok_or_else(not_found)?;
-        let render = |range: &RangeRow, n| render_stored(tenant, series, range, n);
-        let mut records = numbers::expand(std::slice::from_ref(&range), number, 1, render)?;
-        records.pop().ok_or_else(not_found)
-    }
-
-    /// Confirms or voids a number handed out, if its state allows; a repeat
-    /// of the same change answers the same record.
-    ///
-    /// # Errors
-    /// [`Error::NumberNotFound`]: it was never handed out (a number skipped
-    /// was not); [`Error::NotAllowed`]: its state does not allow the change;
-    /// a store failure.
-    pub async fn change_state(
-        &self,
-        at: NumberAt<'_>,
-        change: StateChange<'_>,
-    ) -> Result<NumberRecord, Error> {
-        let record = self.ranged(at).await?;
-        if record.state != NumberState::Issued {
-            return Err(Error::NumberNotFound {
-                tenant: at.tenant.to_string(),
-                series: at.series.to_string(),
-                period: at.period.to_owned(),
-                number: at.number,
-            });
-        }
-        // As the database keeps it, so that a repeat shows the same time.
-        let now = self.now().trunc_subsecs(6);
-        match self.store.change_state(at, change, now).await {
-            Ok(row) => Ok(record.with(&row)?),
-            Err(ChangeError::Refused(refusal)) => Err(Error::NotAllowed(refusal)),
-            Err(ChangeError::Store(error)) => Err(error.into()),
-            Err(ChangeError::Raced) => Err(StoreError::Unavailable(
-                "the number's state changed meanwhile; retry".into(),
-            )
-            .into()),
-        }
-    }
-
-    /// Up to `limit` numbers of a period after `after`, in number order, only
-    /// those in `state` if one is given, and the number to list on from, if
-    /// more follow. A page may hold fewer than `limit` when a state is asked
-    /// for.
-    ///
-    /// # Errors
-    /// A store failure.
-    pub async fn list_numbers(
-        &self,
-        tenant: &TenantId,
-        series: &SeriesName,
-        period: &str,
-        state: Option<NumberState>,
-        after: Option<i64>,
-        limit: u32,
-    ) -> Result<NumberPage, Error> {
-        let Some(from) = after.map_or(Some(1), |after| after.checked_add(1)) else {
-            return Ok(NumberPage::default());
-        };
-        let fetch = Page::<NumberRecord>::fetch(limit);
-        if let Some(stored) = state.and_then(NumberState::stored) {
-            // Numbers that left their range's state: listed from their rows.
-            let after = StatesAfter {
-                state: stored,
-                number: from - 1,
-                limit: fetch,
-            };
-            let rows = self
-                .store
-                .states_after(tenant, series, period, after)
-                .await?;
-            let mut records = Vec::with_capacity(rows.len());
-            for row in &rows {
-                let at = NumberAt {
-                    tenant,
-                    series,
-                    period,
-                    number: row.number,
-                };
-                records.push(self.ranged(at).await?.with(row)?);
-            }
-            let page = Page::from_fetched(records, limit);
-            let next_after = page
-                .more
-                .then(|| page.items.last().map(|r| r.number))
-                .flatten();
-            return Ok(NumberPage {
-                records: page.items,
-                next_after,
-            });
-        }
-        let kind = state.and_then(NumberState::kind);
-        let at = self.store.range_at(tenant, series, period, from).await?;
-        let mut ranges: Vec<RangeRow> = at
-            .into_iter()
-            .filter(|range| kind.is_none_or(|kind| range.kind == kind))
-            .collect();
-        let after = RangesAfter {
-            number: from,
-            kind,
-            limit: fetch,
-        };
-        ranges.extend(
-            self.store
-                .ranges_after(tenant, series, period, after)
-                .await?,
-        );
-        let render = |range: &RangeRow, n| render_stored(tenant, series, range, n);
-        let scanned = Page::from_fetched(
-            numbers::expand(&ranges, from, fetch as usize, render)?,
-            limit,
-        );
-        let (Some(first), Some(last)) = (scanned.items.first(), scanned.items.last()) else {
-            return Ok(NumberPage::default());
-        };
-        let span = (first.number, last.number);
-        let next_after = scanned.more.then_some(last.number);
-        let rows = self
-            .store
-            .states_between(tenant, series, period, span)
-            .await?;
-        let mut rows = rows.iter().peekable();
-        let mut records = Vec::with_capacity(scanned.items.len());
-        for record in scanned.items {
-            let record = match rows.next_if(|row| row.number == record.number) {
-                Some(row) => record.with(row)?,
-                None => record,
-            };
-            // A number confirmed or voided is no longer issued.
-            if state.is_none_or(|state| record.state == state) {
-                records.push(record);
-            }
-        }
-        Ok(NumberPage {
-            records,
-            next_after,
-        })
-    }
-
     /// Up to `limit` series after `after`, each with today's period, and
     /// whether more follow.
     ///
@@ -887,17 +673,7 @@ fn place(
     })
 }
 
-/// Number `n` of `range` as its document shows it.
-fn render_stored(
-    tenant: &TenantId,
-    series: &SeriesName,
-    range: &RangeRow,
-    n: i64,
-) -> Result<String, Error> {
-    Ok(parse_stored(tenant, series, &range.format)?.render(n, range.date))
-}
-
-fn parse_stored(
+pub(super) fn parse_stored(
     tenant: &TenantId,
     series: &SeriesName,
     format: &str,

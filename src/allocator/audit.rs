@@ -1,7 +1,10 @@
 //! The account of a period's numbers: how many are in each state, and which
 //! have no record, from its counter and its ranges.
 
-use crate::allocator::store::Ledger;
+use crate::{
+    allocator::{Allocator, Error, series::SeriesName, store::Ledger},
+    tenant::TenantId,
+};
 
 /// The most numbers without a record an audit lists.
 pub const SAMPLE: u32 = 100;
@@ -70,6 +73,27 @@ impl Audit {
             unaccounted: ledger.last_value - ledger.base - allocated - skipped,
             unaccounted_sample,
         }
+    }
+}
+
+impl Allocator {
+    /// Accounts for every number of `period` of a series.
+    ///
+    /// # Errors
+    /// [`Error::SeriesNotFound`]; a store failure.
+    pub async fn audit(
+        &self,
+        tenant: &TenantId,
+        series: &SeriesName,
+        period: &str,
+    ) -> Result<Audit, Error> {
+        let config = self.store.find(tenant, series).await?;
+        let config = config.ok_or_else(|| Error::SeriesNotFound {
+            tenant: tenant.to_string(),
+            series: series.to_string(),
+        })?;
+        let ledger = self.store.ledger(tenant, series, period, SAMPLE).await?;
+        Ok(ledger.map_or_else(|| Audit::not_begun(config.start_at), |l| Audit::of(&l)))
     }
 }
 

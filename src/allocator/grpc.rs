@@ -48,29 +48,56 @@ pub fn service(allocator: Allocator) -> NumberAllocatorServer<AllocatorService> 
 }
 
 impl AllocatorService {
-    /// Applies `change` to one number and shows its record.
+    /// Checks the fields of a change of one number, admits the caller
+    /// (voiding is administrative), applies it and shows the record.
     async fn change(
         &self,
-        tenant: &TenantId,
-        series: &SeriesName,
-        period: &str,
-        number: i64,
+        admission: &server::Admission,
+        asked: NumberFields<'_>,
         change: StateChange<'_>,
     ) -> Result<proto::NumberRecord, Status> {
+        let mut violations = Violations::new();
+        let names = number_at(
+            &mut violations,
+            asked.tenant,
+            asked.series,
+            asked.period,
+            asked.number,
+        );
+        let (field, note, needs) = match change {
+            StateChange::Confirm { reference } => ("reference", reference, Needs::Tenant),
+            StateChange::Void { reason } => ("reason", reason, Needs::Admin),
+        };
+        violations.check(field, check_note(note));
+        violations.finish()?;
+        let Some((tenant, series)) = names else {
+            unreachable!("finish() returned Ok, so every field parsed");
+        };
+        admission.admit(&tenant, needs).await?;
+
         let at = NumberAt {
-            tenant,
-            series,
-            period,
-            number,
+            tenant: &tenant,
+            series: &series,
+            period: asked.period,
+            number: asked.number,
         };
         let record = self.allocator.change_state(at, change).await?;
         let shown = Shown {
-            tenant,
-            series,
-            period,
+            tenant: &tenant,
+            series: &series,
+            period: asked.period,
         };
         Ok(shown.record(record))
     }
+}
+
+/// The fields of a request that name one number, as sent.
+#[derive(Clone, Copy)]
+struct NumberFields<'a> {
+    tenant: &'a str,
+    series: &'a str,
+    period: &'a str,
+    number: i64,
 }
 
 /// The fields that name one number, checked.
@@ -90,7 +117,7 @@ fn number_at(
 }
 
 /// A reference or a reason: 1 to 256 characters.
-fn note(text: &str) -> Result<(), String> {
+fn check_note(text: &str) -> Result<(), String> {
     match text.chars().count() {
         0 => Err("must not be empty".into()),
         1..=MAX_NOTE_CHARS => Ok(()),
@@ -366,27 +393,16 @@ impl NumberAllocator for AllocatorService {
     ) -> Result<Response<ConfirmResponse>, Status> {
         let admission = server::admission(&request)?;
         let request = request.into_inner();
-        let mut violations = Violations::new();
-        let at = number_at(
-            &mut violations,
-            &request.tenant_id,
-            &request.series,
-            &request.period,
-            request.number,
-        );
-        violations.check("reference", note(&request.reference));
-        violations.finish()?;
-        let Some((tenant, series)) = at else {
-            unreachable!("finish() returned Ok, so every field parsed");
+        let asked = NumberFields {
+            tenant: &request.tenant_id,
+            series: &request.series,
+            period: &request.period,
+            number: request.number,
         };
-        admission.admit(&tenant, Needs::Tenant).await?;
-
         let change = StateChange::Confirm {
             reference: &request.reference,
         };
-        let record = self
-            .change(&tenant, &series, &request.period, request.number, change)
-            .await?;
+        let record = self.change(&admission, asked, change).await?;
         Ok(Response::new(ConfirmResponse {
             record: Some(record),
         }))
@@ -395,27 +411,16 @@ impl NumberAllocator for AllocatorService {
     async fn void(&self, request: Request<VoidRequest>) -> Result<Response<VoidResponse>, Status> {
         let admission = server::admission(&request)?;
         let request = request.into_inner();
-        let mut violations = Violations::new();
-        let at = number_at(
-            &mut violations,
-            &request.tenant_id,
-            &request.series,
-            &request.period,
-            request.number,
-        );
-        violations.check("reason", note(&request.reason));
-        violations.finish()?;
-        let Some((tenant, series)) = at else {
-            unreachable!("finish() returned Ok, so every field parsed");
+        let asked = NumberFields {
+            tenant: &request.tenant_id,
+            series: &request.series,
+            period: &request.period,
+            number: request.number,
         };
-        admission.admit(&tenant, Needs::Admin).await?;
-
         let change = StateChange::Void {
             reason: &request.reason,
         };
-        let record = self
-            .change(&tenant, &series, &request.period, request.number, change)
-            .await?;
+        let record = self.change(&admission, asked, change).await?;
         Ok(Response::new(VoidResponse {
             record: Some(record),
         }))
@@ -582,20 +587,8 @@ impl From<Error> for Status {
                 series,
                 period,
                 number,
-            } => with_reason(
-                Code::NotFound,
-                format!(
-                    "number {number} of period {period:?} of series {series:?} of tenant \
-                     {tenant:?} was never handed out or skipped"
-                ),
-                "NUMBER_NOT_FOUND",
-                &[
-                    ("tenantId", tenant),
-                    ("series", series),
-                    ("period", period),
-                    ("number", number.to_string()),
-                ],
-            ),
+                skipped,
+            } => number_not_found(tenant, series, period, number, skipped),
             Error::NotAllowed(StateRefusal::AlreadyConfirmed { reference }) => with_reason(
                 Code::FailedPrecondition,
                 format!("the number was confirmed with reference {reference:?}"),
@@ -649,4 +642,33 @@ impl From<Error> for Status {
             error @ (Error::Internal(_) | Error::StoredFormat { .. }) => internal(&error),
         }
     }
+}
+
+/// `NOT_FOUND` for a number never handed out, saying whether it was skipped.
+fn number_not_found(
+    tenant: String,
+    series: String,
+    period: String,
+    number: i64,
+    skipped: bool,
+) -> Status {
+    with_reason(
+        Code::NotFound,
+        format!(
+            "number {number} of period {period:?} of series {series:?} of tenant \
+             {tenant:?} {}",
+            if skipped {
+                "was skipped by AdvanceCounter, never handed out"
+            } else {
+                "was never handed out or skipped"
+            }
+        ),
+        "NUMBER_NOT_FOUND",
+        &[
+            ("tenantId", tenant),
+            ("series", series),
+            ("period", period),
+            ("number", number.to_string()),
+        ],
+    )
 }

@@ -4,8 +4,10 @@
 //! - [`app`]: the service assembled from its settings, the store picked by URL.
 //! - [`series`]: series names, counts, number formats: the values the rules speak of.
 //! - [`allocate`]: the [`Allocator`] rules: where a number is allocated.
-//! - [`audit`]: the account of a period's numbers, from its counter and ranges.
-//! - [`numbers`]: single numbers and their records, from the ranges.
+//! - [`audit`]: the account of a period's numbers, from its counter and ranges
+//!   ([`Allocator::audit`]).
+//! - [`numbers`]: single numbers and their records, read from the ranges and
+//!   their state rows, and the rules of confirming and voiding them.
 //! - [`batch`]: one transaction's calls planned: request ids claimed or repeated,
 //!   counters moved, ranges split and recorded.
 //! - [`group_commit`]: concurrent calls merged into one transaction.

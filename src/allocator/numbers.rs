@@ -1,9 +1,21 @@
 //! Single numbers and their records, read from the ledger's ranges: what
 //! became of each number of a period.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 
-use crate::allocator::store::{RangeRow, StateChange, StateRefusal, StateRow, StoreError};
+use crate::{
+    allocator::{
+        Allocator, Error,
+        allocate::parse_stored,
+        series::SeriesName,
+        store::{
+            ChangeError, NumberAt, RangeRow, RangesAfter, StateChange, StateRefusal, StateRow,
+            StatesAfter, StoreError,
+        },
+    },
+    page::Page,
+    tenant::TenantId,
+};
 
 /// What became of a number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,6 +191,208 @@ pub fn decide(
             reason: row.reason.clone(),
         }),
     }
+}
+
+/// A page of numbers, and the number to list on from if more follow.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NumberPage {
+    /// The numbers, in order.
+    pub records: Vec<NumberRecord>,
+    /// The last number this page looked at, when more follow.
+    pub next_after: Option<i64>,
+}
+
+impl Allocator {
+    /// One number of a period and its record.
+    ///
+    /// # Errors
+    /// [`Error::NumberNotFound`]: no range holds it; a store failure.
+    pub async fn get_number(
+        &self,
+        tenant: &TenantId,
+        series: &SeriesName,
+        period: &str,
+        number: i64,
+    ) -> Result<NumberRecord, Error> {
+        let at = NumberAt {
+            tenant,
+            series,
+            period,
+            number,
+        };
+        let record = self.ranged(at).await?;
+        let states = self
+            .store
+            .states_between(tenant, series, period, (number, number))
+            .await?;
+        match states.first() {
+            Some(row) => Ok(record.with(row)?),
+            None => Ok(record),
+        }
+    }
+
+    /// A number's record as its range gave it.
+    async fn ranged(&self, at: NumberAt<'_>) -> Result<NumberRecord, Error> {
+        let NumberAt {
+            tenant,
+            series,
+            period,
+            number,
+        } = at;
+        let not_found = || Error::NumberNotFound {
+            tenant: tenant.to_string(),
+            series: series.to_string(),
+            period: period.to_owned(),
+            number,
+            skipped: false,
+        };
+        let range = self.store.range_at(tenant, series, period, number).await?;
+        let range = range.ok_or_else(not_found)?;
+        let render = |range: &RangeRow, n| render_stored(tenant, series, range, n);
+        let mut records = expand(std::slice::from_ref(&range), number, 1, render)?;
+        records.pop().ok_or_else(not_found)
+    }
+
+    /// Confirms or voids a number handed out, if its state allows; a repeat
+    /// of the same change answers the same record.
+    ///
+    /// # Errors
+    /// [`Error::NumberNotFound`]: it was never handed out (a number skipped
+    /// was not); [`Error::NotAllowed`]: its state does not allow the change;
+    /// a store failure.
+    pub async fn change_state(
+        &self,
+        at: NumberAt<'_>,
+        change: StateChange<'_>,
+    ) -> Result<NumberRecord, Error> {
+        let record = self.ranged(at).await?;
+        if record.state != NumberState::Issued {
+            return Err(Error::NumberNotFound {
+                tenant: at.tenant.to_string(),
+                series: at.series.to_string(),
+                period: at.period.to_owned(),
+                number: at.number,
+                skipped: true,
+            });
+        }
+        // As the database keeps it, so that a repeat shows the same time.
+        let now = self.now().trunc_subsecs(6);
+        match self.store.change_state(at, change, now).await {
+            Ok(row) => Ok(record.with(&row)?),
+            Err(ChangeError::Refused(refusal)) => Err(Error::NotAllowed(refusal)),
+            Err(ChangeError::Store(error)) => Err(error.into()),
+            Err(ChangeError::Raced) => Err(StoreError::Unavailable(
+                "the number's state changed meanwhile; retry".into(),
+            )
+            .into()),
+        }
+    }
+
+    /// Up to `limit` numbers of a period after `after`, in number order, only
+    /// those in `state` if one is given, and the number to list on from, if
+    /// more follow. A page may hold fewer than `limit` when a state is asked
+    /// for.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn list_numbers(
+        &self,
+        tenant: &TenantId,
+        series: &SeriesName,
+        period: &str,
+        state: Option<NumberState>,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<NumberPage, Error> {
+        let Some(from) = after.map_or(Some(1), |after| after.checked_add(1)) else {
+            return Ok(NumberPage::default());
+        };
+        let fetch = Page::<NumberRecord>::fetch(limit);
+        if let Some(stored) = state.and_then(NumberState::stored) {
+            // Numbers that left their range's state: listed from their rows.
+            let after = StatesAfter {
+                state: stored,
+                number: from - 1,
+                limit: fetch,
+            };
+            let rows = self
+                .store
+                .states_after(tenant, series, period, after)
+                .await?;
+            let mut records = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let at = NumberAt {
+                    tenant,
+                    series,
+                    period,
+                    number: row.number,
+                };
+                records.push(self.ranged(at).await?.with(row)?);
+            }
+            let page = Page::from_fetched(records, limit);
+            let next_after = page
+                .more
+                .then(|| page.items.last().map(|r| r.number))
+                .flatten();
+            return Ok(NumberPage {
+                records: page.items,
+                next_after,
+            });
+        }
+        let kind = state.and_then(NumberState::kind);
+        let at = self.store.range_at(tenant, series, period, from).await?;
+        let mut ranges: Vec<RangeRow> = at
+            .into_iter()
+            .filter(|range| kind.is_none_or(|kind| range.kind == kind))
+            .collect();
+        let after = RangesAfter {
+            number: from,
+            kind,
+            limit: fetch,
+        };
+        ranges.extend(
+            self.store
+                .ranges_after(tenant, series, period, after)
+                .await?,
+        );
+        let render = |range: &RangeRow, n| render_stored(tenant, series, range, n);
+        let scanned = Page::from_fetched(expand(&ranges, from, fetch as usize, render)?, limit);
+        let (Some(first), Some(last)) = (scanned.items.first(), scanned.items.last()) else {
+            return Ok(NumberPage::default());
+        };
+        let span = (first.number, last.number);
+        let next_after = scanned.more.then_some(last.number);
+        let rows = self
+            .store
+            .states_between(tenant, series, period, span)
+            .await?;
+        let mut rows = rows.iter().peekable();
+        let mut records = Vec::with_capacity(scanned.items.len());
+        for record in scanned.items {
+            let record = match rows.next_if(|row| row.number == record.number) {
+                Some(row) => record.with(row)?,
+                None => record,
+            };
+            // A number confirmed or voided is no longer issued.
+            if state.is_none_or(|state| record.state == state) {
+                records.push(record);
+            }
+        }
+        Ok(NumberPage {
+            records,
+            next_after,
+        })
+    }
+}
+
+/// Number `n` of `range` as its document shows it.
+fn render_stored(
+    tenant: &TenantId,
+    series: &SeriesName,
+    range: &RangeRow,
+    n: i64,
+) -> Result<String, Error> {
+    Ok(parse_stored(tenant, series, &range.format)?.render(n, range.date))
 }
 
 #[cfg(test)]

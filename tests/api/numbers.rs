@@ -292,6 +292,11 @@ async fn numbers_are_confirmed_and_voided_as_their_state_allows(#[case] backend:
             .unwrap_err();
         assert_eq!(status.code(), Code::NotFound, "{status:?}");
         assert_reason(&status, "NUMBER_NOT_FOUND");
+        assert_eq!(
+            status.message().contains("skipped by AdvanceCounter"),
+            number == 7,
+            "{status:?}"
+        );
     }
     for (request, field) in [
         (confirm(3, ""), "reference"),
