@@ -9,6 +9,7 @@ use numbering::{
     },
 };
 use rstest_reuse::apply;
+use sqlx::Connection as _;
 use tonic::Code;
 
 use crate::{
@@ -369,4 +370,36 @@ async fn concurrent_confirmations_of_one_number_agree(#[case] backend: Backend) 
     assert_eq!(refused.len(), 15);
     let stored = tonic_types::StatusExt::get_details_error_info(&refused[0]).unwrap();
     assert_eq!(stored.metadata["reference"], won[0]);
+}
+
+/// The first state of a number stored by another write while a confirmation
+/// waits to store its own: the confirmation runs again and answers what was
+/// stored, never overwrites it. (PostgreSQL: the insert waits on the other
+/// write's uncommitted row, then fails on the key.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confirmation_that_loses_the_race_to_another_sees_it() {
+    let app = spawn_allocator(Backend::Postgres).await;
+    app.client
+        .clone()
+        .allocate(allocate("acme", "", 1))
+        .await
+        .unwrap();
+    let mut other = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+    let mut first = sqlx::Connection::begin(&mut other).await.unwrap();
+    sqlx::query(
+        "INSERT INTO number_states (tenant_id, series, period, number, state, reference, updated_at)
+         VALUES ('acme', 'invoice', '', 1, 'confirmed', 'inv-first', now())",
+    )
+    .execute(&mut *first)
+    .await
+    .unwrap();
+    let mut client = app.client.clone();
+    let late = tokio::spawn(async move { client.confirm(confirm(1, "inv-late")).await });
+    app.db.wait_until_blocked_on_a_lock().await;
+    first.commit().await.unwrap();
+
+    let status = late.await.unwrap().unwrap_err();
+    assert_reason(&status, "ALREADY_CONFIRMED");
+    let stored = tonic_types::StatusExt::get_details_error_info(&status).unwrap();
+    assert_eq!(stored.metadata["reference"], "inv-first");
 }
