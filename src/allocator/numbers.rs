@@ -319,16 +319,13 @@ impl Allocator {
                 .store
                 .states_after(tenant, series, period, after)
                 .await?;
+            let render = |range: &RangeRow, n| render_stored(tenant, series, range, n);
             let mut records = Vec::with_capacity(rows.len());
-            for row in &rows {
-                let at = NumberAt {
-                    tenant,
-                    series,
-                    period,
-                    number: row.number,
-                };
-                records.push(self.ranged(at).await?.with(row)?);
+            for (row, range) in &rows {
+                let ranged = expand(std::slice::from_ref(range), row.number, 1, render)?;
+                records.extend(ranged.into_iter().map(|record| record.with(row)));
             }
+            let records = records.into_iter().collect::<Result<Vec<_>, _>>()?;
             let page = Page::from_fetched(records, limit);
             let next_after = page
                 .more

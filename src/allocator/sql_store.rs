@@ -17,7 +17,7 @@ use crate::{
         store::{
             Advance, Call, Change, ChangeError, ConfigureError, CounterStore, KeyRow, KindTotal,
             Ledger, NumberAt, Outcome, RangeRow, RangesAfter, SeriesRow, Stamp, StateChange,
-            StateRow, StatesAfter, StoreError,
+            StateRow, StatedRow, StatesAfter, StoreError,
         },
     },
     request_id::RequestId,
@@ -96,6 +96,7 @@ where
     for<'r> KindTotal: FromRow<'r, <E::Db as Database>::Row>,
     for<'r> RangeRow: FromRow<'r, <E::Db as Database>::Row>,
     for<'r> StateRow: FromRow<'r, <E::Db as Database>::Row>,
+    for<'r> StatedRow: FromRow<'r, <E::Db as Database>::Row>,
     for<'r> (i64,): FromRow<'r, <E::Db as Database>::Row>,
     for<'r> (i64, i64): FromRow<'r, <E::Db as Database>::Row>,
     for<'r> (String, i64): FromRow<'r, <E::Db as Database>::Row>,
@@ -240,9 +241,10 @@ where
         series: &SeriesName,
         period: &str,
         after: StatesAfter<'_>,
-    ) -> Result<Vec<StateRow>, StoreError> {
+    ) -> Result<Vec<(StateRow, RangeRow)>, StoreError> {
         let (tenant, series) = (tenant.as_str(), series.as_str());
-        Ok(select_states_after(self.0.pool(), tenant, series, period, after).await?)
+        let rows = select_states_after(self.0.pool(), tenant, series, period, after).await?;
+        Ok(rows.into_iter().map(StatedRow::split).collect())
     }
 
     async fn first_answer(
@@ -863,7 +865,8 @@ where
     .await
 }
 
-/// Up to `after.limit` state rows of one state after a number, in order.
+/// Up to `after.limit` state rows of one state after a number, in order,
+/// each joined with the range that holds its number.
 #[tracing::instrument(name = "db.number_states.select_after", skip_all, err(level = "debug"))]
 async fn select_states_after<DB>(
     pool: &Pool<DB>,
@@ -871,19 +874,28 @@ async fn select_states_after<DB>(
     series: &str,
     period: &str,
     after: StatesAfter<'_>,
-) -> Result<Vec<StateRow>, sqlx::Error>
+) -> Result<Vec<StatedRow>, sqlx::Error>
 where
     DB: Database,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     DB::Arguments: IntoArguments<DB>,
-    for<'r> StateRow: FromRow<'r, DB::Row>,
+    for<'r> StatedRow: FromRow<'r, DB::Row>,
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
     for<'q> i64: Encode<'q, DB> + Type<DB>,
 {
     sqlx::query_as(
-        "SELECT number, state, reference, reason, updated_at FROM number_states
-         WHERE tenant_id = $1 AND series = $2 AND period = $3 AND state = $4 AND number > $5
-         ORDER BY number LIMIT $6",
+        "SELECT s.number, s.state, s.reference, s.reason, s.updated_at,
+                a.first_value, a.count, a.kind, a.request_id, a.format, a.date, a.created_at
+         FROM number_states s
+         JOIN allocations a
+           ON a.tenant_id = s.tenant_id AND a.series = s.series AND a.period = s.period
+          AND a.first_value = (
+              SELECT MAX(b.first_value) FROM allocations b
+              WHERE b.tenant_id = s.tenant_id AND b.series = s.series
+                AND b.period = s.period AND b.first_value <= s.number)
+         WHERE s.tenant_id = $1 AND s.series = $2 AND s.period = $3 AND s.state = $4
+           AND s.number > $5
+         ORDER BY s.number LIMIT $6",
     )
     .bind(tenant)
     .bind(series)

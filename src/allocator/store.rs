@@ -110,14 +110,14 @@ pub trait CounterStore: Store {
     ) -> Result<Vec<StateRow>, StoreError>;
 
     /// Up to `after.limit` state rows of `after.state` after `after.number`,
-    /// in order.
+    /// in order, each with the range that holds its number.
     async fn states_after(
         &self,
         tenant: &TenantId,
         series: &SeriesName,
         period: &str,
         after: StatesAfter<'_>,
-    ) -> Result<Vec<StateRow>, StoreError>;
+    ) -> Result<Vec<(StateRow, RangeRow)>, StoreError>;
 
     /// A series' settings, if it exists.
     async fn find(
@@ -399,6 +399,48 @@ pub struct StateRow {
     pub reason: String,
     /// When it took this state.
     pub updated_at: DateTime<Utc>,
+}
+
+/// A state row joined with the range that holds its number.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(crate) struct StatedRow {
+    pub number: i64,
+    pub state: String,
+    pub reference: String,
+    pub reason: String,
+    pub updated_at: DateTime<Utc>,
+    pub first_value: i64,
+    pub count: i64,
+    pub kind: String,
+    pub request_id: Option<String>,
+    pub format: String,
+    pub date: NaiveDate,
+    pub created_at: DateTime<Utc>,
+}
+
+impl StatedRow {
+    /// The state row and its range, apart.
+    pub(crate) fn split(self) -> (StateRow, RangeRow) {
+        let state = StateRow {
+            number: self.number,
+            state: self.state,
+            reference: self.reference,
+            reason: self.reason,
+            updated_at: self.updated_at,
+        };
+        let range = RangeRow {
+            first_value: self.first_value,
+            count: self.count,
+            kind: self.kind,
+            // A range of Allocate has no reason of its own.
+            reason: String::new(),
+            request_id: self.request_id,
+            format: self.format,
+            date: self.date,
+            created_at: self.created_at,
+        };
+        (state, range)
+    }
 }
 
 /// One number of a period.

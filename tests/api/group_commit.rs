@@ -186,7 +186,7 @@ impl CounterStore for ScriptedStore {
         series: &SeriesName,
         period: &str,
         after: StatesAfter<'_>,
-    ) -> Result<Vec<StateRow>, StoreError> {
+    ) -> Result<Vec<(StateRow, RangeRow)>, StoreError> {
         self.inner.states_after(tenant, series, period, after).await
     }
 

@@ -316,6 +316,24 @@ async fn numbers_are_confirmed_and_voided_as_their_state_allows(#[case] backend:
 
     assert_eq!(listed(&mut app, NumberState::Issued).await, [3, 4, 9]);
     assert_eq!(listed(&mut app, NumberState::Confirmed).await, [5]);
+    let page = app
+        .client
+        .list_numbers(list(NumberState::Confirmed, 10, ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        page.records,
+        [record(&mut app, get("acme", "", "", 5)).await]
+    );
+    assert_eq!(
+        (
+            page.records[0].formatted.as_str(),
+            page.records[0].reference.as_str(),
+            page.records[0].request_id.as_str()
+        ),
+        ("INV-005", "inv-5", "order-17")
+    );
     assert_eq!(listed(&mut app, NumberState::Voided).await, [1, 2]);
     assert_eq!(listed(&mut app, NumberState::Skipped).await, [6, 7, 8]);
     let audit = app
