@@ -9,7 +9,9 @@ use std::{
     time::Duration,
 };
 
-use sqlx::{AssertSqlSafe, Connection, PgConnection};
+use sqlx::{
+    AssertSqlSafe, Connection, PgConnection, SqliteConnection, sqlite::SqliteConnectOptions,
+};
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
     process::{Child, Command},
@@ -45,8 +47,14 @@ pub struct SpawnedAllocator {
 
 /// The database a benchmark run created, to remove afterwards.
 enum FreshDatabase {
-    Postgres { admin_url: String, name: String },
-    Sqlite { dir: PathBuf },
+    Postgres {
+        admin_url: String,
+        name: String,
+        url: String,
+    },
+    Sqlite {
+        dir: PathBuf,
+    },
 }
 
 impl FreshDatabase {
@@ -73,13 +81,16 @@ impl FreshDatabase {
         let database = Self::Postgres {
             admin_url: admin_url.to_owned(),
             name,
+            url: url.to_string(),
         };
         Ok((database, ("DATABASE_URL", url.to_string())))
     }
 
     async fn remove(&self) -> Result<(), SpawnError> {
         match self {
-            Self::Postgres { admin_url, name } => {
+            Self::Postgres {
+                admin_url, name, ..
+            } => {
                 let mut admin = PgConnection::connect(admin_url).await?;
                 sqlx::query(AssertSqlSafe(format!(
                     r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#
@@ -97,6 +108,34 @@ impl FreshDatabase {
 }
 
 impl SpawnedAllocator {
+    /// Runs `sql` on the allocator's database, behind its back: for
+    /// benchmarks that need more data than calls would make in time.
+    ///
+    /// # Errors
+    /// The statement failed.
+    pub async fn execute(&self, sql: &str) -> Result<(), SpawnError> {
+        let sql = AssertSqlSafe(sql.to_owned());
+        match &self.database {
+            FreshDatabase::Postgres { url, .. } => {
+                let mut conn = PgConnection::connect(url).await?;
+                sqlx::query(sql).execute(&mut conn).await?;
+            }
+            FreshDatabase::Sqlite { dir } => {
+                let file = dir.join("allocator.sqlite3");
+                let options = SqliteConnectOptions::new().filename(file);
+                let mut conn = SqliteConnection::connect_with(&options).await?;
+                sqlx::query(sql).execute(&mut conn).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether its database is SQLite.
+    #[must_use]
+    pub fn on_sqlite(&self) -> bool {
+        matches!(self.database, FreshDatabase::Sqlite { .. })
+    }
+
     /// Creates a fresh database on the server of `admin_url`, or a SQLite
     /// file in a new directory when it is `sqlite:`, and starts `binary` on it
     /// with `args` added.

@@ -34,6 +34,8 @@ enum Command {
     Memory(MemoryArgs),
     /// A quiet tenant's throughput alone, then while another tenant hammers a series it has exhausted; prints the ratio.
     Neighbours(NeighboursArgs),
+    /// Times `AuditSeries` over one period of --numbers numbers, each its own range (the worst case), written to the ledger by SQL.
+    Audit(AuditArgs),
 }
 
 #[derive(Debug, Args)]
@@ -142,6 +144,22 @@ struct NeighboursArgs {
     /// (repeatable).
     #[arg(long = "allocator-arg", allow_hyphen_values = true)]
     allocator_args: Vec<String>,
+    #[command(flatten)]
+    spawn: SpawnArgs,
+}
+
+#[derive(Debug, Args)]
+struct AuditArgs {
+    /// Numbers in the period, each its own range.
+    #[arg(long, default_value_t = 1_000_000)]
+    numbers: i64,
+    /// Audits to time.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Also time audits after one range's record is deleted, which walks
+    /// the ranges to find it.
+    #[arg(long)]
+    lose_one: bool,
     #[command(flatten)]
     spawn: SpawnArgs,
 }
@@ -390,6 +408,89 @@ async fn exhaust(url: &str, tenant: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Times `AuditSeries` over a period of `args.numbers` one-number ranges.
+async fn audit(args: AuditArgs) -> anyhow::Result<bool> {
+    use numbering::proto::{AuditSeriesRequest, number_allocator_client::NumberAllocatorClient};
+    let bin = allocator_bin(&args.spawn)?;
+    let allocator = SpawnedAllocator::start(&bin, &args.spawn.database_url, &[]).await?;
+    let mut client = NumberAllocatorClient::connect(allocator.url.clone()).await?;
+    // One real allocation creates the series, its counter and its first range.
+    client
+        .allocate(numbering::proto::AllocateRequest {
+            tenant_id: "acme".into(),
+            ..Default::default()
+        })
+        .await?;
+    let n = args.numbers;
+    let numbers = if allocator.on_sqlite() {
+        format!(
+            "WITH RECURSIVE g(n) AS (SELECT 2 UNION ALL SELECT n + 1 FROM g WHERE n < {n})
+             SELECT n, strftime('%Y-%m-%d', 'now') AS d, strftime('%Y-%m-%dT%H:%M:%fZ', 'now') AS t
+             FROM g"
+        )
+    } else {
+        format!("SELECT g AS n, current_date AS d, now() AS t FROM generate_series(2, {n}) AS g")
+    };
+    allocator
+        .execute(&format!(
+            "INSERT INTO allocations (tenant_id, series, period, first_value, count, kind,
+                                      reason, request_id, format, date, created_at)
+             SELECT 'acme', 'invoice', '', n, 1, 'allocate', '', NULL, 'INV-{{number:03}}', d, t
+             FROM ({numbers}) AS numbers"
+        ))
+        .await?;
+    allocator
+        .execute(&format!("UPDATE counters SET last_value = {n}"))
+        .await?;
+    if !allocator.on_sqlite() {
+        // What autovacuum does soon after such a load in production.
+        allocator.execute("VACUUM ANALYZE allocations").await?;
+    }
+    let mut passed = true;
+    let mut ledgers = vec![("complete", 0)];
+    if args.lose_one {
+        ledgers.push(("one range lost", 1));
+    }
+    for (ledger, lost) in ledgers {
+        if lost > 0 {
+            allocator
+                .execute(&format!(
+                    "DELETE FROM allocations WHERE first_value = {}",
+                    n / 2
+                ))
+                .await?;
+        }
+        let mut times = Vec::new();
+        let mut answer = None;
+        for _ in 0..args.rounds.max(1) {
+            let started = std::time::Instant::now();
+            let audited = client
+                .audit_series(AuditSeriesRequest {
+                    tenant_id: "acme".into(),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            times.push(started.elapsed());
+            answer = Some(audited);
+        }
+        times.sort();
+        let answer = answer.unwrap_or_default();
+        passed &= answer.last_value == n && answer.unaccounted == lost;
+        println!(
+            "{n} numbers, {ledger}: audit {:?} median ({:?}..{:?}); issued {}, unaccounted {}",
+            times[times.len() / 2],
+            times[0],
+            times[times.len() - 1],
+            answer.issued,
+            answer.unaccounted
+        );
+    }
+    allocator.stop().await?;
+    println!("Every audit accounted for exactly the numbers expected: {passed}");
+    Ok(passed)
+}
+
 async fn memory(args: MemoryArgs) -> anyhow::Result<bool> {
     let bin = allocator_bin(&args.spawn)?;
     let allocator = SpawnedAllocator::start(&bin, &args.spawn.database_url, &[]).await?;
@@ -432,6 +533,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         Command::Run(args) => run(args).await?,
         Command::Compare(args) => compare(args).await?,
         Command::Memory(args) => memory(args).await?,
+        Command::Audit(args) => audit(args).await?,
         Command::Neighbours(args) => neighbours(args).await?,
     };
     Ok(if passed {
