@@ -322,10 +322,11 @@ impl Allocator {
             let render = |range: &RangeRow, n| render_stored(tenant, series, range, n);
             let mut records = Vec::with_capacity(rows.len());
             for (row, range) in &rows {
-                let ranged = expand(std::slice::from_ref(range), row.number, 1, render)?;
-                records.extend(ranged.into_iter().map(|record| record.with(row)));
+                // The joined range holds the row's number: one record.
+                for record in expand(std::slice::from_ref(range), row.number, 1, render)? {
+                    records.push(record.with(row)?);
+                }
             }
-            let records = records.into_iter().collect::<Result<Vec<_>, _>>()?;
             let page = Page::from_fetched(records, limit);
             let next_after = page
                 .more
