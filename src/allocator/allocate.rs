@@ -15,12 +15,14 @@ use crate::{
         batch::Retention,
         exhausted::Exhausted,
         group_commit::{GroupCommitSettings, GroupCommitter, GroupError},
+        reserve::Leases,
         series::{
-            Calendar, Count, Number, NumberFormat, Refusal, Series, SeriesConfig, SeriesName,
-            TimeZone,
+            Calendar, Count, GapPolicy, Number, NumberFormat, Refusal, Series, SeriesConfig,
+            SeriesName, TimeZone,
         },
         store::{
-            Advance, Call, ConfigureError, CounterStore, Grant, Outcome, StateRefusal, StoreError,
+            Advance, Call, ConfigureError, CounterStore, Grant, Outcome, Reissue, StateRefusal,
+            StoreError,
         },
     },
     calendar::Reset,
@@ -182,6 +184,8 @@ pub struct SeriesChange {
     pub zone: Option<TimeZone>,
     /// A new first number for periods not yet begun.
     pub start_at: Option<i64>,
+    /// A new gap policy.
+    pub gap_policy: Option<GapPolicy>,
 }
 
 impl SeriesChange {
@@ -203,6 +207,7 @@ impl SeriesChange {
                 zone: self.zone.unwrap_or(current.calendar.zone),
             },
             start_at: self.start_at.unwrap_or(current.start_at),
+            gap_policy: self.gap_policy.unwrap_or(current.gap_policy),
         };
         if in_use {
             // Numbers already handed out belong to periods of this calendar.
@@ -214,6 +219,8 @@ impl SeriesChange {
                     "start_at",
                     new.calendar.reset == Reset::Never && new.start_at != current.start_at,
                 ),
+                // Numbers given back under one policy are not handled by another.
+                ("gap_policy", new.gap_policy != current.gap_policy),
             ];
             if let Some((field, _)) = fixed.into_iter().find(|(_, changes)| *changes) {
                 return Err(Refusal::InUse { field });
@@ -229,13 +236,29 @@ impl SeriesChange {
     }
 }
 
+/// What one call asks for.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Ask<'a> {
+    pub tenant: &'a TenantId,
+    pub series: &'a SeriesName,
+    /// How many numbers.
+    pub count: i64,
+    pub request_id: Option<&'a RequestId>,
+    /// The document's date; none: today.
+    pub date: Option<NaiveDate>,
+    /// For a reservation: when its lease ends.
+    pub lease: Option<DateTime<Utc>>,
+}
+
 /// What this process knows of a series' calendar.
 #[derive(Debug, Clone, Copy)]
-struct Known {
+pub(super) struct Known {
     calendar: Calendar,
     /// The series has handed out a number, so its calendar never changes
     /// again: its transactions need not lock it against `ConfigureSeries`.
     settled: bool,
+    /// Its gap policy, which is fixed too once it has handed out a number.
+    pub(super) policy: GapPolicy,
 }
 
 /// The calendars of the series this process has used: a call's period is
@@ -280,11 +303,11 @@ impl Calendars {
         }
     }
 
-    /// Notes that the series handed out a number under `calendar`.
-    fn settle(&self, tenant: &TenantId, series: &SeriesName, calendar: Calendar) {
+    /// Notes that the series handed out a number as `known` said it was.
+    fn settle(&self, tenant: &TenantId, series: &SeriesName, known: Known) {
         let settled = Known {
-            calendar,
             settled: true,
+            ..known
         };
         self.insert(tenant, series, settled);
     }
@@ -319,6 +342,7 @@ pub struct Allocator {
     retention: Retention,
     calendars: Arc<Calendars>,
     exhausted: Arc<Exhausted>,
+    pub(super) leases: Leases,
 }
 
 impl Allocator {
@@ -345,7 +369,14 @@ impl Allocator {
             retention,
             calendars: Arc::default(),
             exhausted: Arc::default(),
+            leases: Leases::default(),
         }
+    }
+
+    /// The allocator holding reservations for `leases`.
+    #[must_use]
+    pub fn with_leases(self, leases: Leases) -> Self {
+        Self { leases, ..self }
     }
 
     pub(super) fn now(&self) -> DateTime<Utc> {
@@ -354,17 +385,20 @@ impl Allocator {
 
     /// The calendar of a series: that of an unconfigured one for a series
     /// not created yet, which its first allocation creates so.
-    async fn calendar(&self, tenant: &TenantId, series: &SeriesName) -> Result<Known, Error> {
+    pub(super) async fn calendar(
+        &self,
+        tenant: &TenantId,
+        series: &SeriesName,
+    ) -> Result<Known, Error> {
         if let Some(known) = self.calendars.get(tenant, series) {
             return Ok(known);
         }
-        let calendar = match self.store.find(tenant, series).await? {
-            Some(config) => config.calendar,
-            None => self.defaults.calendar,
-        };
+        let config = self.store.find(tenant, series).await?;
+        let config = config.as_ref().unwrap_or(&self.defaults);
         let known = Known {
-            calendar,
+            calendar: config.calendar,
             settled: false,
+            policy: config.gap_policy,
         };
         self.calendars.insert(tenant, series, known);
         Ok(known)
@@ -398,7 +432,8 @@ impl Allocator {
     /// (none: today in the series' time zone), from the period that date
     /// falls in, committed before they are returned; or, for a request id
     /// used within the retention window, the numbers its first call
-    /// received. The first call on a series creates it.
+    /// received. The first call on a series creates it. One number of a
+    /// series that reissues is the lowest given back, if one is.
     ///
     /// # Errors
     /// [`Error::Invalid`] for a date too far ahead; [`Error::RequestIdReused`]
@@ -412,21 +447,73 @@ impl Allocator {
         request_id: Option<&RequestId>,
         date: Option<NaiveDate>,
     ) -> Result<Allocation, Error> {
+        let ask = Ask {
+            tenant,
+            series,
+            count: i64::from(count.get()),
+            request_id,
+            date,
+            lease: None,
+        };
+        let (grant, replayed) = self.obtain(ask).await?;
+        let Grant {
+            first,
+            format,
+            date,
+            period,
+        } = grant;
+        let format = parse_stored(tenant, series, &format)?;
+        // Offsets from the first number: the last may be i64::MAX.
+        let numbers = (0..ask.count)
+            .map(|offset| first + offset)
+            .map(|value| Number {
+                value,
+                formatted: format.render(value, date),
+                period: period.clone(),
+                date,
+            })
+            .collect();
+        Ok(Allocation { numbers, replayed })
+    }
+
+    /// The numbers `ask` gets, and whether they repeat an earlier call's.
+    pub(super) async fn obtain(&self, ask: Ask<'_>) -> Result<(Grant, bool), Error> {
+        let Ask {
+            tenant,
+            series,
+            count,
+            request_id,
+            date,
+            lease,
+        } = ask;
         let outcome = self
             .with_calendar(tenant, series, |known| async move {
-                let Known { calendar, settled } = known;
-                let (date, period) = place(calendar, date, self.now())?;
+                let (date, period) = place(known.calendar, date, self.now())?;
+                if known.policy == GapPolicy::Reissue && count == 1 {
+                    let take = Reissue {
+                        tenant,
+                        series,
+                        period: &period,
+                        request_id,
+                        lease,
+                    };
+                    let stamp = self.retention.stamp();
+                    if let Some(outcome) = self.store.reissue(take, stamp).await? {
+                        return Ok(outcome);
+                    }
+                }
                 let call = Call {
                     tenant,
                     series,
-                    calendar,
-                    settled,
+                    calendar: known.calendar,
+                    settled: known.settled,
                     period: &period,
                     date,
-                    count: i64::from(count.get()),
+                    count,
                     request_id,
+                    lease,
                 };
-                if self.exhausted.refuses(tenant, series, &period, call.count) {
+                if self.exhausted.refuses(tenant, series, &period, count) {
                     // Counters never go down: only a repeat of an answered
                     // call can get numbers here, and a read tells.
                     return match request_id {
@@ -443,44 +530,24 @@ impl Allocator {
                     }
                 };
                 if matches!(outcome, Err(Error::Exhausted)) {
-                    self.exhausted.record(tenant, series, &period, call.count);
+                    self.exhausted.record(tenant, series, &period, count);
                 }
                 let outcome = outcome?;
-                if !settled && matches!(outcome, Outcome::Granted(_)) {
-                    self.calendars.settle(tenant, series, calendar);
+                if !known.settled && matches!(outcome, Outcome::Granted(_)) {
+                    self.calendars.settle(tenant, series, known);
                 }
                 Ok(outcome)
             })
             .await?;
-        let (grant, replayed) = match outcome {
-            Outcome::Granted(grant) => (grant, false),
-            Outcome::Replayed(grant) => (grant, true),
-            Outcome::Reused { series, count } => {
-                return Err(Error::RequestIdReused {
-                    request_id: request_id.map(ToString::to_string).unwrap_or_default(),
-                    series,
-                    count,
-                });
-            }
-        };
-        let Grant {
-            first,
-            format,
-            date,
-            period,
-        } = grant;
-        let format = parse_stored(tenant, series, &format)?;
-        // Offsets from the first number: the last may be i64::MAX.
-        let numbers = (0..i64::from(count.get()))
-            .map(|offset| first + offset)
-            .map(|value| Number {
-                value,
-                formatted: format.render(value, date),
-                period: period.clone(),
-                date,
-            })
-            .collect();
-        Ok(Allocation { numbers, replayed })
+        match outcome {
+            Outcome::Granted(grant) => Ok((grant, false)),
+            Outcome::Replayed(grant) => Ok((grant, true)),
+            Outcome::Reused { series, count } => Err(Error::RequestIdReused {
+                request_id: request_id.map(ToString::to_string).unwrap_or_default(),
+                series,
+                count,
+            }),
+        }
     }
 
     /// A keyed call for a period known to be full: the numbers its id first

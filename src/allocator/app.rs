@@ -12,6 +12,7 @@ use crate::{
         batch::Retention,
         grpc::{self, AllocatorService},
         postgres::{self, PgCounterStore},
+        reserve::Leases,
         series::NumberFormat,
         sqlite::{self, SqliteCounterStore},
         store::CounterStore,
@@ -35,6 +36,8 @@ pub struct Settings {
     pub mode: CommitMode,
     /// How long request ids are kept, and how often expired ones are purged.
     pub request_ids: RequestIdSettings,
+    /// How long reservations are held.
+    pub leases: Leases,
 }
 
 /// How long request ids are kept, and how often expired ones are purged.
@@ -55,8 +58,8 @@ impl Default for RequestIdSettings {
     }
 }
 
-/// Request ids forgotten per purge statement: short writes beside the
-/// allocations.
+/// Request ids forgotten, or leases given back, per statement: short writes
+/// beside the allocations.
 const PURGE_BATCH: u32 = 1000;
 
 /// The allocator service on its store, ready to serve.
@@ -75,13 +78,14 @@ impl App {
     /// The database cannot be opened; see [`OpenError`].
     pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> Result<Self, OpenError> {
         let store = open_store(&settings.database, &settings.pool).await?;
-        Ok(Self::on(
+        let app = Self::on(
             store,
             settings.default_format,
             settings.mode,
             &settings.request_ids,
             clock,
-        ))
+        );
+        Ok(app.with_leases(settings.leases))
     }
 
     /// The service on a store already open; request ids and records take
@@ -107,9 +111,21 @@ impl App {
         }
     }
 
+    /// The service holding reservations for `leases`.
+    #[must_use]
+    pub fn with_leases(self, leases: Leases) -> Self {
+        let allocator = self.allocator.with_leases(leases);
+        Self {
+            service: grpc::service(allocator.clone()),
+            allocator,
+            ..self
+        }
+    }
+
     /// Serves on `listener` until `shutdown` resolves and the drain ends, then
     /// closes the store (see [`server::serve`]). Purges expired request ids
-    /// in the background until shutdown begins.
+    /// and gives back reservations whose lease ended, in the background,
+    /// until shutdown begins.
     ///
     /// # Errors
     /// The transport failed.
@@ -132,7 +148,8 @@ impl App {
     }
 }
 
-/// Forgets expired request ids every `interval` until `stop` resolves.
+/// Forgets expired request ids and gives back reservations whose lease
+/// ended every `interval` until `stop` resolves.
 async fn purge(allocator: Allocator, interval: Duration, stop: oneshot::Receiver<()>) {
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -145,6 +162,14 @@ async fn purge(allocator: Allocator, interval: Duration, stop: oneshot::Receiver
                 Err(error) => tracing::warn!(
                     error = %chain(&error),
                     "forgetting expired request ids failed; trying again later",
+                ),
+            }
+            match allocator.expire_leases(PURGE_BATCH).await {
+                Ok(0) => {}
+                Ok(expired) => tracing::debug!(expired, "gave back reservations whose lease ended"),
+                Err(error) => tracing::warn!(
+                    error = %chain(&error),
+                    "giving back ended reservations failed; trying again later",
                 ),
             }
         }

@@ -2,7 +2,12 @@
 //! have no record, from its counter and its ranges.
 
 use crate::{
-    allocator::{Allocator, Error, series::SeriesName, store::Ledger},
+    allocator::{
+        Allocator, Error,
+        numbers::NumberState,
+        series::{GapPolicy, SeriesName},
+        store::{Ledger, StateTotal},
+    },
     tenant::TenantId,
 };
 
@@ -16,8 +21,12 @@ pub struct Audit {
     pub last_value: i64,
     /// Numbers handed out by `Allocate`, neither confirmed nor voided since.
     pub issued: i64,
+    /// Numbers held by a reservation whose lease has not ended.
+    pub reserved: i64,
     /// Numbers confirmed with their document's reference.
     pub confirmed: i64,
+    /// Numbers given back to a series that reissues, not yet taken again.
+    pub released: i64,
     /// Numbers voided with a reason.
     pub voided: i64,
     /// Numbers jumped over by `AdvanceCounter`.
@@ -39,38 +48,53 @@ impl Audit {
         }
     }
 
-    /// The account of `ledger`.
+    /// The account of `ledger` of a series of `policy`: a reservation whose
+    /// lease has ended counts as given back, swept or not.
     #[must_use]
-    pub fn of(ledger: &Ledger) -> Self {
+    pub fn of(ledger: &Ledger, policy: GapPolicy) -> Self {
         let total = |kind: &str| -> i64 {
             let kinds = ledger.kinds.iter().filter(|total| total.kind == kind);
             kinds.map(|total| total.numbers).sum()
         };
         let (allocated, skipped) = (total("allocate"), total("advance"));
-        let in_state = |state: &str| -> i64 {
-            let rows = ledger.states.iter().filter(|(name, _)| name == state);
-            rows.map(|(_, numbers)| numbers).sum()
+        let rows = |keep: &dyn Fn(&StateTotal) -> bool| -> i64 {
+            let rows = ledger.states.iter().filter(|row| keep(row));
+            rows.map(|row| row.numbers).sum()
         };
-        let (confirmed, voided) = (in_state("confirmed"), in_state("voided"));
+        let in_state = |state: NumberState| {
+            let stored = state.stored().unwrap_or_default();
+            rows(&|row| {
+                row.state == stored || (row.state == "expired" && policy.given_back() == state)
+            })
+        };
+        // Numbers of Allocate's ranges without a row are still issued; every
+        // number of a reservation's range has a row from the start.
+        let allocated_with_rows = rows(&|row| row.origin == "allocate");
+        let reserved_with_rows = rows(&|row| row.origin == "reserve");
         let recorded_to = ledger.kinds.iter().map(|total| total.last).max();
         let recorded_to = recorded_to.unwrap_or(ledger.base).max(ledger.base);
         let after_last_range = (recorded_to < ledger.last_value)
             .then(|| (recorded_to + 1, ledger.last_value - recorded_to));
-        let unaccounted_sample = ledger
+        let mut unaccounted_sample: Vec<i64> = ledger
             .holes
             .iter()
             .copied()
             .chain(after_last_range)
             .flat_map(|(first, count)| (0..count).map(move |offset| first + offset))
             .take(SAMPLE as usize)
+            .chain(ledger.orphans.iter().copied())
             .collect();
+        unaccounted_sample.sort_unstable();
+        unaccounted_sample.truncate(SAMPLE as usize);
         Self {
             last_value: ledger.last_value,
-            issued: allocated - confirmed - voided,
-            confirmed,
-            voided,
+            issued: allocated - allocated_with_rows + in_state(NumberState::Issued),
+            reserved: in_state(NumberState::Reserved),
+            confirmed: in_state(NumberState::Confirmed),
+            released: in_state(NumberState::Released),
+            voided: in_state(NumberState::Voided),
             skipped,
-            unaccounted: ledger.last_value - ledger.base - allocated - skipped,
+            unaccounted: ledger.last_value - ledger.base - allocated - skipped - reserved_with_rows,
             unaccounted_sample,
         }
     }
@@ -92,8 +116,15 @@ impl Allocator {
             tenant: tenant.to_string(),
             series: series.to_string(),
         })?;
-        let ledger = self.store.ledger(tenant, series, period, SAMPLE).await?;
-        Ok(ledger.map_or_else(|| Audit::not_begun(config.start_at), |l| Audit::of(&l)))
+        let now = self.now();
+        let ledger = self
+            .store
+            .ledger(tenant, series, period, SAMPLE, now)
+            .await?;
+        Ok(ledger.map_or_else(
+            || Audit::not_begun(config.start_at),
+            |ledger| Audit::of(&ledger, config.gap_policy),
+        ))
     }
 }
 
@@ -110,6 +141,65 @@ mod tests {
         }
     }
 
+    fn rows(origin: &str, state: &str, numbers: i64) -> StateTotal {
+        StateTotal {
+            origin: origin.to_owned(),
+            state: state.to_owned(),
+            numbers,
+        }
+    }
+
+    #[test]
+    fn reservations_count_by_state_and_ended_leases_by_the_policy() {
+        // 1..=4 allocated (2 confirmed); 5..=10 reserved one by one: one
+        // confirmed, one released and taken again by Allocate, one still
+        // held, one released, two whose leases ended unswept.
+        let ledger = Ledger {
+            last_value: 10,
+            base: 0,
+            kinds: vec![kind("allocate", 4, 4), kind("reserve", 6, 10)],
+            holes: Vec::new(),
+            states: vec![
+                rows("allocate", "confirmed", 2),
+                rows("reserve", "confirmed", 1),
+                rows("reserve", "expired", 2),
+                rows("reserve", "issued", 1),
+                rows("reserve", "released", 1),
+                rows("reserve", "reserved", 1),
+            ],
+            orphans: Vec::new(),
+        };
+        let reissue = Audit::of(&ledger, GapPolicy::Reissue);
+        assert_eq!(
+            reissue,
+            Audit {
+                last_value: 10,
+                issued: 3,
+                reserved: 1,
+                confirmed: 3,
+                released: 3,
+                ..Audit::default()
+            }
+        );
+        let void = Audit::of(&ledger, GapPolicy::Void);
+        assert_eq!((void.released, void.voided), (1, 2));
+    }
+
+    #[test]
+    fn a_reservation_without_its_row_is_unaccounted() {
+        let ledger = Ledger {
+            last_value: 3,
+            base: 0,
+            kinds: vec![kind("reserve", 3, 3)],
+            holes: Vec::new(),
+            states: vec![rows("reserve", "reserved", 2)],
+            orphans: vec![2],
+        };
+        let audit = Audit::of(&ledger, GapPolicy::Void);
+        assert_eq!((audit.reserved, audit.unaccounted), (2, 1));
+        assert_eq!(audit.unaccounted_sample, [2]);
+    }
+
     #[test]
     fn a_complete_ledger_leaves_nothing_unaccounted() {
         let ledger = Ledger {
@@ -117,9 +207,13 @@ mod tests {
             base: 9,
             kinds: vec![kind("advance", 51, 110), kind("allocate", 50, 59)],
             holes: Vec::new(),
-            states: vec![("confirmed".into(), 7), ("voided".into(), 2)],
+            states: vec![
+                rows("allocate", "confirmed", 7),
+                rows("allocate", "voided", 2),
+            ],
+            orphans: Vec::new(),
         };
-        let audit = Audit::of(&ledger);
+        let audit = Audit::of(&ledger, GapPolicy::Void);
         assert_eq!(
             audit,
             Audit {
@@ -128,8 +222,7 @@ mod tests {
                 confirmed: 7,
                 voided: 2,
                 skipped: 51,
-                unaccounted: 0,
-                unaccounted_sample: Vec::new(),
+                ..Audit::default()
             }
         );
     }
@@ -143,8 +236,9 @@ mod tests {
             kinds: vec![kind("allocate", 4, 6)],
             holes: vec![(4, 2)],
             states: Vec::new(),
+            orphans: Vec::new(),
         };
-        let audit = Audit::of(&ledger);
+        let audit = Audit::of(&ledger, GapPolicy::Void);
         assert_eq!(audit.unaccounted, 4);
         assert_eq!(audit.unaccounted_sample, [4, 5, 7, 8]);
     }
@@ -157,8 +251,9 @@ mod tests {
             kinds: Vec::new(),
             holes: Vec::new(),
             states: Vec::new(),
+            orphans: Vec::new(),
         };
-        let audit = Audit::of(&ledger);
+        let audit = Audit::of(&ledger, GapPolicy::Void);
         assert_eq!(audit.unaccounted, i64::MAX);
         assert_eq!(audit.unaccounted_sample, (1..=100).collect::<Vec<_>>());
     }

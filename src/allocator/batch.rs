@@ -213,22 +213,24 @@ impl<'a> Batch<'a> {
                 count: call.count,
                 tail: totals[group].total - offset - call.count,
                 request_id: call.request_id.map(RequestId::as_str),
+                lease: call.lease,
             };
             range_of[at] = Some(range);
             // A group's calls take adjacent ranges in this order, so a call
             // without an id extends the run before it if its numbers read
             // with the same date: one ledger row per run, not per call. A
-            // call with an id keeps a row of its own.
-            match (range.request_id, open.get(&group)) {
-                (None, Some(&run)) if records[run].date == range.date => {
+            // call with an id, or a reservation, keeps a row of its own.
+            let plain = range.request_id.is_none() && range.lease.is_none();
+            match (plain, open.get(&group)) {
+                (true, Some(&run)) if records[run].date == range.date => {
                     records[run].count += range.count;
                     records[run].tail = range.tail;
                 }
-                (None, _) => {
+                (true, _) => {
                     open.insert(group, records.len());
                     records.push(range);
                 }
-                (Some(_), _) => {
+                (false, _) => {
                     open.remove(&group);
                     records.push(range);
                 }
@@ -430,9 +432,21 @@ pub struct Record<'a> {
     pub tail: i64,
     /// The call's request id, if it sent one.
     pub request_id: Option<&'a str>,
+    /// For a reservation: when its lease ends.
+    pub lease: Option<DateTime<Utc>>,
 }
 
 impl Record<'_> {
+    /// The kind of ledger row it is.
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        if self.lease.is_some() {
+            "reserve"
+        } else {
+            "allocate"
+        }
+    }
+
     /// The first number of the range, given the counter's new value (which
     /// may be `i64::MAX`: counts back from it).
     #[must_use]
@@ -461,6 +475,7 @@ mod tests {
             date: today(),
             count,
             request_id: key,
+            lease: None,
         }
     }
 

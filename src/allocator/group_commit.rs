@@ -17,7 +17,7 @@ use std::{
 
 use tokio::sync::{mpsc, mpsc::error::TrySendError, oneshot};
 
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::{
     allocator::{
@@ -79,6 +79,7 @@ struct OwnedCall {
     date: NaiveDate,
     count: i64,
     request_id: Option<RequestId>,
+    lease: Option<DateTime<Utc>>,
 }
 
 impl Waiting {
@@ -93,6 +94,7 @@ impl Waiting {
             date: call.date,
             count: call.count,
             request_id: call.request_id.as_ref(),
+            lease: call.lease,
         }
     }
 }
@@ -161,6 +163,7 @@ impl GroupCommitter {
                 date: call.date,
                 count: call.count,
                 request_id: call.request_id.cloned(),
+                lease: call.lease,
             },
             reply,
         })

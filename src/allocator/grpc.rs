@@ -7,7 +7,7 @@ use crate::{
     allocator::{
         Allocator, Error, SeriesChange,
         numbers::{NumberRecord, NumberState},
-        series::{Count, NumberFormat, Series, SeriesName, TimeZone},
+        series::{Count, GapPolicy, NumberFormat, Series, SeriesName, TimeZone},
         store::{NumberAt, StateChange, StateRefusal},
     },
     calendar::{Reset, check_period, parse_date},
@@ -16,7 +16,8 @@ use crate::{
         AllocatedNumber, AuditSeriesRequest, AuditSeriesResponse, ConfigureSeriesRequest,
         ConfigureSeriesResponse, ConfirmRequest, ConfirmResponse, GetNumberRequest,
         GetNumberResponse, GetSeriesRequest, GetSeriesResponse, ListNumbersRequest,
-        ListNumbersResponse, ListSeriesRequest, ListSeriesResponse, VoidRequest, VoidResponse,
+        ListNumbersResponse, ListSeriesRequest, ListSeriesResponse, ReleaseRequest,
+        ReleaseResponse, ReserveRequest, ReserveResponse, VoidRequest, VoidResponse,
         number_allocator_server::{NumberAllocator, NumberAllocatorServer},
     },
     request_id::RequestId,
@@ -66,6 +67,7 @@ impl AllocatorService {
         );
         let (field, note, needs) = match change {
             StateChange::Confirm { reference } => ("reference", reference, Needs::Tenant),
+            StateChange::Release { reason } => ("reason", reason, Needs::Tenant),
             StateChange::Void { reason } => ("reason", reason, Needs::Admin),
         };
         violations.check(field, check_note(note));
@@ -136,6 +138,8 @@ fn number_state(raw: i32) -> Result<Option<NumberState>, String> {
         Ok(proto::NumberState::Skipped) => Ok(Some(NumberState::Skipped)),
         Ok(proto::NumberState::Confirmed) => Ok(Some(NumberState::Confirmed)),
         Ok(proto::NumberState::Voided) => Ok(Some(NumberState::Voided)),
+        Ok(proto::NumberState::Reserved) => Ok(Some(NumberState::Reserved)),
+        Ok(proto::NumberState::Released) => Ok(Some(NumberState::Released)),
         Err(_) => Err(format!("{raw} is not a NumberState")),
     }
 }
@@ -162,9 +166,11 @@ impl Shown<'_> {
     fn record(&self, record: NumberRecord) -> proto::NumberRecord {
         let state = match record.state {
             NumberState::Issued => proto::NumberState::Issued,
-            NumberState::Skipped => proto::NumberState::Skipped,
+            NumberState::Reserved => proto::NumberState::Reserved,
             NumberState::Confirmed => proto::NumberState::Confirmed,
+            NumberState::Released => proto::NumberState::Released,
             NumberState::Voided => proto::NumberState::Voided,
+            NumberState::Skipped => proto::NumberState::Skipped,
         };
         proto::NumberRecord {
             tenant_id: self.tenant.to_string(),
@@ -176,6 +182,7 @@ impl Shown<'_> {
             reason: record.reason,
             reference: record.reference,
             request_id: record.request_id,
+            expires_at: record.expires_at.map(proto::timestamp),
             updated_at: Some(proto::timestamp(record.updated_at)),
         }
     }
@@ -305,7 +312,9 @@ impl NumberAllocator for AllocatorService {
         Ok(Response::new(AuditSeriesResponse {
             last_value: audit.last_value,
             issued: audit.issued,
+            reserved: audit.reserved,
             confirmed: audit.confirmed,
+            released: audit.released,
             voided: audit.voided,
             skipped: audit.skipped,
             unaccounted: audit.unaccounted,
@@ -408,6 +417,62 @@ impl NumberAllocator for AllocatorService {
         }))
     }
 
+    async fn reserve(
+        &self,
+        request: Request<ReserveRequest>,
+    ) -> Result<Response<ReserveResponse>, Status> {
+        let admission = server::admission(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        let (tenant, series) =
+            tenant_and_series(&mut violations, &request.tenant_id, &request.series);
+        let request_id = violations.check("request_id", RequestId::parse(&request.request_id));
+        let date = violations.check("date", parse_date(&request.date));
+        let lease = violations.check("lease", lease(request.lease));
+        violations.finish()?;
+        let (Some(tenant), Some(series), Some(request_id), Some(date), Some(lease)) =
+            (tenant, series, request_id, date, lease)
+        else {
+            unreachable!("finish() returned Ok, so every field parsed");
+        };
+        admission.admit(&tenant, Needs::Tenant).await?;
+
+        let reservation = self
+            .allocator
+            .reserve(&tenant, &series, request_id.as_ref(), date, lease)
+            .await?;
+        let shown = Shown {
+            tenant: &tenant,
+            series: &series,
+            period: &reservation.period,
+        };
+        Ok(Response::new(ReserveResponse {
+            record: Some(shown.record(reservation.record)),
+            replayed: reservation.replayed,
+        }))
+    }
+
+    async fn release(
+        &self,
+        request: Request<ReleaseRequest>,
+    ) -> Result<Response<ReleaseResponse>, Status> {
+        let admission = server::admission(&request)?;
+        let request = request.into_inner();
+        let asked = NumberFields {
+            tenant: &request.tenant_id,
+            series: &request.series,
+            period: &request.period,
+            number: request.number,
+        };
+        let change = StateChange::Release {
+            reason: &request.reason,
+        };
+        let record = self.change(&admission, asked, change).await?;
+        Ok(Response::new(ReleaseResponse {
+            record: Some(record),
+        }))
+    }
+
     async fn void(&self, request: Request<VoidRequest>) -> Result<Response<VoidResponse>, Status> {
         let admission = server::admission(&request)?;
         let request = request.into_inner();
@@ -488,6 +553,9 @@ impl NumberAllocator for AllocatorService {
                 }
                 first => Some(first),
             },
+            gap_policy: violations
+                .check("gap_policy", gap_policy(request.gap_policy))
+                .flatten(),
         };
         violations.finish()?;
         let (Some(tenant), Some(series)) = (tenant, series) else {
@@ -511,6 +579,24 @@ fn optional<T>(
         Ok(None)
     } else {
         parse(raw).map(Some)
+    }
+}
+
+/// A lease asked for: unset is zero (the default), checked against the
+/// server's bounds by the allocator.
+fn lease(raw: Option<prost_types::Duration>) -> Result<std::time::Duration, String> {
+    raw.map_or(Ok(std::time::Duration::ZERO), |raw| {
+        std::time::Duration::try_from(raw).map_err(|_| "must not be negative".to_owned())
+    })
+}
+
+/// A requested gap policy: unspecified means none.
+fn gap_policy(raw: i32) -> Result<Option<GapPolicy>, String> {
+    match proto::GapPolicy::try_from(raw) {
+        Ok(proto::GapPolicy::Unspecified) => Ok(None),
+        Ok(proto::GapPolicy::Void) => Ok(Some(GapPolicy::Void)),
+        Ok(proto::GapPolicy::Reissue) => Ok(Some(GapPolicy::Reissue)),
+        Err(_) => Err(format!("{raw} is not a GapPolicy value")),
     }
 }
 
@@ -548,6 +634,11 @@ impl From<Series> for proto::Series {
             timezone: series.config.calendar.zone.name().to_owned(),
             start_at: series.config.start_at,
             current_period: series.period,
+            gap_policy: match series.config.gap_policy {
+                GapPolicy::Void => proto::GapPolicy::Void,
+                GapPolicy::Reissue => proto::GapPolicy::Reissue,
+            }
+            .into(),
         }
     }
 }
@@ -589,18 +680,7 @@ impl From<Error> for Status {
                 number,
                 skipped,
             } => number_not_found(tenant, series, period, number, skipped),
-            Error::NotAllowed(StateRefusal::AlreadyConfirmed { reference }) => with_reason(
-                Code::FailedPrecondition,
-                format!("the number was confirmed with reference {reference:?}"),
-                "ALREADY_CONFIRMED",
-                &[("reference", reference)],
-            ),
-            Error::NotAllowed(StateRefusal::Voided { reason }) => with_reason(
-                Code::FailedPrecondition,
-                format!("the number was voided ({reason}); it is never used again"),
-                "NUMBER_VOIDED",
-                &[("reason", reason)],
-            ),
+            Error::NotAllowed(refusal) => refused(refusal),
             Error::RequestIdReused {
                 request_id,
                 series,
@@ -641,6 +721,52 @@ impl From<Error> for Status {
             }
             error @ (Error::Internal(_) | Error::StoredFormat { .. }) => internal(&error),
         }
+    }
+}
+
+/// `FAILED_PRECONDITION` for a change a number's state does not allow, with
+/// the state's reason.
+fn refused(refusal: StateRefusal) -> Status {
+    match refusal {
+        StateRefusal::AlreadyConfirmed { reference } => with_reason(
+            Code::FailedPrecondition,
+            format!("the number was confirmed with reference {reference:?}"),
+            "ALREADY_CONFIRMED",
+            &[("reference", reference)],
+        ),
+        StateRefusal::Voided { reason } => with_reason(
+            Code::FailedPrecondition,
+            format!("the number was voided ({reason}); it is never used again"),
+            "NUMBER_VOIDED",
+            &[("reason", reason)],
+        ),
+        StateRefusal::Released { reason } => with_reason(
+            Code::FailedPrecondition,
+            format!("the number was released ({reason}); reserve a number again"),
+            "NUMBER_RELEASED",
+            &[("reason", reason)],
+        ),
+        StateRefusal::Confirmed { reference } => with_reason(
+            Code::FailedPrecondition,
+            format!("the number was confirmed with reference {reference:?}; void it to cancel it"),
+            "NUMBER_CONFIRMED",
+            &[("reference", reference)],
+        ),
+        StateRefusal::Expired { expired_at } => with_reason(
+            Code::FailedPrecondition,
+            format!(
+                "the number's reservation expired at {}; reserve a number again",
+                expired_at.to_rfc3339()
+            ),
+            "RESERVATION_EXPIRED",
+            &[("expiredAt", expired_at.to_rfc3339())],
+        ),
+        StateRefusal::NotReserved => with_reason(
+            Code::FailedPrecondition,
+            "the number was handed out by Allocate, not reserved: confirm or void it",
+            "NUMBER_NOT_RESERVED",
+            &[],
+        ),
     }
 }
 

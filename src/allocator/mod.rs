@@ -7,7 +7,8 @@
 //! - [`audit`]: the account of a period's numbers, from its counter and ranges
 //!   ([`Allocator::audit`]).
 //! - [`numbers`]: single numbers and their records, read from the ranges and
-//!   their state rows, and the rules of confirming and voiding them.
+//!   their state rows, and the rules of confirming, releasing and voiding them.
+//! - [`reserve`]: reservations held by a lease, and the sweep of ended leases.
 //! - [`batch`]: one transaction's calls planned: request ids claimed or repeated,
 //!   counters moved, ranges split and recorded.
 //! - [`group_commit`]: concurrent calls merged into one transaction.
@@ -26,6 +27,7 @@ pub mod group_commit;
 pub mod grpc;
 pub mod numbers;
 pub mod postgres;
+pub mod reserve;
 pub mod series;
 mod sql_store;
 pub mod sqlite;

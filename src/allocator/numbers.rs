@@ -7,7 +7,7 @@ use crate::{
     allocator::{
         Allocator, Error,
         allocate::parse_stored,
-        series::SeriesName,
+        series::{GapPolicy, SeriesName},
         store::{
             ChangeError, NumberAt, RangeRow, RangesAfter, StateChange, StateRefusal, StateRow,
             StatesAfter, StoreError,
@@ -22,22 +22,30 @@ use crate::{
 pub enum NumberState {
     /// Handed out by `Allocate`.
     Issued,
-    /// Jumped over by `AdvanceCounter`.
-    Skipped,
+    /// Held by a reservation until its lease ends.
+    Reserved,
     /// Confirmed with the reference of the document that holds it.
     Confirmed,
+    /// Given back to a series that reissues: the next one-number call may
+    /// take it.
+    Released,
     /// Voided with a reason: never handed out again.
     Voided,
+    /// Jumped over by `AdvanceCounter`.
+    Skipped,
 }
 
 impl NumberState {
-    /// The state as a state row stores it, for the states rows hold.
+    /// The state as a state row stores it; none for a skipped number.
     #[must_use]
     pub fn stored(self) -> Option<&'static str> {
         match self {
+            Self::Issued => Some("issued"),
+            Self::Reserved => Some("reserved"),
             Self::Confirmed => Some("confirmed"),
+            Self::Released => Some("released"),
             Self::Voided => Some("voided"),
-            Self::Issued | Self::Skipped => None,
+            Self::Skipped => None,
         }
     }
 
@@ -47,7 +55,10 @@ impl NumberState {
     /// A state no row should hold.
     pub fn of_stored(state: &str) -> Result<Self, StoreError> {
         match state {
+            "issued" => Ok(Self::Issued),
+            "reserved" => Ok(Self::Reserved),
             "confirmed" => Ok(Self::Confirmed),
+            "released" => Ok(Self::Released),
             "voided" => Ok(Self::Voided),
             _ => Err(StoreError::Internal(
                 format!("stored number state {state:?}").into(),
@@ -55,28 +66,88 @@ impl NumberState {
         }
     }
 
-    /// The kind of ledger range whose numbers start in this state.
-    #[must_use]
-    pub fn kind(self) -> Option<&'static str> {
-        match self {
-            Self::Issued => Some("allocate"),
-            Self::Skipped => Some("advance"),
-            Self::Confirmed | Self::Voided => None,
-        }
-    }
-
-    /// The state of the numbers of a range of `kind`.
+    /// The state of the numbers of a range of `kind`, before any row.
     ///
     /// # Errors
     /// A kind no range should have.
     pub fn of_kind(kind: &str) -> Result<Self, StoreError> {
         match kind {
             "allocate" => Ok(Self::Issued),
+            "reserve" => Ok(Self::Reserved),
             "advance" => Ok(Self::Skipped),
             _ => Err(StoreError::Internal(
                 format!("stored range of unknown kind {kind:?}").into(),
             )),
         }
+    }
+}
+
+impl GapPolicy {
+    /// The state of a reserved number given back under this policy.
+    #[must_use]
+    pub fn given_back(self) -> NumberState {
+        match self {
+            Self::Void => NumberState::Voided,
+            Self::Reissue => NumberState::Released,
+        }
+    }
+}
+
+/// The reason of a number given back because its lease ran out.
+pub const LEASE_EXPIRED: &str = "lease expired";
+
+/// What a state row is read against: the series' gap policy and the time,
+/// which decide what a reservation whose lease has ended stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    /// The series' gap policy.
+    pub policy: GapPolicy,
+    /// Now.
+    pub now: DateTime<Utc>,
+}
+
+/// A state row as it stands at [`Held::now`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Standing {
+    /// The state it stands for: a reservation whose lease has ended is
+    /// given back by the series' policy, swept or not.
+    pub state: NumberState,
+    /// Why it was released or voided.
+    pub reason: String,
+    /// When it took that state.
+    pub updated_at: DateTime<Utc>,
+    /// When its lease ran out, if that is how it was given back.
+    pub expired_at: Option<DateTime<Utc>>,
+}
+
+impl Standing {
+    /// What `row` stands for under `held`.
+    ///
+    /// # Errors
+    /// A row of unknown state.
+    pub fn of(row: &StateRow, held: Held) -> Result<Self, StoreError> {
+        let state = NumberState::of_stored(&row.state)?;
+        Ok(match (state, row.expires_at) {
+            (NumberState::Reserved, Some(end)) if end <= held.now => Self {
+                state: held.policy.given_back(),
+                reason: LEASE_EXPIRED.to_owned(),
+                updated_at: end,
+                expired_at: Some(end),
+            },
+            (NumberState::Released | NumberState::Voided, end) => Self {
+                state,
+                reason: row.reason.clone(),
+                updated_at: row.updated_at,
+                // Kept only when the lease's end gave it back.
+                expired_at: end,
+            },
+            _ => Self {
+                state,
+                reason: row.reason.clone(),
+                updated_at: row.updated_at,
+                expired_at: None,
+            },
+        })
     }
 }
 
@@ -91,10 +162,12 @@ pub struct NumberRecord {
     pub state: NumberState,
     /// The reference of the document that holds it, once confirmed.
     pub reference: String,
-    /// Why it was skipped or voided.
+    /// Why it was skipped, released or voided.
     pub reason: String,
     /// The request id of the call that took it; empty if none.
     pub request_id: String,
+    /// When the lease of its reservation ends or ended, if it was reserved.
+    pub expires_at: Option<DateTime<Utc>>,
     /// When it took its state.
     pub updated_at: DateTime<Utc>,
 }
@@ -126,6 +199,7 @@ where
                 reference: String::new(),
                 reason: range.reason.clone(),
                 request_id: range.request_id.clone().unwrap_or_default(),
+                expires_at: None,
                 updated_at: range.created_at,
             });
         }
@@ -137,59 +211,91 @@ where
 }
 
 impl NumberRecord {
-    /// The record as its state row says it is now.
+    /// The record as its state row says it stands now.
     ///
     /// # Errors
     /// A row of unknown state.
-    pub fn with(mut self, row: &StateRow) -> Result<Self, StoreError> {
-        self.state = NumberState::of_stored(&row.state)?;
+    pub fn with(mut self, row: &StateRow, held: Held) -> Result<Self, StoreError> {
+        let standing = Standing::of(row, held)?;
+        self.state = standing.state;
         self.reference.clone_from(&row.reference);
-        self.reason.clone_from(&row.reason);
-        self.updated_at = row.updated_at;
+        self.reason = standing.reason;
+        self.updated_at = standing.updated_at;
+        self.expires_at = row.expires_at;
+        if let Some(request_id) = &row.request_id {
+            self.request_id.clone_from(request_id);
+        }
         Ok(self)
     }
 }
 
-/// What a change does to a number now in `current` (none: issued, as its
-/// range gave it): the state, reference and reason to store, or none when
-/// the number is already so (a repeat answers what the first call did).
+/// What `change` makes of number `number`, now as `current` says (none:
+/// issued, as its range gave it), read against `held`: the row to store, or
+/// none when the number is already so (a repeat answers what the first call
+/// did).
 ///
 /// # Errors
-/// The number's state does not allow the change.
+/// [`ChangeError::Refused`]: the number's state does not allow the change.
 pub fn decide(
+    number: i64,
     current: Option<&StateRow>,
     change: StateChange<'_>,
-) -> Result<Option<(NumberState, String, String)>, StateRefusal> {
-    let current = current.map(|row| (row.state.as_str(), row));
-    match (change, current) {
-        (StateChange::Confirm { reference }, None) => Ok(Some((
-            NumberState::Confirmed,
-            reference.to_owned(),
-            String::new(),
-        ))),
-        (StateChange::Confirm { reference }, Some(("confirmed", row))) => {
-            if row.reference == reference {
-                Ok(None)
-            } else {
-                Err(StateRefusal::AlreadyConfirmed {
-                    reference: row.reference.clone(),
-                })
-            }
-        }
-        (StateChange::Void { reason }, None) => Ok(Some((
-            NumberState::Voided,
-            String::new(),
-            reason.to_owned(),
-        ))),
-        (StateChange::Void { reason }, Some(("confirmed", row))) => Ok(Some((
-            NumberState::Voided,
-            row.reference.clone(),
-            reason.to_owned(),
-        ))),
-        (StateChange::Void { reason }, Some((_, row))) if row.reason == reason => Ok(None),
-        (_, Some((_, row))) => Err(StateRefusal::Voided {
-            reason: row.reason.clone(),
+    held: Held,
+) -> Result<Option<StateRow>, ChangeError> {
+    use NumberState::{Confirmed, Issued, Released, Reserved, Skipped, Voided};
+    let standing = current.map(|row| Standing::of(row, held)).transpose()?;
+    let (state, reason) = standing
+        .as_ref()
+        .map_or((Issued, ""), |s| (s.state, s.reason.as_str()));
+    let reference = current.map_or("", |row| row.reference.as_str());
+    let refuse = |refusal| Err(ChangeError::Refused(refusal));
+    let given_back = |state| match state {
+        Released => refuse(StateRefusal::Released {
+            reason: reason.to_owned(),
         }),
+        _ => refuse(StateRefusal::Voided {
+            reason: reason.to_owned(),
+        }),
+    };
+    let write = |state: NumberState, reference: &str, reason: &str, expires_at| {
+        Ok(Some(StateRow {
+            number,
+            state: state.stored().unwrap_or_default().to_owned(),
+            reference: reference.to_owned(),
+            reason: reason.to_owned(),
+            updated_at: held.now,
+            origin: current.map_or_else(|| "allocate".to_owned(), |row| row.origin.clone()),
+            expires_at,
+            request_id: current.and_then(|row| row.request_id.clone()),
+        }))
+    };
+    let lease = current.and_then(|row| row.expires_at);
+    let expired_at = standing.as_ref().and_then(|s| s.expired_at);
+    match change {
+        StateChange::Confirm { .. } if let Some(expired_at) = expired_at => {
+            refuse(StateRefusal::Expired { expired_at })
+        }
+        StateChange::Confirm { reference: asked } => match state {
+            Issued | Reserved => write(Confirmed, asked, "", lease),
+            Confirmed if reference == asked => Ok(None),
+            Confirmed => refuse(StateRefusal::AlreadyConfirmed {
+                reference: reference.to_owned(),
+            }),
+            Released | Voided | Skipped => given_back(state),
+        },
+        StateChange::Release { reason: asked } => match state {
+            Reserved => write(held.policy.given_back(), "", asked, None),
+            Issued => refuse(StateRefusal::NotReserved),
+            Confirmed => refuse(StateRefusal::Confirmed {
+                reference: reference.to_owned(),
+            }),
+            Released | Voided | Skipped => given_back(state),
+        },
+        StateChange::Void { reason: asked } => match state {
+            Voided if reason == asked => Ok(None),
+            Voided => given_back(state),
+            _ => write(Voided, reference, asked, None),
+        },
     }
 }
 
@@ -203,6 +309,14 @@ pub struct NumberPage {
 }
 
 impl Allocator {
+    /// What the series' state rows are read against now.
+    pub(super) async fn held(&self, tenant: &TenantId, series: &SeriesName) -> Result<Held, Error> {
+        let policy = self.calendar(tenant, series).await?.policy;
+        // As the database keeps times, so that a repeat shows the same time.
+        let now = self.now().trunc_subsecs(6);
+        Ok(Held { policy, now })
+    }
+
     /// One number of a period and its record.
     ///
     /// # Errors
@@ -226,7 +340,7 @@ impl Allocator {
             .states_between(tenant, series, period, (number, number))
             .await?;
         match states.first() {
-            Some(row) => Ok(record.with(row)?),
+            Some(row) => Ok(record.with(row, self.held(tenant, series).await?)?),
             None => Ok(record),
         }
     }
@@ -253,8 +367,9 @@ impl Allocator {
         records.pop().ok_or_else(not_found)
     }
 
-    /// Confirms or voids a number handed out, if its state allows; a repeat
-    /// of the same change answers the same record.
+    /// Confirms, releases or voids a number handed out, if its state
+    /// allows; a repeat of the same confirmation or voiding answers the same
+    /// record.
     ///
     /// # Errors
     /// [`Error::NumberNotFound`]: it was never handed out (a number skipped
@@ -266,7 +381,7 @@ impl Allocator {
         change: StateChange<'_>,
     ) -> Result<NumberRecord, Error> {
         let record = self.ranged(at).await?;
-        if record.state != NumberState::Issued {
+        if record.state == NumberState::Skipped {
             return Err(Error::NumberNotFound {
                 tenant: at.tenant.to_string(),
                 series: at.series.to_string(),
@@ -275,10 +390,10 @@ impl Allocator {
                 skipped: true,
             });
         }
-        // As the database keeps it, so that a repeat shows the same time.
-        let now = self.now().trunc_subsecs(6);
-        match self.store.change_state(at, change, now).await {
-            Ok(row) => Ok(record.with(&row)?),
+        let held = self.held(at.tenant, at.series).await?;
+        match self.store.change_state(at, change, held).await {
+            Ok(Some(row)) => Ok(record.with(&row, held)?),
+            Ok(None) => Ok(record),
             Err(ChangeError::Refused(refusal)) => Err(Error::NotAllowed(refusal)),
             Err(ChangeError::Store(error)) => Err(error.into()),
             Err(ChangeError::Raced) => Err(StoreError::Unavailable(
@@ -304,14 +419,24 @@ impl Allocator {
         after: Option<i64>,
         limit: u32,
     ) -> Result<NumberPage, Error> {
+        use NumberState::{Confirmed, Issued, Released, Reserved, Skipped, Voided};
         let Some(from) = after.map_or(Some(1), |after| after.checked_add(1)) else {
             return Ok(NumberPage::default());
         };
+        let held = self.held(tenant, series).await?;
         let fetch = Page::<NumberRecord>::fetch(limit);
-        if let Some(stored) = state.and_then(NumberState::stored) {
-            // Numbers that left their range's state: listed from their rows.
+        // The rows that may stand for the state: a reservation whose lease
+        // ended stands for a number given back, swept or not.
+        let rows_of: Option<&[&str]> = match state {
+            Some(Reserved) => Some(&["reserved"]),
+            Some(Confirmed) => Some(&["confirmed"]),
+            Some(Released) => Some(&["released", "reserved"]),
+            Some(Voided) => Some(&["voided", "reserved"]),
+            Some(Issued | Skipped) | None => None,
+        };
+        if let Some(states) = rows_of {
             let after = StatesAfter {
-                state: stored,
+                states,
                 number: from - 1,
                 limit: fetch,
             };
@@ -320,32 +445,39 @@ impl Allocator {
                 .states_after(tenant, series, period, after)
                 .await?;
             let render = |range: &RangeRow, n| render_stored(tenant, series, range, n);
-            let mut records = Vec::with_capacity(rows.len());
+            let mut scanned = Vec::with_capacity(rows.len());
             for (row, range) in &rows {
                 // The joined range holds the row's number: one record.
                 for record in expand(std::slice::from_ref(range), row.number, 1, render)? {
-                    records.push(record.with(row)?);
+                    scanned.push(record.with(row, held)?);
                 }
             }
-            let page = Page::from_fetched(records, limit);
+            let page = Page::from_fetched(scanned, limit);
             let next_after = page
                 .more
                 .then(|| page.items.last().map(|r| r.number))
                 .flatten();
+            let records = page
+                .items
+                .into_iter()
+                .filter(|record| state == Some(record.state))
+                .collect();
             return Ok(NumberPage {
-                records: page.items,
+                records,
                 next_after,
             });
         }
-        let kind = state.and_then(NumberState::kind);
+        // Numbers skipped lie in ranges of their own; issued ones may lie in
+        // a reservation's range too, once reissued.
+        let skipped = state.map(|state| state == Skipped);
         let at = self.store.range_at(tenant, series, period, from).await?;
         let mut ranges: Vec<RangeRow> = at
             .into_iter()
-            .filter(|range| kind.is_none_or(|kind| range.kind == kind))
+            .filter(|range| skipped.is_none_or(|skipped| skipped == (range.kind == "advance")))
             .collect();
         let after = RangesAfter {
             number: from,
-            kind,
+            skipped,
             limit: fetch,
         };
         ranges.extend(
@@ -368,10 +500,9 @@ impl Allocator {
         let mut records = Vec::with_capacity(scanned.items.len());
         for record in scanned.items {
             let record = match rows.next_if(|row| row.number == record.number) {
-                Some(row) => record.with(row)?,
+                Some(row) => record.with(row, held)?,
                 None => record,
             };
-            // A number confirmed or voided is no longer issued.
             if state.is_none_or(|state| record.state == state) {
                 records.push(record);
             }
@@ -421,6 +552,10 @@ mod tests {
             .collect()
     }
 
+    fn at(minutes: i64) -> DateTime<Utc> {
+        DateTime::UNIX_EPOCH + chrono::TimeDelta::minutes(minutes)
+    }
+
     fn row(state: &str, reference: &str, reason: &str) -> StateRow {
         StateRow {
             number: 7,
@@ -428,7 +563,52 @@ mod tests {
             reference: reference.to_owned(),
             reason: reason.to_owned(),
             updated_at: DateTime::UNIX_EPOCH,
+            origin: "allocate".to_owned(),
+            expires_at: None,
+            request_id: None,
         }
+    }
+
+    /// A reservation made at minute 0 whose lease ends at minute 5.
+    fn reserved() -> StateRow {
+        StateRow {
+            origin: "reserve".to_owned(),
+            expires_at: Some(at(5)),
+            ..row("reserved", "", "")
+        }
+    }
+
+    type Decided =
+        Result<Option<(NumberState, String, String, Option<DateTime<Utc>>)>, StateRefusal>;
+
+    /// The decision at minute `now` in a series of `policy`, as its parts.
+    fn decided(
+        current: Option<&StateRow>,
+        change: StateChange<'_>,
+        policy: GapPolicy,
+        now: i64,
+    ) -> Decided {
+        let held = Held {
+            policy,
+            now: at(now),
+        };
+        match decide(7, current, change, held) {
+            Ok(Some(row)) => Ok(Some((
+                NumberState::of_stored(&row.state).unwrap(),
+                row.reference,
+                row.reason,
+                row.expires_at,
+            ))),
+            Ok(None) => Ok(None),
+            Err(ChangeError::Refused(refusal)) => Err(refusal),
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+
+    type Written = (NumberState, String, String, Option<DateTime<Utc>>);
+
+    fn write(state: NumberState, reference: &str, reason: &str, ends: Option<i64>) -> Written {
+        (state, reference.to_owned(), reason.to_owned(), ends.map(at))
     }
 
     #[test]
@@ -437,35 +617,127 @@ mod tests {
         let void = |reason| StateChange::Void { reason };
         let confirmed = row("confirmed", "inv-1", "");
         let voided = row("voided", "inv-1", "cancelled");
-        let write = |state, reference: &str, reason: &str| {
-            Ok(Some((state, reference.to_owned(), reason.to_owned())))
-        };
+        let d = |current, change| decided(current, change, GapPolicy::Void, 0);
 
         assert_eq!(
-            decide(None, confirm("inv-1")),
-            write(NumberState::Confirmed, "inv-1", "")
+            d(None, confirm("inv-1")),
+            Ok(Some(write(NumberState::Confirmed, "inv-1", "", None)))
         );
-        assert_eq!(decide(Some(&confirmed), confirm("inv-1")), Ok(None));
+        assert_eq!(d(Some(&confirmed), confirm("inv-1")), Ok(None));
         assert_eq!(
-            decide(Some(&confirmed), confirm("inv-2")),
+            d(Some(&confirmed), confirm("inv-2")),
             Err(StateRefusal::AlreadyConfirmed {
                 reference: "inv-1".into()
             })
         );
         assert_eq!(
-            decide(None, void("typo")),
-            write(NumberState::Voided, "", "typo")
+            d(None, void("typo")),
+            Ok(Some(write(NumberState::Voided, "", "typo", None)))
         );
         assert_eq!(
-            decide(Some(&confirmed), void("cancelled")),
-            write(NumberState::Voided, "inv-1", "cancelled")
+            d(Some(&confirmed), void("cancelled")),
+            Ok(Some(write(NumberState::Voided, "inv-1", "cancelled", None)))
         );
-        assert_eq!(decide(Some(&voided), void("cancelled")), Ok(None));
+        assert_eq!(d(Some(&voided), void("cancelled")), Ok(None));
         let refused = Err(StateRefusal::Voided {
             reason: "cancelled".into(),
         });
-        assert_eq!(decide(Some(&voided), void("other")), refused);
-        assert_eq!(decide(Some(&voided), confirm("inv-1")), refused);
+        assert_eq!(d(Some(&voided), void("other")), refused);
+        assert_eq!(d(Some(&voided), confirm("inv-1")), refused);
+    }
+
+    #[test]
+    fn a_reservation_is_confirmed_or_given_back_by_the_policy() {
+        use GapPolicy::{Reissue, Void};
+        let confirm = StateChange::Confirm { reference: "inv-9" };
+        let release = StateChange::Release { reason: "refused" };
+        let live = reserved();
+        assert_eq!(
+            decided(Some(&live), confirm, Void, 4),
+            Ok(Some(write(NumberState::Confirmed, "inv-9", "", Some(5))))
+        );
+        assert_eq!(
+            decided(Some(&live), release, Void, 4),
+            Ok(Some(write(NumberState::Voided, "", "refused", None)))
+        );
+        assert_eq!(
+            decided(Some(&live), release, Reissue, 4),
+            Ok(Some(write(NumberState::Released, "", "refused", None)))
+        );
+        // Issued by Allocate: nothing to release.
+        assert_eq!(
+            decided(None, release, Reissue, 4),
+            Err(StateRefusal::NotReserved)
+        );
+        let confirmed = StateRow {
+            reference: "inv-9".into(),
+            ..row("confirmed", "inv-9", "")
+        };
+        assert_eq!(
+            decided(Some(&confirmed), release, Reissue, 4),
+            Err(StateRefusal::Confirmed {
+                reference: "inv-9".into()
+            })
+        );
+        let released = row("released", "", "refused");
+        let refused = Err(StateRefusal::Released {
+            reason: "refused".into(),
+        });
+        assert_eq!(decided(Some(&released), confirm, Reissue, 4), refused);
+        assert_eq!(decided(Some(&released), release, Reissue, 4), refused);
+    }
+
+    #[test]
+    fn a_lease_that_ended_refuses_confirmation_swept_or_not() {
+        use GapPolicy::{Reissue, Void};
+        let confirm = StateChange::Confirm { reference: "inv-9" };
+        let expired = Err(StateRefusal::Expired { expired_at: at(5) });
+        // Unswept: the row still says reserved.
+        assert_eq!(decided(Some(&reserved()), confirm, Void, 5), expired);
+        assert_eq!(decided(Some(&reserved()), confirm, Reissue, 6), expired);
+        // Swept: given back with the lease's end kept.
+        let swept = StateRow {
+            expires_at: Some(at(5)),
+            ..row("released", "", LEASE_EXPIRED)
+        };
+        assert_eq!(decided(Some(&swept), confirm, Reissue, 60), expired);
+        // Releasing it after its end: it stands given back already.
+        let release = StateChange::Release { reason: "refused" };
+        assert_eq!(
+            decided(Some(&reserved()), release, Void, 6),
+            Err(StateRefusal::Voided {
+                reason: LEASE_EXPIRED.into()
+            })
+        );
+    }
+
+    #[test]
+    fn an_ended_lease_stands_for_the_policy_s_state_from_its_end() {
+        let standing = Standing::of(
+            &reserved(),
+            Held {
+                policy: GapPolicy::Reissue,
+                now: at(9),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            standing,
+            Standing {
+                state: NumberState::Released,
+                reason: LEASE_EXPIRED.into(),
+                updated_at: at(5),
+                expired_at: Some(at(5)),
+            }
+        );
+        let before = Held {
+            policy: GapPolicy::Reissue,
+            now: at(4),
+        };
+        assert_eq!(
+            Standing::of(&reserved(), before).unwrap().state,
+            NumberState::Reserved
+        );
     }
 
     #[test]

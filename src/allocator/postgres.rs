@@ -12,14 +12,16 @@ use sqlx::{PgConnection, PgExecutor, PgPool, Postgres, migrate::Migrator};
 use crate::{
     allocator::{
         batch::{Batch, Claim, Counted, Plan, Won},
+        numbers::{Held, LEASE_EXPIRED},
         series::SeriesConfig,
-        sql_store::{self, Engine, SqlCounterStore},
+        sql_store::{self, Engine, STATE_COLUMNS, SqlCounterStore},
         store::{
-            Advance, Change, ChangeError, ConfigureError, NumberAt, Outcome, SeriesRow, Stamp,
-            StateChange, StateRow, StoreError,
+            Advance, Change, ChangeError, ConfigureError, NumberAt, Outcome, Reissue, SeriesRow,
+            Stamp, StateChange, StateRow, StoreError,
         },
     },
     db::begin_durable,
+    request_id::RequestId,
 };
 
 /// The allocator's PostgreSQL migrations, used by start-up and by tests.
@@ -84,10 +86,10 @@ async fn lock_series(
     exclusive: bool,
 ) -> Result<Option<SeriesRow>, sqlx::Error> {
     let statement = if exclusive {
-        "SELECT series, format, reset, timezone, start_at FROM series
+        "SELECT series, format, reset, timezone, start_at, gap_policy FROM series
          WHERE tenant_id = $1 AND series = $2 FOR UPDATE"
     } else {
-        "SELECT series, format, reset, timezone, start_at FROM series
+        "SELECT series, format, reset, timezone, start_at, gap_policy FROM series
          WHERE tenant_id = $1 AND series = $2 FOR KEY SHARE"
     };
     sqlx::query_as(statement)
@@ -103,16 +105,73 @@ async fn lock_state(
     conn: &mut PgConnection,
     at: NumberAt<'_>,
 ) -> Result<Option<StateRow>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT number, state, reference, reason, updated_at FROM number_states
-         WHERE tenant_id = $1 AND series = $2 AND period = $3 AND number = $4 FOR UPDATE",
-    )
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {STATE_COLUMNS} FROM number_states
+         WHERE tenant_id = $1 AND series = $2 AND period = $3 AND number = $4 FOR UPDATE"
+    )))
     .bind(at.tenant.as_str())
     .bind(at.series.as_str())
     .bind(at.period)
     .bind(at.number)
     .fetch_optional(conn)
     .await
+}
+
+/// Takes the lowest number of a period given back to a series that
+/// reissues (released, or reserved with a lease ended by `now`), and holds
+/// it for `take`: reserved until its lease ends, or issued. A number another
+/// transaction is taking is skipped, not waited for.
+#[tracing::instrument(name = "db.number_states.take_back", skip_all, err(level = "debug"))]
+async fn take_back(
+    conn: &mut PgConnection,
+    take: Reissue<'_>,
+    now: DateTime<Utc>,
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE number_states
+         SET state = CASE WHEN $5::timestamptz IS NULL THEN 'issued' ELSE 'reserved' END,
+             expires_at = $5, request_id = $6, reason = '', reference = '', updated_at = $4
+         WHERE tenant_id = $1 AND series = $2 AND period = $3 AND number = (
+             SELECT number FROM number_states
+             WHERE tenant_id = $1 AND series = $2 AND period = $3
+               AND (state = 'released' OR (state = 'reserved' AND expires_at <= $4))
+               AND EXISTS (SELECT 1 FROM series
+                           WHERE tenant_id = $1 AND series = $2 AND gap_policy = 'reissue')
+             ORDER BY number LIMIT 1 FOR UPDATE SKIP LOCKED)
+         RETURNING number",
+    )
+    .bind(take.tenant.as_str())
+    .bind(take.series.as_str())
+    .bind(take.period)
+    .bind(now)
+    .bind(take.lease)
+    .bind(take.request_id.map(RequestId::as_str))
+    .fetch_optional(conn)
+    .await
+}
+
+/// Gives back up to `limit` reservations whose lease ended by `now`, by
+/// their series' policy, as of the lease's end. Rows another transaction
+/// holds are left for the next sweep.
+#[tracing::instrument(name = "db.number_states.expire", skip_all, err(level = "debug"))]
+async fn expire(pool: &PgPool, now: DateTime<Utc>, limit: u32) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE number_states n
+         SET state = CASE s.gap_policy WHEN 'reissue' THEN 'released' ELSE 'voided' END,
+             reason = $3, updated_at = n.expires_at
+         FROM series s
+         WHERE s.tenant_id = n.tenant_id AND s.series = n.series
+           AND (n.tenant_id, n.series, n.period, n.number) IN (
+               SELECT tenant_id, series, period, number FROM number_states
+               WHERE state = 'reserved' AND expires_at <= $1
+               ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+    )
+    .bind(now)
+    .bind(i64::from(limit))
+    .bind(LEASE_EXPIRED)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
 }
 
 /// Claims the batch's request ids: inserts each, or takes over one older than
@@ -189,19 +248,27 @@ const INCREMENT: &str = "WITH durable AS (SELECT set_config('synchronous_commit'
          RETURNING tenant_id, series, period, last_value),
      ranges AS (
          SELECT call.tenant_id, call.series, call.period, call.date, call.count,
-                call.request_id, config.format,
+                call.request_id, call.expires_at, config.format,
                 bumped.last_value - call.tail - call.count + 1 AS first_value
          FROM UNNEST($7::text[], $8::text[], $9::text[], $10::date[], $11::bigint[],
-                     $12::bigint[], $13::text[])
-              AS call (tenant_id, series, period, date, count, tail, request_id)
+                     $12::bigint[], $13::text[], $24::timestamptz[])
+              AS call (tenant_id, series, period, date, count, tail, request_id, expires_at)
          JOIN bumped USING (tenant_id, series, period)
          JOIN config USING (tenant_id, series)),
      recorded AS (
          INSERT INTO allocations (tenant_id, series, period, first_value, count, kind,
                                   request_id, format, date, created_at)
-         SELECT tenant_id, series, period, first_value, count, 'allocate',
+         SELECT tenant_id, series, period, first_value, count,
+                CASE WHEN expires_at IS NULL THEN 'allocate' ELSE 'reserve' END,
                 request_id, format, date, $14
          FROM ranges),
+     -- A reservation's number is held from the start.
+     held AS (
+         INSERT INTO number_states (tenant_id, series, period, number, state, origin,
+                                    expires_at, request_id, updated_at)
+         SELECT tenant_id, series, period, first_value, 'reserved', 'reserve',
+                expires_at, request_id, $14
+         FROM ranges WHERE expires_at IS NOT NULL),
      keyed AS (
          INSERT INTO request_ids (tenant_id, request_id, series, count, period,
                                   first_value, format, date, created_at)
@@ -227,7 +294,8 @@ const INCREMENT: &str = "WITH durable AS (SELECT set_config('synchronous_commit'
 /// their series' `start_at` (one upsert, so concurrent first calls cannot
 /// both start a period), records the ranges with the template and date they
 /// read with, and stores each request id with its first number: one
-/// statement. A request id is stored if it is new, past the window, or
+/// statement; a reservation's number gets its state row, held until its
+/// lease ends. A request id is stored if it is new, past the window, or
 /// claimed by this transaction; if one is held by another call instead, the
 /// statement fails with [`ID_IN_USE`] and changes nothing. The series rows
 /// are locked against `ConfigureSeries` and checked against the calendars
@@ -279,6 +347,7 @@ async fn increment<'e>(
         .bind(plan.series.iter().map(|s| s.tenant).collect::<Vec<_>>())
         .bind(plan.series.iter().map(|s| s.series).collect::<Vec<_>>())
         .bind(plan.series.iter().map(|s| s.settled).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| r.lease).collect::<Vec<_>>())
         .fetch_all(executor)
         .await
 }
@@ -405,14 +474,15 @@ impl Engine for PgEngine {
         &self,
         at: NumberAt<'_>,
         change: StateChange<'_>,
-        now: DateTime<Utc>,
-    ) -> Result<StateRow, ChangeError> {
+        held: Held,
+    ) -> Result<Option<StateRow>, ChangeError> {
         // Two first changes of one number race on its insert: the loser runs
         // again, and then finds the winner's row locked or stored.
         for _ in 0..2 {
             let mut tx = begin_durable(&self.pool).await?;
             let current = lock_state(&mut tx, at).await?;
-            match sql_store::apply_state_change::<Postgres>(&mut tx, at, current, change, now).await
+            match sql_store::apply_state_change::<Postgres>(&mut tx, at, current, change, held)
+                .await
             {
                 Ok(row) => {
                     tx.commit().await?;
@@ -439,6 +509,44 @@ impl Engine for PgEngine {
         let advanced = sql_store::advance::<Postgres>(&mut tx, &locked, advance).await?;
         tx.commit().await?;
         Ok(advanced)
+    }
+
+    async fn reissue(
+        &self,
+        take: Reissue<'_>,
+        stamp: Stamp,
+    ) -> Result<Option<Outcome>, StoreError> {
+        let mut tx = begin_durable(&self.pool).await?;
+        if let Some(id) = take.request_id {
+            let asked = Claim {
+                tenant: take.tenant.as_str(),
+                request_id: id.as_str(),
+                series: take.series.as_str(),
+                count: 1,
+            };
+            let won = claim(&mut tx, &[asked], stamp).await?;
+            if !won.contains(asked.tenant, asked.request_id) {
+                let first = sql_store::select_key::<Postgres>(
+                    &mut tx,
+                    asked.tenant,
+                    asked.request_id,
+                    stamp.forget_before,
+                )
+                .await?;
+                return Ok(first.map(|first| first.repeated_by(asked.series, 1)));
+            }
+        }
+        let Some(number) = take_back(&mut tx, take, stamp.now).await? else {
+            return Ok(None);
+        };
+        let outcome = sql_store::reissued::<Postgres>(&mut tx, take, number).await?;
+        tx.commit().await?;
+        Ok(Some(outcome))
+    }
+
+    async fn expire_leases(&self, now: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
+        // Not made durable: a sweep a crash undoes runs again.
+        Ok(expire(&self.pool, now, limit).await?)
     }
 
     async fn forget(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {

@@ -329,6 +329,42 @@ impl Calendar {
     }
 }
 
+/// What a series does with a reserved number given back (released, or its
+/// lease ended).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum GapPolicy {
+    /// The number is voided and never handed out again: a chronological
+    /// series whose gaps are documented.
+    #[default]
+    Void,
+    /// The number goes back to the series, and the next one-number call
+    /// takes the lowest such number before a new one: a continuous series.
+    Reissue,
+}
+
+impl GapPolicy {
+    /// The policy as the store keeps it.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Void => "void",
+            Self::Reissue => "reissue",
+        }
+    }
+
+    /// The policy the store keeps as `name`.
+    ///
+    /// # Errors
+    /// An unknown name.
+    pub fn from_name(name: &str) -> Result<Self, String> {
+        match name {
+            "void" => Ok(Self::Void),
+            "reissue" => Ok(Self::Reissue),
+            other => Err(format!("unknown gap policy {other:?}")),
+        }
+    }
+}
+
 /// A series' settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeriesConfig {
@@ -338,6 +374,8 @@ pub struct SeriesConfig {
     pub calendar: Calendar,
     /// The first number of every period not yet begun.
     pub start_at: i64,
+    /// What becomes of a reserved number given back.
+    pub gap_policy: GapPolicy,
 }
 
 impl SeriesConfig {
@@ -348,6 +386,7 @@ impl SeriesConfig {
             format,
             calendar: Calendar::DEFAULT,
             start_at: 1,
+            gap_policy: GapPolicy::Void,
         }
     }
 }

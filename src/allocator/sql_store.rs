@@ -12,12 +12,12 @@ use sqlx::{AssertSqlSafe, Database, Encode, Executor, FromRow, IntoArguments, Po
 use crate::{
     allocator::{
         batch::{Batch, Won},
-        numbers,
+        numbers::{self, Held},
         series::{SeriesConfig, SeriesName},
         store::{
-            Advance, Call, Change, ChangeError, ConfigureError, CounterStore, KeyRow, KindTotal,
-            Ledger, NumberAt, Outcome, RangeRow, RangesAfter, SeriesRow, Stamp, StateChange,
-            StateRow, StatedRow, StatesAfter, StoreError,
+            Advance, Call, Change, ChangeError, ConfigureError, CounterStore, Grant, KeyRow,
+            KindTotal, Ledger, NumberAt, Outcome, RangeRow, RangesAfter, Reissue, SeriesRow, Stamp,
+            StateChange, StateRow, StateTotal, StatedRow, StatesAfter, StoreError,
         },
     },
     request_id::RequestId,
@@ -68,8 +68,15 @@ pub(crate) trait Engine: Send + Sync + 'static {
         &self,
         at: NumberAt<'_>,
         change: StateChange<'_>,
-        now: DateTime<Utc>,
-    ) -> Result<StateRow, ChangeError>;
+        held: Held,
+    ) -> Result<Option<StateRow>, ChangeError>;
+
+    /// Runs [`CounterStore::reissue`] in the engine's durable write.
+    async fn reissue(&self, take: Reissue<'_>, stamp: Stamp)
+    -> Result<Option<Outcome>, StoreError>;
+
+    /// Runs [`CounterStore::expire_leases`] in the engine's write path.
+    async fn expire_leases(&self, now: DateTime<Utc>, limit: u32) -> Result<u64, StoreError>;
 
     /// Runs [`delete_request_ids`] in the engine's write path.
     async fn forget(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError>;
@@ -99,7 +106,7 @@ where
     for<'r> StatedRow: FromRow<'r, <E::Db as Database>::Row>,
     for<'r> (i64,): FromRow<'r, <E::Db as Database>::Row>,
     for<'r> (i64, i64): FromRow<'r, <E::Db as Database>::Row>,
-    for<'r> (String, i64): FromRow<'r, <E::Db as Database>::Row>,
+    for<'r> StateTotal: FromRow<'r, <E::Db as Database>::Row>,
     for<'q> &'q str: Encode<'q, E::Db> + Type<E::Db>,
     for<'q> i64: Encode<'q, E::Db> + Type<E::Db>,
     for<'q> DateTime<Utc>: Encode<'q, E::Db> + Type<E::Db>,
@@ -158,6 +165,7 @@ where
         series: &SeriesName,
         period: &str,
         sample: u32,
+        now: DateTime<Utc>,
     ) -> Result<Option<Ledger>, StoreError> {
         let pool = self.0.pool();
         let (tenant, series) = (tenant.as_str(), series.as_str());
@@ -182,13 +190,29 @@ where
         } else {
             select_holes(pool, &at, sample.into()).await?
         };
-        let states = select_state_totals(pool, &at).await?;
+        let states = select_state_totals(pool, &at, now).await?;
+        let reserved = |rows: &[StateTotal]| -> i64 {
+            let rows = rows.iter().filter(|row| row.origin == "reserve");
+            rows.map(|row| row.numbers).sum()
+        };
+        let reserve_ranges: i64 = kinds
+            .iter()
+            .filter(|kind| kind.kind == "reserve")
+            .map(|kind| kind.numbers)
+            .sum();
+        // Orphans take a walk over the reservations: only when some are.
+        let orphans = if reserved(&states) == reserve_ranges {
+            Vec::new()
+        } else {
+            select_orphans(pool, &at, sample.into()).await?
+        };
         Ok(Some(Ledger {
             last_value,
             base,
             kinds,
             holes,
             states,
+            orphans,
         }))
     }
 
@@ -209,7 +233,7 @@ where
         tenant: &TenantId,
         series: &SeriesName,
         period: &str,
-        after: RangesAfter<'_>,
+        after: RangesAfter,
     ) -> Result<Vec<RangeRow>, StoreError> {
         let (tenant, series) = (tenant.as_str(), series.as_str());
         Ok(select_ranges_after(self.0.pool(), tenant, series, period, after).await?)
@@ -219,9 +243,21 @@ where
         &self,
         at: NumberAt<'_>,
         change: StateChange<'_>,
-        now: DateTime<Utc>,
-    ) -> Result<StateRow, ChangeError> {
-        self.0.change_state(at, change, now).await
+        held: Held,
+    ) -> Result<Option<StateRow>, ChangeError> {
+        self.0.change_state(at, change, held).await
+    }
+
+    async fn reissue(
+        &self,
+        take: Reissue<'_>,
+        stamp: Stamp,
+    ) -> Result<Option<Outcome>, StoreError> {
+        self.0.reissue(take, stamp).await
+    }
+
+    async fn expire_leases(&self, now: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
+        self.0.expire_leases(now, limit).await
     }
 
     async fn states_between(
@@ -468,8 +504,8 @@ where
     for<'q> i64: Encode<'q, DB> + Type<DB>,
 {
     sqlx::query(
-        "INSERT INTO series (tenant_id, series, format, reset, timezone, start_at)
-         VALUES ($1, $2, $3, $4, $5, $6)
+        "INSERT INTO series (tenant_id, series, format, reset, timezone, start_at, gap_policy)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
          ON CONFLICT (tenant_id, series) DO NOTHING",
     )
     .bind(tenant)
@@ -478,6 +514,7 @@ where
     .bind(config.calendar.reset.name())
     .bind(config.calendar.zone.name())
     .bind(config.start_at)
+    .bind(config.gap_policy.name())
     .execute(executor)
     .await?;
     Ok(())
@@ -499,7 +536,8 @@ where
     for<'q> i64: Encode<'q, DB> + Type<DB>,
 {
     sqlx::query(
-        "UPDATE series SET format = $3, reset = $4, timezone = $5, start_at = $6
+        "UPDATE series SET format = $3, reset = $4, timezone = $5, start_at = $6,
+                          gap_policy = $7
          WHERE tenant_id = $1 AND series = $2",
     )
     .bind(tenant)
@@ -508,6 +546,7 @@ where
     .bind(config.calendar.reset.name())
     .bind(config.calendar.zone.name())
     .bind(config.start_at)
+    .bind(config.gap_policy.name())
     .execute(conn)
     .await?;
     Ok(())
@@ -568,7 +607,7 @@ where
 /// What a request id first answered, unless that was before `forget_before`
 /// (then the id is free again).
 #[tracing::instrument(name = "db.request_ids.select", skip_all, err(level = "debug"))]
-async fn select_key<DB>(
+pub(crate) async fn select_key<DB>(
     conn: &mut DB::Connection,
     tenant: &str,
     request_id: &str,
@@ -633,7 +672,7 @@ where
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
 {
     sqlx::query_as(
-        "SELECT series, format, reset, timezone, start_at FROM series
+        "SELECT series, format, reset, timezone, start_at, gap_policy FROM series
          WHERE tenant_id = $1 AND series = $2",
     )
     .bind(tenant)
@@ -693,8 +732,9 @@ where
     .await
 }
 
-/// Decides `change` for the number `at`, now in `current`, and stores what
-/// it makes of it. Runs on `conn`, inside the engine's durable write.
+/// Decides `change` for the number `at`, now in `current`, in a series of
+/// `policy`, and stores what it makes of it. Runs on `conn`, inside the
+/// engine's durable write. Answers the row as it stands after.
 ///
 /// # Errors
 /// [`ChangeError::Refused`]: the state does not allow the change;
@@ -705,25 +745,20 @@ pub(crate) async fn apply_state_change<DB>(
     at: NumberAt<'_>,
     current: Option<StateRow>,
     change: StateChange<'_>,
-    now: DateTime<Utc>,
-) -> Result<StateRow, ChangeError>
+    held: Held,
+) -> Result<Option<StateRow>, ChangeError>
 where
     DB: Database,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     DB::Arguments: IntoArguments<DB>,
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
     for<'q> i64: Encode<'q, DB> + Type<DB>,
     for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<DateTime<Utc>>: Encode<'q, DB> + Type<DB>,
 {
-    let Some((state, reference, reason)) = numbers::decide(current.as_ref(), change)? else {
-        return current.ok_or_else(|| StoreError::Internal("no state to repeat".into()).into());
-    };
-    let row = StateRow {
-        number: at.number,
-        state: state.stored().unwrap_or_default().to_owned(),
-        reference,
-        reason,
-        updated_at: now,
+    let Some(row) = numbers::decide(at.number, current.as_ref(), change, held)? else {
+        return Ok(current);
     };
     if current.is_some() {
         update_state::<DB>(conn, at, &row).await?;
@@ -735,7 +770,88 @@ where
             error.into()
         });
     }
-    Ok(row)
+    Ok(Some(row))
+}
+
+/// The answer of a call that took back `number`: the text its range gave
+/// it, stored as its request id's answer if it sent one.
+///
+/// # Errors
+/// No range holds the number, or the request id was not claimed: the store
+/// holds something other than what the caller made sure of.
+pub(crate) async fn reissued<DB>(
+    conn: &mut DB::Connection,
+    take: Reissue<'_>,
+    number: i64,
+) -> Result<Outcome, StoreError>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'r> RangeRow: FromRow<'r, DB::Row>,
+    for<'r> (i64,): FromRow<'r, DB::Row>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> NaiveDate: Encode<'q, DB> + Type<DB>,
+{
+    let (tenant, series) = (take.tenant.as_str(), take.series.as_str());
+    let range = select_range_from(&mut *conn, tenant, series, take.period, number).await?;
+    let range = range
+        .filter(|range| range.last() >= number)
+        .ok_or_else(|| {
+            StoreError::Internal(
+                format!("number {number} was given back but no range holds it").into(),
+            )
+        })?;
+    let grant = Grant {
+        first: number,
+        format: range.format,
+        date: range.date,
+        period: take.period.to_owned(),
+    };
+    if let Some(id) = take.request_id {
+        let stored = update_key_answer::<DB>(conn, tenant, id.as_str(), &grant).await?;
+        if !stored {
+            return Err(StoreError::Internal(
+                format!("request id {id} was not claimed").into(),
+            ));
+        }
+    }
+    Ok(Outcome::Granted(grant))
+}
+
+/// Stores the numbers a claimed request id answers; returns whether the id
+/// was there to take them.
+#[tracing::instrument(name = "db.request_ids.answer", skip_all, err(level = "debug"))]
+async fn update_key_answer<DB>(
+    conn: &mut DB::Connection,
+    tenant: &str,
+    request_id: &str,
+    grant: &Grant,
+) -> Result<bool, sqlx::Error>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'r> (i64,): FromRow<'r, DB::Row>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> NaiveDate: Encode<'q, DB> + Type<DB>,
+{
+    let stored: Option<(i64,)> = sqlx::query_as(
+        "UPDATE request_ids SET period = $3, first_value = $4, format = $5, date = $6
+         WHERE tenant_id = $1 AND request_id = $2
+         RETURNING first_value",
+    )
+    .bind(tenant)
+    .bind(request_id)
+    .bind(grant.period.as_str())
+    .bind(grant.first)
+    .bind(grant.format.as_str())
+    .bind(grant.date)
+    .fetch_optional(conn)
+    .await?;
+    Ok(stored.is_some())
 }
 
 /// A number's state row, if it has one.
@@ -752,10 +868,10 @@ where
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
     for<'q> i64: Encode<'q, DB> + Type<DB>,
 {
-    sqlx::query_as(
-        "SELECT number, state, reference, reason, updated_at FROM number_states
-         WHERE tenant_id = $1 AND series = $2 AND period = $3 AND number = $4",
-    )
+    sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT {STATE_COLUMNS} FROM number_states
+             WHERE tenant_id = $1 AND series = $2 AND period = $3 AND number = $4"
+    )))
     .bind(at.tenant.as_str())
     .bind(at.series.as_str())
     .bind(at.period)
@@ -779,11 +895,13 @@ where
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
     for<'q> i64: Encode<'q, DB> + Type<DB>,
     for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<DateTime<Utc>>: Encode<'q, DB> + Type<DB>,
 {
     sqlx::query(
-        "INSERT INTO number_states
-             (tenant_id, series, period, number, state, reference, reason, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO number_states (tenant_id, series, period, number, state, reference,
+                                    reason, updated_at, origin, expires_at, request_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(at.tenant.as_str())
     .bind(at.series.as_str())
@@ -793,6 +911,9 @@ where
     .bind(row.reference.as_str())
     .bind(row.reason.as_str())
     .bind(row.updated_at)
+    .bind(row.origin.as_str())
+    .bind(row.expires_at)
+    .bind(row.request_id.as_deref())
     .execute(conn)
     .await?;
     Ok(())
@@ -812,9 +933,12 @@ where
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
     for<'q> i64: Encode<'q, DB> + Type<DB>,
     for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<DateTime<Utc>>: Encode<'q, DB> + Type<DB>,
 {
     sqlx::query(
-        "UPDATE number_states SET state = $5, reference = $6, reason = $7, updated_at = $8
+        "UPDATE number_states SET state = $5, reference = $6, reason = $7, updated_at = $8,
+                                  expires_at = $9
          WHERE tenant_id = $1 AND series = $2 AND period = $3 AND number = $4",
     )
     .bind(at.tenant.as_str())
@@ -825,6 +949,7 @@ where
     .bind(row.reference.as_str())
     .bind(row.reason.as_str())
     .bind(row.updated_at)
+    .bind(row.expires_at)
     .execute(conn)
     .await?;
     Ok(())
@@ -851,11 +976,12 @@ where
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
     for<'q> i64: Encode<'q, DB> + Type<DB>,
 {
-    sqlx::query_as(
-        "SELECT number, state, reference, reason, updated_at FROM number_states
-         WHERE tenant_id = $1 AND series = $2 AND period = $3 AND number BETWEEN $4 AND $5
-         ORDER BY number",
-    )
+    sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT {STATE_COLUMNS} FROM number_states
+             WHERE tenant_id = $1 AND series = $2 AND period = $3
+               AND number BETWEEN $4 AND $5
+             ORDER BY number"
+    )))
     .bind(tenant)
     .bind(series)
     .bind(period)
@@ -884,8 +1010,8 @@ where
     for<'q> i64: Encode<'q, DB> + Type<DB>,
 {
     sqlx::query_as(
-        "SELECT s.number, s.state, s.reference, s.reason, s.updated_at,
-                a.first_value, a.count, a.kind, a.request_id, a.format, a.date, a.created_at
+        "SELECT s.number, s.state, s.reference, s.reason, s.updated_at, s.origin,
+                s.expires_at, s.request_id AS state_request_id, a.first_value, a.count, a.kind, a.request_id, a.format, a.date, a.created_at
          FROM number_states s
          JOIN allocations a
            ON a.tenant_id = s.tenant_id AND a.series = s.series AND a.period = s.period
@@ -893,19 +1019,24 @@ where
               SELECT MAX(b.first_value) FROM allocations b
               WHERE b.tenant_id = s.tenant_id AND b.series = s.series
                 AND b.period = s.period AND b.first_value <= s.number)
-         WHERE s.tenant_id = $1 AND s.series = $2 AND s.period = $3 AND s.state = $4
-           AND s.number > $5
+         WHERE s.tenant_id = $1 AND s.series = $2 AND s.period = $3
+           AND (s.state = $4 OR s.state = $7) AND s.number > $5
          ORDER BY s.number LIMIT $6",
     )
     .bind(tenant)
     .bind(series)
     .bind(period)
-    .bind(after.state)
+    .bind(after.states.first().copied().unwrap_or_default())
     .bind(after.number)
     .bind(i64::from(after.limit))
+    .bind(after.states.last().copied().unwrap_or_default())
     .fetch_all(pool)
     .await
 }
+
+/// The columns of a state row.
+pub(crate) const STATE_COLUMNS: &str =
+    "number, state, reference, reason, updated_at, origin, expires_at, request_id";
 
 /// The columns of a ledger range.
 const RANGE_COLUMNS: &str =
@@ -913,8 +1044,8 @@ const RANGE_COLUMNS: &str =
 
 /// The last range of a period starting at or before `number`.
 #[tracing::instrument(name = "db.allocations.select_at", skip_all, err(level = "debug"))]
-async fn select_range_from<DB>(
-    pool: &Pool<DB>,
+async fn select_range_from<'e, DB>(
+    executor: impl Executor<'e, Database = DB>,
     tenant: &str,
     series: &str,
     period: &str,
@@ -922,7 +1053,6 @@ async fn select_range_from<DB>(
 ) -> Result<Option<RangeRow>, sqlx::Error>
 where
     DB: Database,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     DB::Arguments: IntoArguments<DB>,
     for<'r> RangeRow: FromRow<'r, DB::Row>,
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
@@ -938,19 +1068,19 @@ where
         .bind(series)
         .bind(period)
         .bind(number)
-        .fetch_optional(pool)
+        .fetch_optional(executor)
         .await
 }
 
 /// Up to `after.limit` ranges of a period starting after `after.number`, of
-/// `after.kind` if given, in order.
+/// `after.skipped` if given, in order.
 #[tracing::instrument(name = "db.allocations.select_after", skip_all, err(level = "debug"))]
 async fn select_ranges_after<DB>(
     pool: &Pool<DB>,
     tenant: &str,
     series: &str,
     period: &str,
-    after: RangesAfter<'_>,
+    after: RangesAfter,
 ) -> Result<Vec<RangeRow>, sqlx::Error>
 where
     DB: Database,
@@ -963,7 +1093,7 @@ where
     let sql = format!(
         "SELECT {RANGE_COLUMNS}
          WHERE tenant_id = $1 AND series = $2 AND period = $3 AND first_value > $4
-           AND ($5 = '' OR kind = $5)
+           AND ($5 = 'all' OR ($5 = 'skipped') = (kind = 'advance'))
          ORDER BY first_value LIMIT $6"
     );
     sqlx::query_as(AssertSqlSafe(sql))
@@ -971,7 +1101,11 @@ where
         .bind(series)
         .bind(period)
         .bind(after.number)
-        .bind(after.kind.unwrap_or(""))
+        .bind(match after.skipped {
+            None => "all",
+            Some(true) => "skipped",
+            Some(false) => "handed out",
+        })
         .bind(i64::from(after.limit))
         .fetch_all(pool)
         .await
@@ -1024,26 +1158,70 @@ where
 async fn select_state_totals<DB>(
     pool: &Pool<DB>,
     at: &LedgerAt<'_>,
-) -> Result<Vec<(String, i64)>, sqlx::Error>
+    now: DateTime<Utc>,
+) -> Result<Vec<StateTotal>, sqlx::Error>
 where
     DB: Database,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     DB::Arguments: IntoArguments<DB>,
-    for<'r> (String, i64): FromRow<'r, DB::Row>,
+    for<'r> StateTotal: FromRow<'r, DB::Row>,
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
     for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
 {
     sqlx::query_as(
-        "SELECT state, COUNT(*) FROM number_states
-         WHERE tenant_id = $1 AND series = $2 AND period = $3 AND number <= $4
-         GROUP BY state ORDER BY state",
+        "SELECT origin, state, COUNT(*) AS numbers FROM (
+             SELECT origin,
+                    CASE WHEN state = 'reserved' AND expires_at <= $5 THEN 'expired'
+                         ELSE state END AS state
+             FROM number_states
+             WHERE tenant_id = $1 AND series = $2 AND period = $3 AND number <= $4
+         ) AS rows
+         GROUP BY origin, state ORDER BY origin, state",
     )
     .bind(at.tenant)
     .bind(at.series)
     .bind(at.period)
     .bind(at.last_value)
+    .bind(now)
     .fetch_all(pool)
     .await
+}
+
+/// The first `limit` numbers of a period's reservations up to `last_value`
+/// that have no state row.
+#[tracing::instrument(name = "db.allocations.select_orphans", skip_all, err(level = "debug"))]
+async fn select_orphans<DB>(
+    pool: &Pool<DB>,
+    at: &LedgerAt<'_>,
+    limit: i64,
+) -> Result<Vec<i64>, sqlx::Error>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'r> (i64,): FromRow<'r, DB::Row>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+{
+    let rows: Vec<(i64,)> = sqlx::query_as(
+        "SELECT a.first_value FROM allocations a
+         WHERE a.tenant_id = $1 AND a.series = $2 AND a.period = $3 AND a.kind = 'reserve'
+           AND a.first_value <= $4
+           AND NOT EXISTS (
+               SELECT 1 FROM number_states s
+               WHERE s.tenant_id = a.tenant_id AND s.series = a.series
+                 AND s.period = a.period AND s.number = a.first_value)
+         ORDER BY a.first_value LIMIT $5",
+    )
+    .bind(at.tenant)
+    .bind(at.series)
+    .bind(at.period)
+    .bind(at.last_value)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|(first,)| first).collect())
 }
 
 /// The first `limit` holes between a period's ranges up to `last_value`,
@@ -1100,7 +1278,7 @@ where
     for<'q> i64: Encode<'q, DB> + Type<DB>,
 {
     sqlx::query_as(
-        "SELECT series, format, reset, timezone, start_at FROM series
+        "SELECT series, format, reset, timezone, start_at, gap_policy FROM series
          WHERE tenant_id = $1 AND series > $2
          ORDER BY series LIMIT $3",
     )

@@ -12,14 +12,16 @@ use sqlx::{Sqlite, SqliteConnection, SqlitePool, migrate::Migrator, types::Json}
 use crate::{
     allocator::{
         batch::{Batch, Claim, Counted, Plan, Won},
+        numbers::{Held, LEASE_EXPIRED},
         series::SeriesConfig,
         sql_store::{self, Engine, SqlCounterStore},
         store::{
-            Advance, Change, ChangeError, ConfigureError, NumberAt, Outcome, Stamp, StateChange,
-            StateRow, StoreError,
+            Advance, Change, ChangeError, ConfigureError, NumberAt, Outcome, Reissue, Stamp,
+            StateChange, StateRow, StoreError,
         },
     },
     db::SqliteDatabase,
+    request_id::RequestId,
 };
 
 /// The allocator's SQLite migrations, used by start-up and by tests.
@@ -70,6 +72,66 @@ async fn claim(
     .fetch_all(conn)
     .await?;
     Ok(won.into_iter().collect())
+}
+
+/// Takes the lowest number of a period given back to a series that
+/// reissues (released, or reserved with a lease ended by `now`), and holds
+/// it for `take`: reserved until its lease ends, or issued.
+#[tracing::instrument(name = "db.number_states.take_back", skip_all, err(level = "debug"))]
+async fn take_back(
+    conn: &mut SqliteConnection,
+    take: Reissue<'_>,
+    now: DateTime<Utc>,
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE number_states
+         SET state = CASE WHEN ?5 IS NULL THEN 'issued' ELSE 'reserved' END,
+             expires_at = ?5, request_id = ?6, reason = '', reference = '', updated_at = ?4
+         WHERE tenant_id = ?1 AND series = ?2 AND period = ?3 AND number = (
+             SELECT number FROM number_states
+             WHERE tenant_id = ?1 AND series = ?2 AND period = ?3
+               AND (state = 'released' OR (state = 'reserved' AND expires_at <= ?4))
+               AND EXISTS (SELECT 1 FROM series
+                           WHERE tenant_id = ?1 AND series = ?2 AND gap_policy = 'reissue')
+             ORDER BY number LIMIT 1)
+         RETURNING number",
+    )
+    .bind(take.tenant.as_str())
+    .bind(take.series.as_str())
+    .bind(take.period)
+    .bind(now)
+    .bind(take.lease)
+    .bind(take.request_id.map(RequestId::as_str))
+    .fetch_optional(conn)
+    .await
+}
+
+/// Gives back up to `limit` reservations whose lease ended by `now`, by
+/// their series' policy, as of the lease's end.
+#[tracing::instrument(name = "db.number_states.expire", skip_all, err(level = "debug"))]
+async fn expire(
+    conn: &mut SqliteConnection,
+    now: DateTime<Utc>,
+    limit: u32,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE number_states
+         SET state = CASE (SELECT gap_policy FROM series s
+                           WHERE s.tenant_id = number_states.tenant_id
+                             AND s.series = number_states.series)
+                     WHEN 'reissue' THEN 'released' ELSE 'voided' END,
+             reason = ?3, updated_at = expires_at
+         WHERE (tenant_id, series, period, number) IN (
+             SELECT tenant_id, series, period, number FROM number_states
+             WHERE state = 'reserved' AND expires_at <= ?1
+             ORDER BY expires_at LIMIT ?2)",
+    )
+    .bind(now)
+    .bind(i64::from(limit))
+    .bind(LEASE_EXPIRED)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
 }
 
 /// Creates the series of a JSON array of `[tenant, series]` that do not
@@ -139,7 +201,7 @@ async fn increment(
 }
 
 /// A range for the ledger: `[tenant, series, period, first, count, request
-/// id or null, format, date]`.
+/// id or null, format, date, kind, lease end or null]`.
 type Range<'a> = (
     &'a str,
     &'a str,
@@ -149,7 +211,15 @@ type Range<'a> = (
     Option<&'a str>,
     &'a str,
     String,
+    &'static str,
+    Option<String>,
 );
+
+/// A time as the store keeps it: RFC 3339 text in UTC, as bound parameters
+/// are, so that times compare as text.
+pub(crate) fn stored_time(time: DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false)
+}
 
 /// Records each allocating call's range.
 #[tracing::instrument(name = "db.allocations.insert", skip_all, fields(ranges = ranges.len()), err(level = "debug"))]
@@ -161,9 +231,30 @@ async fn record(
     sqlx::query(
         "INSERT INTO allocations (tenant_id, series, period, first_value, count, kind,
                                   request_id, format, date, created_at)
-         SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, 'allocate',
+         SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 8,
                 value ->> 5, value ->> 6, value ->> 7, ?2
          FROM json_each(?1)",
+    )
+    .bind(Json(ranges))
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Holds the number of each reservation's range until its lease ends.
+#[tracing::instrument(name = "db.number_states.hold", skip_all, err(level = "debug"))]
+async fn hold(
+    conn: &mut SqliteConnection,
+    ranges: &[Range<'_>],
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO number_states (tenant_id, series, period, number, state, origin,
+                                    expires_at, request_id, updated_at)
+         SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, 'reserved', 'reserve',
+                value ->> 9, value ->> 5, ?2
+         FROM json_each(?1) WHERE value ->> 9 IS NOT NULL",
     )
     .bind(Json(ranges))
     .bind(now)
@@ -273,9 +364,14 @@ async fn apply(
             record.request_id,
             row.format.as_str(),
             record.date.to_string(),
+            record.kind(),
+            record.lease.map(stored_time),
         ));
     }
     record(conn, &ranges, stamp.now).await?;
+    if plan.records.iter().any(|record| record.lease.is_some()) {
+        hold(conn, &ranges, stamp.now).await?;
+    }
     let ids = plan.ids_recorded();
     if ids > 0 && store_ids(conn, &ranges, stamp).await? < ids {
         return Ok(None);
@@ -345,12 +441,12 @@ impl Engine for SqliteEngine {
         &self,
         at: NumberAt<'_>,
         change: StateChange<'_>,
-        now: DateTime<Utc>,
-    ) -> Result<StateRow, ChangeError> {
+        held: Held,
+    ) -> Result<Option<StateRow>, ChangeError> {
         // The write lock keeps every other change of the number out.
         let mut write = self.db.begin_write().await?;
         let current = sql_store::select_state::<Sqlite>(write.conn(), at).await?;
-        match sql_store::apply_state_change::<Sqlite>(write.conn(), at, current, change, now).await
+        match sql_store::apply_state_change::<Sqlite>(write.conn(), at, current, change, held).await
         {
             Ok(row) => {
                 write.commit().await?;
@@ -411,6 +507,56 @@ impl Engine for SqliteEngine {
                 Err(error)
             }
         }
+    }
+
+    async fn reissue(
+        &self,
+        take: Reissue<'_>,
+        stamp: Stamp,
+    ) -> Result<Option<Outcome>, StoreError> {
+        let mut write = self.db.begin_write().await?;
+        if let Some(id) = take.request_id {
+            let asked = Claim {
+                tenant: take.tenant.as_str(),
+                request_id: id.as_str(),
+                series: take.series.as_str(),
+                count: 1,
+            };
+            let won = claim(write.conn(), &[asked], stamp).await?;
+            if !won.contains(asked.tenant, asked.request_id) {
+                let (tenant, id) = (asked.tenant, asked.request_id);
+                let first =
+                    sql_store::select_key::<Sqlite>(write.conn(), tenant, id, stamp.forget_before)
+                        .await;
+                write.rollback().await?;
+                return Ok(first?.map(|first| first.repeated_by(asked.series, 1)));
+            }
+        }
+        let taken = match take_back(write.conn(), take, stamp.now).await {
+            Ok(Some(number)) => sql_store::reissued::<Sqlite>(write.conn(), take, number).await,
+            Ok(None) => {
+                write.rollback().await?;
+                return Ok(None);
+            }
+            Err(error) => Err(error.into()),
+        };
+        match taken {
+            Ok(outcome) => {
+                write.commit().await?;
+                Ok(Some(outcome))
+            }
+            Err(error) => {
+                write.rollback().await?;
+                Err(error)
+            }
+        }
+    }
+
+    async fn expire_leases(&self, now: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
+        let mut write = self.db.begin_write().await?;
+        let done = expire(write.conn(), now, limit).await?;
+        write.commit().await?;
+        Ok(done)
     }
 
     async fn forget(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {

@@ -5,7 +5,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::{
-    allocator::series::{Calendar, NumberFormat, Refusal, SeriesConfig, SeriesName, TimeZone},
+    allocator::{
+        numbers::Held,
+        series::{Calendar, GapPolicy, NumberFormat, Refusal, SeriesConfig, SeriesName, TimeZone},
+    },
     calendar::Reset,
     db::{DbErrorKind, classify},
     request_id::RequestId,
@@ -69,6 +72,7 @@ pub trait CounterStore: Store {
         series: &SeriesName,
         period: &str,
         sample: u32,
+        now: DateTime<Utc>,
     ) -> Result<Option<Ledger>, StoreError>;
 
     /// The range of a period's ledger that holds `number`, if one does.
@@ -87,18 +91,33 @@ pub trait CounterStore: Store {
         tenant: &TenantId,
         series: &SeriesName,
         period: &str,
-        after: RangesAfter<'_>,
+        after: RangesAfter,
     ) -> Result<Vec<RangeRow>, StoreError>;
 
     /// Applies `change` to a number handed out, durably, if its state allows
     /// ([`decide`](crate::allocator::numbers::decide)); answers its state row
-    /// after. The caller has checked that a range of `Allocate` holds it.
+    /// after (none: still issued as its range gave it). The caller has checked
+    /// that a range of `Allocate` or `Reserve` holds it.
     async fn change_state(
         &self,
         at: NumberAt<'_>,
         change: StateChange<'_>,
-        now: DateTime<Utc>,
-    ) -> Result<StateRow, ChangeError>;
+        held: Held,
+    ) -> Result<Option<StateRow>, ChangeError>;
+
+    /// Hands out again the lowest number of a period given back to a series
+    /// whose policy reissues (released, or reserved with a lease ended by
+    /// `stamp.now`): reserved until `take.lease` ends, or issued without one.
+    /// A request id in use within the window answers its first answer
+    /// instead. None: nothing to reissue (or the id's answer was forgotten
+    /// meanwhile), and nothing changed.
+    async fn reissue(&self, take: Reissue<'_>, stamp: Stamp)
+    -> Result<Option<Outcome>, StoreError>;
+
+    /// Gives back up to `limit` reservations whose lease ended by `now`,
+    /// each by its series' policy with the reason "lease expired"; returns
+    /// how many.
+    async fn expire_leases(&self, now: DateTime<Utc>, limit: u32) -> Result<u64, StoreError>;
 
     /// The state rows of a period's numbers in `first..=last`, in order.
     async fn states_between(
@@ -216,6 +235,21 @@ pub struct Advance<'a> {
     pub now: DateTime<Utc>,
 }
 
+/// A one-number call that may take back a number given back.
+#[derive(Debug, Clone, Copy)]
+pub struct Reissue<'a> {
+    /// The series' tenant.
+    pub tenant: &'a TenantId,
+    /// The series.
+    pub series: &'a SeriesName,
+    /// The period to take from.
+    pub period: &'a str,
+    /// The caller's idempotency key, scoped to the tenant.
+    pub request_id: Option<&'a RequestId>,
+    /// For a reservation: when its lease ends.
+    pub lease: Option<DateTime<Utc>>,
+}
+
 /// One `Allocate` call, as the store sees it.
 #[derive(Debug, Clone, Copy)]
 pub struct Call<'a> {
@@ -236,6 +270,8 @@ pub struct Call<'a> {
     pub count: i64,
     /// The caller's idempotency key, scoped to the tenant.
     pub request_id: Option<&'a RequestId>,
+    /// For a `Reserve` call (of one number): when its lease ends.
+    pub lease: Option<DateTime<Utc>>,
 }
 
 /// What one call received.
@@ -320,9 +356,23 @@ pub struct Ledger {
     /// The first holes between ranges, as (first number, count), ascending;
     /// not the hole after the last range.
     pub holes: Vec<(i64, i64)>,
-    /// Numbers whose state changed since their range was recorded, by
-    /// state (`confirmed`, `voided`).
-    pub states: Vec<(String, i64)>,
+    /// State rows, by the kind of range their numbers lie in and by state
+    /// (`expired` for a reservation whose lease has ended).
+    pub states: Vec<StateTotal>,
+    /// The first numbers of `reserve` ranges with no state row: a reserved
+    /// number always has one, so these have no record.
+    pub orphans: Vec<i64>,
+}
+
+/// How many state rows of one origin are in one state.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct StateTotal {
+    /// The kind of range their numbers lie in: `allocate` or `reserve`.
+    pub origin: String,
+    /// Their state; `expired` for reservations whose lease has ended.
+    pub state: String,
+    /// How many.
+    pub numbers: i64,
 }
 
 /// A range of a period's ledger, as recorded.
@@ -362,6 +412,12 @@ pub enum StateChange<'a> {
         /// The document's reference.
         reference: &'a str,
     },
+    /// Its reservation is given back, for `reason`: released or voided by
+    /// the series' gap policy.
+    Release {
+        /// Why.
+        reason: &'a str,
+    },
     /// It will never be used, for `reason`.
     Void {
         /// Why.
@@ -378,27 +434,57 @@ pub enum StateRefusal {
         /// The reference it was confirmed with.
         reference: String,
     },
+    /// Confirmed, so it cannot be released (voiding it can cancel it).
+    #[error("the number was confirmed with reference {reference:?}; void it instead")]
+    Confirmed {
+        /// The reference it was confirmed with.
+        reference: String,
+    },
+    /// Its reservation's lease ended before the confirmation.
+    #[error("the number's reservation expired at {expired_at}")]
+    Expired {
+        /// When the lease ended.
+        expired_at: DateTime<Utc>,
+    },
+    /// Released: it waits to be handed out again.
+    #[error("the number was released: {reason}")]
+    Released {
+        /// Why it was released.
+        reason: String,
+    },
     /// Voided before.
     #[error("the number was voided: {reason}")]
     Voided {
         /// Why it was voided.
         reason: String,
     },
+    /// Handed out by `Allocate`, not reserved: there is nothing to release.
+    #[error("the number was not reserved; confirm or void it")]
+    NotReserved,
 }
 
-/// A number whose state is no longer the one its range gave it.
+/// What became of a number since its range was recorded, when that is not
+/// simply "issued": every reserved number has one from the start.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct StateRow {
     /// The number.
     pub number: i64,
-    /// `confirmed` or `voided`.
+    /// `issued`, `reserved`, `confirmed`, `released` or `voided`.
     pub state: String,
     /// The reference of the document that holds it.
     pub reference: String,
-    /// Why it was voided.
+    /// Why it was released or voided.
     pub reason: String,
     /// When it took this state.
     pub updated_at: DateTime<Utc>,
+    /// The kind of the range that holds it: `allocate` or `reserve`.
+    pub origin: String,
+    /// When the lease of its reservation ends: kept while it is reserved or
+    /// confirmed, and once given back because the lease ran out (cleared
+    /// when it is released or voided by a call).
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The request id of the call that last took it, if it sent one.
+    pub request_id: Option<String>,
 }
 
 /// A state row joined with the range that holds its number.
@@ -409,6 +495,9 @@ pub(crate) struct StatedRow {
     pub reference: String,
     pub reason: String,
     pub updated_at: DateTime<Utc>,
+    pub origin: String,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub state_request_id: Option<String>,
     pub first_value: i64,
     pub count: i64,
     pub kind: String,
@@ -427,6 +516,9 @@ impl StatedRow {
             reference: self.reference,
             reason: self.reason,
             updated_at: self.updated_at,
+            origin: self.origin,
+            expires_at: self.expires_at,
+            request_id: self.state_request_id,
         };
         let range = RangeRow {
             first_value: self.first_value,
@@ -479,8 +571,9 @@ impl From<sqlx::Error> for ChangeError {
 /// Which state rows [`CounterStore::states_after`] reads.
 #[derive(Debug, Clone, Copy)]
 pub struct StatesAfter<'a> {
-    /// Rows of this state (`confirmed`, `voided`).
-    pub state: &'a str,
+    /// Rows of these states (one or two of `issued`, `reserved`,
+    /// `confirmed`, `released`, `voided`).
+    pub states: &'a [&'a str],
     /// Of numbers after this one.
     pub number: i64,
     /// At most this many.
@@ -489,11 +582,11 @@ pub struct StatesAfter<'a> {
 
 /// Which ranges [`CounterStore::ranges_after`] reads.
 #[derive(Debug, Clone, Copy)]
-pub struct RangesAfter<'a> {
+pub struct RangesAfter {
     /// Ranges starting after this number.
     pub number: i64,
-    /// Only ranges of this kind, if given.
-    pub kind: Option<&'a str>,
+    /// Only ranges skipped (`Some(true)`) or handed out (`Some(false)`).
+    pub skipped: Option<bool>,
     /// At most this many.
     pub limit: u32,
 }
@@ -569,6 +662,7 @@ pub(crate) struct SeriesRow {
     pub reset: String,
     pub timezone: String,
     pub start_at: i64,
+    pub gap_policy: String,
 }
 
 impl SeriesRow {
@@ -590,6 +684,8 @@ impl SeriesRow {
                     .map_err(|reason| invalid("time zone", reason))?,
             },
             start_at: self.start_at,
+            gap_policy: GapPolicy::from_name(&self.gap_policy)
+                .map_err(|reason| invalid("gap policy", reason))?,
         })
     }
 }

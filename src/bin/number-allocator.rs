@@ -8,6 +8,7 @@ use numbering::{
         CommitMode,
         app::{App, RequestIdSettings, Settings},
         group_commit::GroupCommitSettings,
+        reserve::Leases,
         series::NumberFormat,
     },
     clock::SystemClock,
@@ -58,6 +59,14 @@ struct Config {
     #[arg(long, env = "NUMBERING_REQUEST_ID_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
     request_id_retention: Duration,
 
+    /// How long a Reserve call holds its number when it asks for no lease, e.g. "5m".
+    #[arg(long, env = "NUMBERING_DEFAULT_LEASE", default_value = "5m", value_parser = humantime::parse_duration)]
+    default_lease: Duration,
+
+    /// The longest lease a Reserve call may ask for, e.g. "24h".
+    #[arg(long, env = "NUMBERING_MAX_LEASE", default_value = "24h", value_parser = humantime::parse_duration)]
+    max_lease: Duration,
+
     #[command(flatten)]
     database: DatabaseArgs,
 
@@ -87,6 +96,11 @@ async fn run(config: Config) -> Result<(), StartupError> {
             "--request-id-retention must be at least 1s".into(),
         ));
     }
+    if config.default_lease < Leases::MIN || config.default_lease > config.max_lease {
+        return Err(StartupError::BadSetting(
+            "--default-lease must be at least 1s and at most --max-lease".into(),
+        ));
+    }
     let settings = Settings {
         database: config.database.url("allocator.sqlite3")?,
         pool: config.database.pool(),
@@ -102,6 +116,10 @@ async fn run(config: Config) -> Result<(), StartupError> {
         request_ids: RequestIdSettings {
             retention: config.request_id_retention,
             ..RequestIdSettings::default()
+        },
+        leases: Leases {
+            default: config.default_lease,
+            max: config.max_lease,
         },
     };
     // Settings files are read before anything is bound or opened.

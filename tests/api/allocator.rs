@@ -487,6 +487,7 @@ async fn writes_force_synchronous_commit() {
         date: now.date_naive(),
         count: 3,
         request_id: None,
+        lease: None,
     };
     let stamp = Stamp {
         now,

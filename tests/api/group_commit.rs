@@ -17,11 +17,12 @@ use numbering::{
         CommitMode,
         batch::Retention,
         group_commit::{GroupCommitSettings, GroupCommitter, GroupError},
+        numbers::Held,
         series::{Calendar, NumberFormat, SeriesConfig, SeriesName},
         store::{
             Advance, Call, Change, ChangeError, ConfigureError, CounterStore, KeyRow, Ledger,
-            NumberAt, Outcome, RangeRow, RangesAfter, Stamp, StateChange, StateRow, StatesAfter,
-            StoreError,
+            NumberAt, Outcome, RangeRow, RangesAfter, Reissue, Stamp, StateChange, StateRow,
+            StatesAfter, StoreError,
         },
     },
     clock::SystemClock,
@@ -135,8 +136,9 @@ impl CounterStore for ScriptedStore {
         series: &SeriesName,
         period: &str,
         sample: u32,
+        now: DateTime<Utc>,
     ) -> Result<Option<Ledger>, StoreError> {
-        self.inner.ledger(tenant, series, period, sample).await
+        self.inner.ledger(tenant, series, period, sample, now).await
     }
 
     async fn range_at(
@@ -154,7 +156,7 @@ impl CounterStore for ScriptedStore {
         tenant: &TenantId,
         series: &SeriesName,
         period: &str,
-        after: RangesAfter<'_>,
+        after: RangesAfter,
     ) -> Result<Vec<RangeRow>, StoreError> {
         self.inner.ranges_after(tenant, series, period, after).await
     }
@@ -163,9 +165,21 @@ impl CounterStore for ScriptedStore {
         &self,
         at: NumberAt<'_>,
         change: StateChange<'_>,
-        now: DateTime<Utc>,
-    ) -> Result<StateRow, ChangeError> {
-        self.inner.change_state(at, change, now).await
+        held: Held,
+    ) -> Result<Option<StateRow>, ChangeError> {
+        self.inner.change_state(at, change, held).await
+    }
+
+    async fn reissue(
+        &self,
+        take: Reissue<'_>,
+        stamp: Stamp,
+    ) -> Result<Option<Outcome>, StoreError> {
+        self.inner.reissue(take, stamp).await
+    }
+
+    async fn expire_leases(&self, now: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
+        self.inner.expire_leases(now, limit).await
     }
 
     async fn states_between(
@@ -289,6 +303,7 @@ fn spawn_call(
             date: Utc::now().date_naive(),
             count: i64::from(count),
             request_id: None,
+            lease: None,
         };
         committer.allocate(call).await
     })

@@ -25,7 +25,8 @@ use numbering::{
         ConfirmRequest, ConfirmResponse, CreateInvoiceRequest, CreateInvoiceResponse,
         GetNumberRequest, GetNumberResponse, GetSeriesRequest, GetSeriesResponse,
         ListNumbersRequest, ListNumbersResponse, ListSeriesRequest, ListSeriesResponse,
-        VoidRequest, VoidResponse,
+        ReleaseRequest, ReleaseResponse, ReserveRequest, ReserveResponse, VoidRequest,
+        VoidResponse,
         invoice_writer_client::InvoiceWriterClient,
         number_allocator_client::NumberAllocatorClient,
         number_allocator_server::{NumberAllocator, NumberAllocatorServer},
@@ -379,6 +380,20 @@ impl NumberAllocator for LosesReplies {
 
     async fn void(&self, request: Request<VoidRequest>) -> Result<Response<VoidResponse>, Status> {
         self.allocator.clone().void(request.into_inner()).await
+    }
+
+    async fn reserve(
+        &self,
+        request: Request<ReserveRequest>,
+    ) -> Result<Response<ReserveResponse>, Status> {
+        self.allocator.clone().reserve(request.into_inner()).await
+    }
+
+    async fn release(
+        &self,
+        request: Request<ReleaseRequest>,
+    ) -> Result<Response<ReleaseResponse>, Status> {
+        self.allocator.clone().release(request.into_inner()).await
     }
 }
 

@@ -30,6 +30,7 @@ mod numbers;
 mod pg_server;
 mod processes;
 mod request_ids;
+mod reservations;
 mod series;
 mod server;
 mod sqlite;

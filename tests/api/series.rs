@@ -584,6 +584,7 @@ async fn listed_series_show_their_settings_and_current_period(#[case] backend: B
             reset: Reset::Monthly.into(),
             timezone: "Europe/Berlin".into(),
             start_at: 10,
+            ..ConfigureSeriesRequest::default()
         })
         .await
         .unwrap();

@@ -6,7 +6,7 @@ use numbering::{
     access::bearer::BearerToken,
     allocator::{
         self, CommitMode, app::RequestIdSettings, group_commit::GroupCommitSettings,
-        series::NumberFormat,
+        reserve::Leases, series::NumberFormat,
     },
     clock::{Clock, SystemClock},
     db::Backend,
@@ -178,6 +178,7 @@ pub async fn build_allocator(
             default_format,
             mode,
             request_ids,
+            leases: Leases::default(),
         },
         clock,
     )

@@ -1,0 +1,153 @@
+//! Reservations: one number held by a lease until it is confirmed, released
+//! or voided, and the sweep that gives back the numbers whose lease ended.
+
+use std::time::Duration;
+
+use chrono::{NaiveDate, SubsecRound, TimeDelta};
+
+use crate::{
+    allocator::{Allocator, Error, allocate::Ask, numbers::NumberRecord, series::SeriesName},
+    request_id::RequestId,
+    tenant::TenantId,
+};
+
+/// How long reservations are held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leases {
+    /// The lease of a call that asks for none.
+    pub default: Duration,
+    /// The longest lease a call may ask for.
+    pub max: Duration,
+}
+
+impl Default for Leases {
+    fn default() -> Self {
+        Self {
+            default: Duration::from_mins(5),
+            max: Duration::from_hours(24),
+        }
+    }
+}
+
+impl Leases {
+    /// The shortest lease a call may ask for.
+    pub const MIN: Duration = Duration::from_secs(1);
+
+    /// The lease a call gets when it asks for `asked` (zero: the default).
+    ///
+    /// # Errors
+    /// A lease under [`Leases::MIN`] or over the maximum.
+    pub fn pick(&self, asked: Duration) -> Result<Duration, String> {
+        if asked.is_zero() {
+            return Ok(self.default);
+        }
+        if asked < Self::MIN {
+            return Err(format!("must be at least {}s", Self::MIN.as_secs()));
+        }
+        if asked > self.max {
+            return Err(format!("must be at most {}s", self.max.as_secs()));
+        }
+        Ok(asked)
+    }
+}
+
+/// A number reserved, as `Reserve` answers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    /// The number and its record.
+    pub record: NumberRecord,
+    /// The period it belongs to.
+    pub period: String,
+    /// Whether an earlier call with the same request id reserved it.
+    pub replayed: bool,
+}
+
+impl Allocator {
+    /// Reserves one number of the period `date` falls in (none: today) until
+    /// `lease` (zero: the default) ends: the lowest number given back if the
+    /// series reissues and one is, else a new one, committed before it is
+    /// returned. A request id repeats as it does for
+    /// [`allocate`](Allocator::allocate). The first call on a series creates
+    /// it.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a lease out of bounds or a date too far ahead;
+    /// as [`allocate`](Allocator::allocate) otherwise.
+    pub async fn reserve(
+        &self,
+        tenant: &TenantId,
+        series: &SeriesName,
+        request_id: Option<&RequestId>,
+        date: Option<NaiveDate>,
+        lease: Duration,
+    ) -> Result<Reservation, Error> {
+        let lease = self.leases.pick(lease).map_err(|reason| Error::Invalid {
+            field: "lease",
+            reason,
+        })?;
+        let lease = TimeDelta::from_std(lease).unwrap_or(TimeDelta::MAX);
+        // As the database keeps times, so that the record reads the same.
+        let ends = self.now().trunc_subsecs(6) + lease;
+        let ask = Ask {
+            tenant,
+            series,
+            count: 1,
+            request_id,
+            date,
+            lease: Some(ends),
+        };
+        let (grant, replayed) = self.obtain(ask).await?;
+        let record = self
+            .get_number(tenant, series, &grant.period, grant.first)
+            .await?;
+        Ok(Reservation {
+            record,
+            period: grant.period,
+            replayed,
+        })
+    }
+
+    /// Gives back the reservations whose lease has ended, in batches of
+    /// `batch`, until none is left: each released or voided by its series'
+    /// policy, with the reason "lease expired"; returns how many. Each batch
+    /// is its own short write.
+    ///
+    /// # Errors
+    /// A store failure; what was given back before it stays so.
+    pub async fn expire_leases(&self, batch: u32) -> Result<u64, Error> {
+        let now = self.now();
+        let mut expired = 0;
+        loop {
+            let done = self.store.expire_leases(now, batch).await?;
+            expired += done;
+            if done < u64::from(batch) {
+                return Ok(expired);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_is_the_default_or_within_bounds() {
+        let leases = Leases::default();
+        assert_eq!(leases.pick(Duration::ZERO), Ok(Duration::from_mins(5)));
+        assert_eq!(
+            leases.pick(Duration::from_secs(1)),
+            Ok(Duration::from_secs(1))
+        );
+        assert_eq!(
+            leases.pick(Duration::from_hours(24)),
+            Ok(Duration::from_hours(24))
+        );
+        assert!(leases.pick(Duration::from_millis(999)).is_err());
+        assert!(
+            leases
+                .pick(Duration::from_hours(24) + Duration::from_secs(1))
+                .is_err()
+        );
+    }
+}

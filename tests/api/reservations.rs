@@ -1,0 +1,701 @@
+//! Reserve, Confirm and Release: numbers held by a lease, then confirmed or
+//! given back by the series' gap policy, each accounted for by the audit.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use chrono::{DateTime, Utc};
+use numbering::{
+    allocator::{
+        CommitMode, app::RequestIdSettings, group_commit::GroupCommitSettings, series::SeriesName,
+    },
+    db::Backend,
+    proto::{
+        AllocateRequest, AuditSeriesRequest, AuditSeriesResponse, ConfigureSeriesRequest,
+        ConfirmRequest, GapPolicy, GetNumberRequest, GetSeriesRequest, ListNumbersRequest,
+        NumberRecord, NumberState, ReleaseRequest, ReserveRequest, VoidRequest,
+        number_allocator_client::NumberAllocatorClient,
+    },
+    tenant::TenantId,
+};
+use rstest_reuse::apply;
+use tonic::{Code, Status, transport::Channel};
+
+use crate::{
+    backends,
+    helpers::{
+        ManualClock, TestDb, TestServer, allocate, assert_invalid_field, assert_reason,
+        serve_allocator_on,
+    },
+};
+
+/// An allocator on a fresh database whose clock the test moves, sweeping
+/// ended leases every few milliseconds.
+struct Reservations {
+    db: TestDb,
+    _server: TestServer,
+    client: NumberAllocatorClient<Channel>,
+    clock: Arc<ManualClock>,
+}
+
+async fn reservations(backend: Backend) -> Reservations {
+    let db = TestDb::create(backend).await;
+    let clock = ManualClock::at(START.parse().unwrap());
+    let mode = CommitMode::Group(GroupCommitSettings::default());
+    let sweeps = RequestIdSettings {
+        purge_interval: Duration::from_millis(20),
+        ..RequestIdSettings::default()
+    };
+    let (server, client) = serve_allocator_on(&db, mode, sweeps, clock.clone()).await;
+    Reservations {
+        db,
+        _server: server,
+        client,
+        clock,
+    }
+}
+
+const START: &str = "2026-12-03T10:00:00Z";
+
+fn at(time: &str) -> DateTime<Utc> {
+    time.parse().unwrap()
+}
+
+fn seconds(seconds: i64) -> prost_types::Duration {
+    prost_types::Duration { seconds, nanos: 0 }
+}
+
+fn reserve(series: &str) -> ReserveRequest {
+    ReserveRequest {
+        tenant_id: "acme".into(),
+        series: series.into(),
+        ..ReserveRequest::default()
+    }
+}
+
+fn confirm(series: &str, number: i64, reference: &str) -> ConfirmRequest {
+    ConfirmRequest {
+        tenant_id: "acme".into(),
+        series: series.into(),
+        number,
+        reference: reference.into(),
+        ..ConfirmRequest::default()
+    }
+}
+
+fn release(series: &str, number: i64, reason: &str) -> ReleaseRequest {
+    ReleaseRequest {
+        tenant_id: "acme".into(),
+        series: series.into(),
+        number,
+        reason: reason.into(),
+        ..ReleaseRequest::default()
+    }
+}
+
+fn with_policy(series: &str, policy: GapPolicy) -> ConfigureSeriesRequest {
+    ConfigureSeriesRequest {
+        tenant_id: "acme".into(),
+        series: series.into(),
+        gap_policy: policy.into(),
+        ..ConfigureSeriesRequest::default()
+    }
+}
+
+impl Reservations {
+    async fn reserve(&mut self, request: ReserveRequest) -> NumberRecord {
+        let answer = self.client.reserve(request).await.unwrap().into_inner();
+        answer.record.expect("a record")
+    }
+
+    async fn confirm(&mut self, request: ConfirmRequest) -> Result<NumberRecord, Status> {
+        let answer = self.client.confirm(request).await?.into_inner();
+        Ok(answer.record.expect("a record"))
+    }
+
+    async fn release(&mut self, request: ReleaseRequest) -> Result<NumberRecord, Status> {
+        let answer = self.client.release(request).await?.into_inner();
+        Ok(answer.record.expect("a record"))
+    }
+
+    async fn get(&mut self, series: &str, number: i64) -> Result<NumberRecord, Status> {
+        let request = GetNumberRequest {
+            tenant_id: "acme".into(),
+            series: series.into(),
+            period: String::new(),
+            number,
+        };
+        let answer = self.client.get_number(request).await?.into_inner();
+        Ok(answer.record.expect("a record"))
+    }
+
+    async fn audit(&mut self, series: &str) -> AuditSeriesResponse {
+        let request = AuditSeriesRequest {
+            tenant_id: "acme".into(),
+            series: series.into(),
+            period: String::new(),
+        };
+        self.client
+            .audit_series(request)
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    async fn configure(&mut self, series: &str, policy: GapPolicy) {
+        self.client
+            .configure_series(with_policy(series, policy))
+            .await
+            .unwrap();
+    }
+}
+
+/// A reservation holds its number for the default lease, reads back as
+/// reserved, and a confirmation records its reference; again with the same
+/// reference it answers the same record.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_is_held_then_confirmed(#[case] backend: Backend) {
+    let mut app = reservations(backend).await;
+    let held = app.reserve(reserve("")).await;
+    assert_eq!(
+        (held.number, held.formatted.as_str(), held.state()),
+        (1, "INV-001", NumberState::Reserved)
+    );
+    let five_minutes = at("2026-12-03T10:05:00Z");
+    assert_eq!(held.expires_at, Some(timestamp(five_minutes)));
+    assert_eq!(app.get("", 1).await.unwrap(), held);
+    let audit = app.audit("").await;
+    assert_eq!((audit.last_value, audit.reserved, audit.issued), (1, 1, 0));
+
+    let confirmed = app.confirm(confirm("", 1, "inv-1")).await.unwrap();
+    assert_eq!(
+        (confirmed.state(), confirmed.reference.as_str()),
+        (NumberState::Confirmed, "inv-1")
+    );
+    assert_eq!(
+        app.confirm(confirm("", 1, "inv-1")).await.unwrap(),
+        confirmed
+    );
+    assert_eq!(app.get("", 1).await.unwrap(), confirmed);
+    let audit = app.audit("").await;
+    assert_eq!(
+        (audit.reserved, audit.confirmed, audit.unaccounted),
+        (0, 1, 0)
+    );
+}
+
+fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
+    numbering::proto::timestamp(at)
+}
+
+/// Released on a series that voids, a number is voided and the next
+/// reservation takes a new one; on a series that reissues, it goes back and
+/// the next reservations take the lowest given back first.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_follows_the_series_policy(#[case] backend: Backend) {
+    let mut app = reservations(backend).await;
+    app.configure("cont", GapPolicy::Reissue).await;
+
+    let first = app.reserve(reserve("")).await.number;
+    let voided = app
+        .release(release("", first, "order cancelled"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (voided.state(), voided.reason.as_str(), voided.expires_at),
+        (NumberState::Voided, "order cancelled", None)
+    );
+    assert_eq!(app.reserve(reserve("")).await.number, 2);
+    let audit = app.audit("").await;
+    assert_eq!((audit.voided, audit.reserved, audit.unaccounted), (1, 1, 0));
+
+    for _ in 0..3 {
+        app.reserve(reserve("cont")).await;
+    }
+    for number in [2, 1] {
+        let released = app
+            .release(release("cont", number, "refused"))
+            .await
+            .unwrap();
+        assert_eq!(released.state(), NumberState::Released);
+    }
+    let audit = app.audit("cont").await;
+    assert_eq!((audit.released, audit.reserved), (2, 1));
+    let again: Vec<i64> = [
+        app.reserve(reserve("cont")).await,
+        app.reserve(reserve("cont")).await,
+        app.reserve(reserve("cont")).await,
+    ]
+    .iter()
+    .map(|record| record.number)
+    .collect();
+    assert_eq!(again, [1, 2, 4], "the lowest given back first, then new");
+    let retaken = app.get("cont", 1).await.unwrap();
+    assert_eq!(
+        (
+            retaken.state(),
+            retaken.reason.as_str(),
+            retaken.formatted.as_str()
+        ),
+        (NumberState::Reserved, "", "INV-001")
+    );
+    let audit = app.audit("cont").await;
+    assert_eq!(
+        (
+            audit.last_value,
+            audit.released,
+            audit.reserved,
+            audit.unaccounted
+        ),
+        (4, 0, 4, 0)
+    );
+}
+
+/// On a series that reissues, Allocate of one number takes a released one
+/// first (issued, without a lease); of more, new ones.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allocating_one_number_takes_a_released_one_first(#[case] backend: Backend) {
+    let mut app = reservations(backend).await;
+    app.configure("cont", GapPolicy::Reissue).await;
+    app.reserve(reserve("cont")).await;
+    app.release(release("cont", 1, "refused")).await.unwrap();
+
+    let two: Vec<i64> = allocated(&mut app, allocate("acme", "cont", 2)).await;
+    assert_eq!(two, [2, 3]);
+    assert_eq!(allocated(&mut app, allocate("acme", "cont", 1)).await, [1]);
+    let taken = app.get("cont", 1).await.unwrap();
+    assert_eq!(
+        (taken.state(), taken.expires_at),
+        (NumberState::Issued, None)
+    );
+    let audit = app.audit("cont").await;
+    assert_eq!((audit.issued, audit.released, audit.unaccounted), (3, 0, 0));
+}
+
+async fn allocated(app: &mut Reservations, request: AllocateRequest) -> Vec<i64> {
+    let answer = app.client.allocate(request).await.unwrap().into_inner();
+    answer.numbers.iter().map(|number| number.value).collect()
+}
+
+/// Once its lease ends a reservation stands given back at once, swept or
+/// not: voided or released by the policy with the reason "lease expired", a
+/// confirmation answers RESERVATION_EXPIRED, and a series that reissues
+/// hands it out again. The sweep then stores what it stood for.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_lease_gives_the_number_back(#[case] backend: Backend) {
+    let mut app = reservations(backend).await;
+    app.configure("cont", GapPolicy::Reissue).await;
+    let short = |series| ReserveRequest {
+        lease: Some(seconds(60)),
+        ..reserve(series)
+    };
+    app.reserve(short("")).await;
+    app.reserve(short("cont")).await;
+    app.clock.advance(Duration::from_secs(61));
+
+    let ended = timestamp(at("2026-12-03T10:01:00Z"));
+    for (series, state) in [("", NumberState::Voided), ("cont", NumberState::Released)] {
+        let record = app.get(series, 1).await.unwrap();
+        assert_eq!(
+            (record.state(), record.reason.as_str(), record.updated_at),
+            (state, "lease expired", Some(ended))
+        );
+        let refused = app.confirm(confirm(series, 1, "inv-1")).await.unwrap_err();
+        assert_eq!(refused.code(), Code::FailedPrecondition);
+        assert_reason(&refused, "RESERVATION_EXPIRED");
+    }
+    let audit = app.audit("").await;
+    assert_eq!((audit.voided, audit.reserved), (1, 0));
+
+    // The sweep stores it as it stood; a confirmation is still refused.
+    wait_until_swept(&app.db, "").await;
+    let refused = app.confirm(confirm("", 1, "inv-1")).await.unwrap_err();
+    assert_reason(&refused, "RESERVATION_EXPIRED");
+    assert_eq!(app.get("", 1).await.unwrap().state(), NumberState::Voided);
+
+    let retaken = app.reserve(reserve("cont")).await;
+    assert_eq!(
+        (retaken.number, retaken.state()),
+        (1, NumberState::Reserved)
+    );
+    app.confirm(confirm("cont", 1, "inv-2")).await.unwrap();
+}
+
+/// Waits until the background sweep has stored number 1 of `series` as no
+/// longer reserved.
+async fn wait_until_swept(db: &TestDb, series: &str) {
+    let store = db.counter_store().await;
+    let (tenant, series) = (
+        TenantId::parse("acme").unwrap(),
+        SeriesName::parse(series).unwrap(),
+    );
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let rows = store.states_between(&tenant, &series, "", (1, 1)).await;
+            if rows.unwrap().iter().all(|row| row.state != "reserved") {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the sweep gives back the ended lease");
+}
+
+/// Every refused change names its reason and changes nothing.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_refusal_names_its_reason_and_changes_nothing(#[case] backend: Backend) {
+    let mut app = reservations(backend).await;
+    app.configure("cont", GapPolicy::Reissue).await;
+    // cont: 1 confirmed, 2 released, 3 voided, 4 issued by Allocate, 5 expired.
+    for _ in 0..3 {
+        app.reserve(reserve("cont")).await;
+    }
+    app.confirm(confirm("cont", 1, "inv-1")).await.unwrap();
+    app.release(release("cont", 2, "refused")).await.unwrap();
+    app.client
+        .void(VoidRequest {
+            tenant_id: "acme".into(),
+            series: "cont".into(),
+            number: 3,
+            reason: "typo".into(),
+            ..VoidRequest::default()
+        })
+        .await
+        .unwrap();
+    app.client
+        .allocate(allocate("acme", "cont", 2))
+        .await
+        .unwrap();
+    let short = ReserveRequest {
+        lease: Some(seconds(1)),
+        ..reserve("other")
+    };
+    app.reserve(short).await;
+    app.clock.advance(Duration::from_secs(2));
+
+    let mut before = Vec::new();
+    for number in 1..=5 {
+        before.push(app.get("cont", number).await.unwrap());
+    }
+    let cases: Vec<(Result<NumberRecord, Status>, &str)> = vec![
+        (
+            app.confirm(confirm("cont", 1, "inv-2")).await,
+            "ALREADY_CONFIRMED",
+        ),
+        (
+            app.release(release("cont", 1, "x")).await,
+            "NUMBER_CONFIRMED",
+        ),
+        (
+            app.confirm(confirm("cont", 2, "inv-2")).await,
+            "NUMBER_RELEASED",
+        ),
+        (
+            app.release(release("cont", 2, "again")).await,
+            "NUMBER_RELEASED",
+        ),
+        (
+            app.confirm(confirm("cont", 3, "inv-3")).await,
+            "NUMBER_VOIDED",
+        ),
+        (app.release(release("cont", 3, "x")).await, "NUMBER_VOIDED"),
+        (
+            app.release(release("cont", 4, "x")).await,
+            "NUMBER_NOT_RESERVED",
+        ),
+        (
+            app.confirm(confirm("other", 1, "inv-5")).await,
+            "RESERVATION_EXPIRED",
+        ),
+        (
+            app.confirm(confirm("cont", 99, "inv-9")).await,
+            "NUMBER_NOT_FOUND",
+        ),
+        (
+            app.release(release("cont", 99, "x")).await,
+            "NUMBER_NOT_FOUND",
+        ),
+    ];
+    for (answer, reason) in cases {
+        let status = answer.expect_err(reason);
+        let code = if reason == "NUMBER_NOT_FOUND" {
+            Code::NotFound
+        } else {
+            Code::FailedPrecondition
+        };
+        assert_eq!(status.code(), code, "{reason}: {status:?}");
+        assert_reason(&status, reason);
+    }
+    for (number, record) in (1..=5).zip(&before) {
+        assert_eq!(&app.get("cont", number).await.unwrap(), record, "{number}");
+    }
+    let other = app.get("other", 1).await.unwrap();
+    assert_eq!(other.state(), NumberState::Voided);
+}
+
+/// A lease under a second, over the maximum, or negative is refused by
+/// field; nothing is reserved.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_out_of_bounds_is_refused(#[case] backend: Backend) {
+    let mut app = reservations(backend).await;
+    let bad = [
+        Some(prost_types::Duration {
+            seconds: 0,
+            nanos: 500_000_000,
+        }),
+        Some(seconds(24 * 3600 + 1)),
+        Some(seconds(-5)),
+    ];
+    for lease in bad {
+        let request = ReserveRequest {
+            lease,
+            ..reserve("")
+        };
+        let status = app.client.reserve(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{lease:?}");
+        assert_invalid_field(&status, "lease");
+    }
+    let series = GetSeriesRequest {
+        tenant_id: "acme".into(),
+        ..GetSeriesRequest::default()
+    };
+    let status = app.client.get_series(series).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "no series was created");
+
+    let longest = ReserveRequest {
+        lease: Some(seconds(24 * 3600)),
+        ..reserve("")
+    };
+    let held = app.reserve(longest).await;
+    assert_eq!(held.expires_at, Some(timestamp(at("2026-12-04T10:00:00Z"))));
+}
+
+/// A repeated Reserve answers the number its first call reserved, on a
+/// series of either policy, also when the first took a number back.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_reservation_answers_the_same_number(#[case] backend: Backend) {
+    let mut app = reservations(backend).await;
+    app.configure("cont", GapPolicy::Reissue).await;
+    for series in ["", "cont"] {
+        // Request ids are the tenant's: one set per series here.
+        let keyed = |id: &str| ReserveRequest {
+            request_id: format!("{series}{id}"),
+            ..reserve(series)
+        };
+        let first = app
+            .client
+            .reserve(keyed("order-1"))
+            .await
+            .unwrap()
+            .into_inner();
+        let again = app
+            .client
+            .reserve(keyed("order-1"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!first.replayed && again.replayed);
+        assert_eq!(first.record, again.record);
+        app.release(release(series, 1, "refused")).await.unwrap();
+
+        let next = app
+            .client
+            .reserve(keyed("order-2"))
+            .await
+            .unwrap()
+            .into_inner();
+        let repeat = app
+            .client
+            .reserve(keyed("order-2"))
+            .await
+            .unwrap()
+            .into_inner();
+        let expected = if series == "cont" { 1 } else { 2 };
+        let record = next.record.unwrap();
+        let id = format!("{series}order-2");
+        assert_eq!(
+            (record.number, record.request_id.as_str()),
+            (expected, id.as_str())
+        );
+        assert!(repeat.replayed);
+        assert_eq!(repeat.record.unwrap().number, expected);
+    }
+}
+
+/// The gap policy shows on the series, and is fixed once the series has
+/// handed out a number.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gap_policy_is_fixed_once_in_use(#[case] backend: Backend) {
+    let mut app = reservations(backend).await;
+    let created = app
+        .client
+        .configure_series(with_policy("cont", GapPolicy::Reissue))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(created.series.unwrap().gap_policy(), GapPolicy::Reissue);
+    app.configure("cont", GapPolicy::Void).await;
+    app.configure("cont", GapPolicy::Reissue).await;
+    app.reserve(reserve("cont")).await;
+
+    let status = app
+        .client
+        .configure_series(with_policy("cont", GapPolicy::Void))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert_reason(&status, "SERIES_IN_USE");
+    let series = GetSeriesRequest {
+        tenant_id: "acme".into(),
+        series: "cont".into(),
+        ..GetSeriesRequest::default()
+    };
+    let shown = app.client.get_series(series).await.unwrap().into_inner();
+    assert_eq!(shown.series.unwrap().gap_policy(), GapPolicy::Reissue);
+}
+
+/// What a client did last with a number: what the audit must count it as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Last {
+    Confirmed,
+    GivenBack,
+}
+
+/// 32 clients reserve numbers at random and confirm, release or abandon
+/// each. Once every lease has ended the audit accounts for every number as
+/// the clients' own records say; on a series that reissues, reserving and
+/// confirming until nothing is given back leaves exactly
+/// `1..=last_value` confirmed.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_clients_leave_every_number_accounted_for(#[case] backend: Backend) {
+    for policy in [GapPolicy::Void, GapPolicy::Reissue] {
+        let mut app = reservations(backend).await;
+        app.configure("", policy).await;
+        // A client notes what it does before it asks, so that a number's
+        // next holder, who can only get it once the ask has committed,
+        // notes after it.
+        let last: Arc<Mutex<HashMap<i64, Last>>> = Arc::default();
+        let mut clients = Vec::new();
+        for client in 0..32_u64 {
+            let mut allocator = app.client.clone();
+            let last = last.clone();
+            clients.push(tokio::spawn(async move {
+                let mut rng = fastrand::Rng::with_seed(client);
+                for op in 0..8 {
+                    let held = allocator.reserve(reserve("")).await.unwrap().into_inner();
+                    let number = held.record.unwrap().number;
+                    let note = |what| last.lock().unwrap().insert(number, what);
+                    match rng.u8(0..3) {
+                        0 => {
+                            note(Last::Confirmed);
+                            let reference = format!("inv-{client}-{op}");
+                            allocator
+                                .confirm(confirm("", number, &reference))
+                                .await
+                                .unwrap();
+                        }
+                        1 => {
+                            note(Last::GivenBack);
+                            allocator
+                                .release(release("", number, "refused"))
+                                .await
+                                .unwrap();
+                        }
+                        _ => {
+                            // Abandoned: its lease ends below.
+                            note(Last::GivenBack);
+                        }
+                    }
+                }
+            }));
+        }
+        for client in clients {
+            client.await.unwrap();
+        }
+        app.clock.advance(Duration::from_mins(6));
+
+        let last = last.lock().unwrap().clone();
+        let confirmed = last.values().filter(|l| **l == Last::Confirmed).count();
+        let given_back = last.len() - confirmed;
+        let audit = app.audit("").await;
+        let (released, voided) = match policy {
+            GapPolicy::Reissue => (audit.released, audit.voided),
+            _ => (audit.voided, audit.released),
+        };
+        assert_eq!(
+            (
+                audit.unaccounted,
+                audit.issued,
+                audit.reserved,
+                audit.confirmed,
+                released,
+                voided,
+                audit.last_value,
+            ),
+            (
+                0,
+                0,
+                0,
+                i64::try_from(confirmed).unwrap(),
+                i64::try_from(given_back).unwrap(),
+                0,
+                i64::try_from(last.len()).unwrap(),
+            ),
+            "{policy:?}"
+        );
+        if policy == GapPolicy::Reissue {
+            let mut drained = 0;
+            while app.audit("").await.released > 0 {
+                let number = app.reserve(reserve("")).await.number;
+                app.confirm(confirm("", number, &format!("late-{drained}")))
+                    .await
+                    .unwrap();
+                drained += 1;
+            }
+            assert_eq!(
+                drained, given_back,
+                "every number given back is taken again"
+            );
+            let audit = app.audit("").await;
+            assert_eq!(
+                (audit.confirmed, audit.last_value),
+                (audit.last_value, i64::try_from(last.len()).unwrap())
+            );
+            let listed = confirmed_numbers(&mut app).await;
+            assert_eq!(listed, (1..=audit.last_value).collect::<Vec<_>>());
+        }
+    }
+}
+
+async fn confirmed_numbers(app: &mut Reservations) -> Vec<i64> {
+    let mut numbers = Vec::new();
+    let mut token = String::new();
+    loop {
+        let request = ListNumbersRequest {
+            tenant_id: "acme".into(),
+            state: NumberState::Confirmed.into(),
+            page_size: 100,
+            page_token: token,
+            ..ListNumbersRequest::default()
+        };
+        let page = app.client.list_numbers(request).await.unwrap().into_inner();
+        numbers.extend(page.records.iter().map(|record| record.number));
+        token = page.next_page_token;
+        if token.is_empty() {
+            return numbers;
+        }
+    }
+}
