@@ -9,7 +9,7 @@ use numbering::{
     allocator::{CommitMode, app::RequestIdSettings, group_commit::GroupCommitSettings},
     clock::SystemClock,
     db::Backend,
-    proto::{AuditSeriesRequest, ListInvoicesRequest},
+    proto::{AuditSeriesRequest, GetNumberRequest, ListInvoicesRequest, NumberState},
 };
 use rstest_reuse::apply;
 use sqlx::{AssertSqlSafe, Connection, PgConnection, SqliteConnection, migrate::Migrator};
@@ -199,6 +199,78 @@ async fn numbers_from_before_the_ledger_are_accounted_for(#[case] backend: Backe
         .collect();
     let today = Utc::now().date_naive().to_string();
     assert_eq!(ledger, [(1, "2026-06-30".to_owned()), (42, today)]);
+}
+
+/// Numbers confirmed or voided before reservations existed keep their
+/// state, and the audit still accounts for every number.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn number_states_from_before_reservations_are_kept(#[case] backend: Backend) {
+    let db = TestDb::create(backend).await;
+    migrate_to(&db, "allocator", 5).await;
+    run(
+        &db,
+        &[
+            "INSERT INTO series (tenant_id, series, format, created_at)
+             VALUES ('acme', 'invoice', 'INV-{number:03}', '2026-11-30T10:00:00+00:00')",
+            "INSERT INTO counters (tenant_id, series, period, last_value, base, created_at)
+             VALUES ('acme', 'invoice', '', 3, 0, '2026-11-30T10:00:00+00:00')",
+            "INSERT INTO allocations (tenant_id, series, period, first_value, count, kind,
+                                      format, date, created_at)
+             VALUES ('acme', 'invoice', '', 1, 3, 'allocate', 'INV-{number:03}', '2026-11-30',
+                     '2026-11-30T10:00:00+00:00')",
+            "INSERT INTO number_states (tenant_id, series, period, number, state, reference,
+                                        reason, updated_at)
+             VALUES ('acme', 'invoice', '', 1, 'confirmed', 'inv-1', '',
+                     '2026-11-30T11:00:00+00:00'),
+                    ('acme', 'invoice', '', 2, 'voided', '', 'typo',
+                     '2026-11-30T11:00:00+00:00')",
+        ],
+        None,
+    )
+    .await;
+
+    let mode = CommitMode::Group(GroupCommitSettings::default());
+    let (_server, mut client) = serve_allocator_on(
+        &db,
+        mode,
+        RequestIdSettings::default(),
+        Arc::new(SystemClock),
+    )
+    .await;
+    let audit = client
+        .audit_series(AuditSeriesRequest {
+            tenant_id: "acme".into(),
+            ..AuditSeriesRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            audit.last_value,
+            audit.issued,
+            audit.confirmed,
+            audit.voided,
+            audit.unaccounted
+        ),
+        (3, 1, 1, 1, 0)
+    );
+    let first = client
+        .get_number(GetNumberRequest {
+            tenant_id: "acme".into(),
+            number: 1,
+            ..GetNumberRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .record
+        .unwrap();
+    assert_eq!(
+        (first.state(), first.reference.as_str()),
+        (NumberState::Confirmed, "inv-1")
+    );
 }
 
 #[apply(backends)]
