@@ -183,6 +183,7 @@ impl Shown<'_> {
             reference: record.reference,
             request_id: record.request_id,
             expires_at: record.expires_at.map(proto::timestamp),
+            date: record.date.to_string(),
             updated_at: Some(proto::timestamp(record.updated_at)),
         }
     }

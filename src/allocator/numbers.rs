@@ -1,7 +1,7 @@
 //! Single numbers and their records, read from the ledger's ranges: what
 //! became of each number of a period.
 
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, NaiveDate, SubsecRound, Utc};
 
 use crate::{
     allocator::{
@@ -158,6 +158,8 @@ pub struct NumberRecord {
     pub number: i64,
     /// As its document shows it.
     pub formatted: String,
+    /// The date it reads with.
+    pub date: NaiveDate,
     /// What became of it.
     pub state: NumberState,
     /// The reference of the document that holds it, once confirmed.
@@ -195,6 +197,7 @@ where
             records.push(NumberRecord {
                 number,
                 formatted: render(range, number)?,
+                date: range.date,
                 state,
                 reference: String::new(),
                 reason: range.reason.clone(),
@@ -526,8 +529,6 @@ fn render_stored(
 
 #[cfg(test)]
 mod tests {
-    use chrono::NaiveDate;
-
     use super::*;
 
     fn range(first_value: i64, count: i64, kind: &str) -> RangeRow {

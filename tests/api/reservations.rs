@@ -162,8 +162,13 @@ async fn a_reservation_is_held_then_confirmed(#[case] backend: Backend) {
     let mut app = reservations(backend).await;
     let held = app.reserve(reserve("")).await;
     assert_eq!(
-        (held.number, held.formatted.as_str(), held.state()),
-        (1, "INV-001", NumberState::Reserved)
+        (
+            held.number,
+            held.formatted.as_str(),
+            held.state(),
+            held.date.as_str()
+        ),
+        (1, "INV-001", NumberState::Reserved, "2026-12-03")
     );
     let five_minutes = at("2026-12-03T10:05:00Z");
     assert_eq!(held.expires_at, Some(timestamp(five_minutes)));
