@@ -11,7 +11,7 @@ use numbering::{
     },
     invoices::{
         allocator_client::{AllocatorEndpoint, Backoff},
-        app::{App, Settings, shown_url},
+        app::{App, ReconcileSettings, Settings, shown_url},
     },
     server::{
         config::{DatabaseArgs, ServerArgs, parse_or_exit},
@@ -78,6 +78,10 @@ struct Config {
     )]
     allocator_tls_key: Option<PathBuf>,
 
+    /// How often numbers left behind by calls that died are settled (stored invoices' numbers confirmed, numbers of invoices never stored given back); also once at start-up.
+    #[arg(long, env = "NUMBERING_RECONCILE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    reconcile_interval: Duration,
+
     /// Time-out for opening a connection to the allocator.
     #[arg(long, env = "NUMBERING_ALLOCATOR_CONNECT_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
     allocator_connect_timeout: Duration,
@@ -110,6 +114,11 @@ async fn main() -> ExitCode {
 
 /// The writer's settings from the command line.
 fn settings(config: &Config) -> Result<Settings, StartupError> {
+    if config.reconcile_interval.is_zero() {
+        return Err(StartupError::BadSetting(
+            "--reconcile-interval must be more than 0s".into(),
+        ));
+    }
     Ok(Settings {
         database: config.database.url("invoices.sqlite3")?,
         pool: config.database.pool(),
@@ -122,6 +131,12 @@ fn settings(config: &Config) -> Result<Settings, StartupError> {
         backoff: Backoff::default(),
         max_attempts: config.max_attempts,
         allocator_retry_budget: config.allocator_retry_budget,
+        reconcile: ReconcileSettings {
+            interval: config.reconcile_interval,
+            // No call outlives the request time-out: a number held longer
+            // was left by one that died.
+            stale_after: config.server.request_timeout,
+        },
     })
 }
 

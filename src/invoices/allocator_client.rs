@@ -1,7 +1,8 @@
-//! Calls to the allocator. Allocation retries with bounded, jittered backoff
-//! while the allocator is unreachable, up to a deadline.
+//! Calls to the allocator. Reservations, confirmations and releases retry
+//! with bounded, jittered backoff while the allocator is unreachable, up to a
+//! deadline.
 
-use std::time::Duration;
+use std::{future::Future, time::Duration};
 
 use tokio::time::Instant;
 use tonic::{
@@ -13,8 +14,8 @@ use tonic::{
 use crate::{
     access::bearer::BearerToken,
     proto::{
-        AdvanceCounterRequest, AllocateRequest, AllocatedNumber, GetSeriesRequest, Series,
-        number_allocator_client::NumberAllocatorClient,
+        AdvanceCounterRequest, ConfirmRequest, GetSeriesRequest, NumberRecord, ReleaseRequest,
+        ReserveRequest, Series, number_allocator_client::NumberAllocatorClient,
     },
     tenant::TenantId,
     tls::{ClientTls, TlsConnector},
@@ -133,23 +134,20 @@ impl AllocatorClient {
         })
     }
 
-    /// Allocates the next number of the tenant's invoice series for a
-    /// document dated `date` (`YYYY-MM-DD`, empty for today in the series'
-    /// time zone) with `request_id`, so that a retry whose first try
-    /// committed gets the same number. While the allocator is unreachable or answers UNAVAILABLE,
-    /// retries with backoff as long as the next attempt can start before
-    /// `deadline`.
-    ///
-    /// # Errors
-    /// [`AllocatorError::Unavailable`] once the deadline leaves no room for
-    /// another attempt; [`AllocatorError::Rejected`] for any other error.
-    pub async fn allocate(
+    /// Runs `attempt` (given the time left) until it succeeds, fails with
+    /// an error retrying would not fix, or the deadline leaves no room for
+    /// another attempt. While the allocator is unreachable or answers
+    /// UNAVAILABLE, waits with backoff between attempts.
+    async fn retried<T, F, Fut>(
         &self,
-        tenant: &TenantId,
-        date: &str,
-        request_id: &str,
+        tenant: &str,
         deadline: Instant,
-    ) -> Result<AllocatedNumber, AllocatorError> {
+        mut attempt: F,
+    ) -> Result<T, AllocatorError>
+    where
+        F: FnMut(Duration) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
         let mut retry = 0;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -158,28 +156,8 @@ impl AllocatorClient {
                     "no time left to call it".into(),
                 ));
             }
-            let mut request = Request::new(AllocateRequest {
-                tenant_id: tenant.to_string(),
-                // Empty: the allocator's default series, the invoices'.
-                series: String::new(),
-                count: 1,
-                request_id: request_id.to_owned(),
-                date: date.to_owned(),
-            });
-            request.set_timeout(remaining);
-            let status = match self.client.clone().allocate(request).await {
-                Ok(response) => {
-                    return response
-                        .into_inner()
-                        .numbers
-                        .into_iter()
-                        .next()
-                        .ok_or_else(|| {
-                            AllocatorError::Rejected(Status::internal(
-                                "the allocator returned no number",
-                            ))
-                        });
-                }
+            let status = match attempt(remaining).await {
+                Ok(answer) => return Ok(answer),
                 Err(status) => status,
             };
             if status.code() == Code::DeadlineExceeded {
@@ -196,6 +174,112 @@ impl AllocatorClient {
             tokio::time::sleep(delay).await;
             retry += 1;
         }
+    }
+
+    /// Reserves the next number of the tenant's invoice series for a
+    /// document dated `date` (`YYYY-MM-DD`, empty for today in the series'
+    /// time zone) for `lease`, with `request_id`, so that a retry whose first
+    /// try committed gets the same number: a number given back first if the
+    /// series reissues. Retried as [`AllocatorClient::retried`] says.
+    ///
+    /// # Errors
+    /// [`AllocatorError::Unavailable`] once the deadline leaves no room for
+    /// another attempt; [`AllocatorError::Rejected`] for any other error.
+    pub async fn reserve(
+        &self,
+        tenant: &TenantId,
+        date: &str,
+        request_id: &str,
+        lease: Duration,
+        deadline: Instant,
+    ) -> Result<NumberRecord, AllocatorError> {
+        self.retried(tenant.as_str(), deadline, |remaining| {
+            let mut request = Request::new(ReserveRequest {
+                tenant_id: tenant.to_string(),
+                // Empty: the allocator's default series, the invoices'.
+                series: String::new(),
+                date: date.to_owned(),
+                request_id: request_id.to_owned(),
+                lease: prost_types::Duration::try_from(lease).ok(),
+            });
+            request.set_timeout(remaining);
+            let mut client = self.client.clone();
+            async move {
+                let answer = client.reserve(request).await?.into_inner();
+                answer
+                    .record
+                    .ok_or_else(|| Status::internal("the allocator returned no number"))
+            }
+        })
+        .await
+    }
+
+    /// Confirms the tenant's invoice number `number` of `period` with
+    /// `reference`; again with the same reference it answers the same.
+    /// Retried as [`AllocatorClient::retried`] says.
+    ///
+    /// # Errors
+    /// As [`AllocatorClient::reserve`].
+    pub async fn confirm(
+        &self,
+        tenant: &str,
+        period: &str,
+        number: i64,
+        reference: &str,
+        deadline: Instant,
+    ) -> Result<NumberRecord, AllocatorError> {
+        self.retried(tenant, deadline, |remaining| {
+            let mut request = Request::new(ConfirmRequest {
+                tenant_id: tenant.to_string(),
+                series: String::new(),
+                period: period.to_owned(),
+                number,
+                reference: reference.to_owned(),
+            });
+            request.set_timeout(remaining);
+            let mut client = self.client.clone();
+            async move {
+                let answer = client.confirm(request).await?.into_inner();
+                answer
+                    .record
+                    .ok_or_else(|| Status::internal("the allocator returned no record"))
+            }
+        })
+        .await
+    }
+
+    /// Gives back the tenant's reserved invoice number `number` of `period`,
+    /// for `reason`. Retried as [`AllocatorClient::retried`] says.
+    ///
+    /// # Errors
+    /// As [`AllocatorClient::reserve`]; a number given back already is
+    /// refused (`NUMBER_RELEASED`, `NUMBER_VOIDED`).
+    pub async fn release(
+        &self,
+        tenant: &str,
+        period: &str,
+        number: i64,
+        reason: &str,
+        deadline: Instant,
+    ) -> Result<NumberRecord, AllocatorError> {
+        self.retried(tenant, deadline, |remaining| {
+            let mut request = Request::new(ReleaseRequest {
+                tenant_id: tenant.to_string(),
+                series: String::new(),
+                period: period.to_owned(),
+                number,
+                reason: reason.to_owned(),
+            });
+            request.set_timeout(remaining);
+            let mut client = self.client.clone();
+            async move {
+                let answer = client.release(request).await?.into_inner();
+                answer
+                    .record
+                    .ok_or_else(|| Status::internal("the allocator returned no record"))
+            }
+        })
+        .await
     }
 
     /// The tenant's invoice series, if it was ever used or configured.

@@ -4,6 +4,12 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
+use chrono::TimeDelta;
+use tokio::{
+    sync::oneshot,
+    time::{Instant, MissedTickBehavior},
+};
+
 use crate::{
     clock::{Clock, SystemClock},
     db::{self, Backend, DatabaseUrl, OpenError, PoolSettings},
@@ -15,9 +21,10 @@ use crate::{
         seed::{self, SeedReport},
         sqlite::{self, SqliteInvoiceStore},
         store::{InvoiceStore, StoreError},
+        writer::Reconciled,
     },
     proto::invoice_writer_server::InvoiceWriterServer,
-    server::{self, Listeners, ServeError, ServerSettings, startup::StartupError},
+    server::{self, Listeners, ServeError, ServerSettings, startup::StartupError, status::chain},
 };
 
 /// What the invoice writer is built from.
@@ -35,13 +42,42 @@ pub struct Settings {
     pub max_attempts: u32,
     /// Longest time spent retrying an unreachable allocator per invoice.
     pub allocator_retry_budget: Duration,
+    /// How calls that died are settled.
+    pub reconcile: ReconcileSettings,
 }
+
+/// How often the writer settles what calls that died left behind, and when
+/// a number held is surely left by one.
+#[derive(Debug, Clone, Copy)]
+pub struct ReconcileSettings {
+    /// How often; also once at start-up.
+    pub interval: Duration,
+    /// A number held this long was reserved by a call that has ended: no
+    /// call runs longer (the server's request time-out).
+    pub stale_after: Duration,
+}
+
+impl Default for ReconcileSettings {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(30),
+            stale_after: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Invoices confirmed, or numbers given back, per reconciliation step.
+const RECONCILE_BATCH: u32 = 500;
 
 /// The invoice writer on its store and allocator, ready to serve.
 pub struct App {
     store: Arc<dyn InvoiceStore>,
     allocator: AllocatorClient,
+    writer: InvoiceWriter,
     service: InvoiceWriterServer<InvoiceWriterService>,
+    clock: Arc<dyn Clock>,
+    allocator_retry_budget: Duration,
+    reconcile: ReconcileSettings,
 }
 
 impl App {
@@ -68,13 +104,14 @@ impl App {
         let allocator = AllocatorClient::connect_lazy(&settings.allocator, settings.backoff)
             .map_err(invalid)?;
         let store = open_store(&settings.database, &settings.pool).await?;
-        Ok(Self::on(
+        let app = Self::on(
             store,
             allocator,
             settings.max_attempts,
             settings.allocator_retry_budget,
             Arc::new(SystemClock),
-        ))
+        );
+        Ok(app.with_reconcile(settings.reconcile))
     }
 
     /// The service on a store already open, an allocator client, and the
@@ -87,12 +124,28 @@ impl App {
         allocator_retry_budget: Duration,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        let writer = InvoiceWriter::new(store.clone(), allocator.clone(), max_attempts, clock);
+        let writer = InvoiceWriter::new(
+            store.clone(),
+            allocator.clone(),
+            max_attempts,
+            clock.clone(),
+        );
         Self {
             store,
             allocator,
-            service: grpc::service(writer, allocator_retry_budget),
+            service: grpc::service(writer.clone(), allocator_retry_budget),
+            writer,
+            clock,
+            allocator_retry_budget,
+            reconcile: ReconcileSettings::default(),
         }
+    }
+
+    /// The service settling what calls that died left behind as `reconcile`
+    /// says.
+    #[must_use]
+    pub fn with_reconcile(self, reconcile: ReconcileSettings) -> Self {
+        Self { reconcile, ..self }
     }
 
     /// Raises each tenant's invoice counter in the allocator to its highest
@@ -107,7 +160,8 @@ impl App {
     }
 
     /// Serves on `listener` until `shutdown` resolves and the drain ends, then
-    /// closes the store (see [`server::serve`]).
+    /// closes the store (see [`server::serve`]). Reconciles at once and then
+    /// every interval, in the background, until shutdown begins.
     ///
     /// # Errors
     /// The transport failed.
@@ -117,7 +171,67 @@ impl App {
         settings: &ServerSettings,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServeError> {
-        server::serve(listeners, self.service, self.store, settings, shutdown).await
+        let (stop_reconciling, stopped) = oneshot::channel::<()>();
+        let reconciler = Reconciler {
+            writer: self.writer,
+            clock: self.clock,
+            settings: self.reconcile,
+            budget: self.allocator_retry_budget,
+        };
+        let reconciling = tokio::spawn(reconciler.run(stopped));
+        let shutdown = async move {
+            shutdown.await;
+            let _ = stop_reconciling.send(());
+        };
+        let served = server::serve(listeners, self.service, self.store, settings, shutdown).await;
+        // Ended by now, unless serving failed before shutdown began.
+        reconciling.abort();
+        served
+    }
+}
+
+/// Settles what calls that died left behind, every interval.
+struct Reconciler {
+    writer: InvoiceWriter,
+    clock: Arc<dyn Clock>,
+    settings: ReconcileSettings,
+    budget: Duration,
+}
+
+impl Reconciler {
+    /// Reconciles at once, then every interval, until `stop` resolves.
+    async fn run(self, stop: oneshot::Receiver<()>) {
+        let mut ticks = tokio::time::interval(self.settings.interval);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let reconciling = async {
+            loop {
+                ticks.tick().await;
+                let stale =
+                    TimeDelta::from_std(self.settings.stale_after).unwrap_or(TimeDelta::MAX);
+                let stale_before = self.clock.now() - stale;
+                let deadline = Instant::now() + self.budget;
+                match self
+                    .writer
+                    .reconcile(stale_before, RECONCILE_BATCH, deadline)
+                    .await
+                {
+                    Ok(done) if done == Reconciled::default() => {}
+                    Ok(done) => tracing::info!(
+                        confirmed = done.confirmed,
+                        given_back = done.given_back,
+                        "reconciled the numbers of invoices and of calls that died",
+                    ),
+                    Err(error) => tracing::warn!(
+                        error = %chain(&error),
+                        "reconciling failed; trying again later",
+                    ),
+                }
+            }
+        };
+        tokio::select! {
+            () = reconciling => {}
+            _ = stop => {}
+        }
     }
 }
 

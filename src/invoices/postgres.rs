@@ -12,7 +12,7 @@ use crate::{
     invoices::{
         domain::Invoice,
         sql_store::{self, Engine, SqlInvoiceStore, Stored},
-        store::StoreError,
+        store::{Note, StoreError, held_by},
     },
 };
 
@@ -68,8 +68,14 @@ impl Engine for PgEngine {
     async fn insert(&self, invoice: &Invoice, request_id: Option<&str>) -> Result<(), StoreError> {
         let mut tx = begin_durable(&self.pool).await?;
         sql_store::insert_invoice::<Postgres, Native>(&mut tx, invoice, request_id).await?;
+        sql_store::apply_note::<Postgres, Native>(&mut tx, held_by(invoice)).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn note(&self, note: Note<'_>) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        Ok(sql_store::apply_note::<Postgres, Native>(&mut conn, note).await?)
     }
 
     async fn is_ready(&self) -> bool {

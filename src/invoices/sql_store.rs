@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::{
     invoices::{
         domain::{Client, Invoice, LineItem},
-        store::{HighestNumber, InvoiceStore, StoreError},
+        store::{HeldNumber, HighestNumber, InvoiceStore, Note, StoreError},
     },
     request_id::RequestId,
     server::Store,
@@ -31,8 +31,12 @@ pub(crate) trait Engine: Send + Sync + 'static {
     /// The pool reads go through.
     fn pool(&self) -> &Pool<Self::Db>;
 
-    /// Inserts the invoice ([`insert_invoice`]) in the engine's durable write.
+    /// Inserts the invoice ([`insert_invoice`]) and lets its number go
+    /// ([`apply_note`]) in the engine's durable write.
     async fn insert(&self, invoice: &Invoice, request_id: Option<&str>) -> Result<(), StoreError>;
+
+    /// Applies the note ([`apply_note`]) in the engine's write path.
+    async fn note(&self, note: Note<'_>) -> Result<(), StoreError>;
 
     /// Whether the database answers now.
     async fn is_ready(&self) -> bool;
@@ -53,9 +57,11 @@ where
     <E::Db as Database>::Arguments: IntoArguments<E::Db>,
     for<'r> RowOf<E::Stored>: FromRow<'r, <E::Db as Database>::Row> + Send + Unpin,
     for<'r> HighestNumber: FromRow<'r, <E::Db as Database>::Row>,
+    for<'r> HeldNumber: FromRow<'r, <E::Db as Database>::Row>,
     for<'q> <E::Stored as Stored>::Id: Encode<'q, E::Db> + Type<E::Db>,
     for<'q> &'q str: Encode<'q, E::Db> + Type<E::Db>,
     for<'q> i64: Encode<'q, E::Db> + Type<E::Db>,
+    for<'q> DateTime<Utc>: Encode<'q, E::Db> + Type<E::Db>,
 {
     async fn insert(
         &self,
@@ -80,6 +86,13 @@ where
         .await?
         .map(InvoiceRow::into_invoice::<E::Stored>)
         .transpose()
+    }
+
+    async fn get_by_number(&self, invoice: &Invoice) -> Result<Option<Invoice>, StoreError> {
+        select_by_number::<E::Db, E::Stored>(self.0.pool(), invoice)
+            .await?
+            .map(InvoiceRow::into_invoice::<E::Stored>)
+            .transpose()
     }
 
     async fn get(&self, tenant: &TenantId, id: Uuid) -> Result<Option<Invoice>, StoreError> {
@@ -113,6 +126,26 @@ where
 
     async fn highest_numbers(&self) -> Result<Vec<HighestNumber>, StoreError> {
         Ok(select_highest_numbers(self.0.pool()).await?)
+    }
+
+    async fn note(&self, note: Note<'_>) -> Result<(), StoreError> {
+        self.0.note(note).await
+    }
+
+    async fn held_before(
+        &self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<HeldNumber>, StoreError> {
+        Ok(select_held_before(self.0.pool(), before, limit.into()).await?)
+    }
+
+    async fn unsettled(&self, limit: u32) -> Result<Vec<Invoice>, StoreError> {
+        select_unsettled::<E::Db, E::Stored>(self.0.pool(), limit.into())
+            .await?
+            .into_iter()
+            .map(InvoiceRow::into_invoice::<E::Stored>)
+            .collect()
     }
 }
 
@@ -282,6 +315,35 @@ where
     .await
 }
 
+/// The tenant's invoice of `invoice`'s period and number, or of its
+/// formatted number.
+#[tracing::instrument(name = "db.invoices.select_by_number", skip_all, err(level = "debug"))]
+pub(crate) async fn select_by_number<DB, S>(
+    pool: &Pool<DB>,
+    invoice: &Invoice,
+) -> Result<Option<RowOf<S>>, sqlx::Error>
+where
+    DB: Database,
+    S: Stored,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'r> RowOf<S>: FromRow<'r, DB::Row> + Send + Unpin,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+{
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM invoices
+         WHERE tenant_id = $1 AND ((period = $2 AND number = $3) OR invoice_number = $4)
+         ORDER BY period, number LIMIT 1"
+    )))
+    .bind(invoice.tenant_id.as_str())
+    .bind(invoice.period.as_str())
+    .bind(invoice.number)
+    .bind(invoice.invoice_number.as_str())
+    .fetch_optional(pool)
+    .await
+}
+
 /// The tenant's invoice created with this request id.
 #[tracing::instrument(
     name = "db.invoices.select_by_request_id",
@@ -362,6 +424,100 @@ where
         "SELECT tenant_id, issue_date, MAX(number) AS number FROM invoices
          GROUP BY tenant_id, issue_date ORDER BY tenant_id, issue_date",
     )
+    .fetch_all(pool)
+    .await
+}
+
+/// Applies a note of the numbers held on `conn`, inside the caller's write.
+#[tracing::instrument(name = "db.held_numbers.note", skip_all, err(level = "debug"))]
+pub(crate) async fn apply_note<DB, S>(
+    conn: &mut DB::Connection,
+    note: Note<'_>,
+) -> Result<(), sqlx::Error>
+where
+    DB: Database,
+    S: Stored,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'q> S::Id: Encode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
+{
+    let query = match note {
+        // A repeated call may reserve the same number again.
+        Note::Held(held) => sqlx::query(
+            "INSERT INTO held_numbers (tenant_id, period, number, reserved_at)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (tenant_id, period, number) DO NOTHING",
+        )
+        .bind(held.tenant_id.as_str())
+        .bind(held.period.as_str())
+        .bind(held.number)
+        .bind(held.reserved_at),
+        Note::LetGo {
+            tenant,
+            period,
+            number,
+        } => sqlx::query(
+            "DELETE FROM held_numbers WHERE tenant_id = $1 AND period = $2 AND number = $3",
+        )
+        .bind(tenant)
+        .bind(period)
+        .bind(number),
+        Note::Settled { tenant, id } => sqlx::query(
+            "UPDATE invoices SET number_settled = TRUE WHERE tenant_id = $1 AND id = $2",
+        )
+        .bind(tenant)
+        .bind(S::id(id)),
+    };
+    query.execute(conn).await?;
+    Ok(())
+}
+
+/// Up to `limit` numbers held since before `before`, oldest first.
+#[tracing::instrument(name = "db.held_numbers.select_old", skip_all, err(level = "debug"))]
+pub(crate) async fn select_held_before<DB>(
+    pool: &Pool<DB>,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<HeldNumber>, sqlx::Error>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'r> HeldNumber: FromRow<'r, DB::Row>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
+{
+    sqlx::query_as(
+        "SELECT tenant_id, period, number, reserved_at FROM held_numbers
+         WHERE reserved_at < $1 ORDER BY reserved_at LIMIT $2",
+    )
+    .bind(before)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Up to `limit` invoices whose number is not settled, oldest first.
+#[tracing::instrument(name = "db.invoices.select_unsettled", skip_all, err(level = "debug"))]
+pub(crate) async fn select_unsettled<DB, S>(
+    pool: &Pool<DB>,
+    limit: i64,
+) -> Result<Vec<RowOf<S>>, sqlx::Error>
+where
+    DB: Database,
+    S: Stored,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'r> RowOf<S>: FromRow<'r, DB::Row> + Send + Unpin,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+{
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM invoices WHERE NOT number_settled ORDER BY created_at LIMIT $1"
+    )))
+    .bind(limit)
     .fetch_all(pool)
     .await
 }

@@ -2,6 +2,7 @@
 //! The gRPC layer never sees which backend runs.
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::{
@@ -20,7 +21,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[async_trait]
 pub trait InvoiceStore: Store {
     /// Stores a new invoice with the request id of the call that created it,
-    /// durably before it returns.
+    /// durably before it returns, and lets its number go from the numbers
+    /// held.
     ///
     /// # Errors
     /// [`StoreError::NumberTaken`] when the tenant already has an invoice with
@@ -39,6 +41,10 @@ pub trait InvoiceStore: Store {
         request_id: &RequestId,
     ) -> Result<Option<Invoice>, StoreError>;
 
+    /// The tenant's stored invoice that `invoice`'s number conflicts with: of
+    /// the same period and number, or the same formatted number.
+    async fn get_by_number(&self, invoice: &Invoice) -> Result<Option<Invoice>, StoreError>;
+
     /// One of the tenant's invoices; `None` for an unknown id or another tenant's.
     async fn get(&self, tenant: &TenantId, id: Uuid) -> Result<Option<Invoice>, StoreError>;
 
@@ -54,6 +60,69 @@ pub trait InvoiceStore: Store {
     /// The highest invoice number of every tenant and issue date, compared
     /// as numbers.
     async fn highest_numbers(&self) -> Result<Vec<HighestNumber>, StoreError>;
+
+    /// Applies one bookkeeping write of the numbers the writer holds.
+    async fn note(&self, note: Note<'_>) -> Result<(), StoreError>;
+
+    /// Up to `limit` numbers held since before `before`, oldest first: left
+    /// by calls that died, if `before` is older than any call runs.
+    async fn held_before(
+        &self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<HeldNumber>, StoreError>;
+
+    /// Up to `limit` invoices whose number is not settled with the
+    /// allocator, oldest first.
+    async fn unsettled(&self, limit: u32) -> Result<Vec<Invoice>, StoreError>;
+}
+
+/// A number reserved for an invoice not stored yet.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct HeldNumber {
+    /// The tenant.
+    pub tenant_id: String,
+    /// The number's period.
+    pub period: String,
+    /// The number.
+    pub number: i64,
+    /// When it was reserved.
+    pub reserved_at: DateTime<Utc>,
+}
+
+/// The note that lets the invoice's number go from the numbers held: it is
+/// stored now.
+#[must_use]
+pub fn held_by(invoice: &Invoice) -> Note<'_> {
+    Note::LetGo {
+        tenant: &invoice.tenant_id,
+        period: &invoice.period,
+        number: invoice.number,
+    }
+}
+
+/// A bookkeeping write of the numbers the writer holds.
+#[derive(Debug, Clone, Copy)]
+pub enum Note<'a> {
+    /// A number was reserved for an invoice about to be stored.
+    Held(&'a HeldNumber),
+    /// A held number was given back, or confirmed to another invoice.
+    LetGo {
+        /// The tenant.
+        tenant: &'a str,
+        /// The number's period.
+        period: &'a str,
+        /// The number.
+        number: i64,
+    },
+    /// The invoice's number is settled with the allocator: confirmed with
+    /// its id, or not one it handed out.
+    Settled {
+        /// The tenant.
+        tenant: &'a str,
+        /// The invoice.
+        id: Uuid,
+    },
 }
 
 /// A tenant's highest invoice number stored with one issue date.

@@ -1,9 +1,13 @@
-//! The invoice-writing rules: allocate a number, insert the invoice, and on a
-//! number already taken allocate again, up to a bounded number of attempts.
+//! The invoice-writing rules: reserve a number, insert the invoice, confirm
+//! the number with the invoice's id; give the number back if the insert
+//! fails, and on a number already taken confirm it to the invoice that holds
+//! it and reserve again, up to a bounded number of attempts. Reconciliation
+//! settles what calls that died left behind.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use tokio::time::Instant;
+use tonic::Code;
 use uuid::Uuid;
 
 use crate::{
@@ -11,10 +15,12 @@ use crate::{
     invoices::{
         allocator_client::{AllocatorClient, AllocatorError},
         domain::{Invoice, NewInvoice, Numbered},
-        store::{InvoiceStore, StoreError},
+        store::{HeldNumber, InvoiceStore, Note, StoreError, held_by},
     },
     page::Page,
+    proto::NumberRecord,
     request_id::RequestId,
+    server::status::chain,
     tenant::TenantId,
 };
 
@@ -62,6 +68,31 @@ impl From<StoreError> for Error {
             }
         }
     }
+}
+
+/// What a reconciliation looked at.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Stored invoices whose number it settled (or tried to).
+    pub confirmed: u32,
+    /// Numbers left held that it gave back (or tried to).
+    pub given_back: u32,
+}
+
+/// The number a reservation answered, as an invoice holds it.
+fn numbered(record: NumberRecord) -> Result<Numbered, Error> {
+    let date = crate::calendar::parse_day(&record.date).map_err(|reason| {
+        AllocatorError::Rejected(tonic::Status::internal(format!(
+            "the allocator answered the date {:?}: {reason}",
+            record.date
+        )))
+    })?;
+    Ok(Numbered {
+        date,
+        value: record.number,
+        formatted: record.formatted,
+        period: record.period,
+    })
 }
 
 /// An invoice the writer returns for a `CreateInvoice` call.
@@ -176,31 +207,34 @@ impl InvoiceWriter {
             .unwrap_or_default();
         for attempt in 1..=self.max_attempts {
             let key = call.attempt(attempt);
-            let number = self
+            let reserved = self
                 .allocator
-                .allocate(&new.tenant_id, &issue_date, &key, deadline)
+                .reserve(&new.tenant_id, &issue_date, &key, Duration::ZERO, deadline)
                 .await?;
-            let number = Numbered {
-                date: crate::calendar::parse_day(&number.date).map_err(|reason| {
-                    AllocatorError::Rejected(tonic::Status::internal(format!(
-                        "the allocator answered the date {:?}: {reason}",
-                        number.date
-                    )))
-                })?,
-                value: number.value,
-                formatted: number.formatted,
-                period: number.period,
+            let number = numbered(reserved)?;
+            let held = HeldNumber {
+                tenant_id: new.tenant_id.to_string(),
+                period: number.period.clone(),
+                number: number.value,
+                reserved_at: self.clock.now(),
             };
+            if let Err(error) = self.store.note(Note::Held(&held)).await {
+                self.give_back(&held, "the invoice store failed", deadline)
+                    .await;
+                return Err(error.into());
+            }
             let invoice = new.numbered(number, self.clock.new_id(), self.clock.now());
             match self.store.insert(&invoice, request_id).await {
                 Ok(()) => {
+                    self.confirm(&invoice, deadline).await;
                     return Ok(Created {
                         invoice,
                         replayed: false,
                     });
                 }
                 // A concurrent repeat of this call stored its invoice first
-                // (with the same number: it allocated with the same key).
+                // (with the same number: it reserved with the same key), and
+                // confirms it.
                 Err(StoreError::NumberTaken | StoreError::RequestIdTaken)
                     if let Some(request_id) = request_id
                         && let Some(stored) = self
@@ -208,23 +242,154 @@ impl InvoiceWriter {
                             .get_by_request_id(&new.tenant_id, request_id)
                             .await? =>
                 {
+                    self.store.note(held_by(&stored)).await?;
                     return repeat(new, stored, request_id);
                 }
-                Err(StoreError::NumberTaken) => tracing::warn!(
-                    tenant = %new.tenant_id,
-                    number = invoice.number,
-                    invoice_number = %invoice.invoice_number,
-                    attempt,
-                    max_attempts = self.max_attempts,
-                    "invoice number already taken; allocating another",
-                ),
-                Err(error) => return Err(error.into()),
+                Err(StoreError::NumberTaken) => {
+                    tracing::warn!(
+                        tenant = %new.tenant_id,
+                        number = invoice.number,
+                        invoice_number = %invoice.invoice_number,
+                        attempt,
+                        max_attempts = self.max_attempts,
+                        "invoice number already taken; reserving another",
+                    );
+                    // The invoice stored under it holds it: so say.
+                    if let Some(stored) = self.store.get_by_number(&invoice).await? {
+                        self.confirm(&stored, deadline).await;
+                    }
+                    self.store.note(held_by(&invoice)).await?;
+                }
+                Err(error) => {
+                    self.give_back(&held, "the invoice was not stored", deadline)
+                        .await;
+                    return Err(error.into());
+                }
             }
         }
         Err(Error::NumberConflicts {
             tenant: new.tenant_id.to_string(),
             attempts: self.max_attempts,
         })
+    }
+
+    /// Confirms a stored invoice's number with its id, and notes it settled.
+    /// A number the allocator did not hand out (imported, seeded) is settled
+    /// with nothing to confirm; one it refuses to confirm is logged as an
+    /// error and settled (its record says why). While the allocator cannot
+    /// be reached it is left for reconciliation.
+    async fn confirm(&self, invoice: &Invoice, deadline: Instant) {
+        let confirmed = self
+            .allocator
+            .confirm(
+                &invoice.tenant_id,
+                &invoice.period,
+                invoice.number,
+                &invoice.id.to_string(),
+                deadline,
+            )
+            .await;
+        let settled = match confirmed {
+            Ok(_) => true,
+            Err(AllocatorError::Rejected(status)) if status.code() == Code::NotFound => {
+                tracing::info!(
+                    tenant = %invoice.tenant_id,
+                    invoice_number = %invoice.invoice_number,
+                    "the invoice's number was not handed out by the allocator (imported or \
+                     seeded): nothing to confirm",
+                );
+                true
+            }
+            Err(AllocatorError::Rejected(status)) if status.code() == Code::FailedPrecondition => {
+                tracing::error!(
+                    tenant = %invoice.tenant_id,
+                    invoice_number = %invoice.invoice_number,
+                    error = %status.message(),
+                    "the allocator refuses to confirm the number of a stored invoice; \
+                     see its record (GetNumber)",
+                );
+                true
+            }
+            Err(error) => {
+                tracing::warn!(
+                    tenant = %invoice.tenant_id,
+                    invoice_number = %invoice.invoice_number,
+                    error = %chain(&error),
+                    "the invoice's number is not confirmed yet; reconciliation will",
+                );
+                false
+            }
+        };
+        let note = Note::Settled {
+            tenant: &invoice.tenant_id,
+            id: invoice.id,
+        };
+        if settled && let Err(error) = self.store.note(note).await {
+            tracing::warn!(
+                tenant = %invoice.tenant_id,
+                invoice_number = %invoice.invoice_number,
+                error = %chain(&error),
+                "the invoice's number is confirmed but not noted; reconciliation will",
+            );
+        }
+    }
+
+    /// Gives back a number reserved for an invoice that was not stored, and
+    /// lets it go. A failure is logged: reconciliation (or the lease's end)
+    /// gives it back later.
+    async fn give_back(&self, held: &HeldNumber, reason: &str, deadline: Instant) {
+        let released = self
+            .allocator
+            .release(&held.tenant_id, &held.period, held.number, reason, deadline)
+            .await;
+        let done = match released {
+            // Given back before, or confirmed since: nothing to give back.
+            Ok(_) => true,
+            Err(AllocatorError::Rejected(status)) => {
+                status.code() == tonic::Code::FailedPrecondition
+            }
+            Err(AllocatorError::Unavailable(_)) => false,
+        };
+        let let_go = Note::LetGo {
+            tenant: &held.tenant_id,
+            period: &held.period,
+            number: held.number,
+        };
+        if !done || self.store.note(let_go).await.is_err() {
+            tracing::warn!(
+                tenant = %held.tenant_id,
+                period = %held.period,
+                number = held.number,
+                "a number reserved for an invoice not stored is not given back yet",
+            );
+        }
+    }
+
+    /// Settles what calls that died left behind: confirms the numbers of up
+    /// to `batch` stored invoices not settled, and gives back up to
+    /// `batch` numbers held since before `stale_before` (reserved by a call
+    /// that never stored its invoice). Each step is retried until
+    /// `deadline`.
+    ///
+    /// # Errors
+    /// The invoice store failed; what was settled before stays settled.
+    pub async fn reconcile(
+        &self,
+        stale_before: chrono::DateTime<chrono::Utc>,
+        batch: u32,
+        deadline: Instant,
+    ) -> Result<Reconciled, Error> {
+        let mut reconciled = Reconciled::default();
+        for invoice in self.store.unsettled(batch).await? {
+            self.confirm(&invoice, deadline).await;
+            reconciled.confirmed += 1;
+        }
+        for held in self.store.held_before(stale_before, batch).await? {
+            self.give_back(&held, "the invoice was not stored", deadline)
+                .await;
+            reconciled.given_back += 1;
+        }
+        Ok(reconciled)
     }
 
     /// One of the tenant's invoices.

@@ -12,12 +12,13 @@ use std::{
 };
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use numbering::{
     clock::SystemClock,
     db::Backend,
     invoices::{
         domain::Invoice,
-        store::{HighestNumber, InvoiceStore, StoreError},
+        store::{HeldNumber, HighestNumber, InvoiceStore, Note, StoreError},
     },
     proto::{
         AdvanceCounterRequest, AdvanceCounterResponse, AllocateRequest, AllocateResponse,
@@ -44,8 +45,9 @@ use uuid::Uuid;
 use crate::{
     backends,
     helpers::{
-        PATIENCE, TestDb, allocator_client, assert_reason, invoice_request, invoice_series,
-        list_all, spawn_allocator, spawn_both, spawn_writer, spawn_writer_on, test_settings,
+        PATIENCE, TestDb, allocator_client, assert_confirmed_with_ids, assert_reason,
+        invoice_request, invoice_series, list_all, spawn_allocator, spawn_both, spawn_writer,
+        spawn_writer_on, test_settings,
     },
 };
 
@@ -202,6 +204,26 @@ impl InvoiceStore for FailsAfterCommit {
     async fn highest_numbers(&self) -> Result<Vec<HighestNumber>, StoreError> {
         self.inner.highest_numbers().await
     }
+
+    async fn get_by_number(&self, invoice: &Invoice) -> Result<Option<Invoice>, StoreError> {
+        self.inner.get_by_number(invoice).await
+    }
+
+    async fn note(&self, note: Note<'_>) -> Result<(), StoreError> {
+        self.inner.note(note).await
+    }
+
+    async fn held_before(
+        &self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<HeldNumber>, StoreError> {
+        self.inner.held_before(before, limit).await
+    }
+
+    async fn unsettled(&self, limit: u32) -> Result<Vec<Invoice>, StoreError> {
+        self.inner.unsettled(limit).await
+    }
 }
 
 /// A call that failed although its invoice was stored, retried with its
@@ -276,11 +298,23 @@ async fn a_call_past_its_deadline_after_its_commit_is_repeated_by_its_retry(
 }
 
 /// Between the writer and the allocator: forwards every call, and loses
-/// every third Allocate reply after the allocator has answered.
+/// every third Allocate, Reserve and Confirm reply after the allocator has
+/// answered.
 struct LosesReplies {
     allocator: NumberAllocatorClient<Channel>,
     calls: AtomicUsize,
     lost: AtomicUsize,
+}
+
+impl LosesReplies {
+    /// The answer, or, every third call, UNAVAILABLE in its place.
+    fn lossy<T>(&self, answer: Response<T>) -> Result<Response<T>, Status> {
+        if self.calls.fetch_add(1, Ordering::SeqCst) % 3 == 2 {
+            self.lost.fetch_add(1, Ordering::SeqCst);
+            return Err(Status::unavailable("the reply was lost"));
+        }
+        Ok(answer)
+    }
 }
 
 #[tonic::async_trait]
@@ -294,11 +328,7 @@ impl NumberAllocator for LosesReplies {
             .clone()
             .allocate(request.into_inner())
             .await?;
-        if self.calls.fetch_add(1, Ordering::SeqCst) % 3 == 2 {
-            self.lost.fetch_add(1, Ordering::SeqCst);
-            return Err(Status::unavailable("the reply was lost"));
-        }
-        Ok(answer)
+        self.lossy(answer)
     }
 
     async fn get_series(
@@ -375,7 +405,8 @@ impl NumberAllocator for LosesReplies {
         &self,
         request: Request<ConfirmRequest>,
     ) -> Result<Response<ConfirmResponse>, Status> {
-        self.allocator.clone().confirm(request.into_inner()).await
+        let answer = self.allocator.clone().confirm(request.into_inner()).await?;
+        self.lossy(answer)
     }
 
     async fn void(&self, request: Request<VoidRequest>) -> Result<Response<VoidResponse>, Status> {
@@ -386,7 +417,8 @@ impl NumberAllocator for LosesReplies {
         &self,
         request: Request<ReserveRequest>,
     ) -> Result<Response<ReserveResponse>, Status> {
-        self.allocator.clone().reserve(request.into_inner()).await
+        let answer = self.allocator.clone().reserve(request.into_inner()).await?;
+        self.lossy(answer)
     }
 
     async fn release(
@@ -399,7 +431,8 @@ impl NumberAllocator for LosesReplies {
 
 /// With a third of the allocator's replies lost after it committed, 200
 /// invoices of one tenant, created eight at a time, are exactly INV-001 …
-/// INV-200: the writer's retries get their numbers back.
+/// INV-200: the writer's retries get their numbers back; and each number
+/// is confirmed with its invoice's id.
 #[apply(backends)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_allocator_replies_leave_no_gap(#[case] backend: Backend) {
@@ -436,4 +469,5 @@ async fn lost_allocator_replies_leave_no_gap(#[case] backend: Backend) {
     assert_eq!(numbers, expected, "a lost reply burned a number");
     let distinct: HashSet<&str> = invoices.iter().map(|i| i.id.as_str()).collect();
     assert_eq!(distinct.len(), 200);
+    assert_confirmed_with_ids(&mut allocator.client.clone(), "", &invoices).await;
 }

@@ -1,13 +1,14 @@
 //! Requests and calls the tests make, and waits on health.
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc};
 
 use numbering::{
     invoices::{self, domain::Numbered, store::InvoiceStore},
     proto::{
-        AdvanceCounterRequest, AllocateRequest, AllocateResponse, CreateInvoiceRequest,
-        GetSeriesRequest, Invoice, LineItem, ListInvoicesRequest, Series,
-        invoice_writer_client::InvoiceWriterClient, number_allocator_client::NumberAllocatorClient,
+        AdvanceCounterRequest, AllocateRequest, AllocateResponse, AuditSeriesRequest,
+        CreateInvoiceRequest, GetSeriesRequest, Invoice, LineItem, ListInvoicesRequest,
+        ListNumbersRequest, NumberState, Series, invoice_writer_client::InvoiceWriterClient,
+        number_allocator_client::NumberAllocatorClient,
     },
 };
 use tokio::sync::Barrier;
@@ -210,5 +211,66 @@ pub async fn list_all(client: &mut InvoiceWriterClient<Channel>, tenant: &str) -
             return invoices;
         }
         page_token = page.next_page_token;
+    }
+}
+
+/// Asserts the audit of `period` of each tenant's invoice series is clean
+/// (nothing unaccounted, reserved or given back) and that the number of each
+/// invoice, all of that period, is confirmed with the invoice's id.
+pub async fn assert_confirmed_with_ids(
+    allocator: &mut NumberAllocatorClient<Channel>,
+    period: &str,
+    invoices: &[Invoice],
+) {
+    let mut by_period: BTreeMap<(String, String), Vec<(i64, String)>> = BTreeMap::new();
+    for invoice in invoices {
+        let key = (invoice.tenant_id.clone(), period.to_owned());
+        let number = invoice.number;
+        by_period
+            .entry(key)
+            .or_default()
+            .push((number, invoice.id.clone()));
+    }
+    for ((tenant, period), mut expected) in by_period {
+        let audit = allocator
+            .audit_series(AuditSeriesRequest {
+                tenant_id: tenant.clone(),
+                series: String::new(),
+                period: period.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (audit.unaccounted, audit.reserved, audit.released),
+            (0, 0, 0),
+            "{tenant}/{period}: {audit:?}"
+        );
+        let mut confirmed = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = allocator
+                .list_numbers(ListNumbersRequest {
+                    tenant_id: tenant.clone(),
+                    period: period.clone(),
+                    state: NumberState::Confirmed.into(),
+                    page_size: 1000,
+                    page_token: token,
+                    ..ListNumbersRequest::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            confirmed.extend(page.records.into_iter().map(|r| (r.number, r.reference)));
+            token = page.next_page_token;
+            if token.is_empty() {
+                break;
+            }
+        }
+        expected.sort();
+        assert_eq!(
+            confirmed, expected,
+            "{tenant}/{period}: confirmed with their ids"
+        );
     }
 }
