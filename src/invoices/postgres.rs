@@ -12,7 +12,7 @@ use crate::{
     invoices::{
         domain::Invoice,
         sql_store::{self, Engine, SqlInvoiceStore, Stored},
-        store::{Note, StoreError, held_by},
+        store::{Note, StoreError},
     },
 };
 
@@ -68,7 +68,6 @@ impl Engine for PgEngine {
     async fn insert(&self, invoice: &Invoice, request_id: Option<&str>) -> Result<(), StoreError> {
         let mut tx = begin_durable(&self.pool).await?;
         sql_store::insert_invoice::<Postgres, Native>(&mut tx, invoice, request_id).await?;
-        sql_store::apply_note::<Postgres, Native>(&mut tx, held_by(invoice)).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::{
     invoices::{
         domain::{Client, Invoice, LineItem},
-        store::{HeldNumber, HighestNumber, InvoiceStore, Note, StoreError},
+        store::{HighestNumber, InvoiceStore, Note, NumberOf, Pending, StoreError},
     },
     request_id::RequestId,
     server::Store,
@@ -31,8 +31,7 @@ pub(crate) trait Engine: Send + Sync + 'static {
     /// The pool reads go through.
     fn pool(&self) -> &Pool<Self::Db>;
 
-    /// Inserts the invoice ([`insert_invoice`]) and lets its number go
-    /// ([`apply_note`]) in the engine's durable write.
+    /// Inserts the invoice ([`insert_invoice`]) in the engine's durable write.
     async fn insert(&self, invoice: &Invoice, request_id: Option<&str>) -> Result<(), StoreError>;
 
     /// Applies the note ([`apply_note`]) in the engine's write path.
@@ -57,7 +56,7 @@ where
     <E::Db as Database>::Arguments: IntoArguments<E::Db>,
     for<'r> RowOf<E::Stored>: FromRow<'r, <E::Db as Database>::Row> + Send + Unpin,
     for<'r> HighestNumber: FromRow<'r, <E::Db as Database>::Row>,
-    for<'r> HeldNumber: FromRow<'r, <E::Db as Database>::Row>,
+    for<'r> Pending: FromRow<'r, <E::Db as Database>::Row>,
     for<'q> <E::Stored as Stored>::Id: Encode<'q, E::Db> + Type<E::Db>,
     for<'q> &'q str: Encode<'q, E::Db> + Type<E::Db>,
     for<'q> i64: Encode<'q, E::Db> + Type<E::Db>,
@@ -88,8 +87,8 @@ where
         .transpose()
     }
 
-    async fn get_by_number(&self, invoice: &Invoice) -> Result<Option<Invoice>, StoreError> {
-        select_by_number::<E::Db, E::Stored>(self.0.pool(), invoice)
+    async fn get_by_number(&self, number: NumberOf<'_>) -> Result<Option<Invoice>, StoreError> {
+        select_by_number::<E::Db, E::Stored>(self.0.pool(), number)
             .await?
             .map(InvoiceRow::into_invoice::<E::Stored>)
             .transpose()
@@ -132,12 +131,12 @@ where
         self.0.note(note).await
     }
 
-    async fn held_before(
+    async fn pending_before(
         &self,
         before: DateTime<Utc>,
         limit: u32,
-    ) -> Result<Vec<HeldNumber>, StoreError> {
-        Ok(select_held_before(self.0.pool(), before, limit.into()).await?)
+    ) -> Result<Vec<Pending>, StoreError> {
+        Ok(select_pending_before(self.0.pool(), before, limit.into()).await?)
     }
 
     async fn unsettled(&self, limit: u32) -> Result<Vec<Invoice>, StoreError> {
@@ -315,12 +314,11 @@ where
     .await
 }
 
-/// The tenant's invoice of `invoice`'s period and number, or of its
-/// formatted number.
+/// The tenant's invoice of a period and number, or of its text.
 #[tracing::instrument(name = "db.invoices.select_by_number", skip_all, err(level = "debug"))]
 pub(crate) async fn select_by_number<DB, S>(
     pool: &Pool<DB>,
-    invoice: &Invoice,
+    number: NumberOf<'_>,
 ) -> Result<Option<RowOf<S>>, sqlx::Error>
 where
     DB: Database,
@@ -336,10 +334,10 @@ where
          WHERE tenant_id = $1 AND ((period = $2 AND number = $3) OR invoice_number = $4)
          ORDER BY period, number LIMIT 1"
     )))
-    .bind(invoice.tenant_id.as_str())
-    .bind(invoice.period.as_str())
-    .bind(invoice.number)
-    .bind(invoice.invoice_number.as_str())
+    .bind(number.tenant)
+    .bind(number.period)
+    .bind(number.number)
+    .bind(number.formatted)
     .fetch_optional(pool)
     .await
 }
@@ -428,8 +426,9 @@ where
     .await
 }
 
-/// Applies a note of the numbers held on `conn`, inside the caller's write.
-#[tracing::instrument(name = "db.held_numbers.note", skip_all, err(level = "debug"))]
+/// Applies a note of the reservations in flight on `conn`, inside the
+/// caller's write.
+#[tracing::instrument(name = "db.pending_numbers.note", skip_all, err(level = "debug"))]
 pub(crate) async fn apply_note<DB, S>(
     conn: &mut DB::Connection,
     note: Note<'_>,
@@ -441,30 +440,25 @@ where
     DB::Arguments: IntoArguments<DB>,
     for<'q> S::Id: Encode<'q, DB> + Type<DB>,
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-    for<'q> i64: Encode<'q, DB> + Type<DB>,
     for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
 {
     let query = match note {
-        // A repeated call may reserve the same number again.
-        Note::Held(held) => sqlx::query(
-            "INSERT INTO held_numbers (tenant_id, period, number, reserved_at)
+        // A repeated call asks with the same request id again.
+        Note::Pending(pending) => sqlx::query(
+            "INSERT INTO pending_numbers (tenant_id, request_key, issue_date, since)
              VALUES ($1, $2, $3, $4)
-             ON CONFLICT (tenant_id, period, number) DO NOTHING",
+             ON CONFLICT (tenant_id, request_key) DO NOTHING",
         )
-        .bind(held.tenant_id.as_str())
-        .bind(held.period.as_str())
-        .bind(held.number)
-        .bind(held.reserved_at),
-        Note::LetGo {
+        .bind(pending.tenant_id.as_str())
+        .bind(pending.request_key.as_str())
+        .bind(pending.issue_date.as_str())
+        .bind(pending.since),
+        Note::Done {
             tenant,
-            period,
-            number,
-        } => sqlx::query(
-            "DELETE FROM held_numbers WHERE tenant_id = $1 AND period = $2 AND number = $3",
-        )
-        .bind(tenant)
-        .bind(period)
-        .bind(number),
+            request_key,
+        } => sqlx::query("DELETE FROM pending_numbers WHERE tenant_id = $1 AND request_key = $2")
+            .bind(tenant)
+            .bind(request_key),
         Note::Settled { tenant, id } => sqlx::query(
             "UPDATE invoices SET number_settled = TRUE WHERE tenant_id = $1 AND id = $2",
         )
@@ -475,24 +469,24 @@ where
     Ok(())
 }
 
-/// Up to `limit` numbers held since before `before`, oldest first.
-#[tracing::instrument(name = "db.held_numbers.select_old", skip_all, err(level = "debug"))]
-pub(crate) async fn select_held_before<DB>(
+/// Up to `limit` reservations pending since before `before`, oldest first.
+#[tracing::instrument(name = "db.pending_numbers.select_old", skip_all, err(level = "debug"))]
+pub(crate) async fn select_pending_before<DB>(
     pool: &Pool<DB>,
     before: DateTime<Utc>,
     limit: i64,
-) -> Result<Vec<HeldNumber>, sqlx::Error>
+) -> Result<Vec<Pending>, sqlx::Error>
 where
     DB: Database,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     DB::Arguments: IntoArguments<DB>,
-    for<'r> HeldNumber: FromRow<'r, DB::Row>,
+    for<'r> Pending: FromRow<'r, DB::Row>,
     for<'q> i64: Encode<'q, DB> + Type<DB>,
     for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
 {
     sqlx::query_as(
-        "SELECT tenant_id, period, number, reserved_at FROM held_numbers
-         WHERE reserved_at < $1 ORDER BY reserved_at LIMIT $2",
+        "SELECT tenant_id, request_key, issue_date, since FROM pending_numbers
+         WHERE since < $1 ORDER BY since LIMIT $2",
     )
     .bind(before)
     .bind(limit)

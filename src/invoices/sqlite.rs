@@ -14,7 +14,7 @@ use crate::{
     invoices::{
         domain::Invoice,
         sql_store::{self, Engine, SqlInvoiceStore, Stored},
-        store::{Note, StoreError, held_by},
+        store::{Note, StoreError},
     },
 };
 
@@ -73,7 +73,6 @@ impl Engine for SqliteEngine {
     async fn insert(&self, invoice: &Invoice, request_id: Option<&str>) -> Result<(), StoreError> {
         let mut write = self.db.begin_write().await?;
         sql_store::insert_invoice::<Sqlite, AsText>(write.conn(), invoice, request_id).await?;
-        sql_store::apply_note::<Sqlite, AsText>(write.conn(), held_by(invoice)).await?;
         // Not acknowledged if it went to a file no longer at its path.
         write.commit().await?;
         Ok(())

@@ -21,8 +21,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[async_trait]
 pub trait InvoiceStore: Store {
     /// Stores a new invoice with the request id of the call that created it,
-    /// durably before it returns, and lets its number go from the numbers
-    /// held.
+    /// durably before it returns.
     ///
     /// # Errors
     /// [`StoreError::NumberTaken`] when the tenant already has an invoice with
@@ -41,9 +40,9 @@ pub trait InvoiceStore: Store {
         request_id: &RequestId,
     ) -> Result<Option<Invoice>, StoreError>;
 
-    /// The tenant's stored invoice that `invoice`'s number conflicts with: of
-    /// the same period and number, or the same formatted number.
-    async fn get_by_number(&self, invoice: &Invoice) -> Result<Option<Invoice>, StoreError>;
+    /// The tenant's stored invoice that holds a number: of its period and
+    /// number, or of its formatted text.
+    async fn get_by_number(&self, number: NumberOf<'_>) -> Result<Option<Invoice>, StoreError>;
 
     /// One of the tenant's invoices; `None` for an unknown id or another tenant's.
     async fn get(&self, tenant: &TenantId, id: Uuid) -> Result<Option<Invoice>, StoreError>;
@@ -61,59 +60,74 @@ pub trait InvoiceStore: Store {
     /// as numbers.
     async fn highest_numbers(&self) -> Result<Vec<HighestNumber>, StoreError>;
 
-    /// Applies one bookkeeping write of the numbers the writer holds.
+    /// Applies one bookkeeping write of the reservations in flight.
     async fn note(&self, note: Note<'_>) -> Result<(), StoreError>;
 
-    /// Up to `limit` numbers held since before `before`, oldest first: left
-    /// by calls that died, if `before` is older than any call runs.
-    async fn held_before(
+    /// Up to `limit` reservations pending since before `before`, oldest
+    /// first: left by calls that died, if `before` is older than any call
+    /// runs.
+    async fn pending_before(
         &self,
         before: DateTime<Utc>,
         limit: u32,
-    ) -> Result<Vec<HeldNumber>, StoreError>;
+    ) -> Result<Vec<Pending>, StoreError>;
 
     /// Up to `limit` invoices whose number is not settled with the
     /// allocator, oldest first.
     async fn unsettled(&self, limit: u32) -> Result<Vec<Invoice>, StoreError>;
 }
 
-/// A number reserved for an invoice not stored yet.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct HeldNumber {
+/// One number of a tenant's invoice series.
+#[derive(Debug, Clone, Copy)]
+pub struct NumberOf<'a> {
     /// The tenant.
-    pub tenant_id: String,
+    pub tenant: &'a str,
     /// The number's period.
-    pub period: String,
+    pub period: &'a str,
     /// The number.
     pub number: i64,
-    /// When it was reserved.
-    pub reserved_at: DateTime<Utc>,
+    /// Its text.
+    pub formatted: &'a str,
 }
 
-/// The note that lets the invoice's number go from the numbers held: it is
-/// stored now.
-#[must_use]
-pub fn held_by(invoice: &Invoice) -> Note<'_> {
-    Note::LetGo {
-        tenant: &invoice.tenant_id,
-        period: &invoice.period,
-        number: invoice.number,
+impl<'a> NumberOf<'a> {
+    /// The number an invoice holds.
+    #[must_use]
+    pub fn held_by(invoice: &'a Invoice) -> Self {
+        Self {
+            tenant: &invoice.tenant_id,
+            period: &invoice.period,
+            number: invoice.number,
+            formatted: &invoice.invoice_number,
+        }
     }
 }
 
-/// A bookkeeping write of the numbers the writer holds.
+/// A reservation asked for an invoice not stored yet.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Pending {
+    /// The tenant.
+    pub tenant_id: String,
+    /// The request id the reservation is asked with: a repeat answers the
+    /// same number.
+    pub request_key: String,
+    /// The invoice's date, `YYYY-MM-DD`, or empty for today.
+    pub issue_date: String,
+    /// When it was asked for.
+    pub since: DateTime<Utc>,
+}
+
+/// A bookkeeping write of the reservations in flight.
 #[derive(Debug, Clone, Copy)]
 pub enum Note<'a> {
-    /// A number was reserved for an invoice about to be stored.
-    Held(&'a HeldNumber),
-    /// A held number was given back, or confirmed to another invoice.
-    LetGo {
+    /// A reservation is about to be asked for.
+    Pending(&'a Pending),
+    /// The reservation's number is stored with an invoice, or given back.
+    Done {
         /// The tenant.
         tenant: &'a str,
-        /// The number's period.
-        period: &'a str,
-        /// The number.
-        number: i64,
+        /// The request id it was asked with.
+        request_key: &'a str,
     },
     /// The invoice's number is settled with the allocator: confirmed with
     /// its id, or not one it handed out.

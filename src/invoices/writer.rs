@@ -15,7 +15,7 @@ use crate::{
     invoices::{
         allocator_client::{AllocatorClient, AllocatorError},
         domain::{Invoice, NewInvoice, Numbered},
-        store::{HeldNumber, InvoiceStore, Note, StoreError, held_by},
+        store::{InvoiceStore, Note, NumberOf, Pending, StoreError},
     },
     page::Page,
     proto::NumberRecord,
@@ -75,7 +75,7 @@ impl From<StoreError> for Error {
 pub struct Reconciled {
     /// Stored invoices whose number it settled (or tried to).
     pub confirmed: u32,
-    /// Numbers left held that it gave back (or tried to).
+    /// Reservations left pending that it gave back.
     pub given_back: u32,
 }
 
@@ -207,26 +207,39 @@ impl InvoiceWriter {
             .unwrap_or_default();
         for attempt in 1..=self.max_attempts {
             let key = call.attempt(attempt);
-            let reserved = self
+            // Noted first: a crash from here on leaves a row that
+            // reconciliation settles by repeating the reservation.
+            let pending = Pending {
+                tenant_id: new.tenant_id.to_string(),
+                request_key: key.clone(),
+                issue_date: issue_date.clone(),
+                since: self.clock.now(),
+            };
+            self.store.note(Note::Pending(&pending)).await?;
+            let done = Note::Done {
+                tenant: new.tenant_id.as_str(),
+                request_key: &key,
+            };
+            let reserved = match self
                 .allocator
                 .reserve(&new.tenant_id, &issue_date, &key, Duration::ZERO, deadline)
-                .await?;
-            let number = numbered(reserved)?;
-            let held = HeldNumber {
-                tenant_id: new.tenant_id.to_string(),
-                period: number.period.clone(),
-                number: number.value,
-                reserved_at: self.clock.now(),
+                .await
+            {
+                Ok(reserved) => reserved,
+                // Refused: nothing was reserved. Otherwise it may have been:
+                // the row stays for reconciliation.
+                Err(error @ AllocatorError::Rejected(_)) => {
+                    self.store.note(done).await?;
+                    return Err(error.into());
+                }
+                Err(error) => return Err(error.into()),
             };
-            if let Err(error) = self.store.note(Note::Held(&held)).await {
-                self.give_back(&held, "the invoice store failed", deadline)
-                    .await;
-                return Err(error.into());
-            }
+            let number = numbered(reserved)?;
             let invoice = new.numbered(number, self.clock.new_id(), self.clock.now());
             match self.store.insert(&invoice, request_id).await {
                 Ok(()) => {
                     self.confirm(&invoice, deadline).await;
+                    self.let_go(done).await;
                     return Ok(Created {
                         invoice,
                         replayed: false,
@@ -242,7 +255,7 @@ impl InvoiceWriter {
                             .get_by_request_id(&new.tenant_id, request_id)
                             .await? =>
                 {
-                    self.store.note(held_by(&stored)).await?;
+                    self.let_go(done).await;
                     return repeat(new, stored, request_id);
                 }
                 Err(StoreError::NumberTaken) => {
@@ -255,14 +268,23 @@ impl InvoiceWriter {
                         "invoice number already taken; reserving another",
                     );
                     // The invoice stored under it holds it: so say.
-                    if let Some(stored) = self.store.get_by_number(&invoice).await? {
+                    let holder = self
+                        .store
+                        .get_by_number(NumberOf::held_by(&invoice))
+                        .await?;
+                    if let Some(stored) = holder {
                         self.confirm(&stored, deadline).await;
                     }
-                    self.store.note(held_by(&invoice)).await?;
+                    self.let_go(done).await;
                 }
                 Err(error) => {
-                    self.give_back(&held, "the invoice was not stored", deadline)
-                        .await;
+                    let number = NumberOf::held_by(&invoice);
+                    if self
+                        .give_back(number, "the invoice was not stored", deadline)
+                        .await
+                    {
+                        self.let_go(done).await;
+                    }
                     return Err(error.into());
                 }
             }
@@ -271,6 +293,15 @@ impl InvoiceWriter {
             tenant: new.tenant_id.to_string(),
             attempts: self.max_attempts,
         })
+    }
+
+    /// Deletes a pending reservation's row; a failure is logged, and
+    /// reconciliation settles the row later (its number is stored or given
+    /// back, so settling it changes nothing).
+    async fn let_go(&self, done: Note<'_>) {
+        if let Err(error) = self.store.note(done).await {
+            tracing::warn!(error = %chain(&error), "a settled reservation is still noted pending");
+        }
     }
 
     /// Confirms a stored invoice's number with its id, and notes it settled.
@@ -334,41 +365,43 @@ impl InvoiceWriter {
         }
     }
 
-    /// Gives back a number reserved for an invoice that was not stored, and
-    /// lets it go. A failure is logged: reconciliation (or the lease's end)
-    /// gives it back later.
-    async fn give_back(&self, held: &HeldNumber, reason: &str, deadline: Instant) {
+    /// Gives back a number reserved for an invoice that was not stored;
+    /// whether it is given back (or was, or is confirmed since). A failure is
+    /// logged: reconciliation, or the lease's end, gives it back later.
+    async fn give_back(&self, number: NumberOf<'_>, reason: &str, deadline: Instant) -> bool {
         let released = self
             .allocator
-            .release(&held.tenant_id, &held.period, held.number, reason, deadline)
+            .release(
+                number.tenant,
+                number.period,
+                number.number,
+                reason,
+                deadline,
+            )
             .await;
-        let done = match released {
-            // Given back before, or confirmed since: nothing to give back.
+        match released {
             Ok(_) => true,
-            Err(AllocatorError::Rejected(status)) => {
-                status.code() == tonic::Code::FailedPrecondition
+            // Given back before, or confirmed since: nothing to give back.
+            Err(AllocatorError::Rejected(status)) if status.code() == Code::FailedPrecondition => {
+                true
             }
-            Err(AllocatorError::Unavailable(_)) => false,
-        };
-        let let_go = Note::LetGo {
-            tenant: &held.tenant_id,
-            period: &held.period,
-            number: held.number,
-        };
-        if !done || self.store.note(let_go).await.is_err() {
-            tracing::warn!(
-                tenant = %held.tenant_id,
-                period = %held.period,
-                number = held.number,
-                "a number reserved for an invoice not stored is not given back yet",
-            );
+            Err(error) => {
+                tracing::warn!(
+                    tenant = %number.tenant,
+                    invoice_number = %number.formatted,
+                    error = %chain(&error),
+                    "a number reserved for an invoice not stored is not given back yet",
+                );
+                false
+            }
         }
     }
 
     /// Settles what calls that died left behind: confirms the numbers of up
-    /// to `batch` stored invoices not settled, and gives back up to
-    /// `batch` numbers held since before `stale_before` (reserved by a call
-    /// that never stored its invoice). Each step is retried until
+    /// to `batch` stored invoices not settled, and settles up to `batch`
+    /// reservations pending since before `stale_before`: each is repeated
+    /// (same request id, same number), then confirmed to the invoice stored
+    /// under its number, or given back. Each call is retried until
     /// `deadline`.
     ///
     /// # Errors
@@ -384,12 +417,69 @@ impl InvoiceWriter {
             self.confirm(&invoice, deadline).await;
             reconciled.confirmed += 1;
         }
-        for held in self.store.held_before(stale_before, batch).await? {
-            self.give_back(&held, "the invoice was not stored", deadline)
-                .await;
-            reconciled.given_back += 1;
+        for pending in self.store.pending_before(stale_before, batch).await? {
+            if self.settle(&pending, deadline).await? {
+                reconciled.given_back += 1;
+            }
         }
         Ok(reconciled)
+    }
+
+    /// Settles a reservation a call that died left pending; whether it was
+    /// given back.
+    async fn settle(&self, pending: &Pending, deadline: Instant) -> Result<bool, Error> {
+        let done = Note::Done {
+            tenant: &pending.tenant_id,
+            request_key: &pending.request_key,
+        };
+        let Ok(tenant) = TenantId::parse(&pending.tenant_id) else {
+            // Not a tenant any call could have reserved for: nothing to settle.
+            self.store.note(done).await?;
+            return Ok(false);
+        };
+        let repeated = self
+            .allocator
+            .reserve(
+                &tenant,
+                &pending.issue_date,
+                &pending.request_key,
+                Duration::ZERO,
+                deadline,
+            )
+            .await;
+        let record = match repeated {
+            Ok(record) => record,
+            Err(AllocatorError::Rejected(status)) => {
+                tracing::error!(
+                    tenant = %pending.tenant_id,
+                    request_key = %pending.request_key,
+                    error = %status.message(),
+                    "a pending reservation cannot be repeated; left for its lease to end",
+                );
+                self.store.note(done).await?;
+                return Ok(false);
+            }
+            // Tried again at the next reconciliation.
+            Err(AllocatorError::Unavailable(_)) => return Ok(false),
+        };
+        let number = NumberOf {
+            tenant: &pending.tenant_id,
+            period: &record.period,
+            number: record.number,
+            formatted: &record.formatted,
+        };
+        if let Some(stored) = self.store.get_by_number(number).await? {
+            self.confirm(&stored, deadline).await;
+            self.store.note(done).await?;
+            return Ok(false);
+        }
+        let given_back = self
+            .give_back(number, "the invoice was not stored", deadline)
+            .await;
+        if given_back {
+            self.store.note(done).await?;
+        }
+        Ok(given_back)
     }
 
     /// One of the tenant's invoices.

@@ -18,7 +18,7 @@ use numbering::{
     db::Backend,
     invoices::{
         domain::Invoice,
-        store::{HeldNumber, HighestNumber, InvoiceStore, Note, StoreError},
+        store::{HighestNumber, InvoiceStore, Note, NumberOf, Pending, StoreError},
     },
     proto::{
         AdvanceCounterRequest, AdvanceCounterResponse, AllocateRequest, AllocateResponse,
@@ -205,20 +205,20 @@ impl InvoiceStore for FailsAfterCommit {
         self.inner.highest_numbers().await
     }
 
-    async fn get_by_number(&self, invoice: &Invoice) -> Result<Option<Invoice>, StoreError> {
-        self.inner.get_by_number(invoice).await
+    async fn get_by_number(&self, number: NumberOf<'_>) -> Result<Option<Invoice>, StoreError> {
+        self.inner.get_by_number(number).await
     }
 
     async fn note(&self, note: Note<'_>) -> Result<(), StoreError> {
         self.inner.note(note).await
     }
 
-    async fn held_before(
+    async fn pending_before(
         &self,
         before: DateTime<Utc>,
         limit: u32,
-    ) -> Result<Vec<HeldNumber>, StoreError> {
-        self.inner.held_before(before, limit).await
+    ) -> Result<Vec<Pending>, StoreError> {
+        self.inner.pending_before(before, limit).await
     }
 
     async fn unsettled(&self, limit: u32) -> Result<Vec<Invoice>, StoreError> {
