@@ -6,7 +6,7 @@ use std::{
     collections::HashSet,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::Duration,
 };
@@ -21,33 +21,22 @@ use numbering::{
         store::{HighestNumber, InvoiceStore, Note, NumberOf, Pending, StoreError},
     },
     proto::{
-        AdvanceCounterRequest, AdvanceCounterResponse, AllocateRequest, AllocateResponse,
-        AuditSeriesRequest, AuditSeriesResponse, ConfigureSeriesRequest, ConfigureSeriesResponse,
-        ConfirmRequest, ConfirmResponse, CreateInvoiceRequest, CreateInvoiceResponse,
-        GetNumberRequest, GetNumberResponse, GetSeriesRequest, GetSeriesResponse,
-        ListNumbersRequest, ListNumbersResponse, ListSeriesRequest, ListSeriesResponse,
-        ReleaseRequest, ReleaseResponse, ReserveRequest, ReserveResponse, VoidRequest,
-        VoidResponse,
-        invoice_writer_client::InvoiceWriterClient,
-        number_allocator_client::NumberAllocatorClient,
-        number_allocator_server::{NumberAllocator, NumberAllocatorServer},
+        CreateInvoiceRequest, CreateInvoiceResponse, invoice_writer_client::InvoiceWriterClient,
     },
     request_id::RequestId,
     server::{ServerSettings, Store},
     tenant::TenantId,
 };
 use rstest_reuse::apply;
-use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Code, Request, Response, Status, transport::Channel};
 use uuid::Uuid;
 
 use crate::{
     backends,
     helpers::{
-        PATIENCE, TestDb, allocator_client, assert_confirmed_with_ids, assert_reason,
-        invoice_request, invoice_series, list_all, spawn_allocator, spawn_both, spawn_writer,
-        spawn_writer_on, test_settings,
+        AllocatorProxy, Fault, PATIENCE, TestDb, allocator_client, assert_confirmed_with_ids,
+        assert_reason, invoice_request, invoice_series, list_all, spawn_allocator, spawn_both,
+        spawn_writer, spawn_writer_on, test_settings,
     },
 };
 
@@ -297,138 +286,6 @@ async fn a_call_past_its_deadline_after_its_commit_is_repeated_by_its_retry(
     .await;
 }
 
-/// Between the writer and the allocator: forwards every call, and loses
-/// every third Allocate, Reserve and Confirm reply after the allocator has
-/// answered.
-struct LosesReplies {
-    allocator: NumberAllocatorClient<Channel>,
-    calls: AtomicUsize,
-    lost: AtomicUsize,
-}
-
-impl LosesReplies {
-    /// The answer, or, every third call, UNAVAILABLE in its place.
-    fn lossy<T>(&self, answer: Response<T>) -> Result<Response<T>, Status> {
-        if self.calls.fetch_add(1, Ordering::SeqCst) % 3 == 2 {
-            self.lost.fetch_add(1, Ordering::SeqCst);
-            return Err(Status::unavailable("the reply was lost"));
-        }
-        Ok(answer)
-    }
-}
-
-#[tonic::async_trait]
-impl NumberAllocator for LosesReplies {
-    async fn allocate(
-        &self,
-        request: Request<AllocateRequest>,
-    ) -> Result<Response<AllocateResponse>, Status> {
-        let answer = self
-            .allocator
-            .clone()
-            .allocate(request.into_inner())
-            .await?;
-        self.lossy(answer)
-    }
-
-    async fn get_series(
-        &self,
-        request: Request<GetSeriesRequest>,
-    ) -> Result<Response<GetSeriesResponse>, Status> {
-        self.allocator
-            .clone()
-            .get_series(request.into_inner())
-            .await
-    }
-
-    async fn list_series(
-        &self,
-        request: Request<ListSeriesRequest>,
-    ) -> Result<Response<ListSeriesResponse>, Status> {
-        self.allocator
-            .clone()
-            .list_series(request.into_inner())
-            .await
-    }
-
-    async fn advance_counter(
-        &self,
-        request: Request<AdvanceCounterRequest>,
-    ) -> Result<Response<AdvanceCounterResponse>, Status> {
-        self.allocator
-            .clone()
-            .advance_counter(request.into_inner())
-            .await
-    }
-
-    async fn configure_series(
-        &self,
-        request: Request<ConfigureSeriesRequest>,
-    ) -> Result<Response<ConfigureSeriesResponse>, Status> {
-        self.allocator
-            .clone()
-            .configure_series(request.into_inner())
-            .await
-    }
-
-    async fn audit_series(
-        &self,
-        request: Request<AuditSeriesRequest>,
-    ) -> Result<Response<AuditSeriesResponse>, Status> {
-        self.allocator
-            .clone()
-            .audit_series(request.into_inner())
-            .await
-    }
-
-    async fn get_number(
-        &self,
-        request: Request<GetNumberRequest>,
-    ) -> Result<Response<GetNumberResponse>, Status> {
-        self.allocator
-            .clone()
-            .get_number(request.into_inner())
-            .await
-    }
-
-    async fn list_numbers(
-        &self,
-        request: Request<ListNumbersRequest>,
-    ) -> Result<Response<ListNumbersResponse>, Status> {
-        self.allocator
-            .clone()
-            .list_numbers(request.into_inner())
-            .await
-    }
-
-    async fn confirm(
-        &self,
-        request: Request<ConfirmRequest>,
-    ) -> Result<Response<ConfirmResponse>, Status> {
-        let answer = self.allocator.clone().confirm(request.into_inner()).await?;
-        self.lossy(answer)
-    }
-
-    async fn void(&self, request: Request<VoidRequest>) -> Result<Response<VoidResponse>, Status> {
-        self.allocator.clone().void(request.into_inner()).await
-    }
-
-    async fn reserve(
-        &self,
-        request: Request<ReserveRequest>,
-    ) -> Result<Response<ReserveResponse>, Status> {
-        let answer = self.allocator.clone().reserve(request.into_inner()).await?;
-        self.lossy(answer)
-    }
-
-    async fn release(
-        &self,
-        request: Request<ReleaseRequest>,
-    ) -> Result<Response<ReleaseResponse>, Status> {
-        self.allocator.clone().release(request.into_inner()).await
-    }
-}
-
 /// With a third of the allocator's replies lost after it committed, 200
 /// invoices of one tenant, created eight at a time, are exactly INV-001 …
 /// INV-200: the writer's retries get their numbers back; and each number
@@ -437,18 +294,8 @@ impl NumberAllocator for LosesReplies {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_allocator_replies_leave_no_gap(#[case] backend: Backend) {
     let allocator = spawn_allocator(backend).await;
-    let proxy = Arc::new(LosesReplies {
-        allocator: allocator.client.clone(),
-        calls: AtomicUsize::new(0),
-        lost: AtomicUsize::new(0),
-    });
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proxy_url = format!("http://{}", listener.local_addr().unwrap());
-    let serving = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(NumberAllocatorServer::from_arc(proxy.clone()))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
+    let proxy = AllocatorProxy::new(allocator.client.clone(), Fault::LoseEveryThird);
+    let (proxy_url, serving) = proxy.serve().await;
     let mut writer = spawn_writer(backend, &proxy_url, 3).await;
 
     for _ in 0..25 {
@@ -459,10 +306,7 @@ async fn lost_allocator_replies_leave_no_gap(#[case] backend: Backend) {
     }
     serving.abort();
 
-    assert!(
-        proxy.lost.load(Ordering::SeqCst) >= 66,
-        "too few replies were lost"
-    );
+    assert!(proxy.lost() >= 66, "too few replies were lost");
     let invoices = list_all(&mut writer.client, "acme").await;
     let numbers: Vec<String> = invoices.iter().map(|i| i.invoice_number.clone()).collect();
     let expected: Vec<String> = (1..=200).map(|n| format!("INV-{n:03}")).collect();

@@ -29,6 +29,7 @@ mod invoices;
 mod numbers;
 mod pg_server;
 mod processes;
+mod reconcile;
 mod request_ids;
 mod reservations;
 mod series;

@@ -11,6 +11,7 @@ mod clock;
 mod db;
 mod logs;
 mod processes;
+mod proxy;
 
 pub use apps::*;
 pub use asserts::*;
@@ -20,6 +21,7 @@ pub use clock::*;
 pub use db::*;
 pub use logs::*;
 pub use processes::*;
+pub use proxy::*;
 
 /// Longest any wait on a condition may take before the test fails.
 pub const PATIENCE: Duration = Duration::from_mins(1);

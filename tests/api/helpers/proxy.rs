@@ -1,0 +1,220 @@
+//! A proxy between the writer and the allocator that forwards every call and
+//! fails some replies after the allocator has answered: lost, or never sent.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, AtomicUsize, Ordering},
+};
+
+use numbering::proto::{
+    AdvanceCounterRequest, AdvanceCounterResponse, AllocateRequest, AllocateResponse,
+    AuditSeriesRequest, AuditSeriesResponse, ConfigureSeriesRequest, ConfigureSeriesResponse,
+    ConfirmRequest, ConfirmResponse, GetNumberRequest, GetNumberResponse, GetSeriesRequest,
+    GetSeriesResponse, ListNumbersRequest, ListNumbersResponse, ListSeriesRequest,
+    ListSeriesResponse, ReleaseRequest, ReleaseResponse, ReserveRequest, ReserveResponse,
+    VoidRequest, VoidResponse,
+    number_allocator_client::NumberAllocatorClient,
+    number_allocator_server::{NumberAllocator, NumberAllocatorServer},
+};
+use tokio::{net::TcpListener, sync::Notify, task::JoinHandle};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status, transport::Channel};
+
+/// The calls whose replies a proxy may fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Allocate,
+    Reserve,
+    Confirm,
+}
+
+/// What a proxy does to the replies of Allocate, Reserve and Confirm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Every third is lost: UNAVAILABLE in its place.
+    LoseEveryThird,
+    /// The first of `Method` after the allocator answered is never sent:
+    /// the caller waits, and [`AllocatorProxy::hung`] is notified.
+    Hang(Method),
+}
+
+/// Forwards every call to the allocator, failing replies as its fault says.
+pub struct AllocatorProxy {
+    allocator: NumberAllocatorClient<Channel>,
+    fault: Fault,
+    calls: AtomicUsize,
+    lost: AtomicUsize,
+    hanging: AtomicBool,
+    hung: Notify,
+}
+
+impl AllocatorProxy {
+    pub fn new(allocator: NumberAllocatorClient<Channel>, fault: Fault) -> Arc<Self> {
+        Arc::new(Self {
+            allocator,
+            fault,
+            calls: AtomicUsize::new(0),
+            lost: AtomicUsize::new(0),
+            hanging: AtomicBool::new(false),
+            hung: Notify::new(),
+        })
+    }
+
+    /// Serves the proxy on port 0; its URL, and the task serving it.
+    pub async fn serve(self: &Arc<Self>) -> (String, JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let service = NumberAllocatorServer::from_arc(self.clone());
+        let serving = tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(TcpListenerStream::new(listener))
+                .await
+                .unwrap();
+        });
+        (url, serving)
+    }
+
+    /// How many replies were lost.
+    pub fn lost(&self) -> usize {
+        self.lost.load(Ordering::SeqCst)
+    }
+
+    /// Waits until a reply hangs.
+    pub async fn hung(&self) {
+        self.hung.notified().await;
+    }
+
+    /// The allocator's answer to a call of `method`, as the fault says.
+    async fn after<T>(&self, method: Method, answer: Response<T>) -> Result<Response<T>, Status> {
+        match self.fault {
+            Fault::LoseEveryThird => {
+                if self.calls.fetch_add(1, Ordering::SeqCst) % 3 == 2 {
+                    self.lost.fetch_add(1, Ordering::SeqCst);
+                    return Err(Status::unavailable("the reply was lost"));
+                }
+            }
+            Fault::Hang(hanging)
+                if hanging == method && !self.hanging.swap(true, Ordering::SeqCst) =>
+            {
+                // Stored: notify_one wakes a waiter that comes later too.
+                self.hung.notify_one();
+                std::future::pending::<()>().await;
+            }
+            Fault::Hang(_) => {}
+        }
+        Ok(answer)
+    }
+}
+
+#[tonic::async_trait]
+impl NumberAllocator for AllocatorProxy {
+    async fn allocate(
+        &self,
+        request: Request<AllocateRequest>,
+    ) -> Result<Response<AllocateResponse>, Status> {
+        let answer = self
+            .allocator
+            .clone()
+            .allocate(request.into_inner())
+            .await?;
+        self.after(Method::Allocate, answer).await
+    }
+
+    async fn get_series(
+        &self,
+        request: Request<GetSeriesRequest>,
+    ) -> Result<Response<GetSeriesResponse>, Status> {
+        self.allocator
+            .clone()
+            .get_series(request.into_inner())
+            .await
+    }
+
+    async fn list_series(
+        &self,
+        request: Request<ListSeriesRequest>,
+    ) -> Result<Response<ListSeriesResponse>, Status> {
+        self.allocator
+            .clone()
+            .list_series(request.into_inner())
+            .await
+    }
+
+    async fn advance_counter(
+        &self,
+        request: Request<AdvanceCounterRequest>,
+    ) -> Result<Response<AdvanceCounterResponse>, Status> {
+        self.allocator
+            .clone()
+            .advance_counter(request.into_inner())
+            .await
+    }
+
+    async fn configure_series(
+        &self,
+        request: Request<ConfigureSeriesRequest>,
+    ) -> Result<Response<ConfigureSeriesResponse>, Status> {
+        self.allocator
+            .clone()
+            .configure_series(request.into_inner())
+            .await
+    }
+
+    async fn audit_series(
+        &self,
+        request: Request<AuditSeriesRequest>,
+    ) -> Result<Response<AuditSeriesResponse>, Status> {
+        self.allocator
+            .clone()
+            .audit_series(request.into_inner())
+            .await
+    }
+
+    async fn get_number(
+        &self,
+        request: Request<GetNumberRequest>,
+    ) -> Result<Response<GetNumberResponse>, Status> {
+        self.allocator
+            .clone()
+            .get_number(request.into_inner())
+            .await
+    }
+
+    async fn list_numbers(
+        &self,
+        request: Request<ListNumbersRequest>,
+    ) -> Result<Response<ListNumbersResponse>, Status> {
+        self.allocator
+            .clone()
+            .list_numbers(request.into_inner())
+            .await
+    }
+
+    async fn confirm(
+        &self,
+        request: Request<ConfirmRequest>,
+    ) -> Result<Response<ConfirmResponse>, Status> {
+        let answer = self.allocator.clone().confirm(request.into_inner()).await?;
+        self.after(Method::Confirm, answer).await
+    }
+
+    async fn void(&self, request: Request<VoidRequest>) -> Result<Response<VoidResponse>, Status> {
+        self.allocator.clone().void(request.into_inner()).await
+    }
+
+    async fn reserve(
+        &self,
+        request: Request<ReserveRequest>,
+    ) -> Result<Response<ReserveResponse>, Status> {
+        let answer = self.allocator.clone().reserve(request.into_inner()).await?;
+        self.after(Method::Reserve, answer).await
+    }
+
+    async fn release(
+        &self,
+        request: Request<ReleaseRequest>,
+    ) -> Result<Response<ReleaseResponse>, Status> {
+        self.allocator.clone().release(request.into_inner()).await
+    }
+}

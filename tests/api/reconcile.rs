@@ -1,0 +1,161 @@
+//! A writer process killed with SIGKILL part-way through CreateInvoice, and
+//! started again: it settles what the call left behind. No number is stored
+//! twice, every stored invoice's number is confirmed with its id, and the
+//! number of an invoice never stored is given back.
+
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use numbering::{
+    db::Backend,
+    proto::{
+        AuditSeriesRequest, AuditSeriesResponse, GetNumberRequest, NumberState,
+        invoice_writer_client::InvoiceWriterClient, number_allocator_client::NumberAllocatorClient,
+    },
+};
+use rstest_reuse::apply;
+use tonic::transport::Channel;
+
+use crate::{
+    backends,
+    helpers::{
+        AllocatorProxy, Fault, Method, PATIENCE, Running, TestDb, assert_confirmed_with_ids,
+        create, invoice_request, list_all, spawn_allocator, start, writer_binary,
+    },
+};
+
+/// A writer binary on `db` numbering through `allocator_url`, reconciling
+/// every 100 ms; with a 1 s request time-out, a reservation pending longer
+/// was left by a call that died.
+async fn writer(db: &TestDb, allocator_url: &str) -> Running {
+    let mut command = writer_binary(&db.url, allocator_url);
+    command.args(["--reconcile-interval", "100ms", "--request-timeout", "1s"]);
+    start(command).await
+}
+
+/// Starts a CreateInvoice through `writer`, waits until the proxy holds the
+/// reply it was told to, and kills the writer with SIGKILL.
+async fn kill_mid_call(writer: Running, proxy: &AllocatorProxy) {
+    let mut client = InvoiceWriterClient::connect(writer.url()).await.unwrap();
+    let call = tokio::spawn(async move { client.create_invoice(invoice_request("acme")).await });
+    tokio::time::timeout(PATIENCE, proxy.hung())
+        .await
+        .expect("the call reaches the held reply");
+    kill(writer.pid(), Signal::SIGKILL).unwrap();
+    let (status, logged) = writer.wait().await;
+    assert_eq!(status.code(), None, "not killed: {logged:?}");
+    assert!(call.await.unwrap().is_err(), "the killed call answered");
+}
+
+/// The audit of acme's invoice series.
+async fn audit(allocator: &mut NumberAllocatorClient<Channel>) -> AuditSeriesResponse {
+    let request = AuditSeriesRequest {
+        tenant_id: "acme".into(),
+        ..AuditSeriesRequest::default()
+    };
+    allocator.audit_series(request).await.unwrap().into_inner()
+}
+
+/// Waits until the audit of acme's series satisfies `settled`.
+async fn wait_for_audit(
+    allocator: &mut NumberAllocatorClient<Channel>,
+    settled: impl Fn(&AuditSeriesResponse) -> bool,
+) {
+    let waited = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let audit = audit(allocator).await;
+            if settled(&audit) {
+                return;
+            }
+            // Reconciliation runs every 100 ms: look again at that pace.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        waited.is_ok(),
+        "not reconciled: {:?}",
+        audit(allocator).await
+    );
+}
+
+/// Killed after the allocator reserved the number, before the writer
+/// stored its invoice: the restarted writer gives the number back (voided,
+/// with its reason), and the next invoice takes the next number.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_number_reserved_for_an_invoice_never_stored_is_given_back(#[case] backend: Backend) {
+    let mut allocator = spawn_allocator(backend).await;
+    let proxy = AllocatorProxy::new(allocator.client.clone(), Fault::Hang(Method::Reserve));
+    let (proxy_url, _serving) = proxy.serve().await;
+    let db = TestDb::create(backend).await;
+    kill_mid_call(writer(&db, &proxy_url).await, &proxy).await;
+    assert_eq!(audit(&mut allocator.client).await.reserved, 1);
+
+    let restarted = writer(&db, &allocator.server.url()).await;
+    wait_for_audit(&mut allocator.client, |audit| {
+        (audit.reserved, audit.voided) == (0, 1)
+    })
+    .await;
+    let first = allocator
+        .client
+        .get_number(GetNumberRequest {
+            tenant_id: "acme".into(),
+            number: 1,
+            ..GetNumberRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .record
+        .unwrap();
+    assert_eq!(
+        (first.state(), first.reason.as_str()),
+        (NumberState::Voided, "the invoice was not stored")
+    );
+
+    let mut client = InvoiceWriterClient::connect(restarted.url()).await.unwrap();
+    assert_eq!(create(&mut client, "acme").await.invoice_number, "INV-002");
+    let invoices = list_all(&mut client, "acme").await;
+    assert_eq!(invoices.len(), 1);
+    assert_confirmed_with_ids(&mut allocator.client, "", &invoices).await;
+    let audit = audit(&mut allocator.client).await;
+    assert_eq!(
+        (
+            audit.last_value,
+            audit.confirmed,
+            audit.voided,
+            audit.unaccounted
+        ),
+        (2, 1, 1, 0)
+    );
+}
+
+/// Killed after the invoice was stored, before its number was confirmed:
+/// the restarted writer confirms it with the invoice's id.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_invoice_s_number_is_confirmed_after_a_crash(#[case] backend: Backend) {
+    let mut allocator = spawn_allocator(backend).await;
+    let proxy = AllocatorProxy::new(allocator.client.clone(), Fault::Hang(Method::Confirm));
+    let (proxy_url, _serving) = proxy.serve().await;
+    let db = TestDb::create(backend).await;
+    kill_mid_call(writer(&db, &proxy_url).await, &proxy).await;
+
+    let restarted = writer(&db, &allocator.server.url()).await;
+    wait_for_audit(&mut allocator.client, |audit| audit.confirmed == 1).await;
+    let mut client = InvoiceWriterClient::connect(restarted.url()).await.unwrap();
+    let invoices = list_all(&mut client, "acme").await;
+    let numbers: Vec<&str> = invoices.iter().map(|i| i.invoice_number.as_str()).collect();
+    assert_eq!(numbers, ["INV-001"], "stored once");
+    assert_confirmed_with_ids(&mut allocator.client, "", &invoices).await;
+
+    assert_eq!(create(&mut client, "acme").await.invoice_number, "INV-002");
+    let invoices = list_all(&mut client, "acme").await;
+    assert_confirmed_with_ids(&mut allocator.client, "", &invoices).await;
+    let audit = audit(&mut allocator.client).await;
+    assert_eq!(
+        (audit.last_value, audit.confirmed, audit.unaccounted),
+        (2, 2, 0)
+    );
+}
