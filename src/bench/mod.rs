@@ -22,7 +22,10 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::{
     bench::verify::{Ack, Verification, verify},
-    proto::{AllocateRequest, number_allocator_client::NumberAllocatorClient},
+    proto::{
+        AllocateRequest, ConfirmRequest, ReserveRequest,
+        number_allocator_client::NumberAllocatorClient,
+    },
 };
 
 /// Which call the clients make.
@@ -30,6 +33,8 @@ use crate::{
 pub enum Call {
     /// `Allocate`.
     Allocate,
+    /// `Reserve` of one number, then `Confirm` of it: one pair, two calls.
+    ReserveConfirm,
     /// `grpc.health.v1.Health/Check`: a no-op through the same stack, the
     /// ceiling any allocation can reach.
     Health,
@@ -217,10 +222,11 @@ async fn client(
             rng.u32(0..load.tenants.max(1))
         };
         let started = Instant::now();
+        let tenant_id = format!("{}-{series}", load.tenant_prefix);
         let outcome = match load.call {
             Call::Allocate => allocator
                 .allocate(AllocateRequest {
-                    tenant_id: format!("{}-{series}", load.tenant_prefix),
+                    tenant_id,
                     series: String::new(),
                     count: load.count,
                     request_id: if load.keyed {
@@ -241,6 +247,9 @@ async fn client(
                             .collect::<Vec<_>>(),
                     )
                 }),
+            Call::ReserveConfirm => reserve_confirm(&mut allocator, tenant_id, load.keyed)
+                .await
+                .map(|number| Some(vec![number])),
             Call::Health => health
                 .check(HealthCheckRequest {
                     service: String::new(),
@@ -266,6 +275,38 @@ async fn client(
         }
     }
     result
+}
+
+/// Reserves one number of the tenant's series and confirms it; the number.
+async fn reserve_confirm(
+    allocator: &mut NumberAllocatorClient<Channel>,
+    tenant_id: String,
+    keyed: bool,
+) -> Result<i64, tonic::Status> {
+    let reserved = allocator
+        .reserve(ReserveRequest {
+            tenant_id: tenant_id.clone(),
+            request_id: if keyed {
+                uuid::Uuid::now_v7().to_string()
+            } else {
+                String::new()
+            },
+            ..ReserveRequest::default()
+        })
+        .await?
+        .into_inner()
+        .record
+        .ok_or_else(|| tonic::Status::internal("no record"))?;
+    allocator
+        .confirm(ConfirmRequest {
+            tenant_id,
+            series: reserved.series,
+            period: reserved.period,
+            number: reserved.number,
+            reference: format!("bench-{}", reserved.number),
+        })
+        .await?;
+    Ok(reserved.number)
 }
 
 #[cfg(test)]

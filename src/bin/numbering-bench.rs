@@ -71,6 +71,8 @@ impl Mode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum CallArg {
     Allocate,
+    /// Reserve then Confirm: a pair counts as one call answered.
+    ReserveConfirm,
     Health,
 }
 
@@ -231,6 +233,7 @@ async fn spawned_run(
 async fn run(args: RunArgs) -> anyhow::Result<bool> {
     let call = match args.call {
         CallArg::Allocate => Call::Allocate,
+        CallArg::ReserveConfirm => Call::ReserveConfirm,
         CallArg::Health => Call::Health,
     };
     let load = Load {
