@@ -21,8 +21,8 @@ use crate::{
             SeriesName, TimeZone,
         },
         store::{
-            Advance, Call, ConfigureError, CounterStore, Grant, Outcome, Reissue, StateRefusal,
-            StoreError,
+            Advance, Call, ConfigureError, CounterStore, Grant, Lease, Outcome, Reissue,
+            StateRefusal, StoreError,
         },
     },
     calendar::Reset,
@@ -246,8 +246,8 @@ pub(super) struct Ask<'a> {
     pub request_id: Option<&'a RequestId>,
     /// The document's date; none: today.
     pub date: Option<NaiveDate>,
-    /// For a reservation: when its lease ends.
-    pub lease: Option<DateTime<Utc>>,
+    /// For a reservation: its lease.
+    pub lease: Option<Lease>,
 }
 
 /// What this process knows of a series' calendar.
@@ -377,6 +377,14 @@ impl Allocator {
     #[must_use]
     pub fn with_leases(self, leases: Leases) -> Self {
         Self { leases, ..self }
+    }
+
+    /// The group committer, under group commit.
+    pub(super) fn committer(&self) -> Option<&GroupCommitter> {
+        match &self.path {
+            Path::Group(committer) => Some(committer),
+            Path::PerCall => None,
+        }
     }
 
     pub(super) fn now(&self) -> DateTime<Utc> {

@@ -20,7 +20,7 @@ use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use crate::{
     allocator::{
         series::Calendar,
-        store::{Call, Grant, KeyRow, Outcome, Stamp, StoreError},
+        store::{Call, Grant, KeyRow, Lease, Outcome, Stamp, StoreError},
     },
     clock::Clock,
     request_id::RequestId,
@@ -432,8 +432,8 @@ pub struct Record<'a> {
     pub tail: i64,
     /// The call's request id, if it sent one.
     pub request_id: Option<&'a str>,
-    /// For a reservation: when its lease ends.
-    pub lease: Option<DateTime<Utc>>,
+    /// For a reservation: its lease.
+    pub lease: Option<Lease>,
 }
 
 impl Record<'_> {

@@ -9,6 +9,10 @@
 //! arrival order. Every call is answered only after the commit succeeded, so
 //! nothing is ever handed out from memory. Lanes hold no per-series state:
 //! idle series cost nothing.
+//!
+//! Changes of numbers' states (confirm, release, void) queue apart and share
+//! transactions of their own the same way: one transaction and one disk
+//! flush for every change that arrived during the last.
 
 use std::{
     hash::{BuildHasher, RandomState},
@@ -17,13 +21,17 @@ use std::{
 
 use tokio::sync::{mpsc, mpsc::error::TrySendError, oneshot};
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::NaiveDate;
 
 use crate::{
     allocator::{
         batch::Retention,
+        numbers::Held,
         series::{Calendar, SeriesConfig, SeriesName},
-        store::{Call, CounterStore, Outcome, StoreError},
+        store::{
+            Call, Changed, CounterStore, Lease, NumberAt, Outcome, StateChange, StateWrite,
+            StoreError,
+        },
     },
     request_id::RequestId,
     tenant::TenantId,
@@ -79,7 +87,7 @@ struct OwnedCall {
     date: NaiveDate,
     count: i64,
     request_id: Option<RequestId>,
-    lease: Option<DateTime<Utc>>,
+    lease: Option<Lease>,
 }
 
 impl Waiting {
@@ -99,9 +107,49 @@ impl Waiting {
     }
 }
 
-/// Merges concurrent allocations into shared transactions.
+/// A change of a number's state that waits in the change queue.
+struct WaitingChange {
+    tenant: TenantId,
+    series: SeriesName,
+    period: String,
+    number: i64,
+    change: OwnedChange,
+    held: Held,
+    reply: oneshot::Sender<Result<Changed, GroupError>>,
+}
+
+/// A [`StateChange`] that waits in a queue.
+enum OwnedChange {
+    Confirm(String),
+    Release(String),
+    Void(String),
+}
+
+impl WaitingChange {
+    fn write(&self) -> StateWrite<'_> {
+        let change = match &self.change {
+            OwnedChange::Confirm(reference) => StateChange::Confirm { reference },
+            OwnedChange::Release(reason) => StateChange::Release { reason },
+            OwnedChange::Void(reason) => StateChange::Void { reason },
+        };
+        StateWrite {
+            at: NumberAt {
+                tenant: &self.tenant,
+                series: &self.series,
+                period: &self.period,
+                number: self.number,
+            },
+            change,
+            held: self.held,
+        }
+    }
+}
+
+/// Merges concurrent allocations into shared transactions, and concurrent
+/// changes of numbers' states into shared transactions of their own.
 pub struct GroupCommitter {
     lanes: Vec<mpsc::Sender<Waiting>>,
+    changes: mpsc::Sender<WaitingChange>,
     hasher: RandomState,
 }
 
@@ -132,10 +180,54 @@ impl GroupCommitter {
                 sender
             })
             .collect();
+        let (changes, receiver) = mpsc::channel(settings.queue_capacity.max(1));
+        let lane = ChangeLane {
+            store: store.clone(),
+            queue: receiver,
+            max_batch: settings.max_batch.max(1),
+        };
+        tokio::spawn(lane.run());
         Self {
             lanes,
+            changes,
             hasher: RandomState::new(),
         }
+    }
+
+    /// Applies a change of a number's state in the next transaction of
+    /// changes. Returns once it has committed.
+    ///
+    /// # Errors
+    /// [`GroupError::QueueFull`] when the queue of changes is full;
+    /// [`GroupError::Store`] when the group's transaction failed.
+    pub async fn change(&self, write: StateWrite<'_>) -> Result<Changed, GroupError> {
+        let (reply, changed) = oneshot::channel();
+        let change = match write.change {
+            StateChange::Confirm { reference } => OwnedChange::Confirm(reference.to_owned()),
+            StateChange::Release { reason } => OwnedChange::Release(reason.to_owned()),
+            StateChange::Void { reason } => OwnedChange::Void(reason.to_owned()),
+        };
+        self.changes
+            .try_send(WaitingChange {
+                tenant: write.at.tenant.clone(),
+                series: write.at.series.clone(),
+                period: write.at.period.to_owned(),
+                number: write.at.number,
+                change,
+                held: write.held,
+                reply,
+            })
+            .map_err(|error| match error {
+                TrySendError::Full(_) => GroupError::QueueFull,
+                TrySendError::Closed(_) => GroupError::Store(Arc::new(StoreError::Internal(
+                    "group commit lane stopped".into(),
+                ))),
+            })?;
+        changed.await.unwrap_or_else(|_| {
+            Err(GroupError::Store(Arc::new(StoreError::Internal(
+                "group commit lane stopped".into(),
+            ))))
+        })
     }
 
     fn lane(&self, tenant: &TenantId, series: &SeriesName) -> &mpsc::Sender<Waiting> {
@@ -237,6 +329,46 @@ impl Lane {
                         .await
                         .map_err(|error| GroupError::Store(Arc::new(error)));
                     let _ = waiting.reply.send(result);
+                }
+            }
+            Err(error) => {
+                let error = GroupError::Store(Arc::new(error));
+                for waiting in batch {
+                    let _ = waiting.reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// The lane of state changes: drains its queue into one transaction at a
+/// time.
+struct ChangeLane {
+    store: Arc<dyn CounterStore>,
+    queue: mpsc::Receiver<WaitingChange>,
+    max_batch: usize,
+}
+
+impl ChangeLane {
+    async fn run(mut self) {
+        let mut batch = Vec::with_capacity(self.max_batch);
+        while self.queue.recv_many(&mut batch, self.max_batch).await > 0 {
+            // A caller that gave up before its group formed changes nothing.
+            batch.retain(|waiting| !waiting.reply.is_closed());
+            if !batch.is_empty() {
+                self.commit(std::mem::take(&mut batch)).await;
+            }
+        }
+    }
+
+    async fn commit(&self, batch: Vec<WaitingChange>) {
+        let writes: Vec<StateWrite<'_>> = batch.iter().map(WaitingChange::write).collect();
+        let result = self.store.change_states(&writes).await;
+        drop(writes);
+        match result {
+            Ok(answers) => {
+                for (waiting, answer) in batch.into_iter().zip(answers) {
+                    let _ = waiting.reply.send(Ok(answer));
                 }
             }
             Err(error) => {

@@ -10,7 +10,7 @@ use crate::{
         series::{GapPolicy, SeriesName},
         store::{
             ChangeError, NumberAt, RangeRow, RangesAfter, StateChange, StateRefusal, StateRow,
-            StatesAfter, StoreError,
+            StateWrite, StatesAfter, StoreError,
         },
     },
     page::Page,
@@ -394,7 +394,19 @@ impl Allocator {
             });
         }
         let held = self.held(at.tenant, at.series).await?;
-        match self.store.change_state(at, change, held).await {
+        let changed = match self.committer() {
+            Some(committer) => {
+                let write = StateWrite { at, change, held };
+                match committer.change(write).await.map_err(Error::from)? {
+                    // Another process stored the number's first state: alone,
+                    // the change sees it.
+                    Err(ChangeError::Raced) => self.store.change_state(at, change, held).await,
+                    changed => changed,
+                }
+            }
+            None => self.store.change_state(at, change, held).await,
+        };
+        match changed {
             Ok(Some(row)) => Ok(record.with(&row, held)?),
             Ok(None) => Ok(record),
             Err(ChangeError::Refused(refusal)) => Err(Error::NotAllowed(refusal)),

@@ -16,8 +16,8 @@ use crate::{
         series::SeriesConfig,
         sql_store::{self, Engine, STATE_COLUMNS, SqlCounterStore},
         store::{
-            Advance, Change, ChangeError, ConfigureError, NumberAt, Outcome, Reissue, SeriesRow,
-            Stamp, StateChange, StateRow, StoreError,
+            Advance, Change, ChangeError, Changed, ConfigureError, KeyedStateRow, NumberAt,
+            Outcome, Reissue, SeriesRow, Stamp, StateChange, StateRow, StateWrite, StoreError,
         },
     },
     db::begin_durable,
@@ -117,6 +117,107 @@ async fn lock_state(
     .await
 }
 
+/// The state rows of a batch's numbers, locked until the transaction ends,
+/// in key order.
+#[tracing::instrument(name = "db.number_states.lock_many", skip_all, fields(numbers = writes.len()), err(level = "debug"))]
+async fn lock_states(
+    conn: &mut PgConnection,
+    writes: &[StateWrite<'_>],
+) -> Result<Vec<KeyedStateRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT tenant_id, series, period, {STATE_COLUMNS} FROM number_states
+         WHERE (tenant_id, series, period, number) IN
+               (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[]))
+         ORDER BY tenant_id, series, period, number FOR UPDATE"
+    )))
+    .bind(
+        writes
+            .iter()
+            .map(|w| w.at.tenant.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        writes
+            .iter()
+            .map(|w| w.at.series.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(writes.iter().map(|w| w.at.period).collect::<Vec<_>>())
+    .bind(writes.iter().map(|w| w.at.number).collect::<Vec<_>>())
+    .fetch_all(conn)
+    .await
+}
+
+/// Stores the rows of a batch's changes: updates of rows read and locked,
+/// or first rows; returns how many it stored. A first row another
+/// transaction stored meanwhile is not stored.
+#[tracing::instrument(name = "db.number_states.write_many", skip_all, fields(rows = rows.len()), err(level = "debug"))]
+async fn write_states(
+    conn: &mut PgConnection,
+    rows: &[KeyedStateRow],
+    first: bool,
+) -> Result<usize, sqlx::Error> {
+    let statement = if first {
+        "INSERT INTO number_states (tenant_id, series, period, number, state, reference, reason,
+                                    updated_at, expires_at, origin, request_id)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[],
+                              $6::text[], $7::text[], $8::timestamptz[], $9::timestamptz[],
+                              $10::text[], $11::text[])
+         ON CONFLICT DO NOTHING
+         RETURNING number"
+    } else {
+        "UPDATE number_states s
+         SET state = u.state, reference = u.reference, reason = u.reason,
+             updated_at = u.updated_at, expires_at = u.expires_at
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[],
+                     $7::text[], $8::timestamptz[], $9::timestamptz[], $10::text[], $11::text[])
+              AS u (tenant_id, series, period, number, state, reference, reason, updated_at,
+                    expires_at, origin, request_id)
+         WHERE s.tenant_id = u.tenant_id AND s.series = u.series AND s.period = u.period
+           AND s.number = u.number
+         RETURNING s.number"
+    };
+    let stored: Vec<i64> = sqlx::query_scalar(statement)
+        .bind(
+            rows.iter()
+                .map(|r| r.tenant_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|r| r.series.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.period.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.row.number).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.row.state.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|r| r.row.reference.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|r| r.row.reason.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|r| r.row.updated_at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.row.expires_at).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.row.origin.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|r| r.row.request_id.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(conn)
+        .await?;
+    Ok(stored.len())
+}
+
 /// Takes the lowest number of a period given back to a series that
 /// reissues (released, or reserved with a lease ended by `now`), and holds
 /// it for `take`: reserved until its lease ends, or issued. A number another
@@ -130,7 +231,8 @@ async fn take_back(
     sqlx::query_scalar(
         "UPDATE number_states
          SET state = CASE WHEN $5::timestamptz IS NULL THEN 'issued' ELSE 'reserved' END,
-             expires_at = $5, request_id = $6, reason = '', reference = '', updated_at = $4
+             expires_at = $5, request_id = COALESCE($6, ''), reason = '', reference = '',
+             updated_at = $7
          WHERE tenant_id = $1 AND series = $2 AND period = $3 AND number = (
              SELECT number FROM number_states
              WHERE tenant_id = $1 AND series = $2 AND period = $3
@@ -144,8 +246,9 @@ async fn take_back(
     .bind(take.series.as_str())
     .bind(take.period)
     .bind(now)
-    .bind(take.lease)
+    .bind(take.lease.map(|lease| lease.ends))
     .bind(take.request_id.map(RequestId::as_str))
+    .bind(take.lease.map_or(now, |lease| lease.at))
     .fetch_optional(conn)
     .await
 }
@@ -248,11 +351,12 @@ const INCREMENT: &str = "WITH durable AS (SELECT set_config('synchronous_commit'
          RETURNING tenant_id, series, period, last_value),
      ranges AS (
          SELECT call.tenant_id, call.series, call.period, call.date, call.count,
-                call.request_id, call.expires_at, config.format,
+                call.request_id, call.expires_at, call.reserved_at, config.format,
                 bumped.last_value - call.tail - call.count + 1 AS first_value
          FROM UNNEST($7::text[], $8::text[], $9::text[], $10::date[], $11::bigint[],
-                     $12::bigint[], $13::text[], $24::timestamptz[])
-              AS call (tenant_id, series, period, date, count, tail, request_id, expires_at)
+                     $12::bigint[], $13::text[], $24::timestamptz[], $25::timestamptz[])
+              AS call (tenant_id, series, period, date, count, tail, request_id, expires_at,
+                       reserved_at)
          JOIN bumped USING (tenant_id, series, period)
          JOIN config USING (tenant_id, series)),
      recorded AS (
@@ -267,7 +371,7 @@ const INCREMENT: &str = "WITH durable AS (SELECT set_config('synchronous_commit'
          INSERT INTO number_states (tenant_id, series, period, number, state, origin,
                                     expires_at, request_id, updated_at)
          SELECT tenant_id, series, period, first_value, 'reserved', 'reserve',
-                expires_at, request_id, $14
+                expires_at, request_id, reserved_at
          FROM ranges WHERE expires_at IS NOT NULL),
      keyed AS (
          INSERT INTO request_ids (tenant_id, request_id, series, count, period,
@@ -347,7 +451,18 @@ async fn increment<'e>(
         .bind(plan.series.iter().map(|s| s.tenant).collect::<Vec<_>>())
         .bind(plan.series.iter().map(|s| s.series).collect::<Vec<_>>())
         .bind(plan.series.iter().map(|s| s.settled).collect::<Vec<_>>())
-        .bind(records.iter().map(|r| r.lease).collect::<Vec<_>>())
+        .bind(
+            records
+                .iter()
+                .map(|r| r.lease.map(|l| l.ends))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            records
+                .iter()
+                .map(|r| r.lease.map(|l| l.at))
+                .collect::<Vec<_>>(),
+        )
         .fetch_all(executor)
         .await
 }
@@ -509,6 +624,24 @@ impl Engine for PgEngine {
         let advanced = sql_store::advance::<Postgres>(&mut tx, &locked, advance).await?;
         tx.commit().await?;
         Ok(advanced)
+    }
+
+    async fn change_states(&self, writes: &[StateWrite<'_>]) -> Result<Vec<Changed>, StoreError> {
+        let mut tx = begin_durable(&self.pool).await?;
+        let existing = lock_states(&mut tx, writes).await?;
+        let planned = sql_store::plan_changes(writes, existing);
+        if !planned.updates.is_empty() {
+            write_states(&mut tx, &planned.updates, false).await?;
+        }
+        if !planned.inserts.is_empty()
+            && write_states(&mut tx, &planned.inserts, true).await? < planned.inserts.len()
+        {
+            // Another write stored a first state meanwhile: none of this.
+            tx.rollback().await?;
+            return Ok(writes.iter().map(|_| Err(ChangeError::Raced)).collect());
+        }
+        tx.commit().await?;
+        Ok(planned.answers)
     }
 
     async fn reissue(

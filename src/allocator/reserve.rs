@@ -3,10 +3,16 @@
 
 use std::time::Duration;
 
-use chrono::{NaiveDate, SubsecRound, TimeDelta};
+use chrono::{DateTime, NaiveDate, SubsecRound, TimeDelta, Utc};
 
 use crate::{
-    allocator::{Allocator, Error, allocate::Ask, numbers::NumberRecord, series::SeriesName},
+    allocator::{
+        Allocator, Error,
+        allocate::{Ask, parse_stored},
+        numbers::{NumberRecord, NumberState},
+        series::SeriesName,
+        store::Lease,
+    },
     request_id::RequestId,
     tenant::TenantId,
 };
@@ -87,19 +93,42 @@ impl Allocator {
         })?;
         let lease = TimeDelta::from_std(lease).unwrap_or(TimeDelta::MAX);
         // As the database keeps times, so that the record reads the same.
-        let ends = self.now().trunc_subsecs(6) + lease;
+        let at = self.now().trunc_subsecs(6);
+        let lease = Lease {
+            at,
+            ends: at
+                .checked_add_signed(lease)
+                .unwrap_or(DateTime::<Utc>::MAX_UTC),
+        };
         let ask = Ask {
             tenant,
             series,
             count: 1,
             request_id,
             date,
-            lease: Some(ends),
+            lease: Some(lease),
         };
         let (grant, replayed) = self.obtain(ask).await?;
-        let record = self
-            .get_number(tenant, series, &grant.period, grant.first)
-            .await?;
+        let record = if replayed {
+            // Reserved by an earlier call: as it stands now.
+            self.get_number(tenant, series, &grant.period, grant.first)
+                .await?
+        } else {
+            // Reserved by this call, a new number or one given back: its
+            // row holds what the lease says.
+            let format = parse_stored(tenant, series, &grant.format)?;
+            NumberRecord {
+                number: grant.first,
+                formatted: format.render(grant.first, grant.date),
+                date: grant.date,
+                state: NumberState::Reserved,
+                reference: String::new(),
+                reason: String::new(),
+                request_id: request_id.map(ToString::to_string).unwrap_or_default(),
+                expires_at: Some(lease.ends),
+                updated_at: lease.at,
+            }
+        };
         Ok(Reservation {
             record,
             period: grant.period,

@@ -3,7 +3,7 @@
 //! statements that take a batch as arrays, the locking reads, and the write
 //! path differ per engine, and live in its file.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -15,9 +15,10 @@ use crate::{
         numbers::{self, Held},
         series::{SeriesConfig, SeriesName},
         store::{
-            Advance, Call, Change, ChangeError, ConfigureError, CounterStore, Grant, KeyRow,
-            KindTotal, Ledger, NumberAt, Outcome, RangeRow, RangesAfter, Reissue, SeriesRow, Stamp,
-            StateChange, StateRow, StateTotal, StatedRow, StatesAfter, StoreError,
+            Advance, Call, Change, ChangeError, Changed, ConfigureError, CounterStore, Grant,
+            KeyRow, KeyedStateRow, KindTotal, Ledger, NumberAt, Outcome, RangeRow, RangesAfter,
+            Reissue, SeriesRow, Stamp, StateChange, StateRow, StateTotal, StateWrite, StatedRow,
+            StatesAfter, StoreError,
         },
     },
     request_id::RequestId,
@@ -70,6 +71,11 @@ pub(crate) trait Engine: Send + Sync + 'static {
         change: StateChange<'_>,
         held: Held,
     ) -> Result<Option<StateRow>, ChangeError>;
+
+    /// Runs [`CounterStore::change_states`] in the engine's durable write:
+    /// the rows of the batch's numbers read and locked, the changes planned
+    /// by [`plan_changes`], its rows written.
+    async fn change_states(&self, writes: &[StateWrite<'_>]) -> Result<Vec<Changed>, StoreError>;
 
     /// Runs [`CounterStore::reissue`] in the engine's durable write.
     async fn reissue(&self, take: Reissue<'_>, stamp: Stamp)
@@ -246,6 +252,10 @@ where
         held: Held,
     ) -> Result<Option<StateRow>, ChangeError> {
         self.0.change_state(at, change, held).await
+    }
+
+    async fn change_states(&self, writes: &[StateWrite<'_>]) -> Result<Vec<Changed>, StoreError> {
+        self.0.change_states(writes).await
     }
 
     async fn reissue(
@@ -854,6 +864,98 @@ where
     Ok(stored.is_some())
 }
 
+/// What a batch of changes answers and writes.
+#[derive(Debug)]
+pub(crate) struct PlannedChanges {
+    /// Per change, in order: the row after it, or why nothing changed.
+    pub answers: Vec<Changed>,
+    /// Rows that existed and changed, in key order.
+    pub updates: Vec<KeyedStateRow>,
+    /// First state rows of numbers that had none, in key order.
+    pub inserts: Vec<KeyedStateRow>,
+}
+
+/// A number's row as a batch leaves it, whether it existed before, and
+/// whether the batch changed it.
+struct Planned {
+    row: Option<StateRow>,
+    existed: bool,
+    changed: bool,
+}
+
+/// Decides each change of a batch in order over the rows its numbers have
+/// (`existing`), so that a later change of a number sees an earlier one.
+pub(crate) fn plan_changes(
+    writes: &[StateWrite<'_>],
+    existing: Vec<KeyedStateRow>,
+) -> PlannedChanges {
+    let mut rows: BTreeMap<(String, String, String, i64), Planned> = existing
+        .into_iter()
+        .map(|keyed| {
+            let key = (
+                keyed.tenant_id,
+                keyed.series,
+                keyed.period,
+                keyed.row.number,
+            );
+            let planned = Planned {
+                row: Some(keyed.row),
+                existed: true,
+                changed: false,
+            };
+            (key, planned)
+        })
+        .collect();
+    let mut answers = Vec::with_capacity(writes.len());
+    for write in writes {
+        let at = write.at;
+        let key = (
+            at.tenant.to_string(),
+            at.series.to_string(),
+            at.period.to_owned(),
+            at.number,
+        );
+        let planned = rows.entry(key).or_insert(Planned {
+            row: None,
+            existed: false,
+            changed: false,
+        });
+        answers.push(
+            match numbers::decide(at.number, planned.row.as_ref(), write.change, write.held) {
+                Ok(Some(row)) => {
+                    planned.row = Some(row.clone());
+                    planned.changed = true;
+                    Ok(Some(row))
+                }
+                Ok(None) => Ok(planned.row.clone()),
+                Err(error) => Err(error),
+            },
+        );
+    }
+    let (mut updates, mut inserts) = (Vec::new(), Vec::new());
+    for ((tenant_id, series, period, _), planned) in rows {
+        let (Some(row), true) = (planned.row, planned.changed) else {
+            continue;
+        };
+        let keyed = KeyedStateRow {
+            tenant_id,
+            series,
+            period,
+            row,
+        };
+        if planned.existed {
+            updates.push(keyed);
+        } else {
+            inserts.push(keyed);
+        }
+    }
+    PlannedChanges {
+        answers,
+        updates,
+        inserts,
+    }
+}
+
 /// A number's state row, if it has one.
 #[tracing::instrument(name = "db.number_states.select_one", skip_all, err(level = "debug"))]
 pub(crate) async fn select_state<DB>(
@@ -1287,4 +1389,99 @@ where
     .bind(limit)
     .fetch_all(pool)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::DateTime;
+
+    use super::*;
+    use crate::{
+        allocator::{
+            series::{GapPolicy, SeriesName},
+            store::StateRefusal,
+        },
+        tenant::TenantId,
+    };
+
+    fn keyed(number: i64, state: &str) -> KeyedStateRow {
+        KeyedStateRow {
+            tenant_id: "acme".into(),
+            series: "invoice".into(),
+            period: String::new(),
+            row: StateRow {
+                number,
+                state: state.into(),
+                reference: String::new(),
+                reason: String::new(),
+                updated_at: DateTime::UNIX_EPOCH,
+                origin: "reserve".into(),
+                expires_at: None,
+                request_id: None,
+            },
+        }
+    }
+
+    #[test]
+    fn a_batch_decides_in_order_and_writes_each_number_once() {
+        let (tenant, series) = (
+            TenantId::parse("acme").unwrap(),
+            SeriesName::parse("").unwrap(),
+        );
+        let held = Held {
+            policy: GapPolicy::Void,
+            now: DateTime::UNIX_EPOCH,
+        };
+        let write = |number, change| StateWrite {
+            at: NumberAt {
+                tenant: &tenant,
+                series: &series,
+                period: "",
+                number,
+            },
+            change,
+            held,
+        };
+        let confirm = |reference| StateChange::Confirm { reference };
+        let writes = [
+            // 3 has no row (issued): confirmed, then repeated.
+            write(3, confirm("inv-3")),
+            write(3, confirm("inv-3")),
+            // 5 is reserved: confirmed, then refused another reference.
+            write(5, confirm("inv-5")),
+            write(5, confirm("other")),
+            // 7 is voided: refused, nothing written.
+            write(7, confirm("inv-7")),
+        ];
+        let planned = plan_changes(&writes, vec![keyed(5, "reserved"), keyed(7, "voided")]);
+        let answers: Vec<_> = planned
+            .answers
+            .iter()
+            .map(|answer| match answer {
+                Ok(row) => Ok(row.as_ref().map(|row| row.reference.clone())),
+                Err(ChangeError::Refused(refusal)) => Err(refusal.clone()),
+                Err(other) => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            answers,
+            [
+                Ok(Some("inv-3".into())),
+                Ok(Some("inv-3".into())),
+                Ok(Some("inv-5".into())),
+                Err(StateRefusal::AlreadyConfirmed {
+                    reference: "inv-5".into()
+                }),
+                Err(StateRefusal::Voided {
+                    reason: String::new()
+                }),
+            ]
+        );
+        let numbers = |rows: &[KeyedStateRow]| -> Vec<i64> {
+            rows.iter().map(|keyed| keyed.row.number).collect()
+        };
+        assert_eq!(numbers(&planned.inserts), [3]);
+        assert_eq!(numbers(&planned.updates), [5]);
+        assert_eq!(planned.inserts[0].row.origin, "allocate");
+    }
 }

@@ -14,10 +14,10 @@ use crate::{
         batch::{Batch, Claim, Counted, Plan, Won},
         numbers::{Held, LEASE_EXPIRED},
         series::SeriesConfig,
-        sql_store::{self, Engine, SqlCounterStore},
+        sql_store::{self, Engine, STATE_COLUMNS, SqlCounterStore},
         store::{
-            Advance, Change, ChangeError, ConfigureError, NumberAt, Outcome, Reissue, Stamp,
-            StateChange, StateRow, StoreError,
+            Advance, Change, ChangeError, Changed, ConfigureError, KeyedStateRow, NumberAt,
+            Outcome, Reissue, Stamp, StateChange, StateRow, StateWrite, StoreError,
         },
     },
     db::SqliteDatabase,
@@ -74,6 +74,97 @@ async fn claim(
     Ok(won.into_iter().collect())
 }
 
+/// The state rows of a batch's numbers.
+#[tracing::instrument(name = "db.number_states.select_many", skip_all, fields(numbers = writes.len()), err(level = "debug"))]
+async fn select_states(
+    conn: &mut SqliteConnection,
+    writes: &[StateWrite<'_>],
+) -> Result<Vec<KeyedStateRow>, sqlx::Error> {
+    let keys: Vec<(&str, &str, &str, i64)> = writes
+        .iter()
+        .map(|w| {
+            (
+                w.at.tenant.as_str(),
+                w.at.series.as_str(),
+                w.at.period,
+                w.at.number,
+            )
+        })
+        .collect();
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT tenant_id, series, period, {STATE_COLUMNS} FROM number_states
+         WHERE (tenant_id, series, period, number) IN
+               (SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 FROM json_each(?1))"
+    )))
+    .bind(Json(keys))
+    .fetch_all(conn)
+    .await
+}
+
+/// A state row for a JSON array: `[tenant, series, period, number, state,
+/// reference, reason, updated at, expires at or null, origin, request id or
+/// null]`.
+type StateValues<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    i64,
+    &'a str,
+    &'a str,
+    &'a str,
+    String,
+    Option<String>,
+    &'a str,
+    Option<&'a str>,
+);
+
+/// Stores the rows of a batch's changes: updates of rows read in this write,
+/// or first rows.
+#[tracing::instrument(name = "db.number_states.write_many", skip_all, fields(rows = rows.len()), err(level = "debug"))]
+async fn write_states(
+    conn: &mut SqliteConnection,
+    rows: &[KeyedStateRow],
+    first: bool,
+) -> Result<(), sqlx::Error> {
+    let values: Vec<StateValues<'_>> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.tenant_id.as_str(),
+                r.series.as_str(),
+                r.period.as_str(),
+                r.row.number,
+                r.row.state.as_str(),
+                r.row.reference.as_str(),
+                r.row.reason.as_str(),
+                stored_time(r.row.updated_at),
+                r.row.expires_at.map(stored_time),
+                r.row.origin.as_str(),
+                r.row.request_id.as_deref(),
+            )
+        })
+        .collect();
+    let statement = if first {
+        "INSERT INTO number_states (tenant_id, series, period, number, state, reference, reason,
+                                    updated_at, expires_at, origin, request_id)
+         SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5,
+                value ->> 6, value ->> 7, value ->> 8, value ->> 9, value ->> 10
+         FROM json_each(?1)"
+    } else {
+        "UPDATE number_states
+         SET state = u.value ->> 4, reference = u.value ->> 5, reason = u.value ->> 6,
+             updated_at = u.value ->> 7, expires_at = u.value ->> 8
+         FROM json_each(?1) AS u
+         WHERE number_states.tenant_id = u.value ->> 0 AND number_states.series = u.value ->> 1
+           AND number_states.period = u.value ->> 2 AND number_states.number = u.value ->> 3"
+    };
+    sqlx::query(statement)
+        .bind(Json(values))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// Takes the lowest number of a period given back to a series that
 /// reissues (released, or reserved with a lease ended by `now`), and holds
 /// it for `take`: reserved until its lease ends, or issued.
@@ -86,7 +177,8 @@ async fn take_back(
     sqlx::query_scalar(
         "UPDATE number_states
          SET state = CASE WHEN ?5 IS NULL THEN 'issued' ELSE 'reserved' END,
-             expires_at = ?5, request_id = ?6, reason = '', reference = '', updated_at = ?4
+             expires_at = ?5, request_id = COALESCE(?6, ''), reason = '', reference = '',
+             updated_at = ?7
          WHERE tenant_id = ?1 AND series = ?2 AND period = ?3 AND number = (
              SELECT number FROM number_states
              WHERE tenant_id = ?1 AND series = ?2 AND period = ?3
@@ -100,8 +192,9 @@ async fn take_back(
     .bind(take.series.as_str())
     .bind(take.period)
     .bind(now)
-    .bind(take.lease)
+    .bind(take.lease.map(|lease| lease.ends))
     .bind(take.request_id.map(RequestId::as_str))
+    .bind(take.lease.map_or(now, |lease| lease.at))
     .fetch_optional(conn)
     .await
 }
@@ -201,7 +294,7 @@ async fn increment(
 }
 
 /// A range for the ledger: `[tenant, series, period, first, count, request
-/// id or null, format, date, kind, lease end or null]`.
+/// id or null, format, date, kind, lease end or null, reserved at or null]`.
 type Range<'a> = (
     &'a str,
     &'a str,
@@ -212,6 +305,7 @@ type Range<'a> = (
     &'a str,
     String,
     &'static str,
+    Option<String>,
     Option<String>,
 );
 
@@ -244,20 +338,15 @@ async fn record(
 
 /// Holds the number of each reservation's range until its lease ends.
 #[tracing::instrument(name = "db.number_states.hold", skip_all, err(level = "debug"))]
-async fn hold(
-    conn: &mut SqliteConnection,
-    ranges: &[Range<'_>],
-    now: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
+async fn hold(conn: &mut SqliteConnection, ranges: &[Range<'_>]) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO number_states (tenant_id, series, period, number, state, origin,
                                     expires_at, request_id, updated_at)
          SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, 'reserved', 'reserve',
-                value ->> 9, value ->> 5, ?2
+                value ->> 9, value ->> 5, value ->> 10
          FROM json_each(?1) WHERE value ->> 9 IS NOT NULL",
     )
     .bind(Json(ranges))
-    .bind(now)
     .execute(conn)
     .await?;
     Ok(())
@@ -365,12 +454,13 @@ async fn apply(
             row.format.as_str(),
             record.date.to_string(),
             record.kind(),
-            record.lease.map(stored_time),
+            record.lease.map(|lease| stored_time(lease.ends)),
+            record.lease.map(|lease| stored_time(lease.at)),
         ));
     }
     record(conn, &ranges, stamp.now).await?;
     if plan.records.iter().any(|record| record.lease.is_some()) {
-        hold(conn, &ranges, stamp.now).await?;
+        hold(conn, &ranges).await?;
     }
     let ids = plan.ids_recorded();
     if ids > 0 && store_ids(conn, &ranges, stamp).await? < ids {
@@ -505,6 +595,38 @@ impl Engine for SqliteEngine {
             Err(error) => {
                 write.rollback().await?;
                 Err(error)
+            }
+        }
+    }
+
+    async fn change_states(&self, writes: &[StateWrite<'_>]) -> Result<Vec<Changed>, StoreError> {
+        // The write lock keeps every other change of the numbers out.
+        let mut write = self.db.begin_write().await?;
+        let planned = match select_states(write.conn(), writes).await {
+            Ok(existing) => sql_store::plan_changes(writes, existing),
+            Err(error) => {
+                write.rollback().await?;
+                return Err(error.into());
+            }
+        };
+        let written = async {
+            if !planned.updates.is_empty() {
+                write_states(write.conn(), &planned.updates, false).await?;
+            }
+            if !planned.inserts.is_empty() {
+                write_states(write.conn(), &planned.inserts, true).await?;
+            }
+            Ok::<_, sqlx::Error>(())
+        }
+        .await;
+        match written {
+            Ok(()) => {
+                write.commit().await?;
+                Ok(planned.answers)
+            }
+            Err(error) => {
+                write.rollback().await?;
+                Err(error.into())
             }
         }
     }

@@ -105,6 +105,16 @@ pub trait CounterStore: Store {
         held: Held,
     ) -> Result<Option<StateRow>, ChangeError>;
 
+    /// Applies several changes in one durable transaction, in order (a later
+    /// change of the same number sees the earlier one); answers each as
+    /// [`CounterStore::change_state`] would. If another write stored the
+    /// first state of one of their numbers meanwhile, nothing commits and
+    /// every change answers [`ChangeError::Raced`].
+    ///
+    /// # Errors
+    /// The transaction failed: no change was made.
+    async fn change_states(&self, writes: &[StateWrite<'_>]) -> Result<Vec<Changed>, StoreError>;
+
     /// Hands out again the lowest number of a period given back to a series
     /// whose policy reissues (released, or reserved with a lease ended by
     /// `stamp.now`): reserved until `take.lease` ends, or issued without one.
@@ -246,8 +256,8 @@ pub struct Reissue<'a> {
     pub period: &'a str,
     /// The caller's idempotency key, scoped to the tenant.
     pub request_id: Option<&'a RequestId>,
-    /// For a reservation: when its lease ends.
-    pub lease: Option<DateTime<Utc>>,
+    /// For a reservation: its lease.
+    pub lease: Option<Lease>,
 }
 
 /// One `Allocate` call, as the store sees it.
@@ -270,8 +280,18 @@ pub struct Call<'a> {
     pub count: i64,
     /// The caller's idempotency key, scoped to the tenant.
     pub request_id: Option<&'a RequestId>,
-    /// For a `Reserve` call (of one number): when its lease ends.
-    pub lease: Option<DateTime<Utc>>,
+    /// For a `Reserve` call (of one number): its lease.
+    pub lease: Option<Lease>,
+}
+
+/// A reservation's lease: when it was taken, which its number's record
+/// shows, and when it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    /// When the reservation was made.
+    pub at: DateTime<Utc>,
+    /// When it ends.
+    pub ends: DateTime<Utc>,
 }
 
 /// What one call received.
@@ -546,6 +566,31 @@ pub struct NumberAt<'a> {
     pub period: &'a str,
     /// The number.
     pub number: i64,
+}
+
+/// One change of a batch.
+#[derive(Debug, Clone, Copy)]
+pub struct StateWrite<'a> {
+    /// The number, which a range of `Allocate` or `Reserve` holds.
+    pub at: NumberAt<'a>,
+    /// The change asked.
+    pub change: StateChange<'a>,
+    /// What its state row is read against.
+    pub held: Held,
+}
+
+/// What one change of a batch did: the number's state row after it (none:
+/// still issued as its range gave it), or why nothing changed.
+pub type Changed = Result<Option<StateRow>, ChangeError>;
+
+/// A number's key and state row, as a batch reads and writes them.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub(crate) struct KeyedStateRow {
+    pub tenant_id: String,
+    pub series: String,
+    pub period: String,
+    #[sqlx(flatten)]
+    pub row: StateRow,
 }
 
 /// Why a number's state did not change.

@@ -20,9 +20,9 @@ use numbering::{
         numbers::Held,
         series::{Calendar, NumberFormat, SeriesConfig, SeriesName},
         store::{
-            Advance, Call, Change, ChangeError, ConfigureError, CounterStore, KeyRow, Ledger,
-            NumberAt, Outcome, RangeRow, RangesAfter, Reissue, Stamp, StateChange, StateRow,
-            StatesAfter, StoreError,
+            Advance, Call, Change, ChangeError, Changed, ConfigureError, CounterStore, KeyRow,
+            Ledger, NumberAt, Outcome, RangeRow, RangesAfter, Reissue, Stamp, StateChange,
+            StateRow, StateWrite, StatesAfter, StoreError,
         },
     },
     clock::SystemClock,
@@ -168,6 +168,10 @@ impl CounterStore for ScriptedStore {
         held: Held,
     ) -> Result<Option<StateRow>, ChangeError> {
         self.inner.change_state(at, change, held).await
+    }
+
+    async fn change_states(&self, writes: &[StateWrite<'_>]) -> Result<Vec<Changed>, StoreError> {
+        self.inner.change_states(writes).await
     }
 
     async fn reissue(

@@ -219,7 +219,12 @@ async fn a_release_follows_the_series_policy(#[case] backend: Backend) {
     let audit = app.audit("").await;
     assert_eq!((audit.voided, audit.reserved, audit.unaccounted), (1, 1, 0));
 
-    for _ in 0..3 {
+    let first = ReserveRequest {
+        request_id: "order-1".into(),
+        ..reserve("cont")
+    };
+    app.reserve(first).await;
+    for _ in 0..2 {
         app.reserve(reserve("cont")).await;
     }
     for number in [2, 1] {
@@ -231,15 +236,22 @@ async fn a_release_follows_the_series_policy(#[case] backend: Backend) {
     }
     let audit = app.audit("cont").await;
     assert_eq!((audit.released, audit.reserved), (2, 1));
-    let again: Vec<i64> = [
+    let keyed = ReserveRequest {
+        request_id: "order-7".into(),
+        ..reserve("cont")
+    };
+    let again = [
         app.reserve(reserve("cont")).await,
+        app.reserve(keyed).await,
         app.reserve(reserve("cont")).await,
-        app.reserve(reserve("cont")).await,
-    ]
-    .iter()
-    .map(|record| record.number)
-    .collect();
-    assert_eq!(again, [1, 2, 4], "the lowest given back first, then new");
+    ];
+    let numbers: Vec<i64> = again.iter().map(|record| record.number).collect();
+    assert_eq!(numbers, [1, 2, 4], "the lowest given back first, then new");
+    for record in &again {
+        let stored = app.get("cont", record.number).await.unwrap();
+        assert_eq!(&stored, record, "answered as stored");
+    }
+    assert_eq!(again[1].request_id, "order-7");
     let retaken = app.get("cont", 1).await.unwrap();
     assert_eq!(
         (
