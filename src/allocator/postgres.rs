@@ -21,7 +21,6 @@ use crate::{
         },
     },
     db::begin_durable,
-    request_id::RequestId,
 };
 
 /// The allocator's PostgreSQL migrations, used by start-up and by tests.
@@ -216,41 +215,6 @@ async fn write_states(
         .fetch_all(conn)
         .await?;
     Ok(stored.len())
-}
-
-/// Takes the lowest number of a period given back to a series that
-/// reissues (released, or reserved with a lease ended by `now`), and holds
-/// it for `take`: reserved until its lease ends, or issued. A number another
-/// transaction is taking is skipped, not waited for.
-#[tracing::instrument(name = "db.number_states.take_back", skip_all, err(level = "debug"))]
-async fn take_back(
-    conn: &mut PgConnection,
-    take: Reissue<'_>,
-    now: DateTime<Utc>,
-) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query_scalar(
-        "UPDATE number_states
-         SET state = CASE WHEN $5::timestamptz IS NULL THEN 'issued' ELSE 'reserved' END,
-             expires_at = $5, request_id = COALESCE($6, ''), reason = '', reference = '',
-             updated_at = $7
-         WHERE tenant_id = $1 AND series = $2 AND period = $3 AND number = (
-             SELECT number FROM number_states
-             WHERE tenant_id = $1 AND series = $2 AND period = $3
-               AND (state = 'released' OR (state = 'reserved' AND expires_at <= $4))
-               AND EXISTS (SELECT 1 FROM series
-                           WHERE tenant_id = $1 AND series = $2 AND gap_policy = 'reissue')
-             ORDER BY number LIMIT 1 FOR UPDATE SKIP LOCKED)
-         RETURNING number",
-    )
-    .bind(take.tenant.as_str())
-    .bind(take.series.as_str())
-    .bind(take.period)
-    .bind(now)
-    .bind(take.lease.map(|lease| lease.ends))
-    .bind(take.request_id.map(RequestId::as_str))
-    .bind(take.lease.map_or(now, |lease| lease.at))
-    .fetch_optional(conn)
-    .await
 }
 
 /// Gives back up to `limit` reservations whose lease ended by `now`, by
@@ -669,7 +633,10 @@ impl Engine for PgEngine {
                 return Ok(first.map(|first| first.repeated_by(asked.series, 1)));
             }
         }
-        let Some(number) = take_back(&mut tx, take, stamp.now).await? else {
+        // Another transaction taking the same number skips it, not waits.
+        let lock = "FOR UPDATE SKIP LOCKED";
+        let Some(number) = sql_store::take_back::<Postgres>(&mut tx, take, stamp.now, lock).await?
+        else {
             return Ok(None);
         };
         let outcome = sql_store::reissued::<Postgres>(&mut tx, take, number).await?;

@@ -783,6 +783,54 @@ where
     Ok(Some(row))
 }
 
+/// Takes the lowest number of a period given back to a series that
+/// reissues (released, or reserved with a lease ended by `now`), and holds
+/// it for `take`: reserved until its lease ends, or issued. `row_lock` is
+/// what the engine locks the row it picks with (nothing where the write
+/// holds the whole database).
+#[tracing::instrument(name = "db.number_states.take_back", skip_all, err(level = "debug"))]
+pub(crate) async fn take_back<DB>(
+    conn: &mut DB::Connection,
+    take: Reissue<'_>,
+    now: DateTime<Utc>,
+    row_lock: &'static str,
+) -> Result<Option<i64>, sqlx::Error>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'r> (i64,): FromRow<'r, DB::Row>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<DateTime<Utc>>: Encode<'q, DB> + Type<DB>,
+{
+    let taken: Option<(i64,)> = sqlx::query_as(AssertSqlSafe(format!(
+        "UPDATE number_states
+         SET state = CASE WHEN $5 IS NULL THEN 'issued' ELSE 'reserved' END,
+             expires_at = $5, request_id = COALESCE($6, ''), reason = '', reference = '',
+             updated_at = $7
+         WHERE tenant_id = $1 AND series = $2 AND period = $3 AND number = (
+             SELECT number FROM number_states
+             WHERE tenant_id = $1 AND series = $2 AND period = $3
+               AND (state = 'released' OR (state = 'reserved' AND expires_at <= $4))
+               AND EXISTS (SELECT 1 FROM series
+                           WHERE tenant_id = $1 AND series = $2 AND gap_policy = 'reissue')
+             ORDER BY number LIMIT 1 {row_lock})
+         RETURNING number"
+    )))
+    .bind(take.tenant.as_str())
+    .bind(take.series.as_str())
+    .bind(take.period)
+    .bind(now)
+    .bind(take.lease.map(|lease| lease.ends))
+    .bind(take.request_id.map(RequestId::as_str))
+    .bind(take.lease.map_or(now, |lease| lease.at))
+    .fetch_optional(conn)
+    .await?;
+    Ok(taken.map(|(number,)| number))
+}
+
 /// The answer of a call that took back `number`: the text its range gave
 /// it, stored as its request id's answer if it sent one.
 ///

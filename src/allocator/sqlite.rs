@@ -21,7 +21,6 @@ use crate::{
         },
     },
     db::SqliteDatabase,
-    request_id::RequestId,
 };
 
 /// The allocator's SQLite migrations, used by start-up and by tests.
@@ -163,40 +162,6 @@ async fn write_states(
         .execute(conn)
         .await?;
     Ok(())
-}
-
-/// Takes the lowest number of a period given back to a series that
-/// reissues (released, or reserved with a lease ended by `now`), and holds
-/// it for `take`: reserved until its lease ends, or issued.
-#[tracing::instrument(name = "db.number_states.take_back", skip_all, err(level = "debug"))]
-async fn take_back(
-    conn: &mut SqliteConnection,
-    take: Reissue<'_>,
-    now: DateTime<Utc>,
-) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query_scalar(
-        "UPDATE number_states
-         SET state = CASE WHEN ?5 IS NULL THEN 'issued' ELSE 'reserved' END,
-             expires_at = ?5, request_id = COALESCE(?6, ''), reason = '', reference = '',
-             updated_at = ?7
-         WHERE tenant_id = ?1 AND series = ?2 AND period = ?3 AND number = (
-             SELECT number FROM number_states
-             WHERE tenant_id = ?1 AND series = ?2 AND period = ?3
-               AND (state = 'released' OR (state = 'reserved' AND expires_at <= ?4))
-               AND EXISTS (SELECT 1 FROM series
-                           WHERE tenant_id = ?1 AND series = ?2 AND gap_policy = 'reissue')
-             ORDER BY number LIMIT 1)
-         RETURNING number",
-    )
-    .bind(take.tenant.as_str())
-    .bind(take.series.as_str())
-    .bind(take.period)
-    .bind(now)
-    .bind(take.lease.map(|lease| lease.ends))
-    .bind(take.request_id.map(RequestId::as_str))
-    .bind(take.lease.map_or(now, |lease| lease.at))
-    .fetch_optional(conn)
-    .await
 }
 
 /// Gives back up to `limit` reservations whose lease ended by `now`, by
@@ -654,7 +619,8 @@ impl Engine for SqliteEngine {
                 return Ok(first?.map(|first| first.repeated_by(asked.series, 1)));
             }
         }
-        let taken = match take_back(write.conn(), take, stamp.now).await {
+        // The write lock keeps every other taker out.
+        let taken = match sql_store::take_back::<Sqlite>(write.conn(), take, stamp.now, "").await {
             Ok(Some(number)) => sql_store::reissued::<Sqlite>(write.conn(), take, number).await,
             Ok(None) => {
                 write.rollback().await?;
