@@ -15,7 +15,7 @@ use crate::{
         batch::Retention,
         exhausted::Exhausted,
         group_commit::{GroupCommitSettings, GroupCommitter, GroupError},
-        reserve::Leases,
+        series::Leases,
         series::{
             Calendar, Count, GapPolicy, Number, NumberFormat, Refusal, Series, SeriesConfig,
             SeriesName, TimeZone,

@@ -12,7 +12,7 @@ use crate::{
         batch::Retention,
         grpc::{self, AllocatorService},
         postgres::{self, PgCounterStore},
-        reserve::Leases,
+        series::Leases,
         series::NumberFormat,
         sqlite::{self, SqliteCounterStore},
         store::CounterStore,

@@ -26,10 +26,9 @@ use chrono::NaiveDate;
 use crate::{
     allocator::{
         batch::Retention,
-        numbers::Held,
         series::{Calendar, SeriesConfig, SeriesName},
         store::{
-            Call, Changed, CounterStore, Lease, NumberAt, Outcome, StateChange, StateWrite,
+            Call, Changed, CounterStore, Held, Lease, NumberAt, Outcome, StateChange, StateWrite,
             StoreError,
         },
     },

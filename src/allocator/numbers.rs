@@ -9,8 +9,8 @@ use crate::{
         allocate::parse_stored,
         series::{GapPolicy, SeriesName},
         store::{
-            ChangeError, NumberAt, RangeRow, RangesAfter, StateChange, StateRefusal, StateRow,
-            StateWrite, StatesAfter, StoreError,
+            ChangeError, Held, NumberAt, RangeRow, RangesAfter, StateChange, StateRefusal,
+            StateRow, StateWrite, StatesAfter, StoreError,
         },
     },
     page::Page,
@@ -95,16 +95,6 @@ impl GapPolicy {
 
 /// The reason of a number given back because its lease ran out.
 pub const LEASE_EXPIRED: &str = "lease expired";
-
-/// What a state row is read against: the series' gap policy and the time,
-/// which decide what a reservation whose lease has ended stands for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Held {
-    /// The series' gap policy.
-    pub policy: GapPolicy,
-    /// Now.
-    pub now: DateTime<Utc>,
-}
 
 /// A state row as it stands at [`Held::now`].
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,11 +12,11 @@ use sqlx::{PgConnection, PgExecutor, PgPool, Postgres, migrate::Migrator};
 use crate::{
     allocator::{
         batch::{Batch, Claim, Counted, Plan, Won},
-        numbers::{Held, LEASE_EXPIRED},
+        numbers::LEASE_EXPIRED,
         series::SeriesConfig,
         sql_store::{self, Engine, STATE_COLUMNS, SqlCounterStore},
         store::{
-            Advance, Change, ChangeError, Changed, ConfigureError, KeyedStateRow, NumberAt,
+            Advance, Change, ChangeError, Changed, ConfigureError, Held, KeyedStateRow, NumberAt,
             Outcome, Reissue, SeriesRow, Stamp, StateChange, StateRow, StateWrite, StoreError,
         },
     },

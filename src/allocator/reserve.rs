@@ -17,46 +17,6 @@ use crate::{
     tenant::TenantId,
 };
 
-/// How long reservations are held.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Leases {
-    /// The lease of a call that asks for none.
-    pub default: Duration,
-    /// The longest lease a call may ask for.
-    pub max: Duration,
-}
-
-impl Default for Leases {
-    fn default() -> Self {
-        Self {
-            default: Duration::from_mins(5),
-            max: Duration::from_hours(24),
-        }
-    }
-}
-
-impl Leases {
-    /// The shortest lease a call may ask for.
-    pub const MIN: Duration = Duration::from_secs(1);
-
-    /// The lease a call gets when it asks for `asked` (zero: the default).
-    ///
-    /// # Errors
-    /// A lease under [`Leases::MIN`] or over the maximum.
-    pub fn pick(&self, asked: Duration) -> Result<Duration, String> {
-        if asked.is_zero() {
-            return Ok(self.default);
-        }
-        if asked < Self::MIN {
-            return Err(format!("must be at least {}s", Self::MIN.as_secs()));
-        }
-        if asked > self.max {
-            return Err(format!("must be at most {}s", self.max.as_secs()));
-        }
-        Ok(asked)
-    }
-}
-
 /// A number reserved, as `Reserve` answers it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reservation {
@@ -153,30 +113,5 @@ impl Allocator {
                 return Ok(expired);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_lease_is_the_default_or_within_bounds() {
-        let leases = Leases::default();
-        assert_eq!(leases.pick(Duration::ZERO), Ok(Duration::from_mins(5)));
-        assert_eq!(
-            leases.pick(Duration::from_secs(1)),
-            Ok(Duration::from_secs(1))
-        );
-        assert_eq!(
-            leases.pick(Duration::from_hours(24)),
-            Ok(Duration::from_hours(24))
-        );
-        assert!(leases.pick(Duration::from_millis(999)).is_err());
-        assert!(
-            leases
-                .pick(Duration::from_hours(24) + Duration::from_secs(1))
-                .is_err()
-        );
     }
 }

@@ -1,9 +1,11 @@
 //! The allocator's value types: what a series name, a count and a number
-//! format may be, a series as stored and a number as handed out.
+//! format may be, a series as stored, a number as handed out, and how long
+//! reservations are held.
 
 use std::{
     fmt::{self, Write as _},
     str::FromStr,
+    time::Duration,
 };
 
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
@@ -365,6 +367,46 @@ impl GapPolicy {
     }
 }
 
+/// How long reservations are held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leases {
+    /// The lease of a call that asks for none.
+    pub default: Duration,
+    /// The longest lease a call may ask for.
+    pub max: Duration,
+}
+
+impl Default for Leases {
+    fn default() -> Self {
+        Self {
+            default: Duration::from_mins(5),
+            max: Duration::from_hours(24),
+        }
+    }
+}
+
+impl Leases {
+    /// The shortest lease a call may ask for.
+    pub const MIN: Duration = Duration::from_secs(1);
+
+    /// The lease a call gets when it asks for `asked` (zero: the default).
+    ///
+    /// # Errors
+    /// A lease under [`Leases::MIN`] or over the maximum.
+    pub fn pick(&self, asked: Duration) -> Result<Duration, String> {
+        if asked.is_zero() {
+            return Ok(self.default);
+        }
+        if asked < Self::MIN {
+            return Err(format!("must be at least {}s", Self::MIN.as_secs()));
+        }
+        if asked > self.max {
+            return Err(format!("must be at most {}s", self.max.as_secs()));
+        }
+        Ok(asked)
+    }
+}
+
 /// A series' settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeriesConfig {
@@ -442,6 +484,26 @@ pub struct Number {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lease_is_the_default_or_within_bounds() {
+        let leases = Leases::default();
+        assert_eq!(leases.pick(Duration::ZERO), Ok(Duration::from_mins(5)));
+        assert_eq!(
+            leases.pick(Duration::from_secs(1)),
+            Ok(Duration::from_secs(1))
+        );
+        assert_eq!(
+            leases.pick(Duration::from_hours(24)),
+            Ok(Duration::from_hours(24))
+        );
+        assert!(leases.pick(Duration::from_millis(999)).is_err());
+        assert!(
+            leases
+                .pick(Duration::from_hours(24) + Duration::from_secs(1))
+                .is_err()
+        );
+    }
 
     fn day(y: i32, m: u32, d: u32) -> NaiveDate {
         NaiveDate::from_ymd_opt(y, m, d).unwrap()

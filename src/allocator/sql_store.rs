@@ -12,10 +12,10 @@ use sqlx::{AssertSqlSafe, Database, Encode, Executor, FromRow, IntoArguments, Po
 use crate::{
     allocator::{
         batch::{Batch, Won},
-        numbers::{self, Held},
+        numbers,
         series::{SeriesConfig, SeriesName},
         store::{
-            Advance, Call, Change, ChangeError, Changed, ConfigureError, CounterStore, Grant,
+            Advance, Call, Change, ChangeError, Changed, ConfigureError, CounterStore, Grant, Held,
             KeyRow, KeyedStateRow, KindTotal, Ledger, NumberAt, Outcome, RangeRow, RangesAfter,
             Reissue, SeriesRow, Stamp, StateChange, StateRow, StateTotal, StateWrite, StatedRow,
             StatesAfter, StoreError,

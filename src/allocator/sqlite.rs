@@ -12,11 +12,11 @@ use sqlx::{Sqlite, SqliteConnection, SqlitePool, migrate::Migrator, types::Json}
 use crate::{
     allocator::{
         batch::{Batch, Claim, Counted, Plan, Won},
-        numbers::{Held, LEASE_EXPIRED},
+        numbers::LEASE_EXPIRED,
         series::SeriesConfig,
         sql_store::{self, Engine, STATE_COLUMNS, SqlCounterStore},
         store::{
-            Advance, Change, ChangeError, Changed, ConfigureError, KeyedStateRow, NumberAt,
+            Advance, Change, ChangeError, Changed, ConfigureError, Held, KeyedStateRow, NumberAt,
             Outcome, Reissue, Stamp, StateChange, StateRow, StateWrite, StoreError,
         },
     },

@@ -5,9 +5,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::{
-    allocator::{
-        numbers::Held,
-        series::{Calendar, GapPolicy, NumberFormat, Refusal, SeriesConfig, SeriesName, TimeZone},
+    allocator::series::{
+        Calendar, GapPolicy, NumberFormat, Refusal, SeriesConfig, SeriesName, TimeZone,
     },
     calendar::Reset,
     db::{DbErrorKind, classify},
@@ -566,6 +565,16 @@ pub struct NumberAt<'a> {
     pub period: &'a str,
     /// The number.
     pub number: i64,
+}
+
+/// What a state row is read against: the series' gap policy and the time,
+/// which decide what a reservation whose lease has ended stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    /// The series' gap policy.
+    pub policy: GapPolicy,
+    /// Now.
+    pub now: DateTime<Utc>,
 }
 
 /// One change of a batch.

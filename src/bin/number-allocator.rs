@@ -8,7 +8,7 @@ use numbering::{
         CommitMode,
         app::{App, RequestIdSettings, Settings},
         group_commit::GroupCommitSettings,
-        reserve::Leases,
+        series::Leases,
         series::NumberFormat,
     },
     clock::SystemClock,

@@ -17,11 +17,10 @@ use numbering::{
         CommitMode,
         batch::Retention,
         group_commit::{GroupCommitSettings, GroupCommitter, GroupError},
-        numbers::Held,
         series::{Calendar, NumberFormat, SeriesConfig, SeriesName},
         store::{
-            Advance, Call, Change, ChangeError, Changed, ConfigureError, CounterStore, KeyRow,
-            Ledger, NumberAt, Outcome, RangeRow, RangesAfter, Reissue, Stamp, StateChange,
+            Advance, Call, Change, ChangeError, Changed, ConfigureError, CounterStore, Held,
+            KeyRow, Ledger, NumberAt, Outcome, RangeRow, RangesAfter, Reissue, Stamp, StateChange,
             StateRow, StateWrite, StatesAfter, StoreError,
         },
     },

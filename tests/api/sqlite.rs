@@ -77,7 +77,7 @@ async fn a_write_lock_held_elsewhere_is_unavailable_within_the_acquire_timeout()
             default_format: NumberFormat::default(),
             mode: CommitMode::PerCall,
             request_ids: RequestIdSettings::default(),
-            leases: allocator::reserve::Leases::default(),
+            leases: allocator::series::Leases::default(),
         },
         Arc::new(SystemClock),
     )

@@ -6,7 +6,7 @@ use numbering::{
     access::bearer::BearerToken,
     allocator::{
         self, CommitMode, app::RequestIdSettings, group_commit::GroupCommitSettings,
-        reserve::Leases, series::NumberFormat,
+        series::Leases, series::NumberFormat,
     },
     clock::{Clock, SystemClock},
     db::Backend,
