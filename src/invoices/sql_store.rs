@@ -443,11 +443,12 @@ where
     for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
 {
     let query = match note {
-        // A repeated call asks with the same request id again.
+        // A repeated call asks with the same request id again: the row is
+        // its own now, and not stale.
         Note::Pending(pending) => sqlx::query(
             "INSERT INTO pending_numbers (tenant_id, request_key, issue_date, since)
              VALUES ($1, $2, $3, $4)
-             ON CONFLICT (tenant_id, request_key) DO NOTHING",
+             ON CONFLICT (tenant_id, request_key) DO UPDATE SET since = excluded.since",
         )
         .bind(pending.tenant_id.as_str())
         .bind(pending.request_key.as_str())
