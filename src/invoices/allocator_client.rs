@@ -180,7 +180,7 @@ impl AllocatorClient {
     /// document dated `date` (`YYYY-MM-DD`, empty for today in the series'
     /// time zone) for `lease`, with `request_id`, so that a retry whose first
     /// try committed gets the same number: a number given back first if the
-    /// series reissues. Retried as [`AllocatorClient::retried`] says.
+    /// series reissues. Retried with backoff while the allocator is unreachable, until `deadline`.
     ///
     /// # Errors
     /// [`AllocatorError::Unavailable`] once the deadline leaves no room for
@@ -216,7 +216,7 @@ impl AllocatorClient {
 
     /// Confirms the tenant's invoice number `number` of `period` with
     /// `reference`; again with the same reference it answers the same.
-    /// Retried as [`AllocatorClient::retried`] says.
+    /// Retried with backoff while the allocator is unreachable, until `deadline`.
     ///
     /// # Errors
     /// As [`AllocatorClient::reserve`].
@@ -249,7 +249,7 @@ impl AllocatorClient {
     }
 
     /// Gives back the tenant's reserved invoice number `number` of `period`,
-    /// for `reason`. Retried as [`AllocatorClient::retried`] says.
+    /// for `reason`. Retried with backoff while the allocator is unreachable, until `deadline`.
     ///
     /// # Errors
     /// As [`AllocatorClient::reserve`]; a number given back already is
