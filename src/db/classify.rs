@@ -52,12 +52,14 @@ pub fn classify(error: &sqlx::Error) -> DbErrorKind {
             // 08: connection exception; 57P01-57P04: admin or crash shutdown,
             // cannot connect now, database dropped; 53300: too many
             // connections; 55000 is what a database that does not accept
-            // connections answers at connect.
+            // connections answers at connect; 25006: a write in a read-only
+            // transaction, i.e. a standby not yet promoted during a failover,
+            // or a database set read-only.
             Some(code)
                 if code.starts_with("08")
                     || matches!(
                         code,
-                        "57P01" | "57P02" | "57P03" | "57P04" | "53300" | "55000"
+                        "57P01" | "57P02" | "57P03" | "57P04" | "53300" | "55000" | "25006"
                     ) =>
             {
                 DbErrorKind::Unavailable

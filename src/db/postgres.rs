@@ -146,5 +146,13 @@ pub async fn begin_durable(pool: &PgPool) -> Result<Transaction<'static, Postgre
 /// Whether the pool can hand out a working connection now; bounded by the
 /// pool's acquire time-out.
 pub(crate) async fn ping(pool: &PgPool) -> bool {
-    sqlx::query("SELECT 1").execute(pool).await.is_ok()
+    // Answering is not enough: a standby (recovering, or not yet promoted
+    // during a failover) or a read-only database refuses every write.
+    sqlx::query_scalar::<_, bool>(
+        "SELECT NOT pg_is_in_recovery()
+                AND NOT current_setting('transaction_read_only')::boolean",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap_or(false)
 }

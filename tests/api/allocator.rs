@@ -23,8 +23,8 @@ use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::helpers::{
     TestDb, allocate, allocate_concurrently, assert_exactly_one_to, assert_invalid_field,
-    assert_reason, spawn_allocator, spawn_allocator_in, spawn_allocator_with, test_pool_settings,
-    wait_for_health,
+    assert_reason, keyed, spawn_allocator, spawn_allocator_in, spawn_allocator_with,
+    test_pool_settings, wait_for_health,
 };
 
 /// 500 concurrent first calls of a brand-new tenant get exactly 1..=500.
@@ -514,6 +514,51 @@ async fn writes_force_synchronous_commit() {
         setting, "on",
         "the services' pools do not force synchronous commit"
     );
+}
+
+/// A database that answers but refuses writes (a standby not yet promoted
+/// during a failover, or one set read-only) is unavailable, never internal:
+/// readiness turns NOT_SERVING and calls answer UNAVAILABLE; once it takes
+/// writes again both recover, with no number lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_database_is_unavailable_until_it_takes_writes() {
+    let mut app = spawn_allocator(Backend::Postgres).await;
+    let channel = app.server.channel().await;
+    let name = "numbering.v1.NumberAllocator";
+    app.client.allocate(allocate("acme", "", 3)).await.unwrap();
+    let database = app.db.name.clone();
+    // New sessions start read-only; ending the open ones makes the pool
+    // open new ones.
+    let reconnect = format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'"
+    );
+    app.db
+        .admin(format!(
+            r#"ALTER DATABASE "{database}" SET default_transaction_read_only = on"#
+        ))
+        .await;
+    app.db.admin(reconnect.clone()).await;
+    wait_for_health(channel.clone(), name, ServingStatus::NotServing).await;
+    for call in [allocate("acme", "", 1), keyed("acme", "", 1, "order-1")] {
+        let status = app.client.allocate(call).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert_reason(&status, "STORE_UNAVAILABLE");
+    }
+
+    app.db
+        .admin(format!(
+            r#"ALTER DATABASE "{database}" RESET default_transaction_read_only"#
+        ))
+        .await;
+    app.db.admin(reconnect).await;
+    wait_for_health(channel, name, ServingStatus::Serving).await;
+    let next = app
+        .client
+        .allocate(allocate("acme", "", 1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(next.numbers[0].value, 4);
 }
 
 /// Readiness follows the database while liveness does not; calls fail fast with
