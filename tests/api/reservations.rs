@@ -345,6 +345,53 @@ async fn an_ended_lease_gives_the_number_back(#[case] backend: Backend) {
     app.confirm(confirm("cont", 1, "inv-2")).await.unwrap();
 }
 
+/// On a series that reissues, a lease that has ended counts as given back
+/// at once: the next reservation takes its number although no sweep has run.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_lease_is_taken_again_before_any_sweep(#[case] backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let clock = ManualClock::at(START.parse().unwrap());
+    let mode = CommitMode::Group(GroupCommitSettings::default());
+    // The sweep runs at start-up, then not again within the test.
+    let rare_sweeps = RequestIdSettings {
+        purge_interval: Duration::from_hours(1),
+        ..RequestIdSettings::default()
+    };
+    let (server, client) = serve_allocator_on(&db, mode, rare_sweeps, clock.clone()).await;
+    let mut app = Reservations {
+        db,
+        _server: server,
+        client,
+        clock,
+    };
+    app.configure("cont", GapPolicy::Reissue).await;
+    let short = ReserveRequest {
+        lease: Some(seconds(60)),
+        ..reserve("cont")
+    };
+    app.reserve(short).await;
+    app.clock.advance(Duration::from_secs(61));
+    let store = app.db.counter_store().await;
+    let (tenant, series) = (
+        TenantId::parse("acme").unwrap(),
+        SeriesName::parse("cont").unwrap(),
+    );
+    let rows = store
+        .states_between(&tenant, &series, "", (1, 1))
+        .await
+        .unwrap();
+    assert_eq!(rows[0].state, "reserved", "not swept");
+
+    let again = app.reserve(reserve("cont")).await;
+    assert_eq!((again.number, again.state()), (1, NumberState::Reserved));
+    let audit = app.audit("cont").await;
+    assert_eq!(
+        (audit.last_value, audit.reserved, audit.released),
+        (1, 1, 0)
+    );
+}
+
 /// Waits until the background sweep has stored number 1 of `series` as no
 /// longer reserved.
 async fn wait_until_swept(db: &TestDb, series: &str) {
