@@ -144,6 +144,18 @@ fn number_state(raw: i32) -> Result<Option<NumberState>, String> {
     }
 }
 
+/// The series name a page token says the last page ended with: a name
+/// this service stored, or the token is not one it gave.
+fn series_token(token: &str) -> Result<Option<String>, String> {
+    let Some(key) = pagination::decode_token(token)? else {
+        return Ok(None);
+    };
+    match SeriesName::parse(&key) {
+        Ok(name) => Ok(Some(name.to_string())),
+        Err(_) => Err("is not a token this listing gave".into()),
+    }
+}
+
 /// The number a page token says the last page ended with.
 fn number_token(token: &str) -> Result<Option<i64>, String> {
     let Some(key) = pagination::decode_token(token)? else {
@@ -272,7 +284,7 @@ impl NumberAllocator for AllocatorService {
         let mut violations = Violations::new();
         let tenant = violations.check("tenant_id", TenantId::parse(&request.tenant_id));
         let size = violations.check("page_size", pagination::page_size(request.page_size));
-        let after = violations.check("page_token", pagination::decode_token(&request.page_token));
+        let after = violations.check("page_token", series_token(&request.page_token));
         violations.finish()?;
         let (Some(tenant), Some(size), Some(after)) = (tenant, size, after) else {
             unreachable!("finish() returned Ok, so every field parsed");

@@ -210,6 +210,7 @@ impl invoice_writer_server::InvoiceWriter for InvoiceWriterService {
                 key.map_or(Ok(None), |key| {
                     // "<period>/<number>": periods hold no slash.
                     key.rsplit_once('/')
+                        .filter(|(period, _)| crate::calendar::check_period(period).is_ok())
                         .and_then(|(period, number)| {
                             Some((period.to_owned(), number.parse::<i64>().ok()?))
                         })

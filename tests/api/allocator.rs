@@ -367,6 +367,20 @@ async fn bad_input_is_rejected_by_field_and_changes_nothing(#[case] backend: Bac
         .unwrap_err();
     assert_invalid_field(&status, "page_size");
     assert_invalid_field(&status, "page_token");
+    // A token of this form with a key no series has: refused, not sent to
+    // the database.
+    for key in ["\0", "Bad Name", &"x".repeat(65)] {
+        let status = app
+            .client
+            .list_series(ListSeriesRequest {
+                tenant_id: "acme".into(),
+                page_size: 10,
+                page_token: numbering::server::pagination::encode_token(key),
+            })
+            .await
+            .unwrap_err();
+        assert_invalid_field(&status, "page_token");
+    }
     let status = app
         .client
         .get_series(GetSeriesRequest {

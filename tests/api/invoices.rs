@@ -410,6 +410,20 @@ async fn bad_invoices_are_rejected_by_field_and_change_nothing(#[case] backend: 
         .await
         .unwrap_err();
     assert_invalid_field(&status, "page_token");
+    // A token of this form with a period no invoice has: refused, not sent
+    // to the database.
+    for key in ["\0/1", "20x6/1", "2026/x"] {
+        let status = writer
+            .client
+            .list_invoices(ListInvoicesRequest {
+                tenant_id: "acme".into(),
+                page_size: 10,
+                page_token: numbering::server::pagination::encode_token(key),
+            })
+            .await
+            .unwrap_err();
+        assert_invalid_field(&status, "page_token");
+    }
 
     assert!(list_all(&mut writer.client, "acme").await.is_empty());
     let series = invoice_series(&mut allocator.client, "acme")
