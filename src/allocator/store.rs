@@ -369,7 +369,7 @@ pub struct Ledger {
     pub last_value: i64,
     /// The value it started from: `start_at - 1` when it began.
     pub base: i64,
-    /// Numbers in ranges of each kind (`allocate`, `advance`), and the end
+    /// Numbers in ranges of each kind (`allocate`, `reserve`, `advance`), and the end
     /// of each kind's last range.
     pub kinds: Vec<KindTotal>,
     /// The first holes between ranges, as (first number, count), ascending;
@@ -401,7 +401,7 @@ pub struct RangeRow {
     pub first_value: i64,
     /// How many numbers it holds.
     pub count: i64,
-    /// `allocate` (handed out) or `advance` (skipped).
+    /// `allocate` (handed out), `reserve` (one number reserved) or `advance` (skipped).
     pub kind: String,
     /// Why an advance skipped it; empty for an allocation.
     pub reason: String,
@@ -648,7 +648,7 @@ pub struct RangesAfter {
 /// The numbers in a period's ranges of one kind.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct KindTotal {
-    /// `allocate` or `advance`.
+    /// `allocate`, `reserve` or `advance`.
     pub kind: String,
     /// How many numbers its ranges hold.
     pub numbers: i64,
