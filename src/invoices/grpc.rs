@@ -358,9 +358,12 @@ impl From<Error> for Status {
 /// The allocator's refusal as the writer's answer: its code and details
 /// (`SERIES_EXHAUSTED`, say) tell the caller whether a retry can help.
 fn passed_on(status: &Status) -> Status {
-    Status::with_details(
+    // The details are encoded again under the new message: a
+    // `google.rpc.Status` whose message disagrees with the status' own is
+    // refused by standard status tooling.
+    Status::with_error_details(
         status.code(),
         format!("the number allocator refused: {}", status.message()),
-        status.details().to_vec().into(),
+        status.get_error_details(),
     )
 }

@@ -492,6 +492,12 @@ async fn allocator_refusals_keep_their_code_and_reason(#[case] backend: Backend)
         .unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     assert_reason(&status, "SERIES_EXHAUSTED");
+    // The google.rpc.Status inside the details says what the status says.
+    let inner = <tonic_types::pb::Status as prost::Message>::decode(status.details()).unwrap();
+    assert_eq!(
+        (inner.code, inner.message.as_str()),
+        (Code::FailedPrecondition as i32, status.message())
+    );
 }
 
 /// A writer whose first allocation fails retries and succeeds once the allocator answers.
