@@ -10,8 +10,8 @@ use numbering::{
     db::Backend,
     proto::{
         AuditSeriesRequest, ConfigureSeriesRequest, GetNumberRequest, GetSeriesRequest,
-        ListNumbersRequest, VoidRequest, invoice_writer_client::InvoiceWriterClient,
-        number_allocator_client::NumberAllocatorClient,
+        ListNumbersRequest, ReleaseRequest, ReserveRequest, VoidRequest,
+        invoice_writer_client::InvoiceWriterClient, number_allocator_client::NumberAllocatorClient,
     },
     server::ServerSettings,
 };
@@ -73,6 +73,47 @@ async fn guarded_allocator(dir: &tempfile::TempDir) -> (AllocatorApp, std::path:
 fn assert_refused(status: &Status, code: Code, reason: &str) {
     assert_eq!(status.code(), code, "{status:?}");
     assert_reason(status, reason);
+}
+
+/// Reserve and Release need the tenant, as Allocate does: a token is
+/// refused another tenant's, and reserves for its own.
+#[tokio::test]
+async fn reservations_need_the_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, _path) = guarded_allocator(&dir).await;
+    let mut billing = client(&app, Some("billing-s3cret")).await;
+    let status = billing
+        .reserve(ReserveRequest {
+            tenant_id: "initech".into(),
+            ..ReserveRequest::default()
+        })
+        .await
+        .unwrap_err();
+    assert_refused(&status, Code::PermissionDenied, "TENANT_NOT_GRANTED");
+    let status = billing
+        .release(ReleaseRequest {
+            tenant_id: "initech".into(),
+            number: 1,
+            reason: "cancelled".into(),
+            ..ReleaseRequest::default()
+        })
+        .await
+        .unwrap_err();
+    assert_refused(&status, Code::PermissionDenied, "TENANT_NOT_GRANTED");
+    let held = billing
+        .reserve(ReserveRequest {
+            tenant_id: "acme".into(),
+            ..ReserveRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .record
+        .unwrap();
+    assert_eq!(
+        held.number, 1,
+        "initech's refused call reserved nothing of acme's"
+    );
 }
 
 #[tokio::test]
