@@ -17,7 +17,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir.join("numbering_descriptor.bin"),
         descriptors.encode_to_vec(),
     )?;
-    tonic_prost_build::configure().compile_fds(descriptors)?;
+    // Type names let the codec tell a request (the caller's fault when it
+    // does not decode) from a reply.
+    let mut config = prost_build::Config::new();
+    config.enable_type_names();
+    tonic_prost_build::configure()
+        .codec_path("crate::codec::Codec")
+        .compile_fds_with_config(descriptors, config)?;
 
     println!("cargo:rerun-if-changed=proto");
     // Printing our own rerun lines stops Cargo from rerunning on any change,

@@ -118,13 +118,12 @@ fn number_at(
     tenant.zip(series)
 }
 
-/// A reference or a reason: 1 to 256 characters.
+/// A reference or a reason: 1 to 256 characters of free text.
 fn check_note(text: &str) -> Result<(), String> {
-    match text.chars().count() {
-        0 => Err("must not be empty".into()),
-        1..=MAX_NOTE_CHARS => Ok(()),
-        _ => Err(format!("must be at most {MAX_NOTE_CHARS} characters")),
+    if text.is_empty() {
+        return Err("must not be empty".into());
     }
+    crate::text::check(text, MAX_NOTE_CHARS, false).map(drop)
 }
 
 /// Longest reference or reason of a number's state.
@@ -516,12 +515,10 @@ impl NumberAllocator for AllocatorService {
         if request.at_least < 0 {
             violations.add("at_least", "must not be negative");
         }
-        if request.reason.chars().count() > MAX_REASON_CHARS {
-            violations.add(
-                "reason",
-                format!("must be at most {MAX_REASON_CHARS} characters"),
-            );
-        }
+        violations.check(
+            "reason",
+            crate::text::check(&request.reason, MAX_REASON_CHARS, false),
+        );
         let date = violations.check("date", parse_date(&request.date));
         violations.finish()?;
         let (Some(tenant), Some(series), Some(date)) = (tenant, series, date) else {

@@ -180,10 +180,8 @@ impl FromStr for NumberFormat {
     type Err = String;
 
     fn from_str(template: &str) -> Result<Self, Self::Err> {
-        if template.chars().count() > Self::MAX_LEN {
-            return Err(format!("must be at most {} characters", Self::MAX_LEN));
-        }
-        if template.chars().any(char::is_control) {
+        crate::text::check(template, Self::MAX_LEN, false)?;
+        if template.contains(['\n', '\r', '\t']) {
             return Err("must not contain control characters".into());
         }
         let mut parts: Vec<Part> = Vec::new();

@@ -18,26 +18,12 @@ const QUANTITY_LIMIT: i64 = 10_000_000;
 /// Unit prices are below this.
 const UNIT_PRICE_LIMIT: i64 = 100_000_000_000;
 
-/// Checks a free-text field: at most `max` characters, not blank when
-/// required, and no control characters but line breaks and tabs (PostgreSQL
-/// cannot store a NUL).
+/// Checks a free-text field; see [`crate::text::check`].
 ///
 /// # Errors
 /// A description of what is wrong, for a field violation.
 pub fn text(raw: &str, max: usize, required: bool) -> Result<String, String> {
-    if required && raw.trim().is_empty() {
-        return Err("must not be empty".into());
-    }
-    if raw.chars().count() > max {
-        return Err(format!("must be at most {max} characters"));
-    }
-    if raw
-        .chars()
-        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
-    {
-        return Err("must not contain control characters".into());
-    }
-    Ok(raw.to_owned())
+    crate::text::check(raw, max, required)
 }
 
 /// Checks an optional e-mail address: empty, or `local@domain` of at most 254 characters.
@@ -86,14 +72,21 @@ pub fn due_date(raw: &str) -> Result<NaiveDate, String> {
     crate::calendar::parse_day(raw)
 }
 
-/// Checks an ISO 4217 currency code such as `EUR`.
+/// Checks an ISO 4217 currency code such as `EUR`: a currency, not one of
+/// the codes ISO 4217 keeps for other things (`XXX` "no currency", `XTS` for
+/// testing, `XAU` gold, `XDR` drawing rights, bond units).
 ///
 /// # Errors
-/// An unknown code.
+/// An unknown code, or one that is not a currency.
 pub fn currency(raw: &str) -> Result<String, String> {
-    iso_currency::Currency::from_code(raw)
-        .map(|currency| currency.code().to_owned())
-        .ok_or_else(|| "must be an ISO 4217 currency code such as EUR".into())
+    match iso_currency::Currency::from_code(raw) {
+        Some(currency) if currency.has_flag(iso_currency::Flag::Special) => Err(format!(
+            "{raw} is not a currency ({}); use one such as EUR",
+            currency.name()
+        )),
+        Some(currency) => Ok(currency.code().to_owned()),
+        None => Err("must be an ISO 4217 currency code such as EUR".into()),
+    }
 }
 
 fn decimal(raw: &str, limit: i64) -> Result<Decimal, String> {
@@ -374,8 +367,11 @@ mod tests {
         ] {
             assert!(due_date(bad).is_err(), "{bad:?} was accepted");
         }
-        assert_eq!(currency("EUR").unwrap(), "EUR");
-        for bad in ["eur", "EURO", "XYZ", ""] {
+        // Currencies whose codes start with X are currencies all the same.
+        for good in ["EUR", "XAF", "XOF", "XCD", "XPF"] {
+            assert_eq!(currency(good).as_deref(), Ok(good));
+        }
+        for bad in ["eur", "EURO", "XYZ", "", "XXX", "XTS", "XAU", "XDR", "XBA"] {
             assert!(currency(bad).is_err(), "{bad:?} was accepted");
         }
     }

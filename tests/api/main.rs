@@ -21,6 +21,7 @@ fn backends(#[case] backend: Backend) {}
 mod access;
 mod allocator;
 mod audit;
+mod bad_input;
 mod fairness;
 mod group_commit;
 mod helpers;

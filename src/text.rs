@@ -1,0 +1,110 @@
+//! What free text may hold, wherever it is stored (an invoice's names and
+//! notes, a number's reference or reason, a counter's reason): text that shows
+//! as it is stored.
+
+use unicode_properties::{GeneralCategory, GeneralCategoryGroup, UnicodeGeneralCategory};
+
+/// Zero-width non-joiner and joiner: they shape joining scripts (Persian,
+/// Indic), so they are kept between two letters of such a script.
+const JOINERS: [char; 2] = ['\u{200C}', '\u{200D}'];
+
+/// Checks free text: at most `max` characters, not blank when `required`, and
+/// nothing that would make it show other than it is stored:
+/// - no control characters but line breaks and tabs (PostgreSQL cannot store
+///   a NUL);
+/// - no invisible format characters: bidirectional overrides, embeddings,
+///   isolates and marks (which reorder what is shown), zero-width spaces, word
+///   joiners, byte-order marks, soft hyphens. The zero-width (non-)joiner is
+///   kept only between two letters (or marks) outside ASCII, where scripts
+///   need it.
+///
+/// # Errors
+/// A description of what is wrong, for a field violation.
+pub fn check(raw: &str, max: usize, required: bool) -> Result<String, String> {
+    if required && raw.trim().is_empty() {
+        return Err("must not be empty".into());
+    }
+    if raw.chars().count() > max {
+        return Err(format!("must be at most {max} characters"));
+    }
+    let chars: Vec<char> = raw.chars().collect();
+    for (i, &c) in chars.iter().enumerate() {
+        if c.is_control() && !matches!(c, '\n' | '\r' | '\t') {
+            return Err("must not contain control characters".into());
+        }
+        if c.general_category() == GeneralCategory::Format {
+            let letter = |at: Option<&char>| {
+                at.is_some_and(|c| {
+                    !c.is_ascii()
+                        && matches!(
+                            c.general_category_group(),
+                            GeneralCategoryGroup::Letter | GeneralCategoryGroup::Mark
+                        )
+                })
+            };
+            let joins = JOINERS.contains(&c)
+                && i > 0
+                && letter(chars.get(i - 1))
+                && letter(chars.get(i + 1));
+            if !joins {
+                return Err(format!(
+                    "must not contain invisible formatting characters (U+{:04X} at character {})",
+                    u32::from(c),
+                    i + 1
+                ));
+            }
+        }
+    }
+    Ok(raw.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_that_shows_as_stored_is_kept() {
+        for good in [
+            "Globex Corporation",
+            "Müller & Söhne\nHauptstraße 1\tBerlin",
+            "שלום עולם",
+            "مرحبا",
+            // Persian "I want", with the non-joiner its spelling needs.
+            "می\u{200C}خواهم",
+            "देवनागरी क्‍ष",
+            "",
+        ] {
+            assert_eq!(check(good, 100, false).as_deref(), Ok(good), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn text_that_could_show_otherwise_is_refused() {
+        for bad in [
+            "Glo\0bex",
+            "bell\u{7}",
+            "del\u{7F}",
+            "c1\u{85}",
+            // Right-to-left override (the "Trojan Source" trick), embeddings,
+            // isolates, marks.
+            "invoice\u{202E}fdp.exe",
+            "\u{202A}x",
+            "x\u{2066}y\u{2069}",
+            "x\u{200F}",
+            "x\u{061C}",
+            // Zero-width space, word joiner, byte-order mark, soft hyphen.
+            "Glo\u{200B}bex",
+            "Glo\u{2060}bex",
+            "\u{FEFF}Globex",
+            "Glo\u{AD}bex",
+            // A joiner where no script needs one.
+            "Glo\u{200D}bex",
+            "\u{200C}",
+            "می\u{200C}",
+        ] {
+            assert!(check(bad, 100, false).is_err(), "{bad:?} was accepted");
+        }
+        assert!(check("   ", 10, true).is_err());
+        assert!(check("abc", 2, false).is_err());
+    }
+}
