@@ -9,6 +9,7 @@ use crate::{
     db::{DatabaseUrl, PoolSettings},
     server::{
         ServerSettings,
+        connections::ConnectionLimits,
         fairness::TenantLimits,
         startup::{EXIT_BAD_CONFIG, StartupError},
     },
@@ -94,6 +95,26 @@ pub struct ServerArgs {
     #[arg(long, env = "NUMBERING_TENANT_RATE_WAIT", default_value = "1s", value_parser = humantime::parse_duration)]
     pub tenant_rate_wait: Duration,
 
+    /// Connections held open at once; more wait in the listen backlog until one closes. Keep it below the process' file limit, less the database connections.
+    #[arg(long, env = "NUMBERING_MAX_CONNECTIONS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000).map(|limit| usize::try_from(limit).unwrap_or(usize::MAX)))]
+    pub max_connections: usize,
+
+    /// A connection that has not sent its first request this long after it was accepted (TLS and HTTP/2 handshakes included) is closed.
+    #[arg(long, env = "NUMBERING_FIRST_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub first_request_timeout: Duration,
+
+    /// Calls in flight at once on one connection (HTTP/2 concurrent streams); a client past it waits for one to end.
+    #[arg(long, env = "NUMBERING_MAX_CONCURRENT_STREAMS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_streams: u32,
+
+    /// How often an HTTP/2 ping checks that each connection's peer is alive.
+    #[arg(long, env = "NUMBERING_KEEPALIVE_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub keepalive_interval: Duration,
+
+    /// How long a keep-alive ping may go unanswered before the connection is closed.
+    #[arg(long, env = "NUMBERING_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub keepalive_timeout: Duration,
+
     /// Whether to serve gRPC server reflection (v1 and v1alpha), which grpcurl uses. With a tokens file it needs a token like any other call.
     #[arg(long, env = "NUMBERING_REFLECTION", default_value_t = true, action = clap::ArgAction::Set)]
     pub reflection: bool,
@@ -113,6 +134,17 @@ impl ServerArgs {
                 humantime::format_duration(self.tenant_rate_wait),
                 humantime::format_duration(self.request_timeout)
             )));
+        }
+        for (name, value) in [
+            ("--first-request-timeout", self.first_request_timeout),
+            ("--keepalive-interval", self.keepalive_interval),
+            ("--keepalive-timeout", self.keepalive_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(StartupError::BadSetting(format!(
+                    "{name} must be more than 0s"
+                )));
+            }
         }
         let access = Access::from_file(self.tokens_file.clone(), RELOAD_INTERVAL)
             .map_err(StartupError::BadSetting)?;
@@ -141,6 +173,13 @@ impl ServerArgs {
             tls,
             tenant_limits: NonZeroU32::new(self.tenant_rate_limit)
                 .map(|rate| Arc::new(TenantLimits::new(rate, self.tenant_rate_wait))),
+            connections: ConnectionLimits {
+                max_connections: self.max_connections,
+                first_request_timeout: self.first_request_timeout,
+            },
+            max_concurrent_streams: self.max_concurrent_streams,
+            keepalive_interval: self.keepalive_interval,
+            keepalive_timeout: self.keepalive_timeout,
         })
     }
 }

@@ -4,6 +4,7 @@
 mod authenticate;
 mod calls;
 pub mod config;
+pub mod connections;
 pub mod fairness;
 pub mod pagination;
 pub mod shutdown;
@@ -12,7 +13,7 @@ pub mod status;
 pub mod telemetry;
 pub mod validation;
 
-use std::{convert::Infallible, future::Future, pin::Pin, sync::Arc, time::Duration};
+use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use tokio::{net::TcpListener, sync::watch, time::MissedTickBehavior};
@@ -20,14 +21,22 @@ use tonic::{
     body::Body,
     codegen::{Service, http},
     server::NamedService,
-    transport::{Server, server::TcpIncoming},
+    transport::Server,
 };
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tower_http::trace::TraceLayer;
 
 pub use authenticate::{Admission, admission};
+use connections::mark_spoken;
 
-use crate::{access::Access, server::fairness::TenantLimits, tls::ServerTls};
+use crate::{
+    access::Access,
+    server::{
+        connections::{ConnectionLimits, incoming},
+        fairness::TenantLimits,
+    },
+    tls::ServerTls,
+};
 
 /// A service's store, as the server sees it: readiness follows it, and it is
 /// closed once the server has stopped.
@@ -61,6 +70,14 @@ pub struct ServerSettings {
     pub tls: Option<ServerTls>,
     /// Each tenant's rate; none for no limit.
     pub tenant_limits: Option<Arc<TenantLimits>>,
+    /// Connections held at once, and how long one may stay silent.
+    pub connections: ConnectionLimits,
+    /// Calls in flight at once on one connection (HTTP/2 streams).
+    pub max_concurrent_streams: u32,
+    /// How often an HTTP/2 ping checks that a connection's peer is alive.
+    pub keepalive_interval: Duration,
+    /// How long a ping may go unanswered before the connection is closed.
+    pub keepalive_timeout: Duration,
 }
 
 impl Default for ServerSettings {
@@ -75,6 +92,10 @@ impl Default for ServerSettings {
             reflection: true,
             tls: None,
             tenant_limits: None,
+            connections: ConnectionLimits::default(),
+            max_concurrent_streams: 100,
+            keepalive_interval: Duration::from_mins(1),
+            keepalive_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -134,19 +155,22 @@ where
         let (stop, stopped) = watch::channel(false);
         let health_only = listeners.health.map(|listener| {
             tokio::spawn(
-                Server::builder()
+                builder(settings)
+                    .layer(tower::util::MapRequestLayer::new(mark_spoken))
                     .add_service(health_service.clone())
                     .serve_with_incoming_shutdown(
-                        TcpIncoming::from(listener).with_nodelay(Some(true)),
+                        incoming(listener, None, settings.connections),
                         stopping(stopped.clone()),
                     ),
             )
         });
         let (access, limits) = (settings.access.clone(), settings.tenant_limits.clone());
-        let mut routes = Server::builder()
-            // Outermost, so every call gets a span, shed, refused and
-            // timed-out ones included. Failures are logged by `Guarded`, which
-            // knows their reason and who is at fault.
+        let mut routes = builder(settings)
+            // A connection that sent a request is no longer silent.
+            .layer(tower::util::MapRequestLayer::new(mark_spoken))
+            // So every call gets a span, shed, refused and timed-out ones
+            // included. Failures are logged by `Guarded`, which knows their
+            // reason and who is at fault.
             .layer(
                 TraceLayer::new_for_grpc()
                     .make_span_with(call_span)
@@ -170,21 +194,11 @@ where
                 settings.concurrency_limit,
                 settings.request_timeout,
             ));
-        let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
-            match &settings.tls {
-                Some(tls) => Box::pin(routes.serve_with_incoming_shutdown(
-                    crate::tls::incoming(listeners.grpc, tls.clone()),
-                    stopping(stopped),
-                )),
-                // No Nagle delay: a reply's trailers must not wait for the
-                // peer's delayed ACK (a 40 ms stall).
-                None => Box::pin(routes.serve_with_incoming_shutdown(
-                    TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
-                    stopping(stopped),
-                )),
-            };
+        let mut server = std::pin::pin!(routes.serve_with_incoming_shutdown(
+            incoming(listeners.grpc, settings.tls.clone(), settings.connections),
+            stopping(stopped),
+        ));
         let _health_only = health_only.map(AbortOnDrop);
-        let mut server = server;
 
         tokio::select! {
             result = &mut server => {
@@ -255,6 +269,15 @@ impl From<TcpListener> for Listeners {
     fn from(grpc: TcpListener) -> Self {
         Self { grpc, health: None }
     }
+}
+
+/// A server builder with the connection settings: streams per connection,
+/// keep-alive pings.
+fn builder(settings: &ServerSettings) -> Server {
+    Server::builder()
+        .max_concurrent_streams(settings.max_concurrent_streams)
+        .http2_keepalive_interval(Some(settings.keepalive_interval))
+        .http2_keepalive_timeout(Some(settings.keepalive_timeout))
 }
 
 /// Resolves once `stop` turns true, or its sender is gone.

@@ -4,24 +4,13 @@
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use rustls::{ServerConfig, server::WebPkiClientVerifier};
-use tokio::{
-    net::{TcpListener, TcpStream},
-    sync::mpsc,
-};
-use tokio_rustls::{TlsAcceptor, server::TlsStream};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tokio_rustls::TlsAcceptor;
 
 use crate::{
     access::reload::Reloading,
+    server::connections::ConnectionInfo,
     tls::{ALPN_H2, certificates, private_key, provider, roots},
 };
-
-/// Longest a client may take over its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Handshakes finished but not yet taken by the server.
-const BACKLOG: usize = 128;
 
 /// Where a server's certificate, key and client CA are.
 #[derive(Debug, Clone)]
@@ -65,6 +54,11 @@ impl ServerTls {
     pub fn is_mutual(&self) -> bool {
         self.mutual
     }
+
+    /// An acceptor with the files as they are now.
+    pub(crate) fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.config.get().as_ref().clone())
+    }
 }
 
 /// A server configuration from the PEM of a certificate chain, its key and,
@@ -94,57 +88,12 @@ fn config(pems: &[Vec<u8>], mutual: bool) -> Result<ServerConfig, String> {
     Ok(config)
 }
 
-/// The TLS connections of `listener`: each handshake runs in its own task,
-/// bounded in time, with the files as they are when the connection comes.
-/// Accepting stops once the stream is dropped.
-pub fn incoming(
-    listener: TcpListener,
-    tls: ServerTls,
-) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
-    let (ready, taken) = mpsc::channel(BACKLOG);
-    tokio::spawn(async move {
-        loop {
-            let (stream, peer) = tokio::select! {
-                () = ready.closed() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        // Out of file descriptors, say: let some close.
-                        tracing::warn!(%error, "accepting a connection failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-            };
-            // No Nagle delay: a reply's trailers must not wait for the peer's
-            // delayed ACK.
-            let _ = stream.set_nodelay(true);
-            let acceptor = TlsAcceptor::from(tls.config.get().as_ref().clone());
-            let ready = ready.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => {
-                        let _ = ready.send(Ok(stream)).await;
-                    }
-                    Ok(Err(error)) => {
-                        tracing::info!(%peer, %error, "TLS handshake failed");
-                    }
-                    Err(_) => {
-                        tracing::info!(%peer, timeout = ?HANDSHAKE_TIMEOUT, "TLS handshake timed out");
-                    }
-                }
-            });
-        }
-    });
-    ReceiverStream::new(taken)
-}
-
 /// The subject of the client certificate of the connection a request came
 /// on, as `C=…, O=…, CN=…` in the certificate's order, if it showed one.
 #[must_use]
 pub fn peer_subject(extensions: &tonic::codegen::http::Extensions) -> Option<String> {
-    let info = extensions.get::<TlsConnectInfo<TcpConnectInfo>>()?;
-    let certs = info.peer_certs()?;
+    let info = ConnectionInfo::of(extensions)?;
+    let certs = info.peer_certs.as_ref()?;
     let (_, cert) = x509_parser::parse_x509_certificate(certs.first()?.as_ref()).ok()?;
     Some(cert.subject().to_string())
 }

@@ -22,6 +22,7 @@ mod access;
 mod allocator;
 mod audit;
 mod bad_input;
+mod connections;
 mod fairness;
 mod group_commit;
 mod helpers;

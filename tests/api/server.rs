@@ -300,6 +300,29 @@ async fn bad_settings_exit_64() {
     assert_eq!(output.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--tenant-rate-wait"));
 
+    // Connection limits that would close or refuse everything; a lease
+    // default outside its bounds.
+    for (flag, value) in [
+        ("--first-request-timeout", "0s"),
+        ("--keepalive-interval", "0s"),
+        ("--max-connections", "0"),
+        ("--max-concurrent-streams", "0"),
+        ("--default-lease", "0s"),
+        ("--default-lease", "25h"),
+    ] {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_number-allocator"))
+            .args([flag, value])
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(output.status.code(), Some(64), "{flag} {value}");
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains(flag),
+            "{flag} {value}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_invoice-writer"))
         .args(["--database-url", "mysql://u:hunter2@db/x"])
         .output()

@@ -1,0 +1,116 @@
+//! Silent clients: connections that never speak are closed after the
+//! first-request time-out, the number held at once is capped below the file
+//! limit, and a well-behaved client is served through a flood of them.
+
+use std::{
+    io,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use hyper_util::rt::TokioIo;
+use nix::sys::signal::{Signal, kill};
+use numbering::{db::Backend, proto::number_allocator_client::NumberAllocatorClient};
+use tokio::{io::AsyncReadExt, net::TcpStream};
+use tonic::transport::{Endpoint, Uri};
+
+use crate::helpers::{PATIENCE, TestDb, allocate, start};
+
+/// Silent connections opened before the well-behaved client.
+const SILENT: usize = 300;
+
+/// 300 connections that never send a byte, against an allocator whose file
+/// limit (128) is below their number: the allocator holds at most 32 at once,
+/// closes each after the 1 s first-request time-out, never runs out of file
+/// descriptors, and a client that calls after them all is served. A
+/// connection that has sent a request is not closed for silence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_are_closed_and_a_flood_of_them_starves_no_one() {
+    let db = TestDb::create(Backend::Sqlite).await;
+    let mut command = tokio::process::Command::new("sh");
+    command
+        .args([
+            "-c",
+            r#"ulimit -n 128 && exec "$0" "$@""#,
+            env!("CARGO_BIN_EXE_number-allocator"),
+        ])
+        .env("DATABASE_URL", &db.url)
+        .args(["--max-connections", "32", "--first-request-timeout", "1s"]);
+    let running = start(command).await;
+    let addr = running.addr.clone();
+
+    let mut silent = Vec::with_capacity(SILENT);
+    for _ in 0..SILENT {
+        silent.push(
+            TcpStream::connect(&addr)
+                .await
+                .expect("the backlog takes it"),
+        );
+    }
+
+    // A client behind them all, on a connection it opens once (counted).
+    let opened = Arc::new(AtomicUsize::new(0));
+    let connector = {
+        let (opened, addr) = (opened.clone(), addr.clone());
+        tower::service_fn(move |_: Uri| {
+            let (opened, addr) = (opened.clone(), addr.clone());
+            async move {
+                opened.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, io::Error>(TokioIo::new(TcpStream::connect(addr).await?))
+            }
+        })
+    };
+    let channel = Endpoint::from_static("http://allocator")
+        .connect_with_connector(connector)
+        .await
+        .expect("connect behind the silent ones");
+    let mut client = NumberAllocatorClient::new(channel);
+    let first = tokio::time::timeout(PATIENCE, client.allocate(allocate("acme", "", 1)))
+        .await
+        .expect("served within the patience")
+        .expect("allocated");
+    assert_eq!(first.into_inner().numbers[0].value, 1);
+
+    // Every silent connection was closed by the allocator (after its HTTP/2
+    // settings): end of stream or a reset.
+    for mut connection in silent {
+        let closed = tokio::time::timeout(PATIENCE, async {
+            let mut buffer = [0u8; 256];
+            while let Ok(read) = connection.read(&mut buffer).await {
+                if read == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "a silent connection is still open after {PATIENCE:?}"
+        );
+    }
+
+    // Past its first-request time-out, the client's connection still serves.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let second = client.allocate(allocate("acme", "", 1)).await.unwrap();
+    assert_eq!(second.into_inner().numbers[0].value, 2);
+    assert_eq!(
+        opened.load(Ordering::SeqCst),
+        1,
+        "the client had to reconnect"
+    );
+
+    kill(running.pid(), Signal::SIGTERM).unwrap();
+    let (status, logs) = running.wait().await;
+    assert!(status.success(), "{logs:?}");
+    let failed_accepts: Vec<_> = logs
+        .iter()
+        .filter(|line| line.contains("accepting a connection failed"))
+        .collect();
+    assert!(
+        failed_accepts.is_empty(),
+        "the allocator ran out of file descriptors: {failed_accepts:?}"
+    );
+}
