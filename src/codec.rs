@@ -6,7 +6,7 @@
 
 use std::marker::PhantomData;
 
-use prost::{Message, Name};
+use prost::{Message, Name, bytes::Buf};
 use tonic::{
     Status,
     codec::{BufferSettings, DecodeBuf, Decoder},
@@ -54,18 +54,27 @@ impl<U: Message + Name + Default> Decoder for RequestDecoder<U> {
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
-        U::decode(buf).map(Some).map_err(|error| {
-            if U::NAME.ends_with("Request") {
-                undecodable(U::NAME, &error).into()
-            } else {
-                Status::internal(error.to_string())
-            }
-        })
+        if U::NAME.ends_with("Request") {
+            decode_request(buf).map(Some)
+        } else {
+            U::decode(buf)
+                .map(Some)
+                .map_err(|error| Status::internal(error.to_string()))
+        }
     }
 
     fn buffer_settings(&self) -> BufferSettings {
         BufferSettings::default()
     }
+}
+
+/// Decodes a request as the servers do.
+///
+/// # Errors
+/// `INVALID_ARGUMENT` naming the field that does not decode (`""` for the
+/// request as a whole).
+pub fn decode_request<U: Message + Name + Default>(bytes: impl Buf) -> Result<U, Status> {
+    U::decode(bytes).map_err(|error| undecodable(U::NAME, &error).into())
 }
 
 /// A request of type `message` that failed to decode, as a violation of the
