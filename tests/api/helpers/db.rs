@@ -9,7 +9,7 @@ use numbering::{
 };
 use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, SqlitePool};
 
-use crate::pg_server::admin_url;
+use super::admin_url;
 
 /// A database created for one test: a fresh PostgreSQL database, or a SQLite
 /// file in a fresh directory. Dropped when the test passes, kept for

@@ -1,0 +1,145 @@
+//! A TCP proxy for fault tests: forwards every connection to a target that
+//! can change (a process restarted on a new port keeps one address for its
+//! clients), and can cut every connection or freeze them (accepting, never
+//! forwarding) until told to pass again.
+
+// Used by the fault suite, not by every test target.
+#![allow(dead_code)]
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{
+        TcpListener, TcpStream,
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+    },
+    sync::watch,
+    task::JoinHandle,
+};
+
+/// What the proxy does with its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    /// Forwards both ways.
+    Pass,
+    /// Holds every byte: the peer seems alive but never answers.
+    Frozen,
+    /// Closes every connection, and each new one as it comes.
+    Cut,
+}
+
+/// A proxy on 127.0.0.1, port 0; stops when dropped.
+pub struct TcpProxy {
+    pub addr: SocketAddr,
+    target: Arc<Mutex<SocketAddr>>,
+    link: watch::Sender<Link>,
+    accepting: JoinHandle<()>,
+}
+
+impl TcpProxy {
+    pub async fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let target = Arc::new(Mutex::new(target));
+        let (link, watching) = watch::channel(Link::Pass);
+        let accepting = tokio::spawn({
+            let target = target.clone();
+            async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    if *watching.borrow() == Link::Cut {
+                        continue; // dropped: closed at once
+                    }
+                    let _ = client.set_nodelay(true);
+                    let to = *target.lock().unwrap();
+                    tokio::spawn(forward(client, to, watching.clone()));
+                }
+            }
+        });
+        Self {
+            addr,
+            target,
+            link,
+            accepting,
+        }
+    }
+
+    /// Sends new connections to `target`; open ones stay where they are.
+    pub fn retarget(&self, target: SocketAddr) {
+        *self.target.lock().unwrap() = target;
+    }
+
+    pub fn set(&self, link: Link) {
+        self.link.send_replace(link);
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.accepting.abort();
+        self.link.send_replace(Link::Cut);
+    }
+}
+
+/// Forwards one connection both ways until either side closes or the link is cut.
+async fn forward(client: TcpStream, target: SocketAddr, link: watch::Receiver<Link>) {
+    let Ok(server) = TcpStream::connect(target).await else {
+        return;
+    };
+    let _ = server.set_nodelay(true);
+    let (client_read, client_write) = client.into_split();
+    let (server_read, server_write) = server.into_split();
+    tokio::select! {
+        () = pump(client_read, server_write, link.clone()) => {}
+        () = pump(server_read, client_write, link) => {}
+    }
+}
+
+/// Copies `from` to `to` while the link passes; holds while it is frozen;
+/// returns when it is cut or either side closes.
+async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut link: watch::Receiver<Link>) {
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        if !passing(&mut link).await {
+            return;
+        }
+        let read = tokio::select! {
+            read = from.read(&mut buffer) => read,
+            // Reading is cancel-safe: nothing read is lost.
+            changed = link.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        let Ok(read @ 1..) = read else {
+            return;
+        };
+        // Frozen between the read and the write: held, then sent.
+        if !passing(&mut link).await || to.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Waits while the link is frozen; whether it passes (false: cut).
+async fn passing(link: &mut watch::Receiver<Link>) -> bool {
+    loop {
+        match *link.borrow_and_update() {
+            Link::Pass => return true,
+            Link::Cut => return false,
+            Link::Frozen => {}
+        }
+        if link.changed().await.is_err() {
+            return false;
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! The load a fault is injected under, and the checker of its outcome: every
+//! answer is recorded with its time; acknowledged numbers must never repeat
+//! and must all be found afterwards. A failed call whose change may have
+//! happened (the service or its database went away mid-call) is
+//! indeterminate, as in a linearizability checker: it may leave a gap, never
+//! a duplicate.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use numbering::{
+    bench::verify::{Ack, verify},
+    proto::{
+        AllocateRequest, GetNumberRequest, NumberState,
+        number_allocator_client::NumberAllocatorClient,
+    },
+};
+use tokio::{sync::watch, task::JoinHandle};
+use tonic::{Code, transport::Endpoint};
+
+use crate::helpers::PATIENCE;
+
+/// Each call's own deadline.
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One answered call.
+#[derive(Debug, Clone)]
+struct Answer {
+    started: Instant,
+    ended: Instant,
+    outcome: Result<(i64, u32), Code>,
+    /// The message of a failure.
+    message: String,
+}
+
+/// Clients calling `Allocate` in a loop for one tenant, each on its own
+/// connection, until stopped.
+pub struct Load {
+    answers: Arc<Mutex<Vec<Answer>>>,
+    acknowledged: watch::Receiver<usize>,
+    stop: watch::Sender<bool>,
+    clients: Vec<JoinHandle<()>>,
+}
+
+impl Load {
+    /// Starts `clients` clients on `url`.
+    pub fn start(url: &str, clients: usize) -> Self {
+        let answers = Arc::new(Mutex::new(Vec::new()));
+        let (count, acknowledged) = watch::channel(0);
+        let count = Arc::new(count);
+        let (stop, stopping) = watch::channel(false);
+        let clients = (0..clients)
+            .map(|i| {
+                let channel = Endpoint::from_shared(url.to_owned())
+                    .unwrap()
+                    .connect_timeout(Duration::from_secs(1))
+                    .connect_lazy();
+                let mut client = NumberAllocatorClient::new(channel);
+                let (answers, count, stopping) = (answers.clone(), count.clone(), stopping.clone());
+                let asked = 1 + u32::try_from(i % 3).unwrap();
+                tokio::spawn(async move {
+                    while !*stopping.borrow() {
+                        let started = Instant::now();
+                        let mut request = tonic::Request::new(AllocateRequest {
+                            tenant_id: "acme".into(),
+                            count: asked,
+                            ..AllocateRequest::default()
+                        });
+                        request.set_timeout(CALL_TIMEOUT);
+                        let (outcome, message) = match client.allocate(request).await {
+                            Ok(response) => {
+                                let numbers = response.into_inner().numbers;
+                                let range =
+                                    (numbers[0].value, u32::try_from(numbers.len()).unwrap());
+                                (Ok(range), String::new())
+                            }
+                            Err(status) => (Err(status.code()), status.message().to_owned()),
+                        };
+                        let failed = outcome.is_err();
+                        answers.lock().unwrap().push(Answer {
+                            started,
+                            ended: Instant::now(),
+                            outcome,
+                            message,
+                        });
+                        if failed {
+                            // Not a busy loop while the service is away.
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        } else {
+                            count.send_modify(|n| *n += 1);
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self {
+            answers,
+            acknowledged,
+            stop,
+            clients,
+        }
+    }
+
+    /// Waits until `more` calls beyond those acknowledged so far are
+    /// acknowledged.
+    pub async fn wait_for_acks(&mut self, more: usize) {
+        let target = *self.acknowledged.borrow() + more;
+        tokio::time::timeout(PATIENCE, self.acknowledged.wait_for(|n| *n >= target))
+            .await
+            .unwrap_or_else(|_| panic!("{more} more calls were not acknowledged in {PATIENCE:?}"))
+            .unwrap();
+    }
+
+    /// Stops the clients and returns what they saw.
+    pub async fn stop(self) -> Outcomes {
+        self.stop.send_replace(true);
+        for client in self.clients {
+            client.await.unwrap();
+        }
+        Outcomes(self.answers.lock().unwrap().clone())
+    }
+}
+
+/// Everything a load's clients saw.
+pub struct Outcomes(Vec<Answer>);
+
+/// Codes of a call that was refused before anything changed.
+fn changed_nothing(code: Code) -> bool {
+    matches!(
+        code,
+        Code::InvalidArgument
+            | Code::NotFound
+            | Code::FailedPrecondition
+            | Code::PermissionDenied
+            | Code::Unauthenticated
+            | Code::ResourceExhausted
+    )
+}
+
+impl Outcomes {
+    /// The numbers acknowledged, as the verifier takes them.
+    fn acks(&self) -> Vec<Ack> {
+        self.0
+            .iter()
+            .filter_map(|answer| answer.outcome.ok())
+            .map(|(first, count)| Ack {
+                series: 0,
+                first,
+                count,
+            })
+            .collect()
+    }
+
+    /// The report of a fault injected at each of `faults`: duplicates among
+    /// the acknowledged numbers, and those `allocator` no longer knows as
+    /// issued (missing).
+    pub async fn check(
+        &self,
+        fault: &str,
+        faults: &[Instant],
+        allocator: &mut NumberAllocatorClient<tonic::transport::Channel>,
+    ) -> Report {
+        let acks = self.acks();
+        let verification = verify(&acks, false);
+        let mut missing = 0;
+        for ack in &acks {
+            for value in ack.first..ack.first + i64::from(ack.count) {
+                let record = allocator
+                    .get_number(GetNumberRequest {
+                        tenant_id: "acme".into(),
+                        number: value,
+                        ..GetNumberRequest::default()
+                    })
+                    .await;
+                let issued = record.is_ok_and(|record| {
+                    record
+                        .into_inner()
+                        .record
+                        .is_some_and(|record| record.state() == NumberState::Issued)
+                });
+                if !issued {
+                    missing += 1;
+                }
+            }
+        }
+        let mut codes = BTreeMap::new();
+        let (mut failed, mut indeterminate) = (0, 0);
+        for answer in &self.0 {
+            if let Err(code) = answer.outcome {
+                codes
+                    .entry(format!("{code:?}"))
+                    .or_insert((0, answer.message.clone()))
+                    .0 += 1;
+                if changed_nothing(code) {
+                    failed += 1;
+                } else {
+                    indeterminate += 1;
+                }
+            }
+        }
+        let recovery = faults
+            .iter()
+            .enumerate()
+            .map(|(i, fault)| self.recovery(*fault, faults.get(i + 1).copied()))
+            .collect::<Option<Vec<_>>>()
+            .and_then(|times| times.into_iter().max());
+        Report {
+            fault: fault.to_owned(),
+            acknowledged: acks.len(),
+            numbers: verification.numbers,
+            failed,
+            indeterminate,
+            duplicates: verification.duplicate_count,
+            missing,
+            codes,
+            recovery,
+        }
+    }
+}
+
+impl Outcomes {
+    /// From `fault` to the first acknowledged call started after the last
+    /// failure it caused (before `next` fault): zero if no call failed; none
+    /// if no call was acknowledged after.
+    fn recovery(&self, fault: Instant, next: Option<Instant>) -> Option<Duration> {
+        let last_failure = self
+            .0
+            .iter()
+            .filter(|a| a.outcome.is_err() && a.ended >= fault && next.is_none_or(|n| a.ended < n))
+            .map(|a| a.ended)
+            .max();
+        let Some(last_failure) = last_failure else {
+            return Some(Duration::ZERO);
+        };
+        self.0
+            .iter()
+            .filter(|a| a.outcome.is_ok() && a.started >= last_failure)
+            .map(|a| a.ended - fault)
+            .min()
+    }
+}
+
+/// One fault's figures, printed as a row.
+#[derive(Debug)]
+pub struct Report {
+    pub fault: String,
+    pub acknowledged: usize,
+    pub numbers: u64,
+    pub failed: usize,
+    pub indeterminate: usize,
+    pub duplicates: u64,
+    pub missing: u64,
+    /// Failures by code, each with the message of its first.
+    pub codes: BTreeMap<String, (usize, String)>,
+    /// The longest, over the injections, from a fault to the first
+    /// acknowledged call started after it; none if one never recovered.
+    pub recovery: Option<Duration>,
+}
+
+impl Report {
+    /// Prints the row and asserts the promise: no duplicate, nothing
+    /// missing, recovered from every injection.
+    pub fn print_and_check(&self) {
+        println!("{self}");
+        assert_eq!(self.duplicates, 0, "numbers acknowledged twice: {self}");
+        assert_eq!(self.missing, 0, "acknowledged numbers missing: {self}");
+        assert!(self.recovery.is_some(), "did not recover: {self}");
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "fault: {} | acknowledged {} calls ({} numbers) | failed {} | indeterminate {} | \
+             duplicates {} | acknowledged missing {} | recovery {} | failures by code {:?}",
+            self.fault,
+            self.acknowledged,
+            self.numbers,
+            self.failed,
+            self.indeterminate,
+            self.duplicates,
+            self.missing,
+            self.recovery.map_or_else(
+                || "never".to_owned(),
+                |d| format!("{:.2}s", d.as_secs_f64())
+            ),
+            self.codes,
+        )
+    }
+}
