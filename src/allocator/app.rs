@@ -10,6 +10,7 @@ use crate::{
     allocator::{
         Allocator, CommitMode,
         batch::Retention,
+        bounded::Bounded,
         grpc::{self, AllocatorService},
         postgres::{self, PgCounterStore},
         series::Leases,
@@ -189,12 +190,13 @@ pub async fn open_store(
     url: &DatabaseUrl,
     pool: &PoolSettings,
 ) -> Result<Arc<dyn CounterStore>, OpenError> {
-    Ok(match url.backend() {
+    let store: Arc<dyn CounterStore> = match url.backend() {
         Backend::Postgres => Arc::new(PgCounterStore::new(
             db::open_postgres(url, pool, &postgres::MIGRATOR).await?,
         )),
         Backend::Sqlite => Arc::new(SqliteCounterStore::new(
             db::open_sqlite(url, pool, &sqlite::MIGRATOR).await?,
         )),
-    })
+    };
+    Ok(Arc::new(Bounded::new(store, pool.operation_timeout)))
 }

@@ -22,6 +22,7 @@ pub mod allocate;
 pub mod app;
 pub mod audit;
 pub mod batch;
+pub mod bounded;
 mod exhausted;
 pub mod group_commit;
 pub mod grpc;

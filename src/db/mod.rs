@@ -1,7 +1,7 @@
 //! Databases both services use: URLs, opening and checking PostgreSQL or a
 //! SQLite file at start-up, and the one place database errors are classified.
 
-use std::time::Duration;
+use std::{future::Future, time::Duration};
 
 mod classify;
 mod open;
@@ -26,4 +26,31 @@ pub struct PoolSettings {
     pub max_connections: u32,
     /// How long a call waits for a connection before answering UNAVAILABLE.
     pub acquire_timeout: Duration,
+    /// Longest one store operation (a transaction, a read) may take before
+    /// the call answers UNAVAILABLE: bounds calls when the database stops
+    /// answering without closing its connections.
+    pub operation_timeout: Duration,
+}
+
+/// Runs one store operation, cut off after `limit`: the error `unavailable`
+/// makes of a cause saying so. See [`PoolSettings::operation_timeout`].
+///
+/// # Errors
+/// The operation's own, or the cut-off.
+pub(crate) async fn bounded<T, E>(
+    limit: Duration,
+    operation: impl Future<Output = Result<T, E>>,
+    unavailable: impl FnOnce(Box<dyn std::error::Error + Send + Sync>) -> E,
+) -> Result<T, E> {
+    tokio::time::timeout(limit, operation)
+        .await
+        .unwrap_or_else(|_| {
+            Err(unavailable(
+                format!(
+                    "the database did not answer within {}",
+                    humantime::format_duration(limit)
+                )
+                .into(),
+            ))
+        })
 }

@@ -16,6 +16,7 @@ use crate::{
     invoices::{
         InvoiceWriter,
         allocator_client::{AllocatorClient, AllocatorEndpoint, Backoff},
+        bounded::Bounded,
         grpc::{self, InvoiceWriterService},
         postgres::{self, PgInvoiceStore},
         seed::{self, SeedReport},
@@ -259,12 +260,13 @@ pub async fn open_store(
     url: &DatabaseUrl,
     pool: &PoolSettings,
 ) -> Result<Arc<dyn InvoiceStore>, OpenError> {
-    Ok(match url.backend() {
+    let store: Arc<dyn InvoiceStore> = match url.backend() {
         Backend::Postgres => Arc::new(PgInvoiceStore::new(
             db::open_postgres(url, pool, &postgres::MIGRATOR).await?,
         )),
         Backend::Sqlite => Arc::new(SqliteInvoiceStore::new(
             db::open_sqlite(url, pool, &sqlite::MIGRATOR).await?,
         )),
-    })
+    };
+    Ok(Arc::new(Bounded::new(store, pool.operation_timeout)))
 }

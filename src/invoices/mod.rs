@@ -14,6 +14,7 @@
 
 pub mod allocator_client;
 pub mod app;
+pub mod bounded;
 pub mod domain;
 pub mod grpc;
 pub mod postgres;

@@ -203,6 +203,19 @@ pub struct DatabaseArgs {
     /// How long a call waits for a database connection (on SQLite, also for the write lock) before answering UNAVAILABLE; also bounds the first connection at start-up.
     #[arg(long, env = "NUMBERING_DB_ACQUIRE_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub db_acquire_timeout: Duration,
+
+    /// Longest one database operation (a transaction, a read) may take before the call answers UNAVAILABLE; bounds calls when the database stops answering without closing its connections (frozen, or a network that drops everything), or a lock is held elsewhere. A call may wait for the operation ahead of it and then its own: keep twice this under --request-timeout.
+    #[arg(long, env = "NUMBERING_DB_TIMEOUT", default_value = "4s", value_parser = positive_duration)]
+    pub db_timeout: Duration,
+}
+
+/// A duration of more than zero.
+fn positive_duration(raw: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(raw) {
+        Ok(duration) if duration.is_zero() => Err("must be more than 0s".into()),
+        Ok(duration) => Ok(duration),
+        Err(error) => Err(error.to_string()),
+    }
 }
 
 /// Parses a [`DatabaseUrl`]. clap's own message for a bad value quotes it,
@@ -281,6 +294,7 @@ impl DatabaseArgs {
         PoolSettings {
             max_connections: self.db_max_connections,
             acquire_timeout: self.db_acquire_timeout,
+            operation_timeout: self.db_timeout,
         }
     }
 }

@@ -307,6 +307,7 @@ async fn bad_settings_exit_64() {
         ("--keepalive-interval", "0s"),
         ("--max-connections", "0"),
         ("--max-concurrent-streams", "0"),
+        ("--db-timeout", "0s"),
         ("--default-lease", "0s"),
         ("--default-lease", "25h"),
     ] {

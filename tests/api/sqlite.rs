@@ -34,6 +34,7 @@ async fn connections_are_durable_and_wait_for_the_write_lock() {
     let settings = PoolSettings {
         max_connections: 2,
         acquire_timeout: Duration::from_millis(3500),
+        operation_timeout: Duration::from_secs(5),
     };
     let database = db::open_sqlite(&db.database_url(), &settings, &allocator::sqlite::MIGRATOR)
         .await
@@ -69,6 +70,7 @@ async fn a_write_lock_held_elsewhere_is_unavailable_within_the_acquire_timeout()
     let settings = PoolSettings {
         max_connections: 10,
         acquire_timeout: Duration::from_millis(300),
+        operation_timeout: Duration::from_secs(5),
     };
     let app = allocator::app::App::build(
         allocator::app::Settings {

@@ -24,9 +24,6 @@ use tonic::{Code, transport::Endpoint};
 
 use crate::helpers::PATIENCE;
 
-/// Each call's own deadline.
-const CALL_TIMEOUT: Duration = Duration::from_secs(2);
-
 /// One answered call.
 #[derive(Debug, Clone)]
 struct Answer {
@@ -42,16 +39,19 @@ struct Answer {
 pub struct Load {
     answers: Arc<Mutex<Vec<Answer>>>,
     acknowledged: watch::Receiver<usize>,
+    failures: watch::Receiver<usize>,
     stop: watch::Sender<bool>,
     clients: Vec<JoinHandle<()>>,
 }
 
 impl Load {
-    /// Starts `clients` clients on `url`.
-    pub fn start(url: &str, clients: usize) -> Self {
+    /// Starts `clients` clients on `url`, each call with `deadline`.
+    pub fn start(url: &str, clients: usize, deadline: Duration) -> Self {
         let answers = Arc::new(Mutex::new(Vec::new()));
         let (count, acknowledged) = watch::channel(0);
         let count = Arc::new(count);
+        let (failed, failures) = watch::channel(0);
+        let failed = Arc::new(failed);
         let (stop, stopping) = watch::channel(false);
         let clients = (0..clients)
             .map(|i| {
@@ -60,7 +60,12 @@ impl Load {
                     .connect_timeout(Duration::from_secs(1))
                     .connect_lazy();
                 let mut client = NumberAllocatorClient::new(channel);
-                let (answers, count, stopping) = (answers.clone(), count.clone(), stopping.clone());
+                let (answers, count, failed, stopping) = (
+                    answers.clone(),
+                    count.clone(),
+                    failed.clone(),
+                    stopping.clone(),
+                );
                 let asked = 1 + u32::try_from(i % 3).unwrap();
                 tokio::spawn(async move {
                     while !*stopping.borrow() {
@@ -70,7 +75,7 @@ impl Load {
                             count: asked,
                             ..AllocateRequest::default()
                         });
-                        request.set_timeout(CALL_TIMEOUT);
+                        request.set_timeout(deadline);
                         let (outcome, message) = match client.allocate(request).await {
                             Ok(response) => {
                                 let numbers = response.into_inner().numbers;
@@ -80,14 +85,15 @@ impl Load {
                             }
                             Err(status) => (Err(status.code()), status.message().to_owned()),
                         };
-                        let failed = outcome.is_err();
+                        let outcome_failed = outcome.is_err();
                         answers.lock().unwrap().push(Answer {
                             started,
                             ended: Instant::now(),
                             outcome,
                             message,
                         });
-                        if failed {
+                        if outcome_failed {
+                            failed.send_modify(|n| *n += 1);
                             // Not a busy loop while the service is away.
                             tokio::time::sleep(Duration::from_millis(20)).await;
                         } else {
@@ -100,6 +106,7 @@ impl Load {
         Self {
             answers,
             acknowledged,
+            failures,
             stop,
             clients,
         }
@@ -112,6 +119,15 @@ impl Load {
         tokio::time::timeout(PATIENCE, self.acknowledged.wait_for(|n| *n >= target))
             .await
             .unwrap_or_else(|_| panic!("{more} more calls were not acknowledged in {PATIENCE:?}"))
+            .unwrap();
+    }
+
+    /// Waits until `more` calls beyond those failed so far have failed.
+    pub async fn wait_for_failures(&mut self, more: usize) {
+        let target = *self.failures.borrow() + more;
+        tokio::time::timeout(PATIENCE, self.failures.wait_for(|n| *n >= target))
+            .await
+            .unwrap_or_else(|_| panic!("{more} more calls did not fail in {PATIENCE:?}"))
             .unwrap();
     }
 
@@ -155,7 +171,9 @@ impl Outcomes {
             .collect()
     }
 
-    /// The report of a fault injected at each of `faults`: duplicates among
+    /// The report of a fault, recovered from after each of `faults` (the
+    /// moment it was injected, or for a fault that lasts, the moment it
+    /// ended): duplicates among
     /// the acknowledged numbers, and those `allocator` no longer knows as
     /// issued (missing).
     pub async fn check(
@@ -208,8 +226,23 @@ impl Outcomes {
             .map(|(i, fault)| self.recovery(*fault, faults.get(i + 1).copied()))
             .collect::<Option<Vec<_>>>()
             .and_then(|times| times.into_iter().max());
+        let longest_failure = self
+            .0
+            .iter()
+            .filter(|a| a.outcome.is_err())
+            .map(|a| a.ended - a.started)
+            .max()
+            .unwrap_or_default();
+        let longest_call = self
+            .0
+            .iter()
+            .map(|a| a.ended - a.started)
+            .max()
+            .unwrap_or_default();
         Report {
             fault: fault.to_owned(),
+            longest_failure,
+            longest_call,
             acknowledged: acks.len(),
             numbers: verification.numbers,
             failed,
@@ -256,6 +289,10 @@ pub struct Report {
     pub missing: u64,
     /// Failures by code, each with the message of its first.
     pub codes: BTreeMap<String, (usize, String)>,
+    /// The longest a failed call took to answer.
+    pub longest_failure: Duration,
+    /// The longest any call took to answer.
+    pub longest_call: Duration,
     /// The longest, over the injections, from a fault to the first
     /// acknowledged call started after it; none if one never recovered.
     pub recovery: Option<Duration>,
@@ -277,7 +314,8 @@ impl fmt::Display for Report {
         write!(
             f,
             "fault: {} | acknowledged {} calls ({} numbers) | failed {} | indeterminate {} | \
-             duplicates {} | acknowledged missing {} | recovery {} | failures by code {:?}",
+             duplicates {} | acknowledged missing {} | recovery {} | longest call {:.2}s, failed {:.2}s | \
+             failures by code {:?}",
             self.fault,
             self.acknowledged,
             self.numbers,
@@ -289,6 +327,8 @@ impl fmt::Display for Report {
                 || "never".to_owned(),
                 |d| format!("{:.2}s", d.as_secs_f64())
             ),
+            self.longest_call.as_secs_f64(),
+            self.longest_failure.as_secs_f64(),
             self.codes,
         )
     }

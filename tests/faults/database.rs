@@ -1,17 +1,21 @@
 //! PostgreSQL faults under load: every connection of the service terminated,
-//! and the server stopped as a crash would and started again.
+//! the server stopped as a crash would and started again, the network to it
+//! cut and restored, and the database frozen (answering nothing).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use numbering::{db::Backend, proto::number_allocator_client::NumberAllocatorClient};
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::{
-    checker::Load,
-    helpers::{TestDb, Throwaway, allocator_binary, start, wait_for_health},
+    checker::{Load, Report},
+    helpers::{Link, TcpProxy, TestDb, Throwaway, allocator_binary, start, wait_for_health},
 };
 
 const CLIENTS: usize = 16;
+/// Each call's deadline: long, so that every failure is the service's own
+/// answer.
+const DEADLINE: Duration = Duration::from_secs(30);
 const READINESS: &str = "numbering.v1.NumberAllocator";
 
 /// The allocator's database connections terminated three times under load
@@ -20,7 +24,7 @@ const READINESS: &str = "numbering.v1.NumberAllocator";
 async fn the_database_connections_terminated_under_load() {
     let db = TestDb::create(Backend::Postgres).await;
     let running = start(allocator_binary(&db.url)).await;
-    let mut load = Load::start(&running.url(), CLIENTS);
+    let mut load = Load::start(&running.url(), CLIENTS, DEADLINE);
     let admin = sqlx::PgPool::connect(crate::helpers::admin_url())
         .await
         .unwrap();
@@ -62,13 +66,8 @@ async fn postgres_crashed_and_started_again_under_load() {
     let mut url = url::Url::parse(&server.url).unwrap();
     url.set_path("numbering");
     let running = start(allocator_binary(url.as_str())).await;
-    wait_for_health(
-        running_channel(&running).await,
-        READINESS,
-        ServingStatus::Serving,
-    )
-    .await;
-    let mut load = Load::start(&running.url(), CLIENTS);
+    readiness(&running, ServingStatus::Serving).await;
+    let mut load = Load::start(&running.url(), CLIENTS, DEADLINE);
 
     load.wait_for_acks(300).await;
     let crashed = Instant::now();
@@ -76,34 +75,27 @@ async fn postgres_crashed_and_started_again_under_load() {
         .await
         .unwrap()
         .expect("pg_ctl stop -m immediate");
-    wait_for_health(
-        running_channel(&running).await,
-        READINESS,
-        ServingStatus::NotServing,
-    )
-    .await;
+    readiness(&running, ServingStatus::NotServing).await;
+    let restarted = Instant::now();
     let server = tokio::task::spawn_blocking(move || server.start_again().map(|()| server))
         .await
         .unwrap()
         .expect("pg_ctl start");
-    wait_for_health(
-        running_channel(&running).await,
-        READINESS,
-        ServingStatus::Serving,
-    )
-    .await;
+    readiness(&running, ServingStatus::Serving).await;
     load.wait_for_acks(300).await;
     let outcomes = load.stop().await;
 
     let mut allocator = NumberAllocatorClient::connect(running.url()).await.unwrap();
-    outcomes
+    let report = outcomes
         .check(
             "PostgreSQL stopped -m immediate and started",
-            &[crashed],
+            &[restarted],
             &mut allocator,
         )
-        .await
-        .print_and_check();
+        .await;
+    report.print_and_check();
+    assert_only_unavailable(&report);
+    assert!(crashed < restarted);
     drop(server);
 }
 
@@ -113,4 +105,148 @@ async fn running_channel(running: &crate::helpers::Running) -> tonic::transport:
         .connect()
         .await
         .unwrap()
+}
+
+/// The allocator's PostgreSQL behind a proxy; the URL through it.
+async fn behind_a_proxy(db: &TestDb) -> (TcpProxy, String) {
+    let mut url = url::Url::parse(&db.url).unwrap();
+    let target = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
+    let target = tokio::net::lookup_host(target)
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let proxy = TcpProxy::start(target).await;
+    url.set_port(Some(proxy.addr.port())).unwrap();
+    (proxy, url.to_string())
+}
+
+/// The database frozen under load (connections accepted, nothing answered)
+/// for 12 s, for callers with 30 s deadlines: every call answers within the
+/// database time-out (4 s) and a connection's wait, each failure
+/// UNAVAILABLE, none held until a deadline; readiness is NOT_SERVING; and once
+/// the database answers again the allocator recovers by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_database_is_unavailable_within_seconds_and_recovered_from() {
+    let db = TestDb::create(Backend::Postgres).await;
+    let (proxy, url) = behind_a_proxy(&db).await;
+    let running = start(allocator_binary(&url)).await;
+    readiness(&running, ServingStatus::Serving).await;
+    let mut load = Load::start(&running.url(), CLIENTS, DEADLINE);
+
+    load.wait_for_acks(300).await;
+    let frozen = Instant::now();
+    proxy.set(Link::Frozen);
+    readiness(&running, ServingStatus::NotServing).await;
+    load.wait_for_failures(2 * CLIENTS).await;
+    // The fault lasts past the service's 10 s request time-out, so that a
+    // call held by the frozen database would show.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    proxy.set(Link::Pass);
+    let thawed = Instant::now();
+    readiness(&running, ServingStatus::Serving).await;
+    load.wait_for_acks(300).await;
+    let outcomes = load.stop().await;
+
+    let mut allocator = NumberAllocatorClient::connect(running.url()).await.unwrap();
+    let report = outcomes
+        .check(
+            "database frozen (30 s deadlines)",
+            &[thawed],
+            &mut allocator,
+        )
+        .await;
+    report.print_and_check();
+    assert_only_unavailable(&report);
+    assert!(frozen < thawed);
+    assert!(
+        report.longest_call < Duration::from_millis(9500),
+        "{report}"
+    );
+}
+
+/// The network to the database cut under load (every connection closed,
+/// new ones refused) and restored: calls fail UNAVAILABLE at once, and the
+/// allocator recovers by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_network_to_the_database_cut_and_restored() {
+    let db = TestDb::create(Backend::Postgres).await;
+    let (proxy, url) = behind_a_proxy(&db).await;
+    let running = start(allocator_binary(&url)).await;
+    readiness(&running, ServingStatus::Serving).await;
+    let mut load = Load::start(&running.url(), CLIENTS, DEADLINE);
+
+    load.wait_for_acks(300).await;
+    let cut = Instant::now();
+    proxy.set(Link::Cut);
+    load.wait_for_failures(2 * CLIENTS).await;
+    proxy.set(Link::Pass);
+    let restored = Instant::now();
+    load.wait_for_acks(300).await;
+    let outcomes = load.stop().await;
+
+    let mut allocator = NumberAllocatorClient::connect(running.url()).await.unwrap();
+    let report = outcomes
+        .check("network to the database cut", &[restored], &mut allocator)
+        .await;
+    report.print_and_check();
+    assert_only_unavailable(&report);
+    assert!(cut < restored);
+}
+
+/// Every failed call answered UNAVAILABLE, the code clients retry.
+fn assert_only_unavailable(report: &Report) {
+    assert_eq!(
+        report.codes.keys().collect::<Vec<_>>(),
+        ["Unavailable"],
+        "{report}"
+    );
+}
+
+/// Waits until the allocator's readiness is `status`.
+async fn readiness(running: &crate::helpers::Running, status: ServingStatus) {
+    wait_for_health(running_channel(running).await, READINESS, status).await;
+}
+
+/// Another session holds the tenant's counter row locked for 12 s under
+/// load (a stuck transaction, or another process frozen mid-commit), for
+/// callers with 30 s deadlines: every call waiting on the lock answers
+/// UNAVAILABLE within twice the database time-out (4 s), none is held until its
+/// deadline, and once the lock is released the allocator goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_counter_locked_elsewhere_is_unavailable_within_seconds() {
+    let db = TestDb::create(Backend::Postgres).await;
+    let running = start(allocator_binary(&db.url)).await;
+    let mut load = Load::start(&running.url(), CLIENTS, DEADLINE);
+    load.wait_for_acks(300).await;
+
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("SELECT * FROM counters WHERE tenant_id = 'acme' FOR UPDATE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    load.wait_for_failures(2 * CLIENTS).await;
+    // Held past the service's 10 s request time-out, so that a call held by
+    // the lock would show.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    holder.rollback().await.unwrap();
+    let released = Instant::now();
+    load.wait_for_acks(300).await;
+    let outcomes = load.stop().await;
+
+    let mut allocator = NumberAllocatorClient::connect(running.url()).await.unwrap();
+    let report = outcomes
+        .check(
+            "counter row locked elsewhere for 12 s",
+            &[released],
+            &mut allocator,
+        )
+        .await;
+    report.print_and_check();
+    assert_only_unavailable(&report);
+    assert!(
+        report.longest_call < Duration::from_millis(9500),
+        "{report}"
+    );
 }

@@ -2,7 +2,10 @@
 //! each backend. Its clients reach it through a proxy, so the restarted
 //! process (on a new port) keeps their address.
 
-use std::{net::SocketAddr, time::Instant};
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 use nix::sys::signal::{Signal, kill};
 use numbering::{db::Backend, proto::number_allocator_client::NumberAllocatorClient};
@@ -16,6 +19,8 @@ use crate::{
 
 const KILLS: usize = 5;
 const CLIENTS: usize = 16;
+/// Each call's deadline.
+const DEADLINE: Duration = Duration::from_secs(2);
 
 fn addr(running: &Running) -> SocketAddr {
     running.addr.parse().unwrap()
@@ -27,7 +32,7 @@ async fn the_allocator_killed_five_times_under_load(#[case] backend: Backend) {
     let db = TestDb::create(backend).await;
     let mut running = start(allocator_binary(&db.url)).await;
     let proxy = TcpProxy::start(addr(&running)).await;
-    let mut load = Load::start(&proxy.url(), CLIENTS);
+    let mut load = Load::start(&proxy.url(), CLIENTS, DEADLINE);
     let mut faults = Vec::new();
     for _ in 0..KILLS {
         load.wait_for_acks(200).await;

@@ -23,3 +23,4 @@ mod database;
 #[path = "../api/helpers/mod.rs"]
 mod helpers;
 mod kills;
+mod writer;

@@ -282,5 +282,6 @@ pub fn test_pool_settings() -> PoolSettings {
     PoolSettings {
         max_connections: 10,
         acquire_timeout: Duration::from_secs(8),
+        operation_timeout: Duration::from_secs(9),
     }
 }
