@@ -84,10 +84,9 @@ where
             .get(http::header::AUTHORIZATION)
             .map(http::HeaderValue::as_bytes);
         let extensions = request.extensions();
-        match self
-            .access
-            .authenticate(authorization, || crate::tls::peer_subject(extensions))
-        {
+        match self.access.authenticate(authorization, || {
+            super::connections::peer_subject(extensions)
+        }) {
             Ok(caller) => {
                 if let Some(name) = caller.name() {
                     tracing::Span::current().record("caller", name);
@@ -101,7 +100,7 @@ where
             Err(denied) => {
                 let status = Status::from(denied);
                 // Not secret, and what a grant by subject must name.
-                let subject = crate::tls::peer_subject(request.extensions());
+                let subject = super::connections::peer_subject(request.extensions());
                 tracing::info!(
                     method = request.uri().path(),
                     code = ?status.code(),

@@ -160,6 +160,15 @@ impl ConnectionInfo {
     }
 }
 
+/// The subject of the client certificate of the connection a request came
+/// on, as `C=…, O=…, CN=…` in the certificate's order, if it showed one.
+#[must_use]
+pub fn peer_subject(extensions: &http::Extensions) -> Option<String> {
+    let certs = ConnectionInfo::of(extensions)?.peer_certs.as_ref()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(certs.first()?.as_ref()).ok()?;
+    Some(cert.subject().to_string())
+}
+
 /// Marks `request`'s connection as having sent a request, so it is no longer
 /// closed for silence.
 pub(crate) fn mark_spoken<B>(request: http::Request<B>) -> http::Request<B> {

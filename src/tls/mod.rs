@@ -15,7 +15,7 @@ use rustls::{
 };
 
 pub use client::{ClientTls, ClientTlsFiles, TlsConnector};
-pub use server::{ServerTls, ServerTlsFiles, peer_subject};
+pub use server::{ServerTls, ServerTlsFiles};
 
 /// The protocol both ends speak over TLS.
 const ALPN_H2: &[u8] = b"h2";

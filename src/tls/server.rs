@@ -8,7 +8,6 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::{
     access::reload::Reloading,
-    server::connections::ConnectionInfo,
     tls::{ALPN_H2, certificates, private_key, provider, roots},
 };
 
@@ -86,14 +85,4 @@ fn config(pems: &[Vec<u8>], mutual: bool) -> Result<ServerConfig, String> {
         .map_err(|error| format!("--tls-cert and --tls-key: {error}"))?;
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(config)
-}
-
-/// The subject of the client certificate of the connection a request came
-/// on, as `C=…, O=…, CN=…` in the certificate's order, if it showed one.
-#[must_use]
-pub fn peer_subject(extensions: &tonic::codegen::http::Extensions) -> Option<String> {
-    let info = ConnectionInfo::of(extensions)?;
-    let certs = info.peer_certs.as_ref()?;
-    let (_, cert) = x509_parser::parse_x509_certificate(certs.first()?.as_ref()).ok()?;
-    Some(cert.subject().to_string())
 }
