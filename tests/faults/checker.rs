@@ -6,7 +6,7 @@
 //! a duplicate.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
     fmt,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -15,7 +15,7 @@ use std::{
 use numbering::{
     bench::verify::{Ack, verify},
     proto::{
-        AllocateRequest, GetNumberRequest, NumberState,
+        AllocateRequest, ListNumbersRequest, NumberState,
         number_allocator_client::NumberAllocatorClient,
     },
 };
@@ -158,6 +158,12 @@ fn changed_nothing(code: Code) -> bool {
 }
 
 impl Outcomes {
+    /// What two loads saw, as one.
+    pub fn merge(mut self, other: Self) -> Self {
+        self.0.extend(other.0);
+        self
+    }
+
     /// The numbers acknowledged, as the verifier takes them.
     fn acks(&self) -> Vec<Ack> {
         self.0
@@ -184,27 +190,12 @@ impl Outcomes {
     ) -> Report {
         let acks = self.acks();
         let verification = verify(&acks, false);
-        let mut missing = 0;
-        for ack in &acks {
-            for value in ack.first..ack.first + i64::from(ack.count) {
-                let record = allocator
-                    .get_number(GetNumberRequest {
-                        tenant_id: "acme".into(),
-                        number: value,
-                        ..GetNumberRequest::default()
-                    })
-                    .await;
-                let issued = record.is_ok_and(|record| {
-                    record
-                        .into_inner()
-                        .record
-                        .is_some_and(|record| record.state() == NumberState::Issued)
-                });
-                if !issued {
-                    missing += 1;
-                }
-            }
-        }
+        let issued = issued_numbers(allocator).await;
+        let missing = acks
+            .iter()
+            .flat_map(|ack| ack.first..ack.first + i64::from(ack.count))
+            .filter(|number| !issued.contains(number))
+            .count() as u64;
         let mut codes = BTreeMap::new();
         let (mut failed, mut indeterminate) = (0, 0);
         for answer in &self.0 {
@@ -225,7 +216,7 @@ impl Outcomes {
             .enumerate()
             .map(|(i, fault)| self.recovery(*fault, faults.get(i + 1).copied()))
             .collect::<Option<Vec<_>>>()
-            .and_then(|times| times.into_iter().max());
+            .map(|times| times.into_iter().max().unwrap_or_default());
         let longest_failure = self
             .0
             .iter()
@@ -274,6 +265,33 @@ impl Outcomes {
             .filter(|a| a.outcome.is_ok() && a.started >= last_failure)
             .map(|a| a.ended - fault)
             .min()
+    }
+}
+
+/// Every number of the tenant's series that the allocator holds as issued,
+/// read page by page.
+async fn issued_numbers(
+    allocator: &mut NumberAllocatorClient<tonic::transport::Channel>,
+) -> HashSet<i64> {
+    let mut issued = HashSet::new();
+    let mut page_token = String::new();
+    loop {
+        let page = allocator
+            .list_numbers(ListNumbersRequest {
+                tenant_id: "acme".into(),
+                state: NumberState::Issued.into(),
+                page_size: 1000,
+                page_token,
+                ..ListNumbersRequest::default()
+            })
+            .await
+            .expect("list the issued numbers")
+            .into_inner();
+        issued.extend(page.records.iter().map(|record| record.number));
+        if page.next_page_token.is_empty() {
+            return issued;
+        }
+        page_token = page.next_page_token;
     }
 }
 

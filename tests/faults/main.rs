@@ -23,4 +23,5 @@ mod database;
 #[path = "../api/helpers/mod.rs"]
 mod helpers;
 mod kills;
+mod processes;
 mod writer;
