@@ -9,7 +9,9 @@ use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::{
     checker::{Load, Report},
-    helpers::{Link, TcpProxy, TestDb, Throwaway, allocator_binary, start, wait_for_health},
+    helpers::{
+        Link, Running, TcpProxy, TestDb, Throwaway, allocator_binary, start, wait_for_health,
+    },
 };
 
 const CLIENTS: usize = 16;
@@ -41,17 +43,13 @@ async fn the_database_connections_terminated_under_load() {
         .await
         .unwrap();
     }
-    load.wait_for_acks(300).await;
-    let outcomes = load.stop().await;
-    let mut allocator = NumberAllocatorClient::connect(running.url()).await.unwrap();
-    outcomes
-        .check(
-            "database connections terminated 3 times",
-            &faults,
-            &mut allocator,
-        )
-        .await
-        .print_and_check();
+    finish(
+        load,
+        &running,
+        "database connections terminated 3 times",
+        &faults,
+    )
+    .await;
 }
 
 /// PostgreSQL stopped with `-m immediate` (no checkpoint: it recovers from
@@ -82,24 +80,19 @@ async fn postgres_crashed_and_started_again_under_load() {
         .unwrap()
         .expect("pg_ctl start");
     readiness(&running, ServingStatus::Serving).await;
-    load.wait_for_acks(300).await;
-    let outcomes = load.stop().await;
-
-    let mut allocator = NumberAllocatorClient::connect(running.url()).await.unwrap();
-    let report = outcomes
-        .check(
-            "PostgreSQL stopped -m immediate and started",
-            &[restarted],
-            &mut allocator,
-        )
-        .await;
-    report.print_and_check();
+    let report = finish(
+        load,
+        &running,
+        "PostgreSQL stopped -m immediate and started",
+        &[restarted],
+    )
+    .await;
     assert_only_unavailable(&report);
     assert!(crashed < restarted);
     drop(server);
 }
 
-async fn running_channel(running: &crate::helpers::Running) -> tonic::transport::Channel {
+async fn running_channel(running: &Running) -> tonic::transport::Channel {
     tonic::transport::Channel::from_shared(running.url())
         .unwrap()
         .connect()
@@ -145,18 +138,13 @@ async fn a_frozen_database_is_unavailable_within_seconds_and_recovered_from() {
     proxy.set(Link::Pass);
     let thawed = Instant::now();
     readiness(&running, ServingStatus::Serving).await;
-    load.wait_for_acks(300).await;
-    let outcomes = load.stop().await;
-
-    let mut allocator = NumberAllocatorClient::connect(running.url()).await.unwrap();
-    let report = outcomes
-        .check(
-            "database frozen (30 s deadlines)",
-            &[thawed],
-            &mut allocator,
-        )
-        .await;
-    report.print_and_check();
+    let report = finish(
+        load,
+        &running,
+        "database frozen (30 s deadlines)",
+        &[thawed],
+    )
+    .await;
     assert_only_unavailable(&report);
     assert!(frozen < thawed);
     assert!(
@@ -182,14 +170,7 @@ async fn the_network_to_the_database_cut_and_restored() {
     load.wait_for_failures(2 * CLIENTS).await;
     proxy.set(Link::Pass);
     let restored = Instant::now();
-    load.wait_for_acks(300).await;
-    let outcomes = load.stop().await;
-
-    let mut allocator = NumberAllocatorClient::connect(running.url()).await.unwrap();
-    let report = outcomes
-        .check("network to the database cut", &[restored], &mut allocator)
-        .await;
-    report.print_and_check();
+    let report = finish(load, &running, "network to the database cut", &[restored]).await;
     assert_only_unavailable(&report);
     assert!(cut < restored);
 }
@@ -204,7 +185,7 @@ fn assert_only_unavailable(report: &Report) {
 }
 
 /// Waits until the allocator's readiness is `status`.
-async fn readiness(running: &crate::helpers::Running, status: ServingStatus) {
+async fn readiness(running: &Running, status: ServingStatus) {
     wait_for_health(running_channel(running).await, READINESS, status).await;
 }
 
@@ -232,21 +213,28 @@ async fn a_counter_locked_elsewhere_is_unavailable_within_seconds() {
     tokio::time::sleep(Duration::from_secs(12)).await;
     holder.rollback().await.unwrap();
     let released = Instant::now();
-    load.wait_for_acks(300).await;
-    let outcomes = load.stop().await;
-
-    let mut allocator = NumberAllocatorClient::connect(running.url()).await.unwrap();
-    let report = outcomes
-        .check(
-            "counter row locked elsewhere for 12 s",
-            &[released],
-            &mut allocator,
-        )
-        .await;
-    report.print_and_check();
+    let report = finish(
+        load,
+        &running,
+        "counter row locked elsewhere for 12 s",
+        &[released],
+    )
+    .await;
     assert_only_unavailable(&report);
     assert!(
         report.longest_call < Duration::from_millis(9500),
         "{report}"
     );
+}
+
+/// Lets the load run for 300 more acknowledged calls, stops it, and checks
+/// and prints what it saw.
+async fn finish(load: Load, running: &Running, fault: &str, faults: &[Instant]) -> Report {
+    let mut load = load;
+    load.wait_for_acks(300).await;
+    let outcomes = load.stop().await;
+    let mut allocator = NumberAllocatorClient::connect(running.url()).await.unwrap();
+    let report = outcomes.check(fault, faults, &mut allocator).await;
+    report.print_and_check();
+    report
 }
