@@ -159,9 +159,19 @@ fn changed_nothing(code: Code) -> bool {
 
 impl Outcomes {
     /// What two loads saw, as one.
+    #[allow(dead_code)] // used by the fault suite
     pub fn merge(mut self, other: Self) -> Self {
         self.0.extend(other.0);
         self
+    }
+
+    /// How many calls started at or after `moment` failed.
+    #[allow(dead_code)] // used by the failover suite
+    pub fn failures_started_after(&self, moment: Instant) -> usize {
+        self.0
+            .iter()
+            .filter(|answer| answer.started >= moment && answer.outcome.is_err())
+            .count()
     }
 
     /// The numbers acknowledged, as the verifier takes them.

@@ -219,7 +219,7 @@ impl Drop for Throwaway {
 
 /// The directory of `initdb` and `pg_ctl`: `pg_config --bindir`, else the
 /// newest `/usr/lib/postgresql/*/bin`, else wherever `initdb` is on the PATH.
-fn server_binaries() -> Result<PathBuf, String> {
+pub fn server_binaries() -> Result<PathBuf, String> {
     let has_initdb = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
     if let Ok(output) = Command::new("pg_config").arg("--bindir").output() {
         let dir = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
@@ -247,7 +247,7 @@ fn server_binaries() -> Result<PathBuf, String> {
 }
 
 /// As root, the `postgres` user's ids: PostgreSQL will not run as root.
-fn unprivileged_user() -> Result<Option<(u32, u32)>, String> {
+pub fn unprivileged_user() -> Result<Option<(u32, u32)>, String> {
     if !nix::unistd::Uid::effective().is_root() {
         return Ok(None);
     }
