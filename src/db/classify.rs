@@ -54,12 +54,22 @@ pub fn classify(error: &sqlx::Error) -> DbErrorKind {
             // connections; 55000 is what a database that does not accept
             // connections answers at connect; 25006: a write in a read-only
             // transaction, i.e. a standby not yet promoted during a failover,
-            // or a database set read-only.
+            // or a database set read-only; 57014, 55P03 and 25P03: the
+            // statement, lock and idle-in-transaction time-outs the pool sets.
             Some(code)
                 if code.starts_with("08")
                     || matches!(
                         code,
-                        "57P01" | "57P02" | "57P03" | "57P04" | "53300" | "55000" | "25006"
+                        "57P01"
+                            | "57P02"
+                            | "57P03"
+                            | "57P04"
+                            | "53300"
+                            | "55000"
+                            | "25006"
+                            | "57014"
+                            | "55P03"
+                            | "25P03"
                     ) =>
             {
                 DbErrorKind::Unavailable

@@ -133,7 +133,7 @@ impl Contents {
     /// Reads the tables, listed by `tables_sql` (engines list them each their
     /// own way), and the migrations applied.
     pub(crate) async fn read<DB>(
-        pool: &sqlx::Pool<DB>,
+        connection: &mut DB::Connection,
         tables_sql: &'static str,
     ) -> Result<Self, sqlx::Error>
     where
@@ -143,11 +143,13 @@ impl Contents {
         for<'r> (String,): sqlx::FromRow<'r, DB::Row>,
         for<'r> (i64, Vec<u8>): sqlx::FromRow<'r, DB::Row>,
     {
-        let tables: Vec<(String,)> = sqlx::query_as(tables_sql).fetch_all(pool).await?;
+        let tables: Vec<(String,)> = sqlx::query_as(tables_sql)
+            .fetch_all(&mut *connection)
+            .await?;
         let tables: Vec<String> = tables.into_iter().map(|(table,)| table).collect();
         let applied = if Self::has_migrations(&tables) {
             sqlx::query_as("SELECT version, checksum FROM _sqlx_migrations ORDER BY version")
-                .fetch_all(pool)
+                .fetch_all(&mut *connection)
                 .await?
         } else {
             Vec::new()

@@ -21,15 +21,24 @@ use super::{Contents, DatabaseUrl, DbErrorKind, OpenError, PoolSettings, classif
 /// force_generic_plan`): the allocation statement is the same text every
 /// time, and planning it anew for each batch cost as much CPU as running it.
 ///
+/// The server also bounds each of the pool's statements and lock waits by
+/// [`PoolSettings::operation_timeout`], and ends a session left idle inside
+/// a transaction for twice it: a call cut off by the service does not leave
+/// its statement waiting in the server, holding a connection and its locks.
+/// Migrations run on a connection of their own, without these bounds.
+///
 /// # Errors
 /// The URL does not parse, or the database cannot be reached or created.
 pub async fn connect_postgres(
     url: &DatabaseUrl,
     settings: &PoolSettings,
 ) -> Result<PgPool, sqlx::Error> {
-    let options = PgConnectOptions::from_str(url.expose())?.options([
-        ("synchronous_commit", "on"),
-        ("plan_cache_mode", "force_generic_plan"),
+    let bound = settings.operation_timeout.as_millis().to_string();
+    let idle = (2 * settings.operation_timeout.as_millis()).to_string();
+    let options = connect_options(url)?.options([
+        ("statement_timeout", bound.as_str()),
+        ("lock_timeout", bound.as_str()),
+        ("idle_in_transaction_session_timeout", idle.as_str()),
     ]);
     match pool_options(settings).connect_with(options.clone()).await {
         Err(error) if classify(&error) == DbErrorKind::NoSuchDatabase => {
@@ -91,8 +100,15 @@ pub(crate) async fn open_postgres(
             _ => open_error(&database, error),
         })?;
     tracing::info!(database, "opened the database");
-    Contents::read(
-        &pool,
+    // Checked and migrated on a connection of their own: a migration may
+    // take longer than any serving statement, or wait for another process's.
+    let options =
+        connect_options(url).map_err(|error| OpenError::Connect(database.clone(), error))?;
+    let mut connection = PgConnection::connect_with(&options)
+        .await
+        .map_err(|error| open_error(&database, error))?;
+    Contents::read::<Postgres>(
+        &mut connection,
         "SELECT table_name::text FROM information_schema.tables \
          WHERE table_schema = current_schema() ORDER BY table_name",
     )
@@ -100,10 +116,20 @@ pub(crate) async fn open_postgres(
     .map_err(|error| OpenError::Connect(database.clone(), error))?
     .check_ours(migrator, &database)?;
     migrator
-        .run(&pool)
+        .run(&mut connection)
         .await
         .map_err(|error| OpenError::Migrate(database, error))?;
+    let _ = connection.close().await;
     Ok(pool)
+}
+
+/// The options of every connection: the URL's, with synchronous commit and
+/// generic plans (see [`connect_postgres`]).
+fn connect_options(url: &DatabaseUrl) -> Result<PgConnectOptions, sqlx::Error> {
+    Ok(PgConnectOptions::from_str(url.expose())?.options([
+        ("synchronous_commit", "on"),
+        ("plan_cache_mode", "force_generic_plan"),
+    ]))
 }
 
 /// Resolves the URL's host, so that a misspelt one is named as such.

@@ -57,8 +57,8 @@ pub async fn open_sqlite(
             DbErrorKind::NotADatabase => open_error(&url.redacted(), error),
             _ => connect_error(error),
         })?;
-    Contents::read(
-        &setup,
+    Contents::read::<sqlx::Sqlite>(
+        &mut *setup.acquire().await.map_err(connect_error)?,
         "SELECT name FROM sqlite_schema \
          WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
     )

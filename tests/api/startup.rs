@@ -2,7 +2,7 @@
 //! database is refused unless it is this service's or empty, and nothing is
 //! created before the listener is bound.
 
-use std::{net::TcpListener, path::Path, process::Output, str::FromStr};
+use std::{net::TcpListener, path::Path, process::Output, str::FromStr, time::Duration};
 
 use numbering::{
     allocator::{
@@ -10,6 +10,7 @@ use numbering::{
         store::Advance,
     },
     db::Backend,
+    proto::number_allocator_client::NumberAllocatorClient,
     tenant::TenantId,
 };
 use rstest_reuse::apply;
@@ -18,7 +19,7 @@ use sqlx::{
 };
 
 use crate::backends;
-use crate::helpers::{PATIENCE, TestDb, import_invoice};
+use crate::helpers::{PATIENCE, TestDb, allocate, allocator_binary, import_invoice, start};
 
 /// Runs a service binary with `args` and no database settings from the
 /// environment, expecting it to stop on its own.
@@ -310,4 +311,50 @@ async fn bad_access_settings_stop_start_up_without_echoing_secrets() {
         );
     }
     assert!(!Path::new(data_dir).exists(), "{data_dir}");
+}
+
+/// Migrations are not bound by `--db-timeout`, which the server applies to
+/// serving statements and lock waits: a start-up whose migrator waits for a
+/// lock held elsewhere longer than that goes on once it is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_wait_for_a_lock_longer_than_the_db_timeout() {
+    let db = TestDb::create(Backend::Postgres).await;
+    let first = start(allocator_binary(&db.url)).await;
+    drop(first);
+    let mut holder = PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("LOCK TABLE _sqlx_migrations IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+
+    let mut command = allocator_binary(&db.url);
+    command.args(["--db-timeout", "1s"]);
+    let starting = tokio::spawn(start(command));
+    // Its migrator waits on the lock for twice the bound.
+    let mut watcher = PgConnection::connect(&db.url).await.unwrap();
+    let waited = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
+                 AND wait_event_type = 'Lock' AND now() - query_start > interval '2 s'",
+            )
+            .bind(&db.name)
+            .fetch_one(&mut watcher)
+            .await
+            .unwrap();
+            if waiting > 0 {
+                return;
+            }
+            assert!(!starting.is_finished(), "the start-up ended while waiting");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "no migration waited on the lock");
+    sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
+
+    let running = starting.await.unwrap();
+    let mut client = NumberAllocatorClient::connect(running.url()).await.unwrap();
+    client.allocate(allocate("acme", "", 1)).await.unwrap();
 }

@@ -193,7 +193,8 @@ async fn readiness(running: &Running, status: ServingStatus) {
 /// load (a stuck transaction, or another process frozen mid-commit), for
 /// callers with 30 s deadlines: every call waiting on the lock answers
 /// UNAVAILABLE within twice the database time-out (4 s), none is held until its
-/// deadline, and once the lock is released the allocator goes on.
+/// deadline, no statement keeps waiting in the server once its call gave up,
+/// and once the lock is released the allocator goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_counter_locked_elsewhere_is_unavailable_within_seconds() {
     let db = TestDb::create(Backend::Postgres).await;
@@ -211,6 +212,20 @@ async fn a_counter_locked_elsewhere_is_unavailable_within_seconds() {
     // Held past the service's 10 s request time-out, so that a call held by
     // the lock would show.
     tokio::time::sleep(Duration::from_secs(12)).await;
+    // The server gave up each wait after the database time-out too: no
+    // statement the allocator abandoned still waits, holding a connection.
+    let stale: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
+         AND wait_event_type = 'Lock' AND now() - query_start > interval '6 s'",
+    )
+    .bind(&db.name)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        stale, 0,
+        "statements still waiting on the lock after the time-out"
+    );
     holder.rollback().await.unwrap();
     let released = Instant::now();
     let report = finish(
