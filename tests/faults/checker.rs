@@ -122,6 +122,11 @@ impl Load {
             .unwrap();
     }
 
+    /// How many calls have failed so far.
+    pub fn failed(&self) -> usize {
+        *self.failures.borrow()
+    }
+
     /// Waits until `more` calls beyond those failed so far have failed.
     pub async fn wait_for_failures(&mut self, more: usize) {
         let target = *self.failures.borrow() + more;

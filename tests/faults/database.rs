@@ -1,6 +1,6 @@
 //! PostgreSQL faults under load: every connection of the service terminated,
 //! the server stopped as a crash would and started again, the network to it
-//! cut and restored, and the database frozen (answering nothing).
+//! cut and restored or slowed, and the database frozen (answering nothing).
 
 use std::time::{Duration, Instant};
 
@@ -173,6 +173,41 @@ async fn the_network_to_the_database_cut_and_restored() {
     let report = finish(load, &running, "network to the database cut", &[restored]).await;
     assert_only_unavailable(&report);
     assert!(cut < restored);
+}
+
+/// The network to the database slowed under load: first by 20 ms a chunk
+/// each way, and calls go on without failing; then by 3 s a chunk, so that
+/// every operation runs past the database time-out: calls answer
+/// UNAVAILABLE within it, none is held until its deadline; and once the
+/// network is back to normal the allocator recovers by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_network_to_the_database_slowed() {
+    let db = TestDb::create(Backend::Postgres).await;
+    let (proxy, url) = behind_a_proxy(&db).await;
+    let running = start(allocator_binary(&url)).await;
+    readiness(&running, ServingStatus::Serving).await;
+    let mut load = Load::start(&running.url(), CLIENTS, DEADLINE);
+
+    load.wait_for_acks(300).await;
+    proxy.set(Link::Slow(Duration::from_millis(20)));
+    load.wait_for_acks(300).await;
+    assert_eq!(load.failed(), 0, "calls failed on a network 20 ms slower");
+    proxy.set(Link::Slow(Duration::from_secs(3)));
+    load.wait_for_failures(2 * CLIENTS).await;
+    proxy.set(Link::Pass);
+    let restored = Instant::now();
+    let report = finish(
+        load,
+        &running,
+        "network to the database slowed by 20 ms, then by 3 s a chunk",
+        &[restored],
+    )
+    .await;
+    assert_only_unavailable(&report);
+    assert!(
+        report.longest_call < Duration::from_millis(9500),
+        "{report}"
+    );
 }
 
 /// Every failed call answered UNAVAILABLE, the code clients retry.

@@ -1,7 +1,8 @@
 //! Writer faults: its database locked by another session, so that inserts
 //! wait (the call answers UNAVAILABLE within the database time-out whatever
 //! the caller's deadline, and a retry with the same request id stores the
-//! invoice once); and the writer SIGKILLed under keyed load.
+//! invoice once); the writer SIGKILLed under keyed load; and its database
+//! cut, frozen and slowed under keyed load.
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -15,7 +16,8 @@ use tokio::sync::watch;
 use tonic::{Code, transport::Endpoint};
 
 use crate::helpers::{
-    PATIENCE, TcpProxy, TestDb, invoice_request, list_all, spawn_allocator, start, writer_binary,
+    Link, PATIENCE, Running, TcpProxy, TestDb, invoice_request, list_all, spawn_allocator, start,
+    writer_binary,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,7 +77,6 @@ async fn the_writers_database_locked_is_unavailable_within_seconds_and_retried_o
 /// stored twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_writer_killed_three_times_under_keyed_load() {
-    const CLIENTS: usize = 8;
     const KILLS: usize = 3;
     let allocator = spawn_allocator(Backend::Postgres).await;
     let db = TestDb::create(Backend::Postgres).await;
@@ -83,97 +84,222 @@ async fn the_writer_killed_three_times_under_keyed_load() {
     let mut writer = writer_on(&db).await;
     let proxy = TcpProxy::start(writer.addr.parse().unwrap()).await;
 
-    // Each acknowledged request id with the invoice it answered.
-    let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
-    let (count, acks) = watch::channel(0usize);
-    let count = Arc::new(count);
-    let (stop, stopping) = watch::channel(false);
-    let failures = Arc::new(Mutex::new(BTreeMap::<String, usize>::new()));
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|c| {
-            let client = InvoiceWriterClient::new(
-                Endpoint::from_shared(proxy.url()).unwrap().connect_lazy(),
-            );
-            keyed_client(
-                c,
-                client,
-                Keyed {
-                    acked: acked.clone(),
-                    count: count.clone(),
-                    stopping: stopping.clone(),
-                    failures: failures.clone(),
-                },
-            )
-        })
-        .collect();
-    let wait_for = |more: usize| {
-        let target = *acks.borrow() + more;
-        let mut acks = acks.clone();
-        async move {
-            tokio::time::timeout(PATIENCE, acks.wait_for(|n| *n >= target))
-                .await
-                .expect("invoices acknowledged in time")
-                .unwrap();
-        }
-    };
+    let mut load = KeyedLoad::start(&proxy.url(), Duration::from_secs(5));
     for _ in 0..KILLS {
-        wait_for(100).await;
+        load.wait_for(100).await;
         kill(writer.pid(), Signal::SIGKILL).unwrap();
         let (status, logs) = writer.wait().await;
         assert_eq!(status.code(), None, "not killed: {logs:?}");
         writer = writer_on(&db).await;
         proxy.retarget(writer.addr.parse().unwrap());
     }
-    wait_for(100).await;
-    stop.send_replace(true);
-    for client in clients {
-        client.await.unwrap();
-    }
-
-    let acked = acked.lock().unwrap().clone();
-    let mut client = InvoiceWriterClient::connect(writer.url()).await.unwrap();
-    let stored = list_all(&mut client, "acme").await;
-    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
-    let twice: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM (SELECT request_id FROM invoices \
-         GROUP BY tenant_id, request_id HAVING count(*) > 1) AS repeated",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    let stored_ids: HashSet<&str> = stored.iter().map(|i| i.id.as_str()).collect();
-    let missing = acked
-        .iter()
-        .filter(|(_, id)| !stored_ids.contains(id.as_str()))
-        .count();
-    let numbers: HashSet<i64> = stored.iter().map(|i| i.number).collect();
-    println!(
-        "fault: writer SIGKILLed and restarted {KILLS} times, keyed retries | acknowledged {} \
-         invoices | stored {} | stored twice for one request id {twice} | acknowledged missing \
-         {missing} | numbers stored twice {} | failures by code {:?}",
-        acked.len(),
-        stored.len(),
-        stored.len() - numbers.len(),
-        failures.lock().unwrap(),
-    );
-    assert_eq!(twice, 0);
-    assert_eq!(missing, 0);
-    assert_eq!(
-        numbers.len(),
-        stored.len(),
-        "an invoice number stored twice"
-    );
-    // Every client retried until acknowledged, so every stored invoice is
-    // one acknowledged request id.
-    assert_eq!(stored.len(), acked.len());
+    load.wait_for(100).await;
+    load.stop()
+        .await
+        .check(
+            &format!("writer SIGKILLed and restarted {KILLS} times, keyed retries"),
+            &db,
+            &writer,
+        )
+        .await;
 }
 
-/// What a keyed client shares with the test.
+/// The writer's own database cut off, then frozen for 6 s, then slowed by
+/// 3 s a chunk, under clients retrying each request id with 30 s deadlines:
+/// the writer answers UNAVAILABLE within its database time-out (never a
+/// deadline), recovers by itself each time, and every request id is stored
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writers_database_cut_frozen_and_slowed_under_keyed_load() {
+    let allocator = spawn_allocator(Backend::Postgres).await;
+    let db = TestDb::create(Backend::Postgres).await;
+    let mut url = url::Url::parse(&db.url).unwrap();
+    let target = tokio::net::lookup_host(format!(
+        "{}:{}",
+        url.host_str().unwrap(),
+        url.port().unwrap_or(5432)
+    ))
+    .await
+    .unwrap()
+    .next()
+    .unwrap();
+    let proxy = TcpProxy::start(target).await;
+    url.set_port(Some(proxy.addr.port())).unwrap();
+    let writer = start(writer_binary(url.as_str(), &allocator.server.url())).await;
+
+    let mut load = KeyedLoad::start(&writer.url(), Duration::from_secs(30));
+    for link in [Link::Cut, Link::Frozen, Link::Slow(Duration::from_secs(3))] {
+        load.wait_for(100).await;
+        proxy.set(link);
+        load.wait_for_failures(CLIENTS).await;
+        if link == Link::Frozen {
+            // Past the writer's 10 s request time-out with what went before.
+            tokio::time::sleep(Duration::from_secs(6)).await;
+        }
+        proxy.set(Link::Pass);
+    }
+    load.wait_for(100).await;
+    let outcome = load.stop().await;
+    assert_eq!(
+        outcome.failures.keys().collect::<Vec<_>>(),
+        ["Unavailable"],
+        "{:?}",
+        outcome.failures
+    );
+    assert!(
+        outcome.longest_failure < Duration::from_millis(9500),
+        "a failure took {:?}",
+        outcome.longest_failure
+    );
+    outcome
+        .check(
+            "writer's database cut, frozen 6 s, slowed by 3 s a chunk, keyed retries",
+            &db,
+            &writer,
+        )
+        .await;
+}
+
+const CLIENTS: usize = 8;
+
+/// Clients creating invoices with request ids of their own, each retried
+/// until acknowledged, until stopped between two.
+struct KeyedLoad {
+    shared: Keyed,
+    acks: watch::Receiver<usize>,
+    failed: watch::Receiver<usize>,
+    stop: watch::Sender<bool>,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// What the keyed clients share with the test.
+#[derive(Clone)]
 struct Keyed {
+    /// Each acknowledged request id with the invoice it answered.
     acked: Arc<Mutex<Vec<(String, String)>>>,
     count: Arc<watch::Sender<usize>>,
+    failed: Arc<watch::Sender<usize>>,
     stopping: watch::Receiver<bool>,
     failures: Arc<Mutex<BTreeMap<String, usize>>>,
+    longest_failure: Arc<Mutex<Duration>>,
+}
+
+/// What the keyed clients saw.
+struct KeyedOutcome {
+    acked: Vec<(String, String)>,
+    /// Failed calls by code.
+    failures: BTreeMap<String, usize>,
+    longest_failure: Duration,
+}
+
+impl KeyedLoad {
+    /// Starts the clients on `url`, each call with `deadline`.
+    fn start(url: &str, deadline: Duration) -> Self {
+        let (count, acks) = watch::channel(0usize);
+        let (failed_count, failed) = watch::channel(0usize);
+        let (stop, stopping) = watch::channel(false);
+        let shared = Keyed {
+            acked: Arc::default(),
+            count: Arc::new(count),
+            failed: Arc::new(failed_count),
+            stopping,
+            failures: Arc::default(),
+            longest_failure: Arc::default(),
+        };
+        let clients = (0..CLIENTS)
+            .map(|c| {
+                let client = InvoiceWriterClient::new(
+                    Endpoint::from_shared(url.to_owned())
+                        .unwrap()
+                        .connect_lazy(),
+                );
+                keyed_client(c, client, deadline, shared.clone())
+            })
+            .collect();
+        Self {
+            shared,
+            acks,
+            failed,
+            stop,
+            clients,
+        }
+    }
+
+    /// Waits until `more` invoices beyond those so far are acknowledged.
+    async fn wait_for(&mut self, more: usize) {
+        let target = *self.acks.borrow() + more;
+        tokio::time::timeout(PATIENCE, self.acks.wait_for(|n| *n >= target))
+            .await
+            .expect("invoices acknowledged in time")
+            .unwrap();
+    }
+
+    /// Waits until `more` calls beyond those so far have failed.
+    async fn wait_for_failures(&mut self, more: usize) {
+        let target = *self.failed.borrow() + more;
+        tokio::time::timeout(PATIENCE, self.failed.wait_for(|n| *n >= target))
+            .await
+            .expect("calls failed in time")
+            .unwrap();
+    }
+
+    /// Stops the clients between two invoices.
+    async fn stop(self) -> KeyedOutcome {
+        self.stop.send_replace(true);
+        for client in self.clients {
+            client.await.unwrap();
+        }
+        KeyedOutcome {
+            acked: self.shared.acked.lock().unwrap().clone(),
+            failures: self.shared.failures.lock().unwrap().clone(),
+            longest_failure: *self.shared.longest_failure.lock().unwrap(),
+        }
+    }
+}
+
+impl KeyedOutcome {
+    /// Prints the figures and checks, from the writer's answers and its
+    /// database: every request id stored once, every acknowledged invoice
+    /// stored, no invoice number stored twice.
+    async fn check(&self, fault: &str, db: &TestDb, writer: &Running) {
+        let mut client = InvoiceWriterClient::connect(writer.url()).await.unwrap();
+        let stored = list_all(&mut client, "acme").await;
+        let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+        let twice: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT request_id FROM invoices \
+             GROUP BY tenant_id, request_id HAVING count(*) > 1) AS repeated",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        let stored_ids: HashSet<&str> = stored.iter().map(|i| i.id.as_str()).collect();
+        let missing = self
+            .acked
+            .iter()
+            .filter(|(_, id)| !stored_ids.contains(id.as_str()))
+            .count();
+        let numbers: HashSet<i64> = stored.iter().map(|i| i.number).collect();
+        println!(
+            "fault: {fault} | acknowledged {} invoices | stored {} | stored twice for one \
+             request id {twice} | acknowledged missing {missing} | numbers stored twice {} | \
+             longest failed call {:.2}s | failures by code {:?}",
+            self.acked.len(),
+            stored.len(),
+            stored.len() - numbers.len(),
+            self.longest_failure.as_secs_f64(),
+            self.failures,
+        );
+        assert_eq!(twice, 0);
+        assert_eq!(missing, 0);
+        assert_eq!(
+            numbers.len(),
+            stored.len(),
+            "an invoice number stored twice"
+        );
+        // Every client retried until acknowledged, so every stored invoice
+        // is one acknowledged request id.
+        assert_eq!(stored.len(), self.acked.len());
+    }
 }
 
 /// Client `c`: creates invoices with request ids of its own, each retried
@@ -181,17 +307,12 @@ struct Keyed {
 fn keyed_client(
     c: usize,
     mut client: InvoiceWriterClient<tonic::transport::Channel>,
+    deadline: Duration,
     shared: Keyed,
 ) -> tokio::task::JoinHandle<()> {
-    let Keyed {
-        acked,
-        count,
-        stopping,
-        failures,
-    } = shared;
     tokio::spawn(async move {
         for k in 0.. {
-            if *stopping.borrow() {
+            if *shared.stopping.borrow() {
                 return;
             }
             let request_id = format!("order-{c}-{k}");
@@ -200,20 +321,28 @@ fn keyed_client(
             // The same request id until it is acknowledged.
             loop {
                 let mut call = tonic::Request::new(request.clone());
-                call.set_timeout(Duration::from_secs(5));
+                call.set_timeout(deadline);
+                let started = Instant::now();
                 match client.create_invoice(call).await {
                     Ok(response) => {
                         let invoice = response.into_inner().invoice.unwrap();
-                        acked.lock().unwrap().push((request_id.clone(), invoice.id));
-                        count.send_modify(|n| *n += 1);
+                        let acked = (request_id.clone(), invoice.id);
+                        shared.acked.lock().unwrap().push(acked);
+                        shared.count.send_modify(|n| *n += 1);
                         break;
                     }
                     Err(status) => {
-                        *failures
+                        {
+                            let mut longest = shared.longest_failure.lock().unwrap();
+                            *longest = (*longest).max(started.elapsed());
+                        }
+                        *shared
+                            .failures
                             .lock()
                             .unwrap()
                             .entry(format!("{:?}", status.code()))
                             .or_default() += 1;
+                        shared.failed.send_modify(|n| *n += 1);
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                 }

@@ -1,7 +1,7 @@
 //! A TCP proxy for fault tests: forwards every connection to a target that
 //! can change (a process restarted on a new port keeps one address for its
-//! clients), and can cut every connection or freeze them (accepting, never
-//! forwarding) until told to pass again.
+//! clients), and can cut every connection, freeze them (accepting, never
+//! forwarding) or slow them until told to pass again.
 
 // Used by the fault suite, not by every test target.
 #![allow(dead_code)]
@@ -30,6 +30,8 @@ pub enum Link {
     Frozen,
     /// Closes every connection, and each new one as it comes.
     Cut,
+    /// Forwards each chunk read after this delay: a slow network.
+    Slow(std::time::Duration),
 }
 
 /// A proxy on 127.0.0.1, port 0; stops when dropped.
@@ -123,6 +125,13 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut link: watch::
         let Ok(read @ 1..) = read else {
             return;
         };
+        let slow = match *link.borrow() {
+            Link::Slow(delay) => Some(delay),
+            _ => None,
+        };
+        if let Some(delay) = slow {
+            tokio::time::sleep(delay).await;
+        }
         // Frozen between the read and the write: held, then sent.
         if !passing(&mut link).await || to.write_all(&buffer[..read]).await.is_err() {
             return;
@@ -134,7 +143,7 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut link: watch::
 async fn passing(link: &mut watch::Receiver<Link>) -> bool {
     loop {
         match *link.borrow_and_update() {
-            Link::Pass => return true,
+            Link::Pass | Link::Slow(_) => return true,
             Link::Cut => return false,
             Link::Frozen => {}
         }
