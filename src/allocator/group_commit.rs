@@ -319,8 +319,11 @@ impl Lane {
                 }
             }
             // A series near i64::MAX must fail only the calls that do not
-            // fit: commit every call on its own, in arrival order. Rare.
-            Err(StoreError::Exhausted) => {
+            // fit, and a series configured anew under its calls only those
+            // calls (they pick their period again), not the other series'
+            // calls of the batch: commit every call on its own, in arrival
+            // order. Rare.
+            Err(StoreError::Exhausted | StoreError::SeriesChanged) => {
                 for waiting in batch {
                     let result = self
                         .store
