@@ -226,12 +226,12 @@ impl Outcomes {
                 }
             }
         }
-        let recovery = faults
+        let timed: Vec<Timed> = self
+            .0
             .iter()
-            .enumerate()
-            .map(|(i, fault)| self.recovery(*fault, faults.get(i + 1).copied()))
-            .collect::<Option<Vec<_>>>()
-            .map(|times| times.into_iter().max().unwrap_or_default());
+            .map(|a| (a.started, a.ended, a.outcome.is_ok()))
+            .collect();
+        let recovery = recovery(&timed, faults);
         let longest_failure = self
             .0
             .iter()
@@ -261,26 +261,36 @@ impl Outcomes {
     }
 }
 
-impl Outcomes {
-    /// From `fault` to the first acknowledged call started after the last
-    /// failure it caused (before `next` fault): zero if no call failed; none
-    /// if no call was acknowledged after.
-    fn recovery(&self, fault: Instant, next: Option<Instant>) -> Option<Duration> {
-        let last_failure = self
-            .0
-            .iter()
-            .filter(|a| a.outcome.is_err() && a.ended >= fault && next.is_none_or(|n| a.ended < n))
-            .map(|a| a.ended)
-            .max();
-        let Some(last_failure) = last_failure else {
-            return Some(Duration::ZERO);
-        };
-        self.0
-            .iter()
-            .filter(|a| a.outcome.is_ok() && a.started >= last_failure)
-            .map(|a| a.ended - fault)
-            .min()
-    }
+/// One call's times and whether it was acknowledged.
+pub type Timed = (Instant, Instant, bool);
+
+/// The longest, over `faults` (each the moment a fault was injected, or for
+/// one that lasts, the moment it ended), from a fault to the first
+/// acknowledged call started after the last failure it caused (before the
+/// next fault): zero where no call failed; none if a fault was never
+/// recovered from.
+pub fn recovery(calls: &[Timed], faults: &[Instant]) -> Option<Duration> {
+    faults
+        .iter()
+        .enumerate()
+        .map(|(i, &fault)| {
+            let next = faults.get(i + 1).copied();
+            let last_failure = calls
+                .iter()
+                .filter(|(_, ended, ok)| !ok && *ended >= fault && next.is_none_or(|n| *ended < n))
+                .map(|(_, ended, _)| *ended)
+                .max();
+            let Some(last_failure) = last_failure else {
+                return Some(Duration::ZERO);
+            };
+            calls
+                .iter()
+                .filter(|(started, _, ok)| *ok && *started >= last_failure)
+                .map(|(_, ended, _)| *ended - fault)
+                .min()
+        })
+        .collect::<Option<Vec<_>>>()
+        .map(|times| times.into_iter().max().unwrap_or_default())
 }
 
 /// Every number of the tenant's series that the allocator holds as issued,

@@ -100,18 +100,15 @@ async fn running_channel(running: &Running) -> tonic::transport::Channel {
         .unwrap()
 }
 
-/// The allocator's PostgreSQL behind a proxy; the URL through it.
-async fn behind_a_proxy(db: &TestDb) -> (TcpProxy, String) {
-    let mut url = url::Url::parse(&db.url).unwrap();
-    let target = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
-    let target = tokio::net::lookup_host(target)
-        .await
-        .unwrap()
-        .next()
-        .unwrap();
-    let proxy = TcpProxy::start(target).await;
-    url.set_port(Some(proxy.addr.port())).unwrap();
-    (proxy, url.to_string())
+/// The allocator on a fresh database that it reaches through a proxy,
+/// ready, under load.
+async fn loaded_behind_a_proxy() -> (TestDb, TcpProxy, Running, Load) {
+    let db = TestDb::create(Backend::Postgres).await;
+    let (proxy, url) = TcpProxy::before_database(&db.url).await;
+    let running = start(allocator_binary(&url)).await;
+    readiness(&running, ServingStatus::Serving).await;
+    let load = Load::start(&running.url(), CLIENTS, DEADLINE);
+    (db, proxy, running, load)
 }
 
 /// The database frozen under load (connections accepted, nothing answered)
@@ -121,11 +118,7 @@ async fn behind_a_proxy(db: &TestDb) -> (TcpProxy, String) {
 /// the database answers again the allocator recovers by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_database_is_unavailable_within_seconds_and_recovered_from() {
-    let db = TestDb::create(Backend::Postgres).await;
-    let (proxy, url) = behind_a_proxy(&db).await;
-    let running = start(allocator_binary(&url)).await;
-    readiness(&running, ServingStatus::Serving).await;
-    let mut load = Load::start(&running.url(), CLIENTS, DEADLINE);
+    let (_db, proxy, running, mut load) = loaded_behind_a_proxy().await;
 
     load.wait_for_acks(300).await;
     let frozen = Instant::now();
@@ -145,12 +138,8 @@ async fn a_frozen_database_is_unavailable_within_seconds_and_recovered_from() {
         &[thawed],
     )
     .await;
-    assert_only_unavailable(&report);
+    assert_unavailable_within_the_bound(&report);
     assert!(frozen < thawed);
-    assert!(
-        report.longest_call < Duration::from_millis(9500),
-        "{report}"
-    );
 }
 
 /// The network to the database cut under load (every connection closed,
@@ -158,11 +147,7 @@ async fn a_frozen_database_is_unavailable_within_seconds_and_recovered_from() {
 /// allocator recovers by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_network_to_the_database_cut_and_restored() {
-    let db = TestDb::create(Backend::Postgres).await;
-    let (proxy, url) = behind_a_proxy(&db).await;
-    let running = start(allocator_binary(&url)).await;
-    readiness(&running, ServingStatus::Serving).await;
-    let mut load = Load::start(&running.url(), CLIENTS, DEADLINE);
+    let (_db, proxy, running, mut load) = loaded_behind_a_proxy().await;
 
     load.wait_for_acks(300).await;
     let cut = Instant::now();
@@ -182,11 +167,7 @@ async fn the_network_to_the_database_cut_and_restored() {
 /// network is back to normal the allocator recovers by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_network_to_the_database_slowed() {
-    let db = TestDb::create(Backend::Postgres).await;
-    let (proxy, url) = behind_a_proxy(&db).await;
-    let running = start(allocator_binary(&url)).await;
-    readiness(&running, ServingStatus::Serving).await;
-    let mut load = Load::start(&running.url(), CLIENTS, DEADLINE);
+    let (_db, proxy, running, mut load) = loaded_behind_a_proxy().await;
 
     load.wait_for_acks(300).await;
     proxy.set(Link::Slow(Duration::from_millis(20)));
@@ -203,7 +184,14 @@ async fn the_network_to_the_database_slowed() {
         &[restored],
     )
     .await;
-    assert_only_unavailable(&report);
+    assert_unavailable_within_the_bound(&report);
+}
+
+/// Every failed call answered UNAVAILABLE, and none was held past twice the
+/// database time-out (4 s) and a connection's wait: well under the
+/// service's 10 s request time-out.
+fn assert_unavailable_within_the_bound(report: &Report) {
+    assert_only_unavailable(report);
     assert!(
         report.longest_call < Duration::from_millis(9500),
         "{report}"
@@ -270,11 +258,7 @@ async fn a_counter_locked_elsewhere_is_unavailable_within_seconds() {
         &[released],
     )
     .await;
-    assert_only_unavailable(&report);
-    assert!(
-        report.longest_call < Duration::from_millis(9500),
-        "{report}"
-    );
+    assert_unavailable_within_the_bound(&report);
 }
 
 /// Lets the load run for 300 more acknowledged calls, stops it, and checks

@@ -15,9 +15,12 @@ use numbering::{db::Backend, proto::invoice_writer_client::InvoiceWriterClient};
 use tokio::sync::watch;
 use tonic::{Code, transport::Endpoint};
 
-use crate::helpers::{
-    Link, PATIENCE, Running, TcpProxy, TestDb, invoice_request, list_all, spawn_allocator, start,
-    writer_binary,
+use crate::{
+    checker::{Timed, recovery},
+    helpers::{
+        Link, PATIENCE, Running, TcpProxy, TestDb, invoice_request, list_all, spawn_allocator,
+        start, writer_binary,
+    },
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,8 +88,10 @@ async fn the_writer_killed_three_times_under_keyed_load() {
     let proxy = TcpProxy::start(writer.addr.parse().unwrap()).await;
 
     let mut load = KeyedLoad::start(&proxy.url(), Duration::from_secs(5));
+    let mut kills = Vec::new();
     for _ in 0..KILLS {
         load.wait_for(100).await;
+        kills.push(Instant::now());
         kill(writer.pid(), Signal::SIGKILL).unwrap();
         let (status, logs) = writer.wait().await;
         assert_eq!(status.code(), None, "not killed: {logs:?}");
@@ -98,6 +103,7 @@ async fn the_writer_killed_three_times_under_keyed_load() {
         .await
         .check(
             &format!("writer SIGKILLed and restarted {KILLS} times, keyed retries"),
+            &kills,
             &db,
             &writer,
         )
@@ -113,21 +119,11 @@ async fn the_writer_killed_three_times_under_keyed_load() {
 async fn the_writers_database_cut_frozen_and_slowed_under_keyed_load() {
     let allocator = spawn_allocator(Backend::Postgres).await;
     let db = TestDb::create(Backend::Postgres).await;
-    let mut url = url::Url::parse(&db.url).unwrap();
-    let target = tokio::net::lookup_host(format!(
-        "{}:{}",
-        url.host_str().unwrap(),
-        url.port().unwrap_or(5432)
-    ))
-    .await
-    .unwrap()
-    .next()
-    .unwrap();
-    let proxy = TcpProxy::start(target).await;
-    url.set_port(Some(proxy.addr.port())).unwrap();
-    let writer = start(writer_binary(url.as_str(), &allocator.server.url())).await;
+    let (proxy, url) = TcpProxy::before_database(&db.url).await;
+    let writer = start(writer_binary(&url, &allocator.server.url())).await;
 
     let mut load = KeyedLoad::start(&writer.url(), Duration::from_secs(30));
+    let mut restored = Vec::new();
     for link in [Link::Cut, Link::Frozen, Link::Slow(Duration::from_secs(3))] {
         load.wait_for(100).await;
         proxy.set(link);
@@ -137,6 +133,7 @@ async fn the_writers_database_cut_frozen_and_slowed_under_keyed_load() {
             tokio::time::sleep(Duration::from_secs(6)).await;
         }
         proxy.set(Link::Pass);
+        restored.push(Instant::now());
     }
     load.wait_for(100).await;
     let outcome = load.stop().await;
@@ -147,13 +144,14 @@ async fn the_writers_database_cut_frozen_and_slowed_under_keyed_load() {
         outcome.failures
     );
     assert!(
-        outcome.longest_failure < Duration::from_millis(9500),
+        outcome.longest_failure() < Duration::from_millis(9500),
         "a failure took {:?}",
-        outcome.longest_failure
+        outcome.longest_failure()
     );
     outcome
         .check(
             "writer's database cut, frozen 6 s, slowed by 3 s a chunk, keyed retries",
+            &restored,
             &db,
             &writer,
         )
@@ -181,7 +179,7 @@ struct Keyed {
     failed: Arc<watch::Sender<usize>>,
     stopping: watch::Receiver<bool>,
     failures: Arc<Mutex<BTreeMap<String, usize>>>,
-    longest_failure: Arc<Mutex<Duration>>,
+    calls: Arc<Mutex<Vec<Timed>>>,
 }
 
 /// What the keyed clients saw.
@@ -189,7 +187,7 @@ struct KeyedOutcome {
     acked: Vec<(String, String)>,
     /// Failed calls by code.
     failures: BTreeMap<String, usize>,
-    longest_failure: Duration,
+    calls: Vec<Timed>,
 }
 
 impl KeyedLoad {
@@ -204,7 +202,7 @@ impl KeyedLoad {
             failed: Arc::new(failed_count),
             stopping,
             failures: Arc::default(),
-            longest_failure: Arc::default(),
+            calls: Arc::default(),
         };
         let clients = (0..CLIENTS)
             .map(|c| {
@@ -252,7 +250,7 @@ impl KeyedLoad {
         KeyedOutcome {
             acked: self.shared.acked.lock().unwrap().clone(),
             failures: self.shared.failures.lock().unwrap().clone(),
-            longest_failure: *self.shared.longest_failure.lock().unwrap(),
+            calls: self.shared.calls.lock().unwrap().clone(),
         }
     }
 }
@@ -260,8 +258,19 @@ impl KeyedLoad {
 impl KeyedOutcome {
     /// Prints the figures and checks, from the writer's answers and its
     /// database: every request id stored once, every acknowledged invoice
-    /// stored, no invoice number stored twice.
-    async fn check(&self, fault: &str, db: &TestDb, writer: &Running) {
+    /// stored, no invoice number stored twice, every fault recovered from.
+    /// The longest a failed call took.
+    fn longest_failure(&self) -> Duration {
+        self.calls
+            .iter()
+            .filter(|(_, _, ok)| !ok)
+            .map(|(started, ended, _)| *ended - *started)
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// `faults` as [`recovery`] takes them.
+    async fn check(&self, fault: &str, faults: &[Instant], db: &TestDb, writer: &Running) {
         let mut client = InvoiceWriterClient::connect(writer.url()).await.unwrap();
         let stored = list_all(&mut client, "acme").await;
         let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
@@ -279,16 +288,22 @@ impl KeyedOutcome {
             .filter(|(_, id)| !stored_ids.contains(id.as_str()))
             .count();
         let numbers: HashSet<i64> = stored.iter().map(|i| i.number).collect();
+        let recovery = recovery(&self.calls, faults);
         println!(
             "fault: {fault} | acknowledged {} invoices | stored {} | stored twice for one \
              request id {twice} | acknowledged missing {missing} | numbers stored twice {} | \
-             longest failed call {:.2}s | failures by code {:?}",
+             recovery {} | longest failed call {:.2}s | failures by code {:?}",
             self.acked.len(),
             stored.len(),
             stored.len() - numbers.len(),
-            self.longest_failure.as_secs_f64(),
+            recovery.map_or_else(
+                || "never".to_owned(),
+                |d| format!("{:.2}s", d.as_secs_f64())
+            ),
+            self.longest_failure().as_secs_f64(),
             self.failures,
         );
+        assert!(recovery.is_some(), "did not recover");
         assert_eq!(twice, 0);
         assert_eq!(missing, 0);
         assert_eq!(
@@ -323,7 +338,10 @@ fn keyed_client(
                 let mut call = tonic::Request::new(request.clone());
                 call.set_timeout(deadline);
                 let started = Instant::now();
-                match client.create_invoice(call).await {
+                let answer = client.create_invoice(call).await;
+                let timed = (started, Instant::now(), answer.is_ok());
+                shared.calls.lock().unwrap().push(timed);
+                match answer {
                     Ok(response) => {
                         let invoice = response.into_inner().invoice.unwrap();
                         let acked = (request_id.clone(), invoice.id);
@@ -332,10 +350,6 @@ fn keyed_client(
                         break;
                     }
                     Err(status) => {
-                        {
-                            let mut longest = shared.longest_failure.lock().unwrap();
-                            *longest = (*longest).max(started.elapsed());
-                        }
                         *shared
                             .failures
                             .lock()

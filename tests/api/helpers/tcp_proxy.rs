@@ -69,6 +69,20 @@ impl TcpProxy {
         }
     }
 
+    /// A proxy to the PostgreSQL server of `url`, and the URL through it.
+    pub async fn before_database(url: &str) -> (Self, String) {
+        let mut url = url::Url::parse(url).unwrap();
+        let target = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
+        let target = tokio::net::lookup_host(target)
+            .await
+            .unwrap()
+            .next()
+            .unwrap();
+        let proxy = Self::start(target).await;
+        url.set_port(Some(proxy.addr.port())).unwrap();
+        (proxy, url.to_string())
+    }
+
     /// Sends new connections to `target`; open ones stay where they are.
     pub fn retarget(&self, target: SocketAddr) {
         *self.target.lock().unwrap() = target;
