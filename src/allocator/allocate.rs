@@ -548,7 +548,16 @@ impl Allocator {
             })
             .await?;
         match outcome {
-            Outcome::Granted(grant) => Ok((grant, false)),
+            Outcome::Granted(grant) => {
+                let how = if lease.is_some() {
+                    "reserved"
+                } else {
+                    "issued"
+                };
+                metrics::counter!("numbering_numbers_allocated_total", "state" => how)
+                    .increment(count.unsigned_abs());
+                Ok((grant, false))
+            }
             Outcome::Replayed(grant) => Ok((grant, true)),
             Outcome::Reused { series, count } => Err(Error::RequestIdReused {
                 request_id: request_id.map(ToString::to_string).unwrap_or_default(),

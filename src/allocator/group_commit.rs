@@ -304,6 +304,8 @@ impl Lane {
     }
 
     async fn commit(&self, batch: Vec<Waiting>) {
+        #[allow(clippy::cast_precision_loss)] // at most --group-max-batch
+        metrics::histogram!("numbering_group_commit_batch_size").record(batch.len() as f64);
         let calls: Vec<Call<'_>> = batch.iter().map(Waiting::call).collect();
         let result = self
             .store

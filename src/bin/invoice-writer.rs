@@ -173,17 +173,23 @@ async fn serve(config: Config) -> Result<(), StartupError> {
     let server_settings = config.server.settings()?;
     let stop = shutdown::signal();
     // Bound before the database is opened, so a busy port creates nothing.
-    let listeners =
-        startup::listen(config.listen, config.server.health_listen, &server_settings).await?;
+    let listeners = startup::listen(
+        config.listen,
+        config.server.health_listen,
+        config.server.metrics_listen,
+        &server_settings,
+    )
+    .await?;
     let database = settings.database.clone();
     let app = App::build(settings).await?;
     let addr = listeners.grpc.local_addr().unwrap_or(config.listen);
-    let (tls, health_addr) = listeners.describe(&server_settings);
+    let (tls, health_addr, metrics_addr) = listeners.describe(&server_settings);
     tracing::info!(
         %addr,
         %database,
         tls,
         health_addr,
+        metrics_addr,
         allocator = %shown_url(&config.allocator_url),
         "invoice-writer listening"
     );

@@ -42,15 +42,22 @@ pub(crate) async fn bounded<T, E>(
     operation: impl Future<Output = Result<T, E>>,
     unavailable: impl FnOnce(Box<dyn std::error::Error + Send + Sync>) -> E,
 ) -> Result<T, E> {
-    tokio::time::timeout(limit, operation)
-        .await
-        .unwrap_or_else(|_| {
-            Err(unavailable(
-                format!(
-                    "the database did not answer within {}",
-                    humantime::format_duration(limit)
-                )
-                .into(),
-            ))
-        })
+    let started = std::time::Instant::now();
+    let result = tokio::time::timeout(limit, operation).await;
+    let outcome = match &result {
+        Ok(Ok(_)) => "ok",
+        Ok(Err(_)) => "error",
+        Err(_) => "timeout",
+    };
+    metrics::histogram!("numbering_db_operation_seconds", "outcome" => outcome)
+        .record(started.elapsed().as_secs_f64());
+    result.unwrap_or_else(|_| {
+        Err(unavailable(
+            format!(
+                "the database did not answer within {}",
+                humantime::format_duration(limit)
+            )
+            .into(),
+        ))
+    })
 }

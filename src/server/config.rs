@@ -87,6 +87,10 @@ pub struct ServerArgs {
     #[arg(long, env = "NUMBERING_HEALTH_LISTEN")]
     pub health_listen: Option<SocketAddr>,
 
+    /// Serve Prometheus metrics at GET /metrics on this address (plain HTTP). Off when unset.
+    #[arg(long, env = "NUMBERING_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Calls each tenant may start per second (and in a burst); more wait for a turn up to --tenant-rate-wait, then answer RESOURCE_EXHAUSTED with a RetryInfo. 0: no limit.
     #[arg(long, env = "NUMBERING_TENANT_RATE_LIMIT", default_value_t = 0)]
     pub tenant_rate_limit: u32,

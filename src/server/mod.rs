@@ -6,6 +6,7 @@ mod calls;
 pub mod config;
 pub mod connections;
 pub mod fairness;
+mod metrics;
 pub mod pagination;
 pub mod shutdown;
 pub mod startup;
@@ -164,10 +165,15 @@ where
                     ),
             )
         });
+        let _metrics = listeners
+            .metrics
+            .map(|listener| AbortOnDrop(tokio::spawn(metrics::serve(listener))));
         let (access, limits) = (settings.access.clone(), settings.tenant_limits.clone());
         let mut routes = builder(settings)
             // A connection that sent a request is no longer silent.
             .layer(tower::util::MapRequestLayer::new(mark_spoken))
+            // Every call counted, refused and shed ones included.
+            .layer(tower::layer::layer_fn(metrics::GrpcMetrics::new))
             // So every call gets a span, shed, refused and timed-out ones
             // included. Failures are logged by `Guarded`, which knows their
             // reason and who is at fault.
@@ -245,29 +251,39 @@ pub struct Listeners {
     /// Health alone, in plaintext: for probes that cannot show a client
     /// certificate.
     pub health: Option<TcpListener>,
+    /// Prometheus metrics, `GET /metrics` in plain HTTP.
+    pub metrics: Option<TcpListener>,
 }
 
 impl Listeners {
-    /// For the "listening" log line: TLS (`off`, `on` or `mutual`) and the
-    /// health-only address, if any.
+    /// For the "listening" log line: TLS (`off`, `on` or `mutual`), and the
+    /// health-only and metrics addresses, if any.
     #[must_use]
-    pub fn describe(&self, settings: &ServerSettings) -> (&'static str, Option<String>) {
+    pub fn describe(
+        &self,
+        settings: &ServerSettings,
+    ) -> (&'static str, Option<String>, Option<String>) {
         let tls = settings
             .tls
             .as_ref()
             .map_or("off", |tls| if tls.is_mutual() { "mutual" } else { "on" });
-        let health = self
-            .health
-            .as_ref()
-            .and_then(|health| health.local_addr().ok())
-            .map(|addr| addr.to_string());
-        (tls, health)
+        let addr = |listener: &Option<TcpListener>| {
+            listener
+                .as_ref()
+                .and_then(|listener| listener.local_addr().ok())
+                .map(|addr| addr.to_string())
+        };
+        (tls, addr(&self.health), addr(&self.metrics))
     }
 }
 
 impl From<TcpListener> for Listeners {
     fn from(grpc: TcpListener) -> Self {
-        Self { grpc, health: None }
+        Self {
+            grpc,
+            health: None,
+            metrics: None,
+        }
     }
 }
 
@@ -355,6 +371,11 @@ async fn follow_readiness(
             continue;
         }
         last = Some(ready);
+        ::metrics::gauge!("numbering_ready", "grpc_service" => service_name).set(if ready {
+            1.0
+        } else {
+            0.0
+        });
         if ready {
             tracing::info!(service = service_name, "store reachable: SERVING");
             health

@@ -63,7 +63,7 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, StartupError> {
         .map_err(|source| StartupError::Bind { addr, source })
 }
 
-/// Binds the gRPC listener and, if `health` is given, the health-only one.
+/// Binds the gRPC listener and, if given, the health-only and metrics ones.
 /// Warns once when the gRPC listener is reachable beyond this host with
 /// neither TLS nor tokens configured.
 ///
@@ -72,10 +72,15 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, StartupError> {
 pub async fn listen(
     addr: SocketAddr,
     health: Option<SocketAddr>,
+    metrics: Option<SocketAddr>,
     settings: &ServerSettings,
 ) -> Result<Listeners, StartupError> {
     let grpc = bind(addr).await?;
     let health = match health {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    let metrics = match metrics {
         Some(addr) => Some(bind(addr).await?),
         None => None,
     };
@@ -85,7 +90,11 @@ pub async fn listen(
             "serving in plaintext, to anyone who can reach this address: set --tls-cert and --tls-key, and --tokens-file (see the README's security section)"
         );
     }
-    Ok(Listeners { grpc, health })
+    Ok(Listeners {
+        grpc,
+        health,
+        metrics,
+    })
 }
 
 /// Logs `error` once with its cause chain and returns its exit status.

@@ -233,7 +233,7 @@ async fn each_cause_of_a_failed_connection_is_named() {
 }
 
 /// A listen address in use stops start-up with status 71 before anything is
-/// created: no data directory, no database file.
+/// created: no data directory, no database file. The metrics port alike.
 #[tokio::test]
 async fn a_busy_port_stops_start_up_before_anything_is_created() {
     let busy = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -249,6 +249,16 @@ async fn a_busy_port_stops_start_up_before_anything_is_created() {
             .await
             .unwrap();
         assert_refused(&output, 71, "cannot listen on");
+        assert!(!Path::new(&data_dir).exists(), "{}", data_dir.display());
+        // The metrics port alike.
+        let output = tokio::process::Command::new(binary)
+            .env_remove("DATABASE_URL")
+            .env("NUMBERING_DATA_DIR", &data_dir)
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", &addr])
+            .output()
+            .await
+            .unwrap();
+        assert_refused(&output, 71, &format!("cannot listen on {addr}"));
         assert!(!Path::new(&data_dir).exists(), "{}", data_dir.display());
     }
 }

@@ -58,6 +58,7 @@ async fn serve_allocator(settings: ServerSettings) -> Served {
         let listeners = Listeners {
             grpc,
             health: Some(health),
+            metrics: None,
         };
         app.serve(listeners, &settings, stop).await
     });

@@ -1,0 +1,321 @@
+//! Prometheus metrics: the conventional gRPC server metrics of every call, the
+//! services' own (recorded where they happen, through the `metrics` facade),
+//! and the `GET /metrics` endpoint that serves them on a listener of its own.
+//!
+//! Nothing is recorded until a metrics listener is configured: the facade's
+//! macros do nothing without a recorder. Tenant ids are never labels.
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    pin::Pin,
+    sync::OnceLock,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use prost::Message;
+use tokio::net::TcpListener;
+use tonic::{Code, Status, body::Body, codegen::http};
+
+/// Upper bounds (seconds) of the call-duration histograms.
+const SECONDS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Upper bounds of the group-commit batch size histogram.
+const BATCH_SIZES: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+
+/// The process's recorder, installed on first use; `None` if another recorder
+/// was installed first.
+fn handle() -> Option<&'static PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)
+                .and_then(|builder| {
+                    builder.set_buckets_for_metric(
+                        Matcher::Full("numbering_group_commit_batch_size".into()),
+                        BATCH_SIZES,
+                    )
+                })
+                .expect("bucket lists are not empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok()?;
+            Some(handle)
+        })
+        .as_ref()
+}
+
+/// Serves `GET /metrics` on `listener` until the task is dropped; installs
+/// the recorder first, so that metrics are recorded from then on.
+pub(crate) async fn serve(listener: TcpListener) {
+    let Some(handle) = handle() else {
+        tracing::warn!("another metrics recorder is installed; /metrics stays empty");
+        return;
+    };
+    // Histograms keep their samples until upkeep folds them in.
+    let upkeep = tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            ticks.tick().await;
+            handle.run_upkeep();
+        }
+    });
+    let router = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || async move {
+            (
+                [(
+                    http::header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )],
+                handle.render(),
+            )
+        }),
+    );
+    if let Err(error) = axum::serve(listener, router).await {
+        tracing::error!(%error, "the metrics endpoint stopped");
+    }
+    upkeep.abort();
+}
+
+/// The labels of one gRPC method: `grpc_service` (the full name),
+/// `grpc_method` and `grpc_type`.
+#[derive(Debug, Clone, Copy)]
+struct Rpc {
+    service: &'static str,
+    method: &'static str,
+    kind: &'static str,
+}
+
+impl Rpc {
+    /// Any path no service serves; labelled alike, so that made-up paths
+    /// cannot add label values.
+    const UNKNOWN: Self = Self {
+        service: "unknown",
+        method: "unknown",
+        kind: "unknown",
+    };
+
+    /// The method of a request path (`/package.Service/Method`).
+    fn of(path: &str) -> Self {
+        known_methods().get(path).copied().unwrap_or(Self::UNKNOWN)
+    }
+
+    fn started(self) {
+        metrics::counter!(
+            "grpc_server_started_total",
+            "grpc_service" => self.service,
+            "grpc_method" => self.method,
+            "grpc_type" => self.kind,
+        )
+        .increment(1);
+    }
+
+    fn handled(self, code: Code, started: Instant) {
+        let code = code_name(code);
+        metrics::counter!(
+            "grpc_server_handled_total",
+            "grpc_service" => self.service,
+            "grpc_method" => self.method,
+            "grpc_type" => self.kind,
+            "grpc_code" => code,
+        )
+        .increment(1);
+        metrics::histogram!(
+            "grpc_server_handling_seconds",
+            "grpc_service" => self.service,
+            "grpc_method" => self.method,
+            "grpc_type" => self.kind,
+            "grpc_code" => code,
+        )
+        .record(started.elapsed().as_secs_f64());
+    }
+}
+
+/// Every method the servers serve, by path: the project's services (from
+/// their descriptors), health and reflection.
+fn known_methods() -> &'static HashMap<String, Rpc> {
+    static METHODS: OnceLock<HashMap<String, Rpc>> = OnceLock::new();
+    METHODS.get_or_init(|| {
+        let mut methods = HashMap::new();
+        let mut add = |service: String, method: String, client_streaming, server_streaming| {
+            let kind = match (client_streaming, server_streaming) {
+                (false, false) => "unary",
+                (false, true) => "server_stream",
+                (true, false) => "client_stream",
+                (true, true) => "bidi_stream",
+            };
+            let path = format!("/{service}/{method}");
+            // Leaked once per process: a fixed, small set of names.
+            let labels = Rpc {
+                service: Box::leak(service.into_boxed_str()),
+                method: Box::leak(method.into_boxed_str()),
+                kind,
+            };
+            methods.insert(path, labels);
+        };
+        let files = prost_types::FileDescriptorSet::decode(crate::proto::FILE_DESCRIPTOR_SET)
+            .expect("the compiled descriptors decode");
+        for file in &files.file {
+            for service in &file.service {
+                for method in &service.method {
+                    add(
+                        format!("{}.{}", file.package(), service.name()),
+                        method.name().to_owned(),
+                        method.client_streaming(),
+                        method.server_streaming(),
+                    );
+                }
+            }
+        }
+        add("grpc.health.v1.Health".into(), "Check".into(), false, false);
+        add("grpc.health.v1.Health".into(), "Watch".into(), false, true);
+        for reflection in [
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ] {
+            add(reflection.into(), "ServerReflectionInfo".into(), true, true);
+        }
+        methods
+    })
+}
+
+/// A code as Prometheus' gRPC metrics name it (Go's `codes.Code` names).
+fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "Canceled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
+    }
+}
+
+/// The `grpc-status` of a header map, if it has one.
+fn status_of(headers: &http::HeaderMap) -> Option<Code> {
+    let value = headers.get("grpc-status")?.to_str().ok()?;
+    Some(Code::from_i32(value.parse().ok()?))
+}
+
+/// Records the gRPC server metrics of every call through it.
+#[derive(Debug, Clone)]
+pub(crate) struct GrpcMetrics<S> {
+    inner: S,
+}
+
+impl<S> GrpcMetrics<S> {
+    pub(crate) fn new(inner: S) -> Self {
+        Self { inner }
+    }
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for GrpcMetrics<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+    R: http_body::Body<Data = Bytes> + Send + 'static,
+    R::Error: Into<tonic::codegen::StdError>,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let method = Rpc::of(request.uri().path());
+        method.started();
+        let started = Instant::now();
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            // A failure answers in the headers alone (trailers-only); a
+            // reply's status comes in the trailers after its messages.
+            if let Some(code) = status_of(response.headers()) {
+                method.handled(code, started);
+                return Ok(response.map(Body::new));
+            }
+            Ok(response.map(|body| {
+                Body::new(Observed {
+                    inner: Body::new(body),
+                    call: Some((method, started)),
+                })
+            }))
+        })
+    }
+}
+
+/// A reply body that records its call's code once its trailers pass, or
+/// `Canceled` if it is dropped before they do (the client went away).
+struct Observed {
+    inner: Body,
+    call: Option<(Rpc, Instant)>,
+}
+
+impl Observed {
+    fn finish(&mut self, code: Code) {
+        if let Some((method, started)) = self.call.take() {
+            method.handled(code, started);
+        }
+    }
+}
+
+impl http_body::Body for Observed {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    let code = status_of(trailers).unwrap_or(Code::Unknown);
+                    self.finish(code);
+                }
+            }
+            Poll::Ready(Some(Err(status))) => self.finish(status.code()),
+            Poll::Ready(None) => self.finish(Code::Unknown),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Observed {
+    fn drop(&mut self) {
+        self.finish(Code::Cancelled);
+    }
+}
