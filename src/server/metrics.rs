@@ -53,21 +53,14 @@ fn handle() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
-/// Serves `GET /metrics` on `listener` until the task is dropped; installs
-/// the recorder first, so that metrics are recorded from then on.
-pub(crate) async fn serve(listener: TcpListener) {
+/// Installs the recorder, so that metrics are recorded from now on, and
+/// serves `GET /metrics` on `listener` in a task until it is aborted. None
+/// if another recorder was installed first.
+pub(crate) fn start(listener: TcpListener) -> Option<tokio::task::JoinHandle<()>> {
     let Some(handle) = handle() else {
-        tracing::warn!("another metrics recorder is installed; /metrics stays empty");
-        return;
+        tracing::warn!("another metrics recorder is installed; not serving /metrics");
+        return None;
     };
-    // Histograms keep their samples until upkeep folds them in.
-    let upkeep = tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            ticks.tick().await;
-            handle.run_upkeep();
-        }
-    });
     let router = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || async move {
@@ -80,10 +73,24 @@ pub(crate) async fn serve(listener: TcpListener) {
             )
         }),
     );
-    if let Err(error) = axum::serve(listener, router).await {
-        tracing::error!(%error, "the metrics endpoint stopped");
-    }
-    upkeep.abort();
+    // Histograms keep their samples until upkeep folds them in.
+    let upkeep = async move {
+        let mut ticks = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            ticks.tick().await;
+            handle.run_upkeep();
+        }
+    };
+    Some(tokio::spawn(async move {
+        tokio::select! {
+            served = async { axum::serve(listener, router).await } => {
+                if let Err(error) = served {
+                    tracing::error!(%error, "the metrics endpoint stopped");
+                }
+            }
+            () = upkeep => {}
+        }
+    }))
 }
 
 /// The labels of one gRPC method: `grpc_service` (the full name),

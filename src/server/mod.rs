@@ -142,6 +142,11 @@ where
     let listeners = listeners.into();
     // One block, so that the store is closed however the server stops.
     let served: Result<(), ServeError> = async {
+        // Recording from the first readiness check and the first call.
+        let _metrics = listeners
+            .metrics
+            .and_then(metrics::start)
+            .map(AbortOnDrop);
         let (health, health_service) = tonic_health::server::health_reporter();
         health
             .set_service_status(S::NAME, ServingStatus::NotServing)
@@ -165,9 +170,6 @@ where
                     ),
             )
         });
-        let _metrics = listeners
-            .metrics
-            .map(|listener| AbortOnDrop(tokio::spawn(metrics::serve(listener))));
         let (access, limits) = (settings.access.clone(), settings.tenant_limits.clone());
         let mut routes = builder(settings)
             // A connection that sent a request is no longer silent.

@@ -91,7 +91,8 @@ async fn the_writer_killed_three_times_under_keyed_load() {
     let mut kills = Vec::new();
     for _ in 0..KILLS {
         load.wait_for(100).await;
-        kills.push(Instant::now());
+        let killed = Instant::now();
+        kills.push((killed, killed));
         kill(writer.pid(), Signal::SIGKILL).unwrap();
         let (status, logs) = writer.wait().await;
         assert_eq!(status.code(), None, "not killed: {logs:?}");
@@ -112,9 +113,10 @@ async fn the_writer_killed_three_times_under_keyed_load() {
 
 /// The writer's own database cut off, then frozen for 6 s, then slowed by
 /// 3 s a chunk, under clients retrying each request id with 30 s deadlines:
-/// the writer answers UNAVAILABLE within its database time-out (never a
-/// deadline), recovers by itself each time, and every request id is stored
-/// once.
+/// the writer answers UNAVAILABLE within its database time-out, or, where
+/// several slow operations of one call add up past its 10 s request
+/// time-out, DEADLINE_EXCEEDED then (never held to the caller's deadline);
+/// it recovers by itself each time, and every request id is stored once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_writers_database_cut_frozen_and_slowed_under_keyed_load() {
     let allocator = spawn_allocator(Backend::Postgres).await;
@@ -123,9 +125,10 @@ async fn the_writers_database_cut_frozen_and_slowed_under_keyed_load() {
     let writer = start(writer_binary(&url, &allocator.server.url())).await;
 
     let mut load = KeyedLoad::start(&writer.url(), Duration::from_secs(30));
-    let mut restored = Vec::new();
+    let mut faults = Vec::new();
     for link in [Link::Cut, Link::Frozen, Link::Slow(Duration::from_secs(3))] {
         load.wait_for(100).await;
+        let injected = Instant::now();
         proxy.set(link);
         load.wait_for_failures(CLIENTS).await;
         if link == Link::Frozen {
@@ -133,25 +136,27 @@ async fn the_writers_database_cut_frozen_and_slowed_under_keyed_load() {
             tokio::time::sleep(Duration::from_secs(6)).await;
         }
         proxy.set(Link::Pass);
-        restored.push(Instant::now());
+        faults.push((injected, Instant::now()));
     }
     load.wait_for(100).await;
     let outcome = load.stop().await;
-    assert_eq!(
-        outcome.failures.keys().collect::<Vec<_>>(),
-        ["Unavailable"],
+    assert!(
+        outcome
+            .failures
+            .keys()
+            .all(|code| code == "Unavailable" || code == "DeadlineExceeded"),
         "{:?}",
         outcome.failures
     );
     assert!(
-        outcome.longest_failure() < Duration::from_millis(9500),
+        outcome.longest_failure() < Duration::from_millis(10_500),
         "a failure took {:?}",
         outcome.longest_failure()
     );
     outcome
         .check(
             "writer's database cut, frozen 6 s, slowed by 3 s a chunk, keyed retries",
-            &restored,
+            &faults,
             &db,
             &writer,
         )
@@ -259,6 +264,27 @@ impl KeyedOutcome {
     /// Prints the figures and checks, from the writer's answers and its
     /// database: every request id stored once, every acknowledged invoice
     /// stored, no invoice number stored twice, every fault recovered from.
+    /// The longest, over `faults` (each injected and ended), from a fault's
+    /// end to the first acknowledged call after the last failure before the
+    /// next fault was injected.
+    fn recovery(&self, faults: &[(Instant, Instant)]) -> Option<Duration> {
+        faults
+            .iter()
+            .enumerate()
+            .map(|(i, &(_, ended))| {
+                let next = faults.get(i + 1).map(|&(injected, _)| injected);
+                let calls: Vec<Timed> = self
+                    .calls
+                    .iter()
+                    .filter(|(_, answered, _)| next.is_none_or(|next| *answered < next))
+                    .copied()
+                    .collect();
+                recovery(&calls, &[ended])
+            })
+            .collect::<Option<Vec<_>>>()
+            .map(|times| times.into_iter().max().unwrap_or_default())
+    }
+
     /// The longest a failed call took.
     fn longest_failure(&self) -> Duration {
         self.calls
@@ -269,8 +295,14 @@ impl KeyedOutcome {
             .unwrap_or_default()
     }
 
-    /// `faults` as [`recovery`] takes them.
-    async fn check(&self, fault: &str, faults: &[Instant], db: &TestDb, writer: &Running) {
+    /// `faults`: when each was injected and when it ended.
+    async fn check(
+        &self,
+        fault: &str,
+        faults: &[(Instant, Instant)],
+        db: &TestDb,
+        writer: &Running,
+    ) {
         let mut client = InvoiceWriterClient::connect(writer.url()).await.unwrap();
         let stored = list_all(&mut client, "acme").await;
         let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
@@ -288,7 +320,7 @@ impl KeyedOutcome {
             .filter(|(_, id)| !stored_ids.contains(id.as_str()))
             .count();
         let numbers: HashSet<i64> = stored.iter().map(|i| i.number).collect();
-        let recovery = recovery(&self.calls, faults);
+        let recovery = self.recovery(faults);
         println!(
             "fault: {fault} | acknowledged {} invoices | stored {} | stored twice for one \
              request id {twice} | acknowledged missing {missing} | numbers stored twice {} | \
