@@ -149,7 +149,9 @@ async fn the_writers_database_cut_frozen_and_slowed_under_keyed_load() {
         outcome.failures
     );
     assert!(
-        outcome.longest_failure() < Duration::from_millis(10_500),
+        // The writer's own 10 s request time-out, and a little for a
+        // loaded machine: far from the caller's 30 s.
+        outcome.longest_failure() < Duration::from_secs(12),
         "a failure took {:?}",
         outcome.longest_failure()
     );
