@@ -315,18 +315,24 @@ fn patroni_config(
     synchronous: bool,
 ) -> String {
     let (data, dir) = (path(data), path(dir));
+    // Without synchronous mode, Patroni promotes a standby only if it lags
+    // the leader by less than this (1 MB by default; beyond it, no failover
+    // at all). Raised, so that the fault ends in a failover however much
+    // WAL a loaded machine wrote while replication was held.
+    let max_lag = if synchronous { 1 << 20 } else { 1 << 30 };
     let bin = server_binaries().unwrap();
     let bin = path(&bin);
     format!(
         "scope: numbering
 name: {name}
-log: {{level: WARNING}}
+log: {{level: INFO}}
 restapi: {{listen: '127.0.0.1:{rest}', connect_address: '127.0.0.1:{rest}'}}
 etcd3: {{hosts: '127.0.0.1:{etcd}'}}
 bootstrap:
   dcs:
     {DCS}
     synchronous_mode: {synchronous}
+    maximum_lag_on_failover: {max_lag}
     postgresql:
       parameters: {{max_connections: 200}}
   initdb: [{{encoding: UTF8}}, {{locale: C}}, {{auth: trust}}]

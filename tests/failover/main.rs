@@ -87,7 +87,7 @@ async fn without_a_synchronous_standby_a_failover_hands_numbers_out_again() {
 async fn failover(synchronous: bool) -> Failover {
     let mut cluster = Cluster::start(synchronous).await;
     let running = start(allocator_binary(&cluster.url)).await;
-    readiness(&running, ServingStatus::Serving).await;
+    readiness(&running, ServingStatus::Serving, &cluster).await;
     let mut load = Load::start(&running.url(), CLIENTS, DEADLINE);
     load.wait_for_acks(300).await;
 
@@ -103,10 +103,17 @@ async fn failover(synchronous: bool) -> Failover {
     let killed = Instant::now();
     cluster.kill(leader);
     cluster.replication_from(leader, Link::Cut);
-    readiness(&running, ServingStatus::NotServing).await;
-    readiness(&running, ServingStatus::Serving).await;
+    readiness(&running, ServingStatus::NotServing, &cluster).await;
+    readiness(&running, ServingStatus::Serving, &cluster).await;
     let serving_again = Instant::now();
-    load.wait_for_acks(300).await;
+    assert!(
+        load.acks_within(300).await,
+        "300 more calls were not acknowledged once readiness was SERVING again: {}\n\
+         == the allocator\n{}\n{}",
+        load.failures_since(Duration::from_secs(5)),
+        running.log_tail(15).join("\n"),
+        cluster.logs()
+    );
     let outcomes = load.stop().await;
 
     let fault = format!(
@@ -123,12 +130,18 @@ async fn failover(synchronous: bool) -> Failover {
     }
 }
 
-/// Waits until the allocator's readiness is `status`.
-async fn readiness(running: &Running, status: ServingStatus) {
+/// Waits until the allocator's readiness is `status`; otherwise fails with
+/// what the cluster logged.
+async fn readiness(running: &Running, status: ServingStatus, cluster: &Cluster) {
     let channel = tonic::transport::Channel::from_shared(running.url())
         .unwrap()
         .connect()
         .await
         .unwrap();
-    wait_for_health(channel, READINESS, status).await;
+    let waited = tokio::spawn(wait_for_health(channel, READINESS, status)).await;
+    assert!(
+        waited.is_ok(),
+        "readiness did not become {status:?}:\n{}",
+        cluster.logs()
+    );
 }

@@ -115,11 +115,45 @@ impl Load {
     /// Waits until `more` calls beyond those acknowledged so far are
     /// acknowledged.
     pub async fn wait_for_acks(&mut self, more: usize) {
+        assert!(
+            self.acks_within(more).await,
+            "{more} more calls were not acknowledged in {PATIENCE:?}: {}",
+            self.failures_since(Duration::from_secs(5))
+        );
+    }
+
+    /// Whether `more` calls beyond those acknowledged so far are acknowledged
+    /// within the suite's patience.
+    pub async fn acks_within(&mut self, more: usize) -> bool {
         let target = *self.acknowledged.borrow() + more;
         tokio::time::timeout(PATIENCE, self.acknowledged.wait_for(|n| *n >= target))
             .await
-            .unwrap_or_else(|_| panic!("{more} more calls were not acknowledged in {PATIENCE:?}"))
-            .unwrap();
+            .is_ok_and(|seen| seen.is_ok())
+    }
+
+    /// The failures of the calls that ended in the last `window`, by code,
+    /// each with its last message: what a stalled load is seeing.
+    pub fn failures_since(&self, window: Duration) -> String {
+        let since = Instant::now().checked_sub(window);
+        let mut codes: BTreeMap<String, (usize, String)> = BTreeMap::new();
+        let answers = self.answers.lock().unwrap();
+        for answer in answers
+            .iter()
+            .filter(|answer| since.is_none_or(|since| answer.ended >= since))
+        {
+            if let Err(code) = answer.outcome {
+                let entry = codes.entry(format!("{code:?}")).or_default();
+                entry.0 += 1;
+                entry.1.clone_from(&answer.message);
+            }
+        }
+        format!(
+            "{} calls answered in the last {window:?}; failures by code {codes:?}",
+            answers
+                .iter()
+                .filter(|answer| since.is_none_or(|since| answer.ended >= since))
+                .count()
+        )
     }
 
     /// How many calls have failed so far.

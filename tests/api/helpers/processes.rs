@@ -84,6 +84,13 @@ impl Running {
         nix::unistd::Pid::from_raw(i32::try_from(self.child.id().expect("running")).unwrap())
     }
 
+    /// The last `n` lines the process logged.
+    #[allow(dead_code)] // used by the failover suite
+    pub fn log_tail(&self, n: usize) -> Vec<String> {
+        let logs = self.logs.lock().unwrap();
+        logs[logs.len().saturating_sub(n)..].to_vec()
+    }
+
     /// Waits until the process logs an event that `wanted` accepts; that event.
     pub async fn wait_for_event(
         &mut self,
