@@ -119,6 +119,10 @@ pub struct ServerArgs {
     #[arg(long, env = "NUMBERING_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
     pub keepalive_timeout: Duration,
 
+    /// Once a connection is this old, the server asks its client to reconnect (an HTTP/2 GOAWAY): calls in flight finish, new ones go on a new connection, so that clients spread over replicas added since. Off when unset.
+    #[arg(long, env = "NUMBERING_MAX_CONNECTION_AGE", value_parser = humantime::parse_duration)]
+    pub max_connection_age: Option<Duration>,
+
     /// Whether to serve gRPC server reflection (v1 and v1alpha), which grpcurl uses. With a tokens file it needs a token like any other call.
     #[arg(long, env = "NUMBERING_REFLECTION", default_value_t = true, action = clap::ArgAction::Set)]
     pub reflection: bool,
@@ -143,6 +147,10 @@ impl ServerArgs {
             ("--first-request-timeout", self.first_request_timeout),
             ("--keepalive-interval", self.keepalive_interval),
             ("--keepalive-timeout", self.keepalive_timeout),
+            (
+                "--max-connection-age",
+                self.max_connection_age.unwrap_or(Duration::MAX),
+            ),
         ] {
             if value.is_zero() {
                 return Err(StartupError::BadSetting(format!(
@@ -184,6 +192,7 @@ impl ServerArgs {
             max_concurrent_streams: self.max_concurrent_streams,
             keepalive_interval: self.keepalive_interval,
             keepalive_timeout: self.keepalive_timeout,
+            max_connection_age: self.max_connection_age,
         })
     }
 }

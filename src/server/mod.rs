@@ -79,6 +79,9 @@ pub struct ServerSettings {
     pub keepalive_interval: Duration,
     /// How long a ping may go unanswered before the connection is closed.
     pub keepalive_timeout: Duration,
+    /// How old a connection gets before its client is asked to reconnect;
+    /// none for no limit.
+    pub max_connection_age: Option<Duration>,
 }
 
 impl Default for ServerSettings {
@@ -97,6 +100,7 @@ impl Default for ServerSettings {
             max_concurrent_streams: 100,
             keepalive_interval: Duration::from_mins(1),
             keepalive_timeout: Duration::from_secs(20),
+            max_connection_age: None,
         }
     }
 }
@@ -290,12 +294,19 @@ impl From<TcpListener> for Listeners {
 }
 
 /// A server builder with the connection settings: streams per connection,
-/// keep-alive pings.
+/// keep-alive pings, the age at which a connection is asked to close.
 fn builder(settings: &ServerSettings) -> Server {
-    Server::builder()
+    let builder = Server::builder()
         .max_concurrent_streams(settings.max_concurrent_streams)
         .http2_keepalive_interval(Some(settings.keepalive_interval))
-        .http2_keepalive_timeout(Some(settings.keepalive_timeout))
+        .http2_keepalive_timeout(Some(settings.keepalive_timeout));
+    // Without a grace: with one, the server would drop the connection at age
+    // plus grace instead of sending GOAWAY at age. Calls in flight are
+    // bounded by the request time-out anyway.
+    match settings.max_connection_age {
+        Some(age) => builder.max_connection_age(age),
+        None => builder,
+    }
 }
 
 /// Resolves once `stop` turns true, or its sender is gone.

@@ -13,11 +13,19 @@ use std::{
 
 use hyper_util::rt::TokioIo;
 use nix::sys::signal::{Signal, kill};
-use numbering::{db::Backend, proto::number_allocator_client::NumberAllocatorClient};
+use numbering::{
+    db::Backend,
+    proto::{CreateInvoiceRequest, number_allocator_client::NumberAllocatorClient},
+    server::ServerSettings,
+};
 use tokio::{io::AsyncReadExt, net::TcpStream};
 use tonic::transport::{Endpoint, Uri};
+use uuid::Uuid;
 
-use crate::helpers::{PATIENCE, TestDb, allocate, start};
+use crate::helpers::{
+    PATIENCE, TcpProxy, TestDb, allocate, invoice_request, spawn_allocator_serving, spawn_writer,
+    start, test_settings,
+};
 
 /// Silent connections opened before the well-behaved client.
 const SILENT: usize = 300;
@@ -113,4 +121,69 @@ async fn silent_connections_are_closed_and_a_flood_of_them_starves_no_one() {
         failed_accepts.is_empty(),
         "the allocator ran out of file descriptors: {failed_accepts:?}"
     );
+}
+
+/// With a maximum connection age, the allocator asks each client to
+/// reconnect (GOAWAY) once its connection is that old. The writer, calling
+/// it without pause, opens new connections as ages pass, and not one
+/// `CreateInvoice` fails: a call caught by a rotation before it reached the
+/// allocator is retried with its request id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_rides_the_allocators_connection_rotation_without_a_failure() {
+    const CALLERS: usize = 8;
+    const CONNECTIONS: usize = 4;
+    let settings = ServerSettings {
+        max_connection_age: Some(Duration::from_millis(300)),
+        ..test_settings()
+    };
+    let allocator = spawn_allocator_serving(Backend::Sqlite, settings).await;
+    // Between the writer and the allocator: counts the writer's connections.
+    let proxy = TcpProxy::start(allocator.server.addr).await;
+    let writer = spawn_writer(Backend::Sqlite, &proxy.url(), 5).await;
+
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let callers: Vec<_> = (0..CALLERS)
+        .map(|_| {
+            let mut client = writer.client.clone();
+            let stopping = stopping.clone();
+            tokio::spawn(async move {
+                let mut outcomes = Vec::new();
+                while !*stopping.borrow() {
+                    let request = CreateInvoiceRequest {
+                        request_id: Uuid::now_v7().to_string(),
+                        ..invoice_request("acme")
+                    };
+                    outcomes.push(client.create_invoice(request).await);
+                }
+                outcomes
+            })
+        })
+        .collect();
+
+    let mut connections = proxy.accepted();
+    let rotated = tokio::time::timeout(PATIENCE, connections.wait_for(|n| *n >= CONNECTIONS))
+        .await
+        .is_ok();
+    stop.send_replace(true);
+    let mut numbers = Vec::new();
+    for caller in callers {
+        for outcome in caller.await.unwrap() {
+            let invoice = outcome
+                .expect("no call fails while the allocator rotates connections")
+                .into_inner()
+                .invoice
+                .unwrap();
+            numbers.push(invoice.number);
+        }
+    }
+    assert!(
+        rotated,
+        "the writer opened {} connections to the allocator in {PATIENCE:?}, not {CONNECTIONS}",
+        *connections.borrow()
+    );
+    let count = numbers.len();
+    numbers.sort_unstable();
+    numbers.dedup();
+    assert_eq!(numbers.len(), count, "a number was given to two invoices");
+    assert!(count > CALLERS, "only {count} invoices were created");
 }

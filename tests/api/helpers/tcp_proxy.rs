@@ -39,6 +39,8 @@ pub struct TcpProxy {
     pub addr: SocketAddr,
     target: Arc<Mutex<SocketAddr>>,
     link: watch::Sender<Link>,
+    /// Connections accepted so far.
+    accepted: watch::Receiver<usize>,
     accepting: JoinHandle<()>,
 }
 
@@ -48,10 +50,12 @@ impl TcpProxy {
         let addr = listener.local_addr().unwrap();
         let target = Arc::new(Mutex::new(target));
         let (link, watching) = watch::channel(Link::Pass);
+        let (count, accepted) = watch::channel(0);
         let accepting = tokio::spawn({
             let target = target.clone();
             async move {
                 while let Ok((client, _)) = listener.accept().await {
+                    count.send_modify(|n| *n += 1);
                     if *watching.borrow() == Link::Cut {
                         continue; // dropped: closed at once
                     }
@@ -65,6 +69,7 @@ impl TcpProxy {
             addr,
             target,
             link,
+            accepted,
             accepting,
         }
     }
@@ -90,6 +95,11 @@ impl TcpProxy {
 
     pub fn set(&self, link: Link) {
         self.link.send_replace(link);
+    }
+
+    /// Connections accepted so far, watched.
+    pub fn accepted(&self) -> watch::Receiver<usize> {
+        self.accepted.clone()
     }
 
     pub fn url(&self) -> String {
