@@ -28,6 +28,7 @@ mod group_commit;
 mod helpers;
 mod invoice_retries;
 mod invoices;
+mod manifests;
 mod metrics;
 mod numbers;
 mod pg_server;
