@@ -19,7 +19,10 @@ use std::{
     sync::Arc,
 };
 
-use tokio::sync::{mpsc, mpsc::error::TrySendError, oneshot};
+use tokio::{
+    sync::{mpsc, mpsc::error::TrySendError, oneshot},
+    time::Instant,
+};
 
 use chrono::NaiveDate;
 
@@ -74,6 +77,8 @@ pub enum GroupError {
 struct Waiting {
     call: OwnedCall,
     reply: oneshot::Sender<Result<Outcome, GroupError>>,
+    /// When it joined the queue.
+    queued: Instant,
 }
 
 /// A [`Call`] that waits in a queue.
@@ -257,6 +262,7 @@ impl GroupCommitter {
                 lease: call.lease,
             },
             reply,
+            queued: Instant::now(),
         })
         .map_err(|error| match error {
             TrySendError::Full(_) => GroupError::QueueFull,
@@ -306,6 +312,10 @@ impl Lane {
     async fn commit(&self, batch: Vec<Waiting>) {
         #[allow(clippy::cast_precision_loss)] // at most --group-max-batch
         metrics::histogram!("numbering_group_commit_batch_size").record(batch.len() as f64);
+        let waited = metrics::histogram!("numbering_group_commit_wait_seconds");
+        for waiting in &batch {
+            waited.record(waiting.queued.elapsed().as_secs_f64());
+        }
         let calls: Vec<Call<'_>> = batch.iter().map(Waiting::call).collect();
         let result = self
             .store

@@ -43,6 +43,7 @@ pub(crate) async fn bounded<T, E>(
     unavailable: impl FnOnce(Box<dyn std::error::Error + Send + Sync>) -> E,
 ) -> Result<T, E> {
     let started = std::time::Instant::now();
+    let _in_flight = InFlight::new();
     let result = tokio::time::timeout(limit, operation).await;
     let outcome = match &result {
         Ok(Ok(_)) => "ok",
@@ -60,4 +61,48 @@ pub(crate) async fn bounded<T, E>(
             .into(),
         ))
     })
+}
+
+/// Counts a store operation in `numbering_db_operations_in_flight` while it
+/// lives, however it ends.
+struct InFlight(metrics::Gauge);
+
+impl InFlight {
+    fn new() -> Self {
+        let gauge = metrics::gauge!("numbering_db_operations_in_flight");
+        gauge.increment(1.0);
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+/// Reports `pool`'s connections every second until it is closed:
+/// `numbering_db_connections` by state (`in_use`, `idle`) and
+/// `numbering_db_connections_max`. Operations in flight beyond the
+/// connections in use are waiting for one.
+pub(crate) fn watch_pool<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) {
+    let pool = pool.clone();
+    tokio::spawn(async move {
+        let closed = pool.close_event();
+        tokio::pin!(closed);
+        let mut ticks = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                () = &mut closed => return,
+                _ = ticks.tick() => {}
+            }
+            let (size, idle) = (pool.size(), pool.num_idle());
+            let idle = u32::try_from(idle).unwrap_or(u32::MAX).min(size);
+            metrics::gauge!("numbering_db_connections", "state" => "in_use")
+                .set(f64::from(size - idle));
+            metrics::gauge!("numbering_db_connections", "state" => "idle").set(f64::from(idle));
+            metrics::gauge!("numbering_db_connections_max")
+                .set(f64::from(pool.options().get_max_connections()));
+        }
+    });
 }

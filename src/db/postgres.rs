@@ -120,6 +120,7 @@ pub(crate) async fn open_postgres(
         .await
         .map_err(|error| OpenError::Migrate(database, error))?;
     let _ = connection.close().await;
+    super::watch_pool(&pool);
     Ok(pool)
 }
 

@@ -87,6 +87,7 @@ pub async fn open_sqlite(
         .await
         .map_err(connect_error)?;
     let file = SqliteFile::new(path).map_err(|error| connect_error(error.into()))?;
+    super::watch_pool(&pool);
     Ok(SqliteDatabase {
         pool,
         file,

@@ -17,6 +17,7 @@ use crate::{
         AdvanceCounterRequest, ConfirmRequest, GetSeriesRequest, NumberRecord, ReleaseRequest,
         ReserveRequest, Series, number_allocator_client::NumberAllocatorClient,
     },
+    server::metrics::client_handled,
     tenant::TenantId,
     tls::{ClientTls, TlsConnector},
 };
@@ -140,6 +141,7 @@ impl AllocatorClient {
     /// UNAVAILABLE, waits with backoff between attempts.
     async fn retried<T, F, Fut>(
         &self,
+        method: &'static str,
         tenant: &str,
         deadline: Instant,
         mut attempt: F,
@@ -157,9 +159,13 @@ impl AllocatorClient {
                 ));
             }
             let status = match attempt(remaining).await {
-                Ok(answer) => return Ok(answer),
+                Ok(answer) => {
+                    client_handled(method, Code::Ok);
+                    return Ok(answer);
+                }
                 Err(status) => status,
             };
+            client_handled(method, status.code());
             if status.code() == Code::DeadlineExceeded {
                 return Err(AllocatorError::Unavailable(status.message().to_owned()));
             }
@@ -193,7 +199,7 @@ impl AllocatorClient {
         lease: Duration,
         deadline: Instant,
     ) -> Result<NumberRecord, AllocatorError> {
-        self.retried(tenant.as_str(), deadline, |remaining| {
+        self.retried("Reserve", tenant.as_str(), deadline, |remaining| {
             let mut request = Request::new(ReserveRequest {
                 tenant_id: tenant.to_string(),
                 // Empty: the allocator's default series, the invoices'.
@@ -228,7 +234,7 @@ impl AllocatorClient {
         reference: &str,
         deadline: Instant,
     ) -> Result<NumberRecord, AllocatorError> {
-        self.retried(tenant, deadline, |remaining| {
+        self.retried("Confirm", tenant, deadline, |remaining| {
             let mut request = Request::new(ConfirmRequest {
                 tenant_id: tenant.to_string(),
                 series: String::new(),
@@ -262,7 +268,7 @@ impl AllocatorClient {
         reason: &str,
         deadline: Instant,
     ) -> Result<NumberRecord, AllocatorError> {
-        self.retried(tenant, deadline, |remaining| {
+        self.retried("Release", tenant, deadline, |remaining| {
             let mut request = Request::new(ReleaseRequest {
                 tenant_id: tenant.to_string(),
                 series: String::new(),
@@ -291,7 +297,12 @@ impl AllocatorClient {
             tenant_id: tenant.to_owned(),
             ..GetSeriesRequest::default()
         };
-        match self.client.clone().get_series(request).await {
+        let answer = self.client.clone().get_series(request).await;
+        client_handled(
+            "GetSeries",
+            answer.as_ref().map_or_else(Status::code, |_| Code::Ok),
+        );
+        match answer {
             Ok(response) => Ok(response.into_inner().series),
             Err(status) if status.code() == Code::NotFound => Ok(None),
             Err(status) => Err(status),
@@ -311,7 +322,7 @@ impl AllocatorClient {
         reason: &str,
         date: &str,
     ) -> Result<Series, Status> {
-        let response = self
+        let answer = self
             .client
             .clone()
             .advance_counter(AdvanceCounterRequest {
@@ -321,8 +332,12 @@ impl AllocatorClient {
                 reason: reason.to_owned(),
                 date: date.to_owned(),
             })
-            .await?;
-        response
+            .await;
+        client_handled(
+            "AdvanceCounter",
+            answer.as_ref().map_or_else(Status::code, |_| Code::Ok),
+        );
+        answer?
             .into_inner()
             .series
             .ok_or_else(|| Status::internal("the allocator returned no series"))

@@ -259,6 +259,7 @@ impl InvoiceWriter {
                     return repeat(new, stored, request_id);
                 }
                 Err(StoreError::NumberTaken) => {
+                    self.count_conflict(attempt);
                     tracing::warn!(
                         tenant = %new.tenant_id,
                         number = invoice.number,
@@ -293,6 +294,18 @@ impl InvoiceWriter {
             tenant: new.tenant_id.to_string(),
             attempts: self.max_attempts,
         })
+    }
+
+    /// Counts a number found taken on attempt `attempt`: retried, or the
+    /// last one given up.
+    fn count_conflict(&self, attempt: u32) {
+        let outcome = if attempt < self.max_attempts {
+            "retried"
+        } else {
+            "gave_up"
+        };
+        metrics::counter!("numbering_invoice_number_conflicts_total", "outcome" => outcome)
+            .increment(1);
     }
 
     /// Deletes a pending reservation's row; a failure is logged, and

@@ -53,9 +53,15 @@ fn handle() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
-/// Installs the recorder, so that metrics are recorded from now on, and
-/// serves `GET /metrics` on `listener` in a task until it is aborted. None
-/// if another recorder was installed first.
+/// Installs the recorder, so that metrics are recorded from now on (once
+/// per process; later calls do nothing).
+pub(crate) fn install() {
+    let _ = handle();
+}
+
+/// Installs the recorder if it is not yet, and serves `GET /metrics` on
+/// `listener` in a task until it is aborted. None if another recorder was
+/// installed first.
 pub(crate) fn start(listener: TcpListener) -> Option<tokio::task::JoinHandle<()>> {
     let Some(handle) = handle() else {
         tracing::warn!("another metrics recorder is installed; not serving /metrics");
@@ -126,7 +132,20 @@ impl Rpc {
         .increment(1);
     }
 
-    fn handled(self, code: Code, started: Instant) {
+    /// Records the end of a call answered with `code`; `headers` are those
+    /// holding its status (the trailers, or the headers of a trailers-only
+    /// answer), which name a failure's reason.
+    fn handled(self, code: Code, started: Instant, headers: Option<&http::HeaderMap>) {
+        if code != Code::Ok {
+            metrics::counter!(
+                "numbering_calls_failed_total",
+                "grpc_service" => self.service,
+                "grpc_method" => self.method,
+                "grpc_code" => code_name(code),
+                "reason" => headers.map_or_else(|| NO_REASON.to_owned(), reason_of),
+            )
+            .increment(1);
+        }
         let code = code_name(code);
         metrics::counter!(
             "grpc_server_handled_total",
@@ -196,7 +215,7 @@ fn known_methods() -> &'static HashMap<String, Rpc> {
 }
 
 /// A code as Prometheus' gRPC metrics name it (Go's `codes.Code` names).
-fn code_name(code: Code) -> &'static str {
+pub(crate) fn code_name(code: Code) -> &'static str {
     match code {
         Code::Ok => "OK",
         Code::Cancelled => "Canceled",
@@ -216,6 +235,37 @@ fn code_name(code: Code) -> &'static str {
         Code::DataLoss => "DataLoss",
         Code::Unauthenticated => "Unauthenticated",
     }
+}
+
+/// The reason label of a failure without an `ErrorInfo`.
+const NO_REASON: &str = "none";
+
+/// The `ErrorInfo` reason of the status in `headers`, if it is one of ours
+/// (`UPPER_SNAKE`, short), so that label values stay a small, fixed set.
+fn reason_of(headers: &http::HeaderMap) -> String {
+    use tonic_types::StatusExt as _;
+    Status::from_header_map(headers)
+        .and_then(|status| status.get_details_error_info())
+        .map(|info| info.reason)
+        .filter(|reason| {
+            (1..=48).contains(&reason.len())
+                && reason.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
+        })
+        .unwrap_or_else(|| NO_REASON.to_owned())
+}
+
+/// Records one call of the writer's allocator client to `method` of
+/// `numbering.v1.NumberAllocator` that answered `code` (each attempt of a
+/// retried call is one call).
+pub(crate) fn client_handled(method: &'static str, code: Code) {
+    metrics::counter!(
+        "grpc_client_handled_total",
+        "grpc_service" => "numbering.v1.NumberAllocator",
+        "grpc_method" => method,
+        "grpc_type" => "unary",
+        "grpc_code" => code_name(code),
+    )
+    .increment(1);
 }
 
 /// The `grpc-status` of a header map, if it has one.
@@ -261,7 +311,7 @@ where
             // A failure answers in the headers alone (trailers-only); a
             // reply's status comes in the trailers after its messages.
             if let Some(code) = status_of(response.headers()) {
-                method.handled(code, started);
+                method.handled(code, started, Some(response.headers()));
                 return Ok(response.map(Body::new));
             }
             Ok(response.map(|body| {
@@ -282,9 +332,9 @@ struct Observed {
 }
 
 impl Observed {
-    fn finish(&mut self, code: Code) {
+    fn finish(&mut self, code: Code, trailers: Option<&http::HeaderMap>) {
         if let Some((method, started)) = self.call.take() {
-            method.handled(code, started);
+            method.handled(code, started, trailers);
         }
     }
 }
@@ -302,11 +352,11 @@ impl http_body::Body for Observed {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(trailers) = frame.trailers_ref() {
                     let code = status_of(trailers).unwrap_or(Code::Unknown);
-                    self.finish(code);
+                    self.finish(code, Some(trailers));
                 }
             }
-            Poll::Ready(Some(Err(status))) => self.finish(status.code()),
-            Poll::Ready(None) => self.finish(Code::Unknown),
+            Poll::Ready(Some(Err(status))) => self.finish(status.code(), None),
+            Poll::Ready(None) => self.finish(Code::Unknown, None),
             Poll::Pending => {}
         }
         polled
@@ -323,6 +373,6 @@ impl http_body::Body for Observed {
 
 impl Drop for Observed {
     fn drop(&mut self) {
-        self.finish(Code::Cancelled);
+        self.finish(Code::Cancelled, None);
     }
 }

@@ -6,7 +6,7 @@ mod calls;
 pub mod config;
 pub mod connections;
 pub mod fairness;
-mod metrics;
+pub(crate) mod metrics;
 pub mod pagination;
 pub mod shutdown;
 pub mod startup;

@@ -81,7 +81,12 @@ pub async fn listen(
         None => None,
     };
     let metrics = match metrics {
-        Some(addr) => Some(bind(addr).await?),
+        Some(addr) => {
+            let listener = bind(addr).await?;
+            // Recording from here on: opening the database included.
+            super::metrics::install();
+            Some(listener)
+        }
         None => None,
     };
     if !addr.ip().is_loopback() && settings.tls.is_none() && !settings.access.asks_for_tokens() {
