@@ -197,16 +197,16 @@ async fn the_allocator_exports_grpc_and_its_own_metrics_after_traffic() {
     assert!(status.contains(" 404 "), "{status}");
 }
 
-/// The writer with `--metrics-listen`: an invoice whose first number was
-/// taken by an imported invoice shows one conflict, retried; its calls to the
-/// allocator by method and code; its own gRPC and readiness metrics.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_writer_exports_its_conflicts_and_allocator_calls() {
+/// Both services with `--metrics-listen`, after traffic: an invoice whose
+/// first number was taken by an imported invoice (one conflict, retried),
+/// and an `Allocate` refused. What each one's `/metrics` says.
+async fn traffic_on_both() -> (String, String) {
     let allocator_db = TestDb::create(Backend::Postgres).await;
-    let allocator = start(allocator_binary(&allocator_db.url)).await;
+    let (allocator, allocator_metrics) =
+        start_with_metrics(allocator_binary(&allocator_db.url)).await;
     let writer_db = TestDb::create(Backend::Postgres).await;
     import_invoice(&writer_db.invoice_store().await, "acme", 1, "INV-001").await;
-    let (writer, metrics_addr) =
+    let (writer, writer_metrics) =
         start_with_metrics(writer_binary(&writer_db.url, &allocator.url())).await;
     let channel = ready(&writer, "numbering.v1.InvoiceWriter").await;
     let created = InvoiceWriterClient::new(channel)
@@ -217,8 +217,24 @@ async fn the_writer_exports_its_conflicts_and_allocator_calls() {
         .invoice
         .unwrap();
     assert_eq!(created.invoice_number, "INV-002");
+    let channel = ready(&allocator, "numbering.v1.NumberAllocator").await;
+    let refused = NumberAllocatorClient::new(channel)
+        .allocate(allocate("acme", "", 5000))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    (
+        scrape(&allocator_metrics, "/metrics").await.1,
+        scrape(&writer_metrics, "/metrics").await.1,
+    )
+}
 
-    let (_, text) = scrape(&metrics_addr, "/metrics").await;
+/// The writer's metrics after [`traffic_on_both`]: the conflict, retried;
+/// its calls to the allocator by method and code; its own gRPC and
+/// readiness metrics; no tenant id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_exports_its_conflicts_and_allocator_calls() {
+    let (_, text) = traffic_on_both().await;
     let samples = samples(&text);
     let client = |method: &'static str| {
         vec![
@@ -261,4 +277,95 @@ async fn the_writer_exports_its_conflicts_and_allocator_calls() {
         );
     }
     assert!(!text.contains("acme"), "a tenant id in:\n{text}");
+}
+
+/// The Grafana dashboard (`deploy/grafana/numbering.json`): every query
+/// parses as PromQL, and every metric it names, with every label it matches
+/// on, is one the services export after traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_queries_only_exported_metrics() {
+    let (allocator, writer) = traffic_on_both().await;
+    let exported: Vec<Sample> = samples(&allocator)
+        .into_iter()
+        .chain(samples(&writer))
+        .collect();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/numbering.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut queries = Vec::new();
+    expressions(&dashboard, &mut queries);
+    assert!(queries.len() >= 10, "{queries:?}");
+    for query in &queries {
+        // Grafana's variables, as it would fill them in.
+        let promql = query
+            .replace("$__rate_interval", "1m")
+            .replace("$service", ".*");
+        let expr = promql_parser::parser::parse(&promql)
+            .unwrap_or_else(|error| panic!("{query}: {error}"));
+        let mut selectors = Selectors::default();
+        promql_parser::util::walk_expr(&mut selectors, &expr).unwrap();
+        assert!(!selectors.0.is_empty(), "{query} names no metric");
+        for (metric, labels) in selectors.0 {
+            let series: Vec<_> = exported
+                .iter()
+                .filter(|(name, _, _)| *name == metric)
+                .collect();
+            assert!(!series.is_empty(), "{query}: {metric} is not exported");
+            for label in labels {
+                assert!(
+                    series
+                        .iter()
+                        .any(|(_, exported, _)| exported.contains_key(&label)),
+                    "{query}: {metric} has no label {label}"
+                );
+            }
+        }
+    }
+}
+
+/// Every `expr` of a dashboard's targets.
+fn expressions(value: &serde_json::Value, found: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(object) => {
+            for (key, value) in object {
+                match (key.as_str(), value) {
+                    ("expr", serde_json::Value::String(expr)) => found.push(expr.clone()),
+                    _ => expressions(value, found),
+                }
+            }
+        }
+        serde_json::Value::Array(values) => {
+            for value in values {
+                expressions(value, found);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The metrics a query selects, each with the labels it matches on.
+#[derive(Default)]
+struct Selectors(Vec<(String, Vec<String>)>);
+
+impl promql_parser::util::ExprVisitor for Selectors {
+    type Error = std::convert::Infallible;
+
+    fn pre_visit(&mut self, expr: &promql_parser::parser::Expr) -> Result<bool, Self::Error> {
+        use promql_parser::parser::Expr;
+        let selector = match expr {
+            Expr::VectorSelector(selector) => selector,
+            Expr::MatrixSelector(matrix) => &matrix.vs,
+            _ => return Ok(true),
+        };
+        let name = selector.name.clone().unwrap_or_default();
+        let labels = selector
+            .matchers
+            .matchers
+            .iter()
+            .map(|matcher| matcher.name.clone())
+            .filter(|label| label != "__name__")
+            .collect();
+        self.0.push((name, labels));
+        Ok(true)
+    }
 }
