@@ -127,10 +127,23 @@ struct ClientResult {
 /// # Panics
 /// A client task panicked.
 pub async fn drive(url: &str, load: &Load) -> Result<Report, tonic::transport::Error> {
+    drive_all(&[url.to_owned()], load).await
+}
+
+/// Drives the allocators at `urls` (replicas on one database) with `load`,
+/// its connections spread over them in turn (at least one each).
+///
+/// # Errors
+/// A connection could not be opened.
+///
+/// # Panics
+/// A client task panicked.
+pub async fn drive_all(urls: &[String], load: &Load) -> Result<Report, tonic::transport::Error> {
     let mut channels = Vec::new();
-    for _ in 0..load.connections.max(1) {
+    for i in 0..load.connections.max(urls.len()).max(1) {
         // Each connect() opens a connection of its own.
-        channels.push(Endpoint::from_shared(url.to_owned())?.connect().await?);
+        let url = &urls[i % urls.len()];
+        channels.push(Endpoint::from_shared(url.clone())?.connect().await?);
     }
     let started = Instant::now();
     let deadline = started + load.duration;

@@ -45,6 +45,54 @@ pub struct SpawnedAllocator {
     database: FreshDatabase,
 }
 
+/// Several allocator processes on one fresh database, as replicas behind a
+/// load balancer would be.
+pub struct SpawnedReplicas {
+    children: Vec<Child>,
+    /// Their gRPC URLs, one per process.
+    pub urls: Vec<String>,
+    database: FreshDatabase,
+}
+
+impl SpawnedReplicas {
+    /// Creates a fresh database as [`SpawnedAllocator::start`] does and
+    /// starts `replicas` processes of `binary` on it, one after the other
+    /// (the first runs the migrations).
+    ///
+    /// # Errors
+    /// The database or a process could not be started.
+    pub async fn start(
+        binary: &Path,
+        admin_url: &str,
+        args: &[String],
+        replicas: usize,
+    ) -> Result<Self, SpawnError> {
+        let (database, (key, value)) = FreshDatabase::create(admin_url).await?;
+        let mut started = Self {
+            children: Vec::with_capacity(replicas),
+            urls: Vec::with_capacity(replicas),
+            database,
+        };
+        for _ in 0..replicas.max(1) {
+            let (child, url) = spawn(binary, args, key, &value).await?;
+            started.children.push(child);
+            started.urls.push(url);
+        }
+        Ok(started)
+    }
+
+    /// Stops every process and drops the database.
+    ///
+    /// # Errors
+    /// The database or directory could not be removed.
+    pub async fn stop(mut self) -> Result<(), SpawnError> {
+        for child in &mut self.children {
+            let _ = child.kill().await;
+        }
+        self.database.remove().await
+    }
+}
+
 /// The database a benchmark run created, to remove afterwards.
 enum FreshDatabase {
     Postgres {
@@ -148,49 +196,10 @@ impl SpawnedAllocator {
         args: &[String],
     ) -> Result<Self, SpawnError> {
         let (database, (key, value)) = FreshDatabase::create(admin_url).await?;
-        let mut child = Command::new(binary)
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-                "--drain-delay",
-                "0s",
-            ])
-            .args(args)
-            .env_remove("DATABASE_URL")
-            .env(key, value)
-            .env("RUST_LOG", "warn,number_allocator=info")
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| SpawnError::Start(binary.display().to_string(), e))?;
-        let mut lines = BufReader::new(
-            child
-                .stderr
-                .take()
-                .ok_or_else(|| SpawnError::NotListening("no stderr to read".into()))?,
-        )
-        .lines();
-        let addr = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
-                    continue;
-                };
-                if let Some(addr) = event["addr"].as_str() {
-                    return Ok(addr.to_owned());
-                }
-            }
-            Err(SpawnError::NotListening("the process exited".into()))
-        })
-        .await
-        .map_err(|_| SpawnError::NotListening("no address within 30 s".into()))??;
-        // Keep reading its logs, or a full pipe would stall it.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-
+        let (child, url) = spawn(binary, args, key, &value).await?;
         Ok(Self {
             child,
-            url: format!("http://{addr}"),
+            url,
             database,
         })
     }
@@ -218,4 +227,55 @@ impl SpawnedAllocator {
         let _ = self.child.kill().await;
         self.database.remove().await
     }
+}
+
+/// Starts `binary` with `args` and the database in `key`=`value`, and waits
+/// until it listens; the process and its gRPC URL.
+async fn spawn(
+    binary: &Path,
+    args: &[String],
+    key: &str,
+    value: &str,
+) -> Result<(Child, String), SpawnError> {
+    let mut child = Command::new(binary)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--drain-delay",
+            "0s",
+        ])
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env(key, value)
+        .env("RUST_LOG", "warn,number_allocator=info")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| SpawnError::Start(binary.display().to_string(), e))?;
+    let mut lines = BufReader::new(
+        child
+            .stderr
+            .take()
+            .ok_or_else(|| SpawnError::NotListening("no stderr to read".into()))?,
+    )
+    .lines();
+    let addr = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if let Some(addr) = event["addr"].as_str() {
+                return Ok(addr.to_owned());
+            }
+        }
+        Err(SpawnError::NotListening("the process exited".into()))
+    })
+    .await
+    .map_err(|_| SpawnError::NotListening("no address within 30 s".into()))??;
+    // Keep reading its logs, or a full pipe would stall it.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+    Ok((child, format!("http://{addr}")))
 }

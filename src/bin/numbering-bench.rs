@@ -10,9 +10,9 @@ use std::{
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use numbering::bench::{
-    Call, Load, Report, drive,
+    Call, Load, Report, drive, drive_all,
     report::{CompareRow, VerificationLine},
-    spawn::SpawnedAllocator,
+    spawn::{SpawnedAllocator, SpawnedReplicas},
 };
 
 /// Load generator and verifier for the number allocator.
@@ -36,6 +36,8 @@ enum Command {
     Neighbours(NeighboursArgs),
     /// Times `AuditSeries` over one period of --numbers numbers, each its own range (the worst case), written to the ledger by SQL.
     Audit(AuditArgs),
+    /// 1 to --replicas allocator processes on one database, the clients' connections spread over them: throughput, p99 and the verdict over every answer, for one hot tenant and 1,000 tenants.
+    Replicas(ReplicasArgs),
 }
 
 #[derive(Debug, Args)]
@@ -146,6 +148,24 @@ struct NeighboursArgs {
     /// (repeatable).
     #[arg(long = "allocator-arg", allow_hyphen_values = true)]
     allocator_args: Vec<String>,
+    #[command(flatten)]
+    spawn: SpawnArgs,
+}
+
+#[derive(Debug, Args)]
+struct ReplicasArgs {
+    /// Length of each run.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Concurrent clients, over all replicas.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Connections the clients share, spread over the replicas.
+    #[arg(long, default_value_t = 12)]
+    connections: usize,
+    /// Most replicas; runs 1, 2, … up to it.
+    #[arg(long, default_value_t = 3)]
+    replicas: usize,
     #[command(flatten)]
     spawn: SpawnArgs,
 }
@@ -318,6 +338,47 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
     }
     println!(
         "\nEvery acknowledged number verified (no duplicates; 1..=N per series when nothing failed): {all_verified}"
+    );
+    Ok(all_verified)
+}
+
+async fn replicas(args: ReplicasArgs) -> anyhow::Result<bool> {
+    let bin = allocator_bin(&args.spawn)?;
+    let mut all_verified = true;
+    println!("| workload | replicas | calls/s | vs 1 replica | p99 | failed | verified |");
+    println!("|---|---|---|---|---|---|---|");
+    for (workload, tenants) in [("one hot tenant", 1), ("1,000 tenants", 1000)] {
+        let mut single = None;
+        for replicas in 1..=args.replicas.max(1) {
+            let started =
+                SpawnedReplicas::start(&bin, &args.spawn.database_url, &[], replicas).await?;
+            let load = load(
+                args.clients,
+                Some(args.connections),
+                args.duration,
+                tenants,
+                1,
+                Call::Allocate,
+            );
+            let report = drive_all(&started.urls, &load).await;
+            started.stop().await?;
+            let report = report?;
+            // One verdict over the answers of every replica.
+            let verified = report.verification().passed();
+            all_verified &= verified;
+            let throughput = report.throughput();
+            let single = *single.get_or_insert(throughput);
+            println!(
+                "| {workload} | {replicas} | {throughput:.0} | {:.2}× | {:.1} ms | {} | {} |",
+                throughput / single,
+                report.latency(0.99).as_secs_f64() * 1000.0,
+                report.failed(),
+                if verified { "yes" } else { "NO" }
+            );
+        }
+    }
+    println!(
+        "\nEvery acknowledged number verified over all replicas (no duplicates; 1..=N per series when nothing failed): {all_verified}"
     );
     Ok(all_verified)
 }
@@ -538,6 +599,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         Command::Memory(args) => memory(args).await?,
         Command::Audit(args) => audit(args).await?,
         Command::Neighbours(args) => neighbours(args).await?,
+        Command::Replicas(args) => replicas(args).await?,
     };
     Ok(if passed {
         ExitCode::SUCCESS
