@@ -21,6 +21,7 @@ fn backends(#[case] backend: Backend) {}
 mod access;
 mod allocator;
 mod audit;
+mod bench;
 mod bad_input;
 mod connections;
 mod fairness;
