@@ -2,6 +2,7 @@
 //! with concurrent clients, measures throughput and latency, and keeps every
 //! acknowledged range for [`verify`](mod@verify).
 
+pub mod plot;
 pub mod report;
 pub mod spawn;
 pub mod verify;

@@ -10,7 +10,7 @@ use std::{
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use numbering::bench::{
-    Call, Load, Report, drive, drive_all,
+    Call, Load, Report, drive, drive_all, plot,
     report::{CompareRow, VerificationLine},
     spawn::{SpawnedAllocator, SpawnedReplicas},
 };
@@ -119,6 +119,9 @@ struct CompareArgs {
     /// Client counts to compare.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
     clients: Vec<usize>,
+    /// Also draw the sweep (throughput and p99 against clients, per mode) into this SVG file.
+    #[arg(long)]
+    svg: Option<PathBuf>,
     #[command(flatten)]
     spawn: SpawnArgs,
 }
@@ -293,7 +296,16 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
     let bin = allocator_bin(&args.spawn)?;
     let mut all_verified = true;
     println!("{}", CompareRow::HEADER);
+    let mut figure = Vec::new();
     for (workload, tenants) in [("one hot tenant", 1), ("1,000 tenants", 1000)] {
+        let mut lines: Vec<plot::Line> =
+            ["no-op ceiling", "group commit", "keyed group", "per call"]
+                .into_iter()
+                .map(|mode| plot::Line {
+                    mode,
+                    points: Vec::new(),
+                })
+                .collect();
         for &clients in &args.clients {
             // The three runs of a row back to back: the machine is shared and
             // noisy, so only ratios taken close together mean much.
@@ -325,6 +337,13 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
                 );
                 all_verified &= verified;
             }
+            for (line, report) in lines.iter_mut().zip([&noop, &group, &keyed, &per_call]) {
+                line.points.push(plot::Point {
+                    clients: u32::try_from(clients)?,
+                    throughput: report.throughput(),
+                    p99_ms: report.latency(0.99).as_secs_f64() * 1000.0,
+                });
+            }
             let row = CompareRow {
                 workload,
                 clients,
@@ -335,6 +354,15 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
             };
             println!("{row}");
         }
+        figure.push(plot::Workload {
+            name: workload,
+            lines,
+        });
+    }
+    if let Some(path) = &args.svg {
+        plot::draw(path, &figure)
+            .map_err(|error| anyhow::anyhow!("drawing {}: {error}", path.display()))?;
+        eprintln!("drew {}", path.display());
     }
     println!(
         "\nEvery acknowledged number verified (no duplicates; 1..=N per series when nothing failed): {all_verified}"

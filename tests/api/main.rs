@@ -21,8 +21,8 @@ fn backends(#[case] backend: Backend) {}
 mod access;
 mod allocator;
 mod audit;
-mod bench;
 mod bad_input;
+mod bench;
 mod connections;
 mod fairness;
 mod group_commit;
