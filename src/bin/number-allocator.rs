@@ -83,7 +83,17 @@ enum Mode {
 #[tokio::main]
 async fn main() -> ExitCode {
     let config: Config = parse_or_exit();
-    telemetry::init(config.server.log_format);
+    let _telemetry = match telemetry::init(
+        config.server.log_format,
+        config.server.otlp_endpoint.as_deref(),
+        "number-allocator",
+    ) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(startup::EXIT_BAD_CONFIG);
+        }
+    };
     match run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => startup::report(&error),

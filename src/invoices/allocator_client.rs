@@ -7,7 +7,7 @@ use std::{future::Future, time::Duration};
 use tokio::time::Instant;
 use tonic::{
     Code, Request, Status,
-    service::interceptor::InterceptedService,
+    service::{Interceptor, interceptor::InterceptedService},
     transport::{Channel, Endpoint},
 };
 
@@ -17,7 +17,7 @@ use crate::{
         AdvanceCounterRequest, ConfirmRequest, GetSeriesRequest, NumberRecord, ReleaseRequest,
         ReserveRequest, Series, number_allocator_client::NumberAllocatorClient,
     },
-    server::metrics::client_handled,
+    server::{metrics::client_handled, telemetry},
     tenant::TenantId,
     tls::{ClientTls, TlsConnector},
 };
@@ -72,6 +72,19 @@ fn is_transient(status: &Status) -> bool {
     ) || status.source().is_some()
 }
 
+/// What every call to the allocator carries: the writer's token, and the
+/// trace context of the call it serves.
+#[derive(Debug, Clone)]
+struct Outgoing(BearerToken);
+
+impl Interceptor for Outgoing {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let mut request = self.0.call(request)?;
+        telemetry::pass_on_trace(request.metadata_mut());
+        Ok(request)
+    }
+}
+
 /// Why no number could be had.
 #[derive(Debug, thiserror::Error)]
 pub enum AllocatorError {
@@ -99,7 +112,7 @@ pub struct AllocatorEndpoint {
 /// A client of `numbering.v1.NumberAllocator`.
 #[derive(Debug, Clone)]
 pub struct AllocatorClient {
-    client: NumberAllocatorClient<InterceptedService<Channel, BearerToken>>,
+    client: NumberAllocatorClient<InterceptedService<Channel, Outgoing>>,
     backoff: Backoff,
 }
 
@@ -130,7 +143,10 @@ impl AllocatorClient {
             }
         };
         Ok(Self {
-            client: NumberAllocatorClient::with_interceptor(channel, endpoint.token.clone()),
+            client: NumberAllocatorClient::with_interceptor(
+                channel,
+                Outgoing(endpoint.token.clone()),
+            ),
             backoff,
         })
     }

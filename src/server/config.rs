@@ -87,6 +87,10 @@ pub struct ServerArgs {
     #[arg(long, env = "NUMBERING_HEALTH_LISTEN")]
     pub health_listen: Option<SocketAddr>,
 
+    /// Export every call's span as an OpenTelemetry trace to this OTLP/gRPC endpoint (e.g. http://otel-collector:4317), continuing the caller's W3C trace context. Off when unset.
+    #[arg(long, env = "NUMBERING_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
     /// Serve Prometheus metrics at GET /metrics on this address (plain HTTP). Off when unset.
     #[arg(long, env = "NUMBERING_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,

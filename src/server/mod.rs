@@ -347,11 +347,13 @@ pub(crate) fn caller_timeout(headers: &http::HeaderMap) -> Option<Duration> {
 
 /// The span of one call: its method, and the caller once authenticated.
 fn call_span<B>(request: &http::Request<B>) -> tracing::Span {
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "call",
         method = request.uri().path(),
         caller = tracing::field::Empty
-    )
+    );
+    telemetry::continue_trace(&span, request.headers());
+    span
 }
 
 /// Reflection for one service, health and reflection itself, with the

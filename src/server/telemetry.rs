@@ -1,21 +1,159 @@
-//! Log set-up: structured `tracing` events as text or JSON, filtered by `RUST_LOG`.
+//! Log and trace set-up: structured `tracing` events as text or JSON,
+//! filtered by `RUST_LOG`; and, when an OTLP endpoint is given, every call's
+//! span exported as an OpenTelemetry trace, its W3C trace context taken from
+//! the request and passed on to the calls it makes.
 
-use std::io::IsTerminal;
+use std::{
+    io::IsTerminal,
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
 
-use tracing_subscriber::{EnvFilter, fmt};
+use opentelemetry::{
+    propagation::{Extractor, Injector},
+    trace::TracerProvider as _,
+};
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
+use tonic::{
+    codegen::http,
+    metadata::{MetadataKey, MetadataMap, MetadataValue},
+};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use tracing_subscriber::{EnvFilter, fmt, layer::SubscriberExt as _, util::SubscriberInitExt as _};
 
 use crate::server::config::LogFormat;
 
-/// Installs the global subscriber. Call once, first thing in `main`.
-pub fn init(format: LogFormat) {
+/// Longest one export of spans may take.
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether traces are exported, so that calls skip trace contexts otherwise.
+static TRACING: AtomicBool = AtomicBool::new(false);
+
+/// Keeps the trace exporter: dropped at exit, it sends the spans not yet sent.
+#[must_use = "dropping it stops the trace export"]
+pub struct Telemetry(Option<SdkTracerProvider>);
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.0.take() {
+            let _ = provider.shutdown();
+        }
+    }
+}
+
+/// Installs the global subscriber; with `otlp` (an OTLP/gRPC endpoint such as
+/// `http://collector:4317`), spans are exported there as `service`'s. Call
+/// once, first thing in `main`, within the runtime.
+///
+/// # Errors
+/// The OTLP endpoint is not a valid URL.
+pub fn init(
+    format: LogFormat,
+    otlp: Option<&str>,
+    service: &'static str,
+) -> Result<Telemetry, String> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Colour only on a terminal: escape codes in a log file or collector are noise.
-    let builder = fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+    let ansi = std::io::stderr().is_terminal();
+    let (text, json) = match format {
+        LogFormat::Text => (
+            Some(fmt::layer().with_writer(std::io::stderr).with_ansi(ansi)),
+            None,
+        ),
+        LogFormat::Json => (
+            None,
+            Some(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(std::io::stderr)
+                    .with_ansi(false),
+            ),
+        ),
+    };
+    let provider = otlp
+        .map(|endpoint| tracer_provider(endpoint, service))
+        .transpose()?;
+    let traces = provider
+        .as_ref()
+        .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer("numbering")));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(text)
+        .with(json)
+        .with(traces)
+        .init();
+    if provider.is_some() {
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        TRACING.store(true, Ordering::Relaxed);
+    }
+    Ok(Telemetry(provider))
+}
+
+/// A provider exporting spans in batches to the OTLP/gRPC `endpoint`.
+fn tracer_provider(endpoint: &str, service: &'static str) -> Result<SdkTracerProvider, String> {
+    url::Url::parse(endpoint).map_err(|error| format!("--otlp-endpoint {endpoint:?}: {error}"))?;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint)
+        // Bounds the last export at exit, should the collector be away.
+        .with_timeout(EXPORT_TIMEOUT)
+        .build()
+        .map_err(|error| format!("--otlp-endpoint {endpoint:?}: {error}"))?;
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(Resource::builder().with_service_name(service).build())
+        .build())
+}
+
+/// Makes the trace context in `headers` (W3C `traceparent`), if any, the
+/// parent of `span`. Does nothing unless traces are exported.
+pub(crate) fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
+    if !TRACING.load(Ordering::Relaxed) {
+        return;
+    }
+    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&Headers(headers))
+    });
+    let _ = span.set_parent(parent);
+}
+
+/// Adds the current span's trace context to an outgoing call's `metadata`.
+/// Does nothing unless traces are exported.
+pub(crate) fn pass_on_trace(metadata: &mut MetadataMap) {
+    if !TRACING.load(Ordering::Relaxed) {
+        return;
+    }
+    let context = tracing::Span::current().context();
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&context, &mut Metadata(metadata));
+    });
+}
+
+/// Request headers, read as a propagator reads them.
+struct Headers<'a>(&'a http::HeaderMap);
+
+impl Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key)?.to_str().ok()
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+/// Outgoing metadata, written as a propagator writes it.
+struct Metadata<'a>(&'a mut MetadataMap);
+
+impl Injector for Metadata<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(key), Ok(value)) = (
+            MetadataKey::from_bytes(key.as_bytes()),
+            MetadataValue::try_from(value),
+        ) {
+            self.0.insert(key, value);
+        }
     }
 }

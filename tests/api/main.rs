@@ -42,4 +42,5 @@ mod server;
 mod sqlite;
 mod startup;
 mod tls;
+mod traces;
 mod upgrade;

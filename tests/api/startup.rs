@@ -368,3 +368,25 @@ async fn migrations_wait_for_a_lock_longer_than_the_db_timeout() {
     let mut client = NumberAllocatorClient::connect(running.url()).await.unwrap();
     client.allocate(allocate("acme", "", 1)).await.unwrap();
 }
+
+/// An OTLP endpoint that is not a URL stops start-up with status 64, and
+/// nothing is created.
+#[tokio::test]
+async fn a_bad_otlp_endpoint_stops_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    for binary in [ALLOCATOR, WRITER] {
+        let output = run(
+            binary,
+            &[
+                "--data-dir",
+                data_dir.to_str().unwrap(),
+                "--otlp-endpoint",
+                "not a url",
+            ],
+        )
+        .await;
+        assert_refused(&output, 64, "--otlp-endpoint");
+        assert!(!data_dir.exists(), "{}", data_dir.display());
+    }
+}
