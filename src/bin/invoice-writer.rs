@@ -104,17 +104,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let config: Config = parse_or_exit();
-    let _telemetry = match telemetry::init(
-        config.server.log_format,
-        config.server.otlp_endpoint.as_deref(),
-        "invoice-writer",
-    ) {
-        Ok(telemetry) => telemetry,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return ExitCode::from(startup::EXIT_BAD_CONFIG);
-        }
-    };
+    let _telemetry = telemetry::init_or_exit(&config.server, "invoice-writer");
     let result = match config.command {
         Some(Command::SeedCounters) => seed(&config).await,
         Some(Command::Serve) | None => serve(config).await.map(|()| ExitCode::SUCCESS),

@@ -83,17 +83,7 @@ enum Mode {
 #[tokio::main]
 async fn main() -> ExitCode {
     let config: Config = parse_or_exit();
-    let _telemetry = match telemetry::init(
-        config.server.log_format,
-        config.server.otlp_endpoint.as_deref(),
-        "number-allocator",
-    ) {
-        Ok(telemetry) => telemetry,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return ExitCode::from(startup::EXIT_BAD_CONFIG);
-        }
-    };
+    let _telemetry = telemetry::init_or_exit(&config.server, "number-allocator");
     match run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => startup::report(&error),

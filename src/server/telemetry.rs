@@ -22,7 +22,10 @@ use tonic::{
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::{EnvFilter, fmt, layer::SubscriberExt as _, util::SubscriberInitExt as _};
 
-use crate::server::config::LogFormat;
+use crate::server::{
+    config::{LogFormat, ServerArgs},
+    startup::EXIT_BAD_CONFIG,
+};
 
 /// Longest one export of spans may take.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -89,6 +92,21 @@ pub fn init(
         TRACING.store(true, Ordering::Relaxed);
     }
     Ok(Telemetry(provider))
+}
+
+/// [`init`] with a service's settings; on a bad setting, prints it and
+/// exits with the status of bad settings (64).
+#[must_use = "dropping it stops the trace export"]
+pub fn init_or_exit(settings: &ServerArgs, service: &'static str) -> Telemetry {
+    init(
+        settings.log_format,
+        settings.otlp_endpoint.as_deref(),
+        service,
+    )
+    .unwrap_or_else(|error| {
+        eprintln!("error: {error}");
+        std::process::exit(i32::from(EXIT_BAD_CONFIG));
+    })
 }
 
 /// A provider exporting spans in batches to the OTLP/gRPC `endpoint`.
