@@ -9,7 +9,10 @@ use std::{
     collections::HashMap,
     future::Future,
     pin::Pin,
-    sync::OnceLock,
+    sync::{
+        OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -30,6 +33,10 @@ const BATCH_SIZES: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
 ];
 
+/// Whether this module's recorder is installed: work done only to label a
+/// metric (a failure's reason) is skipped otherwise.
+static RECORDING: AtomicBool = AtomicBool::new(false);
+
 /// The process's recorder, installed on first use; `None` if another recorder
 /// was installed first.
 fn handle() -> Option<&'static PrometheusHandle> {
@@ -48,6 +55,7 @@ fn handle() -> Option<&'static PrometheusHandle> {
                 .build_recorder();
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).ok()?;
+            RECORDING.store(true, Ordering::Relaxed);
             Some(handle)
         })
         .as_ref()
@@ -136,7 +144,7 @@ impl Rpc {
     /// holding its status (the trailers, or the headers of a trailers-only
     /// answer), which name a failure's reason.
     fn handled(self, code: Code, started: Instant, headers: Option<&http::HeaderMap>) {
-        if code != Code::Ok {
+        if code != Code::Ok && RECORDING.load(Ordering::Relaxed) {
             metrics::counter!(
                 "numbering_calls_failed_total",
                 "grpc_service" => self.service,
@@ -215,7 +223,7 @@ fn known_methods() -> &'static HashMap<String, Rpc> {
 }
 
 /// A code as Prometheus' gRPC metrics name it (Go's `codes.Code` names).
-pub(crate) fn code_name(code: Code) -> &'static str {
+fn code_name(code: Code) -> &'static str {
     match code {
         Code::Ok => "OK",
         Code::Cancelled => "Canceled",
