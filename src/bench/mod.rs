@@ -138,8 +138,9 @@ pub async fn drive(url: &str, load: &Load) -> Result<Report, tonic::transport::E
 /// A connection could not be opened.
 ///
 /// # Panics
-/// A client task panicked.
+/// `urls` is empty, or a client task panicked.
 pub async fn drive_all(urls: &[String], load: &Load) -> Result<Report, tonic::transport::Error> {
+    assert!(!urls.is_empty(), "no allocator to drive");
     let mut channels = Vec::new();
     for i in 0..load.connections.max(urls.len()).max(1) {
         // Each connect() opens a connection of its own.

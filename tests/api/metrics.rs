@@ -11,11 +11,9 @@ use numbering::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
-use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::helpers::{
-    Running, TestDb, allocate, allocator_binary, import_invoice, invoice_request, start,
-    wait_for_health, writer_binary,
+    Running, TestDb, allocate, allocator_binary, create, import_invoice, start, writer_binary,
 };
 
 /// One sample: a metric's name, its labels, its value.
@@ -80,17 +78,6 @@ async fn start_with_metrics(mut command: tokio::process::Command) -> (Running, S
     (running, addr)
 }
 
-/// A channel to `running` once its readiness (`service`) is SERVING.
-async fn ready(running: &Running, service: &str) -> tonic::transport::Channel {
-    let channel = tonic::transport::Channel::from_shared(running.url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    wait_for_health(channel.clone(), service, ServingStatus::Serving).await;
-    channel
-}
-
 /// The allocator with `--metrics-listen`: after two allocations and a
 /// refused call, `/metrics` holds the conventional gRPC server metrics by
 /// service, method, type and code, the allocator's own metrics, and no
@@ -99,7 +86,7 @@ async fn ready(running: &Running, service: &str) -> tonic::transport::Channel {
 async fn the_allocator_exports_grpc_and_its_own_metrics_after_traffic() {
     let db = TestDb::create(Backend::Postgres).await;
     let (running, metrics_addr) = start_with_metrics(allocator_binary(&db.url)).await;
-    let channel = ready(&running, "numbering.v1.NumberAllocator").await;
+    let channel = running.ready("numbering.v1.NumberAllocator").await;
     let mut client = NumberAllocatorClient::new(channel);
     for _ in 0..2 {
         client
@@ -208,16 +195,10 @@ async fn traffic_on_both() -> (String, String) {
     import_invoice(&writer_db.invoice_store().await, "acme", 1, "INV-001").await;
     let (writer, writer_metrics) =
         start_with_metrics(writer_binary(&writer_db.url, &allocator.url())).await;
-    let channel = ready(&writer, "numbering.v1.InvoiceWriter").await;
-    let created = InvoiceWriterClient::new(channel)
-        .create_invoice(invoice_request("acme"))
-        .await
-        .unwrap()
-        .into_inner()
-        .invoice
-        .unwrap();
+    let channel = writer.ready("numbering.v1.InvoiceWriter").await;
+    let created = create(&mut InvoiceWriterClient::new(channel), "acme").await;
     assert_eq!(created.invoice_number, "INV-002");
-    let channel = ready(&allocator, "numbering.v1.NumberAllocator").await;
+    let channel = allocator.ready("numbering.v1.NumberAllocator").await;
     let refused = NumberAllocatorClient::new(channel)
         .allocate(allocate("acme", "", 5000))
         .await

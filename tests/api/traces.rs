@@ -16,9 +16,7 @@ use opentelemetry_proto::tonic::{
 use tokio::sync::watch;
 use tonic::{Request, Response, Status, metadata::MetadataValue};
 
-use crate::helpers::{
-    PATIENCE, TestDb, allocator_binary, invoice_request, start, wait_for_health, writer_binary,
-};
+use crate::helpers::{PATIENCE, TestDb, allocator_binary, invoice_request, start, writer_binary};
 
 /// One exported span: its service, method, trace, own and parent ids.
 #[derive(Debug, Clone)]
@@ -117,17 +115,7 @@ async fn a_callers_trace_runs_through_the_writer_into_the_allocator() {
     let allocator = start(traced(allocator_binary(&allocator_db.url))).await;
     let writer_db = TestDb::create(Backend::Sqlite).await;
     let writer = start(traced(writer_binary(&writer_db.url, &allocator.url()))).await;
-    let channel = tonic::transport::Channel::from_shared(writer.url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    wait_for_health(
-        channel.clone(),
-        "numbering.v1.InvoiceWriter",
-        tonic_health::pb::health_check_response::ServingStatus::Serving,
-    )
-    .await;
+    let channel = writer.ready("numbering.v1.InvoiceWriter").await;
 
     let (trace_id, caller_span) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
     let mut request = Request::new(invoice_request("acme"));

@@ -84,6 +84,24 @@ impl Running {
         nix::unistd::Pid::from_raw(i32::try_from(self.child.id().expect("running")).unwrap())
     }
 
+    /// A channel to the process once its health for `service` (its
+    /// readiness, or `""` for liveness) is SERVING.
+    #[allow(dead_code)] // not used by every test target
+    pub async fn ready(&self, service: &str) -> tonic::transport::Channel {
+        let channel = tonic::transport::Channel::from_shared(self.url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        crate::helpers::wait_for_health(
+            channel.clone(),
+            service,
+            tonic_health::pb::health_check_response::ServingStatus::Serving,
+        )
+        .await;
+        channel
+    }
+
     /// The last `n` lines the process logged.
     #[allow(dead_code)] // used by the failover suite
     pub fn log_tail(&self, n: usize) -> Vec<String> {
