@@ -190,6 +190,36 @@ impl Cluster {
         }
     }
 
+    /// Waits until the standby has replayed what the leader had written when
+    /// called: the schema and the numbers committed so far are on it, so
+    /// that only what follows can be lost.
+    pub async fn standby_caught_up(&self) {
+        let mut connection = PgConnection::connect(&self.url).await.unwrap();
+        let target: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+            .fetch_one(&mut connection)
+            .await
+            .unwrap();
+        let started = Instant::now();
+        while started.elapsed() < PATIENCE {
+            let replayed: bool = sqlx::query_scalar(
+                "SELECT coalesce(bool_and(replay_lsn >= $1::pg_lsn), false) \
+                 FROM pg_stat_replication",
+            )
+            .bind(&target)
+            .fetch_one(&mut connection)
+            .await
+            .unwrap();
+            if replayed {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "the standby did not replay up to {target} in {PATIENCE:?}:\n{}",
+            self.logs()
+        );
+    }
+
     /// Waits until the leader takes writes through haproxy and the other node
     /// streams from it.
     async fn wait_until_replicating(&self, synchronous: bool) {
