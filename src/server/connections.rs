@@ -3,6 +3,11 @@
 //! rest wait in the kernel's backlog), and each one closed unless its first
 //! request arrives within a set time of its accept, TLS and HTTP/2 handshakes
 //! included.
+//!
+//! Writes are coalesced: a connection's first write after a flush yields to
+//! the runtime once, so that the replies of calls that finished together
+//! (a group commit answers all its calls at once) leave in one system call
+//! rather than one each.
 
 use std::{
     io,
@@ -128,6 +133,9 @@ pub struct Connection {
     spoke: Arc<AtomicBool>,
     /// Until the first request; none after.
     deadline: Option<Pin<Box<Sleep>>>,
+    /// Whether this burst of writes has yielded once already; cleared by a
+    /// flush.
+    yielded: bool,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -137,8 +145,21 @@ impl Connection {
             stream,
             spoke: Arc::new(AtomicBool::new(false)),
             deadline: Some(Box::pin(tokio::time::sleep_until(deadline))),
+            yielded: false,
             _permit: permit,
         }
+    }
+
+    /// Pending once at the start of each burst of writes, woken at once:
+    /// the runtime first runs the tasks already waiting, whose replies then
+    /// join this write.
+    fn yield_before_writing(&mut self, cx: &Context<'_>) -> Poll<()> {
+        if self.yielded {
+            return Poll::Ready(());
+        }
+        self.yielded = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 
@@ -230,7 +251,9 @@ impl AsyncWrite for Connection {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().stream {
+        let this = self.get_mut();
+        std::task::ready!(this.yield_before_writing(cx));
+        match &mut this.stream {
             Stream::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
             Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
         }
@@ -241,7 +264,9 @@ impl AsyncWrite for Connection {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().stream {
+        let this = self.get_mut();
+        std::task::ready!(this.yield_before_writing(cx));
+        match &mut this.stream {
             Stream::Plain(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
             Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_write_vectored(cx, bufs),
         }
@@ -255,10 +280,15 @@ impl AsyncWrite for Connection {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().stream {
+        let this = self.get_mut();
+        let flushed = match &mut this.stream {
             Stream::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
             Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
+        };
+        if flushed.is_ready() {
+            this.yielded = false;
         }
+        flushed
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -266,5 +296,57 @@ impl AsyncWrite for Connection {
             Stream::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
             Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::poll_fn;
+
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    /// Writes `bytes` through `connection`; how many polls it took.
+    async fn write(connection: &mut Connection, bytes: &[u8]) -> usize {
+        let mut polls = 0;
+        let written = poll_fn(|cx| {
+            polls += 1;
+            Pin::new(&mut *connection).poll_write(cx, bytes)
+        })
+        .await
+        .unwrap();
+        assert_eq!(written, bytes.len());
+        polls
+    }
+
+    #[tokio::test]
+    async fn each_burst_of_writes_yields_once_before_its_first_write() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut peer = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut connection = Connection::new(Stream::Plain(accepted), deadline, permit);
+        for burst in [b"one".as_slice(), b"two"] {
+            assert_eq!(
+                write(&mut connection, burst).await,
+                2,
+                "a burst's first write"
+            );
+            assert_eq!(
+                write(&mut connection, b"+").await,
+                1,
+                "a later write of the burst"
+            );
+            poll_fn(|cx| Pin::new(&mut connection).poll_flush(cx))
+                .await
+                .unwrap();
+        }
+        let mut received = [0u8; 8];
+        peer.read_exact(&mut received).await.unwrap();
+        assert_eq!(&received, b"one+two+");
     }
 }
