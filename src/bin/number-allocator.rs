@@ -20,6 +20,12 @@ use numbering::{
     },
 };
 
+/// Each call allocates and frees small buffers many times; jemalloc does it
+/// for less processor time than the system's allocator (BENCHMARKS.md).
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Hands out per-tenant, per-series numbers over gRPC, each committed before it is returned.
 // Field docs are `--help` text, hence plain words.
 #[allow(clippy::doc_markdown)]
