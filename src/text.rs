@@ -27,6 +27,14 @@ pub fn check(raw: &str, max: usize, required: bool) -> Result<String, String> {
     if raw.chars().count() > max {
         return Err(format!("must be at most {max} characters"));
     }
+    // Printable ASCII, the common case, holds nothing to look up.
+    if raw
+        .bytes()
+        .all(|b| !b.is_ascii_control() || matches!(b, b'\n' | b'\r' | b'\t'))
+        && raw.is_ascii()
+    {
+        return Ok(raw.to_owned());
+    }
     let chars: Vec<char> = raw.chars().collect();
     for (i, &c) in chars.iter().enumerate() {
         if c.is_control() && !matches!(c, '\n' | '\r' | '\t') {
