@@ -38,6 +38,8 @@ enum Command {
     Audit(AuditArgs),
     /// 1 to --replicas allocator processes on one database, the clients' connections spread over them: throughput, p99 and the verdict over every answer, for one hot tenant and 1,000 tenants.
     Replicas(ReplicasArgs),
+    /// The performance targets: one hot tenant (and 1,000 tenants) at --clients over --connections, each workload beside the no-op ceiling and one commit per call in the same round; --rounds repeats and prints the ranges.
+    Targets(TargetsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -169,6 +171,24 @@ struct ReplicasArgs {
     /// Most replicas; runs 1, 2, … up to it.
     #[arg(long, default_value_t = 3)]
     replicas: usize,
+    #[command(flatten)]
+    spawn: SpawnArgs,
+}
+
+#[derive(Debug, Args)]
+struct TargetsArgs {
+    /// Length of each run.
+    #[arg(long, default_value = "4s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Rounds of every workload, back to back.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Connections the clients share.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
     #[command(flatten)]
     spawn: SpawnArgs,
 }
@@ -411,6 +431,187 @@ async fn replicas(args: ReplicasArgs) -> anyhow::Result<bool> {
     Ok(all_verified)
 }
 
+/// One target of the performance pass and its figure in each round.
+struct Target {
+    name: &'static str,
+    /// The bound, as the table prints it.
+    needed: &'static str,
+    met: fn(f64) -> bool,
+    /// How a figure prints.
+    show: fn(f64) -> String,
+    figures: Vec<f64>,
+}
+
+impl Target {
+    fn new(
+        name: &'static str,
+        needed: &'static str,
+        met: fn(f64) -> bool,
+        show: fn(f64) -> String,
+    ) -> Self {
+        Self {
+            name,
+            needed,
+            met,
+            show,
+            figures: Vec::new(),
+        }
+    }
+}
+
+fn percent(ratio: f64) -> String {
+    format!("{:.0}%", ratio * 100.0)
+}
+
+fn times(ratio: f64) -> String {
+    format!("{ratio:.1}×")
+}
+
+fn milliseconds(ms: f64) -> String {
+    format!("{ms:.1} ms")
+}
+
+/// One round of `targets`: its figures, in the order of the targets, and
+/// whether every run was verified with no call failed.
+async fn targets_round(
+    args: &TargetsArgs,
+    bin: &Path,
+    round: usize,
+) -> anyhow::Result<([f64; 6], bool)> {
+    let run = |call, tenants, keyed| Load {
+        keyed,
+        ..load(
+            args.clients,
+            Some(args.connections),
+            args.duration,
+            tenants,
+            1,
+            call,
+        )
+    };
+    // Back to back: the machine is shared and noisy, so only ratios taken
+    // close together mean much.
+    let noop = spawned_run(&args.spawn, bin, Mode::Group, &run(Call::Health, 1, false)).await?;
+    let mut runs = Vec::new();
+    let mut all_verified = true;
+    for (name, mode, call, tenants, keyed) in [
+        ("group", Mode::Group, Call::Allocate, 1, false),
+        ("keyed", Mode::Group, Call::Allocate, 1, true),
+        (
+            "reserve-confirm pairs",
+            Mode::Group,
+            Call::ReserveConfirm,
+            1,
+            false,
+        ),
+        ("per call", Mode::PerCall, Call::Allocate, 1, false),
+        (
+            "1,000 tenants group",
+            Mode::Group,
+            Call::Allocate,
+            1000,
+            false,
+        ),
+        (
+            "1,000 tenants per call",
+            Mode::PerCall,
+            Call::Allocate,
+            1000,
+            false,
+        ),
+    ] {
+        let report = spawned_run(&args.spawn, bin, mode, &run(call, tenants, keyed)).await?;
+        let verified = report.verification().passed() && report.failed() == 0;
+        all_verified &= verified;
+        eprintln!(
+            "round {round}, {name}: {:.0}/s, p99 {:.2?}, failed {}, verified: {verified}",
+            report.throughput(),
+            report.latency(0.99),
+            report.failed()
+        );
+        runs.push(report);
+    }
+    let [group, keyed, pairs, per_call, many, many_per_call] = &runs[..] else {
+        unreachable!("six runs");
+    };
+    let ceiling = noop.throughput();
+    eprintln!("round {round}, no-op ceiling: {ceiling:.0}/s");
+    let figures = [
+        group.throughput() / ceiling,
+        group.latency(0.99).as_secs_f64() * 1000.0,
+        group.throughput() / per_call.throughput(),
+        keyed.throughput() / ceiling,
+        // A pair is two calls.
+        2.0 * pairs.throughput() / ceiling,
+        many.throughput() / many_per_call.throughput(),
+    ];
+    Ok((figures, all_verified))
+}
+
+async fn targets(args: TargetsArgs) -> anyhow::Result<bool> {
+    let bin = allocator_bin(&args.spawn)?;
+    let mut targets = [
+        Target::new("group commit ÷ no-op", "≥ 65%", |r| r >= 0.65, percent),
+        Target::new("group commit p99", "< 10 ms", |ms| ms < 10.0, milliseconds),
+        Target::new(
+            "group commit ÷ one commit per call",
+            "≥ 10×",
+            |r| r >= 10.0,
+            times,
+        ),
+        Target::new(
+            "keyed group commit ÷ no-op",
+            "≥ 55%",
+            |r| r >= 0.55,
+            percent,
+        ),
+        Target::new(
+            "Reserve + Confirm calls ÷ no-op",
+            "≥ 40%",
+            |r| r >= 0.40,
+            percent,
+        ),
+        Target::new(
+            "1,000 tenants: group commit ÷ one commit per call",
+            "≥ 3×",
+            |r| r >= 3.0,
+            times,
+        ),
+    ];
+    let mut all_verified = true;
+    for round in 1..=args.rounds.max(1) {
+        let (figures, verified) = targets_round(&args, &bin, round).await?;
+        all_verified &= verified;
+        for (target, figure) in targets.iter_mut().zip(figures) {
+            target.figures.push(figure);
+        }
+    }
+    println!("| target | needed | each round | met in every round |");
+    println!("|---|---|---|---|");
+    for target in &targets {
+        println!(
+            "| {} | {} | {} | {} |",
+            target.name,
+            target.needed,
+            target
+                .figures
+                .iter()
+                .map(|&figure| (target.show)(figure))
+                .collect::<Vec<_>>()
+                .join(", "),
+            if target.figures.iter().all(|&figure| (target.met)(figure)) {
+                "yes"
+            } else {
+                "no"
+            }
+        );
+    }
+    println!(
+        "\nEvery acknowledged number verified (no duplicates, each series 1..=N), no call failed: {all_verified}"
+    );
+    Ok(all_verified)
+}
+
 // Counts of calls and runs, far below 2^52.
 #[allow(clippy::cast_precision_loss)]
 async fn neighbours(args: NeighboursArgs) -> anyhow::Result<bool> {
@@ -628,6 +829,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         Command::Audit(args) => audit(args).await?,
         Command::Neighbours(args) => neighbours(args).await?,
         Command::Replicas(args) => replicas(args).await?,
+        Command::Targets(args) => targets(args).await?,
     };
     Ok(if passed {
         ExitCode::SUCCESS
