@@ -328,7 +328,7 @@ mod tests {
             .unwrap();
         let (accepted, _) = listener.accept().await.unwrap();
         let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_mins(1);
         let mut connection = Connection::new(Stream::Plain(accepted), deadline, permit);
         for burst in [b"one".as_slice(), b"two"] {
             assert_eq!(
