@@ -3,10 +3,7 @@
 //! the retention window and picking each call's period by its series'
 //! calendar.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-};
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, NaiveDate, Utc};
 
@@ -263,14 +260,23 @@ pub(super) struct Known {
 
 /// The calendars of the series this process has used: a call's period is
 /// picked before its transaction, which checks the series still has it.
-/// Keyed by tenant, then series, so a lookup copies nothing.
+/// One entry per series, keyed by tenant and series; a lookup borrows the
+/// names and copies nothing.
 #[derive(Debug, Default)]
 struct Calendars(Mutex<KnownCalendars>);
 
-#[derive(Debug, Default)]
-struct KnownCalendars {
-    by_tenant: HashMap<String, HashMap<String, Known>>,
-    len: usize,
+/// Hashed with the standard library's keyed hasher: names come from callers.
+type KnownCalendars = hashbrown::HashMap<(Box<str>, Box<str>), Known, std::hash::RandomState>;
+
+/// A tenant's and series' names, borrowed, as a key of [`KnownCalendars`]:
+/// hashed as the owned key is.
+#[derive(Hash)]
+struct Names<'a>(&'a str, &'a str);
+
+impl hashbrown::Equivalent<(Box<str>, Box<str>)> for Names<'_> {
+    fn equivalent(&self, key: &(Box<str>, Box<str>)) -> bool {
+        *self.0 == *key.0 && *self.1 == *key.1
+    }
 }
 
 impl Calendars {
@@ -284,23 +290,22 @@ impl Calendars {
     }
 
     fn get(&self, tenant: &TenantId, series: &SeriesName) -> Option<Known> {
-        let known = self.known();
-        known
-            .by_tenant
-            .get(tenant.as_str())
-            .and_then(|of_tenant| of_tenant.get(series.as_str()))
+        self.known()
+            .get(&Names(tenant.as_str(), series.as_str()))
             .copied()
     }
 
     fn insert(&self, tenant: &TenantId, series: &SeriesName, calendar: Known) {
         let mut known = self.known();
-        if known.len >= Self::MAX {
+        if let Some(entry) = known.get_mut(&Names(tenant.as_str(), series.as_str())) {
+            *entry = calendar;
+            return;
+        }
+        if known.len() >= Self::MAX {
+            // Emptied, not only cleared: its table goes back to the allocator.
             *known = KnownCalendars::default();
         }
-        let of_tenant = known.by_tenant.entry(tenant.to_string()).or_default();
-        if of_tenant.insert(series.to_string(), calendar).is_none() {
-            known.len += 1;
-        }
+        known.insert((tenant.as_str().into(), series.as_str().into()), calendar);
     }
 
     /// Notes that the series handed out a number as `known` said it was.
@@ -313,14 +318,8 @@ impl Calendars {
     }
 
     fn forget(&self, tenant: &TenantId, series: &SeriesName) {
-        let mut known = self.known();
-        let removed = known
-            .by_tenant
-            .get_mut(tenant.as_str())
-            .and_then(|of_tenant| of_tenant.remove(series.as_str()));
-        if removed.is_some() {
-            known.len -= 1;
-        }
+        self.known()
+            .remove(&Names(tenant.as_str(), series.as_str()));
     }
 }
 
@@ -768,4 +767,56 @@ pub(super) fn parse_stored(
         format: format.to_owned(),
         reason,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(tenant: &str, series: &str) -> (TenantId, SeriesName) {
+        (
+            TenantId::parse(tenant).unwrap(),
+            SeriesName::parse(series).unwrap(),
+        )
+    }
+
+    fn known(settled: bool) -> Known {
+        Known {
+            calendar: Calendar::DEFAULT,
+            settled,
+            policy: GapPolicy::default(),
+        }
+    }
+
+    #[test]
+    fn calendars_are_kept_per_tenant_and_series() {
+        let calendars = Calendars::default();
+        let (ab, c) = names("ab", "c");
+        let (a, bc) = names("a", "bc");
+        calendars.insert(&ab, &c, known(false));
+        assert!(calendars.get(&a, &bc).is_none(), "names are not joined");
+        calendars.settle(&ab, &c, known(false));
+        assert!(calendars.get(&ab, &c).is_some_and(|known| known.settled));
+        assert_eq!(calendars.known().len(), 1, "settling replaces the entry");
+        calendars.forget(&ab, &c);
+        assert!(calendars.get(&ab, &c).is_none());
+    }
+
+    #[test]
+    fn calendars_start_again_empty_past_their_bound() {
+        let calendars = Calendars::default();
+        let series = SeriesName::parse("").unwrap();
+        for i in 0..Calendars::MAX {
+            calendars.insert(
+                &TenantId::parse(&format!("t{i}")).unwrap(),
+                &series,
+                known(true),
+            );
+        }
+        assert_eq!(calendars.known().len(), Calendars::MAX);
+        let newest = TenantId::parse("newest").unwrap();
+        calendars.insert(&newest, &series, known(true));
+        assert_eq!(calendars.known().len(), 1);
+        assert!(calendars.get(&newest, &series).is_some());
+    }
 }
