@@ -28,7 +28,7 @@ async fn two_processes_on_one_database_never_hand_out_the_same_number(#[case] ba
 
 /// The same with one commit per call: the two contend for every number.
 /// SQLite's lock favours the process that just wrote, so 1,000 calls queued
-/// one commit each would outwait the default acquire and request time-outs: this is
+/// one commit each would outwait the default acquire, database and request time-outs: this is
 /// about uniqueness, so they get longer.
 #[apply(backends)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -41,6 +41,8 @@ async fn two_processes_committing_per_call_never_hand_out_the_same_number(
             "--commit-mode",
             "per-call",
             "--db-acquire-timeout",
+            "30s",
+            "--db-timeout",
             "30s",
             "--request-timeout",
             "60s",
