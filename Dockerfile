@@ -2,6 +2,10 @@
 # no protoc are needed to build: the protos compile in pure Rust, and SQLite
 # is compiled in.
 FROM rust:1.95-slim-bookworm AS build
+# jemalloc, the services' allocator, builds with make.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends make=4.3-4.1 \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto proto
