@@ -30,8 +30,7 @@ pub fn check(raw: &str, max: usize, required: bool) -> Result<String, String> {
     // Printable ASCII, the common case, holds nothing to look up.
     if raw
         .bytes()
-        .all(|b| !b.is_ascii_control() || matches!(b, b'\n' | b'\r' | b'\t'))
-        && raw.is_ascii()
+        .all(|b| b.is_ascii() && (!b.is_ascii_control() || matches!(b, b'\n' | b'\r' | b'\t')))
     {
         return Ok(raw.to_owned());
     }
