@@ -1,6 +1,6 @@
-//! Load generation for `numbering-bench`: drives a `NumberAllocator` over gRPC
-//! with concurrent clients, measures throughput and latency, and keeps every
-//! acknowledged range for [`verify`](mod@verify).
+//! Load generation for `numbering-bench`: drives a `NumberAllocator` (or an
+//! `InvoiceWriter`) over gRPC with concurrent clients, measures throughput and
+//! latency, and keeps every acknowledged range for [`verify`](mod@verify).
 
 pub mod plot;
 pub mod report;
@@ -24,8 +24,8 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use crate::{
     bench::verify::{Ack, Verification, verify},
     proto::{
-        AllocateRequest, ConfirmRequest, ReserveRequest,
-        number_allocator_client::NumberAllocatorClient,
+        AllocateRequest, ConfirmRequest, CreateInvoiceRequest, LineItem, ReserveRequest,
+        invoice_writer_client::InvoiceWriterClient, number_allocator_client::NumberAllocatorClient,
     },
 };
 
@@ -36,6 +36,8 @@ pub enum Call {
     Allocate,
     /// `Reserve` of one number, then `Confirm` of it: one pair, two calls.
     ReserveConfirm,
+    /// `CreateInvoice` on an invoice writer: one invoice of one line.
+    CreateInvoice,
     /// `grpc.health.v1.Health/Check`: a no-op through the same stack, the
     /// ceiling any allocation can reach.
     Health,
@@ -61,7 +63,8 @@ pub struct Load {
     /// Call each tenant exactly once, in order, instead of at random; the run
     /// ends when all were called (or at `duration`).
     pub each_tenant_once: bool,
-    /// Send every `Allocate` with a fresh request id.
+    /// Send every `Allocate`, `Reserve` and `CreateInvoice` with a fresh
+    /// request id.
     pub keyed: bool,
 }
 
@@ -218,6 +221,7 @@ async fn client(
     cursor: Arc<AtomicU32>,
 ) -> ClientResult {
     let mut allocator = NumberAllocatorClient::new(channel.clone());
+    let mut writer = InvoiceWriterClient::new(channel.clone());
     let mut health = HealthClient::new(channel);
     let mut result = ClientResult {
         ok: 0,
@@ -265,6 +269,16 @@ async fn client(
             Call::ReserveConfirm => reserve_confirm(&mut allocator, tenant_id, load.keyed)
                 .await
                 .map(|number| Some(vec![number])),
+            Call::CreateInvoice => writer
+                .create_invoice(invoice(tenant_id, load.keyed))
+                .await
+                .and_then(|response| {
+                    let invoice = response
+                        .into_inner()
+                        .invoice
+                        .ok_or_else(|| tonic::Status::internal("no invoice"))?;
+                    Ok(Some(vec![invoice.number]))
+                }),
             Call::Health => health
                 .check(HealthCheckRequest {
                     service: String::new(),
@@ -290,6 +304,29 @@ async fn client(
         }
     }
     result
+}
+
+/// An invoice of one line for `tenant_id`, with a fresh request id if `keyed`.
+fn invoice(tenant_id: String, keyed: bool) -> CreateInvoiceRequest {
+    CreateInvoiceRequest {
+        tenant_id,
+        client_id: "c-42".into(),
+        client_name: "Globex Corporation".into(),
+        client_email: "billing@globex.example".into(),
+        due_date: "2026-12-31".into(),
+        currency: "EUR".into(),
+        line_items: vec![LineItem {
+            description: "Consulting".into(),
+            quantity: "1.5".into(),
+            unit_price: "100.00".into(),
+        }],
+        request_id: if keyed {
+            uuid::Uuid::now_v7().to_string()
+        } else {
+            String::new()
+        },
+        ..CreateInvoiceRequest::default()
+    }
 }
 
 /// Reserves one number of the tenant's series and confirms it; the number.

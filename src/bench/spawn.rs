@@ -1,7 +1,7 @@
-//! Starts a `number-allocator` process on a fresh database (PostgreSQL, or a
-//! SQLite file in a new directory) for one benchmark run, and removes both
-//! afterwards. A separate process, as in production, so
-//! its resident memory can be read on its own.
+//! Starts a `number-allocator` (or an `invoice-writer`) process on a fresh
+//! database (PostgreSQL, or a SQLite file in a new directory) for one
+//! benchmark run, and removes both afterwards. A separate process, as in
+//! production, so its resident memory can be read on its own.
 
 use std::{
     path::{Path, PathBuf},
@@ -33,7 +33,7 @@ pub enum SpawnError {
     #[error("removing {0}")]
     Remove(String, #[source] std::io::Error),
     /// The process exited or went quiet before it listened.
-    #[error("the allocator did not start listening: {0}")]
+    #[error("the service did not start listening: {0}")]
     NotListening(String),
 }
 
@@ -74,7 +74,7 @@ impl SpawnedReplicas {
             database,
         };
         for _ in 0..replicas.max(1) {
-            let (child, url) = spawn(binary, args, key, &value).await?;
+            let (child, url) = spawn(binary, args, ALLOCATOR_LOG, (key, &value)).await?;
             started.children.push(child);
             started.urls.push(url);
         }
@@ -196,7 +196,7 @@ impl SpawnedAllocator {
         args: &[String],
     ) -> Result<Self, SpawnError> {
         let (database, (key, value)) = FreshDatabase::create(admin_url).await?;
-        let (child, url) = spawn(binary, args, key, &value).await?;
+        let (child, url) = spawn(binary, args, ALLOCATOR_LOG, (key, &value)).await?;
         Ok(Self {
             child,
             url,
@@ -229,13 +229,57 @@ impl SpawnedAllocator {
     }
 }
 
-/// Starts `binary` with `args` and the database in `key`=`value`, and waits
-/// until it listens; the process and its gRPC URL.
+/// A running invoice writer on a database of its own, calling an allocator.
+pub struct SpawnedWriter {
+    child: Child,
+    /// Its gRPC URL.
+    pub url: String,
+    database: FreshDatabase,
+}
+
+impl SpawnedWriter {
+    /// Creates a fresh database as [`SpawnedAllocator::start`] does and
+    /// starts `binary` on it, calling the allocator at `allocator_url`.
+    ///
+    /// # Errors
+    /// The database or the process could not be started.
+    pub async fn start(
+        binary: &Path,
+        admin_url: &str,
+        allocator_url: &str,
+    ) -> Result<Self, SpawnError> {
+        let (database, (key, value)) = FreshDatabase::create(admin_url).await?;
+        let args = ["--allocator-url".to_owned(), allocator_url.to_owned()];
+        let (child, url) = spawn(binary, &args, WRITER_LOG, (key, &value)).await?;
+        Ok(Self {
+            child,
+            url,
+            database,
+        })
+    }
+
+    /// Stops the process and drops its database or directory.
+    ///
+    /// # Errors
+    /// The database or directory could not be removed.
+    pub async fn stop(mut self) -> Result<(), SpawnError> {
+        let _ = self.child.kill().await;
+        self.database.remove().await
+    }
+}
+
+/// The log filters that keep the line naming the listening address.
+const ALLOCATOR_LOG: &str = "warn,number_allocator=info";
+const WRITER_LOG: &str = "warn,invoice_writer=info";
+
+/// Starts `binary` with `args`, the log filter `log` and the database in
+/// `database` (variable and value), and waits until it listens; the process
+/// and its gRPC URL.
 async fn spawn(
     binary: &Path,
     args: &[String],
-    key: &str,
-    value: &str,
+    log: &str,
+    (key, value): (&str, &str),
 ) -> Result<(Child, String), SpawnError> {
     let mut child = Command::new(binary)
         .args([
@@ -249,7 +293,7 @@ async fn spawn(
         .args(args)
         .env_remove("DATABASE_URL")
         .env(key, value)
-        .env("RUST_LOG", "warn,number_allocator=info")
+        .env("RUST_LOG", log)
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()

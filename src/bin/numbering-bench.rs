@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use numbering::bench::{
     Call, Load, Report, drive, drive_all, plot,
     report::{CompareRow, VerificationLine},
-    spawn::{SpawnedAllocator, SpawnedReplicas},
+    spawn::{SpawnedAllocator, SpawnedReplicas, SpawnedWriter},
 };
 
 /// Load generator and verifier for the number allocator.
@@ -30,7 +30,7 @@ enum Command {
     /// Group commit (with and without a request id on every call) against one commit per call and the no-op ceiling, for 1-256 clients, one
     /// hot tenant and 1,000 tenants; prints a table of ratios.
     Compare(CompareArgs),
-    /// Serves each of --tenants distinct tenants once and reports the allocator's resident memory.
+    /// Serves each of --tenants distinct tenants once and reports the allocator's resident memory; with --steady, then calls them at random that long and samples it.
     Memory(MemoryArgs),
     /// A quiet tenant's throughput alone, then while another tenant hammers a series it has exhausted; prints the ratio.
     Neighbours(NeighboursArgs),
@@ -38,7 +38,7 @@ enum Command {
     Audit(AuditArgs),
     /// 1 to --replicas allocator processes on one database, the clients' connections spread over them: throughput, p99 and the verdict over every answer, for one hot tenant and 1,000 tenants.
     Replicas(ReplicasArgs),
-    /// The performance targets: one hot tenant (and 1,000 tenants) at --clients over --connections, each workload beside the no-op ceiling and one commit per call in the same round; --rounds repeats and prints the ranges.
+    /// The performance targets: one hot tenant (and 1,000 tenants) at --clients over --connections, each workload beside the no-op ceiling and one commit per call in the same round, and invoices created through a writer beside the writer's own no-op; --rounds repeats and prints the ranges.
     Targets(TargetsArgs),
 }
 
@@ -55,6 +55,14 @@ struct SpawnArgs {
     /// The number-allocator binary to start (default: next to this one).
     #[arg(long)]
     allocator_bin: Option<PathBuf>,
+
+    /// The invoice-writer binary to start, where a benchmark runs one (default: next to this one).
+    #[arg(long)]
+    writer_bin: Option<PathBuf>,
+
+    /// On PostgreSQL, analyze the allocator's fresh database this often while a run lasts, as autovacuum does on a server that has run a while. Without it, a run measures a server whose plans were made on empty tables (memory: 10s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    analyze_every: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -77,12 +85,14 @@ enum CallArg {
     Allocate,
     /// Reserve then Confirm: a pair counts as one call answered.
     ReserveConfirm,
+    /// Creates an invoice, on an invoice writer given with --url.
+    CreateInvoice,
     Health,
 }
 
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// A running allocator to drive; without it one is started on a fresh database.
+    /// A running allocator (or, for create-invoice, writer) to drive; without it one is started on a fresh database (for create-invoice, an allocator and a writer, each on its own).
     #[arg(long)]
     url: Option<String>,
     /// Commit mode of the allocator started here.
@@ -103,7 +113,7 @@ struct RunArgs {
     /// Numbers per Allocate call.
     #[arg(long, default_value_t = 1)]
     count: u32,
-    /// Send every Allocate with a fresh request id.
+    /// Send every Allocate, Reserve and invoice with a fresh request id.
     #[arg(long)]
     keyed: bool,
     /// The call to make; "health" is the no-op ceiling.
@@ -220,18 +230,34 @@ struct MemoryArgs {
     /// Longest the run may take.
     #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
     max_duration: Duration,
+    /// After serving every tenant once, keep calling them at random this long, with a fresh request id each call, and sample the resident memory ten times ("0s": not at all).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    steady: Duration,
     #[command(flatten)]
     spawn: SpawnArgs,
 }
 
 fn allocator_bin(spawn: &SpawnArgs) -> anyhow::Result<PathBuf> {
-    let path = match &spawn.allocator_bin {
+    binary(
+        spawn.allocator_bin.as_ref(),
+        "number-allocator",
+        "--allocator-bin",
+    )
+}
+
+fn writer_bin(spawn: &SpawnArgs) -> anyhow::Result<PathBuf> {
+    binary(spawn.writer_bin.as_ref(), "invoice-writer", "--writer-bin")
+}
+
+/// `given`, or the binary `name` next to this one; it must exist.
+fn binary(given: Option<&PathBuf>, name: &str, flag: &str) -> anyhow::Result<PathBuf> {
+    let path = match given {
         Some(path) => path.clone(),
-        None => std::env::current_exe()?.with_file_name("number-allocator"),
+        None => std::env::current_exe()?.with_file_name(name),
     };
     if !path.exists() {
         bail!(
-            "{} not found: build it first (cargo build --release) or pass --allocator-bin",
+            "{} not found: build it first (cargo build --release) or pass {flag}",
             path.display()
         );
     }
@@ -268,7 +294,28 @@ async fn spawned_run(
 ) -> anyhow::Result<Report> {
     let args = vec!["--commit-mode".to_owned(), mode.flag().to_owned()];
     let allocator = SpawnedAllocator::start(bin, &spawn.database_url, &args).await?;
-    let report = drive(&allocator.url, load).await;
+    let report = analyzing(&allocator, spawn.analyze_every, drive(&allocator.url, load)).await;
+    allocator.stop().await?;
+    Ok(report?)
+}
+
+/// Starts an allocator with group commit and a writer calling it, each on a
+/// fresh database, drives the writer with `load`, stops both.
+async fn spawned_writer_run(
+    spawn: &SpawnArgs,
+    (allocator_bin, writer_bin): (&Path, &Path),
+    load: &Load,
+) -> anyhow::Result<Report> {
+    let allocator = SpawnedAllocator::start(allocator_bin, &spawn.database_url, &[]).await?;
+    let writer = match SpawnedWriter::start(writer_bin, &spawn.database_url, &allocator.url).await {
+        Ok(writer) => writer,
+        Err(e) => {
+            allocator.stop().await?;
+            return Err(e.into());
+        }
+    };
+    let report = analyzing(&allocator, spawn.analyze_every, drive(&writer.url, load)).await;
+    writer.stop().await?;
     allocator.stop().await?;
     Ok(report?)
 }
@@ -277,6 +324,7 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
     let call = match args.call {
         CallArg::Allocate => Call::Allocate,
         CallArg::ReserveConfirm => Call::ReserveConfirm,
+        CallArg::CreateInvoice => Call::CreateInvoice,
         CallArg::Health => Call::Health,
     };
     let load = Load {
@@ -294,6 +342,10 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
         Some(url) => drive(url, &load)
             .await
             .with_context(|| format!("connecting to {url}"))?,
+        None if call == Call::CreateInvoice => {
+            let bins = (allocator_bin(&args.spawn)?, writer_bin(&args.spawn)?);
+            spawned_writer_run(&args.spawn, (&bins.0, &bins.1), &load).await?
+        }
         None => {
             spawned_run(
                 &args.spawn,
@@ -475,9 +527,9 @@ fn milliseconds(ms: f64) -> String {
 /// whether every run was verified with no call failed.
 async fn targets_round(
     args: &TargetsArgs,
-    bin: &Path,
+    (bin, writer_bin): (&Path, &Path),
     round: usize,
-) -> anyhow::Result<([f64; 6], bool)> {
+) -> anyhow::Result<([f64; 7], bool)> {
     let run = |call, tenants, keyed| Load {
         keyed,
         ..load(
@@ -531,11 +583,32 @@ async fn targets_round(
         );
         runs.push(report);
     }
+    // The writer's own ceiling: its health check, with an allocator beside it.
+    let writer_noop =
+        spawned_writer_run(&args.spawn, (bin, writer_bin), &run(Call::Health, 1, false)).await?;
+    let invoices = spawned_writer_run(
+        &args.spawn,
+        (bin, writer_bin),
+        &run(Call::CreateInvoice, 1, true),
+    )
+    .await?;
+    let verified = invoices.verification().passed() && invoices.failed() == 0;
+    all_verified &= verified;
+    eprintln!(
+        "round {round}, CreateInvoice: {:.0}/s, p99 {:.2?}, failed {}, verified: {verified}; writer's no-op ceiling {:.0}/s",
+        invoices.throughput(),
+        invoices.latency(0.99),
+        invoices.failed(),
+        writer_noop.throughput(),
+    );
     let [group, keyed, pairs, per_call, many, many_per_call] = &runs[..] else {
         unreachable!("six runs");
     };
     let ceiling = noop.throughput();
-    eprintln!("round {round}, no-op ceiling: {ceiling:.0}/s");
+    eprintln!(
+        "round {round}, no-op ceiling: {ceiling:.0}/s; CreateInvoice ÷ Reserve + Confirm pairs: {:.0}%",
+        100.0 * invoices.throughput() / pairs.throughput()
+    );
     let figures = [
         group.throughput() / ceiling,
         group.latency(0.99).as_secs_f64() * 1000.0,
@@ -544,12 +617,14 @@ async fn targets_round(
         // A pair is two calls.
         2.0 * pairs.throughput() / ceiling,
         many.throughput() / many_per_call.throughput(),
+        invoices.throughput() / writer_noop.throughput(),
     ];
     Ok((figures, all_verified))
 }
 
 async fn targets(args: TargetsArgs) -> anyhow::Result<bool> {
     let bin = allocator_bin(&args.spawn)?;
+    let writer_bin = writer_bin(&args.spawn)?;
     let mut targets = [
         Target::new("group commit ÷ no-op", "≥ 65%", |r| r >= 0.65, percent),
         Target::new("group commit p99", "< 10 ms", |ms| ms < 10.0, milliseconds),
@@ -577,10 +652,16 @@ async fn targets(args: TargetsArgs) -> anyhow::Result<bool> {
             |r| r >= 3.0,
             times,
         ),
+        Target::new(
+            "CreateInvoice ÷ the writer's no-op",
+            "≥ 25%",
+            |r| r >= 0.25,
+            percent,
+        ),
     ];
     let mut all_verified = true;
     for round in 1..=args.rounds.max(1) {
-        let (figures, verified) = targets_round(&args, &bin, round).await?;
+        let (figures, verified) = targets_round(&args, (&bin, &writer_bin), round).await?;
         all_verified &= verified;
         for (target, figure) in targets.iter_mut().zip(figures) {
             target.figures.push(figure);
@@ -784,6 +865,13 @@ async fn audit(args: AuditArgs) -> anyhow::Result<bool> {
     Ok(passed)
 }
 
+/// Resident memory in MiB, to one decimal.
+fn mib(bytes: Option<u64>) -> String {
+    bytes.map_or("?".to_owned(), |b| {
+        format!("{}.{} MiB", b / 1_048_576, b % 1_048_576 * 10 / 1_048_576)
+    })
+}
+
 async fn memory(args: MemoryArgs) -> anyhow::Result<bool> {
     let bin = allocator_bin(&args.spawn)?;
     let allocator = SpawnedAllocator::start(&bin, &args.spawn.database_url, &[]).await?;
@@ -797,23 +885,88 @@ async fn memory(args: MemoryArgs) -> anyhow::Result<bool> {
         Call::Allocate,
     );
     load.each_tenant_once = true;
-    let report = drive(&allocator.url, &load).await?;
+    let every = args.spawn.analyze_every.or(Some(Duration::from_secs(10)));
+    let mut report = analyzing(&allocator, every, drive(&allocator.url, &load)).await?;
     let after = allocator.resident_bytes();
-    allocator.stop().await?;
     println!("{report}");
-    let mib = |bytes: Option<u64>| {
-        bytes.map_or("?".to_owned(), |b| {
-            format!("{}.{} MiB", b / 1_048_576, b % 1_048_576 * 10 / 1_048_576)
-        })
-    };
     println!(
         "allocator resident memory: {} at start, {} after {} distinct tenants",
         mib(before),
         mib(after),
         report.ok
     );
+    if !args.steady.is_zero() {
+        // The same tenants, so their series go on from where the pass above
+        // left them and every answer is still verified as 1..=N.
+        load.each_tenant_once = false;
+        load.keyed = true;
+        load.duration = args.steady;
+        let samples = sample_memory(&allocator, args.steady / 10);
+        let (steady, samples) = tokio::join!(
+            analyzing(&allocator, every, drive(&allocator.url, &load)),
+            samples
+        );
+        let steady = steady?;
+        println!("steady, at random over the same tenants, keyed: {steady}");
+        println!(
+            "resident memory every {:?}: {}",
+            args.steady / 10,
+            samples
+                .iter()
+                .map(|&b| mib(b))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        report.ok += steady.ok;
+        report.acks.extend(steady.acks);
+        for (code, n) in steady.errors {
+            *report.errors.entry(code).or_default() += n;
+        }
+    }
+    allocator.stop().await?;
     println!("{}", VerificationLine(&report));
     Ok(report.verification().passed())
+}
+
+/// The allocator's resident memory every `every`, ten times.
+async fn sample_memory(allocator: &SpawnedAllocator, every: Duration) -> Vec<Option<u64>> {
+    let mut samples = Vec::with_capacity(10);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    for _ in 0..10 {
+        ticks.tick().await;
+        samples.push(allocator.resident_bytes());
+    }
+    samples
+}
+
+/// Runs `work`; meanwhile, on PostgreSQL, analyzes the allocator's database
+/// `every` so often, as autovacuum would. Each connection keeps the plans it
+/// made while the tables were empty (sequential scans) until its tables are
+/// analyzed, which a fresh database's are not in a run of seconds, nor ever
+/// on a server that runs without autovacuum.
+async fn analyzing<T>(
+    allocator: &SpawnedAllocator,
+    every: Option<Duration>,
+    work: impl Future<Output = T>,
+) -> T {
+    let analyze = async {
+        let Some(every) = every.filter(|every| !every.is_zero() && !allocator.on_sqlite()) else {
+            return std::future::pending().await;
+        };
+        let mut ticks = tokio::time::interval(every);
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            if let Err(e) = allocator.execute("ANALYZE").await {
+                eprintln!("ANALYZE failed: {e}");
+                return std::future::pending().await;
+            }
+        }
+    };
+    tokio::select! {
+        out = work => out,
+        never = analyze => never,
+    }
 }
 
 #[tokio::main]

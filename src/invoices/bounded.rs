@@ -59,8 +59,10 @@ impl InvoiceStore for Bounded {
         &self,
         invoice: &Invoice,
         request_id: Option<&RequestId>,
+        pending: Option<&str>,
     ) -> Result<(), StoreError> {
-        self.within(self.inner.insert(invoice, request_id)).await
+        self.within(self.inner.insert(invoice, request_id, pending))
+            .await
     }
 
     async fn get_by_request_id(

@@ -1,6 +1,7 @@
 //! The invoice store on PostgreSQL: the store written once (`sql_store.rs`),
-//! each insert in a transaction that commits synchronously. Ids are UUIDs and
-//! totals NUMERIC.
+//! each insert and each pending reservation's note in a transaction that
+//! commits synchronously; the notes that only spare reconciliation work do
+//! not wait for the disk. Ids are UUIDs and totals NUMERIC.
 
 use async_trait::async_trait;
 use rust_decimal::Decimal;
@@ -65,16 +66,41 @@ impl Engine for PgEngine {
         &self.pool
     }
 
-    async fn insert(&self, invoice: &Invoice, request_id: Option<&str>) -> Result<(), StoreError> {
+    async fn insert(
+        &self,
+        invoice: &Invoice,
+        request_id: Option<&str>,
+        pending: Option<&str>,
+    ) -> Result<(), StoreError> {
         let mut tx = begin_durable(&self.pool).await?;
         sql_store::insert_invoice::<Postgres, Native>(&mut tx, invoice, request_id).await?;
+        if let Some(request_key) = pending {
+            let done = Note::Done {
+                tenant: &invoice.tenant_id,
+                request_key,
+            };
+            sql_store::apply_note::<Postgres, Native>(&mut tx, done).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
 
     async fn note(&self, note: Note<'_>) -> Result<(), StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        Ok(sql_store::apply_note::<Postgres, Native>(&mut conn, note).await?)
+        if let Note::Pending(_) = note {
+            let mut conn = self.pool.acquire().await?;
+            return Ok(sql_store::apply_note::<Postgres, Native>(&mut conn, note).await?);
+        }
+        // A note that a reservation is done or a number settled only spares
+        // reconciliation work it would repeat harmlessly (settle the row,
+        // confirm the number again): lost in a crash, nothing is. So it does
+        // not wait for the disk.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN; SET LOCAL synchronous_commit = off")
+            .await?;
+        sql_store::apply_note::<Postgres, Native>(&mut tx, note).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn is_ready(&self) -> bool {

@@ -31,8 +31,14 @@ pub(crate) trait Engine: Send + Sync + 'static {
     /// The pool reads go through.
     fn pool(&self) -> &Pool<Self::Db>;
 
-    /// Inserts the invoice ([`insert_invoice`]) in the engine's durable write.
-    async fn insert(&self, invoice: &Invoice, request_id: Option<&str>) -> Result<(), StoreError>;
+    /// Inserts the invoice ([`insert_invoice`]) and deletes its pending note
+    /// in the engine's durable write.
+    async fn insert(
+        &self,
+        invoice: &Invoice,
+        request_id: Option<&str>,
+        pending: Option<&str>,
+    ) -> Result<(), StoreError>;
 
     /// Applies the note ([`apply_note`]) in the engine's write path.
     async fn note(&self, note: Note<'_>) -> Result<(), StoreError>;
@@ -66,9 +72,10 @@ where
         &self,
         invoice: &Invoice,
         request_id: Option<&RequestId>,
+        pending: Option<&str>,
     ) -> Result<(), StoreError> {
         self.0
-            .insert(invoice, request_id.map(RequestId::as_str))
+            .insert(invoice, request_id.map(RequestId::as_str), pending)
             .await
     }
 

@@ -70,9 +70,21 @@ impl Engine for SqliteEngine {
         self.db.pool()
     }
 
-    async fn insert(&self, invoice: &Invoice, request_id: Option<&str>) -> Result<(), StoreError> {
+    async fn insert(
+        &self,
+        invoice: &Invoice,
+        request_id: Option<&str>,
+        pending: Option<&str>,
+    ) -> Result<(), StoreError> {
         let mut write = self.db.begin_write().await?;
         sql_store::insert_invoice::<Sqlite, AsText>(write.conn(), invoice, request_id).await?;
+        if let Some(request_key) = pending {
+            let done = Note::Done {
+                tenant: &invoice.tenant_id,
+                request_key,
+            };
+            sql_store::apply_note::<Sqlite, AsText>(write.conn(), done).await?;
+        }
         // Not acknowledged if it went to a file no longer at its path.
         write.commit().await?;
         Ok(())

@@ -21,16 +21,19 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[async_trait]
 pub trait InvoiceStore: Store {
     /// Stores a new invoice with the request id of the call that created it,
-    /// durably before it returns.
+    /// durably before it returns. `pending` is the request key of the
+    /// reservation its number came from, if any: that note is done, deleted
+    /// in the same transaction.
     ///
     /// # Errors
     /// [`StoreError::NumberTaken`] when the tenant already has an invoice with
     /// this number in this period, or this formatted number, [`StoreError::RequestIdTaken`] with this request id;
-    /// nothing is stored then.
+    /// nothing is stored then, and the note stays.
     async fn insert(
         &self,
         invoice: &Invoice,
         request_id: Option<&RequestId>,
+        pending: Option<&str>,
     ) -> Result<(), StoreError>;
 
     /// The tenant's invoice created by the call with this request id.

@@ -193,13 +193,6 @@ impl InvoiceWriter {
         {
             return repeat(new, stored, request_id);
         }
-        // Check the store before taking a number: with the store down the call
-        // fails here instead of burning a number it cannot use. (Holding a
-        // transaction open across the allocator call instead would tie up a
-        // connection for as long as the allocator takes, retries included.)
-        if !self.store.is_ready().await {
-            return Err(StoreError::Unavailable("the invoice store does not answer".into()).into());
-        }
         let call = CallKey::new(request_id, || self.clock.new_id());
         let issue_date = new
             .issue_date
@@ -208,7 +201,12 @@ impl InvoiceWriter {
         for attempt in 1..=self.max_attempts {
             let key = call.attempt(attempt);
             // Noted first: a crash from here on leaves a row that
-            // reconciliation settles by repeating the reservation.
+            // reconciliation settles by repeating the reservation. It is also
+            // the store's check before taking a number: with the store down
+            // (or read-only) the call fails here instead of burning a number
+            // it cannot use. (Holding a transaction open across the allocator
+            // call instead would tie up a connection for as long as the
+            // allocator takes, retries included.)
             let pending = Pending {
                 tenant_id: new.tenant_id.to_string(),
                 request_key: key.clone(),
@@ -236,10 +234,10 @@ impl InvoiceWriter {
             };
             let number = numbered(reserved)?;
             let invoice = new.numbered(number, self.clock.new_id(), self.clock.now());
-            match self.store.insert(&invoice, request_id).await {
+            // The pending note is deleted with the insert, in one commit.
+            match self.store.insert(&invoice, request_id, Some(&key)).await {
                 Ok(()) => {
                     self.confirm(&invoice, deadline).await;
-                    self.let_go(done).await;
                     return Ok(Created {
                         invoice,
                         replayed: false,

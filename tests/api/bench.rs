@@ -1,5 +1,6 @@
-//! `numbering-bench replicas`, briefly: several allocator processes on one
-//! database, driven together, and one verdict over all their answers.
+//! `numbering-bench`, briefly: `replicas` (several allocator processes on one
+//! database, driven together, one verdict over all their answers) and
+//! `targets` (every workload of the performance targets).
 
 use crate::helpers::admin_url;
 
@@ -47,4 +48,71 @@ async fn the_replicas_benchmark_verifies_the_answers_of_every_replica() {
         rows.iter().map(|row| row[2]).collect::<Vec<_>>(),
         ["1", "2", "1", "2"]
     );
+}
+
+/// One brief round of `targets` on PostgreSQL, the writer's included: a row
+/// with a figure for every target, every answer verified (`CreateInvoice`'s
+/// invoice numbers among them), and the command succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_targets_benchmark_measures_every_target_and_verifies_every_answer() {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_numbering-bench"))
+        .args([
+            "targets",
+            "--rounds",
+            "1",
+            "--duration",
+            "300ms",
+            "--clients",
+            "4",
+            "--connections",
+            "2",
+            "--database-url",
+            admin_url(),
+            "--allocator-bin",
+            env!("CARGO_BIN_EXE_number-allocator"),
+            "--writer-bin",
+            env!("CARGO_BIN_EXE_invoice-writer"),
+        ])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    // | target | needed | each round | met in every round |
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .filter(|line| line.starts_with("| ") && !line.starts_with("| target"))
+        .map(|line| line.split('|').map(str::trim).collect())
+        .collect();
+    assert_eq!(
+        rows.iter().map(|row| row[1]).collect::<Vec<_>>(),
+        [
+            "group commit ÷ no-op",
+            "group commit p99",
+            "group commit ÷ one commit per call",
+            "keyed group commit ÷ no-op",
+            "Reserve + Confirm calls ÷ no-op",
+            "1,000 tenants: group commit ÷ one commit per call",
+            "CreateInvoice ÷ the writer's no-op",
+        ],
+        "{stdout}"
+    );
+    for row in &rows {
+        let figure: f64 = row[3]
+            .trim_end_matches(['%', '×'])
+            .trim_end_matches(" ms")
+            .parse()
+            .unwrap_or_else(|e| panic!("{}: {e}\n{stdout}", row[3]));
+        assert!(figure > 0.0, "{stdout}");
+    }
+    assert!(
+        stdout.contains("no call failed: true"),
+        "{stdout}\n{stderr}"
+    );
+    let invoices = stderr
+        .lines()
+        .find(|line| line.starts_with("round 1, CreateInvoice:"))
+        .unwrap_or_else(|| panic!("no CreateInvoice run\n{stderr}"));
+    assert!(invoices.contains("failed 0, verified: true"), "{invoices}");
 }

@@ -154,8 +154,9 @@ impl InvoiceStore for FailsAfterCommit {
         &self,
         invoice: &Invoice,
         request_id: Option<&RequestId>,
+        pending: Option<&str>,
     ) -> Result<(), StoreError> {
-        self.inner.insert(invoice, request_id).await?;
+        self.inner.insert(invoice, request_id, pending).await?;
         if self.armed.swap(false, Ordering::SeqCst) {
             match self.how {
                 AfterCommit::Unavailable => {

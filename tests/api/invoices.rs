@@ -69,7 +69,8 @@ async fn invoices_are_stamped_by_the_writers_clock(#[case] backend: Backend) {
     assert_eq!(stored.created_at, at);
 }
 
-/// 200 concurrent invoices of one tenant are numbered INV-001 … INV-200, each once.
+/// 200 concurrent invoices of one tenant are numbered INV-001 … INV-200,
+/// each once; no reservation stays noted pending once its invoice is stored.
 #[apply(backends)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_invoices_are_numbered_without_gaps_or_duplicates(#[case] backend: Backend) {
@@ -109,6 +110,9 @@ async fn concurrent_invoices_are_numbered_without_gaps_or_duplicates(#[case] bac
         (1..=200).collect::<Vec<i64>>(),
         "ListInvoices is not in number order"
     );
+    let later = chrono::Utc::now() + chrono::Duration::days(1);
+    let pending = writer.store.pending_before(later, 1000).await.unwrap();
+    assert!(pending.is_empty(), "still noted pending: {pending:?}");
 }
 
 /// A created invoice carries its fields and an exact total, and reads back the same.
@@ -598,6 +602,7 @@ async fn the_store_refuses_a_number_twice(#[case] backend: Backend) {
                     uuid::Uuid::now_v7(),
                     chrono::Utc::now(),
                 ),
+                None,
                 None,
             )
             .await

@@ -161,7 +161,10 @@ pub async fn import_invoice(
         date: today.date_naive(),
     };
     let invoice = new.numbered(number, uuid::Uuid::now_v7(), today);
-    store.insert(&invoice, None).await.expect("import invoice");
+    store
+        .insert(&invoice, None, None)
+        .await
+        .expect("import invoice");
 }
 
 /// The tenant's invoice series in the allocator.
