@@ -73,14 +73,7 @@ impl Engine for PgEngine {
         pending: Option<&str>,
     ) -> Result<(), StoreError> {
         let mut tx = begin_durable(&self.pool).await?;
-        sql_store::insert_invoice::<Postgres, Native>(&mut tx, invoice, request_id).await?;
-        if let Some(request_key) = pending {
-            let done = Note::Done {
-                tenant: &invoice.tenant_id,
-                request_key,
-            };
-            sql_store::apply_note::<Postgres, Native>(&mut tx, done).await?;
-        }
+        sql_store::store_invoice::<Postgres, Native>(&mut tx, invoice, request_id, pending).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -31,8 +31,7 @@ pub(crate) trait Engine: Send + Sync + 'static {
     /// The pool reads go through.
     fn pool(&self) -> &Pool<Self::Db>;
 
-    /// Inserts the invoice ([`insert_invoice`]) and deletes its pending note
-    /// in the engine's durable write.
+    /// Stores the invoice ([`store_invoice`]) in the engine's durable write.
     async fn insert(
         &self,
         invoice: &Invoice,
@@ -245,10 +244,45 @@ impl<Id, Total> InvoiceRow<Id, Total> {
     }
 }
 
+/// Inserts the invoice and the request id that created it on `conn`, and
+/// deletes the pending note of `pending`, the request key its number was
+/// reserved with, if any: inside the caller's transaction, so that the note
+/// goes only with a stored invoice.
+pub(crate) async fn store_invoice<DB, S>(
+    conn: &mut DB::Connection,
+    invoice: &Invoice,
+    request_id: Option<&str>,
+    pending: Option<&str>,
+) -> Result<(), sqlx::Error>
+where
+    DB: Database,
+    S: Stored,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'q> S::Id: Encode<'q, DB> + Type<DB>,
+    for<'q> S::Total: Encode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> NaiveDate: Encode<'q, DB> + Type<DB>,
+    for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
+    for<'q> Json<&'q [LineItem]>: Encode<'q, DB> + Type<DB>,
+{
+    insert_invoice::<DB, S>(&mut *conn, invoice, request_id).await?;
+    if let Some(request_key) = pending {
+        let done = Note::Done {
+            tenant: &invoice.tenant_id,
+            request_key,
+        };
+        apply_note::<DB, S>(conn, done).await?;
+    }
+    Ok(())
+}
+
 /// Inserts the invoice and the request id that created it on `conn`, inside
 /// the caller's transaction.
 #[tracing::instrument(name = "db.invoices.insert", skip_all, err(level = "debug"))]
-pub(crate) async fn insert_invoice<DB, S>(
+async fn insert_invoice<DB, S>(
     conn: &mut DB::Connection,
     invoice: &Invoice,
     request_id: Option<&str>,

@@ -77,14 +77,8 @@ impl Engine for SqliteEngine {
         pending: Option<&str>,
     ) -> Result<(), StoreError> {
         let mut write = self.db.begin_write().await?;
-        sql_store::insert_invoice::<Sqlite, AsText>(write.conn(), invoice, request_id).await?;
-        if let Some(request_key) = pending {
-            let done = Note::Done {
-                tenant: &invoice.tenant_id,
-                request_key,
-            };
-            sql_store::apply_note::<Sqlite, AsText>(write.conn(), done).await?;
-        }
+        sql_store::store_invoice::<Sqlite, AsText>(write.conn(), invoice, request_id, pending)
+            .await?;
         // Not acknowledged if it went to a file no longer at its path.
         write.commit().await?;
         Ok(())

@@ -4,21 +4,12 @@
 
 use crate::helpers::admin_url;
 
-/// Two replicas on one PostgreSQL database for half a second each: a row per
-/// workload and replica count, each verified, and the command succeeds.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_replicas_benchmark_verifies_the_answers_of_every_replica() {
+/// Runs `numbering-bench` with `args` and the test binaries; its stdout and
+/// stderr, once it has succeeded.
+async fn bench(args: &[&str]) -> (String, String) {
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_numbering-bench"))
+        .args(args)
         .args([
-            "replicas",
-            "--replicas",
-            "2",
-            "--duration",
-            "500ms",
-            "--clients",
-            "4",
-            "--connections",
-            "2",
             "--database-url",
             admin_url(),
             "--allocator-bin",
@@ -27,12 +18,28 @@ async fn the_replicas_benchmark_verifies_the_answers_of_every_replica() {
         .output()
         .await
         .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    (stdout, stderr)
+}
+
+/// Two replicas on one PostgreSQL database for half a second each: a row per
+/// workload and replica count, each verified, and the command succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replicas_benchmark_verifies_the_answers_of_every_replica() {
+    let (stdout, _) = bench(&[
+        "replicas",
+        "--replicas",
+        "2",
+        "--duration",
+        "500ms",
+        "--clients",
+        "4",
+        "--connections",
+        "2",
+    ])
+    .await;
     let rows: Vec<Vec<&str>> = stdout
         .lines()
         .filter(|line| line.starts_with("| one") || line.starts_with("| 1,000"))
@@ -55,30 +62,20 @@ async fn the_replicas_benchmark_verifies_the_answers_of_every_replica() {
 /// invoice numbers among them), and the command succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_targets_benchmark_measures_every_target_and_verifies_every_answer() {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_numbering-bench"))
-        .args([
-            "targets",
-            "--rounds",
-            "1",
-            "--duration",
-            "300ms",
-            "--clients",
-            "4",
-            "--connections",
-            "2",
-            "--database-url",
-            admin_url(),
-            "--allocator-bin",
-            env!("CARGO_BIN_EXE_number-allocator"),
-            "--writer-bin",
-            env!("CARGO_BIN_EXE_invoice-writer"),
-        ])
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let (stdout, stderr) = bench(&[
+        "targets",
+        "--rounds",
+        "1",
+        "--duration",
+        "300ms",
+        "--clients",
+        "4",
+        "--connections",
+        "2",
+        "--writer-bin",
+        env!("CARGO_BIN_EXE_invoice-writer"),
+    ])
+    .await;
     // | target | needed | each round | met in every round |
     let rows: Vec<Vec<&str>> = stdout
         .lines()
