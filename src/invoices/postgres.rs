@@ -1,7 +1,6 @@
 //! The invoice store on PostgreSQL: the store written once (`sql_store.rs`),
-//! each insert and each pending reservation's note in a transaction that
-//! commits synchronously; the notes that only spare reconciliation work do
-//! not wait for the disk. Ids are UUIDs and totals NUMERIC.
+//! each insert in a transaction that commits synchronously. Ids are UUIDs and
+//! totals NUMERIC.
 
 use async_trait::async_trait;
 use rust_decimal::Decimal;
@@ -79,21 +78,8 @@ impl Engine for PgEngine {
     }
 
     async fn note(&self, note: Note<'_>) -> Result<(), StoreError> {
-        if let Note::Pending(_) = note {
-            let mut conn = self.pool.acquire().await?;
-            return Ok(sql_store::apply_note::<Postgres, Native>(&mut conn, note).await?);
-        }
-        // A note that a reservation is done or a number settled only spares
-        // reconciliation work it would repeat harmlessly (settle the row,
-        // confirm the number again): lost in a crash, nothing is. So it does
-        // not wait for the disk.
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN; SET LOCAL synchronous_commit = off")
-            .await?;
-        sql_store::apply_note::<Postgres, Native>(&mut tx, note).await?;
-        tx.commit().await?;
-        Ok(())
+        let mut conn = self.pool.acquire().await?;
+        Ok(sql_store::apply_note::<Postgres, Native>(&mut conn, note).await?)
     }
 
     async fn is_ready(&self) -> bool {

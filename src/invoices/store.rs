@@ -63,10 +63,7 @@ pub trait InvoiceStore: Store {
     /// as numbers.
     async fn highest_numbers(&self) -> Result<Vec<HighestNumber>, StoreError>;
 
-    /// Applies one bookkeeping write of the reservations in flight. A
-    /// [`Note::Pending`] is durable before it returns; the others spare
-    /// reconciliation work it would repeat harmlessly, and an engine may
-    /// commit them without waiting for the disk.
+    /// Applies one bookkeeping write of the reservations in flight.
     async fn note(&self, note: Note<'_>) -> Result<(), StoreError>;
 
     /// Up to `limit` reservations pending since before `before`, oldest
