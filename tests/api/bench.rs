@@ -113,3 +113,55 @@ async fn the_targets_benchmark_measures_every_target_and_verifies_every_answer()
         .unwrap_or_else(|| panic!("no CreateInvoice run\n{stderr}"));
     assert!(invoices.contains("failed 0, verified: true"), "{invoices}");
 }
+
+/// `memory` with a steady phase, briefly, on PostgreSQL analyzed every
+/// 100 ms: the resident set after the new tenants, ten samples during the
+/// steady calls, every answer of both phases verified, no analyze failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_benchmark_samples_a_steady_run_and_verifies_both_phases() {
+    let (stdout, stderr) = bench(&[
+        "memory",
+        "--tenants",
+        "200",
+        "--clients",
+        "4",
+        "--steady",
+        "1s",
+        "--analyze-every",
+        "100ms",
+    ])
+    .await;
+    assert!(
+        stdout.contains("after 200 distinct tenants"),
+        "{stdout}\n{stderr}"
+    );
+    let samples = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("resident memory every 100ms: "))
+        .unwrap_or_else(|| panic!("no samples\n{stdout}"));
+    assert_eq!(samples.split(", ").count(), 10, "{samples}");
+    assert!(
+        samples.split(", ").all(|sample| sample.ends_with(" MiB")),
+        "{samples}"
+    );
+    // Both phases together: more numbers than tenants, each series 1..=N.
+    let verified = stdout
+        .lines()
+        .find(|line| line.starts_with("verified: "))
+        .unwrap_or_else(|| panic!("no verdict\n{stdout}"));
+    assert!(
+        verified.contains("over 200 series, no duplicates, each series exactly 1..=N"),
+        "{verified}"
+    );
+    let numbers: u64 = verified
+        .trim_start_matches("verified: ")
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{verified}"));
+    assert!(
+        numbers > 200,
+        "the steady answers are not verified: {verified}"
+    );
+    assert!(!stderr.contains("ANALYZE failed"), "{stderr}");
+}
