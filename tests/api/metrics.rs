@@ -1,7 +1,7 @@
 //! Prometheus metrics, scraped from the real binary's `/metrics` after
 //! traffic.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use numbering::{
     db::Backend,
@@ -13,7 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 
 use crate::helpers::{
-    Running, TestDb, allocate, allocator_binary, create, import_invoice, start, writer_binary,
+    PATIENCE, Running, TestDb, allocate, allocator_binary, create, import_invoice, start,
+    writer_binary,
 };
 
 /// One sample: a metric's name, its labels, its value.
@@ -196,6 +197,18 @@ async fn traffic_on_both() -> (String, String) {
     let (writer, writer_metrics) =
         start_with_metrics(writer_binary(&writer_db.url, &allocator.url())).await;
     let channel = writer.ready("numbering.v1.InvoiceWriter").await;
+    // The writer settles the imported invoice at start-up, while it serves
+    // (the allocator never handed its number out). Wait for that, or its
+    // confirmation could meet the call's reservation of the same number and
+    // count as one of the call's.
+    let store = writer_db.invoice_store().await;
+    tokio::time::timeout(PATIENCE, async {
+        while !store.unsettled(10).await.unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the imported invoice is settled at start-up");
     let created = create(&mut InvoiceWriterClient::new(channel), "acme").await;
     assert_eq!(created.invoice_number, "INV-002");
     let channel = allocator.ready("numbering.v1.NumberAllocator").await;
