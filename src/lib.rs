@@ -22,6 +22,7 @@ pub mod calendar;
 pub mod clock;
 pub mod codec;
 pub mod db;
+pub mod group;
 pub mod invoices;
 pub mod page;
 pub mod proto;

@@ -2,6 +2,8 @@
 //! each insert in a transaction that commits synchronously. Ids are UUIDs and
 //! totals NUMERIC.
 
+use std::collections::HashSet;
+
 use async_trait::async_trait;
 use rust_decimal::Decimal;
 use sqlx::{PgPool, Postgres, migrate::Migrator};
@@ -11,7 +13,7 @@ use crate::{
     db::begin_durable,
     invoices::{
         domain::Invoice,
-        sql_store::{self, Engine, SqlInvoiceStore, Stored},
+        sql_store::{self, Engine, SqlInvoiceStore, Stored, Write},
         store::{Note, StoreError},
     },
 };
@@ -26,7 +28,7 @@ impl PgInvoiceStore {
     /// A store on an already-migrated pool.
     #[must_use]
     pub fn new(pool: PgPool) -> Self {
-        SqlInvoiceStore(PgEngine { pool })
+        sql_store::on(PgEngine { pool })
     }
 }
 
@@ -51,6 +53,10 @@ impl Stored for Native {
         total
     }
 
+    fn read_id(id: Uuid) -> Uuid {
+        id
+    }
+
     fn read(id: Uuid, total: Decimal) -> Result<(Uuid, Decimal), StoreError> {
         Ok((id, total))
     }
@@ -63,6 +69,13 @@ impl Engine for PgEngine {
 
     fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    async fn write_group(&self, writes: &[Write]) -> Result<HashSet<Uuid>, StoreError> {
+        let mut tx = begin_durable(&self.pool).await?;
+        let stored = sql_store::write_group::<Postgres, Native>(&mut tx, writes).await?;
+        tx.commit().await?;
+        Ok(stored)
     }
 
     async fn insert(

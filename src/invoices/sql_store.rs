@@ -2,14 +2,27 @@
 //! each (`$N` placeholders suit both), one row type, one conversion. The
 //! engines differ only in how an id and a total are stored: a UUID and a
 //! NUMERIC on PostgreSQL, text on SQLite; each backend says which.
+//!
+//! Writes are committed in groups ([`crate::group`]): every invoice, note
+//! and settled mark that arrives while a group commits goes into the next
+//! group's one transaction, and is answered once it has committed.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashSet},
+    sync::Arc,
+};
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
-use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Pool, Type, types::Json};
+use sqlx::{
+    Database, Decode, Encode, Executor, FromRow, IntoArguments, Pool, QueryBuilder, Type,
+    database::HasStatementCache, types::Json,
+};
 use uuid::Uuid;
 
 use crate::{
+    group::{Group, Refused},
     invoices::{
         domain::{Client, Invoice, LineItem},
         store::{HighestNumber, InvoiceStore, Note, NumberOf, Pending, StoreError},
@@ -31,6 +44,10 @@ pub(crate) trait Engine: Send + Sync + 'static {
     /// The pool reads go through.
     fn pool(&self) -> &Pool<Self::Db>;
 
+    /// Makes a group of writes ([`write_group`]) in one durable transaction
+    /// of the engine; the ids of the invoices it stored.
+    async fn write_group(&self, writes: &[Write]) -> Result<HashSet<Uuid>, StoreError>;
+
     /// Stores the invoice ([`store_invoice`]) in the engine's durable write.
     async fn insert(
         &self,
@@ -50,9 +67,175 @@ pub(crate) trait Engine: Send + Sync + 'static {
 }
 
 /// The invoice store on either engine: the statements of this module, run
-/// the way `E` says.
+/// the way `E` says, its writes committed in groups.
+pub struct SqlInvoiceStore<E> {
+    engine: Arc<E>,
+    writes: Group<Write, Result<(), StoreError>>,
+}
+
+/// Most writes waiting for a group; more fail `UNAVAILABLE`.
+const WAITING_WRITES: usize = 10_000;
+
+/// Most writes in one group: an invoice takes 18 parameters, and SQLite
+/// takes at most 32,766 in one statement (PostgreSQL 65,535).
+const MAX_GROUP: usize = 500;
+
+/// The store on `engine`; starts the task that commits its writes.
+///
+/// # Panics
+/// Called outside a Tokio runtime.
+pub(crate) fn on<E: Engine>(engine: E) -> SqlInvoiceStore<E> {
+    let engine = Arc::new(engine);
+    let committer = engine.clone();
+    let writes = Group::start(WAITING_WRITES, MAX_GROUP, move |writes| {
+        let engine = committer.clone();
+        async move { commit_group(&*engine, writes).await }
+    });
+    SqlInvoiceStore { engine, writes }
+}
+
+impl<E> SqlInvoiceStore<E> {
+    /// Makes `write` in the next group, once it has committed.
+    async fn write(&self, write: Write) -> Result<(), StoreError> {
+        self.writes.write(write).await.unwrap_or_else(|refused| {
+            Err(match refused {
+                Refused::Full => StoreError::Unavailable(refused.into()),
+                Refused::Stopped => StoreError::Internal(refused.into()),
+            })
+        })
+    }
+}
+
+/// A write of the store, owned so that it can wait for its group.
+#[derive(Debug)]
+pub(crate) enum Write {
+    /// A new invoice, with the request id that created it and the request
+    /// key of the reservation its number came from: that note goes with it.
+    Invoice {
+        /// The invoice.
+        invoice: Box<Invoice>,
+        /// The call's request id.
+        request_id: Option<String>,
+        /// The reservation's request key.
+        pending: Option<String>,
+    },
+    /// [`Note::Pending`].
+    Pending(Pending),
+    /// [`Note::Done`].
+    Done {
+        /// The tenant.
+        tenant: String,
+        /// The reservation's request key.
+        request_key: String,
+    },
+    /// [`Note::Settled`].
+    Settled {
+        /// The tenant.
+        tenant: String,
+        /// The invoice.
+        id: Uuid,
+    },
+}
+
+impl Write {
+    fn of(note: Note<'_>) -> Self {
+        match note {
+            Note::Pending(pending) => Self::Pending(pending.clone()),
+            Note::Done {
+                tenant,
+                request_key,
+            } => Self::Done {
+                tenant: tenant.to_owned(),
+                request_key: request_key.to_owned(),
+            },
+            Note::Settled { tenant, id } => Self::Settled {
+                tenant: tenant.to_owned(),
+                id,
+            },
+        }
+    }
+
+    /// Makes this write alone, in a transaction of its own: with its own
+    /// error, as it would be without a group.
+    async fn alone(&self, engine: &impl Engine) -> Result<(), StoreError> {
+        let note = match self {
+            Self::Invoice {
+                invoice,
+                request_id,
+                pending,
+            } => {
+                return engine
+                    .insert(invoice, request_id.as_deref(), pending.as_deref())
+                    .await;
+            }
+            Self::Pending(pending) => Note::Pending(pending),
+            Self::Done {
+                tenant,
+                request_key,
+            } => Note::Done {
+                tenant,
+                request_key,
+            },
+            Self::Settled { tenant, id } => Note::Settled { tenant, id: *id },
+        };
+        engine.note(note).await
+    }
+}
+
+/// Commits a group of writes in one transaction, and answers each. A write
+/// the group could not make is made alone, so that it fails with its own
+/// error (a number or request id already taken) and fails no other write.
+async fn commit_group<E: Engine>(engine: &E, writes: Vec<Write>) -> Vec<Result<(), StoreError>> {
+    let mut answers = Vec::with_capacity(writes.len());
+    match engine.write_group(&writes).await {
+        Ok(stored) => {
+            for write in &writes {
+                answers.push(match write {
+                    Write::Invoice { invoice, .. } if !stored.contains(&invoice.id) => {
+                        write.alone(engine).await
+                    }
+                    _ => Ok(()),
+                });
+            }
+        }
+        // The database cannot be reached: neither could any write alone.
+        Err(StoreError::Unavailable(cause)) => {
+            let cause = SharedCause(Arc::from(cause));
+            answers.extend(
+                writes
+                    .iter()
+                    .map(|_| Err(StoreError::Unavailable(Box::new(cause.clone())))),
+            );
+        }
+        Err(error) => {
+            tracing::warn!(
+                error = %crate::server::status::chain(&error),
+                writes = writes.len(),
+                "a group of invoice writes failed; making each alone",
+            );
+            for write in &writes {
+                answers.push(write.alone(engine).await);
+            }
+        }
+    }
+    answers
+}
+
+/// One cause shared by the errors of every write of a group.
 #[derive(Debug, Clone)]
-pub struct SqlInvoiceStore<E>(pub(crate) E);
+struct SharedCause(Arc<dyn std::error::Error + Send + Sync>);
+
+impl std::fmt::Display for SharedCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SharedCause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
 
 #[async_trait]
 impl<E: Engine> InvoiceStore for SqlInvoiceStore<E>
@@ -73,9 +256,12 @@ where
         request_id: Option<&RequestId>,
         pending: Option<&str>,
     ) -> Result<(), StoreError> {
-        self.0
-            .insert(invoice, request_id.map(RequestId::as_str), pending)
-            .await
+        self.write(Write::Invoice {
+            invoice: Box::new(invoice.clone()),
+            request_id: request_id.map(|id| id.as_str().to_owned()),
+            pending: pending.map(str::to_owned),
+        })
+        .await
     }
 
     async fn get_by_request_id(
@@ -84,7 +270,7 @@ where
         request_id: &RequestId,
     ) -> Result<Option<Invoice>, StoreError> {
         select_by_request_id::<E::Db, E::Stored>(
-            self.0.pool(),
+            self.engine.pool(),
             tenant.as_str(),
             request_id.as_str(),
         )
@@ -94,14 +280,14 @@ where
     }
 
     async fn get_by_number(&self, number: NumberOf<'_>) -> Result<Option<Invoice>, StoreError> {
-        select_by_number::<E::Db, E::Stored>(self.0.pool(), number)
+        select_by_number::<E::Db, E::Stored>(self.engine.pool(), number)
             .await?
             .map(InvoiceRow::into_invoice::<E::Stored>)
             .transpose()
     }
 
     async fn get(&self, tenant: &TenantId, id: Uuid) -> Result<Option<Invoice>, StoreError> {
-        select_one::<E::Db, E::Stored>(self.0.pool(), tenant.as_str(), id)
+        select_one::<E::Db, E::Stored>(self.engine.pool(), tenant.as_str(), id)
             .await?
             .map(InvoiceRow::into_invoice::<E::Stored>)
             .transpose()
@@ -117,7 +303,7 @@ where
         // whose numbers start at 1: ("", 0) comes before every invoice.
         let (period, number) = after.unwrap_or(("", 0));
         select_page::<E::Db, E::Stored>(
-            self.0.pool(),
+            self.engine.pool(),
             tenant.as_str(),
             period,
             number,
@@ -130,11 +316,11 @@ where
     }
 
     async fn highest_numbers(&self) -> Result<Vec<HighestNumber>, StoreError> {
-        Ok(select_highest_numbers(self.0.pool()).await?)
+        Ok(select_highest_numbers(self.engine.pool()).await?)
     }
 
     async fn note(&self, note: Note<'_>) -> Result<(), StoreError> {
-        self.0.note(note).await
+        self.write(Write::of(note)).await
     }
 
     async fn pending_before(
@@ -142,11 +328,11 @@ where
         before: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<Pending>, StoreError> {
-        Ok(select_pending_before(self.0.pool(), before, limit.into()).await?)
+        Ok(select_pending_before(self.engine.pool(), before, limit.into()).await?)
     }
 
     async fn unsettled(&self, limit: u32) -> Result<Vec<Invoice>, StoreError> {
-        select_unsettled::<E::Db, E::Stored>(self.0.pool(), limit.into())
+        select_unsettled::<E::Db, E::Stored>(self.engine.pool(), limit.into())
             .await?
             .into_iter()
             .map(InvoiceRow::into_invoice::<E::Stored>)
@@ -157,11 +343,11 @@ where
 #[async_trait]
 impl<E: Engine> Store for SqlInvoiceStore<E> {
     async fn is_ready(&self) -> bool {
-        self.0.is_ready().await
+        self.engine.is_ready().await
     }
 
     async fn close(&self) {
-        self.0.close().await;
+        self.engine.close().await;
     }
 }
 
@@ -207,6 +393,8 @@ pub(crate) trait Stored: Sized {
     fn id(id: Uuid) -> Self::Id;
     /// The total as stored.
     fn total(total: Decimal) -> Self::Total;
+    /// Reads back a stored id.
+    fn read_id(id: Self::Id) -> Uuid;
     /// Reads back a stored id and total.
     ///
     /// # Errors
@@ -258,7 +446,7 @@ where
     DB: Database,
     S: Stored,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    DB::Arguments: IntoArguments<DB>,
+    DB::Arguments: IntoArguments<DB> + Default,
     for<'q> S::Id: Encode<'q, DB> + Type<DB>,
     for<'q> S::Total: Encode<'q, DB> + Type<DB>,
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
@@ -279,6 +467,244 @@ where
     Ok(())
 }
 
+/// Makes a group of writes on `conn`, inside the caller's transaction: the
+/// pending notes, then the invoices (leaving out any that would take a number
+/// or request id already taken), then the notes done, with those of the
+/// invoices stored, and the settled marks. Rows go in key order, so that the
+/// groups of two processes lock them in the same order. Returns the ids of
+/// the invoices stored.
+pub(crate) async fn write_group<DB, S>(
+    conn: &mut DB::Connection,
+    writes: &[Write],
+) -> Result<HashSet<Uuid>, sqlx::Error>
+where
+    DB: Database + HasStatementCache,
+    S: Stored,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB> + Default,
+    for<'q> S::Id: Encode<'q, DB> + Decode<'q, DB> + Type<DB> + Send + Unpin,
+    for<'q> S::Total: Encode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> NaiveDate: Encode<'q, DB> + Type<DB>,
+    for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
+    for<'q> Json<&'q [LineItem]>: Encode<'q, DB> + Type<DB>,
+    for<'r> (S::Id,): FromRow<'r, DB::Row>,
+{
+    // A repeated call may note the same reservation twice in one group: the
+    // later note wins, as it would in two transactions.
+    let mut pending = BTreeMap::new();
+    let mut invoices = Vec::new();
+    let mut done = BTreeSet::new();
+    let mut settled = BTreeSet::new();
+    for write in writes {
+        match write {
+            Write::Pending(note) => {
+                pending.insert((note.tenant_id.as_str(), note.request_key.as_str()), note);
+            }
+            Write::Invoice {
+                invoice,
+                request_id,
+                pending,
+            } => invoices.push((&**invoice, request_id.as_deref(), pending.as_deref())),
+            Write::Done {
+                tenant,
+                request_key,
+            } => {
+                done.insert((tenant.as_str(), request_key.as_str()));
+            }
+            Write::Settled { tenant, id } => {
+                settled.insert((tenant.as_str(), *id));
+            }
+        }
+    }
+    invoices.sort_by(|(a, ..), (b, ..)| {
+        (&a.tenant_id, &a.period, a.number).cmp(&(&b.tenant_id, &b.period, b.number))
+    });
+    if !pending.is_empty() {
+        upsert_pending::<DB>(&mut *conn, pending.values().copied()).await?;
+    }
+    let stored = if invoices.is_empty() {
+        HashSet::new()
+    } else {
+        insert_invoices::<DB, S>(&mut *conn, &invoices).await?
+    };
+    done.extend(invoices.iter().filter_map(|(invoice, _, pending)| {
+        pending
+            .filter(|_| stored.contains(&invoice.id))
+            .map(|key| (invoice.tenant_id.as_str(), key))
+    }));
+    if !done.is_empty() {
+        delete_pending::<DB>(&mut *conn, &done).await?;
+    }
+    if !settled.is_empty() {
+        mark_settled::<DB, S>(conn, &settled).await?;
+    }
+    Ok(stored)
+}
+
+/// Notes reservations pending, on `conn`; a repeated call's note is its own
+/// now, and not stale.
+#[tracing::instrument(name = "db.pending_numbers.upsert", skip_all, err(level = "debug"))]
+async fn upsert_pending<'p, DB>(
+    conn: &mut DB::Connection,
+    pending: impl Iterator<Item = &'p Pending>,
+) -> Result<(), sqlx::Error>
+where
+    DB: Database + HasStatementCache,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB> + Default,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
+{
+    let mut query = QueryBuilder::<DB>::new(
+        "INSERT INTO pending_numbers (tenant_id, request_key, issue_date, since) ",
+    );
+    query.push_values(pending, |mut row, pending| {
+        row.push_bind(pending.tenant_id.as_str())
+            .push_bind(pending.request_key.as_str())
+            .push_bind(pending.issue_date.as_str())
+            .push_bind(pending.since);
+    });
+    query.push(" ON CONFLICT (tenant_id, request_key) DO UPDATE SET since = excluded.since");
+    // Its text differs with its length: not worth keeping prepared.
+    query.build().persistent(false).execute(conn).await?;
+    Ok(())
+}
+
+/// Inserts invoices with the request ids that created them, on `conn`,
+/// leaving out any whose number, formatted number or request id the tenant
+/// already has (or has earlier in the list). Returns the ids of those
+/// inserted.
+#[tracing::instrument(name = "db.invoices.insert_many", skip_all, err(level = "debug"))]
+async fn insert_invoices<DB, S>(
+    conn: &mut DB::Connection,
+    invoices: &[(&Invoice, Option<&str>, Option<&str>)],
+) -> Result<HashSet<Uuid>, sqlx::Error>
+where
+    DB: Database + HasStatementCache,
+    S: Stored,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB> + Default,
+    for<'q> S::Id: Encode<'q, DB> + Decode<'q, DB> + Type<DB> + Send + Unpin,
+    for<'q> S::Total: Encode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> NaiveDate: Encode<'q, DB> + Type<DB>,
+    for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
+    for<'q> Json<&'q [LineItem]>: Encode<'q, DB> + Type<DB>,
+    for<'r> (S::Id,): FromRow<'r, DB::Row>,
+{
+    let mut query = insert_values::<DB, S>(
+        invoices
+            .iter()
+            .map(|(invoice, request_id, _)| (*invoice, *request_id)),
+    );
+    query.push(" ON CONFLICT DO NOTHING RETURNING id");
+    let ids: Vec<S::Id> = query
+        .build_query_scalar()
+        .persistent(false)
+        .fetch_all(conn)
+        .await?;
+    Ok(ids.into_iter().map(S::read_id).collect())
+}
+
+/// Deletes the notes of reservations done, by tenant and request key, on
+/// `conn`.
+#[tracing::instrument(name = "db.pending_numbers.delete", skip_all, err(level = "debug"))]
+async fn delete_pending<DB>(
+    conn: &mut DB::Connection,
+    done: &BTreeSet<(&str, &str)>,
+) -> Result<(), sqlx::Error>
+where
+    DB: Database + HasStatementCache,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB> + Default,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+{
+    let mut query =
+        QueryBuilder::<DB>::new("DELETE FROM pending_numbers WHERE (tenant_id, request_key) IN (");
+    query.push_values(done, |mut row, (tenant, request_key)| {
+        row.push_bind(*tenant).push_bind(*request_key);
+    });
+    query.push(")");
+    query.build().persistent(false).execute(conn).await?;
+    Ok(())
+}
+
+/// Marks invoices' numbers settled, by tenant and id, on `conn`.
+#[tracing::instrument(name = "db.invoices.mark_settled", skip_all, err(level = "debug"))]
+async fn mark_settled<DB, S>(
+    conn: &mut DB::Connection,
+    settled: &BTreeSet<(&str, Uuid)>,
+) -> Result<(), sqlx::Error>
+where
+    DB: Database + HasStatementCache,
+    S: Stored,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB> + Default,
+    for<'q> S::Id: Encode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+{
+    let mut query = QueryBuilder::<DB>::new(
+        "UPDATE invoices SET number_settled = TRUE WHERE (tenant_id, id) IN (",
+    );
+    query.push_values(settled, |mut row, (tenant, id)| {
+        row.push_bind(*tenant).push_bind(S::id(*id));
+    });
+    query.push(")");
+    query.build().persistent(false).execute(conn).await?;
+    Ok(())
+}
+
+/// `INSERT INTO invoices (...) VALUES` one row per invoice, with the request
+/// id that created it: the start of both inserts.
+fn insert_values<'a, DB, S>(
+    invoices: impl IntoIterator<Item = (&'a Invoice, Option<&'a str>)>,
+) -> QueryBuilder<DB>
+where
+    DB: Database,
+    S: Stored,
+    DB::Arguments: Default,
+    for<'q> S::Id: Encode<'q, DB> + Type<DB>,
+    for<'q> S::Total: Encode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> NaiveDate: Encode<'q, DB> + Type<DB>,
+    for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
+    for<'q> Json<&'q [LineItem]>: Encode<'q, DB> + Type<DB>,
+{
+    let mut query = QueryBuilder::new(
+        "INSERT INTO invoices (id, tenant_id, number, invoice_number, period, issue_date,
+             client_id, client_name, client_email, client_phone, client_address, due_date, notes,
+             currency, line_items, total, created_at, request_id) ",
+    );
+    query.push_values(invoices, |mut row, (invoice, request_id)| {
+        row.push_bind(S::id(invoice.id))
+            .push_bind(invoice.tenant_id.as_str())
+            .push_bind(invoice.number)
+            .push_bind(invoice.invoice_number.as_str())
+            .push_bind(invoice.period.as_str())
+            .push_bind(invoice.issue_date)
+            .push_bind(invoice.client.id.as_str())
+            .push_bind(invoice.client.name.as_str())
+            .push_bind(invoice.client.email.as_str())
+            .push_bind(invoice.client.phone.as_str())
+            .push_bind(invoice.client.address.as_str())
+            .push_bind(invoice.due_date)
+            .push_bind(invoice.notes.as_str())
+            .push_bind(invoice.currency.as_str())
+            .push_bind(Json(invoice.line_items.as_slice()))
+            .push_bind(S::total(invoice.total))
+            .push_bind(invoice.created_at)
+            .push_bind(request_id);
+    });
+    query
+}
+
 /// Inserts the invoice and the request id that created it on `conn`, inside
 /// the caller's transaction.
 #[tracing::instrument(name = "db.invoices.insert", skip_all, err(level = "debug"))]
@@ -291,7 +717,7 @@ where
     DB: Database,
     S: Stored,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    DB::Arguments: IntoArguments<DB>,
+    DB::Arguments: IntoArguments<DB> + Default,
     for<'q> S::Id: Encode<'q, DB> + Type<DB>,
     for<'q> S::Total: Encode<'q, DB> + Type<DB>,
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
@@ -301,32 +727,11 @@ where
     for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
     for<'q> Json<&'q [LineItem]>: Encode<'q, DB> + Type<DB>,
 {
-    sqlx::query(
-        "INSERT INTO invoices (id, tenant_id, number, invoice_number, period, issue_date,
-             client_id, client_name, client_email, client_phone, client_address, due_date, notes,
-             currency, line_items, total, created_at, request_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
-    )
-    .bind(S::id(invoice.id))
-    .bind(invoice.tenant_id.as_str())
-    .bind(invoice.number)
-    .bind(invoice.invoice_number.as_str())
-    .bind(invoice.period.as_str())
-    .bind(invoice.issue_date)
-    .bind(invoice.client.id.as_str())
-    .bind(invoice.client.name.as_str())
-    .bind(invoice.client.email.as_str())
-    .bind(invoice.client.phone.as_str())
-    .bind(invoice.client.address.as_str())
-    .bind(invoice.due_date)
-    .bind(invoice.notes.as_str())
-    .bind(invoice.currency.as_str())
-    .bind(Json(invoice.line_items.as_slice()))
-    .bind(S::total(invoice.total))
-    .bind(invoice.created_at)
-    .bind(request_id)
-    .execute(conn)
-    .await?;
+    // One row: the same text every time, kept prepared.
+    insert_values::<DB, S>([(invoice, request_id)])
+        .build()
+        .execute(conn)
+        .await?;
     Ok(())
 }
 

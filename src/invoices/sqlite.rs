@@ -2,7 +2,7 @@
 //! insert through the one SQLite write path (see [`crate::db::open_sqlite`]).
 //! Ids and totals are stored as text.
 
-use std::str::FromStr;
+use std::{collections::HashSet, str::FromStr};
 
 use async_trait::async_trait;
 use rust_decimal::Decimal;
@@ -13,7 +13,7 @@ use crate::{
     db::SqliteDatabase,
     invoices::{
         domain::Invoice,
-        sql_store::{self, Engine, SqlInvoiceStore, Stored},
+        sql_store::{self, Engine, SqlInvoiceStore, Stored, Write},
         store::{Note, StoreError},
     },
 };
@@ -28,7 +28,7 @@ impl SqliteInvoiceStore {
     /// A store on an already-migrated database.
     #[must_use]
     pub fn new(db: SqliteDatabase) -> Self {
-        SqlInvoiceStore(SqliteEngine { db })
+        sql_store::on(SqliteEngine { db })
     }
 }
 
@@ -53,6 +53,10 @@ impl Stored for AsText {
         total.to_string()
     }
 
+    fn read_id(id: Hyphenated) -> Uuid {
+        id.into_uuid()
+    }
+
     fn read(id: Hyphenated, total: String) -> Result<(Uuid, Decimal), StoreError> {
         let total = Decimal::from_str(&total).map_err(|error| {
             StoreError::Internal(format!("stored total {total:?}: {error}").into())
@@ -68,6 +72,14 @@ impl Engine for SqliteEngine {
 
     fn pool(&self) -> &SqlitePool {
         self.db.pool()
+    }
+
+    async fn write_group(&self, writes: &[Write]) -> Result<HashSet<Uuid>, StoreError> {
+        let mut write = self.db.begin_write().await?;
+        let stored = sql_store::write_group::<Sqlite, AsText>(write.conn(), writes).await?;
+        // Not acknowledged if it went to a file no longer at its path.
+        write.commit().await?;
+        Ok(stored)
     }
 
     async fn insert(

@@ -585,26 +585,10 @@ async fn the_store_refuses_a_number_twice(#[case] backend: Backend) {
     let db = TestDb::create(backend).await;
     let store = db.invoice_store().await;
     import_invoice(&store, "acme", 5, "INV-005").await;
-    let new = numbering::invoices::grpc::parse_new_invoice(&invoice_request("acme"))
-        .unwrap()
-        .0;
     let today = chrono::Utc::now().date_naive();
     for (number, formatted) in [(5, "X-5"), (6, "INV-005")] {
         let error = store
-            .insert(
-                &new.numbered(
-                    Numbered {
-                        value: number,
-                        formatted: formatted.into(),
-                        period: String::new(),
-                        date: today,
-                    },
-                    uuid::Uuid::now_v7(),
-                    chrono::Utc::now(),
-                ),
-                None,
-                None,
-            )
+            .insert(&acme_invoice(number, formatted), None, None)
             .await
             .unwrap_err();
         assert!(
@@ -619,4 +603,129 @@ async fn the_store_refuses_a_number_twice(#[case] backend: Backend) {
         number: 5,
     };
     assert_eq!(stored, HashSet::from([expected]));
+}
+
+/// Writes that arrive together are committed together, and each keeps its
+/// own outcome: an invoice whose number, formatted number or request id is
+/// taken fails alone and keeps its pending note; the others are stored and
+/// their notes go with them; two invoices with one number store one.
+#[apply(backends)]
+#[tokio::test]
+async fn writes_made_together_keep_each_their_own_outcome(#[case] backend: Backend) {
+    use numbering::{
+        invoices::store::{Note, Pending, StoreError},
+        request_id::RequestId,
+    };
+
+    let db = TestDb::create(backend).await;
+    let store = db.invoice_store().await;
+    import_invoice(&store, "acme", 5, "INV-005").await;
+    let numbered = |number: i64, formatted: String| acme_invoice(number, &formatted);
+    let used = RequestId::parse("used-request-id").unwrap().unwrap();
+    store
+        .insert(&numbered(6, "INV-006".into()), Some(&used), None)
+        .await
+        .unwrap();
+
+    // (invoice, request id, expected outcome): 20 fresh ones, then one whose
+    // number is taken, one whose text is, one whose request id is, and two
+    // with one new number.
+    let mut writes: Vec<_> = (10..30)
+        .map(|number| (numbered(number, format!("INV-{number:03}")), None, Ok(())))
+        .collect();
+    writes.push((numbered(5, "X-5".into()), None, Err("number")));
+    writes.push((numbered(7, "INV-005".into()), None, Err("number")));
+    writes.push((
+        numbered(8, "INV-008".into()),
+        Some(used.clone()),
+        Err("request id"),
+    ));
+    writes.push((numbered(40, "INV-040".into()), None, Ok(())));
+    writes.push((numbered(40, "INV-040".into()), None, Err("number")));
+    let since = chrono::Utc::now();
+    for index in 0..writes.len() {
+        let pending = Pending {
+            tenant_id: "acme".into(),
+            request_key: format!("key-{index}"),
+            issue_date: String::new(),
+            since,
+        };
+        store.note(Note::Pending(&pending)).await.unwrap();
+    }
+
+    // All at once, so that they queue while a group commits.
+    let calls: Vec<_> = writes
+        .iter()
+        .enumerate()
+        .map(|(index, (invoice, request_id, _))| {
+            let (store, invoice, request_id) = (store.clone(), invoice.clone(), request_id.clone());
+            tokio::spawn(async move {
+                let key = format!("key-{index}");
+                store
+                    .insert(&invoice, request_id.as_ref(), Some(&key))
+                    .await
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for call in calls {
+        answers.push(call.await.unwrap());
+    }
+    for ((invoice, _, expected), answer) in writes.iter().zip(&answers) {
+        let as_expected = matches!(
+            (expected, answer),
+            (Ok(()), Ok(()))
+                | (Err("number"), Err(StoreError::NumberTaken))
+                | (Err("request id"), Err(StoreError::RequestIdTaken))
+        );
+        assert!(
+            as_expected,
+            "{} ({}): expected {expected:?}, got {answer:?}",
+            invoice.number, invoice.invoice_number
+        );
+    }
+
+    let stored = list_stored(&store).await;
+    let expected: Vec<i64> = [5, 6].into_iter().chain(10..30).chain([40]).collect();
+    assert_eq!(stored, expected);
+    let later = chrono::Utc::now() + chrono::Duration::hours(1);
+    let mut left: Vec<String> = store
+        .pending_before(later, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|pending| pending.request_key)
+        .collect();
+    left.sort();
+    let failed: Vec<String> = (20..=22)
+        .chain([24])
+        .map(|index| format!("key-{index}"))
+        .collect();
+    assert_eq!(left, failed, "the notes of the invoices not stored, only");
+}
+
+/// The numbers of every stored invoice of `acme`, in order.
+async fn list_stored(store: &Arc<dyn numbering::invoices::store::InvoiceStore>) -> Vec<i64> {
+    let tenant = TenantId::parse("acme").unwrap();
+    store
+        .list(&tenant, None, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|invoice| invoice.number)
+        .collect()
+}
+
+/// A new invoice of `acme` dated today, with this number and text.
+fn acme_invoice(number: i64, formatted: &str) -> numbering::invoices::domain::Invoice {
+    let new = numbering::invoices::grpc::parse_new_invoice(&invoice_request("acme"))
+        .unwrap()
+        .0;
+    let number = Numbered {
+        value: number,
+        formatted: formatted.into(),
+        period: String::new(),
+        date: chrono::Utc::now().date_naive(),
+    };
+    new.numbered(number, uuid::Uuid::now_v7(), chrono::Utc::now())
 }
