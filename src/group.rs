@@ -75,6 +75,12 @@ impl<W: Send + 'static, A: Send + 'static> Group<W, A> {
         Self { queue }
     }
 
+    /// Writes waiting for a group (for tests and metrics).
+    #[must_use]
+    pub fn waiting(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
+
     /// Queues `write` for the next group, and returns its answer once the
     /// group has committed.
     ///
@@ -148,7 +154,7 @@ mod tests {
 
     /// Waits until `count` writes wait in the queue.
     async fn queued(group: &Group<u32, u32>, count: usize) {
-        while group.queue.max_capacity() - group.queue.capacity() < count {
+        while group.waiting() < count {
             tokio::task::yield_now().await;
         }
     }

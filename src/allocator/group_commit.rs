@@ -13,16 +13,15 @@
 //! Changes of numbers' states (confirm, release, void) queue apart and share
 //! transactions of their own the same way: one transaction and one disk
 //! flush for every change that arrived during the last.
+//!
+//! Each lane is a [`Group`] queue and task: the same as the invoice writer's.
 
 use std::{
     hash::{BuildHasher, RandomState},
     sync::Arc,
 };
 
-use tokio::{
-    sync::{mpsc, mpsc::error::TrySendError, oneshot},
-    time::Instant,
-};
+use tokio::time::Instant;
 
 use chrono::NaiveDate;
 
@@ -35,6 +34,7 @@ use crate::{
             StoreError,
         },
     },
+    group::{Group, Refused},
     request_id::RequestId,
     tenant::TenantId,
 };
@@ -74,9 +74,19 @@ pub enum GroupError {
     Store(Arc<StoreError>),
 }
 
+impl From<Refused> for GroupError {
+    fn from(refused: Refused) -> Self {
+        match refused {
+            Refused::Full => Self::QueueFull,
+            // Only a panicked lane stops: that is a fault, not load.
+            Refused::Stopped => Self::Store(Arc::new(StoreError::Internal(refused.into()))),
+        }
+    }
+}
+
+/// An allocation waiting for its group.
 struct Waiting {
     call: OwnedCall,
-    reply: oneshot::Sender<Result<Outcome, GroupError>>,
     /// When it joined the queue.
     queued: Instant,
 }
@@ -119,7 +129,6 @@ struct WaitingChange {
     number: i64,
     change: OwnedChange,
     held: Held,
-    reply: oneshot::Sender<Result<Changed, GroupError>>,
 }
 
 /// A [`StateChange`] that waits in a queue.
@@ -152,8 +161,8 @@ impl WaitingChange {
 /// Merges concurrent allocations into shared transactions, and concurrent
 /// changes of numbers' states into shared transactions of their own.
 pub struct GroupCommitter {
-    lanes: Vec<mpsc::Sender<Waiting>>,
-    changes: mpsc::Sender<WaitingChange>,
+    lanes: Vec<Group<Waiting, Result<Outcome, GroupError>>>,
+    changes: Group<WaitingChange, Result<Changed, GroupError>>,
     hasher: RandomState,
 }
 
@@ -172,25 +181,24 @@ impl GroupCommitter {
     ) -> Self {
         let lanes = (0..settings.lanes.max(1))
             .map(|_| {
-                let (sender, receiver) = mpsc::channel(settings.queue_capacity.max(1));
-                let lane = Lane {
+                let lane = Arc::new(Lane {
                     store: store.clone(),
-                    queue: receiver,
-                    max_batch: settings.max_batch.max(1),
                     defaults: defaults.clone(),
                     retention: retention.clone(),
-                };
-                tokio::spawn(lane.run());
-                sender
+                });
+                Group::start(settings.queue_capacity, settings.max_batch, move |batch| {
+                    let lane = lane.clone();
+                    async move { lane.commit(batch).await }
+                })
             })
             .collect();
-        let (changes, receiver) = mpsc::channel(settings.queue_capacity.max(1));
-        let lane = ChangeLane {
-            store: store.clone(),
-            queue: receiver,
-            max_batch: settings.max_batch.max(1),
+        let changes = {
+            let store = store.clone();
+            Group::start(settings.queue_capacity, settings.max_batch, move |batch| {
+                let store = store.clone();
+                async move { commit_changes(&*store, batch).await }
+            })
         };
-        tokio::spawn(lane.run());
         Self {
             lanes,
             changes,
@@ -205,36 +213,30 @@ impl GroupCommitter {
     /// [`GroupError::QueueFull`] when the queue of changes is full;
     /// [`GroupError::Store`] when the group's transaction failed.
     pub async fn change(&self, write: StateWrite<'_>) -> Result<Changed, GroupError> {
-        let (reply, changed) = oneshot::channel();
         let change = match write.change {
             StateChange::Confirm { reference } => OwnedChange::Confirm(reference.to_owned()),
             StateChange::Release { reason } => OwnedChange::Release(reason.to_owned()),
             StateChange::Void { reason } => OwnedChange::Void(reason.to_owned()),
         };
+        let waiting = WaitingChange {
+            tenant: write.at.tenant.clone(),
+            series: write.at.series.clone(),
+            period: write.at.period.to_owned(),
+            number: write.at.number,
+            change,
+            held: write.held,
+        };
         self.changes
-            .try_send(WaitingChange {
-                tenant: write.at.tenant.clone(),
-                series: write.at.series.clone(),
-                period: write.at.period.to_owned(),
-                number: write.at.number,
-                change,
-                held: write.held,
-                reply,
-            })
-            .map_err(|error| match error {
-                TrySendError::Full(_) => GroupError::QueueFull,
-                TrySendError::Closed(_) => GroupError::Store(Arc::new(StoreError::Internal(
-                    "group commit lane stopped".into(),
-                ))),
-            })?;
-        changed.await.unwrap_or_else(|_| {
-            Err(GroupError::Store(Arc::new(StoreError::Internal(
-                "group commit lane stopped".into(),
-            ))))
-        })
+            .write(waiting)
+            .await
+            .unwrap_or_else(|refused| Err(refused.into()))
     }
 
-    fn lane(&self, tenant: &TenantId, series: &SeriesName) -> &mpsc::Sender<Waiting> {
+    fn lane(
+        &self,
+        tenant: &TenantId,
+        series: &SeriesName,
+    ) -> &Group<Waiting, Result<Outcome, GroupError>> {
         let index = self.hasher.hash_one((tenant, series)) % self.lanes.len() as u64;
         &self.lanes[usize::try_from(index).unwrap_or(0)]
     }
@@ -247,9 +249,7 @@ impl GroupCommitter {
     /// [`GroupError::QueueFull`] when the lane's queue is full;
     /// [`GroupError::Store`] when the group's transaction failed.
     pub async fn allocate(&self, call: Call<'_>) -> Result<Outcome, GroupError> {
-        let (reply, granted) = oneshot::channel();
-        let lane = self.lane(call.tenant, call.series);
-        lane.try_send(Waiting {
+        let waiting = Waiting {
             call: OwnedCall {
                 tenant: call.tenant.clone(),
                 series: call.series.clone(),
@@ -261,55 +261,30 @@ impl GroupCommitter {
                 request_id: call.request_id.cloned(),
                 lease: call.lease,
             },
-            reply,
             queued: Instant::now(),
-        })
-        .map_err(|error| match error {
-            TrySendError::Full(_) => GroupError::QueueFull,
-            // Only a panicked lane closes its queue: that is a fault, not load.
-            TrySendError::Closed(_) => GroupError::Store(Arc::new(StoreError::Internal(
-                "group commit lane stopped".into(),
-            ))),
-        })?;
-        // The lane always answers; a dropped sender would mean it panicked.
-        granted.await.unwrap_or_else(|_| {
-            Err(GroupError::Store(Arc::new(StoreError::Internal(
-                "group commit lane stopped".into(),
-            ))))
-        })
+        };
+        self.lane(call.tenant, call.series)
+            .write(waiting)
+            .await
+            .unwrap_or_else(|refused| Err(refused.into()))
     }
 
     /// Calls waiting in the lane of a series (for tests and metrics).
     #[must_use]
     pub fn waiting(&self, tenant: &TenantId, series: &SeriesName) -> usize {
-        let lane = self.lane(tenant, series);
-        lane.max_capacity() - lane.capacity()
+        self.lane(tenant, series).waiting()
     }
 }
 
-/// One lane: drains its queue into one transaction at a time.
+/// One lane: commits its groups of allocations, one transaction at a time.
 struct Lane {
     store: Arc<dyn CounterStore>,
-    queue: mpsc::Receiver<Waiting>,
-    max_batch: usize,
     defaults: SeriesConfig,
     retention: Retention,
 }
 
 impl Lane {
-    async fn run(mut self) {
-        let mut batch = Vec::with_capacity(self.max_batch);
-        // Calls that arrived during the last commit are waiting here.
-        while self.queue.recv_many(&mut batch, self.max_batch).await > 0 {
-            // A caller that gave up before its group formed takes no numbers.
-            batch.retain(|waiting| !waiting.reply.is_closed());
-            if !batch.is_empty() {
-                self.commit(std::mem::take(&mut batch)).await;
-            }
-        }
-    }
-
-    async fn commit(&self, batch: Vec<Waiting>) {
+    async fn commit(&self, batch: Vec<Waiting>) -> Vec<Result<Outcome, GroupError>> {
         #[allow(clippy::cast_precision_loss)] // at most --group-max-batch
         metrics::histogram!("numbering_group_commit_batch_size").record(batch.len() as f64);
         let waited = metrics::histogram!("numbering_group_commit_wait_seconds");
@@ -321,76 +296,46 @@ impl Lane {
             .store
             .allocate_many(&calls, &self.defaults, self.retention.stamp())
             .await;
-        drop(calls);
         match result {
-            Ok(outcomes) => {
-                for (waiting, outcome) in batch.into_iter().zip(outcomes) {
-                    // A caller gone by now leaves a gap: its numbers were
-                    // committed and go to nobody else.
-                    let _ = waiting.reply.send(Ok(outcome));
-                }
-            }
+            // A caller gone by now leaves a gap: its numbers were committed
+            // and go to nobody else.
+            Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
             // A series near i64::MAX must fail only the calls that do not
             // fit, and a series configured anew under its calls only those
             // calls (they pick their period again), not the other series'
             // calls of the batch: commit every call on its own, in arrival
             // order. Rare.
             Err(StoreError::Exhausted | StoreError::SeriesChanged) => {
-                for waiting in batch {
-                    let result = self
-                        .store
-                        .allocate(waiting.call(), &self.defaults, self.retention.stamp())
-                        .await
-                        .map_err(|error| GroupError::Store(Arc::new(error)));
-                    let _ = waiting.reply.send(result);
+                let mut answers = Vec::with_capacity(calls.len());
+                for call in calls {
+                    answers.push(
+                        self.store
+                            .allocate(call, &self.defaults, self.retention.stamp())
+                            .await
+                            .map_err(|error| GroupError::Store(Arc::new(error))),
+                    );
                 }
+                answers
             }
             Err(error) => {
                 let error = GroupError::Store(Arc::new(error));
-                for waiting in batch {
-                    let _ = waiting.reply.send(Err(error.clone()));
-                }
+                calls.iter().map(|_| Err(error.clone())).collect()
             }
         }
     }
 }
 
-/// The lane of state changes: drains its queue into one transaction at a
-/// time.
-struct ChangeLane {
-    store: Arc<dyn CounterStore>,
-    queue: mpsc::Receiver<WaitingChange>,
-    max_batch: usize,
-}
-
-impl ChangeLane {
-    async fn run(mut self) {
-        let mut batch = Vec::with_capacity(self.max_batch);
-        while self.queue.recv_many(&mut batch, self.max_batch).await > 0 {
-            // A caller that gave up before its group formed changes nothing.
-            batch.retain(|waiting| !waiting.reply.is_closed());
-            if !batch.is_empty() {
-                self.commit(std::mem::take(&mut batch)).await;
-            }
-        }
-    }
-
-    async fn commit(&self, batch: Vec<WaitingChange>) {
-        let writes: Vec<StateWrite<'_>> = batch.iter().map(WaitingChange::write).collect();
-        let result = self.store.change_states(&writes).await;
-        drop(writes);
-        match result {
-            Ok(answers) => {
-                for (waiting, answer) in batch.into_iter().zip(answers) {
-                    let _ = waiting.reply.send(Ok(answer));
-                }
-            }
-            Err(error) => {
-                let error = GroupError::Store(Arc::new(error));
-                for waiting in batch {
-                    let _ = waiting.reply.send(Err(error.clone()));
-                }
-            }
+/// Commits a group of changes of numbers' states in one transaction.
+async fn commit_changes(
+    store: &dyn CounterStore,
+    batch: Vec<WaitingChange>,
+) -> Vec<Result<Changed, GroupError>> {
+    let writes: Vec<StateWrite<'_>> = batch.iter().map(WaitingChange::write).collect();
+    match store.change_states(&writes).await {
+        Ok(answers) => answers.into_iter().map(Ok).collect(),
+        Err(error) => {
+            let error = GroupError::Store(Arc::new(error));
+            writes.iter().map(|_| Err(error.clone())).collect()
         }
     }
 }
