@@ -71,7 +71,7 @@ impl Engine for PgEngine {
         &self.pool
     }
 
-    async fn write_group(&self, writes: &[Write]) -> Result<HashSet<Uuid>, StoreError> {
+    async fn write_group(&self, writes: &[Write]) -> Result<HashSet<Uuid>, sqlx::Error> {
         let mut tx = begin_durable(&self.pool).await?;
         let stored = sql_store::write_group::<Postgres, Native>(&mut tx, writes).await?;
         tx.commit().await?;

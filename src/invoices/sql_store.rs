@@ -22,6 +22,7 @@ use sqlx::{
 use uuid::Uuid;
 
 use crate::{
+    db::{DbErrorKind, classify},
     group::{Group, Refused},
     invoices::{
         domain::{Client, Invoice, LineItem},
@@ -46,7 +47,7 @@ pub(crate) trait Engine: Send + Sync + 'static {
 
     /// Makes a group of writes ([`write_group`]) in one durable transaction
     /// of the engine; the ids of the invoices it stored.
-    async fn write_group(&self, writes: &[Write]) -> Result<HashSet<Uuid>, StoreError>;
+    async fn write_group(&self, writes: &[Write]) -> Result<HashSet<Uuid>, sqlx::Error>;
 
     /// Stores the invoice ([`store_invoice`]) in the engine's durable write.
     async fn insert(
@@ -199,14 +200,16 @@ async fn commit_group<E: Engine>(engine: &E, writes: Vec<Write>) -> Vec<Result<(
             }
         }
         // The database cannot be reached: neither could any write alone.
-        Err(StoreError::Unavailable(cause)) => {
-            let cause = SharedCause(Arc::from(cause));
+        Err(error) if classify(&error) == DbErrorKind::Unavailable => {
+            let cause = SharedCause(Arc::new(error));
             answers.extend(
                 writes
                     .iter()
                     .map(|_| Err(StoreError::Unavailable(Box::new(cause.clone())))),
             );
         }
+        // A deadlock with another process's writes, or a row no statement
+        // of the group could take: none of its writes was made.
         Err(error) => {
             tracing::warn!(
                 error = %crate::server::status::chain(&error),

@@ -74,7 +74,7 @@ impl Engine for SqliteEngine {
         self.db.pool()
     }
 
-    async fn write_group(&self, writes: &[Write]) -> Result<HashSet<Uuid>, StoreError> {
+    async fn write_group(&self, writes: &[Write]) -> Result<HashSet<Uuid>, sqlx::Error> {
         let mut write = self.db.begin_write().await?;
         let stored = sql_store::write_group::<Sqlite, AsText>(write.conn(), writes).await?;
         // Not acknowledged if it went to a file no longer at its path.

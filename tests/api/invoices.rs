@@ -607,8 +607,9 @@ async fn the_store_refuses_a_number_twice(#[case] backend: Backend) {
 
 /// Writes that arrive together are committed together, and each keeps its
 /// own outcome: an invoice whose number, formatted number or request id is
-/// taken fails alone and keeps its pending note; the others are stored and
-/// their notes go with them; two invoices with one number store one.
+/// taken, or that the table refuses, fails alone and keeps its pending note;
+/// the others are stored and their notes go with them; two invoices with one
+/// number store one.
 #[apply(backends)]
 #[tokio::test]
 async fn writes_made_together_keep_each_their_own_outcome(#[case] backend: Backend) {
@@ -628,8 +629,8 @@ async fn writes_made_together_keep_each_their_own_outcome(#[case] backend: Backe
         .unwrap();
 
     // (invoice, request id, expected outcome): 20 fresh ones, then one whose
-    // number is taken, one whose text is, one whose request id is, and two
-    // with one new number.
+    // number is taken, one whose text is, one whose request id is, two with
+    // one new number, and one the table refuses.
     let mut writes: Vec<_> = (10..30)
         .map(|number| (numbered(number, format!("INV-{number:03}")), None, Ok(())))
         .collect();
@@ -642,6 +643,9 @@ async fn writes_made_together_keep_each_their_own_outcome(#[case] backend: Backe
     ));
     writes.push((numbered(40, "INV-040".into()), None, Ok(())));
     writes.push((numbered(40, "INV-040".into()), None, Err("number")));
+    // A row the table refuses fails its whole group's statement: the
+    // group's other writes are made all the same.
+    writes.push((numbered(0, "INV-000".into()), None, Err("refused")));
     let since = chrono::Utc::now();
     for index in 0..writes.len() {
         let pending = Pending {
@@ -677,6 +681,7 @@ async fn writes_made_together_keep_each_their_own_outcome(#[case] backend: Backe
             (Ok(()), Ok(()))
                 | (Err("number"), Err(StoreError::NumberTaken))
                 | (Err("request id"), Err(StoreError::RequestIdTaken))
+                | (Err("refused"), Err(StoreError::Internal(_)))
         );
         assert!(
             as_expected,
@@ -698,7 +703,7 @@ async fn writes_made_together_keep_each_their_own_outcome(#[case] backend: Backe
         .collect();
     left.sort();
     let failed: Vec<String> = (20..=22)
-        .chain([24])
+        .chain([24, 25])
         .map(|index| format!("key-{index}"))
         .collect();
     assert_eq!(left, failed, "the notes of the invoices not stored, only");
