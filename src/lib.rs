@@ -10,7 +10,8 @@
 //!   (rich statuses, field validation, page tokens).
 //! - [`access`]: bearer tokens and their grants, and settings files read again
 //!   when they change; [`tls`]: TLS for both servers and the writer's channel.
-//! - [`db`]: opening and checking either database, and classifying its errors.
+//! - [`db`]: opening and checking either database, and classifying its errors;
+//!   [`group`]: group commit, the queue and task both services' writes share.
 //! - [`tenant`], [`request_id`], [`page`](mod@page), [`clock`], [`calendar`]: the
 //!   tenant id, the request id, the page of a listing, the clock and the calendar
 //!   day both services speak of.
