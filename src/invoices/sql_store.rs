@@ -187,6 +187,8 @@ impl Write {
 /// the group could not make is made alone, so that it fails with its own
 /// error (a number or request id already taken) and fails no other write.
 async fn commit_group<E: Engine>(engine: &E, writes: Vec<Write>) -> Vec<Result<(), StoreError>> {
+    #[allow(clippy::cast_precision_loss)] // at most MAX_GROUP
+    metrics::histogram!("numbering_group_commit_batch_size").record(writes.len() as f64);
     let mut answers = Vec::with_capacity(writes.len());
     match engine.write_group(&writes).await {
         Ok(stored) => {
