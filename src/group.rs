@@ -85,8 +85,9 @@ impl<W: Send + 'static, A: Send + 'static> Group<W, A> {
     /// group has committed.
     ///
     /// # Errors
-    /// [`Refused::Full`] when the queue is full, [`Refused::Stopped`] when the
-    /// task stopped; the write was not made then.
+    /// [`Refused::Full`] when the queue is full: the write was not made.
+    /// [`Refused::Stopped`] when the task stopped, before the write's group
+    /// or during its commit: whether it was made is not known.
     pub async fn write(&self, write: W) -> Result<A, Refused> {
         let (reply, answer) = oneshot::channel();
         self.queue
