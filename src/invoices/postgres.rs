@@ -14,7 +14,7 @@ use crate::{
     invoices::{
         domain::Invoice,
         sql_store::{self, Engine, SqlInvoiceStore, Stored, Write},
-        store::{Note, StoreError},
+        store::StoreError,
     },
 };
 
@@ -88,11 +88,6 @@ impl Engine for PgEngine {
         sql_store::store_invoice::<Postgres, Native>(&mut tx, invoice, request_id, pending).await?;
         tx.commit().await?;
         Ok(())
-    }
-
-    async fn note(&self, note: Note<'_>) -> Result<(), StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        Ok(sql_store::apply_note::<Postgres, Native>(&mut conn, note).await?)
     }
 
     async fn is_ready(&self) -> bool {

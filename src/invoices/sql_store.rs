@@ -57,9 +57,6 @@ pub(crate) trait Engine: Send + Sync + 'static {
         pending: Option<&str>,
     ) -> Result<(), StoreError>;
 
-    /// Applies the note ([`apply_note`]) in the engine's write path.
-    async fn note(&self, note: Note<'_>) -> Result<(), StoreError>;
-
     /// Whether the database answers now.
     async fn is_ready(&self) -> bool;
 
@@ -159,27 +156,21 @@ impl Write {
     /// Makes this write alone, in a transaction of its own: with its own
     /// error, as it would be without a group.
     async fn alone(&self, engine: &impl Engine) -> Result<(), StoreError> {
-        let note = match self {
-            Self::Invoice {
-                invoice,
-                request_id,
-                pending,
-            } => {
-                return engine
-                    .insert(invoice, request_id.as_deref(), pending.as_deref())
-                    .await;
-            }
-            Self::Pending(pending) => Note::Pending(pending),
-            Self::Done {
-                tenant,
-                request_key,
-            } => Note::Done {
-                tenant,
-                request_key,
-            },
-            Self::Settled { tenant, id } => Note::Settled { tenant, id: *id },
-        };
-        engine.note(note).await
+        if let Self::Invoice {
+            invoice,
+            request_id,
+            pending,
+        } = self
+        {
+            // Not left out on a number or request id taken, but refused.
+            return engine
+                .insert(invoice, request_id.as_deref(), pending.as_deref())
+                .await;
+        }
+        // A note takes nothing another row holds: a group of one fails
+        // with its own error.
+        engine.write_group(std::slice::from_ref(self)).await?;
+        Ok(())
     }
 }
 
@@ -448,7 +439,7 @@ pub(crate) async fn store_invoice<DB, S>(
     pending: Option<&str>,
 ) -> Result<(), sqlx::Error>
 where
-    DB: Database,
+    DB: Database + HasStatementCache,
     S: Stored,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     DB::Arguments: IntoArguments<DB> + Default,
@@ -463,11 +454,8 @@ where
 {
     insert_invoice::<DB, S>(&mut *conn, invoice, request_id).await?;
     if let Some(request_key) = pending {
-        let done = Note::Done {
-            tenant: &invoice.tenant_id,
-            request_key,
-        };
-        apply_note::<DB, S>(conn, done).await?;
+        let done = BTreeSet::from([(invoice.tenant_id.as_str(), request_key)]);
+        delete_pending::<DB>(conn, &done).await?;
     }
     Ok(())
 }
@@ -875,50 +863,6 @@ where
     )
     .fetch_all(pool)
     .await
-}
-
-/// Applies a note of the reservations in flight on `conn`, inside the
-/// caller's write.
-#[tracing::instrument(name = "db.pending_numbers.note", skip_all, err(level = "debug"))]
-pub(crate) async fn apply_note<DB, S>(
-    conn: &mut DB::Connection,
-    note: Note<'_>,
-) -> Result<(), sqlx::Error>
-where
-    DB: Database,
-    S: Stored,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    DB::Arguments: IntoArguments<DB>,
-    for<'q> S::Id: Encode<'q, DB> + Type<DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-    for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
-{
-    let query = match note {
-        // A repeated call asks with the same request id again: the row is
-        // its own now, and not stale.
-        Note::Pending(pending) => sqlx::query(
-            "INSERT INTO pending_numbers (tenant_id, request_key, issue_date, since)
-             VALUES ($1, $2, $3, $4)
-             ON CONFLICT (tenant_id, request_key) DO UPDATE SET since = excluded.since",
-        )
-        .bind(pending.tenant_id.as_str())
-        .bind(pending.request_key.as_str())
-        .bind(pending.issue_date.as_str())
-        .bind(pending.since),
-        Note::Done {
-            tenant,
-            request_key,
-        } => sqlx::query("DELETE FROM pending_numbers WHERE tenant_id = $1 AND request_key = $2")
-            .bind(tenant)
-            .bind(request_key),
-        Note::Settled { tenant, id } => sqlx::query(
-            "UPDATE invoices SET number_settled = TRUE WHERE tenant_id = $1 AND id = $2",
-        )
-        .bind(tenant)
-        .bind(S::id(id)),
-    };
-    query.execute(conn).await?;
-    Ok(())
 }
 
 /// Up to `limit` reservations pending since before `before`, oldest first.

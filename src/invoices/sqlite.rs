@@ -14,7 +14,7 @@ use crate::{
     invoices::{
         domain::Invoice,
         sql_store::{self, Engine, SqlInvoiceStore, Stored, Write},
-        store::{Note, StoreError},
+        store::StoreError,
     },
 };
 
@@ -92,13 +92,6 @@ impl Engine for SqliteEngine {
         sql_store::store_invoice::<Sqlite, AsText>(write.conn(), invoice, request_id, pending)
             .await?;
         // Not acknowledged if it went to a file no longer at its path.
-        write.commit().await?;
-        Ok(())
-    }
-
-    async fn note(&self, note: Note<'_>) -> Result<(), StoreError> {
-        let mut write = self.db.begin_write().await?;
-        sql_store::apply_note::<Sqlite, AsText>(write.conn(), note).await?;
         write.commit().await?;
         Ok(())
     }
