@@ -5,7 +5,7 @@ use numbering::{
     db::Backend,
     proto::{
         AuditSeriesRequest, ConfigureSeriesRequest, ConfirmRequest, GetNumberRequest,
-        ListNumbersRequest, NumberRecord, NumberState, Reset, VoidRequest,
+        ListNumbersRequest, NumberRecord, NumberState, ReserveRequest, Reset, VoidRequest,
     },
 };
 use rstest_reuse::apply;
@@ -420,4 +420,47 @@ async fn a_confirmation_that_loses_the_race_to_another_sees_it() {
     assert_reason(&status, "ALREADY_CONFIRMED");
     let stored = tonic_types::StatusExt::get_details_error_info(&status).unwrap();
     assert_eq!(stored.metadata["reference"], "inv-first");
+}
+
+/// A reserved number confirmed by another write while a confirmation waits
+/// to change it: the confirmation answers what was stored, never overwrites
+/// it. (PostgreSQL: the confirmation's read of the row waits on the other
+/// write's uncommitted change, then sees it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confirmation_whose_row_another_write_changed_sees_it() {
+    let app = spawn_allocator(Backend::Postgres).await;
+    let reserve = ReserveRequest {
+        tenant_id: "acme".into(),
+        ..ReserveRequest::default()
+    };
+    let reserved = app.client.clone().reserve(reserve).await.unwrap();
+    assert_eq!(reserved.into_inner().record.unwrap().number, 1);
+    let mut other = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+    let mut first = sqlx::Connection::begin(&mut other).await.unwrap();
+    sqlx::query(
+        "UPDATE number_states SET state = 'confirmed', reference = 'inv-first', updated_at = now()
+         WHERE tenant_id = 'acme' AND number = 1",
+    )
+    .execute(&mut *first)
+    .await
+    .unwrap();
+    let mut client = app.client.clone();
+    let late = tokio::spawn(async move { client.confirm(confirm(1, "inv-late")).await });
+    app.db.wait_until_blocked_on_a_lock().await;
+    first.commit().await.unwrap();
+
+    let status = late.await.unwrap().unwrap_err();
+    assert_reason(&status, "ALREADY_CONFIRMED");
+    let stored = tonic_types::StatusExt::get_details_error_info(&status).unwrap();
+    assert_eq!(stored.metadata["reference"], "inv-first");
+    let record = app
+        .client
+        .clone()
+        .get_number(get("acme", "", "", 1))
+        .await
+        .unwrap()
+        .into_inner()
+        .record
+        .unwrap();
+    assert_eq!(record.reference, "inv-first");
 }
