@@ -320,7 +320,37 @@ impl InvoiceWriter {
     /// with nothing to confirm; one it refuses to confirm is logged as an
     /// error and settled (its record says why). While the allocator cannot
     /// be reached it is left for reconciliation.
+    ///
+    /// The note is written by a task of its own, in the store's next group,
+    /// and not waited for: it only spares reconciliation a confirmation, so
+    /// a note lost in a crash makes reconciliation confirm the number again,
+    /// which answers the same record.
     async fn confirm(&self, invoice: &Invoice, deadline: Instant) {
+        if !self.settles(invoice, deadline).await {
+            return;
+        }
+        let store = self.store.clone();
+        let (tenant, id) = (invoice.tenant_id.clone(), invoice.id);
+        let invoice_number = invoice.invoice_number.clone();
+        tokio::spawn(async move {
+            let note = Note::Settled {
+                tenant: &tenant,
+                id,
+            };
+            if let Err(error) = store.note(note).await {
+                tracing::warn!(
+                    %tenant,
+                    %invoice_number,
+                    error = %chain(&error),
+                    "the invoice's number is confirmed but not noted; reconciliation will",
+                );
+            }
+        });
+    }
+
+    /// Confirms a stored invoice's number with its id; whether it is
+    /// settled (confirmed, not one the allocator handed out, or refused).
+    async fn settles(&self, invoice: &Invoice, deadline: Instant) -> bool {
         let confirmed = self
             .allocator
             .confirm(
@@ -331,7 +361,7 @@ impl InvoiceWriter {
                 deadline,
             )
             .await;
-        let settled = match confirmed {
+        match confirmed {
             Ok(_) => true,
             Err(AllocatorError::Rejected(status)) if status.code() == Code::NotFound => {
                 tracing::info!(
@@ -361,18 +391,6 @@ impl InvoiceWriter {
                 );
                 false
             }
-        };
-        let note = Note::Settled {
-            tenant: &invoice.tenant_id,
-            id: invoice.id,
-        };
-        if settled && let Err(error) = self.store.note(note).await {
-            tracing::warn!(
-                tenant = %invoice.tenant_id,
-                invoice_number = %invoice.invoice_number,
-                error = %chain(&error),
-                "the invoice's number is confirmed but not noted; reconciliation will",
-            );
         }
     }
 
