@@ -9,7 +9,7 @@ use crate::{
         allocate::parse_stored,
         series::{GapPolicy, SeriesName},
         store::{
-            ChangeError, Held, NumberAt, RangeRow, RangesAfter, StateChange, StateRefusal,
+            ChangeError, Changed, Held, NumberAt, RangeRow, RangesAfter, StateChange, StateRefusal,
             StateRow, StateWrite, StatesAfter, StoreError,
         },
     },
@@ -162,6 +162,31 @@ pub struct NumberRecord {
     pub expires_at: Option<DateTime<Utc>>,
     /// When it took its state.
     pub updated_at: DateTime<Utc>,
+}
+
+/// The range that holds `number` as handed out, of the last range of its
+/// period starting at or before it (`range`).
+///
+/// # Errors
+/// [`ChangeError::NotHandedOut`]: no range holds it, or the one that does
+/// skipped it; a range of unknown kind.
+pub(crate) fn handed_out(range: Option<RangeRow>, number: i64) -> Result<RangeRow, ChangeError> {
+    match range.filter(|range| range.holds(number)) {
+        None => Err(ChangeError::NotHandedOut { skipped: false }),
+        Some(range) if NumberState::of_kind(&range.kind)? == NumberState::Skipped => {
+            Err(ChangeError::NotHandedOut { skipped: true })
+        }
+        Some(range) => Ok(range),
+    }
+}
+
+/// The record of the number `at` as `range`, which holds it, gives it.
+fn record_in(at: NumberAt<'_>, range: &RangeRow) -> Result<NumberRecord, Error> {
+    let render = |range: &RangeRow, n| render_stored(at.tenant, at.series, range, n);
+    let mut records = expand(std::slice::from_ref(range), at.number, 1, render)?;
+    records.pop().ok_or_else(|| {
+        StoreError::Internal(format!("the range read holds no number {}", at.number).into()).into()
+    })
 }
 
 /// The numbers of `ranges` (in order) from `from` on, at most `limit`, each
@@ -354,10 +379,7 @@ impl Allocator {
             skipped: false,
         };
         let range = self.store.range_at(tenant, series, period, number).await?;
-        let range = range.ok_or_else(not_found)?;
-        let render = |range: &RangeRow, n| render_stored(tenant, series, range, n);
-        let mut records = expand(std::slice::from_ref(&range), number, 1, render)?;
-        records.pop().ok_or_else(not_found)
+        record_in(at, &range.ok_or_else(not_found)?)
     }
 
     /// Confirms, releases or voids a number handed out, if its state
@@ -373,32 +395,35 @@ impl Allocator {
         at: NumberAt<'_>,
         change: StateChange<'_>,
     ) -> Result<NumberRecord, Error> {
-        let record = self.ranged(at).await?;
-        if record.state == NumberState::Skipped {
-            return Err(Error::NumberNotFound {
-                tenant: at.tenant.to_string(),
-                series: at.series.to_string(),
-                period: at.period.to_owned(),
-                number: at.number,
-                skipped: true,
-            });
-        }
         let held = self.held(at.tenant, at.series).await?;
         let changed = match self.committer() {
+            // The group reads the number's range with its rows.
             Some(committer) => {
                 let write = StateWrite { at, change, held };
                 match committer.change(write).await.map_err(Error::from)? {
                     // Another process stored the number's first state: alone,
                     // the change sees it.
-                    Err(ChangeError::Raced) => self.store.change_state(at, change, held).await,
+                    Err(ChangeError::Raced) => self.change_alone(at, change, held).await,
                     changed => changed,
                 }
             }
-            None => self.store.change_state(at, change, held).await,
+            None => self.change_alone(at, change, held).await,
         };
         match changed {
-            Ok(Some(row)) => Ok(record.with(&row, held)?),
-            Ok(None) => Ok(record),
+            Ok((range, row)) => {
+                let record = record_in(at, &range)?;
+                match row {
+                    Some(row) => Ok(record.with(&row, held)?),
+                    None => Ok(record),
+                }
+            }
+            Err(ChangeError::NotHandedOut { skipped }) => Err(Error::NumberNotFound {
+                tenant: at.tenant.to_string(),
+                series: at.series.to_string(),
+                period: at.period.to_owned(),
+                number: at.number,
+                skipped,
+            }),
             Err(ChangeError::Refused(refusal)) => Err(Error::NotAllowed(refusal)),
             Err(ChangeError::Store(error)) => Err(error.into()),
             Err(ChangeError::Raced) => Err(StoreError::Unavailable(
@@ -406,6 +431,18 @@ impl Allocator {
             )
             .into()),
         }
+    }
+
+    /// Applies `change` in a write of its own, once its number's range shows
+    /// it was handed out.
+    async fn change_alone(&self, at: NumberAt<'_>, change: StateChange<'_>, held: Held) -> Changed {
+        let range = self
+            .store
+            .range_at(at.tenant, at.series, at.period, at.number)
+            .await?;
+        let range = handed_out(range, at.number)?;
+        let row = self.store.change_state(at, change, held).await?;
+        Ok((range, row))
     }
 
     /// Up to `limit` numbers of a period after `after`, in number order, only

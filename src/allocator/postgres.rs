@@ -14,10 +14,11 @@ use crate::{
         batch::{Batch, Claim, Counted, Plan, Won},
         numbers::LEASE_EXPIRED,
         series::SeriesConfig,
-        sql_store::{self, Engine, STATE_COLUMNS, SqlCounterStore},
+        sql_store::{self, Engine, RANGE_COLUMNS, STATE_COLUMNS, SqlCounterStore},
         store::{
             Advance, Change, ChangeError, Changed, ConfigureError, Held, KeyedStateRow, NumberAt,
-            Outcome, Reissue, SeriesRow, Stamp, StateChange, StateRow, StateWrite, StoreError,
+            Outcome, RangeRow, Reissue, SeriesRow, Stamp, StateChange, StateRow, StateWrite,
+            StoreError,
         },
     },
     db::begin_durable,
@@ -145,6 +146,58 @@ async fn lock_states(
     .bind(writes.iter().map(|w| w.at.number).collect::<Vec<_>>())
     .fetch_all(conn)
     .await
+}
+
+/// Per change of a batch, in order, the last range of its number's period
+/// starting at or before the number.
+#[tracing::instrument(name = "db.allocations.select_at_many", skip_all, fields(numbers = writes.len()), err(level = "debug"))]
+async fn select_ranges_at(
+    conn: &mut PgConnection,
+    writes: &[StateWrite<'_>],
+) -> Result<Vec<Option<RangeRow>>, sqlx::Error> {
+    let found: Vec<NthRange> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT w.nth, r.* FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[])
+                                WITH ORDINALITY AS w (tenant_id, series, period, number, nth)
+         CROSS JOIN LATERAL (
+             SELECT {RANGE_COLUMNS}
+             WHERE tenant_id = w.tenant_id AND series = w.series AND period = w.period
+               AND first_value <= w.number
+             ORDER BY first_value DESC LIMIT 1) r"
+    )))
+    .bind(
+        writes
+            .iter()
+            .map(|w| w.at.tenant.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        writes
+            .iter()
+            .map(|w| w.at.series.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(writes.iter().map(|w| w.at.period).collect::<Vec<_>>())
+    .bind(writes.iter().map(|w| w.at.number).collect::<Vec<_>>())
+    .fetch_all(conn)
+    .await?;
+    let mut ranges = vec![None; writes.len()];
+    for NthRange { nth, range } in found {
+        if let Some(slot) = usize::try_from(nth - 1)
+            .ok()
+            .and_then(|i| ranges.get_mut(i))
+        {
+            *slot = Some(range);
+        }
+    }
+    Ok(ranges)
+}
+
+/// A range and the place (from 1) of the change it was read for.
+#[derive(sqlx::FromRow)]
+struct NthRange {
+    nth: i64,
+    #[sqlx(flatten)]
+    range: RangeRow,
 }
 
 /// Stores the rows of a batch's changes: updates of rows read and locked,
@@ -592,8 +645,9 @@ impl Engine for PgEngine {
 
     async fn change_states(&self, writes: &[StateWrite<'_>]) -> Result<Vec<Changed>, StoreError> {
         let mut tx = begin_durable(&self.pool).await?;
+        let ranges = select_ranges_at(&mut tx, writes).await?;
         let existing = lock_states(&mut tx, writes).await?;
-        let planned = sql_store::plan_changes(writes, existing);
+        let planned = sql_store::plan_changes(writes, existing, ranges);
         if !planned.updates.is_empty() {
             write_states(&mut tx, &planned.updates, false).await?;
         }

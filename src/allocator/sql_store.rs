@@ -231,7 +231,7 @@ where
     ) -> Result<Option<RangeRow>, StoreError> {
         let (tenant, series) = (tenant.as_str(), series.as_str());
         let range = select_range_from(self.0.pool(), tenant, series, period, number).await?;
-        Ok(range.filter(|range| range.last() >= number))
+        Ok(range.filter(|range| range.holds(number)))
     }
 
     async fn ranges_after(
@@ -932,10 +932,14 @@ struct Planned {
 }
 
 /// Decides each change of a batch in order over the rows its numbers have
-/// (`existing`), so that a later change of a number sees an earlier one.
+/// (`existing`), so that a later change of a number sees an earlier one;
+/// a change of a number its range (`ranges`, one per change: the last range
+/// of its period starting at or before it) does not hold as handed out is
+/// refused.
 pub(crate) fn plan_changes(
     writes: &[StateWrite<'_>],
     existing: Vec<KeyedStateRow>,
+    ranges: Vec<Option<RangeRow>>,
 ) -> PlannedChanges {
     let mut rows: BTreeMap<(String, String, String, i64), Planned> = existing
         .into_iter()
@@ -955,8 +959,15 @@ pub(crate) fn plan_changes(
         })
         .collect();
     let mut answers = Vec::with_capacity(writes.len());
-    for write in writes {
+    for (write, range) in writes.iter().zip(ranges) {
         let at = write.at;
+        let range = match numbers::handed_out(range, at.number) {
+            Ok(range) => range,
+            Err(error) => {
+                answers.push(Err(error));
+                continue;
+            }
+        };
         let key = (
             at.tenant.to_string(),
             at.series.to_string(),
@@ -973,9 +984,9 @@ pub(crate) fn plan_changes(
                 Ok(Some(row)) => {
                     planned.row = Some(row.clone());
                     planned.changed = true;
-                    Ok(Some(row))
+                    Ok((range, Some(row)))
                 }
-                Ok(None) => Ok(planned.row.clone()),
+                Ok(None) => Ok((range, planned.row.clone())),
                 Err(error) => Err(error),
             },
         );
@@ -1189,12 +1200,12 @@ pub(crate) const STATE_COLUMNS: &str =
     "number, state, reference, reason, updated_at, origin, expires_at, request_id";
 
 /// The columns of a ledger range.
-const RANGE_COLUMNS: &str =
+pub(crate) const RANGE_COLUMNS: &str =
     "first_value, count, kind, reason, request_id, format, date, created_at FROM allocations";
 
 /// The last range of a period starting at or before `number`.
 #[tracing::instrument(name = "db.allocations.select_at", skip_all, err(level = "debug"))]
-async fn select_range_from<'e, DB>(
+pub(crate) async fn select_range_from<'e, DB>(
     executor: impl Executor<'e, Database = DB>,
     tenant: &str,
     series: &str,
@@ -1452,6 +1463,14 @@ mod tests {
         tenant::TenantId,
     };
 
+    /// What a planned change answers, as the test compares it.
+    #[derive(Debug, PartialEq)]
+    enum Answer {
+        Row(Option<String>),
+        Refused(StateRefusal),
+        NotHandedOut { skipped: bool },
+    }
+
     fn keyed(number: i64, state: &str) -> KeyedStateRow {
         KeyedStateRow {
             tenant_id: "acme".into(),
@@ -1500,29 +1519,61 @@ mod tests {
             write(5, confirm("other")),
             // 7 is voided: refused, nothing written.
             write(7, confirm("inv-7")),
+            // 9 lies past every range, 12 in a range skipped: not changed.
+            write(9, confirm("inv-9")),
+            write(12, confirm("inv-12")),
         ];
-        let planned = plan_changes(&writes, vec![keyed(5, "reserved"), keyed(7, "voided")]);
+        let range = |first_value, count, kind: &str| RangeRow {
+            first_value,
+            count,
+            kind: kind.into(),
+            reason: String::new(),
+            request_id: None,
+            format: "{number}".into(),
+            date: NaiveDate::MIN,
+            created_at: DateTime::UNIX_EPOCH,
+        };
+        let (issued, skipped) = (range(1, 8, "allocate"), range(10, 5, "advance"));
+        let ranges = vec![
+            Some(issued.clone()),
+            Some(issued.clone()),
+            Some(issued.clone()),
+            Some(issued.clone()),
+            Some(issued.clone()),
+            Some(issued),
+            Some(skipped),
+        ];
+        let existing = vec![keyed(5, "reserved"), keyed(7, "voided")];
+        let planned = plan_changes(&writes, existing, ranges);
         let answers: Vec<_> = planned
             .answers
             .iter()
             .map(|answer| match answer {
-                Ok(row) => Ok(row.as_ref().map(|row| row.reference.clone())),
-                Err(ChangeError::Refused(refusal)) => Err(refusal.clone()),
+                Ok((range, row)) => {
+                    assert_eq!(range.first_value, 1);
+                    Answer::Row(row.as_ref().map(|row| row.reference.clone()))
+                }
+                Err(ChangeError::Refused(refusal)) => Answer::Refused(refusal.clone()),
+                Err(ChangeError::NotHandedOut { skipped }) => {
+                    Answer::NotHandedOut { skipped: *skipped }
+                }
                 Err(other) => panic!("{other:?}"),
             })
             .collect();
         assert_eq!(
             answers,
             [
-                Ok(Some("inv-3".into())),
-                Ok(Some("inv-3".into())),
-                Ok(Some("inv-5".into())),
-                Err(StateRefusal::AlreadyConfirmed {
+                Answer::Row(Some("inv-3".into())),
+                Answer::Row(Some("inv-3".into())),
+                Answer::Row(Some("inv-5".into())),
+                Answer::Refused(StateRefusal::AlreadyConfirmed {
                     reference: "inv-5".into()
                 }),
-                Err(StateRefusal::Voided {
+                Answer::Refused(StateRefusal::Voided {
                     reason: String::new()
                 }),
+                Answer::NotHandedOut { skipped: false },
+                Answer::NotHandedOut { skipped: true },
             ]
         );
         let numbers = |rows: &[KeyedStateRow]| -> Vec<i64> {

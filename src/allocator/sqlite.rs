@@ -567,8 +567,19 @@ impl Engine for SqliteEngine {
     async fn change_states(&self, writes: &[StateWrite<'_>]) -> Result<Vec<Changed>, StoreError> {
         // The write lock keeps every other change of the numbers out.
         let mut write = self.db.begin_write().await?;
-        let planned = match select_states(write.conn(), writes).await {
-            Ok(existing) => sql_store::plan_changes(writes, existing),
+        let read = async {
+            let mut ranges = Vec::with_capacity(writes.len());
+            for w in writes {
+                let (tenant, series) = (w.at.tenant.as_str(), w.at.series.as_str());
+                let conn = &mut *write.conn();
+                let range =
+                    sql_store::select_range_from(conn, tenant, series, w.at.period, w.at.number);
+                ranges.push(range.await?);
+            }
+            Ok::<_, sqlx::Error>((select_states(write.conn(), writes).await?, ranges))
+        };
+        let planned = match read.await {
+            Ok((existing, ranges)) => sql_store::plan_changes(writes, existing, ranges),
             Err(error) => {
                 write.rollback().await?;
                 return Err(error.into());

@@ -106,9 +106,12 @@ pub trait CounterStore: Store {
 
     /// Applies several changes in one durable transaction, in order (a later
     /// change of the same number sees the earlier one); answers each as
-    /// [`CounterStore::change_state`] would. If another write stored the
-    /// first state of one of their numbers meanwhile, nothing commits and
-    /// every change answers [`ChangeError::Raced`].
+    /// [`CounterStore::change_state`] would, with the range that holds its
+    /// number, read in the same transaction: a number no range holds as
+    /// handed out ([`handed_out`](crate::allocator::numbers::handed_out))
+    /// answers [`ChangeError::NotHandedOut`] and does not change. If another
+    /// write stored the first state of one of their numbers meanwhile,
+    /// nothing commits and every change answers [`ChangeError::Raced`].
     ///
     /// # Errors
     /// The transaction failed: no change was made.
@@ -421,6 +424,12 @@ impl RangeRow {
     pub fn last(&self) -> i64 {
         self.first_value + (self.count - 1)
     }
+
+    /// Whether `number` lies in it.
+    #[must_use]
+    pub fn holds(&self, number: i64) -> bool {
+        (self.first_value..=self.last()).contains(&number)
+    }
 }
 
 /// What a caller asks of one number handed out.
@@ -588,9 +597,10 @@ pub struct StateWrite<'a> {
     pub held: Held,
 }
 
-/// What one change of a batch did: the number's state row after it (none:
-/// still issued as its range gave it), or why nothing changed.
-pub type Changed = Result<Option<StateRow>, ChangeError>;
+/// What one change of a batch did: the range that holds the number and
+/// the number's state row after it (none: still issued as its range gave
+/// it), or why nothing changed.
+pub type Changed = Result<(RangeRow, Option<StateRow>), ChangeError>;
 
 /// A number's key and state row, as a batch reads and writes them.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -608,6 +618,13 @@ pub enum ChangeError {
     /// Its state does not allow the change.
     #[error(transparent)]
     Refused(#[from] StateRefusal),
+    /// No range holds it as handed out: none holds it, or the one that
+    /// does skipped it.
+    #[error("the number was not handed out")]
+    NotHandedOut {
+        /// A range holds it, skipped.
+        skipped: bool,
+    },
     /// Another write stored the number's first state meanwhile: run again.
     #[error("the number's state changed meanwhile")]
     Raced,
