@@ -2,8 +2,6 @@
 //! each insert in a transaction that commits synchronously. Ids are UUIDs and
 //! totals NUMERIC.
 
-use std::collections::HashSet;
-
 use async_trait::async_trait;
 use rust_decimal::Decimal;
 use sqlx::{PgPool, Postgres, migrate::Migrator};
@@ -13,7 +11,7 @@ use crate::{
     db::begin_durable,
     invoices::{
         domain::Invoice,
-        sql_store::{self, Engine, SqlInvoiceStore, Stored, Write},
+        sql_store::{self, Engine, Made, SqlInvoiceStore, Stored, Write},
         store::StoreError,
     },
 };
@@ -71,11 +69,11 @@ impl Engine for PgEngine {
         &self.pool
     }
 
-    async fn write_group(&self, writes: &[Write]) -> Result<HashSet<Uuid>, sqlx::Error> {
+    async fn write_group(&self, writes: &[Write]) -> Result<Made, sqlx::Error> {
         let mut tx = begin_durable(&self.pool).await?;
-        let stored = sql_store::write_group::<Postgres, Native>(&mut tx, writes).await?;
+        let made = sql_store::write_group::<Postgres, Native>(&mut tx, writes).await?;
         tx.commit().await?;
-        Ok(stored)
+        Ok(made)
     }
 
     async fn insert(

@@ -46,8 +46,8 @@ pub(crate) trait Engine: Send + Sync + 'static {
     fn pool(&self) -> &Pool<Self::Db>;
 
     /// Makes a group of writes ([`write_group`]) in one durable transaction
-    /// of the engine; the ids of the invoices it stored.
-    async fn write_group(&self, writes: &[Write]) -> Result<HashSet<Uuid>, sqlx::Error>;
+    /// of the engine.
+    async fn write_group(&self, writes: &[Write]) -> Result<Made, sqlx::Error>;
 
     /// Stores the invoice ([`store_invoice`]) in the engine's durable write.
     async fn insert(
@@ -118,7 +118,12 @@ pub(crate) enum Write {
         pending: Option<String>,
     },
     /// [`Note::Pending`].
-    Pending(Pending),
+    Pending {
+        /// The reservation.
+        note: Pending,
+        /// The call's request id.
+        request_id: Option<String>,
+    },
     /// [`Note::Done`].
     Done {
         /// The tenant.
@@ -138,7 +143,13 @@ pub(crate) enum Write {
 impl Write {
     fn of(note: Note<'_>) -> Self {
         match note {
-            Note::Pending(pending) => Self::Pending(pending.clone()),
+            Note::Pending {
+                pending,
+                request_id,
+            } => Self::Pending {
+                note: pending.clone(),
+                request_id: request_id.map(|id| id.as_str().to_owned()),
+            },
             Note::Done {
                 tenant,
                 request_key,
@@ -169,8 +180,37 @@ impl Write {
         }
         // A note takes nothing another row holds: a group of one fails
         // with its own error.
-        engine.write_group(std::slice::from_ref(self)).await?;
-        Ok(())
+        let made = engine.write_group(std::slice::from_ref(self)).await?;
+        self.answer(&made)
+    }
+
+    /// What this write answers once `made` committed, if it was not left
+    /// out.
+    fn answer(&self, made: &Made) -> Result<(), StoreError> {
+        match self {
+            Self::Pending {
+                note,
+                request_id: Some(request_id),
+            } if made.taken(&note.tenant_id, request_id) => Err(StoreError::RequestIdTaken),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// What a group made.
+#[derive(Debug, Default)]
+pub(crate) struct Made {
+    /// The ids of the invoices it stored.
+    stored: HashSet<Uuid>,
+    /// The tenants' request ids of pending notes not noted, since an
+    /// invoice created by the same request id is stored.
+    taken: HashSet<(String, String)>,
+}
+
+impl Made {
+    fn taken(&self, tenant: &str, request_id: &str) -> bool {
+        self.taken
+            .contains(&(tenant.to_owned(), request_id.to_owned()))
     }
 }
 
@@ -182,13 +222,13 @@ async fn commit_group<E: Engine>(engine: &E, writes: Vec<Write>) -> Vec<Result<(
     metrics::histogram!("numbering_group_commit_batch_size").record(writes.len() as f64);
     let mut answers = Vec::with_capacity(writes.len());
     match engine.write_group(&writes).await {
-        Ok(stored) => {
+        Ok(made) => {
             for write in &writes {
                 answers.push(match write {
-                    Write::Invoice { invoice, .. } if !stored.contains(&invoice.id) => {
+                    Write::Invoice { invoice, .. } if !made.stored.contains(&invoice.id) => {
                         write.alone(engine).await
                     }
-                    _ => Ok(()),
+                    _ => write.answer(&made),
                 });
             }
         }
@@ -469,7 +509,7 @@ where
 pub(crate) async fn write_group<DB, S>(
     conn: &mut DB::Connection,
     writes: &[Write],
-) -> Result<HashSet<Uuid>, sqlx::Error>
+) -> Result<Made, sqlx::Error>
 where
     DB: Database + HasStatementCache,
     S: Stored,
@@ -484,17 +524,23 @@ where
     for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
     for<'q> Json<&'q [LineItem]>: Encode<'q, DB> + Type<DB>,
     for<'r> (S::Id,): FromRow<'r, DB::Row>,
+    for<'r> (String, String): FromRow<'r, DB::Row>,
 {
     // A repeated call may note the same reservation twice in one group: the
     // later note wins, as it would in two transactions.
     let mut pending = BTreeMap::new();
+    let mut request_ids = BTreeSet::new();
     let mut invoices = Vec::new();
     let mut done = BTreeSet::new();
     let mut settled = BTreeSet::new();
     for write in writes {
         match write {
-            Write::Pending(note) => {
-                pending.insert((note.tenant_id.as_str(), note.request_key.as_str()), note);
+            Write::Pending { note, request_id } => {
+                let key = (note.tenant_id.as_str(), note.request_key.as_str());
+                pending.insert(key, (note, request_id.as_deref()));
+                if let Some(request_id) = request_id {
+                    request_ids.insert((note.tenant_id.as_str(), request_id.as_str()));
+                }
             }
             Write::Invoice {
                 invoice,
@@ -515,8 +561,20 @@ where
     invoices.sort_by(|(a, ..), (b, ..)| {
         (&a.tenant_id, &a.period, a.number).cmp(&(&b.tenant_id, &b.period, b.number))
     });
-    if !pending.is_empty() {
-        upsert_pending::<DB>(&mut *conn, pending.values().copied()).await?;
+    let taken = if request_ids.is_empty() {
+        HashSet::new()
+    } else {
+        select_request_ids_taken::<DB>(&mut *conn, &request_ids).await?
+    };
+    let to_note: Vec<&Pending> = pending
+        .into_values()
+        .filter(|(note, request_id)| {
+            request_id.is_none_or(|id| !taken.contains(&(note.tenant_id.clone(), id.to_owned())))
+        })
+        .map(|(note, _)| note)
+        .collect();
+    if !to_note.is_empty() {
+        upsert_pending::<DB>(&mut *conn, to_note.into_iter()).await?;
     }
     let stored = if invoices.is_empty() {
         HashSet::new()
@@ -534,7 +592,39 @@ where
     if !settled.is_empty() {
         mark_settled::<DB, S>(conn, &settled).await?;
     }
-    Ok(stored)
+    Ok(Made { stored, taken })
+}
+
+/// Which of the tenants' request ids created a stored invoice, on `conn`.
+#[tracing::instrument(
+    name = "db.invoices.select_request_ids",
+    skip_all,
+    err(level = "debug")
+)]
+async fn select_request_ids_taken<DB>(
+    conn: &mut DB::Connection,
+    request_ids: &BTreeSet<(&str, &str)>,
+) -> Result<HashSet<(String, String)>, sqlx::Error>
+where
+    DB: Database + HasStatementCache,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB> + Default,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'r> (String, String): FromRow<'r, DB::Row>,
+{
+    let mut query = QueryBuilder::<DB>::new(
+        "SELECT tenant_id, request_id FROM invoices WHERE (tenant_id, request_id) IN (",
+    );
+    query.push_values(request_ids, |mut row, (tenant, request_id)| {
+        row.push_bind(*tenant).push_bind(*request_id);
+    });
+    query.push(")");
+    let taken: Vec<(String, String)> = query
+        .build_query_as()
+        .persistent(false)
+        .fetch_all(conn)
+        .await?;
+    Ok(taken.into_iter().collect())
 }
 
 /// Notes reservations pending, on `conn`; a repeated call's note is its own

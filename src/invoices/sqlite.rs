@@ -2,7 +2,7 @@
 //! insert through the one SQLite write path (see [`crate::db::open_sqlite`]).
 //! Ids and totals are stored as text.
 
-use std::{collections::HashSet, str::FromStr};
+use std::str::FromStr;
 
 use async_trait::async_trait;
 use rust_decimal::Decimal;
@@ -13,7 +13,7 @@ use crate::{
     db::SqliteDatabase,
     invoices::{
         domain::Invoice,
-        sql_store::{self, Engine, SqlInvoiceStore, Stored, Write},
+        sql_store::{self, Engine, Made, SqlInvoiceStore, Stored, Write},
         store::StoreError,
     },
 };
@@ -74,12 +74,12 @@ impl Engine for SqliteEngine {
         self.db.pool()
     }
 
-    async fn write_group(&self, writes: &[Write]) -> Result<HashSet<Uuid>, sqlx::Error> {
+    async fn write_group(&self, writes: &[Write]) -> Result<Made, sqlx::Error> {
         let mut write = self.db.begin_write().await?;
-        let stored = sql_store::write_group::<Sqlite, AsText>(write.conn(), writes).await?;
+        let made = sql_store::write_group::<Sqlite, AsText>(write.conn(), writes).await?;
         // Not acknowledged if it went to a file no longer at its path.
         write.commit().await?;
-        Ok(stored)
+        Ok(made)
     }
 
     async fn insert(

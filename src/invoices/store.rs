@@ -123,8 +123,16 @@ pub struct Pending {
 /// A bookkeeping write of the reservations in flight.
 #[derive(Debug, Clone, Copy)]
 pub enum Note<'a> {
-    /// A reservation is about to be asked for.
-    Pending(&'a Pending),
+    /// A reservation is about to be asked for, by a call with `request_id`.
+    /// If that request id already created one of the tenant's invoices,
+    /// nothing is noted and the note fails [`StoreError::RequestIdTaken`]:
+    /// the read and the note are one write.
+    Pending {
+        /// The reservation.
+        pending: &'a Pending,
+        /// The call's request id.
+        request_id: Option<&'a RequestId>,
+    },
     /// The reservation's number is stored with an invoice, or given back.
     Done {
         /// The tenant.

@@ -185,14 +185,6 @@ impl InvoiceWriter {
         request_id: Option<&RequestId>,
         deadline: Instant,
     ) -> Result<Created, Error> {
-        if let Some(request_id) = request_id
-            && let Some(stored) = self
-                .store
-                .get_by_request_id(&new.tenant_id, request_id)
-                .await?
-        {
-            return repeat(new, stored, request_id);
-        }
         let call = CallKey::new(request_id, || self.clock.new_id());
         let issue_date = new
             .issue_date
@@ -206,14 +198,17 @@ impl InvoiceWriter {
             // (or read-only) the call fails here instead of burning a number
             // it cannot use. (Holding a transaction open across the allocator
             // call instead would tie up a connection for as long as the
-            // allocator takes, retries included.)
+            // allocator takes, retries included.) And it is where a repeat
+            // of a call that stored its invoice stops, before any number.
             let pending = Pending {
                 tenant_id: new.tenant_id.to_string(),
                 request_key: key.clone(),
                 issue_date: issue_date.clone(),
                 since: self.clock.now(),
             };
-            self.store.note(Note::Pending(&pending)).await?;
+            if let Some(repeated) = self.note_pending(new, &pending, request_id).await? {
+                return Ok(repeated);
+            }
             let done = Note::Done {
                 tenant: new.tenant_id.as_str(),
                 request_key: &key,
@@ -292,6 +287,36 @@ impl InvoiceWriter {
             tenant: new.tenant_id.to_string(),
             attempts: self.max_attempts,
         })
+    }
+
+    /// Notes an attempt's reservation pending; or, if the call's request id
+    /// already stored an invoice, answers that one and notes nothing.
+    async fn note_pending(
+        &self,
+        new: &NewInvoice,
+        pending: &Pending,
+        request_id: Option<&RequestId>,
+    ) -> Result<Option<Created>, Error> {
+        let noted = self
+            .store
+            .note(Note::Pending {
+                pending,
+                request_id,
+            })
+            .await;
+        match noted {
+            Ok(()) => Ok(None),
+            Err(StoreError::RequestIdTaken)
+                if let Some(request_id) = request_id
+                    && let Some(stored) = self
+                        .store
+                        .get_by_request_id(&new.tenant_id, request_id)
+                        .await? =>
+            {
+                repeat(new, stored, request_id).map(Some)
+            }
+            Err(error) => Err(error.into()),
+        }
     }
 
     /// Counts a number found taken on attempt `attempt`: retried, or the

@@ -73,7 +73,7 @@ async fn create_all(
 
 /// Sent twice, or 20 times at once, with one request id: one invoice, every
 /// answer that invoice, one number taken. Another body with the id is refused
-/// and takes no number.
+/// and takes no number. A repeat needs no allocator.
 #[apply(backends)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeated_create_returns_the_stored_invoice(#[case] backend: Backend) {
@@ -119,6 +119,18 @@ async fn a_repeated_create_returns_the_stored_invoice(#[case] backend: Backend) 
     assert_eq!(numbers, ["INV-001", "INV-002"]);
     let series = invoice_series(&mut allocator.client, "acme").await.unwrap();
     assert_eq!(series.last_value, 2, "a repeat or a refusal took a number");
+
+    // A repeat is answered from the writer's own store before any number
+    // is asked for: even with the allocator gone.
+    allocator.server.stop().await.unwrap();
+    let third = writer
+        .client
+        .create_invoice(keyed("acme", "order-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(third.replayed);
+    assert_eq!(third.invoice, first.invoice);
 }
 
 /// How a store fails a call after its invoice is committed.

@@ -662,7 +662,11 @@ async fn writes_made_together_keep_each_their_own_outcome(#[case] backend: Backe
             issue_date: String::new(),
             since,
         };
-        store.note(Note::Pending(&pending)).await.unwrap();
+        let note = Note::Pending {
+            pending: &pending,
+            request_id: None,
+        };
+        store.note(note).await.unwrap();
     }
 
     // All at once, so that they queue while a group commits.
