@@ -117,12 +117,31 @@ async fn lock_state(
     .await
 }
 
+/// A batch's numbers as the statements take them: one array per column.
+struct Keys<'a> {
+    tenants: Vec<&'a str>,
+    series: Vec<&'a str>,
+    periods: Vec<&'a str>,
+    numbers: Vec<i64>,
+}
+
+impl<'a> Keys<'a> {
+    fn of(writes: &'a [StateWrite<'a>]) -> Self {
+        Self {
+            tenants: writes.iter().map(|w| w.at.tenant.as_str()).collect(),
+            series: writes.iter().map(|w| w.at.series.as_str()).collect(),
+            periods: writes.iter().map(|w| w.at.period).collect(),
+            numbers: writes.iter().map(|w| w.at.number).collect(),
+        }
+    }
+}
+
 /// The state rows of a batch's numbers, locked until the transaction ends,
 /// in key order.
-#[tracing::instrument(name = "db.number_states.lock_many", skip_all, fields(numbers = writes.len()), err(level = "debug"))]
+#[tracing::instrument(name = "db.number_states.lock_many", skip_all, fields(numbers = keys.numbers.len()), err(level = "debug"))]
 async fn lock_states(
     conn: &mut PgConnection,
-    writes: &[StateWrite<'_>],
+    keys: &Keys<'_>,
 ) -> Result<Vec<KeyedStateRow>, sqlx::Error> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT tenant_id, series, period, {STATE_COLUMNS} FROM number_states
@@ -130,30 +149,20 @@ async fn lock_states(
                (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[]))
          ORDER BY tenant_id, series, period, number FOR UPDATE"
     )))
-    .bind(
-        writes
-            .iter()
-            .map(|w| w.at.tenant.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        writes
-            .iter()
-            .map(|w| w.at.series.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(writes.iter().map(|w| w.at.period).collect::<Vec<_>>())
-    .bind(writes.iter().map(|w| w.at.number).collect::<Vec<_>>())
+    .bind(&keys.tenants)
+    .bind(&keys.series)
+    .bind(&keys.periods)
+    .bind(&keys.numbers)
     .fetch_all(conn)
     .await
 }
 
 /// Per change of a batch, in order, the last range of its number's period
 /// starting at or before the number.
-#[tracing::instrument(name = "db.allocations.select_at_many", skip_all, fields(numbers = writes.len()), err(level = "debug"))]
+#[tracing::instrument(name = "db.allocations.select_at_many", skip_all, fields(numbers = keys.numbers.len()), err(level = "debug"))]
 async fn select_ranges_at(
     conn: &mut PgConnection,
-    writes: &[StateWrite<'_>],
+    keys: &Keys<'_>,
 ) -> Result<Vec<Option<RangeRow>>, sqlx::Error> {
     let found: Vec<NthRange> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT w.nth, r.* FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[])
@@ -164,23 +173,13 @@ async fn select_ranges_at(
                AND first_value <= w.number
              ORDER BY first_value DESC LIMIT 1) r"
     )))
-    .bind(
-        writes
-            .iter()
-            .map(|w| w.at.tenant.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        writes
-            .iter()
-            .map(|w| w.at.series.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(writes.iter().map(|w| w.at.period).collect::<Vec<_>>())
-    .bind(writes.iter().map(|w| w.at.number).collect::<Vec<_>>())
+    .bind(&keys.tenants)
+    .bind(&keys.series)
+    .bind(&keys.periods)
+    .bind(&keys.numbers)
     .fetch_all(conn)
     .await?;
-    let mut ranges = vec![None; writes.len()];
+    let mut ranges = vec![None; keys.numbers.len()];
     for NthRange { nth, range } in found {
         if let Some(slot) = usize::try_from(nth - 1)
             .ok()
@@ -645,8 +644,9 @@ impl Engine for PgEngine {
 
     async fn change_states(&self, writes: &[StateWrite<'_>]) -> Result<Vec<Changed>, StoreError> {
         let mut tx = begin_durable(&self.pool).await?;
-        let ranges = select_ranges_at(&mut tx, writes).await?;
-        let existing = lock_states(&mut tx, writes).await?;
+        let keys = Keys::of(writes);
+        let ranges = select_ranges_at(&mut tx, &keys).await?;
+        let existing = lock_states(&mut tx, &keys).await?;
         let planned = sql_store::plan_changes(writes, existing, ranges);
         if !planned.updates.is_empty() {
             write_states(&mut tx, &planned.updates, false).await?;

@@ -402,15 +402,25 @@ async fn a_confirmation_that_loses_the_race_to_another_sees_it() {
         .allocate(allocate("acme", "", 1))
         .await
         .unwrap();
-    let mut other = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
-    let mut first = sqlx::Connection::begin(&mut other).await.unwrap();
-    sqlx::query(
+    confirm_while_another_write_commits(
+        &app,
         "INSERT INTO number_states (tenant_id, series, period, number, state, reference, updated_at)
          VALUES ('acme', 'invoice', '', 1, 'confirmed', 'inv-first', now())",
     )
-    .execute(&mut *first)
-    .await
-    .unwrap();
+    .await;
+}
+
+/// Confirms number 1 to `inv-late` while another connection's open
+/// transaction, which ran `statement`, holds its row; commits that
+/// transaction once the confirmation waits on it, and checks that the
+/// confirmation is refused naming `inv-first`.
+async fn confirm_while_another_write_commits(app: &AllocatorApp, statement: &str) {
+    let mut other = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+    let mut first = sqlx::Connection::begin(&mut other).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(statement.to_owned()))
+        .execute(&mut *first)
+        .await
+        .unwrap();
     let mut client = app.client.clone();
     let late = tokio::spawn(async move { client.confirm(confirm(1, "inv-late")).await });
     app.db.wait_until_blocked_on_a_lock().await;
@@ -435,24 +445,12 @@ async fn a_confirmation_whose_row_another_write_changed_sees_it() {
     };
     let reserved = app.client.clone().reserve(reserve).await.unwrap();
     assert_eq!(reserved.into_inner().record.unwrap().number, 1);
-    let mut other = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
-    let mut first = sqlx::Connection::begin(&mut other).await.unwrap();
-    sqlx::query(
+    confirm_while_another_write_commits(
+        &app,
         "UPDATE number_states SET state = 'confirmed', reference = 'inv-first', updated_at = now()
          WHERE tenant_id = 'acme' AND number = 1",
     )
-    .execute(&mut *first)
-    .await
-    .unwrap();
-    let mut client = app.client.clone();
-    let late = tokio::spawn(async move { client.confirm(confirm(1, "inv-late")).await });
-    app.db.wait_until_blocked_on_a_lock().await;
-    first.commit().await.unwrap();
-
-    let status = late.await.unwrap().unwrap_err();
-    assert_reason(&status, "ALREADY_CONFIRMED");
-    let stored = tonic_types::StatusExt::get_details_error_info(&status).unwrap();
-    assert_eq!(stored.metadata["reference"], "inv-first");
+    .await;
     let record = app
         .client
         .clone()
