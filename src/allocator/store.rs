@@ -108,8 +108,8 @@ pub trait CounterStore: Store {
     /// change of the same number sees the earlier one); answers each as
     /// [`CounterStore::change_state`] would, with the range that holds its
     /// number, read in the same transaction: a number no range holds as
-    /// handed out ([`handed_out`](crate::allocator::numbers::handed_out))
-    /// answers [`ChangeError::NotHandedOut`] and does not change. If another
+    /// handed out (`numbers::handed_out`) answers
+    /// [`ChangeError::NotHandedOut`] and does not change. If another
     /// write stored the first state of one of their numbers meanwhile,
     /// nothing commits and every change answers [`ChangeError::Raced`].
     ///
