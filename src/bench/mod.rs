@@ -3,6 +3,7 @@
 //! latency, and keeps every acknowledged range for [`verify`](mod@verify).
 
 pub mod plot;
+pub mod processor;
 pub mod report;
 pub mod spawn;
 pub mod verify;
@@ -22,7 +23,10 @@ use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::{
-    bench::verify::{Ack, Verification, verify},
+    bench::{
+        processor::ProcessorTime,
+        verify::{Ack, Verification, verify},
+    },
     proto::{
         AllocateRequest, ConfirmRequest, CreateInvoiceRequest, LineItem, ReserveRequest,
         invoice_writer_client::InvoiceWriterClient, number_allocator_client::NumberAllocatorClient,
@@ -81,6 +85,9 @@ pub struct Report {
     pub latency: Histogram<u64>,
     /// Every acknowledged range.
     pub acks: Vec<Ack>,
+    /// Processor time over the run, by party, where the caller sampled it
+    /// around the run (unknown otherwise).
+    pub processor: ProcessorTime,
 }
 
 impl Report {
@@ -165,6 +172,7 @@ pub async fn drive_all(urls: &[String], load: &Load) -> Result<Report, tonic::tr
         errors: BTreeMap::new(),
         latency: new_histogram(),
         acks: Vec::new(),
+        processor: ProcessorTime::default(),
     };
     for client in clients {
         let result = client.await.expect("client task");

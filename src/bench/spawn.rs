@@ -204,6 +204,12 @@ impl SpawnedAllocator {
         })
     }
 
+    /// The process id, while it runs.
+    #[must_use]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// The process' resident memory, from `/proc`.
     #[must_use]
     pub fn resident_bytes(&self) -> Option<u64> {
@@ -256,6 +262,12 @@ impl SpawnedWriter {
             url,
             database,
         })
+    }
+
+    /// The process id, while it runs.
+    #[must_use]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     /// Stops the process and drops its database or directory.

@@ -11,6 +11,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use numbering::bench::{
     Call, Load, Report, drive, drive_all, plot,
+    processor::{ProcessorTime, Sample},
     report::{CompareRow, VerificationLine},
     spawn::{SpawnedAllocator, SpawnedReplicas, SpawnedWriter},
 };
@@ -294,9 +295,15 @@ async fn spawned_run(
 ) -> anyhow::Result<Report> {
     let args = vec!["--commit-mode".to_owned(), mode.flag().to_owned()];
     let allocator = SpawnedAllocator::start(bin, &spawn.database_url, &args).await?;
+    let pids = [allocator.pid()];
+    let start = Sample::now(&pids);
     let report = analyzing(&allocator, spawn.analyze_every, drive(&allocator.url, load)).await;
+    let processor = Sample::now(&pids).since(&start);
     allocator.stop().await?;
-    Ok(report?)
+    Ok(Report {
+        processor,
+        ..report?
+    })
 }
 
 /// Starts an allocator with group commit and a writer calling it, each on a
@@ -314,10 +321,16 @@ async fn spawned_writer_run(
             return Err(e.into());
         }
     };
+    let pids = [allocator.pid(), writer.pid()];
+    let start = Sample::now(&pids);
     let report = analyzing(&allocator, spawn.analyze_every, drive(&writer.url, load)).await;
+    let processor = Sample::now(&pids).since(&start);
     writer.stop().await?;
     allocator.stop().await?;
-    Ok(report?)
+    Ok(Report {
+        processor,
+        ..report?
+    })
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<bool> {
@@ -339,9 +352,16 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
         )
     };
     let report = match &args.url {
-        Some(url) => drive(url, &load)
-            .await
-            .with_context(|| format!("connecting to {url}"))?,
+        Some(url) => {
+            let start = Sample::now(&[]);
+            let report = drive(url, &load)
+                .await
+                .with_context(|| format!("connecting to {url}"))?;
+            Report {
+                processor: Sample::now(&[]).since(&start),
+                ..report
+            }
+        }
         None if call == Call::CreateInvoice => {
             let bins = (allocator_bin(&args.spawn)?, writer_bin(&args.spawn)?);
             spawned_writer_run(&args.spawn, (&bins.0, &bins.1), &load).await?
@@ -357,6 +377,15 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
         }
     };
     println!("{report}");
+    let names: &[&str] = match (&args.url, call) {
+        (Some(_), _) => &[],
+        (None, Call::CreateInvoice) => &["allocator", "writer"],
+        (None, _) => &["allocator"],
+    };
+    println!(
+        "processor time per call: {}",
+        report.processor.per_call(names, report.ok)
+    );
     if call == Call::Health {
         return Ok(true);
     }
@@ -523,13 +552,48 @@ fn milliseconds(ms: f64) -> String {
     format!("{ms:.1} ms")
 }
 
-/// One round of `targets`: its figures, in the order of the targets, and
-/// whether every run was verified with no call failed.
+/// The services `targets` starts for the allocator's workloads, and for the
+/// writer's, as the processor time names them.
+const ALLOCATOR: &[&str] = &["allocator"];
+const WRITER: &[&str] = &["allocator", "writer"];
+
+/// Processor time a workload of `targets` used, over its calls.
+struct Spent {
+    workload: &'static str,
+    /// The services started, as the processor time names them.
+    services: &'static [&'static str],
+    processor: ProcessorTime,
+    calls: u64,
+}
+
+impl Spent {
+    fn of(workload: &'static str, services: &'static [&'static str], report: &Report) -> Self {
+        Self {
+            workload,
+            services,
+            processor: report.processor.clone(),
+            calls: report.ok,
+        }
+    }
+
+    /// Adds another round's run of the same workload.
+    fn add(&mut self, other: &Self) {
+        self.processor.add(&other.processor);
+        self.calls += other.calls;
+    }
+}
+
+/// One round of `targets`: its figures, in the order of the targets, whether
+/// every run was verified with no call failed, and each workload's processor
+/// time.
 async fn targets_round(
     args: &TargetsArgs,
     (bin, writer_bin): (&Path, &Path),
     round: usize,
-) -> anyhow::Result<([f64; 7], bool)> {
+) -> anyhow::Result<([f64; 7], bool, Vec<Spent>)> {
+    use Call::{Allocate, ReserveConfirm};
+    use Mode::{Group, PerCall};
+
     let run = |call, tenants, keyed| Load {
         keyed,
         ..load(
@@ -544,30 +608,19 @@ async fn targets_round(
     // Back to back: the machine is shared and noisy, so only ratios taken
     // close together mean much.
     let noop = spawned_run(&args.spawn, bin, Mode::Group, &run(Call::Health, 1, false)).await?;
+    let mut spent = vec![Spent::of("no-op", ALLOCATOR, &noop)];
     let mut runs = Vec::new();
     let mut all_verified = true;
     for (name, mode, call, tenants, keyed) in [
-        ("group", Mode::Group, Call::Allocate, 1, false),
-        ("keyed", Mode::Group, Call::Allocate, 1, true),
+        ("group commit", Group, Allocate, 1, false),
+        ("keyed group commit", Group, Allocate, 1, true),
+        ("Reserve + Confirm pair", Group, ReserveConfirm, 1, false),
+        ("one commit per call", PerCall, Allocate, 1, false),
+        ("1,000 tenants, group commit", Group, Allocate, 1000, false),
         (
-            "reserve-confirm pairs",
-            Mode::Group,
-            Call::ReserveConfirm,
-            1,
-            false,
-        ),
-        ("per call", Mode::PerCall, Call::Allocate, 1, false),
-        (
-            "1,000 tenants group",
-            Mode::Group,
-            Call::Allocate,
-            1000,
-            false,
-        ),
-        (
-            "1,000 tenants per call",
-            Mode::PerCall,
-            Call::Allocate,
+            "1,000 tenants, one commit per call",
+            PerCall,
+            Allocate,
             1000,
             false,
         ),
@@ -581,6 +634,7 @@ async fn targets_round(
             report.latency(0.99),
             report.failed()
         );
+        spent.push(Spent::of(name, ALLOCATOR, &report));
         runs.push(report);
     }
     // The writer's own ceiling: its health check, with an allocator beside it.
@@ -604,6 +658,8 @@ async fn targets_round(
     let [group, keyed, pairs, per_call, many, many_per_call] = &runs[..] else {
         unreachable!("six runs");
     };
+    spent.push(Spent::of("the writer's no-op", WRITER, &writer_noop));
+    spent.push(Spent::of("CreateInvoice", WRITER, &invoices));
     let ceiling = noop.throughput();
     eprintln!(
         "round {round}, no-op ceiling: {ceiling:.0}/s; CreateInvoice ÷ Reserve + Confirm pairs: {:.0}%",
@@ -619,7 +675,7 @@ async fn targets_round(
         many.throughput() / many_per_call.throughput(),
         invoices.throughput() / writer_noop.throughput(),
     ];
-    Ok((figures, all_verified))
+    Ok((figures, all_verified, spent))
 }
 
 async fn targets(args: TargetsArgs) -> anyhow::Result<bool> {
@@ -660,11 +716,20 @@ async fn targets(args: TargetsArgs) -> anyhow::Result<bool> {
         ),
     ];
     let mut all_verified = true;
+    let mut spent: Vec<Spent> = Vec::new();
     for round in 1..=args.rounds.max(1) {
-        let (figures, verified) = targets_round(&args, (&bin, &writer_bin), round).await?;
+        let (figures, verified, round_spent) =
+            targets_round(&args, (&bin, &writer_bin), round).await?;
         all_verified &= verified;
         for (target, figure) in targets.iter_mut().zip(figures) {
             target.figures.push(figure);
+        }
+        if spent.is_empty() {
+            spent = round_spent;
+        } else {
+            for (all, more) in spent.iter_mut().zip(&round_spent) {
+                all.add(more);
+            }
         }
     }
     println!("| target | needed | each round | met in every round |");
@@ -687,10 +752,45 @@ async fn targets(args: TargetsArgs) -> anyhow::Result<bool> {
             }
         );
     }
+    print_spent(&spent);
     println!(
         "\nEvery acknowledged number verified (no duplicates, each series 1..=N), no call failed: {all_verified}"
     );
     Ok(all_verified)
+}
+
+/// The table of processor time per call, by workload and party, over every
+/// round.
+fn print_spent(spent: &[Spent]) {
+    println!(
+        "\nProcessor time per call over every round (a pair counts as one call; PostgreSQL is every process of that name on the machine; the rest is the kernel's own threads and anything else running):\n"
+    );
+    println!("| workload | load generator | allocator | writer | PostgreSQL | the rest | idle |");
+    println!("|---|---|---|---|---|---|---|");
+    let micros =
+        |micros: Option<f64>| micros.map_or_else(|| "–".to_owned(), |m| format!("{m:.0} µs"));
+    for workload in spent {
+        let per_call = workload
+            .processor
+            .per_call(workload.services, workload.calls);
+        let service = |name| {
+            let at = workload.services.iter().position(|s| *s == name);
+            micros(per_call.micros(at.and_then(|at| workload.processor.watched[at])))
+        };
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            workload.workload,
+            micros(per_call.micros(workload.processor.own)),
+            service("allocator"),
+            service("writer"),
+            micros(per_call.micros(workload.processor.database)),
+            micros(per_call.micros(workload.processor.rest)),
+            workload
+                .processor
+                .idle_share()
+                .map_or_else(|| "–".to_owned(), percent),
+        );
+    }
 }
 
 // Counts of calls and runs, far below 2^52.

@@ -77,11 +77,7 @@ async fn the_targets_benchmark_measures_every_target_and_verifies_every_answer()
     ])
     .await;
     // | target | needed | each round | met in every round |
-    let rows: Vec<Vec<&str>> = stdout
-        .lines()
-        .filter(|line| line.starts_with("| ") && !line.starts_with("| target"))
-        .map(|line| line.split('|').map(str::trim).collect())
-        .collect();
+    let rows = table(&stdout, "| target |");
     assert_eq!(
         rows.iter().map(|row| row[1]).collect::<Vec<_>>(),
         [
@@ -112,6 +108,58 @@ async fn the_targets_benchmark_measures_every_target_and_verifies_every_answer()
         .find(|line| line.starts_with("round 1, CreateInvoice:"))
         .unwrap_or_else(|| panic!("no CreateInvoice run\n{stderr}"));
     assert!(invoices.contains("failed 0, verified: true"), "{invoices}");
+
+    // | workload | load generator | allocator | writer | PostgreSQL | the rest | idle |
+    let spent = table(&stdout, "| workload |");
+    assert_eq!(
+        spent.iter().map(|row| row[1]).collect::<Vec<_>>(),
+        [
+            "no-op",
+            "group commit",
+            "keyed group commit",
+            "Reserve + Confirm pair",
+            "one commit per call",
+            "1,000 tenants, group commit",
+            "1,000 tenants, one commit per call",
+            "the writer's no-op",
+            "CreateInvoice",
+        ],
+        "{stdout}"
+    );
+    let micros = |cell: &str| -> f64 {
+        cell.strip_suffix(" µs")
+            .and_then(|m| m.parse().ok())
+            .unwrap_or_else(|| panic!("{cell}: not a time per call\n{stdout}"))
+    };
+    // Every party of every workload measured: the writer where one ran.
+    let mut sums = [0.0; 5];
+    for row in &spent {
+        let writer = row[1].contains("writer") || row[1] == "CreateInvoice";
+        for (sum, column) in sums.iter_mut().zip([2, 3, 4, 5, 6]) {
+            if column == 4 && !writer {
+                assert_eq!(row[column], "–", "{stdout}");
+            } else {
+                *sum += micros(row[column]);
+            }
+        }
+        let idle: f64 = row[7].trim_end_matches('%').parse().expect("an idle share");
+        assert!((0.0..=100.0).contains(&idle), "{stdout}");
+    }
+    // The load generator, the allocator, the writer and PostgreSQL each used
+    // some.
+    assert!(sums[..4].iter().all(|&sum| sum > 0.0), "{stdout}");
+}
+
+/// The rows of the Markdown table whose header starts with `header`, each
+/// split into trimmed cells (the first and last empty).
+fn table<'a>(stdout: &'a str, header: &str) -> Vec<Vec<&'a str>> {
+    stdout
+        .lines()
+        .skip_while(|line| !line.starts_with(header))
+        .skip(2)
+        .take_while(|line| line.starts_with("| "))
+        .map(|line| line.split('|').map(str::trim).collect())
+        .collect()
 }
 
 /// `memory` with a steady phase, briefly, on PostgreSQL analyzed every
