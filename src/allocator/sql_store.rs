@@ -958,6 +958,7 @@ pub(crate) fn plan_changes(
             (key, planned)
         })
         .collect();
+    debug_assert_eq!(ranges.len(), writes.len(), "one range read per change");
     let mut answers = Vec::with_capacity(writes.len());
     for (write, range) in writes.iter().zip(ranges) {
         let at = write.at;

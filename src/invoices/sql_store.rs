@@ -209,9 +209,14 @@ pub(crate) struct Made {
 
 impl Made {
     fn taken(&self, tenant: &str, request_id: &str) -> bool {
-        self.taken
-            .contains(&(tenant.to_owned(), request_id.to_owned()))
+        is_taken(&self.taken, tenant, request_id)
     }
+}
+
+/// Whether a tenant's request id is among those `taken`.
+fn is_taken(taken: &HashSet<(String, String)>, tenant: &str, request_id: &str) -> bool {
+    // Almost always empty: no key is built then.
+    !taken.is_empty() && taken.contains(&(tenant.to_owned(), request_id.to_owned()))
 }
 
 /// Commits a group of writes in one transaction, and answers each. A write
@@ -569,7 +574,7 @@ where
     let to_note: Vec<&Pending> = pending
         .into_values()
         .filter(|(note, request_id)| {
-            request_id.is_none_or(|id| !taken.contains(&(note.tenant_id.clone(), id.to_owned())))
+            request_id.is_none_or(|id| !is_taken(&taken, &note.tenant_id, id))
         })
         .map(|(note, _)| note)
         .collect();

@@ -8,6 +8,7 @@ use std::{sync::Arc, time::Duration};
 
 use tokio::time::Instant;
 use tonic::Code;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
@@ -357,7 +358,7 @@ impl InvoiceWriter {
         let store = self.store.clone();
         let (tenant, id) = (invoice.tenant_id.clone(), invoice.id);
         let invoice_number = invoice.invoice_number.clone();
-        tokio::spawn(async move {
+        let noted = async move {
             let note = Note::Settled {
                 tenant: &tenant,
                 id,
@@ -370,7 +371,9 @@ impl InvoiceWriter {
                     "the invoice's number is confirmed but not noted; reconciliation will",
                 );
             }
-        });
+        };
+        // Its log lines keep the call's span.
+        tokio::spawn(noted.in_current_span());
     }
 
     /// Confirms a stored invoice's number with its id; whether it is
