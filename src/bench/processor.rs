@@ -129,7 +129,8 @@ impl ProcessorTime {
     }
 
     /// This time divided by `calls`, as a line naming the parties: the load
-    /// generator, each of `names` (the watched processes), and the rest.
+    /// generator, each of `names` (the watched processes), PostgreSQL and the
+    /// rest.
     #[must_use]
     pub fn per_call<'a>(&'a self, names: &'a [&'a str], calls: u64) -> PerCall<'a> {
         PerCall {
