@@ -22,12 +22,13 @@ use numbering::{
     tenant::TenantId,
 };
 use rstest_reuse::apply;
+use sqlx::{Connection, PgConnection};
 use tonic::{Code, Status, transport::Channel};
 
 use crate::{
     backends,
     helpers::{
-        ManualClock, TestDb, TestServer, allocate, assert_invalid_field, assert_reason,
+        ManualClock, PATIENCE, TestDb, TestServer, allocate, assert_invalid_field, assert_reason,
         serve_allocator_on,
     },
 };
@@ -190,6 +191,70 @@ async fn a_reservation_is_held_then_confirmed(#[case] backend: Backend) {
     assert_eq!(
         (audit.reserved, audit.confirmed, audit.unaccounted),
         (0, 1, 0)
+    );
+}
+
+/// A confirmation that meets another write of its number (here another
+/// replica's void, committed while the confirmation waits for the row)
+/// decides on what that write left, never over it: the number stays voided
+/// and the confirmation is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_that_meets_another_write_decides_on_what_it_left() {
+    let mut app = reservations(Backend::Postgres).await;
+    let held = app.reserve(reserve("")).await;
+    let mut other = PgConnection::connect(&app.db.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut other).await.unwrap();
+    sqlx::query("SELECT 1 FROM number_states WHERE tenant_id = 'acme' AND number = $1 FOR UPDATE")
+        .bind(held.number)
+        .execute(&mut other)
+        .await
+        .unwrap();
+
+    let mut client = app.client.clone();
+    let confirming =
+        tokio::spawn(async move { client.confirm(confirm("", held.number, "inv-1")).await });
+    let mut watcher = PgConnection::connect(&app.db.url).await.unwrap();
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
+                 AND wait_event_type = 'Lock'",
+            )
+            .bind(&app.db.name)
+            .fetch_one(&mut watcher)
+            .await
+            .unwrap();
+            if waiting > 0 {
+                return;
+            }
+            assert!(!confirming.is_finished(), "the confirmation did not wait");
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the confirmation waits for the row");
+    sqlx::query(
+        "UPDATE number_states SET state = 'voided', reason = 'voided elsewhere',
+                                  expires_at = NULL, updated_at = now()
+         WHERE tenant_id = 'acme' AND number = $1",
+    )
+    .bind(held.number)
+    .execute(&mut other)
+    .await
+    .unwrap();
+    sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+
+    let refused = confirming.await.unwrap().unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert_reason(&refused, "NUMBER_VOIDED");
+    let record = app.get("", held.number).await.unwrap();
+    assert_eq!(
+        (
+            record.state(),
+            record.reason.as_str(),
+            record.reference.as_str()
+        ),
+        (NumberState::Voided, "voided elsewhere", "")
     );
 }
 
