@@ -257,12 +257,39 @@ pub fn unprivileged_user() -> Result<Option<(u32, u32)>, String> {
     Ok(Some((user.uid.as_raw(), user.gid.as_raw())))
 }
 
-/// A port of 127.0.0.1 that was free a moment ago.
+/// A port of 127.0.0.1 that nothing listens on, for a process a test starts.
+///
+/// A port the kernel hands out for port 0 can be handed out again, to an
+/// outgoing connection or another listener, before that process binds it.
+/// These ports come from below the kernel's ephemeral range, which it never
+/// hands out on its own, and each only once in this test process.
 pub fn free_port() -> Result<u16, String> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .map_err(|error| format!("finding a free port: {error}"))
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .map_err(|error| format!("reading the ephemeral port range: {error}"))?;
+    let ephemeral: u32 = range
+        .split_whitespace()
+        .next()
+        .and_then(|low| low.parse().ok())
+        .ok_or_else(|| format!("an unreadable ephemeral port range: {range:?}"))?;
+    // The upper half below the ephemeral range, started at a place of this
+    // process's own so that two test processes rarely meet.
+    let (first, count) = (ephemeral / 2, ephemeral / 2);
+    if first < 1024 {
+        return Err(format!("no ports below the ephemeral range {range:?}"));
+    }
+    let start = std::process::id() * 101 % count;
+    for _ in 0..count {
+        let taken = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = u16::try_from(first + (start + taken) % count)
+            .map_err(|_| format!("an ephemeral port range above 65535: {range:?}"))?;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(format!(
+        "every port from {first} below the ephemeral range is taken"
+    ))
 }
 
 /// Runs `command` to completion, as `user` if given.
