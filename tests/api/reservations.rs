@@ -28,7 +28,7 @@ use tonic::{Code, Status, transport::Channel};
 use crate::{
     backends,
     helpers::{
-        ManualClock, PATIENCE, TestDb, TestServer, allocate, assert_invalid_field, assert_reason,
+        ManualClock, TestDb, TestServer, allocate, assert_invalid_field, assert_reason,
         serve_allocator_on,
     },
 };
@@ -213,26 +213,8 @@ async fn a_change_that_meets_another_write_decides_on_what_it_left() {
     let mut client = app.client.clone();
     let confirming =
         tokio::spawn(async move { client.confirm(confirm("", held.number, "inv-1")).await });
-    let mut watcher = PgConnection::connect(&app.db.url).await.unwrap();
-    tokio::time::timeout(PATIENCE, async {
-        loop {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
-                 AND wait_event_type = 'Lock'",
-            )
-            .bind(&app.db.name)
-            .fetch_one(&mut watcher)
-            .await
-            .unwrap();
-            if waiting > 0 {
-                return;
-            }
-            assert!(!confirming.is_finished(), "the confirmation did not wait");
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("the confirmation waits for the row");
+    app.db.wait_until_blocked_on_a_lock().await;
+    assert!(!confirming.is_finished(), "the confirmation did not wait");
     sqlx::query(
         "UPDATE number_states SET state = 'voided', reason = 'voided elsewhere',
                                   expires_at = NULL, updated_at = now()

@@ -342,26 +342,9 @@ async fn migrations_wait_for_a_lock_longer_than_the_db_timeout() {
     command.args(["--db-timeout", "1s"]);
     let starting = tokio::spawn(start(command));
     // Its migrator waits on the lock for twice the bound.
-    let mut watcher = PgConnection::connect(&db.url).await.unwrap();
-    let waited = tokio::time::timeout(PATIENCE, async {
-        loop {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
-                 AND wait_event_type = 'Lock' AND now() - query_start > interval '2 s'",
-            )
-            .bind(&db.name)
-            .fetch_one(&mut watcher)
-            .await
-            .unwrap();
-            if waiting > 0 {
-                return;
-            }
-            assert!(!starting.is_finished(), "the start-up ended while waiting");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await;
-    assert!(waited.is_ok(), "no migration waited on the lock");
+    db.wait_until_blocked_on_a_lock_for(Duration::from_secs(2))
+        .await;
+    assert!(!starting.is_finished(), "the start-up ended while waiting");
     sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
 
     let running = starting.await.unwrap();

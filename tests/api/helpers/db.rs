@@ -146,13 +146,21 @@ impl TestDb {
 
     /// Waits until a session of this PostgreSQL database waits on a lock.
     pub async fn wait_until_blocked_on_a_lock(&self) {
+        self.wait_until_blocked_on_a_lock_for(Duration::ZERO).await;
+    }
+
+    /// Waits until a session of this PostgreSQL database has waited on a
+    /// lock for at least `at_least` (in its current statement).
+    pub async fn wait_until_blocked_on_a_lock_for(&self, at_least: Duration) {
         let mut conn = PgConnection::connect(&self.url).await.unwrap();
         let blocked = tokio::time::timeout(super::PATIENCE, async {
             loop {
                 let waiting: i64 = sqlx::query_scalar(
                     "SELECT count(*) FROM pg_stat_activity
-                     WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                     WHERE datname = current_database() AND wait_event_type = 'Lock'
+                       AND now() - query_start >= make_interval(secs => $1)",
                 )
+                .bind(at_least.as_secs_f64())
                 .fetch_one(&mut conn)
                 .await
                 .unwrap();
@@ -163,7 +171,10 @@ impl TestDb {
             }
         })
         .await;
-        assert!(blocked.is_ok(), "no call ever blocked on a lock");
+        assert!(
+            blocked.is_ok(),
+            "no call blocked on a lock for {at_least:?}"
+        );
     }
 
     /// How many request ids starting with `prefix` the allocator keeps.
