@@ -3,7 +3,7 @@
 //! one is in use; only then are the ids claimed first, in a transaction with
 //! that statement. Every counter change commits synchronously.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -21,7 +21,7 @@ use crate::{
             StoreError,
         },
     },
-    db::begin_durable,
+    db::{KeptConnection, begin_durable, begin_durable_on},
 };
 
 /// The allocator's PostgreSQL migrations, used by start-up and by tests.
@@ -34,7 +34,11 @@ impl PgCounterStore {
     /// A store on an already-migrated pool.
     #[must_use]
     pub fn new(pool: PgPool) -> Self {
-        SqlCounterStore(PgEngine { pool })
+        SqlCounterStore(PgEngine {
+            allocations: Arc::new(KeptConnection::new(pool.clone())),
+            changes: Arc::new(KeptConnection::new(pool.clone())),
+            pool,
+        })
     }
 }
 
@@ -42,6 +46,11 @@ impl PgCounterStore {
 #[derive(Debug, Clone)]
 pub struct PgEngine {
     pool: PgPool,
+    /// The connection kept for the allocation statements, which a group
+    /// commit lane runs one after another.
+    allocations: Arc<KeptConnection>,
+    /// The connection kept for the transactions of batched state changes.
+    changes: Arc<KeptConnection>,
 }
 
 /// A counter as the increment statement returns it.
@@ -548,17 +557,23 @@ impl Engine for PgEngine {
         // Without request ids the batch is one statement, its own transaction.
         if batch.claims().is_empty() {
             let plan = batch.plan(&Won::default());
-            let rows = increment(&self.pool, &plan, defaults, stamp)
+            let mut conn = self.allocations.take().await?;
+            let rows = increment(&mut *conn, &plan, defaults, stamp)
                 .await
                 .map_err(increment_failed)?;
+            conn.keep();
             return batch.outcomes(&plan, &flushed(rows)?, &HashMap::new());
         }
         // Most ids are new: first try as if every one were, in one
         // statement, which fails whole if one is not.
         let plan = batch.plan(&batch.all_won());
-        match increment(&self.pool, &plan, defaults, stamp).await {
-            Ok(rows) => return batch.outcomes(&plan, &flushed(rows)?, &HashMap::new()),
-            Err(error) if failed_with(&error, ID_IN_USE) => {}
+        let mut conn = self.allocations.take().await?;
+        match increment(&mut *conn, &plan, defaults, stamp).await {
+            Ok(rows) => {
+                conn.keep();
+                return batch.outcomes(&plan, &flushed(rows)?, &HashMap::new());
+            }
+            Err(error) if failed_with(&error, ID_IN_USE) => conn.keep(),
             Err(error) => return Err(increment_failed(error)),
         }
 
@@ -643,7 +658,8 @@ impl Engine for PgEngine {
     }
 
     async fn change_states(&self, writes: &[StateWrite<'_>]) -> Result<Vec<Changed>, StoreError> {
-        let mut tx = begin_durable(&self.pool).await?;
+        let mut conn = self.changes.take().await?;
+        let mut tx = begin_durable_on(&mut conn).await?;
         let keys = Keys::of(writes);
         let ranges = select_ranges_at(&mut tx, &keys).await?;
         let existing = lock_states(&mut tx, &keys).await?;
@@ -656,9 +672,11 @@ impl Engine for PgEngine {
         {
             // Another write stored a first state meanwhile: none of this.
             tx.rollback().await?;
+            conn.keep();
             return Ok(writes.iter().map(|_| Err(ChangeError::Raced)).collect());
         }
         tx.commit().await?;
+        conn.keep();
         Ok(planned.answers)
     }
 
@@ -714,6 +732,8 @@ impl Engine for PgEngine {
     }
 
     async fn close(&self) {
+        self.allocations.release();
+        self.changes.release();
         self.pool.close().await;
     }
 }

@@ -4,15 +4,17 @@
 use std::{future::Future, time::Duration};
 
 mod classify;
+mod kept;
 mod open;
 mod postgres;
 mod sqlite;
 mod url;
 
 pub use classify::{DbErrorKind, classify};
+pub use kept::{KEEP_FOR, KEEP_IDLE, KEEP_MIN_POOL, KeptConnection, Taken};
 pub use open::OpenError;
 pub(crate) use open::{Contents, open_error};
-pub use postgres::{begin_durable, connect_postgres};
+pub use postgres::{begin_durable, begin_durable_on, connect_postgres};
 pub(crate) use postgres::{open_postgres, ping};
 pub(crate) use sqlite::SqliteDatabase;
 pub use sqlite::open_sqlite;

@@ -165,10 +165,21 @@ fn pool_options(settings: &PoolSettings) -> PgPoolOptions {
 /// # Errors
 /// No connection could be had, or the statements failed.
 pub async fn begin_durable(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-    // One round trip: the simple-query protocol runs both statements.
-    pool.begin_with("BEGIN; SET LOCAL synchronous_commit = on")
-        .await
+    pool.begin_with(BEGIN_DURABLE).await
 }
+
+/// [`begin_durable`] on a connection already taken.
+///
+/// # Errors
+/// The statements failed.
+pub async fn begin_durable_on(
+    conn: &mut PgConnection,
+) -> Result<Transaction<'_, Postgres>, sqlx::Error> {
+    conn.begin_with(BEGIN_DURABLE).await
+}
+
+/// One round trip: the simple-query protocol runs both statements.
+const BEGIN_DURABLE: &str = "BEGIN; SET LOCAL synchronous_commit = on";
 
 /// Whether the pool can hand out a working connection now; bounded by the
 /// pool's acquire time-out.

@@ -2,13 +2,15 @@
 //! each insert in a transaction that commits synchronously. Ids are UUIDs and
 //! totals NUMERIC.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use rust_decimal::Decimal;
 use sqlx::{PgPool, Postgres, migrate::Migrator};
 use uuid::Uuid;
 
 use crate::{
-    db::begin_durable,
+    db::{KeptConnection, begin_durable, begin_durable_on},
     invoices::{
         domain::Invoice,
         sql_store::{self, Engine, Made, SqlInvoiceStore, Stored, Write},
@@ -26,7 +28,10 @@ impl PgInvoiceStore {
     /// A store on an already-migrated pool.
     #[must_use]
     pub fn new(pool: PgPool) -> Self {
-        sql_store::on(PgEngine { pool })
+        sql_store::on(PgEngine {
+            groups: Arc::new(KeptConnection::new(pool.clone())),
+            pool,
+        })
     }
 }
 
@@ -34,6 +39,9 @@ impl PgInvoiceStore {
 #[derive(Debug, Clone)]
 pub struct PgEngine {
     pool: PgPool,
+    /// The connection kept for the group commit's transactions, which run
+    /// one after another.
+    groups: Arc<KeptConnection>,
 }
 
 /// Ids and totals in PostgreSQL's own types.
@@ -70,9 +78,11 @@ impl Engine for PgEngine {
     }
 
     async fn write_group(&self, writes: &[Write]) -> Result<Made, sqlx::Error> {
-        let mut tx = begin_durable(&self.pool).await?;
+        let mut conn = self.groups.take().await?;
+        let mut tx = begin_durable_on(&mut conn).await?;
         let made = sql_store::write_group::<Postgres, Native>(&mut tx, writes).await?;
         tx.commit().await?;
+        conn.keep();
         Ok(made)
     }
 
@@ -93,6 +103,7 @@ impl Engine for PgEngine {
     }
 
     async fn close(&self) {
+        self.groups.release();
         self.pool.close().await;
     }
 }

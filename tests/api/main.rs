@@ -29,6 +29,7 @@ mod group_commit;
 mod helpers;
 mod invoice_retries;
 mod invoices;
+mod kept_connection;
 mod manifests;
 mod metrics;
 mod numbers;

@@ -1,0 +1,149 @@
+//! One PostgreSQL connection kept from one statement to the next for a
+//! caller that runs them one after another, such as a group commit lane.
+//!
+//! A pool tests a connection with a round trip when it hands it out and
+//! again when it takes it back, so a lane that takes a connection for each
+//! one-statement batch makes three round trips where one would do. A kept
+//! connection skips both tests while batches follow each other closely: it
+//! goes back to the pool (which tests it before its next use) once it has
+//! been left unused for [`KEEP_IDLE`] or kept for [`KEEP_FOR`], so a
+//! connection the server dropped while the lane was quiet is still found
+//! before a call uses it, and the pool's own bounds on a connection's life
+//! still apply. A connection whose work failed is not kept.
+
+use std::{
+    ops::{Deref, DerefMut},
+    sync::{Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use sqlx::{PgConnection, PgPool, Postgres, pool::PoolConnection};
+
+/// How long a kept connection may stay unused and still be taken untested.
+pub const KEEP_IDLE: Duration = Duration::from_millis(100);
+
+/// How long a connection is kept before it goes back to the pool.
+pub const KEEP_FOR: Duration = Duration::from_secs(10);
+
+/// The fewest connections a pool must allow for one to be kept out of it:
+/// the others serve every other statement, so none waits on a connection a
+/// quiet lane holds.
+pub const KEEP_MIN_POOL: u32 = 4;
+
+/// A pool, and at most one connection kept out of it for the next taker.
+#[derive(Debug)]
+pub struct KeptConnection {
+    pool: PgPool,
+    idle: Duration,
+    life: Duration,
+    slot: Mutex<Option<Kept>>,
+}
+
+#[derive(Debug)]
+struct Kept {
+    conn: PoolConnection<Postgres>,
+    since: Instant,
+    used: Instant,
+}
+
+/// A connection taken from a [`KeptConnection`]; dropped, it goes back to
+/// the pool, and [`Taken::keep`] keeps it for the next taker instead.
+#[derive(Debug)]
+pub struct Taken<'a> {
+    conn: PoolConnection<Postgres>,
+    since: Instant,
+    from: &'a KeptConnection,
+}
+
+impl KeptConnection {
+    /// Keeps connections of `pool`; keeps none if the pool allows fewer than
+    /// [`KEEP_MIN_POOL`].
+    #[must_use]
+    pub fn new(pool: PgPool) -> Self {
+        Self::with_bounds(pool, KEEP_IDLE, KEEP_FOR)
+    }
+
+    /// As [`KeptConnection::new`], with other bounds than [`KEEP_IDLE`] and
+    /// [`KEEP_FOR`].
+    #[must_use]
+    pub fn with_bounds(pool: PgPool, idle: Duration, life: Duration) -> Self {
+        Self {
+            pool,
+            idle,
+            life,
+            slot: Mutex::new(None),
+        }
+    }
+
+    /// The kept connection if it was used within the idle bound and taken
+    /// from the pool within the life bound; otherwise one from the pool,
+    /// tested there.
+    ///
+    /// # Errors
+    /// The pool could not hand out a connection.
+    pub async fn take(&self) -> Result<Taken<'_>, sqlx::Error> {
+        // Taken out under the lock, dropped (back to the pool) outside it.
+        let kept = self.lock().take();
+        if let Some(kept) = kept
+            && kept.used.elapsed() < self.idle
+            && kept.since.elapsed() < self.life
+        {
+            return Ok(Taken {
+                conn: kept.conn,
+                since: kept.since,
+                from: self,
+            });
+        }
+        Ok(Taken {
+            conn: self.pool.acquire().await?,
+            since: Instant::now(),
+            from: self,
+        })
+    }
+
+    /// Hands the kept connection, if any, back to the pool, as a pool's
+    /// close waits for every connection to come back.
+    pub fn release(&self) {
+        let kept = self.lock().take();
+        drop(kept);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Kept>> {
+        self.slot.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Taken<'_> {
+    /// Keeps the connection for the next taker: call it only once the
+    /// connection's work succeeded, so it is idle and between transactions.
+    /// Another connection already kept, or a pool too small or closed, sends
+    /// this one back to the pool instead.
+    pub fn keep(self) {
+        let from = self.from;
+        if from.pool.is_closed() || from.pool.options().get_max_connections() < KEEP_MIN_POOL {
+            return;
+        }
+        let mut slot = from.lock();
+        if slot.is_none() {
+            *slot = Some(Kept {
+                conn: self.conn,
+                since: self.since,
+                used: Instant::now(),
+            });
+        }
+    }
+}
+
+impl Deref for Taken<'_> {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        &self.conn
+    }
+}
+
+impl DerefMut for Taken<'_> {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.conn
+    }
+}
