@@ -36,7 +36,14 @@ pub struct KeptConnection {
     pool: PgPool,
     idle: Duration,
     life: Duration,
-    slot: Mutex<Option<Kept>>,
+    slot: Mutex<Slot>,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    kept: Option<Kept>,
+    /// Set by [`KeptConnection::release`]: nothing is kept after it.
+    released: bool,
 }
 
 #[derive(Debug)]
@@ -71,7 +78,7 @@ impl KeptConnection {
             pool,
             idle,
             life,
-            slot: Mutex::new(None),
+            slot: Mutex::new(Slot::default()),
         }
     }
 
@@ -83,7 +90,7 @@ impl KeptConnection {
     /// The pool could not hand out a connection.
     pub async fn take(&self) -> Result<Taken<'_>, sqlx::Error> {
         // Taken out under the lock, dropped (back to the pool) outside it.
-        let kept = self.lock().take();
+        let kept = self.lock().kept.take();
         if let Some(kept) = kept
             && kept.used.elapsed() < self.idle
             && kept.since.elapsed() < self.life
@@ -101,14 +108,19 @@ impl KeptConnection {
         })
     }
 
-    /// Hands the kept connection, if any, back to the pool, as a pool's
-    /// close waits for every connection to come back.
+    /// Hands the kept connection, if any, back to the pool and keeps none
+    /// from then on, as a pool's close waits for every connection to come
+    /// back.
     pub fn release(&self) {
-        let kept = self.lock().take();
+        let kept = {
+            let mut slot = self.lock();
+            slot.released = true;
+            slot.kept.take()
+        };
         drop(kept);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Kept>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slot> {
         self.slot.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -116,16 +128,16 @@ impl KeptConnection {
 impl Taken<'_> {
     /// Keeps the connection for the next taker: call it only once the
     /// connection's work succeeded, so it is idle and between transactions.
-    /// Another connection already kept, or a pool too small or closed, sends
-    /// this one back to the pool instead.
+    /// Another connection already kept, a pool too small or closed, or a
+    /// [`KeptConnection::release`] sends this one back to the pool instead.
     pub fn keep(self) {
         let from = self.from;
         if from.pool.is_closed() || from.pool.options().get_max_connections() < KEEP_MIN_POOL {
             return;
         }
         let mut slot = from.lock();
-        if slot.is_none() {
-            *slot = Some(Kept {
+        if slot.kept.is_none() && !slot.released {
+            slot.kept = Some(Kept {
                 conn: self.conn,
                 since: self.since,
                 used: Instant::now(),

@@ -77,6 +77,14 @@ async fn a_kept_connection_serves_the_next_taker_and_stays_out_of_the_pool() {
     kept.release();
     let mut back = pool.acquire().await.expect("released to the pool");
     backend_pid(&mut back).await.unwrap();
+    drop(back);
+
+    // Once released, nothing is kept, so the pool can close.
+    take_and_keep(&kept).await;
+    drop(others);
+    tokio::time::timeout(Duration::from_secs(5), pool.close())
+        .await
+        .expect("every connection back in the pool");
 }
 
 #[tokio::test]
