@@ -173,7 +173,7 @@ async fn select_ranges_at(
     conn: &mut PgConnection,
     keys: &Keys<'_>,
 ) -> Result<Vec<Option<RangeRow>>, sqlx::Error> {
-    let found: Vec<NthRange> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let found: Vec<sql_store::NthRange> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT w.nth, r.* FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[])
                                 WITH ORDINALITY AS w (tenant_id, series, period, number, nth)
          CROSS JOIN LATERAL (
@@ -188,24 +188,7 @@ async fn select_ranges_at(
     .bind(&keys.numbers)
     .fetch_all(conn)
     .await?;
-    let mut ranges = vec![None; keys.numbers.len()];
-    for NthRange { nth, range } in found {
-        if let Some(slot) = usize::try_from(nth - 1)
-            .ok()
-            .and_then(|i| ranges.get_mut(i))
-        {
-            *slot = Some(range);
-        }
-    }
-    Ok(ranges)
-}
-
-/// A range and the place (from 1) of the change it was read for.
-#[derive(sqlx::FromRow)]
-struct NthRange {
-    nth: i64,
-    #[sqlx(flatten)]
-    range: RangeRow,
+    Ok(sql_store::ranges_in_order(found, keys.numbers.len()))
 }
 
 /// Stores the rows of a batch's changes: updates of rows read and locked,

@@ -1204,6 +1204,29 @@ pub(crate) const STATE_COLUMNS: &str =
 pub(crate) const RANGE_COLUMNS: &str =
     "first_value, count, kind, reason, request_id, format, date, created_at FROM allocations";
 
+/// A range read for the change at place `nth` (from 1) of a batch.
+#[derive(sqlx::FromRow)]
+pub(crate) struct NthRange {
+    pub(crate) nth: i64,
+    #[sqlx(flatten)]
+    pub(crate) range: RangeRow,
+}
+
+/// The ranges read for a batch of `len` changes, one per change in order:
+/// `None` for a change whose number no range starts at or before.
+pub(crate) fn ranges_in_order(found: Vec<NthRange>, len: usize) -> Vec<Option<RangeRow>> {
+    let mut ranges = vec![None; len];
+    for NthRange { nth, range } in found {
+        if let Some(slot) = usize::try_from(nth - 1)
+            .ok()
+            .and_then(|i| ranges.get_mut(i))
+        {
+            *slot = Some(range);
+        }
+    }
+    ranges
+}
+
 /// The last range of a period starting at or before `number`.
 #[tracing::instrument(name = "db.allocations.select_at", skip_all, err(level = "debug"))]
 pub(crate) async fn select_range_from<'e, DB>(

@@ -17,7 +17,7 @@ use crate::{
         sql_store::{self, Engine, STATE_COLUMNS, SqlCounterStore},
         store::{
             Advance, Change, ChangeError, Changed, ConfigureError, Held, KeyedStateRow, NumberAt,
-            Outcome, Reissue, Stamp, StateChange, StateRow, StateWrite, StoreError,
+            Outcome, RangeRow, Reissue, Stamp, StateChange, StateRow, StateWrite, StoreError,
         },
     },
     db::SqliteDatabase,
@@ -73,31 +73,62 @@ async fn claim(
     Ok(won.into_iter().collect())
 }
 
+/// A batch's numbers for a JSON array: `[tenant, series, period, number]` each.
+fn keys<'a>(writes: &'a [StateWrite<'a>]) -> Json<Vec<(&'a str, &'a str, &'a str, i64)>> {
+    Json(
+        writes
+            .iter()
+            .map(|w| {
+                (
+                    w.at.tenant.as_str(),
+                    w.at.series.as_str(),
+                    w.at.period,
+                    w.at.number,
+                )
+            })
+            .collect(),
+    )
+}
+
 /// The state rows of a batch's numbers.
 #[tracing::instrument(name = "db.number_states.select_many", skip_all, fields(numbers = writes.len()), err(level = "debug"))]
 async fn select_states(
     conn: &mut SqliteConnection,
     writes: &[StateWrite<'_>],
 ) -> Result<Vec<KeyedStateRow>, sqlx::Error> {
-    let keys: Vec<(&str, &str, &str, i64)> = writes
-        .iter()
-        .map(|w| {
-            (
-                w.at.tenant.as_str(),
-                w.at.series.as_str(),
-                w.at.period,
-                w.at.number,
-            )
-        })
-        .collect();
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT tenant_id, series, period, {STATE_COLUMNS} FROM number_states
          WHERE (tenant_id, series, period, number) IN
                (SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 FROM json_each(?1))"
     )))
-    .bind(Json(keys))
+    .bind(keys(writes))
     .fetch_all(conn)
     .await
+}
+
+/// Per change of a batch, in order, the last range of its number's period
+/// starting at or before the number.
+#[tracing::instrument(name = "db.allocations.select_at_many", skip_all, fields(numbers = writes.len()), err(level = "debug"))]
+async fn select_ranges_at(
+    conn: &mut SqliteConnection,
+    writes: &[StateWrite<'_>],
+) -> Result<Vec<Option<RangeRow>>, sqlx::Error> {
+    let found: Vec<sql_store::NthRange> = sqlx::query_as(
+        "SELECT w.key + 1 AS nth, a.first_value, a.count, a.kind, a.reason, a.request_id,
+                a.format, a.date, a.created_at
+         FROM json_each(?1) AS w
+         JOIN allocations a
+           ON a.tenant_id = w.value ->> 0 AND a.series = w.value ->> 1
+          AND a.period = w.value ->> 2
+          AND a.first_value = (SELECT max(b.first_value) FROM allocations b
+                               WHERE b.tenant_id = w.value ->> 0 AND b.series = w.value ->> 1
+                                 AND b.period = w.value ->> 2
+                                 AND b.first_value <= w.value ->> 3)",
+    )
+    .bind(keys(writes))
+    .fetch_all(conn)
+    .await?;
+    Ok(sql_store::ranges_in_order(found, writes.len()))
 }
 
 /// A state row for a JSON array: `[tenant, series, period, number, state,
@@ -568,14 +599,7 @@ impl Engine for SqliteEngine {
         // The write lock keeps every other change of the numbers out.
         let mut write = self.db.begin_write().await?;
         let read = async {
-            let mut ranges = Vec::with_capacity(writes.len());
-            for w in writes {
-                let (tenant, series) = (w.at.tenant.as_str(), w.at.series.as_str());
-                let conn = &mut *write.conn();
-                let range =
-                    sql_store::select_range_from(conn, tenant, series, w.at.period, w.at.number);
-                ranges.push(range.await?);
-            }
+            let ranges = select_ranges_at(write.conn(), writes).await?;
             Ok::<_, sqlx::Error>((select_states(write.conn(), writes).await?, ranges))
         };
         let planned = match read.await {

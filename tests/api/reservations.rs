@@ -10,8 +10,13 @@ use std::{
 use chrono::{DateTime, Utc};
 use numbering::{
     allocator::{
-        CommitMode, app::RequestIdSettings, group_commit::GroupCommitSettings, series::SeriesName,
+        CommitMode,
+        app::RequestIdSettings,
+        group_commit::GroupCommitSettings,
+        series::{GapPolicy as SeriesGapPolicy, SeriesName},
+        store::{Held, NumberAt, StateChange, StateWrite},
     },
+    clock::Clock,
     db::Backend,
     proto::{
         AllocateRequest, AuditSeriesRequest, AuditSeriesResponse, ConfigureSeriesRequest,
@@ -809,4 +814,74 @@ async fn confirmed_numbers(app: &mut Reservations) -> Vec<i64> {
             return numbers;
         }
     }
+}
+
+/// A batch of changes reads each number's own range, whatever the order and
+/// the series of the changes beside it: a reserved number, another series'
+/// number, a number inside a range of several, and one never handed out.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_changes_reads_each_numbers_own_range(#[case] backend: Backend) {
+    let mut app = reservations(backend).await;
+    // cont: 1, 2 and 3 reserved, 4-5 one allocation; other: 1 reserved.
+    for _ in 0..3 {
+        app.reserve(reserve("cont")).await;
+    }
+    app.client
+        .allocate(allocate("acme", "cont", 2))
+        .await
+        .unwrap();
+    app.reserve(reserve("other")).await;
+
+    let tenant = TenantId::parse("acme").unwrap();
+    let (cont, other) = (
+        SeriesName::parse("cont").unwrap(),
+        SeriesName::parse("other").unwrap(),
+    );
+    let held = Held {
+        policy: SeriesGapPolicy::Void,
+        now: app.clock.now(),
+    };
+    let change = |series, number, reference| StateWrite {
+        at: NumberAt {
+            tenant: &tenant,
+            series,
+            period: "",
+            number,
+        },
+        change: StateChange::Confirm { reference },
+        held,
+    };
+    let writes = [
+        change(&cont, 3, "inv-3"),
+        change(&other, 1, "other-1"),
+        change(&cont, 9, "inv-9"),
+        change(&cont, 5, "inv-5"),
+        change(&cont, 1, "inv-1"),
+    ];
+    let store = app.db.counter_store().await;
+    let answers = store.change_states(&writes).await.unwrap();
+    let read: Vec<Result<(i64, i64, String, String), String>> = answers
+        .into_iter()
+        .map(|answer| match answer {
+            Ok((range, row)) => {
+                let row = row.expect("a confirmed number has a state row");
+                Ok((range.first_value, range.count, range.kind, row.reference))
+            }
+            Err(error) => Err(format!("{error:?}")),
+        })
+        .collect();
+    let range = |first, count, kind: &str, reference: &str| {
+        Ok((first, count, kind.to_owned(), reference.to_owned()))
+    };
+    assert_eq!(
+        read,
+        vec![
+            range(3, 1, "reserve", "inv-3"),
+            range(1, 1, "reserve", "other-1"),
+            Err("NotHandedOut { skipped: false }".to_owned()),
+            range(4, 2, "allocate", "inv-5"),
+            range(1, 1, "reserve", "inv-1"),
+        ]
+    );
 }
