@@ -90,16 +90,21 @@ fn keys<'a>(writes: &'a [StateWrite<'a>]) -> Json<Vec<(&'a str, &'a str, &'a str
     )
 }
 
-/// The state rows of a batch's numbers.
+/// The state rows of a batch's numbers (a row twice if the batch changes its
+/// number twice).
 #[tracing::instrument(name = "db.number_states.select_many", skip_all, fields(numbers = writes.len()), err(level = "debug"))]
 async fn select_states(
     conn: &mut SqliteConnection,
     writes: &[StateWrite<'_>],
 ) -> Result<Vec<KeyedStateRow>, sqlx::Error> {
+    // Joined, so that each number is looked up by its key: with a row value
+    // `IN` the list, SQLite reads every row of the series.
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT tenant_id, series, period, {STATE_COLUMNS} FROM number_states
-         WHERE (tenant_id, series, period, number) IN
-               (SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 FROM json_each(?1))"
+        "SELECT tenant_id, series, period, {STATE_COLUMNS}
+         FROM json_each(?1) AS k
+         JOIN number_states s
+           ON s.tenant_id = k.value ->> 0 AND s.series = k.value ->> 1
+          AND s.period = k.value ->> 2 AND s.number = k.value ->> 3"
     )))
     .bind(keys(writes))
     .fetch_all(conn)

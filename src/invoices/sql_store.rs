@@ -617,13 +617,14 @@ where
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
     for<'r> (String, String): FromRow<'r, DB::Row>,
 {
-    let mut query = QueryBuilder::<DB>::new(
-        "SELECT tenant_id, request_id FROM invoices WHERE (tenant_id, request_id) IN (",
-    );
+    // Each statement here that takes a list of keys joins the list to its
+    // table, so that SQLite looks each key up: a row value `IN` a list makes
+    // it scan the whole table.
+    let mut query = QueryBuilder::<DB>::new("SELECT i.tenant_id, i.request_id FROM (");
     query.push_values(request_ids, |mut row, (tenant, request_id)| {
         row.push_bind(*tenant).push_bind(*request_id);
     });
-    query.push(")");
+    query.push(") AS v JOIN invoices i ON i.tenant_id = v.column1 AND i.request_id = v.column2");
     let taken: Vec<(String, String)> = query
         .build_query_as()
         .persistent(false)
@@ -712,12 +713,17 @@ where
     DB::Arguments: IntoArguments<DB> + Default,
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
 {
-    let mut query =
-        QueryBuilder::<DB>::new("DELETE FROM pending_numbers WHERE (tenant_id, request_key) IN (");
+    let mut query = QueryBuilder::<DB>::new(
+        "DELETE FROM pending_numbers WHERE (tenant_id, request_key) IN (
+             SELECT p.tenant_id, p.request_key FROM (",
+    );
     query.push_values(done, |mut row, (tenant, request_key)| {
         row.push_bind(*tenant).push_bind(*request_key);
     });
-    query.push(")");
+    query.push(
+        ") AS v JOIN pending_numbers p
+             ON p.tenant_id = v.column1 AND p.request_key = v.column2)",
+    );
     query.build().persistent(false).execute(conn).await?;
     Ok(())
 }
@@ -736,13 +742,11 @@ where
     for<'q> S::Id: Encode<'q, DB> + Type<DB>,
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
 {
-    let mut query = QueryBuilder::<DB>::new(
-        "UPDATE invoices SET number_settled = TRUE WHERE (tenant_id, id) IN (",
-    );
+    let mut query = QueryBuilder::<DB>::new("UPDATE invoices SET number_settled = TRUE FROM (");
     query.push_values(settled, |mut row, (tenant, id)| {
         row.push_bind(*tenant).push_bind(S::id(*id));
     });
-    query.push(")");
+    query.push(") AS v WHERE invoices.tenant_id = v.column1 AND invoices.id = v.column2");
     query.build().persistent(false).execute(conn).await?;
     Ok(())
 }
