@@ -14,7 +14,7 @@ use crate::{
         batch::{Batch, Claim, Counted, Plan, Won},
         numbers::LEASE_EXPIRED,
         series::SeriesConfig,
-        sql_store::{self, Engine, RANGE_COLUMNS, STATE_COLUMNS, SqlCounterStore},
+        sql_store::{self, Engine, Pick, RANGE_COLUMNS, STATE_COLUMNS, SqlCounterStore},
         store::{
             Advance, Change, ChangeError, Changed, ConfigureError, Held, KeyedStateRow, NumberAt,
             Outcome, RangeRow, Reissue, SeriesRow, Stamp, StateChange, StateRow, StateWrite,
@@ -688,9 +688,12 @@ impl Engine for PgEngine {
                 return Ok(first.map(|first| first.repeated_by(asked.series, 1)));
             }
         }
-        // Another transaction taking the same number skips it, not waits.
-        let lock = "FOR UPDATE SKIP LOCKED";
-        let Some(number) = sql_store::take_back::<Postgres>(&mut tx, take, stamp.now, lock).await?
+        let pick = Pick {
+            from: "number_states",
+            // Another transaction taking the same number skips it, not waits.
+            lock: "FOR UPDATE SKIP LOCKED",
+        };
+        let Some(number) = sql_store::take_back::<Postgres>(&mut tx, take, stamp.now, pick).await?
         else {
             return Ok(None);
         };

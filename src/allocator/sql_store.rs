@@ -783,17 +783,27 @@ where
     Ok(Some(row))
 }
 
+/// How an engine picks the row [`take_back`] takes: the table as its
+/// statement names it, and the lock it takes on the row.
+pub(crate) struct Pick {
+    /// `number_states`, with any hint the engine needs to read the numbers
+    /// given back through `number_states_by_state` rather than every
+    /// number of the period.
+    pub(crate) from: &'static str,
+    /// The row lock (nothing where the write holds the whole database).
+    pub(crate) lock: &'static str,
+}
+
 /// Takes the lowest number of a period given back to a series that
 /// reissues (released, or reserved with a lease ended by `now`), and holds
-/// it for `take`: reserved until its lease ends, or issued. `row_lock` is
-/// what the engine locks the row it picks with (nothing where the write
-/// holds the whole database).
+/// it for `take`: reserved until its lease ends, or issued. It reads only
+/// the period's released and reserved numbers, as `pick` says.
 #[tracing::instrument(name = "db.number_states.take_back", skip_all, err(level = "debug"))]
 pub(crate) async fn take_back<DB>(
     conn: &mut DB::Connection,
     take: Reissue<'_>,
     now: DateTime<Utc>,
-    row_lock: &'static str,
+    pick: Pick,
 ) -> Result<Option<i64>, sqlx::Error>
 where
     DB: Database,
@@ -805,18 +815,20 @@ where
     for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
     for<'q> Option<DateTime<Utc>>: Encode<'q, DB> + Type<DB>,
 {
+    let Pick { from, lock } = pick;
     let taken: Option<(i64,)> = sqlx::query_as(AssertSqlSafe(format!(
         "UPDATE number_states
          SET state = CASE WHEN $5 IS NULL THEN 'issued' ELSE 'reserved' END,
              expires_at = $5, request_id = COALESCE($6, ''), reason = '', reference = '',
              updated_at = $7
          WHERE tenant_id = $1 AND series = $2 AND period = $3 AND number = (
-             SELECT number FROM number_states
+             SELECT number FROM {from}
              WHERE tenant_id = $1 AND series = $2 AND period = $3
-               AND (state = 'released' OR (state = 'reserved' AND expires_at <= $4))
+               AND state IN ('released', 'reserved')
+               AND (state = 'released' OR expires_at <= $4)
                AND EXISTS (SELECT 1 FROM series
                            WHERE tenant_id = $1 AND series = $2 AND gap_policy = 'reissue')
-             ORDER BY number LIMIT 1 {row_lock})
+             ORDER BY number LIMIT 1 {lock})
          RETURNING number"
     )))
     .bind(take.tenant.as_str())

@@ -14,7 +14,7 @@ use crate::{
         batch::{Batch, Claim, Counted, Plan, Won},
         numbers::LEASE_EXPIRED,
         series::SeriesConfig,
-        sql_store::{self, Engine, STATE_COLUMNS, SqlCounterStore},
+        sql_store::{self, Engine, Pick, STATE_COLUMNS, SqlCounterStore},
         store::{
             Advance, Change, ChangeError, Changed, ConfigureError, Held, KeyedStateRow, NumberAt,
             Outcome, RangeRow, Reissue, Stamp, StateChange, StateRow, StateWrite, StoreError,
@@ -659,8 +659,16 @@ impl Engine for SqliteEngine {
                 return Ok(first?.map(|first| first.repeated_by(asked.series, 1)));
             }
         }
-        // The write lock keeps every other taker out.
-        let taken = match sql_store::take_back::<Sqlite>(write.conn(), take, stamp.now, "").await {
+        let pick = Pick {
+            // Without the hint SQLite, which keeps no statistics here, walks
+            // every number of the period in order to find the lowest given
+            // back.
+            from: "number_states INDEXED BY number_states_by_state",
+            // The write lock keeps every other taker out.
+            lock: "",
+        };
+        let taken = match sql_store::take_back::<Sqlite>(write.conn(), take, stamp.now, pick).await
+        {
             Ok(Some(number)) => sql_store::reissued::<Sqlite>(write.conn(), take, number).await,
             Ok(None) => {
                 write.rollback().await?;
