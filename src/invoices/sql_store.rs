@@ -867,9 +867,12 @@ where
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
     for<'q> i64: Encode<'q, DB> + Type<DB>,
 {
+    // One lookup per unique key: with the two as one `OR`, SQLite reads every
+    // invoice of the tenant.
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM invoices
-         WHERE tenant_id = $1 AND ((period = $2 AND number = $3) OR invoice_number = $4)
+        "SELECT {COLUMNS} FROM invoices WHERE tenant_id = $1 AND period = $2 AND number = $3
+         UNION ALL
+         SELECT {COLUMNS} FROM invoices WHERE tenant_id = $1 AND invoice_number = $4
          ORDER BY period, number LIMIT 1"
     )))
     .bind(number.tenant)

@@ -613,6 +613,44 @@ async fn the_store_refuses_a_number_twice(#[case] backend: Backend) {
     assert_eq!(stored, HashSet::from([expected]));
 }
 
+/// The invoice that holds a number is found by the number or by its text,
+/// whichever of the two it shares with the number asked.
+#[apply(backends)]
+#[tokio::test]
+async fn the_holder_of_a_number_is_found_by_number_or_by_text(#[case] backend: Backend) {
+    use numbering::invoices::store::NumberOf;
+
+    let db = TestDb::create(backend).await;
+    let store = db.invoice_store().await;
+    import_invoice(&store, "acme", 5, "INV-005").await;
+    import_invoice(&store, "acme", 6, "INV-006").await;
+    let holder = |number, formatted| {
+        let store = store.clone();
+        async move {
+            let asked = NumberOf {
+                tenant: "acme",
+                period: "",
+                number,
+                formatted,
+            };
+            let found = store.get_by_number(asked).await.unwrap();
+            found.map(|invoice| (invoice.number, invoice.invoice_number))
+        }
+    };
+    assert_eq!(holder(5, "X-5").await, Some((5, "INV-005".to_owned())));
+    assert_eq!(holder(9, "INV-006").await, Some((6, "INV-006".to_owned())));
+    // Both taken, by two invoices: the lower number's holder.
+    assert_eq!(holder(6, "INV-005").await, Some((5, "INV-005".to_owned())));
+    assert_eq!(holder(9, "X-9").await, None);
+    let other_tenant = NumberOf {
+        tenant: "globex",
+        period: "",
+        number: 5,
+        formatted: "INV-005",
+    };
+    assert!(store.get_by_number(other_tenant).await.unwrap().is_none());
+}
+
 /// Writes that arrive together are committed together, and each keeps its
 /// own outcome: an invoice whose number, formatted number or request id is
 /// taken, or that the table refuses, fails alone and keeps its pending note;
