@@ -527,6 +527,8 @@ fn flushed(rows: Vec<IncrementedRow>) -> Result<Vec<Counted>, StoreError> {
 impl Engine for PgEngine {
     type Db = Postgres;
 
+    const BY_STATE: &'static str = "number_states";
+
     fn pool(&self) -> &PgPool {
         &self.pool
     }
@@ -689,7 +691,7 @@ impl Engine for PgEngine {
             }
         }
         let pick = Pick {
-            from: "number_states",
+            from: Self::BY_STATE,
             // Another transaction taking the same number skips it, not waits.
             lock: "FOR UPDATE SKIP LOCKED",
         };

@@ -33,6 +33,11 @@ pub(crate) trait Engine: Send + Sync + 'static {
     /// The database kind.
     type Db: Database;
 
+    /// `number_states` as a statement that reads numbers by state names it:
+    /// with any hint the engine needs to read them through
+    /// `number_states_by_state` rather than every number of the period.
+    const BY_STATE: &'static str;
+
     /// The pool reads go through.
     fn pool(&self) -> &Pool<Self::Db>;
 
@@ -289,7 +294,8 @@ where
         after: StatesAfter<'_>,
     ) -> Result<Vec<(StateRow, RangeRow)>, StoreError> {
         let (tenant, series) = (tenant.as_str(), series.as_str());
-        let rows = select_states_after(self.0.pool(), tenant, series, period, after).await?;
+        let from = E::BY_STATE;
+        let rows = select_states_after(self.0.pool(), from, tenant, series, period, after).await?;
         Ok(rows.into_iter().map(StatedRow::split).collect())
     }
 
@@ -786,9 +792,7 @@ where
 /// How an engine picks the row [`take_back`] takes: the table as its
 /// statement names it, and the lock it takes on the row.
 pub(crate) struct Pick {
-    /// `number_states`, with any hint the engine needs to read the numbers
-    /// given back through `number_states_by_state` rather than every
-    /// number of the period.
+    /// `number_states`, as [`Engine::BY_STATE`] names it.
     pub(crate) from: &'static str,
     /// The row lock (nothing where the write holds the whole database).
     pub(crate) lock: &'static str,
@@ -1165,11 +1169,12 @@ where
     .await
 }
 
-/// Up to `after.limit` state rows of one state after a number, in order,
-/// each joined with the range that holds its number.
+/// Up to `after.limit` state rows of one or two states after a number, in
+/// order, each joined with the range that holds its number.
 #[tracing::instrument(name = "db.number_states.select_after", skip_all, err(level = "debug"))]
 async fn select_states_after<DB>(
     pool: &Pool<DB>,
+    from: &str,
     tenant: &str,
     series: &str,
     period: &str,
@@ -1183,20 +1188,33 @@ where
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
     for<'q> i64: Encode<'q, DB> + Type<DB>,
 {
-    sqlx::query_as(
+    // One ordered read of the index on state per state, merged: a state
+    // whose numbers are sparse costs a page, not a walk of the period. The
+    // second read is empty when both states are the same.
+    sqlx::query_as(AssertSqlSafe(format!(
         "SELECT s.number, s.state, s.reference, s.reason, s.updated_at, s.origin,
                 s.expires_at, s.request_id AS state_request_id, a.first_value, a.count, a.kind, a.request_id, a.format, a.date, a.created_at
-         FROM number_states s
+         FROM (
+             SELECT * FROM (
+                 SELECT {STATE_COLUMNS} FROM {from}
+                 WHERE tenant_id = $1 AND series = $2 AND period = $3 AND state = $4
+                   AND number > $5
+                 ORDER BY number LIMIT $6) first_state
+             UNION ALL
+             SELECT * FROM (
+                 SELECT {STATE_COLUMNS} FROM {from}
+                 WHERE tenant_id = $1 AND series = $2 AND period = $3 AND state = $7
+                   AND $7 <> $4 AND number > $5
+                 ORDER BY number LIMIT $6) second_state
+         ) s
          JOIN allocations a
-           ON a.tenant_id = s.tenant_id AND a.series = s.series AND a.period = s.period
+           ON a.tenant_id = $1 AND a.series = $2 AND a.period = $3
           AND a.first_value = (
               SELECT MAX(b.first_value) FROM allocations b
-              WHERE b.tenant_id = s.tenant_id AND b.series = s.series
-                AND b.period = s.period AND b.first_value <= s.number)
-         WHERE s.tenant_id = $1 AND s.series = $2 AND s.period = $3
-           AND (s.state = $4 OR s.state = $7) AND s.number > $5
+              WHERE b.tenant_id = $1 AND b.series = $2
+                AND b.period = $3 AND b.first_value <= s.number)
          ORDER BY s.number LIMIT $6",
-    )
+    )))
     .bind(tenant)
     .bind(series)
     .bind(period)

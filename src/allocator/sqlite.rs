@@ -474,6 +474,10 @@ async fn apply(
 impl Engine for SqliteEngine {
     type Db = Sqlite;
 
+    // Without the hint SQLite, which keeps no statistics here, walks every
+    // number of the period in order, testing each one's state.
+    const BY_STATE: &'static str = "number_states INDEXED BY number_states_by_state";
+
     fn pool(&self) -> &SqlitePool {
         self.db.pool()
     }
@@ -660,10 +664,7 @@ impl Engine for SqliteEngine {
             }
         }
         let pick = Pick {
-            // Without the hint SQLite, which keeps no statistics here, walks
-            // every number of the period in order to find the lowest given
-            // back.
-            from: "number_states INDEXED BY number_states_by_state",
+            from: Self::BY_STATE,
             // The write lock keeps every other taker out.
             lock: "",
         };

@@ -140,7 +140,7 @@ pub trait CounterStore: Store {
         numbers: (i64, i64),
     ) -> Result<Vec<StateRow>, StoreError>;
 
-    /// Up to `after.limit` state rows of `after.state` after `after.number`,
+    /// Up to `after.limit` state rows of `after.states` after `after.number`,
     /// in order, each with the range that holds its number.
     async fn states_after(
         &self,

@@ -384,7 +384,7 @@ async fn an_ended_lease_gives_the_number_back(#[case] backend: Backend) {
     assert_eq!((audit.voided, audit.reserved), (1, 0));
 
     // The sweep stores it as it stood; a confirmation is still refused.
-    wait_until_swept(&app.db, "").await;
+    wait_until_swept(&app.db, "", &[1]).await;
     let refused = app.confirm(confirm("", 1, "inv-1")).await.unwrap_err();
     assert_reason(&refused, "RESERVATION_EXPIRED");
     assert_eq!(app.get("", 1).await.unwrap().state(), NumberState::Voided);
@@ -395,6 +395,67 @@ async fn an_ended_lease_gives_the_number_back(#[case] backend: Backend) {
         (1, NumberState::Reserved)
     );
     app.confirm(confirm("cont", 1, "inv-2")).await.unwrap();
+}
+
+/// A listing by state pages through that state's numbers in order,
+/// whichever row stands for them: an ended lease lists as what its series'
+/// policy makes of it, before the sweep and after, and a reservation still
+/// held lists once, as reserved.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_by_state_counts_ended_leases_as_given_back(#[case] backend: Backend) {
+    use NumberState::{Confirmed, Released, Reserved, Voided};
+    let mut app = reservations(backend).await;
+    app.configure("cont", GapPolicy::Reissue).await;
+    let short = |series| ReserveRequest {
+        lease: Some(seconds(60)),
+        ..reserve(series)
+    };
+    // "" voids: 1 confirmed, 2 voided, 3 and 5 lease ended, 4 and 6 held.
+    for ended in [false, false, true, false, true, false] {
+        app.reserve(if ended { short("") } else { reserve("") })
+            .await;
+    }
+    app.confirm(confirm("", 1, "inv-1")).await.unwrap();
+    app.release(release("", 2, "cancelled")).await.unwrap();
+    // cont reissues: 1 released, 2 lease ended, 3 held, 4 confirmed.
+    for ended in [false, true, false, false] {
+        let request = if ended {
+            short("cont")
+        } else {
+            reserve("cont")
+        };
+        app.reserve(request).await;
+    }
+    app.release(release("cont", 1, "cancelled")).await.unwrap();
+    app.confirm(confirm("cont", 4, "inv-2")).await.unwrap();
+    app.clock.advance(Duration::from_secs(61));
+
+    let expected: [(&str, NumberState, &[i64]); 8] = [
+        ("", Reserved, &[4, 6]),
+        ("", Voided, &[2, 3, 5]),
+        ("", Confirmed, &[1]),
+        ("", Released, &[]),
+        ("cont", Released, &[1, 2]),
+        ("cont", Reserved, &[3]),
+        ("cont", Confirmed, &[4]),
+        ("cont", Voided, &[]),
+    ];
+    for swept in [false, true] {
+        if swept {
+            wait_until_swept(&app.db, "", &[3, 5]).await;
+            wait_until_swept(&app.db, "cont", &[2]).await;
+        }
+        for (series, state, numbers) in expected {
+            for page_size in [1, 2, 100] {
+                assert_eq!(
+                    listed(&mut app, series, state, page_size).await,
+                    numbers,
+                    "{series:?} {state:?}, {page_size} a page, swept: {swept}"
+                );
+            }
+        }
+    }
 }
 
 /// On a series that reissues, a lease that has ended counts as given back
@@ -444,25 +505,32 @@ async fn an_ended_lease_is_taken_again_before_any_sweep(#[case] backend: Backend
     );
 }
 
-/// Waits until the background sweep has stored number 1 of `series` as no
+/// Waits until the background sweep has stored `numbers` of `series` as no
 /// longer reserved.
-async fn wait_until_swept(db: &TestDb, series: &str) {
+async fn wait_until_swept(db: &TestDb, series: &str, numbers: &[i64]) {
     let store = db.counter_store().await;
     let (tenant, series) = (
         TenantId::parse("acme").unwrap(),
         SeriesName::parse(series).unwrap(),
     );
+    let (first, last) = (numbers[0], numbers[numbers.len() - 1]);
     tokio::time::timeout(Duration::from_secs(10), async {
         loop {
-            let rows = store.states_between(&tenant, &series, "", (1, 1)).await;
-            if rows.unwrap().iter().all(|row| row.state != "reserved") {
+            let rows = store
+                .states_between(&tenant, &series, "", (first, last))
+                .await;
+            let swept = rows
+                .unwrap()
+                .iter()
+                .all(|row| !numbers.contains(&row.number) || row.state != "reserved");
+            if swept {
                 return;
             }
             tokio::task::yield_now().await;
         }
     })
     .await
-    .expect("the sweep gives back the ended lease");
+    .expect("the sweep gives back the ended leases");
 }
 
 /// Every refused change names its reason and changes nothing.
@@ -790,24 +858,32 @@ async fn random_clients_leave_every_number_accounted_for(#[case] backend: Backen
                 (audit.confirmed, audit.last_value),
                 (audit.last_value, i64::try_from(last.len()).unwrap())
             );
-            let listed = confirmed_numbers(&mut app).await;
+            let listed = listed(&mut app, "", NumberState::Confirmed, 100).await;
             assert_eq!(listed, (1..=audit.last_value).collect::<Vec<_>>());
         }
     }
 }
 
-async fn confirmed_numbers(app: &mut Reservations) -> Vec<i64> {
+/// Every number of `series` listed in `state`, `page_size` to a page.
+async fn listed(
+    app: &mut Reservations,
+    series: &str,
+    state: NumberState,
+    page_size: i32,
+) -> Vec<i64> {
     let mut numbers = Vec::new();
     let mut token = String::new();
     loop {
         let request = ListNumbersRequest {
             tenant_id: "acme".into(),
-            state: NumberState::Confirmed.into(),
-            page_size: 100,
+            series: series.into(),
+            state: state.into(),
+            page_size,
             page_token: token,
             ..ListNumbersRequest::default()
         };
         let page = app.client.list_numbers(request).await.unwrap().into_inner();
+        assert!(page.records.iter().all(|record| record.state() == state));
         numbers.extend(page.records.iter().map(|record| record.number));
         token = page.next_page_token;
         if token.is_empty() {
