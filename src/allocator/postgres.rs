@@ -266,13 +266,15 @@ async fn write_states(
 /// holds are left for the next sweep.
 #[tracing::instrument(name = "db.number_states.expire", skip_all, err(level = "debug"))]
 async fn expire(pool: &PgPool, now: DateTime<Utc>, limit: u32) -> Result<u64, sqlx::Error> {
+    // The policy is looked up per row: a join with `series` would read that
+    // table's index up to the batch's last tenant.
     let done = sqlx::query(
         "UPDATE number_states n
-         SET state = CASE s.gap_policy WHEN 'reissue' THEN 'released' ELSE 'voided' END,
+         SET state = CASE (SELECT gap_policy FROM series s
+                           WHERE s.tenant_id = n.tenant_id AND s.series = n.series)
+                     WHEN 'reissue' THEN 'released' ELSE 'voided' END,
              reason = $3, updated_at = n.expires_at
-         FROM series s
-         WHERE s.tenant_id = n.tenant_id AND s.series = n.series
-           AND (n.tenant_id, n.series, n.period, n.number) IN (
+         WHERE (n.tenant_id, n.series, n.period, n.number) IN (
                SELECT tenant_id, series, period, number FROM number_states
                WHERE state = 'reserved' AND expires_at <= $1
                ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
@@ -280,6 +282,32 @@ async fn expire(pool: &PgPool, now: DateTime<Utc>, limit: u32) -> Result<u64, sq
     .bind(now)
     .bind(i64::from(limit))
     .bind(LEASE_EXPIRED)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Forgets up to `limit` request ids first used before `before`, oldest
+/// first. Small batches keep each write short beside the allocations.
+#[tracing::instrument(name = "db.request_ids.delete", skip_all, err(level = "debug"))]
+async fn delete_request_ids(
+    pool: &PgPool,
+    before: DateTime<Utc>,
+    limit: u32,
+) -> Result<u64, sqlx::Error> {
+    // The rows are named by their place (`ctid`): a generic plan of a join
+    // on the key reads the whole table, taking the limit for a tenth of it.
+    // An id claimed again meanwhile has a new place and a new age, and
+    // stays.
+    let done = sqlx::query(
+        "DELETE FROM request_ids
+         WHERE ctid = ANY(ARRAY(
+               SELECT ctid FROM request_ids
+               WHERE created_at < $1 ORDER BY created_at LIMIT $2))
+           AND created_at < $1",
+    )
+    .bind(before)
+    .bind(i64::from(limit))
     .execute(pool)
     .await?;
     Ok(done.rows_affected())
@@ -711,8 +739,7 @@ impl Engine for PgEngine {
 
     async fn forget(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
         // Not made durable: an id a crash brings back is still past the window.
-        let done = sql_store::delete_request_ids(&self.pool, before, limit).await?;
-        Ok(done.rows_affected())
+        Ok(delete_request_ids(&self.pool, before, limit).await?)
     }
 
     async fn is_ready(&self) -> bool {

@@ -89,7 +89,8 @@ pub(crate) trait Engine: Send + Sync + 'static {
     /// Runs [`CounterStore::expire_leases`] in the engine's write path.
     async fn expire_leases(&self, now: DateTime<Utc>, limit: u32) -> Result<u64, StoreError>;
 
-    /// Runs [`delete_request_ids`] in the engine's write path.
+    /// Forgets up to `limit` request ids first used before `before`, oldest
+    /// first, in the engine's write path.
     async fn forget(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError>;
 
     /// Whether the database answers now.
@@ -646,31 +647,6 @@ where
     .bind(request_id)
     .bind(forget_before)
     .fetch_optional(conn)
-    .await
-}
-
-/// Forgets up to `limit` request ids first used before `before`, oldest
-/// first. Small batches keep each write short beside the allocations.
-#[tracing::instrument(name = "db.request_ids.delete", skip_all, err(level = "debug"))]
-pub(crate) async fn delete_request_ids<'e, DB>(
-    executor: impl Executor<'e, Database = DB>,
-    before: DateTime<Utc>,
-    limit: u32,
-) -> Result<DB::QueryResult, sqlx::Error>
-where
-    DB: Database,
-    DB::Arguments: IntoArguments<DB>,
-    for<'q> i64: Encode<'q, DB> + Type<DB>,
-    for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
-{
-    sqlx::query(
-        "DELETE FROM request_ids WHERE (tenant_id, request_id) IN (
-             SELECT tenant_id, request_id FROM request_ids
-             WHERE created_at < $1 ORDER BY created_at LIMIT $2)",
-    )
-    .bind(before)
-    .bind(i64::from(limit))
-    .execute(executor)
     .await
 }
 
