@@ -266,18 +266,21 @@ async fn write_states(
 /// holds are left for the next sweep.
 #[tracing::instrument(name = "db.number_states.expire", skip_all, err(level = "debug"))]
 async fn expire(pool: &PgPool, now: DateTime<Utc>, limit: u32) -> Result<u64, sqlx::Error> {
-    // The policy is looked up per row: a join with `series` would read that
-    // table's index up to the batch's last tenant.
+    // The rows locked are named by their place (`ctid`) and the policy is
+    // looked up per row: a join with `series` read that table's index up to
+    // the batch's last tenant. A row changed since it was picked is checked
+    // again and, no longer an ended reservation, left alone.
     let done = sqlx::query(
         "UPDATE number_states n
          SET state = CASE (SELECT gap_policy FROM series s
                            WHERE s.tenant_id = n.tenant_id AND s.series = n.series)
                      WHEN 'reissue' THEN 'released' ELSE 'voided' END,
              reason = $3, updated_at = n.expires_at
-         WHERE (n.tenant_id, n.series, n.period, n.number) IN (
-               SELECT tenant_id, series, period, number FROM number_states
+         WHERE n.ctid = ANY(ARRAY(
+               SELECT ctid FROM number_states
                WHERE state = 'reserved' AND expires_at <= $1
-               ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+               ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED))
+           AND n.state = 'reserved' AND n.expires_at <= $1",
     )
     .bind(now)
     .bind(i64::from(limit))
