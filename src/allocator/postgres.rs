@@ -560,6 +560,8 @@ impl Engine for PgEngine {
 
     const BY_STATE: &'static str = "number_states";
 
+    const ADVANCES: &'static str = "allocations";
+
     fn pool(&self) -> &PgPool {
         &self.pool
     }

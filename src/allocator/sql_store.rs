@@ -38,6 +38,11 @@ pub(crate) trait Engine: Send + Sync + 'static {
     /// `number_states_by_state` rather than every number of the period.
     const BY_STATE: &'static str;
 
+    /// `allocations` as a statement that reads only the ranges skipped
+    /// names it: with any hint the engine needs to read them through
+    /// `allocations_advances` rather than every range of the period.
+    const ADVANCES: &'static str;
+
     /// The pool reads go through.
     fn pool(&self) -> &Pool<Self::Db>;
 
@@ -247,8 +252,12 @@ where
         period: &str,
         after: RangesAfter,
     ) -> Result<Vec<RangeRow>, StoreError> {
-        let (tenant, series) = (tenant.as_str(), series.as_str());
-        Ok(select_ranges_after(self.0.pool(), tenant, series, period, after).await?)
+        let (tenant, series, pool) = (tenant.as_str(), series.as_str(), self.0.pool());
+        if after.skipped == Some(true) {
+            let from = E::ADVANCES;
+            return Ok(select_skipped_after(pool, from, tenant, series, period, after).await?);
+        }
+        Ok(select_ranges_after(pool, tenant, series, period, after).await?)
     }
 
     async fn change_state(
@@ -1261,6 +1270,47 @@ where
         .bind(number)
         .fetch_optional(executor)
         .await
+}
+
+/// Up to `after.limit` ranges skipped by an advance of a period, starting
+/// after `after.number`, in order.
+#[tracing::instrument(
+    name = "db.allocations.select_skipped_after",
+    skip_all,
+    err(level = "debug")
+)]
+async fn select_skipped_after<DB>(
+    pool: &Pool<DB>,
+    from: &str,
+    tenant: &str,
+    series: &str,
+    period: &str,
+    after: RangesAfter,
+) -> Result<Vec<RangeRow>, sqlx::Error>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'r> RangeRow: FromRow<'r, DB::Row>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+{
+    // The kind is written out, as the partial index's condition is, so
+    // that the index is read rather than every range of the period.
+    sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT first_value, count, kind, reason, request_id, format, date, created_at
+         FROM {from}
+         WHERE tenant_id = $1 AND series = $2 AND period = $3 AND first_value > $4
+           AND kind = 'advance'
+         ORDER BY first_value LIMIT $5"
+    )))
+    .bind(tenant)
+    .bind(series)
+    .bind(period)
+    .bind(after.number)
+    .bind(i64::from(after.limit))
+    .fetch_all(pool)
+    .await
 }
 
 /// Up to `after.limit` ranges of a period starting after `after.number`, of

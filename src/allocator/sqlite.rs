@@ -498,6 +498,8 @@ impl Engine for SqliteEngine {
     // number of the period in order, testing each one's state.
     const BY_STATE: &'static str = "number_states INDEXED BY number_states_by_state";
 
+    const ADVANCES: &'static str = "allocations INDEXED BY allocations_advances";
+
     fn pool(&self) -> &SqlitePool {
         self.db.pool()
     }
