@@ -253,11 +253,8 @@ where
         after: RangesAfter,
     ) -> Result<Vec<RangeRow>, StoreError> {
         let (tenant, series, pool) = (tenant.as_str(), series.as_str(), self.0.pool());
-        if after.skipped == Some(true) {
-            let from = E::ADVANCES;
-            return Ok(select_skipped_after(pool, from, tenant, series, period, after).await?);
-        }
-        Ok(select_ranges_after(pool, tenant, series, period, after).await?)
+        let advances = E::ADVANCES;
+        Ok(select_ranges_after(pool, advances, tenant, series, period, after).await?)
     }
 
     async fn change_state(
@@ -1272,16 +1269,12 @@ where
         .await
 }
 
-/// Up to `after.limit` ranges skipped by an advance of a period, starting
-/// after `after.number`, in order.
-#[tracing::instrument(
-    name = "db.allocations.select_skipped_after",
-    skip_all,
-    err(level = "debug")
-)]
-async fn select_skipped_after<DB>(
+/// Up to `after.limit` ranges of a period starting after `after.number`, of
+/// `after.skipped` if given, in order.
+#[tracing::instrument(name = "db.allocations.select_after", skip_all, err(level = "debug"))]
+async fn select_ranges_after<DB>(
     pool: &Pool<DB>,
-    from: &str,
+    advances: &str,
     tenant: &str,
     series: &str,
     period: &str,
@@ -1295,13 +1288,18 @@ where
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
     for<'q> i64: Encode<'q, DB> + Type<DB>,
 {
-    // The kind is written out, as the partial index's condition is, so
-    // that the index is read rather than every range of the period.
+    // The kind is written out, as the partial index of the advances says
+    // it, so that a listing of the numbers skipped reads that index rather
+    // than every range of the period.
+    let (from, kind) = match after.skipped {
+        None => ("allocations", "TRUE"),
+        Some(true) => (advances, "kind = 'advance'"),
+        Some(false) => ("allocations", "kind <> 'advance'"),
+    };
     sqlx::query_as(AssertSqlSafe(format!(
         "SELECT first_value, count, kind, reason, request_id, format, date, created_at
          FROM {from}
-         WHERE tenant_id = $1 AND series = $2 AND period = $3 AND first_value > $4
-           AND kind = 'advance'
+         WHERE tenant_id = $1 AND series = $2 AND period = $3 AND first_value > $4 AND {kind}
          ORDER BY first_value LIMIT $5"
     )))
     .bind(tenant)
@@ -1311,45 +1309,6 @@ where
     .bind(i64::from(after.limit))
     .fetch_all(pool)
     .await
-}
-
-/// Up to `after.limit` ranges of a period starting after `after.number`, of
-/// `after.skipped` if given, in order.
-#[tracing::instrument(name = "db.allocations.select_after", skip_all, err(level = "debug"))]
-async fn select_ranges_after<DB>(
-    pool: &Pool<DB>,
-    tenant: &str,
-    series: &str,
-    period: &str,
-    after: RangesAfter,
-) -> Result<Vec<RangeRow>, sqlx::Error>
-where
-    DB: Database,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    DB::Arguments: IntoArguments<DB>,
-    for<'r> RangeRow: FromRow<'r, DB::Row>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-    for<'q> i64: Encode<'q, DB> + Type<DB>,
-{
-    let sql = format!(
-        "SELECT {RANGE_COLUMNS}
-         WHERE tenant_id = $1 AND series = $2 AND period = $3 AND first_value > $4
-           AND ($5 = 'all' OR ($5 = 'skipped') = (kind = 'advance'))
-         ORDER BY first_value LIMIT $6"
-    );
-    sqlx::query_as(AssertSqlSafe(sql))
-        .bind(tenant)
-        .bind(series)
-        .bind(period)
-        .bind(after.number)
-        .bind(match after.skipped {
-            None => "all",
-            Some(true) => "skipped",
-            Some(false) => "handed out",
-        })
-        .bind(i64::from(after.limit))
-        .fetch_all(pool)
-        .await
 }
 
 /// A period's ledger up to a counter value read before it.
