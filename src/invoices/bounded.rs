@@ -59,9 +59,9 @@ impl InvoiceStore for Bounded {
         &self,
         invoice: &Invoice,
         request_id: Option<&RequestId>,
-        pending: Option<&str>,
+        noted: bool,
     ) -> Result<(), StoreError> {
-        self.within(self.inner.insert(invoice, request_id, pending))
+        self.within(self.inner.insert(invoice, request_id, noted))
             .await
     }
 

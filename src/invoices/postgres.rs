@@ -90,10 +90,10 @@ impl Engine for PgEngine {
         &self,
         invoice: &Invoice,
         request_id: Option<&str>,
-        pending: Option<&str>,
+        noted: bool,
     ) -> Result<(), StoreError> {
         let mut tx = begin_durable(&self.pool).await?;
-        sql_store::store_invoice::<Postgres, Native>(&mut tx, invoice, request_id, pending).await?;
+        sql_store::insert_invoice::<Postgres, Native>(&mut tx, invoice, request_id, noted).await?;
         tx.commit().await?;
         Ok(())
     }

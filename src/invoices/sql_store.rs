@@ -49,12 +49,12 @@ pub(crate) trait Engine: Send + Sync + 'static {
     /// of the engine.
     async fn write_group(&self, writes: &[Write]) -> Result<Made, sqlx::Error>;
 
-    /// Stores the invoice ([`store_invoice`]) in the engine's durable write.
+    /// Stores the invoice ([`insert_invoice`]) in the engine's durable write.
     async fn insert(
         &self,
         invoice: &Invoice,
         request_id: Option<&str>,
-        pending: Option<&str>,
+        noted: bool,
     ) -> Result<(), StoreError>;
 
     /// Whether the database answers now.
@@ -107,15 +107,15 @@ impl<E> SqlInvoiceStore<E> {
 /// A write of the store, owned so that it can wait for its group.
 #[derive(Debug)]
 pub(crate) enum Write {
-    /// A new invoice, with the request id that created it and the request
-    /// key of the reservation its number came from: that note goes with it.
+    /// A new invoice, with the request id that created it, and whether a
+    /// pending note names it.
     Invoice {
         /// The invoice.
         invoice: Box<Invoice>,
         /// The call's request id.
         request_id: Option<String>,
-        /// The reservation's request key.
-        pending: Option<String>,
+        /// Whether a pending note names it.
+        noted: bool,
     },
     /// [`Note::Pending`].
     Pending {
@@ -170,13 +170,11 @@ impl Write {
         if let Self::Invoice {
             invoice,
             request_id,
-            pending,
+            noted,
         } = self
         {
             // Not left out on a number or request id taken, but refused.
-            return engine
-                .insert(invoice, request_id.as_deref(), pending.as_deref())
-                .await;
+            return engine.insert(invoice, request_id.as_deref(), *noted).await;
         }
         // A note takes nothing another row holds: a group of one fails
         // with its own error.
@@ -295,12 +293,12 @@ where
         &self,
         invoice: &Invoice,
         request_id: Option<&RequestId>,
-        pending: Option<&str>,
+        noted: bool,
     ) -> Result<(), StoreError> {
         self.write(Write::Invoice {
             invoice: Box::new(invoice.clone()),
             request_id: request_id.map(|id| id.as_str().to_owned()),
-            pending: pending.map(str::to_owned),
+            noted,
         })
         .await
     }
@@ -473,42 +471,9 @@ impl<Id, Total> InvoiceRow<Id, Total> {
     }
 }
 
-/// Inserts the invoice and the request id that created it on `conn`, and
-/// deletes the pending note of `pending`, the request key its number was
-/// reserved with, if any: inside the caller's transaction, so that the note
-/// goes only with a stored invoice.
-pub(crate) async fn store_invoice<DB, S>(
-    conn: &mut DB::Connection,
-    invoice: &Invoice,
-    request_id: Option<&str>,
-    pending: Option<&str>,
-) -> Result<(), sqlx::Error>
-where
-    DB: Database + HasStatementCache,
-    S: Stored,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    DB::Arguments: IntoArguments<DB> + Default,
-    for<'q> S::Id: Encode<'q, DB> + Type<DB>,
-    for<'q> S::Total: Encode<'q, DB> + Type<DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
-    for<'q> i64: Encode<'q, DB> + Type<DB>,
-    for<'q> NaiveDate: Encode<'q, DB> + Type<DB>,
-    for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
-    for<'q> Json<&'q [LineItem]>: Encode<'q, DB> + Type<DB>,
-{
-    insert_invoice::<DB, S>(&mut *conn, invoice, request_id).await?;
-    if let Some(request_key) = pending {
-        let done = BTreeSet::from([(invoice.tenant_id.as_str(), request_key)]);
-        delete_pending::<DB>(conn, &done).await?;
-    }
-    Ok(())
-}
-
 /// Makes a group of writes on `conn`, inside the caller's transaction: the
 /// pending notes, then the invoices (leaving out any that would take a number
-/// or request id already taken), then the notes done, with those of the
-/// invoices stored, and the settled marks. Rows go in key order, so that the
+/// or request id already taken), then the notes done and the settled marks. Rows go in key order, so that the
 /// groups of two processes lock them in the same order. Returns the ids of
 /// the invoices stored.
 pub(crate) async fn write_group<DB, S>(
@@ -550,8 +515,8 @@ where
             Write::Invoice {
                 invoice,
                 request_id,
-                pending,
-            } => invoices.push((&**invoice, request_id.as_deref(), pending.as_deref())),
+                noted,
+            } => invoices.push((&**invoice, request_id.as_deref(), *noted)),
             Write::Done {
                 tenant,
                 request_key,
@@ -586,11 +551,6 @@ where
     } else {
         insert_invoices::<DB, S>(&mut *conn, &invoices).await?
     };
-    done.extend(invoices.iter().filter_map(|(invoice, _, pending)| {
-        pending
-            .filter(|_| stored.contains(&invoice.id))
-            .map(|key| (invoice.tenant_id.as_str(), key))
-    }));
     if !done.is_empty() {
         delete_pending::<DB>(&mut *conn, &done).await?;
     }
@@ -648,15 +608,19 @@ where
     for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
 {
     let mut query = QueryBuilder::<DB>::new(
-        "INSERT INTO pending_numbers (tenant_id, request_key, issue_date, since) ",
+        "INSERT INTO pending_numbers (tenant_id, request_key, issue_date, since, invoice_id) ",
     );
     query.push_values(pending, |mut row, pending| {
         row.push_bind(pending.tenant_id.as_str())
             .push_bind(pending.request_key.as_str())
             .push_bind(pending.issue_date.as_str())
-            .push_bind(pending.since);
+            .push_bind(pending.since)
+            .push_bind(pending.invoice_id.as_str());
     });
-    query.push(" ON CONFLICT (tenant_id, request_key) DO UPDATE SET since = excluded.since");
+    query.push(
+        " ON CONFLICT (tenant_id, request_key)
+          DO UPDATE SET since = excluded.since, invoice_id = excluded.invoice_id",
+    );
     // Its text differs with its length: not worth keeping prepared.
     query.build().persistent(false).execute(conn).await?;
     Ok(())
@@ -669,7 +633,7 @@ where
 #[tracing::instrument(name = "db.invoices.insert_many", skip_all, err(level = "debug"))]
 async fn insert_invoices<DB, S>(
     conn: &mut DB::Connection,
-    invoices: &[(&Invoice, Option<&str>, Option<&str>)],
+    invoices: &[(&Invoice, Option<&str>, bool)],
 ) -> Result<HashSet<Uuid>, sqlx::Error>
 where
     DB: Database + HasStatementCache,
@@ -686,11 +650,7 @@ where
     for<'q> Json<&'q [LineItem]>: Encode<'q, DB> + Type<DB>,
     for<'r> (S::Id,): FromRow<'r, DB::Row>,
 {
-    let mut query = insert_values::<DB, S>(
-        invoices
-            .iter()
-            .map(|(invoice, request_id, _)| (*invoice, *request_id)),
-    );
+    let mut query = insert_values::<DB, S>(invoices.iter().copied());
     query.push(" ON CONFLICT DO NOTHING RETURNING id");
     let ids: Vec<S::Id> = query
         .build_query_scalar()
@@ -746,15 +706,20 @@ where
     query.push_values(settled, |mut row, (tenant, id)| {
         row.push_bind(*tenant).push_bind(S::id(*id));
     });
-    query.push(") AS v WHERE invoices.tenant_id = v.column1 AND invoices.id = v.column2");
+    // A row already settled is left as it is, not written again.
+    query.push(
+        ") AS v WHERE invoices.tenant_id = v.column1 AND invoices.id = v.column2
+             AND NOT invoices.number_settled",
+    );
     query.build().persistent(false).execute(conn).await?;
     Ok(())
 }
 
 /// `INSERT INTO invoices (...) VALUES` one row per invoice, with the request
-/// id that created it: the start of both inserts.
+/// id that created it, settled if a pending note names it: the start of both
+/// inserts.
 fn insert_values<'a, DB, S>(
-    invoices: impl IntoIterator<Item = (&'a Invoice, Option<&'a str>)>,
+    invoices: impl IntoIterator<Item = (&'a Invoice, Option<&'a str>, bool)>,
 ) -> QueryBuilder<DB>
 where
     DB: Database,
@@ -772,9 +737,9 @@ where
     let mut query = QueryBuilder::new(
         "INSERT INTO invoices (id, tenant_id, number, invoice_number, period, issue_date,
              client_id, client_name, client_email, client_phone, client_address, due_date, notes,
-             currency, line_items, total, created_at, request_id) ",
+             currency, line_items, total, created_at, request_id, number_settled) ",
     );
-    query.push_values(invoices, |mut row, (invoice, request_id)| {
+    query.push_values(invoices, |mut row, (invoice, request_id, noted)| {
         row.push_bind(S::id(invoice.id))
             .push_bind(invoice.tenant_id.as_str())
             .push_bind(invoice.number)
@@ -792,18 +757,20 @@ where
             .push_bind(Json(invoice.line_items.as_slice()))
             .push_bind(S::total(invoice.total))
             .push_bind(invoice.created_at)
-            .push_bind(request_id);
+            .push_bind(request_id)
+            .push(if noted { "TRUE" } else { "FALSE" });
     });
     query
 }
 
 /// Inserts the invoice and the request id that created it on `conn`, inside
-/// the caller's transaction.
+/// the caller's transaction; settled if a pending note names it (`noted`).
 #[tracing::instrument(name = "db.invoices.insert", skip_all, err(level = "debug"))]
-async fn insert_invoice<DB, S>(
+pub(crate) async fn insert_invoice<DB, S>(
     conn: &mut DB::Connection,
     invoice: &Invoice,
     request_id: Option<&str>,
+    noted: bool,
 ) -> Result<(), sqlx::Error>
 where
     DB: Database,
@@ -819,8 +786,8 @@ where
     for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
     for<'q> Json<&'q [LineItem]>: Encode<'q, DB> + Type<DB>,
 {
-    // One row: the same text every time, kept prepared.
-    insert_values::<DB, S>([(invoice, request_id)])
+    // One row: one of two texts, kept prepared.
+    insert_values::<DB, S>([(invoice, request_id, noted)])
         .build()
         .execute(conn)
         .await?;
@@ -983,7 +950,7 @@ where
     for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
 {
     sqlx::query_as(
-        "SELECT tenant_id, request_key, issue_date, since FROM pending_numbers
+        "SELECT tenant_id, request_key, issue_date, since, invoice_id FROM pending_numbers
          WHERE since < $1 ORDER BY since LIMIT $2",
     )
     .bind(before)

@@ -86,10 +86,10 @@ impl Engine for SqliteEngine {
         &self,
         invoice: &Invoice,
         request_id: Option<&str>,
-        pending: Option<&str>,
+        noted: bool,
     ) -> Result<(), StoreError> {
         let mut write = self.db.begin_write().await?;
-        sql_store::store_invoice::<Sqlite, AsText>(write.conn(), invoice, request_id, pending)
+        sql_store::insert_invoice::<Sqlite, AsText>(write.conn(), invoice, request_id, noted)
             .await?;
         // Not acknowledged if it went to a file no longer at its path.
         write.commit().await?;

@@ -21,19 +21,20 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[async_trait]
 pub trait InvoiceStore: Store {
     /// Stores a new invoice with the request id of the call that created it,
-    /// durably before it returns. `pending` is the request key of the
-    /// reservation its number came from, if any: that note is done, deleted
-    /// in the same transaction.
+    /// durably before it returns. `noted`: a pending note names the invoice
+    /// (its reservation's, [`Pending::invoice_id`]), which settles its
+    /// number; it is stored settled. Without one (imported) it is stored
+    /// unsettled, for reconciliation to settle.
     ///
     /// # Errors
     /// [`StoreError::NumberTaken`] when the tenant already has an invoice with
     /// this number in this period, or this formatted number, [`StoreError::RequestIdTaken`] with this request id;
-    /// nothing is stored then, and the note stays.
+    /// nothing is stored then.
     async fn insert(
         &self,
         invoice: &Invoice,
         request_id: Option<&RequestId>,
-        pending: Option<&str>,
+        noted: bool,
     ) -> Result<(), StoreError>;
 
     /// The tenant's invoice created by the call with this request id.
@@ -118,6 +119,9 @@ pub struct Pending {
     pub issue_date: String,
     /// When it was asked for.
     pub since: DateTime<Utc>,
+    /// The id of the invoice the call stores under the reserved number;
+    /// empty in notes written before notes named their invoices.
+    pub invoice_id: String,
 }
 
 /// A bookkeeping write of the reservations in flight.
@@ -133,15 +137,17 @@ pub enum Note<'a> {
         /// The call's request id.
         request_id: Option<&'a RequestId>,
     },
-    /// The reservation's number is stored with an invoice, or given back.
+    /// The reservation's number is settled: confirmed to the invoice stored
+    /// under it, or given back.
     Done {
         /// The tenant.
         tenant: &'a str,
         /// The request id it was asked with.
         request_key: &'a str,
     },
-    /// The invoice's number is settled with the allocator: confirmed with
-    /// its id, or not one it handed out.
+    /// The number of an invoice no note names (stored before notes named
+    /// their invoices, or imported) is settled with the allocator: confirmed
+    /// with its id, or not one it handed out.
     Settled {
         /// The tenant.
         tenant: &'a str,

@@ -141,6 +141,16 @@ impl CallKey {
     }
 }
 
+/// What notes an invoice's number settled once it is confirmed.
+enum Settle {
+    /// Deleting the pending note, by its request key, that names the
+    /// invoice: one the writer stored.
+    Note(String),
+    /// Marking the invoice settled: one no note names (stored before notes
+    /// named their invoices, imported, or another call's).
+    Mark,
+}
+
 /// Writes and reads invoices.
 #[derive(Clone)]
 pub struct InvoiceWriter {
@@ -201,11 +211,15 @@ impl InvoiceWriter {
             // call instead would tie up a connection for as long as the
             // allocator takes, retries included.) And it is where a repeat
             // of a call that stored its invoice stops, before any number.
+            // The note names the invoice this attempt would store, and lasts
+            // until its number is confirmed.
+            let id = self.clock.new_id();
             let pending = Pending {
                 tenant_id: new.tenant_id.to_string(),
                 request_key: key.clone(),
                 issue_date: issue_date.clone(),
                 since: self.clock.now(),
+                invoice_id: id.to_string(),
             };
             if let Some(repeated) = self.note_pending(new, &pending, request_id).await? {
                 return Ok(repeated);
@@ -229,11 +243,10 @@ impl InvoiceWriter {
                 Err(error) => return Err(error.into()),
             };
             let number = numbered(reserved)?;
-            let invoice = new.numbered(number, self.clock.new_id(), self.clock.now());
-            // The pending note is deleted with the insert, in one commit.
-            match self.store.insert(&invoice, request_id, Some(&key)).await {
+            let invoice = new.numbered(number, id, self.clock.now());
+            match self.store.insert(&invoice, request_id, true).await {
                 Ok(()) => {
-                    self.confirm(&invoice, deadline).await;
+                    self.confirm(&invoice, Settle::Note(key), deadline).await;
                     return Ok(Created {
                         invoice,
                         replayed: false,
@@ -241,7 +254,8 @@ impl InvoiceWriter {
                 }
                 // A concurrent repeat of this call stored its invoice first
                 // (with the same number: it reserved with the same key), and
-                // confirms it.
+                // confirms it. The note is that call's too: it stays for
+                // that call (or reconciliation) to settle.
                 Err(StoreError::NumberTaken | StoreError::RequestIdTaken)
                     if let Some(request_id) = request_id
                         && let Some(stored) = self
@@ -249,7 +263,6 @@ impl InvoiceWriter {
                             .get_by_request_id(&new.tenant_id, request_id)
                             .await? =>
                 {
-                    self.let_go(done).await;
                     return repeat(new, stored, request_id);
                 }
                 Err(StoreError::NumberTaken) => {
@@ -268,7 +281,7 @@ impl InvoiceWriter {
                         .get_by_number(NumberOf::held_by(&invoice))
                         .await?;
                     if let Some(stored) = holder {
-                        self.confirm(&stored, deadline).await;
+                        self.confirm(&stored, Settle::Mark, deadline).await;
                     }
                     self.let_go(done).await;
                 }
@@ -341,17 +354,17 @@ impl InvoiceWriter {
         }
     }
 
-    /// Confirms a stored invoice's number with its id, and notes it settled.
-    /// A number the allocator did not hand out (imported, seeded) is settled
-    /// with nothing to confirm; one it refuses to confirm is logged as an
-    /// error and settled (its record says why). While the allocator cannot
-    /// be reached it is left for reconciliation.
+    /// Confirms a stored invoice's number with its id, and notes it settled
+    /// as `settle` says. A number the allocator did not hand out (imported,
+    /// seeded) is settled with nothing to confirm; one it refuses to confirm
+    /// is logged as an error and settled (its record says why). While the
+    /// allocator cannot be reached it is left for reconciliation.
     ///
     /// The note is written by a task of its own, in the store's next group,
     /// and not waited for: it only spares reconciliation a confirmation, so
     /// a note lost in a crash makes reconciliation confirm the number again,
     /// which answers the same record.
-    async fn confirm(&self, invoice: &Invoice, deadline: Instant) {
+    async fn confirm(&self, invoice: &Invoice, settle: Settle, deadline: Instant) {
         if !self.settles(invoice, deadline).await {
             return;
         }
@@ -359,9 +372,15 @@ impl InvoiceWriter {
         let (tenant, id) = (invoice.tenant_id.clone(), invoice.id);
         let invoice_number = invoice.invoice_number.clone();
         let noted = async move {
-            let note = Note::Settled {
-                tenant: &tenant,
-                id,
+            let note = match &settle {
+                Settle::Note(request_key) => Note::Done {
+                    tenant: &tenant,
+                    request_key,
+                },
+                Settle::Mark => Note::Settled {
+                    tenant: &tenant,
+                    id,
+                },
             };
             if let Err(error) = store.note(note).await {
                 tracing::warn!(
@@ -471,7 +490,7 @@ impl InvoiceWriter {
     ) -> Result<Reconciled, Error> {
         let mut reconciled = Reconciled::default();
         for invoice in self.store.unsettled(batch).await? {
-            self.confirm(&invoice, deadline).await;
+            self.confirm(&invoice, Settle::Mark, deadline).await;
             reconciled.confirmed += 1;
         }
         for pending in self.store.pending_before(stale_before, batch).await? {
@@ -483,7 +502,10 @@ impl InvoiceWriter {
     }
 
     /// Settles a reservation a call that died left pending; whether it was
-    /// given back.
+    /// given back. The invoice the note names, if stored, has its number
+    /// confirmed; otherwise the reservation is repeated (same request id,
+    /// same number) and its number confirmed to the invoice stored under
+    /// it, or given back. The note goes once its number is settled.
     async fn settle(&self, pending: &Pending, deadline: Instant) -> Result<bool, Error> {
         let done = Note::Done {
             tenant: &pending.tenant_id,
@@ -494,6 +516,17 @@ impl InvoiceWriter {
             self.store.note(done).await?;
             return Ok(false);
         };
+        let named = match Uuid::parse_str(&pending.invoice_id) {
+            Ok(id) => self.store.get(&tenant, id).await?,
+            // Written before notes named their invoices.
+            Err(_) => None,
+        };
+        if let Some(stored) = named {
+            if self.settles(&stored, deadline).await {
+                self.store.note(done).await?;
+            }
+            return Ok(false);
+        }
         let repeated = self
             .allocator
             .reserve(
@@ -526,8 +559,9 @@ impl InvoiceWriter {
             formatted: &record.formatted,
         };
         if let Some(stored) = self.store.get_by_number(number).await? {
-            self.confirm(&stored, deadline).await;
-            self.store.note(done).await?;
+            if self.settles(&stored, deadline).await {
+                self.store.note(done).await?;
+            }
             return Ok(false);
         }
         let given_back = self

@@ -166,9 +166,9 @@ impl InvoiceStore for FailsAfterCommit {
         &self,
         invoice: &Invoice,
         request_id: Option<&RequestId>,
-        pending: Option<&str>,
+        noted: bool,
     ) -> Result<(), StoreError> {
-        self.inner.insert(invoice, request_id, pending).await?;
+        self.inner.insert(invoice, request_id, noted).await?;
         if self.armed.swap(false, Ordering::SeqCst) {
             match self.how {
                 AfterCommit::Unavailable => {

@@ -159,3 +159,48 @@ async fn a_stored_invoice_s_number_is_confirmed_after_a_crash(#[case] backend: B
         (2, 2, 0)
     );
 }
+
+/// An invoice stored while its number could not be confirmed, its writer
+/// killed, and a writer started again where every repeat of a reservation is
+/// refused: the pending note names the stored invoice, whose number is
+/// confirmed without repeating the reservation, and the note goes.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_invoice_is_confirmed_by_the_note_that_names_it(#[case] backend: Backend) {
+    let mut allocator = spawn_allocator(backend).await;
+    let unconfirmed = AllocatorProxy::new(allocator.client.clone(), Fault::Refuse(Method::Confirm));
+    let (unconfirmed_url, _serving) = unconfirmed.serve().await;
+    let db = TestDb::create(backend).await;
+    let first = writer(&db, &unconfirmed_url).await;
+    let mut client = InvoiceWriterClient::connect(first.url()).await.unwrap();
+    assert_eq!(create(&mut client, "acme").await.invoice_number, "INV-001");
+    assert!(unconfirmed.lost() >= 1, "its number was confirmed");
+    kill(first.pid(), Signal::SIGKILL).unwrap();
+    first.wait().await;
+    assert_eq!(audit(&mut allocator.client).await.reserved, 1);
+
+    let refusing = AllocatorProxy::new(allocator.client.clone(), Fault::Refuse(Method::Reserve));
+    let (refusing_url, _serving) = refusing.serve().await;
+    let restarted = writer(&db, &refusing_url).await;
+    wait_for_audit(&mut allocator.client, |audit| audit.confirmed == 1).await;
+    let mut client = InvoiceWriterClient::connect(restarted.url()).await.unwrap();
+    let invoices = list_all(&mut client, "acme").await;
+    assert_confirmed_with_ids(&mut allocator.client, "", &invoices).await;
+
+    let store = db.invoice_store().await;
+    let later = chrono::Utc::now() + chrono::Duration::hours(1);
+    let settled = tokio::time::timeout(PATIENCE, async {
+        while !store.pending_before(later, 1).await.unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    settled
+        .await
+        .expect("the note goes once its number is confirmed");
+    assert_eq!(refusing.lost(), 0, "a reservation was repeated");
+    let audit = audit(&mut allocator.client).await;
+    assert_eq!(
+        (audit.last_value, audit.confirmed, audit.unaccounted),
+        (1, 1, 0)
+    );
+}

@@ -1,5 +1,6 @@
 //! A proxy between the writer and the allocator that forwards every call and
-//! fails some replies after the allocator has answered: lost, or never sent.
+//! fails some replies after the allocator has answered (lost, or never sent),
+//! or refuses some calls in its place.
 
 use std::sync::{
     Arc,
@@ -36,6 +37,8 @@ pub enum Fault {
     /// The first of `Method` after the allocator answered is never sent:
     /// the caller waits, and [`AllocatorProxy::hung`] is notified.
     Hang(Method),
+    /// Every call of `Method` is refused (`ABORTED`), never sent.
+    Refuse(Method),
 }
 
 /// Forwards every call to the allocator, failing replies as its fault says.
@@ -75,7 +78,7 @@ impl AllocatorProxy {
         (url, serving)
     }
 
-    /// How many replies were lost.
+    /// How many replies were lost or refused.
     pub fn lost(&self) -> usize {
         self.lost.load(Ordering::SeqCst)
     }
@@ -101,9 +104,20 @@ impl AllocatorProxy {
                 self.hung.notify_one();
                 std::future::pending::<()>().await;
             }
-            Fault::Hang(_) => {}
+            Fault::Hang(_) | Fault::Refuse(_) => {}
         }
         Ok(answer)
+    }
+
+    /// Refuses a call of `method` in the allocator's place, if the fault says.
+    fn instead(&self, method: Method) -> Result<(), Status> {
+        match self.fault {
+            Fault::Refuse(refused) if refused == method => {
+                self.lost.fetch_add(1, Ordering::SeqCst);
+                Err(Status::aborted("refused by the proxy"))
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -113,6 +127,7 @@ impl NumberAllocator for AllocatorProxy {
         &self,
         request: Request<AllocateRequest>,
     ) -> Result<Response<AllocateResponse>, Status> {
+        self.instead(Method::Allocate)?;
         let answer = self
             .allocator
             .clone()
@@ -195,6 +210,7 @@ impl NumberAllocator for AllocatorProxy {
         &self,
         request: Request<ConfirmRequest>,
     ) -> Result<Response<ConfirmResponse>, Status> {
+        self.instead(Method::Confirm)?;
         let answer = self.allocator.clone().confirm(request.into_inner()).await?;
         self.after(Method::Confirm, answer).await
     }
@@ -207,6 +223,7 @@ impl NumberAllocator for AllocatorProxy {
         &self,
         request: Request<ReserveRequest>,
     ) -> Result<Response<ReserveResponse>, Status> {
+        self.instead(Method::Reserve)?;
         let answer = self.allocator.clone().reserve(request.into_inner()).await?;
         self.after(Method::Reserve, answer).await
     }
