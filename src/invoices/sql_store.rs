@@ -473,9 +473,9 @@ impl<Id, Total> InvoiceRow<Id, Total> {
 
 /// Makes a group of writes on `conn`, inside the caller's transaction: the
 /// pending notes, then the invoices (leaving out any that would take a number
-/// or request id already taken), then the notes done and the settled marks. Rows go in key order, so that the
-/// groups of two processes lock them in the same order. Returns the ids of
-/// the invoices stored.
+/// or request id already taken), then the notes done and the settled marks.
+/// Rows go in key order, so that the groups of two processes lock them in the
+/// same order. Returns the ids of the invoices stored.
 pub(crate) async fn write_group<DB, S>(
     conn: &mut DB::Connection,
     writes: &[Write],
