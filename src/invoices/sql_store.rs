@@ -499,7 +499,6 @@ where
     // A repeated call may note the same reservation twice in one group: the
     // later note wins, as it would in two transactions.
     let mut pending = BTreeMap::new();
-    let mut request_ids = BTreeSet::new();
     let mut invoices = Vec::new();
     let mut done = BTreeSet::new();
     let mut settled = BTreeSet::new();
@@ -508,9 +507,6 @@ where
             Write::Pending { note, request_id } => {
                 let key = (note.tenant_id.as_str(), note.request_key.as_str());
                 pending.insert(key, (note, request_id.as_deref()));
-                if let Some(request_id) = request_id {
-                    request_ids.insert((note.tenant_id.as_str(), request_id.as_str()));
-                }
             }
             Write::Invoice {
                 invoice,
@@ -531,21 +527,21 @@ where
     invoices.sort_by(|(a, ..), (b, ..)| {
         (&a.tenant_id, &a.period, a.number).cmp(&(&b.tenant_id, &b.period, b.number))
     });
-    let taken = if request_ids.is_empty() {
+    let taken = if pending.is_empty() {
         HashSet::new()
     } else {
-        select_request_ids_taken::<DB>(&mut *conn, &request_ids).await?
+        let noted = upsert_pending::<DB>(&mut *conn, pending.values()).await?;
+        // The request ids of the notes not noted created an invoice.
+        pending
+            .iter()
+            .filter(|((tenant, key), _)| {
+                !noted.contains(&((*tenant).to_owned(), (*key).to_owned()))
+            })
+            .filter_map(|((tenant, _), (_, request_id))| {
+                request_id.map(|id| ((*tenant).to_owned(), id.to_owned()))
+            })
+            .collect()
     };
-    let to_note: Vec<&Pending> = pending
-        .into_values()
-        .filter(|(note, request_id)| {
-            request_id.is_none_or(|id| !is_taken(&taken, &note.tenant_id, id))
-        })
-        .map(|(note, _)| note)
-        .collect();
-    if !to_note.is_empty() {
-        upsert_pending::<DB>(&mut *conn, to_note.into_iter()).await?;
-    }
     let stored = if invoices.is_empty() {
         HashSet::new()
     } else {
@@ -560,70 +556,53 @@ where
     Ok(Made { stored, taken })
 }
 
-/// Which of the tenants' request ids created a stored invoice, on `conn`.
-#[tracing::instrument(
-    name = "db.invoices.select_request_ids",
-    skip_all,
-    err(level = "debug")
-)]
-async fn select_request_ids_taken<DB>(
+/// Notes reservations pending, on `conn`, each unless its call's request id
+/// (the second of each pair) already created one of the tenant's invoices: a
+/// repeated call's note is its own now, and not stale. Returns the notes
+/// made, by tenant and request key.
+#[tracing::instrument(name = "db.pending_numbers.upsert", skip_all, err(level = "debug"))]
+async fn upsert_pending<'p, DB>(
     conn: &mut DB::Connection,
-    request_ids: &BTreeSet<(&str, &str)>,
+    pending: impl Iterator<Item = &'p (&'p Pending, Option<&'p str>)>,
 ) -> Result<HashSet<(String, String)>, sqlx::Error>
 where
     DB: Database + HasStatementCache,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     DB::Arguments: IntoArguments<DB> + Default,
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
     for<'r> (String, String): FromRow<'r, DB::Row>,
 {
-    // Each statement here that takes a list of keys joins the list to its
-    // table, so that SQLite looks each key up: a row value `IN` a list makes
-    // it scan the whole table.
-    let mut query = QueryBuilder::<DB>::new("SELECT i.tenant_id, i.request_id FROM (");
-    query.push_values(request_ids, |mut row, (tenant, request_id)| {
-        row.push_bind(*tenant).push_bind(*request_id);
-    });
-    query.push(") AS v JOIN invoices i ON i.tenant_id = v.column1 AND i.request_id = v.column2");
-    let taken: Vec<(String, String)> = query
-        .build_query_as()
-        .persistent(false)
-        .fetch_all(conn)
-        .await?;
-    Ok(taken.into_iter().collect())
-}
-
-/// Notes reservations pending, on `conn`; a repeated call's note is its own
-/// now, and not stale.
-#[tracing::instrument(name = "db.pending_numbers.upsert", skip_all, err(level = "debug"))]
-async fn upsert_pending<'p, DB>(
-    conn: &mut DB::Connection,
-    pending: impl Iterator<Item = &'p Pending>,
-) -> Result<(), sqlx::Error>
-where
-    DB: Database + HasStatementCache,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    DB::Arguments: IntoArguments<DB> + Default,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-    for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
-{
     let mut query = QueryBuilder::<DB>::new(
-        "INSERT INTO pending_numbers (tenant_id, request_key, issue_date, since, invoice_id) ",
+        "INSERT INTO pending_numbers (tenant_id, request_key, issue_date, since, invoice_id)
+         SELECT v.column1, v.column2, v.column3, v.column4, v.column5 FROM (",
     );
-    query.push_values(pending, |mut row, pending| {
+    query.push_values(pending, |mut row, (pending, request_id)| {
         row.push_bind(pending.tenant_id.as_str())
             .push_bind(pending.request_key.as_str())
             .push_bind(pending.issue_date.as_str())
             .push_bind(pending.since)
-            .push_bind(pending.invoice_id.as_str());
+            .push_bind(pending.invoice_id.as_str())
+            .push_bind(*request_id);
     });
+    // The invoices are looked up by key: SQLite would scan the table for a
+    // row value `IN` a list.
     query.push(
-        " ON CONFLICT (tenant_id, request_key)
-          DO UPDATE SET since = excluded.since, invoice_id = excluded.invoice_id",
+        ") AS v
+         WHERE NOT EXISTS (SELECT 1 FROM invoices i
+                           WHERE i.tenant_id = v.column1 AND i.request_id = v.column6)
+         ON CONFLICT (tenant_id, request_key)
+         DO UPDATE SET since = excluded.since, invoice_id = excluded.invoice_id
+         RETURNING tenant_id, request_key",
     );
     // Its text differs with its length: not worth keeping prepared.
-    query.build().persistent(false).execute(conn).await?;
-    Ok(())
+    let noted: Vec<(String, String)> = query
+        .build_query_as()
+        .persistent(false)
+        .fetch_all(conn)
+        .await?;
+    Ok(noted.into_iter().collect())
 }
 
 /// Inserts invoices with the request ids that created them, on `conn`,
