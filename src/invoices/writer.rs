@@ -204,15 +204,15 @@ impl InvoiceWriter {
         for attempt in 1..=self.max_attempts {
             let key = call.attempt(attempt);
             // Noted first: a crash from here on leaves a row that
-            // reconciliation settles by repeating the reservation. It is also
+            // reconciliation settles, by the invoice it names if that is
+            // stored, else by repeating the reservation. It is also
             // the store's check before taking a number: with the store down
             // (or read-only) the call fails here instead of burning a number
             // it cannot use. (Holding a transaction open across the allocator
             // call instead would tie up a connection for as long as the
             // allocator takes, retries included.) And it is where a repeat
             // of a call that stored its invoice stops, before any number.
-            // The note names the invoice this attempt would store, and lasts
-            // until its number is confirmed.
+            // The note lasts until the number is confirmed or given back.
             let id = self.clock.new_id();
             let pending = Pending {
                 tenant_id: new.tenant_id.to_string(),
