@@ -177,7 +177,7 @@ async fn select_ranges_at(
         "SELECT w.nth, r.* FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[])
                                 WITH ORDINALITY AS w (tenant_id, series, period, number, nth)
          CROSS JOIN LATERAL (
-             SELECT {RANGE_COLUMNS}
+             SELECT {RANGE_COLUMNS} FROM allocations
              WHERE tenant_id = w.tenant_id AND series = w.series AND period = w.period
                AND first_value <= w.number
              ORDER BY first_value DESC LIMIT 1) r"

@@ -1214,7 +1214,7 @@ pub(crate) const STATE_COLUMNS: &str =
 
 /// The columns of a ledger range.
 pub(crate) const RANGE_COLUMNS: &str =
-    "first_value, count, kind, reason, request_id, format, date, created_at FROM allocations";
+    "first_value, count, kind, reason, request_id, format, date, created_at";
 
 /// A range read for the change at place `nth` (from 1) of a batch.
 #[derive(sqlx::FromRow)]
@@ -1256,7 +1256,7 @@ where
     for<'q> i64: Encode<'q, DB> + Type<DB>,
 {
     let sql = format!(
-        "SELECT {RANGE_COLUMNS}
+        "SELECT {RANGE_COLUMNS} FROM allocations
          WHERE tenant_id = $1 AND series = $2 AND period = $3 AND first_value <= $4
          ORDER BY first_value DESC LIMIT 1"
     );
@@ -1297,8 +1297,7 @@ where
         Some(false) => ("allocations", "kind <> 'advance'"),
     };
     sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT first_value, count, kind, reason, request_id, format, date, created_at
-         FROM {from}
+        "SELECT {RANGE_COLUMNS} FROM {from}
          WHERE tenant_id = $1 AND series = $2 AND period = $3 AND first_value > $4 AND {kind}
          ORDER BY first_value LIMIT $5"
     )))
