@@ -560,6 +560,8 @@ impl Engine for PgEngine {
 
     const BY_STATE: &'static str = "number_states";
 
+    const LEASES: &'static str = "number_states";
+
     const ADVANCES: &'static str = "allocations";
 
     fn pool(&self) -> &PgPool {
@@ -724,7 +726,8 @@ impl Engine for PgEngine {
             }
         }
         let pick = Pick {
-            from: Self::BY_STATE,
+            by_state: Self::BY_STATE,
+            leases: Self::LEASES,
             // Another transaction taking the same number skips it, not waits.
             lock: "FOR UPDATE SKIP LOCKED",
         };

@@ -38,6 +38,11 @@ pub(crate) trait Engine: Send + Sync + 'static {
     /// `number_states_by_state` rather than every number of the period.
     const BY_STATE: &'static str;
 
+    /// `number_states` as a statement that reads a series' reservations by
+    /// the end of their lease names it: with any hint the engine needs to
+    /// read them through `number_states_leases`.
+    const LEASES: &'static str;
+
     /// `allocations` as a statement that reads only the ranges skipped
     /// names it: with any hint the engine needs to read them through
     /// `allocations_advances` rather than every range of the period.
@@ -771,19 +776,25 @@ where
     Ok(Some(row))
 }
 
-/// How an engine picks the row [`take_back`] takes: the table as its
-/// statement names it, and the lock it takes on the row.
+/// How an engine picks the row [`take_back`] takes: the table as each of
+/// its reads names it, and the lock it takes on the row.
 pub(crate) struct Pick {
     /// `number_states`, as [`Engine::BY_STATE`] names it.
-    pub(crate) from: &'static str,
+    pub(crate) by_state: &'static str,
+    /// `number_states`, as [`Engine::LEASES`] names it.
+    pub(crate) leases: &'static str,
     /// The row lock (nothing where the write holds the whole database).
     pub(crate) lock: &'static str,
 }
 
 /// Takes the lowest number of a period given back to a series that
 /// reissues (released, or reserved with a lease ended by `now`), and holds
-/// it for `take`: reserved until its lease ends, or issued. It reads only
-/// the period's released and reserved numbers, as `pick` says.
+/// it for `take`: reserved until its lease ends, or issued.
+///
+/// It reads the lowest released number and the reservations whose lease
+/// ended, not the reservations still held: the sweep stores ended leases
+/// as released within its interval, so few are read. A row another call
+/// took meanwhile no longer matches, and nothing is taken.
 #[tracing::instrument(name = "db.number_states.take_back", skip_all, err(level = "debug"))]
 pub(crate) async fn take_back<DB>(
     conn: &mut DB::Connection,
@@ -801,20 +812,32 @@ where
     for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
     for<'q> Option<DateTime<Utc>>: Encode<'q, DB> + Type<DB>,
 {
-    let Pick { from, lock } = pick;
+    let Pick {
+        by_state,
+        leases,
+        lock,
+    } = pick;
+    // The ended leases are read on their own (`MATERIALIZED`), so that no
+    // plan walks the held ones in number order looking for one.
     let taken: Option<(i64,)> = sqlx::query_as(AssertSqlSafe(format!(
-        "UPDATE number_states
+        "WITH released AS (
+             SELECT number FROM {by_state}
+             WHERE tenant_id = $1 AND series = $2 AND period = $3 AND state = 'released'
+             ORDER BY number LIMIT 1 {lock}),
+         ended AS MATERIALIZED (
+             SELECT number FROM {leases}
+             WHERE tenant_id = $1 AND series = $2 AND period = $3 AND state = 'reserved'
+               AND expires_at <= $4)
+         UPDATE number_states
          SET state = CASE WHEN $5 IS NULL THEN 'issued' ELSE 'reserved' END,
              expires_at = $5, request_id = COALESCE($6, ''), reason = '', reference = '',
              updated_at = $7
-         WHERE tenant_id = $1 AND series = $2 AND period = $3 AND number = (
-             SELECT number FROM {from}
-             WHERE tenant_id = $1 AND series = $2 AND period = $3
-               AND state IN ('released', 'reserved')
-               AND (state = 'released' OR expires_at <= $4)
-               AND EXISTS (SELECT 1 FROM series
-                           WHERE tenant_id = $1 AND series = $2 AND gap_policy = 'reissue')
-             ORDER BY number LIMIT 1 {lock})
+         WHERE tenant_id = $1 AND series = $2 AND period = $3
+           AND number = (SELECT min(number) FROM (SELECT number FROM released
+                                                  UNION ALL SELECT number FROM ended) given_back)
+           AND (state = 'released' OR (state = 'reserved' AND expires_at <= $4))
+           AND EXISTS (SELECT 1 FROM series
+                       WHERE tenant_id = $1 AND series = $2 AND gap_policy = 'reissue')
          RETURNING number"
     )))
     .bind(take.tenant.as_str())

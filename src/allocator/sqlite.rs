@@ -498,6 +498,8 @@ impl Engine for SqliteEngine {
     // number of the period in order, testing each one's state.
     const BY_STATE: &'static str = "number_states INDEXED BY number_states_by_state";
 
+    const LEASES: &'static str = "number_states INDEXED BY number_states_leases";
+
     const ADVANCES: &'static str = "allocations INDEXED BY allocations_advances";
 
     fn pool(&self) -> &SqlitePool {
@@ -686,7 +688,8 @@ impl Engine for SqliteEngine {
             }
         }
         let pick = Pick {
-            from: Self::BY_STATE,
+            by_state: Self::BY_STATE,
+            leases: Self::LEASES,
             // The write lock keeps every other taker out.
             lock: "",
         };

@@ -458,26 +458,31 @@ async fn a_listing_by_state_counts_ended_leases_as_given_back(#[case] backend: B
     }
 }
 
-/// On a series that reissues, a lease that has ended counts as given back
-/// at once: the next reservation takes its number although no sweep has run.
-#[apply(backends)]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_ended_lease_is_taken_again_before_any_sweep(#[case] backend: Backend) {
+/// An allocator whose sweep runs at start-up, then not again within a test:
+/// leases that end stay unswept.
+async fn unswept(backend: Backend) -> Reservations {
     let db = TestDb::create(backend).await;
     let clock = ManualClock::at(START.parse().unwrap());
     let mode = CommitMode::Group(GroupCommitSettings::default());
-    // The sweep runs at start-up, then not again within the test.
     let rare_sweeps = RequestIdSettings {
         purge_interval: Duration::from_hours(1),
         ..RequestIdSettings::default()
     };
     let (server, client) = serve_allocator_on(&db, mode, rare_sweeps, clock.clone()).await;
-    let mut app = Reservations {
+    Reservations {
         db,
         _server: server,
         client,
         clock,
-    };
+    }
+}
+
+/// On a series that reissues, a lease that has ended counts as given back
+/// at once: the next reservation takes its number although no sweep has run.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_lease_is_taken_again_before_any_sweep(#[case] backend: Backend) {
+    let mut app = unswept(backend).await;
     app.configure("cont", GapPolicy::Reissue).await;
     let short = ReserveRequest {
         lease: Some(seconds(60)),
@@ -485,16 +490,11 @@ async fn an_ended_lease_is_taken_again_before_any_sweep(#[case] backend: Backend
     };
     app.reserve(short).await;
     app.clock.advance(Duration::from_secs(61));
-    let store = app.db.counter_store().await;
-    let (tenant, series) = (
-        TenantId::parse("acme").unwrap(),
-        SeriesName::parse("cont").unwrap(),
+    assert_eq!(
+        stored_states(&app.db, (1, 1)).await,
+        ["reserved"],
+        "not swept"
     );
-    let rows = store
-        .states_between(&tenant, &series, "", (1, 1))
-        .await
-        .unwrap();
-    assert_eq!(rows[0].state, "reserved", "not swept");
 
     let again = app.reserve(reserve("cont")).await;
     assert_eq!((again.number, again.state()), (1, NumberState::Reserved));
@@ -503,6 +503,63 @@ async fn an_ended_lease_is_taken_again_before_any_sweep(#[case] backend: Backend
         (audit.last_value, audit.reserved, audit.released),
         (1, 1, 0)
     );
+}
+
+/// A series that reissues takes its numbers given back lowest first,
+/// released or with a lease ended and not yet swept alike, and never one
+/// still held; with none left, a new one.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbers_given_back_are_taken_lowest_first_whatever_gave_them_back(
+    #[case] backend: Backend,
+) {
+    let mut app = unswept(backend).await;
+    app.configure("cont", GapPolicy::Reissue).await;
+    // 1, 3 and 6 held; 2 and 5 on a lease that ends; 4 released.
+    for ends in [false, true, false, false, true, false] {
+        let lease = if ends { seconds(60) } else { seconds(3600) };
+        let request = ReserveRequest {
+            lease: Some(lease),
+            ..reserve("cont")
+        };
+        app.reserve(request).await;
+    }
+    app.release(release("cont", 4, "cancelled")).await.unwrap();
+    app.clock.advance(Duration::from_secs(61));
+    let stored = stored_states(&app.db, (1, 6)).await;
+    assert_eq!(
+        stored,
+        [
+            "reserved", "reserved", "reserved", "released", "reserved", "reserved"
+        ],
+        "not swept"
+    );
+
+    let mut taken = Vec::new();
+    for _ in 0..4 {
+        taken.push(app.reserve(reserve("cont")).await.number);
+    }
+    assert_eq!(taken, [2, 4, 5, 7]);
+    let audit = app.audit("cont").await;
+    assert_eq!(
+        (audit.last_value, audit.reserved, audit.released),
+        (7, 7, 0)
+    );
+}
+
+/// The states stored for acme's numbers `first..=last` of "cont", whatever
+/// they stand for.
+async fn stored_states(db: &TestDb, (first, last): (i64, i64)) -> Vec<String> {
+    let store = db.counter_store().await;
+    let (tenant, series) = (
+        TenantId::parse("acme").unwrap(),
+        SeriesName::parse("cont").unwrap(),
+    );
+    let rows = store
+        .states_between(&tenant, &series, "", (first, last))
+        .await
+        .unwrap();
+    rows.into_iter().map(|row| row.state).collect()
 }
 
 /// Waits until the background sweep has stored `numbers` of `series` as no
