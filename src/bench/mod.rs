@@ -28,8 +28,9 @@ use crate::{
         verify::{Ack, Verification, verify},
     },
     proto::{
-        AllocateRequest, ConfirmRequest, CreateInvoiceRequest, LineItem, ReserveRequest,
-        invoice_writer_client::InvoiceWriterClient, number_allocator_client::NumberAllocatorClient,
+        AllocateRequest, ConfigureSeriesRequest, ConfirmRequest, CreateInvoiceRequest, GapPolicy,
+        LineItem, ReserveRequest, invoice_writer_client::InvoiceWriterClient,
+        number_allocator_client::NumberAllocatorClient,
     },
 };
 
@@ -70,6 +71,26 @@ pub struct Load {
     /// Send every `Allocate`, `Reserve` and `CreateInvoice` with a fresh
     /// request id.
     pub keyed: bool,
+    /// Configure each tenant's series to reissue the numbers given back
+    /// before the run: each one-number `Allocate` or `Reserve` then looks for
+    /// one to take first.
+    pub reissue: bool,
+}
+
+/// Why a run could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DriveError {
+    /// A connection could not be opened.
+    #[error("opening a connection: {0}")]
+    Connect(#[from] tonic::transport::Error),
+    /// A tenant's series could not be configured before the run.
+    #[error("configuring the series of {tenant}: {status}")]
+    Configure {
+        /// The tenant.
+        tenant: String,
+        /// The allocator's answer.
+        status: tonic::Status,
+    },
 }
 
 /// What a run measured.
@@ -133,11 +154,11 @@ struct ClientResult {
 /// Drives the allocator at `url` with `load`.
 ///
 /// # Errors
-/// A connection could not be opened.
+/// A connection could not be opened, or a series configured.
 ///
 /// # Panics
 /// A client task panicked.
-pub async fn drive(url: &str, load: &Load) -> Result<Report, tonic::transport::Error> {
+pub async fn drive(url: &str, load: &Load) -> Result<Report, DriveError> {
     drive_all(&[url.to_owned()], load).await
 }
 
@@ -145,17 +166,20 @@ pub async fn drive(url: &str, load: &Load) -> Result<Report, tonic::transport::E
 /// its connections spread over them in turn (at least one each).
 ///
 /// # Errors
-/// A connection could not be opened.
+/// A connection could not be opened, or a series configured.
 ///
 /// # Panics
 /// `urls` is empty, or a client task panicked.
-pub async fn drive_all(urls: &[String], load: &Load) -> Result<Report, tonic::transport::Error> {
+pub async fn drive_all(urls: &[String], load: &Load) -> Result<Report, DriveError> {
     assert!(!urls.is_empty(), "no allocator to drive");
     let mut channels = Vec::new();
     for i in 0..load.connections.max(urls.len()).max(1) {
         // Each connect() opens a connection of its own.
         let url = &urls[i % urls.len()];
         channels.push(Endpoint::from_shared(url.clone())?.connect().await?);
+    }
+    if load.reissue {
+        reissue_given_back(channels[0].clone(), load).await?;
     }
     let started = Instant::now();
     let deadline = started + load.duration;
@@ -338,6 +362,24 @@ fn invoice(tenant_id: String, keyed: bool) -> CreateInvoiceRequest {
 }
 
 /// Reserves one number of the tenant's series and confirms it; the number.
+/// Configures the series of every tenant of `load` to reissue the numbers
+/// given back.
+async fn reissue_given_back(channel: Channel, load: &Load) -> Result<(), DriveError> {
+    let mut allocator = NumberAllocatorClient::new(channel);
+    for series in 0..load.tenants.max(1) {
+        let tenant = format!("{}-{series}", load.tenant_prefix);
+        let request = ConfigureSeriesRequest {
+            tenant_id: tenant.clone(),
+            gap_policy: GapPolicy::Reissue.into(),
+            ..ConfigureSeriesRequest::default()
+        };
+        if let Err(status) = allocator.configure_series(request).await {
+            return Err(DriveError::Configure { tenant, status });
+        }
+    }
+    Ok(())
+}
+
 async fn reserve_confirm(
     allocator: &mut NumberAllocatorClient<Channel>,
     tenant_id: String,

@@ -120,6 +120,9 @@ struct RunArgs {
     /// The call to make; "health" is the no-op ceiling.
     #[arg(long, value_enum, default_value = "allocate")]
     call: CallArg,
+    /// Configure every tenant's series to reissue the numbers given back (its gap policy) before driving; not with create-invoice, whose series the writer's allocator holds.
+    #[arg(long)]
+    reissue: bool,
     #[command(flatten)]
     spawn: SpawnArgs,
 }
@@ -283,6 +286,7 @@ fn load(
         tenant_prefix: format!("bench-{}", uuid::Uuid::now_v7().simple()),
         each_tenant_once: false,
         keyed: false,
+        reissue: false,
     }
 }
 
@@ -340,8 +344,12 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
         CallArg::CreateInvoice => Call::CreateInvoice,
         CallArg::Health => Call::Health,
     };
+    if args.reissue && call == Call::CreateInvoice {
+        anyhow::bail!("--reissue configures an allocator's series; not with create-invoice");
+    }
     let load = Load {
         keyed: args.keyed,
+        reissue: args.reissue,
         ..load(
             args.clients,
             args.connections,

@@ -2,7 +2,10 @@
 //! database, driven together, one verdict over all their answers) and
 //! `targets` (every workload of the performance targets).
 
-use crate::helpers::admin_url;
+use numbering::db::Backend;
+use sqlx::{Connection, PgConnection};
+
+use crate::helpers::{admin_url, spawn_allocator};
 
 /// Runs `numbering-bench` with `args` and the test binaries; its stdout and
 /// stderr, once it has succeeded.
@@ -55,6 +58,45 @@ async fn the_replicas_benchmark_verifies_the_answers_of_every_replica() {
         rows.iter().map(|row| row[2]).collect::<Vec<_>>(),
         ["1", "2", "1", "2"]
     );
+}
+
+/// `run --reissue` configures every tenant's series to reissue before it
+/// drives them: each series it called reads as reissuing, and its answers
+/// are verified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_with_reissue_drives_series_that_reissue() {
+    let app = spawn_allocator(Backend::Postgres).await;
+    let url = app.server.url();
+    let (stdout, _) = bench(&[
+        "run",
+        "--url",
+        &url,
+        "--call",
+        "reserve-confirm",
+        "--reissue",
+        "--tenants",
+        "3",
+        "--clients",
+        "4",
+        "--duration",
+        "300ms",
+    ])
+    .await;
+    assert!(stdout.contains("no duplicates"), "{stdout}");
+    let mut conn = PgConnection::connect(&app.db.url).await.unwrap();
+    let series: Vec<(String, String)> =
+        sqlx::query_as("SELECT series, gap_policy FROM series ORDER BY tenant_id")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(
+        series.len(),
+        3,
+        "the default series of each tenant: {series:?}"
+    );
+    for (name, policy) in &series {
+        assert_eq!((name.as_str(), policy.as_str()), ("invoice", "reissue"));
+    }
 }
 
 /// One brief round of `targets` on PostgreSQL, the writer's included: a row
