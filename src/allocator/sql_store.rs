@@ -280,6 +280,17 @@ where
         take: Reissue<'_>,
         stamp: Stamp,
     ) -> Result<Option<Outcome>, StoreError> {
+        // Most calls find nothing given back: a read tells so without a
+        // write of their own, and the call goes on to its group. A number
+        // given back after the read is as if given back after the call.
+        let pick = Pick {
+            by_state: E::BY_STATE,
+            leases: E::LEASES,
+            lock: "",
+        };
+        if !select_any_given_back(self.0.pool(), take, stamp.now, &pick).await? {
+            return Ok(None);
+        }
         self.0.reissue(take, stamp).await
     }
 
@@ -850,6 +861,52 @@ where
     .fetch_optional(conn)
     .await?;
     Ok(taken.map(|(number,)| number))
+}
+
+/// Whether a period of a series has a number given back by `now`
+/// (released, or reserved with a lease ended), read as [`take_back`] reads
+/// them.
+#[tracing::instrument(
+    name = "db.number_states.any_given_back",
+    skip_all,
+    err(level = "debug")
+)]
+async fn select_any_given_back<DB>(
+    pool: &Pool<DB>,
+    take: Reissue<'_>,
+    now: DateTime<Utc>,
+    pick: &Pick,
+) -> Result<bool, sqlx::Error>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'r> (i64,): FromRow<'r, DB::Row>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
+{
+    let Pick {
+        by_state, leases, ..
+    } = pick;
+    let (found,): (i64,) = sqlx::query_as(AssertSqlSafe(format!(
+        "WITH released AS (
+             SELECT number FROM {by_state}
+             WHERE tenant_id = $1 AND series = $2 AND period = $3 AND state = 'released'
+             LIMIT 1),
+         ended AS MATERIALIZED (
+             SELECT number FROM {leases}
+             WHERE tenant_id = $1 AND series = $2 AND period = $3 AND state = 'reserved'
+               AND expires_at <= $4)
+         SELECT count(*) FROM (SELECT number FROM released
+                               UNION ALL SELECT number FROM ended LIMIT 1) given_back"
+    )))
+    .bind(take.tenant.as_str())
+    .bind(take.series.as_str())
+    .bind(take.period)
+    .bind(now)
+    .fetch_one(pool)
+    .await?;
+    Ok(found > 0)
 }
 
 /// The answer of a call that took back `number`: the text its range gave
