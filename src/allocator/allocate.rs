@@ -18,7 +18,7 @@ use crate::{
             SeriesName, TimeZone,
         },
         store::{
-            Advance, Call, ConfigureError, CounterStore, Grant, Lease, Outcome, Reissue,
+            Advance, Call, ConfigureError, CounterStore, Grant, Lease, Outcome, PeriodOf, Reissue,
             StateRefusal, StoreError,
         },
     },
@@ -386,6 +386,18 @@ impl Allocator {
         }
     }
 
+    /// Whether `period` has a number given back by `now`: read together
+    /// with other calls' questions under group commit, alone otherwise.
+    async fn given_back(&self, period: PeriodOf<'_>, now: DateTime<Utc>) -> Result<bool, Error> {
+        match &self.path {
+            Path::Group(committer) => committer.given_back(period, now).await.map_err(Error::from),
+            Path::PerCall => {
+                let found = self.store.given_back(&[period], now).await?;
+                Ok(found.first().copied().unwrap_or(false))
+            }
+        }
+    }
+
     pub(super) fn now(&self) -> DateTime<Utc> {
         self.retention.clock.now()
     }
@@ -505,7 +517,11 @@ impl Allocator {
                         lease,
                     };
                     let stamp = self.retention.stamp();
-                    if let Some(outcome) = self.store.reissue(take, stamp).await? {
+                    // Most find none: a read tells, and only then a write
+                    // of its own takes one.
+                    if self.given_back(take.period_of(), stamp.now).await?
+                        && let Some(outcome) = self.store.reissue(take, stamp).await?
+                    {
                         return Ok(outcome);
                     }
                 }

@@ -16,8 +16,8 @@ use crate::{
         series::{SeriesConfig, SeriesName},
         store::{
             Advance, Call, Change, ChangeError, Changed, ConfigureError, CounterStore, Held,
-            KeyRow, Ledger, NumberAt, Outcome, RangeRow, RangesAfter, Reissue, Stamp, StateChange,
-            StateRow, StateWrite, StatesAfter, StoreError,
+            KeyRow, Ledger, NumberAt, Outcome, PeriodOf, RangeRow, RangesAfter, Reissue, Stamp,
+            StateChange, StateRow, StateWrite, StatesAfter, StoreError,
         },
     },
     db,
@@ -136,6 +136,14 @@ impl CounterStore for Bounded {
         stamp: Stamp,
     ) -> Result<Option<Outcome>, StoreError> {
         self.within(self.inner.reissue(take, stamp)).await
+    }
+
+    async fn given_back(
+        &self,
+        periods: &[PeriodOf<'_>],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<bool>, StoreError> {
+        self.within(self.inner.given_back(periods, now)).await
     }
 
     async fn expire_leases(&self, now: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {

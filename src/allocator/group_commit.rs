@@ -14,6 +14,9 @@
 //! transactions of their own the same way: one transaction and one disk
 //! flush for every change that arrived during the last.
 //!
+//! A one-number call of a series that reissues first asks whether its period
+//! has a number given back; those questions share reads the same way.
+//!
 //! Each lane is a [`Group`] queue and task: the same as the invoice writer's.
 
 use std::{
@@ -23,15 +26,15 @@ use std::{
 
 use tokio::time::Instant;
 
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::{
     allocator::{
         batch::Retention,
         series::{Calendar, SeriesConfig, SeriesName},
         store::{
-            Call, Changed, CounterStore, Held, Lease, NumberAt, Outcome, StateChange, StateWrite,
-            StoreError,
+            Call, Changed, CounterStore, Held, Lease, NumberAt, Outcome, PeriodOf, StateChange,
+            StateWrite, StoreError,
         },
     },
     group::{Group, Refused},
@@ -158,11 +161,32 @@ impl WaitingChange {
     }
 }
 
-/// Merges concurrent allocations into shared transactions, and concurrent
-/// changes of numbers' states into shared transactions of their own.
+/// A question waiting for its group's read: has this period a number given
+/// back by `now`?
+struct WaitingLook {
+    tenant: TenantId,
+    series: SeriesName,
+    period: String,
+    now: DateTime<Utc>,
+}
+
+impl WaitingLook {
+    fn period(&self) -> PeriodOf<'_> {
+        PeriodOf {
+            tenant: &self.tenant,
+            series: &self.series,
+            period: &self.period,
+        }
+    }
+}
+
+/// Merges concurrent allocations into shared transactions, concurrent
+/// changes of numbers' states into shared transactions of their own, and
+/// concurrent looks for numbers given back into shared reads.
 pub struct GroupCommitter {
     lanes: Vec<Group<Waiting, Result<Outcome, GroupError>>>,
     changes: Group<WaitingChange, Result<Changed, GroupError>>,
+    looks: Group<WaitingLook, Result<bool, GroupError>>,
     hasher: RandomState,
 }
 
@@ -199,11 +223,42 @@ impl GroupCommitter {
                 async move { commit_changes(&*store, batch).await }
             })
         };
+        let looks = {
+            let store = store.clone();
+            Group::start(settings.queue_capacity, settings.max_batch, move |batch| {
+                let store = store.clone();
+                async move { look_for_given_back(&*store, batch).await }
+            })
+        };
         Self {
             lanes,
             changes,
+            looks,
             hasher: RandomState::new(),
         }
+    }
+
+    /// Whether `period` has a number given back by `now`, read together with
+    /// the other calls' questions that queued meanwhile.
+    ///
+    /// # Errors
+    /// [`GroupError::QueueFull`] when the queue of questions is full;
+    /// [`GroupError::Store`] when the group's read failed.
+    pub async fn given_back(
+        &self,
+        period: PeriodOf<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, GroupError> {
+        let waiting = WaitingLook {
+            tenant: period.tenant.clone(),
+            series: period.series.clone(),
+            period: period.period.to_owned(),
+            now,
+        };
+        self.looks
+            .write(waiting)
+            .await
+            .unwrap_or_else(|refused| Err(refused.into()))
     }
 
     /// Applies a change of a number's state in the next transaction of
@@ -321,6 +376,26 @@ impl Lane {
                 let error = GroupError::Store(Arc::new(error));
                 calls.iter().map(|_| Err(error.clone())).collect()
             }
+        }
+    }
+}
+
+/// Answers a group of questions with one read, as of the latest of their
+/// times: a number given back by then was given back while each call was
+/// still unanswered.
+async fn look_for_given_back(
+    store: &dyn CounterStore,
+    batch: Vec<WaitingLook>,
+) -> Vec<Result<bool, GroupError>> {
+    let periods: Vec<PeriodOf<'_>> = batch.iter().map(WaitingLook::period).collect();
+    let Some(now) = batch.iter().map(|look| look.now).max() else {
+        return Vec::new();
+    };
+    match store.given_back(&periods, now).await {
+        Ok(answers) => answers.into_iter().map(Ok).collect(),
+        Err(error) => {
+            let error = GroupError::Store(Arc::new(error));
+            periods.iter().map(|_| Err(error.clone())).collect()
         }
     }
 }

@@ -17,8 +17,8 @@ use crate::{
         sql_store::{self, Engine, Pick, RANGE_COLUMNS, STATE_COLUMNS, SqlCounterStore},
         store::{
             Advance, Change, ChangeError, Changed, ConfigureError, Held, KeyedStateRow, NumberAt,
-            Outcome, RangeRow, Reissue, SeriesRow, Stamp, StateChange, StateRow, StateWrite,
-            StoreError,
+            Outcome, PeriodOf, RangeRow, Reissue, SeriesRow, Stamp, StateChange, StateRow,
+            StateWrite, StoreError,
         },
     },
     db::{KeptConnection, begin_durable, begin_durable_on},
@@ -259,6 +259,55 @@ async fn write_states(
         .fetch_all(conn)
         .await?;
     Ok(stored.len())
+}
+
+/// For each of `periods`, whether it has a number given back by `now`
+/// (released, or reserved with a lease ended), in order: one statement.
+/// Each read stops at the first such row, through the same indexes as
+/// [`sql_store::take_back`]: the reservations still held are not read.
+///
+/// Each connection plans it once, generically: as `EXISTS`, the plan may
+/// walk a series' held reservations (or every one of the table) hoping to
+/// meet an ended lease soon. The lowest released number is the first entry
+/// of its state, and the ended leases are counted, which no plan does faster
+/// than by their lease's end.
+#[tracing::instrument(name = "db.number_states.given_back", skip_all, fields(periods = periods.len()), err(level = "debug"))]
+async fn select_given_back(
+    pool: &PgPool,
+    periods: &[PeriodOf<'_>],
+    now: DateTime<Utc>,
+) -> Result<Vec<bool>, sqlx::Error> {
+    let found: Vec<(i64,)> = sqlx::query_as(
+        "SELECT p.nth FROM UNNEST($1::text[], $2::text[], $3::text[])
+                            WITH ORDINALITY AS p (tenant_id, series, period, nth)
+         WHERE (SELECT min(number) FROM number_states s
+                WHERE s.tenant_id = p.tenant_id AND s.series = p.series
+                  AND s.period = p.period AND s.state = 'released') IS NOT NULL
+            OR (SELECT count(*) FROM number_states s
+                WHERE s.tenant_id = p.tenant_id AND s.series = p.series
+                  AND s.period = p.period AND s.state = 'reserved'
+                  AND s.expires_at <= $4) > 0",
+    )
+    .bind(
+        periods
+            .iter()
+            .map(|p| p.tenant.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        periods
+            .iter()
+            .map(|p| p.series.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(periods.iter().map(|p| p.period).collect::<Vec<_>>())
+    .bind(now)
+    .fetch_all(pool)
+    .await?;
+    Ok(sql_store::found_among(
+        periods.len(),
+        found.into_iter().map(|(nth,)| nth - 1),
+    ))
 }
 
 /// Gives back up to `limit` reservations whose lease ended by `now`, by
@@ -738,6 +787,14 @@ impl Engine for PgEngine {
         let outcome = sql_store::reissued::<Postgres>(&mut tx, take, number).await?;
         tx.commit().await?;
         Ok(Some(outcome))
+    }
+
+    async fn given_back(
+        &self,
+        periods: &[PeriodOf<'_>],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<bool>, StoreError> {
+        Ok(select_given_back(&self.pool, periods, now).await?)
     }
 
     async fn expire_leases(&self, now: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {

@@ -3,7 +3,7 @@
 //! statements that take a batch as arrays, the locking reads, and the write
 //! path differ per engine, and live in its file.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -16,9 +16,9 @@ use crate::{
         series::{SeriesConfig, SeriesName},
         store::{
             Advance, Call, Change, ChangeError, Changed, ConfigureError, CounterStore, Grant, Held,
-            KeyRow, KeyedStateRow, KindTotal, Ledger, NumberAt, Outcome, RangeRow, RangesAfter,
-            Reissue, SeriesRow, Stamp, StateChange, StateRow, StateTotal, StateWrite, StatedRow,
-            StatesAfter, StoreError,
+            KeyRow, KeyedStateRow, KindTotal, Ledger, NumberAt, Outcome, PeriodOf, RangeRow,
+            RangesAfter, Reissue, SeriesRow, Stamp, StateChange, StateRow, StateTotal, StateWrite,
+            StatedRow, StatesAfter, StoreError,
         },
     },
     request_id::RequestId,
@@ -95,6 +95,14 @@ pub(crate) trait Engine: Send + Sync + 'static {
     /// Runs [`CounterStore::reissue`] in the engine's durable write.
     async fn reissue(&self, take: Reissue<'_>, stamp: Stamp)
     -> Result<Option<Outcome>, StoreError>;
+
+    /// Runs [`CounterStore::given_back`]: one statement over the distinct
+    /// periods, reading them as [`take_back`] does.
+    async fn given_back(
+        &self,
+        periods: &[PeriodOf<'_>],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<bool>, StoreError>;
 
     /// Runs [`CounterStore::expire_leases`] in the engine's write path.
     async fn expire_leases(&self, now: DateTime<Utc>, limit: u32) -> Result<u64, StoreError>;
@@ -280,18 +288,24 @@ where
         take: Reissue<'_>,
         stamp: Stamp,
     ) -> Result<Option<Outcome>, StoreError> {
-        // Most calls find nothing given back: a read tells so without a
-        // write of their own, and the call goes on to its group. A number
-        // given back after the read is as if given back after the call.
-        let pick = Pick {
-            by_state: E::BY_STATE,
-            leases: E::LEASES,
-            lock: "",
-        };
-        if !select_any_given_back(self.0.pool(), take, stamp.now, &pick).await? {
-            return Ok(None);
-        }
         self.0.reissue(take, stamp).await
+    }
+
+    async fn given_back(
+        &self,
+        periods: &[PeriodOf<'_>],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<bool>, StoreError> {
+        // Calls of one series share a group: each period is read once.
+        let distinct: Vec<PeriodOf<'_>> = periods
+            .iter()
+            .copied()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let found = self.0.given_back(&distinct, now).await?;
+        let found: BTreeMap<_, _> = distinct.into_iter().zip(found).collect();
+        Ok(periods.iter().map(|period| found[period]).collect())
     }
 
     async fn expire_leases(&self, now: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
@@ -863,50 +877,16 @@ where
     Ok(taken.map(|(number,)| number))
 }
 
-/// Whether a period of a series has a number given back by `now`
-/// (released, or reserved with a lease ended), read as [`take_back`] reads
-/// them.
-#[tracing::instrument(
-    name = "db.number_states.any_given_back",
-    skip_all,
-    err(level = "debug")
-)]
-async fn select_any_given_back<DB>(
-    pool: &Pool<DB>,
-    take: Reissue<'_>,
-    now: DateTime<Utc>,
-    pick: &Pick,
-) -> Result<bool, sqlx::Error>
-where
-    DB: Database,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    DB::Arguments: IntoArguments<DB>,
-    for<'r> (i64,): FromRow<'r, DB::Row>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-    for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
-{
-    let Pick {
-        by_state, leases, ..
-    } = pick;
-    let (found,): (i64,) = sqlx::query_as(AssertSqlSafe(format!(
-        "WITH released AS (
-             SELECT number FROM {by_state}
-             WHERE tenant_id = $1 AND series = $2 AND period = $3 AND state = 'released'
-             LIMIT 1),
-         ended AS MATERIALIZED (
-             SELECT number FROM {leases}
-             WHERE tenant_id = $1 AND series = $2 AND period = $3 AND state = 'reserved'
-               AND expires_at <= $4)
-         SELECT count(*) FROM (SELECT number FROM released
-                               UNION ALL SELECT number FROM ended LIMIT 1) given_back"
-    )))
-    .bind(take.tenant.as_str())
-    .bind(take.series.as_str())
-    .bind(take.period)
-    .bind(now)
-    .fetch_one(pool)
-    .await?;
-    Ok(found > 0)
+/// `count` answers, true at each of the 0-based places `found` names (a
+/// statement's rows); a place out of range is not one of them.
+pub(crate) fn found_among(count: usize, found: impl IntoIterator<Item = i64>) -> Vec<bool> {
+    let mut among = vec![false; count];
+    for place in found {
+        if let Some(answer) = usize::try_from(place).ok().and_then(|i| among.get_mut(i)) {
+            *answer = true;
+        }
+    }
+    among
 }
 
 /// The answer of a call that took back `number`: the text its range gave

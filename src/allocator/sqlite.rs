@@ -17,7 +17,8 @@ use crate::{
         sql_store::{self, Engine, Pick, STATE_COLUMNS, SqlCounterStore},
         store::{
             Advance, Change, ChangeError, Changed, ConfigureError, Held, KeyedStateRow, NumberAt,
-            Outcome, RangeRow, Reissue, Stamp, StateChange, StateRow, StateWrite, StoreError,
+            Outcome, PeriodOf, RangeRow, Reissue, Stamp, StateChange, StateRow, StateWrite,
+            StoreError,
         },
     },
     db::SqliteDatabase,
@@ -198,6 +199,40 @@ async fn write_states(
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// For each of `periods`, whether it has a number given back by `now`
+/// (released, or reserved with a lease ended), in order: one statement.
+/// Each read stops at the first such row, through the same indexes as
+/// [`sql_store::take_back`]: the reservations still held are not read.
+#[tracing::instrument(name = "db.number_states.given_back", skip_all, fields(periods = periods.len()), err(level = "debug"))]
+async fn select_given_back(
+    pool: &SqlitePool,
+    periods: &[PeriodOf<'_>],
+    now: DateTime<Utc>,
+) -> Result<Vec<bool>, sqlx::Error> {
+    let keys: Vec<(&str, &str, &str)> = periods
+        .iter()
+        .map(|p| (p.tenant.as_str(), p.series.as_str(), p.period))
+        .collect();
+    let found: Vec<(i64,)> = sqlx::query_as(
+        "SELECT p.key FROM json_each(?1) AS p
+         WHERE EXISTS (SELECT 1 FROM number_states INDEXED BY number_states_by_state
+                       WHERE tenant_id = p.value ->> 0 AND series = p.value ->> 1
+                         AND period = p.value ->> 2 AND state = 'released')
+            OR EXISTS (SELECT 1 FROM number_states INDEXED BY number_states_leases
+                       WHERE tenant_id = p.value ->> 0 AND series = p.value ->> 1
+                         AND period = p.value ->> 2 AND state = 'reserved'
+                         AND expires_at <= ?2)",
+    )
+    .bind(Json(keys))
+    .bind(now)
+    .fetch_all(pool)
+    .await?;
+    Ok(sql_store::found_among(
+        periods.len(),
+        found.into_iter().map(|(key,)| key),
+    ))
 }
 
 /// Gives back up to `limit` reservations whose lease ended by `now`, by
@@ -712,6 +747,14 @@ impl Engine for SqliteEngine {
                 Err(error)
             }
         }
+    }
+
+    async fn given_back(
+        &self,
+        periods: &[PeriodOf<'_>],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<bool>, StoreError> {
+        Ok(select_given_back(self.db.pool(), periods, now).await?)
     }
 
     async fn expire_leases(&self, now: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {

@@ -126,6 +126,15 @@ pub trait CounterStore: Store {
     async fn reissue(&self, take: Reissue<'_>, stamp: Stamp)
     -> Result<Option<Outcome>, StoreError>;
 
+    /// For each of `periods`, whether it has a number given back by `now`
+    /// (released, or reserved with a lease ended), as [`Self::reissue`]
+    /// would find it: one read for all, in order.
+    async fn given_back(
+        &self,
+        periods: &[PeriodOf<'_>],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<bool>, StoreError>;
+
     /// Gives back up to `limit` reservations whose lease ended by `now`,
     /// each by its series' policy with the reason "lease expired"; returns
     /// how many.
@@ -260,6 +269,29 @@ pub struct Reissue<'a> {
     pub request_id: Option<&'a RequestId>,
     /// For a reservation: its lease.
     pub lease: Option<Lease>,
+}
+
+impl<'a> Reissue<'a> {
+    /// The period it takes from.
+    #[must_use]
+    pub fn period_of(&self) -> PeriodOf<'a> {
+        PeriodOf {
+            tenant: self.tenant,
+            series: self.series,
+            period: self.period,
+        }
+    }
+}
+
+/// One period of a series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PeriodOf<'a> {
+    /// The series' tenant.
+    pub tenant: &'a TenantId,
+    /// The series.
+    pub series: &'a SeriesName,
+    /// The period.
+    pub period: &'a str,
 }
 
 /// One `Allocate` call, as the store sees it.

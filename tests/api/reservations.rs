@@ -460,10 +460,9 @@ async fn a_listing_by_state_counts_ended_leases_as_given_back(#[case] backend: B
 
 /// An allocator whose sweep runs at start-up, then not again within a test:
 /// leases that end stay unswept.
-async fn unswept(backend: Backend) -> Reservations {
+async fn unswept(backend: Backend, mode: CommitMode) -> Reservations {
     let db = TestDb::create(backend).await;
     let clock = ManualClock::at(START.parse().unwrap());
-    let mode = CommitMode::Group(GroupCommitSettings::default());
     let rare_sweeps = RequestIdSettings {
         purge_interval: Duration::from_hours(1),
         ..RequestIdSettings::default()
@@ -482,7 +481,7 @@ async fn unswept(backend: Backend) -> Reservations {
 #[apply(backends)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ended_lease_is_taken_again_before_any_sweep(#[case] backend: Backend) {
-    let mut app = unswept(backend).await;
+    let mut app = unswept(backend, CommitMode::Group(GroupCommitSettings::default())).await;
     app.configure("cont", GapPolicy::Reissue).await;
     let short = ReserveRequest {
         lease: Some(seconds(60)),
@@ -507,44 +506,110 @@ async fn an_ended_lease_is_taken_again_before_any_sweep(#[case] backend: Backend
 
 /// A series that reissues takes its numbers given back lowest first,
 /// released or with a lease ended and not yet swept alike, and never one
-/// still held; with none left, a new one.
+/// still held; with none left, a new one. Under group commit and one commit
+/// per call alike.
 #[apply(backends)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn numbers_given_back_are_taken_lowest_first_whatever_gave_them_back(
     #[case] backend: Backend,
 ) {
-    let mut app = unswept(backend).await;
-    app.configure("cont", GapPolicy::Reissue).await;
-    // 1, 3 and 6 held; 2 and 5 on a lease that ends; 4 released.
-    for ends in [false, true, false, false, true, false] {
-        let lease = if ends { seconds(60) } else { seconds(3600) };
-        let request = ReserveRequest {
-            lease: Some(lease),
-            ..reserve("cont")
-        };
-        app.reserve(request).await;
-    }
-    app.release(release("cont", 4, "cancelled")).await.unwrap();
-    app.clock.advance(Duration::from_secs(61));
-    let stored = stored_states(&app.db, (1, 6)).await;
-    assert_eq!(
-        stored,
-        [
-            "reserved", "reserved", "reserved", "released", "reserved", "reserved"
-        ],
-        "not swept"
-    );
+    for mode in [
+        CommitMode::Group(GroupCommitSettings::default()),
+        CommitMode::PerCall,
+    ] {
+        let mut app = unswept(backend, mode.clone()).await;
+        app.configure("cont", GapPolicy::Reissue).await;
+        // 1, 3 and 6 held; 2 and 5 on a lease that ends; 4 released.
+        for ends in [false, true, false, false, true, false] {
+            let lease = if ends { seconds(60) } else { seconds(3600) };
+            let request = ReserveRequest {
+                lease: Some(lease),
+                ..reserve("cont")
+            };
+            app.reserve(request).await;
+        }
+        app.release(release("cont", 4, "cancelled")).await.unwrap();
+        app.clock.advance(Duration::from_secs(61));
+        let stored = stored_states(&app.db, (1, 6)).await;
+        assert_eq!(
+            stored,
+            [
+                "reserved", "reserved", "reserved", "released", "reserved", "reserved"
+            ],
+            "not swept"
+        );
 
-    let mut taken = Vec::new();
-    for _ in 0..4 {
-        taken.push(app.reserve(reserve("cont")).await.number);
+        let mut taken = Vec::new();
+        for _ in 0..4 {
+            taken.push(app.reserve(reserve("cont")).await.number);
+        }
+        assert_eq!(taken, [2, 4, 5, 7], "{mode:?}");
+        let audit = app.audit("cont").await;
+        assert_eq!(
+            (audit.last_value, audit.reserved, audit.released),
+            (7, 7, 0),
+            "{mode:?}"
+        );
     }
-    assert_eq!(taken, [2, 4, 5, 7]);
-    let audit = app.audit("cont").await;
-    assert_eq!(
-        (audit.last_value, audit.reserved, audit.released),
-        (7, 7, 0)
-    );
+}
+
+/// Reservations of several series that reissue, made at once, share their
+/// reads of what each series has given back: each series takes back
+/// exactly its own numbers given back, then new ones, and none twice. The
+/// series that give numbers back get one call for each, among many calls of
+/// a series that gives none: one wrong answer of a shared read leaves a
+/// number given back untaken.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reservations_take_back_each_series_own_numbers(#[case] backend: Backend) {
+    let mut app = reservations(backend).await;
+    // Each series: its first numbers, those of them given back, and how
+    // many reservations are then made at once.
+    let series: [(&str, i64, &[i64], i64); 3] = [
+        ("alpha", 5, &[2, 4], 2),
+        ("beta", 3, &[], 24),
+        ("gamma", 2, &[1], 1),
+    ];
+    for (name, first, given_back, _) in series {
+        app.configure(name, GapPolicy::Reissue).await;
+        for _ in 0..first {
+            app.reserve(reserve(name)).await;
+        }
+        for &number in given_back {
+            app.release(release(name, number, "cancelled"))
+                .await
+                .unwrap();
+        }
+    }
+
+    let mut calls = tokio::task::JoinSet::new();
+    for round in 0..24 {
+        for (name, _, _, each) in series {
+            if round < each {
+                let mut client = app.client.clone();
+                calls.spawn(async move {
+                    let answer = client.reserve(reserve(name)).await.unwrap().into_inner();
+                    (name, answer.record.expect("a record").number)
+                });
+            }
+        }
+    }
+    let taken = calls.join_all().await;
+    for (name, first, given_back, each) in series {
+        let mut numbers: Vec<i64> = taken
+            .iter()
+            .filter(|(series, _)| *series == name)
+            .map(|(_, number)| *number)
+            .collect();
+        numbers.sort_unstable();
+        let new = each - i64::try_from(given_back.len()).unwrap();
+        let expected: Vec<i64> = given_back
+            .iter()
+            .copied()
+            .chain(first + 1..=first + new)
+            .collect();
+        assert_eq!(numbers, expected, "{name}");
+    }
 }
 
 /// The states stored for acme's numbers `first..=last` of "cont", whatever
