@@ -262,15 +262,15 @@ async fn write_states(
 }
 
 /// For each of `periods`, whether it has a number given back by `now`
-/// (released, or reserved with a lease ended), in order: one statement.
-/// Each read stops at the first such row, through the same indexes as
-/// [`sql_store::take_back`]: the reservations still held are not read.
+/// (released, or reserved with a lease ended), in order: one statement
+/// that reads none of the reservations still held.
 ///
-/// Each connection plans it once, generically: as `EXISTS`, the plan may
-/// walk a series' held reservations (or every one of the table) hoping to
-/// meet an ended lease soon. The lowest released number is the first entry
-/// of its state, and the ended leases are counted, which no plan does faster
-/// than by their lease's end.
+/// Each connection plans it once, generically. Written with `EXISTS`, that
+/// plan may walk a series' held reservations (or the whole table) hoping to
+/// meet an ended lease within a few rows. So the lowest released number is
+/// read as the first entry of its state, and the ended leases are counted,
+/// which no plan does faster than through an index by lease end; they are
+/// few, as the sweep stores them as released.
 #[tracing::instrument(name = "db.number_states.given_back", skip_all, fields(periods = periods.len()), err(level = "debug"))]
 async fn select_given_back(
     pool: &PgPool,
