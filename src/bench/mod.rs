@@ -361,7 +361,6 @@ fn invoice(tenant_id: String, keyed: bool) -> CreateInvoiceRequest {
     }
 }
 
-/// Reserves one number of the tenant's series and confirms it; the number.
 /// Configures the series of every tenant of `load` to reissue the numbers
 /// given back.
 async fn reissue_given_back(channel: Channel, load: &Load) -> Result<(), DriveError> {
@@ -380,6 +379,7 @@ async fn reissue_given_back(channel: Channel, load: &Load) -> Result<(), DriveEr
     Ok(())
 }
 
+/// Reserves one number of the tenant's series and confirms it; the number.
 async fn reserve_confirm(
     allocator: &mut NumberAllocatorClient<Channel>,
     tenant_id: String,
