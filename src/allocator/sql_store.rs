@@ -802,13 +802,14 @@ where
 }
 
 /// How an engine picks the row [`take_back`] takes: the table as each of
-/// its reads names it, and the lock it takes on the row.
+/// its reads names it, and the lock it takes on the rows it reads.
 pub(crate) struct Pick {
     /// `number_states`, as [`Engine::BY_STATE`] names it.
     pub(crate) by_state: &'static str,
     /// `number_states`, as [`Engine::LEASES`] names it.
     pub(crate) leases: &'static str,
-    /// The row lock (nothing where the write holds the whole database).
+    /// The row lock, one that skips rows another transaction holds and so
+    /// never waits (nothing where the write holds the whole database).
     pub(crate) lock: &'static str,
 }
 
@@ -816,10 +817,15 @@ pub(crate) struct Pick {
 /// reissues (released, or reserved with a lease ended by `now`), and holds
 /// it for `take`: reserved until its lease ends, or issued.
 ///
-/// It reads the lowest released number and the reservations whose lease
-/// ended, not the reservations still held: the sweep stores ended leases
-/// as released within its interval, so few are read. A row another call
-/// took meanwhile no longer matches, and nothing is taken.
+/// It reads the reservations whose lease ended and the lowest released
+/// number below them, not the reservations still held: the sweep stores
+/// ended leases as released within its interval, so few are read. With
+/// `pick.lock` it locks what it reads, skipping rows another transaction
+/// holds, and so never waits for a row while holding another: a batch of
+/// changes locking the same numbers cannot deadlock with it. Another call
+/// taking back at the same moment skips the rows this one locked, and may
+/// get a new number while an ended lease it skipped stays given back for
+/// the next call.
 #[tracing::instrument(name = "db.number_states.take_back", skip_all, err(level = "debug"))]
 pub(crate) async fn take_back<DB>(
     conn: &mut DB::Connection,
@@ -843,16 +849,18 @@ where
         lock,
     } = pick;
     // The ended leases are read on their own (`MATERIALIZED`), so that no
-    // plan walks the held ones in number order looking for one.
+    // plan walks the held ones in number order looking for one; a released
+    // number is locked only if it is below all of them, so taken.
     let taken: Option<(i64,)> = sqlx::query_as(AssertSqlSafe(format!(
-        "WITH released AS (
-             SELECT number FROM {by_state}
-             WHERE tenant_id = $1 AND series = $2 AND period = $3 AND state = 'released'
-             ORDER BY number LIMIT 1 {lock}),
-         ended AS MATERIALIZED (
+        "WITH ended AS MATERIALIZED (
              SELECT number FROM {leases}
              WHERE tenant_id = $1 AND series = $2 AND period = $3 AND state = 'reserved'
-               AND expires_at <= $4)
+               AND expires_at <= $4 {lock}),
+         released AS (
+             SELECT number FROM {by_state}
+             WHERE tenant_id = $1 AND series = $2 AND period = $3 AND state = 'released'
+               AND number < COALESCE((SELECT min(number) FROM ended), 9223372036854775807)
+             ORDER BY number LIMIT 1 {lock})
          UPDATE number_states
          SET state = CASE WHEN $5 IS NULL THEN 'issued' ELSE 'reserved' END,
              expires_at = $5, request_id = COALESCE($6, ''), reason = '', reference = '',
