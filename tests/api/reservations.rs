@@ -518,26 +518,7 @@ async fn numbers_given_back_are_taken_lowest_first_whatever_gave_them_back(
         CommitMode::PerCall,
     ] {
         let mut app = unswept(backend, mode.clone()).await;
-        app.configure("cont", GapPolicy::Reissue).await;
-        // 1, 3 and 6 held; 2 and 5 on a lease that ends; 4 released.
-        for ends in [false, true, false, false, true, false] {
-            let lease = if ends { seconds(60) } else { seconds(3600) };
-            let request = ReserveRequest {
-                lease: Some(lease),
-                ..reserve("cont")
-            };
-            app.reserve(request).await;
-        }
-        app.release(release("cont", 4, "cancelled")).await.unwrap();
-        app.clock.advance(Duration::from_secs(61));
-        let stored = stored_states(&app.db, (1, 6)).await;
-        assert_eq!(
-            stored,
-            [
-                "reserved", "reserved", "reserved", "released", "reserved", "reserved"
-            ],
-            "not swept"
-        );
+        give_back_two_ways(&mut app).await;
 
         let mut taken = Vec::new();
         for _ in 0..4 {
@@ -624,18 +605,7 @@ async fn taking_back_skips_a_locked_number_without_waiting() {
         CommitMode::Group(GroupCommitSettings::default()),
     )
     .await;
-    app.configure("cont", GapPolicy::Reissue).await;
-    // 1, 3 and 6 held; 2 and 5 on a lease that ends; 4 released.
-    for ends in [false, true, false, false, true, false] {
-        let lease = if ends { seconds(60) } else { seconds(3600) };
-        let request = ReserveRequest {
-            lease: Some(lease),
-            ..reserve("cont")
-        };
-        app.reserve(request).await;
-    }
-    app.release(release("cont", 4, "cancelled")).await.unwrap();
-    app.clock.advance(Duration::from_secs(61));
+    give_back_two_ways(&mut app).await;
     let mut other = PgConnection::connect(&app.db.url).await.unwrap();
     sqlx::query("BEGIN").execute(&mut other).await.unwrap();
     sqlx::query(
@@ -660,6 +630,30 @@ async fn taking_back_skips_a_locked_number_without_waiting() {
         then.push(app.reserve(reserve("cont")).await.number);
     }
     assert_eq!(then, [2, 5, 7]);
+}
+
+/// Makes "cont" reissue, with numbers 1 to 6 reserved: 1, 3 and 6 held, 2
+/// and 5 on a lease that has ended but is not swept, 4 released.
+async fn give_back_two_ways(app: &mut Reservations) {
+    app.configure("cont", GapPolicy::Reissue).await;
+    for ends in [false, true, false, false, true, false] {
+        let lease = if ends { seconds(60) } else { seconds(3600) };
+        let request = ReserveRequest {
+            lease: Some(lease),
+            ..reserve("cont")
+        };
+        app.reserve(request).await;
+    }
+    app.release(release("cont", 4, "cancelled")).await.unwrap();
+    app.clock.advance(Duration::from_secs(61));
+    let stored = stored_states(&app.db, (1, 6)).await;
+    assert_eq!(
+        stored,
+        [
+            "reserved", "reserved", "reserved", "released", "reserved", "reserved"
+        ],
+        "not swept"
+    );
 }
 
 /// The states stored for acme's numbers `first..=last` of "cont", whatever
