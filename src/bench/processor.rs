@@ -9,8 +9,13 @@ use std::{collections::HashMap, fmt, time::Duration};
 /// The processor time counters at one instant.
 #[derive(Debug, Clone)]
 pub struct Sample {
-    /// The whole machine's busy and idle time, over every core.
+    /// The whole machine's busy and idle time, over every core, read before
+    /// the processes' counters and again after them: a run's machine time
+    /// is taken from the first reading of its start to the second of its
+    /// end, so that it spans every process's time however long the reads
+    /// take (scanning every `postgres` process is slow on a busy machine).
     machine: Option<Machine>,
+    machine_after: Option<Machine>,
     /// This process's own time.
     own: Option<Duration>,
     /// The time of each watched process, in the order given.
@@ -31,14 +36,19 @@ impl Sample {
     /// gone) is left out.
     #[must_use]
     pub fn now(pids: &[Option<u32>]) -> Self {
+        let machine = read::machine();
+        let own = read::process(None);
+        let watched = pids
+            .iter()
+            .map(|pid| pid.and_then(|pid| read::process(Some(pid))))
+            .collect();
+        let database = read::named("postgres");
         Self {
-            machine: read::machine(),
-            own: read::process(None),
-            watched: pids
-                .iter()
-                .map(|pid| pid.and_then(|pid| read::process(Some(pid))))
-                .collect(),
-            database: read::named("postgres"),
+            machine,
+            machine_after: read::machine(),
+            own,
+            watched,
+            database,
         }
     }
 
@@ -54,7 +64,7 @@ impl Sample {
             .zip(&start.watched)
             .map(|(now, then)| elapsed(*now, *then))
             .collect();
-        let (busy, idle) = match (self.machine, start.machine) {
+        let (busy, idle) = match (self.machine_after, start.machine) {
             (Some(now), Some(then)) => (
                 Some(now.busy.saturating_sub(then.busy)),
                 Some(now.idle.saturating_sub(then.idle)),
