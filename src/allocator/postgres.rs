@@ -14,7 +14,10 @@ use crate::{
         batch::{Batch, Claim, Counted, Plan, Won},
         numbers::LEASE_EXPIRED,
         series::SeriesConfig,
-        sql_store::{self, Engine, Pick, RANGE_COLUMNS, STATE_COLUMNS, SqlCounterStore},
+        sql_store::{
+            self, BATCH_COLUMNS, BatchRow, Engine, Pick, RANGE_COLUMNS, STATE_COLUMNS,
+            SqlCounterStore,
+        },
         store::{
             Advance, Change, ChangeError, Changed, ConfigureError, Held, KeyedStateRow, NumberAt,
             Outcome, PeriodOf, RangeRow, Reissue, SeriesRow, Stamp, StateChange, StateRow,
@@ -145,42 +148,33 @@ impl<'a> Keys<'a> {
     }
 }
 
-/// The state rows of a batch's numbers, locked until the transaction ends,
-/// in key order.
-#[tracing::instrument(name = "db.number_states.lock_many", skip_all, fields(numbers = keys.numbers.len()), err(level = "debug"))]
-async fn lock_states(
-    conn: &mut PgConnection,
-    keys: &Keys<'_>,
-) -> Result<Vec<KeyedStateRow>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT tenant_id, series, period, {STATE_COLUMNS} FROM number_states
-         WHERE (tenant_id, series, period, number) IN
-               (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[]))
-         ORDER BY tenant_id, series, period, number FOR UPDATE"
-    )))
-    .bind(&keys.tenants)
-    .bind(&keys.series)
-    .bind(&keys.periods)
-    .bind(&keys.numbers)
-    .fetch_all(conn)
-    .await
-}
-
 /// Per change of a batch, in order, the last range of its number's period
-/// starting at or before the number.
-#[tracing::instrument(name = "db.allocations.select_at_many", skip_all, fields(numbers = keys.numbers.len()), err(level = "debug"))]
-async fn select_ranges_at(
+/// starting at or before the number; and the state rows of its numbers,
+/// locked until the transaction ends, in key order: one statement.
+#[tracing::instrument(name = "db.number_states.lock_many", skip_all, fields(numbers = keys.numbers.len()), err(level = "debug"))]
+async fn read_and_lock(
     conn: &mut PgConnection,
     keys: &Keys<'_>,
-) -> Result<Vec<Option<RangeRow>>, sqlx::Error> {
-    let found: Vec<sql_store::NthRange> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT w.nth, r.* FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[])
-                                WITH ORDINALITY AS w (tenant_id, series, period, number, nth)
-         CROSS JOIN LATERAL (
-             SELECT {RANGE_COLUMNS} FROM allocations
-             WHERE tenant_id = w.tenant_id AND series = w.series AND period = w.period
-               AND first_value <= w.number
-             ORDER BY first_value DESC LIMIT 1) r"
+) -> Result<(Vec<KeyedStateRow>, Vec<Option<RangeRow>>), sqlx::Error> {
+    let read: Vec<BatchRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "WITH read ({BATCH_COLUMNS}) AS (
+             SELECT w.nth, w.tenant_id, w.series, w.period, r.*, NULL::bigint, NULL, NULL,
+                    NULL::timestamptz, NULL, NULL::timestamptz
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[])
+                  WITH ORDINALITY AS w (tenant_id, series, period, number, nth)
+             CROSS JOIN LATERAL (
+                 SELECT {RANGE_COLUMNS} FROM allocations
+                 WHERE tenant_id = w.tenant_id AND series = w.series AND period = w.period
+                   AND first_value <= w.number
+                 ORDER BY first_value DESC LIMIT 1) r
+             UNION ALL
+             SELECT 0, tenant_id, series, period, NULL, NULL, NULL, reason, request_id, NULL,
+                    NULL, NULL, number, state, reference, updated_at, origin, expires_at
+             FROM (SELECT * FROM number_states
+                   WHERE (tenant_id, series, period, number) IN
+                         (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[]))
+                   ORDER BY tenant_id, series, period, number FOR UPDATE) locked)
+         SELECT * FROM read"
     )))
     .bind(&keys.tenants)
     .bind(&keys.series)
@@ -188,7 +182,7 @@ async fn select_ranges_at(
     .bind(&keys.numbers)
     .fetch_all(conn)
     .await?;
-    Ok(sql_store::ranges_in_order(found, keys.numbers.len()))
+    Ok(sql_store::split_read(read, keys.numbers.len()))
 }
 
 /// Stores the rows of a batch's changes: updates of rows read and locked,
@@ -730,8 +724,7 @@ impl Engine for PgEngine {
         let mut conn = self.changes.take().await?;
         let mut tx = begin_durable_on(&mut conn).await?;
         let keys = Keys::of(writes);
-        let ranges = select_ranges_at(&mut tx, &keys).await?;
-        let existing = lock_states(&mut tx, &keys).await?;
+        let (existing, ranges) = read_and_lock(&mut tx, &keys).await?;
         let planned = sql_store::plan_changes(writes, existing, ranges);
         if !planned.updates.is_empty() {
             write_states(&mut tx, &planned.updates, false).await?;

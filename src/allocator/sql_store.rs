@@ -1292,19 +1292,62 @@ pub(crate) struct NthRange {
     pub(crate) range: RangeRow,
 }
 
-/// The ranges read for a batch of `len` changes, one per change in order:
-/// `None` for a change whose number no range starts at or before.
-pub(crate) fn ranges_in_order(found: Vec<NthRange>, len: usize) -> Vec<Option<RangeRow>> {
-    let mut ranges = vec![None; len];
-    for NthRange { nth, range } in found {
-        if let Some(slot) = usize::try_from(nth - 1)
-            .ok()
-            .and_then(|i| ranges.get_mut(i))
-        {
-            *slot = Some(range);
+/// The columns of a batch's read, [`BatchRow`]: `nth`, the number's key,
+/// the columns of a range ([`RANGE_COLUMNS`]), then those of a state row
+/// that a range lacks (the two share `reason` and `request_id`).
+pub(crate) const BATCH_COLUMNS: &str = "nth, tenant_id, series, period, first_value, count, kind, \
+     reason, request_id, format, date, created_at, number, state, reference, updated_at, origin, \
+     expires_at";
+
+/// A row of a batch's read, one statement for its ranges and its numbers'
+/// state rows: the range of the change at place `nth` (from 1), or, where
+/// `nth` is 0, the state row of one of its numbers. Each leaves the other's
+/// own columns null.
+pub(crate) enum BatchRow {
+    Range(NthRange),
+    State(KeyedStateRow),
+}
+
+impl<'r, R> sqlx::FromRow<'r, R> for BatchRow
+where
+    R: sqlx::Row,
+    &'static str: sqlx::ColumnIndex<R>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    NthRange: sqlx::FromRow<'r, R>,
+    KeyedStateRow: sqlx::FromRow<'r, R>,
+{
+    fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
+        if row.try_get::<i64, _>("nth")? > 0 {
+            NthRange::from_row(row).map(Self::Range)
+        } else {
+            KeyedStateRow::from_row(row).map(Self::State)
         }
     }
-    ranges
+}
+
+/// A batch's read of `len` changes split: the state rows of its numbers,
+/// and its ranges, one per change in order (`None` for a change whose number
+/// no range starts at or before).
+pub(crate) fn split_read(
+    read: Vec<BatchRow>,
+    len: usize,
+) -> (Vec<KeyedStateRow>, Vec<Option<RangeRow>>) {
+    let mut states = Vec::new();
+    let mut ranges = vec![None; len];
+    for row in read {
+        match row {
+            BatchRow::State(state) => states.push(state),
+            BatchRow::Range(NthRange { nth, range }) => {
+                if let Some(slot) = usize::try_from(nth - 1)
+                    .ok()
+                    .and_then(|i| ranges.get_mut(i))
+                {
+                    *slot = Some(range);
+                }
+            }
+        }
+    }
+    (states, ranges)
 }
 
 /// The last range of a period starting at or before `number`.

@@ -14,7 +14,7 @@ use crate::{
         batch::{Batch, Claim, Counted, Plan, Won},
         numbers::LEASE_EXPIRED,
         series::SeriesConfig,
-        sql_store::{self, Engine, Pick, STATE_COLUMNS, SqlCounterStore},
+        sql_store::{self, BATCH_COLUMNS, BatchRow, Engine, Pick, RANGE_COLUMNS, SqlCounterStore},
         store::{
             Advance, Change, ChangeError, Changed, ConfigureError, Held, KeyedStateRow, NumberAt,
             Outcome, PeriodOf, RangeRow, Reissue, Stamp, StateChange, StateRow, StateWrite,
@@ -91,50 +91,43 @@ fn keys<'a>(writes: &'a [StateWrite<'a>]) -> Json<Vec<(&'a str, &'a str, &'a str
     )
 }
 
-/// The state rows of a batch's numbers (a row twice if the batch changes its
-/// number twice).
+/// Per change of a batch, in order, the last range of its number's period
+/// starting at or before the number; and the state rows of its numbers (a
+/// row twice if the batch changes its number twice): one statement.
 #[tracing::instrument(name = "db.number_states.select_many", skip_all, fields(numbers = writes.len()), err(level = "debug"))]
-async fn select_states(
+async fn read_batch(
     conn: &mut SqliteConnection,
     writes: &[StateWrite<'_>],
-) -> Result<Vec<KeyedStateRow>, sqlx::Error> {
-    // Joined, so that each number is looked up by its key: with a row value
-    // `IN` the list, SQLite reads every row of the series.
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT tenant_id, series, period, {STATE_COLUMNS}
-         FROM json_each(?1) AS k
-         JOIN number_states s
-           ON s.tenant_id = k.value ->> 0 AND s.series = k.value ->> 1
-          AND s.period = k.value ->> 2 AND s.number = k.value ->> 3"
+) -> Result<(Vec<KeyedStateRow>, Vec<Option<RangeRow>>), sqlx::Error> {
+    // The state rows joined, so that each number is looked up by its key:
+    // with a row value `IN` the list, SQLite reads every row of the series.
+    let read: Vec<BatchRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "WITH read ({BATCH_COLUMNS}) AS (
+             SELECT w.key + 1, a.tenant_id, a.series, a.period, {RANGE_COLUMNS}, NULL, NULL,
+                    NULL, NULL, NULL, NULL
+             FROM json_each(?1) AS w
+             JOIN allocations a
+               ON a.tenant_id = w.value ->> 0 AND a.series = w.value ->> 1
+              AND a.period = w.value ->> 2
+              AND a.first_value = (SELECT max(b.first_value) FROM allocations b
+                                   WHERE b.tenant_id = w.value ->> 0
+                                     AND b.series = w.value ->> 1
+                                     AND b.period = w.value ->> 2
+                                     AND b.first_value <= w.value ->> 3)
+             UNION ALL
+             SELECT 0, s.tenant_id, s.series, s.period, NULL, NULL, NULL, s.reason, s.request_id,
+                    NULL, NULL, NULL, s.number, s.state, s.reference, s.updated_at, s.origin,
+                    s.expires_at
+             FROM json_each(?1) AS k
+             JOIN number_states s
+               ON s.tenant_id = k.value ->> 0 AND s.series = k.value ->> 1
+              AND s.period = k.value ->> 2 AND s.number = k.value ->> 3)
+         SELECT * FROM read"
     )))
     .bind(keys(writes))
     .fetch_all(conn)
-    .await
-}
-
-/// Per change of a batch, in order, the last range of its number's period
-/// starting at or before the number.
-#[tracing::instrument(name = "db.allocations.select_at_many", skip_all, fields(numbers = writes.len()), err(level = "debug"))]
-async fn select_ranges_at(
-    conn: &mut SqliteConnection,
-    writes: &[StateWrite<'_>],
-) -> Result<Vec<Option<RangeRow>>, sqlx::Error> {
-    let found: Vec<sql_store::NthRange> = sqlx::query_as(
-        "SELECT w.key + 1 AS nth, a.first_value, a.count, a.kind, a.reason, a.request_id,
-                a.format, a.date, a.created_at
-         FROM json_each(?1) AS w
-         JOIN allocations a
-           ON a.tenant_id = w.value ->> 0 AND a.series = w.value ->> 1
-          AND a.period = w.value ->> 2
-          AND a.first_value = (SELECT max(b.first_value) FROM allocations b
-                               WHERE b.tenant_id = w.value ->> 0 AND b.series = w.value ->> 1
-                                 AND b.period = w.value ->> 2
-                                 AND b.first_value <= w.value ->> 3)",
-    )
-    .bind(keys(writes))
-    .fetch_all(conn)
     .await?;
-    Ok(sql_store::ranges_in_order(found, writes.len()))
+    Ok(sql_store::split_read(read, writes.len()))
 }
 
 /// A state row for a JSON array: `[tenant, series, period, number, state,
@@ -666,11 +659,7 @@ impl Engine for SqliteEngine {
     async fn change_states(&self, writes: &[StateWrite<'_>]) -> Result<Vec<Changed>, StoreError> {
         // The write lock keeps every other change of the numbers out.
         let mut write = self.db.begin_write().await?;
-        let read = async {
-            let ranges = select_ranges_at(write.conn(), writes).await?;
-            Ok::<_, sqlx::Error>((select_states(write.conn(), writes).await?, ranges))
-        };
-        let planned = match read.await {
+        let planned = match read_batch(write.conn(), writes).await {
             Ok((existing, ranges)) => sql_store::plan_changes(writes, existing, ranges),
             Err(error) => {
                 write.rollback().await?;
