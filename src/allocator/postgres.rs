@@ -394,8 +394,12 @@ async fn claim(
     Ok(won.into_iter().collect())
 }
 
-/// The statement of [`increment`].
-const INCREMENT: &str = "WITH durable AS (SELECT set_config('synchronous_commit', 'on', true)),
+/// The statement of [`increment`], with `$ids` after the insert of its
+/// request ids.
+macro_rules! increment_statement {
+    ($ids:literal) => {
+        concat!(
+            "WITH durable AS (SELECT set_config('synchronous_commit', 'on', true)),
      used AS (
          SELECT * FROM UNNEST($21::text[], $22::text[], $23::bool[])
                        AS used (tenant_id, series, settled)),
@@ -459,13 +463,9 @@ const INCREMENT: &str = "WITH durable AS (SELECT set_config('synchronous_commit'
          INSERT INTO request_ids (tenant_id, request_id, series, count, period,
                                   first_value, format, date, created_at)
          SELECT tenant_id, request_id, series, count, period, first_value, format, date, $14
-         FROM ranges WHERE request_id IS NOT NULL
-         ON CONFLICT (tenant_id, request_id)
-         DO UPDATE SET series = EXCLUDED.series, count = EXCLUDED.count,
-                       period = EXCLUDED.period, first_value = EXCLUDED.first_value,
-                       format = EXCLUDED.format, date = EXCLUDED.date,
-                       created_at = EXCLUDED.created_at
-         WHERE request_ids.first_value IS NULL OR request_ids.created_at < $15
+         FROM ranges WHERE request_id IS NOT NULL ",
+            $ids,
+            "
          RETURNING 1)
      SELECT tenant_id, series, period, last_value, config.format,
             current_setting('synchronous_commit') AS synchronous_commit,
@@ -473,7 +473,26 @@ const INCREMENT: &str = "WITH durable AS (SELECT set_config('synchronous_commit'
             -- of the plan was not stored.
             CASE WHEN (SELECT count(*) FROM keyed) = $16 THEN 0
                  ELSE request_id_in_use() END AS ids_checked
-     FROM bumped JOIN config USING (tenant_id, series)";
+     FROM bumped JOIN config USING (tenant_id, series)"
+        )
+    };
+}
+
+/// [`increment`] where every request id is new: a plain insert, which fails
+/// on a unique violation of `request_ids_pkey` if one is not.
+const INCREMENT_NEW: &str = increment_statement!("");
+
+/// [`increment`] where the request ids were claimed in its transaction: it
+/// stores their first numbers. An id another call holds fails it with
+/// [`ID_IN_USE`].
+const INCREMENT_CLAIMED: &str = increment_statement!(
+    "ON CONFLICT (tenant_id, request_id)
+         DO UPDATE SET series = EXCLUDED.series, count = EXCLUDED.count,
+                       period = EXCLUDED.period, first_value = EXCLUDED.first_value,
+                       format = EXCLUDED.format, date = EXCLUDED.date,
+                       created_at = EXCLUDED.created_at
+         WHERE request_ids.first_value IS NULL OR request_ids.created_at < $15"
+);
 
 /// Creates the series of the plan that do not exist yet with `defaults`,
 /// advances each period's counter by its total, starting absent periods at
@@ -481,9 +500,12 @@ const INCREMENT: &str = "WITH durable AS (SELECT set_config('synchronous_commit'
 /// both start a period), records the ranges with the template and date they
 /// read with, and stores each request id with its first number: one
 /// statement; a reservation's number gets its state row, held until its
-/// lease ends. A request id is stored if it is new, past the window, or
-/// claimed by this transaction; if one is held by another call instead, the
-/// statement fails with [`ID_IN_USE`] and changes nothing. The series rows
+/// lease ends. With [`Ids::New`] a request id is stored if it is new, and
+/// any other fails the statement with a unique violation of
+/// `request_ids_pkey` ([`id_taken`]); with [`Ids::Claimed`], if it is new,
+/// past the window, or claimed by this transaction, and one held by another
+/// call instead fails it with [`ID_IN_USE`]. A failed statement changes
+/// nothing. The series rows
 /// are locked against `ConfigureSeries` and checked against the calendars
 /// the calls assumed; a change fails the statement with [`SERIES_CHANGED`].
 ///
@@ -494,12 +516,17 @@ const INCREMENT: &str = "WITH durable AS (SELECT set_config('synchronous_commit'
 async fn increment<'e>(
     executor: impl PgExecutor<'e>,
     plan: &Plan<'_>,
+    ids: Ids,
     defaults: &SeriesConfig,
     stamp: Stamp,
 ) -> Result<Vec<IncrementedRow>, sqlx::Error> {
     let totals = &plan.increments;
     let records = &plan.records;
-    sqlx::query_as(INCREMENT)
+    let statement = match ids {
+        Ids::New => INCREMENT_NEW,
+        Ids::Claimed => INCREMENT_CLAIMED,
+    };
+    sqlx::query_as(statement)
         .bind(totals.iter().map(|t| t.tenant).collect::<Vec<_>>())
         .bind(totals.iter().map(|t| t.series).collect::<Vec<_>>())
         .bind(totals.iter().map(|t| t.period).collect::<Vec<_>>())
@@ -549,8 +576,26 @@ async fn increment<'e>(
         .await
 }
 
+/// How the request ids of an increment's plan stand.
+#[derive(Debug, Clone, Copy)]
+enum Ids {
+    /// None was claimed: each is inserted as new.
+    New,
+    /// Each was claimed in the increment's transaction.
+    Claimed,
+}
+
 /// The SQLSTATE of `request_id_in_use()` (see the migrations).
 const ID_IN_USE: &str = "NB001";
+
+/// Whether an increment failed because a request id of its plan was not
+/// new: stored by another call, or claimed and held.
+fn id_taken(error: &sqlx::Error) -> bool {
+    failed_with(error, ID_IN_USE)
+        || error.as_database_error().is_some_and(|db| {
+            db.is_unique_violation() && db.constraint() == Some("request_ids_pkey")
+        })
+}
 
 /// The SQLSTATE of `series_changed()` (see the migrations).
 const SERIES_CHANGED: &str = "NB002";
@@ -621,7 +666,7 @@ impl Engine for PgEngine {
         if batch.claims().is_empty() {
             let plan = batch.plan(&Won::default());
             let mut conn = self.allocations.take().await?;
-            let rows = increment(&mut *conn, &plan, defaults, stamp)
+            let rows = increment(&mut *conn, &plan, Ids::New, defaults, stamp)
                 .await
                 .map_err(increment_failed)?;
             conn.keep();
@@ -631,12 +676,12 @@ impl Engine for PgEngine {
         // statement, which fails whole if one is not.
         let plan = batch.plan(&batch.all_won());
         let mut conn = self.allocations.take().await?;
-        match increment(&mut *conn, &plan, defaults, stamp).await {
+        match increment(&mut *conn, &plan, Ids::New, defaults, stamp).await {
             Ok(rows) => {
                 conn.keep();
                 return batch.outcomes(&plan, &flushed(rows)?, &HashMap::new());
             }
-            Err(error) if failed_with(&error, ID_IN_USE) => conn.keep(),
+            Err(error) if id_taken(&error) => conn.keep(),
             Err(error) => return Err(increment_failed(error)),
         }
 
@@ -654,7 +699,7 @@ impl Engine for PgEngine {
         let rows = if plan.is_empty() {
             Vec::new()
         } else {
-            increment(&mut *tx, &plan, defaults, stamp)
+            increment(&mut *tx, &plan, Ids::Claimed, defaults, stamp)
                 .await
                 .map_err(increment_failed)?
         };
