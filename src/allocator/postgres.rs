@@ -505,9 +505,9 @@ const INCREMENT_CLAIMED: &str = increment_statement!(
 /// `request_ids_pkey` ([`id_taken`]); with [`Ids::Claimed`], if it is new,
 /// past the window, or claimed by this transaction, and one held by another
 /// call instead fails it with [`ID_IN_USE`]. A failed statement changes
-/// nothing. The series rows
-/// are locked against `ConfigureSeries` and checked against the calendars
-/// the calls assumed; a change fails the statement with [`SERIES_CHANGED`].
+/// nothing. The series rows are locked against `ConfigureSeries` and checked
+/// against the calendars the calls assumed; a change fails the statement
+/// with [`SERIES_CHANGED`].
 ///
 /// Run alone it is its own transaction (one round trip), and sets
 /// `synchronous_commit` for it, so its commit returns only once flushed to
