@@ -2,19 +2,22 @@
 //! each insert in a transaction that commits synchronously. Ids are UUIDs and
 //! totals NUMERIC.
 
-use std::sync::Arc;
+use std::{
+    collections::{BTreeSet, HashSet},
+    sync::Arc,
+};
 
 use async_trait::async_trait;
 use rust_decimal::Decimal;
-use sqlx::{PgPool, Postgres, migrate::Migrator};
+use sqlx::{PgConnection, PgPool, Postgres, migrate::Migrator};
 use uuid::Uuid;
 
 use crate::{
     db::{KeptConnection, begin_durable, begin_durable_on},
     invoices::{
         domain::Invoice,
-        sql_store::{self, Engine, Made, SqlInvoiceStore, Stored, Write},
-        store::StoreError,
+        sql_store::{self, Engine, KeyLookups, Made, SqlInvoiceStore, Stored, Write},
+        store::{Pending, StoreError},
     },
 };
 
@@ -65,6 +68,92 @@ impl Stored for Native {
 
     fn read(id: Uuid, total: Decimal) -> Result<(Uuid, Decimal), StoreError> {
         Ok((id, total))
+    }
+}
+
+/// One text for every group, the keys as arrays: each connection plans it
+/// once (see [`crate::db::connect_postgres`]), where a list of values would
+/// be planned anew for each group. That one plan is made on the tables as
+/// they are then, empty on a fresh database, so each key is looked up by
+/// its own read (`LATERAL … LIMIT 1`), which the planner reads by index
+/// whatever it thinks a table holds: a join of the keys with the table
+/// would be planned as a hash of the whole table, kept as the table grows.
+#[async_trait]
+impl KeyLookups for Postgres {
+    #[tracing::instrument(name = "db.pending_numbers.upsert", skip_all, err(level = "debug"))]
+    async fn upsert_pending(
+        conn: &mut PgConnection,
+        pending: &[(&Pending, Option<&str>)],
+    ) -> Result<HashSet<(String, String)>, sqlx::Error> {
+        let noted: Vec<(String, String)> = sqlx::query_as(
+            "INSERT INTO pending_numbers (tenant_id, request_key, issue_date, since, invoice_id)
+             SELECT v.tenant_id, v.request_key, v.issue_date, v.since, v.invoice_id
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[],
+                         $6::text[])
+                  AS v (tenant_id, request_key, issue_date, since, invoice_id, request_id)
+             LEFT JOIN LATERAL (
+                 SELECT TRUE AS created FROM invoices i
+                 WHERE i.tenant_id = v.tenant_id AND i.request_id = v.request_id
+                 LIMIT 1) AS i ON TRUE
+             WHERE i.created IS NULL
+             ON CONFLICT (tenant_id, request_key)
+             DO UPDATE SET since = excluded.since, invoice_id = excluded.invoice_id
+             RETURNING tenant_id, request_key",
+        )
+        .bind(
+            pending
+                .iter()
+                .map(|(p, _)| p.tenant_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            pending
+                .iter()
+                .map(|(p, _)| p.request_key.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            pending
+                .iter()
+                .map(|(p, _)| p.issue_date.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(pending.iter().map(|(p, _)| p.since).collect::<Vec<_>>())
+        .bind(
+            pending
+                .iter()
+                .map(|(p, _)| p.invoice_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(pending.iter().map(|(_, id)| *id).collect::<Vec<_>>())
+        .fetch_all(conn)
+        .await?;
+        Ok(noted.into_iter().collect())
+    }
+
+    /// Each note is deleted by its place (`ctid`), found by key: a note
+    /// another process wrote again since the statement began (a repeated
+    /// call's, in another writer) is that call's now, and stays; it is
+    /// settled in turn, or reconciled as stale.
+    #[tracing::instrument(name = "db.pending_numbers.delete", skip_all, err(level = "debug"))]
+    async fn delete_pending(
+        conn: &mut PgConnection,
+        done: &BTreeSet<(&str, &str)>,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "DELETE FROM pending_numbers p
+             USING UNNEST($1::text[], $2::text[]) AS v (tenant_id, request_key)
+                   CROSS JOIN LATERAL (
+                       SELECT n.ctid FROM pending_numbers n
+                       WHERE n.tenant_id = v.tenant_id AND n.request_key = v.request_key
+                       LIMIT 1) AS n
+             WHERE p.ctid = n.ctid",
+        )
+        .bind(done.iter().map(|(tenant, _)| *tenant).collect::<Vec<_>>())
+        .bind(done.iter().map(|(_, key)| *key).collect::<Vec<_>>())
+        .execute(conn)
+        .await?;
+        Ok(())
     }
 }
 

@@ -1,7 +1,9 @@
 //! The invoices table as both engines read and write it: one statement text
 //! each (`$N` placeholders suit both), one row type, one conversion. The
-//! engines differ only in how an id and a total are stored: a UUID and a
-//! NUMERIC on PostgreSQL, text on SQLite; each backend says which.
+//! engines differ in how an id and a total are stored: a UUID and a NUMERIC
+//! on PostgreSQL, text on SQLite; each backend says which. PostgreSQL also
+//! has its own text for the two statements of a group that look its keys up
+//! ([`KeyLookups`]).
 //!
 //! Writes are committed in groups ([`crate::group`]): every invoice, note
 //! and settled mark that arrives while a group commits goes into the next
@@ -62,6 +64,29 @@ pub(crate) trait Engine: Send + Sync + 'static {
 
     /// Closes the pool.
     async fn close(&self);
+}
+
+/// The two statements of a group that look each of its keys up: the insert
+/// of the pending notes, with its check of request ids ([`upsert_pending`]),
+/// and the deletion of the notes done ([`delete_pending`]). SQLite runs them
+/// as written in this module, a list of values in a text that grows with the
+/// group; PostgreSQL, which would plan such a text anew for every group, has
+/// its own, one text for every group.
+#[async_trait]
+pub(crate) trait KeyLookups: Database {
+    /// Notes reservations pending, each unless its call's request id already
+    /// created one of the tenant's invoices. Returns the notes made, by
+    /// tenant and request key.
+    async fn upsert_pending(
+        conn: &mut Self::Connection,
+        pending: &[(&Pending, Option<&str>)],
+    ) -> Result<HashSet<(String, String)>, sqlx::Error>;
+
+    /// Deletes the notes of reservations done, by tenant and request key.
+    async fn delete_pending(
+        conn: &mut Self::Connection,
+        done: &BTreeSet<(&str, &str)>,
+    ) -> Result<(), sqlx::Error>;
 }
 
 /// The invoice store on either engine: the statements of this module, run
@@ -481,7 +506,7 @@ pub(crate) async fn write_group<DB, S>(
     writes: &[Write],
 ) -> Result<Made, sqlx::Error>
 where
-    DB: Database + HasStatementCache,
+    DB: Database + HasStatementCache + KeyLookups,
     S: Stored,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     DB::Arguments: IntoArguments<DB> + Default,
@@ -494,7 +519,6 @@ where
     for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
     for<'q> Json<&'q [LineItem]>: Encode<'q, DB> + Type<DB>,
     for<'r> (S::Id,): FromRow<'r, DB::Row>,
-    for<'r> (String, String): FromRow<'r, DB::Row>,
 {
     // A repeated call may note the same reservation twice in one group: the
     // later note wins, as it would in two transactions.
@@ -530,7 +554,8 @@ where
     let taken = if pending.is_empty() {
         HashSet::new()
     } else {
-        let noted = upsert_pending::<DB>(&mut *conn, pending.values()).await?;
+        let asked: Vec<_> = pending.values().copied().collect();
+        let noted = DB::upsert_pending(&mut *conn, &asked).await?;
         // The request ids of the notes not noted created an invoice.
         pending
             .iter()
@@ -548,7 +573,7 @@ where
         insert_invoices::<DB, S>(&mut *conn, &invoices).await?
     };
     if !done.is_empty() {
-        delete_pending::<DB>(&mut *conn, &done).await?;
+        DB::delete_pending(&mut *conn, &done).await?;
     }
     if !settled.is_empty() {
         mark_settled::<DB, S>(conn, &settled).await?;
@@ -559,11 +584,12 @@ where
 /// Notes reservations pending, on `conn`, each unless its call's request id
 /// (the second of each pair) already created one of the tenant's invoices: a
 /// repeated call's note is its own now, and not stale. Returns the notes
-/// made, by tenant and request key.
+/// made, by tenant and request key. The keys are a list of values, planned
+/// with the statement ([`KeyLookups`]).
 #[tracing::instrument(name = "db.pending_numbers.upsert", skip_all, err(level = "debug"))]
-async fn upsert_pending<'p, DB>(
+pub(crate) async fn upsert_pending<DB>(
     conn: &mut DB::Connection,
-    pending: impl Iterator<Item = &'p (&'p Pending, Option<&'p str>)>,
+    pending: &[(&Pending, Option<&str>)],
 ) -> Result<HashSet<(String, String)>, sqlx::Error>
 where
     DB: Database + HasStatementCache,
@@ -640,9 +666,10 @@ where
 }
 
 /// Deletes the notes of reservations done, by tenant and request key, on
-/// `conn`.
+/// `conn`. The keys are a list of values, planned with the statement
+/// ([`KeyLookups`]).
 #[tracing::instrument(name = "db.pending_numbers.delete", skip_all, err(level = "debug"))]
-async fn delete_pending<DB>(
+pub(crate) async fn delete_pending<DB>(
     conn: &mut DB::Connection,
     done: &BTreeSet<(&str, &str)>,
 ) -> Result<(), sqlx::Error>

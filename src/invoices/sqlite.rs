@@ -2,19 +2,22 @@
 //! insert through the one SQLite write path (see [`crate::db::open_sqlite`]).
 //! Ids and totals are stored as text.
 
-use std::str::FromStr;
+use std::{
+    collections::{BTreeSet, HashSet},
+    str::FromStr,
+};
 
 use async_trait::async_trait;
 use rust_decimal::Decimal;
-use sqlx::{Sqlite, SqlitePool, migrate::Migrator};
+use sqlx::{Sqlite, SqliteConnection, SqlitePool, migrate::Migrator};
 use uuid::{Uuid, fmt::Hyphenated};
 
 use crate::{
     db::SqliteDatabase,
     invoices::{
         domain::Invoice,
-        sql_store::{self, Engine, Made, SqlInvoiceStore, Stored, Write},
-        store::StoreError,
+        sql_store::{self, Engine, KeyLookups, Made, SqlInvoiceStore, Stored, Write},
+        store::{Pending, StoreError},
     },
 };
 
@@ -62,6 +65,25 @@ impl Stored for AsText {
             StoreError::Internal(format!("stored total {total:?}: {error}").into())
         })?;
         Ok((id.into_uuid(), total))
+    }
+}
+
+/// SQLite plans a statement in microseconds, and looks each key of a list
+/// of values up by its index: the statements as written once.
+#[async_trait]
+impl KeyLookups for Sqlite {
+    async fn upsert_pending(
+        conn: &mut SqliteConnection,
+        pending: &[(&Pending, Option<&str>)],
+    ) -> Result<HashSet<(String, String)>, sqlx::Error> {
+        sql_store::upsert_pending::<Sqlite>(conn, pending).await
+    }
+
+    async fn delete_pending(
+        conn: &mut SqliteConnection,
+        done: &BTreeSet<(&str, &str)>,
+    ) -> Result<(), sqlx::Error> {
+        sql_store::delete_pending::<Sqlite>(conn, done).await
     }
 }
 

@@ -27,7 +27,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use crate::helpers::{
     CapturedLogs, PATIENCE, TestDb, allocator_client, assert_invalid_field, assert_reason, create,
     import_invoice, invoice_request, invoice_series, list_all, spawn_allocator, spawn_allocator_on,
-    spawn_both, spawn_writer, spawn_writer_with, wait_for_health,
+    spawn_both, spawn_writer, spawn_writer_with, test_pool_settings, wait_for_health,
 };
 
 /// A clock stopped at one instant that hands out one id.
@@ -772,6 +772,107 @@ async fn writes_made_together_keep_each_their_own_outcome(#[case] backend: Backe
         .map(|invoice| invoice.number)
         .collect();
     assert_eq!(unsettled, [5, 6]);
+}
+
+/// On PostgreSQL each connection plans a group's statements once, on the
+/// tables as they are then: empty, on a fresh database. A group still looks
+/// each of its keys up by index, the request ids of its notes in `invoices`
+/// and the notes it deletes in `pending_numbers`, and reads neither table
+/// whole, which it would go on doing as the tables grew.
+#[tokio::test]
+async fn a_groups_keys_are_looked_up_by_index_in_tables_planned_empty() {
+    use numbering::{
+        invoices::store::{Note, Pending, StoreError},
+        request_id::RequestId,
+    };
+
+    let db = TestDb::create(Backend::Postgres).await;
+    let store = db.invoice_store().await;
+    // Counted from the first group on, not during the migrations.
+    let pool = db.pool(&test_pool_settings()).await;
+    sqlx::query(
+        "SELECT pg_stat_reset_single_table_counters('invoices'::regclass),
+                pg_stat_reset_single_table_counters('pending_numbers'::regclass)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let pending = |number: i64, invoice: &numbering::invoices::domain::Invoice| Pending {
+        tenant_id: "acme".into(),
+        request_key: format!("key-{number}"),
+        issue_date: String::new(),
+        since: chrono::Utc::now(),
+        invoice_id: invoice.id.to_string(),
+    };
+    let request_id = |number: i64| RequestId::parse(&format!("request-{number}")).unwrap();
+
+    // What a call makes, many at once, so that groups hold several keys.
+    let calls: Vec<_> = (1..=40)
+        .map(|number| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let invoice = acme_invoice(number, &format!("INV-{number:03}"));
+                let (note, id) = (pending(number, &invoice), request_id(number));
+                let noted = Note::Pending {
+                    pending: &note,
+                    request_id: id.as_ref(),
+                };
+                store.note(noted).await.unwrap();
+                store.insert(&invoice, id.as_ref(), true).await.unwrap();
+                let done = Note::Done {
+                    tenant: "acme",
+                    request_key: &note.request_key,
+                };
+                store.note(done).await.unwrap();
+            })
+        })
+        .collect();
+    for call in calls {
+        call.await.unwrap();
+    }
+    // A note whose request id created an invoice is refused: that lookup
+    // finds its row.
+    let (repeat, id) = (pending(7, &acme_invoice(7, "INV-007")), request_id(7));
+    let noted = Note::Pending {
+        pending: &repeat,
+        request_id: id.as_ref(),
+    };
+    assert!(matches!(
+        store.note(noted).await,
+        Err(StoreError::RequestIdTaken)
+    ));
+    assert_eq!(list_stored(&store).await, (1..=40).collect::<Vec<_>>());
+    let later = chrono::Utc::now() + chrono::Duration::hours(1);
+    assert!(store.pending_before(later, 1000).await.unwrap().is_empty());
+
+    // Closed, the store's sessions end and report what they read.
+    store.close().await;
+    let counters = "SELECT COALESCE(sum(seq_scan), 0)::bigint, COALESCE(sum(idx_scan), 0)::bigint
+                    FROM pg_stat_user_tables WHERE relname = $1";
+    let read = |table: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let (seq, idx): (i64, i64) = sqlx::query_as(counters)
+                .bind(table)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            (seq, idx)
+        }
+    };
+    tokio::time::timeout(PATIENCE, async {
+        while read("pending_numbers").await.1 == 0 || read("invoices").await.1 == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the store's sessions report their reads");
+    assert_eq!(
+        read("pending_numbers").await.0,
+        0,
+        "pending_numbers read whole"
+    );
+    assert_eq!(read("invoices").await.0, 0, "invoices read whole");
 }
 
 /// The numbers of every stored invoice of `acme`, in order.
