@@ -14,7 +14,7 @@ pub use classify::{DbErrorKind, classify};
 pub use kept::{KEEP_FOR, KEEP_IDLE, KEEP_MIN_POOL, KeptConnection, Taken};
 pub use open::OpenError;
 pub(crate) use open::{Contents, open_error};
-pub use postgres::{begin_durable, begin_durable_on, connect_postgres};
+pub use postgres::{begin_durable, begin_durable_by_key_on, begin_durable_on, connect_postgres};
 pub(crate) use postgres::{open_postgres, ping};
 pub(crate) use sqlite::SqliteDatabase;
 pub use sqlite::open_sqlite;

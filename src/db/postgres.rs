@@ -181,6 +181,28 @@ pub async fn begin_durable_on(
 /// One round trip: the simple-query protocol runs both statements.
 const BEGIN_DURABLE: &str = "BEGIN; SET LOCAL synchronous_commit = on";
 
+/// [`begin_durable_on`] for a transaction whose statements each read rows
+/// by key, with sequential scans off in it. A connection plans a statement
+/// once and keeps that plan until the next `ANALYZE` of its tables; a plan
+/// made while a table held a few rows, which a scan reads faster than an
+/// index, would read the whole table for each key as it grows. With scans
+/// off, a lookup by key is planned on its index whatever the table's
+/// statistics say. Only statements written as one lookup per key belong in
+/// it: one that joins a list of keys with a table could still be planned as
+/// a read of that table's whole index.
+///
+/// # Errors
+/// The statements failed.
+pub async fn begin_durable_by_key_on(
+    conn: &mut PgConnection,
+) -> Result<Transaction<'_, Postgres>, sqlx::Error> {
+    conn.begin_with(BEGIN_DURABLE_BY_KEY).await
+}
+
+/// One round trip, as [`BEGIN_DURABLE`].
+const BEGIN_DURABLE_BY_KEY: &str =
+    "BEGIN; SET LOCAL synchronous_commit = on; SET LOCAL enable_seqscan = off";
+
 /// Whether the pool can hand out a working connection now; bounded by the
 /// pool's acquire time-out.
 pub(crate) async fn ping(pool: &PgPool) -> bool {

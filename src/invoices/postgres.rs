@@ -13,7 +13,7 @@ use sqlx::{PgConnection, PgPool, Postgres, migrate::Migrator};
 use uuid::Uuid;
 
 use crate::{
-    db::{KeptConnection, begin_durable, begin_durable_on},
+    db::{KeptConnection, begin_durable, begin_durable_by_key_on},
     invoices::{
         domain::Invoice,
         sql_store::{self, Engine, KeyLookups, Made, SqlInvoiceStore, Stored, Write},
@@ -74,10 +74,12 @@ impl Stored for Native {
 /// One text for every group, the keys as arrays: each connection plans it
 /// once (see [`crate::db::connect_postgres`]), where a list of values would
 /// be planned anew for each group. That one plan is made on the tables as
-/// they are then, empty on a fresh database, so each key is looked up by
-/// its own read (`LATERAL … LIMIT 1`), which the planner reads by index
-/// whatever it thinks a table holds: a join of the keys with the table
-/// would be planned as a hash of the whole table, kept as the table grows.
+/// they are then, empty on a fresh database, or a few rows long when last
+/// analyzed, and kept as they grow. So each key is looked up by a read of
+/// its own (`LATERAL … LIMIT 1`), in a transaction with sequential scans off
+/// ([`begin_durable_by_key_on`]): read by index whatever the statistics say.
+/// A join of the keys with the table would be planned as a hash of the whole
+/// table.
 #[async_trait]
 impl KeyLookups for Postgres {
     #[tracing::instrument(name = "db.pending_numbers.upsert", skip_all, err(level = "debug"))]
@@ -168,7 +170,7 @@ impl Engine for PgEngine {
 
     async fn write_group(&self, writes: &[Write]) -> Result<Made, sqlx::Error> {
         let mut conn = self.groups.take().await?;
-        let mut tx = begin_durable_on(&mut conn).await?;
+        let mut tx = begin_durable_by_key_on(&mut conn).await?;
         let made = sql_store::write_group::<Postgres, Native>(&mut tx, writes).await?;
         tx.commit().await?;
         conn.keep();
