@@ -276,7 +276,8 @@ async fn select_given_back(
                             WITH ORDINALITY AS p (tenant_id, series, period, nth)
          WHERE (SELECT min(number) FROM number_states s
                 WHERE s.tenant_id = p.tenant_id AND s.series = p.series
-                  AND s.period = p.period AND s.state = 'released') IS NOT NULL
+                  AND s.period = p.period AND s.state = 'released'
+                  AND s.state <> 'confirmed') IS NOT NULL
             OR (SELECT count(*) FROM number_states s
                 WHERE s.tenant_id = p.tenant_id AND s.series = p.series
                   AND s.period = p.period AND s.state = 'reserved'

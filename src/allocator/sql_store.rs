@@ -36,6 +36,8 @@ pub(crate) trait Engine: Send + Sync + 'static {
     /// `number_states` as a statement that reads numbers by state names it:
     /// with any hint the engine needs to read them through
     /// `number_states_by_state` rather than every number of the period.
+    /// That index leaves out confirmed numbers, so such a statement says
+    /// `state <> 'confirmed'` among its own terms.
     const BY_STATE: &'static str;
 
     /// `number_states` as a statement that reads a series' reservations by
@@ -331,8 +333,9 @@ where
         after: StatesAfter<'_>,
     ) -> Result<Vec<(StateRow, RangeRow)>, StoreError> {
         let (tenant, series) = (tenant.as_str(), series.as_str());
-        let from = E::BY_STATE;
-        let rows = select_states_after(self.0.pool(), from, tenant, series, period, after).await?;
+        let by_state = E::BY_STATE;
+        let rows =
+            select_states_after(self.0.pool(), by_state, tenant, series, period, after).await?;
         Ok(rows.into_iter().map(StatedRow::split).collect())
     }
 
@@ -859,6 +862,7 @@ where
          released AS (
              SELECT number FROM {by_state}
              WHERE tenant_id = $1 AND series = $2 AND period = $3 AND state = 'released'
+               AND state <> 'confirmed'
                AND number < COALESCE((SELECT min(number) FROM ended), 9223372036854775807)
              ORDER BY number LIMIT 1 {lock})
          UPDATE number_states
@@ -1221,10 +1225,14 @@ where
 
 /// Up to `after.limit` state rows of one or two states after a number, in
 /// order, each joined with the range that holds its number.
+///
+/// Any state but confirmed is read from `by_state` ([`Engine::BY_STATE`]);
+/// confirmed numbers, which that index leaves out and most rows are, by key
+/// in number order, skipping the rows of other states.
 #[tracing::instrument(name = "db.number_states.select_after", skip_all, err(level = "debug"))]
 async fn select_states_after<DB>(
     pool: &Pool<DB>,
-    from: &str,
+    by_state: &str,
     tenant: &str,
     series: &str,
     period: &str,
@@ -1241,19 +1249,24 @@ where
     // One ordered read of the index on state per state, merged: a state
     // whose numbers are sparse costs a page, not a walk of the period. The
     // second read is empty when both states are the same.
+    let (from, open) = if after.states.contains(&"confirmed") {
+        ("number_states", "")
+    } else {
+        (by_state, "AND state <> 'confirmed'")
+    };
     sqlx::query_as(AssertSqlSafe(format!(
         "SELECT s.number, s.state, s.reference, s.reason, s.updated_at, s.origin,
                 s.expires_at, s.request_id AS state_request_id, a.first_value, a.count, a.kind, a.request_id, a.format, a.date, a.created_at
          FROM (
              SELECT * FROM (
                  SELECT {STATE_COLUMNS} FROM {from}
-                 WHERE tenant_id = $1 AND series = $2 AND period = $3 AND state = $4
+                 WHERE tenant_id = $1 AND series = $2 AND period = $3 AND state = $4 {open}
                    AND number > $5
                  ORDER BY number LIMIT $6) first_state
              UNION ALL
              SELECT * FROM (
                  SELECT {STATE_COLUMNS} FROM {from}
-                 WHERE tenant_id = $1 AND series = $2 AND period = $3 AND state = $7
+                 WHERE tenant_id = $1 AND series = $2 AND period = $3 AND state = $7 {open}
                    AND $7 <> $4 AND number > $5
                  ORDER BY number LIMIT $6) second_state
          ) s

@@ -212,7 +212,8 @@ async fn select_given_back(
         "SELECT p.key FROM json_each(?1) AS p
          WHERE EXISTS (SELECT 1 FROM number_states INDEXED BY number_states_by_state
                        WHERE tenant_id = p.value ->> 0 AND series = p.value ->> 1
-                         AND period = p.value ->> 2 AND state = 'released')
+                         AND period = p.value ->> 2 AND state = 'released'
+                         AND state <> 'confirmed')
             OR EXISTS (SELECT 1 FROM number_states INDEXED BY number_states_leases
                        WHERE tenant_id = p.value ->> 0 AND series = p.value ->> 1
                          AND period = p.value ->> 2 AND state = 'reserved'

@@ -458,6 +458,94 @@ async fn a_listing_by_state_counts_ended_leases_as_given_back(#[case] backend: B
     }
 }
 
+/// Listing a state other than confirmed reads that state's rows, not the
+/// period's: with 300 numbers confirmed, two voided and two held, the
+/// listings of voided, held and released numbers read none of the confirmed
+/// rows. The index by state leaves confirmed numbers out, so a listing that
+/// cannot use it (its statement lost its own `state <> 'confirmed'`) walks
+/// the period by key or reads the whole table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_by_state_reads_none_of_the_confirmed_rows() {
+    use NumberState::{Released, Reserved, Voided};
+    let app = reservations(Backend::Postgres).await;
+    let mut reserved = tokio::task::JoinSet::new();
+    for _ in 0..304 {
+        let mut client = app.client.clone();
+        reserved.spawn(async move { client.reserve(reserve("")).await.unwrap() });
+    }
+    reserved.join_all().await;
+    let mut confirmed = tokio::task::JoinSet::new();
+    for number in 1..=300 {
+        let mut client = app.client.clone();
+        let reference = format!("inv-{number}");
+        confirmed.spawn(async move {
+            client
+                .confirm(confirm("", number, &reference))
+                .await
+                .unwrap()
+        });
+    }
+    confirmed.join_all().await;
+    let Reservations {
+        db,
+        _server: server,
+        mut client,
+        clock,
+    } = app;
+    for number in [301, 302] {
+        client
+            .release(release("", number, "cancelled"))
+            .await
+            .unwrap();
+    }
+    drop(server);
+    let relations = [
+        "number_states",
+        "number_states_pkey",
+        "number_states_by_state",
+    ];
+    let before = db.reads_reported(relations).await;
+
+    // Another allocator on the same database lists, sweeping only at start.
+    let mode = CommitMode::Group(GroupCommitSettings::default());
+    let rare_sweeps = RequestIdSettings {
+        purge_interval: Duration::from_hours(1),
+        ..RequestIdSettings::default()
+    };
+    let (server, client) = serve_allocator_on(&db, mode, rare_sweeps, clock.clone()).await;
+    let mut app = Reservations {
+        db,
+        _server: server,
+        client,
+        clock,
+    };
+    let expected: [(NumberState, &[i64]); 3] = [
+        (Voided, &[301, 302]),
+        (Reserved, &[303, 304]),
+        (Released, &[]),
+    ];
+    for (state, numbers) in expected {
+        for page_size in [1, 100] {
+            assert_eq!(
+                listed(&mut app, "", state, page_size).await,
+                numbers,
+                "{state:?}, {page_size} a page"
+            );
+        }
+    }
+    let Reservations {
+        db,
+        _server: server,
+        ..
+    } = app;
+    drop(server);
+    let after = db.reads_reported(relations).await;
+    let [scanned, by_key, by_state] = [0, 1, 2].map(|i| after[i] - before[i]);
+    assert!(scanned < 300, "the table read whole: {scanned} rows");
+    assert!(by_key < 300, "the period walked by key: {by_key} entries");
+    assert!(by_state > 0, "the index by state not read");
+}
+
 /// An allocator whose sweep runs at start-up, then not again within a test:
 /// leases that end stay unswept.
 async fn unswept(backend: Backend, mode: CommitMode) -> Reservations {

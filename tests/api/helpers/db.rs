@@ -200,6 +200,41 @@ impl TestDb {
         }
     }
 
+    /// What PostgreSQL counted of the reads of these relations of this
+    /// database since it was made, once every other session of it has ended
+    /// and reported its reads: rows read by a table's sequential scans, or
+    /// entries read by an index's scans.
+    pub async fn reads_reported<const N: usize>(&self, relations: [&str; N]) -> [i64; N] {
+        let mut conn = PgConnection::connect(&self.url).await.unwrap();
+        let others = "SELECT count(*) FROM pg_stat_activity
+                      WHERE datname = current_database() AND pid <> pg_backend_pid()";
+        tokio::time::timeout(super::PATIENCE, async {
+            while sqlx::query_scalar::<_, i64>(others)
+                .fetch_one(&mut conn)
+                .await
+                .unwrap()
+                > 0
+            {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the other sessions end and report their reads");
+        let mut reads = [0; N];
+        for (read, relation) in reads.iter_mut().zip(relations) {
+            *read = sqlx::query_scalar(
+                "SELECT COALESCE(
+                     (SELECT seq_tup_read FROM pg_stat_user_tables WHERE relname = $1),
+                     (SELECT idx_tup_read FROM pg_stat_user_indexes WHERE indexrelname = $1))",
+            )
+            .bind(relation)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        }
+        reads
+    }
+
     /// A PostgreSQL pool with the services' settings.
     pub async fn pool(&self, settings: &PoolSettings) -> PgPool {
         db::connect_postgres(&self.database_url(), settings)
