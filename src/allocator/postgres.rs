@@ -24,7 +24,7 @@ use crate::{
             StateWrite, StoreError,
         },
     },
-    db::{KeptConnection, begin_durable, begin_durable_on},
+    db::{KeptConnection, begin_durable, begin_durable_by_key_on},
 };
 
 /// The allocator's PostgreSQL migrations, used by start-up and by tests.
@@ -151,13 +151,19 @@ impl<'a> Keys<'a> {
 /// Per change of a batch, in order, the last range of its number's period
 /// starting at or before the number; and the state rows of its numbers,
 /// locked until the transaction ends, in key order: one statement.
+///
+/// Each row is looked up by a read of its own, the keys sorted as the
+/// table's key sorts them (`COLLATE "C"`), in a transaction with sequential
+/// scans off ([`begin_durable_by_key_on`]): a join of the keys with the
+/// table, planned once while the table was empty, hashed the whole table
+/// for every batch until the next `ANALYZE`.
 #[tracing::instrument(name = "db.number_states.lock_many", skip_all, fields(numbers = keys.numbers.len()), err(level = "debug"))]
 async fn read_and_lock(
     conn: &mut PgConnection,
     keys: &Keys<'_>,
 ) -> Result<(Vec<KeyedStateRow>, Vec<Option<RangeRow>>), sqlx::Error> {
     let read: Vec<BatchRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "WITH read ({BATCH_COLUMNS}) AS (
+        r#"WITH read ({BATCH_COLUMNS}) AS (
              SELECT w.nth, w.tenant_id, w.series, w.period, r.*, NULL::bigint, NULL, NULL,
                     NULL::timestamptz, NULL, NULL::timestamptz
              FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[])
@@ -168,13 +174,21 @@ async fn read_and_lock(
                    AND first_value <= w.number
                  ORDER BY first_value DESC LIMIT 1) r
              UNION ALL
-             SELECT 0, tenant_id, series, period, NULL, NULL, NULL, reason, request_id, NULL,
-                    NULL, NULL, number, state, reference, updated_at, origin, expires_at
-             FROM (SELECT * FROM number_states
-                   WHERE (tenant_id, series, period, number) IN
-                         (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[]))
-                   ORDER BY tenant_id, series, period, number FOR UPDATE) locked)
-         SELECT * FROM read"
+             SELECT 0, s.tenant_id, s.series, s.period, NULL, NULL, NULL, s.reason,
+                    s.request_id, NULL, NULL, NULL, s.number, s.state, s.reference,
+                    s.updated_at, s.origin, s.expires_at
+             FROM (SELECT DISTINCT tenant_id COLLATE "C" AS tenant_id,
+                                   series COLLATE "C" AS series,
+                                   period COLLATE "C" AS period, number
+                   FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[])
+                        AS k (tenant_id, series, period, number)
+                   ORDER BY 1, 2, 3, 4) k
+             CROSS JOIN LATERAL (
+                 SELECT * FROM number_states n
+                 WHERE n.tenant_id = k.tenant_id AND n.series = k.series
+                   AND n.period = k.period AND n.number = k.number
+                 FOR UPDATE) s)
+         SELECT * FROM read"#
     )))
     .bind(&keys.tenants)
     .bind(&keys.series)
@@ -187,7 +201,8 @@ async fn read_and_lock(
 
 /// Stores the rows of a batch's changes: updates of rows read and locked,
 /// or first rows; returns how many it stored. A first row another
-/// transaction stored meanwhile is not stored.
+/// transaction stored meanwhile is not stored. Each row updated is found by
+/// its key, then written by its place (`ctid`), as [`read_and_lock`] reads.
 #[tracing::instrument(name = "db.number_states.write_many", skip_all, fields(rows = rows.len()), err(level = "debug"))]
 async fn write_states(
     conn: &mut PgConnection,
@@ -210,8 +225,11 @@ async fn write_states(
                      $7::text[], $8::timestamptz[], $9::timestamptz[], $10::text[], $11::text[])
               AS u (tenant_id, series, period, number, state, reference, reason, updated_at,
                     expires_at, origin, request_id)
-         WHERE s.tenant_id = u.tenant_id AND s.series = u.series AND s.period = u.period
-           AND s.number = u.number
+              CROSS JOIN LATERAL (
+                  SELECT n.ctid FROM number_states n
+                  WHERE n.tenant_id = u.tenant_id AND n.series = u.series
+                    AND n.period = u.period AND n.number = u.number) AS n
+         WHERE s.ctid = n.ctid
          RETURNING s.number"
     };
     let stored: Vec<i64> = sqlx::query_scalar(statement)
@@ -768,7 +786,7 @@ impl Engine for PgEngine {
 
     async fn change_states(&self, writes: &[StateWrite<'_>]) -> Result<Vec<Changed>, StoreError> {
         let mut conn = self.changes.take().await?;
-        let mut tx = begin_durable_on(&mut conn).await?;
+        let mut tx = begin_durable_by_key_on(&mut conn).await?;
         let keys = Keys::of(writes);
         let (existing, ranges) = read_and_lock(&mut tx, &keys).await?;
         let planned = sql_store::plan_changes(writes, existing, ranges);

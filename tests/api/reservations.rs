@@ -546,6 +546,77 @@ async fn a_listing_by_state_reads_none_of_the_confirmed_rows() {
     assert!(by_state > 0, "the index by state not read");
 }
 
+/// On PostgreSQL each connection plans a group of changes once, on the
+/// table as it is then: empty on a fresh database, then a few rows long
+/// when first analyzed, where a scan beats an index. Groups of
+/// confirmations and releases still look each number up by key and read
+/// none of `number_states` whole, which they would go on doing for every
+/// group as the table grew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_groups_changes_look_each_number_up_by_key_in_a_table_planned_small() {
+    let app = unswept(
+        Backend::Postgres,
+        CommitMode::Group(GroupCommitSettings::default()),
+    )
+    .await;
+    let mut reserved = tokio::task::JoinSet::new();
+    for _ in 0..40 {
+        let mut client = app.client.clone();
+        reserved.spawn(async move { client.reserve(reserve("")).await.unwrap() });
+    }
+    reserved.join_all().await;
+    // Many at once, so that groups hold several numbers.
+    let changes = |numbers: std::ops::RangeInclusive<i64>| {
+        let mut changed = tokio::task::JoinSet::new();
+        for number in numbers {
+            let mut client = app.client.clone();
+            changed.spawn(async move {
+                if number <= 30 {
+                    let reference = format!("inv-{number}");
+                    client
+                        .confirm(confirm("", number, &reference))
+                        .await
+                        .unwrap();
+                } else {
+                    client
+                        .release(release("", number, "cancelled"))
+                        .await
+                        .unwrap();
+                }
+            });
+        }
+        changed.join_all()
+    };
+    changes(1..=20).await;
+    // Planned again on statistics of a table a few rows long.
+    app.db.execute("ANALYZE number_states").await;
+    changes(21..=40).await;
+
+    let Reservations {
+        db,
+        _server: server,
+        ..
+    } = app;
+    drop(server);
+    let [scanned] = db.reads_reported(["number_states"]).await;
+    assert_eq!(scanned, 0, "number_states read whole");
+    let (tenant, series) = (
+        TenantId::parse("acme").unwrap(),
+        SeriesName::parse("").unwrap(),
+    );
+    let rows = db
+        .counter_store()
+        .await
+        .states_between(&tenant, &series, "", (1, 40))
+        .await
+        .unwrap();
+    let states: Vec<&str> = rows.iter().map(|row| row.state.as_str()).collect();
+    assert_eq!(
+        states,
+        [["confirmed"; 30].as_slice(), &["voided"; 10]].concat()
+    );
+}
+
 /// An allocator whose sweep runs at start-up, then not again within a test:
 /// leases that end stay unswept.
 async fn unswept(backend: Backend, mode: CommitMode) -> Reservations {
