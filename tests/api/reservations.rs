@@ -549,9 +549,9 @@ async fn a_listing_by_state_reads_none_of_the_confirmed_rows() {
 /// On PostgreSQL each connection plans a group of changes once, on the
 /// table as it is then: empty on a fresh database, then a few rows long
 /// when first analyzed, where a scan beats an index. Groups of
-/// confirmations and releases still look each number up by key and read
-/// none of `number_states` whole, which they would go on doing for every
-/// group as the table grew.
+/// confirmations and releases still look each number up by key, and read
+/// neither `number_states` whole nor the period's states in the index by
+/// state, which they would go on doing for every group as the table grew.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_groups_changes_look_each_number_up_by_key_in_a_table_planned_small() {
     let app = unswept(
@@ -598,8 +598,11 @@ async fn a_groups_changes_look_each_number_up_by_key_in_a_table_planned_small() 
         ..
     } = app;
     drop(server);
-    let [scanned] = db.reads_reported(["number_states"]).await;
+    let [scanned, by_state] = db
+        .reads_reported(["number_states", "number_states_by_state"])
+        .await;
     assert_eq!(scanned, 0, "number_states read whole");
+    assert_eq!(by_state, 0, "numbers looked up through the period's states");
     let (tenant, series) = (
         TenantId::parse("acme").unwrap(),
         SeriesName::parse("").unwrap(),
