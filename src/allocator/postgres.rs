@@ -228,7 +228,8 @@ async fn write_states(
               CROSS JOIN LATERAL (
                   SELECT n.ctid FROM number_states n
                   WHERE n.tenant_id = u.tenant_id AND n.series = u.series
-                    AND n.period = u.period AND n.number = u.number) AS n
+                    AND n.period = u.period AND n.number = u.number
+                  LIMIT 1) AS n
          WHERE s.ctid = n.ctid
          RETURNING s.number"
     };

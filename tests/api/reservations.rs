@@ -598,11 +598,16 @@ async fn a_groups_changes_look_each_number_up_by_key_in_a_table_planned_small() 
         ..
     } = app;
     drop(server);
-    let [scanned, by_state] = db
-        .reads_reported(["number_states", "number_states_by_state"])
-        .await;
+    let relations = [
+        "number_states",
+        "number_states_by_state",
+        "number_states_pkey",
+    ];
+    let [scanned, by_state, by_key] = db.reads_reported(relations).await;
     assert_eq!(scanned, 0, "number_states read whole");
     assert_eq!(by_state, 0, "numbers looked up through the period's states");
+    // Each change reads its number's entry twice: to lock it, and to write.
+    assert!(by_key <= 80, "the key read whole: {by_key} entries");
     let (tenant, series) = (
         TenantId::parse("acme").unwrap(),
         SeriesName::parse("").unwrap(),
