@@ -10,7 +10,8 @@ use std::{
 };
 
 use sqlx::{
-    AssertSqlSafe, Connection, PgConnection, SqliteConnection, sqlite::SqliteConnectOptions,
+    AssertSqlSafe, ConnectOptions, Connection, PgConnection, SqliteConnection,
+    postgres::PgConnectOptions, sqlite::SqliteConnectOptions,
 };
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
@@ -157,7 +158,9 @@ impl FreshDatabase {
 
 impl SpawnedAllocator {
     /// Runs `sql` on the allocator's database, behind its back: for
-    /// benchmarks that need more data than calls would make in time.
+    /// benchmarks that need more data than calls would make in time, and
+    /// the analyzes that stand in for autovacuum. Not logged, slow or not:
+    /// an `ANALYZE` of a large database takes seconds.
     ///
     /// # Errors
     /// The statement failed.
@@ -165,7 +168,8 @@ impl SpawnedAllocator {
         let sql = AssertSqlSafe(sql.to_owned());
         match &self.database {
             FreshDatabase::Postgres { url, .. } => {
-                let mut conn = PgConnection::connect(url).await?;
+                let options: PgConnectOptions = url.parse()?;
+                let mut conn = options.disable_statement_logging().connect().await?;
                 sqlx::query(sql).execute(&mut conn).await?;
             }
             FreshDatabase::Sqlite { dir } => {
