@@ -285,6 +285,13 @@ impl InvoiceWriter {
                     }
                     self.let_go(done).await;
                 }
+                // The invoice may be stored all the same: its connection was
+                // lost, or its time ran out, while its group committed. The
+                // number stays reserved and noted: reconciliation confirms it
+                // to the invoice the note names if that is stored, and gives
+                // it back otherwise.
+                Err(error @ StoreError::Unavailable(_)) => return Err(error.into()),
+                // Refused: not stored.
                 Err(error) => {
                     let number = NumberOf::held_by(&invoice);
                     if self

@@ -12,22 +12,25 @@ use std::{
 };
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use numbering::{
     clock::SystemClock,
     db::Backend,
     invoices::{
+        InvoiceWriter,
         domain::Invoice,
         store::{HighestNumber, InvoiceStore, Note, NumberOf, Pending, StoreError},
     },
     proto::{
-        CreateInvoiceRequest, CreateInvoiceResponse, invoice_writer_client::InvoiceWriterClient,
+        AuditSeriesRequest, CreateInvoiceRequest, CreateInvoiceResponse,
+        invoice_writer_client::InvoiceWriterClient,
     },
     request_id::RequestId,
     server::{ServerSettings, Store},
     tenant::TenantId,
 };
 use rstest_reuse::apply;
+use tokio::time::Instant;
 use tonic::{Code, Request, Response, Status, transport::Channel};
 use uuid::Uuid;
 
@@ -242,6 +245,7 @@ async fn a_retry_after_a_failure_past_the_commit_returns_the_invoice(
         how,
         armed: AtomicBool::new(true),
     });
+    let stored: Arc<dyn InvoiceStore> = store.clone();
     // The server's time-out ends a hung call, with DEADLINE_EXCEEDED.
     let settings = ServerSettings {
         request_timeout: Duration::from_millis(500),
@@ -273,6 +277,36 @@ async fn a_retry_after_a_failure_past_the_commit_returns_the_invoice(
     let invoices = list_all(&mut writer.client, "acme").await;
     assert_eq!(invoices.len(), 1);
     assert_eq!(Some(&invoices[0]), retried.invoice.as_ref());
+
+    // The failed call could not tell whether its invoice was stored, so its
+    // number is neither given back nor confirmed: still reserved, and noted.
+    let audit = allocator
+        .client
+        .clone()
+        .audit_series(AuditSeriesRequest {
+            tenant_id: "acme".into(),
+            ..AuditSeriesRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (audit.reserved, audit.released, audit.voided),
+        (1, 0, 0),
+        "{audit:?}"
+    );
+    // Reconciliation confirms it to the stored invoice the note names.
+    let reconciler = InvoiceWriter::new(stored, allocator_client(&url), 3, Arc::new(SystemClock));
+    let settled = reconciler
+        .reconcile(
+            Utc::now() + TimeDelta::minutes(1),
+            10,
+            Instant::now() + PATIENCE,
+        )
+        .await
+        .unwrap();
+    assert_eq!(settled.given_back, 0, "{settled:?}");
+    assert_confirmed_with_ids(&mut allocator.client.clone(), "", &invoices).await;
 }
 
 #[apply(backends)]
