@@ -151,6 +151,48 @@ impl ProcessorTime {
     }
 }
 
+/// A workload's processor time per call and how busy it kept the cores:
+/// what its share of a no-op ceiling on the same cores can reach.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CallCost {
+    /// The machine's busy time per call, in µs: every party's.
+    pub micros: f64,
+    /// The share of the cores' time that was busy.
+    pub busy: f64,
+}
+
+impl CallCost {
+    /// The time of `time` over `calls`, if the machine's counters were read.
+    #[must_use]
+    pub fn of(time: &ProcessorTime, calls: u64) -> Option<Self> {
+        #[allow(clippy::cast_precision_loss)] // calls of a few runs, far below 2^52
+        let calls = calls.max(1) as f64;
+        Some(Self {
+            micros: time.busy?.as_secs_f64() * 1e6 / calls,
+            busy: 1.0 - time.idle_share()?,
+        })
+    }
+
+    /// This workload's calls a second over `ceiling`'s, were no core left
+    /// idle, each of its calls counting as `calls_each` of the ceiling's (a
+    /// `Reserve` + `Confirm` pair as two). The ceiling makes `busy ÷ micros`
+    /// calls per µs of a core, this workload `1 ÷ micros` with none idle; its
+    /// measured share is this times its own busy share.
+    #[must_use]
+    pub fn reach(self, ceiling: Self, calls_each: f64) -> f64 {
+        calls_each * ceiling.micros / (ceiling.busy * self.micros)
+    }
+
+    /// This cost with `spent` µs of each call's spent as `instead`.
+    #[must_use]
+    pub fn with(self, spent: f64, instead: f64) -> Self {
+        Self {
+            micros: self.micros - spent + instead,
+            ..self
+        }
+    }
+}
+
 /// [`ProcessorTime::per_call`], printed.
 pub struct PerCall<'a> {
     time: &'a ProcessorTime,
@@ -356,6 +398,50 @@ mod tests {
             spent.busy.unwrap() + Duration::from_millis(20) >= spent.own.unwrap(),
             "{spent:?}"
         );
+    }
+
+    #[test]
+    fn a_share_reaches_the_ceilings_cost_over_its_own_with_no_core_idle() {
+        let ms = |ms| Some(Duration::from_millis(ms));
+        // 1,000 health checks at 34 µs each with 3% of the cores idle; 1,000
+        // calls at 64 µs with 17% idle, 24 µs of them the service's, which a
+        // health check costs 14 µs.
+        let noop = ProcessorTime {
+            busy: ms(34),
+            idle: Some(Duration::from_micros(34_000 * 3 / 97)),
+            ..ProcessorTime::default()
+        };
+        let call = ProcessorTime {
+            busy: ms(64),
+            idle: Some(Duration::from_micros(64_000 * 17 / 83)),
+            ..ProcessorTime::default()
+        };
+        let (noop, call) = (
+            CallCost::of(&noop, 1000).unwrap(),
+            CallCost::of(&call, 1000).unwrap(),
+        );
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-3;
+        assert!(
+            close(noop.micros, 34.0) && close(noop.busy, 0.97),
+            "{noop:?}"
+        );
+        assert!(
+            close(call.micros, 64.0) && close(call.busy, 0.83),
+            "{call:?}"
+        );
+        // 34 ÷ (0.97 × 64), and the share measured is that at 83% busy.
+        assert!(
+            close(call.reach(noop, 1.0), 0.5477),
+            "{}",
+            call.reach(noop, 1.0)
+        );
+        assert!(close(call.reach(noop, 1.0) * call.busy, 0.4546));
+        // 34 ÷ (0.97 × 54) with the service at a health check's cost.
+        let at_noop = call.with(24.0, 14.0);
+        assert!(close(at_noop.reach(noop, 1.0), 0.6491));
+        // A pair counts as two of the ceiling's calls.
+        assert!(close(call.reach(noop, 2.0), 2.0 * 0.5477));
+        assert_eq!(CallCost::of(&ProcessorTime::default(), 1000), None);
     }
 
     #[test]
