@@ -19,7 +19,7 @@ use crate::{
         store::{InvoiceStore, Note, NumberOf, Pending, StoreError},
     },
     page::Page,
-    proto::NumberRecord,
+    proto::{NumberRecord, NumberState},
     request_id::RequestId,
     server::status::chain,
     tenant::TenantId,
@@ -242,6 +242,22 @@ impl InvoiceWriter {
                 }
                 Err(error) => return Err(error.into()),
             };
+            // A repeat of this attempt's reservation answers its number as
+            // it stands now: given back since (by reconciliation, or at the
+            // lease's end), perhaps held by another call. Only a number
+            // still reserved under this attempt's key is this call's.
+            if reserved.state() != NumberState::Reserved || reserved.request_id != key {
+                tracing::warn!(
+                    tenant = %new.tenant_id,
+                    number = reserved.number,
+                    state = ?reserved.state(),
+                    attempt,
+                    max_attempts = self.max_attempts,
+                    "the number this attempt reserved is no longer held for it; reserving another",
+                );
+                self.let_go(done).await;
+                continue;
+            }
             let number = numbered(reserved)?;
             let invoice = new.numbered(number, id, self.clock.now());
             match self.store.insert(&invoice, request_id, true).await {

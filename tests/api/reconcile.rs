@@ -9,7 +9,8 @@ use nix::sys::signal::{Signal, kill};
 use numbering::{
     db::Backend,
     proto::{
-        AuditSeriesRequest, AuditSeriesResponse, GetNumberRequest, NumberState,
+        AuditSeriesRequest, AuditSeriesResponse, ConfigureSeriesRequest, CreateInvoiceRequest,
+        GapPolicy, GetNumberRequest, NumberState, ReserveRequest,
         invoice_writer_client::InvoiceWriterClient, number_allocator_client::NumberAllocatorClient,
     },
 };
@@ -36,8 +37,13 @@ async fn writer(db: &TestDb, allocator_url: &str) -> Running {
 /// Starts a CreateInvoice through `writer`, waits until the proxy holds the
 /// reply it was told to, and kills the writer with SIGKILL.
 async fn kill_mid_call(writer: Running, proxy: &AllocatorProxy) {
+    kill_mid(writer, proxy, invoice_request("acme")).await;
+}
+
+/// As [`kill_mid_call`], with `request`.
+async fn kill_mid(writer: Running, proxy: &AllocatorProxy, request: CreateInvoiceRequest) {
     let mut client = InvoiceWriterClient::connect(writer.url()).await.unwrap();
-    let call = tokio::spawn(async move { client.create_invoice(invoice_request("acme")).await });
+    let call = tokio::spawn(async move { client.create_invoice(request).await });
     tokio::time::timeout(PATIENCE, proxy.hung())
         .await
         .expect("the call reaches the held reply");
@@ -125,6 +131,122 @@ async fn a_number_reserved_for_an_invoice_never_stored_is_given_back(#[case] bac
             audit.last_value,
             audit.confirmed,
             audit.voided,
+            audit.unaccounted
+        ),
+        (2, 1, 1, 0)
+    );
+}
+
+/// Killed after the allocator reserved the number, and repeated with its
+/// request id once the restarted writer gave that number back: a repeat of
+/// the reservation answers the number voided, and the call takes the next
+/// one instead of storing an invoice under a voided number.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_after_its_number_was_given_back_takes_another(#[case] backend: Backend) {
+    let mut allocator = spawn_allocator(backend).await;
+    let proxy = AllocatorProxy::new(allocator.client.clone(), Fault::Hang(Method::Reserve));
+    let (proxy_url, _serving) = proxy.serve().await;
+    let db = TestDb::create(backend).await;
+    let request = CreateInvoiceRequest {
+        request_id: "order-1".into(),
+        ..invoice_request("acme")
+    };
+    kill_mid(writer(&db, &proxy_url).await, &proxy, request.clone()).await;
+
+    let restarted = writer(&db, &allocator.server.url()).await;
+    wait_for_audit(&mut allocator.client, |audit| {
+        (audit.reserved, audit.voided) == (0, 1)
+    })
+    .await;
+    let mut client = InvoiceWriterClient::connect(restarted.url()).await.unwrap();
+    let repeated = client.create_invoice(request).await.unwrap().into_inner();
+    assert!(!repeated.replayed, "no invoice was stored to replay");
+    let invoice = repeated.invoice.unwrap();
+    assert_eq!(invoice.invoice_number, "INV-002");
+    let invoices = list_all(&mut client, "acme").await;
+    assert_eq!(invoices, [invoice]);
+    assert_confirmed_with_ids(&mut allocator.client, "", &invoices).await;
+    let audit = audit(&mut allocator.client).await;
+    assert_eq!(
+        (
+            audit.last_value,
+            audit.confirmed,
+            audit.voided,
+            audit.unaccounted
+        ),
+        (2, 1, 1, 0)
+    );
+}
+
+/// As above on a series that hands given-back numbers out again, where
+/// another call reserved the number before the repeat: a repeat of the
+/// reservation answers it reserved, but under the other call's request id,
+/// and the repeat takes the next number.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_whose_number_another_call_holds_takes_another(#[case] backend: Backend) {
+    let mut allocator = spawn_allocator(backend).await;
+    allocator
+        .client
+        .configure_series(ConfigureSeriesRequest {
+            tenant_id: "acme".into(),
+            gap_policy: GapPolicy::Reissue.into(),
+            ..ConfigureSeriesRequest::default()
+        })
+        .await
+        .unwrap();
+    let proxy = AllocatorProxy::new(allocator.client.clone(), Fault::Hang(Method::Reserve));
+    let (proxy_url, _serving) = proxy.serve().await;
+    let db = TestDb::create(backend).await;
+    let request = CreateInvoiceRequest {
+        request_id: "order-1".into(),
+        ..invoice_request("acme")
+    };
+    kill_mid(writer(&db, &proxy_url).await, &proxy, request.clone()).await;
+
+    let restarted = writer(&db, &allocator.server.url()).await;
+    wait_for_audit(&mut allocator.client, |audit| {
+        (audit.reserved, audit.released) == (0, 1)
+    })
+    .await;
+    let other = allocator
+        .client
+        .reserve(ReserveRequest {
+            tenant_id: "acme".into(),
+            request_id: "someone-else".into(),
+            ..ReserveRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .record
+        .unwrap();
+    assert_eq!(other.number, 1, "the number given back is reserved again");
+
+    let mut client = InvoiceWriterClient::connect(restarted.url()).await.unwrap();
+    let repeated = client.create_invoice(request).await.unwrap().into_inner();
+    let invoice = repeated.invoice.unwrap();
+    assert_eq!(invoice.invoice_number, "INV-002");
+    let first = allocator
+        .client
+        .get_number(GetNumberRequest {
+            tenant_id: "acme".into(),
+            number: 1,
+            ..GetNumberRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .record
+        .unwrap();
+    assert_eq!(first, other, "the other call's reservation is untouched");
+    let audit = audit(&mut allocator.client).await;
+    assert_eq!(
+        (
+            audit.last_value,
+            audit.confirmed,
+            audit.reserved,
             audit.unaccounted
         ),
         (2, 1, 1, 0)
