@@ -86,7 +86,7 @@ fn confirm(bytes: &[u8]) {
     let Some(request) = decode::<ConfirmRequest>(bytes) else {
         return;
     };
-    names(&request.tenant_id, &request.series, "");
+    names(&request.tenant_id, &request.series, &request.request_id);
     let _ = calendar::check_period(&request.period);
     if let Ok(reference) = text::check(&request.reference, 256, true) {
         // What is accepted is accepted again, unchanged.

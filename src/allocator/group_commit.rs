@@ -136,16 +136,22 @@ struct WaitingChange {
 
 /// A [`StateChange`] that waits in a queue.
 enum OwnedChange {
-    Confirm(String),
-    Release(String),
+    Confirm(String, Option<String>),
+    Release(String, Option<String>),
     Void(String),
 }
 
 impl WaitingChange {
     fn write(&self) -> StateWrite<'_> {
         let change = match &self.change {
-            OwnedChange::Confirm(reference) => StateChange::Confirm { reference },
-            OwnedChange::Release(reason) => StateChange::Release { reason },
+            OwnedChange::Confirm(reference, holder) => StateChange::Confirm {
+                reference,
+                holder: holder.as_deref(),
+            },
+            OwnedChange::Release(reason, holder) => StateChange::Release {
+                reason,
+                holder: holder.as_deref(),
+            },
             OwnedChange::Void(reason) => StateChange::Void { reason },
         };
         StateWrite {
@@ -269,8 +275,12 @@ impl GroupCommitter {
     /// [`GroupError::Store`] when the group's transaction failed.
     pub async fn change(&self, write: StateWrite<'_>) -> Result<Changed, GroupError> {
         let change = match write.change {
-            StateChange::Confirm { reference } => OwnedChange::Confirm(reference.to_owned()),
-            StateChange::Release { reason } => OwnedChange::Release(reason.to_owned()),
+            StateChange::Confirm { reference, holder } => {
+                OwnedChange::Confirm(reference.to_owned(), holder.map(str::to_owned))
+            }
+            StateChange::Release { reason, holder } => {
+                OwnedChange::Release(reason.to_owned(), holder.map(str::to_owned))
+            }
             StateChange::Void { reason } => OwnedChange::Void(reason.to_owned()),
         };
         let waiting = WaitingChange {

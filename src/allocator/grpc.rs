@@ -66,11 +66,20 @@ impl AllocatorService {
             asked.number,
         );
         let (field, note, needs) = match change {
-            StateChange::Confirm { reference } => ("reference", reference, Needs::Tenant),
-            StateChange::Release { reason } => ("reason", reason, Needs::Tenant),
+            StateChange::Confirm { reference, .. } => ("reference", reference, Needs::Tenant),
+            StateChange::Release { reason, .. } => ("reason", reason, Needs::Tenant),
             StateChange::Void { reason } => ("reason", reason, Needs::Admin),
         };
         violations.check(field, check_note(note));
+        if let StateChange::Confirm {
+            holder: Some(id), ..
+        }
+        | StateChange::Release {
+            holder: Some(id), ..
+        } = change
+        {
+            violations.check("request_id", RequestId::parse(id));
+        }
         violations.finish()?;
         let Some((tenant, series)) = names else {
             unreachable!("finish() returned Ok, so every field parsed");
@@ -91,6 +100,11 @@ impl AllocatorService {
         };
         Ok(shown.record(record))
     }
+}
+
+/// The request id a change names its number's holder by; empty: none.
+fn holder(request_id: &str) -> Option<&str> {
+    (!request_id.is_empty()).then_some(request_id)
 }
 
 /// The fields of a request that name one number, as sent.
@@ -422,6 +436,7 @@ impl NumberAllocator for AllocatorService {
         };
         let change = StateChange::Confirm {
             reference: &request.reference,
+            holder: holder(&request.request_id),
         };
         let record = self.change(&admission, asked, change).await?;
         Ok(Response::new(ConfirmResponse {
@@ -478,6 +493,7 @@ impl NumberAllocator for AllocatorService {
         };
         let change = StateChange::Release {
             reason: &request.reason,
+            holder: holder(&request.request_id),
         };
         let record = self.change(&admission, asked, change).await?;
         Ok(Response::new(ReleaseResponse {
@@ -776,6 +792,15 @@ fn refused(refusal: StateRefusal) -> Status {
             "the number was handed out by Allocate, not reserved: confirm or void it",
             "NUMBER_NOT_RESERVED",
             &[],
+        ),
+        StateRefusal::NotTheHolder { request_id } => with_reason(
+            Code::FailedPrecondition,
+            format!(
+                "the number is held under request id {request_id:?}, not this one: its \
+                 reservation under this one ended and another call took it"
+            ),
+            "NOT_THE_HOLDER",
+            &[("requestId", request_id)],
         ),
     }
 }

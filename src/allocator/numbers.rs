@@ -289,11 +289,27 @@ pub fn decide(
     };
     let lease = current.and_then(|row| row.expires_at);
     let expired_at = standing.as_ref().and_then(|s| s.expired_at);
+    let holder = match change {
+        StateChange::Confirm { holder, .. } | StateChange::Release { holder, .. } => holder,
+        StateChange::Void { .. } => None,
+    };
+    // Only a reservation's row names who holds the number: taken again
+    // after its lease ended, it names the call that took it.
+    if let Some(holder) = holder
+        && let Some(held_by) = current.and_then(|row| row.request_id.as_deref())
+        && held_by != holder
+    {
+        return refuse(StateRefusal::NotTheHolder {
+            request_id: held_by.to_owned(),
+        });
+    }
     match change {
         StateChange::Confirm { .. } if let Some(expired_at) = expired_at => {
             refuse(StateRefusal::Expired { expired_at })
         }
-        StateChange::Confirm { reference: asked } => match state {
+        StateChange::Confirm {
+            reference: asked, ..
+        } => match state {
             Issued | Reserved => write(Confirmed, asked, "", lease),
             Confirmed if reference == asked => Ok(None),
             Confirmed => refuse(StateRefusal::AlreadyConfirmed {
@@ -301,7 +317,7 @@ pub fn decide(
             }),
             Released | Voided | Skipped => given_back(state),
         },
-        StateChange::Release { reason: asked } => match state {
+        StateChange::Release { reason: asked, .. } => match state {
             Reserved => write(held.policy.given_back(), "", asked, None),
             Issued => refuse(StateRefusal::NotReserved),
             Confirmed => refuse(StateRefusal::Confirmed {
@@ -653,7 +669,10 @@ mod tests {
 
     #[test]
     fn confirm_and_void_follow_the_transitions() {
-        let confirm = |reference| StateChange::Confirm { reference };
+        let confirm = |reference| StateChange::Confirm {
+            reference,
+            holder: None,
+        };
         let void = |reason| StateChange::Void { reason };
         let confirmed = row("confirmed", "inv-1", "");
         let voided = row("voided", "inv-1", "cancelled");
@@ -689,8 +708,14 @@ mod tests {
     #[test]
     fn a_reservation_is_confirmed_or_given_back_by_the_policy() {
         use GapPolicy::{Reissue, Void};
-        let confirm = StateChange::Confirm { reference: "inv-9" };
-        let release = StateChange::Release { reason: "refused" };
+        let confirm = StateChange::Confirm {
+            reference: "inv-9",
+            holder: None,
+        };
+        let release = StateChange::Release {
+            reason: "refused",
+            holder: None,
+        };
         let live = reserved();
         assert_eq!(
             decided(Some(&live), confirm, Void, 4),
@@ -730,7 +755,10 @@ mod tests {
     #[test]
     fn a_lease_that_ended_refuses_confirmation_swept_or_not() {
         use GapPolicy::{Reissue, Void};
-        let confirm = StateChange::Confirm { reference: "inv-9" };
+        let confirm = StateChange::Confirm {
+            reference: "inv-9",
+            holder: None,
+        };
         let expired = Err(StateRefusal::Expired { expired_at: at(5) });
         // Unswept: the row still says reserved.
         assert_eq!(decided(Some(&reserved()), confirm, Void, 5), expired);
@@ -742,7 +770,10 @@ mod tests {
         };
         assert_eq!(decided(Some(&swept), confirm, Reissue, 60), expired);
         // Releasing it after its end: it stands given back already.
-        let release = StateChange::Release { reason: "refused" };
+        let release = StateChange::Release {
+            reason: "refused",
+            holder: None,
+        };
         assert_eq!(
             decided(Some(&reserved()), release, Void, 6),
             Err(StateRefusal::Voided {

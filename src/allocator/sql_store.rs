@@ -1671,7 +1671,10 @@ mod tests {
             change,
             held,
         };
-        let confirm = |reference| StateChange::Confirm { reference };
+        let confirm = |reference| StateChange::Confirm {
+            reference,
+            holder: None,
+        };
         let writes = [
             // 3 has no row (issued): confirmed, then repeated.
             write(3, confirm("inv-3")),

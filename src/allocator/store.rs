@@ -471,12 +471,17 @@ pub enum StateChange<'a> {
     Confirm {
         /// The document's reference.
         reference: &'a str,
+        /// The request id the caller reserved it under, if it names one:
+        /// a number held under another is refused.
+        holder: Option<&'a str>,
     },
     /// Its reservation is given back, for `reason`: released or voided by
     /// the series' gap policy.
     Release {
         /// Why.
         reason: &'a str,
+        /// As [`StateChange::Confirm`]'s.
+        holder: Option<&'a str>,
     },
     /// It will never be used, for `reason`.
     Void {
@@ -521,6 +526,13 @@ pub enum StateRefusal {
     /// Handed out by `Allocate`, not reserved: there is nothing to release.
     #[error("the number was not reserved; confirm or void it")]
     NotReserved,
+    /// Held under another request id than the caller's: its reservation
+    /// under the caller's ended and another call took the number.
+    #[error("the number is held under request id {request_id:?}")]
+    NotTheHolder {
+        /// The request id it is held under.
+        request_id: String,
+    },
 }
 
 /// What became of a number since its range was recorded, when that is not

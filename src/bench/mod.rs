@@ -406,6 +406,7 @@ async fn reserve_confirm(
             period: reserved.period,
             number: reserved.number,
             reference: format!("bench-{}", reserved.number),
+            request_id: reserved.request_id,
         })
         .await?;
     Ok(reserved.number)

@@ -237,7 +237,9 @@ impl AllocatorClient {
     }
 
     /// Confirms the tenant's invoice number `number` of `period` with
-    /// `reference`; again with the same reference it answers the same.
+    /// `reference`; again with the same reference it answers the same. With
+    /// `holder`, the request id it was reserved with, a number held under
+    /// another is refused (`NOT_THE_HOLDER`).
     /// Retried with backoff while the allocator is unreachable, until `deadline`.
     ///
     /// # Errors
@@ -248,6 +250,7 @@ impl AllocatorClient {
         period: &str,
         number: i64,
         reference: &str,
+        holder: Option<&str>,
         deadline: Instant,
     ) -> Result<NumberRecord, AllocatorError> {
         self.retried("Confirm", tenant, deadline, |remaining| {
@@ -257,6 +260,7 @@ impl AllocatorClient {
                 period: period.to_owned(),
                 number,
                 reference: reference.to_owned(),
+                request_id: holder.unwrap_or_default().to_owned(),
             });
             request.set_timeout(remaining);
             let mut client = self.client.clone();
@@ -271,7 +275,8 @@ impl AllocatorClient {
     }
 
     /// Gives back the tenant's reserved invoice number `number` of `period`,
-    /// for `reason`. Retried with backoff while the allocator is unreachable, until `deadline`.
+    /// for `reason`, if held under `holder` when that is given. Retried with
+    /// backoff while the allocator is unreachable, until `deadline`.
     ///
     /// # Errors
     /// As [`AllocatorClient::reserve`]; a number given back already is
@@ -282,6 +287,7 @@ impl AllocatorClient {
         period: &str,
         number: i64,
         reason: &str,
+        holder: Option<&str>,
         deadline: Instant,
     ) -> Result<NumberRecord, AllocatorError> {
         self.retried("Release", tenant, deadline, |remaining| {
@@ -291,6 +297,7 @@ impl AllocatorClient {
                 period: period.to_owned(),
                 number,
                 reason: reason.to_owned(),
+                request_id: holder.unwrap_or_default().to_owned(),
             });
             request.set_timeout(remaining);
             let mut client = self.client.clone();

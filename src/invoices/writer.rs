@@ -242,19 +242,7 @@ impl InvoiceWriter {
                 }
                 Err(error) => return Err(error.into()),
             };
-            // A repeat of this attempt's reservation answers its number as
-            // it stands now: given back since (by reconciliation, or at the
-            // lease's end), perhaps held by another call. Only a number
-            // still reserved under this attempt's key is this call's.
-            if reserved.state() != NumberState::Reserved || reserved.request_id != key {
-                tracing::warn!(
-                    tenant = %new.tenant_id,
-                    number = reserved.number,
-                    state = ?reserved.state(),
-                    attempt,
-                    max_attempts = self.max_attempts,
-                    "the number this attempt reserved is no longer held for it; reserving another",
-                );
+            if !self.held_for(&new.tenant_id, &reserved, &key, attempt) {
                 self.let_go(done).await;
                 continue;
             }
@@ -311,7 +299,7 @@ impl InvoiceWriter {
                 Err(error) => {
                     let number = NumberOf::held_by(&invoice);
                     if self
-                        .give_back(number, "the invoice was not stored", deadline)
+                        .give_back(number, "the invoice was not stored", &key, deadline)
                         .await
                     {
                         self.let_go(done).await;
@@ -324,6 +312,32 @@ impl InvoiceWriter {
             tenant: new.tenant_id.to_string(),
             attempts: self.max_attempts,
         })
+    }
+
+    /// Whether `reserved`, the answer to attempt `attempt`'s reservation
+    /// under `key`, is this call's to use. A repeat of the reservation
+    /// answers its number as it stands now: given back since (by
+    /// reconciliation, or at the lease's end), perhaps held by another call.
+    /// Only a number still reserved under the attempt's key is the call's.
+    fn held_for(
+        &self,
+        tenant: &TenantId,
+        reserved: &NumberRecord,
+        key: &str,
+        attempt: u32,
+    ) -> bool {
+        let held = reserved.state() == NumberState::Reserved && reserved.request_id == key;
+        if !held {
+            tracing::warn!(
+                %tenant,
+                number = reserved.number,
+                state = ?reserved.state(),
+                attempt,
+                max_attempts = self.max_attempts,
+                "the number this attempt reserved is no longer held for it; reserving another",
+            );
+        }
+        held
     }
 
     /// Notes an attempt's reservation pending; or, if the call's request id
@@ -388,7 +402,11 @@ impl InvoiceWriter {
     /// a note lost in a crash makes reconciliation confirm the number again,
     /// which answers the same record.
     async fn confirm(&self, invoice: &Invoice, settle: Settle, deadline: Instant) {
-        if !self.settles(invoice, deadline).await {
+        let holder = match &settle {
+            Settle::Note(request_key) => Some(request_key.as_str()),
+            Settle::Mark => None,
+        };
+        if !self.settles(invoice, holder, deadline).await {
             return;
         }
         let store = self.store.clone();
@@ -418,9 +436,10 @@ impl InvoiceWriter {
         tokio::spawn(noted.in_current_span());
     }
 
-    /// Confirms a stored invoice's number with its id; whether it is
-    /// settled (confirmed, not one the allocator handed out, or refused).
-    async fn settles(&self, invoice: &Invoice, deadline: Instant) -> bool {
+    /// Confirms a stored invoice's number with its id, as reserved under
+    /// `holder` if that is known; whether it is settled (confirmed, not one
+    /// the allocator handed out, or refused).
+    async fn settles(&self, invoice: &Invoice, holder: Option<&str>, deadline: Instant) -> bool {
         let confirmed = self
             .allocator
             .confirm(
@@ -428,6 +447,7 @@ impl InvoiceWriter {
                 &invoice.period,
                 invoice.number,
                 &invoice.id.to_string(),
+                holder,
                 deadline,
             )
             .await;
@@ -464,10 +484,17 @@ impl InvoiceWriter {
         }
     }
 
-    /// Gives back a number reserved for an invoice that was not stored;
-    /// whether it is given back (or was, or is confirmed since). A failure is
-    /// logged: reconciliation, or the lease's end, gives it back later.
-    async fn give_back(&self, number: NumberOf<'_>, reason: &str, deadline: Instant) -> bool {
+    /// Gives back a number reserved under `holder` for an invoice that was
+    /// not stored; whether it is given back (or was, or is confirmed or held
+    /// by another call since). A failure is logged: reconciliation, or the
+    /// lease's end, gives it back later.
+    async fn give_back(
+        &self,
+        number: NumberOf<'_>,
+        reason: &str,
+        holder: &str,
+        deadline: Instant,
+    ) -> bool {
         let released = self
             .allocator
             .release(
@@ -475,12 +502,14 @@ impl InvoiceWriter {
                 number.period,
                 number.number,
                 reason,
+                Some(holder),
                 deadline,
             )
             .await;
         match released {
             Ok(_) => true,
-            // Given back before, or confirmed since: nothing to give back.
+            // Given back before, confirmed since, or taken by another call
+            // since its lease ended: nothing of this call's to give back.
             Err(AllocatorError::Rejected(status)) if status.code() == Code::FailedPrecondition => {
                 true
             }
@@ -545,7 +574,10 @@ impl InvoiceWriter {
             Err(_) => None,
         };
         if let Some(stored) = named {
-            if self.settles(&stored, deadline).await {
+            if self
+                .settles(&stored, Some(&pending.request_key), deadline)
+                .await
+            {
                 self.store.note(done).await?;
             }
             return Ok(false);
@@ -581,14 +613,20 @@ impl InvoiceWriter {
             number: record.number,
             formatted: &record.formatted,
         };
+        // Stored by this call, or by another under the same number.
         if let Some(stored) = self.store.get_by_number(number).await? {
-            if self.settles(&stored, deadline).await {
+            if self.settles(&stored, None, deadline).await {
                 self.store.note(done).await?;
             }
             return Ok(false);
         }
         let given_back = self
-            .give_back(number, "the invoice was not stored", deadline)
+            .give_back(
+                number,
+                "the invoice was not stored",
+                &pending.request_key,
+                deadline,
+            )
             .await;
         if given_back {
             self.store.note(done).await?;

@@ -268,6 +268,32 @@ async fn text_that_would_show_otherwise_is_refused_everywhere(#[case] backend: B
                 .unwrap_err(),
         ));
         refused.push((
+            "Confirm",
+            "request_id",
+            client
+                .confirm(ConfirmRequest {
+                    request_id: text.into(),
+                    ..confirm(1, "inv-1")
+                })
+                .await
+                .unwrap_err(),
+        ));
+        refused.push((
+            "Release",
+            "request_id",
+            client
+                .release(ReleaseRequest {
+                    tenant_id: "acme".into(),
+                    period: period.clone(),
+                    number: 2,
+                    reason: "not stored".into(),
+                    request_id: text.into(),
+                    ..ReleaseRequest::default()
+                })
+                .await
+                .unwrap_err(),
+        ));
+        refused.push((
             "Void",
             "reason",
             client

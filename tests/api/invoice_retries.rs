@@ -14,6 +14,7 @@ use std::{
 use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
 use numbering::{
+    allocator::{CommitMode, app::RequestIdSettings, group_commit::GroupCommitSettings},
     clock::SystemClock,
     db::Backend,
     invoices::{
@@ -22,7 +23,8 @@ use numbering::{
         store::{HighestNumber, InvoiceStore, Note, NumberOf, Pending, StoreError},
     },
     proto::{
-        AuditSeriesRequest, CreateInvoiceRequest, CreateInvoiceResponse,
+        AuditSeriesRequest, ConfigureSeriesRequest, CreateInvoiceRequest, CreateInvoiceResponse,
+        GapPolicy, GetNumberRequest, NumberState, ReserveRequest,
         invoice_writer_client::InvoiceWriterClient,
     },
     request_id::RequestId,
@@ -37,9 +39,10 @@ use uuid::Uuid;
 use crate::{
     backends,
     helpers::{
-        AllocatorProxy, Fault, PATIENCE, TestDb, allocator_client, assert_confirmed_with_ids,
-        assert_reason, invoice_request, invoice_series, list_all, spawn_allocator, spawn_both,
-        spawn_writer, spawn_writer_on, test_settings,
+        AllocatorProxy, Fault, ManualClock, PATIENCE, TestDb, allocator_client,
+        assert_confirmed_with_ids, assert_reason, invoice_request, invoice_series, list_all,
+        serve_allocator_on, spawn_allocator, spawn_both, spawn_writer, spawn_writer_on,
+        test_settings,
     },
 };
 
@@ -136,16 +139,18 @@ async fn a_repeated_create_returns_the_stored_invoice(#[case] backend: Backend) 
     assert_eq!(third.invoice, first.invoice);
 }
 
-/// How a store fails a call after its invoice is committed.
+/// How a store fails a call: after its invoice is committed, or before.
 #[derive(Clone, Copy)]
 enum AfterCommit {
     /// Answers unavailable, as a connection lost before the reply does.
     Unavailable,
     /// Never answers, so the caller's deadline passes.
     Hangs,
+    /// Answers unavailable without storing the invoice.
+    NotStored,
 }
 
-/// The real store, failing the next insert after it committed.
+/// The real store, failing the next insert as `how` says.
 struct FailsAfterCommit {
     inner: Arc<dyn InvoiceStore>,
     how: AfterCommit,
@@ -171,6 +176,9 @@ impl InvoiceStore for FailsAfterCommit {
         request_id: Option<&RequestId>,
         noted: bool,
     ) -> Result<(), StoreError> {
+        if matches!(self.how, AfterCommit::NotStored) && self.armed.swap(false, Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("connection lost".into()));
+        }
         self.inner.insert(invoice, request_id, noted).await?;
         if self.armed.swap(false, Ordering::SeqCst) {
             match self.how {
@@ -180,6 +188,7 @@ impl InvoiceStore for FailsAfterCommit {
                     ));
                 }
                 AfterCommit::Hangs => std::future::pending::<()>().await,
+                AfterCommit::NotStored => unreachable!("failed before the insert"),
             }
         }
         Ok(())
@@ -361,4 +370,99 @@ async fn lost_allocator_replies_leave_no_gap(#[case] backend: Backend) {
     let distinct: HashSet<&str> = invoices.iter().map(|i| i.id.as_str()).collect();
     assert_eq!(distinct.len(), 200);
     assert_confirmed_with_ids(&mut allocator.client.clone(), "", &invoices).await;
+}
+
+/// A call whose invoice was not stored, on a series that reissues, left its
+/// number reserved and noted; the lease ended and another call reserved the
+/// number again. Reconciliation, repeating the reservation, finds the number
+/// held by that call: it gives back nothing, and the note goes.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciliation_leaves_a_number_another_call_took_since(#[case] backend: Backend) {
+    let allocator_db = TestDb::create(backend).await;
+    let clock = ManualClock::at("2026-12-03T10:00:00Z".parse().unwrap());
+    let mode = CommitMode::Group(GroupCommitSettings::default());
+    let (server, mut allocator) = serve_allocator_on(
+        &allocator_db,
+        mode,
+        RequestIdSettings::default(),
+        clock.clone(),
+    )
+    .await;
+    allocator
+        .configure_series(ConfigureSeriesRequest {
+            tenant_id: "acme".into(),
+            gap_policy: GapPolicy::Reissue.into(),
+            ..ConfigureSeriesRequest::default()
+        })
+        .await
+        .unwrap();
+    let db = TestDb::create(backend).await;
+    let store = Arc::new(FailsAfterCommit {
+        inner: db.invoice_store().await,
+        how: AfterCommit::NotStored,
+        armed: AtomicBool::new(true),
+    });
+    let stored: Arc<dyn InvoiceStore> = store.clone();
+    let url = server.url();
+    let mut writer = spawn_writer_on(
+        db,
+        store,
+        allocator_client(&url),
+        3,
+        Arc::new(SystemClock),
+        test_settings(),
+    )
+    .await;
+    let status = writer
+        .client
+        .create_invoice(keyed("acme", "order-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+
+    let number_1 = || GetNumberRequest {
+        tenant_id: "acme".into(),
+        number: 1,
+        ..GetNumberRequest::default()
+    };
+    let left = allocator.get_number(number_1()).await.unwrap().into_inner();
+    assert_eq!(left.record.unwrap().state(), NumberState::Reserved);
+    clock.advance(Duration::from_mins(6));
+    let taken = allocator
+        .reserve(ReserveRequest {
+            tenant_id: "acme".into(),
+            request_id: "someone-else".into(),
+            ..ReserveRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .record
+        .unwrap();
+    assert_eq!(taken.number, 1, "the ended lease's number is taken again");
+
+    let reconciler = InvoiceWriter::new(
+        stored.clone(),
+        allocator_client(&url),
+        3,
+        Arc::new(SystemClock),
+    );
+    let later = Utc::now() + TimeDelta::minutes(1);
+    reconciler
+        .reconcile(later, 10, Instant::now() + PATIENCE)
+        .await
+        .unwrap();
+    let now = allocator
+        .get_number(number_1())
+        .await
+        .unwrap()
+        .into_inner()
+        .record
+        .unwrap();
+    assert_eq!(now, taken, "the other call's reservation is untouched");
+    assert!(
+        stored.pending_before(later, 10).await.unwrap().is_empty(),
+        "the note is settled"
+    );
 }

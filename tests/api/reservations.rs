@@ -671,6 +671,70 @@ async fn an_ended_lease_is_taken_again_before_any_sweep(#[case] backend: Backend
     );
 }
 
+/// A caller late past its lease, naming the request id it reserved with,
+/// can neither confirm nor release the number another call took since; the
+/// holder can. Under group commit and one commit per call alike.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_caller_cannot_settle_a_number_another_call_holds(#[case] backend: Backend) {
+    for mode in [
+        CommitMode::Group(GroupCommitSettings::default()),
+        CommitMode::PerCall,
+    ] {
+        let mut app = unswept(backend, mode).await;
+        app.configure("cont", GapPolicy::Reissue).await;
+        let late = ReserveRequest {
+            lease: Some(seconds(60)),
+            request_id: "late".into(),
+            ..reserve("cont")
+        };
+        assert_eq!(app.reserve(late).await.number, 1);
+        app.clock.advance(Duration::from_secs(61));
+        let held = ReserveRequest {
+            request_id: "holder".into(),
+            ..reserve("cont")
+        };
+        let held = app.reserve(held).await;
+        assert_eq!(held.number, 1, "the ended lease's number is taken again");
+
+        let refused = app
+            .confirm(ConfirmRequest {
+                request_id: "late".into(),
+                ..confirm("cont", 1, "inv-late")
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+        assert_reason(&refused, "NOT_THE_HOLDER");
+        let refused = app
+            .release(ReleaseRequest {
+                request_id: "late".into(),
+                ..release("cont", 1, "the invoice was not stored")
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+        assert_reason(&refused, "NOT_THE_HOLDER");
+        let now = app.get("cont", 1).await.unwrap();
+        assert_eq!(
+            (now.state(), now.request_id.as_str(), now.expires_at),
+            (NumberState::Reserved, "holder", held.expires_at),
+            "the holder's reservation is untouched"
+        );
+
+        let by_holder = ConfirmRequest {
+            request_id: "holder".into(),
+            ..confirm("cont", 1, "inv-holder")
+        };
+        let confirmed = app.confirm(by_holder.clone()).await.unwrap();
+        assert_eq!(
+            (confirmed.state(), confirmed.reference.as_str()),
+            (NumberState::Confirmed, "inv-holder")
+        );
+        assert_eq!(app.confirm(by_holder).await.unwrap(), confirmed, "repeated");
+    }
+}
+
 /// A series that reissues takes its numbers given back lowest first,
 /// released or with a lease ended and not yet swept alike, and never one
 /// still held; with none left, a new one. Under group commit and one commit
@@ -1258,7 +1322,10 @@ async fn a_batch_of_changes_reads_each_numbers_own_range(#[case] backend: Backen
             period: "",
             number,
         },
-        change: StateChange::Confirm { reference },
+        change: StateChange::Confirm {
+            reference,
+            holder: None,
+        },
         held,
     };
     let writes = [
