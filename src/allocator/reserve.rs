@@ -52,13 +52,15 @@ impl Allocator {
             reason,
         })?;
         let lease = TimeDelta::from_std(lease).unwrap_or(TimeDelta::MAX);
-        // As the database keeps times, so that the record reads the same.
+        // As the database keeps times (to the microsecond), so that the
+        // record reads the same, and the lease ends when it says.
         let at = self.now().trunc_subsecs(6);
         let lease = Lease {
             at,
             ends: at
                 .checked_add_signed(lease)
-                .unwrap_or(DateTime::<Utc>::MAX_UTC),
+                .unwrap_or(DateTime::<Utc>::MAX_UTC)
+                .trunc_subsecs(6),
         };
         let ask = Ask {
             tenant,

@@ -1069,9 +1069,14 @@ async fn a_repeated_reservation_answers_the_same_number(#[case] backend: Backend
     let mut app = reservations(backend).await;
     app.configure("cont", GapPolicy::Reissue).await;
     for series in ["", "cont"] {
-        // Request ids are the tenant's: one set per series here.
+        // Request ids are the tenant's: one set per series here. A lease
+        // finer than the microseconds times are kept in ends as kept.
         let keyed = |id: &str| ReserveRequest {
             request_id: format!("{series}{id}"),
+            lease: Some(prost_types::Duration {
+                seconds: 60,
+                nanos: 500,
+            }),
             ..reserve(series)
         };
         let first = app
