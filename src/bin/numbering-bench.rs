@@ -840,7 +840,8 @@ async fn targets(args: TargetsArgs) -> anyhow::Result<bool> {
             }
         }
     }
-    print_targets(&targets, &spent);
+    let embedded = args.spawn.database_url.starts_with("sqlite:");
+    print_targets(&targets, &spent, embedded);
     print_spent(&spent);
     println!(
         "\nEvery acknowledged number verified (no duplicates, each series 1..=N), no call failed: {all_verified}"
@@ -849,8 +850,9 @@ async fn targets(args: TargetsArgs) -> anyhow::Result<bool> {
 }
 
 /// The table of the targets, each round's figure and, for each share, what
-/// the processor time of every round bounds it at.
-fn print_targets(targets: &[Target], spent: &[Spent]) {
+/// the processor time of every round bounds it at; `embedded` when the
+/// database is the services' own (SQLite).
+fn print_targets(targets: &[Target], spent: &[Spent], embedded: bool) {
     println!(
         "| target | needed | each round | met in every round | with no core idle | and the services at a health check's cost |"
     );
@@ -883,6 +885,11 @@ fn print_targets(targets: &[Target], spent: &[Spent]) {
     println!(
         "\nThe last two columns: the share each workload could reach on these cores, every round together, were none of them idle, and also were each service to spend on a call what it spends on a health check (every other party as measured)."
     );
+    if embedded {
+        println!(
+            "On SQLite the database's work, its flushes included, is the services' own time: the last column takes it away as well, so it bounds nothing the services could reach alone."
+        );
+    }
 }
 
 /// The table of processor time per call, by workload and party, over every
