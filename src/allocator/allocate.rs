@@ -92,7 +92,7 @@ pub enum Error {
         /// Why it does not parse.
         reason: String,
     },
-    /// The request id was first used for another series or count.
+    /// The request id was first used for another call, series or count.
     #[error("request id {request_id:?} was first used for {count} numbers of series {series:?}")]
     RequestIdReused {
         /// The id.
@@ -101,6 +101,8 @@ pub enum Error {
         series: String,
         /// The count it was first used for.
         count: i64,
+        /// Whether it was first used by `Reserve` (else `Allocate`).
+        reserved: bool,
     },
     /// Too many calls are waiting to commit.
     #[error("too many allocations waiting to commit")]
@@ -574,10 +576,15 @@ impl Allocator {
                 Ok((grant, false))
             }
             Outcome::Replayed(grant) => Ok((grant, true)),
-            Outcome::Reused { series, count } => Err(Error::RequestIdReused {
+            Outcome::Reused {
+                series,
+                count,
+                kind,
+            } => Err(Error::RequestIdReused {
                 request_id: request_id.map(ToString::to_string).unwrap_or_default(),
                 series,
                 count,
+                reserved: kind == "reserve",
             }),
         }
     }
@@ -592,7 +599,7 @@ impl Allocator {
     ) -> Result<Outcome, Error> {
         let stamp = self.retention.stamp();
         match self.store.first_answer(tenant, request_id, stamp).await? {
-            Some(first) => Ok(first.repeated_by(call.series.as_str(), call.count)),
+            Some(first) => Ok(first.repeated_by(call.series.as_str(), call.count, call.kind())),
             None => Err(Error::Exhausted),
         }
     }

@@ -69,6 +69,8 @@ pub struct Claim<'a> {
     pub series: &'a str,
     /// The count its first call asked for.
     pub count: i64,
+    /// Its first call's kind: `allocate` or `reserve`.
+    pub kind: &'a str,
 }
 
 /// A counter after the transaction's increment.
@@ -113,6 +115,7 @@ impl<'a> Batch<'a> {
                         request_id: key.1,
                         series: call.series.as_str(),
                         count: call.count,
+                        kind: call.kind(),
                     });
                     at
                 }))
@@ -317,7 +320,7 @@ impl<'a> Batch<'a> {
             let first = if let Some(range) = &plan.range_of[leader] {
                 let first = &self.calls[leader];
                 let grant = granted(range)?;
-                KeyRow::new(first.series.as_str(), first.count, grant)
+                KeyRow::new(first.series.as_str(), first.count, first.kind(), grant)
             } else {
                 let key = (call.tenant.to_string(), id.to_string());
                 // Between the claim and this read the id aged past the
@@ -328,7 +331,7 @@ impl<'a> Batch<'a> {
                     )
                 })?
             };
-            outcomes.push(first.repeated_by(call.series.as_str(), call.count));
+            outcomes.push(first.repeated_by(call.series.as_str(), call.count, call.kind()));
         }
         Ok(outcomes)
     }
@@ -574,6 +577,7 @@ mod tests {
             KeyRow {
                 series: "invoice".into(),
                 count: 5,
+                kind: "allocate".into(),
                 period: String::new(),
                 first_value: 40,
                 format: "G".into(),
@@ -596,7 +600,8 @@ mod tests {
                 Outcome::Replayed(grant(13, "F")),
                 Outcome::Reused {
                     series: "invoice".into(),
-                    count: 3
+                    count: 3,
+                    kind: "allocate".into(),
                 },
                 Outcome::Replayed(grant(40, "G")),
             ]

@@ -711,19 +711,24 @@ impl From<Error> for Status {
                 request_id,
                 series,
                 count,
-            } => with_reason(
-                Code::FailedPrecondition,
-                format!(
-                    "request id {request_id:?} was first used for {count} numbers of series \
-                     {series:?}; send a new request id for a different call"
-                ),
-                "REQUEST_ID_REUSED",
-                &[
-                    ("requestId", request_id),
-                    ("series", series),
-                    ("count", count.to_string()),
-                ],
-            ),
+                reserved,
+            } => {
+                let call = if reserved { "Reserve" } else { "Allocate" };
+                with_reason(
+                    Code::FailedPrecondition,
+                    format!(
+                        "request id {request_id:?} was first used by {call} for {count} numbers \
+                         of series {series:?}; send a new request id for a different call"
+                    ),
+                    "REQUEST_ID_REUSED",
+                    &[
+                        ("requestId", request_id),
+                        ("series", series),
+                        ("count", count.to_string()),
+                        ("call", call.to_owned()),
+                    ],
+                )
+            }
             Error::Busy => with_reason(
                 Code::ResourceExhausted,
                 "too many allocations are waiting to commit; retry with backoff",

@@ -21,7 +21,7 @@ use crate::{
         store::{
             Advance, Change, ChangeError, Changed, ConfigureError, Held, KeyedStateRow, NumberAt,
             Outcome, PeriodOf, RangeRow, Reissue, SeriesRow, Stamp, StateChange, StateRow,
-            StateWrite, StoreError,
+            StateWrite, StoreError, kind_of,
         },
     },
     db::{KeptConnection, begin_durable, begin_durable_by_key_on},
@@ -392,13 +392,14 @@ async fn claim(
     let ids: Vec<&str> = claims.iter().map(|c| c.request_id).collect();
     let series: Vec<&str> = claims.iter().map(|c| c.series).collect();
     let counts: Vec<i64> = claims.iter().map(|c| c.count).collect();
+    let kinds: Vec<&str> = claims.iter().map(|c| c.kind).collect();
     let won: Vec<(String, String)> = sqlx::query_as(
-        "INSERT INTO request_ids (tenant_id, request_id, series, count, created_at)
-         SELECT claim.tenant_id, claim.request_id, claim.series, claim.count, $5
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[])
-              AS claim (tenant_id, request_id, series, count)
+        "INSERT INTO request_ids (tenant_id, request_id, series, count, kind, created_at)
+         SELECT claim.tenant_id, claim.request_id, claim.series, claim.count, claim.kind, $5
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $7::text[])
+              AS claim (tenant_id, request_id, series, count, kind)
          ON CONFLICT (tenant_id, request_id)
-         DO UPDATE SET series = EXCLUDED.series, count = EXCLUDED.count,
+         DO UPDATE SET series = EXCLUDED.series, count = EXCLUDED.count, kind = EXCLUDED.kind,
                        first_value = NULL, created_at = EXCLUDED.created_at
          WHERE request_ids.created_at < $6
          RETURNING tenant_id, request_id",
@@ -409,6 +410,7 @@ async fn claim(
     .bind(&counts)
     .bind(stamp.now)
     .bind(stamp.forget_before)
+    .bind(&kinds)
     .fetch_all(conn)
     .await?;
     Ok(won.into_iter().collect())
@@ -480,9 +482,11 @@ macro_rules! increment_statement {
                 expires_at, request_id, reserved_at
          FROM ranges WHERE expires_at IS NOT NULL),
      keyed AS (
-         INSERT INTO request_ids (tenant_id, request_id, series, count, period,
+         INSERT INTO request_ids (tenant_id, request_id, series, count, kind, period,
                                   first_value, format, date, created_at)
-         SELECT tenant_id, request_id, series, count, period, first_value, format, date, $14
+         SELECT tenant_id, request_id, series, count,
+                CASE WHEN expires_at IS NULL THEN 'allocate' ELSE 'reserve' END,
+                period, first_value, format, date, $14
          FROM ranges WHERE request_id IS NOT NULL ",
             $ids,
             "
@@ -507,7 +511,7 @@ const INCREMENT_NEW: &str = increment_statement!("");
 /// [`ID_IN_USE`].
 const INCREMENT_CLAIMED: &str = increment_statement!(
     "ON CONFLICT (tenant_id, request_id)
-         DO UPDATE SET series = EXCLUDED.series, count = EXCLUDED.count,
+         DO UPDATE SET series = EXCLUDED.series, count = EXCLUDED.count, kind = EXCLUDED.kind,
                        period = EXCLUDED.period, first_value = EXCLUDED.first_value,
                        format = EXCLUDED.format, date = EXCLUDED.date,
                        created_at = EXCLUDED.created_at
@@ -819,6 +823,7 @@ impl Engine for PgEngine {
                 request_id: id.as_str(),
                 series: take.series.as_str(),
                 count: 1,
+                kind: kind_of(take.lease.as_ref()),
             };
             let won = claim(&mut tx, &[asked], stamp).await?;
             if !won.contains(asked.tenant, asked.request_id) {
@@ -829,7 +834,7 @@ impl Engine for PgEngine {
                     stamp.forget_before,
                 )
                 .await?;
-                return Ok(first.map(|first| first.repeated_by(asked.series, 1)));
+                return Ok(first.map(|first| first.repeated_by(asked.series, 1, asked.kind)));
             }
         }
         let pick = Pick {

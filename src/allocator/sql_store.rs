@@ -678,7 +678,7 @@ where
     for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
 {
     sqlx::query_as(
-        "SELECT series, count, period, first_value, format, date FROM request_ids
+        "SELECT series, count, kind, period, first_value, format, date FROM request_ids
          WHERE tenant_id = $1 AND request_id = $2 AND first_value IS NOT NULL
            AND created_at >= $3",
     )

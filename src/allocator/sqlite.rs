@@ -18,7 +18,7 @@ use crate::{
         store::{
             Advance, Change, ChangeError, Changed, ConfigureError, Held, KeyedStateRow, NumberAt,
             Outcome, PeriodOf, RangeRow, Reissue, Stamp, StateChange, StateRow, StateWrite,
-            StoreError,
+            StoreError, kind_of,
         },
     },
     db::SqliteDatabase,
@@ -52,16 +52,17 @@ async fn claim(
     claims: &[Claim<'_>],
     stamp: Stamp,
 ) -> Result<Won, sqlx::Error> {
-    let claims: Vec<(&str, &str, &str, i64)> = claims
+    let claims: Vec<(&str, &str, &str, i64, &str)> = claims
         .iter()
-        .map(|c| (c.tenant, c.request_id, c.series, c.count))
+        .map(|c| (c.tenant, c.request_id, c.series, c.count, c.kind))
         .collect();
     // `WHERE true` tells SQLite's parser the ON CONFLICT is the upsert's.
     let won: Vec<(String, String)> = sqlx::query_as(
-        "INSERT INTO request_ids (tenant_id, request_id, series, count, created_at)
-         SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, ?2 FROM json_each(?1) WHERE true
+        "INSERT INTO request_ids (tenant_id, request_id, series, count, kind, created_at)
+         SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, ?2
+         FROM json_each(?1) WHERE true
          ON CONFLICT (tenant_id, request_id)
-         DO UPDATE SET series = excluded.series, count = excluded.count,
+         DO UPDATE SET series = excluded.series, count = excluded.count, kind = excluded.kind,
                        first_value = NULL, created_at = excluded.created_at
          WHERE request_ids.created_at < ?3
          RETURNING tenant_id, request_id",
@@ -412,13 +413,14 @@ async fn store_ids(
     stamp: Stamp,
 ) -> Result<usize, sqlx::Error> {
     let stored: Vec<i64> = sqlx::query_scalar(
-        "INSERT INTO request_ids (tenant_id, request_id, series, count, period, first_value,
-                                 format, date, created_at)
-         SELECT value ->> 0, value ->> 5, value ->> 1, value ->> 4, value ->> 2, value ->> 3,
-                value ->> 6, value ->> 7, ?2
+        "INSERT INTO request_ids (tenant_id, request_id, series, count, kind, period,
+                                 first_value, format, date, created_at)
+         SELECT value ->> 0, value ->> 5, value ->> 1, value ->> 4,
+                CASE WHEN value ->> 9 IS NULL THEN 'allocate' ELSE 'reserve' END,
+                value ->> 2, value ->> 3, value ->> 6, value ->> 7, ?2
          FROM json_each(?1) WHERE value ->> 5 IS NOT NULL
          ON CONFLICT (tenant_id, request_id)
-         DO UPDATE SET series = excluded.series, count = excluded.count,
+         DO UPDATE SET series = excluded.series, count = excluded.count, kind = excluded.kind,
                        period = excluded.period, first_value = excluded.first_value,
                        format = excluded.format, date = excluded.date,
                        created_at = excluded.created_at
@@ -701,6 +703,7 @@ impl Engine for SqliteEngine {
                 request_id: id.as_str(),
                 series: take.series.as_str(),
                 count: 1,
+                kind: kind_of(take.lease.as_ref()),
             };
             let won = claim(write.conn(), &[asked], stamp).await?;
             if !won.contains(asked.tenant, asked.request_id) {
@@ -709,7 +712,7 @@ impl Engine for SqliteEngine {
                     sql_store::select_key::<Sqlite>(write.conn(), tenant, id, stamp.forget_before)
                         .await;
                 write.rollback().await?;
-                return Ok(first?.map(|first| first.repeated_by(asked.series, 1)));
+                return Ok(first?.map(|first| first.repeated_by(asked.series, 1, asked.kind)));
             }
         }
         let pick = Pick {

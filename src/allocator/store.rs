@@ -318,6 +318,25 @@ pub struct Call<'a> {
     pub lease: Option<Lease>,
 }
 
+impl Call<'_> {
+    /// Which call this is, as its range's kind names it.
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        kind_of(self.lease.as_ref())
+    }
+}
+
+/// The kind of a call's range and request id: `reserve` with a lease,
+/// `allocate` without.
+#[must_use]
+pub fn kind_of(lease: Option<&Lease>) -> &'static str {
+    if lease.is_some() {
+        "reserve"
+    } else {
+        "allocate"
+    }
+}
+
 /// A reservation's lease: when it was taken, which its number's record
 /// shows, and when it ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -342,6 +361,8 @@ pub enum Outcome {
         series: String,
         /// The count it was first used for.
         count: i64,
+        /// The call it was first used for: `allocate` or `reserve`.
+        kind: String,
     },
 }
 
@@ -352,6 +373,9 @@ pub struct KeyRow {
     pub series: String,
     /// The count it was first used for.
     pub count: i64,
+    /// The call it was first used for, as a range's kind: `allocate` or
+    /// `reserve`.
+    pub kind: String,
     /// The period its numbers were taken from.
     pub period: String,
     /// The first number it received.
@@ -363,12 +387,13 @@ pub struct KeyRow {
 }
 
 impl KeyRow {
-    /// The first answer of a call for `count` numbers of `series`.
+    /// The first answer of a call of `kind` for `count` numbers of `series`.
     #[must_use]
-    pub fn new(series: &str, count: i64, grant: Grant) -> Self {
+    pub fn new(series: &str, count: i64, kind: &str, grant: Grant) -> Self {
         Self {
             series: series.to_owned(),
             count,
+            kind: kind.to_owned(),
             period: grant.period,
             first_value: grant.first,
             format: grant.format,
@@ -376,11 +401,11 @@ impl KeyRow {
         }
     }
 
-    /// What a later call with the same id gets: the same numbers if it asks
-    /// for the same series and count, else nothing.
+    /// What a later call of `kind` with the same id gets: the same numbers
+    /// if it is the same call for the same series and count, else nothing.
     #[must_use]
-    pub fn repeated_by(self, series: &str, count: i64) -> Outcome {
-        if self.series == series && self.count == count {
+    pub fn repeated_by(self, series: &str, count: i64, kind: &str) -> Outcome {
+        if self.series == series && self.count == count && self.kind == kind {
             Outcome::Replayed(Grant {
                 first: self.first_value,
                 format: self.format,
@@ -391,6 +416,7 @@ impl KeyRow {
             Outcome::Reused {
                 series: self.series,
                 count: self.count,
+                kind: self.kind,
             }
         }
     }

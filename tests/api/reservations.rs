@@ -1119,6 +1119,69 @@ async fn a_repeated_reservation_answers_the_same_number(#[case] backend: Backend
     }
 }
 
+/// A request id first used by `Reserve` is refused to `Allocate`, and the
+/// other way round, so that a number one call holds is never answered to
+/// the other as its own; on a series that reissues, also while a number is
+/// given back (one-number calls then try to take it back first).
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_id_of_one_call_is_refused_to_the_other(#[case] backend: Backend) {
+    let mut app = reservations(backend).await;
+    app.configure("cont", GapPolicy::Reissue).await;
+    let reserve_with = |id: &str| ReserveRequest {
+        request_id: id.into(),
+        ..reserve("cont")
+    };
+    let allocate_with = |id: &str| AllocateRequest {
+        tenant_id: "acme".into(),
+        series: "cont".into(),
+        count: 1,
+        request_id: id.into(),
+        ..AllocateRequest::default()
+    };
+    let held = app.reserve(reserve_with("reserved")).await;
+    assert_eq!(allocated(&mut app, allocate_with("allocated")).await, [2]);
+    for given_back in [false, true] {
+        if given_back {
+            let third = app.reserve(reserve("cont")).await;
+            app.release(release("cont", third.number, "not used"))
+                .await
+                .unwrap();
+        }
+        let refused = app
+            .client
+            .allocate(allocate_with("reserved"))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+        assert_reason(&refused, "REQUEST_ID_REUSED");
+        assert!(refused.message().contains("by Reserve"), "{refused:?}");
+        let refused = app
+            .client
+            .reserve(reserve_with("allocated"))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+        assert_reason(&refused, "REQUEST_ID_REUSED");
+        assert!(refused.message().contains("by Allocate"), "{refused:?}");
+    }
+    // Each call's own repeat still answers what it got.
+    let again = app.client.reserve(reserve_with("reserved")).await.unwrap();
+    assert_eq!(again.into_inner().record.unwrap(), held);
+    assert_eq!(allocated(&mut app, allocate_with("allocated")).await, [2]);
+    let audit = app.audit("cont").await;
+    assert_eq!(
+        (
+            audit.last_value,
+            audit.reserved,
+            audit.issued,
+            audit.released
+        ),
+        (3, 1, 1, 1),
+        "{audit:?}"
+    );
+}
+
 /// The gap policy shows on the series, and is fixed once the series has
 /// handed out a number.
 #[apply(backends)]

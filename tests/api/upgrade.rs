@@ -9,7 +9,9 @@ use numbering::{
     allocator::{CommitMode, app::RequestIdSettings, group_commit::GroupCommitSettings},
     clock::SystemClock,
     db::Backend,
-    proto::{AuditSeriesRequest, GetNumberRequest, ListInvoicesRequest, NumberState},
+    proto::{
+        AuditSeriesRequest, GetNumberRequest, ListInvoicesRequest, NumberState, ReserveRequest,
+    },
 };
 use rstest_reuse::apply;
 use sqlx::{AssertSqlSafe, Connection, PgConnection, SqliteConnection, migrate::Migrator};
@@ -17,8 +19,8 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection, SqliteConnection, migrate::M
 use crate::{
     backends,
     helpers::{
-        TestDb, allocate, allocator_client, keyed, serve_allocator_on, spawn_writer_on,
-        test_settings,
+        TestDb, allocate, allocator_client, assert_reason, keyed, serve_allocator_on,
+        spawn_writer_on, test_settings,
     },
 };
 
@@ -271,6 +273,81 @@ async fn number_states_from_before_reservations_are_kept(#[case] backend: Backen
         (first.state(), first.reference.as_str()),
         (NumberState::Confirmed, "inv-1")
     );
+}
+
+/// Request ids stored before they recorded which call used them: a
+/// reservation's id still repeats its reservation, an allocation's its
+/// numbers, and neither is answered to the other call.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_from_before_their_kinds_repeat_their_own_call(#[case] backend: Backend) {
+    let db = TestDb::create(backend).await;
+    // Every migration but the one that adds the kinds.
+    let before = match backend {
+        Backend::Postgres => 10,
+        Backend::Sqlite => 9,
+    };
+    migrate_to(&db, "allocator", before).await;
+    // Created far ahead, so that no retention window has passed them.
+    run(
+        &db,
+        &[
+            "INSERT INTO series (tenant_id, series, format, created_at)
+             VALUES ('acme', 'invoice', 'INV-{number:03}', '2026-11-30T10:00:00+00:00')",
+            "INSERT INTO counters (tenant_id, series, period, last_value, base, created_at)
+             VALUES ('acme', 'invoice', '', 2, 0, '2026-11-30T10:00:00+00:00')",
+            "INSERT INTO allocations (tenant_id, series, period, first_value, count, kind,
+                                      request_id, format, date, created_at)
+             VALUES ('acme', 'invoice', '', 1, 1, 'reserve', 'held', 'INV-{number:03}',
+                     '2026-11-30', '2026-11-30T10:00:00+00:00'),
+                    ('acme', 'invoice', '', 2, 1, 'allocate', 'issued', 'INV-{number:03}',
+                     '2026-11-30', '2026-11-30T10:00:00+00:00')",
+            "INSERT INTO number_states (tenant_id, series, period, number, state, origin,
+                                        expires_at, request_id, reference, reason, updated_at)
+             VALUES ('acme', 'invoice', '', 1, 'reserved', 'reserve',
+                     '2099-01-01T00:00:00+00:00', 'held', '', '', '2026-11-30T10:00:00+00:00')",
+            "INSERT INTO request_ids (tenant_id, request_id, series, count, period, first_value,
+                                      format, date, created_at)
+             VALUES ('acme', 'held', 'invoice', 1, '', 1, 'INV-{number:03}', '2026-11-30',
+                     '2099-01-01T00:00:00+00:00'),
+                    ('acme', 'issued', 'invoice', 1, '', 2, 'INV-{number:03}', '2026-11-30',
+                     '2099-01-01T00:00:00+00:00')",
+        ],
+        None,
+    )
+    .await;
+
+    let mode = CommitMode::Group(GroupCommitSettings::default());
+    let (_server, mut client) = serve_allocator_on(
+        &db,
+        mode,
+        RequestIdSettings::default(),
+        Arc::new(SystemClock),
+    )
+    .await;
+    let reserve = |id: &str| ReserveRequest {
+        tenant_id: "acme".into(),
+        request_id: id.into(),
+        ..ReserveRequest::default()
+    };
+    let repeated = client.reserve(reserve("held")).await.unwrap().into_inner();
+    assert!(repeated.replayed);
+    assert_eq!(repeated.record.unwrap().number, 1);
+    let repeated = client
+        .allocate(keyed("acme", "", 1, "issued"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(repeated.replayed);
+    let numbers: Vec<i64> = repeated.numbers.iter().map(|n| n.value).collect();
+    assert_eq!(numbers, [2]);
+    let refused = client.reserve(reserve("issued")).await.unwrap_err();
+    assert_reason(&refused, "REQUEST_ID_REUSED");
+    let refused = client
+        .allocate(keyed("acme", "", 1, "held"))
+        .await
+        .unwrap_err();
+    assert_reason(&refused, "REQUEST_ID_REUSED");
 }
 
 #[apply(backends)]
