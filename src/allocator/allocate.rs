@@ -405,7 +405,10 @@ impl Allocator {
     }
 
     /// The calendar of a series: that of an unconfigured one for a series
-    /// not created yet, which its first allocation creates so.
+    /// not created yet, which its first allocation creates so. Until the
+    /// series hands out a number (`settled`), `ConfigureSeries` in any
+    /// process may change it: an allocation checks what it assumed in its
+    /// transaction, and other uses read it again (see `held`).
     pub(super) async fn calendar(
         &self,
         tenant: &TenantId,
@@ -414,15 +417,32 @@ impl Allocator {
         if let Some(known) = self.calendars.get(tenant, series) {
             return Ok(known);
         }
+        let known = self.read_calendar(tenant, series).await?;
+        self.calendars.insert(tenant, series, known);
+        Ok(known)
+    }
+
+    /// The calendar of a series, if kept since the series handed out a
+    /// number: fixed from then on.
+    pub(super) fn settled_calendar(&self, tenant: &TenantId, series: &SeriesName) -> Option<Known> {
+        self.calendars
+            .get(tenant, series)
+            .filter(|known| known.settled)
+    }
+
+    /// The calendar of a series as the store has it now.
+    pub(super) async fn read_calendar(
+        &self,
+        tenant: &TenantId,
+        series: &SeriesName,
+    ) -> Result<Known, Error> {
         let config = self.store.find(tenant, series).await?;
         let config = config.as_ref().unwrap_or(&self.defaults);
-        let known = Known {
+        Ok(Known {
             calendar: config.calendar,
             settled: false,
             policy: config.gap_policy,
-        };
-        self.calendars.insert(tenant, series, known);
-        Ok(known)
+        })
     }
 
     /// Runs `attempt` with the series' calendar, again with the calendar read
@@ -531,6 +551,7 @@ impl Allocator {
                     tenant,
                     series,
                     calendar: known.calendar,
+                    policy: known.policy,
                     settled: known.settled,
                     period: &period,
                     date,
@@ -651,7 +672,9 @@ impl Allocator {
                 },
                 ConfigureError::Store(error) => error.into(),
             })?;
-        // Other processes learn of it from their next allocation's check.
+        // In other processes, an allocation that assumed other settings is
+        // retried on these, and other calls read them anew until the series
+        // hands out a number.
         self.calendars.forget(tenant, series);
         self.show(tenant, series, config, None).await
     }

@@ -19,7 +19,7 @@ use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 
 use crate::{
     allocator::{
-        series::Calendar,
+        series::{Calendar, GapPolicy},
         store::{Call, Grant, KeyRow, Lease, Outcome, Stamp, StoreError},
     },
     clock::Clock,
@@ -190,6 +190,7 @@ impl<'a> Batch<'a> {
                     series: key.1,
                     period: key.2,
                     calendar: call.calendar,
+                    policy: call.policy,
                     settled: true,
                     total: 0,
                 });
@@ -398,6 +399,8 @@ pub struct Total<'a> {
     pub period: &'a str,
     /// The calendar the period was picked by: the series' must still be it.
     pub calendar: Calendar,
+    /// The gap policy its calls read: the series' must still be it.
+    pub policy: GapPolicy,
     /// Whether every call of it knew the series settled.
     pub settled: bool,
     /// The sum of the counts.
@@ -473,6 +476,7 @@ mod tests {
             tenant,
             series,
             calendar: Calendar::DEFAULT,
+            policy: GapPolicy::Void,
             settled: false,
             period: "",
             date: today(),

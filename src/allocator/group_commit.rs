@@ -31,7 +31,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use crate::{
     allocator::{
         batch::Retention,
-        series::{Calendar, SeriesConfig, SeriesName},
+        series::{Calendar, GapPolicy, SeriesConfig, SeriesName},
         store::{
             Call, Changed, CounterStore, Held, Lease, NumberAt, Outcome, PeriodOf, StateChange,
             StateWrite, StoreError,
@@ -99,6 +99,7 @@ struct OwnedCall {
     tenant: TenantId,
     series: SeriesName,
     calendar: Calendar,
+    policy: GapPolicy,
     settled: bool,
     period: String,
     date: NaiveDate,
@@ -114,6 +115,7 @@ impl Waiting {
             tenant: &call.tenant,
             series: &call.series,
             calendar: call.calendar,
+            policy: call.policy,
             settled: call.settled,
             period: &call.period,
             date: call.date,
@@ -319,6 +321,7 @@ impl GroupCommitter {
                 tenant: call.tenant.clone(),
                 series: call.series.clone(),
                 calendar: call.calendar,
+                policy: call.policy,
                 settled: call.settled,
                 period: call.period.to_owned(),
                 date: call.date,

@@ -345,7 +345,12 @@ pub struct NumberPage {
 impl Allocator {
     /// What the series' state rows are read against now.
     pub(super) async fn held(&self, tenant: &TenantId, series: &SeriesName) -> Result<Held, Error> {
-        let policy = self.calendar(tenant, series).await?.policy;
+        let policy = match self.settled_calendar(tenant, series) {
+            Some(known) => known.policy,
+            // Until the series hands out a number its policy may change,
+            // in any process.
+            None => self.read_calendar(tenant, series).await?.policy,
+        };
         // As the database keeps times, so that a repeat shows the same time.
         let now = self.now().trunc_subsecs(6);
         Ok(Held { policy, now })

@@ -429,14 +429,14 @@ macro_rules! increment_statement {
          INSERT INTO series (tenant_id, series, format, reset, timezone, start_at)
          SELECT tenant_id, series, $17, $18, $19, $20::bigint FROM used WHERE NOT settled
          ON CONFLICT (tenant_id, series) DO NOTHING
-         RETURNING tenant_id, series, format, reset, timezone, start_at),
+         RETURNING tenant_id, series, format, reset, timezone, start_at, gap_policy),
      locked AS (
-         SELECT tenant_id, series, format, reset, timezone, start_at FROM series
+         SELECT tenant_id, series, format, reset, timezone, start_at, gap_policy FROM series
          WHERE (tenant_id, series) IN (SELECT tenant_id, series FROM used WHERE NOT settled)
          FOR KEY SHARE),
      -- Settled series never change their calendar: no lock is needed.
      unlocked AS (
-         SELECT tenant_id, series, format, reset, timezone, start_at FROM series
+         SELECT tenant_id, series, format, reset, timezone, start_at, gap_policy FROM series
          WHERE (tenant_id, series) IN (SELECT tenant_id, series FROM used WHERE settled)),
      -- A series another call created since this statement began is in
      -- none: the check below fails the statement, and a retry sees it.
@@ -445,11 +445,13 @@ macro_rules! increment_statement {
      planned AS (
          SELECT total.tenant_id, total.series, total.period, total.count,
                 CASE WHEN config.reset = total.reset AND config.timezone = total.timezone
+                          AND config.gap_policy = total.gap_policy
                      THEN config.start_at - 1
                      ELSE series_changed() END AS base
          FROM durable,
-              UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[])
-              AS total (tenant_id, series, period, count, reset, timezone)
+              UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[],
+                     $26::text[])
+              AS total (tenant_id, series, period, count, reset, timezone, gap_policy)
               LEFT JOIN config USING (tenant_id, series)),
      bumped AS (
          INSERT INTO counters (tenant_id, series, period, last_value, base)
@@ -596,6 +598,7 @@ async fn increment<'e>(
                 .map(|r| r.lease.map(|l| l.at))
                 .collect::<Vec<_>>(),
         )
+        .bind(totals.iter().map(|t| t.policy.name()).collect::<Vec<_>>())
         .fetch_all(executor)
         .await
 }

@@ -303,14 +303,14 @@ async fn insert_series(
 
 /// Adds each total to its period's counter, starting absent periods at
 /// their series' `start_at`: one upsert over a JSON array of `[tenant,
-/// series, period, total, reset, time zone]`, returning each counter with its
-/// series' template. A total whose series does not exist or no longer has
-/// that reset and time zone is left out: the caller sees fewer counters than
-/// totals. The keys must be distinct.
+/// series, period, total, reset, time zone, gap policy]`, returning each
+/// counter with its series' template. A total whose series does not exist or
+/// no longer has that reset, time zone and gap policy is left out: the caller
+/// sees fewer counters than totals. The keys must be distinct.
 #[tracing::instrument(name = "db.counters.increment", skip_all, fields(counters = totals.len()), err(level = "debug"))]
 async fn increment(
     conn: &mut SqliteConnection,
-    totals: &[(&str, &str, &str, i64, &str, &str)],
+    totals: &[(&str, &str, &str, i64, &str, &str, &str)],
 ) -> Result<Vec<Counted>, sqlx::Error> {
     let rows: Vec<(String, String, String, i64, String)> = sqlx::query_as(
         "INSERT INTO counters (tenant_id, series, period, last_value, base)
@@ -321,6 +321,7 @@ async fn increment(
                     AND series.series = total.value ->> 1
                     AND series.reset = total.value ->> 4
                     AND series.timezone = total.value ->> 5
+                    AND series.gap_policy = total.value ->> 6
          WHERE true
          ON CONFLICT (tenant_id, series, period)
          DO UPDATE SET last_value = counters.last_value + (excluded.last_value - excluded.base)
@@ -469,6 +470,7 @@ async fn apply(
                 total.total,
                 reset,
                 zone,
+                total.policy.name(),
             )
         })
         .collect();

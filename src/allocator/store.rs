@@ -303,6 +303,9 @@ pub struct Call<'a> {
     pub series: &'a SeriesName,
     /// The calendar the period was picked by, as the caller read it.
     pub calendar: Calendar,
+    /// The series' gap policy, as the caller read it: the call goes on
+    /// only if the series still has it.
+    pub policy: GapPolicy,
     /// The series has handed out a number before (so its calendar is
     /// fixed): the transaction reads its settings without locking them.
     pub settled: bool,

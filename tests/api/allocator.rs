@@ -11,11 +11,14 @@ use numbering::{
         CommitMode,
         group_commit::GroupCommitSettings,
         postgres::PgCounterStore,
-        series::{NumberFormat, SeriesConfig, SeriesName},
-        store::{Call, CounterStore, Grant, Outcome, Stamp},
+        series::{GapPolicy, NumberFormat, SeriesConfig, SeriesName},
+        store::{Call, CounterStore, Grant, Outcome, Stamp, StoreError},
     },
     db::begin_durable,
-    proto::{AdvanceCounterRequest, AllocateRequest, GetSeriesRequest, ListSeriesRequest},
+    proto::{
+        AdvanceCounterRequest, AllocateRequest, ConfigureSeriesRequest, GetSeriesRequest,
+        ListSeriesRequest,
+    },
     tenant::TenantId,
 };
 use tonic::Code;
@@ -496,6 +499,7 @@ async fn writes_force_synchronous_commit() {
         tenant: &tenant,
         series: &series,
         calendar: config.calendar,
+        policy: config.gap_policy,
         settled: false,
         period: "",
         date: now.date_naive(),
@@ -605,4 +609,57 @@ async fn readiness_follows_the_database() {
         .unwrap()
         .into_inner();
     assert_eq!(next.numbers[0].value, 4);
+}
+
+/// An allocation whose caller read another gap policy than the series has
+/// (set meanwhile by `ConfigureSeries`, perhaps in another process) is
+/// refused as a change of the series, handing out nothing; read anew, it
+/// goes on.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allocation_that_read_another_gap_policy_is_refused(#[case] backend: Backend) {
+    let mut app = spawn_allocator(backend).await;
+    app.client
+        .configure_series(ConfigureSeriesRequest {
+            tenant_id: "acme".into(),
+            series: "cont".into(),
+            gap_policy: numbering::proto::GapPolicy::Reissue.into(),
+            ..ConfigureSeriesRequest::default()
+        })
+        .await
+        .unwrap();
+    let store = app.db.counter_store().await;
+    let (tenant, series) = (
+        TenantId::parse("acme").unwrap(),
+        SeriesName::parse("cont").unwrap(),
+    );
+    let defaults = SeriesConfig::unconfigured(NumberFormat::default());
+    let now = Utc::now();
+    let call = |policy| Call {
+        tenant: &tenant,
+        series: &series,
+        calendar: defaults.calendar,
+        policy,
+        settled: false,
+        period: "",
+        date: now.date_naive(),
+        count: 1,
+        request_id: None,
+        lease: None,
+    };
+    let stamp = Stamp {
+        now,
+        forget_before: now,
+    };
+    let stale = store
+        .allocate(call(GapPolicy::Void), &defaults, stamp)
+        .await;
+    assert!(matches!(stale, Err(StoreError::SeriesChanged)), "{stale:?}");
+    let fresh = store
+        .allocate(call(GapPolicy::Reissue), &defaults, stamp)
+        .await;
+    assert!(
+        matches!(&fresh, Ok(Outcome::Granted(grant)) if grant.first == 1),
+        "{fresh:?}"
+    );
 }

@@ -17,7 +17,7 @@ use numbering::{
         CommitMode,
         batch::Retention,
         group_commit::{GroupCommitSettings, GroupCommitter, GroupError},
-        series::{Calendar, NumberFormat, SeriesConfig, SeriesName},
+        series::{Calendar, GapPolicy, NumberFormat, SeriesConfig, SeriesName},
         store::{
             Advance, Call, Change, ChangeError, Changed, ConfigureError, CounterStore, Held,
             KeyRow, Ledger, NumberAt, Outcome, PeriodOf, RangeRow, RangesAfter, Reissue, Stamp,
@@ -309,6 +309,7 @@ fn spawn_call(
             tenant: &tenant,
             series: &series,
             calendar: Calendar::DEFAULT,
+            policy: GapPolicy::Void,
             settled: false,
             period: "",
             date: Utc::now().date_naive(),

@@ -1182,6 +1182,45 @@ async fn a_request_id_of_one_call_is_refused_to_the_other(#[case] backend: Backe
     );
 }
 
+/// A series configured to reissue by one allocator process, before its
+/// first number, after another process had looked at it: the other follows
+/// the policy the series has, not the one it saw first.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_policy_set_in_one_process_is_followed_by_another(#[case] backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let mode = || CommitMode::Group(GroupCommitSettings::default());
+    let clock = ManualClock::at(START.parse().unwrap());
+    let (_one, mut first) =
+        serve_allocator_on(&db, mode(), RequestIdSettings::default(), clock.clone()).await;
+    let (_two, mut second) =
+        serve_allocator_on(&db, mode(), RequestIdSettings::default(), clock).await;
+    // The first process looks at the series before it exists.
+    let missing = first
+        .confirm(confirm("cont", 1, "inv-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound, "{missing:?}");
+
+    second
+        .configure_series(with_policy("cont", GapPolicy::Reissue))
+        .await
+        .unwrap();
+    // The second process reserves; the first gives the number back.
+    let held = second.reserve(reserve("cont")).await.unwrap().into_inner();
+    let number = held.record.unwrap().number;
+    let released = first
+        .release(release("cont", number, "not used"))
+        .await
+        .unwrap()
+        .into_inner()
+        .record
+        .unwrap();
+    assert_eq!(released.state(), NumberState::Released, "{released:?}");
+    let again = first.reserve(reserve("cont")).await.unwrap().into_inner();
+    assert_eq!(again.record.unwrap().number, number, "taken back");
+}
+
 /// The gap policy shows on the series, and is fixed once the series has
 /// handed out a number.
 #[apply(backends)]
