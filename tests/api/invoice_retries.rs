@@ -139,26 +139,28 @@ async fn a_repeated_create_returns_the_stored_invoice(#[case] backend: Backend) 
     assert_eq!(third.invoice, first.invoice);
 }
 
-/// How a store fails a call: after its invoice is committed, or before.
+/// How a store fails the next insert: after its invoice is committed, or
+/// before.
 #[derive(Clone, Copy)]
-enum AfterCommit {
-    /// Answers unavailable, as a connection lost before the reply does.
+enum Failure {
+    /// Answers unavailable after the commit, as a connection lost before
+    /// the reply does.
     Unavailable,
-    /// Never answers, so the caller's deadline passes.
+    /// Never answers after the commit, so the caller's deadline passes.
     Hangs,
     /// Answers unavailable without storing the invoice.
     NotStored,
 }
 
 /// The real store, failing the next insert as `how` says.
-struct FailsAfterCommit {
+struct FailsOnce {
     inner: Arc<dyn InvoiceStore>,
-    how: AfterCommit,
+    how: Failure,
     armed: AtomicBool,
 }
 
 #[async_trait]
-impl Store for FailsAfterCommit {
+impl Store for FailsOnce {
     async fn is_ready(&self) -> bool {
         self.inner.is_ready().await
     }
@@ -169,29 +171,29 @@ impl Store for FailsAfterCommit {
 }
 
 #[async_trait]
-impl InvoiceStore for FailsAfterCommit {
+impl InvoiceStore for FailsOnce {
     async fn insert(
         &self,
         invoice: &Invoice,
         request_id: Option<&RequestId>,
         noted: bool,
     ) -> Result<(), StoreError> {
-        if matches!(self.how, AfterCommit::NotStored) && self.armed.swap(false, Ordering::SeqCst) {
-            return Err(StoreError::Unavailable("connection lost".into()));
+        if !self.armed.swap(false, Ordering::SeqCst) {
+            return self.inner.insert(invoice, request_id, noted).await;
         }
-        self.inner.insert(invoice, request_id, noted).await?;
-        if self.armed.swap(false, Ordering::SeqCst) {
-            match self.how {
-                AfterCommit::Unavailable => {
-                    return Err(StoreError::Unavailable(
-                        "connection lost after commit".into(),
-                    ));
-                }
-                AfterCommit::Hangs => std::future::pending::<()>().await,
-                AfterCommit::NotStored => unreachable!("failed before the insert"),
+        match self.how {
+            Failure::NotStored => Err(StoreError::Unavailable("connection lost".into())),
+            Failure::Unavailable => {
+                self.inner.insert(invoice, request_id, noted).await?;
+                Err(StoreError::Unavailable(
+                    "connection lost after commit".into(),
+                ))
+            }
+            Failure::Hangs => {
+                self.inner.insert(invoice, request_id, noted).await?;
+                std::future::pending().await
             }
         }
-        Ok(())
     }
 
     async fn get_by_request_id(
@@ -244,12 +246,12 @@ impl InvoiceStore for FailsAfterCommit {
 /// request id, returns that invoice: never a second one.
 async fn a_retry_after_a_failure_past_the_commit_returns_the_invoice(
     backend: Backend,
-    how: AfterCommit,
+    how: Failure,
     code: Code,
 ) {
     let allocator = spawn_allocator(backend).await;
     let db = TestDb::create(backend).await;
-    let store = Arc::new(FailsAfterCommit {
+    let store = Arc::new(FailsOnce {
         inner: db.invoice_store().await,
         how,
         armed: AtomicBool::new(true),
@@ -323,7 +325,7 @@ async fn a_retry_after_a_failure_past_the_commit_returns_the_invoice(
 async fn a_call_unavailable_after_its_commit_is_repeated_by_its_retry(#[case] backend: Backend) {
     a_retry_after_a_failure_past_the_commit_returns_the_invoice(
         backend,
-        AfterCommit::Unavailable,
+        Failure::Unavailable,
         Code::Unavailable,
     )
     .await;
@@ -336,7 +338,7 @@ async fn a_call_past_its_deadline_after_its_commit_is_repeated_by_its_retry(
 ) {
     a_retry_after_a_failure_past_the_commit_returns_the_invoice(
         backend,
-        AfterCommit::Hangs,
+        Failure::Hangs,
         Code::DeadlineExceeded,
     )
     .await;
@@ -398,9 +400,9 @@ async fn reconciliation_leaves_a_number_another_call_took_since(#[case] backend:
         .await
         .unwrap();
     let db = TestDb::create(backend).await;
-    let store = Arc::new(FailsAfterCommit {
+    let store = Arc::new(FailsOnce {
         inner: db.invoice_store().await,
-        how: AfterCommit::NotStored,
+        how: Failure::NotStored,
         armed: AtomicBool::new(true),
     });
     let stored: Arc<dyn InvoiceStore> = store.clone();
