@@ -59,9 +59,9 @@ impl InvoiceStore for Bounded {
         &self,
         invoice: &Invoice,
         request_id: Option<&RequestId>,
-        noted: bool,
+        note: Option<&str>,
     ) -> Result<(), StoreError> {
-        self.within(self.inner.insert(invoice, request_id, noted))
+        self.within(self.inner.insert(invoice, request_id, note))
             .await
     }
 
@@ -97,6 +97,10 @@ impl InvoiceStore for Bounded {
 
     async fn note(&self, note: Note<'_>) -> Result<(), StoreError> {
         self.within(self.inner.note(note)).await
+    }
+
+    async fn take_over(&self, pending: &Pending) -> Result<bool, StoreError> {
+        self.within(self.inner.take_over(pending)).await
     }
 
     async fn pending_before(

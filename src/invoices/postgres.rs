@@ -82,6 +82,8 @@ impl Stored for Native {
 /// table.
 #[async_trait]
 impl KeyLookups for Postgres {
+    const HOLD_NOTE: &'static str = " FOR SHARE";
+
     #[tracing::instrument(name = "db.pending_numbers.upsert", skip_all, err(level = "debug"))]
     async fn upsert_pending(
         conn: &mut PgConnection,
@@ -181,10 +183,15 @@ impl Engine for PgEngine {
         &self,
         invoice: &Invoice,
         request_id: Option<&str>,
-        noted: bool,
+        note: Option<&str>,
     ) -> Result<(), StoreError> {
         let mut tx = begin_durable(&self.pool).await?;
-        sql_store::insert_invoice::<Postgres, Native>(&mut tx, invoice, request_id, noted).await?;
+        let stored =
+            sql_store::insert_invoice::<Postgres, Native>(&mut tx, invoice, request_id, note)
+                .await?;
+        if !stored {
+            return Err(StoreError::NoteTakenOver);
+        }
         tx.commit().await?;
         Ok(())
     }

@@ -56,7 +56,7 @@ pub(crate) trait Engine: Send + Sync + 'static {
         &self,
         invoice: &Invoice,
         request_id: Option<&str>,
-        noted: bool,
+        note: Option<&str>,
     ) -> Result<(), StoreError>;
 
     /// Whether the database answers now.
@@ -87,6 +87,12 @@ pub(crate) trait KeyLookups: Database {
         conn: &mut Self::Connection,
         done: &BTreeSet<(&str, &str)>,
     ) -> Result<(), sqlx::Error>;
+
+    /// What an insert adds to its read of an invoice's note to hold the
+    /// note until it commits, so that the note cannot be taken over
+    /// ([`take_over_pending`]) in between: PostgreSQL locks the row, where
+    /// SQLite's write transaction holds the whole database.
+    const HOLD_NOTE: &'static str;
 }
 
 /// The invoice store on either engine: the statements of this module, run
@@ -132,15 +138,15 @@ impl<E> SqlInvoiceStore<E> {
 /// A write of the store, owned so that it can wait for its group.
 #[derive(Debug)]
 pub(crate) enum Write {
-    /// A new invoice, with the request id that created it, and whether a
-    /// pending note names it.
+    /// A new invoice, with the request id that created it, and the request
+    /// key of the pending note that names it.
     Invoice {
         /// The invoice.
         invoice: Box<Invoice>,
         /// The call's request id.
         request_id: Option<String>,
-        /// Whether a pending note names it.
-        noted: bool,
+        /// The request key of the pending note that names it.
+        note: Option<String>,
     },
     /// [`Note::Pending`].
     Pending {
@@ -148,6 +154,15 @@ pub(crate) enum Write {
         note: Pending,
         /// The call's request id.
         request_id: Option<String>,
+    },
+    /// [`InvoiceStore::take_over`].
+    TakeOver {
+        /// The tenant.
+        tenant: String,
+        /// The reservation's request key.
+        request_key: String,
+        /// The invoice the note named when read.
+        invoice_id: String,
     },
     /// [`Note::Done`].
     Done {
@@ -195,11 +210,13 @@ impl Write {
         if let Self::Invoice {
             invoice,
             request_id,
-            noted,
+            note,
         } = self
         {
             // Not left out on a number or request id taken, but refused.
-            return engine.insert(invoice, request_id.as_deref(), *noted).await;
+            return engine
+                .insert(invoice, request_id.as_deref(), note.as_deref())
+                .await;
         }
         // A note takes nothing another row holds: a group of one fails
         // with its own error.
@@ -215,6 +232,11 @@ impl Write {
                 note,
                 request_id: Some(request_id),
             } if made.taken(&note.tenant_id, request_id) => Err(StoreError::RequestIdTaken),
+            Self::TakeOver {
+                tenant,
+                request_key,
+                ..
+            } if !is_taken(&made.taken_over, tenant, request_key) => Err(StoreError::NoteTakenOver),
             _ => Ok(()),
         }
     }
@@ -228,6 +250,8 @@ pub(crate) struct Made {
     /// The tenants' request ids of pending notes not noted, since an
     /// invoice created by the same request id is stored.
     taken: HashSet<(String, String)>,
+    /// The notes taken over, by tenant and request key.
+    taken_over: HashSet<(String, String)>,
 }
 
 impl Made {
@@ -236,10 +260,11 @@ impl Made {
     }
 }
 
-/// Whether a tenant's request id is among those `taken`.
-fn is_taken(taken: &HashSet<(String, String)>, tenant: &str, request_id: &str) -> bool {
+/// Whether a tenant's key (a request id, or request key) is among those
+/// `taken`.
+fn is_taken(taken: &HashSet<(String, String)>, tenant: &str, key: &str) -> bool {
     // Almost always empty: no key is built then.
-    !taken.is_empty() && taken.contains(&(tenant.to_owned(), request_id.to_owned()))
+    !taken.is_empty() && taken.contains(&(tenant.to_owned(), key.to_owned()))
 }
 
 /// Commits a group of writes in one transaction, and answers each. A write
@@ -318,12 +343,12 @@ where
         &self,
         invoice: &Invoice,
         request_id: Option<&RequestId>,
-        noted: bool,
+        note: Option<&str>,
     ) -> Result<(), StoreError> {
         self.write(Write::Invoice {
             invoice: Box::new(invoice.clone()),
             request_id: request_id.map(|id| id.as_str().to_owned()),
-            noted,
+            note: note.map(str::to_owned),
         })
         .await
     }
@@ -385,6 +410,21 @@ where
 
     async fn note(&self, note: Note<'_>) -> Result<(), StoreError> {
         self.write(Write::of(note)).await
+    }
+
+    async fn take_over(&self, pending: &Pending) -> Result<bool, StoreError> {
+        let taken = self
+            .write(Write::TakeOver {
+                tenant: pending.tenant_id.clone(),
+                request_key: pending.request_key.clone(),
+                invoice_id: pending.invoice_id.clone(),
+            })
+            .await;
+        match taken {
+            Ok(()) => Ok(true),
+            Err(StoreError::NoteTakenOver) => Ok(false),
+            Err(error) => Err(error),
+        }
     }
 
     async fn pending_before(
@@ -497,8 +537,9 @@ impl<Id, Total> InvoiceRow<Id, Total> {
 }
 
 /// Makes a group of writes on `conn`, inside the caller's transaction: the
-/// pending notes, then the invoices (leaving out any that would take a number
-/// or request id already taken), then the notes done and the settled marks.
+/// pending notes, then the notes taken over, then the invoices (leaving out
+/// any that would take a number or request id already taken, or whose note
+/// is gone or taken over), then the notes done and the settled marks.
 /// Rows go in key order, so that the groups of two processes lock them in the
 /// same order. Returns the ids of the invoices stored.
 pub(crate) async fn write_group<DB, S>(
@@ -519,11 +560,13 @@ where
     for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
     for<'q> Json<&'q [LineItem]>: Encode<'q, DB> + Type<DB>,
     for<'r> (S::Id,): FromRow<'r, DB::Row>,
+    for<'r> (String, String): FromRow<'r, DB::Row>,
 {
     // A repeated call may note the same reservation twice in one group: the
     // later note wins, as it would in two transactions.
     let mut pending = BTreeMap::new();
     let mut invoices = Vec::new();
+    let mut taking_over = BTreeSet::new();
     let mut done = BTreeSet::new();
     let mut settled = BTreeSet::new();
     for write in writes {
@@ -535,8 +578,15 @@ where
             Write::Invoice {
                 invoice,
                 request_id,
-                noted,
-            } => invoices.push((&**invoice, request_id.as_deref(), *noted)),
+                note,
+            } => invoices.push((&**invoice, request_id.as_deref(), note.as_deref())),
+            Write::TakeOver {
+                tenant,
+                request_key,
+                invoice_id,
+            } => {
+                taking_over.insert((tenant.as_str(), request_key.as_str(), invoice_id.as_str()));
+            }
             Write::Done {
                 tenant,
                 request_key,
@@ -567,6 +617,11 @@ where
             })
             .collect()
     };
+    let taken_over = if taking_over.is_empty() {
+        HashSet::new()
+    } else {
+        take_over_pending::<DB>(&mut *conn, &taking_over).await?
+    };
     let stored = if invoices.is_empty() {
         HashSet::new()
     } else {
@@ -578,7 +633,11 @@ where
     if !settled.is_empty() {
         mark_settled::<DB, S>(conn, &settled).await?;
     }
-    Ok(Made { stored, taken })
+    Ok(Made {
+        stored,
+        taken,
+        taken_over,
+    })
 }
 
 /// Notes reservations pending, on `conn`, each unless its call's request id
@@ -633,15 +692,15 @@ where
 
 /// Inserts invoices with the request ids that created them, on `conn`,
 /// leaving out any whose number, formatted number or request id the tenant
-/// already has (or has earlier in the list). Returns the ids of those
-/// inserted.
+/// already has (or has earlier in the list), and any whose note is gone or
+/// taken over. Returns the ids of those inserted.
 #[tracing::instrument(name = "db.invoices.insert_many", skip_all, err(level = "debug"))]
 async fn insert_invoices<DB, S>(
     conn: &mut DB::Connection,
-    invoices: &[(&Invoice, Option<&str>, bool)],
+    invoices: &[(&Invoice, Option<&str>, Option<&str>)],
 ) -> Result<HashSet<Uuid>, sqlx::Error>
 where
-    DB: Database + HasStatementCache,
+    DB: Database + HasStatementCache + KeyLookups,
     S: Stored,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     DB::Arguments: IntoArguments<DB> + Default,
@@ -694,6 +753,43 @@ where
     Ok(())
 }
 
+/// Takes notes over for reconciliation, by tenant, request key and the
+/// invoice each named when read, on `conn`: each unless it names another
+/// invoice now, or is gone. Returns the notes taken over, by tenant and
+/// request key.
+#[tracing::instrument(name = "db.pending_numbers.take_over", skip_all, err(level = "debug"))]
+async fn take_over_pending<DB>(
+    conn: &mut DB::Connection,
+    notes: &BTreeSet<(&str, &str, &str)>,
+) -> Result<HashSet<(String, String)>, sqlx::Error>
+where
+    DB: Database + HasStatementCache,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB> + Default,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'r> (String, String): FromRow<'r, DB::Row>,
+{
+    let mut query = QueryBuilder::<DB>::new("UPDATE pending_numbers SET taken_over = TRUE FROM (");
+    query.push_values(notes, |mut row, (tenant, request_key, invoice_id)| {
+        row.push_bind(*tenant)
+            .push_bind(*request_key)
+            .push_bind(*invoice_id);
+    });
+    query.push(
+        ") AS v WHERE pending_numbers.tenant_id = v.column1
+             AND pending_numbers.request_key = v.column2
+             AND pending_numbers.invoice_id = v.column3
+         RETURNING tenant_id, request_key",
+    );
+    // Its text differs with its length: not worth keeping prepared.
+    let taken: Vec<(String, String)> = query
+        .build_query_as()
+        .persistent(false)
+        .fetch_all(conn)
+        .await?;
+    Ok(taken.into_iter().collect())
+}
+
 /// Marks invoices' numbers settled, by tenant and id, on `conn`.
 #[tracing::instrument(name = "db.invoices.mark_settled", skip_all, err(level = "debug"))]
 async fn mark_settled<DB, S>(
@@ -721,14 +817,16 @@ where
     Ok(())
 }
 
-/// `INSERT INTO invoices (...) VALUES` one row per invoice, with the request
-/// id that created it, settled if a pending note names it: the start of both
-/// inserts.
+/// `INSERT INTO invoices (...)` one row per invoice, with the request id
+/// that created it; one with a pending note (by request key) is stored
+/// settled, and only while that note is there and not taken over, which the
+/// statement holds ([`KeyLookups::HOLD_NOTE`]) until it commits: the start
+/// of both inserts.
 fn insert_values<'a, DB, S>(
-    invoices: impl IntoIterator<Item = (&'a Invoice, Option<&'a str>, bool)>,
+    invoices: impl IntoIterator<Item = (&'a Invoice, Option<&'a str>, Option<&'a str>)>,
 ) -> QueryBuilder<DB>
 where
-    DB: Database,
+    DB: Database + KeyLookups,
     S: Stored,
     DB::Arguments: Default,
     for<'q> S::Id: Encode<'q, DB> + Type<DB>,
@@ -743,9 +841,12 @@ where
     let mut query = QueryBuilder::new(
         "INSERT INTO invoices (id, tenant_id, number, invoice_number, period, issue_date,
              client_id, client_name, client_email, client_phone, client_address, due_date, notes,
-             currency, line_items, total, created_at, request_id, number_settled) ",
+             currency, line_items, total, created_at, request_id, number_settled)
+         SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6, v.column7,
+             v.column8, v.column9, v.column10, v.column11, v.column12, v.column13, v.column14,
+             v.column15, v.column16, v.column17, v.column18, v.column19 FROM (",
     );
-    query.push_values(invoices, |mut row, (invoice, request_id, noted)| {
+    query.push_values(invoices, |mut row, (invoice, request_id, note)| {
         row.push_bind(S::id(invoice.id))
             .push_bind(invoice.tenant_id.as_str())
             .push_bind(invoice.number)
@@ -764,26 +865,37 @@ where
             .push_bind(S::total(invoice.total))
             .push_bind(invoice.created_at)
             .push_bind(request_id)
-            .push(if noted { "TRUE" } else { "FALSE" });
+            .push(if note.is_some() { "TRUE" } else { "FALSE" })
+            .push_bind(note);
     });
+    query.push(format_args!(
+        ") AS v
+         WHERE v.column20 IS NULL OR EXISTS (
+             SELECT 1 FROM pending_numbers p
+             WHERE p.tenant_id = v.column2 AND p.request_key = v.column20
+                 AND NOT p.taken_over{})",
+        DB::HOLD_NOTE
+    ));
     query
 }
 
 /// Inserts the invoice and the request id that created it on `conn`, inside
-/// the caller's transaction; settled if a pending note names it (`noted`).
+/// the caller's transaction: settled, if it has a pending note (by request
+/// key, `note`), and only while that note is there and not taken over;
+/// whether it is stored.
 #[tracing::instrument(name = "db.invoices.insert", skip_all, err(level = "debug"))]
 pub(crate) async fn insert_invoice<DB, S>(
     conn: &mut DB::Connection,
     invoice: &Invoice,
     request_id: Option<&str>,
-    noted: bool,
-) -> Result<(), sqlx::Error>
+    note: Option<&str>,
+) -> Result<bool, sqlx::Error>
 where
-    DB: Database,
+    DB: Database + KeyLookups,
     S: Stored,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     DB::Arguments: IntoArguments<DB> + Default,
-    for<'q> S::Id: Encode<'q, DB> + Type<DB>,
+    for<'q> S::Id: Encode<'q, DB> + Decode<'q, DB> + Type<DB> + Send + Unpin,
     for<'q> S::Total: Encode<'q, DB> + Type<DB>,
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
     for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
@@ -791,13 +903,13 @@ where
     for<'q> NaiveDate: Encode<'q, DB> + Type<DB>,
     for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
     for<'q> Json<&'q [LineItem]>: Encode<'q, DB> + Type<DB>,
+    for<'r> (S::Id,): FromRow<'r, DB::Row>,
 {
     // One row: one of two texts, kept prepared.
-    insert_values::<DB, S>([(invoice, request_id, noted)])
-        .build()
-        .execute(conn)
-        .await?;
-    Ok(())
+    let mut query = insert_values::<DB, S>([(invoice, request_id, note)]);
+    query.push(" RETURNING id");
+    let stored: Option<S::Id> = query.build_query_scalar().fetch_optional(conn).await?;
+    Ok(stored.is_some())
 }
 
 /// One of the tenant's invoices, by id.

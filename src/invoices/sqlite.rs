@@ -72,6 +72,8 @@ impl Stored for AsText {
 /// of values up by its index: the statements as written once.
 #[async_trait]
 impl KeyLookups for Sqlite {
+    const HOLD_NOTE: &'static str = "";
+
     async fn upsert_pending(
         conn: &mut SqliteConnection,
         pending: &[(&Pending, Option<&str>)],
@@ -108,11 +110,15 @@ impl Engine for SqliteEngine {
         &self,
         invoice: &Invoice,
         request_id: Option<&str>,
-        noted: bool,
+        note: Option<&str>,
     ) -> Result<(), StoreError> {
         let mut write = self.db.begin_write().await?;
-        sql_store::insert_invoice::<Sqlite, AsText>(write.conn(), invoice, request_id, noted)
-            .await?;
+        let stored =
+            sql_store::insert_invoice::<Sqlite, AsText>(write.conn(), invoice, request_id, note)
+                .await?;
+        if !stored {
+            return Err(StoreError::NoteTakenOver);
+        }
         // Not acknowledged if it went to a file no longer at its path.
         write.commit().await?;
         Ok(())

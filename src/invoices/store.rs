@@ -21,20 +21,25 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[async_trait]
 pub trait InvoiceStore: Store {
     /// Stores a new invoice with the request id of the call that created it,
-    /// durably before it returns. `noted`: a pending note names the invoice
-    /// (its reservation's, [`Pending::invoice_id`]), which settles its
-    /// number; it is stored settled. Without one (imported) it is stored
-    /// unsettled, for reconciliation to settle.
+    /// durably before it returns. `note`: the request key of the invoice's
+    /// pending note (its reservation's), which settles its number; it is
+    /// stored settled, and only while that note is there and not taken over
+    /// ([`InvoiceStore::take_over`]), which the insert checks and holds
+    /// until it commits. (The note may name the invoice of a repeat of the
+    /// call, which reserved the same number.) Without one (imported) it is
+    /// stored unsettled, for reconciliation to settle.
     ///
     /// # Errors
     /// [`StoreError::NumberTaken`] when the tenant already has an invoice with
-    /// this number in this period, or this formatted number, [`StoreError::RequestIdTaken`] with this request id;
+    /// this number in this period, or this formatted number,
+    /// [`StoreError::RequestIdTaken`] with this request id,
+    /// [`StoreError::NoteTakenOver`] when the note is gone or taken over;
     /// nothing is stored then.
     async fn insert(
         &self,
         invoice: &Invoice,
         request_id: Option<&RequestId>,
-        noted: bool,
+        note: Option<&str>,
     ) -> Result<(), StoreError>;
 
     /// The tenant's invoice created by the call with this request id.
@@ -66,6 +71,15 @@ pub trait InvoiceStore: Store {
 
     /// Applies one bookkeeping write of the reservations in flight.
     async fn note(&self, note: Note<'_>) -> Result<(), StoreError>;
+
+    /// Takes a pending note over for reconciliation, if it still names the
+    /// invoice it named when read (`pending`): from then on no invoice is
+    /// stored under it, so its number, if no invoice holds it yet, can be
+    /// given back. Whether it is taken over: not if the call stored its
+    /// invoice and settled the note since, or a repeat of the call noted
+    /// another invoice under it. A note taken over stays taken over, also
+    /// when noted again, until it is done.
+    async fn take_over(&self, pending: &Pending) -> Result<bool, StoreError>;
 
     /// Up to `limit` reservations pending since before `before`, oldest
     /// first: left by calls that died, if `before` is older than any call
@@ -176,6 +190,10 @@ pub enum StoreError {
     /// The tenant already has an invoice created with this request id.
     #[error("request id already used")]
     RequestIdTaken,
+    /// The invoice's pending note is gone, or reconciliation took it over:
+    /// its number is not the call's to store the invoice under.
+    #[error("the reservation's note was taken over")]
+    NoteTakenOver,
     /// The store cannot be reached now; retrying the call later may succeed.
     #[error("invoice store unavailable")]
     Unavailable(#[source] BoxError),

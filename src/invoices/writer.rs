@@ -63,10 +63,12 @@ impl From<StoreError> for Error {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::Unavailable(_) => Self::StoreUnavailable(error),
-            // A number taken is handled where it can happen; anywhere else it is a bug.
-            StoreError::NumberTaken | StoreError::RequestIdTaken | StoreError::Internal(_) => {
-                Self::Internal(error)
-            }
+            // A number or note taken is handled where it can happen;
+            // anywhere else it is a bug.
+            StoreError::NumberTaken
+            | StoreError::RequestIdTaken
+            | StoreError::NoteTakenOver
+            | StoreError::Internal(_) => Self::Internal(error),
         }
     }
 }
@@ -248,7 +250,7 @@ impl InvoiceWriter {
             }
             let number = numbered(reserved)?;
             let invoice = new.numbered(number, id, self.clock.now());
-            match self.store.insert(&invoice, request_id, true).await {
+            match self.store.insert(&invoice, request_id, Some(&key)).await {
                 Ok(()) => {
                     self.confirm(&invoice, Settle::Note(key), deadline).await;
                     return Ok(Created {
@@ -269,24 +271,22 @@ impl InvoiceWriter {
                 {
                     return repeat(new, stored, request_id);
                 }
-                Err(StoreError::NumberTaken) => {
-                    self.count_conflict(attempt);
+                // Reconciliation took the note over, the call having taken
+                // longer than it waits (or a repeat of the call noted its
+                // own invoice under it): the number is reconciliation's to
+                // settle, so the call reserves another.
+                Err(StoreError::NoteTakenOver) => {
                     tracing::warn!(
                         tenant = %new.tenant_id,
                         number = invoice.number,
-                        invoice_number = %invoice.invoice_number,
                         attempt,
                         max_attempts = self.max_attempts,
-                        "invoice number already taken; reserving another",
+                        "the number this attempt reserved was taken over by reconciliation; \
+                         reserving another",
                     );
-                    // The invoice stored under it holds it: so say.
-                    let holder = self
-                        .store
-                        .get_by_number(NumberOf::held_by(&invoice))
-                        .await?;
-                    if let Some(stored) = holder {
-                        self.confirm(&stored, Settle::Mark, deadline).await;
-                    }
+                }
+                Err(StoreError::NumberTaken) => {
+                    self.number_taken(&invoice, attempt, deadline).await?;
                     self.let_go(done).await;
                 }
                 // The invoice may be stored all the same: its connection was
@@ -312,6 +312,30 @@ impl InvoiceWriter {
             tenant: new.tenant_id.to_string(),
             attempts: self.max_attempts,
         })
+    }
+
+    /// Counts and logs a number found taken on attempt `attempt`, and
+    /// confirms it to the invoice stored under it, which holds it.
+    async fn number_taken(
+        &self,
+        invoice: &Invoice,
+        attempt: u32,
+        deadline: Instant,
+    ) -> Result<(), Error> {
+        self.count_conflict(attempt);
+        tracing::warn!(
+            tenant = %invoice.tenant_id,
+            number = invoice.number,
+            invoice_number = %invoice.invoice_number,
+            attempt,
+            max_attempts = self.max_attempts,
+            "invoice number already taken; reserving another",
+        );
+        let holder = self.store.get_by_number(NumberOf::held_by(invoice)).await?;
+        if let Some(stored) = holder {
+            self.confirm(&stored, Settle::Mark, deadline).await;
+        }
+        Ok(())
     }
 
     /// Whether `reserved`, the answer to attempt `attempt`'s reservation
@@ -568,6 +592,12 @@ impl InvoiceWriter {
             self.store.note(done).await?;
             return Ok(false);
         };
+        // From here on no invoice is stored under the note: what is stored
+        // under its number now is all there will be. A note that names
+        // another invoice now is a live call's again.
+        if !self.store.take_over(pending).await? {
+            return Ok(false);
+        }
         let named = match Uuid::parse_str(&pending.invoice_id) {
             Ok(id) => self.store.get(&tenant, id).await?,
             // Written before notes named their invoices.

@@ -5,7 +5,7 @@
 use std::{
     collections::HashSet,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
@@ -32,7 +32,7 @@ use numbering::{
     tenant::TenantId,
 };
 use rstest_reuse::apply;
-use tokio::time::Instant;
+use tokio::{sync::Notify, time::Instant};
 use tonic::{Code, Request, Response, Status, transport::Channel};
 use uuid::Uuid;
 
@@ -140,8 +140,7 @@ async fn a_repeated_create_returns_the_stored_invoice(#[case] backend: Backend) 
 }
 
 /// How a store fails the next insert: after its invoice is committed, or
-/// before.
-#[derive(Clone, Copy)]
+/// before; or makes it late.
 enum Failure {
     /// Answers unavailable after the commit, as a connection lost before
     /// the reply does.
@@ -150,6 +149,26 @@ enum Failure {
     Hangs,
     /// Answers unavailable without storing the invoice.
     NotStored,
+    /// Makes the insert, as a call slower than reconciliation waits, only
+    /// once reconciliation has read what is stored under its number; and
+    /// answers only at the test's word, so that reconciliation has settled
+    /// the number by then. The outcome is kept.
+    Late(Arc<Gate>),
+}
+
+/// Where a late insert and reconciliation wait for each other, and what the
+/// insert answered.
+#[derive(Default)]
+struct Gate {
+    /// The insert is reached.
+    reached: Notify,
+    /// Reconciliation has read the number's holder: the insert goes on.
+    read: Notify,
+    /// The insert is made.
+    made: Notify,
+    /// The insert answers.
+    answer: Notify,
+    answered: Mutex<Option<Result<(), String>>>,
 }
 
 /// The real store, failing the next insert as `how` says.
@@ -176,22 +195,32 @@ impl InvoiceStore for FailsOnce {
         &self,
         invoice: &Invoice,
         request_id: Option<&RequestId>,
-        noted: bool,
+        note: Option<&str>,
     ) -> Result<(), StoreError> {
         if !self.armed.swap(false, Ordering::SeqCst) {
-            return self.inner.insert(invoice, request_id, noted).await;
+            return self.inner.insert(invoice, request_id, note).await;
         }
-        match self.how {
+        match &self.how {
             Failure::NotStored => Err(StoreError::Unavailable("connection lost".into())),
             Failure::Unavailable => {
-                self.inner.insert(invoice, request_id, noted).await?;
+                self.inner.insert(invoice, request_id, note).await?;
                 Err(StoreError::Unavailable(
                     "connection lost after commit".into(),
                 ))
             }
             Failure::Hangs => {
-                self.inner.insert(invoice, request_id, noted).await?;
+                self.inner.insert(invoice, request_id, note).await?;
                 std::future::pending().await
+            }
+            Failure::Late(gate) => {
+                gate.reached.notify_one();
+                gate.read.notified().await;
+                let answer = self.inner.insert(invoice, request_id, note).await;
+                *gate.answered.lock().unwrap() =
+                    Some(answer.as_ref().copied().map_err(|e| format!("{e:?}")));
+                gate.made.notify_one();
+                gate.answer.notified().await;
+                answer
             }
         }
     }
@@ -222,11 +251,22 @@ impl InvoiceStore for FailsOnce {
     }
 
     async fn get_by_number(&self, number: NumberOf<'_>) -> Result<Option<Invoice>, StoreError> {
-        self.inner.get_by_number(number).await
+        let holder = self.inner.get_by_number(number).await;
+        if let Failure::Late(gate) = &self.how
+            && gate.answered.lock().unwrap().is_none()
+        {
+            gate.read.notify_one();
+            gate.made.notified().await;
+        }
+        holder
     }
 
     async fn note(&self, note: Note<'_>) -> Result<(), StoreError> {
         self.inner.note(note).await
+    }
+
+    async fn take_over(&self, pending: &Pending) -> Result<bool, StoreError> {
+        self.inner.take_over(pending).await
     }
 
     async fn pending_before(
@@ -372,6 +412,82 @@ async fn lost_allocator_replies_leave_no_gap(#[case] backend: Backend) {
     let distinct: HashSet<&str> = invoices.iter().map(|i| i.id.as_str()).collect();
     assert_eq!(distinct.len(), 200);
     assert_confirmed_with_ids(&mut allocator.client.clone(), "", &invoices).await;
+}
+
+/// A call slower than reconciliation waits (or timed by a clock behind the
+/// reconciling writer's): reconciliation finds its note stale, and its
+/// number stored by no invoice; the call stores its invoice just then, and
+/// reconciliation gives the number back. The call must not have stored its
+/// invoice under that number: it reserves another, and every stored
+/// invoice's number is confirmed to it.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_slower_than_reconciliation_stores_nothing_under_the_number_given_back(
+    #[case] backend: Backend,
+) {
+    let mut allocator = spawn_allocator(backend).await;
+    let db = TestDb::create(backend).await;
+    let gate = Arc::new(Gate::default());
+    let store = Arc::new(FailsOnce {
+        inner: db.invoice_store().await,
+        how: Failure::Late(gate.clone()),
+        armed: AtomicBool::new(true),
+    });
+    let stored: Arc<dyn InvoiceStore> = store.clone();
+    let url = allocator.server.url();
+    let mut writer = spawn_writer_on(
+        db,
+        store,
+        allocator_client(&url),
+        3,
+        Arc::new(SystemClock),
+        test_settings(),
+    )
+    .await;
+    let call = tokio::spawn({
+        let mut client = writer.client.clone();
+        async move { client.create_invoice(keyed("acme", "order-1")).await }
+    });
+    gate.reached.notified().await;
+
+    let reconciler = InvoiceWriter::new(
+        stored.clone(),
+        allocator_client(&url),
+        3,
+        Arc::new(SystemClock),
+    );
+    let settled = reconciler
+        .reconcile(
+            Utc::now() + TimeDelta::minutes(1),
+            10,
+            Instant::now() + PATIENCE,
+        )
+        .await
+        .unwrap();
+    assert_eq!(settled.given_back, 1, "{settled:?}");
+    gate.answer.notify_one();
+    let created = call.await.unwrap().unwrap().into_inner();
+    assert!(!created.replayed);
+    assert_eq!(
+        *gate.answered.lock().unwrap(),
+        Some(Err("NoteTakenOver".to_owned())),
+        "the late insert was not refused"
+    );
+
+    let invoices = list_all(&mut writer.client, "acme").await;
+    assert_eq!(invoices.len(), 1);
+    assert_eq!(Some(&invoices[0]), created.invoice.as_ref());
+    assert_confirmed_with_ids(&mut allocator.client, "", &invoices).await;
+    let audit = allocator
+        .client
+        .audit_series(AuditSeriesRequest {
+            tenant_id: "acme".into(),
+            ..AuditSeriesRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((audit.confirmed, audit.reserved), (1, 0), "{audit:?}");
 }
 
 /// A call whose invoice was not stored, on a series that reissues, left its

@@ -603,7 +603,7 @@ async fn the_store_refuses_a_number_twice(#[case] backend: Backend) {
     let today = chrono::Utc::now().date_naive();
     for (number, formatted) in [(5, "X-5"), (6, "INV-005")] {
         let error = store
-            .insert(&acme_invoice(number, formatted), None, false)
+            .insert(&acme_invoice(number, formatted), None, None)
             .await
             .unwrap_err();
         assert!(
@@ -660,9 +660,9 @@ async fn the_holder_of_a_number_is_found_by_number_or_by_text(#[case] backend: B
 
 /// Writes that arrive together are committed together, and each keeps its
 /// own outcome: an invoice whose number, formatted number or request id is
-/// taken, or that the table refuses, fails alone and keeps its pending note;
-/// the others are stored and their notes go with them; two invoices with one
-/// number store one.
+/// taken, whose note is taken over, or that the table refuses, fails alone
+/// and keeps its pending note; the others are stored, and their notes stay
+/// until their numbers are settled; two invoices with one number store one.
 #[apply(backends)]
 #[tokio::test]
 async fn writes_made_together_keep_each_their_own_outcome(#[case] backend: Backend) {
@@ -677,7 +677,7 @@ async fn writes_made_together_keep_each_their_own_outcome(#[case] backend: Backe
     let numbered = |number: i64, formatted: String| acme_invoice(number, &formatted);
     let used = RequestId::parse("used-request-id").unwrap().unwrap();
     store
-        .insert(&numbered(6, "INV-006".into()), Some(&used), false)
+        .insert(&numbered(6, "INV-006".into()), Some(&used), None)
         .await
         .unwrap();
 
@@ -699,28 +699,54 @@ async fn writes_made_together_keep_each_their_own_outcome(#[case] backend: Backe
     // A row the table refuses fails its whole group's statement: the
     // group's other writes are made all the same.
     writes.push((numbered(0, "INV-000".into()), None, Err("refused")));
+    // One whose note reconciliation took over: not stored. One whose note
+    // names another invoice, a repeat of its call's, which reserved the
+    // same number: stored all the same.
+    writes.push((numbered(50, "INV-050".into()), None, Err("taken over")));
+    writes.push((numbered(51, "INV-051".into()), None, Ok(())));
     let since = chrono::Utc::now();
+    let key = |index: usize| format!("key-{index}");
     for (index, (invoice, ..)) in writes.iter().enumerate() {
-        let pending = Pending {
+        let mut pending = Pending {
             tenant_id: "acme".into(),
-            request_key: format!("key-{index}"),
+            request_key: key(index),
             issue_date: String::new(),
             since,
             invoice_id: invoice.id.to_string(),
         };
+        if invoice.number == 51 {
+            pending.invoice_id = uuid::Uuid::now_v7().to_string();
+        }
         let note = Note::Pending {
             pending: &pending,
             request_id: None,
         };
         store.note(note).await.unwrap();
+        if invoice.number == 50 {
+            assert!(store.take_over(&pending).await.unwrap());
+        }
+        if invoice.number == 51 {
+            // Taken over only as read: it names another invoice now.
+            let as_read = Pending {
+                invoice_id: invoice.id.to_string(),
+                ..pending
+            };
+            assert!(!store.take_over(&as_read).await.unwrap());
+        }
     }
 
     // All at once, so that they queue while a group commits.
     let calls: Vec<_> = writes
         .iter()
-        .map(|(invoice, request_id, _)| {
+        .enumerate()
+        .map(|(index, (invoice, request_id, _))| {
             let (store, invoice, request_id) = (store.clone(), invoice.clone(), request_id.clone());
-            tokio::spawn(async move { store.insert(&invoice, request_id.as_ref(), true).await })
+            let note = key(index);
+            tokio::spawn(async move {
+                store
+                    .insert(&invoice, request_id.as_ref(), Some(&note))
+                    .await
+            })
         })
         .collect();
     let mut answers = Vec::new();
@@ -734,6 +760,7 @@ async fn writes_made_together_keep_each_their_own_outcome(#[case] backend: Backe
                 | (Err("number"), Err(StoreError::NumberTaken))
                 | (Err("request id"), Err(StoreError::RequestIdTaken))
                 | (Err("refused"), Err(StoreError::Internal(_)))
+                | (Err("taken over"), Err(StoreError::NoteTakenOver))
         );
         assert!(
             as_expected,
@@ -743,7 +770,7 @@ async fn writes_made_together_keep_each_their_own_outcome(#[case] backend: Backe
     }
 
     let stored = list_stored(&store).await;
-    let expected: Vec<i64> = [5, 6].into_iter().chain(10..30).chain([40]).collect();
+    let expected: Vec<i64> = [5, 6].into_iter().chain(10..30).chain([40, 51]).collect();
     assert_eq!(stored, expected);
     let later = chrono::Utc::now() + chrono::Duration::hours(1);
     let mut left: Vec<String> = store
@@ -754,9 +781,7 @@ async fn writes_made_together_keep_each_their_own_outcome(#[case] backend: Backe
         .map(|pending| pending.request_key)
         .collect();
     left.sort();
-    let mut noted: Vec<String> = (0..writes.len())
-        .map(|index| format!("key-{index}"))
-        .collect();
+    let mut noted: Vec<String> = (0..writes.len()).map(key).collect();
     noted.sort();
     assert_eq!(
         left, noted,
@@ -825,7 +850,10 @@ async fn a_groups_keys_are_looked_up_by_index_in_tables_planned_small() {
                     request_id: id.as_ref(),
                 };
                 store.note(noted).await.unwrap();
-                store.insert(&invoice, id.as_ref(), true).await.unwrap();
+                store
+                    .insert(&invoice, id.as_ref(), Some(&note.request_key))
+                    .await
+                    .unwrap();
                 let done = Note::Done {
                     tenant: "acme",
                     request_key: &note.request_key,
@@ -874,6 +902,71 @@ async fn a_groups_keys_are_looked_up_by_index_in_tables_planned_small() {
         .await
         .unwrap();
     assert_eq!(left, 0, "every note done is deleted");
+}
+
+/// On PostgreSQL an insert holds its note until it commits, against a
+/// take-over: one not committed yet (reconciliation's) makes the insert
+/// wait, and once it commits the insert stores nothing. An insert that read
+/// the note as it was would store its invoice under a number reconciliation
+/// goes on to give back.
+#[tokio::test]
+async fn an_insert_waits_for_a_take_over_of_its_note_and_then_stores_nothing() {
+    use numbering::invoices::store::{Note, Pending, StoreError};
+
+    let db = TestDb::create(Backend::Postgres).await;
+    let store = db.invoice_store().await;
+    let pool = db.pool(&test_pool_settings()).await;
+    let invoice = acme_invoice(1, "INV-001");
+    let pending = Pending {
+        tenant_id: "acme".into(),
+        request_key: "key-1".into(),
+        issue_date: String::new(),
+        since: chrono::Utc::now(),
+        invoice_id: invoice.id.to_string(),
+    };
+    let note = Note::Pending {
+        pending: &pending,
+        request_id: None,
+    };
+    store.note(note).await.unwrap();
+
+    let mut taking_over = pool.begin().await.unwrap();
+    sqlx::query(
+        "UPDATE pending_numbers SET taken_over = TRUE
+         WHERE tenant_id = 'acme' AND request_key = 'key-1'",
+    )
+    .execute(&mut *taking_over)
+    .await
+    .unwrap();
+    let insert = tokio::spawn({
+        let store = store.clone();
+        async move { store.insert(&invoice, None, Some("key-1")).await }
+    });
+    let waiting = "SELECT count(*) FROM pg_stat_activity
+                   WHERE datname = current_database() AND wait_event_type = 'Lock'";
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let waits: i64 = sqlx::query_scalar(waiting).fetch_one(&pool).await.unwrap();
+            if waits > 0 || insert.is_finished() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the insert waits, or is answered");
+    assert!(
+        !insert.is_finished(),
+        "the insert went on past a take-over not committed: {:?}",
+        insert.await.unwrap()
+    );
+    taking_over.commit().await.unwrap();
+    let answer = insert.await.unwrap();
+    assert!(
+        matches!(answer, Err(StoreError::NoteTakenOver)),
+        "{answer:?}"
+    );
+    assert!(list_stored(&store).await.is_empty());
 }
 
 /// The sequential and index scans of each table, once every other session

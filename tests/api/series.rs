@@ -693,7 +693,7 @@ async fn import_dated(writer: &WriterApp, number: i64, formatted: &str, period: 
         date: date.parse().unwrap(),
     };
     let invoice = new.numbered(number, uuid::Uuid::now_v7(), Utc::now());
-    writer.store.insert(&invoice, None, false).await.unwrap();
+    writer.store.insert(&invoice, None, None).await.unwrap();
 }
 
 fn issued(date: &str, request_id: &str) -> CreateInvoiceRequest {

@@ -196,7 +196,7 @@ async fn a_deleted_invoice_file_fails_the_insert_and_readiness() {
             uuid::Uuid::now_v7(),
             chrono::Utc::now(),
         );
-    let inserted = writer.store.insert(&invoice, None, false).await;
+    let inserted = writer.store.insert(&invoice, None, None).await;
     assert!(
         matches!(inserted, Err(invoices::store::StoreError::Unavailable(_))),
         "{inserted:?}"

@@ -162,7 +162,7 @@ pub async fn import_invoice(
     };
     let invoice = new.numbered(number, uuid::Uuid::now_v7(), today);
     store
-        .insert(&invoice, None, false)
+        .insert(&invoice, None, None)
         .await
         .expect("import invoice");
 }
