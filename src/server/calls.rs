@@ -21,7 +21,10 @@ use tonic::{
 };
 use tonic_types::StatusExt;
 
-use crate::server::status::with_reason;
+use crate::server::{
+    status::with_reason,
+    validation::{FieldViolation, InvalidArgument},
+};
 
 /// A service whose calls are bounded in number and time, each failure logged
 /// at the level its code deserves.
@@ -104,13 +107,48 @@ where
             let response = response?;
             drop(permit);
             // A unary error is trailers-only: its status is in the headers.
-            if let Some(status) = Status::from_header_map(response.headers())
-                && status.code() != Code::Ok
-            {
-                log_failure(uri.path(), &status);
+            match Status::from_header_map(response.headers()) {
+                Some(status) if status.code() != Code::Ok => {
+                    let Some(status) = undecodable(&status) else {
+                        log_failure(uri.path(), &status);
+                        return Ok(response);
+                    };
+                    log_failure(uri.path(), &status);
+                    Ok(status.into_http())
+                }
+                _ => Ok(response),
             }
-            Ok(response)
         })
+    }
+}
+
+/// The answer of this service to a request whose frame the gRPC library
+/// refused before any handler ran, in place of the library's own, which
+/// carries no `ErrorInfo`: a message over the size limit is
+/// `RESOURCE_EXHAUSTED` `REQUEST_TOO_LARGE` (gRPC's code for it); a frame
+/// with a compression flag its request's encoding does not allow is
+/// `INVALID_ARGUMENT`, as any request that does not decode, and not the
+/// `INTERNAL` of a fault of the service. `None` for every other answer: the
+/// service's own, with their reasons.
+fn undecodable(status: &Status) -> Option<Status> {
+    if !status.details().is_empty() {
+        return None;
+    }
+    match status.code() {
+        Code::OutOfRange => Some(with_reason(
+            Code::ResourceExhausted,
+            status.message(),
+            "REQUEST_TOO_LARGE",
+            &[],
+        )),
+        Code::Internal => Some(
+            InvalidArgument(vec![FieldViolation {
+                field: String::new(),
+                description: status.message().to_owned(),
+            }])
+            .into(),
+        ),
+        _ => None,
     }
 }
 

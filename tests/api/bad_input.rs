@@ -28,7 +28,9 @@ use tonic::{
 
 use crate::{
     backends,
-    helpers::{allocate, assert_invalid_field, invoice_request, list_all, spawn_both},
+    helpers::{
+        allocate, assert_invalid_field, assert_reason, invoice_request, list_all, spawn_both,
+    },
 };
 
 /// Sends and receives bytes as they are, so a test can send what no
@@ -178,6 +180,78 @@ async fn bytes_that_do_not_decode_are_invalid_argument_everywhere(#[case] backen
     assert!(cases > 50, "only {cases} fields tried");
 
     // Nothing reached a handler: no series, no invoice.
+    let series = allocator
+        .client
+        .get_series(GetSeriesRequest {
+            tenant_id: "acme".into(),
+            ..GetSeriesRequest::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(series.code(), Code::NotFound, "{series:?}");
+    assert!(list_all(&mut writer.client, "acme").await.is_empty());
+}
+
+/// Sends one gRPC frame as it is, flag and length included, and returns the
+/// status the server answers in its headers (a trailers-only answer).
+async fn call_frame(mut channel: Channel, url: &str, path: &str, frame: Vec<u8>) -> Status {
+    use tonic::codegen::{Service, http};
+
+    let request = http::Request::post(format!("{url}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(tonic::body::Body::new(String::from_utf8(frame).unwrap()))
+        .unwrap();
+    std::future::poll_fn(|cx| channel.poll_ready(cx))
+        .await
+        .unwrap();
+    let response = channel.call(request).await.unwrap();
+    Status::from_header_map(response.headers()).expect("a trailers-only answer")
+}
+
+/// Requests the gRPC library refuses before any handler runs answer as the
+/// services' own refusals do, with an `ErrorInfo`: a message over the size
+/// limit is RESOURCE_EXHAUSTED `REQUEST_TOO_LARGE`; a frame marked
+/// compressed without an encoding, or with a flag that means nothing, does
+/// not decode: INVALID_ARGUMENT. Nothing is written.
+#[apply(backends)]
+#[tokio::test]
+async fn frames_refused_before_any_handler_answer_with_a_reason(#[case] backend: Backend) {
+    let (mut allocator, mut writer) = spawn_both(backend, 3).await;
+    let services = [
+        (
+            allocator.server.channel().await,
+            allocator.server.url(),
+            "/numbering.v1.NumberAllocator/Allocate",
+            64 * 1024,
+        ),
+        (
+            writer.server.channel().await,
+            writer.server.url(),
+            "/numbering.v1.InvoiceWriter/CreateInvoice",
+            4 * 1024 * 1024,
+        ),
+    ];
+    for (channel, url, path, limit) in services {
+        // A tenant id just over the limit: refused before it is read.
+        let oversized = delimited(1, &vec![b'a'; limit]);
+        let status = call_raw(channel.clone(), path, oversized)
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::ResourceExhausted, "{path}: {status:?}");
+        assert_reason(&status, "REQUEST_TOO_LARGE");
+
+        let message = delimited(1, b"acme");
+        for flag in [1, 2] {
+            let mut frame = vec![flag];
+            frame.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+            frame.extend_from_slice(&message);
+            let status = call_frame(channel.clone(), &url, path, frame).await;
+            assert_invalid_field(&status, "");
+            assert!(status.message().contains("flag"), "{path}: {status:?}");
+        }
+    }
+
     let series = allocator
         .client
         .get_series(GetSeriesRequest {
