@@ -111,6 +111,10 @@ pub struct ServerArgs {
     #[arg(long, env = "NUMBERING_FIRST_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub first_request_timeout: Duration,
 
+    /// A connection that has had no call open this long (since its last call ended) is closed; its client reconnects for its next call.
+    #[arg(long, env = "NUMBERING_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+
     /// Calls in flight at once on one connection (HTTP/2 concurrent streams); a client past it waits for one to end.
     #[arg(long, env = "NUMBERING_MAX_CONCURRENT_STREAMS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_streams: u32,
@@ -149,6 +153,7 @@ impl ServerArgs {
         }
         for (name, value) in [
             ("--first-request-timeout", self.first_request_timeout),
+            ("--idle-timeout", self.idle_timeout),
             ("--keepalive-interval", self.keepalive_interval),
             ("--keepalive-timeout", self.keepalive_timeout),
             (
@@ -192,6 +197,7 @@ impl ServerArgs {
             connections: ConnectionLimits {
                 max_connections: self.max_connections,
                 first_request_timeout: self.first_request_timeout,
+                idle_timeout: self.idle_timeout,
             },
             max_concurrent_streams: self.max_concurrent_streams,
             keepalive_interval: self.keepalive_interval,

@@ -1,8 +1,8 @@
 //! The connections a server accepts, bounded so that silent or flooding
 //! clients cannot take what others need: at most a set number at once (the
-//! rest wait in the kernel's backlog), and each one closed unless its first
+//! rest wait in the kernel's backlog), each one closed unless its first
 //! request arrives within a set time of its accept, TLS and HTTP/2 handshakes
-//! included.
+//! included, and closed again once it has had no call open for a set time.
 //!
 //! Writes are coalesced: a connection's first write after a flush yields to
 //! the runtime once, so that the replies of calls that finished together
@@ -15,12 +15,13 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
     time::Duration,
 };
 
+use bytes::Bytes;
 use rustls::pki_types::CertificateDer;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
@@ -30,7 +31,7 @@ use tokio::{
 };
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{codegen::http, transport::server::Connected};
+use tonic::{body::Body, codegen::http, transport::server::Connected};
 
 use crate::tls::ServerTls;
 
@@ -41,6 +42,9 @@ pub struct ConnectionLimits {
     pub max_connections: usize,
     /// From accept to the first request; a connection silent that long is closed.
     pub first_request_timeout: Duration,
+    /// From the end of a connection's last call, with none open since; a
+    /// connection idle that long is closed.
+    pub idle_timeout: Duration,
 }
 
 impl Default for ConnectionLimits {
@@ -48,6 +52,7 @@ impl Default for ConnectionLimits {
         Self {
             max_connections: 1_000,
             first_request_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_mins(5),
         }
     }
 }
@@ -88,9 +93,10 @@ pub(crate) fn incoming(
             // No Nagle delay: a reply's trailers must not wait for the peer's
             // delayed ACK (a 40 ms stall).
             let _ = stream.set_nodelay(true);
-            let deadline = Instant::now() + limits.first_request_timeout;
+            let accepted = Instant::now();
+            let deadline = accepted + limits.first_request_timeout;
             let Some(tls) = &tls else {
-                let connection = Connection::new(Stream::Plain(stream), deadline, permit);
+                let connection = Connection::new(Stream::Plain(stream), accepted, limits, permit);
                 if ready.send(Ok(connection)).await.is_err() {
                     return;
                 }
@@ -103,7 +109,7 @@ pub(crate) fn incoming(
                     Ok(Ok(stream)) => {
                         let stream = Stream::Tls(Box::new(stream));
                         let _ = ready
-                            .send(Ok(Connection::new(stream, deadline, permit)))
+                            .send(Ok(Connection::new(stream, accepted, limits, permit)))
                             .await;
                     }
                     Ok(Err(error)) => {
@@ -126,13 +132,16 @@ enum Stream {
 }
 
 /// An accepted connection: closed by its next read once its first-request
-/// deadline passes without a request; holds its place under the limit until
-/// dropped.
+/// deadline passes without a request, or its idle deadline with no call
+/// open; holds its place under the limit until dropped.
 pub struct Connection {
     stream: Stream,
-    spoke: Arc<AtomicBool>,
-    /// Until the first request; none after.
-    deadline: Option<Pin<Box<Sleep>>>,
+    activity: Arc<Activity>,
+    limits: ConnectionLimits,
+    /// When the connection is next looked at: its deadline, or a quarter of
+    /// the idle time-out on, whichever comes first (nothing wakes it when a
+    /// call starts or ends).
+    timer: Pin<Box<Sleep>>,
     /// Whether this burst of writes has yielded once already; cleared by a
     /// flush.
     yielded: bool,
@@ -140,14 +149,41 @@ pub struct Connection {
 }
 
 impl Connection {
-    fn new(stream: Stream, deadline: Instant, permit: OwnedSemaphorePermit) -> Self {
+    fn new(
+        stream: Stream,
+        accepted: Instant,
+        limits: ConnectionLimits,
+        permit: OwnedSemaphorePermit,
+    ) -> Self {
         Self {
             stream,
-            spoke: Arc::new(AtomicBool::new(false)),
-            deadline: Some(Box::pin(tokio::time::sleep_until(deadline))),
+            activity: Arc::new(Activity::since(accepted)),
+            limits,
+            timer: Box::pin(tokio::time::sleep_until(
+                accepted + limits.first_request_timeout.min(limits.idle_timeout / 4),
+            )),
             yielded: false,
             _permit: permit,
         }
+    }
+
+    /// Ready with an error once the connection is to be closed: silent past
+    /// its first-request time-out, or idle past its idle time-out.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        while self.timer.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            // Looked at again at least every quarter of the idle time-out:
+            // a connection is closed at most that late.
+            let next = now + self.limits.idle_timeout / 4;
+            match self.activity.deadline(&self.limits) {
+                Deadline::At(deadline) if deadline <= now => {
+                    return Poll::Ready(self.activity.expired(&self.limits));
+                }
+                Deadline::At(deadline) => self.timer.as_mut().reset(deadline.min(next)),
+                Deadline::CallOpen => self.timer.as_mut().reset(next),
+            }
+        }
+        Poll::Pending
     }
 
     /// Pending once at the start of each burst of writes, woken at once:
@@ -163,6 +199,83 @@ impl Connection {
     }
 }
 
+/// What a connection's calls have done: whether one came, how many are open,
+/// and when the last one ended.
+#[derive(Debug)]
+struct Activity {
+    accepted: Instant,
+    spoke: AtomicBool,
+    open: AtomicUsize,
+    /// When the last call ended, in nanoseconds since the accept.
+    last_end: AtomicU64,
+}
+
+/// When a connection is to be closed, as things stand.
+enum Deadline {
+    At(Instant),
+    /// Not while a call is open.
+    CallOpen,
+}
+
+impl Activity {
+    fn since(accepted: Instant) -> Self {
+        Self {
+            accepted,
+            spoke: AtomicBool::new(false),
+            open: AtomicUsize::new(0),
+            last_end: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts a call open until the guard it returns is dropped.
+    fn open(self: &Arc<Self>) -> CallOpen {
+        self.spoke.store(true, Ordering::Relaxed);
+        self.open.fetch_add(1, Ordering::AcqRel);
+        CallOpen(self.clone())
+    }
+
+    fn deadline(&self, limits: &ConnectionLimits) -> Deadline {
+        if !self.spoke.load(Ordering::Relaxed) {
+            return Deadline::At(self.accepted + limits.first_request_timeout);
+        }
+        // The end is written before the count falls to zero: read after it.
+        if self.open.load(Ordering::Acquire) > 0 {
+            return Deadline::CallOpen;
+        }
+        let last_end = Duration::from_nanos(self.last_end.load(Ordering::Relaxed));
+        Deadline::At(self.accepted + last_end + limits.idle_timeout)
+    }
+
+    fn expired(&self, limits: &ConnectionLimits) -> io::Error {
+        let why = if self.spoke.load(Ordering::Relaxed) {
+            format!(
+                "no call open for the idle time-out ({:?})",
+                limits.idle_timeout
+            )
+        } else {
+            format!(
+                "no request within the first-request time-out ({:?})",
+                limits.first_request_timeout
+            )
+        };
+        io::Error::new(io::ErrorKind::TimedOut, why)
+    }
+}
+
+/// A call open on a connection, until dropped.
+struct CallOpen(Arc<Activity>);
+
+impl Drop for CallOpen {
+    fn drop(&mut self) {
+        let since_accept = self.0.accepted.elapsed().as_nanos();
+        self.0.last_end.store(
+            u64::try_from(since_accept).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// What a request knows of the connection it came on (a request extension).
 #[derive(Debug, Clone)]
 pub struct ConnectionInfo {
@@ -170,7 +283,7 @@ pub struct ConnectionInfo {
     pub remote_addr: Option<SocketAddr>,
     /// The client's certificate chain, if it showed one over TLS.
     pub peer_certs: Option<Arc<Vec<CertificateDer<'static>>>>,
-    spoke: Arc<AtomicBool>,
+    activity: Arc<Activity>,
 }
 
 impl ConnectionInfo {
@@ -190,13 +303,75 @@ pub fn peer_subject(extensions: &http::Extensions) -> Option<String> {
     Some(cert.subject().to_string())
 }
 
-/// Marks `request`'s connection as having sent a request, so it is no longer
-/// closed for silence.
-pub(crate) fn mark_spoken<B>(request: http::Request<B>) -> http::Request<B> {
-    if let Some(info) = ConnectionInfo::of(request.extensions()) {
-        info.spoke.store(true, Ordering::Relaxed);
+/// Counts each call open on its connection, from its request until its
+/// reply's body is done or dropped: a connection with a call open is
+/// neither silent nor idle.
+#[derive(Debug, Clone)]
+pub(crate) struct CountCalls<S> {
+    inner: S,
+}
+
+impl<S> CountCalls<S> {
+    pub(crate) fn new(inner: S) -> Self {
+        Self { inner }
     }
-    request
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for CountCalls<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+    R: http_body::Body<Data = Bytes> + Send + 'static,
+    R::Error: Into<tonic::codegen::StdError>,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let open = ConnectionInfo::of(request.extensions()).map(|info| info.activity.open());
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            Ok(response.map(|body| match open {
+                Some(open) => Body::new(Counted {
+                    inner: Body::new(body),
+                    _open: open,
+                }),
+                None => Body::new(body),
+            }))
+        })
+    }
+}
+
+/// A reply body that keeps its call counted open until it is dropped.
+struct Counted {
+    inner: Body,
+    _open: CallOpen,
+}
+
+impl http_body::Body for Counted {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, tonic::Status>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 impl Connected for Connection {
@@ -216,7 +391,7 @@ impl Connected for Connection {
         ConnectionInfo {
             remote_addr: tcp.peer_addr().ok(),
             peer_certs,
-            spoke: self.spoke.clone(),
+            activity: self.activity.clone(),
         }
     }
 }
@@ -228,15 +403,8 @@ impl AsyncRead for Connection {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if let Some(deadline) = &mut this.deadline {
-            if this.spoke.load(Ordering::Relaxed) {
-                this.deadline = None;
-            } else if deadline.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "no request within the first-request time-out",
-                )));
-            }
+        if let Poll::Ready(expired) = this.poll_expired(cx) {
+            return Poll::Ready(Err(expired));
         }
         match &mut this.stream {
             Stream::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
@@ -328,8 +496,9 @@ mod tests {
             .unwrap();
         let (accepted, _) = listener.accept().await.unwrap();
         let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
-        let deadline = Instant::now() + Duration::from_mins(1);
-        let mut connection = Connection::new(Stream::Plain(accepted), deadline, permit);
+        let limits = ConnectionLimits::default();
+        let mut connection =
+            Connection::new(Stream::Plain(accepted), Instant::now(), limits, permit);
         for burst in [b"one".as_slice(), b"two"] {
             assert_eq!(
                 write(&mut connection, burst).await,

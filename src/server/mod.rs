@@ -28,7 +28,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use tower_http::trace::TraceLayer;
 
 pub use authenticate::{Admission, admission};
-use connections::mark_spoken;
+use connections::CountCalls;
 
 use crate::{
     access::Access,
@@ -166,7 +166,7 @@ where
         let health_only = listeners.health.map(|listener| {
             tokio::spawn(
                 builder(settings)
-                    .layer(tower::util::MapRequestLayer::new(mark_spoken))
+                    .layer(tower::layer::layer_fn(CountCalls::new))
                     .add_service(health_service.clone())
                     .serve_with_incoming_shutdown(
                         incoming(listener, None, settings.connections),
@@ -176,8 +176,8 @@ where
         });
         let (access, limits) = (settings.access.clone(), settings.tenant_limits.clone());
         let mut routes = builder(settings)
-            // A connection that sent a request is no longer silent.
-            .layer(tower::util::MapRequestLayer::new(mark_spoken))
+            // A connection with a call open is neither silent nor idle.
+            .layer(tower::layer::layer_fn(CountCalls::new))
             // Every call counted, refused and shed ones included.
             .layer(tower::layer::layer_fn(metrics::GrpcMetrics::new))
             // So every call gets a span, shed, refused and timed-out ones

@@ -1,13 +1,16 @@
 //! Silent clients: connections that never speak are closed after the
-//! first-request time-out, the number held at once is capped below the file
-//! limit, and a well-behaved client is served through a flood of them.
+//! first-request time-out, those that stop speaking after the idle time-out,
+//! the number held at once is capped below the file limit, and a
+//! well-behaved client is served through a flood of them.
 
 use std::{
     io,
+    pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
+    task::{Context, Poll},
     time::Duration,
 };
 
@@ -18,8 +21,16 @@ use numbering::{
     proto::{CreateInvoiceRequest, number_allocator_client::NumberAllocatorClient},
     server::ServerSettings,
 };
-use tokio::{io::AsyncReadExt, net::TcpStream};
-use tonic::transport::{Endpoint, Uri};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf},
+    net::TcpStream,
+    sync::Notify,
+    time::Instant,
+};
+use tonic::transport::{Channel, Endpoint, Uri};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 use uuid::Uuid;
 
 use crate::helpers::{
@@ -121,6 +132,161 @@ async fn silent_connections_are_closed_and_a_flood_of_them_starves_no_one() {
         failed_accepts.is_empty(),
         "the allocator ran out of file descriptors: {failed_accepts:?}"
     );
+}
+
+/// The connections a channel opened, and how many it has let go of once the
+/// server closed them.
+#[derive(Default)]
+struct Connections {
+    opened: AtomicUsize,
+    closed: AtomicUsize,
+    closing: Notify,
+}
+
+impl Connections {
+    /// A channel to `addr` whose connections are counted here.
+    async fn channel(self: &Arc<Self>, addr: &str) -> Channel {
+        let (connections, addr) = (self.clone(), addr.to_owned());
+        let connector = tower::service_fn(move |_: Uri| {
+            let (connections, addr) = (connections.clone(), addr.clone());
+            async move {
+                let stream = TcpStream::connect(addr).await?;
+                connections.opened.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, io::Error>(TokioIo::new(Watched {
+                    stream,
+                    connections,
+                    ended: false,
+                }))
+            }
+        });
+        Endpoint::from_static("http://allocator")
+            .connect_with_connector(connector)
+            .await
+            .expect("connect")
+    }
+
+    /// Waits until the server has closed `n` of the connections, and the
+    /// channel has let go of them: its next call opens a new one.
+    async fn wait_closed(&self, n: usize) {
+        tokio::time::timeout(PATIENCE, async {
+            loop {
+                let closing = self.closing.notified();
+                if self.closed.load(Ordering::SeqCst) >= n {
+                    return;
+                }
+                closing.await;
+            }
+        })
+        .await
+        .expect("the server closes the connection");
+    }
+}
+
+/// A connection that counts itself closed when its peer has closed it and
+/// the channel lets go of it.
+struct Watched {
+    stream: TcpStream,
+    connections: Arc<Connections>,
+    ended: bool,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let read = Pin::new(&mut self.stream).poll_read(cx, buf);
+        match &read {
+            Poll::Ready(Ok(())) if buf.filled().len() == before => self.ended = true,
+            Poll::Ready(Err(_)) => self.ended = true,
+            _ => {}
+        }
+        read
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        if self.ended {
+            self.connections.closed.fetch_add(1, Ordering::SeqCst);
+            self.connections.closing.notify_waiters();
+        }
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// A connection is closed once it has had no call open for the idle
+/// time-out, and its client reconnects for its next call. One with a call
+/// open is not, however long the call lasts: a health Watch, opened before,
+/// is still open after the idle one was closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_with_no_call_open_are_closed_after_the_idle_timeout() {
+    let db = TestDb::create(Backend::Sqlite).await;
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_number-allocator"));
+    command
+        .env("DATABASE_URL", &db.url)
+        .args(["--idle-timeout", "1s"]);
+    let running = start(command).await;
+
+    let watching = Arc::new(Connections::default());
+    let mut health = HealthClient::new(watching.channel(&running.addr).await);
+    let mut watch = health
+        .watch(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().expect("a first status");
+    assert_eq!(first.status(), ServingStatus::Serving);
+
+    let calling = Arc::new(Connections::default());
+    let mut client = NumberAllocatorClient::new(calling.channel(&running.addr).await);
+    let first = client.allocate(allocate("acme", "", 1)).await.unwrap();
+    assert_eq!(first.into_inner().numbers[0].value, 1);
+    let answered = Instant::now();
+    calling.wait_closed(1).await;
+    // Not before the idle time-out, and not much after: looked at every
+    // quarter of it, not at the first-request time-out's 10 s.
+    let idle = answered.elapsed();
+    assert!(
+        idle >= Duration::from_millis(900) && idle < Duration::from_secs(5),
+        "closed after {idle:?} idle"
+    );
+    let second = client.allocate(allocate("acme", "", 1)).await.unwrap();
+    assert_eq!(second.into_inner().numbers[0].value, 2);
+    assert_eq!(
+        calling.opened.load(Ordering::SeqCst),
+        2,
+        "no new connection"
+    );
+
+    assert_eq!(
+        watching.closed.load(Ordering::SeqCst),
+        0,
+        "a connection with a call open was closed"
+    );
+    drop((watch, health));
+    kill(running.pid(), Signal::SIGTERM).unwrap();
+    let (status, logs) = running.wait().await;
+    assert!(status.success(), "{logs:?}");
 }
 
 /// With a maximum connection age, the allocator asks each client to
