@@ -85,7 +85,7 @@ where
             .map(http::HeaderValue::as_bytes);
         let extensions = request.extensions();
         match self.access.authenticate(authorization, || {
-            super::connections::peer_subject(extensions)
+            super::connections::grantable_subject(extensions)
         }) {
             Ok(caller) => {
                 if let Some(name) = caller.name() {

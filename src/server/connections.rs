@@ -298,9 +298,38 @@ impl ConnectionInfo {
 /// on, as `C=…, O=…, CN=…` in the certificate's order, if it showed one.
 #[must_use]
 pub fn peer_subject(extensions: &http::Extensions) -> Option<String> {
+    subject_of(peer_cert(extensions)?).map(|(subject, _)| subject)
+}
+
+/// The subject of the client certificate as [`peer_subject`] writes it, if
+/// that text names it alone, for grants by subject: none of its values
+/// holds a character the text joins its parts with or could be read as
+/// (`,` `+` `=` `"` `\` `;` `<` `>`), and each is text. A value
+/// `batch, O=Example` in one common name would otherwise be written as the
+/// two parts `CN=batch, O=Example`: such a certificate gets no grant by its
+/// subject.
+#[must_use]
+pub fn grantable_subject(extensions: &http::Extensions) -> Option<String> {
+    subject_of(peer_cert(extensions)?).and_then(|(subject, alone)| alone.then_some(subject))
+}
+
+fn peer_cert(extensions: &http::Extensions) -> Option<&[u8]> {
     let certs = ConnectionInfo::of(extensions)?.peer_certs.as_ref()?;
-    let (_, cert) = x509_parser::parse_x509_certificate(certs.first()?.as_ref()).ok()?;
-    Some(cert.subject().to_string())
+    Some(certs.first()?.as_ref())
+}
+
+/// A certificate's subject as text, and whether that text names it alone.
+fn subject_of(der: &[u8]) -> Option<(String, bool)> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let subject = cert.subject();
+    let alone = subject.iter_attributes().all(|attribute| {
+        attribute.as_str().is_ok_and(|value| {
+            !value
+                .chars()
+                .any(|c| matches!(c, ',' | '+' | '=' | '"' | '\\' | ';' | '<' | '>'))
+        })
+    });
+    Some((subject.to_string(), alone))
 }
 
 /// Counts each call open on its connection, from its request until its
@@ -486,6 +515,39 @@ mod tests {
         .unwrap();
         assert_eq!(written, bytes.len());
         polls
+    }
+
+    /// A client certificate whose common name holds what the subject's text
+    /// joins parts with is written as another subject would be: it names
+    /// no grant.
+    #[test]
+    fn a_subject_whose_values_hold_separators_names_no_grant() {
+        let signed = |common_name: &str| {
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, common_name);
+            params
+                .distinguished_name
+                .push(rcgen::DnType::OrganizationName, "Example");
+            let key = rcgen::KeyPair::generate().unwrap();
+            params.self_signed(&key).unwrap().der().to_vec()
+        };
+        assert_eq!(
+            subject_of(&signed("batch")),
+            Some(("CN=batch, O=Example".to_owned(), true))
+        );
+        for hostile in [
+            "batch, O=Example",
+            "a+b",
+            "x=y",
+            "q\"uote",
+            "back\\slash",
+            "semi;colon",
+        ] {
+            let (_, alone) = subject_of(&signed(hostile)).unwrap();
+            assert!(!alone, "{hostile:?} names a grant");
+        }
     }
 
     #[tokio::test]

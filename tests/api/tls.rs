@@ -244,6 +244,8 @@ async fn a_client_certificate_subject_can_carry_grants_and_a_token_still_wins() 
         dir.path(),
         "tokens.toml",
         "[[certificate]]\nname = \"batch\"\nsubject = \"CN=batch\"\ntenants = [\"globex\"]\n\
+         [[certificate]]\nname = \"example\"\nsubject = \"CN=batch, O=Example\"\n\
+         tenants = [\"acme\"]\n\
          [[token]]\nname = \"billing\"\nsecret = \"billing-s3cret\"\ntenants = [\"acme\"]\n",
     );
     let settings = ServerSettings {
@@ -260,6 +262,16 @@ async fn a_client_certificate_subject_can_carry_grants_and_a_token_still_wins() 
         refused
             .as_ref()
             .is_err_and(|e| e.starts_with("PermissionDenied")),
+        "{refused:?}"
+    );
+    // One common name that reads as two parts names no grant: the
+    // certificate is another's than the grant's, whatever its text says.
+    let posing = clients.client("batch, O=Example");
+    let refused = allocate_over_tls(addr, &ca.pem(), Some(&posing), None).await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.starts_with("Unauthenticated")),
         "{refused:?}"
     );
     // A certificate without grants needs a token.
