@@ -8,9 +8,10 @@
 use std::{
     collections::HashMap,
     future::Future,
+    net::SocketAddr,
     pin::Pin,
     sync::{
-        OnceLock,
+        Arc, OnceLock,
         atomic::{AtomicBool, Ordering},
     },
     task::{Context, Poll},
@@ -20,7 +21,11 @@ use std::{
 use bytes::Bytes;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use prost::Message;
-use tokio::net::TcpListener;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpStream},
+    sync::{OwnedSemaphorePermit, Semaphore},
+};
 use tonic::{Code, Status, body::Body, codegen::http};
 
 /// Upper bounds (seconds) of the call-duration histograms.
@@ -67,10 +72,20 @@ pub(crate) fn install() {
     let _ = handle();
 }
 
+/// Connections the metrics endpoint holds at once; more wait in the listen
+/// backlog. A scraper needs one.
+const MAX_METRICS_CONNECTIONS: usize = 16;
+
 /// Installs the recorder if it is not yet, and serves `GET /metrics` on
-/// `listener` in a task until it is aborted. None if another recorder was
-/// installed first.
-pub(crate) fn start(listener: TcpListener) -> Option<tokio::task::JoinHandle<()>> {
+/// `listener` in a task until it is aborted: at most
+/// [`MAX_METRICS_CONNECTIONS`] connections at once, each closed `lifetime`
+/// after its accept (a scrape takes milliseconds; a scraper reconnects), so
+/// that clients of this port cannot hold the process's file descriptors.
+/// None if another recorder was installed first.
+pub(crate) fn start(
+    listener: TcpListener,
+    lifetime: Duration,
+) -> Option<tokio::task::JoinHandle<()>> {
     let Some(handle) = handle() else {
         tracing::warn!("another metrics recorder is installed; not serving /metrics");
         return None;
@@ -97,7 +112,7 @@ pub(crate) fn start(listener: TcpListener) -> Option<tokio::task::JoinHandle<()>
     };
     Some(tokio::spawn(async move {
         tokio::select! {
-            served = async { axum::serve(listener, router).await } => {
+            served = async { axum::serve(Bounded::new(listener, lifetime), router).await } => {
                 if let Err(error) = served {
                     tracing::error!(%error, "the metrics endpoint stopped");
                 }
@@ -105,6 +120,105 @@ pub(crate) fn start(listener: TcpListener) -> Option<tokio::task::JoinHandle<()>
             () = upkeep => {}
         }
     }))
+}
+
+/// The metrics listener, bounded: at most [`MAX_METRICS_CONNECTIONS`] at
+/// once, each for at most its lifetime.
+struct Bounded {
+    listener: TcpListener,
+    permits: Arc<Semaphore>,
+    lifetime: Duration,
+}
+
+impl Bounded {
+    fn new(listener: TcpListener, lifetime: Duration) -> Self {
+        Self {
+            listener,
+            permits: Arc::new(Semaphore::new(MAX_METRICS_CONNECTIONS)),
+            lifetime,
+        }
+    }
+}
+
+impl axum::serve::Listener for Bounded {
+    type Io = Lifetime;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Lifetime, SocketAddr) {
+        loop {
+            // A permit first: at the limit, connections wait in the kernel.
+            let permit = self
+                .permits
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            match self.listener.accept().await {
+                Ok((stream, addr)) => {
+                    let ends = Box::pin(tokio::time::sleep(self.lifetime));
+                    return (
+                        Lifetime {
+                            stream,
+                            ends,
+                            _permit: permit,
+                        },
+                        addr,
+                    );
+                }
+                Err(error) => {
+                    // Out of file descriptors, say: let some close.
+                    tracing::warn!(%error, "accepting a metrics connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// A metrics connection, closed by its next read once its lifetime ends;
+/// holds its place under the limit until dropped.
+struct Lifetime {
+    stream: TcpStream,
+    ends: Pin<Box<tokio::time::Sleep>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl AsyncRead for Lifetime {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.ends.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the metrics connection's lifetime ended",
+            )));
+        }
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Lifetime {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
 }
 
 /// The labels of one gRPC method: `grpc_service` (the full name),

@@ -149,7 +149,9 @@ where
         // Recording from the first readiness check and the first call.
         let _metrics = listeners
             .metrics
-            .and_then(metrics::start)
+            .and_then(|listener| {
+                metrics::start(listener, settings.connections.first_request_timeout)
+            })
             .map(AbortOnDrop);
         let (health, health_service) = tonic_health::server::health_reporter();
         health

@@ -79,6 +79,39 @@ async fn start_with_metrics(mut command: tokio::process::Command) -> (Running, S
     (running, addr)
 }
 
+/// Silent connections to the metrics port, more than it holds at once, are
+/// each closed once their lifetime (the first-request time-out) ends, and a
+/// scrape behind them all is served: clients of this port cannot hold the
+/// process's file descriptors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_to_the_metrics_port_are_closed_and_a_scrape_is_served() {
+    let db = TestDb::create(Backend::Sqlite).await;
+    let mut command = allocator_binary(&db.url);
+    command.args(["--first-request-timeout", "1s"]);
+    let (_running, metrics_addr) = start_with_metrics(command).await;
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        silent.push(tokio::net::TcpStream::connect(&metrics_addr).await.unwrap());
+    }
+    let (status, text) = tokio::time::timeout(PATIENCE, scrape(&metrics_addr, "/metrics"))
+        .await
+        .expect("a scrape behind the silent connections is served");
+    assert!(status.contains(" 200 "), "{status}");
+    assert!(text.contains("# TYPE"), "{text}");
+    for mut connection in silent {
+        let mut buffer = [0u8; 64];
+        let closed = tokio::time::timeout(PATIENCE, async {
+            while connection
+                .read(&mut buffer)
+                .await
+                .is_ok_and(|read| read > 0)
+            {}
+        })
+        .await;
+        assert!(closed.is_ok(), "a silent metrics connection is still open");
+    }
+}
+
 /// The allocator with `--metrics-listen`: after two allocations and a
 /// refused call, `/metrics` holds the conventional gRPC server metrics by
 /// service, method, type and code, the allocator's own metrics, and no
