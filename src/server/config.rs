@@ -111,8 +111,8 @@ pub struct ServerArgs {
     #[arg(long, env = "NUMBERING_FIRST_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub first_request_timeout: Duration,
 
-    /// A connection that has had no call open this long (since its last call ended) is closed; its client reconnects for its next call.
-    #[arg(long, env = "NUMBERING_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    /// A connection that has had no call open this long (since its last call ended) is closed; its client reconnects for its next call (a tonic client fails that one call with CANCELLED: retry it).
+    #[arg(long, env = "NUMBERING_IDLE_TIMEOUT", default_value = "1h", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
 
     /// Calls in flight at once on one connection (HTTP/2 concurrent streams); a client past it waits for one to end.

@@ -52,7 +52,7 @@ impl Default for ConnectionLimits {
         Self {
             max_connections: 1_000,
             first_request_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_mins(5),
+            idle_timeout: Duration::from_hours(1),
         }
     }
 }
