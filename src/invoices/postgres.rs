@@ -90,8 +90,9 @@ impl KeyLookups for Postgres {
         pending: &[(&Pending, Option<&str>)],
     ) -> Result<HashSet<(String, String)>, sqlx::Error> {
         let noted: Vec<(String, String)> = sqlx::query_as(
-            "INSERT INTO pending_numbers (tenant_id, request_key, issue_date, since, invoice_id)
-             SELECT v.tenant_id, v.request_key, v.issue_date, v.since, v.invoice_id
+            "INSERT INTO pending_numbers
+                 (tenant_id, request_key, issue_date, since, invoice_id, noted_by)
+             SELECT v.tenant_id, v.request_key, v.issue_date, v.since, v.invoice_id, v.invoice_id
              FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[],
                          $6::text[])
                   AS v (tenant_id, request_key, issue_date, since, invoice_id, request_id)
@@ -101,7 +102,8 @@ impl KeyLookups for Postgres {
                  LIMIT 1) AS i ON TRUE
              WHERE i.created IS NULL
              ON CONFLICT (tenant_id, request_key)
-             DO UPDATE SET since = excluded.since, invoice_id = excluded.invoice_id
+             DO UPDATE SET since = excluded.since, invoice_id = excluded.invoice_id,
+                 noted_by = pending_numbers.noted_by || ' ' || excluded.invoice_id
              RETURNING tenant_id, request_key",
         )
         .bind(

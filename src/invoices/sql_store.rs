@@ -539,7 +539,8 @@ impl<Id, Total> InvoiceRow<Id, Total> {
 /// Makes a group of writes on `conn`, inside the caller's transaction: the
 /// pending notes, then the notes taken over, then the invoices (leaving out
 /// any that would take a number or request id already taken, or whose note
-/// is gone or taken over), then the notes done and the settled marks.
+/// is gone, taken over, or made afresh since), then the notes done and the
+/// settled marks.
 /// Rows go in key order, so that the groups of two processes lock them in the
 /// same order. Returns the ids of the invoices stored.
 pub(crate) async fn write_group<DB, S>(
@@ -660,8 +661,9 @@ where
     for<'r> (String, String): FromRow<'r, DB::Row>,
 {
     let mut query = QueryBuilder::<DB>::new(
-        "INSERT INTO pending_numbers (tenant_id, request_key, issue_date, since, invoice_id)
-         SELECT v.column1, v.column2, v.column3, v.column4, v.column5 FROM (",
+        "INSERT INTO pending_numbers
+             (tenant_id, request_key, issue_date, since, invoice_id, noted_by)
+         SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column5 FROM (",
     );
     query.push_values(pending, |mut row, (pending, request_id)| {
         row.push_bind(pending.tenant_id.as_str())
@@ -678,7 +680,8 @@ where
          WHERE NOT EXISTS (SELECT 1 FROM invoices i
                            WHERE i.tenant_id = v.column1 AND i.request_id = v.column6)
          ON CONFLICT (tenant_id, request_key)
-         DO UPDATE SET since = excluded.since, invoice_id = excluded.invoice_id
+         DO UPDATE SET since = excluded.since, invoice_id = excluded.invoice_id,
+             noted_by = pending_numbers.noted_by || ' ' || excluded.invoice_id
          RETURNING tenant_id, request_key",
     );
     // Its text differs with its length: not worth keeping prepared.
@@ -692,8 +695,9 @@ where
 
 /// Inserts invoices with the request ids that created them, on `conn`,
 /// leaving out any whose number, formatted number or request id the tenant
-/// already has (or has earlier in the list), and any whose note is gone or
-/// taken over. Returns the ids of those inserted.
+/// already has (or has earlier in the list), and any whose note is gone,
+/// taken over, or made afresh since its call noted it. Returns the ids of
+/// those inserted.
 #[tracing::instrument(name = "db.invoices.insert_many", skip_all, err(level = "debug"))]
 async fn insert_invoices<DB, S>(
     conn: &mut DB::Connection,
@@ -819,9 +823,9 @@ where
 
 /// `INSERT INTO invoices (...)` one row per invoice, with the request id
 /// that created it; one with a pending note (by request key) is stored
-/// settled, and only while that note is there and not taken over, which the
-/// statement holds ([`KeyLookups::HOLD_NOTE`]) until it commits: the start
-/// of both inserts.
+/// settled, and only while that note is there, not taken over, and noted by
+/// the invoice's call (its id among `noted_by`), which the statement holds
+/// ([`KeyLookups::HOLD_NOTE`]) until it commits: the start of both inserts.
 fn insert_values<'a, DB, S>(
     invoices: impl IntoIterator<Item = (&'a Invoice, Option<&'a str>, Option<&'a str>)>,
 ) -> QueryBuilder<DB>
@@ -866,14 +870,15 @@ where
             .push_bind(invoice.created_at)
             .push_bind(request_id)
             .push(if note.is_some() { "TRUE" } else { "FALSE" })
-            .push_bind(note);
+            .push_bind(note)
+            .push_bind(invoice.id.to_string().as_str());
     });
     query.push(format_args!(
         ") AS v
          WHERE v.column20 IS NULL OR EXISTS (
              SELECT 1 FROM pending_numbers p
              WHERE p.tenant_id = v.column2 AND p.request_key = v.column20
-                 AND NOT p.taken_over{})",
+                 AND NOT p.taken_over AND p.noted_by LIKE '%' || v.column21 || '%'{})",
         DB::HOLD_NOTE
     ));
     query
@@ -881,8 +886,8 @@ where
 
 /// Inserts the invoice and the request id that created it on `conn`, inside
 /// the caller's transaction: settled, if it has a pending note (by request
-/// key, `note`), and only while that note is there and not taken over;
-/// whether it is stored.
+/// key, `note`), and only while that note is there, not taken over, and
+/// noted by its call; whether it is stored.
 #[tracing::instrument(name = "db.invoices.insert", skip_all, err(level = "debug"))]
 pub(crate) async fn insert_invoice<DB, S>(
     conn: &mut DB::Connection,

@@ -23,18 +23,20 @@ pub trait InvoiceStore: Store {
     /// Stores a new invoice with the request id of the call that created it,
     /// durably before it returns. `note`: the request key of the invoice's
     /// pending note (its reservation's), which settles its number; it is
-    /// stored settled, and only while that note is there and not taken over
-    /// ([`InvoiceStore::take_over`]), which the insert checks and holds
-    /// until it commits. (The note may name the invoice of a repeat of the
-    /// call, which reserved the same number.) Without one (imported) it is
+    /// stored settled, and only while that note is there, not taken over
+    /// ([`InvoiceStore::take_over`]), and noted by this invoice's call since
+    /// it was made, which the insert checks and holds until it commits. (A
+    /// repeat of the call may have noted its own invoice under it since: it
+    /// reserved the same number. A note made afresh after reconciliation
+    /// deleted the call's is not the call's.) Without one (imported) it is
     /// stored unsettled, for reconciliation to settle.
     ///
     /// # Errors
     /// [`StoreError::NumberTaken`] when the tenant already has an invoice with
     /// this number in this period, or this formatted number,
     /// [`StoreError::RequestIdTaken`] with this request id,
-    /// [`StoreError::NoteTakenOver`] when the note is gone or taken over;
-    /// nothing is stored then.
+    /// [`StoreError::NoteTakenOver`] when the note is gone, taken over, or
+    /// made afresh since the call noted it; nothing is stored then.
     async fn insert(
         &self,
         invoice: &Invoice,
@@ -190,8 +192,9 @@ pub enum StoreError {
     /// The tenant already has an invoice created with this request id.
     #[error("request id already used")]
     RequestIdTaken,
-    /// The invoice's pending note is gone, or reconciliation took it over:
-    /// its number is not the call's to store the invoice under.
+    /// The invoice's pending note is gone, reconciliation took it over, or
+    /// it was made afresh since the call noted it: its number is not the
+    /// call's to store the invoice under.
     #[error("the reservation's note was taken over")]
     NoteTakenOver,
     /// The store cannot be reached now; retrying the call later may succeed.

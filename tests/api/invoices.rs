@@ -660,8 +660,8 @@ async fn the_holder_of_a_number_is_found_by_number_or_by_text(#[case] backend: B
 
 /// Writes that arrive together are committed together, and each keeps its
 /// own outcome: an invoice whose number, formatted number or request id is
-/// taken, whose note is taken over, or that the table refuses, fails alone
-/// and keeps its pending note; the others are stored, and their notes stay
+/// taken, whose note is taken over or another call's, or that the table
+/// refuses, fails alone and keeps its pending note; the others are stored, and their notes stay
 /// until their numbers are settled; two invoices with one number store one.
 #[apply(backends)]
 #[tokio::test]
@@ -699,11 +699,12 @@ async fn writes_made_together_keep_each_their_own_outcome(#[case] backend: Backe
     // A row the table refuses fails its whole group's statement: the
     // group's other writes are made all the same.
     writes.push((numbered(0, "INV-000".into()), None, Err("refused")));
-    // One whose note reconciliation took over: not stored. One whose note
-    // names another invoice, a repeat of its call's, which reserved the
-    // same number: stored all the same.
+    // One whose note reconciliation took over, one whose note another call
+    // made: not stored. One whose call noted it again after another (a
+    // repeat of the call, which reserved the same number): stored.
     writes.push((numbered(50, "INV-050".into()), None, Err("taken over")));
-    writes.push((numbered(51, "INV-051".into()), None, Ok(())));
+    writes.push((numbered(51, "INV-051".into()), None, Err("taken over")));
+    writes.push((numbered(52, "INV-052".into()), None, Ok(())));
     let since = chrono::Utc::now();
     let key = |index: usize| format!("key-{index}");
     for (index, (invoice, ..)) in writes.iter().enumerate() {
@@ -714,6 +715,17 @@ async fn writes_made_together_keep_each_their_own_outcome(#[case] backend: Backe
             since,
             invoice_id: invoice.id.to_string(),
         };
+        if matches!(invoice.number, 51 | 52) {
+            let another = Pending {
+                invoice_id: uuid::Uuid::now_v7().to_string(),
+                ..pending.clone()
+            };
+            let note = Note::Pending {
+                pending: &another,
+                request_id: None,
+            };
+            store.note(note).await.unwrap();
+        }
         if invoice.number == 51 {
             pending.invoice_id = uuid::Uuid::now_v7().to_string();
         }
@@ -770,7 +782,7 @@ async fn writes_made_together_keep_each_their_own_outcome(#[case] backend: Backe
     }
 
     let stored = list_stored(&store).await;
-    let expected: Vec<i64> = [5, 6].into_iter().chain(10..30).chain([40, 51]).collect();
+    let expected: Vec<i64> = [5, 6].into_iter().chain(10..30).chain([40, 52]).collect();
     assert_eq!(stored, expected);
     let later = chrono::Utc::now() + chrono::Duration::hours(1);
     let mut left: Vec<String> = store
@@ -902,6 +914,51 @@ async fn a_groups_keys_are_looked_up_by_index_in_tables_planned_small() {
         .await
         .unwrap();
     assert_eq!(left, 0, "every note done is deleted");
+}
+
+/// A call whose note reconciliation took over, settled and deleted, and a
+/// repeat of the call then made afresh, cannot store its invoice under the
+/// fresh note: the number it reserved under it was given back. The repeat
+/// can.
+#[apply(backends)]
+#[tokio::test]
+async fn a_note_made_afresh_after_a_take_over_is_not_the_first_call_s(#[case] backend: Backend) {
+    use numbering::invoices::store::{Note, Pending, StoreError};
+
+    let db = TestDb::create(backend).await;
+    let store = db.invoice_store().await;
+    let (slow, repeat) = (acme_invoice(1, "INV-001"), acme_invoice(1, "INV-001"));
+    let noted = |invoice: &numbering::invoices::domain::Invoice| Pending {
+        tenant_id: "acme".into(),
+        request_key: "key-1".into(),
+        issue_date: String::new(),
+        since: chrono::Utc::now(),
+        invoice_id: invoice.id.to_string(),
+    };
+    let first = noted(&slow);
+    let note = Note::Pending {
+        pending: &first,
+        request_id: None,
+    };
+    store.note(note).await.unwrap();
+    assert!(store.take_over(&first).await.unwrap());
+    let done = Note::Done {
+        tenant: "acme",
+        request_key: "key-1",
+    };
+    store.note(done).await.unwrap();
+    let afresh = noted(&repeat);
+    let note = Note::Pending {
+        pending: &afresh,
+        request_id: None,
+    };
+    store.note(note).await.unwrap();
+
+    let late = store.insert(&slow, None, Some("key-1")).await;
+    assert!(matches!(late, Err(StoreError::NoteTakenOver)), "{late:?}");
+    store.insert(&repeat, None, Some("key-1")).await.unwrap();
+    let tenant = TenantId::parse("acme").unwrap();
+    assert!(store.get(&tenant, slow.id).await.unwrap().is_none());
 }
 
 /// On PostgreSQL an insert holds its note until it commits, against a
