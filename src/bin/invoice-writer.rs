@@ -84,6 +84,10 @@ struct Config {
     )]
     allocator_tls_key: Option<PathBuf>,
 
+    /// How long the allocator holds each invoice's number reserved for it (at most the allocator's --max-lease). A stored invoice whose writer, or its way to the allocator, is down longer than this finds its number given back when reconciliation comes to confirm it. A number of an invoice never stored is given back sooner, by reconciliation, once the writer is back.
+    #[arg(long, env = "NUMBERING_RESERVATION_LEASE", default_value = "1h", value_parser = humantime::parse_duration)]
+    reservation_lease: Duration,
+
     /// How often numbers left behind by calls that died are settled (stored invoices' numbers confirmed, numbers of invoices never stored given back); also once at start-up.
     #[arg(long, env = "NUMBERING_RECONCILE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
     reconcile_interval: Duration,
@@ -120,6 +124,11 @@ async fn main() -> ExitCode {
 
 /// The writer's settings from the command line.
 fn settings(config: &Config) -> Result<Settings, StartupError> {
+    if config.reservation_lease < Duration::from_secs(1) {
+        return Err(StartupError::BadSetting(
+            "--reservation-lease must be at least 1s".into(),
+        ));
+    }
     if config.reconcile_interval.is_zero() {
         return Err(StartupError::BadSetting(
             "--reconcile-interval must be more than 0s".into(),
@@ -136,6 +145,7 @@ fn settings(config: &Config) -> Result<Settings, StartupError> {
         },
         backoff: Backoff::default(),
         max_attempts: config.max_attempts,
+        reservation_lease: config.reservation_lease,
         allocator_retry_budget: config.allocator_retry_budget,
         reconcile: ReconcileSettings {
             interval: config.reconcile_interval,

@@ -41,6 +41,8 @@ pub struct Settings {
     pub backoff: Backoff,
     /// Numbers tried per invoice before answering ABORTED.
     pub max_attempts: u32,
+    /// How long each invoice's number is reserved for it.
+    pub reservation_lease: Duration,
     /// Longest time spent retrying an unreachable allocator per invoice.
     pub allocator_retry_budget: Duration,
     /// How calls that died are settled.
@@ -112,7 +114,9 @@ impl App {
             settings.allocator_retry_budget,
             Arc::new(SystemClock),
         );
-        Ok(app.with_reconcile(settings.reconcile))
+        Ok(app
+            .with_reconcile(settings.reconcile)
+            .with_reservation_lease(settings.reservation_lease))
     }
 
     /// The service on a store already open, an allocator client, and the
@@ -139,6 +143,17 @@ impl App {
             clock,
             allocator_retry_budget,
             reconcile: ReconcileSettings::default(),
+        }
+    }
+
+    /// The service reserving each invoice's number for `lease`.
+    #[must_use]
+    pub fn with_reservation_lease(self, lease: Duration) -> Self {
+        let writer = self.writer.with_lease(lease);
+        Self {
+            service: grpc::service(writer.clone(), self.allocator_retry_budget),
+            writer,
+            ..self
         }
     }
 

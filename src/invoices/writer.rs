@@ -153,6 +153,14 @@ enum Settle {
     Mark,
 }
 
+/// How long an invoice's number is reserved for it unless told otherwise:
+/// long enough that a writer down for a while (or an allocator it cannot
+/// reach) comes back to a number still reserved, which reconciliation then
+/// confirms to the invoice stored under it. Once the lease ends the
+/// allocator gives the number back, and a stored invoice's confirmation is
+/// refused.
+pub const DEFAULT_RESERVATION_LEASE: Duration = Duration::from_hours(1);
+
 /// Writes and reads invoices.
 #[derive(Clone)]
 pub struct InvoiceWriter {
@@ -160,6 +168,7 @@ pub struct InvoiceWriter {
     allocator: AllocatorClient,
     max_attempts: u32,
     clock: Arc<dyn Clock>,
+    lease: Duration,
 }
 
 impl InvoiceWriter {
@@ -177,7 +186,14 @@ impl InvoiceWriter {
             allocator,
             max_attempts: max_attempts.max(1),
             clock,
+            lease: DEFAULT_RESERVATION_LEASE,
         }
+    }
+
+    /// The writer reserving each number for `lease`.
+    #[must_use]
+    pub fn with_lease(self, lease: Duration) -> Self {
+        Self { lease, ..self }
     }
 
     /// Numbers and stores a new invoice; or, for a request id that already
@@ -232,7 +248,7 @@ impl InvoiceWriter {
             };
             let reserved = match self
                 .allocator
-                .reserve(&new.tenant_id, &issue_date, &key, Duration::ZERO, deadline)
+                .reserve(&new.tenant_id, &issue_date, &key, self.lease, deadline)
                 .await
             {
                 Ok(reserved) => reserved,
@@ -618,7 +634,7 @@ impl InvoiceWriter {
                 &tenant,
                 &pending.issue_date,
                 &pending.request_key,
-                Duration::ZERO,
+                self.lease,
                 deadline,
             )
             .await;

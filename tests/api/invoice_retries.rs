@@ -490,8 +490,68 @@ async fn a_call_slower_than_reconciliation_stores_nothing_under_the_number_given
     assert_eq!((audit.confirmed, audit.reserved), (1, 0), "{audit:?}");
 }
 
+/// A call stored its invoice and died before confirming its number (its
+/// store's answer lost); the writer stays down, or cannot reach the
+/// allocator, for ten minutes, past the allocator's default lease (five).
+/// The writer's own lease (an hour) still holds the number: reconciliation
+/// confirms it to the invoice, and nothing is given back.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_invoice_s_number_outlasts_a_writer_down_past_the_default_lease(
+    #[case] backend: Backend,
+) {
+    let allocator_db = TestDb::create(backend).await;
+    let clock = ManualClock::at("2026-12-03T10:00:00Z".parse().unwrap());
+    let mode = CommitMode::Group(GroupCommitSettings::default());
+    let (server, mut allocator) = serve_allocator_on(
+        &allocator_db,
+        mode,
+        RequestIdSettings::default(),
+        clock.clone(),
+    )
+    .await;
+    let db = TestDb::create(backend).await;
+    let store = Arc::new(FailsOnce {
+        inner: db.invoice_store().await,
+        how: Failure::Unavailable,
+        armed: AtomicBool::new(true),
+    });
+    let stored: Arc<dyn InvoiceStore> = store.clone();
+    let url = server.url();
+    let mut writer = spawn_writer_on(
+        db,
+        store,
+        allocator_client(&url),
+        3,
+        Arc::new(SystemClock),
+        test_settings(),
+    )
+    .await;
+    let status = writer
+        .client
+        .create_invoice(keyed("acme", "order-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let invoices = list_all(&mut writer.client, "acme").await;
+    assert_eq!(invoices.len(), 1);
+
+    clock.advance(Duration::from_mins(10));
+    let reconciler = InvoiceWriter::new(stored, allocator_client(&url), 3, Arc::new(SystemClock));
+    let settled = reconciler
+        .reconcile(
+            Utc::now() + TimeDelta::minutes(1),
+            10,
+            Instant::now() + PATIENCE,
+        )
+        .await
+        .unwrap();
+    assert_eq!(settled.given_back, 0, "{settled:?}");
+    assert_confirmed_with_ids(&mut allocator, "", &invoices).await;
+}
+
 /// A call whose invoice was not stored, on a series that reissues, left its
-/// number reserved and noted; the lease ended and another call reserved the
+/// number reserved and noted; the lease (the writer's hour) ended and another call reserved the
 /// number again. Reconciliation, repeating the reservation, finds the number
 /// held by that call: it gives back nothing, and the note goes.
 #[apply(backends)]
@@ -546,7 +606,7 @@ async fn reconciliation_leaves_a_number_another_call_took_since(#[case] backend:
     };
     let left = allocator.get_number(number_1()).await.unwrap().into_inner();
     assert_eq!(left.record.unwrap().state(), NumberState::Reserved);
-    clock.advance(Duration::from_mins(6));
+    clock.advance(Duration::from_mins(61));
     let taken = allocator
         .reserve(ReserveRequest {
             tenant_id: "acme".into(),
