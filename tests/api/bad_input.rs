@@ -10,7 +10,8 @@ use numbering::{
     proto::{
         AdvanceCounterRequest, AllocateRequest, AuditSeriesRequest, ConfigureSeriesRequest,
         ConfirmRequest, CreateInvoiceRequest, GetNumberRequest, GetSeriesRequest, NumberState,
-        ReleaseRequest, ReserveRequest, VoidRequest,
+        ReleaseRequest, ReserveRequest, VoidRequest, invoice_writer_client::InvoiceWriterClient,
+        number_allocator_client::NumberAllocatorClient,
     },
 };
 use prost::{
@@ -179,9 +180,15 @@ async fn bytes_that_do_not_decode_are_invalid_argument_everywhere(#[case] backen
     assert_eq!(methods, 15, "every method of both services is tried");
     assert!(cases > 50, "only {cases} fields tried");
 
-    // Nothing reached a handler: no series, no invoice.
+    assert_nothing_written(&mut allocator.client, &mut writer.client).await;
+}
+
+/// Nothing reached a handler: acme has no series, and no invoice.
+async fn assert_nothing_written(
+    allocator: &mut NumberAllocatorClient<Channel>,
+    writer: &mut InvoiceWriterClient<Channel>,
+) {
     let series = allocator
-        .client
         .get_series(GetSeriesRequest {
             tenant_id: "acme".into(),
             ..GetSeriesRequest::default()
@@ -189,7 +196,7 @@ async fn bytes_that_do_not_decode_are_invalid_argument_everywhere(#[case] backen
         .await
         .unwrap_err();
     assert_eq!(series.code(), Code::NotFound, "{series:?}");
-    assert!(list_all(&mut writer.client, "acme").await.is_empty());
+    assert!(list_all(writer, "acme").await.is_empty());
 }
 
 /// Sends one gRPC frame as it is, flag and length included, and returns the
@@ -252,16 +259,7 @@ async fn frames_refused_before_any_handler_answer_with_a_reason(#[case] backend:
         }
     }
 
-    let series = allocator
-        .client
-        .get_series(GetSeriesRequest {
-            tenant_id: "acme".into(),
-            ..GetSeriesRequest::default()
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(series.code(), Code::NotFound, "{series:?}");
-    assert!(list_all(&mut writer.client, "acme").await.is_empty());
+    assert_nothing_written(&mut allocator.client, &mut writer.client).await;
 }
 
 /// A refusal, the method it came from, and the field it must name.

@@ -25,7 +25,7 @@ use numbering::{
     proto::{
         AuditSeriesRequest, ConfigureSeriesRequest, CreateInvoiceRequest, CreateInvoiceResponse,
         GapPolicy, GetNumberRequest, NumberState, ReserveRequest,
-        invoice_writer_client::InvoiceWriterClient,
+        invoice_writer_client::InvoiceWriterClient, number_allocator_client::NumberAllocatorClient,
     },
     request_id::RequestId,
     server::{ServerSettings, Store},
@@ -39,10 +39,10 @@ use uuid::Uuid;
 use crate::{
     backends,
     helpers::{
-        AllocatorProxy, Fault, ManualClock, PATIENCE, TestDb, allocator_client,
-        assert_confirmed_with_ids, assert_reason, invoice_request, invoice_series, list_all,
-        serve_allocator_on, spawn_allocator, spawn_both, spawn_writer, spawn_writer_on,
-        test_settings,
+        AllocatorProxy, Fault, ManualClock, PATIENCE, TestDb, TestServer, WriterApp,
+        allocator_client, assert_confirmed_with_ids, assert_reason, invoice_request,
+        invoice_series, list_all, serve_allocator_on, spawn_allocator, spawn_both, spawn_writer,
+        spawn_writer_on, test_settings,
     },
 };
 
@@ -490,16 +490,20 @@ async fn a_call_slower_than_reconciliation_stores_nothing_under_the_number_given
     assert_eq!((audit.confirmed, audit.reserved), (1, 0), "{audit:?}");
 }
 
-/// A call stored its invoice and died before confirming its number (its
-/// store's answer lost); the writer stays down, or cannot reach the
-/// allocator, for ten minutes, past the allocator's default lease (five).
-/// The writer's own lease (an hour) still holds the number: reconciliation
-/// confirms it to the invoice, and nothing is given back.
-#[apply(backends)]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stored_invoice_s_number_outlasts_a_writer_down_past_the_default_lease(
-    #[case] backend: Backend,
-) {
+/// What a call of `order-1` that failed UNAVAILABLE, as `how` says, left
+/// behind: the allocator, on a clock of its own (its series reissuing the
+/// numbers given back if `reissue`), and the writer with the store it
+/// failed on.
+struct LeftBehind {
+    _allocator_db: TestDb,
+    server: TestServer,
+    allocator: NumberAllocatorClient<Channel>,
+    clock: Arc<ManualClock>,
+    stored: Arc<dyn InvoiceStore>,
+    writer: WriterApp,
+}
+
+async fn left_behind(backend: Backend, how: Failure, reissue: bool) -> LeftBehind {
     let allocator_db = TestDb::create(backend).await;
     let clock = ManualClock::at("2026-12-03T10:00:00Z".parse().unwrap());
     let mode = CommitMode::Group(GroupCommitSettings::default());
@@ -510,18 +514,27 @@ async fn a_stored_invoice_s_number_outlasts_a_writer_down_past_the_default_lease
         clock.clone(),
     )
     .await;
+    if reissue {
+        allocator
+            .configure_series(ConfigureSeriesRequest {
+                tenant_id: "acme".into(),
+                gap_policy: GapPolicy::Reissue.into(),
+                ..ConfigureSeriesRequest::default()
+            })
+            .await
+            .unwrap();
+    }
     let db = TestDb::create(backend).await;
     let store = Arc::new(FailsOnce {
         inner: db.invoice_store().await,
-        how: Failure::Unavailable,
+        how,
         armed: AtomicBool::new(true),
     });
     let stored: Arc<dyn InvoiceStore> = store.clone();
-    let url = server.url();
     let mut writer = spawn_writer_on(
         db,
         store,
-        allocator_client(&url),
+        allocator_client(&server.url()),
         3,
         Arc::new(SystemClock),
         test_settings(),
@@ -533,6 +546,35 @@ async fn a_stored_invoice_s_number_outlasts_a_writer_down_past_the_default_lease
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    LeftBehind {
+        _allocator_db: allocator_db,
+        server,
+        allocator,
+        clock,
+        stored,
+        writer,
+    }
+}
+
+/// A call stored its invoice and died before confirming its number (its
+/// store's answer lost); the writer stays down, or cannot reach the
+/// allocator, for ten minutes, past the allocator's default lease (five).
+/// The writer's own lease (an hour) still holds the number: reconciliation
+/// confirms it to the invoice, and nothing is given back.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_invoice_s_number_outlasts_a_writer_down_past_the_default_lease(
+    #[case] backend: Backend,
+) {
+    let LeftBehind {
+        _allocator_db: _kept,
+        server,
+        mut allocator,
+        clock,
+        stored,
+        mut writer,
+    } = left_behind(backend, Failure::Unavailable, false).await;
+    let url = server.url();
     let invoices = list_all(&mut writer.client, "acme").await;
     assert_eq!(invoices.len(), 1);
 
@@ -557,47 +599,15 @@ async fn a_stored_invoice_s_number_outlasts_a_writer_down_past_the_default_lease
 #[apply(backends)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconciliation_leaves_a_number_another_call_took_since(#[case] backend: Backend) {
-    let allocator_db = TestDb::create(backend).await;
-    let clock = ManualClock::at("2026-12-03T10:00:00Z".parse().unwrap());
-    let mode = CommitMode::Group(GroupCommitSettings::default());
-    let (server, mut allocator) = serve_allocator_on(
-        &allocator_db,
-        mode,
-        RequestIdSettings::default(),
-        clock.clone(),
-    )
-    .await;
-    allocator
-        .configure_series(ConfigureSeriesRequest {
-            tenant_id: "acme".into(),
-            gap_policy: GapPolicy::Reissue.into(),
-            ..ConfigureSeriesRequest::default()
-        })
-        .await
-        .unwrap();
-    let db = TestDb::create(backend).await;
-    let store = Arc::new(FailsOnce {
-        inner: db.invoice_store().await,
-        how: Failure::NotStored,
-        armed: AtomicBool::new(true),
-    });
-    let stored: Arc<dyn InvoiceStore> = store.clone();
+    let LeftBehind {
+        _allocator_db: _kept,
+        server,
+        mut allocator,
+        clock,
+        stored,
+        writer: _writer,
+    } = left_behind(backend, Failure::NotStored, true).await;
     let url = server.url();
-    let mut writer = spawn_writer_on(
-        db,
-        store,
-        allocator_client(&url),
-        3,
-        Arc::new(SystemClock),
-        test_settings(),
-    )
-    .await;
-    let status = writer
-        .client
-        .create_invoice(keyed("acme", "order-1"))
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
 
     let number_1 = || GetNumberRequest {
         tenant_id: "acme".into(),
