@@ -105,7 +105,7 @@ pub struct SqlInvoiceStore<E> {
 /// Most writes waiting for a group; more fail `UNAVAILABLE`.
 const WAITING_WRITES: usize = 10_000;
 
-/// Most writes in one group: an invoice takes 18 parameters, and SQLite
+/// Most writes in one group: an invoice takes 20 parameters, and SQLite
 /// takes at most 32,766 in one statement (PostgreSQL 65,535).
 const MAX_GROUP: usize = 500;
 

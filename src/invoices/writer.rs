@@ -288,9 +288,9 @@ impl InvoiceWriter {
                     return repeat(new, stored, request_id);
                 }
                 // Reconciliation took the note over, the call having taken
-                // longer than it waits (or a repeat of the call noted its
-                // own invoice under it): the number is reconciliation's to
-                // settle, so the call reserves another.
+                // longer than it waits (or settled it, and a repeat of the
+                // call made it afresh; or a repeat settled it): the number
+                // is not this call's to store under, so it reserves another.
                 Err(StoreError::NoteTakenOver) => {
                     tracing::warn!(
                         tenant = %new.tenant_id,

@@ -173,8 +173,9 @@ impl Connection {
         while self.timer.as_mut().poll(cx).is_ready() {
             let now = Instant::now();
             // Looked at again at least every quarter of the idle time-out:
-            // a connection is closed at most that late.
-            let next = now + self.limits.idle_timeout / 4;
+            // a connection is closed at most that late. (Not more often
+            // than every millisecond, however short the time-out.)
+            let next = now + (self.limits.idle_timeout / 4).max(Duration::from_millis(1));
             match self.activity.deadline(&self.limits) {
                 Deadline::At(deadline) if deadline <= now => {
                     return Poll::Ready(self.activity.expired(&self.limits));
