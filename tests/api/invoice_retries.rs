@@ -21,11 +21,12 @@ use numbering::{
         InvoiceWriter,
         domain::Invoice,
         store::{HighestNumber, InvoiceStore, Note, NumberOf, Pending, StoreError},
+        writer::Reconciled,
     },
     proto::{
-        AuditSeriesRequest, ConfigureSeriesRequest, CreateInvoiceRequest, CreateInvoiceResponse,
-        GapPolicy, GetNumberRequest, NumberState, ReserveRequest,
-        invoice_writer_client::InvoiceWriterClient, number_allocator_client::NumberAllocatorClient,
+        ConfigureSeriesRequest, CreateInvoiceRequest, CreateInvoiceResponse, GapPolicy,
+        GetNumberRequest, NumberState, ReserveRequest, invoice_writer_client::InvoiceWriterClient,
+        number_allocator_client::NumberAllocatorClient,
     },
     request_id::RequestId,
     server::{ServerSettings, Store},
@@ -40,7 +41,7 @@ use crate::{
     backends,
     helpers::{
         AllocatorProxy, Fault, ManualClock, PATIENCE, TestDb, TestServer, WriterApp,
-        allocator_client, assert_confirmed_with_ids, assert_reason, invoice_request,
+        allocator_client, assert_confirmed_with_ids, assert_reason, audit_acme, invoice_request,
         invoice_series, list_all, serve_allocator_on, spawn_allocator, spawn_both, spawn_writer,
         spawn_writer_on, test_settings,
     },
@@ -282,6 +283,24 @@ impl InvoiceStore for FailsOnce {
     }
 }
 
+/// Reconciles `store` now, through the allocator at `url`, as another
+/// writer would, every pending note counted stale.
+async fn reconcile_all(store: &Arc<dyn InvoiceStore>, url: &str) -> Reconciled {
+    InvoiceWriter::new(
+        store.clone(),
+        allocator_client(url),
+        3,
+        Arc::new(SystemClock),
+    )
+    .reconcile(
+        Utc::now() + TimeDelta::minutes(1),
+        10,
+        Instant::now() + PATIENCE,
+    )
+    .await
+    .unwrap()
+}
+
 /// A call that failed although its invoice was stored, retried with its
 /// request id, returns that invoice: never a second one.
 async fn a_retry_after_a_failure_past_the_commit_returns_the_invoice(
@@ -289,7 +308,7 @@ async fn a_retry_after_a_failure_past_the_commit_returns_the_invoice(
     how: Failure,
     code: Code,
 ) {
-    let allocator = spawn_allocator(backend).await;
+    let mut allocator = spawn_allocator(backend).await;
     let db = TestDb::create(backend).await;
     let store = Arc::new(FailsOnce {
         inner: db.invoice_store().await,
@@ -331,31 +350,14 @@ async fn a_retry_after_a_failure_past_the_commit_returns_the_invoice(
 
     // The failed call could not tell whether its invoice was stored, so its
     // number is neither given back nor confirmed: still reserved, and noted.
-    let audit = allocator
-        .client
-        .clone()
-        .audit_series(AuditSeriesRequest {
-            tenant_id: "acme".into(),
-            ..AuditSeriesRequest::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let audit = audit_acme(&mut allocator.client).await;
     assert_eq!(
         (audit.reserved, audit.released, audit.voided),
         (1, 0, 0),
         "{audit:?}"
     );
     // Reconciliation confirms it to the stored invoice the note names.
-    let reconciler = InvoiceWriter::new(stored, allocator_client(&url), 3, Arc::new(SystemClock));
-    let settled = reconciler
-        .reconcile(
-            Utc::now() + TimeDelta::minutes(1),
-            10,
-            Instant::now() + PATIENCE,
-        )
-        .await
-        .unwrap();
+    let settled = reconcile_all(&stored, &url).await;
     assert_eq!(settled.given_back, 0, "{settled:?}");
     assert_confirmed_with_ids(&mut allocator.client.clone(), "", &invoices).await;
 }
@@ -450,20 +452,7 @@ async fn a_call_slower_than_reconciliation_stores_nothing_under_the_number_given
     });
     gate.reached.notified().await;
 
-    let reconciler = InvoiceWriter::new(
-        stored.clone(),
-        allocator_client(&url),
-        3,
-        Arc::new(SystemClock),
-    );
-    let settled = reconciler
-        .reconcile(
-            Utc::now() + TimeDelta::minutes(1),
-            10,
-            Instant::now() + PATIENCE,
-        )
-        .await
-        .unwrap();
+    let settled = reconcile_all(&stored, &url).await;
     assert_eq!(settled.given_back, 1, "{settled:?}");
     gate.answer.notify_one();
     let created = call.await.unwrap().unwrap().into_inner();
@@ -478,15 +467,7 @@ async fn a_call_slower_than_reconciliation_stores_nothing_under_the_number_given
     assert_eq!(invoices.len(), 1);
     assert_eq!(Some(&invoices[0]), created.invoice.as_ref());
     assert_confirmed_with_ids(&mut allocator.client, "", &invoices).await;
-    let audit = allocator
-        .client
-        .audit_series(AuditSeriesRequest {
-            tenant_id: "acme".into(),
-            ..AuditSeriesRequest::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let audit = audit_acme(&mut allocator.client).await;
     assert_eq!((audit.confirmed, audit.reserved), (1, 0), "{audit:?}");
 }
 
@@ -579,15 +560,7 @@ async fn a_stored_invoice_s_number_outlasts_a_writer_down_past_the_default_lease
     assert_eq!(invoices.len(), 1);
 
     clock.advance(Duration::from_mins(10));
-    let reconciler = InvoiceWriter::new(stored, allocator_client(&url), 3, Arc::new(SystemClock));
-    let settled = reconciler
-        .reconcile(
-            Utc::now() + TimeDelta::minutes(1),
-            10,
-            Instant::now() + PATIENCE,
-        )
-        .await
-        .unwrap();
+    let settled = reconcile_all(&stored, &url).await;
     assert_eq!(settled.given_back, 0, "{settled:?}");
     assert_confirmed_with_ids(&mut allocator, "", &invoices).await;
 }
@@ -630,17 +603,7 @@ async fn reconciliation_leaves_a_number_another_call_took_since(#[case] backend:
         .unwrap();
     assert_eq!(taken.number, 1, "the ended lease's number is taken again");
 
-    let reconciler = InvoiceWriter::new(
-        stored.clone(),
-        allocator_client(&url),
-        3,
-        Arc::new(SystemClock),
-    );
-    let later = Utc::now() + TimeDelta::minutes(1);
-    reconciler
-        .reconcile(later, 10, Instant::now() + PATIENCE)
-        .await
-        .unwrap();
+    reconcile_all(&stored, &url).await;
     let now = allocator
         .get_number(number_1())
         .await
@@ -650,7 +613,11 @@ async fn reconciliation_leaves_a_number_another_call_took_since(#[case] backend:
         .unwrap();
     assert_eq!(now, taken, "the other call's reservation is untouched");
     assert!(
-        stored.pending_before(later, 10).await.unwrap().is_empty(),
+        stored
+            .pending_before(Utc::now() + TimeDelta::minutes(1), 10)
+            .await
+            .unwrap()
+            .is_empty(),
         "the note is settled"
     );
 }

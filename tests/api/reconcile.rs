@@ -9,8 +9,8 @@ use nix::sys::signal::{Signal, kill};
 use numbering::{
     db::Backend,
     proto::{
-        AuditSeriesRequest, AuditSeriesResponse, ConfigureSeriesRequest, CreateInvoiceRequest,
-        GapPolicy, GetNumberRequest, NumberRecord, NumberState, ReserveRequest,
+        AuditSeriesResponse, ConfigureSeriesRequest, CreateInvoiceRequest, GapPolicy,
+        GetNumberRequest, NumberRecord, NumberState, ReserveRequest,
         invoice_writer_client::InvoiceWriterClient, number_allocator_client::NumberAllocatorClient,
     },
 };
@@ -21,7 +21,7 @@ use crate::{
     backends,
     helpers::{
         AllocatorProxy, Fault, Method, PATIENCE, Running, TestDb, assert_confirmed_with_ids,
-        create, invoice_request, list_all, spawn_allocator, start, writer_binary,
+        audit_acme, create, invoice_request, list_all, spawn_allocator, start, writer_binary,
     },
 };
 
@@ -53,15 +53,6 @@ async fn kill_mid(writer: Running, proxy: &AllocatorProxy, request: CreateInvoic
     assert!(call.await.unwrap().is_err(), "the killed call answered");
 }
 
-/// The audit of acme's invoice series.
-async fn audit(allocator: &mut NumberAllocatorClient<Channel>) -> AuditSeriesResponse {
-    let request = AuditSeriesRequest {
-        tenant_id: "acme".into(),
-        ..AuditSeriesRequest::default()
-    };
-    allocator.audit_series(request).await.unwrap().into_inner()
-}
-
 /// Number `number` of acme's invoice series, as its record stands.
 async fn number(allocator: &mut NumberAllocatorClient<Channel>, number: i64) -> NumberRecord {
     let request = GetNumberRequest {
@@ -80,7 +71,7 @@ async fn wait_for_audit(
 ) {
     let waited = tokio::time::timeout(PATIENCE, async {
         loop {
-            let audit = audit(allocator).await;
+            let audit = audit_acme(allocator).await;
             if settled(&audit) {
                 return;
             }
@@ -92,7 +83,7 @@ async fn wait_for_audit(
     assert!(
         waited.is_ok(),
         "not reconciled: {:?}",
-        audit(allocator).await
+        audit_acme(allocator).await
     );
 }
 
@@ -107,7 +98,7 @@ async fn a_number_reserved_for_an_invoice_never_stored_is_given_back(#[case] bac
     let (proxy_url, _serving) = proxy.serve().await;
     let db = TestDb::create(backend).await;
     kill_mid_call(writer(&db, &proxy_url).await, &proxy).await;
-    assert_eq!(audit(&mut allocator.client).await.reserved, 1);
+    assert_eq!(audit_acme(&mut allocator.client).await.reserved, 1);
 
     let restarted = writer(&db, &allocator.server.url()).await;
     wait_for_audit(&mut allocator.client, |audit| {
@@ -125,7 +116,7 @@ async fn a_number_reserved_for_an_invoice_never_stored_is_given_back(#[case] bac
     let invoices = list_all(&mut client, "acme").await;
     assert_eq!(invoices.len(), 1);
     assert_confirmed_with_ids(&mut allocator.client, "", &invoices).await;
-    let audit = audit(&mut allocator.client).await;
+    let audit = audit_acme(&mut allocator.client).await;
     assert_eq!(
         (
             audit.last_value,
@@ -193,7 +184,7 @@ async fn a_repeat_after_its_number_was_given_back(backend: Backend, policy: GapP
         Some(other) => assert_eq!(first, other, "the other call's reservation is untouched"),
         None => assert_eq!(first.state(), NumberState::Voided),
     }
-    let audit = audit(&mut allocator.client).await;
+    let audit = audit_acme(&mut allocator.client).await;
     assert_eq!(
         (audit.last_value, audit.confirmed, audit.unaccounted),
         (2, 1, 0)
@@ -234,7 +225,7 @@ async fn a_stored_invoice_s_number_is_confirmed_after_a_crash(#[case] backend: B
     assert_eq!(create(&mut client, "acme").await.invoice_number, "INV-002");
     let invoices = list_all(&mut client, "acme").await;
     assert_confirmed_with_ids(&mut allocator.client, "", &invoices).await;
-    let audit = audit(&mut allocator.client).await;
+    let audit = audit_acme(&mut allocator.client).await;
     assert_eq!(
         (audit.last_value, audit.confirmed, audit.unaccounted),
         (2, 2, 0)
@@ -258,7 +249,7 @@ async fn a_stored_invoice_is_confirmed_by_the_note_that_names_it(#[case] backend
     assert!(unconfirmed.lost() >= 1, "its number was confirmed");
     kill(first.pid(), Signal::SIGKILL).unwrap();
     first.wait().await;
-    assert_eq!(audit(&mut allocator.client).await.reserved, 1);
+    assert_eq!(audit_acme(&mut allocator.client).await.reserved, 1);
 
     let refusing = AllocatorProxy::new(allocator.client.clone(), Fault::Refuse(Method::Reserve));
     let (refusing_url, _serving) = refusing.serve().await;
@@ -279,7 +270,7 @@ async fn a_stored_invoice_is_confirmed_by_the_note_that_names_it(#[case] backend
         .await
         .expect("the note goes once its number is confirmed");
     assert_eq!(refusing.lost(), 0, "a reservation was repeated");
-    let audit = audit(&mut allocator.client).await;
+    let audit = audit_acme(&mut allocator.client).await;
     assert_eq!(
         (audit.last_value, audit.confirmed, audit.unaccounted),
         (1, 1, 0)

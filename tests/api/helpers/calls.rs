@@ -6,9 +6,9 @@ use numbering::{
     invoices::{self, domain::Numbered, store::InvoiceStore},
     proto::{
         AdvanceCounterRequest, AllocateRequest, AllocateResponse, AuditSeriesRequest,
-        CreateInvoiceRequest, GetSeriesRequest, Invoice, LineItem, ListInvoicesRequest,
-        ListNumbersRequest, NumberState, Series, invoice_writer_client::InvoiceWriterClient,
-        number_allocator_client::NumberAllocatorClient,
+        AuditSeriesResponse, CreateInvoiceRequest, GetSeriesRequest, Invoice, LineItem,
+        ListInvoicesRequest, ListNumbersRequest, NumberState, Series,
+        invoice_writer_client::InvoiceWriterClient, number_allocator_client::NumberAllocatorClient,
     },
 };
 use tokio::sync::Barrier;
@@ -276,4 +276,13 @@ pub async fn assert_confirmed_with_ids(
             "{tenant}/{period}: confirmed with their ids"
         );
     }
+}
+
+/// The audit of acme's invoice series.
+pub async fn audit_acme(allocator: &mut NumberAllocatorClient<Channel>) -> AuditSeriesResponse {
+    let request = AuditSeriesRequest {
+        tenant_id: "acme".into(),
+        ..AuditSeriesRequest::default()
+    };
+    allocator.audit_series(request).await.unwrap().into_inner()
 }
