@@ -122,6 +122,34 @@ impl Load {
         );
     }
 
+    /// Waits until the load has recovered from every one of `faults` (see
+    /// [`recovery`]), looking again each time `more` calls are acknowledged:
+    /// a call the last fault left hanging until its deadline fails after
+    /// the load has gone on, and only calls started after it count.
+    pub async fn wait_for_recovery(&mut self, faults: &[Instant], more: usize) {
+        let recovered = tokio::time::timeout(PATIENCE, async {
+            loop {
+                self.wait_for_acks(more).await;
+                let timed: Vec<Timed> = self
+                    .answers
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(|a| (a.started, a.ended, a.outcome.is_ok()))
+                    .collect();
+                if recovery(&timed, faults).is_some() {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(
+            recovered.is_ok(),
+            "not recovered from every fault in {PATIENCE:?}: {}",
+            self.failures_since(Duration::from_secs(5))
+        );
+    }
+
     /// Whether `more` calls beyond those acknowledged so far are acknowledged
     /// within the suite's patience.
     pub async fn acks_within(&mut self, more: usize) -> bool {

@@ -43,7 +43,7 @@ async fn the_allocator_killed_five_times_under_load(#[case] backend: Backend) {
         running = start(allocator_binary(&db.url)).await;
         proxy.retarget(addr(&running));
     }
-    load.wait_for_acks(200).await;
+    load.wait_for_recovery(&faults, 200).await;
     let outcomes = load.stop().await;
 
     let mut allocator = NumberAllocatorClient::connect(running.url()).await.unwrap();
