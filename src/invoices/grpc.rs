@@ -287,48 +287,32 @@ impl From<Error> for Status {
                 "NUMBER_CONFLICT",
                 &[("tenantId", tenant), ("attempts", attempts.to_string())],
             ),
-            Error::Allocator(AllocatorError::Unavailable(cause)) => with_reason(
+            Error::StoreTooSlow { attempts } => with_reason(
                 Code::Unavailable,
                 format!(
-                    "the number allocator is unavailable ({cause}); nothing was stored, retry later"
+                    "could not number the invoice: the invoice store took longer to store it than \
+                     reconciliation waits, and the {attempts} numbers allocated were taken over; \
+                     nothing was stored, retry later"
                 ),
-                "ALLOCATOR_UNAVAILABLE",
-                &[],
+                "STORE_TOO_SLOW",
+                &[("attempts", attempts.to_string())],
             ),
-            // The allocator names the date it was given; the caller sent it
-            // as the issue date.
-            Error::Allocator(AllocatorError::Rejected(status))
-                if status.code() == Code::InvalidArgument =>
-            {
-                match status.get_details_bad_request() {
-                    Some(bad) => InvalidArgument(
-                        bad.field_violations
-                            .into_iter()
-                            .map(|violation| FieldViolation {
-                                field: if violation.field == "date" {
-                                    "issue_date".to_owned()
-                                } else {
-                                    violation.field
-                                },
-                                description: violation.description,
-                            })
-                            .collect(),
-                    )
-                    .into(),
-                    None => passed_on(&status),
-                }
-            }
-            // Ours to mend: the allocator broke, or does not accept the
-            // writer's own token.
-            Error::Allocator(AllocatorError::Rejected(status))
-                if matches!(
-                    status.code(),
-                    Code::Internal | Code::Unauthenticated | Code::PermissionDenied
-                ) =>
-            {
-                internal(&AllocatorError::Rejected(status))
-            }
-            Error::Allocator(AllocatorError::Rejected(status)) => passed_on(&status),
+            Error::RequestIdSpent {
+                request_id,
+                attempts,
+            } => with_reason(
+                Code::FailedPrecondition,
+                format!(
+                    "request id {request_id:?} was tried in {attempts} attempts, none of which \
+                     stored an invoice; nothing was stored. Send a new request id"
+                ),
+                "REQUEST_ID_SPENT",
+                &[
+                    ("requestId", request_id),
+                    ("attempts", attempts.to_string()),
+                ],
+            ),
+            Error::Allocator(error) => from_allocator(error),
             Error::StoreUnavailable(cause) => {
                 tracing::warn!(error = %chain(&cause), "invoice store unavailable");
                 with_reason(
@@ -352,6 +336,52 @@ impl From<Error> for Status {
             ),
             error @ Error::Internal(_) => internal(&error),
         }
+    }
+}
+
+/// An allocator failure as the writer's answer.
+fn from_allocator(error: AllocatorError) -> Status {
+    match error {
+        AllocatorError::Unavailable(cause) => with_reason(
+            Code::Unavailable,
+            format!(
+                "the number allocator is unavailable ({cause}); nothing was stored, retry later"
+            ),
+            "ALLOCATOR_UNAVAILABLE",
+            &[],
+        ),
+        // The allocator names the date it was given; the caller sent it
+        // as the issue date.
+        AllocatorError::Rejected(status) if status.code() == Code::InvalidArgument => {
+            match status.get_details_bad_request() {
+                Some(bad) => InvalidArgument(
+                    bad.field_violations
+                        .into_iter()
+                        .map(|violation| FieldViolation {
+                            field: if violation.field == "date" {
+                                "issue_date".to_owned()
+                            } else {
+                                violation.field
+                            },
+                            description: violation.description,
+                        })
+                        .collect(),
+                )
+                .into(),
+                None => passed_on(&status),
+            }
+        }
+        // Ours to mend: the allocator broke, or does not accept the
+        // writer's own token.
+        AllocatorError::Rejected(status)
+            if matches!(
+                status.code(),
+                Code::Internal | Code::Unauthenticated | Code::PermissionDenied
+            ) =>
+        {
+            internal(&AllocatorError::Rejected(status))
+        }
+        AllocatorError::Rejected(status) => passed_on(&status),
     }
 }
 

@@ -39,6 +39,24 @@ pub enum Error {
         /// Numbers tried.
         attempts: u32,
     },
+    /// Every allocated number was taken over by reconciliation, the store
+    /// having taken longer to store the invoice than reconciliation waits;
+    /// nothing was stored.
+    #[error("{attempts} allocated numbers were all taken over while the invoice was being stored")]
+    StoreTooSlow {
+        /// Numbers tried.
+        attempts: u32,
+    },
+    /// The request id's calls made so many attempts, none of which stored
+    /// an invoice, that a repeat would only walk through them; nothing was
+    /// stored.
+    #[error("request id {request_id:?} was tried {attempts} times without storing an invoice")]
+    RequestIdSpent {
+        /// The id.
+        request_id: String,
+        /// Attempts made under it.
+        attempts: u32,
+    },
     /// The request id already created an invoice with another body.
     #[error("request id {request_id:?} already created invoice {invoice_number} with another body")]
     RequestIdReused {
@@ -137,10 +155,32 @@ impl CallKey {
         }))
     }
 
-    /// The Allocate request id of attempt `attempt` (from 1).
+    /// The Reserve request id of attempt `attempt` (from 1).
     fn attempt(&self, attempt: u32) -> String {
         format!("invoice:{}:{attempt}", self.0)
     }
+}
+
+/// The request id under which attempt `attempt` (from 1) of a
+/// `CreateInvoice` call with request id `request_id` reserves its number,
+/// as the allocator's records show it.
+#[must_use]
+pub fn attempt_request_id(request_id: &RequestId, attempt: u32) -> String {
+    CallKey::new(Some(request_id), Uuid::nil).attempt(attempt)
+}
+
+/// How many attempts of earlier calls under its request id a call walks
+/// past (each settled since, its number reserved for nothing now) before it
+/// answers that the request id is spent. Each is an attempt that stored
+/// nothing: a call that died, or was too slow, after reserving its number.
+const SPENT_ATTEMPTS_WALKED: u32 = 100;
+
+/// How a call's last reserved number was lost.
+enum Lost {
+    /// An invoice already stored holds it.
+    Taken,
+    /// Reconciliation took it over, the store having been too slow.
+    TakenOver,
 }
 
 /// What notes an invoice's number settled once it is confirmed.
@@ -201,13 +241,19 @@ impl InvoiceWriter {
     ///
     /// Each attempt allocates with a request id of its own, derived from the
     /// caller's (or, without one, from an id made for this call), so an
-    /// attempt repeated after a lost reply gets its number back.
+    /// attempt repeated after a lost reply gets its number back. A repeat
+    /// walks past the attempts of earlier calls whose numbers were settled
+    /// since (given back by reconciliation): only the numbers it reserves
+    /// itself count against `max_attempts`.
     ///
     /// # Errors
     /// [`Error::RequestIdReused`] when the request id created an invoice from
     /// another body, [`Error::NumberConflicts`] when every number allocated
-    /// was taken, [`Error::Allocator`] when none could be allocated before
-    /// `deadline`, or a store failure. Nothing is stored in any of these cases.
+    /// was taken, [`Error::StoreTooSlow`] when the last was taken over by
+    /// reconciliation, [`Error::RequestIdSpent`] when earlier calls under
+    /// the request id left too many attempts behind, [`Error::Allocator`]
+    /// when none could be allocated before `deadline`, or a store failure.
+    /// Nothing is stored in any of these cases.
     pub async fn create(
         &self,
         new: &NewInvoice,
@@ -219,7 +265,19 @@ impl InvoiceWriter {
             .issue_date
             .map(|date| date.to_string())
             .unwrap_or_default();
-        for attempt in 1..=self.max_attempts {
+        // Numbers this call reserved, and how its last one was lost.
+        let mut reserved_here = 0;
+        let mut last_lost = Lost::Taken;
+        let mut attempt = 0;
+        while reserved_here < self.max_attempts {
+            attempt += 1;
+            // Only a request id's repeats walk past attempts.
+            if attempt > self.max_attempts + SPENT_ATTEMPTS_WALKED {
+                return Err(Error::RequestIdSpent {
+                    request_id: request_id.map(ToString::to_string).unwrap_or_default(),
+                    attempts: attempt - 1,
+                });
+            }
             let key = call.attempt(attempt);
             // Noted first: a crash from here on leaves a row that
             // reconciliation settles, by the invoice it names if that is
@@ -246,24 +304,13 @@ impl InvoiceWriter {
                 tenant: new.tenant_id.as_str(),
                 request_key: &key,
             };
-            let reserved = match self
-                .allocator
-                .reserve(&new.tenant_id, &issue_date, &key, self.lease, deadline)
-                .await
-            {
-                Ok(reserved) => reserved,
-                // Refused: nothing was reserved. Otherwise it may have been:
-                // the row stays for reconciliation.
-                Err(error @ AllocatorError::Rejected(_)) => {
-                    self.store.note(done).await?;
-                    return Err(error.into());
-                }
-                Err(error) => return Err(error.into()),
-            };
-            if !self.held_for(&new.tenant_id, &reserved, &key, attempt) {
-                self.let_go(done).await;
+            let Some(reserved) = self
+                .reserve(&new.tenant_id, &issue_date, &key, attempt, deadline)
+                .await?
+            else {
                 continue;
-            }
+            };
+            reserved_here += 1;
             let number = numbered(reserved)?;
             let invoice = new.numbered(number, id, self.clock.now());
             match self.store.insert(&invoice, request_id, Some(&key)).await {
@@ -292,6 +339,7 @@ impl InvoiceWriter {
                 // call made it afresh; or a repeat settled it): the number
                 // is not this call's to store under, so it reserves another.
                 Err(StoreError::NoteTakenOver) => {
+                    last_lost = Lost::TakenOver;
                     tracing::warn!(
                         tenant = %new.tenant_id,
                         number = invoice.number,
@@ -302,7 +350,9 @@ impl InvoiceWriter {
                     );
                 }
                 Err(StoreError::NumberTaken) => {
-                    self.number_taken(&invoice, attempt, deadline).await?;
+                    last_lost = Lost::Taken;
+                    let last = reserved_here == self.max_attempts;
+                    self.number_taken(&invoice, attempt, last, deadline).await?;
                     self.let_go(done).await;
                 }
                 // The invoice may be stored all the same: its connection was
@@ -324,21 +374,68 @@ impl InvoiceWriter {
                 }
             }
         }
-        Err(Error::NumberConflicts {
-            tenant: new.tenant_id.to_string(),
-            attempts: self.max_attempts,
+        Err(match last_lost {
+            Lost::Taken => Error::NumberConflicts {
+                tenant: new.tenant_id.to_string(),
+                attempts: self.max_attempts,
+            },
+            Lost::TakenOver => Error::StoreTooSlow {
+                attempts: self.max_attempts,
+            },
         })
     }
 
-    /// Counts and logs a number found taken on attempt `attempt`, and
-    /// confirms it to the invoice stored under it, which holds it.
+    /// Reserves attempt `attempt`'s number under `key`, noted pending; the
+    /// number if it is held for this call. A repeat of an attempt of an
+    /// earlier call under the same request id, settled since, answers a
+    /// number no longer held: this call reserved nothing, and its note goes.
+    async fn reserve(
+        &self,
+        tenant: &TenantId,
+        issue_date: &str,
+        key: &str,
+        attempt: u32,
+        deadline: Instant,
+    ) -> Result<Option<NumberRecord>, Error> {
+        let done = Note::Done {
+            tenant: tenant.as_str(),
+            request_key: key,
+        };
+        let reserved = match self
+            .allocator
+            .reserve(tenant, issue_date, key, self.lease, deadline)
+            .await
+        {
+            Ok(reserved) => reserved,
+            // Refused: nothing was reserved. Otherwise it may have been:
+            // the row stays for reconciliation.
+            Err(error @ AllocatorError::Rejected(_)) => {
+                self.store.note(done).await?;
+                return Err(error.into());
+            }
+            Err(error) => return Err(error.into()),
+        };
+        if self.held_for(tenant, &reserved, key, attempt) {
+            Ok(Some(reserved))
+        } else {
+            self.let_go(done).await;
+            Ok(None)
+        }
+    }
+
+    /// Counts and logs a number found taken on attempt `attempt` (the
+    /// call's `last`, or not), and confirms it to the invoice stored under
+    /// it, which holds it.
     async fn number_taken(
         &self,
         invoice: &Invoice,
         attempt: u32,
+        last: bool,
         deadline: Instant,
     ) -> Result<(), Error> {
-        self.count_conflict(attempt);
+        let outcome = if last { "gave_up" } else { "retried" };
+        metrics::counter!("numbering_invoice_number_conflicts_total", "outcome" => outcome)
+            .increment(1);
         tracing::warn!(
             tenant = %invoice.tenant_id,
             number = invoice.number,
@@ -408,18 +505,6 @@ impl InvoiceWriter {
             }
             Err(error) => Err(error.into()),
         }
-    }
-
-    /// Counts a number found taken on attempt `attempt`: retried, or the
-    /// last one given up.
-    fn count_conflict(&self, attempt: u32) {
-        let outcome = if attempt < self.max_attempts {
-            "retried"
-        } else {
-            "gave_up"
-        };
-        metrics::counter!("numbering_invoice_number_conflicts_total", "outcome" => outcome)
-            .increment(1);
     }
 
     /// Deletes a pending reservation's row; a failure is logged, and

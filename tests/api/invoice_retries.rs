@@ -6,7 +6,7 @@ use std::{
     collections::HashSet,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicU32, Ordering},
     },
     time::Duration,
 };
@@ -21,12 +21,12 @@ use numbering::{
         InvoiceWriter,
         domain::Invoice,
         store::{HighestNumber, InvoiceStore, Note, NumberOf, Pending, StoreError},
-        writer::Reconciled,
+        writer::{Reconciled, attempt_request_id},
     },
     proto::{
         ConfigureSeriesRequest, CreateInvoiceRequest, CreateInvoiceResponse, GapPolicy,
-        GetNumberRequest, NumberState, ReserveRequest, invoice_writer_client::InvoiceWriterClient,
-        number_allocator_client::NumberAllocatorClient,
+        GetNumberRequest, NumberState, ReleaseRequest, ReserveRequest,
+        invoice_writer_client::InvoiceWriterClient, number_allocator_client::NumberAllocatorClient,
     },
     request_id::RequestId,
     server::{ServerSettings, Store},
@@ -40,7 +40,7 @@ use uuid::Uuid;
 use crate::{
     backends,
     helpers::{
-        AllocatorProxy, Fault, ManualClock, PATIENCE, TestDb, TestServer, WriterApp,
+        AllocatorApp, AllocatorProxy, Fault, ManualClock, PATIENCE, TestDb, TestServer, WriterApp,
         allocator_client, assert_confirmed_with_ids, assert_reason, audit_acme, invoice_request,
         invoice_series, list_all, serve_allocator_on, spawn_allocator, spawn_both, spawn_writer,
         spawn_writer_on, test_settings,
@@ -172,15 +172,25 @@ struct Gate {
     answered: Mutex<Option<Result<(), String>>>,
 }
 
-/// The real store, failing the next insert as `how` says.
-struct FailsOnce {
+/// The real store, failing the next `failures` inserts as `how` says.
+struct Fails {
     inner: Arc<dyn InvoiceStore>,
     how: Failure,
-    armed: AtomicBool,
+    failures: AtomicU32,
+}
+
+impl Fails {
+    fn new(inner: Arc<dyn InvoiceStore>, how: Failure, failures: u32) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            how,
+            failures: AtomicU32::new(failures),
+        })
+    }
 }
 
 #[async_trait]
-impl Store for FailsOnce {
+impl Store for Fails {
     async fn is_ready(&self) -> bool {
         self.inner.is_ready().await
     }
@@ -191,14 +201,19 @@ impl Store for FailsOnce {
 }
 
 #[async_trait]
-impl InvoiceStore for FailsOnce {
+impl InvoiceStore for Fails {
     async fn insert(
         &self,
         invoice: &Invoice,
         request_id: Option<&RequestId>,
         note: Option<&str>,
     ) -> Result<(), StoreError> {
-        if !self.armed.swap(false, Ordering::SeqCst) {
+        let failing = self
+            .failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                left.checked_sub(1)
+            });
+        if failing.is_err() {
             return self.inner.insert(invoice, request_id, note).await;
         }
         match &self.how {
@@ -310,11 +325,7 @@ async fn a_retry_after_a_failure_past_the_commit_returns_the_invoice(
 ) {
     let mut allocator = spawn_allocator(backend).await;
     let db = TestDb::create(backend).await;
-    let store = Arc::new(FailsOnce {
-        inner: db.invoice_store().await,
-        how,
-        armed: AtomicBool::new(true),
-    });
+    let store = Fails::new(db.invoice_store().await, how, 1);
     let stored: Arc<dyn InvoiceStore> = store.clone();
     // The server's time-out ends a hung call, with DEADLINE_EXCEEDED.
     let settings = ServerSettings {
@@ -427,21 +438,56 @@ async fn lost_allocator_replies_leave_no_gap(#[case] backend: Backend) {
 async fn a_call_slower_than_reconciliation_stores_nothing_under_the_number_given_back(
     #[case] backend: Backend,
 ) {
-    let mut allocator = spawn_allocator(backend).await;
+    let (mut allocator, mut writer, answer) = slower_than_reconciliation(backend, 3).await;
+    let created = answer.unwrap().into_inner();
+    assert!(!created.replayed);
+
+    let invoices = list_all(&mut writer.client, "acme").await;
+    assert_eq!(invoices.len(), 1);
+    assert_eq!(Some(&invoices[0]), created.invoice.as_ref());
+    assert_confirmed_with_ids(&mut allocator.client, "", &invoices).await;
+    let audit = audit_acme(&mut allocator.client).await;
+    assert_eq!((audit.confirmed, audit.reserved), (1, 0), "{audit:?}");
+}
+
+/// The same, with one attempt allowed: the call answers that the store was
+/// too slow (not that numbers were taken), and stores nothing.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_too_slow_on_its_last_attempt_answers_store_too_slow(#[case] backend: Backend) {
+    let (mut allocator, mut writer, answer) = slower_than_reconciliation(backend, 1).await;
+    let status = answer.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_reason(&status, "STORE_TOO_SLOW");
+
+    assert!(list_all(&mut writer.client, "acme").await.is_empty());
+    let audit = audit_acme(&mut allocator.client).await;
+    assert_eq!((audit.confirmed, audit.reserved), (0, 0), "{audit:?}");
+}
+
+/// A call of `order-1` by a writer allowed `max_attempts` numbers, its
+/// first insert made only once reconciliation (every note counted stale)
+/// has read what is stored under its number, and answered once it has
+/// settled it; the late insert is refused. The call's answer.
+async fn slower_than_reconciliation(
+    backend: Backend,
+    max_attempts: u32,
+) -> (
+    AllocatorApp,
+    WriterApp,
+    Result<Response<CreateInvoiceResponse>, Status>,
+) {
+    let allocator = spawn_allocator(backend).await;
     let db = TestDb::create(backend).await;
     let gate = Arc::new(Gate::default());
-    let store = Arc::new(FailsOnce {
-        inner: db.invoice_store().await,
-        how: Failure::Late(gate.clone()),
-        armed: AtomicBool::new(true),
-    });
+    let store = Fails::new(db.invoice_store().await, Failure::Late(gate.clone()), 1);
     let stored: Arc<dyn InvoiceStore> = store.clone();
     let url = allocator.server.url();
-    let mut writer = spawn_writer_on(
+    let writer = spawn_writer_on(
         db,
         store,
         allocator_client(&url),
-        3,
+        max_attempts,
         Arc::new(SystemClock),
         test_settings(),
     )
@@ -455,20 +501,118 @@ async fn a_call_slower_than_reconciliation_stores_nothing_under_the_number_given
     let settled = reconcile_all(&stored, &url).await;
     assert_eq!(settled.given_back, 1, "{settled:?}");
     gate.answer.notify_one();
-    let created = call.await.unwrap().unwrap().into_inner();
-    assert!(!created.replayed);
+    let answer = call.await.unwrap();
     assert_eq!(
         *gate.answered.lock().unwrap(),
         Some(Err("NoteTakenOver".to_owned())),
         "the late insert was not refused"
     );
+    (allocator, writer, answer)
+}
 
+/// Four calls of `order-1` each reserved a number and failed before storing
+/// their invoice; reconciliation gave each number back. A fifth call walks
+/// past those four attempts, which count against none of its own, and
+/// stores its invoice.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_walks_past_attempts_settled_since(#[case] backend: Backend) {
+    let mut allocator = spawn_allocator(backend).await;
+    let db = TestDb::create(backend).await;
+    let store = Fails::new(db.invoice_store().await, Failure::NotStored, 4);
+    let stored: Arc<dyn InvoiceStore> = store.clone();
+    let url = allocator.server.url();
+    let mut writer = spawn_writer_on(
+        db,
+        store,
+        allocator_client(&url),
+        3,
+        Arc::new(SystemClock),
+        test_settings(),
+    )
+    .await;
+    for _ in 0..4 {
+        let status = writer
+            .client
+            .create_invoice(keyed("acme", "order-1"))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        let settled = reconcile_all(&stored, &url).await;
+        assert_eq!(settled.given_back, 1, "{settled:?}");
+    }
+
+    let created = writer
+        .client
+        .create_invoice(keyed("acme", "order-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!created.replayed);
     let invoices = list_all(&mut writer.client, "acme").await;
     assert_eq!(invoices.len(), 1);
     assert_eq!(Some(&invoices[0]), created.invoice.as_ref());
     assert_confirmed_with_ids(&mut allocator.client, "", &invoices).await;
     let audit = audit_acme(&mut allocator.client).await;
     assert_eq!((audit.confirmed, audit.reserved), (1, 0), "{audit:?}");
+}
+
+/// Every attempt a call of `order-1` could walk past was made, and its
+/// number given back: the call answers that the request id is spent, and
+/// reserves nothing; a call with a new request id stores its invoice.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_id_whose_attempts_ran_out_is_refused_spent(#[case] backend: Backend) {
+    let (mut allocator, mut writer) = spawn_both(backend, 3).await;
+    let order = RequestId::parse("order-1").unwrap().unwrap();
+    let made = 103;
+    for attempt in 1..=made {
+        let request_id = attempt_request_id(&order, attempt);
+        let reserved = allocator
+            .client
+            .reserve(ReserveRequest {
+                tenant_id: "acme".into(),
+                request_id: request_id.clone(),
+                ..ReserveRequest::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .record
+            .unwrap();
+        allocator
+            .client
+            .release(ReleaseRequest {
+                tenant_id: "acme".into(),
+                number: reserved.number,
+                reason: "the invoice was not stored".into(),
+                request_id,
+                ..ReleaseRequest::default()
+            })
+            .await
+            .unwrap();
+    }
+
+    let status = writer
+        .client
+        .create_invoice(keyed("acme", "order-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert_reason(&status, "REQUEST_ID_SPENT");
+    let info = tonic_types::StatusExt::get_details_error_info(&status).unwrap();
+    assert_eq!(info.metadata["attempts"], made.to_string());
+    assert!(list_all(&mut writer.client, "acme").await.is_empty());
+    let audit = audit_acme(&mut allocator.client).await;
+    assert_eq!(audit.reserved, 0, "{audit:?}");
+
+    let created = writer
+        .client
+        .create_invoice(keyed("acme", "order-2"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_confirmed_with_ids(&mut allocator.client, "", &[created.invoice.unwrap()]).await;
 }
 
 /// What a call of `order-1` that failed UNAVAILABLE, as `how` says, left
@@ -506,11 +650,7 @@ async fn left_behind(backend: Backend, how: Failure, reissue: bool) -> LeftBehin
             .unwrap();
     }
     let db = TestDb::create(backend).await;
-    let store = Arc::new(FailsOnce {
-        inner: db.invoice_store().await,
-        how,
-        armed: AtomicBool::new(true),
-    });
+    let store = Fails::new(db.invoice_store().await, how, 1);
     let stored: Arc<dyn InvoiceStore> = store.clone();
     let mut writer = spawn_writer_on(
         db,
