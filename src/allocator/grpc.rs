@@ -143,6 +143,11 @@ fn check_note(text: &str) -> Result<(), String> {
 /// Longest reference or reason of a number's state.
 const MAX_NOTE_CHARS: usize = 256;
 
+/// The largest `start_at`: 10¹⁸, so that a period not yet begun always has
+/// room for the numbers of any one commit (a counter computes its first
+/// value from it without overflow), and is never refused as exhausted.
+const MAX_START_AT: i64 = 1_000_000_000_000_000_000;
+
 /// A state asked for: unspecified is any.
 fn number_state(raw: i32) -> Result<Option<NumberState>, String> {
     match proto::NumberState::try_from(raw) {
@@ -573,8 +578,11 @@ impl NumberAllocator for AllocatorService {
                 .flatten(),
             start_at: match request.start_at {
                 0 => None,
-                first if first < 0 => {
-                    violations.add("start_at", "must be at least 1 (0 keeps the current value)");
+                first if !(1..=MAX_START_AT).contains(&first) => {
+                    violations.add(
+                        "start_at",
+                        format!("must be 1 to {MAX_START_AT} (0 keeps the current value)"),
+                    );
                     None
                 }
                 first => Some(first),

@@ -378,10 +378,12 @@ async fn bad_settings_and_dates_are_refused_and_change_nothing(#[case] backend: 
         .await
         .unwrap_err();
     assert_eq!(violation(&status).0, "timezone");
-    let mut negative = configure("acme", "", Reset::Never, "");
-    negative.start_at = -1;
-    let status = client.configure_series(negative).await.unwrap_err();
-    assert_eq!(violation(&status).0, "start_at");
+    for start_at in [-1, 1_000_000_000_000_000_001, i64::MAX] {
+        let mut out_of_range = configure("acme", "", Reset::Never, "");
+        out_of_range.start_at = start_at;
+        let status = client.configure_series(out_of_range).await.unwrap_err();
+        assert_eq!(violation(&status).0, "start_at", "{start_at}");
+    }
     // A yearly reset with the default template, which shows no year.
     let status = client
         .configure_series(configure("acme", "", Reset::Yearly, ""))
@@ -842,4 +844,31 @@ async fn a_series_started_late_still_reaches_the_largest_number(#[case] backend:
     let status = client.allocate(dated("acme", "")).await.unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     assert_reason(&status, "SERIES_EXHAUSTED");
+}
+
+/// At the largest `start_at` (10¹⁸) a period not yet begun, backdated
+/// days included, starts at it with room for the most numbers one call
+/// asks for: never refused as exhausted.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_series_at_the_largest_start_at_begins_every_period(#[case] backend: Backend) {
+    let (_db, _server, mut client, _clock) = allocator_at(backend, "2026-12-02T12:00:00Z").await;
+    let start_at = 1_000_000_000_000_000_000;
+    let mut daily = configure("acme", "{year}{month}{day}-{number}", Reset::Daily, "");
+    daily.start_at = start_at;
+    client.configure_series(daily).await.unwrap();
+    for date in ["2026-12-02", "1999-01-01", "0001-01-01"] {
+        let numbers = client
+            .allocate(AllocateRequest {
+                count: 1000,
+                ..dated("acme", date)
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .numbers;
+        let values: Vec<i64> = numbers.iter().map(|n| n.value).collect();
+        let expected: Vec<i64> = (start_at..start_at + 1000).collect();
+        assert_eq!(values, expected, "{date}");
+    }
 }
