@@ -304,6 +304,17 @@ pub fn decide(
         });
     }
     match change {
+        // Its holder's confirmation, late: the number was not taken again
+        // since (a reservation that takes it names its own holder), so it
+        // is still the holder's, and its record says what became of it.
+        StateChange::Confirm {
+            reference: asked,
+            holder: Some(holder),
+        } if expired_at.is_some()
+            && current.and_then(|row| row.request_id.as_deref()) == Some(holder) =>
+        {
+            write(Confirmed, asked, "", lease)
+        }
         StateChange::Confirm { .. } if let Some(expired_at) = expired_at => {
             refuse(StateRefusal::Expired { expired_at })
         }
@@ -758,7 +769,7 @@ mod tests {
     }
 
     #[test]
-    fn a_lease_that_ended_refuses_confirmation_swept_or_not() {
+    fn a_lease_that_ended_refuses_confirmation_but_by_its_holder() {
         use GapPolicy::{Reissue, Void};
         let confirm = StateChange::Confirm {
             reference: "inv-9",
@@ -774,6 +785,45 @@ mod tests {
             ..row("released", "", LEASE_EXPIRED)
         };
         assert_eq!(decided(Some(&swept), confirm, Reissue, 60), expired);
+        // Named by its holder, swept or not, under either policy: the
+        // number was not taken since, so it is the holder's to confirm.
+        let held = |row: StateRow| StateRow {
+            request_id: Some("order-1".into()),
+            ..row
+        };
+        let by_holder = |holder| StateChange::Confirm {
+            reference: "inv-9",
+            holder: Some(holder),
+        };
+        let late = Ok(Some(write(NumberState::Confirmed, "inv-9", "", Some(5))));
+        assert_eq!(
+            decided(Some(&held(reserved())), by_holder("order-1"), Void, 6),
+            late
+        );
+        assert_eq!(
+            decided(
+                Some(&held(swept.clone())),
+                by_holder("order-1"),
+                Reissue,
+                60
+            ),
+            late
+        );
+        let voided = StateRow {
+            expires_at: Some(at(5)),
+            ..row("voided", "", LEASE_EXPIRED)
+        };
+        assert_eq!(
+            decided(Some(&held(voided)), by_holder("order-1"), Void, 60),
+            late
+        );
+        // Named by another: not the holder's.
+        assert_eq!(
+            decided(Some(&held(swept)), by_holder("order-2"), Reissue, 60),
+            Err(StateRefusal::NotTheHolder {
+                request_id: "order-1".into()
+            })
+        );
         // Releasing it after its end: it stands given back already.
         let release = StateChange::Release {
             reason: "refused",

@@ -197,8 +197,9 @@ enum Settle {
 /// long enough that a writer down for a while (or an allocator it cannot
 /// reach) comes back to a number still reserved, which reconciliation then
 /// confirms to the invoice stored under it. Once the lease ends the
-/// allocator gives the number back, and a stored invoice's confirmation is
-/// refused.
+/// allocator gives the number back; the confirmation, naming the request
+/// id the number was reserved with, is still accepted until another call
+/// takes the number (only a series that reissues hands it out again).
 pub const DEFAULT_RESERVATION_LEASE: Duration = Duration::from_hours(1);
 
 /// Writes and reads invoices.

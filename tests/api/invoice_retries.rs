@@ -705,6 +705,41 @@ async fn a_stored_invoice_s_number_outlasts_a_writer_down_past_the_default_lease
     assert_confirmed_with_ids(&mut allocator, "", &invoices).await;
 }
 
+/// The same, the writer down for two hours, past its own lease: the number
+/// stands given back (voided, or released on a series that reissues) but no
+/// call took it since, so reconciliation, naming the request id it was
+/// reserved with, confirms it to the invoice: the record never says a
+/// number an invoice holds was given back.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_invoice_s_number_is_confirmed_after_its_lease_ended_untaken(
+    #[case] backend: Backend,
+) {
+    for reissue in [false, true] {
+        let LeftBehind {
+            _allocator_db: _kept,
+            server,
+            mut allocator,
+            clock,
+            stored,
+            mut writer,
+        } = left_behind(backend, Failure::Unavailable, reissue).await;
+        let invoices = list_all(&mut writer.client, "acme").await;
+        assert_eq!(invoices.len(), 1);
+
+        clock.advance(Duration::from_hours(2));
+        let settled = reconcile_all(&stored, &server.url()).await;
+        assert_eq!(settled.given_back, 0, "{settled:?}");
+        assert_confirmed_with_ids(&mut allocator, "", &invoices).await;
+        let audit = audit_acme(&mut allocator).await;
+        assert_eq!(
+            (audit.confirmed, audit.voided, audit.released),
+            (1, 0, 0),
+            "reissue: {reissue}, {audit:?}"
+        );
+    }
+}
+
 /// A call whose invoice was not stored, on a series that reissues, left its
 /// number reserved and noted; the lease (the writer's hour) ended and another call reserved the
 /// number again. Reconciliation, repeating the reservation, finds the number

@@ -735,6 +735,61 @@ async fn a_late_caller_cannot_settle_a_number_another_call_holds(#[case] backend
     }
 }
 
+/// A caller late past its lease, naming the request id it reserved with,
+/// confirms its number while no call has taken it since: voided or released
+/// by the lease's end, swept or not, it is confirmed to the caller, and a
+/// series that reissues never hands it out again. Without the request id
+/// the confirmation is refused, RESERVATION_EXPIRED. Unswept under group
+/// commit and one commit per call, and swept.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn its_holder_confirms_a_number_whose_lease_ended_untaken(#[case] backend: Backend) {
+    let apps = [
+        (
+            unswept(backend, CommitMode::Group(GroupCommitSettings::default())).await,
+            false,
+        ),
+        (unswept(backend, CommitMode::PerCall).await, false),
+        (reservations(backend).await, true),
+    ];
+    for (mut app, swept) in apps {
+        app.configure("cont", GapPolicy::Reissue).await;
+        for series in ["", "cont"] {
+            let lapsing = ReserveRequest {
+                lease: Some(seconds(60)),
+                request_id: format!("order-{series}"),
+                ..reserve(series)
+            };
+            assert_eq!(app.reserve(lapsing).await.number, 1);
+        }
+        app.clock.advance(Duration::from_secs(61));
+        if swept {
+            wait_until_swept(&app.db, "", &[1]).await;
+            wait_until_swept(&app.db, "cont", &[1]).await;
+        }
+
+        for series in ["", "cont"] {
+            let refused = app.confirm(confirm(series, 1, "inv-1")).await.unwrap_err();
+            assert_reason(&refused, "RESERVATION_EXPIRED");
+            let by_holder = ConfirmRequest {
+                request_id: format!("order-{series}"),
+                ..confirm(series, 1, "inv-1")
+            };
+            let confirmed = app.confirm(by_holder.clone()).await.unwrap();
+            assert_eq!(
+                (confirmed.state(), confirmed.reference.as_str()),
+                (NumberState::Confirmed, "inv-1"),
+                "{series:?}, swept: {swept}"
+            );
+            assert_eq!(app.confirm(by_holder).await.unwrap(), confirmed, "repeated");
+            assert_eq!(app.get(series, 1).await.unwrap(), confirmed);
+        }
+        let audit = app.audit("").await;
+        assert_eq!((audit.confirmed, audit.voided), (1, 0), "{audit:?}");
+        assert_eq!(app.reserve(reserve("cont")).await.number, 2);
+    }
+}
+
 /// A series that reissues takes its numbers given back lowest first,
 /// released or with a lease ended and not yet swept alike, and never one
 /// still held; with none left, a new one. Under group commit and one commit
