@@ -175,6 +175,15 @@ pub fn attempt_request_id(request_id: &RequestId, attempt: u32) -> String {
 /// nothing: a call that died, or was too slow, after reserving its number.
 const SPENT_ATTEMPTS_WALKED: u32 = 100;
 
+/// The answer to a call under `request_id` that walked past `attempts`
+/// attempts of earlier calls.
+fn spent(request_id: Option<&RequestId>, attempts: u32) -> Error {
+    Error::RequestIdSpent {
+        request_id: request_id.map(ToString::to_string).unwrap_or_default(),
+        attempts,
+    }
+}
+
 /// How a call's last reserved number was lost.
 enum Lost {
     /// An invoice already stored holds it.
@@ -274,10 +283,7 @@ impl InvoiceWriter {
             attempt += 1;
             // Only a request id's repeats walk past attempts.
             if attempt > self.max_attempts + SPENT_ATTEMPTS_WALKED {
-                return Err(Error::RequestIdSpent {
-                    request_id: request_id.map(ToString::to_string).unwrap_or_default(),
-                    attempts: attempt - 1,
-                });
+                return Err(spent(request_id, attempt - 1));
             }
             let key = call.attempt(attempt);
             // Noted first: a crash from here on leaves a row that
@@ -291,13 +297,7 @@ impl InvoiceWriter {
             // of a call that stored its invoice stops, before any number.
             // The note lasts until the number is confirmed or given back.
             let id = self.clock.new_id();
-            let pending = Pending {
-                tenant_id: new.tenant_id.to_string(),
-                request_key: key.clone(),
-                issue_date: issue_date.clone(),
-                since: self.clock.now(),
-                invoice_id: id.to_string(),
-            };
+            let pending = self.pending(new, &key, &issue_date, id);
             if let Some(repeated) = self.note_pending(new, &pending, request_id).await? {
                 return Ok(repeated);
             }
@@ -325,20 +325,25 @@ impl InvoiceWriter {
                 // A concurrent repeat of this call stored its invoice first
                 // (with the same number: it reserved with the same key), and
                 // confirms it. The note is that call's too: it stays for
-                // that call (or reconciliation) to settle.
-                Err(StoreError::NumberTaken | StoreError::RequestIdTaken)
-                    if let Some(request_id) = request_id
-                        && let Some(stored) = self
-                            .store
-                            .get_by_request_id(&new.tenant_id, request_id)
-                            .await? =>
+                // that call (or reconciliation) to settle, unless the repeat
+                // has settled it already.
+                Err(
+                    StoreError::NumberTaken
+                    | StoreError::RequestIdTaken
+                    | StoreError::NoteTakenOver,
+                ) if let Some(request_id) = request_id
+                    && let Some(stored) = self
+                        .store
+                        .get_by_request_id(&new.tenant_id, request_id)
+                        .await? =>
                 {
                     return repeat(new, stored, request_id);
                 }
                 // Reconciliation took the note over, the call having taken
                 // longer than it waits (or settled it, and a repeat of the
-                // call made it afresh; or a repeat settled it): the number
-                // is not this call's to store under, so it reserves another.
+                // call made it afresh; or a repeat that stored no invoice
+                // settled it): the number is not this call's to store under,
+                // so it reserves another.
                 Err(StoreError::NoteTakenOver) => {
                     last_lost = Lost::TakenOver;
                     tracing::warn!(
@@ -384,6 +389,17 @@ impl InvoiceWriter {
                 attempts: self.max_attempts,
             },
         })
+    }
+
+    /// The note of an attempt that reserves under `key` for invoice `id`.
+    fn pending(&self, new: &NewInvoice, key: &str, issue_date: &str, id: Uuid) -> Pending {
+        Pending {
+            tenant_id: new.tenant_id.to_string(),
+            request_key: key.to_owned(),
+            issue_date: issue_date.to_owned(),
+            since: self.clock.now(),
+            invoice_id: id.to_string(),
+        }
     }
 
     /// Reserves attempt `attempt`'s number under `key`, noted pending; the

@@ -155,6 +155,9 @@ enum Failure {
     /// answers only at the test's word, so that reconciliation has settled
     /// the number by then. The outcome is kept.
     Late(Arc<Gate>),
+    /// Makes the insert only once the test says so (`read`), as a call
+    /// whose insert waits while a repeat of it runs; the outcome is kept.
+    Paused(Arc<Gate>),
 }
 
 /// Where a late insert and reconciliation wait for each other, and what the
@@ -227,6 +230,14 @@ impl InvoiceStore for Fails {
             Failure::Hangs => {
                 self.inner.insert(invoice, request_id, note).await?;
                 std::future::pending().await
+            }
+            Failure::Paused(gate) => {
+                gate.reached.notify_one();
+                gate.read.notified().await;
+                let answer = self.inner.insert(invoice, request_id, note).await;
+                *gate.answered.lock().unwrap() =
+                    Some(answer.as_ref().copied().map_err(|e| format!("{e:?}")));
+                answer
             }
             Failure::Late(gate) => {
                 gate.reached.notify_one();
@@ -508,6 +519,63 @@ async fn slower_than_reconciliation(
         "the late insert was not refused"
     );
     (allocator, writer, answer)
+}
+
+/// Two calls of `order-1` at once, on a writer allowed one attempt: the
+/// first's insert waits while the second stores the invoice, confirms its
+/// number and settles the note they share. The first's insert is refused,
+/// its note gone; it answers the invoice the second stored, as a repeat
+/// (not that the store was too slow).
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_whose_repeat_settled_first_answers_the_repeat_s_invoice(#[case] backend: Backend) {
+    let mut allocator = spawn_allocator(backend).await;
+    let db = TestDb::create(backend).await;
+    let gate = Arc::new(Gate::default());
+    let store = Fails::new(db.invoice_store().await, Failure::Paused(gate.clone()), 1);
+    let stored: Arc<dyn InvoiceStore> = store.clone();
+    let mut writer = spawn_writer_on(
+        db,
+        store,
+        allocator_client(&allocator.server.url()),
+        1,
+        Arc::new(SystemClock),
+        test_settings(),
+    )
+    .await;
+    let first = tokio::spawn({
+        let mut client = writer.client.clone();
+        async move { client.create_invoice(keyed("acme", "order-1")).await }
+    });
+    gate.reached.notified().await;
+    let second = writer
+        .client
+        .create_invoice(keyed("acme", "order-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!second.replayed);
+    tokio::time::timeout(PATIENCE, async {
+        let far = Utc::now() + TimeDelta::days(1);
+        while !stored.pending_before(far, 10).await.unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the second call settles the note");
+
+    gate.read.notify_one();
+    let first = first.await.unwrap().unwrap().into_inner();
+    assert_eq!(
+        *gate.answered.lock().unwrap(),
+        Some(Err("NoteTakenOver".to_owned())),
+        "the first call's insert was not refused"
+    );
+    assert!(first.replayed);
+    assert_eq!(first.invoice, second.invoice);
+    let invoices = list_all(&mut writer.client, "acme").await;
+    assert_eq!(invoices.len(), 1);
+    assert_confirmed_with_ids(&mut allocator.client, "", &invoices).await;
 }
 
 /// Four calls of `order-1` each reserved a number and failed before storing
