@@ -232,7 +232,10 @@ impl NewInvoice {
             number: number.value,
             invoice_number: number.formatted,
             period: number.period,
-            issue_date: number.date,
+            // The caller's date; without one, the day the number was
+            // allocated for (today in the series' time zone), or, for a
+            // number given back and handed out again, the day it reads with.
+            issue_date: self.issue_date.unwrap_or(number.date),
             client: self.client.clone(),
             due_date: self.due_date,
             notes: self.notes.clone(),

@@ -140,6 +140,70 @@ async fn a_repeated_create_returns_the_stored_invoice(#[case] backend: Backend) 
     assert_eq!(third.invoice, first.invoice);
 }
 
+/// On a series that reissues, an invoice issued on 1 December takes number
+/// 1, reserved for 1 November and given back since: the invoice keeps the
+/// date its caller sent, and a repeat of the call answers it.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reissued_number_keeps_the_invoice_s_own_date_and_its_repeat(#[case] backend: Backend) {
+    let (mut allocator, mut writer) = spawn_both(backend, 3).await;
+    allocator
+        .client
+        .configure_series(ConfigureSeriesRequest {
+            tenant_id: "acme".into(),
+            gap_policy: GapPolicy::Reissue.into(),
+            ..ConfigureSeriesRequest::default()
+        })
+        .await
+        .unwrap();
+    let reserved = allocator
+        .client
+        .reserve(ReserveRequest {
+            tenant_id: "acme".into(),
+            date: "2026-11-01".into(),
+            ..ReserveRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .record
+        .unwrap();
+    allocator
+        .client
+        .release(ReleaseRequest {
+            tenant_id: "acme".into(),
+            number: reserved.number,
+            reason: "not used".into(),
+            ..ReleaseRequest::default()
+        })
+        .await
+        .unwrap();
+
+    let request = CreateInvoiceRequest {
+        issue_date: "2026-12-01".into(),
+        ..keyed("acme", "order-1")
+    };
+    let created = writer
+        .client
+        .create_invoice(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let invoice = created.invoice.unwrap();
+    assert_eq!(
+        (invoice.invoice_number.as_str(), invoice.issue_date.as_str()),
+        ("INV-001", "2026-12-01")
+    );
+    let repeated = writer
+        .client
+        .create_invoice(request)
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(repeated.replayed);
+    assert_eq!(repeated.invoice, Some(invoice));
+}
+
 /// How a store fails the next insert: after its invoice is committed, or
 /// before; or makes it late.
 enum Failure {
