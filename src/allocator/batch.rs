@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
+use chrono::{DateTime, NaiveDate, TimeDelta};
 
 use crate::{
     allocator::{
@@ -41,11 +41,15 @@ impl Retention {
     pub fn stamp(&self) -> Stamp {
         let now = self.clock.now();
         let window = TimeDelta::from_std(self.window).unwrap_or(TimeDelta::MAX);
+        // No id was used before 1970: a longer window keeps them all, and
+        // stays a time every database can store.
         Stamp {
             now,
             forget_before: now
                 .checked_sub_signed(window)
-                .unwrap_or(DateTime::<Utc>::MIN_UTC),
+                .map_or(DateTime::UNIX_EPOCH, |before| {
+                    before.max(DateTime::UNIX_EPOCH)
+                }),
         }
     }
 }

@@ -217,6 +217,29 @@ async fn an_id_is_forgotten_after_the_window(#[case] backend: Backend) {
     assert_eq!(values(other.get_ref()), [3, 4, 5, 6, 7]);
 }
 
+/// A window longer than the calendar reaches back (ten thousand years)
+/// keeps every id: calls with ids are answered, and repeat, as with any
+/// window, and the purge forgets none.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_past_the_calendar_s_start_keeps_every_id(#[case] backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let clock = ManualClock::new();
+    let settings = RequestIdSettings {
+        retention: Duration::from_hours(10_000 * 366 * 24),
+        purge_interval: Duration::from_millis(20),
+    };
+    let (_server, mut client) = serve_allocator_on(&db, group(), settings, clock.clone()).await;
+    let call = || keyed("acme", "", 1, "nightly-run");
+    assert_eq!(
+        values(client.allocate(call()).await.unwrap().get_ref()),
+        [1]
+    );
+    clock.advance(Duration::from_hours(365 * 50 * 24));
+    let repeat = client.allocate(call()).await.unwrap().into_inner();
+    assert_eq!((repeat.replayed, values(&repeat)), (true, vec![1]));
+}
+
 /// Once a period is known to be full, a repeat of a call answered before
 /// still gets its numbers, a different call with its id is refused as a
 /// reuse, and new ids, or ids past the window, are refused as exhausted.
