@@ -184,6 +184,11 @@ fn spent(request_id: Option<&RequestId>, attempts: u32) -> Error {
     }
 }
 
+/// Whether `stored` holds `number` itself, not only its text.
+fn holds(stored: &Invoice, number: NumberOf<'_>) -> bool {
+    stored.period == number.period && stored.number == number.number
+}
+
 /// How a call's last reserved number was lost.
 enum Lost {
     /// An invoice already stored holds it.
@@ -358,8 +363,12 @@ impl InvoiceWriter {
                 Err(StoreError::NumberTaken) => {
                     last_lost = Lost::Taken;
                     let last = reserved_here == self.max_attempts;
-                    self.number_taken(&invoice, attempt, last, deadline).await?;
-                    self.let_go(done).await;
+                    if self
+                        .number_taken(&invoice, &key, attempt, last, deadline)
+                        .await?
+                    {
+                        self.let_go(done).await;
+                    }
                 }
                 // The invoice may be stored all the same: its connection was
                 // lost, or its time ran out, while its group committed. The
@@ -441,15 +450,18 @@ impl InvoiceWriter {
     }
 
     /// Counts and logs a number found taken on attempt `attempt` (the
-    /// call's `last`, or not), and confirms it to the invoice stored under
-    /// it, which holds it.
+    /// call's `last`, or not), reserved under `key`, and confirms it to the
+    /// invoice stored under it, which holds it; or, if that invoice holds
+    /// only its text (with a number of its own), settles that number and
+    /// gives this one back. Whether this one is settled.
     async fn number_taken(
         &self,
         invoice: &Invoice,
+        key: &str,
         attempt: u32,
         last: bool,
         deadline: Instant,
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         let outcome = if last { "gave_up" } else { "retried" };
         metrics::counter!("numbering_invoice_number_conflicts_total", "outcome" => outcome)
             .increment(1);
@@ -461,11 +473,17 @@ impl InvoiceWriter {
             max_attempts = self.max_attempts,
             "invoice number already taken; reserving another",
         );
-        let holder = self.store.get_by_number(NumberOf::held_by(invoice)).await?;
-        if let Some(stored) = holder {
-            self.confirm(&stored, Settle::Mark, deadline).await;
+        let number = NumberOf::held_by(invoice);
+        let holder = self.store.get_by_number(number).await?;
+        if let Some(stored) = &holder {
+            self.confirm(stored, Settle::Mark, deadline).await;
         }
-        Ok(())
+        if holder.is_some_and(|stored| holds(&stored, number)) {
+            return Ok(true);
+        }
+        Ok(self
+            .give_back(number, "its invoice number is already taken", key, deadline)
+            .await)
     }
 
     /// Whether `reserved`, the answer to attempt `attempt`'s reservation
@@ -761,12 +779,17 @@ impl InvoiceWriter {
             number: record.number,
             formatted: &record.formatted,
         };
-        // Stored by this call, or by another under the same number.
+        // Stored by this call, or by another under the same number; or
+        // another holds only its text, with a number of its own, which is
+        // settled, and this one is given back.
         if let Some(stored) = self.store.get_by_number(number).await? {
-            if self.settles(&stored, None, deadline).await {
-                self.store.note(done).await?;
+            let settled = self.settles(&stored, None, deadline).await;
+            if holds(&stored, number) {
+                if settled {
+                    self.store.note(done).await?;
+                }
+                return Ok(false);
             }
-            return Ok(false);
         }
         let given_back = self
             .give_back(

@@ -41,9 +41,9 @@ use crate::{
     backends,
     helpers::{
         AllocatorApp, AllocatorProxy, Fault, ManualClock, PATIENCE, TestDb, TestServer, WriterApp,
-        allocator_client, assert_confirmed_with_ids, assert_reason, audit_acme, invoice_request,
-        invoice_series, list_all, serve_allocator_on, spawn_allocator, spawn_both, spawn_writer,
-        spawn_writer_on, test_settings,
+        allocator_client, assert_confirmed_with_ids, assert_reason, audit_acme, import_invoice,
+        invoice_request, invoice_series, list_all, serve_allocator_on, spawn_allocator, spawn_both,
+        spawn_writer, spawn_writer_on, test_settings,
     },
 };
 
@@ -870,6 +870,29 @@ async fn a_stored_invoice_s_number_is_confirmed_after_its_lease_ended_untaken(
             "reissue: {reissue}, {audit:?}"
         );
     }
+}
+
+/// A call whose invoice was not stored left its number reserved and noted;
+/// an invoice with that number's text but a number of its own is imported
+/// since. Reconciliation gives the number back: the imported invoice holds
+/// its text only.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciliation_gives_back_a_number_whose_text_only_is_taken(#[case] backend: Backend) {
+    let LeftBehind {
+        _allocator_db: _kept,
+        server,
+        mut allocator,
+        clock: _,
+        stored,
+        writer: _writer,
+    } = left_behind(backend, Failure::NotStored, false).await;
+    import_invoice(&stored, "acme", 500, "INV-001").await;
+
+    let settled = reconcile_all(&stored, &server.url()).await;
+    assert_eq!(settled.given_back, 1, "{settled:?}");
+    let audit = audit_acme(&mut allocator).await;
+    assert_eq!((audit.reserved, audit.voided), (0, 1), "{audit:?}");
 }
 
 /// A call whose invoice was not stored, on a series that reissues, left its

@@ -25,9 +25,10 @@ use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::helpers::{
-    CapturedLogs, PATIENCE, TestDb, allocator_client, assert_invalid_field, assert_reason, create,
-    import_invoice, invoice_request, invoice_series, list_all, spawn_allocator, spawn_allocator_on,
-    spawn_both, spawn_writer, spawn_writer_with, test_pool_settings, wait_for_health,
+    CapturedLogs, PATIENCE, TestDb, allocator_client, assert_invalid_field, assert_reason,
+    audit_acme, create, import_invoice, invoice_request, invoice_series, list_all, spawn_allocator,
+    spawn_allocator_on, spawn_both, spawn_writer, spawn_writer_with, test_pool_settings,
+    wait_for_health,
 };
 
 /// A clock stopped at one instant that hands out one id.
@@ -250,6 +251,26 @@ async fn conflicting_numbers_are_skipped_within_the_attempts(#[case] backend: Ba
     assert!(errors.is_empty(), "ERROR events: {errors:?}");
     let warnings = events.iter().filter(|e| e["level"] == "WARN").count();
     assert_eq!(warnings, 2, "one line per conflict: {events:?}");
+}
+
+/// An invoice imported with the text of the next number but a number of
+/// its own (another period, another format) takes that text only: the
+/// number reserved for it is given back at once, not left reserved until
+/// its lease ends, and the invoice is stored under the next.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_number_whose_text_only_is_taken_is_given_back(#[case] backend: Backend) {
+    let (mut allocator, mut writer) = spawn_both(backend, 3).await;
+    import_invoice(&writer.store, "acme", 500, "INV-001").await;
+
+    let created = create(&mut writer.client, "acme").await;
+    assert_eq!(created.invoice_number, "INV-002");
+    let audit = audit_acme(&mut allocator.client).await;
+    assert_eq!(
+        (audit.confirmed, audit.reserved, audit.voided),
+        (1, 0, 1),
+        "{audit:?}"
+    );
 }
 
 /// More conflicts than attempts answer ABORTED with a reason and store nothing; the
