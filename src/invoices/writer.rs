@@ -554,8 +554,9 @@ impl InvoiceWriter {
     /// Confirms a stored invoice's number with its id, and notes it settled
     /// as `settle` says. A number the allocator did not hand out (imported,
     /// seeded) is settled with nothing to confirm; one it refuses to confirm
-    /// is logged as an error and settled (its record says why). While the
-    /// allocator cannot be reached it is left for reconciliation.
+    /// (or refuses as invalid) is logged as an error and settled (its record
+    /// says why). While the allocator cannot be reached, or does not accept
+    /// the writer's token, it is left for reconciliation.
     ///
     /// The note is written by a task of its own, in the store's next group,
     /// and not waited for: it only spares reconciliation a confirmation, so
@@ -622,7 +623,14 @@ impl InvoiceWriter {
                 );
                 true
             }
-            Err(AllocatorError::Rejected(status)) if status.code() == Code::FailedPrecondition => {
+            // Refused for good (an imported number it cannot take, say):
+            // tried again, it would hold a place in every reconciliation.
+            Err(AllocatorError::Rejected(status))
+                if matches!(
+                    status.code(),
+                    Code::FailedPrecondition | Code::InvalidArgument
+                ) =>
+            {
                 tracing::error!(
                     tenant = %invoice.tenant_id,
                     invoice_number = %invoice.invoice_number,

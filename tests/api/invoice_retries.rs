@@ -19,7 +19,7 @@ use numbering::{
     db::Backend,
     invoices::{
         InvoiceWriter,
-        domain::Invoice,
+        domain::{Invoice, Numbered},
         store::{HighestNumber, InvoiceStore, Note, NumberOf, Pending, StoreError},
         writer::{Reconciled, attempt_request_id},
     },
@@ -893,6 +893,36 @@ async fn reconciliation_gives_back_a_number_whose_text_only_is_taken(#[case] bac
     assert_eq!(settled.given_back, 1, "{settled:?}");
     let audit = audit_acme(&mut allocator).await;
     assert_eq!((audit.reserved, audit.voided), (0, 1), "{audit:?}");
+}
+
+/// An imported invoice whose number the allocator refuses as invalid (its
+/// period named as no series names one) is settled by reconciliation, its
+/// refusal logged, not tried again at every reconciliation, where it would
+/// hold a place in every batch.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invoice_whose_number_is_refused_as_invalid_is_settled(#[case] backend: Backend) {
+    let (allocator, writer) = spawn_both(backend, 3).await;
+    let new = numbering::invoices::grpc::parse_new_invoice(&invoice_request("acme"))
+        .unwrap()
+        .0;
+    let legacy = Numbered {
+        value: 7,
+        formatted: "Q1-2026-7".into(),
+        period: "Q1-2026".into(),
+        date: Utc::now().date_naive(),
+    };
+    let imported = new.numbered(legacy, Uuid::now_v7(), Utc::now());
+    writer.store.insert(&imported, None, None).await.unwrap();
+
+    reconcile_all(&writer.store, &allocator.server.url()).await;
+    tokio::time::timeout(PATIENCE, async {
+        while !writer.store.unsettled(10).await.unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the invoice is settled");
 }
 
 /// A call whose invoice was not stored, on a series that reissues, left its
