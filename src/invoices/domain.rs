@@ -226,16 +226,22 @@ impl NewInvoice {
         // Stored timestamps keep microseconds: drop the rest so the invoice
         // returned now equals the invoice read back later.
         let created_at = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
+        // The caller's date, if it falls in the number's period (a number
+        // reserved for another date, by an earlier call under the same
+        // request id, keeps that date); else the day the number was
+        // allocated for (without a date, today in the series' time zone),
+        // or, for a number handed out again, the day it reads with.
+        let issue_date = self
+            .issue_date
+            .filter(|date| date.to_string().starts_with(&number.period))
+            .unwrap_or(number.date);
         Invoice {
             id,
             tenant_id: self.tenant_id.to_string(),
             number: number.value,
             invoice_number: number.formatted,
             period: number.period,
-            // The caller's date; without one, the day the number was
-            // allocated for (today in the series' time zone), or, for a
-            // number given back and handed out again, the day it reads with.
-            issue_date: self.issue_date.unwrap_or(number.date),
+            issue_date,
             client: self.client.clone(),
             due_date: self.due_date,
             notes: self.notes.clone(),

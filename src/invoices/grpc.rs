@@ -291,8 +291,8 @@ impl From<Error> for Status {
                 Code::Unavailable,
                 format!(
                     "could not number the invoice: the invoice store took longer to store it than \
-                     reconciliation waits, and the {attempts} numbers allocated were taken over; \
-                     nothing was stored, retry later"
+                     reconciliation waits, and the last of the {attempts} numbers allocated was \
+                     taken over; nothing was stored, retry later"
                 ),
                 "STORE_TOO_SLOW",
                 &[("attempts", attempts.to_string())],

@@ -564,8 +564,10 @@ where
     for<'r> (String, String): FromRow<'r, DB::Row>,
 {
     // A repeated call may note the same reservation twice in one group: the
-    // later note wins, as it would in two transactions.
-    let mut pending = BTreeMap::new();
+    // notes of one key are made in turns, one statement each, so that each
+    // call is among those that noted it, and the later note wins, as in two
+    // transactions.
+    let mut turns: Vec<BTreeMap<_, _>> = Vec::new();
     let mut invoices = Vec::new();
     let mut taking_over = BTreeSet::new();
     let mut done = BTreeSet::new();
@@ -574,7 +576,13 @@ where
         match write {
             Write::Pending { note, request_id } => {
                 let key = (note.tenant_id.as_str(), note.request_key.as_str());
-                pending.insert(key, (note, request_id.as_deref()));
+                let noted = (note, request_id.as_deref());
+                match turns.iter_mut().find(|turn| !turn.contains_key(&key)) {
+                    Some(turn) => {
+                        turn.insert(key, noted);
+                    }
+                    None => turns.push(BTreeMap::from([(key, noted)])),
+                }
             }
             Write::Invoice {
                 invoice,
@@ -602,22 +610,21 @@ where
     invoices.sort_by(|(a, ..), (b, ..)| {
         (&a.tenant_id, &a.period, a.number).cmp(&(&b.tenant_id, &b.period, b.number))
     });
-    let taken = if pending.is_empty() {
-        HashSet::new()
-    } else {
-        let asked: Vec<_> = pending.values().copied().collect();
+    let mut taken = HashSet::new();
+    for turn in &turns {
+        let asked: Vec<_> = turn.values().copied().collect();
         let noted = DB::upsert_pending(&mut *conn, &asked).await?;
         // The request ids of the notes not noted created an invoice.
-        pending
-            .iter()
-            .filter(|((tenant, key), _)| {
-                !noted.contains(&((*tenant).to_owned(), (*key).to_owned()))
-            })
-            .filter_map(|((tenant, _), (_, request_id))| {
-                request_id.map(|id| ((*tenant).to_owned(), id.to_owned()))
-            })
-            .collect()
-    };
+        taken.extend(
+            turn.iter()
+                .filter(|((tenant, key), _)| {
+                    !noted.contains(&((*tenant).to_owned(), (*key).to_owned()))
+                })
+                .filter_map(|((tenant, _), (_, request_id))| {
+                    request_id.map(|id| ((*tenant).to_owned(), id.to_owned()))
+                }),
+        );
+    }
     let taken_over = if taking_over.is_empty() {
         HashSet::new()
     } else {
@@ -958,12 +965,15 @@ where
     for<'q> i64: Encode<'q, DB> + Type<DB>,
 {
     // One lookup per unique key: with the two as one `OR`, SQLite reads every
-    // invoice of the tenant.
+    // invoice of the tenant. The invoice that holds the number itself comes
+    // before one that holds only its text.
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM invoices WHERE tenant_id = $1 AND period = $2 AND number = $3
+        "SELECT 0 AS text_only, {COLUMNS} FROM invoices
+         WHERE tenant_id = $1 AND period = $2 AND number = $3
          UNION ALL
-         SELECT {COLUMNS} FROM invoices WHERE tenant_id = $1 AND invoice_number = $4
-         ORDER BY period, number LIMIT 1"
+         SELECT 1 AS text_only, {COLUMNS} FROM invoices
+         WHERE tenant_id = $1 AND invoice_number = $4
+         ORDER BY text_only LIMIT 1"
     )))
     .bind(number.tenant)
     .bind(number.period)

@@ -39,10 +39,12 @@ pub enum Error {
         /// Numbers tried.
         attempts: u32,
     },
-    /// Every allocated number was taken over by reconciliation, the store
-    /// having taken longer to store the invoice than reconciliation waits;
-    /// nothing was stored.
-    #[error("{attempts} allocated numbers were all taken over while the invoice was being stored")]
+    /// The last allocated number was taken over by reconciliation, the
+    /// store having taken longer to store the invoice than reconciliation
+    /// waits; nothing was stored.
+    #[error(
+        "the last of {attempts} allocated numbers was taken over while the invoice was being stored"
+    )]
     StoreTooSlow {
         /// Numbers tried.
         attempts: u32,
@@ -287,7 +289,7 @@ impl InvoiceWriter {
         while reserved_here < self.max_attempts {
             attempt += 1;
             // Only a request id's repeats walk past attempts.
-            if attempt > self.max_attempts + SPENT_ATTEMPTS_WALKED {
+            if attempt - 1 - reserved_here >= SPENT_ATTEMPTS_WALKED {
                 return Err(spent(request_id, attempt - 1));
             }
             let key = call.attempt(attempt);
@@ -451,9 +453,9 @@ impl InvoiceWriter {
 
     /// Counts and logs a number found taken on attempt `attempt` (the
     /// call's `last`, or not), reserved under `key`, and confirms it to the
-    /// invoice stored under it, which holds it; or, if that invoice holds
-    /// only its text (with a number of its own), settles that number and
-    /// gives this one back. Whether this one is settled.
+    /// invoice stored under it, which holds it (or only its text: that
+    /// invoice's own number is confirmed to it too). Whether this one is
+    /// settled.
     async fn number_taken(
         &self,
         invoice: &Invoice,
@@ -474,16 +476,20 @@ impl InvoiceWriter {
             "invoice number already taken; reserving another",
         );
         let number = NumberOf::held_by(invoice);
-        let holder = self.store.get_by_number(number).await?;
-        if let Some(stored) = &holder {
-            self.confirm(stored, Settle::Mark, deadline).await;
-        }
-        if holder.is_some_and(|stored| holds(&stored, number)) {
+        let Some(stored) = self.store.get_by_number(number).await? else {
+            // Its holder is not found: nothing holds it.
+            return Ok(self
+                .give_back(number, "its invoice number was taken", key, deadline)
+                .await);
+        };
+        self.confirm(&stored, Settle::Mark, deadline).await;
+        if holds(&stored, number) {
             return Ok(true);
         }
-        Ok(self
-            .give_back(number, "its invoice number is already taken", key, deadline)
-            .await)
+        // That invoice shows this number's text under a number of its own:
+        // it holds this one too, which is never handed out again (given
+        // back, a series that reissues would hand it out to every attempt).
+        Ok(self.settles(number, stored.id, Some(key), deadline).await)
     }
 
     /// Whether `reserved`, the answer to attempt `attempt`'s reservation
@@ -567,7 +573,10 @@ impl InvoiceWriter {
             Settle::Note(request_key) => Some(request_key.as_str()),
             Settle::Mark => None,
         };
-        if !self.settles(invoice, holder, deadline).await {
+        if !self
+            .settles(NumberOf::held_by(invoice), invoice.id, holder, deadline)
+            .await
+        {
             return;
         }
         let store = self.store.clone();
@@ -597,17 +606,23 @@ impl InvoiceWriter {
         tokio::spawn(noted.in_current_span());
     }
 
-    /// Confirms a stored invoice's number with its id, as reserved under
-    /// `holder` if that is known; whether it is settled (confirmed, not one
-    /// the allocator handed out, or refused).
-    async fn settles(&self, invoice: &Invoice, holder: Option<&str>, deadline: Instant) -> bool {
+    /// Confirms `number` with `reference`, the id of the invoice that holds
+    /// it, as reserved under `holder` if that is known; whether it is
+    /// settled (confirmed, not one the allocator handed out, or refused).
+    async fn settles(
+        &self,
+        number: NumberOf<'_>,
+        reference: Uuid,
+        holder: Option<&str>,
+        deadline: Instant,
+    ) -> bool {
         let confirmed = self
             .allocator
             .confirm(
-                &invoice.tenant_id,
-                &invoice.period,
-                invoice.number,
-                &invoice.id.to_string(),
+                number.tenant,
+                number.period,
+                number.number,
+                &reference.to_string(),
                 holder,
                 deadline,
             )
@@ -616,8 +631,8 @@ impl InvoiceWriter {
             Ok(_) => true,
             Err(AllocatorError::Rejected(status)) if status.code() == Code::NotFound => {
                 tracing::info!(
-                    tenant = %invoice.tenant_id,
-                    invoice_number = %invoice.invoice_number,
+                    tenant = %number.tenant,
+                    invoice_number = %number.formatted,
                     "the invoice's number was not handed out by the allocator (imported or \
                      seeded): nothing to confirm",
                 );
@@ -632,8 +647,8 @@ impl InvoiceWriter {
                 ) =>
             {
                 tracing::error!(
-                    tenant = %invoice.tenant_id,
-                    invoice_number = %invoice.invoice_number,
+                    tenant = %number.tenant,
+                    invoice_number = %number.formatted,
                     error = %status.message(),
                     "the allocator refuses to confirm the number of a stored invoice; \
                      see its record (GetNumber)",
@@ -642,8 +657,8 @@ impl InvoiceWriter {
             }
             Err(error) => {
                 tracing::warn!(
-                    tenant = %invoice.tenant_id,
-                    invoice_number = %invoice.invoice_number,
+                    tenant = %number.tenant,
+                    invoice_number = %number.formatted,
                     error = %chain(&error),
                     "the invoice's number is not confirmed yet; reconciliation will",
                 );
@@ -749,7 +764,12 @@ impl InvoiceWriter {
         };
         if let Some(stored) = named {
             if self
-                .settles(&stored, Some(&pending.request_key), deadline)
+                .settles(
+                    NumberOf::held_by(&stored),
+                    stored.id,
+                    Some(&pending.request_key),
+                    deadline,
+                )
                 .await
             {
                 self.store.note(done).await?;
@@ -788,16 +808,21 @@ impl InvoiceWriter {
             formatted: &record.formatted,
         };
         // Stored by this call, or by another under the same number; or
-        // another holds only its text, with a number of its own, which is
-        // settled, and this one is given back.
+        // another holds only its text, with a number of its own: both are
+        // confirmed to it (as when a call finds the number taken).
         if let Some(stored) = self.store.get_by_number(number).await? {
-            let settled = self.settles(&stored, None, deadline).await;
-            if holds(&stored, number) {
-                if settled {
-                    self.store.note(done).await?;
-                }
-                return Ok(false);
+            let mut settled = self
+                .settles(NumberOf::held_by(&stored), stored.id, None, deadline)
+                .await;
+            if !holds(&stored, number) {
+                settled &= self
+                    .settles(number, stored.id, Some(&pending.request_key), deadline)
+                    .await;
             }
+            if settled {
+                self.store.note(done).await?;
+            }
+            return Ok(false);
         }
         let given_back = self
             .give_back(

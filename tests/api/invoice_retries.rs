@@ -697,7 +697,7 @@ async fn a_repeat_walks_past_attempts_settled_since(#[case] backend: Backend) {
 async fn a_request_id_whose_attempts_ran_out_is_refused_spent(#[case] backend: Backend) {
     let (mut allocator, mut writer) = spawn_both(backend, 3).await;
     let order = RequestId::parse("order-1").unwrap().unwrap();
-    let made = 103;
+    let made = 100;
     for attempt in 1..=made {
         let request_id = attempt_request_id(&order, attempt);
         let reserved = allocator
@@ -874,25 +874,49 @@ async fn a_stored_invoice_s_number_is_confirmed_after_its_lease_ended_untaken(
 
 /// A call whose invoice was not stored left its number reserved and noted;
 /// an invoice with that number's text but a number of its own is imported
-/// since. Reconciliation gives the number back: the imported invoice holds
-/// its text only.
+/// since. Reconciliation confirms the number to that invoice, which holds
+/// its text, on a series that voids and on one that reissues alike.
 #[apply(backends)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reconciliation_gives_back_a_number_whose_text_only_is_taken(#[case] backend: Backend) {
-    let LeftBehind {
-        _allocator_db: _kept,
-        server,
-        mut allocator,
-        clock: _,
-        stored,
-        writer: _writer,
-    } = left_behind(backend, Failure::NotStored, false).await;
-    import_invoice(&stored, "acme", 500, "INV-001").await;
+async fn reconciliation_confirms_a_number_whose_text_only_is_taken(#[case] backend: Backend) {
+    for reissue in [false, true] {
+        let LeftBehind {
+            _allocator_db: _kept,
+            server,
+            mut allocator,
+            clock: _,
+            stored,
+            writer: _writer,
+        } = left_behind(backend, Failure::NotStored, reissue).await;
+        let imported = import_invoice(&stored, "acme", 500, "INV-001").await;
 
-    let settled = reconcile_all(&stored, &server.url()).await;
-    assert_eq!(settled.given_back, 1, "{settled:?}");
-    let audit = audit_acme(&mut allocator).await;
-    assert_eq!((audit.reserved, audit.voided), (0, 1), "{audit:?}");
+        let settled = reconcile_all(&stored, &server.url()).await;
+        assert_eq!(settled.given_back, 0, "{settled:?}");
+        let first = allocator
+            .get_number(GetNumberRequest {
+                tenant_id: "acme".into(),
+                number: 1,
+                ..GetNumberRequest::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .record
+            .unwrap();
+        assert_eq!(
+            (first.state(), first.reference),
+            (NumberState::Confirmed, imported.to_string()),
+            "reissue: {reissue}"
+        );
+        assert!(
+            stored
+                .pending_before(Utc::now() + TimeDelta::minutes(1), 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "the note is settled"
+        );
+    }
 }
 
 /// An imported invoice whose number the allocator refuses as invalid (its

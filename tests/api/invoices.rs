@@ -17,7 +17,10 @@ use numbering::{
     allocator::{CommitMode, series::NumberFormat},
     clock::Clock,
     invoices::{domain::Numbered, seed, store::HighestNumber},
-    proto::{AdvanceCounterRequest, GetInvoiceRequest, LineItem, ListInvoicesRequest},
+    proto::{
+        AdvanceCounterRequest, ConfigureSeriesRequest, GapPolicy, GetInvoiceRequest,
+        GetNumberRequest, LineItem, ListInvoicesRequest, NumberState,
+    },
     tenant::TenantId,
 };
 use tokio::{net::TcpListener, sync::Barrier};
@@ -254,27 +257,61 @@ async fn conflicting_numbers_are_skipped_within_the_attempts(#[case] backend: Ba
 }
 
 /// An invoice imported with the text of the next number but a number of
-/// its own (another period, another format) takes that text only: the
-/// number reserved for it is given back at once, not left reserved until
-/// its lease ends, and the invoice is stored under the next.
+/// its own (another period, another format) holds that text: the number is
+/// confirmed to it, so that it is never handed out again (on a series that
+/// reissues, a number given back would come back to every attempt), and
+/// the new invoice is stored under the next.
 #[apply(backends)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_number_whose_text_only_is_taken_is_given_back(#[case] backend: Backend) {
-    let (mut allocator, mut writer) = spawn_both(backend, 3).await;
-    import_invoice(&writer.store, "acme", 500, "INV-001").await;
+async fn a_number_whose_text_only_is_taken_is_confirmed_to_that_invoice(#[case] backend: Backend) {
+    for policy in [GapPolicy::Void, GapPolicy::Reissue] {
+        let (mut allocator, mut writer) = spawn_both(backend, 3).await;
+        allocator
+            .client
+            .configure_series(ConfigureSeriesRequest {
+                tenant_id: "acme".into(),
+                gap_policy: policy.into(),
+                ..ConfigureSeriesRequest::default()
+            })
+            .await
+            .unwrap();
+        let imported = import_invoice(&writer.store, "acme", 500, "INV-001").await;
 
-    let created = create(&mut writer.client, "acme").await;
-    assert_eq!(created.invoice_number, "INV-002");
-    let audit = audit_acme(&mut allocator.client).await;
-    assert_eq!(
-        (audit.confirmed, audit.reserved, audit.voided),
-        (1, 0, 1),
-        "{audit:?}"
-    );
+        for expected in ["INV-002", "INV-003"] {
+            let created = create(&mut writer.client, "acme").await;
+            assert_eq!(created.invoice_number, expected, "{policy:?}");
+        }
+        let first = allocator
+            .client
+            .get_number(GetNumberRequest {
+                tenant_id: "acme".into(),
+                number: 1,
+                ..GetNumberRequest::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .record
+            .unwrap();
+        assert_eq!(
+            (first.state(), first.reference),
+            (NumberState::Confirmed, imported.to_string()),
+            "{policy:?}"
+        );
+        let audit = audit_acme(&mut allocator.client).await;
+        assert_eq!(
+            (
+                audit.confirmed,
+                audit.reserved,
+                audit.voided,
+                audit.released
+            ),
+            (3, 0, 0, 0),
+            "{policy:?}: {audit:?}"
+        );
+    }
 }
 
-/// More conflicts than attempts answer ABORTED with a reason and store nothing; the
-/// next call continues past the numbers burned.
 #[apply(backends)]
 #[tokio::test]
 async fn more_conflicts_than_attempts_abort_and_store_nothing(#[case] backend: Backend) {
@@ -642,7 +679,8 @@ async fn the_store_refuses_a_number_twice(#[case] backend: Backend) {
 }
 
 /// The invoice that holds a number is found by the number or by its text,
-/// whichever of the two it shares with the number asked.
+/// whichever of the two it shares with the number asked; by the number
+/// first.
 #[apply(backends)]
 #[tokio::test]
 async fn the_holder_of_a_number_is_found_by_number_or_by_text(#[case] backend: Backend) {
@@ -667,8 +705,9 @@ async fn the_holder_of_a_number_is_found_by_number_or_by_text(#[case] backend: B
     };
     assert_eq!(holder(5, "X-5").await, Some((5, "INV-005".to_owned())));
     assert_eq!(holder(9, "INV-006").await, Some((6, "INV-006".to_owned())));
-    // Both taken, by two invoices: the lower number's holder.
-    assert_eq!(holder(6, "INV-005").await, Some((5, "INV-005".to_owned())));
+    // Both taken, by two invoices: the number's own holder, not the one
+    // that holds only its text (and comes first in number order).
+    assert_eq!(holder(6, "INV-005").await, Some((6, "INV-006".to_owned())));
     assert_eq!(holder(9, "X-9").await, None);
     let other_tenant = NumberOf {
         tenant: "globex",
@@ -677,6 +716,49 @@ async fn the_holder_of_a_number_is_found_by_number_or_by_text(#[case] backend: B
         formatted: "INV-005",
     };
     assert!(store.get_by_number(other_tenant).await.unwrap().is_none());
+}
+
+/// Twenty calls note one reservation at once (repeats of one call), so that
+/// most of the notes share a group: each call is among those that noted it,
+/// and each may store its invoice under the note.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notes_of_one_reservation_made_together_each_keep_their_call(#[case] backend: Backend) {
+    use numbering::invoices::store::{Note, Pending};
+
+    let db = TestDb::create(backend).await;
+    let store = db.invoice_store().await;
+    let invoices: Vec<_> = (1..=20)
+        .map(|number| acme_invoice(number, &format!("INV-{number:03}")))
+        .collect();
+    let since = chrono::Utc::now();
+    let notes: Vec<_> = invoices
+        .iter()
+        .map(|invoice| {
+            let store = store.clone();
+            let pending = Pending {
+                tenant_id: "acme".into(),
+                request_key: "key-1".into(),
+                issue_date: String::new(),
+                since,
+                invoice_id: invoice.id.to_string(),
+            };
+            tokio::spawn(async move {
+                let note = Note::Pending {
+                    pending: &pending,
+                    request_id: None,
+                };
+                store.note(note).await
+            })
+        })
+        .collect();
+    for note in notes {
+        note.await.unwrap().unwrap();
+    }
+    for invoice in &invoices {
+        let stored = store.insert(invoice, None, Some("key-1")).await;
+        assert!(stored.is_ok(), "{}: {stored:?}", invoice.number);
+    }
 }
 
 /// Writes that arrive together are committed together, and each keeps its

@@ -149,7 +149,7 @@ pub async fn import_invoice(
     tenant: &str,
     number: i64,
     invoice_number: &str,
-) {
+) -> uuid::Uuid {
     let new = invoices::grpc::parse_new_invoice(&invoice_request(tenant))
         .unwrap()
         .0;
@@ -165,6 +165,7 @@ pub async fn import_invoice(
         .insert(&invoice, None, None)
         .await
         .expect("import invoice");
+    invoice.id
 }
 
 /// The tenant's invoice series in the allocator.
