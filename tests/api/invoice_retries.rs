@@ -41,9 +41,9 @@ use crate::{
     backends,
     helpers::{
         AllocatorApp, AllocatorProxy, Fault, ManualClock, PATIENCE, TestDb, TestServer, WriterApp,
-        allocator_client, assert_confirmed_with_ids, assert_reason, audit_acme, import_invoice,
-        invoice_request, invoice_series, list_all, serve_allocator_on, spawn_allocator, spawn_both,
-        spawn_writer, spawn_writer_on, test_settings,
+        acme_number, allocator_client, assert_confirmed_with_ids, assert_reason, audit_acme,
+        import_invoice, invoice_request, invoice_series, list_all, serve_allocator_on,
+        spawn_allocator, spawn_both, spawn_writer, spawn_writer_on, test_settings,
     },
 };
 
@@ -156,28 +156,7 @@ async fn a_reissued_number_keeps_the_invoice_s_own_date_and_its_repeat(#[case] b
         })
         .await
         .unwrap();
-    let reserved = allocator
-        .client
-        .reserve(ReserveRequest {
-            tenant_id: "acme".into(),
-            date: "2026-11-01".into(),
-            ..ReserveRequest::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .record
-        .unwrap();
-    allocator
-        .client
-        .release(ReleaseRequest {
-            tenant_id: "acme".into(),
-            number: reserved.number,
-            reason: "not used".into(),
-            ..ReleaseRequest::default()
-        })
-        .await
-        .unwrap();
+    reserve_and_give_back(&mut allocator.client, "", "2026-11-01").await;
 
     let request = CreateInvoiceRequest {
         issue_date: "2026-12-01".into(),
@@ -202,6 +181,37 @@ async fn a_reissued_number_keeps_the_invoice_s_own_date_and_its_repeat(#[case] b
         .into_inner();
     assert!(repeated.replayed);
     assert_eq!(repeated.invoice, Some(invoice));
+}
+
+/// Reserves one of acme's invoice numbers under `request_id`, for `date`
+/// (both may be empty), and gives it back.
+async fn reserve_and_give_back(
+    allocator: &mut NumberAllocatorClient<Channel>,
+    request_id: &str,
+    date: &str,
+) {
+    let reserved = allocator
+        .reserve(ReserveRequest {
+            tenant_id: "acme".into(),
+            request_id: request_id.into(),
+            date: date.into(),
+            ..ReserveRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .record
+        .unwrap();
+    allocator
+        .release(ReleaseRequest {
+            tenant_id: "acme".into(),
+            number: reserved.number,
+            reason: "the invoice was not stored".into(),
+            request_id: request_id.into(),
+            ..ReleaseRequest::default()
+        })
+        .await
+        .unwrap();
 }
 
 /// How a store fails the next insert: after its invoice is committed, or
@@ -517,6 +527,16 @@ async fn a_call_slower_than_reconciliation_stores_nothing_under_the_number_given
     let created = answer.unwrap().into_inner();
     assert!(!created.replayed);
 
+    assert_the_only_invoice(&mut allocator, &mut writer, &created).await;
+}
+
+/// `created` is acme's only invoice, and the only number its series
+/// handed out, confirmed to it.
+async fn assert_the_only_invoice(
+    allocator: &mut AllocatorApp,
+    writer: &mut WriterApp,
+    created: &CreateInvoiceResponse,
+) {
     let invoices = list_all(&mut writer.client, "acme").await;
     assert_eq!(invoices.len(), 1);
     assert_eq!(Some(&invoices[0]), created.invoice.as_ref());
@@ -681,12 +701,7 @@ async fn a_repeat_walks_past_attempts_settled_since(#[case] backend: Backend) {
         .unwrap()
         .into_inner();
     assert!(!created.replayed);
-    let invoices = list_all(&mut writer.client, "acme").await;
-    assert_eq!(invoices.len(), 1);
-    assert_eq!(Some(&invoices[0]), created.invoice.as_ref());
-    assert_confirmed_with_ids(&mut allocator.client, "", &invoices).await;
-    let audit = audit_acme(&mut allocator.client).await;
-    assert_eq!((audit.confirmed, audit.reserved), (1, 0), "{audit:?}");
+    assert_the_only_invoice(&mut allocator, &mut writer, &created).await;
 }
 
 /// Every attempt a call of `order-1` could walk past was made, and its
@@ -700,29 +715,7 @@ async fn a_request_id_whose_attempts_ran_out_is_refused_spent(#[case] backend: B
     let made = 100;
     for attempt in 1..=made {
         let request_id = attempt_request_id(&order, attempt);
-        let reserved = allocator
-            .client
-            .reserve(ReserveRequest {
-                tenant_id: "acme".into(),
-                request_id: request_id.clone(),
-                ..ReserveRequest::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .record
-            .unwrap();
-        allocator
-            .client
-            .release(ReleaseRequest {
-                tenant_id: "acme".into(),
-                number: reserved.number,
-                reason: "the invoice was not stored".into(),
-                request_id,
-                ..ReleaseRequest::default()
-            })
-            .await
-            .unwrap();
+        reserve_and_give_back(&mut allocator.client, &request_id, "").await;
     }
 
     let status = writer
@@ -892,17 +885,7 @@ async fn reconciliation_confirms_a_number_whose_text_only_is_taken(#[case] backe
 
         let settled = reconcile_all(&stored, &server.url()).await;
         assert_eq!(settled.given_back, 0, "{settled:?}");
-        let first = allocator
-            .get_number(GetNumberRequest {
-                tenant_id: "acme".into(),
-                number: 1,
-                ..GetNumberRequest::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .record
-            .unwrap();
+        let first = acme_number(&mut allocator, 1).await;
         assert_eq!(
             (first.state(), first.reference),
             (NumberState::Confirmed, imported.to_string()),

@@ -18,8 +18,8 @@ use numbering::{
     clock::Clock,
     invoices::{domain::Numbered, seed, store::HighestNumber},
     proto::{
-        AdvanceCounterRequest, ConfigureSeriesRequest, GapPolicy, GetInvoiceRequest,
-        GetNumberRequest, LineItem, ListInvoicesRequest, NumberState,
+        AdvanceCounterRequest, ConfigureSeriesRequest, GapPolicy, GetInvoiceRequest, LineItem,
+        ListInvoicesRequest, NumberState,
     },
     tenant::TenantId,
 };
@@ -28,10 +28,10 @@ use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::helpers::{
-    CapturedLogs, PATIENCE, TestDb, allocator_client, assert_invalid_field, assert_reason,
-    audit_acme, create, import_invoice, invoice_request, invoice_series, list_all, spawn_allocator,
-    spawn_allocator_on, spawn_both, spawn_writer, spawn_writer_with, test_pool_settings,
-    wait_for_health,
+    CapturedLogs, PATIENCE, TestDb, acme_number, allocator_client, assert_invalid_field,
+    assert_reason, audit_acme, create, import_invoice, invoice_request, invoice_series, list_all,
+    spawn_allocator, spawn_allocator_on, spawn_both, spawn_writer, spawn_writer_with,
+    test_pool_settings, wait_for_health,
 };
 
 /// A clock stopped at one instant that hands out one id.
@@ -281,18 +281,7 @@ async fn a_number_whose_text_only_is_taken_is_confirmed_to_that_invoice(#[case] 
             let created = create(&mut writer.client, "acme").await;
             assert_eq!(created.invoice_number, expected, "{policy:?}");
         }
-        let first = allocator
-            .client
-            .get_number(GetNumberRequest {
-                tenant_id: "acme".into(),
-                number: 1,
-                ..GetNumberRequest::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .record
-            .unwrap();
+        let first = acme_number(&mut allocator.client, 1).await;
         assert_eq!(
             (first.state(), first.reference),
             (NumberState::Confirmed, imported.to_string()),

@@ -9,9 +9,9 @@ use nix::sys::signal::{Signal, kill};
 use numbering::{
     db::Backend,
     proto::{
-        AuditSeriesResponse, ConfigureSeriesRequest, CreateInvoiceRequest, GapPolicy,
-        GetNumberRequest, NumberRecord, NumberState, ReserveRequest,
-        invoice_writer_client::InvoiceWriterClient, number_allocator_client::NumberAllocatorClient,
+        AuditSeriesResponse, ConfigureSeriesRequest, CreateInvoiceRequest, GapPolicy, NumberState,
+        ReserveRequest, invoice_writer_client::InvoiceWriterClient,
+        number_allocator_client::NumberAllocatorClient,
     },
 };
 use rstest_reuse::apply;
@@ -20,8 +20,9 @@ use tonic::transport::Channel;
 use crate::{
     backends,
     helpers::{
-        AllocatorProxy, Fault, Method, PATIENCE, Running, TestDb, assert_confirmed_with_ids,
-        audit_acme, create, invoice_request, list_all, spawn_allocator, start, writer_binary,
+        AllocatorProxy, Fault, Method, PATIENCE, Running, TestDb, acme_number,
+        assert_confirmed_with_ids, audit_acme, create, invoice_request, list_all, spawn_allocator,
+        start, writer_binary,
     },
 };
 
@@ -51,17 +52,6 @@ async fn kill_mid(writer: Running, proxy: &AllocatorProxy, request: CreateInvoic
     let (status, logged) = writer.wait().await;
     assert_eq!(status.code(), None, "not killed: {logged:?}");
     assert!(call.await.unwrap().is_err(), "the killed call answered");
-}
-
-/// Number `number` of acme's invoice series, as its record stands.
-async fn number(allocator: &mut NumberAllocatorClient<Channel>, number: i64) -> NumberRecord {
-    let request = GetNumberRequest {
-        tenant_id: "acme".into(),
-        number,
-        ..GetNumberRequest::default()
-    };
-    let answer = allocator.get_number(request).await.unwrap().into_inner();
-    answer.record.unwrap()
 }
 
 /// Waits until the audit of acme's series satisfies `settled`.
@@ -105,7 +95,7 @@ async fn a_number_reserved_for_an_invoice_never_stored_is_given_back(#[case] bac
         (audit.reserved, audit.voided) == (0, 1)
     })
     .await;
-    let first = number(&mut allocator.client, 1).await;
+    let first = acme_number(&mut allocator.client, 1).await;
     assert_eq!(
         (first.state(), first.reason.as_str()),
         (NumberState::Voided, "the invoice was not stored")
@@ -179,7 +169,7 @@ async fn a_repeat_after_its_number_was_given_back(backend: Backend, policy: GapP
     let invoice = repeated.invoice.unwrap();
     assert_eq!(invoice.invoice_number, "INV-002");
     assert_eq!(list_all(&mut client, "acme").await, [invoice]);
-    let first = number(&mut allocator.client, 1).await;
+    let first = acme_number(&mut allocator.client, 1).await;
     match other {
         Some(other) => assert_eq!(first, other, "the other call's reservation is untouched"),
         None => assert_eq!(first.state(), NumberState::Voided),

@@ -6,8 +6,8 @@ use numbering::{
     invoices::{self, domain::Numbered, store::InvoiceStore},
     proto::{
         AdvanceCounterRequest, AllocateRequest, AllocateResponse, AuditSeriesRequest,
-        AuditSeriesResponse, CreateInvoiceRequest, GetSeriesRequest, Invoice, LineItem,
-        ListInvoicesRequest, ListNumbersRequest, NumberState, Series,
+        AuditSeriesResponse, CreateInvoiceRequest, GetNumberRequest, GetSeriesRequest, Invoice,
+        LineItem, ListInvoicesRequest, ListNumbersRequest, NumberRecord, NumberState, Series,
         invoice_writer_client::InvoiceWriterClient, number_allocator_client::NumberAllocatorClient,
     },
 };
@@ -277,6 +277,20 @@ pub async fn assert_confirmed_with_ids(
             "{tenant}/{period}: confirmed with their ids"
         );
     }
+}
+
+/// Number `number` of acme's invoice series, as its record stands.
+pub async fn acme_number(
+    allocator: &mut NumberAllocatorClient<Channel>,
+    number: i64,
+) -> NumberRecord {
+    let request = GetNumberRequest {
+        tenant_id: "acme".into(),
+        number,
+        ..GetNumberRequest::default()
+    };
+    let answer = allocator.get_number(request).await.unwrap().into_inner();
+    answer.record.unwrap()
 }
 
 /// The audit of acme's invoice series.
