@@ -24,9 +24,9 @@ use numbering::{
         writer::{Reconciled, attempt_request_id},
     },
     proto::{
-        ConfigureSeriesRequest, CreateInvoiceRequest, CreateInvoiceResponse, GapPolicy,
-        GetNumberRequest, NumberState, ReleaseRequest, ReserveRequest,
-        invoice_writer_client::InvoiceWriterClient, number_allocator_client::NumberAllocatorClient,
+        CreateInvoiceRequest, CreateInvoiceResponse, GapPolicy, GetNumberRequest, NumberState,
+        ReleaseRequest, ReserveRequest, invoice_writer_client::InvoiceWriterClient,
+        number_allocator_client::NumberAllocatorClient,
     },
     request_id::RequestId,
     server::{ServerSettings, Store},
@@ -43,7 +43,8 @@ use crate::{
         AllocatorApp, AllocatorProxy, Fault, ManualClock, PATIENCE, TestDb, TestServer, WriterApp,
         acme_number, allocator_client, assert_confirmed_with_ids, assert_reason, audit_acme,
         import_invoice, invoice_request, invoice_series, list_all, serve_allocator_on,
-        spawn_allocator, spawn_both, spawn_writer, spawn_writer_on, test_settings,
+        set_acme_gap_policy, spawn_allocator, spawn_both, spawn_writer, spawn_writer_on,
+        test_settings,
     },
 };
 
@@ -147,15 +148,7 @@ async fn a_repeated_create_returns_the_stored_invoice(#[case] backend: Backend) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reissued_number_keeps_the_invoice_s_own_date_and_its_repeat(#[case] backend: Backend) {
     let (mut allocator, mut writer) = spawn_both(backend, 3).await;
-    allocator
-        .client
-        .configure_series(ConfigureSeriesRequest {
-            tenant_id: "acme".into(),
-            gap_policy: GapPolicy::Reissue.into(),
-            ..ConfigureSeriesRequest::default()
-        })
-        .await
-        .unwrap();
+    set_acme_gap_policy(&mut allocator.client, GapPolicy::Reissue).await;
     reserve_and_give_back(&mut allocator.client, "", "2026-11-01").await;
 
     let request = CreateInvoiceRequest {
@@ -383,6 +376,33 @@ impl InvoiceStore for Fails {
     }
 }
 
+/// A writer through the allocator at `url`, allowed `max_attempts`
+/// numbers per invoice and served with `settings`, on a fresh database
+/// whose store fails the next `failures` inserts as `how` says;
+/// and that store.
+async fn writer_failing(
+    backend: Backend,
+    url: &str,
+    (how, failures): (Failure, u32),
+    max_attempts: u32,
+    settings: ServerSettings,
+) -> (WriterApp, Arc<dyn InvoiceStore>) {
+    let db = TestDb::create(backend).await;
+    let store = Fails::new(db.invoice_store().await, how, failures);
+    let stored: Arc<dyn InvoiceStore> = store.clone();
+    let allocator = allocator_client(url);
+    let writer = spawn_writer_on(
+        db,
+        store,
+        allocator,
+        max_attempts,
+        Arc::new(SystemClock),
+        settings,
+    )
+    .await;
+    (writer, stored)
+}
+
 /// Reconciles `store` now, through the allocator at `url`, as another
 /// writer would, every pending note counted stale.
 async fn reconcile_all(store: &Arc<dyn InvoiceStore>, url: &str) -> Reconciled {
@@ -409,24 +429,13 @@ async fn a_retry_after_a_failure_past_the_commit_returns_the_invoice(
     code: Code,
 ) {
     let mut allocator = spawn_allocator(backend).await;
-    let db = TestDb::create(backend).await;
-    let store = Fails::new(db.invoice_store().await, how, 1);
-    let stored: Arc<dyn InvoiceStore> = store.clone();
     // The server's time-out ends a hung call, with DEADLINE_EXCEEDED.
     let settings = ServerSettings {
         request_timeout: Duration::from_millis(500),
         ..test_settings()
     };
     let url = allocator.server.url();
-    let mut writer = spawn_writer_on(
-        db,
-        store,
-        allocator_client(&url),
-        3,
-        Arc::new(SystemClock),
-        settings,
-    )
-    .await;
+    let (mut writer, stored) = writer_failing(backend, &url, (how, 1), 3, settings).await;
 
     let mut request = Request::new(keyed("acme", "order-9"));
     request.set_timeout(PATIENCE);
@@ -573,20 +582,10 @@ async fn slower_than_reconciliation(
     Result<Response<CreateInvoiceResponse>, Status>,
 ) {
     let allocator = spawn_allocator(backend).await;
-    let db = TestDb::create(backend).await;
     let gate = Arc::new(Gate::default());
-    let store = Fails::new(db.invoice_store().await, Failure::Late(gate.clone()), 1);
-    let stored: Arc<dyn InvoiceStore> = store.clone();
     let url = allocator.server.url();
-    let writer = spawn_writer_on(
-        db,
-        store,
-        allocator_client(&url),
-        max_attempts,
-        Arc::new(SystemClock),
-        test_settings(),
-    )
-    .await;
+    let late = (Failure::Late(gate.clone()), 1);
+    let (writer, stored) = writer_failing(backend, &url, late, max_attempts, test_settings()).await;
     let call = tokio::spawn({
         let mut client = writer.client.clone();
         async move { client.create_invoice(keyed("acme", "order-1")).await }
@@ -614,19 +613,10 @@ async fn slower_than_reconciliation(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_whose_repeat_settled_first_answers_the_repeat_s_invoice(#[case] backend: Backend) {
     let mut allocator = spawn_allocator(backend).await;
-    let db = TestDb::create(backend).await;
     let gate = Arc::new(Gate::default());
-    let store = Fails::new(db.invoice_store().await, Failure::Paused(gate.clone()), 1);
-    let stored: Arc<dyn InvoiceStore> = store.clone();
-    let mut writer = spawn_writer_on(
-        db,
-        store,
-        allocator_client(&allocator.server.url()),
-        1,
-        Arc::new(SystemClock),
-        test_settings(),
-    )
-    .await;
+    let url = allocator.server.url();
+    let paused = (Failure::Paused(gate.clone()), 1);
+    let (mut writer, stored) = writer_failing(backend, &url, paused, 1, test_settings()).await;
     let first = tokio::spawn({
         let mut client = writer.client.clone();
         async move { client.create_invoice(keyed("acme", "order-1")).await }
@@ -670,19 +660,9 @@ async fn a_call_whose_repeat_settled_first_answers_the_repeat_s_invoice(#[case] 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeat_walks_past_attempts_settled_since(#[case] backend: Backend) {
     let mut allocator = spawn_allocator(backend).await;
-    let db = TestDb::create(backend).await;
-    let store = Fails::new(db.invoice_store().await, Failure::NotStored, 4);
-    let stored: Arc<dyn InvoiceStore> = store.clone();
     let url = allocator.server.url();
-    let mut writer = spawn_writer_on(
-        db,
-        store,
-        allocator_client(&url),
-        3,
-        Arc::new(SystemClock),
-        test_settings(),
-    )
-    .await;
+    let four = (Failure::NotStored, 4);
+    let (mut writer, stored) = writer_failing(backend, &url, four, 3, test_settings()).await;
     for _ in 0..4 {
         let status = writer
             .client
@@ -765,27 +745,10 @@ async fn left_behind(backend: Backend, how: Failure, reissue: bool) -> LeftBehin
     )
     .await;
     if reissue {
-        allocator
-            .configure_series(ConfigureSeriesRequest {
-                tenant_id: "acme".into(),
-                gap_policy: GapPolicy::Reissue.into(),
-                ..ConfigureSeriesRequest::default()
-            })
-            .await
-            .unwrap();
+        set_acme_gap_policy(&mut allocator, GapPolicy::Reissue).await;
     }
-    let db = TestDb::create(backend).await;
-    let store = Fails::new(db.invoice_store().await, how, 1);
-    let stored: Arc<dyn InvoiceStore> = store.clone();
-    let mut writer = spawn_writer_on(
-        db,
-        store,
-        allocator_client(&server.url()),
-        3,
-        Arc::new(SystemClock),
-        test_settings(),
-    )
-    .await;
+    let (mut writer, stored) =
+        writer_failing(backend, &server.url(), (how, 1), 3, test_settings()).await;
     let status = writer
         .client
         .create_invoice(keyed("acme", "order-1"))

@@ -18,8 +18,8 @@ use numbering::{
     clock::Clock,
     invoices::{domain::Numbered, seed, store::HighestNumber},
     proto::{
-        AdvanceCounterRequest, ConfigureSeriesRequest, GapPolicy, GetInvoiceRequest, LineItem,
-        ListInvoicesRequest, NumberState,
+        AdvanceCounterRequest, GapPolicy, GetInvoiceRequest, LineItem, ListInvoicesRequest,
+        NumberState,
     },
     tenant::TenantId,
 };
@@ -30,8 +30,8 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use crate::helpers::{
     CapturedLogs, PATIENCE, TestDb, acme_number, allocator_client, assert_invalid_field,
     assert_reason, audit_acme, create, import_invoice, invoice_request, invoice_series, list_all,
-    spawn_allocator, spawn_allocator_on, spawn_both, spawn_writer, spawn_writer_with,
-    test_pool_settings, wait_for_health,
+    set_acme_gap_policy, spawn_allocator, spawn_allocator_on, spawn_both, spawn_writer,
+    spawn_writer_with, test_pool_settings, wait_for_health,
 };
 
 /// A clock stopped at one instant that hands out one id.
@@ -266,15 +266,7 @@ async fn conflicting_numbers_are_skipped_within_the_attempts(#[case] backend: Ba
 async fn a_number_whose_text_only_is_taken_is_confirmed_to_that_invoice(#[case] backend: Backend) {
     for policy in [GapPolicy::Void, GapPolicy::Reissue] {
         let (mut allocator, mut writer) = spawn_both(backend, 3).await;
-        allocator
-            .client
-            .configure_series(ConfigureSeriesRequest {
-                tenant_id: "acme".into(),
-                gap_policy: policy.into(),
-                ..ConfigureSeriesRequest::default()
-            })
-            .await
-            .unwrap();
+        set_acme_gap_policy(&mut allocator.client, policy).await;
         let imported = import_invoice(&writer.store, "acme", 500, "INV-001").await;
 
         for expected in ["INV-002", "INV-003"] {

@@ -9,9 +9,8 @@ use nix::sys::signal::{Signal, kill};
 use numbering::{
     db::Backend,
     proto::{
-        AuditSeriesResponse, ConfigureSeriesRequest, CreateInvoiceRequest, GapPolicy, NumberState,
-        ReserveRequest, invoice_writer_client::InvoiceWriterClient,
-        number_allocator_client::NumberAllocatorClient,
+        AuditSeriesResponse, CreateInvoiceRequest, GapPolicy, NumberState, ReserveRequest,
+        invoice_writer_client::InvoiceWriterClient, number_allocator_client::NumberAllocatorClient,
     },
 };
 use rstest_reuse::apply;
@@ -21,8 +20,8 @@ use crate::{
     backends,
     helpers::{
         AllocatorProxy, Fault, Method, PATIENCE, Running, TestDb, acme_number,
-        assert_confirmed_with_ids, audit_acme, create, invoice_request, list_all, spawn_allocator,
-        start, writer_binary,
+        assert_confirmed_with_ids, audit_acme, create, invoice_request, list_all,
+        set_acme_gap_policy, spawn_allocator, start, writer_binary,
     },
 };
 
@@ -126,15 +125,7 @@ async fn a_number_reserved_for_an_invoice_never_stored_is_given_back(#[case] bac
 /// under one voided or another call's.
 async fn a_repeat_after_its_number_was_given_back(backend: Backend, policy: GapPolicy) {
     let mut allocator = spawn_allocator(backend).await;
-    allocator
-        .client
-        .configure_series(ConfigureSeriesRequest {
-            tenant_id: "acme".into(),
-            gap_policy: policy.into(),
-            ..ConfigureSeriesRequest::default()
-        })
-        .await
-        .unwrap();
+    set_acme_gap_policy(&mut allocator.client, policy).await;
     let proxy = AllocatorProxy::new(allocator.client.clone(), Fault::Hang(Method::Reserve));
     let (proxy_url, _serving) = proxy.serve().await;
     let db = TestDb::create(backend).await;

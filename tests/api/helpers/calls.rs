@@ -6,8 +6,9 @@ use numbering::{
     invoices::{self, domain::Numbered, store::InvoiceStore},
     proto::{
         AdvanceCounterRequest, AllocateRequest, AllocateResponse, AuditSeriesRequest,
-        AuditSeriesResponse, CreateInvoiceRequest, GetNumberRequest, GetSeriesRequest, Invoice,
-        LineItem, ListInvoicesRequest, ListNumbersRequest, NumberRecord, NumberState, Series,
+        AuditSeriesResponse, ConfigureSeriesRequest, CreateInvoiceRequest, GapPolicy,
+        GetNumberRequest, GetSeriesRequest, Invoice, LineItem, ListInvoicesRequest,
+        ListNumbersRequest, NumberRecord, NumberState, Series,
         invoice_writer_client::InvoiceWriterClient, number_allocator_client::NumberAllocatorClient,
     },
 };
@@ -277,6 +278,19 @@ pub async fn assert_confirmed_with_ids(
             "{tenant}/{period}: confirmed with their ids"
         );
     }
+}
+
+/// Sets the gap policy of acme's invoice series.
+pub async fn set_acme_gap_policy(
+    allocator: &mut NumberAllocatorClient<Channel>,
+    policy: GapPolicy,
+) {
+    let request = ConfigureSeriesRequest {
+        tenant_id: "acme".into(),
+        gap_policy: policy.into(),
+        ..ConfigureSeriesRequest::default()
+    };
+    allocator.configure_series(request).await.unwrap();
 }
 
 /// Number `number` of acme's invoice series, as its record stands.
