@@ -21,7 +21,7 @@ use crate::{
     page::Page,
     proto::{NumberRecord, NumberState},
     request_id::RequestId,
-    server::status::chain,
+    server::{metrics::confirmation_refused, status::chain},
     tenant::TenantId,
 };
 
@@ -646,6 +646,7 @@ impl InvoiceWriter {
                     Code::FailedPrecondition | Code::InvalidArgument
                 ) =>
             {
+                confirmation_refused(&status);
                 tracing::error!(
                     tenant = %number.tenant,
                     invoice_number = %number.formatted,

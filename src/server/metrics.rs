@@ -365,9 +365,16 @@ const NO_REASON: &str = "none";
 /// The `ErrorInfo` reason of the status in `headers`, if it is one of ours
 /// (`UPPER_SNAKE`, short), so that label values stay a small, fixed set.
 fn reason_of(headers: &http::HeaderMap) -> String {
-    use tonic_types::StatusExt as _;
     Status::from_header_map(headers)
-        .and_then(|status| status.get_details_error_info())
+        .map_or_else(|| NO_REASON.to_owned(), |status| reason_of_status(&status))
+}
+
+/// The `ErrorInfo` reason of `status`, if it is one of ours (`UPPER_SNAKE`,
+/// short); `none` otherwise.
+fn reason_of_status(status: &Status) -> String {
+    use tonic_types::StatusExt as _;
+    status
+        .get_details_error_info()
         .map(|info| info.reason)
         .filter(|reason| {
             (1..=48).contains(&reason.len())
@@ -386,6 +393,18 @@ pub(crate) fn client_handled(method: &'static str, code: Code) {
         "grpc_method" => method,
         "grpc_type" => "unary",
         "grpc_code" => code_name(code),
+    )
+    .increment(1);
+}
+
+/// Records the writer's refusal by the allocator to confirm the number of a
+/// stored invoice (another call holds it, say): each is an invoice whose
+/// number's record does not name it, for an operator to look at.
+pub(crate) fn confirmation_refused(status: &Status) {
+    metrics::counter!(
+        "numbering_invoice_confirmations_refused_total",
+        "grpc_code" => code_name(status.code()),
+        "reason" => reason_of_status(status),
     )
     .increment(1);
 }

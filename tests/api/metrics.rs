@@ -13,8 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 
 use crate::helpers::{
-    PATIENCE, Running, TestDb, allocate, allocator_binary, create, import_invoice, start,
-    writer_binary,
+    PATIENCE, Running, TestDb, allocate, allocator_binary, create, import_invoice,
+    import_invoice_in, start, writer_binary,
 };
 
 /// One sample: a metric's name, its labels, its value.
@@ -220,17 +220,27 @@ async fn the_allocator_exports_grpc_and_its_own_metrics_after_traffic() {
 
 /// Both services with `--metrics-listen`, after traffic: an invoice whose
 /// first number was taken by an imported invoice (one conflict, retried),
-/// and an `Allocate` refused. What each one's `/metrics` says.
+/// an imported invoice whose number the allocator refuses to confirm (its
+/// period is one no series of the tenant names), and an `Allocate`
+/// refused. What each one's `/metrics` says.
 async fn traffic_on_both() -> (String, String) {
     let allocator_db = TestDb::create(Backend::Postgres).await;
     let (allocator, allocator_metrics) =
         start_with_metrics(allocator_binary(&allocator_db.url)).await;
     let writer_db = TestDb::create(Backend::Postgres).await;
     import_invoice(&writer_db.invoice_store().await, "acme", 1, "INV-001").await;
+    import_invoice_in(
+        &writer_db.invoice_store().await,
+        "acme",
+        "Q1-2026",
+        7,
+        "Q1-2026-7",
+    )
+    .await;
     let (writer, writer_metrics) =
         start_with_metrics(writer_binary(&writer_db.url, &allocator.url())).await;
     let channel = writer.ready("numbering.v1.InvoiceWriter").await;
-    // The writer settles the imported invoice at start-up, while it serves
+    // The writer settles the imported invoices at start-up, while it serves
     // (the allocator never handed its number out). Wait for that, or its
     // confirmation could meet the call's reservation of the same number and
     // count as one of the call's.
@@ -241,7 +251,7 @@ async fn traffic_on_both() -> (String, String) {
         }
     })
     .await
-    .expect("the imported invoice is settled at start-up");
+    .expect("the imported invoices are settled at start-up");
     let created = create(&mut InvoiceWriterClient::new(channel), "acme").await;
     assert_eq!(created.invoice_number, "INV-002");
     let channel = allocator.ready("numbering.v1.NumberAllocator").await;
@@ -257,8 +267,9 @@ async fn traffic_on_both() -> (String, String) {
 }
 
 /// The writer's metrics after [`traffic_on_both`]: the conflict, retried;
-/// its calls to the allocator by method and code; its own gRPC and
-/// readiness metrics; no tenant id.
+/// the refused confirmation, by code and reason; its calls to the
+/// allocator by method and code; its own gRPC and readiness metrics; no
+/// tenant id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_writer_exports_its_conflicts_and_allocator_calls() {
     let (_, text) = traffic_on_both().await;
@@ -275,6 +286,14 @@ async fn the_writer_exports_its_conflicts_and_allocator_calls() {
         (
             "numbering_invoice_number_conflicts_total",
             vec![("outcome", "retried")],
+            1.0,
+        ),
+        (
+            "numbering_invoice_confirmations_refused_total",
+            vec![
+                ("grpc_code", "InvalidArgument"),
+                ("reason", "INVALID_ARGUMENT"),
+            ],
             1.0,
         ),
         ("grpc_client_handled_total", client("Reserve"), 2.0),

@@ -151,6 +151,17 @@ pub async fn import_invoice(
     number: i64,
     invoice_number: &str,
 ) -> uuid::Uuid {
+    import_invoice_in(store, tenant, "", number, invoice_number).await
+}
+
+/// [`import_invoice`] in `period`.
+pub async fn import_invoice_in(
+    store: &Arc<dyn InvoiceStore>,
+    tenant: &str,
+    period: &str,
+    number: i64,
+    invoice_number: &str,
+) -> uuid::Uuid {
     let new = invoices::grpc::parse_new_invoice(&invoice_request(tenant))
         .unwrap()
         .0;
@@ -158,7 +169,7 @@ pub async fn import_invoice(
     let number = Numbered {
         value: number,
         formatted: invoice_number.into(),
-        period: String::new(),
+        period: period.into(),
         date: today.date_naive(),
     };
     let invoice = new.numbered(number, uuid::Uuid::now_v7(), today);
