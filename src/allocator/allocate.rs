@@ -577,6 +577,11 @@ impl Allocator {
                 };
                 if matches!(outcome, Err(Error::Exhausted)) {
                     self.exhausted.record(tenant, series, &period, count);
+                    // A repeat is planned as a new call, so it overflows the
+                    // counter its first answer filled: a read tells.
+                    if let Some(id) = request_id {
+                        return self.repeat_or_refuse(tenant, id, &call).await;
+                    }
                 }
                 let outcome = outcome?;
                 if !known.settled && matches!(outcome, Outcome::Granted(_)) {

@@ -15,7 +15,10 @@ use std::{
 use numbering::{
     allocator::{CommitMode, app::RequestIdSettings, group_commit::GroupCommitSettings},
     db::Backend,
-    proto::{AllocateResponse, GetSeriesRequest, number_allocator_client::NumberAllocatorClient},
+    proto::{
+        AllocateResponse, GetSeriesRequest, ReserveRequest,
+        number_allocator_client::NumberAllocatorClient,
+    },
 };
 use rstest_reuse::apply;
 use tonic::Code;
@@ -294,6 +297,75 @@ async fn repeats_are_answered_after_their_series_is_full(#[case] backend: Backen
         db.counters().await,
         [("acme".into(), "invoice".into(), String::new(), i64::MAX)]
     );
+}
+
+/// The repeat of the call that filled its period, the first the process
+/// sees fail for want of room (no call has been refused as exhausted yet),
+/// gets that call's numbers: it is planned as a new call, overflows the
+/// counter its first answer filled, and a read of its id tells. So does a
+/// `Reserve` repeated the same way.
+async fn the_call_that_filled_its_period_is_repeated(backend: Backend, mode: CommitMode) {
+    let mut app = spawn_allocator_in(backend, mode).await;
+    app.client
+        .advance_counter(advance("acme", i64::MAX - 5, "near the end"))
+        .await
+        .unwrap();
+    let first = app
+        .client
+        .allocate(keyed("acme", "", 4, "fills"))
+        .await
+        .unwrap()
+        .into_inner();
+    let last: Vec<i64> = (i64::MAX - 4..i64::MAX).collect();
+    assert_eq!(values(&first), last);
+    let repeat = app
+        .client
+        .allocate(keyed("acme", "", 4, "fills"))
+        .await
+        .expect("the repeat gets its first answer")
+        .into_inner();
+    assert_eq!((repeat.replayed, values(&repeat)), (true, last));
+
+    let reserve = ReserveRequest {
+        tenant_id: "acme".into(),
+        request_id: "takes-the-last".into(),
+        ..ReserveRequest::default()
+    };
+    let reserved = app
+        .client
+        .reserve(reserve.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reserved.record.as_ref().map(|r| r.number), Some(i64::MAX));
+    let repeat = app
+        .client
+        .reserve(reserve)
+        .await
+        .expect("the repeated reservation gets its number")
+        .into_inner();
+    assert_eq!(
+        (repeat.replayed, repeat.record.map(|r| r.number)),
+        (true, Some(i64::MAX))
+    );
+    let status = app
+        .client
+        .allocate(keyed("acme", "", 1, "new"))
+        .await
+        .unwrap_err();
+    assert_reason(&status, "SERIES_EXHAUSTED");
+}
+
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_call_that_filled_its_period_is_repeated_under_group_commit(#[case] backend: Backend) {
+    the_call_that_filled_its_period_is_repeated(backend, group()).await;
+}
+
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_call_that_filled_its_period_is_repeated_committing_per_call(#[case] backend: Backend) {
+    the_call_that_filled_its_period_is_repeated(backend, CommitMode::PerCall).await;
 }
 
 /// Expired ids are purged in the background, in batches, while allocations
