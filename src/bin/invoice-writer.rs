@@ -9,6 +9,7 @@ use numbering::{
         RELOAD_INTERVAL,
         bearer::{BearerToken, Secret},
     },
+    allocator::series::Leases,
     invoices::{
         allocator_client::{AllocatorEndpoint, Backoff},
         app::{App, ReconcileSettings, Settings, shown_url},
@@ -124,10 +125,11 @@ async fn main() -> ExitCode {
 
 /// The writer's settings from the command line.
 fn settings(config: &Config) -> Result<Settings, StartupError> {
-    if config.reservation_lease < Duration::from_secs(1) {
-        return Err(StartupError::BadSetting(
-            "--reservation-lease must be at least 1s".into(),
-        ));
+    if config.reservation_lease < Leases::MIN || config.reservation_lease > Leases::CEILING {
+        return Err(StartupError::BadSetting(format!(
+            "--reservation-lease must be at least 1s and at most {}",
+            humantime::format_duration(Leases::CEILING)
+        )));
     }
     if config.reconcile_interval.is_zero() {
         return Err(StartupError::BadSetting(

@@ -102,6 +102,12 @@ async fn run(config: Config) -> Result<(), StartupError> {
             "--request-id-retention must be at least 1s".into(),
         ));
     }
+    if config.max_lease > Leases::CEILING {
+        return Err(StartupError::BadSetting(format!(
+            "--max-lease must be at most {}",
+            humantime::format_duration(Leases::CEILING)
+        )));
+    }
     if config.default_lease < Leases::MIN || config.default_lease > config.max_lease {
         return Err(StartupError::BadSetting(
             "--default-lease must be at least 1s and at most --max-lease".into(),

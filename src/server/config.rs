@@ -56,7 +56,7 @@ pub struct ServerArgs {
     pub concurrency_limit: usize,
 
     /// How often readiness re-checks the database.
-    #[arg(long, env = "NUMBERING_HEALTH_CHECK_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "NUMBERING_HEALTH_CHECK_INTERVAL", default_value = "1s", value_parser = positive_duration)]
     pub health_check_interval: Duration,
 
     /// After SIGTERM, how long to keep serving while load balancers notice NOT_SERVING.
@@ -220,11 +220,11 @@ pub struct DatabaseArgs {
     pub data_dir: Option<PathBuf>,
 
     /// Most database connections.
-    #[arg(long, env = "NUMBERING_DB_MAX_CONNECTIONS", default_value_t = 10)]
+    #[arg(long, env = "NUMBERING_DB_MAX_CONNECTIONS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub db_max_connections: u32,
 
     /// How long a call waits for a database connection (on SQLite, also for the write lock) before answering UNAVAILABLE; also bounds the first connection at start-up.
-    #[arg(long, env = "NUMBERING_DB_ACQUIRE_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "NUMBERING_DB_ACQUIRE_TIMEOUT", default_value = "2s", value_parser = acquire_timeout)]
     pub db_acquire_timeout: Duration,
 
     /// Longest one database operation (a transaction, a read) may take before the call answers UNAVAILABLE; bounds calls when the database stops answering without closing its connections (frozen, or a network that drops everything), or a lock is held elsewhere. A call may wait for the operation ahead of it and then its own: keep twice this under --request-timeout. PostgreSQL applies it too (statement_timeout, lock_timeout; twice it as idle_in_transaction_session_timeout); migrations are not bound.
@@ -239,6 +239,24 @@ fn positive_duration(raw: &str) -> Result<Duration, String> {
         Ok(duration) => Ok(duration),
         Err(error) => Err(error.to_string()),
     }
+}
+
+/// The longest wait for a database connection: SQLite's busy time-out is
+/// counted in milliseconds in 31 bits, and a wait past the request time-out
+/// serves nobody.
+const LONGEST_ACQUIRE: Duration = Duration::from_hours(1);
+
+/// A wait for a database connection: more than zero (at zero, every call
+/// behind another's write would fail at once), at most [`LONGEST_ACQUIRE`].
+fn acquire_timeout(raw: &str) -> Result<Duration, String> {
+    let duration = positive_duration(raw)?;
+    if duration > LONGEST_ACQUIRE {
+        return Err(format!(
+            "must be at most {}",
+            humantime::format_duration(LONGEST_ACQUIRE)
+        ));
+    }
+    Ok(duration)
 }
 
 /// Parses a [`DatabaseUrl`]. clap's own message for a bad value quotes it,

@@ -267,6 +267,10 @@ fn password_url(url: &str) -> String {
     url.to_string()
 }
 
+/// A database no connection reaches: a binary that took a bad setting
+/// fails to start with another status, instead of serving.
+const NOWHERE: &str = "postgres://127.0.0.1:1/nowhere";
+
 /// Bad settings exit 64 with a message naming the setting.
 #[tokio::test]
 async fn bad_settings_exit_64() {
@@ -310,9 +314,34 @@ async fn bad_settings_exit_64() {
         ("--db-timeout", "0s"),
         ("--default-lease", "0s"),
         ("--default-lease", "25h"),
+        // A readiness check every 0s would stop readiness for good.
+        ("--health-check-interval", "0s"),
+        ("--db-max-connections", "0"),
+        // A busy time-out SQLite cannot hold; none at all.
+        ("--db-acquire-timeout", "30days"),
+        ("--db-acquire-timeout", "0s"),
+        // A lease ending past what the databases compare as a time.
+        ("--max-lease", "10000years"),
     ] {
         let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_number-allocator"))
-            .args([flag, value])
+            .args([flag, value, "--database-url", NOWHERE])
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(output.status.code(), Some(64), "{flag} {value}");
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains(flag),
+            "{flag} {value}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    for (flag, value) in [
+        ("--reservation-lease", "10000years"),
+        ("--db-max-connections", "0"),
+    ] {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_invoice-writer"))
+            .args([flag, value, "--database-url", NOWHERE])
             .output()
             .await
             .unwrap();
