@@ -424,6 +424,7 @@ where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     DB::Arguments: IntoArguments<DB>,
     for<'r> (i64,): FromRow<'r, DB::Row>,
+    for<'r> (i64, i64): FromRow<'r, DB::Row>,
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
     for<'q> i64: Encode<'q, DB> + Type<DB>,
     for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
@@ -433,14 +434,16 @@ where
     if config.calendar != advance.calendar {
         return Err(StoreError::SeriesChanged);
     }
+    // A period not begun starts at its series' start; one begun keeps the
+    // start it began with, whatever the series says since.
     let counter = Counter {
         tenant: advance.tenant.as_str(),
         series: advance.series.as_str(),
         period: advance.period,
         base: config.start_at - 1,
     };
-    let before = raise::<DB>(conn, &counter, counter.base).await?;
-    let after = raise::<DB>(conn, &counter, advance.at_least.max(counter.base)).await?;
+    let (before, base) = hold::<DB>(conn, &counter).await?;
+    let after = raise::<DB>(conn, &counter, advance.at_least).await?;
     if after > before {
         let skipped = Skipped {
             counter: &counter,
@@ -452,8 +455,67 @@ where
             at: advance.now,
         };
         insert_skipped::<DB>(conn, &skipped).await?;
+    } else if before == base {
+        // Nothing handed out or skipped: the period stays not begun, so a
+        // start set later still applies to it.
+        forget_unbegun::<DB>(conn, &counter).await?;
     }
     Ok((config, after))
+}
+
+/// Holds a period's counter for the rest of the transaction, starting it at
+/// `counter.base` if absent (nothing is handed out from it then); its value
+/// and the value it started from.
+#[tracing::instrument(name = "db.counters.hold", skip_all, err(level = "debug"))]
+async fn hold<DB>(
+    conn: &mut DB::Connection,
+    counter: &Counter<'_>,
+) -> Result<(i64, i64), sqlx::Error>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'r> (i64, i64): FromRow<'r, DB::Row>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+{
+    sqlx::query_as(
+        "INSERT INTO counters (tenant_id, series, period, last_value, base)
+         VALUES ($1, $2, $3, $4, $4)
+         ON CONFLICT (tenant_id, series, period)
+         DO UPDATE SET last_value = counters.last_value
+         RETURNING last_value, base",
+    )
+    .bind(counter.tenant)
+    .bind(counter.series)
+    .bind(counter.period)
+    .bind(counter.base)
+    .fetch_one(conn)
+    .await
+}
+
+/// Deletes a period's counter that has handed out nothing.
+#[tracing::instrument(name = "db.counters.forget_unbegun", skip_all, err(level = "debug"))]
+async fn forget_unbegun<DB>(
+    conn: &mut DB::Connection,
+    counter: &Counter<'_>,
+) -> Result<(), sqlx::Error>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+{
+    sqlx::query(
+        "DELETE FROM counters
+         WHERE tenant_id = $1 AND series = $2 AND period = $3 AND last_value = base",
+    )
+    .bind(counter.tenant)
+    .bind(counter.series)
+    .bind(counter.period)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// A period's counter, and the value it starts from.

@@ -5,7 +5,10 @@ use std::collections::HashSet;
 
 use numbering::{
     db::Backend,
-    proto::{AuditSeriesRequest, AuditSeriesResponse, ConfigureSeriesRequest, Reset},
+    proto::{
+        AdvanceCounterRequest, AuditSeriesRequest, AuditSeriesResponse, ConfigureSeriesRequest,
+        Reset,
+    },
 };
 use rstest_reuse::apply;
 use tonic::Code;
@@ -61,6 +64,103 @@ async fn every_number_is_accounted_for_by_kind(#[case] backend: Backend) {
             unaccounted_sample: Vec::new(),
             ..AuditSeriesResponse::default()
         }
+    );
+}
+
+/// An `AdvanceCounter` of a dated call in `acme`'s yearly series; the
+/// period's last value after it.
+async fn advance_yearly(app: &mut AllocatorApp, at_least: i64, date: &str) -> i64 {
+    let request = AdvanceCounterRequest {
+        series: "yearly".into(),
+        date: date.into(),
+        ..advance("acme", at_least, "numbers of the old system")
+    };
+    let answer = app.client.advance_counter(request).await.unwrap();
+    answer.into_inner().series.unwrap().last_value
+}
+
+/// `acme`'s yearly series, starting at `start_at`.
+fn yearly(start_at: i64) -> ConfigureSeriesRequest {
+    ConfigureSeriesRequest {
+        tenant_id: "acme".into(),
+        series: "yearly".into(),
+        format: "{year}-{number}".into(),
+        reset: Reset::Yearly.into(),
+        start_at,
+        ..ConfigureSeriesRequest::default()
+    }
+}
+
+/// A period begun before its series was given another start is advanced
+/// from where it stands: a value below it changes nothing, one above it
+/// skips only the numbers in between, and every number stays accounted for.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_begun_period_is_advanced_from_where_it_stands(#[case] backend: Backend) {
+    let mut app = spawn_allocator(backend).await;
+    app.client.configure_series(yearly(1)).await.unwrap();
+    let mut five = allocate("acme", "yearly", 5);
+    five.date = "2026-06-01".into();
+    app.client.allocate(five).await.unwrap();
+    // Periods not yet begun start at 1000 from now on.
+    app.client.configure_series(yearly(1000)).await.unwrap();
+
+    assert_eq!(advance_yearly(&mut app, 3, "2026-06-01").await, 5);
+    let answer = audited(&mut app, audit("acme", "yearly", "2026")).await;
+    assert_eq!(
+        (
+            answer.last_value,
+            answer.issued,
+            answer.skipped,
+            answer.unaccounted
+        ),
+        (5, 5, 0, 0),
+        "{answer:?}"
+    );
+    assert_eq!(advance_yearly(&mut app, 10, "2026-06-01").await, 10);
+    let answer = audited(&mut app, audit("acme", "yearly", "2026")).await;
+    assert_eq!(
+        (
+            answer.last_value,
+            answer.issued,
+            answer.skipped,
+            answer.unaccounted
+        ),
+        (10, 5, 5, 0),
+        "{answer:?}"
+    );
+    let mut next = allocate("acme", "yearly", 1);
+    next.date = "2026-06-02".into();
+    let next = app.client.allocate(next).await.unwrap().into_inner();
+    assert_eq!(next.numbers[0].formatted, "2026-11");
+}
+
+/// An `AdvanceCounter` that skips nothing leaves its period not begun: a
+/// start set afterwards still applies to it, and the period's first number
+/// is that start.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_advance_that_skips_nothing_leaves_the_period_not_begun(#[case] backend: Backend) {
+    let mut app = spawn_allocator(backend).await;
+    app.client.configure_series(yearly(1)).await.unwrap();
+    assert_eq!(advance_yearly(&mut app, 0, "2026-06-01").await, 0);
+    app.client.configure_series(yearly(1000)).await.unwrap();
+    assert_eq!(advance_yearly(&mut app, 0, "2026-06-01").await, 999);
+
+    let mut first = allocate("acme", "yearly", 1);
+    first.date = "2026-06-01".into();
+    let first = app.client.allocate(first).await.unwrap().into_inner();
+    assert_eq!(first.numbers[0].formatted, "2026-1000");
+    let answer = audited(&mut app, audit("acme", "yearly", "2026")).await;
+    assert_eq!(
+        (
+            answer.last_value,
+            answer.issued,
+            answer.skipped,
+            answer.unaccounted
+        ),
+        (1000, 1, 0, 0),
+        "{answer:?}"
     );
 }
 
