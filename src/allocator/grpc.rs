@@ -132,12 +132,9 @@ fn number_at(
     tenant.zip(series)
 }
 
-/// A reference or a reason: 1 to 256 characters of free text.
+/// A reference or a reason: 1 to 256 characters of free text, not blank.
 fn check_note(text: &str) -> Result<(), String> {
-    if text.is_empty() {
-        return Err("must not be empty".into());
-    }
-    crate::text::check(text, MAX_NOTE_CHARS, false).map(drop)
+    crate::text::check(text, MAX_NOTE_CHARS, true).map(drop)
 }
 
 /// Longest reference or reason of a number's state.

@@ -301,6 +301,7 @@ async fn numbers_are_confirmed_and_voided_as_their_state_allows(#[case] backend:
     }
     for (request, field) in [
         (confirm(3, ""), "reference"),
+        (confirm(3, " \t "), "reference"),
         (confirm(3, &"x".repeat(257)), "reference"),
         (confirm(0, "inv"), "number"),
     ] {
@@ -311,8 +312,10 @@ async fn numbers_are_confirmed_and_voided_as_their_state_allows(#[case] backend:
             .field_violations;
         assert_eq!(violations[0].field, field, "{violations:?}");
     }
-    let status = app.client.void(void(3, "")).await.unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    for blank in ["", "   "] {
+        let status = app.client.void(void(3, blank)).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    }
 
     assert_eq!(listed(&mut app, NumberState::Issued).await, [3, 4, 9]);
     assert_eq!(listed(&mut app, NumberState::Confirmed).await, [5]);
