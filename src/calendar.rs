@@ -97,6 +97,20 @@ impl Reset {
         }
     }
 
+    /// Whether `period`, a period as some series shows it
+    /// ([`check_period`]), is one this reset makes: empty for a series that
+    /// never resets, else a year, a month or a day.
+    #[must_use]
+    pub fn makes(self, period: &str) -> bool {
+        let len = match self {
+            Self::Never => 0,
+            Self::Yearly => 4,
+            Self::Monthly => 7,
+            Self::Daily => 10,
+        };
+        period.len() == len
+    }
+
     /// The period `date` falls in, as a series shows it: `""` for a series
     /// that never resets, `"2026"`, `"2026-11"` or `"2026-11-29"`.
     #[must_use]

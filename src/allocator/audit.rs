@@ -104,7 +104,10 @@ impl Allocator {
     /// Accounts for every number of `period` of a series.
     ///
     /// # Errors
-    /// [`Error::SeriesNotFound`]; a store failure.
+    /// [`Error::SeriesNotFound`]; [`Error::Invalid`] for a period the
+    /// series' reset never makes (a year of a monthly series, say), which
+    /// would otherwise read as a period with nothing to account for; a
+    /// store failure.
     pub async fn audit(
         &self,
         tenant: &TenantId,
@@ -116,6 +119,16 @@ impl Allocator {
             tenant: tenant.to_string(),
             series: series.to_string(),
         })?;
+        let reset = config.calendar.reset;
+        if !reset.makes(period) {
+            return Err(Error::Invalid {
+                field: "period",
+                reason: format!(
+                    "{period:?} is not a period of this series, which resets {}",
+                    reset.name()
+                ),
+            });
+        }
         let now = self.now();
         let ledger = self
             .store

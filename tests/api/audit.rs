@@ -303,10 +303,26 @@ async fn bad_audits_are_refused_by_field() {
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
     assert_reason(&status, "SERIES_NOT_FOUND");
 
+    // Periods its reset never makes: they would read as periods with
+    // nothing to account for.
+    app.client
+        .configure_series(ConfigureSeriesRequest {
+            tenant_id: "acme".into(),
+            series: "monthly".into(),
+            format: "{year}-{month}-{number}".into(),
+            reset: Reset::Monthly.into(),
+            ..ConfigureSeriesRequest::default()
+        })
+        .await
+        .unwrap();
     for (request, field) in [
         (audit("acme", "", "2026-13"), "period"),
         (audit("acme", "", "last year"), "period"),
         (audit("", "", ""), "tenant_id"),
+        (audit("acme", "", "2026"), "period"),
+        (audit("acme", "monthly", "2026"), "period"),
+        (audit("acme", "monthly", ""), "period"),
+        (audit("acme", "monthly", "2026-03-01"), "period"),
     ] {
         let status = app.client.audit_series(request).await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
@@ -315,4 +331,10 @@ async fn bad_audits_are_refused_by_field() {
             .field_violations;
         assert_eq!(violations[0].field, field, "{violations:?}");
     }
+    let answer = audited(&mut app, audit("acme", "monthly", "2026-03")).await;
+    assert_eq!(
+        (answer.last_value, answer.unaccounted),
+        (0, 0),
+        "{answer:?}"
+    );
 }
