@@ -13,7 +13,8 @@ pub enum DbErrorKind {
     /// A value does not fit its column (22003), e.g. a counter past `i64::MAX`.
     OutOfRange,
     /// The database cannot be reached now: connection loss, pool time-out,
-    /// server shutting down or refusing connections. Retry the call later.
+    /// server shutting down or refusing connections, out of disk or memory.
+    /// Retry the call later.
     Unavailable,
     /// The database named in the URL does not exist (3D000).
     NoSuchDatabase,
@@ -42,40 +43,35 @@ pub fn classify(error: &sqlx::Error) -> DbErrorKind {
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => DbErrorKind::Unavailable,
-        sqlx::Error::Database(db) => match db.code().as_deref() {
-            Some("23505") => DbErrorKind::UniqueViolation(db.constraint().map(str::to_owned)),
-            Some("40001" | "40P01") => DbErrorKind::Retryable,
-            Some("22003") => DbErrorKind::OutOfRange,
-            Some("3D000") => DbErrorKind::NoSuchDatabase,
-            Some("28000" | "28P01") => DbErrorKind::Authentication,
-            Some("42501") => DbErrorKind::NoPrivilege,
-            // 08: connection exception; 57P01-57P04: admin or crash shutdown,
-            // cannot connect now, database dropped; 53300: too many
-            // connections; 55000 is what a database that does not accept
-            // connections answers at connect; 25006: a write in a read-only
-            // transaction, i.e. a standby not yet promoted during a failover,
-            // or a database set read-only; 57014, 55P03 and 25P03: the
-            // statement, lock and idle-in-transaction time-outs the pool sets.
-            Some(code)
-                if code.starts_with("08")
-                    || matches!(
-                        code,
-                        "57P01"
-                            | "57P02"
-                            | "57P03"
-                            | "57P04"
-                            | "53300"
-                            | "55000"
-                            | "25006"
-                            | "57014"
-                            | "55P03"
-                            | "25P03"
-                    ) =>
-            {
-                DbErrorKind::Unavailable
-            }
-            _ => DbErrorKind::Other,
-        },
+        sqlx::Error::Database(db) => db.code().map_or(DbErrorKind::Other, |code| {
+            by_sqlstate(&code, db.constraint())
+        }),
+        _ => DbErrorKind::Other,
+    }
+}
+
+/// Classifies a PostgreSQL error by its SQLSTATE; `constraint` names the
+/// constraint a unique violation broke.
+fn by_sqlstate(code: &str, constraint: Option<&str>) -> DbErrorKind {
+    match code {
+        "23505" => DbErrorKind::UniqueViolation(constraint.map(str::to_owned)),
+        "40001" | "40P01" => DbErrorKind::Retryable,
+        "22003" => DbErrorKind::OutOfRange,
+        "3D000" => DbErrorKind::NoSuchDatabase,
+        "28000" | "28P01" => DbErrorKind::Authentication,
+        "42501" => DbErrorKind::NoPrivilege,
+        // 08: connection exception; 53: insufficient resources (disk full,
+        // out of memory, too many connections); 58000 and 58030: system and
+        // I/O errors; 57P01-57P04: admin or crash shutdown, cannot connect
+        // now, database dropped; 55000 is what a database that does not
+        // accept connections answers at connect; 25006: a write in a
+        // read-only transaction, i.e. a standby not yet promoted during a
+        // failover, or a database set read-only; 57014, 55P03 and 25P03:
+        // the statement, lock and idle-in-transaction time-outs the pool
+        // sets.
+        code if code.starts_with("08") || code.starts_with("53") => DbErrorKind::Unavailable,
+        "58000" | "58030" | "57P01" | "57P02" | "57P03" | "57P04" | "55000" | "25006" | "57014"
+        | "55P03" | "25P03" => DbErrorKind::Unavailable,
         _ => DbErrorKind::Other,
     }
 }
@@ -87,12 +83,17 @@ fn classify_sqlite(error: &sqlx::sqlite::SqliteError) -> DbErrorKind {
         .code()
         .and_then(|code| code.parse().ok())
         .unwrap_or_default();
+    by_sqlite_code(code, error.message())
+}
+
+/// Classifies a SQLite extended result code; `message` is the error's, which
+/// names the columns of a unique violation.
+fn by_sqlite_code(code: i32, message: &str) -> DbErrorKind {
     match code {
         // SQLITE_CONSTRAINT_UNIQUE, SQLITE_CONSTRAINT_PRIMARYKEY. SQLite names
         // the columns, not the constraint: "UNIQUE constraint failed: t.a, t.b".
         2067 | 1555 => DbErrorKind::UniqueViolation(
-            error
-                .message()
+            message
                 .split_once(": ")
                 .map(|(_, columns)| columns.to_owned()),
         ),
@@ -100,11 +101,13 @@ fn classify_sqlite(error: &sqlx::sqlite::SqliteError) -> DbErrorKind {
         // overflowed to REAL, e.g. a counter past `i64::MAX`.
         3091 => DbErrorKind::OutOfRange,
         26 => DbErrorKind::NotADatabase,
-        // By primary code: BUSY and LOCKED (the busy time-out ran out),
-        // READONLY, IOERR, FULL (disk full), CANTOPEN.
+        // By primary code: BUSY and LOCKED (the busy time-out ran out);
+        // NOMEM, READONLY, IOERR, FULL (disk full), CANTOPEN and PROTOCOL
+        // (a lock of the WAL file lost a race). CORRUPT is left to Other: a
+        // broken file is the operator's to mend.
         code => match code & 0xff {
             5 | 6 => DbErrorKind::Retryable,
-            8 | 10 | 13 | 14 => DbErrorKind::Unavailable,
+            7 | 8 | 10 | 13 | 14 | 15 => DbErrorKind::Unavailable,
             _ => DbErrorKind::Other,
         },
     }
@@ -121,5 +124,44 @@ mod tests {
             DbErrorKind::Unavailable
         );
         assert_eq!(classify(&sqlx::Error::RowNotFound), DbErrorKind::Other);
+    }
+
+    /// A server out of disk, memory or connections, or failing to read or
+    /// write its files, is unavailable for now; a corrupt one is a fault.
+    #[test]
+    fn postgresql_out_of_resources_is_unavailable() {
+        for code in [
+            "53000", "53100", "53200", "53300", "53400", "58000", "58030", "08006", "57P01",
+            "25006",
+        ] {
+            assert_eq!(by_sqlstate(code, None), DbErrorKind::Unavailable, "{code}");
+        }
+        for code in ["XX001", "XX000", "42P01"] {
+            assert_eq!(by_sqlstate(code, None), DbErrorKind::Other, "{code}");
+        }
+        assert_eq!(
+            by_sqlstate("23505", Some("counters_pkey")),
+            DbErrorKind::UniqueViolation(Some("counters_pkey".into()))
+        );
+        assert_eq!(by_sqlstate("40P01", None), DbErrorKind::Retryable);
+    }
+
+    /// SQLite out of memory or disk, failing its I/O or losing a race for
+    /// the WAL's lock is unavailable for now; a corrupt file is a fault.
+    #[test]
+    fn sqlite_out_of_resources_is_unavailable() {
+        // NOMEM, READONLY, IOERR_WRITE, FULL, CANTOPEN, PROTOCOL.
+        for code in [7, 8, 778, 13, 14, 15] {
+            assert_eq!(by_sqlite_code(code, ""), DbErrorKind::Unavailable, "{code}");
+        }
+        // CORRUPT, an error in SQL.
+        for code in [11, 1] {
+            assert_eq!(by_sqlite_code(code, ""), DbErrorKind::Other, "{code}");
+        }
+        assert_eq!(by_sqlite_code(517, ""), DbErrorKind::Retryable);
+        assert_eq!(
+            by_sqlite_code(2067, "UNIQUE constraint failed: t.a, t.b"),
+            DbErrorKind::UniqueViolation(Some("t.a, t.b".into()))
+        );
     }
 }
