@@ -32,6 +32,10 @@ pub struct PoolSettings {
     /// the call answers UNAVAILABLE: bounds calls when the database stops
     /// answering without closing its connections.
     pub operation_timeout: Duration,
+    /// Whether a missing database (a PostgreSQL database, a SQLite file) is
+    /// created at start-up. Without it, a mistyped URL or data directory
+    /// stops start-up instead of starting an empty counter.
+    pub create_missing: bool,
 }
 
 /// Runs one store operation, cut off after `limit`: the error `unavailable`

@@ -54,6 +54,14 @@ pub enum OpenError {
         #[source]
         source: sqlx::Error,
     },
+    /// The database does not exist, and creating it is turned off.
+    #[error(
+        "database {database} does not exist, and --create-database is false: check the URL (or --data-dir), or create it"
+    )]
+    NotCreated {
+        /// The redacted URL.
+        database: String,
+    },
     /// The database holds tables this service did not create: another
     /// service's, or an application's.
     #[error(
@@ -84,12 +92,12 @@ impl OpenError {
     #[must_use]
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::NotOurs { .. } => 65,                 // EX_DATAERR
-            Self::Missing { .. } => 66,                 // EX_NOINPUT
-            Self::UnknownHost { .. } => 68,             // EX_NOHOST
-            Self::Unreachable { .. } => 69,             // EX_UNAVAILABLE
-            Self::CreateDir(..) | Self::Lock(..) => 73, // EX_CANTCREAT
-            Self::Authentication { .. } => 77,          // EX_NOPERM
+            Self::NotOurs { .. } => 65,                           // EX_DATAERR
+            Self::Missing { .. } | Self::NotCreated { .. } => 66, // EX_NOINPUT
+            Self::UnknownHost { .. } => 68,                       // EX_NOHOST
+            Self::Unreachable { .. } => 69,                       // EX_UNAVAILABLE
+            Self::CreateDir(..) | Self::Lock(..) => 73,           // EX_CANTCREAT
+            Self::Authentication { .. } => 77,                    // EX_NOPERM
             Self::Connect(..) | Self::Migrate(..) => 1,
         }
     }

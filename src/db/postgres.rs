@@ -41,7 +41,9 @@ pub async fn connect_postgres(
         ("idle_in_transaction_session_timeout", idle.as_str()),
     ]);
     match pool_options(settings).connect_with(options.clone()).await {
-        Err(error) if classify(&error) == DbErrorKind::NoSuchDatabase => {
+        Err(error)
+            if settings.create_missing && classify(&error) == DbErrorKind::NoSuchDatabase =>
+        {
             Postgres::create_database(url.expose()).await?;
             tracing::warn!(database = %url, "created a new, empty database");
             pool_options(settings).connect_with(options).await
@@ -85,7 +87,8 @@ pub(crate) async fn open_postgres(
             let _ = conn.close().await;
         }
         Err(error) => match classify(&error) {
-            DbErrorKind::NoSuchDatabase => {} // created below
+            DbErrorKind::NoSuchDatabase if settings.create_missing => {} // created below
+            DbErrorKind::NoSuchDatabase => return Err(OpenError::NotCreated { database }),
             _ => return Err(open_error(&database, error)),
         },
     }

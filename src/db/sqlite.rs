@@ -16,8 +16,8 @@ use tokio::sync::{Mutex, MutexGuard};
 
 use super::{Contents, DatabaseUrl, DbErrorKind, OpenError, PoolSettings, classify, open_error};
 
-/// Opens a SQLite database file, creating it and its directory if missing,
-/// then runs `migrator`: the SQLite counterpart of `open_postgres`.
+/// Opens a SQLite database file, creating it and its directory if missing
+/// (unless [`PoolSettings::create_missing`] is off), then runs `migrator`: the SQLite counterpart of `open_postgres`.
 ///
 /// Every connection uses the WAL journal and `synchronous = FULL`, so a
 /// commit returns only once it is on disk, and waits up to the pool's acquire
@@ -42,6 +42,11 @@ pub async fn open_sqlite(
         .busy_timeout(settings.acquire_timeout)
         .foreign_keys(true);
     let path = options.get_filename().to_path_buf();
+    if !settings.create_missing && !path.exists() {
+        return Err(OpenError::NotCreated {
+            database: url.redacted(),
+        });
+    }
     if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|error| OpenError::CreateDir(dir.into(), error))?;
     }

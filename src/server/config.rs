@@ -230,6 +230,10 @@ pub struct DatabaseArgs {
     /// Longest one database operation (a transaction, a read) may take before the call answers UNAVAILABLE; bounds calls when the database stops answering without closing its connections (frozen, or a network that drops everything), or a lock is held elsewhere. A call may wait for the operation ahead of it and then its own: keep twice this under --request-timeout. PostgreSQL applies it too (statement_timeout, lock_timeout; twice it as idle_in_transaction_session_timeout); migrations are not bound.
     #[arg(long, env = "NUMBERING_DB_TIMEOUT", default_value = "4s", value_parser = positive_duration)]
     pub db_timeout: Duration,
+
+    /// Whether a missing database (PostgreSQL) or SQLite file is created at start-up. Set it to false once the database exists: a mistyped URL or data directory then stops start-up (status 66) instead of starting an empty counter that hands out numbers again.
+    #[arg(long, env = "NUMBERING_CREATE_DATABASE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub create_database: bool,
 }
 
 /// A duration of more than zero.
@@ -336,6 +340,7 @@ impl DatabaseArgs {
             max_connections: self.db_max_connections,
             acquire_timeout: self.db_acquire_timeout,
             operation_timeout: self.db_timeout,
+            create_missing: self.create_database,
         }
     }
 }

@@ -16,6 +16,7 @@ async fn pool(db: &TestDb, max_connections: u32) -> PgPool {
         max_connections,
         acquire_timeout: Duration::from_millis(500),
         operation_timeout: Duration::from_mins(1),
+        create_missing: true,
     })
     .await
 }

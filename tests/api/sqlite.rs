@@ -35,6 +35,7 @@ async fn connections_are_durable_and_wait_for_the_write_lock() {
         max_connections: 2,
         acquire_timeout: Duration::from_millis(3500),
         operation_timeout: Duration::from_secs(5),
+        create_missing: true,
     };
     let database = db::open_sqlite(&db.database_url(), &settings, &allocator::sqlite::MIGRATOR)
         .await
@@ -71,6 +72,7 @@ async fn a_write_lock_held_elsewhere_is_unavailable_within_the_acquire_timeout()
         max_connections: 10,
         acquire_timeout: Duration::from_millis(300),
         operation_timeout: Duration::from_secs(5),
+        create_missing: true,
     };
     let app = allocator::app::App::build(
         allocator::app::Settings {

@@ -232,6 +232,55 @@ async fn each_cause_of_a_failed_connection_is_named() {
     assert_refused(&output, 66, "does not exist and could not be created");
 }
 
+/// With `--create-database false`, a database that does not exist (a
+/// mistyped PostgreSQL URL, a SQLite file in another data directory) stops
+/// start-up with status 66 and is not created; one that exists is opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_database_is_not_created_when_creating_is_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    for binary in [ALLOCATOR, WRITER] {
+        let output = run(
+            binary,
+            &[
+                "--data-dir",
+                data_dir.to_str().unwrap(),
+                "--create-database",
+                "false",
+            ],
+        )
+        .await;
+        assert_refused(&output, 66, "--create-database is false");
+        assert!(!data_dir.exists(), "{}", data_dir.display());
+    }
+
+    let db = TestDb::create(Backend::Postgres).await;
+    let mut url = url::Url::parse(&db.url).unwrap();
+    let missing = format!("{}_mistyped", db.name);
+    url.set_path(&missing);
+    let output = run(
+        ALLOCATOR,
+        &["--database-url", url.as_str(), "--create-database", "false"],
+    )
+    .await;
+    assert_refused(&output, 66, "--create-database is false");
+    let mut conn = PgConnection::connect(&db.url).await.unwrap();
+    let created: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = $1")
+        .bind(&missing)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(created, 0, "the mistyped database was created");
+
+    // The database that exists is opened, and served from.
+    let mut command = allocator_binary(&db.url);
+    command.args(["--create-database", "false"]);
+    let running = start(command).await;
+    let mut client =
+        NumberAllocatorClient::new(running.ready("numbering.v1.NumberAllocator").await);
+    client.allocate(allocate("acme", "", 1)).await.unwrap();
+}
+
 /// A listen address in use stops start-up with status 71 before anything is
 /// created: no data directory, no database file. The metrics port alike.
 #[tokio::test]

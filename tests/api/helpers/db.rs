@@ -332,5 +332,6 @@ pub fn test_pool_settings() -> PoolSettings {
         max_connections: 10,
         acquire_timeout: Duration::from_secs(8),
         operation_timeout: Duration::from_mins(1),
+        create_missing: true,
     }
 }
