@@ -73,6 +73,17 @@ pub enum OpenError {
         /// What was found there.
         found: String,
     },
+    /// The database is this service's, migrated since by a newer release:
+    /// this one does not know its schema.
+    #[error(
+        "{database} was migrated by a newer release of this service (migration {versions}): run that release or a newer one; this one cannot use it"
+    )]
+    Newer {
+        /// The redacted URL.
+        database: String,
+        /// The migrations this release does not have.
+        versions: String,
+    },
     /// Any other failure to connect, e.g. a file that is not a SQLite database.
     #[error("connecting to {0}")]
     Connect(String, #[source] sqlx::Error),
@@ -92,12 +103,12 @@ impl OpenError {
     #[must_use]
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::NotOurs { .. } => 65,                           // EX_DATAERR
+            Self::NotOurs { .. } | Self::Newer { .. } => 65, // EX_DATAERR
             Self::Missing { .. } | Self::NotCreated { .. } => 66, // EX_NOINPUT
-            Self::UnknownHost { .. } => 68,                       // EX_NOHOST
-            Self::Unreachable { .. } => 69,                       // EX_UNAVAILABLE
-            Self::CreateDir(..) | Self::Lock(..) => 73,           // EX_CANTCREAT
-            Self::Authentication { .. } => 77,                    // EX_NOPERM
+            Self::UnknownHost { .. } => 68,                  // EX_NOHOST
+            Self::Unreachable { .. } => 69,                  // EX_UNAVAILABLE
+            Self::CreateDir(..) | Self::Lock(..) => 73,      // EX_CANTCREAT
+            Self::Authentication { .. } => 77,               // EX_NOPERM
             Self::Connect(..) | Self::Migrate(..) => 1,
         }
     }
@@ -184,14 +195,34 @@ impl Contents {
                 .iter()
                 .any(|m| m.version == *version && m.checksum.as_ref() == checksum.as_slice())
         };
-        let foreign: Vec<String> = self
+        let foreign: Vec<&(i64, Vec<u8>)> = self
             .applied
             .iter()
             .filter(|migration| !ours(migration))
-            .map(|(version, _)| version.to_string())
             .collect();
         if Self::has_migrations(&self.tables) && foreign.is_empty() {
             return Ok(());
+        }
+        let versions = |migrations: &[&(i64, Vec<u8>)]| {
+            migrations
+                .iter()
+                .map(|(version, _)| version.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        // Every migration of this release applied, and others after them:
+        // a newer release's database.
+        let latest = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+        let all_ours = migrator.iter().all(|m| {
+            self.applied.iter().any(|(version, checksum)| {
+                *version == m.version && checksum.as_slice() == m.checksum.as_ref()
+            })
+        });
+        if all_ours && foreign.iter().all(|(version, _)| *version > latest) {
+            return Err(OpenError::Newer {
+                database: database.to_owned(),
+                versions: versions(&foreign),
+            });
         }
         let tables: Vec<&str> = self
             .tables
@@ -205,7 +236,7 @@ impl Contents {
             format!(
                 "tables ({}) made by migrations this service does not have (version {})",
                 tables.join(", "),
-                foreign.join(", ")
+                versions(&foreign)
             )
         };
         Err(OpenError::NotOurs {
@@ -243,9 +274,27 @@ mod tests {
             &["_sqlx_migrations", "invoices"],
             &[(ours.version, b"another checksum")]
         )));
-        assert!(!accepted(contents(
-            &["_sqlx_migrations", "counters"],
-            &[(ours.version, &ours.checksum), (9999, b"unknown")]
-        )));
+        // Another service's database with one migration of ours' version.
+        assert!(matches!(
+            contents(
+                &["_sqlx_migrations", "counters"],
+                &[(ours.version, &ours.checksum), (9999, b"unknown")]
+            )
+            .check_ours(&MIGRATOR, "db"),
+            Err(OpenError::NotOurs { .. })
+        ));
+        // Every migration of ours, and one after them: a newer release's.
+        let mut applied: Vec<(i64, &[u8])> = MIGRATOR
+            .iter()
+            .map(|m| (m.version, m.checksum.as_ref()))
+            .collect();
+        let latest = applied.last().unwrap().0;
+        applied.push((latest + 1, b"a newer one"));
+        let newer =
+            contents(&["_sqlx_migrations", "counters"], &applied).check_ours(&MIGRATOR, "db");
+        assert!(
+            matches!(&newer, Err(OpenError::Newer { versions, .. }) if *versions == (latest + 1).to_string()),
+            "{newer:?}"
+        );
     }
 }
