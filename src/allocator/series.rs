@@ -387,9 +387,9 @@ impl Leases {
     /// The shortest lease a call may ask for.
     pub const MIN: Duration = Duration::from_secs(1);
 
-    /// The longest lease a server may allow (365 days): its end must stay a
-    /// date both databases store and compare as a time.
-    pub const CEILING: Duration = Duration::from_hours(24 * 365);
+    /// The longest lease a server may allow (366 days, so "1y" is one): its
+    /// end must stay a date both databases store and compare as a time.
+    pub const CEILING: Duration = Duration::from_hours(24 * 366);
 
     /// The lease a call gets when it asks for `asked` (zero: the default).
     ///

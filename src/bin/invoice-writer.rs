@@ -126,10 +126,9 @@ async fn main() -> ExitCode {
 /// The writer's settings from the command line.
 fn settings(config: &Config) -> Result<Settings, StartupError> {
     if config.reservation_lease < Leases::MIN || config.reservation_lease > Leases::CEILING {
-        return Err(StartupError::BadSetting(format!(
-            "--reservation-lease must be at least 1s and at most {}",
-            humantime::format_duration(Leases::CEILING)
-        )));
+        return Err(StartupError::BadSetting(
+            "--reservation-lease must be at least 1s and at most 366 days".into(),
+        ));
     }
     if config.reconcile_interval.is_zero() {
         return Err(StartupError::BadSetting(

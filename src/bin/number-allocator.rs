@@ -103,10 +103,9 @@ async fn run(config: Config) -> Result<(), StartupError> {
         ));
     }
     if config.max_lease > Leases::CEILING {
-        return Err(StartupError::BadSetting(format!(
-            "--max-lease must be at most {}",
-            humantime::format_duration(Leases::CEILING)
-        )));
+        return Err(StartupError::BadSetting(
+            "--max-lease must be at most 366 days".into(),
+        ));
     }
     if config.default_lease < Leases::MIN || config.default_lease > config.max_lease {
         return Err(StartupError::BadSetting(

@@ -13,7 +13,8 @@ pub enum DbErrorKind {
     /// A value does not fit its column (22003), e.g. a counter past `i64::MAX`.
     OutOfRange,
     /// The database cannot be reached now: connection loss, pool time-out,
-    /// server shutting down or refusing connections, out of disk or memory.
+    /// server shutting down or refusing connections, out of disk (or, on
+    /// SQLite, memory).
     /// Retry the call later.
     Unavailable,
     /// The database named in the URL does not exist (3D000).
@@ -60,18 +61,19 @@ fn by_sqlstate(code: &str, constraint: Option<&str>) -> DbErrorKind {
         "3D000" => DbErrorKind::NoSuchDatabase,
         "28000" | "28P01" => DbErrorKind::Authentication,
         "42501" => DbErrorKind::NoPrivilege,
-        // 08: connection exception; 53: insufficient resources (disk full,
-        // out of memory, too many connections); 58000 and 58030: system and
-        // I/O errors; 57P01-57P04: admin or crash shutdown, cannot connect
+        // 08: connection exception; 53000, 53100 and 53300: insufficient
+        // resources, disk full, too many connections (not 53200 or 53400,
+        // which one statement may meet alone: out of lock slots, past
+        // temp_file_limit); 58000 and 58030: system and I/O errors; 57P01-57P04: admin or crash shutdown, cannot connect
         // now, database dropped; 55000 is what a database that does not
         // accept connections answers at connect; 25006: a write in a
         // read-only transaction, i.e. a standby not yet promoted during a
         // failover, or a database set read-only; 57014, 55P03 and 25P03:
         // the statement, lock and idle-in-transaction time-outs the pool
         // sets.
-        code if code.starts_with("08") || code.starts_with("53") => DbErrorKind::Unavailable,
-        "58000" | "58030" | "57P01" | "57P02" | "57P03" | "57P04" | "55000" | "25006" | "57014"
-        | "55P03" | "25P03" => DbErrorKind::Unavailable,
+        code if code.starts_with("08") => DbErrorKind::Unavailable,
+        "53000" | "53100" | "53300" | "58000" | "58030" | "57P01" | "57P02" | "57P03" | "57P04"
+        | "55000" | "25006" | "57014" | "55P03" | "25P03" => DbErrorKind::Unavailable,
         _ => DbErrorKind::Other,
     }
 }
@@ -126,17 +128,17 @@ mod tests {
         assert_eq!(classify(&sqlx::Error::RowNotFound), DbErrorKind::Other);
     }
 
-    /// A server out of disk, memory or connections, or failing to read or
-    /// write its files, is unavailable for now; a corrupt one is a fault.
+    /// A server out of disk or connections, or failing to read or write its
+    /// files, is unavailable for now; a corrupt one, or one statement past a
+    /// limit of its own, is a fault.
     #[test]
     fn postgresql_out_of_resources_is_unavailable() {
         for code in [
-            "53000", "53100", "53200", "53300", "53400", "58000", "58030", "08006", "57P01",
-            "25006",
+            "53000", "53100", "53300", "58000", "58030", "08006", "57P01", "25006",
         ] {
             assert_eq!(by_sqlstate(code, None), DbErrorKind::Unavailable, "{code}");
         }
-        for code in ["XX001", "XX000", "42P01"] {
+        for code in ["XX001", "XX000", "42P01", "53200", "53400"] {
             assert_eq!(by_sqlstate(code, None), DbErrorKind::Other, "{code}");
         }
         assert_eq!(

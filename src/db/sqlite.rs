@@ -42,7 +42,8 @@ pub async fn open_sqlite(
         .busy_timeout(settings.acquire_timeout)
         .foreign_keys(true);
     let path = options.get_filename().to_path_buf();
-    if !settings.create_missing && !path.exists() {
+    // A path that cannot be looked at is left to the open below to name.
+    if !settings.create_missing && !path.try_exists().unwrap_or(true) {
         return Err(OpenError::NotCreated {
             database: url.redacted(),
         });
@@ -56,7 +57,7 @@ pub async fn open_sqlite(
     let created = !path.exists();
     let setup = SqlitePoolOptions::new()
         .max_connections(1)
-        .connect_with(options.clone().create_if_missing(true))
+        .connect_with(options.clone().create_if_missing(settings.create_missing))
         .await
         .map_err(|error| match classify(&error) {
             DbErrorKind::NotADatabase => open_error(&url.redacted(), error),

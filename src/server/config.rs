@@ -223,7 +223,7 @@ pub struct DatabaseArgs {
     #[arg(long, env = "NUMBERING_DB_MAX_CONNECTIONS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub db_max_connections: u32,
 
-    /// How long a call waits for a database connection (on SQLite, also for the write lock) before answering UNAVAILABLE; also bounds the first connection at start-up (not the wait for another process creating or migrating the same database).
+    /// How long a call waits for a database connection (on SQLite, also for the write lock) before answering UNAVAILABLE; also bounds the first connection at start-up (not the wait for another process migrating the same database).
     #[arg(long, env = "NUMBERING_DB_ACQUIRE_TIMEOUT", default_value = "2s", value_parser = acquire_timeout)]
     pub db_acquire_timeout: Duration,
 

@@ -221,7 +221,7 @@ async fn the_allocator_exports_grpc_and_its_own_metrics_after_traffic() {
 /// Both services with `--metrics-listen`, after traffic: an invoice whose
 /// first number was taken by an imported invoice (one conflict, retried),
 /// an imported invoice whose number the allocator refuses to confirm (its
-/// period is one no series of the tenant names), and an `Allocate`
+/// period, "Q1-2026", is not a period any series shows), and an `Allocate`
 /// refused. What each one's `/metrics` says.
 async fn traffic_on_both() -> (String, String) {
     let allocator_db = TestDb::create(Backend::Postgres).await;

@@ -5,7 +5,8 @@ use numbering::{
     db::Backend,
     proto::{
         AuditSeriesRequest, ConfigureSeriesRequest, ConfirmRequest, GetNumberRequest,
-        ListNumbersRequest, NumberRecord, NumberState, ReserveRequest, Reset, VoidRequest,
+        ListNumbersRequest, NumberRecord, NumberState, ReleaseRequest, ReserveRequest, Reset,
+        VoidRequest,
     },
 };
 use rstest_reuse::apply;
@@ -315,6 +316,17 @@ async fn numbers_are_confirmed_and_voided_as_their_state_allows(#[case] backend:
     for blank in ["", "   "] {
         let status = app.client.void(void(3, blank)).await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        let release = ReleaseRequest {
+            tenant_id: "acme".into(),
+            number: 3,
+            reason: blank.into(),
+            ..ReleaseRequest::default()
+        };
+        let status = app.client.release(release).await.unwrap_err();
+        let violations = tonic_types::StatusExt::get_details_bad_request(&status)
+            .expect("a BadRequest")
+            .field_violations;
+        assert_eq!(violations[0].field, "reason", "{violations:?}");
     }
 
     assert_eq!(listed(&mut app, NumberState::Issued).await, [3, 4, 9]);
