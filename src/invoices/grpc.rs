@@ -82,7 +82,7 @@ pub fn parse_new_invoice(
             format!("must hold 1 to {MAX_LINE_ITEMS} items"),
         );
     }
-    let mut line_items = Vec::with_capacity(request.line_items.len());
+    let mut line_items = Vec::with_capacity(request.line_items.len().min(MAX_LINE_ITEMS));
     for (i, item) in request.line_items.iter().take(MAX_LINE_ITEMS).enumerate() {
         let description = v.check(
             format!("line_items[{i}].description"),
