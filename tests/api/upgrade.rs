@@ -10,7 +10,8 @@ use numbering::{
     clock::SystemClock,
     db::Backend,
     proto::{
-        AuditSeriesRequest, GetNumberRequest, ListInvoicesRequest, NumberState, ReserveRequest,
+        AuditSeriesRequest, ConfigureSeriesRequest, GetNumberRequest, ListInvoicesRequest,
+        NumberState, ReserveRequest,
     },
 };
 use rstest_reuse::apply;
@@ -273,6 +274,53 @@ async fn number_states_from_before_reservations_are_kept(#[case] backend: Backen
         (first.state(), first.reference.as_str()),
         (NumberState::Confirmed, "inv-1")
     );
+}
+
+/// A counter an `AdvanceCounter` that skipped nothing left in a period not
+/// yet begun, before such counters were taken away, is taken away by the
+/// migrations: the period begins at the start its series was given since.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_counter_that_handed_out_nothing_leaves_its_period_not_begun(#[case] backend: Backend) {
+    let db = TestDb::create(backend).await;
+    // Every migration but the one that takes such counters away.
+    let before = match backend {
+        Backend::Postgres => 11,
+        Backend::Sqlite => 10,
+    };
+    migrate_to(&db, "allocator", before).await;
+    run(
+        &db,
+        &[
+            "INSERT INTO series (tenant_id, series, format, reset)
+             VALUES ('acme', 'invoice', '{year}-{number}', 'yearly')",
+            "INSERT INTO counters (tenant_id, series, period, last_value, base)
+             VALUES ('acme', 'invoice', '2025', 0, 0)",
+        ],
+        None,
+    )
+    .await;
+
+    let mode = CommitMode::Group(GroupCommitSettings::default());
+    let (_server, mut client) = serve_allocator_on(
+        &db,
+        mode,
+        RequestIdSettings::default(),
+        Arc::new(SystemClock),
+    )
+    .await;
+    client
+        .configure_series(ConfigureSeriesRequest {
+            tenant_id: "acme".into(),
+            start_at: 1000,
+            ..ConfigureSeriesRequest::default()
+        })
+        .await
+        .unwrap();
+    let mut first = allocate("acme", "", 1);
+    first.date = "2025-06-01".into();
+    let first = client.allocate(first).await.unwrap().into_inner();
+    assert_eq!(first.numbers[0].formatted, "2025-1000");
 }
 
 /// Request ids stored before they recorded which call used them: a
