@@ -417,6 +417,9 @@ impl InvoiceWriter {
     /// number if it is held for this call. A repeat of an attempt of an
     /// earlier call under the same request id, settled since, answers a
     /// number no longer held: this call reserved nothing, and its note goes.
+    /// One still held, but of another period than `issue_date` (the earlier
+    /// call was for another date), is given back, and its note goes once it
+    /// is.
     async fn reserve(
         &self,
         tenant: &TenantId,
@@ -443,12 +446,35 @@ impl InvoiceWriter {
             }
             Err(error) => return Err(error.into()),
         };
-        if self.held_for(tenant, &reserved, key, attempt) {
-            Ok(Some(reserved))
-        } else {
+        if !self.held_for(tenant, &reserved, key, attempt) {
             self.let_go(done).await;
-            Ok(None)
+            return Ok(None);
         }
+        // Reserved by an earlier call under this request id, for a date in
+        // another period than this call's (a retry sent with the next day's
+        // date, across a year's end): this call's invoice cannot carry it.
+        if !issue_date.is_empty() && !issue_date.starts_with(&reserved.period) {
+            tracing::info!(
+                %tenant,
+                invoice_number = %reserved.formatted,
+                issue_date,
+                attempt,
+                "the number this attempt reserved before is of another period than the issue \
+                 date; giving it back and reserving another",
+            );
+            let number = NumberOf {
+                tenant: tenant.as_str(),
+                period: &reserved.period,
+                number: reserved.number,
+                formatted: &reserved.formatted,
+            };
+            let reason = "reserved for an issue date in another period";
+            if self.give_back(number, reason, key, deadline).await {
+                self.let_go(done).await;
+            }
+            return Ok(None);
+        }
+        Ok(Some(reserved))
     }
 
     /// Counts and logs a number found taken on attempt `attempt` (the

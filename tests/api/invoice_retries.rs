@@ -24,9 +24,9 @@ use numbering::{
         writer::{Reconciled, attempt_request_id},
     },
     proto::{
-        CreateInvoiceRequest, CreateInvoiceResponse, GapPolicy, GetNumberRequest, NumberState,
-        ReleaseRequest, ReserveRequest, invoice_writer_client::InvoiceWriterClient,
-        number_allocator_client::NumberAllocatorClient,
+        AuditSeriesRequest, ConfigureSeriesRequest, CreateInvoiceRequest, CreateInvoiceResponse,
+        GapPolicy, GetNumberRequest, NumberState, ReleaseRequest, ReserveRequest, Reset,
+        invoice_writer_client::InvoiceWriterClient, number_allocator_client::NumberAllocatorClient,
     },
     request_id::RequestId,
     server::{ServerSettings, Store},
@@ -174,6 +174,72 @@ async fn a_reissued_number_keeps_the_invoice_s_own_date_and_its_repeat(#[case] b
         .into_inner();
     assert!(repeated.replayed);
     assert_eq!(repeated.invoice, Some(invoice));
+}
+
+/// A call of `order-1` issued on 31 December reserved a number of 2026 and
+/// failed before storing its invoice; its repeat, issued on 5 January (a
+/// client that sends today's date with each try), gives that number back
+/// and stores its invoice under a number of 2027 with its own date; a
+/// repeat of that call answers it.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_issued_in_another_period_takes_a_number_of_that_period(#[case] backend: Backend) {
+    let mut allocator = spawn_allocator(backend).await;
+    allocator
+        .client
+        .configure_series(ConfigureSeriesRequest {
+            tenant_id: "acme".into(),
+            format: "{year}-{number}".into(),
+            reset: Reset::Yearly.into(),
+            ..ConfigureSeriesRequest::default()
+        })
+        .await
+        .unwrap();
+    let url = allocator.server.url();
+    let once = (Failure::NotStored, 1);
+    let (mut writer, _) = writer_failing(backend, &url, once, 3, test_settings()).await;
+    let on = |date: &str| CreateInvoiceRequest {
+        issue_date: date.into(),
+        ..keyed("acme", "order-1")
+    };
+    let status = writer
+        .client
+        .create_invoice(on("2026-12-31"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+
+    let created = writer
+        .client
+        .create_invoice(on("2027-01-05"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!created.replayed);
+    let invoice = created.invoice.unwrap();
+    assert_eq!(
+        (invoice.invoice_number.as_str(), invoice.issue_date.as_str()),
+        ("2027-1", "2027-01-05")
+    );
+    let repeated = writer
+        .client
+        .create_invoice(on("2027-01-05"))
+        .await
+        .expect("the repeat of the call that stored the invoice answers it")
+        .into_inner();
+    assert!(repeated.replayed);
+    assert_eq!(repeated.invoice, Some(invoice));
+    let audit = allocator
+        .client
+        .audit_series(AuditSeriesRequest {
+            tenant_id: "acme".into(),
+            period: "2026".into(),
+            ..AuditSeriesRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((audit.reserved, audit.unaccounted), (0, 0), "{audit:?}");
 }
 
 /// Reserves one of acme's invoice numbers under `request_id`, for `date`
