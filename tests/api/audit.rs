@@ -79,6 +79,16 @@ async fn advance_yearly(app: &mut AllocatorApp, at_least: i64, date: &str) -> i6
     answer.into_inner().series.unwrap().last_value
 }
 
+/// An audit's last value, and its numbers issued, skipped and unaccounted.
+fn tally(answer: &AuditSeriesResponse) -> (i64, i64, i64, i64) {
+    (
+        answer.last_value,
+        answer.issued,
+        answer.skipped,
+        answer.unaccounted,
+    )
+}
+
 /// `acme`'s yearly series, starting at `start_at`.
 fn yearly(start_at: i64) -> ConfigureSeriesRequest {
     ConfigureSeriesRequest {
@@ -107,28 +117,10 @@ async fn a_begun_period_is_advanced_from_where_it_stands(#[case] backend: Backen
 
     assert_eq!(advance_yearly(&mut app, 3, "2026-06-01").await, 5);
     let answer = audited(&mut app, audit("acme", "yearly", "2026")).await;
-    assert_eq!(
-        (
-            answer.last_value,
-            answer.issued,
-            answer.skipped,
-            answer.unaccounted
-        ),
-        (5, 5, 0, 0),
-        "{answer:?}"
-    );
+    assert_eq!(tally(&answer), (5, 5, 0, 0), "{answer:?}");
     assert_eq!(advance_yearly(&mut app, 10, "2026-06-01").await, 10);
     let answer = audited(&mut app, audit("acme", "yearly", "2026")).await;
-    assert_eq!(
-        (
-            answer.last_value,
-            answer.issued,
-            answer.skipped,
-            answer.unaccounted
-        ),
-        (10, 5, 5, 0),
-        "{answer:?}"
-    );
+    assert_eq!(tally(&answer), (10, 5, 5, 0), "{answer:?}");
     let mut next = allocate("acme", "yearly", 1);
     next.date = "2026-06-02".into();
     let next = app.client.allocate(next).await.unwrap().into_inner();
@@ -152,16 +144,7 @@ async fn an_advance_that_skips_nothing_leaves_the_period_not_begun(#[case] backe
     let first = app.client.allocate(first).await.unwrap().into_inner();
     assert_eq!(first.numbers[0].formatted, "2026-1000");
     let answer = audited(&mut app, audit("acme", "yearly", "2026")).await;
-    assert_eq!(
-        (
-            answer.last_value,
-            answer.issued,
-            answer.skipped,
-            answer.unaccounted
-        ),
-        (1000, 1, 0, 0),
-        "{answer:?}"
-    );
+    assert_eq!(tally(&answer), (1000, 1, 0, 0), "{answer:?}");
 }
 
 /// Audits taken while 16 clients allocate each see one moment of the series:

@@ -271,6 +271,18 @@ fn password_url(url: &str) -> String {
 /// fails to start with another status, instead of serving.
 const NOWHERE: &str = "postgres://127.0.0.1:1/nowhere";
 
+/// Asserts that `binary` given `flag value` exits 64 naming the flag.
+async fn refuses_setting(binary: &str, flag: &str, value: &str) {
+    let output = tokio::process::Command::new(binary)
+        .args([flag, value, "--database-url", NOWHERE])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{flag} {value}: {stderr}");
+    assert!(stderr.contains(flag), "{flag} {value}: {stderr}");
+}
+
 /// Bad settings exit 64 with a message naming the setting.
 #[tokio::test]
 async fn bad_settings_exit_64() {
@@ -323,34 +335,13 @@ async fn bad_settings_exit_64() {
         // A lease ending past what the databases compare as a time.
         ("--max-lease", "10000years"),
     ] {
-        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_number-allocator"))
-            .args([flag, value, "--database-url", NOWHERE])
-            .output()
-            .await
-            .unwrap();
-        assert_eq!(output.status.code(), Some(64), "{flag} {value}");
-        assert!(
-            String::from_utf8_lossy(&output.stderr).contains(flag),
-            "{flag} {value}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        refuses_setting(env!("CARGO_BIN_EXE_number-allocator"), flag, value).await;
     }
-
     for (flag, value) in [
         ("--reservation-lease", "10000years"),
         ("--db-max-connections", "0"),
     ] {
-        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_invoice-writer"))
-            .args([flag, value, "--database-url", NOWHERE])
-            .output()
-            .await
-            .unwrap();
-        assert_eq!(output.status.code(), Some(64), "{flag} {value}");
-        assert!(
-            String::from_utf8_lossy(&output.stderr).contains(flag),
-            "{flag} {value}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        refuses_setting(env!("CARGO_BIN_EXE_invoice-writer"), flag, value).await;
     }
 
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_invoice-writer"))

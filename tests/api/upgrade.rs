@@ -11,16 +11,17 @@ use numbering::{
     db::Backend,
     proto::{
         AuditSeriesRequest, ConfigureSeriesRequest, GetNumberRequest, ListInvoicesRequest,
-        NumberState, ReserveRequest,
+        NumberState, ReserveRequest, number_allocator_client::NumberAllocatorClient,
     },
 };
 use rstest_reuse::apply;
 use sqlx::{AssertSqlSafe, Connection, PgConnection, SqliteConnection, migrate::Migrator};
+use tonic::transport::Channel;
 
 use crate::{
     backends,
     helpers::{
-        TestDb, allocate, allocator_client, assert_reason, keyed, serve_allocator_on,
+        TestDb, TestServer, allocate, allocator_client, assert_reason, keyed, serve_allocator_on,
         spawn_writer_on, test_settings,
     },
 };
@@ -47,6 +48,18 @@ async fn migrate_to(db: &TestDb, dir: &str, count: usize) {
     }
     let migrator = Migrator::new(old.path()).await.unwrap();
     run(db, &[], Some(&migrator)).await;
+}
+
+/// An allocator on `db`, migrating it to this release, under group commit.
+async fn serve(db: &TestDb) -> (TestServer, NumberAllocatorClient<Channel>) {
+    let mode = CommitMode::Group(GroupCommitSettings::default());
+    serve_allocator_on(
+        db,
+        mode,
+        RequestIdSettings::default(),
+        Arc::new(SystemClock),
+    )
+    .await
 }
 
 /// Runs `migrator`, then each statement of `sql`, on `db`.
@@ -99,14 +112,7 @@ async fn an_allocator_database_from_before_periods_keeps_its_numbers(#[case] bac
     )
     .await;
 
-    let mode = CommitMode::Group(GroupCommitSettings::default());
-    let (_server, mut client) = serve_allocator_on(
-        &db,
-        mode,
-        RequestIdSettings::default(),
-        Arc::new(SystemClock),
-    )
-    .await;
+    let (_server, mut client) = serve(&db).await;
     let replay = client
         .allocate(keyed("acme", "", 1, "k"))
         .await
@@ -163,14 +169,7 @@ async fn numbers_from_before_the_ledger_are_accounted_for(#[case] backend: Backe
     )
     .await;
 
-    let mode = CommitMode::Group(GroupCommitSettings::default());
-    let (_server, mut client) = serve_allocator_on(
-        &db,
-        mode,
-        RequestIdSettings::default(),
-        Arc::new(SystemClock),
-    )
-    .await;
+    let (_server, mut client) = serve(&db).await;
     client.allocate(allocate("acme", "", 2)).await.unwrap();
     let audit = |tenant: &str| AuditSeriesRequest {
         tenant_id: tenant.into(),
@@ -233,14 +232,7 @@ async fn number_states_from_before_reservations_are_kept(#[case] backend: Backen
     )
     .await;
 
-    let mode = CommitMode::Group(GroupCommitSettings::default());
-    let (_server, mut client) = serve_allocator_on(
-        &db,
-        mode,
-        RequestIdSettings::default(),
-        Arc::new(SystemClock),
-    )
-    .await;
+    let (_server, mut client) = serve(&db).await;
     let audit = client
         .audit_series(AuditSeriesRequest {
             tenant_id: "acme".into(),
@@ -301,14 +293,7 @@ async fn a_counter_that_handed_out_nothing_leaves_its_period_not_begun(#[case] b
     )
     .await;
 
-    let mode = CommitMode::Group(GroupCommitSettings::default());
-    let (_server, mut client) = serve_allocator_on(
-        &db,
-        mode,
-        RequestIdSettings::default(),
-        Arc::new(SystemClock),
-    )
-    .await;
+    let (_server, mut client) = serve(&db).await;
     client
         .configure_series(ConfigureSeriesRequest {
             tenant_id: "acme".into(),
@@ -365,14 +350,7 @@ async fn request_ids_from_before_their_kinds_repeat_their_own_call(#[case] backe
     )
     .await;
 
-    let mode = CommitMode::Group(GroupCommitSettings::default());
-    let (_server, mut client) = serve_allocator_on(
-        &db,
-        mode,
-        RequestIdSettings::default(),
-        Arc::new(SystemClock),
-    )
-    .await;
+    let (_server, mut client) = serve(&db).await;
     let reserve = |id: &str| ReserveRequest {
         tenant_id: "acme".into(),
         request_id: id.into(),
