@@ -226,11 +226,12 @@ impl NewInvoice {
         // Stored timestamps keep microseconds: drop the rest so the invoice
         // returned now equals the invoice read back later.
         let created_at = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
-        // The caller's date, if it falls in the number's period (a number
-        // reserved for another date, by an earlier call under the same
-        // request id, keeps that date); else the day the number was
-        // allocated for (without a date, today in the series' time zone),
-        // or, for a number handed out again, the day it reads with.
+        // The caller's date, if it falls in the number's period (the writer
+        // gives back a number of another period that an earlier call under
+        // the same request id reserved, so with a date it always does); else
+        // the day the number was allocated for (without a date, today in
+        // the series' time zone), or, for a number handed out again, the
+        // day it reads with.
         let issue_date = self
             .issue_date
             .filter(|date| date.to_string().starts_with(&number.period))

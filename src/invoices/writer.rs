@@ -313,7 +313,7 @@ impl InvoiceWriter {
                 request_key: &key,
             };
             let Some(reserved) = self
-                .reserve(&new.tenant_id, &issue_date, &key, attempt, deadline)
+                .reserve(&new.tenant_id, &pending, attempt, deadline)
                 .await?
             else {
                 continue;
@@ -417,17 +417,18 @@ impl InvoiceWriter {
     /// number if it is held for this call. A repeat of an attempt of an
     /// earlier call under the same request id, settled since, answers a
     /// number no longer held: this call reserved nothing, and its note goes.
-    /// One still held, but of another period than `issue_date` (the earlier
-    /// call was for another date), is given back, and its note goes once it
-    /// is.
+    /// One still held, but of another period than the call's issue date
+    /// (the earlier call was for another date), is settled as reconciliation
+    /// settles it: confirmed to the earlier call's invoice if that is
+    /// stored, given back if not.
     async fn reserve(
         &self,
         tenant: &TenantId,
-        issue_date: &str,
-        key: &str,
+        pending: &Pending,
         attempt: u32,
         deadline: Instant,
     ) -> Result<Option<NumberRecord>, Error> {
+        let (issue_date, key) = (pending.issue_date.as_str(), pending.request_key.as_str());
         let done = Note::Done {
             tenant: tenant.as_str(),
             request_key: key,
@@ -453,6 +454,8 @@ impl InvoiceWriter {
         // Reserved by an earlier call under this request id, for a date in
         // another period than this call's (a retry sent with the next day's
         // date, across a year's end): this call's invoice cannot carry it.
+        // The earlier call may still be storing its invoice under it: the
+        // note is taken over first, so that no insert under it follows.
         if !issue_date.is_empty() && !issue_date.starts_with(&reserved.period) {
             tracing::info!(
                 %tenant,
@@ -460,18 +463,9 @@ impl InvoiceWriter {
                 issue_date,
                 attempt,
                 "the number this attempt reserved before is of another period than the issue \
-                 date; giving it back and reserving another",
+                 date; settling it and reserving another",
             );
-            let number = NumberOf {
-                tenant: tenant.as_str(),
-                period: &reserved.period,
-                number: reserved.number,
-                formatted: &reserved.formatted,
-            };
-            let reason = "reserved for an issue date in another period";
-            if self.give_back(number, reason, key, deadline).await {
-                self.let_go(done).await;
-            }
+            self.settle(pending, deadline).await?;
             return Ok(None);
         }
         Ok(Some(reserved))

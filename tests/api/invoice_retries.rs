@@ -6,7 +6,7 @@ use std::{
     collections::HashSet,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU32, Ordering},
+        atomic::{AtomicBool, AtomicU32, Ordering},
     },
     time::Duration,
 };
@@ -185,16 +185,7 @@ async fn a_reissued_number_keeps_the_invoice_s_own_date_and_its_repeat(#[case] b
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeat_issued_in_another_period_takes_a_number_of_that_period(#[case] backend: Backend) {
     let mut allocator = spawn_allocator(backend).await;
-    allocator
-        .client
-        .configure_series(ConfigureSeriesRequest {
-            tenant_id: "acme".into(),
-            format: "{year}-{number}".into(),
-            reset: Reset::Yearly.into(),
-            ..ConfigureSeriesRequest::default()
-        })
-        .await
-        .unwrap();
+    configure_acme_yearly(&mut allocator.client).await;
     let url = allocator.server.url();
     let once = (Failure::NotStored, 1);
     let (mut writer, _) = writer_failing(backend, &url, once, 3, test_settings()).await;
@@ -240,6 +231,82 @@ async fn a_repeat_issued_in_another_period_takes_a_number_of_that_period(#[case]
         .unwrap()
         .into_inner();
     assert_eq!((audit.reserved, audit.unaccounted), (0, 0), "{audit:?}");
+}
+
+/// As above, but the first call is still storing its invoice when its
+/// repeat, issued on 5 January, finds the number of 2026 under their first
+/// attempt, and the repeat is slow to note that number settled. The repeat
+/// takes the note over before it gives the number back, so the first
+/// call's insert is refused: no invoice is stored under a number given
+/// back. One of the two calls stores the request id's invoice (the first,
+/// on its next attempt, or the repeat), under a number confirmed to it.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_in_another_period_stops_the_insert_of_the_call_before_it(
+    #[case] backend: Backend,
+) {
+    let mut allocator = spawn_allocator(backend).await;
+    configure_acme_yearly(&mut allocator.client).await;
+    let url = allocator.server.url();
+    let (insert, done) = (Arc::new(Gate::default()), Arc::new(Gate::default()));
+    let paused = (Failure::PausedAndDone(insert.clone(), done.clone()), 1);
+    let (writer, _) = writer_failing(backend, &url, paused, 3, test_settings()).await;
+    let call = |date: &'static str| {
+        let mut client = writer.client.clone();
+        tokio::spawn(async move {
+            let request = CreateInvoiceRequest {
+                issue_date: date.into(),
+                ..keyed("acme", "order-1")
+            };
+            client.create_invoice(request).await
+        })
+    };
+    let first = call("2026-12-31");
+    insert.reached.notified().await;
+    let second = call("2027-01-05");
+    // The repeat has settled the number of 2026, and not noted it yet.
+    done.reached.notified().await;
+
+    insert.read.notify_one();
+    let first_insert = tokio::time::timeout(PATIENCE, async {
+        loop {
+            if let Some(answer) = insert.answered.lock().unwrap().take() {
+                return answer;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the first call's insert answers");
+    assert_eq!(first_insert, Err("NoteTakenOver".to_owned()));
+    done.read.notify_one();
+    let answers = [first.await.unwrap(), second.await.unwrap()];
+    let mut client = writer.client.clone();
+    let invoices = list_all(&mut client, "acme").await;
+    assert_eq!(invoices.len(), 1, "{invoices:?}");
+    let stored = &invoices[0];
+    assert!(
+        answers.iter().any(|answer| answer
+            .as_ref()
+            .is_ok_and(|created| { created.get_ref().invoice.as_ref() == Some(stored) })),
+        "{answers:?}"
+    );
+    // The year its number reads with is its period.
+    let period = &stored.invoice_number[..4];
+    assert_confirmed_with_ids(&mut allocator.client, period, &invoices).await;
+}
+
+/// Makes acme's invoice series yearly: `{year}-{number}`.
+async fn configure_acme_yearly(allocator: &mut NumberAllocatorClient<Channel>) {
+    allocator
+        .configure_series(ConfigureSeriesRequest {
+            tenant_id: "acme".into(),
+            format: "{year}-{number}".into(),
+            reset: Reset::Yearly.into(),
+            ..ConfigureSeriesRequest::default()
+        })
+        .await
+        .unwrap();
 }
 
 /// Reserves one of acme's invoice numbers under `request_id`, for `date`
@@ -291,6 +358,10 @@ enum Failure {
     /// Makes the insert only once the test says so (`read`), as a call
     /// whose insert waits while a repeat of it runs; the outcome is kept.
     Paused(Arc<Gate>),
+    /// As `Paused`; and the first note that a reservation is done (by any
+    /// call) is written only once the test opens the second gate, as a
+    /// call slow to write it after settling its number.
+    PausedAndDone(Arc<Gate>, Arc<Gate>),
 }
 
 /// Where a late insert and reconciliation wait for each other, and what the
@@ -313,6 +384,8 @@ struct Fails {
     inner: Arc<dyn InvoiceStore>,
     how: Failure,
     failures: AtomicU32,
+    /// A done note was held (`Failure::PausedAndDone`).
+    done_held: AtomicBool,
 }
 
 impl Fails {
@@ -321,6 +394,7 @@ impl Fails {
             inner,
             how,
             failures: AtomicU32::new(failures),
+            done_held: AtomicBool::new(false),
         })
     }
 }
@@ -364,7 +438,7 @@ impl InvoiceStore for Fails {
                 self.inner.insert(invoice, request_id, note).await?;
                 std::future::pending().await
             }
-            Failure::Paused(gate) => {
+            Failure::Paused(gate) | Failure::PausedAndDone(gate, _) => {
                 gate.reached.notify_one();
                 gate.read.notified().await;
                 let answer = self.inner.insert(invoice, request_id, note).await;
@@ -422,6 +496,13 @@ impl InvoiceStore for Fails {
     }
 
     async fn note(&self, note: Note<'_>) -> Result<(), StoreError> {
+        if let Failure::PausedAndDone(_, gate) = &self.how
+            && matches!(note, Note::Done { .. })
+            && !self.done_held.swap(true, Ordering::SeqCst)
+        {
+            gate.reached.notify_one();
+            gate.read.notified().await;
+        }
         self.inner.note(note).await
     }
 
