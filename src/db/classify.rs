@@ -14,8 +14,7 @@ pub enum DbErrorKind {
     OutOfRange,
     /// The database cannot be reached now: connection loss, pool time-out,
     /// server shutting down or refusing connections, out of disk (or, on
-    /// SQLite, memory).
-    /// Retry the call later.
+    /// SQLite, memory). Retry the call later.
     Unavailable,
     /// The database named in the URL does not exist (3D000).
     NoSuchDatabase,
@@ -64,13 +63,13 @@ fn by_sqlstate(code: &str, constraint: Option<&str>) -> DbErrorKind {
         // 08: connection exception; 53000, 53100 and 53300: insufficient
         // resources, disk full, too many connections (not 53200 or 53400,
         // which one statement may meet alone: out of lock slots, past
-        // temp_file_limit); 58000 and 58030: system and I/O errors; 57P01-57P04: admin or crash shutdown, cannot connect
-        // now, database dropped; 55000 is what a database that does not
-        // accept connections answers at connect; 25006: a write in a
-        // read-only transaction, i.e. a standby not yet promoted during a
-        // failover, or a database set read-only; 57014, 55P03 and 25P03:
-        // the statement, lock and idle-in-transaction time-outs the pool
-        // sets.
+        // temp_file_limit); 58000 and 58030: system and I/O errors;
+        // 57P01-57P04: admin or crash shutdown, cannot connect now, database
+        // dropped; 55000 is what a database that does not accept connections
+        // answers at connect; 25006: a write in a read-only transaction,
+        // i.e. a standby not yet promoted during a failover, or a database
+        // set read-only; 57014, 55P03 and 25P03: the statement, lock and
+        // idle-in-transaction time-outs the pool sets.
         code if code.starts_with("08") => DbErrorKind::Unavailable,
         "53000" | "53100" | "53300" | "58000" | "58030" | "57P01" | "57P02" | "57P03" | "57P04"
         | "55000" | "25006" | "57014" | "55P03" | "25P03" => DbErrorKind::Unavailable,

@@ -17,7 +17,8 @@ use tokio::sync::{Mutex, MutexGuard};
 use super::{Contents, DatabaseUrl, DbErrorKind, OpenError, PoolSettings, classify, open_error};
 
 /// Opens a SQLite database file, creating it and its directory if missing
-/// (unless [`PoolSettings::create_missing`] is off), then runs `migrator`: the SQLite counterpart of `open_postgres`.
+/// (unless [`PoolSettings::create_missing`] is off), then runs `migrator`:
+/// the SQLite counterpart of `open_postgres`.
 ///
 /// Every connection uses the WAL journal and `synchronous = FULL`, so a
 /// commit returns only once it is on disk, and waits up to the pool's acquire
