@@ -155,22 +155,31 @@ async fn a_reissued_number_keeps_the_invoice_s_own_date_and_its_repeat(#[case] b
         issue_date: "2026-12-01".into(),
         ..keyed("acme", "order-1")
     };
+    stored_and_repeated(&mut writer.client, request, ("INV-001", "2026-12-01")).await;
+}
+
+/// Sends `request`, a new call, and its repeat: the first stores an invoice
+/// numbered and dated as `expected`, the repeat answers that invoice.
+async fn stored_and_repeated(
+    writer: &mut InvoiceWriterClient<Channel>,
+    request: CreateInvoiceRequest,
+    expected: (&str, &str),
+) {
     let created = writer
-        .client
         .create_invoice(request.clone())
         .await
         .unwrap()
         .into_inner();
+    assert!(!created.replayed);
     let invoice = created.invoice.unwrap();
     assert_eq!(
         (invoice.invoice_number.as_str(), invoice.issue_date.as_str()),
-        ("INV-001", "2026-12-01")
+        expected
     );
     let repeated = writer
-        .client
         .create_invoice(request)
         .await
-        .unwrap()
+        .expect("the repeat of the call that stored the invoice answers it")
         .into_inner();
     assert!(repeated.replayed);
     assert_eq!(repeated.invoice, Some(invoice));
@@ -200,26 +209,12 @@ async fn a_repeat_issued_in_another_period_takes_a_number_of_that_period(#[case]
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
 
-    let created = writer
-        .client
-        .create_invoice(on("2027-01-05"))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(!created.replayed);
-    let invoice = created.invoice.unwrap();
-    assert_eq!(
-        (invoice.invoice_number.as_str(), invoice.issue_date.as_str()),
-        ("2027-1", "2027-01-05")
-    );
-    let repeated = writer
-        .client
-        .create_invoice(on("2027-01-05"))
-        .await
-        .expect("the repeat of the call that stored the invoice answers it")
-        .into_inner();
-    assert!(repeated.replayed);
-    assert_eq!(repeated.invoice, Some(invoice));
+    stored_and_repeated(
+        &mut writer.client,
+        on("2027-01-05"),
+        ("2027-1", "2027-01-05"),
+    )
+    .await;
     let audit = allocator
         .client
         .audit_series(AuditSeriesRequest {

@@ -237,22 +237,12 @@ async fn each_cause_of_a_failed_connection_is_named() {
 /// start-up with status 66 and is not created; one that exists is opened.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_database_is_not_created_when_creating_is_off() {
-    let dir = tempfile::tempdir().unwrap();
-    let data_dir = dir.path().join("data");
-    for binary in [ALLOCATOR, WRITER] {
-        let output = run(
-            binary,
-            &[
-                "--data-dir",
-                data_dir.to_str().unwrap(),
-                "--create-database",
-                "false",
-            ],
-        )
-        .await;
-        assert_refused(&output, 66, "--create-database is false");
-        assert!(!data_dir.exists(), "{}", data_dir.display());
-    }
+    refused_creating_nothing(
+        &["--create-database", "false"],
+        66,
+        "--create-database is false",
+    )
+    .await;
 
     let db = TestDb::create(Backend::Postgres).await;
     let mut url = url::Url::parse(&db.url).unwrap();
@@ -405,20 +395,19 @@ async fn migrations_wait_for_a_lock_longer_than_the_db_timeout() {
 /// nothing is created.
 #[tokio::test]
 async fn a_bad_otlp_endpoint_stops_start_up() {
+    refused_creating_nothing(&["--otlp-endpoint", "not a url"], 64, "--otlp-endpoint").await;
+}
+
+/// Runs each service with `args` and a data directory of its own: it stops
+/// with `status`, saying `what`, and creates no data directory.
+async fn refused_creating_nothing(args: &[&str], status: i32, what: &str) {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
     for binary in [ALLOCATOR, WRITER] {
-        let output = run(
-            binary,
-            &[
-                "--data-dir",
-                data_dir.to_str().unwrap(),
-                "--otlp-endpoint",
-                "not a url",
-            ],
-        )
-        .await;
-        assert_refused(&output, 64, "--otlp-endpoint");
+        let mut all = vec!["--data-dir", data_dir.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let output = run(binary, &all).await;
+        assert_refused(&output, status, what);
         assert!(!data_dir.exists(), "{}", data_dir.display());
     }
 }
