@@ -18,6 +18,10 @@ pub enum DbErrorKind {
     Unavailable,
     /// The database named in the URL does not exist (3D000).
     NoSuchDatabase,
+    /// A database of the name being created exists (42P04), or was created
+    /// by another session in the same moment (its name's unique index,
+    /// 23505 on `pg_database_datname_index`).
+    DatabaseExists,
     /// The server refused the user or password (28000, 28P01).
     Authentication,
     /// The role lacks a privilege the statement needs (42501).
@@ -54,6 +58,8 @@ pub fn classify(error: &sqlx::Error) -> DbErrorKind {
 /// constraint a unique violation broke.
 fn by_sqlstate(code: &str, constraint: Option<&str>) -> DbErrorKind {
     match code {
+        "42P04" => DbErrorKind::DatabaseExists,
+        "23505" if constraint == Some("pg_database_datname_index") => DbErrorKind::DatabaseExists,
         "23505" => DbErrorKind::UniqueViolation(constraint.map(str::to_owned)),
         "40001" | "40P01" => DbErrorKind::Retryable,
         "22003" => DbErrorKind::OutOfRange,
@@ -145,6 +151,17 @@ mod tests {
             DbErrorKind::UniqueViolation(Some("counters_pkey".into()))
         );
         assert_eq!(by_sqlstate("40P01", None), DbErrorKind::Retryable);
+    }
+
+    /// Creating a database another session created first, whichever check
+    /// of the name caught it.
+    #[test]
+    fn a_database_created_meanwhile_exists() {
+        assert_eq!(by_sqlstate("42P04", None), DbErrorKind::DatabaseExists);
+        assert_eq!(
+            by_sqlstate("23505", Some("pg_database_datname_index")),
+            DbErrorKind::DatabaseExists
+        );
     }
 
     /// SQLite out of memory or disk, failing its I/O or losing a race for

@@ -44,11 +44,23 @@ pub async fn connect_postgres(
         Err(error)
             if settings.create_missing && classify(&error) == DbErrorKind::NoSuchDatabase =>
         {
-            Postgres::create_database(url.expose()).await?;
-            tracing::warn!(database = %url, "created a new, empty database");
+            create_database(url).await?;
             pool_options(settings).connect_with(options).await
         }
         result => result,
+    }
+}
+
+/// Creates the database named in `url`. One that another process created
+/// meanwhile (replicas started at once) is as good as created here.
+async fn create_database(url: &DatabaseUrl) -> Result<(), sqlx::Error> {
+    match Postgres::create_database(url.expose()).await {
+        Ok(()) => {
+            tracing::warn!(database = %url, "created a new, empty database");
+            Ok(())
+        }
+        Err(error) if classify(&error) == DbErrorKind::DatabaseExists => Ok(()),
+        Err(error) => Err(error),
     }
 }
 

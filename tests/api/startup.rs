@@ -271,6 +271,30 @@ async fn a_missing_database_is_not_created_when_creating_is_off() {
     client.allocate(allocate("acme", "", 1)).await.unwrap();
 }
 
+/// Replicas started at once on a PostgreSQL database that does not exist
+/// yet all start: one creates it, the others find it created, and each
+/// serves from it. The numbers they hand out are distinct.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_started_at_once_on_a_missing_database_all_start() {
+    const REPLICAS: i64 = 4;
+    let db = TestDb::create(Backend::Postgres).await;
+    db.admin(format!(r#"DROP DATABASE "{}""#, db.name)).await;
+    let mut starting = tokio::task::JoinSet::new();
+    for _ in 0..REPLICAS {
+        starting.spawn(start(allocator_binary(&db.url)));
+    }
+    let replicas = starting.join_all().await;
+    let mut numbers = Vec::new();
+    for replica in &replicas {
+        let mut client =
+            NumberAllocatorClient::new(replica.ready("numbering.v1.NumberAllocator").await);
+        let reply = client.allocate(allocate("acme", "", 1)).await.unwrap();
+        numbers.push(reply.into_inner().numbers[0].value);
+    }
+    numbers.sort_unstable();
+    assert_eq!(numbers, (1..=REPLICAS).collect::<Vec<_>>());
+}
+
 /// A listen address in use stops start-up with status 71 before anything is
 /// created: no data directory, no database file. The metrics port alike.
 #[tokio::test]
