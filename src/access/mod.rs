@@ -149,13 +149,13 @@ impl Access {
     }
 }
 
-/// The secret of `Bearer <secret>` (the scheme in any case, RFC 6750).
+/// The secret of `Bearer <secret>` (the scheme in any case, RFC 6750); none
+/// when it is empty.
 fn bearer(value: &[u8]) -> Option<&str> {
     let value = std::str::from_utf8(value).ok()?;
     let (scheme, secret) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| secret.trim_matches(' '))
+    let secret = secret.trim_matches(' ');
+    (scheme.eq_ignore_ascii_case("bearer") && !secret.is_empty()).then_some(secret)
 }
 
 impl Caller {
@@ -201,6 +201,8 @@ mod tests {
         assert_eq!(bearer(b"Basic abc"), None);
         assert_eq!(bearer(b"Bearerabc"), None);
         assert_eq!(bearer(b"Bearer \xff"), None);
+        assert_eq!(bearer(b"Bearer "), None);
+        assert_eq!(bearer(b"Bearer   "), None);
     }
 
     #[test]

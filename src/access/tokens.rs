@@ -175,11 +175,25 @@ impl Token {
     fn from_entry(entry: Entry) -> Result<Self, String> {
         let name = entry.name;
         let digest = match (entry.secret, entry.sha256) {
+            // A bearer token is read without its surrounding spaces: such a
+            // secret could never be presented.
+            (Some(secret), None) if secret.trim_matches(' ') != secret => {
+                return Err(format!(
+                    "token {name:?}: the secret begins or ends with a space"
+                ));
+            }
             (Some(secret), None) if !secret.is_empty() => Sha256::digest(secret.as_bytes()).into(),
             (None, Some(hex_digest)) => parse_digest(&hex_digest)
                 .ok_or_else(|| format!("token {name:?}: sha256 must be 64 lowercase hex digits"))?,
             _ => return Err(format!("token {name:?}: give either secret or sha256")),
         };
+        // What a recipe hashing a secret it failed to make gives: that token
+        // would admit an empty bearer token.
+        if digest == <[u8; 32]>::from(Sha256::digest(b"")) {
+            return Err(format!(
+                "token {name:?}: sha256 is the digest of an empty secret"
+            ));
+        }
         Ok(Self {
             digest,
             grant: Arc::new(Grant::new(name, entry.tenants, entry.admin)?),
@@ -404,5 +418,11 @@ mod tests {
             "[[token]]\nname = \"a\"\nsecret = \"s\"\n[[token]]\nname = \"b\"\nsecret = \"s\"";
         assert!(refused(twice).contains("share"));
         assert!(Tokens::parse("").unwrap().is_empty());
+        let empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        assert!(
+            refused(&format!("[[token]]\nname = \"a\"\nsha256 = \"{empty}\""))
+                .contains("empty secret")
+        );
+        assert!(refused("[[token]]\nname = \"a\"\nsecret = \"s \"").contains("space"));
     }
 }
