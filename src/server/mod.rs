@@ -222,8 +222,11 @@ where
             () = shutdown => {}
         }
 
-        // Stop the watcher first: readiness must not flip back to SERVING.
+        // Stop the watcher first, and wait until it has stopped: one caught
+        // on another thread mid-way through setting SERVING must not flip
+        // readiness back after the NOT_SERVING below.
         watcher.abort();
+        let _ = watcher.await;
         health
             .set_service_status("", ServingStatus::NotServing)
             .await;
