@@ -15,7 +15,7 @@ use numbering::{
         app::{App, ReconcileSettings, Settings, shown_url},
     },
     server::{
-        config::{DatabaseArgs, ServerArgs, parse_or_exit},
+        config::{DatabaseArgs, ServerArgs, duration, parse_or_exit, positive_duration},
         shutdown,
         startup::{self, StartupError},
         telemetry,
@@ -52,8 +52,8 @@ struct Config {
     #[arg(long, env = "NUMBERING_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     max_attempts: u32,
 
-    /// Longest time spent retrying an unreachable allocator per invoice (the caller's deadline may cut it shorter).
-    #[arg(long, env = "NUMBERING_ALLOCATOR_RETRY_BUDGET", default_value = "5s", value_parser = humantime::parse_duration)]
+    /// Longest time spent calling the allocator for one invoice, retries included: each call's time-out is what is left of it (90% of a shorter caller deadline wins).
+    #[arg(long, env = "NUMBERING_ALLOCATOR_RETRY_BUDGET", default_value = "5s", value_parser = positive_duration)]
     allocator_retry_budget: Duration,
 
     /// Bearer token sent to the allocator with every call (never logged). The writer's token needs the tenants it serves; seed-counters also needs admin.
@@ -86,15 +86,15 @@ struct Config {
     allocator_tls_key: Option<PathBuf>,
 
     /// How long the allocator holds each invoice's number reserved for it (at most the allocator's --max-lease). A stored invoice whose writer, or its way to the allocator, is down longer than this finds its number given back when reconciliation comes to confirm it. A number of an invoice never stored is given back sooner, by reconciliation, once the writer is back.
-    #[arg(long, env = "NUMBERING_RESERVATION_LEASE", default_value = "1h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "NUMBERING_RESERVATION_LEASE", default_value = "1h", value_parser = duration)]
     reservation_lease: Duration,
 
     /// How often numbers left behind by calls that died are settled (stored invoices' numbers confirmed, numbers of invoices never stored given back); also once at start-up.
-    #[arg(long, env = "NUMBERING_RECONCILE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "NUMBERING_RECONCILE_INTERVAL", default_value = "30s", value_parser = positive_duration)]
     reconcile_interval: Duration,
 
     /// Time-out for opening a connection to the allocator.
-    #[arg(long, env = "NUMBERING_ALLOCATOR_CONNECT_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "NUMBERING_ALLOCATOR_CONNECT_TIMEOUT", default_value = "1s", value_parser = positive_duration)]
     allocator_connect_timeout: Duration,
 
     #[command(flatten)]
@@ -128,11 +128,6 @@ fn settings(config: &Config) -> Result<Settings, StartupError> {
     if config.reservation_lease < Leases::MIN || config.reservation_lease > Leases::CEILING {
         return Err(StartupError::BadSetting(
             "--reservation-lease must be at least 1s and at most 366 days".into(),
-        ));
-    }
-    if config.reconcile_interval.is_zero() {
-        return Err(StartupError::BadSetting(
-            "--reconcile-interval must be more than 0s".into(),
         ));
     }
     Ok(Settings {
@@ -188,7 +183,7 @@ async fn serve(config: Config) -> Result<(), StartupError> {
     let settings = settings(&config)?;
     // Settings files are read before anything is bound or opened.
     let server_settings = config.server.settings()?;
-    let stop = shutdown::signal();
+    let mut stop = std::pin::pin!(shutdown::signal());
     // Bound before the database is opened, so a busy port creates nothing.
     let listeners = startup::listen(
         config.listen,
@@ -198,7 +193,11 @@ async fn serve(config: Config) -> Result<(), StartupError> {
     )
     .await?;
     let database = settings.database.clone();
-    let app = App::build(settings).await?;
+    let Some(app) = shutdown::unless_stopped(App::build(settings), stop.as_mut()).await else {
+        tracing::info!("invoice-writer stopped before serving");
+        return Ok(());
+    };
+    let app = app?;
     let addr = listeners.grpc.local_addr().unwrap_or(config.listen);
     let (tls, health_addr, metrics_addr) = listeners.describe(&server_settings);
     tracing::info!(

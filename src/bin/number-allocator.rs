@@ -13,7 +13,7 @@ use numbering::{
     },
     clock::SystemClock,
     server::{
-        config::{DatabaseArgs, ServerArgs, parse_or_exit},
+        config::{DatabaseArgs, ServerArgs, duration, parse_or_exit},
         shutdown,
         startup::{self, StartupError},
         telemetry,
@@ -62,15 +62,15 @@ struct Config {
     group_queue_capacity: u32,
 
     /// How long a request id answers repeats of its call, e.g. "24h", "30m"; after it, the id allocates anew.
-    #[arg(long, env = "NUMBERING_REQUEST_ID_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "NUMBERING_REQUEST_ID_RETENTION", default_value = "24h", value_parser = duration)]
     request_id_retention: Duration,
 
     /// How long a Reserve call holds its number when it asks for no lease, e.g. "5m".
-    #[arg(long, env = "NUMBERING_DEFAULT_LEASE", default_value = "5m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "NUMBERING_DEFAULT_LEASE", default_value = "5m", value_parser = duration)]
     default_lease: Duration,
 
     /// The longest lease a Reserve call may ask for, e.g. "24h".
-    #[arg(long, env = "NUMBERING_MAX_LEASE", default_value = "24h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "NUMBERING_MAX_LEASE", default_value = "24h", value_parser = duration)]
     max_lease: Duration,
 
     #[command(flatten)]
@@ -135,7 +135,7 @@ async fn run(config: Config) -> Result<(), StartupError> {
     };
     // Settings files are read before anything is bound or opened.
     let server_settings = config.server.settings()?;
-    let stop = shutdown::signal();
+    let mut stop = std::pin::pin!(shutdown::signal());
     // Bound before the database is opened, so a busy port creates nothing.
     let listeners = startup::listen(
         config.listen,
@@ -145,7 +145,13 @@ async fn run(config: Config) -> Result<(), StartupError> {
     )
     .await?;
     let database = settings.database.clone();
-    let app = App::build(settings, Arc::new(SystemClock)).await?;
+    let Some(app) =
+        shutdown::unless_stopped(App::build(settings, Arc::new(SystemClock)), stop.as_mut()).await
+    else {
+        tracing::info!("number-allocator stopped before serving");
+        return Ok(());
+    };
+    let app = app?;
     let addr = listeners.grpc.local_addr().unwrap_or(config.listen);
     let (tls, health_addr, metrics_addr) = listeners.describe(&server_settings);
     tracing::info!(

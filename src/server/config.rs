@@ -48,7 +48,7 @@ pub struct ServerArgs {
     pub log_format: LogFormat,
 
     /// Longest a call may run before answering DEADLINE_EXCEEDED; the caller's shorter deadline wins.
-    #[arg(long, env = "NUMBERING_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "NUMBERING_REQUEST_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
     pub request_timeout: Duration,
 
     /// Calls in flight at once, over all connections; more answer RESOURCE_EXHAUSTED. Health checks are not counted.
@@ -60,11 +60,11 @@ pub struct ServerArgs {
     pub health_check_interval: Duration,
 
     /// After SIGTERM, how long to keep serving while load balancers notice NOT_SERVING.
-    #[arg(long, env = "NUMBERING_DRAIN_DELAY", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "NUMBERING_DRAIN_DELAY", default_value = "5s", value_parser = duration)]
     pub drain_delay: Duration,
 
     /// After the drain delay, how long in-flight calls get to finish.
-    #[arg(long, env = "NUMBERING_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "NUMBERING_SHUTDOWN_GRACE", default_value = "20s", value_parser = duration)]
     pub shutdown_grace: Duration,
 
     /// TOML file of bearer tokens, each with the tenants it may act for and whether it may call administrative methods; re-read when it changes. Without it no token is asked for.
@@ -83,7 +83,7 @@ pub struct ServerArgs {
     #[arg(long, env = "NUMBERING_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
 
-    /// Also serve health alone, in plaintext, on this address: for Kubernetes probes when clients need a certificate.
+    /// Also serve health alone, in plaintext, on this address: for Kubernetes probes under TLS, which they cannot speak.
     #[arg(long, env = "NUMBERING_HEALTH_LISTEN")]
     pub health_listen: Option<SocketAddr>,
 
@@ -100,7 +100,7 @@ pub struct ServerArgs {
     pub tenant_rate_limit: u32,
 
     /// How long a call past its tenant's rate waits for a turn before it is refused ("0s": refused at once).
-    #[arg(long, env = "NUMBERING_TENANT_RATE_WAIT", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "NUMBERING_TENANT_RATE_WAIT", default_value = "1s", value_parser = duration)]
     pub tenant_rate_wait: Duration,
 
     /// Connections held open at once; more wait in the listen backlog until one closes. Keep it below the process' file limit, less the database connections.
@@ -108,11 +108,11 @@ pub struct ServerArgs {
     pub max_connections: usize,
 
     /// A connection that has not sent its first request this long after it was accepted (TLS and HTTP/2 handshakes included) is closed.
-    #[arg(long, env = "NUMBERING_FIRST_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "NUMBERING_FIRST_REQUEST_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
     pub first_request_timeout: Duration,
 
     /// A connection that has had no call open this long (since its last call ended) is closed; its client reconnects for its next call (a tonic client fails that one call with CANCELLED: retry it).
-    #[arg(long, env = "NUMBERING_IDLE_TIMEOUT", default_value = "1h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "NUMBERING_IDLE_TIMEOUT", default_value = "1h", value_parser = positive_duration)]
     pub idle_timeout: Duration,
 
     /// Calls in flight at once on one connection (HTTP/2 concurrent streams); a client past it waits for one to end.
@@ -120,15 +120,15 @@ pub struct ServerArgs {
     pub max_concurrent_streams: u32,
 
     /// How often an HTTP/2 ping checks that each connection's peer is alive.
-    #[arg(long, env = "NUMBERING_KEEPALIVE_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "NUMBERING_KEEPALIVE_INTERVAL", default_value = "60s", value_parser = positive_duration)]
     pub keepalive_interval: Duration,
 
     /// How long a keep-alive ping may go unanswered before the connection is closed.
-    #[arg(long, env = "NUMBERING_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "NUMBERING_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = positive_duration)]
     pub keepalive_timeout: Duration,
 
     /// Once a connection is this old, the server asks its client to reconnect (an HTTP/2 GOAWAY): calls in flight finish, new ones go on a new connection, so that clients spread over replicas added since. Off when unset.
-    #[arg(long, env = "NUMBERING_MAX_CONNECTION_AGE", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "NUMBERING_MAX_CONNECTION_AGE", value_parser = positive_duration)]
     pub max_connection_age: Option<Duration>,
 
     /// Whether to serve gRPC server reflection (v1 and v1alpha), which grpcurl uses. With a tokens file it needs a token like any other call.
@@ -150,22 +150,6 @@ impl ServerArgs {
                 humantime::format_duration(self.tenant_rate_wait),
                 humantime::format_duration(self.request_timeout)
             )));
-        }
-        for (name, value) in [
-            ("--first-request-timeout", self.first_request_timeout),
-            ("--idle-timeout", self.idle_timeout),
-            ("--keepalive-interval", self.keepalive_interval),
-            ("--keepalive-timeout", self.keepalive_timeout),
-            (
-                "--max-connection-age",
-                self.max_connection_age.unwrap_or(Duration::MAX),
-            ),
-        ] {
-            if value.is_zero() {
-                return Err(StartupError::BadSetting(format!(
-                    "{name} must be more than 0s"
-                )));
-            }
         }
         let access = Access::from_file(self.tokens_file.clone(), RELOAD_INTERVAL)
             .map_err(StartupError::BadSetting)?;
@@ -236,12 +220,30 @@ pub struct DatabaseArgs {
     pub create_database: bool,
 }
 
-/// A duration of more than zero.
-fn positive_duration(raw: &str) -> Result<Duration, String> {
-    match humantime::parse_duration(raw) {
-        Ok(duration) if duration.is_zero() => Err("must be more than 0s".into()),
-        Ok(duration) => Ok(duration),
-        Err(error) => Err(error.to_string()),
+/// The longest any duration setting may be: longer is a slip of the
+/// keyboard, and a deadline that far ahead may not fit the clock.
+pub const LONGEST_DURATION: Duration = Duration::from_hours(24 * 366);
+
+/// A duration of at most [`LONGEST_DURATION`].
+///
+/// # Errors
+/// Not a duration, or a longer one.
+pub fn duration(raw: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(raw).map_err(|error| error.to_string())?;
+    if duration > LONGEST_DURATION {
+        return Err("must be at most 366 days".into());
+    }
+    Ok(duration)
+}
+
+/// A duration of more than zero, at most [`LONGEST_DURATION`].
+///
+/// # Errors
+/// Not a duration, zero, or longer.
+pub fn positive_duration(raw: &str) -> Result<Duration, String> {
+    match duration(raw)? {
+        duration if duration.is_zero() => Err("must be more than 0s".into()),
+        duration => Ok(duration),
     }
 }
 

@@ -1,6 +1,6 @@
 //! The shutdown signal of the binaries.
 
-use std::future::Future;
+use std::{future::Future, pin::Pin};
 
 use tokio::signal::unix::{SignalKind, signal as listen};
 
@@ -34,5 +34,20 @@ pub fn signal() -> impl Future<Output = ()> {
             tracing::warn!(signal = name, status, "second shutdown signal: exiting now");
             std::process::exit(status);
         });
+    }
+}
+
+/// Runs `starting` unless `stop` resolves first: then `None`, and
+/// `starting` is dropped. Opening the database may wait without end for a
+/// migration another replica runs; a SIGTERM then stops the process at once
+/// (nothing is served yet, so there is nothing to drain), and a migration
+/// cut off is rolled back.
+pub async fn unless_stopped<T>(
+    starting: impl Future<Output = T>,
+    stop: Pin<&mut impl Future<Output = ()>>,
+) -> Option<T> {
+    tokio::select! {
+        done = starting => Some(done),
+        () = stop => None,
     }
 }

@@ -334,12 +334,21 @@ async fn bad_settings_exit_64() {
         ("--db-acquire-timeout", "0s"),
         // A lease ending past what the databases compare as a time.
         ("--max-lease", "10000years"),
+        // Every call would answer DEADLINE_EXCEEDED; a deadline past what
+        // the clock holds.
+        ("--request-timeout", "0s"),
+        ("--first-request-timeout", "300000000000years"),
+        ("--shutdown-grace", "367days"),
     ] {
         refuses_setting(env!("CARGO_BIN_EXE_number-allocator"), flag, value).await;
     }
     for (flag, value) in [
         ("--reservation-lease", "10000years"),
         ("--db-max-connections", "0"),
+        // Every invoice would fail before its first call to the allocator.
+        ("--allocator-retry-budget", "0s"),
+        ("--allocator-connect-timeout", "0s"),
+        ("--reconcile-interval", "0s"),
     ] {
         refuses_setting(env!("CARGO_BIN_EXE_invoice-writer"), flag, value).await;
     }

@@ -415,6 +415,36 @@ async fn migrations_wait_for_a_lock_longer_than_the_db_timeout() {
     client.allocate(allocate("acme", "", 1)).await.unwrap();
 }
 
+/// A SIGTERM while start-up waits for another process's migration stops
+/// the process at once, successfully: nothing is served yet, so there is
+/// nothing to drain, and Kubernetes need not wait out the grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigterm_while_waiting_to_migrate_stops_start_up() {
+    let db = TestDb::create(Backend::Postgres).await;
+    drop(start(allocator_binary(&db.url)).await);
+    let mut holder = PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("LOCK TABLE _sqlx_migrations IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+
+    let mut waiting = allocator_binary(&db.url)
+        .args(["--listen", "127.0.0.1:0"])
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    db.wait_until_blocked_on_a_lock_for(Duration::from_millis(100))
+        .await;
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(waiting.id().unwrap()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = tokio::time::timeout(PATIENCE, waiting.wait())
+        .await
+        .expect("still waiting for the lock after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
 /// An OTLP endpoint that is not a URL stops start-up with status 64, and
 /// nothing is created.
 #[tokio::test]
