@@ -171,6 +171,20 @@ impl<'a> Batch<'a> {
             .filter(|claim| !won.contains(claim.tenant, claim.request_id))
     }
 
+    /// Whether two calls of one counter read its series' settings apart (a
+    /// `ConfigureSeries` came between their reads). A transaction checks
+    /// each counter's series once, against what its first call read: such a
+    /// batch must be committed call by call, each checked.
+    #[must_use]
+    pub fn reads_settings_apart(&self) -> bool {
+        let mut read: HashMap<(&str, &str, &str), (Calendar, GapPolicy)> = HashMap::new();
+        self.calls.iter().any(|call| {
+            let key = (call.tenant.as_str(), call.series.as_str(), call.period);
+            let first = *read.entry(key).or_insert((call.calendar, call.policy));
+            first != (call.calendar, call.policy)
+        })
+    }
+
     /// The counter moves and ranges, given the claims the transaction won.
     #[must_use]
     pub fn plan(&self, won: &Won) -> Plan<'a> {

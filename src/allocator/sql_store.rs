@@ -149,7 +149,11 @@ where
         defaults: &SeriesConfig,
         stamp: Stamp,
     ) -> Result<Vec<Outcome>, StoreError> {
-        self.0.allocate(&Batch::new(calls), defaults, stamp).await
+        let batch = Batch::new(calls);
+        if batch.reads_settings_apart() {
+            return Err(StoreError::SeriesChanged);
+        }
+        self.0.allocate(&batch, defaults, stamp).await
     }
 
     async fn find(

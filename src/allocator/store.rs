@@ -31,8 +31,9 @@ pub trait CounterStore: Store {
     /// `defaults`, advances each period's counter once by the sum of its
     /// allocating calls (starting a period at its series' `start_at`), and
     /// records each allocating call's range. Either all of it commits or none does; if a
-    /// series' calendar is no longer the one its calls assumed, none does and
-    /// the answer is [`StoreError::SeriesChanged`]. The outcomes come in the
+    /// series' calendar or gap policy is no longer the one its calls assumed,
+    /// or two calls of one period assumed different ones, none does and the
+    /// answer is [`StoreError::SeriesChanged`]. The outcomes come in the
     /// order of `calls`.
     async fn allocate_many(
         &self,

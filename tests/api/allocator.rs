@@ -613,8 +613,8 @@ async fn readiness_follows_the_database() {
 
 /// An allocation whose caller read another gap policy than the series has
 /// (set meanwhile by `ConfigureSeries`, perhaps in another process) is
-/// refused as a change of the series, handing out nothing; read anew, it
-/// goes on.
+/// refused as a change of the series, handing out nothing, alone or in a
+/// group; read anew, it goes on.
 #[apply(backends)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_allocation_that_read_another_gap_policy_is_refused(#[case] backend: Backend) {
@@ -661,5 +661,24 @@ async fn an_allocation_that_read_another_gap_policy_is_refused(#[case] backend: 
     assert!(
         matches!(&fresh, Ok(Outcome::Granted(grant)) if grant.first == 1),
         "{fresh:?}"
+    );
+
+    // In one group, behind a call that read the policy as it is: the group
+    // checks the series once, so it is refused whole, and each call is
+    // then committed, and checked, on its own.
+    let both = store
+        .allocate_many(
+            &[call(GapPolicy::Reissue), call(GapPolicy::Void)],
+            &defaults,
+            stamp,
+        )
+        .await;
+    assert!(matches!(both, Err(StoreError::SeriesChanged)), "{both:?}");
+    let next = store
+        .allocate(call(GapPolicy::Reissue), &defaults, stamp)
+        .await;
+    assert!(
+        matches!(&next, Ok(Outcome::Granted(grant)) if grant.first == 2),
+        "{next:?}"
     );
 }
