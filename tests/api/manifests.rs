@@ -239,7 +239,7 @@ impl Pod {
 
         command.args(["--metrics-listen", "127.0.0.1:0"]);
         let running = start(command).await;
-        for probe in ["readinessProbe", "livenessProbe"] {
+        for probe in ["readinessProbe", "livenessProbe", "startupProbe"] {
             let grpc = &self.container[probe]["grpc"];
             assert_eq!(grpc["port"].as_u64(), Some(u64::from(self.ports["grpc"])));
             let service = grpc["service"].as_str().unwrap_or("");
