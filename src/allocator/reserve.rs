@@ -11,7 +11,7 @@ use crate::{
         allocate::{Ask, parse_stored},
         numbers::{NumberRecord, NumberState},
         series::SeriesName,
-        store::Lease,
+        store::{Lease, StoreError},
     },
     request_id::RequestId,
     tenant::TenantId,
@@ -71,6 +71,15 @@ impl Allocator {
             lease: Some(lease),
         };
         let (grant, replayed) = self.obtain(ask).await?;
+        if !replayed && self.now() >= lease.ends {
+            // Committed after its lease ended (it waited its turn longer than
+            // the lease): given back already, perhaps reissued. Answering it
+            // would tell two callers the number is theirs.
+            return Err(StoreError::Unavailable(
+                "the lease ended before the reservation was committed; retry".into(),
+            )
+            .into());
+        }
         let record = if replayed {
             // Reserved by an earlier call: as it stands now.
             self.get_number(tenant, series, &grant.period, grant.first)

@@ -14,9 +14,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use numbering::{
     allocator::{
-        CommitMode,
+        Allocator, CommitMode, Error,
         batch::Retention,
         group_commit::{GroupCommitSettings, GroupCommitter, GroupError},
+        numbers::NumberState,
         series::{Calendar, GapPolicy, NumberFormat, SeriesConfig, SeriesName},
         store::{
             Advance, Call, Change, ChangeError, Changed, ConfigureError, CounterStore, Held,
@@ -34,7 +35,8 @@ use tokio::sync::{Barrier, Semaphore};
 use tonic::{Code, transport::Channel};
 
 use crate::helpers::{
-    PATIENCE, TestDb, allocate, assert_exactly_one_to, assert_reason, spawn_allocator_in,
+    ManualClock, PATIENCE, TestDb, allocate, assert_exactly_one_to, assert_reason,
+    spawn_allocator_in,
 };
 
 /// A real counter store that can hold calls at a gate, fail chosen calls,
@@ -342,6 +344,50 @@ async fn wait_for_store_calls(store: &ScriptedStore, n: usize) {
     })
     .await;
     assert!(reached.is_ok(), "the store never saw {n} transactions");
+}
+
+/// A reservation committed only once its lease had ended (it waited its turn
+/// that long) is not answered as reserved: given back by then, it may be
+/// another caller's. One committed in time is.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_committed_after_its_lease_ended_is_not_answered(#[case] backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let store = ScriptedStore::new(&db).await;
+    let clock = ManualClock::new();
+    let counters: Arc<dyn CounterStore> = store.clone();
+    let allocator = Arc::new(Allocator::new(
+        counters,
+        NumberFormat::default(),
+        CommitMode::Group(GroupCommitSettings::default()),
+        Retention {
+            clock: clock.clone(),
+            window: Duration::from_mins(1),
+        },
+    ));
+    let tenant = TenantId::parse("acme").unwrap();
+    let lease = Duration::from_secs(1);
+    let reserving = tokio::spawn({
+        let (allocator, tenant) = (allocator.clone(), tenant.clone());
+        async move {
+            allocator
+                .reserve(&tenant, &series(), None, None, lease)
+                .await
+        }
+    });
+    wait_for_store_calls(&store, 1).await;
+    clock.advance(lease);
+    store.gate.add_permits(1);
+    let late = reserving.await.unwrap();
+    assert!(matches!(late, Err(Error::Unavailable(_))), "{late:?}");
+
+    store.gate.add_permits(1);
+    let in_time = allocator
+        .reserve(&tenant, &series(), None, None, lease)
+        .await
+        .unwrap();
+    assert_eq!(in_time.record.state, NumberState::Reserved);
+    assert_eq!(in_time.record.number, 2);
 }
 
 /// 2,000 concurrent calls with mixed counts for one series, over several
