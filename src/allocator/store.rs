@@ -793,6 +793,12 @@ impl From<sqlx::Error> for StoreError {
             // A transaction that lost a conflict (a deadlock) rolled back whole and
             // can simply run again.
             DbErrorKind::Unavailable | DbErrorKind::Retryable => Self::Unavailable(error.into()),
+            // A new connection refused: the database dropped, or the role's
+            // password changed, under the running service. Away until the
+            // operator mends it, as a server that does not answer is.
+            DbErrorKind::NoSuchDatabase | DbErrorKind::Authentication => {
+                Self::Unavailable(error.into())
+            }
             DbErrorKind::OutOfRange => Self::Exhausted,
             _ => Self::Internal(error.into()),
         }

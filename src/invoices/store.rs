@@ -228,7 +228,12 @@ impl From<sqlx::Error> for StoreError {
             {
                 Self::RequestIdTaken
             }
-            DbErrorKind::Unavailable | DbErrorKind::Retryable => Self::Unavailable(error.into()),
+            // A new connection refused (the database dropped, or the role's
+            // password changed, under the running service) is away too.
+            DbErrorKind::Unavailable
+            | DbErrorKind::Retryable
+            | DbErrorKind::NoSuchDatabase
+            | DbErrorKind::Authentication => Self::Unavailable(error.into()),
             _ => Self::Internal(error.into()),
         }
     }

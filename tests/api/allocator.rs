@@ -579,6 +579,23 @@ async fn a_read_only_database_is_unavailable_until_it_takes_writes() {
     assert_eq!(next.numbers[0].value, 4);
 }
 
+/// A database dropped under the running service refuses every new
+/// connection (as one whose role's password changed does): calls answer
+/// UNAVAILABLE, as for any database away, not INTERNAL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_dropped_under_the_service_is_unavailable() {
+    let mut app = spawn_allocator(Backend::Postgres).await;
+    app.client.allocate(allocate("acme", "", 1)).await.unwrap();
+    app.db
+        .admin(format!(r#"DROP DATABASE "{}" WITH (FORCE)"#, app.db.name))
+        .await;
+    let mut request = tonic::Request::new(allocate("acme", "", 1));
+    request.set_timeout(std::time::Duration::from_secs(20));
+    let status = app.client.allocate(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_reason(&status, "STORE_UNAVAILABLE");
+}
+
 /// Readiness follows the database while liveness does not; calls fail fast with
 /// UNAVAILABLE while it is away, and allocation resumes where it was once it is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

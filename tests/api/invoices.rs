@@ -591,6 +591,32 @@ async fn the_writer_retries_until_the_allocator_answers(#[case] backend: Backend
     assert_eq!(list_all(&mut writer.client, "acme").await.len(), 1);
 }
 
+/// A writer database dropped under the running writer answers UNAVAILABLE,
+/// not INTERNAL, and no number is taken for the invoice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_database_dropped_under_it_is_unavailable() {
+    let (mut allocator, writer) = spawn_both(Backend::Postgres, 3).await;
+    writer
+        .db
+        .admin(format!(
+            r#"DROP DATABASE "{}" WITH (FORCE)"#,
+            writer.db.name
+        ))
+        .await;
+    let status = writer
+        .client
+        .clone()
+        .create_invoice(invoice_request("acme"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_reason(&status, "STORE_UNAVAILABLE");
+    let series = invoice_series(&mut allocator.client, "acme")
+        .await
+        .unwrap_err();
+    assert_eq!(series.code(), Code::NotFound, "a number was taken");
+}
+
 /// The writer's readiness follows its own database.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writer_readiness_follows_its_database() {
