@@ -52,12 +52,17 @@ impl Bounded {
 
 #[async_trait]
 impl Store for Bounded {
+    /// Not ready when the check itself does not finish in time: held by a
+    /// database that stopped answering, it would leave readiness as it was.
     async fn is_ready(&self) -> bool {
-        self.inner.is_ready().await
+        tokio::time::timeout(self.limit, self.inner.is_ready())
+            .await
+            .unwrap_or(false)
     }
 
+    /// Shutdown waits no longer than an operation for the connections.
     async fn close(&self) {
-        self.inner.close().await;
+        let _ = tokio::time::timeout(self.limit, self.inner.close()).await;
     }
 }
 

@@ -171,14 +171,13 @@ impl SqliteDatabase {
         })
     }
 
-    /// Whether the pool answers a read of the database file now, and the file
-    /// is still in place.
+    /// Whether a write could begin now (this process' turn and the file's
+    /// write lock, each within the acquire time-out), and the file is still
+    /// in place. A read alone would pass while another process holds the
+    /// write lock, or the file will not take writes.
     pub async fn is_ready(&self) -> bool {
-        self.file.is_in_place()
-            && sqlx::query("SELECT count(*) FROM sqlite_schema")
-                .execute(&self.pool)
-                .await
-                .is_ok()
+        // Dropped unused: rolled back.
+        self.file.is_in_place() && self.begin_write().await.is_ok()
     }
 
     /// Closes the pool.

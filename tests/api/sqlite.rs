@@ -65,6 +65,7 @@ async fn connections_are_durable_and_wait_for_the_write_lock() {
 /// While another process holds the file's write lock, calls wait for it up to
 /// the acquire time-out, then answer UNAVAILABLE: each call, however many
 /// queue up, long before the caller's deadline; none takes a number.
+/// Readiness is NOT_SERVING meanwhile, SERVING again once the lock is free.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_lock_held_elsewhere_is_unavailable_within_the_acquire_timeout() {
     let db = TestDb::create(Backend::Sqlite).await;
@@ -89,7 +90,10 @@ async fn a_write_lock_held_elsewhere_is_unavailable_within_the_acquire_timeout()
     .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server = serve_allocator(listener, app, test_settings());
-    let client = NumberAllocatorClient::new(server.channel().await);
+    let channel = server.channel().await;
+    let client = NumberAllocatorClient::new(channel.clone());
+    let name = "numbering.v1.NumberAllocator";
+    wait_for_health(channel.clone(), name, ServingStatus::Serving).await;
 
     let mut other_process = SqliteConnectOptions::new()
         .filename(&db.name)
@@ -115,11 +119,13 @@ async fn a_write_lock_held_elsewhere_is_unavailable_within_the_acquire_timeout()
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
         assert_reason(&status, "STORE_UNAVAILABLE");
     }
+    wait_for_health(channel.clone(), name, ServingStatus::NotServing).await;
 
     sqlx::query("ROLLBACK")
         .execute(&mut other_process)
         .await
         .unwrap();
+    wait_for_health(channel, name, ServingStatus::Serving).await;
     let first = client
         .clone()
         .allocate(allocate("acme", "", 1))
