@@ -213,6 +213,41 @@ async fn a_stored_invoice_s_number_is_confirmed_after_a_crash(#[case] backend: B
     );
 }
 
+/// An invoice stored, its writer killed before its number was confirmed,
+/// and its note naming another invoice (a retry under the same request id
+/// noted its own, never stored); the lease ends before a writer is back.
+/// Reconciliation repeats the reservation, finds the stored invoice under
+/// the number, and confirms it as the number's holder, late: the number
+/// stays the invoice's, not given back.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_note_naming_another_invoice_confirms_the_stored_one_as_holder(#[case] backend: Backend) {
+    let mut allocator = spawn_allocator(backend).await;
+    let unconfirmed = AllocatorProxy::new(allocator.client.clone(), Fault::Refuse(Method::Confirm));
+    let (unconfirmed_url, _serving) = unconfirmed.serve().await;
+    let db = TestDb::create(backend).await;
+    let mut command = writer_binary(&db.url, &unconfirmed_url);
+    command.args(["--reconcile-interval", "1h", "--reservation-lease", "1s"]);
+    let first = start(command).await;
+    let mut client = InvoiceWriterClient::connect(first.url()).await.unwrap();
+    assert_eq!(create(&mut client, "acme").await.invoice_number, "INV-001");
+    assert!(unconfirmed.lost() >= 1, "its number was confirmed");
+    kill(first.pid(), Signal::SIGKILL).unwrap();
+    first.wait().await;
+    assert_eq!(audit_acme(&mut allocator.client).await.reserved, 1);
+    db.execute("UPDATE pending_numbers SET invoice_id = '00000000-0000-4000-8000-000000000000'")
+        .await;
+    // The lease ends: the number reads as given back.
+    wait_for_audit(&mut allocator.client, |audit| audit.reserved == 0).await;
+
+    let restarted = writer(&db, &allocator.server.url()).await;
+    wait_for_audit(&mut allocator.client, |audit| audit.confirmed == 1).await;
+    let mut client = InvoiceWriterClient::connect(restarted.url()).await.unwrap();
+    let invoices = list_all(&mut client, "acme").await;
+    assert_eq!(invoices.len(), 1);
+    assert_confirmed_with_ids(&mut allocator.client, "", &invoices).await;
+}
+
 /// An invoice stored while its number could not be confirmed, its writer
 /// killed, and a writer started again where every repeat of a reservation is
 /// refused: the pending note names the stored invoice, whose number is
