@@ -339,6 +339,16 @@ impl From<Error> for Status {
     }
 }
 
+/// Whether an INVALID_ARGUMENT of the allocator's names only the date, the
+/// one field the writer passes on from its caller as it was sent.
+fn names_only_the_date(status: &Status) -> bool {
+    status.get_details_bad_request().is_none_or(|bad| {
+        bad.field_violations
+            .iter()
+            .all(|violation| violation.field == "date")
+    })
+}
+
 /// An allocator failure as the writer's answer.
 fn from_allocator(error: AllocatorError) -> Status {
     match error {
@@ -351,8 +361,11 @@ fn from_allocator(error: AllocatorError) -> Status {
             &[],
         ),
         // The allocator names the date it was given; the caller sent it
-        // as the issue date.
-        AllocatorError::Rejected(status) if status.code() == Code::InvalidArgument => {
+        // as the issue date. Any other field it names (the lease) is the
+        // writer's own setting: below.
+        AllocatorError::Rejected(status)
+            if status.code() == Code::InvalidArgument && names_only_the_date(&status) =>
+        {
             match status.get_details_bad_request() {
                 Some(bad) => InvalidArgument(
                     bad.field_violations
@@ -371,12 +384,15 @@ fn from_allocator(error: AllocatorError) -> Status {
                 None => passed_on(&status),
             }
         }
-        // Ours to mend: the allocator broke, or does not accept the
-        // writer's own token.
+        // Ours to mend: the allocator broke, does not accept the writer's
+        // own token, or refuses one of its settings.
         AllocatorError::Rejected(status)
             if matches!(
                 status.code(),
-                Code::Internal | Code::Unauthenticated | Code::PermissionDenied
+                Code::Internal
+                    | Code::Unauthenticated
+                    | Code::PermissionDenied
+                    | Code::InvalidArgument
             ) =>
         {
             internal(&AllocatorError::Rejected(status))

@@ -591,6 +591,31 @@ async fn the_writer_retries_until_the_allocator_answers(#[case] backend: Backend
     assert_eq!(list_all(&mut writer.client, "acme").await.len(), 1);
 }
 
+/// A writer whose `--reservation-lease` the allocator refuses (past its
+/// `--max-lease`) answers INTERNAL: the operator's to mend, not an
+/// INVALID_ARGUMENT the caller would take for its own; nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_the_allocator_refuses_is_the_writers_fault() {
+    use crate::helpers::{allocator_binary, start, writer_binary};
+    let allocator_db = TestDb::create(Backend::Sqlite).await;
+    let mut command = allocator_binary(&allocator_db.url);
+    command.args(["--max-lease", "1h"]);
+    let allocator = start(command).await;
+    let writer_db = TestDb::create(Backend::Sqlite).await;
+    let mut command = writer_binary(&writer_db.url, &allocator.url());
+    command.args(["--reservation-lease", "2h"]);
+    let writer = start(command).await;
+    let mut client = numbering::proto::invoice_writer_client::InvoiceWriterClient::new(
+        writer.ready("numbering.v1.InvoiceWriter").await,
+    );
+    let status = client
+        .create_invoice(invoice_request("acme"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert!(list_all(&mut client, "acme").await.is_empty());
+}
+
 /// A writer database dropped under the running writer answers UNAVAILABLE,
 /// not INTERNAL, and no number is taken for the invoice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
