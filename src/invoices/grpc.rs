@@ -339,7 +339,7 @@ impl From<Error> for Status {
     }
 }
 
-/// Whether an INVALID_ARGUMENT of the allocator's names only the date, the
+/// Whether an `INVALID_ARGUMENT` of the allocator's names only the date, the
 /// one field the writer passes on from its caller as it was sent.
 fn names_only_the_date(status: &Status) -> bool {
     status.get_details_bad_request().is_none_or(|bad| {
