@@ -123,13 +123,17 @@ impl Reset {
         }
     }
 
-    /// Checks a document's date against `today`: it may lie in any earlier
+    /// Checks a document's date against `today`: it may lie in an earlier
     /// period (a backdated document), but not after the end of the period
     /// that follows today's (for a series that never resets: after the end
-    /// of next year).
+    /// of next year). A series that resets also takes no date more than
+    /// [`Self::YEARS_BACK`] years before today's year: with next year's, the
+    /// years it takes are a hundred, so that no two of its periods show the
+    /// same two-digit year (`{yy}`), and a typo of the century is caught.
     ///
     /// # Errors
-    /// The date is too far ahead, and the latest date accepted.
+    /// The date is too far ahead or back, and the latest or earliest date
+    /// accepted.
     pub fn check_date(self, date: NaiveDate, today: NaiveDate) -> Result<(), String> {
         let latest = self.latest_date(today);
         if date > latest {
@@ -137,8 +141,18 @@ impl Reset {
                 "must not be after {latest}, the end of the period after the current one"
             ));
         }
+        let earliest_year = today.year() - Self::YEARS_BACK;
+        if self != Self::Never && date.year() < earliest_year {
+            return Err(format!(
+                "must not be before {earliest_year}-01-01: a series that resets takes a hundred \
+                 years, so that no two of its periods show the same two-digit year"
+            ));
+        }
         Ok(())
     }
+
+    /// How many years before today's a series that resets takes dates of.
+    pub const YEARS_BACK: i32 = 98;
 
     /// The last day of the period after today's.
     fn latest_date(self, today: NaiveDate) -> NaiveDate {
@@ -226,5 +240,22 @@ mod tests {
             .check_date(day(2027, 3, 1), today)
             .unwrap_err();
         assert!(refusal.contains("2027-01-31"), "{refusal}");
+    }
+
+    /// A series that resets takes the dates of a hundred years, 1928 to
+    /// 2027 in 2026: none two of them a century apart, as `{yy}` would show
+    /// alike. One that never resets takes any date back.
+    #[test]
+    fn a_series_that_resets_takes_no_date_a_century_back() {
+        let today = day(2026, 12, 15);
+        for reset in [Reset::Yearly, Reset::Monthly, Reset::Daily] {
+            assert!(
+                reset.check_date(day(1928, 1, 1), today).is_ok(),
+                "{reset:?}"
+            );
+            let refusal = reset.check_date(day(1927, 12, 31), today).unwrap_err();
+            assert!(refusal.contains("1928-01-01"), "{refusal}");
+        }
+        assert!(Reset::Never.check_date(day(1900, 1, 1), today).is_ok());
     }
 }

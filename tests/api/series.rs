@@ -417,6 +417,8 @@ async fn bad_settings_and_dates_are_refused_and_change_nothing(#[case] backend: 
         ("15.12.2026", "YYYY-MM-DD"),
         // The end of the month after this one is the latest.
         ("2027-02-01", "2027-01-31"),
+        // A hundred years back would read as this century's.
+        ("1926-12-15", "1928-01-01"),
     ] {
         let status = client.allocate(dated("acme", date)).await.unwrap_err();
         let (field, description) = violation(&status);
@@ -857,7 +859,7 @@ async fn a_series_at_the_largest_start_at_begins_every_period(#[case] backend: B
     let mut daily = configure("acme", "{year}{month}{day}-{number}", Reset::Daily, "");
     daily.start_at = start_at;
     client.configure_series(daily).await.unwrap();
-    for date in ["2026-12-02", "1999-01-01", "0001-01-01"] {
+    for date in ["2026-12-02", "1999-01-01", "1928-01-01"] {
         let numbers = client
             .allocate(AllocateRequest {
                 count: 1000,
