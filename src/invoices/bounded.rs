@@ -14,7 +14,7 @@ use crate::{
     db,
     invoices::{
         domain::Invoice,
-        store::{HighestNumber, InvoiceStore, Note, NumberOf, Pending, StoreError},
+        store::{HighestNumber, InvoiceStore, Note, NumberOf, Pending, StoreError, StoredAt},
     },
     request_id::RequestId,
     server::Store,
@@ -116,7 +116,11 @@ impl InvoiceStore for Bounded {
         self.within(self.inner.pending_before(before, limit)).await
     }
 
-    async fn unsettled(&self, limit: u32) -> Result<Vec<Invoice>, StoreError> {
-        self.within(self.inner.unsettled(limit)).await
+    async fn unsettled(
+        &self,
+        after: Option<StoredAt>,
+        limit: u32,
+    ) -> Result<Vec<Invoice>, StoreError> {
+        self.within(self.inner.unsettled(after, limit)).await
     }
 }

@@ -15,7 +15,7 @@ use std::{
 };
 
 use async_trait::async_trait;
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 use rust_decimal::Decimal;
 use sqlx::{
     Database, Decode, Encode, Executor, FromRow, IntoArguments, Pool, QueryBuilder, Type,
@@ -28,7 +28,7 @@ use crate::{
     group::{Group, Refused},
     invoices::{
         domain::{Client, Invoice, LineItem},
-        store::{HighestNumber, InvoiceStore, Note, NumberOf, Pending, StoreError},
+        store::{HighestNumber, InvoiceStore, Note, NumberOf, Pending, StoreError, StoredAt},
     },
     request_id::RequestId,
     server::Store,
@@ -435,8 +435,18 @@ where
         Ok(select_pending_before(self.engine.pool(), before, limit.into()).await?)
     }
 
-    async fn unsettled(&self, limit: u32) -> Result<Vec<Invoice>, StoreError> {
-        select_unsettled::<E::Db, E::Stored>(self.engine.pool(), limit.into())
+    async fn unsettled(
+        &self,
+        after: Option<StoredAt>,
+        limit: u32,
+    ) -> Result<Vec<Invoice>, StoreError> {
+        // Without a place to go on from: before every invoice (none is
+        // stored before the year 1, which both engines keep in order).
+        let (at, id) = after.unwrap_or_else(|| {
+            let first = NaiveDate::from_ymd_opt(1, 1, 1).unwrap_or(NaiveDate::MIN);
+            (first.and_time(NaiveTime::MIN).and_utc(), Uuid::nil())
+        });
+        select_unsettled::<E::Db, E::Stored>(self.engine.pool(), (at, id), limit.into())
             .await?
             .into_iter()
             .map(InvoiceRow::into_invoice::<E::Stored>)
@@ -1092,10 +1102,12 @@ where
     .await
 }
 
-/// Up to `limit` invoices whose number is not settled, oldest first.
+/// Up to `limit` invoices whose number is not settled, oldest first, after
+/// `after` (when stored, and id).
 #[tracing::instrument(name = "db.invoices.select_unsettled", skip_all, err(level = "debug"))]
 pub(crate) async fn select_unsettled<DB, S>(
     pool: &Pool<DB>,
+    after: (DateTime<Utc>, Uuid),
     limit: i64,
 ) -> Result<Vec<RowOf<S>>, sqlx::Error>
 where
@@ -1105,10 +1117,15 @@ where
     DB::Arguments: IntoArguments<DB>,
     for<'r> RowOf<S>: FromRow<'r, DB::Row> + Send + Unpin,
     for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
+    for<'q> S::Id: Encode<'q, DB> + Type<DB>,
 {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM invoices WHERE NOT number_settled ORDER BY created_at LIMIT $1"
+        "SELECT {COLUMNS} FROM invoices WHERE NOT number_settled AND (created_at, id) > ($1, $2)
+         ORDER BY created_at, id LIMIT $3"
     )))
+    .bind(after.0)
+    .bind(S::id(after.1))
     .bind(limit)
     .fetch_all(pool)
     .await

@@ -16,6 +16,10 @@ use crate::{
 /// Boxed cause of a store error, whatever the backend.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// An invoice's place in the order of storing: when it was stored, then
+/// its id.
+pub type StoredAt = (DateTime<Utc>, Uuid);
+
 /// Durable invoices, unique per tenant by period and number, and by
 /// formatted number.
 #[async_trait]
@@ -93,8 +97,13 @@ pub trait InvoiceStore: Store {
     ) -> Result<Vec<Pending>, StoreError>;
 
     /// Up to `limit` invoices whose number is not settled with the
-    /// allocator, oldest first.
-    async fn unsettled(&self, limit: u32) -> Result<Vec<Invoice>, StoreError>;
+    /// allocator, oldest first (by when stored, then id), after `after`
+    /// (when stored and id) if given.
+    async fn unsettled(
+        &self,
+        after: Option<StoredAt>,
+        limit: u32,
+    ) -> Result<Vec<Invoice>, StoreError>;
 }
 
 /// One number of a tenant's invoice series.

@@ -4,7 +4,10 @@
 //! it and reserve again, up to a bounded number of attempts. Reconciliation
 //! settles what calls that died left behind.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 use tokio::time::Instant;
 use tonic::Code;
@@ -16,7 +19,7 @@ use crate::{
     invoices::{
         allocator_client::{AllocatorClient, AllocatorError},
         domain::{Invoice, NewInvoice, Numbered},
-        store::{InvoiceStore, Note, NumberOf, Pending, StoreError},
+        store::{InvoiceStore, Note, NumberOf, Pending, StoreError, StoredAt},
     },
     page::Page,
     proto::{NumberRecord, NumberState},
@@ -226,6 +229,9 @@ pub struct InvoiceWriter {
     max_attempts: u32,
     clock: Arc<dyn Clock>,
     lease: Duration,
+    /// The last unsettled invoice reconciliation looked at (when stored,
+    /// and id): the next run goes on after it.
+    reconciled_to: Arc<Mutex<Option<StoredAt>>>,
 }
 
 impl InvoiceWriter {
@@ -244,6 +250,7 @@ impl InvoiceWriter {
             max_attempts: max_attempts.max(1),
             clock,
             lease: DEFAULT_RESERVATION_LEASE,
+            reconciled_to: Arc::default(),
         }
     }
 
@@ -730,7 +737,8 @@ impl InvoiceWriter {
     }
 
     /// Settles what calls that died left behind: confirms the numbers of up
-    /// to `batch` stored invoices not settled, and settles up to `batch`
+    /// to `batch` stored invoices not settled (each run after those the last
+    /// looked at, from the oldest again once at the end), and settles up to `batch`
     /// reservations pending since before `stale_before`: each is repeated
     /// (same request id, same number), then confirmed to the invoice stored
     /// under its number, or given back. Each call is retried until
@@ -745,10 +753,26 @@ impl InvoiceWriter {
         deadline: Instant,
     ) -> Result<Reconciled, Error> {
         let mut reconciled = Reconciled::default();
-        for invoice in self.store.unsettled(batch).await? {
-            self.confirm(&invoice, Settle::Mark, deadline).await;
+        let after = *self
+            .reconciled_to
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let unsettled = self.store.unsettled(after, batch).await?;
+        // Each run goes on after the last, and starts again from the oldest
+        // once at the end: invoices that cannot be settled (of a tenant
+        // the writer's token is not granted) do not hold back those behind.
+        let next = match unsettled.last() {
+            Some(last) if unsettled.len() >= batch as usize => Some((last.created_at, last.id)),
+            _ => None,
+        };
+        for invoice in &unsettled {
+            self.confirm(invoice, Settle::Mark, deadline).await;
             reconciled.confirmed += 1;
         }
+        *self
+            .reconciled_to
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = next;
         for pending in self.store.pending_before(stale_before, batch).await? {
             if self.settle(&pending, deadline).await? {
                 reconciled.given_back += 1;

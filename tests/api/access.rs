@@ -24,9 +24,9 @@ use tonic_reflection::pb::v1::{
 };
 
 use crate::helpers::{
-    AllocatorApp, CapturedLogs, TestDb, advance, allocate, allocator_binary, allocator_client_with,
-    assert_reason, count, event, invoice_request, list_all, spawn_allocator_serving,
-    spawn_writer_on, start, test_settings, writer_binary,
+    AllocatorApp, CapturedLogs, PATIENCE, TestDb, advance, allocate, allocator_binary,
+    allocator_client_with, assert_reason, count, event, import_invoice, invoice_request, list_all,
+    spawn_allocator_serving, spawn_writer_on, start, test_settings, writer_binary,
 };
 
 /// Read again this often in tests, so that a change shows within a test's patience.
@@ -482,4 +482,50 @@ async fn a_writer_with_a_refused_token_stores_nothing() {
         assert_eq!(list_all(&mut writer.client, tenant).await, []);
     }
     assert_eq!(allocator.db.counters().await, []);
+}
+
+/// Reconciliation goes on past invoices it cannot settle: with the oldest
+/// unsettled invoice of a tenant the writer's token is not granted (an
+/// import), each run goes on after the last, and the next invoice, of a
+/// tenant it is granted, is settled instead of waiting behind it for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciliation_goes_on_past_an_invoice_it_cannot_settle() {
+    use numbering::invoices::writer::InvoiceWriter;
+    let dir = tempfile::tempdir().unwrap();
+    let (allocator, _path) = guarded_allocator(&dir).await;
+    let db = TestDb::create(Backend::Postgres).await;
+    let store = db.invoice_store().await;
+    let refused = import_invoice(&store, "initech", 1, "INV-001").await;
+    let granted = import_invoice(&store, "acme", 1, "INV-001").await;
+    let unsettled = store.unsettled(None, 10).await.unwrap();
+    let ids: Vec<_> = unsettled.iter().map(|invoice| invoice.id).collect();
+    assert_eq!(ids, [refused, granted], "oldest first");
+
+    let writer = InvoiceWriter::new(
+        store.clone(),
+        allocator_client_with(
+            &allocator.server.url(),
+            BearerToken::fixed("billing-s3cret").unwrap(),
+        ),
+        3,
+        Arc::new(SystemClock),
+    );
+    let later = chrono::Utc::now() + chrono::TimeDelta::minutes(1);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    for _ in 0..2 {
+        writer.reconcile(later, 1, deadline).await.unwrap();
+    }
+    let settled = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let left = store.unsettled(None, 10).await.unwrap();
+            if left.iter().all(|invoice| invoice.id != granted) {
+                return left;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the granted tenant's invoice was never settled");
+    let left: Vec<_> = settled.iter().map(|invoice| invoice.id).collect();
+    assert_eq!(left, [refused]);
 }

@@ -513,8 +513,12 @@ impl InvoiceStore for Fails {
         self.inner.pending_before(before, limit).await
     }
 
-    async fn unsettled(&self, limit: u32) -> Result<Vec<Invoice>, StoreError> {
-        self.inner.unsettled(limit).await
+    async fn unsettled(
+        &self,
+        after: Option<(DateTime<Utc>, Uuid)>,
+        limit: u32,
+    ) -> Result<Vec<Invoice>, StoreError> {
+        self.inner.unsettled(after, limit).await
     }
 }
 
@@ -1029,7 +1033,7 @@ async fn an_invoice_whose_number_is_refused_as_invalid_is_settled(#[case] backen
 
     reconcile_all(&writer.store, &allocator.server.url()).await;
     tokio::time::timeout(PATIENCE, async {
-        while !writer.store.unsettled(10).await.unwrap().is_empty() {
+        while !writer.store.unsettled(None, 10).await.unwrap().is_empty() {
             tokio::task::yield_now().await;
         }
     })

@@ -130,7 +130,7 @@ async fn concurrent_invoices_are_numbered_without_gaps_or_duplicates(#[case] bac
         }
     });
     settled.await.expect("every invoice's note is settled");
-    let unsettled = writer.store.unsettled(1).await.unwrap();
+    let unsettled = writer.store.unsettled(None, 1).await.unwrap();
     assert!(unsettled.is_empty(), "stored unsettled: {unsettled:?}");
 }
 
@@ -937,7 +937,7 @@ async fn writes_made_together_keep_each_their_own_outcome(#[case] backend: Backe
     // Stored with a note, an invoice is settled by its note; the two stored
     // without one are left for reconciliation.
     let unsettled: Vec<i64> = store
-        .unsettled(1000)
+        .unsettled(None, 1000)
         .await
         .unwrap()
         .into_iter()

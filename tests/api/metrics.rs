@@ -246,7 +246,7 @@ async fn traffic_on_both() -> (String, String) {
     // count as one of the call's.
     let store = writer_db.invoice_store().await;
     tokio::time::timeout(PATIENCE, async {
-        while !store.unsettled(10).await.unwrap().is_empty() {
+        while !store.unsettled(None, 10).await.unwrap().is_empty() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
