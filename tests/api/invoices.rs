@@ -28,10 +28,10 @@ use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::helpers::{
-    CapturedLogs, PATIENCE, TestDb, acme_number, allocator_client, assert_invalid_field,
-    assert_reason, audit_acme, create, import_invoice, invoice_request, invoice_series, list_all,
-    set_acme_gap_policy, spawn_allocator, spawn_allocator_on, spawn_both, spawn_writer,
-    spawn_writer_with, test_pool_settings, wait_for_health,
+    AllocatorApp, CapturedLogs, PATIENCE, TestDb, WriterApp, acme_number, allocator_client,
+    assert_invalid_field, assert_reason, audit_acme, create, import_invoice, invoice_request,
+    invoice_series, list_all, set_acme_gap_policy, spawn_allocator, spawn_allocator_on, spawn_both,
+    spawn_writer, spawn_writer_with, test_pool_settings, wait_for_health,
 };
 
 /// A clock stopped at one instant that hands out one id.
@@ -628,6 +628,12 @@ async fn a_writer_database_dropped_under_it_is_unavailable() {
             writer.db.name
         ))
         .await;
+    fails_taking_no_number(&mut allocator, &writer).await;
+}
+
+/// With the writer's database away, `CreateInvoice` answers UNAVAILABLE
+/// before taking a number: acme's series is never created.
+async fn fails_taking_no_number(allocator: &mut AllocatorApp, writer: &WriterApp) {
     let status = writer
         .client
         .clone()
@@ -639,7 +645,7 @@ async fn a_writer_database_dropped_under_it_is_unavailable() {
     let series = invoice_series(&mut allocator.client, "acme")
         .await
         .unwrap_err();
-    assert_eq!(series.code(), Code::NotFound, "a number was taken");
+    assert_eq!(series.code(), Code::NotFound, "a number was burned");
 }
 
 /// The writer's readiness follows its own database.
@@ -653,23 +659,7 @@ async fn writer_readiness_follows_its_database() {
     writer.db.cut().await;
     wait_for_health(channel.clone(), name, ServingStatus::NotServing).await;
 
-    // With its own database away, the writer fails before taking a number.
-    let status = writer
-        .client
-        .clone()
-        .create_invoice(invoice_request("acme"))
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    assert_reason(&status, "STORE_UNAVAILABLE");
-    let series = invoice_series(&mut allocator.client, "acme")
-        .await
-        .unwrap_err();
-    assert_eq!(
-        series.code(),
-        Code::NotFound,
-        "a number was burned while the store was away"
-    );
+    fails_taking_no_number(&mut allocator, &writer).await;
 
     writer.db.restore().await;
     wait_for_health(channel, name, ServingStatus::Serving).await;

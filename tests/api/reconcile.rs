@@ -19,19 +19,39 @@ use tonic::transport::Channel;
 use crate::{
     backends,
     helpers::{
-        AllocatorProxy, Fault, Method, PATIENCE, Running, TestDb, acme_number,
+        AllocatorApp, AllocatorProxy, Fault, Method, PATIENCE, Running, TestDb, acme_number,
         assert_confirmed_with_ids, audit_acme, create, invoice_request, list_all,
         set_acme_gap_policy, spawn_allocator, start, writer_binary,
     },
 };
 
-/// A writer binary on `db` numbering through `allocator_url`, reconciling
-/// every 100 ms; with a 1 s request time-out, a reservation pending longer
-/// was left by a call that died.
+/// Reconciling every 100 ms; with a 1 s request time-out, a reservation
+/// pending longer was left by a call that died.
+const RECONCILING: &[&str] = &["--reconcile-interval", "100ms", "--request-timeout", "1s"];
+
+/// A writer binary on `db` numbering through `allocator_url`, as
+/// [`RECONCILING`] says.
 async fn writer(db: &TestDb, allocator_url: &str) -> Running {
     let mut command = writer_binary(&db.url, allocator_url);
-    command.args(["--reconcile-interval", "100ms", "--request-timeout", "1s"]);
+    command.args(RECONCILING);
     start(command).await
+}
+
+/// Stores acme's first invoice through a writer binary on `db`, with
+/// `args`, whose confirmations the allocator never gets, then kills it with
+/// SIGKILL: the invoice is stored, its number still reserved, its note left.
+async fn stored_unconfirmed_and_killed(allocator: &mut AllocatorApp, db: &TestDb, args: &[&str]) {
+    let unconfirmed = AllocatorProxy::new(allocator.client.clone(), Fault::Refuse(Method::Confirm));
+    let (unconfirmed_url, _serving) = unconfirmed.serve().await;
+    let mut command = writer_binary(&db.url, &unconfirmed_url);
+    command.args(args);
+    let first = start(command).await;
+    let mut client = InvoiceWriterClient::connect(first.url()).await.unwrap();
+    assert_eq!(create(&mut client, "acme").await.invoice_number, "INV-001");
+    assert!(unconfirmed.lost() >= 1, "its number was confirmed");
+    kill(first.pid(), Signal::SIGKILL).unwrap();
+    first.wait().await;
+    assert_eq!(audit_acme(&mut allocator.client).await.reserved, 1);
 }
 
 /// Starts a CreateInvoice through `writer`, waits until the proxy holds the
@@ -223,18 +243,13 @@ async fn a_stored_invoice_s_number_is_confirmed_after_a_crash(#[case] backend: B
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_note_naming_another_invoice_confirms_the_stored_one_as_holder(#[case] backend: Backend) {
     let mut allocator = spawn_allocator(backend).await;
-    let unconfirmed = AllocatorProxy::new(allocator.client.clone(), Fault::Refuse(Method::Confirm));
-    let (unconfirmed_url, _serving) = unconfirmed.serve().await;
     let db = TestDb::create(backend).await;
-    let mut command = writer_binary(&db.url, &unconfirmed_url);
-    command.args(["--reconcile-interval", "1h", "--reservation-lease", "1s"]);
-    let first = start(command).await;
-    let mut client = InvoiceWriterClient::connect(first.url()).await.unwrap();
-    assert_eq!(create(&mut client, "acme").await.invoice_number, "INV-001");
-    assert!(unconfirmed.lost() >= 1, "its number was confirmed");
-    kill(first.pid(), Signal::SIGKILL).unwrap();
-    first.wait().await;
-    assert_eq!(audit_acme(&mut allocator.client).await.reserved, 1);
+    stored_unconfirmed_and_killed(
+        &mut allocator,
+        &db,
+        &["--reconcile-interval", "1h", "--reservation-lease", "1s"],
+    )
+    .await;
     db.execute("UPDATE pending_numbers SET invoice_id = '00000000-0000-4000-8000-000000000000'")
         .await;
     // The lease ends: the number reads as given back.
@@ -256,16 +271,8 @@ async fn a_note_naming_another_invoice_confirms_the_stored_one_as_holder(#[case]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stored_invoice_is_confirmed_by_the_note_that_names_it(#[case] backend: Backend) {
     let mut allocator = spawn_allocator(backend).await;
-    let unconfirmed = AllocatorProxy::new(allocator.client.clone(), Fault::Refuse(Method::Confirm));
-    let (unconfirmed_url, _serving) = unconfirmed.serve().await;
     let db = TestDb::create(backend).await;
-    let first = writer(&db, &unconfirmed_url).await;
-    let mut client = InvoiceWriterClient::connect(first.url()).await.unwrap();
-    assert_eq!(create(&mut client, "acme").await.invoice_number, "INV-001");
-    assert!(unconfirmed.lost() >= 1, "its number was confirmed");
-    kill(first.pid(), Signal::SIGKILL).unwrap();
-    first.wait().await;
-    assert_eq!(audit_acme(&mut allocator.client).await.reserved, 1);
+    stored_unconfirmed_and_killed(&mut allocator, &db, RECONCILING).await;
 
     let refusing = AllocatorProxy::new(allocator.client.clone(), Fault::Refuse(Method::Reserve));
     let (refusing_url, _serving) = refusing.serve().await;

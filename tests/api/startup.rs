@@ -386,20 +386,27 @@ async fn bad_access_settings_stop_start_up_without_echoing_secrets() {
     assert!(!Path::new(data_dir).exists(), "{data_dir}");
 }
 
-/// Migrations are not bound by `--db-timeout`, which the server applies to
-/// serving statements and lock waits: a start-up whose migrator waits for a
-/// lock held elsewhere longer than that goes on once it is released.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn migrations_wait_for_a_lock_longer_than_the_db_timeout() {
-    let db = TestDb::create(Backend::Postgres).await;
-    let first = start(allocator_binary(&db.url)).await;
-    drop(first);
+/// `db` migrated by an allocator that then stopped, and a connection
+/// holding its migrations table locked in an open transaction: the next
+/// start-up's migrator waits for it.
+async fn migrations_locked(db: &TestDb) -> PgConnection {
+    drop(start(allocator_binary(&db.url)).await);
     let mut holder = PgConnection::connect(&db.url).await.unwrap();
     sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
     sqlx::query("LOCK TABLE _sqlx_migrations IN ACCESS EXCLUSIVE MODE")
         .execute(&mut holder)
         .await
         .unwrap();
+    holder
+}
+
+/// Migrations are not bound by `--db-timeout`, which the server applies to
+/// serving statements and lock waits: a start-up whose migrator waits for a
+/// lock held elsewhere longer than that goes on once it is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_wait_for_a_lock_longer_than_the_db_timeout() {
+    let db = TestDb::create(Backend::Postgres).await;
+    let mut holder = migrations_locked(&db).await;
 
     let mut command = allocator_binary(&db.url);
     command.args(["--db-timeout", "1s"]);
@@ -421,13 +428,7 @@ async fn migrations_wait_for_a_lock_longer_than_the_db_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigterm_while_waiting_to_migrate_stops_start_up() {
     let db = TestDb::create(Backend::Postgres).await;
-    drop(start(allocator_binary(&db.url)).await);
-    let mut holder = PgConnection::connect(&db.url).await.unwrap();
-    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
-    sqlx::query("LOCK TABLE _sqlx_migrations IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut holder)
-        .await
-        .unwrap();
+    let _holder = migrations_locked(&db).await;
 
     let mut waiting = allocator_binary(&db.url)
         .args(["--listen", "127.0.0.1:0"])
