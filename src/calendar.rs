@@ -123,17 +123,13 @@ impl Reset {
         }
     }
 
-    /// Checks a document's date against `today`: it may lie in an earlier
+    /// Checks a document's date against `today`: it may lie in any earlier
     /// period (a backdated document), but not after the end of the period
     /// that follows today's (for a series that never resets: after the end
-    /// of next year). A series that resets also takes no date more than
-    /// [`Self::YEARS_BACK`] years before today's year: with next year's, the
-    /// years it takes are a hundred, so that no two of its periods show the
-    /// same two-digit year (`{yy}`), and a typo of the century is caught.
+    /// of next year).
     ///
     /// # Errors
-    /// The date is too far ahead or back, and the latest or earliest date
-    /// accepted.
+    /// The date is too far ahead, and the latest date accepted.
     pub fn check_date(self, date: NaiveDate, today: NaiveDate) -> Result<(), String> {
         let latest = self.latest_date(today);
         if date > latest {
@@ -141,17 +137,31 @@ impl Reset {
                 "must not be after {latest}, the end of the period after the current one"
             ));
         }
+        Ok(())
+    }
+
+    /// Checks the date of a document to number as [`Reset::check_date`]
+    /// does, and, for a series that resets, that it is no more than
+    /// [`Self::YEARS_BACK`] years before today's year: with next year's, the
+    /// years it numbers are a hundred, so that no two of its periods show
+    /// the same two-digit year (`{yy}`), and a typo of the century is caught.
+    ///
+    /// # Errors
+    /// The date is too far ahead or back, and the latest or earliest date
+    /// accepted.
+    pub fn check_new_date(self, date: NaiveDate, today: NaiveDate) -> Result<(), String> {
+        self.check_date(date, today)?;
         let earliest_year = today.year() - Self::YEARS_BACK;
         if self != Self::Never && date.year() < earliest_year {
             return Err(format!(
-                "must not be before {earliest_year}-01-01: a series that resets takes a hundred \
-                 years, so that no two of its periods show the same two-digit year"
+                "must not be before {earliest_year}-01-01: a series that resets numbers a \
+                 hundred years, so that no two of its periods show the same two-digit year"
             ));
         }
         Ok(())
     }
 
-    /// How many years before today's a series that resets takes dates of.
+    /// How many years before today's a series that resets numbers dates of.
     pub const YEARS_BACK: i32 = 98;
 
     /// The last day of the period after today's.
@@ -242,20 +252,24 @@ mod tests {
         assert!(refusal.contains("2027-01-31"), "{refusal}");
     }
 
-    /// A series that resets takes the dates of a hundred years, 1928 to
+    /// A series that resets numbers the dates of a hundred years, 1928 to
     /// 2027 in 2026: none two of them a century apart, as `{yy}` would show
-    /// alike. One that never resets takes any date back.
+    /// alike. One that never resets numbers any date back.
     #[test]
-    fn a_series_that_resets_takes_no_date_a_century_back() {
+    fn a_series_that_resets_numbers_no_date_a_century_back() {
         let today = day(2026, 12, 15);
         for reset in [Reset::Yearly, Reset::Monthly, Reset::Daily] {
             assert!(
-                reset.check_date(day(1928, 1, 1), today).is_ok(),
+                reset.check_new_date(day(1928, 1, 1), today).is_ok(),
                 "{reset:?}"
             );
-            let refusal = reset.check_date(day(1927, 12, 31), today).unwrap_err();
+            let refusal = reset.check_new_date(day(1927, 12, 31), today).unwrap_err();
             assert!(refusal.contains("1928-01-01"), "{refusal}");
+            // Its counters may be read and raised for any date back.
+            assert!(reset.check_date(day(1900, 1, 1), today).is_ok());
+            // Ahead as before.
+            assert!(reset.check_new_date(day(2028, 1, 1), today).is_err());
         }
-        assert!(Reset::Never.check_date(day(1900, 1, 1), today).is_ok());
+        assert!(Reset::Never.check_new_date(day(1900, 1, 1), today).is_ok());
     }
 }

@@ -477,7 +477,8 @@ impl Allocator {
     /// series that reissues is the lowest given back, if one is.
     ///
     /// # Errors
-    /// [`Error::Invalid`] for a date too far ahead; [`Error::RequestIdReused`]
+    /// [`Error::Invalid`] for a date too far ahead, or (in a series that
+    /// resets) back; [`Error::RequestIdReused`]
     /// for a request id first used for another series or count; the store
     /// fails or the series is exhausted. No number is handed out then.
     pub async fn allocate(
@@ -529,7 +530,10 @@ impl Allocator {
         } = ask;
         let outcome = self
             .with_calendar(tenant, series, |known| async move {
-                let (date, period) = place(known.calendar, date, self.now())?;
+                let (date, period) = known
+                    .calendar
+                    .place_new(date, self.now())
+                    .map_err(bad_date)?;
                 if known.policy == GapPolicy::Reissue && count == 1 {
                     let take = Reissue {
                         tenant,
@@ -795,16 +799,22 @@ impl Allocator {
     }
 }
 
-/// The date and period of a call with document date `date`.
+/// The date and period of a call with document date `date` that reads or
+/// raises a counter.
 fn place(
     calendar: Calendar,
     date: Option<NaiveDate>,
     now: DateTime<Utc>,
 ) -> Result<(NaiveDate, String), Error> {
-    calendar.place(date, now).map_err(|reason| Error::Invalid {
+    calendar.place(date, now).map_err(bad_date)
+}
+
+/// A document date refused, as the `date` field's error.
+fn bad_date(reason: String) -> Error {
+    Error::Invalid {
         field: "date",
         reason,
-    })
+    }
 }
 
 pub(super) fn parse_stored(

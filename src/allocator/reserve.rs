@@ -37,7 +37,8 @@ impl Allocator {
     /// it.
     ///
     /// # Errors
-    /// [`Error::Invalid`] for a lease out of bounds or a date too far ahead;
+    /// [`Error::Invalid`] for a lease out of bounds or a date too far ahead
+    /// (or, in a series that resets, back);
     /// as [`allocate`](Allocator::allocate) otherwise.
     pub async fn reserve(
         &self,

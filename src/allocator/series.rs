@@ -312,8 +312,8 @@ impl Calendar {
         zone: TimeZone::UTC,
     };
 
-    /// The date a call with document date `date` (none: today) numbers its
-    /// document for, and the period it falls in.
+    /// The date a call with document date `date` (none: today) reads or
+    /// raises its series' counter for, and the period it falls in.
     ///
     /// # Errors
     /// A date past the period after today's, for the `date` field.
@@ -325,6 +325,24 @@ impl Calendar {
         let today = self.zone.date(now);
         let date = date.unwrap_or(today);
         self.reset.check_date(date, today)?;
+        Ok((date, self.reset.period(date)))
+    }
+
+    /// As [`Calendar::place`], for a call that numbers its document: a
+    /// series that resets numbers no date more than a hundred years back
+    /// ([`Reset::check_new_date`]).
+    ///
+    /// # Errors
+    /// A date past the period after today's, or too far back, for the
+    /// `date` field.
+    pub fn place_new(
+        self,
+        date: Option<NaiveDate>,
+        now: DateTime<Utc>,
+    ) -> Result<(NaiveDate, String), String> {
+        let today = self.zone.date(now);
+        let date = date.unwrap_or(today);
+        self.reset.check_new_date(date, today)?;
         Ok((date, self.reset.period(date)))
     }
 }

@@ -176,8 +176,13 @@ impl SqliteDatabase {
     /// in place. A read alone would pass while another process holds the
     /// write lock, or the file will not take writes.
     pub async fn is_ready(&self) -> bool {
-        // Dropped unused: rolled back.
-        self.file.is_in_place() && self.begin_write().await.is_ok()
+        if !self.file.is_in_place() {
+            return false;
+        }
+        match self.begin_write().await {
+            Ok(write) => write.rollback().await.is_ok(),
+            Err(_) => false,
+        }
     }
 
     /// Closes the pool.

@@ -856,10 +856,12 @@ impl InvoiceWriter {
         // another holds only its text, with a number of its own: both are
         // confirmed to it (as when a call finds the number taken).
         if let Some(stored) = self.store.get_by_number(number).await? {
-            // One that holds this very number holds it as reserved under the
-            // note's key: named, a confirmation after the lease is accepted
-            // if no call has taken the number since.
-            let holder = holds(&stored, number).then_some(pending.request_key.as_str());
+            // One that holds this very number, still recorded as reserved
+            // under the note's key (not reissued to another call since),
+            // holds it as that reservation's: named, a confirmation after
+            // the lease is accepted.
+            let holder = (holds(&stored, number) && record.request_id == pending.request_key)
+                .then_some(pending.request_key.as_str());
             let mut settled = self
                 .settles(NumberOf::held_by(&stored), stored.id, holder, deadline)
                 .await;

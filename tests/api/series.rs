@@ -429,6 +429,17 @@ async fn bad_settings_and_dates_are_refused_and_change_nothing(#[case] backend: 
         one(&mut client, dated("acme", "2027-01-31")).await.0,
         "INV-2027-01-1"
     );
+    // A period that far back may still be raised (seeding an old system's
+    // numbers), though no number of it is handed out.
+    let raised = client
+        .advance_counter(numbering::proto::AdvanceCounterRequest {
+            date: "1926-12-15".into(),
+            ..advance("acme", 7, "numbers of the old system")
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(raised.series.unwrap().last_value, 7);
 
     // The series has handed out a number: its calendar is fixed.
     for (change, field) in [
