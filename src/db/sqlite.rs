@@ -113,16 +113,28 @@ async fn lock_file(database: &Path) -> Result<std::fs::File, OpenError> {
     let mut path = database.as_os_str().to_owned();
     path.push("-setup-lock");
     let path = PathBuf::from(path);
-    let locking = path.clone();
-    tokio::task::spawn_blocking(move || {
-        let file = std::fs::File::create(&locking)?;
-        file.lock()?;
-        Ok(file)
-    })
-    .await
-    .map_err(std::io::Error::other)
-    .flatten()
-    .map_err(|error| OpenError::Lock(path, error))
+    let failed = |error| OpenError::Lock(path.clone(), error);
+    let file = std::fs::File::create(&path).map_err(failed)?;
+    match file.try_lock() {
+        Ok(()) => return Ok(file),
+        Err(std::fs::TryLockError::Error(error)) => return Err(failed(error)),
+        Err(std::fs::TryLockError::WouldBlock) => {}
+    }
+    tracing::info!(
+        lock = %path.display(),
+        "another process is setting the database up; waiting for it"
+    );
+    // On a thread of its own, not the runtime's pool for blocking work: a
+    // process stopped while it waits does not wait for it to end.
+    let (locked, taken) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = locked.send(file.lock().map(|()| file));
+    });
+    taken
+        .await
+        .map_err(std::io::Error::other)
+        .flatten()
+        .map_err(failed)
 }
 
 /// A SQLite database as a service opened it: a pool to read through, and

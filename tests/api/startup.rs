@@ -446,6 +446,41 @@ async fn a_sigterm_while_waiting_to_migrate_stops_start_up() {
     assert!(status.success(), "{status:?}");
 }
 
+/// A SIGTERM while start-up waits for another process setting the SQLite
+/// file up stops the process at once, successfully, as on PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigterm_while_waiting_for_the_sqlite_setup_stops_start_up() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let held = std::fs::File::create(dir.path().join("allocator.sqlite3-setup-lock")).unwrap();
+    held.lock().unwrap();
+    let mut waiting = tokio::process::Command::new(ALLOCATOR)
+        .env_remove("DATABASE_URL")
+        .env("NUMBERING_DATA_DIR", dir.path())
+        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(waiting.stderr.take().unwrap()).lines();
+    let waits = tokio::time::timeout(PATIENCE, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("setting the database up; waiting") {
+                return true;
+            }
+        }
+        false
+    });
+    assert!(waits.await.unwrap(), "it never waited for the lock");
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(waiting.id().unwrap()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = tokio::time::timeout(PATIENCE, waiting.wait())
+        .await
+        .expect("still waiting for the lock after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
 /// An OTLP endpoint that is not a URL stops start-up with status 64, and
 /// nothing is created.
 #[tokio::test]
