@@ -177,11 +177,19 @@ impl<'a> Batch<'a> {
     /// batch must be committed call by call, each checked.
     #[must_use]
     pub fn reads_settings_apart(&self) -> bool {
+        let settings = |call: &Call<'_>| (call.calendar, call.policy);
+        // Almost every batch: all its calls read the same settings, and no
+        // counter needs looking up.
+        let Some(first) = self.calls.first().map(settings) else {
+            return false;
+        };
+        if self.calls.iter().all(|call| settings(call) == first) {
+            return false;
+        }
         let mut read: HashMap<(&str, &str, &str), (Calendar, GapPolicy)> = HashMap::new();
         self.calls.iter().any(|call| {
             let key = (call.tenant.as_str(), call.series.as_str(), call.period);
-            let first = *read.entry(key).or_insert((call.calendar, call.policy));
-            first != (call.calendar, call.policy)
+            *read.entry(key).or_insert(settings(call)) != settings(call)
         })
     }
 
@@ -506,6 +514,31 @@ mod tests {
 
     fn today() -> NaiveDate {
         NaiveDate::from_ymd_opt(2026, 12, 2).unwrap()
+    }
+
+    /// Settings read apart count within one counter only: two tenants'
+    /// series may differ.
+    #[test]
+    fn settings_read_apart_within_one_counter_only() {
+        let (acme, globex) = (
+            TenantId::parse("acme").unwrap(),
+            TenantId::parse("globex").unwrap(),
+        );
+        let series = SeriesName::parse("").unwrap();
+        let reissuing = |tenant| Call {
+            policy: GapPolicy::Reissue,
+            ..call(tenant, &series, 1, None)
+        };
+        let same = [call(&acme, &series, 1, None), call(&acme, &series, 2, None)];
+        assert!(!Batch::new(&same).reads_settings_apart());
+        let two_series = [call(&acme, &series, 1, None), reissuing(&globex)];
+        assert!(!Batch::new(&two_series).reads_settings_apart());
+        let apart = [
+            call(&acme, &series, 1, None),
+            reissuing(&globex),
+            reissuing(&acme),
+        ];
+        assert!(Batch::new(&apart).reads_settings_apart());
     }
 
     #[test]
