@@ -322,10 +322,7 @@ impl Calendar {
         date: Option<NaiveDate>,
         now: DateTime<Utc>,
     ) -> Result<(NaiveDate, String), String> {
-        let today = self.zone.date(now);
-        let date = date.unwrap_or(today);
-        self.reset.check_date(date, today)?;
-        Ok((date, self.reset.period(date)))
+        self.place_by(date, now, Reset::check_date)
     }
 
     /// As [`Calendar::place`], for a call that numbers its document: a
@@ -340,9 +337,20 @@ impl Calendar {
         date: Option<NaiveDate>,
         now: DateTime<Utc>,
     ) -> Result<(NaiveDate, String), String> {
+        self.place_by(date, now, Reset::check_new_date)
+    }
+
+    /// The date and its period, once `check` has accepted the date against
+    /// today in the series' zone.
+    fn place_by(
+        self,
+        date: Option<NaiveDate>,
+        now: DateTime<Utc>,
+        check: fn(Reset, NaiveDate, NaiveDate) -> Result<(), String>,
+    ) -> Result<(NaiveDate, String), String> {
         let today = self.zone.date(now);
         let date = date.unwrap_or(today);
-        self.reset.check_new_date(date, today)?;
+        check(self.reset, date, today)?;
         Ok((date, self.reset.period(date)))
     }
 }

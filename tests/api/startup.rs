@@ -437,13 +437,7 @@ async fn a_sigterm_while_waiting_to_migrate_stops_start_up() {
         .unwrap();
     db.wait_until_blocked_on_a_lock_for(Duration::from_millis(100))
         .await;
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(waiting.id().unwrap()).unwrap());
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    let status = tokio::time::timeout(PATIENCE, waiting.wait())
-        .await
-        .expect("still waiting for the lock after SIGTERM")
-        .unwrap();
-    assert!(status.success(), "{status:?}");
+    stops_at_once_on_sigterm(&mut waiting).await;
 }
 
 /// A SIGTERM while start-up waits for another process setting the SQLite
@@ -472,6 +466,12 @@ async fn a_sigterm_while_waiting_for_the_sqlite_setup_stops_start_up() {
         false
     });
     assert!(waits.await.unwrap(), "it never waited for the lock");
+    stops_at_once_on_sigterm(&mut waiting).await;
+}
+
+/// Sends `waiting`, a start-up waiting for a lock, SIGTERM, and asserts it
+/// exits successfully without waiting on.
+async fn stops_at_once_on_sigterm(waiting: &mut tokio::process::Child) {
     let pid = nix::unistd::Pid::from_raw(i32::try_from(waiting.id().unwrap()).unwrap());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     let status = tokio::time::timeout(PATIENCE, waiting.wait())
