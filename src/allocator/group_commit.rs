@@ -20,6 +20,7 @@
 //! Each lane is a [`Group`] queue and task: the same as the invoice writer's.
 
 use std::{
+    collections::HashMap,
     hash::{BuildHasher, RandomState},
     sync::Arc,
 };
@@ -371,19 +372,9 @@ impl Lane {
             // A series near i64::MAX must fail only the calls that do not
             // fit, and a series configured anew under its calls only those
             // calls (they pick their period again), not the other series'
-            // calls of the batch: commit every call on its own, in arrival
-            // order. Rare.
-            Err(StoreError::Exhausted | StoreError::SeriesChanged) => {
-                let mut answers = Vec::with_capacity(calls.len());
-                for call in calls {
-                    answers.push(
-                        self.store
-                            .allocate(call, &self.defaults, self.retention.stamp())
-                            .await
-                            .map_err(|error| GroupError::Store(Arc::new(error))),
-                    );
-                }
-                answers
+            // calls of the batch. Rare.
+            Err(StoreError::Exhausted | StoreError::SeriesChanged) if calls.len() > 1 => {
+                self.commit_apart(&calls).await
             }
             Err(error) => {
                 let error = GroupError::Store(Arc::new(error));
@@ -391,6 +382,89 @@ impl Lane {
             }
         }
     }
+
+    /// Commits the calls of a batch that failed as a whole on a call that
+    /// does not fit or a series changed under it, with the answers each call
+    /// would have had alone, in arrival order: the batch is halved until the
+    /// parts commit, so a few such calls cost a few transactions each, not
+    /// one per call of the batch. A call of as many numbers or more as one
+    /// refused as exhausted before it, of the same period, is refused
+    /// without the database: a counter never goes down.
+    async fn commit_apart(&self, calls: &[Call<'_>]) -> Vec<Result<Outcome, GroupError>> {
+        let mut answers: Vec<Option<Result<Outcome, GroupError>>> =
+            calls.iter().map(|_| None).collect();
+        let mut refused: HashMap<(&str, &str, &str), i64> = HashMap::new();
+        // Parts still to commit, by their calls' places: the next one last.
+        let all: Vec<usize> = (0..calls.len()).collect();
+        let mut parts = Vec::from(halves(all));
+        while let Some(part) = parts.pop() {
+            let (known, part): (Vec<usize>, Vec<usize>) = part.into_iter().partition(|&at| {
+                let call = &calls[at];
+                refused
+                    .get(&(call.tenant.as_str(), call.series.as_str(), call.period))
+                    .is_some_and(|smallest| call.count >= *smallest)
+            });
+            for at in known {
+                answers[at] = Some(Err(GroupError::Store(Arc::new(StoreError::Exhausted))));
+            }
+            let part_calls: Vec<Call<'_>> = part.iter().map(|&at| calls[at]).collect();
+            let result = match part_calls.len() {
+                0 => continue,
+                1 => {
+                    let result = self
+                        .store
+                        .allocate(part_calls[0], &self.defaults, self.retention.stamp())
+                        .await;
+                    if let Err(StoreError::Exhausted) = result {
+                        let call = &part_calls[0];
+                        let smallest = refused
+                            .entry((call.tenant.as_str(), call.series.as_str(), call.period))
+                            .or_insert(call.count);
+                        *smallest = (*smallest).min(call.count);
+                    }
+                    result.map(|outcome| vec![outcome])
+                }
+                _ => {
+                    self.store
+                        .allocate_many(&part_calls, &self.defaults, self.retention.stamp())
+                        .await
+                }
+            };
+            match result {
+                Ok(outcomes) => {
+                    for (at, outcome) in part.iter().zip(outcomes) {
+                        answers[*at] = Some(Ok(outcome));
+                    }
+                }
+                Err(StoreError::Exhausted | StoreError::SeriesChanged) if part.len() > 1 => {
+                    parts.extend(halves(part));
+                }
+                Err(error) => {
+                    let error = GroupError::Store(Arc::new(error));
+                    for at in part {
+                        answers[at] = Some(Err(error.clone()));
+                    }
+                }
+            }
+        }
+        answers
+            .into_iter()
+            .map(|answer| {
+                answer.unwrap_or_else(|| {
+                    Err(GroupError::Store(Arc::new(StoreError::Internal(
+                        "a call of a split batch was not answered".into(),
+                    ))))
+                })
+            })
+            .collect()
+    }
+}
+
+/// The two halves of `part`, its second half first: popped from the end of
+/// a list of parts, the first half commits first.
+fn halves(mut part: Vec<usize>) -> [Vec<usize>; 2] {
+    let second = part.split_off(part.len().div_ceil(2));
+    [second, part]
 }
 
 /// Answers a group of questions with one read, as of the latest of their

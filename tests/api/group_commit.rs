@@ -565,6 +565,67 @@ async fn an_exhausted_series_does_not_fail_the_rest_of_its_batch(#[case] backend
     assert_eq!(store.calls(), [vec![1], vec![1, 2], vec![1], vec![2]]);
 }
 
+/// A batch that fails on a few calls that do not fit commits the rest in
+/// halves, not one call at a time: every call gets the answer it would have
+/// had alone, in arrival order, and a call known not to fit costs no
+/// transaction.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_batch_is_committed_in_halves(#[case] backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let store = ScriptedStore::new(&db).await;
+    let full = TenantId::parse("full").unwrap();
+    advance(&store, &full, i64::MAX).await;
+    let committer = one_lane(&store, 100);
+
+    let held = spawn_call(&committer, "acme", 1);
+    wait_for_store_calls(&store, 1).await;
+    let mut calls = Vec::new();
+    for (tenant, count) in [
+        ("full", 1),
+        ("globex", 1),
+        ("full", 2),
+        ("globex", 1),
+        ("full", 1),
+        ("globex", 1),
+        ("globex", 1),
+        ("full", 3),
+    ] {
+        calls.push((tenant, spawn_call(&committer, tenant, count)));
+        wait_for_waiting(&committer, calls.len()).await;
+    }
+    store.gate.add_permits(100);
+
+    self::first(held.await.unwrap());
+    let mut globex = Vec::new();
+    for (tenant, call) in calls {
+        match (tenant, call.await.unwrap()) {
+            ("full", Err(GroupError::Store(error))) => {
+                assert!(matches!(*error, StoreError::Exhausted), "{error:?}");
+            }
+            ("globex", outcome) => globex.push(self::first(outcome)),
+            (tenant, outcome) => panic!("{tenant} got {outcome:?}"),
+        }
+    }
+    assert_eq!(globex, [1, 2, 3, 4], "not numbered in arrival order");
+    assert_eq!(
+        store.calls(),
+        [
+            vec![1],
+            vec![1, 1, 2, 1, 1, 1, 1, 3],
+            // The first half fails, and its first quarter; its calls alone.
+            vec![1, 1, 2, 1],
+            vec![1, 1],
+            vec![1],
+            vec![1],
+            // The second quarter without the call known not to fit.
+            vec![1],
+            // The second half without its two.
+            vec![1, 1],
+        ]
+    );
+}
+
 /// A caller that gives up while queued takes no numbers, and the numbers of the
 /// rest of its group are unaffected.
 #[apply(backends)]
