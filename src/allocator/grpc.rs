@@ -617,6 +617,10 @@ fn optional<T>(
 /// server's bounds by the allocator.
 fn lease(raw: Option<prost_types::Duration>) -> Result<std::time::Duration, String> {
     raw.map_or(Ok(std::time::Duration::ZERO), |raw| {
+        // Refused before the conversion, which negates a negative length.
+        if raw.seconds < 0 || raw.nanos < 0 {
+            return Err("must not be negative".to_owned());
+        }
         std::time::Duration::try_from(raw).map_err(|_| "must not be negative".to_owned())
     })
 }

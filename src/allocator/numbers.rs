@@ -330,6 +330,13 @@ pub fn decide(
         },
         StateChange::Release { reason: asked, .. } => match state {
             Reserved => write(held.policy.given_back(), "", asked, None),
+            // A repeat: given back by a release with this reason, not by
+            // its lease's end.
+            Released | Voided
+                if state == held.policy.given_back() && reason == asked && expired_at.is_none() =>
+            {
+                Ok(None)
+            }
             Issued => refuse(StateRefusal::NotReserved),
             Confirmed => refuse(StateRefusal::Confirmed {
                 reference: reference.to_owned(),
@@ -765,7 +772,22 @@ mod tests {
             reason: "refused".into(),
         });
         assert_eq!(decided(Some(&released), confirm, Reissue, 4), refused);
-        assert_eq!(decided(Some(&released), release, Reissue, 4), refused);
+        // Released again with the same reason: a repeat, answered as is.
+        assert_eq!(decided(Some(&released), release, Reissue, 4), Ok(None));
+        let voided = row("voided", "", "refused");
+        assert_eq!(decided(Some(&voided), release, Void, 4), Ok(None));
+        // With another reason, or given back otherwise: refused.
+        let other = StateChange::Release {
+            reason: "cancelled",
+            holder: None,
+        };
+        assert_eq!(decided(Some(&released), other, Reissue, 4), refused);
+        assert_eq!(
+            decided(Some(&voided), release, Reissue, 4),
+            Err(StateRefusal::Voided {
+                reason: "refused".into()
+            })
+        );
     }
 
     #[test]

@@ -251,7 +251,8 @@ fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
 
 /// Released on a series that voids, a number is voided and the next
 /// reservation takes a new one; on a series that reissues, it goes back and
-/// the next reservations take the lowest given back first.
+/// the next reservations take the lowest given back first. A release
+/// repeated answers the same record.
 #[apply(backends)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_follows_the_series_policy(#[case] backend: Backend) {
@@ -267,6 +268,9 @@ async fn a_release_follows_the_series_policy(#[case] backend: Backend) {
         (voided.state(), voided.reason.as_str(), voided.expires_at),
         (NumberState::Voided, "order cancelled", None)
     );
+    // A repeat (its answer lost) answers the same record.
+    let repeated = app.release(release("", first, "order cancelled")).await;
+    assert_eq!(repeated.unwrap(), voided, "a repeated release was refused");
     assert_eq!(app.reserve(reserve("")).await.number, 2);
     let audit = app.audit("").await;
     assert_eq!((audit.voided, audit.reserved, audit.unaccounted), (1, 1, 0));
@@ -285,6 +289,12 @@ async fn a_release_follows_the_series_policy(#[case] backend: Backend) {
             .await
             .unwrap();
         assert_eq!(released.state(), NumberState::Released);
+        let repeated = app.release(release("cont", number, "refused")).await;
+        assert_eq!(
+            repeated.unwrap(),
+            released,
+            "a repeated release was refused"
+        );
     }
     let audit = app.audit("cont").await;
     assert_eq!((audit.released, audit.reserved), (2, 1));
@@ -1078,8 +1088,8 @@ async fn every_refusal_names_its_reason_and_changes_nothing(#[case] backend: Bac
     assert_eq!(other.state(), NumberState::Voided);
 }
 
-/// A lease under a second, over the maximum, or negative is refused by
-/// field; nothing is reserved.
+/// A lease under a second, over the maximum, or negative (to the least
+/// value its fields hold) is refused by field; nothing is reserved.
 #[apply(backends)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_out_of_bounds_is_refused(#[case] backend: Backend) {
@@ -1091,6 +1101,12 @@ async fn a_lease_out_of_bounds_is_refused(#[case] backend: Backend) {
         }),
         Some(seconds(24 * 3600 + 1)),
         Some(seconds(-5)),
+        // Negated by a careless conversion, it overflows.
+        Some(seconds(i64::MIN)),
+        Some(prost_types::Duration {
+            seconds: 0,
+            nanos: i32::MIN,
+        }),
     ];
     for lease in bad {
         let request = ReserveRequest {
