@@ -104,7 +104,16 @@ impl Access {
                 if text.trim().is_empty() {
                     return Err("empty; to ask for no token, remove --tokens-file".into());
                 }
-                Tokens::parse(text)
+                // Comments alone, say: every caller would be refused.
+                let tokens = Tokens::parse(text)?;
+                if tokens.is_empty() {
+                    return Err(
+                        "grants nothing: no [[token]] or [[certificate]]; to ask for no token, \
+                         remove --tokens-file"
+                            .into(),
+                    );
+                }
+                Ok(tokens)
             }),
         )?;
         Ok(Self::with_tokens(tokens))

@@ -72,7 +72,9 @@ struct CertificateEntry {
 #[serde(deny_unknown_fields)]
 struct Entry {
     name: String,
-    secret: Option<String>,
+    /// Read as any value, so that one of another type (a secret written
+    /// without quotes) is refused without the parser's message quoting it.
+    secret: Option<toml::Value>,
     sha256: Option<String>,
     #[serde(default)]
     tenants: Vec<String>,
@@ -174,7 +176,16 @@ impl Tokens {
 impl Token {
     fn from_entry(entry: Entry) -> Result<Self, String> {
         let name = entry.name;
-        let digest = match (entry.secret, entry.sha256) {
+        let secret = match entry.secret {
+            Some(toml::Value::String(secret)) => Some(secret),
+            Some(_) => {
+                return Err(format!(
+                    "token {name:?}: the secret must be a quoted string"
+                ));
+            }
+            None => None,
+        };
+        let digest = match (secret, entry.sha256) {
             // A bearer token is read without its surrounding spaces: such a
             // secret could never be presented.
             (Some(secret), None) if secret.trim_matches(' ') != secret => {
@@ -424,5 +435,13 @@ mod tests {
                 .contains("empty secret")
         );
         assert!(refused("[[token]]\nname = \"a\"\nsecret = \"s \"").contains("space"));
+        // A secret of another type is refused without being quoted.
+        for secret in ["123456789", "0xDEADBEEF", "2026-12-06", "[\"hunter2\"]"] {
+            let error = refused(&format!("[[token]]\nname = \"a\"\nsecret = {secret}"));
+            assert!(error.contains("quoted string"), "{error}");
+            for quoted in ["123456789", "DEADBEEF", "3735928559", "2026", "hunter2"] {
+                assert!(!error.contains(quoted), "{error}");
+            }
+        }
     }
 }

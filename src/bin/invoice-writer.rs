@@ -130,6 +130,15 @@ fn settings(config: &Config) -> Result<Settings, StartupError> {
             "--reservation-lease must be at least 1s and at most 366 days".into(),
         ));
     }
+    // Longer, a call would be cut off by its time-out while still retrying,
+    // and answer DEADLINE_EXCEEDED instead of saying the allocator is down.
+    if config.allocator_retry_budget >= config.server.request_timeout {
+        return Err(StartupError::BadSetting(format!(
+            "--allocator-retry-budget ({}) must be shorter than --request-timeout ({})",
+            humantime::format_duration(config.allocator_retry_budget),
+            humantime::format_duration(config.server.request_timeout)
+        )));
+    }
     Ok(Settings {
         database: config.database.url("invoices.sqlite3")?,
         pool: config.database.pool(),

@@ -311,6 +311,19 @@ async fn tokens_file_changes_take_effect_without_a_restart() {
     .await;
     assert_eq!(acme_with(&app, "shop-s3cret").await, Ok(()));
     assert_eq!(acme_with(&app, "rotated").await, Ok(()));
+
+    // Nor does a file that grants nothing (comments alone): it would
+    // refuse every caller.
+    std::fs::write(&path, "# every token moved to another file\n").unwrap();
+    logs.wait_until(|events| {
+        events.iter().any(|event| {
+            event["fields"]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("grants nothing"))
+        })
+    })
+    .await;
+    assert_eq!(acme_with(&app, "rotated").await, Ok(()));
     assert_eq!(logs.count("tokens file", "reloaded"), 2);
 }
 
