@@ -125,6 +125,14 @@ impl Access {
         self.tokens.is_some()
     }
 
+    /// Whether the tokens in force grant anything to client certificates.
+    #[must_use]
+    pub fn grants_subjects(&self) -> bool {
+        self.tokens
+            .as_ref()
+            .is_some_and(|tokens| tokens.get().grants_subjects())
+    }
+
     /// The caller whose `authorization` metadata is `authorization`: its
     /// token's grant; without one, the grant of the subject of its client
     /// certificate, which `peer_subject` reads when needed.

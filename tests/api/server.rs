@@ -316,6 +316,24 @@ async fn bad_settings_exit_64() {
     assert_eq!(output.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--tenant-rate-wait"));
 
+    // Grants to client certificates no caller is asked for.
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.toml");
+    std::fs::write(
+        &tokens,
+        "[[certificate]]\nname = \"batch\"\nsubject = \"CN=batch\"\ntenants = [\"acme\"]\n",
+    )
+    .unwrap();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_number-allocator"))
+        .arg("--tokens-file")
+        .arg(&tokens)
+        .args(["--database-url", NOWHERE])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--tls-client-ca"));
+
     // The writer's calls would be cut off while still retrying.
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_invoice-writer"))
         .args([
