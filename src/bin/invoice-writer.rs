@@ -130,15 +130,6 @@ fn settings(config: &Config) -> Result<Settings, StartupError> {
             "--reservation-lease must be at least 1s and at most 366 days".into(),
         ));
     }
-    // Longer, a call would be cut off by its time-out while still retrying,
-    // and answer DEADLINE_EXCEEDED instead of saying the allocator is down.
-    if config.allocator_retry_budget >= config.server.request_timeout {
-        return Err(StartupError::BadSetting(format!(
-            "--allocator-retry-budget ({}) must be shorter than --request-timeout ({})",
-            humantime::format_duration(config.allocator_retry_budget),
-            humantime::format_duration(config.server.request_timeout)
-        )));
-    }
     Ok(Settings {
         database: config.database.url("invoices.sqlite3")?,
         pool: config.database.pool(),
@@ -151,7 +142,12 @@ fn settings(config: &Config) -> Result<Settings, StartupError> {
         backoff: Backoff::default(),
         max_attempts: config.max_attempts,
         reservation_lease: config.reservation_lease,
-        allocator_retry_budget: config.allocator_retry_budget,
+        // No longer than 90% of the request time-out: a call cut off by it
+        // while still retrying would answer DEADLINE_EXCEEDED instead of
+        // saying the allocator is unavailable.
+        allocator_retry_budget: config
+            .allocator_retry_budget
+            .min(config.server.request_timeout.mul_f64(0.9)),
         reconcile: ReconcileSettings {
             interval: config.reconcile_interval,
             // No call outlives the request time-out: a number held longer

@@ -616,6 +616,28 @@ async fn a_lease_the_allocator_refuses_is_the_writers_fault() {
     assert!(list_all(&mut client, "acme").await.is_empty());
 }
 
+/// A retry budget longer than the request time-out is cut to 90% of it: a
+/// call that cannot reach the allocator answers ALLOCATOR_UNAVAILABLE, not
+/// a time-out cutting it off while it still retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_budget_past_the_request_timeout_is_cut_to_it() {
+    use crate::helpers::{start, writer_binary};
+    let writer_db = TestDb::create(Backend::Sqlite).await;
+    // Nothing listens on port 1.
+    let mut command = writer_binary(&writer_db.url, "http://127.0.0.1:1");
+    command.args(["--request-timeout", "2s", "--allocator-retry-budget", "30s"]);
+    let writer = start(command).await;
+    let mut client = numbering::proto::invoice_writer_client::InvoiceWriterClient::new(
+        writer.ready("").await,
+    );
+    let status = client
+        .create_invoice(invoice_request("acme"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_reason(&status, "ALLOCATOR_UNAVAILABLE");
+}
+
 /// A writer database dropped under the running writer answers UNAVAILABLE,
 /// not INTERNAL, and no number is taken for the invoice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
