@@ -11,7 +11,7 @@ use crate::{
         allocate::{Ask, parse_stored},
         numbers::{NumberRecord, NumberState},
         series::SeriesName,
-        store::{Lease, StoreError},
+        store::{Lease, StateRefusal, StoreError},
     },
     request_id::RequestId,
     tenant::TenantId,
@@ -82,9 +82,16 @@ impl Allocator {
             .into());
         }
         let record = if replayed {
-            // Reserved by an earlier call: as it stands now.
-            self.get_number(tenant, series, &grant.period, grant.first)
-                .await?
+            // Reserved by an earlier call: as it stands now, unless another
+            // call holds it since.
+            let record = self
+                .get_number(tenant, series, &grant.period, grant.first)
+                .await?;
+            let id = request_id.map_or("", RequestId::as_str);
+            if let Some(refusal) = taken_since(&record, id) {
+                return Err(Error::NotAllowed(refusal));
+            }
+            record
         } else {
             // Reserved by this call, a new number or one given back: its
             // row holds what the lease says.
@@ -126,4 +133,16 @@ impl Allocator {
             }
         }
     }
+}
+
+/// Why a repeated `Reserve` under `request_id` is not answered with the
+/// number its first call reserved, now as `record` says: another call has
+/// taken the number since the reservation ended (answered, it would be two
+/// callers' at once). A number still held under the id, confirmed, or given
+/// back and not taken since is answered as it stands: its holder's late
+/// `Confirm` may still take it.
+fn taken_since(record: &NumberRecord, request_id: &str) -> Option<StateRefusal> {
+    (record.request_id != request_id).then(|| StateRefusal::NotTheHolder {
+        request_id: record.request_id.clone(),
+    })
 }

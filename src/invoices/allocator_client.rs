@@ -96,6 +96,23 @@ pub enum AllocatorError {
     Rejected(Status),
 }
 
+impl AllocatorError {
+    /// Whether a repeated `Reserve` was refused because another call holds
+    /// the number its request id reserved, its reservation having ended:
+    /// nothing is reserved for the call.
+    #[must_use]
+    pub fn taken_since(&self) -> bool {
+        use tonic_types::StatusExt as _;
+        let Self::Rejected(status) = self else {
+            return false;
+        };
+        status.code() == Code::FailedPrecondition
+            && status
+                .get_details_error_info()
+                .is_some_and(|info| info.reason == "NOT_THE_HOLDER")
+    }
+}
+
 /// Where the allocator is and how to reach it.
 #[derive(Debug, Clone)]
 pub struct AllocatorEndpoint {

@@ -446,6 +446,21 @@ impl InvoiceWriter {
             .await
         {
             Ok(reserved) => reserved,
+            // A repeat of an attempt of an earlier call under the same
+            // request id, whose number another call holds since: this call
+            // reserved nothing, and its note goes.
+            Err(error) if error.taken_since() => {
+                tracing::warn!(
+                    %tenant,
+                    attempt,
+                    max_attempts = self.max_attempts,
+                    error = %error,
+                    "the number this attempt reserved before is no longer held for it; \
+                     reserving another",
+                );
+                self.let_go(done).await;
+                return Ok(None);
+            }
             // Refused: nothing was reserved. Otherwise it may have been:
             // the row stays for reconciliation.
             Err(error @ AllocatorError::Rejected(_)) => {
@@ -833,6 +848,19 @@ impl InvoiceWriter {
             .await;
         let record = match repeated {
             Ok(record) => record,
+            // Another call holds its number since its lease ended: not this
+            // reservation's to confirm or give back.
+            Err(error) if error.taken_since() => {
+                tracing::info!(
+                    tenant = %pending.tenant_id,
+                    request_key = %pending.request_key,
+                    error = %error,
+                    "the number of a pending reservation is another call's since its lease \
+                     ended; nothing to settle",
+                );
+                self.store.note(done).await?;
+                return Ok(false);
+            }
             Err(AllocatorError::Rejected(status)) => {
                 tracing::error!(
                     tenant = %pending.tenant_id,

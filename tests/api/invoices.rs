@@ -627,9 +627,8 @@ async fn a_retry_budget_past_the_request_timeout_is_cut_to_it() {
     let mut command = writer_binary(&writer_db.url, "http://127.0.0.1:1");
     command.args(["--request-timeout", "2s", "--allocator-retry-budget", "30s"]);
     let writer = start(command).await;
-    let mut client = numbering::proto::invoice_writer_client::InvoiceWriterClient::new(
-        writer.ready("").await,
-    );
+    let mut client =
+        numbering::proto::invoice_writer_client::InvoiceWriterClient::new(writer.ready("").await);
     let status = client
         .create_invoice(invoice_request("acme"))
         .await

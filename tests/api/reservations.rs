@@ -1190,6 +1190,69 @@ async fn a_repeated_reservation_answers_the_same_number(#[case] backend: Backend
     }
 }
 
+/// A repeated Reserve whose number another call has taken since its lease
+/// ran out is refused, naming the holder, so that no two callers are told
+/// one number is theirs; until then, and for the holder, it is answered as
+/// the number stands.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_reservation_whose_number_was_taken_is_refused(#[case] backend: Backend) {
+    let mut app = reservations(backend).await;
+    app.configure("cont", GapPolicy::Reissue).await;
+    let keyed = |id: &str, lease: i64| ReserveRequest {
+        request_id: id.into(),
+        lease: Some(seconds(lease)),
+        ..reserve("cont")
+    };
+    let first = app.reserve(keyed("short", 1)).await;
+    assert_eq!(first.number, 1);
+    app.clock.advance(Duration::from_secs(2));
+    // Given back by its lease's end, and not taken since: still the
+    // holder's to confirm late.
+    let ended = app
+        .client
+        .reserve(keyed("short", 1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(ended.replayed);
+    let ended = ended.record.unwrap();
+    assert_eq!(
+        (ended.number, ended.state(), ended.reason.as_str()),
+        (1, NumberState::Released, "lease expired")
+    );
+
+    let taken = app.reserve(keyed("taker", 60)).await;
+    assert_eq!((taken.number, taken.request_id.as_str()), (1, "taker"));
+    let status = app.client.reserve(keyed("short", 1)).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert_reason(&status, "NOT_THE_HOLDER");
+    let info = tonic_types::StatusExt::get_details_error_info(&status).unwrap();
+    assert_eq!(info.metadata["requestId"], "taker");
+    // The holder's own repeats are answered, held and then confirmed.
+    let again = app
+        .client
+        .reserve(keyed("taker", 60))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.replayed);
+    assert_eq!(again.record.unwrap(), taken);
+    app.confirm(confirm("cont", 1, "inv-1")).await.unwrap();
+    let confirmed = app
+        .client
+        .reserve(keyed("taker", 60))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(confirmed.record.unwrap().state(), NumberState::Confirmed);
+    let audit = app.audit("cont").await;
+    assert_eq!(
+        (audit.last_value, audit.confirmed, audit.unaccounted),
+        (1, 1, 0)
+    );
+}
+
 /// A request id first used by `Reserve` is refused to `Allocate`, and the
 /// other way round, so that a number one call holds is never answered to
 /// the other as its own; on a series that reissues, also while a number is
