@@ -330,10 +330,14 @@ pub fn decide(
         },
         StateChange::Release { reason: asked, .. } => match state {
             Reserved => write(held.policy.given_back(), "", asked, None),
-            // A repeat: given back by a release with this reason, not by
-            // its lease's end.
+            // A repeat: a reservation given back by a release with this
+            // reason, not by its lease's end (nor voided once confirmed).
             Released | Voided
-                if state == held.policy.given_back() && reason == asked && expired_at.is_none() =>
+                if state == held.policy.given_back()
+                    && reason == asked
+                    && expired_at.is_none()
+                    && current.is_some_and(|row| row.origin == "reserve")
+                    && reference.is_empty() =>
             {
                 Ok(None)
             }
@@ -773,9 +777,27 @@ mod tests {
         });
         assert_eq!(decided(Some(&released), confirm, Reissue, 4), refused);
         // Released again with the same reason: a repeat, answered as is.
-        assert_eq!(decided(Some(&released), release, Reissue, 4), Ok(None));
-        let voided = row("voided", "", "refused");
+        let reservation = |state| StateRow {
+            origin: "reserve".to_owned(),
+            ..row(state, "", "refused")
+        };
+        assert_eq!(
+            decided(Some(&reservation("released")), release, Reissue, 4),
+            Ok(None)
+        );
+        let voided = reservation("voided");
         assert_eq!(decided(Some(&voided), release, Void, 4), Ok(None));
+        // Not a reservation's, or voided once confirmed: refused.
+        let refused_voided = Err(StateRefusal::Voided {
+            reason: "refused".into(),
+        });
+        let allocated = row("voided", "", "refused");
+        assert_eq!(decided(Some(&allocated), release, Void, 4), refused_voided);
+        let cancelled = StateRow {
+            origin: "reserve".to_owned(),
+            ..row("voided", "inv-9", "refused")
+        };
+        assert_eq!(decided(Some(&cancelled), release, Void, 4), refused_voided);
         // With another reason, or given back otherwise: refused.
         let other = StateChange::Release {
             reason: "cancelled",
