@@ -78,6 +78,19 @@ pub enum Error {
     /// The number's state does not allow the change asked.
     #[error(transparent)]
     NotAllowed(StateRefusal),
+    /// The number a repeated `Reserve`'s request id reserved is held under
+    /// another request id: its lease ended and another call took it.
+    #[error("number {number} of period {period:?} is held under request id {request_id:?}")]
+    TakenSince {
+        /// The request id it is held under.
+        request_id: String,
+        /// Its period.
+        period: String,
+        /// The number.
+        number: i64,
+        /// The number as its document shows it.
+        formatted: String,
+    },
     /// A stored format no longer parses: the store was edited by hand.
     #[error(
         "series {series:?} of tenant {tenant:?} has an invalid stored format {format:?}: {reason}"

@@ -716,6 +716,25 @@ impl From<Error> for Status {
                 skipped,
             } => number_not_found(tenant, series, period, number, skipped),
             Error::NotAllowed(refusal) => refused(refusal),
+            Error::TakenSince {
+                request_id,
+                period,
+                number,
+                formatted,
+            } => with_reason(
+                Code::FailedPrecondition,
+                format!(
+                    "number {number} is held under request id {request_id:?}, not this one: its \
+                     reservation under this one ended and another call took it"
+                ),
+                "NOT_THE_HOLDER",
+                &[
+                    ("requestId", request_id),
+                    ("period", period),
+                    ("number", number.to_string()),
+                    ("formatted", formatted),
+                ],
+            ),
             Error::RequestIdReused {
                 request_id,
                 series,

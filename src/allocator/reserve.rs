@@ -11,7 +11,7 @@ use crate::{
         allocate::{Ask, parse_stored},
         numbers::{NumberRecord, NumberState},
         series::SeriesName,
-        store::{Lease, StateRefusal, StoreError},
+        store::{Lease, StoreError},
     },
     request_id::RequestId,
     tenant::TenantId,
@@ -87,9 +87,17 @@ impl Allocator {
             let record = self
                 .get_number(tenant, series, &grant.period, grant.first)
                 .await?;
-            let id = request_id.map_or("", RequestId::as_str);
-            if let Some(refusal) = taken_since(&record, id) {
-                return Err(Error::NotAllowed(refusal));
+            // Another call has taken it since its lease ended: answered, it
+            // would be two callers' at once. Until then it is answered as it
+            // stands (given back and not taken since, its holder's late
+            // `Confirm` may still take it).
+            if request_id.is_some_and(|id| record.request_id != id.as_str()) {
+                return Err(Error::TakenSince {
+                    request_id: record.request_id,
+                    period: grant.period,
+                    number: record.number,
+                    formatted: record.formatted,
+                });
             }
             record
         } else {
@@ -133,16 +141,4 @@ impl Allocator {
             }
         }
     }
-}
-
-/// Why a repeated `Reserve` under `request_id` is not answered with the
-/// number its first call reserved, now as `record` says: another call has
-/// taken the number since the reservation ended (answered, it would be two
-/// callers' at once). A number still held under the id, confirmed, or given
-/// back and not taken since is answered as it stands: its holder's late
-/// `Confirm` may still take it.
-fn taken_since(record: &NumberRecord, request_id: &str) -> Option<StateRefusal> {
-    (record.request_id != request_id).then(|| StateRefusal::NotTheHolder {
-        request_id: record.request_id.clone(),
-    })
 }

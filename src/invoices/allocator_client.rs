@@ -97,19 +97,28 @@ pub enum AllocatorError {
 }
 
 impl AllocatorError {
-    /// Whether a repeated `Reserve` was refused because another call holds
-    /// the number its request id reserved, its reservation having ended:
-    /// nothing is reserved for the call.
+    /// The number a repeated `Reserve` was refused because another call
+    /// holds it since the reservation's lease ended (`NOT_THE_HOLDER`): its
+    /// period, number, text and the request id it is held under. Nothing is
+    /// reserved for the call.
     #[must_use]
-    pub fn taken_since(&self) -> bool {
+    pub fn held_by_another(&self) -> Option<NumberRecord> {
         use tonic_types::StatusExt as _;
         let Self::Rejected(status) = self else {
-            return false;
+            return None;
         };
-        status.code() == Code::FailedPrecondition
-            && status
-                .get_details_error_info()
-                .is_some_and(|info| info.reason == "NOT_THE_HOLDER")
+        let info = status.get_details_error_info()?;
+        if status.code() != Code::FailedPrecondition || info.reason != "NOT_THE_HOLDER" {
+            return None;
+        }
+        let field = |key: &str| info.metadata.get(key).cloned();
+        Some(NumberRecord {
+            period: field("period")?,
+            number: field("number")?.parse().ok()?,
+            formatted: field("formatted")?,
+            request_id: field("requestId")?,
+            ..NumberRecord::default()
+        })
     }
 }
 

@@ -449,7 +449,7 @@ impl InvoiceWriter {
             // A repeat of an attempt of an earlier call under the same
             // request id, whose number another call holds since: this call
             // reserved nothing, and its note goes.
-            Err(error) if error.taken_since() => {
+            Err(error) if error.held_by_another().is_some() => {
                 tracing::warn!(
                     %tenant,
                     attempt,
@@ -848,19 +848,11 @@ impl InvoiceWriter {
             .await;
         let record = match repeated {
             Ok(record) => record,
-            // Another call holds its number since its lease ended: not this
-            // reservation's to confirm or give back.
-            Err(error) if error.taken_since() => {
-                tracing::info!(
-                    tenant = %pending.tenant_id,
-                    request_key = %pending.request_key,
-                    error = %error,
-                    "the number of a pending reservation is another call's since its lease \
-                     ended; nothing to settle",
-                );
-                self.store.note(done).await?;
-                return Ok(false);
-            }
+            // Another call holds its number since its lease ended: settled
+            // as any number found taken (confirmed to an invoice stored
+            // under it, by a repeat of the call the note does not name;
+            // nothing of this reservation's is left to give back).
+            Err(error) if let Some(record) = error.held_by_another() => record,
             Err(AllocatorError::Rejected(status)) => {
                 tracing::error!(
                     tenant = %pending.tenant_id,
