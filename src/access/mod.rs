@@ -85,11 +85,17 @@ impl Access {
     }
 
     /// Callers need a token from the file at `path`, which is read again
-    /// every `interval`; with no `path`, anyone may call.
+    /// every `interval`; with no `path`, anyone may call. Without
+    /// `mutual_tls` no caller shows a certificate, so a file that grants
+    /// client certificates anything is refused, at start and on reload.
     ///
     /// # Errors
     /// The file cannot be read or is not a tokens file.
-    pub fn from_file(path: Option<PathBuf>, interval: Duration) -> Result<Self, String> {
+    pub fn from_file(
+        path: Option<PathBuf>,
+        interval: Duration,
+        mutual_tls: bool,
+    ) -> Result<Self, String> {
         let Some(path) = path else {
             return Ok(Self::open());
         };
@@ -97,7 +103,7 @@ impl Access {
             "tokens file",
             vec![path],
             interval,
-            Box::new(|files| {
+            Box::new(move |files| {
                 let text = std::str::from_utf8(&files[0]).map_err(|_| "not UTF-8".to_owned())?;
                 // Caught between truncation and write, a file edited in place
                 // reads empty: that must not refuse every caller.
@@ -113,6 +119,11 @@ impl Access {
                             .into(),
                     );
                 }
+                if tokens.grants_subjects() && !mutual_tls {
+                    return Err("grants client certificates ([[certificate]]), which only \
+                                --tls-client-ca (mutual TLS) asks callers for"
+                        .into());
+                }
                 Ok(tokens)
             }),
         )?;
@@ -123,14 +134,6 @@ impl Access {
     #[must_use]
     pub fn asks_for_tokens(&self) -> bool {
         self.tokens.is_some()
-    }
-
-    /// Whether the tokens in force grant anything to client certificates.
-    #[must_use]
-    pub fn grants_subjects(&self) -> bool {
-        self.tokens
-            .as_ref()
-            .is_some_and(|tokens| tokens.get().grants_subjects())
     }
 
     /// The caller whose `authorization` metadata is `authorization`: its
@@ -206,7 +209,7 @@ mod tests {
     fn an_empty_tokens_file_is_not_taken_for_one_granting_nothing() {
         let file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(file.path(), "\n ").unwrap();
-        let refused = Access::from_file(Some(file.path().to_owned()), RELOAD_INTERVAL);
+        let refused = Access::from_file(Some(file.path().to_owned()), RELOAD_INTERVAL, false);
         assert!(refused.unwrap_err().contains("empty"));
     }
 

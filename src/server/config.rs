@@ -151,17 +151,9 @@ impl ServerArgs {
                 humantime::format_duration(self.request_timeout)
             )));
         }
-        let access = Access::from_file(self.tokens_file.clone(), RELOAD_INTERVAL)
+        let mutual_tls = self.tls_cert.is_some() && self.tls_client_ca.is_some();
+        let access = Access::from_file(self.tokens_file.clone(), RELOAD_INTERVAL, mutual_tls)
             .map_err(StartupError::BadSetting)?;
-        // Without mutual TLS no caller shows a certificate: such grants
-        // would admit nobody.
-        if access.grants_subjects() && self.tls_client_ca.is_none() {
-            return Err(StartupError::BadSetting(
-                "--tokens-file grants client certificates ([[certificate]]), which only \
-                 --tls-client-ca (mutual TLS) asks callers for"
-                    .into(),
-            ));
-        }
         let tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Some(
                 ServerTls::watch(

@@ -56,7 +56,7 @@ async fn client(app: &AllocatorApp, secret: Option<&str>) -> Client {
 /// Settings whose tokens come from `path`, read again every [`RELOAD`].
 fn guarded_by(path: &Path) -> ServerSettings {
     ServerSettings {
-        access: Access::from_file(Some(path.to_owned()), RELOAD).unwrap(),
+        access: Access::from_file(Some(path.to_owned()), RELOAD, false).unwrap(),
         ..test_settings()
     }
 }
@@ -320,6 +320,23 @@ async fn tokens_file_changes_take_effect_without_a_restart() {
             event["fields"]["error"]
                 .as_str()
                 .is_some_and(|e| e.contains("grants nothing"))
+        })
+    })
+    .await;
+    assert_eq!(acme_with(&app, "rotated").await, Ok(()));
+
+    // Nor one that grants only client certificates, which no caller shows
+    // without mutual TLS.
+    std::fs::write(
+        &path,
+        "[[certificate]]\nname = \"batch\"\nsubject = \"CN=batch\"\ntenants = [\"acme\"]\n",
+    )
+    .unwrap();
+    logs.wait_until(|events| {
+        events.iter().any(|event| {
+            event["fields"]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("--tls-client-ca"))
         })
     })
     .await;

@@ -249,7 +249,7 @@ async fn a_client_certificate_subject_can_carry_grants_and_a_token_still_wins() 
          [[token]]\nname = \"billing\"\nsecret = \"billing-s3cret\"\ntenants = [\"acme\"]\n",
     );
     let settings = ServerSettings {
-        access: Access::from_file(Some(tokens), RELOAD).unwrap(),
+        access: Access::from_file(Some(tokens), RELOAD, true).unwrap(),
         ..tls_settings(dir.path(), Some(&client_ca))
     };
     let served = serve_allocator(settings).await;
@@ -335,7 +335,7 @@ async fn the_writer_reaches_a_mutual_tls_allocator_with_its_certificate_and_toke
         "[[token]]\nname = \"writer\"\nsecret = \"writer-s3cret\"\ntenants = [\"*\"]\n",
     );
     let settings = ServerSettings {
-        access: Access::from_file(Some(tokens), RELOAD).unwrap(),
+        access: Access::from_file(Some(tokens), RELOAD, true).unwrap(),
         ..tls_settings(dir.path(), Some(&client_ca))
     };
     let served = serve_allocator(settings).await;
