@@ -130,6 +130,17 @@ fn settings(config: &Config) -> Result<Settings, StartupError> {
             "--reservation-lease must be at least 1s and at most 366 days".into(),
         ));
     }
+    // No longer than 90% of the request time-out: a call cut off by it
+    // while still retrying would answer DEADLINE_EXCEEDED instead of saying
+    // the allocator is unavailable.
+    let longest_budget = config.server.request_timeout.mul_f64(0.9);
+    if config.allocator_retry_budget > longest_budget {
+        tracing::warn!(
+            allocator_retry_budget = %humantime::format_duration(config.allocator_retry_budget),
+            request_timeout = %humantime::format_duration(config.server.request_timeout),
+            "--allocator-retry-budget is cut to 90% of --request-timeout",
+        );
+    }
     Ok(Settings {
         database: config.database.url("invoices.sqlite3")?,
         pool: config.database.pool(),
@@ -142,12 +153,7 @@ fn settings(config: &Config) -> Result<Settings, StartupError> {
         backoff: Backoff::default(),
         max_attempts: config.max_attempts,
         reservation_lease: config.reservation_lease,
-        // No longer than 90% of the request time-out: a call cut off by it
-        // while still retrying would answer DEADLINE_EXCEEDED instead of
-        // saying the allocator is unavailable.
-        allocator_retry_budget: config
-            .allocator_retry_budget
-            .min(config.server.request_timeout.mul_f64(0.9)),
+        allocator_retry_budget: config.allocator_retry_budget.min(longest_budget),
         reconcile: ReconcileSettings {
             interval: config.reconcile_interval,
             // No call outlives the request time-out: a number held longer

@@ -626,7 +626,14 @@ async fn a_retry_budget_past_the_request_timeout_is_cut_to_it() {
     // Nothing listens on port 1.
     let mut command = writer_binary(&writer_db.url, "http://127.0.0.1:1");
     command.args(["--request-timeout", "2s", "--allocator-retry-budget", "30s"]);
-    let writer = start(command).await;
+    let mut writer = start(command).await;
+    writer
+        .wait_for_event(|event| {
+            event["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("cut to 90% of --request-timeout"))
+        })
+        .await;
     let mut client =
         numbering::proto::invoice_writer_client::InvoiceWriterClient::new(writer.ready("").await);
     let status = client
