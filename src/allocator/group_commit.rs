@@ -389,24 +389,36 @@ impl Lane {
     /// parts commit, so a few such calls cost a few transactions each, not
     /// one per call of the batch. A call of as many numbers or more as one
     /// refused as exhausted before it, of the same period, is refused
-    /// without the database: a counter never goes down.
+    /// without the database (a counter never goes down), and so is a call
+    /// that read the same settings of a series as one refused because they
+    /// changed (it reads them again, as that one does).
     async fn commit_apart(&self, calls: &[Call<'_>]) -> Vec<Result<Outcome, GroupError>> {
         let mut answers: Vec<Option<Result<Outcome, GroupError>>> =
             calls.iter().map(|_| None).collect();
         let mut refused: HashMap<(&str, &str, &str), i64> = HashMap::new();
+        // The settings calls read of series found changed since.
+        let mut changed: Vec<Settings<'_>> = Vec::new();
         // Parts still to commit, by their calls' places: the next one last.
         let all: Vec<usize> = (0..calls.len()).collect();
         let mut parts = Vec::from(halves(all));
         while let Some(part) = parts.pop() {
-            let (known, part): (Vec<usize>, Vec<usize>) = part.into_iter().partition(|&at| {
+            let mut rest = Vec::with_capacity(part.len());
+            for at in part {
                 let call = &calls[at];
-                refused
+                let known = if changed.contains(&settings(call)) {
+                    StoreError::SeriesChanged
+                } else if refused
                     .get(&(call.tenant.as_str(), call.series.as_str(), call.period))
                     .is_some_and(|smallest| call.count >= *smallest)
-            });
-            for at in known {
-                answers[at] = Some(Err(GroupError::Store(Arc::new(StoreError::Exhausted))));
+                {
+                    StoreError::Exhausted
+                } else {
+                    rest.push(at);
+                    continue;
+                };
+                answers[at] = Some(Err(GroupError::Store(Arc::new(known))));
             }
+            let part = rest;
             let part_calls: Vec<Call<'_>> = part.iter().map(|&at| calls[at]).collect();
             let result = match part_calls.len() {
                 0 => continue,
@@ -415,12 +427,16 @@ impl Lane {
                         .store
                         .allocate(part_calls[0], &self.defaults, self.retention.stamp())
                         .await;
-                    if let Err(StoreError::Exhausted) = result {
-                        let call = &part_calls[0];
-                        let smallest = refused
-                            .entry((call.tenant.as_str(), call.series.as_str(), call.period))
-                            .or_insert(call.count);
-                        *smallest = (*smallest).min(call.count);
+                    let call = &part_calls[0];
+                    match result {
+                        Err(StoreError::Exhausted) => {
+                            let smallest = refused
+                                .entry((call.tenant.as_str(), call.series.as_str(), call.period))
+                                .or_insert(call.count);
+                            *smallest = (*smallest).min(call.count);
+                        }
+                        Err(StoreError::SeriesChanged) => changed.push(settings(call)),
+                        _ => {}
                     }
                     result.map(|outcome| vec![outcome])
                 }
@@ -458,6 +474,18 @@ impl Lane {
             })
             .collect()
     }
+}
+
+/// A series and the settings a call read of it.
+type Settings<'a> = (&'a str, &'a str, Calendar, GapPolicy);
+
+fn settings<'a>(call: &Call<'a>) -> Settings<'a> {
+    (
+        call.tenant.as_str(),
+        call.series.as_str(),
+        call.calendar,
+        call.policy,
+    )
 }
 
 /// The two halves of `part`, its second half first: popped from the end of

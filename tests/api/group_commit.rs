@@ -303,6 +303,17 @@ fn spawn_call(
     tenant: &str,
     count: u32,
 ) -> tokio::task::JoinHandle<Result<Outcome, GroupError>> {
+    spawn_call_reading(committer, tenant, count, GapPolicy::Void)
+}
+
+/// As [`spawn_call`], by a caller that read the series' gap policy as
+/// `policy`.
+fn spawn_call_reading(
+    committer: &Arc<GroupCommitter>,
+    tenant: &str,
+    count: u32,
+    policy: GapPolicy,
+) -> tokio::task::JoinHandle<Result<Outcome, GroupError>> {
     let committer = committer.clone();
     let tenant = TenantId::parse(tenant).unwrap();
     tokio::spawn(async move {
@@ -311,7 +322,7 @@ fn spawn_call(
             tenant: &tenant,
             series: &series,
             calendar: Calendar::DEFAULT,
-            policy: GapPolicy::Void,
+            policy,
             settled: false,
             period: "",
             date: Utc::now().date_naive(),
@@ -624,6 +635,116 @@ async fn a_failed_batch_is_committed_in_halves(#[case] backend: Backend) {
             vec![1, 1],
         ]
     );
+}
+
+/// A batch that fails on calls that read a series' settings before they
+/// changed is committed in halves too, and a call that read the same
+/// settings as one refused so is refused without a transaction.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_failed_on_changed_settings_is_committed_in_halves(#[case] backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let store = ScriptedStore::new(&db).await;
+    let committer = one_lane(&store, 100);
+
+    let held = spawn_call(&committer, "acme", 1);
+    wait_for_store_calls(&store, 1).await;
+    let mut calls = Vec::new();
+    // Its series voids (the default): read as reissuing, it has changed.
+    for (tenant, policy) in [
+        ("moved", GapPolicy::Reissue),
+        ("globex", GapPolicy::Void),
+        ("moved", GapPolicy::Reissue),
+        ("globex", GapPolicy::Void),
+    ] {
+        calls.push((tenant, spawn_call_reading(&committer, tenant, 1, policy)));
+        wait_for_waiting(&committer, calls.len()).await;
+    }
+    store.gate.add_permits(100);
+
+    self::first(held.await.unwrap());
+    let mut globex = Vec::new();
+    for (tenant, call) in calls {
+        match (tenant, call.await.unwrap()) {
+            ("moved", Err(GroupError::Store(error))) => {
+                assert!(matches!(*error, StoreError::SeriesChanged), "{error:?}");
+            }
+            ("globex", outcome) => globex.push(self::first(outcome)),
+            (tenant, outcome) => panic!("{tenant} got {outcome:?}"),
+        }
+    }
+    assert_eq!(globex, [1, 2], "not numbered in arrival order");
+    assert_eq!(
+        store.calls(),
+        [
+            vec![1],
+            vec![1, 1, 1, 1],
+            vec![1, 1],
+            vec![1],
+            vec![1],
+            // The second half without the call known to have read stale settings.
+            vec![1],
+        ]
+    );
+}
+
+/// A part of a split batch that fails on its own (its commit lost) fails
+/// only its calls: the others keep their numbers, and the failed part's
+/// numbers go to the next calls.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_of_a_split_batch_fails_alone(#[case] backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let store = ScriptedStore::new(&db).await;
+    let full = TenantId::parse("full").unwrap();
+    advance(&store, &full, i64::MAX).await;
+    let committer = one_lane(&store, 100);
+    // Transactions: the held one, the batch, its first half, the exhausted
+    // call alone, the call after it alone, and then the second half.
+    store.fail.lock().unwrap().insert(5);
+
+    let held = spawn_call(&committer, "acme", 1);
+    wait_for_store_calls(&store, 1).await;
+    let mut calls = Vec::new();
+    for tenant in ["full", "globex", "globex", "globex"] {
+        calls.push(spawn_call(&committer, tenant, 1));
+        wait_for_waiting(&committer, calls.len()).await;
+    }
+    store.gate.add_permits(100);
+
+    self::first(held.await.unwrap());
+    let mut answers = Vec::new();
+    for call in calls {
+        answers.push(match call.await.unwrap() {
+            Ok(outcome) => Ok(self::first(Ok(outcome))),
+            Err(GroupError::Store(error)) => Err(format!("{error:?}")),
+            Err(other) => panic!("{other:?}"),
+        });
+    }
+    assert!(
+        answers[0].as_ref().unwrap_err().contains("Exhausted"),
+        "{answers:?}"
+    );
+    assert_eq!(answers[1], Ok(1));
+    for failed in &answers[2..] {
+        assert!(
+            failed.as_ref().unwrap_err().contains("injected"),
+            "{answers:?}"
+        );
+    }
+    assert_eq!(
+        store.calls(),
+        [
+            vec![1],
+            vec![1, 1, 1, 1],
+            vec![1, 1],
+            vec![1],
+            vec![1],
+            vec![1, 1]
+        ]
+    );
+    let next = spawn_call(&committer, "globex", 1).await.unwrap();
+    assert_eq!(self::first(next), 2, "the failed part took numbers");
 }
 
 /// A caller that gives up while queued takes no numbers, and the numbers of the
