@@ -576,6 +576,26 @@ async fn an_exhausted_series_does_not_fail_the_rest_of_its_batch(#[case] backend
     assert_eq!(store.calls(), [vec![1], vec![1, 2], vec![1], vec![2]]);
 }
 
+/// Awaits `calls`, in arrival order: each of `refused` must fail as
+/// `is_refused` says; the first numbers of globex's.
+async fn globex_firsts(
+    calls: Vec<(&str, tokio::task::JoinHandle<Result<Outcome, GroupError>>)>,
+    refused: &str,
+    is_refused: impl Fn(&StoreError) -> bool,
+) -> Vec<i64> {
+    let mut globex = Vec::new();
+    for (tenant, call) in calls {
+        match call.await.unwrap() {
+            Err(GroupError::Store(error)) if tenant == refused => {
+                assert!(is_refused(&error), "{tenant}: {error:?}");
+            }
+            outcome if tenant == "globex" => globex.push(self::first(outcome)),
+            outcome => panic!("{tenant} got {outcome:?}"),
+        }
+    }
+    globex
+}
+
 /// A batch that fails on a few calls that do not fit commits the rest in
 /// halves, not one call at a time: every call gets the answer it would have
 /// had alone, in arrival order, and a call known not to fit costs no
@@ -608,16 +628,10 @@ async fn a_failed_batch_is_committed_in_halves(#[case] backend: Backend) {
     store.gate.add_permits(100);
 
     self::first(held.await.unwrap());
-    let mut globex = Vec::new();
-    for (tenant, call) in calls {
-        match (tenant, call.await.unwrap()) {
-            ("full", Err(GroupError::Store(error))) => {
-                assert!(matches!(*error, StoreError::Exhausted), "{error:?}");
-            }
-            ("globex", outcome) => globex.push(self::first(outcome)),
-            (tenant, outcome) => panic!("{tenant} got {outcome:?}"),
-        }
-    }
+    let globex = globex_firsts(calls, "full", |error| {
+        matches!(error, StoreError::Exhausted)
+    })
+    .await;
     assert_eq!(globex, [1, 2, 3, 4], "not numbered in arrival order");
     assert_eq!(
         store.calls(),
@@ -663,16 +677,10 @@ async fn a_batch_failed_on_changed_settings_is_committed_in_halves(#[case] backe
     store.gate.add_permits(100);
 
     self::first(held.await.unwrap());
-    let mut globex = Vec::new();
-    for (tenant, call) in calls {
-        match (tenant, call.await.unwrap()) {
-            ("moved", Err(GroupError::Store(error))) => {
-                assert!(matches!(*error, StoreError::SeriesChanged), "{error:?}");
-            }
-            ("globex", outcome) => globex.push(self::first(outcome)),
-            (tenant, outcome) => panic!("{tenant} got {outcome:?}"),
-        }
-    }
+    let globex = globex_firsts(calls, "moved", |error| {
+        matches!(error, StoreError::SeriesChanged)
+    })
+    .await;
     assert_eq!(globex, [1, 2], "not numbered in arrival order");
     assert_eq!(
         store.calls(),
