@@ -265,6 +265,19 @@ async fn reloaded(logs: &CapturedLogs, times: usize) {
         .await;
 }
 
+/// Waits until a reload of the tokens file was refused with an error
+/// containing `why`.
+async fn refused_with(logs: &CapturedLogs, why: &str) {
+    logs.wait_until(|events| {
+        events.iter().any(|event| {
+            event["fields"]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains(why))
+        })
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn tokens_file_changes_take_effect_without_a_restart() {
     let logs = CapturedLogs::default();
@@ -315,14 +328,7 @@ async fn tokens_file_changes_take_effect_without_a_restart() {
     // Nor does a file that grants nothing (comments alone): it would
     // refuse every caller.
     std::fs::write(&path, "# every token moved to another file\n").unwrap();
-    logs.wait_until(|events| {
-        events.iter().any(|event| {
-            event["fields"]["error"]
-                .as_str()
-                .is_some_and(|e| e.contains("grants nothing"))
-        })
-    })
-    .await;
+    refused_with(&logs, "grants nothing").await;
     assert_eq!(acme_with(&app, "rotated").await, Ok(()));
 
     // Nor one that grants only client certificates, which no caller shows
@@ -332,14 +338,7 @@ async fn tokens_file_changes_take_effect_without_a_restart() {
         "[[certificate]]\nname = \"batch\"\nsubject = \"CN=batch\"\ntenants = [\"acme\"]\n",
     )
     .unwrap();
-    logs.wait_until(|events| {
-        events.iter().any(|event| {
-            event["fields"]["error"]
-                .as_str()
-                .is_some_and(|e| e.contains("--tls-client-ca"))
-        })
-    })
-    .await;
+    refused_with(&logs, "--tls-client-ca").await;
     assert_eq!(acme_with(&app, "rotated").await, Ok(()));
     assert_eq!(logs.count("tokens file", "reloaded"), 2);
 }

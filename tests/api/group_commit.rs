@@ -576,6 +576,30 @@ async fn an_exhausted_series_does_not_fail_the_rest_of_its_batch(#[case] backend
     assert_eq!(store.calls(), [vec![1], vec![1, 2], vec![1], vec![2]]);
 }
 
+/// Holds one call of acme's in its commit, then queues `calls` (tenant,
+/// count, the gap policy it read) behind it in this order: the held call
+/// and each queued one by tenant.
+async fn queue_behind_one<'t>(
+    committer: &Arc<GroupCommitter>,
+    store: &ScriptedStore,
+    calls: &[(&'t str, u32, GapPolicy)],
+) -> (
+    tokio::task::JoinHandle<Result<Outcome, GroupError>>,
+    Vec<(
+        &'t str,
+        tokio::task::JoinHandle<Result<Outcome, GroupError>>,
+    )>,
+) {
+    let held = spawn_call(committer, "acme", 1);
+    wait_for_store_calls(store, 1).await;
+    let mut queued = Vec::new();
+    for &(tenant, count, policy) in calls {
+        queued.push((tenant, spawn_call_reading(committer, tenant, count, policy)));
+        wait_for_waiting(committer, queued.len()).await;
+    }
+    (held, queued)
+}
+
 /// Awaits `calls`, in arrival order: each of `refused` must fail as
 /// `is_refused` says; the first numbers of globex's.
 async fn globex_firsts(
@@ -609,22 +633,22 @@ async fn a_failed_batch_is_committed_in_halves(#[case] backend: Backend) {
     advance(&store, &full, i64::MAX).await;
     let committer = one_lane(&store, 100);
 
-    let held = spawn_call(&committer, "acme", 1);
-    wait_for_store_calls(&store, 1).await;
-    let mut calls = Vec::new();
-    for (tenant, count) in [
-        ("full", 1),
-        ("globex", 1),
-        ("full", 2),
-        ("globex", 1),
-        ("full", 1),
-        ("globex", 1),
-        ("globex", 1),
-        ("full", 3),
-    ] {
-        calls.push((tenant, spawn_call(&committer, tenant, count)));
-        wait_for_waiting(&committer, calls.len()).await;
-    }
+    let void = GapPolicy::Void;
+    let (held, calls) = queue_behind_one(
+        &committer,
+        &store,
+        &[
+            ("full", 1, void),
+            ("globex", 1, void),
+            ("full", 2, void),
+            ("globex", 1, void),
+            ("full", 1, void),
+            ("globex", 1, void),
+            ("globex", 1, void),
+            ("full", 3, void),
+        ],
+    )
+    .await;
     store.gate.add_permits(100);
 
     self::first(held.await.unwrap());
@@ -661,19 +685,18 @@ async fn a_batch_failed_on_changed_settings_is_committed_in_halves(#[case] backe
     let store = ScriptedStore::new(&db).await;
     let committer = one_lane(&store, 100);
 
-    let held = spawn_call(&committer, "acme", 1);
-    wait_for_store_calls(&store, 1).await;
-    let mut calls = Vec::new();
     // Its series voids (the default): read as reissuing, it has changed.
-    for (tenant, policy) in [
-        ("moved", GapPolicy::Reissue),
-        ("globex", GapPolicy::Void),
-        ("moved", GapPolicy::Reissue),
-        ("globex", GapPolicy::Void),
-    ] {
-        calls.push((tenant, spawn_call_reading(&committer, tenant, 1, policy)));
-        wait_for_waiting(&committer, calls.len()).await;
-    }
+    let (held, calls) = queue_behind_one(
+        &committer,
+        &store,
+        &[
+            ("moved", 1, GapPolicy::Reissue),
+            ("globex", 1, GapPolicy::Void),
+            ("moved", 1, GapPolicy::Reissue),
+            ("globex", 1, GapPolicy::Void),
+        ],
+    )
+    .await;
     store.gate.add_permits(100);
 
     self::first(held.await.unwrap());
@@ -711,18 +734,23 @@ async fn a_part_of_a_split_batch_fails_alone(#[case] backend: Backend) {
     // call alone, the call after it alone, and then the second half.
     store.fail.lock().unwrap().insert(5);
 
-    let held = spawn_call(&committer, "acme", 1);
-    wait_for_store_calls(&store, 1).await;
-    let mut calls = Vec::new();
-    for tenant in ["full", "globex", "globex", "globex"] {
-        calls.push(spawn_call(&committer, tenant, 1));
-        wait_for_waiting(&committer, calls.len()).await;
-    }
+    let void = GapPolicy::Void;
+    let (held, calls) = queue_behind_one(
+        &committer,
+        &store,
+        &[
+            ("full", 1, void),
+            ("globex", 1, void),
+            ("globex", 1, void),
+            ("globex", 1, void),
+        ],
+    )
+    .await;
     store.gate.add_permits(100);
 
     self::first(held.await.unwrap());
     let mut answers = Vec::new();
-    for call in calls {
+    for (_, call) in calls {
         answers.push(match call.await.unwrap() {
             Ok(outcome) => Ok(self::first(Ok(outcome))),
             Err(GroupError::Store(error)) => Err(format!("{error:?}")),

@@ -242,7 +242,27 @@ async fn a_stored_invoice_s_number_is_confirmed_after_a_crash(#[case] backend: B
 #[apply(backends)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_note_naming_another_invoice_confirms_the_stored_one_as_holder(#[case] backend: Backend) {
+    a_note_naming_another_invoice(backend, false).await;
+}
+
+/// As above, on a series that reissues, with the number reserved again by
+/// another call after the lease ended: the repeat of the reservation is
+/// refused as another's, and reconciliation still confirms the number to
+/// the invoice stored under it, so that the other call's confirmation is
+/// refused and the clash shows, instead of the note going unsettled.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_invoice_whose_number_another_call_took_keeps_it(#[case] backend: Backend) {
+    a_note_naming_another_invoice(backend, true).await;
+}
+
+/// The two tests above; `taken_since`: the series reissues, and another
+/// call reserves the number once its lease ended.
+async fn a_note_naming_another_invoice(backend: Backend, taken_since: bool) {
     let mut allocator = spawn_allocator(backend).await;
+    if taken_since {
+        set_acme_gap_policy(&mut allocator.client, GapPolicy::Reissue).await;
+    }
     let db = TestDb::create(backend).await;
     stored_unconfirmed_and_killed(
         &mut allocator,
@@ -254,6 +274,15 @@ async fn a_note_naming_another_invoice_confirms_the_stored_one_as_holder(#[case]
         .await;
     // The lease ends: the number reads as given back.
     wait_for_audit(&mut allocator.client, |audit| audit.reserved == 0).await;
+    if taken_since {
+        let again = ReserveRequest {
+            tenant_id: "acme".into(),
+            request_id: "someone-else".into(),
+            ..ReserveRequest::default()
+        };
+        let again = allocator.client.reserve(again).await.unwrap().into_inner();
+        assert_eq!(again.record.unwrap().number, 1, "reserved again");
+    }
 
     let restarted = writer(&db, &allocator.server.url()).await;
     wait_for_audit(&mut allocator.client, |audit| audit.confirmed == 1).await;
@@ -261,51 +290,17 @@ async fn a_note_naming_another_invoice_confirms_the_stored_one_as_holder(#[case]
     let invoices = list_all(&mut client, "acme").await;
     assert_eq!(invoices.len(), 1);
     assert_confirmed_with_ids(&mut allocator.client, "", &invoices).await;
-}
-
-/// As above, on a series that reissues, with the number reserved again by
-/// another call after the lease ended: the repeat of the reservation is
-/// refused as another's, and reconciliation still confirms the number to
-/// the invoice stored under it, so that the other call's confirmation is
-/// refused and the clash shows, instead of the note going unsettled.
-#[apply(backends)]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stored_invoice_whose_number_another_call_took_keeps_it(#[case] backend: Backend) {
-    let mut allocator = spawn_allocator(backend).await;
-    set_acme_gap_policy(&mut allocator.client, GapPolicy::Reissue).await;
-    let db = TestDb::create(backend).await;
-    stored_unconfirmed_and_killed(
-        &mut allocator,
-        &db,
-        &["--reconcile-interval", "1h", "--reservation-lease", "1s"],
-    )
-    .await;
-    db.execute("UPDATE pending_numbers SET invoice_id = '00000000-0000-4000-8000-000000000000'")
-        .await;
-    wait_for_audit(&mut allocator.client, |audit| audit.reserved == 0).await;
-    let again = ReserveRequest {
-        tenant_id: "acme".into(),
-        request_id: "someone-else".into(),
-        ..ReserveRequest::default()
-    };
-    let again = allocator.client.reserve(again).await.unwrap().into_inner();
-    assert_eq!(again.record.unwrap().number, 1, "reserved again");
-
-    let restarted = writer(&db, &allocator.server.url()).await;
-    wait_for_audit(&mut allocator.client, |audit| audit.confirmed == 1).await;
-    let mut client = InvoiceWriterClient::connect(restarted.url()).await.unwrap();
-    let invoices = list_all(&mut client, "acme").await;
-    assert_eq!(invoices.len(), 1);
-    assert_confirmed_with_ids(&mut allocator.client, "", &invoices).await;
-    let theirs = numbering::proto::ConfirmRequest {
-        tenant_id: "acme".into(),
-        number: 1,
-        reference: "their-document".into(),
-        request_id: "someone-else".into(),
-        ..numbering::proto::ConfirmRequest::default()
-    };
-    let status = allocator.client.confirm(theirs).await.unwrap_err();
-    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    if taken_since {
+        let theirs = numbering::proto::ConfirmRequest {
+            tenant_id: "acme".into(),
+            number: 1,
+            reference: "their-document".into(),
+            request_id: "someone-else".into(),
+            ..numbering::proto::ConfirmRequest::default()
+        };
+        let status = allocator.client.confirm(theirs).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    }
 }
 
 /// An invoice stored while its number could not be confirmed, its writer
