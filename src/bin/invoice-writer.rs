@@ -11,7 +11,7 @@ use numbering::{
     },
     allocator::series::Leases,
     invoices::{
-        allocator_client::{AllocatorEndpoint, Backoff},
+        allocator_client::{AllocatorEndpoint, Backoff, Keepalive},
         app::{App, ReconcileSettings, Settings, shown_url},
     },
     server::{
@@ -97,6 +97,14 @@ struct Config {
     #[arg(long, env = "NUMBERING_ALLOCATOR_CONNECT_TIMEOUT", default_value = "1s", value_parser = positive_duration)]
     allocator_connect_timeout: Duration,
 
+    /// How long the connection to the allocator may go without a frame from it before an HTTP/2 ping checks that it is alive, whether or not a call is open.
+    #[arg(long, env = "NUMBERING_ALLOCATOR_KEEPALIVE_INTERVAL", default_value = "10s", value_parser = positive_duration)]
+    allocator_keepalive_interval: Duration,
+
+    /// How long that ping may go unanswered before the connection is closed and the next call opens another.
+    #[arg(long, env = "NUMBERING_ALLOCATOR_KEEPALIVE_TIMEOUT", default_value = "5s", value_parser = positive_duration)]
+    allocator_keepalive_timeout: Duration,
+
     #[command(flatten)]
     database: DatabaseArgs,
 
@@ -147,6 +155,10 @@ fn settings(config: &Config) -> Result<Settings, StartupError> {
         allocator: AllocatorEndpoint {
             url: config.allocator_url.clone(),
             connect_timeout: config.allocator_connect_timeout,
+            keepalive: Keepalive {
+                interval: config.allocator_keepalive_interval,
+                timeout: config.allocator_keepalive_timeout,
+            },
             token: allocator_token(config)?,
             tls: allocator_tls(config)?,
         },

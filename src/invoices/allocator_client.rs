@@ -129,10 +129,36 @@ pub struct AllocatorEndpoint {
     pub url: String,
     /// Time-out for opening a connection.
     pub connect_timeout: Duration,
+    /// How a connection whose allocator went silent is found out.
+    pub keepalive: Keepalive,
     /// The token sent with every call.
     pub token: BearerToken,
     /// TLS settings, for an `https://` URL.
     pub tls: Option<ClientTls>,
+}
+
+/// HTTP/2 pings on the connection to the allocator, sent whether or not a
+/// call is open: a connection whose allocator stopped answering without
+/// closing it (its node lost, a network cut in between) is closed once a
+/// ping goes unanswered, and the next call opens another, instead of every
+/// call waiting on it until the operating system gives up on it, many
+/// minutes later.
+#[derive(Debug, Clone, Copy)]
+pub struct Keepalive {
+    /// How long a connection may go without a frame from the allocator
+    /// before a ping is sent.
+    pub interval: Duration,
+    /// How long a ping may go unanswered before the connection is closed.
+    pub timeout: Duration,
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 /// A client of `numbering.v1.NumberAllocator`.
@@ -150,17 +176,23 @@ impl AllocatorClient {
     /// The URL is not a valid endpoint URL, or its scheme does not agree with
     /// the TLS settings: `https://` needs them, `http://` takes none.
     pub fn connect_lazy(endpoint: &AllocatorEndpoint, backoff: Backoff) -> Result<Self, String> {
+        let to = |url: String| {
+            Ok::<_, String>(
+                Endpoint::from_shared(url)
+                    .map_err(|error| error.to_string())?
+                    .connect_timeout(endpoint.connect_timeout)
+                    .http2_keep_alive_interval(endpoint.keepalive.interval)
+                    .keep_alive_timeout(endpoint.keepalive.timeout)
+                    .keep_alive_while_idle(true),
+            )
+        };
         let channel = match (&endpoint.tls, endpoint.url.strip_prefix("https://")) {
-            (None, None) => Endpoint::from_shared(endpoint.url.clone())
-                .map_err(|error| error.to_string())?
-                .connect_timeout(endpoint.connect_timeout)
-                .connect_lazy(),
+            (None, None) => to(endpoint.url.clone())?.connect_lazy(),
             // The connector speaks TLS itself; tonic's own connector would
             // refuse an https:// URL it has no TLS settings for.
-            (Some(tls), Some(rest)) => Endpoint::from_shared(format!("http://{rest}"))
-                .map_err(|error| error.to_string())?
-                .connect_timeout(endpoint.connect_timeout)
-                .connect_with_connector_lazy(TlsConnector(tls.clone())),
+            (Some(tls), Some(rest)) => {
+                to(format!("http://{rest}"))?.connect_with_connector_lazy(TlsConnector(tls.clone()))
+            }
             (None, Some(_)) => {
                 return Err("an https:// URL needs --allocator-tls-ca".into());
             }

@@ -20,7 +20,9 @@ use tonic::{
     metadata::{MetadataKey, MetadataMap, MetadataValue},
 };
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-use tracing_subscriber::{EnvFilter, fmt, layer::SubscriberExt as _, util::SubscriberInitExt as _};
+use tracing_subscriber::{
+    EnvFilter, filter::LevelFilter, fmt, layer::SubscriberExt as _, util::SubscriberInitExt as _,
+};
 
 use crate::server::{
     config::{LogFormat, ServerArgs},
@@ -50,13 +52,13 @@ impl Drop for Telemetry {
 /// once, first thing in `main`, within the runtime.
 ///
 /// # Errors
-/// The OTLP endpoint is not a valid URL.
+/// `RUST_LOG` is not a valid filter, or the OTLP endpoint not a valid URL.
 pub fn init(
     format: LogFormat,
     otlp: Option<&str>,
     service: &'static str,
 ) -> Result<Telemetry, String> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = log_filter()?;
     // Colour only on a terminal: escape codes in a log file or collector are noise.
     let ansi = std::io::stderr().is_terminal();
     let (text, json) = match format {
@@ -92,6 +94,42 @@ pub fn init(
         TRACING.store(true, Ordering::Relaxed);
     }
     Ok(Telemetry(provider))
+}
+
+/// The log filter `RUST_LOG` sets, "info" if it is unset or blank.
+///
+/// # Errors
+/// `RUST_LOG` is not a valid filter, or names a bare word that is not a
+/// level: a service logging less than asked, or nothing (a bare word is
+/// read as a target, and a misspelt level such as "warning" would let no
+/// event through, a failed start's report included), would be no help to
+/// whoever set it.
+fn log_filter() -> Result<EnvFilter, String> {
+    let invalid = |directives: &str, why: &dyn std::fmt::Display| {
+        format!("{}={directives:?}: {why}", EnvFilter::DEFAULT_ENV)
+    };
+    match std::env::var(EnvFilter::DEFAULT_ENV) {
+        Ok(directives) if !directives.trim().is_empty() => {
+            if let Some(word) = directives.split(',').map(str::trim).find(|directive| {
+                !directive.is_empty()
+                    && !directive.contains(['=', '['])
+                    && directive.parse::<LevelFilter>().is_err()
+            }) {
+                return Err(invalid(
+                    &directives,
+                    &format_args!(
+                        "{word:?} is not a level (off, error, warn, info, debug, trace); \
+                         a target takes one as target=level"
+                    ),
+                ));
+            }
+            EnvFilter::try_new(&directives).map_err(|error| invalid(&directives, &error))
+        }
+        Err(std::env::VarError::NotUnicode(directives)) => {
+            Err(invalid(&directives.to_string_lossy(), &"not UTF-8"))
+        }
+        _ => Ok(EnvFilter::new("info")),
+    }
 }
 
 /// [`init`] with a service's settings; on a bad setting, prints it and

@@ -1,7 +1,8 @@
 //! Silent clients: connections that never speak are closed after the
 //! first-request time-out, those that stop speaking after the idle time-out,
 //! the number held at once is capped below the file limit, and a
-//! well-behaved client is served through a flood of them.
+//! well-behaved client is served through a flood of them. And a silent
+//! allocator: the writer leaves a connection it stopped answering on.
 
 use std::{
     io,
@@ -17,7 +18,10 @@ use std::{
 use hyper_util::rt::TokioIo;
 use nix::sys::signal::{Signal, kill};
 use numbering::{
+    access::bearer::BearerToken,
+    clock::SystemClock,
     db::Backend,
+    invoices::allocator_client::{AllocatorEndpoint, Keepalive},
     proto::{CreateInvoiceRequest, number_allocator_client::NumberAllocatorClient},
     server::ServerSettings,
 };
@@ -37,8 +41,8 @@ use tonic_health::pb::{
 use uuid::Uuid;
 
 use crate::helpers::{
-    PATIENCE, TcpProxy, TestDb, allocate, invoice_request, spawn_allocator_serving, spawn_writer,
-    start, test_settings,
+    Link, PATIENCE, TcpProxy, TestDb, allocate, allocator_client_to, invoice_request,
+    spawn_allocator, spawn_allocator_serving, spawn_writer, spawn_writer_on, start, test_settings,
 };
 
 /// Silent connections opened before the well-behaved client.
@@ -362,4 +366,62 @@ async fn the_writer_rides_the_allocators_connection_rotation_without_a_failure()
     numbers.dedup();
     assert_eq!(numbers.len(), count, "a number was given to two invoices");
     assert!(count > CALLERS, "only {count} invoices were created");
+}
+
+/// An allocator gone silent without closing its connection (its node lost,
+/// the network cut in between) is found out by the writer's HTTP/2 pings:
+/// the connection is closed once a ping goes unanswered, the call waiting on
+/// it is retried on a new one, and the invoice is created, each number once.
+/// Without the pings the call would wait on the dead connection until its
+/// retry budget ran out, and so would every call after it, until the
+/// operating system gave up on the connection many minutes later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_leaves_a_connection_its_allocator_went_silent_on() {
+    let allocator = spawn_allocator(Backend::Sqlite).await;
+    let proxy = TcpProxy::start(allocator.server.addr).await;
+    let endpoint = AllocatorEndpoint {
+        url: proxy.url(),
+        connect_timeout: Duration::from_secs(1),
+        keepalive: Keepalive {
+            interval: Duration::from_millis(200),
+            timeout: Duration::from_millis(200),
+        },
+        token: BearerToken::none(),
+        tls: None,
+    };
+    let db = TestDb::create(Backend::Sqlite).await;
+    let store = db.invoice_store().await;
+    let mut writer = spawn_writer_on(
+        db,
+        store,
+        allocator_client_to(&endpoint),
+        3,
+        Arc::new(SystemClock),
+        test_settings(),
+    )
+    .await;
+    let first = writer
+        .client
+        .create_invoice(invoice_request("acme"))
+        .await
+        .expect("created through the proxy")
+        .into_inner()
+        .invoice
+        .unwrap();
+    let open = *proxy.accepted().borrow();
+    proxy.set(Link::FrozenFirst(open));
+
+    let second = writer
+        .client
+        .create_invoice(invoice_request("acme"))
+        .await
+        .expect("created on a new connection once the silent one was closed")
+        .into_inner()
+        .invoice
+        .unwrap();
+    assert!(
+        *proxy.accepted().borrow() > open,
+        "no new connection was opened"
+    );
+    assert_eq!(second.number, first.number + 1);
 }

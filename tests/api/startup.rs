@@ -24,9 +24,15 @@ use crate::helpers::{PATIENCE, TestDb, allocate, allocator_binary, import_invoic
 /// Runs a service binary with `args` and no database settings from the
 /// environment, expecting it to stop on its own.
 async fn run(binary: &str, args: &[&str]) -> Output {
+    run_with(binary, args, &[]).await
+}
+
+/// [`run`] with the environment variables `env` set.
+async fn run_with(binary: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
     let running = tokio::process::Command::new(binary)
         .env_remove("DATABASE_URL")
         .env_remove("NUMBERING_DATA_DIR")
+        .envs(env.iter().copied())
         .args(["--listen", "127.0.0.1:0"])
         .args(args)
         .kill_on_drop(true)
@@ -488,15 +494,42 @@ async fn a_bad_otlp_endpoint_stops_start_up() {
     refused_creating_nothing(&["--otlp-endpoint", "not a url"], 64, "--otlp-endpoint").await;
 }
 
+/// A `RUST_LOG` that is not a valid filter, or names a bare word that is
+/// not a level (read as a target, "warning" would let no event through),
+/// stops start-up with status 64, saying what is wrong with it, and nothing
+/// is created: a service logging less than asked would leave its operator
+/// looking for logs that never come.
+#[tokio::test]
+async fn a_bad_log_filter_stops_start_up() {
+    for filter in [
+        "numbering=loud",
+        "info,[{",
+        "warning",
+        "numbering=debug,verbose",
+    ] {
+        refused_creating_nothing_with(&[], &[("RUST_LOG", filter)], 64, "RUST_LOG=").await;
+    }
+}
+
 /// Runs each service with `args` and a data directory of its own: it stops
 /// with `status`, saying `what`, and creates no data directory.
 async fn refused_creating_nothing(args: &[&str], status: i32, what: &str) {
+    refused_creating_nothing_with(args, &[], status, what).await;
+}
+
+/// [`refused_creating_nothing`] with the environment variables `env` set.
+async fn refused_creating_nothing_with(
+    args: &[&str],
+    env: &[(&str, &str)],
+    status: i32,
+    what: &str,
+) {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
     for binary in [ALLOCATOR, WRITER] {
         let mut all = vec!["--data-dir", data_dir.to_str().unwrap()];
         all.extend_from_slice(args);
-        let output = run(binary, &all).await;
+        let output = run_with(binary, &all, env).await;
         assert_refused(&output, status, what);
         assert!(!data_dir.exists(), "{}", data_dir.display());
     }

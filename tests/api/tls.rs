@@ -12,7 +12,7 @@ use numbering::{
     },
     clock::SystemClock,
     db::Backend,
-    invoices::allocator_client::AllocatorEndpoint,
+    invoices::allocator_client::{AllocatorEndpoint, Keepalive},
     proto::number_allocator_client::NumberAllocatorClient,
     server::{Listeners, ServerSettings},
     tls::{ClientTls, ClientTlsFiles, ServerTls, ServerTlsFiles},
@@ -304,6 +304,7 @@ async fn writer_over_tls(
     let endpoint = AllocatorEndpoint {
         url: format!("https://localhost:{port}"),
         connect_timeout: Duration::from_secs(5),
+        keepalive: Keepalive::default(),
         token: BearerToken::fixed("writer-s3cret").unwrap(),
         tls: Some(ClientTls::watch(&ClientTlsFiles { ca, identity }, RELOAD).unwrap()),
     };

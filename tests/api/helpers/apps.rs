@@ -12,7 +12,7 @@ use numbering::{
     db::Backend,
     invoices::{
         self,
-        allocator_client::{AllocatorClient, AllocatorEndpoint, Backoff},
+        allocator_client::{AllocatorClient, AllocatorEndpoint, Backoff, Keepalive},
         store::InvoiceStore,
     },
     proto::{
@@ -227,6 +227,7 @@ pub fn allocator_client_with(allocator_url: &str, token: BearerToken) -> Allocat
     allocator_client_to(&AllocatorEndpoint {
         url: allocator_url.to_owned(),
         connect_timeout: Duration::from_secs(1),
+        keepalive: Keepalive::default(),
         token,
         tls: None,
     })

@@ -32,6 +32,10 @@ pub enum Link {
     Cut,
     /// Forwards each chunk read after this delay: a slow network.
     Slow(std::time::Duration),
+    /// Holds every byte of the first this many connections accepted (those
+    /// open when it is set), and passes the later ones: peers lost without
+    /// a word, reachable again on a new connection.
+    FrozenFirst(usize),
 }
 
 /// A proxy on 127.0.0.1, port 0; stops when dropped.
@@ -54,14 +58,16 @@ impl TcpProxy {
         let accepting = tokio::spawn({
             let target = target.clone();
             async move {
+                let mut index = 0;
                 while let Ok((client, _)) = listener.accept().await {
                     count.send_modify(|n| *n += 1);
+                    index += 1;
                     if *watching.borrow() == Link::Cut {
                         continue; // dropped: closed at once
                     }
                     let _ = client.set_nodelay(true);
                     let to = *target.lock().unwrap();
-                    tokio::spawn(forward(client, to, watching.clone()));
+                    tokio::spawn(forward(client, index, to, watching.clone()));
                 }
             }
         });
@@ -114,8 +120,9 @@ impl Drop for TcpProxy {
     }
 }
 
-/// Forwards one connection both ways until either side closes or the link is cut.
-async fn forward(client: TcpStream, target: SocketAddr, link: watch::Receiver<Link>) {
+/// Forwards connection `index` (the first is 1) both ways until either side
+/// closes or the link is cut.
+async fn forward(client: TcpStream, index: usize, target: SocketAddr, link: watch::Receiver<Link>) {
     let Ok(server) = TcpStream::connect(target).await else {
         return;
     };
@@ -123,17 +130,22 @@ async fn forward(client: TcpStream, target: SocketAddr, link: watch::Receiver<Li
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();
     tokio::select! {
-        () = pump(client_read, server_write, link.clone()) => {}
-        () = pump(server_read, client_write, link) => {}
+        () = pump(client_read, server_write, index, link.clone()) => {}
+        () = pump(server_read, client_write, index, link) => {}
     }
 }
 
 /// Copies `from` to `to` while the link passes; holds while it is frozen;
 /// returns when it is cut or either side closes.
-async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut link: watch::Receiver<Link>) {
+async fn pump(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    index: usize,
+    mut link: watch::Receiver<Link>,
+) {
     let mut buffer = vec![0u8; 16 * 1024];
     loop {
-        if !passing(&mut link).await {
+        if !passing(&mut link, index).await {
             return;
         }
         let read = tokio::select! {
@@ -157,19 +169,21 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut link: watch::
             tokio::time::sleep(delay).await;
         }
         // Frozen between the read and the write: held, then sent.
-        if !passing(&mut link).await || to.write_all(&buffer[..read]).await.is_err() {
+        if !passing(&mut link, index).await || to.write_all(&buffer[..read]).await.is_err() {
             return;
         }
     }
 }
 
-/// Waits while the link is frozen; whether it passes (false: cut).
-async fn passing(link: &mut watch::Receiver<Link>) -> bool {
+/// Waits while the link is frozen for connection `index`; whether it passes
+/// (false: cut).
+async fn passing(link: &mut watch::Receiver<Link>, index: usize) -> bool {
     loop {
         match *link.borrow_and_update() {
             Link::Pass | Link::Slow(_) => return true,
+            Link::FrozenFirst(first) if index > first => return true,
             Link::Cut => return false,
-            Link::Frozen => {}
+            Link::Frozen | Link::FrozenFirst(_) => {}
         }
         if link.changed().await.is_err() {
             return false;
