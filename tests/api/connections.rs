@@ -425,3 +425,58 @@ async fn the_writer_leaves_a_connection_its_allocator_went_silent_on() {
     );
     assert_eq!(second.number, first.number + 1);
 }
+
+/// The health-only listener has connections of its own: with clients
+/// holding every one of the gRPC port's `--max-connections`, a probe there
+/// answers, where one on the gRPC port waits in the kernel's backlog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_are_answered_while_clients_hold_every_connection() {
+    let db = TestDb::create(Backend::Sqlite).await;
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_number-allocator"));
+    command.env("DATABASE_URL", &db.url).args([
+        "--max-connections",
+        "1",
+        "--first-request-timeout",
+        "1h",
+        "--health-listen",
+        "127.0.0.1:0",
+    ]);
+    let mut running = start(command).await;
+    let listening = running
+        .wait_for_event(|event| event["health_addr"].is_string())
+        .await;
+    let health_addr = listening["health_addr"].as_str().unwrap().to_owned();
+
+    // A silent client holds the one connection: accepted once the
+    // allocator has sent it its HTTP/2 settings.
+    let mut silent = TcpStream::connect(&running.addr).await.unwrap();
+    let mut settings = [0u8; 64];
+    let read = tokio::time::timeout(PATIENCE, silent.read(&mut settings))
+        .await
+        .expect("the silent connection was never accepted")
+        .unwrap();
+    assert!(read > 0, "the silent connection was closed");
+
+    let check = |addr: String| async move {
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy();
+        HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+    };
+    let on_grpc_port =
+        tokio::time::timeout(Duration::from_millis(500), check(running.addr.clone())).await;
+    assert!(
+        on_grpc_port.is_err(),
+        "the gRPC port took a second connection past --max-connections 1: {on_grpc_port:?}"
+    );
+    let probed = tokio::time::timeout(PATIENCE, check(health_addr))
+        .await
+        .expect("the probe waited behind the gRPC port's connections")
+        .expect("the probe was answered");
+    assert_eq!(probed.into_inner().status, ServingStatus::Serving as i32);
+    drop(silent);
+}

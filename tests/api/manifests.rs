@@ -2,7 +2,7 @@
 //! would run them: each Deployment's container started with its command,
 //! its environment and its Secrets (the example ones, with test databases)
 //! mounted where it says. The probes answer SERVING on the port and service
-//! names they give, the ports and the scrape annotation agree, the drain fits
+//! names they give (the health listener's, apart from the clients'), the ports and the scrape annotation agree, the drain fits
 //! the grace period, and an invoice is created through both services with
 //! the example tokens.
 
@@ -220,6 +220,10 @@ impl Pod {
         let port_of = |address: &str| address.rsplit(':').next().unwrap().parse::<u16>().unwrap();
         assert_eq!(port_of(env["NUMBERING_LISTEN"]), self.ports["grpc"]);
         assert_eq!(
+            port_of(env["NUMBERING_HEALTH_LISTEN"]),
+            self.ports["health"]
+        );
+        assert_eq!(
             port_of(env["NUMBERING_METRICS_LISTEN"]),
             self.ports["metrics"]
         );
@@ -237,13 +241,24 @@ impl Pod {
             + humantime::parse_duration(env["NUMBERING_SHUTDOWN_GRACE"]).unwrap();
         assert!(drain < grace, "a drain of {drain:?} does not fit {grace:?}");
 
-        command.args(["--metrics-listen", "127.0.0.1:0"]);
-        let running = start(command).await;
+        command.args([
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--health-listen",
+            "127.0.0.1:0",
+        ]);
+        let mut running = start(command).await;
+        let listening = running
+            .wait_for_event(|event| event["health_addr"].is_string())
+            .await;
+        let health = format!("http://{}", listening["health_addr"].as_str().unwrap());
+        // The probes are answered on a listener of their own, whatever the
+        // clients hold of the gRPC port's connections.
         for probe in ["readinessProbe", "livenessProbe", "startupProbe"] {
             let grpc = &self.container[probe]["grpc"];
-            assert_eq!(grpc["port"].as_u64(), Some(u64::from(self.ports["grpc"])));
+            assert_eq!(grpc["port"].as_u64(), Some(u64::from(self.ports["health"])));
             let service = grpc["service"].as_str().unwrap_or("");
-            let channel = Channel::from_shared(running.url())
+            let channel = Channel::from_shared(health.clone())
                 .unwrap()
                 .connect()
                 .await
