@@ -95,8 +95,8 @@ pub struct ServerArgs {
     #[arg(long, env = "NUMBERING_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
-    /// Calls each tenant may start per second (and in a burst); more wait for a turn up to --tenant-rate-wait, then answer RESOURCE_EXHAUSTED with a RetryInfo. 0: no limit.
-    #[arg(long, env = "NUMBERING_TENANT_RATE_LIMIT", default_value_t = 0)]
+    /// Calls each tenant may start per second (and in a burst), at most 1000000; more wait for a turn up to --tenant-rate-wait, then answer RESOURCE_EXHAUSTED with a RetryInfo. 0: no limit.
+    #[arg(long, env = "NUMBERING_TENANT_RATE_LIMIT", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=MOST_TENANT_RATE))]
     pub tenant_rate_limit: u32,
 
     /// How long a call past its tenant's rate waits for a turn before it is refused ("0s": refused at once).
@@ -247,6 +247,11 @@ pub fn positive_duration(raw: &str) -> Result<Duration, String> {
         duration => Ok(duration),
     }
 }
+
+/// The highest rate a tenant may be held to, in calls a second: turns a
+/// microsecond apart. Past a billion, turns a nanosecond apart would round
+/// to none, and the limit would silently be none.
+const MOST_TENANT_RATE: i64 = 1_000_000;
 
 /// The longest wait for a database connection: SQLite's busy time-out is
 /// counted in milliseconds in 31 bits, and a wait past the request time-out

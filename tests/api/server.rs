@@ -357,6 +357,8 @@ async fn bad_settings_exit_64() {
         ("--request-timeout", "0s"),
         ("--first-request-timeout", "300000000000years"),
         ("--shutdown-grace", "367days"),
+        // Turns a nanosecond apart would round to none: no limit at all.
+        ("--tenant-rate-limit", "2000000000"),
     ] {
         refuses_setting(env!("CARGO_BIN_EXE_number-allocator"), flag, value).await;
     }
