@@ -265,7 +265,7 @@ pub(super) struct Ask<'a> {
 /// What this process knows of a series' calendar.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Known {
-    calendar: Calendar,
+    pub(super) calendar: Calendar,
     /// The series has handed out a number, so its calendar never changes
     /// again: its transactions need not lock it against `ConfigureSeries`.
     settled: bool,

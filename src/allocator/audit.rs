@@ -4,7 +4,7 @@
 use crate::{
     allocator::{
         Allocator, Error,
-        numbers::NumberState,
+        numbers::{NumberState, made_by},
         series::{GapPolicy, SeriesName},
         store::{Ledger, StateTotal},
     },
@@ -119,16 +119,7 @@ impl Allocator {
             tenant: tenant.to_string(),
             series: series.to_string(),
         })?;
-        let reset = config.calendar.reset;
-        if !reset.makes(period) {
-            return Err(Error::Invalid {
-                field: "period",
-                reason: format!(
-                    "{period:?} is not a period of this series, which resets {}",
-                    reset.name()
-                ),
-            });
-        }
+        made_by(config.calendar.reset, period)?;
         let now = self.now();
         let ledger = self
             .store

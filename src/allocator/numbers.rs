@@ -13,6 +13,7 @@ use crate::{
             StateRow, StateWrite, StatesAfter, StoreError,
         },
     },
+    calendar::Reset,
     page::Page,
     tenant::TenantId,
 };
@@ -355,6 +356,24 @@ pub fn decide(
     }
 }
 
+/// Refuses a period a series that resets by `reset` never makes (a year of a
+/// monthly series, say): read as one, it holds no number.
+///
+/// # Errors
+/// [`Error::Invalid`] naming `period`.
+pub(super) fn made_by(reset: Reset, period: &str) -> Result<(), Error> {
+    if reset.makes(period) {
+        return Ok(());
+    }
+    Err(Error::Invalid {
+        field: "period",
+        reason: format!(
+            "{period:?} is not a period of this series, which resets {}",
+            reset.name()
+        ),
+    })
+}
+
 /// A page of numbers, and the number to list on from if more follow.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NumberPage {
@@ -365,14 +384,26 @@ pub struct NumberPage {
 }
 
 impl Allocator {
-    /// What the series' state rows are read against now.
-    pub(super) async fn held(&self, tenant: &TenantId, series: &SeriesName) -> Result<Held, Error> {
-        let policy = match self.settled_calendar(tenant, series) {
-            Some(known) => known.policy,
+    /// What the series' state rows of `period` are read against now.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a period the series' reset never makes (a
+    /// year of a monthly series, say), which would otherwise read as a
+    /// period without numbers; a store failure.
+    pub(super) async fn held(
+        &self,
+        tenant: &TenantId,
+        series: &SeriesName,
+        period: &str,
+    ) -> Result<Held, Error> {
+        let known = match self.settled_calendar(tenant, series) {
+            Some(known) => known,
             // Until the series hands out a number its policy may change,
             // in any process.
-            None => self.read_calendar(tenant, series).await?.policy,
+            None => self.read_calendar(tenant, series).await?,
         };
+        made_by(known.calendar.reset, period)?;
+        let policy = known.policy;
         // As the database keeps times, so that a repeat shows the same time.
         let now = self.now().trunc_subsecs(6);
         Ok(Held { policy, now })
@@ -395,13 +426,14 @@ impl Allocator {
             period,
             number,
         };
+        let held = self.held(tenant, series, period).await?;
         let record = self.ranged(at).await?;
         let states = self
             .store
             .states_between(tenant, series, period, (number, number))
             .await?;
         match states.first() {
-            Some(row) => Ok(record.with(row, self.held(tenant, series).await?)?),
+            Some(row) => Ok(record.with(row, held)?),
             None => Ok(record),
         }
     }
@@ -438,7 +470,7 @@ impl Allocator {
         at: NumberAt<'_>,
         change: StateChange<'_>,
     ) -> Result<NumberRecord, Error> {
-        let held = self.held(at.tenant, at.series).await?;
+        let held = self.held(at.tenant, at.series, at.period).await?;
         let changed = match self.committer() {
             // The group reads the number's range with its rows.
             Some(committer) => {
@@ -508,7 +540,7 @@ impl Allocator {
         let Some(from) = after.map_or(Some(1), |after| after.checked_add(1)) else {
             return Ok(NumberPage::default());
         };
-        let held = self.held(tenant, series).await?;
+        let held = self.held(tenant, series, period).await?;
         let fetch = Page::<NumberRecord>::fetch(limit);
         // The rows that may stand for the state: a reservation whose lease
         // ended stands for a number given back, swept or not.

@@ -137,6 +137,85 @@ async fn numbers_are_read_in_their_period(#[case] backend: Backend) {
     assert_reason(&status, "NUMBER_NOT_FOUND");
 }
 
+/// A period the series' reset never makes (a month of a yearly series, a
+/// year of one that never resets) is an invalid argument naming `period`
+/// on every call that reads or changes a number, not a period without
+/// numbers: a caller with the period wrong is not told its numbers do not
+/// exist. Nothing changes.
+#[tokio::test]
+async fn a_period_the_series_never_makes_is_refused_by_field() {
+    let mut app = spawn_allocator(Backend::Postgres).await;
+    app.client
+        .configure_series(ConfigureSeriesRequest {
+            tenant_id: "acme".into(),
+            series: "yearly".into(),
+            format: "{year}/{number:04}".into(),
+            reset: Reset::Yearly.into(),
+            ..ConfigureSeriesRequest::default()
+        })
+        .await
+        .unwrap();
+    let mut request = allocate("acme", "yearly", 1);
+    request.date = "2025-06-30".into();
+    app.client.allocate(request).await.unwrap();
+    app.client.allocate(allocate("acme", "", 1)).await.unwrap();
+
+    for (series, period) in [("yearly", "2025-06"), ("yearly", ""), ("", "2025")] {
+        let statuses = [
+            app.client
+                .get_number(get("acme", series, period, 1))
+                .await
+                .unwrap_err(),
+            app.client
+                .list_numbers(ListNumbersRequest {
+                    series: series.into(),
+                    period: period.into(),
+                    ..list(NumberState::Unspecified, 10, "")
+                })
+                .await
+                .unwrap_err(),
+            app.client
+                .confirm(ConfirmRequest {
+                    series: series.into(),
+                    period: period.into(),
+                    ..confirm(1, "INV-1")
+                })
+                .await
+                .unwrap_err(),
+            app.client
+                .release(ReleaseRequest {
+                    tenant_id: "acme".into(),
+                    series: series.into(),
+                    period: period.into(),
+                    number: 1,
+                    reason: "not needed".into(),
+                    ..ReleaseRequest::default()
+                })
+                .await
+                .unwrap_err(),
+            app.client
+                .void(VoidRequest {
+                    series: series.into(),
+                    period: period.into(),
+                    ..void(1, "cancelled")
+                })
+                .await
+                .unwrap_err(),
+        ];
+        for status in statuses {
+            assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+            let violations = tonic_types::StatusExt::get_details_bad_request(&status)
+                .expect("a BadRequest")
+                .field_violations;
+            assert_eq!(violations[0].field, "period", "{violations:?}");
+        }
+    }
+    for (series, period) in [("yearly", "2025"), ("", "")] {
+        let kept = record(&mut app, get("acme", series, period, 1)).await;
+        assert_eq!(kept.state(), NumberState::Issued, "{kept:?}");
+    }
+}
+
 /// Every number of a period is listed once, in order, page by page, or only
 /// those of one state.
 #[apply(backends)]
