@@ -35,6 +35,10 @@ pub enum Denied {
     /// A bearer token this service does not know: `UNAUTHENTICATED`.
     #[error("the bearer token is not one this service knows")]
     Unknown,
+    /// Authorization that is not a bearer token (its `Bearer ` left out,
+    /// say): `UNAUTHENTICATED`, as an unknown token.
+    #[error("the authorization metadata is not a bearer token: send \"authorization: Bearer …\"")]
+    NotBearer,
     /// The token may not act for this tenant: `PERMISSION_DENIED`.
     #[error("token {token:?} may not act for tenant {tenant:?}")]
     Tenant {
@@ -161,7 +165,7 @@ impl Access {
                 .map(Caller::Token)
                 .ok_or(Denied::Missing);
         };
-        let secret = bearer(authorization).ok_or(Denied::Unknown)?;
+        let secret = bearer(authorization).ok_or(Denied::NotBearer)?;
         tokens
             .find(secret)
             .map(|grant| Caller::Token(grant.clone()))
@@ -253,7 +257,7 @@ mod tests {
             access
                 .authenticate(Some(b"Basic s3cret"), no_subject)
                 .unwrap_err(),
-            Denied::Unknown
+            Denied::NotBearer
         );
         let batch = access
             .authenticate(None, || Some("CN=batch".into()))

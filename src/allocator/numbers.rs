@@ -365,12 +365,19 @@ pub(super) fn made_by(reset: Reset, period: &str) -> Result<(), Error> {
     if reset.makes(period) {
         return Ok(());
     }
+    let reason = match reset {
+        Reset::Never => {
+            format!("{period:?} is not a period of this series, which never resets: leave it empty")
+        }
+        _ => format!(
+            "{period:?} is not a period of this series, which resets {}: give one such as {:?}",
+            reset.name(),
+            reset.period(NaiveDate::from_ymd_opt(2026, 3, 15).unwrap_or_default()),
+        ),
+    };
     Err(Error::Invalid {
         field: "period",
-        reason: format!(
-            "{period:?} is not a period of this series, which resets {}",
-            reset.name()
-        ),
+        reason,
     })
 }
 

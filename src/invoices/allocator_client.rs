@@ -2,7 +2,7 @@
 //! with bounded, jittered backoff while the allocator is unreachable, up to a
 //! deadline.
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::time::Instant;
 use tonic::{
@@ -166,6 +166,8 @@ impl Default for Keepalive {
 pub struct AllocatorClient {
     client: NumberAllocatorClient<InterceptedService<Channel, Outgoing>>,
     backoff: Backoff,
+    /// Where it is, for the logs.
+    url: Arc<str>,
 }
 
 impl AllocatorClient {
@@ -206,6 +208,7 @@ impl AllocatorClient {
                 Outgoing(endpoint.token.clone()),
             ),
             backoff,
+            url: endpoint.url.as_str().into(),
         })
     }
 
@@ -250,7 +253,14 @@ impl AllocatorClient {
             if Instant::now() + delay >= deadline {
                 return Err(AllocatorError::Unavailable(status.message().to_owned()));
             }
-            tracing::warn!(tenant = %tenant, retry, delay = ?delay, error = %status.message(), "allocator unavailable; retrying");
+            tracing::warn!(
+                tenant = %tenant,
+                allocator = %self.url,
+                retry,
+                delay = ?delay,
+                error = %status.message(),
+                "allocator unavailable; retrying",
+            );
             tokio::time::sleep(delay).await;
             retry += 1;
         }

@@ -97,9 +97,19 @@ impl App {
                 shown_url(&settings.allocator.url)
             ))
         };
-        if url::Url::parse(&settings.allocator.url)
-            .is_ok_and(|url| !url.username().is_empty() || url.password().is_some())
-        {
+        // `host:port` alone would be taken for a scheme and a path, and fail
+        // on every call instead of here.
+        let url = url::Url::parse(&settings.allocator.url).map_err(|error| {
+            invalid(format!(
+                "{error}; write it as http://host:port or https://host:port"
+            ))
+        })?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(invalid(
+                "write it as http://host:port or https://host:port".into(),
+            ));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
             return Err(invalid(
                 "credentials in the URL are not sent; give them as --allocator-token".into(),
             ));

@@ -85,7 +85,7 @@ pub fn currency(raw: &str) -> Result<String, String> {
             currency.name()
         )),
         Some(currency) => Ok(currency.code().to_owned()),
-        None => Err("must be an ISO 4217 currency code such as EUR".into()),
+        None => Err("must be an ISO 4217 currency code, in capitals, such as EUR".into()),
     }
 }
 

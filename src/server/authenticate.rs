@@ -134,7 +134,9 @@ impl From<Denied> for Status {
             Denied::Missing => {
                 with_reason(Code::Unauthenticated, message, "CREDENTIALS_MISSING", &[])
             }
-            Denied::Unknown => with_reason(Code::Unauthenticated, message, "TOKEN_UNKNOWN", &[]),
+            Denied::Unknown | Denied::NotBearer => {
+                with_reason(Code::Unauthenticated, message, "TOKEN_UNKNOWN", &[])
+            }
             Denied::Tenant { token, tenant } => with_reason(
                 Code::PermissionDenied,
                 message,

@@ -109,7 +109,7 @@ impl TenantLimits {
         Status::with_error_details(
             Code::ResourceExhausted,
             format!(
-                "tenant {tenant:?} is over its {} calls a second; retry in {} ms",
+                "tenant \"{tenant}\" is over its {} calls a second; retry in {} ms",
                 self.per_second,
                 wait.as_millis()
             ),

@@ -116,6 +116,28 @@ async fn reservations_need_the_tenant() {
     );
 }
 
+/// A known secret sent without its `Bearer ` scheme is refused as an
+/// unknown token, with a message that says how to send it.
+#[tokio::test]
+async fn a_secret_without_its_scheme_is_told_how_to_send_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, _path) = guarded_allocator(&dir).await;
+    let mut request = tonic::Request::new(allocate("acme", "", 1));
+    request
+        .metadata_mut()
+        .insert("authorization", "billing-s3cret".parse().unwrap());
+    let status = client(&app, None)
+        .await
+        .allocate(request)
+        .await
+        .unwrap_err();
+    assert_refused(&status, Code::Unauthenticated, "TOKEN_UNKNOWN");
+    assert!(
+        status.message().contains("authorization: Bearer …"),
+        "{status:?}"
+    );
+}
+
 #[tokio::test]
 async fn each_refusal_answers_its_code_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();

@@ -87,6 +87,12 @@ async fn a_tenant_over_its_rate_is_told_when_to_retry_and_others_go_on() {
         .unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert_reason(&status, "TENANT_RATE_LIMITED");
+    assert!(
+        status
+            .message()
+            .starts_with("tenant \"acme\" is over its 3 calls a second"),
+        "{status:?}"
+    );
     let retry = status.get_details_retry_info().expect("RetryInfo");
     let delay = retry.retry_delay.expect("a delay");
     assert!(

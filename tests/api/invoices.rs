@@ -618,7 +618,8 @@ async fn a_lease_the_allocator_refuses_is_the_writers_fault() {
 
 /// A retry budget longer than the request time-out is cut to 90% of it: a
 /// call that cannot reach the allocator answers ALLOCATOR_UNAVAILABLE, not
-/// a time-out cutting it off while it still retries.
+/// a time-out cutting it off while it still retries; its retries are
+/// logged with the allocator's URL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_budget_past_the_request_timeout_is_cut_to_it() {
     use crate::helpers::{start, writer_binary};
@@ -642,6 +643,14 @@ async fn a_retry_budget_past_the_request_timeout_is_cut_to_it() {
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert_reason(&status, "ALLOCATOR_UNAVAILABLE");
+    // Each retry's log line names the allocator it could not reach: a
+    // mistyped port shows there.
+    writer
+        .wait_for_event(|event| {
+            event["message"] == "allocator unavailable; retrying"
+                && event["allocator"] == "http://127.0.0.1:1"
+        })
+        .await;
 }
 
 /// A writer database dropped under the running writer answers UNAVAILABLE,

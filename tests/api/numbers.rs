@@ -160,7 +160,11 @@ async fn a_period_the_series_never_makes_is_refused_by_field() {
     app.client.allocate(request).await.unwrap();
     app.client.allocate(allocate("acme", "", 1)).await.unwrap();
 
-    for (series, period) in [("yearly", "2025-06"), ("yearly", ""), ("", "2025")] {
+    for (series, period, hint) in [
+        ("yearly", "2025-06", "such as \"2026\""),
+        ("yearly", "", "such as \"2026\""),
+        ("", "2025", "leave it empty"),
+    ] {
         let statuses = [
             app.client
                 .get_number(get("acme", series, period, 1))
@@ -208,6 +212,7 @@ async fn a_period_the_series_never_makes_is_refused_by_field() {
                 .expect("a BadRequest")
                 .field_violations;
             assert_eq!(violations[0].field, "period", "{violations:?}");
+            assert!(violations[0].description.contains(hint), "{violations:?}");
         }
     }
     for (series, period) in [("yearly", "2025"), ("", "")] {

@@ -392,6 +392,33 @@ async fn bad_access_settings_stop_start_up_without_echoing_secrets() {
     assert!(!Path::new(data_dir).exists(), "{data_dir}");
 }
 
+/// An allocator URL without its scheme (`host:port` alone) stops the
+/// writer's start-up with status 64, saying how to write it, instead of
+/// failing every call as an allocator unavailable; nothing is created.
+#[tokio::test]
+async fn an_allocator_url_without_its_scheme_stops_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    for url in [
+        "127.0.0.1:50051",
+        "localhost:50051",
+        "ftp://allocator:50051",
+    ] {
+        let output = run(
+            WRITER,
+            &[
+                "--data-dir",
+                data_dir.to_str().unwrap(),
+                "--allocator-url",
+                url,
+            ],
+        )
+        .await;
+        assert_refused(&output, 64, "http://host:port");
+        assert!(!data_dir.exists(), "{}", data_dir.display());
+    }
+}
+
 /// `db` migrated by an allocator that then stopped, and a connection
 /// holding its migrations table locked in an open transaction: the next
 /// start-up's migrator waits for it.
