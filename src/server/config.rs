@@ -2,7 +2,11 @@
 
 use std::{ffi::OsStr, net::SocketAddr, num::NonZeroU32, path::PathBuf, sync::Arc, time::Duration};
 
-use clap::{Arg, Args, Command, Parser, ValueEnum, builder::TypedValueParser, error::ErrorKind};
+use clap::{
+    Arg, Args, Command, CommandFactory, Parser, ValueEnum,
+    builder::TypedValueParser,
+    error::{ContextKind, ContextValue, ErrorKind},
+};
 
 use crate::{
     access::{Access, RELOAD_INTERVAL},
@@ -23,11 +27,37 @@ pub fn parse_or_exit<T: Parser>() -> T {
         Ok(config) => config,
         Err(error) if error.use_stderr() => {
             let _ = error.print();
+            if let Some(variable) = given_by_environment::<T>(&error) {
+                eprintln!("The value came from the environment variable {variable}.");
+            }
             std::process::exit(i32::from(EXIT_BAD_CONFIG));
         }
         // --help and --version.
         Err(error) => error.exit(),
     }
+}
+
+/// The environment variable that gave the bad value `error` names a flag
+/// for, if it came from one: the message names the flag alone, which a
+/// setting made in a Kubernetes manifest never shows.
+fn given_by_environment<T: CommandFactory>(error: &clap::Error) -> Option<String> {
+    let ContextValue::String(invalid) = error.get(ContextKind::InvalidArg)? else {
+        return None;
+    };
+    // "--request-timeout <REQUEST_TIMEOUT>"
+    let long = invalid.split_whitespace().next()?.strip_prefix("--")?;
+    let command = T::command();
+    let argument = command
+        .get_arguments()
+        .find(|argument| argument.get_long() == Some(long))?;
+    let variable = argument.get_env()?.to_str()?;
+    // Given on the command line too, the flag's value is the one refused.
+    let flag = format!("--{long}");
+    let on_command_line = std::env::args_os().any(|arg| {
+        arg.to_str()
+            .is_some_and(|arg| arg == flag || arg.starts_with(&format!("{flag}=")))
+    });
+    (std::env::var_os(variable).is_some() && !on_command_line).then(|| variable.to_owned())
 }
 
 /// How logs are written.

@@ -538,6 +538,20 @@ async fn a_bad_log_filter_stops_start_up() {
     }
 }
 
+/// A bad value set by environment variable, as a Kubernetes manifest sets
+/// them, stops start-up with status 64 naming the variable, not only the
+/// flag it stands for; nothing is created.
+#[tokio::test]
+async fn a_bad_setting_from_the_environment_names_its_variable() {
+    refused_creating_nothing_with(
+        &[],
+        &[("NUMBERING_REQUEST_TIMEOUT", "0s")],
+        64,
+        "environment variable NUMBERING_REQUEST_TIMEOUT",
+    )
+    .await;
+}
+
 /// Runs each service with `args` and a data directory of its own: it stops
 /// with `status`, saying `what`, and creates no data directory.
 async fn refused_creating_nothing(args: &[&str], status: i32, what: &str) {
