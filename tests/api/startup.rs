@@ -225,6 +225,10 @@ async fn each_cause_of_a_failed_connection_is_named() {
     )
     .await;
     assert_refused(&output, 77, "refused the user or password");
+    // PostgreSQL's message, without the line of its source that raised it.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("numbering_test_nologin"), "{stderr}");
+    assert!(!stderr.contains(" at line "), "{stderr}");
 
     let missing = format!("{}_missing", db.name);
     let output = run(
