@@ -19,9 +19,11 @@ use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
 use async_trait::async_trait;
 use tokio::{net::TcpListener, sync::watch, time::MissedTickBehavior};
 use tonic::{
+    Status,
     body::Body,
     codegen::{Service, http},
     server::NamedService,
+    service::Routes,
     transport::Server,
 };
 use tonic_health::{ServingStatus, server::HealthReporter};
@@ -166,18 +168,33 @@ where
 
         let (stop, stopped) = watch::channel(false);
         let health_only = listeners.health.map(|listener| {
+            let routes = Routes::new(health_service.clone());
             tokio::spawn(
                 builder(settings)
                     .layer(tower::layer::layer_fn(CountCalls::new))
-                    .add_service(health_service.clone())
+                    .add_routes(answering_the_rest(routes, "health alone"))
                     .serve_with_incoming_shutdown(
                         incoming(listener, None, settings.connections),
                         stopping(stopped.clone()),
                     ),
             )
         });
+        let mut routes = Routes::new(health_service);
+        if settings.reflection {
+            routes = routes
+                .add_service(reflection(S::NAME).build_v1()?)
+                .add_service(reflection(S::NAME).build_v1alpha()?);
+        }
+        // Bounds the service's calls in number and time, so a stuck store
+        // cannot hold callers forever and a flood is shed at once; health
+        // sits outside, so probes still answer.
+        let routes = routes.add_service(calls::Guarded::new(
+            service,
+            settings.concurrency_limit,
+            settings.request_timeout,
+        ));
         let (access, limits) = (settings.access.clone(), settings.tenant_limits.clone());
-        let mut routes = builder(settings)
+        let routes = builder(settings)
             // A connection with a call open is neither silent nor idle.
             .layer(tower::layer::layer_fn(CountCalls::new))
             // Every call counted, refused and shed ones included.
@@ -193,21 +210,7 @@ where
             .layer(tower::layer::layer_fn(move |inner| {
                 authenticate::Authenticated::new(inner, access.clone(), limits.clone())
             }))
-            .add_service(health_service);
-        if settings.reflection {
-            routes = routes
-                .add_service(reflection(S::NAME).build_v1()?)
-                .add_service(reflection(S::NAME).build_v1alpha()?);
-        }
-        let routes = routes
-            // Bounds the service's calls in number and time, so a stuck store
-            // cannot hold callers forever and a flood is shed at once; health
-            // sits outside, so probes still answer.
-            .add_service(calls::Guarded::new(
-                service,
-                settings.concurrency_limit,
-                settings.request_timeout,
-            ));
+            .add_routes(answering_the_rest(routes, S::NAME));
         let mut server = std::pin::pin!(routes.serve_with_incoming_shutdown(
             incoming(listeners.grpc, settings.tls.clone(), settings.connections),
             stopping(stopped),
@@ -312,6 +315,23 @@ fn builder(settings: &ServerSettings) -> Server {
         Some(age) => builder.max_connection_age(age),
         None => builder,
     }
+}
+
+/// `routes`, with any other path answered `UNIMPLEMENTED` saying what this
+/// port serves (`port_serves`), health and reflection aside: a call sent to the
+/// other service's port, or to the health-only one, says so, where gRPC's
+/// own answer says nothing.
+fn answering_the_rest(routes: Routes, port_serves: &'static str) -> Routes {
+    let answering = routes
+        .into_axum_router()
+        .fallback(move |uri: http::Uri| async move {
+            Status::unimplemented(format!(
+                "{} is not served here: this port serves {port_serves}",
+                uri.path()
+            ))
+            .into_http::<axum::body::Body>()
+        });
+    Routes::from(answering)
 }
 
 /// Resolves once `stop` turns true, or its sender is gone.

@@ -5,7 +5,10 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use numbering::{
     db::Backend,
-    proto::{AllocateRequest, number_allocator_client::NumberAllocatorClient},
+    proto::{
+        AllocateRequest, invoice_writer_client::InvoiceWriterClient,
+        number_allocator_client::NumberAllocatorClient,
+    },
     server::ServerSettings,
 };
 use rstest_reuse::apply;
@@ -20,8 +23,8 @@ use tonic_reflection::pb::{v1, v1alpha};
 use crate::backends;
 use crate::helpers::{
     CapturedLogs, PATIENCE, TestDb, allocate, allocator_binary, assert_invalid_field,
-    assert_reason, event, spawn_allocator, spawn_allocator_serving, spawn_both, start,
-    start_draining, test_settings, wait_for_health,
+    assert_reason, event, invoice_request, spawn_allocator, spawn_allocator_serving, spawn_both,
+    start, start_draining, test_settings, wait_for_health,
 };
 
 /// Service names listed by reflection v1.
@@ -384,6 +387,43 @@ async fn bad_settings_exit_64() {
         stderr.contains("--database-url") && !stderr.contains("hunter2"),
         "{stderr}"
     );
+}
+
+/// A call sent to the other service's port answers UNIMPLEMENTED saying
+/// which method it asked for and what the port serves, where gRPC's own
+/// answer says nothing; nothing is allocated or stored.
+#[tokio::test]
+async fn a_call_to_the_other_services_port_says_what_the_port_serves() {
+    let (mut allocator, writer) = spawn_both(Backend::Sqlite, 3).await;
+    let status = NumberAllocatorClient::new(writer.server.channel().await)
+        .allocate(allocate("acme", "", 1))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
+    assert_eq!(
+        status.message(),
+        "/numbering.v1.NumberAllocator/Allocate is not served here: this port serves \
+         numbering.v1.InvoiceWriter"
+    );
+    let status = InvoiceWriterClient::new(allocator.server.channel().await)
+        .create_invoice(invoice_request("acme"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
+    assert_eq!(
+        status.message(),
+        "/numbering.v1.InvoiceWriter/CreateInvoice is not served here: this port serves \
+         numbering.v1.NumberAllocator"
+    );
+    // Neither call reached a service: the allocator's first number is
+    // still to come.
+    let first = allocator
+        .client
+        .allocate(allocate("acme", "", 1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.numbers[0].value, 1);
 }
 
 /// Health answers for liveness ("") and for each service by name.

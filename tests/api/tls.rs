@@ -226,6 +226,10 @@ async fn mutual_tls_refuses_clients_without_a_certificate_from_its_ca_and_health
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+    assert!(
+        status.message().ends_with("this port serves health alone"),
+        "{status:?}"
+    );
     served.server.stop().await.unwrap();
 }
 
