@@ -380,22 +380,14 @@ impl InvoiceWriter {
                     }
                 }
                 // The invoice may be stored all the same: its connection was
-                // lost, or its time ran out, while its group committed. The
-                // number stays reserved and noted: reconciliation confirms it
-                // to the invoice the note names if that is stored, and gives
-                // it back otherwise.
-                Err(error @ StoreError::Unavailable(_)) => return Err(error.into()),
-                // Refused: not stored.
-                Err(error) => {
-                    let number = NumberOf::held_by(&invoice);
-                    if self
-                        .give_back(number, "the invoice was not stored", &key, deadline)
-                        .await
-                    {
-                        self.let_go(done).await;
-                    }
-                    return Err(error.into());
-                }
+                // lost, or its time ran out, or its group stopped, after its
+                // group committed; or a repeat of the call stored its own
+                // under the same number meanwhile. The number stays reserved
+                // and noted: reconciliation confirms it to the invoice stored
+                // under it, if any, and gives it back otherwise. Given back
+                // here, it could be voided, or handed out again, under a
+                // stored invoice.
+                Err(error) => return Err(error.into()),
             }
         }
         Err(match last_lost {

@@ -343,6 +343,10 @@ enum Failure {
     Unavailable,
     /// Never answers after the commit, so the caller's deadline passes.
     Hangs,
+    /// Fails as a store fault after the commit, as a group task that stops
+    /// once its write is made does: whether the invoice is stored is not
+    /// known.
+    InternalAfterCommit,
     /// Answers unavailable without storing the invoice.
     NotStored,
     /// Makes the insert, as a call slower than reconciliation waits, only
@@ -432,6 +436,12 @@ impl InvoiceStore for Fails {
             Failure::Hangs => {
                 self.inner.insert(invoice, request_id, note).await?;
                 std::future::pending().await
+            }
+            Failure::InternalAfterCommit => {
+                self.inner.insert(invoice, request_id, note).await?;
+                Err(StoreError::Internal(
+                    "the group stopped after its commit".into(),
+                ))
             }
             Failure::Paused(gate) | Failure::PausedAndDone(gate, _) => {
                 gate.reached.notify_one();
@@ -620,6 +630,22 @@ async fn a_call_unavailable_after_its_commit_is_repeated_by_its_retry(#[case] ba
         backend,
         Failure::Unavailable,
         Code::Unavailable,
+    )
+    .await;
+}
+
+/// A store fault after the commit leaves the invoice stored: its number is
+/// not given back, which would leave it voided (or handed out again) under
+/// a stored invoice.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_failed_by_its_store_after_its_commit_is_repeated_by_its_retry(
+    #[case] backend: Backend,
+) {
+    a_retry_after_a_failure_past_the_commit_returns_the_invoice(
+        backend,
+        Failure::InternalAfterCommit,
+        Code::Internal,
     )
     .await;
 }
