@@ -828,35 +828,8 @@ impl InvoiceWriter {
             }
             return Ok(false);
         }
-        let repeated = self
-            .allocator
-            .reserve(
-                &tenant,
-                &pending.issue_date,
-                &pending.request_key,
-                self.lease,
-                deadline,
-            )
-            .await;
-        let record = match repeated {
-            Ok(record) => record,
-            // Another call holds its number since its lease ended: settled
-            // as any number found taken (confirmed to an invoice stored
-            // under it, by a repeat of the call the note does not name;
-            // nothing of this reservation's is left to give back).
-            Err(error) if let Some(record) = error.held_by_another() => record,
-            Err(AllocatorError::Rejected(status)) => {
-                tracing::error!(
-                    tenant = %pending.tenant_id,
-                    request_key = %pending.request_key,
-                    error = %status.message(),
-                    "a pending reservation cannot be repeated; left for its lease to end",
-                );
-                self.store.note(done).await?;
-                return Ok(false);
-            }
-            // Tried again at the next reconciliation.
-            Err(AllocatorError::Unavailable(_)) => return Ok(false),
+        let Some(record) = self.repeat(&tenant, pending, done, deadline).await? else {
+            return Ok(false);
         };
         let number = NumberOf {
             tenant: &pending.tenant_id,
@@ -899,6 +872,71 @@ impl InvoiceWriter {
             self.store.note(done).await?;
         }
         Ok(given_back)
+    }
+
+    /// Repeats the reservation a pending note was made for (same request
+    /// id, same number): its number as it stands, if the allocator answers
+    /// it. A reservation refused for good is left for its lease to end, and
+    /// its note (`done`) goes; one refused for now, or unreachable, is tried
+    /// again at the next reconciliation.
+    async fn repeat(
+        &self,
+        tenant: &TenantId,
+        pending: &Pending,
+        done: Note<'_>,
+        deadline: Instant,
+    ) -> Result<Option<NumberRecord>, Error> {
+        let repeated = self
+            .allocator
+            .reserve(
+                tenant,
+                &pending.issue_date,
+                &pending.request_key,
+                self.lease,
+                deadline,
+            )
+            .await;
+        Ok(match repeated {
+            Ok(record) => Some(record),
+            // Another call holds its number since its lease ended: settled
+            // as any number found taken (confirmed to an invoice stored
+            // under it, by a repeat of the call the note does not name;
+            // nothing of this reservation's is left to give back).
+            Err(error) if let Some(record) = error.held_by_another() => Some(record),
+            // Refused for good (the date out of the series' reach, say), as
+            // a confirmation is: tried again, it would hold a place in every
+            // reconciliation.
+            Err(AllocatorError::Rejected(status))
+                if matches!(
+                    status.code(),
+                    Code::FailedPrecondition | Code::InvalidArgument
+                ) =>
+            {
+                tracing::error!(
+                    tenant = %pending.tenant_id,
+                    request_key = %pending.request_key,
+                    error = %status.message(),
+                    "a pending reservation cannot be repeated; left for its lease to end",
+                );
+                self.store.note(done).await?;
+                None
+            }
+            // Refused for now (the writer's token not granted, a fault of
+            // the allocator's): an invoice may be stored under the number,
+            // which only the note leads to. Tried again at the next
+            // reconciliation.
+            Err(AllocatorError::Rejected(status)) => {
+                tracing::warn!(
+                    tenant = %pending.tenant_id,
+                    request_key = %pending.request_key,
+                    error = %status.message(),
+                    "a pending reservation cannot be repeated now; reconciliation will try again",
+                );
+                None
+            }
+            // Tried again at the next reconciliation.
+            Err(AllocatorError::Unavailable(_)) => None,
+        })
     }
 
     /// One of the tenant's invoices.

@@ -40,9 +40,9 @@ use uuid::Uuid;
 use crate::{
     backends,
     helpers::{
-        AllocatorApp, AllocatorProxy, Fault, ManualClock, PATIENCE, TestDb, TestServer, WriterApp,
-        acme_number, allocator_client, assert_confirmed_with_ids, assert_reason, audit_acme,
-        import_invoice, invoice_request, invoice_series, list_all, serve_allocator_on,
+        AllocatorApp, AllocatorProxy, Fault, ManualClock, Method, PATIENCE, TestDb, TestServer,
+        WriterApp, acme_number, allocator_client, assert_confirmed_with_ids, assert_reason,
+        audit_acme, import_invoice, invoice_request, invoice_series, list_all, serve_allocator_on,
         set_acme_gap_policy, spawn_allocator, spawn_both, spawn_writer, spawn_writer_on,
         test_settings,
     },
@@ -1122,4 +1122,95 @@ async fn reconciliation_leaves_a_number_another_call_took_since(#[case] backend:
             .is_empty(),
         "the note is settled"
     );
+}
+
+/// An invoice stored under a reservation whose note a repeat of its call
+/// has made its own (naming an invoice of the repeat's, never stored), its
+/// number not confirmed; reconciled while the allocator refuses the writer
+/// (its token no longer granted, say): the refusal may pass, so the note
+/// stays, and once the allocator takes the writer again the number is
+/// confirmed to the stored invoice. Dropped, the note would leave the
+/// number reserved until its lease ended, then given back under a stored
+/// invoice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_note_whose_repeat_is_refused_for_now_is_settled_later() {
+    let mut allocator = spawn_allocator(Backend::Postgres).await;
+    let db = TestDb::create(Backend::Postgres).await;
+    let store = db.invoice_store().await;
+    let key = attempt_request_id(&RequestId::parse("order-9").unwrap().unwrap(), 1);
+    let reserved = allocator
+        .client
+        .reserve(ReserveRequest {
+            tenant_id: "acme".into(),
+            request_id: key.clone(),
+            ..ReserveRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .record
+        .unwrap();
+    let pending = |invoice_id: Uuid| Pending {
+        tenant_id: "acme".into(),
+        request_key: key.clone(),
+        issue_date: String::new(),
+        since: Utc::now(),
+        invoice_id: invoice_id.to_string(),
+    };
+    let stored = Uuid::now_v7();
+    store
+        .note(Note::Pending {
+            pending: &pending(stored),
+            request_id: None,
+        })
+        .await
+        .unwrap();
+    let new = numbering::invoices::grpc::parse_new_invoice(&invoice_request("acme"))
+        .unwrap()
+        .0;
+    let number = Numbered {
+        value: reserved.number,
+        formatted: reserved.formatted.clone(),
+        period: String::new(),
+        date: Utc::now().date_naive(),
+    };
+    let invoice = new.numbered(number, stored, Utc::now());
+    store.insert(&invoice, None, Some(&key)).await.unwrap();
+    // The repeat's note, for an invoice it never stored.
+    store
+        .note(Note::Pending {
+            pending: &pending(Uuid::now_v7()),
+            request_id: None,
+        })
+        .await
+        .unwrap();
+    let later = Utc::now() + TimeDelta::hours(1);
+
+    let denying = AllocatorProxy::new(allocator.client.clone(), Fault::Deny(Method::Reserve));
+    let (denying_url, _serving) = denying.serve().await;
+    reconcile_all(&store, &denying_url).await;
+    assert_eq!(denying.lost(), 1, "the reservation was not repeated");
+    assert_eq!(
+        store.pending_before(later, 10).await.unwrap().len(),
+        1,
+        "the note went while its number is still reserved"
+    );
+
+    let settled = reconcile_all(&store, &allocator.server.url()).await;
+    assert_eq!(settled.given_back, 0, "{settled:?}");
+    assert!(store.pending_before(later, 10).await.unwrap().is_empty());
+    let record = allocator
+        .client
+        .get_number(GetNumberRequest {
+            tenant_id: "acme".into(),
+            number: reserved.number,
+            ..GetNumberRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .record
+        .unwrap();
+    assert_eq!(record.state(), NumberState::Confirmed, "{record:?}");
+    assert_eq!(record.reference, stored.to_string());
 }

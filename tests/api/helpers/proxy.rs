@@ -39,6 +39,9 @@ pub enum Fault {
     Hang(Method),
     /// Every call of `Method` is refused (`ABORTED`), never sent.
     Refuse(Method),
+    /// Every call of `Method` is refused `PERMISSION_DENIED`, never sent, as
+    /// an allocator that no longer grants the writer's token refuses it.
+    Deny(Method),
 }
 
 /// Forwards every call to the allocator, failing replies as its fault says.
@@ -104,7 +107,7 @@ impl AllocatorProxy {
                 self.hung.notify_one();
                 std::future::pending::<()>().await;
             }
-            Fault::Hang(_) | Fault::Refuse(_) => {}
+            Fault::Hang(_) | Fault::Refuse(_) | Fault::Deny(_) => {}
         }
         Ok(answer)
     }
@@ -115,6 +118,10 @@ impl AllocatorProxy {
             Fault::Refuse(refused) if refused == method => {
                 self.lost.fetch_add(1, Ordering::SeqCst);
                 Err(Status::aborted("refused by the proxy"))
+            }
+            Fault::Deny(denied) if denied == method => {
+                self.lost.fetch_add(1, Ordering::SeqCst);
+                Err(Status::permission_denied("denied by the proxy"))
             }
             _ => Ok(()),
         }
