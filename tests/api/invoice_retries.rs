@@ -25,8 +25,9 @@ use numbering::{
     },
     proto::{
         AuditSeriesRequest, ConfigureSeriesRequest, CreateInvoiceRequest, CreateInvoiceResponse,
-        GapPolicy, GetNumberRequest, NumberState, ReleaseRequest, ReserveRequest, Reset,
-        invoice_writer_client::InvoiceWriterClient, number_allocator_client::NumberAllocatorClient,
+        GapPolicy, GetNumberRequest, NumberRecord, NumberState, ReleaseRequest, ReserveRequest,
+        Reset, invoice_writer_client::InvoiceWriterClient,
+        number_allocator_client::NumberAllocatorClient,
     },
     request_id::RequestId,
     server::{ServerSettings, Store},
@@ -305,13 +306,13 @@ async fn configure_acme_yearly(allocator: &mut NumberAllocatorClient<Channel>) {
 }
 
 /// Reserves one of acme's invoice numbers under `request_id`, for `date`
-/// (both may be empty), and gives it back.
-async fn reserve_and_give_back(
+/// (both may be empty); its record.
+async fn reserve_acme(
     allocator: &mut NumberAllocatorClient<Channel>,
     request_id: &str,
     date: &str,
-) {
-    let reserved = allocator
+) -> NumberRecord {
+    allocator
         .reserve(ReserveRequest {
             tenant_id: "acme".into(),
             request_id: request_id.into(),
@@ -322,7 +323,17 @@ async fn reserve_and_give_back(
         .unwrap()
         .into_inner()
         .record
-        .unwrap();
+        .unwrap()
+}
+
+/// Reserves one of acme's invoice numbers under `request_id`, for `date`
+/// (both may be empty), and gives it back.
+async fn reserve_and_give_back(
+    allocator: &mut NumberAllocatorClient<Channel>,
+    request_id: &str,
+    date: &str,
+) {
+    let reserved = reserve_acme(allocator, request_id, date).await;
     allocator
         .release(ReleaseRequest {
             tenant_id: "acme".into(),
@@ -1138,18 +1149,7 @@ async fn a_note_whose_repeat_is_refused_for_now_is_settled_later() {
     let db = TestDb::create(Backend::Postgres).await;
     let store = db.invoice_store().await;
     let key = attempt_request_id(&RequestId::parse("order-9").unwrap().unwrap(), 1);
-    let reserved = allocator
-        .client
-        .reserve(ReserveRequest {
-            tenant_id: "acme".into(),
-            request_id: key.clone(),
-            ..ReserveRequest::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .record
-        .unwrap();
+    let reserved = reserve_acme(&mut allocator.client, &key, "").await;
     let pending = |invoice_id: Uuid| Pending {
         tenant_id: "acme".into(),
         request_key: key.clone(),

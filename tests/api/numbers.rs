@@ -104,12 +104,9 @@ async fn each_number_reads_back_with_what_became_of_it(#[case] backend: Backend)
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
 }
 
-/// A number of a periodic series is read in its period, with the text of
-/// its document's date.
-#[apply(backends)]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn numbers_are_read_in_their_period(#[case] backend: Backend) {
-    let mut app = spawn_allocator(backend).await;
+/// Makes acme's "yearly" series (`{year}/{number:04}`, reset yearly) and
+/// allocates its first number of 2025.
+async fn yearly_with_one_number(app: &mut AllocatorApp) {
     app.client
         .configure_series(ConfigureSeriesRequest {
             tenant_id: "acme".into(),
@@ -123,6 +120,15 @@ async fn numbers_are_read_in_their_period(#[case] backend: Backend) {
     let mut request = allocate("acme", "yearly", 1);
     request.date = "2025-06-30".into();
     app.client.allocate(request).await.unwrap();
+}
+
+/// A number of a periodic series is read in its period, with the text of
+/// its document's date.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbers_are_read_in_their_period(#[case] backend: Backend) {
+    let mut app = spawn_allocator(backend).await;
+    yearly_with_one_number(&mut app).await;
 
     let first = record(&mut app, get("acme", "yearly", "2025", 1)).await;
     assert_eq!(
@@ -145,19 +151,7 @@ async fn numbers_are_read_in_their_period(#[case] backend: Backend) {
 #[tokio::test]
 async fn a_period_the_series_never_makes_is_refused_by_field() {
     let mut app = spawn_allocator(Backend::Postgres).await;
-    app.client
-        .configure_series(ConfigureSeriesRequest {
-            tenant_id: "acme".into(),
-            series: "yearly".into(),
-            format: "{year}/{number:04}".into(),
-            reset: Reset::Yearly.into(),
-            ..ConfigureSeriesRequest::default()
-        })
-        .await
-        .unwrap();
-    let mut request = allocate("acme", "yearly", 1);
-    request.date = "2025-06-30".into();
-    app.client.allocate(request).await.unwrap();
+    yearly_with_one_number(&mut app).await;
     app.client.allocate(allocate("acme", "", 1)).await.unwrap();
 
     for (series, period, hint) in [
