@@ -104,7 +104,10 @@ impl App {
                 "{error}; write it as http://host:port or https://host:port"
             ))
         })?;
-        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        // As written: the client tells TLS from plaintext by the prefix.
+        let raw = settings.allocator.url.as_str();
+        if !(raw.starts_with("http://") || raw.starts_with("https://")) || url.host_str().is_none()
+        {
             return Err(invalid(
                 "write it as http://host:port or https://host:port".into(),
             ));

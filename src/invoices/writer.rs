@@ -10,7 +10,7 @@ use std::{
 };
 
 use tokio::time::Instant;
-use tonic::Code;
+use tonic::{Code, Status};
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -108,7 +108,7 @@ pub struct Reconciled {
 /// The number a reservation answered, as an invoice holds it.
 fn numbered(record: NumberRecord) -> Result<Numbered, Error> {
     let date = crate::calendar::parse_day(&record.date).map_err(|reason| {
-        AllocatorError::Rejected(tonic::Status::internal(format!(
+        AllocatorError::Rejected(Status::internal(format!(
             "the allocator answered the date {:?}: {reason}",
             record.date
         )))
@@ -200,6 +200,27 @@ enum Lost {
     Taken,
     /// Reconciliation took it over, the store having been too slow.
     TakenOver,
+}
+
+/// Whether the allocator refused a call for good: asked again, it would
+/// refuse again (the number's state, the request's values), where other
+/// refusals (the writer's token, a fault of the allocator's) may pass.
+fn refused_for_good(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::FailedPrecondition | Code::InvalidArgument
+    )
+}
+
+/// Whether `status` refuses the request's `period` (one the series' reset
+/// never makes).
+fn names_period(status: &Status) -> bool {
+    status.code() == Code::InvalidArgument
+        && tonic_types::StatusExt::get_details_bad_request(status).is_some_and(|bad| {
+            bad.field_violations
+                .iter()
+                .any(|violation| violation.field == "period")
+        })
 }
 
 /// What notes an invoice's number settled once it is confirmed.
@@ -663,7 +684,12 @@ impl InvoiceWriter {
             .await;
         match confirmed {
             Ok(_) => true,
-            Err(AllocatorError::Rejected(status)) if status.code() == Code::NotFound => {
+            // An invoice without a period holds no number of a series that
+            // resets: every number the allocator hands out there has one.
+            Err(AllocatorError::Rejected(status))
+                if status.code() == Code::NotFound
+                    || number.period.is_empty() && names_period(&status) =>
+            {
                 tracing::info!(
                     tenant = %number.tenant,
                     invoice_number = %number.formatted,
@@ -674,12 +700,7 @@ impl InvoiceWriter {
             }
             // Refused for good (an imported number it cannot take, say):
             // tried again, it would hold a place in every reconciliation.
-            Err(AllocatorError::Rejected(status))
-                if matches!(
-                    status.code(),
-                    Code::FailedPrecondition | Code::InvalidArgument
-                ) =>
-            {
+            Err(AllocatorError::Rejected(status)) if refused_for_good(&status) => {
                 confirmation_refused(&status);
                 tracing::error!(
                     tenant = %number.tenant,
@@ -906,12 +927,7 @@ impl InvoiceWriter {
             // Refused for good (the date out of the series' reach, say), as
             // a confirmation is: tried again, it would hold a place in every
             // reconciliation.
-            Err(AllocatorError::Rejected(status))
-                if matches!(
-                    status.code(),
-                    Code::FailedPrecondition | Code::InvalidArgument
-                ) =>
-            {
+            Err(AllocatorError::Rejected(status)) if refused_for_good(&status) => {
                 tracing::error!(
                     tenant = %pending.tenant_id,
                     request_key = %pending.request_key,

@@ -35,32 +35,35 @@ pub fn internal(error: &(dyn std::error::Error + 'static)) -> Status {
 /// `error` and its causes, joined by ": ", for one log line. A cause whose
 /// text its error already ends with (drivers often repeat it) is not repeated.
 /// A PostgreSQL error reads without the line of PostgreSQL's own source that
-/// raised it, which the driver appends ("at line 768"): noise to whoever
-/// reads it.
+/// raised it, which the driver appends ("at line 768"), wherever it is
+/// repeated: noise to whoever reads it.
 #[must_use]
 pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut chain = String::new();
-    let mut next = Some(error);
-    while let Some(error) = next {
-        let (text, source) = match error.downcast_ref::<sqlx::Error>() {
-            // Its source is the database's error, whose text this is.
-            Some(sqlx::Error::Database(database))
-                if database
-                    .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
-                    .is_some() =>
-            {
-                let text = format!("error returned from database: {}", database.message());
-                (text, None)
-            }
-            _ => (error.to_string(), error.source()),
-        };
-        if chain.is_empty() {
-            chain = text;
-        } else if !chain.ends_with(&text) {
+    let mut chain = error.to_string();
+    let mut noise = source_line(error);
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !chain.ends_with(&text) {
             chain.push_str(": ");
             chain.push_str(&text);
         }
-        next = source;
+        noise = noise.or_else(|| source_line(cause));
+        source = cause.source();
     }
-    chain
+    match noise {
+        Some(noise) => chain.replace(&noise, ""),
+        None => chain,
+    }
+}
+
+/// What the driver appends to a PostgreSQL error's text: " at line N".
+fn source_line(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let sqlx::Error::Database(database) = error.downcast_ref::<sqlx::Error>()? else {
+        return None;
+    };
+    let line = database
+        .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()?
+        .line()?;
+    Some(format!(" at line {line}"))
 }

@@ -41,11 +41,11 @@ use uuid::Uuid;
 use crate::{
     backends,
     helpers::{
-        AllocatorApp, AllocatorProxy, Fault, ManualClock, Method, PATIENCE, TestDb, TestServer,
-        WriterApp, acme_number, allocator_client, assert_confirmed_with_ids, assert_reason,
-        audit_acme, import_invoice, invoice_request, invoice_series, list_all, serve_allocator_on,
-        set_acme_gap_policy, spawn_allocator, spawn_both, spawn_writer, spawn_writer_on,
-        test_settings,
+        AllocatorApp, AllocatorProxy, CapturedLogs, Fault, ManualClock, Method, PATIENCE, TestDb,
+        TestServer, WriterApp, acme_number, allocator_client, assert_confirmed_with_ids,
+        assert_reason, audit_acme, import_invoice, invoice_request, invoice_series, list_all,
+        serve_allocator_on, set_acme_gap_policy, spawn_allocator, spawn_both, spawn_writer,
+        spawn_writer_on, test_settings,
     },
 };
 
@@ -1213,4 +1213,40 @@ async fn a_note_whose_repeat_is_refused_for_now_is_settled_later() {
         .unwrap();
     assert_eq!(record.state(), NumberState::Confirmed, "{record:?}");
     assert_eq!(record.reference, stored.to_string());
+}
+
+/// An invoice imported without a period into a series that resets holds no
+/// number the allocator handed out (each of those has its period): its
+/// reconciliation settles it as such, not as a confirmation refused, which
+/// would be logged as an error and counted.
+#[tokio::test]
+async fn an_invoice_imported_without_a_period_into_a_yearly_series_is_settled_quietly() {
+    let mut allocator = spawn_allocator(Backend::Postgres).await;
+    configure_acme_yearly(&mut allocator.client).await;
+    let db = TestDb::create(Backend::Postgres).await;
+    let store = db.invoice_store().await;
+    import_invoice(&store, "acme", 7, "2026-7").await;
+
+    let logs = CapturedLogs::default();
+    let _subscriber = tracing::subscriber::set_default(logs.subscriber());
+    reconcile_all(&store, &allocator.server.url()).await;
+    // Marked settled by a write of its own, after the answer.
+    tokio::time::timeout(PATIENCE, async {
+        while !store.unsettled(None, 10).await.unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the imported invoice is settled");
+    let events = logs.events();
+    assert!(
+        events.iter().any(|event| event["fields"]["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("not handed out by the allocator"))),
+        "{events:?}"
+    );
+    assert!(
+        !events.iter().any(|event| event["level"] == "ERROR"),
+        "{events:?}"
+    );
 }

@@ -407,6 +407,7 @@ async fn an_allocator_url_without_its_scheme_stops_start_up() {
         "127.0.0.1:50051",
         "localhost:50051",
         "ftp://allocator:50051",
+        "HTTP://allocator:50051",
     ] {
         let output = run(
             WRITER,
