@@ -52,10 +52,10 @@ fn given_by_environment<T: CommandFactory>(error: &clap::Error) -> Option<String
         .find(|argument| argument.get_long() == Some(long))?;
     let variable = argument.get_env()?.to_str()?;
     // Given on the command line too, the flag's value is the one refused.
-    let flag = format!("--{long}");
+    let (flag, with_value) = (format!("--{long}"), format!("--{long}="));
     let on_command_line = std::env::args_os().any(|arg| {
         arg.to_str()
-            .is_some_and(|arg| arg == flag || arg.starts_with(&format!("{flag}=")))
+            .is_some_and(|arg| arg == flag || arg.starts_with(&with_value))
     });
     (std::env::var_os(variable).is_some() && !on_command_line).then(|| variable.to_owned())
 }

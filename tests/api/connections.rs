@@ -41,7 +41,7 @@ use tonic_health::pb::{
 use uuid::Uuid;
 
 use crate::helpers::{
-    Link, PATIENCE, TcpProxy, TestDb, allocate, allocator_client_to, invoice_request,
+    Link, PATIENCE, TcpProxy, TestDb, allocate, allocator_client_to, create, invoice_request,
     spawn_allocator, spawn_allocator_serving, spawn_writer, spawn_writer_on, start, test_settings,
 };
 
@@ -400,25 +400,12 @@ async fn the_writer_leaves_a_connection_its_allocator_went_silent_on() {
         test_settings(),
     )
     .await;
-    let first = writer
-        .client
-        .create_invoice(invoice_request("acme"))
-        .await
-        .expect("created through the proxy")
-        .into_inner()
-        .invoice
-        .unwrap();
+    let first = create(&mut writer.client, "acme").await;
     let open = *proxy.accepted().borrow();
     proxy.set(Link::FrozenFirst(open));
 
-    let second = writer
-        .client
-        .create_invoice(invoice_request("acme"))
-        .await
-        .expect("created on a new connection once the silent one was closed")
-        .into_inner()
-        .invoice
-        .unwrap();
+    // Created on a new connection once the silent one is closed.
+    let second = create(&mut writer.client, "acme").await;
     assert!(
         *proxy.accepted().borrow() > open,
         "no new connection was opened"

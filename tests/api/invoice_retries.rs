@@ -1199,18 +1199,7 @@ async fn a_note_whose_repeat_is_refused_for_now_is_settled_later() {
     let settled = reconcile_all(&store, &allocator.server.url()).await;
     assert_eq!(settled.given_back, 0, "{settled:?}");
     assert!(store.pending_before(later, 10).await.unwrap().is_empty());
-    let record = allocator
-        .client
-        .get_number(GetNumberRequest {
-            tenant_id: "acme".into(),
-            number: reserved.number,
-            ..GetNumberRequest::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .record
-        .unwrap();
+    let record = acme_number(&mut allocator.client, reserved.number).await;
     assert_eq!(record.state(), NumberState::Confirmed, "{record:?}");
     assert_eq!(record.reference, stored.to_string());
 }
