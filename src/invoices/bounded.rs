@@ -14,7 +14,9 @@ use crate::{
     db,
     invoices::{
         domain::Invoice,
-        store::{HighestNumber, InvoiceStore, Note, NumberOf, Pending, StoreError, StoredAt},
+        store::{
+            HighestNumber, InvoiceStore, Note, NotedAt, NumberOf, Pending, StoreError, StoredAt,
+        },
     },
     request_id::RequestId,
     server::Store,
@@ -111,9 +113,11 @@ impl InvoiceStore for Bounded {
     async fn pending_before(
         &self,
         before: DateTime<Utc>,
+        after: Option<NotedAt>,
         limit: u32,
     ) -> Result<Vec<Pending>, StoreError> {
-        self.within(self.inner.pending_before(before, limit)).await
+        self.within(self.inner.pending_before(before, after, limit))
+            .await
     }
 
     async fn unsettled(

@@ -28,7 +28,9 @@ use crate::{
     group::{Group, Refused},
     invoices::{
         domain::{Client, Invoice, LineItem},
-        store::{HighestNumber, InvoiceStore, Note, NumberOf, Pending, StoreError, StoredAt},
+        store::{
+            HighestNumber, InvoiceStore, Note, NotedAt, NumberOf, Pending, StoreError, StoredAt,
+        },
     },
     request_id::RequestId,
     server::Store,
@@ -430,9 +432,19 @@ where
     async fn pending_before(
         &self,
         before: DateTime<Utc>,
+        after: Option<NotedAt>,
         limit: u32,
     ) -> Result<Vec<Pending>, StoreError> {
-        Ok(select_pending_before(self.engine.pool(), before, limit.into()).await?)
+        // Without a place to go on from: before every note.
+        let (at, tenant, request_key) =
+            after.unwrap_or_else(|| (first_instant(), String::new(), String::new()));
+        Ok(select_pending_before(
+            self.engine.pool(),
+            before,
+            (at, &tenant, &request_key),
+            limit.into(),
+        )
+        .await?)
     }
 
     async fn unsettled(
@@ -440,18 +452,21 @@ where
         after: Option<StoredAt>,
         limit: u32,
     ) -> Result<Vec<Invoice>, StoreError> {
-        // Without a place to go on from: before every invoice (none is
-        // stored before the year 1, which both engines keep in order).
-        let (at, id) = after.unwrap_or_else(|| {
-            let first = NaiveDate::from_ymd_opt(1, 1, 1).unwrap_or(NaiveDate::MIN);
-            (first.and_time(NaiveTime::MIN).and_utc(), Uuid::nil())
-        });
+        // Without a place to go on from: before every invoice.
+        let (at, id) = after.unwrap_or_else(|| (first_instant(), Uuid::nil()));
         select_unsettled::<E::Db, E::Stored>(self.engine.pool(), (at, id), limit.into())
             .await?
             .into_iter()
             .map(InvoiceRow::into_invoice::<E::Stored>)
             .collect()
     }
+}
+
+/// Before every invoice stored and every note made: none is before the year
+/// 1, which both engines keep in order.
+fn first_instant() -> DateTime<Utc> {
+    let first = NaiveDate::from_ymd_opt(1, 1, 1).unwrap_or(NaiveDate::MIN);
+    first.and_time(NaiveTime::MIN).and_utc()
 }
 
 #[async_trait]
@@ -1077,11 +1092,14 @@ where
     .await
 }
 
-/// Up to `limit` reservations pending since before `before`, oldest first.
+/// Up to `limit` reservations pending since before `before`, oldest first
+/// (by when noted, then tenant and request key), after `after` (when noted,
+/// tenant and request key).
 #[tracing::instrument(name = "db.pending_numbers.select_old", skip_all, err(level = "debug"))]
 pub(crate) async fn select_pending_before<DB>(
     pool: &Pool<DB>,
     before: DateTime<Utc>,
+    after: (DateTime<Utc>, &str, &str),
     limit: i64,
 ) -> Result<Vec<Pending>, sqlx::Error>
 where
@@ -1090,13 +1108,18 @@ where
     DB::Arguments: IntoArguments<DB>,
     for<'r> Pending: FromRow<'r, DB::Row>,
     for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
     for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
 {
     sqlx::query_as(
         "SELECT tenant_id, request_key, issue_date, since, invoice_id FROM pending_numbers
-         WHERE since < $1 ORDER BY since LIMIT $2",
+         WHERE since < $1 AND (since, tenant_id, request_key) > ($2, $3, $4)
+         ORDER BY since, tenant_id, request_key LIMIT $5",
     )
     .bind(before)
+    .bind(after.0)
+    .bind(after.1)
+    .bind(after.2)
     .bind(limit)
     .fetch_all(pool)
     .await

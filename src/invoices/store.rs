@@ -20,6 +20,10 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// its id.
 pub type StoredAt = (DateTime<Utc>, Uuid);
 
+/// A pending note's place in the order of noting: when it was noted, then
+/// its tenant and request key.
+pub type NotedAt = (DateTime<Utc>, String, String);
+
 /// Durable invoices, unique per tenant by period and number, and by
 /// formatted number.
 #[async_trait]
@@ -88,11 +92,13 @@ pub trait InvoiceStore: Store {
     async fn take_over(&self, pending: &Pending) -> Result<bool, StoreError>;
 
     /// Up to `limit` reservations pending since before `before`, oldest
-    /// first: left by calls that died, if `before` is older than any call
+    /// first (by when noted, then tenant and request key), after `after` if
+    /// given: left by calls that died, if `before` is older than any call
     /// runs.
     async fn pending_before(
         &self,
         before: DateTime<Utc>,
+        after: Option<NotedAt>,
         limit: u32,
     ) -> Result<Vec<Pending>, StoreError>;
 

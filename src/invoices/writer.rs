@@ -19,7 +19,7 @@ use crate::{
     invoices::{
         allocator_client::{AllocatorClient, AllocatorError},
         domain::{Invoice, NewInvoice, Numbered},
-        store::{InvoiceStore, Note, NumberOf, Pending, StoreError, StoredAt},
+        store::{InvoiceStore, Note, NotedAt, NumberOf, Pending, StoreError, StoredAt},
     },
     page::Page,
     proto::{NumberRecord, NumberState},
@@ -253,6 +253,9 @@ pub struct InvoiceWriter {
     /// The last unsettled invoice reconciliation looked at (when stored,
     /// and id): the next run goes on after it.
     reconciled_to: Arc<Mutex<Option<StoredAt>>>,
+    /// The last pending note reconciliation looked at (when noted, tenant
+    /// and request key): the next run goes on after it.
+    settled_to: Arc<Mutex<Option<NotedAt>>>,
 }
 
 impl InvoiceWriter {
@@ -272,6 +275,7 @@ impl InvoiceWriter {
             clock,
             lease: DEFAULT_RESERVATION_LEASE,
             reconciled_to: Arc::default(),
+            settled_to: Arc::default(),
         }
     }
 
@@ -766,11 +770,11 @@ impl InvoiceWriter {
 
     /// Settles what calls that died left behind: confirms the numbers of up
     /// to `batch` stored invoices not settled (each run after those the last
-    /// looked at, from the oldest again once at the end), and settles up to `batch`
-    /// reservations pending since before `stale_before`: each is repeated
-    /// (same request id, same number), then confirmed to the invoice stored
-    /// under its number, or given back. Each call is retried until
-    /// `deadline`.
+    /// looked at, from the oldest again once at the end), and settles up to
+    /// `batch` reservations pending since before `stale_before` (after
+    /// those the last looked at, likewise): each is repeated (same request
+    /// id, same number), then confirmed to the invoice stored under its
+    /// number, or given back. Each call is retried until `deadline`.
     ///
     /// # Errors
     /// The invoice store failed; what was settled before stays settled.
@@ -801,11 +805,32 @@ impl InvoiceWriter {
             .reconciled_to
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = next;
-        for pending in self.store.pending_before(stale_before, batch).await? {
-            if self.settle(&pending, deadline).await? {
+        let after = self
+            .settled_to
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let pending = self
+            .store
+            .pending_before(stale_before, after, batch)
+            .await?;
+        // Notes that cannot be settled now (of a tenant the writer's token
+        // is not granted) do not hold back those behind either.
+        let next = match pending.last() {
+            Some(last) if pending.len() >= batch as usize => {
+                Some((last.since, last.tenant_id.clone(), last.request_key.clone()))
+            }
+            _ => None,
+        };
+        for pending in &pending {
+            if self.settle(pending, deadline).await? {
                 reconciled.given_back += 1;
             }
         }
+        *self
+            .settled_to
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = next;
         Ok(reconciled)
     }
 

@@ -15,6 +15,7 @@ use numbering::{
     },
     server::ServerSettings,
 };
+use rstest_reuse::apply;
 use tokio_stream::StreamExt;
 use tonic::{Code, Status, service::interceptor::InterceptedService, transport::Channel};
 use tonic_health::{ServingStatus, pb::HealthCheckRequest, pb::health_client::HealthClient};
@@ -23,10 +24,13 @@ use tonic_reflection::pb::v1::{
     server_reflection_request::MessageRequest,
 };
 
-use crate::helpers::{
-    AllocatorApp, CapturedLogs, PATIENCE, TestDb, advance, allocate, allocator_binary,
-    allocator_client_with, assert_reason, count, event, import_invoice, invoice_request, list_all,
-    spawn_allocator_serving, spawn_writer_on, start, test_settings, writer_binary,
+use crate::{
+    backends,
+    helpers::{
+        AllocatorApp, CapturedLogs, PATIENCE, TestDb, advance, allocate, allocator_binary,
+        allocator_client_with, assert_reason, count, event, import_invoice, invoice_request,
+        list_all, spawn_allocator_serving, spawn_writer_on, start, test_settings, writer_binary,
+    },
 };
 
 /// Read again this often in tests, so that a change shows within a test's patience.
@@ -579,4 +583,65 @@ async fn reconciliation_goes_on_past_an_invoice_it_cannot_settle() {
     .expect("the granted tenant's invoice was never settled");
     let left: Vec<_> = settled.iter().map(|invoice| invoice.id).collect();
     assert_eq!(left, [refused]);
+}
+
+/// Reconciliation goes on past reservations it cannot settle either: with
+/// the oldest pending note of a tenant the writer's token is not granted
+/// (kept, as the refusal may not last), each run goes on after the last,
+/// and the next note, of a tenant it is granted, is settled (its
+/// reservation repeated and given back) instead of waiting behind it.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciliation_goes_on_past_a_note_it_cannot_settle(#[case] backend: Backend) {
+    use numbering::invoices::{
+        store::{Note, Pending},
+        writer::InvoiceWriter,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (allocator, _path) = guarded_allocator(&dir).await;
+    let db = TestDb::create(backend).await;
+    let store = db.invoice_store().await;
+    let now = chrono::Utc::now();
+    for (tenant, age) in [("initech", 2), ("acme", 1)] {
+        let pending = Pending {
+            tenant_id: tenant.into(),
+            request_key: format!("{tenant}-call"),
+            issue_date: String::new(),
+            since: now - chrono::TimeDelta::seconds(age),
+            invoice_id: uuid::Uuid::now_v7().to_string(),
+        };
+        let note = Note::Pending {
+            pending: &pending,
+            request_id: None,
+        };
+        store.note(note).await.unwrap();
+    }
+    let noted = |notes: Vec<Pending>| -> Vec<String> {
+        notes.into_iter().map(|note| note.tenant_id).collect()
+    };
+    let later = now + chrono::TimeDelta::minutes(1);
+    let all = store.pending_before(later, None, 10).await.unwrap();
+    assert_eq!(noted(all), ["initech", "acme"], "oldest first");
+
+    let writer = InvoiceWriter::new(
+        store.clone(),
+        allocator_client_with(
+            &allocator.server.url(),
+            BearerToken::fixed("billing-s3cret").unwrap(),
+        ),
+        3,
+        Arc::new(SystemClock),
+    );
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut given_back = 0;
+    for _ in 0..2 {
+        given_back += writer
+            .reconcile(later, 1, deadline)
+            .await
+            .unwrap()
+            .given_back;
+    }
+    assert_eq!(given_back, 1, "acme's reservation was not given back");
+    let left = store.pending_before(later, None, 10).await.unwrap();
+    assert_eq!(noted(left), ["initech"]);
 }

@@ -529,9 +529,10 @@ impl InvoiceStore for Fails {
     async fn pending_before(
         &self,
         before: DateTime<Utc>,
+        after: Option<(DateTime<Utc>, String, String)>,
         limit: u32,
     ) -> Result<Vec<Pending>, StoreError> {
-        self.inner.pending_before(before, limit).await
+        self.inner.pending_before(before, after, limit).await
     }
 
     async fn unsettled(
@@ -814,7 +815,12 @@ async fn a_call_whose_repeat_settled_first_answers_the_repeat_s_invoice(#[case] 
     assert!(!second.replayed);
     tokio::time::timeout(PATIENCE, async {
         let far = Utc::now() + TimeDelta::days(1);
-        while !stored.pending_before(far, 10).await.unwrap().is_empty() {
+        while !stored
+            .pending_before(far, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+        {
             tokio::task::yield_now().await;
         }
     })
@@ -1039,7 +1045,7 @@ async fn reconciliation_confirms_a_number_whose_text_only_is_taken(#[case] backe
         );
         assert!(
             stored
-                .pending_before(Utc::now() + TimeDelta::minutes(1), 10)
+                .pending_before(Utc::now() + TimeDelta::minutes(1), None, 10)
                 .await
                 .unwrap()
                 .is_empty(),
@@ -1127,7 +1133,7 @@ async fn reconciliation_leaves_a_number_another_call_took_since(#[case] backend:
     assert_eq!(now, taken, "the other call's reservation is untouched");
     assert!(
         stored
-            .pending_before(Utc::now() + TimeDelta::minutes(1), 10)
+            .pending_before(Utc::now() + TimeDelta::minutes(1), None, 10)
             .await
             .unwrap()
             .is_empty(),
@@ -1191,14 +1197,20 @@ async fn a_note_whose_repeat_is_refused_for_now_is_settled_later() {
     reconcile_all(&store, &denying_url).await;
     assert_eq!(denying.lost(), 1, "the reservation was not repeated");
     assert_eq!(
-        store.pending_before(later, 10).await.unwrap().len(),
+        store.pending_before(later, None, 10).await.unwrap().len(),
         1,
         "the note went while its number is still reserved"
     );
 
     let settled = reconcile_all(&store, &allocator.server.url()).await;
     assert_eq!(settled.given_back, 0, "{settled:?}");
-    assert!(store.pending_before(later, 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .pending_before(later, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let record = acme_number(&mut allocator.client, reserved.number).await;
     assert_eq!(record.state(), NumberState::Confirmed, "{record:?}");
     assert_eq!(record.reference, stored.to_string());

@@ -121,7 +121,7 @@ async fn concurrent_invoices_are_numbered_without_gaps_or_duplicates(#[case] bac
     let settled = tokio::time::timeout(PATIENCE, async {
         while !writer
             .store
-            .pending_before(later, 1)
+            .pending_before(later, None, 1)
             .await
             .unwrap()
             .is_empty()
@@ -948,7 +948,7 @@ async fn writes_made_together_keep_each_their_own_outcome(#[case] backend: Backe
     assert_eq!(stored, expected);
     let later = chrono::Utc::now() + chrono::Duration::hours(1);
     let mut left: Vec<String> = store
-        .pending_before(later, 1000)
+        .pending_before(later, None, 1000)
         .await
         .unwrap()
         .into_iter()

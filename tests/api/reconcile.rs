@@ -325,7 +325,12 @@ async fn a_stored_invoice_is_confirmed_by_the_note_that_names_it(#[case] backend
     let store = db.invoice_store().await;
     let later = chrono::Utc::now() + chrono::Duration::hours(1);
     let settled = tokio::time::timeout(PATIENCE, async {
-        while !store.pending_before(later, 1).await.unwrap().is_empty() {
+        while !store
+            .pending_before(later, None, 1)
+            .await
+            .unwrap()
+            .is_empty()
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     });
