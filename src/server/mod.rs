@@ -236,6 +236,7 @@ where
         health
             .set_service_status(S::NAME, ServingStatus::NotServing)
             .await;
+        ready_gauge(S::NAME).set(0.0);
         tracing::info!(drain_delay = ?settings.drain_delay, "health NOT_SERVING; draining");
         tokio::select! {
             result = &mut server => return Ok(result?),
@@ -394,6 +395,12 @@ fn reflection(service_name: &str) -> tonic_reflection::server::Builder<'static> 
         .with_service_name("grpc.reflection.v1alpha.ServerReflection")
 }
 
+/// The gauge that shows the service's readiness as its health does: 1 while
+/// `SERVING`.
+fn ready_gauge(service_name: &'static str) -> ::metrics::Gauge {
+    ::metrics::gauge!("numbering_ready", "grpc_service" => service_name)
+}
+
 /// Sets the service's health from its store, on every change.
 async fn follow_readiness(
     health: HealthReporter,
@@ -411,11 +418,7 @@ async fn follow_readiness(
             continue;
         }
         last = Some(ready);
-        ::metrics::gauge!("numbering_ready", "grpc_service" => service_name).set(if ready {
-            1.0
-        } else {
-            0.0
-        });
+        ready_gauge(service_name).set(if ready { 1.0 } else { 0.0 });
         if ready {
             tracing::info!(service = service_name, "store reachable: SERVING");
             health

@@ -3,6 +3,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
+use nix::sys::signal::{Signal, kill};
 use numbering::{
     db::Backend,
     proto::{
@@ -14,7 +15,7 @@ use tonic::Code;
 
 use crate::helpers::{
     PATIENCE, Running, TestDb, allocate, allocator_binary, create, import_invoice,
-    import_invoice_in, start, writer_binary,
+    import_invoice_in, start, start_draining, writer_binary,
 };
 
 /// One sample: a metric's name, its labels, its value.
@@ -422,4 +423,32 @@ impl promql_parser::util::ExprVisitor for Selectors {
         self.0.push((name, labels));
         Ok(true)
     }
+}
+
+/// Readiness on `/metrics` follows health through a shutdown: 1 while
+/// serving, 0 once draining has begun, as the health check answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_drops_to_0_while_draining() {
+    let db = TestDb::create(Backend::Sqlite).await;
+    let mut command = allocator_binary(&db.url);
+    command.args(["--metrics-listen", "127.0.0.1:0"]);
+    let mut running = start_draining(command, "1h").await;
+    let listening = running
+        .wait_for_event(|event| event["metrics_addr"].is_string())
+        .await;
+    let metrics_addr = listening["metrics_addr"].as_str().unwrap().to_owned();
+    running.ready("numbering.v1.NumberAllocator").await;
+    let ready = || async {
+        let (_, text) = scrape(&metrics_addr, "/metrics").await;
+        let labels = [("grpc_service", "numbering.v1.NumberAllocator")];
+        value(&samples(&text), "numbering_ready", &labels)
+    };
+    assert_eq!(ready().await, Some(1.0));
+
+    kill(running.pid(), Signal::SIGTERM).unwrap();
+    running
+        .wait_for_event(|event| event["drain_delay"].is_string())
+        .await;
+    assert_eq!(ready().await, Some(0.0));
+    kill(running.pid(), Signal::SIGKILL).unwrap();
 }
