@@ -59,16 +59,19 @@ impl Backoff {
 }
 
 /// Whether a failed call is worth retrying: the allocator is unreachable,
-/// unavailable or shedding load, or the connection failed mid-call. A status built here from a
-/// transport error carries that error as its source (UNKNOWN for a reset
-/// stream, CANCELLED for a dropped connection, which is also what our own
-/// per-call time-out gives: the deadline check tells them apart). A retry after
-/// a call that did commit only leaves a gap in the numbers, never a duplicate.
+/// unavailable, shedding load or out of its own time (its `--request-timeout`
+/// shorter than what is left of the budget), or the connection failed
+/// mid-call. A status built here from a transport error carries that error
+/// as its source (UNKNOWN for a reset stream, CANCELLED for a dropped
+/// connection, which is also what our own per-call time-out gives: the
+/// deadline check tells them apart). Every call retried is keyed (a
+/// reservation by its request id, a confirmation or release by its number
+/// and holder): a retry after a call that did commit answers the same.
 fn is_transient(status: &Status) -> bool {
     use std::error::Error as _;
     matches!(
         status.code(),
-        Code::Unavailable | Code::Cancelled | Code::ResourceExhausted
+        Code::Unavailable | Code::Cancelled | Code::ResourceExhausted | Code::DeadlineExceeded
     ) || status.source().is_some()
 }
 
@@ -243,9 +246,6 @@ impl AllocatorClient {
                 Err(status) => status,
             };
             client_handled(method, status.code());
-            if status.code() == Code::DeadlineExceeded {
-                return Err(AllocatorError::Unavailable(status.message().to_owned()));
-            }
             if !is_transient(&status) {
                 return Err(AllocatorError::Rejected(status));
             }

@@ -384,20 +384,25 @@ fn from_allocator(error: AllocatorError) -> Status {
                 None => passed_on(&status),
             }
         }
-        // Ours to mend: the allocator broke, does not accept the writer's
-        // own token, or refuses one of its settings.
+        // A refusal about the caller's invoice (its series exhausted, say):
+        // the caller's to act on.
         AllocatorError::Rejected(status)
             if matches!(
                 status.code(),
-                Code::Internal
-                    | Code::Unauthenticated
-                    | Code::PermissionDenied
-                    | Code::InvalidArgument
+                Code::FailedPrecondition
+                    | Code::NotFound
+                    | Code::OutOfRange
+                    | Code::ResourceExhausted
+                    | Code::Aborted
+                    | Code::AlreadyExists
             ) =>
         {
-            internal(&AllocatorError::Rejected(status))
+            passed_on(&status)
         }
-        AllocatorError::Rejected(status) => passed_on(&status),
+        // Ours to mend: the allocator broke, does not accept the writer's
+        // own token, refuses one of its settings, or is not what its URL
+        // names (another service's port answers UNIMPLEMENTED).
+        AllocatorError::Rejected(status) => internal(&AllocatorError::Rejected(status)),
     }
 }
 

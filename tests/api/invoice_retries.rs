@@ -1251,3 +1251,49 @@ async fn an_invoice_imported_without_a_period_into_a_yearly_series_is_settled_qu
         "{events:?}"
     );
 }
+
+/// An allocator out of its own time (its `--request-timeout` shorter than
+/// the writer's budget) after committing a reservation: the writer repeats
+/// the call while its budget lasts, gets the same number back, and creates
+/// the invoice, the number confirmed to it and none left reserved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allocator_out_of_its_own_time_is_called_again() {
+    let mut allocator = spawn_allocator(Backend::Sqlite).await;
+    let proxy = AllocatorProxy::new(
+        allocator.client.clone(),
+        Fault::TimeOutFirst(Method::Reserve),
+    );
+    let (proxy_url, _serving) = proxy.serve().await;
+    let mut writer = spawn_writer(Backend::Sqlite, &proxy_url, 3).await;
+
+    let created = writer
+        .client
+        .create_invoice(invoice_request("acme"))
+        .await
+        .expect("created once the allocator was called again")
+        .into_inner();
+    assert_eq!(proxy.lost(), 1);
+    assert_eq!(created.invoice.unwrap().invoice_number, "INV-001");
+    let audit = audit_acme(&mut allocator.client).await;
+    assert_eq!((audit.confirmed, audit.reserved), (1, 0), "{audit:?}");
+}
+
+/// A writer whose allocator URL names another service's port (its own
+/// kind's, say) answers INTERNAL, as for any setting of its own that is
+/// wrong, with the reason a caller reads, and stores nothing: the other
+/// port's UNIMPLEMENTED is the operators' to mend, not the caller's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_whose_allocator_url_names_another_service_answers_internal() {
+    let allocator = spawn_allocator(Backend::Sqlite).await;
+    let other = spawn_writer(Backend::Sqlite, &allocator.server.url(), 3).await;
+    let mut writer = spawn_writer(Backend::Sqlite, &other.server.url(), 3).await;
+
+    let status = writer
+        .client
+        .create_invoice(invoice_request("acme"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert_reason(&status, "INTERNAL");
+    assert_eq!(list_all(&mut writer.client, "acme").await, []);
+}

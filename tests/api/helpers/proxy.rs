@@ -42,6 +42,10 @@ pub enum Fault {
     /// Every call of `Method` is refused `PERMISSION_DENIED`, never sent, as
     /// an allocator that no longer grants the writer's token refuses it.
     Deny(Method),
+    /// The first reply to `Method` after the allocator answered is
+    /// `DEADLINE_EXCEEDED` in its place, as an allocator whose own
+    /// `--request-timeout` ran out after its commit answers.
+    TimeOutFirst(Method),
 }
 
 /// Forwards every call to the allocator, failing replies as its fault says.
@@ -50,7 +54,7 @@ pub struct AllocatorProxy {
     fault: Fault,
     calls: AtomicUsize,
     lost: AtomicUsize,
-    hanging: AtomicBool,
+    struck: AtomicBool,
     hung: Notify,
 }
 
@@ -61,7 +65,7 @@ impl AllocatorProxy {
             fault,
             calls: AtomicUsize::new(0),
             lost: AtomicUsize::new(0),
-            hanging: AtomicBool::new(false),
+            struck: AtomicBool::new(false),
             hung: Notify::new(),
         })
     }
@@ -101,13 +105,19 @@ impl AllocatorProxy {
                 }
             }
             Fault::Hang(hanging)
-                if hanging == method && !self.hanging.swap(true, Ordering::SeqCst) =>
+                if hanging == method && !self.struck.swap(true, Ordering::SeqCst) =>
             {
                 // Stored: notify_one wakes a waiter that comes later too.
                 self.hung.notify_one();
                 std::future::pending::<()>().await;
             }
-            Fault::Hang(_) | Fault::Refuse(_) | Fault::Deny(_) => {}
+            Fault::TimeOutFirst(timed_out)
+                if timed_out == method && !self.struck.swap(true, Ordering::SeqCst) =>
+            {
+                self.lost.fetch_add(1, Ordering::SeqCst);
+                return Err(Status::deadline_exceeded("the allocator's time ran out"));
+            }
+            Fault::Hang(_) | Fault::Refuse(_) | Fault::Deny(_) | Fault::TimeOutFirst(_) => {}
         }
         Ok(answer)
     }
