@@ -98,11 +98,11 @@ struct Config {
     allocator_connect_timeout: Duration,
 
     /// How long the connection to the allocator may go without a frame from it before an HTTP/2 ping checks that it is alive, whether or not a call is open.
-    #[arg(long, env = "NUMBERING_ALLOCATOR_KEEPALIVE_INTERVAL", default_value = "10s", value_parser = positive_duration)]
+    #[arg(long, env = "NUMBERING_ALLOCATOR_KEEPALIVE_INTERVAL", default_value = "1s", value_parser = positive_duration)]
     allocator_keepalive_interval: Duration,
 
     /// How long that ping may go unanswered before the connection is closed and the next call opens another.
-    #[arg(long, env = "NUMBERING_ALLOCATOR_KEEPALIVE_TIMEOUT", default_value = "5s", value_parser = positive_duration)]
+    #[arg(long, env = "NUMBERING_ALLOCATOR_KEEPALIVE_TIMEOUT", default_value = "2s", value_parser = positive_duration)]
     allocator_keepalive_timeout: Duration,
 
     #[command(flatten)]
@@ -149,6 +149,20 @@ fn settings(config: &Config) -> Result<Settings, StartupError> {
             "--allocator-retry-budget is cut to 90% of --request-timeout",
         );
     }
+    let budget = config.allocator_retry_budget.min(longest_budget);
+    // A call on a connection gone silent waits until the pings find it
+    // dead, then is retried on a new one: within the budget, or not at all.
+    let found_out = config.allocator_keepalive_interval + config.allocator_keepalive_timeout;
+    if found_out >= budget {
+        tracing::warn!(
+            allocator_keepalive_interval = %humantime::format_duration(config.allocator_keepalive_interval),
+            allocator_keepalive_timeout = %humantime::format_duration(config.allocator_keepalive_timeout),
+            allocator_retry_budget = %humantime::format_duration(budget),
+            "a connection the allocator goes silent on is found dead only after the retry \
+             budget: calls on it answer UNAVAILABLE instead of being retried on a new one; \
+             shorten --allocator-keepalive-interval or --allocator-keepalive-timeout",
+        );
+    }
     Ok(Settings {
         database: config.database.url("invoices.sqlite3")?,
         pool: config.database.pool(),
@@ -165,7 +179,7 @@ fn settings(config: &Config) -> Result<Settings, StartupError> {
         backoff: Backoff::default(),
         max_attempts: config.max_attempts,
         reservation_lease: config.reservation_lease,
-        allocator_retry_budget: config.allocator_retry_budget.min(longest_budget),
+        allocator_retry_budget: budget,
         reconcile: ReconcileSettings {
             interval: config.reconcile_interval,
             // No call outlives the request time-out: a number held longer

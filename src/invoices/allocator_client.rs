@@ -158,8 +158,8 @@ pub struct Keepalive {
 impl Default for Keepalive {
     fn default() -> Self {
         Self {
-            interval: Duration::from_secs(10),
-            timeout: Duration::from_secs(5),
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(2),
         }
     }
 }

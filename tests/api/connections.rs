@@ -22,7 +22,10 @@ use numbering::{
     clock::SystemClock,
     db::Backend,
     invoices::allocator_client::{AllocatorEndpoint, Keepalive},
-    proto::{CreateInvoiceRequest, number_allocator_client::NumberAllocatorClient},
+    proto::{
+        CreateInvoiceRequest, invoice_writer_client::InvoiceWriterClient,
+        number_allocator_client::NumberAllocatorClient,
+    },
     server::ServerSettings,
 };
 use tokio::{
@@ -43,6 +46,7 @@ use uuid::Uuid;
 use crate::helpers::{
     Link, PATIENCE, TcpProxy, TestDb, allocate, allocator_client_to, create, invoice_request,
     spawn_allocator, spawn_allocator_serving, spawn_writer, spawn_writer_on, start, test_settings,
+    writer_binary,
 };
 
 /// Silent connections opened before the well-behaved client.
@@ -411,6 +415,48 @@ async fn the_writer_leaves_a_connection_its_allocator_went_silent_on() {
         "no new connection was opened"
     );
     assert_eq!(second.number, first.number + 1);
+}
+
+/// With its default settings, a writer binary finds a connection its
+/// allocator went silent on dead within its retry budget: the call waiting
+/// on it is retried on a new connection, and the invoice is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_a_silent_allocator_is_left_within_the_retry_budget() {
+    let allocator = spawn_allocator(Backend::Sqlite).await;
+    let proxy = TcpProxy::start(allocator.server.addr).await;
+    let db = TestDb::create(Backend::Sqlite).await;
+    let writer = start(writer_binary(&db.url, &proxy.url())).await;
+    let mut client = InvoiceWriterClient::new(writer.ready("").await);
+    let first = create(&mut client, "acme").await;
+    let open = *proxy.accepted().borrow();
+    proxy.set(Link::FrozenFirst(open));
+
+    let second = create(&mut client, "acme").await;
+    assert!(
+        *proxy.accepted().borrow() > open,
+        "no new connection was opened"
+    );
+    assert_eq!(second.number, first.number + 1);
+}
+
+/// Pings that would find a silent allocator dead only after the retry
+/// budget are warned of at start, naming the settings to shorten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_slower_than_the_retry_budget_are_warned_of() {
+    let db = TestDb::create(Backend::Sqlite).await;
+    let mut command = writer_binary(&db.url, "http://127.0.0.1:1");
+    command.args(["--allocator-keepalive-interval", "10s"]);
+    let mut writer = start(command).await;
+    let warned = writer
+        .wait_for_event(|event| {
+            event["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("found dead only after the retry budget"))
+        })
+        .await;
+    assert_eq!(warned["level"], "WARN", "{warned}");
+    assert_eq!(warned["allocator_keepalive_interval"], "10s", "{warned}");
+    assert_eq!(warned["allocator_retry_budget"], "5s", "{warned}");
 }
 
 /// The health-only listener has connections of its own: with clients
