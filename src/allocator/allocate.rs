@@ -351,7 +351,7 @@ fn series_changed(error: &Error) -> bool {
 #[derive(Clone)]
 pub struct Allocator {
     pub(super) store: Arc<dyn CounterStore>,
-    defaults: SeriesConfig,
+    pub(super) defaults: SeriesConfig,
     path: Path,
     retention: Retention,
     calendars: Arc<Calendars>,

@@ -403,16 +403,26 @@ impl Allocator {
         series: &SeriesName,
         period: &str,
     ) -> Result<Held, Error> {
-        let known = match self.settled_calendar(tenant, series) {
-            Some(known) => known,
-            // Until the series hands out a number its policy may change,
-            // in any process.
-            None => self.read_calendar(tenant, series).await?,
-        };
-        made_by(known.calendar.reset, period)?;
-        let policy = known.policy;
         // As the database keeps times, so that a repeat shows the same time.
         let now = self.now().trunc_subsecs(6);
+        let policy = match self.settled_calendar(tenant, series) {
+            Some(known) => {
+                made_by(known.calendar.reset, period)?;
+                known.policy
+            }
+            // Until the series hands out a number its policy may change,
+            // in any process.
+            None => match self.store.find(tenant, series).await? {
+                Some(config) => {
+                    made_by(config.calendar.reset, period)?;
+                    config.gap_policy
+                }
+                // Never used nor configured: it has no periods yet, and no
+                // number of any is held (NOT_FOUND, as for a number never
+                // handed out), whatever reset it will be configured with.
+                None => self.defaults.gap_policy,
+            },
+        };
         Ok(Held { policy, now })
     }
 

@@ -215,6 +215,71 @@ async fn a_period_the_series_never_makes_is_refused_by_field() {
     }
 }
 
+/// A series never used nor configured (a misspelt name, say) has no
+/// periods yet: a call naming one of its numbers with a period answers as
+/// without one, for a number never handed out (NOT_FOUND), not that the
+/// period is wrong for the series.
+#[tokio::test]
+async fn a_period_of_a_series_never_used_is_not_refused() {
+    let mut app = spawn_allocator(Backend::Sqlite).await;
+    app.client.allocate(allocate("acme", "", 1)).await.unwrap();
+    let mut answers = Vec::new();
+    for period in ["2026", ""] {
+        let series = "invoces";
+        let calls = [
+            app.client
+                .get_number(get("acme", series, period, 1))
+                .await
+                .map(|_| ()),
+            app.client
+                .confirm(ConfirmRequest {
+                    series: series.into(),
+                    period: period.into(),
+                    ..confirm(1, "INV-1")
+                })
+                .await
+                .map(|_| ()),
+            app.client
+                .release(ReleaseRequest {
+                    tenant_id: "acme".into(),
+                    series: series.into(),
+                    period: period.into(),
+                    number: 1,
+                    reason: "not needed".into(),
+                    ..ReleaseRequest::default()
+                })
+                .await
+                .map(|_| ()),
+            app.client
+                .void(VoidRequest {
+                    series: series.into(),
+                    period: period.into(),
+                    ..void(1, "cancelled")
+                })
+                .await
+                .map(|_| ()),
+        ];
+        let codes: Vec<_> = calls
+            .into_iter()
+            .map(|call| call.map_err(|status| status.code()))
+            .collect();
+        let listed = app
+            .client
+            .list_numbers(ListNumbersRequest {
+                series: series.into(),
+                period: period.into(),
+                ..list(NumberState::Unspecified, 10, "")
+            })
+            .await
+            .expect("listed")
+            .into_inner();
+        assert!(listed.records.is_empty(), "{listed:?}");
+        answers.push(codes);
+    }
+    assert_eq!(answers[0][0], Err(Code::NotFound));
+    assert_eq!(answers[0], answers[1]);
+}
+
 /// Every number of a period is listed once, in order, page by page, or only
 /// those of one state.
 #[apply(backends)]
