@@ -107,6 +107,15 @@ async fn run(config: Config) -> Result<(), StartupError> {
             "--max-lease must be at most 366 days".into(),
         ));
     }
+    // A repeat of a Reserve finds its request id, and the number held under
+    // it, for as long as the number can be held.
+    if config.max_lease > config.request_id_retention {
+        return Err(StartupError::BadSetting(
+            "--max-lease must be at most --request-id-retention: a repeated Reserve must find \
+             its request id as long as its number may be held"
+                .into(),
+        ));
+    }
     if config.default_lease < Leases::MIN || config.default_lease > config.max_lease {
         return Err(StartupError::BadSetting(
             "--default-lease must be at least 1s and at most --max-lease".into(),

@@ -355,6 +355,9 @@ async fn bad_settings_exit_64() {
         ("--db-acquire-timeout", "0s"),
         // A lease ending past what the databases compare as a time.
         ("--max-lease", "10000years"),
+        // Longer than request ids are kept (24h): a repeated Reserve would
+        // find its id forgotten while its number is still held.
+        ("--max-lease", "25h"),
         // Every call would answer DEADLINE_EXCEEDED; a deadline past what
         // the clock holds.
         ("--request-timeout", "0s"),
