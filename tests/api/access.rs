@@ -357,6 +357,11 @@ async fn tokens_file_changes_take_effect_without_a_restart() {
     refused_with(&logs, "grants nothing").await;
     assert_eq!(acme_with(&app, "rotated").await, Ok(()));
 
+    // Nor a file that is gone (taken for one being replaced).
+    std::fs::remove_file(&path).unwrap();
+    refused_with(&logs, "No such file").await;
+    assert_eq!(acme_with(&app, "rotated").await, Ok(()));
+
     // Nor one that grants only client certificates, which no caller shows
     // without mutual TLS.
     std::fs::write(
