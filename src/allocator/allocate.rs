@@ -117,6 +117,13 @@ pub enum Error {
         /// Whether it was first used by `Reserve` (else `Allocate`).
         reserved: bool,
     },
+    /// A `Reserve` that only repeats names a request id no call reserved
+    /// under (or one forgotten since).
+    #[error("nothing was reserved under request id {request_id:?}")]
+    RequestIdNotFound {
+        /// The id.
+        request_id: String,
+    },
     /// Too many calls are waiting to commit.
     #[error("too many allocations waiting to commit")]
     Busy,
@@ -353,7 +360,7 @@ pub struct Allocator {
     pub(super) store: Arc<dyn CounterStore>,
     pub(super) defaults: SeriesConfig,
     path: Path,
-    retention: Retention,
+    pub(super) retention: Retention,
     calendars: Arc<Calendars>,
     exhausted: Arc<Exhausted>,
     pub(super) leases: Leases,

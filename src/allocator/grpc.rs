@@ -458,6 +458,12 @@ impl NumberAllocator for AllocatorService {
         let request_id = violations.check("request_id", RequestId::parse(&request.request_id));
         let date = violations.check("date", parse_date(&request.date));
         let lease = violations.check("lease", lease(request.lease));
+        if request.repeat_only && request.request_id.is_empty() {
+            violations.add(
+                "request_id",
+                "must be given to repeat a reservation (repeat_only)",
+            );
+        }
         violations.finish()?;
         let (Some(tenant), Some(series), Some(request_id), Some(date), Some(lease)) =
             (tenant, series, request_id, date, lease)
@@ -466,10 +472,18 @@ impl NumberAllocator for AllocatorService {
         };
         admission.admit(&tenant, Needs::Tenant).await?;
 
-        let reservation = self
-            .allocator
-            .reserve(&tenant, &series, request_id.as_ref(), date, lease)
-            .await?;
+        let reservation = match &request_id {
+            Some(request_id) if request.repeat_only => {
+                self.allocator
+                    .repeat_reservation(&tenant, &series, request_id)
+                    .await?
+            }
+            _ => {
+                self.allocator
+                    .reserve(&tenant, &series, request_id.as_ref(), date, lease)
+                    .await?
+            }
+        };
         let shown = Shown {
             tenant: &tenant,
             series: &series,
@@ -702,6 +716,15 @@ impl From<Error> for Status {
                     ("field", field.to_owned()),
                 ],
             ),
+            Error::RequestIdNotFound { request_id } => with_reason(
+                Code::NotFound,
+                format!(
+                    "no Reserve was made under request id {request_id:?} (or it was forgotten \
+                     after --request-id-retention); nothing was reserved"
+                ),
+                "REQUEST_ID_NOT_FOUND",
+                &[("requestId", request_id)],
+            ),
             Error::SeriesNotFound { tenant, series } => with_reason(
                 Code::NotFound,
                 format!("series {series:?} of tenant {tenant:?} has never been used or configured"),
@@ -740,23 +763,7 @@ impl From<Error> for Status {
                 series,
                 count,
                 reserved,
-            } => {
-                let call = if reserved { "Reserve" } else { "Allocate" };
-                with_reason(
-                    Code::FailedPrecondition,
-                    format!(
-                        "request id {request_id:?} was first used by {call} for {count} numbers \
-                         of series {series:?}; send a new request id for a different call"
-                    ),
-                    "REQUEST_ID_REUSED",
-                    &[
-                        ("requestId", request_id),
-                        ("series", series),
-                        ("count", count.to_string()),
-                        ("call", call.to_owned()),
-                    ],
-                )
-            }
+            } => reused(request_id, series, count, reserved),
             Error::Busy => with_reason(
                 Code::ResourceExhausted,
                 "too many allocations are waiting to commit; retry with backoff",
@@ -781,6 +788,27 @@ impl From<Error> for Status {
             error @ (Error::Internal(_) | Error::StoredFormat { .. }) => internal(&error),
         }
     }
+}
+
+/// `FAILED_PRECONDITION` `REQUEST_ID_REUSED` for a request id first used by
+/// another call (`Reserve` if `reserved`, else `Allocate`), of `count`
+/// numbers of `series`.
+fn reused(request_id: String, series: String, count: i64, reserved: bool) -> Status {
+    let call = if reserved { "Reserve" } else { "Allocate" };
+    with_reason(
+        Code::FailedPrecondition,
+        format!(
+            "request id {request_id:?} was first used by {call} for {count} numbers of series \
+             {series:?}; send a new request id for a different call"
+        ),
+        "REQUEST_ID_REUSED",
+        &[
+            ("requestId", request_id),
+            ("series", series),
+            ("count", count.to_string()),
+            ("call", call.to_owned()),
+        ],
+    )
 }
 
 /// `FAILED_PRECONDITION` for a change a number's state does not allow, with

@@ -11,11 +11,21 @@ use crate::{
         allocate::{Ask, parse_stored},
         numbers::{NumberRecord, NumberState},
         series::SeriesName,
-        store::{Lease, StoreError},
+        store::{Grant, Lease, Outcome, StoreError},
     },
     request_id::RequestId,
     tenant::TenantId,
 };
+
+/// Whether a `Reserve` may take a number, or only repeat an earlier call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Repeat {
+    /// An earlier call under the request id is repeated; without one, a
+    /// number is reserved.
+    OrReserve,
+    /// Only an earlier call under the request id is repeated.
+    Only,
+}
 
 /// A number reserved, as `Reserve` answers it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +58,46 @@ impl Allocator {
         date: Option<NaiveDate>,
         lease: Duration,
     ) -> Result<Reservation, Error> {
+        self.reserving(tenant, series, request_id, date, lease, Repeat::OrReserve)
+            .await
+    }
+
+    /// What an earlier [`reserve`](Allocator::reserve) of `series` under
+    /// `request_id` reserved, as it stands now, as a repeat of that call
+    /// answers it; nothing is reserved if no call was made under it.
+    ///
+    /// # Errors
+    /// [`Error::RequestIdNotFound`] if none was (or it was forgotten, after
+    /// every lease it could hold ended); as a repeated
+    /// [`reserve`](Allocator::reserve) otherwise.
+    pub async fn repeat_reservation(
+        &self,
+        tenant: &TenantId,
+        series: &SeriesName,
+        request_id: &RequestId,
+    ) -> Result<Reservation, Error> {
+        let (no_date, default_lease) = (None, Duration::ZERO);
+        self.reserving(
+            tenant,
+            series,
+            Some(request_id),
+            no_date,
+            default_lease,
+            Repeat::Only,
+        )
+        .await
+    }
+
+    /// A reservation, or with [`Repeat::Only`] only an earlier one repeated.
+    async fn reserving(
+        &self,
+        tenant: &TenantId,
+        series: &SeriesName,
+        request_id: Option<&RequestId>,
+        date: Option<NaiveDate>,
+        lease: Duration,
+        repeat: Repeat,
+    ) -> Result<Reservation, Error> {
         let lease = self.leases.pick(lease).map_err(|reason| Error::Invalid {
             field: "lease",
             reason,
@@ -71,7 +121,13 @@ impl Allocator {
             date,
             lease: Some(lease),
         };
-        let (grant, replayed) = self.obtain(ask).await?;
+        let (grant, replayed) = match (repeat, request_id) {
+            (Repeat::Only, Some(request_id)) => (
+                self.reserved_before(tenant, series, request_id).await?,
+                true,
+            ),
+            (Repeat::OrReserve, _) | (Repeat::Only, None) => self.obtain(ask).await?,
+        };
         if !replayed && self.now() >= lease.ends {
             // Committed after its lease ended (it waited its turn longer than
             // the lease): given back already, perhaps reissued. Answering it
@@ -121,6 +177,42 @@ impl Allocator {
             period: grant.period,
             replayed,
         })
+    }
+
+    /// What an earlier `Reserve` of `series` under `request_id` got.
+    ///
+    /// # Errors
+    /// [`Error::RequestIdNotFound`] if no call was made under it (or it
+    /// was forgotten, after every lease it could hold ended);
+    /// [`Error::RequestIdReused`] if it was made for another call.
+    async fn reserved_before(
+        &self,
+        tenant: &TenantId,
+        series: &SeriesName,
+        request_id: &RequestId,
+    ) -> Result<Grant, Error> {
+        let stamp = self.retention.stamp();
+        let first = self
+            .store
+            .first_answer(tenant, request_id, stamp)
+            .await?
+            .ok_or_else(|| Error::RequestIdNotFound {
+                request_id: request_id.to_string(),
+            })?;
+        // A repeat answers as replayed what the first call was granted.
+        match first.repeated_by(series.as_str(), 1, "reserve") {
+            Outcome::Replayed(grant) | Outcome::Granted(grant) => Ok(grant),
+            Outcome::Reused {
+                series,
+                count,
+                kind,
+            } => Err(Error::RequestIdReused {
+                request_id: request_id.to_string(),
+                series,
+                count,
+                reserved: kind == "reserve",
+            }),
+        }
     }
 
     /// Gives back the reservations whose lease has ended, in batches of

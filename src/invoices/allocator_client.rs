@@ -283,6 +283,38 @@ impl AllocatorClient {
         lease: Duration,
         deadline: Instant,
     ) -> Result<NumberRecord, AllocatorError> {
+        self.reserving(tenant, date, request_id, lease, deadline, false)
+            .await
+    }
+
+    /// What an earlier [`reserve`](Self::reserve) under `request_id` got,
+    /// as it stands now; nothing is reserved if none was made: `NOT_FOUND`
+    /// `REQUEST_ID_NOT_FOUND`, refused.
+    ///
+    /// # Errors
+    /// As [`AllocatorClient::reserve`].
+    pub async fn repeat_reservation(
+        &self,
+        tenant: &TenantId,
+        date: &str,
+        request_id: &str,
+        lease: Duration,
+        deadline: Instant,
+    ) -> Result<NumberRecord, AllocatorError> {
+        self.reserving(tenant, date, request_id, lease, deadline, true)
+            .await
+    }
+
+    /// A `Reserve`, retried; with `repeat_only`, of an earlier one only.
+    async fn reserving(
+        &self,
+        tenant: &TenantId,
+        date: &str,
+        request_id: &str,
+        lease: Duration,
+        deadline: Instant,
+        repeat_only: bool,
+    ) -> Result<NumberRecord, AllocatorError> {
         self.retried("Reserve", tenant.as_str(), deadline, |remaining| {
             let mut request = Request::new(ReserveRequest {
                 tenant_id: tenant.to_string(),
@@ -291,6 +323,7 @@ impl AllocatorClient {
                 date: date.to_owned(),
                 request_id: request_id.to_owned(),
                 lease: prost_types::Duration::try_from(lease).ok(),
+                repeat_only,
             });
             request.set_timeout(remaining);
             let mut client = self.client.clone();

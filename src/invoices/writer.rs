@@ -212,6 +212,16 @@ fn refused_for_good(status: &Status) -> bool {
     )
 }
 
+/// Whether the allocator answered a repeated `Reserve` that no call
+/// reserved under its request id.
+fn never_reserved(status: &Status) -> bool {
+    use tonic_types::StatusExt as _;
+    status.code() == Code::NotFound
+        && status
+            .get_details_error_info()
+            .is_some_and(|info| info.reason == "REQUEST_ID_NOT_FOUND")
+}
+
 /// Whether `status` refuses the request's `period` (one the series' reset
 /// never makes).
 fn names_period(status: &Status) -> bool {
@@ -922,9 +932,11 @@ impl InvoiceWriter {
 
     /// Repeats the reservation a pending note was made for (same request
     /// id, same number): its number as it stands, if the allocator answers
-    /// it. A reservation refused for good is left for its lease to end, and
-    /// its note (`done`) goes; one refused for now, or unreachable, is tried
-    /// again at the next reconciliation.
+    /// it. One never made (the call died before its `Reserve` reached the
+    /// allocator) reserves nothing, and its note (`done`) goes. A
+    /// reservation refused for good is left for its lease to end, and its
+    /// note goes; one refused for now, or unreachable, is tried again at
+    /// the next reconciliation.
     async fn repeat(
         &self,
         tenant: &TenantId,
@@ -934,7 +946,7 @@ impl InvoiceWriter {
     ) -> Result<Option<NumberRecord>, Error> {
         let repeated = self
             .allocator
-            .reserve(
+            .repeat_reservation(
                 tenant,
                 &pending.issue_date,
                 &pending.request_key,
@@ -949,6 +961,17 @@ impl InvoiceWriter {
             // under it, by a repeat of the call the note does not name;
             // nothing of this reservation's is left to give back).
             Err(error) if let Some(record) = error.held_by_another() => Some(record),
+            // Never made: nothing to settle, and no number taken only to be
+            // given back (a gap, in a series that voids what is given back).
+            Err(AllocatorError::Rejected(status)) if never_reserved(&status) => {
+                tracing::info!(
+                    tenant = %pending.tenant_id,
+                    request_key = %pending.request_key,
+                    "a pending reservation was never made; nothing to give back",
+                );
+                self.store.note(done).await?;
+                None
+            }
             // Refused for good (the date out of the series' reach, say), as
             // a confirmation is: tried again, it would hold a place in every
             // reconciliation.

@@ -621,6 +621,16 @@ async fn reconciliation_goes_on_past_a_note_it_cannot_settle(#[case] backend: Ba
         };
         store.note(note).await.unwrap();
     }
+    // The reservation acme's note was made for.
+    client(&allocator, Some("billing-s3cret"))
+        .await
+        .reserve(ReserveRequest {
+            tenant_id: "acme".into(),
+            request_id: "acme-call".into(),
+            ..ReserveRequest::default()
+        })
+        .await
+        .unwrap();
     let noted = |notes: Vec<Pending>| -> Vec<String> {
         notes.into_iter().map(|note| note.tenant_id).collect()
     };

@@ -3,11 +3,18 @@
 //! twice, every stored invoice's number is confirmed with its id, and the
 //! number of an invoice never stored is given back.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
+
+use chrono::{TimeDelta, Utc};
 
 use nix::sys::signal::{Signal, kill};
 use numbering::{
+    clock::SystemClock,
     db::Backend,
+    invoices::{
+        store::{Note, Pending},
+        writer::InvoiceWriter,
+    },
     proto::{
         AuditSeriesResponse, CreateInvoiceRequest, GapPolicy, NumberState, ReserveRequest,
         invoice_writer_client::InvoiceWriterClient, number_allocator_client::NumberAllocatorClient,
@@ -20,7 +27,7 @@ use crate::{
     backends,
     helpers::{
         AllocatorApp, AllocatorProxy, Fault, Method, PATIENCE, Running, TestDb, acme_number,
-        assert_confirmed_with_ids, audit_acme, create, invoice_request, list_all,
+        allocator_client, assert_confirmed_with_ids, audit_acme, create, invoice_request, list_all,
         set_acme_gap_policy, spawn_allocator, start, writer_binary,
     },
 };
@@ -343,4 +350,44 @@ async fn a_stored_invoice_is_confirmed_by_the_note_that_names_it(#[case] backend
         (audit.last_value, audit.confirmed, audit.unaccounted),
         (1, 1, 0)
     );
+}
+
+/// A call that died after noting its reservation, before its Reserve
+/// reached the allocator: reconciliation finds nothing reserved under the
+/// note and lets it go, taking no number, which it would only give back (a
+/// voided gap in a series that voids what is given back).
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_never_made_takes_no_number(#[case] backend: Backend) {
+    let mut allocator = spawn_allocator(backend).await;
+    set_acme_gap_policy(&mut allocator.client, GapPolicy::Void).await;
+    let db = TestDb::create(backend).await;
+    let store = db.invoice_store().await;
+    let now = Utc::now();
+    let pending = Pending {
+        tenant_id: "acme".into(),
+        request_key: "died-before-reserving".into(),
+        issue_date: String::new(),
+        since: now - TimeDelta::seconds(1),
+        invoice_id: uuid::Uuid::now_v7().to_string(),
+    };
+    let note = Note::Pending {
+        pending: &pending,
+        request_id: None,
+    };
+    store.note(note).await.unwrap();
+
+    let writer = InvoiceWriter::new(
+        store.clone(),
+        allocator_client(&allocator.server.url()),
+        3,
+        Arc::new(SystemClock),
+    );
+    let later = now + TimeDelta::minutes(1);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let reconciled = writer.reconcile(later, 10, deadline).await.unwrap();
+    assert_eq!(reconciled.given_back, 0);
+    assert_eq!(store.pending_before(later, None, 10).await.unwrap(), []);
+    let audit = audit_acme(&mut allocator.client).await;
+    assert_eq!((audit.last_value, audit.voided), (0, 0), "{audit:?}");
 }

@@ -1190,6 +1190,75 @@ async fn a_repeated_reservation_answers_the_same_number(#[case] backend: Backend
     }
 }
 
+/// A Reserve that only repeats answers what an earlier call under its
+/// request id reserved, as a repeat does, and reserves nothing for a request
+/// id no call reserved under: NOT_FOUND, the series untouched. It needs a
+/// request id, and one first used by Allocate is refused as reused.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_repeated_only_reserves_nothing_new(#[case] backend: Backend) {
+    let mut app = reservations(backend).await;
+    let repeat_only = |id: &str| ReserveRequest {
+        request_id: id.into(),
+        repeat_only: true,
+        ..reserve("")
+    };
+    let status = app
+        .client
+        .reserve(repeat_only("never-sent"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert_reason(&status, "REQUEST_ID_NOT_FOUND");
+    assert!(status.message().contains("never-sent"), "{status:?}");
+    // Not even the series was made.
+    let unmade = app
+        .client
+        .audit_series(AuditSeriesRequest {
+            tenant_id: "acme".into(),
+            ..AuditSeriesRequest::default()
+        })
+        .await
+        .unwrap_err();
+    assert_reason(&unmade, "SERIES_NOT_FOUND");
+
+    let first = app
+        .client
+        .reserve(ReserveRequest {
+            request_id: "order-1".into(),
+            ..reserve("")
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let repeated = app
+        .client
+        .reserve(repeat_only("order-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(repeated.replayed);
+    assert_eq!(repeated.record, first.record);
+
+    let status = app.client.reserve(repeat_only("")).await.unwrap_err();
+    assert_invalid_field(&status, "request_id");
+    app.client
+        .allocate(AllocateRequest {
+            request_id: "order-2".into(),
+            ..allocate("acme", "", 1)
+        })
+        .await
+        .unwrap();
+    let status = app
+        .client
+        .reserve(repeat_only("order-2"))
+        .await
+        .unwrap_err();
+    assert_reason(&status, "REQUEST_ID_REUSED");
+    let audit = app.audit("").await;
+    assert_eq!((audit.last_value, audit.reserved), (2, 1), "{audit:?}");
+}
+
 /// A repeated Reserve whose number another call has taken since its lease
 /// ran out is refused, naming the holder, so that no two callers are told
 /// one number is theirs; until then, and for the holder, it is answered as
