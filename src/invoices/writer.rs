@@ -488,10 +488,12 @@ impl InvoiceWriter {
                 self.let_go(done).await;
                 return Ok(None);
             }
-            // Refused: nothing was reserved. Otherwise it may have been:
-            // the row stays for reconciliation.
+            // Refused: nothing was reserved, and the note goes (if the
+            // store fails to let it go, reconciliation does: the caller is
+            // answered the refusal all the same). Otherwise it may have
+            // been: the row stays for reconciliation.
             Err(error @ AllocatorError::Rejected(_)) => {
-                self.store.note(done).await?;
+                self.let_go(done).await;
                 return Err(error.into());
             }
             Err(error) => return Err(error.into()),
@@ -551,9 +553,10 @@ impl InvoiceWriter {
                 .give_back(number, "its invoice number was taken", key, deadline)
                 .await);
         };
-        self.confirm(&stored, Settle::Mark, deadline).await;
+        let confirmed = self.confirm(&stored, Settle::Mark, deadline).await;
         if holds(&stored, number) {
-            return Ok(true);
+            // Unless confirmed, the note is all that leads back to it.
+            return Ok(confirmed);
         }
         // That invoice shows this number's text under a number of its own:
         // it holds this one too, which is never handed out again (given
@@ -627,7 +630,8 @@ impl InvoiceWriter {
     }
 
     /// Confirms a stored invoice's number with its id, and notes it settled
-    /// as `settle` says. A number the allocator did not hand out (imported,
+    /// as `settle` says; whether it is settled. A number the allocator did
+    /// not hand out (imported,
     /// seeded) is settled with nothing to confirm; one it refuses to confirm
     /// (or refuses as invalid) is logged as an error and settled (its record
     /// says why). While the allocator cannot be reached, or does not accept
@@ -637,7 +641,7 @@ impl InvoiceWriter {
     /// and not waited for: it only spares reconciliation a confirmation, so
     /// a note lost in a crash makes reconciliation confirm the number again,
     /// which answers the same record.
-    async fn confirm(&self, invoice: &Invoice, settle: Settle, deadline: Instant) {
+    async fn confirm(&self, invoice: &Invoice, settle: Settle, deadline: Instant) -> bool {
         let holder = match &settle {
             Settle::Note(request_key) => Some(request_key.as_str()),
             Settle::Mark => None,
@@ -646,7 +650,7 @@ impl InvoiceWriter {
             .settles(NumberOf::held_by(invoice), invoice.id, holder, deadline)
             .await
         {
-            return;
+            return false;
         }
         let store = self.store.clone();
         let (tenant, id) = (invoice.tenant_id.clone(), invoice.id);
@@ -673,6 +677,7 @@ impl InvoiceWriter {
         };
         // Its log lines keep the call's span.
         tokio::spawn(noted.in_current_span());
+        true
     }
 
     /// Confirms `number` with `reference`, the id of the invoice that holds

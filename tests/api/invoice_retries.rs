@@ -372,6 +372,9 @@ enum Failure {
     /// call) is written only once the test opens the second gate, as a
     /// call slow to write it after settling its number.
     PausedAndDone(Arc<Gate>, Arc<Gate>),
+    /// Every note that a reservation is done fails unavailable, as a
+    /// store lost just then; inserts are made.
+    DoneUnavailable,
 }
 
 /// Where a late insert and reconciliation wait for each other, and what the
@@ -437,6 +440,7 @@ impl InvoiceStore for Fails {
             return self.inner.insert(invoice, request_id, note).await;
         }
         match &self.how {
+            Failure::DoneUnavailable => self.inner.insert(invoice, request_id, note).await,
             Failure::NotStored => Err(StoreError::Unavailable("connection lost".into())),
             Failure::Unavailable => {
                 self.inner.insert(invoice, request_id, note).await?;
@@ -512,6 +516,9 @@ impl InvoiceStore for Fails {
     }
 
     async fn note(&self, note: Note<'_>) -> Result<(), StoreError> {
+        if matches!(self.how, Failure::DoneUnavailable) && matches!(note, Note::Done { .. }) {
+            return Err(StoreError::Unavailable("connection lost".into()));
+        }
         if let Failure::PausedAndDone(_, gate) = &self.how
             && matches!(note, Note::Done { .. })
             && !self.done_held.swap(true, Ordering::SeqCst)
@@ -1296,4 +1303,60 @@ async fn a_writer_whose_allocator_url_names_another_service_answers_internal() {
     assert_eq!(status.code(), Code::Internal, "{status:?}");
     assert_reason(&status, "INTERNAL");
     assert_eq!(list_all(&mut writer.client, "acme").await, []);
+}
+
+/// A number found taken by an invoice stored under it is confirmed to that
+/// invoice; while the allocator does not take the confirmation (the
+/// writer's token not granted for now), the attempt's note stays, the one
+/// thing that leads reconciliation back to the number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_number_found_taken_keeps_its_note_until_confirmed() {
+    let allocator = spawn_allocator(Backend::Sqlite).await;
+    let proxy = AllocatorProxy::new(allocator.client.clone(), Fault::Deny(Method::Confirm));
+    let (proxy_url, _serving) = proxy.serve().await;
+    let mut writer = spawn_writer(Backend::Sqlite, &proxy_url, 3).await;
+    import_invoice(&writer.store, "acme", 1, "INV-001").await;
+
+    let created = writer
+        .client
+        .create_invoice(invoice_request("acme"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(created.invoice.unwrap().invoice_number, "INV-002");
+    assert_eq!(proxy.lost(), 2, "both numbers' confirmations were denied");
+    let later = Utc::now() + TimeDelta::minutes(1);
+    let notes = writer.store.pending_before(later, None, 10).await.unwrap();
+    assert_eq!(notes.len(), 2, "{notes:?}");
+}
+
+/// A Reserve the allocator refuses answers as its refusal says, also when
+/// the store is lost as the call lets its note go: the note stays for
+/// reconciliation, and the caller is not told to retry a call that cannot
+/// pass (here, the writer's own token refused: INTERNAL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_reservation_answers_its_refusal_when_its_note_cannot_go() {
+    let allocator = spawn_allocator(Backend::Sqlite).await;
+    let proxy = AllocatorProxy::new(allocator.client.clone(), Fault::Deny(Method::Reserve));
+    let (proxy_url, _serving) = proxy.serve().await;
+    let (mut writer, store) = writer_failing(
+        Backend::Sqlite,
+        &proxy_url,
+        (Failure::DoneUnavailable, 0),
+        3,
+        test_settings(),
+    )
+    .await;
+
+    let status = writer
+        .client
+        .create_invoice(invoice_request("acme"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    let later = Utc::now() + TimeDelta::minutes(1);
+    assert_eq!(
+        store.pending_before(later, None, 10).await.unwrap().len(),
+        1
+    );
 }
