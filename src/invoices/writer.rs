@@ -212,6 +212,26 @@ fn refused_for_good(status: &Status) -> bool {
     )
 }
 
+/// Where reconciliation goes on from, having looked at the first
+/// `looked_at` of `page`, up to `batch` rows after `after`: after the last it
+/// looked at; from the start again once it looked at all of a last page (or
+/// found it empty); where it was, if it looked at none (its time ran out).
+fn go_on<T, K>(
+    after: Option<K>,
+    page: &[T],
+    looked_at: usize,
+    batch: u32,
+    key: impl Fn(&T) -> K,
+) -> Option<K> {
+    let last_page = page.len() < batch as usize;
+    match looked_at.checked_sub(1).and_then(|last| page.get(last)) {
+        _ if page.is_empty() => None,
+        None => after,
+        Some(_) if last_page && looked_at == page.len() => None,
+        Some(last) => Some(key(last)),
+    }
+}
+
 /// Whether the allocator answered a repeated `Reserve` that no call
 /// reserved under its request id.
 fn never_reserved(status: &Status) -> bool {
@@ -789,10 +809,12 @@ impl InvoiceWriter {
     /// `batch` reservations pending since before `stale_before` (after
     /// those the last looked at, likewise): each is repeated (same request
     /// id, same number), then confirmed to the invoice stored under its
-    /// number, or given back. Each call is retried until `deadline`.
+    /// number, or given back. Each call is retried until `deadline`; what
+    /// is not looked at by then is looked at first next run.
     ///
     /// # Errors
-    /// The invoice store failed; what was settled before stays settled.
+    /// The invoice store failed; what was settled before stays settled, and
+    /// the next run goes on after the note it failed on.
     pub async fn reconcile(
         &self,
         stale_before: chrono::DateTime<chrono::Utc>,
@@ -808,18 +830,19 @@ impl InvoiceWriter {
         // Each run goes on after the last, and starts again from the oldest
         // once at the end: invoices that cannot be settled (of a tenant
         // the writer's token is not granted) do not hold back those behind.
-        let next = match unsettled.last() {
-            Some(last) if unsettled.len() >= batch as usize => Some((last.created_at, last.id)),
-            _ => None,
-        };
-        for invoice in &unsettled {
+        let mut looked_at = 0;
+        for invoice in unsettled.iter().take_while(|_| Instant::now() < deadline) {
             self.confirm(invoice, Settle::Mark, deadline).await;
             reconciled.confirmed += 1;
+            looked_at += 1;
         }
         *self
             .reconciled_to
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = next;
+            .unwrap_or_else(PoisonError::into_inner) =
+            go_on(after, &unsettled, looked_at, batch, |last| {
+                (last.created_at, last.id)
+            });
         let after = self
             .settled_to
             .lock()
@@ -827,26 +850,30 @@ impl InvoiceWriter {
             .clone();
         let pending = self
             .store
-            .pending_before(stale_before, after, batch)
+            .pending_before(stale_before, after.clone(), batch)
             .await?;
         // Notes that cannot be settled now (of a tenant the writer's token
-        // is not granted) do not hold back those behind either.
-        let next = match pending.last() {
-            Some(last) if pending.len() >= batch as usize => {
-                Some((last.since, last.tenant_id.clone(), last.request_key.clone()))
-            }
-            _ => None,
-        };
-        for pending in &pending {
-            if self.settle(pending, deadline).await? {
-                reconciled.given_back += 1;
+        // is not granted), or that a store fault stops on, do not hold back
+        // those behind either.
+        let (mut looked_at, mut failed) = (0, Ok(()));
+        for note in pending.iter().take_while(|_| Instant::now() < deadline) {
+            looked_at += 1;
+            match self.settle(note, deadline).await {
+                Ok(given_back) => reconciled.given_back += u32::from(given_back),
+                Err(error) => {
+                    failed = Err(error);
+                    break;
+                }
             }
         }
         *self
             .settled_to
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = next;
-        Ok(reconciled)
+            .unwrap_or_else(PoisonError::into_inner) =
+            go_on(after, &pending, looked_at, batch, |last| {
+                (last.since, last.tenant_id.clone(), last.request_key.clone())
+            });
+        failed.map(|()| reconciled)
     }
 
     /// Settles a reservation a call that died left pending; whether it was
@@ -1035,5 +1062,27 @@ impl InvoiceWriter {
             .list(tenant, after, Page::<Invoice>::fetch(limit))
             .await?;
         Ok(Page::from_fetched(fetched, limit))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::go_on;
+
+    #[test]
+    fn reconciliation_goes_on_after_what_it_looked_at() {
+        let on = |after: Option<u8>, page: &[u8], looked_at: usize| {
+            go_on(after, page, looked_at, 3, |&row| row)
+        };
+        // A full page looked at: after its last, for more may follow.
+        assert_eq!(on(None, &[1, 2, 3], 3), Some(3));
+        // A last page looked at, or none left: from the start again.
+        assert_eq!(on(Some(3), &[4, 5], 2), None);
+        assert_eq!(on(Some(5), &[], 0), None);
+        // Time ran out part-way: after the last looked at, even on a last
+        // page; before any: where it was.
+        assert_eq!(on(Some(3), &[4, 5], 1), Some(4));
+        assert_eq!(on(None, &[1, 2, 3], 2), Some(2));
+        assert_eq!(on(Some(3), &[4, 5], 0), Some(3));
     }
 }

@@ -1,18 +1,18 @@
 //! A writer process killed with SIGKILL part-way through CreateInvoice, and
 //! started again: it settles what the call left behind. No number is stored
 //! twice, every stored invoice's number is confirmed with its id, and the
-//! number of an invoice never stored is given back.
+//! number of an invoice never stored is given back. And reconciliation
+//! itself, run on notes such calls leave.
 
 use std::{sync::Arc, time::Duration};
 
-use chrono::{TimeDelta, Utc};
-
+use chrono::{DateTime, TimeDelta, Utc};
 use nix::sys::signal::{Signal, kill};
 use numbering::{
     clock::SystemClock,
     db::Backend,
     invoices::{
-        store::{Note, Pending},
+        store::{InvoiceStore, Note, Pending},
         writer::InvoiceWriter,
     },
     proto::{
@@ -364,25 +364,9 @@ async fn a_reservation_never_made_takes_no_number(#[case] backend: Backend) {
     let db = TestDb::create(backend).await;
     let store = db.invoice_store().await;
     let now = Utc::now();
-    let pending = Pending {
-        tenant_id: "acme".into(),
-        request_key: "died-before-reserving".into(),
-        issue_date: String::new(),
-        since: now - TimeDelta::seconds(1),
-        invoice_id: uuid::Uuid::now_v7().to_string(),
-    };
-    let note = Note::Pending {
-        pending: &pending,
-        request_id: None,
-    };
-    store.note(note).await.unwrap();
+    note_acme(&store, "died-before-reserving", now - TimeDelta::seconds(1)).await;
 
-    let writer = InvoiceWriter::new(
-        store.clone(),
-        allocator_client(&allocator.server.url()),
-        3,
-        Arc::new(SystemClock),
-    );
+    let writer = writer_of(&store, &allocator);
     let later = now + TimeDelta::minutes(1);
     let deadline = tokio::time::Instant::now() + PATIENCE;
     let reconciled = writer.reconcile(later, 10, deadline).await.unwrap();
@@ -390,4 +374,67 @@ async fn a_reservation_never_made_takes_no_number(#[case] backend: Backend) {
     assert_eq!(store.pending_before(later, None, 10).await.unwrap(), []);
     let audit = audit_acme(&mut allocator.client).await;
     assert_eq!((audit.last_value, audit.voided), (0, 0), "{audit:?}");
+}
+
+/// Notes a reservation of acme's under `request_key` pending since `since`,
+/// as a call does before its Reserve.
+async fn note_acme(store: &Arc<dyn InvoiceStore>, request_key: &str, since: DateTime<Utc>) {
+    let pending = Pending {
+        tenant_id: "acme".into(),
+        request_key: request_key.into(),
+        issue_date: String::new(),
+        since,
+        invoice_id: uuid::Uuid::now_v7().to_string(),
+    };
+    let note = Note::Pending {
+        pending: &pending,
+        request_id: None,
+    };
+    store.note(note).await.unwrap();
+}
+
+/// A writer on `store`, reconciling through `allocator`.
+fn writer_of(store: &Arc<dyn InvoiceStore>, allocator: &AllocatorApp) -> InvoiceWriter {
+    InvoiceWriter::new(
+        store.clone(),
+        allocator_client(&allocator.server.url()),
+        3,
+        Arc::new(SystemClock),
+    )
+}
+
+/// A run whose time is up before it looks at a note does not pass over
+/// it: the next run settles the oldest note first, not the one after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_out_of_time_passes_over_no_note() {
+    let mut allocator = spawn_allocator(Backend::Sqlite).await;
+    let db = TestDb::create(Backend::Sqlite).await;
+    let store = db.invoice_store().await;
+    let now = Utc::now();
+    for (key, age) in [("first", 2), ("second", 1)] {
+        allocator
+            .client
+            .reserve(ReserveRequest {
+                tenant_id: "acme".into(),
+                request_id: key.into(),
+                ..ReserveRequest::default()
+            })
+            .await
+            .unwrap();
+        note_acme(&store, key, now - TimeDelta::seconds(age)).await;
+    }
+    let writer = writer_of(&store, &allocator);
+    let later = now + TimeDelta::minutes(1);
+
+    let none = writer
+        .reconcile(later, 1, tokio::time::Instant::now())
+        .await
+        .unwrap();
+    assert_eq!(none.given_back, 0);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let one = writer.reconcile(later, 1, deadline).await.unwrap();
+    assert_eq!(one.given_back, 1);
+    let left = store.pending_before(later, None, 10).await.unwrap();
+    let keys: Vec<_> = left.iter().map(|note| note.request_key.as_str()).collect();
+    assert_eq!(keys, ["second"]);
 }
