@@ -385,7 +385,12 @@ fn call_span<B>(request: &http::Request<B>) -> tracing::Span {
 /// Reflection for one service, health and reflection itself, with the
 /// descriptors grpcurl needs to describe calls and print error details.
 fn reflection(service_name: &str) -> tonic_reflection::server::Builder<'static> {
+    // Both versions' descriptors in either version's answers: a client of
+    // one describes every service listed, the other's too.
     tonic_reflection::server::Builder::configure()
+        .include_reflection_service(false)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)

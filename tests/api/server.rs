@@ -116,7 +116,8 @@ async fn resolve_v1alpha(channel: Channel, symbol: &str) -> Vec<String> {
 }
 
 /// Reflection lists each server's own service with health and reflection, in v1 and
-/// v1alpha, and resolves every file the calls and error details need.
+/// v1alpha, and resolves every service it lists (as `grpcurl describe` does) and
+/// every file the calls and error details need.
 #[tokio::test]
 async fn reflection_describes_both_services() {
     let (allocator, writer) = spawn_both(Backend::Postgres, 3).await;
@@ -134,6 +135,10 @@ async fn reflection_describes_both_services() {
         ];
         expected.sort_unstable();
         assert_eq!(listed, expected);
+        for listed in &listed {
+            let files = resolve_v1alpha(server.channel().await, listed).await;
+            assert!(!files.is_empty(), "{listed} is not described");
+        }
         let files = resolve_v1alpha(server.channel().await, service).await;
         assert!(
             files.iter().any(|f| f.starts_with("numbering/v1/")),
