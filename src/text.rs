@@ -22,7 +22,8 @@ const JOINERS: [char; 2] = ['\u{200C}', '\u{200D}'];
 /// A description of what is wrong, for a field violation.
 pub fn check(raw: &str, max: usize, required: bool) -> Result<String, String> {
     if required && raw.trim().is_empty() {
-        return Err("must not be empty".into());
+        let what = if raw.is_empty() { "empty" } else { "blank" };
+        return Err(format!("must not be {what}"));
     }
     if raw.chars().count() > max {
         return Err(format!("must be at most {max} characters"));
@@ -111,7 +112,8 @@ mod tests {
         ] {
             assert!(check(bad, 100, false).is_err(), "{bad:?} was accepted");
         }
-        assert!(check("   ", 10, true).is_err());
+        assert_eq!(check("   ", 10, true), Err("must not be blank".into()));
+        assert_eq!(check("", 10, true), Err("must not be empty".into()));
         assert!(check("abc", 2, false).is_err());
     }
 }

@@ -857,8 +857,8 @@ fn refused(refusal: StateRefusal) -> Status {
         StateRefusal::NotTheHolder { request_id } => with_reason(
             Code::FailedPrecondition,
             format!(
-                "the number is held under request id {request_id:?}, not this one: its \
-                 reservation under this one ended and another call took it"
+                "the number is held under request id {request_id:?}, not the one this call \
+                 names (if that one reserved it, its lease ended and another call took it since)"
             ),
             "NOT_THE_HOLDER",
             &[("requestId", request_id)],
