@@ -15,7 +15,9 @@ use numbering::{
         app::{App, ReconcileSettings, Settings, shown_url},
     },
     server::{
-        config::{DatabaseArgs, ServerArgs, duration, parse_or_exit, positive_duration},
+        config::{
+            DatabaseArgs, ServerArgs, duration, listen_address, parse_or_exit, positive_duration,
+        },
         shutdown,
         startup::{self, StartupError},
         telemetry,
@@ -37,7 +39,7 @@ struct Config {
     command: Option<Command>,
 
     /// Address to listen on.
-    #[arg(long, env = "NUMBERING_LISTEN", default_value = "0.0.0.0:50052")]
+    #[arg(long, env = "NUMBERING_LISTEN", default_value = "0.0.0.0:50052", value_parser = listen_address)]
     listen: SocketAddr,
 
     /// URL of the number allocator.

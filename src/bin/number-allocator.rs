@@ -13,7 +13,7 @@ use numbering::{
     },
     clock::SystemClock,
     server::{
-        config::{DatabaseArgs, ServerArgs, duration, parse_or_exit},
+        config::{DatabaseArgs, ServerArgs, duration, listen_address, parse_or_exit},
         shutdown,
         startup::{self, StartupError},
         telemetry,
@@ -33,7 +33,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[command(version)]
 struct Config {
     /// Address to listen on.
-    #[arg(long, env = "NUMBERING_LISTEN", default_value = "0.0.0.0:50051")]
+    #[arg(long, env = "NUMBERING_LISTEN", default_value = "0.0.0.0:50051", value_parser = listen_address)]
     listen: SocketAddr,
 
     /// Number template of new series: text, one {number} or {number:0N} (N from 1 to 18), and any of {year}, {yy}, {month}, {day}; {{ and }} for braces.

@@ -93,7 +93,7 @@ impl App {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let invalid = |why: String| {
             StartupError::BadSetting(format!(
-                "invalid allocator URL {}: {why}",
+                "invalid --allocator-url (NUMBERING_ALLOCATOR_URL) {}: {why}",
                 shown_url(&settings.allocator.url)
             ))
         };

@@ -114,7 +114,7 @@ pub struct ServerArgs {
     pub tls_client_ca: Option<PathBuf>,
 
     /// Also serve health alone, in plaintext, on this address: for Kubernetes probes under TLS, which they cannot speak.
-    #[arg(long, env = "NUMBERING_HEALTH_LISTEN")]
+    #[arg(long, env = "NUMBERING_HEALTH_LISTEN", value_parser = listen_address)]
     pub health_listen: Option<SocketAddr>,
 
     /// Export every call's span as an OpenTelemetry trace to this OTLP/gRPC endpoint (e.g. http://otel-collector:4317), continuing the caller's W3C trace context. Off when unset.
@@ -122,7 +122,7 @@ pub struct ServerArgs {
     pub otlp_endpoint: Option<String>,
 
     /// Serve Prometheus metrics at GET /metrics on this address (plain HTTP). Off when unset.
-    #[arg(long, env = "NUMBERING_METRICS_LISTEN")]
+    #[arg(long, env = "NUMBERING_METRICS_LISTEN", value_parser = listen_address)]
     pub metrics_listen: Option<SocketAddr>,
 
     /// Calls each tenant may start per second (and in a burst), at most 1000000; more wait for a turn up to --tenant-rate-wait, then answer RESOURCE_EXHAUSTED with a RetryInfo. 0: no limit.
@@ -278,6 +278,18 @@ pub fn positive_duration(raw: &str) -> Result<Duration, String> {
     }
 }
 
+/// Parses an address to listen on: an IP address and a port.
+///
+/// # Errors
+/// Anything else, a host name among them, saying how to write it.
+pub fn listen_address(raw: &str) -> Result<SocketAddr, String> {
+    raw.parse().map_err(|_| {
+        "must be an IP address and a port, such as 0.0.0.0:50051 (every IPv4 address), \
+         [::]:50051 (every address) or 127.0.0.1:50051 (this machine alone), not a host name"
+            .to_owned()
+    })
+}
+
 /// The highest rate a tenant may be held to, in calls a second: turns a
 /// microsecond apart. Past a billion, turns a nanosecond apart would round
 /// to none, and the limit would silently be none.
@@ -319,11 +331,15 @@ impl TypedValueParser for DatabaseUrlParser {
             .and_then(Arg::get_long)
             .map_or_else(|| "database URL".to_owned(), |long| format!("--{long}"));
         let error = |message: String| {
-            clap::Error::raw(
+            let mut error = clap::Error::raw(
                 ErrorKind::ValueValidation,
                 format!("invalid {name}: {message}\n"),
             )
-            .with_cmd(cmd)
+            .with_cmd(cmd);
+            // The flag it is for, as clap's own errors name it: read to say
+            // which environment variable gave the value, if one did.
+            error.insert(ContextKind::InvalidArg, ContextValue::String(name.clone()));
+            error
         };
         value
             .to_str()

@@ -373,6 +373,17 @@ async fn bad_settings_exit_64() {
     ] {
         refuses_setting(env!("CARGO_BIN_EXE_number-allocator"), flag, value).await;
     }
+    // A host name where an address is listened on: said how to write it.
+    for flag in ["--listen", "--health-listen", "--metrics-listen"] {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_number-allocator"))
+            .args([flag, "localhost:50051", "--database-url", NOWHERE])
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "{stderr}");
+        assert!(stderr.contains("not a host name"), "{flag}: {stderr}");
+    }
     for (flag, value) in [
         ("--reservation-lease", "10000years"),
         ("--db-max-connections", "0"),

@@ -420,6 +420,7 @@ async fn an_allocator_url_without_its_scheme_stops_start_up() {
         )
         .await;
         assert_refused(&output, 64, "http://host:port");
+        assert_refused(&output, 64, "--allocator-url (NUMBERING_ALLOCATOR_URL)");
         assert!(!data_dir.exists(), "{}", data_dir.display());
     }
 }
@@ -553,6 +554,14 @@ async fn a_bad_setting_from_the_environment_names_its_variable() {
         &[("NUMBERING_REQUEST_TIMEOUT", "0s")],
         64,
         "environment variable NUMBERING_REQUEST_TIMEOUT",
+    )
+    .await;
+    // Also one whose value the service reads itself.
+    refused_creating_nothing_with(
+        &[],
+        &[("DATABASE_URL", "mysql://db/x")],
+        64,
+        "environment variable DATABASE_URL",
     )
     .await;
 }
