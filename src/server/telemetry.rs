@@ -96,7 +96,9 @@ pub fn init(
     Ok(Telemetry(provider))
 }
 
-/// The log filter `RUST_LOG` sets, "info" if it is unset or blank.
+/// The log filter `RUST_LOG` sets; if it is unset or blank, "info", with
+/// PostgreSQL's notices at "warn" (each start's migrations draw one that says
+/// their table already exists).
 ///
 /// # Errors
 /// `RUST_LOG` is not a valid filter, or names a bare word that is not a
@@ -128,7 +130,7 @@ fn log_filter() -> Result<EnvFilter, String> {
         Err(std::env::VarError::NotUnicode(directives)) => {
             Err(invalid(&directives.to_string_lossy(), &"not UTF-8"))
         }
-        _ => Ok(EnvFilter::new("info")),
+        _ => Ok(EnvFilter::new("info,sqlx::postgres::notice=warn")),
     }
 }
 

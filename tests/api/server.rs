@@ -244,6 +244,32 @@ async fn the_binary_exits_cleanly_on_sigterm() {
     assert!(!logged.iter().any(|l| l.contains("s3cret")), "{logged:?}");
 }
 
+/// A start on a database already migrated logs no PostgreSQL notice at the
+/// default level: its migrations' "already exists, skipping" is noise to
+/// whoever reads the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_logs_no_postgresql_notice_by_default() {
+    let db = TestDb::create(Backend::Postgres).await;
+    let mut lines = Vec::new();
+    for _ in 0..2 {
+        let mut command = allocator_binary(&db.url);
+        command.env_remove("RUST_LOG");
+        let running = start(command).await;
+        kill(running.pid(), Signal::SIGTERM).unwrap();
+        let (status, logged) = running.wait().await;
+        assert!(status.success(), "{logged:?}");
+        lines = logged;
+    }
+    assert!(
+        lines.iter().any(|line| line.contains("listening")),
+        "{lines:?}"
+    );
+    assert!(
+        !lines.iter().any(|line| line.contains("already exists")),
+        "{lines:?}"
+    );
+}
+
 /// A second Ctrl-C during the drain exits at once with status 130, long before
 /// the drain delay would end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
