@@ -220,6 +220,9 @@ fn allocator_tls(config: &Config) -> Result<Option<ClientTls>, StartupError> {
 
 async fn serve(config: Config) -> Result<(), StartupError> {
     let settings = settings(&config)?;
+    config
+        .database
+        .warn_of_timeouts(config.server.request_timeout);
     // Settings files are read before anything is bound or opened.
     let server_settings = config.server.settings()?;
     let mut stop = std::pin::pin!(shutdown::signal());

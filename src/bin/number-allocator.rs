@@ -121,6 +121,19 @@ async fn run(config: Config) -> Result<(), StartupError> {
             "--default-lease must be at least 1s and at most --max-lease".into(),
         ));
     }
+    config
+        .database
+        .warn_of_timeouts(config.server.request_timeout);
+    if matches!(config.commit_mode, Mode::Group)
+        && config.group_lanes >= config.database.db_max_connections
+    {
+        tracing::warn!(
+            group_lanes = config.group_lanes,
+            db_max_connections = config.database.db_max_connections,
+            "--group-lanes is not below --db-max-connections: group commits can hold every \
+             connection, and reads and sweeps wait for one",
+        );
+    }
     let settings = Settings {
         database: config.database.url("allocator.sqlite3")?,
         pool: config.database.pool(),

@@ -387,6 +387,22 @@ impl DatabaseArgs {
         })
     }
 
+    /// Warns when a call that waits for the database operation ahead of it,
+    /// then makes its own, can run out of `request_timeout` before either
+    /// times out: it would answer `DEADLINE_EXCEEDED` where a shorter
+    /// `--db-timeout` answers `UNAVAILABLE`, which says to retry.
+    pub fn warn_of_timeouts(&self, request_timeout: Duration) {
+        if self.db_timeout.saturating_mul(2) >= request_timeout {
+            tracing::warn!(
+                db_timeout = %humantime::format_duration(self.db_timeout),
+                request_timeout = %humantime::format_duration(request_timeout),
+                "twice --db-timeout is not under --request-timeout: a call waiting on a \
+                 database that stopped answering may answer DEADLINE_EXCEEDED instead of \
+                 UNAVAILABLE",
+            );
+        }
+    }
+
     /// The pool settings.
     #[must_use]
     pub fn pool(&self) -> PoolSettings {

@@ -244,6 +244,23 @@ async fn the_binary_exits_cleanly_on_sigterm() {
     assert!(!logged.iter().any(|l| l.contains("s3cret")), "{logged:?}");
 }
 
+/// Settings that do not fit together as the settings table says to keep
+/// them are each warned of at start, naming both flags' values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_that_do_not_fit_together_are_warned_of() {
+    let db = TestDb::create(Backend::Sqlite).await;
+    let mut command = allocator_binary(&db.url);
+    command.args(["--db-timeout", "6s", "--group-lanes", "10"]);
+    let mut running = start(command).await;
+    for (flag, value) in [("db_timeout", "6s"), ("group_lanes", "10")] {
+        let warned = running
+            .wait_for_event(|event| event[flag].is_string() || event[flag].is_number())
+            .await;
+        assert_eq!(warned["level"], "WARN", "{warned}");
+        assert_eq!(warned[flag].to_string().trim_matches('"'), value, "{warned}");
+    }
+}
+
 /// A start on a database already migrated logs no PostgreSQL notice at the
 /// default level: its migrations' "already exists, skipping" is noise to
 /// whoever reads the log.
