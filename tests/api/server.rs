@@ -257,7 +257,11 @@ async fn settings_that_do_not_fit_together_are_warned_of() {
             .wait_for_event(|event| event[flag].is_string() || event[flag].is_number())
             .await;
         assert_eq!(warned["level"], "WARN", "{warned}");
-        assert_eq!(warned[flag].to_string().trim_matches('"'), value, "{warned}");
+        assert_eq!(
+            warned[flag].to_string().trim_matches('"'),
+            value,
+            "{warned}"
+        );
     }
 }
 
