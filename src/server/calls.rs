@@ -135,12 +135,23 @@ fn undecodable(status: &Status) -> Option<Status> {
         return None;
     }
     match status.code() {
-        Code::OutOfRange => Some(with_reason(
-            Code::ResourceExhausted,
-            status.message(),
-            "REQUEST_TOO_LARGE",
-            &[],
-        )),
+        Code::OutOfRange => {
+            // "Error, decoded message length too large: found N bytes, the
+            // limit is: M bytes"
+            let sizes = status
+                .message()
+                .split_once(": ")
+                .map_or(status.message(), |(_, sizes)| sizes);
+            Some(with_reason(
+                Code::ResourceExhausted,
+                format!(
+                    "the request message is over this service's size limit ({sizes}); do not \
+                     retry it as it is"
+                ),
+                "REQUEST_TOO_LARGE",
+                &[],
+            ))
+        }
         Code::Internal => Some(
             InvalidArgument(vec![FieldViolation {
                 field: String::new(),

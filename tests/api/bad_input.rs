@@ -247,6 +247,11 @@ async fn frames_refused_before_any_handler_answer_with_a_reason(#[case] backend:
             .unwrap_err();
         assert_eq!(status.code(), Code::ResourceExhausted, "{path}: {status:?}");
         assert_reason(&status, "REQUEST_TOO_LARGE");
+        assert!(
+            status.message().contains("over this service's size limit")
+                && status.message().contains(&format!("the limit is: {limit} bytes")),
+            "{path}: {status:?}"
+        );
 
         let message = delimited(1, b"acme");
         for flag in [1, 2] {
