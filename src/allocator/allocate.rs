@@ -280,6 +280,17 @@ pub(super) struct Known {
     pub(super) policy: GapPolicy,
 }
 
+impl Known {
+    /// What a series' settings say, until it hands out a number.
+    fn of(config: &SeriesConfig) -> Self {
+        Self {
+            calendar: config.calendar,
+            settled: false,
+            policy: config.gap_policy,
+        }
+    }
+}
+
 /// The calendars of the series this process has used: a call's period is
 /// picked before its transaction, which checks the series still has it.
 /// One entry per series, keyed by tenant and series; a lookup borrows the
@@ -456,13 +467,19 @@ impl Allocator {
         tenant: &TenantId,
         series: &SeriesName,
     ) -> Result<Known, Error> {
+        let configured = self.configured_calendar(tenant, series).await?;
+        Ok(configured.unwrap_or_else(|| Known::of(&self.defaults)))
+    }
+
+    /// The calendar of a series as the store has it now, if it was ever
+    /// used or configured.
+    pub(super) async fn configured_calendar(
+        &self,
+        tenant: &TenantId,
+        series: &SeriesName,
+    ) -> Result<Option<Known>, Error> {
         let config = self.store.find(tenant, series).await?;
-        let config = config.as_ref().unwrap_or(&self.defaults);
-        Ok(Known {
-            calendar: config.calendar,
-            settled: false,
-            policy: config.gap_policy,
-        })
+        Ok(config.as_ref().map(Known::of))
     }
 
     /// Runs `attempt` with the series' calendar, again with the calendar read
@@ -614,29 +631,7 @@ impl Allocator {
                 Ok(outcome)
             })
             .await?;
-        match outcome {
-            Outcome::Granted(grant) => {
-                let how = if lease.is_some() {
-                    "reserved"
-                } else {
-                    "issued"
-                };
-                metrics::counter!("numbering_numbers_allocated_total", "state" => how)
-                    .increment(count.unsigned_abs());
-                Ok((grant, false))
-            }
-            Outcome::Replayed(grant) => Ok((grant, true)),
-            Outcome::Reused {
-                series,
-                count,
-                kind,
-            } => Err(Error::RequestIdReused {
-                request_id: request_id.map(ToString::to_string).unwrap_or_default(),
-                series,
-                count,
-                reserved: kind == "reserve",
-            }),
-        }
+        answered(outcome, request_id, count, lease.is_some())
     }
 
     /// A keyed call for a period known to be full: the numbers its id first
@@ -647,11 +642,31 @@ impl Allocator {
         request_id: &RequestId,
         call: &Call<'_>,
     ) -> Result<Outcome, Error> {
+        self.first_answered(
+            tenant,
+            request_id,
+            call.series.as_str(),
+            call.count,
+            call.kind(),
+        )
+        .await?
+        .ok_or(Error::Exhausted)
+    }
+
+    /// What a repeat of a call of `kind` for `count` numbers of `series`
+    /// under `request_id` gets from the first call made under it, if one
+    /// was (and has committed).
+    pub(super) async fn first_answered(
+        &self,
+        tenant: &TenantId,
+        request_id: &RequestId,
+        series: &str,
+        count: i64,
+        kind: &str,
+    ) -> Result<Option<Outcome>, Error> {
         let stamp = self.retention.stamp();
-        match self.store.first_answer(tenant, request_id, stamp).await? {
-            Some(first) => Ok(first.repeated_by(call.series.as_str(), call.count, call.kind())),
-            None => Err(Error::Exhausted),
-        }
+        let first = self.store.first_answer(tenant, request_id, stamp).await?;
+        Ok(first.map(|first| first.repeated_by(series, count, kind)))
     }
 
     /// Forgets the request ids past the retention window, in batches of
@@ -848,6 +863,39 @@ pub(super) fn parse_stored(
         format: format.to_owned(),
         reason,
     })
+}
+
+/// A call's outcome as it is answered: the numbers granted (counted, as
+/// reserved when `reserving`, else issued) or replayed (and whether they
+/// were), or its request id refused as first used for another call.
+///
+/// # Errors
+/// [`Error::RequestIdReused`].
+pub(super) fn answered(
+    outcome: Outcome,
+    request_id: Option<&RequestId>,
+    count: i64,
+    reserving: bool,
+) -> Result<(Grant, bool), Error> {
+    match outcome {
+        Outcome::Granted(grant) => {
+            let how = if reserving { "reserved" } else { "issued" };
+            metrics::counter!("numbering_numbers_allocated_total", "state" => how)
+                .increment(count.unsigned_abs());
+            Ok((grant, false))
+        }
+        Outcome::Replayed(grant) => Ok((grant, true)),
+        Outcome::Reused {
+            series,
+            count,
+            kind,
+        } => Err(Error::RequestIdReused {
+            request_id: request_id.map(ToString::to_string).unwrap_or_default(),
+            series,
+            count,
+            reserved: kind == "reserve",
+        }),
+    }
 }
 
 #[cfg(test)]

@@ -405,23 +405,21 @@ impl Allocator {
     ) -> Result<Held, Error> {
         // As the database keeps times, so that a repeat shows the same time.
         let now = self.now().trunc_subsecs(6);
-        let policy = match self.settled_calendar(tenant, series) {
+        let known = match self.settled_calendar(tenant, series) {
+            Some(known) => Some(known),
+            // Until the series hands out a number its policy may change,
+            // in any process.
+            None => self.configured_calendar(tenant, series).await?,
+        };
+        let policy = match known {
             Some(known) => {
                 made_by(known.calendar.reset, period)?;
                 known.policy
             }
-            // Until the series hands out a number its policy may change,
-            // in any process.
-            None => match self.store.find(tenant, series).await? {
-                Some(config) => {
-                    made_by(config.calendar.reset, period)?;
-                    config.gap_policy
-                }
-                // Never used nor configured: it has no periods yet, and no
-                // number of any is held (NOT_FOUND, as for a number never
-                // handed out), whatever reset it will be configured with.
-                None => self.defaults.gap_policy,
-            },
+            // Never used nor configured: it has no periods yet, and no
+            // number of any is held (NOT_FOUND, as for a number never
+            // handed out), whatever reset it will be configured with.
+            None => self.defaults.gap_policy,
         };
         Ok(Held { policy, now })
     }

@@ -8,24 +8,14 @@ use chrono::{DateTime, NaiveDate, SubsecRound, TimeDelta, Utc};
 use crate::{
     allocator::{
         Allocator, Error,
-        allocate::{Ask, parse_stored},
+        allocate::{Ask, answered, parse_stored},
         numbers::{NumberRecord, NumberState},
         series::SeriesName,
-        store::{Grant, Lease, Outcome, StoreError},
+        store::{Grant, Lease, StoreError},
     },
     request_id::RequestId,
     tenant::TenantId,
 };
-
-/// Whether a `Reserve` may take a number, or only repeat an earlier call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Repeat {
-    /// An earlier call under the request id is repeated; without one, a
-    /// number is reserved.
-    OrReserve,
-    /// Only an earlier call under the request id is repeated.
-    Only,
-}
 
 /// A number reserved, as `Reserve` answers it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,46 +48,6 @@ impl Allocator {
         date: Option<NaiveDate>,
         lease: Duration,
     ) -> Result<Reservation, Error> {
-        self.reserving(tenant, series, request_id, date, lease, Repeat::OrReserve)
-            .await
-    }
-
-    /// What an earlier [`reserve`](Allocator::reserve) of `series` under
-    /// `request_id` reserved, as it stands now, as a repeat of that call
-    /// answers it; nothing is reserved if no call was made under it.
-    ///
-    /// # Errors
-    /// [`Error::RequestIdNotFound`] if none was (or it was forgotten, after
-    /// every lease it could hold ended); as a repeated
-    /// [`reserve`](Allocator::reserve) otherwise.
-    pub async fn repeat_reservation(
-        &self,
-        tenant: &TenantId,
-        series: &SeriesName,
-        request_id: &RequestId,
-    ) -> Result<Reservation, Error> {
-        let (no_date, default_lease) = (None, Duration::ZERO);
-        self.reserving(
-            tenant,
-            series,
-            Some(request_id),
-            no_date,
-            default_lease,
-            Repeat::Only,
-        )
-        .await
-    }
-
-    /// A reservation, or with [`Repeat::Only`] only an earlier one repeated.
-    async fn reserving(
-        &self,
-        tenant: &TenantId,
-        series: &SeriesName,
-        request_id: Option<&RequestId>,
-        date: Option<NaiveDate>,
-        lease: Duration,
-        repeat: Repeat,
-    ) -> Result<Reservation, Error> {
         let lease = self.leases.pick(lease).map_err(|reason| Error::Invalid {
             field: "lease",
             reason,
@@ -121,14 +71,11 @@ impl Allocator {
             date,
             lease: Some(lease),
         };
-        let (grant, replayed) = match (repeat, request_id) {
-            (Repeat::Only, Some(request_id)) => (
-                self.reserved_before(tenant, series, request_id).await?,
-                true,
-            ),
-            (Repeat::OrReserve, _) | (Repeat::Only, None) => self.obtain(ask).await?,
-        };
-        if !replayed && self.now() >= lease.ends {
+        let (grant, replayed) = self.obtain(ask).await?;
+        if let (true, Some(request_id)) = (replayed, request_id) {
+            return self.as_it_stands(tenant, series, request_id, grant).await;
+        }
+        if self.now() >= lease.ends {
             // Committed after its lease ended (it waited its turn longer than
             // the lease): given back already, perhaps reissued. Answering it
             // would tell two callers the number is theirs.
@@ -137,40 +84,19 @@ impl Allocator {
             )
             .into());
         }
-        let record = if replayed {
-            // Reserved by an earlier call: as it stands now, unless another
-            // call holds it since.
-            let record = self
-                .get_number(tenant, series, &grant.period, grant.first)
-                .await?;
-            // Another call has taken it since its lease ended: answered, it
-            // would be two callers' at once. Until then it is answered as it
-            // stands (given back and not taken since, its holder's late
-            // `Confirm` may still take it).
-            if request_id.is_some_and(|id| record.request_id != id.as_str()) {
-                return Err(Error::TakenSince {
-                    request_id: record.request_id,
-                    period: grant.period,
-                    number: record.number,
-                    formatted: record.formatted,
-                });
-            }
-            record
-        } else {
-            // Reserved by this call, a new number or one given back: its
-            // row holds what the lease says.
-            let format = parse_stored(tenant, series, &grant.format)?;
-            NumberRecord {
-                number: grant.first,
-                formatted: format.render(grant.first, grant.date),
-                date: grant.date,
-                state: NumberState::Reserved,
-                reference: String::new(),
-                reason: String::new(),
-                request_id: request_id.map(ToString::to_string).unwrap_or_default(),
-                expires_at: Some(lease.ends),
-                updated_at: lease.at,
-            }
+        // Reserved by this call, a new number or one given back: its row
+        // holds what the lease says.
+        let format = parse_stored(tenant, series, &grant.format)?;
+        let record = NumberRecord {
+            number: grant.first,
+            formatted: format.render(grant.first, grant.date),
+            date: grant.date,
+            state: NumberState::Reserved,
+            reference: String::new(),
+            reason: String::new(),
+            request_id: request_id.map(ToString::to_string).unwrap_or_default(),
+            expires_at: Some(lease.ends),
+            updated_at: lease.at,
         };
         Ok(Reservation {
             record,
@@ -179,40 +105,60 @@ impl Allocator {
         })
     }
 
-    /// What an earlier `Reserve` of `series` under `request_id` got.
+    /// What an earlier [`reserve`](Allocator::reserve) of `series` under
+    /// `request_id` reserved, as a repeat of that call answers it; nothing is
+    /// reserved if no call was made under it (or none has committed yet).
     ///
     /// # Errors
-    /// [`Error::RequestIdNotFound`] if no call was made under it (or it
-    /// was forgotten, after every lease it could hold ended);
-    /// [`Error::RequestIdReused`] if it was made for another call.
-    async fn reserved_before(
+    /// [`Error::RequestIdNotFound`] if none was (or it was forgotten, after
+    /// every lease it could hold ended); as a repeated
+    /// [`reserve`](Allocator::reserve) otherwise.
+    pub async fn repeat_reservation(
         &self,
         tenant: &TenantId,
         series: &SeriesName,
         request_id: &RequestId,
-    ) -> Result<Grant, Error> {
-        let stamp = self.retention.stamp();
+    ) -> Result<Reservation, Error> {
         let first = self
-            .store
-            .first_answer(tenant, request_id, stamp)
+            .first_answered(tenant, request_id, series.as_str(), 1, "reserve")
             .await?
             .ok_or_else(|| Error::RequestIdNotFound {
                 request_id: request_id.to_string(),
             })?;
-        // A repeat answers as replayed what the first call was granted.
-        match first.repeated_by(series.as_str(), 1, "reserve") {
-            Outcome::Replayed(grant) | Outcome::Granted(grant) => Ok(grant),
-            Outcome::Reused {
-                series,
-                count,
-                kind,
-            } => Err(Error::RequestIdReused {
-                request_id: request_id.to_string(),
-                series,
-                count,
-                reserved: kind == "reserve",
-            }),
+        let (grant, _) = answered(first, Some(request_id), 1, true)?;
+        self.as_it_stands(tenant, series, request_id, grant).await
+    }
+
+    /// A number reserved by an earlier call under `request_id`, as it stands
+    /// now, unless another call holds it since: answered, it would be two
+    /// callers' at once. Until then it is answered as it stands (given back
+    /// and not taken since, its holder's late `Confirm` may still take it).
+    ///
+    /// # Errors
+    /// [`Error::TakenSince`]; a store failure.
+    async fn as_it_stands(
+        &self,
+        tenant: &TenantId,
+        series: &SeriesName,
+        request_id: &RequestId,
+        grant: Grant,
+    ) -> Result<Reservation, Error> {
+        let record = self
+            .get_number(tenant, series, &grant.period, grant.first)
+            .await?;
+        if record.request_id != request_id.as_str() {
+            return Err(Error::TakenSince {
+                request_id: record.request_id,
+                period: grant.period,
+                number: record.number,
+                formatted: record.formatted,
+            });
         }
+        Ok(Reservation {
+            record,
+            period: grant.period,
+            replayed: true,
+        })
     }
 
     /// Gives back the reservations whose lease has ended, in batches of

@@ -99,7 +99,7 @@ struct Config {
     #[arg(long, env = "NUMBERING_ALLOCATOR_CONNECT_TIMEOUT", default_value = "1s", value_parser = positive_duration)]
     allocator_connect_timeout: Duration,
 
-    /// How long the connection to the allocator may go without a frame from it before an HTTP/2 ping checks that it is alive, whether or not a call is open.
+    /// How long the connection to the allocator may go without a frame from it while a call is open before an HTTP/2 ping checks that it is alive.
     #[arg(long, env = "NUMBERING_ALLOCATOR_KEEPALIVE_INTERVAL", default_value = "1s", value_parser = positive_duration)]
     allocator_keepalive_interval: Duration,
 

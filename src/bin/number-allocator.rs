@@ -108,13 +108,14 @@ async fn run(config: Config) -> Result<(), StartupError> {
         ));
     }
     // A repeat of a Reserve finds its request id, and the number held under
-    // it, for as long as the number can be held.
+    // it, only as long as request ids are kept.
     if config.max_lease > config.request_id_retention {
-        return Err(StartupError::BadSetting(
-            "--max-lease must be at most --request-id-retention: a repeated Reserve must find \
-             its request id as long as its number may be held"
-                .into(),
-        ));
+        tracing::warn!(
+            max_lease = %humantime::format_duration(config.max_lease),
+            request_id_retention = %humantime::format_duration(config.request_id_retention),
+            "--max-lease is longer than --request-id-retention: a Reserve repeated after its \
+             request id is forgotten takes another number while its first is still held",
+        );
     }
     if config.default_lease < Leases::MIN || config.default_lease > config.max_lease {
         return Err(StartupError::BadSetting(

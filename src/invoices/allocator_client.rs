@@ -140,8 +140,8 @@ pub struct AllocatorEndpoint {
     pub tls: Option<ClientTls>,
 }
 
-/// HTTP/2 pings on the connection to the allocator, sent whether or not a
-/// call is open: a connection whose allocator stopped answering without
+/// HTTP/2 pings on the connection to the allocator, sent while a call is
+/// open: a connection whose allocator stopped answering without
 /// closing it (its node lost, a network cut in between) is closed once a
 /// ping goes unanswered, and the next call opens another, instead of every
 /// call waiting on it until the operating system gives up on it, many
@@ -188,7 +188,11 @@ impl AllocatorClient {
                     .connect_timeout(endpoint.connect_timeout)
                     .http2_keep_alive_interval(endpoint.keepalive.interval)
                     .keep_alive_timeout(endpoint.keepalive.timeout)
-                    .keep_alive_while_idle(true),
+                    // Only while a call is open: a connection that went
+                    // silent while idle is found out by the next call's
+                    // pings, and idle pings are what proxies that police
+                    // them (gRPC's too_many_pings) cut connections for.
+                    .keep_alive_while_idle(false),
             )
         };
         let channel = match (&endpoint.tls, endpoint.url.strip_prefix("https://")) {

@@ -385,14 +385,14 @@ fn from_allocator(error: AllocatorError) -> Status {
             }
         }
         // A refusal about the caller's invoice (its series exhausted, say):
-        // the caller's to act on.
+        // the caller's to act on. (The allocator's load, RESOURCE_EXHAUSTED,
+        // is retried, and ends as unavailable.)
         AllocatorError::Rejected(status)
             if matches!(
                 status.code(),
                 Code::FailedPrecondition
                     | Code::NotFound
                     | Code::OutOfRange
-                    | Code::ResourceExhausted
                     | Code::Aborted
                     | Code::AlreadyExists
             ) =>

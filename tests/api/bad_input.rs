@@ -249,7 +249,9 @@ async fn frames_refused_before_any_handler_answer_with_a_reason(#[case] backend:
         assert_reason(&status, "REQUEST_TOO_LARGE");
         assert!(
             status.message().contains("over this service's size limit")
-                && status.message().contains(&format!("the limit is: {limit} bytes")),
+                && status
+                    .message()
+                    .contains(&format!("the limit is: {limit} bytes")),
             "{path}: {status:?}"
         );
 

@@ -375,6 +375,9 @@ enum Failure {
     /// Every note that a reservation is done fails unavailable, as a
     /// store lost just then; inserts are made.
     DoneUnavailable,
+    /// Taking a note over fails unavailable, as many times as the
+    /// failures say; inserts are made.
+    TakeOverUnavailable,
 }
 
 /// Where a late insert and reconciliation wait for each other, and what the
@@ -410,6 +413,15 @@ impl Fails {
             done_held: AtomicBool::new(false),
         })
     }
+
+    /// Whether this call fails: one of the failures left is used up.
+    fn fails(&self) -> bool {
+        self.failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                left.checked_sub(1)
+            })
+            .is_ok()
+    }
 }
 
 #[async_trait]
@@ -431,16 +443,17 @@ impl InvoiceStore for Fails {
         request_id: Option<&RequestId>,
         note: Option<&str>,
     ) -> Result<(), StoreError> {
-        let failing = self
-            .failures
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
-                left.checked_sub(1)
-            });
-        if failing.is_err() {
+        if matches!(
+            self.how,
+            Failure::DoneUnavailable | Failure::TakeOverUnavailable
+        ) || !self.fails()
+        {
             return self.inner.insert(invoice, request_id, note).await;
         }
         match &self.how {
-            Failure::DoneUnavailable => self.inner.insert(invoice, request_id, note).await,
+            Failure::DoneUnavailable | Failure::TakeOverUnavailable => {
+                unreachable!("made above")
+            }
             Failure::NotStored => Err(StoreError::Unavailable("connection lost".into())),
             Failure::Unavailable => {
                 self.inner.insert(invoice, request_id, note).await?;
@@ -530,6 +543,9 @@ impl InvoiceStore for Fails {
     }
 
     async fn take_over(&self, pending: &Pending) -> Result<bool, StoreError> {
+        if matches!(self.how, Failure::TakeOverUnavailable) && self.fails() {
+            return Err(StoreError::Unavailable("connection lost".into()));
+        }
         self.inner.take_over(pending).await
     }
 
@@ -1359,4 +1375,47 @@ async fn a_refused_reservation_answers_its_refusal_when_its_note_cannot_go() {
         store.pending_before(later, None, 10).await.unwrap().len(),
         1
     );
+}
+
+/// A store fault on one pending note stops that reconciliation run, and
+/// the next goes on after that note: a note the store keeps failing on
+/// does not hold back those behind it (it is tried again once the runs
+/// come round to it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_note_the_store_fails_on_is_passed_at_the_next_run() {
+    let mut allocator = spawn_allocator(Backend::Sqlite).await;
+    let db = TestDb::create(Backend::Sqlite).await;
+    let store: Arc<dyn InvoiceStore> =
+        Fails::new(db.invoice_store().await, Failure::TakeOverUnavailable, 1);
+    let now = Utc::now();
+    for (key, age) in [("first", 2), ("second", 1)] {
+        reserve_acme(&mut allocator.client, key, "").await;
+        let pending = Pending {
+            tenant_id: "acme".into(),
+            request_key: key.into(),
+            issue_date: String::new(),
+            since: now - TimeDelta::seconds(age),
+            invoice_id: Uuid::now_v7().to_string(),
+        };
+        let note = Note::Pending {
+            pending: &pending,
+            request_id: None,
+        };
+        store.note(note).await.unwrap();
+    }
+    let writer = InvoiceWriter::new(
+        store.clone(),
+        allocator_client(&allocator.server.url()),
+        3,
+        Arc::new(SystemClock),
+    );
+    let later = now + TimeDelta::minutes(1);
+    let deadline = Instant::now() + PATIENCE;
+
+    writer.reconcile(later, 1, deadline).await.unwrap_err();
+    let next = writer.reconcile(later, 1, deadline).await.unwrap();
+    assert_eq!(next.given_back, 1);
+    let left = store.pending_before(later, None, 10).await.unwrap();
+    let keys: Vec<_> = left.iter().map(|note| note.request_key.as_str()).collect();
+    assert_eq!(keys, ["first"]);
 }

@@ -250,9 +250,20 @@ async fn the_binary_exits_cleanly_on_sigterm() {
 async fn settings_that_do_not_fit_together_are_warned_of() {
     let db = TestDb::create(Backend::Sqlite).await;
     let mut command = allocator_binary(&db.url);
-    command.args(["--db-timeout", "6s", "--group-lanes", "10"]);
+    command.args([
+        "--db-timeout",
+        "6s",
+        "--group-lanes",
+        "10",
+        "--request-id-retention",
+        "1h",
+    ]);
     let mut running = start(command).await;
-    for (flag, value) in [("db_timeout", "6s"), ("group_lanes", "10")] {
+    for (flag, value) in [
+        ("db_timeout", "6s"),
+        ("group_lanes", "10"),
+        ("request_id_retention", "1h"),
+    ] {
         let warned = running
             .wait_for_event(|event| event[flag].is_string() || event[flag].is_number())
             .await;
@@ -407,9 +418,6 @@ async fn bad_settings_exit_64() {
         ("--db-acquire-timeout", "0s"),
         // A lease ending past what the databases compare as a time.
         ("--max-lease", "10000years"),
-        // Longer than request ids are kept (24h): a repeated Reserve would
-        // find its id forgotten while its number is still held.
-        ("--max-lease", "25h"),
         // Every call would answer DEADLINE_EXCEEDED; a deadline past what
         // the clock holds.
         ("--request-timeout", "0s"),
