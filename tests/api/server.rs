@@ -57,6 +57,29 @@ async fn list_v1(channel: Channel) -> Vec<String> {
     }
 }
 
+/// Whether reflection v1 finds the file defining `symbol`.
+async fn described_v1(channel: Channel, symbol: &str) -> bool {
+    use v1::{
+        server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let request = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::FileContainingSymbol(symbol.into())),
+    };
+    let mut responses = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = responses.next().await.and_then(Result::ok);
+    matches!(
+        answer.and_then(|answer| answer.message_response),
+        Some(MessageResponse::FileDescriptorResponse(files))
+            if !files.file_descriptor_proto.is_empty()
+    )
+}
+
 /// Asks reflection v1alpha (the version grpcurl 1.8 speaks) for the file defining
 /// `symbol`, then for each of its dependencies, and returns every file name served.
 async fn resolve_v1alpha(channel: Channel, symbol: &str) -> Vec<String> {
@@ -137,7 +160,9 @@ async fn reflection_describes_both_services() {
         assert_eq!(listed, expected);
         for listed in &listed {
             let files = resolve_v1alpha(server.channel().await, listed).await;
-            assert!(!files.is_empty(), "{listed} is not described");
+            assert!(!files.is_empty(), "{listed} is not described by v1alpha");
+            let described = described_v1(server.channel().await, listed).await;
+            assert!(described, "{listed} is not described by v1");
         }
         let files = resolve_v1alpha(server.channel().await, service).await;
         assert!(
