@@ -110,8 +110,8 @@ impl Allocator {
     /// reserved if no call was made under it (or none has committed yet).
     ///
     /// # Errors
-    /// [`Error::RequestIdNotFound`] if none was (or it was forgotten, after
-    /// every lease it could hold ended); as a repeated
+    /// [`Error::RequestIdNotFound`] if none was (or it was forgotten, past
+    /// the request ids' retention); as a repeated
     /// [`reserve`](Allocator::reserve) otherwise.
     pub async fn repeat_reservation(
         &self,

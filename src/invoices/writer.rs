@@ -651,11 +651,11 @@ impl InvoiceWriter {
 
     /// Confirms a stored invoice's number with its id, and notes it settled
     /// as `settle` says; whether it is settled. A number the allocator did
-    /// not hand out (imported,
-    /// seeded) is settled with nothing to confirm; one it refuses to confirm
-    /// (or refuses as invalid) is logged as an error and settled (its record
-    /// says why). While the allocator cannot be reached, or does not accept
-    /// the writer's token, it is left for reconciliation.
+    /// not hand out (imported, seeded) is settled with nothing to confirm;
+    /// one it refuses to confirm (or refuses as invalid) is logged as an
+    /// error and settled (its record says why). While the allocator cannot
+    /// be reached, or does not accept the writer's token, it is left for
+    /// reconciliation.
     ///
     /// The note is written by a task of its own, in the store's next group,
     /// and not waited for: it only spares reconciliation a confirmation, so
