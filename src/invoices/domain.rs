@@ -72,17 +72,23 @@ pub fn due_date(raw: &str) -> Result<NaiveDate, String> {
     crate::calendar::parse_day(raw)
 }
 
-/// Checks an ISO 4217 currency code such as `EUR`: a currency, not one of
-/// the codes ISO 4217 keeps for other things (`XXX` "no currency", `XTS` for
-/// testing, `XAU` gold, `XDR` drawing rights, bond units).
+/// Checks an ISO 4217 currency code such as `EUR`: a currency in use, not
+/// one of the codes ISO 4217 keeps for other things (`XXX` "no currency",
+/// `XTS` for testing, `XAU` gold, `XDR` drawing rights, bond units), nor
+/// one another has replaced (`HRK`, by `EUR`).
 ///
 /// # Errors
-/// An unknown code, or one that is not a currency.
+/// An unknown code, one that is not a currency, or one no longer in use.
 pub fn currency(raw: &str) -> Result<String, String> {
     match iso_currency::Currency::from_code(raw) {
         Some(currency) if currency.has_flag(iso_currency::Flag::Special) => Err(format!(
             "{raw} is not a currency ({}); use one such as EUR",
             currency.name()
+        )),
+        Some(currency) if let Some(successor) = currency.is_superseded() => Err(format!(
+            "{raw} ({}) is no longer in use: {} replaced it",
+            currency.name(),
+            successor.code()
         )),
         Some(currency) => Ok(currency.code().to_owned()),
         None => Err("must be an ISO 4217 currency code, in capitals, such as EUR".into()),
@@ -384,6 +390,10 @@ mod tests {
         for bad in ["eur", "EURO", "XYZ", "", "XXX", "XTS", "XAU", "XDR", "XBA"] {
             assert!(currency(bad).is_err(), "{bad:?} was accepted");
         }
+        assert_eq!(
+            currency("HRK"),
+            Err("HRK (Croatian kuna) is no longer in use: EUR replaced it".into())
+        );
     }
 
     #[test]

@@ -411,6 +411,7 @@ async fn bad_invoices_are_rejected_by_field_and_change_nothing(#[case] backend: 
         ("notes", |r| r.notes = "n".repeat(4001)),
         ("currency", |r| r.currency = "EURO".into()),
         ("currency", |r| r.currency = "XYZ".into()),
+        ("currency", |r| r.currency = "HRK".into()),
         ("request_id", |r| r.request_id = "r".repeat(129)),
         ("request_id", |r| r.request_id = "retry #2".into()),
         ("line_items", |r| r.line_items.clear()),
