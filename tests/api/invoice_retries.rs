@@ -1340,7 +1340,9 @@ async fn a_number_found_taken_keeps_its_note_until_confirmed() {
         .unwrap()
         .into_inner();
     assert_eq!(created.invoice.unwrap().invoice_number, "INV-002");
-    assert_eq!(proxy.lost(), 2, "both numbers' confirmations were denied");
+    // Both numbers' confirmations denied (and the imported invoice's, if
+    // the writer's reconciliation at start came to it after the import).
+    assert!(proxy.lost() >= 2, "{} confirmations denied", proxy.lost());
     let later = Utc::now() + TimeDelta::minutes(1);
     let notes = writer.store.pending_before(later, None, 10).await.unwrap();
     assert_eq!(notes.len(), 2, "{notes:?}");
