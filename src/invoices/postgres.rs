@@ -16,7 +16,7 @@ use crate::{
     db::{KeptConnection, begin_durable, begin_durable_by_key_on},
     invoices::{
         domain::Invoice,
-        sql_store::{self, Engine, KeyLookups, Made, SqlInvoiceStore, Stored, Write},
+        sql_store::{self, Done, Engine, KeyLookups, Made, SqlInvoiceStore, Stored, Write},
         store::{Pending, StoreError},
     },
 };
@@ -144,19 +144,22 @@ impl KeyLookups for Postgres {
     #[tracing::instrument(name = "db.pending_numbers.delete", skip_all, err(level = "debug"))]
     async fn delete_pending(
         conn: &mut PgConnection,
-        done: &BTreeSet<(&str, &str)>,
+        done: &BTreeSet<Done<'_>>,
     ) -> Result<(), sqlx::Error> {
         sqlx::query(
             "DELETE FROM pending_numbers p
-             USING UNNEST($1::text[], $2::text[]) AS v (tenant_id, request_key)
+             USING UNNEST($1::text[], $2::text[], $3::text[])
+                       AS v (tenant_id, request_key, withdrawn_by)
                    CROSS JOIN LATERAL (
                        SELECT n.ctid FROM pending_numbers n
                        WHERE n.tenant_id = v.tenant_id AND n.request_key = v.request_key
                        LIMIT 1) AS n
-             WHERE p.ctid = n.ctid",
+             WHERE p.ctid = n.ctid
+                 AND (v.withdrawn_by IS NULL OR p.noted_by = v.withdrawn_by)",
         )
-        .bind(done.iter().map(|(tenant, _)| *tenant).collect::<Vec<_>>())
-        .bind(done.iter().map(|(_, key)| *key).collect::<Vec<_>>())
+        .bind(done.iter().map(|(tenant, ..)| *tenant).collect::<Vec<_>>())
+        .bind(done.iter().map(|(_, key, _)| *key).collect::<Vec<_>>())
+        .bind(done.iter().map(|(.., by)| *by).collect::<Vec<_>>())
         .execute(conn)
         .await?;
         Ok(())

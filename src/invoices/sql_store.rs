@@ -84,10 +84,11 @@ pub(crate) trait KeyLookups: Database {
         pending: &[(&Pending, Option<&str>)],
     ) -> Result<HashSet<(String, String)>, sqlx::Error>;
 
-    /// Deletes the notes of reservations done, by tenant and request key.
+    /// Deletes the notes of reservations done, by tenant and request key;
+    /// one withdrawn only if the call withdrawing alone noted it.
     async fn delete_pending(
         conn: &mut Self::Connection,
-        done: &BTreeSet<(&str, &str)>,
+        done: &BTreeSet<Done<'_>>,
     ) -> Result<(), sqlx::Error>;
 
     /// What an insert adds to its read of an invoice's note to hold the
@@ -166,12 +167,15 @@ pub(crate) enum Write {
         /// The invoice the note named when read.
         invoice_id: String,
     },
-    /// [`Note::Done`].
+    /// [`Note::Done`], and [`Note::Withdrawn`].
     Done {
         /// The tenant.
         tenant: String,
         /// The reservation's request key.
         request_key: String,
+        /// Withdrawn: the invoice of the call withdrawing, which the note
+        /// goes only if it alone noted.
+        withdrawn_by: Option<String>,
     },
     /// [`Note::Settled`].
     Settled {
@@ -198,6 +202,16 @@ impl Write {
             } => Self::Done {
                 tenant: tenant.to_owned(),
                 request_key: request_key.to_owned(),
+                withdrawn_by: None,
+            },
+            Note::Withdrawn {
+                tenant,
+                request_key,
+                invoice_id,
+            } => Self::Done {
+                tenant: tenant.to_owned(),
+                request_key: request_key.to_owned(),
+                withdrawn_by: Some(invoice_id.to_owned()),
             },
             Note::Settled { tenant, id } => Self::Settled {
                 tenant: tenant.to_owned(),
@@ -509,6 +523,10 @@ pub(crate) struct InvoiceRow<Id, Total> {
 }
 
 /// The row of an engine that stores ids and totals as `S` says.
+/// A note done: its tenant, its request key, and, if withdrawn, the invoice
+/// of the call withdrawing it ([`Note::Withdrawn`]).
+pub(crate) type Done<'a> = (&'a str, &'a str, Option<&'a str>);
+
 pub(crate) type RowOf<S> = InvoiceRow<<S as Stored>::Id, <S as Stored>::Total>;
 
 /// How an engine stores an invoice's id and total.
@@ -624,8 +642,13 @@ where
             Write::Done {
                 tenant,
                 request_key,
+                withdrawn_by,
             } => {
-                done.insert((tenant.as_str(), request_key.as_str()));
+                done.insert((
+                    tenant.as_str(),
+                    request_key.as_str(),
+                    withdrawn_by.as_deref(),
+                ));
             }
             Write::Settled { tenant, id } => {
                 settled.insert((tenant.as_str(), *id));
@@ -761,29 +784,34 @@ where
 }
 
 /// Deletes the notes of reservations done, by tenant and request key, on
-/// `conn`. The keys are a list of values, planned with the statement
-/// ([`KeyLookups`]).
+/// `conn`; a note withdrawn (the third of each, the invoice of the call
+/// withdrawing) only if that call alone noted it. The keys are a list of
+/// values, planned with the statement ([`KeyLookups`]).
 #[tracing::instrument(name = "db.pending_numbers.delete", skip_all, err(level = "debug"))]
 pub(crate) async fn delete_pending<DB>(
     conn: &mut DB::Connection,
-    done: &BTreeSet<(&str, &str)>,
+    done: &BTreeSet<Done<'_>>,
 ) -> Result<(), sqlx::Error>
 where
     DB: Database + HasStatementCache,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     DB::Arguments: IntoArguments<DB> + Default,
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
 {
     let mut query = QueryBuilder::<DB>::new(
         "DELETE FROM pending_numbers WHERE (tenant_id, request_key) IN (
              SELECT p.tenant_id, p.request_key FROM (",
     );
-    query.push_values(done, |mut row, (tenant, request_key)| {
-        row.push_bind(*tenant).push_bind(*request_key);
+    query.push_values(done, |mut row, (tenant, request_key, withdrawn_by)| {
+        row.push_bind(*tenant)
+            .push_bind(*request_key)
+            .push_bind(*withdrawn_by);
     });
     query.push(
         ") AS v JOIN pending_numbers p
-             ON p.tenant_id = v.column1 AND p.request_key = v.column2)",
+             ON p.tenant_id = v.column1 AND p.request_key = v.column2
+         WHERE v.column3 IS NULL OR p.noted_by = v.column3)",
     );
     query.build().persistent(false).execute(conn).await?;
     Ok(())

@@ -16,7 +16,7 @@ use crate::{
     db::SqliteDatabase,
     invoices::{
         domain::Invoice,
-        sql_store::{self, Engine, KeyLookups, Made, SqlInvoiceStore, Stored, Write},
+        sql_store::{self, Done, Engine, KeyLookups, Made, SqlInvoiceStore, Stored, Write},
         store::{Pending, StoreError},
     },
 };
@@ -83,7 +83,7 @@ impl KeyLookups for Sqlite {
 
     async fn delete_pending(
         conn: &mut SqliteConnection,
-        done: &BTreeSet<(&str, &str)>,
+        done: &BTreeSet<Done<'_>>,
     ) -> Result<(), sqlx::Error> {
         sql_store::delete_pending::<Sqlite>(conn, done).await
     }

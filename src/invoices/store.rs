@@ -176,6 +176,19 @@ pub enum Note<'a> {
         /// The request id it was asked with.
         request_key: &'a str,
     },
+    /// The call that noted the reservation for invoice `invoice_id` keeps
+    /// nothing under it (it was refused, or the number is not held for it):
+    /// the note goes, unless another call under the same request id noted
+    /// it too and may still store its invoice under it. That call settles
+    /// it, or reconciliation does.
+    Withdrawn {
+        /// The tenant.
+        tenant: &'a str,
+        /// The request id it was asked with.
+        request_key: &'a str,
+        /// The invoice of the call withdrawing.
+        invoice_id: &'a str,
+    },
     /// The number of an invoice no note names (stored before notes named
     /// their invoices, or imported) is settled with the allocator: confirmed
     /// with its id, or not one it handed out.

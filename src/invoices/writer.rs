@@ -483,9 +483,12 @@ impl InvoiceWriter {
         deadline: Instant,
     ) -> Result<Option<NumberRecord>, Error> {
         let (issue_date, key) = (pending.issue_date.as_str(), pending.request_key.as_str());
-        let done = Note::Done {
+        // A repeat of this call under the same request id may have noted
+        // the same reservation, and reserved it: the note stays for it.
+        let withdrawn = Note::Withdrawn {
             tenant: tenant.as_str(),
             request_key: key,
+            invoice_id: &pending.invoice_id,
         };
         let reserved = match self
             .allocator
@@ -505,7 +508,7 @@ impl InvoiceWriter {
                     "the number this attempt reserved before is no longer held for it; \
                      reserving another",
                 );
-                self.let_go(done).await;
+                self.let_go(withdrawn).await;
                 return Ok(None);
             }
             // Refused: nothing was reserved, and the note goes (if the
@@ -513,13 +516,13 @@ impl InvoiceWriter {
             // answered the refusal all the same). Otherwise it may have
             // been: the row stays for reconciliation.
             Err(error @ AllocatorError::Rejected(_)) => {
-                self.let_go(done).await;
+                self.let_go(withdrawn).await;
                 return Err(error.into());
             }
             Err(error) => return Err(error.into()),
         };
         if !self.held_for(tenant, &reserved, key, attempt) {
-            self.let_go(done).await;
+            self.let_go(withdrawn).await;
             return Ok(None);
         }
         // Reserved by an earlier call under this request id, for a date in
@@ -640,9 +643,10 @@ impl InvoiceWriter {
         }
     }
 
-    /// Deletes a pending reservation's row; a failure is logged, and
-    /// reconciliation settles the row later (its number is stored or given
-    /// back, so settling it changes nothing).
+    /// Deletes a pending reservation's note ([`Note::Done`], or
+    /// [`Note::Withdrawn`]); a failure is logged, and reconciliation settles
+    /// the note later (its number is stored or given back, or was never the
+    /// call's, so settling it changes nothing).
     async fn let_go(&self, done: Note<'_>) {
         if let Err(error) = self.store.note(done).await {
             tracing::warn!(error = %chain(&error), "a settled reservation is still noted pending");

@@ -372,8 +372,8 @@ enum Failure {
     /// call) is written only once the test opens the second gate, as a
     /// call slow to write it after settling its number.
     PausedAndDone(Arc<Gate>, Arc<Gate>),
-    /// Every note that a reservation is done fails unavailable, as a
-    /// store lost just then; inserts are made.
+    /// Every note that a reservation is done (or withdrawn) fails
+    /// unavailable, as a store lost just then; inserts are made.
     DoneUnavailable,
     /// Taking a note over fails unavailable, as many times as the
     /// failures say; inserts are made.
@@ -529,7 +529,9 @@ impl InvoiceStore for Fails {
     }
 
     async fn note(&self, note: Note<'_>) -> Result<(), StoreError> {
-        if matches!(self.how, Failure::DoneUnavailable) && matches!(note, Note::Done { .. }) {
+        if matches!(self.how, Failure::DoneUnavailable)
+            && matches!(note, Note::Done { .. } | Note::Withdrawn { .. })
+        {
             return Err(StoreError::Unavailable("connection lost".into()));
         }
         if let Failure::PausedAndDone(_, gate) = &self.how
@@ -1420,4 +1422,60 @@ async fn a_note_the_store_fails_on_is_passed_at_the_next_run() {
     let left = store.pending_before(later, None, 10).await.unwrap();
     let keys: Vec<_> = left.iter().map(|note| note.request_key.as_str()).collect();
     assert_eq!(keys, ["first"]);
+}
+
+/// Two calls under one request id note the same reservation; the Reserve of
+/// the first is refused while the second's goes through. The refused call
+/// withdraws only its own note: the repeat stores its invoice under the
+/// number it reserved, not under a second one while the first stays
+/// reserved, no note leading back to it, until its lease ends.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_call_leaves_the_note_a_concurrent_repeat_reserved_under(
+    #[case] backend: Backend,
+) {
+    let mut allocator = spawn_allocator(backend).await;
+    let proxy = AllocatorProxy::new(allocator.client.clone(), Fault::Gate(Method::Reserve));
+    let (proxy_url, _serving) = proxy.serve().await;
+    let writer = spawn_writer(backend, &proxy_url, 3).await;
+    let call = |request: CreateInvoiceRequest| {
+        let mut client = writer.client.clone();
+        tokio::spawn(async move {
+            client
+                .create_invoice(request)
+                .await
+                .map(Response::into_inner)
+        })
+    };
+
+    let refused = call(keyed("acme", "order-1"));
+    let first = proxy.at_gate().await;
+    let repeat = call(keyed("acme", "order-1"));
+    let second = proxy.at_gate().await;
+    first.refuse();
+    let status = refused.await.unwrap().unwrap_err();
+    assert_eq!(status.code(), Code::Aborted, "{status:?}");
+    // Any reservation after these goes through.
+    let passing = tokio::spawn({
+        let proxy = proxy.clone();
+        async move {
+            loop {
+                proxy.at_gate().await.pass();
+            }
+        }
+    });
+    second.pass();
+    let created = repeat
+        .await
+        .unwrap()
+        .expect("the repeat creates its invoice");
+    passing.abort();
+
+    assert_eq!(created.invoice.unwrap().invoice_number, "INV-001");
+    let audit = audit_acme(&mut allocator.client).await;
+    assert_eq!(
+        (audit.last_value, audit.confirmed, audit.reserved),
+        (1, 1, 0),
+        "{audit:?}"
+    );
 }

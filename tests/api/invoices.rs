@@ -1124,6 +1124,60 @@ async fn a_note_made_afresh_after_a_take_over_is_not_the_first_call_s(#[case] ba
     assert!(store.get(&tenant, slow.id).await.unwrap().is_none());
 }
 
+/// A call that withdraws its note (its reservation refused, say) after a
+/// repeat of it under the same request id noted the same reservation leaves
+/// the note to the repeat, which stores its invoice under it. Withdrawn by
+/// the only call that noted it, the note goes.
+#[apply(backends)]
+#[tokio::test]
+async fn a_withdrawn_note_stays_for_a_repeat_that_noted_it_too(#[case] backend: Backend) {
+    use numbering::invoices::store::{Note, Pending, StoreError};
+
+    let db = TestDb::create(backend).await;
+    let store = db.invoice_store().await;
+    let noted = |invoice: &numbering::invoices::domain::Invoice, key: &str| Pending {
+        tenant_id: "acme".into(),
+        request_key: key.into(),
+        issue_date: String::new(),
+        since: chrono::Utc::now(),
+        invoice_id: invoice.id.to_string(),
+    };
+    let note = |pending: Pending| {
+        let store = store.clone();
+        async move {
+            let note = Note::Pending {
+                pending: &pending,
+                request_id: None,
+            };
+            store.note(note).await.unwrap();
+        }
+    };
+
+    let (refused, repeat) = (acme_invoice(1, "INV-001"), acme_invoice(1, "INV-001"));
+    note(noted(&refused, "key-1")).await;
+    note(noted(&repeat, "key-1")).await;
+    let withdrawn = Note::Withdrawn {
+        tenant: "acme",
+        request_key: "key-1",
+        invoice_id: &refused.id.to_string(),
+    };
+    store.note(withdrawn).await.unwrap();
+    store.insert(&repeat, None, Some("key-1")).await.unwrap();
+
+    let alone = acme_invoice(2, "INV-002");
+    note(noted(&alone, "key-2")).await;
+    let withdrawn = Note::Withdrawn {
+        tenant: "acme",
+        request_key: "key-2",
+        invoice_id: &alone.id.to_string(),
+    };
+    store.note(withdrawn).await.unwrap();
+    let late = store.insert(&alone, None, Some("key-2")).await;
+    assert!(matches!(late, Err(StoreError::NoteTakenOver)), "{late:?}");
+    let tenant = TenantId::parse("acme").unwrap();
+    assert!(store.get(&tenant, alone.id).await.unwrap().is_none());
+}
+
 /// On PostgreSQL an insert holds its note until it commits, against a
 /// take-over: one not committed yet (reconciliation's) makes the insert
 /// wait, and once it commits the insert stores nothing. An insert that read

@@ -17,7 +17,11 @@ use numbering::proto::{
     number_allocator_client::NumberAllocatorClient,
     number_allocator_server::{NumberAllocator, NumberAllocatorServer},
 };
-use tokio::{net::TcpListener, sync::Notify, task::JoinHandle};
+use tokio::{
+    net::TcpListener,
+    sync::{Mutex, Notify, mpsc, oneshot},
+    task::JoinHandle,
+};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status, transport::Channel};
 
@@ -46,6 +50,25 @@ pub enum Fault {
     /// `DEADLINE_EXCEEDED` in its place, as an allocator whose own
     /// `--request-timeout` ran out after its commit answers.
     TimeOutFirst(Method),
+    /// Every call of `Method` waits at a gate before it is sent, until the
+    /// test, handed it by [`AllocatorProxy::at_gate`], lets it through or
+    /// refuses it (`ABORTED`).
+    Gate(Method),
+}
+
+/// A call waiting at the gate of [`Fault::Gate`].
+pub struct AtGate(oneshot::Sender<bool>);
+
+impl AtGate {
+    /// Sends the call on to the allocator.
+    pub fn pass(self) {
+        let _ = self.0.send(true);
+    }
+
+    /// Refuses the call (`ABORTED`), never sent.
+    pub fn refuse(self) {
+        let _ = self.0.send(false);
+    }
 }
 
 /// Forwards every call to the allocator, failing replies as its fault says.
@@ -56,10 +79,13 @@ pub struct AllocatorProxy {
     lost: AtomicUsize,
     struck: AtomicBool,
     hung: Notify,
+    arrived: mpsc::UnboundedSender<AtGate>,
+    waiting: Mutex<mpsc::UnboundedReceiver<AtGate>>,
 }
 
 impl AllocatorProxy {
     pub fn new(allocator: NumberAllocatorClient<Channel>, fault: Fault) -> Arc<Self> {
+        let (arrived, waiting) = mpsc::unbounded_channel();
         Arc::new(Self {
             allocator,
             fault,
@@ -67,6 +93,8 @@ impl AllocatorProxy {
             lost: AtomicUsize::new(0),
             struck: AtomicBool::new(false),
             hung: Notify::new(),
+            arrived,
+            waiting: Mutex::new(waiting),
         })
     }
 
@@ -95,6 +123,12 @@ impl AllocatorProxy {
         self.hung.notified().await;
     }
 
+    /// The next call to arrive at the gate of [`Fault::Gate`], in the order
+    /// they arrive.
+    pub async fn at_gate(&self) -> AtGate {
+        self.waiting.lock().await.recv().await.unwrap()
+    }
+
     /// The allocator's answer to a call of `method`, as the fault says.
     async fn after<T>(&self, method: Method, answer: Response<T>) -> Result<Response<T>, Status> {
         match self.fault {
@@ -117,14 +151,28 @@ impl AllocatorProxy {
                 self.lost.fetch_add(1, Ordering::SeqCst);
                 return Err(Status::deadline_exceeded("the allocator's time ran out"));
             }
-            Fault::Hang(_) | Fault::Refuse(_) | Fault::Deny(_) | Fault::TimeOutFirst(_) => {}
+            Fault::Hang(_)
+            | Fault::Refuse(_)
+            | Fault::Deny(_)
+            | Fault::TimeOutFirst(_)
+            | Fault::Gate(_) => {}
         }
         Ok(answer)
     }
 
     /// Refuses a call of `method` in the allocator's place, if the fault says.
-    fn instead(&self, method: Method) -> Result<(), Status> {
+    async fn instead(&self, method: Method) -> Result<(), Status> {
         match self.fault {
+            Fault::Gate(gated) if gated == method => {
+                let (open, opened) = oneshot::channel();
+                self.arrived.send(AtGate(open)).unwrap();
+                if opened.await.unwrap_or(false) {
+                    Ok(())
+                } else {
+                    self.lost.fetch_add(1, Ordering::SeqCst);
+                    Err(Status::aborted("refused at the gate"))
+                }
+            }
             Fault::Refuse(refused) if refused == method => {
                 self.lost.fetch_add(1, Ordering::SeqCst);
                 Err(Status::aborted("refused by the proxy"))
@@ -144,7 +192,7 @@ impl NumberAllocator for AllocatorProxy {
         &self,
         request: Request<AllocateRequest>,
     ) -> Result<Response<AllocateResponse>, Status> {
-        self.instead(Method::Allocate)?;
+        self.instead(Method::Allocate).await?;
         let answer = self
             .allocator
             .clone()
@@ -227,7 +275,7 @@ impl NumberAllocator for AllocatorProxy {
         &self,
         request: Request<ConfirmRequest>,
     ) -> Result<Response<ConfirmResponse>, Status> {
-        self.instead(Method::Confirm)?;
+        self.instead(Method::Confirm).await?;
         let answer = self.allocator.clone().confirm(request.into_inner()).await?;
         self.after(Method::Confirm, answer).await
     }
@@ -240,7 +288,7 @@ impl NumberAllocator for AllocatorProxy {
         &self,
         request: Request<ReserveRequest>,
     ) -> Result<Response<ReserveResponse>, Status> {
-        self.instead(Method::Reserve)?;
+        self.instead(Method::Reserve).await?;
         let answer = self.allocator.clone().reserve(request.into_inner()).await?;
         self.after(Method::Reserve, answer).await
     }
