@@ -570,8 +570,15 @@ impl Target {
     }
 }
 
+/// A share in percent, with a decimal or two below 10% and 1%: a small
+/// share reads as what it is, not as none.
 fn percent(ratio: f64) -> String {
-    format!("{:.0}%", ratio * 100.0)
+    let percent = ratio * 100.0;
+    match percent {
+        p if p < 1.0 => format!("{p:.2}%"),
+        p if p < 10.0 => format!("{p:.1}%"),
+        p => format!("{p:.0}%"),
+    }
 }
 
 fn times(ratio: f64) -> String {
