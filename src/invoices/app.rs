@@ -5,10 +5,7 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use chrono::TimeDelta;
-use tokio::{
-    sync::oneshot,
-    time::{Instant, MissedTickBehavior},
-};
+use tokio::{sync::oneshot, time::MissedTickBehavior};
 
 use crate::{
     clock::{Clock, SystemClock},
@@ -238,10 +235,9 @@ impl Reconciler {
                 let stale =
                     TimeDelta::from_std(self.settings.stale_after).unwrap_or(TimeDelta::MAX);
                 let stale_before = self.clock.now() - stale;
-                let deadline = Instant::now() + self.budget;
                 match self
                     .writer
-                    .reconcile(stale_before, RECONCILE_BATCH, deadline)
+                    .reconcile(stale_before, RECONCILE_BATCH, self.budget)
                     .await
                 {
                     Ok(done) if done == Reconciled::default() => {}

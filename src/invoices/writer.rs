@@ -813,8 +813,10 @@ impl InvoiceWriter {
     /// `batch` reservations pending since before `stale_before` (after
     /// those the last looked at, likewise): each is repeated (same request
     /// id, same number), then confirmed to the invoice stored under its
-    /// number, or given back. Each call is retried until `deadline`; what
-    /// is not looked at by then is looked at first next run.
+    /// number, or given back. The invoices, then the notes, have `budget`
+    /// each, each call retried within it: a confirmation that stalls keeps
+    /// the notes waiting no longer than one budget. What is not looked at
+    /// in time is looked at first next run.
     ///
     /// # Errors
     /// The invoice store failed; what was settled before stays settled, and
@@ -823,9 +825,10 @@ impl InvoiceWriter {
         &self,
         stale_before: chrono::DateTime<chrono::Utc>,
         batch: u32,
-        deadline: Instant,
+        budget: Duration,
     ) -> Result<Reconciled, Error> {
         let mut reconciled = Reconciled::default();
+        let deadline = Instant::now() + budget;
         let after = *self
             .reconciled_to
             .lock()
@@ -856,6 +859,7 @@ impl InvoiceWriter {
             .store
             .pending_before(stale_before, after.clone(), batch)
             .await?;
+        let deadline = Instant::now() + budget;
         // Notes that cannot be settled now (of a tenant the writer's token
         // is not granted), or that a store fault stops on, do not hold back
         // those behind either.

@@ -34,7 +34,7 @@ use numbering::{
     tenant::TenantId,
 };
 use rstest_reuse::apply;
-use tokio::{sync::Notify, time::Instant};
+use tokio::sync::Notify;
 use tonic::{Code, Request, Response, Status, transport::Channel};
 use uuid::Uuid;
 
@@ -605,11 +605,7 @@ async fn reconcile_all(store: &Arc<dyn InvoiceStore>, url: &str) -> Reconciled {
         3,
         Arc::new(SystemClock),
     )
-    .reconcile(
-        Utc::now() + TimeDelta::minutes(1),
-        10,
-        Instant::now() + PATIENCE,
-    )
+    .reconcile(Utc::now() + TimeDelta::minutes(1), 10, PATIENCE)
     .await
     .unwrap()
 }
@@ -1414,10 +1410,9 @@ async fn a_note_the_store_fails_on_is_passed_at_the_next_run() {
         Arc::new(SystemClock),
     );
     let later = now + TimeDelta::minutes(1);
-    let deadline = Instant::now() + PATIENCE;
 
-    writer.reconcile(later, 1, deadline).await.unwrap_err();
-    let next = writer.reconcile(later, 1, deadline).await.unwrap();
+    writer.reconcile(later, 1, PATIENCE).await.unwrap_err();
+    let next = writer.reconcile(later, 1, PATIENCE).await.unwrap();
     assert_eq!(next.given_back, 1);
     let left = store.pending_before(later, None, 10).await.unwrap();
     let keys: Vec<_> = left.iter().map(|note| note.request_key.as_str()).collect();

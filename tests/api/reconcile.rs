@@ -16,8 +16,9 @@ use numbering::{
         writer::InvoiceWriter,
     },
     proto::{
-        AuditSeriesResponse, CreateInvoiceRequest, GapPolicy, NumberState, ReserveRequest,
-        invoice_writer_client::InvoiceWriterClient, number_allocator_client::NumberAllocatorClient,
+        AllocateRequest, AuditSeriesResponse, CreateInvoiceRequest, GapPolicy, NumberState,
+        ReserveRequest, invoice_writer_client::InvoiceWriterClient,
+        number_allocator_client::NumberAllocatorClient,
     },
 };
 use rstest_reuse::apply;
@@ -27,8 +28,8 @@ use crate::{
     backends,
     helpers::{
         AllocatorApp, AllocatorProxy, Fault, Method, PATIENCE, Running, TestDb, acme_number,
-        allocator_client, assert_confirmed_with_ids, audit_acme, create, invoice_request, list_all,
-        set_acme_gap_policy, spawn_allocator, start, writer_binary,
+        allocator_client, assert_confirmed_with_ids, audit_acme, create, import_invoice,
+        invoice_request, list_all, set_acme_gap_policy, spawn_allocator, start, writer_binary,
     },
 };
 
@@ -368,8 +369,7 @@ async fn a_reservation_never_made_takes_no_number(#[case] backend: Backend) {
 
     let writer = writer_of(&store, &allocator);
     let later = now + TimeDelta::minutes(1);
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    let reconciled = writer.reconcile(later, 10, deadline).await.unwrap();
+    let reconciled = writer.reconcile(later, 10, PATIENCE).await.unwrap();
     assert_eq!(reconciled.given_back, 0);
     assert_eq!(store.pending_before(later, None, 10).await.unwrap(), []);
     let audit = audit_acme(&mut allocator.client).await;
@@ -426,15 +426,60 @@ async fn a_run_out_of_time_passes_over_no_note() {
     let writer = writer_of(&store, &allocator);
     let later = now + TimeDelta::minutes(1);
 
-    let none = writer
-        .reconcile(later, 1, tokio::time::Instant::now())
-        .await
-        .unwrap();
+    let none = writer.reconcile(later, 1, Duration::ZERO).await.unwrap();
     assert_eq!(none.given_back, 0);
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    let one = writer.reconcile(later, 1, deadline).await.unwrap();
+    let one = writer.reconcile(later, 1, PATIENCE).await.unwrap();
     assert_eq!(one.given_back, 1);
     let left = store.pending_before(later, None, 10).await.unwrap();
     let keys: Vec<_> = left.iter().map(|note| note.request_key.as_str()).collect();
     assert_eq!(keys, ["second"]);
+}
+
+/// A confirmation that stalls uses up the invoices' time of a run, not the
+/// notes': the same run settles a note a call that died left (its number
+/// given back) while an invoice's confirmation hangs until its time is up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_confirmation_keeps_no_note_waiting() {
+    let mut allocator = spawn_allocator(Backend::Sqlite).await;
+    let allocated = allocator
+        .client
+        .allocate(AllocateRequest {
+            tenant_id: "acme".into(),
+            ..AllocateRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(allocated.numbers[0].value, 1);
+    let db = TestDb::create(Backend::Sqlite).await;
+    let store = db.invoice_store().await;
+    import_invoice(&store, "acme", 1, "INV-001").await;
+    allocator
+        .client
+        .reserve(ReserveRequest {
+            tenant_id: "acme".into(),
+            request_id: "died".into(),
+            ..ReserveRequest::default()
+        })
+        .await
+        .unwrap();
+    let now = Utc::now();
+    note_acme(&store, "died", now - TimeDelta::seconds(1)).await;
+
+    let hanging = AllocatorProxy::new(allocator.client.clone(), Fault::Hang(Method::Confirm));
+    let (hanging_url, _serving) = hanging.serve().await;
+    let writer = InvoiceWriter::new(
+        store.clone(),
+        allocator_client(&hanging_url),
+        3,
+        Arc::new(SystemClock),
+    );
+    let later = now + TimeDelta::minutes(1);
+    let reconciled = writer
+        .reconcile(later, 10, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(reconciled.given_back, 1, "{reconciled:?}");
+    let audit = audit_acme(&mut allocator.client).await;
+    assert_eq!(audit.reserved, 0, "{audit:?}");
 }
