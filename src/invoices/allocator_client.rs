@@ -100,6 +100,29 @@ pub enum AllocatorError {
 }
 
 impl AllocatorError {
+    /// Whether the allocator refused the call before anything was written:
+    /// bad input, a state that does not allow it, access refused, no such
+    /// method. An internal fault (`INTERNAL`, `UNKNOWN`, `DATA_LOSS`) may
+    /// follow a commit, as may a time-out or a lost reply.
+    #[must_use]
+    pub fn refused_before_writing(&self) -> bool {
+        let Self::Rejected(status) = self else {
+            return false;
+        };
+        matches!(
+            status.code(),
+            Code::InvalidArgument
+                | Code::NotFound
+                | Code::AlreadyExists
+                | Code::FailedPrecondition
+                | Code::Aborted
+                | Code::OutOfRange
+                | Code::Unauthenticated
+                | Code::PermissionDenied
+                | Code::Unimplemented
+        )
+    }
+
     /// The number a repeated `Reserve` was refused because another call
     /// holds it since the reservation's lease ended (`NOT_THE_HOLDER`): its
     /// period, number, text and the request id it is held under. Nothing is

@@ -370,9 +370,12 @@ impl InvoiceWriter {
             if let Some(repeated) = self.note_pending(new, &pending, request_id).await? {
                 return Ok(repeated);
             }
-            let done = Note::Done {
+            // A repeat of this call under the same request id may have
+            // noted the same reservation: the note stays for it.
+            let withdrawn = Note::Withdrawn {
                 tenant: new.tenant_id.as_str(),
                 request_key: &key,
+                invoice_id: &pending.invoice_id,
             };
             let Some(reserved) = self
                 .reserve(&new.tenant_id, &pending, attempt, deadline)
@@ -431,7 +434,7 @@ impl InvoiceWriter {
                         .number_taken(&invoice, &key, attempt, last, deadline)
                         .await?
                     {
-                        self.let_go(done).await;
+                        self.let_go(withdrawn).await;
                     }
                 }
                 // The invoice may be stored all the same: its connection was
@@ -513,9 +516,10 @@ impl InvoiceWriter {
             }
             // Refused: nothing was reserved, and the note goes (if the
             // store fails to let it go, reconciliation does: the caller is
-            // answered the refusal all the same). Otherwise it may have
-            // been: the row stays for reconciliation.
-            Err(error @ AllocatorError::Rejected(_)) => {
+            // answered the refusal all the same). Otherwise (out of time,
+            // a fault of the allocator's own) it may have been: the note
+            // stays for reconciliation.
+            Err(error) if error.refused_before_writing() => {
                 self.let_go(withdrawn).await;
                 return Err(error.into());
             }

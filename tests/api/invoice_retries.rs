@@ -1474,3 +1474,40 @@ async fn a_refused_call_leaves_the_note_a_concurrent_repeat_reserved_under(
         "{audit:?}"
     );
 }
+
+/// A Reserve answered with a fault of the allocator's own (`INTERNAL`) may
+/// have reserved its number all the same: the call answers `INTERNAL`, its
+/// note stays, and reconciliation gives the number back. Let go with the
+/// note, the number would stay reserved, nothing leading back to it, until
+/// its lease ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_answered_with_an_internal_fault_keeps_its_note() {
+    let mut allocator = spawn_allocator(Backend::Sqlite).await;
+    let proxy = AllocatorProxy::new(allocator.client.clone(), Fault::FailAfter(Method::Reserve));
+    let (proxy_url, _serving) = proxy.serve().await;
+    let mut writer = spawn_writer(Backend::Sqlite, &proxy_url, 3).await;
+
+    let status = writer
+        .client
+        .create_invoice(invoice_request("acme"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert_eq!(audit_acme(&mut allocator.client).await.reserved, 1);
+    let later = Utc::now() + TimeDelta::minutes(1);
+    assert_eq!(
+        writer
+            .store
+            .pending_before(later, None, 10)
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "the note went while its number is still reserved"
+    );
+
+    let settled = reconcile_all(&writer.store, &allocator.server.url()).await;
+    assert_eq!(settled.given_back, 1, "{settled:?}");
+    let audit = audit_acme(&mut allocator.client).await;
+    assert_eq!((audit.reserved, audit.voided), (0, 1), "{audit:?}");
+}

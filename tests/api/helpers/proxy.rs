@@ -50,6 +50,9 @@ pub enum Fault {
     /// `DEADLINE_EXCEEDED` in its place, as an allocator whose own
     /// `--request-timeout` ran out after its commit answers.
     TimeOutFirst(Method),
+    /// Every reply to `Method` after the allocator answered is `INTERNAL`
+    /// in its place, as a fault of the allocator's own after its commit.
+    FailAfter(Method),
     /// Every call of `Method` waits at a gate before it is sent, until the
     /// test, handed it by [`AllocatorProxy::at_gate`], lets it through or
     /// refuses it (`ABORTED`).
@@ -151,7 +154,12 @@ impl AllocatorProxy {
                 self.lost.fetch_add(1, Ordering::SeqCst);
                 return Err(Status::deadline_exceeded("the allocator's time ran out"));
             }
+            Fault::FailAfter(failed) if failed == method => {
+                self.lost.fetch_add(1, Ordering::SeqCst);
+                return Err(Status::internal("failed after the commit"));
+            }
             Fault::Hang(_)
+            | Fault::FailAfter(_)
             | Fault::Refuse(_)
             | Fault::Deny(_)
             | Fault::TimeOutFirst(_)
