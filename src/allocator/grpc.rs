@@ -839,15 +839,16 @@ fn refused(refusal: StateRefusal) -> Status {
             "NUMBER_CONFIRMED",
             &[("reference", reference)],
         ),
-        StateRefusal::Expired { expired_at } => with_reason(
-            Code::FailedPrecondition,
-            format!(
-                "the number's reservation expired at {}; reserve a number again",
-                expired_at.to_rfc3339()
-            ),
-            "RESERVATION_EXPIRED",
-            &[("expiredAt", expired_at.to_rfc3339())],
-        ),
+        StateRefusal::Expired { expired_at } => {
+            // As a record's times read in JSON: UTC, `Z`.
+            let expired_at = expired_at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+            with_reason(
+                Code::FailedPrecondition,
+                format!("the number's reservation expired at {expired_at}; reserve a number again"),
+                "RESERVATION_EXPIRED",
+                &[("expiredAt", expired_at)],
+            )
+        }
         StateRefusal::NotReserved => with_reason(
             Code::FailedPrecondition,
             "the number was handed out by Allocate, not reserved: confirm or void it",

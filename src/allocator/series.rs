@@ -429,7 +429,10 @@ impl Leases {
             return Err(format!("must be at least {}s", Self::MIN.as_secs()));
         }
         if asked > self.max {
-            return Err(format!("must be at most {}s", self.max.as_secs()));
+            return Err(format!(
+                "must be at most {}s, this allocator's --max-lease",
+                self.max.as_secs()
+            ));
         }
         Ok(asked)
     }

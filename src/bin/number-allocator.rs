@@ -118,9 +118,11 @@ async fn run(config: Config) -> Result<(), StartupError> {
         );
     }
     if config.default_lease < Leases::MIN || config.default_lease > config.max_lease {
-        return Err(StartupError::BadSetting(
-            "--default-lease must be at least 1s and at most --max-lease".into(),
-        ));
+        return Err(StartupError::BadSetting(format!(
+            "--default-lease ({}) must be at least 1s and at most --max-lease ({})",
+            humantime::format_duration(config.default_lease),
+            humantime::format_duration(config.max_lease),
+        )));
     }
     config
         .database

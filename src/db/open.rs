@@ -56,7 +56,7 @@ pub enum OpenError {
     },
     /// The database does not exist, and creating it is turned off.
     #[error(
-        "database {database} does not exist, and --create-database is false: check the URL (or --data-dir), or create it"
+        "database {database} does not exist, and --create-database is false: check --database-url (or --data-dir for SQLite files), or create it"
     )]
     NotCreated {
         /// The redacted URL.

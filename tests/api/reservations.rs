@@ -389,6 +389,11 @@ async fn an_ended_lease_gives_the_number_back(#[case] backend: Backend) {
         let refused = app.confirm(confirm(series, 1, "inv-1")).await.unwrap_err();
         assert_eq!(refused.code(), Code::FailedPrecondition);
         assert_reason(&refused, "RESERVATION_EXPIRED");
+        let info = tonic_types::StatusExt::get_details_error_info(&refused).unwrap();
+        assert_eq!(
+            info.metadata["expiredAt"], "2026-12-03T10:01:00Z",
+            "{refused:?}"
+        );
     }
     let audit = app.audit("").await;
     assert_eq!((audit.voided, audit.reserved), (1, 0));
@@ -1117,6 +1122,17 @@ async fn a_lease_out_of_bounds_is_refused(#[case] backend: Backend) {
         assert_eq!(status.code(), Code::InvalidArgument, "{lease:?}");
         assert_invalid_field(&status, "lease");
     }
+    let longer = ReserveRequest {
+        lease: Some(seconds(24 * 3600 + 1)),
+        ..reserve("")
+    };
+    let status = app.client.reserve(longer).await.unwrap_err();
+    assert!(
+        status
+            .message()
+            .contains("must be at most 86400s, this allocator's --max-lease"),
+        "{status:?}"
+    );
     let series = GetSeriesRequest {
         tenant_id: "acme".into(),
         ..GetSeriesRequest::default()

@@ -374,6 +374,24 @@ async fn refuses_setting(binary: &str, flag: &str, value: &str) {
     assert!(stderr.contains(flag), "{flag} {value}: {stderr}");
 }
 
+/// A default lease outside its bounds is refused with the values compared.
+#[tokio::test]
+async fn a_default_lease_past_the_longest_is_refused_showing_both() {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_number-allocator"))
+        .args(["--default-lease", "25h", "--database-url", NOWHERE])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains(
+            "--default-lease (1day 1h) must be at least 1s and at most --max-lease (1day)"
+        ),
+        "{stderr}"
+    );
+}
+
 /// Bad settings exit 64 with a message naming the setting.
 #[tokio::test]
 async fn bad_settings_exit_64() {
