@@ -875,11 +875,16 @@ fn number_not_found(
     number: i64,
     skipped: bool,
 ) -> Status {
+    // A series that never resets has one period, unnamed.
+    let of_period = if period.is_empty() {
+        String::new()
+    } else {
+        format!(" of period {period:?}")
+    };
     with_reason(
         Code::NotFound,
         format!(
-            "number {number} of period {period:?} of series {series:?} of tenant \
-             {tenant:?} {}",
+            "number {number}{of_period} of series {series:?} of tenant {tenant:?} {}",
             if skipped {
                 "was skipped by AdvanceCounter, never handed out"
             } else {

@@ -95,6 +95,13 @@ async fn each_number_reads_back_with_what_became_of_it(#[case] backend: Backend)
             .unwrap_err();
         assert_eq!(status.code(), Code::NotFound, "{status:?}");
         assert_reason(&status, "NUMBER_NOT_FOUND");
+        // The one period of a series that never resets is not named.
+        assert_eq!(
+            status.message(),
+            format!(
+                "number {number} of series \"invoice\" of tenant {tenant:?} was never handed out or skipped"
+            )
+        );
     }
     let status = app
         .client
@@ -141,6 +148,12 @@ async fn numbers_are_read_in_their_period(#[case] backend: Backend) {
         .await
         .unwrap_err();
     assert_reason(&status, "NUMBER_NOT_FOUND");
+    assert!(
+        status
+            .message()
+            .starts_with("number 1 of period \"2026\" of series \"yearly\""),
+        "{status:?}"
+    );
 }
 
 /// Each call that reads or changes acme's number 1 of `series` and
