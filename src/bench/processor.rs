@@ -222,7 +222,8 @@ impl fmt::Display for PerCall<'_> {
         }
         write!(
             f,
-            ", PostgreSQL {}, the rest of the machine {}",
+            // Whatever database the services use: any such process counts.
+            ", processes named postgres {}, the rest of the machine {}",
             show(self.time.database),
             show(self.time.rest)
         )?;
@@ -459,7 +460,7 @@ mod tests {
         assert_eq!(
             time.per_call(&["allocator", "writer"], 1000).to_string(),
             "load generator 200 µs, allocator 600 µs, writer unknown, \
-             PostgreSQL 100 µs, the rest of the machine 300 µs; idle 40%"
+             processes named postgres 100 µs, the rest of the machine 300 µs; idle 40%"
         );
     }
 }
