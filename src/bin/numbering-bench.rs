@@ -575,8 +575,9 @@ impl Target {
 fn percent(ratio: f64) -> String {
     let percent = ratio * 100.0;
     match percent {
-        p if p < 1.0 => format!("{p:.2}%"),
-        p if p < 10.0 => format!("{p:.1}%"),
+        p if p > 0.0 && p < 0.005 => "<0.01%".to_owned(),
+        p if p < 0.995 => format!("{p:.2}%"),
+        p if p < 9.95 => format!("{p:.1}%"),
         p => format!("{p:.0}%"),
     }
 }

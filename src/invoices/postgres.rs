@@ -155,7 +155,7 @@ impl KeyLookups for Postgres {
                        WHERE n.tenant_id = v.tenant_id AND n.request_key = v.request_key
                        LIMIT 1) AS n
              WHERE p.ctid = n.ctid
-                 AND (v.withdrawn_by IS NULL OR p.noted_by = v.withdrawn_by)",
+                 AND (v.withdrawn_by IS NULL OR p.noted_by = '')",
         )
         .bind(done.iter().map(|(tenant, ..)| *tenant).collect::<Vec<_>>())
         .bind(done.iter().map(|(_, key, _)| *key).collect::<Vec<_>>())

@@ -85,7 +85,7 @@ pub(crate) trait KeyLookups: Database {
     ) -> Result<HashSet<(String, String)>, sqlx::Error>;
 
     /// Deletes the notes of reservations done, by tenant and request key;
-    /// one withdrawn only if the call withdrawing alone noted it.
+    /// one withdrawn only once no call that noted it is left.
     async fn delete_pending(
         conn: &mut Self::Connection,
         done: &BTreeSet<Done<'_>>,
@@ -173,8 +173,8 @@ pub(crate) enum Write {
         tenant: String,
         /// The reservation's request key.
         request_key: String,
-        /// Withdrawn: the invoice of the call withdrawing, which the note
-        /// goes only if it alone noted.
+        /// Withdrawn: the invoice of the call withdrawing, taken off the
+        /// note's callers; the note goes once none is left.
         withdrawn_by: Option<String>,
     },
     /// [`Note::Settled`].
@@ -522,11 +522,11 @@ pub(crate) struct InvoiceRow<Id, Total> {
     created_at: DateTime<Utc>,
 }
 
-/// The row of an engine that stores ids and totals as `S` says.
 /// A note done: its tenant, its request key, and, if withdrawn, the invoice
 /// of the call withdrawing it ([`Note::Withdrawn`]).
 pub(crate) type Done<'a> = (&'a str, &'a str, Option<&'a str>);
 
+/// The row of an engine that stores ids and totals as `S` says.
 pub(crate) type RowOf<S> = InvoiceRow<<S as Stored>::Id, <S as Stored>::Total>;
 
 /// How an engine stores an invoice's id and total.
@@ -683,6 +683,9 @@ where
     } else {
         insert_invoices::<DB, S>(&mut *conn, &invoices).await?
     };
+    if done.iter().any(|(.., withdrawn_by)| withdrawn_by.is_some()) {
+        withdraw_pending::<DB>(&mut *conn, &done).await?;
+    }
     if !done.is_empty() {
         DB::delete_pending(&mut *conn, &done).await?;
     }
@@ -783,10 +786,46 @@ where
     Ok(ids.into_iter().map(S::read_id).collect())
 }
 
+/// Takes the calls withdrawing notes (the third of each of `done`, where
+/// there is one) off the notes' `noted_by`, on `conn`: a note goes once no
+/// call that noted it is left ([`delete_pending`]). Rare (a reservation
+/// refused, or its number found taken): written once for both backends.
+#[tracing::instrument(name = "db.pending_numbers.withdraw", skip_all, err(level = "debug"))]
+async fn withdraw_pending<DB>(
+    conn: &mut DB::Connection,
+    done: &BTreeSet<Done<'_>>,
+) -> Result<(), sqlx::Error>
+where
+    DB: Database + HasStatementCache,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB> + Default,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+{
+    let mut query = QueryBuilder::<DB>::new(
+        "UPDATE pending_numbers
+         SET noted_by = TRIM(REPLACE(' ' || noted_by || ' ', ' ' || v.column3 || ' ', ' '))
+         FROM (",
+    );
+    let withdrawn = done
+        .iter()
+        .filter_map(|(tenant, key, by)| by.map(|by| (*tenant, *key, by)));
+    query.push_values(withdrawn, |mut row, (tenant, request_key, by)| {
+        row.push_bind(tenant).push_bind(request_key).push_bind(by);
+    });
+    query.push(
+        ") AS v
+         WHERE pending_numbers.tenant_id = v.column1
+             AND pending_numbers.request_key = v.column2",
+    );
+    query.build().persistent(false).execute(conn).await?;
+    Ok(())
+}
+
 /// Deletes the notes of reservations done, by tenant and request key, on
 /// `conn`; a note withdrawn (the third of each, the invoice of the call
-/// withdrawing) only if that call alone noted it. The keys are a list of
-/// values, planned with the statement ([`KeyLookups`]).
+/// withdrawing, taken off its `noted_by` by [`withdraw_pending`] first)
+/// only once no call that noted it is left. The keys are a list of values,
+/// planned with the statement ([`KeyLookups`]).
 #[tracing::instrument(name = "db.pending_numbers.delete", skip_all, err(level = "debug"))]
 pub(crate) async fn delete_pending<DB>(
     conn: &mut DB::Connection,
@@ -811,7 +850,7 @@ where
     query.push(
         ") AS v JOIN pending_numbers p
              ON p.tenant_id = v.column1 AND p.request_key = v.column2
-         WHERE v.column3 IS NULL OR p.noted_by = v.column3)",
+         WHERE v.column3 IS NULL OR p.noted_by = '')",
     );
     query.build().persistent(false).execute(conn).await?;
     Ok(())

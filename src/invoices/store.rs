@@ -177,10 +177,11 @@ pub enum Note<'a> {
         request_key: &'a str,
     },
     /// The call that noted the reservation for invoice `invoice_id` keeps
-    /// nothing under it (it was refused, or the number is not held for it):
-    /// the note goes, unless another call under the same request id noted
-    /// it too and may still store its invoice under it. That call settles
-    /// it, or reconciliation does.
+    /// nothing under it (it was refused, the number is not held for it, or
+    /// is found taken): the call is taken off the note's callers, and the
+    /// note goes once none is left. Another call under the same request id
+    /// that noted it too may still store its invoice under it: it settles
+    /// the note, withdraws in turn, or leaves it to reconciliation.
     Withdrawn {
         /// The tenant.
         tenant: &'a str,

@@ -473,7 +473,8 @@ impl InvoiceWriter {
     /// Reserves attempt `attempt`'s number under `key`, noted pending; the
     /// number if it is held for this call. A repeat of an attempt of an
     /// earlier call under the same request id, settled since, answers a
-    /// number no longer held: this call reserved nothing, and its note goes.
+    /// number no longer held: this call reserved nothing, and withdraws its
+    /// note (which stays for a repeat of the call that noted it too).
     /// One still held, but of another period than the call's issue date
     /// (the earlier call was for another date), is settled as reconciliation
     /// settles it: confirmed to the earlier call's invoice if that is
@@ -514,9 +515,9 @@ impl InvoiceWriter {
                 self.let_go(withdrawn).await;
                 return Ok(None);
             }
-            // Refused: nothing was reserved, and the note goes (if the
-            // store fails to let it go, reconciliation does: the caller is
-            // answered the refusal all the same). Otherwise (out of time,
+            // Refused: nothing was reserved, and the call withdraws its
+            // note (if the store fails to, reconciliation settles it: the
+            // caller is answered the refusal all the same). Otherwise (out of time,
             // a fault of the allocator's own) it may have been: the note
             // stays for reconciliation.
             Err(error) if error.refused_before_writing() => {

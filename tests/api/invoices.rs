@@ -1127,7 +1127,7 @@ async fn a_note_made_afresh_after_a_take_over_is_not_the_first_call_s(#[case] ba
 /// A call that withdraws its note (its reservation refused, say) after a
 /// repeat of it under the same request id noted the same reservation leaves
 /// the note to the repeat, which stores its invoice under it. Withdrawn by
-/// the only call that noted it, the note goes.
+/// the only call that noted it, or by each, the note goes.
 #[apply(backends)]
 #[tokio::test]
 async fn a_withdrawn_note_stays_for_a_repeat_that_noted_it_too(#[case] backend: Backend) {
@@ -1176,6 +1176,29 @@ async fn a_withdrawn_note_stays_for_a_repeat_that_noted_it_too(#[case] backend: 
     assert!(matches!(late, Err(StoreError::NoteTakenOver)), "{late:?}");
     let tenant = TenantId::parse("acme").unwrap();
     assert!(store.get(&tenant, alone.id).await.unwrap().is_none());
+
+    // Withdrawn by each call that noted it, the note goes.
+    let (first, second) = (acme_invoice(3, "INV-003"), acme_invoice(3, "INV-003"));
+    note(noted(&first, "key-3")).await;
+    note(noted(&second, "key-3")).await;
+    for call in [&first, &second] {
+        let withdrawn = Note::Withdrawn {
+            tenant: "acme",
+            request_key: "key-3",
+            invoice_id: &call.id.to_string(),
+        };
+        store.note(withdrawn).await.unwrap();
+    }
+    let late = store.insert(&second, None, Some("key-3")).await;
+    assert!(matches!(late, Err(StoreError::NoteTakenOver)), "{late:?}");
+    let later = chrono::Utc::now() + chrono::TimeDelta::minutes(1);
+    let left = store.pending_before(later, None, 10).await.unwrap();
+    let keys: Vec<_> = left.iter().map(|note| note.request_key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["key-1"],
+        "the repeat's note is left for it to settle"
+    );
 }
 
 /// On PostgreSQL an insert holds its note until it commits, against a

@@ -476,7 +476,7 @@ async fn a_stalled_confirmation_keeps_no_note_waiting() {
     );
     let later = now + TimeDelta::minutes(1);
     let reconciled = writer
-        .reconcile(later, 10, Duration::from_secs(2))
+        .reconcile(later, 10, Duration::from_secs(3))
         .await
         .unwrap();
     assert_eq!(reconciled.given_back, 1, "{reconciled:?}");

@@ -1,6 +1,7 @@
 //! A proxy between the writer and the allocator that forwards every call and
-//! fails some replies after the allocator has answered (lost, or never sent),
-//! or refuses some calls in its place.
+//! fails some replies after the allocator has answered (lost, failed, or
+//! never sent), refuses some calls in its place, or holds them at a gate
+//! until the test lets each through or refuses it.
 
 use std::sync::{
     Arc,
