@@ -610,7 +610,7 @@ where
     // notes of one key are made in turns, one statement each, so that each
     // call is among those that noted it, and the later note wins, as in two
     // transactions.
-    let mut turns: Vec<BTreeMap<_, _>> = Vec::new();
+    let mut pending = Vec::new();
     let mut invoices = Vec::new();
     let mut taking_over = BTreeSet::new();
     let mut done = BTreeSet::new();
@@ -619,13 +619,7 @@ where
         match write {
             Write::Pending { note, request_id } => {
                 let key = (note.tenant_id.as_str(), note.request_key.as_str());
-                let noted = (note, request_id.as_deref());
-                match turns.iter_mut().find(|turn| !turn.contains_key(&key)) {
-                    Some(turn) => {
-                        turn.insert(key, noted);
-                    }
-                    None => turns.push(BTreeMap::from([(key, noted)])),
-                }
+                pending.push((key, (note, request_id.as_deref())));
             }
             Write::Invoice {
                 invoice,
@@ -659,7 +653,7 @@ where
         (&a.tenant_id, &a.period, a.number).cmp(&(&b.tenant_id, &b.period, b.number))
     });
     let mut taken = HashSet::new();
-    for turn in &turns {
+    for turn in &in_turns(pending) {
         let asked: Vec<_> = turn.values().copied().collect();
         let noted = DB::upsert_pending(&mut *conn, &asked).await?;
         // The request ids of the notes not noted created an invoice.
@@ -683,8 +677,13 @@ where
     } else {
         insert_invoices::<DB, S>(&mut *conn, &invoices).await?
     };
-    if done.iter().any(|(.., withdrawn_by)| withdrawn_by.is_some()) {
-        withdraw_pending::<DB>(&mut *conn, &done).await?;
+    // Calls under one request id may withdraw the same note in one group:
+    // in turns, so that each is taken off it.
+    let withdrawals = done
+        .iter()
+        .filter_map(|(tenant, key, by)| by.map(|by| ((*tenant, *key), by)));
+    for turn in &in_turns(withdrawals) {
+        withdraw_pending::<DB>(&mut *conn, turn).await?;
     }
     if !done.is_empty() {
         DB::delete_pending(&mut *conn, &done).await?;
@@ -697,6 +696,21 @@ where
         taken,
         taken_over,
     })
+}
+
+/// `items` by key, in turns that each hold a key once: a key's later items
+/// in later turns, so that a statement a turn makes each of them, in order.
+fn in_turns<K: Ord, V>(items: impl IntoIterator<Item = (K, V)>) -> Vec<BTreeMap<K, V>> {
+    let mut turns: Vec<BTreeMap<K, V>> = Vec::new();
+    for (key, value) in items {
+        match turns.iter_mut().find(|turn| !turn.contains_key(&key)) {
+            Some(turn) => {
+                turn.insert(key, value);
+            }
+            None => turns.push(BTreeMap::from([(key, value)])),
+        }
+    }
+    turns
 }
 
 /// Notes reservations pending, on `conn`, each unless its call's request id
@@ -786,14 +800,15 @@ where
     Ok(ids.into_iter().map(S::read_id).collect())
 }
 
-/// Takes the calls withdrawing notes (the third of each of `done`, where
-/// there is one) off the notes' `noted_by`, on `conn`: a note goes once no
-/// call that noted it is left ([`delete_pending`]). Rare (a reservation
-/// refused, or its number found taken): written once for both backends.
+/// Takes the calls withdrawing notes (by tenant and request key, the
+/// invoice of each call) off the notes' `noted_by`, on `conn`: a note goes
+/// once no call that noted it is left ([`delete_pending`]). Rare (a
+/// reservation refused, or its number found taken): written once for both
+/// backends.
 #[tracing::instrument(name = "db.pending_numbers.withdraw", skip_all, err(level = "debug"))]
 async fn withdraw_pending<DB>(
     conn: &mut DB::Connection,
-    done: &BTreeSet<Done<'_>>,
+    withdrawn: &BTreeMap<(&str, &str), &str>,
 ) -> Result<(), sqlx::Error>
 where
     DB: Database + HasStatementCache,
@@ -806,11 +821,10 @@ where
          SET noted_by = TRIM(REPLACE(' ' || noted_by || ' ', ' ' || v.column3 || ' ', ' '))
          FROM (",
     );
-    let withdrawn = done
-        .iter()
-        .filter_map(|(tenant, key, by)| by.map(|by| (*tenant, *key, by)));
-    query.push_values(withdrawn, |mut row, (tenant, request_key, by)| {
-        row.push_bind(tenant).push_bind(request_key).push_bind(by);
+    query.push_values(withdrawn, |mut row, ((tenant, request_key), by)| {
+        row.push_bind(*tenant)
+            .push_bind(*request_key)
+            .push_bind(*by);
     });
     query.push(
         ") AS v
@@ -1219,4 +1233,22 @@ where
     .bind(limit)
     .fetch_all(pool)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_turn_holds_a_key_once_and_a_keys_later_items_come_later() {
+        let turns = in_turns([("a", 1), ("b", 2), ("a", 3), ("a", 4), ("b", 5)]);
+        assert_eq!(
+            turns,
+            [
+                BTreeMap::from([("a", 1), ("b", 2)]),
+                BTreeMap::from([("a", 3), ("b", 5)]),
+                BTreeMap::from([("a", 4)]),
+            ]
+        );
+    }
 }

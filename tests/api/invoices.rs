@@ -1181,14 +1181,19 @@ async fn a_withdrawn_note_stays_for_a_repeat_that_noted_it_too(#[case] backend: 
     let (first, second) = (acme_invoice(3, "INV-003"), acme_invoice(3, "INV-003"));
     note(noted(&first, "key-3")).await;
     note(noted(&second, "key-3")).await;
-    for call in [&first, &second] {
-        let withdrawn = Note::Withdrawn {
-            tenant: "acme",
-            request_key: "key-3",
-            invoice_id: &call.id.to_string(),
-        };
-        store.note(withdrawn).await.unwrap();
-    }
+    // At once: in one group, or one after the other.
+    let (first_id, second_id) = (first.id.to_string(), second.id.to_string());
+    let withdrawn = |invoice_id| Note::Withdrawn {
+        tenant: "acme",
+        request_key: "key-3",
+        invoice_id,
+    };
+    let (one, other) = tokio::join!(
+        store.note(withdrawn(&first_id)),
+        store.note(withdrawn(&second_id))
+    );
+    one.unwrap();
+    other.unwrap();
     let late = store.insert(&second, None, Some("key-3")).await;
     assert!(matches!(late, Err(StoreError::NoteTakenOver)), "{late:?}");
     let later = chrono::Utc::now() + chrono::TimeDelta::minutes(1);
