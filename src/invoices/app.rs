@@ -109,6 +109,15 @@ impl App {
                 "write it as http://host:port or https://host:port".into(),
             ));
         }
+        // gRPC calls go to the service's own paths: one given here would be
+        // dropped without a word.
+        if !matches!(url.path(), "" | "/") || url.query().is_some() || url.fragment().is_some() {
+            return Err(invalid(
+                "a path, query or fragment is not used; write it as http://host:port or \
+                 https://host:port"
+                    .into(),
+            ));
+        }
         if !url.username().is_empty() || url.password().is_some() {
             return Err(invalid(
                 "credentials in the URL are not sent; give them as --allocator-token".into(),

@@ -398,7 +398,8 @@ async fn bad_access_settings_stop_start_up_without_echoing_secrets() {
 
 /// An allocator URL without its scheme (`host:port` alone) stops the
 /// writer's start-up with status 64, saying how to write it, instead of
-/// failing every call as an allocator unavailable; nothing is created.
+/// failing every call as an allocator unavailable; nothing is created. So
+/// does one with a path, query or fragment, which the calls would drop.
 #[tokio::test]
 async fn an_allocator_url_without_its_scheme_stops_start_up() {
     let dir = tempfile::tempdir().unwrap();
@@ -408,6 +409,10 @@ async fn an_allocator_url_without_its_scheme_stops_start_up() {
         "localhost:50051",
         "ftp://allocator:50051",
         "HTTP://allocator:50051",
+        // A path, query or fragment the calls would drop.
+        "http://allocator:50051/numbering",
+        "http://allocator:50051?tls=on",
+        "http://allocator:50051#here",
     ] {
         let output = run(
             WRITER,
