@@ -582,8 +582,8 @@ impl<Id, Total> InvoiceRow<Id, Total> {
 /// Makes a group of writes on `conn`, inside the caller's transaction: the
 /// pending notes, then the notes taken over, then the invoices (leaving out
 /// any that would take a number or request id already taken, or whose note
-/// is gone, taken over, or made afresh since), then the notes done and the
-/// settled marks.
+/// is gone, taken over, or made afresh since), then the notes withdrawn and
+/// done, and the settled marks.
 /// Rows go in key order, so that the groups of two processes lock them in the
 /// same order. Returns the ids of the invoices stored.
 pub(crate) async fn write_group<DB, S>(

@@ -517,9 +517,9 @@ impl InvoiceWriter {
             }
             // Refused: nothing was reserved, and the call withdraws its
             // note (if the store fails to, reconciliation settles it: the
-            // caller is answered the refusal all the same). Otherwise (out of time,
-            // a fault of the allocator's own) it may have been: the note
-            // stays for reconciliation.
+            // caller is answered the refusal all the same). Otherwise (out
+            // of time, a fault of the allocator's own) it may have been:
+            // the note stays for reconciliation.
             Err(error) if error.refused_before_writing() => {
                 self.let_go(withdrawn).await;
                 return Err(error.into());
@@ -648,10 +648,10 @@ impl InvoiceWriter {
         }
     }
 
-    /// Deletes a pending reservation's note ([`Note::Done`], or
-    /// [`Note::Withdrawn`]); a failure is logged, and reconciliation settles
-    /// the note later (its number is stored or given back, or was never the
-    /// call's, so settling it changes nothing).
+    /// Lets a pending reservation's note go ([`Note::Done`]), or takes the
+    /// call off it ([`Note::Withdrawn`]); a failure is logged, and
+    /// reconciliation settles the note later (its number is stored or given
+    /// back, or was never the call's, so settling it changes nothing).
     async fn let_go(&self, done: Note<'_>) {
         if let Err(error) = self.store.note(done).await {
             tracing::warn!(error = %chain(&error), "a settled reservation is still noted pending");
