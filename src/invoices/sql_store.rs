@@ -204,14 +204,10 @@ impl Write {
                 request_key: request_key.to_owned(),
                 withdrawn_by: None,
             },
-            Note::Withdrawn {
-                tenant,
-                request_key,
-                invoice_id,
-            } => Self::Done {
-                tenant: tenant.to_owned(),
-                request_key: request_key.to_owned(),
-                withdrawn_by: Some(invoice_id.to_owned()),
+            Note::Withdrawn { pending } => Self::Done {
+                tenant: pending.tenant_id.clone(),
+                request_key: pending.request_key.clone(),
+                withdrawn_by: Some(pending.invoice_id.clone()),
             },
             Note::Settled { tenant, id } => Self::Settled {
                 tenant: tenant.to_owned(),

@@ -176,19 +176,15 @@ pub enum Note<'a> {
         /// The request id it was asked with.
         request_key: &'a str,
     },
-    /// The call that noted the reservation for invoice `invoice_id` keeps
-    /// nothing under it (it was refused, the number is not held for it, or
-    /// is found taken): the call is taken off the note's callers, and the
-    /// note goes once none is left. Another call under the same request id
-    /// that noted it too may still store its invoice under it: it settles
-    /// the note, withdraws in turn, or leaves it to reconciliation.
+    /// The call that noted `pending` keeps nothing under it (it was
+    /// refused, the number is not held for it, or is found taken): the call
+    /// (its invoice) is taken off the note's callers, and the note goes once
+    /// none is left. Another call under the same request id that noted it
+    /// too may still store its invoice under it: it settles the note,
+    /// withdraws in turn, or leaves it to reconciliation.
     Withdrawn {
-        /// The tenant.
-        tenant: &'a str,
-        /// The request id it was asked with.
-        request_key: &'a str,
-        /// The invoice of the call withdrawing.
-        invoice_id: &'a str,
+        /// The reservation, as the call noted it.
+        pending: &'a Pending,
     },
     /// The number of an invoice no note names (stored before notes named
     /// their invoices, or imported) is settled with the allocator: confirmed

@@ -372,11 +372,7 @@ impl InvoiceWriter {
             }
             // A repeat of this call under the same request id may have
             // noted the same reservation: the note stays for it.
-            let withdrawn = Note::Withdrawn {
-                tenant: new.tenant_id.as_str(),
-                request_key: &key,
-                invoice_id: &pending.invoice_id,
-            };
+            let withdrawn = Note::Withdrawn { pending: &pending };
             let Some(reserved) = self
                 .reserve(&new.tenant_id, &pending, attempt, deadline)
                 .await?
@@ -489,11 +485,7 @@ impl InvoiceWriter {
         let (issue_date, key) = (pending.issue_date.as_str(), pending.request_key.as_str());
         // A repeat of this call under the same request id may have noted
         // the same reservation, and reserved it: the note stays for it.
-        let withdrawn = Note::Withdrawn {
-            tenant: tenant.as_str(),
-            request_key: key,
-            invoice_id: &pending.invoice_id,
-        };
+        let withdrawn = Note::Withdrawn { pending };
         let reserved = match self
             .allocator
             .reserve(tenant, issue_date, key, self.lease, deadline)

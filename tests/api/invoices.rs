@@ -1142,8 +1142,9 @@ async fn a_withdrawn_note_stays_for_a_repeat_that_noted_it_too(#[case] backend: 
         since: chrono::Utc::now(),
         invoice_id: invoice.id.to_string(),
     };
-    let note = |pending: Pending| {
+    let note = |pending: &Pending| {
         let store = store.clone();
+        let pending = pending.clone();
         async move {
             let note = Note::Pending {
                 pending: &pending,
@@ -1154,22 +1155,20 @@ async fn a_withdrawn_note_stays_for_a_repeat_that_noted_it_too(#[case] backend: 
     };
 
     let (refused, repeat) = (acme_invoice(1, "INV-001"), acme_invoice(1, "INV-001"));
-    note(noted(&refused, "key-1")).await;
-    note(noted(&repeat, "key-1")).await;
+    let refused_note = noted(&refused, "key-1");
+    note(&refused_note).await;
+    note(&noted(&repeat, "key-1")).await;
     let withdrawn = Note::Withdrawn {
-        tenant: "acme",
-        request_key: "key-1",
-        invoice_id: &refused.id.to_string(),
+        pending: &refused_note,
     };
     store.note(withdrawn).await.unwrap();
     store.insert(&repeat, None, Some("key-1")).await.unwrap();
 
     let alone = acme_invoice(2, "INV-002");
-    note(noted(&alone, "key-2")).await;
+    let alone_note = noted(&alone, "key-2");
+    note(&alone_note).await;
     let withdrawn = Note::Withdrawn {
-        tenant: "acme",
-        request_key: "key-2",
-        invoice_id: &alone.id.to_string(),
+        pending: &alone_note,
     };
     store.note(withdrawn).await.unwrap();
     let late = store.insert(&alone, None, Some("key-2")).await;
@@ -1179,18 +1178,17 @@ async fn a_withdrawn_note_stays_for_a_repeat_that_noted_it_too(#[case] backend: 
 
     // Withdrawn by each call that noted it, the note goes.
     let (first, second) = (acme_invoice(3, "INV-003"), acme_invoice(3, "INV-003"));
-    note(noted(&first, "key-3")).await;
-    note(noted(&second, "key-3")).await;
+    let (first_note, second_note) = (noted(&first, "key-3"), noted(&second, "key-3"));
+    note(&first_note).await;
+    note(&second_note).await;
     // At once: in one group, or one after the other.
-    let (first_id, second_id) = (first.id.to_string(), second.id.to_string());
-    let withdrawn = |invoice_id| Note::Withdrawn {
-        tenant: "acme",
-        request_key: "key-3",
-        invoice_id,
-    };
     let (one, other) = tokio::join!(
-        store.note(withdrawn(&first_id)),
-        store.note(withdrawn(&second_id))
+        store.note(Note::Withdrawn {
+            pending: &first_note
+        }),
+        store.note(Note::Withdrawn {
+            pending: &second_note
+        })
     );
     one.unwrap();
     other.unwrap();
