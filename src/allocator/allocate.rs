@@ -432,7 +432,7 @@ impl Allocator {
     }
 
     pub(super) fn now(&self) -> DateTime<Utc> {
-        self.retention.clock.now()
+        self.retention.now()
     }
 
     /// The calendar of a series: that of an unconfigured one for a series

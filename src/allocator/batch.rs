@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use chrono::{DateTime, NaiveDate, TimeDelta};
+use chrono::{DateTime, NaiveDate, SubsecRound, TimeDelta, Utc};
 
 use crate::{
     allocator::{
@@ -36,10 +36,17 @@ pub struct Retention {
 }
 
 impl Retention {
+    /// The time now, to the microsecond: as both stores keep times, so that
+    /// a record reads back as it was answered, on either.
+    #[must_use]
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now().trunc_subsecs(6)
+    }
+
     /// The stamp of a transaction starting now.
     #[must_use]
     pub fn stamp(&self) -> Stamp {
-        let now = self.clock.now();
+        let now = self.now();
         let window = TimeDelta::from_std(self.window).unwrap_or(TimeDelta::MAX);
         // No id was used before 1970: a longer window keeps them all, and
         // stays a time every database can store.

@@ -1,7 +1,7 @@
 //! Single numbers and their records, read from the ledger's ranges: what
 //! became of each number of a period.
 
-use chrono::{DateTime, NaiveDate, SubsecRound, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::{
     allocator::{
@@ -403,8 +403,7 @@ impl Allocator {
         series: &SeriesName,
         period: &str,
     ) -> Result<Held, Error> {
-        // As the database keeps times, so that a repeat shows the same time.
-        let now = self.now().trunc_subsecs(6);
+        let now = self.now();
         let known = match self.settled_calendar(tenant, series) {
             Some(known) => Some(known),
             // Until the series hands out a number its policy may change,

@@ -53,9 +53,9 @@ impl Allocator {
             reason,
         })?;
         let lease = TimeDelta::from_std(lease).unwrap_or(TimeDelta::MAX);
-        // As the database keeps times (to the microsecond), so that the
-        // record reads the same, and the lease ends when it says.
-        let at = self.now().trunc_subsecs(6);
+        // The lease's end as the database keeps times, too (to the
+        // microsecond), so that it ends when it says.
+        let at = self.now();
         let lease = Lease {
             at,
             ends: at

@@ -86,6 +86,11 @@ async fn each_number_reads_back_with_what_became_of_it(#[case] backend: Backend)
         (skipped.state(), skipped.reason.as_str()),
         (NumberState::Skipped, "numbers of the old system")
     );
+    // Times to the microsecond on either backend, as PostgreSQL keeps them.
+    for record in [&second, &keyed, &skipped] {
+        let at = record.updated_at.expect("a time");
+        assert_eq!(at.nanos % 1_000, 0, "{record:?}");
+    }
 
     for (tenant, number) in [("acme", 10), ("globex", 1)] {
         let status = app
