@@ -32,7 +32,7 @@ use crate::{
 /// Largest request the allocator decodes; its requests are a few short strings.
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
-/// Longest reason an `AdvanceCounter` call may give, in characters.
+/// Longest reason an `AdvanceCounter` call gives, in characters.
 const MAX_REASON_CHARS: usize = 500;
 
 /// The gRPC face of an [`Allocator`].
@@ -549,7 +549,7 @@ impl NumberAllocator for AllocatorService {
         }
         violations.check(
             "reason",
-            crate::text::check(&request.reason, MAX_REASON_CHARS, false),
+            crate::text::check(&request.reason, MAX_REASON_CHARS, true),
         );
         let date = violations.check("date", parse_date(&request.date));
         violations.finish()?;

@@ -152,7 +152,7 @@ async fn numbers_are_formatted_past_the_minimum_width(#[case] backend: Backend) 
             tenant_id: "acme".into(),
             series: String::new(),
             at_least: 998,
-            reason: String::new(),
+            reason: "near the end".into(),
             ..AdvanceCounterRequest::default()
         })
         .await
@@ -242,7 +242,7 @@ async fn advance_counter_raises_but_never_lowers(#[case] backend: Backend) {
         tenant_id: "acme".into(),
         series: String::new(),
         at_least,
-        reason: String::new(),
+        reason: "seeded".into(),
         ..AdvanceCounterRequest::default()
     };
     let raised = app
@@ -359,6 +359,21 @@ async fn bad_input_is_rejected_by_field_and_changes_nothing(#[case] backend: Bac
         .await
         .unwrap_err();
     assert_invalid_field(&status, "at_least");
+    // A range skipped says why: a reason is needed even for no range.
+    assert_invalid_field(&status, "reason");
+    for reason in ["", " \n"] {
+        let status = app
+            .client
+            .advance_counter(AdvanceCounterRequest {
+                tenant_id: "acme".into(),
+                at_least: 5,
+                reason: reason.into(),
+                ..AdvanceCounterRequest::default()
+            })
+            .await
+            .unwrap_err();
+        assert_invalid_field(&status, "reason");
+    }
     let status = app
         .client
         .list_series(ListSeriesRequest {
@@ -429,7 +444,7 @@ async fn an_exhausted_series_fails_without_moving(#[case] backend: Backend) {
             tenant_id: "acme".into(),
             series: String::new(),
             at_least: i64::MAX - 1,
-            reason: String::new(),
+            reason: "near the end".into(),
             ..AdvanceCounterRequest::default()
         })
         .await
