@@ -39,11 +39,12 @@ struct Config {
     command: Option<Command>,
 
     /// Address to listen on.
-    #[arg(long, env = "NUMBERING_LISTEN", default_value = "0.0.0.0:50052", value_parser = listen_address)]
+    #[arg(global = true, long, env = "NUMBERING_LISTEN", default_value = "0.0.0.0:50052", value_parser = listen_address)]
     listen: SocketAddr,
 
     /// URL of the number allocator.
     #[arg(
+        global = true,
         long,
         env = "NUMBERING_ALLOCATOR_URL",
         default_value = "http://127.0.0.1:50051"
@@ -51,15 +52,16 @@ struct Config {
     allocator_url: String,
 
     /// Numbers allocated per invoice before answering ABORTED when each is already taken.
-    #[arg(long, env = "NUMBERING_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    #[arg(global = true, long, env = "NUMBERING_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     max_attempts: u32,
 
     /// Longest time spent calling the allocator for one invoice, retries included: each call's time-out is what is left of it (90% of a shorter caller deadline wins).
-    #[arg(long, env = "NUMBERING_ALLOCATOR_RETRY_BUDGET", default_value = "5s", value_parser = positive_duration)]
+    #[arg(global = true, long, env = "NUMBERING_ALLOCATOR_RETRY_BUDGET", default_value = "5s", value_parser = positive_duration)]
     allocator_retry_budget: Duration,
 
     /// Bearer token sent to the allocator with every call (never logged). The writer's token needs the tenants it serves; seed-counters also needs admin.
     #[arg(
+        global = true,
         long,
         env = "NUMBERING_ALLOCATOR_TOKEN",
         hide_env_values = true,
@@ -68,19 +70,20 @@ struct Config {
     allocator_token: Option<Secret>,
 
     /// File holding the bearer token sent to the allocator; re-read when it changes.
-    #[arg(long, env = "NUMBERING_ALLOCATOR_TOKEN_FILE")]
+    #[arg(global = true, long, env = "NUMBERING_ALLOCATOR_TOKEN_FILE")]
     allocator_token_file: Option<PathBuf>,
 
     /// CA (PEM) that signed the allocator's certificate; needed by an https:// --allocator-url. Re-read when it changes.
-    #[arg(long, env = "NUMBERING_ALLOCATOR_TLS_CA")]
+    #[arg(global = true, long, env = "NUMBERING_ALLOCATOR_TLS_CA")]
     allocator_tls_ca: Option<PathBuf>,
 
     /// The writer's client certificate (PEM) for an allocator that asks for one (mutual TLS). Re-read when it changes.
-    #[arg(long, env = "NUMBERING_ALLOCATOR_TLS_CERT", requires_all = ["allocator_tls_key", "allocator_tls_ca"])]
+    #[arg(global = true, long, env = "NUMBERING_ALLOCATOR_TLS_CERT", requires_all = ["allocator_tls_key", "allocator_tls_ca"])]
     allocator_tls_cert: Option<PathBuf>,
 
     /// Private key (PEM) of --allocator-tls-cert. Re-read when it changes.
     #[arg(
+        global = true,
         long,
         env = "NUMBERING_ALLOCATOR_TLS_KEY",
         requires = "allocator_tls_cert"
@@ -88,23 +91,23 @@ struct Config {
     allocator_tls_key: Option<PathBuf>,
 
     /// How long the allocator holds each invoice's number reserved for it (at most the allocator's --max-lease). A stored invoice whose writer, or its way to the allocator, is down longer than this finds its number given back when reconciliation comes to confirm it. A number of an invoice never stored is given back sooner, by reconciliation, once the writer is back.
-    #[arg(long, env = "NUMBERING_RESERVATION_LEASE", default_value = "1h", value_parser = duration)]
+    #[arg(global = true, long, env = "NUMBERING_RESERVATION_LEASE", default_value = "1h", value_parser = duration)]
     reservation_lease: Duration,
 
     /// How often numbers left behind by calls that died are settled (stored invoices' numbers confirmed, numbers of invoices never stored given back); also once at start-up.
-    #[arg(long, env = "NUMBERING_RECONCILE_INTERVAL", default_value = "30s", value_parser = positive_duration)]
+    #[arg(global = true, long, env = "NUMBERING_RECONCILE_INTERVAL", default_value = "30s", value_parser = positive_duration)]
     reconcile_interval: Duration,
 
     /// Time-out for opening a connection to the allocator.
-    #[arg(long, env = "NUMBERING_ALLOCATOR_CONNECT_TIMEOUT", default_value = "1s", value_parser = positive_duration)]
+    #[arg(global = true, long, env = "NUMBERING_ALLOCATOR_CONNECT_TIMEOUT", default_value = "1s", value_parser = positive_duration)]
     allocator_connect_timeout: Duration,
 
     /// How long the connection to the allocator may go without a frame from it while a call is open before an HTTP/2 ping checks that it is alive.
-    #[arg(long, env = "NUMBERING_ALLOCATOR_KEEPALIVE_INTERVAL", default_value = "1s", value_parser = positive_duration)]
+    #[arg(global = true, long, env = "NUMBERING_ALLOCATOR_KEEPALIVE_INTERVAL", default_value = "1s", value_parser = positive_duration)]
     allocator_keepalive_interval: Duration,
 
     /// How long that ping may go unanswered before the connection is closed and the next call opens another.
-    #[arg(long, env = "NUMBERING_ALLOCATOR_KEEPALIVE_TIMEOUT", default_value = "2s", value_parser = positive_duration)]
+    #[arg(global = true, long, env = "NUMBERING_ALLOCATOR_KEEPALIVE_TIMEOUT", default_value = "2s", value_parser = positive_duration)]
     allocator_keepalive_timeout: Duration,
 
     #[command(flatten)]

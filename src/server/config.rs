@@ -74,95 +74,106 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Args)]
 pub struct ServerArgs {
     /// Log format; the level is set with RUST_LOG (default "info").
-    #[arg(long, env = "NUMBERING_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        global = true,
+        long,
+        env = "NUMBERING_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
 
     /// Longest a call may run before answering DEADLINE_EXCEEDED; the caller's shorter deadline wins.
-    #[arg(long, env = "NUMBERING_REQUEST_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    #[arg(global = true, long, env = "NUMBERING_REQUEST_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
     pub request_timeout: Duration,
 
     /// Calls in flight at once, over all connections; more answer RESOURCE_EXHAUSTED. Health checks are not counted.
-    #[arg(long, env = "NUMBERING_CONCURRENCY_LIMIT", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000).map(|limit| usize::try_from(limit).unwrap_or(usize::MAX)))]
+    #[arg(global = true, long, env = "NUMBERING_CONCURRENCY_LIMIT", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000).map(|limit| usize::try_from(limit).unwrap_or(usize::MAX)))]
     pub concurrency_limit: usize,
 
     /// How often readiness re-checks the database.
-    #[arg(long, env = "NUMBERING_HEALTH_CHECK_INTERVAL", default_value = "1s", value_parser = positive_duration)]
+    #[arg(global = true, long, env = "NUMBERING_HEALTH_CHECK_INTERVAL", default_value = "1s", value_parser = positive_duration)]
     pub health_check_interval: Duration,
 
     /// After SIGTERM, how long to keep serving while load balancers notice NOT_SERVING.
-    #[arg(long, env = "NUMBERING_DRAIN_DELAY", default_value = "5s", value_parser = duration)]
+    #[arg(global = true, long, env = "NUMBERING_DRAIN_DELAY", default_value = "5s", value_parser = duration)]
     pub drain_delay: Duration,
 
     /// After the drain delay, how long in-flight calls get to finish.
-    #[arg(long, env = "NUMBERING_SHUTDOWN_GRACE", default_value = "20s", value_parser = duration)]
+    #[arg(global = true, long, env = "NUMBERING_SHUTDOWN_GRACE", default_value = "20s", value_parser = duration)]
     pub shutdown_grace: Duration,
 
     /// TOML file of bearer tokens, each with the tenants it may act for and whether it may call administrative methods; re-read when it changes. Without it no token is asked for.
-    #[arg(long, env = "NUMBERING_TOKENS_FILE")]
+    #[arg(global = true, long, env = "NUMBERING_TOKENS_FILE")]
     pub tokens_file: Option<PathBuf>,
 
     /// Certificate chain (PEM) of the gRPC listener; with --tls-key, turns TLS on. Re-read when it changes.
-    #[arg(long, env = "NUMBERING_TLS_CERT", requires = "tls_key")]
+    #[arg(global = true, long, env = "NUMBERING_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
 
     /// Private key (PEM) of --tls-cert. Re-read when it changes.
-    #[arg(long, env = "NUMBERING_TLS_KEY", requires = "tls_cert")]
+    #[arg(global = true, long, env = "NUMBERING_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
     /// CA (PEM) that must have signed every client's certificate: mutual TLS. Re-read when it changes.
-    #[arg(long, env = "NUMBERING_TLS_CLIENT_CA", requires = "tls_cert")]
+    #[arg(
+        global = true,
+        long,
+        env = "NUMBERING_TLS_CLIENT_CA",
+        requires = "tls_cert"
+    )]
     pub tls_client_ca: Option<PathBuf>,
 
     /// Also serve health alone, in plaintext, on this address: for Kubernetes probes under TLS, which they cannot speak.
-    #[arg(long, env = "NUMBERING_HEALTH_LISTEN", value_parser = listen_address)]
+    #[arg(global = true, long, env = "NUMBERING_HEALTH_LISTEN", value_parser = listen_address)]
     pub health_listen: Option<SocketAddr>,
 
     /// Export every call's span as an OpenTelemetry trace to this OTLP/gRPC endpoint (e.g. http://otel-collector:4317), continuing the caller's W3C trace context. Off when unset.
-    #[arg(long, env = "NUMBERING_OTLP_ENDPOINT")]
+    #[arg(global = true, long, env = "NUMBERING_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
 
     /// Serve Prometheus metrics at GET /metrics on this address (plain HTTP). Off when unset.
-    #[arg(long, env = "NUMBERING_METRICS_LISTEN", value_parser = listen_address)]
+    #[arg(global = true, long, env = "NUMBERING_METRICS_LISTEN", value_parser = listen_address)]
     pub metrics_listen: Option<SocketAddr>,
 
     /// Calls each tenant may start per second (and in a burst), at most 1000000; more wait for a turn up to --tenant-rate-wait, then answer RESOURCE_EXHAUSTED with a RetryInfo. 0: no limit.
-    #[arg(long, env = "NUMBERING_TENANT_RATE_LIMIT", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=MOST_TENANT_RATE))]
+    #[arg(global = true, long, env = "NUMBERING_TENANT_RATE_LIMIT", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=MOST_TENANT_RATE))]
     pub tenant_rate_limit: u32,
 
     /// How long a call past its tenant's rate waits for a turn before it is refused ("0s": refused at once).
-    #[arg(long, env = "NUMBERING_TENANT_RATE_WAIT", default_value = "1s", value_parser = duration)]
+    #[arg(global = true, long, env = "NUMBERING_TENANT_RATE_WAIT", default_value = "1s", value_parser = duration)]
     pub tenant_rate_wait: Duration,
 
     /// Connections held open at once; more wait in the listen backlog until one closes. Keep it below the process' file limit, less the database connections.
-    #[arg(long, env = "NUMBERING_MAX_CONNECTIONS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000).map(|limit| usize::try_from(limit).unwrap_or(usize::MAX)))]
+    #[arg(global = true, long, env = "NUMBERING_MAX_CONNECTIONS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000).map(|limit| usize::try_from(limit).unwrap_or(usize::MAX)))]
     pub max_connections: usize,
 
     /// A connection that has not sent its first request this long after it was accepted (TLS and HTTP/2 handshakes included) is closed.
-    #[arg(long, env = "NUMBERING_FIRST_REQUEST_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    #[arg(global = true, long, env = "NUMBERING_FIRST_REQUEST_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
     pub first_request_timeout: Duration,
 
     /// A connection that has had no call open this long (since its last call ended) is closed; its client reconnects for its next call (a tonic client fails that one call with CANCELLED: retry it).
-    #[arg(long, env = "NUMBERING_IDLE_TIMEOUT", default_value = "1h", value_parser = positive_duration)]
+    #[arg(global = true, long, env = "NUMBERING_IDLE_TIMEOUT", default_value = "1h", value_parser = positive_duration)]
     pub idle_timeout: Duration,
 
     /// Calls in flight at once on one connection (HTTP/2 concurrent streams); a client past it waits for one to end.
-    #[arg(long, env = "NUMBERING_MAX_CONCURRENT_STREAMS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(global = true, long, env = "NUMBERING_MAX_CONCURRENT_STREAMS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_streams: u32,
 
     /// How often an HTTP/2 ping checks that each connection's peer is alive.
-    #[arg(long, env = "NUMBERING_KEEPALIVE_INTERVAL", default_value = "60s", value_parser = positive_duration)]
+    #[arg(global = true, long, env = "NUMBERING_KEEPALIVE_INTERVAL", default_value = "60s", value_parser = positive_duration)]
     pub keepalive_interval: Duration,
 
     /// How long a keep-alive ping may go unanswered before the connection is closed.
-    #[arg(long, env = "NUMBERING_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = positive_duration)]
+    #[arg(global = true, long, env = "NUMBERING_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = positive_duration)]
     pub keepalive_timeout: Duration,
 
     /// Once a connection is this old, the server asks its client to reconnect (an HTTP/2 GOAWAY): calls in flight finish, new ones go on a new connection, so that clients spread over replicas added since. Off when unset.
-    #[arg(long, env = "NUMBERING_MAX_CONNECTION_AGE", value_parser = positive_duration)]
+    #[arg(global = true, long, env = "NUMBERING_MAX_CONNECTION_AGE", value_parser = positive_duration)]
     pub max_connection_age: Option<Duration>,
 
     /// Whether to serve gRPC server reflection (v1 and v1alpha), which grpcurl uses. With a tokens file it needs a token like any other call.
-    #[arg(long, env = "NUMBERING_REFLECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(global = true, long, env = "NUMBERING_REFLECTION", default_value_t = true, action = clap::ArgAction::Set)]
     pub reflection: bool,
 }
 
@@ -227,27 +238,27 @@ impl ServerArgs {
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
     /// Database URL: postgres://user:password@host:5432/db or sqlite://path/to/file. Default: a SQLite file in --data-dir. The password is never logged.
-    #[arg(long, env = "DATABASE_URL", value_parser = DatabaseUrlParser, hide_env_values = true)]
+    #[arg(global = true, long, env = "DATABASE_URL", value_parser = DatabaseUrlParser, hide_env_values = true)]
     pub database_url: Option<DatabaseUrl>,
 
     /// Directory of the SQLite file used when no --database-url is given; created if missing. Default: "numbering" in the user's data directory ($XDG_DATA_HOME, else ~/.local/share), wherever the service starts.
-    #[arg(long, env = "NUMBERING_DATA_DIR")]
+    #[arg(global = true, long, env = "NUMBERING_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
 
     /// Most database connections.
-    #[arg(long, env = "NUMBERING_DB_MAX_CONNECTIONS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    #[arg(global = true, long, env = "NUMBERING_DB_MAX_CONNECTIONS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub db_max_connections: u32,
 
     /// How long a call waits for a database connection (on SQLite, also for the write lock) before answering UNAVAILABLE; also bounds the first connection at start-up (not the wait for another process migrating the same database).
-    #[arg(long, env = "NUMBERING_DB_ACQUIRE_TIMEOUT", default_value = "2s", value_parser = acquire_timeout)]
+    #[arg(global = true, long, env = "NUMBERING_DB_ACQUIRE_TIMEOUT", default_value = "2s", value_parser = acquire_timeout)]
     pub db_acquire_timeout: Duration,
 
     /// Longest one database operation (a transaction, a read) may take before the call answers UNAVAILABLE; bounds calls when the database stops answering without closing its connections (frozen, or a network that drops everything), or a lock is held elsewhere. A call may wait for the operation ahead of it and then its own: keep twice this under --request-timeout. PostgreSQL applies it too (statement_timeout, lock_timeout; twice it as idle_in_transaction_session_timeout); migrations are not bound.
-    #[arg(long, env = "NUMBERING_DB_TIMEOUT", default_value = "4s", value_parser = positive_duration)]
+    #[arg(global = true, long, env = "NUMBERING_DB_TIMEOUT", default_value = "4s", value_parser = positive_duration)]
     pub db_timeout: Duration,
 
     /// Whether a missing database (PostgreSQL) or SQLite file is created at start-up. Set it to false once the database exists: a mistyped URL or data directory then stops start-up (status 66) instead of starting an empty counter that hands out numbers again.
-    #[arg(long, env = "NUMBERING_CREATE_DATABASE", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(global = true, long, env = "NUMBERING_CREATE_DATABASE", default_value_t = true, action = clap::ArgAction::Set)]
     pub create_database: bool,
 }
 

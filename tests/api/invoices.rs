@@ -358,7 +358,8 @@ async fn seeding_continues_numbering_after_imported_invoices(#[case] backend: Ba
     assert_eq!(globex.invoice_number, "INV-008");
 }
 
-/// The seed-counters command of the real binary seeds the allocator and exits 0.
+/// The seed-counters command of the real binary seeds the allocator and exits
+/// 0; its options go before the command or after it.
 #[apply(backends)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_counters_command_seeds_the_allocator(#[case] backend: Backend) {
@@ -369,9 +370,9 @@ async fn seed_counters_command_seeds_the_allocator(#[case] backend: Backend) {
         .args([
             "--database-url",
             &writer.db.url,
+            "seed-counters",
             "--allocator-url",
             &allocator.server.url(),
-            "seed-counters",
         ])
         .output()
         .await
@@ -539,7 +540,7 @@ async fn allocator_refusals_keep_their_code_and_reason(#[case] backend: Backend)
             tenant_id: "acme".into(),
             series: String::new(),
             at_least: i64::MAX,
-            reason: String::new(),
+            reason: "at the end".into(),
             ..AdvanceCounterRequest::default()
         })
         .await
