@@ -284,7 +284,7 @@ fn is_taken(taken: &HashSet<(String, String)>, tenant: &str, key: &str) -> bool 
 /// error (a number or request id already taken) and fails no other write.
 async fn commit_group<E: Engine>(engine: &E, writes: Vec<Write>) -> Vec<Result<(), StoreError>> {
     #[allow(clippy::cast_precision_loss)] // at most MAX_GROUP
-    metrics::histogram!("numbering_group_commit_batch_size").record(writes.len() as f64);
+    metrics::histogram!("numbering_invoice_write_batch_size").record(writes.len() as f64);
     let mut answers = Vec::with_capacity(writes.len());
     match engine.write_group(&writes).await {
         Ok(made) => {

@@ -33,7 +33,8 @@ const SECONDS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// Upper bounds of the group-commit batch size histogram.
+/// Upper bounds of the histograms of calls or writes merged into one
+/// transaction.
 const BATCH_SIZES: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
 ];
@@ -51,10 +52,8 @@ fn handle() -> Option<&'static PrometheusHandle> {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)
                 .and_then(|builder| {
-                    builder.set_buckets_for_metric(
-                        Matcher::Full("numbering_group_commit_batch_size".into()),
-                        BATCH_SIZES,
-                    )
+                    builder
+                        .set_buckets_for_metric(Matcher::Suffix("_batch_size".into()), BATCH_SIZES)
                 })
                 .expect("bucket lists are not empty")
                 .build_recorder();

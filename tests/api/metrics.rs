@@ -326,7 +326,7 @@ async fn the_writer_exports_its_conflicts_and_allocator_calls() {
     // The call's writes went through the writer's group commit: at least
     // both attempts' pending notes and invoices and the first note's
     // deletion (the settled marks are not waited for).
-    let grouped = value(&samples, "numbering_group_commit_batch_size_sum", &[]);
+    let grouped = value(&samples, "numbering_invoice_write_batch_size_sum", &[]);
     assert!(
         grouped >= Some(5.0),
         "{grouped:?} writes grouped in:\n{text}"
