@@ -237,8 +237,10 @@ impl Pod {
                 .as_u64()
                 .unwrap(),
         );
+        // Serving on, then calls in flight finishing, then the pool closing.
         let drain = humantime::parse_duration(env["NUMBERING_DRAIN_DELAY"]).unwrap()
-            + humantime::parse_duration(env["NUMBERING_SHUTDOWN_GRACE"]).unwrap();
+            + humantime::parse_duration(env["NUMBERING_SHUTDOWN_GRACE"]).unwrap()
+            + humantime::parse_duration(env["NUMBERING_DB_TIMEOUT"]).unwrap();
         assert!(drain < grace, "a drain of {drain:?} does not fit {grace:?}");
 
         command.args([
