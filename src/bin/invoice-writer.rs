@@ -12,11 +12,12 @@ use numbering::{
     allocator::series::Leases,
     invoices::{
         allocator_client::{AllocatorEndpoint, Backoff, Keepalive},
-        app::{App, ReconcileSettings, Settings, shown_url},
+        app::{App, ReconcileSettings, Settings, check_allocator_url, shown_url},
     },
     server::{
         config::{
-            DatabaseArgs, ServerArgs, duration, listen_address, parse_or_exit, positive_duration,
+            Checked, DatabaseArgs, ServerArgs, duration, listen_address, parse_or_exit,
+            positive_duration,
         },
         shutdown,
         startup::{self, StartupError},
@@ -47,7 +48,8 @@ struct Config {
         global = true,
         long,
         env = "NUMBERING_ALLOCATOR_URL",
-        default_value = "http://127.0.0.1:50051"
+        default_value = "http://127.0.0.1:50051",
+        value_parser = Checked(|raw| check_allocator_url(raw).map(|()| raw.to_owned()))
     )]
     allocator_url: String,
 
@@ -259,9 +261,13 @@ async fn serve(config: Config) -> Result<(), StartupError> {
     Ok(())
 }
 
-/// `seed-counters`: exits 1 when any tenant could not be seeded.
+/// `seed-counters`: exits 1 when any tenant could not be seeded. It reads
+/// the invoices already stored, so it creates no database: one made for it
+/// (a mistyped URL or data directory) would hold none, and seed nothing.
 async fn seed(config: &Config) -> Result<ExitCode, StartupError> {
-    let app = App::build(settings(config)?).await?;
+    let mut settings = settings(config)?;
+    settings.pool.create_missing = false;
+    let app = App::build(settings).await?;
     let report = app
         .seed_counters()
         .await

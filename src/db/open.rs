@@ -56,7 +56,7 @@ pub enum OpenError {
     },
     /// The database does not exist, and creating it is turned off.
     #[error(
-        "database {database} does not exist, and --create-database is false: check --database-url (or --data-dir for SQLite files), or create it"
+        "database {database} does not exist, and this start creates none (--create-database is false, or seed-counters, which reads invoices already stored): check --database-url (or --data-dir for SQLite files), or create it"
     )]
     NotCreated {
         /// The redacted URL.

@@ -64,12 +64,29 @@ impl DatabaseUrl {
     }
 }
 
+/// Text that is not a URL, as it may be shown: whatever precedes an `@` (a
+/// user and password written without a scheme) replaced by `***`.
+#[must_use]
+pub fn without_user_info(raw: &str) -> String {
+    match raw.rsplit_once('@') {
+        Some((_, host)) => format!("***@{host}"),
+        None => raw.to_owned(),
+    }
+}
+
 /// `raw` with any password, in the user part or as a `password` query
 /// parameter, replaced by `***`.
 #[must_use]
 fn redacted(raw: &str) -> String {
-    let Ok(mut url) = url::Url::parse(raw) else {
-        return "<unparseable url>".into();
+    // `user:password@host` reads as a scheme and a path.
+    let Ok(mut url) = url::Url::parse(raw).map_err(drop).and_then(|url| {
+        if url.cannot_be_a_base() {
+            Err(())
+        } else {
+            Ok(url)
+        }
+    }) else {
+        return without_user_info(raw);
     };
     if url.password().is_some() {
         // Cannot fail: the URL already has a password, so it has a host.
@@ -165,6 +182,18 @@ mod tests {
     fn database_url_rejects_other_schemes() {
         let error = "mysql://root:pw@db/x".parse::<DatabaseUrl>().unwrap_err();
         assert!(!error.contains("pw@"), "{error}");
+        // Without a scheme: shown as written, but for a user and password.
+        let error = "app:s3cret@db:5432/numbers"
+            .parse::<DatabaseUrl>()
+            .unwrap_err();
+        assert!(error.contains(" ***@db:5432/numbers:"), "{error}");
+        let error = "/srv/numbering/allocator.sqlite3"
+            .parse::<DatabaseUrl>()
+            .unwrap_err();
+        assert!(
+            error.contains(" /srv/numbering/allocator.sqlite3:"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -88,41 +88,9 @@ impl App {
     /// # Errors
     /// A bad allocator URL, or a database that cannot be opened.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
-        let invalid = |why: String| {
-            StartupError::BadSetting(format!(
-                "invalid --allocator-url (NUMBERING_ALLOCATOR_URL) {}: {why}",
-                shown_url(&settings.allocator.url)
-            ))
-        };
-        // `host:port` alone would be taken for a scheme and a path, and fail
-        // on every call instead of here.
-        let url = url::Url::parse(&settings.allocator.url).map_err(|error| {
-            invalid(format!(
-                "{error}; write it as http://host:port or https://host:port"
-            ))
-        })?;
-        // As written: the client tells TLS from plaintext by the prefix.
-        let raw = settings.allocator.url.as_str();
-        if !(raw.starts_with("http://") || raw.starts_with("https://")) || url.host_str().is_none()
-        {
-            return Err(invalid(
-                "write it as http://host:port or https://host:port".into(),
-            ));
-        }
-        // gRPC calls go to the service's own paths: one given here would be
-        // dropped without a word.
-        if !matches!(url.path(), "" | "/") || url.query().is_some() || url.fragment().is_some() {
-            return Err(invalid(
-                "a path, query or fragment is not used; write it as http://host:port or \
-                 https://host:port"
-                    .into(),
-            ));
-        }
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(invalid(
-                "credentials in the URL are not sent; give them as --allocator-token".into(),
-            ));
-        }
+        let invalid =
+            |why: String| StartupError::BadSetting(format!("invalid --allocator-url: {why}"));
+        check_allocator_url(&settings.allocator.url).map_err(invalid)?;
         let allocator = AllocatorClient::connect_lazy(&settings.allocator, settings.backoff)
             .map_err(invalid)?;
         let store = open_store(&settings.database, &settings.pool).await?;
@@ -269,10 +237,43 @@ impl Reconciler {
     }
 }
 
+/// Checks an allocator URL as the writer takes it: `http://host:port` or
+/// `https://host:port`, nothing more.
+///
+/// # Errors
+/// Why not, naming the URL without its user-info.
+pub fn check_allocator_url(raw: &str) -> Result<(), String> {
+    const FORM: &str = "write it as http://host:port or https://host:port";
+    let invalid = |why: &str| Err(format!("{}: {why}", shown_url(raw)));
+    // As written: the client tells TLS from plaintext by the prefix. And
+    // `host:port` alone would be taken for a scheme and a path, and fail on
+    // every call instead of here.
+    if !(raw.starts_with("http://") || raw.starts_with("https://")) {
+        return invalid(&format!("no http:// or https:// before the host; {FORM}"));
+    }
+    let Ok(url) = url::Url::parse(raw) else {
+        return invalid(&format!("not a URL; {FORM}"));
+    };
+    if url.host_str().is_none() {
+        return invalid(FORM);
+    }
+    // gRPC calls go to the service's own paths: one given here would be
+    // dropped without a word.
+    if !matches!(url.path(), "" | "/") || url.query().is_some() || url.fragment().is_some() {
+        return invalid(&format!("a path, query or fragment is not used; {FORM}"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return invalid("credentials in the URL are not sent; give them as --allocator-token");
+    }
+    Ok(())
+}
+
 /// `url` without its user-info, if any: fit for logs and messages.
 #[must_use]
 pub fn shown_url(url: &str) -> String {
     match url::Url::parse(url) {
+        // `user:password@host` reads as a scheme and a path.
+        Ok(parsed) if parsed.cannot_be_a_base() => crate::db::without_user_info(url),
         Ok(mut parsed) if !parsed.username().is_empty() || parsed.password().is_some() => {
             // Cannot fail: a URL with user-info has a host.
             let _ = parsed.set_username("");
@@ -280,7 +281,7 @@ pub fn shown_url(url: &str) -> String {
             parsed.to_string()
         }
         Ok(_) => url.to_owned(),
-        Err(_) => "<unparseable url>".into(),
+        Err(_) => crate::db::without_user_info(url),
     }
 }
 

@@ -238,7 +238,7 @@ impl ServerArgs {
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
     /// Database URL: postgres://user:password@host:5432/db or sqlite://path/to/file. Default: a SQLite file in --data-dir. The password is never logged.
-    #[arg(global = true, long, env = "DATABASE_URL", value_parser = DatabaseUrlParser, hide_env_values = true)]
+    #[arg(global = true, long, env = "DATABASE_URL", value_parser = DATABASE_URL, hide_env_values = true)]
     pub database_url: Option<DatabaseUrl>,
 
     /// Directory of the SQLite file used when no --database-url is given; created if missing. Default: "numbering" in the user's data directory ($XDG_DATA_HOME, else ~/.local/share), wherever the service starts.
@@ -324,23 +324,22 @@ fn acquire_timeout(raw: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
-/// Parses a [`DatabaseUrl`]. clap's own message for a bad value quotes it,
-/// password and all; this one names only the redacted URL.
+/// Parses a value with its check, whose message names the value only as it
+/// may be shown: clap's own message for a bad value quotes it, password and
+/// all.
 #[derive(Debug, Clone, Copy)]
-pub struct DatabaseUrlParser;
+pub struct Checked<T>(pub fn(&str) -> Result<T, String>);
 
-impl TypedValueParser for DatabaseUrlParser {
-    type Value = DatabaseUrl;
+/// A database URL, named redacted in its error.
+pub const DATABASE_URL: Checked<DatabaseUrl> = Checked(str::parse);
 
-    fn parse_ref(
-        &self,
-        cmd: &Command,
-        arg: Option<&Arg>,
-        value: &OsStr,
-    ) -> Result<DatabaseUrl, clap::Error> {
+impl<T: Clone + Send + Sync + 'static> TypedValueParser for Checked<T> {
+    type Value = T;
+
+    fn parse_ref(&self, cmd: &Command, arg: Option<&Arg>, value: &OsStr) -> Result<T, clap::Error> {
         let name = arg
             .and_then(Arg::get_long)
-            .map_or_else(|| "database URL".to_owned(), |long| format!("--{long}"));
+            .map_or_else(|| "value".to_owned(), |long| format!("--{long}"));
         let error = |message: String| {
             let mut error = clap::Error::raw(
                 ErrorKind::ValueValidation,
@@ -352,11 +351,7 @@ impl TypedValueParser for DatabaseUrlParser {
             error.insert(ContextKind::InvalidArg, ContextValue::String(name.clone()));
             error
         };
-        value
-            .to_str()
-            .ok_or_else(|| error("not UTF-8".into()))?
-            .parse()
-            .map_err(error)
+        (self.0)(value.to_str().ok_or_else(|| error("not UTF-8".into()))?).map_err(error)
     }
 }
 

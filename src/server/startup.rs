@@ -20,10 +20,12 @@ pub enum StartupError {
     #[error("{0}")]
     BadSetting(String),
     /// The listen address is in use or not allowed.
-    #[error("cannot listen on {addr}")]
+    #[error("cannot listen on {addr} ({setting})")]
     Bind {
         /// The address asked for.
         addr: SocketAddr,
+        /// The setting that asked for it.
+        setting: &'static str,
         /// The operating system's refusal.
         #[source]
         source: std::io::Error,
@@ -57,10 +59,14 @@ impl StartupError {
 ///
 /// # Errors
 /// [`StartupError::Bind`] when the address is in use or not allowed.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, StartupError> {
+pub async fn bind(addr: SocketAddr, setting: &'static str) -> Result<TcpListener, StartupError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| StartupError::Bind { addr, source })
+        .map_err(|source| StartupError::Bind {
+            addr,
+            setting,
+            source,
+        })
 }
 
 /// Binds the gRPC listener and, if given, the health-only and metrics ones.
@@ -75,14 +81,14 @@ pub async fn listen(
     metrics: Option<SocketAddr>,
     settings: &ServerSettings,
 ) -> Result<Listeners, StartupError> {
-    let grpc = bind(addr).await?;
+    let grpc = bind(addr, "--listen").await?;
     let health = match health {
-        Some(addr) => Some(bind(addr).await?),
+        Some(addr) => Some(bind(addr, "--health-listen").await?),
         None => None,
     };
     let metrics = match metrics {
         Some(addr) => {
-            let listener = bind(addr).await?;
+            let listener = bind(addr, "--metrics-listen").await?;
             // Recording from here on: opening the database included.
             super::metrics::install();
             Some(listener)

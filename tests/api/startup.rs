@@ -281,6 +281,36 @@ async fn a_missing_database_is_not_created_when_creating_is_off() {
     client.allocate(allocate("acme", "", 1)).await.unwrap();
 }
 
+/// `seed-counters` reads the invoices already stored: a database that does
+/// not exist (a mistyped URL or data directory) stops it with status 66,
+/// and is not created, instead of seeding nothing from an empty one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_counters_creates_no_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let output = run(
+        WRITER,
+        &["--data-dir", data_dir.to_str().unwrap(), "seed-counters"],
+    )
+    .await;
+    assert_refused(&output, 66, "does not exist, and this start creates none");
+    assert!(!data_dir.exists(), "{}", data_dir.display());
+
+    let db = TestDb::create(Backend::Postgres).await;
+    let mut url = url::Url::parse(&db.url).unwrap();
+    let missing = format!("{}_mistyped", db.name);
+    url.set_path(&missing);
+    let output = run(WRITER, &["seed-counters", "--database-url", url.as_str()]).await;
+    assert_refused(&output, 66, "does not exist, and this start creates none");
+    let mut conn = PgConnection::connect(&db.url).await.unwrap();
+    let created: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = $1")
+        .bind(&missing)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(created, 0, "the mistyped database was created");
+}
+
 /// Replicas started at once on a PostgreSQL database that does not exist
 /// yet all start: one creates it, the others find it created, and each
 /// serves from it. The numbers they hand out are distinct.
@@ -321,7 +351,7 @@ async fn a_busy_port_stops_start_up_before_anything_is_created() {
             .output()
             .await
             .unwrap();
-        assert_refused(&output, 71, "cannot listen on");
+        assert_refused(&output, 71, &format!("cannot listen on {addr} (--listen)"));
         assert!(!Path::new(&data_dir).exists(), "{}", data_dir.display());
         // The metrics port alike.
         let output = tokio::process::Command::new(binary)
@@ -331,7 +361,11 @@ async fn a_busy_port_stops_start_up_before_anything_is_created() {
             .output()
             .await
             .unwrap();
-        assert_refused(&output, 71, &format!("cannot listen on {addr}"));
+        assert_refused(
+            &output,
+            71,
+            &format!("cannot listen on {addr} (--metrics-listen)"),
+        );
         assert!(!Path::new(&data_dir).exists(), "{}", data_dir.display());
     }
 }
@@ -425,9 +459,27 @@ async fn an_allocator_url_without_its_scheme_stops_start_up() {
         )
         .await;
         assert_refused(&output, 64, "http://host:port");
-        assert_refused(&output, 64, "--allocator-url (NUMBERING_ALLOCATOR_URL)");
+        // The value as given, and where from.
+        assert_refused(&output, 64, &format!("invalid --allocator-url: {url}: "));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stderr.contains("environment variable"), "{stderr}");
         assert!(!data_dir.exists(), "{}", data_dir.display());
     }
+    // From the environment, it says so; a password is never shown.
+    let output = run_with(
+        WRITER,
+        &["--data-dir", data_dir.to_str().unwrap()],
+        &[("NUMBERING_ALLOCATOR_URL", "writer:s3cret@allocator:50051")],
+    )
+    .await;
+    assert_refused(
+        &output,
+        64,
+        "invalid --allocator-url: ***@allocator:50051: no http:// or https://",
+    );
+    assert_refused(&output, 64, "environment variable NUMBERING_ALLOCATOR_URL");
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("s3cret"));
+    assert!(!data_dir.exists(), "{}", data_dir.display());
 }
 
 /// `db` migrated by an allocator that then stopped, and a connection
