@@ -133,9 +133,11 @@ impl Reset {
     pub fn check_date(self, date: NaiveDate, today: NaiveDate) -> Result<(), String> {
         let latest = self.latest_date(today);
         if date > latest {
-            return Err(format!(
-                "must not be after {latest}, the end of the period after the current one"
-            ));
+            let end = match self {
+                Self::Never => "the end of next year",
+                _ => "the end of the period after the current one",
+            };
+            return Err(format!("must not be after {latest}, {end}"));
         }
         Ok(())
     }
@@ -249,7 +251,16 @@ mod tests {
         let refusal = Reset::Monthly
             .check_date(day(2027, 3, 1), today)
             .unwrap_err();
-        assert!(refusal.contains("2027-01-31"), "{refusal}");
+        assert!(
+            refusal.contains("2027-01-31, the end of the period after"),
+            "{refusal}"
+        );
+        // A series that never resets has no periods to speak of.
+        let refusal = Reset::Never.check_date(day(2028, 1, 1), today).unwrap_err();
+        assert!(
+            refusal.ends_with("2027-12-31, the end of next year"),
+            "{refusal}"
+        );
     }
 
     /// A series that resets numbers the dates of a hundred years, 1928 to

@@ -399,9 +399,26 @@ fn from_allocator(error: AllocatorError) -> Status {
         {
             passed_on(&status)
         }
+        // The writer's own setting, past what the allocator allows: said
+        // so, for the operator to mend.
+        AllocatorError::Rejected(status)
+            if status.code() == Code::InvalidArgument
+                && status.get_details_bad_request().is_some_and(|bad| {
+                    bad.field_violations
+                        .iter()
+                        .any(|violation| violation.field == "lease")
+                }) =>
+        {
+            tracing::error!(
+                error = %status.message(),
+                "the allocator refuses this writer's --reservation-lease: set it within the \
+                 allocator's --max-lease",
+            );
+            with_reason(Code::Internal, "internal error", "INTERNAL", &[])
+        }
         // Ours to mend: the allocator broke, does not accept the writer's
-        // own token, refuses one of its settings, or is not what its URL
-        // names (another service's port answers UNIMPLEMENTED).
+        // own token, or is not what its URL names (another service's port
+        // answers UNIMPLEMENTED).
         AllocatorError::Rejected(status) => internal(&AllocatorError::Rejected(status)),
     }
 }

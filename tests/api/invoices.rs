@@ -596,6 +596,7 @@ async fn the_writer_retries_until_the_allocator_answers(#[case] backend: Backend
 /// A writer whose `--reservation-lease` the allocator refuses (past its
 /// `--max-lease`) answers INTERNAL: the operator's to mend, not an
 /// INVALID_ARGUMENT the caller would take for its own; nothing is stored.
+/// Its log names the setting to mend.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_the_allocator_refuses_is_the_writers_fault() {
     use crate::helpers::{allocator_binary, start, writer_binary};
@@ -606,7 +607,7 @@ async fn a_lease_the_allocator_refuses_is_the_writers_fault() {
     let writer_db = TestDb::create(Backend::Sqlite).await;
     let mut command = writer_binary(&writer_db.url, &allocator.url());
     command.args(["--reservation-lease", "2h"]);
-    let writer = start(command).await;
+    let mut writer = start(command).await;
     let mut client = numbering::proto::invoice_writer_client::InvoiceWriterClient::new(
         writer.ready("numbering.v1.InvoiceWriter").await,
     );
@@ -616,6 +617,14 @@ async fn a_lease_the_allocator_refuses_is_the_writers_fault() {
         .unwrap_err();
     assert_eq!(status.code(), Code::Internal, "{status:?}");
     assert!(list_all(&mut client, "acme").await.is_empty());
+    writer
+        .wait_for_event(|event| {
+            event["message"].as_str().is_some_and(|message| {
+                message.contains("this writer's --reservation-lease")
+                    && message.contains("--max-lease")
+            })
+        })
+        .await;
 }
 
 /// A retry budget longer than the request time-out is cut to 90% of it: a
