@@ -8,7 +8,7 @@ use std::{
 };
 
 use sqlx::{
-    Sqlite, SqliteConnection, SqlitePool, Transaction,
+    Connection, Sqlite, SqliteConnection, SqlitePool, Transaction,
     migrate::Migrator,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
@@ -90,10 +90,28 @@ pub async fn open_sqlite(
     // is not tested before use: the test is a round trip to its own thread,
     // which a server cannot have dropped (2% more calls a second, measured
     // in BENCHMARKS.md); the file's fate is watched by `SqliteFile`.
+    //
+    // A connection still inside a transaction is closed instead: a commit
+    // that failed after SQLite ended the transaction on its own (a full
+    // disk, say) leaves the driver counting it open, the rollback that
+    // follows fails too, and every write begun on it after would fail. By
+    // the time the connection is idle again its rollback has run, so the
+    // count it carries here is the true one.
     let pool = SqlitePoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(settings.acquire_timeout)
         .test_before_acquire(false)
+        .before_acquire(|conn, _| {
+            Box::pin(async move {
+                let usable = !conn.is_in_transaction();
+                if !usable {
+                    tracing::warn!(
+                        "a connection left inside a transaction by a failed commit is closed"
+                    );
+                }
+                Ok(usable)
+            })
+        })
         .connect_with(options.create_if_missing(false))
         .await
         .map_err(connect_error)?;

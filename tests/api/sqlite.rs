@@ -370,3 +370,67 @@ async fn a_full_disk_is_classified_unavailable() {
         allocator::store::StoreError::Unavailable(_)
     ));
 }
+
+/// A write that fills the disk: SQLite rolls its transaction back on its
+/// own, the commit fails, and the driver still counts the connection inside
+/// a transaction. That connection is closed, not handed to the next write,
+/// which begins and commits as usual once there is room. Before, every
+/// later write on it failed (INTERNAL) until the process restarted.
+#[tokio::test]
+async fn a_write_that_fills_the_disk_leaves_no_connection_stuck() {
+    let db = TestDb::create(Backend::Sqlite).await;
+    // One connection: the next write would get the same one.
+    let settings = PoolSettings {
+        max_connections: 1,
+        ..test_pool_settings()
+    };
+    let database = db::open_sqlite(&db.database_url(), &settings, &allocator::sqlite::MIGRATOR)
+        .await
+        .unwrap();
+    let mut write = database.begin_write().await.unwrap();
+    sqlx::query("CREATE TABLE filler (data BLOB)")
+        .execute(write.conn())
+        .await
+        .unwrap();
+    write.commit().await.unwrap();
+
+    // A disk with room for two more pages, for this connection.
+    let mut write = database.begin_write().await.unwrap();
+    let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+        .fetch_one(write.conn())
+        .await
+        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "PRAGMA max_page_count = {}",
+        pages + 2
+    )))
+    .execute(write.conn())
+    .await
+    .unwrap();
+    let full = loop {
+        if let Err(error) = sqlx::query("INSERT INTO filler VALUES (zeroblob(4096))")
+            .execute(write.conn())
+            .await
+        {
+            break error;
+        }
+    };
+    assert_eq!(db::classify(&full), DbErrorKind::Unavailable, "{full}");
+    assert!(write.commit().await.is_err());
+
+    // The next write, on a connection of its own (with room again).
+    for round in 0..3 {
+        let mut write = database.begin_write().await.unwrap();
+        sqlx::query("INSERT INTO filler VALUES (?)")
+            .bind(round)
+            .execute(write.conn())
+            .await
+            .unwrap();
+        write.commit().await.unwrap();
+    }
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM filler")
+        .fetch_one(database.pool())
+        .await
+        .unwrap();
+    assert_eq!(rows, 3);
+}
