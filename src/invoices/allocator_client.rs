@@ -10,6 +10,7 @@ use tonic::{
     service::{Interceptor, interceptor::InterceptedService},
     transport::{Channel, Endpoint},
 };
+use tonic_types::StatusExt as _;
 
 use crate::{
     access::bearer::BearerToken,
@@ -75,6 +76,17 @@ fn is_transient(status: &Status) -> bool {
     ) || status.source().is_some()
 }
 
+/// Whether the allocator refused a call for its tenant's rate
+/// (`TENANT_RATE_LIMITED`): the tenant's to wait out, not the allocator's
+/// fault.
+#[must_use]
+pub fn rate_limited(status: &Status) -> bool {
+    status.code() == Code::ResourceExhausted
+        && status
+            .get_details_error_info()
+            .is_some_and(|info| info.reason == "TENANT_RATE_LIMITED")
+}
+
 /// What every call to the allocator carries: the writer's token, and the
 /// trace context of the call it serves.
 #[derive(Debug, Clone)]
@@ -101,8 +113,8 @@ pub enum AllocatorError {
 
 impl AllocatorError {
     /// Whether the allocator refused the call before anything was written:
-    /// bad input, a state that does not allow it, access refused, no such
-    /// method. An internal fault (`INTERNAL`, `UNKNOWN`, `DATA_LOSS`) may
+    /// bad input, a state that does not allow it, access refused, the
+    /// tenant's rate, no such method. An internal fault (`INTERNAL`, `UNKNOWN`, `DATA_LOSS`) may
     /// follow a commit, as may a time-out or a lost reply.
     #[must_use]
     pub fn refused_before_writing(&self) -> bool {
@@ -120,7 +132,7 @@ impl AllocatorError {
                 | Code::Unauthenticated
                 | Code::PermissionDenied
                 | Code::Unimplemented
-        )
+        ) || rate_limited(status)
     }
 
     /// The number a repeated `Reserve` was refused because another call
@@ -276,8 +288,18 @@ impl AllocatorClient {
             if !is_transient(&status) {
                 return Err(AllocatorError::Rejected(status));
             }
-            let delay = self.backoff.delay(retry);
+            // No sooner than the allocator says a retry can succeed.
+            let told = status
+                .get_details_retry_info()
+                .and_then(|info| info.retry_delay)
+                .unwrap_or_default();
+            let delay = self.backoff.delay(retry).max(told);
             if Instant::now() + delay >= deadline {
+                // The tenant's rate, which the caller's own retry is to
+                // wait out, as the allocator told: passed on as it is.
+                if rate_limited(&status) {
+                    return Err(AllocatorError::Rejected(status));
+                }
                 return Err(AllocatorError::Unavailable(status.message().to_owned()));
             }
             tracing::warn!(

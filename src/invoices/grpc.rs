@@ -12,7 +12,7 @@ use crate::{
     calendar::parse_date,
     invoices::{
         Error, InvoiceWriter,
-        allocator_client::AllocatorError,
+        allocator_client::{AllocatorError, rate_limited},
         domain::{self, Client, Invoice, LineItem, MAX_LINE_ITEMS, NewInvoice},
     },
     proto::{
@@ -355,7 +355,8 @@ fn from_allocator(error: AllocatorError) -> Status {
         AllocatorError::Unavailable(cause) => with_reason(
             Code::Unavailable,
             format!(
-                "the number allocator is unavailable ({cause}); nothing was stored, retry later"
+                "the number allocator is unavailable ({cause}); nothing was stored, retry later \
+                 with the same request id"
             ),
             "ALLOCATOR_UNAVAILABLE",
             &[],
@@ -384,9 +385,10 @@ fn from_allocator(error: AllocatorError) -> Status {
                 None => passed_on(&status),
             }
         }
-        // A refusal about the caller's invoice (its series exhausted, say):
-        // the caller's to act on. (The allocator's load, RESOURCE_EXHAUSTED,
-        // is retried, and ends as unavailable.)
+        // A refusal about the caller's invoice (its series exhausted, say),
+        // or its tenant's rate, with when to retry: the caller's to act on.
+        // (The allocator's own load, RESOURCE_EXHAUSTED too, is retried,
+        // and ends as unavailable.)
         AllocatorError::Rejected(status)
             if matches!(
                 status.code(),
@@ -395,7 +397,7 @@ fn from_allocator(error: AllocatorError) -> Status {
                     | Code::OutOfRange
                     | Code::Aborted
                     | Code::AlreadyExists
-            ) =>
+            ) || rate_limited(&status) =>
         {
             passed_on(&status)
         }

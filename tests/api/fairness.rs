@@ -15,8 +15,8 @@ use tonic::Code;
 use tonic_types::StatusExt;
 
 use crate::helpers::{
-    advance, allocate, assert_reason, keyed, spawn_allocator, spawn_allocator_serving,
-    test_settings,
+    CapturedLogs, advance, allocate, assert_reason, create, invoice_request, keyed, list_all,
+    spawn_allocator, spawn_allocator_serving, spawn_writer, test_settings,
 };
 
 /// Once a period is known to be full, unkeyed calls for it are refused
@@ -152,4 +152,59 @@ async fn calls_past_the_rate_wait_for_their_turn() {
         elapsed >= Duration::from_millis(900),
         "ten calls at five a second took only {elapsed:?}"
     );
+}
+
+/// A tenant over the allocator's rate, through the writer: the writer waits
+/// as long as the allocator's `RetryInfo` says, once, instead of asking
+/// again sooner; when the caller's deadline leaves no time for that, the
+/// caller is told the tenant is over its rate and when to retry
+/// (`RESOURCE_EXHAUSTED`, `TENANT_RATE_LIMITED`, `RetryInfo`), not that the
+/// allocator is down, and nothing is stored or taken.
+#[tokio::test]
+async fn a_tenant_over_the_allocators_rate_is_waited_for_or_told() {
+    // One call a second: a CreateInvoice makes two (Reserve, Confirm).
+    let settings = ServerSettings {
+        tenant_limits: Some(Arc::new(TenantLimits::new(
+            NonZeroU32::new(1).unwrap(),
+            Duration::from_millis(10),
+        ))),
+        ..test_settings()
+    };
+    let allocator = spawn_allocator_serving(Backend::Postgres, settings).await;
+    let mut writer = spawn_writer(Backend::Postgres, &allocator.server.url(), 3).await;
+    // A current-thread runtime: the servers' tasks log through this one.
+    let logs = CapturedLogs::default();
+    let _subscriber = tracing::subscriber::set_default(logs.subscriber());
+
+    // The Confirm waits about a second for its turn, in one retry.
+    let created = create(&mut writer.client, "acme").await;
+    assert_eq!(created.invoice_number, "INV-001");
+    let retries: Vec<_> = logs
+        .events()
+        .into_iter()
+        .filter(|event| event["fields"]["message"] == "allocator unavailable; retrying")
+        .collect();
+    assert_eq!(retries.len(), 1, "{retries:#?}");
+
+    // The next Reserve's turn is a second away; the caller waits 300 ms.
+    let mut request = tonic::Request::new(invoice_request("acme"));
+    request.set_timeout(Duration::from_millis(300));
+    let status = writer.client.create_invoice(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_reason(&status, "TENANT_RATE_LIMITED");
+    let delay = status
+        .get_details_retry_info()
+        .and_then(|info| info.retry_delay)
+        .expect("a delay");
+    assert!(
+        delay > Duration::ZERO && delay <= Duration::from_secs(1),
+        "{delay:?}"
+    );
+    assert_eq!(list_all(&mut writer.client, "acme").await.len(), 1);
+
+    // No number was taken: after the delay told (the wait is the behaviour
+    // under test), the next invoice is the second.
+    tokio::time::sleep(delay).await;
+    let created = create(&mut writer.client, "acme").await;
+    assert_eq!(created.invoice_number, "INV-002");
 }
