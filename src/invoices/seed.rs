@@ -94,7 +94,7 @@ async fn seed_tenant(
             period = %period,
             highest_invoice = number,
             counter = series.last_value,
-            "counter seeded"
+            "counter at or above the highest invoice (raised if it was below)"
         );
     }
     Ok(())
