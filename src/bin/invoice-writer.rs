@@ -199,7 +199,12 @@ fn settings(config: &Config) -> Result<Settings, StartupError> {
 /// The token for the allocator: given, read from a file (and watched), or none.
 fn allocator_token(config: &Config) -> Result<BearerToken, StartupError> {
     match (&config.allocator_token, &config.allocator_token_file) {
-        (Some(secret), _) => BearerToken::fixed(secret.expose()),
+        // Refused by the parser too, unless one came before seed-counters
+        // and the other after it.
+        (Some(_), Some(_)) => {
+            Err("give --allocator-token or --allocator-token-file, not both".into())
+        }
+        (Some(secret), None) => BearerToken::fixed(secret.expose()),
         (None, Some(path)) => BearerToken::from_file(path.clone(), RELOAD_INTERVAL),
         (None, None) => Ok(BearerToken::none()),
     }

@@ -18,7 +18,7 @@ pub use postgres::{begin_durable, begin_durable_by_key_on, begin_durable_on, con
 pub(crate) use postgres::{open_postgres, ping};
 pub(crate) use sqlite::SqliteDatabase;
 pub use sqlite::open_sqlite;
-pub use url::{Backend, DatabaseUrl, without_user_info};
+pub use url::{Backend, DatabaseUrl, without_secrets};
 
 /// Pool limits. The acquire time-out is what makes calls fail fast while the
 /// database is unreachable, so keep it well under the callers' deadlines.

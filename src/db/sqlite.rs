@@ -106,7 +106,7 @@ pub async fn open_sqlite(
                 let usable = !conn.is_in_transaction();
                 if !usable {
                     tracing::warn!(
-                        "a connection left inside a transaction by a failed commit is closed"
+                        "a connection left inside a transaction by a failed commit or rollback is closed"
                     );
                 }
                 Ok(usable)

@@ -64,14 +64,31 @@ impl DatabaseUrl {
     }
 }
 
-/// Text that is not a URL, as it may be shown: whatever precedes an `@` (a
-/// user and password written without a scheme) replaced by `***`.
+/// Text that is not a URL, as it may be shown: whatever precedes an `@`
+/// before any `?` (a user and password written without a scheme), and the
+/// value of a `password` query parameter, replaced by `***`.
 #[must_use]
-pub fn without_user_info(raw: &str) -> String {
-    match raw.rsplit_once('@') {
+pub fn without_secrets(raw: &str) -> String {
+    let (head, query) = match raw.split_once('?') {
+        Some((head, query)) => (head, Some(query)),
+        None => (raw, None),
+    };
+    let mut shown = match head.rsplit_once('@') {
         Some((_, host)) => format!("***@{host}"),
-        None => raw.to_owned(),
+        None => head.to_owned(),
+    };
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        shown.push('?');
+        shown.push_str(&pairs.join("&"));
     }
+    shown
 }
 
 /// `raw` with any password, in the user part or as a `password` query
@@ -86,7 +103,7 @@ fn redacted(raw: &str) -> String {
             Ok(url)
         }
     }) else {
-        return without_user_info(raw);
+        return without_secrets(raw);
     };
     if url.password().is_some() {
         // Cannot fail: the URL already has a password, so it has a host.
@@ -194,6 +211,17 @@ mod tests {
             error.contains(" /srv/numbering/allocator.sqlite3:"),
             "{error}"
         );
+        // A password as a query parameter, where the URL does not parse as
+        // one with a host.
+        for raw in [
+            "postgres:db/numbers?sslmode=require&password=s3cret",
+            "postgres//db?Password=s3cret",
+            "postgres//db?password=p@s3cret",
+        ] {
+            let error = raw.parse::<DatabaseUrl>().unwrap_err();
+            assert!(!error.contains("s3cret"), "{error}");
+            assert!(error.contains("assword=***"), "{error}");
+        }
     }
 
     #[test]

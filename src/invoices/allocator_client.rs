@@ -270,6 +270,10 @@ impl AllocatorClient {
         Fut: Future<Output = Result<T, Status>>,
     {
         let mut retry = 0;
+        // Whether every attempt so far was turned away for the tenant's
+        // rate, before the allocator did anything: another failure (a lost
+        // reply, a time-out) may follow a commit.
+        let mut only_rate_limited = true;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
@@ -294,10 +298,15 @@ impl AllocatorClient {
                 .and_then(|info| info.retry_delay)
                 .unwrap_or_default();
             let delay = self.backoff.delay(retry).max(told);
-            if Instant::now() + delay >= deadline {
+            only_rate_limited &= rate_limited(&status);
+            if Instant::now()
+                .checked_add(delay)
+                .is_none_or(|then| then >= deadline)
+            {
                 // The tenant's rate, which the caller's own retry is to
-                // wait out, as the allocator told: passed on as it is.
-                if rate_limited(&status) {
+                // wait out, as the allocator told: passed on as it is, if
+                // nothing this call sent may have been acted on.
+                if only_rate_limited {
                     return Err(AllocatorError::Rejected(status));
                 }
                 return Err(AllocatorError::Unavailable(status.message().to_owned()));
@@ -308,7 +317,7 @@ impl AllocatorClient {
                 retry,
                 delay = ?delay,
                 error = %status.message(),
-                "allocator unavailable; retrying",
+                "allocator unavailable or over the tenant's rate; retrying",
             );
             tokio::time::sleep(delay).await;
             retry += 1;

@@ -273,7 +273,7 @@ pub fn check_allocator_url(raw: &str) -> Result<(), String> {
 pub fn shown_url(url: &str) -> String {
     match url::Url::parse(url) {
         // `user:password@host` reads as a scheme and a path.
-        Ok(parsed) if parsed.cannot_be_a_base() => crate::db::without_user_info(url),
+        Ok(parsed) if parsed.cannot_be_a_base() => crate::db::without_secrets(url),
         Ok(mut parsed) if !parsed.username().is_empty() || parsed.password().is_some() => {
             // Cannot fail: a URL with user-info has a host.
             let _ = parsed.set_username("");
@@ -281,7 +281,7 @@ pub fn shown_url(url: &str) -> String {
             parsed.to_string()
         }
         Ok(_) => url.to_owned(),
-        Err(_) => crate::db::without_user_info(url),
+        Err(_) => crate::db::without_secrets(url),
     }
 }
 

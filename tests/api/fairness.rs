@@ -15,8 +15,9 @@ use tonic::Code;
 use tonic_types::StatusExt;
 
 use crate::helpers::{
-    CapturedLogs, advance, allocate, assert_reason, create, invoice_request, keyed, list_all,
-    spawn_allocator, spawn_allocator_serving, spawn_writer, test_settings,
+    AllocatorProxy, CapturedLogs, Fault, Method, advance, allocate, assert_reason, create,
+    invoice_request, keyed, list_all, spawn_allocator, spawn_allocator_serving, spawn_writer,
+    test_settings,
 };
 
 /// Once a period is known to be full, unkeyed calls for it are refused
@@ -182,7 +183,10 @@ async fn a_tenant_over_the_allocators_rate_is_waited_for_or_told() {
     let retries: Vec<_> = logs
         .events()
         .into_iter()
-        .filter(|event| event["fields"]["message"] == "allocator unavailable; retrying")
+        .filter(|event| {
+            event["fields"]["message"]
+                == "allocator unavailable or over the tenant's rate; retrying"
+        })
         .collect();
     assert_eq!(retries.len(), 1, "{retries:#?}");
 
@@ -207,4 +211,41 @@ async fn a_tenant_over_the_allocators_rate_is_waited_for_or_told() {
     tokio::time::sleep(delay).await;
     let created = create(&mut writer.client, "acme").await;
     assert_eq!(created.invoice_number, "INV-002");
+}
+
+/// A reservation whose answer was lost after the allocator committed it
+/// (its own time ran out), then retried and refused for the tenant's rate
+/// past the caller's deadline: the first try may hold a number, so the
+/// caller is told the allocator was unavailable (retry with the same request
+/// id), not only rate limited, and the call's note stays for reconciliation
+/// to give that number back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_retry_after_a_lost_reply_keeps_its_note() {
+    let settings = ServerSettings {
+        tenant_limits: Some(Arc::new(TenantLimits::new(
+            NonZeroU32::new(1).unwrap(),
+            Duration::from_millis(10),
+        ))),
+        ..test_settings()
+    };
+    let allocator = spawn_allocator_serving(Backend::Postgres, settings).await;
+    let proxy = AllocatorProxy::new(
+        allocator.client.clone(),
+        Fault::TimeOutFirst(Method::Reserve),
+    );
+    let (proxy_url, _serving) = proxy.serve().await;
+    let mut writer = spawn_writer(Backend::Postgres, &proxy_url, 3).await;
+
+    let mut request = tonic::Request::new(invoice_request("acme"));
+    request.set_timeout(Duration::from_millis(300));
+    let status = writer.client.create_invoice(request).await.unwrap_err();
+    assert_eq!(proxy.lost(), 1);
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_reason(&status, "ALLOCATOR_UNAVAILABLE");
+    assert!(list_all(&mut writer.client, "acme").await.is_empty());
+    // The first try's number, reserved (its reply lost after the
+    // allocator answered), is noted for reconciliation.
+    let later = chrono::Utc::now() + chrono::TimeDelta::hours(1);
+    let noted = writer.store.pending_before(later, None, 10).await.unwrap();
+    assert_eq!(noted.len(), 1, "{noted:?}");
 }

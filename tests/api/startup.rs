@@ -311,6 +311,35 @@ async fn seed_counters_creates_no_database() {
     assert_eq!(created, 0, "the mistyped database was created");
 }
 
+/// Options that exclude each other are refused on either side of
+/// `seed-counters`, not only on the same side.
+#[tokio::test]
+async fn a_token_and_a_token_file_are_refused_across_the_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "s3cret").unwrap();
+    let data_dir = dir.path().join("data");
+    let output = run(
+        WRITER,
+        &[
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--allocator-token-file",
+            file.to_str().unwrap(),
+            "seed-counters",
+            "--allocator-token",
+            "other",
+        ],
+    )
+    .await;
+    assert_refused(
+        &output,
+        64,
+        "--allocator-token or --allocator-token-file, not both",
+    );
+    assert!(!data_dir.exists(), "{}", data_dir.display());
+}
+
 /// Replicas started at once on a PostgreSQL database that does not exist
 /// yet all start: one creates it, the others find it created, and each
 /// serves from it. The numbers they hand out are distinct.
