@@ -15,9 +15,9 @@ use tonic::Code;
 use tonic_types::StatusExt;
 
 use crate::helpers::{
-    AllocatorProxy, CapturedLogs, Fault, Method, advance, allocate, assert_reason, create,
-    invoice_request, keyed, list_all, spawn_allocator, spawn_allocator_serving, spawn_writer,
-    test_settings,
+    AllocatorApp, AllocatorProxy, CapturedLogs, Fault, Method, advance, allocate, assert_reason,
+    create, invoice_request, keyed, list_all, spawn_allocator, spawn_allocator_serving,
+    spawn_writer, test_settings,
 };
 
 /// Once a period is known to be full, unkeyed calls for it are refused
@@ -70,14 +70,7 @@ async fn an_exhausted_series_is_refused_without_the_database() {
 #[tokio::test]
 async fn a_tenant_over_its_rate_is_told_when_to_retry_and_others_go_on() {
     // The fourth call's turn is a third of a second away.
-    let settings = ServerSettings {
-        tenant_limits: Some(Arc::new(TenantLimits::new(
-            NonZeroU32::new(3).unwrap(),
-            Duration::from_millis(100),
-        ))),
-        ..test_settings()
-    };
-    let mut app = spawn_allocator_serving(Backend::Postgres, settings).await;
+    let mut app = rate_limited_allocator(3, Duration::from_millis(100)).await;
     for _ in 0..3 {
         app.client.allocate(allocate("acme", "", 1)).await.unwrap();
     }
@@ -121,14 +114,7 @@ async fn a_tenant_over_its_rate_is_told_when_to_retry_and_others_go_on() {
 /// instead of half of it being refused.
 #[tokio::test]
 async fn calls_past_the_rate_wait_for_their_turn() {
-    let settings = ServerSettings {
-        tenant_limits: Some(Arc::new(TenantLimits::new(
-            NonZeroU32::new(5).unwrap(),
-            Duration::from_secs(5),
-        ))),
-        ..test_settings()
-    };
-    let app = spawn_allocator_serving(Backend::Postgres, settings).await;
+    let app = rate_limited_allocator(5, Duration::from_secs(5)).await;
     let started = Instant::now();
     let calls: Vec<_> = (0..10)
         .map(|_| {
@@ -164,14 +150,7 @@ async fn calls_past_the_rate_wait_for_their_turn() {
 #[tokio::test]
 async fn a_tenant_over_the_allocators_rate_is_waited_for_or_told() {
     // One call a second: a CreateInvoice makes two (Reserve, Confirm).
-    let settings = ServerSettings {
-        tenant_limits: Some(Arc::new(TenantLimits::new(
-            NonZeroU32::new(1).unwrap(),
-            Duration::from_millis(10),
-        ))),
-        ..test_settings()
-    };
-    let allocator = spawn_allocator_serving(Backend::Postgres, settings).await;
+    let allocator = rate_limited_allocator(1, Duration::from_millis(10)).await;
     let mut writer = spawn_writer(Backend::Postgres, &allocator.server.url(), 3).await;
     // A current-thread runtime: the servers' tasks log through this one.
     let logs = CapturedLogs::default();
@@ -221,14 +200,7 @@ async fn a_tenant_over_the_allocators_rate_is_waited_for_or_told() {
 /// to give that number back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limited_retry_after_a_lost_reply_keeps_its_note() {
-    let settings = ServerSettings {
-        tenant_limits: Some(Arc::new(TenantLimits::new(
-            NonZeroU32::new(1).unwrap(),
-            Duration::from_millis(10),
-        ))),
-        ..test_settings()
-    };
-    let allocator = spawn_allocator_serving(Backend::Postgres, settings).await;
+    let allocator = rate_limited_allocator(1, Duration::from_millis(10)).await;
     let proxy = AllocatorProxy::new(
         allocator.client.clone(),
         Fault::TimeOutFirst(Method::Reserve),
@@ -248,4 +220,17 @@ async fn a_rate_limited_retry_after_a_lost_reply_keeps_its_note() {
     let later = chrono::Utc::now() + chrono::TimeDelta::hours(1);
     let noted = writer.store.pending_before(later, None, 10).await.unwrap();
     assert_eq!(noted.len(), 1, "{noted:?}");
+}
+
+/// An allocator on PostgreSQL letting each tenant start `per_second` calls a
+/// second, a call past it waiting up to `wait` for its turn.
+async fn rate_limited_allocator(per_second: u32, wait: Duration) -> AllocatorApp {
+    let settings = ServerSettings {
+        tenant_limits: Some(Arc::new(TenantLimits::new(
+            NonZeroU32::new(per_second).unwrap(),
+            wait,
+        ))),
+        ..test_settings()
+    };
+    spawn_allocator_serving(Backend::Postgres, settings).await
 }

@@ -255,22 +255,14 @@ async fn a_missing_database_is_not_created_when_creating_is_off() {
     .await;
 
     let db = TestDb::create(Backend::Postgres).await;
-    let mut url = url::Url::parse(&db.url).unwrap();
-    let missing = format!("{}_mistyped", db.name);
-    url.set_path(&missing);
+    let mistyped = mistyped(&db);
     let output = run(
         ALLOCATOR,
-        &["--database-url", url.as_str(), "--create-database", "false"],
+        &["--database-url", &mistyped, "--create-database", "false"],
     )
     .await;
     assert_refused(&output, 66, "--create-database is false");
-    let mut conn = PgConnection::connect(&db.url).await.unwrap();
-    let created: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = $1")
-        .bind(&missing)
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(created, 0, "the mistyped database was created");
+    assert_not_created(&db, &mistyped).await;
 
     // The database that exists is opened, and served from.
     let mut command = allocator_binary(&db.url);
@@ -297,18 +289,33 @@ async fn seed_counters_creates_no_database() {
     assert!(!data_dir.exists(), "{}", data_dir.display());
 
     let db = TestDb::create(Backend::Postgres).await;
-    let mut url = url::Url::parse(&db.url).unwrap();
-    let missing = format!("{}_mistyped", db.name);
-    url.set_path(&missing);
-    let output = run(WRITER, &["seed-counters", "--database-url", url.as_str()]).await;
+    let mistyped = mistyped(&db);
+    let output = run(WRITER, &["seed-counters", "--database-url", &mistyped]).await;
     assert_refused(&output, 66, "does not exist, and this start creates none");
+    assert_not_created(&db, &mistyped).await;
+}
+
+/// The URL of `db` with its database name mistyped: one that does not exist.
+fn mistyped(db: &TestDb) -> String {
+    let mut url = url::Url::parse(&db.url).unwrap();
+    url.set_path(&format!("{}_mistyped", db.name));
+    url.into()
+}
+
+/// Asserts that the database `url` names was not created on `db`'s server.
+async fn assert_not_created(db: &TestDb, url: &str) {
+    let name = url::Url::parse(url)
+        .unwrap()
+        .path()
+        .trim_start_matches('/')
+        .to_owned();
     let mut conn = PgConnection::connect(&db.url).await.unwrap();
     let created: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = $1")
-        .bind(&missing)
+        .bind(&name)
         .fetch_one(&mut conn)
         .await
         .unwrap();
-    assert_eq!(created, 0, "the mistyped database was created");
+    assert_eq!(created, 0, "the mistyped database {name} was created");
 }
 
 /// Options that exclude each other are refused on either side of
