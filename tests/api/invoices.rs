@@ -658,7 +658,7 @@ async fn a_retry_budget_past_the_request_timeout_is_cut_to_it() {
     // mistyped port shows there.
     writer
         .wait_for_event(|event| {
-            event["message"] == "allocator unavailable; retrying"
+            event["message"] == "allocator unavailable or over the tenant's rate; retrying"
                 && event["allocator"] == "http://127.0.0.1:1"
         })
         .await;
