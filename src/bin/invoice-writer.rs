@@ -3,21 +3,20 @@
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use numbering::{
     access::{
         RELOAD_INTERVAL,
         bearer::{BearerToken, Secret},
     },
-    allocator::series::Leases,
     invoices::{
         allocator_client::{AllocatorEndpoint, Backoff, Keepalive},
         app::{App, ReconcileSettings, Settings, check_allocator_url, shown_url},
     },
     server::{
         config::{
-            Checked, DatabaseArgs, ServerArgs, duration, listen_address, parse_or_exit,
-            positive_duration,
+            Checked, DatabaseArgs, ServerArgs, at_least_a_second, listen_address, needs,
+            parse_or_exit, positive_duration,
         },
         shutdown,
         startup::{self, StartupError},
@@ -80,20 +79,15 @@ struct Config {
     allocator_tls_ca: Option<PathBuf>,
 
     /// The writer's client certificate (PEM) for an allocator that asks for one (mutual TLS). Re-read when it changes.
-    #[arg(global = true, long, env = "NUMBERING_ALLOCATOR_TLS_CERT", requires_all = ["allocator_tls_key", "allocator_tls_ca"])]
+    #[arg(global = true, long, env = "NUMBERING_ALLOCATOR_TLS_CERT")]
     allocator_tls_cert: Option<PathBuf>,
 
     /// Private key (PEM) of --allocator-tls-cert. Re-read when it changes.
-    #[arg(
-        global = true,
-        long,
-        env = "NUMBERING_ALLOCATOR_TLS_KEY",
-        requires = "allocator_tls_cert"
-    )]
+    #[arg(global = true, long, env = "NUMBERING_ALLOCATOR_TLS_KEY")]
     allocator_tls_key: Option<PathBuf>,
 
     /// How long the allocator holds each invoice's number reserved for it (at most the allocator's --max-lease). A stored invoice whose writer, or its way to the allocator, is down longer than this finds its number given back when reconciliation comes to confirm it. A number of an invoice never stored is given back sooner, by reconciliation, once the writer is back.
-    #[arg(global = true, long, env = "NUMBERING_RESERVATION_LEASE", default_value = "1h", value_parser = duration)]
+    #[arg(global = true, long, env = "NUMBERING_RESERVATION_LEASE", default_value = "1h", value_parser = at_least_a_second)]
     reservation_lease: Duration,
 
     /// How often numbers left behind by calls that died are settled (stored invoices' numbers confirmed, numbers of invoices never stored given back); also once at start-up.
@@ -140,11 +134,28 @@ async fn main() -> ExitCode {
 
 /// The writer's settings from the command line.
 fn settings(config: &Config) -> Result<Settings, StartupError> {
-    if config.reservation_lease < Leases::MIN || config.reservation_lease > Leases::CEILING {
-        return Err(StartupError::BadSetting(
-            "--reservation-lease must be at least 1s and at most 366 days".into(),
-        ));
-    }
+    config.server.check_tls_files()?;
+    let command = Config::command();
+    let (cert, key) = (
+        config.allocator_tls_cert.is_some(),
+        config.allocator_tls_key.is_some(),
+    );
+    let ca = config.allocator_tls_ca.is_some();
+    needs(
+        &command,
+        ("allocator_tls_cert", cert),
+        ("allocator_tls_key", key),
+    )?;
+    needs(
+        &command,
+        ("allocator_tls_cert", cert),
+        ("allocator_tls_ca", ca),
+    )?;
+    needs(
+        &command,
+        ("allocator_tls_key", key),
+        ("allocator_tls_cert", cert),
+    )?;
     // No longer than 90% of the request time-out: a call cut off by it
     // while still retrying would answer DEADLINE_EXCEEDED instead of saying
     // the allocator is unavailable.

@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, process::ExitCode, sync::Arc, time::Duration};
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use numbering::{
     allocator::{
         CommitMode,
@@ -13,7 +13,10 @@ use numbering::{
     },
     clock::SystemClock,
     server::{
-        config::{DatabaseArgs, ServerArgs, duration, listen_address, parse_or_exit},
+        config::{
+            DatabaseArgs, LONGEST_DURATION, ServerArgs, at_least_a_second, listen_address, named,
+            parse_or_exit,
+        },
         shutdown,
         startup::{self, StartupError},
         telemetry,
@@ -62,15 +65,15 @@ struct Config {
     group_queue_capacity: u32,
 
     /// How long a request id answers repeats of its call, e.g. "24h", "30m"; after it, the id allocates anew.
-    #[arg(long, env = "NUMBERING_REQUEST_ID_RETENTION", default_value = "24h", value_parser = duration)]
+    #[arg(long, env = "NUMBERING_REQUEST_ID_RETENTION", default_value = "24h", value_parser = at_least_a_second)]
     request_id_retention: Duration,
 
     /// How long a Reserve call holds its number when it asks for no lease, e.g. "5m".
-    #[arg(long, env = "NUMBERING_DEFAULT_LEASE", default_value = "5m", value_parser = duration)]
+    #[arg(long, env = "NUMBERING_DEFAULT_LEASE", default_value = "5m", value_parser = at_least_a_second)]
     default_lease: Duration,
 
     /// The longest lease a Reserve call may ask for, e.g. "24h".
-    #[arg(long, env = "NUMBERING_MAX_LEASE", default_value = "24h", value_parser = duration)]
+    #[arg(long, env = "NUMBERING_MAX_LEASE", default_value = "24h", value_parser = at_least_a_second)]
     max_lease: Duration,
 
     #[command(flatten)]
@@ -79,6 +82,10 @@ struct Config {
     #[command(flatten)]
     server: ServerArgs,
 }
+
+// Every duration setting is at most LONGEST_DURATION, so --max-lease is
+// within the longest lease the allocator may allow.
+const _: () = assert!(LONGEST_DURATION.as_secs() <= Leases::CEILING.as_secs());
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum Mode {
@@ -97,16 +104,6 @@ async fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> Result<(), StartupError> {
-    if config.request_id_retention < Duration::from_secs(1) {
-        return Err(StartupError::BadSetting(
-            "--request-id-retention must be at least 1s".into(),
-        ));
-    }
-    if config.max_lease > Leases::CEILING {
-        return Err(StartupError::BadSetting(
-            "--max-lease must be at most 366 days".into(),
-        ));
-    }
     // A repeat of a Reserve finds its request id, and the number held under
     // it, only as long as request ids are kept.
     if config.max_lease > config.request_id_retention {
@@ -117,10 +114,13 @@ async fn run(config: Config) -> Result<(), StartupError> {
              request id is forgotten takes another number while its first is still held",
         );
     }
-    if config.default_lease < Leases::MIN || config.default_lease > config.max_lease {
+    if config.default_lease > config.max_lease {
+        let command = Config::command();
         return Err(StartupError::BadSetting(format!(
-            "--default-lease ({}) must be at least 1s and at most --max-lease ({})",
+            "{} is {}: it must be at most {}, {}",
+            named(&command, "default_lease"),
             humantime::format_duration(config.default_lease),
+            named(&command, "max_lease"),
             humantime::format_duration(config.max_lease),
         )));
     }

@@ -108,20 +108,15 @@ pub struct ServerArgs {
     pub tokens_file: Option<PathBuf>,
 
     /// Certificate chain (PEM) of the gRPC listener; with --tls-key, turns TLS on. Re-read when it changes.
-    #[arg(global = true, long, env = "NUMBERING_TLS_CERT", requires = "tls_key")]
+    #[arg(global = true, long, env = "NUMBERING_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
 
     /// Private key (PEM) of --tls-cert. Re-read when it changes.
-    #[arg(global = true, long, env = "NUMBERING_TLS_KEY", requires = "tls_cert")]
+    #[arg(global = true, long, env = "NUMBERING_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
 
     /// CA (PEM) that must have signed every client's certificate: mutual TLS. Re-read when it changes.
-    #[arg(
-        global = true,
-        long,
-        env = "NUMBERING_TLS_CLIENT_CA",
-        requires = "tls_cert"
-    )]
+    #[arg(global = true, long, env = "NUMBERING_TLS_CLIENT_CA")]
     pub tls_client_ca: Option<PathBuf>,
 
     /// Also serve health alone, in plaintext, on this address: for Kubernetes probes under TLS, which they cannot speak.
@@ -185,10 +180,14 @@ impl ServerArgs {
     /// The tokens file cannot be read or is not valid; a call could wait for
     /// its tenant's turn past the request time-out.
     pub fn settings(&self) -> Result<ServerSettings, StartupError> {
+        self.check_tls_files()?;
         if self.tenant_rate_limit > 0 && self.tenant_rate_wait >= self.request_timeout {
+            let command = Self::augment_args(Command::new("server"));
             return Err(StartupError::BadSetting(format!(
-                "--tenant-rate-wait ({}) must be shorter than --request-timeout ({})",
+                "{} is {}: it must be shorter than {}, {}",
+                named(&command, "tenant_rate_wait"),
                 humantime::format_duration(self.tenant_rate_wait),
+                named(&command, "request_timeout"),
                 humantime::format_duration(self.request_timeout)
             )));
         }
@@ -231,6 +230,66 @@ impl ServerArgs {
             max_connection_age: self.max_connection_age,
         })
     }
+
+    /// Refuses a TLS file given without the others it needs: a key without
+    /// its certificate, a client CA without a certificate to serve TLS with.
+    ///
+    /// # Errors
+    /// One is missing.
+    pub fn check_tls_files(&self) -> Result<(), StartupError> {
+        let command = Self::augment_args(Command::new("server"));
+        let (cert, key) = (self.tls_cert.is_some(), self.tls_key.is_some());
+        needs(&command, ("tls_cert", cert), ("tls_key", key))?;
+        needs(&command, ("tls_key", key), ("tls_cert", cert))?;
+        needs(
+            &command,
+            ("tls_client_ca", self.tls_client_ca.is_some()),
+            ("tls_cert", cert),
+        )
+    }
+}
+
+/// A setting as an error names it: its flag and the environment variable
+/// that sets it too, since a setting made in a Kubernetes manifest never
+/// shows the flag. `id` is the setting's field in `command`.
+#[must_use]
+pub fn named(command: &Command, id: &str) -> String {
+    let Some(argument) = command
+        .get_arguments()
+        .find(|argument| argument.get_id() == id)
+    else {
+        return id.to_owned();
+    };
+    let flag = argument
+        .get_long()
+        .map_or_else(|| id.to_owned(), |long| format!("--{long}"));
+    match argument.get_env().and_then(OsStr::to_str) {
+        Some(variable) => format!("{flag} ({variable})"),
+        None => flag,
+    }
+}
+
+/// Refuses `setting`, if it was given, without `needed`: each a field of
+/// `command` and whether it was given. Checked once parsing is done: clap
+/// checks what a setting requires on each side of a subcommand apart, and
+/// would refuse a certificate given before `seed-counters` and its key
+/// after it.
+///
+/// # Errors
+/// `setting` was given without `needed`.
+pub fn needs(
+    command: &Command,
+    (setting, given): (&str, bool),
+    (needed, present): (&str, bool),
+) -> Result<(), StartupError> {
+    if given && !present {
+        return Err(StartupError::BadSetting(format!(
+            "{} needs {}",
+            named(command, setting),
+            named(command, needed)
+        )));
+    }
+    Ok(())
 }
 
 /// Database settings.
@@ -276,6 +335,18 @@ pub fn duration(raw: &str) -> Result<Duration, String> {
         return Err("must be at most 366 days".into());
     }
     Ok(duration)
+}
+
+/// A duration of at least a second, at most [`LONGEST_DURATION`]: a lease
+/// or a retention shorter would end before a call could use it.
+///
+/// # Errors
+/// Not a duration, under a second, or longer.
+pub fn at_least_a_second(raw: &str) -> Result<Duration, String> {
+    match duration(raw)? {
+        duration if duration < Duration::from_secs(1) => Err("must be at least 1s".into()),
+        duration => Ok(duration),
+    }
 }
 
 /// A duration of more than zero, at most [`LONGEST_DURATION`].

@@ -386,7 +386,8 @@ async fn a_default_lease_past_the_longest_is_refused_showing_both() {
     assert_eq!(output.status.code(), Some(64), "{stderr}");
     assert!(
         stderr.contains(
-            "--default-lease (1day 1h) must be at least 1s and at most --max-lease (1day)"
+            "--default-lease (NUMBERING_DEFAULT_LEASE) is 1day 1h: it must be at most \
+             --max-lease (NUMBERING_MAX_LEASE), 1day"
         ),
         "{stderr}"
     );

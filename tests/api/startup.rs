@@ -347,6 +347,92 @@ async fn a_token_and_a_token_file_are_refused_across_the_command() {
     assert!(!data_dir.exists(), "{}", data_dir.display());
 }
 
+/// Settings that go together are paired on either side of the writer's
+/// command: a certificate before it and its key after it are read together
+/// (here the key, which is missing, is refused as such), where clap alone
+/// would say the key was not given.
+#[tokio::test]
+async fn tls_files_pair_across_the_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let [cert, ca] = ["cert.pem", "ca.pem"].map(|name| {
+        let file = dir.path().join(name);
+        std::fs::write(&file, "no PEM here").unwrap();
+        file.to_str().unwrap().to_owned()
+    });
+    let key = dir.path().join("missing-key.pem");
+    let key = key.to_str().unwrap();
+    let data_dir = dir.path().join("data");
+    let data_dir = data_dir.to_str().unwrap();
+    for args in [
+        &["--tls-cert", &cert, "serve", "--tls-key", key][..],
+        &[
+            "--allocator-tls-ca",
+            &ca,
+            "--allocator-tls-cert",
+            &cert,
+            "seed-counters",
+            "--allocator-tls-key",
+            key,
+        ],
+    ] {
+        let mut all = vec!["--data-dir", data_dir];
+        all.extend_from_slice(args);
+        let output = run(WRITER, &all).await;
+        assert_refused(&output, 64, &format!("{key}: No such file"));
+        assert!(!Path::new(data_dir).exists(), "{data_dir}");
+    }
+}
+
+/// A TLS file given without the one it needs stops start-up with status 64
+/// naming both, by flag and by environment variable, however it was given;
+/// nothing is created.
+#[tokio::test]
+async fn a_tls_file_without_the_one_it_needs_names_both() {
+    refused_creating_nothing(
+        &["--tls-key", "key.pem"],
+        64,
+        "--tls-key (NUMBERING_TLS_KEY) needs --tls-cert (NUMBERING_TLS_CERT)",
+    )
+    .await;
+    refused_creating_nothing(
+        &["--tls-cert", "cert.pem"],
+        64,
+        "--tls-cert (NUMBERING_TLS_CERT) needs --tls-key (NUMBERING_TLS_KEY)",
+    )
+    .await;
+    refused_creating_nothing_with(
+        &[],
+        &[("NUMBERING_TLS_CLIENT_CA", "ca.pem")],
+        64,
+        "--tls-client-ca (NUMBERING_TLS_CLIENT_CA) needs --tls-cert (NUMBERING_TLS_CERT)",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    for (args, what) in [
+        (
+            &["--allocator-tls-key", "key.pem"][..],
+            "--allocator-tls-key (NUMBERING_ALLOCATOR_TLS_KEY) needs --allocator-tls-cert \
+             (NUMBERING_ALLOCATOR_TLS_CERT)",
+        ),
+        (
+            &[
+                "--allocator-tls-cert",
+                "cert.pem",
+                "--allocator-tls-key",
+                "key.pem",
+            ],
+            "--allocator-tls-cert (NUMBERING_ALLOCATOR_TLS_CERT) needs --allocator-tls-ca \
+             (NUMBERING_ALLOCATOR_TLS_CA)",
+        ),
+    ] {
+        let mut all = vec!["--data-dir", data_dir.to_str().unwrap()];
+        all.extend_from_slice(args);
+        assert_refused(&run(WRITER, &all).await, 64, what);
+        assert!(!data_dir.exists(), "{}", data_dir.display());
+    }
+}
+
 /// Replicas started at once on a PostgreSQL database that does not exist
 /// yet all start: one creates it, the others find it created, and each
 /// serves from it. The numbers they hand out are distinct.
@@ -649,6 +735,37 @@ async fn a_bad_setting_from_the_environment_names_its_variable() {
         "environment variable NUMBERING_REQUEST_TIMEOUT",
     )
     .await;
+    // Also one checked against another setting, which names both.
+    let output = run_with(
+        ALLOCATOR,
+        &["--database-url", "postgres://127.0.0.1:1/nowhere"],
+        &[
+            ("NUMBERING_DEFAULT_LEASE", "2h"),
+            ("NUMBERING_MAX_LEASE", "1h"),
+        ],
+    )
+    .await;
+    assert_refused(
+        &output,
+        64,
+        "--default-lease (NUMBERING_DEFAULT_LEASE) is 2h: it must be at most --max-lease \
+         (NUMBERING_MAX_LEASE), 1h",
+    );
+    for (binary, variable) in [
+        (ALLOCATOR, "NUMBERING_MAX_LEASE"),
+        (ALLOCATOR, "NUMBERING_DEFAULT_LEASE"),
+        (ALLOCATOR, "NUMBERING_REQUEST_ID_RETENTION"),
+        (WRITER, "NUMBERING_RESERVATION_LEASE"),
+    ] {
+        let output = run_with(
+            binary,
+            &["--database-url", "postgres://127.0.0.1:1/nowhere"],
+            &[(variable, "500ms")],
+        )
+        .await;
+        assert_refused(&output, 64, "must be at least 1s");
+        assert_refused(&output, 64, &format!("environment variable {variable}"));
+    }
     // Also one whose value the service reads itself.
     refused_creating_nothing_with(
         &[],
