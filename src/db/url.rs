@@ -3,7 +3,7 @@
 
 use std::{fmt, path::Path, str::FromStr};
 
-use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{postgres::PgConnectOptions, sqlite::SqliteConnectOptions};
 
 /// Which database a URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,31 +64,36 @@ impl DatabaseUrl {
     }
 }
 
-/// Text that is not a URL, as it may be shown: whatever precedes an `@`
-/// before any `?` (a user and password written without a scheme), and the
-/// value of a `password` query parameter, replaced by `***`.
+/// Text that is not a URL, as it may be shown: the value of a `password`
+/// query parameter, and whatever precedes the last `@` after any scheme (a
+/// user and password, which may hold a `?`, `/` or `#` that kept the text
+/// from parsing), replaced by `***`.
 #[must_use]
 pub fn without_secrets(raw: &str) -> String {
-    let (head, query) = match raw.split_once('?') {
-        Some((head, query)) => (head, Some(query)),
-        None => (raw, None),
+    // A password parameter first: its value may hold an `@`.
+    let shown = match raw.split_once('?') {
+        Some((head, query)) => {
+            let pairs: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if key.eq_ignore_ascii_case("password") => {
+                        format!("{key}=***")
+                    }
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{head}?{}", pairs.join("&"))
+        }
+        None => raw.to_owned(),
     };
-    let mut shown = match head.rsplit_once('@') {
-        Some((_, host)) => format!("***@{host}"),
-        None => head.to_owned(),
-    };
-    if let Some(query) = query {
-        let pairs: Vec<String> = query
-            .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
-                _ => pair.to_owned(),
-            })
-            .collect();
-        shown.push('?');
-        shown.push_str(&pairs.join("&"));
+    let (scheme, rest) = shown
+        .split_once("://")
+        .map_or(("", shown.as_str()), |(scheme, rest)| (scheme, rest));
+    match rest.rsplit_once('@') {
+        Some((_, host)) if scheme.is_empty() => format!("***@{host}"),
+        Some((_, host)) => format!("{scheme}://***@{host}"),
+        None => shown,
     }
-    shown
 }
 
 /// `raw` with any password, in the user part or as a `password` query
@@ -132,6 +137,10 @@ impl FromStr for DatabaseUrl {
     fn from_str(raw: &str) -> Result<Self, Self::Err> {
         let url = Self(raw.to_owned());
         if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+            // Refused here, as a bad setting, rather than at the first
+            // connection. The error names no part of the URL.
+            PgConnectOptions::from_str(raw)
+                .map_err(|error| format!("{}: {error}", url.redacted()))?;
             return Ok(url);
         }
         if raw.starts_with("sqlite:") {
@@ -222,6 +231,55 @@ mod tests {
             assert!(!error.contains("s3cret"), "{error}");
             assert!(error.contains("assword=***"), "{error}");
         }
+    }
+
+    /// A user and password with a `?`, `/` or `#` in them keep the URL from
+    /// parsing: still hidden.
+    #[test]
+    fn a_password_that_breaks_the_url_is_hidden() {
+        for (raw, shown) in [
+            (
+                "postgres://app:hunter?2@127.0.0.1:5432/numbers",
+                "postgres://***@127.0.0.1:5432/numbers",
+            ),
+            (
+                "postgres://app:a/b?c#d@db:5432/numbers?sslmode=require",
+                "postgres://***@db:5432/numbers?sslmode=require",
+            ),
+            (
+                "postgresql://app:x://y@db/numbers",
+                "postgresql://***@db/numbers",
+            ),
+            ("app:hunter?2@db:5432/numbers", "***@db:5432/numbers"),
+            (
+                "http://writer:s3cr?et@allocator:50051",
+                "http://***@allocator:50051",
+            ),
+        ] {
+            assert_eq!(without_secrets(raw), shown);
+        }
+    }
+
+    /// A PostgreSQL URL that does not parse is a bad setting, refused with
+    /// the others, not found at the first connection.
+    #[test]
+    fn a_postgres_url_that_does_not_parse_is_refused() {
+        for raw in [
+            "postgres://app:s3cret@127.0.0.1:99999/numbers",
+            "postgres://app:s3cret@db/numbers?sslmode=bogus",
+            "postgres://app:hunter?2@127.0.0.1:5432/numbers",
+        ] {
+            let error = raw.parse::<DatabaseUrl>().unwrap_err();
+            assert!(
+                !error.contains("s3cret") && !error.contains("hunter"),
+                "{error}"
+            );
+        }
+        assert!(
+            "postgres://app:s3cret@db:5432/numbers?sslmode=require&application_name=x"
+                .parse::<DatabaseUrl>()
+                .is_ok()
+        );
     }
 
     #[test]

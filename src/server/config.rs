@@ -16,6 +16,7 @@ use crate::{
         connections::ConnectionLimits,
         fairness::TenantLimits,
         startup::{EXIT_BAD_CONFIG, StartupError},
+        telemetry::otlp_endpoint,
     },
     tls::{ServerTls, ServerTlsFiles},
 };
@@ -51,13 +52,32 @@ fn given_by_environment<T: CommandFactory>(error: &clap::Error) -> Option<String
         .get_arguments()
         .find(|argument| argument.get_long() == Some(long))?;
     let variable = argument.get_env()?.to_str()?;
-    // Given on the command line too, the flag's value is the one refused.
-    let (flag, with_value) = (format!("--{long}"), format!("--{long}="));
-    let on_command_line = std::env::args_os().any(|arg| {
-        arg.to_str()
-            .is_some_and(|arg| arg == flag || arg.starts_with(&with_value))
-    });
-    (std::env::var_os(variable).is_some() && !on_command_line).then(|| variable.to_owned())
+    let from_environment = std::env::var(variable).ok()?;
+    let args: Vec<String> = std::env::args_os()
+        .map(|arg| arg.to_string_lossy().into_owned())
+        .collect();
+    let flag = format!("--{long}");
+    let given = |value: &str| {
+        args.iter().any(|arg| *arg == format!("{flag}={value}"))
+            || args
+                .windows(2)
+                .any(|pair| pair[0] == flag && pair[1] == value)
+    };
+    let refused = match error.get(ContextKind::InvalidValue) {
+        Some(ContextValue::String(value)) => Some(value.as_str()),
+        _ => None,
+    };
+    let from_it = match refused {
+        // The variable's value, not also given as the flag's. A setting of
+        // the writer's command too is read from its variable for the
+        // command even where its flag was given before the command.
+        Some(refused) => refused == from_environment && !given(refused),
+        // Given on the command line too, the flag's value is the one refused.
+        None => !args
+            .iter()
+            .any(|arg| *arg == flag || arg.starts_with(&format!("{flag}="))),
+    };
+    from_it.then(|| variable.to_owned())
 }
 
 /// How logs are written.
@@ -124,7 +144,7 @@ pub struct ServerArgs {
     pub health_listen: Option<SocketAddr>,
 
     /// Export every call's span as an OpenTelemetry trace to this OTLP/gRPC endpoint (e.g. http://otel-collector:4317), continuing the caller's W3C trace context. Off when unset.
-    #[arg(global = true, long, env = "NUMBERING_OTLP_ENDPOINT")]
+    #[arg(global = true, long, env = "NUMBERING_OTLP_ENDPOINT", value_parser = Checked(otlp_endpoint))]
     pub otlp_endpoint: Option<String>,
 
     /// Serve Prometheus metrics at GET /metrics on this address (plain HTTP). Off when unset.
@@ -309,11 +329,11 @@ pub struct DatabaseArgs {
     pub db_max_connections: u32,
 
     /// How long a call waits for a database connection (on SQLite, also for the write lock) before answering UNAVAILABLE; also bounds the first connection at start-up (not the wait for another process migrating the same database).
-    #[arg(global = true, long, env = "NUMBERING_DB_ACQUIRE_TIMEOUT", default_value = "2s", value_parser = acquire_timeout)]
+    #[arg(global = true, long, env = "NUMBERING_DB_ACQUIRE_TIMEOUT", default_value = "2s", value_parser = database_wait)]
     pub db_acquire_timeout: Duration,
 
     /// Longest one database operation (a transaction, a read) may take before the call answers UNAVAILABLE; bounds calls when the database stops answering without closing its connections (frozen, or a network that drops everything), or a lock is held elsewhere. A call may wait for the operation ahead of it and then its own: keep twice this under --request-timeout. PostgreSQL applies it too (statement_timeout, lock_timeout; twice it as idle_in_transaction_session_timeout); migrations are not bound.
-    #[arg(global = true, long, env = "NUMBERING_DB_TIMEOUT", default_value = "4s", value_parser = positive_duration)]
+    #[arg(global = true, long, env = "NUMBERING_DB_TIMEOUT", default_value = "4s", value_parser = database_wait)]
     pub db_timeout: Duration,
 
     /// Whether a missing database (PostgreSQL) or SQLite file is created at start-up. Set it to false once the database exists: a mistyped URL or data directory then stops start-up (status 66) instead of starting an empty counter that hands out numbers again.
@@ -377,19 +397,20 @@ pub fn listen_address(raw: &str) -> Result<SocketAddr, String> {
 /// to none, and the limit would silently be none.
 const MOST_TENANT_RATE: i64 = 1_000_000;
 
-/// The longest wait for a database connection: SQLite's busy time-out is
-/// counted in milliseconds in 31 bits, and a wait past the request time-out
-/// serves nobody.
-const LONGEST_ACQUIRE: Duration = Duration::from_hours(1);
+/// The longest wait for a database connection, and the longest database
+/// operation: SQLite's busy time-out, and PostgreSQL's statement time-out
+/// (twice it, for a transaction left idle), are counted in milliseconds in
+/// 31 bits, and a wait past the request time-out serves nobody.
+const LONGEST_DATABASE_WAIT: Duration = Duration::from_hours(1);
 
-/// A wait for a database connection: more than zero (at zero, every call
-/// behind another's write would fail at once), at most [`LONGEST_ACQUIRE`].
-fn acquire_timeout(raw: &str) -> Result<Duration, String> {
+/// A wait on the database: more than zero (at zero, every call behind
+/// another's write would fail at once), at most [`LONGEST_DATABASE_WAIT`].
+fn database_wait(raw: &str) -> Result<Duration, String> {
     let duration = positive_duration(raw)?;
-    if duration > LONGEST_ACQUIRE {
+    if duration > LONGEST_DATABASE_WAIT {
         return Err(format!(
             "must be at most {}",
-            humantime::format_duration(LONGEST_ACQUIRE)
+            humantime::format_duration(LONGEST_DATABASE_WAIT)
         ));
     }
     Ok(duration)
@@ -422,7 +443,15 @@ impl<T: Clone + Send + Sync + 'static> TypedValueParser for Checked<T> {
             error.insert(ContextKind::InvalidArg, ContextValue::String(name.clone()));
             error
         };
-        (self.0)(value.to_str().ok_or_else(|| error("not UTF-8".into()))?).map_err(error)
+        let value = value.to_str().ok_or_else(|| error("not UTF-8".into()))?;
+        (self.0)(value).map_err(|message| {
+            let mut error = error(message);
+            error.insert(
+                ContextKind::InvalidValue,
+                ContextValue::String(value.to_owned()),
+            );
+            error
+        })
     }
 }
 

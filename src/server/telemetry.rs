@@ -96,7 +96,8 @@ pub fn init(
     Ok(Telemetry(provider))
 }
 
-/// The log filter `RUST_LOG` sets; if it is unset or blank, "info", with
+/// The log filter `RUST_LOG` sets; if it is unset or names no directive
+/// (blank, or commas alone, which would let no event through), "info", with
 /// PostgreSQL's notices at "warn" (each start's migrations draw one that says
 /// their table already exists).
 ///
@@ -111,7 +112,11 @@ fn log_filter() -> Result<EnvFilter, String> {
         format!("{}={directives:?}: {why}", EnvFilter::DEFAULT_ENV)
     };
     match std::env::var(EnvFilter::DEFAULT_ENV) {
-        Ok(directives) if !directives.trim().is_empty() => {
+        Ok(directives)
+            if directives
+                .split(',')
+                .any(|directive| !directive.trim().is_empty()) =>
+        {
             if let Some(word) = directives.split(',').map(str::trim).find(|directive| {
                 !directive.is_empty()
                     && !directive.contains(['=', '['])
@@ -149,9 +154,23 @@ pub fn init_or_exit(settings: &ServerArgs, service: &'static str) -> Telemetry {
     })
 }
 
+/// Checks an OTLP/gRPC endpoint: `http://host:port`. The exporter speaks
+/// no TLS, and takes text with no scheme (`collector:4317`) for an `https`
+/// endpoint.
+///
+/// # Errors
+/// Anything else, saying how to write it.
+pub fn otlp_endpoint(raw: &str) -> Result<String, String> {
+    const FORM: &str = "must be http://host:port, such as http://otel-collector:4317";
+    let url = url::Url::parse(raw).map_err(|error| format!("{raw:?}: {error}; {FORM}"))?;
+    if url.scheme() != "http" || url.host().is_none() {
+        return Err(format!("{raw:?} {FORM}"));
+    }
+    Ok(raw.to_owned())
+}
+
 /// A provider exporting spans in batches to the OTLP/gRPC `endpoint`.
 fn tracer_provider(endpoint: &str, service: &'static str) -> Result<SdkTracerProvider, String> {
-    url::Url::parse(endpoint).map_err(|error| format!("--otlp-endpoint {endpoint:?}: {error}"))?;
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .with_endpoint(endpoint)

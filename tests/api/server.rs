@@ -452,6 +452,8 @@ async fn bad_settings_exit_64() {
         ("--max-connections", "0"),
         ("--max-concurrent-streams", "0"),
         ("--db-timeout", "0s"),
+        // Past what PostgreSQL's statement time-out holds.
+        ("--db-timeout", "13days"),
         ("--default-lease", "0s"),
         ("--default-lease", "25h"),
         // A readiness check every 0s would stop readiness for good.

@@ -699,11 +699,28 @@ async fn stops_at_once_on_sigterm(waiting: &mut tokio::process::Child) {
     assert!(status.success(), "{status:?}");
 }
 
-/// An OTLP endpoint that is not a URL stops start-up with status 64, and
-/// nothing is created.
+/// An OTLP endpoint that is not `http://host:port` stops start-up with
+/// status 64, naming the variable it came from, if one; nothing is created.
 #[tokio::test]
 async fn a_bad_otlp_endpoint_stops_start_up() {
     refused_creating_nothing(&["--otlp-endpoint", "not a url"], 64, "--otlp-endpoint").await;
+    // No scheme, which the exporter would take for https, which it cannot
+    // speak; another scheme.
+    for endpoint in ["otel-collector:4317", "ftp://otel-collector:4317"] {
+        refused_creating_nothing(
+            &["--otlp-endpoint", endpoint],
+            64,
+            "must be http://host:port",
+        )
+        .await;
+    }
+    refused_creating_nothing_with(
+        &[],
+        &[("NUMBERING_OTLP_ENDPOINT", "https://otel-collector:4317")],
+        64,
+        "environment variable NUMBERING_OTLP_ENDPOINT",
+    )
+    .await;
 }
 
 /// A `RUST_LOG` that is not a valid filter, or names a bare word that is
@@ -720,6 +737,17 @@ async fn a_bad_log_filter_stops_start_up() {
         "numbering=debug,verbose",
     ] {
         refused_creating_nothing_with(&[], &[("RUST_LOG", filter)], 64, "RUST_LOG=").await;
+    }
+    // One that names no directive is no filter: a refused start still says
+    // why.
+    for filter in [" ", ",", " , "] {
+        refused_creating_nothing_with(
+            &["--tenant-rate-limit", "5", "--tenant-rate-wait", "20s"],
+            &[("RUST_LOG", filter)],
+            64,
+            "must be shorter than --request-timeout",
+        )
+        .await;
     }
 }
 
@@ -774,6 +802,64 @@ async fn a_bad_setting_from_the_environment_names_its_variable() {
         "environment variable DATABASE_URL",
     )
     .await;
+}
+
+/// A bad variable is read for the writer's command even where its flag is
+/// given before the command: refused, naming the variable, since the value
+/// quoted is not the flag's.
+#[tokio::test]
+async fn a_bad_variable_read_for_the_writers_command_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    for command in ["serve", "seed-counters"] {
+        let output = run_with(
+            WRITER,
+            &[
+                "--data-dir",
+                data_dir.to_str().unwrap(),
+                "--request-timeout",
+                "5s",
+                command,
+            ],
+            &[("NUMBERING_REQUEST_TIMEOUT", "0s")],
+        )
+        .await;
+        assert_refused(
+            &output,
+            64,
+            "environment variable NUMBERING_REQUEST_TIMEOUT",
+        );
+        assert!(!data_dir.exists(), "{}", data_dir.display());
+    }
+}
+
+/// A URL whose password holds a `?` does not parse: refused as a bad
+/// setting, the password not shown.
+#[tokio::test]
+async fn a_url_broken_by_its_password_is_refused_without_showing_it() {
+    for (binary, flag, url) in [
+        (
+            ALLOCATOR,
+            "--database-url",
+            "postgres://app:hunter?2@127.0.0.1:5432/numbers",
+        ),
+        (
+            WRITER,
+            "--database-url",
+            "postgres://app:hunter?2@127.0.0.1:5432/numbers",
+        ),
+        (
+            WRITER,
+            "--allocator-url",
+            "http://writer:hunter?2@allocator:50051",
+        ),
+    ] {
+        let output = run(binary, &[flag, url]).await;
+        assert_refused(&output, 64, &format!("invalid {flag}: "));
+        assert_refused(&output, 64, "://***@");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stderr.contains("hunter"), "{stderr}");
+    }
 }
 
 /// Runs each service with `args` and a data directory of its own: it stops
