@@ -864,6 +864,14 @@ fn refused(refusal: StateRefusal) -> Status {
             "NOT_THE_HOLDER",
             &[("requestId", request_id)],
         ),
+        StateRefusal::HandedOutAgain { request_id } => with_reason(
+            Code::FailedPrecondition,
+            "the number was handed out again after this call was sent: the lease of the \
+             reservation it was sent for ended while the call waited; nothing changed \
+             (name the reservation's request_id to confirm or release only its own)",
+            "NUMBER_REISSUED",
+            &[("requestId", request_id)],
+        ),
     }
 }
 

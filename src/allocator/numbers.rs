@@ -294,6 +294,20 @@ pub fn decide(
         StateChange::Confirm { holder, .. } | StateChange::Release { holder, .. } => holder,
         StateChange::Void { .. } => None,
     };
+    // A call is read at the time it was sent: a number a series that
+    // reissues handed out again since, while the call waited for its
+    // commit, is not the one the caller was given. (Sent after that, it is
+    // the number's holding then; naming the holder is what tells them apart.)
+    if holder.is_none()
+        && held.policy == GapPolicy::Reissue
+        && let Some(row) = current
+        && matches!(row.state.as_str(), "issued" | "reserved")
+        && row.updated_at > held.now
+    {
+        return refuse(StateRefusal::HandedOutAgain {
+            request_id: row.request_id.clone().unwrap_or_default(),
+        });
+    }
     // Only a reservation's row names who holds the number: taken again
     // after its lease ended, it names the call that took it.
     if let Some(holder) = holder
@@ -923,6 +937,69 @@ mod tests {
             decided(Some(&reserved()), release, Void, 6),
             Err(StateRefusal::Voided {
                 reason: LEASE_EXPIRED.into()
+            })
+        );
+    }
+
+    /// A change sent within a lease, committed after the series handed the
+    /// number out again, finds another holding: refused, unless it names its
+    /// holder (then refused as not the holder's).
+    #[test]
+    fn a_change_sent_before_the_number_was_handed_out_again_is_refused() {
+        use GapPolicy::Reissue;
+        // Taken again at minute 6, by Allocate or by Reserve.
+        let issued = StateRow {
+            updated_at: at(6),
+            origin: "reserve".to_owned(),
+            ..row("issued", "", "")
+        };
+        let retaken = StateRow {
+            updated_at: at(6),
+            expires_at: Some(at(11)),
+            request_id: Some("order-2".into()),
+            ..reserved()
+        };
+        let confirm = StateChange::Confirm {
+            reference: "inv-9",
+            holder: None,
+        };
+        let release = StateChange::Release {
+            reason: "refused",
+            holder: None,
+        };
+        let void = StateChange::Void {
+            reason: "cancelled",
+        };
+        for (taken, request_id) in [(&issued, ""), (&retaken, "order-2")] {
+            for change in [confirm, release, void] {
+                // Sent at minute 4, in the first lease.
+                assert_eq!(
+                    decided(Some(taken), change, Reissue, 4),
+                    Err(StateRefusal::HandedOutAgain {
+                        request_id: request_id.into()
+                    }),
+                    "{change:?}"
+                );
+            }
+            // Sent once it was taken again: the number's holding then.
+            assert_eq!(
+                decided(Some(taken), confirm, Reissue, 7),
+                Ok(Some(write(
+                    NumberState::Confirmed,
+                    "inv-9",
+                    "",
+                    taken.expires_at.map(|_| 11)
+                )))
+            );
+        }
+        let by_first_holder = StateChange::Confirm {
+            reference: "inv-9",
+            holder: Some("order-1"),
+        };
+        assert_eq!(
+            decided(Some(&retaken), by_first_holder, Reissue, 4),
+            Err(StateRefusal::NotTheHolder {
+                request_id: "order-2".into()
             })
         );
     }

@@ -563,6 +563,14 @@ pub enum StateRefusal {
         /// The request id it is held under.
         request_id: String,
     },
+    /// Handed out again, by a series that reissues, after the call that
+    /// names no holder was sent: the lease of the reservation it was sent
+    /// for ended while it waited for its commit.
+    #[error("the number was handed out again after the call was sent")]
+    HandedOutAgain {
+        /// The request id it is held under now, if its taker sent one.
+        request_id: String,
+    },
 }
 
 /// What became of a number since its range was recorded, when that is not

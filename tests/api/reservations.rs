@@ -1687,3 +1687,81 @@ async fn a_batch_of_changes_reads_each_numbers_own_range(#[case] backend: Backen
         ]
     );
 }
+
+/// A confirmation, release or void sent within a lease, but committed after
+/// the series handed the number out again, finds another holding: refused
+/// (`NUMBER_REISSUED`, naming the request id it is held under now), and the
+/// number stays with its new holder. Two replicas on one database, the
+/// second's clock past the lease: what the second does comes between the
+/// first's call and its commit, as when that call waits on a slow database.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_sent_within_a_lease_leaves_the_number_handed_out_again(#[case] backend: Backend) {
+    let mut app = reservations(backend).await;
+    app.configure("cont", GapPolicy::Reissue).await;
+    let first = ReserveRequest {
+        lease: Some(seconds(60)),
+        ..reserve("cont")
+    };
+    let number = app.reserve(first).await.number;
+    let later = ManualClock::at(at(START) + chrono::TimeDelta::minutes(2));
+    let (_replica, mut replica) = serve_allocator_on(
+        &app.db,
+        CommitMode::Group(GroupCommitSettings::default()),
+        RequestIdSettings::default(),
+        later,
+    )
+    .await;
+    let again = ReserveRequest {
+        request_id: "order-2".into(),
+        ..reserve("cont")
+    };
+    let taken = replica.reserve(again).await.unwrap().into_inner();
+    assert_eq!(taken.record.unwrap().number, number);
+
+    let reissued = |status: Status| {
+        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+        assert_reason(&status, "NUMBER_REISSUED");
+        let info = tonic_types::StatusExt::get_details_error_info(&status).unwrap();
+        assert_eq!(info.metadata["requestId"], "order-2", "{status:?}");
+    };
+    reissued(
+        app.confirm(confirm("cont", number, "inv-1"))
+            .await
+            .unwrap_err(),
+    );
+    reissued(
+        app.release(release("cont", number, "refused"))
+            .await
+            .unwrap_err(),
+    );
+    let void = VoidRequest {
+        tenant_id: "acme".into(),
+        series: "cont".into(),
+        number,
+        reason: "typo".into(),
+        ..VoidRequest::default()
+    };
+    reissued(app.client.void(void).await.unwrap_err());
+
+    let record = replica
+        .get_number(GetNumberRequest {
+            tenant_id: "acme".into(),
+            series: "cont".into(),
+            number,
+            ..GetNumberRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .record
+        .unwrap();
+    assert_eq!(
+        (
+            record.state(),
+            record.request_id.as_str(),
+            record.reference.as_str()
+        ),
+        (NumberState::Reserved, "order-2", "")
+    );
+}
