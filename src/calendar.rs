@@ -145,8 +145,10 @@ impl Reset {
     /// Checks the date of a document to number as [`Reset::check_date`]
     /// does, and, for a series that resets, that it is no more than
     /// [`Self::YEARS_BACK`] years before today's year: with next year's, the
-    /// years it numbers are a hundred, so that no two of its periods show
-    /// the same two-digit year (`{yy}`), and a typo of the century is caught.
+    /// years it numbers at any one time are a hundred, so that no two of
+    /// them show the same two-digit year (`{yy}`), and a typo of the century
+    /// is caught. (The window moves with today: numbers a century apart,
+    /// numbered a year or more apart, can show the same `{yy}`.)
     ///
     /// # Errors
     /// The date is too far ahead or back, and the latest or earliest date
