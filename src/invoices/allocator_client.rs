@@ -106,6 +106,10 @@ pub enum AllocatorError {
     /// The allocator stayed unreachable or unavailable until the deadline.
     #[error("the allocator is unavailable: {0}")]
     Unavailable(String),
+    /// The call's time ran out before the allocator was called (the
+    /// writer's own work took it): nothing was asked of the allocator.
+    #[error("no time was left to call the allocator")]
+    OutOfTime,
     /// The allocator answered with an error retrying would not fix.
     #[error("the allocator refused: {}", .0.message())]
     Rejected(Status),
@@ -118,8 +122,10 @@ impl AllocatorError {
     /// follow a commit, as may a time-out or a lost reply.
     #[must_use]
     pub fn refused_before_writing(&self) -> bool {
-        let Self::Rejected(status) = self else {
-            return false;
+        let status = match self {
+            Self::OutOfTime => return true,
+            Self::Unavailable(_) => return false,
+            Self::Rejected(status) => status,
         };
         matches!(
             status.code(),
@@ -277,9 +283,11 @@ impl AllocatorClient {
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
-                return Err(AllocatorError::Unavailable(
-                    "no time left to call it".into(),
-                ));
+                return Err(if retry == 0 {
+                    AllocatorError::OutOfTime
+                } else {
+                    AllocatorError::Unavailable("no time left to call it again".into())
+                });
             }
             let status = match attempt(remaining).await {
                 Ok(answer) => {

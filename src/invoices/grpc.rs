@@ -361,6 +361,16 @@ fn from_allocator(error: AllocatorError) -> Status {
             "ALLOCATOR_UNAVAILABLE",
             &[],
         ),
+        // The writer's own work (its database, slow; earlier attempts under
+        // the request id, walked past) took the call's time: the allocator
+        // is not to blame.
+        AllocatorError::OutOfTime => with_reason(
+            Code::DeadlineExceeded,
+            "the call's time ran out before the number allocator could be asked for the \
+             invoice's number; nothing was stored, retry with the same request id",
+            "REQUEST_TIMEOUT",
+            &[],
+        ),
         // The allocator names the date it was given; the caller sent it
         // as the issue date. Any other field it names (the lease) is the
         // writer's own setting: below.

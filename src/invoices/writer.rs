@@ -1036,7 +1036,7 @@ impl InvoiceWriter {
                 None
             }
             // Tried again at the next reconciliation.
-            Err(AllocatorError::Unavailable(_)) => None,
+            Err(AllocatorError::Unavailable(_) | AllocatorError::OutOfTime) => None,
         })
     }
 

@@ -19,14 +19,16 @@ use numbering::{
     db::Backend,
     invoices::{
         InvoiceWriter,
+        allocator_client::AllocatorError,
         domain::{Invoice, Numbered},
+        grpc::parse_new_invoice,
         store::{HighestNumber, InvoiceStore, Note, NumberOf, Pending, StoreError},
         writer::{Reconciled, attempt_request_id},
     },
     proto::{
-        AuditSeriesRequest, ConfigureSeriesRequest, CreateInvoiceRequest, CreateInvoiceResponse,
-        GapPolicy, GetNumberRequest, NumberRecord, NumberState, ReleaseRequest, ReserveRequest,
-        Reset, invoice_writer_client::InvoiceWriterClient,
+        AllocateRequest, AuditSeriesRequest, ConfigureSeriesRequest, CreateInvoiceRequest,
+        CreateInvoiceResponse, GapPolicy, GetNumberRequest, NumberRecord, NumberState,
+        ReleaseRequest, ReserveRequest, Reset, invoice_writer_client::InvoiceWriterClient,
         number_allocator_client::NumberAllocatorClient,
     },
     request_id::RequestId,
@@ -1510,4 +1512,59 @@ async fn a_reservation_answered_with_an_internal_fault_keeps_its_note() {
     assert_eq!(settled.given_back, 1, "{settled:?}");
     let audit = audit_acme(&mut allocator.client).await;
     assert_eq!((audit.reserved, audit.voided), (0, 1), "{audit:?}");
+}
+
+/// A call whose time ran out in the writer's own work (its database slow),
+/// before the allocator was asked for a number, answers that its time ran
+/// out (`DEADLINE_EXCEEDED`, `REQUEST_TIMEOUT`), not that the allocator is
+/// unavailable. It reserved nothing and leaves no note: the next number is
+/// still the first.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_spent_before_the_allocator_is_asked_is_not_blamed_on_it(#[case] backend: Backend) {
+    let mut allocator = spawn_allocator(backend).await;
+    let db = TestDb::create(backend).await;
+    let store = db.invoice_store().await;
+    let writer = InvoiceWriter::new(
+        store.clone(),
+        allocator_client(&allocator.server.url()),
+        3,
+        Arc::new(SystemClock),
+    );
+    let request = CreateInvoiceRequest {
+        request_id: "order-1".into(),
+        ..invoice_request("acme")
+    };
+    let (new, request_id) = parse_new_invoice(&request).unwrap();
+    let spent = tokio::time::Instant::now();
+    let error = writer
+        .create(&new, request_id.as_ref(), spent)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            numbering::invoices::Error::Allocator(AllocatorError::OutOfTime)
+        ),
+        "{error:?}"
+    );
+    let status = Status::from(error);
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_reason(&status, "REQUEST_TIMEOUT");
+    let noted = store
+        .pending_before(Utc::now() + TimeDelta::minutes(1), None, 10)
+        .await
+        .unwrap();
+    assert!(noted.is_empty(), "{noted:?}");
+    let first = allocator
+        .client
+        .allocate(AllocateRequest {
+            tenant_id: "acme".into(),
+            count: 1,
+            ..AllocateRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.numbers[0].value, 1);
 }
