@@ -100,6 +100,15 @@ impl Interceptor for Outgoing {
     }
 }
 
+/// A number reserved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reserved {
+    /// The number, as it stands now.
+    pub record: NumberRecord,
+    /// Whether an earlier call under the same request id reserved it.
+    pub replayed: bool,
+}
+
 /// Why no number could be had.
 #[derive(Debug, thiserror::Error)]
 pub enum AllocatorError {
@@ -348,7 +357,7 @@ impl AllocatorClient {
         request_id: &str,
         lease: Duration,
         deadline: Instant,
-    ) -> Result<NumberRecord, AllocatorError> {
+    ) -> Result<Reserved, AllocatorError> {
         self.reserving(tenant, date, request_id, lease, deadline, false)
             .await
     }
@@ -369,6 +378,7 @@ impl AllocatorClient {
     ) -> Result<NumberRecord, AllocatorError> {
         self.reserving(tenant, date, request_id, lease, deadline, true)
             .await
+            .map(|reserved| reserved.record)
     }
 
     /// A `Reserve`, retried; with `repeat_only`, of an earlier one only.
@@ -380,7 +390,7 @@ impl AllocatorClient {
         lease: Duration,
         deadline: Instant,
         repeat_only: bool,
-    ) -> Result<NumberRecord, AllocatorError> {
+    ) -> Result<Reserved, AllocatorError> {
         self.retried("Reserve", tenant.as_str(), deadline, |remaining| {
             let mut request = Request::new(ReserveRequest {
                 tenant_id: tenant.to_string(),
@@ -395,9 +405,13 @@ impl AllocatorClient {
             let mut client = self.client.clone();
             async move {
                 let answer = client.reserve(request).await?.into_inner();
-                answer
+                let record = answer
                     .record
-                    .ok_or_else(|| Status::internal("the allocator returned no number"))
+                    .ok_or_else(|| Status::internal("the allocator returned no number"))?;
+                Ok(Reserved {
+                    record,
+                    replayed: answer.replayed,
+                })
             }
         })
         .await

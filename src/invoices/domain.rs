@@ -233,7 +233,7 @@ impl NewInvoice {
         // returned now equals the invoice read back later.
         let created_at = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
         // The caller's date, if it falls in the number's period (the writer
-        // gives back a number of another period that an earlier call under
+        // gives back a number for another date that an earlier call under
         // the same request id reserved, so with a date it always does); else
         // the day the number was allocated for (without a date, today in
         // the series' time zone), or, for a number handed out again, the

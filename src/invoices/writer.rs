@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::{
     clock::Clock,
     invoices::{
-        allocator_client::{AllocatorClient, AllocatorError},
+        allocator_client::{AllocatorClient, AllocatorError, Reserved},
         domain::{Invoice, NewInvoice, Numbered},
         store::{InvoiceStore, Note, NotedAt, NumberOf, Pending, StoreError, StoredAt},
     },
@@ -471,8 +471,8 @@ impl InvoiceWriter {
     /// earlier call under the same request id, settled since, answers a
     /// number no longer held: this call reserved nothing, and withdraws its
     /// note (which stays for a repeat of the call that noted it too).
-    /// One still held, but of another period than the call's issue date
-    /// (the earlier call was for another date), is settled as reconciliation
+    /// One still held, but for another date than the call's issue date
+    /// (the earlier call was sent with another), is settled as reconciliation
     /// settles it: confirmed to the earlier call's invoice if that is
     /// stored, given back if not.
     async fn reserve(
@@ -486,7 +486,10 @@ impl InvoiceWriter {
         // A repeat of this call under the same request id may have noted
         // the same reservation, and reserved it: the note stays for it.
         let withdrawn = Note::Withdrawn { pending };
-        let reserved = match self
+        let Reserved {
+            record: reserved,
+            replayed,
+        } = match self
             .allocator
             .reserve(tenant, issue_date, key, self.lease, deadline)
             .await
@@ -522,18 +525,25 @@ impl InvoiceWriter {
             self.let_go(withdrawn).await;
             return Ok(None);
         }
-        // Reserved by an earlier call under this request id, for a date in
-        // another period than this call's (a retry sent with the next day's
-        // date, across a year's end): this call's invoice cannot carry it.
-        // The earlier call may still be storing its invoice under it: the
-        // note is taken over first, so that no insert under it follows.
-        if !issue_date.is_empty() && !issue_date.starts_with(&reserved.period) {
+        // Reserved by an earlier call under this request id for another
+        // date (a retry sent with the next day's date): this call's invoice
+        // cannot carry it, whose text may show that date, or whose period
+        // is another. (A number reissued reads with the date it was first
+        // handed out for, and may be settled here for nothing: another is
+        // reserved.) The earlier call may still be storing its invoice
+        // under it: the note is taken over first, so that no insert under
+        // it follows.
+        if !issue_date.is_empty()
+            && (!issue_date.starts_with(&reserved.period)
+                || replayed && reserved.date != issue_date)
+        {
             tracing::info!(
                 %tenant,
                 invoice_number = %reserved.formatted,
                 issue_date,
+                reserved_for = %reserved.date,
                 attempt,
-                "the number this attempt reserved before is of another period than the issue \
+                "the number this attempt reserved before is for another date than the issue \
                  date; settling it and reserving another",
             );
             self.settle(pending, deadline).await?;

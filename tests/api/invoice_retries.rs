@@ -231,6 +231,63 @@ async fn a_repeat_issued_in_another_period_takes_a_number_of_that_period(#[case]
     assert_eq!((audit.reserved, audit.unaccounted), (0, 0), "{audit:?}");
 }
 
+/// As above within one period: a call of `order-1` issued on 5 December
+/// reserved a number whose text shows that day, and failed before storing
+/// its invoice; its repeat, issued on 6 December, gives that number back
+/// and stores its invoice under a number that shows its own day.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_issued_on_another_day_takes_a_number_that_shows_it(#[case] backend: Backend) {
+    let mut allocator = spawn_allocator(backend).await;
+    allocator
+        .client
+        .configure_series(ConfigureSeriesRequest {
+            tenant_id: "acme".into(),
+            format: "INV-{year}{month}{day}-{number:03}".into(),
+            reset: Reset::Yearly.into(),
+            ..ConfigureSeriesRequest::default()
+        })
+        .await
+        .unwrap();
+    let url = allocator.server.url();
+    let once = (Failure::NotStored, 1);
+    let (mut writer, _) = writer_failing(backend, &url, once, 3, test_settings()).await;
+    let on = |date: &str| CreateInvoiceRequest {
+        issue_date: date.into(),
+        ..keyed("acme", "order-1")
+    };
+    let status = writer
+        .client
+        .create_invoice(on("2026-12-05"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+
+    stored_and_repeated(
+        &mut writer.client,
+        on("2026-12-06"),
+        ("INV-20261206-002", "2026-12-06"),
+    )
+    .await;
+    let first = allocator
+        .client
+        .get_number(GetNumberRequest {
+            tenant_id: "acme".into(),
+            period: "2026".into(),
+            number: 1,
+            ..GetNumberRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .record
+        .unwrap();
+    assert_eq!(
+        (first.formatted.as_str(), first.state()),
+        ("INV-20261205-001", NumberState::Voided)
+    );
+}
+
 /// As above, but the first call is still storing its invoice when its
 /// repeat, issued on 5 January, finds the number of 2026 under their first
 /// attempt, and the repeat is slow to note that number settled. The repeat
