@@ -449,38 +449,57 @@ where
         }
         let method = Rpc::of(request.uri().path());
         method.started();
-        let started = Instant::now();
+        let mut call = Call(Some((method, Instant::now())));
         let response = self.inner.call(request);
+        // Dropped before it answers (the client went away), the call is
+        // recorded as canceled.
         Box::pin(async move {
             let response = response.await?;
             // A failure answers in the headers alone (trailers-only); a
             // reply's status comes in the trailers after its messages.
             if let Some(code) = status_of(response.headers()) {
-                method.handled(code, started, Some(response.headers()));
+                call.finish(code, Some(response.headers()));
                 return Ok(response.map(Body::new));
             }
             Ok(response.map(|body| {
                 Body::new(Observed {
                     inner: Body::new(body),
-                    call: Some((method, started)),
+                    call,
                 })
             }))
         })
     }
 }
 
+/// A call not recorded as handled yet: recorded once, with its code, or
+/// `Canceled` if it is dropped first (the client went away before its
+/// answer or its trailers).
+struct Call(Option<(Rpc, Instant)>);
+
+impl Call {
+    fn finish(&mut self, code: Code, trailers: Option<&http::HeaderMap>) {
+        if let Some((method, started)) = self.0.take() {
+            method.handled(code, started, trailers);
+        }
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        self.finish(Code::Cancelled, None);
+    }
+}
+
 /// A reply body that records its call's code once its trailers pass, or
-/// `Canceled` if it is dropped before they do (the client went away).
+/// `Canceled` if it is dropped before they do.
 struct Observed {
     inner: Body,
-    call: Option<(Rpc, Instant)>,
+    call: Call,
 }
 
 impl Observed {
     fn finish(&mut self, code: Code, trailers: Option<&http::HeaderMap>) {
-        if let Some((method, started)) = self.call.take() {
-            method.handled(code, started, trailers);
-        }
+        self.call.finish(code, trailers);
     }
 }
 
@@ -513,11 +532,5 @@ impl http_body::Body for Observed {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
-    }
-}
-
-impl Drop for Observed {
-    fn drop(&mut self) {
-        self.finish(Code::Cancelled, None);
     }
 }

@@ -10,6 +10,7 @@ use numbering::{
         invoice_writer_client::InvoiceWriterClient, number_allocator_client::NumberAllocatorClient,
     },
 };
+use sqlx::Connection;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 
@@ -217,6 +218,64 @@ async fn the_allocator_exports_grpc_and_its_own_metrics_after_traffic() {
     );
     let (status, _) = scrape(&metrics_addr, "/other").await;
     assert!(status.contains(" 404 "), "{status}");
+}
+
+/// A call its client gives up on before it is answered (the allocator's
+/// counters locked elsewhere, so that it waits) is counted handled, as
+/// `Canceled`, with its time: calls started and calls handled stay equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_its_client_gives_up_on_is_counted_canceled() {
+    let db = TestDb::create(Backend::Postgres).await;
+    let (running, metrics_addr) = start_with_metrics(allocator_binary(&db.url)).await;
+    let channel = running.ready("numbering.v1.NumberAllocator").await;
+    let mut client = NumberAllocatorClient::new(channel);
+    client.allocate(allocate("acme", "", 1)).await.unwrap();
+
+    let mut holder = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("LOCK TABLE counters IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let waiting = tokio::spawn(async move { client.allocate(allocate("acme", "", 1)).await });
+    let allocate = [
+        ("grpc_service", "numbering.v1.NumberAllocator"),
+        ("grpc_method", "Allocate"),
+        ("grpc_type", "unary"),
+    ];
+    let mut canceled = allocate.to_vec();
+    canceled.push(("grpc_code", "Canceled"));
+    let counted = |name: &'static str, labels: Vec<(&'static str, &'static str)>| {
+        let metrics_addr = metrics_addr.clone();
+        async move {
+            tokio::time::timeout(PATIENCE, async {
+                loop {
+                    let (_, text) = scrape(&metrics_addr, "/metrics").await;
+                    let count = value(&samples(&text), name, &labels);
+                    if count.is_some() {
+                        break count;
+                    }
+                    tokio::task::yield_now().await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("no {name} {labels:?}"))
+        }
+    };
+    // Started twice (once before), then given up on.
+    while counted("grpc_server_started_total", allocate.to_vec()).await < Some(2.0) {
+        tokio::task::yield_now().await;
+    }
+    waiting.abort();
+    assert_eq!(
+        counted("grpc_server_handled_total", canceled.clone()).await,
+        Some(1.0)
+    );
+    assert_eq!(
+        counted("grpc_server_handling_seconds_count", canceled).await,
+        Some(1.0)
+    );
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
 }
 
 /// Both services with `--metrics-listen`, after traffic: an invoice whose
