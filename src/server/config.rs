@@ -211,6 +211,21 @@ impl ServerArgs {
                 humantime::format_duration(self.request_timeout)
             )));
         }
+        // Each call waiting for its tenant's turn holds its place under the
+        // concurrency limit: a tenant's waiting calls that could fill it
+        // would have every other tenant's refused as overloaded.
+        let waiting_millis = u128::from(self.tenant_rate_limit) * self.tenant_rate_wait.as_millis();
+        let limit = u128::try_from(self.concurrency_limit).unwrap_or(u128::MAX);
+        if waiting_millis >= limit.saturating_mul(1000) {
+            tracing::warn!(
+                tenant_rate_limit = self.tenant_rate_limit,
+                tenant_rate_wait = %humantime::format_duration(self.tenant_rate_wait),
+                concurrency_limit = self.concurrency_limit,
+                "--tenant-rate-limit times --tenant-rate-wait is not below --concurrency-limit: \
+                 one tenant's calls waiting for their turns can take every place, and other \
+                 tenants' calls are refused OVERLOADED; shorten the wait or raise the limit",
+            );
+        }
         let mutual_tls = self.tls_cert.is_some() && self.tls_client_ca.is_some();
         let access = Access::from_file(self.tokens_file.clone(), RELOAD_INTERVAL, mutual_tls)
             .map_err(StartupError::BadSetting)?;

@@ -374,6 +374,41 @@ async fn refuses_setting(binary: &str, flag: &str, value: &str) {
     assert!(stderr.contains(flag), "{flag} {value}: {stderr}");
 }
 
+/// A tenant's calls waiting for their turns that could fill the
+/// concurrency limit are warned of at start: other tenants' calls would be
+/// refused as overloaded. Below it, no warning.
+#[tokio::test]
+async fn a_rate_times_its_wait_past_the_concurrency_limit_is_warned_of() {
+    let db = TestDb::create(Backend::Sqlite).await;
+    let warned = |event: &serde_json::Value| {
+        event["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("is not below --concurrency-limit"))
+    };
+    for (wait, warns) in [("4s", true), ("3999ms", false)] {
+        let mut command = allocator_binary(&db.url);
+        command.args([
+            "--concurrency-limit",
+            "20",
+            "--tenant-rate-limit",
+            "5",
+            "--tenant-rate-wait",
+            wait,
+        ]);
+        let mut running = start(command).await;
+        let listening = running
+            .wait_for_event(|event| event["message"] == "number-allocator listening")
+            .await;
+        // Warned of, if at all, before it listens.
+        let logged = running.log_tail(usize::MAX);
+        assert_eq!(
+            logged.iter().any(|line| warned(&event(line))),
+            warns,
+            "{wait}: {listening} {logged:?}"
+        );
+    }
+}
+
 /// A default lease outside its bounds is refused with the values compared.
 #[tokio::test]
 async fn a_default_lease_past_the_longest_is_refused_showing_both() {
