@@ -60,9 +60,82 @@ fn handle() -> Option<&'static PrometheusHandle> {
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).ok()?;
             RECORDING.store(true, Ordering::Relaxed);
+            describe();
             Some(handle)
         })
         .as_ref()
+}
+
+/// Gives each metric its `# HELP` text (the README's table says more).
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "grpc_server_started_total",
+        "Calls started, health and reflection included."
+    );
+    describe_counter!(
+        "grpc_server_handled_total",
+        "Calls finished, by code; Canceled when the client went away first."
+    );
+    describe_histogram!(
+        "grpc_server_handling_seconds",
+        metrics::Unit::Seconds,
+        "Time from the request to the call's status."
+    );
+    describe_counter!(
+        "numbering_calls_failed_total",
+        "Failed calls by code and by the reason of their ErrorInfo."
+    );
+    describe_counter!(
+        "numbering_numbers_allocated_total",
+        "Numbers handed out by Allocate and Reserve, repeats of a request id not counted."
+    );
+    describe_histogram!(
+        "numbering_group_commit_batch_size",
+        "Calls merged into each group commit of the allocator."
+    );
+    describe_histogram!(
+        "numbering_group_commit_wait_seconds",
+        metrics::Unit::Seconds,
+        "Time each call waited in its lane's queue before its group's transaction began."
+    );
+    describe_histogram!(
+        "numbering_invoice_write_batch_size",
+        "Writes of the invoice writer merged into each of its transactions."
+    );
+    describe_histogram!(
+        "numbering_db_operation_seconds",
+        metrics::Unit::Seconds,
+        "Each database operation (a transaction, a read), by outcome."
+    );
+    describe_gauge!(
+        "numbering_db_operations_in_flight",
+        "Database operations running, those waiting for a connection included."
+    );
+    describe_gauge!(
+        "numbering_db_connections",
+        "The database pool's connections, by state."
+    );
+    describe_gauge!(
+        "numbering_db_connections_max",
+        "The most database connections (--db-max-connections)."
+    );
+    describe_counter!(
+        "numbering_invoice_number_conflicts_total",
+        "Numbers the writer found held by a stored invoice, retried or given up on."
+    );
+    describe_counter!(
+        "numbering_invoice_confirmations_refused_total",
+        "Stored invoices whose number the allocator refused to confirm."
+    );
+    describe_counter!(
+        "grpc_client_handled_total",
+        "The writer's calls to the allocator, each retry counted, by code."
+    );
+    describe_gauge!(
+        "numbering_ready",
+        "Readiness as the health check answers it: 1 while the database takes writes."
+    );
 }
 
 /// Installs the recorder, so that metrics are recorded from now on (once

@@ -57,6 +57,19 @@ fn samples(text: &str) -> Vec<Sample> {
         .collect()
 }
 
+/// Asserts that every metric of a text exposition says what it is.
+fn assert_every_metric_is_described(text: &str) {
+    for line in text.lines() {
+        if let Some(typed) = line.strip_prefix("# TYPE ") {
+            let name = typed.split_whitespace().next().unwrap();
+            assert!(
+                text.contains(&format!("# HELP {name} ")),
+                "no help for {name} in:\n{text}"
+            );
+        }
+    }
+}
+
 /// The value of the sample named `name` with exactly `labels`.
 fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let labels: BTreeMap<String, String> = labels
@@ -140,6 +153,7 @@ async fn the_allocator_exports_grpc_and_its_own_metrics_after_traffic() {
     assert!(status.contains(" 200 "), "{status}");
     assert!(!text.contains("tenant-secret-7"), "a tenant id in:\n{text}");
     assert!(text.contains("# TYPE grpc_server_handling_seconds histogram"));
+    assert_every_metric_is_described(&text);
     let samples = samples(&text);
     let allocate = [
         ("grpc_service", "numbering.v1.NumberAllocator"),
@@ -333,6 +347,7 @@ async fn traffic_on_both() -> (String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_writer_exports_its_conflicts_and_allocator_calls() {
     let (_, text) = traffic_on_both().await;
+    assert_every_metric_is_described(&text);
     let samples = samples(&text);
     let client = |method: &'static str| {
         vec![
