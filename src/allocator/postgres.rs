@@ -874,7 +874,7 @@ impl Engine for PgEngine {
     }
 
     async fn is_ready(&self) -> bool {
-        crate::db::ping(&self.pool).await
+        crate::db::ping(&self.pool, &MIGRATOR).await
     }
 
     async fn close(&self) {

@@ -218,15 +218,23 @@ pub async fn begin_durable_by_key_on(
 const BEGIN_DURABLE_BY_KEY: &str =
     "BEGIN; SET LOCAL synchronous_commit = on; SET LOCAL enable_seqscan = off";
 
-/// Whether the pool can hand out a working connection now; bounded by the
-/// pool's acquire time-out.
-pub(crate) async fn ping(pool: &PgPool) -> bool {
+/// Whether the pool can hand out a working connection now, to a database
+/// that `migrator`'s migrations have made; bounded by the pool's acquire
+/// time-out.
+pub(crate) async fn ping(pool: &PgPool, migrator: &Migrator) -> bool {
     // Answering is not enough: a standby (recovering, or not yet promoted
-    // during a failover) or a read-only database refuses every write.
+    // during a failover) or a read-only database refuses every write, and
+    // one made again empty under the service (dropped and created, or
+    // restored from the wrong dump) answers every call with a fault. The
+    // service's last migration, or a later one's (a newer replica's), must
+    // be there; without the table the statement fails, and so does the check.
+    let latest = migrator.iter().map(|migration| migration.version).max();
     sqlx::query_scalar::<_, bool>(
         "SELECT NOT pg_is_in_recovery()
-                AND NOT current_setting('transaction_read_only')::boolean",
+                AND NOT current_setting('transaction_read_only')::boolean
+                AND EXISTS (SELECT 1 FROM _sqlx_migrations WHERE version >= $1 AND success)",
     )
+    .bind(latest.unwrap_or(0))
     .fetch_one(pool)
     .await
     .unwrap_or(false)

@@ -611,6 +611,25 @@ async fn a_database_dropped_under_the_service_is_unavailable() {
     assert_reason(&status, "STORE_UNAVAILABLE");
 }
 
+/// A database dropped and created again, empty, under the running services
+/// is not theirs: readiness says so, as for a database away, so that no
+/// call is sent to a replica whose every call would fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_fails_on_a_database_made_again_empty() {
+    let db = TestDb::create(Backend::Postgres).await;
+    let counters = db.counter_store().await;
+    let invoices = TestDb::create(Backend::Postgres).await;
+    let store = invoices.invoice_store().await;
+    assert!(counters.is_ready().await && store.is_ready().await);
+    for name in [&db.name, &invoices.name] {
+        db.admin(format!(r#"DROP DATABASE "{name}" WITH (FORCE)"#))
+            .await;
+        db.admin(format!(r#"CREATE DATABASE "{name}""#)).await;
+    }
+    assert!(!counters.is_ready().await, "the allocator is ready");
+    assert!(!store.is_ready().await, "the writer is ready");
+}
+
 /// Readiness follows the database while liveness does not; calls fail fast with
 /// UNAVAILABLE while it is away, and allocation resumes where it was once it is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
