@@ -162,12 +162,16 @@ impl Access {
                 .then(peer_subject)
                 .flatten()
                 .and_then(|subject| tokens.by_subject(&subject).cloned())
+                .filter(|grant| !grant.grants_nothing())
                 .map(Caller::Token)
                 .ok_or(Denied::Missing);
         };
         let secret = bearer(authorization).ok_or(Denied::NotBearer)?;
+        // A token that grants no tenant is revoked: not even reflection,
+        // which asks for no tenant, answers it.
         tokens
             .find(secret)
+            .filter(|grant| !grant.grants_nothing())
             .map(|grant| Caller::Token(grant.clone()))
             .ok_or(Denied::Unknown)
     }

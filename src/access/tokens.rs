@@ -243,6 +243,13 @@ impl Grant {
         &self.name
     }
 
+    /// Whether it grants no tenant, so nothing at all: a token kept in the
+    /// file only so that the file is not empty, revoked.
+    #[must_use]
+    pub fn grants_nothing(&self) -> bool {
+        self.tenants.is_empty()
+    }
+
     /// Whether this grant may call a method for `tenant`, administrative if
     /// `admin`.
     ///

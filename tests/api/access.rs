@@ -47,6 +47,11 @@ name = "ops"
 secret = "ops-s3cret"
 tenants = ["*"]
 admin = true
+
+[[token]]
+name = "revoked"
+secret = "revoked-s3cret"
+tenants = []
 "#;
 
 type Client = NumberAllocatorClient<InterceptedService<Channel, BearerToken>>;
@@ -411,6 +416,17 @@ async fn health_stays_open_and_reflection_asks_for_a_token_or_is_off() {
 
     let status = list_services(channel.clone(), None).await.unwrap_err();
     assert_refused(&status, Code::Unauthenticated, "CREDENTIALS_MISSING");
+    // Revoked, granting no tenant: refused as unknown, reflection too.
+    let status = list_services(channel.clone(), Some("revoked-s3cret"))
+        .await
+        .unwrap_err();
+    assert_refused(&status, Code::Unauthenticated, "TOKEN_UNKNOWN");
+    let status = client(&app, Some("revoked-s3cret"))
+        .await
+        .allocate(allocate("acme", "", 1))
+        .await
+        .unwrap_err();
+    assert_refused(&status, Code::Unauthenticated, "TOKEN_UNKNOWN");
     let services = list_services(channel, Some("billing-s3cret"))
         .await
         .unwrap();
