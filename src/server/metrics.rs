@@ -138,12 +138,6 @@ fn describe() {
     );
 }
 
-/// Installs the recorder, so that metrics are recorded from now on (once
-/// per process; later calls do nothing).
-pub(crate) fn install() {
-    let _ = handle();
-}
-
 /// Connections the metrics endpoint holds at once; more wait in the listen
 /// backlog. A scraper needs one.
 const MAX_METRICS_CONNECTIONS: usize = 16;

@@ -148,13 +148,8 @@ where
     let listeners = listeners.into();
     // One block, so that the store is closed however the server stops.
     let served: Result<(), ServeError> = async {
-        // Recording from the first readiness check and the first call.
-        let _metrics = listeners
-            .metrics
-            .and_then(|listener| {
-                metrics::start(listener, settings.connections.first_request_timeout)
-            })
-            .map(AbortOnDrop);
+        // Served as long as the server.
+        let _metrics = listeners.metrics;
         let (health, health_service) = tonic_health::server::health_reporter();
         health
             .set_service_status(S::NAME, ServingStatus::NotServing)
@@ -266,8 +261,34 @@ pub struct Listeners {
     /// Health alone, in plaintext: for probes that cannot show a client
     /// certificate.
     pub health: Option<TcpListener>,
-    /// Prometheus metrics, `GET /metrics` in plain HTTP.
-    pub metrics: Option<TcpListener>,
+    /// Prometheus metrics, `GET /metrics` in plain HTTP: served from the
+    /// moment it is bound, while the database is opened too.
+    pub metrics: Option<MetricsEndpoint>,
+}
+
+/// The `GET /metrics` endpoint, served until it is dropped.
+#[derive(Debug)]
+pub struct MetricsEndpoint {
+    addr: Option<std::net::SocketAddr>,
+    _serving: Option<AbortOnDrop<()>>,
+}
+
+impl MetricsEndpoint {
+    /// Serves `GET /metrics` on `listener` from now on, each connection
+    /// closed `lifetime` after its accept.
+    #[must_use]
+    pub fn serve(listener: TcpListener, lifetime: Duration) -> Self {
+        Self {
+            addr: listener.local_addr().ok(),
+            _serving: metrics::start(listener, lifetime).map(AbortOnDrop),
+        }
+    }
+
+    /// The address it serves on.
+    #[must_use]
+    pub fn addr(&self) -> Option<std::net::SocketAddr> {
+        self.addr
+    }
 }
 
 impl Listeners {
@@ -282,13 +303,16 @@ impl Listeners {
             .tls
             .as_ref()
             .map_or("off", |tls| if tls.is_mutual() { "mutual" } else { "on" });
-        let addr = |listener: &Option<TcpListener>| {
-            listener
-                .as_ref()
-                .and_then(|listener| listener.local_addr().ok())
-                .map(|addr| addr.to_string())
-        };
-        (tls, addr(&self.health), addr(&self.metrics))
+        let health = self
+            .health
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok());
+        let metrics = self.metrics.as_ref().and_then(MetricsEndpoint::addr);
+        (
+            tls,
+            health.map(|addr| addr.to_string()),
+            metrics.map(|addr| addr.to_string()),
+        )
     }
 }
 
@@ -341,6 +365,7 @@ async fn stopping(mut stop: watch::Receiver<bool>) {
 }
 
 /// Ends a task when dropped.
+#[derive(Debug)]
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
 impl<T> Drop for AbortOnDrop<T> {

@@ -89,9 +89,14 @@ pub async fn listen(
     let metrics = match metrics {
         Some(addr) => {
             let listener = bind(addr, "--metrics-listen").await?;
-            // Recording from here on: opening the database included.
-            super::metrics::install();
-            Some(listener)
+            // Recording and served from here on: a scrape while the
+            // database is opened (or waited for) is answered.
+            let endpoint =
+                super::MetricsEndpoint::serve(listener, settings.connections.first_request_timeout);
+            if let Some(addr) = endpoint.addr() {
+                tracing::info!(metrics_addr = %addr, "serving metrics");
+            }
+            Some(endpoint)
         }
         None => None,
     };

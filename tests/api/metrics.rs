@@ -234,6 +234,54 @@ async fn the_allocator_exports_grpc_and_its_own_metrics_after_traffic() {
     assert!(status.contains(" 404 "), "{status}");
 }
 
+/// `/metrics` is served from the moment its port is bound: while the
+/// database is still being opened (here a server that accepts the
+/// connection and never answers), a scrape is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_served_while_the_database_is_opened() {
+    use tokio::io::AsyncBufReadExt;
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("postgres://postgres@{}/never", silent.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((connection, _)) = silent.accept().await {
+            held.push(connection);
+        }
+    });
+    let mut child = allocator_binary(&url)
+        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args([
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--db-acquire-timeout",
+            "1h",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let metrics_addr = tokio::time::timeout(PATIENCE, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(addr) = crate::helpers::event(&line)["metrics_addr"].as_str() {
+                return addr.to_owned();
+            }
+        }
+        panic!("the allocator exited");
+    })
+    .await
+    .expect("metrics served");
+    let (status, _) = tokio::time::timeout(PATIENCE, scrape(&metrics_addr, "/metrics"))
+        .await
+        .expect("a scrape answered while the database is opened");
+    assert!(status.contains(" 200 "), "{status}");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the allocator stopped waiting for its database"
+    );
+    held.abort();
+}
+
 /// A call its client gives up on before it is answered (the allocator's
 /// counters locked elsewhere, so that it waits) is counted handled, as
 /// `Canceled`, with its time: calls started and calls handled stay equal.
