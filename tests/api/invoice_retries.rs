@@ -44,10 +44,10 @@ use crate::{
     backends,
     helpers::{
         AllocatorApp, AllocatorProxy, CapturedLogs, Fault, ManualClock, Method, PATIENCE, TestDb,
-        TestServer, WriterApp, acme_number, allocator_client, assert_confirmed_with_ids,
-        assert_reason, audit_acme, import_invoice, invoice_request, invoice_series, list_all,
-        serve_allocator_on, set_acme_gap_policy, spawn_allocator, spawn_both, spawn_writer,
-        spawn_writer_on, test_settings,
+        TestServer, WriterApp, acme_number, acme_number_in, allocator_client,
+        assert_confirmed_with_ids, assert_reason, audit_acme, import_invoice, invoice_request,
+        invoice_series, list_all, serve_allocator_on, set_acme_gap_policy, spawn_allocator,
+        spawn_both, spawn_writer, spawn_writer_on, test_settings,
     },
 };
 
@@ -196,28 +196,13 @@ async fn stored_and_repeated(
 #[apply(backends)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeat_issued_in_another_period_takes_a_number_of_that_period(#[case] backend: Backend) {
-    let mut allocator = spawn_allocator(backend).await;
-    configure_acme_yearly(&mut allocator.client).await;
-    let url = allocator.server.url();
-    let once = (Failure::NotStored, 1);
-    let (mut writer, _) = writer_failing(backend, &url, once, 3, test_settings()).await;
-    let on = |date: &str| CreateInvoiceRequest {
-        issue_date: date.into(),
-        ..keyed("acme", "order-1")
+    let series = ConfigureSeriesRequest {
+        format: "{year}-{number}".into(),
+        ..ConfigureSeriesRequest::default()
     };
-    let status = writer
-        .client
-        .create_invoice(on("2026-12-31"))
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-
-    stored_and_repeated(
-        &mut writer.client,
-        on("2027-01-05"),
-        ("2027-1", "2027-01-05"),
-    )
-    .await;
+    let dates = ("2026-12-31", "2027-01-05");
+    let mut allocator =
+        repeated_on_another_date(backend, series, dates, ("2027-1", "2027-01-05")).await;
     let audit = allocator
         .client
         .audit_series(AuditSeriesRequest {
@@ -238,17 +223,38 @@ async fn a_repeat_issued_in_another_period_takes_a_number_of_that_period(#[case]
 #[apply(backends)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeat_issued_on_another_day_takes_a_number_that_shows_it(#[case] backend: Backend) {
+    let series = ConfigureSeriesRequest {
+        format: "INV-{year}{month}{day}-{number:03}".into(),
+        ..ConfigureSeriesRequest::default()
+    };
+    let dates = ("2026-12-05", "2026-12-06");
+    let expected = ("INV-20261206-002", "2026-12-06");
+    let mut allocator = repeated_on_another_date(backend, series, dates, expected).await;
+    let first = acme_number_in(&mut allocator.client, "2026", 1).await;
+    assert_eq!(
+        (first.formatted.as_str(), first.state()),
+        ("INV-20261205-001", NumberState::Voided)
+    );
+}
+
+/// An allocator whose acme series resets yearly, as `series` says
+/// otherwise, and a writer whose first insert fails: a call of `order-1`
+/// issued on the first of `dates` reserves a number and fails; its repeat,
+/// issued on the second, stores an invoice numbered and dated as
+/// `expected`, and a repeat of that answers it. The allocator.
+async fn repeated_on_another_date(
+    backend: Backend,
+    series: ConfigureSeriesRequest,
+    (first, repeat): (&str, &str),
+    expected: (&str, &str),
+) -> AllocatorApp {
     let mut allocator = spawn_allocator(backend).await;
-    allocator
-        .client
-        .configure_series(ConfigureSeriesRequest {
-            tenant_id: "acme".into(),
-            format: "INV-{year}{month}{day}-{number:03}".into(),
-            reset: Reset::Yearly.into(),
-            ..ConfigureSeriesRequest::default()
-        })
-        .await
-        .unwrap();
+    let series = ConfigureSeriesRequest {
+        tenant_id: "acme".into(),
+        reset: Reset::Yearly.into(),
+        ..series
+    };
+    allocator.client.configure_series(series).await.unwrap();
     let url = allocator.server.url();
     let once = (Failure::NotStored, 1);
     let (mut writer, _) = writer_failing(backend, &url, once, 3, test_settings()).await;
@@ -256,36 +262,10 @@ async fn a_repeat_issued_on_another_day_takes_a_number_that_shows_it(#[case] bac
         issue_date: date.into(),
         ..keyed("acme", "order-1")
     };
-    let status = writer
-        .client
-        .create_invoice(on("2026-12-05"))
-        .await
-        .unwrap_err();
+    let status = writer.client.create_invoice(on(first)).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-
-    stored_and_repeated(
-        &mut writer.client,
-        on("2026-12-06"),
-        ("INV-20261206-002", "2026-12-06"),
-    )
-    .await;
-    let first = allocator
-        .client
-        .get_number(GetNumberRequest {
-            tenant_id: "acme".into(),
-            period: "2026".into(),
-            number: 1,
-            ..GetNumberRequest::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .record
-        .unwrap();
-    assert_eq!(
-        (first.formatted.as_str(), first.state()),
-        ("INV-20261205-001", NumberState::Voided)
-    );
+    stored_and_repeated(&mut writer.client, on(repeat), expected).await;
+    allocator
 }
 
 /// As above, but the first call is still storing its invoice when its

@@ -309,8 +309,19 @@ pub async fn acme_number(
     allocator: &mut NumberAllocatorClient<Channel>,
     number: i64,
 ) -> NumberRecord {
+    acme_number_in(allocator, "", number).await
+}
+
+/// Number `number` of `period` of acme's invoice series, as its record
+/// stands.
+pub async fn acme_number_in(
+    allocator: &mut NumberAllocatorClient<Channel>,
+    period: &str,
+    number: i64,
+) -> NumberRecord {
     let request = GetNumberRequest {
         tenant_id: "acme".into(),
+        period: period.into(),
         number,
         ..GetNumberRequest::default()
     };
