@@ -324,7 +324,10 @@ impl Rpc {
     /// holding its status (the trailers, or the headers of a trailers-only
     /// answer), which name a failure's reason.
     fn handled(self, code: Code, started: Instant, headers: Option<&http::HeaderMap>) {
-        if code != Code::Ok && RECORDING.load(Ordering::Relaxed) {
+        // A stream its client closes (a health watch, a reflection session)
+        // ends canceled: that is how it ends, not a failure.
+        let failed = code != Code::Ok && !(code == Code::Cancelled && self.kind != "unary");
+        if failed && RECORDING.load(Ordering::Relaxed) {
             metrics::counter!(
                 "numbering_calls_failed_total",
                 "grpc_service" => self.service,

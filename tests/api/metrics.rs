@@ -57,6 +57,23 @@ fn samples(text: &str) -> Vec<Sample> {
         .collect()
 }
 
+/// The value of the sample named `name` with exactly `labels` at
+/// `metrics_addr`, once there is one.
+async fn counted(metrics_addr: &str, name: &str, labels: Vec<(&str, &str)>) -> Option<f64> {
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let (_, text) = scrape(metrics_addr, "/metrics").await;
+            let count = value(&samples(&text), name, &labels);
+            if count.is_some() {
+                break count;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {name} {labels:?}"))
+}
+
 /// Asserts that every metric of a text exposition says what it is.
 fn assert_every_metric_is_described(text: &str) {
     for line in text.lines() {
@@ -307,23 +324,7 @@ async fn a_call_its_client_gives_up_on_is_counted_canceled() {
     ];
     let mut canceled = allocate.to_vec();
     canceled.push(("grpc_code", "Canceled"));
-    let counted = |name: &'static str, labels: Vec<(&'static str, &'static str)>| {
-        let metrics_addr = metrics_addr.clone();
-        async move {
-            tokio::time::timeout(PATIENCE, async {
-                loop {
-                    let (_, text) = scrape(&metrics_addr, "/metrics").await;
-                    let count = value(&samples(&text), name, &labels);
-                    if count.is_some() {
-                        break count;
-                    }
-                    tokio::task::yield_now().await;
-                }
-            })
-            .await
-            .unwrap_or_else(|_| panic!("no {name} {labels:?}"))
-        }
-    };
+    let counted = |name, labels| counted(&metrics_addr, name, labels);
     // Started twice (once before), then given up on.
     while counted("grpc_server_started_total", allocate.to_vec()).await < Some(2.0) {
         tokio::task::yield_now().await;
@@ -338,6 +339,44 @@ async fn a_call_its_client_gives_up_on_is_counted_canceled() {
         Some(1.0)
     );
     sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+}
+
+/// A health watch its client closes ends canceled, as a stream does: counted
+/// handled, and not as a failed call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_its_client_closes_is_not_a_failure() {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let db = TestDb::create(Backend::Sqlite).await;
+    let (running, metrics_addr) = start_with_metrics(allocator_binary(&db.url)).await;
+    let mut health = HealthClient::new(running.ready("").await);
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    watch.message().await.unwrap().expect("a first status");
+    drop(watch);
+    let watched = [
+        ("grpc_service", "grpc.health.v1.Health"),
+        ("grpc_method", "Watch"),
+        ("grpc_type", "server_stream"),
+        ("grpc_code", "Canceled"),
+    ];
+    // This one, and any the readiness wait watched with.
+    let closed = counted(&metrics_addr, "grpc_server_handled_total", watched.to_vec()).await;
+    assert!(closed >= Some(1.0), "{closed:?}");
+    let (_, text) = scrape(&metrics_addr, "/metrics").await;
+    assert!(
+        !samples(&text)
+            .iter()
+            .any(|(name, labels, _)| name == "numbering_calls_failed_total"
+                && labels
+                    .get("grpc_method")
+                    .is_some_and(|method| method == "Watch")),
+        "{text}"
+    );
 }
 
 /// Both services with `--metrics-listen`, after traffic: an invoice whose
