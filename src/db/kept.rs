@@ -4,12 +4,15 @@
 //! A pool tests a connection with a round trip when it hands it out and
 //! again when it takes it back, so a lane that takes a connection for each
 //! one-statement batch makes three round trips where one would do. A kept
-//! connection skips both tests while batches follow each other closely: it
-//! goes back to the pool (which tests it before its next use) once it has
-//! been left unused for [`KEEP_IDLE`] or kept for [`KEEP_FOR`], so a
-//! connection the server dropped while the lane was quiet is still found
-//! before a call uses it, and the pool's own bounds on a connection's life
-//! still apply. A connection whose work failed is not kept.
+//! connection skips both tests while batches follow each other closely:
+//! left unused for [`KEEP_IDLE`], or kept for [`KEEP_FOR`], it is not taken
+//! again untested; the next taker sends it back to the pool (which tests it
+//! before its next use) and takes one from there, so a connection the
+//! server dropped while the lane was quiet is still found before a call
+//! uses it, and the pool's own bounds on a connection's life still apply.
+//! Until that next taker, it stays out of the pool, counted in use there,
+//! even while the lane is quiet. A connection whose work failed is not
+//! kept.
 
 use std::{
     ops::{Deref, DerefMut},
