@@ -134,7 +134,6 @@ async fn main() -> ExitCode {
 
 /// The writer's settings from the command line.
 fn settings(config: &Config) -> Result<Settings, StartupError> {
-    config.server.check_tls_files()?;
     let command = Config::command();
     let (cert, key) = (
         config.allocator_tls_cert.is_some(),
@@ -281,6 +280,9 @@ async fn serve(config: Config) -> Result<(), StartupError> {
 /// the invoices already stored, so it creates no database: one made for it
 /// (a mistyped URL or data directory) would hold none, and seed nothing.
 async fn seed(config: &Config) -> Result<ExitCode, StartupError> {
+    // Serving reads them in its server settings; seeding serves nothing,
+    // but refuses them as serving would.
+    config.server.check_tls_files()?;
     let mut settings = settings(config)?;
     settings.pool.create_missing = false;
     let app = App::build(settings).await?;

@@ -64,6 +64,22 @@ async fn reservations(backend: Backend) -> Reservations {
     }
 }
 
+/// Number `number` of acme's `series`, as `client` reads its record.
+async fn number_of(
+    client: &mut NumberAllocatorClient<Channel>,
+    series: &str,
+    number: i64,
+) -> Result<NumberRecord, Status> {
+    let request = GetNumberRequest {
+        tenant_id: "acme".into(),
+        series: series.into(),
+        period: String::new(),
+        number,
+    };
+    let answer = client.get_number(request).await?.into_inner();
+    Ok(answer.record.expect("a record"))
+}
+
 const START: &str = "2026-12-03T10:00:00Z";
 
 fn at(time: &str) -> DateTime<Utc> {
@@ -128,14 +144,7 @@ impl Reservations {
     }
 
     async fn get(&mut self, series: &str, number: i64) -> Result<NumberRecord, Status> {
-        let request = GetNumberRequest {
-            tenant_id: "acme".into(),
-            series: series.into(),
-            period: String::new(),
-            number,
-        };
-        let answer = self.client.get_number(request).await?.into_inner();
-        Ok(answer.record.expect("a record"))
+        number_of(&mut self.client, series, number).await
     }
 
     async fn audit(&mut self, series: &str) -> AuditSeriesResponse {
@@ -1744,18 +1753,7 @@ async fn a_change_sent_within_a_lease_leaves_the_number_handed_out_again(#[case]
     };
     reissued(app.client.void(void).await.unwrap_err());
 
-    let record = replica
-        .get_number(GetNumberRequest {
-            tenant_id: "acme".into(),
-            series: "cont".into(),
-            number,
-            ..GetNumberRequest::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .record
-        .unwrap();
+    let record = number_of(&mut replica, "cont", number).await.unwrap();
     assert_eq!(
         (
             record.state(),
