@@ -177,6 +177,47 @@ impl TestDb {
         );
     }
 
+    /// Waits until number `number` of acme's `series` is stored given back
+    /// (by a sweep of ended leases, say): its row no longer says reserved.
+    pub async fn wait_until_given_back(&self, series: &str, number: i64) {
+        const SQL: &str = "SELECT count(*) FROM number_states
+                           WHERE tenant_id = 'acme' AND series = $1 AND number = $2
+                             AND state IN ('released', 'voided')";
+        // One pool of the database's own kind, for every look.
+        let (postgres, sqlite) = match self.backend {
+            Backend::Postgres => (Some(self.pool(&test_pool_settings()).await), None),
+            Backend::Sqlite => (None, Some(SqlitePool::connect(&self.url).await.unwrap())),
+        };
+        let swept = tokio::time::timeout(super::PATIENCE, async {
+            loop {
+                let given_back: i64 = match (&postgres, &sqlite) {
+                    (Some(pool), _) => sqlx::query_scalar(SQL)
+                        .bind(series)
+                        .bind(number)
+                        .fetch_one(pool)
+                        .await
+                        .unwrap(),
+                    (_, Some(pool)) => sqlx::query_scalar(SQL)
+                        .bind(series)
+                        .bind(number)
+                        .fetch_one(pool)
+                        .await
+                        .unwrap(),
+                    (None, None) => unreachable!("one pool is made"),
+                };
+                if given_back > 0 {
+                    return;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        assert!(
+            swept.is_ok(),
+            "number {number} of {series:?} not given back"
+        );
+    }
+
     /// How many request ids starting with `prefix` the allocator keeps.
     pub async fn request_ids(&self, prefix: &str) -> i64 {
         const SQL: &str = "SELECT count(*) FROM request_ids WHERE request_id LIKE $1 || '%'";
