@@ -157,7 +157,7 @@ struct ClientResult {
 /// A connection could not be opened, or a series configured.
 ///
 /// # Panics
-/// A client task panicked.
+/// `load` has no client, connection or tenant, or a client task panicked.
 pub async fn drive(url: &str, load: &Load) -> Result<Report, DriveError> {
     drive_all(&[url.to_owned()], load).await
 }
@@ -169,11 +169,16 @@ pub async fn drive(url: &str, load: &Load) -> Result<Report, DriveError> {
 /// A connection could not be opened, or a series configured.
 ///
 /// # Panics
-/// `urls` is empty, or a client task panicked.
+/// `urls` is empty, `load` has no client, connection or tenant, or a client
+/// task panicked.
 pub async fn drive_all(urls: &[String], load: &Load) -> Result<Report, DriveError> {
     assert!(!urls.is_empty(), "no allocator to drive");
+    assert!(
+        load.clients > 0 && load.connections > 0 && load.tenants > 0,
+        "a load of no client, connection or tenant: {load:?}"
+    );
     let mut channels = Vec::new();
-    for i in 0..load.connections.max(urls.len()).max(1) {
+    for i in 0..load.connections.max(urls.len()) {
         // Each connect() opens a connection of its own.
         let url = &urls[i % urls.len()];
         channels.push(Endpoint::from_shared(url.clone())?.connect().await?);
@@ -184,7 +189,7 @@ pub async fn drive_all(urls: &[String], load: &Load) -> Result<Report, DriveErro
     let started = Instant::now();
     let deadline = started + load.duration;
     let cursor = Arc::new(AtomicU32::new(0));
-    let clients: Vec<_> = (0..load.clients.max(1))
+    let clients: Vec<_> = (0..load.clients)
         .map(|i| {
             let channel = channels[i % channels.len()].clone();
             tokio::spawn(client(channel, load.clone(), deadline, cursor.clone()))
@@ -217,20 +222,23 @@ pub async fn drive_all(urls: &[String], load: &Load) -> Result<Report, DriveErro
 /// Answers that were not as many consecutive numbers as asked.
 pub const MALFORMED: &str = "MALFORMED";
 
-/// Microseconds from 1 µs to an hour, at 3 significant digits.
-/// Keeps an answer for the verifier. A well-formed answer (as many
-/// consecutive numbers as asked) is kept as one range; any other is counted
-/// as `MALFORMED` and kept number by number, so its duplicates still show.
-fn record(result: &mut ClientResult, series: u32, asked: u32, numbers: &[i64]) {
+/// Keeps an answer for the verifier; whether it was well formed. A
+/// well-formed answer (as many consecutive numbers as asked) is kept as one
+/// range; any other is counted as `MALFORMED` (and only so: not as a call
+/// answered OK) and kept number by number, so its duplicates still show.
+fn record(result: &mut ClientResult, series: u32, asked: u32, numbers: &[i64]) -> bool {
     let consecutive = numbers
         .windows(2)
         .all(|pair| pair[0].checked_add(1) == Some(pair[1]));
     match numbers.first() {
-        Some(&first) if consecutive && numbers.len() == asked as usize => result.acks.push(Ack {
-            series,
-            first,
-            count: asked,
-        }),
+        Some(&first) if consecutive && numbers.len() == asked as usize => {
+            result.acks.push(Ack {
+                series,
+                first,
+                count: asked,
+            });
+            true
+        }
         _ => {
             *result.errors.entry(MALFORMED.into()).or_default() += 1;
             result.acks.extend(numbers.iter().map(|&first| Ack {
@@ -238,10 +246,12 @@ fn record(result: &mut ClientResult, series: u32, asked: u32, numbers: &[i64]) {
                 first,
                 count: 1,
             }));
+            false
         }
     }
 }
 
+/// Microseconds from 1 µs to an hour, at 3 significant digits.
 fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds and precision")
 }
@@ -270,7 +280,7 @@ async fn client(
             }
             next
         } else {
-            rng.u32(0..load.tenants.max(1))
+            rng.u32(0..load.tenants)
         };
         let started = Instant::now();
         let tenant_id = format!("{}-{series}", load.tenant_prefix);
@@ -321,10 +331,14 @@ async fn client(
         match outcome {
             Ok(numbers) => {
                 let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-                result.latency.saturating_record(micros.max(1));
-                result.ok += 1;
-                if let Some(numbers) = numbers {
-                    record(&mut result, series, load.count.max(1), &numbers);
+                // Only `Allocate` asks for more than one number.
+                let asked = match load.call {
+                    Call::Allocate => load.count,
+                    _ => 1,
+                };
+                if numbers.is_none_or(|numbers| record(&mut result, series, asked, &numbers)) {
+                    result.latency.saturating_record(micros.max(1));
+                    result.ok += 1;
                 }
             }
             Err(status) => {
@@ -365,7 +379,7 @@ fn invoice(tenant_id: String, keyed: bool) -> CreateInvoiceRequest {
 /// given back.
 async fn reissue_given_back(channel: Channel, load: &Load) -> Result<(), DriveError> {
     let mut allocator = NumberAllocatorClient::new(channel);
-    for series in 0..load.tenants.max(1) {
+    for series in 0..load.tenants {
         let tenant = format!("{}-{series}", load.tenant_prefix);
         let request = ConfigureSeriesRequest {
             tenant_id: tenant.clone(),

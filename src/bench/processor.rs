@@ -162,11 +162,15 @@ pub struct CallCost {
 }
 
 impl CallCost {
-    /// The time of `time` over `calls`, if the machine's counters were read.
+    /// The time of `time` over `calls`, if the machine's counters were read
+    /// and there was a call.
     #[must_use]
     pub fn of(time: &ProcessorTime, calls: u64) -> Option<Self> {
+        if calls == 0 {
+            return None;
+        }
         #[allow(clippy::cast_precision_loss)] // calls of a few runs, far below 2^52
-        let calls = calls.max(1) as f64;
+        let calls = calls as f64;
         Some(Self {
             micros: time.busy?.as_secs_f64() * 1e6 / calls,
             busy: 1.0 - time.idle_share()?,
@@ -201,11 +205,14 @@ pub struct PerCall<'a> {
 }
 
 impl PerCall<'_> {
-    /// Microseconds per call of `time`, if it was read.
+    /// Microseconds per call of `time`, if it was read and there was a call.
     #[must_use]
     pub fn micros(&self, time: Option<Duration>) -> Option<f64> {
+        if self.calls == 0 {
+            return None;
+        }
         #[allow(clippy::cast_precision_loss)] // calls of one run, far below 2^52
-        let calls = self.calls.max(1) as f64;
+        let calls = self.calls as f64;
         time.map(|time| time.as_secs_f64() * 1e6 / calls)
     }
 }

@@ -34,7 +34,14 @@ pub struct VerificationLine<'a>(pub &'a Report);
 impl fmt::Display for VerificationLine<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let verification = self.0.verification();
-        if verification.passed() {
+        if verification.numbers == 0 {
+            write!(
+                f,
+                "VERIFICATION FAILED: no number was acknowledged ({} calls failed: {:?})",
+                self.0.failed(),
+                self.0.errors
+            )
+        } else if verification.passed() {
             write!(
                 f,
                 "verified: {} numbers over {} series, no duplicates{}",

@@ -1,7 +1,10 @@
 //! Starts a `number-allocator` (or an `invoice-writer`) process on a fresh
 //! database (PostgreSQL, or a SQLite file in a new directory) for one
-//! benchmark run, and removes both afterwards. A separate process, as in
-//! production, so its resident memory can be read on its own.
+//! benchmark run, and removes both afterwards: when stopped, and also when
+//! dropped (a run that failed half way, or was interrupted). A separate
+//! process, as in production, so its resident memory can be read on its
+//! own; started with none of the services' settings from this process'
+//! environment, so that it runs as the benchmark says.
 
 use std::{
     path::{Path, PathBuf},
@@ -68,6 +71,7 @@ impl SpawnedReplicas {
         args: &[String],
         replicas: usize,
     ) -> Result<Self, SpawnError> {
+        // Dropped on an error, as `started` is: the database goes too.
         let (database, (key, value)) = FreshDatabase::create(admin_url).await?;
         let mut started = Self {
             children: Vec::with_capacity(replicas),
@@ -94,8 +98,11 @@ impl SpawnedReplicas {
     }
 }
 
-/// The database a benchmark run created, to remove afterwards.
-enum FreshDatabase {
+/// The database a benchmark run created, to remove afterwards: by
+/// [`remove`](Self::remove), or else when dropped.
+struct FreshDatabase(Option<Database>);
+
+enum Database {
     Postgres {
         admin_url: String,
         name: String,
@@ -104,6 +111,31 @@ enum FreshDatabase {
     Sqlite {
         dir: PathBuf,
     },
+}
+
+impl Drop for FreshDatabase {
+    /// Removes the database of a run that ended without
+    /// [`remove`](Self::remove), as best it can: its processes, killed on
+    /// drop, may still hold it (a forced `DROP DATABASE` ends their
+    /// sessions).
+    fn drop(&mut self) {
+        let Some(database) = self.0.take() else {
+            return;
+        };
+        // A runtime of its own on a thread of its own: this may run inside
+        // the benchmark's runtime, which cannot be blocked on.
+        let removed = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(database.remove())?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+        })
+        .join();
+        if let Ok(Err(error)) = removed {
+            eprintln!("removing a benchmark database: {error}");
+        }
+    }
 }
 
 impl FreshDatabase {
@@ -116,7 +148,7 @@ impl FreshDatabase {
             let dir = std::env::temp_dir()
                 .join(format!("numbering_bench_{}", uuid::Uuid::now_v7().simple()));
             let env = ("NUMBERING_DATA_DIR", dir.display().to_string());
-            return Ok((Self::Sqlite { dir }, env));
+            return Ok((Self(Some(Database::Sqlite { dir })), env));
         }
         // Parse before creating anything, so a bad URL leaves no database behind.
         let mut url =
@@ -127,20 +159,42 @@ impl FreshDatabase {
         sqlx::query(AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#)))
             .execute(&mut admin)
             .await?;
-        let database = Self::Postgres {
+        let database = Database::Postgres {
             admin_url: admin_url.to_owned(),
             name,
             url: url.to_string(),
         };
-        Ok((database, ("DATABASE_URL", url.to_string())))
+        Ok((Self(Some(database)), ("DATABASE_URL", url.to_string())))
     }
 
-    async fn remove(&self) -> Result<(), SpawnError> {
+    /// Removes the database, once.
+    async fn remove(&mut self) -> Result<(), SpawnError> {
+        match self.0.take() {
+            Some(database) => database.remove().await,
+            None => Ok(()),
+        }
+    }
+
+    fn get(&self) -> Option<&Database> {
+        self.0.as_ref()
+    }
+
+    /// Its URL, where it is on PostgreSQL.
+    fn postgres_url(&self) -> Option<&str> {
+        match self.get()? {
+            Database::Postgres { url, .. } => Some(url),
+            Database::Sqlite { .. } => None,
+        }
+    }
+}
+
+impl Database {
+    async fn remove(self) -> Result<(), SpawnError> {
         match self {
             Self::Postgres {
                 admin_url, name, ..
             } => {
-                let mut admin = PgConnection::connect(admin_url).await?;
+                let mut admin = PgConnection::connect(&admin_url).await?;
                 sqlx::query(AssertSqlSafe(format!(
                     r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#
                 )))
@@ -148,12 +202,56 @@ impl FreshDatabase {
                 .await?;
             }
             Self::Sqlite { dir } => {
-                std::fs::remove_dir_all(dir)
-                    .map_err(|e| SpawnError::Remove(dir.display().to_string(), e))?;
+                // A process killed as it is dropped may still finish the
+                // call that writes a file there: a few tries.
+                let mut tries = 0;
+                while let Err(e) = std::fs::remove_dir_all(&dir) {
+                    tries += 1;
+                    if tries == 5 || e.kind() != std::io::ErrorKind::DirectoryNotEmpty {
+                        return Err(SpawnError::Remove(dir.display().to_string(), e));
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
             }
         }
         Ok(())
     }
+}
+
+/// Runs `sql` on the PostgreSQL database at `url`, unlogged.
+async fn execute_on(url: &str, sql: AssertSqlSafe<String>) -> Result<(), SpawnError> {
+    let options: PgConnectOptions = url.parse()?;
+    let mut conn = options.disable_statement_logging().connect().await?;
+    sqlx::query(sql).execute(&mut conn).await?;
+    Ok(())
+}
+
+/// Analyzes the PostgreSQL database at `url`, as autovacuum would.
+///
+/// # Errors
+/// The database could not be reached, or the statement failed.
+pub async fn analyze(url: &str) -> Result<(), SpawnError> {
+    execute_on(url, AssertSqlSafe("ANALYZE".to_owned())).await
+}
+
+/// How the PostgreSQL server of `admin_url` makes a commit durable
+/// (`fsync`, `synchronous_commit`), as a benchmark's figures depend on it;
+/// `None` for SQLite (`sqlite:`), whose settings are the services' own.
+///
+/// # Errors
+/// The server could not be reached.
+pub async fn durability(admin_url: &str) -> Result<Option<String>, SpawnError> {
+    if admin_url == "sqlite:" {
+        return Ok(None);
+    }
+    let mut admin = PgConnection::connect(admin_url).await?;
+    let (fsync, synchronous_commit): (String, String) =
+        sqlx::query_as("SELECT current_setting('fsync'), current_setting('synchronous_commit')")
+            .fetch_one(&mut admin)
+            .await?;
+    Ok(Some(format!(
+        "fsync {fsync}, synchronous_commit {synchronous_commit}"
+    )))
 }
 
 impl SpawnedAllocator {
@@ -166,18 +264,15 @@ impl SpawnedAllocator {
     /// The statement failed.
     pub async fn execute(&self, sql: &str) -> Result<(), SpawnError> {
         let sql = AssertSqlSafe(sql.to_owned());
-        match &self.database {
-            FreshDatabase::Postgres { url, .. } => {
-                let options: PgConnectOptions = url.parse()?;
-                let mut conn = options.disable_statement_logging().connect().await?;
-                sqlx::query(sql).execute(&mut conn).await?;
-            }
-            FreshDatabase::Sqlite { dir } => {
+        match self.database.get() {
+            Some(Database::Postgres { url, .. }) => execute_on(url, sql).await?,
+            Some(Database::Sqlite { dir }) => {
                 let file = dir.join("allocator.sqlite3");
                 let options = SqliteConnectOptions::new().filename(file);
                 let mut conn = SqliteConnection::connect_with(&options).await?;
                 sqlx::query(sql).execute(&mut conn).await?;
             }
+            None => {}
         }
         Ok(())
     }
@@ -185,7 +280,13 @@ impl SpawnedAllocator {
     /// Whether its database is SQLite.
     #[must_use]
     pub fn on_sqlite(&self) -> bool {
-        matches!(self.database, FreshDatabase::Sqlite { .. })
+        matches!(self.database.get(), Some(Database::Sqlite { .. }))
+    }
+
+    /// Its database's URL, where that is on PostgreSQL.
+    #[must_use]
+    pub fn postgres_url(&self) -> Option<&str> {
+        self.database.postgres_url()
     }
 
     /// Creates a fresh database on the server of `admin_url`, or a SQLite
@@ -199,6 +300,7 @@ impl SpawnedAllocator {
         admin_url: &str,
         args: &[String],
     ) -> Result<Self, SpawnError> {
+        // Dropped on an error: the database goes too.
         let (database, (key, value)) = FreshDatabase::create(admin_url).await?;
         let (child, url) = spawn(binary, args, ALLOCATOR_LOG, (key, &value)).await?;
         Ok(Self {
@@ -274,6 +376,12 @@ impl SpawnedWriter {
         self.child.id()
     }
 
+    /// Its database's URL, where that is on PostgreSQL.
+    #[must_use]
+    pub fn postgres_url(&self) -> Option<&str> {
+        self.database.postgres_url()
+    }
+
     /// Stops the process and drops its database or directory.
     ///
     /// # Errors
@@ -297,7 +405,15 @@ async fn spawn(
     log: &str,
     (key, value): (&str, &str),
 ) -> Result<(Child, String), SpawnError> {
-    let mut child = Command::new(binary)
+    let mut command = Command::new(binary);
+    // None of the services' settings from this process' environment: only
+    // what the benchmark passes.
+    for (name, _) in std::env::vars_os() {
+        if name == "DATABASE_URL" || name.to_string_lossy().starts_with("NUMBERING_") {
+            command.env_remove(name);
+        }
+    }
+    let mut child = command
         .args([
             "--listen",
             "127.0.0.1:0",
@@ -307,7 +423,6 @@ async fn spawn(
             "0s",
         ])
         .args(args)
-        .env_remove("DATABASE_URL")
         .env(key, value)
         .env("RUST_LOG", log)
         .stderr(Stdio::piped())

@@ -32,10 +32,12 @@ pub struct Verification {
 }
 
 impl Verification {
-    /// No duplicate, and no gap where none was allowed.
+    /// Some number checked, no duplicate, no malformed answer, and no gap
+    /// where none was allowed. A run that acknowledged nothing proves
+    /// nothing: it fails.
     #[must_use]
     pub fn passed(&self) -> bool {
-        self.duplicate_count == 0 && self.gaps.is_empty() && self.malformed == 0
+        self.numbers > 0 && self.duplicate_count == 0 && self.gaps.is_empty() && self.malformed == 0
     }
 }
 
@@ -102,6 +104,13 @@ mod tests {
         let result = verify(&acks, true);
         assert!(result.passed(), "{result:?}");
         assert_eq!((result.numbers, result.series), (6, 2));
+    }
+
+    #[test]
+    fn a_run_that_acknowledged_nothing_fails() {
+        let result = verify(&[], false);
+        assert!(!result.passed(), "{result:?}");
+        assert_eq!(result.numbers, 0);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use numbering::bench::{
     Call, Load, Report, drive, drive_all, plot,
     processor::{CallCost, ProcessorTime, Sample},
     report::{CompareRow, VerificationLine},
-    spawn::{SpawnedAllocator, SpawnedReplicas, SpawnedWriter},
+    spawn::{SpawnedAllocator, SpawnedReplicas, SpawnedWriter, analyze},
 };
 
 /// Load generator and verifier for the number allocator.
@@ -61,7 +61,7 @@ struct SpawnArgs {
     #[arg(long)]
     writer_bin: Option<PathBuf>,
 
-    /// On PostgreSQL, analyze the allocator's fresh database this often while a run lasts, as autovacuum does on a server that has run a while. Without it, a run measures a server whose plans were made on empty tables (memory: 10s).
+    /// On PostgreSQL, analyze the services' fresh databases this often while a run lasts, as autovacuum does on a server that has run a while. Without it, a run measures a server whose plans were made on empty tables (memory: 10s).
     #[arg(long, value_parser = humantime::parse_duration)]
     analyze_every: Option<Duration>,
 }
@@ -96,23 +96,23 @@ struct RunArgs {
     /// A running allocator (or, for create-invoice, writer) to drive; without it one is started on a fresh database (for create-invoice, an allocator and a writer, each on its own).
     #[arg(long)]
     url: Option<String>,
-    /// Commit mode of the allocator started here.
-    #[arg(long, value_enum, default_value = "group")]
-    commit_mode: Mode,
+    /// Commit mode of the allocator started here (default: group); not with --url or create-invoice.
+    #[arg(long, value_enum)]
+    commit_mode: Option<Mode>,
     /// Concurrent clients.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = at_least_one)]
     clients: usize,
-    /// Connections the clients share (default: min(clients, 8)).
-    #[arg(long)]
+    /// Connections the clients share, at most one per client (default: min(clients, 8)).
+    #[arg(long, value_parser = at_least_one)]
     connections: Option<usize>,
     /// How long to drive.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = some_time)]
     duration: Duration,
     /// Tenants, called uniformly at random; 1 is one hot tenant.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     tenants: u32,
-    /// Numbers per Allocate call.
-    #[arg(long, default_value_t = 1)]
+    /// Numbers per Allocate call (Allocate only).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     count: u32,
     /// Send every Allocate, Reserve and invoice with a fresh request id.
     #[arg(long)]
@@ -130,10 +130,10 @@ struct RunArgs {
 #[derive(Debug, Args)]
 struct CompareArgs {
     /// Length of each run.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = some_time)]
     duration: Duration,
     /// Client counts to compare.
-    #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64,256", value_parser = at_least_one)]
     clients: Vec<usize>,
     /// Also draw the sweep (throughput and p99 against clients, per mode) into this SVG file.
     #[arg(long)]
@@ -145,23 +145,23 @@ struct CompareArgs {
 #[derive(Debug, Args)]
 struct NeighboursArgs {
     /// Length of each run.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = some_time)]
     duration: Duration,
     /// Clients of the quiet side.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = at_least_one)]
     quiet_clients: usize,
     /// Tenants the quiet clients share (each under a per-tenant rate limit
     /// that would cap one tenant taking the whole machine).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     quiet_tenants: u32,
     /// Clients hammering the exhausted series.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = at_least_one)]
     noisy_clients: usize,
     /// The noisy clients send a fresh request id with every call.
     #[arg(long)]
     keyed: bool,
     /// Runs of each kind, alternating.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = at_least_one)]
     rounds: usize,
     /// A setting for the allocator, e.g. `--allocator-arg=--tenant-rate-limit=1000`
     /// (repeatable).
@@ -174,16 +174,16 @@ struct NeighboursArgs {
 #[derive(Debug, Args)]
 struct ReplicasArgs {
     /// Length of each run.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = some_time)]
     duration: Duration,
     /// Concurrent clients, over all replicas.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = at_least_one)]
     clients: usize,
     /// Connections the clients share, spread over the replicas.
-    #[arg(long, default_value_t = 12)]
+    #[arg(long, default_value_t = 12, value_parser = at_least_one)]
     connections: usize,
     /// Most replicas; runs 1, 2, … up to it.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = at_least_one)]
     replicas: usize,
     #[command(flatten)]
     spawn: SpawnArgs,
@@ -192,16 +192,16 @@ struct ReplicasArgs {
 #[derive(Debug, Args)]
 struct TargetsArgs {
     /// Length of each run.
-    #[arg(long, default_value = "4s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "4s", value_parser = some_time)]
     duration: Duration,
     /// Rounds of every workload, back to back.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = at_least_one)]
     rounds: usize,
     /// Concurrent clients.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = at_least_one)]
     clients: usize,
     /// Connections the clients share.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = at_least_one)]
     connections: usize,
     #[command(flatten)]
     spawn: SpawnArgs,
@@ -210,10 +210,10 @@ struct TargetsArgs {
 #[derive(Debug, Args)]
 struct AuditArgs {
     /// Numbers in the period, each its own range.
-    #[arg(long, default_value_t = 1_000_000)]
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(i64).range(1..))]
     numbers: i64,
     /// Audits to time.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = at_least_one)]
     rounds: usize,
     /// Also time audits after one range's record is deleted, which walks
     /// the ranges to find it.
@@ -226,19 +226,37 @@ struct AuditArgs {
 #[derive(Debug, Args)]
 struct MemoryArgs {
     /// Distinct tenants, each served once.
-    #[arg(long, default_value_t = 1_000_000)]
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1..))]
     tenants: u32,
     /// Concurrent clients.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = at_least_one)]
     clients: usize,
     /// Longest the run may take.
-    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30m", value_parser = some_time)]
     max_duration: Duration,
     /// After serving every tenant once, keep calling them at random this long, with a fresh request id each call, and sample the resident memory ten times ("0s": not at all).
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     steady: Duration,
     #[command(flatten)]
     spawn: SpawnArgs,
+}
+
+/// A count of at least one (clients, connections, rounds, replicas).
+fn at_least_one(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A length of time longer than none.
+fn some_time(value: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(value) {
+        Ok(duration) if duration.is_zero() => Err("must be longer than 0s".to_owned()),
+        Ok(duration) => Ok(duration),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn allocator_bin(spawn: &SpawnArgs) -> anyhow::Result<PathBuf> {
@@ -266,6 +284,33 @@ fn binary(given: Option<&PathBuf>, name: &str, flag: &str) -> anyhow::Result<Pat
         );
     }
     Ok(path)
+}
+
+/// Refuses more connections than clients: the extra ones would carry no call.
+fn fewer_connections_than_clients(
+    connections: Option<usize>,
+    clients: usize,
+) -> anyhow::Result<()> {
+    if let Some(connections) = connections
+        && connections > clients
+    {
+        bail!(
+            "--connections {connections} is more than --clients {clients}: each connection needs a client"
+        );
+    }
+    Ok(())
+}
+
+/// Prints how the PostgreSQL server makes commits durable, which every
+/// figure depends on.
+async fn print_durability(spawn: &SpawnArgs) -> anyhow::Result<()> {
+    if let Some(durability) = numbering::bench::spawn::durability(&spawn.database_url)
+        .await
+        .context("reading the PostgreSQL server's settings")?
+    {
+        println!("PostgreSQL: {durability}");
+    }
+    Ok(())
 }
 
 fn load(
@@ -301,7 +346,8 @@ async fn spawned_run(
     let allocator = SpawnedAllocator::start(bin, &spawn.database_url, &args).await?;
     let pids = [allocator.pid()];
     let start = Sample::now(&pids);
-    let report = analyzing(&allocator, spawn.analyze_every, drive(&allocator.url, load)).await;
+    let databases = [allocator.postgres_url()];
+    let report = analyzing(&databases, spawn.analyze_every, drive(&allocator.url, load)).await;
     let processor = Sample::now(&pids).since(&start);
     allocator.stop().await?;
     Ok(Report {
@@ -317,17 +363,14 @@ async fn spawned_writer_run(
     (allocator_bin, writer_bin): (&Path, &Path),
     load: &Load,
 ) -> anyhow::Result<Report> {
-    let allocator = SpawnedAllocator::start(allocator_bin, &spawn.database_url, &[]).await?;
-    let writer = match SpawnedWriter::start(writer_bin, &spawn.database_url, &allocator.url).await {
-        Ok(writer) => writer,
-        Err(e) => {
-            allocator.stop().await?;
-            return Err(e.into());
-        }
-    };
+    let args = ["--commit-mode".to_owned(), Mode::Group.flag().to_owned()];
+    let allocator = SpawnedAllocator::start(allocator_bin, &spawn.database_url, &args).await?;
+    // On an error the allocator is dropped, and its database goes with it.
+    let writer = SpawnedWriter::start(writer_bin, &spawn.database_url, &allocator.url).await?;
     let pids = [allocator.pid(), writer.pid()];
     let start = Sample::now(&pids);
-    let report = analyzing(&allocator, spawn.analyze_every, drive(&writer.url, load)).await;
+    let databases = [allocator.postgres_url(), writer.postgres_url()];
+    let report = analyzing(&databases, spawn.analyze_every, drive(&writer.url, load)).await;
     let processor = Sample::now(&pids).since(&start);
     writer.stop().await?;
     allocator.stop().await?;
@@ -345,8 +388,25 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
         CallArg::Health => Call::Health,
     };
     if args.reissue && call == Call::CreateInvoice {
-        anyhow::bail!("--reissue configures an allocator's series; not with create-invoice");
+        bail!("--reissue configures an allocator's series; not with create-invoice");
     }
+    if args.count != 1 && call != Call::Allocate {
+        let call = args
+            .call
+            .to_possible_value()
+            .map(|value| value.get_name().to_owned());
+        bail!(
+            "--count is the numbers of one Allocate; not with {}",
+            call.unwrap_or_default()
+        );
+    }
+    if args.commit_mode.is_some() && (args.url.is_some() || call == Call::CreateInvoice) {
+        bail!(
+            "--commit-mode sets the allocator this run starts; not with --url or create-invoice \
+             (whose writer's allocator commits in groups)"
+        );
+    }
+    fewer_connections_than_clients(args.connections, args.clients)?;
     let load = Load {
         keyed: args.keyed,
         reissue: args.reissue,
@@ -359,6 +419,9 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
             call,
         )
     };
+    if args.url.is_none() {
+        print_durability(&args.spawn).await?;
+    }
     let report = match &args.url {
         Some(url) => {
             let start = Sample::now(&[]);
@@ -378,7 +441,7 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
             spawned_run(
                 &args.spawn,
                 &allocator_bin(&args.spawn)?,
-                args.commit_mode,
+                args.commit_mode.unwrap_or(Mode::Group),
                 &load,
             )
             .await?
@@ -403,6 +466,7 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
 
 async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
     let bin = allocator_bin(&args.spawn)?;
+    print_durability(&args.spawn).await?;
     let mut all_verified = true;
     println!("{}", CompareRow::HEADER);
     let mut figure = Vec::new();
@@ -425,6 +489,16 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
                 &load(clients, None, args.duration, 1, 1, Call::Health),
             )
             .await?;
+            // A ceiling lowered by failed calls would raise every share.
+            let ceiling_sound = noop.failed() == 0 && noop.ok > 0;
+            if !ceiling_sound {
+                eprintln!(
+                    "{workload}, {clients} clients, no-op ceiling: {} calls failed {:?}",
+                    noop.failed(),
+                    noop.errors
+                );
+            }
+            all_verified &= ceiling_sound;
             let allocate = load(clients, None, args.duration, tenants, 1, Call::Allocate);
             let group = spawned_run(&args.spawn, &bin, Mode::Group, &allocate).await?;
             let with_ids = Load {
@@ -474,19 +548,28 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
         eprintln!("drew {}", path.display());
     }
     println!(
-        "\nEvery acknowledged number verified (no duplicates; 1..=N per series when nothing failed): {all_verified}"
+        "\nEvery acknowledged number verified (no duplicates; 1..=N per series when nothing failed), no no-op call failed: {all_verified}"
     );
     Ok(all_verified)
 }
 
 async fn replicas(args: ReplicasArgs) -> anyhow::Result<bool> {
+    fewer_connections_than_clients(Some(args.connections), args.clients)?;
+    if args.replicas > args.connections {
+        bail!(
+            "--replicas {} is more than --connections {}: each replica needs a connection",
+            args.replicas,
+            args.connections
+        );
+    }
     let bin = allocator_bin(&args.spawn)?;
+    print_durability(&args.spawn).await?;
     let mut all_verified = true;
     println!("| workload | replicas | calls/s | vs 1 replica | p99 | failed | verified |");
     println!("|---|---|---|---|---|---|---|");
     for (workload, tenants) in [("one hot tenant", 1), ("1,000 tenants", 1000)] {
         let mut single = None;
-        for replicas in 1..=args.replicas.max(1) {
+        for replicas in 1..=args.replicas {
             let started =
                 SpawnedReplicas::start(&bin, &args.spawn.database_url, &[], replicas).await?;
             let load = load(
@@ -707,7 +790,8 @@ async fn targets_round(
     let noop = spawned_run(&args.spawn, bin, Mode::Group, &run(Call::Health, 1, false)).await?;
     let mut spent = vec![Spent::of("no-op", ALLOCATOR, &noop)];
     let mut runs = Vec::new();
-    let mut all_verified = true;
+    // A ceiling lowered by failed calls would raise every share.
+    let mut all_verified = sound_ceiling(round, "no-op ceiling", &noop);
     for (name, mode, call, tenants, keyed) in [
         ("group commit", Group, Allocate, 1, false),
         ("keyed group commit", Group, Allocate, 1, true),
@@ -737,6 +821,7 @@ async fn targets_round(
     // The writer's own ceiling: its health check, with an allocator beside it.
     let writer_noop =
         spawned_writer_run(&args.spawn, (bin, writer_bin), &run(Call::Health, 1, false)).await?;
+    all_verified &= sound_ceiling(round, "the writer's no-op ceiling", &writer_noop);
     let invoices = spawned_writer_run(
         &args.spawn,
         (bin, writer_bin),
@@ -775,9 +860,25 @@ async fn targets_round(
     Ok((figures, all_verified, spent))
 }
 
+/// Whether a no-op ceiling's run made calls and none failed; said if not.
+fn sound_ceiling(round: usize, name: &str, report: &Report) -> bool {
+    let sound = report.ok > 0 && report.failed() == 0;
+    if !sound {
+        eprintln!(
+            "round {round}, {name}: {} calls ok, {} failed {:?}",
+            report.ok,
+            report.failed(),
+            report.errors
+        );
+    }
+    sound
+}
+
 async fn targets(args: TargetsArgs) -> anyhow::Result<bool> {
+    fewer_connections_than_clients(Some(args.connections), args.clients)?;
     let bin = allocator_bin(&args.spawn)?;
     let writer_bin = writer_bin(&args.spawn)?;
+    print_durability(&args.spawn).await?;
     let mut targets = [
         Target::new("group commit ÷ no-op", "≥ 65%", |r| r >= 0.65, percent).share(
             "group commit",
@@ -833,7 +934,7 @@ async fn targets(args: TargetsArgs) -> anyhow::Result<bool> {
     ];
     let mut all_verified = true;
     let mut spent: Vec<Spent> = Vec::new();
-    for round in 1..=args.rounds.max(1) {
+    for round in 1..=args.rounds {
         let (figures, verified, round_spent) =
             targets_round(&args, (&bin, &writer_bin), round).await?;
         all_verified &= verified;
@@ -1077,7 +1178,7 @@ async fn audit(args: AuditArgs) -> anyhow::Result<bool> {
         }
         let mut times = Vec::new();
         let mut answer = None;
-        for _ in 0..args.rounds.max(1) {
+        for _ in 0..args.rounds {
             let started = std::time::Instant::now();
             let audited = client
                 .audit_series(AuditSeriesRequest {
@@ -1127,7 +1228,8 @@ async fn memory(args: MemoryArgs) -> anyhow::Result<bool> {
     );
     load.each_tenant_once = true;
     let every = args.spawn.analyze_every.or(Some(Duration::from_secs(10)));
-    let mut report = analyzing(&allocator, every, drive(&allocator.url, &load)).await?;
+    let databases = [allocator.postgres_url()];
+    let mut report = analyzing(&databases, every, drive(&allocator.url, &load)).await?;
     let after = allocator.resident_bytes();
     println!("{report}");
     println!(
@@ -1144,7 +1246,7 @@ async fn memory(args: MemoryArgs) -> anyhow::Result<bool> {
         load.duration = args.steady;
         let samples = sample_memory(&allocator, args.steady / 10);
         let (steady, samples) = tokio::join!(
-            analyzing(&allocator, every, drive(&allocator.url, &load)),
+            analyzing(&databases, every, drive(&allocator.url, &load)),
             samples
         );
         let steady = steady?;
@@ -1180,27 +1282,31 @@ async fn sample_memory(allocator: &SpawnedAllocator, every: Duration) -> Vec<Opt
     samples
 }
 
-/// Runs `work`; meanwhile, on PostgreSQL, analyzes the allocator's database
-/// `every` so often, as autovacuum would. Each connection keeps the plans it
-/// made while the tables were empty (sequential scans) until its tables are
-/// analyzed, which a fresh database's are not in a run of seconds, nor ever
-/// on a server that runs without autovacuum.
+/// Runs `work`; meanwhile analyzes each of the services' `databases` on
+/// PostgreSQL (`None` for one on SQLite) `every` so often, as autovacuum
+/// would. Each connection keeps the plans it made while the tables were
+/// empty (sequential scans) until its tables are analyzed, which a fresh
+/// database's are not in a run of seconds, nor ever on a server that runs
+/// without autovacuum.
 async fn analyzing<T>(
-    allocator: &SpawnedAllocator,
+    databases: &[Option<&str>],
     every: Option<Duration>,
     work: impl Future<Output = T>,
 ) -> T {
     let analyze = async {
-        let Some(every) = every.filter(|every| !every.is_zero() && !allocator.on_sqlite()) else {
+        let urls: Vec<&str> = databases.iter().flatten().copied().collect();
+        let Some(every) = every.filter(|every| !every.is_zero() && !urls.is_empty()) else {
             return std::future::pending().await;
         };
         let mut ticks = tokio::time::interval(every);
         ticks.tick().await;
         loop {
             ticks.tick().await;
-            if let Err(e) = allocator.execute("ANALYZE").await {
-                eprintln!("ANALYZE failed: {e}");
-                return std::future::pending().await;
+            for url in &urls {
+                if let Err(e) = analyze(url).await {
+                    eprintln!("ANALYZE failed: {e}");
+                    return std::future::pending().await;
+                }
             }
         }
     };
@@ -1210,20 +1316,46 @@ async fn analyzing<T>(
     }
 }
 
+/// The first SIGINT or SIGTERM, named.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "interrupted",
+        _ = term.recv() => "terminated",
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
         .with_writer(std::io::stderr)
         .init();
-    let passed = match Cli::parse().command {
-        Command::Run(args) => run(args).await?,
-        Command::Compare(args) => compare(args).await?,
-        Command::Memory(args) => memory(args).await?,
-        Command::Audit(args) => audit(args).await?,
-        Command::Neighbours(args) => neighbours(args).await?,
-        Command::Replicas(args) => replicas(args).await?,
-        Command::Targets(args) => targets(args).await?,
+    let command = async {
+        match Cli::parse().command {
+            Command::Run(args) => run(args).await,
+            Command::Compare(args) => compare(args).await,
+            Command::Memory(args) => memory(args).await,
+            Command::Audit(args) => audit(args).await,
+            Command::Neighbours(args) => neighbours(args).await,
+            Command::Replicas(args) => replicas(args).await,
+            Command::Targets(args) => targets(args).await,
+        }
+    };
+    // Interrupted, the command is dropped: the services it started are
+    // killed, and their databases removed, as it goes.
+    let passed = tokio::select! {
+        passed = command => passed?,
+        signal = interrupted() => {
+            eprintln!("{signal}: stopping the services started and removing their databases");
+            return Ok(ExitCode::from(130));
+        }
     };
     Ok(if passed {
         ExitCode::SUCCESS

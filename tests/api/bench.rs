@@ -10,21 +10,208 @@ use crate::helpers::{admin_url, spawn_allocator};
 /// Runs `numbering-bench` with `args` and the test binaries; its stdout and
 /// stderr, once it has succeeded.
 async fn bench(args: &[&str]) -> (String, String) {
+    let (success, stdout, stderr) = bench_with(args, &[]).await;
+    assert!(success, "{stdout}\n{stderr}");
+    (stdout, stderr)
+}
+
+/// Runs `numbering-bench` with `args` (after which the test binaries and
+/// PostgreSQL, unless `args` name others) and the environment `env` added;
+/// whether it succeeded, its stdout and stderr.
+async fn bench_with(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_numbering-bench"))
         .args(args)
-        .args([
-            "--database-url",
-            admin_url(),
-            "--allocator-bin",
-            env!("CARGO_BIN_EXE_number-allocator"),
-        ])
+        .args(defaults(args))
+        .envs(env.iter().copied())
         .output()
         .await
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(output.status.success(), "{stdout}\n{stderr}");
-    (stdout, stderr)
+    (output.status.success(), stdout, stderr)
+}
+
+/// The database and allocator of a test run, where `args` do not name theirs.
+fn defaults(args: &[&str]) -> Vec<&'static str> {
+    let mut defaults = Vec::new();
+    if !args.contains(&"--database-url") {
+        defaults.extend(["--database-url", admin_url()]);
+    }
+    if !args.contains(&"--allocator-bin") {
+        defaults.extend(["--allocator-bin", env!("CARGO_BIN_EXE_number-allocator")]);
+    }
+    defaults
+}
+
+/// A run in which every call failed acknowledged no number, and proves
+/// nothing: it fails, and says why (here, an allocator asked to create
+/// invoices answers UNIMPLEMENTED).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_in_which_every_call_failed_does_not_pass() {
+    let app = spawn_allocator(Backend::Postgres).await;
+    let url = app.server.url();
+    let args = [
+        "run",
+        "--url",
+        &url,
+        "--call",
+        "create-invoice",
+        "--clients",
+        "2",
+        "--duration",
+        "200ms",
+    ];
+    let (success, stdout, stderr) = bench_with(&args, &[]).await;
+    assert!(!success, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("VERIFICATION FAILED: no number was acknowledged"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("calls ok: 0 "), "{stdout}");
+}
+
+/// Settings that make no run are refused before anything starts, naming
+/// the setting.
+#[tokio::test]
+async fn settings_that_make_no_run_are_refused() {
+    for (args, said) in [
+        (&["run", "--clients", "0"][..], "--clients"),
+        (&["run", "--duration", "0s"], "--duration"),
+        (&["run", "--tenants", "0"], "--tenants"),
+        (
+            &["run", "--clients", "2", "--connections", "3"],
+            "--connections 3",
+        ),
+        (
+            &["run", "--call", "reserve-confirm", "--count", "3"],
+            "--count",
+        ),
+        (
+            &[
+                "run",
+                "--call",
+                "create-invoice",
+                "--commit-mode",
+                "per-call",
+            ],
+            "--commit-mode",
+        ),
+        (&["targets", "--rounds", "0"], "--rounds"),
+        (
+            &["replicas", "--replicas", "3", "--connections", "2"],
+            "--replicas 3",
+        ),
+    ] {
+        let (success, stdout, stderr) = bench_with(args, &[]).await;
+        assert!(!success, "{args:?}: {stdout}\n{stderr}");
+        assert!(stderr.contains(said), "{args:?}: {stderr}");
+        assert!(!stdout.contains("calls ok"), "{args:?}: {stdout}");
+    }
+}
+
+/// The allocator a run starts takes its settings from the run alone: a
+/// rate limit and one commit per call in the environment do not reach it,
+/// so no call is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_services_a_run_starts_take_no_settings_from_its_environment() {
+    let args = ["run", "--clients", "4", "--duration", "300ms"];
+    let env = [
+        ("NUMBERING_TENANT_RATE_LIMIT", "1"),
+        ("NUMBERING_TENANT_RATE_WAIT", "0s"),
+        ("NUMBERING_COMMIT_MODE", "per-call"),
+    ];
+    let (success, stdout, stderr) = bench_with(&args, &env).await;
+    assert!(success, "{stdout}\n{stderr}");
+    assert!(stdout.contains("; failed: 0 {}"), "{stdout}");
+    assert!(stdout.contains("each series exactly 1..=N"), "{stdout}");
+    // And the server's durability, which every figure depends on, is said.
+    assert!(stdout.contains("PostgreSQL: fsync "), "{stdout}");
+}
+
+/// The benchmark's temporary directories in `dir`.
+fn left_in(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("numbering_bench_"))
+        .collect()
+}
+
+/// A service that wrote its database and then failed to start: the run
+/// fails, and removes that database all the same.
+#[tokio::test]
+async fn a_run_whose_service_fails_to_start_leaves_no_database() {
+    let tmp = tempfile::tempdir().unwrap();
+    let script = tmp.path().join("allocator-that-fails");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nmkdir -p \"$NUMBERING_DATA_DIR\"\ntouch \"$NUMBERING_DATA_DIR/allocator.sqlite3\"\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let runs = tmp.path().join("runs");
+    std::fs::create_dir(&runs).unwrap();
+    let script = script.display().to_string();
+    let args = [
+        "run",
+        "--database-url",
+        "sqlite:",
+        "--allocator-bin",
+        &script,
+    ];
+    let (success, stdout, stderr) =
+        bench_with(&args, &[("TMPDIR", &runs.display().to_string())]).await;
+    assert!(!success, "{stdout}\n{stderr}");
+    assert!(stderr.contains("did not start listening"), "{stderr}");
+    assert_eq!(left_in(&runs), Vec::<String>::new());
+}
+
+/// A run stopped by SIGTERM stops the allocator it started and removes its
+/// database before it exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_run_removes_the_database_it_made() {
+    let runs = tempfile::tempdir().unwrap();
+    let mut bench = tokio::process::Command::new(env!("CARGO_BIN_EXE_numbering-bench"))
+        .args([
+            "run",
+            "--database-url",
+            "sqlite:",
+            "--duration",
+            "1h",
+            "--clients",
+            "2",
+        ])
+        .args(["--allocator-bin", env!("CARGO_BIN_EXE_number-allocator")])
+        .env("TMPDIR", runs.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Driving: the allocator has made its database, and serves the calls
+    // (its ledger's write-ahead log holds them).
+    let started = std::time::Instant::now();
+    loop {
+        let made = left_in(runs.path());
+        if let [dir] = &made[..]
+            && runs.path().join(dir).join("allocator.sqlite3-wal").exists()
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_mins(1),
+            "the run made no database: {made:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(bench.id().unwrap()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let output = tokio::time::timeout(std::time::Duration::from_secs(30), bench.wait())
+        .await
+        .expect("the run stops")
+        .unwrap();
+    assert_eq!(output.code(), Some(130));
+    assert_eq!(left_in(runs.path()), Vec::<String>::new());
 }
 
 /// Two replicas on one PostgreSQL database for half a second each: a row per
