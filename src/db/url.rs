@@ -164,6 +164,15 @@ impl FromStr for DatabaseUrl {
             if options.get_filename().as_os_str().is_empty() {
                 return Err(format!("{raw}: no SQLite file named"));
             }
+            // Started from another directory, a service would open another
+            // file: a second counter, handing out the same numbers again.
+            if options.get_filename().is_relative() {
+                return Err(format!(
+                    "{raw}: a relative path depends on the directory the service starts in, \
+                     and each directory would get a counter of its own; give an absolute path \
+                     (sqlite:///var/lib/numbering/allocator.sqlite3) or --data-dir"
+                ));
+            }
             return Ok(url);
         }
         Err(format!(
@@ -286,9 +295,9 @@ mod tests {
     fn the_scheme_picks_the_backend() {
         let postgres: DatabaseUrl = "postgresql://db/numbers".parse().unwrap();
         assert_eq!(postgres.backend(), Backend::Postgres);
-        let sqlite: DatabaseUrl = "sqlite://data/allocator.sqlite3".parse().unwrap();
+        let sqlite: DatabaseUrl = "sqlite:///data/allocator.sqlite3".parse().unwrap();
         assert_eq!(sqlite.backend(), Backend::Sqlite);
-        assert_eq!(sqlite.to_string(), "sqlite://data/allocator.sqlite3");
+        assert_eq!(sqlite.to_string(), "sqlite:///data/allocator.sqlite3");
     }
 
     #[test]
@@ -304,14 +313,22 @@ mod tests {
     }
 
     #[test]
+    fn an_absolute_sqlite_file_is_accepted() {
+        assert!("sqlite:///tmp/x.db?mode=rwc".parse::<DatabaseUrl>().is_ok());
+    }
+
+    #[test]
     fn sqlite_urls_that_would_lose_or_refuse_writes_are_refused() {
         for raw in [
             "sqlite::memory:",
-            "sqlite://x.db?mode=memory",
+            "sqlite:///tmp/x.db?mode=memory",
             "sqlite://",
-            "sqlite://x.db?mode=ro",
-            "sqlite://x.db?vfs=unix-none",
-            "sqlite://x.db?immutable=true",
+            "sqlite:///tmp/x.db?mode=ro",
+            "sqlite:///tmp/x.db?vfs=unix-none",
+            "sqlite:///tmp/x.db?immutable=true",
+            // Another file, and another counter, in each working directory.
+            "sqlite://x.db",
+            "sqlite:x.db",
         ] {
             assert!(raw.parse::<DatabaseUrl>().is_err(), "{raw} accepted");
         }

@@ -331,7 +331,7 @@ pub fn needs(
 #[allow(clippy::doc_markdown)]
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
-    /// Database URL: postgres://user:password@host:5432/db or sqlite://path/to/file. Default: a SQLite file in --data-dir. The password is never logged.
+    /// Database URL: postgres://user:password@host:5432/db or sqlite:///absolute/path/to/file. Default: a SQLite file in --data-dir. The password is never logged.
     #[arg(global = true, long, env = "DATABASE_URL", value_parser = DATABASE_URL, hide_env_values = true)]
     pub database_url: Option<DatabaseUrl>,
 

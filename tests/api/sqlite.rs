@@ -318,6 +318,23 @@ async fn unusable_sqlite_databases_are_clear_start_up_errors() {
         Some(64),
         "an in-memory store loses every number"
     );
+
+    // A relative file would be another file, with another counter, for
+    // each directory the service is started in: refused, creating nothing.
+    let refused = tokio::process::Command::new(env!("CARGO_BIN_EXE_number-allocator"))
+        .args(["--database-url", "sqlite://allocator.sqlite3"])
+        .args(["--listen", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(30), refused)
+        .await
+        .expect("the allocator started on a relative SQLite file")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("a relative path"), "{stderr}");
+    assert!(!dir.path().join("allocator.sqlite3").exists());
 }
 
 /// Starts the allocator with `key` set to `value` (and no other database
