@@ -13,7 +13,7 @@ use crate::{
     db::{DatabaseUrl, PoolSettings},
     server::{
         ServerSettings,
-        connections::ConnectionLimits,
+        connections::{ConnectionLimits, MaxAge},
         fairness::TenantLimits,
         startup::{EXIT_BAD_CONFIG, StartupError},
         telemetry::otlp_endpoint,
@@ -258,6 +258,11 @@ impl ServerArgs {
                 max_connections: self.max_connections,
                 first_request_timeout: self.first_request_timeout,
                 idle_timeout: self.idle_timeout,
+                longest_call: self.request_timeout,
+                max_age: self.max_connection_age.map(|age| MaxAge {
+                    age,
+                    grace: self.shutdown_grace,
+                }),
             },
             max_concurrent_streams: self.max_concurrent_streams,
             keepalive_interval: self.keepalive_interval,

@@ -2,7 +2,11 @@
 //! clients cannot take what others need: at most a set number at once (the
 //! rest wait in the kernel's backlog), each one closed unless its first
 //! request arrives within a set time of its accept, TLS and HTTP/2 handshakes
-//! included, and closed again once it has had no call open for a set time.
+//! included, and closed again once it has had no call open for a set time,
+//! or once nothing has happened on it for that time and the longest a call
+//! takes while it holds an answer-and-return call open (one whose client
+//! never sends its request's end, or never takes its answer); and, with a
+//! maximum age, once its calls have had their grace after the age's GOAWAY.
 //!
 //! Writes are coalesced: a connection's first write after a flush yields to
 //! the runtime once, so that the replies of calls that finished together
@@ -45,6 +49,24 @@ pub struct ConnectionLimits {
     /// From the end of a connection's last call, with none open since; a
     /// connection idle that long is closed.
     pub idle_timeout: Duration,
+    /// The longest a call that answers once takes (the request time-out).
+    /// A connection on which such a call is open, with no stream open and
+    /// no call started or ended for the idle time-out and this, is stalled,
+    /// and closed.
+    pub longest_call: Duration,
+    /// With a maximum connection age (when the server sends GOAWAY), how
+    /// long after it the calls still open get before the connection is
+    /// closed under them.
+    pub max_age: Option<MaxAge>,
+}
+
+/// A maximum connection age, and the grace its calls get after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxAge {
+    /// When the server asks the client to reconnect (GOAWAY).
+    pub age: Duration,
+    /// How long after that the calls still open get.
+    pub grace: Duration,
 }
 
 impl Default for ConnectionLimits {
@@ -53,9 +75,19 @@ impl Default for ConnectionLimits {
             max_connections: 1_000,
             first_request_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_hours(1),
+            longest_call: Duration::from_secs(10),
+            max_age: None,
         }
     }
 }
+
+/// The calls that stream, which may stay open with nothing said for as long
+/// as their client likes: health's `Watch` and reflection's.
+const STREAMING: [&str; 3] = [
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
 
 /// Connections accepted (and through their TLS handshake) but not yet taken
 /// by the server.
@@ -155,20 +187,23 @@ impl Connection {
         limits: ConnectionLimits,
         permit: OwnedSemaphorePermit,
     ) -> Self {
+        let mut first_look = limits.first_request_timeout.min(limits.idle_timeout / 4);
+        if let Some(max) = limits.max_age {
+            first_look = first_look.min(max.age + max.grace);
+        }
         Self {
             stream,
             activity: Arc::new(Activity::since(accepted)),
             limits,
-            timer: Box::pin(tokio::time::sleep_until(
-                accepted + limits.first_request_timeout.min(limits.idle_timeout / 4),
-            )),
+            timer: Box::pin(tokio::time::sleep_until(accepted + first_look)),
             yielded: false,
             _permit: permit,
         }
     }
 
     /// Ready with an error once the connection is to be closed: silent past
-    /// its first-request time-out, or idle past its idle time-out.
+    /// its first-request time-out, idle past its idle time-out, stalled, or
+    /// past its age and grace.
     fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
         while self.timer.as_mut().poll(cx).is_ready() {
             let now = Instant::now();
@@ -177,11 +212,12 @@ impl Connection {
             // than every millisecond, however short the time-out.)
             let next = now + (self.limits.idle_timeout / 4).max(Duration::from_millis(1));
             match self.activity.deadline(&self.limits) {
-                Deadline::At(deadline) if deadline <= now => {
-                    return Poll::Ready(self.activity.expired(&self.limits));
+                Some((deadline, why)) if deadline <= now => {
+                    let why = why.said(&self.limits);
+                    return Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, why));
                 }
-                Deadline::At(deadline) => self.timer.as_mut().reset(deadline.min(next)),
-                Deadline::CallOpen => self.timer.as_mut().reset(next),
+                Some((deadline, _)) => self.timer.as_mut().reset(deadline.min(next)),
+                None => self.timer.as_mut().reset(next),
             }
         }
         Poll::Pending
@@ -200,22 +236,25 @@ impl Connection {
     }
 }
 
-/// What a connection's calls have done: whether one came, how many are open,
-/// and when the last one ended.
+/// What a connection's calls have done: whether one came, how many are open
+/// (and how many of those stream), and when the last one started or ended.
 #[derive(Debug)]
 struct Activity {
     accepted: Instant,
     spoke: AtomicBool,
     open: AtomicUsize,
-    /// When the last call ended, in nanoseconds since the accept.
-    last_end: AtomicU64,
+    streams: AtomicUsize,
+    /// When the last call started or ended, in nanoseconds since the accept.
+    last_moved: AtomicU64,
 }
 
-/// When a connection is to be closed, as things stand.
-enum Deadline {
-    At(Instant),
-    /// Not while a call is open.
-    CallOpen,
+/// Why a connection was closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Why {
+    Silent,
+    Idle,
+    Stalled,
+    Aged,
 }
 
 impl Activity {
@@ -224,56 +263,110 @@ impl Activity {
             accepted,
             spoke: AtomicBool::new(false),
             open: AtomicUsize::new(0),
-            last_end: AtomicU64::new(0),
+            streams: AtomicUsize::new(0),
+            last_moved: AtomicU64::new(0),
         }
     }
 
-    /// Counts a call open until the guard it returns is dropped.
-    fn open(self: &Arc<Self>) -> CallOpen {
+    /// Counts a call open until the guard it returns is dropped; a stream
+    /// if `streaming`.
+    fn open(self: &Arc<Self>, streaming: bool) -> CallOpen {
         self.spoke.store(true, Ordering::Relaxed);
+        self.moved();
+        if streaming {
+            self.streams.fetch_add(1, Ordering::AcqRel);
+        }
         self.open.fetch_add(1, Ordering::AcqRel);
-        CallOpen(self.clone())
+        CallOpen {
+            activity: self.clone(),
+            streaming,
+        }
     }
 
-    fn deadline(&self, limits: &ConnectionLimits) -> Deadline {
+    /// Notes that a call started or ended now.
+    fn moved(&self) {
+        let since_accept = self.accepted.elapsed().as_nanos();
+        self.last_moved.store(
+            u64::try_from(since_accept).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// When the connection is to be closed as things stand, and why; none
+    /// while a stream is open (and no maximum age is set).
+    fn deadline(&self, limits: &ConnectionLimits) -> Option<(Instant, Why)> {
+        let aged = limits
+            .max_age
+            .map(|max| (self.accepted + max.age + max.grace, Why::Aged));
+        match (self.calls(limits), aged) {
+            (Some(calls), Some(aged)) => Some(if calls.0 <= aged.0 { calls } else { aged }),
+            (calls, aged) => calls.or(aged),
+        }
+    }
+
+    /// When the connection's calls, or lack of them, close it.
+    fn calls(&self, limits: &ConnectionLimits) -> Option<(Instant, Why)> {
         if !self.spoke.load(Ordering::Relaxed) {
-            return Deadline::At(self.accepted + limits.first_request_timeout);
+            return Some((self.accepted + limits.first_request_timeout, Why::Silent));
         }
-        // The end is written before the count falls to zero: read after it.
-        if self.open.load(Ordering::Acquire) > 0 {
-            return Deadline::CallOpen;
+        // The time is written before the counts fall: read after them.
+        let open = self.open.load(Ordering::Acquire);
+        if self.streams.load(Ordering::Acquire) > 0 {
+            return None;
         }
-        let last_end = Duration::from_nanos(self.last_end.load(Ordering::Relaxed));
-        Deadline::At(self.accepted + last_end + limits.idle_timeout)
-    }
-
-    fn expired(&self, limits: &ConnectionLimits) -> io::Error {
-        let why = if self.spoke.load(Ordering::Relaxed) {
-            format!(
-                "no call open for the idle time-out ({:?})",
-                limits.idle_timeout
+        let moved = self.accepted + Duration::from_nanos(self.last_moved.load(Ordering::Relaxed));
+        Some(if open > 0 {
+            (
+                moved + limits.idle_timeout + limits.longest_call,
+                Why::Stalled,
             )
         } else {
-            format!(
+            (moved + limits.idle_timeout, Why::Idle)
+        })
+    }
+}
+
+impl Why {
+    /// Why, as the log says.
+    fn said(self, limits: &ConnectionLimits) -> String {
+        match self {
+            Self::Silent => format!(
                 "no request within the first-request time-out ({:?})",
                 limits.first_request_timeout
-            )
-        };
-        io::Error::new(io::ErrorKind::TimedOut, why)
+            ),
+            Self::Idle => format!(
+                "no call open for the idle time-out ({:?})",
+                limits.idle_timeout
+            ),
+            Self::Stalled => format!(
+                "a call open, and none started or ended, for the idle time-out ({:?}) and the \
+                 request time-out ({:?})",
+                limits.idle_timeout, limits.longest_call
+            ),
+            Self::Aged => match limits.max_age {
+                Some(max) => format!(
+                    "calls still open {:?} after the maximum connection age ({:?})",
+                    max.grace, max.age
+                ),
+                None => "past the maximum connection age".to_owned(),
+            },
+        }
     }
 }
 
 /// A call open on a connection, until dropped.
-struct CallOpen(Arc<Activity>);
+struct CallOpen {
+    activity: Arc<Activity>,
+    streaming: bool,
+}
 
 impl Drop for CallOpen {
     fn drop(&mut self) {
-        let since_accept = self.0.accepted.elapsed().as_nanos();
-        self.0.last_end.store(
-            u64::try_from(since_accept).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.activity.moved();
+        if self.streaming {
+            self.activity.streams.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.activity.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -363,7 +456,9 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let open = ConnectionInfo::of(request.extensions()).map(|info| info.activity.open());
+        let streaming = STREAMING.contains(&request.uri().path());
+        let open =
+            ConnectionInfo::of(request.extensions()).map(|info| info.activity.open(streaming));
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await?;

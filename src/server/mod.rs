@@ -333,9 +333,10 @@ fn builder(settings: &ServerSettings) -> Server {
         .max_concurrent_streams(settings.max_concurrent_streams)
         .http2_keepalive_interval(Some(settings.keepalive_interval))
         .http2_keepalive_timeout(Some(settings.keepalive_timeout));
-    // Without a grace: with one, the server would drop the connection at age
-    // plus grace instead of sending GOAWAY at age. Calls in flight are
-    // bounded by the request time-out anyway.
+    // Without tonic's grace: with one, it would drop the connection at age
+    // plus grace instead of sending GOAWAY at age. The connection closes
+    // itself at age plus the shutdown grace instead, under any call still
+    // open (see `connections`).
     match settings.max_connection_age {
         Some(age) => builder.max_connection_age(age),
         None => builder,

@@ -307,6 +307,110 @@ async fn connections_with_no_call_open_are_closed_after_the_idle_timeout() {
     assert!(status.success(), "{logs:?}");
 }
 
+/// A call whose request never ends (its headers sent, never its body) holds
+/// its connection no longer than the idle time-out and the request time-out
+/// with nothing else happening on it, and is then closed under it; a health
+/// `Watch` opened before, as quiet all along, keeps its connection: a
+/// stream may stay open as long as its client likes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_whose_request_never_ends_does_not_hold_its_connection() {
+    let db = TestDb::create(Backend::Sqlite).await;
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_number-allocator"));
+    command
+        .env("DATABASE_URL", &db.url)
+        .args(["--idle-timeout", "1s", "--request-timeout", "1s"]);
+    let running = start(command).await;
+
+    let watching = Arc::new(Connections::default());
+    let mut health = HealthClient::new(watching.channel(&running.addr).await);
+    let mut watch = health
+        .watch(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().expect("a first status");
+    assert_eq!(first.status(), ServingStatus::Serving);
+
+    let tcp = TcpStream::connect(&running.addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = tonic::codegen::http::Request::post(format!(
+        "http://{}/grpc.health.v1.Health/Check",
+        running.addr
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())
+    .unwrap();
+    let sent = Instant::now();
+    // Open: the request's end is never sent.
+    let (_response, _body) = client.send_request(request, false).unwrap();
+    tokio::time::timeout(PATIENCE, connection)
+        .await
+        .expect("the server closes the connection")
+        .unwrap()
+        .ok();
+    // Not before the idle and request time-outs, and not much after (looked
+    // at every quarter of the idle time-out).
+    let held = sent.elapsed();
+    assert!(
+        held >= Duration::from_millis(1900) && held < Duration::from_secs(6),
+        "closed after {held:?}"
+    );
+
+    // The Watch's connection, quiet since before, is still the one open.
+    let checked = health.check(HealthCheckRequest::default()).await.unwrap();
+    assert_eq!(checked.into_inner().status(), ServingStatus::Serving);
+    assert_eq!(watching.opened.load(Ordering::SeqCst), 1, "reconnected");
+    assert_eq!(watching.closed.load(Ordering::SeqCst), 0);
+    drop((watch, health));
+    kill(running.pid(), Signal::SIGTERM).unwrap();
+    let (status, logs) = running.wait().await;
+    assert!(status.success(), "{logs:?}");
+}
+
+/// With a maximum connection age, a connection's calls get the shutdown
+/// grace after its GOAWAY; a stream still open then (a health `Watch`) is
+/// ended with its connection, which the client replaces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_its_age_and_grace_a_connection_is_closed_under_its_streams() {
+    let db = TestDb::create(Backend::Sqlite).await;
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_number-allocator"));
+    command.env("DATABASE_URL", &db.url).args([
+        "--max-connection-age",
+        "1s",
+        "--shutdown-grace",
+        "1s",
+    ]);
+    let running = start(command).await;
+
+    let watching = Arc::new(Connections::default());
+    let opened = Instant::now();
+    let mut health = HealthClient::new(watching.channel(&running.addr).await);
+    let mut watch = health
+        .watch(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().expect("a first status");
+    assert_eq!(first.status(), ServingStatus::Serving);
+    let ended = tokio::time::timeout(PATIENCE, watch.message())
+        .await
+        .expect("the stream is ended with its connection");
+    assert!(!matches!(ended, Ok(Some(_))), "{ended:?}");
+    let lasted = opened.elapsed();
+    assert!(
+        lasted >= Duration::from_millis(1900) && lasted < Duration::from_secs(6),
+        "ended after {lasted:?}"
+    );
+    watching.wait_closed(1).await;
+    drop((watch, health));
+    kill(running.pid(), Signal::SIGTERM).unwrap();
+    let (status, logs) = running.wait().await;
+    assert!(status.success(), "{logs:?}");
+}
+
 /// With a maximum connection age, the allocator asks each client to
 /// reconnect (GOAWAY) once its connection is that old. The writer, calling
 /// it without pause, opens new connections as ages pass, and not one
