@@ -2,7 +2,10 @@
 //! except that a request which does not decode (invalid UTF-8 in a string,
 //! bytes that are not protobuf) is the caller's fault, `INVALID_ARGUMENT`
 //! naming the field, not the `INTERNAL` of a server fault. A reply that does
-//! not decode stays `INTERNAL`.
+//! not decode stays `INTERNAL`. And a request with more elements in a
+//! repeated field than any valid one holds is refused before it is decoded:
+//! a few bytes each on the wire, its elements would take a hundred each in
+//! memory (two million empty line items fit in 4 MiB).
 
 use std::marker::PhantomData;
 
@@ -72,9 +75,53 @@ impl<U: Message + Name + Default> Decoder for RequestDecoder<U> {
 ///
 /// # Errors
 /// `INVALID_ARGUMENT` naming the field that does not decode (`""` for the
-/// request as a whole).
+/// request as a whole), or the repeated field that holds too many elements.
 pub fn decode_request<U: Message + Name + Default>(bytes: impl Buf) -> Result<U, Status> {
+    within_bounds(U::NAME, bytes.chunk(), bytes.remaining())?;
     U::decode(bytes).map_err(|error| undecodable(U::NAME, &error).into())
+}
+
+/// The repeated fields of requests whose elements are bounded: the
+/// message, the field's number and name, and the most elements it may hold.
+const BOUNDED: [(&str, u32, &str, usize); 1] = [(
+    "CreateInvoiceRequest",
+    10,
+    "line_items",
+    crate::invoices::domain::MAX_LINE_ITEMS,
+)];
+
+/// Refuses a `message` request whose bytes (`chunk`, when it holds all
+/// `remaining` of them) hold more elements of a bounded repeated field than
+/// it may, as that field's violation; anything else is left to the decoder,
+/// bytes that do not parse included.
+fn within_bounds(message: &str, chunk: &[u8], remaining: usize) -> Result<(), InvalidArgument> {
+    let Some(&(_, number, field, most)) = BOUNDED.iter().find(|(name, ..)| *name == message) else {
+        return Ok(());
+    };
+    if chunk.len() < remaining {
+        return Ok(());
+    }
+    let mut bytes = chunk;
+    let mut elements = 0;
+    while bytes.has_remaining() {
+        let Ok((tag, wire_type)) = prost::encoding::decode_key(&mut bytes) else {
+            return Ok(());
+        };
+        if tag == number {
+            elements += 1;
+            if elements > most {
+                return Err(InvalidArgument(vec![FieldViolation {
+                    field: field.to_owned(),
+                    description: format!("must hold 1 to {most} items"),
+                }]));
+            }
+        }
+        let context = prost::encoding::DecodeContext::default();
+        if prost::encoding::skip_field(wire_type, tag, &mut bytes, context).is_err() {
+            return Ok(());
+        }
+    }
+    Ok(())
 }
 
 /// A request of type `message` that failed to decode, as a violation of the
@@ -120,6 +167,27 @@ fn failed_field(message: &str) -> (String, &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bounded_repeated_field_is_counted_before_decoding() {
+        use crate::proto::{CreateInvoiceRequest, LineItem};
+        let request = |items| CreateInvoiceRequest {
+            tenant_id: "acme".into(),
+            line_items: vec![LineItem::default(); items],
+            ..CreateInvoiceRequest::default()
+        };
+        let most = crate::invoices::domain::MAX_LINE_ITEMS;
+        let at_most = request(most).encode_to_vec();
+        assert!(within_bounds(CreateInvoiceRequest::NAME, &at_most, at_most.len()).is_ok());
+        let over = request(most + 1).encode_to_vec();
+        let refused = within_bounds(CreateInvoiceRequest::NAME, &over, over.len()).unwrap_err();
+        assert_eq!(refused.0[0].field, "line_items");
+        // Through the decoder too, as the writer's server runs it.
+        let status = decode_request::<CreateInvoiceRequest>(&over[..]).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        // Another message's field of the same number is not counted.
+        assert!(within_bounds("AllocateRequest", &over, over.len()).is_ok());
+    }
 
     #[test]
     fn the_failed_field_is_read_outermost_first() {

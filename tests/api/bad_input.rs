@@ -30,7 +30,8 @@ use tonic::{
 use crate::{
     backends,
     helpers::{
-        allocate, assert_invalid_field, assert_reason, invoice_request, list_all, spawn_both,
+        TestDb, allocate, assert_invalid_field, assert_reason, invoice_request, list_all,
+        spawn_both, start, writer_binary,
     },
 };
 
@@ -584,4 +585,46 @@ async fn text_that_would_show_otherwise_is_refused_everywhere(#[case] backend: B
     let invoice = stored.into_inner().invoice.unwrap();
     assert_eq!(invoice.client_name, "شرکت می\u{200C}خواهم");
     assert_eq!(invoice.currency, "XOF");
+}
+
+/// The writer's peak resident memory (`VmHWM`), in bytes.
+fn peak_resident(pid: nix::unistd::Pid) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/<pid>/status");
+    kib * 1024
+}
+
+/// Two million empty line items fit in the writer's 4 MiB request limit, two
+/// bytes each; decoded, each would take a hundred. The request is refused
+/// (`line_items`, INVALID_ARGUMENT) from its bytes, before it is decoded:
+/// the writer's peak memory hardly moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_of_millions_of_line_items_is_refused_before_it_is_decoded() {
+    let db = TestDb::create(Backend::Sqlite).await;
+    // No allocator: the request never gets that far.
+    let writer = start(writer_binary(&db.url, "http://127.0.0.1:1")).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", writer.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut bytes = delimited(1, b"acme");
+    let item = delimited(10, b"");
+    for _ in 0..2_000_000 {
+        bytes.extend_from_slice(&item);
+    }
+    assert!(bytes.len() < 4 * 1024 * 1024);
+    let before = peak_resident(writer.pid());
+    let refused = call_raw(channel, "/numbering.v1.InvoiceWriter/CreateInvoice", bytes)
+        .await
+        .unwrap_err();
+    assert_invalid_field(&refused, "line_items");
+    let grown = peak_resident(writer.pid()).saturating_sub(before);
+    // The request's own 4 MiB buffer, and some: not the ~200 MiB of two
+    // million decoded items.
+    assert!(grown < 48 * 1024 * 1024, "peak memory grew {grown} bytes");
 }
