@@ -181,8 +181,9 @@ impl FromStr for NumberFormat {
 
     fn from_str(template: &str) -> Result<Self, Self::Err> {
         crate::text::check(template, Self::MAX_LEN, false)?;
-        if template.contains(['\n', '\r', '\t']) {
-            return Err("must not contain control characters".into());
+        // One line: free text may break lines, a number may not.
+        if template.contains(['\n', '\r', '\t', '\u{2028}', '\u{2029}']) {
+            return Err("must not contain control characters or line breaks".into());
         }
         let mut parts: Vec<Part> = Vec::new();
         let mut text = String::new();
@@ -586,6 +587,8 @@ mod tests {
             "{number",
             "{Year}{number}",
             "tab\t{number}",
+            "INV\u{2028}{number}",
+            "INV\u{2029}{number}",
         ] {
             assert!(bad.parse::<NumberFormat>().is_err(), "{bad:?} was accepted");
         }

@@ -22,22 +22,45 @@ pub struct FieldViolation {
 pub struct InvalidArgument(pub Vec<FieldViolation>);
 
 /// Most violations put in one status: its message and details travel in
-/// headers, which peers cap in size (a request with 500 bad items would not fit).
+/// headers, which peers cap in size (16 KiB for many clients; a request with
+/// 500 bad items would not fit).
 const MAX_REPORTED: usize = 20;
+
+/// Longest description put in a status, in bytes, and longest message: a
+/// description may quote the value refused, which may be as long as the
+/// request (64 KiB), and a status too large for the client's headers
+/// reaches it as another error altogether.
+const MAX_DESCRIPTION: usize = 160;
+const MAX_MESSAGE: usize = 1024;
+
+/// `text` cut to at most `most` bytes, on a character's boundary, with `…`
+/// where it was cut.
+fn cut(text: &str, most: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= most {
+        return text.into();
+    }
+    let mut end = most - '…'.len_utf8();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end]).into()
+}
 
 impl fmt::Display for InvalidArgument {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("invalid request: ")?;
+        use fmt::Write as _;
+        let mut message = String::from("invalid request: ");
         for (i, violation) in self.0.iter().take(MAX_REPORTED).enumerate() {
             if i > 0 {
-                f.write_str("; ")?;
+                message.push_str("; ");
             }
-            write!(f, "{}: {}", violation.field, violation.description)?;
+            let description = cut(&violation.description, MAX_DESCRIPTION);
+            write!(message, "{}: {description}", violation.field)?;
         }
         if self.0.len() > MAX_REPORTED {
-            write!(f, "; and {} more", self.0.len() - MAX_REPORTED)?;
+            write!(message, "; and {} more", self.0.len() - MAX_REPORTED)?;
         }
-        Ok(())
+        f.write_str(&cut(&message, MAX_MESSAGE))
     }
 }
 
@@ -45,7 +68,8 @@ impl From<InvalidArgument> for Status {
     fn from(error: InvalidArgument) -> Self {
         let mut details = ErrorDetails::new();
         for violation in error.0.iter().take(MAX_REPORTED) {
-            details.add_bad_request_violation(&violation.field, &violation.description);
+            let description = cut(&violation.description, MAX_DESCRIPTION);
+            details.add_bad_request_violation(&violation.field, description);
         }
         details.set_error_info(
             "INVALID_ARGUMENT",
@@ -96,5 +120,41 @@ impl Violations {
         } else {
             Err(InvalidArgument(self.0))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_descriptions_are_cut_on_a_character_boundary() {
+        assert_eq!(cut("short", 160), "short");
+        let long = "é".repeat(1000);
+        let cut = cut(&long, MAX_DESCRIPTION);
+        assert!(cut.len() <= MAX_DESCRIPTION, "{}", cut.len());
+        assert!(cut.ends_with("é…"), "{cut}");
+    }
+
+    #[test]
+    fn a_status_quoting_long_values_stays_small() {
+        let violation = FieldViolation {
+            field: "period".into(),
+            description: format!("{:?} is not a period", "x".repeat(60_000)),
+        };
+        let status = Status::from(InvalidArgument(vec![violation; 30]));
+        assert!(
+            status.message().len() <= MAX_MESSAGE,
+            "{}",
+            status.message().len()
+        );
+        assert!(
+            status.details().len() < 8 * 1024,
+            "{}",
+            status.details().len()
+        );
+        let bad = status.get_details_bad_request().unwrap();
+        assert_eq!(bad.field_violations.len(), MAX_REPORTED);
+        assert_eq!(bad.field_violations[0].field, "period");
     }
 }
