@@ -226,16 +226,38 @@ pub(crate) async fn ping(pool: &PgPool, migrator: &Migrator) -> bool {
     // during a failover) or a read-only database refuses every write, and
     // one made again empty under the service (dropped and created, or
     // restored from the wrong dump) answers every call with a fault. The
-    // service's last migration, or a later one's (a newer replica's), must
-    // be there; without the table the statement fails, and so does the check.
-    let latest = migrator.iter().map(|migration| migration.version).max();
-    sqlx::query_scalar::<_, bool>(
+    // service's last migration must be the database's last: without the
+    // table the statement fails, and so does the check. A later one is a
+    // newer release's, whose schema this process was not written for (its
+    // writes could read otherwise there): it is not ready, and says so.
+    let latest = migrator
+        .iter()
+        .map(|migration| migration.version)
+        .max()
+        .unwrap_or(0);
+    let found = sqlx::query_as::<_, (bool, Option<i64>)>(
         "SELECT NOT pg_is_in_recovery()
-                AND NOT current_setting('transaction_read_only')::boolean
-                AND EXISTS (SELECT 1 FROM _sqlx_migrations WHERE version >= $1 AND success)",
+                AND NOT current_setting('transaction_read_only')::boolean,
+                (SELECT max(version) FROM _sqlx_migrations WHERE success)",
     )
-    .bind(latest.unwrap_or(0))
     .fetch_one(pool)
-    .await
-    .unwrap_or(false)
+    .await;
+    match found {
+        Ok((_, Some(last))) if last > latest => {
+            if !NEWER_SCHEMA_SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::error!(
+                    database = last,
+                    this_release = latest,
+                    "a newer release has migrated the database: this process is not ready \
+                     again; stop it (README, Upgrades)"
+                );
+            }
+            false
+        }
+        Ok((writable, Some(last))) => writable && last == latest,
+        Ok((_, None)) | Err(_) => false,
+    }
 }
+
+/// Whether a newer release's migrations have been logged, once per process.
+static NEWER_SCHEMA_SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);

@@ -21,6 +21,7 @@ use numbering::{
     },
     tenant::TenantId,
 };
+use sqlx::Connection;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -625,6 +626,31 @@ async fn readiness_fails_on_a_database_made_again_empty() {
         db.admin(format!(r#"DROP DATABASE "{name}" WITH (FORCE)"#))
             .await;
         db.admin(format!(r#"CREATE DATABASE "{name}""#)).await;
+    }
+    assert!(!counters.is_ready().await, "the allocator is ready");
+    assert!(!store.is_ready().await, "the writer is ready");
+}
+
+/// A database a newer release has migrated (a migration after the
+/// service's last) is not one the service was written for: neither service
+/// is ready on it, so that no call is sent to a replica left behind by an
+/// upgrade.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_fails_on_a_database_a_newer_release_migrated() {
+    let db = TestDb::create(Backend::Postgres).await;
+    let counters = db.counter_store().await;
+    let invoices = TestDb::create(Backend::Postgres).await;
+    let store = invoices.invoice_store().await;
+    assert!(counters.is_ready().await && store.is_ready().await);
+    for url in [&db.url, &invoices.url] {
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+             SELECT max(version) + 1, 'a newer release', true, '\\x00', 1 FROM _sqlx_migrations",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
     }
     assert!(!counters.is_ready().await, "the allocator is ready");
     assert!(!store.is_ready().await, "the writer is ready");
