@@ -81,14 +81,31 @@ async fn seed_tenant(
         *period = (period.0.max(date), period.1.max(number));
     }
     for (period, (date, number)) in periods {
+        // A date names the period; a series that never resets has one
+        // period, which the allocator's today names as well as any date
+        // (an invoice dated past the dates it takes among them).
+        let on = match reset {
+            Reset::Never => String::new(),
+            _ => date.to_string(),
+        };
         let series = allocator
             .advance(
                 tenant,
                 number,
                 "seeded from the invoices already stored",
-                &date.to_string(),
+                &on,
             )
-            .await?;
+            .await
+            .map_err(|status| {
+                Status::new(
+                    status.code(),
+                    format!(
+                        "period {period:?} (its invoices dated up to {date}, numbered up to \
+                         {number}): {}",
+                        status.message()
+                    ),
+                )
+            })?;
         tracing::info!(
             tenant = %tenant,
             period = %period,

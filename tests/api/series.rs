@@ -831,6 +831,26 @@ async fn seeding_raises_each_period_from_the_issue_dates(#[case] backend: Backen
     );
 }
 
+/// A series that never resets is seeded whatever its invoices' dates: one
+/// dated further ahead than the allocator takes dates does not hold the
+/// counter back (it names no period).
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeding_a_series_that_never_resets_takes_invoices_dated_far_ahead(
+    #[case] backend: Backend,
+) {
+    let (_db, allocator, mut client, _clock) = allocator_at(backend, "2026-12-02T12:00:00Z").await;
+    let writer = spawn_writer(backend, &allocator.url(), 1).await;
+    import_dated(&writer, 9, "INV-009", "", "2026-11-01").await;
+    import_dated(&writer, 10, "INV-010", "", "2028-02-01").await;
+
+    let report = seed::seed_counters(writer.store.as_ref(), &allocator_client(&allocator.url()))
+        .await
+        .unwrap();
+    assert_eq!((report.tenants, report.failed), (1, 0));
+    assert_eq!(get(&mut client, "acme", "").await.last_value, 10);
+}
+
 /// A series that starts at 1000 still hands out every number up to 2⁶³−1,
 /// and only then answers SERIES_EXHAUSTED.
 #[apply(backends)]
