@@ -1,6 +1,8 @@
-//! Arbitrary bytes as requests, through the decoding and validation the
-//! servers run: a refusal is always INVALID_ARGUMENT with its details, never
-//! a panic, and what validation accepts keeps its rules.
+//! Arbitrary bytes as requests, through the decoding the servers run (every
+//! request of both services) and the validation they share (names, dates,
+//! periods, free text, templates, page tokens; the whole of `CreateInvoice`'s):
+//! a refusal is always INVALID_ARGUMENT with its details, never a panic, and
+//! what validation accepts keeps its rules.
 
 #![no_main]
 
@@ -14,8 +16,10 @@ use numbering::{
     codec::decode_request,
     invoices::{domain, grpc::parse_new_invoice},
     proto::{
-        AllocateRequest, ConfigureSeriesRequest, ConfirmRequest, CreateInvoiceRequest,
-        ListSeriesRequest,
+        AdvanceCounterRequest, AllocateRequest, AuditSeriesRequest, ConfigureSeriesRequest,
+        ConfirmRequest, CreateInvoiceRequest, GetInvoiceRequest, GetNumberRequest,
+        GetSeriesRequest, ListInvoicesRequest, ListNumbersRequest, ListSeriesRequest,
+        ReleaseRequest, ReserveRequest, VoidRequest,
     },
     request_id::RequestId,
     server::pagination,
@@ -127,15 +131,45 @@ fn invoice(bytes: &[u8]) {
     }
 }
 
+/// The requests whose own checks are not fuzzed here, decoded as the
+/// servers decode them, with their names checked.
+fn others(which: u8, bytes: &[u8]) {
+    macro_rules! named {
+        ($request:ty) => {
+            if let Some(request) = decode::<$request>(bytes) {
+                names(&request.tenant_id, "", "");
+            }
+        };
+        ($request:ty, series) => {
+            if let Some(request) = decode::<$request>(bytes) {
+                names(&request.tenant_id, &request.series, "");
+            }
+        };
+    }
+    match which % 10 {
+        0 => named!(GetSeriesRequest, series),
+        1 => named!(AdvanceCounterRequest, series),
+        2 => named!(AuditSeriesRequest, series),
+        3 => named!(ReserveRequest, series),
+        4 => named!(ReleaseRequest, series),
+        5 => named!(GetNumberRequest, series),
+        6 => named!(ListNumbersRequest, series),
+        7 => named!(VoidRequest, series),
+        8 => named!(GetInvoiceRequest),
+        _ => named!(ListInvoicesRequest),
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((&which, bytes)) = data.split_first() else {
         return;
     };
-    match which % 5 {
+    match which % 6 {
         0 => allocate(bytes),
         1 => configure(bytes),
         2 => confirm(bytes),
         3 => list(bytes),
-        _ => invoice(bytes),
+        4 => invoice(bytes),
+        _ => others(which / 6, bytes),
     }
 });
