@@ -112,3 +112,32 @@ pub(crate) fn watch_pool<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) {
         }
     });
 }
+
+/// Whether `last`, the database's last migration applied, is `migrator`'s
+/// own last: the schema the service was written for. None (a database made
+/// again empty, or not by this service) is not; nor is a later one, a newer
+/// release's, whose schema the service's writes could read otherwise in;
+/// that one is logged, once per process, as an error for the operator.
+pub(crate) fn schema_is_ours(last: Option<i64>, migrator: &sqlx::migrate::Migrator) -> bool {
+    static NEWER_SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let latest = migrator
+        .iter()
+        .map(|migration| migration.version)
+        .max()
+        .unwrap_or(0);
+    match last {
+        Some(last) if last > latest => {
+            if !NEWER_SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::error!(
+                    database = last,
+                    this_release = latest,
+                    "a newer release has migrated the database: this process is not ready \
+                     again; stop it (README, Upgrades)"
+                );
+            }
+            false
+        }
+        Some(last) => last == latest,
+        None => false,
+    }
+}

@@ -230,11 +230,6 @@ pub(crate) async fn ping(pool: &PgPool, migrator: &Migrator) -> bool {
     // table the statement fails, and so does the check. A later one is a
     // newer release's, whose schema this process was not written for (its
     // writes could read otherwise there): it is not ready, and says so.
-    let latest = migrator
-        .iter()
-        .map(|migration| migration.version)
-        .max()
-        .unwrap_or(0);
     let found = sqlx::query_as::<_, (bool, Option<i64>)>(
         "SELECT NOT pg_is_in_recovery()
                 AND NOT current_setting('transaction_read_only')::boolean,
@@ -243,21 +238,7 @@ pub(crate) async fn ping(pool: &PgPool, migrator: &Migrator) -> bool {
     .fetch_one(pool)
     .await;
     match found {
-        Ok((_, Some(last))) if last > latest => {
-            if !NEWER_SCHEMA_SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                tracing::error!(
-                    database = last,
-                    this_release = latest,
-                    "a newer release has migrated the database: this process is not ready \
-                     again; stop it (README, Upgrades)"
-                );
-            }
-            false
-        }
-        Ok((writable, Some(last))) => writable && last == latest,
-        Ok((_, None)) | Err(_) => false,
+        Ok((writable, last)) => writable && super::schema_is_ours(last, migrator),
+        Err(_) => false,
     }
 }
-
-/// Whether a newer release's migrations have been logged, once per process.
-static NEWER_SCHEMA_SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);

@@ -33,7 +33,7 @@ use super::{Contents, DatabaseUrl, DbErrorKind, OpenError, PoolSettings, classif
 pub async fn open_sqlite(
     url: &DatabaseUrl,
     settings: &PoolSettings,
-    migrator: &Migrator,
+    migrator: &'static Migrator,
 ) -> Result<SqliteDatabase, OpenError> {
     let connect_error = |error: sqlx::Error| OpenError::Connect(url.redacted(), error);
     let options = SqliteConnectOptions::from_str(url.expose())
@@ -122,6 +122,7 @@ pub async fn open_sqlite(
         file,
         turn: Arc::default(),
         wait: settings.acquire_timeout,
+        migrator,
     })
 }
 
@@ -166,6 +167,8 @@ pub struct SqliteDatabase {
     turn: Arc<Mutex<()>>,
     /// Longest wait for the turn, and then for the file lock.
     wait: Duration,
+    /// The service's migrations: readiness checks the file's are its own.
+    migrator: &'static Migrator,
 }
 
 impl SqliteDatabase {
@@ -202,17 +205,25 @@ impl SqliteDatabase {
     }
 
     /// Whether a write could begin now (this process' turn and the file's
-    /// write lock, each within the acquire time-out), and the file is still
-    /// in place. A read alone would pass while another process holds the
-    /// write lock, or the file will not take writes.
+    /// write lock, each within the acquire time-out), the file is still in
+    /// place, and its last migration is the service's (not a newer
+    /// release's, run by another process on the file). A read alone would
+    /// pass while another process holds the write lock, or the file will
+    /// not take writes.
     pub async fn is_ready(&self) -> bool {
         if !self.file.is_in_place() {
             return false;
         }
-        match self.begin_write().await {
-            Ok(write) => write.rollback().await.is_ok(),
-            Err(_) => false,
-        }
+        let Ok(mut write) = self.begin_write().await else {
+            return false;
+        };
+        let last = sqlx::query_scalar::<_, Option<i64>>(
+            "SELECT max(version) FROM _sqlx_migrations WHERE success",
+        )
+        .fetch_one(write.conn())
+        .await;
+        write.rollback().await.is_ok()
+            && last.is_ok_and(|last| super::schema_is_ours(last, self.migrator))
     }
 
     /// Closes the pool.

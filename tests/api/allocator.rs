@@ -21,7 +21,7 @@ use numbering::{
     },
     tenant::TenantId,
 };
-use sqlx::Connection;
+use sqlx::{AssertSqlSafe, Connection};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -635,22 +635,40 @@ async fn readiness_fails_on_a_database_made_again_empty() {
 /// service's last) is not one the service was written for: neither service
 /// is ready on it, so that no call is sent to a replica left behind by an
 /// upgrade.
+#[apply(backends)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readiness_fails_on_a_database_a_newer_release_migrated() {
-    let db = TestDb::create(Backend::Postgres).await;
+async fn readiness_fails_on_a_database_a_newer_release_migrated(#[case] backend: Backend) {
+    let db = TestDb::create(backend).await;
     let counters = db.counter_store().await;
-    let invoices = TestDb::create(Backend::Postgres).await;
+    let invoices = TestDb::create(backend).await;
     let store = invoices.invoice_store().await;
     assert!(counters.is_ready().await && store.is_ready().await);
-    for url in [&db.url, &invoices.url] {
-        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
-        sqlx::query(
+    // A checksum of one zero byte, as each database writes a blob.
+    let newer = |checksum: &str| {
+        format!(
             "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
-             SELECT max(version) + 1, 'a newer release', true, '\\x00', 1 FROM _sqlx_migrations",
+             SELECT max(version) + 1, 'a newer release', true, {checksum}, 1 FROM _sqlx_migrations"
         )
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    };
+    for url in [&db.url, &invoices.url] {
+        match backend {
+            Backend::Postgres => {
+                let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+                let sql = newer("'\\x00'::bytea");
+                sqlx::query(AssertSqlSafe(sql))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+            }
+            Backend::Sqlite => {
+                let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+                let sql = newer("x'00'");
+                sqlx::query(AssertSqlSafe(sql))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+            }
+        }
     }
     assert!(!counters.is_ready().await, "the allocator is ready");
     assert!(!store.is_ready().await, "the writer is ready");
