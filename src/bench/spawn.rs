@@ -128,12 +128,18 @@ impl Drop for FreshDatabase {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(database.remove())?;
+            // Bounded: a server that does not answer must not hold the
+            // exit forever.
+            runtime.block_on(async {
+                tokio::time::timeout(Duration::from_secs(30), database.remove()).await
+            })??;
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
         })
         .join();
-        if let Ok(Err(error)) = removed {
-            eprintln!("removing a benchmark database: {error}");
+        match removed {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => eprintln!("removing a benchmark database: {error}"),
+            Err(_) => eprintln!("removing a benchmark database: the thread doing it panicked"),
         }
     }
 }
@@ -206,6 +212,10 @@ impl Database {
                 // call that writes a file there: a few tries.
                 let mut tries = 0;
                 while let Err(e) = std::fs::remove_dir_all(&dir) {
+                    // A service that failed first may never have made it.
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        break;
+                    }
                     tries += 1;
                     if tries == 5 || e.kind() != std::io::ErrorKind::DirectoryNotEmpty {
                         return Err(SpawnError::Remove(dir.display().to_string(), e));

@@ -97,13 +97,18 @@ async fn seed_tenant(
             )
             .await
             .map_err(|status| {
-                Status::new(
+                let which = match reset {
+                    Reset::Never => "the series".to_owned(),
+                    _ => format!("period {period}"),
+                };
+                // The allocator's details (its reason) kept.
+                Status::with_details(
                     status.code(),
                     format!(
-                        "period {period:?} (its invoices dated up to {date}, numbered up to \
-                         {number}): {}",
+                        "{which} (its invoices dated up to {date}, numbered up to {number}): {}",
                         status.message()
                     ),
+                    status.details().to_vec().into(),
                 )
             })?;
         tracing::info!(

@@ -119,7 +119,7 @@ pub struct ServerArgs {
     #[arg(global = true, long, env = "NUMBERING_DRAIN_DELAY", default_value = "5s", value_parser = duration)]
     pub drain_delay: Duration,
 
-    /// After the drain delay, how long in-flight calls get to finish.
+    /// After the drain delay, how long in-flight calls get to finish; also, with --max-connection-age, how long a connection's calls get after its GOAWAY (at least 1s there).
     #[arg(global = true, long, env = "NUMBERING_SHUTDOWN_GRACE", default_value = "20s", value_parser = duration)]
     pub shutdown_grace: Duration,
 
@@ -167,7 +167,7 @@ pub struct ServerArgs {
     #[arg(global = true, long, env = "NUMBERING_FIRST_REQUEST_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
     pub first_request_timeout: Duration,
 
-    /// A connection that has had no call open this long (since its last call ended) is closed; its client reconnects for its next call (a tonic client fails that one call with CANCELLED: retry it).
+    /// A connection that has had no call open this long (since its last call ended) is closed; its client reconnects for its next call (a tonic client fails that one call with CANCELLED: retry it). One whose calls that answer once have stalled (none started or ended for this and --request-timeout) is closed too; streams (health Watch, reflection) keep theirs.
     #[arg(global = true, long, env = "NUMBERING_IDLE_TIMEOUT", default_value = "1h", value_parser = positive_duration)]
     pub idle_timeout: Duration,
 
@@ -183,7 +183,7 @@ pub struct ServerArgs {
     #[arg(global = true, long, env = "NUMBERING_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = positive_duration)]
     pub keepalive_timeout: Duration,
 
-    /// Once a connection is this old, the server asks its client to reconnect (an HTTP/2 GOAWAY): calls in flight finish, new ones go on a new connection, so that clients spread over replicas added since. Off when unset.
+    /// Once a connection is this old, the server asks its client to reconnect (an HTTP/2 GOAWAY): calls in flight get --shutdown-grace (at least 1s) to finish and are then closed with the connection, new ones go on a new connection, so that clients spread over replicas added since. Off when unset.
     #[arg(global = true, long, env = "NUMBERING_MAX_CONNECTION_AGE", value_parser = positive_duration)]
     pub max_connection_age: Option<Duration>,
 
@@ -261,7 +261,9 @@ impl ServerArgs {
                 longest_call: self.request_timeout,
                 max_age: self.max_connection_age.map(|age| MaxAge {
                     age,
-                    grace: self.shutdown_grace,
+                    // Closed with no grace, a connection could be gone
+                    // before its GOAWAY has left.
+                    grace: self.shutdown_grace.max(Duration::from_secs(1)),
                 }),
             },
             max_concurrent_streams: self.max_concurrent_streams,

@@ -56,7 +56,8 @@ pub struct ConnectionLimits {
     pub longest_call: Duration,
     /// With a maximum connection age (when the server sends GOAWAY), how
     /// long after it the calls still open get before the connection is
-    /// closed under them.
+    /// closed under them. Its clock starts when the server takes the
+    /// connection, as the server's own does: no sooner than its GOAWAY.
     pub max_age: Option<MaxAge>,
 }
 
@@ -177,6 +178,8 @@ pub struct Connection {
     /// Whether this burst of writes has yielded once already; cleared by a
     /// flush.
     yielded: bool,
+    /// When the server first read or wrote it: where its age counts from.
+    served: Option<Instant>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -197,6 +200,7 @@ impl Connection {
             limits,
             timer: Box::pin(tokio::time::sleep_until(accepted + first_look)),
             yielded: false,
+            served: None,
             _permit: permit,
         }
     }
@@ -205,13 +209,14 @@ impl Connection {
     /// its first-request time-out, idle past its idle time-out, stalled, or
     /// past its age and grace.
     fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        let served = *self.served.get_or_insert_with(Instant::now);
         while self.timer.as_mut().poll(cx).is_ready() {
             let now = Instant::now();
             // Looked at again at least every quarter of the idle time-out:
             // a connection is closed at most that late. (Not more often
             // than every millisecond, however short the time-out.)
             let next = now + (self.limits.idle_timeout / 4).max(Duration::from_millis(1));
-            match self.activity.deadline(&self.limits) {
+            match self.activity.deadline(&self.limits, served) {
                 Some((deadline, why)) if deadline <= now => {
                     let why = why.said(&self.limits);
                     return Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, why));
@@ -292,12 +297,13 @@ impl Activity {
         );
     }
 
-    /// When the connection is to be closed as things stand, and why; none
-    /// while a stream is open (and no maximum age is set).
-    fn deadline(&self, limits: &ConnectionLimits) -> Option<(Instant, Why)> {
+    /// When the connection, first served at `served`, is to be closed as
+    /// things stand, and why; none while a stream is open (and no maximum
+    /// age is set).
+    fn deadline(&self, limits: &ConnectionLimits, served: Instant) -> Option<(Instant, Why)> {
         let aged = limits
             .max_age
-            .map(|max| (self.accepted + max.age + max.grace, Why::Aged));
+            .map(|max| (served + max.age + max.grace, Why::Aged));
         match (self.calls(limits), aged) {
             (Some(calls), Some(aged)) => Some(if calls.0 <= aged.0 { calls } else { aged }),
             (calls, aged) => calls.or(aged),

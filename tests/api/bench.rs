@@ -164,6 +164,22 @@ async fn a_run_whose_service_fails_to_start_leaves_no_database() {
     assert!(!success, "{stdout}\n{stderr}");
     assert!(stderr.contains("did not start listening"), "{stderr}");
     assert_eq!(left_in(&runs), Vec::<String>::new());
+
+    // One that failed before it made anything: nothing to remove, and no
+    // error about it.
+    let args = [
+        "run",
+        "--database-url",
+        "sqlite:",
+        "--allocator-bin",
+        "/bin/false",
+    ];
+    let (success, stdout, stderr) =
+        bench_with(&args, &[("TMPDIR", &runs.display().to_string())]).await;
+    assert!(!success, "{stdout}\n{stderr}");
+    assert!(stderr.contains("did not start listening"), "{stderr}");
+    assert!(!stderr.contains("removing"), "{stderr}");
+    assert_eq!(left_in(&runs), Vec::<String>::new());
 }
 
 /// A run stopped by SIGTERM stops the allocator it started and removes its
@@ -210,7 +226,7 @@ async fn an_interrupted_run_removes_the_database_it_made() {
         .await
         .expect("the run stops")
         .unwrap();
-    assert_eq!(output.code(), Some(130));
+    assert_eq!(output.code(), Some(143));
     assert_eq!(left_in(runs.path()), Vec::<String>::new());
 }
 
