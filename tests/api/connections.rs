@@ -193,6 +193,33 @@ impl Connections {
     }
 }
 
+/// A health `Watch` on a connection of `connections` to `addr`, its first
+/// status (SERVING) read; the client, for more calls on the connection.
+async fn watch_health(
+    connections: &Arc<Connections>,
+    addr: &str,
+) -> (
+    HealthClient<Channel>,
+    tonic::Streaming<tonic_health::pb::HealthCheckResponse>,
+) {
+    let mut health = HealthClient::new(connections.channel(addr).await);
+    let mut watch = health
+        .watch(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().expect("a first status");
+    assert_eq!(first.status(), ServingStatus::Serving);
+    (health, watch)
+}
+
+/// Stops `running` with SIGTERM; it must exit cleanly.
+async fn stop(running: crate::helpers::Running) {
+    kill(running.pid(), Signal::SIGTERM).unwrap();
+    let (status, logs) = running.wait().await;
+    assert!(status.success(), "{logs:?}");
+}
+
 /// A connection that counts itself closed when its peer has closed it and
 /// the channel lets go of it.
 struct Watched {
@@ -259,14 +286,7 @@ async fn connections_with_no_call_open_are_closed_after_the_idle_timeout() {
     let running = start(command).await;
 
     let watching = Arc::new(Connections::default());
-    let mut health = HealthClient::new(watching.channel(&running.addr).await);
-    let mut watch = health
-        .watch(HealthCheckRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    let first = watch.message().await.unwrap().expect("a first status");
-    assert_eq!(first.status(), ServingStatus::Serving);
+    let (health, watch) = watch_health(&watching, &running.addr).await;
 
     let calling = Arc::new(Connections::default());
     let mut client = NumberAllocatorClient::new(calling.channel(&running.addr).await);
@@ -302,9 +322,7 @@ async fn connections_with_no_call_open_are_closed_after_the_idle_timeout() {
         "a connection with a call open was closed"
     );
     drop((watch, health));
-    kill(running.pid(), Signal::SIGTERM).unwrap();
-    let (status, logs) = running.wait().await;
-    assert!(status.success(), "{logs:?}");
+    stop(running).await;
 }
 
 /// A call whose request never ends (its headers sent, never its body) holds
@@ -322,14 +340,7 @@ async fn a_call_whose_request_never_ends_does_not_hold_its_connection() {
     let running = start(command).await;
 
     let watching = Arc::new(Connections::default());
-    let mut health = HealthClient::new(watching.channel(&running.addr).await);
-    let mut watch = health
-        .watch(HealthCheckRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    let first = watch.message().await.unwrap().expect("a first status");
-    assert_eq!(first.status(), ServingStatus::Serving);
+    let (mut health, watch) = watch_health(&watching, &running.addr).await;
 
     let tcp = TcpStream::connect(&running.addr).await.unwrap();
     let (client, connection) = h2::client::handshake(tcp).await.unwrap();
@@ -365,9 +376,7 @@ async fn a_call_whose_request_never_ends_does_not_hold_its_connection() {
     assert_eq!(watching.opened.load(Ordering::SeqCst), 1, "reconnected");
     assert_eq!(watching.closed.load(Ordering::SeqCst), 0);
     drop((watch, health));
-    kill(running.pid(), Signal::SIGTERM).unwrap();
-    let (status, logs) = running.wait().await;
-    assert!(status.success(), "{logs:?}");
+    stop(running).await;
 }
 
 /// With a maximum connection age, a connection's calls get the shutdown
@@ -387,14 +396,7 @@ async fn past_its_age_and_grace_a_connection_is_closed_under_its_streams() {
 
     let watching = Arc::new(Connections::default());
     let opened = Instant::now();
-    let mut health = HealthClient::new(watching.channel(&running.addr).await);
-    let mut watch = health
-        .watch(HealthCheckRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    let first = watch.message().await.unwrap().expect("a first status");
-    assert_eq!(first.status(), ServingStatus::Serving);
+    let (health, mut watch) = watch_health(&watching, &running.addr).await;
     let ended = tokio::time::timeout(PATIENCE, watch.message())
         .await
         .expect("the stream is ended with its connection");
@@ -406,9 +408,7 @@ async fn past_its_age_and_grace_a_connection_is_closed_under_its_streams() {
     );
     watching.wait_closed(1).await;
     drop((watch, health));
-    kill(running.pid(), Signal::SIGTERM).unwrap();
-    let (status, logs) = running.wait().await;
-    assert!(status.success(), "{logs:?}");
+    stop(running).await;
 }
 
 /// With a maximum connection age, the allocator asks each client to
