@@ -132,6 +132,14 @@ impl Report {
         self.errors.values().sum()
     }
 
+    /// Whether some call was made and every one answered OK: what a no-op
+    /// ceiling must show to measure anything (a failed call lowers it, and
+    /// raises every share taken of it).
+    #[must_use]
+    pub fn every_call_ok(&self) -> bool {
+        self.ok > 0 && self.failed() == 0
+    }
+
     /// Checks every acknowledged number of a run on fresh series: no
     /// duplicate, no malformed answer, and each series exactly `1..=N` when no
     /// call failed.
@@ -437,6 +445,28 @@ mod tests {
             latency: new_histogram(),
             acks: Vec::new(),
         }
+    }
+
+    fn report(ok: u64, errors: &[(&str, u64)]) -> Report {
+        Report {
+            elapsed: Duration::from_secs(1),
+            ok,
+            errors: errors
+                .iter()
+                .map(|&(code, n)| (code.to_owned(), n))
+                .collect(),
+            latency: new_histogram(),
+            acks: Vec::new(),
+            processor: ProcessorTime::default(),
+        }
+    }
+
+    #[test]
+    fn a_ceiling_counts_only_when_some_call_was_made_and_none_failed() {
+        assert!(report(10, &[]).every_call_ok());
+        assert!(!report(0, &[]).every_call_ok());
+        assert!(!report(10, &[("Unavailable", 1)]).every_call_ok());
+        assert!(!report(0, &[("Unimplemented", 5)]).every_call_ok());
     }
 
     #[test]

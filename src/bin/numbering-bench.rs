@@ -459,7 +459,7 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
     );
     if call == Call::Health {
         // A ceiling of failed calls, or of none, measures nothing.
-        return Ok(report.ok > 0 && report.failed() == 0);
+        return Ok(report.every_call_ok());
     }
     println!("{}", VerificationLine(&report));
     Ok(report.verification().passed())
@@ -491,7 +491,7 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
             )
             .await?;
             // A ceiling lowered by failed calls would raise every share.
-            let ceiling_sound = noop.failed() == 0 && noop.ok > 0;
+            let ceiling_sound = noop.every_call_ok();
             if !ceiling_sound {
                 eprintln!(
                     "{workload}, {clients} clients, no-op ceiling: {} calls failed {:?}",
@@ -863,7 +863,7 @@ async fn targets_round(
 
 /// Whether a no-op ceiling's run made calls and none failed; said if not.
 fn sound_ceiling(round: usize, name: &str, report: &Report) -> bool {
-    let sound = report.ok > 0 && report.failed() == 0;
+    let sound = report.every_call_ok();
     if !sound {
         eprintln!(
             "round {round}, {name}: {} calls ok, {} failed {:?}",
