@@ -1,20 +1,19 @@
-//! Arbitrary bytes as requests, through the decoding the servers run (every
-//! request of both services) and the validation they share (names, dates,
-//! periods, free text, templates, page tokens; the whole of `CreateInvoice`'s):
-//! a refusal is always INVALID_ARGUMENT with its details, never a panic, and
-//! what validation accepts keeps its rules.
+//! Arbitrary bytes as requests, through the decoding the servers run and the
+//! checks their handlers make before anything else (every request of both
+//! services): a refusal is always INVALID_ARGUMENT with its details, never a
+//! panic, and what the checks accept keeps its rules.
 
 #![no_main]
-
-use std::str::FromStr;
 
 use chrono::NaiveDate;
 use libfuzzer_sys::fuzz_target;
 use numbering::{
-    allocator::series::{NumberFormat, SeriesName},
-    calendar,
+    allocator::requests::{self, Named},
     codec::decode_request,
-    invoices::{domain, grpc::parse_new_invoice},
+    invoices::{
+        domain,
+        grpc::{parse_get_invoice, parse_list_invoices, parse_new_invoice},
+    },
     proto::{
         AdvanceCounterRequest, AllocateRequest, AuditSeriesRequest, ConfigureSeriesRequest,
         ConfirmRequest, CreateInvoiceRequest, GetInvoiceRequest, GetNumberRequest,
@@ -22,8 +21,7 @@ use numbering::{
         ReleaseRequest, ReserveRequest, VoidRequest,
     },
     request_id::RequestId,
-    server::pagination,
-    tenant::TenantId,
+    server::{pagination, validation::InvalidArgument},
     text,
 };
 use prost::Name;
@@ -51,15 +49,26 @@ fn decode<U: prost::Message + Name + Default>(bytes: &[u8]) -> Option<U> {
     }
 }
 
+/// What a handler's checks made of a request; a refusal is checked and
+/// `None`.
+fn checked<T>(parsed: Result<T, InvalidArgument>) -> Option<T> {
+    match parsed {
+        Ok(parsed) => Some(parsed),
+        Err(invalid) => {
+            assert_refusal(&Status::from(invalid));
+            None
+        }
+    }
+}
+
 /// The name rules: whatever is accepted is ASCII, so no look-alike passes.
-fn names(tenant: &str, series: &str, request_id: &str) {
-    if let Ok(tenant) = TenantId::parse(tenant) {
-        assert!(tenant.as_str().is_ascii());
-    }
-    if let Ok(series) = SeriesName::parse(series) {
-        assert!(series.as_str().is_ascii());
-    }
-    if let Ok(Some(id)) = RequestId::parse(request_id) {
+fn names(named: &Named) {
+    assert!(named.tenant.as_str().is_ascii());
+    assert!(named.series.as_str().is_ascii());
+}
+
+fn request_id(id: Option<&RequestId>) {
+    if let Some(id) = id {
         assert!(id.as_str().is_ascii());
     }
 }
@@ -68,16 +77,22 @@ fn allocate(bytes: &[u8]) {
     let Some(request) = decode::<AllocateRequest>(bytes) else {
         return;
     };
-    names(&request.tenant_id, &request.series, &request.request_id);
-    let _ = calendar::parse_date(&request.date);
+    if let Some(asked) = checked(requests::allocate(&request)) {
+        names(&asked.named);
+        request_id(asked.request_id.as_ref());
+        assert!(asked.count.get() >= 1);
+    }
 }
 
 fn configure(bytes: &[u8]) {
     let Some(request) = decode::<ConfigureSeriesRequest>(bytes) else {
         return;
     };
-    names(&request.tenant_id, &request.series, "");
-    if let Ok(format) = NumberFormat::from_str(&request.format) {
+    let Some((named, change)) = checked(requests::configure_series(&request)) else {
+        return;
+    };
+    names(&named);
+    if let Some(format) = change.format {
         let day = NaiveDate::from_ymd_opt(2026, 12, 31).unwrap();
         for value in [1, 42, i64::MAX] {
             let shown = format.render(value, day);
@@ -86,32 +101,55 @@ fn configure(bytes: &[u8]) {
     }
 }
 
-fn confirm(bytes: &[u8]) {
-    let Some(request) = decode::<ConfirmRequest>(bytes) else {
-        return;
+/// A change of one number's state: Confirm, Release or Void.
+fn change(which: u8, bytes: &[u8]) {
+    let (named, note) = match which % 3 {
+        0 => {
+            let Some(request) = decode::<ConfirmRequest>(bytes) else {
+                return;
+            };
+            let Some((named, _)) = checked(requests::confirm(&request)) else {
+                return;
+            };
+            (named, request.reference)
+        }
+        1 => {
+            let Some(request) = decode::<ReleaseRequest>(bytes) else {
+                return;
+            };
+            let Some((named, _)) = checked(requests::release(&request)) else {
+                return;
+            };
+            (named, request.reason)
+        }
+        _ => {
+            let Some(request) = decode::<VoidRequest>(bytes) else {
+                return;
+            };
+            let Some((named, _)) = checked(requests::void(&request)) else {
+                return;
+            };
+            (named, request.reason)
+        }
     };
-    names(&request.tenant_id, &request.series, &request.request_id);
-    let _ = calendar::check_period(&request.period);
-    if let Ok(reference) = text::check(&request.reference, 256, true) {
-        // What is accepted is accepted again, unchanged.
-        assert_eq!(
-            text::check(&reference, 256, true).as_deref(),
-            Ok(&*reference)
-        );
-    }
+    names(&named);
+    // What is accepted is accepted again, unchanged.
+    assert_eq!(text::check(&note, 256, true).as_deref(), Ok(&*note));
 }
 
 fn list(bytes: &[u8]) {
     let Some(request) = decode::<ListSeriesRequest>(bytes) else {
         return;
     };
-    let _ = pagination::page_size(request.page_size);
-    if let Ok(Some(key)) = pagination::decode_token(&request.page_token) {
-        // A token is the key it carries, and back.
-        assert_eq!(
-            pagination::decode_token(&pagination::encode_token(&key)),
-            Ok(Some(key))
-        );
+    if let Some((tenant, page)) = checked(requests::list_series(&request)) {
+        assert!(tenant.as_str().is_ascii());
+        if let Some(after) = page.after {
+            // A token is the key it carries, and back.
+            assert_eq!(
+                pagination::decode_token(&pagination::encode_token(&after)),
+                Ok(Some(after))
+            );
+        }
     }
 }
 
@@ -131,32 +169,80 @@ fn invoice(bytes: &[u8]) {
     }
 }
 
-/// The requests whose own checks are not fuzzed here, decoded as the
-/// servers decode them, with their names checked.
+/// The other requests, decoded and checked as their handlers do.
 fn others(which: u8, bytes: &[u8]) {
-    macro_rules! named {
-        ($request:ty) => {
-            if let Some(request) = decode::<$request>(bytes) {
-                names(&request.tenant_id, "", "");
+    match which % 8 {
+        0 => {
+            if let Some(request) = decode::<GetSeriesRequest>(bytes)
+                && let Some((named, _)) = checked(requests::get_series(&request))
+            {
+                names(&named);
             }
-        };
-        ($request:ty, series) => {
-            if let Some(request) = decode::<$request>(bytes) {
-                names(&request.tenant_id, &request.series, "");
+        }
+        1 => {
+            if let Some(request) = decode::<AdvanceCounterRequest>(bytes)
+                && let Some((named, _)) = checked(requests::advance_counter(&request))
+            {
+                names(&named);
+                assert!(request.at_least >= 0);
             }
-        };
-    }
-    match which % 10 {
-        0 => named!(GetSeriesRequest, series),
-        1 => named!(AdvanceCounterRequest, series),
-        2 => named!(AuditSeriesRequest, series),
-        3 => named!(ReserveRequest, series),
-        4 => named!(ReleaseRequest, series),
-        5 => named!(GetNumberRequest, series),
-        6 => named!(ListNumbersRequest, series),
-        7 => named!(VoidRequest, series),
-        8 => named!(GetInvoiceRequest),
-        _ => named!(ListInvoicesRequest),
+        }
+        2 => {
+            if let Some(request) = decode::<AuditSeriesRequest>(bytes)
+                && let Some(named) = checked(requests::audit_series(&request))
+            {
+                names(&named);
+            }
+        }
+        3 => {
+            if let Some(request) = decode::<ReserveRequest>(bytes)
+                && let Some(asked) = checked(requests::reserve(&request))
+            {
+                names(&asked.named);
+                request_id(asked.request_id.as_ref());
+                assert!(!request.repeat_only || asked.request_id.is_some());
+            }
+        }
+        4 => {
+            if let Some(request) = decode::<GetNumberRequest>(bytes)
+                && let Some(named) = checked(requests::get_number(&request))
+            {
+                names(&named);
+                assert!(request.number >= 1);
+            }
+        }
+        5 => {
+            if let Some(request) = decode::<ListNumbersRequest>(bytes)
+                && let Some(asked) = checked(requests::list_numbers(&request))
+            {
+                names(&asked.named);
+                assert!(asked.page.after.is_none_or(|after| after >= 1));
+            }
+        }
+        6 => {
+            if let Some(request) = decode::<GetInvoiceRequest>(bytes)
+                && let Some((tenant, _)) = checked(parse_get_invoice(&request))
+            {
+                assert!(tenant.as_str().is_ascii());
+            }
+        }
+        _ => {
+            if let Some(request) = decode::<ListInvoicesRequest>(bytes)
+                && let Some((tenant, _, after)) = checked(parse_list_invoices(&request))
+            {
+                assert!(tenant.as_str().is_ascii());
+                if let Some((period, number)) = after {
+                    // The key is the token's, and back.
+                    let token = pagination::encode_token(&format!("{period}/{number}"));
+                    let again = ListInvoicesRequest {
+                        page_token: token,
+                        ..request
+                    };
+                    let (_, _, back) = parse_list_invoices(&again).expect("its own token");
+                    assert_eq!(back, Some((period, number)));
+                }
+            }
+        }
     }
 }
 
@@ -167,7 +253,7 @@ fuzz_target!(|data: &[u8]| {
     match which % 6 {
         0 => allocate(bytes),
         1 => configure(bytes),
-        2 => confirm(bytes),
+        2 => change(which / 6, bytes),
         3 => list(bytes),
         4 => invoice(bytes),
         _ => others(which / 6, bytes),

@@ -5,12 +5,13 @@ use tonic::{Code, Request, Response, Status};
 use crate::{
     access::Needs,
     allocator::{
-        Allocator, Error, SeriesChange,
+        Allocator, Error,
         numbers::{NumberRecord, NumberState},
-        series::{Count, GapPolicy, NumberFormat, Series, SeriesName, TimeZone},
+        requests::{self, Named},
+        series::{GapPolicy, Series, SeriesName},
         store::{NumberAt, StateChange, StateRefusal},
     },
-    calendar::{Reset, check_period, parse_date},
+    calendar::Reset,
     proto::{
         self, AdvanceCounterRequest, AdvanceCounterResponse, AllocateRequest, AllocateResponse,
         AllocatedNumber, AuditSeriesRequest, AuditSeriesResponse, ConfigureSeriesRequest,
@@ -20,20 +21,16 @@ use crate::{
         ReleaseResponse, ReserveRequest, ReserveResponse, VoidRequest, VoidResponse,
         number_allocator_server::{NumberAllocator, NumberAllocatorServer},
     },
-    request_id::RequestId,
     server::{
         self, pagination,
         status::{chain, internal, with_reason},
-        validation::{FieldViolation, InvalidArgument, Violations},
+        validation::{FieldViolation, InvalidArgument},
     },
     tenant::TenantId,
 };
 
 /// Largest request the allocator decodes; its requests are a few short strings.
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
-
-/// Longest reason an `AdvanceCounter` call gives, in characters.
-const MAX_REASON_CHARS: usize = 500;
 
 /// The gRPC face of an [`Allocator`].
 #[derive(Clone)]
@@ -49,136 +46,36 @@ pub fn service(allocator: Allocator) -> NumberAllocatorServer<AllocatorService> 
 }
 
 impl AllocatorService {
-    /// Checks the fields of a change of one number, admits the caller
-    /// (voiding is administrative), applies it and shows the record.
+    /// Admits the caller to a checked change of one number (voiding is
+    /// administrative), applies it and shows the record.
     async fn change(
         &self,
         admission: &server::Admission,
-        asked: NumberFields<'_>,
+        named: &Named,
+        period: &str,
+        number: i64,
         change: StateChange<'_>,
     ) -> Result<proto::NumberRecord, Status> {
-        let mut violations = Violations::new();
-        let names = number_at(
-            &mut violations,
-            asked.tenant,
-            asked.series,
-            asked.period,
-            asked.number,
-        );
-        let (field, note, needs) = match change {
-            StateChange::Confirm { reference, .. } => ("reference", reference, Needs::Tenant),
-            StateChange::Release { reason, .. } => ("reason", reason, Needs::Tenant),
-            StateChange::Void { reason } => ("reason", reason, Needs::Admin),
+        let Named { tenant, series } = named;
+        let needs = match change {
+            StateChange::Confirm { .. } | StateChange::Release { .. } => Needs::Tenant,
+            StateChange::Void { .. } => Needs::Admin,
         };
-        violations.check(field, check_note(note));
-        if let StateChange::Confirm {
-            holder: Some(id), ..
-        }
-        | StateChange::Release {
-            holder: Some(id), ..
-        } = change
-        {
-            violations.check("request_id", RequestId::parse(id));
-        }
-        violations.finish()?;
-        let Some((tenant, series)) = names else {
-            unreachable!("finish() returned Ok, so every field parsed");
-        };
-        admission.admit(&tenant, needs).await?;
+        admission.admit(tenant, needs).await?;
 
         let at = NumberAt {
-            tenant: &tenant,
-            series: &series,
-            period: asked.period,
-            number: asked.number,
+            tenant,
+            series,
+            period,
+            number,
         };
         let record = self.allocator.change_state(at, change).await?;
         let shown = Shown {
-            tenant: &tenant,
-            series: &series,
-            period: asked.period,
+            tenant,
+            series,
+            period,
         };
         Ok(shown.record(record))
-    }
-}
-
-/// The request id a change names its number's holder by; empty: none.
-fn holder(request_id: &str) -> Option<&str> {
-    (!request_id.is_empty()).then_some(request_id)
-}
-
-/// The fields of a request that name one number, as sent.
-#[derive(Clone, Copy)]
-struct NumberFields<'a> {
-    tenant: &'a str,
-    series: &'a str,
-    period: &'a str,
-    number: i64,
-}
-
-/// The fields that name one number, checked.
-fn number_at(
-    violations: &mut Violations,
-    tenant: &str,
-    series: &str,
-    period: &str,
-    number: i64,
-) -> Option<(TenantId, SeriesName)> {
-    let (tenant, series) = tenant_and_series(violations, tenant, series);
-    violations.check("period", check_period(period));
-    if number < 1 {
-        violations.add("number", "must be 1 or more");
-    }
-    tenant.zip(series)
-}
-
-/// A reference or a reason: 1 to 256 characters of free text, not blank.
-fn check_note(text: &str) -> Result<(), String> {
-    crate::text::check(text, MAX_NOTE_CHARS, true).map(drop)
-}
-
-/// Longest reference or reason of a number's state.
-const MAX_NOTE_CHARS: usize = 256;
-
-/// The largest `start_at`: 10¹⁸, so that a period not yet begun always has
-/// room for the numbers of any one commit (a counter computes its first
-/// value from it without overflow), and is never refused as exhausted.
-const MAX_START_AT: i64 = 1_000_000_000_000_000_000;
-
-/// A state asked for: unspecified is any.
-fn number_state(raw: i32) -> Result<Option<NumberState>, String> {
-    match proto::NumberState::try_from(raw) {
-        Ok(proto::NumberState::Unspecified) => Ok(None),
-        Ok(proto::NumberState::Issued) => Ok(Some(NumberState::Issued)),
-        Ok(proto::NumberState::Skipped) => Ok(Some(NumberState::Skipped)),
-        Ok(proto::NumberState::Confirmed) => Ok(Some(NumberState::Confirmed)),
-        Ok(proto::NumberState::Voided) => Ok(Some(NumberState::Voided)),
-        Ok(proto::NumberState::Reserved) => Ok(Some(NumberState::Reserved)),
-        Ok(proto::NumberState::Released) => Ok(Some(NumberState::Released)),
-        Err(_) => Err(format!("{raw} is not a NumberState")),
-    }
-}
-
-/// The series name a page token says the last page ended with: a name
-/// this service stored, or the token is not one it gave.
-fn series_token(token: &str) -> Result<Option<String>, String> {
-    let Some(key) = pagination::decode_token(token)? else {
-        return Ok(None);
-    };
-    match SeriesName::parse(&key) {
-        Ok(name) => Ok(Some(name.to_string())),
-        Err(_) => Err("is not a token this listing gave".into()),
-    }
-}
-
-/// The number a page token says the last page ended with.
-fn number_token(token: &str) -> Result<Option<i64>, String> {
-    let Some(key) = pagination::decode_token(token)? else {
-        return Ok(None);
-    };
-    match key.parse::<i64>() {
-        Ok(number) if number >= 1 => Ok(Some(number)),
-        _ => Err("is not a token this listing gave".into()),
     }
 }
 
@@ -216,17 +113,6 @@ impl Shown<'_> {
     }
 }
 
-fn tenant_and_series(
-    violations: &mut Violations,
-    tenant: &str,
-    series: &str,
-) -> (Option<TenantId>, Option<SeriesName>) {
-    (
-        violations.check("tenant_id", TenantId::parse(tenant)),
-        violations.check("series", SeriesName::parse(series)),
-    )
-}
-
 #[tonic::async_trait]
 impl NumberAllocator for AllocatorService {
     async fn allocate(
@@ -234,24 +120,19 @@ impl NumberAllocator for AllocatorService {
         request: Request<AllocateRequest>,
     ) -> Result<Response<AllocateResponse>, Status> {
         let admission = server::admission(&request)?;
-        let request = request.into_inner();
-        let mut violations = Violations::new();
-        let (tenant, series) =
-            tenant_and_series(&mut violations, &request.tenant_id, &request.series);
-        let count = violations.check("count", Count::parse(request.count));
-        let request_id = violations.check("request_id", RequestId::parse(&request.request_id));
-        let date = violations.check("date", parse_date(&request.date));
-        violations.finish()?;
-        let (Some(tenant), Some(series), Some(count), Some(request_id), Some(date)) =
-            (tenant, series, count, request_id, date)
-        else {
-            unreachable!("finish() returned Ok, so every field parsed");
-        };
-        admission.admit(&tenant, Needs::Tenant).await?;
+        let asked = requests::allocate(request.get_ref())?;
+        let Named { tenant, series } = &asked.named;
+        admission.admit(tenant, Needs::Tenant).await?;
 
         let allocation = self
             .allocator
-            .allocate(&tenant, &series, count, request_id.as_ref(), date)
+            .allocate(
+                tenant,
+                series,
+                asked.count,
+                asked.request_id.as_ref(),
+                asked.date,
+            )
             .await?;
         Ok(Response::new(AllocateResponse {
             replayed: allocation.replayed,
@@ -273,15 +154,7 @@ impl NumberAllocator for AllocatorService {
         request: Request<GetSeriesRequest>,
     ) -> Result<Response<GetSeriesResponse>, Status> {
         let admission = server::admission(&request)?;
-        let request = request.into_inner();
-        let mut violations = Violations::new();
-        let (tenant, series) =
-            tenant_and_series(&mut violations, &request.tenant_id, &request.series);
-        let date = violations.check("date", parse_date(&request.date));
-        violations.finish()?;
-        let (Some(tenant), Some(series), Some(date)) = (tenant, series, date) else {
-            unreachable!("finish() returned Ok, so every field parsed");
-        };
+        let (Named { tenant, series }, date) = requests::get_series(request.get_ref())?;
         admission.admit(&tenant, Needs::Tenant).await?;
 
         let series = self.allocator.get_series(&tenant, &series, date).await?;
@@ -295,20 +168,12 @@ impl NumberAllocator for AllocatorService {
         request: Request<ListSeriesRequest>,
     ) -> Result<Response<ListSeriesResponse>, Status> {
         let admission = server::admission(&request)?;
-        let request = request.into_inner();
-        let mut violations = Violations::new();
-        let tenant = violations.check("tenant_id", TenantId::parse(&request.tenant_id));
-        let size = violations.check("page_size", pagination::page_size(request.page_size));
-        let after = violations.check("page_token", series_token(&request.page_token));
-        violations.finish()?;
-        let (Some(tenant), Some(size), Some(after)) = (tenant, size, after) else {
-            unreachable!("finish() returned Ok, so every field parsed");
-        };
+        let (tenant, asked) = requests::list_series(request.get_ref())?;
         admission.admit(&tenant, Needs::Tenant).await?;
 
         let page = self
             .allocator
-            .list_series(&tenant, after.as_deref(), size)
+            .list_series(&tenant, asked.after.as_deref(), asked.size)
             .await?;
         let next_page_token = pagination::next_token(&page, |last| last.name.clone());
         Ok(Response::new(ListSeriesResponse {
@@ -322,20 +187,12 @@ impl NumberAllocator for AllocatorService {
         request: Request<AuditSeriesRequest>,
     ) -> Result<Response<AuditSeriesResponse>, Status> {
         let admission = server::admission(&request)?;
-        let request = request.into_inner();
-        let mut violations = Violations::new();
-        let (tenant, series) =
-            tenant_and_series(&mut violations, &request.tenant_id, &request.series);
-        let period = violations.check("period", check_period(&request.period));
-        violations.finish()?;
-        let (Some(tenant), Some(series), Some(())) = (tenant, series, period) else {
-            unreachable!("finish() returned Ok, so every field parsed");
-        };
+        let Named { tenant, series } = requests::audit_series(request.get_ref())?;
         admission.admit(&tenant, Needs::Tenant).await?;
 
         let audit = self
             .allocator
-            .audit(&tenant, &series, &request.period)
+            .audit(&tenant, &series, &request.get_ref().period)
             .await?;
         Ok(Response::new(AuditSeriesResponse {
             last_value: audit.last_value,
@@ -355,29 +212,18 @@ impl NumberAllocator for AllocatorService {
         request: Request<GetNumberRequest>,
     ) -> Result<Response<GetNumberResponse>, Status> {
         let admission = server::admission(&request)?;
-        let request = request.into_inner();
-        let mut violations = Violations::new();
-        let at = number_at(
-            &mut violations,
-            &request.tenant_id,
-            &request.series,
-            &request.period,
-            request.number,
-        );
-        violations.finish()?;
-        let Some((tenant, series)) = at else {
-            unreachable!("finish() returned Ok, so every field parsed");
-        };
+        let Named { tenant, series } = requests::get_number(request.get_ref())?;
         admission.admit(&tenant, Needs::Tenant).await?;
 
+        let asked = request.get_ref();
         let record = self
             .allocator
-            .get_number(&tenant, &series, &request.period, request.number)
+            .get_number(&tenant, &series, &asked.period, asked.number)
             .await?;
         let shown = Shown {
             tenant: &tenant,
             series: &series,
-            period: &request.period,
+            period: &asked.period,
         };
         Ok(Response::new(GetNumberResponse {
             record: Some(shown.record(record)),
@@ -389,34 +235,30 @@ impl NumberAllocator for AllocatorService {
         request: Request<ListNumbersRequest>,
     ) -> Result<Response<ListNumbersResponse>, Status> {
         let admission = server::admission(&request)?;
-        let request = request.into_inner();
-        let mut violations = Violations::new();
-        let (tenant, series) =
-            tenant_and_series(&mut violations, &request.tenant_id, &request.series);
-        let period = violations.check("period", check_period(&request.period));
-        let state = violations.check("state", number_state(request.state));
-        let size = violations.check("page_size", pagination::page_size(request.page_size));
-        let after = violations.check("page_token", number_token(&request.page_token));
-        violations.finish()?;
-        let (Some(tenant), Some(series), Some(()), Some(state), Some(size), Some(after)) =
-            (tenant, series, period, state, size, after)
-        else {
-            unreachable!("finish() returned Ok, so every field parsed");
-        };
-        admission.admit(&tenant, Needs::Tenant).await?;
+        let asked = requests::list_numbers(request.get_ref())?;
+        let Named { tenant, series } = &asked.named;
+        admission.admit(tenant, Needs::Tenant).await?;
 
+        let period = &request.get_ref().period;
         let page = self
             .allocator
-            .list_numbers(&tenant, &series, &request.period, state, after, size)
+            .list_numbers(
+                tenant,
+                series,
+                period,
+                asked.state,
+                asked.page.after,
+                asked.page.size,
+            )
             .await?;
         let next_page_token = page
             .next_after
             .map(|last| pagination::encode_token(&last.to_string()))
             .unwrap_or_default();
         let shown = Shown {
-            tenant: &tenant,
-            series: &series,
-            period: &request.period,
+            tenant,
+            series,
+            period,
         };
         Ok(Response::new(ListNumbersResponse {
             records: page.records.into_iter().map(|r| shown.record(r)).collect(),
@@ -429,18 +271,11 @@ impl NumberAllocator for AllocatorService {
         request: Request<ConfirmRequest>,
     ) -> Result<Response<ConfirmResponse>, Status> {
         let admission = server::admission(&request)?;
-        let request = request.into_inner();
-        let asked = NumberFields {
-            tenant: &request.tenant_id,
-            series: &request.series,
-            period: &request.period,
-            number: request.number,
-        };
-        let change = StateChange::Confirm {
-            reference: &request.reference,
-            holder: holder(&request.request_id),
-        };
-        let record = self.change(&admission, asked, change).await?;
+        let asked = request.get_ref();
+        let (named, change) = requests::confirm(asked)?;
+        let record = self
+            .change(&admission, &named, &asked.period, asked.number, change)
+            .await?;
         Ok(Response::new(ConfirmResponse {
             record: Some(record),
         }))
@@ -451,42 +286,31 @@ impl NumberAllocator for AllocatorService {
         request: Request<ReserveRequest>,
     ) -> Result<Response<ReserveResponse>, Status> {
         let admission = server::admission(&request)?;
-        let request = request.into_inner();
-        let mut violations = Violations::new();
-        let (tenant, series) =
-            tenant_and_series(&mut violations, &request.tenant_id, &request.series);
-        let request_id = violations.check("request_id", RequestId::parse(&request.request_id));
-        let date = violations.check("date", parse_date(&request.date));
-        let lease = violations.check("lease", lease(request.lease));
-        if request.repeat_only && request.request_id.is_empty() {
-            violations.add(
-                "request_id",
-                "must be given to repeat a reservation (repeat_only)",
-            );
-        }
-        violations.finish()?;
-        let (Some(tenant), Some(series), Some(request_id), Some(date), Some(lease)) =
-            (tenant, series, request_id, date, lease)
-        else {
-            unreachable!("finish() returned Ok, so every field parsed");
-        };
-        admission.admit(&tenant, Needs::Tenant).await?;
+        let asked = requests::reserve(request.get_ref())?;
+        let Named { tenant, series } = &asked.named;
+        admission.admit(tenant, Needs::Tenant).await?;
 
-        let reservation = match &request_id {
-            Some(request_id) if request.repeat_only => {
+        let reservation = match &asked.request_id {
+            Some(request_id) if request.get_ref().repeat_only => {
                 self.allocator
-                    .repeat_reservation(&tenant, &series, request_id)
+                    .repeat_reservation(tenant, series, request_id)
                     .await?
             }
             _ => {
                 self.allocator
-                    .reserve(&tenant, &series, request_id.as_ref(), date, lease)
+                    .reserve(
+                        tenant,
+                        series,
+                        asked.request_id.as_ref(),
+                        asked.date,
+                        asked.lease,
+                    )
                     .await?
             }
         };
         let shown = Shown {
-            tenant: &tenant,
-            series: &series,
+            tenant,
+            series,
             period: &reservation.period,
         };
         Ok(Response::new(ReserveResponse {
@@ -500,18 +324,11 @@ impl NumberAllocator for AllocatorService {
         request: Request<ReleaseRequest>,
     ) -> Result<Response<ReleaseResponse>, Status> {
         let admission = server::admission(&request)?;
-        let request = request.into_inner();
-        let asked = NumberFields {
-            tenant: &request.tenant_id,
-            series: &request.series,
-            period: &request.period,
-            number: request.number,
-        };
-        let change = StateChange::Release {
-            reason: &request.reason,
-            holder: holder(&request.request_id),
-        };
-        let record = self.change(&admission, asked, change).await?;
+        let asked = request.get_ref();
+        let (named, change) = requests::release(asked)?;
+        let record = self
+            .change(&admission, &named, &asked.period, asked.number, change)
+            .await?;
         Ok(Response::new(ReleaseResponse {
             record: Some(record),
         }))
@@ -519,17 +336,11 @@ impl NumberAllocator for AllocatorService {
 
     async fn void(&self, request: Request<VoidRequest>) -> Result<Response<VoidResponse>, Status> {
         let admission = server::admission(&request)?;
-        let request = request.into_inner();
-        let asked = NumberFields {
-            tenant: &request.tenant_id,
-            series: &request.series,
-            period: &request.period,
-            number: request.number,
-        };
-        let change = StateChange::Void {
-            reason: &request.reason,
-        };
-        let record = self.change(&admission, asked, change).await?;
+        let asked = request.get_ref();
+        let (named, change) = requests::void(asked)?;
+        let record = self
+            .change(&admission, &named, &asked.period, asked.number, change)
+            .await?;
         Ok(Response::new(VoidResponse {
             record: Some(record),
         }))
@@ -540,27 +351,13 @@ impl NumberAllocator for AllocatorService {
         request: Request<AdvanceCounterRequest>,
     ) -> Result<Response<AdvanceCounterResponse>, Status> {
         let admission = server::admission(&request)?;
-        let request = request.into_inner();
-        let mut violations = Violations::new();
-        let (tenant, series) =
-            tenant_and_series(&mut violations, &request.tenant_id, &request.series);
-        if request.at_least < 0 {
-            violations.add("at_least", "must not be negative");
-        }
-        violations.check(
-            "reason",
-            crate::text::check(&request.reason, MAX_REASON_CHARS, true),
-        );
-        let date = violations.check("date", parse_date(&request.date));
-        violations.finish()?;
-        let (Some(tenant), Some(series), Some(date)) = (tenant, series, date) else {
-            unreachable!("finish() returned Ok, so every field parsed");
-        };
+        let (Named { tenant, series }, date) = requests::advance_counter(request.get_ref())?;
         admission.admit(&tenant, Needs::Admin).await?;
 
+        let asked = request.get_ref();
         let series = self
             .allocator
-            .advance(&tenant, &series, request.at_least, &request.reason, date)
+            .advance(&tenant, &series, asked.at_least, &asked.reason, date)
             .await?;
         Ok(Response::new(AdvanceCounterResponse {
             series: Some(series.into()),
@@ -572,92 +369,13 @@ impl NumberAllocator for AllocatorService {
         request: Request<ConfigureSeriesRequest>,
     ) -> Result<Response<ConfigureSeriesResponse>, Status> {
         let admission = server::admission(&request)?;
-        let request = request.into_inner();
-        let mut violations = Violations::new();
-        let (tenant, series) =
-            tenant_and_series(&mut violations, &request.tenant_id, &request.series);
-        let change = SeriesChange {
-            format: violations
-                .check(
-                    "format",
-                    optional(&request.format, str::parse::<NumberFormat>),
-                )
-                .flatten(),
-            reset: violations.check("reset", reset(request.reset)).flatten(),
-            zone: violations
-                .check("timezone", optional(&request.timezone, TimeZone::parse))
-                .flatten(),
-            start_at: match request.start_at {
-                0 => None,
-                first if !(1..=MAX_START_AT).contains(&first) => {
-                    violations.add(
-                        "start_at",
-                        format!("must be 1 to {MAX_START_AT} (0 keeps the current value)"),
-                    );
-                    None
-                }
-                first => Some(first),
-            },
-            gap_policy: violations
-                .check("gap_policy", gap_policy(request.gap_policy))
-                .flatten(),
-        };
-        violations.finish()?;
-        let (Some(tenant), Some(series)) = (tenant, series) else {
-            unreachable!("finish() returned Ok, so every field parsed");
-        };
+        let (Named { tenant, series }, change) = requests::configure_series(request.get_ref())?;
         admission.admit(&tenant, Needs::Admin).await?;
 
         let series = self.allocator.configure(&tenant, &series, &change).await?;
         Ok(Response::new(ConfigureSeriesResponse {
             series: Some(series.into()),
         }))
-    }
-}
-
-/// An optional text field: empty means none.
-fn optional<T>(
-    raw: &str,
-    parse: impl FnOnce(&str) -> Result<T, String>,
-) -> Result<Option<T>, String> {
-    if raw.is_empty() {
-        Ok(None)
-    } else {
-        parse(raw).map(Some)
-    }
-}
-
-/// A lease asked for: unset is zero (the default), checked against the
-/// server's bounds by the allocator.
-fn lease(raw: Option<prost_types::Duration>) -> Result<std::time::Duration, String> {
-    raw.map_or(Ok(std::time::Duration::ZERO), |raw| {
-        // Refused before the conversion, which negates a negative length.
-        if raw.seconds < 0 || raw.nanos < 0 {
-            return Err("must not be negative".to_owned());
-        }
-        std::time::Duration::try_from(raw).map_err(|_| "must not be negative".to_owned())
-    })
-}
-
-/// A requested gap policy: unspecified means none.
-fn gap_policy(raw: i32) -> Result<Option<GapPolicy>, String> {
-    match proto::GapPolicy::try_from(raw) {
-        Ok(proto::GapPolicy::Unspecified) => Ok(None),
-        Ok(proto::GapPolicy::Void) => Ok(Some(GapPolicy::Void)),
-        Ok(proto::GapPolicy::Reissue) => Ok(Some(GapPolicy::Reissue)),
-        Err(_) => Err(format!("{raw} is not a GapPolicy value")),
-    }
-}
-
-/// A requested reset: unspecified means none.
-fn reset(raw: i32) -> Result<Option<Reset>, String> {
-    match proto::Reset::try_from(raw) {
-        Ok(proto::Reset::Unspecified) => Ok(None),
-        Ok(proto::Reset::Never) => Ok(Some(Reset::Never)),
-        Ok(proto::Reset::Yearly) => Ok(Some(Reset::Yearly)),
-        Ok(proto::Reset::Monthly) => Ok(Some(Reset::Monthly)),
-        Ok(proto::Reset::Daily) => Ok(Some(Reset::Daily)),
-        Err(_) => Err(format!("{raw} is not a Reset value")),
     }
 }
 

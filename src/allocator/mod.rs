@@ -28,6 +28,7 @@ pub mod group_commit;
 pub mod grpc;
 pub mod numbers;
 pub mod postgres;
+pub mod requests;
 pub mod reserve;
 pub mod series;
 mod sql_store;

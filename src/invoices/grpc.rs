@@ -144,6 +144,61 @@ pub fn parse_new_invoice(
     Ok((new, request_id))
 }
 
+/// Reads a get request: the tenant and the invoice's id.
+///
+/// # Errors
+/// The fields that break the rules.
+pub fn parse_get_invoice(request: &GetInvoiceRequest) -> Result<(TenantId, Uuid), InvalidArgument> {
+    let mut v = Violations::new();
+    let tenant = v.check("tenant_id", TenantId::parse(&request.tenant_id));
+    let id = v.check(
+        "id",
+        Uuid::parse_str(&request.id)
+            .map_err(|_| "must be an invoice id as returned by CreateInvoice".to_owned()),
+    );
+    v.finish()?;
+    let (Some(tenant), Some(id)) = (tenant, id) else {
+        unreachable!("finish() returned Ok, so every field parsed");
+    };
+    Ok((tenant, id))
+}
+
+/// The period and number a page of invoices ended with.
+pub type InvoiceKey = (String, i64);
+
+/// Reads a list request: the tenant, the page's size and where the last
+/// page ended.
+///
+/// # Errors
+/// The fields that break the rules.
+pub fn parse_list_invoices(
+    request: &ListInvoicesRequest,
+) -> Result<(TenantId, u32, Option<InvoiceKey>), InvalidArgument> {
+    let mut v = Violations::new();
+    let tenant = v.check("tenant_id", TenantId::parse(&request.tenant_id));
+    let size = v.check("page_size", pagination::page_size(request.page_size));
+    let after = v.check(
+        "page_token",
+        pagination::decode_token(&request.page_token).and_then(|key| {
+            key.map_or(Ok(None), |key| {
+                // "<period>/<number>": periods hold no slash.
+                key.rsplit_once('/')
+                    .filter(|(period, _)| crate::calendar::check_period(period).is_ok())
+                    .and_then(|(period, number)| {
+                        Some((period.to_owned(), number.parse::<i64>().ok()?))
+                    })
+                    .map(Some)
+                    .ok_or_else(|| "is not a page token from this service".into())
+            })
+        }),
+    );
+    v.finish()?;
+    let (Some(tenant), Some(size), Some(after)) = (tenant, size, after) else {
+        unreachable!("finish() returned Ok, so every field parsed");
+    };
+    Ok((tenant, size, after))
+}
+
 #[tonic::async_trait]
 impl invoice_writer_server::InvoiceWriter for InvoiceWriterService {
     async fn create_invoice(
@@ -175,18 +230,7 @@ impl invoice_writer_server::InvoiceWriter for InvoiceWriterService {
         request: Request<GetInvoiceRequest>,
     ) -> Result<Response<GetInvoiceResponse>, Status> {
         let admission = server::admission(&request)?;
-        let request = request.into_inner();
-        let mut v = Violations::new();
-        let tenant = v.check("tenant_id", TenantId::parse(&request.tenant_id));
-        let id = v.check(
-            "id",
-            Uuid::parse_str(&request.id)
-                .map_err(|_| "must be an invoice id as returned by CreateInvoice".to_owned()),
-        );
-        v.finish()?;
-        let (Some(tenant), Some(id)) = (tenant, id) else {
-            unreachable!("finish() returned Ok, so every field parsed");
-        };
+        let (tenant, id) = parse_get_invoice(request.get_ref())?;
         admission.admit(&tenant, Needs::Tenant).await?;
 
         let invoice = self.writer.get(&tenant, id).await?;
@@ -200,29 +244,7 @@ impl invoice_writer_server::InvoiceWriter for InvoiceWriterService {
         request: Request<ListInvoicesRequest>,
     ) -> Result<Response<ListInvoicesResponse>, Status> {
         let admission = server::admission(&request)?;
-        let request = request.into_inner();
-        let mut v = Violations::new();
-        let tenant = v.check("tenant_id", TenantId::parse(&request.tenant_id));
-        let size = v.check("page_size", pagination::page_size(request.page_size));
-        let after = v.check(
-            "page_token",
-            pagination::decode_token(&request.page_token).and_then(|key| {
-                key.map_or(Ok(None), |key| {
-                    // "<period>/<number>": periods hold no slash.
-                    key.rsplit_once('/')
-                        .filter(|(period, _)| crate::calendar::check_period(period).is_ok())
-                        .and_then(|(period, number)| {
-                            Some((period.to_owned(), number.parse::<i64>().ok()?))
-                        })
-                        .map(Some)
-                        .ok_or_else(|| "is not a page token from this service".into())
-                })
-            }),
-        );
-        v.finish()?;
-        let (Some(tenant), Some(size), Some(after)) = (tenant, size, after) else {
-            unreachable!("finish() returned Ok, so every field parsed");
-        };
+        let (tenant, size, after) = parse_list_invoices(request.get_ref())?;
         admission.admit(&tenant, Needs::Tenant).await?;
 
         let after = after
