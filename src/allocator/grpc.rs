@@ -576,8 +576,13 @@ fn refused(refusal: StateRefusal) -> Status {
         StateRefusal::NotTheHolder { request_id } => with_reason(
             Code::FailedPrecondition,
             format!(
-                "the number is held under request id {request_id:?}, not the one this call \
-                 names (if that one reserved it, its lease ended and another call took it since)"
+                "the number is held {}, not under the one this call names (if that one \
+                 reserved it, its lease ended and another call took it since)",
+                if request_id.is_empty() {
+                    "without a request id".to_owned()
+                } else {
+                    format!("under request id {request_id:?}")
+                }
             ),
             "NOT_THE_HOLDER",
             &[("requestId", request_id)],

@@ -309,13 +309,16 @@ pub fn decide(
         });
     }
     // Only a reservation's row names who holds the number: taken again
-    // after its lease ended, it names the call that took it.
+    // after its lease ended, it names the call that took it. One reserved
+    // or taken again without a request id is held under none, so under no
+    // id a change names.
     if let Some(holder) = holder
-        && let Some(held_by) = current.and_then(|row| row.request_id.as_deref())
-        && held_by != holder
+        && let Some(row) = current
+        && (row.origin == "reserve" || row.request_id.is_some())
+        && row.request_id.as_deref() != Some(holder)
     {
         return refuse(StateRefusal::NotTheHolder {
-            request_id: held_by.to_owned(),
+            request_id: row.request_id.clone().unwrap_or_default(),
         });
     }
     match change {
@@ -928,6 +931,22 @@ mod tests {
                 request_id: "order-1".into()
             })
         );
+        // Reserved without a request id (none, or none when taken again):
+        // held under no id a change names, within its lease or after.
+        for request_id in [None, Some(String::new())] {
+            let anonymous = StateRow {
+                request_id,
+                ..reserved()
+            };
+            for minute in [4, 6] {
+                assert_eq!(
+                    decided(Some(&anonymous), by_holder("order-1"), Void, minute),
+                    Err(StateRefusal::NotTheHolder {
+                        request_id: String::new()
+                    })
+                );
+            }
+        }
         // Releasing it after its end: it stands given back already.
         let release = StateChange::Release {
             reason: "refused",

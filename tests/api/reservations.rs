@@ -695,6 +695,56 @@ async fn an_ended_lease_is_taken_again_before_any_sweep(#[case] backend: Backend
     );
 }
 
+/// A number reserved without a request id, fresh or given back and taken
+/// again, is held under none: a change that names one is refused and
+/// changes nothing; one that names none settles it.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_naming_a_request_id_is_refused_a_number_reserved_without_one(
+    #[case] backend: Backend,
+) {
+    let mut app = unswept(backend, CommitMode::Group(GroupCommitSettings::default())).await;
+    app.configure("cont", GapPolicy::Reissue).await;
+    assert_eq!(app.reserve(reserve("cont")).await.number, 1);
+    assert_eq!(app.reserve(reserve("cont")).await.number, 2);
+    app.release(release("cont", 2, "the invoice was not stored"))
+        .await
+        .unwrap();
+    assert_eq!(app.reserve(reserve("cont")).await.number, 2, "taken again");
+
+    for number in [1, 2] {
+        let before = app.get("cont", number).await.unwrap();
+        let refused = app
+            .confirm(ConfirmRequest {
+                request_id: "someone".into(),
+                ..confirm("cont", number, "inv-other")
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+        assert_reason(&refused, "NOT_THE_HOLDER");
+        assert!(
+            refused.message().contains("without a request id"),
+            "{refused:?}"
+        );
+        let refused = app
+            .release(ReleaseRequest {
+                request_id: "someone".into(),
+                ..release("cont", number, "not needed")
+            })
+            .await
+            .unwrap_err();
+        assert_reason(&refused, "NOT_THE_HOLDER");
+        assert_eq!(app.get("cont", number).await.unwrap(), before, "unchanged");
+
+        let confirmed = app
+            .confirm(confirm("cont", number, "inv-own"))
+            .await
+            .unwrap();
+        assert_eq!(confirmed.state(), NumberState::Confirmed, "{number}");
+    }
+}
+
 /// A caller late past its lease, naming the request id it reserved with,
 /// can neither confirm nor release the number another call took since; the
 /// holder can. Under group commit and one commit per call alike.
