@@ -541,7 +541,7 @@ fn refused(refusal: StateRefusal) -> Status {
         ),
         StateRefusal::Voided { reason } => with_reason(
             Code::FailedPrecondition,
-            format!("the number was voided ({reason}); it is never used again"),
+            format!("the number was voided ({reason}); it is never handed out again"),
             "NUMBER_VOIDED",
             &[("reason", reason)],
         ),

@@ -122,18 +122,25 @@ pub enum AllocatorError {
     /// The allocator answered with an error retrying would not fix.
     #[error("the allocator refused: {}", .0.message())]
     Rejected(Status),
+    /// The allocator answered a retry with an error retrying would not fix
+    /// (its settings changed between the tries, say), after an earlier try
+    /// of the call was lost (a time-out, a dropped connection): that try
+    /// may have been acted on.
+    #[error("the allocator refused a retry: {}", .0.message())]
+    RefusedRetry(Status),
 }
 
 impl AllocatorError {
     /// Whether the allocator refused the call before anything was written:
     /// bad input, a state that does not allow it, access refused, the
     /// tenant's rate, no such method. An internal fault (`INTERNAL`, `UNKNOWN`, `DATA_LOSS`) may
-    /// follow a commit, as may a time-out or a lost reply.
+    /// follow a commit, as may a time-out or a lost reply, and a refusal of
+    /// a retry says nothing of the try before it.
     #[must_use]
     pub fn refused_before_writing(&self) -> bool {
         let status = match self {
             Self::OutOfTime => return true,
-            Self::Unavailable(_) => return false,
+            Self::Unavailable(_) | Self::RefusedRetry(_) => return false,
             Self::Rejected(status) => status,
         };
         matches!(
@@ -157,7 +164,7 @@ impl AllocatorError {
     #[must_use]
     pub fn held_by_another(&self) -> Option<NumberRecord> {
         use tonic_types::StatusExt as _;
-        let Self::Rejected(status) = self else {
+        let (Self::Rejected(status) | Self::RefusedRetry(status)) = self else {
             return None;
         };
         let info = status.get_details_error_info()?;
@@ -286,8 +293,8 @@ impl AllocatorClient {
     {
         let mut retry = 0;
         // Whether every attempt so far was turned away for the tenant's
-        // rate, before the allocator did anything: another failure (a lost
-        // reply, a time-out) may follow a commit.
+        // rate, before the allocator did anything (so with none made): another
+        // failure (a lost reply, a time-out) may follow a commit.
         let mut only_rate_limited = true;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -307,7 +314,11 @@ impl AllocatorClient {
             };
             client_handled(method, status.code());
             if !is_transient(&status) {
-                return Err(AllocatorError::Rejected(status));
+                return Err(if only_rate_limited {
+                    AllocatorError::Rejected(status)
+                } else {
+                    AllocatorError::RefusedRetry(status)
+                });
             }
             // No sooner than the allocator says a retry can succeed.
             let told = status
@@ -349,7 +360,8 @@ impl AllocatorClient {
     ///
     /// # Errors
     /// [`AllocatorError::Unavailable`] once the deadline leaves no room for
-    /// another attempt; [`AllocatorError::Rejected`] for any other error.
+    /// another attempt; [`AllocatorError::Rejected`] for any other error
+    /// ([`AllocatorError::RefusedRetry`] after a try that was lost).
     pub async fn reserve(
         &self,
         tenant: &TenantId,
@@ -572,5 +584,64 @@ mod tests {
         };
         let draws: std::collections::HashSet<_> = (0..20).map(|_| random.delay(0)).collect();
         assert!(draws.len() > 1, "no jitter");
+    }
+
+    /// The error `retried` ends with when the tries answer `answers` in turn.
+    async fn retried_through(answers: Vec<Status>) -> AllocatorError {
+        let endpoint = AllocatorEndpoint {
+            url: "http://127.0.0.1:9".into(),
+            connect_timeout: Duration::from_secs(1),
+            keepalive: Keepalive::default(),
+            token: BearerToken::none(),
+            tls: None,
+        };
+        let backoff = Backoff {
+            initial: Duration::from_millis(1),
+            max: Duration::from_millis(1),
+            ..Backoff::default()
+        };
+        let client = AllocatorClient::connect_lazy(&endpoint, backoff).unwrap();
+        let mut answers = answers.into_iter();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let tried = client
+            .retried("Reserve", "acme", deadline, |_| {
+                std::future::ready(Err::<(), _>(answers.next().expect("an answer left")))
+            })
+            .await;
+        tried.unwrap_err()
+    }
+
+    /// A refusal says nothing was written only of a call none of whose
+    /// tries may have been acted on: after a lost try, it may have been.
+    #[tokio::test]
+    async fn a_refusal_after_a_lost_try_may_follow_a_commit() {
+        let denied = || Status::permission_denied("the token is not granted");
+        let rate_limited = || {
+            Status::with_error_details(
+                Code::ResourceExhausted,
+                "over the tenant's rate",
+                tonic_types::ErrorDetails::with_error_info("TENANT_RATE_LIMITED", "numbering", []),
+            )
+        };
+        let first = retried_through(vec![denied()]).await;
+        assert!(matches!(first, AllocatorError::Rejected(_)), "{first:?}");
+        assert!(first.refused_before_writing());
+        let after_rate = retried_through(vec![rate_limited(), denied()]).await;
+        assert!(matches!(after_rate, AllocatorError::Rejected(_)));
+        assert!(after_rate.refused_before_writing());
+
+        for lost in [
+            Status::unavailable("the connection was reset"),
+            Status::deadline_exceeded("timed out"),
+            Status::cancelled("the connection was dropped"),
+        ] {
+            let after_lost = retried_through(vec![lost, denied()]).await;
+            assert!(
+                matches!(&after_lost, AllocatorError::RefusedRetry(status)
+                    if status.code() == Code::PermissionDenied),
+                "{after_lost:?}"
+            );
+            assert!(!after_lost.refused_before_writing());
+        }
     }
 }

@@ -374,6 +374,8 @@ fn names_only_the_date(status: &Status) -> bool {
 /// An allocator failure as the writer's answer.
 fn from_allocator(error: AllocatorError) -> Status {
     match error {
+        // What the refusal says is the caller's answer all the same.
+        AllocatorError::RefusedRetry(status) => from_allocator(AllocatorError::Rejected(status)),
         AllocatorError::Unavailable(cause) => with_reason(
             Code::Unavailable,
             format!(

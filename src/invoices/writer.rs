@@ -1046,7 +1046,11 @@ impl InvoiceWriter {
                 None
             }
             // Tried again at the next reconciliation.
-            Err(AllocatorError::Unavailable(_) | AllocatorError::OutOfTime) => None,
+            Err(
+                AllocatorError::Unavailable(_)
+                | AllocatorError::OutOfTime
+                | AllocatorError::RefusedRetry(_),
+            ) => None,
         })
     }
 
