@@ -1416,6 +1416,35 @@ async fn a_refused_reservation_answers_its_refusal_when_its_note_cannot_go() {
     );
 }
 
+/// A Reserve whose first try's reply was lost after the allocator committed
+/// it, then refused on its retry (the allocator's grants changed between the
+/// tries): the first try holds a number, so the call's note stays for
+/// reconciliation to give it back, and the caller is answered the refusal
+/// (the writer's own token refused: INTERNAL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_refused_on_its_retry_after_a_lost_try_keeps_its_note() {
+    let mut allocator = spawn_allocator(Backend::Sqlite).await;
+    let proxy = AllocatorProxy::new(
+        allocator.client.clone(),
+        Fault::TimeOutFirstThenDeny(Method::Reserve),
+    );
+    let (proxy_url, _serving) = proxy.serve().await;
+    let mut writer = spawn_writer(Backend::Sqlite, &proxy_url, 3).await;
+
+    let status = writer
+        .client
+        .create_invoice(invoice_request("acme"))
+        .await
+        .unwrap_err();
+    assert_eq!(proxy.lost(), 1, "the first try's reply was lost");
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    let audit = audit_acme(&mut allocator.client).await;
+    assert_eq!(audit.reserved, 1, "the first try reserved: {audit:?}");
+    let later = Utc::now() + TimeDelta::minutes(1);
+    let noted = writer.store.pending_before(later, None, 10).await.unwrap();
+    assert_eq!(noted.len(), 1, "{noted:?}");
+}
+
 /// A store fault on one pending note stops that reconciliation run, and
 /// the next goes on after that note: a note the store keeps failing on
 /// does not hold back those behind it (it is tried again once the runs

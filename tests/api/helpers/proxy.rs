@@ -51,6 +51,10 @@ pub enum Fault {
     /// `DEADLINE_EXCEEDED` in its place, as an allocator whose own
     /// `--request-timeout` ran out after its commit answers.
     TimeOutFirst(Method),
+    /// As [`Fault::TimeOutFirst`], and every later call of `Method` is
+    /// refused `PERMISSION_DENIED`, never sent, as an allocator whose grants
+    /// changed between two tries of one call refuses the second.
+    TimeOutFirstThenDeny(Method),
     /// Every reply to `Method` after the allocator answered is `INTERNAL`
     /// in its place, as a fault of the allocator's own after its commit.
     FailAfter(Method),
@@ -149,7 +153,7 @@ impl AllocatorProxy {
                 self.hung.notify_one();
                 std::future::pending::<()>().await;
             }
-            Fault::TimeOutFirst(timed_out)
+            Fault::TimeOutFirst(timed_out) | Fault::TimeOutFirstThenDeny(timed_out)
                 if timed_out == method && !self.struck.swap(true, Ordering::SeqCst) =>
             {
                 self.lost.fetch_add(1, Ordering::SeqCst);
@@ -164,6 +168,7 @@ impl AllocatorProxy {
             | Fault::Refuse(_)
             | Fault::Deny(_)
             | Fault::TimeOutFirst(_)
+            | Fault::TimeOutFirstThenDeny(_)
             | Fault::Gate(_) => {}
         }
         Ok(answer)
@@ -188,6 +193,11 @@ impl AllocatorProxy {
             }
             Fault::Deny(denied) if denied == method => {
                 self.lost.fetch_add(1, Ordering::SeqCst);
+                Err(Status::permission_denied("denied by the proxy"))
+            }
+            Fault::TimeOutFirstThenDeny(denied)
+                if denied == method && self.struck.load(Ordering::SeqCst) =>
+            {
                 Err(Status::permission_denied("denied by the proxy"))
             }
             _ => Ok(()),
