@@ -10,6 +10,7 @@ use std::{
     task::{Context, Poll},
 };
 
+use tokio::time::Instant;
 use tonic::{Code, Status, body::Body, codegen::http};
 
 use crate::{
@@ -45,6 +46,8 @@ impl<S> Authenticated<S> {
 pub struct Admission {
     caller: Caller,
     limits: Option<Arc<TenantLimits>>,
+    /// When the caller stops waiting for the answer, if it said.
+    deadline: Option<Instant>,
 }
 
 impl Admission {
@@ -52,11 +55,12 @@ impl Admission {
     ///
     /// # Errors
     /// `PERMISSION_DENIED`: the caller may not; `RESOURCE_EXHAUSTED`: the
-    /// tenant is over its rate and has no turn within the wait allowed.
+    /// tenant is over its rate and has no turn within the wait allowed, or
+    /// none before the caller's deadline.
     pub async fn admit(&self, tenant: &TenantId, needs: Needs) -> Result<(), Status> {
         self.caller.may(tenant, needs)?;
         match &self.limits {
-            Some(limits) => limits.admit(tenant).await,
+            Some(limits) => limits.admit(tenant, self.deadline).await,
             None => Ok(()),
         }
     }
@@ -91,9 +95,12 @@ where
                 if let Some(name) = caller.name() {
                     tracing::Span::current().record("caller", name);
                 }
+                let deadline = super::caller_timeout(request.headers())
+                    .and_then(|timeout| Instant::now().checked_add(timeout));
                 request.extensions_mut().insert(Admission {
                     caller,
                     limits: self.limits.clone(),
+                    deadline,
                 });
                 Box::pin(self.inner.call(request))
             }

@@ -4,9 +4,9 @@
 //! it, so that a client calling in a loop is slowed to the rate instead of
 //! spinning on refusals. Each waiting call holds a turn of its own: waiters
 //! wake one at a time, each once, and at most the rate times the bound of a
-//! tenant's calls wait at once. A call whose turn would be further off
-//! answers `RESOURCE_EXHAUSTED` at once, with a `RetryInfo` saying when to
-//! try again, and touches nothing.
+//! tenant's calls wait at once. A call whose turn would be further off, or
+//! come after the caller's deadline, answers `RESOURCE_EXHAUSTED` at once,
+//! with a `RetryInfo` saying when to try again, and takes no turn.
 
 use std::{
     collections::HashMap,
@@ -61,14 +61,18 @@ impl TenantLimits {
     }
 
     /// Takes one call from `tenant`'s allowance: its next free turn, waited
-    /// for if it comes within the bound. A turn taken by a call that gives up
+    /// for if it comes within the bound and before the call's `deadline`
+    /// (the caller's, if it set one). A turn taken by a call that gives up
     /// waiting (its caller gone) is not given to another.
     ///
     /// # Errors
     /// `RESOURCE_EXHAUSTED` (`TENANT_RATE_LIMITED`) with a `RetryInfo`: the
-    /// tenant has no turn within the bound.
-    pub async fn admit(&self, tenant: &TenantId) -> Result<(), Status> {
+    /// tenant has no turn within the bound, or none before the deadline.
+    pub async fn admit(&self, tenant: &TenantId, deadline: Option<Instant>) -> Result<(), Status> {
         let now = Instant::now();
+        let bound = deadline.map_or(self.max_wait, |deadline| {
+            self.max_wait.min(deadline.saturating_duration_since(now))
+        });
         let turn = {
             let mut turns = self.turns.lock().unwrap_or_else(PoisonError::into_inner);
             if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
@@ -79,7 +83,7 @@ impl TenantLimits {
                 .checked_sub(self.burst)
                 .map_or(now, |turn| turn.max(now));
             let wait = turn - now;
-            if wait > self.max_wait {
+            if wait > bound {
                 return Err(self.refusal(tenant, wait));
             }
             match turns.get_mut(tenant) {
@@ -140,13 +144,13 @@ mod tests {
             .map(|_| {
                 let (limits, acme) = (limits.clone(), acme.clone());
                 tokio::spawn(async move {
-                    let admitted = limits.admit(&acme).await;
+                    let admitted = limits.admit(&acme, None).await;
                     (admitted.is_ok(), started.elapsed())
                 })
             })
             .collect();
         let globex = TenantId::parse("globex").unwrap();
-        limits.admit(&globex).await.unwrap();
+        limits.admit(&globex, None).await.unwrap();
         assert_eq!(started.elapsed(), Duration::ZERO, "another tenant waited");
 
         let mut admitted = Vec::new();
@@ -171,6 +175,33 @@ mod tests {
         );
     }
 
+    /// A call whose turn comes within the wait but after its caller's
+    /// deadline is refused at once, told when the turn comes, and takes no
+    /// turn: the calls after it keep theirs.
+    #[tokio::test(start_paused = true)]
+    async fn a_call_whose_turn_comes_after_its_deadline_is_refused_at_once() {
+        let limits = TenantLimits::new(NonZeroU32::new(2).unwrap(), Duration::from_secs(5));
+        let acme = TenantId::parse("acme").unwrap();
+        for _ in 0..2 {
+            limits.admit(&acme, None).await.unwrap();
+        }
+        let started = Instant::now();
+        let soon = Some(started + Duration::from_millis(100));
+        for _ in 0..3 {
+            let refused = limits.admit(&acme, soon).await.unwrap_err();
+            assert_eq!(refused.code(), Code::ResourceExhausted);
+            let delay = refused
+                .get_details_retry_info()
+                .and_then(|retry| retry.retry_delay);
+            assert_eq!(delay, Some(Duration::from_millis(500)));
+        }
+        assert_eq!(started.elapsed(), Duration::ZERO, "a refused call waited");
+        // The next turn is still the one told, half a second away.
+        let later = Some(started + Duration::from_secs(1));
+        limits.admit(&acme, later).await.unwrap();
+        assert_eq!(started.elapsed(), Duration::from_millis(500));
+    }
+
     /// The retry delay told is when the tenant's next turn comes, and a call
     /// then is admitted at once.
     #[tokio::test(start_paused = true)]
@@ -178,9 +209,9 @@ mod tests {
         let limits = TenantLimits::new(NonZeroU32::new(3).unwrap(), Duration::ZERO);
         let acme = TenantId::parse("acme").unwrap();
         for _ in 0..3 {
-            limits.admit(&acme).await.unwrap();
+            limits.admit(&acme, None).await.unwrap();
         }
-        let refused = limits.admit(&acme).await.unwrap_err();
+        let refused = limits.admit(&acme, None).await.unwrap_err();
         let delay = refused
             .get_details_retry_info()
             .and_then(|retry| retry.retry_delay)
@@ -188,7 +219,7 @@ mod tests {
         assert_eq!(delay, Duration::from_secs(1) / 3);
         tokio::time::advance(delay).await;
         let started = Instant::now();
-        limits.admit(&acme).await.unwrap();
+        limits.admit(&acme, None).await.unwrap();
         assert_eq!(started.elapsed(), Duration::ZERO);
     }
 }

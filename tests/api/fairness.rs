@@ -192,6 +192,52 @@ async fn a_tenant_over_the_allocators_rate_is_waited_for_or_told() {
     assert_eq!(created.invoice_number, "INV-002");
 }
 
+/// A call whose turn comes within the wait allowed but after its caller's
+/// deadline is refused at once with when to retry, not left to run out of
+/// time (which would say a number may be lost), and takes no turn from the
+/// calls after it; through the writer, its caller is told the tenant is
+/// over its rate, not that the allocator is down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_after_the_callers_deadline_is_refused_at_once() {
+    let mut allocator = rate_limited_allocator(1, Duration::from_secs(5)).await;
+    allocator
+        .client
+        .allocate(allocate("acme", "", 1))
+        .await
+        .unwrap();
+    let mut told = Vec::new();
+    for _ in 0..3 {
+        let mut request = tonic::Request::new(allocate("acme", "", 1));
+        request.set_timeout(Duration::from_millis(300));
+        let status = allocator.client.allocate(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert_reason(&status, "TENANT_RATE_LIMITED");
+        told.push(
+            status
+                .get_details_retry_info()
+                .and_then(|info| info.retry_delay)
+                .expect("a delay"),
+        );
+    }
+    // No refused call took a turn: each is told the same next one (a
+    // second off, less the time the calls took), not one a second later.
+    assert!(told.windows(2).all(|pair| pair[1] <= pair[0]), "{told:?}");
+    assert!(told[2] <= Duration::from_secs(1), "{told:?}");
+
+    let mut writer = spawn_writer(Backend::Postgres, &allocator.server.url(), 3).await;
+    let mut request = tonic::Request::new(invoice_request("acme"));
+    request.set_timeout(Duration::from_millis(300));
+    let status = writer.client.create_invoice(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_reason(&status, "TENANT_RATE_LIMITED");
+    assert!(list_all(&mut writer.client, "acme").await.is_empty());
+    assert_eq!(
+        allocator.db.counters().await,
+        [("acme".into(), "invoice".into(), String::new(), 1)],
+        "no number taken"
+    );
+}
+
 /// A reservation whose answer was lost after the allocator committed it
 /// (its own time ran out), then retried and refused for the tenant's rate
 /// past the caller's deadline: the first try may hold a number, so the
