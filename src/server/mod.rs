@@ -167,6 +167,8 @@ where
             tokio::spawn(
                 builder(settings)
                     .layer(tower::layer::layer_fn(CountCalls::new))
+                    // Probes are calls too: counted as on the gRPC port.
+                    .layer(tower::layer::layer_fn(metrics::GrpcMetrics::new))
                     .add_routes(answering_the_rest(routes, "health alone"))
                     .serve_with_incoming_shutdown(
                         incoming(listener, None, settings.connections),

@@ -341,6 +341,46 @@ async fn a_call_its_client_gives_up_on_is_counted_canceled() {
     sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
 }
 
+/// Probes on the health-only listener (`--health-listen`, where the
+/// Kubernetes manifests send them) are counted as calls, as on the gRPC port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_on_the_health_listener_are_counted() {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let db = TestDb::create(Backend::Sqlite).await;
+    let mut command = allocator_binary(&db.url);
+    command.args(["--health-listen", "127.0.0.1:0"]);
+    let (mut running, metrics_addr) = start_with_metrics(command).await;
+    let listening = running
+        .wait_for_event(|event| event["health_addr"].is_string())
+        .await;
+    let health_addr = listening["health_addr"].as_str().unwrap().to_owned();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{health_addr}"))
+        .unwrap()
+        .connect_lazy();
+    let mut health = HealthClient::new(channel);
+    let checked = [
+        ("grpc_service", "grpc.health.v1.Health"),
+        ("grpc_method", "Check"),
+        ("grpc_type", "unary"),
+    ];
+    let started = || async {
+        let (_, text) = scrape(&metrics_addr, "/metrics").await;
+        value(&samples(&text), "grpc_server_started_total", &checked).unwrap_or(0.0)
+    };
+    let before = started().await;
+    for _ in 0..3 {
+        health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap();
+    }
+    // Counted as each call starts, before it is answered.
+    let after = started().await;
+    assert!(after >= before + 3.0, "{before} then {after}");
+}
+
 /// A health watch its client closes ends canceled, as a stream does: counted
 /// handled, and not as a failed call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
