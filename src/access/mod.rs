@@ -60,7 +60,7 @@ pub enum Denied {
 pub enum Needs {
     /// Acting for the tenant is enough.
     Tenant,
-    /// An administrative method: `AdvanceCounter`, `ConfigureSeries`.
+    /// An administrative method: `AdvanceCounter`, `ConfigureSeries`, `Void`.
     Admin,
 }
 
