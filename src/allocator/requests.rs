@@ -233,14 +233,8 @@ pub fn confirm(request: &ConfirmRequest) -> Result<(Named, StateChange<'_>), Inv
         reference: &request.reference,
         holder: holder(&request.request_id),
     };
-    let named = number_change(
-        &request.tenant_id,
-        &request.series,
-        &request.period,
-        request.number,
-        change,
-    )?;
-    Ok((named, change))
+    let names = [&*request.tenant_id, &request.series, &request.period];
+    number_change(names, request.number, change)
 }
 
 /// Checks a `Release` call, as [`confirm`].
@@ -252,14 +246,8 @@ pub fn release(request: &ReleaseRequest) -> Result<(Named, StateChange<'_>), Inv
         reason: &request.reason,
         holder: holder(&request.request_id),
     };
-    let named = number_change(
-        &request.tenant_id,
-        &request.series,
-        &request.period,
-        request.number,
-        change,
-    )?;
-    Ok((named, change))
+    let names = [&*request.tenant_id, &request.series, &request.period];
+    number_change(names, request.number, change)
 }
 
 /// Checks a `Void` call, as [`confirm`].
@@ -270,14 +258,8 @@ pub fn void(request: &VoidRequest) -> Result<(Named, StateChange<'_>), InvalidAr
     let change = StateChange::Void {
         reason: &request.reason,
     };
-    let named = number_change(
-        &request.tenant_id,
-        &request.series,
-        &request.period,
-        request.number,
-        change,
-    )?;
-    Ok((named, change))
+    let names = [&*request.tenant_id, &request.series, &request.period];
+    number_change(names, request.number, change)
 }
 
 /// Checks an `AdvanceCounter` call: the series and the date of the period
@@ -372,14 +354,13 @@ fn number_at(
     named
 }
 
-/// The fields of a change of one number's state, checked.
-fn number_change(
-    tenant: &str,
-    series: &str,
-    period: &str,
+/// The fields of a change of one number's state, checked: its tenant,
+/// series and period as `names`, and the change.
+fn number_change<'a>(
+    [tenant, series, period]: [&str; 3],
     number: i64,
-    change: StateChange<'_>,
-) -> Result<Named, InvalidArgument> {
+    change: StateChange<'a>,
+) -> Result<(Named, StateChange<'a>), InvalidArgument> {
     let mut violations = Violations::new();
     let named = number_at(&mut violations, tenant, series, period, number);
     let (field, note, holder) = match change {
@@ -392,7 +373,7 @@ fn number_change(
         violations.check("request_id", RequestId::parse(id));
     }
     violations.finish()?;
-    Ok(parsed(named))
+    Ok((parsed(named), change))
 }
 
 /// The request id a change names its number's holder by; empty: none.
