@@ -73,9 +73,9 @@ pub struct Reserve {
     pub lease: Duration,
 }
 
-/// A page of a listing, checked.
+/// The page of a listing asked for, checked.
 #[derive(Debug)]
-pub struct Page<K> {
+pub struct PageAsked<K> {
     /// The page's size asked for; zero: the default.
     pub size: u32,
     /// The key the last page ended with.
@@ -90,7 +90,7 @@ pub struct ListNumbers {
     /// The state asked for; none: any.
     pub state: Option<NumberState>,
     /// The page.
-    pub page: Page<i64>,
+    pub page: PageAsked<i64>,
 }
 
 /// Checks an `Allocate` call.
@@ -132,7 +132,7 @@ pub fn get_series(
 /// Every field that breaks its rules.
 pub fn list_series(
     request: &ListSeriesRequest,
-) -> Result<(TenantId, Page<String>), InvalidArgument> {
+) -> Result<(TenantId, PageAsked<String>), InvalidArgument> {
     let mut violations = Violations::new();
     let tenant = violations.check("tenant_id", TenantId::parse(&request.tenant_id));
     let size = violations.check("page_size", pagination::page_size(request.page_size));
@@ -140,7 +140,7 @@ pub fn list_series(
     violations.finish()?;
     Ok((
         parsed(tenant),
-        Page {
+        PageAsked {
             size: parsed(size),
             after: parsed(after),
         },
@@ -191,7 +191,7 @@ pub fn list_numbers(request: &ListNumbersRequest) -> Result<ListNumbers, Invalid
     Ok(ListNumbers {
         named: parsed(named),
         state: parsed(state),
-        page: Page {
+        page: PageAsked {
             size: parsed(size),
             after: parsed(after),
         },
