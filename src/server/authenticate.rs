@@ -95,7 +95,11 @@ where
                 if let Some(name) = caller.name() {
                     tracing::Span::current().record("caller", name);
                 }
-                let deadline = super::caller_timeout(request.headers())
+                // Read only where a rate limit can make a call wait.
+                let deadline = self
+                    .limits
+                    .as_ref()
+                    .and_then(|_| super::caller_timeout(request.headers()))
                     .and_then(|timeout| Instant::now().checked_add(timeout));
                 request.extensions_mut().insert(Admission {
                     caller,
