@@ -873,7 +873,7 @@ impl Engine for PgEngine {
         Ok(delete_request_ids(&self.pool, before, limit).await?)
     }
 
-    async fn is_ready(&self) -> bool {
+    async fn readiness(&self) -> Result<(), crate::db::NotReady> {
         crate::db::ping(&self.pool, &MIGRATOR).await
     }
 

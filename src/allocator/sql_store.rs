@@ -113,8 +113,8 @@ pub(crate) trait Engine: Send + Sync + 'static {
     /// first, in the engine's write path.
     async fn forget(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError>;
 
-    /// Whether the database answers now.
-    async fn is_ready(&self) -> bool;
+    /// `Ok` if the database takes calls now, else why not.
+    async fn readiness(&self) -> Result<(), crate::db::NotReady>;
 
     /// Closes the pool.
     async fn close(&self);
@@ -381,8 +381,8 @@ where
 
 #[async_trait]
 impl<E: Engine> Store for SqlCounterStore<E> {
-    async fn is_ready(&self) -> bool {
-        self.0.is_ready().await
+    async fn readiness(&self) -> Result<(), crate::db::NotReady> {
+        self.0.readiness().await
     }
 
     async fn close(&self) {

@@ -766,8 +766,8 @@ impl Engine for SqliteEngine {
         Ok(done)
     }
 
-    async fn is_ready(&self) -> bool {
-        self.db.is_ready().await
+    async fn readiness(&self) -> Result<(), crate::db::NotReady> {
+        self.db.readiness().await
     }
 
     async fn close(&self) {

@@ -113,31 +113,79 @@ pub(crate) fn watch_pool<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) {
     });
 }
 
+/// Why a service's store is not ready for calls, as its readiness log says.
+#[derive(Debug, thiserror::Error)]
+pub enum NotReady {
+    /// The check failed: no connection within the acquire time-out, or the
+    /// database refused it or the check's statement.
+    #[error("the readiness check failed")]
+    Failed(#[source] sqlx::Error),
+    /// It answers but takes no writes: a standby, or a database set read-only.
+    #[error("the database takes no writes (a standby, or set read-only)")]
+    ReadOnly,
+    /// Its last migration is not the service's own last.
+    #[error("{}", schema_said(*.found, *.ours))]
+    Schema {
+        /// The database's last migration, if it has any.
+        found: Option<i64>,
+        /// This release's last migration.
+        ours: i64,
+    },
+    /// The SQLite file at the path is not the one the service opened.
+    #[error("the database file was deleted, moved or replaced while open")]
+    FileReplaced,
+    /// The check did not finish in time: a database that stopped answering.
+    #[error("the check did not finish within {0:?}")]
+    TimedOut(Duration),
+}
+
+/// What a [`NotReady::Schema`] says of the database's migrations.
+fn schema_said(found: Option<i64>, ours: i64) -> String {
+    match found {
+        None => "the database holds none of the service's migrations (made again empty, or \
+                 not the service's)"
+            .to_owned(),
+        Some(found) if found > ours => format!(
+            "a newer release has migrated the database (migration {found}; this release's \
+             last is {ours}): stop this process (README, Upgrades)"
+        ),
+        Some(found) => {
+            format!("the database's last migration is {found}, not this release's {ours}")
+        }
+    }
+}
+
 /// Whether `last`, the database's last migration applied, is `migrator`'s
 /// own last: the schema the service was written for. None (a database made
 /// again empty, or not by this service) is not; nor is a later one, a newer
 /// release's, whose schema the service's writes could read otherwise in;
 /// that one is logged, once per process, as an error for the operator.
-pub(crate) fn schema_is_ours(last: Option<i64>, migrator: &sqlx::migrate::Migrator) -> bool {
+pub(crate) fn schema_is_ours(
+    last: Option<i64>,
+    migrator: &sqlx::migrate::Migrator,
+) -> Result<(), NotReady> {
     static NEWER_SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     let latest = migrator
         .iter()
         .map(|migration| migration.version)
         .max()
         .unwrap_or(0);
-    match last {
-        Some(last) if last > latest => {
-            if !NEWER_SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                tracing::error!(
-                    database = last,
-                    this_release = latest,
-                    "a newer release has migrated the database: this process is not ready \
-                     again; stop it (README, Upgrades)"
-                );
-            }
-            false
-        }
-        Some(last) => last == latest,
-        None => false,
+    if last == Some(latest) {
+        return Ok(());
     }
+    if let Some(last) = last
+        && last > latest
+        && !NEWER_SAID.swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        tracing::error!(
+            database = last,
+            this_release = latest,
+            "a newer release has migrated the database: this process is not ready \
+             again; stop it (README, Upgrades)"
+        );
+    }
+    Err(NotReady::Schema {
+        found: last,
+        ours: latest,
+    })
 }

@@ -9,7 +9,9 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
-use super::{Contents, DatabaseUrl, DbErrorKind, OpenError, PoolSettings, classify, open_error};
+use super::{
+    Contents, DatabaseUrl, DbErrorKind, NotReady, OpenError, PoolSettings, classify, open_error,
+};
 
 /// Opens a PostgreSQL pool and checks one connection. A database that does
 /// not exist yet is created first, so a first run needs no setup step.
@@ -218,10 +220,10 @@ pub async fn begin_durable_by_key_on(
 const BEGIN_DURABLE_BY_KEY: &str =
     "BEGIN; SET LOCAL synchronous_commit = on; SET LOCAL enable_seqscan = off";
 
-/// Whether the pool can hand out a working connection now, to a database
-/// that `migrator`'s migrations have made; bounded by the pool's acquire
-/// time-out.
-pub(crate) async fn ping(pool: &PgPool, migrator: &Migrator) -> bool {
+/// `Ok` if the pool can hand out a working connection now, to a database
+/// that takes writes and that `migrator`'s migrations have made; bounded by
+/// the pool's acquire time-out.
+pub(crate) async fn ping(pool: &PgPool, migrator: &Migrator) -> Result<(), NotReady> {
     // Answering is not enough: a standby (recovering, or not yet promoted
     // during a failover) or a read-only database refuses every write, and
     // one made again empty under the service (dropped and created, or
@@ -237,8 +239,16 @@ pub(crate) async fn ping(pool: &PgPool, migrator: &Migrator) -> bool {
     )
     .fetch_one(pool)
     .await;
-    match found {
-        Ok((writable, last)) => writable && super::schema_is_ours(last, migrator),
-        Err(_) => false,
+    let (writable, last) = match found {
+        Ok(found) => found,
+        // No migrations table: none of the service's migrations.
+        Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("42P01") => {
+            (true, None)
+        }
+        Err(error) => return Err(NotReady::Failed(error)),
+    };
+    if !writable {
+        return Err(NotReady::ReadOnly);
     }
+    super::schema_is_ours(last, migrator)
 }

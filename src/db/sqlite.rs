@@ -14,7 +14,9 @@ use sqlx::{
 };
 use tokio::sync::{Mutex, MutexGuard};
 
-use super::{Contents, DatabaseUrl, DbErrorKind, OpenError, PoolSettings, classify, open_error};
+use super::{
+    Contents, DatabaseUrl, DbErrorKind, NotReady, OpenError, PoolSettings, classify, open_error,
+};
 
 /// Opens a SQLite database file, creating it and its directory if missing
 /// (unless [`PoolSettings::create_missing`] is off), then runs `migrator`:
@@ -204,26 +206,26 @@ impl SqliteDatabase {
         })
     }
 
-    /// Whether a write could begin now (this process' turn and the file's
+    /// `Ok` if a write could begin now (this process' turn and the file's
     /// write lock, each within the acquire time-out), the file is still in
     /// place, and its last migration is the service's (not a newer
     /// release's, run by another process on the file). A read alone would
     /// pass while another process holds the write lock, or the file will
     /// not take writes.
-    pub async fn is_ready(&self) -> bool {
+    pub async fn readiness(&self) -> Result<(), NotReady> {
         if !self.file.is_in_place() {
-            return false;
+            return Err(NotReady::FileReplaced);
         }
-        let Ok(mut write) = self.begin_write().await else {
-            return false;
-        };
+        let mut write = self.begin_write().await.map_err(NotReady::Failed)?;
         let last = sqlx::query_scalar::<_, Option<i64>>(
             "SELECT max(version) FROM _sqlx_migrations WHERE success",
         )
         .fetch_one(write.conn())
         .await;
-        write.rollback().await.is_ok()
-            && last.is_ok_and(|last| super::schema_is_ours(last, self.migrator))
+        let rolled_back = write.rollback().await;
+        let last = last.map_err(NotReady::Failed)?;
+        rolled_back.map_err(NotReady::Failed)?;
+        super::schema_is_ours(last, self.migrator)
     }
 
     /// Closes the pool.

@@ -48,10 +48,10 @@ impl Bounded {
 impl Store for Bounded {
     /// Not ready when the check itself does not finish in time: held by a
     /// database that stopped answering, it would leave readiness as it was.
-    async fn is_ready(&self) -> bool {
-        tokio::time::timeout(self.limit, self.inner.is_ready())
+    async fn readiness(&self) -> Result<(), crate::db::NotReady> {
+        tokio::time::timeout(self.limit, self.inner.readiness())
             .await
-            .unwrap_or(false)
+            .unwrap_or(Err(db::NotReady::TimedOut(self.limit)))
     }
 
     /// Shutdown waits no longer than an operation for the connections.

@@ -201,7 +201,7 @@ impl Engine for PgEngine {
         Ok(())
     }
 
-    async fn is_ready(&self) -> bool {
+    async fn readiness(&self) -> Result<(), crate::db::NotReady> {
         crate::db::ping(&self.pool, &MIGRATOR).await
     }
 

@@ -61,8 +61,8 @@ pub(crate) trait Engine: Send + Sync + 'static {
         note: Option<&str>,
     ) -> Result<(), StoreError>;
 
-    /// Whether the database answers now.
-    async fn is_ready(&self) -> bool;
+    /// `Ok` if the database takes calls now, else why not.
+    async fn readiness(&self) -> Result<(), crate::db::NotReady>;
 
     /// Closes the pool.
     async fn close(&self);
@@ -481,8 +481,8 @@ fn first_instant() -> DateTime<Utc> {
 
 #[async_trait]
 impl<E: Engine> Store for SqlInvoiceStore<E> {
-    async fn is_ready(&self) -> bool {
-        self.engine.is_ready().await
+    async fn readiness(&self) -> Result<(), crate::db::NotReady> {
+        self.engine.readiness().await
     }
 
     async fn close(&self) {

@@ -124,8 +124,8 @@ impl Engine for SqliteEngine {
         Ok(())
     }
 
-    async fn is_ready(&self) -> bool {
-        self.db.is_ready().await
+    async fn readiness(&self) -> Result<(), crate::db::NotReady> {
+        self.db.readiness().await
     }
 
     async fn close(&self) {

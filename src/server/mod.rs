@@ -34,6 +34,7 @@ use connections::CountCalls;
 
 use crate::{
     access::Access,
+    db::NotReady,
     server::{
         connections::{ConnectionLimits, incoming},
         fairness::TenantLimits,
@@ -45,8 +46,9 @@ use crate::{
 /// closed once the server has stopped.
 #[async_trait]
 pub trait Store: Send + Sync {
-    /// Whether the store answers now. Must return within a bounded time.
-    async fn is_ready(&self) -> bool;
+    /// `Ok` if the store takes calls now, else why not. Must return within
+    /// a bounded time.
+    async fn readiness(&self) -> Result<(), NotReady>;
 
     /// Closes the store's connections.
     async fn close(&self);
@@ -434,7 +436,8 @@ fn ready_gauge(service_name: &'static str) -> ::metrics::Gauge {
     ::metrics::gauge!("numbering_ready", "grpc_service" => service_name)
 }
 
-/// Sets the service's health from its store, on every change.
+/// Sets the service's health from its store, on every change, logging why
+/// it is not ready (again when the cause changes).
 async fn follow_readiness(
     health: HealthReporter,
     service_name: &'static str,
@@ -443,25 +446,38 @@ async fn follow_readiness(
 ) {
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut last = None;
+    // What was last said: ready, or the cause's kind.
+    let mut last: Option<Option<std::mem::Discriminant<NotReady>>> = None;
     loop {
         ticks.tick().await;
-        let ready = readiness.is_ready().await;
-        if last == Some(ready) {
+        let found = readiness.readiness().await;
+        let said = found.as_ref().err().map(std::mem::discriminant);
+        if last == Some(said) {
             continue;
         }
-        last = Some(ready);
-        ready_gauge(service_name).set(if ready { 1.0 } else { 0.0 });
-        if ready {
-            tracing::info!(service = service_name, "store reachable: SERVING");
-            health
-                .set_service_status(service_name, ServingStatus::Serving)
-                .await;
-        } else {
-            tracing::warn!(service = service_name, "store unreachable: NOT_SERVING");
-            health
-                .set_service_status(service_name, ServingStatus::NotServing)
-                .await;
+        let was_ready = last.map(|said| said.is_none());
+        last = Some(said);
+        match found {
+            Ok(()) => {
+                tracing::info!(service = service_name, "store ready: SERVING");
+                ready_gauge(service_name).set(1.0);
+                health
+                    .set_service_status(service_name, ServingStatus::Serving)
+                    .await;
+            }
+            Err(cause) => {
+                tracing::warn!(
+                    service = service_name,
+                    cause = %status::chain(&cause),
+                    "store not ready: NOT_SERVING"
+                );
+                if was_ready != Some(false) {
+                    ready_gauge(service_name).set(0.0);
+                    health
+                        .set_service_status(service_name, ServingStatus::NotServing)
+                        .await;
+                }
+            }
         }
     }
 }

@@ -14,7 +14,7 @@ use numbering::{
         series::{GapPolicy, NumberFormat, SeriesConfig, SeriesName},
         store::{Call, CounterStore, Grant, Outcome, Stamp, StoreError},
     },
-    db::begin_durable,
+    db::{NotReady, begin_durable},
     proto::{
         AdvanceCounterRequest, AllocateRequest, ConfigureSeriesRequest, GetSeriesRequest,
         ListSeriesRequest,
@@ -25,9 +25,9 @@ use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::helpers::{
-    TestDb, allocate, allocate_concurrently, assert_exactly_one_to, assert_invalid_field,
-    assert_reason, keyed, spawn_allocator, spawn_allocator_in, spawn_allocator_with,
-    test_pool_settings, wait_for_health,
+    CapturedLogs, TestDb, allocate, allocate_concurrently, assert_exactly_one_to,
+    assert_invalid_field, assert_reason, keyed, spawn_allocator, spawn_allocator_in,
+    spawn_allocator_with, test_pool_settings, wait_for_health,
 };
 
 /// 500 concurrent first calls of a brand-new tenant get exactly 1..=500.
@@ -594,6 +594,59 @@ async fn a_read_only_database_is_unavailable_until_it_takes_writes() {
     assert_eq!(next.numbers[0].value, 4);
 }
 
+/// Readiness logs why it turned NOT_SERVING, for whoever reads the logs of
+/// a replica its probe took out: here, a database that takes no writes;
+/// and says when it is ready again.
+#[tokio::test]
+async fn readiness_logs_why_it_is_not_serving() {
+    let logs = CapturedLogs::default();
+    let _subscriber = tracing::subscriber::set_default(logs.subscriber());
+    let app = spawn_allocator(Backend::Postgres).await;
+    let said = |events: &[serde_json::Value], message: &str| {
+        events
+            .iter()
+            .filter(|event| event["fields"]["message"] == message)
+            .map(|event| {
+                let cause = event["fields"]["cause"].as_str().unwrap_or_default();
+                (event["level"].to_string(), cause.to_owned())
+            })
+            .collect::<Vec<_>>()
+    };
+    let serving = "store ready: SERVING";
+    logs.wait_until(|events| said(events, serving).len() == 1)
+        .await;
+    let database = app.db.name.clone();
+    let reconnect = format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'"
+    );
+    app.db
+        .admin(format!(
+            r#"ALTER DATABASE "{database}" SET default_transaction_read_only = on"#
+        ))
+        .await;
+    app.db.admin(reconnect.clone()).await;
+    let not_serving = "store not ready: NOT_SERVING";
+    let read_only = "the database takes no writes (a standby, or set read-only)";
+    logs.wait_until(|events| {
+        said(events, not_serving)
+            .iter()
+            .any(|(_, cause)| cause == read_only)
+    })
+    .await;
+    for (level, cause) in said(&logs.events(), not_serving) {
+        assert_eq!(level, r#""WARN""#, "{cause}");
+    }
+
+    app.db
+        .admin(format!(
+            r#"ALTER DATABASE "{database}" RESET default_transaction_read_only"#
+        ))
+        .await;
+    app.db.admin(reconnect).await;
+    logs.wait_until(|events| said(events, serving).len() == 2)
+        .await;
+}
+
 /// A database dropped under the running service refuses every new
 /// connection (as one whose role's password changed does): calls answer
 /// UNAVAILABLE, as for any database away, not INTERNAL.
@@ -612,22 +665,37 @@ async fn a_database_dropped_under_the_service_is_unavailable() {
 }
 
 /// A database dropped and created again, empty, under the running services
-/// is not theirs: readiness says so, as for a database away, so that no
-/// call is sent to a replica whose every call would fail.
+/// is not theirs: readiness says so, naming the cause, so that no call is
+/// sent to a replica whose every call would fail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_fails_on_a_database_made_again_empty() {
     let db = TestDb::create(Backend::Postgres).await;
     let counters = db.counter_store().await;
     let invoices = TestDb::create(Backend::Postgres).await;
     let store = invoices.invoice_store().await;
-    assert!(counters.is_ready().await && store.is_ready().await);
+    counters.readiness().await.unwrap();
+    store.readiness().await.unwrap();
     for name in [&db.name, &invoices.name] {
         db.admin(format!(r#"DROP DATABASE "{name}" WITH (FORCE)"#))
             .await;
         db.admin(format!(r#"CREATE DATABASE "{name}""#)).await;
     }
-    assert!(!counters.is_ready().await, "the allocator is ready");
-    assert!(!store.is_ready().await, "the writer is ready");
+    for (service, readiness) in [
+        ("allocator", counters.readiness().await),
+        ("writer", store.readiness().await),
+    ] {
+        let cause = readiness.expect_err(service);
+        assert!(
+            matches!(cause, NotReady::Schema { found: None, .. }),
+            "{service}: {cause:?}"
+        );
+        assert!(
+            cause
+                .to_string()
+                .contains("none of the service's migrations"),
+            "{service}: {cause}"
+        );
+    }
 }
 
 /// A database a newer release has migrated (a migration after the
@@ -641,7 +709,8 @@ async fn readiness_fails_on_a_database_a_newer_release_migrated(#[case] backend:
     let counters = db.counter_store().await;
     let invoices = TestDb::create(backend).await;
     let store = invoices.invoice_store().await;
-    assert!(counters.is_ready().await && store.is_ready().await);
+    counters.readiness().await.unwrap();
+    store.readiness().await.unwrap();
     // The row a newer release's migration would leave (its checksum
     // borrowed from the last one: any blob will do).
     let newer = "INSERT INTO _sqlx_migrations
@@ -651,8 +720,24 @@ async fn readiness_fails_on_a_database_a_newer_release_migrated(#[case] backend:
                  FROM _sqlx_migrations";
     db.execute(newer).await;
     invoices.execute(newer).await;
-    assert!(!counters.is_ready().await, "the allocator is ready");
-    assert!(!store.is_ready().await, "the writer is ready");
+    for (service, readiness) in [
+        ("allocator", counters.readiness().await),
+        ("writer", store.readiness().await),
+    ] {
+        let cause = readiness.expect_err(service);
+        let NotReady::Schema {
+            found: Some(found),
+            ours,
+        } = &cause
+        else {
+            panic!("{service}: {cause:?}");
+        };
+        assert_eq!(*found, ours + 1, "{service}");
+        assert!(
+            cause.to_string().contains("a newer release has migrated"),
+            "{service}: {cause}"
+        );
+    }
 }
 
 /// Readiness follows the database while liveness does not; calls fail fast with

@@ -66,8 +66,8 @@ impl ScriptedStore {
 
 #[async_trait]
 impl Store for ScriptedStore {
-    async fn is_ready(&self) -> bool {
-        self.inner.is_ready().await
+    async fn readiness(&self) -> Result<(), numbering::db::NotReady> {
+        self.inner.readiness().await
     }
 
     async fn close(&self) {

@@ -465,8 +465,8 @@ impl Fails {
 
 #[async_trait]
 impl Store for Fails {
-    async fn is_ready(&self) -> bool {
-        self.inner.is_ready().await
+    async fn readiness(&self) -> Result<(), numbering::db::NotReady> {
+        self.inner.readiness().await
     }
 
     async fn close(&self) {
