@@ -329,21 +329,26 @@ async fn select_given_back(
 /// holds are left for the next sweep.
 #[tracing::instrument(name = "db.number_states.expire", skip_all, err(level = "debug"))]
 async fn expire(pool: &PgPool, now: DateTime<Utc>, limit: u32) -> Result<u64, sqlx::Error> {
-    // The rows locked are named by their place (`ctid`) and the policy is
-    // looked up per row: a join with `series` read that table's index up to
-    // the batch's last tenant. A row changed since it was picked is checked
-    // again and, no longer an ended reservation, left alone.
+    // The ended leases are read through the index by lease end, locked,
+    // and each row is then written by its place (`ctid`), joined one by
+    // one: written as `ctid = ANY(ARRAY(...))`, a plan made while the table
+    // was small read every entry of the index by state (all the numbers
+    // voided, released or held) to find them. The policy is looked up per
+    // row: a join with `series` read that table's index up to the batch's
+    // last tenant. A row changed since it was picked is checked again and,
+    // no longer an ended reservation, left alone.
     let done = sqlx::query(
-        "UPDATE number_states n
+        "WITH ended AS (
+             SELECT ctid FROM number_states
+             WHERE state = 'reserved' AND expires_at <= $1
+             ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+         UPDATE number_states n
          SET state = CASE (SELECT gap_policy FROM series s
                            WHERE s.tenant_id = n.tenant_id AND s.series = n.series)
                      WHEN 'reissue' THEN 'released' ELSE 'voided' END,
              reason = $3, updated_at = n.expires_at
-         WHERE n.ctid = ANY(ARRAY(
-               SELECT ctid FROM number_states
-               WHERE state = 'reserved' AND expires_at <= $1
-               ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED))
-           AND n.state = 'reserved' AND n.expires_at <= $1",
+         FROM ended
+         WHERE n.ctid = ended.ctid AND n.state = 'reserved' AND n.expires_at <= $1",
     )
     .bind(now)
     .bind(i64::from(limit))

@@ -649,6 +649,82 @@ async fn a_groups_changes_look_each_number_up_by_key_in_a_table_planned_small() 
     );
 }
 
+/// On PostgreSQL the sweep finds ended leases through the index by lease
+/// end and writes each by its place: with ten numbers voided, nine held and
+/// one lease ended, a sweep on a connection that planned it on that small,
+/// never analyzed table reads none of the numbers voided or held (in the
+/// index by state, the index of held leases by series, or the table
+/// whole), which it would go on doing as they grew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_reads_the_ended_leases_alone() {
+    let Reservations {
+        db,
+        _server: server,
+        mut client,
+        clock,
+    } = unswept(
+        Backend::Postgres,
+        CommitMode::Group(GroupCommitSettings::default()),
+    )
+    .await;
+    let mut reserved = tokio::task::JoinSet::new();
+    for _ in 0..19 {
+        let mut client = client.clone();
+        reserved.spawn(async move { client.reserve(reserve("")).await.unwrap() });
+    }
+    reserved.join_all().await;
+    for number in 1..=10 {
+        client
+            .release(release("", number, "cancelled"))
+            .await
+            .unwrap();
+    }
+    let short = ReserveRequest {
+        lease: Some(seconds(60)),
+        ..reserve("")
+    };
+    let ending = client.reserve(short).await.unwrap().into_inner();
+    assert_eq!(ending.record.expect("a record").number, 20);
+    drop(server);
+    clock.advance(Duration::from_secs(61));
+    let relations = [
+        "number_states",
+        "number_states_by_state",
+        "number_states_leases",
+    ];
+    let before = db.reads_reported(relations).await;
+
+    // Another allocator sweeps at start: number 20's lease has ended.
+    let rare_sweeps = RequestIdSettings {
+        purge_interval: Duration::from_hours(1),
+        ..RequestIdSettings::default()
+    };
+    let mode = CommitMode::Group(GroupCommitSettings::default());
+    let (server, _client) = serve_allocator_on(&db, mode, rare_sweeps, clock).await;
+    wait_until_swept(&db, "", &[20]).await;
+    drop(server);
+    let after = db.reads_reported(relations).await;
+    let [scanned, by_state, held] = [0, 1, 2].map(|i| after[i] - before[i]);
+    assert_eq!(scanned, 0, "number_states read whole");
+    assert_eq!(by_state, 0, "the ended lease looked for among every state");
+    assert_eq!(held, 0, "the ended lease looked for among the held");
+    let (tenant, series) = (
+        TenantId::parse("acme").unwrap(),
+        SeriesName::parse("").unwrap(),
+    );
+    let store = db.counter_store().await;
+    let rows = store
+        .states_between(&tenant, &series, "", (11, 20))
+        .await
+        .unwrap();
+    let states: Vec<&str> = rows.iter().map(|row| row.state.as_str()).collect();
+    assert_eq!(
+        states,
+        [["reserved"; 9].as_slice(), &["voided"]].concat(),
+        "only the ended lease swept"
+    );
+}
+
 /// An allocator whose sweep runs at start-up, then not again within a test:
 /// leases that end stay unswept.
 async fn unswept(backend: Backend, mode: CommitMode) -> Reservations {
@@ -1057,6 +1133,8 @@ async fn wait_until_swept(db: &TestDb, series: &str, numbers: &[i64]) {
     })
     .await
     .expect("the sweep gives back the ended leases");
+    // Its sessions end now, not when the pool's own tasks let it go.
+    store.close().await;
 }
 
 /// Every refused change names its reason and changes nothing.
