@@ -1,6 +1,7 @@
-//! Authentication of every call but health's, before any handler runs: the
-//! caller's [`Admission`] goes into the request's extensions and its name into
-//! the call's log span; a caller without a known token is answered
+//! Authentication of every call but health's `Check`, before any handler
+//! runs: the caller's [`Admission`] goes into the request's extensions and
+//! its name into the call's log span, and its connection is admitted (see
+//! [`super::connections`]); a caller without a known token is answered
 //! `UNAUTHENTICATED`.
 
 use std::{
@@ -19,8 +20,10 @@ use crate::{
     tenant::TenantId,
 };
 
-/// Health answers Kubernetes probes, which carry no token.
-const HEALTH_PATH: &str = "/grpc.health.v1.Health/";
+/// Health's `Check` answers Kubernetes probes, which carry no token. Its
+/// `Watch`, a stream that may stay open for as long as its client likes,
+/// asks for one as every other call does (open on `--health-listen`).
+const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
 
 /// A service whose calls are authenticated first.
 #[derive(Debug, Clone)]
@@ -80,18 +83,25 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        if request.uri().path().starts_with(HEALTH_PATH) {
-            return Box::pin(self.inner.call(request));
-        }
         let authorization = request
             .headers()
             .get(http::header::AUTHORIZATION)
             .map(http::HeaderValue::as_bytes);
         let extensions = request.extensions();
-        match self.access.authenticate(authorization, || {
+        let authenticated = self.access.authenticate(authorization, || {
             super::connections::grantable_subject(extensions)
-        }) {
+        });
+        if request.uri().path() == HEALTH_CHECK {
+            // Answered either way; the connection is admitted only as any
+            // other call's would be.
+            if authenticated.is_ok() {
+                super::connections::admit(request.extensions());
+            }
+            return Box::pin(self.inner.call(request));
+        }
+        match authenticated {
             Ok(caller) => {
+                super::connections::admit(request.extensions());
                 if let Some(name) = caller.name() {
                     tracing::Span::current().record("caller", name);
                 }

@@ -1,8 +1,11 @@
-//! The connections a server accepts, bounded so that silent or flooding
-//! clients cannot take what others need: at most a set number at once (the
-//! rest wait in the kernel's backlog), each one closed unless its first
-//! request arrives within a set time of its accept, TLS and HTTP/2 handshakes
-//! included, and closed again once it has had no call open for a set time,
+//! The connections a server accepts, bounded so that silent, refused or
+//! flooding clients cannot take what others need: at most a set number at
+//! once (the rest wait in the kernel's backlog), each one closed unless a
+//! call on it is admitted (authenticated, on a port that asks for tokens)
+//! within a set time of its accept, TLS and HTTP/2 handshakes included, so
+//! that callers whose every call is refused, or who only ask for health's
+//! `Check`, hold no place for longer; and closed again once it has had no
+//! call open for a set time,
 //! or once nothing has happened on it for that time and the longest a call
 //! takes while it holds an answer-and-return call open (one whose client
 //! never sends its request's end, or never takes its answer); and, with a
@@ -241,12 +244,13 @@ impl Connection {
     }
 }
 
-/// What a connection's calls have done: whether one came, how many are open
-/// (and how many of those stream), and when the last one started or ended.
+/// What a connection's calls have done: whether one was admitted, how many
+/// are open (and how many of those stream), and when the last one started
+/// or ended.
 #[derive(Debug)]
 struct Activity {
     accepted: Instant,
-    spoke: AtomicBool,
+    admitted: AtomicBool,
     open: AtomicUsize,
     streams: AtomicUsize,
     /// When the last call started or ended, in nanoseconds since the accept.
@@ -266,7 +270,7 @@ impl Activity {
     fn since(accepted: Instant) -> Self {
         Self {
             accepted,
-            spoke: AtomicBool::new(false),
+            admitted: AtomicBool::new(false),
             open: AtomicUsize::new(0),
             streams: AtomicUsize::new(0),
             last_moved: AtomicU64::new(0),
@@ -276,7 +280,6 @@ impl Activity {
     /// Counts a call open until the guard it returns is dropped; a stream
     /// if `streaming`.
     fn open(self: &Arc<Self>, streaming: bool) -> CallOpen {
-        self.spoke.store(true, Ordering::Relaxed);
         self.moved();
         if streaming {
             self.streams.fetch_add(1, Ordering::AcqRel);
@@ -312,7 +315,7 @@ impl Activity {
 
     /// When the connection's calls, or lack of them, close it.
     fn calls(&self, limits: &ConnectionLimits) -> Option<(Instant, Why)> {
-        if !self.spoke.load(Ordering::Relaxed) {
+        if !self.admitted.load(Ordering::Relaxed) {
             return Some((self.accepted + limits.first_request_timeout, Why::Silent));
         }
         // The time is written before the counts fall: read after them.
@@ -337,7 +340,7 @@ impl Why {
     fn said(self, limits: &ConnectionLimits) -> String {
         match self {
             Self::Silent => format!(
-                "no request within the first-request time-out ({:?})",
+                "no call admitted within the first-request time-out ({:?})",
                 limits.first_request_timeout
             ),
             Self::Idle => format!(
@@ -373,6 +376,15 @@ impl Drop for CallOpen {
             self.activity.streams.fetch_sub(1, Ordering::AcqRel);
         }
         self.activity.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Admits the connection `extensions`' request came on: a caller that
+/// authenticated. Until one is, it is closed at its first-request time-out
+/// whatever its calls.
+pub(crate) fn admit(extensions: &http::Extensions) {
+    if let Some(info) = ConnectionInfo::of(extensions) {
+        info.activity.admitted.store(true, Ordering::Relaxed);
     }
 }
 
@@ -433,16 +445,31 @@ fn subject_of(der: &[u8]) -> Option<(String, bool)> {
 }
 
 /// Counts each call open on its connection, from its request until its
-/// reply's body is done or dropped: a connection with a call open is
-/// neither silent nor idle.
+/// reply's body is done or dropped: a connection with a call open is not
+/// idle. Whether a call admits its connection is left to authentication
+/// ([`admit`]), unless every call does.
 #[derive(Debug, Clone)]
 pub(crate) struct CountCalls<S> {
     inner: S,
+    admits: bool,
 }
 
 impl<S> CountCalls<S> {
+    /// Counting calls on a port that authenticates them.
     pub(crate) fn new(inner: S) -> Self {
-        Self { inner }
+        Self {
+            inner,
+            admits: false,
+        }
+    }
+
+    /// Counting calls on a port that asks for no credentials, each of which
+    /// admits its connection.
+    pub(crate) fn admitting(inner: S) -> Self {
+        Self {
+            inner,
+            admits: true,
+        }
     }
 }
 
@@ -463,6 +490,9 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let streaming = STREAMING.contains(&request.uri().path());
+        if self.admits {
+            admit(request.extensions());
+        }
         let open =
             ConnectionInfo::of(request.extensions()).map(|info| info.activity.open(streaming));
         let response = self.inner.call(request);

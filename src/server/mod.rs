@@ -168,7 +168,7 @@ where
             let routes = Routes::new(health_service.clone());
             tokio::spawn(
                 builder(settings)
-                    .layer(tower::layer::layer_fn(CountCalls::new))
+                    .layer(tower::layer::layer_fn(CountCalls::admitting))
                     // Probes are calls too: counted as on the gRPC port.
                     .layer(tower::layer::layer_fn(metrics::GrpcMetrics::new))
                     .add_routes(answering_the_rest(routes, "health alone"))
@@ -194,7 +194,9 @@ where
         ));
         let (access, limits) = (settings.access.clone(), settings.tenant_limits.clone());
         let routes = builder(settings)
-            // A connection with a call open is neither silent nor idle.
+            // A connection with a call open is not idle; one with no call
+            // admitted yet (by authentication, below) is closed at its
+            // first-request time-out.
             .layer(tower::layer::layer_fn(CountCalls::new))
             // Every call counted, refused and shed ones included.
             .layer(tower::layer::layer_fn(metrics::GrpcMetrics::new))

@@ -563,6 +563,77 @@ async fn pings_slower_than_the_retry_budget_are_warned_of() {
     assert_eq!(warned["allocator_retry_budget"], "5s", "{warned}");
 }
 
+/// With tokens asked, a connection whose every call is refused (an
+/// `Allocate` without a token, health's `Watch` without one) is closed at
+/// the first-request time-out as a silent one is, not after the hour's idle
+/// time-out: callers without a token cannot hold every place under
+/// `--max-connections` from one that has one. Health's `Check` answers
+/// without a token, and so does `Watch` on the health-only listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_callers_hold_no_connection_past_the_first_request_time_out() {
+    let db = TestDb::create(Backend::Sqlite).await;
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.toml");
+    let granted = r#"[[token]]
+name = "billing"
+secret = "billing-s3cret"
+tenants = ["acme"]
+"#;
+    std::fs::write(&tokens, granted).unwrap();
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_number-allocator"));
+    command
+        .env("DATABASE_URL", &db.url)
+        .arg("--tokens-file")
+        .arg(&tokens)
+        .args([
+            "--max-connections",
+            "2",
+            "--first-request-timeout",
+            "1s",
+            "--health-listen",
+            "127.0.0.1:0",
+        ]);
+    let mut running = start(command).await;
+    let listening = running
+        .wait_for_event(|event| event["health_addr"].is_string())
+        .await;
+    let health_addr = listening["health_addr"].as_str().unwrap().to_owned();
+
+    let refused = Arc::new(Connections::default());
+    let mut no_token = NumberAllocatorClient::new(refused.channel(&running.addr).await);
+    let status = no_token
+        .allocate(allocate("acme", "", 1))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let mut health = HealthClient::new(refused.channel(&running.addr).await);
+    let probed = health.check(HealthCheckRequest::default()).await.unwrap();
+    assert_eq!(probed.into_inner().status(), ServingStatus::Serving);
+    let status = health
+        .watch(HealthCheckRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    // Both places, held by callers refused: freed at the first-request
+    // time-out.
+    refused.wait_closed(2).await;
+
+    let token = BearerToken::fixed("billing-s3cret").unwrap();
+    let channel = Endpoint::from_shared(format!("http://{}", running.addr))
+        .unwrap()
+        .connect_lazy();
+    let mut client = NumberAllocatorClient::with_interceptor(channel, token);
+    let answer = tokio::time::timeout(PATIENCE, client.allocate(allocate("acme", "", 1)))
+        .await
+        .expect("the caller with a token waited behind refused ones")
+        .unwrap();
+    assert_eq!(answer.into_inner().numbers[0].value, 1);
+
+    let probing = Arc::new(Connections::default());
+    let (_health, _watch) = watch_health(&probing, &health_addr).await;
+    stop(running).await;
+}
+
 /// The health-only listener has connections of its own: with clients
 /// holding every one of the gRPC port's `--max-connections`, a probe there
 /// answers, where one on the gRPC port waits in the kernel's backlog.
