@@ -8,6 +8,31 @@ use unicode_properties::{GeneralCategory, GeneralCategoryGroup, UnicodeGeneralCa
 /// Indic), so they are kept between two letters of such a script.
 const JOINERS: [char; 2] = ['\u{200C}', '\u{200D}'];
 
+/// Variation selectors, which pick a glyph of the character before them:
+/// an emoji's or an ideograph's (U+FE00–U+FE0F, U+E0100–U+E01EF), a
+/// Mongolian letter's (U+180B–U+180D, U+180F).
+fn selects_a_variant(c: char) -> bool {
+    matches!(c, '\u{FE00}'..='\u{FE0F}' | '\u{E0100}'..='\u{E01EF}' | '\u{180B}'..='\u{180D}' | '\u{180F}')
+}
+
+/// Characters that show as nothing, outside the format characters: the rest
+/// of Unicode's default-ignorable code points (the combining grapheme
+/// joiner, Hangul fillers, Khmer inherent vowels, variation selectors, and
+/// the code points kept for more of them).
+fn ignorable(c: char) -> bool {
+    matches!(
+        c,
+        '\u{034F}'
+            | '\u{115F}'..='\u{1160}'
+            | '\u{17B4}'..='\u{17B5}'
+            | '\u{2065}'
+            | '\u{3164}'
+            | '\u{FFA0}'
+            | '\u{FFF0}'..='\u{FFF8}'
+            | '\u{E0000}'..='\u{E0FFF}'
+    ) || selects_a_variant(c)
+}
+
 /// Checks free text: at most `max` characters, not blank when `required`, and
 /// nothing that would make it show other than it is stored:
 /// - no control characters but line breaks and tabs (PostgreSQL cannot store
@@ -16,7 +41,11 @@ const JOINERS: [char; 2] = ['\u{200C}', '\u{200D}'];
 ///   isolates and marks (which reorder what is shown), zero-width spaces, word
 ///   joiners, byte-order marks, soft hyphens. The zero-width (non-)joiner is
 ///   kept only between two letters (or marks) outside ASCII, where scripts
-///   need it.
+///   need it;
+/// - none of the other characters Unicode says show as nothing (its default
+///   ignorable code points: Hangul fillers, the combining grapheme joiner),
+///   but a variation selector right after a character outside ASCII (an
+///   emoji's, an ideograph's, a Mongolian letter's), which picks its glyph.
 ///
 /// # Errors
 /// A description of what is wrong, for a field violation.
@@ -40,7 +69,16 @@ pub fn check(raw: &str, max: usize, required: bool) -> Result<String, String> {
         if c.is_control() && !matches!(c, '\n' | '\r' | '\t') {
             return Err("must not contain control characters".into());
         }
-        if c.general_category() == GeneralCategory::Format {
+        if ignorable(c) {
+            let selects = selects_a_variant(c)
+                && i > 0
+                && chars
+                    .get(i - 1)
+                    .is_some_and(|before| !before.is_ascii() && !ignorable(*before));
+            if !selects {
+                return Err(invisible(c, i));
+            }
+        } else if c.general_category() == GeneralCategory::Format {
             let letter = |at: Option<&char>| {
                 at.is_some_and(|c| {
                     !c.is_ascii()
@@ -55,15 +93,20 @@ pub fn check(raw: &str, max: usize, required: bool) -> Result<String, String> {
                 && letter(chars.get(i - 1))
                 && letter(chars.get(i + 1));
             if !joins {
-                return Err(format!(
-                    "must not contain invisible formatting characters (U+{:04X} at character {})",
-                    u32::from(c),
-                    i + 1
-                ));
+                return Err(invisible(c, i));
             }
         }
     }
     Ok(raw.to_owned())
+}
+
+/// What a field violation says of `c`, the `i`th character (from 0).
+fn invisible(c: char, i: usize) -> String {
+    format!(
+        "must not contain invisible formatting characters (U+{:04X} at character {})",
+        u32::from(c),
+        i + 1
+    )
 }
 
 #[cfg(test)]
@@ -80,6 +123,9 @@ mod tests {
             // Persian "I want", with the non-joiner its spelling needs.
             "می\u{200C}خواهم",
             "देवनागरी क्‍ष",
+            // Emoji and ideographs with the variation selector of a glyph.
+            "Thanks \u{2764}\u{FE0F}",
+            "\u{845B}\u{E0100}",
             "",
         ] {
             assert_eq!(check(good, 100, false).as_deref(), Ok(good), "{good:?}");
@@ -109,6 +155,18 @@ mod tests {
             "Glo\u{200D}bex",
             "\u{200C}",
             "می\u{200C}",
+            // Characters that show as nothing but are no format characters:
+            // the combining grapheme joiner, Hangul fillers, a variation
+            // selector after ASCII or after nothing, a tag.
+            "INV\u{034F}-001",
+            "INV\u{3164}-001",
+            "\u{115F}",
+            "INV\u{FFA0}",
+            "INV\u{FE0F}-001",
+            "\u{FE0F}",
+            "\u{2764}\u{FE0F}\u{FE0F}",
+            "x\u{E0041}",
+            "x\u{17B4}",
         ] {
             assert!(check(bad, 100, false).is_err(), "{bad:?} was accepted");
         }

@@ -314,6 +314,9 @@ async fn text_that_would_show_otherwise_is_refused_everywhere(#[case] backend: B
         "Glo\u{200D}bex",   // zero-width joiner between Latin letters
         "\u{FEFF}Globex",   // byte-order mark
         "Glo\u{AD}bex",     // soft hyphen
+        "Glo\u{3164}bex",   // Hangul filler: a letter that shows as nothing
+        "Glo\u{34F}bex",    // combining grapheme joiner
+        "Glo\u{FE0F}bex",   // a variation selector after a Latin letter
         "Glo\u{0}bex",      // NUL
         "Glo\u{1B}[31mbex", // terminal escape
     ];
