@@ -425,7 +425,8 @@ impl From<Error> for Status {
             } => with_reason(
                 Code::FailedPrecondition,
                 format!(
-                    "{field} of series {series:?} cannot change: the series has handed out numbers"
+                    "{field} of series {series:?} cannot change: the series has handed out \
+                     (or skipped) numbers"
                 ),
                 "SERIES_IN_USE",
                 &[

@@ -476,7 +476,8 @@ pub enum Refusal {
         /// Why.
         reason: String,
     },
-    /// A setting can no longer change: the series has handed out numbers.
+    /// A setting can no longer change: the series has handed out (or
+    /// skipped) numbers.
     #[error("{field} cannot change once the series has handed out a number")]
     InUse {
         /// The request field that would change.

@@ -338,6 +338,11 @@ async fn start_at_applies_to_periods_not_yet_begun(#[case] backend: Backend) {
         .unwrap_err();
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
     assert_reason(&refused, "SERIES_IN_USE");
+    assert_eq!(
+        refused.message(),
+        "start_at of series \"invoice\" cannot change: the series has handed out (or skipped) \
+         numbers"
+    );
     let info = refused.get_details_error_info().unwrap();
     assert_eq!(info.metadata["field"], "start_at");
     assert_eq!(one(&mut client, dated("plain", "")).await.0, "INV-008");
