@@ -45,7 +45,8 @@ fn ignorable(c: char) -> bool {
 /// - none of the other characters Unicode says show as nothing (its default
 ///   ignorable code points: Hangul fillers, the combining grapheme joiner),
 ///   but a variation selector right after a character outside ASCII (an
-///   emoji's, an ideograph's, a Mongolian letter's), which picks its glyph.
+///   emoji's, an ideograph's, a Mongolian letter's), which picks its glyph,
+///   or in a keycap (a digit, `#` or `*`, the selector, U+20E3).
 ///
 /// # Errors
 /// A description of what is wrong, for a field violation.
@@ -70,11 +71,17 @@ pub fn check(raw: &str, max: usize, required: bool) -> Result<String, String> {
             return Err("must not contain control characters".into());
         }
         if ignorable(c) {
+            // After an emoji or an ideograph; or a keycap's digit, `#` or
+            // `*`, drawn in its key by the enclosing keycap after it.
+            let base = |before: char| !before.is_ascii() && !ignorable(before);
+            let keycap = |before: char| {
+                matches!(before, '0'..='9' | '#' | '*') && chars.get(i + 1) == Some(&'\u{20E3}')
+            };
             let selects = selects_a_variant(c)
                 && i > 0
                 && chars
                     .get(i - 1)
-                    .is_some_and(|before| !before.is_ascii() && !ignorable(*before));
+                    .is_some_and(|&before| base(before) || keycap(before));
             if !selects {
                 return Err(invisible(c, i));
             }
@@ -123,8 +130,10 @@ mod tests {
             // Persian "I want", with the non-joiner its spelling needs.
             "می\u{200C}خواهم",
             "देवनागरी क्‍ष",
-            // Emoji and ideographs with the variation selector of a glyph.
+            // Emoji and ideographs with the variation selector of a glyph,
+            // keycaps.
             "Thanks \u{2764}\u{FE0F}",
+            "Press 1\u{FE0F}\u{20E3} or #\u{FE0F}\u{20E3}",
             "\u{845B}\u{E0100}",
             "",
         ] {
@@ -163,6 +172,7 @@ mod tests {
             "\u{115F}",
             "INV\u{FFA0}",
             "INV\u{FE0F}-001",
+            "1\u{FE0F}-001",
             "\u{FE0F}",
             "\u{2764}\u{FE0F}\u{FE0F}",
             "x\u{E0041}",

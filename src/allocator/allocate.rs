@@ -857,7 +857,7 @@ pub(super) fn parse_stored(
     series: &SeriesName,
     format: &str,
 ) -> Result<NumberFormat, Error> {
-    format.parse().map_err(|reason| Error::StoredFormat {
+    NumberFormat::stored(format).map_err(|reason| Error::StoredFormat {
         tenant: tenant.to_string(),
         series: series.to_string(),
         format: format.to_owned(),

@@ -179,8 +179,23 @@ impl Default for NumberFormat {
 impl FromStr for NumberFormat {
     type Err = String;
 
+    /// A template given now: text that shows as it is stored, read as
+    /// [`NumberFormat::stored`] reads it.
     fn from_str(template: &str) -> Result<Self, Self::Err> {
         crate::text::check(template, Self::MAX_LEN, false)?;
+        Self::stored(template)
+    }
+}
+
+impl NumberFormat {
+    /// A template as the database keeps it: checked as text when it was
+    /// stored, by the rules of the release that stored it, and not again
+    /// (a rule added since would otherwise stop its series and the numbers
+    /// it rendered), only read.
+    ///
+    /// # Errors
+    /// A description of what is wrong.
+    pub fn stored(template: &str) -> Result<Self, String> {
         // One line: free text may break lines, a number may not.
         if template.contains(['\n', '\r', '\t', '\u{2028}', '\u{2029}']) {
             return Err("must not contain control characters or line breaks".into());

@@ -833,9 +833,7 @@ impl SeriesRow {
             )
         };
         Ok(SeriesConfig {
-            format: self
-                .format
-                .parse::<NumberFormat>()
+            format: NumberFormat::stored(&self.format)
                 .map_err(|reason| invalid("format", reason))?,
             calendar: Calendar {
                 reset: Reset::from_name(&self.reset).map_err(|reason| invalid("reset", reason))?,

@@ -910,3 +910,47 @@ async fn a_series_at_the_largest_start_at_begins_every_period(#[case] backend: B
         assert_eq!(values, expected, "{date}");
     }
 }
+
+/// A format stored by an earlier release, under the text rules of its day,
+/// is read as it stands: a template holding a character refused since (a
+/// Hangul filler, which shows as nothing) still numbers its series, and the
+/// series can still be configured anew, while the same template given now
+/// is refused.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_format_stored_under_earlier_rules_still_numbers(#[case] backend: Backend) {
+    let (db, server, mut client, clock) = allocator_at(backend, "2026-12-07T12:00:00Z").await;
+    client
+        .configure_series(configure("acme", "OLD-{number}", Reset::Never, ""))
+        .await
+        .unwrap();
+    let refused = client
+        .configure_series(configure("acme", "OLD\u{3164}-{number}", Reset::Never, ""))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    drop(server);
+    db.execute("UPDATE series SET format = 'OLD\u{3164}-{number}' WHERE tenant_id = 'acme'")
+        .await;
+
+    let mode = CommitMode::Group(GroupCommitSettings::default());
+    let (_server, mut client) =
+        serve_allocator_on(&db, mode, RequestIdSettings::default(), clock).await;
+    assert_eq!(one(&mut client, dated("acme", "")).await.0, "OLD\u{3164}-1");
+    let series = client
+        .get_series(GetSeriesRequest {
+            tenant_id: "acme".into(),
+            ..GetSeriesRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .series
+        .unwrap();
+    assert_eq!(series.format, "OLD\u{3164}-{number}");
+    client
+        .configure_series(configure("acme", "NEW-{number}", Reset::Never, ""))
+        .await
+        .unwrap();
+    assert_eq!(one(&mut client, dated("acme", "")).await.0, "NEW-2");
+}
