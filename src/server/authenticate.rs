@@ -24,6 +24,7 @@ use crate::{
 /// `Watch`, a stream that may stay open for as long as its client likes,
 /// asks for one as every other call does (open on `--health-listen`).
 const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
+const HEALTH_WATCH: &str = "/grpc.health.v1.Health/Watch";
 
 /// A service whose calls are authenticated first.
 #[derive(Debug, Clone)]
@@ -117,6 +118,17 @@ where
                     deadline,
                 });
                 Box::pin(self.inner.call(request))
+            }
+            // Without a token, as gRPC clients that check their servers'
+            // health themselves open it (with no credentials of the calls'):
+            // they take UNIMPLEMENTED, and no other answer, as health
+            // checking off, and call on.
+            Err(Denied::Missing) if request.uri().path() == HEALTH_WATCH => {
+                let status = Status::unimplemented(
+                    "health Watch asks for a token on this port: Check asks for none, nor does \
+                     the health-only listener (--health-listen)",
+                );
+                Box::pin(async move { Ok(status.into_http()) })
             }
             Err(denied) => {
                 let status = Status::from(denied);

@@ -163,7 +163,7 @@ pub struct ServerArgs {
     #[arg(global = true, long, env = "NUMBERING_MAX_CONNECTIONS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000).map(|limit| usize::try_from(limit).unwrap_or(usize::MAX)))]
     pub max_connections: usize,
 
-    /// A connection that has not sent its first request this long after it was accepted (TLS and HTTP/2 handshakes included) is closed.
+    /// A connection with no call admitted this long after it was accepted (TLS and HTTP/2 handshakes included) is closed: silent, or, with tokens, whose every call was refused or was a health Check without a token (one in flight gets --request-timeout to finish).
     #[arg(global = true, long, env = "NUMBERING_FIRST_REQUEST_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
     pub first_request_timeout: Duration,
 

@@ -47,7 +47,8 @@ use crate::tls::ServerTls;
 pub struct ConnectionLimits {
     /// Connections open at once; more wait in the listen backlog.
     pub max_connections: usize,
-    /// From accept to the first request; a connection silent that long is closed.
+    /// From accept to the first call admitted (authenticated, where
+    /// credentials are asked); a connection with none that long is closed.
     pub first_request_timeout: Duration,
     /// From the end of a connection's last call, with none open since; a
     /// connection idle that long is closed.
@@ -168,8 +169,8 @@ enum Stream {
 }
 
 /// An accepted connection: closed by its next read once its first-request
-/// deadline passes without a request, or its idle deadline with no call
-/// open; holds its place under the limit until dropped.
+/// deadline passes without a call admitted, or its idle deadline with no
+/// call open; holds its place under the limit until dropped.
 pub struct Connection {
     stream: Stream,
     activity: Arc<Activity>,
@@ -315,15 +316,26 @@ impl Activity {
 
     /// When the connection's calls, or lack of them, close it.
     fn calls(&self, limits: &ConnectionLimits) -> Option<(Instant, Why)> {
-        if !self.admitted.load(Ordering::Relaxed) {
-            return Some((self.accepted + limits.first_request_timeout, Why::Silent));
-        }
         // The time is written before the counts fall: read after them.
         let open = self.open.load(Ordering::Acquire);
+        let moved =
+            || self.accepted + Duration::from_nanos(self.last_moved.load(Ordering::Relaxed));
+        if !self.admitted.load(Ordering::Relaxed) {
+            let silent = self.accepted + limits.first_request_timeout;
+            // A call that answers once, open (a health `Check` without a
+            // token), is not cut short: it gets as long as a call takes. A
+            // stream, open as long as its client likes, gets no more.
+            let end = if open > self.streams.load(Ordering::Acquire) {
+                silent.max(moved() + limits.longest_call)
+            } else {
+                silent
+            };
+            return Some((end, Why::Silent));
+        }
         if self.streams.load(Ordering::Acquire) > 0 {
             return None;
         }
-        let moved = self.accepted + Duration::from_nanos(self.last_moved.load(Ordering::Relaxed));
+        let moved = moved();
         Some(if open > 0 {
             (
                 moved + limits.idle_timeout + limits.longest_call,

@@ -568,7 +568,8 @@ async fn pings_slower_than_the_retry_budget_are_warned_of() {
 /// the first-request time-out as a silent one is, not after the hour's idle
 /// time-out: callers without a token cannot hold every place under
 /// `--max-connections` from one that has one. Health's `Check` answers
-/// without a token, and so does `Watch` on the health-only listener.
+/// without a token. A connection admitted by a token, and a `Watch` on the
+/// health-only listener (which asks for none), stay open past that time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_callers_hold_no_connection_past_the_first_request_time_out() {
     let db = TestDb::create(Backend::Sqlite).await;
@@ -587,7 +588,7 @@ tenants = ["acme"]
         .arg(&tokens)
         .args([
             "--max-connections",
-            "2",
+            "3",
             "--first-request-timeout",
             "1s",
             "--health-listen",
@@ -598,6 +599,14 @@ tenants = ["acme"]
         .wait_for_event(|event| event["health_addr"].is_string())
         .await;
     let health_addr = listening["health_addr"].as_str().unwrap().to_owned();
+    let probing = Arc::new(Connections::default());
+    let (mut probe, watch) = watch_health(&probing, &health_addr).await;
+    let token = BearerToken::fixed("billing-s3cret").unwrap();
+    let admitted = Arc::new(Connections::default());
+    let mut client =
+        NumberAllocatorClient::with_interceptor(admitted.channel(&running.addr).await, token);
+    let first = client.allocate(allocate("acme", "", 1)).await.unwrap();
+    assert_eq!(first.into_inner().numbers[0].value, 1);
 
     let refused = Arc::new(Connections::default());
     let mut no_token = NumberAllocatorClient::new(refused.channel(&running.addr).await);
@@ -609,28 +618,38 @@ tenants = ["acme"]
     let mut health = HealthClient::new(refused.channel(&running.addr).await);
     let probed = health.check(HealthCheckRequest::default()).await.unwrap();
     assert_eq!(probed.into_inner().status(), ServingStatus::Serving);
+    // Answered as gRPC clients that check health themselves take for
+    // health checking off.
     let status = health
         .watch(HealthCheckRequest::default())
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
-    // Both places, held by callers refused: freed at the first-request
-    // time-out.
+    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+    // The two places they held, freed at the first-request time-out.
     refused.wait_closed(2).await;
 
-    let token = BearerToken::fixed("billing-s3cret").unwrap();
+    // Another caller with a token gets one of them.
     let channel = Endpoint::from_shared(format!("http://{}", running.addr))
         .unwrap()
         .connect_lazy();
-    let mut client = NumberAllocatorClient::with_interceptor(channel, token);
-    let answer = tokio::time::timeout(PATIENCE, client.allocate(allocate("acme", "", 1)))
+    let token = BearerToken::fixed("billing-s3cret").unwrap();
+    let mut other = NumberAllocatorClient::with_interceptor(channel, token);
+    let answer = tokio::time::timeout(PATIENCE, other.allocate(allocate("acme", "", 1)))
         .await
         .expect("the caller with a token waited behind refused ones")
         .unwrap();
-    assert_eq!(answer.into_inner().numbers[0].value, 1);
-
-    let probing = Arc::new(Connections::default());
-    let (_health, _watch) = watch_health(&probing, &health_addr).await;
+    assert_eq!(answer.into_inner().numbers[0].value, 2);
+    // Older than the refused ones, the admitted connection and the Watch
+    // are the ones first opened, still serving.
+    let third = client.allocate(allocate("acme", "", 1)).await.unwrap();
+    assert_eq!(third.into_inner().numbers[0].value, 3);
+    let checked = probe.check(HealthCheckRequest::default()).await.unwrap();
+    assert_eq!(checked.into_inner().status(), ServingStatus::Serving);
+    for (connections, what) in [(&admitted, "admitted"), (&probing, "watching")] {
+        assert_eq!(connections.opened.load(Ordering::SeqCst), 1, "{what}");
+        assert_eq!(connections.closed.load(Ordering::SeqCst), 0, "{what}");
+    }
+    drop(watch);
     stop(running).await;
 }
 
