@@ -139,6 +139,22 @@ pub enum NotReady {
     TimedOut(Duration),
 }
 
+impl NotReady {
+    /// The kind of cause, as a log line tells a change of it: a check that
+    /// failed and one that ran out of time are one kind (no answer), so
+    /// that a database alternating between the two is not logged at every
+    /// check.
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Failed(_) | Self::TimedOut(_) => "no answer",
+            Self::ReadOnly => "read-only",
+            Self::Schema { .. } => "schema",
+            Self::FileReplaced => "file replaced",
+        }
+    }
+}
+
 /// What a [`NotReady::Schema`] says of the database's migrations.
 fn schema_said(found: Option<i64>, ours: i64) -> String {
     match found {
@@ -188,4 +204,29 @@ pub(crate) fn schema_is_ours(
         found: last,
         ours: latest,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_answer_is_one_kind_of_cause_and_each_other_its_own() {
+        let causes = [
+            NotReady::Failed(sqlx::Error::PoolTimedOut),
+            NotReady::TimedOut(Duration::from_secs(4)),
+            NotReady::ReadOnly,
+            NotReady::Schema {
+                found: None,
+                ours: 12,
+            },
+            NotReady::FileReplaced,
+        ];
+        let kinds: Vec<&str> = causes.iter().map(NotReady::kind).collect();
+        assert_eq!(kinds[0], kinds[1]);
+        let mut distinct = kinds[1..].to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 4, "{kinds:?}");
+    }
 }

@@ -449,11 +449,11 @@ async fn follow_readiness(
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     // What was last said: ready, or the cause's kind.
-    let mut last: Option<Option<std::mem::Discriminant<NotReady>>> = None;
+    let mut last: Option<Option<&'static str>> = None;
     loop {
         ticks.tick().await;
         let found = readiness.readiness().await;
-        let said = found.as_ref().err().map(std::mem::discriminant);
+        let said = found.as_ref().err().map(NotReady::kind);
         if last == Some(said) {
             continue;
         }
