@@ -559,18 +559,7 @@ async fn a_read_only_database_is_unavailable_until_it_takes_writes() {
     let channel = app.server.channel().await;
     let name = "numbering.v1.NumberAllocator";
     app.client.allocate(allocate("acme", "", 3)).await.unwrap();
-    let database = app.db.name.clone();
-    // New sessions start read-only; ending the open ones makes the pool
-    // open new ones.
-    let reconnect = format!(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'"
-    );
-    app.db
-        .admin(format!(
-            r#"ALTER DATABASE "{database}" SET default_transaction_read_only = on"#
-        ))
-        .await;
-    app.db.admin(reconnect.clone()).await;
+    app.db.set_read_only(true).await;
     wait_for_health(channel.clone(), name, ServingStatus::NotServing).await;
     for call in [allocate("acme", "", 1), keyed("acme", "", 1, "order-1")] {
         let status = app.client.allocate(call).await.unwrap_err();
@@ -578,12 +567,7 @@ async fn a_read_only_database_is_unavailable_until_it_takes_writes() {
         assert_reason(&status, "STORE_UNAVAILABLE");
     }
 
-    app.db
-        .admin(format!(
-            r#"ALTER DATABASE "{database}" RESET default_transaction_read_only"#
-        ))
-        .await;
-    app.db.admin(reconnect).await;
+    app.db.set_read_only(false).await;
     wait_for_health(channel, name, ServingStatus::Serving).await;
     let next = app
         .client
@@ -615,16 +599,7 @@ async fn readiness_logs_why_it_is_not_serving() {
     let serving = "store ready: SERVING";
     logs.wait_until(|events| said(events, serving).len() == 1)
         .await;
-    let database = app.db.name.clone();
-    let reconnect = format!(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'"
-    );
-    app.db
-        .admin(format!(
-            r#"ALTER DATABASE "{database}" SET default_transaction_read_only = on"#
-        ))
-        .await;
-    app.db.admin(reconnect.clone()).await;
+    app.db.set_read_only(true).await;
     let not_serving = "store not ready: NOT_SERVING";
     let read_only = "the database takes no writes (a standby, or set read-only)";
     logs.wait_until(|events| {
@@ -637,12 +612,7 @@ async fn readiness_logs_why_it_is_not_serving() {
         assert_eq!(level, r#""WARN""#, "{cause}");
     }
 
-    app.db
-        .admin(format!(
-            r#"ALTER DATABASE "{database}" RESET default_transaction_read_only"#
-        ))
-        .await;
-    app.db.admin(reconnect).await;
+    app.db.set_read_only(false).await;
     logs.wait_until(|events| said(events, serving).len() == 2)
         .await;
 }

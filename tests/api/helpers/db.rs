@@ -294,6 +294,24 @@ impl TestDb {
             .expect("admin statement");
     }
 
+    /// Makes the PostgreSQL database take no writes (`read_only`), as a
+    /// standby not yet promoted does, or take them again: new sessions start
+    /// so, and the open ones are ended, so that a pool opens new ones.
+    pub async fn set_read_only(&self, read_only: bool) {
+        let name = &self.name;
+        let setting = if read_only {
+            "SET default_transaction_read_only = on"
+        } else {
+            "RESET default_transaction_read_only"
+        };
+        self.admin(format!(r#"ALTER DATABASE "{name}" {setting}"#))
+            .await;
+        self.admin(format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+        ))
+        .await;
+    }
+
     /// Makes the PostgreSQL database unreachable: refuses new connections and
     /// ends the open ones.
     pub async fn cut(&self) {
