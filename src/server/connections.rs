@@ -393,7 +393,7 @@ impl Drop for CallOpen {
 
 /// Admits the connection `extensions`' request came on: a caller that
 /// authenticated. Until one is, it is closed at its first-request time-out
-/// whatever its calls.
+/// (a call that answers once, open then, finishing first).
 pub(crate) fn admit(extensions: &http::Extensions) {
     if let Some(info) = ConnectionInfo::of(extensions) {
         info.activity.admitted.store(true, Ordering::Relaxed);
