@@ -595,10 +595,7 @@ tenants = ["acme"]
             "127.0.0.1:0",
         ]);
     let mut running = start(command).await;
-    let listening = running
-        .wait_for_event(|event| event["health_addr"].is_string())
-        .await;
-    let health_addr = listening["health_addr"].as_str().unwrap().to_owned();
+    let health_addr = running.health_addr().await;
     let probing = Arc::new(Connections::default());
     let (mut probe, watch) = watch_health(&probing, &health_addr).await;
     let token = BearerToken::fixed("billing-s3cret").unwrap();
@@ -669,10 +666,7 @@ async fn probes_are_answered_while_clients_hold_every_connection() {
         "127.0.0.1:0",
     ]);
     let mut running = start(command).await;
-    let listening = running
-        .wait_for_event(|event| event["health_addr"].is_string())
-        .await;
-    let health_addr = listening["health_addr"].as_str().unwrap().to_owned();
+    let health_addr = running.health_addr().await;
 
     // A silent client holds the one connection: accepted once the
     // allocator has sent it its HTTP/2 settings.

@@ -250,10 +250,7 @@ impl Pod {
             "127.0.0.1:0",
         ]);
         let mut running = start(command).await;
-        let listening = running
-            .wait_for_event(|event| event["health_addr"].is_string())
-            .await;
-        let health = format!("http://{}", listening["health_addr"].as_str().unwrap());
+        let health = format!("http://{}", running.health_addr().await);
         // The probes are answered on a listener of their own, whatever the
         // clients hold of the gRPC port's connections.
         for probe in ["readinessProbe", "livenessProbe", "startupProbe"] {

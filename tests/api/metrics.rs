@@ -350,10 +350,7 @@ async fn probes_on_the_health_listener_are_counted() {
     let mut command = allocator_binary(&db.url);
     command.args(["--health-listen", "127.0.0.1:0"]);
     let (mut running, metrics_addr) = start_with_metrics(command).await;
-    let listening = running
-        .wait_for_event(|event| event["health_addr"].is_string())
-        .await;
-    let health_addr = listening["health_addr"].as_str().unwrap().to_owned();
+    let health_addr = running.health_addr().await;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{health_addr}"))
         .unwrap()
         .connect_lazy();

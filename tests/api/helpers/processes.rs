@@ -134,6 +134,15 @@ impl Running {
         seen.unwrap_or_else(|_| panic!("not logged within {PATIENCE:?}: {logs:?}"))
     }
 
+    /// The address of the health-only listener (`--health-listen`), once the
+    /// process logs that it listens there.
+    pub async fn health_addr(&mut self) -> String {
+        let listening = self
+            .wait_for_event(|event| event["health_addr"].is_string())
+            .await;
+        listening["health_addr"].as_str().unwrap().to_owned()
+    }
+
     /// Waits for the process to exit; its exit status and every line it logged.
     pub async fn wait(mut self) -> (std::process::ExitStatus, Vec<String>) {
         let logs = self.logs.clone();
