@@ -39,20 +39,53 @@ pub enum Denied {
     /// say): `UNAUTHENTICATED`, as an unknown token.
     #[error("the authorization metadata is not a bearer token: send \"authorization: Bearer …\"")]
     NotBearer,
-    /// The token may not act for this tenant: `PERMISSION_DENIED`.
-    #[error("token {token:?} may not act for tenant {tenant:?}")]
+    /// The grant may not act for this tenant: `PERMISSION_DENIED`.
+    #[error("{by} {grant:?} may not act for tenant {tenant:?}")]
     Tenant {
-        /// The token's name.
-        token: String,
+        /// What the caller showed.
+        by: Credential,
+        /// The grant's name.
+        grant: String,
         /// The tenant asked for.
         tenant: String,
     },
-    /// The method is administrative and the token is not: `PERMISSION_DENIED`.
-    #[error("token {token:?} may not call administrative methods")]
+    /// The method is administrative and the grant is not: `PERMISSION_DENIED`.
+    #[error("{by} {grant:?} may not call administrative methods")]
     Admin {
-        /// The token's name.
-        token: String,
+        /// What the caller showed.
+        by: Credential,
+        /// The grant's name.
+        grant: String,
     },
+}
+
+/// What a caller showed for its grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    /// A bearer token: a `[[token]]` entry.
+    Token,
+    /// A client certificate: a `[[certificate]]` entry, by its subject.
+    Certificate,
+}
+
+impl Credential {
+    /// The key naming the grant in a refusal's `ErrorInfo`.
+    #[must_use]
+    pub fn key(self) -> &'static str {
+        match self {
+            Self::Token => "token",
+            Self::Certificate => "certificate",
+        }
+    }
+}
+
+impl std::fmt::Display for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Token => "token",
+            Self::Certificate => "client certificate",
+        })
+    }
 }
 
 /// What a method needs of its caller besides the tenant.

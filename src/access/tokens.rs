@@ -16,7 +16,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::{Choice, ConstantTimeEq};
 
-use crate::access::Denied;
+use crate::access::{Credential, Denied};
 
 /// The tokens a service accepts, and the grants of client certificates by
 /// subject.
@@ -37,6 +37,7 @@ struct Token {
 /// administrative methods if `admin`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
+    by: Credential,
     name: String,
     tenants: Vec<TenantPattern>,
     admin: bool,
@@ -117,7 +118,12 @@ impl Tokens {
         }
         let mut subjects: Vec<(String, Arc<Grant>)> = Vec::new();
         for entry in file.certificate {
-            let grant = Grant::new(entry.name, entry.tenants, entry.admin)?;
+            let grant = Grant::new(
+                Credential::Certificate,
+                entry.name,
+                entry.tenants,
+                entry.admin,
+            )?;
             if entry.subject.is_empty() {
                 return Err(format!("certificate {:?}: subject is empty", grant.name));
             }
@@ -207,18 +213,29 @@ impl Token {
         }
         Ok(Self {
             digest,
-            grant: Arc::new(Grant::new(name, entry.tenants, entry.admin)?),
+            grant: Arc::new(Grant::new(
+                Credential::Token,
+                name,
+                entry.tenants,
+                entry.admin,
+            )?),
         })
     }
 }
 
 impl Grant {
-    fn new(name: String, tenants: Vec<String>, admin: bool) -> Result<Self, String> {
+    fn new(
+        by: Credential,
+        name: String,
+        tenants: Vec<String>,
+        admin: bool,
+    ) -> Result<Self, String> {
         let tenants = tenants
             .into_iter()
             .map(|pattern| TenantPattern::parse(&pattern).map_err(|why| format!("{name:?}: {why}")))
             .collect::<Result<_, _>>()?;
         Ok(Self {
+            by,
             name,
             tenants,
             admin,
@@ -258,13 +275,15 @@ impl Grant {
     pub fn allows(&self, tenant: &str, admin: bool) -> Result<(), Denied> {
         if !self.tenants.iter().any(|pattern| pattern.matches(tenant)) {
             return Err(Denied::Tenant {
-                token: self.name.clone(),
+                by: self.by,
+                grant: self.name.clone(),
                 tenant: tenant.to_owned(),
             });
         }
         if admin && !self.admin {
             return Err(Denied::Admin {
-                token: self.name.clone(),
+                by: self.by,
+                grant: self.name.clone(),
             });
         }
         Ok(())
@@ -385,14 +404,16 @@ mod tests {
         assert_eq!(
             check(&tokens, "s3cret-billing", "initech", false),
             Err(Denied::Tenant {
-                token: "billing".into(),
+                by: Credential::Token,
+                grant: "billing".into(),
                 tenant: "initech".into()
             })
         );
         assert_eq!(
             check(&tokens, "s3cret-billing", "acme", true),
             Err(Denied::Admin {
-                token: "billing".into()
+                by: Credential::Token,
+                grant: "billing".into()
             })
         );
         assert_eq!(
@@ -401,6 +422,48 @@ mod tests {
         );
         for unknown in ["", "s3cret", "s3cret-billing ", "S3CRET-OPS"] {
             assert_eq!(tokens.find(unknown), None, "{unknown:?}");
+        }
+    }
+
+    /// A certificate's grant is named as one, in the refusal's text and its
+    /// `ErrorInfo`, and a token's as a token.
+    #[test]
+    fn a_refusal_names_the_grant_as_what_the_caller_showed() {
+        use tonic_types::StatusExt;
+        let tokens = Tokens::parse(
+            "[[certificate]]\nname = \"batch\"\nsubject = \"CN=batch\"\ntenants = [\"globex\"]\n\
+             [[token]]\nname = \"billing\"\nsecret = \"s3cret\"\ntenants = [\"acme\"]\n",
+        )
+        .unwrap();
+        let batch = tokens.by_subject("CN=batch").unwrap();
+        let billing = tokens.find("s3cret").unwrap();
+        let refusals = [
+            (
+                batch.allows("acme", false),
+                "certificate",
+                "client certificate \"batch\" may not act for tenant \"acme\"",
+            ),
+            (
+                batch.allows("globex", true),
+                "certificate",
+                "client certificate \"batch\" may not call administrative methods",
+            ),
+            (
+                billing.allows("globex", false),
+                "token",
+                "token \"billing\" may not act for tenant \"globex\"",
+            ),
+        ];
+        for (refused, key, message) in refusals {
+            let status = tonic::Status::from(refused.unwrap_err());
+            assert_eq!(status.message(), message);
+            let info = status.get_error_details().error_info().cloned().unwrap();
+            let named: Vec<_> = info.metadata.keys().filter(|k| *k != "tenantId").collect();
+            assert_eq!(named, [key], "{message}");
+            assert_eq!(
+                info.metadata[key],
+                if key == "token" { "billing" } else { "batch" }
+            );
         }
     }
 

@@ -293,6 +293,7 @@ async fn seed(config: &Config) -> Result<ExitCode, StartupError> {
     tracing::info!(
         tenants = report.tenants,
         failed = report.failed,
+        unconfigured = report.unconfigured,
         "seeding finished"
     );
     Ok(if report.failed == 0 {

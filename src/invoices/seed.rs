@@ -25,6 +25,10 @@ pub struct SeedReport {
     pub tenants: usize,
     /// Tenants whose counters could not all be raised (logged one by one).
     pub failed: usize,
+    /// Tenants without a series before (none configured, no number
+    /// handed out), now seeded as one that never resets, which cannot be
+    /// made to reset any more (each logged as a warning).
+    pub unconfigured: usize,
 }
 
 /// Raises every tenant's counters to their highest stored invoice numbers.
@@ -50,15 +54,35 @@ pub async fn seed_counters(
     }
     let mut report = SeedReport {
         tenants: by_tenant.len(),
-        failed: 0,
+        ..SeedReport::default()
     };
     for (tenant, highest) in by_tenant {
-        if let Err(status) = seed_tenant(allocator, &tenant, &highest).await {
-            report.failed += 1;
-            tracing::error!(tenant = %tenant, error = %status, "could not seed counters");
+        match seed_tenant(allocator, &tenant, &highest).await {
+            Ok(Seeded::Existing) => {}
+            Ok(Seeded::Made) => {
+                report.unconfigured += 1;
+                tracing::warn!(
+                    tenant = %tenant,
+                    "the series was not configured: seeded as one that never resets, which \
+                     cannot be made to reset now that it holds numbers (configure a series \
+                     that resets before seeding it)",
+                );
+            }
+            Err(status) => {
+                report.failed += 1;
+                tracing::error!(tenant = %tenant, error = %status, "could not seed counters");
+            }
         }
     }
     Ok(report)
+}
+
+/// Whether a seeded series was there before (configured, or made by a
+/// call), or seeding made it with the defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seeded {
+    Existing,
+    Made,
 }
 
 /// Raises each period's counter of one tenant to the highest number issued
@@ -67,12 +91,12 @@ async fn seed_tenant(
     allocator: &AllocatorClient,
     tenant: &str,
     highest: &[(NaiveDate, i64)],
-) -> Result<(), Status> {
+) -> Result<Seeded, Status> {
     // The series' reset says which dates share a counter; a series not yet
     // used will be created never resetting.
-    let reset = match allocator.series(tenant).await? {
-        Some(series) => reset_of(series.reset)?,
-        None => Reset::Never,
+    let (reset, seeded) = match allocator.series(tenant).await? {
+        Some(series) => (reset_of(series.reset)?, Seeded::Existing),
+        None => (Reset::Never, Seeded::Made),
     };
     // Per period: its highest number, and a date in it to name it by.
     let mut periods: BTreeMap<String, (NaiveDate, i64)> = BTreeMap::new();
@@ -119,7 +143,7 @@ async fn seed_tenant(
             "counter at or above the highest invoice (raised if it was below)"
         );
     }
-    Ok(())
+    Ok(seeded)
 }
 
 /// The reset a series reports.

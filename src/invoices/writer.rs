@@ -99,7 +99,8 @@ impl From<StoreError> for Error {
 /// What a reconciliation looked at.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Reconciled {
-    /// Stored invoices whose number it settled (or tried to).
+    /// Stored invoices it settled: their numbers confirmed, or found to
+    /// need no confirming; not those left for a later run.
     pub confirmed: u32,
     /// Reservations left pending that it gave back.
     pub given_back: u32,
@@ -846,8 +847,8 @@ impl InvoiceWriter {
         // the writer's token is not granted) do not hold back those behind.
         let mut looked_at = 0;
         for invoice in unsettled.iter().take_while(|_| Instant::now() < deadline) {
-            self.confirm(invoice, Settle::Mark, deadline).await;
-            reconciled.confirmed += 1;
+            let confirmed = self.confirm(invoice, Settle::Mark, deadline).await;
+            reconciled.confirmed += u32::from(confirmed);
             looked_at += 1;
         }
         *self

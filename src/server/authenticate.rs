@@ -170,17 +170,17 @@ impl From<Denied> for Status {
             Denied::Unknown | Denied::NotBearer => {
                 with_reason(Code::Unauthenticated, message, "TOKEN_UNKNOWN", &[])
             }
-            Denied::Tenant { token, tenant } => with_reason(
+            Denied::Tenant { by, grant, tenant } => with_reason(
                 Code::PermissionDenied,
                 message,
                 "TENANT_NOT_GRANTED",
-                &[("token", token), ("tenantId", tenant)],
+                &[(by.key(), grant), ("tenantId", tenant)],
             ),
-            Denied::Admin { token } => with_reason(
+            Denied::Admin { by, grant } => with_reason(
                 Code::PermissionDenied,
                 message,
                 "ADMIN_REQUIRED",
-                &[("token", token)],
+                &[(by.key(), grant)],
             ),
         }
     }

@@ -587,9 +587,16 @@ async fn reconciliation_goes_on_past_an_invoice_it_cannot_settle() {
         Arc::new(SystemClock),
     );
     let later = chrono::Utc::now() + chrono::TimeDelta::minutes(1);
+    let mut confirmed = 0;
     for _ in 0..2 {
-        writer.reconcile(later, 1, PATIENCE).await.unwrap();
+        confirmed += writer
+            .reconcile(later, 1, PATIENCE)
+            .await
+            .unwrap()
+            .confirmed;
     }
+    // The refused one is not counted.
+    assert_eq!(confirmed, 1);
     let settled = tokio::time::timeout(PATIENCE, async {
         loop {
             let left = store.unsettled(None, 10).await.unwrap();
