@@ -68,9 +68,11 @@ pub async fn seed_counters(
                      that resets before seeding it)",
                 );
             }
-            Err(status) => {
+            Err(refusals) => {
                 report.failed += 1;
-                tracing::error!(tenant = %tenant, error = %status, "could not seed counters");
+                for status in refusals {
+                    tracing::error!(tenant = %tenant, error = %status, "could not seed counters");
+                }
             }
         }
     }
@@ -86,17 +88,25 @@ enum Seeded {
 }
 
 /// Raises each period's counter of one tenant to the highest number issued
-/// in it, given the highest number of each issue date.
+/// in it, given the highest number of each issue date. A period the
+/// allocator refuses does not stop those after it.
+///
+/// # Errors
+/// Why each period refused was, or why none could be tried.
 async fn seed_tenant(
     allocator: &AllocatorClient,
     tenant: &str,
     highest: &[(NaiveDate, i64)],
-) -> Result<Seeded, Status> {
+) -> Result<Seeded, Vec<Status>> {
     // The series' reset says which dates share a counter; a series not yet
     // used will be created never resetting.
-    let (reset, seeded) = match allocator.series(tenant).await? {
-        Some(series) => (reset_of(series.reset)?, Seeded::Existing),
-        None => (Reset::Never, Seeded::Made),
+    let (reset, seeded) = match allocator.series(tenant).await {
+        Ok(Some(series)) => (
+            reset_of(series.reset).map_err(|s| vec![s])?,
+            Seeded::Existing,
+        ),
+        Ok(None) => (Reset::Never, Seeded::Made),
+        Err(status) => return Err(vec![status]),
     };
     // Per period: its highest number, and a date in it to name it by.
     let mut periods: BTreeMap<String, (NaiveDate, i64)> = BTreeMap::new();
@@ -104,6 +114,7 @@ async fn seed_tenant(
         let period = periods.entry(reset.period(date)).or_insert((date, number));
         *period = (period.0.max(date), period.1.max(number));
     }
+    let mut refusals = Vec::new();
     for (period, (date, number)) in periods {
         // A date names the period; a series that never resets has one
         // period, which the allocator's today names as well as any date
@@ -112,7 +123,7 @@ async fn seed_tenant(
             Reset::Never => String::new(),
             _ => date.to_string(),
         };
-        let series = allocator
+        let advanced = allocator
             .advance(
                 tenant,
                 number,
@@ -134,7 +145,14 @@ async fn seed_tenant(
                     ),
                     status.details().to_vec().into(),
                 )
-            })?;
+            });
+        let series = match advanced {
+            Ok(series) => series,
+            Err(refused) => {
+                refusals.push(refused);
+                continue;
+            }
+        };
         tracing::info!(
             tenant = %tenant,
             period = %period,
@@ -143,7 +161,11 @@ async fn seed_tenant(
             "counter at or above the highest invoice (raised if it was below)"
         );
     }
-    Ok(seeded)
+    if refusals.is_empty() {
+        Ok(seeded)
+    } else {
+        Err(refusals)
+    }
 }
 
 /// The reset a series reports.

@@ -23,9 +23,9 @@ use tonic_types::StatusExt;
 use crate::{
     backends,
     helpers::{
-        ManualClock, TestDb, TestServer, WriterApp, advance, allocator_client,
-        assert_exactly_one_to, assert_reason, invoice_request, keyed, list_all, serve_allocator_on,
-        spawn_writer,
+        AllocatorProxy, CapturedLogs, Fault, ManualClock, Method, TestDb, TestServer, WriterApp,
+        advance, allocator_client, assert_exactly_one_to, assert_reason, invoice_request, keyed,
+        list_all, serve_allocator_on, spawn_writer,
     },
 };
 
@@ -837,6 +837,62 @@ async fn seeding_raises_each_period_from_the_issue_dates(#[case] backend: Backen
         next.into_inner().invoice.unwrap().invoice_number,
         "INV-2026-005"
     );
+}
+
+/// A period the allocator refuses does not stop seeding the periods after
+/// it: each is tried, the tenant counted failed once, and the refused
+/// period named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeding_goes_on_past_a_period_the_allocator_refuses() {
+    let logs = CapturedLogs::default();
+    let _subscriber = tracing::subscriber::set_default(logs.subscriber());
+    let backend = Backend::Postgres;
+    let (_db, allocator, mut client, _clock) = allocator_at(backend, "2026-12-02T12:00:00Z").await;
+    client
+        .configure_series(configure(
+            "acme",
+            "INV-{year}-{number:03}",
+            Reset::Yearly,
+            "",
+        ))
+        .await
+        .unwrap();
+    let writer = spawn_writer(backend, &allocator.url(), 1).await;
+    import_dated(&writer, 2, "INV-2024-002", "2024", "2024-05-01").await;
+    import_dated(&writer, 7, "INV-2025-007", "2025", "2025-12-31").await;
+    import_dated(&writer, 4, "INV-2026-004", "2026", "2026-01-05").await;
+    let proxy = AllocatorProxy::new(client.clone(), Fault::Gate(Method::AdvanceCounter));
+    let (proxy_url, _serving) = proxy.serve().await;
+
+    // Polled here, where the logs are captured.
+    let through_proxy = allocator_client(&proxy_url);
+    let seeding = seed::seed_counters(writer.store.as_ref(), &through_proxy);
+    tokio::pin!(seeding);
+    // The first period's call is refused, the others let through.
+    let mut refused = false;
+    let report = loop {
+        tokio::select! {
+            at_gate = proxy.at_gate() => if refused {
+                at_gate.pass();
+            } else {
+                at_gate.refuse();
+                refused = true;
+            },
+            report = &mut seeding => break report.unwrap(),
+        }
+    };
+    assert_eq!((report.tenants, report.failed), (1, 1));
+    assert_eq!(get(&mut client, "acme", "2024-06-01").await.last_value, 0);
+    assert_eq!(get(&mut client, "acme", "2025-06-01").await.last_value, 7);
+    assert_eq!(get(&mut client, "acme", "").await.last_value, 4);
+    let errors: Vec<_> = logs
+        .events()
+        .into_iter()
+        .filter(|event| event["fields"]["message"] == "could not seed counters")
+        .map(|event| event["fields"]["error"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("period 2024"), "{errors:?}");
 }
 
 /// A series that never resets is seeded whatever its invoices' dates: one

@@ -32,9 +32,10 @@ pub enum Method {
     Allocate,
     Reserve,
     Confirm,
+    AdvanceCounter,
 }
 
-/// What a proxy does to the replies of Allocate, Reserve and Confirm.
+/// What a proxy does to the calls of a [`Method`], and their replies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     /// Every third is lost: UNAVAILABLE in its place.
@@ -244,6 +245,7 @@ impl NumberAllocator for AllocatorProxy {
         &self,
         request: Request<AdvanceCounterRequest>,
     ) -> Result<Response<AdvanceCounterResponse>, Status> {
+        self.instead(Method::AdvanceCounter).await?;
         self.allocator
             .clone()
             .advance_counter(request.into_inner())
