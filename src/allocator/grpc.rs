@@ -22,7 +22,7 @@ use crate::{
         number_allocator_server::{NumberAllocator, NumberAllocatorServer},
     },
     server::{
-        self, pagination,
+        self,
         status::{chain, internal, with_reason},
         validation::{FieldViolation, InvalidArgument},
     },
@@ -175,7 +175,7 @@ impl NumberAllocator for AllocatorService {
             .allocator
             .list_series(&tenant, asked.after.as_deref(), asked.size)
             .await?;
-        let next_page_token = pagination::next_token(&page, |last| last.name.clone());
+        let next_page_token = asked.listing.next_token(&page, |last| last.name.clone());
         Ok(Response::new(ListSeriesResponse {
             series: page.items.into_iter().map(Into::into).collect(),
             next_page_token,
@@ -253,7 +253,7 @@ impl NumberAllocator for AllocatorService {
             .await?;
         let next_page_token = page
             .next_after
-            .map(|last| pagination::encode_token(&last.to_string()))
+            .map(|last| asked.page.listing.token(&last.to_string()))
             .unwrap_or_default();
         let shown = Shown {
             tenant,

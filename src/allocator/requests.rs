@@ -21,7 +21,7 @@ use crate::{
     },
     request_id::RequestId,
     server::{
-        pagination,
+        pagination::{self, Listing, PageAsked},
         validation::{InvalidArgument, Violations},
     },
     tenant::TenantId,
@@ -71,15 +71,6 @@ pub struct Reserve {
     pub date: Option<NaiveDate>,
     /// The lease asked for; zero: the server's default.
     pub lease: Duration,
-}
-
-/// The page of a listing asked for, checked.
-#[derive(Debug)]
-pub struct PageAsked<K> {
-    /// The page's size asked for; zero: the default.
-    pub size: u32,
-    /// The key the last page ended with.
-    pub after: Option<K>,
 }
 
 /// A `ListNumbers` call, checked.
@@ -136,13 +127,15 @@ pub fn list_series(
     let mut violations = Violations::new();
     let tenant = violations.check("tenant_id", TenantId::parse(&request.tenant_id));
     let size = violations.check("page_size", pagination::page_size(request.page_size));
-    let after = violations.check("page_token", series_token(&request.page_token));
+    let listing = Listing::of("ListSeries", &[&request.tenant_id]);
+    let after = violations.check("page_token", series_token(listing, &request.page_token));
     violations.finish()?;
     Ok((
         parsed(tenant),
         PageAsked {
             size: parsed(size),
             after: parsed(after),
+            listing,
         },
     ))
 }
@@ -186,7 +179,16 @@ pub fn list_numbers(request: &ListNumbersRequest) -> Result<ListNumbers, Invalid
     violations.check("period", check_period(&request.period));
     let state = violations.check("state", number_state(request.state));
     let size = violations.check("page_size", pagination::page_size(request.page_size));
-    let after = violations.check("page_token", number_token(&request.page_token));
+    let listing = Listing::of(
+        "ListNumbers",
+        &[
+            &request.tenant_id,
+            &request.series,
+            &request.period,
+            &request.state.to_string(),
+        ],
+    );
+    let after = violations.check("page_token", number_token(listing, &request.page_token));
     violations.finish()?;
     Ok(ListNumbers {
         named: parsed(named),
@@ -194,6 +196,7 @@ pub fn list_numbers(request: &ListNumbersRequest) -> Result<ListNumbers, Invalid
         page: PageAsked {
             size: parsed(size),
             after: parsed(after),
+            listing,
         },
     })
 }
@@ -402,8 +405,8 @@ fn number_state(raw: i32) -> Result<Option<NumberState>, String> {
 
 /// The series name a page token says the last page ended with: a name
 /// this service stored, or the token is not one it gave.
-fn series_token(token: &str) -> Result<Option<String>, String> {
-    let Some(key) = pagination::decode_token(token)? else {
+fn series_token(listing: Listing, token: &str) -> Result<Option<String>, String> {
+    let Some(key) = listing.read(token)? else {
         return Ok(None);
     };
     match SeriesName::parse(&key) {
@@ -413,8 +416,8 @@ fn series_token(token: &str) -> Result<Option<String>, String> {
 }
 
 /// The number a page token says the last page ended with.
-fn number_token(token: &str) -> Result<Option<i64>, String> {
-    let Some(key) = pagination::decode_token(token)? else {
+fn number_token(listing: Listing, token: &str) -> Result<Option<i64>, String> {
+    let Some(key) = listing.read(token)? else {
         return Ok(None);
     };
     match key.parse::<i64>() {

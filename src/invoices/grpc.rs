@@ -22,7 +22,8 @@ use crate::{
     },
     request_id::RequestId,
     server::{
-        self, caller_timeout, pagination,
+        self, caller_timeout,
+        pagination::{self, Listing, PageAsked},
         status::{chain, internal, with_reason},
         validation::{FieldViolation, InvalidArgument, Violations},
     },
@@ -166,20 +167,20 @@ pub fn parse_get_invoice(request: &GetInvoiceRequest) -> Result<(TenantId, Uuid)
 /// The period and number a page of invoices ended with.
 pub type InvoiceKey = (String, i64);
 
-/// Reads a list request: the tenant, the page's size and where the last
-/// page ended.
+/// Reads a list request: the tenant, and the page asked for.
 ///
 /// # Errors
 /// The fields that break the rules.
 pub fn parse_list_invoices(
     request: &ListInvoicesRequest,
-) -> Result<(TenantId, u32, Option<InvoiceKey>), InvalidArgument> {
+) -> Result<(TenantId, PageAsked<InvoiceKey>), InvalidArgument> {
     let mut v = Violations::new();
     let tenant = v.check("tenant_id", TenantId::parse(&request.tenant_id));
     let size = v.check("page_size", pagination::page_size(request.page_size));
+    let listing = Listing::of("ListInvoices", &[&request.tenant_id]);
     let after = v.check(
         "page_token",
-        pagination::decode_token(&request.page_token).and_then(|key| {
+        listing.read(&request.page_token).and_then(|key| {
             key.map_or(Ok(None), |key| {
                 // "<period>/<number>": periods hold no slash.
                 key.rsplit_once('/')
@@ -196,7 +197,14 @@ pub fn parse_list_invoices(
     let (Some(tenant), Some(size), Some(after)) = (tenant, size, after) else {
         unreachable!("finish() returned Ok, so every field parsed");
     };
-    Ok((tenant, size, after))
+    Ok((
+        tenant,
+        PageAsked {
+            size,
+            after,
+            listing,
+        },
+    ))
 }
 
 #[tonic::async_trait]
@@ -244,15 +252,17 @@ impl invoice_writer_server::InvoiceWriter for InvoiceWriterService {
         request: Request<ListInvoicesRequest>,
     ) -> Result<Response<ListInvoicesResponse>, Status> {
         let admission = server::admission(&request)?;
-        let (tenant, size, after) = parse_list_invoices(request.get_ref())?;
+        let (tenant, asked) = parse_list_invoices(request.get_ref())?;
         admission.admit(&tenant, Needs::Tenant).await?;
 
-        let after = after
+        let after = asked
+            .after
             .as_ref()
             .map(|(period, number)| (period.as_str(), *number));
-        let page = self.writer.list(&tenant, after, size).await?;
-        let next_page_token =
-            pagination::next_token(&page, |last| format!("{}/{}", last.period, last.number));
+        let page = self.writer.list(&tenant, after, asked.size).await?;
+        let next_page_token = asked
+            .listing
+            .next_token(&page, |last| format!("{}/{}", last.period, last.number));
         Ok(Response::new(ListInvoicesResponse {
             invoices: page.items.into_iter().map(Into::into).collect(),
             next_page_token,

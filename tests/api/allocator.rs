@@ -393,7 +393,8 @@ async fn bad_input_is_rejected_by_field_and_changes_nothing(#[case] backend: Bac
             .list_series(ListSeriesRequest {
                 tenant_id: "acme".into(),
                 page_size: 10,
-                page_token: numbering::server::pagination::encode_token(key),
+                page_token: numbering::server::pagination::Listing::of("ListSeries", &["acme"])
+                    .token(key),
             })
             .await
             .unwrap_err();

@@ -483,12 +483,29 @@ async fn bad_invoices_are_rejected_by_field_and_change_nothing(#[case] backend: 
             .list_invoices(ListInvoicesRequest {
                 tenant_id: "acme".into(),
                 page_size: 10,
-                page_token: numbering::server::pagination::encode_token(key),
+                page_token: numbering::server::pagination::Listing::of("ListInvoices", &["acme"])
+                    .token(key),
             })
             .await
             .unwrap_err();
         assert_invalid_field(&status, "page_token");
     }
+    // A token of acme's listing, sent for another tenant's.
+    let status = writer
+        .client
+        .list_invoices(ListInvoicesRequest {
+            tenant_id: "globex".into(),
+            page_size: 10,
+            page_token: numbering::server::pagination::Listing::of("ListInvoices", &["acme"])
+                .token("2026/1"),
+        })
+        .await
+        .unwrap_err();
+    assert_invalid_field(&status, "page_token");
+    assert!(
+        status.message().contains("was given for another listing"),
+        "{status:?}"
+    );
 
     assert!(list_all(&mut writer.client, "acme").await.is_empty());
     let series = invoice_series(&mut allocator.client, "acme")

@@ -5,8 +5,8 @@ use numbering::{
     db::Backend,
     proto::{
         AuditSeriesRequest, ConfigureSeriesRequest, ConfirmRequest, GetNumberRequest,
-        ListNumbersRequest, NumberRecord, NumberState, ReleaseRequest, ReserveRequest, Reset,
-        VoidRequest,
+        ListNumbersRequest, ListSeriesRequest, NumberRecord, NumberState, ReleaseRequest,
+        ReserveRequest, Reset, VoidRequest,
     },
 };
 use rstest_reuse::apply;
@@ -307,6 +307,77 @@ async fn numbers_are_listed_in_order_page_by_page(#[case] backend: Backend) {
         };
         assert_eq!(pages, expected.len().div_ceil(size), "{state:?}");
     }
+}
+
+/// A page token is taken back only by the listing that gave it, with the
+/// same fields: one of another state, period, series or method is refused
+/// (INVALID_ARGUMENT naming `page_token`), not read as a place in this one.
+#[tokio::test]
+async fn a_page_token_is_taken_only_by_the_listing_that_gave_it() {
+    let mut app = spawn_allocator(Backend::Postgres).await;
+    numbers_of_each_kind(&mut app).await;
+    app.client
+        .allocate(allocate("globex", "", 3))
+        .await
+        .unwrap();
+    let page = app
+        .client
+        .list_numbers(list(NumberState::Unspecified, 2, ""))
+        .await
+        .unwrap()
+        .into_inner();
+    let token = page.next_page_token;
+    assert!(!token.is_empty());
+    let refused = |status: Status| {
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        let violations = tonic_types::StatusExt::get_details_bad_request(&status)
+            .expect("a BadRequest")
+            .field_violations;
+        assert_eq!(violations[0].field, "page_token", "{violations:?}");
+        assert!(
+            violations[0]
+                .description
+                .starts_with("was given for another listing"),
+            "{violations:?}"
+        );
+    };
+    let others = [
+        list(NumberState::Issued, 2, &token),
+        ListNumbersRequest {
+            tenant_id: "globex".into(),
+            ..list(NumberState::Unspecified, 2, &token)
+        },
+        ListNumbersRequest {
+            series: "credit".into(),
+            ..list(NumberState::Unspecified, 2, &token)
+        },
+        ListNumbersRequest {
+            period: "2026".into(),
+            ..list(NumberState::Unspecified, 2, &token)
+        },
+    ];
+    for other in others {
+        refused(app.client.list_numbers(other).await.unwrap_err());
+    }
+    let as_series = app
+        .client
+        .list_series(ListSeriesRequest {
+            tenant_id: "acme".into(),
+            page_size: 2,
+            page_token: token.clone(),
+        })
+        .await
+        .unwrap_err();
+    refused(as_series);
+    // The same fields, another page size: the next page.
+    let next = app
+        .client
+        .list_numbers(list(NumberState::Unspecified, 3, &token))
+        .await
+        .unwrap()
+        .into_inner();
+    let numbers: Vec<_> = next.records.iter().map(|r| r.number).collect();
+    assert_eq!(numbers, [3, 4, 5]);
 }
 
 /// A page token this listing did not give, or a state that is not one, is
