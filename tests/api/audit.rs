@@ -7,7 +7,7 @@ use numbering::{
     db::Backend,
     proto::{
         AdvanceCounterRequest, AuditSeriesRequest, AuditSeriesResponse, ConfigureSeriesRequest,
-        Reset,
+        ReserveRequest, Reset,
     },
 };
 use rstest_reuse::apply;
@@ -268,6 +268,32 @@ async fn numbers_whose_record_was_lost_are_unaccounted(#[case] backend: Backend)
             unaccounted_sample: vec![3, 4, 9, 10],
             ..AuditSeriesResponse::default()
         }
+    );
+}
+
+/// A reservation whose range is gone while its state row stays is
+/// unaccounted too: its row is no record of a number no range holds.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_whose_range_was_lost_is_unaccounted(#[case] backend: Backend) {
+    let mut app = spawn_allocator(backend).await;
+    for _ in 0..3 {
+        app.client
+            .reserve(ReserveRequest {
+                tenant_id: "acme".into(),
+                ..ReserveRequest::default()
+            })
+            .await
+            .unwrap();
+    }
+    app.db
+        .execute("DELETE FROM allocations WHERE first_value = 2")
+        .await;
+
+    let answer = audited(&mut app, audit("acme", "", "")).await;
+    assert_eq!(
+        (answer.unaccounted, answer.unaccounted_sample),
+        (1, vec![2])
     );
 }
 
