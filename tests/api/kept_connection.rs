@@ -1,13 +1,14 @@
 //! The connection a group commit lane keeps between its statements: out of
 //! the pool while kept, never kept past its bounds or out of a small pool,
-//! and a dead one replaced at once.
+//! and a dead one replaced at once. A transaction cut off while it begins
+//! leaves no connection in the pool inside it.
 
 use std::time::Duration;
 
 use numbering::db::{Backend, KEEP_MIN_POOL, KeptConnection, PoolSettings};
 use sqlx::PgPool;
 
-use crate::helpers::{TestDb, admin_url};
+use crate::helpers::{Link, TcpProxy, TestDb, admin_url};
 
 const LONG: Duration = Duration::from_hours(1);
 
@@ -137,4 +138,55 @@ async fn a_connection_that_failed_is_replaced_by_the_next_take() {
     drop(dead);
     let mut next = kept.take().await.unwrap();
     assert_ne!(backend_pid(&mut next).await.unwrap(), pid);
+}
+
+/// A durable transaction whose caller gives up while its `BEGIN` is on the
+/// wire (a time-out, a call cancelled) leaves the connection outside any
+/// transaction: the next statement on it commits on its own. Were it left
+/// inside, the next borrower's writes (a lane's counter raised under
+/// numbers it answers) would run in a transaction nobody commits, and be
+/// rolled back when the session ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_cut_off_while_it_begins_leaves_no_connection_inside_it() {
+    let db = TestDb::create(Backend::Postgres).await;
+    let (proxy, proxied) = TcpProxy::before_database(&db.url).await;
+    let direct = pool(&db, 2).await;
+    sqlx::query("CREATE TABLE probe (n INT)")
+        .execute(&direct)
+        .await
+        .unwrap();
+    let settings = PoolSettings {
+        max_connections: 1,
+        acquire_timeout: Duration::from_secs(5),
+        operation_timeout: Duration::from_mins(1),
+        create_missing: false,
+    };
+    let through = numbering::db::connect_postgres(&proxied.parse().unwrap(), &settings)
+        .await
+        .unwrap();
+    // Taken first, as a lane takes the connection it keeps.
+    let mut conn = through.acquire().await.unwrap();
+
+    // The BEGIN is written, and its answer held back until the caller has
+    // given up.
+    proxy.set(Link::Frozen);
+    let begun = tokio::time::timeout(
+        Duration::from_millis(200),
+        numbering::db::begin_durable_on(&mut conn),
+    )
+    .await
+    .is_ok();
+    assert!(!begun, "BEGIN answered through a frozen link");
+    drop(conn);
+    proxy.set(Link::Pass);
+
+    sqlx::query("INSERT INTO probe VALUES (1)")
+        .execute(&through)
+        .await
+        .unwrap();
+    let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM probe")
+        .fetch_one(&direct)
+        .await
+        .unwrap();
+    assert_eq!(seen, 1, "the insert ran in a transaction left open");
 }
