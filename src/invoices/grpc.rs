@@ -322,9 +322,10 @@ impl From<Error> for Status {
             Error::StoreTooSlow { attempts } => with_reason(
                 Code::Unavailable,
                 format!(
-                    "could not number the invoice: the invoice store took longer to store it than \
-                     reconciliation waits, and the last of the {attempts} numbers allocated was \
-                     taken over; nothing was stored, retry later"
+                    "could not number the invoice: the last of the {attempts} numbers allocated \
+                     was taken over before the invoice was stored under it (the invoice store \
+                     took longer than reconciliation waits, or another call with this request \
+                     id settled it); nothing was stored, retry later"
                 ),
                 "STORE_TOO_SLOW",
                 &[("attempts", attempts.to_string())],

@@ -42,9 +42,10 @@ pub enum Error {
         /// Numbers tried.
         attempts: u32,
     },
-    /// The last allocated number was taken over by reconciliation, the
-    /// store having taken longer to store the invoice than reconciliation
-    /// waits; nothing was stored.
+    /// The last allocated number was taken over before the invoice was
+    /// stored under it: by reconciliation, the store having taken longer
+    /// than reconciliation waits, or by another call with the same request
+    /// id that settled it; nothing was stored.
     #[error(
         "the last of {attempts} allocated numbers was taken over while the invoice was being stored"
     )]
