@@ -803,12 +803,17 @@ async fn invoices_of_two_years_take_numbers_from_two_periods(#[case] backend: Ba
     assert_eq!(list_all(&mut writer.client, "acme").await.len(), 3);
 }
 
-/// seed-counters raises each period of a yearly series to the highest
-/// number issued in it, by the invoices' issue dates.
-#[apply(backends)]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn seeding_raises_each_period_from_the_issue_dates(#[case] backend: Backend) {
-    let (_db, allocator, mut client, _clock) = allocator_at(backend, "2026-12-02T12:00:00Z").await;
+/// An allocator on 2026-12-02 whose acme series resets yearly, and a
+/// writer (one attempt per invoice) on it.
+async fn yearly_with_writer(
+    backend: Backend,
+) -> (
+    TestDb,
+    TestServer,
+    NumberAllocatorClient<Channel>,
+    WriterApp,
+) {
+    let (db, allocator, mut client, _clock) = allocator_at(backend, "2026-12-02T12:00:00Z").await;
     client
         .configure_series(configure(
             "acme",
@@ -818,7 +823,16 @@ async fn seeding_raises_each_period_from_the_issue_dates(#[case] backend: Backen
         ))
         .await
         .unwrap();
-    let mut writer = spawn_writer(backend, &allocator.url(), 1).await;
+    let writer = spawn_writer(backend, &allocator.url(), 1).await;
+    (db, allocator, client, writer)
+}
+
+/// seed-counters raises each period of a yearly series to the highest
+/// number issued in it, by the invoices' issue dates.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeding_raises_each_period_from_the_issue_dates(#[case] backend: Backend) {
+    let (_db, allocator, mut client, mut writer) = yearly_with_writer(backend).await;
     import_dated(&writer, 3, "INV-2025-003", "2025", "2025-03-01").await;
     import_dated(&writer, 7, "INV-2025-007", "2025", "2025-12-31").await;
     import_dated(&writer, 4, "INV-2026-004", "2026", "2026-01-05").await;
@@ -846,18 +860,7 @@ async fn seeding_raises_each_period_from_the_issue_dates(#[case] backend: Backen
 async fn seeding_goes_on_past_a_period_the_allocator_refuses() {
     let logs = CapturedLogs::default();
     let _subscriber = tracing::subscriber::set_default(logs.subscriber());
-    let backend = Backend::Postgres;
-    let (_db, allocator, mut client, _clock) = allocator_at(backend, "2026-12-02T12:00:00Z").await;
-    client
-        .configure_series(configure(
-            "acme",
-            "INV-{year}-{number:03}",
-            Reset::Yearly,
-            "",
-        ))
-        .await
-        .unwrap();
-    let writer = spawn_writer(backend, &allocator.url(), 1).await;
+    let (_db, _allocator, mut client, writer) = yearly_with_writer(Backend::Postgres).await;
     import_dated(&writer, 2, "INV-2024-002", "2024", "2024-05-01").await;
     import_dated(&writer, 7, "INV-2025-007", "2025", "2025-12-31").await;
     import_dated(&writer, 4, "INV-2026-004", "2026", "2026-01-05").await;
