@@ -21,7 +21,7 @@ use numbering::{
         ReleaseRequest, ReserveRequest, VoidRequest,
     },
     request_id::RequestId,
-    server::validation::InvalidArgument,
+    server::{pagination::Listing, validation::InvalidArgument},
     text,
 };
 use prost::Name;
@@ -137,18 +137,42 @@ fn change(which: u8, bytes: &[u8]) {
     assert_eq!(text::check(&note, 256, true).as_deref(), Ok(&*note));
 }
 
+/// A List request's `page_token` as fuzzed (almost never one of its
+/// listing's), then read as the key a page ended with and wrapped in its
+/// listing's token, so that the keys' own checks are reached too.
+fn with_key_wrapped<R: Clone>(
+    request: &R,
+    token: impl Fn(&mut R) -> &mut String,
+    listing: impl Fn(&R) -> Option<Listing>,
+) -> [R; 2] {
+    let mut first_page = request.clone();
+    let key = std::mem::take(token(&mut first_page));
+    let mut wrapped = request.clone();
+    if let Some(listing) = listing(&first_page) {
+        *token(&mut wrapped) = listing.token(&key);
+    }
+    [request.clone(), wrapped]
+}
+
 fn list(bytes: &[u8]) {
     let Some(request) = decode::<ListSeriesRequest>(bytes) else {
         return;
     };
-    if let Some((tenant, page)) = checked(requests::list_series(&request)) {
-        assert!(tenant.as_str().is_ascii());
-        if let Some(after) = page.after {
-            // A token is the key it carries, and back.
-            assert_eq!(
-                page.listing.read(&page.listing.token(&after)),
-                Ok(Some(after))
-            );
+    let tried = with_key_wrapped(
+        &request,
+        |r| &mut r.page_token,
+        |r| requests::list_series(r).ok().map(|(_, page)| page.listing),
+    );
+    for request in tried {
+        if let Some((tenant, page)) = checked(requests::list_series(&request)) {
+            assert!(tenant.as_str().is_ascii());
+            if let Some(after) = page.after {
+                // A token is the key it carries, and back.
+                assert_eq!(
+                    page.listing.read(&page.listing.token(&after)),
+                    Ok(Some(after))
+                );
+            }
         }
     }
 }
@@ -212,11 +236,23 @@ fn others(which: u8, bytes: &[u8]) {
             }
         }
         5 => {
-            if let Some(request) = decode::<ListNumbersRequest>(bytes)
-                && let Some(asked) = checked(requests::list_numbers(&request))
-            {
-                names(&asked.named);
-                assert!(asked.page.after.is_none_or(|after| after >= 1));
+            let Some(request) = decode::<ListNumbersRequest>(bytes) else {
+                return;
+            };
+            let tried = with_key_wrapped(
+                &request,
+                |r| &mut r.page_token,
+                |r| {
+                    requests::list_numbers(r)
+                        .ok()
+                        .map(|asked| asked.page.listing)
+                },
+            );
+            for request in tried {
+                if let Some(asked) = checked(requests::list_numbers(&request)) {
+                    names(&asked.named);
+                    assert!(asked.page.after.is_none_or(|after| after >= 1));
+                }
             }
         }
         6 => {
@@ -227,19 +263,27 @@ fn others(which: u8, bytes: &[u8]) {
             }
         }
         _ => {
-            if let Some(request) = decode::<ListInvoicesRequest>(bytes)
-                && let Some((tenant, page)) = checked(parse_list_invoices(&request))
-            {
-                assert!(tenant.as_str().is_ascii());
-                if let Some((period, number)) = page.after {
-                    // The key is the token's, and back.
-                    let token = page.listing.token(&format!("{period}/{number}"));
-                    let again = ListInvoicesRequest {
-                        page_token: token,
-                        ..request
-                    };
-                    let (_, back) = parse_list_invoices(&again).expect("its own token");
-                    assert_eq!(back.after, Some((period, number)));
+            let Some(request) = decode::<ListInvoicesRequest>(bytes) else {
+                return;
+            };
+            let tried = with_key_wrapped(
+                &request,
+                |r| &mut r.page_token,
+                |r| parse_list_invoices(r).ok().map(|(_, page)| page.listing),
+            );
+            for request in tried {
+                if let Some((tenant, page)) = checked(parse_list_invoices(&request)) {
+                    assert!(tenant.as_str().is_ascii());
+                    if let Some((period, number)) = page.after {
+                        // The key is the token's, and back.
+                        let token = page.listing.token(&format!("{period}/{number}"));
+                        let again = ListInvoicesRequest {
+                            page_token: token,
+                            ..request
+                        };
+                        let (_, back) = parse_list_invoices(&again).expect("its own token");
+                        assert_eq!(back.after, Some((period, number)));
+                    }
                 }
             }
         }

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use chrono::NaiveDate;
-use tonic::Status;
+use tonic::{Code, Status};
 
 use crate::{
     calendar::Reset,
@@ -89,10 +89,12 @@ enum Seeded {
 
 /// Raises each period's counter of one tenant to the highest number issued
 /// in it, given the highest number of each issue date. A period the
-/// allocator refuses does not stop those after it.
+/// allocator refuses does not stop those after it, unless the refusal
+/// would be every period's: the allocator unreachable, out of time or
+/// busy, or the writer's token refused.
 ///
 /// # Errors
-/// Why each period refused was, or why none could be tried.
+/// Why each period tried was refused, or why none could be tried.
 async fn seed_tenant(
     allocator: &AllocatorClient,
     tenant: &str,
@@ -149,7 +151,18 @@ async fn seed_tenant(
         let series = match advanced {
             Ok(series) => series,
             Err(refused) => {
+                let every_periods = matches!(
+                    refused.code(),
+                    Code::Unavailable
+                        | Code::DeadlineExceeded
+                        | Code::ResourceExhausted
+                        | Code::Unauthenticated
+                        | Code::PermissionDenied
+                );
                 refusals.push(refused);
+                if every_periods {
+                    break;
+                }
                 continue;
             }
         };

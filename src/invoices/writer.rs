@@ -100,8 +100,9 @@ impl From<StoreError> for Error {
 /// What a reconciliation looked at.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Reconciled {
-    /// Stored invoices it settled: their numbers confirmed, or found to
-    /// need no confirming; not those left for a later run.
+    /// Stored invoices it settled: their numbers confirmed, found to need
+    /// no confirming, or refused for good (logged as errors); not those
+    /// left for a later run.
     pub confirmed: u32,
     /// Reservations left pending that it gave back.
     pub given_back: u32,
@@ -330,8 +331,8 @@ impl InvoiceWriter {
     /// # Errors
     /// [`Error::RequestIdReused`] when the request id created an invoice from
     /// another body, [`Error::NumberConflicts`] when every number allocated
-    /// was taken, [`Error::StoreTooSlow`] when the last was taken over by
-    /// reconciliation, [`Error::RequestIdSpent`] when earlier calls under
+    /// was taken, [`Error::StoreTooSlow`] when the last was taken over
+    /// before its invoice was stored, [`Error::RequestIdSpent`] when earlier calls under
     /// the request id left too many attempts behind, [`Error::Allocator`]
     /// when none could be allocated before `deadline`, or a store failure.
     /// Nothing is stored in any of these cases.
@@ -421,7 +422,8 @@ impl InvoiceWriter {
                         number = invoice.number,
                         attempt,
                         max_attempts = self.max_attempts,
-                        "the number this attempt reserved was taken over by reconciliation; \
+                        "the number this attempt reserved was taken over before the invoice \
+                         was stored (by reconciliation, or another call with this request id); \
                          reserving another",
                     );
                 }

@@ -52,8 +52,9 @@ impl Listing {
     pub fn of(method: &str, fields: &[&str]) -> Self {
         let mut digest = Sha256::new();
         for part in std::iter::once(method).chain(fields.iter().copied()) {
-            // Each part's length first: no two lists of parts read alike.
-            digest.update(part.len().to_le_bytes());
+            // Each part's length first: no two lists of parts read alike
+            // (in eight bytes, whatever the machine's word).
+            digest.update((part.len() as u64).to_le_bytes());
             digest.update(part.as_bytes());
         }
         let mut listing = [0; 8];
@@ -85,10 +86,18 @@ impl Listing {
         if token.is_empty() {
             return Ok(None);
         }
-        let (listing, key) = URL_SAFE_NO_PAD
+        let text = URL_SAFE_NO_PAD
             .decode(token)
             .ok()
-            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .and_then(|bytes| String::from_utf8(bytes).ok());
+        if text.as_deref().is_some_and(|text| text.starts_with("v1:")) {
+            return Err(
+                "was given by an earlier version of this service, for no listing in \
+                        particular: leave it out to start again from the first page"
+                    .into(),
+            );
+        }
+        let (listing, key) = text
             .and_then(|text| {
                 let rest = text.strip_prefix("v2:")?;
                 let listing = rest.get(..LISTING_DIGITS)?.to_owned();
@@ -130,7 +139,6 @@ mod tests {
         for foreign in [
             "not a token".to_owned(),
             URL_SAFE_NO_PAD.encode("abc"),
-            URL_SAFE_NO_PAD.encode("v1:abc"),
             URL_SAFE_NO_PAD.encode("v2:0123:abc"),
         ] {
             assert_eq!(
@@ -139,6 +147,11 @@ mod tests {
                 "{foreign}"
             );
         }
+        let earlier = listing.read(&URL_SAFE_NO_PAD.encode("v1:abc")).unwrap_err();
+        assert!(
+            earlier.starts_with("was given by an earlier version"),
+            "{earlier}"
+        );
     }
 
     /// A token is taken back by its own listing alone: not by another

@@ -888,14 +888,42 @@ async fn seeding_goes_on_past_a_period_the_allocator_refuses() {
     assert_eq!(get(&mut client, "acme", "2024-06-01").await.last_value, 0);
     assert_eq!(get(&mut client, "acme", "2025-06-01").await.last_value, 7);
     assert_eq!(get(&mut client, "acme", "").await.last_value, 4);
-    let errors: Vec<_> = logs
-        .events()
+    assert_eq!(report.unconfigured, 0);
+    let errors = seeding_errors(&logs);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("period 2024"), "{errors:?}");
+}
+
+/// The errors seeding logged, in order.
+fn seeding_errors(logs: &CapturedLogs) -> Vec<String> {
+    logs.events()
         .into_iter()
         .filter(|event| event["fields"]["message"] == "could not seed counters")
         .map(|event| event["fields"]["error"].as_str().unwrap().to_owned())
-        .collect();
+        .collect()
+}
+
+/// A refusal that would be every period's (the writer's token denied)
+/// stops the tenant at its first period, instead of asking once for each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeding_a_tenant_stops_at_a_refusal_every_period_would_get() {
+    let logs = CapturedLogs::default();
+    let _subscriber = tracing::subscriber::set_default(logs.subscriber());
+    let (_db, _allocator, mut client, writer) = yearly_with_writer(Backend::Postgres).await;
+    import_dated(&writer, 2, "INV-2024-002", "2024", "2024-05-01").await;
+    import_dated(&writer, 7, "INV-2025-007", "2025", "2025-12-31").await;
+    let proxy = AllocatorProxy::new(client.clone(), Fault::Deny(Method::AdvanceCounter));
+    let (proxy_url, _serving) = proxy.serve().await;
+
+    let report = seed::seed_counters(writer.store.as_ref(), &allocator_client(&proxy_url))
+        .await
+        .unwrap();
+    assert_eq!((report.tenants, report.failed), (1, 1));
+    assert_eq!(proxy.lost(), 1, "one period asked for");
+    let errors = seeding_errors(&logs);
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(errors[0].contains("period 2024"), "{errors:?}");
+    assert_eq!(get(&mut client, "acme", "2025-06-01").await.last_value, 0);
 }
 
 /// A series that never resets is seeded whatever its invoices' dates: one
