@@ -157,6 +157,21 @@ impl AllocatorError {
         ) || rate_limited(status)
     }
 
+    /// Whether a change naming the request id a number was reserved under
+    /// was refused because another call holds it since that reservation's
+    /// lease ended (`NOT_THE_HOLDER`).
+    #[must_use]
+    pub fn not_the_holder(&self) -> bool {
+        use tonic_types::StatusExt as _;
+        let (Self::Rejected(status) | Self::RefusedRetry(status)) = self else {
+            return false;
+        };
+        status.code() == Code::FailedPrecondition
+            && status
+                .get_details_error_info()
+                .is_some_and(|info| info.reason == "NOT_THE_HOLDER")
+    }
+
     /// The number a repeated `Reserve` was refused because another call
     /// holds it since the reservation's lease ended (`NOT_THE_HOLDER`): its
     /// period, number, text and the request id it is held under. Nothing is
@@ -167,10 +182,10 @@ impl AllocatorError {
         let (Self::Rejected(status) | Self::RefusedRetry(status)) = self else {
             return None;
         };
-        let info = status.get_details_error_info()?;
-        if status.code() != Code::FailedPrecondition || info.reason != "NOT_THE_HOLDER" {
+        if !self.not_the_holder() {
             return None;
         }
+        let info = status.get_details_error_info()?;
         let field = |key: &str| info.metadata.get(key).cloned();
         Some(NumberRecord {
             period: field("period")?,

@@ -182,9 +182,11 @@ pub fn parse_list_invoices(
         "page_token",
         listing.read(&request.page_token).and_then(|key| {
             key.map_or(Ok(None), |key| {
-                // "<period>/<number>": periods hold no slash.
+                // "<period>/<number>". A period is any text an invoice can
+                // hold (an imported one's may have a shape of its own), so
+                // never a NUL, which PostgreSQL does not store.
                 key.rsplit_once('/')
-                    .filter(|(period, _)| crate::calendar::check_period(period).is_ok())
+                    .filter(|(period, _)| !period.contains('\0'))
                     .and_then(|(period, number)| {
                         Some((period.to_owned(), number.parse::<i64>().ok()?))
                     })

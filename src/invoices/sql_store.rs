@@ -1189,7 +1189,8 @@ where
     for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
 {
     sqlx::query_as(
-        "SELECT tenant_id, request_key, issue_date, since, invoice_id FROM pending_numbers
+        "SELECT tenant_id, request_key, issue_date, since, invoice_id, noted_by
+         FROM pending_numbers
          WHERE since < $1 AND (since, tenant_id, request_key) > ($2, $3, $4)
          ORDER BY since, tenant_id, request_key LIMIT $5",
     )

@@ -153,6 +153,10 @@ pub struct Pending {
     /// The id of the invoice the call stores under the reserved number;
     /// empty in notes written before notes named their invoices.
     pub invoice_id: String,
+    /// As read: the ids of the invoices of every call that noted it and has
+    /// not withdrawn, space-separated, the last (`invoice_id`) among them.
+    /// Not written: a note is made, or made again, by its `invoice_id`.
+    pub noted_by: String,
 }
 
 /// A bookkeeping write of the reservations in flight.

@@ -467,6 +467,7 @@ impl InvoiceWriter {
             issue_date: issue_date.to_owned(),
             since: self.clock.now(),
             invoice_id: id.to_string(),
+            noted_by: id.to_string(),
         }
     }
 
@@ -716,8 +717,10 @@ impl InvoiceWriter {
     }
 
     /// Confirms `number` with `reference`, the id of the invoice that holds
-    /// it, as reserved under `holder` if that is known; whether it is
-    /// settled (confirmed, not one the allocator handed out, or refused).
+    /// it, as reserved under `holder` if that is known (and still its
+    /// holder's: taken by another call since, it is confirmed all the same);
+    /// whether it is settled (confirmed, not one the allocator handed out,
+    /// or refused).
     async fn settles(
         &self,
         number: NumberOf<'_>,
@@ -725,17 +728,30 @@ impl InvoiceWriter {
         holder: Option<&str>,
         deadline: Instant,
     ) -> bool {
-        let confirmed = self
-            .allocator
-            .confirm(
+        let reference = reference.to_string();
+        let confirm = |holder| {
+            self.allocator.confirm(
                 number.tenant,
                 number.period,
                 number.number,
-                &reference.to_string(),
+                &reference,
                 holder,
                 deadline,
             )
-            .await;
+        };
+        let mut confirmed = confirm(holder).await;
+        // Reserved by another call since the reservation's lease ended: the
+        // stored invoice holds the number all the same (as when a repeat of
+        // the reservation finds it another's), confirmed without naming the
+        // holder, so that the other call's confirmation is refused and the
+        // clash shows.
+        if holder.is_some()
+            && confirmed
+                .as_ref()
+                .is_err_and(AllocatorError::not_the_holder)
+        {
+            confirmed = confirm(None).await;
+        }
         match confirmed {
             Ok(_) => true,
             // An invoice without a period holds no number of a series that
@@ -896,8 +912,9 @@ impl InvoiceWriter {
     }
 
     /// Settles a reservation a call that died left pending; whether it was
-    /// given back. The invoice the note names, if stored, has its number
-    /// confirmed; otherwise the reservation is repeated (same request id,
+    /// given back. The invoice stored under the note, if any (the one it
+    /// names, or another call's that noted it), has its number confirmed;
+    /// otherwise the reservation is repeated (same request id,
     /// same number) and its number confirmed to the invoice stored under
     /// it, or given back. The note goes once its number is settled.
     async fn settle(&self, pending: &Pending, deadline: Instant) -> Result<bool, Error> {
@@ -916,12 +933,7 @@ impl InvoiceWriter {
         if !self.store.take_over(pending).await? {
             return Ok(false);
         }
-        let named = match Uuid::parse_str(&pending.invoice_id) {
-            Ok(id) => self.store.get(&tenant, id).await?,
-            // Written before notes named their invoices.
-            Err(_) => None,
-        };
-        if let Some(stored) = named {
+        if let Some(stored) = self.stored_under(&tenant, pending).await? {
             if self
                 .settles(
                     NumberOf::held_by(&stored),
@@ -979,6 +991,32 @@ impl InvoiceWriter {
             self.store.note(done).await?;
         }
         Ok(given_back)
+    }
+
+    /// The invoice stored under a pending note, if any: the one it names,
+    /// or another call's that noted it (a repeat of the call that stored
+    /// its invoice may have noted it again since, naming its own, never
+    /// stored). Found by its id, not by repeating the reservation, which
+    /// the allocator answers only while it keeps the request id.
+    async fn stored_under(
+        &self,
+        tenant: &TenantId,
+        pending: &Pending,
+    ) -> Result<Option<Invoice>, Error> {
+        let others = pending
+            .noted_by
+            .split_whitespace()
+            .filter(|id| *id != pending.invoice_id);
+        // Notes written before they named their invoices name none.
+        let ids = std::iter::once(pending.invoice_id.as_str())
+            .chain(others)
+            .filter_map(|id| Uuid::parse_str(id).ok());
+        for id in ids {
+            if let Some(stored) = self.store.get(tenant, id).await? {
+                return Ok(Some(stored));
+            }
+        }
+        Ok(None)
     }
 
     /// Repeats the reservation a pending note was made for (same request

@@ -630,12 +630,14 @@ async fn reconciliation_goes_on_past_a_note_it_cannot_settle(#[case] backend: Ba
     let store = db.invoice_store().await;
     let now = chrono::Utc::now();
     for (tenant, age) in [("initech", 2), ("acme", 1)] {
+        let id = uuid::Uuid::now_v7();
         let pending = Pending {
             tenant_id: tenant.into(),
             request_key: format!("{tenant}-call"),
             issue_date: String::new(),
             since: now - chrono::TimeDelta::seconds(age),
-            invoice_id: uuid::Uuid::now_v7().to_string(),
+            invoice_id: id.to_string(),
+            noted_by: id.to_string(),
         };
         let note = Note::Pending {
             pending: &pending,

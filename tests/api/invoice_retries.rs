@@ -1202,8 +1202,9 @@ async fn reconciliation_leaves_a_number_another_call_took_since(#[case] backend:
 }
 
 /// An invoice stored under a reservation whose note a repeat of its call
-/// has made its own (naming an invoice of the repeat's, never stored), its
-/// number not confirmed; reconciled while the allocator refuses the writer
+/// has made its own (naming an invoice of the repeat's, never stored, and
+/// only that one, as a note written before notes kept every call that
+/// noted them), its number not confirmed; reconciled while the allocator refuses the writer
 /// (its token no longer granted, say): the refusal may pass, so the note
 /// stays, and once the allocator takes the writer again the number is
 /// confirmed to the stored invoice. Dropped, the note would leave the
@@ -1222,6 +1223,7 @@ async fn a_note_whose_repeat_is_refused_for_now_is_settled_later() {
         issue_date: String::new(),
         since: Utc::now(),
         invoice_id: invoice_id.to_string(),
+        noted_by: invoice_id.to_string(),
     };
     let stored = Uuid::now_v7();
     store
@@ -1250,6 +1252,8 @@ async fn a_note_whose_repeat_is_refused_for_now_is_settled_later() {
         })
         .await
         .unwrap();
+    db.execute("UPDATE pending_numbers SET noted_by = invoice_id")
+        .await;
     let later = Utc::now() + TimeDelta::hours(1);
 
     let denying = AllocatorProxy::new(allocator.client.clone(), Fault::Deny(Method::Reserve));
@@ -1458,12 +1462,14 @@ async fn a_note_the_store_fails_on_is_passed_at_the_next_run() {
     let now = Utc::now();
     for (key, age) in [("first", 2), ("second", 1)] {
         reserve_acme(&mut allocator.client, key, "").await;
+        let id = uuid::Uuid::now_v7();
         let pending = Pending {
             tenant_id: "acme".into(),
             request_key: key.into(),
             issue_date: String::new(),
             since: now - TimeDelta::seconds(age),
-            invoice_id: Uuid::now_v7().to_string(),
+            invoice_id: id.to_string(),
+            noted_by: id.to_string(),
         };
         let note = Note::Pending {
             pending: &pending,

@@ -29,9 +29,10 @@ use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::helpers::{
     AllocatorApp, CapturedLogs, PATIENCE, TestDb, WriterApp, acme_number, allocator_client,
-    assert_invalid_field, assert_reason, audit_acme, create, import_invoice, invoice_request,
-    invoice_series, list_all, set_acme_gap_policy, spawn_allocator, spawn_allocator_on, spawn_both,
-    spawn_writer, spawn_writer_with, test_pool_settings, wait_for_health,
+    assert_invalid_field, assert_reason, audit_acme, create, import_invoice, import_invoice_in,
+    invoice_request, invoice_series, list_all, set_acme_gap_policy, spawn_allocator,
+    spawn_allocator_on, spawn_both, spawn_writer, spawn_writer_with, test_pool_settings,
+    wait_for_health,
 };
 
 /// A clock stopped at one instant that hands out one id.
@@ -201,6 +202,44 @@ async fn another_tenants_invoice_is_not_found(#[case] backend: Backend) {
     assert_eq!(foreign.details(), unknown.details());
     assert_reason(&foreign, "INVOICE_NOT_FOUND");
     assert!(list_all(&mut writer.client, "globex").await.is_empty());
+}
+
+/// Invoices imported with periods of shapes the allocator does not make
+/// (a fiscal year, a slash) are listed page by page with the others, in
+/// order of period and number: each page's token takes the next page on.
+#[apply(backends)]
+#[tokio::test]
+async fn invoices_of_imported_periods_are_listed_page_by_page(#[case] backend: Backend) {
+    let (_allocator, mut writer) = spawn_both(backend, 3).await;
+    for (period, number, text) in [
+        ("FY/2026", 2, "FY/2026-2"),
+        ("FY/2026", 1, "FY/2026-1"),
+        ("Q1-2026", 7, "Q1-2026-7"),
+        ("", 1, "INV-001"),
+    ] {
+        import_invoice_in(&writer.store, "acme", period, number, text).await;
+    }
+
+    let mut listed = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = writer
+            .client
+            .list_invoices(ListInvoicesRequest {
+                tenant_id: "acme".into(),
+                page_size: 1,
+                page_token,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        listed.extend(page.invoices.into_iter().map(|i| i.invoice_number));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(listed, ["INV-001", "FY/2026-1", "FY/2026-2", "Q1-2026-7"]);
 }
 
 /// Invoices imported ahead of the counter are skipped within the attempts, each
@@ -475,9 +514,9 @@ async fn bad_invoices_are_rejected_by_field_and_change_nothing(#[case] backend: 
         .await
         .unwrap_err();
     assert_invalid_field(&status, "page_token");
-    // A token of this form with a period no invoice has: refused, not sent
-    // to the database.
-    for key in ["\0/1", "20x6/1", "2026/x"] {
+    // A token of this form with a period no invoice can have, or no
+    // number: refused, not sent to the database.
+    for key in ["\0/1", "2026/x", "2026"] {
         let status = writer
             .client
             .list_invoices(ListInvoicesRequest {
@@ -834,6 +873,7 @@ async fn notes_of_one_reservation_made_together_each_keep_their_call(#[case] bac
                 issue_date: String::new(),
                 since,
                 invoice_id: invoice.id.to_string(),
+                noted_by: invoice.id.to_string(),
             };
             tokio::spawn(async move {
                 let note = Note::Pending {
@@ -909,6 +949,7 @@ async fn writes_made_together_keep_each_their_own_outcome(#[case] backend: Backe
             issue_date: String::new(),
             since,
             invoice_id: invoice.id.to_string(),
+            noted_by: invoice.id.to_string(),
         };
         if matches!(invoice.number, 51 | 52) {
             let another = Pending {
@@ -1042,6 +1083,7 @@ async fn a_groups_keys_are_looked_up_by_index_in_tables_planned_small() {
         issue_date: String::new(),
         since: chrono::Utc::now(),
         invoice_id: invoice.id.to_string(),
+        noted_by: invoice.id.to_string(),
     };
     let request_id = |number: i64| RequestId::parse(&format!("request-{number}")).unwrap();
 
@@ -1129,6 +1171,7 @@ async fn a_note_made_afresh_after_a_take_over_is_not_the_first_call_s(#[case] ba
         issue_date: String::new(),
         since: chrono::Utc::now(),
         invoice_id: invoice.id.to_string(),
+        noted_by: invoice.id.to_string(),
     };
     let first = noted(&slow);
     let note = Note::Pending {
@@ -1173,6 +1216,7 @@ async fn a_withdrawn_note_stays_for_a_repeat_that_noted_it_too(#[case] backend: 
         issue_date: String::new(),
         since: chrono::Utc::now(),
         invoice_id: invoice.id.to_string(),
+        noted_by: invoice.id.to_string(),
     };
     let note = |pending: &Pending| {
         let store = store.clone();
@@ -1255,6 +1299,7 @@ async fn an_insert_waits_for_a_take_over_of_its_note_and_then_stores_nothing() {
         issue_date: String::new(),
         since: chrono::Utc::now(),
         invoice_id: invoice.id.to_string(),
+        noted_by: invoice.id.to_string(),
     };
     let note = Note::Pending {
         pending: &pending,

@@ -37,6 +37,13 @@ use crate::{
 /// pending longer was left by a call that died.
 const RECONCILING: &[&str] = &["--reconcile-interval", "100ms", "--request-timeout", "1s"];
 
+/// Notes every pending note again by a call whose invoice is never stored,
+/// as a repeat of the call under the same request id notes it: named by
+/// that invoice, the calls that noted it before still among its callers.
+const NOTED_AGAIN: &str = "UPDATE pending_numbers
+    SET invoice_id = '00000000-0000-4000-8000-000000000000',
+        noted_by = noted_by || ' 00000000-0000-4000-8000-000000000000'";
+
 /// A writer binary on `db` numbering through `allocator_url`, as
 /// [`RECONCILING`] says.
 async fn writer(db: &TestDb, allocator_url: &str) -> Running {
@@ -242,15 +249,15 @@ async fn a_stored_invoice_s_number_is_confirmed_after_a_crash(#[case] backend: B
 }
 
 /// An invoice stored, its writer killed before its number was confirmed,
-/// and its note naming another invoice (a retry under the same request id
-/// noted its own, never stored); the lease ends before a writer is back.
-/// Reconciliation repeats the reservation, finds the stored invoice under
-/// the number, and confirms it as the number's holder, late: the number
-/// stays the invoice's, not given back.
+/// and its note naming only another invoice (as a note written before
+/// notes kept every call that noted them); the lease ends before a writer
+/// is back. Reconciliation repeats the reservation, finds the stored
+/// invoice under the number, and confirms it as the number's holder, late:
+/// the number stays the invoice's, not given back.
 #[apply(backends)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_note_naming_another_invoice_confirms_the_stored_one_as_holder(#[case] backend: Backend) {
-    a_note_naming_another_invoice(backend, false).await;
+    a_note_naming_another_invoice(backend, false, false).await;
 }
 
 /// As above, on a series that reissues, with the number reserved again by
@@ -261,12 +268,26 @@ async fn a_note_naming_another_invoice_confirms_the_stored_one_as_holder(#[case]
 #[apply(backends)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stored_invoice_whose_number_another_call_took_keeps_it(#[case] backend: Backend) {
-    a_note_naming_another_invoice(backend, true).await;
+    a_note_naming_another_invoice(backend, true, false).await;
 }
 
-/// The two tests above; `taken_since`: the series reissues, and another
-/// call reserves the number once its lease ended.
-async fn a_note_naming_another_invoice(backend: Backend, taken_since: bool) {
+/// As above, the note naming another invoice (a repeat of the call under
+/// the same request id noted its own, never stored) and still noted by the
+/// stored one: the stored invoice is found without repeating the
+/// reservation, and its number confirmed to it, though its confirmation as
+/// the reservation's is refused as another's.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_invoice_noted_by_its_note_keeps_a_number_another_call_took(
+    #[case] backend: Backend,
+) {
+    a_note_naming_another_invoice(backend, true, true).await;
+}
+
+/// The three tests above; `taken_since`: the series reissues, and another
+/// call reserves the number once its lease ended; `still_noted`: the
+/// stored invoice's call is still among those that noted the note.
+async fn a_note_naming_another_invoice(backend: Backend, taken_since: bool, still_noted: bool) {
     let mut allocator = spawn_allocator(backend).await;
     if taken_since {
         set_acme_gap_policy(&mut allocator.client, GapPolicy::Reissue).await;
@@ -278,8 +299,13 @@ async fn a_note_naming_another_invoice(backend: Backend, taken_since: bool) {
         &["--reconcile-interval", "1h", "--reservation-lease", "1s"],
     )
     .await;
-    db.execute("UPDATE pending_numbers SET invoice_id = '00000000-0000-4000-8000-000000000000'")
-        .await;
+    db.execute(if still_noted {
+        NOTED_AGAIN
+    } else {
+        "UPDATE pending_numbers SET invoice_id = '00000000-0000-4000-8000-000000000000',
+             noted_by = '00000000-0000-4000-8000-000000000000'"
+    })
+    .await;
     // The lease ends: the number reads as given back.
     wait_for_audit(&mut allocator.client, |audit| audit.reserved == 0).await;
     if taken_since {
@@ -318,9 +344,29 @@ async fn a_note_naming_another_invoice(backend: Backend, taken_since: bool) {
 #[apply(backends)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stored_invoice_is_confirmed_by_the_note_that_names_it(#[case] backend: Backend) {
+    a_stored_invoice_is_confirmed_by_its_note(backend, false).await;
+}
+
+/// As above, the note noted again since by a repeat of the call (under the
+/// same request id) that stored nothing, and naming the repeat's invoice:
+/// the stored invoice, still among those that noted it, is confirmed all
+/// the same, though the reservation is not answered again (as once the
+/// allocator no longer keeps its request id).
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_invoice_is_confirmed_by_a_note_a_repeat_named_again(#[case] backend: Backend) {
+    a_stored_invoice_is_confirmed_by_its_note(backend, true).await;
+}
+
+/// The two tests above; `noted_again`: a repeat of the call noted the note
+/// again, naming its own invoice.
+async fn a_stored_invoice_is_confirmed_by_its_note(backend: Backend, noted_again: bool) {
     let mut allocator = spawn_allocator(backend).await;
     let db = TestDb::create(backend).await;
     stored_unconfirmed_and_killed(&mut allocator, &db, RECONCILING).await;
+    if noted_again {
+        db.execute(NOTED_AGAIN).await;
+    }
 
     let refusing = AllocatorProxy::new(allocator.client.clone(), Fault::Refuse(Method::Reserve));
     let (refusing_url, _serving) = refusing.serve().await;
@@ -379,12 +425,14 @@ async fn a_reservation_never_made_takes_no_number(#[case] backend: Backend) {
 /// Notes a reservation of acme's under `request_key` pending since `since`,
 /// as a call does before its Reserve.
 async fn note_acme(store: &Arc<dyn InvoiceStore>, request_key: &str, since: DateTime<Utc>) {
+    let id = uuid::Uuid::now_v7();
     let pending = Pending {
         tenant_id: "acme".into(),
         request_key: request_key.into(),
         issue_date: String::new(),
         since,
-        invoice_id: uuid::Uuid::now_v7().to_string(),
+        invoice_id: id.to_string(),
+        noted_by: id.to_string(),
     };
     let note = Note::Pending {
         pending: &pending,
