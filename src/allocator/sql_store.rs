@@ -220,13 +220,17 @@ where
         };
         let kinds = select_range_totals(pool, &at).await?;
         let recorded: i64 = kinds.iter().map(|kind| kind.numbers).sum();
-        // The holes take a walk over every range: only when some are.
-        let holes = if recorded == last_value - base {
-            Vec::new()
-        } else {
-            select_holes(pool, &at, sample.into()).await?
-        };
         let states = select_state_totals(pool, &at, now).await?;
+        // The holes take a walk over every range, and the rows in no range
+        // one over every row: only when some number is in no range.
+        let (holes, unranged) = if recorded == last_value - base {
+            (Vec::new(), Vec::new())
+        } else {
+            (
+                select_holes(pool, &at, sample.into()).await?,
+                select_unranged_state_totals(pool, &at, now).await?,
+            )
+        };
         let reserved = |rows: &[StateTotal]| -> i64 {
             let rows = rows.iter().filter(|row| row.origin == "reserve");
             rows.map(|row| row.numbers).sum()
@@ -237,7 +241,7 @@ where
             .map(|kind| kind.numbers)
             .sum();
         // Orphans take a walk over the reservations: only when some are.
-        let orphans = if reserved(&states) == reserve_ranges {
+        let orphans = if reserved(&states) - reserved(&unranged) == reserve_ranges {
             Vec::new()
         } else {
             select_orphans(pool, &at, sample.into()).await?
@@ -248,6 +252,7 @@ where
             kinds,
             holes,
             states,
+            unranged,
             orphans,
         }))
     }
@@ -1566,6 +1571,60 @@ where
              FROM number_states
              WHERE tenant_id = $1 AND series = $2 AND period = $3 AND number <= $4
          ) AS rows
+         GROUP BY origin, state ORDER BY origin, state",
+    )
+    .bind(at.tenant)
+    .bind(at.series)
+    .bind(at.period)
+    .bind(at.last_value)
+    .bind(now)
+    .fetch_all(pool)
+    .await
+}
+
+/// How many numbers up to `last_value` that lie in no range are in each
+/// state a row holds: rows whose range was lost. One walk over the ranges
+/// and the rows together, in number order, each row after the ranges that
+/// start at its number: a row is in no range when none seen so far reaches
+/// it.
+#[tracing::instrument(
+    name = "db.number_states.select_unranged_totals",
+    skip_all,
+    err(level = "debug")
+)]
+async fn select_unranged_state_totals<DB>(
+    pool: &Pool<DB>,
+    at: &LedgerAt<'_>,
+    now: DateTime<Utc>,
+) -> Result<Vec<StateTotal>, sqlx::Error>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'r> StateTotal: FromRow<'r, DB::Row>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
+{
+    sqlx::query_as(
+        "SELECT origin, state, COUNT(*) AS numbers FROM (
+             SELECT origin, state, number, is_row,
+                    MAX(last) OVER (ORDER BY number, is_row ROWS UNBOUNDED PRECEDING) AS reached
+             FROM (
+                 SELECT '' AS origin, '' AS state, first_value AS number,
+                        first_value + (count - 1) AS last, 0 AS is_row
+                 FROM allocations
+                 WHERE tenant_id = $1 AND series = $2 AND period = $3 AND first_value <= $4
+                 UNION ALL
+                 SELECT origin,
+                        CASE WHEN state = 'reserved' AND expires_at <= $5 THEN 'expired'
+                             ELSE state END,
+                        number, NULL, 1
+                 FROM number_states
+                 WHERE tenant_id = $1 AND series = $2 AND period = $3 AND number <= $4
+             ) AS ranges_and_rows
+         ) AS walked
+         WHERE is_row = 1 AND (reached IS NULL OR reached < number)
          GROUP BY origin, state ORDER BY origin, state",
     )
     .bind(at.tenant)

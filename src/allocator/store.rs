@@ -443,6 +443,9 @@ pub struct Ledger {
     /// State rows, by the kind of range their numbers lie in and by state
     /// (`expired` for a reservation whose lease has ended).
     pub states: Vec<StateTotal>,
+    /// Those of `states` whose number lies in no range (its range lost):
+    /// looked for only when some number does.
+    pub unranged: Vec<StateTotal>,
     /// The first numbers of `reserve` ranges with no state row: a reserved
     /// number always has one, so these have no record.
     pub orphans: Vec<i64>,
