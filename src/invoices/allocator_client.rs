@@ -157,19 +157,21 @@ impl AllocatorError {
         ) || rate_limited(status)
     }
 
-    /// Whether a change naming the request id a number was reserved under
-    /// was refused because another call holds it since that reservation's
-    /// lease ended (`NOT_THE_HOLDER`).
+    /// The request id another call holds a number under (empty if it sent
+    /// none), when a change naming the request id it was reserved under was
+    /// refused because that reservation's lease ended and the other call
+    /// took it since (`NOT_THE_HOLDER`).
     #[must_use]
-    pub fn not_the_holder(&self) -> bool {
+    pub fn held_under(&self) -> Option<String> {
         use tonic_types::StatusExt as _;
         let (Self::Rejected(status) | Self::RefusedRetry(status)) = self else {
-            return false;
+            return None;
         };
-        status.code() == Code::FailedPrecondition
-            && status
-                .get_details_error_info()
-                .is_some_and(|info| info.reason == "NOT_THE_HOLDER")
+        let info = status.get_details_error_info()?;
+        if status.code() != Code::FailedPrecondition || info.reason != "NOT_THE_HOLDER" {
+            return None;
+        }
+        Some(info.metadata.get("requestId").cloned().unwrap_or_default())
     }
 
     /// The number a repeated `Reserve` was refused because another call
@@ -182,9 +184,7 @@ impl AllocatorError {
         let (Self::Rejected(status) | Self::RefusedRetry(status)) = self else {
             return None;
         };
-        if !self.not_the_holder() {
-            return None;
-        }
+        self.held_under()?;
         let info = status.get_details_error_info()?;
         let field = |key: &str| info.metadata.get(key).cloned();
         Some(NumberRecord {

@@ -154,8 +154,9 @@ pub struct Pending {
     /// empty in notes written before notes named their invoices.
     pub invoice_id: String,
     /// As read: the ids of the invoices of every call that noted it and has
-    /// not withdrawn, space-separated, the last (`invoice_id`) among them.
-    /// Not written: a note is made, or made again, by its `invoice_id`.
+    /// not withdrawn, space-separated (`invoice_id`'s among them unless its
+    /// call withdrew). Not written: a note is made, or made again, by its
+    /// `invoice_id`.
     pub noted_by: String,
 }
 

@@ -717,10 +717,10 @@ impl InvoiceWriter {
     }
 
     /// Confirms `number` with `reference`, the id of the invoice that holds
-    /// it, as reserved under `holder` if that is known (and still its
-    /// holder's: taken by another call since, it is confirmed all the same);
-    /// whether it is settled (confirmed, not one the allocator handed out,
-    /// or refused).
+    /// it, as reserved under `holder` if that is known (taken by another
+    /// call since, as that call's reservation: the invoice holds it all the
+    /// same); whether it is settled (confirmed, not one the allocator handed
+    /// out, or refused).
     async fn settles(
         &self,
         number: NumberOf<'_>,
@@ -742,15 +742,23 @@ impl InvoiceWriter {
         let mut confirmed = confirm(holder).await;
         // Reserved by another call since the reservation's lease ended: the
         // stored invoice holds the number all the same (as when a repeat of
-        // the reservation finds it another's), confirmed without naming the
-        // holder, so that the other call's confirmation is refused and the
-        // clash shows.
-        if holder.is_some()
-            && confirmed
-                .as_ref()
-                .is_err_and(AllocatorError::not_the_holder)
+        // the reservation finds it another's). It is confirmed as the other
+        // call's reservation, which is accepted after that one's lease too,
+        // so that the other call's confirmation is refused and the clash
+        // shows.
+        if let Some(holder) = holder
+            && let Err(error) = &confirmed
+            && let Some(other) = error.held_under()
         {
-            confirmed = confirm(None).await;
+            tracing::warn!(
+                tenant = %number.tenant,
+                invoice_number = %number.formatted,
+                reserved_under = holder,
+                held_under = %other,
+                "the number of a stored invoice was reserved by another call after its lease \
+                 ended; confirming it to the stored invoice",
+            );
+            confirmed = confirm((!other.is_empty()).then_some(other.as_str())).await;
         }
         match confirmed {
             Ok(_) => true,

@@ -28,8 +28,9 @@ use crate::{
     backends,
     helpers::{
         AllocatorApp, AllocatorProxy, Fault, Method, PATIENCE, Running, TestDb, acme_number,
-        allocator_client, assert_confirmed_with_ids, audit_acme, create, import_invoice,
-        invoice_request, list_all, set_acme_gap_policy, spawn_allocator, start, writer_binary,
+        allocator_client, assert_confirmed_with_ids, assert_reason, audit_acme, create,
+        import_invoice, invoice_request, list_all, set_acme_gap_policy, spawn_allocator, start,
+        writer_binary,
     },
 };
 
@@ -257,7 +258,7 @@ async fn a_stored_invoice_s_number_is_confirmed_after_a_crash(#[case] backend: B
 #[apply(backends)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_note_naming_another_invoice_confirms_the_stored_one_as_holder(#[case] backend: Backend) {
-    a_note_naming_another_invoice(backend, false, false).await;
+    a_note_naming_another_invoice(backend, Since::Ended, false).await;
 }
 
 /// As above, on a series that reissues, with the number reserved again by
@@ -268,28 +269,49 @@ async fn a_note_naming_another_invoice_confirms_the_stored_one_as_holder(#[case]
 #[apply(backends)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stored_invoice_whose_number_another_call_took_keeps_it(#[case] backend: Backend) {
-    a_note_naming_another_invoice(backend, true, false).await;
+    a_note_naming_another_invoice(backend, Since::Taken, false).await;
 }
 
 /// As above, the note naming another invoice (a repeat of the call under
 /// the same request id noted its own, never stored) and still noted by the
 /// stored one: the stored invoice is found without repeating the
-/// reservation, and its number confirmed to it, though its confirmation as
-/// the reservation's is refused as another's.
+/// reservation, and its number confirmed to it as the other call's
+/// reservation, its confirmation as its own being refused as another's.
 #[apply(backends)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stored_invoice_noted_by_its_note_keeps_a_number_another_call_took(
     #[case] backend: Backend,
 ) {
-    a_note_naming_another_invoice(backend, true, true).await;
+    a_note_naming_another_invoice(backend, Since::Taken, true).await;
 }
 
-/// The three tests above; `taken_since`: the series reissues, and another
-/// call reserves the number once its lease ended; `still_noted`: the
-/// stored invoice's call is still among those that noted the note.
-async fn a_note_naming_another_invoice(backend: Backend, taken_since: bool, still_noted: bool) {
+/// As above, the other call's lease ended as well: confirmed as that call's
+/// reservation, late, the number is still the stored invoice's, not given
+/// back (as a confirmation naming no holder would be refused).
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_invoice_keeps_a_number_another_call_took_and_let_lapse(#[case] backend: Backend) {
+    a_note_naming_another_invoice(backend, Since::TakenAndEnded, true).await;
+}
+
+/// What became of a stored invoice's reservation while its writer was down.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Since {
+    /// Its lease ended.
+    Ended,
+    /// Its lease ended, and on a series that reissues, another call
+    /// reserved the number.
+    Taken,
+    /// As [`Since::Taken`], and the other call's lease ended too.
+    TakenAndEnded,
+}
+
+/// The four tests above: the reservation as `since` says; `still_noted`:
+/// the stored invoice's call is still among those that noted the note (the
+/// reservation is then never repeated).
+async fn a_note_naming_another_invoice(backend: Backend, since: Since, still_noted: bool) {
     let mut allocator = spawn_allocator(backend).await;
-    if taken_since {
+    if since != Since::Ended {
         set_acme_gap_policy(&mut allocator.client, GapPolicy::Reissue).await;
     }
     let db = TestDb::create(backend).await;
@@ -308,23 +330,43 @@ async fn a_note_naming_another_invoice(backend: Backend, taken_since: bool, stil
     .await;
     // The lease ends: the number reads as given back.
     wait_for_audit(&mut allocator.client, |audit| audit.reserved == 0).await;
-    if taken_since {
+    if since != Since::Ended {
         let again = ReserveRequest {
             tenant_id: "acme".into(),
             request_id: "someone-else".into(),
+            lease: (since == Since::TakenAndEnded).then_some(prost_types::Duration {
+                seconds: 1,
+                nanos: 0,
+            }),
             ..ReserveRequest::default()
         };
         let again = allocator.client.reserve(again).await.unwrap().into_inner();
         assert_eq!(again.record.unwrap().number, 1, "reserved again");
     }
+    if since == Since::TakenAndEnded {
+        wait_for_audit(&mut allocator.client, |audit| audit.reserved == 0).await;
+    }
 
-    let restarted = writer(&db, &allocator.server.url()).await;
+    // Every repeat of a reservation refused: with the note still noted by
+    // the stored invoice, none is needed.
+    let refusing = AllocatorProxy::new(allocator.client.clone(), Fault::Refuse(Method::Reserve));
+    let (refusing_url, _serving) = refusing.serve().await;
+    let restarted = writer(
+        &db,
+        &if still_noted {
+            refusing_url
+        } else {
+            allocator.server.url()
+        },
+    )
+    .await;
     wait_for_audit(&mut allocator.client, |audit| audit.confirmed == 1).await;
+    assert_eq!(refusing.lost(), 0, "a reservation was repeated");
     let mut client = InvoiceWriterClient::connect(restarted.url()).await.unwrap();
     let invoices = list_all(&mut client, "acme").await;
     assert_eq!(invoices.len(), 1);
     assert_confirmed_with_ids(&mut allocator.client, "", &invoices).await;
-    if taken_since {
+    if since != Since::Ended {
         let theirs = numbering::proto::ConfirmRequest {
             tenant_id: "acme".into(),
             number: 1,
@@ -334,6 +376,7 @@ async fn a_note_naming_another_invoice(backend: Backend, taken_since: bool, stil
         };
         let status = allocator.client.confirm(theirs).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+        assert_reason(&status, "ALREADY_CONFIRMED");
     }
 }
 
