@@ -222,13 +222,18 @@ where
         let recorded: i64 = kinds.iter().map(|kind| kind.numbers).sum();
         let states = select_state_totals(pool, &at, now).await?;
         // The holes take a walk over every range, and the rows in no range
-        // one over every row: only when some number is in no range.
+        // one over every range and row: only when some number is in no
+        // range (and for the rows, when there are any).
         let (holes, unranged) = if recorded == last_value - base {
             (Vec::new(), Vec::new())
+        } else if states.is_empty() {
+            (select_holes(pool, &at, sample.into()).await?, Vec::new())
         } else {
+            let recorded_to = kinds.iter().map(|kind| kind.last).max();
+            let recorded_to = recorded_to.unwrap_or(base).max(base);
             (
                 select_holes(pool, &at, sample.into()).await?,
-                select_unranged_state_totals(pool, &at, now).await?,
+                select_unranged_state_totals(pool, &at, recorded_to, now).await?,
             )
         };
         let reserved = |rows: &[StateTotal]| -> i64 {
@@ -1583,10 +1588,9 @@ where
 }
 
 /// How many numbers up to `last_value` that lie in no range are in each
-/// state a row holds: rows whose range was lost. One walk over the ranges
-/// and the rows together, in number order, each row after the ranges that
-/// start at its number: a row is in no range when none seen so far reaches
-/// it.
+/// state a row holds: rows whose range was lost. The holes between ranges
+/// (a walk over them, as [`select_holes`] takes), and the numbers after
+/// `recorded_to`, the end of the last range, each read by index for rows.
 #[tracing::instrument(
     name = "db.number_states.select_unranged_totals",
     skip_all,
@@ -1595,6 +1599,7 @@ where
 async fn select_unranged_state_totals<DB>(
     pool: &Pool<DB>,
     at: &LedgerAt<'_>,
+    recorded_to: i64,
     now: DateTime<Utc>,
 ) -> Result<Vec<StateTotal>, sqlx::Error>
 where
@@ -1607,30 +1612,33 @@ where
     for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
 {
     sqlx::query_as(
-        "SELECT origin, state, COUNT(*) AS numbers FROM (
-             SELECT origin, state, number, is_row,
-                    MAX(last) OVER (ORDER BY number, is_row ROWS UNBOUNDED PRECEDING) AS reached
-             FROM (
-                 SELECT '' AS origin, '' AS state, first_value AS number,
-                        first_value + (count - 1) AS last, 0 AS is_row
+        "WITH holes AS (
+             SELECT before + 1 AS first, first_value - 1 AS last FROM (
+                 SELECT first_value,
+                        LAG(first_value + (count - 1), 1, $4) OVER (ORDER BY first_value) AS before
                  FROM allocations
-                 WHERE tenant_id = $1 AND series = $2 AND period = $3 AND first_value <= $4
-                 UNION ALL
-                 SELECT origin,
-                        CASE WHEN state = 'reserved' AND expires_at <= $5 THEN 'expired'
-                             ELSE state END,
-                        number, NULL, 1
-                 FROM number_states
-                 WHERE tenant_id = $1 AND series = $2 AND period = $3 AND number <= $4
-             ) AS ranges_and_rows
-         ) AS walked
-         WHERE is_row = 1 AND (reached IS NULL OR reached < number)
+                 WHERE tenant_id = $1 AND series = $2 AND period = $3 AND first_value <= $5
+             ) AS ranges
+             WHERE first_value > before + 1
+             UNION ALL
+             SELECT $6 + 1, $5
+         )
+         SELECT origin, state, COUNT(*) AS numbers FROM (
+             SELECT s.origin,
+                    CASE WHEN s.state = 'reserved' AND s.expires_at <= $7 THEN 'expired'
+                         ELSE s.state END AS state
+             FROM holes JOIN number_states s
+               ON s.tenant_id = $1 AND s.series = $2 AND s.period = $3
+              AND s.number >= holes.first AND s.number <= holes.last
+         ) AS rows
          GROUP BY origin, state ORDER BY origin, state",
     )
     .bind(at.tenant)
     .bind(at.series)
     .bind(at.period)
+    .bind(at.base)
     .bind(at.last_value)
+    .bind(recorded_to)
     .bind(now)
     .fetch_all(pool)
     .await
