@@ -1209,6 +1209,8 @@ async fn audit(args: AuditArgs) -> anyhow::Result<bool> {
         times.sort();
         let answer = answer.unwrap_or_default();
         passed &= answer.last_value == n && answer.unaccounted == lost;
+        // Every row but that of the range lost counts as confirmed.
+        passed &= !args.confirmed || answer.confirmed == n - 1 - lost;
         println!(
             "{n} numbers, {ledger}: audit {:?} median ({:?}..{:?}); issued {}, unaccounted {}",
             times[times.len() / 2],

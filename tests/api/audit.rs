@@ -294,6 +294,38 @@ async fn a_reservation_whose_range_was_lost_is_unaccounted(#[case] backend: Back
     }
 }
 
+/// A number of Allocate confirmed, whose range is lost: its row does not
+/// count it as confirmed, and it is unaccounted.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confirmed_number_whose_range_was_lost_is_unaccounted(#[case] backend: Backend) {
+    let mut app = spawn_allocator(backend).await;
+    for id in ["a", "b", "c"] {
+        app.client.allocate(keyed("acme", "", 1, id)).await.unwrap();
+    }
+    app.client
+        .confirm(numbering::proto::ConfirmRequest {
+            tenant_id: "acme".into(),
+            number: 2,
+            reference: "invoice-2".into(),
+            ..numbering::proto::ConfirmRequest::default()
+        })
+        .await
+        .unwrap();
+    app.db
+        .execute("DELETE FROM allocations WHERE first_value = 2")
+        .await;
+
+    let answer = audited(&mut app, audit("acme", "", "")).await;
+    let account = (
+        answer.issued,
+        answer.confirmed,
+        answer.unaccounted,
+        answer.unaccounted_sample,
+    );
+    assert_eq!(account, (2, 0, 1, vec![2]));
+}
+
 /// One reservation's range lost and another's row: the row kept of the
 /// first does not make up for the row lost of the second, and both numbers
 /// are unaccounted.
