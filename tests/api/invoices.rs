@@ -30,7 +30,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use crate::helpers::{
     AllocatorApp, CapturedLogs, PATIENCE, TestDb, WriterApp, acme_number, allocator_client,
     assert_invalid_field, assert_reason, audit_acme, create, import_invoice, import_invoice_in,
-    invoice_request, invoice_series, list_all, set_acme_gap_policy, spawn_allocator,
+    invoice_request, invoice_series, list_all, list_in_pages, set_acme_gap_policy, spawn_allocator,
     spawn_allocator_on, spawn_both, spawn_writer, spawn_writer_with, test_pool_settings,
     wait_for_health,
 };
@@ -220,25 +220,8 @@ async fn invoices_of_imported_periods_are_listed_page_by_page(#[case] backend: B
         import_invoice_in(&writer.store, "acme", period, number, text).await;
     }
 
-    let mut listed = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = writer
-            .client
-            .list_invoices(ListInvoicesRequest {
-                tenant_id: "acme".into(),
-                page_size: 1,
-                page_token,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        listed.extend(page.invoices.into_iter().map(|i| i.invoice_number));
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        page_token = page.next_page_token;
-    }
+    let listed = list_in_pages(&mut writer.client, "acme", 1).await;
+    let listed: Vec<_> = listed.into_iter().map(|i| i.invoice_number).collect();
     assert_eq!(listed, ["INV-001", "FY/2026-1", "FY/2026-2", "Q1-2026-7"]);
 }
 

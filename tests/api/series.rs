@@ -11,7 +11,7 @@ use numbering::{
     invoices::{self, domain::Numbered, seed},
     proto::{
         AllocateRequest, AllocateResponse, ConfigureSeriesRequest, CreateInvoiceRequest,
-        GetSeriesRequest, ListInvoicesRequest, ListSeriesRequest, Reset, Series,
+        GetSeriesRequest, ListSeriesRequest, Reset, Series,
         number_allocator_client::NumberAllocatorClient,
     },
 };
@@ -25,7 +25,7 @@ use crate::{
     helpers::{
         AllocatorProxy, CapturedLogs, Fault, ManualClock, Method, TestDb, TestServer, WriterApp,
         advance, allocator_client, assert_exactly_one_to, assert_reason, invoice_request, keyed,
-        list_all, serve_allocator_on, spawn_writer,
+        list_all, list_in_pages, serve_allocator_on, spawn_writer,
     },
 };
 
@@ -769,25 +769,8 @@ async fn invoices_of_two_years_take_numbers_from_two_periods(#[case] backend: Ba
     assert!(repeat.replayed);
     assert_eq!(repeat.invoice.unwrap().invoice_number, "INV-2027-001");
 
-    let mut listed = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = writer
-            .client
-            .list_invoices(ListInvoicesRequest {
-                tenant_id: "acme".into(),
-                page_size: 1,
-                page_token,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        listed.extend(page.invoices.into_iter().map(|i| i.invoice_number));
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        page_token = page.next_page_token;
-    }
+    let listed = list_in_pages(&mut writer.client, "acme", 1).await;
+    let listed: Vec<_> = listed.into_iter().map(|i| i.invoice_number).collect();
     assert_eq!(listed, ["INV-2026-001", "INV-2026-002", "INV-2027-001"]);
 
     for (date, why) in [("2028-01-01", "2027-12-31"), ("2026-02-30", "not a day")] {

@@ -210,13 +210,23 @@ pub async fn create(client: &mut InvoiceWriterClient<Channel>, tenant: &str) -> 
 
 /// Every invoice of a tenant, through ListInvoices.
 pub async fn list_all(client: &mut InvoiceWriterClient<Channel>, tenant: &str) -> Vec<Invoice> {
+    list_in_pages(client, tenant, 0).await
+}
+
+/// Lists every invoice of a tenant, `page_size` at a time (0: the server's
+/// default), each page's token taking the next page on.
+pub async fn list_in_pages(
+    client: &mut InvoiceWriterClient<Channel>,
+    tenant: &str,
+    page_size: i32,
+) -> Vec<Invoice> {
     let mut invoices = Vec::new();
     let mut page_token = String::new();
     loop {
         let page = client
             .list_invoices(ListInvoicesRequest {
                 tenant_id: tenant.into(),
-                page_size: 0,
+                page_size,
                 page_token,
             })
             .await
