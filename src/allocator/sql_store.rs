@@ -1548,6 +1548,12 @@ where
     .await
 }
 
+/// A state row's state as of `$5`, the audit's now: `expired` for a
+/// reservation whose lease has ended, swept or not. The same in every
+/// count of an audit, so that one count can be taken from another.
+const STATE_AT_NOW: &str =
+    "CASE WHEN state = 'reserved' AND expires_at <= $5 THEN 'expired' ELSE state END";
+
 /// How many numbers up to `last_value` are in each state a row holds.
 #[tracing::instrument(
     name = "db.number_states.select_totals",
@@ -1568,16 +1574,14 @@ where
     for<'q> i64: Encode<'q, DB> + Type<DB>,
     for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
 {
-    sqlx::query_as(
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT origin, state, COUNT(*) AS numbers FROM (
-             SELECT origin,
-                    CASE WHEN state = 'reserved' AND expires_at <= $5 THEN 'expired'
-                         ELSE state END AS state
+             SELECT origin, {STATE_AT_NOW} AS state
              FROM number_states
              WHERE tenant_id = $1 AND series = $2 AND period = $3 AND number <= $4
          ) AS rows
-         GROUP BY origin, state ORDER BY origin, state",
-    )
+         GROUP BY origin, state ORDER BY origin, state"
+    )))
     .bind(at.tenant)
     .bind(at.series)
     .bind(at.period)
@@ -1611,35 +1615,33 @@ where
     for<'q> i64: Encode<'q, DB> + Type<DB>,
     for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
 {
-    sqlx::query_as(
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "WITH holes AS (
              SELECT before + 1 AS first, first_value - 1 AS last FROM (
                  SELECT first_value,
-                        LAG(first_value + (count - 1), 1, $4) OVER (ORDER BY first_value) AS before
+                        LAG(first_value + (count - 1), 1, $6) OVER (ORDER BY first_value) AS before
                  FROM allocations
-                 WHERE tenant_id = $1 AND series = $2 AND period = $3 AND first_value <= $5
+                 WHERE tenant_id = $1 AND series = $2 AND period = $3 AND first_value <= $4
              ) AS ranges
              WHERE first_value > before + 1
              UNION ALL
-             SELECT $6 + 1, $5
+             SELECT $7 + 1, $4
          )
          SELECT origin, state, COUNT(*) AS numbers FROM (
-             SELECT s.origin,
-                    CASE WHEN s.state = 'reserved' AND s.expires_at <= $7 THEN 'expired'
-                         ELSE s.state END AS state
+             SELECT s.origin, {STATE_AT_NOW} AS state
              FROM holes JOIN number_states s
                ON s.tenant_id = $1 AND s.series = $2 AND s.period = $3
               AND s.number >= holes.first AND s.number <= holes.last
          ) AS rows
-         GROUP BY origin, state ORDER BY origin, state",
-    )
+         GROUP BY origin, state ORDER BY origin, state"
+    )))
     .bind(at.tenant)
     .bind(at.series)
     .bind(at.period)
-    .bind(at.base)
     .bind(at.last_value)
-    .bind(recorded_to)
     .bind(now)
+    .bind(at.base)
+    .bind(recorded_to)
     .fetch_all(pool)
     .await
 }
