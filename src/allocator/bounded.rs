@@ -125,10 +125,12 @@ impl CounterStore for Bounded {
     async fn change_state(
         &self,
         at: NumberAt<'_>,
+        range: &RangeRow,
         change: StateChange<'_>,
         held: Held,
     ) -> Result<Option<StateRow>, ChangeError> {
-        self.within(self.inner.change_state(at, change, held)).await
+        self.within(self.inner.change_state(at, range, change, held))
+            .await
     }
 
     async fn change_states(&self, writes: &[StateWrite<'_>]) -> Result<Vec<Changed>, StoreError> {

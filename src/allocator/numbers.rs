@@ -248,15 +248,27 @@ impl NumberRecord {
     }
 }
 
-/// What `change` makes of number `number`, now as `current` says (none:
-/// issued, as its range gave it), read against `held`: the row to store, or
-/// none when the number is already so (a repeat answers what the first call
-/// did).
+/// What made a number, and the request id it is held under: as its row
+/// says, or, without one, as its range made it (a reservation's whose row was
+/// lost is still held under the reservation's request id).
+fn taken<'a>(range: &'a RangeRow, current: Option<&'a StateRow>) -> (&'a str, Option<&'a str>) {
+    match current {
+        Some(row) => (row.origin.as_str(), row.request_id.as_deref()),
+        None if range.kind == "reserve" => ("reserve", range.request_id.as_deref()),
+        None => ("allocate", None),
+    }
+}
+
+/// What `change` makes of number `number`, which `range` holds, now as
+/// `current` says (none: issued, as its range gave it), read against
+/// `held`: the row to store, or none when the number is already so (a
+/// repeat answers what the first call did).
 ///
 /// # Errors
 /// [`ChangeError::Refused`]: the number's state does not allow the change.
 pub fn decide(
     number: i64,
+    range: &RangeRow,
     current: Option<&StateRow>,
     change: StateChange<'_>,
     held: Held,
@@ -267,6 +279,7 @@ pub fn decide(
         .as_ref()
         .map_or((Issued, ""), |s| (s.state, s.reason.as_str()));
     let reference = current.map_or("", |row| row.reference.as_str());
+    let (origin, taken_under) = taken(range, current);
     let refuse = |refusal| Err(ChangeError::Refused(refusal));
     let given_back = |state| match state {
         Released => refuse(StateRefusal::Released {
@@ -283,9 +296,9 @@ pub fn decide(
             reference: reference.to_owned(),
             reason: reason.to_owned(),
             updated_at: held.now,
-            origin: current.map_or_else(|| "allocate".to_owned(), |row| row.origin.clone()),
+            origin: origin.to_owned(),
             expires_at,
-            request_id: current.and_then(|row| row.request_id.clone()),
+            request_id: taken_under.map(str::to_owned),
         }))
     };
     let lease = current.and_then(|row| row.expires_at);
@@ -313,12 +326,11 @@ pub fn decide(
     // or taken again without a request id is held under none, so under no
     // id a change names.
     if let Some(holder) = holder
-        && let Some(row) = current
-        && (row.origin == "reserve" || row.request_id.is_some())
-        && row.request_id.as_deref() != Some(holder)
+        && (origin == "reserve" || taken_under.is_some())
+        && taken_under != Some(holder)
     {
         return refuse(StateRefusal::NotTheHolder {
-            request_id: row.request_id.clone().unwrap_or_default(),
+            request_id: taken_under.unwrap_or_default().to_owned(),
         });
     }
     match change {
@@ -547,7 +559,7 @@ impl Allocator {
             .range_at(at.tenant, at.series, at.period, at.number)
             .await?;
         let range = handed_out(range, at.number)?;
-        let row = self.store.change_state(at, change, held).await?;
+        let row = self.store.change_state(at, &range, change, held).await?;
         Ok((range, row))
     }
 
@@ -738,7 +750,7 @@ mod tests {
             policy,
             now: at(now),
         };
-        match decide(7, current, change, held) {
+        match decide(7, &range(7, 1, "allocate"), current, change, held) {
             Ok(Some(row)) => Ok(Some((
                 NumberState::of_stored(&row.state).unwrap(),
                 row.reference,
@@ -755,6 +767,49 @@ mod tests {
 
     fn write(state: NumberState, reference: &str, reason: &str, ends: Option<i64>) -> Written {
         (state, reference.to_owned(), reason.to_owned(), ends.map(at))
+    }
+
+    /// A number of a reservation whose row was lost is still that
+    /// reservation's: its first row says so, and names its holder, and a
+    /// change naming another holder is refused.
+    #[test]
+    fn a_reservation_without_its_row_is_held_as_its_range_says() {
+        let held = Held {
+            policy: GapPolicy::Void,
+            now: at(0),
+        };
+        let reservation = RangeRow {
+            request_id: Some("r-7".to_owned()),
+            ..range(7, 1, "reserve")
+        };
+        let confirm = |holder| StateChange::Confirm {
+            reference: "inv-7",
+            holder,
+        };
+        let first_row = |range: &RangeRow, change| match decide(7, range, None, change, held) {
+            Ok(Some(row)) => (row.state, row.origin, row.request_id),
+            other => panic!("{other:?}"),
+        };
+        let held_by_r7 = (
+            "confirmed".to_owned(),
+            "reserve".to_owned(),
+            Some("r-7".into()),
+        );
+        assert_eq!(first_row(&reservation, confirm(None)), held_by_r7);
+        assert_eq!(first_row(&reservation, confirm(Some("r-7"))), held_by_r7);
+        assert!(matches!(
+            decide(7, &reservation, None, confirm(Some("r-8")), held),
+            Err(ChangeError::Refused(StateRefusal::NotTheHolder { request_id })) if request_id == "r-7"
+        ));
+        // Allocate's numbers are held under no request id, keyed or not.
+        let keyed_allocation = RangeRow {
+            request_id: Some("a-1".to_owned()),
+            ..range(5, 3, "allocate")
+        };
+        assert_eq!(
+            first_row(&keyed_allocation, confirm(Some("r-8"))),
+            ("confirmed".to_owned(), "allocate".to_owned(), None)
+        );
     }
 
     #[test]

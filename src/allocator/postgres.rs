@@ -759,6 +759,7 @@ impl Engine for PgEngine {
     async fn change_state(
         &self,
         at: NumberAt<'_>,
+        range: &RangeRow,
         change: StateChange<'_>,
         held: Held,
     ) -> Result<Option<StateRow>, ChangeError> {
@@ -767,8 +768,10 @@ impl Engine for PgEngine {
         for _ in 0..2 {
             let mut tx = begin_durable(&self.pool).await?;
             let current = lock_state(&mut tx, at).await?;
-            match sql_store::apply_state_change::<Postgres>(&mut tx, at, current, change, held)
-                .await
+            match sql_store::apply_state_change::<Postgres>(
+                &mut tx, at, range, current, change, held,
+            )
+            .await
             {
                 Ok(row) => {
                     tx.commit().await?;

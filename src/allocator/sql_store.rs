@@ -85,6 +85,7 @@ pub(crate) trait Engine: Send + Sync + 'static {
     async fn change_state(
         &self,
         at: NumberAt<'_>,
+        range: &RangeRow,
         change: StateChange<'_>,
         held: Held,
     ) -> Result<Option<StateRow>, ChangeError>;
@@ -289,10 +290,11 @@ where
     async fn change_state(
         &self,
         at: NumberAt<'_>,
+        range: &RangeRow,
         change: StateChange<'_>,
         held: Held,
     ) -> Result<Option<StateRow>, ChangeError> {
-        self.0.change_state(at, change, held).await
+        self.0.change_state(at, range, change, held).await
     }
 
     async fn change_states(&self, writes: &[StateWrite<'_>]) -> Result<Vec<Changed>, StoreError> {
@@ -839,9 +841,10 @@ where
     .await
 }
 
-/// Decides `change` for the number `at`, now in `current`, in a series of
-/// `policy`, and stores what it makes of it. Runs on `conn`, inside the
-/// engine's durable write. Answers the row as it stands after.
+/// Decides `change` for the number `at`, which `range` holds, now in
+/// `current`, in a series of `policy`, and stores what it makes of it. Runs
+/// on `conn`, inside the engine's durable write. Answers the row as it
+/// stands after.
 ///
 /// # Errors
 /// [`ChangeError::Refused`]: the state does not allow the change;
@@ -850,6 +853,7 @@ where
 pub(crate) async fn apply_state_change<DB>(
     conn: &mut DB::Connection,
     at: NumberAt<'_>,
+    range: &RangeRow,
     current: Option<StateRow>,
     change: StateChange<'_>,
     held: Held,
@@ -864,7 +868,7 @@ where
     for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
     for<'q> Option<DateTime<Utc>>: Encode<'q, DB> + Type<DB>,
 {
-    let Some(row) = numbers::decide(at.number, current.as_ref(), change, held)? else {
+    let Some(row) = numbers::decide(at.number, range, current.as_ref(), change, held)? else {
         return Ok(current);
     };
     if current.is_some() {
@@ -1127,7 +1131,13 @@ pub(crate) fn plan_changes(
             changed: false,
         });
         answers.push(
-            match numbers::decide(at.number, planned.row.as_ref(), write.change, write.held) {
+            match numbers::decide(
+                at.number,
+                &range,
+                planned.row.as_ref(),
+                write.change,
+                write.held,
+            ) {
                 Ok(Some(row)) => {
                     planned.row = Some(row.clone());
                     planned.changed = true;

@@ -592,13 +592,22 @@ impl Engine for SqliteEngine {
     async fn change_state(
         &self,
         at: NumberAt<'_>,
+        range: &RangeRow,
         change: StateChange<'_>,
         held: Held,
     ) -> Result<Option<StateRow>, ChangeError> {
         // The write lock keeps every other change of the number out.
         let mut write = self.db.begin_write().await?;
         let current = sql_store::select_state::<Sqlite>(write.conn(), at).await?;
-        match sql_store::apply_state_change::<Sqlite>(write.conn(), at, current, change, held).await
+        match sql_store::apply_state_change::<Sqlite>(
+            write.conn(),
+            at,
+            range,
+            current,
+            change,
+            held,
+        )
+        .await
         {
             Ok(row) => {
                 write.commit().await?;

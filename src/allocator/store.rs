@@ -101,6 +101,7 @@ pub trait CounterStore: Store {
     async fn change_state(
         &self,
         at: NumberAt<'_>,
+        range: &RangeRow,
         change: StateChange<'_>,
         held: Held,
     ) -> Result<Option<StateRow>, ChangeError>;

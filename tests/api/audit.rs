@@ -7,7 +7,7 @@ use numbering::{
     db::Backend,
     proto::{
         AdvanceCounterRequest, AuditSeriesRequest, AuditSeriesResponse, ConfigureSeriesRequest,
-        ReserveRequest, Reset,
+        ConfirmRequest, NumberState, ReserveRequest, Reset,
     },
 };
 use rstest_reuse::apply;
@@ -304,11 +304,11 @@ async fn a_confirmed_number_whose_range_was_lost_is_unaccounted(#[case] backend:
         app.client.allocate(keyed("acme", "", 1, id)).await.unwrap();
     }
     app.client
-        .confirm(numbering::proto::ConfirmRequest {
+        .confirm(ConfirmRequest {
             tenant_id: "acme".into(),
             number: 2,
             reference: "invoice-2".into(),
-            ..numbering::proto::ConfirmRequest::default()
+            ..ConfirmRequest::default()
         })
         .await
         .unwrap();
@@ -348,6 +348,54 @@ async fn a_lost_range_and_another_lost_row_are_both_unaccounted(#[case] backend:
             answer.unaccounted_sample
         ),
         (1, 2, vec![2, 3])
+    );
+}
+
+/// A reservation whose row was lost, then confirmed by its holder: still
+/// that reservation's (another holder is refused), it counts as confirmed,
+/// and nothing is unaccounted once it has its row again.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_confirmed_after_its_row_was_lost_is_accounted_for(#[case] backend: Backend) {
+    let mut app = spawn_allocator(backend).await;
+    for id in ["r-1", "r-2", "r-3"] {
+        app.client
+            .reserve(ReserveRequest {
+                tenant_id: "acme".into(),
+                request_id: id.into(),
+                ..ReserveRequest::default()
+            })
+            .await
+            .unwrap();
+    }
+    app.db
+        .execute("DELETE FROM number_states WHERE number = 2")
+        .await;
+    let confirm = |request_id: &str| ConfirmRequest {
+        tenant_id: "acme".into(),
+        number: 2,
+        reference: "invoice-2".into(),
+        request_id: request_id.into(),
+        ..ConfirmRequest::default()
+    };
+
+    let refused = app.client.confirm(confirm("r-9")).await.unwrap_err();
+    assert_reason(&refused, "NOT_THE_HOLDER");
+    let record = app.client.confirm(confirm("r-2")).await.unwrap();
+    let record = record.into_inner().record.unwrap();
+    assert_eq!(
+        (record.state(), record.request_id.as_str()),
+        (NumberState::Confirmed, "r-2")
+    );
+    let answer = audited(&mut app, audit("acme", "", "")).await;
+    assert_eq!(
+        answer,
+        AuditSeriesResponse {
+            last_value: 3,
+            reserved: 2,
+            confirmed: 1,
+            ..AuditSeriesResponse::default()
+        }
     );
 }
 

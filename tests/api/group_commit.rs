@@ -165,10 +165,11 @@ impl CounterStore for ScriptedStore {
     async fn change_state(
         &self,
         at: NumberAt<'_>,
+        range: &RangeRow,
         change: StateChange<'_>,
         held: Held,
     ) -> Result<Option<StateRow>, ChangeError> {
-        self.inner.change_state(at, change, held).await
+        self.inner.change_state(at, range, change, held).await
     }
 
     async fn change_states(&self, writes: &[StateWrite<'_>]) -> Result<Vec<Changed>, StoreError> {
