@@ -1601,6 +1601,13 @@ where
     .await
 }
 
+/// The last number the ranges before a range cover (null before the first):
+/// the highest end of any, not the end of the one just before, which a
+/// longer range before it may cover past (ranges that overlap, a ledger
+/// written twice).
+const COVERED_BEFORE: &str = "MAX(first_value + (count - 1)) OVER (ORDER BY first_value \
+     ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)";
+
 /// How many numbers up to `last_value` that lie in no range are in each
 /// state a row holds: rows whose range was lost. The holes between ranges
 /// (a walk over them, as [`select_holes`] takes), and the numbers after
@@ -1629,7 +1636,7 @@ where
         "WITH holes AS (
              SELECT before + 1 AS first, first_value - 1 AS last FROM (
                  SELECT first_value,
-                        LAG(first_value + (count - 1), 1, $6) OVER (ORDER BY first_value) AS before
+                        COALESCE({COVERED_BEFORE}, $6) AS before
                  FROM allocations
                  WHERE tenant_id = $1 AND series = $2 AND period = $3 AND first_value <= $4
              ) AS ranges
@@ -1708,16 +1715,16 @@ where
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
     for<'q> i64: Encode<'q, DB> + Type<DB>,
 {
-    sqlx::query_as(
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT before + 1, first_value - before - 1 FROM (
              SELECT first_value,
-                    LAG(first_value + (count - 1), 1, $4) OVER (ORDER BY first_value) AS before
+                    COALESCE({COVERED_BEFORE}, $4) AS before
              FROM allocations
              WHERE tenant_id = $1 AND series = $2 AND period = $3 AND first_value <= $5
          ) AS ranges
          WHERE first_value > before + 1
-         ORDER BY first_value LIMIT $6",
-    )
+         ORDER BY first_value LIMIT $6"
+    )))
     .bind(at.tenant)
     .bind(at.series)
     .bind(at.period)

@@ -271,6 +271,49 @@ async fn numbers_whose_record_was_lost_are_unaccounted(#[case] backend: Backend)
     );
 }
 
+/// Ranges that overlap (a ledger written twice): a range inside a longer
+/// one leaves no hole after it that the longer one covers, and a row there
+/// counts in its state; the numbers recorded twice make unaccounted
+/// negative.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranges_that_overlap_leave_no_hole_where_one_covers(#[case] backend: Backend) {
+    let mut app = spawn_allocator(backend).await;
+    // Keyed calls: one range each, 1..=2, 3..=4, ..., 9..=10.
+    for id in ["a", "b", "c", "d", "e"] {
+        app.client.allocate(keyed("acme", "", 2, id)).await.unwrap();
+    }
+    app.client
+        .confirm(ConfirmRequest {
+            tenant_id: "acme".into(),
+            number: 5,
+            reference: "invoice-5".into(),
+            ..ConfirmRequest::default()
+        })
+        .await
+        .unwrap();
+    // The first range now covers 1..=10, 3..=4 inside it, then 7..=8 and
+    // 9..=10, with 5..=6 in no range but the first.
+    app.db
+        .execute("UPDATE allocations SET count = 10 WHERE first_value = 1")
+        .await;
+    app.db
+        .execute("DELETE FROM allocations WHERE first_value = 5")
+        .await;
+
+    let answer = audited(&mut app, audit("acme", "", "")).await;
+    assert_eq!(
+        answer,
+        AuditSeriesResponse {
+            last_value: 10,
+            issued: 15,
+            confirmed: 1,
+            unaccounted: -6,
+            ..AuditSeriesResponse::default()
+        }
+    );
+}
+
 /// A reservation whose range is gone while its state row stays is
 /// unaccounted too, and not reserved: its row is no record of a number no
 /// range holds. So between ranges, and after the last.
