@@ -366,6 +366,40 @@ async fn allocating_one_number_takes_a_released_one_first(#[case] backend: Backe
     assert_eq!((audit.issued, audit.released, audit.unaccounted), (3, 0, 0));
 }
 
+/// A reservation whose lease ended and whose range was lost, its row kept:
+/// unaccounted, not counted as given back, swept or not, in a series that
+/// voids and in one that reissues.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_reservation_whose_range_was_lost_is_unaccounted(#[case] backend: Backend) {
+    let mut app = reservations(backend).await;
+    app.configure("cont", GapPolicy::Reissue).await;
+    for series in ["", "cont"] {
+        for _ in 0..3 {
+            app.reserve(ReserveRequest {
+                lease: Some(seconds(60)),
+                ..reserve(series)
+            })
+            .await;
+        }
+    }
+    app.clock.advance(Duration::from_secs(61));
+    app.db
+        .execute("DELETE FROM allocations WHERE first_value = 2")
+        .await;
+
+    for series in ["", "cont"] {
+        let audit = app.audit(series).await;
+        let given_back = audit.voided + audit.released;
+        assert_eq!(
+            (given_back, audit.reserved, audit.unaccounted),
+            (2, 0, 1),
+            "{series:?}: {audit:?}"
+        );
+        assert_eq!(audit.unaccounted_sample, [2], "{series:?}");
+    }
+}
+
 async fn allocated(app: &mut Reservations, request: AllocateRequest) -> Vec<i64> {
     let answer = app.client.allocate(request).await.unwrap().into_inner();
     answer.numbers.iter().map(|number| number.value).collect()
