@@ -3,7 +3,10 @@
 //! statements that take a batch as arrays, the locking reads, and the write
 //! path differ per engine, and live in its file.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    ops::RangeInclusive,
+};
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -221,21 +224,34 @@ where
         };
         let kinds = select_range_totals(pool, &at).await?;
         let recorded: i64 = kinds.iter().map(|kind| kind.numbers).sum();
-        let states = select_state_totals(pool, &at, now).await?;
-        // The holes take a walk over every range, and the rows in no range
-        // one over every range and row: only when some number is in no
-        // range (and for the rows, when there are any).
+        let states = select_state_totals(pool, &at, i64::MIN..=last_value, now).await?;
+        // The holes take a walk over every range: only when some number is
+        // in no range. The rows in them, when there are any, are looked up
+        // hole by hole once every hole is known, else by another walk over
+        // every range and row.
         let (holes, unranged) = if recorded == last_value - base {
             (Vec::new(), Vec::new())
-        } else if states.is_empty() {
-            (select_holes(pool, &at, sample.into()).await?, Vec::new())
         } else {
+            let holes = select_holes(pool, &at, sample.into()).await?;
             let recorded_to = kinds.iter().map(|kind| kind.last).max();
             let recorded_to = recorded_to.unwrap_or(base).max(base);
-            (
-                select_holes(pool, &at, sample.into()).await?,
-                select_unranged_state_totals(pool, &at, recorded_to, now).await?,
-            )
+            let unranged = if states.is_empty() {
+                Vec::new()
+            } else if holes.len() < usize::try_from(sample).unwrap_or(usize::MAX) {
+                let after_last = recorded_to + 1..=last_value;
+                let mut unranged = Vec::new();
+                for numbers in holes
+                    .iter()
+                    .map(|&(first, count)| first..=first + (count - 1))
+                    .chain((!after_last.is_empty()).then_some(after_last))
+                {
+                    unranged.extend(select_state_totals(pool, &at, numbers, now).await?);
+                }
+                unranged
+            } else {
+                select_unranged_state_totals(pool, &at, recorded_to, now).await?
+            };
+            (holes, unranged)
         };
         let reserved = |rows: &[StateTotal]| -> i64 {
             let rows = rows.iter().filter(|row| row.origin == "reserve");
@@ -1564,7 +1580,8 @@ where
 const STATE_AT_NOW: &str =
     "CASE WHEN state = 'reserved' AND expires_at <= $5 THEN 'expired' ELSE state END";
 
-/// How many numbers up to `last_value` are in each state a row holds.
+/// How many numbers of `numbers` (up to `last_value`) are in each state a
+/// row holds.
 #[tracing::instrument(
     name = "db.number_states.select_totals",
     skip_all,
@@ -1573,6 +1590,7 @@ const STATE_AT_NOW: &str =
 async fn select_state_totals<DB>(
     pool: &Pool<DB>,
     at: &LedgerAt<'_>,
+    numbers: RangeInclusive<i64>,
     now: DateTime<Utc>,
 ) -> Result<Vec<StateTotal>, sqlx::Error>
 where
@@ -1588,15 +1606,17 @@ where
         "SELECT origin, state, COUNT(*) AS numbers FROM (
              SELECT origin, {STATE_AT_NOW} AS state
              FROM number_states
-             WHERE tenant_id = $1 AND series = $2 AND period = $3 AND number <= $4
+             WHERE tenant_id = $1 AND series = $2 AND period = $3
+               AND number >= $6 AND number <= $4
          ) AS rows
          GROUP BY origin, state ORDER BY origin, state"
     )))
     .bind(at.tenant)
     .bind(at.series)
     .bind(at.period)
-    .bind(at.last_value)
+    .bind(at.last_value.min(*numbers.end()))
     .bind(now)
+    .bind(*numbers.start())
     .fetch_all(pool)
     .await
 }

@@ -271,6 +271,49 @@ async fn numbers_whose_record_was_lost_are_unaccounted(#[case] backend: Backend)
     );
 }
 
+/// More holes than an audit lists: the rows in every hole, listed or not,
+/// count in no state.
+#[apply(backends)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_in_holes_past_the_sample_are_unaccounted(#[case] backend: Backend) {
+    let mut app = spawn_allocator(backend).await;
+    // Keyed calls: one range each, 1 to 205.
+    for id in 1..=205 {
+        let id = format!("k-{id}");
+        app.client
+            .allocate(keyed("acme", "", 1, &id))
+            .await
+            .unwrap();
+    }
+    for number in [4, 202] {
+        app.client
+            .confirm(ConfirmRequest {
+                tenant_id: "acme".into(),
+                number,
+                reference: format!("invoice-{number}"),
+                ..ConfirmRequest::default()
+            })
+            .await
+            .unwrap();
+    }
+    // 102 holes, 2 to 204: the sample lists the first 100.
+    app.db
+        .execute("DELETE FROM allocations WHERE first_value % 2 = 0")
+        .await;
+
+    let answer = audited(&mut app, audit("acme", "", "")).await;
+    assert_eq!(
+        answer,
+        AuditSeriesResponse {
+            last_value: 205,
+            issued: 103,
+            unaccounted: 102,
+            unaccounted_sample: (1..=100).map(|hole| hole * 2).collect(),
+            ..AuditSeriesResponse::default()
+        }
+    );
+}
+
 /// Ranges that overlap (a ledger written twice): a range inside a longer
 /// one leaves no hole after it that the longer one covers, and a row there
 /// counts in its state; the numbers recorded twice make unaccounted
