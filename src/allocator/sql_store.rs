@@ -224,7 +224,7 @@ where
         };
         let kinds = select_range_totals(pool, &at).await?;
         let recorded: i64 = kinds.iter().map(|kind| kind.numbers).sum();
-        let states = select_state_totals(pool, &at, i64::MIN..=last_value, now).await?;
+        let states = select_state_totals(pool, &at, now).await?;
         // The holes take a walk over every range: only when some number is
         // in no range. The rows in them, when there are any, are looked up
         // hole by hole once every hole is known, else by another walk over
@@ -245,7 +245,7 @@ where
                     .map(|&(first, count)| first..=first + (count - 1))
                     .chain((!after_last.is_empty()).then_some(after_last))
                 {
-                    unranged.extend(select_state_totals(pool, &at, numbers, now).await?);
+                    unranged.extend(select_hole_state_totals(pool, &at, numbers, now).await?);
                 }
                 unranged
             } else {
@@ -1580,8 +1580,7 @@ where
 const STATE_AT_NOW: &str =
     "CASE WHEN state = 'reserved' AND expires_at <= $5 THEN 'expired' ELSE state END";
 
-/// How many numbers of `numbers` (up to `last_value`) are in each state a
-/// row holds.
+/// How many numbers up to `last_value` are in each state a row holds.
 #[tracing::instrument(
     name = "db.number_states.select_totals",
     skip_all,
@@ -1590,7 +1589,46 @@ const STATE_AT_NOW: &str =
 async fn select_state_totals<DB>(
     pool: &Pool<DB>,
     at: &LedgerAt<'_>,
-    numbers: RangeInclusive<i64>,
+    now: DateTime<Utc>,
+) -> Result<Vec<StateTotal>, sqlx::Error>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'r> StateTotal: FromRow<'r, DB::Row>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
+{
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT origin, state, COUNT(*) AS numbers FROM (
+             SELECT origin, {STATE_AT_NOW} AS state
+             FROM number_states
+             WHERE tenant_id = $1 AND series = $2 AND period = $3 AND number <= $4
+         ) AS rows
+         GROUP BY origin, state ORDER BY origin, state"
+    )))
+    .bind(at.tenant)
+    .bind(at.series)
+    .bind(at.period)
+    .bind(at.last_value)
+    .bind(now)
+    .fetch_all(pool)
+    .await
+}
+
+/// How many numbers of `hole` are in each state a row holds: a statement
+/// of its own, so that the plan of [`select_state_totals`], which reads
+/// the whole period, is not one made for a few numbers.
+#[tracing::instrument(
+    name = "db.number_states.select_hole_totals",
+    skip_all,
+    err(level = "debug")
+)]
+async fn select_hole_state_totals<DB>(
+    pool: &Pool<DB>,
+    at: &LedgerAt<'_>,
+    hole: RangeInclusive<i64>,
     now: DateTime<Utc>,
 ) -> Result<Vec<StateTotal>, sqlx::Error>
 where
@@ -1607,16 +1645,16 @@ where
              SELECT origin, {STATE_AT_NOW} AS state
              FROM number_states
              WHERE tenant_id = $1 AND series = $2 AND period = $3
-               AND number >= $6 AND number <= $4
+               AND number >= $4 AND number <= $6
          ) AS rows
          GROUP BY origin, state ORDER BY origin, state"
     )))
     .bind(at.tenant)
     .bind(at.series)
     .bind(at.period)
-    .bind(at.last_value.min(*numbers.end()))
+    .bind(*hole.start())
     .bind(now)
-    .bind(*numbers.start())
+    .bind(*hole.end())
     .fetch_all(pool)
     .await
 }
