@@ -238,12 +238,12 @@ where
             let unranged = if states.is_empty() {
                 Vec::new()
             } else if holes.len() < usize::try_from(sample).unwrap_or(usize::MAX) {
-                let after_last = recorded_to + 1..=last_value;
+                let after_last = recorded_to.checked_add(1).map(|first| first..=last_value);
                 let mut unranged = Vec::new();
                 for numbers in holes
                     .iter()
                     .map(|&(first, count)| first..=first + (count - 1))
-                    .chain((!after_last.is_empty()).then_some(after_last))
+                    .chain(after_last.filter(|numbers| !numbers.is_empty()))
                 {
                     unranged.extend(select_hole_state_totals(pool, &at, numbers, now).await?);
                 }
